@@ -1,0 +1,94 @@
+"""The one error hierarchy of Kinfer.
+
+::
+
+    KinferError (500, internal_error)
+    ├── InvalidInput (400, invalid_input)          carries ``field``
+    ├── Unauthorized (401, unauthorized)
+    ├── Forbidden (403, forbidden)
+    ├── NotFound (404, not_found)
+    ├── Conflict (409, conflict)
+    ├── PayloadTooLarge (413, payload_too_large)
+    ├── Unprocessable (422, unprocessable)         permanent event failure
+    ├── RateLimited (429, rate_limited)            retryable, ``retry_after``
+    ├── BackendError (502, backend_error)
+    ├── Unavailable (503, unavailable)             retryable, ``retry_after``
+    │   └── CircuitOpen (503, circuit_open)
+    └── BackendTimeout (504, backend_timeout)      retryable
+
+Third-party exceptions are translated into these once, at the adapter that
+calls the library (``raise ... from exc``); ``shared.http`` turns any of them
+into the JSON error body of DESIGN.md section 3.
+"""
+
+from __future__ import annotations
+
+
+class KinferError(Exception):
+    status = 500
+    code = "internal_error"
+    retryable = False
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 retry_after: float | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+        if code:
+            self.code = code
+
+    def body(self) -> dict[str, object]:
+        """The public part of the error body (request and trace ids are added by the HTTP layer)."""
+        out: dict[str, object] = {"error": self.message, "code": self.code}
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+class InvalidInput(KinferError):
+    status, code = 400, "invalid_input"
+
+
+class Unauthorized(KinferError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(KinferError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(KinferError):
+    status, code = 404, "not_found"
+
+
+class Conflict(KinferError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(KinferError):
+    status, code = 413, "payload_too_large"
+
+
+class Unprocessable(KinferError):
+    status, code = 422, "unprocessable"
+
+
+class RateLimited(KinferError):
+    status, code, retryable = 429, "rate_limited", True
+
+
+class BackendError(KinferError):
+    status, code = 502, "backend_error"
+
+
+class Unavailable(KinferError):
+    status, code, retryable = 503, "unavailable", True
+
+
+class CircuitOpen(Unavailable):
+    code = "circuit_open"
+
+
+class BackendTimeout(KinferError):
+    status, code, retryable = 504, "backend_timeout", True
