@@ -106,6 +106,9 @@ class Settings:
     event_source: str = _var("EVENT_SOURCE", "/kinfer/batch")
     # Process identity and telemetry
     service_name: str = _var("K_SERVICE", "kinfer")
+    port: int = _var("PORT", "8080", _int(1, 65535))
+    function_target: str = _var("FUNCTION_TARGET", "")
+    function_source: str = _var("FUNCTION_SOURCE", "")
     log_level: str = _var("LOG_LEVEL", "INFO")
     otlp_endpoint: str = _var("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 
