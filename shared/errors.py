@@ -7,6 +7,7 @@
     ├── Unauthorized (401, unauthorized)
     ├── Forbidden (403, forbidden)
     ├── NotFound (404, not_found)
+    ├── MethodNotAllowed (405, method_not_allowed)
     ├── Conflict (409, conflict)
     ├── PayloadTooLarge (413, payload_too_large)
     ├── Unprocessable (422, unprocessable)         permanent event failure
@@ -30,11 +31,13 @@ class KinferError(Exception):
     retryable = False
 
     def __init__(self, message: str, *, field: str | None = None,
-                 retry_after: float | None = None, code: str | None = None) -> None:
+                 retry_after: float | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.retry_after = retry_after
+        self.headers = dict(headers or {})
         if code:
             self.code = code
 
@@ -60,6 +63,10 @@ class Forbidden(KinferError):
 
 class NotFound(KinferError):
     status, code = 404, "not_found"
+
+
+class MethodNotAllowed(KinferError):
+    status, code = 405, "method_not_allowed"
 
 
 class Conflict(KinferError):

@@ -1,0 +1,124 @@
+"""Redis access that degrades instead of failing.
+
+One redis client per process (bytes, no ``decode_responses``, so pybreaker's
+storage can share it), with short socket timeouts and a bounded retry. After a
+failure the cache stays "down" for ``DOWN_FOR_S`` so an outage costs callers
+microseconds, not a connect timeout per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DOWN_FOR_S = 1.0
+REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+def make_redis(settings: Settings) -> redis.Redis:
+    """A redis client whose failures surface in milliseconds (redis-py 8 retries ~10 times by default)."""
+    timeout = settings.redis_timeout_s
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+        health_check_interval=0,
+        max_connections=64,
+    )
+
+
+# Fill a cache key only if no registry write happened since the reader looked
+# (KEYS[1] = value key, KEYS[2] = generation key; ARGV = value, generation, ttl).
+_FILL_IF_CURRENT = """
+local gen = redis.call('GET', KEYS[2]) or '0'
+if gen == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]))
+  return 1
+end
+return 0
+"""
+
+
+class Cache:
+    """JSON values in Redis, with a generation counter that keeps read-through fills from going stale."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.client = client or make_redis(settings)
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        self._fill = self.client.register_script(_FILL_IF_CURRENT)
+
+    # -- availability -------------------------------------------------------
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        with self._lock:
+            first = self.available()
+            self._down_until = time.monotonic() + DOWN_FOR_S
+        if first:
+            log.warning("redis unavailable during %s: %s", what, type(exc).__name__)
+
+    def ping(self) -> bool:
+        try:
+            ok = bool(self.client.ping())
+        except REDIS_ERRORS as exc:
+            self._failed("ping", exc)
+            return False
+        self._down_until = 0.0
+        return ok
+
+    # -- read-through ---------------------------------------------------------
+    def lookup(self, key: str, gen_key: str) -> tuple[Any | None, str | None]:
+        """(cached value or None, generation seen); generation None means Redis is unusable."""
+        if not self.available():
+            return None, None
+        try:
+            raw, gen = self.client.mget(key, gen_key)
+        except REDIS_ERRORS as exc:
+            self._failed("lookup", exc)
+            return None, None
+        gen_text = gen.decode() if gen else "0"
+        return (json.loads(raw) if raw else None), gen_text
+
+    def fill(self, key: str, gen_key: str, value: Any, gen: str | None) -> None:
+        """Store ``value`` unless a write bumped ``gen_key`` since ``gen`` was read."""
+        if gen is None or not self.available():
+            return
+        try:
+            self._fill(keys=[key, gen_key], args=[json.dumps(value, default=str), gen, self.settings.cache_ttl_s])
+        except REDIS_ERRORS as exc:
+            self._failed("fill", exc)
+
+    def invalidate(self, gen_key: str, *keys: str) -> bool:
+        """Bump the generation and drop ``keys``; False when Redis could not be told."""
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.incr(gen_key)
+            if keys:
+                pipe.delete(*keys)
+            pipe.execute()
+            return True
+        except REDIS_ERRORS as exc:
+            self._failed("invalidate", exc)
+            return False
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except REDIS_ERRORS:
+            pass

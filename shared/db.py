@@ -1,0 +1,110 @@
+"""PostgreSQL through SQLAlchemy 2 on pg8000: one engine per process, a session per request.
+
+Driver errors are translated here, once: a lost or refused connection becomes
+``Unavailable``; integrity violations are left to the caller's ``conflict_on``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, make_url
+
+from shared.errors import Conflict, Unavailable
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class Database:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = sa.create_engine(
+            settings.database_url,
+            pool_pre_ping=True,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_timeout=5,
+            pool_recycle=1800,
+            connect_args={"timeout": 5},
+        )
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction, committed on success; driver failures become KinferErrors."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            if isinstance(exc, sa_exc.DBAPIError) and not exc.connection_invalidated and _is_query_error(exc):
+                raise
+            log.warning("database unavailable: %s", type(exc.orig if hasattr(exc, "orig") else exc).__name__)
+            raise Unavailable("the database is unavailable; retry shortly", retry_after=1) from exc
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except sa_exc.SQLAlchemyError:
+            return False
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _is_query_error(exc: sa_exc.DBAPIError) -> bool:
+    """pg8000 reports some statement errors as OperationalError; those carry a server error dict."""
+    orig = getattr(exc, "orig", None)
+    args = getattr(orig, "args", ())
+    return bool(args) and isinstance(args[0], dict) and "C" in args[0]
+
+
+@contextmanager
+def conflict_on(message: str, field: str | None = None) -> Iterator[None]:
+    """Turn a unique-constraint violation inside the block into Conflict (409)."""
+    try:
+        yield
+    except sa_exc.IntegrityError as exc:
+        raise Conflict(message, field=field) from exc
+
+
+def upgrade(settings: Settings, revision: str = "head") -> None:
+    """Apply the Alembic migrations to the configured database."""
+    from alembic import command
+
+    command.upgrade(alembic_config(settings), revision)
+
+
+def alembic_config(settings: Settings) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["database_url"] = settings.database_url
+    return cfg
+
+
+def ensure_database(settings: Settings) -> bool:
+    """Create the configured database if the server lacks it; True when it was created."""
+    url = make_url(settings.database_url)
+    name = url.database
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+            if exists:
+                return False
+            quoted = admin.dialect.identifier_preparer.quote(name)
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        admin.dispose()

@@ -1,0 +1,157 @@
+"""S3 adapter: plain boto3 (MinIO in production, a local S3 server in dev).
+
+botocore errors are translated here, once: a missing key or bucket becomes
+``NotFound``, connection trouble ``Unavailable`` (retryable), anything else
+``BackendError``. Every put sends an explicit ContentType.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+from shared.errors import BackendError, InvalidInput, NotFound, Unavailable
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JSONL_TYPE = "application/x-ndjson"
+OCTET_TYPE = "application/octet-stream"
+_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+_UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "503", "RequestTimeout", "InternalError"}
+T = TypeVar("T")
+
+
+def make_s3_client(settings: Settings) -> Any:
+    """A thread-safe boto3 S3 client for ``settings`` (path-style, bounded timeouts and retries)."""
+    config = Config(
+        region_name=settings.s3_region,
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        connect_timeout=3,
+        read_timeout=30,
+        retries={"max_attempts": 3, "mode": "standard"},
+        max_pool_connections=32,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url or None,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key,
+        config=config,
+    )
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn botocore exceptions raised inside the block into the Kinfer error tree."""
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _NOT_FOUND_CODES:
+            raise NotFound(f"{what} not found") from exc
+        if code in _UNAVAILABLE_CODES:
+            raise Unavailable(f"object storage unavailable during {what}", retry_after=1) from exc
+        raise BackendError(f"object storage error during {what}: {code or 'unknown'}") from exc
+    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, BotoConnectionError) as exc:
+        raise Unavailable(f"object storage unreachable during {what}", retry_after=1) from exc
+    except BotoCoreError as exc:
+        raise BackendError(f"object storage error during {what}") from exc
+
+
+def _call(what: str, fn: Callable[[], T]) -> T:
+    with _translated(what):
+        return fn()
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into (bucket, key); InvalidInput when it is not one."""
+    parts = urlsplit(url or "")
+    key = parts.path.lstrip("/")
+    if parts.scheme != "s3" or not parts.netloc or not key or parts.query or parts.fragment:
+        raise InvalidInput("input_url must look like s3://bucket/key", field="input_url")
+    return parts.netloc, key
+
+
+def ensure_buckets(client: Any, *names: str) -> None:
+    """Create each bucket unless it already exists (idempotent)."""
+    for name in names:
+        try:
+            _call(f"bucket {name}", lambda: client.head_bucket(Bucket=name))
+        except NotFound:
+            try:
+                _call(f"create bucket {name}", lambda: client.create_bucket(Bucket=name))
+            except BackendError as exc:
+                if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
+                    raise
+
+
+def put_bytes(client: Any, bucket: str, key: str, data: bytes, content_type: str = OCTET_TYPE) -> None:
+    """Store ``data`` at bucket/key with an explicit ContentType."""
+    _call(f"s3://{bucket}/{key}",
+          lambda: client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
+                                    ContentLength=len(data)))
+
+
+def get_bytes(client: Any, bucket: str, key: str) -> bytes:
+    """The whole object at bucket/key (NotFound when missing)."""
+    with _translated(f"s3://{bucket}/{key}"):
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+
+def put_jsonl(client: Any, bucket: str, key: str, rows: Iterable[dict[str, Any]]) -> int:
+    """Store ``rows`` as JSON Lines; returns the number of rows written."""
+    lines = [json.dumps(row, separators=(",", ":"), ensure_ascii=False) for row in rows]
+    data = ("\n".join(lines) + "\n").encode() if lines else b""
+    put_bytes(client, bucket, key, data, JSONL_TYPE)
+    return len(lines)
+
+
+def get_jsonl(client: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    """Read a JSON Lines object; InvalidInput names the first bad line."""
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(get_bytes(client, bucket, key).decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise InvalidInput(f"line {number} of s3://{bucket}/{key} is not valid JSON",
+                               field="input_url") from None
+        if not isinstance(row, dict):
+            raise InvalidInput(f"line {number} of s3://{bucket}/{key} is not a JSON object", field="input_url")
+        rows.append(row)
+    return rows
+
+
+def presign_get(client: Any, bucket: str, key: str, expires_s: int) -> str:
+    """A presigned GET URL for bucket/key valid for ``expires_s`` seconds."""
+    return _call(f"presign s3://{bucket}/{key}", lambda: client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s)))
+
+
+def delete_prefix(client: Any, bucket: str, prefix: str) -> int:
+    """Delete every object under ``prefix``; returns how many were deleted."""
+    deleted = 0
+    with _translated(f"s3://{bucket}/{prefix}"):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                deleted += len(keys)
+    return deleted
