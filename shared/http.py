@@ -138,8 +138,9 @@ def error_response(exc: KinferError, request_id: str, trace_id: str) -> Response
 def _as_response(result: Any) -> Response:
     if isinstance(result, Response):
         return result
-    if isinstance(result, tuple):
-        return json_response(*result)
+    if isinstance(result, tuple):  # (status, body) or (status, body, headers)
+        status, body, *headers = result
+        return json_response(body, status, *headers)
     return json_response(result)
 
 

@@ -1,0 +1,55 @@
+"""The model registry function (DESIGN.md section 3): CRUD over /v1/models."""
+
+from __future__ import annotations
+
+import functions_framework
+from flask import Request, Response
+
+from shared import registry
+from shared.http import Call, Route, Router, dispatch
+from shared.runtime import function_services
+
+
+def _create(call: Call) -> tuple[int, dict]:
+    return 201, registry.create_model(call.services, call.json())
+
+
+def _list(call: Call) -> dict:
+    return registry.list_models(call.services, call.request.args)
+
+
+def _get(call: Call, model_id: str) -> dict:
+    return registry.get_model(call.services, model_id)
+
+
+def _get_by_name(call: Call, name: str, version: str) -> dict:
+    return registry.get_model_by_name(call.services, name, version)
+
+
+def _update(call: Call, model_id: str) -> dict:
+    return registry.update_model(call.services, model_id, call.json())
+
+
+def _delete(call: Call, model_id: str) -> Response:
+    registry.delete_model(call.services, model_id)
+    return Response(status=204)
+
+
+def _health(call: Call) -> tuple[int, dict]:
+    return registry.health(call.services)
+
+
+ROUTES = Router([
+    Route("/health", ("GET",), _health),
+    Route("/v1/models", ("POST",), _create, scope="admin"),
+    Route("/v1/models", ("GET",), _list, scope="any"),
+    Route("/v1/models/by-name/<name>/<version>", ("GET",), _get_by_name, scope="any"),
+    Route("/v1/models/<model_id>", ("GET",), _get, scope="any"),
+    Route("/v1/models/<model_id>", ("PUT", "PATCH"), _update, scope="admin"),
+    Route("/v1/models/<model_id>", ("DELETE",), _delete, scope="admin"),
+])
+
+
+@functions_framework.http
+def manage_models(request: Request) -> Response:
+    return dispatch(request, ROUTES, function_services(), "models")

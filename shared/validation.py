@@ -1,0 +1,77 @@
+"""Small validators for JSON request bodies; each failure is an InvalidInput naming its field."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from shared.errors import InvalidInput
+
+
+def require_object(body: Any, field: str = "body") -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidInput(f"{field} must be a JSON object", field=field)
+    return body
+
+
+def reject_unknown(body: Mapping[str, Any], allowed: Iterable[str], read_only: Iterable[str] = ()) -> None:
+    allowed_set, read_only_set = set(allowed), set(read_only)
+    for key in body:
+        if key in read_only_set:
+            raise InvalidInput(f"{key} is read-only and cannot be set", field=key)
+        if key not in allowed_set:
+            raise InvalidInput(f"unknown field {key!r}; allowed fields: {', '.join(sorted(allowed_set))}",
+                               field=key)
+
+
+def string(value: Any, field: str, *, max_len: int, pattern: re.Pattern[str] | None = None,
+           hint: str = "", allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string", field=field)
+    if not value and not allow_empty:
+        raise InvalidInput(f"{field} must not be empty", field=field)
+    if len(value) > max_len:
+        raise InvalidInput(f"{field} is longer than {max_len} characters", field=field)
+    if pattern is not None and not pattern.fullmatch(value):
+        raise InvalidInput(f"{field} {value[:64]!r} is malformed{': ' + hint if hint else ''}", field=field)
+    return value
+
+
+def choice(value: Any, field: str, allowed: Iterable[str]) -> str:
+    options = sorted(allowed)
+    if not isinstance(value, str) or value not in options:
+        raise InvalidInput(f"{field} must be one of: {', '.join(options)}", field=field)
+    return value
+
+
+def integer(raw: str | None, field: str, *, default: int, lo: int, hi: int) -> int:
+    """A query-string integer within [lo, hi]."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{field} must be an integer", field=field) from None
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{field} must be between {lo} and {hi}", field=field)
+    return value
+
+
+def json_object(value: Any, field: str, *, max_bytes: int, max_depth: int = 8) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be a JSON object", field=field)
+    if _depth(value) > max_depth:
+        raise InvalidInput(f"{field} is nested deeper than {max_depth} levels", field=field)
+    if len(json.dumps(value)) > max_bytes:
+        raise InvalidInput(f"{field} is larger than {max_bytes} bytes", field=field)
+    return value
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0

@@ -1,0 +1,102 @@
+"""Fixtures shared by the whole suite: a private PostgreSQL database, Redis, settings, services,
+free ports, and (for integration tests) a real Triton server.
+
+Integration fixtures never skip: a service that cannot be reached fails the test with
+the reason and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("KINFER_TEST_PG", "postgresql+pg8000://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("KINFER_TEST_REDIS", "redis://127.0.0.1:6379/1")
+
+
+def free_port() -> int:
+    """A free TCP port in 20000-30000 (below the ephemeral range, which collides with client sockets)."""
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found in 20000-30000")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh, migrated database for this test session, dropped afterwards."""
+    from shared import db
+
+    name = f"kinfer_test_{uuid.uuid4().hex[:10]}"
+    url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    settings = Settings.from_env(environ={}, database_url=url)
+    try:
+        db.ensure_database(settings)
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc.orig}); start it "
+                    "(scripts/test does) or set KINFER_TEST_PG", pytrace=False)
+    db.upgrade(settings)
+    yield url
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start it (scripts/test does) "
+                    "or set KINFER_TEST_REDIS", pytrace=False)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str, redis_url: str) -> Settings:
+    """Settings for integration tests: real services, auth off unless a test turns it on."""
+    return Settings.from_env(environ={}, database_url=database_url, redis_url=redis_url,
+                             auth_required=False, service_name="kinfer-test")
+
+
+@pytest.fixture
+def services(base_settings: Settings) -> Iterator[object]:
+    """Fresh process services bound to the test settings (the functions use these too)."""
+    from shared.services import reset_services
+
+    yield reset_services(base_settings)
+    reset_services(None)
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real Triton server (nvidia-pytriton's tritonserver) serving the demo models."""
+    from shared.localstack.triton import TritonServer, TritonStartError, default_repository
+
+    ports = [free_port() for _ in range(3)]
+    server = TritonServer(default_repository(), tmp_path_factory.mktemp("triton"),
+                          http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
+    try:
+        server.start(timeout=120)
+    except TritonStartError as exc:
+        pytest.fail(f"Triton could not start: {exc}", pytrace=False)
+    yield server
+    server.stop()
