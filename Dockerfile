@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1.7
+# One image for every Kinfer function. Each Knative Service picks its function
+# with FUNCTION_TARGET / FUNCTION_SOURCE (e.g. functions/infer/main.py, relative
+# to /app); `kinfer serve` runs gunicorn on the functions-framework app on $PORT.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml
+# changes, not on every code change (empty packages stand in for the sources).
+COPY pyproject.toml ./
+RUN mkdir -p shared functions \
+    && touch shared/__init__.py functions/__init__.py README.md \
+    && pip install . \
+    && pip uninstall --yes kinfer
+# Then the project itself, without touching the dependency layer.
+COPY shared ./shared
+COPY functions ./functions
+RUN pip install --no-deps . \
+    && python -m compileall -q /opt/venv/lib
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="kinfer" \
+      org.opencontainers.image.description="Kinfer functions (functions-framework) for Knative" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 kinfer \
+    && useradd --system --uid 10001 --gid kinfer --home-dir /app --shell /usr/sbin/nologin kinfer
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PORT=8080
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+# FUNCTION_SOURCE paths (functions/<name>/main.py) resolve against /app.
+COPY --chown=root:root functions ./functions
+USER 10001:10001
+EXPOSE 8080
+# Knative probes /health itself; this serves `docker run` and other runtimes.
+HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8080'), timeout=2)"]
+ENTRYPOINT ["kinfer"]
+CMD ["serve"]
