@@ -111,6 +111,8 @@ class Settings:
     function_source: str = _var("FUNCTION_SOURCE", "")
     log_level: str = _var("LOG_LEVEL", "INFO")
     otlp_endpoint: str = _var("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    # API keys: how long a key lookup is trusted in-process (revocation takes effect within it)
+    auth_cache_ttl_s: float = _var("AUTH_CACHE_TTL_S", "5", _float(0, 300))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
