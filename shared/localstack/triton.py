@@ -255,23 +255,34 @@ class TritonServer:
 
     def _failure(self, what: str) -> str:
         """One line of reason (with a hint where known), then the tail of the log."""
-        tail = _tail(self.log_path)
-        errors = [line for line in tail if (line.startswith("E") or "error" in line.lower())
-                  and "CudaDriverHelper" not in line]  # harmless on a CPU-only machine
-        reason = errors[-1].strip() if errors else "no error in the log"
-        if "already in use" in reason or "Address already in use" in "\n".join(tail):
+        lines = _log_lines(self.log_path)
+        reason = _reason(lines)
+        if "already in use" in reason:
             what += ": a port is already in use (choose other ports or stop the other server)"
         elif "libpython" in reason:
             what += f": libpython{PY_TAG} missing (apt-get install libpython{PY_TAG})"
-        return f"{what}: {reason}\n--- last lines of {self.log_path} ---\n" + "\n".join(tail)
+        return f"{what}: {reason}\n--- last lines of {self.log_path} ---\n" + "\n".join(lines[-20:])
 
 
-def _tail(path: Path, lines: int = 25) -> list[str]:
+def _log_lines(path: Path) -> list[str]:
+    """The log without its blank lines and configuration tables."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    return text.splitlines()[-lines:]
+    return [line for line in text.splitlines() if line.strip() and line[0] not in "|+"]
+
+
+def _reason(lines: list[str]) -> str:
+    """The most telling error of a Triton log: a model that failed to load, else the last error line."""
+    errors = [line for line in lines if (line.startswith("E") or "error" in line.lower())
+              and "CudaDriverHelper" not in line]  # harmless on a CPU-only machine
+    failed = [line for line in errors if "failed to load '" in line]
+    if not errors:
+        return "no error in the log"
+    picked = failed[0] if failed else errors[-1]
+    message = picked.split("] ", 1)[-1].strip().strip('"')
+    return message.split("\\n", 1)[0]  # Triton escapes the traceback's newlines
 
 
 def _stop_at_exit(ref: weakref.ReferenceType[TritonServer]) -> None:
