@@ -1,0 +1,261 @@
+"""``kinfer up`` / ``status`` / ``down``: the whole platform on one machine (DESIGN.md section 7).
+
+Every part runs as a detached process recorded in ``<state>/stack.json``:
+PostgreSQL and Redis (only when the configured ones do not answer), the S3 API
+server, Triton, one gunicorn process per function, the gateway and the event
+relay. ``up`` is idempotent; ``down`` stops what ``up`` started.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.localstack import procs
+from shared.localstack.procs import StackError
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+RELAY_PORT, S3_PORT, TRITON_PORTS = 8090, 9000, (8000, 8001, 8002)
+SINK_PATH = "/kinfer/batch-chunks"
+DEMO_KEY = "demo-token"
+
+
+@dataclass(frozen=True)
+class Fn:
+    folder: str
+    target: str
+    port: int
+    service: str
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def functions() -> list[Fn]:
+    sink = ("K_SINK", f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}")
+    return [
+        Fn("models", "manage_models", 8083, "models", (("AUTH_REQUIRED", "false"),)),
+        Fn("backends", "serve_backends", 8081, "backends"),
+        Fn("infer", "run_inference", 8082, "infer"),
+        Fn("batch", "manage_batch_jobs", 8084, "batch", (sink,)),
+        Fn("batch_intake", "intake_batch_request", 8085, "batch-intake", (sink,)),
+        Fn("batch_worker", "process_batch_chunk", 8086, "batch-worker"),
+        Fn("batch_deadletter", "fail_dead_chunk", 8087, "batch-deadletter"),
+    ]
+
+
+def available_functions() -> list[Fn]:
+    return [f for f in functions() if (ROOT / "functions" / f.folder / "main.py").is_file()]
+
+
+def state_dir() -> Path:
+    return ROOT / ".kinfer"
+
+
+def _state_file() -> Path:
+    return state_dir() / "stack.json"
+
+
+def load_state() -> dict[str, Any]:
+    try:
+        return dict(json.loads(_state_file().read_text()))
+    except (OSError, ValueError):
+        return {"components": {}}
+
+
+def _save(state: dict[str, Any]) -> None:
+    state_dir().mkdir(parents=True, exist_ok=True)
+    _state_file().write_text(json.dumps(state, indent=2))
+
+
+def base_env(settings: Settings) -> dict[str, str]:
+    """Environment every function process gets: the local endpoints of this stack."""
+    return {
+        "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "TRITON_URL": f"127.0.0.1:{TRITON_PORTS[1]}",
+        "S3_ACCESS_KEY_ID": settings.s3_access_key_id, "S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _serve_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", *args]
+
+
+def up(settings: Settings, say: Any = print) -> dict[str, Any]:
+    """Start every part that is not already running; return the state (components with pid, url, log)."""
+    state = load_state()
+    comps: dict[str, Any] = state.setdefault("components", {})
+    running = {name for name, c in comps.items() if procs.alive(c.get("pid"))}
+    if running and all(n in running for n in _expected_names()):
+        say("the local stack is already running (kinfer status shows it)")
+        return state
+    if running:
+        raise StackError("part of an old stack is still running; run `kinfer down` first")
+    comps.clear()
+    _check_ports()
+    logs = state_dir() / "logs"
+    _start_data(settings, comps, say)
+    _save(state)
+    _start_s3(comps, logs, say)
+    _save(state)
+    _start_triton(comps, logs, say)
+    _save(state)
+    env = base_env(settings)
+    for fn in available_functions():
+        _start_function(fn, env, comps, logs)
+    gw_env = dict(env, K_SERVICE="gateway", K_SINK=f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}")
+    _record(comps, "gateway", procs.spawn(_serve_cmd("--gateway", "--port", "8080"), logs / "gateway.log",
+                                          gw_env, ROOT), "http://127.0.0.1:8080/health", logs / "gateway.log")
+    _start_relay(env, comps, logs)
+    _save(state)
+    for name, comp in comps.items():
+        if comp.get("health"):
+            procs.wait_http(comp["health"], comp.get("pid"), 60, Path(comp["log"]))
+    say("all parts healthy; seeding the demo key and models")
+    seed(settings)
+    return state
+
+
+def _expected_names() -> list[str]:
+    return ["s3", "triton", "gateway", "relay"] + [f.folder for f in available_functions()]
+
+
+def _check_ports() -> None:
+    procs.require_free(S3_PORT, "the S3 server")
+    for port in TRITON_PORTS:
+        procs.require_free(port, "Triton")
+    for fn in available_functions():
+        procs.require_free(fn.port, f"the {fn.folder} function")
+    procs.require_free(8080, "the gateway")
+    procs.require_free(RELAY_PORT, "the event relay")
+
+
+def _record(comps: dict[str, Any], name: str, pid: int | None, health: str | None, log: Path) -> None:
+    comps[name] = {"pid": pid, "health": health, "log": str(log)}
+
+
+def _start_data(settings: Settings, comps: dict[str, Any], say: Any) -> None:
+    from shared import db
+    from shared.localstack.data import ensure_postgres, ensure_redis
+
+    pg_pid = ensure_postgres(settings, state_dir())
+    if pg_pid:
+        say(f"started a private PostgreSQL under {state_dir() / 'postgres'}")
+        comps["postgres"] = {"pid": pg_pid, "health": None, "log": str(state_dir() / "postgres" / "server.log"),
+                             "private": True}
+    redis_pid = ensure_redis(settings, state_dir())
+    if redis_pid:
+        say(f"started a private Redis under {state_dir() / 'redis'}")
+        comps["redis"] = {"pid": redis_pid, "health": None, "log": str(state_dir() / "redis" / "redis.log")}
+    db.ensure_database(settings)
+    db.upgrade(settings)
+    say("database migrated")
+
+
+def _start_s3(comps: dict[str, Any], logs: Path, say: Any) -> None:
+    from shared.localstack.s3 import S3Server
+
+    logs.mkdir(parents=True, exist_ok=True)
+    pid = S3Server(port=S3_PORT).spawn(logs / "s3.log")
+    _record(comps, "s3", pid, None, logs / "s3.log")
+    say(f"S3 API server on http://127.0.0.1:{S3_PORT}")
+
+
+def _start_triton(comps: dict[str, Any], logs: Path, say: Any) -> None:
+    from shared.localstack.triton import TritonServer, TritonStartError, default_repository
+
+    server = TritonServer(default_repository(), state_dir() / "triton", *TRITON_PORTS, log_path=logs / "triton.log")
+    try:
+        server.start(timeout=120, detach=True)
+    except TritonStartError as exc:
+        raise StackError(str(exc).splitlines()[0]) from None
+    _record(comps, "triton", server.pid, f"{server.http_url}/v2/health/ready", logs / "triton.log")
+    say(f"Triton on {server.http_url} (gRPC {server.grpc_url})")
+
+
+def _start_function(fn: Fn, env: dict[str, str], comps: dict[str, Any], logs: Path) -> None:
+    fn_env = dict(env, K_SERVICE=fn.service, **dict(fn.env))
+    cmd = _serve_cmd("--target", fn.target, "--source", f"functions/{fn.folder}/main.py", "--port", str(fn.port))
+    log = logs / f"{fn.folder}.log"
+    _record(comps, fn.folder, procs.spawn(cmd, log, fn_env, ROOT), f"http://127.0.0.1:{fn.port}/health", log)
+
+
+def _start_relay(env: dict[str, str], comps: dict[str, Any], logs: Path) -> None:
+    targets = [f"{fn.service}=http://127.0.0.1:{fn.port}/" for fn in available_functions()]
+    cmd = [sys.executable, "-m", "shared.localstack.relay", "--port", str(RELAY_PORT),
+           "--manifests", str(ROOT / "knative" / "base")]
+    for target in targets:
+        cmd += ["--target", target]
+    log = logs / "relay.log"
+    _record(comps, "relay", procs.spawn(cmd, log, dict(env, K_SERVICE="relay"), ROOT),
+            f"http://127.0.0.1:{RELAY_PORT}/health", log)
+
+
+def seed(settings: Settings) -> None:
+    """The dev API key and the demo models (active, served by the local Triton); idempotent."""
+    from shared import registry
+    from shared.errors import Conflict
+    from shared.services import Services
+
+    services = Services(settings)
+    try:
+        try:
+            from shared.keys import ensure_key
+        except ImportError:
+            ensure_key = None
+        if ensure_key is not None:
+            ensure_key(services, "demo", DEMO_KEY, ["infer", "batch", "admin"])
+        backend = f"127.0.0.1:{TRITON_PORTS[1]}"
+        for body in DEMO_MODELS:
+            try:
+                registry.create_model(services, dict(body, backend_url=backend))
+            except Conflict:
+                pass
+    finally:
+        services.close()
+
+
+DEMO_MODELS = (
+    {"name": "iris_classifier", "version": "1", "framework": "onnx", "format": "onnx",
+     "description": "Logistic regression on the iris data set (ONNX, run by onnxruntime)",
+     "tags": ["demo", "classification"], "metadata": {"labels": ["setosa", "versicolor", "virginica"]}},
+    {"name": "vector_scorer", "version": "1", "framework": "python", "format": "python",
+     "description": "z-score normalisation + softmax over a variable-length FP32 vector",
+     "tags": ["demo", "scoring"]},
+)
+
+
+def status() -> list[dict[str, Any]]:
+    rows = []
+    for name, comp in load_state().get("components", {}).items():
+        alive = procs.alive(comp.get("pid"))
+        healthy = alive and (procs.http_ok(comp["health"]) if comp.get("health") else True)
+        rows.append({"name": name, "pid": comp.get("pid"), "alive": alive, "healthy": healthy,
+                     "url": comp.get("health"), "log": comp.get("log")})
+    return rows
+
+
+def down(say: Any = print) -> int:
+    """Stop every recorded part (functions first, data last); returns how many were stopped."""
+    from shared.localstack.data import stop_postgres
+
+    state = load_state()
+    comps = state.get("components", {})
+    stopped = 0
+    for name in sorted(comps, key=lambda n: ["postgres", "redis"].index(n) + 1 if n in ("postgres", "redis") else 0):
+        comp = comps[name]
+        if not procs.alive(comp.get("pid")):
+            continue
+        if name == "postgres":
+            stop_postgres(state_dir())
+        else:
+            procs.stop(comp["pid"])
+        stopped += 1
+        say(f"stopped {name}")
+    state["components"] = {}
+    _save(state)
+    return stopped

@@ -1,0 +1,90 @@
+"""Serving functions in production shape: gunicorn with threads, as functions-framework does.
+
+``kinfer serve`` (the container's command) serves one function picked by
+FUNCTION_TARGET / FUNCTION_SOURCE, or the local gateway that mounts every public
+HTTP function in one process. gunicorn 27 would open a control socket in the home
+folder; it is disabled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gunicorn.app.base
+
+# Path prefix -> (module path, entry point) of the public HTTP functions the gateway mounts.
+GATEWAY_ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("/v1/models", "functions.models.main", "manage_models"),
+    ("/v1/infer", "functions.infer.main", "run_inference"),
+    ("/v2/", "functions.infer.main", "run_inference"),
+    ("/v1/batch", "functions.batch.main", "manage_batch_jobs"),
+    ("/health", "functions.models.main", "manage_models"),
+)
+
+
+class GunicornServer(gunicorn.app.base.BaseApplication):  # type: ignore[misc]
+    def __init__(self, app: Any, options: dict[str, Any]) -> None:
+        self.application = app
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self.application
+
+
+def server_options(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
+    return {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": 0,
+        "keepalive": 75,
+        "loglevel": "warning",
+        "accesslog": None,
+        "limit_request_line": 8190,
+        "control_socket_disable": True,
+    }
+
+
+def function_app(target: str, source: str) -> Any:
+    """The functions-framework WSGI app of one function (``source`` is its main.py)."""
+    import functions_framework
+
+    return functions_framework.create_app(target, source)
+
+
+def gateway_app() -> Any:
+    """One WSGI app routing public paths to the entry points, imported by package path (no extra hop)."""
+    import importlib
+
+    from flask import Request
+
+    from shared.errors import NotFound
+    from shared.http import error_response, request_id_of
+
+    mounted = []
+    for prefix, module, entry in GATEWAY_ROUTES:
+        try:
+            mounted.append((prefix, getattr(importlib.import_module(module), entry)))
+        except ModuleNotFoundError:
+            continue
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        path = request.path
+        for prefix, entry in mounted:
+            if path == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/"):
+                return entry(request)(environ, start_response)
+        missing = NotFound(f"no route for {request.method} {path}")
+        return error_response(missing, request_id_of(request), "")(environ, start_response)
+
+    return app
+
+
+def serve(app: Any, host: str, port: int, workers: int = 1, threads: int = 8) -> None:
+    GunicornServer(app, server_options(host, port, workers, threads)).run()
