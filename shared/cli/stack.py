@@ -36,13 +36,16 @@ def _err(message: str) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.localstack.procs import StackError
-    from shared.localstack.stack import up
+    from shared.localstack.stack import down, up
 
     try:
         settings = Settings.from_env()
         up(settings, say=lambda m: print(f"  {m}", flush=True))
     except (StackError, ConfigError) as exc:
-        return _err(str(exc))
+        _err(str(exc))
+        print("stopping what was started", flush=True)
+        down(say=lambda m: print(f"  {m}"))
+        return 1
     print("\nKinfer is up:")
     for what, url in URLS:
         print(f"  {what:<40} {url}")
