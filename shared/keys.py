@@ -1,0 +1,174 @@
+"""API key store: the ``api_keys`` table (hash only), creation, lookup and revocation.
+
+A key is ``kf_`` plus 32 random url-safe bytes. Only its SHA-256 digest is stored,
+with a short prefix for display: keys are high-entropy random strings, so a fast
+unsalted hash is enough (a slow password hash such as bcrypt protects guessable
+secrets and would cost milliseconds on every cache miss for nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import uuid
+from datetime import datetime, timezone
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from shared.errors import InvalidInput, NotFound
+from shared.schema import metadata
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("infer", "batch", "admin")
+KEY_PREFIX = "kf_"
+MAX_KEY_LEN = 256
+KEY_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,127}")
+MAX_RATE_LIMIT = 10_000_000
+LAST_USED_EVERY_S = 60
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("scopes", JSONB, nullable=False),
+    sa.Column("rate_limit_per_minute", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
+)
+
+
+def hash_key(plaintext: str) -> str:
+    """The SHA-256 hex digest stored for a key (see the module docstring for why SHA-256)."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def display_prefix(plaintext: str) -> str:
+    """Enough of the key to recognise it in a list, never enough to guess it."""
+    return plaintext[:10] if plaintext.startswith(KEY_PREFIX) else plaintext[:4]
+
+
+def parse_scopes(raw: str | Iterable[str]) -> list[str]:
+    """Validate scopes given as "infer,batch" or a list; at least one, each known."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    scopes = list(dict.fromkeys(s.strip().lower() for s in items if str(s).strip()))
+    unknown = [s for s in scopes if s not in SCOPES]
+    if not scopes or unknown:
+        raise InvalidInput(f"scopes must be a non-empty subset of {', '.join(SCOPES)}"
+                           + (f"; unknown: {', '.join(unknown)}" if unknown else ""), field="scopes")
+    return scopes
+
+
+def _validate(name: str, rate_limit: int | None, secret: str | None) -> None:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidInput("name must be 1-128 letters, digits, spaces or . _ : @ / -", field="name")
+    if rate_limit is not None and not (isinstance(rate_limit, int) and 1 <= rate_limit <= MAX_RATE_LIMIT):
+        raise InvalidInput(f"rate limit must be an integer from 1 to {MAX_RATE_LIMIT}", field="rate_limit")
+    if secret is not None and not (8 <= len(secret) <= MAX_KEY_LEN and KEY_CHARS.fullmatch(secret)):
+        raise InvalidInput("a fixed key must be 8-256 url-safe characters", field="secret")
+
+
+def _record(row: Any) -> dict[str, Any]:
+    rec = dict(row._mapping)
+    rec.pop("key_hash", None)
+    rec["id"] = str(rec["id"])
+    return rec
+
+
+def create_key(services: Any, name: str, scopes: str | Iterable[str], rate_limit: int | None = None,
+               secret: str | None = None) -> tuple[dict[str, Any], str]:
+    """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored."""
+    scope_list = parse_scopes(scopes)
+    _validate(name, rate_limit, secret)
+    plaintext = secret or new_secret()
+    from shared.db import conflict_on
+
+    values = {"id": uuid.uuid4(), "name": name, "key_hash": hash_key(plaintext),
+              "prefix": display_prefix(plaintext), "scopes": scope_list, "rate_limit_per_minute": rate_limit}
+    with conflict_on("a key with this secret already exists", field="secret"), services.db.begin() as conn:
+        row = conn.execute(api_keys.insert().values(**values).returning(*_public_columns())).one()
+    log.info("api key created: id=%s name=%s scopes=%s", values["id"], name, ",".join(scope_list))
+    return _record(row), plaintext
+
+
+def ensure_key(services: Any, name: str, secret: str, scopes: str | Iterable[str]) -> dict[str, Any]:
+    """Create the fixed key ``secret`` unless it exists (idempotent; a revoked key stays revoked)."""
+    found = find_by_hash(services, hash_key(secret), include_revoked=True)
+    if found is not None:
+        return found
+    from shared.errors import Conflict
+
+    try:
+        return create_key(services, name, scopes, secret=secret)[0]
+    except Conflict:  # another process seeded it first
+        return find_by_hash(services, hash_key(secret), include_revoked=True) or {}
+
+
+def _public_columns() -> list[sa.Column]:
+    return [c for c in api_keys.c if c.name != "key_hash"]
+
+
+def find_by_hash(services: Any, key_hash: str, include_revoked: bool = False) -> dict[str, Any] | None:
+    """The key record for a digest (active only unless ``include_revoked``)."""
+    query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash)
+    if not include_revoked:
+        query = query.where(api_keys.c.revoked_at.is_(None))
+    with services.db.begin() as conn:
+        row = conn.execute(query).first()
+    return _record(row) if row is not None else None
+
+
+def authenticate(services: Any, key_hash: str) -> dict[str, Any] | None:
+    """Look up an active key; touch ``last_used_at`` only when it is a minute old (not every request)."""
+    query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+    with services.db.begin() as conn:
+        row = conn.execute(query).first()
+        if row is not None and _touch_due(row.last_used_at):
+            conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(last_used_at=sa.func.now()))
+    return _record(row) if row is not None else None
+
+
+def _touch_due(last_used: datetime | None) -> bool:
+    return last_used is None or (datetime.now(timezone.utc) - last_used).total_seconds() >= LAST_USED_EVERY_S
+
+
+def list_keys(services: Any) -> list[dict[str, Any]]:
+    query = sa.select(*_public_columns()).order_by(api_keys.c.created_at, api_keys.c.id)
+    with services.db.begin() as conn:
+        return [_record(r) for r in conn.execute(query)]
+
+
+def _key_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise NotFound(f"no API key with id {raw!r}") from None
+
+
+def revoke_key(services: Any, key_id: str) -> dict[str, Any]:
+    """Mark a key revoked (idempotent: revoking twice keeps the first time); NotFound if unknown."""
+    kid = _key_id(key_id)
+    stmt = (api_keys.update().where(api_keys.c.id == kid)
+            .values(revoked_at=sa.func.coalesce(api_keys.c.revoked_at, sa.func.now()))
+            .returning(*_public_columns()))
+    with services.db.begin() as conn:
+        row = conn.execute(stmt).first()
+    if row is None:
+        raise NotFound(f"no API key with id {key_id}")
+    log.info("api key revoked: id=%s", kid)
+    return _record(row)
