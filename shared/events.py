@@ -1,0 +1,128 @@
+"""CloudEvents out (``emit`` to K_SINK) and in (``parse_event``) for the batch functions.
+
+Events leave in binary content mode (``ce-*`` headers, JSON body) over one
+keep-alive ``requests.Session``; the sink's answer is translated once: unreachable,
+5xx or 429 -> ``Unavailable`` (retryable), any other non-2xx -> ``BackendError``.
+The current OpenTelemetry context travels as the ``traceparent`` extension.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+import requests
+from cloudevents.exceptions import GenericException
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent, from_http
+from opentelemetry import propagate
+from requests.adapters import HTTPAdapter
+
+from shared.errors import BackendError, InvalidInput, Unavailable
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHUNK_EVENT_TYPE = "dev.kinfer.batch.chunk.v1"
+REQUEST_EVENT_TYPE = "dev.kinfer.batch.request.v1"
+TIMEOUT_S = (2.0, 10.0)  # connect, read
+_BATCH_TYPE = "application/cloudevents-batch+json"
+
+_session_lock = threading.Lock()
+_session: requests.Session | None = None
+
+
+def http_session(pool_size: int = 32) -> requests.Session:
+    """The process's keep-alive session for event POSTs (created on first use)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            _session = session
+        return _session
+
+
+def _sink_url(settings_or_sink_url: Settings | str) -> str:
+    url = settings_or_sink_url if isinstance(settings_or_sink_url, str) else settings_or_sink_url.k_sink
+    if not url:
+        raise Unavailable("no event sink configured (K_SINK is empty)")
+    return url
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the active OpenTelemetry context, if any."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def build_event(*, type: str, source: str, subject: str | None, data: dict[str, Any],
+                extensions: dict[str, Any] | None = None, id: str | None = None) -> CloudEvent:
+    """A CloudEvent with JSON data, the current traceparent and any ``extensions``."""
+    attributes: dict[str, Any] = {"type": type, "source": source, "datacontenttype": "application/json"}
+    if subject:
+        attributes["subject"] = subject
+    if id:
+        attributes["id"] = id
+    traceparent = current_traceparent()
+    if traceparent:
+        attributes["traceparent"] = traceparent
+    for name, value in (extensions or {}).items():
+        attributes[name.lower()] = str(value)
+    return CloudEvent(attributes, data)
+
+
+def emit(settings_or_sink_url: Settings | str, *, type: str, source: str, subject: str | None,
+         data: dict[str, Any], extensions: dict[str, Any] | None = None,
+         session: requests.Session | None = None, id: str | None = None) -> None:
+    """POST one CloudEvent in binary mode to K_SINK; Unavailable/BackendError on failure."""
+    url = _sink_url(settings_or_sink_url)
+    event = build_event(type=type, source=source, subject=subject, data=data, extensions=extensions, id=id)
+    headers, body = to_binary(event)
+    try:
+        resp = (session or http_session()).post(url, data=body, headers=headers, timeout=TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise Unavailable("event sink unreachable", retry_after=1) from exc
+    if resp.status_code >= 500 or resp.status_code == 429:
+        raise Unavailable(f"event sink answered {resp.status_code}", retry_after=1)
+    if not 200 <= resp.status_code < 300:
+        raise BackendError(f"event sink rejected the event with {resp.status_code}")
+
+
+def parse_event(request: Any) -> CloudEvent:
+    """The CloudEvent of a Flask/werkzeug request (binary or structured mode); InvalidInput when malformed."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(_BATCH_TYPE):
+        raise InvalidInput("batched CloudEvents are not supported; send one event per request")
+    try:
+        event = from_http(request.headers, request.get_data())
+    except GenericException as exc:
+        raise InvalidInput(f"malformed CloudEvent: {_reason(exc)}") from None
+    _require_json_data(event)
+    return event
+
+
+def _reason(exc: GenericException) -> str:
+    """A short reason that never echoes the request body."""
+    text = str(exc)
+    if text.startswith("Failed to read specversion from both headers and data"):
+        return "no ce-specversion header and the body is not a structured-mode JSON event"
+    if text.startswith("Failed to find specversion"):
+        return "binary mode needs ce-specversion, ce-id, ce-source and ce-type headers"
+    return text.split(":", 1)[0][:200] if "following" in text else text[:200]
+
+
+def _require_json_data(event: CloudEvent) -> None:
+    """Reject a JSON-typed event whose data did not parse (the SDK leaves it as raw bytes)."""
+    content_type = (event.get("datacontenttype") or "").lower()
+    data = event.data
+    if ("json" in content_type or not content_type) and isinstance(data, bytes) and data:
+        try:
+            event.data = json.loads(data)
+        except ValueError:
+            raise InvalidInput("malformed CloudEvent: data is not valid JSON") from None
