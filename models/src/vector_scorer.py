@@ -45,7 +45,7 @@ class TritonPythonModel:
         try:
             probabilities, stats, argmax = score(values)
         except ValueError as exc:
-            return pb.InferenceResponse(error=pb.TritonError(str(exc)))
+            return pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
         return pb.InferenceResponse(output_tensors=[
             pb.Tensor("probabilities", probabilities),
             pb.Tensor("stats", stats),

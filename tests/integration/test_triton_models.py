@@ -105,8 +105,9 @@ def test_vector_scorer_matches_numpy(client, length):
 
 
 def test_vector_scorer_rejects_nan_with_a_message(client):
-    with pytest.raises(InferenceServerException, match="finite"):
+    with pytest.raises(InferenceServerException, match="finite") as info:
         infer(client, "vector_scorer", "values", np.array([1.0, np.nan], dtype=np.float32), ["argmax"])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"  # a client error (HTTP 400), not a 500
 
 
 def test_metadata_and_config_are_readable(client):
