@@ -1,0 +1,219 @@
+"""The model registry against real PostgreSQL and Redis, driven through functions-framework."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from typing import Any
+
+import functions_framework
+import pytest
+import sqlalchemy as sa
+
+from shared import registry
+from shared.services import reset_services
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(services: Any) -> Any:
+    return functions_framework.create_app("manage_models", "functions/models/main.py").test_client()
+
+
+def unique(prefix: str = "m") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def model_body(**over: Any) -> dict[str, Any]:
+    body = {"name": unique(), "version": "1.0", "framework": "onnx", "format": "onnx",
+            "backend_url": "127.0.0.1:8001", "tags": ["demo"], "metadata": {"owner": "tests"}}
+    body.update(over)
+    return body
+
+
+def test_create_returns_the_whole_model(client: Any) -> None:
+    body = model_body(description="hello")
+    resp = client.post("/v1/models", json=body)
+    assert resp.status_code == 201
+    got = resp.get_json()
+    uuid.UUID(got["id"])
+    for key in ("name", "version", "framework", "format", "description", "tags", "metadata"):
+        assert got[key] == body[key]
+    assert got["backend_url"] == "127.0.0.1:8001" and got["backend_urls"] == ["127.0.0.1:8001"]
+    assert got["triton_model"] == body["name"] and got["status"] == "active"
+    assert got["created_at"] == got["updated_at"]
+    assert resp.headers["X-Request-ID"] and len(resp.headers["X-Trace-ID"]) == 32
+
+
+@pytest.mark.parametrize("drop", ["name", "version", "framework", "format"])
+def test_missing_field_is_400_naming_it(client: Any, drop: str) -> None:
+    body = model_body()
+    del body[drop]
+    resp = client.post("/v1/models", json=body)
+    assert resp.status_code == 400
+    err = resp.get_json()
+    assert err["field"] == drop and drop in err["error"] and err["code"] == "invalid_input" and err["request_id"]
+
+
+def test_bad_framework_lists_allowed_and_bad_pattern_is_400(client: Any) -> None:
+    resp = client.post("/v1/models", json=model_body(framework="keras"))
+    assert resp.status_code == 400 and "pytorch" in resp.get_json()["error"]
+    assert client.post("/v1/models", json=model_body(name="no spaces")).status_code == 400
+    assert client.post("/v1/models", json=model_body(version="v2")).status_code == 400
+
+
+def test_duplicate_name_version_is_409(client: Any) -> None:
+    body = model_body()
+    assert client.post("/v1/models", json=body).status_code == 201
+    resp = client.post("/v1/models", json=dict(body, description="again"))
+    assert resp.status_code == 409 and resp.get_json()["code"] == "conflict"
+
+
+def test_get_by_id_and_by_name_version(client: Any) -> None:
+    created = client.post("/v1/models", json=model_body()).get_json()
+    assert client.get(f"/v1/models/{created['id']}").get_json() == created
+    resp = client.get(f"/v1/models/by-name/{created['name']}/{created['version']}")
+    assert resp.status_code == 200 and resp.get_json()["id"] == created["id"]
+    assert client.get(f"/v1/models/by-name/{created['name']}/9.9").status_code == 404
+
+
+@pytest.mark.parametrize("model_id", [str(uuid.uuid4()), "not-a-uuid", "1%27%20OR%201=1", "x" * 300])
+def test_unknown_or_malformed_id_is_404_never_500(client: Any, model_id: str) -> None:
+    resp = client.get(f"/v1/models/{model_id}")
+    assert resp.status_code == 404 and resp.get_json()["code"] == "not_found"
+
+
+def test_list_filters_pagination_and_order(client: Any) -> None:
+    name, tag = unique("list"), unique("tag")
+    ids = []
+    for version, framework in (("1", "onnx"), ("2", "pytorch"), ("3", "onnx")):
+        body = model_body(name=name, version=version, framework=framework,
+                          format="onnx" if framework == "onnx" else "torchscript", tags=[tag])
+        ids.append(client.post("/v1/models", json=body).get_json()["id"])
+    client.patch(f"/v1/models/{ids[0]}", json={"status": "deprecated"})
+    page = client.get(f"/v1/models?tag={tag}").get_json()
+    assert page["total"] == 3 and page["limit"] == 50 and page["offset"] == 0
+    assert [m["id"] for m in page["models"]] == list(reversed(ids)), "newest first"
+    assert client.get(f"/v1/models?tag={tag}&framework=onnx").get_json()["total"] == 2
+    assert client.get(f"/v1/models?name={name}&status=deprecated").get_json()["total"] == 1
+    second = client.get(f"/v1/models?tag={tag}&limit=1&offset=1").get_json()
+    assert [m["id"] for m in second["models"]] == [ids[1]] and second["total"] == 3
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=abc", "offset=-1", "framework=keras",
+                                   "status=gone"])
+def test_list_bad_query_is_400(client: Any, query: str) -> None:
+    resp = client.get(f"/v1/models?{query}")
+    assert resp.status_code == 400 and resp.get_json()["field"] in query
+
+
+def test_put_and_patch_update_partially(client: Any) -> None:
+    created = client.post("/v1/models", json=model_body()).get_json()
+    time.sleep(0.01)
+    resp = client.patch(f"/v1/models/{created['id']}", json={"description": "new", "tags": ["x"]})
+    assert resp.status_code == 200
+    got = resp.get_json()
+    assert got["description"] == "new" and got["tags"] == ["x"] and got["metadata"] == created["metadata"]
+    assert got["updated_at"] > created["updated_at"]
+    resp = client.put(f"/v1/models/{created['id']}", json={"backend_urls": ["a:1", "b:2"], "status": "inactive"})
+    assert resp.get_json()["backend_urls"] == ["a:1", "b:2"] and resp.get_json()["status"] == "inactive"
+    assert client.patch(f"/v1/models/{created['id']}", json={"status": "nope"}).status_code == 400
+    assert client.patch(f"/v1/models/{created['id']}", json={"name": "other"}).status_code == 400
+    assert client.patch(f"/v1/models/{uuid.uuid4()}", json={"status": "active"}).status_code == 404
+
+
+def test_delete_then_again_is_404(client: Any) -> None:
+    created = client.post("/v1/models", json=model_body()).get_json()
+    assert client.delete(f"/v1/models/{created['id']}").status_code == 204
+    assert client.delete(f"/v1/models/{created['id']}").status_code == 404
+    assert client.get(f"/v1/models/{created['id']}").status_code == 404
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"not json", 400), (b"[1,2,3]", 400), (b'"string"', 400), (b"", 400),
+    (b'{"name": {"nested": ["junk"]}, "version": "1", "framework": "onnx", "format": "onnx"}', 400),
+    (b'{"name": "' + b"x" * 100_000 + b'", "version": "1", "framework": "onnx", "format": "onnx"}', 400),
+    (b"[" * 100_000 + b"]" * 100_000, 400),
+    (b'{"tags": [' + b'"t",' * 3_000_000 + b'"t"]}', 413),
+])
+def test_malformed_bodies_are_400_or_413_never_500(client: Any, data: bytes, status: int) -> None:
+    resp = client.post("/v1/models", data=data, content_type="application/json")
+    assert resp.status_code == status
+    assert resp.get_json()["code"] in ("invalid_input", "payload_too_large")
+
+
+def test_unknown_route_and_method_are_json(client: Any) -> None:
+    assert client.get("/v1/nothing").get_json()["code"] == "not_found"
+    resp = client.delete("/v1/models")
+    assert resp.status_code == 405 and "POST" in resp.headers["Allow"]
+
+
+def test_cache_serves_reads_and_writes_invalidate(client: Any, services: Any) -> None:
+    created = client.post("/v1/models", json=model_body()).get_json()
+    key = f"kinfer:reg:id:{created['id']}"
+    client.get(f"/v1/models/{created['id']}")
+    assert services.cache.client.exists(key), "a read fills the cache"
+    with services.db.begin() as conn:  # behind the registry's back: the cached copy still answers
+        conn.execute(sa.text("UPDATE models SET description = 'sneaky' WHERE id = :i"), {"i": created["id"]})
+    assert client.get(f"/v1/models/{created['id']}").get_json()["description"] == ""
+    client.patch(f"/v1/models/{created['id']}", json={"description": "via api"})
+    assert client.get(f"/v1/models/{created['id']}").get_json()["description"] == "via api"
+    by_name = client.get(f"/v1/models/by-name/{created['name']}/1.0").get_json()
+    assert by_name["description"] == "via api"
+
+
+def test_a_fill_that_raced_a_write_is_dropped(services: Any) -> None:
+    created = registry.create_model(services, model_body())
+    key = f"kinfer:reg:id:{created['id']}"
+    services.cache.client.delete(key)
+    _, gen = services.cache.lookup(key, registry.GEN_KEY)
+    registry.update_model(services, created["id"], {"description": "newer"})
+    services.cache.fill(key, registry.GEN_KEY, created, gen)  # the stale reader arrives late
+    assert not services.cache.client.exists(key)
+    assert registry.get_model(services, created["id"])["description"] == "newer"
+
+
+def test_resolve_picks_newest_active_version(services: Any) -> None:
+    name = unique("resolve")
+    for version, status in (("1.2", "active"), ("1.10", "active"), ("2.0", "inactive")):
+        registry.create_model(services, model_body(name=name, version=version, status=status))
+    assert registry.resolve_model(services, name)["version"] == "1.10"
+    newest = registry.get_model_by_name(services, name, "2.0")
+    registry.update_model(services, newest["id"], {"status": "active"})
+    assert registry.resolve_model(services, name)["version"] == "2.0"
+
+
+def test_health_is_healthy_with_both(client: Any) -> None:
+    resp = client.get("/health")
+    assert resp.status_code == 200 and resp.get_json()["status"] == "healthy"
+
+
+def test_redis_down_still_answers_from_postgres_quickly(base_settings: Any) -> None:
+    dead = dataclasses.replace(base_settings, redis_url="redis://127.0.0.1:1/0")
+    reset_services(dead)
+    try:
+        client = functions_framework.create_app("manage_models", "functions/models/main.py").test_client()
+        started = time.monotonic()
+        created = client.post("/v1/models", json=model_body()).get_json()
+        assert client.get(f"/v1/models/{created['id']}").status_code == 200
+        assert client.patch(f"/v1/models/{created['id']}", json={"status": "inactive"}).status_code == 200
+        assert client.get(f"/v1/models/{created['id']}").get_json()["status"] == "inactive"
+        health = client.get("/health")
+        assert time.monotonic() - started < 2.0
+        assert health.status_code == 200 and health.get_json()["status"] == "degraded"
+    finally:
+        reset_services(None)
+
+
+def test_postgres_down_health_is_503_and_requests_503(base_settings: Any) -> None:
+    dead = dataclasses.replace(base_settings, database_url="postgresql+pg8000://postgres@127.0.0.1:1/x")
+    reset_services(dead)
+    try:
+        client = functions_framework.create_app("manage_models", "functions/models/main.py").test_client()
+        assert client.get("/health").status_code == 503
+        resp = client.get(f"/v1/models/{uuid.uuid4()}")
+        assert resp.status_code == 503 and resp.get_json()["code"] == "unavailable" and resp.headers["Retry-After"]
+    finally:
+        reset_services(None)
