@@ -89,7 +89,8 @@ class EventRelay:
             dispatcher.start()
         self._server = _IngressServer((self.host, self.port), _Handler, self)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="relay-ingress", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="relay-ingress",
+                                        daemon=True)
         self._thread.start()
         log.info("event relay on %s: sinks %s, %d subscription(s)", self.url,
                  sorted(self.wiring.sinks), len(self.dispatchers))

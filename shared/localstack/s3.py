@@ -74,7 +74,7 @@ class S3Server:
                                        request_handler=MotoRequestHandler)
         except (OSError, SystemExit) as exc:
             raise PortBusy(f"cannot start the S3 server on {self.host}:{self.port}: {exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, name="s3-server", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="s3-server", daemon=True)
         self._thread.start()
         if not _wait_listening(self.host, self.port, timeout):
             self.stop()
