@@ -140,11 +140,13 @@ def stop_pid(pid: int, timeout: float = 10.0) -> bool:
     """Stop a (detached) tritonserver by pid: SIGTERM, then SIGKILL its process group. False if not running."""
     if not _is_tritonserver(pid):
         return False
+    prefix = _shm_prefix(pid)
     _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)
     _kill_group(pid)
+    _remove_shm(prefix)
     return True
 
 
@@ -162,6 +164,7 @@ class TritonServer:
         self.pid_path = self.state_dir / "triton.pid"
         self._extra_env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
+        self._shm_prefix: str | None = None
 
     @property
     def http_url(self) -> str:
@@ -200,6 +203,7 @@ class TritonServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        prefix = _shm_prefix(proc.pid) or self._shm_prefix  # a zombie has no cmdline
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -208,6 +212,7 @@ class TritonServer:
                 log.warning("Triton pid %d ignored SIGTERM for %.0fs; killing it", proc.pid, timeout)
         _kill_group(proc.pid)  # the Python backend stubs share the session
         proc.wait()
+        _remove_shm(prefix)
         self.pid_path.unlink(missing_ok=True)
 
     def is_ready(self) -> bool:
@@ -241,6 +246,7 @@ class TritonServer:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                     env=env, cwd=self.state_dir, start_new_session=True)
         self.pid_path.write_text(f"{proc.pid}\n")
+        self._shm_prefix = _shm_prefix_of(cmd)
         return proc
 
     def _wait_ready(self, deadline: float) -> None:
@@ -298,6 +304,28 @@ def _is_tritonserver(pid: int) -> bool:
     except OSError:
         return False
     return cmdline.endswith(b"tritonserver")
+
+
+def _shm_prefix(pid: int) -> str | None:
+    """The Python backend's shared-memory name prefix, read from the server's command line."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    return _shm_prefix_of(args)
+
+
+def _shm_prefix_of(args: list[str]) -> str | None:
+    marker = "shm-region-prefix-name="
+    return next((a.split(marker, 1)[1] for a in args if marker in a), None)
+
+
+def _remove_shm(prefix: str | None) -> None:
+    """Delete regions a killed server left in /dev/shm (a clean shutdown leaves none)."""
+    if not prefix or not prefix.startswith("kinfer"):
+        return
+    for leftover in Path("/dev/shm").glob(f"{prefix}*"):
+        leftover.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

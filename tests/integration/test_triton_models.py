@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,6 +159,17 @@ def test_stop_leaves_no_process_behind(tmp_path):
     triton.stop()
     triton.stop()  # idempotent
     assert group_members(pid) == [] and triton.pid is None and not triton.is_ready()
+    assert list(Path("/dev/shm").glob("kinfer18041_*")) == []
+
+
+def test_killed_server_leaves_no_shared_memory(tmp_path):
+    triton = TritonServer(REPOSITORY, tmp_path, 18060, 18061, 18062)
+    triton.start()
+    pid = triton.pid
+    assert pid is not None and list(Path("/dev/shm").glob("kinfer18061_*"))  # the Python backend's regions
+    os.kill(pid, signal.SIGKILL)  # no clean shutdown: stop() must still clean up
+    triton.stop()
+    assert group_members(pid) == [] and list(Path("/dev/shm").glob("kinfer18061_*")) == []
 
 
 def test_detached_server_is_stopped_by_pid(tmp_path):
