@@ -203,7 +203,7 @@ class TritonServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        prefix = _shm_prefix(proc.pid) or self._shm_prefix  # a zombie has no cmdline
+        prefix = self._shm_prefix
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
