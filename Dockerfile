@@ -2,9 +2,8 @@
 # One image for every Kinfer function. Each Knative Service picks its function
 # with FUNCTION_TARGET / FUNCTION_SOURCE (e.g. functions/infer/main.py, relative
 # to /app); `kinfer serve` runs gunicorn on the functions-framework app on $PORT.
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -22,7 +21,7 @@ COPY functions ./functions
 RUN pip install --no-deps . \
     && python -m compileall -q /opt/venv/lib
 
-FROM ${PYTHON_IMAGE} AS runtime
+FROM python:3.11.11-slim-bookworm AS runtime
 LABEL org.opencontainers.image.title="kinfer" \
       org.opencontainers.image.description="Kinfer functions (functions-framework) for Knative" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -1,0 +1,45 @@
+# `terraform apply -var image=... -var domain=...` brings up, in order: Knative
+# (Serving + Kourier, Eventing, the Kafka extensions) and the public gateway,
+# Kafka, the data services, then the Kinfer platform rendered from knative/.
+
+module "knative" {
+  source          = "./modules/knative"
+  knative_version = var.knative_version
+  domain          = var.domain
+}
+
+module "kafka" {
+  source            = "./modules/kafka"
+  bootstrap_servers = var.kafka_bootstrap_servers
+  chunk_partitions  = var.kafka_chunk_partitions
+}
+
+module "data" {
+  source               = "./modules/data"
+  namespace            = var.data_namespace
+  database_url         = var.database_url
+  redis_url            = var.redis_url
+  s3_endpoint_url      = var.s3_endpoint_url
+  s3_region            = var.s3_region
+  s3_access_key_id     = var.s3_access_key_id
+  s3_secret_access_key = var.s3_secret_access_key
+  kafka_brokers        = module.kafka.bootstrap_servers
+}
+
+module "platform" {
+  source               = "./modules/platform"
+  depends_on           = [module.knative, module.kafka, module.data]
+  image                = var.image
+  namespace            = var.namespace
+  domain               = var.domain
+  overlay              = var.overlay
+  gpu_count            = var.gpu_count
+  triton_keep_warm     = var.triton_keep_warm
+  kafka_brokers        = module.kafka.bootstrap_servers
+  database_url         = module.data.database_url
+  redis_url            = module.data.redis_url
+  s3_endpoint_url      = module.data.s3_endpoint_url
+  s3_region            = var.s3_region
+  s3_access_key_id     = module.data.s3_access_key_id
+  s3_secret_access_key = module.data.s3_secret_access_key
+}

@@ -1,0 +1,10 @@
+terraform {
+  required_providers {
+    helm = {
+      source = "hashicorp/helm"
+    }
+    kustomization = {
+      source = "kbst/kustomization"
+    }
+  }
+}

@@ -1,0 +1,11 @@
+output "gateway_class" {
+  description = "GatewayClass the kinfer Gateway uses."
+  value       = "kinfer"
+  depends_on  = [kustomization_resource.gateway_class]
+}
+
+output "internal_ingress" {
+  description = "Kourier's cluster-internal ingress Service (namespace/name) that the public routes target."
+  value       = { namespace = "kourier-system", name = "kourier-internal" }
+  depends_on  = [kustomization_resource.serving_p2]
+}

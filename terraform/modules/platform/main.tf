@@ -1,0 +1,147 @@
+# The Kinfer platform: its namespace and Secrets, then knative/overlays/<overlay>
+# rendered with kustomize, with the image, namespace, endpoints and GPU count
+# of this deployment patched in.
+
+locals {
+  knative_dir = abspath("${path.module}/../../../knative")
+  image       = regex("^(?P<name>[^@]+?)(?::(?P<tag>[A-Za-z0-9_.-]+))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$", var.image)
+  brokers     = [for s in split(",", var.kafka_brokers) : trimspace(s) if trimspace(s) != ""]
+  triton_url  = "triton.${var.namespace}.svc.cluster.local:80"
+
+  # Services behind each rule of the HTTPRoute kinfer-public, in rule order
+  # (knative/base/routing.yaml; tests/unit/test_terraform.py checks they match).
+  route_services = ["models-public", "infer", "infer", "batch"]
+
+  public_services   = ["models-public", "infer", "batch"]
+  internal_services = ["models", "batch-intake", "batch-worker", "batch-deadletter", "backends", "triton"]
+
+  # Endpoints that depend on this deployment; everything else keeps the
+  # overlay's values.
+  config = {
+    S3_ENDPOINT_URL         = var.s3_endpoint_url
+    S3_REGION               = var.s3_region
+    TRITON_URL              = local.triton_url
+    TRITON_MODEL_REPOSITORY = "s3://${var.s3_endpoint_url}/${var.model_bucket}/${var.model_prefix}"
+  }
+
+  secrets = {
+    "kinfer-database" = { DATABASE_URL = var.database_url }
+    "kinfer-redis"    = { REDIS_URL = var.redis_url }
+    "kinfer-s3"       = { S3_ACCESS_KEY_ID = var.s3_access_key_id, S3_SECRET_ACCESS_KEY = var.s3_secret_access_key }
+  }
+}
+
+resource "kubernetes_namespace" "kinfer" {
+  metadata {
+    name = var.namespace
+    labels = {
+      "app.kubernetes.io/part-of"          = "kinfer"
+      "pod-security.kubernetes.io/enforce" = "restricted"
+    }
+  }
+}
+
+resource "kubernetes_secret" "kinfer" {
+  for_each = local.secrets
+  metadata {
+    name      = each.key
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  type = "Opaque"
+  data = each.value
+}
+
+# Lets the HTTPRoute in var.namespace send traffic to Kourier's internal ingress.
+resource "kustomization_resource" "reference_grant" {
+  manifest = jsonencode({
+    apiVersion = "gateway.networking.k8s.io/v1beta1"
+    kind       = "ReferenceGrant"
+    metadata   = { name = "kinfer-routes-${var.namespace}", namespace = "kourier-system" }
+    spec = {
+      from = [{ group = "gateway.networking.k8s.io", kind = "HTTPRoute", namespace = var.namespace }]
+      to   = [{ group = "", kind = "Service", name = "kourier-internal" }]
+    }
+  })
+}
+
+data "kustomization_overlay" "kinfer" {
+  resources  = ["${local.knative_dir}/overlays/${var.overlay}"]
+  components = var.triton_keep_warm ? ["${local.knative_dir}/components/triton-warm"] : []
+  namespace  = var.namespace
+
+  images {
+    name     = "ghcr.io/kinfer/kinfer"
+    new_name = local.image.name
+    new_tag  = local.image.tag
+    digest   = local.image.digest
+  }
+
+  config_map_generator {
+    name     = "kinfer-config"
+    behavior = "merge"
+    literals = [for k, v in local.config : "${k}=${v}"]
+    options {
+      disable_name_suffix_hash = true
+    }
+  }
+
+  patches {
+    target {
+      group = "eventing.knative.dev"
+      kind  = "KafkaSink"
+    }
+    patch = jsonencode([{ op = "replace", path = "/spec/bootstrapServers", value = local.brokers }])
+  }
+
+  patches {
+    target {
+      group = "sources.knative.dev"
+      kind  = "KafkaSource"
+    }
+    patch = jsonencode([{ op = "replace", path = "/spec/bootstrapServers", value = local.brokers }])
+  }
+
+  patches {
+    target {
+      group = "gateway.networking.k8s.io"
+      kind  = "HTTPRoute"
+      name  = "kinfer-public"
+    }
+    patch = jsonencode([for i, svc in local.route_services : {
+      op    = "replace"
+      path  = "/spec/rules/${i}/filters/0/urlRewrite/hostname"
+      value = "${svc}.${var.namespace}.svc.cluster.local"
+    }])
+  }
+
+  patches {
+    target {
+      group = "serving.knative.dev"
+      kind  = "Service"
+      name  = "triton"
+    }
+    patch = jsonencode([
+      { op = "replace", path = "/spec/template/spec/containers/0/resources/requests/nvidia.com~1gpu", value = tostring(var.gpu_count) },
+      { op = "replace", path = "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu", value = tostring(var.gpu_count) },
+    ])
+  }
+}
+
+resource "kustomization_resource" "p0" {
+  for_each   = data.kustomization_overlay.kinfer.ids_prio[0]
+  manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
+  depends_on = [kubernetes_secret.kinfer]
+}
+
+resource "kustomization_resource" "p1" {
+  for_each   = data.kustomization_overlay.kinfer.ids_prio[1]
+  manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
+  depends_on = [kustomization_resource.p0, kustomization_resource.reference_grant]
+}
+
+resource "kustomization_resource" "p2" {
+  for_each   = data.kustomization_overlay.kinfer.ids_prio[2]
+  manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
+  depends_on = [kustomization_resource.p1]
+}

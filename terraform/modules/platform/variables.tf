@@ -1,0 +1,80 @@
+variable "image" {
+  description = "Kinfer image reference (name[:tag][@sha256:digest])."
+  type        = string
+}
+
+variable "namespace" {
+  description = "Namespace of the functions, Triton and eventing."
+  type        = string
+}
+
+variable "domain" {
+  description = "Cluster domain of the public Knative routes."
+  type        = string
+}
+
+variable "overlay" {
+  description = "knative/overlays/<overlay> to apply."
+  type        = string
+}
+
+variable "gpu_count" {
+  description = "GPUs per Triton replica."
+  type        = number
+}
+
+variable "triton_keep_warm" {
+  description = "Add the knative/components/triton-warm component (min-scale 1)."
+  type        = bool
+}
+
+variable "kafka_brokers" {
+  description = "Comma-separated Kafka bootstrap servers."
+  type        = string
+}
+
+variable "database_url" {
+  description = "DATABASE_URL (Secret kinfer-database)."
+  type        = string
+  sensitive   = true
+}
+
+variable "redis_url" {
+  description = "REDIS_URL (Secret kinfer-redis)."
+  type        = string
+  sensitive   = true
+}
+
+variable "s3_endpoint_url" {
+  description = "S3_ENDPOINT_URL (scheme://host:port)."
+  type        = string
+}
+
+variable "s3_region" {
+  description = "S3_REGION."
+  type        = string
+}
+
+variable "s3_access_key_id" {
+  description = "S3_ACCESS_KEY_ID (Secret kinfer-s3)."
+  type        = string
+  sensitive   = true
+}
+
+variable "s3_secret_access_key" {
+  description = "S3_SECRET_ACCESS_KEY (Secret kinfer-s3)."
+  type        = string
+  sensitive   = true
+}
+
+variable "model_bucket" {
+  description = "Bucket of Triton's model repository (kinfer deploy upload-models --bucket)."
+  type        = string
+  default     = "triton-models"
+}
+
+variable "model_prefix" {
+  description = "Key prefix of the model repository in model_bucket (--prefix)."
+  type        = string
+  default     = "models"
+}

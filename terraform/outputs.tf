@@ -1,0 +1,24 @@
+output "public_url" {
+  description = "Base URL of the public API (/v1/models, /v1/infer, /v2/models, /v1/batch); point api.<domain> at the kinfer Gateway's address."
+  value       = module.platform.public_url
+}
+
+output "function_urls" {
+  description = "URL of every Knative Service: public ones on <domain>, internal ones cluster-local."
+  value       = module.platform.function_urls
+}
+
+output "triton_url" {
+  description = "gRPC address of Triton inside the cluster (TRITON_URL)."
+  value       = module.platform.triton_url
+}
+
+output "kafka_bootstrap_servers" {
+  description = "Kafka bootstrap servers the eventing sources and sinks use."
+  value       = module.kafka.bootstrap_servers
+}
+
+output "s3_endpoint_url" {
+  description = "S3 endpoint of the model repository and batch buckets (upload models with `kinfer deploy upload-models`)."
+  value       = module.data.s3_endpoint_url
+}

@@ -1,0 +1,129 @@
+variable "image" {
+  description = "The Kinfer container image, e.g. ghcr.io/acme/kinfer:0.1.0 or ...@sha256:<digest>."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9._/:-]*[A-Za-z0-9_](@sha256:[0-9a-f]{64})?$", var.image))
+    error_message = "image must be a reference such as registry/name:tag or registry/name@sha256:<digest>."
+  }
+}
+
+variable "kubeconfig_path" {
+  description = "Path of the kubeconfig of the target cluster."
+  type        = string
+  default     = "~/.kube/config"
+}
+
+variable "kube_context" {
+  description = "Context of the kubeconfig to use (null: its current context)."
+  type        = string
+  default     = null
+}
+
+variable "namespace" {
+  description = "Namespace of the Kinfer functions, Triton and eventing."
+  type        = string
+  default     = "kinfer"
+}
+
+variable "data_namespace" {
+  description = "Namespace for the in-cluster PostgreSQL, Redis and MinIO (when no existing endpoint is given)."
+  type        = string
+  default     = "kinfer-data"
+}
+
+variable "domain" {
+  description = "DNS domain of the cluster's Knative routes; the public API is served as api.<domain>."
+  type        = string
+}
+
+variable "overlay" {
+  description = "Which knative/overlays/<overlay> to apply: dev or prod."
+  type        = string
+  default     = "prod"
+
+  validation {
+    condition     = contains(["dev", "prod"], var.overlay)
+    error_message = "overlay must be dev or prod."
+  }
+}
+
+variable "gpu_count" {
+  description = "GPUs per Triton replica (nvidia.com/gpu request and limit)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.gpu_count >= 1 && floor(var.gpu_count) == var.gpu_count
+    error_message = "gpu_count must be a whole number of at least 1."
+  }
+}
+
+variable "triton_keep_warm" {
+  description = "Keep one Triton replica running (min-scale 1) instead of scaling it to zero."
+  type        = bool
+  default     = false
+}
+
+variable "knative_version" {
+  description = "Knative release (Serving, Eventing, Kourier and the Kafka extensions share it)."
+  type        = string
+  default     = "1.16.0"
+}
+
+variable "kafka_bootstrap_servers" {
+  description = "Existing Kafka bootstrap servers (comma-separated). Empty: install Strimzi and a Kafka cluster."
+  type        = string
+  default     = ""
+}
+
+variable "kafka_chunk_partitions" {
+  description = "Partitions of the chunk topic kinfer.batch.chunks (see docs/operations.md for sizing)."
+  type        = number
+  default     = 12
+}
+
+variable "database_url" {
+  description = "Existing PostgreSQL URL (postgresql+pg8000://user:password@host:5432/db). Empty: install PostgreSQL."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "redis_url" {
+  description = "Existing Redis URL (redis://:password@host:6379/0). Empty: install Redis."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "s3_endpoint_url" {
+  description = "Existing S3 API endpoint with scheme and port (https://minio.example.com:443). Empty: install MinIO."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.s3_endpoint_url == "" || can(regex("^https?://[^/:]+:[0-9]+$", var.s3_endpoint_url))
+    error_message = "s3_endpoint_url must be empty or scheme://host:port (Triton needs the port)."
+  }
+}
+
+variable "s3_region" {
+  description = "Region of the S3 endpoint."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "s3_access_key_id" {
+  description = "Access key of the existing S3 endpoint (ignored when MinIO is installed)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "s3_secret_access_key" {
+  description = "Secret key of the existing S3 endpoint (ignored when MinIO is installed)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
