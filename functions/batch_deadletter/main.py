@@ -1,0 +1,15 @@
+"""The batch dead-letter function: a chunk whose deliveries ran out has its items marked failed."""
+
+from __future__ import annotations
+
+import functions_framework
+from flask import Request, Response
+
+from shared.batch_events import serve_event
+from shared.batch_worker import fail_chunk
+from shared.runtime import function_services
+
+
+@functions_framework.http
+def fail_dead_chunk(request: Request) -> Response:
+    return serve_event(request, function_services(), "batch-deadletter", fail_chunk)

@@ -1,0 +1,21 @@
+"""The batch intake function: a batch-request CloudEvent or an S3 object-created notification creates a job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import functions_framework
+from flask import Request, Response
+
+from shared.batch_events import serve_event
+from shared.batch_intake import intake
+from shared.runtime import function_services
+
+
+def _intake(services: Any, event: Any) -> tuple[int, dict]:
+    return 202, intake(services, event)
+
+
+@functions_framework.http
+def intake_batch_request(request: Request) -> Response:
+    return serve_event(request, function_services(), "batch-intake", _intake)

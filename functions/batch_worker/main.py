@@ -1,0 +1,19 @@
+"""The batch worker function: one ``dev.kinfer.batch.chunk.v1`` CloudEvent = one chunk to infer.
+
+200 done or skipped (duplicate, cancelled job); 503 Triton/DB/S3 unavailable (redelivered);
+400 malformed event and 422 unknown job (not retried).
+"""
+
+from __future__ import annotations
+
+import functions_framework
+from flask import Request, Response
+
+from shared.batch_events import serve_event
+from shared.batch_worker import process_chunk
+from shared.runtime import function_services
+
+
+@functions_framework.http
+def process_batch_chunk(request: Request) -> Response:
+    return serve_event(request, function_services(), "batch-worker", process_chunk)

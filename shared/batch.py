@@ -1,0 +1,263 @@
+"""Batch jobs: submit, status, list, cancel (the HTTP API and the intake share ``submit_job``).
+
+Submit resolves the model (404 unknown/inactive), writes the inputs to S3 in chunks
+of BATCH_CHUNK_SIZE, inserts the job, then emits one ``dev.kinfer.batch.chunk.v1``
+CloudEvent per chunk to K_SINK. Emission is retried briefly; if it still fails the
+job is marked ``failed`` with an error saying so (chunks already sent are skipped by
+the worker) and the caller gets 503, so no job hangs silently in ``pending``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from shared import batch_results as results
+from shared import batch_store as store
+from shared import events, registry, storage
+from shared import validation as v
+from shared.errors import Conflict, InvalidInput, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+SUBMIT_FIELDS = ("model", "version", "inputs", "input_url")
+EMIT_ATTEMPTS = 3
+EMIT_BACKOFF_S = 0.2
+PARALLEL_PUTS = 4
+ANONYMOUS = "anonymous"
+
+
+def owner_of(principal: Any) -> str:
+    """The caller's key id, or "anonymous" when auth is off."""
+    key_id = getattr(principal, "key_id", None)
+    return str(key_id) if key_id else ANONYMOUS
+
+
+# -- submit ---------------------------------------------------------------------
+def submit_job(services: Any, body: Any, owner: str, *, intake_key: str | None = None) -> dict[str, Any]:
+    """Create a job from a POST /v1/batch body; 202-style ``{"job_id", "status", "total"}``."""
+    body = v.require_object(body)
+    v.reject_unknown(body, SUBMIT_FIELDS)
+    name = v.string(body.get("model"), "model", max_len=128)
+    version = body.get("version")
+    if version is not None:
+        version = v.string(str(version), "version", max_len=32)
+    source = _input_source(body, services.settings.batch_max_items)
+    if intake_key is not None:
+        existing = _existing(services, intake_key)
+        if existing is not None:
+            return existing
+    model = registry.resolve_model(services, name, version)
+    results.ensure_batch_buckets(services)
+    job_id = uuid.uuid4()
+    total, chunks = _write_inputs(services, job_id, source)
+    row = _job_row(services, job_id, model, owner, total, chunks, body.get("input_url"), intake_key)
+    with services.db.begin() as conn:
+        created = store.insert_job(conn, row)
+    if created is None:  # a redelivered intake event raced us
+        results.delete_job_objects(services, job_id)
+        return _existing(services, intake_key) or {}
+    _emit_chunks(services, created)
+    log.info("batch job %s created: %d item(s) in %d chunk(s)", job_id, total, chunks)
+    return {"job_id": str(job_id), "status": created["status"], "total": total}
+
+
+def _existing(services: Any, intake_key: str | None) -> dict[str, Any] | None:
+    with services.db.begin() as conn:
+        job = store.job_by_intake_key(conn, intake_key) if intake_key else None
+    return None if job is None else {"job_id": str(job["id"]), "status": job["status"], "total": job["total"]}
+
+
+def _input_source(body: dict[str, Any], max_items: int) -> Callable[[Any], Iterator[bytes]]:
+    """A reader of encoded input lines, from ``inputs`` or a streamed ``input_url``; 400 when neither or both."""
+    has_inputs, has_url = "inputs" in body, "input_url" in body
+    if has_inputs == has_url:
+        raise InvalidInput("give exactly one of inputs (a list) or input_url (s3://bucket/key.jsonl)",
+                           field="inputs")
+    if has_url:
+        bucket, key = storage.parse_s3_url(v.string(body["input_url"], "input_url", max_len=2048))
+        return lambda services: _s3_lines(services, bucket, key, max_items)
+    inputs = body["inputs"]
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("inputs must be a non-empty list of inputs like {\"data\": [...]}", field="inputs")
+    if len(inputs) > max_items:
+        raise InvalidInput(f"inputs has {len(inputs)} items; the limit is {max_items}", field="inputs")
+    return lambda services: (json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
+                             for item in inputs)
+
+
+def _s3_lines(services: Any, bucket: str, key: str, max_items: int) -> Iterator[bytes]:
+    """The non-empty lines of an S3 object, streamed (never the whole object in memory)."""
+    count = 0
+    with storage._translated(f"s3://{bucket}/{key}"):
+        body = services.s3.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            for line in body.iter_lines(chunk_size=1024 * 1024):
+                line = line.strip()
+                if not line:
+                    continue
+                count += 1
+                if count > max_items:
+                    raise InvalidInput(f"input_url has more than {max_items} lines; the limit is {max_items}",
+                                       field="input_url")
+                yield line
+        finally:
+            body.close()
+
+
+def _chunked(lines: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _write_inputs(services: Any, job_id: uuid.UUID, source: Callable[[Any], Iterator[bytes]]) -> tuple[int, int]:
+    """Write the chunk input objects; (total items, chunks). Nothing is left behind on failure."""
+    bucket, size = services.settings.s3_input_bucket, services.settings.batch_chunk_size
+    total = chunks = 0
+    try:
+        with ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="batch-put") as pool:
+            pending = []
+            for number, chunk in enumerate(_chunked(source(services), size)):
+                data = b"\n".join(chunk) + b"\n"
+                pending.append(pool.submit(results.put_lines, services, bucket, results.input_key(job_id, number),
+                                           data))
+                total, chunks = total + len(chunk), chunks + 1
+                if len(pending) >= 2 * PARALLEL_PUTS:
+                    pending.pop(0).result()
+            for future in pending:
+                future.result()
+    except BaseException:
+        results.delete_job_objects(services, job_id)
+        raise
+    if total == 0:
+        raise InvalidInput("input_url holds no inputs (every line is empty)", field="input_url")
+    return total, chunks
+
+
+def _job_row(services: Any, job_id: uuid.UUID, model: dict[str, Any], owner: str, total: int, chunks: int,
+             input_url: str | None, intake_key: str | None) -> dict[str, Any]:
+    return {"id": job_id, "owner": owner[:128], "model_name": model["name"], "model_version": model["version"],
+            "model_id": uuid.UUID(model["id"]), "status": "pending", "total": total,
+            "chunk_size": services.settings.batch_chunk_size, "chunks_total": chunks, "input_url": input_url,
+            "intake_key": intake_key}
+
+
+def _emit_chunks(services: Any, job: dict[str, Any]) -> None:
+    """One chunk event per chunk; on lasting failure mark the job failed and raise Unavailable."""
+    traceparent = events.current_traceparent()
+    for chunk in range(job["chunks_total"]):
+        try:
+            _emit_one(services, job, chunk, traceparent)
+        except Exception as exc:
+            _fail_enqueue(services, job, chunk, exc)
+            raise Unavailable(f"batch job {job['id']} could not be queued (event sink unavailable at chunk "
+                              f"{chunk} of {job['chunks_total']}); it was marked failed, submit it again",
+                              retry_after=5) from exc
+
+
+def _emit_one(services: Any, job: dict[str, Any], chunk: int, traceparent: str | None) -> None:
+    first = chunk * job["chunk_size"]
+    count = min(job["chunk_size"], job["total"] - first)
+    data = {"job_id": str(job["id"]), "chunk": chunk, "start": first, "count": count,
+            "bucket": services.settings.s3_input_bucket, "key": results.input_key(job["id"], chunk),
+            "model": job["model_name"], "version": job["model_version"], "model_id": str(job["model_id"])}
+    extensions = {"partitionkey": f"{job['id']}-{chunk}"}
+    if traceparent:
+        extensions["traceparent"] = traceparent
+    for attempt in range(EMIT_ATTEMPTS):
+        try:
+            events.emit(services.settings, type=events.CHUNK_EVENT_TYPE, source=services.settings.event_source,
+                        subject=str(job["id"]), data=data, extensions=extensions, id=f"{job['id']}:{chunk}")
+            return
+        except Unavailable:
+            if attempt == EMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(EMIT_BACKOFF_S * 2 ** attempt)
+
+
+def _fail_enqueue(services: Any, job: dict[str, Any], chunk: int, exc: Exception) -> None:
+    log.error("batch job %s: queueing chunk %d failed (%s); marking the job failed", job["id"], chunk,
+              type(exc).__name__)
+    reason = f"could not queue chunk {chunk} of {job['chunks_total']}: the event sink is unavailable"
+    with services.db.begin() as conn:
+        store.set_finished(conn, job["id"], "failed", error=reason)
+        store.clear_intake_key(conn, job["id"])  # a redelivered intake event may try again
+
+
+# -- read -----------------------------------------------------------------------
+def to_json(services: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """The status body of DESIGN.md section 3."""
+    total, completed = int(job["total"]), int(job["completed"])
+    finished = job["status"] in store.FINISHED
+    body = {
+        "job_id": str(job["id"]), "status": job["status"],
+        "progress": round(completed / total, 6) if total else (1.0 if finished else 0.0),
+        "total": total, "completed": completed, "succeeded": int(job["succeeded"]), "failed": int(job["failed"]),
+        "result_url": results.presigned_results(services, job["result_key"])
+        if finished and job["result_key"] else None,
+        "errors": list(job["errors"] or []), "model": job["model_name"], "version": job["model_version"],
+        "created_at": _iso(job["created_at"]), "started_at": _iso(job["started_at"]),
+        "finished_at": _iso(job["finished_at"]),
+    }
+    if job.get("error"):
+        body["error"] = job["error"]
+    if job.get("input_url"):
+        body["input_url"] = job["input_url"]
+    return body
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def get_job(services: Any, raw_id: str, owner: str) -> dict[str, Any]:
+    job_id = store.parse_job_id(raw_id)
+    with services.db.begin() as conn:
+        job = store.get_job(conn, job_id, owner)
+    return to_json(services, job)
+
+
+def list_jobs(services: Any, args: Any, owner: str) -> dict[str, Any]:
+    limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
+    offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
+    status = v.choice(args["status"], "status", store.STATUSES) if args.get("status") else None
+    with services.db.begin() as conn:
+        total, jobs = store.list_jobs(conn, owner, status, limit, offset)
+    return {"jobs": [to_json(services, j) for j in jobs], "total": total, "limit": limit, "offset": offset}
+
+
+def cancel_job(services: Any, raw_id: str, owner: str) -> dict[str, Any]:
+    """Cancel an active job (409 when finished); the results of chunks already done are kept."""
+    job_id = store.parse_job_id(raw_id)
+    with services.db.begin() as conn:
+        job = store.get_job(conn, job_id, owner)
+        cancelled = store.set_finished(conn, job_id, "cancelled")
+    if cancelled is None:
+        raise Conflict(f"batch job {job_id} is already {job['status']}; only pending or processing jobs "
+                       "can be cancelled")
+    _keep_partial_results(services, job_id)
+    return {"job_id": str(job_id), "status": "cancelled"}
+
+
+def _keep_partial_results(services: Any, job_id: uuid.UUID) -> None:
+    """Merge the chunks recorded before the cancel (counters no longer move) into the results object."""
+    with services.db.begin() as conn:
+        chunks = store.done_chunks(conn, job_id)
+    try:
+        key = results.merge_chunks(services, job_id, chunks)
+    except (NotFound, Unavailable) as exc:
+        log.warning("batch job %s: partial results not written (%s)", job_id, type(exc).__name__)
+        return
+    with services.db.begin() as conn:
+        store.set_result_key(conn, job_id, key)

@@ -1,0 +1,86 @@
+"""Batch intake from events: a batch-request CloudEvent or an S3/MinIO object-created notification.
+
+- ``dev.kinfer.batch.request.v1``: data = the POST /v1/batch body, plus an optional
+  ``owner`` (default "anonymous").
+- S3 notification (S3 event JSON with ``Records[].s3.bucket.name``/``object.key``,
+  as the event data itself or wrapped as Kafka record data by a KafkaSource): a
+  ``.jsonl`` object in the input bucket under ``incoming/<model>/<file>.jsonl`` or
+  ``incoming/<model>/<version>/<file>.jsonl`` becomes a job over ``s3://bucket/key``
+  owned by "anonymous". Other buckets, prefixes and event names are ignored (200).
+
+Each job is created by ``shared.batch.submit_job``, idempotent on the event's
+(source, id) (plus the record number): a redelivered event returns the same job.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote_plus
+
+from shared import batch
+from shared.errors import InvalidInput
+from shared.events import REQUEST_EVENT_TYPE
+
+log = logging.getLogger(__name__)
+
+INCOMING = "incoming/"
+
+
+def intake(services: Any, event: Any) -> dict[str, Any]:
+    """Create the job(s) an event asks for; ``{"jobs": [...], "ignored": [...]}``."""
+    base_key = f"{event['source']}#{event['id']}"
+    if event["type"] == REQUEST_EVENT_TYPE:
+        return {"jobs": [_request_job(services, event.data, base_key)], "ignored": []}
+    records = _records(event.data)
+    if records is None:
+        raise InvalidInput(f"event type {event['type']!r} is neither {REQUEST_EVENT_TYPE} nor an S3 "
+                           "object-created notification")
+    jobs, ignored = [], []
+    for number, record in enumerate(records):
+        target = object_target(record, services.settings.s3_input_bucket)
+        if isinstance(target, str):
+            ignored.append(target)
+            continue
+        body = {"model": target[2], "input_url": f"s3://{target[0]}/{target[1]}"}
+        if target[3]:
+            body["version"] = target[3]
+        jobs.append(batch.submit_job(services, body, batch.ANONYMOUS, intake_key=f"{base_key}#{number}"))
+    return {"jobs": jobs, "ignored": ignored}
+
+
+def _request_job(services: Any, data: Any, intake_key: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidInput("batch request event data must be a JSON object (the POST /v1/batch body)")
+    body = dict(data)
+    owner = body.pop("owner", None) or batch.ANONYMOUS
+    if not isinstance(owner, str):
+        raise InvalidInput("owner must be a string", field="owner")
+    return batch.submit_job(services, body, owner, intake_key=intake_key)
+
+
+def _records(data: Any) -> list[dict[str, Any]] | None:
+    """The S3 event records of ``data`` (bare, or as the value of a Kafka record); None otherwise."""
+    if isinstance(data, dict) and isinstance(data.get("value"), dict):
+        data = data["value"]  # some KafkaSource encodings wrap the record value
+    if isinstance(data, dict) and isinstance(data.get("Records"), list):
+        return [r for r in data["Records"] if isinstance(r, dict)]
+    return None
+
+
+def object_target(record: dict[str, Any], input_bucket: str) -> tuple[str, str, str, str | None] | str:
+    """(bucket, key, model, version) for a job-worthy record, else why it is ignored."""
+    name = str(record.get("eventName", ""))
+    s3 = record.get("s3") or {}
+    bucket = str((s3.get("bucket") or {}).get("name", ""))
+    key = unquote_plus(str((s3.get("object") or {}).get("key", "")))
+    if "ObjectCreated" not in name:
+        return f"{name or 'unnamed event'} is not an object creation"
+    if bucket != input_bucket or not key.startswith(INCOMING) or not key.endswith(".jsonl"):
+        return f"s3://{bucket}/{key} is not incoming/<model>/[<version>/]<file>.jsonl in {input_bucket}"
+    parts = key[len(INCOMING):].split("/")
+    if len(parts) == 2 and parts[0]:
+        return bucket, key, parts[0], None
+    if len(parts) == 3 and parts[0] and parts[1]:
+        return bucket, key, parts[0], parts[1]
+    return f"s3://{bucket}/{key} is not incoming/<model>/[<version>/]<file>.jsonl"

@@ -1,0 +1,122 @@
+"""Where batch data lives in S3, and the merge of chunk results into one results object.
+
+Chunk inputs: ``<input bucket>/batch-inputs/<job>/chunk-NNNNN.jsonl`` (one input per line).
+Chunk results: ``<results bucket>/batch-results/<job>/chunk-NNNNN.jsonl``.
+Job results: ``<results bucket>/batch-results/<job>/results.jsonl``: one line per
+input in input order, ``{"index", "prediction", "outputs"}`` or ``{"index", "error"}``.
+The merge streams chunk objects into a multipart upload, so its memory is bounded by
+one part plus one chunk, never by the job size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from shared import storage
+
+log = logging.getLogger(__name__)
+
+PART_SIZE = 8 * 1024 * 1024  # multipart parts must be >= 5 MiB except the last
+
+
+def input_key(job_id: Any, chunk: int) -> str:
+    return f"batch-inputs/{job_id}/chunk-{chunk:05d}.jsonl"
+
+
+def chunk_result_key(job_id: Any, chunk: int) -> str:
+    return f"batch-results/{job_id}/chunk-{chunk:05d}.jsonl"
+
+
+def results_key(job_id: Any) -> str:
+    return f"batch-results/{job_id}/results.jsonl"
+
+
+def ensure_batch_buckets(services: Any) -> None:
+    """Create the input and results buckets once per process."""
+    def create(svc: Any) -> bool:
+        storage.ensure_buckets(svc.s3, svc.settings.s3_input_bucket, svc.settings.s3_results_bucket)
+        return True
+
+    services.component("batch_buckets", create)
+
+
+def encode_lines(rows: Iterable[Any]) -> bytes:
+    """JSON Lines bytes of ``rows`` (compact, UTF-8)."""
+    return "".join(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n" for row in rows).encode()
+
+
+def put_lines(services: Any, bucket: str, key: str, data: bytes) -> None:
+    storage.put_bytes(services.s3, bucket, key, data, storage.JSONL_TYPE)
+
+
+def merge_chunks(services: Any, job_id: Any, chunks: Iterable[int]) -> str:
+    """Concatenate the results of ``chunks`` (in order) into the job's results object; its key."""
+    bucket, key = services.settings.s3_results_bucket, results_key(job_id)
+    upload = _Upload(services.s3, bucket, key)
+    try:
+        for chunk in chunks:
+            upload.write(storage.get_bytes(services.s3, bucket, chunk_result_key(job_id, chunk)))
+        upload.close()
+    except BaseException:
+        upload.abort()
+        raise
+    return key
+
+
+def presigned_results(services: Any, key: str) -> str:
+    settings = services.settings
+    return storage.presign_get(services.s3, settings.s3_results_bucket, key, settings.result_url_expiry_s)
+
+
+def delete_job_objects(services: Any, job_id: Any) -> None:
+    """Best-effort removal of a job's chunk inputs (after a failed submit)."""
+    try:
+        storage.delete_prefix(services.s3, services.settings.s3_input_bucket, f"batch-inputs/{job_id}/")
+    except Exception:  # noqa: BLE001 - cleanup must not mask the original failure
+        log.warning("could not delete the inputs of batch job %s", job_id)
+
+
+class _Upload:
+    """One object written in PART_SIZE pieces: a plain put when it fits in one part."""
+
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self.client, self.bucket, self.key = client, bucket, key
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= PART_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        with storage._translated(f"s3://{self.bucket}/{self.key}"):
+            if self.upload_id is None:
+                self.upload_id = self.client.create_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, ContentType=storage.JSONL_TYPE)["UploadId"]
+            number = len(self.parts) + 1
+            etag = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                           PartNumber=number, Body=bytes(self.buffer))["ETag"]
+        self.parts.append({"ETag": etag, "PartNumber": number})
+        self.buffer = bytearray()
+
+    def close(self) -> None:
+        if self.upload_id is None:
+            storage.put_bytes(self.client, self.bucket, self.key, bytes(self.buffer), storage.JSONL_TYPE)
+            return
+        if self.buffer:
+            self._flush()
+        with storage._translated(f"s3://{self.bucket}/{self.key}"):
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                                  MultipartUpload={"Parts": self.parts})
+
+    def abort(self) -> None:
+        if self.upload_id is not None:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            except Exception:  # noqa: BLE001 - best effort; the lifecycle rule cleans up otherwise
+                log.warning("could not abort the multipart upload of %s", self.key)

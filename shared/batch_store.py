@@ -1,0 +1,222 @@
+"""Batch job state in PostgreSQL: ``batch_jobs`` and ``batch_chunks``.
+
+A chunk is recorded once: ``record_chunk`` flips its row from ``processing`` to
+``done``/``dead`` and advances the job counters in the same transaction, so a
+redelivered chunk counts once. Counters only move while the job is active; the
+transaction that makes ``chunks_done == chunks_total`` is the one that finalizes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+
+from shared.errors import NotFound
+from shared.schema import metadata
+
+ACTIVE = ("pending", "processing")
+FINISHED = ("completed", "failed", "cancelled")
+STATUSES = ACTIVE + FINISHED
+ERROR_SAMPLE = 10
+
+batch_jobs = sa.Table(
+    "batch_jobs",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("model_id", sa.Uuid, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("total", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("completed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("succeeded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("failed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("chunk_size", sa.Integer, nullable=False),
+    sa.Column("chunks_total", sa.Integer, nullable=False),
+    sa.Column("chunks_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("errors", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("result_key", sa.Text, nullable=True),
+    sa.Column("input_url", sa.Text, nullable=True),
+    sa.Column("intake_key", sa.String(512), nullable=True, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+batch_chunks = sa.Table(
+    "batch_chunks",
+    metadata,
+    sa.Column("job_id", sa.Uuid, sa.ForeignKey("batch_jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("chunk", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("processed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    """What one chunk contributed: processed = succeeded + failed; ``errors`` a short sample."""
+
+    succeeded: int
+    failed: int
+    errors: list[dict[str, Any]]
+
+    @property
+    def processed(self) -> int:
+        return self.succeeded + self.failed
+
+
+def parse_job_id(raw: Any) -> uuid.UUID:
+    """The job id as a UUID; NotFound (404) for a malformed one."""
+    try:
+        return uuid.UUID(str(raw))
+    except (ValueError, TypeError):
+        raise NotFound(f"batch job {str(raw)[:64]!r} not found") from None
+
+
+def insert_job(conn: Connection, row: dict[str, Any]) -> dict[str, Any] | None:
+    """Insert a job; None when its ``intake_key`` already names another job."""
+    stmt = pg_insert(batch_jobs).values(**row).on_conflict_do_nothing(index_elements=["intake_key"])
+    created = conn.execute(stmt.returning(*batch_jobs.c)).first()
+    return dict(created._mapping) if created is not None else None
+
+
+def job_by_intake_key(conn: Connection, key: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(batch_jobs).where(batch_jobs.c.intake_key == key)).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def get_job(conn: Connection, job_id: uuid.UUID, owner: str | None = None, *, lock: bool = False) -> dict[str, Any]:
+    """The job row (only ``owner``'s when given); NotFound otherwise."""
+    query = sa.select(batch_jobs).where(batch_jobs.c.id == job_id)
+    if owner is not None:
+        query = query.where(batch_jobs.c.owner == owner)
+    if lock:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFound(f"batch job {job_id} not found")
+    return dict(row._mapping)
+
+
+def job_status(conn: Connection, job_id: uuid.UUID) -> str | None:
+    return conn.execute(sa.select(batch_jobs.c.status).where(batch_jobs.c.id == job_id)).scalar()
+
+
+def list_jobs(conn: Connection, owner: str, status: str | None, limit: int, offset: int) -> tuple[int, list[dict]]:
+    query = sa.select(batch_jobs).where(batch_jobs.c.owner == owner)
+    if status:
+        query = query.where(batch_jobs.c.status == status)
+    total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+    rows = conn.execute(query.order_by(batch_jobs.c.created_at.desc(), batch_jobs.c.id.desc())
+                        .limit(limit).offset(offset)).all()
+    return total, [dict(r._mapping) for r in rows]
+
+
+def set_finished(conn: Connection, job_id: uuid.UUID, status: str, *, only_active: bool = True,
+                 error: str | None = None, result_key: str | None = None) -> dict[str, Any] | None:
+    """Move a job to a finished status; None when it was not active (``only_active``)."""
+    values: dict[str, Any] = {"status": status, "finished_at": sa.func.clock_timestamp(),
+                              "updated_at": sa.func.clock_timestamp()}
+    if error is not None:
+        values["error"] = error
+        values["errors"] = sa.cast(json.dumps([{"error": error}]), JSONB)
+    if result_key is not None:
+        values["result_key"] = result_key
+    stmt = sa.update(batch_jobs).where(batch_jobs.c.id == job_id)
+    if only_active:
+        stmt = stmt.where(batch_jobs.c.status.in_(ACTIVE))
+    row = conn.execute(stmt.values(**values).returning(*batch_jobs.c)).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def set_result_key(conn: Connection, job_id: uuid.UUID, key: str) -> None:
+    conn.execute(sa.update(batch_jobs).where(batch_jobs.c.id == job_id).values(result_key=key))
+
+
+def clear_intake_key(conn: Connection, job_id: uuid.UUID) -> None:
+    conn.execute(sa.update(batch_jobs).where(batch_jobs.c.id == job_id).values(intake_key=None))
+
+
+def start_chunk(conn: Connection, job_id: uuid.UUID, chunk: int) -> int | None:
+    """Claim an attempt on a chunk; its attempt number, or None when it is already recorded."""
+    stmt = pg_insert(batch_chunks).values(job_id=job_id, chunk=chunk, status="processing", attempts=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["job_id", "chunk"],
+        set_={"attempts": batch_chunks.c.attempts + 1, "updated_at": sa.func.clock_timestamp()},
+        where=batch_chunks.c.status == "processing")
+    return conn.execute(stmt.returning(batch_chunks.c.attempts)).scalar()
+
+
+def record_chunk(conn: Connection, job_id: uuid.UUID, chunk: int, status: str,
+                 counts: ChunkCounts) -> dict[str, Any] | None:
+    """Record a chunk once and advance the job; the updated job, or None (duplicate or job not active).
+
+    The caller rolls back on None so that a chunk of a cancelled job stays unrecorded.
+    """
+    mark = pg_insert(batch_chunks).values(job_id=job_id, chunk=chunk, status=status, attempts=1,
+                                          processed=counts.processed, succeeded=counts.succeeded,
+                                          failed=counts.failed)
+    mark = mark.on_conflict_do_update(
+        index_elements=["job_id", "chunk"],
+        set_={"status": status, "processed": counts.processed, "succeeded": counts.succeeded,
+              "failed": counts.failed, "updated_at": sa.func.clock_timestamp()},
+        where=batch_chunks.c.status == "processing")
+    if conn.execute(mark.returning(batch_chunks.c.chunk)).first() is None:
+        return None
+    return _advance(conn, job_id, counts)
+
+
+_ADVANCE = sa.text("""
+UPDATE batch_jobs SET
+  completed = completed + :processed,
+  succeeded = succeeded + :succeeded,
+  failed = failed + :failed,
+  chunks_done = chunks_done + 1,
+  status = 'processing',
+  started_at = COALESCE(started_at, clock_timestamp()),
+  updated_at = clock_timestamp(),
+  errors = CASE WHEN jsonb_array_length(errors) >= :sample THEN errors ELSE (
+    SELECT COALESCE(jsonb_agg(e ORDER BY n), '[]'::jsonb) FROM (
+      SELECT e, n FROM jsonb_array_elements(errors || CAST(:new_errors AS jsonb)) WITH ORDINALITY AS t(e, n)
+      ORDER BY n LIMIT :sample) AS s) END
+WHERE id = :job_id AND status IN ('pending', 'processing')
+RETURNING id, status, chunks_done, chunks_total, total, completed, succeeded, failed
+""")
+
+
+def _advance(conn: Connection, job_id: uuid.UUID, counts: ChunkCounts) -> dict[str, Any] | None:
+    row = conn.execute(_ADVANCE, {
+        "processed": counts.processed, "succeeded": counts.succeeded, "failed": counts.failed,
+        "sample": ERROR_SAMPLE, "new_errors": json.dumps(counts.errors[:ERROR_SAMPLE]), "job_id": job_id,
+    }).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def mark_processing(conn: Connection, job_id: uuid.UUID) -> None:
+    """pending -> processing when a worker first touches the job."""
+    conn.execute(sa.update(batch_jobs).where(batch_jobs.c.id == job_id, batch_jobs.c.status == "pending")
+                 .values(status="processing", started_at=sa.func.clock_timestamp(),
+                         updated_at=sa.func.clock_timestamp()))
+
+
+def done_chunks(conn: Connection, job_id: uuid.UUID) -> list[int]:
+    """The chunk numbers recorded (done or dead), in order."""
+    rows = conn.execute(sa.select(batch_chunks.c.chunk).where(
+        batch_chunks.c.job_id == job_id, batch_chunks.c.status.in_(("done", "dead")))
+        .order_by(batch_chunks.c.chunk)).all()
+    return [r.chunk for r in rows]

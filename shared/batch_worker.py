@@ -1,0 +1,219 @@
+"""Batch chunk processing (the ``batch_worker`` function) and dead-lettered chunks (``batch_deadletter``).
+
+A chunk event names a chunk input object. The worker claims an attempt, infers the
+chunk in sub-batches (checking between them that the job was not cancelled), writes
+the chunk results to S3, then records the chunk and advances the job counters in one
+transaction. The transaction that records the last chunk merges the results object
+and finishes the job. Redelivery is harmless: a recorded chunk is skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from shared import batch_results as results
+from shared import batch_store as store
+from shared import registry, storage
+from shared.errors import InvalidInput, NotFound, Unprocessable
+
+log = logging.getLogger(__name__)
+
+SUB_BATCH = 256  # items inferred between two cancellation checks
+MAX_ERROR_LEN = 500
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """What a chunk event points at."""
+
+    job_id: uuid.UUID
+    chunk: int
+    start: int
+    count: int
+    bucket: str
+    key: str
+
+    @classmethod
+    def from_event(cls, event: Any) -> ChunkRef:
+        """Parse the event data; InvalidInput (400, not retried) when it is not a chunk event."""
+        data = event.data
+        if not isinstance(data, dict):
+            raise InvalidInput("chunk event data must be a JSON object")
+        try:
+            ref = cls(job_id=uuid.UUID(str(data["job_id"])), chunk=int(data["chunk"]), start=int(data["start"]),
+                      count=int(data["count"]), bucket=str(data["bucket"]), key=str(data["key"]))
+        except (KeyError, ValueError, TypeError):
+            raise InvalidInput("chunk event data needs job_id (uuid), chunk, start, count, bucket and key") from None
+        if ref.chunk < 0 or ref.start < 0 or ref.count < 1:
+            raise InvalidInput("chunk event data has a negative chunk/start or an empty count")
+        return ref
+
+
+class _NotRecorded(Exception):
+    """Raised inside the recording transaction to roll it back (duplicate, or job no longer active)."""
+
+
+# -- worker ---------------------------------------------------------------------
+def process_chunk(services: Any, event: Any) -> tuple[int, dict[str, Any]]:
+    """Infer one chunk; (status, body). Retryable failures raise (-> 503/504)."""
+    ref = ChunkRef.from_event(event)
+    job = _claim(services, ref)
+    if isinstance(job, str):
+        return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": job}
+    try:
+        model = registry.get_model(services, str(job["model_id"]))
+    except NotFound:
+        raise Unprocessable(f"the model of batch job {ref.job_id} no longer exists") from None
+    lines = _chunk_lines(services, ref)
+    rows = _infer(services, model, ref, lines)
+    if rows is None:
+        return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": "job cancelled"}
+    return _store(services, ref, rows, "done")
+
+
+def _claim(services: Any, ref: ChunkRef) -> dict[str, Any] | str:
+    """The job row when this chunk should be processed now; else the reason to skip it."""
+    with services.db.begin() as conn:
+        try:
+            job = store.get_job(conn, ref.job_id)
+        except NotFound:
+            raise Unprocessable(f"chunk {ref.chunk} belongs to unknown batch job {ref.job_id}") from None
+        if job["status"] not in store.ACTIVE:
+            return f"job {job['status']}"
+        if store.start_chunk(conn, ref.job_id, ref.chunk) is None:
+            return "chunk already recorded"
+        store.mark_processing(conn, ref.job_id)
+    return job
+
+
+def _chunk_lines(services: Any, ref: ChunkRef) -> list[bytes]:
+    try:
+        data = storage.get_bytes(services.s3, ref.bucket, ref.key)
+    except NotFound:
+        raise Unprocessable(f"chunk input s3://{ref.bucket}/{ref.key} is missing") from None
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    if len(lines) != ref.count:
+        raise Unprocessable(f"chunk input holds {len(lines)} item(s); the event says {ref.count}")
+    return lines
+
+
+def _infer(services: Any, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict] | None:
+    """One result row per line, in order; None when the job was cancelled meanwhile."""
+    from shared.inference import infer_items
+
+    rows: list[dict[str, Any]] = []
+    for offset in range(0, len(lines), SUB_BATCH):
+        if offset and not _still_active(services, ref.job_id):
+            return None
+        part = lines[offset:offset + SUB_BATCH]
+        items, bad = _parse(part)
+        inferred = iter(infer_items(services, model, [i for i in items if i is not None]) if bad < len(part) else [])
+        for position, item in enumerate(items):
+            index = ref.start + offset + position
+            rows.append(_row(index, next(inferred) if item is not None else None, part[position]))
+    return rows
+
+
+def _still_active(services: Any, job_id: uuid.UUID) -> bool:
+    with services.db.begin() as conn:
+        return store.job_status(conn, job_id) in store.ACTIVE
+
+
+def _parse(lines: list[bytes]) -> tuple[list[Any | None], int]:
+    """Parsed items (None where a line is not a JSON object) and how many were bad."""
+    items: list[Any | None] = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = None
+        items.append(item if isinstance(item, dict) else None)
+    return items, sum(1 for i in items if i is None)
+
+
+def _row(index: int, result: Any, line: bytes) -> dict[str, Any]:
+    if result is None:
+        reason = ("the input is not valid JSON" if not _is_json(line)
+                  else "each input must be a JSON object like {\"data\": [...]} or {\"<tensor>\": [...]}")
+        return {"index": index, "error": reason}
+    if result.error is not None:
+        return {"index": index, "error": str(result.error)[:MAX_ERROR_LEN]}
+    row = {"index": index, "prediction": result.prediction}
+    if result.outputs is not None:
+        row["outputs"] = result.outputs
+    return row
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
+
+
+# -- recording and finalization -------------------------------------------------
+def _store(services: Any, ref: ChunkRef, rows: list[dict[str, Any]], status: str) -> tuple[int, dict[str, Any]]:
+    """Write the chunk results, then record the chunk once; the last one finalizes the job."""
+    results.put_lines(services, services.settings.s3_results_bucket,
+                      results.chunk_result_key(ref.job_id, ref.chunk), results.encode_lines(rows))
+    errors = [r for r in rows if "error" in r]
+    counts = store.ChunkCounts(succeeded=len(rows) - len(errors), failed=len(errors),
+                               errors=errors[:store.ERROR_SAMPLE])
+    body = {"job_id": str(ref.job_id), "chunk": ref.chunk, "succeeded": counts.succeeded, "failed": counts.failed}
+    try:
+        with services.db.begin() as conn:
+            job = store.record_chunk(conn, ref.job_id, ref.chunk, status, counts)
+            if job is None:
+                raise _NotRecorded
+            if job["chunks_done"] >= job["chunks_total"]:
+                body["job_status"] = _finalize(services, conn, job)
+    except _NotRecorded:
+        return 200, {**body, "skipped": "chunk already recorded or job no longer active"}
+    return 200, body
+
+
+def _finalize(services: Any, conn: Any, job: dict[str, Any]) -> str:
+    """Merge every chunk's results and finish the job (inside the recording transaction)."""
+    key = results.merge_chunks(services, job["id"], range(job["chunks_total"]))
+    status = "failed" if job["succeeded"] == 0 else "completed"
+    store.set_finished(conn, job["id"], status, result_key=key)
+    log.info("batch job %s %s: %d succeeded, %d failed", job["id"], status, job["succeeded"], job["failed"])
+    return status
+
+
+# -- dead letter ----------------------------------------------------------------
+def fail_chunk(services: Any, event: Any) -> tuple[int, dict[str, Any]]:
+    """Mark every item of a chunk whose deliveries ran out as failed, so the job still ends."""
+    try:
+        ref = ChunkRef.from_event(event)
+    except InvalidInput as exc:
+        log.warning("dead letter ignored: %s", exc.message)
+        return 200, {"ignored": exc.message}
+    with services.db.begin() as conn:
+        status = store.job_status(conn, ref.job_id)
+    if status not in store.ACTIVE:
+        return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": f"job {status or 'unknown'}"}
+    reason = dead_reason(event)
+    rows = [{"index": ref.start + i, "error": reason} for i in range(ref.count)]
+    log.warning("batch job %s chunk %d dead-lettered: %s", ref.job_id, ref.chunk, reason)
+    return _store(services, ref, rows, "dead")
+
+
+def dead_reason(event: Any) -> str:
+    """A sentence from the knativeerror* extensions (our own JSON error body when there is one)."""
+    code = event.get("knativeerrorcode")
+    detail = ""
+    raw = event.get("knativeerrordata")
+    if raw:
+        try:
+            detail = str(json.loads(base64.b64decode(raw)).get("error", ""))[:200]
+        except (ValueError, TypeError, AttributeError):
+            detail = ""
+    reason = "chunk delivery failed after all retries" + (f" (last status {code})" if code else " (no response)")
+    return f"{reason}: {detail}" if detail else reason
