@@ -20,7 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from shared.errors import InvalidInput, NotFound
+from shared.db import conflict_on
+from shared.errors import Conflict, InvalidInput, NotFound
 from shared.schema import metadata
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,6 @@ def create_key(services: Any, name: str, scopes: str | Iterable[str], rate_limit
     scope_list = parse_scopes(scopes)
     _validate(name, rate_limit, secret)
     plaintext = secret or new_secret()
-    from shared.db import conflict_on
-
     values = {"id": uuid.uuid4(), "name": name, "key_hash": hash_key(plaintext),
               "prefix": display_prefix(plaintext), "scopes": scope_list, "rate_limit_per_minute": rate_limit}
     with conflict_on("a key with this secret already exists", field="secret"), services.db.begin() as conn:
@@ -111,8 +110,6 @@ def ensure_key(services: Any, name: str, secret: str, scopes: str | Iterable[str
     found = find_by_hash(services, hash_key(secret), include_revoked=True)
     if found is not None:
         return found
-    from shared.errors import Conflict
-
     try:
         return create_key(services, name, scopes, secret=secret)[0]
     except Conflict:  # another process seeded it first
