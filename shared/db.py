@@ -25,24 +25,34 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class Database:
+    """Two pools on one server: transactions for writes, autocommit for single-statement reads.
+
+    A read through ``read()`` costs the pre-ping and the statement, without the
+    BEGIN / COMMIT / reset round trips of a transaction (pg8000 is pure Python, so each
+    round trip counts on the hot path).
+    """
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = sa.create_engine(
-            settings.database_url,
-            pool_pre_ping=True,
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_pool_size,
-            pool_timeout=5,
-            pool_recycle=1800,
-            connect_args={"timeout": 5},
-        )
+        self.engine = _engine(settings)
+        self.read_engine = _engine(settings, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A connection in a transaction, committed on success; driver failures become KinferErrors."""
+        with self._translated(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """An autocommit connection for reads that need no transaction."""
+        with self._translated(), self.read_engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            yield
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
             if isinstance(exc, sa_exc.DBAPIError) and not exc.connection_invalidated and _is_query_error(exc):
                 raise
@@ -59,6 +69,20 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.read_engine.dispose()
+
+
+def _engine(settings: Settings, **options: Any) -> sa.Engine:
+    return sa.create_engine(
+        settings.database_url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_timeout=5,
+        pool_recycle=1800,
+        connect_args={"timeout": 5},
+        **options,
+    )
 
 
 def _is_query_error(exc: sa_exc.DBAPIError) -> bool:

@@ -161,7 +161,7 @@ def _cached(services: Any, key: str, load: Any) -> dict[str, Any]:
 
 
 def _fetch_one(services: Any, where: Any, missing: str) -> dict[str, Any]:
-    with services.db.begin() as conn:
+    with services.db.read() as conn:
         row = conn.execute(sa.select(models).where(where)).first()
     if row is None:
         raise NotFound(missing)
@@ -195,7 +195,7 @@ def resolve_model(services: Any, name: str, version: str | None = None) -> dict[
 
 
 def _newest_active(services: Any, name: str) -> dict[str, Any]:
-    with services.db.begin() as conn:
+    with services.db.read() as conn:
         rows = conn.execute(sa.select(models).where(models.c.name == name, models.c.status == "active")).all()
     if not rows:
         raise NotFound(f"model {name!r} has no active version")
