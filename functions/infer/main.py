@@ -1,0 +1,50 @@
+"""The real-time inference function: POST /v1/infer and the KServe v2 routes (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import functions_framework
+from flask import Request, Response
+
+from shared.http import Call, Route, Router, dispatch
+from shared.inference import run_inference as infer
+from shared.runtime import function_services
+
+
+def _infer(call: Call) -> dict:
+    answer = infer(call.services, call.json())
+    answer["request_id"] = call.request_id
+    return answer
+
+
+def _infer_v2(call: Call, name: str, version: str | None = None) -> dict:
+    from shared.inference_v2 import infer_v2, read_body
+
+    raw = read_body(call.request, call.services.settings.max_body_bytes)
+    return infer_v2(call.services, name, version, raw, call.request.headers)
+
+
+def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict:
+    from shared.inference_v2 import model_metadata_v2
+
+    return model_metadata_v2(call.services, name, version)
+
+
+def _health(call: Call) -> tuple[int, dict]:
+    redis_ok = call.services.cache.ping()
+    return 200, {"status": "healthy" if redis_ok else "degraded", "service": call.services.settings.service_name,
+                 "checks": {"cache": "ok" if redis_ok else "unreachable"}}
+
+
+ROUTES = Router([
+    Route("/health", ("GET",), _health),
+    Route("/v1/infer", ("POST",), _infer, scope="infer"),
+    Route("/v2/models/<name>/infer", ("POST",), _infer_v2, scope="infer"),
+    Route("/v2/models/<name>/versions/<version>/infer", ("POST",), _infer_v2, scope="infer"),
+    Route("/v2/models/<name>", ("GET",), _metadata_v2, scope="infer"),
+    Route("/v2/models/<name>/versions/<version>", ("GET",), _metadata_v2, scope="infer"),
+])
+
+
+@functions_framework.http
+def run_inference(request: Request) -> Response:
+    return dispatch(request, ROUTES, function_services(), "infer")

@@ -1,0 +1,148 @@
+"""The backends function's logic: probe every Triton backend, report health, expose metrics.
+
+Backends are every URL of every registered model plus TRITON_URL. A probe asks each
+over gRPC ``is_server_ready`` and ``is_model_ready`` for the models registered on it
+and stores ``{"healthy", "last_checked", "latency_ms", "reason"}`` in Redis under
+``kinfer:probe:<url>``, where the balancer reads it. GET /health reports those
+records with each breaker's state (probing live any backend never probed or probed
+longer than ``PROBE_STALE_S`` ago); GET /metrics renders Prometheus text from
+Redis at scrape time (see shared/backends_metrics.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from shared.balancer import probe_key
+from shared.breaker import breakers
+from shared.errors import KinferError
+from shared.schema import models
+from shared.triton import normalise_url, triton_pool
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 2.0
+PROBE_STALE_S = 180.0
+PROBE_KEEP_S = 3600
+
+
+def backend_models(services: Any) -> dict[str, list[str]]:
+    """{backend url: Triton model names registered on it}, TRITON_URL always included."""
+    found: dict[str, list[str]] = {normalise_url(services.settings.triton_url): []}
+    try:
+        with services.db.begin() as conn:
+            rows = conn.execute(sa.select(models.c.backend_urls, models.c.triton_model, models.c.name)
+                                .where(models.c.status == "active")).all()
+    except KinferError as exc:
+        log.warning("registry unreachable; reporting TRITON_URL only: %s", exc.message)
+        rows = []
+    for urls, triton_model, name in rows:
+        for url in urls or [services.settings.triton_url]:
+            names = found.setdefault(normalise_url(url), [])
+            if (triton_model or name) not in names:
+                names.append(triton_model or name)
+    return found
+
+
+def probe_one(services: Any, url: str, model_names: list[str]) -> dict[str, Any]:
+    started = time.perf_counter()
+    ok, reason = triton_pool(services).ready(url, model_names, PROBE_TIMEOUT_S)
+    return {"url": url, "healthy": ok, "reason": reason, "models": model_names,
+            "last_checked": datetime.now(UTC).isoformat(),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+
+def probe(services: Any, targets: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Probe backends in parallel and record each result in Redis (best effort)."""
+    targets = backend_models(services) if targets is None else targets
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(targets)))) as pool:
+        results = list(pool.map(lambda item: probe_one(services, *item), targets.items()))
+    _store(services, results)
+    return results
+
+
+def _store(services: Any, results: list[dict[str, Any]]) -> None:
+    if not services.cache.available():
+        return
+    try:
+        pipe = services.cache.client.pipeline(transaction=False)
+        for r in results:
+            pipe.set(probe_key(r["url"]), json.dumps(r), ex=PROBE_KEEP_S)
+        pipe.execute()
+    except Exception as exc:  # redis errors: the probe still answers
+        log.warning("could not record probe results: %s", type(exc).__name__)
+
+
+def probe_records(services: Any, urls: list[str]) -> dict[str, dict[str, Any]]:
+    """Last recorded probe per URL (missing when never probed or Redis is down)."""
+    if not urls or not services.cache.available():
+        return {}
+    try:
+        values = services.cache.client.mget([probe_key(u) for u in urls])
+    except Exception as exc:  # redis errors
+        log.warning("could not read probe results: %s", type(exc).__name__)
+        return {}
+    return {u: json.loads(raw) for u, raw in zip(urls, values) if raw}
+
+
+def _stale(record: dict[str, Any] | None) -> bool:
+    if record is None:
+        return True
+    checked = datetime.fromisoformat(record["last_checked"])
+    return (datetime.now(UTC) - checked).total_seconds() > PROBE_STALE_S
+
+
+def health(services: Any) -> dict[str, Any]:
+    """{"status": healthy|degraded|unhealthy, "backends": [...]} over every backend."""
+    targets = backend_models(services)
+    urls = list(targets)
+    records = probe_records(services, urls)
+    stale = {u: targets[u] for u in urls if _stale(records.get(u))}
+    if stale:
+        records.update({r["url"]: r for r in probe(services, stale)})
+    views = breakers(services).views(urls)
+    backends = [{"url": u, "healthy": bool(records[u]["healthy"]), "circuit": views[u].state,
+                 "failures": views[u].failures, "last_checked": records[u]["last_checked"],
+                 "latency_ms": records[u]["latency_ms"], "reason": records[u].get("reason")} for u in urls]
+    up = sum(1 for b in backends if b["healthy"] and b["circuit"] != "open")
+    status = "healthy" if up == len(backends) else ("degraded" if up else "unhealthy")
+    return {"status": status, "service": services.settings.service_name, "backends": backends}
+
+
+def metrics_text(services: Any) -> tuple[bytes, str]:
+    """(Prometheus exposition, content type): breaker states, probe results, request counters."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from shared.backends_metrics import BackendCollector
+
+    urls = list(backend_models(services))
+    extra = _counted_urls(services)
+    urls += [u for u in extra if u not in urls]
+    registry = CollectorRegistry(auto_describe=False)
+    collector = BackendCollector(services.cache.client, urls, breakers(services).views(urls),
+                                 probe_records(services, urls))
+    registry.register(collector)
+    try:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    except Exception as exc:  # redis errors while reading counters: gauges only is not honest; fail clearly
+        from shared.errors import Unavailable
+
+        raise Unavailable("metrics are unavailable: Redis cannot be read", retry_after=5) from exc
+
+
+def _counted_urls(services: Any) -> list[str]:
+    """Backends that have request counters (e.g. a model since deleted)."""
+    from shared.backends_metrics import REQUESTS_KEY
+
+    try:
+        fields = services.cache.client.hkeys(REQUESTS_KEY) if services.cache.available() else []
+    except Exception:  # redis errors: the scrape below reports it
+        return []
+    return sorted({f.decode().rpartition("|")[0] for f in fields})

@@ -1,0 +1,145 @@
+"""Spread a model's requests over its Triton backends, guarded by their circuit breakers.
+
+Round robin over ``backend_urls``, skipping backends whose circuit is open or whose
+last probe (recorded in Redis by the backends function) failed, with one retry on
+another backend when a connection fails. Breaker states and probe results of a
+model's backends are read in one Redis MGET and kept in-process for
+``SNAPSHOT_TTL_S``: a circuit opened by another process is seen here at most that
+late (its own failures are seen at once), in exchange for no Redis round trip on
+most requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from shared.backends_metrics import recorder
+from shared.breaker import Breakers, CircuitView, breakers, state_keys
+from shared.errors import KinferError, Unavailable
+from shared.triton import is_backend_failure, is_connection_failure
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PROBE_PREFIX = "kinfer:probe:"
+SNAPSHOT_TTL_S = 0.2
+MAX_ATTEMPTS = 2
+
+
+def probe_key(url: str) -> str:
+    return PROBE_PREFIX + url
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend as last seen: its circuit and whether its last probe passed (None = never probed)."""
+
+    url: str
+    circuit: CircuitView
+    probe_ok: bool | None
+
+
+class Balancer:
+    """Picks backends for each call and feeds the outcome to breakers and metrics."""
+
+    def __init__(self, services: Any, snapshot_ttl_s: float = SNAPSHOT_TTL_S) -> None:
+        self.breakers: Breakers = breakers(services)
+        self.recorder = recorder(services)
+        self.ttl = snapshot_ttl_s
+        self._seen: dict[str, tuple[float, Backend]] = {}
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+
+    # -- state -----------------------------------------------------------------------
+    def snapshot(self, urls: list[str]) -> list[Backend]:
+        """Backends of ``urls`` (cached for the TTL; stale ones re-read in one round trip)."""
+        now = time.monotonic()
+        fresh = {u: hit[1] for u in urls if (hit := self._seen.get(u)) and hit[0] > now}
+        stale = [u for u in urls if u not in fresh]
+        if stale:
+            for backend in self._read(stale):
+                self._seen[backend.url] = (now + self.ttl, backend)
+                fresh[backend.url] = backend
+        return [fresh[u] for u in urls]
+
+    def _read(self, urls: list[str]) -> list[Backend]:
+        b = self.breakers
+        if b.redis_usable():
+            keys = [k for u in urls for k in state_keys(u, b.prefix)] + [probe_key(u) for u in urls]
+            try:
+                values = b.cache.client.mget(keys)
+            except Exception as exc:  # redis errors: fall back to in-process breakers
+                b.redis_failed(exc)
+            else:
+                from shared.breaker import view_from
+
+                n = len(urls)
+                return [Backend(u, view_from(u, values[i * 3:i * 3 + 3]), _probe_ok(values[3 * n + i]))
+                        for i, u in enumerate(urls)]
+        return [Backend(u, b.local_view(u), None) for u in urls]
+
+    def forget(self, url: str) -> None:
+        self._seen.pop(url, None)
+
+    # -- choosing --------------------------------------------------------------------
+    def candidates(self, urls: list[str]) -> list[Backend]:
+        """Usable backends in round-robin order; CircuitOpen when every circuit is open."""
+        backends = self.snapshot(urls)
+        start = next(self._turn) % len(backends)
+        ordered = backends[start:] + backends[:start]
+        closed = [b for b in ordered if self.breakers.allows(b.circuit)]
+        if not closed:
+            raise self.breakers.open_error(min((b.circuit for b in ordered),
+                                               key=lambda v: v.remaining(self.breakers.reset_timeout)))
+        probed_ok = [b for b in closed if b.probe_ok is not False]
+        return probed_ok or closed  # all probes failed but circuits closed: the probe may be stale
+
+    def call(self, urls: list[str], attempt: Callable[[str], T]) -> T:
+        """``attempt(url)`` on a chosen backend; one retry elsewhere when the connection failed."""
+        if not urls:
+            raise Unavailable("the model has no Triton backend configured")
+        chosen = self.candidates(urls)[:MAX_ATTEMPTS]
+        for i, backend in enumerate(chosen):
+            started = time.perf_counter()
+            try:
+                result = attempt(backend.url)
+            except KinferError as err:
+                if not is_backend_failure(err):
+                    raise
+                self._failed(backend, err, time.perf_counter() - started)
+                if is_connection_failure(err) and i + 1 < len(chosen):
+                    log.warning("retrying on another backend after: %s", err.message)
+                    continue
+                raise
+            self.recorder.record(backend.url, "success", time.perf_counter() - started)
+            if backend.circuit.state != "closed" or backend.circuit.failures:
+                self.breakers.record_success(backend.url, backend.circuit)
+                self.forget(backend.url)
+            return result
+        raise AssertionError("unreachable")
+
+    def _failed(self, backend: Backend, err: KinferError, seconds: float) -> None:
+        self.recorder.record(backend.url, "failure", seconds)
+        self.breakers.record_failure(backend.url, err)
+        self.forget(backend.url)
+
+
+def _probe_ok(raw: Any) -> bool | None:
+    if not raw:
+        return None
+    try:
+        return bool(json.loads(raw).get("healthy"))
+    except (ValueError, AttributeError):
+        return None
+
+
+def balancer(services: Any) -> Balancer:
+    """The process's Balancer (one per Services)."""
+    return services.component("balancer", lambda s: Balancer(s))

@@ -1,0 +1,168 @@
+"""Real-time inference: POST /v1/infer (``run_inference``) and the batch API (``infer_items``).
+
+A request resolves its model through the registry (plus a tiny in-process cache,
+``MODEL_TTL_S``: a registry write is seen here at most that late), validates the
+input against the model's Triton metadata, and runs on a backend the balancer picks
+(circuit breakers, one retry elsewhere on a connection failure). Rows beyond the
+model's ``max_batch_size`` go in several Triton requests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from shared import registry, telemetry
+from shared import validation as v
+from shared.balancer import balancer
+from shared.errors import InvalidInput, KinferError
+from shared.triton import ModelInfo, normalise_url, triton_pool
+from shared.triton_inputs import Parsed, outputs_json, parse_input, prediction_of
+
+MODEL_TTL_S = 0.25
+_models: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
+_models_lock = threading.Lock()
+
+
+@dataclass
+class ItemResult:
+    """One batch item's answer: prediction and outputs, or the reason it failed."""
+
+    prediction: Any | None
+    outputs: dict | None
+    error: str | None
+
+
+# -- model resolution --------------------------------------------------------------------
+def resolve(services: Any, name: str, version: str | None = None) -> dict[str, Any]:
+    """``registry.resolve_model`` behind a span and a MODEL_TTL_S in-process cache (hits only)."""
+    key, now = (name, version), time.monotonic()
+    hit = _models.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    with telemetry.child_span("registry.resolve", **{"kinfer.model": name}):
+        model = registry.resolve_model(services, name, version)
+    with _models_lock:
+        if len(_models) > 1024:
+            _models.clear()
+        _models[key] = (now + MODEL_TTL_S, model)
+    return model
+
+
+def backend_urls(services: Any, model: Mapping[str, Any]) -> list[str]:
+    """The model's backends in host:port form (TRITON_URL when it names none)."""
+    urls = model.get("backend_urls") or ([model["backend_url"]] if model.get("backend_url") else [])
+    return [normalise_url(u) for u in urls] or [normalise_url(services.settings.triton_url)]
+
+
+def triton_call(services: Any, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
+                rows: int) -> dict[str, np.ndarray]:
+    """Run ``rows`` rows on ``url`` in requests of at most max_batch_size rows (traced)."""
+    pool = triton_pool(services)
+    step = info.max_batch_size if info.batched else rows
+    parts = []
+    with telemetry.child_span("triton.infer", **{"kinfer.backend": url, "kinfer.triton_model": info.name,
+                                                  "kinfer.rows": rows}):
+        headers = telemetry.outgoing_headers()
+        for lo in range(0, rows, step):
+            chunk = {k: a[lo:lo + step] for k, a in arrays.items()} if info.batched and rows > step else arrays
+            parts.append(pool.infer(url, info, chunk, headers))
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+# -- POST /v1/infer ----------------------------------------------------------------------
+def run_inference(services: Any, body: Any) -> dict[str, Any]:
+    """Validate the request, infer, and answer DESIGN.md section 3's response body (sans request_id)."""
+    started = time.perf_counter()
+    body = v.require_object(body)
+    v.reject_unknown(body, ("model", "version", "input"))
+    if body.get("model") in (None, ""):
+        raise InvalidInput("model is required", field="model")
+    name = v.string(body["model"], "model", max_len=128)
+    version = v.string(body["version"], "version", max_len=32) if body.get("version") is not None else None
+    if "input" not in body:
+        raise InvalidInput("input is required: {\"data\": [...]} or {\"<tensor>\": [...]}", field="input")
+    model = resolve(services, name, version)
+    tm = model.get("triton_model") or model["name"]
+
+    def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray]]:
+        info = triton_pool(services).model_info(url, tm)
+        parsed = parse_input(info, body["input"])
+        return info, parsed, triton_call(services, url, info, parsed.arrays, parsed.rows)
+
+    info, parsed, outputs = balancer(services).call(backend_urls(services, model), attempt)
+    return {"model": model["name"], "version": model["version"],
+            "prediction": prediction_of(info, outputs, parsed.single),
+            "outputs": outputs_json(info, outputs, parsed.single),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "timestamp": datetime.now(UTC).isoformat()}
+
+
+# -- batch ----------------------------------------------------------------------------------
+def infer_items(services: Any, model: dict, items: list[Any]) -> list[ItemResult]:
+    """One ItemResult per item, in order; valid items go in batched Triton requests.
+
+    Raises Unavailable/CircuitOpen/BackendTimeout (retryable) when Triton cannot be used.
+    """
+    urls, tm = backend_urls(services, model), model.get("triton_model") or model["name"]
+    info = balancer(services).call(urls, lambda url: triton_pool(services).model_info(url, tm))
+    results: list[ItemResult | None] = [None] * len(items)
+    parsed: dict[int, Parsed] = {}
+    for i, item in enumerate(items):
+        try:
+            parsed[i] = parse_input(info, item)
+        except InvalidInput as exc:
+            results[i] = ItemResult(None, None, exc.message)
+    for group in _groups(info, parsed):
+        _infer_group(services, urls, info, group, parsed, results)
+    return [r if r is not None else ItemResult(None, None, "not inferred") for r in results]
+
+
+def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
+    """Item indexes packed into requests: same row shape, at most max_batch_size rows (or one item)."""
+    if not info.batched:
+        return [[i] for i in parsed]
+    by_shape: dict[Any, list[int]] = {}
+    for i, p in parsed.items():
+        by_shape.setdefault(p.shape_key(), []).append(i)
+    groups: list[list[int]] = []
+    for indexes in by_shape.values():
+        current, rows = [], 0
+        for i in indexes:
+            if current and rows + parsed[i].rows > info.max_batch_size:
+                groups.append(current)
+                current, rows = [], 0
+            current.append(i)
+            rows += parsed[i].rows
+        groups.append(current)
+    return groups
+
+
+def _infer_group(services: Any, urls: list[str], info: ModelInfo, group: list[int],
+                 parsed: dict[int, Parsed], results: list[ItemResult | None]) -> None:
+    names = [s.name for s in info.inputs]
+    arrays = {n: np.concatenate([parsed[i].arrays[n] for i in group]) if info.batched else parsed[group[0]].arrays[n]
+              for n in names}
+    rows = sum(parsed[i].rows for i in group)
+    try:
+        outputs = balancer(services).call(urls, lambda url: triton_call(services, url, info, arrays, rows))
+    except KinferError as exc:
+        if exc.retryable:
+            raise
+        for i in group:
+            results[i] = ItemResult(None, None, exc.message)
+        return
+    offset = 0
+    for i in group:
+        p = parsed[i]
+        mine = {k: a[offset:offset + p.rows] for k, a in outputs.items()} if info.batched else outputs
+        offset += p.rows
+        results[i] = ItemResult(prediction_of(info, mine, p.single), outputs_json(info, mine, p.single), None)

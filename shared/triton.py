@@ -1,0 +1,205 @@
+"""Triton over gRPC: one client per backend URL, cached model metadata, errors translated once.
+
+``tritonclient.grpc.InferenceServerClient`` is thread-safe, so a process keeps one
+per URL (``TritonPool``) and every request thread shares it. Model metadata and
+config are cached per (url, model) for METADATA_TTL_S. ``translate`` turns an
+``InferenceServerException`` into the Kinfer error tree and ``is_backend_failure``
+says whether it should count against the backend's circuit breaker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.errors import BackendError, BackendTimeout, InvalidInput, KinferError, Unavailable
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# gRPC status codes that mean "the caller's request is wrong", not "the backend is broken".
+_CALLER_CODES = {"StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE", "StatusCode.FAILED_PRECONDITION"}
+
+NP_DTYPES: dict[str, Any] = {
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
+    "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "BOOL": np.bool_,
+}
+
+
+def normalise_url(url: str) -> str:
+    """``grpc://host:port/`` and ``host:port`` -> ``host:port`` (the form tritonclient.grpc wants)."""
+    url = url.strip()
+    for scheme in ("grpc://", "http://", "https://"):
+        if url.startswith(scheme):
+            url = url[len(scheme):]
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor; ``shape`` excludes the batch dimension of batched models (-1 = any)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def describe(self, batched: bool) -> str:
+        dims = ", ".join("n" if d < 0 else str(d) for d in self.shape)
+        batch = f" (or a batch [n, {dims}])" if batched else ""
+        return f"{self.name!r} {self.datatype} [{dims}]{batch}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What Kinfer needs to know about a Triton model to validate and batch requests."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    labels: tuple[str, ...] = ()
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    def expected(self) -> str:
+        return "; ".join(s.describe(self.batched) for s in self.inputs)
+
+
+def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> ModelInfo:
+    """Build ModelInfo from Triton's JSON model metadata and model config."""
+    config = config.get("config", config)
+    max_batch = int(config.get("max_batch_size", 0) or 0)
+    skip = 1 if max_batch > 0 else 0
+
+    def specs(items: Any) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t["name"], t["datatype"], tuple(int(d) for d in t.get("shape", []))[skip:])
+                     for t in items or [])
+
+    params = config.get("parameters") or {}
+    raw_labels = (params.get("class_names") or params.get("labels") or {}).get("string_value", "")
+    labels = tuple(x.strip() for x in raw_labels.split(",") if x.strip())
+    return ModelInfo(metadata["name"], specs(metadata.get("inputs")), specs(metadata.get("outputs")),
+                     max_batch, labels)
+
+
+def translate(exc: Exception, url: str, model: str) -> KinferError:
+    """One InferenceServerException (or transport error) -> the Kinfer error tree."""
+    status = str(exc.status() or "") if hasattr(exc, "status") else ""
+    text = (exc.message() if hasattr(exc, "message") else str(exc)) or type(exc).__name__
+    text = text[:300]
+    if status in _CALLER_CODES:
+        return InvalidInput(f"Triton rejected the input for {model!r}: {text}", field="input")
+    if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline Exceeded" in text:
+        return BackendTimeout(f"Triton backend {url} did not answer in time for model {model!r}")
+    if status == "StatusCode.NOT_FOUND" or "unknown model" in text:
+        return BackendError(f"model {model!r} is not loaded on Triton backend {url}", code="model_not_loaded")
+    if status in ("StatusCode.UNAVAILABLE", "") or "failed to connect" in text.lower():
+        return Unavailable(f"Triton backend {url} is unavailable: {text}", retry_after=1)
+    return BackendError(f"Triton backend {url} failed for model {model!r}: {text}")
+
+
+def is_backend_failure(err: KinferError) -> bool:
+    """Backend failures count against the circuit breaker; caller errors (4xx) never do."""
+    return err.status >= 500
+
+
+def is_connection_failure(err: KinferError) -> bool:
+    """Failures worth one retry on another backend (nothing reached the model)."""
+    return type(err) is Unavailable or err.code == "model_not_loaded"
+
+
+class TritonPool:
+    """gRPC clients per backend URL and a TTL cache of model metadata, shared by all threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._clients: dict[str, Any] = {}
+        self._info: dict[tuple[str, str], tuple[float, ModelInfo]] = {}
+        self._lock = threading.Lock()
+
+    def client(self, url: str) -> Any:
+        found = self._clients.get(url)
+        if found is None:
+            import tritonclient.grpc as grpcclient
+
+            with self._lock:
+                found = self._clients.get(url)
+                if found is None:
+                    found = grpcclient.InferenceServerClient(url)
+                    self._clients[url] = found
+        return found
+
+    def model_info(self, url: str, model: str) -> ModelInfo:
+        """Metadata + config of ``model`` on ``url``, cached for METADATA_TTL_S."""
+        key = (url, model)
+        hit = self._info.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        client, timeout = self.client(url), self.settings.triton_timeout_s
+        try:
+            metadata = client.get_model_metadata(model, as_json=True, client_timeout=timeout)
+            config = client.get_model_config(model, as_json=True, client_timeout=timeout)
+        except Exception as exc:  # tritonclient raises InferenceServerException; translate once here
+            raise translate(exc, url, model) from exc
+        info = model_info_from(metadata, config)
+        self._info[key] = (time.monotonic() + self.settings.metadata_ttl_s, info)
+        return info
+
+    def infer(self, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
+              headers: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+        """One Triton inference request; every output tensor comes back as a numpy array."""
+        import tritonclient.grpc as grpcclient
+
+        tensors = []
+        for spec in info.inputs:
+            array = arrays[spec.name]
+            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        outputs = [grpcclient.InferRequestedOutput(o.name) for o in info.outputs]
+        try:
+            result = self.client(url).infer(info.name, tensors, outputs=outputs, headers=dict(headers or {}),
+                                            client_timeout=self.settings.triton_timeout_s)
+        except Exception as exc:
+            raise translate(exc, url, info.name) from exc
+        return {o.name: result.as_numpy(o.name) for o in info.outputs}
+
+    def ready(self, url: str, models: list[str], timeout: float = 2.0) -> tuple[bool, str]:
+        """(server ready and every model ready, reason) — the probe's check."""
+        client = self.client(url)
+        try:
+            if not client.is_server_ready(client_timeout=timeout):
+                return False, "server not ready"
+            missing = [m for m in models if not client.is_model_ready(m, client_timeout=timeout)]
+        except Exception as exc:
+            return False, translate(exc, url, ",".join(models) or "-").message
+        return (not missing), (f"models not ready: {', '.join(missing)}" if missing else "ready")
+
+    def forget(self, url: str) -> None:
+        """Drop cached metadata of ``url`` (after a backend failure its models may have changed)."""
+        for key in [k for k in self._info if k[0] == url]:
+            self._info.pop(key, None)
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # closing a broken channel must not fail shutdown
+                log.debug("closing a Triton client failed", exc_info=True)
+
+
+def triton_pool(services: Any) -> TritonPool:
+    """The process's TritonPool (one per Services)."""
+    return services.component("triton_pool", lambda s: TritonPool(s.settings))
+

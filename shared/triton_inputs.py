@@ -1,0 +1,156 @@
+"""Validate /v1/infer inputs against a model's Triton metadata and shape its answers.
+
+Input forms: ``{"data": [...]}`` (the model's single input) or ``{"<tensor>": [...], ...}``.
+For a batched model a value is one row (the tensor's shape) or a batch of rows; for a
+``max_batch_size`` 0 model it is exactly the tensor's shape. Dynamic dims (-1) take
+any size of at least one. Every rejection is an ``InvalidInput`` that says what was
+expected (name, dtype, shape).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.errors import InvalidInput
+from shared.triton import NP_DTYPES, ModelInfo, TensorSpec
+
+MAX_ELEMENTS = 1_000_000  # per tensor of one request; the body limit bounds it too
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """Validated input arrays (batched models: leading batch dim), rows, and whether one row was sent."""
+
+    arrays: dict[str, np.ndarray]
+    rows: int
+    single: bool
+
+    def shape_key(self) -> tuple[Any, ...]:
+        """Items with equal keys can be concatenated into one batched request."""
+        return tuple((name, a.shape[1:]) for name, a in sorted(self.arrays.items()))
+
+
+def parse_input(info: ModelInfo, raw: Any, field: str = "input") -> Parsed:
+    """Validate one ``input`` object; InvalidInput naming what was expected otherwise."""
+    values = _named_values(info, raw, field)
+    arrays: dict[str, np.ndarray] = {}
+    singles: set[bool] = set()
+    rows: set[int] = set()
+    for spec in info.inputs:
+        array, single = _tensor(info, spec, values[spec.name], f"{field}.{spec.name}")
+        arrays[spec.name] = array
+        singles.add(single)
+        rows.add(array.shape[0] if info.batched else 1)
+    if len(singles) > 1 or len(rows) > 1:
+        raise InvalidInput(f"{field}: every input tensor needs the same number of rows; expected "
+                           f"{info.expected()}", field=field)
+    return Parsed(arrays, rows.pop(), singles.pop())
+
+
+def _named_values(info: ModelInfo, raw: Any, field: str) -> dict[str, Any]:
+    names = [s.name for s in info.inputs]
+    if not isinstance(raw, dict) or not raw:
+        raise InvalidInput(f"{field} is missing or empty; expected an object {{\"data\": [...]}} or "
+                           f"{{{', '.join(repr(n) for n in names)}: [...]}} with {info.expected()}", field=field)
+    if set(raw) == {"data"} and "data" not in names:
+        if len(names) != 1:
+            raise InvalidInput(f"{field}.data works only for single-input models; model {info.name!r} "
+                               f"takes {info.expected()}", field=f"{field}.data")
+        return {names[0]: raw["data"]}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise InvalidInput(f"{field} has unknown tensor {unknown[0]!r}; model {info.name!r} takes "
+                           f"{info.expected()} (or {{\"data\": [...]}})", field=f"{field}.{unknown[0]}")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise InvalidInput(f"{field} is missing tensor {missing[0]!r}; expected {info.expected()}",
+                           field=f"{field}.{missing[0]}")
+    return dict(raw)
+
+
+def _tensor(info: ModelInfo, spec: TensorSpec, value: Any, field: str) -> tuple[np.ndarray, bool]:
+    expected = f"expected {spec.describe(info.batched)}"
+    array = to_array(value, spec, field, expected)
+    rank = len(spec.shape)
+    if info.batched and array.ndim == rank:
+        array, single = array[np.newaxis, ...], True
+    elif (info.batched and array.ndim == rank + 1) or (not info.batched and array.ndim == rank):
+        single = not info.batched
+    else:
+        raise InvalidInput(f"{field} has shape {list(array.shape)}; {expected}", field=field)
+    dims = array.shape[1:] if info.batched else array.shape
+    if info.batched and array.shape[0] == 0 or not dims_match(dims, spec.shape):
+        raise InvalidInput(f"{field} has shape {list(array.shape)}; {expected}", field=field)
+    return array, single
+
+
+def dims_match(actual: tuple[int, ...], declared: tuple[int, ...]) -> bool:
+    """Declared dims with -1 accept any size of at least one."""
+    return len(actual) == len(declared) and all(a >= 1 and (d < 0 or a == d) for a, d in zip(actual, declared))
+
+
+def to_array(value: Any, spec: TensorSpec, field: str, expected: str) -> np.ndarray:
+    """A JSON value -> numpy array of the tensor's dtype; InvalidInput for empty/ragged/non-numeric/NaN."""
+    dtype = NP_DTYPES.get(spec.datatype)
+    if dtype is None:
+        raise InvalidInput(f"{field}: datatype {spec.datatype} is not supported over JSON", field=field)
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(f"{field} must be a non-empty list of numbers; {expected}", field=field)
+    try:
+        array = np.array(value)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{field} is ragged (rows of different lengths); {expected}", field=field) from None
+    if array.size == 0:
+        raise InvalidInput(f"{field} is empty; {expected}", field=field)
+    if array.size > MAX_ELEMENTS:
+        raise InvalidInput(f"{field} has {array.size} elements; the limit is {MAX_ELEMENTS}", field=field)
+    return cast_numbers(array, dtype, spec.datatype, field, expected)
+
+
+def cast_numbers(array: np.ndarray, dtype: Any, datatype: str, field: str, expected: str) -> np.ndarray:
+    """Check the values are numbers the datatype can hold, then cast."""
+    if datatype == "BOOL":
+        if array.dtype.kind != "b":
+            raise InvalidInput(f"{field} must hold true/false values; {expected}", field=field)
+        return array.astype(dtype)
+    if array.dtype.kind not in "iuf":
+        raise InvalidInput(f"{field} must hold only numbers; {expected}", field=field)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(f"{field} holds NaN or infinity; {expected}", field=field)
+    if np.issubdtype(dtype, np.integer) and array.dtype.kind == "f" and not (array == np.round(array)).all():
+        raise InvalidInput(f"{field} must hold integers; {expected}", field=field)
+    return array.astype(dtype, copy=False)
+
+
+# -- answers ---------------------------------------------------------------------
+def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray], single: bool) -> dict[str, Any]:
+    """Every output tensor as lists; a single row loses its batch dimension."""
+    return {name: (a[0] if single and info.batched else a).tolist() for name, a in outputs.items()}
+
+
+def prediction_of(info: ModelInfo, outputs: Mapping[str, np.ndarray], single: bool) -> Any:
+    """Class name (or id) per row from ``label``/``argmax`` or the argmax of ``probabilities``."""
+    ids = _class_ids(outputs)
+    if ids is None:
+        first = next(iter(outputs.values()), None)
+        return None if first is None else outputs_json(info, {"_": first}, single)["_"]
+    if not info.batched:
+        return _name(info, int(ids.reshape(-1)[0]))
+    per_row = [_name(info, int(v)) for v in ids.reshape(ids.shape[0], -1)[:, 0]]
+    return per_row[0] if single else per_row
+
+
+def _class_ids(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    for name in ("label", "labels", "class", "argmax"):
+        if name in outputs and outputs[name].dtype.kind in "iu":
+            return outputs[name]
+    probs = outputs.get("probabilities")
+    return None if probs is None else probs.argmax(axis=-1)
+
+
+def _name(info: ModelInfo, class_id: int) -> Any:
+    return info.labels[class_id] if 0 <= class_id < len(info.labels) else class_id
