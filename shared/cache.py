@@ -92,7 +92,7 @@ class Cache:
         except REDIS_ERRORS as exc:
             self._failed("lookup", exc)
             return None, None
-        gen_text = gen.decode() if gen else "0"
+        gen_text = gen.decode() if isinstance(gen, bytes) else (gen or "0")
         return (json.loads(raw) if raw else None), gen_text
 
     def fill(self, key: str, gen_key: str, value: Any, gen: str | None) -> None:

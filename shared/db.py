@@ -88,7 +88,7 @@ def _engine(settings: Settings, **options: Any) -> sa.Engine:
 def _is_query_error(exc: sa_exc.DBAPIError) -> bool:
     """pg8000 reports some statement errors as OperationalError; those carry a server error dict."""
     orig = getattr(exc, "orig", None)
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
     return bool(args) and isinstance(args[0], dict) and "C" in args[0]
 
 
@@ -120,7 +120,7 @@ def alembic_config(settings: Settings) -> Any:
 def ensure_database(settings: Settings) -> bool:
     """Create the configured database if the server lacks it; True when it was created."""
     url = make_url(settings.database_url)
-    name = url.database
+    name = url.database or "kinfer"
     admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:

@@ -62,7 +62,7 @@ class Router:
             allowed = ", ".join(sorted(exc.valid_methods or []))
             raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allowed}",
                                    headers={"Allow": allowed}) from None
-        return self.routes[index], params
+        return self.routes[int(index)], dict(params)
 
 
 @dataclass

@@ -203,12 +203,9 @@ def seed(settings: Settings) -> None:
 
     services = Services(settings)
     try:
-        try:
-            from shared.keys import ensure_key
-        except ImportError:
-            ensure_key = None
-        if ensure_key is not None:
-            ensure_key(services, "demo", DEMO_KEY, ["infer", "batch", "admin"])
+        from shared.keys import ensure_key
+
+        ensure_key(services, "demo", DEMO_KEY, ["infer", "batch", "admin"])
         backend = f"127.0.0.1:{TRITON_PORTS[1]}"
         for body in DEMO_MODELS:
             try:
