@@ -95,14 +95,16 @@ class EventRelay:
         log.info("event relay on %s: sinks %s, %d subscription(s)", self.url,
                  sorted(self.wiring.sinks), len(self.dispatchers))
 
-    def stop(self) -> None:
-        """Stop accepting, then stop delivering; unacked entries stay pending for the next relay."""
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, then delivering (up to ``grace_s`` for deliveries in progress); unacked stay pending."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
         for dispatcher in self.dispatchers:
-            dispatcher.stop()
+            dispatcher.request_stop()
+        for dispatcher in self.dispatchers:
+            dispatcher.stop(grace_s)
         self.session.close()
 
     def ingest(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any] | None]:
@@ -156,6 +158,8 @@ class _IngressServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = 64 * 1024  # headers and body leave in one segment (flushed after each request) ...
+    disable_nagle_algorithm = True  # ... and at once: no Nagle / delayed-ACK stalls on keep-alive
     server: _IngressServer
 
     def do_POST(self) -> None:  # noqa: N802
@@ -208,13 +212,9 @@ def spawn(targets: Mapping[str, str], *, manifests: str | Path = DEFAULT_MANIFES
     cmd += [arg for name, url in targets.items() for arg in ("--target", f"{name}={url}")]
     if redis_url:
         cmd += ["--redis-url", redis_url]
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    try:
+    with open(log_path or os.devnull, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    finally:
-        if out is not subprocess.DEVNULL:
-            out.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     stopping.wait()
     relay.stop()
-    return 0
+    logging.shutdown()
+    os._exit(0)  # don't let a delivery stuck past the grace period hold the process; it stays unacked
 
 
 if __name__ == "__main__":

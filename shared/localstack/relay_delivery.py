@@ -109,14 +109,22 @@ class Dispatcher:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Stop reading; deliveries still waiting for a retry are abandoned unacked (redelivered later)."""
+    def request_stop(self) -> None:
+        """Stop reading and retrying now, without waiting."""
         self._stop.set()
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop reading and wait up to ``grace_s`` for deliveries in progress; the rest stay unacked."""
+        self.request_stop()
         for thread in self._threads:
             thread.join(timeout=self.block_s + 5)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
         self._threads.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            with self._cond:
+                if not self._cond.wait_for(lambda: not self._in_flight, timeout=grace_s):
+                    log.warning("relay %s: %d delivery(ies) still running at stop; they will be redelivered",
+                                self.sub.name, len(self._in_flight))
 
     def pending(self) -> int:
         """Entries delivered to the group but not yet acknowledged."""
@@ -197,6 +205,8 @@ class Dispatcher:
     def _deliver(self, key: str, entry_id: str, fields: dict[Any, Any]) -> None:
         topic = self.keys[key]
         try:
+            if self._stop.is_set():
+                return  # queued before stop: leave it pending for the next relay
             try:
                 event = decode_entry(fields, self.sub, topic, entry_id)
             except Exception:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -94,21 +95,17 @@ class S3Server:
     def spawn(self, log_path: str | Path | None = None, timeout: float = 15.0) -> int:
         """Start a detached server process (own session) that outlives the caller; returns its pid."""
         _check_port_free(self.host, self.port)
-        if log_path is None and self.state_dir is not None:
-            log_path = self.state_dir / "s3.log"
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            log_path = log_path or self.state_dir / "s3.log"
+        with open(log_path or os.devnull, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "shared.localstack.s3", "--host", self.host, "--port", str(self.port)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
         if not _wait_listening(self.host, self.port, timeout) or proc.poll() is not None:
             proc.kill()
             raise RuntimeError(f"the S3 server did not start on {self.url}; see {log_path or 'its output'}")
         if self.state_dir is not None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "s3.pid").write_text(str(proc.pid))
         return proc.pid
 

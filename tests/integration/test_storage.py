@@ -116,3 +116,25 @@ def test_start_on_a_busy_port_fails_with_one_clear_line(server):
     with pytest.raises(PortBusy) as err:
         S3Server(port=server.port).start(timeout=2)
     assert str(err.value) == f"cannot start the S3 server: port 127.0.0.1:{PORT} is already in use"
+
+
+def test_spawned_server_outlives_its_caller_and_stops_on_sigterm(tmp_path):
+    import os
+    import signal
+    import time
+
+    srv = S3Server(port=PORT + 1, state_dir=tmp_path / "s3")
+    pid = srv.spawn()
+    try:
+        assert (tmp_path / "s3" / "s3.pid").read_text() == str(pid)
+        assert os.getsid(pid) == pid  # its own session: `kinfer up` may exit
+        client = make_s3_client(Settings.from_env({}, s3_endpoint_url=srv.url))
+        ensure_buckets(client, "spawned")
+        put_bytes(client, "spawned", "k", b"v")
+        assert get_bytes(client, "spawned", "k") == b"v"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        assert time.monotonic() < deadline, "the S3 server ignored SIGTERM"
+        time.sleep(0.05)
