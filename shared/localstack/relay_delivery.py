@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 KAFKA_EVENT_TYPE = "dev.knative.kafka.event"
 ERROR_DATA_LIMIT = 1024
+STALE_CONSUMER_MS = 3_600_000
 
 
 def stream_key(prefix: str, topic: str) -> str:
@@ -100,6 +101,13 @@ class Dispatcher:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            self._forget_old_consumers(key)
+
+    def _forget_old_consumers(self, key: str) -> None:
+        """Drop consumers of earlier relay runs that hold nothing and idled an hour (each run adds one)."""
+        for consumer in self.redis.xinfo_consumers(key, self.sub.group):
+            if int(consumer["pending"]) == 0 and int(consumer["idle"]) > STALE_CONSUMER_MS:
+                self.redis.xgroup_delconsumer(key, self.sub.group, consumer["name"])
 
     def start(self) -> None:
         self.ensure_groups()
