@@ -10,7 +10,8 @@ VENV="${ROOT}/.venv-checkov"
 CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
 PYTHON="${PYTHON:-python3}"
 
-if [ -x "${VENV}/bin/checkov" ] && "${VENV}/bin/checkov" --version >/dev/null 2>&1; then
+installed="$("${VENV}/bin/python" -c 'import importlib.metadata as m; print(m.version("checkov"))' 2>/dev/null || true)"
+if [ -x "${VENV}/bin/checkov" ] && [ "${installed}" = "${CHECKOV_VERSION}" ]; then
   exit 0
 fi
 
