@@ -106,6 +106,7 @@ def _infer(services: Any, model: dict[str, Any], ref: ChunkRef, lines: list[byte
     """One result row per line, in order; None when the job was cancelled meanwhile."""
     from shared.inference import infer_items
 
+    _warm_components(services)
     rows: list[dict[str, Any]] = []
     for offset in range(0, len(lines), SUB_BATCH):
         if offset and not _still_active(services, ref.job_id):
@@ -117,6 +118,18 @@ def _infer(services: Any, model: dict[str, Any], ref: ChunkRef, lines: list[byte
             index = ref.start + offset + position
             rows.append(_row(index, next(inferred) if item is not None else None, part[position]))
     return rows
+
+
+def _warm_components(services: Any) -> None:
+    """Create the balancer's own components first: ``Services.component`` holds a non-reentrant
+    lock while a factory runs, so a factory that asks for another component deadlocks."""
+    from shared.backends_metrics import recorder
+    from shared.balancer import balancer
+    from shared.breaker import breakers
+
+    breakers(services)
+    recorder(services)
+    balancer(services)
 
 
 def _still_active(services: Any, job_id: uuid.UUID) -> bool:
