@@ -1,0 +1,251 @@
+"""Batch benchmark: N iris items submitted over HTTP -> job completed, vs direct batched Triton gRPC calls.
+
+Self-contained: a private PostgreSQL database (dropped afterwards), the moto S3 server, the
+event relay (Redis Streams) and a Triton server (or ``--triton-url``), with the batch API and
+the batch worker each served by ``kinfer serve`` (gunicorn gthread) on free ports.
+
+    .venv/bin/python benchmarks/batch.py --items 100000
+
+Prints a table: end-to-end items/s vs direct items/s (same items, same run), their ratio, and
+the worker's peak RSS (VmHWM) after a small and after the big job (bounded by the chunk size
+means the two are close).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [6.3, 2.8, 5.1, 1.5]]
+
+
+def free_port() -> int:
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def items(n: int) -> list[list[float]]:
+    rng = np.random.default_rng(7)
+    base = np.array(IRIS * (n // len(IRIS) + 1), dtype=np.float32)[:n]
+    return (base + rng.normal(0, 0.05, base.shape).astype(np.float32)).round(3).tolist()
+
+
+def direct(grpc_url: str, rows: list[list[float]], batch: int = 64) -> float:
+    """Seconds for sequential batched Triton gRPC calls over ``rows`` (max_batch_size 64)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    outputs = [grpcclient.InferRequestedOutput("label"), grpcclient.InferRequestedOutput("probabilities")]
+    started = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        array = np.asarray(rows[i:i + batch], dtype=np.float32)
+        tensor = grpcclient.InferInput("features", list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array)
+        client.infer("iris_classifier", [tensor], outputs=outputs)
+    return time.perf_counter() - started
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 300) -> Any:
+    data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def run_job(api: str, model: str, rows: list[list[float]]) -> tuple[float, float, dict[str, Any]]:
+    """(submit seconds, total seconds until finished, final status)."""
+    started = time.perf_counter()
+    job = http("POST", f"{api}/v1/batch", {"model": model, "inputs": [{"data": r} for r in rows]})
+    submitted = time.perf_counter() - started
+    while True:
+        status = http("GET", f"{api}/v1/batch/{job['job_id']}")
+        if status["status"] in ("completed", "failed", "cancelled"):
+            return submitted, time.perf_counter() - started, status
+        time.sleep(0.05)
+
+
+def peak_rss_mib(master_pid: int) -> float:
+    """Largest VmHWM among the gunicorn master's children (the worker processes)."""
+    peaks = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != master_pid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(peaks, default=0.0)
+
+
+def serve(stack: ExitStack, folder: str, target: str, env: dict[str, str], workers: int, threads: int,
+          log_dir: Path) -> tuple[str, int]:
+    port = free_port()
+    log = (log_dir / f"{folder}.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--target", target, "--source", f"functions/{folder}/main.py",
+                             "--workers", str(workers), "--threads", str(threads)],
+                            cwd=ROOT, env={**os.environ, **env, "K_SERVICE": folder}, stdout=log,
+                            stderr=subprocess.STDOUT)
+    stack.callback(lambda: (proc.terminate(), proc.wait(10), log.close()))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{folder} exited; see {log_dir / (folder + '.log')}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1).close()
+            return url, proc.pid
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{folder} did not start")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--small", type=int, default=5_000, help="items of the memory-reference job")
+    parser.add_argument("--chunk-size", type=int, default=1000)
+    parser.add_argument("--pg-admin", default="postgresql+pg8000://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/1")
+    parser.add_argument("--triton-url", default=None, help="an existing Triton gRPC host:port (default: start one)")
+    parser.add_argument("--worker-processes", type=int, default=2)
+    parser.add_argument("--worker-threads", type=int, default=4)
+    parser.add_argument("--relay-workers", type=int, default=8)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process S3 server logs every request
+
+    import redis
+    import sqlalchemy as sa
+
+    from shared import db, registry
+    from shared.localstack.relay import EventRelay
+    from shared.localstack.relay_wiring import Delivery, Subscription, Wiring
+    from shared.localstack.s3 import S3Server
+    from shared.services import Services
+    from shared.settings import Settings
+    from tests.integration.servers import settings_env
+
+    uid = uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="kinfer-bench-batch-"))
+    db_url = sa.make_url(args.pg_admin).set(database=f"kinfer_bench_batch_{uid}").render_as_string(False)
+    with ExitStack() as stack:
+        settings = Settings.from_env(environ={}, database_url=db_url, redis_url=args.redis_url, auth_required=False)
+        db.ensure_database(settings)
+        stack.callback(_drop_database, args.pg_admin, f"kinfer_bench_batch_{uid}")
+        db.upgrade(settings)
+        s3 = S3Server(port=free_port())
+        s3_pid = s3.spawn(tmp / "s3.log")  # its own process: moto would otherwise share our GIL with the relay
+        stack.callback(_stop_pid, s3_pid)
+        grpc_url = args.triton_url or _start_triton(stack, tmp)
+        rds = redis.Redis.from_url(args.redis_url, socket_timeout=10)
+        prefix = f"kinfer:bench:batch:{uid}:"
+        stack.callback(lambda: [rds.delete(k) for k in rds.scan_iter(prefix + "*")])
+        topic = f"kinfer.batch.chunks.{uid}"
+        worker_env_settings = Settings.from_env(environ={}, database_url=db_url, redis_url=args.redis_url,
+                                                auth_required=False, s3_endpoint_url=s3.url,
+                                                batch_chunk_size=args.chunk_size, max_body_bytes=64 << 20,
+                                                log_level="WARNING")
+        worker_url, worker_pid = serve(stack, "batch_worker", "process_batch_chunk", settings_env(worker_env_settings),
+                                       args.worker_processes, args.worker_threads, tmp)
+        sub = Subscription(name="batch-worker-source", namespace="kinfer", topics=(topic,), group="bench",
+                           sink=worker_url + "/", delivery=Delivery(retry=5, backoff_delay_s=0.2),
+                           initial_offset="earliest")
+        relay = EventRelay(rds, Wiring(sinks={"batch-chunks": topic}, subscriptions=(sub,)), port=free_port(),
+                           key_prefix=prefix, workers=args.relay_workers)
+        relay.start()
+        stack.callback(relay.stop)
+        api_settings = Settings.from_env(environ={}, **{**_fields(worker_env_settings),
+                                                        "k_sink": relay.sink_url("batch-chunks")})
+        api, _ = serve(stack, "batch", "manage_batch_jobs", settings_env(api_settings), 1, 4, tmp)
+        services = Services(settings)
+        stack.callback(services.close)
+        model = registry.create_model(services, {"name": f"iris-bench-{uid}", "version": "1", "framework": "onnx",
+                                                 "format": "onnx", "backend_url": grpc_url,
+                                                 "triton_model": "iris_classifier"})["name"]
+        rows = items(args.items)
+        direct(grpc_url, rows[:2000])  # warm up
+        run_job(api, model, items(200))
+        _, small_s, small = run_job(api, model, items(args.small))
+        rss_small = peak_rss_mib(worker_pid)
+        direct_s = direct(grpc_url, rows)
+        submit_s, total_s, big = run_job(api, model, rows)
+        rss_big = peak_rss_mib(worker_pid)
+        assert big["status"] == "completed" and big["succeeded"] == args.items, big
+        e2e_rate, direct_rate = args.items / total_s, args.items / direct_s
+        print(f"\nbatch benchmark: {args.items:,} iris items, chunk {args.chunk_size}, worker "
+              f"{args.worker_processes}x{args.worker_threads} gthread, relay {args.relay_workers} parallel")
+        print(f"{'path':<44}{'seconds':>10}{'items/s':>12}{'ratio':>8}")
+        print(f"{'direct Triton gRPC, sequential batches of 64':<44}{direct_s:>10.2f}{direct_rate:>12,.0f}{1:>8.2f}")
+        print(f"{'batch job: POST -> completed (end to end)':<44}{total_s:>10.2f}{e2e_rate:>12,.0f}"
+              f"{e2e_rate / direct_rate:>8.2f}")
+        print(f"{'  of which POST /v1/batch (202)':<44}{submit_s:>10.2f}")
+        print(f"worker peak RSS (VmHWM): {rss_small:.0f} MiB after a {args.small:,}-item job "
+              f"({small_s:.1f}s), {rss_big:.0f} MiB after the {args.items:,}-item job")
+    return 0
+
+
+def _fields(settings: Any) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
+
+
+def _start_triton(stack: ExitStack, tmp: Path) -> str:
+    from shared.localstack.triton import TritonServer, default_repository
+
+    ports = [free_port() for _ in range(3)]
+    server = TritonServer(default_repository(), tmp / "triton", http_port=ports[0], grpc_port=ports[1],
+                          metrics_port=ports[2])
+    (tmp / "triton").mkdir(exist_ok=True)
+    server.start(timeout=180)
+    stack.callback(server.stop)
+    return server.grpc_url
+
+
+def _stop_pid(pid: int) -> None:
+    import signal
+
+    os.kill(pid, signal.SIGTERM)
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
