@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared.backends_metrics import recorder
+from shared.backends_metrics import Recorder, recorder
 from shared.breaker import Breakers, CircuitView, breakers, state_keys
 from shared.errors import KinferError, Unavailable
 from shared.triton import is_backend_failure, is_connection_failure
@@ -49,9 +49,9 @@ class Backend:
 class Balancer:
     """Picks backends for each call and feeds the outcome to breakers and metrics."""
 
-    def __init__(self, services: Any, snapshot_ttl_s: float = SNAPSHOT_TTL_S) -> None:
-        self.breakers: Breakers = breakers(services)
-        self.recorder = recorder(services)
+    def __init__(self, breakers: Breakers, recorder: Recorder, snapshot_ttl_s: float = SNAPSHOT_TTL_S) -> None:
+        self.breakers = breakers
+        self.recorder = recorder
         self.ttl = snapshot_ttl_s
         self._seen: dict[str, tuple[float, Backend]] = {}
         self._turn = itertools.count()
@@ -101,8 +101,11 @@ class Balancer:
         probed_ok = [b for b in closed if b.probe_ok is not False]
         return probed_ok or closed  # all probes failed but circuits closed: the probe may be stale
 
-    def call(self, urls: list[str], attempt: Callable[[str], T]) -> T:
-        """``attempt(url)`` on a chosen backend; one retry elsewhere when the connection failed."""
+    def call(self, urls: list[str], attempt: Callable[[str], T], count: bool = True) -> T:
+        """``attempt(url)`` on a chosen backend; one retry elsewhere when the connection failed.
+
+        ``count=False`` keeps a successful call out of the request metrics (cached metadata reads).
+        """
         if not urls:
             raise Unavailable("the model has no Triton backend configured")
         chosen = self.candidates(urls)[:MAX_ATTEMPTS]
@@ -118,7 +121,8 @@ class Balancer:
                     log.warning("retrying on another backend after: %s", err.message)
                     continue
                 raise
-            self.recorder.record(backend.url, "success", time.perf_counter() - started)
+            if count:
+                self.recorder.record(backend.url, "success", time.perf_counter() - started)
             if backend.circuit.state != "closed" or backend.circuit.failures:
                 self.breakers.record_success(backend.url, backend.circuit)
                 self.forget(backend.url)
@@ -141,5 +145,6 @@ def _probe_ok(raw: Any) -> bool | None:
 
 
 def balancer(services: Any) -> Balancer:
-    """The process's Balancer (one per Services)."""
-    return services.component("balancer", lambda s: Balancer(s))
+    """The process's Balancer (one per Services; its parts are made first: component() is not re-entrant)."""
+    parts = (breakers(services), recorder(services))
+    return services.component("balancer", lambda s: Balancer(*parts))

@@ -113,7 +113,7 @@ def infer_items(services: Any, model: dict, items: list[Any]) -> list[ItemResult
     Raises Unavailable/CircuitOpen/BackendTimeout (retryable) when Triton cannot be used.
     """
     urls, tm = backend_urls(services, model), model.get("triton_model") or model["name"]
-    info = balancer(services).call(urls, lambda url: triton_pool(services).model_info(url, tm))
+    info = balancer(services).call(urls, lambda url: triton_pool(services).model_info(url, tm), count=False)
     results: list[ItemResult | None] = [None] * len(items)
     parsed: dict[int, Parsed] = {}
     for i, item in enumerate(items):

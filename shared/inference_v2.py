@@ -149,7 +149,7 @@ def model_metadata_v2(services: Any, name: str, version: str | None) -> dict:
     model = resolve(services, name, version)
     tm = model.get("triton_model") or model["name"]
     info = balancer(services).call(backend_urls(services, model),
-                                   lambda url: triton_pool(services).model_info(url, tm))
+                                   lambda url: triton_pool(services).model_info(url, tm), count=False)
     lead = [-1] if info.batched else []
     return {"name": model["name"], "versions": [model["version"]], "platform": "kinfer",
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.inputs],

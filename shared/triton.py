@@ -26,6 +26,20 @@ log = logging.getLogger(__name__)
 # gRPC status codes that mean "the caller's request is wrong", not "the backend is broken".
 _CALLER_CODES = {"StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE", "StatusCode.FAILED_PRECONDITION"}
 
+# Default tritonclient channel options plus short reconnect backoff: a backend that comes back is
+# used again within ~2 s instead of gRPC's default exponential backoff of up to 120 s.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.keepalive_time_ms", 2**31 - 1),
+    ("grpc.keepalive_timeout_ms", 20000),
+    ("grpc.keepalive_permit_without_calls", False),
+    ("grpc.http2.max_pings_without_data", 2),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
 NP_DTYPES: dict[str, Any] = {
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
     "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
@@ -134,7 +148,7 @@ class TritonPool:
             with self._lock:
                 found = self._clients.get(url)
                 if found is None:
-                    found = grpcclient.InferenceServerClient(url)
+                    found = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
                     self._clients[url] = found
         return found
 

@@ -75,16 +75,16 @@ def _named_values(info: ModelInfo, raw: Any, field: str) -> dict[str, Any]:
 def _tensor(info: ModelInfo, spec: TensorSpec, value: Any, field: str) -> tuple[np.ndarray, bool]:
     expected = f"expected {spec.describe(info.batched)}"
     array = to_array(value, spec, field, expected)
-    rank = len(spec.shape)
+    given, rank = list(array.shape), len(spec.shape)
     if info.batched and array.ndim == rank:
         array, single = array[np.newaxis, ...], True
     elif (info.batched and array.ndim == rank + 1) or (not info.batched and array.ndim == rank):
         single = not info.batched
     else:
-        raise InvalidInput(f"{field} has shape {list(array.shape)}; {expected}", field=field)
+        raise InvalidInput(f"{field} has shape {given}; {expected}", field=field)
     dims = array.shape[1:] if info.batched else array.shape
-    if info.batched and array.shape[0] == 0 or not dims_match(dims, spec.shape):
-        raise InvalidInput(f"{field} has shape {list(array.shape)}; {expected}", field=field)
+    if not dims_match(dims, spec.shape):
+        raise InvalidInput(f"{field} has shape {given}; {expected}", field=field)
     return array, single
 
 
