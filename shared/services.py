@@ -24,7 +24,7 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._components: dict[str, Any] = {}
-        self._component_lock = threading.Lock()
+        self._component_lock = threading.RLock()  # a factory may ask for another component
 
     @cached_property
     def db(self) -> Any:
