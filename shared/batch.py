@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from shared import batch_results as results
@@ -54,17 +54,42 @@ def submit_job(services: Any, body: Any, owner: str, *, intake_key: str | None =
             return existing
     model = registry.resolve_model(services, name, version)
     results.ensure_batch_buckets(services)
-    job_id = uuid.uuid4()
-    total, chunks = _write_inputs(services, job_id, source)
-    row = _job_row(services, job_id, model, owner, total, chunks, body.get("input_url"), intake_key)
+    if "inputs" in body:
+        created = _submit_inline(services, model, owner, len(body["inputs"]), source, intake_key)
+    else:
+        created = _submit_streamed(services, model, owner, source, body["input_url"], intake_key)
+    if created is None:  # a redelivered intake event: the job exists already
+        return _existing(services, intake_key) or {}
+    log.info("batch job %s created: %d item(s) in %d chunk(s)", created["id"], created["total"],
+             created["chunks_total"])
+    return {"job_id": str(created["id"]), "status": "pending", "total": created["total"]}
+
+
+def _submit_inline(services: Any, model: dict[str, Any], owner: str, total: int,
+                   source: Callable[[Any], Iterator[bytes]], intake_key: str | None) -> dict[str, Any] | None:
+    """Known size: insert the job first, then write and emit each chunk in a pipeline (workers start early)."""
+    size = services.settings.batch_chunk_size
+    row = _job_row(services, uuid.uuid4(), model, owner, total, -(-total // size), None, intake_key)
     with services.db.begin() as conn:
         created = store.insert_job(conn, row)
-    if created is None:  # a redelivered intake event raced us
+    if created is not None:
+        _queue(services, created, _chunked(source(services), size), write=True)
+    return created
+
+
+def _submit_streamed(services: Any, model: dict[str, Any], owner: str, source: Callable[[Any], Iterator[bytes]],
+                     input_url: str, intake_key: str | None) -> dict[str, Any] | None:
+    """Unknown size (input_url): stream the chunks to S3, insert the job, then emit."""
+    job_id = uuid.uuid4()
+    total, chunks = _write_inputs(services, job_id, source)
+    row = _job_row(services, job_id, model, owner, total, chunks, input_url, intake_key)
+    with services.db.begin() as conn:
+        created = store.insert_job(conn, row)
+    if created is None:
         results.delete_job_objects(services, job_id)
-        return _existing(services, intake_key) or {}
-    _emit_chunks(services, created)
-    log.info("batch job %s created: %d item(s) in %d chunk(s)", job_id, total, chunks)
-    return {"job_id": str(job_id), "status": created["status"], "total": total}
+        return None
+    _queue(services, created, (None for _ in range(chunks)), write=False)
+    return created
 
 
 def _existing(services: Any, intake_key: str | None) -> dict[str, Any] | None:
@@ -153,17 +178,34 @@ def _job_row(services: Any, job_id: uuid.UUID, model: dict[str, Any], owner: str
             "intake_key": intake_key}
 
 
-def _emit_chunks(services: Any, job: dict[str, Any]) -> None:
-    """One chunk event per chunk; on lasting failure mark the job failed and raise Unavailable."""
+def _queue(services: Any, job: dict[str, Any], chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
+    """Write (when ``write``) and emit every chunk, a few in parallel; on lasting failure mark the job
+    failed and raise Unavailable, so no job waits forever for chunks that were never queued."""
     traceparent = events.current_traceparent()
-    for chunk in range(job["chunks_total"]):
-        try:
-            _emit_one(services, job, chunk, traceparent)
-        except Exception as exc:
-            _fail_enqueue(services, job, chunk, exc)
-            raise Unavailable(f"batch job {job['id']} could not be queued (event sink unavailable at chunk "
-                              f"{chunk} of {job['chunks_total']}); it was marked failed, submit it again",
-                              retry_after=5) from exc
+    pending: list[tuple[int, Future[None]]] = []
+    number = -1
+    try:
+        with ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="batch-queue") as pool:
+            for number, lines in enumerate(chunks):
+                pending.append((number, pool.submit(_queue_one, services, job, number, lines, traceparent)))
+                while len(pending) > 2 * PARALLEL_PUTS or (pending and pending[0][1].done()):
+                    number, future = pending.pop(0)
+                    future.result()
+            for number, future in pending:
+                future.result()
+    except Exception as exc:
+        _fail_enqueue(services, job, number, exc)
+        raise Unavailable(f"batch job {job['id']} could not be queued (storage or event sink unavailable at "
+                          f"chunk {number} of {job['chunks_total']}); it was marked failed, submit it again",
+                          retry_after=5) from exc
+
+
+def _queue_one(services: Any, job: dict[str, Any], chunk: int, lines: list[bytes] | None,
+               traceparent: str | None) -> None:
+    if lines is not None:
+        results.put_lines(services, services.settings.s3_input_bucket, results.input_key(job["id"], chunk),
+                          b"\n".join(lines) + b"\n")
+    _emit_one(services, job, chunk, traceparent)
 
 
 def _emit_one(services: Any, job: dict[str, Any], chunk: int, traceparent: str | None) -> None:
@@ -189,10 +231,12 @@ def _emit_one(services: Any, job: dict[str, Any], chunk: int, traceparent: str |
 def _fail_enqueue(services: Any, job: dict[str, Any], chunk: int, exc: Exception) -> None:
     log.error("batch job %s: queueing chunk %d failed (%s); marking the job failed", job["id"], chunk,
               type(exc).__name__)
-    reason = f"could not queue chunk {chunk} of {job['chunks_total']}: the event sink is unavailable"
+    reason = (f"could not queue chunk {chunk} of {job['chunks_total']}: object storage or the event sink "
+              "is unavailable")
     with services.db.begin() as conn:
         store.set_finished(conn, job["id"], "failed", error=reason)
         store.clear_intake_key(conn, job["id"])  # a redelivered intake event may try again
+    results.delete_job_objects(services, job["id"])
 
 
 # -- read -----------------------------------------------------------------------

@@ -375,8 +375,13 @@ def test_chunk_events_are_binary_versioned_and_partitioned(st: Stack, capture: C
     assert {h["ce-subject"] for h in headers} == {job_id}
     assert len({h["ce-partitionkey"] for h in headers}) == 3
     assert all(h["ce-traceparent"].split("-")[1] == trace.split("-")[1] for h in headers)
-    data = [json.loads(b) for _, b in capture.events]
+    data = sorted((json.loads(b) for _, b in capture.events), key=lambda d: d["chunk"])  # sent in parallel
     assert [(d["chunk"], d["start"], d["count"]) for d in data] == [(0, 0, 4), (1, 4, 4), (2, 8, 2)]
+
+
+def by_chunk(capture: Capture) -> list[tuple[dict[str, str], bytes]]:
+    """The captured events ordered by chunk number (they are emitted in parallel)."""
+    return sorted(capture.events, key=lambda event: json.loads(event[1])["chunk"])
 
 
 def post_event(client: Any, headers: dict[str, str], body: bytes) -> Any:
@@ -387,11 +392,11 @@ def test_same_chunk_twice_counts_once(st: Stack, capture: Capture) -> None:
     job_id = st.submit({"model": st.model, "inputs": iris_inputs(6)})["job_id"]
     worker = functions_framework.create_app("process_batch_chunk",
                                             f"{ROOT}/functions/batch_worker/main.py").test_client()
-    first = post_event(worker, *capture.events[0])
-    again = post_event(worker, *capture.events[0])
+    first = post_event(worker, *by_chunk(capture)[0])
+    again = post_event(worker, *by_chunk(capture)[0])
     assert first.status_code == 200 and again.status_code == 200 and "skipped" in again.get_json()
     assert st.status(job_id)["completed"] == 4
-    results = [post_event(worker, *capture.events[1]) for _ in range(3)]
+    results = [post_event(worker, *by_chunk(capture)[1]) for _ in range(3)]
     assert [r.status_code for r in results] == [200, 200, 200]
     done = st.status(job_id)
     assert (done["status"], done["completed"], done["succeeded"]) == ("completed", 6, 6)
@@ -414,8 +419,8 @@ def test_dead_letter_fails_the_chunk_so_the_job_ends(st: Stack, capture: Capture
                                             f"{ROOT}/functions/batch_worker/main.py").test_client()
     dead = functions_framework.create_app("fail_dead_chunk",
                                           f"{ROOT}/functions/batch_deadletter/main.py").test_client()
-    assert post_event(worker, *capture.events[0]).status_code == 200
-    headers, body = capture.events[1]
+    assert post_event(worker, *by_chunk(capture)[0]).status_code == 200
+    headers, body = by_chunk(capture)[1]
     dl_headers = {**headers, "ce-knativeerrorcode": "503", "ce-knativeerrordest": "http://worker/"}
     assert post_event(dead, dl_headers, body).status_code == 200
     assert "skipped" in post_event(dead, dl_headers, body).get_json()
