@@ -49,7 +49,7 @@ class Recorder:
         if due:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, quiet: bool = False) -> None:
         """Move the tallies to Redis in one pipeline; kept for the next flush if Redis is down."""
         with self._lock:
             requests, latency = dict(self._requests), dict(self._latency)
@@ -69,8 +69,13 @@ class Recorder:
                     pipe.hincrby(LATENCY_KEY, field, int(value))
             pipe.execute()
         except Exception as exc:  # redis errors: keep the counts for the next flush
-            log.warning("could not flush backend metrics to redis: %s", type(exc).__name__)
+            if not quiet:
+                log.warning("could not flush backend metrics to redis: %s", type(exc).__name__)
             self._restore(requests, latency)
+
+    def close(self) -> None:
+        """Flush what is left (Services.close and process exit call this)."""
+        self.flush(quiet=True)
 
     def _restore(self, requests: dict[str, int], latency: dict[str, float]) -> None:
         with self._lock:
@@ -86,7 +91,7 @@ def recorder(services: Any) -> Recorder:
         import atexit
 
         rec = Recorder(s.cache)
-        atexit.register(rec.flush)
+        atexit.register(rec.close)
         return rec
 
     return services.component("backend_metrics", make)

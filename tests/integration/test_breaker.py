@@ -1,0 +1,172 @@
+"""Circuit breakers against real backends: a dead port trips, half-opens, closes when the backend is back;
+state shared through Redis across processes; in-process fallback when Redis is down."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import functions_framework
+import pytest
+
+from shared import registry
+from shared.breaker import read_states
+
+pytestmark = pytest.mark.integration
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def free_port() -> int:
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def register(services: Any, urls: list[str]) -> dict:
+    return registry.create_model(services, {"name": f"cb-{uuid.uuid4().hex[:8]}", "version": "1",
+                                            "framework": "onnx", "format": "onnx", "backend_urls": urls,
+                                            "triton_model": "iris_classifier"})
+
+
+class Forwarder:
+    """A real TCP forwarder: the dead port comes back to life, relaying to the live Triton."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.server = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self.target = target
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.close()
+
+
+@pytest.fixture
+def svc(base_settings: Any, triton: Any) -> Iterator[Any]:
+    from shared.services import reset_services
+
+    settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url, breaker_fail_max=2,
+                                   breaker_reset_timeout_s=1.0, triton_timeout_s=2.0)
+    yield reset_services(settings)
+    reset_services(None)
+
+
+@pytest.fixture
+def client(svc: Any) -> Any:
+    return functions_framework.create_app("run_inference", "functions/infer/main.py").test_client()
+
+
+def infer(client: Any, model: dict) -> Any:
+    return client.post("/v1/infer", json={"model": model["name"], "input": {"data": ROW}})
+
+
+def state_from_other_process(redis_url: str, url: str) -> dict:
+    code = ("import json, redis, sys; from shared.breaker import read_states; "
+            "v = read_states(redis.Redis.from_url(sys.argv[1]), [sys.argv[2]])[sys.argv[2]]; "
+            "print(json.dumps(v.as_json()))")
+    out = subprocess.run([sys.executable, "-c", code, redis_url, url], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_dead_backend_trips_half_opens_and_closes_when_back(client, svc, triton, base_settings):
+    port = free_port()
+    dead = f"127.0.0.1:{port}"
+    model = register(svc, [dead])
+    first = [infer(client, model) for _ in range(2)]
+    assert [r.status_code for r in first] == [503, 503]
+    assert first[0].get_json()["code"] == "unavailable" and dead in first[0].get_json()["error"]
+
+    tripped = infer(client, model)
+    body = tripped.get_json()
+    assert tripped.status_code == 503 and body["code"] == "circuit_open"
+    assert "circuit breaker" in body["error"] and dead in body["error"]
+    assert 1 <= int(tripped.headers["Retry-After"]) <= 2
+    seen = state_from_other_process(base_settings.redis_url, dead)
+    assert seen["circuit"] == "open" and seen["failures"] >= 2
+
+    time.sleep(2.1)  # reset_timeout 1 s (pybreaker stores opened_at in whole seconds)
+    trial = infer(client, model)  # half-open trial against a still-dead backend: opens again
+    assert trial.status_code == 503 and trial.get_json()["code"] == "unavailable"
+    assert read_states(svc.cache.client, [dead])[dead].state == "open"
+
+    forwarder = Forwarder(port, int(triton.grpc_url.rsplit(":", 1)[1]))
+    try:
+        deadline, answer = time.monotonic() + 15, None
+        while time.monotonic() < deadline:
+            time.sleep(1.1)
+            answer = infer(client, model)
+            if answer.status_code == 200:
+                break
+        assert answer is not None and answer.status_code == 200, answer.get_json()
+        assert answer.get_json()["prediction"] == "setosa"
+        after = state_from_other_process(base_settings.redis_url, dead)
+        assert after["circuit"] == "closed" and after["failures"] == 0
+    finally:
+        forwarder.close()
+
+
+def test_caller_errors_never_count(client, svc, triton):
+    model = register(svc, [triton.grpc_url])
+    for _ in range(4):
+        r = client.post("/v1/infer", json={"model": model["name"], "input": {"data": [1, 2, 3]}})
+        assert r.status_code == 400
+    view = read_states(svc.cache.client, [triton.grpc_url])[triton.grpc_url]
+    assert view.state == "closed" and view.failures == 0
+
+
+def test_redis_down_uses_in_process_breakers_quickly(svc, triton, base_settings):
+    from shared.services import reset_services
+
+    live = register(svc, [triton.grpc_url])
+    dead_url = f"127.0.0.1:{free_port()}"
+    dead = register(svc, [dead_url])
+    reset_services(dataclasses.replace(svc.settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    client = functions_framework.create_app("run_inference", "functions/infer/main.py").test_client()
+    started = time.monotonic()
+    answers = [infer(client, live) for _ in range(5)]
+    assert [r.status_code for r in answers] == [200] * 5
+    codes = [infer(client, dead).get_json()["code"] for _ in range(3)]
+    assert codes == ["unavailable", "unavailable", "circuit_open"]
+    assert time.monotonic() - started < 5.0
