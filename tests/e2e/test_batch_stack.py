@@ -1,0 +1,45 @@
+"""Batch on the running local stack: the CLI submits through the gateway, waits, downloads the results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ROOT, http
+
+pytestmark = pytest.mark.e2e
+
+
+def kinfer_batch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shared.cli", "batch", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_submit_wait_and_results(stack: dict[str, str], tmp_path: Path) -> None:
+    source = tmp_path / "iris.jsonl"
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]] * 10 + [[]]
+    source.write_text("".join(json.dumps({"data": r}) + "\n" for r in rows))
+    common = ["--url", stack["gateway"], "--key", stack["key"]]
+    run = kinfer_batch("submit", str(source), "--model", "iris_classifier", "--wait", *common)
+    assert run.returncode == 0, run.stderr
+    assert "succeeded 30, failed 1 of 31" in run.stdout and "items/s" in run.stdout
+    job_id = run.stdout.split()[1].rstrip(":")
+    out = tmp_path / "results.jsonl"
+    assert kinfer_batch("results", job_id, "-o", str(out), *common).returncode == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(31))
+    assert lines[0]["prediction"] == "setosa" and "error" in lines[30]
+    status = json.loads(kinfer_batch("status", job_id, *common).stdout)
+    assert status["status"] == "completed" and status["failed"] == 1
+    assert kinfer_batch("cancel", job_id, *common).returncode == 1  # 409: already finished
+
+
+def test_gateway_batch_needs_a_key_and_hides_unknown_jobs(stack: dict[str, str]) -> None:
+    assert http("GET", f"{stack['gateway']}/v1/batch")[0] == 401
+    status, body, _ = http("GET", f"{stack['gateway']}/v1/batch/{uuid.uuid4()}", key=stack["key"])
+    assert status == 404 and body["code"] == "not_found"
