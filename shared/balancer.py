@@ -92,14 +92,13 @@ class Balancer:
     def candidates(self, urls: list[str]) -> list[Backend]:
         """Usable backends in round-robin order; CircuitOpen when every circuit is open."""
         backends = self.snapshot(urls)
-        start = next(self._turn) % len(backends)
-        ordered = backends[start:] + backends[:start]
-        closed = [b for b in ordered if self.breakers.allows(b.circuit)]
+        closed = [b for b in backends if self.breakers.allows(b.circuit)]
         if not closed:
-            raise self.breakers.open_error(min((b.circuit for b in ordered),
+            raise self.breakers.open_error(min((b.circuit for b in backends),
                                                key=lambda v: v.remaining(self.breakers.reset_timeout)))
-        probed_ok = [b for b in closed if b.probe_ok is not False]
-        return probed_ok or closed  # all probes failed but circuits closed: the probe may be stale
+        usable = [b for b in closed if b.probe_ok is not False] or closed  # all probes failed: maybe stale
+        start = next(self._turn) % len(usable)
+        return usable[start:] + usable[:start]
 
     def call(self, urls: list[str], attempt: Callable[[str], T], count: bool = True) -> T:
         """``attempt(url)`` on a chosen backend; one retry elsewhere when the connection failed.

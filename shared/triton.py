@@ -138,6 +138,7 @@ class TritonPool:
         self.settings = settings
         self._clients: dict[str, Any] = {}
         self._info: dict[tuple[str, str], tuple[float, ModelInfo]] = {}
+        self._outputs: dict[ModelInfo, list[Any]] = {}
         self._lock = threading.Lock()
 
     def client(self, url: str) -> Any:
@@ -179,13 +180,22 @@ class TritonPool:
             tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput(o.name) for o in info.outputs]
+        outputs = self._requested_outputs(info)
         try:
             result = self.client(url).infer(info.name, tensors, outputs=outputs, headers=dict(headers or {}),
                                             client_timeout=self.settings.triton_timeout_s)
         except Exception as exc:
             raise translate(exc, url, info.name) from exc
         return {o.name: result.as_numpy(o.name) for o in info.outputs}
+
+    def _requested_outputs(self, info: ModelInfo) -> list[Any]:
+        """InferRequestedOutput objects per model (immutable once built; reused across requests)."""
+        found = self._outputs.get(info)
+        if found is None:
+            import tritonclient.grpc as grpcclient
+
+            found = self._outputs[info] = [grpcclient.InferRequestedOutput(o.name) for o in info.outputs]
+        return found
 
     def ready(self, url: str, models: list[str], timeout: float = 2.0) -> tuple[bool, str]:
         """(server ready and every model ready, reason) — the probe's check."""

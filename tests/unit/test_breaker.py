@@ -1,0 +1,125 @@
+"""Breakers and the balancer without services: in-process breakers (Redis marked down) and parsed views."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from shared.balancer import Backend, Balancer
+from shared.breaker import Breakers, CircuitView, state_keys, view_from
+from shared.errors import BackendError, CircuitOpen, InvalidInput, Unavailable
+
+
+class DownCache:
+    """A cache whose Redis is unreachable: breakers must fall back to in-process state."""
+
+    client = None
+
+    def available(self) -> bool:
+        return False
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def record(self, url: str, outcome: str, seconds: float) -> None:
+        self.seen.append((url, outcome))
+
+
+def make(fail_max: int = 2, reset: float = 30.0) -> Breakers:
+    settings = SimpleNamespace(breaker_fail_max=fail_max, breaker_reset_timeout_s=reset)
+    return Breakers(settings, DownCache())
+
+
+def test_in_process_breaker_opens_at_fail_max_and_names_the_backend():
+    b = make()
+    for _ in range(2):
+        b.record_failure("h:1", Unavailable("refused"))
+    view = b.views(["h:1"])["h:1"]
+    assert view.state == "open" and view.failures == 2 and not view.shared
+    assert not b.allows(view)
+    err = b.open_error(view)
+    assert isinstance(err, CircuitOpen) and "circuit breaker" in err.message and "h:1" in err.message
+    assert 29 <= err.retry_after <= 30
+
+
+def test_success_resets_failures_and_trial_closes_after_reset_timeout():
+    b = make(reset=0.05)
+    b.record_failure("h:1", Unavailable("refused"))
+    b.record_success("h:1", b.views(["h:1"])["h:1"])
+    assert b.views(["h:1"])["h:1"].failures == 0
+    b.record_failure("h:1", Unavailable("refused"))
+    b.record_failure("h:1", Unavailable("refused"))
+    time.sleep(0.06)
+    view = b.views(["h:1"])["h:1"]
+    assert view.state == "open" and b.allows(view)
+    b.record_success("h:1", view)
+    assert b.views(["h:1"])["h:1"].state == "closed"
+
+
+def test_views_parse_pybreaker_redis_values():
+    assert state_keys("h:1")[0] == "kinfer:cb:h:1:pybreaker:state"
+    view = view_from("h:1", [b"open", b"5", b"1700000000"])
+    assert view == CircuitView("h:1", "open", 5, 1700000000.0, True)
+    assert view_from("h:2", [None, None, None]).state == "closed"
+    assert view.remaining(30, now=1700000010) == 20
+
+
+def balancer_with(backends: list[Backend], breakers: Breakers) -> tuple[Balancer, Tally]:
+    tally = Tally()
+    bal = Balancer(breakers, tally)  # type: ignore[arg-type]
+    bal._read = lambda urls: [b for b in backends if b.url in urls]  # type: ignore[method-assign]
+    return bal, tally
+
+
+def test_round_robin_skips_open_circuits_and_failed_probes():
+    now = time.time()
+    backends = [Backend("a:1", CircuitView("a:1"), True), Backend("b:1", CircuitView("b:1"), None),
+                Backend("c:1", CircuitView("c:1", "open", 5, now), True), Backend("d:1", CircuitView("d:1"), False)]
+    bal, _ = balancer_with(backends, make())
+    firsts = [bal.candidates(["a:1", "b:1", "c:1", "d:1"])[0].url for _ in range(8)]
+    assert set(firsts) == {"a:1", "b:1"}
+    assert firsts.count("a:1") >= 3 and firsts.count("b:1") >= 3
+
+
+def test_all_open_raises_circuit_open_with_the_shortest_wait():
+    now = time.time()
+    backends = [Backend("a:1", CircuitView("a:1", "open", 5, now - 20), None),
+                Backend("b:1", CircuitView("b:1", "open", 5, now - 5), None)]
+    bal, _ = balancer_with(backends, make())
+    with pytest.raises(CircuitOpen) as err:
+        bal.candidates(["a:1", "b:1"])
+    assert "a:1" in err.value.message and err.value.retry_after <= 10.5
+
+
+def test_one_retry_elsewhere_on_connection_failure_but_not_on_caller_errors():
+    backends = [Backend("a:1", CircuitView("a:1"), None), Backend("b:1", CircuitView("b:1"), None)]
+    breakers = make()
+    bal, tally = balancer_with(backends, breakers)
+    calls: list[str] = []
+
+    def flaky(url: str) -> str:
+        calls.append(url)
+        if len(calls) == 1:
+            raise Unavailable(f"{url} refused")
+        return url
+
+    assert bal.call(["a:1", "b:1"], flaky) == calls[1] != calls[0]
+    assert [o for _, o in tally.seen] == ["failure", "success"]
+    assert breakers.views([calls[0]])[calls[0]].failures == 1
+
+    def bad_input(url: str) -> None:
+        raise InvalidInput("wrong shape")
+
+    with pytest.raises(InvalidInput):
+        bal.call(["a:1", "b:1"], bad_input)
+    assert breakers.views(["a:1", "b:1"])["a:1"].failures + breakers.views(["b:1"])["b:1"].failures == 1
+
+    def broken(url: str) -> None:
+        raise BackendError("internal")
+
+    with pytest.raises(BackendError):  # not a connection failure: no retry
+        bal.call(["a:1", "b:1"], broken)
