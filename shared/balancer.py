@@ -115,7 +115,7 @@ class Balancer:
             except KinferError as err:
                 if not is_backend_failure(err):
                     raise
-                self._failed(backend, err, time.perf_counter() - started)
+                self._failed(backend, err, time.perf_counter() - started, trip=err.code != "model_not_loaded")
                 if is_connection_failure(err) and i + 1 < len(chosen):
                     log.warning("retrying on another backend after: %s", err.message)
                     continue
@@ -128,10 +128,12 @@ class Balancer:
             return result
         raise AssertionError("unreachable")
 
-    def _failed(self, backend: Backend, err: KinferError, seconds: float) -> None:
+    def _failed(self, backend: Backend, err: KinferError, seconds: float, trip: bool = True) -> None:
+        """Count the failure; a model missing on one backend does not trip that backend's breaker."""
         self.recorder.record(backend.url, "failure", seconds)
-        self.breakers.record_failure(backend.url, err)
-        self.forget(backend.url)
+        if trip:
+            self.breakers.record_failure(backend.url, err)
+            self.forget(backend.url)
 
 
 def _probe_ok(raw: Any) -> bool | None:

@@ -9,7 +9,6 @@ model's ``max_batch_size`` go in several Triton requests.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from shared.triton import ModelInfo, normalise_url, triton_pool
 from shared.triton_inputs import Parsed, outputs_json, parse_input, prediction_of
 
 MODEL_TTL_S = 0.25
-_models: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
-_models_lock = threading.Lock()
 
 
 @dataclass
@@ -42,16 +39,17 @@ class ItemResult:
 # -- model resolution --------------------------------------------------------------------
 def resolve(services: Any, name: str, version: str | None = None) -> dict[str, Any]:
     """``registry.resolve_model`` behind a span and a MODEL_TTL_S in-process cache (hits only)."""
+    models: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = services.component("resolved_models",
+                                                                                          lambda s: {})
     key, now = (name, version), time.monotonic()
-    hit = _models.get(key)
+    hit = models.get(key)
     if hit is not None and hit[0] > now:
         return hit[1]
     with telemetry.child_span("registry.resolve", **{"kinfer.model": name}):
         model = registry.resolve_model(services, name, version)
-    with _models_lock:
-        if len(_models) > 1024:
-            _models.clear()
-        _models[key] = (now + MODEL_TTL_S, model)
+    if len(models) > 1024:
+        models.clear()
+    models[key] = (now + MODEL_TTL_S, model)
     return model
 
 
@@ -135,7 +133,8 @@ def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
         by_shape.setdefault(p.shape_key(), []).append(i)
     groups: list[list[int]] = []
     for indexes in by_shape.values():
-        current, rows = [], 0
+        current: list[int] = []
+        rows = 0
         for i in indexes:
             if current and rows + parsed[i].rows > info.max_batch_size:
                 groups.append(current)

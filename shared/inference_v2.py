@@ -83,12 +83,12 @@ def _requested(info: ModelInfo, raw: Any) -> set[str]:
         return names
     if not isinstance(raw, list):
         raise InvalidInput("outputs must be a list", field="outputs")
-    asked = {o.get("name") if isinstance(o, dict) else None for o in raw}
-    unknown = asked - names
+    asked = [o.get("name") if isinstance(o, dict) else None for o in raw]
+    unknown = [a for a in asked if a not in names]
     if unknown:
-        raise InvalidInput(f"unknown output {sorted(map(str, unknown))[0]!r}; model {info.name!r} has "
+        raise InvalidInput(f"unknown output {unknown[0]!r}; model {info.name!r} has "
                            f"{', '.join(sorted(names))}", field="outputs")
-    return asked
+    return {str(a) for a in asked}
 
 
 def v2_arrays(info: ModelInfo, inputs: list[Any], binary: bytes) -> tuple[dict[str, np.ndarray], int]:
