@@ -53,8 +53,10 @@ def backend_models(services: Any) -> dict[str, list[str]]:
 
 def probe_one(services: Any, url: str, model_names: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
-    ok, reason = triton_pool(services).ready(url, model_names, PROBE_TIMEOUT_S)
-    return {"url": url, "healthy": ok, "reason": reason, "models": model_names,
+    # A backend is healthy when its server is ready: one model registered there but
+    # missing must not steer traffic for the others away from it.
+    ok, missing, reason = triton_pool(services).ready(url, model_names, PROBE_TIMEOUT_S)
+    return {"url": url, "healthy": ok, "reason": reason, "models": model_names, "models_not_ready": missing,
             "last_checked": datetime.now(UTC).isoformat(),
             "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
@@ -110,9 +112,11 @@ def health(services: Any) -> dict[str, Any]:
     views = breakers(services).views(urls)
     backends = [{"url": u, "healthy": bool(records[u]["healthy"]), "circuit": views[u].state,
                  "failures": views[u].failures, "last_checked": records[u]["last_checked"],
-                 "latency_ms": records[u]["latency_ms"], "reason": records[u].get("reason")} for u in urls]
+                 "latency_ms": records[u]["latency_ms"], "reason": records[u].get("reason"),
+                 "models_not_ready": records[u].get("models_not_ready", [])} for u in urls]
     up = sum(1 for b in backends if b["healthy"] and b["circuit"] != "open")
-    status = "healthy" if up == len(backends) else ("degraded" if up else "unhealthy")
+    complete = up == len(backends) and not any(b["models_not_ready"] for b in backends)
+    status = "healthy" if complete else ("degraded" if up else "unhealthy")
     return {"status": status, "service": services.settings.service_name, "backends": backends}
 
 

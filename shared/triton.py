@@ -197,16 +197,16 @@ class TritonPool:
             found = self._outputs[info] = [grpcclient.InferRequestedOutput(o.name) for o in info.outputs]
         return found
 
-    def ready(self, url: str, models: list[str], timeout: float = 2.0) -> tuple[bool, str]:
-        """(server ready and every model ready, reason) — the probe's check."""
+    def ready(self, url: str, models: list[str], timeout: float = 2.0) -> tuple[bool, list[str], str]:
+        """(server ready, the given models that are not ready, reason) — the probe's check."""
         client = self.client(url)
         try:
             if not client.is_server_ready(client_timeout=timeout):
-                return False, "server not ready"
+                return False, list(models), "server not ready"
             missing = [m for m in models if not client.is_model_ready(m, client_timeout=timeout)]
         except Exception as exc:
-            return False, translate(exc, url, ",".join(models) or "-").message
-        return (not missing), (f"models not ready: {', '.join(missing)}" if missing else "ready")
+            return False, list(models), translate(exc, url, ",".join(models) or "-").message
+        return True, missing, (f"models not ready: {', '.join(missing)}" if missing else "ready")
 
     def forget(self, url: str) -> None:
         """Drop cached metadata of ``url`` (after a backend failure its models may have changed)."""

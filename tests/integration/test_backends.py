@@ -145,3 +145,23 @@ def test_failed_probe_is_skipped_and_connection_failure_retried(backends_client,
         r = infer_client.post("/v1/infer", json={"model": retried["name"], "input": {"data": ROW}})
         assert r.status_code == 200  # one retry on the live backend when the dead one refuses
     assert read_states(svc.cache.client, [unprobed_dead])[unprobed_dead].state == "open"
+
+
+def test_a_missing_model_degrades_but_does_not_take_the_backend_out(backends_client, svc, triton):
+    ghost = f"ghost-{uuid.uuid4().hex[:6]}"
+    created = registry.create_model(svc, {"name": ghost, "version": "1", "framework": "onnx", "format": "onnx",
+                                          "backend_url": triton.grpc_url})
+    try:
+        _check_ghost(backends_client, triton, ghost)
+    finally:
+        registry.delete_model(svc, created["id"])
+
+
+def _check_ghost(backends_client, triton, ghost):
+    results = {b["url"]: b for b in ping_binary(backends_client).get_json()["backends"]}
+    assert results[triton.grpc_url]["healthy"] is True
+    assert ghost in results[triton.grpc_url]["models_not_ready"]
+    assert "iris_classifier" not in results[triton.grpc_url]["models_not_ready"]
+    body = backends_client.get("/health").get_json()
+    assert body["status"] == "degraded"
+    assert ghost in {m for b in body["backends"] for m in b["models_not_ready"]}
