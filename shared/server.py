@@ -52,10 +52,34 @@ def server_options(host: str, port: int, workers: int, threads: int) -> dict[str
 
 
 def function_app(target: str, source: str) -> Any:
-    """The functions-framework WSGI app of one function (``source`` is its main.py)."""
+    """The WSGI app of one function (``source`` is its main.py).
+
+    A Kinfer function (``functions/<name>/main.py``) is imported by package path and
+    served by a thin WSGI adapter: its entry point already does routing, errors and
+    headers, so Flask's app machinery would only add per-request cost. Any other
+    source is served by functions-framework's own app.
+    """
+    from pathlib import Path
+
+    path = Path(source).resolve()
+    if path.name == "main.py" and path.parent.parent.name == "functions":
+        import importlib
+
+        module = importlib.import_module(f"functions.{path.parent.name}.main")
+        return wsgi_adapter(getattr(module, target))
     import functions_framework
 
     return functions_framework.create_app(target, source)
+
+
+def wsgi_adapter(entry: Any) -> Any:
+    """A WSGI app calling ``entry(flask.Request) -> Response`` directly."""
+    from flask import Request
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        return entry(Request(environ))(environ, start_response)
+
+    return app
 
 
 def gateway_app() -> Any:
@@ -74,7 +98,7 @@ def gateway_app() -> Any:
         except ModuleNotFoundError:
             continue
 
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
+    def route(environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
         path = request.path
         for prefix, entry in mounted:
@@ -83,7 +107,7 @@ def gateway_app() -> Any:
         missing = NotFound(f"no route for {request.method} {path}")
         return error_response(missing, request_id_of(request), "")(environ, start_response)
 
-    return app
+    return route
 
 
 def serve(app: Any, host: str, port: int, workers: int = 1, threads: int = 8) -> None:

@@ -41,8 +41,15 @@ def setup_tracing(settings: Settings) -> TracerProvider:
         return provider
 
 
+_tracer: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer("kinfer")
+    """The process tracer, looked up once (get_tracer per span costs tens of microseconds)."""
+    global _tracer
+    if _tracer is None or _provider is None:
+        _tracer = trace.get_tracer("kinfer")
+    return _tracer
 
 
 @contextmanager

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RELAY_PORT, S3_PORT, TRITON_PORTS = 8090, 9000, (8000, 8001, 8002)
 SINK_PATH = "/kinfer/batch-chunks"
 DEMO_KEY = "demo-token"
+# Two gunicorn processes of four threads for the inference hot path (measured best on 2 cores).
+HOT_PATH_SERVER = ("--workers", "2", "--threads", "4")
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def up(settings: Settings, say: Any = print) -> dict[str, Any]:
     for fn in available_functions():
         _start_function(fn, env, comps, logs)
     gw_env = dict(env, K_SERVICE="gateway", K_SINK=f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}")
-    _record(comps, "gateway", procs.spawn(_serve_cmd("--gateway", "--port", "8080"), logs / "gateway.log",
+    _record(comps, "gateway", procs.spawn(_serve_cmd("--gateway", "--port", "8080", *HOT_PATH_SERVER),
+                                          logs / "gateway.log",
                                           gw_env, ROOT), "http://127.0.0.1:8080/health", logs / "gateway.log")
     _start_relay(env, comps, logs)
     _save(state)
@@ -179,7 +182,8 @@ def _start_triton(comps: dict[str, Any], logs: Path, say: Any) -> None:
 
 def _start_function(fn: Fn, env: dict[str, str], comps: dict[str, Any], logs: Path) -> None:
     fn_env = dict(env, K_SERVICE=fn.service, **dict(fn.env))
-    cmd = _serve_cmd("--target", fn.target, "--source", f"functions/{fn.folder}/main.py", "--port", str(fn.port))
+    cmd = _serve_cmd("--target", fn.target, "--source", f"functions/{fn.folder}/main.py", "--port", str(fn.port),
+                     *(HOT_PATH_SERVER if fn.folder == "infer" else ()))
     log = logs / f"{fn.folder}.log"
     _record(comps, fn.folder, procs.spawn(cmd, log, fn_env, ROOT), f"http://127.0.0.1:{fn.port}/health", log)
 
