@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import re
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,22 +17,11 @@ from shared.balancer import probe_key
 from shared.backends_metrics import recorder
 from shared.breaker import breakers, read_states
 from shared.errors import Unavailable
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 ROW = [5.1, 3.5, 1.4, 0.2]
-
-
-def free_port() -> int:
-    for _ in range(200):
-        port = random.randint(20000, 30000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def register(services: Any, urls: list[str]) -> dict:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,24 +33,13 @@ from shared.localstack.relay_wiring import Delivery, Subscription, Wiring
 from shared.localstack.s3 import S3Server
 from shared.services import reset_services
 from tests.integration.servers import settings_env
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 CLASSES = {"setosa", "versicolor", "virginica"}
 SINK = "batch-chunks"
-
-
-def free_port() -> int:
-    for _ in range(200):
-        port = random.randint(20000, 30000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def iris_inputs(n: int) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import socket
 import subprocess
 import sys
@@ -20,22 +19,11 @@ import pytest
 
 from shared import registry
 from shared.breaker import read_states
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 ROW = [5.1, 3.5, 1.4, 0.2]
-
-
-def free_port() -> int:
-    for _ in range(200):
-        port = random.randint(20000, 30000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def register(services: Any, urls: list[str]) -> dict:

@@ -4,8 +4,6 @@ unchanged ``tritonclient.http`` (binary tensor extension) against the v2 route."
 from __future__ import annotations
 
 import dataclasses
-import random
-import socket
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,22 +15,11 @@ import requests
 
 from shared import registry
 from tests.integration.servers import serve_function
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 ROW = [5.1, 3.5, 1.4, 0.2]
-
-
-def free_port() -> int:
-    for _ in range(200):
-        port = random.randint(20000, 30000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 @pytest.fixture(scope="module")
