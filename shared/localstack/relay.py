@@ -33,6 +33,7 @@ from requests.adapters import HTTPAdapter
 
 from shared.errors import InvalidInput
 from shared.events import parse_event
+from shared.localstack.ping import PingTicker, load_pings
 from shared.localstack.relay_delivery import Dispatcher, encode_event, encode_record, stream_key
 from shared.localstack.relay_wiring import Wiring, load_wiring
 
@@ -248,9 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("event-relay", settings.log_level)
     redis = Redis.from_url(args.redis_url or settings.redis_url, socket_timeout=10, socket_connect_timeout=3)
     try:
-        relay = EventRelay(redis, args.manifests, parse_targets(args.target), port=args.port, host=args.host,
+        targets = parse_targets(args.target)
+        relay = EventRelay(redis, args.manifests, targets, port=args.port, host=args.host,
                            workers=args.workers, idle_timeout_s=args.idle_timeout, key_prefix=args.key_prefix)
+        ticker = PingTicker(load_pings(args.manifests, targets))
         relay.start()
+        ticker.start()
     except (ValueError, OSError, RedisError) as exc:
         sys.stderr.write(f"event relay: {exc}\n")
         return 1
@@ -258,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     stopping.wait()
+    ticker.stop()
     relay.stop()
     logging.shutdown()
     os._exit(0)  # don't let a delivery stuck past the grace period hold the process; it stays unacked
