@@ -119,7 +119,7 @@ def _input_source(body: dict[str, Any], max_items: int) -> Callable[[Any], Itera
 def _s3_lines(services: Any, bucket: str, key: str, max_items: int) -> Iterator[bytes]:
     """The non-empty lines of an S3 object, streamed (never the whole object in memory)."""
     count = 0
-    with storage._translated(f"s3://{bucket}/{key}"):
+    with storage.translated(f"s3://{bucket}/{key}"):
         body = services.s3.get_object(Bucket=bucket, Key=key)["Body"]
         try:
             for line in body.iter_lines(chunk_size=1024 * 1024):

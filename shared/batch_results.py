@@ -94,7 +94,7 @@ class _Upload:
             self._flush()
 
     def _flush(self) -> None:
-        with storage._translated(f"s3://{self.bucket}/{self.key}"):
+        with storage.translated(f"s3://{self.bucket}/{self.key}"):
             if self.upload_id is None:
                 self.upload_id = self.client.create_multipart_upload(
                     Bucket=self.bucket, Key=self.key, ContentType=storage.JSONL_TYPE)["UploadId"]
@@ -110,7 +110,7 @@ class _Upload:
             return
         if self.buffer:
             self._flush()
-        with storage._translated(f"s3://{self.bucket}/{self.key}"):
+        with storage.translated(f"s3://{self.bucket}/{self.key}"):
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
                                                   MultipartUpload={"Parts": self.parts})
 

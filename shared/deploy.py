@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput
-from shared.storage import _translated, ensure_buckets
+from shared.storage import ensure_buckets, translated
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def repository_files(repository: Path) -> Iterator[tuple[Path, str]]:
 
 def _remote_keys(client: Any, bucket: str, prefix: str) -> set[str]:
     keys: set[str] = set()
-    with _translated(f"listing of s3://{bucket}/{prefix}"):
+    with translated(f"listing of s3://{bucket}/{prefix}"):
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
             keys.update(obj["Key"] for obj in page.get("Contents", []))
     return keys
@@ -77,14 +77,14 @@ def upload_repository(client: Any, repository: Path, bucket: str, prefix: str = 
     ensure_buckets(client, bucket)
     for path, rel in repository_files(repository):
         key = f"{prefix}/{rel}"
-        with _translated(f"upload of {key}"):
+        with translated(f"upload of {key}"):
             client.upload_file(str(path), bucket, key)
         report.uploaded.append(key)
         report.bytes += path.stat().st_size
     if delete_stale:
         stale = sorted(_remote_keys(client, bucket, prefix) - set(report.uploaded))
         for key in stale:
-            with _translated(f"delete of {key}"):
+            with translated(f"delete of {key}"):
                 client.delete_object(Bucket=bucket, Key=key)
         report.deleted = stale
     log.info("uploaded model repository", extra={"bucket": bucket, "prefix": prefix,

@@ -91,12 +91,7 @@ def gateway_app() -> Any:
     from shared.errors import NotFound
     from shared.http import error_response, request_id_of
 
-    mounted = []
-    for prefix, module, entry in GATEWAY_ROUTES:
-        try:
-            mounted.append((prefix, getattr(importlib.import_module(module), entry)))
-        except ModuleNotFoundError:
-            continue
+    mounted = [(prefix, getattr(importlib.import_module(module), entry)) for prefix, module, entry in GATEWAY_ROUTES]
 
     def route(environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)

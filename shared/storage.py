@@ -53,7 +53,7 @@ def make_s3_client(settings: Settings) -> Any:
 
 
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
+def translated(what: str) -> Iterator[None]:
     """Turn botocore exceptions raised inside the block into the Kinfer error tree."""
     try:
         yield
@@ -71,7 +71,7 @@ def _translated(what: str) -> Iterator[None]:
 
 
 def _call(what: str, fn: Callable[[], T]) -> T:
-    with _translated(what):
+    with translated(what):
         return fn()
 
 
@@ -106,7 +106,7 @@ def put_bytes(client: Any, bucket: str, key: str, data: bytes, content_type: str
 
 def get_bytes(client: Any, bucket: str, key: str) -> bytes:
     """The whole object at bucket/key (NotFound when missing)."""
-    with _translated(f"s3://{bucket}/{key}"):
+    with translated(f"s3://{bucket}/{key}"):
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
         try:
             return body.read()
@@ -148,7 +148,7 @@ def presign_get(client: Any, bucket: str, key: str, expires_s: int) -> str:
 def delete_prefix(client: Any, bucket: str, prefix: str) -> int:
     """Delete every object under ``prefix``; returns how many were deleted."""
     deleted = 0
-    with _translated(f"s3://{bucket}/{prefix}"):
+    with translated(f"s3://{bucket}/{prefix}"):
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:

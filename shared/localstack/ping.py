@@ -56,7 +56,7 @@ def load_pings(directory: str | Path, targets: Mapping[str, str]) -> list[Ping]:
         if doc.get("kind") != "PingSource" or not str(doc.get("apiVersion", "")).startswith("sources.knative.dev/"):
             continue
         meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
-        sink = ((spec.get("sink") or {}).get("ref") or {}).get("name")
+        sink = str(((spec.get("sink") or {}).get("ref") or {}).get("name"))
         if sink not in targets:  # that Service does not run here: nothing to tick
             log.warning("%s: PingSource %s sinks to %r, which has no target; not ticking it",
                         path, meta.get("name"), sink)
