@@ -4,6 +4,7 @@ otherwise start private ones from the Debian binaries under the state folder."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -39,7 +40,7 @@ def ensure_postgres(settings: Settings, state: Path) -> int | None:
     if host not in ("127.0.0.1", "localhost"):
         raise StackError(f"PostgreSQL at {host}:{port} (DATABASE_URL) does not answer")
     initdb, pg_ctl = _binary("initdb", "postgresql"), _binary("pg_ctl", "postgresql")
-    data = state / "postgres"
+    data = pg_data_dir(state)
     if not (data / "PG_VERSION").exists():
         data.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
@@ -78,8 +79,24 @@ def ensure_redis(settings: Settings, state: Path) -> int | None:
     return int(pidfile.read_text().strip())
 
 
+def pg_data_dir(state: Path) -> Path:
+    """``<state>/postgres``, or, when root runs us from a folder the postgres user cannot
+    reach (a 0700 home, say), a folder of its own under /var/lib/postgresql."""
+    preferred = state / "postgres"
+    if os.geteuid() != 0 or _postgres_can_reach(state):
+        return preferred
+    digest = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:10]
+    return Path("/var/lib/postgresql") / f"kinfer-{digest}"
+
+
+def _postgres_can_reach(folder: Path) -> bool:
+    done = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(folder)], capture_output=True,
+                          check=False)
+    return done.returncode == 0
+
+
 def stop_postgres(state: Path) -> None:
-    data = state / "postgres"
+    data = pg_data_dir(state)
     if (data / "postmaster.pid").exists():
         subprocess.run(_as_postgres([_binary("pg_ctl", "postgresql"), "-D", str(data), "-m", "fast", "-w", "stop"]),
                        capture_output=True, check=False)

@@ -143,13 +143,13 @@ def _record(comps: dict[str, Any], name: str, pid: int | None, health: str | Non
 
 def _start_data(settings: Settings, comps: dict[str, Any], say: Any) -> None:
     from shared import db
-    from shared.localstack.data import ensure_postgres, ensure_redis
+    from shared.localstack.data import ensure_postgres, ensure_redis, pg_data_dir
 
     pg_pid = ensure_postgres(settings, state_dir())
     if pg_pid:
-        say(f"started a private PostgreSQL under {state_dir() / 'postgres'}")
-        comps["postgres"] = {"pid": pg_pid, "health": None, "log": str(state_dir() / "postgres" / "server.log"),
-                             "private": True}
+        folder = pg_data_dir(state_dir())
+        say(f"started a private PostgreSQL under {folder}")
+        comps["postgres"] = {"pid": pg_pid, "health": None, "log": str(folder / "server.log"), "private": True}
     redis_pid = ensure_redis(settings, state_dir())
     if redis_pid:
         say(f"started a private Redis under {state_dir() / 'redis'}")
