@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import random
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from shared import auth, keys
 from shared.ratelimit import rate_limiter
 from shared.services import Services, reset_services
 from shared.settings import Settings
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -162,13 +161,5 @@ def test_redis_down_fails_open_and_fast(client: Any, base_settings: Settings) ->
 
 
 def _dead_redis_url() -> str:
-    """A Redis URL on a free port in 20000-30000 where nothing listens."""
-    for _ in range(200):
-        port = random.randint(20000, 30000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return f"redis://127.0.0.1:{port}/0"
-    raise RuntimeError("no free port found in 20000-30000")
+    """A Redis URL on a free port where nothing listens."""
+    return f"redis://127.0.0.1:{free_port()}/0"
