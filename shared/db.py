@@ -40,13 +40,15 @@ class Database:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A connection in a transaction, committed on success; driver failures become KinferErrors."""
-        with self._translated(), self.engine.begin() as conn:
+        with self._translated(), self.engine.connect() as conn, _discard_on_error(conn):
+            transaction = conn.begin()
             yield conn
+            transaction.commit()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """An autocommit connection for reads that need no transaction."""
-        with self._translated(), self.read_engine.connect() as conn:
+        with self._translated(), self.read_engine.connect() as conn, _discard_on_error(conn):
             yield conn
 
     @contextmanager
@@ -70,6 +72,22 @@ class Database:
     def close(self) -> None:
         self.engine.dispose()
         self.read_engine.dispose()
+
+
+@contextmanager
+def _discard_on_error(conn: Connection) -> Iterator[None]:
+    """Never return a connection to the pool after an exception inside its block.
+
+    pg8000 can fail halfway through sending a statement (a string it cannot encode):
+    the server then still owes a reply, and a pooled connection would answer the next
+    query with the previous one's result. Invalidating costs one reconnect, and the
+    rollback that follows goes nowhere near the broken socket.
+    """
+    try:
+        yield
+    except BaseException:
+        conn.invalidate()
+        raise
 
 
 def _engine(settings: Settings, **options: Any) -> sa.Engine:

@@ -2,8 +2,9 @@
 
 Reads by id, by name/version and "newest active version of a name" go through
 the cache; every write bumps the registry generation and drops the affected
-keys after the commit, and fills are refused when the generation moved while
-the reader was at the database, so no read after a write is stale.
+keys before and after its commit (a write that cannot reach Redis is refused with
+503 and rolled back), and fills are refused when the generation moved while the
+reader was at the database, so no read after a write is stale.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 
 from shared import validation as v
 from shared.db import conflict_on
-from shared.errors import InvalidInput, NotFound
+from shared.errors import InvalidInput, NotFound, Unavailable
 from shared.schema import models
 
 FRAMEWORKS = ("pytorch", "tensorflow", "onnx", "scikit-learn", "xgboost", "tensorrt", "python")
@@ -207,8 +208,8 @@ def create_model(services: Any, body: Any) -> dict[str, Any]:
     row["id"] = uuid.uuid4()
     with conflict_on(f"model {row['name']!r} version {row['version']!r} already exists", field="version"):
         with services.db.begin() as conn:
-            created = conn.execute(sa.insert(models).values(**row).returning(*models.c)).one()
-    model = to_json(created)
+            model = to_json(conn.execute(sa.insert(models).values(**row).returning(*models.c)).one())
+            _invalidate(services, model, before_commit=True)
     _invalidate(services, model)
     return model
 
@@ -220,9 +221,10 @@ def update_model(services: Any, raw_id: str, body: Any) -> dict[str, Any]:
     with services.db.begin() as conn:
         row = conn.execute(sa.update(models).where(models.c.id == model_id).values(**values)
                            .returning(*models.c)).first()
-    if row is None:
-        raise NotFound(f"model {raw_id} not found")
-    model = to_json(row)
+        if row is None:
+            raise NotFound(f"model {raw_id} not found")
+        model = to_json(row)
+        _invalidate(services, model, before_commit=True)
     _invalidate(services, model)
     return model
 
@@ -232,14 +234,26 @@ def delete_model(services: Any, raw_id: str) -> None:
     with services.db.begin() as conn:
         row = conn.execute(sa.delete(models).where(models.c.id == model_id)
                            .returning(models.c.id, models.c.name, models.c.version)).first()
-    if row is None:
-        raise NotFound(f"model {raw_id} not found")
-    _invalidate(services, {"id": str(row.id), "name": row.name, "version": row.version})
+        if row is None:
+            raise NotFound(f"model {raw_id} not found")
+        model = {"id": str(row.id), "name": row.name, "version": row.version}
+        _invalidate(services, model, before_commit=True)
+    _invalidate(services, model)
 
 
-def _invalidate(services: Any, model: dict[str, Any]) -> None:
-    services.cache.invalidate(GEN_KEY, _id_key(model["id"]), _nv_key(model["name"], model["version"]),
-                              _latest_key(model["name"]))
+def _invalidate(services: Any, model: dict[str, Any], *, before_commit: bool = False) -> None:
+    """Drop the cached copies of ``model`` and bump the generation.
+
+    Every write calls this twice. Before its commit, a failure raises Unavailable so the
+    transaction rolls back: a change that cannot be made visible through the cache is
+    not made at all (a Redis that stalls would otherwise come back serving the old row
+    until its TTL). After the commit, it removes what a reader filled in between.
+    """
+    told = services.cache.invalidate(GEN_KEY, _id_key(model["id"]), _nv_key(model["name"], model["version"]),
+                                     _latest_key(model["name"]))
+    if not told and before_commit:
+        raise Unavailable("the registry cache (Redis) cannot be reached, so the change could not be made "
+                          "visible everywhere; nothing was changed, retry shortly", retry_after=1)
 
 
 def list_models(services: Any, args: Any) -> dict[str, Any]:

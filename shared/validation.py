@@ -30,12 +30,25 @@ def string(value: Any, field: str, *, max_len: int, pattern: re.Pattern[str] | N
            hint: str = "", allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a string", field=field)
+    text(value, field)
     if not value and not allow_empty:
         raise InvalidInput(f"{field} must not be empty", field=field)
     if len(value) > max_len:
         raise InvalidInput(f"{field} is longer than {max_len} characters", field=field)
     if pattern is not None and not pattern.fullmatch(value):
         raise InvalidInput(f"{field} {value[:64]!r} is malformed{': ' + hint if hint else ''}", field=field)
+    return value
+
+
+_NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def text(value: str, field: str) -> str:
+    """``value`` if PostgreSQL can store it: Unicode scalar values only (no lone surrogate), no NUL."""
+    bad = _NOT_STORABLE.search(value)
+    if bad is not None:
+        what = "a NUL character" if bad.group() == "\x00" else "a lone surrogate (invalid Unicode)"
+        raise InvalidInput(f"{field} contains {what} at position {bad.start()}", field=field)
     return value
 
 
@@ -60,18 +73,30 @@ def integer(raw: str | None, field: str, *, default: int, lo: int, hi: int) -> i
 
 
 def json_object(value: Any, field: str, *, max_bytes: int, max_depth: int = 8) -> dict[str, Any]:
+    """A JSON object at most ``max_depth`` levels deep and ``max_bytes`` long, every string storable."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{field} must be a JSON object", field=field)
-    if _depth(value) > max_depth:
-        raise InvalidInput(f"{field} is nested deeper than {max_depth} levels", field=field)
+    _check_tree(value, field, max_depth)
     if len(json.dumps(value)) > max_bytes:
         raise InvalidInput(f"{field} is larger than {max_bytes} bytes", field=field)
     return value
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _check_tree(root: Any, field: str, max_depth: int) -> None:
+    """Depth and string checks without recursion (a hostile body can nest thousands of levels)."""
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            text(node, field)
+            continue
+        if not isinstance(node, dict | list):
+            continue
+        if depth > max_depth:
+            raise InvalidInput(f"{field} is nested deeper than {max_depth} levels", field=field)
+        if isinstance(node, dict):
+            for key, item in node.items():
+                text(key, field)
+                stack.append((item, depth + 1))
+        else:
+            stack.extend((item, depth + 1) for item in node)

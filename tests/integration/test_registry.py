@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from shared import registry
-from shared.services import reset_services
+from shared.errors import Unavailable
+from shared.services import get_services, reset_services
 
 pytestmark = pytest.mark.integration
 
@@ -190,16 +191,18 @@ def test_health_is_healthy_with_both(client: Any) -> None:
     assert resp.status_code == 200 and resp.get_json()["status"] == "healthy"
 
 
-def test_redis_down_still_answers_from_postgres_quickly(base_settings: Any) -> None:
+def test_redis_down_reads_answer_from_postgres_and_writes_are_refused(base_settings: Any) -> None:
+    created = registry.create_model(reset_services(base_settings), model_body())
     dead = dataclasses.replace(base_settings, redis_url="redis://127.0.0.1:1/0")
     reset_services(dead)
     try:
         client = functions_framework.create_app("manage_models", "functions/models/main.py").test_client()
         started = time.monotonic()
-        created = client.post("/v1/models", json=model_body()).get_json()
-        assert client.get(f"/v1/models/{created['id']}").status_code == 200
-        assert client.patch(f"/v1/models/{created['id']}", json={"status": "inactive"}).status_code == 200
-        assert client.get(f"/v1/models/{created['id']}").get_json()["status"] == "inactive"
+        assert client.get(f"/v1/models/{created['id']}").get_json()["status"] == "active"
+        refused = client.patch(f"/v1/models/{created['id']}", json={"status": "inactive"})
+        assert refused.status_code == 503 and refused.get_json()["code"] == "unavailable"
+        assert client.post("/v1/models", json=model_body()).status_code == 503
+        assert client.get(f"/v1/models/{created['id']}").get_json()["status"] == "active"
         health = client.get("/health")
         assert time.monotonic() - started < 2.0
         assert health.status_code == 200 and health.get_json()["status"] == "degraded"
@@ -215,5 +218,63 @@ def test_postgres_down_health_is_503_and_requests_503(base_settings: Any) -> Non
         assert client.get("/health").status_code == 503
         resp = client.get(f"/v1/models/{uuid.uuid4()}")
         assert resp.status_code == 503 and resp.get_json()["code"] == "unavailable" and resp.headers["Retry-After"]
+    finally:
+        reset_services(None)
+
+
+@pytest.mark.parametrize("bad", ["\\ud800", "a\\udfffb", "nul\\u0000"])
+def test_unstorable_strings_are_400_and_the_pool_stays_sound(client: Any, bad: str) -> None:
+    """A lone surrogate once left a half-sent query on a pooled connection: later reads got wrong answers."""
+    created = client.post("/v1/models", json=model_body()).get_json()
+    for _ in range(3):
+        resp = client.patch(f"/v1/models/{created['id']}", data=f'{{"description": "{bad}"}}',
+                            content_type="application/json")
+        assert resp.status_code == 400, resp.get_json()
+        assert resp.get_json()["field"] == "description"
+        resp = client.patch(f"/v1/models/{created['id']}", data=f'{{"metadata": {{"k": ["{bad}"]}}}}',
+                            content_type="application/json")
+        assert resp.status_code == 400 and resp.get_json()["field"] == "metadata"
+    for _ in range(5):
+        got = client.get(f"/v1/models/{created['id']}")
+        assert got.status_code == 200 and got.get_json()["id"] == created["id"]
+        listed = client.get(f"/v1/models?name={created['name']}").get_json()
+        assert [m["id"] for m in listed["models"]] == [created["id"]]
+
+
+def test_a_statement_that_fails_halfway_never_poisons_the_pool(services: Any) -> None:
+    """A driver failure in mid-send (here: an unencodable parameter) discards the connection."""
+    for db_call in (services.db.begin, services.db.read):
+        for attempt in range(3):
+            with pytest.raises(UnicodeEncodeError), db_call() as conn:
+                conn.execute(sa.text("SELECT :x"), {"x": "\ud800"})
+            with services.db.begin() as conn:
+                assert conn.execute(sa.text("SELECT 40 + :i"), {"i": attempt}).scalar() == 40 + attempt
+            with services.db.read() as conn:
+                assert conn.execute(sa.text("SELECT 'fresh-' || :i"), {"i": str(attempt)}).scalar() == \
+                    f"fresh-{attempt}"
+
+
+def test_a_write_during_a_redis_stall_is_refused_so_reads_never_go_stale(base_settings: Any,
+                                                                          private_redis: Any) -> None:
+    """Redis paused (SIGSTOP): the write answers 503 and changes nothing; after SIGCONT reads are fresh."""
+    reset_services(dataclasses.replace(base_settings, redis_url=private_redis.url))
+    try:
+        client = functions_framework.create_app("manage_models", "functions/models/main.py").test_client()
+        created = client.post("/v1/models", json=model_body()).get_json()
+        assert client.get(f"/v1/models/{created['id']}").get_json()["status"] == "active"  # now cached
+        private_redis.pause()
+        try:
+            resp = client.patch(f"/v1/models/{created['id']}", json={"status": "deprecated"})
+            assert resp.status_code == 503 and resp.headers["Retry-After"]
+            assert "nothing was changed" in resp.get_json()["error"]
+            with pytest.raises(Unavailable):
+                registry.delete_model(get_services(), created["id"])
+        finally:
+            private_redis.resume()
+        time.sleep(1.1)  # the cache's "down" latch
+        assert client.get(f"/v1/models/{created['id']}").get_json()["status"] == "active"
+        assert client.patch(f"/v1/models/{created['id']}", json={"status": "deprecated"}).status_code == 200
+        assert client.get(f"/v1/models/{created['id']}").get_json()["status"] == "deprecated"
+        assert client.get(f"/v1/models/by-name/{created['name']}/1.0").get_json()["status"] == "deprecated"
     finally:
         reset_services(None)
