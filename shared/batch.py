@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,16 +39,64 @@ def owner_of(principal: Any) -> str:
     return str(key_id) if key_id else ANONYMOUS
 
 
+# -- uploads ----------------------------------------------------------------------
+UPLOADS = "uploads/"
+UPLOAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def upload_prefix(owner: str) -> str:
+    """The input-bucket prefix whose objects ``owner`` may name as ``input_url``."""
+    return f"{UPLOADS}{owner}/"
+
+
+def readable_input(url: str, input_bucket: str, prefixes: tuple[str, ...]) -> tuple[str, str]:
+    """(bucket, key) of an ``input_url`` the caller may read; 400 otherwise.
+
+    Decided from the URL alone, before any storage call, so the answer never tells
+    whether someone else's object exists.
+    """
+    bucket, key = storage.parse_s3_url(url)
+    segments = key.split("/")
+    confined = (bucket == input_bucket and key.startswith(prefixes)
+                and all(s not in ("", ".", "..") for s in segments))
+    if not confined:
+        mine = f"s3://{input_bucket}/{prefixes[0]}"
+        raise InvalidInput(f"input_url must name an object under your upload prefix {mine}; "
+                           "POST /v1/batch/uploads gives you an upload URL there", field="input_url")
+    return bucket, key
+
+
+def create_upload(services: Any, body: Any, owner: str) -> dict[str, Any]:
+    """A presigned PUT URL for a new JSONL object under the owner's prefix, and its ``input_url``."""
+    body = v.require_object(body if body is not None else {})
+    v.reject_unknown(body, ("filename",))
+    filename = v.string(body.get("filename", "inputs.jsonl"), "filename", max_len=128, pattern=UPLOAD_NAME,
+                        hint="letters, digits, '.', '_' or '-'")
+    settings = services.settings
+    results.ensure_batch_buckets(services)
+    key = f"{upload_prefix(owner)}{uuid.uuid4().hex}/{filename}"
+    expires = settings.result_url_expiry_s
+    url = storage.presign_put(services.s3, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE)
+    return {"input_url": f"s3://{settings.s3_input_bucket}/{key}", "upload_url": url, "method": "PUT",
+            "headers": {"Content-Type": storage.JSONL_TYPE}, "expires_in": expires,
+            "prefix": f"s3://{settings.s3_input_bucket}/{upload_prefix(owner)}"}
+
+
 # -- submit ---------------------------------------------------------------------
-def submit_job(services: Any, body: Any, owner: str, *, intake_key: str | None = None) -> dict[str, Any]:
-    """Create a job from a POST /v1/batch body; 202-style ``{"job_id", "status", "total"}``."""
+def submit_job(services: Any, body: Any, owner: str, *, intake_key: str | None = None,
+               readable: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Create a job from a POST /v1/batch body; 202-style ``{"job_id", "status", "total"}``.
+
+    ``input_url`` may only name an object under the owner's upload prefix (or under
+    ``readable`` prefixes of the input bucket, which the event intake passes).
+    """
     body = v.require_object(body)
     v.reject_unknown(body, SUBMIT_FIELDS)
     name = v.string(body.get("model"), "model", max_len=128)
     version = body.get("version")
     if version is not None:
         version = v.string(str(version), "version", max_len=32)
-    source = _input_source(body, services.settings.batch_max_items)
+    source = _input_source(body, services.settings, (upload_prefix(owner), *readable))
     if intake_key is not None:
         existing = _existing(services, intake_key)
         if existing is not None:
@@ -98,14 +147,16 @@ def _existing(services: Any, intake_key: str | None) -> dict[str, Any] | None:
     return None if job is None else {"job_id": str(job["id"]), "status": job["status"], "total": job["total"]}
 
 
-def _input_source(body: dict[str, Any], max_items: int) -> Callable[[Any], Iterator[bytes]]:
+def _input_source(body: dict[str, Any], settings: Any, prefixes: tuple[str, ...]) -> Callable[[Any], Iterator[bytes]]:
     """A reader of encoded input lines, from ``inputs`` or a streamed ``input_url``; 400 when neither or both."""
     has_inputs, has_url = "inputs" in body, "input_url" in body
+    max_items = settings.batch_max_items
     if has_inputs == has_url:
         raise InvalidInput("give exactly one of inputs (a list) or input_url (s3://bucket/key.jsonl)",
                            field="inputs")
     if has_url:
-        bucket, key = storage.parse_s3_url(v.string(body["input_url"], "input_url", max_len=2048))
+        bucket, key = readable_input(v.string(body["input_url"], "input_url", max_len=1024),
+                                     settings.s3_input_bucket, prefixes)
         return lambda services: _s3_lines(services, bucket, key, max_items)
     inputs = body["inputs"]
     if not isinstance(inputs, list) or not inputs:

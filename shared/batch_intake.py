@@ -45,7 +45,8 @@ def intake(services: Any, event: Any) -> dict[str, Any]:
         body = {"model": target[2], "input_url": f"s3://{target[0]}/{target[1]}"}
         if target[3]:
             body["version"] = target[3]
-        jobs.append(batch.submit_job(services, body, batch.ANONYMOUS, intake_key=f"{base_key}#{number}"))
+        jobs.append(batch.submit_job(services, body, batch.ANONYMOUS, intake_key=f"{base_key}#{number}",
+                                     readable=(INCOMING,)))
     return {"jobs": jobs, "ignored": ignored}
 
 
@@ -56,7 +57,7 @@ def _request_job(services: Any, data: Any, intake_key: str) -> dict[str, Any]:
     owner = body.pop("owner", None) or batch.ANONYMOUS
     if not isinstance(owner, str):
         raise InvalidInput("owner must be a string", field="owner")
-    return batch.submit_job(services, body, owner, intake_key=intake_key)
+    return batch.submit_job(services, body, owner, intake_key=intake_key, readable=(INCOMING,))
 
 
 def _records(data: Any) -> list[dict[str, Any]] | None:

@@ -145,6 +145,12 @@ def presign_get(client: Any, bucket: str, key: str, expires_s: int) -> str:
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s)))
 
 
+def presign_put(client: Any, bucket: str, key: str, expires_s: int, content_type: str) -> str:
+    """A presigned PUT URL for bucket/key valid for ``expires_s`` seconds (the upload sends ``content_type``)."""
+    return _call(f"presign s3://{bucket}/{key}", lambda: client.generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": key, "ContentType": content_type}, ExpiresIn=int(expires_s)))
+
+
 def delete_prefix(client: Any, bucket: str, prefix: str) -> int:
     """Delete every object under ``prefix``; returns how many were deleted."""
     deleted = 0

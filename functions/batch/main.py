@@ -14,6 +14,11 @@ def _submit(call: Call) -> tuple[int, dict]:
     return 202, batch.submit_job(call.services, call.json(), batch.owner_of(call.principal))
 
 
+def _upload(call: Call) -> tuple[int, dict]:
+    body = call.json() if call.request.content_length else None
+    return 201, batch.create_upload(call.services, body, batch.owner_of(call.principal))
+
+
 def _list(call: Call) -> dict:
     return batch.list_jobs(call.services, call.request.args, batch.owner_of(call.principal))
 
@@ -34,6 +39,7 @@ ROUTES = Router([
     Route("/health", ("GET",), _health),
     Route("/v1/batch", ("POST",), _submit, scope="batch"),
     Route("/v1/batch", ("GET",), _list, scope="batch"),
+    Route("/v1/batch/uploads", ("POST",), _upload, scope="batch"),
     Route("/v1/batch/<job_id>", ("GET",), _get, scope="batch"),
     Route("/v1/batch/<job_id>", ("DELETE",), _cancel, scope="batch"),
 ])

@@ -2,7 +2,8 @@
 
 ``submit FILE.jsonl`` sends the file's lines as inline ``inputs`` (one input per
 line). A file too big for one request body (the API's MAX_BODY_BYTES, 10 MiB by
-default) should be uploaded to the input bucket and submitted with ``--input-url``.
+default) is uploaded first, under the caller's own prefix of the input bucket
+(``POST /v1/batch/uploads`` gives a presigned PUT URL), and submitted as ``input_url``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
     submit = sub.add_parser("submit", help="submit a JSONL file (one input per line) as a batch job")
     submit.add_argument("file", nargs="?", type=Path, help="JSONL file of inputs like {\"data\": [...]}")
-    submit.add_argument("--input-url", help="s3://bucket/key.jsonl already in object storage (instead of FILE)")
+    submit.add_argument("--input-url", help="s3://bucket/uploads/<your key id>/....jsonl already uploaded "
+                        "(instead of FILE)")
+    submit.add_argument("--upload", action="store_true",
+                        help="upload FILE and submit it as input_url even when it is small enough to send inline")
     submit.add_argument("--model", required=True)
     submit.add_argument("--version", default=None)
     submit.add_argument("--wait", action="store_true", help="show progress until the job finishes")
@@ -109,10 +113,10 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     if args.input_url:
         body["input_url"] = args.input_url
     elif args.file:
-        if args.file.stat().st_size > INLINE_LIMIT:
-            raise ValueError(f"{args.file} is larger than {INLINE_LIMIT >> 20} MiB: upload it to the input "
-                             "bucket and use --input-url s3://bucket/key.jsonl")
-        body["inputs"] = read_inputs(args.file)
+        if args.upload or args.file.stat().st_size > INLINE_LIMIT:
+            body["input_url"] = upload_file(client, args.file)
+        else:
+            body["inputs"] = read_inputs(args.file)
     else:
         raise ValueError("give FILE.jsonl or --input-url")
     started = time.monotonic()
@@ -124,6 +128,40 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     final = wait_for(client, job["job_id"], job["total"])
     print(summary(final, time.monotonic() - started))
     return 0 if final["status"] == "completed" else 1
+
+
+def upload_file(client: Client, path: Path) -> str:
+    """Upload ``path`` to the caller's upload prefix with a progress bar; its ``input_url``."""
+    import re
+
+    from tqdm import tqdm
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip("._-")[:128] or "inputs.jsonl"
+    grant = client.call("POST", "/v1/batch/uploads", {"filename": name})
+    size = path.stat().st_size
+    with path.open("rb") as handle, tqdm(total=size, unit="B", unit_scale=True, desc="upload",
+                                         file=sys.stderr) as bar:
+        reader = _Progress(handle, bar)
+        request = urllib.request.Request(grant["upload_url"], data=reader, method=grant["method"],  # type: ignore[arg-type]
+                                         headers={**grant["headers"], "Content-Length": str(size)})
+        try:
+            with urllib.request.urlopen(request, timeout=600):
+                pass
+        except urllib.error.HTTPError as exc:
+            raise ApiError(f"upload of {path} failed: {exc.code} {exc.reason}") from None
+    return str(grant["input_url"])
+
+
+class _Progress:
+    """A file reader that advances a progress bar (urllib streams an object with ``read``)."""
+
+    def __init__(self, handle: Any, bar: Any) -> None:
+        self.handle, self.bar = handle, bar
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.handle.read(size if size > 0 else 1 << 20)
+        self.bar.update(len(block))
+        return block
 
 
 def wait_for(client: Client, job_id: str, total: int, interval: float = 0.5) -> dict[str, Any]:

@@ -39,6 +39,18 @@ def test_cli_submit_wait_and_results(stack: dict[str, str], tmp_path: Path) -> N
     assert kinfer_batch("cancel", job_id, *common).returncode == 1  # 409: already finished
 
 
+def test_cli_uploads_a_file_under_the_callers_prefix(stack: dict[str, str], tmp_path: Path) -> None:
+    source = tmp_path / "upload me.jsonl"
+    source.write_text("".join(json.dumps({"data": [5.1, 3.5, 1.4, 0.2]}) + "\n" for _ in range(12)))
+    run = kinfer_batch("submit", str(source), "--upload", "--model", "iris_classifier", "--wait",
+                       "--url", stack["gateway"], "--key", stack["key"])
+    assert run.returncode == 0, run.stderr
+    assert "succeeded 12, failed 0 of 12" in run.stdout and "upload" in run.stderr
+    job = json.loads(kinfer_batch("status", run.stdout.split()[1].rstrip(":"), "--url", stack["gateway"],
+                                  "--key", stack["key"]).stdout)
+    assert "/uploads/" in job["input_url"] and job["input_url"].endswith("/upload_me.jsonl")
+
+
 def test_gateway_batch_needs_a_key_and_hides_unknown_jobs(stack: dict[str, str]) -> None:
     assert http("GET", f"{stack['gateway']}/v1/batch")[0] == 401
     status, body, _ = http("GET", f"{stack['gateway']}/v1/batch/{uuid.uuid4()}", key=stack["key"])

@@ -240,17 +240,56 @@ def test_inactive_model_is_404(st: Stack) -> None:
     assert st.submit({"model": model["name"], "inputs": iris_inputs(1)}, 404)["code"] == "not_found"
 
 
+def upload(st: Stack, data: bytes, headers: dict[str, str] | None = None, filename: str = "in.jsonl") -> str:
+    """Upload ``data`` the way a user does (POST /v1/batch/uploads, then PUT); returns its input_url."""
+    import requests
+
+    resp = st.api.post("/v1/batch/uploads", json={"filename": filename}, headers=headers or {})
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    grant = resp.get_json()
+    assert grant["input_url"].startswith(grant["prefix"]) and grant["method"] == "PUT"
+    put = requests.put(grant["upload_url"], data=data, headers=grant["headers"], timeout=30)
+    assert put.status_code == 200, put.text
+    return grant["input_url"]
+
+
 def test_input_url_job_streams_jsonl(st: Stack) -> None:
-    services = st.services()
-    storage.ensure_buckets(services.s3, "user-data")
     lines = b"\n".join(json.dumps(i).encode() for i in iris_inputs(23)) + b"\n\nnot json\n"
-    storage.put_bytes(services.s3, "user-data", f"{st.uid}/in.jsonl", lines, storage.JSONL_TYPE)
-    job = st.submit({"model": st.model, "input_url": f"s3://user-data/{st.uid}/in.jsonl"})
+    input_url = upload(st, lines)
+    job = st.submit({"model": st.model, "input_url": input_url})
     assert job["total"] == 24
     done = st.wait(job["job_id"])
     assert (done["succeeded"], done["failed"]) == (23, 1)
     assert "not valid JSON" in results_of(done["result_url"])[23]["error"]
-    assert st.submit({"model": st.model, "input_url": "s3://user-data/missing.jsonl"}, 404)["code"] == "not_found"
+    missing = input_url.rsplit("/", 1)[0] + "/missing.jsonl"
+    assert st.submit({"model": st.model, "input_url": missing}, 404)["code"] == "not_found"
+
+
+def test_input_url_is_confined_to_the_callers_upload_prefix(st: Stack) -> None:
+    """Key A must not read B's uploads or B's chunk objects, nor learn whether they exist."""
+    from shared.keys import create_key
+
+    st.configure(auth_required=True)
+    _, alice = create_key(st.services(), f"alice-{st.uid}", "batch")
+    _, bob = create_key(st.services(), f"bob-{st.uid}", "batch")
+    as_alice, as_bob = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
+    bobs_url = upload(st, b"\n".join(json.dumps(i).encode() for i in iris_inputs(3)), as_bob)
+    bobs_job = st.api.post("/v1/batch", json={"model": st.model, "input_url": bobs_url}, headers=as_bob)
+    assert bobs_job.status_code == 202
+    bucket = st.settings.s3_input_bucket
+    job_id = bobs_job.get_json()["job_id"]
+    alices_prefix = st.api.post("/v1/batch/uploads", headers=as_alice).get_json()["prefix"]
+    answers = []
+    for url in (bobs_url, alices_prefix + "../" + bobs_url.split("/uploads/")[1], f"s3://{bucket}/batch-inputs/{job_id}/chunk-00000.jsonl",
+                f"s3://{bucket}/batch-inputs/{uuid.uuid4()}/chunk-00000.jsonl",  # does not exist
+                f"s3://{st.settings.s3_results_bucket}/x.jsonl"):
+        resp = st.api.post("/v1/batch", json={"model": st.model, "input_url": url}, headers=as_alice)
+        answers.append((resp.status_code, resp.get_json()["code"], resp.get_json()["field"]))
+        assert "upload prefix" in resp.get_json()["error"]
+    assert set(answers) == {(400, "invalid_input", "input_url")}, answers
+    assert st.api.get(f"/v1/batch/{job_id}", headers=as_bob).get_json()["total"] == 3
+    own = upload(st, b'{"data": [5.1, 3.5, 1.4, 0.2]}\n', as_alice)
+    assert st.api.post("/v1/batch", json={"model": st.model, "input_url": own}, headers=as_alice).status_code == 202
 
 
 def test_get_list_and_cancel_errors(st: Stack) -> None:
