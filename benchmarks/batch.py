@@ -136,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     import redis
     import sqlalchemy as sa
 
-    from shared import db, registry
-    from shared.localstack.relay import EventRelay
-    from shared.localstack.relay_wiring import Delivery, Subscription, Wiring
+    from shared import registry
+
+    from shared.clients import db
+    from shared.localstack.relay.server import EventRelay
+    from shared.localstack.relay.wiring import Delivery, Subscription, Wiring
     from shared.localstack.s3 import S3Server
     from shared.services import Services
     from shared.settings import Settings

@@ -129,7 +129,8 @@ def table(rows: list[dict], concurrency: int) -> str:
 def self_contained(workers: int, threads: int) -> Iterator[tuple[str, str, str]]:
     """Start Triton, a scratch database and the infer function; yields (triton url, function url, model)."""
     sys.path.insert(0, str(ROOT))
-    from shared import db, registry
+    from shared import registry
+    from shared.clients import db
     from shared.localstack.triton import TritonServer, default_repository
     from shared.services import reset_services
     from shared.settings import Settings

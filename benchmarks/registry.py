@@ -20,7 +20,8 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import KeepAlive, print_table, summarize, timed  # noqa: E402
-from shared import db, registry  # noqa: E402
+from shared import registry  # noqa: E402
+from shared.clients import db
 from shared.services import Services  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.conftest import free_port  # noqa: E402

@@ -16,9 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from shared import validation as v
-from shared.db import conflict_on
+from shared.clients.db import conflict_on
 from shared.errors import InvalidInput, NotFound, Unavailable
-from shared.schema import models
+from shared.clients.schema import models
 
 FRAMEWORKS = ("pytorch", "tensorflow", "onnx", "scikit-learn", "xgboost", "tensorrt", "python")
 FORMATS = ("onnx", "torchscript", "savedmodel", "plan", "pickle", "python")

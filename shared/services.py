@@ -28,19 +28,19 @@ class Services:
 
     @cached_property
     def db(self) -> Any:
-        from shared.db import Database
+        from shared.clients.db import Database
 
         return Database(self.settings)
 
     @cached_property
     def cache(self) -> Any:
-        from shared.cache import Cache
+        from shared.clients.cache import Cache
 
         return Cache(self.settings)
 
     @cached_property
     def s3(self) -> Any:
-        from shared.storage import make_s3_client
+        from shared.clients.storage import make_s3_client
 
         return make_s3_client(self.settings)
 

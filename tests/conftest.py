@@ -40,8 +40,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A fresh, migrated database for this test session, dropped afterwards."""
-    from shared import db
-
+    from shared.clients import db
     name = f"kinfer_test_{uuid.uuid4().hex[:10]}"
     url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     settings = Settings.from_env(environ={}, database_url=url)

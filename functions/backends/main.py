@@ -9,10 +9,10 @@ from __future__ import annotations
 import functions_framework
 from flask import Request, Response
 
-from shared import backends
-from shared.events import parse_event
-from shared.http import Call, Route, Router, dispatch
-from shared.runtime import function_services
+from shared.backends import monitor as backends
+from shared.web.events import parse_event
+from shared.web.http import Call, Route, Router, dispatch
+from shared.web.runtime import function_services
 
 
 def _probe(call: Call) -> dict:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import functions_framework
 from flask import Request, Response
 
-from shared import batch, registry
-from shared.http import Call, Route, Router, dispatch
-from shared.runtime import function_services
+from shared import registry
+
+from shared.batch import jobs as batch
+from shared.web.http import Call, Route, Router, dispatch
+from shared.web.runtime import function_services
 
 
 def _submit(call: Call) -> tuple[int, dict]:

@@ -7,9 +7,9 @@ from typing import Any
 import functions_framework
 from flask import Request, Response
 
-from shared.batch_events import serve_event
-from shared.batch_intake import intake
-from shared.runtime import function_services
+from shared.web.events import serve_event
+from shared.batch.intake import intake
+from shared.web.runtime import function_services
 
 
 def _intake(services: Any, event: Any) -> tuple[int, dict]:

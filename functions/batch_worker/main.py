@@ -9,9 +9,9 @@ from __future__ import annotations
 import functions_framework
 from flask import Request, Response
 
-from shared.batch_events import serve_event
-from shared.batch_worker import process_chunk
-from shared.runtime import function_services
+from shared.web.events import serve_event
+from shared.batch.worker import process_chunk
+from shared.web.runtime import function_services
 
 
 @functions_framework.http

@@ -5,9 +5,9 @@ from __future__ import annotations
 import functions_framework
 from flask import Request, Response
 
-from shared.http import Call, Route, Router, dispatch
-from shared.inference import run_inference as infer
-from shared.runtime import function_services
+from shared.web.http import Call, Route, Router, dispatch
+from shared.inference.dataplane import run_inference as infer
+from shared.web.runtime import function_services
 
 
 def _infer(call: Call) -> dict:
@@ -17,14 +17,14 @@ def _infer(call: Call) -> dict:
 
 
 def _infer_v2(call: Call, name: str, version: str | None = None) -> dict:
-    from shared.inference_v2 import infer_v2, read_body
+    from shared.inference.v2 import infer_v2, read_body
 
     raw = read_body(call.request, call.services.settings.max_body_bytes)
     return infer_v2(call.services, name, version, raw, call.request.headers)
 
 
 def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict:
-    from shared.inference_v2 import model_metadata_v2
+    from shared.inference.v2 import model_metadata_v2
 
     return model_metadata_v2(call.services, name, version)
 

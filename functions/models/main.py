@@ -6,8 +6,8 @@ import functions_framework
 from flask import Request, Response
 
 from shared import registry
-from shared.http import Call, Route, Router, dispatch
-from shared.runtime import function_services
+from shared.web.http import Call, Route, Router, dispatch
+from shared.web.runtime import function_services
 
 
 def _create(call: Call) -> tuple[int, dict]:

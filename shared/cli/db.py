@@ -16,8 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def upgrade(args: argparse.Namespace) -> int:
-    from shared import db
-
+    from shared.clients import db
     settings = Settings.from_env()
     created = db.ensure_database(settings)
     db.upgrade(settings, args.revision)

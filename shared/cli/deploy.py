@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def upload_models(args: argparse.Namespace) -> int:
     """Upload with the S3 endpoint and credentials of Settings (S3_* variables)."""
-    from shared.deploy import upload_repository
-    from shared.storage import make_s3_client
+    from shared.backends.repository import upload_repository
+    from shared.clients.storage import make_s3_client
 
     settings = Settings.from_env()
     try:

@@ -47,7 +47,7 @@ def _with_services(action: Callable[[Any, argparse.Namespace], int]) -> Callable
 
 
 def _create(services: Any, args: argparse.Namespace) -> int:
-    from shared.keys import create_key
+    from shared.access.keys import create_key
 
     record, plaintext = create_key(services, args.name, args.scopes, rate_limit=args.rate_limit)
     print(f"id:     {record['id']}\nname:   {record['name']}\nscopes: {','.join(record['scopes'])}")
@@ -56,7 +56,7 @@ def _create(services: Any, args: argparse.Namespace) -> int:
 
 
 def _list(services: Any, args: argparse.Namespace) -> int:
-    from shared.keys import list_keys
+    from shared.access.keys import list_keys
 
     header = ("ID", "NAME", "PREFIX", "SCOPES", "LIMIT", "CREATED", "REVOKED")
     rows = [(r["id"], r["name"], r["prefix"] + "...", ",".join(r["scopes"]),
@@ -73,7 +73,7 @@ def _when(value: Any) -> str:
 
 
 def _revoke(services: Any, args: argparse.Namespace) -> int:
-    from shared.keys import revoke_key
+    from shared.access.keys import revoke_key
 
     record = revoke_key(services, args.key_id)
     print(f"revoked {record['id']} ({record['name']}) at {_when(record['revoked_at'])}")

@@ -1,11 +1,28 @@
-"""``kinfer serve``: run one function (or the local gateway) under gunicorn."""
+"""``kinfer serve``: run one function (or the local gateway) under gunicorn.
+
+This is the composition root of serving: it knows where the functions live
+(``functions/<name>/main.py``, imported as ``functions.<name>.main``) and which
+public path each one serves on the local gateway.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+from pathlib import Path
+from typing import Any
 
 from shared.settings import Settings
+
+# Path prefix -> (module, entry point) of the public HTTP functions the gateway mounts.
+GATEWAY_ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("/v1/models", "functions.models.main", "manage_models"),
+    ("/v1/infer", "functions.infer.main", "run_inference"),
+    ("/v2/", "functions.infer.main", "run_inference"),
+    ("/v1/batch", "functions.batch.main", "manage_batch_jobs"),
+    ("/health", "functions.models.main", "manage_models"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.server import function_app, gateway_app, serve
+    from shared.web.server import serve
 
     settings = Settings.from_env()
     port = args.port or settings.port
@@ -39,3 +56,22 @@ def run(args: argparse.Namespace) -> int:
         app = function_app(target, source)
     serve(app, args.host, port, workers=args.workers, threads=args.threads)
     return 0
+
+
+def function_app(target: str, source: str) -> Any:
+    """The WSGI app of one function: a Kinfer function by package path, anything else via functions-framework."""
+    from shared.web import server
+
+    path = Path(source).resolve()
+    if path.name == "main.py" and path.parent.parent.name == "functions":
+        module = importlib.import_module(f"functions.{path.parent.name}.main")
+        return server.wsgi_adapter(getattr(module, target))
+    return server.framework_app(target, source)
+
+
+def gateway_app() -> Any:
+    """Every public HTTP function in one app, routed by path prefix (no extra hop)."""
+    from shared.web import server
+
+    return server.prefix_router([(prefix, getattr(importlib.import_module(module), entry))
+                                 for prefix, module, entry in GATEWAY_ROUTES])

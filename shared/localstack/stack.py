@@ -142,7 +142,7 @@ def _record(comps: dict[str, Any], name: str, pid: int | None, health: str | Non
 
 
 def _start_data(settings: Settings, comps: dict[str, Any], say: Any) -> None:
-    from shared import db
+    from shared.clients import db
     from shared.localstack.data import ensure_postgres, ensure_redis, pg_data_dir
 
     pg_pid = ensure_postgres(settings, state_dir())
@@ -190,7 +190,7 @@ def _start_function(fn: Fn, env: dict[str, str], comps: dict[str, Any], logs: Pa
 
 def _start_relay(env: dict[str, str], comps: dict[str, Any], logs: Path) -> None:
     targets = [f"{fn.service}=http://127.0.0.1:{fn.port}/" for fn in available_functions()]
-    cmd = [sys.executable, "-m", "shared.localstack.relay", "--port", str(RELAY_PORT),
+    cmd = [sys.executable, "-m", "shared.localstack.relay.server", "--port", str(RELAY_PORT),
            "--manifests", str(ROOT / "knative" / "base")]
     for target in targets:
         cmd += ["--target", target]
@@ -207,7 +207,7 @@ def seed(settings: Settings) -> None:
 
     services = Services(settings)
     try:
-        from shared.keys import ensure_key
+        from shared.access.keys import ensure_key
 
         ensure_key(services, "demo", DEMO_KEY, ["infer", "batch", "admin"])
         backend = f"127.0.0.1:{TRITON_PORTS[1]}"

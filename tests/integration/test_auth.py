@@ -12,8 +12,10 @@ import functions_framework
 import pytest
 from limits import RateLimitItemPerMinute
 
-from shared import auth, keys
-from shared.ratelimit import rate_limiter
+from shared.access import auth
+
+from shared.access import keys
+from shared.access.ratelimit import rate_limiter
 from shared.services import Services, reset_services
 from shared.settings import Settings
 from tests.conftest import free_port

@@ -13,9 +13,9 @@ import functions_framework
 import pytest
 
 from shared import registry
-from shared.balancer import probe_key
-from shared.backends_metrics import recorder
-from shared.breaker import breakers, read_states
+from shared.backends.balancer import probe_key
+from shared.backends.metrics import recorder
+from shared.backends.breaker import breakers, read_states
 from shared.errors import Unavailable
 from tests.conftest import free_port
 

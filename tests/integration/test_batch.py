@@ -27,9 +27,11 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from werkzeug.serving import make_server
 
-from shared import batch_store, storage
-from shared.localstack.relay import EventRelay
-from shared.localstack.relay_wiring import Delivery, Subscription, Wiring
+from shared.batch import store as batch_store
+
+from shared.clients import storage
+from shared.localstack.relay.server import EventRelay
+from shared.localstack.relay.wiring import Delivery, Subscription, Wiring
 from shared.localstack.s3 import S3Server
 from shared.services import reset_services
 from tests.integration.servers import settings_env
@@ -140,7 +142,6 @@ def _fields(settings: Any) -> dict[str, Any]:
 
 def register_model(services: Any, name: str, backend: str, triton_model: str = "iris_classifier") -> dict:
     from shared import registry
-
     return registry.create_model(services, {"name": name, "version": "1", "framework": "onnx", "format": "onnx",
                                             "backend_url": backend, "triton_model": triton_model})
 
@@ -234,7 +235,6 @@ def test_submit_limits(st: Stack) -> None:
 
 def test_inactive_model_is_404(st: Stack) -> None:
     from shared import registry
-
     model = register_model(st.services(), f"off-{st.uid}", st.triton.grpc_url)
     registry.update_model(st.services(), model["id"], {"status": "inactive"})
     assert st.submit({"model": model["name"], "inputs": iris_inputs(1)}, 404)["code"] == "not_found"
@@ -267,7 +267,7 @@ def test_input_url_job_streams_jsonl(st: Stack) -> None:
 
 def test_input_url_is_confined_to_the_callers_upload_prefix(st: Stack) -> None:
     """Key A must not read B's uploads or B's chunk objects, nor learn whether they exist."""
-    from shared.keys import create_key
+    from shared.access.keys import create_key
 
     st.configure(auth_required=True)
     _, alice = create_key(st.services(), f"alice-{st.uid}", "batch")
@@ -308,7 +308,7 @@ def test_get_list_and_cancel_errors(st: Stack) -> None:
 
 
 def test_callers_see_only_their_own_jobs(st: Stack) -> None:
-    from shared.keys import create_key
+    from shared.access.keys import create_key
 
     st.configure(auth_required=True)
     _, alice = create_key(st.services(), f"alice-{st.uid}", "batch")

@@ -18,7 +18,7 @@ import functions_framework
 import pytest
 
 from shared import registry
-from shared.breaker import read_states
+from shared.backends.breaker import read_states
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def infer(client: Any, model: dict) -> Any:
 
 
 def state_from_other_process(redis_url: str, url: str) -> dict:
-    code = ("import json, redis, sys; from shared.breaker import read_states; "
+    code = ("import json, redis, sys; from shared.backends.breaker import read_states; "
             "v = read_states(redis.Redis.from_url(sys.argv[1]), [sys.argv[2]])[sys.argv[2]]; "
             "print(json.dumps(v.as_json()))")
     out = subprocess.run([sys.executable, "-c", code, redis_url, url], capture_output=True, text=True, timeout=30)

@@ -11,7 +11,7 @@ import functions_framework
 import pytest
 
 from shared import registry
-from shared.inference import ItemResult, infer_items
+from shared.inference.dataplane import ItemResult, infer_items
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +158,7 @@ def test_infer_items_batches_and_reports_bad_items(svc, iris, vector):
 
 
 def test_infer_items_sends_batched_requests(svc, iris):
-    from shared.backends_metrics import recorder
+    from shared.backends.metrics import recorder
 
     rec = recorder(svc)
     rec.flush_s = 3600  # keep the tallies in-process so they can be read here

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from shared import keys
+from shared.access import keys
 from shared.cli import main
 from shared.services import Services
 from shared.settings import Settings

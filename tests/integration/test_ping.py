@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.localstack.ping import Ping, PingTicker
+from shared.localstack.relay.ping import Ping, PingTicker
 from tests.conftest import free_port
 from tests.integration.servers import serve_function
 

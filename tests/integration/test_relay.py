@@ -21,7 +21,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from shared.localstack.relay import EventRelay, spawn
+from shared.localstack.relay.server import EventRelay, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -237,7 +237,7 @@ def test_unacked_entry_of_a_crashed_consumer_is_redelivered(rds, prefix, make_re
     subscribers["batch-worker"].behaviour = lambda n: (200, b"")
     first.stop()  # groups exist now; the crashed consumer below reads in the same group
     key = f"{prefix}topic:test.batch.chunks"
-    from shared.localstack.relay_delivery import encode_event
+    from shared.localstack.relay.delivery import encode_event
     rds.xadd(key, encode_event(event))
     taken = rds.xreadgroup("test-batch-worker", "crashed-relay", {key: ">"}, count=10)
     assert len(taken[0][1]) == 1

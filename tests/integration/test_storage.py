@@ -12,7 +12,7 @@ import requests
 from shared.errors import InvalidInput, NotFound, Unavailable
 from shared.localstack.s3 import PortBusy, S3Server
 from shared.settings import Settings
-from shared.storage import (delete_prefix, ensure_buckets, get_bytes, get_jsonl, make_s3_client,
+from shared.clients.storage import (delete_prefix, ensure_buckets, get_bytes, get_jsonl, make_s3_client,
                             parse_s3_url, presign_get, put_bytes, put_jsonl)
 
 pytestmark = pytest.mark.integration

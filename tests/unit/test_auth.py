@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
-from shared import auth, keys
-from shared.auth import KeyCache, Principal, authorize, key_from_headers
+from shared.access import auth
+
+from shared.access import keys
+from shared.access.auth import KeyCache, Principal, authorize, key_from_headers
 from shared.errors import Forbidden, InvalidInput, RateLimited, Unauthorized
-from shared.ratelimit import Decision
+from shared.access.ratelimit import Decision
 from shared.settings import Settings
 
 

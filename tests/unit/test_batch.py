@@ -10,8 +10,14 @@ from types import SimpleNamespace
 import pytest
 from cloudevents.http import CloudEvent
 
-from shared import batch, batch_intake, batch_results, batch_worker
-from shared.batch_events import event_error_status
+from shared.batch import jobs as batch
+
+from shared.batch import intake as batch_intake
+
+from shared.batch import results as batch_results
+
+from shared.batch import worker as batch_worker
+from shared.web.events import event_error_status
 from shared.errors import (BackendError, BackendTimeout, CircuitOpen, Conflict, InvalidInput, NotFound,
                            RateLimited, Unavailable, Unprocessable)
 

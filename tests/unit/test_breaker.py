@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from shared.balancer import Backend, Balancer
-from shared.breaker import Breakers, CircuitView, state_keys, view_from
+from shared.backends.balancer import Backend, Balancer
+from shared.backends.breaker import Breakers, CircuitView, state_keys, view_from
 from shared.errors import BackendError, CircuitOpen, InvalidInput, Unavailable
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of the model repository upload (shared.deploy) with a fake S3 client."""
+"""Unit tests of the model repository upload (shared.backends.repository) with a fake S3 client."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from shared.cli import build_parser
-from shared.deploy import repository_files, repository_models, upload_repository
+from shared.backends.repository import repository_files, repository_models, upload_repository
 from shared.errors import InvalidInput, Unavailable
 
 

@@ -17,7 +17,9 @@ from flask import Request
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared.errors import BackendError, InvalidInput, Unavailable
-from shared.events import CHUNK_EVENT_TYPE, REQUEST_EVENT_TYPE, emit, parse_event
+from shared.batch.events import CHUNK_EVENT_TYPE, REQUEST_EVENT_TYPE
+from shared.clients.sink import emit
+from shared.web.events import parse_event
 from shared.settings import Settings
 
 PORT = 18180

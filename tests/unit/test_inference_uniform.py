@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.inference import uniform_rows
-from shared.triton import ModelInfo, TensorSpec
+from shared.inference.dataplane import uniform_rows
+from shared.backends.triton import ModelInfo, TensorSpec
 
 
 def iris() -> ModelInfo:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.localstack.ping import interval_of, load_pings
-from shared.localstack.relay_wiring import WiringError
+from shared.localstack.relay.ping import interval_of, load_pings
+from shared.localstack.relay.wiring import WiringError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from limits import RateLimitItemPerMinute
 
-from shared.cache import make_redis
-from shared.ratelimit import OPEN, Decision, RateLimiter, _decide
+from shared.clients.cache import make_redis
+from shared.access.ratelimit import OPEN, Decision, RateLimiter, _decide
 from shared.settings import Settings
 
 
@@ -47,7 +47,7 @@ def test_decide_empty_window_resets_now() -> None:
 def test_fails_open_fast_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings.from_env(environ={}, redis_url="redis://127.0.0.1:1/0")
     limiter = RateLimiter(make_redis(settings), settings.redis_url)  # the bounded client: no retries
-    with caplog.at_level(logging.WARNING, logger="shared.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="shared.access.ratelimit"):
         started = time.monotonic()
         decisions = [limiter.check("k", 1) for _ in range(20)]
         elapsed = time.monotonic() - started

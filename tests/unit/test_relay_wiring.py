@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.localstack.relay import DEFAULT_MANIFESTS, parse_targets
-from shared.localstack.relay_wiring import (Delivery, WiringError, is_retryable, load_wiring,
+from shared.localstack.relay.server import DEFAULT_MANIFESTS, parse_targets
+from shared.localstack.relay.wiring import (Delivery, WiringError, is_retryable, load_wiring,
                                             parse_iso_duration)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "knative" / "relay"

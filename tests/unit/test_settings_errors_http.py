@@ -9,7 +9,7 @@ from flask import Request
 from werkzeug.test import EnvironBuilder
 
 from shared.errors import CircuitOpen, InvalidInput, KinferError, MethodNotAllowed, NotFound, PayloadTooLarge
-from shared.http import Route, Router, error_response, parse_json_body, request_id_of
+from shared.web.http import Route, Router, error_response, parse_json_body, request_id_of
 from shared.settings import ConfigError, Settings
 
 

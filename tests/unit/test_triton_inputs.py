@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from shared.errors import BackendError, BackendTimeout, InvalidInput, Unavailable
-from shared.triton import is_backend_failure, is_connection_failure, model_info_from, normalise_url, translate
-from shared.triton_inputs import outputs_json, parse_input, prediction_of
+from shared.backends.triton import is_backend_failure, is_connection_failure, model_info_from, normalise_url, translate
+from shared.inference.codec import outputs_json, parse_input, prediction_of
 
 IRIS = model_info_from(
     {"name": "iris_classifier", "inputs": [{"name": "features", "datatype": "FP32", "shape": ["-1", "4"]}],
@@ -58,7 +58,7 @@ def test_dynamic_dims_need_at_least_one_element_and_exact_rank():
 
 
 def test_element_count_is_bounded(monkeypatch):
-    import shared.triton_inputs as ti
+    import shared.inference.codec as ti
 
     monkeypatch.setattr(ti, "MAX_ELEMENTS", 10)
     with pytest.raises(InvalidInput, match="the limit is 10"):

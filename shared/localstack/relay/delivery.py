@@ -21,7 +21,7 @@ from cloudevents.conversion import to_binary, to_json
 from cloudevents.http import CloudEvent, from_json
 from redis.exceptions import RedisError, ResponseError
 
-from shared.localstack.relay_wiring import Subscription, is_retryable
+from shared.localstack.relay.wiring import Subscription, is_retryable
 
 log = logging.getLogger(__name__)
 

@@ -32,14 +32,14 @@ from redis.exceptions import RedisError
 from requests.adapters import HTTPAdapter
 
 from shared.errors import InvalidInput
-from shared.events import parse_event
-from shared.localstack.ping import PingTicker, load_pings
-from shared.localstack.relay_delivery import Dispatcher, encode_event, encode_record, stream_key
-from shared.localstack.relay_wiring import Wiring, load_wiring
+from shared.web.events import parse_event
+from shared.localstack.relay.ping import PingTicker, load_pings
+from shared.localstack.relay.delivery import Dispatcher, encode_event, encode_record, stream_key
+from shared.localstack.relay.wiring import Wiring, load_wiring
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MANIFESTS = Path(__file__).resolve().parents[2] / "knative" / "base"
+DEFAULT_MANIFESTS = Path(__file__).resolve().parents[3] / "knative" / "base"
 KEY_PREFIX = "kinfer:relay:"
 
 
@@ -207,7 +207,7 @@ def spawn(targets: Mapping[str, str], *, manifests: str | Path = DEFAULT_MANIFES
           workers: int = 8, idle_timeout_s: float = 30.0, key_prefix: str = KEY_PREFIX,
           timeout: float = 15.0) -> int:
     """Start a detached relay process (own session) and wait until /health answers; its pid."""
-    cmd = [sys.executable, "-m", "shared.localstack.relay", "--host", host, "--port", str(port),
+    cmd = [sys.executable, "-m", "shared.localstack.relay.server", "--host", host, "--port", str(port),
            "--manifests", str(manifests), "--workers", str(workers), "--idle-timeout", str(idle_timeout_s),
            "--key-prefix", key_prefix]
     cmd += [arg for name, url in targets.items() for arg in ("--target", f"{name}={url}")]
@@ -229,7 +229,7 @@ def spawn(targets: Mapping[str, str], *, manifests: str | Path = DEFAULT_MANIFES
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shared.localstack.relay --port 8090 --manifests knative/base --target NAME=URL ...``."""
+    """``python -m shared.localstack.relay.server --port 8090 --manifests knative/base --target NAME=URL ...``."""
     from redis import Redis
 
     from shared.logs import setup_logging

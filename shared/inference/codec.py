@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import InvalidInput
-from shared.triton import NP_DTYPES, ModelInfo, TensorSpec
+from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
 
 MAX_ELEMENTS = 1_000_000  # per tensor of one request; the body limit bounds it too
 

@@ -16,9 +16,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from shared import batch_results as results
-from shared import batch_store as store
-from shared import registry, storage
+from shared.batch import results
+from shared.batch import store
+from shared import registry
+from shared.clients import storage
 from shared.errors import InvalidInput, NotFound, Unprocessable
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def _chunk_lines(services: Any, ref: ChunkRef) -> list[bytes]:
 
 def _infer(services: Any, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict] | None:
     """One result row per line, in order; None when the job was cancelled meanwhile."""
-    from shared.inference import infer_items
+    from shared.inference.dataplane import infer_items
 
     _warm_components(services)
     rows: list[dict[str, Any]] = []
@@ -123,9 +124,9 @@ def _infer(services: Any, model: dict[str, Any], ref: ChunkRef, lines: list[byte
 def _warm_components(services: Any) -> None:
     """Create the balancer's own components first: ``Services.component`` holds a non-reentrant
     lock while a factory runs, so a factory that asks for another component deadlocks."""
-    from shared.backends_metrics import recorder
-    from shared.balancer import balancer
-    from shared.breaker import breakers
+    from shared.backends.metrics import recorder
+    from shared.backends.balancer import balancer
+    from shared.backends.breaker import breakers
 
     breakers(services)
     recorder(services)

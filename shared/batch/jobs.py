@@ -18,9 +18,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from shared import batch_results as results
-from shared import batch_store as store
-from shared import events, registry, storage
+from shared.batch import results
+from shared.batch import store
+from shared import registry
+from shared.batch.events import CHUNK_EVENT_TYPE
+from shared.clients import sink
+from shared.clients import storage
 from shared import validation as v
 from shared.errors import Conflict, InvalidInput, NotFound, Unavailable
 
@@ -232,7 +235,7 @@ def _job_row(services: Any, job_id: uuid.UUID, model: dict[str, Any], owner: str
 def _queue(services: Any, job: dict[str, Any], chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
     """Write (when ``write``) and emit every chunk, a few in parallel; on lasting failure mark the job
     failed and raise Unavailable, so no job waits forever for chunks that were never queued."""
-    traceparent = events.current_traceparent()
+    traceparent = sink.current_traceparent()
     pending: list[tuple[int, Future[None]]] = []
     number = -1
     try:
@@ -270,7 +273,7 @@ def _emit_one(services: Any, job: dict[str, Any], chunk: int, traceparent: str |
         extensions["traceparent"] = traceparent
     for attempt in range(EMIT_ATTEMPTS):
         try:
-            events.emit(services.settings, type=events.CHUNK_EVENT_TYPE, source=services.settings.event_source,
+            sink.emit(services.settings, type=CHUNK_EVENT_TYPE, source=services.settings.event_source,
                         subject=str(job["id"]), data=data, extensions=extensions, id=f"{job['id']}:{chunk}")
             return
         except Unavailable:

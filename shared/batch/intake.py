@@ -8,7 +8,7 @@
   ``incoming/<model>/<version>/<file>.jsonl`` becomes a job over ``s3://bucket/key``
   owned by "anonymous". Other buckets, prefixes and event names are ignored (200).
 
-Each job is created by ``shared.batch.submit_job``, idempotent on the event's
+Each job is created by ``shared.batch.jobs.submit_job``, idempotent on the event's
 (source, id) (plus the record number): a redelivered event returns the same job.
 """
 
@@ -18,9 +18,9 @@ import logging
 from typing import Any
 from urllib.parse import unquote_plus
 
-from shared import batch
+from shared.batch import jobs as batch
 from shared.errors import InvalidInput
-from shared.events import REQUEST_EVENT_TYPE
+from shared.batch.events import REQUEST_EVENT_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared.backends_metrics import Recorder, recorder
-from shared.breaker import Breakers, CircuitView, breakers, state_keys
+from shared.backends.metrics import Recorder, recorder
+from shared.backends.breaker import Breakers, CircuitView, breakers, state_keys
 from shared.errors import KinferError, Unavailable
-from shared.triton import is_backend_failure, is_connection_failure
+from shared.backends.triton import is_backend_failure, is_connection_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,7 +78,7 @@ class Balancer:
             except Exception as exc:  # redis errors: fall back to in-process breakers
                 b.redis_failed(exc)
             else:
-                from shared.breaker import view_from
+                from shared.backends.breaker import view_from
 
                 n = len(urls)
                 return [Backend(u, view_from(u, values[i * 3:i * 3 + 3]), _probe_ok(values[3 * n + i]))

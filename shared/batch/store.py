@@ -19,53 +19,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from shared.errors import NotFound
-from shared.schema import metadata
+from shared.clients.schema import batch_chunks, batch_jobs
 
 ACTIVE = ("pending", "processing")
 FINISHED = ("completed", "failed", "cancelled")
 STATUSES = ACTIVE + FINISHED
 ERROR_SAMPLE = 10
-
-batch_jobs = sa.Table(
-    "batch_jobs",
-    metadata,
-    sa.Column("id", sa.Uuid, primary_key=True),
-    sa.Column("owner", sa.String(128), nullable=False),
-    sa.Column("model_name", sa.String(128), nullable=False),
-    sa.Column("model_version", sa.String(32), nullable=False),
-    sa.Column("model_id", sa.Uuid, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
-    sa.Column("total", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("completed", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("succeeded", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("failed", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("chunk_size", sa.Integer, nullable=False),
-    sa.Column("chunks_total", sa.Integer, nullable=False),
-    sa.Column("chunks_done", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("errors", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
-    sa.Column("error", sa.Text, nullable=True),
-    sa.Column("result_key", sa.Text, nullable=True),
-    sa.Column("input_url", sa.Text, nullable=True),
-    sa.Column("intake_key", sa.String(512), nullable=True, unique=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-)
-
-batch_chunks = sa.Table(
-    "batch_chunks",
-    metadata,
-    sa.Column("job_id", sa.Uuid, sa.ForeignKey("batch_jobs.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("chunk", sa.Integer, primary_key=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("processed", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-)
-
 
 @dataclass(frozen=True)
 class ChunkCounts:

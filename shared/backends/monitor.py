@@ -20,11 +20,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.balancer import probe_key
-from shared.breaker import breakers
+from shared.backends.balancer import probe_key
+from shared.backends.breaker import breakers
 from shared.errors import KinferError
-from shared.schema import models
-from shared.triton import normalise_url, triton_pool
+from shared.clients.schema import models
+from shared.backends.triton import normalise_url, triton_pool
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def metrics_text(services: Any) -> tuple[bytes, str]:
     """(Prometheus exposition, content type): breaker states, probe results, request counters."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    from shared.backends_metrics import BackendCollector
+    from shared.backends.metrics import BackendCollector
 
     urls = list(backend_models(services))
     extra = _counted_urls(services)
@@ -143,7 +143,7 @@ def metrics_text(services: Any) -> tuple[bytes, str]:
 
 def _counted_urls(services: Any) -> list[str]:
     """Backends that have request counters (e.g. a model since deleted)."""
-    from shared.backends_metrics import REQUESTS_KEY
+    from shared.backends.metrics import REQUESTS_KEY
 
     try:
         fields = services.cache.client.hkeys(REQUESTS_KEY) if services.cache.available() else []

@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from shared.localstack.relay_wiring import WiringError, iter_manifests
+from shared.localstack.relay.wiring import WiringError, iter_manifests
 
 log = logging.getLogger(__name__)
 

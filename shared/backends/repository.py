@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput
-from shared.storage import ensure_buckets, translated
+from shared.clients.storage import ensure_buckets, translated
 
 log = logging.getLogger(__name__)
 

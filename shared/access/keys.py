@@ -1,4 +1,4 @@
-"""API key store: the ``api_keys`` table (hash only), creation, lookup and revocation.
+"""API key store over the ``api_keys`` table (hash only): creation, lookup and revocation.
 
 A key is ``kf_`` plus 32 random url-safe bytes. Only its SHA-256 digest is stored,
 with a short prefix for display: keys are high-entropy random strings, so a fast
@@ -18,11 +18,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 
-from shared.db import conflict_on
+from shared.clients.db import conflict_on
 from shared.errors import Conflict, InvalidInput, NotFound
-from shared.schema import metadata
+from shared.clients.schema import api_keys
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +32,6 @@ KEY_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,127}")
 MAX_RATE_LIMIT = 10_000_000
 LAST_USED_EVERY_S = 60
-
-api_keys = sa.Table(
-    "api_keys",
-    metadata,
-    sa.Column("id", sa.Uuid, primary_key=True),
-    sa.Column("name", sa.String(128), nullable=False),
-    sa.Column("key_hash", sa.String(64), nullable=False),
-    sa.Column("prefix", sa.String(16), nullable=False),
-    sa.Column("scopes", JSONB, nullable=False),
-    sa.Column("rate_limit_per_minute", sa.Integer, nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
-    sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
-)
 
 
 def hash_key(plaintext: str) -> str:

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from shared import validation as v
-from shared.balancer import balancer
+from shared.backends.balancer import balancer
 from shared.errors import InvalidInput, PayloadTooLarge
-from shared.inference import backend_urls, resolve, triton_call
-from shared.triton import NP_DTYPES, ModelInfo, TensorSpec, triton_pool
-from shared.triton_inputs import cast_numbers, dims_match
+from shared.inference.dataplane import backend_urls, resolve, triton_call
+from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec, triton_pool
+from shared.inference.codec import cast_numbers, dims_match
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

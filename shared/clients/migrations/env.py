@@ -1,11 +1,11 @@
-"""Alembic environment: the URL comes from Settings, handed in by shared.db.upgrade."""
+"""Alembic environment: the URL comes from Settings, handed in by shared.clients.db.upgrade."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import context
 
-from shared.schema import metadata
+from shared.clients.schema import metadata
 from shared.settings import Settings
 
 config = context.config

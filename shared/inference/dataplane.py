@@ -19,10 +19,10 @@ import numpy as np
 
 from shared import registry, telemetry
 from shared import validation as v
-from shared.balancer import balancer
+from shared.backends.balancer import balancer
 from shared.errors import InvalidInput, KinferError
-from shared.triton import NP_DTYPES, ModelInfo, normalise_url, triton_pool
-from shared.triton_inputs import Parsed, outputs_json, parse_input, prediction_of
+from shared.backends.triton import NP_DTYPES, ModelInfo, normalise_url, triton_pool
+from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of
 
 MODEL_TTL_S = 0.25
 

@@ -1,6 +1,6 @@
 """Request authorization: API key from the headers, scope check, per-key rate limit.
 
-``authorize(call, scope)`` is called by ``shared.http.dispatch`` for routes with a
+``authorize(call, scope)`` is called by ``shared.web.http.dispatch`` for routes with a
 scope when AUTH_REQUIRED is on. Key lookups (digest -> principal, misses included)
 are cached in-process for AUTH_CACHE_TTL_S (default 5 s), so a revocation takes
 effect within that time on every instance; the hot path is a SHA-256, a dict
@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from shared import keys
+from shared.access import keys
 from shared.errors import Forbidden, RateLimited, Unauthorized
-from shared.ratelimit import rate_limiter
+from shared.access.ratelimit import rate_limiter
 
 ANY = "any"
 ADMIN = "admin"

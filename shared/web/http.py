@@ -170,7 +170,7 @@ def _run(call: Call, router: Router, span: Any) -> Response:
         route, params = router.match(call.request.path, call.request.method)
         span.update_name(f"{call.request.method} {route.rule}")
         if route.scope is not None and call.services.settings.auth_required:
-            from shared.auth import authorize
+            from shared.access.auth import authorize
 
             call.principal = authorize(call, route.scope)
         return _as_response(route.handler(call, **params))

@@ -1,4 +1,5 @@
-"""The shared shell of the batch CloudEvent functions: parse, trace, run, answer.
+"""CloudEvents in: parse an event from a request, then the shared shell of the event functions
+(parse, trace, run, answer).
 
 The status code steers redelivery (STYLE.md): a retryable failure answers 503 (or
 429/504), a permanent one 400 (malformed event) or 422; never 404 or 409, which
@@ -7,19 +8,23 @@ Knative would retry.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from cloudevents.exceptions import GenericException
+from cloudevents.http import CloudEvent, from_http
 from flask import Request, Response
 
 from shared import telemetry
-from shared.errors import KinferError
-from shared.events import parse_event
-from shared.http import error_response, json_response, request_id_of
+from shared.errors import InvalidInput, KinferError
+from shared.web.http import error_response, json_response, request_id_of
 from shared.logs import request_id_var
 
 log = logging.getLogger(__name__)
+
+_BATCH_TYPE = "application/cloudevents-batch+json"
 
 
 def serve_event(request: Request, services: Any, span_name: str,
@@ -64,3 +69,37 @@ def event_error_status(exc: KinferError) -> int:
     if exc.retryable or exc.status >= 500:
         return 503 if exc.status in (500, 502) else exc.status
     return 400 if exc.status == 400 else 422
+
+
+def parse_event(request: Any) -> CloudEvent:
+    """The CloudEvent of a Flask/werkzeug request (binary or structured mode); InvalidInput when malformed."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(_BATCH_TYPE):
+        raise InvalidInput("batched CloudEvents are not supported; send one event per request")
+    try:
+        event = from_http(request.headers, request.get_data())
+    except GenericException as exc:
+        raise InvalidInput(f"malformed CloudEvent: {_reason(exc)}") from None
+    _require_json_data(event)
+    return event
+
+
+def _reason(exc: GenericException) -> str:
+    """A short reason that never echoes the request body."""
+    text = str(exc)
+    if text.startswith("Failed to read specversion from both headers and data"):
+        return "no ce-specversion header and the body is not a structured-mode JSON event"
+    if text.startswith("Failed to find specversion"):
+        return "binary mode needs ce-specversion, ce-id, ce-source and ce-type headers"
+    return text.split(":", 1)[0][:200] if "following" in text else text[:200]
+
+
+def _require_json_data(event: CloudEvent) -> None:
+    """Reject a JSON-typed event whose data did not parse (the SDK leaves it as raw bytes)."""
+    content_type = (event.get("datacontenttype") or "").lower()
+    data = event.data
+    if ("json" in content_type or not content_type) and isinstance(data, bytes) and data:
+        try:
+            event.data = json.loads(data)
+        except ValueError:
+            raise InvalidInput("malformed CloudEvent: data is not valid JSON") from None

@@ -15,8 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from shared import storage
-
+from shared.clients import storage
 log = logging.getLogger(__name__)
 
 PART_SIZE = 8 * 1024 * 1024  # multipart parts must be >= 5 MiB except the last

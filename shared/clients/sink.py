@@ -1,4 +1,4 @@
-"""CloudEvents out (``emit`` to K_SINK) and in (``parse_event``) for the batch functions.
+"""CloudEvents out: ``emit`` POSTs one event to K_SINK (a KafkaSink in production).
 
 Events leave in binary content mode (``ce-*`` headers, JSON body) over one
 keep-alive ``requests.Session``; the sink's answer is translated once: unreachable,
@@ -8,27 +8,22 @@ The current OpenTelemetry context travels as the ``traceparent`` extension.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Any
 
 import requests
-from cloudevents.exceptions import GenericException
 from cloudevents.conversion import to_binary
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
 from opentelemetry import propagate
 from requests.adapters import HTTPAdapter
 
-from shared.errors import BackendError, InvalidInput, Unavailable
+from shared.errors import BackendError, Unavailable
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CHUNK_EVENT_TYPE = "dev.kinfer.batch.chunk.v1"
-REQUEST_EVENT_TYPE = "dev.kinfer.batch.request.v1"
 TIMEOUT_S = (2.0, 10.0)  # connect, read
-_BATCH_TYPE = "application/cloudevents-batch+json"
 
 _session_lock = threading.Lock()
 _session: requests.Session | None = None
@@ -92,37 +87,3 @@ def emit(settings_or_sink_url: Settings | str, *, type: str, source: str, subjec
         raise Unavailable(f"event sink answered {resp.status_code}", retry_after=1)
     if not 200 <= resp.status_code < 300:
         raise BackendError(f"event sink rejected the event with {resp.status_code}")
-
-
-def parse_event(request: Any) -> CloudEvent:
-    """The CloudEvent of a Flask/werkzeug request (binary or structured mode); InvalidInput when malformed."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(_BATCH_TYPE):
-        raise InvalidInput("batched CloudEvents are not supported; send one event per request")
-    try:
-        event = from_http(request.headers, request.get_data())
-    except GenericException as exc:
-        raise InvalidInput(f"malformed CloudEvent: {_reason(exc)}") from None
-    _require_json_data(event)
-    return event
-
-
-def _reason(exc: GenericException) -> str:
-    """A short reason that never echoes the request body."""
-    text = str(exc)
-    if text.startswith("Failed to read specversion from both headers and data"):
-        return "no ce-specversion header and the body is not a structured-mode JSON event"
-    if text.startswith("Failed to find specversion"):
-        return "binary mode needs ce-specversion, ce-id, ce-source and ce-type headers"
-    return text.split(":", 1)[0][:200] if "following" in text else text[:200]
-
-
-def _require_json_data(event: CloudEvent) -> None:
-    """Reject a JSON-typed event whose data did not parse (the SDK leaves it as raw bytes)."""
-    content_type = (event.get("datacontenttype") or "").lower()
-    data = event.data
-    if ("json" in content_type or not content_type) and isinstance(data, bytes) and data:
-        try:
-            event.data = json.loads(data)
-        except ValueError:
-            raise InvalidInput("malformed CloudEvent: data is not valid JSON") from None

@@ -117,7 +117,7 @@ class BackendCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from shared.breaker import STATE_CODES
+        from shared.backends.breaker import STATE_CODES
 
         state = GaugeMetricFamily("kinfer_circuit_state", "Circuit breaker state per Triton backend "
                                   "(0 closed, 1 half-open, 2 open)", labels=["backend"])

@@ -1,0 +1,85 @@
+"""Every table Kinfer keeps (SQLAlchemy Core), in one metadata that Alembic's ``env.py`` sees.
+
+Migrations (``shared/clients/migrations``) create and change them; code queries them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("framework", sa.String(32), nullable=False),
+    sa.Column("format", sa.String(32), nullable=False),
+    sa.Column("backend_urls", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("triton_model", sa.String(128), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("tags", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("metadata", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("name", "version", name="uq_models_name_version"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("scopes", JSONB, nullable=False),
+    sa.Column("rate_limit_per_minute", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
+)
+
+batch_jobs = sa.Table(
+    "batch_jobs",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("model_id", sa.Uuid, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("total", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("completed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("succeeded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("failed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("chunk_size", sa.Integer, nullable=False),
+    sa.Column("chunks_total", sa.Integer, nullable=False),
+    sa.Column("chunks_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("errors", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("result_key", sa.Text, nullable=True),
+    sa.Column("input_url", sa.Text, nullable=True),
+    sa.Column("intake_key", sa.String(512), nullable=True, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+batch_chunks = sa.Table(
+    "batch_chunks",
+    metadata,
+    sa.Column("job_id", sa.Uuid, sa.ForeignKey("batch_jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("chunk", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("processed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
