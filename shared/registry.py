@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -19,6 +19,9 @@ from shared import validation as v
 from shared.clients.db import conflict_on
 from shared.errors import InvalidInput, NotFound, Unavailable
 from shared.clients.schema import models
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 FRAMEWORKS = ("pytorch", "tensorflow", "onnx", "scikit-learn", "xgboost", "tensorrt", "python")
 FORMATS = ("onnx", "torchscript", "savedmodel", "plan", "pickle", "python")
@@ -151,7 +154,7 @@ def _latest_key(name: str) -> str:
 
 
 # -- operations ---------------------------------------------------------------
-def _cached(services: Any, key: str, load: Any) -> dict[str, Any]:
+def _cached(services: Services, key: str, load: Any) -> dict[str, Any]:
     """Read-through: the cached JSON, or ``load()`` stored unless a write raced it."""
     value, gen = services.cache.lookup(key, GEN_KEY)
     if value is not None:
@@ -161,7 +164,7 @@ def _cached(services: Any, key: str, load: Any) -> dict[str, Any]:
     return value
 
 
-def _fetch_one(services: Any, where: Any, missing: str) -> dict[str, Any]:
+def _fetch_one(services: Services, where: Any, missing: str) -> dict[str, Any]:
     with services.db.read() as conn:
         row = conn.execute(sa.select(models).where(where)).first()
     if row is None:
@@ -169,13 +172,13 @@ def _fetch_one(services: Any, where: Any, missing: str) -> dict[str, Any]:
     return to_json(row)
 
 
-def get_model(services: Any, raw_id: str) -> dict[str, Any]:
+def get_model(services: Services, raw_id: str) -> dict[str, Any]:
     model_id = parse_id(raw_id)
     return _cached(services, _id_key(model_id),
                    lambda: _fetch_one(services, models.c.id == model_id, f"model {raw_id} not found"))
 
 
-def get_model_by_name(services: Any, name: str, version: str) -> dict[str, Any]:
+def get_model_by_name(services: Services, name: str, version: str) -> dict[str, Any]:
     if not NAME.fullmatch(name) or not VERSION.fullmatch(version):
         raise NotFound(f"model {name[:64]!r} version {version[:32]!r} not found")
     where = sa.and_(models.c.name == name, models.c.version == version)
@@ -183,7 +186,7 @@ def get_model_by_name(services: Any, name: str, version: str) -> dict[str, Any]:
                    lambda: _fetch_one(services, where, f"model {name!r} version {version!r} not found"))
 
 
-def resolve_model(services: Any, name: str, version: str | None = None) -> dict[str, Any]:
+def resolve_model(services: Services, name: str, version: str | None = None) -> dict[str, Any]:
     """The model to serve: ``name`` at ``version``, or its newest active version; 404 if not active."""
     if version is not None:
         model = get_model_by_name(services, name, version)
@@ -195,7 +198,7 @@ def resolve_model(services: Any, name: str, version: str | None = None) -> dict[
     return _cached(services, _latest_key(name), lambda: _newest_active(services, name))
 
 
-def _newest_active(services: Any, name: str) -> dict[str, Any]:
+def _newest_active(services: Services, name: str) -> dict[str, Any]:
     with services.db.read() as conn:
         rows = conn.execute(sa.select(models).where(models.c.name == name, models.c.status == "active")).all()
     if not rows:
@@ -203,7 +206,7 @@ def _newest_active(services: Any, name: str) -> dict[str, Any]:
     return to_json(max(rows, key=lambda r: version_key(r.version)))
 
 
-def create_model(services: Any, body: Any) -> dict[str, Any]:
+def create_model(services: Services, body: Any) -> dict[str, Any]:
     row = validate_create(body)
     row["id"] = uuid.uuid4()
     with conflict_on(f"model {row['name']!r} version {row['version']!r} already exists", field="version"):
@@ -214,7 +217,7 @@ def create_model(services: Any, body: Any) -> dict[str, Any]:
     return model
 
 
-def update_model(services: Any, raw_id: str, body: Any) -> dict[str, Any]:
+def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
     model_id = parse_id(raw_id)
     values = validate_update(body)
     values["updated_at"] = sa.func.clock_timestamp()
@@ -229,7 +232,7 @@ def update_model(services: Any, raw_id: str, body: Any) -> dict[str, Any]:
     return model
 
 
-def delete_model(services: Any, raw_id: str) -> None:
+def delete_model(services: Services, raw_id: str) -> None:
     model_id = parse_id(raw_id)
     with services.db.begin() as conn:
         row = conn.execute(sa.delete(models).where(models.c.id == model_id)
@@ -241,7 +244,7 @@ def delete_model(services: Any, raw_id: str) -> None:
     _invalidate(services, model)
 
 
-def _invalidate(services: Any, model: dict[str, Any], *, before_commit: bool = False) -> None:
+def _invalidate(services: Services, model: dict[str, Any], *, before_commit: bool = False) -> None:
     """Drop the cached copies of ``model`` and bump the generation.
 
     Every write calls this twice. Before its commit, a failure raises Unavailable so the
@@ -256,7 +259,7 @@ def _invalidate(services: Any, model: dict[str, Any], *, before_commit: bool = F
                           "visible everywhere; nothing was changed, retry shortly", retry_after=1)
 
 
-def list_models(services: Any, args: Any) -> dict[str, Any]:
+def list_models(services: Services, args: Any) -> dict[str, Any]:
     limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
     offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
     conditions = []
@@ -276,7 +279,7 @@ def list_models(services: Any, args: Any) -> dict[str, Any]:
     return {"models": [to_json(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
 
-def health(services: Any) -> tuple[int, dict[str, Any]]:
+def health(services: Services) -> tuple[int, dict[str, Any]]:
     """503 when PostgreSQL is unreachable; "degraded" when only Redis is."""
     db_ok = services.db.ping()
     cache_ok = services.cache.ping()

@@ -1,39 +1,52 @@
-"""The process-wide container of thread-safe clients, built lazily from Settings.
+"""The process-wide container of clients and collaborators, built lazily from Settings.
 
-Functions call ``get_services()``; tests call ``reset_services(settings)``.
-Domain modules that need a client of their own register it with
-``services.component(name, factory)`` instead of editing this file.
+Functions call ``get_services()``; tests call ``reset_services(settings)``. Every
+collaborator is a typed attribute created on first use (cold starts import only what a
+request needs), so a signature ``services: Services`` tells mypy and the reader what a
+function can reach. This module sits above the domain packages it wires together: they
+import it for typing only.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from shared.settings import Settings
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from shared.access.auth import KeyCache
+    from shared.access.ratelimit import RateLimiter
+    from shared.backends.balancer import Balancer
+    from shared.backends.breaker import Breakers
+    from shared.backends.metrics import Recorder
+    from shared.backends.triton import TritonPool
+    from shared.clients.cache import Cache
+    from shared.clients.db import Database
 
 _lock = threading.Lock()
 _services: Services | None = None
 
+ResolvedModels = dict[tuple[str, "str | None"], tuple[float, dict[str, Any]]]
+
 
 class Services:
+    """Thread-safe clients (one engine, one Redis client, one S3 client, Triton channels) and the
+    in-process collaborators built on them (breakers, balancer, limiter, caches)."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._components: dict[str, Any] = {}
-        self._component_lock = threading.RLock()  # a factory may ask for another component
 
+    # -- clients ------------------------------------------------------------------------
     @cached_property
-    def db(self) -> Any:
+    def db(self) -> Database:
         from shared.clients.db import Database
 
         return Database(self.settings)
 
     @cached_property
-    def cache(self) -> Any:
+    def cache(self) -> Cache:
         from shared.clients.cache import Cache
 
         return Cache(self.settings)
@@ -44,23 +57,70 @@ class Services:
 
         return make_s3_client(self.settings)
 
-    def component(self, name: str, factory: Callable[[Services], T]) -> T:
-        """The component ``name``, created once with ``factory(self)`` on first use."""
-        found = self._components.get(name)
-        if found is None:
-            with self._component_lock:
-                found = self._components.get(name)
-                if found is None:
-                    found = factory(self)
-                    self._components[name] = found
-        return found
+    @cached_property
+    def triton(self) -> TritonPool:
+        from shared.backends.triton import TritonPool
+
+        return TritonPool(self.settings)
+
+    # -- collaborators ----------------------------------------------------------------
+    @cached_property
+    def breakers(self) -> Breakers:
+        from shared.backends.breaker import Breakers
+
+        return Breakers(self.settings, self.cache)
+
+    @cached_property
+    def recorder(self) -> Recorder:
+        """Backend request tallies, flushed to Redis every second and at exit."""
+        import atexit
+
+        from shared.backends.metrics import Recorder
+
+        recorder = Recorder(self.cache)
+        atexit.register(recorder.close)
+        return recorder
+
+    @cached_property
+    def balancer(self) -> Balancer:
+        from shared.backends.balancer import Balancer
+
+        return Balancer(self.breakers, self.recorder)
+
+    @cached_property
+    def key_cache(self) -> KeyCache:
+        from shared.access.auth import KeyCache
+
+        return KeyCache(self.settings.auth_cache_ttl_s)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        from shared.access.ratelimit import RateLimiter
+
+        return RateLimiter(self.cache.client, self.settings.redis_url)
+
+    @cached_property
+    def resolved_models(self) -> ResolvedModels:
+        """The data plane's tiny in-process cache of resolved models (see ``inference.dataplane``)."""
+        return {}
+
+    @cached_property
+    def batch_buckets(self) -> tuple[str, str]:
+        """(input bucket, results bucket), created on first use if missing."""
+        from shared.clients.storage import ensure_buckets
+
+        names = (self.settings.s3_input_bucket, self.settings.s3_results_bucket)
+        ensure_buckets(self.s3, *names)
+        return names
 
     def close(self) -> None:
-        for value in list(self._components.values()) + [self.__dict__.get(k) for k in ("db", "cache")]:
-            closer = getattr(value, "close", None)
+        """Close whatever was created (tallies flushed first, connections last); the next use recreates."""
+        created = [name for name in self.__dict__ if name != "settings"]
+        created.sort(key=lambda name: {"recorder": 0, "cache": 2, "db": 3}.get(name, 1))
+        for name in created:
+            closer = getattr(self.__dict__.pop(name), "close", None)
             if callable(closer):
                 closer()
-        self._components.clear()
 
 
 def get_services() -> Services:

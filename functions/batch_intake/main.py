@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import functions_framework
 from flask import Request, Response
@@ -11,8 +11,11 @@ from shared.web.events import serve_event
 from shared.batch.intake import intake
 from shared.web.runtime import function_services
 
+if TYPE_CHECKING:
+    from shared.services import Services
 
-def _intake(services: Any, event: Any) -> tuple[int, dict]:
+
+def _intake(services: Services, event: Any) -> tuple[int, dict]:
     return 202, intake(services, event)
 
 

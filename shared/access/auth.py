@@ -12,11 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.access import keys
 from shared.errors import Forbidden, RateLimited, Unauthorized
-from shared.access.ratelimit import rate_limiter
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 ANY = "any"
 ADMIN = "admin"
@@ -87,14 +89,11 @@ class KeyCache:
         self._entries.clear()
 
 
-def key_cache(services: Any) -> KeyCache:
-    return services.component("auth_key_cache", lambda s: KeyCache(s.settings.auth_cache_ttl_s))
 
-
-def principal_for(services: Any, plaintext: str) -> Principal | None:
+def principal_for(services: Services, plaintext: str) -> Principal | None:
     """The principal of an active key, through the in-process cache; None when unknown or revoked."""
     digest = keys.hash_key(plaintext)
-    cache = key_cache(services)
+    cache = services.key_cache
     hit, principal = cache.get(digest)
     if hit:
         return principal
@@ -115,7 +114,7 @@ def authorize(call: Any, scope: str) -> Principal:
     if not principal.allows(scope):
         raise Forbidden(f"this API key lacks the '{scope}' scope this operation requires")
     limit = principal.rate_limit_per_minute or services.settings.rate_limit_per_minute
-    decision = rate_limiter(services).check(principal.key_id, limit)
+    decision = services.rate_limiter.check(principal.key_id, limit)
     headers = decision.headers()
     if not decision.allowed:
         raise RateLimited(f"rate limit of {limit} requests per minute exceeded for this API key",

@@ -15,13 +15,16 @@ import secrets
 import uuid
 from datetime import datetime, timezone
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from shared.clients.db import conflict_on
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.clients.schema import api_keys
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def _record(row: Any) -> dict[str, Any]:
     return rec
 
 
-def create_key(services: Any, name: str, scopes: str | Iterable[str], rate_limit: int | None = None,
+def create_key(services: Services, name: str, scopes: str | Iterable[str], rate_limit: int | None = None,
                secret: str | None = None) -> tuple[dict[str, Any], str]:
     """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored."""
     scope_list = parse_scopes(scopes)
@@ -89,7 +92,7 @@ def create_key(services: Any, name: str, scopes: str | Iterable[str], rate_limit
     return _record(row), plaintext
 
 
-def ensure_key(services: Any, name: str, secret: str, scopes: str | Iterable[str]) -> dict[str, Any]:
+def ensure_key(services: Services, name: str, secret: str, scopes: str | Iterable[str]) -> dict[str, Any]:
     """Create the fixed key ``secret`` unless it exists (idempotent; a revoked key stays revoked)."""
     found = find_by_hash(services, hash_key(secret), include_revoked=True)
     if found is not None:
@@ -104,7 +107,7 @@ def _public_columns() -> list[sa.Column]:
     return [c for c in api_keys.c if c.name != "key_hash"]
 
 
-def find_by_hash(services: Any, key_hash: str, include_revoked: bool = False) -> dict[str, Any] | None:
+def find_by_hash(services: Services, key_hash: str, include_revoked: bool = False) -> dict[str, Any] | None:
     """The key record for a digest (active only unless ``include_revoked``)."""
     query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash)
     if not include_revoked:
@@ -114,7 +117,7 @@ def find_by_hash(services: Any, key_hash: str, include_revoked: bool = False) ->
     return _record(row) if row is not None else None
 
 
-def authenticate(services: Any, key_hash: str) -> dict[str, Any] | None:
+def authenticate(services: Services, key_hash: str) -> dict[str, Any] | None:
     """Look up an active key; touch ``last_used_at`` only when it is a minute old (not every request)."""
     query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
     with services.db.begin() as conn:
@@ -128,7 +131,7 @@ def _touch_due(last_used: datetime | None) -> bool:
     return last_used is None or (datetime.now(timezone.utc) - last_used).total_seconds() >= LAST_USED_EVERY_S
 
 
-def list_keys(services: Any) -> list[dict[str, Any]]:
+def list_keys(services: Services) -> list[dict[str, Any]]:
     query = sa.select(*_public_columns()).order_by(api_keys.c.created_at, api_keys.c.id)
     with services.db.begin() as conn:
         return [_record(r) for r in conn.execute(query)]
@@ -141,7 +144,7 @@ def _key_id(raw: str) -> uuid.UUID:
         raise NotFound(f"no API key with id {raw!r}") from None
 
 
-def revoke_key(services: Any, key_id: str) -> dict[str, Any]:
+def revoke_key(services: Services, key_id: str) -> dict[str, Any]:
     """Mark a key revoked (idempotent: revoking twice keeps the first time); NotFound if unknown."""
     kid = _key_id(key_id)
     stmt = (api_keys.update().where(api_keys.c.id == kid)

@@ -129,8 +129,3 @@ def _decide(item: Any, acquired: bool, window: Any) -> Decision:
     reset_at = now + (reset_in if math.isfinite(reset_in) else 0.0)
     return Decision(allowed=acquired, limit=item.amount, remaining=remaining, reset_at=reset_at)
 
-
-def rate_limiter(services: Any) -> RateLimiter:
-    """The process's limiter, sharing the Redis client of ``services.cache``."""
-    return services.component("rate_limiter",
-                              lambda s: RateLimiter(s.cache.client, s.settings.redis_url))

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared.backends.metrics import Recorder, recorder
-from shared.backends.breaker import Breakers, CircuitView, breakers, state_keys
+from shared.backends.metrics import Recorder
+from shared.backends.breaker import Breakers, CircuitView, state_keys
 from shared.errors import KinferError, Unavailable
 from shared.backends.triton import is_backend_failure, is_connection_failure
 
@@ -144,8 +144,3 @@ def _probe_ok(raw: Any) -> bool | None:
     except (ValueError, AttributeError):
         return None
 
-
-def balancer(services: Any) -> Balancer:
-    """The process's Balancer (one per Services; its parts are made first: component() is not re-entrant)."""
-    parts = (breakers(services), recorder(services))
-    return services.component("balancer", lambda s: Balancer(*parts))

@@ -168,7 +168,3 @@ class Breakers:
         except (pybreaker.CircuitBreakerError, KinferError):
             pass
 
-
-def breakers(services: Any) -> Breakers:
-    """The process's Breakers (one per Services)."""
-    return services.component("breakers", lambda s: Breakers(s.settings, s.cache))

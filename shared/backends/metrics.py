@@ -85,17 +85,6 @@ class Recorder:
                 self._latency[k] += x
 
 
-def recorder(services: Any) -> Recorder:
-    """The process's Recorder; flushed at exit too."""
-    def make(s: Any) -> Recorder:
-        import atexit
-
-        rec = Recorder(s.cache)
-        atexit.register(rec.close)
-        return rec
-
-    return services.component("backend_metrics", make)
-
 
 # -- exposition (backends function) -------------------------------------------------------
 def read_counters(client: Any) -> tuple[dict[str, int], dict[str, float]]:

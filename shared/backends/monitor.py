@@ -16,15 +16,17 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from shared.backends.balancer import probe_key
-from shared.backends.breaker import breakers
 from shared.errors import KinferError
 from shared.clients.schema import models
-from shared.backends.triton import normalise_url, triton_pool
+from shared.backends.triton import normalise_url
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ PROBE_STALE_S = 180.0
 PROBE_KEEP_S = 3600
 
 
-def backend_models(services: Any) -> dict[str, list[str]]:
+def backend_models(services: Services) -> dict[str, list[str]]:
     """{backend url: Triton model names registered on it}, TRITON_URL always included."""
     found: dict[str, list[str]] = {normalise_url(services.settings.triton_url): []}
     try:
@@ -51,17 +53,17 @@ def backend_models(services: Any) -> dict[str, list[str]]:
     return found
 
 
-def probe_one(services: Any, url: str, model_names: list[str]) -> dict[str, Any]:
+def probe_one(services: Services, url: str, model_names: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     # A backend is healthy when its server is ready: one model registered there but
     # missing must not steer traffic for the others away from it.
-    ok, missing, reason = triton_pool(services).ready(url, model_names, PROBE_TIMEOUT_S)
+    ok, missing, reason = services.triton.ready(url, model_names, PROBE_TIMEOUT_S)
     return {"url": url, "healthy": ok, "reason": reason, "models": model_names, "models_not_ready": missing,
             "last_checked": datetime.now(UTC).isoformat(),
             "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
 
-def probe(services: Any, targets: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+def probe(services: Services, targets: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """Probe backends in parallel and record each result in Redis (best effort)."""
     targets = backend_models(services) if targets is None else targets
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(targets)))) as pool:
@@ -70,7 +72,7 @@ def probe(services: Any, targets: dict[str, list[str]] | None = None) -> list[di
     return results
 
 
-def _store(services: Any, results: list[dict[str, Any]]) -> None:
+def _store(services: Services, results: list[dict[str, Any]]) -> None:
     if not services.cache.available():
         return
     try:
@@ -82,7 +84,7 @@ def _store(services: Any, results: list[dict[str, Any]]) -> None:
         log.warning("could not record probe results: %s", type(exc).__name__)
 
 
-def probe_records(services: Any, urls: list[str]) -> dict[str, dict[str, Any]]:
+def probe_records(services: Services, urls: list[str]) -> dict[str, dict[str, Any]]:
     """Last recorded probe per URL (missing when never probed or Redis is down)."""
     if not urls or not services.cache.available():
         return {}
@@ -101,7 +103,7 @@ def _stale(record: dict[str, Any] | None) -> bool:
     return (datetime.now(UTC) - checked).total_seconds() > PROBE_STALE_S
 
 
-def health(services: Any) -> dict[str, Any]:
+def health(services: Services) -> dict[str, Any]:
     """{"status": healthy|degraded|unhealthy, "backends": [...]} over every backend."""
     targets = backend_models(services)
     urls = list(targets)
@@ -109,7 +111,7 @@ def health(services: Any) -> dict[str, Any]:
     stale = {u: targets[u] for u in urls if _stale(records.get(u))}
     if stale:
         records.update({r["url"]: r for r in probe(services, stale)})
-    views = breakers(services).views(urls)
+    views = services.breakers.views(urls)
     backends = [{"url": u, "healthy": bool(records[u]["healthy"]), "circuit": views[u].state,
                  "failures": views[u].failures, "last_checked": records[u]["last_checked"],
                  "latency_ms": records[u]["latency_ms"], "reason": records[u].get("reason"),
@@ -120,7 +122,7 @@ def health(services: Any) -> dict[str, Any]:
     return {"status": status, "service": services.settings.service_name, "backends": backends}
 
 
-def metrics_text(services: Any) -> tuple[bytes, str]:
+def metrics_text(services: Services) -> tuple[bytes, str]:
     """(Prometheus exposition, content type): breaker states, probe results, request counters."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -130,7 +132,7 @@ def metrics_text(services: Any) -> tuple[bytes, str]:
     extra = _counted_urls(services)
     urls += [u for u in extra if u not in urls]
     registry = CollectorRegistry(auto_describe=False)
-    collector = BackendCollector(services.cache.client, urls, breakers(services).views(urls),
+    collector = BackendCollector(services.cache.client, urls, services.breakers.views(urls),
                                  probe_records(services, urls))
     registry.register(collector)
     try:
@@ -141,7 +143,7 @@ def metrics_text(services: Any) -> tuple[bytes, str]:
         raise Unavailable("metrics are unavailable: Redis cannot be read", retry_after=5) from exc
 
 
-def _counted_urls(services: Any) -> list[str]:
+def _counted_urls(services: Services) -> list[str]:
     """Backends that have request counters (e.g. a model since deleted)."""
     from shared.backends.metrics import REQUESTS_KEY
 
@@ -149,4 +151,4 @@ def _counted_urls(services: Any) -> list[str]:
         fields = services.cache.client.hkeys(REQUESTS_KEY) if services.cache.available() else []
     except Exception:  # redis errors: the scrape below reports it
         return []
-    return sorted({f.decode().rpartition("|")[0] for f in fields})
+    return sorted({(f.decode() if isinstance(f, bytes) else f).rpartition("|")[0] for f in fields})

@@ -223,7 +223,3 @@ class TritonPool:
                 log.debug("closing a Triton client failed", exc_info=True)
 
 
-def triton_pool(services: Any) -> TritonPool:
-    """The process's TritonPool (one per Services)."""
-    return services.component("triton_pool", lambda s: TritonPool(s.settings))
-

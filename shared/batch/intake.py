@@ -15,19 +15,22 @@ Each job is created by ``shared.batch.jobs.submit_job``, idempotent on the event
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from shared.batch import jobs as batch
 from shared.errors import InvalidInput
 from shared.batch.events import REQUEST_EVENT_TYPE
 
+if TYPE_CHECKING:
+    from shared.services import Services
+
 log = logging.getLogger(__name__)
 
 INCOMING = "incoming/"
 
 
-def intake(services: Any, event: Any) -> dict[str, Any]:
+def intake(services: Services, event: Any) -> dict[str, Any]:
     """Create the job(s) an event asks for; ``{"jobs": [...], "ignored": [...]}``."""
     base_key = f"{event['source']}#{event['id']}"
     if event["type"] == REQUEST_EVENT_TYPE:
@@ -50,7 +53,7 @@ def intake(services: Any, event: Any) -> dict[str, Any]:
     return {"jobs": jobs, "ignored": ignored}
 
 
-def _request_job(services: Any, data: Any, intake_key: str) -> dict[str, Any]:
+def _request_job(services: Services, data: Any, intake_key: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput("batch request event data must be a JSON object (the POST /v1/batch body)")
     body = dict(data)

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.batch import results
 from shared.batch import store
@@ -26,6 +26,9 @@ from shared.clients import sink
 from shared.clients import storage
 from shared import validation as v
 from shared.errors import Conflict, InvalidInput, NotFound, Unavailable
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +72,14 @@ def readable_input(url: str, input_bucket: str, prefixes: tuple[str, ...]) -> tu
     return bucket, key
 
 
-def create_upload(services: Any, body: Any, owner: str) -> dict[str, Any]:
+def create_upload(services: Services, body: Any, owner: str) -> dict[str, Any]:
     """A presigned PUT URL for a new JSONL object under the owner's prefix, and its ``input_url``."""
     body = v.require_object(body if body is not None else {})
     v.reject_unknown(body, ("filename",))
     filename = v.string(body.get("filename", "inputs.jsonl"), "filename", max_len=128, pattern=UPLOAD_NAME,
                         hint="letters, digits, '.', '_' or '-'")
     settings = services.settings
-    results.ensure_batch_buckets(services)
+    services.batch_buckets
     key = f"{upload_prefix(owner)}{uuid.uuid4().hex}/{filename}"
     expires = settings.result_url_expiry_s
     url = storage.presign_put(services.s3, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE)
@@ -86,7 +89,7 @@ def create_upload(services: Any, body: Any, owner: str) -> dict[str, Any]:
 
 
 # -- submit ---------------------------------------------------------------------
-def submit_job(services: Any, body: Any, owner: str, *, intake_key: str | None = None,
+def submit_job(services: Services, body: Any, owner: str, *, intake_key: str | None = None,
                readable: tuple[str, ...] = ()) -> dict[str, Any]:
     """Create a job from a POST /v1/batch body; 202-style ``{"job_id", "status", "total"}``.
 
@@ -105,7 +108,7 @@ def submit_job(services: Any, body: Any, owner: str, *, intake_key: str | None =
         if existing is not None:
             return existing
     model = registry.resolve_model(services, name, version)
-    results.ensure_batch_buckets(services)
+    services.batch_buckets
     if "inputs" in body:
         created = _submit_inline(services, model, owner, len(body["inputs"]), source, intake_key)
     else:
@@ -117,7 +120,7 @@ def submit_job(services: Any, body: Any, owner: str, *, intake_key: str | None =
     return {"job_id": str(created["id"]), "status": "pending", "total": created["total"]}
 
 
-def _submit_inline(services: Any, model: dict[str, Any], owner: str, total: int,
+def _submit_inline(services: Services, model: dict[str, Any], owner: str, total: int,
                    source: Callable[[Any], Iterator[bytes]], intake_key: str | None) -> dict[str, Any] | None:
     """Known size: insert the job first, then write and emit each chunk in a pipeline (workers start early)."""
     size = services.settings.batch_chunk_size
@@ -129,7 +132,7 @@ def _submit_inline(services: Any, model: dict[str, Any], owner: str, total: int,
     return created
 
 
-def _submit_streamed(services: Any, model: dict[str, Any], owner: str, source: Callable[[Any], Iterator[bytes]],
+def _submit_streamed(services: Services, model: dict[str, Any], owner: str, source: Callable[[Any], Iterator[bytes]],
                      input_url: str, intake_key: str | None) -> dict[str, Any] | None:
     """Unknown size (input_url): stream the chunks to S3, insert the job, then emit."""
     job_id = uuid.uuid4()
@@ -144,7 +147,7 @@ def _submit_streamed(services: Any, model: dict[str, Any], owner: str, source: C
     return created
 
 
-def _existing(services: Any, intake_key: str | None) -> dict[str, Any] | None:
+def _existing(services: Services, intake_key: str | None) -> dict[str, Any] | None:
     with services.db.begin() as conn:
         job = store.job_by_intake_key(conn, intake_key) if intake_key else None
     return None if job is None else {"job_id": str(job["id"]), "status": job["status"], "total": job["total"]}
@@ -170,7 +173,7 @@ def _input_source(body: dict[str, Any], settings: Any, prefixes: tuple[str, ...]
                              for item in inputs)
 
 
-def _s3_lines(services: Any, bucket: str, key: str, max_items: int) -> Iterator[bytes]:
+def _s3_lines(services: Services, bucket: str, key: str, max_items: int) -> Iterator[bytes]:
     """The non-empty lines of an S3 object, streamed (never the whole object in memory)."""
     count = 0
     with storage.translated(f"s3://{bucket}/{key}"):
@@ -200,7 +203,7 @@ def _chunked(lines: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
         yield chunk
 
 
-def _write_inputs(services: Any, job_id: uuid.UUID, source: Callable[[Any], Iterator[bytes]]) -> tuple[int, int]:
+def _write_inputs(services: Services, job_id: uuid.UUID, source: Callable[[Any], Iterator[bytes]]) -> tuple[int, int]:
     """Write the chunk input objects; (total items, chunks). Nothing is left behind on failure."""
     bucket, size = services.settings.s3_input_bucket, services.settings.batch_chunk_size
     total = chunks = 0
@@ -224,7 +227,7 @@ def _write_inputs(services: Any, job_id: uuid.UUID, source: Callable[[Any], Iter
     return total, chunks
 
 
-def _job_row(services: Any, job_id: uuid.UUID, model: dict[str, Any], owner: str, total: int, chunks: int,
+def _job_row(services: Services, job_id: uuid.UUID, model: dict[str, Any], owner: str, total: int, chunks: int,
              input_url: str | None, intake_key: str | None) -> dict[str, Any]:
     return {"id": job_id, "owner": owner[:128], "model_name": model["name"], "model_version": model["version"],
             "model_id": uuid.UUID(model["id"]), "status": "pending", "total": total,
@@ -232,7 +235,7 @@ def _job_row(services: Any, job_id: uuid.UUID, model: dict[str, Any], owner: str
             "intake_key": intake_key}
 
 
-def _queue(services: Any, job: dict[str, Any], chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
+def _queue(services: Services, job: dict[str, Any], chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
     """Write (when ``write``) and emit every chunk, a few in parallel; on lasting failure mark the job
     failed and raise Unavailable, so no job waits forever for chunks that were never queued."""
     traceparent = sink.current_traceparent()
@@ -254,7 +257,7 @@ def _queue(services: Any, job: dict[str, Any], chunks: Iterator[list[bytes] | No
                           retry_after=5) from exc
 
 
-def _queue_one(services: Any, job: dict[str, Any], chunk: int, lines: list[bytes] | None,
+def _queue_one(services: Services, job: dict[str, Any], chunk: int, lines: list[bytes] | None,
                traceparent: str | None) -> None:
     if lines is not None:
         results.put_lines(services, services.settings.s3_input_bucket, results.input_key(job["id"], chunk),
@@ -262,7 +265,7 @@ def _queue_one(services: Any, job: dict[str, Any], chunk: int, lines: list[bytes
     _emit_one(services, job, chunk, traceparent)
 
 
-def _emit_one(services: Any, job: dict[str, Any], chunk: int, traceparent: str | None) -> None:
+def _emit_one(services: Services, job: dict[str, Any], chunk: int, traceparent: str | None) -> None:
     first = chunk * job["chunk_size"]
     count = min(job["chunk_size"], job["total"] - first)
     data = {"job_id": str(job["id"]), "chunk": chunk, "start": first, "count": count,
@@ -282,7 +285,7 @@ def _emit_one(services: Any, job: dict[str, Any], chunk: int, traceparent: str |
             time.sleep(EMIT_BACKOFF_S * 2 ** attempt)
 
 
-def _fail_enqueue(services: Any, job: dict[str, Any], chunk: int, exc: Exception) -> None:
+def _fail_enqueue(services: Services, job: dict[str, Any], chunk: int, exc: Exception) -> None:
     log.error("batch job %s: queueing chunk %d failed (%s); marking the job failed", job["id"], chunk,
               type(exc).__name__)
     reason = (f"could not queue chunk {chunk} of {job['chunks_total']}: object storage or the event sink "
@@ -294,7 +297,7 @@ def _fail_enqueue(services: Any, job: dict[str, Any], chunk: int, exc: Exception
 
 
 # -- read -----------------------------------------------------------------------
-def to_json(services: Any, job: dict[str, Any]) -> dict[str, Any]:
+def to_json(services: Services, job: dict[str, Any]) -> dict[str, Any]:
     """The status body of DESIGN.md section 3."""
     total, completed = int(job["total"]), int(job["completed"])
     finished = job["status"] in store.FINISHED
@@ -319,14 +322,14 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def get_job(services: Any, raw_id: str, owner: str) -> dict[str, Any]:
+def get_job(services: Services, raw_id: str, owner: str) -> dict[str, Any]:
     job_id = store.parse_job_id(raw_id)
     with services.db.begin() as conn:
         job = store.get_job(conn, job_id, owner)
     return to_json(services, job)
 
 
-def list_jobs(services: Any, args: Any, owner: str) -> dict[str, Any]:
+def list_jobs(services: Services, args: Any, owner: str) -> dict[str, Any]:
     limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
     offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
     status = v.choice(args["status"], "status", store.STATUSES) if args.get("status") else None
@@ -335,7 +338,7 @@ def list_jobs(services: Any, args: Any, owner: str) -> dict[str, Any]:
     return {"jobs": [to_json(services, j) for j in jobs], "total": total, "limit": limit, "offset": offset}
 
 
-def cancel_job(services: Any, raw_id: str, owner: str) -> dict[str, Any]:
+def cancel_job(services: Services, raw_id: str, owner: str) -> dict[str, Any]:
     """Cancel an active job (409 when finished); the results of chunks already done are kept."""
     job_id = store.parse_job_id(raw_id)
     with services.db.begin() as conn:
@@ -348,7 +351,7 @@ def cancel_job(services: Any, raw_id: str, owner: str) -> dict[str, Any]:
     return {"job_id": str(job_id), "status": "cancelled"}
 
 
-def _keep_partial_results(services: Any, job_id: uuid.UUID) -> None:
+def _keep_partial_results(services: Services, job_id: uuid.UUID) -> None:
     """Merge the chunks recorded before the cancel (counters no longer move) into the results object."""
     with services.db.begin() as conn:
         chunks = store.done_chunks(conn, job_id)

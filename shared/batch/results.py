@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.clients import storage
+
+if TYPE_CHECKING:
+    from shared.services import Services
 log = logging.getLogger(__name__)
 
 PART_SIZE = 8 * 1024 * 1024  # multipart parts must be >= 5 MiB except the last
@@ -33,25 +36,17 @@ def results_key(job_id: Any) -> str:
     return f"batch-results/{job_id}/results.jsonl"
 
 
-def ensure_batch_buckets(services: Any) -> None:
-    """Create the input and results buckets once per process."""
-    def create(svc: Any) -> bool:
-        storage.ensure_buckets(svc.s3, svc.settings.s3_input_bucket, svc.settings.s3_results_bucket)
-        return True
-
-    services.component("batch_buckets", create)
-
 
 def encode_lines(rows: Iterable[Any]) -> bytes:
     """JSON Lines bytes of ``rows`` (compact, UTF-8)."""
     return "".join(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n" for row in rows).encode()
 
 
-def put_lines(services: Any, bucket: str, key: str, data: bytes) -> None:
+def put_lines(services: Services, bucket: str, key: str, data: bytes) -> None:
     storage.put_bytes(services.s3, bucket, key, data, storage.JSONL_TYPE)
 
 
-def merge_chunks(services: Any, job_id: Any, chunks: Iterable[int]) -> str:
+def merge_chunks(services: Services, job_id: Any, chunks: Iterable[int]) -> str:
     """Concatenate the results of ``chunks`` (in order) into the job's results object; its key."""
     bucket, key = services.settings.s3_results_bucket, results_key(job_id)
     upload = _Upload(services.s3, bucket, key)
@@ -65,12 +60,12 @@ def merge_chunks(services: Any, job_id: Any, chunks: Iterable[int]) -> str:
     return key
 
 
-def presigned_results(services: Any, key: str) -> str:
+def presigned_results(services: Services, key: str) -> str:
     settings = services.settings
     return storage.presign_get(services.s3, settings.s3_results_bucket, key, settings.result_url_expiry_s)
 
 
-def delete_job_objects(services: Any, job_id: Any) -> None:
+def delete_job_objects(services: Services, job_id: Any) -> None:
     """Best-effort removal of a job's chunk inputs (after a failed submit)."""
     try:
         storage.delete_prefix(services.s3, services.settings.s3_input_bucket, f"batch-inputs/{job_id}/")

@@ -14,13 +14,16 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.batch import results
 from shared.batch import store
 from shared import registry
 from shared.clients import storage
 from shared.errors import InvalidInput, NotFound, Unprocessable
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class _NotRecorded(Exception):
 
 
 # -- worker ---------------------------------------------------------------------
-def process_chunk(services: Any, event: Any) -> tuple[int, dict[str, Any]]:
+def process_chunk(services: Services, event: Any) -> tuple[int, dict[str, Any]]:
     """Infer one chunk; (status, body). Retryable failures raise (-> 503/504)."""
     ref = ChunkRef.from_event(event)
     job = _claim(services, ref)
@@ -77,7 +80,7 @@ def process_chunk(services: Any, event: Any) -> tuple[int, dict[str, Any]]:
     return _store(services, ref, rows, "done")
 
 
-def _claim(services: Any, ref: ChunkRef) -> dict[str, Any] | str:
+def _claim(services: Services, ref: ChunkRef) -> dict[str, Any] | str:
     """The job row when this chunk should be processed now; else the reason to skip it."""
     with services.db.begin() as conn:
         try:
@@ -92,7 +95,7 @@ def _claim(services: Any, ref: ChunkRef) -> dict[str, Any] | str:
     return job
 
 
-def _chunk_lines(services: Any, ref: ChunkRef) -> list[bytes]:
+def _chunk_lines(services: Services, ref: ChunkRef) -> list[bytes]:
     try:
         data = storage.get_bytes(services.s3, ref.bucket, ref.key)
     except NotFound:
@@ -103,11 +106,10 @@ def _chunk_lines(services: Any, ref: ChunkRef) -> list[bytes]:
     return lines
 
 
-def _infer(services: Any, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict] | None:
+def _infer(services: Services, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict] | None:
     """One result row per line, in order; None when the job was cancelled meanwhile."""
     from shared.inference.dataplane import infer_items
 
-    _warm_components(services)
     rows: list[dict[str, Any]] = []
     for offset in range(0, len(lines), SUB_BATCH):
         if offset and not _still_active(services, ref.job_id):
@@ -121,19 +123,8 @@ def _infer(services: Any, model: dict[str, Any], ref: ChunkRef, lines: list[byte
     return rows
 
 
-def _warm_components(services: Any) -> None:
-    """Create the balancer's own components first: ``Services.component`` holds a non-reentrant
-    lock while a factory runs, so a factory that asks for another component deadlocks."""
-    from shared.backends.metrics import recorder
-    from shared.backends.balancer import balancer
-    from shared.backends.breaker import breakers
 
-    breakers(services)
-    recorder(services)
-    balancer(services)
-
-
-def _still_active(services: Any, job_id: uuid.UUID) -> bool:
+def _still_active(services: Services, job_id: uuid.UUID) -> bool:
     with services.db.begin() as conn:
         return store.job_status(conn, job_id) in store.ACTIVE
 
@@ -172,7 +163,7 @@ def _is_json(line: bytes) -> bool:
 
 
 # -- recording and finalization -------------------------------------------------
-def _store(services: Any, ref: ChunkRef, rows: list[dict[str, Any]], status: str) -> tuple[int, dict[str, Any]]:
+def _store(services: Services, ref: ChunkRef, rows: list[dict[str, Any]], status: str) -> tuple[int, dict[str, Any]]:
     """Write the chunk results, then record the chunk once; the last one finalizes the job."""
     results.put_lines(services, services.settings.s3_results_bucket,
                       results.chunk_result_key(ref.job_id, ref.chunk), results.encode_lines(rows))
@@ -192,7 +183,7 @@ def _store(services: Any, ref: ChunkRef, rows: list[dict[str, Any]], status: str
     return 200, body
 
 
-def _finalize(services: Any, conn: Any, job: dict[str, Any]) -> str:
+def _finalize(services: Services, conn: Any, job: dict[str, Any]) -> str:
     """Merge every chunk's results and finish the job (inside the recording transaction)."""
     key = results.merge_chunks(services, job["id"], range(job["chunks_total"]))
     status = "failed" if job["succeeded"] == 0 else "completed"
@@ -202,7 +193,7 @@ def _finalize(services: Any, conn: Any, job: dict[str, Any]) -> str:
 
 
 # -- dead letter ----------------------------------------------------------------
-def fail_chunk(services: Any, event: Any) -> tuple[int, dict[str, Any]]:
+def fail_chunk(services: Services, event: Any) -> tuple[int, dict[str, Any]]:
     """Mark every item of a chunk whose deliveries ran out as failed, so the job still ends."""
     try:
         ref = ChunkRef.from_event(event)

@@ -6,9 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from datetime import timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import KinferError
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +49,7 @@ def _with_services(action: Callable[[Any, argparse.Namespace], int]) -> Callable
     return run
 
 
-def _create(services: Any, args: argparse.Namespace) -> int:
+def _create(services: Services, args: argparse.Namespace) -> int:
     from shared.access.keys import create_key
 
     record, plaintext = create_key(services, args.name, args.scopes, rate_limit=args.rate_limit)
@@ -55,7 +58,7 @@ def _create(services: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(services: Any, args: argparse.Namespace) -> int:
+def _list(services: Services, args: argparse.Namespace) -> int:
     from shared.access.keys import list_keys
 
     header = ("ID", "NAME", "PREFIX", "SCOPES", "LIMIT", "CREATED", "REVOKED")
@@ -72,7 +75,7 @@ def _when(value: Any) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
 
 
-def _revoke(services: Any, args: argparse.Namespace) -> int:
+def _revoke(services: Services, args: argparse.Namespace) -> int:
     from shared.access.keys import revoke_key
 
     record = revoke_key(services, args.key_id)

@@ -13,16 +13,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared import registry, telemetry
 from shared import validation as v
-from shared.backends.balancer import balancer
 from shared.errors import InvalidInput, KinferError
-from shared.backends.triton import NP_DTYPES, ModelInfo, normalise_url, triton_pool
+from shared.backends.triton import NP_DTYPES, ModelInfo, normalise_url
 from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 MODEL_TTL_S = 0.25
 
@@ -37,10 +39,9 @@ class ItemResult:
 
 
 # -- model resolution --------------------------------------------------------------------
-def resolve(services: Any, name: str, version: str | None = None) -> dict[str, Any]:
+def resolve(services: Services, name: str, version: str | None = None) -> dict[str, Any]:
     """``registry.resolve_model`` behind a span and a MODEL_TTL_S in-process cache (hits only)."""
-    models: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = services.component("resolved_models",
-                                                                                          lambda s: {})
+    models = services.resolved_models
     key, now = (name, version), time.monotonic()
     hit = models.get(key)
     if hit is not None and hit[0] > now:
@@ -53,16 +54,16 @@ def resolve(services: Any, name: str, version: str | None = None) -> dict[str, A
     return model
 
 
-def backend_urls(services: Any, model: Mapping[str, Any]) -> list[str]:
+def backend_urls(services: Services, model: Mapping[str, Any]) -> list[str]:
     """The model's backends in host:port form (TRITON_URL when it names none)."""
     urls = model.get("backend_urls") or ([model["backend_url"]] if model.get("backend_url") else [])
     return [normalise_url(u) for u in urls] or [normalise_url(services.settings.triton_url)]
 
 
-def triton_call(services: Any, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
+def triton_call(services: Services, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
                 rows: int) -> dict[str, np.ndarray]:
     """Run ``rows`` rows on ``url`` in requests of at most max_batch_size rows (traced)."""
-    pool = triton_pool(services)
+    pool = services.triton
     step = info.max_batch_size if info.batched else rows
     parts = []
     with telemetry.child_span("triton.infer", **{"kinfer.backend": url, "kinfer.triton_model": info.name,
@@ -77,7 +78,7 @@ def triton_call(services: Any, url: str, info: ModelInfo, arrays: Mapping[str, n
 
 
 # -- POST /v1/infer ----------------------------------------------------------------------
-def run_inference(services: Any, body: Any) -> dict[str, Any]:
+def run_inference(services: Services, body: Any) -> dict[str, Any]:
     """Validate the request, infer, and answer DESIGN.md section 3's response body (sans request_id)."""
     started = time.perf_counter()
     body = v.require_object(body)
@@ -92,11 +93,11 @@ def run_inference(services: Any, body: Any) -> dict[str, Any]:
     tm = model.get("triton_model") or model["name"]
 
     def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray]]:
-        info = triton_pool(services).model_info(url, tm)
+        info = services.triton.model_info(url, tm)
         parsed = parse_input(info, body["input"])
         return info, parsed, triton_call(services, url, info, parsed.arrays, parsed.rows)
 
-    info, parsed, outputs = balancer(services).call(backend_urls(services, model), attempt)
+    info, parsed, outputs = services.balancer.call(backend_urls(services, model), attempt)
     return {"model": model["name"], "version": model["version"],
             "prediction": prediction_of(info, outputs, parsed.single),
             "outputs": outputs_json(info, outputs, parsed.single),
@@ -105,13 +106,13 @@ def run_inference(services: Any, body: Any) -> dict[str, Any]:
 
 
 # -- batch ----------------------------------------------------------------------------------
-def infer_items(services: Any, model: dict, items: list[Any]) -> list[ItemResult]:
+def infer_items(services: Services, model: dict, items: list[Any]) -> list[ItemResult]:
     """One ItemResult per item, in order; valid items go in batched Triton requests.
 
     Raises Unavailable/CircuitOpen/BackendTimeout (retryable) when Triton cannot be used.
     """
     urls, tm = backend_urls(services, model), model.get("triton_model") or model["name"]
-    info = balancer(services).call(urls, lambda url: triton_pool(services).model_info(url, tm), count=False)
+    info = services.balancer.call(urls, lambda url: services.triton.model_info(url, tm), count=False)
     uniform = uniform_rows(info, items)
     if uniform is not None:
         return _infer_uniform(services, urls, info, uniform)
@@ -161,12 +162,12 @@ def uniform_rows(info: ModelInfo, items: list[Any]) -> np.ndarray | None:
     return array.astype(dtype, copy=False)
 
 
-def _infer_uniform(services: Any, urls: list[str], info: ModelInfo, array: np.ndarray) -> list[ItemResult]:
+def _infer_uniform(services: Services, urls: list[str], info: ModelInfo, array: np.ndarray) -> list[ItemResult]:
     results: list[ItemResult] = []
     for lo in range(0, array.shape[0], info.max_batch_size):
         part = array[lo:lo + info.max_batch_size]
         try:
-            outputs = balancer(services).call(
+            outputs = services.balancer.call(
                 urls, lambda url: triton_call(services, url, info, {info.inputs[0].name: part}, len(part)))
         except KinferError as exc:
             if exc.retryable:
@@ -201,14 +202,14 @@ def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
     return groups
 
 
-def _infer_group(services: Any, urls: list[str], info: ModelInfo, group: list[int],
+def _infer_group(services: Services, urls: list[str], info: ModelInfo, group: list[int],
                  parsed: dict[int, Parsed], results: list[ItemResult | None]) -> None:
     names = [s.name for s in info.inputs]
     arrays = {n: np.concatenate([parsed[i].arrays[n] for i in group]) if info.batched else parsed[group[0]].arrays[n]
               for n in names}
     rows = sum(parsed[i].rows for i in group)
     try:
-        outputs = balancer(services).call(urls, lambda url: triton_call(services, url, info, arrays, rows))
+        outputs = services.balancer.call(urls, lambda url: triton_call(services, url, info, arrays, rows))
     except KinferError as exc:
         if exc.retryable:
             raise

@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared import validation as v
-from shared.backends.balancer import balancer
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.inference.dataplane import backend_urls, resolve, triton_call
-from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec, triton_pool
+from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
 from shared.inference.codec import cast_numbers, dims_match
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -56,7 +58,7 @@ def _reject(token: str) -> Any:
     raise ValueError(token)
 
 
-def infer_v2(services: Any, name: str, version: str | None, raw: bytes, headers: Mapping[str, str]) -> dict:
+def infer_v2(services: Services, name: str, version: str | None, raw: bytes, headers: Mapping[str, str]) -> dict:
     """Run one v2 inference request; the v2 response body."""
     request, binary = split_body(raw, headers.get(HEADER_LENGTH))
     inputs = request.get("inputs")
@@ -66,11 +68,11 @@ def infer_v2(services: Any, name: str, version: str | None, raw: bytes, headers:
     tm = model.get("triton_model") or model["name"]
 
     def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray]]:
-        info = triton_pool(services).model_info(url, tm)
+        info = services.triton.model_info(url, tm)
         arrays, rows = v2_arrays(info, inputs, binary)
         return info, triton_call(services, url, info, arrays, rows)
 
-    info, outputs = balancer(services).call(backend_urls(services, model), attempt)
+    info, outputs = services.balancer.call(backend_urls(services, model), attempt)
     wanted = _requested(info, request.get("outputs"))
     return {"model_name": model["name"], "model_version": model["version"], "id": str(request.get("id", "")),
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(outputs[s.name].shape),
@@ -144,12 +146,12 @@ def _one(info: ModelInfo, spec: TensorSpec, tensor: dict, binary: bytes, offset:
     return cast_numbers(array, dtype, spec.datatype, field, expected).reshape(shape), offset
 
 
-def model_metadata_v2(services: Any, name: str, version: str | None) -> dict:
+def model_metadata_v2(services: Services, name: str, version: str | None) -> dict:
     """GET /v2/models/{name}[/versions/{v}]: the v2 model metadata response."""
     model = resolve(services, name, version)
     tm = model.get("triton_model") or model["name"]
-    info = balancer(services).call(backend_urls(services, model),
-                                   lambda url: triton_pool(services).model_info(url, tm), count=False)
+    info = services.balancer.call(backend_urls(services, model),
+                                   lambda url: services.triton.model_info(url, tm), count=False)
     lead = [-1] if info.batched else []
     return {"name": model["name"], "versions": [model["version"]], "platform": "kinfer",
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.inputs],

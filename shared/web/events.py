@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
@@ -22,12 +22,15 @@ from shared.errors import InvalidInput, KinferError
 from shared.web.http import error_response, json_response, request_id_of
 from shared.logs import request_id_var
 
+if TYPE_CHECKING:
+    from shared.services import Services
+
 log = logging.getLogger(__name__)
 
 _BATCH_TYPE = "application/cloudevents-batch+json"
 
 
-def serve_event(request: Request, services: Any, span_name: str,
+def serve_event(request: Request, services: Services, span_name: str,
                 handler: Callable[[Any, Any], tuple[int, dict[str, Any]]]) -> Response:
     """Run ``handler(services, event)`` for a POSTed CloudEvent; GET /health answers 200."""
     if request.method == "GET" and request.path.rstrip("/") == "/health":
@@ -40,7 +43,7 @@ def serve_event(request: Request, services: Any, span_name: str,
         request_id_var.reset(token)
 
 
-def _run(request: Request, services: Any, span_name: str, handler: Callable[..., Any], request_id: str) -> Response:
+def _run(request: Request, services: Services, span_name: str, handler: Callable[..., Any], request_id: str) -> Response:
     carrier = {"traceparent": request.headers.get("ce-traceparent") or request.headers.get("traceparent") or ""}
     with telemetry.server_span(span_name, carrier) as span:
         trace_id = telemetry.trace_id_of(span)

@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response
 from werkzeug.exceptions import MethodNotAllowed as _WzMethodNotAllowed
@@ -27,6 +27,9 @@ from werkzeug.routing import Map, Rule
 from shared import telemetry
 from shared.errors import InvalidInput, KinferError, MethodNotAllowed, NotFound, PayloadTooLarge
 from shared.logs import request_id_var
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ class Call:
     """What a handler sees of one request."""
 
     request: Request
-    services: Any
+    services: Services
     request_id: str
     trace_id: str = ""
     principal: Any = None
@@ -144,7 +147,7 @@ def _as_response(result: Any) -> Response:
     return json_response(result)
 
 
-def dispatch(request: Request, router: Router, services: Any, span_name: str) -> Response:
+def dispatch(request: Request, router: Router, services: Services, span_name: str) -> Response:
     """Route, authorize and run one request; always answers JSON (see module docstring)."""
     request_id = request_id_of(request)
     token = request_id_var.set(request_id)

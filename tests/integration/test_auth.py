@@ -15,7 +15,6 @@ from limits import RateLimitItemPerMinute
 from shared.access import auth
 
 from shared.access import keys
-from shared.access.ratelimit import rate_limiter
 from shared.services import Services, reset_services
 from shared.settings import Settings
 from tests.conftest import free_port
@@ -130,7 +129,7 @@ def test_rate_limit_per_key(client: Any, auth_services: Services) -> None:
     assert int(limited.headers["X-RateLimit-Reset"]) >= int(time.time())
     assert client.get("/v1/models", headers=_bearer(other)).status_code == 200
     # Our one-round-trip check keeps limits' own bookkeeping: its limiter sees the same window.
-    stats = rate_limiter(auth_services).limiter.get_window_stats(RateLimitItemPerMinute(3), record["id"])
+    stats = auth_services.rate_limiter.limiter.get_window_stats(RateLimitItemPerMinute(3), record["id"])
     assert stats.remaining == 0
 
 

@@ -14,8 +14,7 @@ import pytest
 
 from shared import registry
 from shared.backends.balancer import probe_key
-from shared.backends.metrics import recorder
-from shared.backends.breaker import breakers, read_states
+from shared.backends.breaker import read_states
 from shared.errors import Unavailable
 from tests.conftest import free_port
 
@@ -78,7 +77,7 @@ def test_health_reports_backends_with_breaker_state(backends_client, svc, triton
     dead = f"127.0.0.1:{free_port()}"
     register(svc, [dead])
     for _ in range(2):
-        breakers(svc).record_failure(dead, Unavailable("refused"))
+        svc.breakers.record_failure(dead, Unavailable("refused"))
     r = backends_client.get("/health")
     assert r.status_code == 200
     body = r.get_json()
@@ -102,11 +101,11 @@ def test_round_robin_over_two_urls_is_visible_in_metrics(backends_client, infer_
     for _ in range(10):
         r = infer_client.post("/v1/infer", json={"model": model["name"], "input": {"data": ROW}})
         assert r.status_code == 200
-    recorder(svc).flush()  # the infer function flushes its tallies to Redis each second
+    svc.recorder.flush()  # the infer function flushes its tallies to Redis each second
     dead = f"127.0.0.1:{free_port()}"
     register(svc, [dead])
     for _ in range(2):
-        breakers(svc).record_failure(dead, Unavailable("refused"))
+        svc.breakers.record_failure(dead, Unavailable("refused"))
     r = backends_client.get("/metrics")
     assert r.status_code == 200 and r.content_type.startswith("text/plain")
     text = r.get_data(as_text=True)

@@ -158,9 +158,8 @@ def test_infer_items_batches_and_reports_bad_items(svc, iris, vector):
 
 
 def test_infer_items_sends_batched_requests(svc, iris):
-    from shared.backends.metrics import recorder
 
-    rec = recorder(svc)
+    rec = svc.recorder
     rec.flush_s = 3600  # keep the tallies in-process so they can be read here
     url = iris["backend_urls"][0].removeprefix("grpc://")
     before = rec._requests.get(f"{url}|success", 0)

@@ -124,12 +124,8 @@ class FakeLimiter:
 class FakeServices:
     def __init__(self, limiter: FakeLimiter) -> None:
         self.settings = Settings.from_env(environ={}, rate_limit_per_minute=50)
-        self._components = {"rate_limiter": limiter}
-
-    def component(self, name: str, factory: Any) -> Any:
-        if name not in self._components:
-            self._components[name] = factory(self)
-        return self._components[name]
+        self.rate_limiter = limiter
+        self.key_cache = KeyCache(self.settings.auth_cache_ttl_s)
 
 
 RECORDS = {keys.hash_key("good-key-1"): {"id": "k1", "name": "n", "scopes": ["infer"], "rate_limit_per_minute": None},
