@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -137,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     import sqlalchemy as sa
 
     from shared import registry
-
     from shared.clients import db
     from shared.localstack.relay.server import EventRelay
     from shared.localstack.relay.wiring import Delivery, Subscription, Wiring

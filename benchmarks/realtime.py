@@ -129,6 +129,11 @@ def table(rows: list[dict], concurrency: int) -> str:
 def self_contained(workers: int, threads: int) -> Iterator[tuple[str, str, str]]:
     """Start Triton, a scratch database and the infer function; yields (triton url, function url, model)."""
     sys.path.insert(0, str(ROOT))
+    import os
+    import subprocess
+
+    import sqlalchemy as sa
+
     from shared import registry
     from shared.clients import db
     from shared.localstack.triton import TritonServer, default_repository
@@ -136,11 +141,6 @@ def self_contained(workers: int, threads: int) -> Iterator[tuple[str, str, str]]
     from shared.settings import Settings
     from tests.conftest import PG_ADMIN_URL, free_port
     from tests.integration.servers import settings_env
-
-    import os
-    import subprocess
-
-    import sqlalchemy as sa
 
     with tempfile.TemporaryDirectory() as state, TritonServer(
             default_repository(), Path(state), free_port(), free_port(), free_port()) as triton:

@@ -92,9 +92,9 @@ def train_iris():
 def iris_to_onnx(model) -> bytes:
     """Export to ONNX: input ``features`` [N,4] FP32, outputs ``label`` [N,1] INT64, ``probabilities`` [N,3]."""
     from onnx import helper, numpy_helper
-    from sklearn.linear_model import LogisticRegression
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
 
     onx = convert_sklearn(model, initial_types=[("features", FloatTensorType([None, 4]))],
                           options={LogisticRegression: {"zipmap": False}}, target_opset=OPSET)

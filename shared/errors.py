@@ -19,7 +19,7 @@
 
 Third-party exceptions are translated into these once, at the adapter that
 calls the library (``raise ... from exc``); ``shared.web.http`` turns any of them
-into the JSON error body of DESIGN.md section 3.
+into the JSON error body described in ``docs/architecture.md`` (the HTTP contract).
 """
 
 from __future__ import annotations

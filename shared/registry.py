@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from shared import validation as v
 from shared.clients.db import conflict_on
-from shared.errors import InvalidInput, NotFound, Unavailable
 from shared.clients.schema import models
+from shared.errors import InvalidInput, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from shared.services import Services

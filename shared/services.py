@@ -104,9 +104,12 @@ class Services:
         """The data plane's tiny in-process cache of resolved models (see ``inference.dataplane``)."""
         return {}
 
+    def ensure_batch_buckets(self) -> None:
+        """Create the batch input and results buckets if missing (checked once per process)."""
+        self._batch_buckets  # noqa: B018 - created on first access
+
     @cached_property
-    def batch_buckets(self) -> tuple[str, str]:
-        """(input bucket, results bucket), created on first use if missing."""
+    def _batch_buckets(self) -> tuple[str, str]:
         from shared.clients.storage import ensure_buckets
 
         names = (self.settings.s3_input_bucket, self.settings.s3_results_bucket)

@@ -1,4 +1,4 @@
-"""The batch API function (DESIGN.md section 3): submit, list, status and cancel batch jobs."""
+"""The batch API function: submit, list, status and cancel batch jobs, and upload grants (``shared.batch``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import functions_framework
 from flask import Request, Response
 
 from shared import registry
-
 from shared.batch import jobs as batch
 from shared.web.http import Call, Route, Router, dispatch
 from shared.web.runtime import function_services

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functions_framework
 from flask import Request, Response
 
-from shared.web.events import serve_event
 from shared.batch.worker import fail_chunk
+from shared.web.events import serve_event
 from shared.web.runtime import function_services
 
 

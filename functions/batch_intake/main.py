@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import functions_framework
 from flask import Request, Response
 
-from shared.web.events import serve_event
 from shared.batch.intake import intake
+from shared.web.events import serve_event
 from shared.web.runtime import function_services
 
 if TYPE_CHECKING:

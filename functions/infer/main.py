@@ -1,12 +1,12 @@
-"""The real-time inference function: POST /v1/infer and the KServe v2 routes (DESIGN.md section 3)."""
+"""The real-time inference function: POST /v1/infer and the KServe v2 routes (``shared.inference``)."""
 
 from __future__ import annotations
 
 import functions_framework
 from flask import Request, Response
 
-from shared.web.http import Call, Route, Router, dispatch
 from shared.inference.dataplane import run_inference as infer
+from shared.web.http import Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 

@@ -1,4 +1,4 @@
-"""The model registry function (DESIGN.md section 3): CRUD over /v1/models."""
+"""The model registry function: CRUD over /v1/models (``shared.registry``)."""
 
 from __future__ import annotations
 

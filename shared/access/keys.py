@@ -13,15 +13,15 @@ import logging
 import re
 import secrets
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from shared.clients.db import conflict_on
-from shared.errors import Conflict, InvalidInput, NotFound
 from shared.clients.schema import api_keys
+from shared.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -128,7 +128,7 @@ def authenticate(services: Services, key_hash: str) -> dict[str, Any] | None:
 
 
 def _touch_due(last_used: datetime | None) -> bool:
-    return last_used is None or (datetime.now(timezone.utc) - last_used).total_seconds() >= LAST_USED_EVERY_S
+    return last_used is None or (datetime.now(UTC) - last_used).total_seconds() >= LAST_USED_EVERY_S
 
 
 def list_keys(services: Services) -> list[dict[str, Any]]:

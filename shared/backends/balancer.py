@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared.backends.metrics import Recorder
 from shared.backends.breaker import Breakers, CircuitView, state_keys
-from shared.errors import KinferError, Unavailable
+from shared.backends.metrics import Recorder
 from shared.backends.triton import is_backend_failure, is_connection_failure
+from shared.errors import KinferError, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

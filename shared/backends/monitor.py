@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from shared.backends.balancer import probe_key
-from shared.errors import KinferError
-from shared.clients.schema import models
 from shared.backends.triton import normalise_url
+from shared.clients.schema import models
+from shared.errors import KinferError
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -93,7 +93,7 @@ def probe_records(services: Services, urls: list[str]) -> dict[str, dict[str, An
     except Exception as exc:  # redis errors
         log.warning("could not read probe results: %s", type(exc).__name__)
         return {}
-    return {u: json.loads(raw) for u, raw in zip(urls, values) if raw}
+    return {u: json.loads(raw) for u, raw in zip(urls, values, strict=True) if raw}
 
 
 def _stale(record: dict[str, Any] | None) -> bool:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.errors import InvalidInput
 from shared.clients.storage import ensure_buckets, translated
+from shared.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 

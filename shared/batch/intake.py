@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from shared.batch import jobs as batch
-from shared.errors import InvalidInput
 from shared.batch.events import REQUEST_EVENT_TYPE
+from shared.errors import InvalidInput
 
 if TYPE_CHECKING:
     from shared.services import Services

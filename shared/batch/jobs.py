@@ -18,13 +18,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from shared.batch import results
-from shared.batch import store
 from shared import registry
-from shared.batch.events import CHUNK_EVENT_TYPE
-from shared.clients import sink
-from shared.clients import storage
 from shared import validation as v
+from shared.batch import results, store
+from shared.batch.events import CHUNK_EVENT_TYPE
+from shared.clients import sink, storage
 from shared.errors import Conflict, InvalidInput, NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -79,7 +77,7 @@ def create_upload(services: Services, body: Any, owner: str) -> dict[str, Any]:
     filename = v.string(body.get("filename", "inputs.jsonl"), "filename", max_len=128, pattern=UPLOAD_NAME,
                         hint="letters, digits, '.', '_' or '-'")
     settings = services.settings
-    services.batch_buckets
+    services.ensure_batch_buckets()
     key = f"{upload_prefix(owner)}{uuid.uuid4().hex}/{filename}"
     expires = settings.result_url_expiry_s
     url = storage.presign_put(services.s3, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE)
@@ -108,7 +106,7 @@ def submit_job(services: Services, body: Any, owner: str, *, intake_key: str | N
         if existing is not None:
             return existing
     model = registry.resolve_model(services, name, version)
-    services.batch_buckets
+    services.ensure_batch_buckets()
     if "inputs" in body:
         created = _submit_inline(services, model, owner, len(body["inputs"]), source, intake_key)
     else:
@@ -248,7 +246,7 @@ def _queue(services: Services, job: dict[str, Any], chunks: Iterator[list[bytes]
                 while len(pending) > 2 * PARALLEL_PUTS or (pending and pending[0][1].done()):
                     number, future = pending.pop(0)
                     future.result()
-            for number, future in pending:
+            for _, future in pending:
                 future.result()
     except Exception as exc:
         _fail_enqueue(services, job, number, exc)
@@ -298,7 +296,7 @@ def _fail_enqueue(services: Services, job: dict[str, Any], chunk: int, exc: Exce
 
 # -- read -----------------------------------------------------------------------
 def to_json(services: Services, job: dict[str, Any]) -> dict[str, Any]:
-    """The status body of DESIGN.md section 3."""
+    """The job status body of GET /v1/batch/{id} (README "Batch jobs")."""
     total, completed = int(job["total"]), int(job["completed"])
     finished = job["status"] in store.FINISHED
     body = {

@@ -18,8 +18,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
-from shared.errors import NotFound
 from shared.clients.schema import batch_chunks, batch_jobs
+from shared.errors import NotFound
 
 ACTIVE = ("pending", "processing")
 FINISHED = ("completed", "failed", "cancelled")

@@ -16,9 +16,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.batch import results
-from shared.batch import store
 from shared import registry
+from shared.batch import results, store
 from shared.clients import storage
 from shared.errors import InvalidInput, NotFound, Unprocessable
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from datetime import timezone
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import KinferError
@@ -67,12 +67,12 @@ def _list(services: Services, args: argparse.Namespace) -> int:
             for r in list_keys(services)]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
 def _when(value: Any) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
 
 
 def _revoke(services: Services, args: argparse.Namespace) -> int:

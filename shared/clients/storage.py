@@ -11,14 +11,20 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
 from shared.errors import BackendError, InvalidInput, NotFound, Unavailable
 from shared.settings import Settings
@@ -88,10 +94,10 @@ def ensure_buckets(client: Any, *names: str) -> None:
     """Create each bucket unless it already exists (idempotent)."""
     for name in names:
         try:
-            _call(f"bucket {name}", lambda: client.head_bucket(Bucket=name))
+            _call(f"bucket {name}", partial(client.head_bucket, Bucket=name))
         except NotFound:
             try:
-                _call(f"create bucket {name}", lambda: client.create_bucket(Bucket=name))
+                _call(f"create bucket {name}", partial(client.create_bucket, Bucket=name))
             except BackendError as exc:
                 if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
                     raise

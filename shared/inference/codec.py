@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import InvalidInput
 from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
+from shared.errors import InvalidInput
 
 MAX_ELEMENTS = 1_000_000  # per tensor of one request; the body limit bounds it too
 
@@ -90,7 +90,9 @@ def _tensor(info: ModelInfo, spec: TensorSpec, value: Any, field: str) -> tuple[
 
 def dims_match(actual: tuple[int, ...], declared: tuple[int, ...]) -> bool:
     """Declared dims with -1 accept any size of at least one."""
-    return len(actual) == len(declared) and all(a >= 1 and (d < 0 or a == d) for a, d in zip(actual, declared))
+    if len(actual) != len(declared):
+        return False
+    return all(a >= 1 and (d < 0 or a == d) for a, d in zip(actual, declared, strict=True))
 
 
 def to_array(value: Any, spec: TensorSpec, field: str, expected: str) -> np.ndarray:

@@ -19,8 +19,8 @@ import numpy as np
 
 from shared import registry, telemetry
 from shared import validation as v
-from shared.errors import InvalidInput, KinferError
 from shared.backends.triton import NP_DTYPES, ModelInfo, normalise_url
+from shared.errors import InvalidInput, KinferError
 from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def triton_call(services: Services, url: str, info: ModelInfo, arrays: Mapping[s
 
 # -- POST /v1/infer ----------------------------------------------------------------------
 def run_inference(services: Services, body: Any) -> dict[str, Any]:
-    """Validate the request, infer, and answer DESIGN.md section 3's response body (sans request_id)."""
+    """Validate the request, infer, and answer the /v1/infer response body (sans request_id)."""
     started = time.perf_counter()
     body = v.require_object(body)
     v.reject_unknown(body, ("model", "version", "input"))
@@ -166,9 +166,12 @@ def _infer_uniform(services: Services, urls: list[str], info: ModelInfo, array: 
     results: list[ItemResult] = []
     for lo in range(0, array.shape[0], info.max_batch_size):
         part = array[lo:lo + info.max_batch_size]
+
+        def run(url: str, part: np.ndarray = part) -> dict[str, np.ndarray]:
+            return triton_call(services, url, info, {info.inputs[0].name: part}, len(part))
+
         try:
-            outputs = services.balancer.call(
-                urls, lambda url: triton_call(services, url, info, {info.inputs[0].name: part}, len(part)))
+            outputs = services.balancer.call(urls, run)
         except KinferError as exc:
             if exc.retryable:
                 raise

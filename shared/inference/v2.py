@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared import validation as v
-from shared.errors import InvalidInput, PayloadTooLarge
-from shared.inference.dataplane import backend_urls, resolve, triton_call
 from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
+from shared.errors import InvalidInput, PayloadTooLarge
 from shared.inference.codec import cast_numbers, dims_match
+from shared.inference.dataplane import backend_urls, resolve, triton_call
 
 if TYPE_CHECKING:
     from shared.services import Services

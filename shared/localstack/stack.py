@@ -1,4 +1,4 @@
-"""``kinfer up`` / ``status`` / ``down``: the whole platform on one machine (DESIGN.md section 7).
+"""``kinfer up`` / ``status`` / ``down``: the whole platform on one machine.
 
 Every part runs as a detached process recorded in ``<state>/stack.json``:
 PostgreSQL and Redis (only when the configured ones do not answer), the S3 API
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +114,7 @@ def up(settings: Settings, say: Any = print) -> dict[str, Any]:
                                           gw_env, ROOT), "http://127.0.0.1:8080/health", logs / "gateway.log")
     _start_relay(env, comps, logs)
     _save(state)
-    for name, comp in comps.items():
+    for comp in comps.values():
         if comp.get("health"):
             procs.wait_http(comp["health"], comp.get("pid"), 60, Path(comp["log"]))
     say("all parts healthy; seeding the demo key and models")

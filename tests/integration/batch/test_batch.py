@@ -1,0 +1,586 @@
+"""Batch inference end to end on real services: PostgreSQL, Redis, a moto S3 server, the event
+relay (Redis Streams) and Triton. The worker and dead-letter functions are served over real HTTP
+for the relay; the batch API and intake run under functions-framework's test client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import functions_framework
+import pytest
+import redis
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+from werkzeug.serving import make_server
+
+from shared.batch import store as batch_store
+from shared.clients import storage
+from shared.localstack.relay.server import EventRelay
+from shared.localstack.relay.wiring import Delivery, Subscription, Wiring
+from shared.localstack.s3 import S3Server
+from shared.services import reset_services
+from tests.conftest import ROOT, free_port
+from tests.integration.servers import settings_env
+
+pytestmark = pytest.mark.integration
+IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+CLASSES = {"setosa", "versicolor", "virginica"}
+SINK = "batch-chunks"
+
+
+def iris_inputs(n: int) -> list[dict[str, Any]]:
+    return [{"data": IRIS[i % 3]} for i in range(n)]
+
+
+# -- servers --------------------------------------------------------------------
+class InProcess:
+    """A functions-framework app on a real HTTP port in this process (threaded werkzeug)."""
+
+    def __init__(self, folder: str, target: str) -> None:
+        app = functions_framework.create_app(target, f"{ROOT}/functions/{folder}/main.py")
+        self.server = make_server("127.0.0.1", free_port(), app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+class Stack:
+    """Everything a batch job touches; ``configure`` swaps the process settings between tests."""
+
+    def __init__(self, base: Any, triton: Any, tmp: Path) -> None:
+        self.uid = uuid.uuid4().hex[:8]
+        self.s3 = S3Server(port=free_port())
+        self.s3.start()
+        self.tmp, self.triton = tmp, triton
+        self.base = base
+        self.redis = redis.Redis.from_url(base.redis_url, socket_timeout=10)
+        self.worker = InProcess("batch_worker", "process_batch_chunk")
+        self.dead = InProcess("batch_deadletter", "fail_dead_chunk")
+        self.relay = self.make_relay(self.worker.url, retry=3, delay=0.05)
+        self.settings = self.configure()
+        self.api = functions_framework.create_app("manage_batch_jobs", f"{ROOT}/functions/batch/main.py").test_client()
+        self.intake = functions_framework.create_app("intake_batch_request",
+                                                     f"{ROOT}/functions/batch_intake/main.py").test_client()
+
+    def make_relay(self, worker_url: str, *, retry: int, delay: float, idle: float = 30.0) -> EventRelay:
+        topic = f"kinfer.batch.chunks.{uuid.uuid4().hex[:8]}"
+        sub = Subscription(name="batch-worker-source", namespace="kinfer", topics=(topic,),
+                           group="kinfer-batch-worker", sink=worker_url,
+                           delivery=Delivery(retry=retry, backoff_delay_s=delay, dead_letter=self.dead.url),
+                           initial_offset="earliest")
+        relay = EventRelay(self.redis, Wiring(sinks={SINK: topic}, subscriptions=(sub,)), port=free_port(),
+                           key_prefix=f"kinfer:test:batch:{self.uid}:", idle_timeout_s=idle, workers=8)
+        relay.start()
+        return relay
+
+    def configure(self, **overrides: Any) -> Any:
+        values = {"s3_endpoint_url": self.s3.url, "k_sink": self.relay.sink_url(SINK), "batch_chunk_size": 10,
+                  "result_url_expiry_s": 900, "breaker_reset_timeout_s": 1.0,
+                  "s3_input_bucket": f"in-{self.uid}", "s3_results_bucket": f"out-{self.uid}"}
+        values.update(overrides)
+        self.settings = type(self.base).from_env(environ={}, **{**_fields(self.base), **values})
+        reset_services(self.settings)
+        return self.settings
+
+    def services(self) -> Any:
+        from shared.services import get_services
+
+        return get_services()
+
+    def submit(self, body: dict[str, Any], status: int = 202) -> dict[str, Any]:
+        resp = self.api.post("/v1/batch", json=body)
+        assert resp.status_code == status, resp.get_data(as_text=True)
+        return resp.get_json()
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        resp = self.api.get(f"/v1/batch/{job_id}")
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        return resp.get_json()
+
+    def wait(self, job_id: str, timeout: float = 60, until: tuple[str, ...] = batch_store.FINISHED) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.status(job_id)
+            if body["status"] in until:
+                return body
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} still {body['status']} after {timeout}s: {body}")
+
+    def stop(self) -> None:
+        self.relay.stop()
+        self.worker.stop()
+        self.dead.stop()
+        reset_services(None)
+        self.s3.stop()
+        for key in self.redis.scan_iter(f"kinfer:test:batch:{self.uid}:*"):
+            self.redis.delete(key)
+
+
+def _fields(settings: Any) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
+
+
+def register_model(services: Any, name: str, backend: str, triton_model: str = "iris_classifier") -> dict:
+    from shared import registry
+    return registry.create_model(services, {"name": name, "version": "1", "framework": "onnx", "format": "onnx",
+                                            "backend_url": backend, "triton_model": triton_model})
+
+
+@pytest.fixture(scope="module")
+def stack(base_settings: Any, triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(base_settings, triton, tmp_path_factory.mktemp("batch"))
+    s.model = register_model(s.services(), f"iris-{s.uid}", triton.grpc_url)["name"]
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def st(stack: Stack) -> Stack:
+    stack.configure()
+    return stack
+
+
+def results_of(url: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # no credentials: the URL is presigned
+        return [json.loads(line) for line in resp.read().decode().splitlines()]
+
+
+# -- the HTTP API -----------------------------------------------------------------
+def test_three_item_job_completes_with_presigned_results(st: Stack) -> None:
+    job = st.submit({"model": st.model, "inputs": iris_inputs(3)})
+    assert job["status"] == "pending" and job["total"] == 3 and uuid.UUID(job["job_id"])
+    done = st.wait(job["job_id"])
+    assert (done["status"], done["progress"], done["completed"], done["succeeded"], done["failed"]) == \
+        ("completed", 1.0, 3, 3, 0)
+    assert done["model"] == st.model and done["version"] == "1" and done["finished_at"] and done["started_at"]
+    query = parse_qs(urlsplit(done["result_url"]).query)
+    assert query["X-Amz-Expires"] == ["900"] and "X-Amz-Signature" in query
+    lines = results_of(done["result_url"])
+    assert [line["index"] for line in lines] == [0, 1, 2]
+    assert [line["prediction"] for line in lines] == ["setosa", "virginica", "versicolor"]
+    assert all(set(line["outputs"]) >= {"label", "probabilities"} for line in lines)
+
+
+def test_progress_only_grows_and_reaches_one(st: Stack) -> None:
+    st.configure(batch_chunk_size=3)
+    job = st.submit({"model": st.model, "inputs": iris_inputs(25)})
+    seen = []
+    while True:
+        body = st.status(job["job_id"])
+        seen.append(body["progress"])
+        assert body["completed"] == body["succeeded"] + body["failed"]
+        if body["status"] in batch_store.FINISHED:
+            break
+        time.sleep(0.01)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and body["status"] == "completed"
+    assert body["completed"] == 25 and len(results_of(body["result_url"])) == 25
+
+
+def test_empty_item_fails_alone(st: Stack) -> None:
+    inputs = [{"data": IRIS[0]}, {"data": []}, {"data": IRIS[1]}, {}, {"data": ["x", 1, 2, 3]}]
+    done = st.wait(st.submit({"model": st.model, "inputs": inputs})["job_id"])
+    assert (done["status"], done["total"], done["completed"], done["succeeded"], done["failed"]) == \
+        ("completed", 5, 5, 2, 3)
+    lines = results_of(done["result_url"])
+    assert [("error" in line) for line in lines] == [False, True, False, True, True]
+    assert "features" in lines[1]["error"]  # says what was expected
+    assert {e["index"] for e in done["errors"]} == {1, 3, 4}
+
+
+def test_all_items_failing_ends_failed(st: Stack) -> None:
+    done = st.wait(st.submit({"model": st.model, "inputs": [{"data": []}, {"nope": [1]}]})["job_id"])
+    assert (done["status"], done["failed"], done["succeeded"]) == ("failed", 2, 0)
+    assert len(results_of(done["result_url"])) == 2
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"model": "no-such-model", "inputs": [{"data": IRIS[0]}]}, 404),
+    ({"inputs": [{"data": IRIS[0]}]}, 400),
+    ({"model": "m", "inputs": []}, 400),
+    ({"model": "m", "inputs": {"data": IRIS[0]}}, 400),
+    ({"model": "m", "inputs": "x"}, 400),
+    ({"model": "m", "input_url": "https://example.com/x.jsonl"}, 400),
+    ({"model": "m", "inputs": [{}], "extra": 1}, 400),
+])
+def test_submit_rejections(st: Stack, body: dict, status: int) -> None:
+    assert st.submit(body, status=status)["code"] in {"not_found", "invalid_input"}
+
+
+def test_submit_limits(st: Stack) -> None:
+    st.configure(batch_max_items=5)
+    assert "limit is 5" in st.submit({"model": st.model, "inputs": iris_inputs(6)}, 400)["error"]
+    st.configure(max_body_bytes=2048)
+    assert st.submit({"model": st.model, "inputs": iris_inputs(200)}, 413)["code"] == "payload_too_large"
+
+
+def test_inactive_model_is_404(st: Stack) -> None:
+    from shared import registry
+    model = register_model(st.services(), f"off-{st.uid}", st.triton.grpc_url)
+    registry.update_model(st.services(), model["id"], {"status": "inactive"})
+    assert st.submit({"model": model["name"], "inputs": iris_inputs(1)}, 404)["code"] == "not_found"
+
+
+def upload(st: Stack, data: bytes, headers: dict[str, str] | None = None, filename: str = "in.jsonl") -> str:
+    """Upload ``data`` the way a user does (POST /v1/batch/uploads, then PUT); returns its input_url."""
+    import requests
+
+    resp = st.api.post("/v1/batch/uploads", json={"filename": filename}, headers=headers or {})
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    grant = resp.get_json()
+    assert grant["input_url"].startswith(grant["prefix"]) and grant["method"] == "PUT"
+    put = requests.put(grant["upload_url"], data=data, headers=grant["headers"], timeout=30)
+    assert put.status_code == 200, put.text
+    return grant["input_url"]
+
+
+def test_input_url_job_streams_jsonl(st: Stack) -> None:
+    lines = b"\n".join(json.dumps(i).encode() for i in iris_inputs(23)) + b"\n\nnot json\n"
+    input_url = upload(st, lines)
+    job = st.submit({"model": st.model, "input_url": input_url})
+    assert job["total"] == 24
+    done = st.wait(job["job_id"])
+    assert (done["succeeded"], done["failed"]) == (23, 1)
+    assert "not valid JSON" in results_of(done["result_url"])[23]["error"]
+    missing = input_url.rsplit("/", 1)[0] + "/missing.jsonl"
+    assert st.submit({"model": st.model, "input_url": missing}, 404)["code"] == "not_found"
+
+
+def test_input_url_is_confined_to_the_callers_upload_prefix(st: Stack) -> None:
+    """Key A must not read B's uploads or B's chunk objects, nor learn whether they exist."""
+    from shared.access.keys import create_key
+
+    st.configure(auth_required=True)
+    _, alice = create_key(st.services(), f"alice-{st.uid}", "batch")
+    _, bob = create_key(st.services(), f"bob-{st.uid}", "batch")
+    as_alice, as_bob = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
+    bobs_url = upload(st, b"\n".join(json.dumps(i).encode() for i in iris_inputs(3)), as_bob)
+    bobs_job = st.api.post("/v1/batch", json={"model": st.model, "input_url": bobs_url}, headers=as_bob)
+    assert bobs_job.status_code == 202
+    bucket = st.settings.s3_input_bucket
+    job_id = bobs_job.get_json()["job_id"]
+    alices_prefix = st.api.post("/v1/batch/uploads", headers=as_alice).get_json()["prefix"]
+    answers = []
+    for url in (bobs_url, alices_prefix + "../" + bobs_url.split("/uploads/")[1], f"s3://{bucket}/batch-inputs/{job_id}/chunk-00000.jsonl",
+                f"s3://{bucket}/batch-inputs/{uuid.uuid4()}/chunk-00000.jsonl",  # does not exist
+                f"s3://{st.settings.s3_results_bucket}/x.jsonl"):
+        resp = st.api.post("/v1/batch", json={"model": st.model, "input_url": url}, headers=as_alice)
+        answers.append((resp.status_code, resp.get_json()["code"], resp.get_json()["field"]))
+        assert "upload prefix" in resp.get_json()["error"]
+    assert set(answers) == {(400, "invalid_input", "input_url")}, answers
+    assert st.api.get(f"/v1/batch/{job_id}", headers=as_bob).get_json()["total"] == 3
+    own = upload(st, b'{"data": [5.1, 3.5, 1.4, 0.2]}\n', as_alice)
+    assert st.api.post("/v1/batch", json={"model": st.model, "input_url": own}, headers=as_alice).status_code == 202
+
+
+def test_get_list_and_cancel_errors(st: Stack) -> None:
+    done = st.wait(st.submit({"model": st.model, "inputs": iris_inputs(2)})["job_id"])
+    assert st.api.get("/v1/batch/not-a-uuid").status_code == 404
+    assert st.api.get(f"/v1/batch/{uuid.uuid4()}").status_code == 404
+    assert st.api.delete("/v1/batch/not-a-uuid").status_code == 404
+    conflict = st.api.delete(f"/v1/batch/{done['job_id']}")
+    assert conflict.status_code == 409 and "already completed" in conflict.get_json()["error"]
+    listing = st.api.get("/v1/batch?status=completed&limit=2&offset=0").get_json()
+    assert listing["limit"] == 2 and listing["total"] >= 3 and len(listing["jobs"]) == 2
+    assert all(j["status"] == "completed" for j in listing["jobs"])
+    second = st.api.get("/v1/batch?status=completed&limit=2&offset=2").get_json()
+    assert not {j["job_id"] for j in listing["jobs"]} & {j["job_id"] for j in second["jobs"]}
+    assert st.api.get("/v1/batch?status=bogus").status_code == 400
+
+
+def test_callers_see_only_their_own_jobs(st: Stack) -> None:
+    from shared.access.keys import create_key
+
+    st.configure(auth_required=True)
+    _, alice = create_key(st.services(), f"alice-{st.uid}", "batch")
+    _, bob = create_key(st.services(), f"bob-{st.uid}", "batch")
+    as_alice, as_bob = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
+    assert st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(1)}).status_code == 401
+    job = st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(2)}, headers=as_alice).get_json()
+    assert st.api.get(f"/v1/batch/{job['job_id']}", headers=as_alice).status_code == 200
+    assert st.api.get(f"/v1/batch/{job['job_id']}", headers=as_bob).status_code == 404
+    assert st.api.delete(f"/v1/batch/{job['job_id']}", headers=as_bob).status_code == 404
+    ids = {j["job_id"] for j in st.api.get("/v1/batch", headers=as_bob).get_json()["jobs"]}
+    assert job["job_id"] not in ids
+
+
+def test_sink_down_marks_job_failed_not_pending(st: Stack) -> None:
+    st.configure(k_sink=f"http://127.0.0.1:{free_port()}/kinfer/{SINK}")
+    err = st.submit({"model": st.model, "inputs": iris_inputs(4)}, 503)
+    assert "marked failed" in err["error"]
+    job_id = err["error"].split()[2]
+    body = st.status(job_id)
+    assert body["status"] == "failed" and "event sink is unavailable" in body["error"]
+
+
+# -- cancellation, idempotency, dead letter ----------------------------------------
+def triton_inference_count(triton: Any) -> float:
+    with urllib.request.urlopen(triton.metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("nv_inference_count{") and 'model="iris_classifier"' in line)
+
+
+def test_cancel_stops_further_inference(st: Stack) -> None:
+    st.configure(batch_chunk_size=25)
+    job_id = st.submit({"model": st.model, "inputs": iris_inputs(5000)})["job_id"]
+    while st.status(job_id)["completed"] < 50:
+        time.sleep(0.01)
+    resp = st.api.delete(f"/v1/batch/{job_id}")
+    assert resp.status_code == 200 and resp.get_json() == {"job_id": job_id, "status": "cancelled"}
+    time.sleep(0.5)  # a sub-batch already at Triton may finish
+    frozen, inferred = st.status(job_id), triton_inference_count(st.triton)
+    time.sleep(1.5)
+    later = st.status(job_id)
+    assert later["status"] == "cancelled" and later["completed"] == frozen["completed"] < 5000
+    assert triton_inference_count(st.triton) == inferred, "Triton kept inferring after the cancel"
+    partial = results_of(later["result_url"])
+    assert len(partial) == later["completed"] and all("prediction" in line for line in partial)
+    assert [line["index"] for line in partial] == sorted(line["index"] for line in partial)
+    assert st.api.delete(f"/v1/batch/{job_id}").status_code == 409
+
+
+class Capture:
+    """A K_SINK that only records the CloudEvents it gets (to replay them by hand)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["content-length"]))
+                outer.events.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/kinfer/{SINK}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def capture(st: Stack) -> Iterator[Capture]:
+    cap = Capture()
+    st.configure(k_sink=cap.url, batch_chunk_size=4)
+    yield cap
+    cap.server.shutdown()
+
+
+def test_chunk_events_are_binary_versioned_and_partitioned(st: Stack, capture: Capture) -> None:
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    resp = st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(10)},
+                       headers={"traceparent": trace})
+    job_id = resp.get_json()["job_id"]
+    assert len(capture.events) == 3
+    headers = [h for h, _ in capture.events]
+    assert {h["ce-type"] for h in headers} == {"dev.kinfer.batch.chunk.v1"}
+    assert {h["ce-subject"] for h in headers} == {job_id}
+    assert len({h["ce-partitionkey"] for h in headers}) == 3
+    assert all(h["ce-traceparent"].split("-")[1] == trace.split("-")[1] for h in headers)
+    data = sorted((json.loads(b) for _, b in capture.events), key=lambda d: d["chunk"])  # sent in parallel
+    assert [(d["chunk"], d["start"], d["count"]) for d in data] == [(0, 0, 4), (1, 4, 4), (2, 8, 2)]
+
+
+def by_chunk(capture: Capture) -> list[tuple[dict[str, str], bytes]]:
+    """The captured events ordered by chunk number (they are emitted in parallel)."""
+    return sorted(capture.events, key=lambda event: json.loads(event[1])["chunk"])
+
+
+def post_event(client: Any, headers: dict[str, str], body: bytes) -> Any:
+    return client.post("/", data=body, headers=headers)
+
+
+def test_same_chunk_twice_counts_once(st: Stack, capture: Capture) -> None:
+    job_id = st.submit({"model": st.model, "inputs": iris_inputs(6)})["job_id"]
+    worker = functions_framework.create_app("process_batch_chunk",
+                                            f"{ROOT}/functions/batch_worker/main.py").test_client()
+    first = post_event(worker, *by_chunk(capture)[0])
+    again = post_event(worker, *by_chunk(capture)[0])
+    assert first.status_code == 200 and again.status_code == 200 and "skipped" in again.get_json()
+    assert st.status(job_id)["completed"] == 4
+    results = [post_event(worker, *by_chunk(capture)[1]) for _ in range(3)]
+    assert [r.status_code for r in results] == [200, 200, 200]
+    done = st.status(job_id)
+    assert (done["status"], done["completed"], done["succeeded"]) == ("completed", 6, 6)
+    assert [line["index"] for line in results_of(done["result_url"])] == list(range(6))
+
+
+def test_worker_rejects_malformed_and_unknown(st: Stack, capture: Capture) -> None:
+    worker = functions_framework.create_app("process_batch_chunk",
+                                            f"{ROOT}/functions/batch_worker/main.py").test_client()
+    assert worker.post("/", data=b"{}", headers={"content-type": "application/json"}).status_code == 400
+    event = CloudEvent({"type": "dev.kinfer.batch.chunk.v1", "source": "/t"},
+                       {"job_id": str(uuid.uuid4()), "chunk": 0, "start": 0, "count": 1, "bucket": "b", "key": "k"})
+    assert post_event(worker, *to_binary(event)).status_code == 422
+    assert worker.get("/health").status_code == 200
+
+
+def test_dead_letter_fails_the_chunk_so_the_job_ends(st: Stack, capture: Capture) -> None:
+    job_id = st.submit({"model": st.model, "inputs": iris_inputs(6)})["job_id"]
+    worker = functions_framework.create_app("process_batch_chunk",
+                                            f"{ROOT}/functions/batch_worker/main.py").test_client()
+    dead = functions_framework.create_app("fail_dead_chunk",
+                                          f"{ROOT}/functions/batch_deadletter/main.py").test_client()
+    assert post_event(worker, *by_chunk(capture)[0]).status_code == 200
+    headers, body = by_chunk(capture)[1]
+    dl_headers = {**headers, "ce-knativeerrorcode": "503", "ce-knativeerrordest": "http://worker/"}
+    assert post_event(dead, dl_headers, body).status_code == 200
+    assert "skipped" in post_event(dead, dl_headers, body).get_json()
+    done = st.status(job_id)
+    assert (done["status"], done["completed"], done["succeeded"], done["failed"]) == ("completed", 6, 4, 2)
+    lines = results_of(done["result_url"])
+    assert "after all retries (last status 503)" in lines[5]["error"]
+
+
+# -- intake -----------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_request_event_intake_is_idempotent(st: Stack, mode: str) -> None:
+    event = CloudEvent({"type": "dev.kinfer.batch.request.v1", "source": "/tests/batch", "id": uuid.uuid4().hex},
+                       {"model": st.model, "inputs": iris_inputs(3), "owner": "anonymous"})
+    headers, body = (to_binary if mode == "binary" else to_structured)(event)
+    first = post_event(st.intake, headers, body)
+    assert first.status_code == 202, first.get_data(as_text=True)
+    again = post_event(st.intake, headers, body)
+    job = first.get_json()["jobs"][0]
+    assert again.get_json()["jobs"][0]["job_id"] == job["job_id"]
+    assert st.wait(job["job_id"])["succeeded"] == 3
+
+
+def test_s3_notification_intake(st: Stack) -> None:
+    services = st.services()
+    bucket = services.settings.s3_input_bucket
+    storage.ensure_buckets(services.s3, bucket)
+    key = f"incoming/{st.model}/upload-{st.uid}.jsonl"
+    storage.put_bytes(services.s3, bucket, key, b"\n".join(json.dumps(i).encode() for i in iris_inputs(7)),
+                      storage.JSONL_TYPE)
+    record = {"Records": [{"eventName": "s3:ObjectCreated:Put",
+                           "s3": {"bucket": {"name": bucket}, "object": {"key": key}}},
+                          {"eventName": "s3:ObjectCreated:Put",
+                           "s3": {"bucket": {"name": bucket}, "object": {"key": "elsewhere/x.jsonl"}}}]}
+    event = CloudEvent({"type": "dev.knative.kafka.event", "id": "partition:0/offset:7",
+                        "source": f"/apis/v1/namespaces/kinfer/kafkasources/batch-intake-source#{st.uid}"}, record)
+    resp = post_event(st.intake, *to_binary(event))
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert len(body["jobs"]) == 1 and len(body["ignored"]) == 1
+    done = st.wait(body["jobs"][0]["job_id"])
+    assert (done["status"], done["succeeded"]) == ("completed", 7)
+    assert done["input_url"] == f"s3://{bucket}/{key}"
+    assert post_event(st.intake, *to_binary(event)).get_json()["jobs"][0]["job_id"] == done["job_id"]
+
+
+def test_intake_rejects_garbage(st: Stack) -> None:
+    event = CloudEvent({"type": "com.example.other", "source": "/x"}, {"hello": 1})
+    assert post_event(st.intake, *to_binary(event)).status_code == 400
+    event = CloudEvent({"type": "dev.kinfer.batch.request.v1", "source": "/x"},
+                       {"model": "no-such-model", "inputs": [{"data": [1]}]})
+    assert post_event(st.intake, *to_binary(event)).status_code == 422
+
+
+# -- failures: a killed worker process, Triton down and back -------------------------
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def test_killed_worker_is_redelivered_and_counted_once(st: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    settings = st.configure(batch_chunk_size=50)
+    env = {**os.environ, **settings_env(settings), "K_SERVICE": "batch-worker"}
+    log_file = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port",
+                             str(port), "--target", "process_batch_chunk", "--source",
+                             "functions/batch_worker/main.py", "--threads", "8"],
+                            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    relay = None
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+        relay = st.make_relay(f"http://127.0.0.1:{port}/", retry=20, delay=0.05, idle=2.0)
+        st.configure(batch_chunk_size=50, k_sink=relay.sink_url(SINK))
+        job_id = st.submit({"model": st.model, "inputs": iris_inputs(3000)})["job_id"]
+        while st.status(job_id)["completed"] < 100:
+            time.sleep(0.005)
+        children = _children(proc.pid)
+        assert children, "gunicorn has no worker process"
+        for child in children:
+            os.kill(child, signal.SIGKILL)
+        done = st.wait(job_id, timeout=90)
+        assert (done["status"], done["completed"], done["succeeded"], done["failed"]) == \
+            ("completed", 3000, 3000, 0)
+        lines = results_of(done["result_url"])
+        assert [line["index"] for line in lines] == list(range(3000))
+        with st.services().db.begin() as conn:
+            chunks = conn.execute(batch_store.batch_chunks.select().where(
+                batch_store.batch_chunks.c.job_id == uuid.UUID(job_id))).all()
+        assert len(chunks) == 60 and all(c.status == "done" for c in chunks)
+        assert sum(c.processed for c in chunks) == 3000
+        assert any(c.attempts > 1 for c in chunks), "the kill interrupted no chunk"
+    finally:
+        if relay is not None:
+            relay.stop()
+        proc.terminate()
+        proc.wait(10)
+        log_file.close()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the worker server exited"
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer")
+
+
+def test_triton_down_then_back_job_completes(st: Stack, tmp_path: Path) -> None:
+    from shared.localstack.triton import TritonServer, default_repository
+
+    ports = [free_port() for _ in range(3)]
+    own = TritonServer(default_repository(), tmp_path, http_port=ports[0], grpc_port=ports[1],
+                       metrics_port=ports[2])
+    relay = st.make_relay(st.worker.url, retry=12, delay=0.1)
+    try:
+        st.configure(k_sink=relay.sink_url(SINK), batch_chunk_size=5)
+        model = register_model(st.services(), f"flaky-{st.uid}", own.grpc_url)["name"]
+        job_id = st.submit({"model": model, "inputs": iris_inputs(12)})["job_id"]
+        time.sleep(1.5)  # deliveries fail with 503 and are retried with backoff
+        body = st.status(job_id)
+        assert body["completed"] == 0 and body["status"] in batch_store.ACTIVE
+        own.start(timeout=120)
+        done = st.wait(job_id, timeout=120)
+        assert (done["status"], done["completed"], done["succeeded"]) == ("completed", 12, 12)
+    finally:
+        relay.stop()
+        own.stop()

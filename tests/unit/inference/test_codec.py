@@ -1,0 +1,103 @@
+"""Input validation, answers and error translation against the demo models' metadata (no services)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.backends.triton import is_backend_failure, is_connection_failure, model_info_from, normalise_url, translate
+from shared.errors import BackendError, BackendTimeout, InvalidInput, Unavailable
+from shared.inference.codec import outputs_json, parse_input, prediction_of
+
+IRIS = model_info_from(
+    {"name": "iris_classifier", "inputs": [{"name": "features", "datatype": "FP32", "shape": ["-1", "4"]}],
+     "outputs": [{"name": "label", "datatype": "INT64", "shape": ["-1", "1"]},
+                 {"name": "probabilities", "datatype": "FP32", "shape": ["-1", "3"]}]},
+    {"config": {"max_batch_size": 64,
+                "parameters": {"class_names": {"string_value": "setosa,versicolor,virginica"}}}})
+VECTOR = model_info_from(
+    {"name": "vector_scorer", "inputs": [{"name": "values", "datatype": "FP32", "shape": ["-1"]}],
+     "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": ["-1"]},
+                 {"name": "stats", "datatype": "FP32", "shape": ["4"]},
+                 {"name": "argmax", "datatype": "INT64", "shape": ["1"]}]},
+    {"config": {"max_batch_size": 0}})
+
+
+def test_metadata_drops_the_batch_dim_and_reads_labels():
+    assert IRIS.inputs[0].shape == (4,) and IRIS.batched and IRIS.labels == ("setosa", "versicolor", "virginica")
+    assert VECTOR.inputs[0].shape == (-1,) and not VECTOR.batched and VECTOR.labels == ()
+
+
+def test_single_row_batch_and_tensor_name_forms():
+    one = parse_input(IRIS, {"data": [1, 2, 3, 4]})
+    assert one.single and one.rows == 1 and one.arrays["features"].shape == (1, 4)
+    assert one.arrays["features"].dtype == np.float32
+    many = parse_input(IRIS, {"features": [[1, 2, 3, 4]] * 3})
+    assert not many.single and many.rows == 3
+    vec = parse_input(VECTOR, {"values": [1.5] * 7})
+    assert vec.arrays["values"].shape == (7,) and vec.single
+
+
+@pytest.mark.parametrize("raw, phrase", [
+    (None, "missing or empty"), ({}, "missing or empty"), ([1, 2], "missing or empty"),
+    ({"data": []}, "non-empty list"), ({"data": 3}, "non-empty list"),
+    ({"data": [1, 2, 3]}, "has shape [3]"), ({"data": [[[1, 2, 3, 4]]]}, "has shape [1, 1, 4]"),
+    ({"data": [[1, 2], [1, 2, 3, 4]]}, "ragged"), ({"data": ["1", 2, 3, 4]}, "only numbers"),
+    ({"data": [float("nan"), 2, 3, 4]}, "NaN"),
+    ({"features": [1, 2, 3, 4], "extra": [1]}, "unknown tensor 'extra'"),
+])
+def test_rejections_say_what_was_expected(raw, phrase):
+    with pytest.raises(InvalidInput) as err:
+        parse_input(IRIS, raw)
+    assert phrase in err.value.message and "'features' FP32 [4]" in err.value.message
+
+
+def test_dynamic_dims_need_at_least_one_element_and_exact_rank():
+    with pytest.raises(InvalidInput, match=r"values' FP32 \[n\]"):
+        parse_input(VECTOR, {"data": [[1, 2], [3, 4]]})
+
+
+def test_element_count_is_bounded(monkeypatch):
+    import shared.inference.codec as ti
+
+    monkeypatch.setattr(ti, "MAX_ELEMENTS", 10)
+    with pytest.raises(InvalidInput, match="the limit is 10"):
+        parse_input(VECTOR, {"data": [1.0] * 11})
+
+
+def test_prediction_uses_labels_then_ids():
+    outputs = {"label": np.array([[2], [0]]), "probabilities": np.array([[0, 0, 1], [1, 0, 0]], np.float32)}
+    assert prediction_of(IRIS, outputs, single=False) == ["virginica", "setosa"]
+    first = {k: v[:1] for k, v in outputs.items()}
+    assert prediction_of(IRIS, first, single=True) == "virginica"
+    assert outputs_json(IRIS, first, single=True) == {"label": [2], "probabilities": [0.0, 0.0, 1.0]}
+    scored = {"probabilities": np.array([0.1, 0.9], np.float32), "argmax": np.array([1])}
+    assert prediction_of(VECTOR, scored, single=True) == 1
+
+
+class FakeTritonError(Exception):
+    def __init__(self, status: str, msg: str) -> None:
+        self._status, self._msg = status, msg
+
+    def status(self) -> str:
+        return self._status
+
+    def message(self) -> str:
+        return self._msg
+
+
+@pytest.mark.parametrize("status, kind, counts", [
+    ("StatusCode.INVALID_ARGUMENT", InvalidInput, False),
+    ("StatusCode.UNAVAILABLE", Unavailable, True),
+    ("StatusCode.DEADLINE_EXCEEDED", BackendTimeout, True),
+    ("StatusCode.INTERNAL", BackendError, True),
+    ("StatusCode.NOT_FOUND", BackendError, True),
+])
+def test_translate_classifies_backend_failures(status, kind, counts):
+    err = translate(FakeTritonError(status, "boom"), "h:1", "m")
+    assert type(err) is kind and is_backend_failure(err) is counts
+    assert is_connection_failure(err) is (status in ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND"))
+
+
+def test_normalise_url():
+    assert normalise_url("grpc://triton:8001/") == "triton:8001" == normalise_url(" triton:8001 ")
