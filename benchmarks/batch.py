@@ -2,7 +2,7 @@
 
 Self-contained: a private PostgreSQL database (dropped afterwards), the moto S3 server, the
 event relay (Redis Streams) and a Triton server (or ``--triton-url``), with the batch API and
-the batch worker each served by ``kinfer serve`` (gunicorn gthread) on free ports.
+the batch worker each served by ``kinfer serve`` (uvicorn) on free ports.
 
     .venv/bin/python benchmarks/batch.py --items 100000
 
@@ -77,7 +77,7 @@ def run_job(api: str, model: str, rows: list[list[float]]) -> tuple[float, float
 
 
 def peak_rss_mib(master_pid: int) -> float:
-    """Largest VmHWM among the gunicorn master's children (the worker processes)."""
+    """Largest VmHWM among the uvicorn parent's children (the worker processes)."""
     peaks = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -93,13 +93,13 @@ def peak_rss_mib(master_pid: int) -> float:
     return max(peaks, default=0.0)
 
 
-def serve(stack: ExitStack, folder: str, target: str, env: dict[str, str], workers: int, threads: int,
+def serve(stack: ExitStack, folder: str, target: str, env: dict[str, str], workers: int,
           log_dir: Path) -> tuple[str, int]:
     port = free_port()
     log = (log_dir / f"{folder}.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--target", target, "--source", f"functions/{folder}/main.py",
-                             "--workers", str(workers), "--threads", str(threads)],
+                             "--workers", str(workers)],
                             cwd=ROOT, env={**os.environ, **env, "K_SERVICE": folder}, stdout=log,
                             stderr=subprocess.STDOUT)
     stack.callback(lambda: (proc.terminate(), proc.wait(10), log.close()))
@@ -125,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/1")
     parser.add_argument("--triton-url", default=None, help="an existing Triton gRPC host:port (default: start one)")
     parser.add_argument("--worker-processes", type=int, default=2)
-    parser.add_argument("--worker-threads", type=int, default=4)
     parser.add_argument("--relay-workers", type=int, default=8)
     args = parser.parse_args(argv)
     import logging
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 batch_chunk_size=args.chunk_size, max_body_bytes=64 << 20,
                                                 log_level="WARNING")
         worker_url, worker_pid = serve(stack, "batch_worker", "process_batch_chunk", settings_env(worker_env_settings),
-                                       args.worker_processes, args.worker_threads, tmp)
+                                       args.worker_processes, tmp)
         sub = Subscription(name="batch-worker-source", namespace="kinfer", topics=(topic,), group="bench",
                            sink=worker_url + "/", delivery=Delivery(retry=5, backoff_delay_s=0.2),
                            initial_offset="earliest")
@@ -192,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         assert big["status"] == "completed" and big["succeeded"] == args.items, big
         e2e_rate, direct_rate = args.items / total_s, args.items / direct_s
         print(f"\nbatch benchmark: {args.items:,} iris items, chunk {args.chunk_size}, worker "
-              f"{args.worker_processes}x{args.worker_threads} gthread, relay {args.relay_workers} parallel")
+              f"{args.worker_processes} uvicorn worker(s), relay {args.relay_workers} parallel")
         print(f"{'path':<44}{'seconds':>10}{'items/s':>12}{'ratio':>8}")
         print(f"{'direct Triton gRPC, sequential batches of 64':<44}{direct_s:>10.2f}{direct_rate:>12,.0f}{1:>8.2f}")
         print(f"{'batch job: POST -> completed (end to end)':<44}{total_s:>10.2f}{e2e_rate:>12,.0f}"

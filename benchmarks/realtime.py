@@ -126,7 +126,7 @@ def table(rows: list[dict], concurrency: int) -> str:
 
 
 @contextlib.contextmanager
-def self_contained(workers: int, threads: int) -> Iterator[tuple[str, str, str]]:
+def self_contained(workers: int) -> Iterator[tuple[str, str, str]]:
     """Start Triton, a scratch database and the infer function; yields (triton url, function url, model)."""
     sys.path.insert(0, str(ROOT))
     import os
@@ -159,7 +159,7 @@ def self_contained(workers: int, threads: int) -> Iterator[tuple[str, str, str]]
         env = {**os.environ, **settings_env(settings), "K_SERVICE": "infer"}
         cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--target", "run_inference", "--source", "functions/infer/main.py",
-               "--workers", str(workers), "--threads", str(threads)]
+               "--workers", str(workers)]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
         try:
             _wait_http(f"http://127.0.0.1:{port}/health")
@@ -197,13 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--requests", type=int, default=2000)
     p.add_argument("-c", "--concurrency", type=int, default=8)
     p.add_argument("--self-contained", action="store_true", help="start Triton, a DB and the function here")
-    p.add_argument("--workers", type=int, default=1, help="gunicorn workers (self-contained)")
-    p.add_argument("--threads", type=int, default=8, help="gunicorn threads (self-contained)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (self-contained)")
     args = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
         triton, target, model = args.triton, args.target, args.model
         if args.self_contained:
-            triton, target, model = stack.enter_context(self_contained(args.workers, args.threads))
+            triton, target, model = stack.enter_context(self_contained(args.workers))
         targets = {"triton-grpc": direct_caller(triton, args.triton_model),
                    "function": http_caller(target, model, args.api_key)}
         if args.gateway:

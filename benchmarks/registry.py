@@ -3,7 +3,7 @@ PostgreSQL primary-key query timed in the same run.
 
     .venv/bin/python benchmarks/registry.py [--n 500]
 
-It serves the models function with `kinfer serve` (gunicorn gthread) on a free port,
+It serves the models function with `kinfer serve` (uvicorn) on a free port,
 against DATABASE_URL / REDIS_URL (defaults: the local stack's), and prints p50/p99 and
 ratios. Targets on a 2-core machine: cached p50 <= 2 ms, uncached p50 <= 5 ms.
 """

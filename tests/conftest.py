@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -35,6 +36,14 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port found in 20000-30000")
+
+
+def function_client(folder: str, target: str) -> Any:
+    """``functions/<folder>/main.py`` as functions-framework's async (ASGI) app, driven in process (httpx)."""
+    from functions_framework.aio import create_asgi_app
+    from starlette.testclient import TestClient
+
+    return TestClient(create_asgi_app(target, str(ROOT / "functions" / folder / "main.py")))
 
 
 @pytest.fixture(scope="session")

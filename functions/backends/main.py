@@ -6,8 +6,9 @@ probes every Triton backend and records the results in Redis.
 
 from __future__ import annotations
 
-import functions_framework
-from flask import Request, Response
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from shared.backends import monitor as backends
 from shared.web.events import parse_event
@@ -16,7 +17,7 @@ from shared.web.runtime import function_services
 
 
 def _probe(call: Call) -> dict:
-    event = parse_event(call.request)
+    event = parse_event(call.headers, call.body)
     results = backends.probe(call.services)
     return {"event_id": event["id"], "probed": len(results),
             "healthy": sum(1 for r in results if r["healthy"]), "backends": results}
@@ -28,7 +29,7 @@ def _health(call: Call) -> dict:
 
 def _metrics(call: Call) -> Response:
     text, content_type = backends.metrics_text(call.services)
-    return Response(text, status=200, content_type=content_type)
+    return Response(text, status_code=200, media_type=content_type)
 
 
 ROUTES = Router([
@@ -38,6 +39,6 @@ ROUTES = Router([
 ])
 
 
-@functions_framework.http
-def serve_backends(request: Request) -> Response:
-    return dispatch(request, ROUTES, function_services(), "backends")
+@functions_framework.aio.http
+async def serve_backends(request: Request) -> Response:
+    return await dispatch(request, ROUTES, function_services(), "backends")

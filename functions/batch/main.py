@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import functions_framework
-from flask import Request, Response
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from shared import registry
 from shared.batch import jobs as batch
@@ -16,12 +17,12 @@ def _submit(call: Call) -> tuple[int, dict]:
 
 
 def _upload(call: Call) -> tuple[int, dict]:
-    body = call.json() if call.request.content_length else None
+    body = call.json() if call.body.strip() else None
     return 201, batch.create_upload(call.services, body, batch.owner_of(call.principal))
 
 
 def _list(call: Call) -> dict:
-    return batch.list_jobs(call.services, call.request.args, batch.owner_of(call.principal))
+    return batch.list_jobs(call.services, call.args, batch.owner_of(call.principal))
 
 
 def _get(call: Call, job_id: str) -> dict:
@@ -46,6 +47,6 @@ ROUTES = Router([
 ])
 
 
-@functions_framework.http
-def manage_batch_jobs(request: Request) -> Response:
-    return dispatch(request, ROUTES, function_services(), "batch")
+@functions_framework.aio.http
+async def manage_batch_jobs(request: Request) -> Response:
+    return await dispatch(request, ROUTES, function_services(), "batch")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import functions_framework
-from flask import Request, Response
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from shared.batch.intake import intake
 from shared.web.events import serve_event
@@ -19,6 +20,6 @@ def _intake(services: Services, event: Any) -> tuple[int, dict]:
     return 202, intake(services, event)
 
 
-@functions_framework.http
-def intake_batch_request(request: Request) -> Response:
-    return serve_event(request, function_services(), "batch-intake", _intake)
+@functions_framework.aio.http
+async def intake_batch_request(request: Request) -> Response:
+    return await serve_event(request, function_services(), "batch-intake", _intake)

@@ -6,14 +6,15 @@
 
 from __future__ import annotations
 
-import functions_framework
-from flask import Request, Response
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from shared.batch.worker import process_chunk
 from shared.web.events import serve_event
 from shared.web.runtime import function_services
 
 
-@functions_framework.http
-def process_batch_chunk(request: Request) -> Response:
-    return serve_event(request, function_services(), "batch-worker", process_chunk)
+@functions_framework.aio.http
+async def process_batch_chunk(request: Request) -> Response:
+    return await serve_event(request, function_services(), "batch-worker", process_chunk)

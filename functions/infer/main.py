@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import functions_framework
-from flask import Request, Response
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from shared.inference.dataplane import run_inference as infer
 from shared.web.http import Call, Route, Router, dispatch
@@ -17,10 +18,9 @@ def _infer(call: Call) -> dict:
 
 
 def _infer_v2(call: Call, name: str, version: str | None = None) -> dict:
-    from shared.inference.v2 import infer_v2, read_body
+    from shared.inference.v2 import infer_v2
 
-    raw = read_body(call.request, call.services.settings.max_body_bytes)
-    return infer_v2(call.services, name, version, raw, call.request.headers)
+    return infer_v2(call.services, name, version, call.body, call.headers)
 
 
 def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict:
@@ -45,6 +45,6 @@ ROUTES = Router([
 ])
 
 
-@functions_framework.http
-def run_inference(request: Request) -> Response:
-    return dispatch(request, ROUTES, function_services(), "infer")
+@functions_framework.aio.http
+async def run_inference(request: Request) -> Response:
+    return await dispatch(request, ROUTES, function_services(), "infer")

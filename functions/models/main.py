@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import functions_framework
-from flask import Request, Response
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from shared import registry
 from shared.web.http import Call, Route, Router, dispatch
@@ -15,7 +16,7 @@ def _create(call: Call) -> tuple[int, dict]:
 
 
 def _list(call: Call) -> dict:
-    return registry.list_models(call.services, call.request.args)
+    return registry.list_models(call.services, call.args)
 
 
 def _get(call: Call, model_id: str) -> dict:
@@ -32,7 +33,7 @@ def _update(call: Call, model_id: str) -> dict:
 
 def _delete(call: Call, model_id: str) -> Response:
     registry.delete_model(call.services, model_id)
-    return Response(status=204)
+    return Response(status_code=204)
 
 
 def _health(call: Call) -> tuple[int, dict]:
@@ -50,6 +51,6 @@ ROUTES = Router([
 ])
 
 
-@functions_framework.http
-def manage_models(request: Request) -> Response:
-    return dispatch(request, ROUTES, function_services(), "models")
+@functions_framework.aio.http
+async def manage_models(request: Request) -> Response:
+    return await dispatch(request, ROUTES, function_services(), "models")

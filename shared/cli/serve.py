@@ -1,4 +1,4 @@
-"""``kinfer serve``: run one function (or the local gateway) under gunicorn.
+"""``kinfer serve``: run one function (or the local gateway) under uvicorn.
 
 This is the composition root of serving: it knows where the functions live
 (``functions/<name>/main.py``, imported as ``functions.<name>.main``) and which
@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gateway", action="store_true", help="serve every public HTTP function by path")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, help="default: PORT")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; Knative scales pods instead)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="requests in flight per process before uvicorn answers 503 (default: no limit)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     port = args.port or settings.port
     if args.gateway:
-        app = gateway_app()
+        app: Any = "shared.cli.serve:gateway_app" if args.workers > 1 else gateway_app()
     else:
         target = args.target or settings.function_target
         source = args.source or settings.function_source
@@ -53,19 +54,29 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isfile(source):
             print(f"kinfer serve: function source {source} does not exist")
             return 2
-        app = function_app(target, source)
-    serve(app, args.host, port, workers=args.workers, threads=args.threads)
+        if args.workers > 1:  # each worker process builds the app from the environment it inherits
+            os.environ.update(FUNCTION_TARGET=target, FUNCTION_SOURCE=source)
+            app = "shared.cli.serve:function_app_from_settings"
+        else:
+            app = function_app(target, source)
+    serve(app, args.host, port, workers=args.workers, concurrency=args.concurrency)
     return 0
 
 
+def function_app_from_settings() -> Any:
+    """The app of FUNCTION_TARGET / FUNCTION_SOURCE (uvicorn's factory in each worker process)."""
+    settings = Settings.from_env()
+    return function_app(settings.function_target, settings.function_source)
+
+
 def function_app(target: str, source: str) -> Any:
-    """The WSGI app of one function: a Kinfer function by package path, anything else via functions-framework."""
+    """The ASGI app of one function: a Kinfer function by package path, anything else via functions-framework."""
     from shared.web import server
 
     path = Path(source).resolve()
     if path.name == "main.py" and path.parent.parent.name == "functions":
         module = importlib.import_module(f"functions.{path.parent.name}.main")
-        return server.wsgi_adapter(getattr(module, target))
+        return server.asgi_adapter(getattr(module, target))
     return server.framework_app(target, source)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from shared import validation as v
 from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
-from shared.errors import InvalidInput, PayloadTooLarge
+from shared.errors import InvalidInput
 from shared.inference.codec import cast_numbers, dims_match
 from shared.inference.dataplane import backend_urls, resolve, triton_call
 
@@ -26,15 +26,6 @@ if TYPE_CHECKING:
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-
-def read_body(request: Any, limit: int) -> bytes:
-    """The raw request body, bounded by ``limit`` (413)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit} bytes")
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    return bytes(raw)
 
 
 def split_body(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:

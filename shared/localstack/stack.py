@@ -2,7 +2,7 @@
 
 Every part runs as a detached process recorded in ``<state>/stack.json``:
 PostgreSQL and Redis (only when the configured ones do not answer), the S3 API
-server, Triton, one gunicorn process per function, the gateway and the event
+server, Triton, one uvicorn process per function, the gateway and the event
 relay. ``up`` is idempotent; ``down`` stops what ``up`` started.
 """
 
@@ -23,7 +23,7 @@ RELAY_PORT, S3_PORT, TRITON_PORTS = 8090, 9000, (8000, 8001, 8002)
 SINK_PATH = "/kinfer/batch-chunks"
 DEMO_KEY = "demo-token"
 # Two gunicorn processes of four threads for the inference hot path (measured best on 2 cores).
-HOT_PATH_SERVER = ("--workers", "2", "--threads", "4")
+HOT_PATH_SERVER = ("--workers", "2")
 
 
 @dataclass(frozen=True)

@@ -343,8 +343,18 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(pgid: int, timeout: float = 5.0) -> None:
+    """SIGKILL every process of the group and wait until none is left: SIGKILL is delivered
+    asynchronously, and members that are our own children are reaped here (else they stay zombies)."""
+    deadline = time.monotonic() + timeout
     try:
         os.killpg(pgid, signal.SIGKILL)
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(-pgid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            os.killpg(pgid, 0)
+            time.sleep(0.02)
     except (ProcessLookupError, PermissionError):
         pass

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
-from flask import Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
 
 from shared import telemetry
 from shared.errors import InvalidInput, KinferError
 from shared.logs import request_id_var
-from shared.web.http import error_response, json_response, request_id_of
+from shared.web.http import error_response, json_response, read_body, request_id_of
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -30,29 +32,29 @@ log = logging.getLogger(__name__)
 _BATCH_TYPE = "application/cloudevents-batch+json"
 
 
-def serve_event(request: Request, services: Services, span_name: str,
-                handler: Callable[[Any, Any], tuple[int, dict[str, Any]]]) -> Response:
-    """Run ``handler(services, event)`` for a POSTed CloudEvent; GET /health answers 200."""
-    if request.method == "GET" and request.path.rstrip("/") == "/health":
+async def serve_event(request: Request, services: Services, span_name: str,
+                      handler: Callable[[Any, Any], tuple[int, dict[str, Any]]]) -> Response:
+    """Run ``handler(services, event)`` (in the thread pool) for a POSTed CloudEvent; GET /health answers 200."""
+    if request.method == "GET" and request.url.path.rstrip("/") == "/health":
         return json_response({"status": "healthy", "service": services.settings.service_name})
-    request_id = request_id_of(request)
+    request_id = request_id_of(request.headers)
     token = request_id_var.set(request_id)
     try:
-        return _run(request, services, span_name, handler, request_id)
+        return await _run(request, services, span_name, handler, request_id)
     finally:
         request_id_var.reset(token)
 
 
-def _run(request: Request, services: Services, span_name: str, handler: Callable[..., Any],
-         request_id: str) -> Response:
+async def _run(request: Request, services: Services, span_name: str, handler: Callable[..., Any],
+               request_id: str) -> Response:
     carrier = {"traceparent": request.headers.get("ce-traceparent") or request.headers.get("traceparent") or ""}
     with telemetry.server_span(span_name, carrier) as span:
         trace_id = telemetry.trace_id_of(span)
         try:
-            event = parse_event(request)
+            event = parse_event(request.headers, await read_body(request, services.settings.max_body_bytes))
             span.set_attribute("cloudevents.event_id", str(event["id"]))
             span.set_attribute("cloudevents.event_type", str(event["type"]))
-            status, body = handler(services, event)
+            status, body = await run_in_threadpool(handler, services, event)
             return json_response(body, status)
         except KinferError as exc:
             status = event_error_status(exc)
@@ -75,13 +77,13 @@ def event_error_status(exc: KinferError) -> int:
     return 400 if exc.status == 400 else 422
 
 
-def parse_event(request: Any) -> CloudEvent:
-    """The CloudEvent of a Flask/werkzeug request (binary or structured mode); InvalidInput when malformed."""
-    content_type = request.headers.get("content-type", "")
+def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+    """The CloudEvent of a request's headers and body (binary or structured mode); InvalidInput when malformed."""
+    content_type = headers.get("content-type", "")
     if content_type.startswith(_BATCH_TYPE):
         raise InvalidInput("batched CloudEvents are not supported; send one event per request")
     try:
-        event = from_http(request.headers, request.get_data())
+        event = from_http(dict(headers), body)
     except GenericException as exc:
         raise InvalidInput(f"malformed CloudEvent: {_reason(exc)}") from None
     _require_json_data(event)

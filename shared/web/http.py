@@ -1,25 +1,33 @@
-"""HTTP plumbing shared by every HTTP function.
+"""HTTP plumbing shared by every HTTP function (ASGI: functions-framework's async mode).
 
 ``dispatch`` is the one place where a request becomes a response: it assigns the
-request id, continues the W3C trace, routes by path (werkzeug's URL map),
-enforces auth when the route asks for a scope, parses JSON under a body-size
-limit, and turns any ``KinferError`` into the JSON error body (the HTTP
-contract in ``docs/architecture.md``). An unexpected exception is logged with its traceback and answered
-with a generic 500 sentence; exception text never reaches the caller.
+request id, continues the W3C trace, routes by path (werkzeug's URL map), enforces
+auth when the route asks for a scope, reads the body under MAX_BODY_BYTES, runs the
+handler and turns any ``KinferError`` into the JSON error body (the HTTP contract in
+``docs/architecture.md``). An unexpected exception is logged with its traceback and
+answered with a generic 500 sentence; exception text never reaches the caller.
+
+Handlers are ``async def`` (run on the event loop: they must not block) or plain
+``def`` (run in the thread pool: database and S3 calls). A route reads its body up
+front unless it says ``stream=True``, in which case an ``async`` handler consumes
+``call.stream()`` itself.
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 import logging
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import Request, Response
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
 from werkzeug.exceptions import MethodNotAllowed as _WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as _WzNotFound
 from werkzeug.routing import Map, Rule
@@ -35,16 +43,25 @@ log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 JSON_TYPE = "application/json"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass(frozen=True)
 class Route:
-    """One path rule: ``handler(call, **params)``; ``scope`` None means no auth ("any" = any valid key)."""
+    """One path rule: ``handler(call, **params)``; ``scope`` None means no auth ("any" = any valid key).
+
+    ``stream`` routes get the body unread: their (async) handler iterates ``call.stream()``.
+    """
 
     rule: str
     methods: tuple[str, ...]
     handler: Callable[..., Any]
     scope: str | None = None
+    stream: bool = False
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
 
 
 class Router:
@@ -54,11 +71,11 @@ class Router:
         self.routes = list(routes)
         self._map = Map([Rule(r.rule, endpoint=i, methods=list(r.methods)) for i, r in enumerate(self.routes)],
                         strict_slashes=False, merge_slashes=False)
+        self._adapter = self._map.bind("kinfer")
 
     def match(self, path: str, method: str) -> tuple[Route, dict[str, Any]]:
-        adapter = self._map.bind("kinfer", path_info=path)
         try:
-            index, params = adapter.match(path, method=method)
+            index, params = self._adapter.match(path, method=method)
         except _WzNotFound:
             raise NotFound(f"no route for {method} {path}") from None
         except _WzMethodNotAllowed as exc:
@@ -78,38 +95,79 @@ class Call:
     trace_id: str = ""
     principal: Any = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
 
-    def json(self) -> Any:
-        """The JSON body, bounded by MAX_BODY_BYTES (413) and strictly parsed (400)."""
-        return parse_json_body(self.request, self.services.settings.max_body_bytes)
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.request.headers
+
+    @property
+    def args(self) -> Mapping[str, str]:
+        """The query parameters (first value of each)."""
+        return self.request.query_params
 
     def query(self, name: str) -> str | None:
-        return self.request.args.get(name)
+        return self.request.query_params.get(name)
+
+    def json(self) -> Any:
+        """The JSON body, strictly parsed (400 when empty or malformed)."""
+        return parse_json(self.body)
+
+    def stream(self, limit: int | None = None) -> AsyncIterator[bytes]:
+        """The body in chunks as it arrives (``stream=True`` routes), 413 past ``limit`` bytes."""
+        return stream_body(self.request, limit)
 
 
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"{token} is not valid JSON")
-
-
-def parse_json_body(request: Request, limit: int) -> Any:
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body is {length} bytes; the limit is {limit} bytes")
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise InvalidInput("request body is empty; a JSON object is required", field="body")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
-        raise InvalidInput(f"request body is {reason}", field="body") from None
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # the message names the position, never the content
+        reason = str(exc).split(":", 1)[0]
+        raise InvalidInput(f"request body is not valid JSON ({reason})", field="body") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes (413 by Content-Length or by what arrives)."""
+    declared = _content_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def stream_body(request: Request, limit: int | None) -> AsyncIterator[bytes]:
+    declared = _content_length(request)
+    if limit is not None and declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        if chunk:
+            yield chunk
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit():
+        raise InvalidInput("Content-Length must be a non-negative integer", field="Content-Length")
+    return int(raw)
 
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    text = json.dumps(body, separators=(",", ":"), default=_json_default)
-    return Response(text, status=status, headers=dict(headers or {}), mimetype=JSON_TYPE)
+    """A JSON answer; NaN and infinities become null (JSON has no such numbers)."""
+    content = orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(content, status_code=status, headers=dict(headers or {}), media_type=JSON_TYPE)
 
 
 def _json_default(value: Any) -> Any:
@@ -122,8 +180,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def request_id_of(request: Request) -> str:
-    incoming = request.headers.get("X-Request-ID", "")
+def request_id_of(headers: Mapping[str, str]) -> str:
+    incoming = headers.get("x-request-id", "")
     return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 
@@ -147,16 +205,16 @@ def _as_response(result: Any) -> Response:
     return json_response(result)
 
 
-def dispatch(request: Request, router: Router, services: Services, span_name: str) -> Response:
+async def dispatch(request: Request, router: Router, services: Services, span_name: str) -> Response:
     """Route, authorize and run one request; always answers JSON (see module docstring)."""
-    request_id = request_id_of(request)
+    request_id = request_id_of(request.headers)
     token = request_id_var.set(request_id)
     try:
         with telemetry.server_span(span_name, request.headers, **{"http.request.method": request.method,
-                                                                  "url.path": request.path}) as span:
+                                                                  "url.path": request.url.path}) as span:
             call = Call(request=request, services=services, request_id=request_id,
                         trace_id=telemetry.trace_id_of(span))
-            response = _run(call, router, span)
+            response = await _run(call, router, span)
             response.headers["X-Request-ID"] = request_id
             if call.trace_id:
                 response.headers["X-Trace-ID"] = call.trace_id
@@ -168,20 +226,27 @@ def dispatch(request: Request, router: Router, services: Services, span_name: st
         request_id_var.reset(token)
 
 
-def _run(call: Call, router: Router, span: Any) -> Response:
+async def _run(call: Call, router: Router, span: Any) -> Response:
+    request = call.request
     try:
-        route, params = router.match(call.request.path, call.request.method)
-        span.update_name(f"{call.request.method} {route.rule}")
+        route, params = router.match(request.url.path, request.method)
+        span.update_name(f"{request.method} {route.rule}")
         if route.scope is not None and call.services.settings.auth_required:
             from shared.access.auth import authorize
 
-            call.principal = authorize(call, route.scope)
-        return _as_response(route.handler(call, **params))
+            call.principal = await run_in_threadpool(authorize, call, route.scope)
+        if not route.stream and request.method in _BODY_METHODS:
+            call.body = await read_body(request, call.services.settings.max_body_bytes)
+        if route.is_async:
+            result = await route.handler(call, **params)
+        else:
+            result = await run_in_threadpool(route.handler, call, **params)
+        return _as_response(result)
     except KinferError as exc:
         if exc.status >= 500:
             log.warning("request failed: %s %s (%s)", exc.status, exc.code, exc.message)
         return error_response(exc, call.request_id, call.trace_id)
     except Exception:
-        log.exception("unhandled error in %s %s", call.request.method, call.request.path)
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
         generic = KinferError("internal error; the request id identifies it in the logs")
         return error_response(generic, call.request_id, call.trace_id)

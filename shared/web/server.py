@@ -1,89 +1,89 @@
-"""Hosting: serve WSGI apps under gunicorn with threads, as functions-framework does.
+"""Hosting: serve ASGI entry points under uvicorn (uvloop, httptools), as Knative runs them.
 
 This module hosts whatever entry points it is handed and never names its callers:
 which function serves which path is decided by the composition root
-(``shared.cli.serve``). gunicorn 27 would open a control socket in the home folder;
-it is disabled.
+(``shared.cli.serve``). A Kinfer entry point is ``async (starlette Request) ->
+Response`` (functions-framework's async mode); ``asgi_adapter`` calls it directly,
+without Starlette's router and middleware, because the entry point already does
+routing, errors and headers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import gunicorn.app.base
-
-Entry = Callable[[Any], Any]  # flask.Request -> Response
-
-
-class GunicornServer(gunicorn.app.base.BaseApplication):  # type: ignore[misc]
-    def __init__(self, app: Any, options: dict[str, Any]) -> None:
-        self.application = app
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Any:
-        return self.application
-
-
-def server_options(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
-    return {
-        "bind": f"{host}:{port}",
-        "workers": workers,
-        "threads": threads,
-        "worker_class": "gthread",
-        "timeout": 0,
-        "keepalive": 75,
-        "loglevel": "warning",
-        "accesslog": None,
-        "limit_request_line": 8190,
-        "control_socket_disable": True,
-    }
+Entry = Callable[[Any], Awaitable[Any]]  # starlette Request -> Response
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
 def framework_app(target: str, source: str) -> Any:
-    """functions-framework's own app for a function file that is not a Kinfer function."""
-    import functions_framework
+    """functions-framework's own ASGI app for a function file that is not a Kinfer function."""
+    from functions_framework.aio import create_asgi_app
 
-    return functions_framework.create_app(target, source)
+    return create_asgi_app(target, source)
 
 
-def wsgi_adapter(entry: Entry) -> Any:
-    """A WSGI app calling ``entry(flask.Request) -> Response`` directly.
+def asgi_adapter(entry: Entry) -> ASGIApp:
+    """An ASGI app calling ``entry(Request) -> Response`` for each HTTP request."""
+    from starlette.requests import Request
 
-    A Kinfer entry point already does routing, errors and headers, so Flask's app
-    machinery would only add per-request cost.
-    """
-    from flask import Request
-
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
-        return entry(Request(environ))(environ, start_response)
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            response = await entry(Request(scope, receive))
+            await response(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
 
     return app
 
 
-def prefix_router(mounted: Sequence[tuple[str, Entry]]) -> Any:
-    """One WSGI app handing each request to the first entry whose path prefix matches (404 JSON otherwise)."""
-    from flask import Request
+def prefix_router(mounted: Sequence[tuple[str, Entry]]) -> ASGIApp:
+    """One ASGI app handing each request to the first entry whose path prefix matches (404 JSON otherwise)."""
+    from starlette.requests import Request
 
     from shared.errors import NotFound
     from shared.web.http import error_response, request_id_of
 
-    def route(environ: dict[str, Any], start_response: Any) -> Any:
-        request = Request(environ)
-        path = request.path
-        for prefix, entry in mounted:
-            if path == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/"):
-                return entry(request)(environ, start_response)
-        missing = NotFound(f"no route for {request.method} {path}")
-        return error_response(missing, request_id_of(request), "")(environ, start_response)
+    prefixes = [(prefix.rstrip("/"), entry) for prefix, entry in mounted]
+
+    async def route(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        path = scope["path"]
+        for prefix, entry in prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                response = await entry(request)
+                break
+        else:
+            request_id = request_id_of(request.headers)
+            response = error_response(NotFound(f"no route for {request.method} {path}"), request_id, "")
+            response.headers["X-Request-ID"] = request_id
+        await response(scope, receive, send)
 
     return route
 
 
-def serve(app: Any, host: str, port: int, workers: int = 1, threads: int = 8) -> None:
-    GunicornServer(app, server_options(host, port, workers, threads)).run()
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def serve(app: Any, host: str, port: int, workers: int = 1, concurrency: int | None = None) -> None:
+    """Run uvicorn. ``app`` is an ASGI app, or (needed for ``workers`` > 1) the import string of a
+    zero-argument factory that builds it in each worker process."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, workers=workers, factory=isinstance(app, str), loop="uvloop",
+                http="httptools", lifespan="on", access_log=False, log_level="warning", timeout_keep_alive=75,
+                limit_concurrency=concurrency, server_header=False)

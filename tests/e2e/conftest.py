@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from requests.structures import CaseInsensitiveDict
 
 ROOT = Path(__file__).resolve().parents[2]
 KINFER = [sys.executable, "-m", "shared.cli"]
@@ -48,9 +49,9 @@ def http(method: str, url: str, body: Any = None, key: str | None = None,
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             raw = resp.read()
-            return resp.status, _decode(raw), dict(resp.headers)
+            return resp.status, _decode(raw), CaseInsensitiveDict(resp.headers.items())
     except urllib.error.HTTPError as exc:
-        return exc.code, _decode(exc.read()), dict(exc.headers)
+        return exc.code, _decode(exc.read()), CaseInsensitiveDict(exc.headers.items())
 
 
 def _decode(raw: bytes) -> Any:

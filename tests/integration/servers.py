@@ -1,4 +1,4 @@
-"""Run a function under the production server (``kinfer serve``: gunicorn gthread) for HTTP tests."""
+"""Run a function under the production server (``kinfer serve``: uvicorn) for HTTP tests."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ def settings_env(settings: Any) -> dict[str, str]:
 
 @contextmanager
 def serve_function(folder: str, target: str, port: int, settings: Any,
-                   extra_env: Mapping[str, str] | None = None, threads: int = 8) -> Iterator[str]:
+                   extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
     """Serve ``functions/<folder>/main.py`` on 127.0.0.1:``port``; yields the base URL."""
     env = {**os.environ, **settings_env(settings), "K_SERVICE": folder, **dict(extra_env or {})}
     cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--target", target, "--source", f"functions/{folder}/main.py", "--threads", str(threads)]
+           "--target", target, "--source", f"functions/{folder}/main.py"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -60,3 +60,33 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+class InProcessServer:
+    """``functions/<folder>/main.py`` as functions-framework's async app under uvicorn, on a free port,
+    in a background thread of this process (so tests can reconfigure its services between calls)."""
+
+    def __init__(self, folder: str, target: str) -> None:
+        import threading
+
+        import uvicorn
+        from functions_framework.aio import create_asgi_app
+
+        from tests.conftest import free_port
+
+        app = create_asgi_app(target, str(ROOT / "functions" / folder / "main.py"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"in-process server for {folder} did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -106,8 +106,8 @@ def test_every_function_folder_has_a_service_and_every_service_a_function(
             source, target = env["FUNCTION_SOURCE"]["value"], env["FUNCTION_TARGET"]["value"]
             main = ROOT / source
             assert main.is_file(), f"{overlay}: Service {name} runs {source}, which does not exist"
-            assert re.search(rf"^def {re.escape(target)}\(", main.read_text(), re.M), (
-                f"{overlay}: Service {name}: {source} defines no `def {target}(`")
+            assert re.search(rf"^(?:async )?def {re.escape(target)}\(", main.read_text(), re.M), (
+                f"{overlay}: Service {name}: {source} defines no `def {target}(` or `async def {target}(`")
             served.setdefault(main.parent.name, set()).add(name)
         missing = [f for f in folders if f not in served]
         assert not missing, f"{overlay}: function folders without a Knative Service: {missing}"

@@ -43,16 +43,6 @@ DEFAULT_MANIFESTS = Path(__file__).resolve().parents[3] / "knative" / "base"
 KEY_PREFIX = "kinfer:relay:"
 
 
-class _Body:
-    """The two things ``parse_event`` reads from a request."""
-
-    def __init__(self, headers: Mapping[str, str], data: bytes) -> None:
-        self.headers, self._data = headers, data
-
-    def get_data(self) -> bytes:
-        return self._data
-
-
 class EventRelay:
     """Ingress HTTP server plus one Dispatcher per KafkaSource; ``start()``/``stop()``."""
 
@@ -118,7 +108,7 @@ class EventRelay:
         elif parts[1] in self.wiring.sinks:
             topic = self.wiring.sinks[parts[1]]
             try:
-                fields = encode_event(parse_event(_Body(headers, body)))
+                fields = encode_event(parse_event(headers, body))
             except InvalidInput as exc:
                 return 400, exc.body()
         else:
@@ -134,7 +124,7 @@ class EventRelay:
     def _record_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         """A CloudEvent stays one; anything else is stored as a plain Kafka record."""
         try:
-            return encode_event(parse_event(_Body(headers, body)))
+            return encode_event(parse_event(headers, body))
         except InvalidInput:
             return encode_record(body, headers.get("content-type", "application/json"))
 

@@ -8,14 +8,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import functions_framework
 import pytest
 from limits import RateLimitItemPerMinute
 
 from shared.access import auth, keys
 from shared.services import Services, reset_services
 from shared.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, function_client
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +23,7 @@ CACHE_TTL_S = 0.2
 
 @pytest.fixture(scope="module")
 def client() -> Any:
-    return functions_framework.create_app("manage_models", "functions/models/main.py").test_client()
+    return function_client("models", "manage_models")
 
 
 @pytest.fixture
@@ -50,7 +49,7 @@ def test_missing_key_is_401_with_challenge_and_json_error(client: Any, auth_serv
     resp = client.get("/v1/models")
     assert resp.status_code == 401
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
-    body = resp.get_json()
+    body = resp.json()
     assert body["code"] == "unauthorized" and "API key" in body["error"] and body["request_id"]
 
 
@@ -69,7 +68,7 @@ def test_health_needs_no_key(client: Any, auth_services: Services) -> None:
 def test_bad_keys_are_401(client: Any, auth_services: Services, headers: dict[str, str]) -> None:
     resp = client.get("/v1/models", headers=headers)
     assert resp.status_code == 401
-    assert resp.get_json()["code"] == "unauthorized"
+    assert resp.json()["code"] == "unauthorized"
     assert "WWW-Authenticate" in resp.headers
 
 
@@ -81,7 +80,7 @@ def test_revoked_key_is_401_with_the_same_message_as_unknown(client: Any, auth_s
     revoked = client.get("/v1/models", headers=_bearer(key))
     unknown = client.get("/v1/models", headers=_bearer("kf_unknown-key-123"))
     assert revoked.status_code == unknown.status_code == 401
-    assert revoked.get_json()["error"] == unknown.get_json()["error"]
+    assert revoked.json()["error"] == unknown.json()["error"]
 
 
 def test_scopes(client: Any, auth_services: Services) -> None:
@@ -89,10 +88,10 @@ def test_scopes(client: Any, auth_services: Services) -> None:
     _, admin_key = _key(auth_services, "admin")
     denied = client.post("/v1/models", json=_model(), headers=_bearer(infer_key))
     assert denied.status_code == 403
-    assert denied.get_json()["code"] == "forbidden" and "'admin'" in denied.get_json()["error"]
+    assert denied.json()["code"] == "forbidden" and "'admin'" in denied.json()["error"]
     created = client.post("/v1/models", json=_model(), headers=_bearer(admin_key))
-    assert created.status_code == 201, created.get_json()
-    model_id = created.get_json()["id"]
+    assert created.status_code == 201, created.json()
+    model_id = created.json()["id"]
     assert client.get(f"/v1/models/{model_id}", headers=_bearer(infer_key)).status_code == 200  # "any"
     assert client.delete(f"/v1/models/{model_id}", headers=_bearer(infer_key)).status_code == 403
     assert client.delete(f"/v1/models/{model_id}", headers=_bearer(admin_key)).status_code == 204
@@ -121,7 +120,7 @@ def test_rate_limit_per_key(client: Any, auth_services: Services) -> None:
     assert ok[0].headers["X-RateLimit-Limit"] == "3"
     limited = client.get("/v1/models", headers=_bearer(key))
     assert limited.status_code == 429
-    assert limited.get_json()["code"] == "rate_limited"
+    assert limited.json()["code"] == "rate_limited"
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert limited.headers["X-RateLimit-Limit"] == "3" and limited.headers["X-RateLimit-Remaining"] == "0"
     assert int(limited.headers["X-RateLimit-Reset"]) >= int(time.time())

@@ -14,12 +14,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import functions_framework
 import pytest
 
 from shared import registry
 from shared.backends.breaker import read_states
-from tests.conftest import free_port
+from tests.conftest import free_port, function_client
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +81,7 @@ def svc(base_settings: Any, triton: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def client(svc: Any) -> Any:
-    return functions_framework.create_app("run_inference", "functions/infer/main.py").test_client()
+    return function_client("infer", "run_inference")
 
 
 def infer(client: Any, model: dict) -> Any:
@@ -104,10 +103,10 @@ def test_dead_backend_trips_half_opens_and_closes_when_back(client, svc, triton,
     model = register(svc, [dead])
     first = [infer(client, model) for _ in range(2)]
     assert [r.status_code for r in first] == [503, 503]
-    assert first[0].get_json()["code"] == "unavailable" and dead in first[0].get_json()["error"]
+    assert first[0].json()["code"] == "unavailable" and dead in first[0].json()["error"]
 
     tripped = infer(client, model)
-    body = tripped.get_json()
+    body = tripped.json()
     assert tripped.status_code == 503 and body["code"] == "circuit_open"
     assert "circuit breaker" in body["error"] and dead in body["error"]
     assert 1 <= int(tripped.headers["Retry-After"]) <= 2
@@ -116,7 +115,7 @@ def test_dead_backend_trips_half_opens_and_closes_when_back(client, svc, triton,
 
     time.sleep(2.1)  # reset_timeout 1 s (pybreaker stores opened_at in whole seconds)
     trial = infer(client, model)  # half-open trial against a still-dead backend: opens again
-    assert trial.status_code == 503 and trial.get_json()["code"] == "unavailable"
+    assert trial.status_code == 503 and trial.json()["code"] == "unavailable"
     assert read_states(svc.cache.client, [dead])[dead].state == "open"
 
     forwarder = Forwarder(port, int(triton.grpc_url.rsplit(":", 1)[1]))
@@ -127,8 +126,8 @@ def test_dead_backend_trips_half_opens_and_closes_when_back(client, svc, triton,
             answer = infer(client, model)
             if answer.status_code == 200:
                 break
-        assert answer is not None and answer.status_code == 200, answer.get_json()
-        assert answer.get_json()["prediction"] == "setosa"
+        assert answer is not None and answer.status_code == 200, answer.json()
+        assert answer.json()["prediction"] == "setosa"
         after = state_from_other_process(base_settings.redis_url, dead)
         assert after["circuit"] == "closed" and after["failures"] == 0
     finally:
@@ -151,10 +150,10 @@ def test_redis_down_uses_in_process_breakers_quickly(svc, triton, base_settings)
     dead_url = f"127.0.0.1:{free_port()}"
     dead = register(svc, [dead_url])
     reset_services(dataclasses.replace(svc.settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
-    client = functions_framework.create_app("run_inference", "functions/infer/main.py").test_client()
+    client = function_client("infer", "run_inference")
     started = time.monotonic()
     answers = [infer(client, live) for _ in range(5)]
     assert [r.status_code for r in answers] == [200] * 5
-    codes = [infer(client, dead).get_json()["code"] for _ in range(3)]
+    codes = [infer(client, dead).json()["code"] for _ in range(3)]
     assert codes == ["unavailable", "unavailable", "circuit_open"]
     assert time.monotonic() - started < 5.0

@@ -9,14 +9,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import functions_framework
 import pytest
 
 from shared import registry
 from shared.backends.balancer import probe_key
 from shared.backends.breaker import read_states
 from shared.errors import Unavailable
-from tests.conftest import free_port
+from tests.conftest import free_port, function_client
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +40,12 @@ def svc(base_settings: Any, triton: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def backends_client(svc: Any) -> Any:
-    return functions_framework.create_app("serve_backends", "functions/backends/main.py").test_client()
+    return function_client("backends", "serve_backends")
 
 
 @pytest.fixture
 def infer_client(svc: Any) -> Any:
-    return functions_framework.create_app("run_inference", "functions/infer/main.py").test_client()
+    return function_client("infer", "run_inference")
 
 
 def ping_binary(client: Any) -> Any:
@@ -59,18 +58,19 @@ def test_probe_tick_records_every_backend(backends_client, svc, triton):
     dead = f"127.0.0.1:{free_port()}"
     register(svc, [dead])
     r = ping_binary(backends_client)
-    assert r.status_code == 200, r.get_json()
-    results = {b["url"]: b for b in r.get_json()["backends"]}
+    assert r.status_code == 200, r.json()
+    results = {b["url"]: b for b in r.json()["backends"]}
     assert results[triton.grpc_url]["healthy"] is True and results[dead]["healthy"] is False
     stored = json.loads(svc.cache.client.get(probe_key(dead)))
     assert stored["healthy"] is False and stored["last_checked"] and stored["latency_ms"] >= 0
 
     structured = {"specversion": "1.0", "id": uuid.uuid4().hex, "type": "dev.knative.sources.ping",
                   "source": "/pingsources/backends-probe", "datacontenttype": "application/json", "data": {}}
-    r = backends_client.post("/", data=json.dumps(structured), content_type="application/cloudevents+json")
-    assert r.status_code == 200 and r.get_json()["probed"] >= 2
-    r = backends_client.post("/", data="not an event", content_type="text/plain")
-    assert r.status_code == 400 and r.get_json()["code"] == "invalid_input"
+    r = backends_client.post("/", content=json.dumps(structured),
+                             headers={"Content-Type": "application/cloudevents+json"})
+    assert r.status_code == 200 and r.json()["probed"] >= 2
+    r = backends_client.post("/", content="not an event", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_input"
 
 
 def test_health_reports_backends_with_breaker_state(backends_client, svc, triton):
@@ -80,7 +80,7 @@ def test_health_reports_backends_with_breaker_state(backends_client, svc, triton
         svc.breakers.record_failure(dead, Unavailable("refused"))
     r = backends_client.get("/health")
     assert r.status_code == 200
-    body = r.get_json()
+    body = r.json()
     assert body["status"] == "degraded"
     by_url = {b["url"]: b for b in body["backends"]}
     assert set(by_url[dead]) >= {"url", "healthy", "circuit", "failures", "last_checked", "latency_ms"}
@@ -107,8 +107,8 @@ def test_round_robin_over_two_urls_is_visible_in_metrics(backends_client, infer_
     for _ in range(2):
         svc.breakers.record_failure(dead, Unavailable("refused"))
     r = backends_client.get("/metrics")
-    assert r.status_code == 200 and r.content_type.startswith("text/plain")
-    text = r.get_data(as_text=True)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
     n_a = metric(text, "kinfer_backend_requests_total", backend=a, outcome="success")
     n_b = metric(text, "kinfer_backend_requests_total", backend=b, outcome="success")
     assert n_a is not None and n_b is not None and n_a >= 3 and n_b >= 3
@@ -144,10 +144,10 @@ def test_a_missing_model_degrades_but_does_not_take_the_backend_out(backends_cli
 
 
 def _check_ghost(backends_client, triton, ghost):
-    results = {b["url"]: b for b in ping_binary(backends_client).get_json()["backends"]}
+    results = {b["url"]: b for b in ping_binary(backends_client).json()["backends"]}
     assert results[triton.grpc_url]["healthy"] is True
     assert ghost in results[triton.grpc_url]["models_not_ready"]
     assert "iris_classifier" not in results[triton.grpc_url]["models_not_ready"]
-    body = backends_client.get("/health").get_json()
+    body = backends_client.get("/health").json()
     assert body["status"] == "degraded"
     assert ghost in {m for b in body["backends"] for m in b["models_not_ready"]}

@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import functions_framework
 import pytest
 import redis
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
-from werkzeug.serving import make_server
 
 from shared.batch import store as batch_store
 from shared.clients import storage
@@ -33,8 +31,8 @@ from shared.localstack.relay.server import EventRelay
 from shared.localstack.relay.wiring import Delivery, Subscription, Wiring
 from shared.localstack.s3 import S3Server
 from shared.services import reset_services
-from tests.conftest import ROOT, free_port
-from tests.integration.servers import settings_env
+from tests.conftest import ROOT, free_port, function_client
+from tests.integration.servers import InProcessServer, settings_env
 
 pytestmark = pytest.mark.integration
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -47,17 +45,6 @@ def iris_inputs(n: int) -> list[dict[str, Any]]:
 
 
 # -- servers --------------------------------------------------------------------
-class InProcess:
-    """A functions-framework app on a real HTTP port in this process (threaded werkzeug)."""
-
-    def __init__(self, folder: str, target: str) -> None:
-        app = functions_framework.create_app(target, f"{ROOT}/functions/{folder}/main.py")
-        self.server = make_server("127.0.0.1", free_port(), app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 class Stack:
@@ -70,13 +57,12 @@ class Stack:
         self.tmp, self.triton = tmp, triton
         self.base = base
         self.redis = redis.Redis.from_url(base.redis_url, socket_timeout=10)
-        self.worker = InProcess("batch_worker", "process_batch_chunk")
-        self.dead = InProcess("batch_deadletter", "fail_dead_chunk")
+        self.worker = InProcessServer("batch_worker", "process_batch_chunk")
+        self.dead = InProcessServer("batch_deadletter", "fail_dead_chunk")
         self.relay = self.make_relay(self.worker.url, retry=3, delay=0.05)
         self.settings = self.configure()
-        self.api = functions_framework.create_app("manage_batch_jobs", f"{ROOT}/functions/batch/main.py").test_client()
-        self.intake = functions_framework.create_app("intake_batch_request",
-                                                     f"{ROOT}/functions/batch_intake/main.py").test_client()
+        self.api = function_client("batch", "manage_batch_jobs")
+        self.intake = function_client("batch_intake", "intake_batch_request")
 
     def make_relay(self, worker_url: str, *, retry: int, delay: float, idle: float = 30.0) -> EventRelay:
         topic = f"kinfer.batch.chunks.{uuid.uuid4().hex[:8]}"
@@ -105,13 +91,13 @@ class Stack:
 
     def submit(self, body: dict[str, Any], status: int = 202) -> dict[str, Any]:
         resp = self.api.post("/v1/batch", json=body)
-        assert resp.status_code == status, resp.get_data(as_text=True)
-        return resp.get_json()
+        assert resp.status_code == status, resp.text
+        return resp.json()
 
     def status(self, job_id: str) -> dict[str, Any]:
         resp = self.api.get(f"/v1/batch/{job_id}")
-        assert resp.status_code == 200, resp.get_data(as_text=True)
-        return resp.get_json()
+        assert resp.status_code == 200, resp.text
+        return resp.json()
 
     def wait(self, job_id: str, timeout: float = 60, until: tuple[str, ...] = batch_store.FINISHED) -> dict:
         deadline = time.monotonic() + timeout
@@ -243,8 +229,8 @@ def upload(st: Stack, data: bytes, headers: dict[str, str] | None = None, filena
     import requests
 
     resp = st.api.post("/v1/batch/uploads", json={"filename": filename}, headers=headers or {})
-    assert resp.status_code == 201, resp.get_data(as_text=True)
-    grant = resp.get_json()
+    assert resp.status_code == 201, resp.text
+    grant = resp.json()
     assert grant["input_url"].startswith(grant["prefix"]) and grant["method"] == "PUT"
     put = requests.put(grant["upload_url"], data=data, headers=grant["headers"], timeout=30)
     assert put.status_code == 200, put.text
@@ -275,17 +261,17 @@ def test_input_url_is_confined_to_the_callers_upload_prefix(st: Stack) -> None:
     bobs_job = st.api.post("/v1/batch", json={"model": st.model, "input_url": bobs_url}, headers=as_bob)
     assert bobs_job.status_code == 202
     bucket = st.settings.s3_input_bucket
-    job_id = bobs_job.get_json()["job_id"]
-    alices_prefix = st.api.post("/v1/batch/uploads", headers=as_alice).get_json()["prefix"]
+    job_id = bobs_job.json()["job_id"]
+    alices_prefix = st.api.post("/v1/batch/uploads", headers=as_alice).json()["prefix"]
     answers = []
     for url in (bobs_url, alices_prefix + "../" + bobs_url.split("/uploads/")[1], f"s3://{bucket}/batch-inputs/{job_id}/chunk-00000.jsonl",
                 f"s3://{bucket}/batch-inputs/{uuid.uuid4()}/chunk-00000.jsonl",  # does not exist
                 f"s3://{st.settings.s3_results_bucket}/x.jsonl"):
         resp = st.api.post("/v1/batch", json={"model": st.model, "input_url": url}, headers=as_alice)
-        answers.append((resp.status_code, resp.get_json()["code"], resp.get_json()["field"]))
-        assert "upload prefix" in resp.get_json()["error"]
+        answers.append((resp.status_code, resp.json()["code"], resp.json()["field"]))
+        assert "upload prefix" in resp.json()["error"]
     assert set(answers) == {(400, "invalid_input", "input_url")}, answers
-    assert st.api.get(f"/v1/batch/{job_id}", headers=as_bob).get_json()["total"] == 3
+    assert st.api.get(f"/v1/batch/{job_id}", headers=as_bob).json()["total"] == 3
     own = upload(st, b'{"data": [5.1, 3.5, 1.4, 0.2]}\n', as_alice)
     assert st.api.post("/v1/batch", json={"model": st.model, "input_url": own}, headers=as_alice).status_code == 202
 
@@ -296,11 +282,11 @@ def test_get_list_and_cancel_errors(st: Stack) -> None:
     assert st.api.get(f"/v1/batch/{uuid.uuid4()}").status_code == 404
     assert st.api.delete("/v1/batch/not-a-uuid").status_code == 404
     conflict = st.api.delete(f"/v1/batch/{done['job_id']}")
-    assert conflict.status_code == 409 and "already completed" in conflict.get_json()["error"]
-    listing = st.api.get("/v1/batch?status=completed&limit=2&offset=0").get_json()
+    assert conflict.status_code == 409 and "already completed" in conflict.json()["error"]
+    listing = st.api.get("/v1/batch?status=completed&limit=2&offset=0").json()
     assert listing["limit"] == 2 and listing["total"] >= 3 and len(listing["jobs"]) == 2
     assert all(j["status"] == "completed" for j in listing["jobs"])
-    second = st.api.get("/v1/batch?status=completed&limit=2&offset=2").get_json()
+    second = st.api.get("/v1/batch?status=completed&limit=2&offset=2").json()
     assert not {j["job_id"] for j in listing["jobs"]} & {j["job_id"] for j in second["jobs"]}
     assert st.api.get("/v1/batch?status=bogus").status_code == 400
 
@@ -313,11 +299,11 @@ def test_callers_see_only_their_own_jobs(st: Stack) -> None:
     _, bob = create_key(st.services(), f"bob-{st.uid}", "batch")
     as_alice, as_bob = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
     assert st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(1)}).status_code == 401
-    job = st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(2)}, headers=as_alice).get_json()
+    job = st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(2)}, headers=as_alice).json()
     assert st.api.get(f"/v1/batch/{job['job_id']}", headers=as_alice).status_code == 200
     assert st.api.get(f"/v1/batch/{job['job_id']}", headers=as_bob).status_code == 404
     assert st.api.delete(f"/v1/batch/{job['job_id']}", headers=as_bob).status_code == 404
-    ids = {j["job_id"] for j in st.api.get("/v1/batch", headers=as_bob).get_json()["jobs"]}
+    ids = {j["job_id"] for j in st.api.get("/v1/batch", headers=as_bob).json()["jobs"]}
     assert job["job_id"] not in ids
 
 
@@ -344,7 +330,7 @@ def test_cancel_stops_further_inference(st: Stack) -> None:
     while st.status(job_id)["completed"] < 50:
         time.sleep(0.01)
     resp = st.api.delete(f"/v1/batch/{job_id}")
-    assert resp.status_code == 200 and resp.get_json() == {"job_id": job_id, "status": "cancelled"}
+    assert resp.status_code == 200 and resp.json() == {"job_id": job_id, "status": "cancelled"}
     time.sleep(0.5)  # a sub-batch already at Triton may finish
     frozen, inferred = st.status(job_id), triton_inference_count(st.triton)
     time.sleep(1.5)
@@ -392,7 +378,7 @@ def test_chunk_events_are_binary_versioned_and_partitioned(st: Stack, capture: C
     trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     resp = st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(10)},
                        headers={"traceparent": trace})
-    job_id = resp.get_json()["job_id"]
+    job_id = resp.json()["job_id"]
     assert len(capture.events) == 3
     headers = [h for h, _ in capture.events]
     assert {h["ce-type"] for h in headers} == {"dev.kinfer.batch.chunk.v1"}
@@ -409,16 +395,15 @@ def by_chunk(capture: Capture) -> list[tuple[dict[str, str], bytes]]:
 
 
 def post_event(client: Any, headers: dict[str, str], body: bytes) -> Any:
-    return client.post("/", data=body, headers=headers)
+    return client.post("/", content=body, headers=headers)
 
 
 def test_same_chunk_twice_counts_once(st: Stack, capture: Capture) -> None:
     job_id = st.submit({"model": st.model, "inputs": iris_inputs(6)})["job_id"]
-    worker = functions_framework.create_app("process_batch_chunk",
-                                            f"{ROOT}/functions/batch_worker/main.py").test_client()
+    worker = function_client("batch_worker", "process_batch_chunk")
     first = post_event(worker, *by_chunk(capture)[0])
     again = post_event(worker, *by_chunk(capture)[0])
-    assert first.status_code == 200 and again.status_code == 200 and "skipped" in again.get_json()
+    assert first.status_code == 200 and again.status_code == 200 and "skipped" in again.json()
     assert st.status(job_id)["completed"] == 4
     results = [post_event(worker, *by_chunk(capture)[1]) for _ in range(3)]
     assert [r.status_code for r in results] == [200, 200, 200]
@@ -428,9 +413,8 @@ def test_same_chunk_twice_counts_once(st: Stack, capture: Capture) -> None:
 
 
 def test_worker_rejects_malformed_and_unknown(st: Stack, capture: Capture) -> None:
-    worker = functions_framework.create_app("process_batch_chunk",
-                                            f"{ROOT}/functions/batch_worker/main.py").test_client()
-    assert worker.post("/", data=b"{}", headers={"content-type": "application/json"}).status_code == 400
+    worker = function_client("batch_worker", "process_batch_chunk")
+    assert worker.post("/", content=b"{}", headers={"content-type": "application/json"}).status_code == 400
     event = CloudEvent({"type": "dev.kinfer.batch.chunk.v1", "source": "/t"},
                        {"job_id": str(uuid.uuid4()), "chunk": 0, "start": 0, "count": 1, "bucket": "b", "key": "k"})
     assert post_event(worker, *to_binary(event)).status_code == 422
@@ -439,15 +423,13 @@ def test_worker_rejects_malformed_and_unknown(st: Stack, capture: Capture) -> No
 
 def test_dead_letter_fails_the_chunk_so_the_job_ends(st: Stack, capture: Capture) -> None:
     job_id = st.submit({"model": st.model, "inputs": iris_inputs(6)})["job_id"]
-    worker = functions_framework.create_app("process_batch_chunk",
-                                            f"{ROOT}/functions/batch_worker/main.py").test_client()
-    dead = functions_framework.create_app("fail_dead_chunk",
-                                          f"{ROOT}/functions/batch_deadletter/main.py").test_client()
+    worker = function_client("batch_worker", "process_batch_chunk")
+    dead = function_client("batch_deadletter", "fail_dead_chunk")
     assert post_event(worker, *by_chunk(capture)[0]).status_code == 200
     headers, body = by_chunk(capture)[1]
     dl_headers = {**headers, "ce-knativeerrorcode": "503", "ce-knativeerrordest": "http://worker/"}
     assert post_event(dead, dl_headers, body).status_code == 200
-    assert "skipped" in post_event(dead, dl_headers, body).get_json()
+    assert "skipped" in post_event(dead, dl_headers, body).json()
     done = st.status(job_id)
     assert (done["status"], done["completed"], done["succeeded"], done["failed"]) == ("completed", 6, 4, 2)
     lines = results_of(done["result_url"])
@@ -461,10 +443,10 @@ def test_request_event_intake_is_idempotent(st: Stack, mode: str) -> None:
                        {"model": st.model, "inputs": iris_inputs(3), "owner": "anonymous"})
     headers, body = (to_binary if mode == "binary" else to_structured)(event)
     first = post_event(st.intake, headers, body)
-    assert first.status_code == 202, first.get_data(as_text=True)
+    assert first.status_code == 202, first.text
     again = post_event(st.intake, headers, body)
-    job = first.get_json()["jobs"][0]
-    assert again.get_json()["jobs"][0]["job_id"] == job["job_id"]
+    job = first.json()["jobs"][0]
+    assert again.json()["jobs"][0]["job_id"] == job["job_id"]
     assert st.wait(job["job_id"])["succeeded"] == 3
 
 
@@ -482,13 +464,13 @@ def test_s3_notification_intake(st: Stack) -> None:
     event = CloudEvent({"type": "dev.knative.kafka.event", "id": "partition:0/offset:7",
                         "source": f"/apis/v1/namespaces/kinfer/kafkasources/batch-intake-source#{st.uid}"}, record)
     resp = post_event(st.intake, *to_binary(event))
-    assert resp.status_code == 202, resp.get_data(as_text=True)
-    body = resp.get_json()
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
     assert len(body["jobs"]) == 1 and len(body["ignored"]) == 1
     done = st.wait(body["jobs"][0]["job_id"])
     assert (done["status"], done["succeeded"]) == ("completed", 7)
     assert done["input_url"] == f"s3://{bucket}/{key}"
-    assert post_event(st.intake, *to_binary(event)).get_json()["jobs"][0]["job_id"] == done["job_id"]
+    assert post_event(st.intake, *to_binary(event)).json()["jobs"][0]["job_id"] == done["job_id"]
 
 
 def test_intake_rejects_garbage(st: Stack) -> None:
@@ -519,7 +501,7 @@ def test_killed_worker_is_redelivered_and_counted_once(st: Stack, tmp_path: Path
     log_file = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port",
                              str(port), "--target", "process_batch_chunk", "--source",
-                             "functions/batch_worker/main.py", "--threads", "8"],
+                             "functions/batch_worker/main.py", "--workers", "2"],
                             cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     relay = None
     try:
@@ -530,7 +512,7 @@ def test_killed_worker_is_redelivered_and_counted_once(st: Stack, tmp_path: Path
         while st.status(job_id)["completed"] < 100:
             time.sleep(0.005)
         children = _children(proc.pid)
-        assert children, "gunicorn has no worker process"
+        assert children, "uvicorn has no worker process"
         for child in children:
             os.kill(child, signal.SIGKILL)
         done = st.wait(job_id, timeout=90)

@@ -7,11 +7,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import functions_framework
 import pytest
 
 from shared import registry
 from shared.inference.dataplane import ItemResult, infer_items
+from tests.conftest import function_client
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def svc(base_settings: Any, triton: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def client(svc: Any) -> Any:
-    return functions_framework.create_app("run_inference", "functions/infer/main.py").test_client()
+    return function_client("infer", "run_inference")
 
 
 @pytest.fixture
@@ -52,8 +52,8 @@ def vector(svc: Any, triton: Any) -> dict:
 
 def test_iris_single_row_gives_class_name_and_every_output(client, iris):
     r = client.post("/v1/infer", json={"model": iris["name"], "input": {"data": IRIS_ROW}})
-    assert r.status_code == 200, r.get_json()
-    body = r.get_json()
+    assert r.status_code == 200, r.json()
+    body = r.json()
     assert body["prediction"] == "setosa" and body["model"] == iris["name"] and body["version"] == "1"
     assert body["outputs"]["label"] == [0] and len(body["outputs"]["probabilities"]) == 3
     assert abs(sum(body["outputs"]["probabilities"]) - 1) < 1e-4
@@ -63,8 +63,8 @@ def test_iris_single_row_gives_class_name_and_every_output(client, iris):
 def test_iris_batch_by_tensor_name_and_pinned_version(client, iris):
     rows = [IRIS_ROW, VIRGINICA_ROW] * 40  # 80 rows > max_batch_size 64: two Triton requests
     r = client.post("/v1/infer", json={"model": iris["name"], "version": "1", "input": {"features": rows}})
-    assert r.status_code == 200, r.get_json()
-    body = r.get_json()
+    assert r.status_code == 200, r.json()
+    body = r.json()
     assert body["prediction"] == ["setosa", "virginica"] * 40
     assert len(body["outputs"]["probabilities"]) == 80 and body["outputs"]["label"][1] == [2]
 
@@ -72,20 +72,20 @@ def test_iris_batch_by_tensor_name_and_pinned_version(client, iris):
 def test_vector_scorer_dynamic_length(client, vector):
     for values in ([1.0, 2.0, 3.0], [9.0] + [0.0] * 20):
         r = client.post("/v1/infer", json={"model": vector["name"], "input": {"values": values}})
-        assert r.status_code == 200, r.get_json()
-        body = r.get_json()
+        assert r.status_code == 200, r.json()
+        body = r.json()
         assert body["prediction"] == max(range(len(values)), key=values.__getitem__)
         assert len(body["outputs"]["probabilities"]) == len(values) and len(body["outputs"]["stats"]) == 4
 
 
 def test_unknown_model_and_inactive_version_are_404(client, svc, triton):
     r = client.post("/v1/infer", json={"model": f"nope-{uuid.uuid4().hex[:6]}", "input": {"data": IRIS_ROW}})
-    assert r.status_code == 404 and r.get_json()["code"] == "not_found"
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
     inactive = register(svc, "iris_classifier", [triton.grpc_url], status="inactive")
     r = client.post("/v1/infer", json={"model": inactive["name"], "input": {"data": IRIS_ROW}})
-    assert r.status_code == 404 and "no active version" in r.get_json()["error"]
+    assert r.status_code == 404 and "no active version" in r.json()["error"]
     r = client.post("/v1/infer", json={"model": inactive["name"], "version": "1", "input": {"data": IRIS_ROW}})
-    assert r.status_code == 404 and "inactive" in r.get_json()["error"]
+    assert r.status_code == 404 and "inactive" in r.json()["error"]
 
 
 @pytest.mark.parametrize("payload, field, phrase", [
@@ -100,7 +100,7 @@ def test_unknown_model_and_inactive_version_are_404(client, svc, triton):
 ])
 def test_bad_input_is_400_naming_what_was_expected(client, iris, payload, field, phrase):
     r = client.post("/v1/infer", json={"model": iris["name"], **payload})
-    body = r.get_json()
+    body = r.json()
     assert r.status_code == 400, body
     assert body["code"] == "invalid_input" and body["field"] == field and phrase in body["error"]
     if field != "input" or "missing" in phrase:
@@ -109,14 +109,14 @@ def test_bad_input_is_400_naming_what_was_expected(client, iris, payload, field,
 
 def test_nan_is_rejected(client, iris):
     raw = '{"model": "' + iris["name"] + '", "input": {"data": [1e999, 1, 2, 3]}}'
-    r = client.post("/v1/infer", data=raw, content_type="application/json")
-    assert r.status_code == 400 and "NaN or infinity" in r.get_json()["error"]
+    r = client.post("/v1/infer", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "infinity" in r.json()["error"]
 
 
 def test_oversized_body_is_413(client, iris):
-    rows = [IRIS_ROW] * 3000
+    rows = [IRIS_ROW] * 5000
     r = client.post("/v1/infer", json={"model": iris["name"], "input": {"data": rows}})
-    assert r.status_code == 413 and r.get_json()["code"] == "payload_too_large"
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
 
 
 def test_traceparent_is_continued(client, iris):
@@ -125,24 +125,24 @@ def test_traceparent_is_continued(client, iris):
     r = client.post("/v1/infer", json={"model": iris["name"], "input": {"data": IRIS_ROW}}, headers=headers)
     assert r.status_code == 200
     assert r.headers["X-Trace-ID"] == trace_id and r.headers["X-Request-ID"] == "req-h4-1"
-    assert r.get_json()["request_id"] == "req-h4-1"
+    assert r.json()["request_id"] == "req-h4-1"
 
 
 def test_v2_metadata_route(client, iris):
     r = client.get(f"/v2/models/{iris['name']}")
     assert r.status_code == 200
-    assert r.get_json()["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]
+    assert r.json()["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]
 
 
 def test_v2_json_body_validated(client, iris):
     good = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": IRIS_ROW}]}
     r = client.post(f"/v2/models/{iris['name']}/versions/1/infer", json=good)
-    assert r.status_code == 200, r.get_json()
-    outputs = {o["name"]: o for o in r.get_json()["outputs"]}
+    assert r.status_code == 200, r.json()
+    outputs = {o["name"]: o for o in r.json()["outputs"]}
     assert outputs["label"]["data"] == [0] and outputs["probabilities"]["shape"] == [1, 3]
     bad = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
     r = client.post(f"/v2/models/{iris['name']}/infer", json=bad)
-    assert r.status_code == 400 and "[-1, 4]" in r.get_json()["error"]
+    assert r.status_code == 400 and "[-1, 4]" in r.json()["error"]
 
 
 def test_infer_items_batches_and_reports_bad_items(svc, iris, vector):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
-from flask import Request
 
 from shared.batch.events import CHUNK_EVENT_TYPE
 from shared.errors import (
@@ -34,7 +33,7 @@ def test_event_status_never_404_or_409(exc: Exception, status: int) -> None:
 @pytest.mark.parametrize("convert", [to_binary, to_structured])
 def test_parse_event_in_both_modes(convert):
     headers, body = convert(_event())
-    event = parse_event(_request(headers, body))
+    event = parse_event(headers, body)
     assert (event["id"], event["type"], event["subject"], event["partitionkey"]) == (
         "e-1", CHUNK_EVENT_TYPE, "job-1", "job-1")
     assert event.data == {"job_id": "job-1", "chunk": 0}
@@ -51,14 +50,10 @@ def test_parse_event_in_both_modes(convert):
 ])
 def test_parse_event_rejects_malformed_events(headers, body, reason):
     with pytest.raises(InvalidInput) as err:
-        parse_event(_request(headers, body))
+        parse_event(headers, body)
     assert err.value.status == 400
     assert reason in err.value.message
     assert "not json" not in err.value.message and "truncated" not in err.value.message
-
-
-def _request(headers: dict[str, str], body: bytes) -> Request:
-    return Request.from_values(method="POST", path="/", headers=headers, data=body)
 
 
 def _event() -> CloudEvent:
