@@ -26,9 +26,17 @@ module "data" {
   kafka_brokers        = module.kafka.bootstrap_servers
 }
 
+# No module-level depends_on here: it would defer the platform's
+# kustomization_overlay data source to apply time, and the for_each over its ids
+# could not be planned ("Invalid for_each argument", hashicorp/terraform#28131).
+# The platform orders its own resources after the other modules' `ready` outputs.
 module "platform" {
-  source               = "./modules/platform"
-  depends_on           = [module.knative, module.kafka, module.data]
+  source = "./modules/platform"
+  prerequisites = {
+    knative = module.knative.ready
+    kafka   = module.kafka.ready
+    data    = module.data.ready
+  }
   image                = var.image
   namespace            = var.namespace
   domain               = var.domain

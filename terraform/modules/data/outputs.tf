@@ -31,3 +31,9 @@ output "s3_secret_access_key" {
   sensitive   = true
   value       = local.install_minio ? random_password.minio[0].result : var.s3_secret_access_key
 }
+
+output "ready" {
+  description = "Known at plan, available once the in-cluster data services are installed: what the platform waits for."
+  value       = join(",", compact([local.install_postgres ? "postgresql" : "", local.install_redis ? "redis" : "", local.install_minio ? "minio" : ""]))
+  depends_on  = [helm_release.postgresql, helm_release.redis, helm_release.minio]
+}

@@ -31,7 +31,14 @@ locals {
   }
 }
 
+# The gate every platform resource is ordered behind (resource-level ordering;
+# see terraform/main.tf for why not a module-level depends_on).
+resource "terraform_data" "prerequisites" {
+  input = var.prerequisites
+}
+
 resource "kubernetes_namespace" "kinfer" {
+  depends_on = [terraform_data.prerequisites]
   metadata {
     name = var.namespace
     labels = {
@@ -63,6 +70,7 @@ resource "kustomization_resource" "reference_grant" {
       to   = [{ group = "", kind = "Service", name = "kourier-internal" }]
     }
   })
+  depends_on = [terraform_data.prerequisites]
 }
 
 data "kustomization_overlay" "kinfer" {

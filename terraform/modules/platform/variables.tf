@@ -1,3 +1,8 @@
+variable "prerequisites" {
+  description = "Outputs of the modules the platform runs on (Knative, Kafka, data services); its resources are applied after them."
+  type        = map(string)
+}
+
 variable "image" {
   description = "Kinfer image reference (name[:tag][@sha256:digest])."
   type        = string
