@@ -37,17 +37,17 @@ module "platform" {
     kafka   = module.kafka.ready
     data    = module.data.ready
   }
-  image                = var.image
-  namespace            = var.namespace
-  domain               = var.domain
-  overlay              = var.overlay
-  gpu_count            = var.gpu_count
-  triton_keep_warm     = var.triton_keep_warm
-  kafka_brokers        = module.kafka.bootstrap_servers
-  database_url         = module.data.database_url
-  redis_url            = module.data.redis_url
-  s3_endpoint_url      = module.data.s3_endpoint_url
-  s3_region            = var.s3_region
-  s3_access_key_id     = module.data.s3_access_key_id
-  s3_secret_access_key = module.data.s3_secret_access_key
+  image            = var.image
+  namespace        = var.namespace
+  domain           = var.domain
+  overlay          = var.overlay
+  gpu_count        = var.gpu_count
+  triton_keep_warm = var.triton_keep_warm
+  kafka_brokers    = module.kafka.bootstrap_servers
+  database_url     = module.data.database_url
+  redis_url        = module.data.redis_url
+  s3_endpoint_url  = module.data.s3_endpoint_url
+  s3_region        = var.s3_region
+  s3_workloads     = module.data.s3_workloads
+  s3_credentials   = module.data.s3_credentials
 }

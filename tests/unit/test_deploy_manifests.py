@@ -30,6 +30,9 @@ PLATFORM_ENV = {"K_SINK", "K_SERVICE", "PORT", "FUNCTION_TARGET", "FUNCTION_SOUR
 TRITON_ONLY_CONFIG = {"TRITON_MODEL_REPOSITORY"}
 CLUSTER_LOCAL = "networking.knative.dev/visibility"
 PUBLIC_SERVICES = {"models-public", "infer", "batch"}
+# Workloads that touch object storage: each has an S3 user (Secret kinfer-s3-<name>); the others get no S3 keys.
+S3_WORKLOADS = {"batch", "batch-intake", "batch-worker", "batch-deadletter", "triton"}
+S3_KEYS = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
 # Groups whose kinds kubernetes-validate knows; everything else is a CRD checked structurally.
 CORE_API = re.compile(r"^(v1|(apps|batch|networking\.k8s\.io|rbac\.authorization\.k8s\.io|policy)/v1)$")
 
@@ -165,11 +168,15 @@ def test_every_setting_is_provided_by_the_config_map_a_secret_or_the_platform(
         for name, job in of_kind(docs, "Job").items():
             workloads[f"Job {name}"] = job["spec"]["template"]["spec"]["containers"][0]
         for where, c in workloads.items():
-            missing = set(Settings.env_names()) - _provided(c, cm) - PLATFORM_ENV
+            uses_s3 = where.split()[-1] in S3_WORKLOADS
+            missing = set(Settings.env_names()) - _provided(c, cm) - PLATFORM_ENV - (set() if uses_s3 else S3_KEYS)
             assert not missing, f"{overlay}: {where} gets no value for {sorted(missing)}"
-            for name in secret_envs:
+            assert uses_s3 or not S3_KEYS & set(env_of(c)), f"{overlay}: {where} needs no S3 credentials"
+            for name in secret_envs & set(env_of(c)):
                 ref = env_of(c)[name].get("valueFrom", {}).get("secretKeyRef")
                 assert ref and ref["key"] == name, f"{overlay}: {where}: {name} must come from a Secret"
+                if name in S3_KEYS:
+                    assert ref["name"] == f"kinfer-s3-{where.split()[-1]}", f"{overlay}: {where}: its own S3 user"
 
 
 def test_migration_job_runs_db_upgrade_with_the_function_image(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -239,7 +246,7 @@ def _check_triton(svc: dict[str, Any], min_scale: str) -> None:
     env = env_of(c)
     assert env["MODEL_REPOSITORY"]["valueFrom"]["configMapKeyRef"]["key"] == "TRITON_MODEL_REPOSITORY"
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "kinfer-s3"
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "kinfer-s3-triton"
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["ports"] == [{"name": "h2c", "containerPort": 8001}]
 

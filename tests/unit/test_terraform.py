@@ -141,7 +141,14 @@ def test_platform_module_agrees_with_the_knative_manifests() -> None:
     in_route = [r["filters"][0]["urlRewrite"]["hostname"].split(".")[0] for r in route["spec"]["rules"]]
     assert [unquote(s) for s in locals_["route_services"]] == in_route, "route_services must follow the rule order"
 
-    secrets = {unquote(name): {unquote(k) for k in keys} for name, keys in locals_["secrets"].items()}
+    secrets = {unquote(name): {unquote(k) for k in keys} for name, keys in locals_["secrets"].items()
+               if name != "__is_block__"}
+    data_locals = {}
+    for block in parse(TF / "modules" / "data").get("locals", []):
+        data_locals.update(block)
+    for workload in data_locals["minio_policies"]:  # Secret kinfer-s3-<workload> of platform's kubernetes_secret.s3
+        if workload != "__is_block__":
+            secrets[f"kinfer-s3-{unquote(workload)}"] = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
     referenced: dict[str, set[str]] = {}
     for doc in docs:
         spec = doc.get("spec", {}).get("template", {}).get("spec", {})

@@ -27,7 +27,6 @@ locals {
   secrets = {
     "kinfer-database" = { DATABASE_URL = var.database_url }
     "kinfer-redis"    = { REDIS_URL = var.redis_url }
-    "kinfer-s3"       = { S3_ACCESS_KEY_ID = var.s3_access_key_id, S3_SECRET_ACCESS_KEY = var.s3_secret_access_key }
   }
 }
 
@@ -57,6 +56,22 @@ resource "kubernetes_secret" "kinfer" {
   }
   type = "Opaque"
   data = each.value
+}
+
+# One S3 key pair per workload that touches object storage (kinfer-s3-<workload>);
+# the other functions get none.
+resource "kubernetes_secret" "s3" {
+  for_each = toset(var.s3_workloads)
+  metadata {
+    name      = "kinfer-s3-${each.key}"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  type = "Opaque"
+  data = {
+    S3_ACCESS_KEY_ID     = var.s3_credentials[each.key].access_key_id
+    S3_SECRET_ACCESS_KEY = var.s3_credentials[each.key].secret_access_key
+  }
 }
 
 # Lets the HTTPRoute in var.namespace send traffic to Kourier's internal ingress.
@@ -139,7 +154,7 @@ data "kustomization_overlay" "kinfer" {
 resource "kustomization_resource" "p0" {
   for_each   = data.kustomization_overlay.kinfer.ids_prio[0]
   manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
-  depends_on = [kubernetes_secret.kinfer]
+  depends_on = [kubernetes_secret.kinfer, kubernetes_secret.s3]
 }
 
 resource "kustomization_resource" "p1" {

@@ -60,15 +60,14 @@ variable "s3_region" {
   type        = string
 }
 
-variable "s3_access_key_id" {
-  description = "S3_ACCESS_KEY_ID (Secret kinfer-s3)."
-  type        = string
-  sensitive   = true
+variable "s3_workloads" {
+  description = "Workloads that get S3 credentials (Secret kinfer-s3-<workload>)."
+  type        = list(string)
 }
 
-variable "s3_secret_access_key" {
-  description = "S3_SECRET_ACCESS_KEY (Secret kinfer-s3)."
-  type        = string
+variable "s3_credentials" {
+  description = "S3 key pair per workload of s3_workloads."
+  type        = map(object({ access_key_id = string, secret_access_key = string }))
   sensitive   = true
 }
 

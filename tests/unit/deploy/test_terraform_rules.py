@@ -68,3 +68,104 @@ def test_the_platform_is_applied_after_what_it_runs_on() -> None:
     assert "var.prerequisites" in str(gate["input"])
     namespace = all_typed(platform["resource"])[("kubernetes_namespace", "kinfer")]
     assert "terraform_data.prerequisites" in str(namespace.get("depends_on"))
+
+
+# -- images and charts ---------------------------------------------------------------------
+# Where every image and chart the Terraform installs comes from, and why that source is
+# maintained. Bitnami is not here: its versioned docker.io/bitnami images were removed
+# (bitnami/containers#83267) and the charts pinned to them failed the first apply.
+MAINTAINED = {
+    "https://cloudnative-pg.github.io/charts": "CloudNativePG operator chart (CNCF project); its version pins "
+                                               "ghcr.io/cloudnative-pg/cloudnative-pg",
+    "ghcr.io/cloudnative-pg/postgresql": "CloudNativePG's PostgreSQL operand images, rebuilt for every minor release",
+    "https://valkey.io/valkey-helm/": "the Valkey project's own chart (Linux Foundation)",
+    "docker.io/valkey/valkey": "the Valkey project's official image",
+    "https://strimzi.io/charts/": "Strimzi operator chart (CNCF project); its version pins the quay.io/strimzi images",
+    "oci://docker.io/envoyproxy": "Envoy Gateway chart (Envoy project, CNCF); its version pins docker.io/envoyproxy",
+    "nvcr.io/nvidia/tritonserver": "NVIDIA's Triton Inference Server releases on NGC (monthly)",
+    "ghcr.io/kinfer/kinfer": "this project's image; terraform replaces it with -var image",
+}
+# Installed although no longer maintained, only as an optional in-cluster default that an
+# existing endpoint variable switches off, and said so in docs/operations.md.
+TOLERATED_UNMAINTAINED = {
+    "https://charts.min.io/": ("s3_endpoint_url", "MinIO community edition: source-only since 2025-10, repository "
+                                                  "archived; the last published images still pull"),
+    "docker.io/minio/minio": ("s3_endpoint_url", "last community image of MinIO (RELEASE.2025-09-07T16-13-09Z)"),
+    "docker.io/minio/mc": ("s3_endpoint_url", "MinIO client for the chart's setup jobs, last community image"),
+}
+IMAGE = re.compile(r"^(?P<repo>[a-z0-9.-]+\.[a-z]+(?::\d+)?/[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+))?"
+                   r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
+EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+$")
+VAR_REF = re.compile(r"^\$\{var\.([a-z0-9_]+)\}$")
+
+
+def resolve(directory: Path, value: Any) -> str:
+    """A literal, or the default of the variable it names."""
+    text = unquote(value)
+    match = VAR_REF.match(str(text))
+    if match:
+        text = unquote(named(parse(directory)["variable"])[match.group(1)].get("default"))
+    assert isinstance(text, str) and "${" not in text, f"{directory.name}: cannot resolve {value}"
+    return text
+
+
+def helm_releases() -> dict[str, tuple[Path, dict[str, Any]]]:
+    return {f"{d.name}.{name}": (d, body) for d in modules()
+            for (rtype, name), body in all_typed(parse(d).get("resource", [])).items() if rtype == "helm_release"}
+
+
+def images() -> dict[str, str]:
+    """Every image reference in terraform/ (variable defaults) and in knative/ (containers), with where it is."""
+    found = {}
+    for directory in [TF, *modules()]:
+        for name, body in named(parse(directory).get("variable", [])).items():
+            default = unquote(body.get("default"))
+            if isinstance(default, str) and IMAGE.match(default) and "/" in default.split(":")[0]:
+                found[default] = f"{directory.name} var.{name}"
+    from tests.unit.deploy.support import KNATIVE, OVERLAYS, render
+    for overlay in OVERLAYS:
+        for doc in render(KNATIVE / "overlays" / overlay):
+            for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                found[c["image"]] = f"knative overlay {overlay}: {doc['kind']} {doc['metadata']['name']}"
+    return found
+
+
+def _source_allowed(source: str, where: str) -> None:
+    if source in MAINTAINED:
+        return
+    assert source in TOLERATED_UNMAINTAINED, f"{where}: {source} is not a known maintained source (MAINTAINED)"
+    switch, _ = TOLERATED_UNMAINTAINED[source]
+    module = TF / "modules" / "data"
+    assert f"var.{switch}" in (module / "main.tf").read_text(), f"{source} must be switched off by {switch}"
+    docs = (TF.parent / "docs" / "operations.md").read_text()
+    assert "no longer maintained" in docs and switch in docs, f"docs/operations.md must say {source} is unmaintained"
+
+
+def test_terraform_installs_nothing_from_bitnami() -> None:
+    for path in TF.rglob("*.tf"):
+        code = re.sub(r"(?m)^\s*#.*$", "", path.read_text())
+        assert "bitnami" not in code.lower(), f"{path}: Bitnami's versioned images were removed"
+
+
+def test_every_chart_is_pinned_to_an_exact_version_of_a_maintained_repository() -> None:
+    releases = helm_releases()
+    assert {"data.cnpg", "data.valkey", "data.minio", "kafka.strimzi", "knative.envoy_gateway"} <= set(releases)
+    for where, (directory, body) in releases.items():
+        _source_allowed(resolve(directory, body["repository"]), f"helm_release.{where}")
+        version = resolve(directory, body["version"])
+        assert EXACT_VERSION.match(version), f"helm_release.{where}: version {version} is not exact"
+        if resolve(directory, body["repository"]) in TOLERATED_UNMAINTAINED:
+            assert "local.install_" in str(body.get("count")), f"helm_release.{where} must be optional"
+
+
+def test_every_image_is_pinned_to_a_maintained_repository() -> None:
+    found = images()
+    assert any(i.startswith("ghcr.io/cloudnative-pg/postgresql:") for i in found)
+    assert any(i.startswith("nvcr.io/nvidia/tritonserver:") for i in found)
+    for image, where in found.items():
+        match = IMAGE.match(image)
+        assert match, f"{where}: {image} is not registry/repository:tag"
+        tag, digest = match.group("tag"), match.group("digest")
+        assert digest or (tag and tag != "latest" and re.search(r"\d+[.-]\d+", tag)), (
+            f"{where}: {image} is not pinned (a floating or missing tag)")
+        _source_allowed(match.group("repo"), where)
