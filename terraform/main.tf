@@ -11,7 +11,7 @@ module "knative" {
 module "kafka" {
   source            = "./modules/kafka"
   bootstrap_servers = var.kafka_bootstrap_servers
-  chunk_partitions  = var.kafka_chunk_partitions
+  chunk_partitions  = coalesce(var.kafka_chunk_partitions, var.overlay == "prod" ? 24 : 12)
 }
 
 module "data" {

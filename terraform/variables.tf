@@ -78,9 +78,9 @@ variable "kafka_bootstrap_servers" {
 }
 
 variable "kafka_chunk_partitions" {
-  description = "Partitions of the chunk topic kinfer.batch.chunks (see docs/operations.md for sizing)."
+  description = "Partitions of the chunk topic kinfer.batch.chunks, set on its Strimzi KafkaTopic (null: 24 with the prod overlay, 12 with dev; see docs/operations.md for sizing). Partitions can be added, never removed."
   type        = number
-  default     = 12
+  default     = null
 }
 
 variable "database_url" {

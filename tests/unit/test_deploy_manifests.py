@@ -221,9 +221,9 @@ def test_eventing_wiring_names_services_that_exist(rendered: dict[str, list[dict
         assert worker["spec"]["consumerGroup"] == "kinfer-batch-worker"
         assert _ref(worker["spec"]["sink"]) == ("Service", "batch-worker")
         delivery = worker["spec"]["delivery"]
-        assert (delivery["retry"], delivery["backoffPolicy"], delivery["backoffDelay"]) == (5, "exponential", "PT0.5S")
+        assert (delivery["retry"], delivery["backoffPolicy"], delivery["backoffDelay"]) == (10, "linear", "PT30S")
         assert _ref(delivery["deadLetterSink"]) == ("Service", "batch-deadletter")
-        assert worker["metadata"]["annotations"]["kafka.eventing.knative.dev/delivery.order"] == "unordered"
+        assert worker["spec"]["ordering"] == "unordered"
         intake = sources["batch-intake-source"]
         assert intake["spec"]["topics"] == ["kinfer.batch.requests"]
         assert _ref(intake["spec"]["sink"]) == ("Service", "batch-intake")
