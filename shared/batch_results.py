@@ -67,8 +67,13 @@ def merge_chunks(services: Any, job_id: Any, chunks: Iterable[int]) -> str:
 
 
 def presigned_results(services: Any, key: str) -> str:
+    """A GET URL for clients: presigned for S3_PUBLIC_ENDPOINT_URL when set (SigV4 binds the host)."""
     settings = services.settings
-    return storage.presign_get(services.s3, settings.s3_results_bucket, key, settings.result_url_expiry_s)
+    client = services.s3
+    if settings.s3_public_endpoint_url:
+        client = services.component(
+            "s3_public", lambda s: storage.make_s3_client(s.settings, s.settings.s3_public_endpoint_url))
+    return storage.presign_get(client, settings.s3_results_bucket, key, settings.result_url_expiry_s)
 
 
 def delete_job_objects(services: Any, job_id: Any) -> None:

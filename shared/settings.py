@@ -83,6 +83,9 @@ class Settings:
     cache_ttl_s: int = _var("CACHE_TTL_S", "300", _int(1, 86400))
     # Object storage (MinIO in production, a local S3 API server in development)
     s3_endpoint_url: str = _var("S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    # Only for URLs handed to clients (presigned result_url): SigV4 signs the host, so a URL
+    # presigned for the cluster-internal endpoint cannot be used outside. Empty: S3_ENDPOINT_URL.
+    s3_public_endpoint_url: str = _var("S3_PUBLIC_ENDPOINT_URL", "")
     s3_region: str = _var("S3_REGION", "us-east-1")
     s3_access_key_id: str = _var("S3_ACCESS_KEY_ID", "kinfer", secret=True)
     s3_secret_access_key: str = _var("S3_SECRET_ACCESS_KEY", "kinfer-secret", secret=True)

@@ -37,17 +37,22 @@ module "platform" {
     kafka   = module.kafka.ready
     data    = module.data.ready
   }
-  image            = var.image
-  namespace        = var.namespace
-  domain           = var.domain
-  overlay          = var.overlay
-  gpu_count        = var.gpu_count
-  triton_keep_warm = var.triton_keep_warm
-  kafka_brokers    = module.kafka.bootstrap_servers
-  database_url     = module.data.database_url
-  redis_url        = module.data.redis_url
-  s3_endpoint_url  = module.data.s3_endpoint_url
-  s3_region        = var.s3_region
-  s3_workloads     = module.data.s3_workloads
-  s3_credentials   = module.data.s3_credentials
+  image                  = var.image
+  namespace              = var.namespace
+  domain                 = var.domain
+  overlay                = var.overlay
+  gpu_count              = var.gpu_count
+  triton_keep_warm       = var.triton_keep_warm
+  kafka_brokers          = module.kafka.bootstrap_servers
+  database_url           = module.data.database_url
+  redis_url              = module.data.redis_url
+  s3_endpoint_url        = module.data.s3_endpoint_url
+  s3_region              = var.s3_region
+  s3_workloads           = module.data.s3_workloads
+  s3_credentials         = module.data.s3_credentials
+  s3_public_endpoint_url = var.s3_public_endpoint_url
+  minio_installed        = module.data.minio_installed
+  data_namespace         = var.data_namespace
+  tls_certificate        = var.tls_certificate
+  tls_private_key        = var.tls_private_key
 }

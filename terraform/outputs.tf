@@ -1,5 +1,5 @@
 output "public_url" {
-  description = "Base URL of the public API (/v1/models, /v1/infer, /v2/models, /v1/batch); point api.<domain> at the kinfer Gateway's address."
+  description = "Base URL of the public API over HTTPS (/v1/models, /v1/infer, /v2/models, /v1/batch); point api.<domain> (and s3.<domain>) at the kinfer Gateway's address."
   value       = module.platform.public_url
 }
 
@@ -21,4 +21,9 @@ output "kafka_bootstrap_servers" {
 output "s3_endpoint_url" {
   description = "S3 endpoint of the model repository and batch buckets (upload models with `kinfer deploy upload-models`)."
   value       = module.data.s3_endpoint_url
+}
+
+output "s3_public_url" {
+  description = "S3 endpoint of presigned result URLs (https://s3.<domain> with the in-cluster MinIO)."
+  value       = module.platform.s3_public_url
 }

@@ -108,6 +108,30 @@ variable "s3_endpoint_url" {
   }
 }
 
+variable "s3_public_endpoint_url" {
+  description = "S3 endpoint that clients reach, used only to presign result URLs (empty: https://s3.<domain> with the in-cluster MinIO, else s3_endpoint_url)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.s3_public_endpoint_url == "" || can(regex("^https?://[^/]+$", var.s3_public_endpoint_url))
+    error_message = "s3_public_endpoint_url must be empty or scheme://host[:port]."
+  }
+}
+
+variable "tls_certificate" {
+  description = "PEM certificate (with chain) of the public Gateway, valid for api.<domain> and s3.<domain>. Empty: a self-signed certificate (to try Kinfer only)."
+  type        = string
+  default     = ""
+}
+
+variable "tls_private_key" {
+  description = "PEM private key of tls_certificate."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
 variable "s3_region" {
   description = "Region of the S3 endpoint."
   type        = string

@@ -115,12 +115,12 @@ def test_every_function_folder_has_a_service_and_every_service_a_function(
         assert not missing, f"{overlay}: function folders without a Knative Service: {missing}"
 
 
-def test_models_and_backends_are_cluster_local_and_public_ones_are_not(
+def test_every_service_is_cluster_local_and_reached_from_outside_through_the_gateway_only(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
     for overlay, docs in rendered.items():
         for name, svc in ksvcs(docs).items():
             local = svc["metadata"].get("labels", {}).get(CLUSTER_LOCAL) == "cluster-local"
-            assert local == (name not in PUBLIC_SERVICES), f"{overlay}: {name} visibility is wrong"
+            assert local, f"{overlay}: {name} must be cluster-local (else Kourier's external gateway serves it)"
         models = env_of(container(ksvcs(docs)["models"]))
         public = env_of(container(ksvcs(docs)["models-public"]))
         assert (models["AUTH_REQUIRED"]["value"], public["AUTH_REQUIRED"]["value"]) == ("false", "true")
@@ -282,7 +282,16 @@ def test_public_routes_reach_existing_public_services(rendered: dict[str, list[d
     for overlay, docs in rendered.items():
         route = of_kind(docs, "HTTPRoute")["kinfer-public"]
         gateway = of_kind(docs, "Gateway")[route["spec"]["parentRefs"][0]["name"]]
-        assert gateway["spec"]["listeners"][0]["protocol"] == "HTTP"
+        listeners = {item["name"]: item for item in gateway["spec"]["listeners"]}
+        assert route["spec"]["parentRefs"] == [{"name": "kinfer", "sectionName": "https"}], overlay
+        assert listeners["https"]["protocol"] == "HTTPS" and listeners["https"]["port"] == 443
+        assert listeners["https"]["tls"] == {"mode": "Terminate",
+                                             "certificateRefs": [{"kind": "Secret", "name": "kinfer-tls"}]}
+        for other in of_kind(docs, "HTTPRoute").values():  # what plain HTTP may do: redirect
+            if any(ref.get("sectionName") != "https" for ref in other["spec"]["parentRefs"]):
+                assert [f["type"] for r in other["spec"]["rules"] for f in r["filters"]] == ["RequestRedirect"]
+                assert other["spec"]["rules"][0]["filters"][0]["requestRedirect"]["scheme"] == "https"
+                assert "backendRefs" not in other["spec"]["rules"][0], f"{overlay}: HTTP must not reach a backend"
         routed = {}
         for rule in route["spec"]["rules"]:
             host = rule["filters"][0]["urlRewrite"]["hostname"]

@@ -93,7 +93,7 @@ def test_module_calls_match_module_variables_and_outputs() -> None:
 def test_providers_are_pinned_and_the_deploy_variables_exist() -> None:
     root = parse(TF)
     providers = root["terraform"][0]["required_providers"][0]
-    for name in ("kubernetes", "helm", "kustomization"):
+    for name in ("kubernetes", "helm", "kustomization", "random", "tls"):
         assert re.match(r'^"?~> \d+\.\d+', providers[name]["version"]), f"provider {name} not pinned"
     declared = variables(TF)
     assert {"image", "namespace", "domain", "gpu_count", "kafka_bootstrap_servers", "database_url",
@@ -137,7 +137,7 @@ def test_platform_module_agrees_with_the_knative_manifests() -> None:
     listed = [unquote(s) for s in locals_["public_services"] + locals_["internal_services"]]
     assert sorted(listed) == sorted(services), "function_urls must list every Knative Service exactly once"
 
-    route = next(d for d in docs if d["kind"] == "HTTPRoute")
+    route = next(d for d in docs if d["kind"] == "HTTPRoute" and d["metadata"]["name"] == "kinfer-public")
     in_route = [r["filters"][0]["urlRewrite"]["hostname"].split(".")[0] for r in route["spec"]["rules"]]
     assert [unquote(s) for s in locals_["route_services"]] == in_route, "route_services must follow the rule order"
 

@@ -22,7 +22,12 @@ locals {
     S3_REGION               = var.s3_region
     TRITON_URL              = local.triton_url
     TRITON_MODEL_REPOSITORY = "s3://${var.s3_endpoint_url}/${var.model_bucket}/${var.model_prefix}"
+    # Presigned result URLs must name a host clients reach (SigV4 signs it).
+    S3_PUBLIC_ENDPOINT_URL = (var.s3_public_endpoint_url != "" ? var.s3_public_endpoint_url
+    : var.minio_installed ? "https://${local.s3_host}" : "")
   }
+  api_host = "api.${var.domain}"
+  s3_host  = "s3.${var.domain}"
 
   secrets = {
     "kinfer-database" = { DATABASE_URL = var.database_url }
@@ -71,6 +76,40 @@ resource "kubernetes_secret" "s3" {
   data = {
     S3_ACCESS_KEY_ID     = var.s3_credentials[each.key].access_key_id
     S3_SECRET_ACCESS_KEY = var.s3_credentials[each.key].secret_access_key
+  }
+}
+
+# The Gateway's certificate (Secret kinfer-tls): the one given, or a self-signed
+# one for api.<domain> and s3.<domain> to try Kinfer (clients must trust it).
+resource "tls_private_key" "gateway" {
+  count       = var.tls_certificate == "" ? 1 : 0
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_self_signed_cert" "gateway" {
+  count           = var.tls_certificate == "" ? 1 : 0
+  private_key_pem = tls_private_key.gateway[0].private_key_pem
+  dns_names       = [local.api_host, local.s3_host]
+  subject {
+    common_name  = local.api_host
+    organization = "Kinfer (self-signed)"
+  }
+  validity_period_hours = 24 * 365
+  early_renewal_hours   = 24 * 30
+  allowed_uses          = ["digital_signature", "key_encipherment", "server_auth"]
+}
+
+resource "kubernetes_secret" "tls" {
+  metadata {
+    name      = "kinfer-tls"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  type = "kubernetes.io/tls"
+  data = {
+    "tls.crt" = var.tls_certificate != "" ? var.tls_certificate : tls_self_signed_cert.gateway[0].cert_pem
+    "tls.key" = var.tls_certificate != "" ? var.tls_private_key : tls_private_key.gateway[0].private_key_pem
   }
 }
 
@@ -154,13 +193,44 @@ data "kustomization_overlay" "kinfer" {
 resource "kustomization_resource" "p0" {
   for_each   = data.kustomization_overlay.kinfer.ids_prio[0]
   manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
-  depends_on = [kubernetes_secret.kinfer, kubernetes_secret.s3]
+  depends_on = [kubernetes_secret.kinfer, kubernetes_secret.s3, kubernetes_secret.tls]
 }
 
 resource "kustomization_resource" "p1" {
   for_each   = data.kustomization_overlay.kinfer.ids_prio[1]
   manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
   depends_on = [kustomization_resource.p0, kustomization_resource.reference_grant]
+}
+
+# The S3 API of the in-cluster MinIO on https://s3.<domain>, for presigned
+# result URLs (S3_PUBLIC_ENDPOINT_URL); the Host header is kept, as SigV4 needs.
+resource "kustomization_resource" "minio_reference_grant" {
+  count = var.minio_installed ? 1 : 0
+  manifest = jsonencode({
+    apiVersion = "gateway.networking.k8s.io/v1beta1"
+    kind       = "ReferenceGrant"
+    metadata   = { name = "kinfer-s3-${var.namespace}", namespace = var.data_namespace }
+    spec = {
+      from = [{ group = "gateway.networking.k8s.io", kind = "HTTPRoute", namespace = var.namespace }]
+      to   = [{ group = "", kind = "Service", name = "minio" }]
+    }
+  })
+  depends_on = [terraform_data.prerequisites]
+}
+
+resource "kustomization_resource" "minio_route" {
+  count = var.minio_installed ? 1 : 0
+  manifest = jsonencode({
+    apiVersion = "gateway.networking.k8s.io/v1"
+    kind       = "HTTPRoute"
+    metadata   = { name = "kinfer-s3", namespace = var.namespace, labels = { "app.kubernetes.io/part-of" = "kinfer" } }
+    spec = {
+      parentRefs = [{ name = "kinfer", sectionName = "https" }]
+      hostnames  = [local.s3_host]
+      rules      = [{ backendRefs = [{ name = "minio", namespace = var.data_namespace, port = 9000 }] }]
+    }
+  })
+  depends_on = [kustomization_resource.p1, kustomization_resource.minio_reference_grant]
 }
 
 resource "kustomization_resource" "p2" {

@@ -82,3 +82,29 @@ variable "model_prefix" {
   type        = string
   default     = "models"
 }
+
+variable "data_namespace" {
+  description = "Namespace of the in-cluster data services (MinIO's Service for the S3 route)."
+  type        = string
+}
+
+variable "minio_installed" {
+  description = "Whether MinIO runs in the cluster: then its S3 API is routed on https://s3.<domain>."
+  type        = bool
+}
+
+variable "s3_public_endpoint_url" {
+  description = "S3_PUBLIC_ENDPOINT_URL: the S3 endpoint clients reach, for presigned result URLs (empty: https://s3.<domain> with in-cluster MinIO, else S3_ENDPOINT_URL)."
+  type        = string
+}
+
+variable "tls_certificate" {
+  description = "PEM certificate (chain) of the Gateway for api.<domain> and s3.<domain>; empty: self-signed."
+  type        = string
+}
+
+variable "tls_private_key" {
+  description = "PEM private key of tls_certificate."
+  type        = string
+  sensitive   = true
+}

@@ -36,3 +36,16 @@ def test_nothing_probes_a_scale_to_zero_triton(rendered: dict[str, list[Doc]]) -
         else:
             assert probes == "true", f"{overlay}: a warm Triton should be probed"
     assert annotations(ksvcs(rendered["prod+triton-warm"])["triton"])["autoscaling.knative.dev/min-scale"] == "1"
+
+
+def test_result_urls_are_presigned_for_a_host_clients_reach_over_tls(rendered: dict[str, list[Doc]]) -> None:
+    """result_url names S3_PUBLIC_ENDPOINT_URL; with the in-cluster MinIO that is its route on the Gateway."""
+    from tests.unit.deploy.support import TF, all_typed, local_values, parse
+
+    for overlay, docs in rendered.items():
+        assert "S3_PUBLIC_ENDPOINT_URL" in config(docs), f"{overlay}: the setting must be in kinfer-config"
+    platform = TF / "modules" / "platform"
+    public = str(local_values(platform)["config"]["S3_PUBLIC_ENDPOINT_URL"])
+    assert "var.s3_public_endpoint_url" in public and "https://${local.s3_host}" in public
+    route = str(all_typed(parse(platform)["resource"])[("kustomization_resource", "minio_route")]["manifest"])
+    assert 'sectionName = "https"' in route and "local.s3_host" in route and 'name = "minio"' in route
