@@ -113,6 +113,9 @@ class Settings:
     # Process identity and telemetry
     service_name: str = _var("K_SERVICE", "kinfer")
     port: int = _var("PORT", "8080", _int(1, 65535))
+    # Requests one `kinfer serve` process serves at once (its threads); the Knative manifests
+    # set containerConcurrency to the same value
+    server_concurrency: int = _var("SERVER_CONCURRENCY", "8", _int(1, 1000))
     function_target: str = _var("FUNCTION_TARGET", "")
     function_source: str = _var("FUNCTION_SOURCE", "")
     log_level: str = _var("LOG_LEVEL", "INFO")

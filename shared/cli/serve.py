@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, help="default: PORT")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--threads", type=int, help="requests served at once per worker (default: SERVER_CONCURRENCY)")
     p.set_defaults(func=run)
 
 
@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"kinfer serve: function source {source} does not exist")
             return 2
         app = function_app(target, source)
-    serve(app, args.host, port, workers=args.workers, threads=args.threads)
+    serve(app, args.host, port, workers=args.workers, threads=args.threads or settings.server_concurrency)
     return 0

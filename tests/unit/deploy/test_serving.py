@@ -49,3 +49,56 @@ def test_result_urls_are_presigned_for_a_host_clients_reach_over_tls(rendered: d
     assert "var.s3_public_endpoint_url" in public and "https://${local.s3_host}" in public
     route = str(all_typed(parse(platform)["resource"])[("kustomization_resource", "minio_route")]["manifest"])
     assert 'sectionName = "https"' in route and "local.s3_host" in route and 'name = "minio"' in route
+
+
+def _function_services(docs: list[Doc]) -> dict[str, Doc]:
+    return {n: s for n, s in ksvcs(docs).items() if n != "triton"}
+
+
+def _image_command() -> list[str]:
+    """The container's command line: the Dockerfile's ENTRYPOINT and CMD (exec form)."""
+    import json
+    import re
+
+    from tests.unit.deploy.support import ROOT
+
+    text = (ROOT / "Dockerfile").read_text().split("AS runtime", 1)[1]
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    return entry + cmd
+
+
+def served_at_once(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many requests the image's server serves at once with this container env (gunicorn workers x threads)."""
+    from shared import cli, server
+
+    command = _image_command()
+    assert command[0] == "kinfer", command
+    seen: dict[str, int] = {}
+    monkeypatch.setattr(server, "function_app", lambda target, source: object())
+    monkeypatch.setattr(server, "serve", lambda app, host, port, workers=1, threads=8: seen.update(
+        workers=workers, threads=threads))
+    for name in ("SERVER_CONCURRENCY", "FUNCTION_TARGET", "FUNCTION_SOURCE", "PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(KNATIVE.parent)  # FUNCTION_SOURCE is relative to the image's /app
+    assert cli.main(command[1:]) == 0
+    return seen["workers"] * seen["threads"]
+
+
+def test_container_concurrency_is_what_the_server_serves_and_the_target_follows(
+        rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch) -> None:
+    for overlay, docs in rendered.items():
+        for name, svc in _function_services(docs).items():
+            spec, ann = svc["spec"]["template"]["spec"], annotations(svc)
+            c = spec["containers"][0]
+            env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+            served = served_at_once(env, monkeypatch)
+            assert spec.get("containerConcurrency") == served, (
+                f"{overlay}: {name}: containerConcurrency {spec.get('containerConcurrency')} but the server "
+                f"serves {served} at once: requests would queue in the pod, unseen by the autoscaler")
+            assert "autoscaling.knative.dev/target" not in ann, (
+                f"{overlay}: {name}: no fixed target; Knative derives it from containerConcurrency")
+            utilization = int(ann.get("autoscaling.knative.dev/target-utilization-percentage", "0"))
+            assert 50 <= utilization <= 90, f"{overlay}: {name}: target-utilization-percentage {utilization}"
