@@ -37,8 +37,9 @@ WORKDIR /app
 COPY --chown=root:root functions ./functions
 USER 10001:10001
 EXPOSE 8080
-# Knative probes /health itself; this serves `docker run` and other runtimes.
+# Knative probes /livez and /health itself; this serves `docker run` and other
+# runtimes: liveness, which depends on no database or cache.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8080'), timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('PORT', '8080'), timeout=2)"]
 ENTRYPOINT ["kinfer"]
 CMD ["serve"]

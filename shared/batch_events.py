@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 def serve_event(request: Request, services: Any, span_name: str,
                 handler: Callable[[Any, Any], tuple[int, dict[str, Any]]]) -> Response:
-    """Run ``handler(services, event)`` for a POSTed CloudEvent; GET /health answers 200."""
+    """Run ``handler(services, event)`` for a POSTed CloudEvent; GET /health and /livez answer 200."""
+    if request.method == "GET" and request.path.rstrip("/") == "/livez":
+        return json_response({"status": "alive"})
     if request.method == "GET" and request.path.rstrip("/") == "/health":
         return json_response({"status": "healthy", "service": services.settings.service_name})
     request_id = request_id_of(request)

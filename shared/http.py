@@ -44,6 +44,11 @@ class Route:
     scope: str | None = None
 
 
+# Liveness: answers while the process serves HTTP, whatever PostgreSQL, Redis or Triton do
+# (readiness stays on /health); a failing dependency must not get pods restarted.
+LIVEZ = Route("/livez", ("GET",), lambda call: {"status": "alive"})
+
+
 class Router:
     """Routes requests by path and method with werkzeug's URL map."""
 

@@ -11,7 +11,7 @@ from flask import Request, Response
 
 from shared import backends
 from shared.events import parse_event
-from shared.http import Call, Route, Router, dispatch
+from shared.http import LIVEZ, Call, Route, Router, dispatch
 from shared.runtime import function_services
 
 
@@ -32,6 +32,7 @@ def _metrics(call: Call) -> Response:
 
 
 ROUTES = Router([
+    LIVEZ,
     Route("/", ("POST",), _probe),
     Route("/health", ("GET",), _health),
     Route("/metrics", ("GET",), _metrics),

@@ -6,7 +6,7 @@ import functions_framework
 from flask import Request, Response
 
 from shared import batch, registry
-from shared.http import Call, Route, Router, dispatch
+from shared.http import LIVEZ, Call, Route, Router, dispatch
 from shared.runtime import function_services
 
 
@@ -31,6 +31,7 @@ def _health(call: Call) -> tuple[int, dict]:
 
 
 ROUTES = Router([
+    LIVEZ,
     Route("/health", ("GET",), _health),
     Route("/v1/batch", ("POST",), _submit, scope="batch"),
     Route("/v1/batch", ("GET",), _list, scope="batch"),

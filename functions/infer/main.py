@@ -5,7 +5,7 @@ from __future__ import annotations
 import functions_framework
 from flask import Request, Response
 
-from shared.http import Call, Route, Router, dispatch
+from shared.http import LIVEZ, Call, Route, Router, dispatch
 from shared.inference import run_inference as infer
 from shared.runtime import function_services
 
@@ -36,6 +36,7 @@ def _health(call: Call) -> tuple[int, dict]:
 
 
 ROUTES = Router([
+    LIVEZ,
     Route("/health", ("GET",), _health),
     Route("/v1/infer", ("POST",), _infer, scope="infer"),
     Route("/v2/models/<name>/infer", ("POST",), _infer_v2, scope="infer"),

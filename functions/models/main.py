@@ -6,7 +6,7 @@ import functions_framework
 from flask import Request, Response
 
 from shared import registry
-from shared.http import Call, Route, Router, dispatch
+from shared.http import LIVEZ, Call, Route, Router, dispatch
 from shared.runtime import function_services
 
 
@@ -40,6 +40,7 @@ def _health(call: Call) -> tuple[int, dict]:
 
 
 ROUTES = Router([
+    LIVEZ,
     Route("/health", ("GET",), _health),
     Route("/v1/models", ("POST",), _create, scope="admin"),
     Route("/v1/models", ("GET",), _list, scope="any"),

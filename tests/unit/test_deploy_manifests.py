@@ -139,8 +139,8 @@ def test_function_services_scale_to_zero_with_limits_probes_and_config(
             assert c["image"].startswith(KINFER_IMAGE + ":"), f"{where}: image {c['image']}"
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{where}: resources.{kind}"
-            for probe in ("readinessProbe", "livenessProbe"):
-                assert c[probe]["httpGet"]["path"] == "/health", f"{where}: {probe}"
+            assert c["readinessProbe"]["httpGet"]["path"] == "/health", f"{where}: readinessProbe"
+            assert c["livenessProbe"]["httpGet"]["path"] == "/livez", f"{where}: livenessProbe"
             assert {"configMapRef": {"name": "kinfer-config"}} in c["envFrom"], where
             sc = c["securityContext"]
             assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"] and sc["readOnlyRootFilesystem"], where

@@ -102,3 +102,48 @@ def test_container_concurrency_is_what_the_server_serves_and_the_target_follows(
                 f"{overlay}: {name}: no fixed target; Knative derives it from containerConcurrency")
             utilization = int(ann.get("autoscaling.knative.dev/target-utilization-percentage", "0"))
             assert 50 <= utilization <= 90, f"{overlay}: {name}: target-utilization-percentage {utilization}"
+
+
+class _Tripwire:
+    """Services whose clients record every use: a liveness answer must use none of them."""
+
+    def __init__(self) -> None:
+        from shared.settings import Settings
+
+        self.settings = Settings.from_env(environ={})
+        self.touched: list[str] = []
+
+    def __getattr__(self, name: str) -> object:  # db, cache, s3, component(...): PostgreSQL, Redis, S3, Triton
+        self.touched.append(name)
+        raise ConnectionError(f"liveness used services.{name}")
+
+
+def liveness_answer(svc: Doc, monkeypatch: pytest.MonkeyPatch) -> tuple[int, list[str]]:
+    """Call the Service's entry point as its liveness probe does, with every dependency failing."""
+    import importlib
+
+    from werkzeug.test import EnvironBuilder
+
+    c = svc["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    probe = c["livenessProbe"]["httpGet"]
+    module = importlib.import_module("functions." + env["FUNCTION_SOURCE"].split("/")[1] + ".main")
+    services = _Tripwire()
+    monkeypatch.setattr(module, "function_services", lambda: services)
+    from flask import Request
+
+    request = Request(EnvironBuilder(path=probe["path"], method="GET").get_environ())
+    response = getattr(module, env["FUNCTION_TARGET"])(request)
+    return response.status_code, services.touched
+
+
+def test_liveness_never_depends_on_postgresql_redis_or_triton(
+        rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch) -> None:
+    for overlay, docs in rendered.items():
+        for name, svc in _function_services(docs).items():
+            c = svc["spec"]["template"]["spec"]["containers"][0]
+            assert c["readinessProbe"]["httpGet"]["path"] == "/health", f"{overlay}: {name}: readiness on /health"
+            status, touched = liveness_answer(svc, monkeypatch)
+            assert status == 200 and not touched, (
+                f"{overlay}: {name}: liveness {c['livenessProbe']['httpGet']['path']} answers {status} and uses "
+                f"{touched}: an outage of a dependency would restart every pod")
