@@ -127,6 +127,103 @@ resource "kustomization_resource" "reference_grant" {
   depends_on = [terraform_data.prerequisites]
 }
 
+# The database migration (knative/jobs/db-migrate.yaml, kept alike by the static
+# checks) as its own step: named per image, so a new image runs a new Job (a
+# Job's spec is immutable) and an unchanged one does not drift; terraform waits
+# for it to complete before the overlay's Services (new revisions) roll out. No
+# ttlSecondsAfterFinished: a Job deleted by its TTL would be recreated by the
+# next apply.
+resource "kubernetes_service_account_v1" "migrate" {
+  metadata {
+    name      = "kinfer-migrate"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  automount_service_account_token = false
+}
+
+resource "kubernetes_job_v1" "migrate" {
+  metadata {
+    name      = "kinfer-db-migrate-${substr(sha256(var.image), 0, 12)}"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels = {
+      "app.kubernetes.io/name"      = "kinfer-db-migrate"
+      "app.kubernetes.io/component" = "migration"
+      "app.kubernetes.io/part-of"   = "kinfer"
+    }
+  }
+  spec {
+    backoff_limit           = 6
+    active_deadline_seconds = 900
+    template {
+      metadata {
+        labels = { "app.kubernetes.io/name" = "kinfer-db-migrate" }
+      }
+      spec {
+        restart_policy                  = "OnFailure"
+        service_account_name            = kubernetes_service_account_v1.migrate.metadata[0].name
+        automount_service_account_token = false
+        security_context {
+          run_as_non_root = true
+          run_as_user     = 10001
+          run_as_group    = 10001
+          seccomp_profile {
+            type = "RuntimeDefault"
+          }
+        }
+        container {
+          name              = "migrate"
+          image             = var.image
+          image_pull_policy = "Always"
+          command           = ["kinfer", "db", "upgrade"]
+          env {
+            name = "DATABASE_URL"
+            value_from {
+              secret_key_ref {
+                name = kubernetes_secret.kinfer["kinfer-database"].metadata[0].name
+                key  = "DATABASE_URL"
+              }
+            }
+          }
+          resources {
+            requests = { cpu = "100m", memory = "128Mi" }
+            limits   = { cpu = "500m", memory = "256Mi" }
+          }
+          security_context {
+            run_as_non_root            = true
+            run_as_user                = 10001
+            run_as_group               = 10001
+            allow_privilege_escalation = false
+            read_only_root_filesystem  = true
+            privileged                 = false
+            capabilities {
+              drop = ["ALL"]
+            }
+            seccomp_profile {
+              type = "RuntimeDefault"
+            }
+          }
+          volume_mount {
+            name       = "tmp"
+            mount_path = "/tmp"
+          }
+        }
+        volume {
+          name = "tmp"
+          empty_dir {
+            size_limit = "64Mi"
+          }
+        }
+      }
+    }
+  }
+  wait_for_completion = true
+  timeouts {
+    create = "15m"
+    update = "15m"
+  }
+}
+
 data "kustomization_overlay" "kinfer" {
   resources  = ["${local.knative_dir}/overlays/${var.overlay}"]
   components = var.triton_keep_warm ? ["${local.knative_dir}/components/triton-warm"] : []
@@ -199,7 +296,7 @@ resource "kustomization_resource" "p0" {
 resource "kustomization_resource" "p1" {
   for_each   = data.kustomization_overlay.kinfer.ids_prio[1]
   manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
-  depends_on = [kustomization_resource.p0, kustomization_resource.reference_grant]
+  depends_on = [kustomization_resource.p0, kustomization_resource.reference_grant, kubernetes_job_v1.migrate]
 }
 
 # The S3 API of the in-cluster MinIO on https://s3.<domain>, for presigned

@@ -169,3 +169,55 @@ def test_every_image_is_pinned_to_a_maintained_repository() -> None:
         assert digest or (tag and tag != "latest" and re.search(r"\d+[.-]\d+", tag)), (
             f"{where}: {image} is not pinned (a floating or missing tag)")
         _source_allowed(match.group("repo"), where)
+
+
+# -- the migration step -----------------------------------------------------------------------
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _block(body: dict[str, Any], *path: str) -> dict[str, Any]:
+    for key in path:
+        body = body[key][0] if isinstance(body[key], list) else body[key]
+    return body
+
+
+def test_the_migration_runs_per_image_to_completion_before_new_revisions() -> None:
+    platform = parse(TF / "modules" / "platform")
+    resources = all_typed(platform["resource"])
+    job = resources[("kubernetes_job_v1", "migrate")]
+    name = unquote(_block(job, "metadata")["name"])
+    assert "sha256(var.image)" in name, f"the Job's name {name} must change with the image (a Job is immutable)"
+    assert job.get("wait_for_completion") is True and {"create", "update"} <= set(_block(job, "timeouts"))
+    assert "ttl_seconds_after_finished" not in _block(job, "spec"), "a TTL-deleted Job is recreated: drift"
+    rollout = resources[("kustomization_resource", "p1")]
+    assert "kubernetes_job_v1.migrate" in str(rollout.get("depends_on")), "Services must wait for the migration"
+
+
+def test_the_terraform_job_is_the_manual_one_of_knative_jobs() -> None:
+    from tests.unit.deploy.support import KNATIVE, of_kind, render
+
+    jobs = render(KNATIVE / "jobs")
+    manual = of_kind(jobs, "Job")["kinfer-db-migrate"]
+    pod = manual["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    job = all_typed(parse(TF / "modules" / "platform")["resource"])[("kubernetes_job_v1", "migrate")]
+    spec = _block(job, "spec")
+    assert (spec["backoff_limit"], spec["active_deadline_seconds"]) == (
+        manual["spec"]["backoffLimit"], manual["spec"]["activeDeadlineSeconds"])
+    tf_pod = _block(spec, "template", "spec")
+    tf_container = _block(tf_pod, "container")
+    assert unquote(tf_pod["restart_policy"]) == pod["restartPolicy"]
+    assert tf_pod["automount_service_account_token"] is pod["automountServiceAccountToken"] is False
+    assert [unquote(c) for c in tf_container["command"]] == container["command"]
+    assert unquote(tf_container["image_pull_policy"]) == container["imagePullPolicy"]
+    tf_env = {unquote(e["name"]) for e in tf_container["env"]}
+    assert tf_env == {e["name"] for e in container["env"]}
+    manual_sc = container["securityContext"]
+    for key, value in _block(tf_container, "security_context").items():
+        if key in {"__is_block__", "capabilities", "seccomp_profile"}:
+            continue
+        assert manual_sc[_camel(key)] == value, f"securityContext.{_camel(key)} differs"
+    labels = _block(_block(tf_pod, "security_context"), "seccomp_profile")
+    assert unquote(labels["type"]) == pod["securityContext"]["seccompProfile"]["type"]
