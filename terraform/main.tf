@@ -42,6 +42,7 @@ module "platform" {
   domain                 = var.domain
   overlay                = var.overlay
   gpu_count              = var.gpu_count
+  gpu_node_selector      = var.gpu_node_selector
   triton_keep_warm       = var.triton_keep_warm
   kafka_brokers          = module.kafka.bootstrap_servers
   database_url           = module.data.database_url

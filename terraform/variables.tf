@@ -59,6 +59,12 @@ variable "gpu_count" {
   }
 }
 
+variable "gpu_node_selector" {
+  description = "Node labels Triton's pods must match, e.g. { \"cloud.google.com/gke-accelerator\" = \"nvidia-l4\" }; empty: any node with a free GPU (Triton tolerates the nvidia.com/gpu taint)."
+  type        = map(string)
+  default     = {}
+}
+
 variable "triton_keep_warm" {
   description = "Keep one Triton replica running (min-scale 1) instead of scaling it to zero."
   type        = bool

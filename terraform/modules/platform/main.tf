@@ -280,10 +280,12 @@ data "kustomization_overlay" "kinfer" {
       kind  = "Service"
       name  = "triton"
     }
-    patch = jsonencode([
+    patch = jsonencode(concat([
       { op = "replace", path = "/spec/template/spec/containers/0/resources/requests/nvidia.com~1gpu", value = tostring(var.gpu_count) },
       { op = "replace", path = "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu", value = tostring(var.gpu_count) },
-    ])
+      ], length(var.gpu_node_selector) > 0 ? [
+      { op = "add", path = "/spec/template/spec/nodeSelector", value = var.gpu_node_selector },
+    ] : []))
   }
 }
 

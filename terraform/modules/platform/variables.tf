@@ -28,6 +28,11 @@ variable "gpu_count" {
   type        = number
 }
 
+variable "gpu_node_selector" {
+  description = "Node labels Triton's pods must match (e.g. a GPU node pool); empty: any node with a free GPU."
+  type        = map(string)
+}
+
 variable "triton_keep_warm" {
   description = "Add the knative/components/triton-warm component (min-scale 1)."
   type        = bool

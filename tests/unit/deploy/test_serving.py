@@ -147,3 +147,33 @@ def test_liveness_never_depends_on_postgresql_redis_or_triton(
             assert status == 200 and not touched, (
                 f"{overlay}: {name}: liveness {c['livenessProbe']['httpGet']['path']} answers {status} and uses "
                 f"{touched}: an outage of a dependency would restart every pod")
+
+
+# Pod spec fields Knative refuses unless config-features enables them.
+GATED_FIELDS = {"tolerations": "kubernetes.podspec-tolerations", "nodeSelector": "kubernetes.podspec-nodeselector",
+                "affinity": "kubernetes.podspec-affinity"}
+
+
+def enabled_features() -> dict[str, str]:
+    """config-features data that terraform/modules/knative patches in."""
+    import yaml
+
+    from tests.unit.deploy.support import TF, heredoc, parse, typed, unquote
+
+    serving = typed(parse(TF / "modules" / "knative")["data"], "kustomization_overlay")["serving"]
+    for patch in serving["patches"]:
+        if unquote(patch["target"][0].get("name")) == "config-features":
+            return yaml.safe_load(heredoc(patch["patch"]))["data"]
+    return {}
+
+
+def test_triton_tolerates_gpu_taints_and_knative_accepts_it(rendered: dict[str, list[Doc]]) -> None:
+    features = enabled_features()
+    assert all(features.get(flag) == "enabled" for flag in GATED_FIELDS.values()), "GPU pools need all three"
+    for overlay, docs in rendered.items():
+        triton = ksvcs(docs)["triton"]["spec"]["template"]["spec"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in triton.get("tolerations", [])
+        for name, svc in ksvcs(docs).items():
+            for field, flag in GATED_FIELDS.items():
+                if field in svc["spec"]["template"]["spec"]:
+                    assert features.get(flag) == "enabled", f"{overlay}: {name} uses {field}: enable {flag}"
