@@ -8,17 +8,18 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml
-# changes, not on every code change (empty packages stand in for the sources).
-COPY pyproject.toml ./
-RUN mkdir -p shared functions \
-    && touch shared/__init__.py functions/__init__.py README.md \
-    && pip install . \
-    && pip uninstall --yes kinfer
+# Dependencies first, in their own layer, exactly as locked (versions and hashes
+# of requirements.lock): rebuilt only when the lock changes, and the same bytes
+# on every build.
+COPY requirements.lock ./
+RUN pip install --no-deps --require-hashes -r requirements.lock
 # Then the project itself, without touching the dependency layer.
+COPY pyproject.toml ./
 COPY shared ./shared
 COPY functions ./functions
-RUN pip install --no-deps . \
+RUN touch README.md \
+    && pip install --no-deps . \
+    && pip check \
     && python -m compileall -q /opt/venv/lib
 
 FROM python:3.11.11-slim-bookworm AS runtime

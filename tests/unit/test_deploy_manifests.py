@@ -356,8 +356,56 @@ def test_dockerfile_builds_one_non_root_image_for_every_function() -> None:
     assert re.search(r"^USER 10001", final, re.M), "the runtime stage must switch to the non-root user"
     assert re.search(r"^WORKDIR /app$", final, re.M) and "COPY --chown=root:root functions ./functions" in final
     assert 'ENTRYPOINT ["kinfer"]' in final and 'CMD ["serve"]' in final
-    # Dependencies are installed before the sources are copied (cached layer).
-    assert text.index("pip install .") < text.index("COPY shared ./shared")
+    # Locked dependencies are installed before the sources are copied (cached layer), then the project alone.
+    locked = "pip install --no-deps --require-hashes -r requirements.lock"
+    assert locked in text and text.index(locked) < text.index("COPY shared ./shared")
+    assert "pip install --no-deps ." in text and "pip check" in text
+    assert not re.search(r"pip install (?!--no-deps)", text), "every install is locked or --no-deps"
     ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
-    assert ignore[0] == "*" and {"!pyproject.toml", "!shared/", "!functions/"} <= set(ignore)
+    assert ignore[0] == "*" and {"!pyproject.toml", "!requirements.lock", "!shared/", "!functions/"} <= set(ignore)
+
+
+def _locked() -> dict[str, str]:
+    """{name: version} of requirements.lock; every entry pinned with == and hashed."""
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    entries = re.split(r"\n(?=[A-Za-z])", "\n".join(line for line in (ROOT / "requirements.lock").read_text()
+                                                     .splitlines() if not line.startswith("#")).strip())
+    for entry in entries:
+        match = re.match(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)", entry)
+        assert match, f"requirements.lock: not pinned with ==: {entry.splitlines()[0]}"
+        assert "--hash=sha256:" in entry, f"requirements.lock: {match.group(1)} has no hash"
+        pins[canonicalize_name(match.group(1))] = match.group(2)
+    return pins
+
+
+def test_the_image_lock_satisfies_every_runtime_dependency() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _locked()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"requirements.lock lacks {req.name}: regenerate it (see its header)"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"requirements.lock pins {req.name}=={pins[name]}, outside {req.specifier}: regenerate it")
+
+
+def test_gunicorn_is_pinned_to_what_the_server_needs() -> None:
+    """shared/server.py sets control_socket_disable, a setting gunicorn has since 25.1.0."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    assert '"control_socket_disable": True' in (ROOT / "shared" / "server.py").read_text()
+    spec = next(Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+                ["dependencies"] if d.startswith("gunicorn"))
+    assert not spec.specifier.contains("25.0.3") and spec.specifier.contains(_locked()["gunicorn"])
+    assert Version(_locked()["gunicorn"]) >= Version("25.1.0")
