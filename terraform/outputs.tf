@@ -4,7 +4,7 @@ output "public_url" {
 }
 
 output "function_urls" {
-  description = "URL of every Knative Service: public ones on <domain>, internal ones cluster-local."
+  description = "Cluster-local URL of every Knative Service (the public API is public_url, through the Gateway)."
   value       = module.platform.function_urls
 }
 
