@@ -108,7 +108,7 @@ resource "kustomization_resource" "postgres" {
   manifest = jsonencode({
     apiVersion = "postgresql.cnpg.io/v1"
     kind       = "Cluster"
-    metadata   = { name = local.postgres_cluster, namespace = var.namespace }
+    metadata   = { name = local.postgres_cluster, namespace = kubernetes_namespace.data[0].metadata[0].name }
     spec = {
       instances = var.postgres_instances
       imageName = var.postgres_image
