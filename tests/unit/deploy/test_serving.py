@@ -4,14 +4,28 @@
   PingSource ticks the backends function every minute; with a scale-to-zero Triton it
   must leave TRITON_URL alone (PROBE_TRITON_URL=false), or the activator wakes Triton
   and the 15m scale-down delay never runs out.
+- result URLs are presigned for an S3 host clients reach, over the Gateway's TLS.
+- containerConcurrency is what the server serves at once, checked by running the
+  image's own command line; the autoscaler target is derived from it.
+- liveness answers without PostgreSQL, Redis, S3 or Triton.
+- Triton tolerates GPU taints, and Knative's feature flags accept it.
 """
 
 from __future__ import annotations
 
-import pytest
+import importlib
+import json
+import re
 
-from tests.unit.deploy.support import (KNATIVE, OVERLAYS, Doc, annotations, ksvcs, of_kind, render,
-                                       render_with_component)
+import pytest
+import yaml
+from flask import Request
+from werkzeug.test import EnvironBuilder
+
+from shared import cli, server
+from shared.settings import Settings
+from tests.unit.deploy.support import (KNATIVE, OVERLAYS, ROOT, TF, Doc, all_typed, annotations, heredoc, ksvcs,
+                                       local_values, of_kind, parse, render, render_with_component, typed, unquote)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +54,6 @@ def test_nothing_probes_a_scale_to_zero_triton(rendered: dict[str, list[Doc]]) -
 
 def test_result_urls_are_presigned_for_a_host_clients_reach_over_tls(rendered: dict[str, list[Doc]]) -> None:
     """result_url names S3_PUBLIC_ENDPOINT_URL; with the in-cluster MinIO that is its route on the Gateway."""
-    from tests.unit.deploy.support import TF, all_typed, local_values, parse
-
     for overlay, docs in rendered.items():
         assert "S3_PUBLIC_ENDPOINT_URL" in config(docs), f"{overlay}: the setting must be in kinfer-config"
     platform = TF / "modules" / "platform"
@@ -57,11 +69,6 @@ def _function_services(docs: list[Doc]) -> dict[str, Doc]:
 
 def _image_command() -> list[str]:
     """The container's command line: the Dockerfile's ENTRYPOINT and CMD (exec form)."""
-    import json
-    import re
-
-    from tests.unit.deploy.support import ROOT
-
     text = (ROOT / "Dockerfile").read_text().split("AS runtime", 1)[1]
     entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
@@ -70,8 +77,6 @@ def _image_command() -> list[str]:
 
 def served_at_once(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
     """How many requests the image's server serves at once with this container env (gunicorn workers x threads)."""
-    from shared import cli, server
-
     command = _image_command()
     assert command[0] == "kinfer", command
     seen: dict[str, int] = {}
@@ -108,8 +113,6 @@ class _Tripwire:
     """Services whose clients record every use: a liveness answer must use none of them."""
 
     def __init__(self) -> None:
-        from shared.settings import Settings
-
         self.settings = Settings.from_env(environ={})
         self.touched: list[str] = []
 
@@ -120,18 +123,12 @@ class _Tripwire:
 
 def liveness_answer(svc: Doc, monkeypatch: pytest.MonkeyPatch) -> tuple[int, list[str]]:
     """Call the Service's entry point as its liveness probe does, with every dependency failing."""
-    import importlib
-
-    from werkzeug.test import EnvironBuilder
-
     c = svc["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in c["env"]}
     probe = c["livenessProbe"]["httpGet"]
     module = importlib.import_module("functions." + env["FUNCTION_SOURCE"].split("/")[1] + ".main")
     services = _Tripwire()
     monkeypatch.setattr(module, "function_services", lambda: services)
-    from flask import Request
-
     request = Request(EnvironBuilder(path=probe["path"], method="GET").get_environ())
     response = getattr(module, env["FUNCTION_TARGET"])(request)
     return response.status_code, services.touched
@@ -156,10 +153,6 @@ GATED_FIELDS = {"tolerations": "kubernetes.podspec-tolerations", "nodeSelector":
 
 def enabled_features() -> dict[str, str]:
     """config-features data that terraform/modules/knative patches in."""
-    import yaml
-
-    from tests.unit.deploy.support import TF, heredoc, parse, typed, unquote
-
     serving = typed(parse(TF / "modules" / "knative")["data"], "kustomization_overlay")["serving"]
     for patch in serving["patches"]:
         if unquote(patch["target"][0].get("name")) == "config-features":

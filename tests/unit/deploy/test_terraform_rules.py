@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.unit.deploy.support import TF, all_typed, modules, named, parse, unquote
+from tests.unit.deploy.support import (KNATIVE, OVERLAYS, TF, all_typed, modules, named, of_kind, parse, render,
+                                       unquote)
 
 DATA_REF = re.compile(r"\bdata\.([a-z0-9_]+)\.([a-z0-9_]+)\b")
 
@@ -122,7 +123,6 @@ def images() -> dict[str, str]:
             default = unquote(body.get("default"))
             if isinstance(default, str) and IMAGE.match(default) and "/" in default.split(":")[0]:
                 found[default] = f"{directory.name} var.{name}"
-    from tests.unit.deploy.support import KNATIVE, OVERLAYS, render
     for overlay in OVERLAYS:
         for doc in render(KNATIVE / "overlays" / overlay):
             for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
@@ -196,8 +196,6 @@ def test_the_migration_runs_per_image_to_completion_before_new_revisions() -> No
 
 
 def test_the_terraform_job_is_the_manual_one_of_knative_jobs() -> None:
-    from tests.unit.deploy.support import KNATIVE, of_kind, render
-
     jobs = render(KNATIVE / "jobs")
     manual = of_kind(jobs, "Job")["kinfer-db-migrate"]
     pod = manual["spec"]["template"]["spec"]
