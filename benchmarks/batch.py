@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                                        args.worker_processes, tmp)
         sub = Subscription(name="batch-worker-source", namespace="kinfer", topics=(topic,), group="bench",
                            sink=worker_url + "/", delivery=Delivery(retry=5, backoff_delay_s=0.2),
-                           initial_offset="earliest")
+                           initial_offset="earliest", ordering="unordered")
         relay = EventRelay(rds, Wiring(sinks={"batch-chunks": topic}, subscriptions=(sub,)), port=free_port(),
                            key_prefix=prefix, workers=args.relay_workers)
         relay.start()

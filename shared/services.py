@@ -58,6 +58,16 @@ class Services:
         return make_s3_client(self.settings)
 
     @cached_property
+    def s3_presigner(self) -> Any:
+        """The S3 client that signs URLs handed to callers: for S3_PUBLIC_ENDPOINT_URL when set,
+        since SigV4 binds the host (the cluster-internal endpoint is unreachable outside)."""
+        if not self.settings.s3_public_endpoint_url:
+            return self.s3
+        from shared.clients.storage import make_s3_client
+
+        return make_s3_client(self.settings, self.settings.s3_public_endpoint_url)
+
+    @cached_property
     def triton(self) -> TritonPool:
         from shared.backends.triton import TritonPool
 

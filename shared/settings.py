@@ -83,6 +83,9 @@ class Settings:
     cache_ttl_s: int = _var("CACHE_TTL_S", "300", _int(1, 86400))
     # Object storage (MinIO in production, a local S3 API server in development)
     s3_endpoint_url: str = _var("S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    # Only for URLs handed to clients (presigned result_url): SigV4 signs the host, so a URL
+    # presigned for the cluster-internal endpoint cannot be used outside. Empty: S3_ENDPOINT_URL.
+    s3_public_endpoint_url: str = _var("S3_PUBLIC_ENDPOINT_URL", "")
     s3_region: str = _var("S3_REGION", "us-east-1")
     s3_access_key_id: str = _var("S3_ACCESS_KEY_ID", "kinfer", secret=True)
     s3_secret_access_key: str = _var("S3_SECRET_ACCESS_KEY", "kinfer-secret", secret=True)
@@ -95,6 +98,9 @@ class Settings:
     metadata_ttl_s: int = _var("METADATA_TTL_S", "60", _int(1, 86400))
     breaker_fail_max: int = _var("BREAKER_FAIL_MAX", "5", _int(1, 1000))
     breaker_reset_timeout_s: float = _var("BREAKER_RESET_TIMEOUT_S", "30", _float(0.1, 3600))
+    # false when TRITON_URL is a scale-to-zero Knative Service: a probe would wake it (and, counted as
+    # traffic, keep it up), so it is never probed and its health is what its circuit breaker saw
+    probe_triton_url: bool = _var("PROBE_TRITON_URL", "true", _bool)
     # HTTP limits and access
     max_body_bytes: int = _var("MAX_BODY_BYTES", str(10 * 1024 * 1024), _int(1024, 1024**3))
     auth_required: bool = _var("AUTH_REQUIRED", "true", _bool)
@@ -107,6 +113,9 @@ class Settings:
     # Process identity and telemetry
     service_name: str = _var("K_SERVICE", "kinfer")
     port: int = _var("PORT", "8080", _int(1, 65535))
+    # Requests one `kinfer serve` process serves at once (its threads); the Knative manifests
+    # set containerConcurrency to the same value
+    server_concurrency: int = _var("SERVER_CONCURRENCY", "8", _int(1, 1000))
     function_target: str = _var("FUNCTION_TARGET", "")
     function_source: str = _var("FUNCTION_SOURCE", "")
     log_level: str = _var("LOG_LEVEL", "INFO")

@@ -11,7 +11,7 @@ module "knative" {
 module "kafka" {
   source            = "./modules/kafka"
   bootstrap_servers = var.kafka_bootstrap_servers
-  chunk_partitions  = var.kafka_chunk_partitions
+  chunk_partitions  = coalesce(var.kafka_chunk_partitions, var.overlay == "prod" ? 24 : 12)
 }
 
 module "data" {
@@ -26,20 +26,34 @@ module "data" {
   kafka_brokers        = module.kafka.bootstrap_servers
 }
 
+# No module-level depends_on here: it would defer the platform's
+# kustomization_overlay data source to apply time, and the for_each over its ids
+# could not be planned ("Invalid for_each argument", hashicorp/terraform#28131).
+# The platform orders its own resources after the other modules' `ready` outputs.
 module "platform" {
-  source               = "./modules/platform"
-  depends_on           = [module.knative, module.kafka, module.data]
-  image                = var.image
-  namespace            = var.namespace
-  domain               = var.domain
-  overlay              = var.overlay
-  gpu_count            = var.gpu_count
-  triton_keep_warm     = var.triton_keep_warm
-  kafka_brokers        = module.kafka.bootstrap_servers
-  database_url         = module.data.database_url
-  redis_url            = module.data.redis_url
-  s3_endpoint_url      = module.data.s3_endpoint_url
-  s3_region            = var.s3_region
-  s3_access_key_id     = module.data.s3_access_key_id
-  s3_secret_access_key = module.data.s3_secret_access_key
+  source = "./modules/platform"
+  prerequisites = {
+    knative = module.knative.ready
+    kafka   = module.kafka.ready
+    data    = module.data.ready
+  }
+  image                  = var.image
+  namespace              = var.namespace
+  domain                 = var.domain
+  overlay                = var.overlay
+  gpu_count              = var.gpu_count
+  gpu_node_selector      = var.gpu_node_selector
+  triton_keep_warm       = var.triton_keep_warm
+  kafka_brokers          = module.kafka.bootstrap_servers
+  database_url           = module.data.database_url
+  redis_url              = module.data.redis_url
+  s3_endpoint_url        = module.data.s3_endpoint_url
+  s3_region              = var.s3_region
+  s3_workloads           = module.data.s3_workloads
+  s3_credentials         = module.data.s3_credentials
+  s3_public_endpoint_url = var.s3_public_endpoint_url
+  minio_installed        = module.data.minio_installed
+  data_namespace         = var.data_namespace
+  tls_certificate        = var.tls_certificate
+  tls_private_key        = var.tls_private_key
 }

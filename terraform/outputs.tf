@@ -1,10 +1,10 @@
 output "public_url" {
-  description = "Base URL of the public API (/v1/models, /v1/infer, /v2/models, /v1/batch); point api.<domain> at the kinfer Gateway's address."
+  description = "Base URL of the public API over HTTPS (/v1/models, /v1/infer, /v2/models, /v1/batch); point api.<domain> (and s3.<domain>) at the kinfer Gateway's address."
   value       = module.platform.public_url
 }
 
 output "function_urls" {
-  description = "URL of every Knative Service: public ones on <domain>, internal ones cluster-local."
+  description = "Cluster-local URL of every Knative Service (the public API is public_url, through the Gateway)."
   value       = module.platform.function_urls
 }
 
@@ -21,4 +21,9 @@ output "kafka_bootstrap_servers" {
 output "s3_endpoint_url" {
   description = "S3 endpoint of the model repository and batch buckets (upload models with `kinfer deploy upload-models`)."
   value       = module.data.s3_endpoint_url
+}
+
+output "s3_public_url" {
+  description = "S3 endpoint of presigned result URLs (https://s3.<domain> with the in-cluster MinIO)."
+  value       = module.platform.s3_public_url
 }

@@ -59,6 +59,12 @@ variable "gpu_count" {
   }
 }
 
+variable "gpu_node_selector" {
+  description = "Node labels Triton's pods must match, e.g. { \"cloud.google.com/gke-accelerator\" = \"nvidia-l4\" }; empty: any node with a free GPU (Triton tolerates the nvidia.com/gpu taint)."
+  type        = map(string)
+  default     = {}
+}
+
 variable "triton_keep_warm" {
   description = "Keep one Triton replica running (min-scale 1) instead of scaling it to zero."
   type        = bool
@@ -78,9 +84,9 @@ variable "kafka_bootstrap_servers" {
 }
 
 variable "kafka_chunk_partitions" {
-  description = "Partitions of the chunk topic kinfer.batch.chunks (see docs/operations.md for sizing)."
+  description = "Partitions of the chunk topic kinfer.batch.chunks, set on its Strimzi KafkaTopic (null: 24 with the prod overlay, 12 with dev; see docs/operations.md for sizing). Partitions can be added, never removed."
   type        = number
-  default     = 12
+  default     = null
 }
 
 variable "database_url" {
@@ -106,6 +112,30 @@ variable "s3_endpoint_url" {
     condition     = var.s3_endpoint_url == "" || can(regex("^https?://[^/:]+:[0-9]+$", var.s3_endpoint_url))
     error_message = "s3_endpoint_url must be empty or scheme://host:port (Triton needs the port)."
   }
+}
+
+variable "s3_public_endpoint_url" {
+  description = "S3 endpoint that clients reach, used only to presign result URLs (empty: https://s3.<domain> with the in-cluster MinIO, else s3_endpoint_url)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.s3_public_endpoint_url == "" || can(regex("^https?://[^/]+$", var.s3_public_endpoint_url))
+    error_message = "s3_public_endpoint_url must be empty or scheme://host[:port]."
+  }
+}
+
+variable "tls_certificate" {
+  description = "PEM certificate (with chain) of the public Gateway, valid for api.<domain> and s3.<domain>. Empty: a self-signed certificate (to try Kinfer only)."
+  type        = string
+  default     = ""
+}
+
+variable "tls_private_key" {
+  description = "PEM private key of tls_certificate."
+  type        = string
+  default     = ""
+  sensitive   = true
 }
 
 variable "s3_region" {

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from shared.backends import monitor as backends
 from shared.web.events import parse_event
-from shared.web.http import Call, Route, Router, dispatch
+from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
@@ -33,6 +33,7 @@ def _metrics(call: Call) -> Response:
 
 
 ROUTES = Router([
+    LIVEZ,
     Route("/", ("POST",), _probe),
     Route("/health", ("GET",), _health),
     Route("/metrics", ("GET",), _metrics),

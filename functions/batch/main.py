@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from shared import registry
 from shared.batch import jobs as batch
-from shared.web.http import Call, Route, Router, dispatch
+from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
@@ -38,6 +38,7 @@ def _health(call: Call) -> tuple[int, dict]:
 
 
 ROUTES = Router([
+    LIVEZ,
     Route("/health", ("GET",), _health),
     Route("/v1/batch", ("POST",), _submit, scope="batch"),
     Route("/v1/batch", ("GET",), _list, scope="batch"),

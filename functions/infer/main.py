@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.inference.dataplane import run_inference as infer
-from shared.web.http import Call, Route, Router, dispatch
+from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
@@ -36,6 +36,7 @@ def _health(call: Call) -> tuple[int, dict]:
 
 
 ROUTES = Router([
+    LIVEZ,
     Route("/health", ("GET",), _health),
     Route("/v1/infer", ("POST",), _infer, scope="infer"),
     Route("/v2/models/<name>/infer", ("POST",), _infer_v2, scope="infer"),

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import registry
-from shared.web.http import Call, Route, Router, dispatch
+from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
@@ -41,6 +41,7 @@ def _health(call: Call) -> tuple[int, dict]:
 
 
 ROUTES = Router([
+    LIVEZ,
     Route("/health", ("GET",), _health),
     Route("/v1/models", ("POST",), _create, scope="admin"),
     Route("/v1/models", ("GET",), _list, scope="any"),

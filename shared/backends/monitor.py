@@ -7,6 +7,10 @@ and stores ``{"healthy", "last_checked", "latency_ms", "reason"}`` in Redis unde
 records with each breaker's state (probing live any backend never probed or probed
 longer than ``PROBE_STALE_S`` ago); GET /metrics renders Prometheus text from
 Redis at scrape time (see shared/backends_metrics.py).
+
+With PROBE_TRITON_URL=false (TRITON_URL scales to zero) TRITON_URL is never probed,
+neither on the tick nor on GET /health: a probe would wake it. It is reported with
+its circuit breaker's view of real requests.
 """
 
 from __future__ import annotations
@@ -63,9 +67,19 @@ def probe_one(services: Services, url: str, model_names: list[str]) -> dict[str,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
 
+def _probed(services: Services, targets: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``targets`` less TRITON_URL when it must not be probed (PROBE_TRITON_URL=false)."""
+    if services.settings.probe_triton_url:
+        return targets
+    cold = normalise_url(services.settings.triton_url)
+    return {url: names for url, names in targets.items() if url != cold}
+
+
 def probe(services: Services, targets: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """Probe backends in parallel and record each result in Redis (best effort)."""
-    targets = backend_models(services) if targets is None else targets
+    targets = _probed(services, backend_models(services) if targets is None else targets)
+    if not targets:
+        return []
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(targets)))) as pool:
         results = list(pool.map(lambda item: probe_one(services, *item), targets.items()))
     _store(services, results)
@@ -112,6 +126,9 @@ def health(services: Services) -> dict[str, Any]:
     if stale:
         records.update({r["url"]: r for r in probe(services, stale)})
     views = services.breakers.views(urls)
+    for u in urls:  # never probed (PROBE_TRITON_URL=false): healthy unless its circuit is open
+        records.setdefault(u, {"healthy": views[u].state != "open", "last_checked": None, "latency_ms": None,
+                               "reason": "not probed: it scales to zero; health is its circuit breaker's"})
     backends = [{"url": u, "healthy": bool(records[u]["healthy"]), "circuit": views[u].state,
                  "failures": views[u].failures, "last_checked": records[u]["last_checked"],
                  "latency_ms": records[u]["latency_ms"], "reason": records[u].get("reason"),

@@ -80,7 +80,7 @@ def create_upload(services: Services, body: Any, owner: str) -> dict[str, Any]:
     services.ensure_batch_buckets()
     key = f"{upload_prefix(owner)}{uuid.uuid4().hex}/{filename}"
     expires = settings.result_url_expiry_s
-    url = storage.presign_put(services.s3, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE)
+    url = storage.presign_put(services.s3_presigner, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE)
     return {"input_url": f"s3://{settings.s3_input_bucket}/{key}", "upload_url": url, "method": "PUT",
             "headers": {"Content-Type": storage.JSONL_TYPE}, "expires_in": expires,
             "prefix": f"s3://{settings.s3_input_bucket}/{upload_prefix(owner)}"}

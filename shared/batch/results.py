@@ -61,8 +61,9 @@ def merge_chunks(services: Services, job_id: Any, chunks: Iterable[int]) -> str:
 
 
 def presigned_results(services: Services, key: str) -> str:
+    """A GET URL for clients: presigned for S3_PUBLIC_ENDPOINT_URL when set (SigV4 binds the host)."""
     settings = services.settings
-    return storage.presign_get(services.s3, settings.s3_results_bucket, key, settings.result_url_expiry_s)
+    return storage.presign_get(services.s3_presigner, settings.s3_results_bucket, key, settings.result_url_expiry_s)
 
 
 def delete_job_objects(services: Services, job_id: Any) -> None:

@@ -33,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, help="default: PORT")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; Knative scales pods instead)")
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="requests in flight per process before uvicorn answers 503 (default: no limit)")
+    p.add_argument("--threads", type=int,
+                   help="blocking handlers (database, S3) run at once per worker; Knative's containerConcurrency "
+                        "is workers x threads (default: SERVER_CONCURRENCY)")
     p.set_defaults(func=run)
 
 
@@ -43,8 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     port = args.port or settings.port
+    threads = args.threads or settings.server_concurrency
+    if args.workers > 1:  # each worker process builds the app from the environment it inherits
+        os.environ["SERVER_CONCURRENCY"] = str(threads)
     if args.gateway:
-        app: Any = "shared.cli.serve:gateway_app" if args.workers > 1 else gateway_app()
+        app: Any = "shared.cli.serve:gateway_app_from_settings" if args.workers > 1 else gateway_app()
     else:
         target = args.target or settings.function_target
         source = args.source or settings.function_source
@@ -54,19 +58,29 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isfile(source):
             print(f"kinfer serve: function source {source} does not exist")
             return 2
-        if args.workers > 1:  # each worker process builds the app from the environment it inherits
+        if args.workers > 1:
             os.environ.update(FUNCTION_TARGET=target, FUNCTION_SOURCE=source)
             app = "shared.cli.serve:function_app_from_settings"
         else:
             app = function_app(target, source)
-    serve(app, args.host, port, workers=args.workers, concurrency=args.concurrency)
+    serve(app, args.host, port, workers=args.workers, threads=threads)
     return 0
 
 
 def function_app_from_settings() -> Any:
     """The app of FUNCTION_TARGET / FUNCTION_SOURCE (uvicorn's factory in each worker process)."""
+    from shared.web.server import with_thread_pool
+
     settings = Settings.from_env()
-    return function_app(settings.function_target, settings.function_source)
+    return with_thread_pool(function_app(settings.function_target, settings.function_source),
+                            settings.server_concurrency)
+
+
+def gateway_app_from_settings() -> Any:
+    """The gateway (uvicorn's factory in each worker process)."""
+    from shared.web.server import with_thread_pool
+
+    return with_thread_pool(gateway_app(), Settings.from_env().server_concurrency)
 
 
 def function_app(target: str, source: str) -> Any:
@@ -86,3 +100,4 @@ def gateway_app() -> Any:
 
     return server.prefix_router([(prefix, getattr(importlib.import_module(module), entry))
                                  for prefix, module, entry in GATEWAY_ROUTES])
+

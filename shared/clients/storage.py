@@ -38,8 +38,11 @@ _UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "503", "RequestTimeout",
 T = TypeVar("T")
 
 
-def make_s3_client(settings: Settings) -> Any:
-    """A thread-safe boto3 S3 client for ``settings`` (path-style, bounded timeouts and retries)."""
+def make_s3_client(settings: Settings, endpoint_url: str | None = None) -> Any:
+    """A thread-safe boto3 S3 client for ``settings`` (path-style, bounded timeouts and retries).
+
+    ``endpoint_url`` overrides S3_ENDPOINT_URL (the public endpoint, for presigning).
+    """
     config = Config(
         region_name=settings.s3_region,
         signature_version="s3v4",
@@ -51,7 +54,7 @@ def make_s3_client(settings: Settings) -> Any:
     )
     return boto3.session.Session().client(
         "s3",
-        endpoint_url=settings.s3_endpoint_url or None,
+        endpoint_url=endpoint_url or settings.s3_endpoint_url or None,
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=settings.s3_secret_access_key,
         config=config,

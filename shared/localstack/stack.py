@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RELAY_PORT, S3_PORT, TRITON_PORTS = 8090, 9000, (8000, 8001, 8002)
 SINK_PATH = "/kinfer/batch-chunks"
 DEMO_KEY = "demo-token"
-# Two gunicorn processes of four threads for the inference hot path (measured best on 2 cores).
+# Two uvicorn worker processes for the inference hot path (one per core on a 2-core machine).
 HOT_PATH_SERVER = ("--workers", "2")
 
 

@@ -34,7 +34,10 @@ _BATCH_TYPE = "application/cloudevents-batch+json"
 
 async def serve_event(request: Request, services: Services, span_name: str,
                       handler: Callable[[Any, Any], tuple[int, dict[str, Any]]]) -> Response:
-    """Run ``handler(services, event)`` (in the thread pool) for a POSTed CloudEvent; GET /health answers 200."""
+    """Run ``handler(services, event)`` (in the thread pool) for a POSTed CloudEvent; GET /health and /livez
+    answer 200."""
+    if request.method == "GET" and request.url.path.rstrip("/") == "/livez":
+        return json_response({"status": "alive"})
     if request.method == "GET" and request.url.path.rstrip("/") == "/health":
         return json_response({"status": "healthy", "service": services.settings.service_name})
     request_id = request_id_of(request.headers)

@@ -64,6 +64,15 @@ class Route:
         return inspect.iscoroutinefunction(self.handler)
 
 
+async def _alive(call: Call) -> dict[str, str]:
+    return {"status": "alive"}
+
+
+# Liveness: answers while the process serves HTTP, whatever PostgreSQL, Redis or Triton do
+# (readiness stays on /health); a failing dependency must not get pods restarted.
+LIVEZ = Route("/livez", ("GET",), _alive)
+
+
 class Router:
     """Routes requests by path and method with werkzeug's URL map."""
 

@@ -79,11 +79,32 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-def serve(app: Any, host: str, port: int, workers: int = 1, concurrency: int | None = None) -> None:
-    """Run uvicorn. ``app`` is an ASGI app, or (needed for ``workers`` > 1) the import string of a
-    zero-argument factory that builds it in each worker process."""
+# uvicorn as Knative runs it: uvloop and httptools, keep-alive past Knative's idle timeout, no access log.
+SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "lifespan": "on", "access_log": False,
+                                  "log_level": "warning", "timeout_keep_alive": 75, "server_header": False}
+
+
+def with_thread_pool(app: ASGIApp, threads: int) -> ASGIApp:
+    """``app`` whose blocking handlers run at most ``threads`` at once (anyio's default thread pool,
+    sized when the server starts: the limiter belongs to the event loop)."""
+
+    async def sized(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            import anyio.to_thread
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        await app(scope, receive, send)
+
+    return sized
+
+
+def serve(app: Any, host: str, port: int, workers: int = 1, threads: int = 8) -> None:
+    """Run uvicorn: ``workers`` processes, each running at most ``threads`` blocking handlers at once.
+
+    ``app`` is an ASGI app, or (needed for ``workers`` > 1) the import string of a zero-argument
+    factory that builds it in each worker process and sizes its own thread pool.
+    """
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, workers=workers, factory=isinstance(app, str), loop="uvloop",
-                http="httptools", lifespan="on", access_log=False, log_level="warning", timeout_keep_alive=75,
-                limit_concurrency=concurrency, server_header=False)
+    target = app if isinstance(app, str) else with_thread_pool(app, threads)
+    uvicorn.run(target, host=host, port=port, workers=workers, factory=isinstance(app, str), **SERVER_OPTIONS)

@@ -1,4 +1,5 @@
-"""The registry over real HTTP under gunicorn: two instances share one cache and never serve stale reads."""
+"""The registry over real HTTP under uvicorn (``kinfer serve``): two instances share one cache and never
+serve stale reads."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 It reads the topic streams with a Redis consumer group (the KafkaSource's
 consumerGroup), POSTs each event in binary mode to the subscriber from a thread
-pool, retries as the delivery spec says, hands failures to the dead-letter sink
+pool (``unordered``: up to ``workers`` at once; ``ordered``: one at a time, as
+Knative does per partition, and a local topic stream is one partition),
+retries as the delivery spec says, hands failures to the dead-letter sink
 with Knative's ``knativeerror*`` extensions, then XACKs. Entries a crashed relay
 never acked are reclaimed with XAUTOCLAIM after ``idle_timeout_s``: at-least-once.
 """
@@ -83,7 +85,8 @@ class Dispatcher:
                  block_s: float = 0.5, http_timeout_s: float = 60.0) -> None:
         self.redis, self.sub, self.consumer, self.session = redis, sub, consumer, session
         self.keys = {stream_key(key_prefix, t): t for t in sub.topics}
-        self.workers, self.idle_timeout_s, self.block_s = workers, idle_timeout_s, block_s
+        self.workers = workers if sub.ordering == "unordered" else 1
+        self.idle_timeout_s, self.block_s = idle_timeout_s, block_s
         self.http_timeout_s = sub.delivery.timeout_s or http_timeout_s
         self._stop = threading.Event()
         self._in_flight: set[tuple[str, str]] = set()

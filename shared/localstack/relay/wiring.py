@@ -2,7 +2,9 @@
 
 KafkaSink (``eventing.knative.dev/v1alpha1``) names a topic; KafkaSource
 (``sources.knative.dev/v1beta1``) subscribes a Service to topics with a
-consumer group and a delivery spec (retry, backoff, dead-letter sink).
+consumer group, ``spec.ordering`` (``ordered``, Knative's default: one event in
+flight per partition; ``unordered``: several) and a delivery spec (retry,
+backoff, dead-letter sink).
 Service names become local URLs through a ``targets`` mapping.
 """
 
@@ -19,6 +21,7 @@ import yaml
 # Statuses Knative's dispatcher retries; a connection error or timeout (None) is retried too.
 RETRYABLE_STATUSES = frozenset({404, 408, 409, 429})
 DEFAULT_BACKOFF_DELAY_S = 0.5
+ORDERINGS = frozenset({"ordered", "unordered"})
 _DURATION = re.compile(r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?"
                        r"(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
 
@@ -73,6 +76,7 @@ class Subscription:
     sink: str
     delivery: Delivery = field(default_factory=Delivery)
     initial_offset: str = "latest"
+    ordering: str = "ordered"
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,9 @@ def _subscription(doc: dict[str, Any], path: Path, targets: Mapping[str, str]) -
     topics = spec.get("topics")
     if not topics or not isinstance(topics, list):
         raise WiringError(f"{path}: KafkaSource {name} has no spec.topics")
+    ordering = str(spec.get("ordering") or "ordered").lower()
+    if ordering not in ORDERINGS:
+        raise WiringError(f"{path}: KafkaSource {name} spec.ordering must be ordered or unordered, not {ordering!r}")
     return Subscription(
         name=name,
         namespace=(doc.get("metadata") or {}).get("namespace") or "kinfer",
@@ -133,6 +140,7 @@ def _subscription(doc: dict[str, Any], path: Path, targets: Mapping[str, str]) -
         sink=_destination(_require(doc, path, "spec", "sink"), targets, f"{path}: {name} spec.sink"),
         delivery=_delivery(spec.get("delivery") or {}, targets, f"{path}: {name} spec.delivery"),
         initial_offset=str(spec.get("initialOffset") or "latest").lower(),
+        ordering=ordering,
     )
 
 

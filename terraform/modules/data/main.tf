@@ -1,11 +1,77 @@
-# PostgreSQL, Redis and MinIO: each installed from its chart unless an existing
+# PostgreSQL, Redis (Valkey) and MinIO in the cluster, each unless an existing
 # endpoint is given. Passwords are generated and only ever land in Secrets.
+#
+# Every image comes from a maintained source and is pinned (tests/unit/deploy/
+# test_terraform_rules.py keeps the list with the reasons): the Bitnami charts
+# used before pulled versioned docker.io/bitnami images that were removed
+# (bitnami/containers#83267), so the first apply ended in ImagePullBackOff.
+# - PostgreSQL: the CloudNativePG operator (CNCF) and one Cluster of its
+#   postgresql image.
+# - Redis: Valkey (Linux Foundation), its official chart and image.
+# - MinIO: its chart with the last community images. MinIO's community edition
+#   is no longer maintained (source-only since 2025-10, repository archived):
+#   fine to evaluate Kinfer, not for production, where s3_endpoint_url should
+#   name a maintained S3 service (docs/operations.md).
 
 locals {
   install_postgres = var.database_url == ""
   install_redis    = var.redis_url == ""
   install_minio    = var.s3_endpoint_url == ""
+  install_any      = local.install_postgres || local.install_redis || local.install_minio
+
+  postgres_cluster = "kinfer-pg"
+  postgres_host    = "${local.postgres_cluster}-rw.${var.namespace}.svc.cluster.local"
+  redis_host       = "valkey.${var.namespace}.svc.cluster.local"
+  minio_url        = "http://minio.${var.namespace}.svc.cluster.local:9000"
+
+  # registry/repository:tag, as the charts take them.
+  valkey_image   = regex("^(?P<registry>[^/]+)/(?P<repository>[^:]+):(?P<tag>[^:]+)$", var.valkey_image)
+  minio_image    = regex("^(?P<repository>[^:]+):(?P<tag>[^:]+)$", var.minio_image)
+  minio_mc_image = regex("^(?P<repository>[^:]+):(?P<tag>[^:]+)$", var.minio_mc_image)
+
+  # One MinIO user per workload that touches object storage, each with only the
+  # access it needs (ListBucket on both batch buckets: the functions check that
+  # they exist). Functions not listed get no S3 credentials at all.
+  inputs  = "arn:aws:s3:::${var.input_bucket}"
+  results = "arn:aws:s3:::${var.results_bucket}"
+  models  = "arn:aws:s3:::${var.model_bucket}"
+  list    = ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"]
+  write   = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+  minio_policies = {
+    "batch" = [ # submits jobs: reads input_url, writes and cleans chunk inputs, presigns results
+      { resources = [local.inputs, local.results], actions = local.list },
+      { resources = ["${local.inputs}/*"], actions = concat(["s3:GetObject", "s3:DeleteObject"], local.write) },
+      { resources = ["${local.results}/*"], actions = ["s3:GetObject"] },
+    ]
+    "batch-intake" = [ # reads uploaded inputs, writes and cleans chunk inputs
+      { resources = [local.inputs, local.results], actions = local.list },
+      { resources = ["${local.inputs}/*"], actions = concat(["s3:GetObject", "s3:DeleteObject"], local.write) },
+    ]
+    "batch-worker" = [ # reads chunk inputs, writes chunk results, merges them
+      { resources = [local.inputs, local.results], actions = local.list },
+      { resources = ["${local.inputs}/*"], actions = ["s3:GetObject"] },
+      { resources = ["${local.results}/*"], actions = concat(["s3:GetObject"], local.write) },
+    ]
+    "batch-deadletter" = [ # fails chunks; the last one merges the results
+      { resources = [local.inputs, local.results], actions = local.list },
+      { resources = ["${local.results}/*"], actions = concat(["s3:GetObject"], local.write) },
+    ]
+    "triton" = [ # reads the model repository
+      { resources = [local.models], actions = local.list },
+      { resources = ["${local.models}/*"], actions = ["s3:GetObject"] },
+    ]
+  }
 }
+
+resource "kubernetes_namespace" "data" {
+  count = local.install_any ? 1 : 0
+  metadata {
+    name   = var.namespace
+    labels = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+}
+
+# -- PostgreSQL: CloudNativePG ------------------------------------------------------
 
 resource "random_password" "postgres" {
   count   = local.install_postgres ? 1 : 0
@@ -13,11 +79,91 @@ resource "random_password" "postgres" {
   special = false
 }
 
+resource "helm_release" "cnpg" {
+  count            = local.install_postgres ? 1 : 0
+  name             = "cnpg"
+  repository       = "https://cloudnative-pg.github.io/charts"
+  chart            = "cloudnative-pg"
+  version          = var.cnpg_chart_version
+  namespace        = "cnpg-system"
+  create_namespace = true
+  atomic           = true
+  wait             = true
+  timeout          = 600
+}
+
+# The owner's credentials of the kinfer database (initdb reads them).
+resource "kubernetes_secret" "postgres" {
+  count = local.install_postgres ? 1 : 0
+  metadata {
+    name      = "${local.postgres_cluster}-owner"
+    namespace = kubernetes_namespace.data[0].metadata[0].name
+  }
+  type = "kubernetes.io/basic-auth"
+  data = { username = "kinfer", password = random_password.postgres[0].result }
+}
+
+resource "kustomization_resource" "postgres" {
+  count = local.install_postgres ? 1 : 0
+  manifest = jsonencode({
+    apiVersion = "postgresql.cnpg.io/v1"
+    kind       = "Cluster"
+    metadata   = { name = local.postgres_cluster, namespace = kubernetes_namespace.data[0].metadata[0].name }
+    spec = {
+      instances = var.postgres_instances
+      imageName = var.postgres_image
+      storage   = { size = var.postgres_storage_size }
+      resources = { requests = { cpu = "250m", memory = "512Mi" }, limits = { cpu = "2", memory = "2Gi" } }
+      bootstrap = { initdb = { database = "kinfer", owner = "kinfer", secret = { name = kubernetes_secret.postgres[0].metadata[0].name } } }
+    }
+  })
+  timeouts {
+    create = "10m"
+    update = "10m"
+  }
+  depends_on = [helm_release.cnpg]
+}
+
+# -- Redis: Valkey --------------------------------------------------------------------
+
 resource "random_password" "redis" {
   count   = local.install_redis ? 1 : 0
   length  = 32
   special = false
 }
+
+# The ACL password of the "default" user (the chart reads the key named after the user).
+resource "kubernetes_secret" "valkey" {
+  count = local.install_redis ? 1 : 0
+  metadata {
+    name      = "valkey-users"
+    namespace = kubernetes_namespace.data[0].metadata[0].name
+  }
+  data = { default = random_password.redis[0].result }
+}
+
+resource "helm_release" "valkey" {
+  count      = local.install_redis ? 1 : 0
+  name       = "valkey"
+  repository = "https://valkey.io/valkey-helm/"
+  chart      = "valkey"
+  version    = var.valkey_chart_version
+  namespace  = kubernetes_namespace.data[0].metadata[0].name
+  atomic     = true
+  wait       = true
+  timeout    = 600
+  values = [yamlencode({
+    image = local.valkey_image
+    auth = {
+      enabled             = true
+      usersExistingSecret = kubernetes_secret.valkey[0].metadata[0].name
+      aclUsers            = { default = { permissions = "~* &* +@all" } }
+    }
+    resources = { requests = { cpu = "100m", memory = "256Mi" }, limits = { cpu = "1", memory = "1Gi" } }
+  })]
+}
+
+# -- MinIO ------------------------------------------------------------------------------
 
 resource "random_password" "minio" {
   count   = local.install_minio ? 1 : 0
@@ -25,66 +171,45 @@ resource "random_password" "minio" {
   special = false
 }
 
-resource "helm_release" "postgresql" {
-  count            = local.install_postgres ? 1 : 0
-  name             = "postgresql"
-  repository       = "oci://registry-1.docker.io/bitnamicharts"
-  chart            = "postgresql"
-  version          = var.postgresql_chart_version
-  namespace        = var.namespace
-  create_namespace = true
-  atomic           = true
-  values = [yamlencode({
-    auth = { username = "kinfer", database = "kinfer" }
-    primary = {
-      persistence = { size = "20Gi" }
-      resources   = { requests = { cpu = "250m", memory = "512Mi" }, limits = { cpu = "2", memory = "2Gi" } }
-    }
-  })]
-  set_sensitive {
-    name  = "auth.password"
-    value = random_password.postgres[0].result
-  }
+resource "random_password" "minio_user" {
+  for_each = local.install_minio ? toset(keys(local.minio_policies)) : toset([])
+  length   = 40
+  special  = false
 }
 
-resource "helm_release" "redis" {
-  count            = local.install_redis ? 1 : 0
-  name             = "redis"
-  repository       = "oci://registry-1.docker.io/bitnamicharts"
-  chart            = "redis"
-  version          = var.redis_chart_version
-  namespace        = var.namespace
-  create_namespace = true
-  atomic           = true
-  values = [yamlencode({
-    architecture = "standalone"
-    master = {
-      persistence = { enabled = false }
-      resources   = { requests = { cpu = "100m", memory = "256Mi" }, limits = { cpu = "1", memory = "1Gi" } }
-    }
-  })]
-  set_sensitive {
-    name  = "auth.password"
-    value = random_password.redis[0].result
+resource "kubernetes_secret" "minio_users" {
+  count = local.install_minio ? 1 : 0
+  metadata {
+    name      = "minio-users"
+    namespace = kubernetes_namespace.data[0].metadata[0].name
   }
+  data = { for name, password in random_password.minio_user : name => password.result }
 }
 
 resource "helm_release" "minio" {
-  count            = local.install_minio ? 1 : 0
-  name             = "minio"
-  repository       = "https://charts.min.io/"
-  chart            = "minio"
-  version          = var.minio_chart_version
-  namespace        = var.namespace
-  create_namespace = true
-  atomic           = true
-  timeout          = 600
+  count      = local.install_minio ? 1 : 0
+  name       = "minio"
+  repository = "https://charts.min.io/"
+  chart      = "minio"
+  version    = var.minio_chart_version
+  namespace  = kubernetes_namespace.data[0].metadata[0].name
+  atomic     = true
+  wait       = true
+  timeout    = 600
   values = [yamlencode({
+    image       = local.minio_image
+    mcImage     = local.minio_mc_image
     mode        = "standalone"
     rootUser    = "kinfer"
     persistence = { size = "50Gi" }
     resources   = { requests = { memory = "1Gi" } }
-    buckets     = [for b in var.buckets : { name = b, policy = "none", purge = false }]
+    buckets     = [for b in [var.input_bucket, var.results_bucket, var.model_bucket] : { name = b, policy = "none", purge = false }]
+    # Replaces the chart's default users (console/console123 with consoleAdmin).
+    policies = [for name, statements in local.minio_policies : { name = "kinfer-${name}", statements = statements }]
+    users = [for name in keys(local.minio_policies) : {
+      accessKey         = "kinfer-${name}", existingSecret = kubernetes_secret.minio_users[0].metadata[0].name,
+      existingSecretKey = name, policy = "kinfer-${name}"
+    }]
     # Input-bucket uploads become S3 event records on the batch-request topic,
     # which the KafkaSource batch-intake-source delivers to batch-intake.
     environment = {
@@ -94,17 +219,11 @@ resource "helm_release" "minio" {
       MINIO_NOTIFY_KAFKA_TOPIC_KINFER   = "kinfer.batch.requests"
     }
     customCommands = [
-      { command = "event add myminio/kinfer-batch-inputs arn:minio:sqs::KINFER:kafka --event put --suffix .jsonl" },
+      { command = "event add myminio/${var.input_bucket} arn:minio:sqs::KINFER:kafka --event put --suffix .jsonl" },
     ]
   })]
   set_sensitive {
     name  = "rootPassword"
     value = random_password.minio[0].result
   }
-}
-
-locals {
-  postgres_host = "postgresql.${var.namespace}.svc.cluster.local"
-  redis_host    = "redis-master.${var.namespace}.svc.cluster.local"
-  minio_url     = "http://minio.${var.namespace}.svc.cluster.local:9000"
 }

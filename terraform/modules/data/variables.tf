@@ -42,26 +42,74 @@ variable "kafka_brokers" {
   type        = string
 }
 
-variable "buckets" {
-  description = "Buckets Kinfer uses: batch inputs, batch results, Triton's model repository."
-  type        = list(string)
-  default     = ["kinfer-batch-inputs", "kinfer-batch-results", "triton-models"]
+variable "input_bucket" {
+  description = "Bucket of batch inputs (S3_INPUT_BUCKET); uploads of .jsonl files there start batch jobs."
+  type        = string
+  default     = "kinfer-batch-inputs"
 }
 
-variable "postgresql_chart_version" {
-  description = "Bitnami PostgreSQL chart version."
+variable "results_bucket" {
+  description = "Bucket of batch results (S3_RESULTS_BUCKET)."
   type        = string
-  default     = "16.4.5"
+  default     = "kinfer-batch-results"
 }
 
-variable "redis_chart_version" {
-  description = "Bitnami Redis chart version."
+variable "model_bucket" {
+  description = "Bucket of Triton's model repository."
   type        = string
-  default     = "20.6.3"
+  default     = "triton-models"
+}
+
+variable "cnpg_chart_version" {
+  description = "CloudNativePG operator chart version (https://cloudnative-pg.github.io/charts); it pins the operator image."
+  type        = string
+  default     = "0.29.0"
+}
+
+variable "postgres_image" {
+  description = "PostgreSQL image of the CloudNativePG Cluster."
+  type        = string
+  default     = "ghcr.io/cloudnative-pg/postgresql:17.5"
+}
+
+variable "postgres_instances" {
+  description = "PostgreSQL instances of the Cluster (1 primary, the rest streaming replicas)."
+  type        = number
+  default     = 1
+}
+
+variable "postgres_storage_size" {
+  description = "Persistent volume size per PostgreSQL instance."
+  type        = string
+  default     = "20Gi"
+}
+
+variable "valkey_chart_version" {
+  description = "Valkey chart version (https://valkey.io/valkey-helm/)."
+  type        = string
+  default     = "0.9.2"
+}
+
+variable "valkey_image" {
+  description = "Valkey image (registry/repository:tag)."
+  type        = string
+  default     = "docker.io/valkey/valkey:9.0.1"
 }
 
 variable "minio_chart_version" {
   description = "MinIO chart version."
   type        = string
   default     = "5.4.0"
+}
+
+variable "minio_image" {
+  description = "MinIO server image: the last community release published as an image (MinIO community is no longer maintained)."
+  type        = string
+  default     = "docker.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
+}
+
+variable "minio_mc_image" {
+  description = "MinIO client image the chart's setup jobs run (buckets, users, policies)."
+  type        = string
+  default     = "docker.io/minio/mc:RELEASE.2025-08-13T08-35-41Z"
 }

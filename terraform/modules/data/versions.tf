@@ -3,6 +3,12 @@ terraform {
     helm = {
       source = "hashicorp/helm"
     }
+    kubernetes = {
+      source = "hashicorp/kubernetes"
+    }
+    kustomization = {
+      source = "kbst/kustomization"
+    }
     random = {
       source = "hashicorp/random"
     }

@@ -1,14 +1,13 @@
 # Kafka for Knative Eventing: either the servers given, or Strimzi's operator
-# with one KRaft cluster "kinfer" (combined controller+broker node pool) and
-# the two topics Kinfer uses.
+# with knative/strimzi rendered into var.namespace: one KRaft cluster "kinfer"
+# (combined controller+broker node pool) and the two topics Kinfer uses. The
+# topics' partitions are set here only (the KafkaSink does not own its topic);
+# with existing servers, create both topics there (docs/operations.md).
 
 locals {
   install     = var.bootstrap_servers == ""
   replication = min(var.replicas, 3)
-  topics = {
-    "kinfer.batch.chunks"   = var.chunk_partitions
-    "kinfer.batch.requests" = 3
-  }
+  strimzi_dir = abspath("${path.module}/../../../knative/strimzi")
 }
 
 resource "helm_release" "strimzi" {
@@ -20,79 +19,62 @@ resource "helm_release" "strimzi" {
   namespace        = var.namespace
   create_namespace = true
   atomic           = true
+  wait             = true
   timeout          = 600
 }
 
-resource "kustomization_resource" "node_pool" {
-  count = local.install ? 1 : 0
-  manifest = jsonencode({
-    apiVersion = "kafka.strimzi.io/v1beta2"
-    kind       = "KafkaNodePool"
-    metadata = {
-      name      = "combined"
-      namespace = var.namespace
-      labels    = { "strimzi.io/cluster" = "kinfer" }
+data "kustomization_overlay" "strimzi" {
+  count     = local.install ? 1 : 0
+  resources = [local.strimzi_dir]
+  namespace = var.namespace
+
+  patches {
+    target {
+      kind = "KafkaNodePool"
+      name = "combined"
     }
-    spec = {
-      replicas = var.replicas
-      roles    = ["controller", "broker"]
-      storage = {
-        type = "jbod"
-        volumes = [{
-          id          = 0, type = "persistent-claim", size = var.storage_size,
-          deleteClaim = false, kraftMetadata = "shared"
-        }]
-      }
+    patch = jsonencode([
+      { op = "replace", path = "/spec/replicas", value = var.replicas },
+      { op = "replace", path = "/spec/storage/volumes/0/size", value = var.storage_size },
+    ])
+  }
+
+  patches {
+    target {
+      kind = "Kafka"
+      name = "kinfer"
     }
-  })
+    patch = jsonencode([for key, value in {
+      "default.replication.factor"               = local.replication
+      "min.insync.replicas"                      = max(local.replication - 1, 1)
+      "offsets.topic.replication.factor"         = local.replication
+      "transaction.state.log.replication.factor" = local.replication
+      "transaction.state.log.min.isr"            = max(local.replication - 1, 1)
+    } : { op = "replace", path = "/spec/kafka/config/${key}", value = value }])
+  }
+
+  patches {
+    target {
+      kind = "KafkaTopic"
+    }
+    patch = jsonencode([{ op = "replace", path = "/spec/replicas", value = local.replication }])
+  }
+
+  patches {
+    target {
+      kind = "KafkaTopic"
+      name = "kinfer-batch-chunks"
+    }
+    patch = jsonencode([{ op = "replace", path = "/spec/partitions", value = var.chunk_partitions }])
+  }
+}
+
+resource "kustomization_resource" "strimzi" {
+  for_each = local.install ? data.kustomization_overlay.strimzi[0].ids : toset([])
+  manifest = data.kustomization_overlay.strimzi[0].manifests[each.value]
+  timeouts {
+    create = "10m"
+    update = "10m"
+  }
   depends_on = [helm_release.strimzi]
-}
-
-resource "kustomization_resource" "cluster" {
-  count = local.install ? 1 : 0
-  manifest = jsonencode({
-    apiVersion = "kafka.strimzi.io/v1beta2"
-    kind       = "Kafka"
-    metadata = {
-      name      = "kinfer"
-      namespace = var.namespace
-      annotations = {
-        "strimzi.io/node-pools" = "enabled"
-        "strimzi.io/kraft"      = "enabled"
-      }
-    }
-    spec = {
-      kafka = {
-        listeners = [{ name = "plain", port = 9092, type = "internal", tls = false }]
-        config = {
-          "default.replication.factor"       = local.replication
-          "min.insync.replicas"              = max(local.replication - 1, 1)
-          "offsets.topic.replication.factor" = local.replication
-          "auto.create.topics.enable"        = false
-        }
-      }
-      entityOperator = { topicOperator = {}, userOperator = {} }
-    }
-  })
-  depends_on = [kustomization_resource.node_pool]
-}
-
-resource "kustomization_resource" "topic" {
-  for_each = local.install ? local.topics : {}
-  manifest = jsonencode({
-    apiVersion = "kafka.strimzi.io/v1beta2"
-    kind       = "KafkaTopic"
-    metadata = {
-      name      = replace(each.key, ".", "-")
-      namespace = var.namespace
-      labels    = { "strimzi.io/cluster" = "kinfer" }
-    }
-    spec = {
-      topicName  = each.key
-      partitions = each.value
-      replicas   = local.replication
-      config     = { "retention.ms" = 7 * 24 * 3600 * 1000 }
-    }
-  })
-  depends_on = [kustomization_resource.cluster]
 }

@@ -1,6 +1,20 @@
 # Knative Serving (with Kourier as its ingress), Knative Eventing and the Kafka
 # extensions (KafkaSource, KafkaSink), from the pinned release manifests; and
 # Envoy Gateway, which serves the Gateway API routes of knative/base/routing.yaml.
+#
+# Each data source below must render on its own with kustomize, which refuses
+# a resource id listed twice, and no two of them may hold the same id (two
+# kustomization_resource would fight over one object). Hence:
+# - serving-core.yaml already holds every CRD of serving-crds.yaml (and
+#   eventing-core.yaml those of eventing-crds.yaml): the *-crds.yaml files are
+#   not listed (knative/serving#12760, #14242);
+# - eventing-core.yaml and eventing-kafka-controller.yaml both ship
+#   knative-eventing/config-tracing (example data only): eventing-kafka is its
+#   own overlay that drops its copy.
+# tests/unit/deploy/test_composition.py renders these overlays offline from
+# the release files in tests/fixtures/releases/.
+#
+# Patches are YAML heredocs (not yamlencode) so that the test can render them.
 
 locals {
   serving_release  = "https://github.com/knative/serving/releases/download/knative-v${var.knative_version}"
@@ -11,7 +25,6 @@ locals {
 
 data "kustomization_overlay" "serving" {
   resources = [
-    "${local.serving_release}/serving-crds.yaml",
     "${local.serving_release}/serving-core.yaml",
     "${local.kourier_release}/kourier.yaml",
   ]
@@ -22,12 +35,15 @@ data "kustomization_overlay" "serving" {
       name      = "config-network"
       namespace = "knative-serving"
     }
-    patch = yamlencode({
-      apiVersion = "v1"
-      kind       = "ConfigMap"
-      metadata   = { name = "config-network", namespace = "knative-serving" }
-      data       = { "ingress-class" = "kourier.ingress.networking.knative.dev" }
-    })
+    patch = <<-YAML
+      apiVersion: v1
+      kind: ConfigMap
+      metadata:
+        name: config-network
+        namespace: knative-serving
+      data:
+        ingress-class: kourier.ingress.networking.knative.dev
+    YAML
   }
 
   patches {
@@ -36,12 +52,15 @@ data "kustomization_overlay" "serving" {
       name      = "config-domain"
       namespace = "knative-serving"
     }
-    patch = yamlencode({
-      apiVersion = "v1"
-      kind       = "ConfigMap"
-      metadata   = { name = "config-domain", namespace = "knative-serving" }
-      data       = { (var.domain) = "" }
-    })
+    patch = <<-YAML
+      apiVersion: v1
+      kind: ConfigMap
+      metadata:
+        name: config-domain
+        namespace: knative-serving
+      data:
+        "${var.domain}": ""
+    YAML
   }
 
   # Scale-to-zero knobs that hold for every Service (docs/operations.md).
@@ -51,63 +70,180 @@ data "kustomization_overlay" "serving" {
       name      = "config-autoscaler"
       namespace = "knative-serving"
     }
-    patch = yamlencode({
-      apiVersion = "v1"
-      kind       = "ConfigMap"
-      metadata   = { name = "config-autoscaler", namespace = "knative-serving" }
-      data = {
-        "enable-scale-to-zero"       = "true"
-        "scale-to-zero-grace-period" = "30s"
-        "stable-window"              = "60s"
-      }
-    })
+    patch = <<-YAML
+      apiVersion: v1
+      kind: ConfigMap
+      metadata:
+        name: config-autoscaler
+        namespace: knative-serving
+      data:
+        enable-scale-to-zero: "true"
+        scale-to-zero-grace-period: 30s
+        stable-window: 60s
+    YAML
+  }
+
+  # Triton runs on tainted GPU node pools: Knative rejects tolerations, node
+  # selectors and affinity in a Service unless these features are enabled.
+  patches {
+    target {
+      kind      = "ConfigMap"
+      name      = "config-features"
+      namespace = "knative-serving"
+    }
+    patch = <<-YAML
+      apiVersion: v1
+      kind: ConfigMap
+      metadata:
+        name: config-features
+        namespace: knative-serving
+      data:
+        kubernetes.podspec-tolerations: enabled
+        kubernetes.podspec-nodeselector: enabled
+        kubernetes.podspec-affinity: enabled
+    YAML
+  }
+
+  # The kinfer Gateway is the only public entry: Kourier's own gateway gets no
+  # external load balancer (every Kinfer Service is cluster-local anyway).
+  patches {
+    target {
+      kind      = "Service"
+      name      = "kourier"
+      namespace = "kourier-system"
+    }
+    patch = <<-YAML
+      apiVersion: v1
+      kind: Service
+      metadata:
+        name: kourier
+        namespace: kourier-system
+      spec:
+        type: ClusterIP
+    YAML
   }
 }
 
 data "kustomization_overlay" "eventing" {
   resources = [
-    "${local.eventing_release}/eventing-crds.yaml",
     "${local.eventing_release}/eventing-core.yaml",
+  ]
+}
+
+data "kustomization_overlay" "eventing_kafka" {
+  resources = [
     "${local.kafka_release}/eventing-kafka-controller.yaml",
     "${local.kafka_release}/eventing-kafka-source.yaml",
     "${local.kafka_release}/eventing-kafka-sink.yaml",
   ]
+
+  # eventing-core.yaml owns knative-eventing/config-tracing.
+  patches {
+    patch = <<-YAML
+      $patch: delete
+      apiVersion: v1
+      kind: ConfigMap
+      metadata:
+        name: config-tracing
+        namespace: knative-eventing
+    YAML
+  }
 }
 
-# Three passes each: CRDs and namespaces, then everything else, then webhooks.
+# Three passes each: CRDs and namespaces, then everything else (waiting for
+# the controllers' and webhooks' Deployments to be ready), then the webhook
+# configurations. A webhook registered before its Deployment serves would
+# refuse every later resource of its group.
 resource "kustomization_resource" "serving_p0" {
   for_each = data.kustomization_overlay.serving.ids_prio[0]
   manifest = data.kustomization_overlay.serving.manifests[each.value]
+  timeouts {
+    create = "5m"
+    update = "5m"
+  }
 }
 
 resource "kustomization_resource" "serving_p1" {
-  for_each   = data.kustomization_overlay.serving.ids_prio[1]
-  manifest   = data.kustomization_overlay.serving.manifests[each.value]
+  for_each = data.kustomization_overlay.serving.ids_prio[1]
+  manifest = data.kustomization_overlay.serving.manifests[each.value]
+  wait     = true
+  timeouts {
+    create = "10m"
+    update = "10m"
+  }
   depends_on = [kustomization_resource.serving_p0]
 }
 
 resource "kustomization_resource" "serving_p2" {
-  for_each   = data.kustomization_overlay.serving.ids_prio[2]
-  manifest   = data.kustomization_overlay.serving.manifests[each.value]
+  for_each = data.kustomization_overlay.serving.ids_prio[2]
+  manifest = data.kustomization_overlay.serving.manifests[each.value]
+  timeouts {
+    create = "5m"
+    update = "5m"
+  }
   depends_on = [kustomization_resource.serving_p1]
 }
 
 resource "kustomization_resource" "eventing_p0" {
-  for_each   = data.kustomization_overlay.eventing.ids_prio[0]
-  manifest   = data.kustomization_overlay.eventing.manifests[each.value]
+  for_each = data.kustomization_overlay.eventing.ids_prio[0]
+  manifest = data.kustomization_overlay.eventing.manifests[each.value]
+  timeouts {
+    create = "5m"
+    update = "5m"
+  }
   depends_on = [kustomization_resource.serving_p2]
 }
 
 resource "kustomization_resource" "eventing_p1" {
-  for_each   = data.kustomization_overlay.eventing.ids_prio[1]
-  manifest   = data.kustomization_overlay.eventing.manifests[each.value]
+  for_each = data.kustomization_overlay.eventing.ids_prio[1]
+  manifest = data.kustomization_overlay.eventing.manifests[each.value]
+  wait     = true
+  timeouts {
+    create = "10m"
+    update = "10m"
+  }
   depends_on = [kustomization_resource.eventing_p0]
 }
 
 resource "kustomization_resource" "eventing_p2" {
-  for_each   = data.kustomization_overlay.eventing.ids_prio[2]
-  manifest   = data.kustomization_overlay.eventing.manifests[each.value]
+  for_each = data.kustomization_overlay.eventing.ids_prio[2]
+  manifest = data.kustomization_overlay.eventing.manifests[each.value]
+  timeouts {
+    create = "5m"
+    update = "5m"
+  }
   depends_on = [kustomization_resource.eventing_p1]
+}
+
+resource "kustomization_resource" "eventing_kafka_p0" {
+  for_each = data.kustomization_overlay.eventing_kafka.ids_prio[0]
+  manifest = data.kustomization_overlay.eventing_kafka.manifests[each.value]
+  timeouts {
+    create = "5m"
+    update = "5m"
+  }
+  depends_on = [kustomization_resource.eventing_p2]
+}
+
+resource "kustomization_resource" "eventing_kafka_p1" {
+  for_each = data.kustomization_overlay.eventing_kafka.ids_prio[1]
+  manifest = data.kustomization_overlay.eventing_kafka.manifests[each.value]
+  wait     = true
+  timeouts {
+    create = "10m"
+    update = "10m"
+  }
+  depends_on = [kustomization_resource.eventing_kafka_p0]
+}
+
+resource "kustomization_resource" "eventing_kafka_p2" {
+  for_each = data.kustomization_overlay.eventing_kafka.ids_prio[2]
+  manifest = data.kustomization_overlay.eventing_kafka.manifests[each.value]
+  timeouts {
+    create = "5m"
+    update = "5m"
+  }
+  depends_on = [kustomization_resource.eventing_kafka_p1]
 }
 
 # Envoy Gateway installs the Gateway API CRDs and implements them.
@@ -119,6 +255,7 @@ resource "helm_release" "envoy_gateway" {
   namespace        = "envoy-gateway-system"
   create_namespace = true
   atomic           = true
+  wait             = true
   timeout          = 600
 }
 

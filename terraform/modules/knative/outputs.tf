@@ -9,3 +9,12 @@ output "internal_ingress" {
   value       = { namespace = "kourier-system", name = "kourier-internal" }
   depends_on  = [kustomization_resource.serving_p2]
 }
+
+output "ready" {
+  description = "Known at plan, available once Knative, its Kafka extensions and Envoy Gateway are applied: what the platform waits for."
+  value       = "knative-v${var.knative_version}"
+  depends_on = [
+    kustomization_resource.serving_p2, kustomization_resource.eventing_p2,
+    kustomization_resource.eventing_kafka_p2, kustomization_resource.gateway_class,
+  ]
+}

@@ -22,16 +22,27 @@ locals {
     S3_REGION               = var.s3_region
     TRITON_URL              = local.triton_url
     TRITON_MODEL_REPOSITORY = "s3://${var.s3_endpoint_url}/${var.model_bucket}/${var.model_prefix}"
+    # Presigned result URLs must name a host clients reach (SigV4 signs it).
+    S3_PUBLIC_ENDPOINT_URL = (var.s3_public_endpoint_url != "" ? var.s3_public_endpoint_url
+    : var.minio_installed ? "https://${local.s3_host}" : "")
   }
+  api_host = "api.${var.domain}"
+  s3_host  = "s3.${var.domain}"
 
   secrets = {
     "kinfer-database" = { DATABASE_URL = var.database_url }
     "kinfer-redis"    = { REDIS_URL = var.redis_url }
-    "kinfer-s3"       = { S3_ACCESS_KEY_ID = var.s3_access_key_id, S3_SECRET_ACCESS_KEY = var.s3_secret_access_key }
   }
 }
 
+# The gate every platform resource is ordered behind (resource-level ordering;
+# see terraform/main.tf for why not a module-level depends_on).
+resource "terraform_data" "prerequisites" {
+  input = var.prerequisites
+}
+
 resource "kubernetes_namespace" "kinfer" {
+  depends_on = [terraform_data.prerequisites]
   metadata {
     name = var.namespace
     labels = {
@@ -52,6 +63,56 @@ resource "kubernetes_secret" "kinfer" {
   data = each.value
 }
 
+# One S3 key pair per workload that touches object storage (kinfer-s3-<workload>);
+# the other functions get none.
+resource "kubernetes_secret" "s3" {
+  for_each = toset(var.s3_workloads)
+  metadata {
+    name      = "kinfer-s3-${each.key}"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  type = "Opaque"
+  data = {
+    S3_ACCESS_KEY_ID     = var.s3_credentials[each.key].access_key_id
+    S3_SECRET_ACCESS_KEY = var.s3_credentials[each.key].secret_access_key
+  }
+}
+
+# The Gateway's certificate (Secret kinfer-tls): the one given, or a self-signed
+# one for api.<domain> and s3.<domain> to try Kinfer (clients must trust it).
+resource "tls_private_key" "gateway" {
+  count       = var.tls_certificate == "" ? 1 : 0
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_self_signed_cert" "gateway" {
+  count           = var.tls_certificate == "" ? 1 : 0
+  private_key_pem = tls_private_key.gateway[0].private_key_pem
+  dns_names       = [local.api_host, local.s3_host]
+  subject {
+    common_name  = local.api_host
+    organization = "Kinfer (self-signed)"
+  }
+  validity_period_hours = 24 * 365
+  early_renewal_hours   = 24 * 30
+  allowed_uses          = ["digital_signature", "key_encipherment", "server_auth"]
+}
+
+resource "kubernetes_secret" "tls" {
+  metadata {
+    name      = "kinfer-tls"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  type = "kubernetes.io/tls"
+  data = {
+    "tls.crt" = var.tls_certificate != "" ? var.tls_certificate : tls_self_signed_cert.gateway[0].cert_pem
+    "tls.key" = var.tls_certificate != "" ? var.tls_private_key : tls_private_key.gateway[0].private_key_pem
+  }
+}
+
 # Lets the HTTPRoute in var.namespace send traffic to Kourier's internal ingress.
 resource "kustomization_resource" "reference_grant" {
   manifest = jsonencode({
@@ -63,6 +124,104 @@ resource "kustomization_resource" "reference_grant" {
       to   = [{ group = "", kind = "Service", name = "kourier-internal" }]
     }
   })
+  depends_on = [terraform_data.prerequisites]
+}
+
+# The database migration (knative/jobs/db-migrate.yaml, kept alike by the static
+# checks) as its own step: named per image, so a new image runs a new Job (a
+# Job's spec is immutable) and an unchanged one does not drift; terraform waits
+# for it to complete before the overlay's Services (new revisions) roll out. No
+# ttlSecondsAfterFinished: a Job deleted by its TTL would be recreated by the
+# next apply.
+resource "kubernetes_service_account_v1" "migrate" {
+  metadata {
+    name      = "kinfer-migrate"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  automount_service_account_token = false
+}
+
+resource "kubernetes_job_v1" "migrate" {
+  metadata {
+    name      = "kinfer-db-migrate-${substr(sha256(var.image), 0, 12)}"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels = {
+      "app.kubernetes.io/name"      = "kinfer-db-migrate"
+      "app.kubernetes.io/component" = "migration"
+      "app.kubernetes.io/part-of"   = "kinfer"
+    }
+  }
+  spec {
+    backoff_limit           = 6
+    active_deadline_seconds = 900
+    template {
+      metadata {
+        labels = { "app.kubernetes.io/name" = "kinfer-db-migrate" }
+      }
+      spec {
+        restart_policy                  = "OnFailure"
+        service_account_name            = kubernetes_service_account_v1.migrate.metadata[0].name
+        automount_service_account_token = false
+        security_context {
+          run_as_non_root = true
+          run_as_user     = 10001
+          run_as_group    = 10001
+          seccomp_profile {
+            type = "RuntimeDefault"
+          }
+        }
+        container {
+          name              = "migrate"
+          image             = var.image
+          image_pull_policy = "Always"
+          command           = ["kinfer", "db", "upgrade"]
+          env {
+            name = "DATABASE_URL"
+            value_from {
+              secret_key_ref {
+                name = kubernetes_secret.kinfer["kinfer-database"].metadata[0].name
+                key  = "DATABASE_URL"
+              }
+            }
+          }
+          resources {
+            requests = { cpu = "100m", memory = "128Mi" }
+            limits   = { cpu = "500m", memory = "256Mi" }
+          }
+          security_context {
+            run_as_non_root            = true
+            run_as_user                = 10001
+            run_as_group               = 10001
+            allow_privilege_escalation = false
+            read_only_root_filesystem  = true
+            privileged                 = false
+            capabilities {
+              drop = ["ALL"]
+            }
+            seccomp_profile {
+              type = "RuntimeDefault"
+            }
+          }
+          volume_mount {
+            name       = "tmp"
+            mount_path = "/tmp"
+          }
+        }
+        volume {
+          name = "tmp"
+          empty_dir {
+            size_limit = "64Mi"
+          }
+        }
+      }
+    }
+  }
+  wait_for_completion = true
+  timeouts {
+    create = "15m"
+    update = "15m"
+  }
 }
 
 data "kustomization_overlay" "kinfer" {
@@ -121,23 +280,56 @@ data "kustomization_overlay" "kinfer" {
       kind  = "Service"
       name  = "triton"
     }
-    patch = jsonencode([
+    patch = jsonencode(concat([
       { op = "replace", path = "/spec/template/spec/containers/0/resources/requests/nvidia.com~1gpu", value = tostring(var.gpu_count) },
       { op = "replace", path = "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu", value = tostring(var.gpu_count) },
-    ])
+      ], length(var.gpu_node_selector) > 0 ? [
+      { op = "add", path = "/spec/template/spec/nodeSelector", value = var.gpu_node_selector },
+    ] : []))
   }
 }
 
 resource "kustomization_resource" "p0" {
   for_each   = data.kustomization_overlay.kinfer.ids_prio[0]
   manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
-  depends_on = [kubernetes_secret.kinfer]
+  depends_on = [kubernetes_secret.kinfer, kubernetes_secret.s3, kubernetes_secret.tls]
 }
 
 resource "kustomization_resource" "p1" {
   for_each   = data.kustomization_overlay.kinfer.ids_prio[1]
   manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
-  depends_on = [kustomization_resource.p0, kustomization_resource.reference_grant]
+  depends_on = [kustomization_resource.p0, kustomization_resource.reference_grant, kubernetes_job_v1.migrate]
+}
+
+# The S3 API of the in-cluster MinIO on https://s3.<domain>, for presigned
+# result URLs (S3_PUBLIC_ENDPOINT_URL); the Host header is kept, as SigV4 needs.
+resource "kustomization_resource" "minio_reference_grant" {
+  count = var.minio_installed ? 1 : 0
+  manifest = jsonencode({
+    apiVersion = "gateway.networking.k8s.io/v1beta1"
+    kind       = "ReferenceGrant"
+    metadata   = { name = "kinfer-s3-${var.namespace}", namespace = var.data_namespace }
+    spec = {
+      from = [{ group = "gateway.networking.k8s.io", kind = "HTTPRoute", namespace = var.namespace }]
+      to   = [{ group = "", kind = "Service", name = "minio" }]
+    }
+  })
+  depends_on = [terraform_data.prerequisites]
+}
+
+resource "kustomization_resource" "minio_route" {
+  count = var.minio_installed ? 1 : 0
+  manifest = jsonencode({
+    apiVersion = "gateway.networking.k8s.io/v1"
+    kind       = "HTTPRoute"
+    metadata   = { name = "kinfer-s3", namespace = var.namespace, labels = { "app.kubernetes.io/part-of" = "kinfer" } }
+    spec = {
+      parentRefs = [{ name = "kinfer", sectionName = "https" }]
+      hostnames  = [local.s3_host]
+      rules      = [{ backendRefs = [{ name = "minio", namespace = var.data_namespace, port = 9000 }] }]
+    }
+  })
+  depends_on = [kustomization_resource.p1, kustomization_resource.minio_reference_grant]
 }
 
 resource "kustomization_resource" "p2" {

@@ -1,16 +1,18 @@
 output "public_url" {
-  description = "Base URL of the public API behind the kinfer Gateway."
-  value       = "http://api.${var.domain}"
+  description = "Base URL of the public API behind the kinfer Gateway (HTTPS; HTTP redirects)."
+  value       = "https://${local.api_host}"
   depends_on  = [kustomization_resource.p1]
 }
 
+output "s3_public_url" {
+  description = "S3 endpoint in presigned result URLs (S3_PUBLIC_ENDPOINT_URL)."
+  value       = local.config.S3_PUBLIC_ENDPOINT_URL
+}
+
 output "function_urls" {
-  description = "Knative URL of every Service."
-  value = merge(
-    { for s in local.public_services : s => "http://${s}.${var.namespace}.${var.domain}" },
-    { for s in local.internal_services : s => "http://${s}.${var.namespace}.svc.cluster.local" },
-  )
-  depends_on = [kustomization_resource.p1]
+  description = "Cluster-local URL of every Knative Service (public ones are reached through public_url)."
+  value       = { for s in concat(local.public_services, local.internal_services) : s => "http://${s}.${var.namespace}.svc.cluster.local" }
+  depends_on  = [kustomization_resource.p1]
 }
 
 output "triton_url" {

@@ -1,3 +1,8 @@
+variable "prerequisites" {
+  description = "Outputs of the modules the platform runs on (Knative, Kafka, data services); its resources are applied after them."
+  type        = map(string)
+}
+
 variable "image" {
   description = "Kinfer image reference (name[:tag][@sha256:digest])."
   type        = string
@@ -21,6 +26,11 @@ variable "overlay" {
 variable "gpu_count" {
   description = "GPUs per Triton replica."
   type        = number
+}
+
+variable "gpu_node_selector" {
+  description = "Node labels Triton's pods must match (e.g. a GPU node pool); empty: any node with a free GPU."
+  type        = map(string)
 }
 
 variable "triton_keep_warm" {
@@ -55,15 +65,14 @@ variable "s3_region" {
   type        = string
 }
 
-variable "s3_access_key_id" {
-  description = "S3_ACCESS_KEY_ID (Secret kinfer-s3)."
-  type        = string
-  sensitive   = true
+variable "s3_workloads" {
+  description = "Workloads that get S3 credentials (Secret kinfer-s3-<workload>)."
+  type        = list(string)
 }
 
-variable "s3_secret_access_key" {
-  description = "S3_SECRET_ACCESS_KEY (Secret kinfer-s3)."
-  type        = string
+variable "s3_credentials" {
+  description = "S3 key pair per workload of s3_workloads."
+  type        = map(object({ access_key_id = string, secret_access_key = string }))
   sensitive   = true
 }
 
@@ -77,4 +86,30 @@ variable "model_prefix" {
   description = "Key prefix of the model repository in model_bucket (--prefix)."
   type        = string
   default     = "models"
+}
+
+variable "data_namespace" {
+  description = "Namespace of the in-cluster data services (MinIO's Service for the S3 route)."
+  type        = string
+}
+
+variable "minio_installed" {
+  description = "Whether MinIO runs in the cluster: then its S3 API is routed on https://s3.<domain>."
+  type        = bool
+}
+
+variable "s3_public_endpoint_url" {
+  description = "S3_PUBLIC_ENDPOINT_URL: the S3 endpoint clients reach, for presigned result URLs (empty: https://s3.<domain> with in-cluster MinIO, else S3_ENDPOINT_URL)."
+  type        = string
+}
+
+variable "tls_certificate" {
+  description = "PEM certificate (chain) of the Gateway for api.<domain> and s3.<domain>; empty: self-signed."
+  type        = string
+}
+
+variable "tls_private_key" {
+  description = "PEM private key of tls_certificate."
+  type        = string
+  sensitive   = true
 }

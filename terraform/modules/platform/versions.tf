@@ -6,5 +6,8 @@ terraform {
     kustomization = {
       source = "kbst/kustomization"
     }
+    tls = {
+      source = "hashicorp/tls"
+    }
   }
 }

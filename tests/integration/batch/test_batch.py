@@ -69,7 +69,7 @@ class Stack:
         sub = Subscription(name="batch-worker-source", namespace="kinfer", topics=(topic,),
                            group="kinfer-batch-worker", sink=worker_url,
                            delivery=Delivery(retry=retry, backoff_delay_s=delay, dead_letter=self.dead.url),
-                           initial_offset="earliest")
+                           initial_offset="earliest", ordering="unordered")  # as knative/ wires the worker
         relay = EventRelay(self.redis, Wiring(sinks={SINK: topic}, subscriptions=(sub,)), port=free_port(),
                            key_prefix=f"kinfer:test:batch:{self.uid}:", idle_timeout_s=idle, workers=8)
         relay.start()

@@ -1,4 +1,4 @@
-"""The infer function over real HTTP under gunicorn gthread (``kinfer serve``): concurrency, tracing, and
+"""The infer function over real HTTP under uvicorn (``kinfer serve``): concurrency, tracing, and
 unchanged ``tritonclient.http`` (binary tensor extension) against the v2 route."""
 
 from __future__ import annotations

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from shared.localstack.relay.delivery import Dispatcher
 from shared.localstack.relay.server import DEFAULT_MANIFESTS, parse_targets
-from shared.localstack.relay.wiring import Delivery, WiringError, is_retryable, load_wiring, parse_iso_duration
+from shared.localstack.relay.wiring import (
+    Delivery,
+    Subscription,
+    WiringError,
+    is_retryable,
+    load_wiring,
+    parse_iso_duration,
+)
 from tests.conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "knative" / "relay"
@@ -54,6 +62,7 @@ def test_fixture_manifests_give_sinks_sources_and_delivery():
     assert intake.sink == "http://127.0.0.1:8085/events"  # ref plus uri path
     assert intake.delivery.dead_letter is None and intake.delivery.backoff_policy == "linear"
     assert intake.delivery.timeout_s == 5.0 and intake.initial_offset == "earliest"
+    assert (worker.ordering, intake.ordering) == ("unordered", "ordered")  # Knative's default is ordered
     assert wiring.topics() == ["test.batch.chunks", "test.batch.requests"]
 
 
@@ -82,6 +91,21 @@ def test_bad_backoff_policy_is_refused(tmp_path):
         load_wiring(tmp_path, TARGETS)
 
 
+def test_bad_ordering_is_refused(tmp_path):
+    (tmp_path / "s.yaml").write_text(
+        "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata: {name: s}\n"
+        "spec: {topics: [t], ordering: parallel, sink: {uri: 'http://x/'}}\n")
+    with pytest.raises(WiringError, match="spec.ordering"):
+        load_wiring(tmp_path, TARGETS)
+
+
+@pytest.mark.parametrize("ordering,in_flight", [("unordered", 8), ("ordered", 1)])
+def test_ordering_sets_how_many_deliveries_are_in_flight(ordering, in_flight):
+    sub = Subscription(name="s", namespace="kinfer", topics=("t",), group="g", sink="http://x/", ordering=ordering)
+    dispatcher = Dispatcher(None, sub, key_prefix="p:", consumer="c", session=None, workers=8)
+    assert dispatcher.workers == in_flight
+
+
 def test_parse_targets():
     assert parse_targets(["batch-worker=http://127.0.0.1:8086/"]) == {"batch-worker": "http://127.0.0.1:8086/"}
     with pytest.raises(ValueError, match="NAME=http"):
@@ -96,8 +120,9 @@ def test_real_knative_base_follows_the_functions_table():
     worker = subs["batch-worker-source"]
     assert worker.topics == ("kinfer.batch.chunks",) and worker.group == "kinfer-batch-worker"
     assert worker.sink == TARGETS["batch-worker"]
-    assert worker.delivery == Delivery(retry=5, backoff_policy="exponential", backoff_delay_s=0.5,
+    assert worker.delivery == Delivery(retry=10, backoff_policy="linear", backoff_delay_s=30.0,
                                        dead_letter=TARGETS["batch-deadletter"])
+    assert worker.ordering == "unordered" and subs["batch-intake-source"].ordering == "ordered"
     intake = subs["batch-intake-source"]
     assert intake.topics == ("kinfer.batch.requests",) and intake.sink == TARGETS["batch-intake"]
     assert intake.delivery.retry == 3 and intake.delivery.backoff_delay_s == 0.5
