@@ -14,17 +14,22 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from shared.localstack.triton import TritonServer, TritonStartError, default_repository, stop_pid
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
-HTTP, GRPC, METRICS = 18000, 18001, 18002
 REPOSITORY = default_repository()
+
+
+def ports() -> tuple[int, int, int]:
+    """HTTP, gRPC and metrics ports nobody else uses (test runs may share the machine)."""
+    return free_port(), free_port(), free_port()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     state = tmp_path_factory.mktemp("triton")
-    with TritonServer(REPOSITORY, state, HTTP, GRPC, METRICS) as triton:
+    with TritonServer(REPOSITORY, state, *ports()) as triton:
         yield triton
 
 
@@ -59,7 +64,8 @@ def test_server_is_ready_and_serves_metrics(server):
     import urllib.request
 
     assert server.is_ready() and server.pid is not None
-    assert server.http_url == f"http://127.0.0.1:{HTTP}" and server.grpc_url == f"127.0.0.1:{GRPC}"
+    assert server.http_url == f"http://127.0.0.1:{server.ports['http']}"
+    assert server.grpc_url == f"127.0.0.1:{server.ports['grpc']}"
     with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
         assert b"nv_inference_count" in resp.read()
 
@@ -123,8 +129,9 @@ def test_metadata_and_config_are_readable(client):
 
 
 def test_busy_port_gives_a_clear_error(server, tmp_path):
-    other = TritonServer(REPOSITORY, tmp_path, http_port=18010, grpc_port=GRPC, metrics_port=18012)
-    with pytest.raises(TritonStartError, match=f"grpc port 127.0.0.1:{GRPC} is already in use") as info:
+    taken = server.ports['grpc']
+    other = TritonServer(REPOSITORY, tmp_path, http_port=free_port(), grpc_port=taken, metrics_port=free_port())
+    with pytest.raises(TritonStartError, match=f"grpc port 127.0.0.1:{taken} is already in use") as info:
         other.start(timeout=10)
     assert "\n" not in str(info.value) and other.pid is None
     assert server.is_ready()
@@ -138,7 +145,7 @@ def test_broken_model_fails_fast_with_the_reason(tmp_path):
                                                'output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]\n')
     (model / "model.py").write_text("class TritonPythonModel:\n    def initialize(self, args):\n"
                                     "        raise RuntimeError('kinfer-broken-model')\n")
-    triton = TritonServer(tmp_path / "repo", tmp_path / "state", 18020, 18021, 18022)
+    triton = TritonServer(tmp_path / "repo", tmp_path / "state", *ports())
     with pytest.raises(TritonStartError, match="tritonserver exited") as info:
         triton.start(timeout=30)
     first_line = str(info.value).splitlines()[0]
@@ -148,32 +155,32 @@ def test_broken_model_fails_fast_with_the_reason(tmp_path):
 
 def test_missing_repository_is_reported(tmp_path):
     with pytest.raises(TritonStartError, match="models/build.py"):
-        TritonServer(tmp_path / "nope", tmp_path, 18030, 18031, 18032).start()
+        TritonServer(tmp_path / "nope", tmp_path, *ports()).start()
 
 
 def test_stop_leaves_no_process_behind(tmp_path):
-    triton = TritonServer(REPOSITORY, tmp_path, 18040, 18041, 18042)
+    triton = TritonServer(REPOSITORY, tmp_path, *ports())
     triton.start()
-    pid = triton.pid
+    pid, shm = triton.pid, f"kinfer{triton.ports['grpc']}_*"
     assert pid is not None and len(group_members(pid)) >= 3  # server + one stub per model
     triton.stop()
     triton.stop()  # idempotent
     assert group_members(pid) == [] and triton.pid is None and not triton.is_ready()
-    assert list(Path("/dev/shm").glob("kinfer18041_*")) == []
+    assert list(Path("/dev/shm").glob(shm)) == []
 
 
 def test_killed_server_leaves_no_shared_memory(tmp_path):
-    triton = TritonServer(REPOSITORY, tmp_path, 18060, 18061, 18062)
+    triton = TritonServer(REPOSITORY, tmp_path, *ports())
     triton.start()
-    pid = triton.pid
-    assert pid is not None and list(Path("/dev/shm").glob("kinfer18061_*"))  # the Python backend's regions
+    pid, shm = triton.pid, f"kinfer{triton.ports['grpc']}_*"
+    assert pid is not None and list(Path("/dev/shm").glob(shm))  # the Python backend's regions
     os.kill(pid, signal.SIGKILL)  # no clean shutdown: stop() must still clean up
     triton.stop()
-    assert group_members(pid) == [] and list(Path("/dev/shm").glob("kinfer18061_*")) == []
+    assert group_members(pid) == [] and list(Path("/dev/shm").glob(shm)) == []
 
 
 def test_detached_server_is_stopped_by_pid(tmp_path):
-    triton = TritonServer(REPOSITORY, tmp_path, 18050, 18051, 18052, log_path=tmp_path / "logs" / "t.log")
+    triton = TritonServer(REPOSITORY, tmp_path, *ports(), log_path=tmp_path / "logs" / "t.log")
     triton.start(detach=True)
     pid = triton.pid
     assert pid is not None and os.getsid(pid) == pid  # own session: survives the CLI that started it
