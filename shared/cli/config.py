@@ -79,7 +79,7 @@ def _get_contexts(args: argparse.Namespace) -> int:
              "key": display_key(config.contexts[n].key)} for n in names]
     data = {"current-context": config.current, "contexts": rows, "path": str(config.path)}
     output.emit(args, data, rows="contexts", columns=[
-        ("CURRENT", lambda r: "*" if r["current"] else ""), output.column("NAME", "name"),
+        ("CURRENT", lambda r: "*" if r["current"] else " "), output.column("NAME", "name"),
         output.column("URL", "url"), output.column("KEY", "key")])
     return 0
 
