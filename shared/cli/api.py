@@ -80,8 +80,8 @@ def connect(args: argparse.Namespace, settings: ClientSettings | None = None) ->
     """Resolve the connection for parsed ``args`` and say on stderr when the dev key is used."""
     conn = resolve(args, settings or ClientSettings.from_env())
     if conn.key_source == "local dev key":
-        print(f"kinfer: using the local stack's dev key {LOCAL_DEV_KEY} for {conn.url} (no --key, KINFER_API_KEY "
-              "or context key)", file=sys.stderr)
+        print(f"kinfer: using the local stack's dev key {LOCAL_DEV_KEY} (no --key, KINFER_API_KEY or context key)",
+              file=sys.stderr)
     return conn
 
 

@@ -1,4 +1,4 @@
-"""``kinfer batch submit|status|list|cancel|results``: batch jobs through the HTTP API (stdlib urllib).
+"""``kinfer batch submit|status|wait|list|cancel|results``: batch jobs through the HTTP API (stdlib urllib).
 
 ``submit FILE.jsonl`` sends the file's lines as inline ``inputs`` (one input per
 line). A file too big for one request body (the API's MAX_BODY_BYTES, 10 MiB by
@@ -38,7 +38,7 @@ STATUS_FIELDS = ("id", "status", "model", "version", "progress", "total", "compl
 JOB_COLUMNS = [output.column("ID", "id"), output.column("STATUS", "status"), output.column("MODEL", "model"),
                output.column("VERSION", "version"), output.column("ITEMS", "total"),
                output.column("SUCCEEDED", "succeeded"), output.column("FAILED", "failed"),
-               ("PROGRESS", lambda j: f"{j['progress']:.0%}"), output.column("CREATED", "created_at")]
+               ("PROGRESS", lambda j: f"{j['progress']:.0%}"), output.time_column("CREATED", "created_at")]
 RESULT_FORMATS = ("jsonl", *output.FORMATS)
 
 
@@ -64,6 +64,12 @@ def register(subparsers: Any) -> None:
     status.add_argument("job_id", metavar="ID")
     output.add_output_arg(status)
     api.command(status, _status)
+    wait = sub.add_parser("wait", help="follow a job until it finishes, then show a summary",
+                          epilog="exit codes: 0 done, 1 job failed or cancelled, 3 items failed (--fail-on-errors)")
+    wait.add_argument("job_id", metavar="ID")
+    wait.add_argument("--fail-on-errors", action="store_true", help="exit 3 when any item failed")
+    output.add_output_arg(wait)
+    api.command(wait, _wait)
     listing = sub.add_parser("list", help="list your jobs, newest first")
     listing.add_argument("--status", choices=("pending", "processing", *FINISHED))
     listing.add_argument("--limit", type=int, default=None, help="at most this many (1-500, default 50)")
@@ -156,7 +162,18 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         else:
             output.emit(args, job)
         return 0
-    final = wait_for(client, job["job_id"], job["total"])
+    return _follow(client, args, job["job_id"], job["total"], started, source)
+
+
+def _wait(client: Client, args: argparse.Namespace) -> int:
+    job = client.call("GET", f"/v1/batch/{args.job_id}")
+    return _follow(client, args, job["job_id"], job["total"], time.monotonic(), None)
+
+
+def _follow(client: Client, args: argparse.Namespace, job_id: str, total: int, started: float,
+            source: InputFile | None) -> int:
+    """Wait for the job, print its summary (or the final status as JSON/YAML); the exit code it deserves."""
+    final = wait_for(client, job_id, total)
     if args.output == "table":
         print(summary(final, time.monotonic() - started, source))
     else:

@@ -20,8 +20,8 @@ FIELDS = ("id", "name", "prefix", "status", "scopes", "rate_limit_per_minute", "
 COLUMNS = [output.column("ID", "id"), output.column("NAME", "name"), ("PREFIX", lambda r: f"{r['prefix']}..."),
            output.column("STATUS", "status"), output.column("SCOPES", "scopes"),
            ("LIMIT", lambda r: r["rate_limit_per_minute"] or "default"),
-           ("CREATED", lambda r: _when(r["created_at"])), ("LAST USED", lambda r: _when(r["last_used_at"])),
-           ("REVOKED", lambda r: _when(r["revoked_at"]))]
+           output.time_column("CREATED", "created_at"), output.time_column("LAST USED", "last_used_at"),
+           output.time_column("REVOKED", "revoked_at")]
 SHOWN_ONCE = "Store this key now: it is not shown again."
 
 
@@ -94,7 +94,7 @@ def _show(client: api.Client, args: argparse.Namespace) -> int:
 def _revoke(client: api.Client, args: argparse.Namespace) -> int:
     record = client.call("DELETE", f"/v1/keys/{_path_id(args.key_id)}")
     if args.output == "table":
-        print(f"revoked {record['id']} ({record['name']}) at {_when(record['revoked_at'])}")
+        print(f"revoked {record['id']} ({record['name']}) at {output.when(record['revoked_at'])}")
     else:
         output.emit(args, record)
     return 0
@@ -104,15 +104,6 @@ def _path_id(raw: str) -> str:
     import urllib.parse
 
     return urllib.parse.quote(raw, safe="")
-
-
-def _when(value: Any) -> str:
-    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SSZ`` (UTC), ``-`` for none."""
-    if not value:
-        return "-"
-    from datetime import UTC, datetime
-
-    return datetime.fromisoformat(str(value)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _bootstrap(args: argparse.Namespace) -> int:

@@ -27,6 +27,19 @@ def column(header: str, key: str) -> Column:
     return header, lambda row: row.get(key)
 
 
+def time_column(header: str, key: str) -> Column:
+    return header, lambda row: when(row.get(key))
+
+
+def when(value: Any) -> str:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SSZ`` (UTC), ``-`` for none."""
+    if not value:
+        return "-"
+    from datetime import UTC, datetime
+
+    return datetime.fromisoformat(str(value)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def emit(args: argparse.Namespace, data: Any, *, columns: Sequence[Column] | None = None,
          rows: str | None = None, fields: Sequence[str] | None = None) -> None:
     """Print ``data`` as ``args.output``: the table of ``data[rows]`` (or of ``data`` when it is a list) with

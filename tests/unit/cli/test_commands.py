@@ -117,7 +117,7 @@ def test_completion_script_completes_commands_options_and_choices(tmp_path: Path
         return sorted(filter(None, done.stdout.splitlines()))
 
     assert complete("kinfer", "b") == ["batch"]
-    assert complete("kinfer", "batch", "") == ["cancel", "list", "results", "status", "submit"]
+    assert complete("kinfer", "batch", "") == ["cancel", "list", "results", "status", "submit", "wait"]
     assert complete("kinfer", "batch", "submit", "--fail") == ["--fail-on-errors"]
     assert complete("kinfer", "keys", "list", "-o", "") == ["json", "table", "yaml"]
     assert complete("kinfer", "completion", "") == ["bash", "zsh"]
