@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `kinfer ... | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # `kinfer ... | head`: the reader has gone; stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # noqa: BLE001 (the one place that turns any failure into one line)
         return _fail(exc)
