@@ -82,18 +82,11 @@ def register(subparsers: Any) -> None:
     api.command(cancel, _cancel)
     results = sub.add_parser("results", help="a finished job's results, one JSON line per input")
     results.add_argument("job_id", metavar="ID")
-    results.add_argument("-o", "--output", default="jsonl", type=_result_format, choices=RESULT_FORMATS,
-                         metavar="FORMAT", help=f"output format: {', '.join(RESULT_FORMATS)} (default jsonl)")
+    results.add_argument("-o", "--output", default="jsonl", metavar="FORMAT",
+                         help=f"output format: {', '.join(RESULT_FORMATS)} (default jsonl)")
     results.add_argument("--out", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
     results.add_argument("--failed", action="store_true", help="only the items that failed")
     api.command(results, _results)
-
-
-def _result_format(value: str) -> str:
-    if value not in RESULT_FORMATS:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a format ({', '.join(RESULT_FORMATS)}); "
-                                         "write to a file with --out FILE")
-    return value
 
 
 # -- the input file ------------------------------------------------------------------
@@ -285,6 +278,11 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 def _results(client: Client, args: argparse.Namespace) -> int:
+    if args.output not in RESULT_FORMATS:  # `-o FILE`, as before -o meant the format
+        if args.out is not None:
+            raise UsageError(f"-o takes a format ({', '.join(RESULT_FORMATS)}), not {args.output!r}")
+        print(f"kinfer: -o FILE is deprecated for batch results; use --out {args.output}", file=sys.stderr)
+        args.out, args.output = Path(args.output), "jsonl"
     status = client.call("GET", f"/v1/batch/{args.job_id}")
     if not status.get("result_url"):
         raise ApiError(f"job {args.job_id} is {status['status']}; it has no results yet")
