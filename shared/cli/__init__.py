@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from shared.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here (argparse)
+    # Library warnings stay off the terminal: failures reach the user as one line (below). A process that
+    # serves (`kinfer serve`) installs its JSON log handler over this one.
+    logging.getLogger().addHandler(logging.NullHandler())
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -78,6 +82,10 @@ def _fail(exc: Exception) -> int:
         message, code = str(exc), EXIT_USAGE
     elif isinstance(exc, KinferError):
         message, code = exc.message, EXIT_FAILED
+    elif type(exc).__module__.startswith("sqlalchemy"):  # kinfer db / keys bootstrap: the DATABASE_URL database
+        cause = getattr(exc, "orig", None) or exc
+        message = f"database error: {str(cause).splitlines()[0][:300]} (check DATABASE_URL)"
+        code = EXIT_FAILED
     else:
         try:
             debug = ClientSettings.from_env().debug

@@ -163,3 +163,11 @@ def test_the_summary_names_the_failed_lines_and_how_to_see_every_failure(tmp_pat
     assert "succeeded 11, failed 3 of 14" in text
     assert "  line 3: the input is not valid JSON" in text and "  line 6: input.data has shape [2]" in text
     assert "kinfer batch results j1 --failed" in text
+
+
+def test_an_unreachable_database_is_one_line_naming_database_url() -> None:
+    from tests.conftest import free_port
+
+    done = kinfer("db", "upgrade", env={"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/kinfer"})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("kinfer: database error: ") and "check DATABASE_URL" in done.stderr
