@@ -283,7 +283,7 @@ async def _run(call: Call, router: Router, span: Any) -> Response:
             from shared.access.auth import authorize
 
             call.principal = await run_in_threadpool(authorize, call, route.scope)
-        if route.query is not None:
+        if route.query is not None and request.scope.get("query_string"):
             check_query(request.query_params, route.query)
         if not route.stream and request.method in _BODY_METHODS:
             call.body = await read_body(request, call.services.settings.max_body_bytes)
