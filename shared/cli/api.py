@@ -122,7 +122,9 @@ def is_local(url: str) -> bool:
 class Client:
     """A small JSON client of the Kinfer API (stdlib only: the CLI starts fast)."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection | str, key: str | None = None) -> None:
+        if isinstance(connection, str):  # Client(url, key), as the first batch commands built it
+            connection = Connection(connection, key or "", key_source="--key")
         self.connection = connection
         self.base_url = connection.url.rstrip("/")
 
@@ -134,7 +136,8 @@ class Client:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         request = urllib.request.Request(url, data=data, method=method)
         request.add_header("Accept", "application/json")
-        request.add_header("Authorization", f"Bearer {self.connection.key}")
+        if self.connection.key:
+            request.add_header("Authorization", f"Bearer {self.connection.key}")
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:

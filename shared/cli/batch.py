@@ -12,7 +12,6 @@ line numbers of the file.
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import re
 import sys
@@ -20,15 +19,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shared.cli import api, output
 from shared.cli.api import ApiError, Client
 from shared.cli.errors import EXIT_FAILED, EXIT_ITEMS_FAILED, UsageError
+from shared.cli.inputs import InputFile, scan
 
-__all__ = ["ApiError", "Client", "register", "upload_file"]
+__all__ = ["ApiError", "Client", "InputFile", "register", "scan", "upload_file"]
 
 INLINE_LIMIT = 9 * 1024 * 1024
 FINISHED = ("completed", "failed", "cancelled")
@@ -87,45 +86,6 @@ def register(subparsers: Any) -> None:
     results.add_argument("--out", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
     results.add_argument("--failed", action="store_true", help="only the items that failed")
     api.command(results, _results)
-
-
-# -- the input file ------------------------------------------------------------------
-@dataclass
-class InputFile:
-    """A JSONL file's items: where each item's line is (blank lines are skipped, as the API skips
-    them), and, when read for inline submission, the parsed items or the first bad line."""
-
-    path: Path
-    blank_lines: list[int] = field(default_factory=list)
-    items: list[Any] | None = None
-    bad_line: int | None = None
-
-    def line_of(self, index: int) -> int:
-        """The 1-based line number of item ``index``."""
-        line = index + 1
-        for blank in self.blank_lines:
-            if blank > line:
-                break
-            line += 1
-        return line
-
-    def index_of_line(self, line: int) -> int:
-        return line - 1 - bisect.bisect_left(self.blank_lines, line)
-
-
-def scan(path: Path, parse: bool) -> InputFile:
-    """Read ``path`` once; with ``parse``, keep the items (stopping at the first line that is not JSON)."""
-    found = InputFile(path, items=[] if parse else None)
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                found.blank_lines.append(number)
-            elif found.items is not None:
-                try:
-                    found.items.append(json.loads(line))
-                except ValueError:
-                    found.items, found.bad_line = None, number
-    return found
 
 
 # -- submit ------------------------------------------------------------------------------

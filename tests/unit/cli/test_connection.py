@@ -112,3 +112,8 @@ def test_keys_are_displayed_by_prefix_only() -> None:
     assert api.display_key("kf_abcdefghijklmnop") == "kf_abcdefg..."
     assert api.display_key("supersecret") == "supe..."
     assert api.display_key("") == "-"
+
+
+def test_a_client_can_still_be_built_from_a_url_and_key() -> None:
+    client = api.Client("http://localhost:8080/", "kf_x")
+    assert (client.base_url, client.connection.key) == ("http://localhost:8080", "kf_x")
