@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -20,7 +20,10 @@ class ConfigError(ValueError):
 
 def _int(lo: int, hi: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = int(raw)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be an integer between {lo} and {hi}, not {raw[:40]!r}") from None
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
         return value
@@ -30,7 +33,10 @@ def _int(lo: int, hi: int) -> Callable[[str], int]:
 
 def _float(lo: float, hi: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
-        value = float(raw)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number between {lo} and {hi}, not {raw[:40]!r}") from None
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
         return value
@@ -55,6 +61,38 @@ def _url_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+PG_DRIVER_SCHEME = "postgresql+pg8000"
+
+
+def _database_url(raw: str) -> str:
+    """A PostgreSQL URL for SQLAlchemy with pg8000: the standard ``postgresql://`` (or
+    ``postgres://``) scheme is accepted and mapped to ``postgresql+pg8000://``.
+
+    The error never repeats the URL (it may hold a password).
+    """
+    url = raw.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep or not rest:
+        raise ValueError("must be a URL like postgresql://user:password@host:5432/kinfer")
+    if scheme.lower() in ("postgresql", "postgres", PG_DRIVER_SCHEME):
+        return f"{PG_DRIVER_SCHEME}://{rest}"
+    raise ValueError(f"scheme {scheme[:32]!r} is not supported; use postgresql:// (Kinfer connects with pg8000)")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """Browser origins allowed by CORS: ``scheme://host[:port]`` each, or ``*`` for any."""
+    origins = []
+    for item in _url_list(raw):
+        origin = item.rstrip("/").lower()
+        if origin != "*":
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+                raise ValueError(f"{item[:100]!r} is not an origin like https://app.example.com "
+                                 "(scheme://host[:port], no path) or *")
+        origins.append(origin)
+    return tuple(origins)
+
+
 def _redact_url(url: str) -> str:
     """Hide the password of a URL such as postgresql://user:pw@host/db."""
     parts = urlsplit(url)
@@ -73,10 +111,54 @@ def _var(env: str, default: str | None, parse: Callable[[str], Any] = _str,
                                          "parse": parse, "secret": secret})
 
 
-@dataclass(frozen=True)
-class Settings:
+class _FromEnv:
+    """``from_env``, ``env_names`` and a redacting ``repr`` for a frozen dataclass of ``_var`` fields."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            meta = f.metadata
+            raw = env.get(meta["env"], meta["default"])
+            try:
+                values[f.name] = meta["parse"](raw)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"{meta['env']}: {exc}")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+        return cls(**values)
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        """Every environment variable the settings read (for deployment checks)."""
+        return [f.metadata["env"] for f in fields(cls)]  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.metadata.get("secret"):
+                value = _redact_url(value) if "://" in str(value) else "***"
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, repr=False)
+class Settings(_FromEnv):
+    """What every Kinfer process (function, local stack) reads."""
+
     # State
-    database_url: str = _var("DATABASE_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/kinfer", secret=True)
+    # postgresql:// is accepted and mapped to postgresql+pg8000:// (the driver Kinfer ships)
+    database_url: str = _var("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kinfer", _database_url,
+                             secret=True)
     db_pool_size: int = _var("DB_POOL_SIZE", "10", _int(1, 200))
     redis_url: str = _var("REDIS_URL", "redis://127.0.0.1:6379/0", secret=True)
     redis_timeout_s: float = _var("REDIS_TIMEOUT_S", "0.25", _float(0.01, 30))
@@ -105,6 +187,9 @@ class Settings:
     max_body_bytes: int = _var("MAX_BODY_BYTES", str(10 * 1024 * 1024), _int(1024, 1024**3))
     auth_required: bool = _var("AUTH_REQUIRED", "true", _bool)
     rate_limit_per_minute: int = _var("RATE_LIMIT_PER_MINUTE", "600", _int(1, 10_000_000))
+    # Browser origins allowed to call the API (CORS), comma-separated; "*" any; empty: none. Keys travel
+    # in the Authorization header only (no cookies), so credentialed CORS is never offered.
+    cors_allowed_origins: tuple[str, ...] = _var("CORS_ALLOWED_ORIGINS", "", _origins)
     # Batch
     batch_chunk_size: int = _var("BATCH_CHUNK_SIZE", "1000", _int(1, 100_000))
     batch_max_items: int = _var("BATCH_MAX_ITEMS", "1000000", _int(1, 100_000_000))
@@ -123,38 +208,20 @@ class Settings:
     # API keys: how long a key lookup is trusted in-process (revocation takes effect within it)
     auth_cache_ttl_s: float = _var("AUTH_CACHE_TTL_S", "5", _float(0, 300))
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for f in fields(cls):
-            if f.name in overrides:
-                values[f.name] = overrides[f.name]
-                continue
-            meta = f.metadata
-            raw = env.get(meta["env"], meta["default"])
-            try:
-                values[f.name] = meta["parse"](raw)
-            except (TypeError, ValueError) as exc:
-                problems.append(f"{meta['env']}: {exc}")
-        if problems:
-            raise ConfigError("invalid configuration: " + "; ".join(problems))
-        return cls(**values)
 
-    @classmethod
-    def env_names(cls) -> list[str]:
-        """Every environment variable the settings read (for deployment checks)."""
-        return [f.metadata["env"] for f in fields(cls)]
+@dataclass(frozen=True, repr=False)
+class ClientSettings(_FromEnv):
+    """What the ``kinfer`` command line reads to reach a Kinfer API (never a server process).
 
-    def __repr__(self) -> str:
-        shown = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.metadata.get("secret"):
-                value = _redact_url(value) if "://" in str(value) else "***"
-            shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+    Flags win over these, these over the config file's context (``shared.cli.contexts``).
+    """
 
-    __str__ = __repr__
+    url: str = _var("KINFER_URL", "")
+    api_key: str = _var("KINFER_API_KEY", "", secret=True)
+    context: str = _var("KINFER_CONTEXT", "")
+    # The config file: KINFER_CONFIG, else $XDG_CONFIG_HOME/kinfer/config.toml, else ~/.config/kinfer/config.toml
+    config_file: str = _var("KINFER_CONFIG", "")
+    xdg_config_home: str = _var("XDG_CONFIG_HOME", "")
+    home: str = _var("HOME", "")
+    # Show the traceback of an unexpected error instead of one line
+    debug: bool = _var("KINFER_DEBUG", "false", _bool)

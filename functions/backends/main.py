@@ -34,9 +34,9 @@ def _metrics(call: Call) -> Response:
 
 ROUTES = Router([
     LIVEZ,
-    Route("/", ("POST",), _probe),
-    Route("/health", ("GET",), _health),
-    Route("/metrics", ("GET",), _metrics),
+    Route("/", ("POST",), _probe, query=()),
+    Route("/health", ("GET",), _health, query=()),
+    Route("/metrics", ("GET",), _metrics, query=()),
 ])
 
 

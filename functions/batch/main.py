@@ -12,8 +12,9 @@ from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
-def _submit(call: Call) -> tuple[int, dict]:
-    return 202, batch.submit_job(call.services, call.json(), batch.owner_of(call.principal))
+def _submit(call: Call) -> tuple[int, dict, dict]:
+    job = batch.submit_job(call.services, call.json(), batch.owner_of(call.principal))
+    return 202, job, {"Location": f"/v1/batch/{job['id']}"}
 
 
 def _upload(call: Call) -> tuple[int, dict]:
@@ -39,12 +40,12 @@ def _health(call: Call) -> tuple[int, dict]:
 
 ROUTES = Router([
     LIVEZ,
-    Route("/health", ("GET",), _health),
-    Route("/v1/batch", ("POST",), _submit, scope="batch"),
-    Route("/v1/batch", ("GET",), _list, scope="batch"),
-    Route("/v1/batch/uploads", ("POST",), _upload, scope="batch"),
-    Route("/v1/batch/<job_id>", ("GET",), _get, scope="batch"),
-    Route("/v1/batch/<job_id>", ("DELETE",), _cancel, scope="batch"),
+    Route("/health", ("GET",), _health, query=()),
+    Route("/v1/batch", ("POST",), _submit, scope="batch", query=()),
+    Route("/v1/batch", ("GET",), _list, scope="batch", query=batch.LIST_QUERY),
+    Route("/v1/batch/uploads", ("POST",), _upload, scope="batch", query=()),
+    Route("/v1/batch/<job_id>", ("GET",), _get, scope="batch", query=()),
+    Route("/v1/batch/<job_id>", ("DELETE",), _cancel, scope="batch", query=()),
 ])
 
 

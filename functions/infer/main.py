@@ -14,6 +14,7 @@ from shared.web.runtime import function_services
 def _infer(call: Call) -> dict:
     answer = infer(call.services, call.json())
     answer["request_id"] = call.request_id
+    answer["trace_id"] = call.trace_id
     return answer
 
 
@@ -37,12 +38,12 @@ def _health(call: Call) -> tuple[int, dict]:
 
 ROUTES = Router([
     LIVEZ,
-    Route("/health", ("GET",), _health),
-    Route("/v1/infer", ("POST",), _infer, scope="infer"),
-    Route("/v2/models/<name>/infer", ("POST",), _infer_v2, scope="infer"),
-    Route("/v2/models/<name>/versions/<version>/infer", ("POST",), _infer_v2, scope="infer"),
-    Route("/v2/models/<name>", ("GET",), _metadata_v2, scope="infer"),
-    Route("/v2/models/<name>/versions/<version>", ("GET",), _metadata_v2, scope="infer"),
+    Route("/health", ("GET",), _health, query=()),
+    Route("/v1/infer", ("POST",), _infer, scope="infer", query=()),
+    Route("/v2/models/<name>/infer", ("POST",), _infer_v2, scope="infer", query=()),
+    Route("/v2/models/<name>/versions/<version>/infer", ("POST",), _infer_v2, scope="infer", query=()),
+    Route("/v2/models/<name>", ("GET",), _metadata_v2, scope="infer", query=()),
+    Route("/v2/models/<name>/versions/<version>", ("GET",), _metadata_v2, scope="infer", query=()),
 ])
 
 

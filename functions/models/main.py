@@ -11,8 +11,9 @@ from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
-def _create(call: Call) -> tuple[int, dict]:
-    return 201, registry.create_model(call.services, call.json())
+def _create(call: Call) -> tuple[int, dict, dict]:
+    model = registry.create_model(call.services, call.json())
+    return 201, model, {"Location": f"/v1/models/{model['id']}"}
 
 
 def _list(call: Call) -> dict:
@@ -40,15 +41,18 @@ def _health(call: Call) -> tuple[int, dict]:
     return registry.health(call.services)
 
 
+# The filters and paging of registry.list_models.
+LIST_QUERY = ("name", "framework", "status", "tag", "limit", "offset")
+
 ROUTES = Router([
     LIVEZ,
-    Route("/health", ("GET",), _health),
-    Route("/v1/models", ("POST",), _create, scope="admin"),
-    Route("/v1/models", ("GET",), _list, scope="any"),
-    Route("/v1/models/by-name/<name>/<version>", ("GET",), _get_by_name, scope="any"),
-    Route("/v1/models/<model_id>", ("GET",), _get, scope="any"),
-    Route("/v1/models/<model_id>", ("PUT", "PATCH"), _update, scope="admin"),
-    Route("/v1/models/<model_id>", ("DELETE",), _delete, scope="admin"),
+    Route("/health", ("GET",), _health, query=()),
+    Route("/v1/models", ("POST",), _create, scope="admin", query=()),
+    Route("/v1/models", ("GET",), _list, scope="any", query=LIST_QUERY),
+    Route("/v1/models/by-name/<name>/<version>", ("GET",), _get_by_name, scope="any", query=()),
+    Route("/v1/models/<model_id>", ("GET",), _get, scope="any", query=()),
+    Route("/v1/models/<model_id>", ("PUT", "PATCH"), _update, scope="admin", query=()),
+    Route("/v1/models/<model_id>", ("DELETE",), _delete, scope="admin", query=()),
 ])
 
 

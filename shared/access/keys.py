@@ -1,4 +1,5 @@
-"""API key store over the ``api_keys`` table (hash only): creation, lookup and revocation.
+"""API key store over the ``api_keys`` table (hash only): creation, lookup and revocation,
+and the admin API over them (``/v1/keys``: the secret is answered once, on creation).
 
 A key is ``kf_`` plus 32 random url-safe bytes. Only its SHA-256 digest is stored,
 with a short prefix for display: keys are high-entropy random strings, so a fast
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from shared import validation as v
 from shared.clients.db import conflict_on
 from shared.clients.schema import api_keys
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -66,7 +68,8 @@ def _validate(name: str, rate_limit: int | None, secret: str | None) -> None:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidInput("name must be 1-128 letters, digits, spaces or . _ : @ / -", field="name")
     if rate_limit is not None and not (isinstance(rate_limit, int) and 1 <= rate_limit <= MAX_RATE_LIMIT):
-        raise InvalidInput(f"rate limit must be an integer from 1 to {MAX_RATE_LIMIT}", field="rate_limit")
+        raise InvalidInput(f"rate_limit_per_minute must be an integer from 1 to {MAX_RATE_LIMIT}",
+                           field="rate_limit_per_minute")
     if secret is not None and not (8 <= len(secret) <= MAX_KEY_LEN and KEY_CHARS.fullmatch(secret)):
         raise InvalidInput("a fixed key must be 8-256 url-safe characters", field="secret")
 
@@ -131,17 +134,36 @@ def _touch_due(last_used: datetime | None) -> bool:
     return last_used is None or (datetime.now(UTC) - last_used).total_seconds() >= LAST_USED_EVERY_S
 
 
-def list_keys(services: Services) -> list[dict[str, Any]]:
-    query = sa.select(*_public_columns()).order_by(api_keys.c.created_at, api_keys.c.id)
+def list_keys(services: Services, *, status: str | None = None, limit: int | None = None,
+              offset: int = 0) -> list[dict[str, Any]]:
+    """Keys, oldest first; ``status`` "active" or "revoked" filters."""
+    query = _filtered(sa.select(*_public_columns()), status).order_by(api_keys.c.created_at, api_keys.c.id)
     with services.db.begin() as conn:
-        return [_record(r) for r in conn.execute(query)]
+        return [_record(r) for r in conn.execute(query.limit(limit).offset(offset))]
+
+
+def _filtered(query: Any, status: str | None) -> Any:
+    if status == "active":
+        return query.where(api_keys.c.revoked_at.is_(None))
+    if status == "revoked":
+        return query.where(api_keys.c.revoked_at.is_not(None))
+    return query
+
+
+def get_key(services: Services, key_id: str) -> dict[str, Any]:
+    kid = _key_id(key_id)
+    with services.db.begin() as conn:
+        row = conn.execute(sa.select(*_public_columns()).where(api_keys.c.id == kid)).first()
+    if row is None:
+        raise NotFound(f"no API key with id {kid}")
+    return _record(row)
 
 
 def _key_id(raw: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(raw))
     except ValueError:
-        raise NotFound(f"no API key with id {raw!r}") from None
+        raise NotFound(f"no API key with id {str(raw)[:64]!r}") from None
 
 
 def revoke_key(services: Services, key_id: str) -> dict[str, Any]:
@@ -156,3 +178,46 @@ def revoke_key(services: Services, key_id: str) -> dict[str, Any]:
         raise NotFound(f"no API key with id {key_id}")
     log.info("api key revoked: id=%s", kid)
     return _record(row)
+
+
+# -- the admin API (/v1/keys) ----------------------------------------------------
+CREATE_FIELDS = ("name", "scopes", "rate_limit_per_minute")
+LIST_QUERY = ("status", "limit", "offset")
+KEY_STATUSES = ("active", "revoked")
+
+
+def to_json(record: dict[str, Any]) -> dict[str, Any]:
+    """The public form of a key: never its secret or hash, only the display prefix."""
+    return {"id": record["id"], "name": record["name"], "prefix": record["prefix"],
+            "status": "revoked" if record.get("revoked_at") else "active", "scopes": list(record["scopes"]),
+            "rate_limit_per_minute": record["rate_limit_per_minute"], "created_at": record["created_at"],
+            "last_used_at": record.get("last_used_at"), "revoked_at": record.get("revoked_at")}
+
+
+def create_from_body(services: Services, body: Any) -> dict[str, Any]:
+    """POST /v1/keys: the new key with its secret in ``key`` (the only time it is shown)."""
+    body = v.require_object(body)
+    v.reject_unknown(body, CREATE_FIELDS)
+    if "name" not in body or "scopes" not in body:
+        missing = "name" if "name" not in body else "scopes"
+        raise InvalidInput(f"{missing} is required", field=missing)
+    scopes = body["scopes"]
+    if not (isinstance(scopes, str) or (isinstance(scopes, list) and all(isinstance(s, str) for s in scopes))):
+        raise InvalidInput("scopes must be a list like [\"infer\", \"batch\"]", field="scopes")
+    rate = body.get("rate_limit_per_minute")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
+        raise InvalidInput("rate_limit_per_minute must be an integer or null", field="rate_limit_per_minute")
+    record, plaintext = create_key(services, body["name"], scopes, rate_limit=rate)
+    return {**to_json(record), "key": plaintext}
+
+
+def list_page(services: Services, args: Any) -> dict[str, Any]:
+    """GET /v1/keys: ``{"keys", "total_count", "total", "limit", "offset"}`` (``total`` = ``total_count``)."""
+    limit = v.integer(args.get("limit"), "limit", default=100, lo=1, hi=1000)
+    offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
+    status = v.choice(args["status"], "status", KEY_STATUSES) if args.get("status") else None
+    with services.db.begin() as conn:
+        total = conn.execute(_filtered(sa.select(sa.func.count()).select_from(api_keys), status)).scalar_one()
+    page = list_keys(services, status=status, limit=limit, offset=offset)
+    return {"keys": [to_json(r) for r in page], "total_count": total, "total": total, "limit": limit,
+            "offset": offset}

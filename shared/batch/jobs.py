@@ -89,7 +89,7 @@ def create_upload(services: Services, body: Any, owner: str) -> dict[str, Any]:
 # -- submit ---------------------------------------------------------------------
 def submit_job(services: Services, body: Any, owner: str, *, intake_key: str | None = None,
                readable: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Create a job from a POST /v1/batch body; 202-style ``{"job_id", "status", "total"}``.
+    """Create a job from a POST /v1/batch body; 202-style ``{"id", "job_id", "status", "total"}``.
 
     ``input_url`` may only name an object under the owner's upload prefix (or under
     ``readable`` prefixes of the input bucket, which the event intake passes).
@@ -115,7 +115,12 @@ def submit_job(services: Services, body: Any, owner: str, *, intake_key: str | N
         return _existing(services, intake_key) or {}
     log.info("batch job %s created: %d item(s) in %d chunk(s)", created["id"], created["total"],
              created["chunks_total"])
-    return {"job_id": str(created["id"]), "status": "pending", "total": created["total"]}
+    return _summary(created["id"], "pending", created["total"])
+
+
+def _summary(job_id: Any, status: str, total: int) -> dict[str, Any]:
+    """``id`` and ``job_id`` are the same value (``job_id`` kept for existing clients)."""
+    return {"id": str(job_id), "job_id": str(job_id), "status": status, "total": total}
 
 
 def _submit_inline(services: Services, model: dict[str, Any], owner: str, total: int,
@@ -148,7 +153,7 @@ def _submit_streamed(services: Services, model: dict[str, Any], owner: str, sour
 def _existing(services: Services, intake_key: str | None) -> dict[str, Any] | None:
     with services.db.begin() as conn:
         job = store.job_by_intake_key(conn, intake_key) if intake_key else None
-    return None if job is None else {"job_id": str(job["id"]), "status": job["status"], "total": job["total"]}
+    return None if job is None else _summary(job["id"], job["status"], job["total"])
 
 
 def _input_source(body: dict[str, Any], settings: Any, prefixes: tuple[str, ...]) -> Callable[[Any], Iterator[bytes]]:
@@ -300,7 +305,7 @@ def to_json(services: Services, job: dict[str, Any]) -> dict[str, Any]:
     total, completed = int(job["total"]), int(job["completed"])
     finished = job["status"] in store.FINISHED
     body = {
-        "job_id": str(job["id"]), "status": job["status"],
+        "id": str(job["id"]), "job_id": str(job["id"]), "status": job["status"],
         "progress": round(completed / total, 6) if total else (1.0 if finished else 0.0),
         "total": total, "completed": completed, "succeeded": int(job["succeeded"]), "failed": int(job["failed"]),
         "result_url": results.presigned_results(services, job["result_key"])
@@ -327,26 +332,34 @@ def get_job(services: Services, raw_id: str, owner: str) -> dict[str, Any]:
     return to_json(services, job)
 
 
+LIST_QUERY = ("status", "limit", "offset")
+
+
 def list_jobs(services: Services, args: Any, owner: str) -> dict[str, Any]:
+    """``{"jobs", "total_count", "total", "limit", "offset"}``: ``total_count`` (and, kept for existing
+    clients, ``total``) counts the jobs matching; each job's own ``total`` counts its items."""
     limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
     offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
     status = v.choice(args["status"], "status", store.STATUSES) if args.get("status") else None
     with services.db.begin() as conn:
         total, jobs = store.list_jobs(conn, owner, status, limit, offset)
-    return {"jobs": [to_json(services, j) for j in jobs], "total": total, "limit": limit, "offset": offset}
+    return {"jobs": [to_json(services, j) for j in jobs], "total_count": total, "total": total, "limit": limit,
+            "offset": offset}
 
 
 def cancel_job(services: Services, raw_id: str, owner: str) -> dict[str, Any]:
     """Cancel an active job (409 when finished); the results of chunks already done are kept."""
     job_id = store.parse_job_id(raw_id)
     with services.db.begin() as conn:
-        job = store.get_job(conn, job_id, owner)
+        store.get_job(conn, job_id, owner)
         cancelled = store.set_finished(conn, job_id, "cancelled")
+        # The job may have finished between the read and the update: name the state it is in now.
+        current = None if cancelled is not None else store.job_status(conn, job_id)
     if cancelled is None:
-        raise Conflict(f"batch job {job_id} is already {job['status']}; only pending or processing jobs "
-                       "can be cancelled")
+        raise Conflict(f"batch job {job_id} is already {current}; only pending or processing jobs can be "
+                       f"cancelled (GET /v1/batch/{job_id} shows how it ended)")
     _keep_partial_results(services, job_id)
-    return {"job_id": str(job_id), "status": "cancelled"}
+    return {"id": str(job_id), "job_id": str(job_id), "status": "cancelled"}
 
 
 def _keep_partial_results(services: Services, job_id: uuid.UUID) -> None:

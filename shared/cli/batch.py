@@ -1,139 +1,155 @@
-"""``kinfer batch submit|status|cancel|results``: batch jobs through the HTTP API (stdlib urllib only).
+"""``kinfer batch submit|status|wait|list|cancel|results``: batch jobs through the HTTP API (stdlib urllib).
 
 ``submit FILE.jsonl`` sends the file's lines as inline ``inputs`` (one input per
 line). A file too big for one request body (the API's MAX_BODY_BYTES, 10 MiB by
-default) is uploaded first, under the caller's own prefix of the input bucket
-(``POST /v1/batch/uploads`` gives a presigned PUT URL), and submitted as ``input_url``.
+default), or one with a line that is not JSON, is uploaded first, under the
+caller's own prefix of the input bucket (``POST /v1/batch/uploads`` gives a
+presigned PUT URL), and submitted as ``input_url``: a bad line then fails as one
+item, exactly as it would through ``input_url``. Failures are reported with the
+line numbers of the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-DEFAULT_URL = "http://localhost:8080"
-DEFAULT_KEY = "demo-token"  # the local stack's dev key
+from shared.cli import api, output
+from shared.cli.api import ApiError, Client
+from shared.cli.errors import EXIT_FAILED, EXIT_ITEMS_FAILED, UsageError
+from shared.cli.inputs import InputFile, scan
+
+__all__ = ["ApiError", "Client", "InputFile", "register", "scan", "upload_file"]
+
 INLINE_LIMIT = 9 * 1024 * 1024
 FINISHED = ("completed", "failed", "cancelled")
-
-
-class ApiError(RuntimeError):
-    """The API answered an error (its message is shown to the user)."""
+SHOWN_FAILURES = 10
+STATUS_FIELDS = ("id", "status", "model", "version", "progress", "total", "completed", "succeeded", "failed",
+                 "created_at", "started_at", "finished_at", "error", "input_url", "result_url")
+JOB_COLUMNS = [output.column("ID", "id"), output.column("STATUS", "status"), output.column("MODEL", "model"),
+               output.column("VERSION", "version"), output.column("ITEMS", "total"),
+               output.column("SUCCEEDED", "succeeded"), output.column("FAILED", "failed"),
+               ("PROGRESS", lambda j: f"{j['progress']:.0%}"), output.time_column("CREATED", "created_at")]
+RESULT_FORMATS = ("jsonl", *output.FORMATS)
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("batch", help="submit and follow batch inference jobs")
     sub = parser.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
-    submit = sub.add_parser("submit", help="submit a JSONL file (one input per line) as a batch job")
+    submit = sub.add_parser("submit", help="submit a JSONL file (one input per line) as a batch job",
+                            epilog="exit codes: 0 done (or submitted), 1 error or job failed/cancelled, "
+                                   "2 usage, 3 items failed (--fail-on-errors)")
     submit.add_argument("file", nargs="?", type=Path, help="JSONL file of inputs like {\"data\": [...]}")
-    submit.add_argument("--input-url", help="s3://bucket/uploads/<your key id>/....jsonl already uploaded "
+    submit.add_argument("--input-url", help="s3://<input bucket>/uploads/<your key id>/....jsonl already uploaded "
                         "(instead of FILE)")
     submit.add_argument("--upload", action="store_true",
                         help="upload FILE and submit it as input_url even when it is small enough to send inline")
     submit.add_argument("--model", required=True)
-    submit.add_argument("--version", default=None)
-    submit.add_argument("--wait", action="store_true", help="show progress until the job finishes")
-    submit.set_defaults(func=_action(_submit))
-    for name, helptext, func in (("status", "show a job's status", _status),
-                                 ("cancel", "cancel a pending or processing job", _cancel)):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("job_id", metavar="ID")
-        p.set_defaults(func=_action(func))
-    results = sub.add_parser("results", help="download a finished job's results (JSONL)")
+    submit.add_argument("--version", default=None, help="model version (default: the newest active one)")
+    submit.add_argument("--wait", action="store_true", help="show progress until the job finishes, then a summary")
+    submit.add_argument("--fail-on-errors", action="store_true",
+                        help="wait, and exit 3 when any item failed (for scripts and CI)")
+    output.add_output_arg(submit)
+    api.command(submit, _submit)
+    status = sub.add_parser("status", help="show a job's status")
+    status.add_argument("job_id", metavar="ID")
+    output.add_output_arg(status)
+    api.command(status, _status)
+    wait = sub.add_parser("wait", help="follow a job until it finishes, then show a summary",
+                          epilog="exit codes: 0 done, 1 job failed or cancelled, 3 items failed (--fail-on-errors)")
+    wait.add_argument("job_id", metavar="ID")
+    wait.add_argument("--fail-on-errors", action="store_true", help="exit 3 when any item failed")
+    output.add_output_arg(wait)
+    api.command(wait, _wait)
+    listing = sub.add_parser("list", help="list your jobs, newest first")
+    listing.add_argument("--status", choices=("pending", "processing", *FINISHED))
+    listing.add_argument("--limit", type=int, default=None, help="at most this many (1-500, default 50)")
+    listing.add_argument("--offset", type=int, default=None)
+    output.add_output_arg(listing)
+    api.command(listing, _list)
+    cancel = sub.add_parser("cancel", help="cancel a pending or processing job")
+    cancel.add_argument("job_id", metavar="ID")
+    output.add_output_arg(cancel)
+    api.command(cancel, _cancel)
+    results = sub.add_parser("results", help="a finished job's results, one JSON line per input")
     results.add_argument("job_id", metavar="ID")
-    results.add_argument("-o", "--output", type=Path, default=None, help="write here instead of stdout")
-    results.set_defaults(func=_action(_results))
-    for p in (submit, *[sub.choices[n] for n in ("status", "cancel", "results")]):
-        p.add_argument("--url", default=DEFAULT_URL, help=f"API base URL (default {DEFAULT_URL})")
-        p.add_argument("--key", default=DEFAULT_KEY, help="API key (default: the local dev key)")
+    results.add_argument("-o", "--output", default="jsonl", metavar="FORMAT",
+                         help=f"output format: {', '.join(RESULT_FORMATS)} (default jsonl)")
+    results.add_argument("--out", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
+    results.add_argument("--failed", action="store_true", help="only the items that failed")
+    api.command(results, _results)
 
 
-def _action(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(Client(args.url, args.key), args)
-        except (ApiError, OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-
-    return run
-
-
-class Client:
-    """A tiny JSON client of /v1/batch."""
-
-    def __init__(self, base_url: str, key: str | None) -> None:
-        self.base_url, self.key = base_url.rstrip("/"), key
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if self.key:
-            request.add_header("Authorization", f"Bearer {self.key}")
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raise ApiError(f"{method} {path} -> {exc.code}: {_error_text(exc)}") from None
-
-
-def _error_text(exc: urllib.error.HTTPError) -> str:
-    try:
-        return str(json.loads(exc.read()).get("error", exc.reason))
-    except (ValueError, AttributeError):
-        return str(exc.reason)
-
-
-def read_inputs(path: Path) -> list[Any]:
-    """The inputs of a JSONL file; ValueError naming the first bad line."""
-    inputs = []
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    inputs.append(json.loads(line))
-                except ValueError:
-                    raise ValueError(f"{path}:{number} is not valid JSON") from None
-    return inputs
-
-
+# -- submit ------------------------------------------------------------------------------
 def _submit(client: Client, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"model": args.model}
     if args.version:
         body["version"] = args.version
+    source = None
+    if args.input_url and args.file:
+        raise UsageError("give FILE.jsonl or --input-url, not both")
     if args.input_url:
         body["input_url"] = args.input_url
     elif args.file:
-        if args.upload or args.file.stat().st_size > INLINE_LIMIT:
-            body["input_url"] = upload_file(client, args.file)
+        source = _read_source(args.file, args.upload)
+        if source.items is not None:
+            body["inputs"] = source.items
         else:
-            body["inputs"] = read_inputs(args.file)
+            body["input_url"] = upload_file(client, args.file)
     else:
-        raise ValueError("give FILE.jsonl or --input-url")
+        raise UsageError("give FILE.jsonl or --input-url")
     started = time.monotonic()
     job = client.call("POST", "/v1/batch", body)
     print(f"job {job['job_id']}: {job['status']}, {job['total']} item(s)", file=sys.stderr)
-    if not args.wait:
-        print(job["job_id"])
+    if not (args.wait or args.fail_on_errors):
+        if args.output == "table":
+            print(job["job_id"])  # alone on stdout: JOB=$(kinfer batch submit ...)
+        else:
+            output.emit(args, job)
         return 0
-    final = wait_for(client, job["job_id"], job["total"])
-    print(summary(final, time.monotonic() - started))
-    return 0 if final["status"] == "completed" else 1
+    return _follow(client, args, job["job_id"], job["total"], started, source)
+
+
+def _wait(client: Client, args: argparse.Namespace) -> int:
+    job = client.call("GET", f"/v1/batch/{args.job_id}")
+    return _follow(client, args, job["job_id"], job["total"], time.monotonic(), None)
+
+
+def _follow(client: Client, args: argparse.Namespace, job_id: str, total: int, started: float,
+            source: InputFile | None) -> int:
+    """Wait for the job, print its summary (or the final status as JSON/YAML); the exit code it deserves."""
+    final = wait_for(client, job_id, total)
+    if args.output == "table":
+        print(summary(final, time.monotonic() - started, source))
+    else:
+        output.emit(args, final)
+    if final["status"] != "completed":
+        return EXIT_FAILED
+    return EXIT_ITEMS_FAILED if args.fail_on_errors and final["failed"] else 0
+
+
+def _read_source(path: Path, upload: bool) -> InputFile:
+    try:
+        size = path.stat().st_size
+        source = scan(path, parse=not upload and size <= INLINE_LIMIT)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if source.bad_line is not None:
+        print(f"kinfer: {path}:{source.bad_line} is not valid JSON; uploading the file so that the line fails "
+              "as one item (as through --input-url) while the others run", file=sys.stderr)
+    return source
 
 
 def upload_file(client: Client, path: Path) -> str:
     """Upload ``path`` to the caller's upload prefix with a progress bar; its ``input_url``."""
-    import re
-
     from tqdm import tqdm
 
     name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip("._-")[:128] or "inputs.jsonl"
@@ -148,7 +164,10 @@ def upload_file(client: Client, path: Path) -> str:
             with urllib.request.urlopen(request, timeout=600):
                 pass
         except urllib.error.HTTPError as exc:
-            raise ApiError(f"upload of {path} failed: {exc.code} {exc.reason}") from None
+            raise ApiError(f"upload of {path} failed: {exc.code} {exc.reason}", exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ApiError(f"upload of {path} failed: {api.unreachable(grant['upload_url'].split('?')[0], exc)}") \
+                from None
     return str(grant["input_url"])
 
 
@@ -178,36 +197,87 @@ def wait_for(client: Client, job_id: str, total: int, interval: float = 0.5) -> 
             time.sleep(interval)
 
 
-def summary(status: dict[str, Any], elapsed_s: float) -> str:
+def summary(status: dict[str, Any], elapsed_s: float, source: InputFile | None = None) -> str:
+    """What a person wants after ``--wait``: counts, speed, where the results are, which lines failed."""
     rate = status["completed"] / elapsed_s if elapsed_s > 0 else 0.0
     lines = [f"job {status['job_id']}: {status['status']}",
              f"  succeeded {status['succeeded']}, failed {status['failed']} of {status['total']}",
              f"  time {elapsed_s:.1f}s, {rate:,.0f} items/s",
-             f"  results {status.get('result_url') or '(none)'}"]
-    lines += [f"  error: {e.get('error')}" for e in status.get("errors", [])[:3]]
+             f"  results: kinfer batch results {status['job_id']}"]
+    if status.get("error"):
+        lines.append(f"  error: {status['error']}")
+    errors = status.get("errors") or []
+    for err in errors[:SHOWN_FAILURES]:
+        where = f"line {source.line_of(err['index'])}" if source else f"item {err['index']}"
+        lines.append(f"  {where}: {err.get('error')}")
+    if status["failed"] > min(len(errors), SHOWN_FAILURES):
+        lines.append(f"  ... every failure: kinfer batch results {status['job_id']} --failed")
     return "\n".join(lines)
 
 
+# -- read ----------------------------------------------------------------------------------
 def _status(client: Client, args: argparse.Namespace) -> int:
-    print(json.dumps(client.call("GET", f"/v1/batch/{args.job_id}"), indent=2))
+    job = client.call("GET", f"/v1/batch/{args.job_id}")
+    output.emit(args, job, fields=(*STATUS_FIELDS, "errors"))
+    return 0
+
+
+def _list(client: Client, args: argparse.Namespace) -> int:
+    page = client.call("GET", "/v1/batch", query={"status": args.status, "limit": args.limit, "offset": args.offset})
+    output.emit(args, page, rows="jobs", columns=JOB_COLUMNS)
     return 0
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> int:
-    print(json.dumps(client.call("DELETE", f"/v1/batch/{args.job_id}")))
+    answer = client.call("DELETE", f"/v1/batch/{args.job_id}")
+    if args.output == "table":
+        print(f"job {answer['job_id']}: {answer['status']}")
+    else:
+        output.emit(args, answer)
     return 0
 
 
 def _results(client: Client, args: argparse.Namespace) -> int:
+    if args.output not in RESULT_FORMATS:  # `-o FILE`, as before -o meant the format
+        if args.out is not None:
+            raise UsageError(f"-o takes a format ({', '.join(RESULT_FORMATS)}), not {args.output!r}")
+        print(f"kinfer: -o FILE is deprecated for batch results; use --out {args.output}", file=sys.stderr)
+        args.out, args.output = Path(args.output), "jsonl"
     status = client.call("GET", f"/v1/batch/{args.job_id}")
     if not status.get("result_url"):
         raise ApiError(f"job {args.job_id} is {status['status']}; it has no results yet")
-    with urllib.request.urlopen(status["result_url"], timeout=300) as response:
-        out = args.output.open("wb") if args.output else sys.stdout.buffer
-        try:
-            while block := response.read(1 << 20):
-                out.write(block)
-        finally:
-            if args.output:
-                out.close()
+    try:
+        with urllib.request.urlopen(status["result_url"], timeout=300) as response:
+            out = args.out.open("wb") if args.out else sys.stdout.buffer
+            try:
+                _write_results(response, out, args)
+            finally:
+                if args.out:
+                    out.close()
+    except urllib.error.HTTPError as exc:
+        raise ApiError(f"results of job {args.job_id}: {exc.code} {exc.reason}", exc.code) from None
+    except urllib.error.URLError as exc:
+        raise ApiError(f"results of job {args.job_id}: {api.unreachable(status['result_url'].split('?')[0], exc)}") \
+            from None
     return 0
+
+
+def _write_results(response: Any, out: Any, args: argparse.Namespace) -> None:
+    if args.output == "jsonl" and not args.failed:
+        while block := response.read(1 << 20):
+            out.write(block)
+        return
+    lines = (json.loads(line) for line in _lines(response))
+    selected = [item for item in lines if not args.failed or "error" in item]
+    if args.output == "jsonl":
+        out.write(b"".join(json.dumps(item).encode() + b"\n" for item in selected))
+        return
+    columns = [output.column("INDEX", "index"), output.column("PREDICTION", "prediction"),
+               output.column("ERROR", "error")]
+    out.write((output.render(args.output, selected, columns=columns) + "\n").encode())
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    for line in response:
+        if line.strip():
+            yield line

@@ -1,83 +1,130 @@
-"""``kinfer keys create|list|revoke``: manage API keys in the database named by DATABASE_URL."""
+"""``kinfer keys``: API keys through the admin API (``/v1/keys``, admin scope), so it works against
+any deployed platform; and ``keys bootstrap``, the one database-direct path, which creates the
+first admin key of a new installation (there is no key yet to call the API with).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import KinferError
+from shared.cli import api, output
+from shared.cli.errors import UsageError
 
 if TYPE_CHECKING:
     from shared.services import Services
 
+FIELDS = ("id", "name", "prefix", "status", "scopes", "rate_limit_per_minute", "created_at", "last_used_at",
+          "revoked_at")
+COLUMNS = [output.column("ID", "id"), output.column("NAME", "name"), ("PREFIX", lambda r: f"{r['prefix']}..."),
+           output.column("STATUS", "status"), output.column("SCOPES", "scopes"),
+           ("LIMIT", lambda r: r["rate_limit_per_minute"] or "default"),
+           output.time_column("CREATED", "created_at"), output.time_column("LAST USED", "last_used_at"),
+           output.time_column("REVOKED", "revoked_at")]
+SHOWN_ONCE = "Store this key now: it is not shown again."
+
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("keys", help="create, list and revoke API keys")
+    parser = subparsers.add_parser("keys", help="create, list and revoke API keys (admin API)")
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     create = sub.add_parser("create", help="create a key and print it (shown only once)")
-    create.add_argument("--name", required=True, help="who or what the key is for")
-    create.add_argument("--scopes", required=True, help="comma-separated: infer,batch,admin")
-    create.add_argument("--rate-limit", type=int, default=None, metavar="PER_MINUTE",
-                        help="requests per minute (default: RATE_LIMIT_PER_MINUTE)")
-    create.set_defaults(func=_with_services(_create))
+    _key_args(create)
+    output.add_output_arg(create)
+    api.command(create, _create)
     listing = sub.add_parser("list", help="list keys (never their secrets)")
-    listing.set_defaults(func=_with_services(_list))
-    revoke = sub.add_parser("revoke", help="revoke a key by id")
+    listing.add_argument("--status", choices=("active", "revoked"), help="only active or only revoked keys")
+    listing.add_argument("--limit", type=int, default=None, help="at most this many (1-1000, default 100)")
+    listing.add_argument("--offset", type=int, default=None)
+    output.add_output_arg(listing)
+    api.command(listing, _list)
+    show = sub.add_parser("show", help="show one key (never its secret)")
+    show.add_argument("key_id", metavar="ID")
+    output.add_output_arg(show)
+    api.command(show, _show)
+    revoke = sub.add_parser("revoke", help="revoke a key by id (it stops working within AUTH_CACHE_TTL_S)")
     revoke.add_argument("key_id", metavar="ID")
-    revoke.set_defaults(func=_with_services(_revoke))
+    output.add_output_arg(revoke)
+    api.command(revoke, _revoke)
+    boot = sub.add_parser("bootstrap", help="create the FIRST admin key directly in the database (DATABASE_URL)",
+                          description="For a new installation only: writes an admin key straight into the "
+                                      "database named by DATABASE_URL, because no key exists yet to call "
+                                      "the admin API with. Refused once an active admin key exists; then use "
+                                      "`kinfer keys create` with that key.")
+    boot.add_argument("--name", required=True, help="who or what the key is for")
+    boot.add_argument("--rate-limit", type=int, default=None, metavar="PER_MINUTE",
+                      help="requests per minute (default: RATE_LIMIT_PER_MINUTE)")
+    boot.set_defaults(func=_bootstrap)
 
 
-def _with_services(action: Callable[[Any, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run ``action`` with Services built from the environment; KinferErrors become exit code 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        from shared.services import Services
-        from shared.settings import Settings
-
-        services = Services(Settings.from_env())
-        try:
-            return action(services, args)
-        except KinferError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-            return 1
-        finally:
-            services.close()
-
-    return run
+def _key_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True, help="who or what the key is for")
+    parser.add_argument("--scopes", required=True, help="comma-separated: infer,batch,admin")
+    parser.add_argument("--rate-limit", type=int, default=None, metavar="PER_MINUTE",
+                        help="requests per minute (default: the platform's RATE_LIMIT_PER_MINUTE)")
 
 
-def _create(services: Services, args: argparse.Namespace) -> int:
-    from shared.access.keys import create_key
-
-    record, plaintext = create_key(services, args.name, args.scopes, rate_limit=args.rate_limit)
-    print(f"id:     {record['id']}\nname:   {record['name']}\nscopes: {','.join(record['scopes'])}")
-    print(f"key:    {plaintext}\nStore this key now: it is not shown again.")
+def _create(client: api.Client, args: argparse.Namespace) -> int:
+    body = {"name": args.name, "scopes": [s.strip() for s in args.scopes.split(",") if s.strip()],
+            "rate_limit_per_minute": args.rate_limit}
+    created = client.call("POST", "/v1/keys", body)
+    _print_created(args, created)
     return 0
 
 
-def _list(services: Services, args: argparse.Namespace) -> int:
-    from shared.access.keys import list_keys
+def _print_created(args: argparse.Namespace, created: dict[str, Any]) -> None:
+    if args.output != "table":
+        output.emit(args, created)
+        return
+    print(output.describe(created, ("id", "name", "scopes", "rate_limit_per_minute", "key")))
+    print(SHOWN_ONCE, file=sys.stderr)
 
-    header = ("ID", "NAME", "PREFIX", "SCOPES", "LIMIT", "CREATED", "REVOKED")
-    rows = [(r["id"], r["name"], r["prefix"] + "...", ",".join(r["scopes"]),
-             str(r["rate_limit_per_minute"] or "default"), _when(r["created_at"]), _when(r["revoked_at"]))
-            for r in list_keys(services)]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+def _list(client: api.Client, args: argparse.Namespace) -> int:
+    page = client.call("GET", "/v1/keys", query={"status": args.status, "limit": args.limit, "offset": args.offset})
+    output.emit(args, page, rows="keys", columns=COLUMNS)
     return 0
 
 
-def _when(value: Any) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
+def _show(client: api.Client, args: argparse.Namespace) -> int:
+    output.emit(args, client.call("GET", f"/v1/keys/{_path_id(args.key_id)}"), fields=FIELDS)
+    return 0
 
 
-def _revoke(services: Services, args: argparse.Namespace) -> int:
-    from shared.access.keys import revoke_key
+def _revoke(client: api.Client, args: argparse.Namespace) -> int:
+    record = client.call("DELETE", f"/v1/keys/{_path_id(args.key_id)}")
+    if args.output == "table":
+        print(f"revoked {record['id']} ({record['name']}) at {output.when(record['revoked_at'])}")
+    else:
+        output.emit(args, record)
+    return 0
 
-    record = revoke_key(services, args.key_id)
-    print(f"revoked {record['id']} ({record['name']}) at {_when(record['revoked_at'])}")
+
+def _path_id(raw: str) -> str:
+    import urllib.parse
+
+    return urllib.parse.quote(raw, safe="")
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from shared.services import Services
+    from shared.settings import Settings
+
+    services = Services(Settings.from_env())
+    try:
+        return _create_first_admin(services, args)
+    finally:
+        services.close()
+
+
+def _create_first_admin(services: Services, args: argparse.Namespace) -> int:
+    from shared.access.keys import create_key, list_keys
+
+    admins = [k for k in list_keys(services, status="active") if "admin" in k["scopes"]]
+    if admins:
+        raise UsageError(f"an active admin key exists already ({admins[0]['name']}, {admins[0]['prefix']}...); "
+                         "create further keys over the API: kinfer keys create --name NAME --scopes ...")
+    record, plaintext = create_key(services, args.name, ["admin"], rate_limit=args.rate_limit)
+    print(output.describe({**record, "key": plaintext}, ("id", "name", "scopes", "key")))
+    print(SHOWN_ONCE, file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ GATEWAY_ROUTES: tuple[tuple[str, str, str], ...] = (
     ("/v1/infer", "functions.infer.main", "run_inference"),
     ("/v2/", "functions.infer.main", "run_inference"),
     ("/v1/batch", "functions.batch.main", "manage_batch_jobs"),
+    ("/v1/keys", "functions.keys.main", "manage_api_keys"),
     ("/health", "functions.models.main", "manage_models"),
 )
 

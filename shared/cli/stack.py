@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shared.settings import ConfigError, Settings
+from shared.cli import api, output
+from shared.settings import Settings
 
 URLS = (
     ("gateway (public API, auth)", "http://localhost:8080"),
     ("backends (health, breakers, metrics)", "http://localhost:8081"),
     ("infer", "http://localhost:8082"),
     ("models (internal, no auth)", "http://localhost:8083"),
+    ("keys (API key admin)", "http://localhost:8088"),
     ("Triton HTTP / gRPC / metrics", "http://localhost:8000  localhost:8001  http://localhost:8002/metrics"),
     ("S3 API", "http://localhost:9000"),
     ("event relay (K_SINK)", "http://localhost:8090/kinfer/batch-chunks"),
@@ -21,12 +23,15 @@ URLS = (
 def register(subparsers: argparse._SubParsersAction) -> None:
     subparsers.add_parser("up", help="start the local stack (PostgreSQL, Redis, S3, Triton, functions)") \
         .set_defaults(func=cmd_up)
-    subparsers.add_parser("status", help="show the local stack's processes and health").set_defaults(func=cmd_status)
+    status = subparsers.add_parser("status", help="show the local stack's processes and health")
+    output.add_output_arg(status)
+    status.set_defaults(func=cmd_status)
     subparsers.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
-    demo = subparsers.add_parser("demo", help="run the main job against the running stack")
-    demo.add_argument("--url", default="http://localhost:8080")
-    demo.add_argument("--key", default="demo-token")
-    demo.set_defaults(func=cmd_demo)
+    demo = subparsers.add_parser("demo", help="run the main job against the running stack",
+                                 description="Registers a model, fetches it, runs a real-time inference and a "
+                                             "batch job with a bad item, showing each request and answer. The "
+                                             "model it registers points at the local Triton (127.0.0.1:8001).")
+    api.command(demo, cmd_demo)
 
 
 def _err(message: str) -> int:
@@ -36,16 +41,13 @@ def _err(message: str) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.localstack.procs import StackError
-    from shared.localstack.stack import down, up
+    from shared.localstack.stack import up
 
     try:
         settings = Settings.from_env()
         up(settings, say=lambda m: print(f"  {m}", flush=True))
-    except (StackError, ConfigError) as exc:
-        _err(str(exc))
-        print("stopping what was started", flush=True)
-        down(say=lambda m: print(f"  {m}"))
-        return 1
+    except StackError as exc:  # up() has stopped what it started, and only that
+        return _err(str(exc))
     print("\nKinfer is up:")
     for what, url in URLS:
         print(f"  {what:<40} {url}")
@@ -60,10 +62,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print("the local stack is not running (start it with `kinfer up`)")
         return 1
-    print(f"{'part':<18}{'pid':>8}  {'state':<10}{'health URL'}")
     for row in rows:
-        state = "healthy" if row["healthy"] else ("unhealthy" if row["alive"] else "stopped")
-        print(f"{row['name']:<18}{row['pid'] or '-':>8}  {state:<10}{row['url'] or ''}")
+        row["state"] = "healthy" if row["healthy"] else ("unhealthy" if row["alive"] else "stopped")
+    output.emit(args, {"components": rows}, rows="components", columns=[
+        output.column("PART", "name"), output.column("PID", "pid"), output.column("STATE", "state"),
+        output.column("HEALTH URL", "url")])
     return 0 if all(r["healthy"] for r in rows) else 1
 
 
@@ -75,7 +78,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(client: api.Client, args: argparse.Namespace) -> int:
     from shared.localstack.demo import run_demo
 
-    return run_demo(args.url, args.key)
+    return run_demo(client.base_url, client.connection.key)

@@ -3,7 +3,8 @@
 Every part runs as a detached process recorded in ``<state>/stack.json``:
 PostgreSQL and Redis (only when the configured ones do not answer), the S3 API
 server, Triton, one uvicorn process per function, the gateway and the event
-relay. ``up`` is idempotent; ``down`` stops what ``up`` started.
+relay. ``up`` starts what is not running and leaves the rest alone (on failure it stops
+only what that call started); ``down`` stops everything recorded.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def functions() -> list[Fn]:
         Fn("batch_intake", "intake_batch_request", 8085, "batch-intake", (sink,)),
         Fn("batch_worker", "process_batch_chunk", 8086, "batch-worker"),
         Fn("batch_deadletter", "fail_dead_chunk", 8087, "batch-deadletter"),
+        Fn("keys", "manage_api_keys", 8088, "keys"),
     ]
 
 
@@ -87,53 +89,105 @@ def _serve_cmd(*args: str) -> list[str]:
 
 
 def up(settings: Settings, say: Any = print) -> dict[str, Any]:
-    """Start every part that is not already running; return the state (components with pid, url, log)."""
+    """Start every part that is not already running; return the state (components with pid, url, log).
+
+    Parts already running are left alone. If a step fails, only the parts this call started are
+    stopped again (and forgotten), so a failed ``up`` never stops what was running before it.
+    """
     state = load_state()
     comps: dict[str, Any] = state.setdefault("components", {})
-    running = {name for name, c in comps.items() if procs.alive(c.get("pid"))}
-    if running and all(n in running for n in _expected_names()):
+    for name in [n for n, c in comps.items() if not procs.alive(c.get("pid"))]:
+        del comps[name]  # recorded but gone: nothing to stop, start it again
+    missing = [n for n in _expected_names() if n not in comps]
+    if not missing:
         say("the local stack is already running (kinfer status shows it)")
         return state
-    if running:
-        raise StackError("part of an old stack is still running; run `kinfer down` first")
-    comps.clear()
-    _check_ports()
+    if comps:
+        say(f"already running: {', '.join(sorted(comps))}; starting only {', '.join(missing)}")
+    started: list[str] = []
+    try:
+        _check_ports(missing)
+        _start_missing(settings, state, missing, started, say)
+        for name in started:
+            comp = comps[name]
+            if comp.get("health"):
+                procs.wait_http(comp["health"], comp.get("pid"), 60, Path(comp["log"]))
+        say("all parts healthy; seeding the demo key and models")
+        seed(settings)
+    except BaseException:
+        rollback(state, started, say)
+        raise
+    return state
+
+
+def _start_missing(settings: Settings, state: dict[str, Any], missing: list[str], started: list[str],
+                   say: Any) -> None:
+    """Start the ``missing`` parts, recording each in ``state`` (saved at once) and in ``started``."""
+    comps: dict[str, Any] = state["components"]
     logs = state_dir() / "logs"
+
+    def record(names: list[str]) -> None:
+        started.extend(n for n in names if n in comps and n not in started)
+        _save(state)
+
     _start_data(settings, comps, say)
-    _save(state)
-    _start_s3(comps, logs, say)
-    _save(state)
-    _start_triton(comps, logs, say)
-    _save(state)
+    record(["postgres", "redis"])
+    if "s3" in missing:
+        _start_s3(comps, logs, say)
+        record(["s3"])
+    if "triton" in missing:
+        _start_triton(comps, logs, say)
+        record(["triton"])
     env = base_env(settings)
     for fn in available_functions():
-        _start_function(fn, env, comps, logs)
-    gw_env = dict(env, K_SERVICE="gateway", K_SINK=f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}")
-    _record(comps, "gateway", procs.spawn(_serve_cmd("--gateway", "--port", "8080", *HOT_PATH_SERVER),
-                                          logs / "gateway.log",
-                                          gw_env, ROOT), "http://127.0.0.1:8080/health", logs / "gateway.log")
-    _start_relay(env, comps, logs)
+        if fn.folder in missing:
+            _start_function(fn, env, comps, logs)
+            record([fn.folder])
+    if "gateway" in missing:
+        gw_env = dict(env, K_SERVICE="gateway", K_SINK=f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}")
+        log = logs / "gateway.log"
+        _record(comps, "gateway", procs.spawn(_serve_cmd("--gateway", "--port", "8080", *HOT_PATH_SERVER), log,
+                                              gw_env, ROOT), "http://127.0.0.1:8080/health", log)
+        record(["gateway"])
+    if "relay" in missing:
+        _start_relay(env, comps, logs)
+        record(["relay"])
+
+
+def rollback(state: dict[str, Any], started: list[str], say: Any = print) -> None:
+    """Stop the parts in ``started`` (newest first, data last) and forget them; nothing else is touched."""
+    if not started:
+        return
+    say(f"stopping what this run started: {', '.join(started)}")
+    comps = state.get("components", {})
+    for name in sorted(reversed(started), key=lambda n: n in ("postgres", "redis")):
+        comp = comps.pop(name, None)
+        if comp is not None and procs.alive(comp.get("pid")):
+            _stop(name, comp)
     _save(state)
-    for comp in comps.values():
-        if comp.get("health"):
-            procs.wait_http(comp["health"], comp.get("pid"), 60, Path(comp["log"]))
-    say("all parts healthy; seeding the demo key and models")
-    seed(settings)
-    return state
+
+
+def _stop(name: str, comp: dict[str, Any]) -> None:
+    from shared.localstack.data import stop_postgres
+
+    if name == "postgres":
+        stop_postgres(state_dir())
+    else:
+        procs.stop(comp["pid"])
 
 
 def _expected_names() -> list[str]:
     return ["s3", "triton", "gateway", "relay"] + [f.folder for f in available_functions()]
 
 
-def _check_ports() -> None:
-    procs.require_free(S3_PORT, "the S3 server")
-    for port in TRITON_PORTS:
-        procs.require_free(port, "Triton")
-    for fn in available_functions():
-        procs.require_free(fn.port, f"the {fn.folder} function")
-    procs.require_free(8080, "the gateway")
-    procs.require_free(RELAY_PORT, "the event relay")
+def _check_ports(missing: list[str]) -> None:
+    """Every port a part about to start needs is free (checked before anything starts)."""
+    wanted = {"s3": [(S3_PORT, "the S3 server")], "triton": [(p, "Triton") for p in TRITON_PORTS],
+              "gateway": [(8080, "the gateway")], "relay": [(RELAY_PORT, "the event relay")]}
+    wanted.update({fn.folder: [(fn.port, f"the {fn.folder} function")] for fn in available_functions()})
+    for name in missing:
+        for port, what in wanted.get(name, []):
+            procs.require_free(port, what)
 
 
 def _record(comps: dict[str, Any], name: str, pid: int | None, health: str | None, log: Path) -> None:
@@ -241,8 +295,6 @@ def status() -> list[dict[str, Any]]:
 
 def down(say: Any = print) -> int:
     """Stop every recorded part (functions first, data last); returns how many were stopped."""
-    from shared.localstack.data import stop_postgres
-
     state = load_state()
     comps = state.get("components", {})
     stopped = 0
@@ -250,10 +302,7 @@ def down(say: Any = print) -> int:
         comp = comps[name]
         if not procs.alive(comp.get("pid")):
             continue
-        if name == "postgres":
-            stop_postgres(state_dir())
-        else:
-            procs.stop(comp["pid"])
+        _stop(name, comp)
         stopped += 1
         say(f"stopped {name}")
     state["components"] = {}

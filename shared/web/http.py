@@ -10,7 +10,9 @@ answered with a generic 500 sentence; exception text never reaches the caller.
 Handlers are ``async def`` (run on the event loop: they must not block) or plain
 ``def`` (run in the thread pool: database and S3 calls). A route reads its body up
 front unless it says ``stream=True``, in which case an ``async`` handler consumes
-``call.stream()`` itself.
+``call.stream()`` itself. A route that names its ``query`` parameters answers 400 for any
+other (as for unknown body fields). OPTIONS is answered for every routed path (``Allow``,
+and CORS preflight for the origins of CORS_ALLOWED_ORIGINS, ``shared.web.cors``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from werkzeug.routing import Map, Rule
 from shared import telemetry
 from shared.errors import InvalidInput, KinferError, MethodNotAllowed, NotFound, PayloadTooLarge
 from shared.logs import request_id_var
+from shared.web import cors
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -51,6 +54,7 @@ class Route:
     """One path rule: ``handler(call, **params)``; ``scope`` None means no auth ("any" = any valid key).
 
     ``stream`` routes get the body unread: their (async) handler iterates ``call.stream()``.
+    ``query`` names the query parameters the route takes (any other is 400); None: not checked.
     """
 
     rule: str
@@ -58,6 +62,7 @@ class Route:
     handler: Callable[..., Any]
     scope: str | None = None
     stream: bool = False
+    query: tuple[str, ...] | None = None
 
     @property
     def is_async(self) -> bool:
@@ -70,7 +75,7 @@ async def _alive(call: Call) -> dict[str, str]:
 
 # Liveness: answers while the process serves HTTP, whatever PostgreSQL, Redis or Triton do
 # (readiness stays on /health); a failing dependency must not get pods restarted.
-LIVEZ = Route("/livez", ("GET",), _alive)
+LIVEZ = Route("/livez", ("GET",), _alive, query=())
 
 
 class Router:
@@ -92,6 +97,22 @@ class Router:
             raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allowed}",
                                    headers={"Allow": allowed}) from None
         return self.routes[int(index)], dict(params)
+
+    def allowed_methods(self, path: str) -> list[str]:
+        """The methods some route serves on ``path`` (empty when no route matches it)."""
+        return sorted(self._adapter.allowed_methods(path))
+
+
+def check_query(query: Any, allowed: tuple[str, ...]) -> None:
+    """400 naming the first query parameter the route does not take, or one given twice."""
+    seen: set[str] = set()
+    for name, _ in query.multi_items():
+        if name not in allowed:
+            takes = f"allowed: {', '.join(allowed)}" if allowed else "this route takes no query parameters"
+            raise InvalidInput(f"unknown query parameter {name[:64]!r}; {takes}", field=name[:64])
+        if name in seen:
+            raise InvalidInput(f"query parameter {name!r} is given more than once", field=name)
+        seen.add(name)
 
 
 @dataclass
@@ -223,7 +244,11 @@ async def dispatch(request: Request, router: Router, services: Services, span_na
                                                                   "url.path": request.url.path}) as span:
             call = Call(request=request, services=services, request_id=request_id,
                         trace_id=telemetry.trace_id_of(span))
-            response = await _run(call, router, span)
+            if request.method == "OPTIONS":
+                response = _options(call, router)
+            else:
+                response = await _run(call, router, span)
+            cors.decorate(response, request.headers, services.settings.cors_allowed_origins)
             response.headers["X-Request-ID"] = request_id
             if call.trace_id:
                 response.headers["X-Trace-ID"] = call.trace_id
@@ -235,6 +260,20 @@ async def dispatch(request: Request, router: Router, services: Services, span_na
         request_id_var.reset(token)
 
 
+def _options(call: Call, router: Router) -> Response:
+    """OPTIONS: ``Allow`` for a routed path, a CORS preflight answer when it is one (no auth: browsers
+    send no credentials with a preflight)."""
+    path = call.request.url.path
+    try:
+        methods = router.allowed_methods(path)
+        if not methods:
+            raise NotFound(f"no route for OPTIONS {path}")
+        return cors.options_response(call.request.headers, [*methods, "OPTIONS"],
+                                     call.services.settings.cors_allowed_origins)
+    except KinferError as exc:
+        return error_response(exc, call.request_id, call.trace_id)
+
+
 async def _run(call: Call, router: Router, span: Any) -> Response:
     request = call.request
     try:
@@ -244,6 +283,8 @@ async def _run(call: Call, router: Router, span: Any) -> Response:
             from shared.access.auth import authorize
 
             call.principal = await run_in_threadpool(authorize, call, route.scope)
+        if route.query is not None and request.scope.get("query_string"):
+            check_query(request.query_params, route.query)
         if not route.stream and request.method in _BODY_METHODS:
             call.body = await read_body(request, call.services.settings.max_body_bytes)
         if route.is_async:

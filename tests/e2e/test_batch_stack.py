@@ -30,13 +30,16 @@ def test_cli_submit_wait_and_results(stack: dict[str, str], tmp_path: Path) -> N
     assert "succeeded 30, failed 1 of 31" in run.stdout and "items/s" in run.stdout
     job_id = run.stdout.split()[1].rstrip(":")
     out = tmp_path / "results.jsonl"
-    assert kinfer_batch("results", job_id, "-o", str(out), *common).returncode == 0
+    old_style = kinfer_batch("results", job_id, "-o", str(out), *common)  # -o FILE still works, with a warning
+    assert old_style.returncode == 0 and "use --out" in old_style.stderr
+    assert kinfer_batch("results", job_id, "--out", str(out), *common).returncode == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["index"] for line in lines] == list(range(31))
     assert lines[0]["prediction"] == "setosa" and "error" in lines[30]
-    status = json.loads(kinfer_batch("status", job_id, *common).stdout)
+    status = json.loads(kinfer_batch("status", job_id, "-o", "json", *common).stdout)
     assert status["status"] == "completed" and status["failed"] == 1
-    assert kinfer_batch("cancel", job_id, *common).returncode == 1  # 409: already finished
+    cancel = kinfer_batch("cancel", job_id, *common)
+    assert cancel.returncode == 1 and "409 conflict" in cancel.stderr and "already completed" in cancel.stderr
 
 
 def test_cli_uploads_a_file_under_the_callers_prefix(stack: dict[str, str], tmp_path: Path) -> None:
@@ -46,8 +49,8 @@ def test_cli_uploads_a_file_under_the_callers_prefix(stack: dict[str, str], tmp_
                        "--url", stack["gateway"], "--key", stack["key"])
     assert run.returncode == 0, run.stderr
     assert "succeeded 12, failed 0 of 12" in run.stdout and "upload" in run.stderr
-    job = json.loads(kinfer_batch("status", run.stdout.split()[1].rstrip(":"), "--url", stack["gateway"],
-                                  "--key", stack["key"]).stdout)
+    job = json.loads(kinfer_batch("status", run.stdout.split()[1].rstrip(":"), "-o", "json", "--url",
+                                  stack["gateway"], "--key", stack["key"]).stdout)
     assert "/uploads/" in job["input_url"] and job["input_url"].endswith("/upload_me.jsonl")
 
 

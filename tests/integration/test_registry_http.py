@@ -59,3 +59,18 @@ def test_http_errors_are_json_with_request_id(two_instances: Any) -> None:
     assert err.value.code == 400
     assert err.value.headers["X-Request-ID"] == "trace-me-1"
     assert json.loads(err.value.read())["request_id"] == "trace-me-1"
+
+
+def test_create_answers_location_and_unknown_filters_are_400(two_instances: Any) -> None:
+    a, _ = two_instances
+    body = {"name": f"loc-{uuid.uuid4().hex[:8]}", "version": "1", "framework": "onnx", "format": "onnx"}
+    req = urllib.request.Request(f"{a}/v1/models", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        created = json.loads(resp.read())
+        assert resp.status == 201 and resp.headers["Location"] == f"/v1/models/{created['id']}"
+    assert call("GET", a + resp.headers["Location"])[1]["name"] == body["name"]
+    status, error = call("GET", f"{a}/v1/models?nmae={body['name']}")
+    assert status == 400 and error["field"] == "nmae"
+    assert error["error"] == "unknown query parameter 'nmae'; allowed: name, framework, status, tag, limit, offset"
+    assert call("GET", f"{a}/v1/models?name={body['name']}")[1]["total"] == 1

@@ -291,6 +291,65 @@ def test_get_list_and_cancel_errors(st: Stack) -> None:
     assert st.api.get("/v1/batch?status=bogus").status_code == 400
 
 
+def test_jobs_answer_id_beside_job_id_location_and_an_unambiguous_list_count(st: Stack) -> None:
+    resp = st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(3)})
+    job = resp.json()
+    assert resp.status_code == 202 and job["id"] == job["job_id"] and job["total"] == 3
+    assert resp.headers["Location"] == f"/v1/batch/{job['id']}"
+    status = st.api.get(resp.headers["Location"]).json()
+    assert status["id"] == status["job_id"] == job["id"]
+    listing = st.api.get("/v1/batch?limit=1").json()
+    assert listing["total_count"] == listing["total"] >= 1  # jobs matching; each job's own total counts items
+    assert listing["jobs"][0]["id"] == listing["jobs"][0]["job_id"]
+    bad = st.api.get("/v1/batch?limit=1&sort=asc")
+    assert bad.status_code == 400 and bad.json()["field"] == "sort" and "status, limit, offset" in bad.json()["error"]
+
+
+def test_cancel_of_a_job_that_just_finished_reports_the_state_it_is_in(st: Stack,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    done = st.wait(st.submit({"model": st.model, "inputs": iris_inputs(2)})["job_id"])
+    real_get = batch_store.get_job
+
+    def stale_read(*args: Any, **kwargs: Any) -> dict[str, Any]:  # as read just before the job finished
+        return {**real_get(*args, **kwargs), "status": "processing"}
+
+    monkeypatch.setattr(batch_store, "get_job", stale_read)
+    conflict = st.api.delete(f"/v1/batch/{done['job_id']}")
+    assert conflict.status_code == 409 and conflict.json()["code"] == "conflict"
+    assert f"is already completed; only pending or processing jobs can be cancelled (GET /v1/batch/{done['job_id']}" \
+        in conflict.json()["error"]
+
+
+def test_cli_submit_reports_failed_lines_and_fails_on_errors(st: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`kinfer batch submit` of a file with a broken line: uploaded, the line fails as one item (as through
+    input_url), the summary names its line, --fail-on-errors exits 3; the job lists, results filter."""
+    from shared.cli import main
+
+    server = InProcessServer("batch", "manage_batch_jobs")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(st.tmp))
+    url = ["--url", server.url.rstrip("/"), "--key", "kf_unused_auth_is_off"]
+    try:
+        code = main(["batch", "submit", str(ROOT / "examples" / "iris.jsonl"), "--model", st.model,
+                     "--fail-on-errors", *url])
+        out, err = capsys.readouterr()
+        assert code == 3, err
+        assert "examples/iris.jsonl:4 is not valid JSON; uploading" in err
+        assert "succeeded 5, failed 1 of 6" in out and "  line 4: the input is not valid JSON" in out
+        job_id = out.split()[1].rstrip(":")
+        assert main(["batch", "results", job_id, "--failed", *url]) == 0
+        failed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [f["index"] for f in failed] == [3] and "not valid JSON" in failed[0]["error"]
+        assert main(["batch", "list", "--limit", "5", "-o", "json", *url]) == 0
+        assert job_id in {j["id"] for j in json.loads(capsys.readouterr().out)["jobs"]}
+        good = st.tmp / "good.jsonl"
+        good.write_text('{"data": [5.1, 3.5, 1.4, 0.2]}\n\n{"data": [6.7, 3.0, 5.2, 2.3]}\n')
+        assert main(["batch", "submit", str(good), "--model", st.model, "--fail-on-errors", *url]) == 0
+        assert "succeeded 2, failed 0 of 2" in capsys.readouterr().out
+    finally:
+        server.stop()
+
+
 def test_callers_see_only_their_own_jobs(st: Stack) -> None:
     from shared.access.keys import create_key
 
@@ -330,7 +389,7 @@ def test_cancel_stops_further_inference(st: Stack) -> None:
     while st.status(job_id)["completed"] < 50:
         time.sleep(0.01)
     resp = st.api.delete(f"/v1/batch/{job_id}")
-    assert resp.status_code == 200 and resp.json() == {"job_id": job_id, "status": "cancelled"}
+    assert resp.status_code == 200 and resp.json() == {"id": job_id, "job_id": job_id, "status": "cancelled"}
     time.sleep(0.5)  # a sub-batch already at Triton may finish
     frozen, inferred = st.status(job_id), triton_inference_count(st.triton)
     time.sleep(1.5)

@@ -58,6 +58,15 @@ def test_trace_continuity_over_http(served):
     r = requests.post(f"{base}/v1/infer", json={"model": iris["name"], "input": {"data": ROW}}, timeout=30,
                       headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
     assert r.status_code == 200 and r.headers["X-Trace-ID"] == trace_id
+    # the body carries both ids beside each other, as error bodies do
+    assert r.json()["trace_id"] == trace_id and r.json()["request_id"] == r.headers["X-Request-ID"]
+
+
+def test_unknown_query_parameters_are_400_on_infer(served):
+    base, iris, _ = served
+    r = requests.post(f"{base}/v1/infer?timeout=5", json={"model": iris["name"], "input": {"data": ROW}}, timeout=30)
+    assert r.status_code == 400 and r.json()["field"] == "timeout"
+    assert "unknown query parameter 'timeout'" in r.json()["error"]
 
 
 def test_tritonclient_http_works_against_the_v2_route(served):

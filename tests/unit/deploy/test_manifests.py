@@ -29,7 +29,7 @@ KINFER_IMAGE = "ghcr.io/kinfer/kinfer"
 PLATFORM_ENV = {"K_SINK", "K_SERVICE", "PORT", "FUNCTION_TARGET", "FUNCTION_SOURCE"}
 TRITON_ONLY_CONFIG = {"TRITON_MODEL_REPOSITORY"}
 CLUSTER_LOCAL = "networking.knative.dev/visibility"
-PUBLIC_SERVICES = {"models-public", "infer", "batch"}
+PUBLIC_SERVICES = {"models-public", "infer", "batch", "keys"}
 # Workloads that touch object storage: each has an S3 user (Secret kinfer-s3-<name>); the others get no S3 keys.
 S3_WORKLOADS = {"batch", "batch-intake", "batch-worker", "batch-deadletter", "triton"}
 S3_KEYS = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
@@ -307,7 +307,7 @@ def test_public_routes_reach_existing_public_services(rendered: dict[str, list[d
             for match in rule["matches"]:
                 routed[match["path"]["value"]] = service
         assert routed == {"/v1/models": "models-public", "/v1/infer": "infer", "/v2/models": "infer",
-                          "/v1/batch": "batch"}, overlay
+                          "/v1/batch": "batch", "/v1/keys": "keys"}, overlay
         assert set(routed.values()) == PUBLIC_SERVICES
 
 

@@ -1,13 +1,18 @@
-"""`kinfer up`'s one-line errors: a busy port, a missing binary, an old stack."""
+"""`kinfer up`'s one-line errors (a busy port, a missing binary), and `up` on a partly running
+stack: it starts only what is missing and, when a step fails, stops only what it started."""
 
 from __future__ import annotations
 
 import socket
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared.localstack import data, procs
+from shared.localstack import data, procs, stack
 from shared.localstack.procs import StackError
+from shared.settings import Settings
 
 
 def test_busy_port_names_the_part_and_the_fix() -> None:
@@ -38,3 +43,111 @@ def test_process_helpers_see_life_and_death() -> None:
     procs.stop(proc.pid, timeout=5)
     proc.wait(5)
     assert not procs.alive(proc.pid) and not procs.alive(None)
+
+
+# -- `kinfer up` on a partly running stack ------------------------------------------------------
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+class FakeParts:
+    """Every part of the stack as a sleeping process; health checks fail for the parts named in ``unhealthy``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, unhealthy: tuple[str, ...] = ()) -> None:
+        self.spawned: list[int] = []
+        self.port_checks: list[int] = []
+        real_spawn = procs.spawn
+
+        def spawn(cmd: list[str], log: Path, env: Any = None, cwd: Any = None) -> int:
+            pid = real_spawn(SLEEPER, log, env, cwd)
+            self.spawned.append(pid)
+            return pid
+
+        def start_plain(name: str) -> Any:
+            def start(comps: dict[str, Any], logs: Path, say: Any) -> None:
+                stack._record(comps, name, spawn(SLEEPER, logs / f"{name}.log"), None, logs / f"{name}.log")
+            return start
+
+        def wait_http(url: str, pid: int | None, timeout: float, log: Path) -> None:
+            if any(f":{port}/" in url for port in unhealthy):
+                raise StackError(f"{url} was not healthy within 1s; see {log}")
+
+        monkeypatch.setattr(stack, "state_dir", lambda: tmp_path)
+        monkeypatch.setattr(stack, "_start_data", lambda settings, comps, say: None)
+        monkeypatch.setattr(stack, "_start_s3", start_plain("s3"))
+        monkeypatch.setattr(stack, "_start_triton", start_plain("triton"))
+        monkeypatch.setattr(stack, "seed", lambda settings: None)
+        monkeypatch.setattr(stack.procs, "spawn", spawn)
+        monkeypatch.setattr(stack.procs, "wait_http", wait_http)
+        monkeypatch.setattr(stack.procs, "require_free", lambda port, what: self.port_checks.append(port))
+
+    def stop_all(self) -> None:
+        for pid in self.spawned:
+            procs.stop(pid, timeout=5)
+
+
+def _running(tmp_path: Path, **parts: int | None) -> dict[str, Any]:
+    state = {"components": {n: {"pid": pid, "health": None, "log": str(tmp_path / f"{n}.log")}
+                            for n, pid in parts.items()}}
+    stack._save(state)
+    return state
+
+
+@pytest.fixture
+def foreign() -> Any:
+    """A process `up` did not start in this run (an s3 server of an earlier `up`)."""
+    import subprocess
+
+    proc = subprocess.Popen(SLEEPER, start_new_session=True)
+    yield proc
+    procs.stop(proc.pid, timeout=5)
+    proc.wait(5)
+
+
+def test_a_failed_up_stops_only_what_it_started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                foreign: Any) -> None:
+    parts = FakeParts(monkeypatch, tmp_path, unhealthy=("8080",))
+    _running(tmp_path, s3=foreign.pid, triton=2**22 + 7)  # triton recorded, but its process is gone
+    said: list[str] = []
+    try:
+        with pytest.raises(StackError, match="8080"):
+            stack.up(Settings.from_env(environ={}), say=said.append)
+        assert procs.alive(foreign.pid), "up stopped a part it had not started"
+        assert parts.spawned and not any(procs.alive(pid) for pid in parts.spawned)
+        assert list(stack.load_state()["components"]) == ["s3"]
+        assert any(m.startswith("already running: s3; starting only triton") for m in said)
+        assert any(m.startswith("stopping what this run started: triton,") for m in said)
+        assert 9000 not in parts.port_checks and 8001 in parts.port_checks and 8080 in parts.port_checks
+    finally:
+        parts.stop_all()
+
+
+def test_up_starts_what_is_missing_and_keeps_what_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       foreign: Any) -> None:
+    parts = FakeParts(monkeypatch, tmp_path)
+    _running(tmp_path, s3=foreign.pid)
+    try:
+        state = stack.up(Settings.from_env(environ={}), say=lambda m: None)
+        assert state["components"]["s3"]["pid"] == foreign.pid
+        assert set(state["components"]) == set(stack._expected_names())
+        again = len(parts.spawned)
+        said: list[str] = []
+        stack.up(Settings.from_env(environ={}), say=said.append)
+        assert len(parts.spawned) == again and said == ["the local stack is already running (kinfer status shows it)"]
+    finally:
+        parts.stop_all()
+
+
+def test_a_busy_port_of_a_missing_part_starts_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      foreign: Any) -> None:
+    parts = FakeParts(monkeypatch, tmp_path)
+
+    def busy(port: int, what: str) -> None:
+        if port == 8090:
+            raise StackError(f"port {port} (needed for {what}) is already in use")
+
+    monkeypatch.setattr(stack.procs, "require_free", busy)
+    _running(tmp_path, s3=foreign.pid)
+    with pytest.raises(StackError, match="8090"):
+        stack.up(Settings.from_env(environ={}), say=lambda m: None)
+    assert parts.spawned == [] and procs.alive(foreign.pid)
+    assert list(stack.load_state()["components"]) == ["s3"]

@@ -1,0 +1,53 @@
+"""The API key admin function: /v1/keys (``shared.access.keys``), admin scope only.
+
+A key's secret is answered once, by the POST that creates it; lists and reads show
+its display prefix, never the secret. DELETE revokes (the record stays, with
+``revoked_at``); a revoked key stops working within AUTH_CACHE_TTL_S.
+"""
+
+from __future__ import annotations
+
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared import registry
+from shared.access import keys
+from shared.web.http import LIVEZ, Call, Route, Router, dispatch
+from shared.web.runtime import function_services
+
+
+def _create(call: Call) -> tuple[int, dict, dict]:
+    created = keys.create_from_body(call.services, call.json())
+    return 201, created, {"Location": f"/v1/keys/{created['id']}"}
+
+
+def _list(call: Call) -> dict:
+    return keys.list_page(call.services, call.args)
+
+
+def _get(call: Call, key_id: str) -> dict:
+    return keys.to_json(keys.get_key(call.services, key_id))
+
+
+def _revoke(call: Call, key_id: str) -> dict:
+    return keys.to_json(keys.revoke_key(call.services, key_id))
+
+
+def _health(call: Call) -> tuple[int, dict]:
+    return registry.health(call.services)
+
+
+ROUTES = Router([
+    LIVEZ,
+    Route("/health", ("GET",), _health, query=()),
+    Route("/v1/keys", ("POST",), _create, scope="admin", query=()),
+    Route("/v1/keys", ("GET",), _list, scope="admin", query=keys.LIST_QUERY),
+    Route("/v1/keys/<key_id>", ("GET",), _get, scope="admin", query=()),
+    Route("/v1/keys/<key_id>", ("DELETE",), _revoke, scope="admin", query=()),
+])
+
+
+@functions_framework.aio.http
+async def manage_api_keys(request: Request) -> Response:
+    return await dispatch(request, ROUTES, function_services(), "keys")
