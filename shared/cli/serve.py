@@ -95,9 +95,13 @@ def function_app(target: str, source: str) -> Any:
 
 
 def gateway_app() -> Any:
-    """Every public HTTP function in one app, routed by path prefix (no extra hop)."""
-    from shared.web import server
+    """Every public HTTP function in one app, routed by path prefix (no extra hop), and the OpenAPI
+    document of every route it reaches at ``/openapi.json``."""
+    from shared.web import openapi, server
 
-    return server.prefix_router([(prefix, getattr(importlib.import_module(module), entry))
-                                 for prefix, module, entry in GATEWAY_ROUTES])
+    modules = [(prefix, importlib.import_module(module), entry) for prefix, module, entry in GATEWAY_ROUTES]
+    routes = openapi.mounted_routes((prefix, module.ROUTES.routes) for prefix, module, _ in modules)
+    document = openapi.serve_document(routes, "Kinfer API")
+    return server.prefix_router([("/openapi.json", document)] +
+                                [(prefix, getattr(module, entry)) for prefix, module, entry in modules])
 

@@ -47,10 +47,24 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass(frozen=True)
+class QueryParam:
+    """A documented query parameter (OpenAPI): its name, JSON Schema and one-line description."""
+
+    name: str
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"}, compare=False)
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Route:
     """One path rule: ``handler(call, **params)``; ``scope`` None means no auth ("any" = any valid key).
 
     ``stream`` routes get the body unread: their (async) handler iterates ``call.stream()``.
+    The remaining fields only document the route in its function's OpenAPI document
+    (``shared.web.openapi``): ``summary``; ``body``, the JSON Schema of the request body;
+    ``responses``, ``{status: (description, JSON Schema or None[, media type])}`` of its
+    successful answers (errors are documented for every route); ``query``, its query
+    parameters. A route without them is listed with a generic description.
     """
 
     rule: str
@@ -58,6 +72,10 @@ class Route:
     handler: Callable[..., Any]
     scope: str | None = None
     stream: bool = False
+    summary: str = ""
+    body: Mapping[str, Any] | None = field(default=None, compare=False)
+    responses: Mapping[int, tuple[Any, ...]] | None = field(default=None, compare=False)
+    query: tuple[QueryParam, ...] = ()
 
     @property
     def is_async(self) -> bool:
@@ -70,7 +88,27 @@ async def _alive(call: Call) -> dict[str, str]:
 
 # Liveness: answers while the process serves HTTP, whatever PostgreSQL, Redis or Triton do
 # (readiness stays on /health); a failing dependency must not get pods restarted.
-LIVEZ = Route("/livez", ("GET",), _alive)
+LIVEZ = Route("/livez", ("GET",), _alive, summary="Liveness (touches no dependency)",
+              responses={200: ("alive", {"type": "object", "required": ["status"],
+                                         "properties": {"status": {"const": "alive"}}})})
+
+
+OPENAPI_PATH = "/openapi.json"
+
+
+def _openapi_route(routes: list[Route]) -> Route:
+    """``GET /openapi.json``: the OpenAPI document of ``routes`` (built on first use)."""
+    built: dict[str, Any] = {}
+
+    async def serve_openapi(call: Call) -> dict[str, Any]:
+        if "doc" not in built:
+            from shared.web.openapi import document
+
+            built["doc"] = document(routes, title=f"Kinfer {call.services.settings.service_name}")
+        return built["doc"]
+
+    return Route(OPENAPI_PATH, ("GET",), serve_openapi, summary="This function's OpenAPI 3.1 document",
+                 responses={200: ("the OpenAPI document", {"type": "object"})})
 
 
 class Router:
@@ -78,6 +116,8 @@ class Router:
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
+        if not any(r.rule == OPENAPI_PATH for r in self.routes):  # every router documents itself
+            self.routes.append(_openapi_route(self.routes))
         self._map = Map([Rule(r.rule, endpoint=i, methods=list(r.methods)) for i, r in enumerate(self.routes)],
                         strict_slashes=False, merge_slashes=False)
         self._adapter = self._map.bind("kinfer")
