@@ -162,9 +162,9 @@ def _start_s3(comps: dict[str, Any], logs: Path, say: Any) -> None:
     from shared.localstack.s3 import S3Server
 
     logs.mkdir(parents=True, exist_ok=True)
-    pid = S3Server(port=S3_PORT).spawn(logs / "s3.log")
+    pid = S3Server(port=S3_PORT, data_dir=state_dir() / "s3").spawn(logs / "s3.log")
     _record(comps, "s3", pid, None, logs / "s3.log")
-    say(f"S3 API server on http://127.0.0.1:{S3_PORT}")
+    say(f"S3 API server on http://127.0.0.1:{S3_PORT} (data kept in {state_dir() / 's3'})")
 
 
 def _start_triton(comps: dict[str, Any], logs: Path, say: Any) -> None:
