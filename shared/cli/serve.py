@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
 def function_app_from_settings() -> Any:
     """The app of FUNCTION_TARGET / FUNCTION_SOURCE (uvicorn's factory in each worker process)."""
-    from shared.web.server import with_thread_pool
+    from shared.web.server import die_with_parent, with_thread_pool
 
+    die_with_parent()
     settings = Settings.from_env()
     return with_thread_pool(function_app(settings.function_target, settings.function_source),
                             settings.server_concurrency)
@@ -78,8 +79,9 @@ def function_app_from_settings() -> Any:
 
 def gateway_app_from_settings() -> Any:
     """The gateway (uvicorn's factory in each worker process)."""
-    from shared.web.server import with_thread_pool
+    from shared.web.server import die_with_parent, with_thread_pool
 
+    die_with_parent()
     return with_thread_pool(gateway_app(), Settings.from_env().server_concurrency)
 
 

@@ -60,10 +60,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print("the local stack is not running (start it with `kinfer up`)")
         return 1
-    print(f"{'part':<18}{'pid':>8}  {'state':<10}{'health URL'}")
+    print(f"{'part':<18}{'pid':>8}  {'serving pids':<14}{'state':<10}{'health URL'}")
     for row in rows:
         state = "healthy" if row["healthy"] else ("unhealthy" if row["alive"] else "stopped")
-        print(f"{row['name']:<18}{row['pid'] or '-':>8}  {state:<10}{row['url'] or ''}")
+        serving = ",".join(str(p) for p in row["serving"] if p != row["pid"]) or "-"
+        print(f"{row['name']:<18}{row['pid'] or '-':>8}  {serving:<14}{state:<10}{row['url'] or ''}")
+    print("pid: the process to signal (kill -9 takes the part down, workers included); "
+          "serving pids: its uvicorn workers")
     return 0 if all(r["healthy"] for r in rows) else 1
 
 

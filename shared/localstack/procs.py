@@ -61,6 +61,35 @@ def alive(pid: int | None) -> bool:
         return True
 
 
+def serving(pid: int | None) -> list[int]:
+    """The processes that serve for ``pid``: its uvicorn worker processes (multiprocessing children,
+    not the resource tracker) when it has any, else ``pid`` itself; [] when it is not alive."""
+    if not alive(pid):
+        return []
+    assert pid is not None
+    workers = []
+    for child in _children(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and alive(child):
+            workers.append(child)
+    return sorted(workers) or [pid]
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
+
+
 def stop(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM the process group, wait, then SIGKILL it."""
     for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -234,8 +234,8 @@ def status() -> list[dict[str, Any]]:
     for name, comp in load_state().get("components", {}).items():
         alive = procs.alive(comp.get("pid"))
         healthy = alive and (procs.http_ok(comp["health"]) if comp.get("health") else True)
-        rows.append({"name": name, "pid": comp.get("pid"), "alive": alive, "healthy": healthy,
-                     "url": comp.get("health"), "log": comp.get("log")})
+        rows.append({"name": name, "pid": comp.get("pid"), "serving": procs.serving(comp.get("pid")),
+                     "alive": alive, "healthy": healthy, "url": comp.get("health"), "log": comp.get("log")})
     return rows
 
 

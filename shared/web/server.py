@@ -118,6 +118,24 @@ def with_thread_pool(app: ASGIApp, threads: int) -> ASGIApp:
     return sized
 
 
+def die_with_parent() -> None:
+    """Make this process (a uvicorn worker) get SIGKILL when its parent (the uvicorn master) dies, so a
+    ``kill -9`` of the master takes the whole server down instead of leaving workers serving as orphans.
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the master died before the prctl: go now
+        os._exit(1)
+
+
 def serve(app: Any, host: str, port: int, workers: int = 1, threads: int = 8) -> None:
     """Run uvicorn: ``workers`` processes, each running at most ``threads`` blocking handlers at once.
 
