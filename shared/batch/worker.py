@@ -188,8 +188,18 @@ def _store(services: Services, ref: ChunkRef, rows: list[dict[str, Any]], status
 
 
 def _finalize(services: Services, conn: Any, job: dict[str, Any]) -> str:
-    """Merge every chunk's results and finish the job (inside the recording transaction)."""
-    key = results.merge_chunks(services, job["id"], range(job["chunks_total"]))
+    """Merge every chunk's results and finish the job (inside the recording transaction).
+
+    Chunk results that are gone (object storage lost them) fail the job with the reason: redelivery
+    could never bring them back, and the job must not stay ``processing``.
+    """
+    try:
+        key = results.merge_chunks(services, job["id"], range(job["chunks_total"]))
+    except NotFound as exc:
+        reason = f"the results of some chunks are gone ({exc.message}); submit the job again"
+        store.set_finished(conn, job["id"], "failed", error=reason)
+        log.error("batch job %s failed: %s", job["id"], reason)
+        return "failed"
     status = "failed" if job["succeeded"] == 0 else "completed"
     store.set_finished(conn, job["id"], status, result_key=key)
     log.info("batch job %s %s: %d succeeded, %d failed", job["id"], status, job["succeeded"], job["failed"])

@@ -119,7 +119,30 @@ def up(settings: Settings, say: Any = print) -> dict[str, Any]:
             procs.wait_http(comp["health"], comp.get("pid"), 60, Path(comp["log"]))
     say("all parts healthy; seeding the demo key and models")
     seed(settings)
+    reconcile_batch_jobs(settings, say)
     return state
+
+
+def reconcile_batch_jobs(settings: Settings, say: Any = print) -> dict[str, list[str]]:
+    """Fail the batch jobs that stopped progressing, then re-queue (or fail, when their inputs are gone)
+    the chunks of the jobs left active when the stack went down (``shared.batch.reaper``)."""
+    from dataclasses import replace
+
+    from shared.batch import reaper
+    from shared.services import Services
+
+    services = Services(replace(settings, k_sink=f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}",
+                                s3_endpoint_url=f"http://127.0.0.1:{S3_PORT}"))
+    try:
+        stalled = reaper.reap(services)
+        outcome = reaper.reconcile(services)
+    finally:
+        services.close()
+    outcome["failed"] = stalled + outcome["failed"]
+    if outcome["requeued"] or outcome["failed"]:
+        say(f"batch jobs: {len(outcome['requeued'])} re-queued, {len(outcome['failed'])} failed "
+            "(GET /v1/batch/<id> says why)")
+    return outcome
 
 
 def _expected_names() -> list[str]:
