@@ -156,7 +156,8 @@ class Load:
                 self.sent += 1
             try:
                 resp = self.send(session)
-                answer = Answer(time.monotonic(), resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, _json(resp))
+                headers = {k.lower(): v for k, v in resp.headers.items()}
+                answer = Answer(time.monotonic(), resp.status_code, headers, _json(resp))
             except requests.RequestException:
                 answer = Answer(time.monotonic(), 0)
             with self._lock:
