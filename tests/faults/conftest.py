@@ -202,10 +202,10 @@ def assert_unavailable_answers(answers: list[Answer]) -> None:
 
 @contextmanager
 def served(folder: str, target: str, settings: Any, log_dir: Path, extra_env: dict[str, str] | None = None,
-           workers: int = 1) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``functions/<folder>/main.py`` under `kinfer serve` on a free port, its output in a log file
-    (a pipe nobody reads would block the server once full); yields (base URL, process)."""
-    port = free_port()
+           workers: int = 1, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``functions/<folder>/main.py`` under `kinfer serve` on ``port`` (default: a free one), its output in
+    a log file (a pipe nobody reads would block the server once full); yields (base URL, process)."""
+    port = port or free_port()
     env = {**os.environ, **settings_env(settings), "K_SERVICE": folder, **(extra_env or {})}
     cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--target",
            target, "--source", f"functions/{folder}/main.py", "--workers", str(workers)]
