@@ -123,7 +123,8 @@ class BatchRig:
         assert {c.status for c in chunks} == {"done"}, "a chunk was dead-lettered"
         retried = sum(c.attempts - 1 for c in chunks)
         print(f"\n{label}: {total} items in {len(chunks)} chunks; results hold every index exactly once "
-              f"({len(lines)} lines, 0 missing, 0 repeated); {retried} chunk(s) inferred again after an interrupted attempt; 0 dead-lettered")
+              f"({len(lines)} lines, 0 missing, 0 repeated); {retried} chunk(s) inferred again after an "
+              "interrupted attempt; 0 dead-lettered")
 
 
 @pytest.fixture(scope="module")
