@@ -61,6 +61,9 @@ class Database:
                 raise
             log.warning("database unavailable: %s", type(exc.orig if hasattr(exc, "orig") else exc).__name__)
             raise Unavailable("the database is unavailable; retry shortly", retry_after=1) from exc
+        except OSError as exc:  # pg8000 lets a socket error escape while it connects (server going down)
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise Unavailable("the database is unavailable; retry shortly", retry_after=1) from exc
         except sa_exc.DBAPIError as exc:  # pg8000 reports a server that is starting or stopping this way
             if not _server_unavailable(exc):
                 raise
