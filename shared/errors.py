@@ -10,8 +10,10 @@
     ├── MethodNotAllowed (405, method_not_allowed)
     ├── Conflict (409, conflict)
     ├── PayloadTooLarge (413, payload_too_large)
+    ├── UriTooLong (414, uri_too_long)             the HTTP server's own bound
     ├── Unprocessable (422, unprocessable)         permanent event failure
     ├── RateLimited (429, rate_limited)            retryable, ``retry_after``
+    ├── HeadersTooLarge (431, headers_too_large)   the HTTP server's own bound
     ├── BackendError (502, backend_error)
     ├── Unavailable (503, unavailable)             retryable, ``retry_after``
     │   └── CircuitOpen (503, circuit_open)
@@ -99,3 +101,11 @@ class CircuitOpen(Unavailable):
 
 class BackendTimeout(KinferError):
     status, code, retryable = 504, "backend_timeout", True
+
+
+class UriTooLong(KinferError):
+    status, code = 414, "uri_too_long"
+
+
+class HeadersTooLarge(KinferError):
+    status, code = 431, "headers_too_large"

@@ -82,6 +82,9 @@ def json_object(value: Any, field: str, *, max_bytes: int, max_depth: int = 8) -
     return value
 
 
+_MAX_NUMBER = 2**63
+
+
 def _check_tree(root: Any, field: str, max_depth: int) -> None:
     """Depth and string checks without recursion (a hostile body can nest thousands of levels)."""
     stack: list[tuple[Any, int]] = [(root, 1)]
@@ -90,6 +93,11 @@ def _check_tree(root: Any, field: str, max_depth: int) -> None:
         if isinstance(node, str):
             text(node, field)
             continue
+        if isinstance(node, int | float) and not isinstance(node, bool) and abs(node) >= _MAX_NUMBER:
+            # PostgreSQL's jsonb gives 1e20 back as 100000000000000000000, an integer no JSON encoder here
+            # (orjson: 64 bits) can answer with: refuse it before it is stored.
+            raise InvalidInput(f"{field} holds a number beyond ±2^63 (jsonb would return it as an integer "
+                               "that cannot be encoded)", field=field)
         if not isinstance(node, dict | list):
             continue
         if depth > max_depth:

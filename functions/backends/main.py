@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.backends import monitor as backends
+from shared.web import schemas as s
 from shared.web.events import parse_event
 from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
@@ -34,9 +35,12 @@ def _metrics(call: Call) -> Response:
 
 ROUTES = Router([
     LIVEZ,
-    Route("/", ("POST",), _probe, query=()),
-    Route("/health", ("GET",), _health, query=()),
-    Route("/metrics", ("GET",), _metrics, query=()),
+    Route("/", ("POST",), _probe, query=(), summary="Probe every Triton backend (a PingSource CloudEvent)",
+          responses={200: ("what was probed", s.PROBE_RESULT)}),
+    Route("/health", ("GET",), _health, query=(), summary="Backends, circuit breakers, last probes",
+          responses={200: ("every backend", s.BACKENDS_HEALTH)}),
+    Route("/metrics", ("GET",), _metrics, query=(), summary="Prometheus metrics",
+          responses={200: ("Prometheus text exposition", {"type": "string"}, "text/plain")}),
 ])
 
 

@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from shared import registry
 from shared.batch import jobs as batch
+from shared.web import schemas as s
 from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
@@ -40,12 +41,17 @@ def _health(call: Call) -> tuple[int, dict]:
 
 ROUTES = Router([
     LIVEZ,
-    Route("/health", ("GET",), _health, query=()),
-    Route("/v1/batch", ("POST",), _submit, scope="batch", query=()),
-    Route("/v1/batch", ("GET",), _list, scope="batch", query=batch.LIST_QUERY),
-    Route("/v1/batch/uploads", ("POST",), _upload, scope="batch", query=()),
-    Route("/v1/batch/<job_id>", ("GET",), _get, scope="batch", query=()),
-    Route("/v1/batch/<job_id>", ("DELETE",), _cancel, scope="batch", query=()),
+    Route("/health", ("GET",), _health, query=(), summary="Health: PostgreSQL and Redis", responses=s.HEALTH_ANSWERS),
+    Route("/v1/batch", ("POST",), _submit, query=(), scope="batch", summary="Submit a batch job", body=s.BATCH_SUBMIT,
+          responses={202: ("accepted", s.BATCH_ACCEPTED)}),
+    Route("/v1/batch", ("GET",), _list, scope="batch", summary="Your batch jobs, newest first",
+          query=s.BATCH_FILTERS, responses={200: ("a page of jobs", s.BATCH_LIST)}),
+    Route("/v1/batch/uploads", ("POST",), _upload, query=(), scope="batch", summary="An upload URL under your prefix",
+          body=s.UPLOAD_REQUEST, responses={201: ("where to PUT the JSONL file", s.UPLOAD_GRANT)}),
+    Route("/v1/batch/<job_id>", ("GET",), _get, query=(), scope="batch", summary="A batch job's status",
+          responses={200: ("progress, counters, errors, result_url", s.BATCH_JOB)}),
+    Route("/v1/batch/<job_id>", ("DELETE",), _cancel, query=(), scope="batch", summary="Cancel a batch job",
+          responses={200: ("cancelled", s.BATCH_CANCELLED)}),
 ])
 
 

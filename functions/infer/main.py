@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.inference.dataplane import run_inference as infer
+from shared.web import schemas as s
 from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
@@ -36,14 +37,19 @@ def _health(call: Call) -> tuple[int, dict]:
                  "checks": {"cache": "ok" if redis_ok else "unreachable"}}
 
 
+_V2_INFER = {"summary": "KServe v2 inference", "body": s.V2_INFER_REQUEST,
+             "responses": {200: ("the output tensors", s.V2_INFER_RESPONSE)}}
+_V2_METADATA = {"summary": "KServe v2 model metadata", "responses": {200: ("tensors and versions", s.V2_METADATA)}}
+
 ROUTES = Router([
     LIVEZ,
-    Route("/health", ("GET",), _health, query=()),
-    Route("/v1/infer", ("POST",), _infer, scope="infer", query=()),
-    Route("/v2/models/<name>/infer", ("POST",), _infer_v2, scope="infer", query=()),
-    Route("/v2/models/<name>/versions/<version>/infer", ("POST",), _infer_v2, scope="infer", query=()),
-    Route("/v2/models/<name>", ("GET",), _metadata_v2, scope="infer", query=()),
-    Route("/v2/models/<name>/versions/<version>", ("GET",), _metadata_v2, scope="infer", query=()),
+    Route("/health", ("GET",), _health, query=(), summary="Health: Redis", responses=s.HEALTH_ANSWERS),
+    Route("/v1/infer", ("POST",), _infer, query=(), scope="infer", summary="Real-time inference", body=s.INFER_REQUEST,
+          responses={200: ("the prediction and every output tensor", s.INFER_RESPONSE)}),
+    Route("/v2/models/<name>/infer", ("POST",), _infer_v2, query=(), scope="infer", **_V2_INFER),
+    Route("/v2/models/<name>/versions/<version>/infer", ("POST",), _infer_v2, query=(), scope="infer", **_V2_INFER),
+    Route("/v2/models/<name>", ("GET",), _metadata_v2, query=(), scope="infer", **_V2_METADATA),
+    Route("/v2/models/<name>/versions/<version>", ("GET",), _metadata_v2, query=(), scope="infer", **_V2_METADATA),
 ])
 
 

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import registry
+from shared.web import schemas as s
 from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
@@ -41,18 +42,21 @@ def _health(call: Call) -> tuple[int, dict]:
     return registry.health(call.services)
 
 
-# The filters and paging of registry.list_models.
-LIST_QUERY = ("name", "framework", "status", "tag", "limit", "offset")
-
 ROUTES = Router([
     LIVEZ,
-    Route("/health", ("GET",), _health, query=()),
-    Route("/v1/models", ("POST",), _create, scope="admin", query=()),
-    Route("/v1/models", ("GET",), _list, scope="any", query=LIST_QUERY),
-    Route("/v1/models/by-name/<name>/<version>", ("GET",), _get_by_name, scope="any", query=()),
-    Route("/v1/models/<model_id>", ("GET",), _get, scope="any", query=()),
-    Route("/v1/models/<model_id>", ("PUT", "PATCH"), _update, scope="admin", query=()),
-    Route("/v1/models/<model_id>", ("DELETE",), _delete, scope="admin", query=()),
+    Route("/health", ("GET",), _health, query=(), summary="Health: PostgreSQL and Redis", responses=s.HEALTH_ANSWERS),
+    Route("/v1/models", ("POST",), _create, query=(), scope="admin", summary="Register a model version",
+          body=s.MODEL_CREATE, responses={201: ("the model", s.MODEL)}),
+    Route("/v1/models", ("GET",), _list, scope="any", summary="List models, newest first",
+          query=s.MODEL_FILTERS, responses={200: ("a page of models", s.MODEL_LIST)}),
+    Route("/v1/models/by-name/<name>/<version>", ("GET",), _get_by_name, query=(), scope="any",
+          summary="A model by name and version", responses={200: ("the model", s.MODEL)}),
+    Route("/v1/models/<model_id>", ("GET",), _get, query=(), scope="any", summary="A model by id",
+          responses={200: ("the model", s.MODEL)}),
+    Route("/v1/models/<model_id>", ("PUT", "PATCH"), _update, query=(), scope="admin", summary="Update a model (partial)",
+          body=s.MODEL_UPDATE, responses={200: ("the whole model", s.MODEL)}),
+    Route("/v1/models/<model_id>", ("DELETE",), _delete, query=(), scope="admin", summary="Delete a model",
+          responses={204: ("deleted", None)}),
 ])
 
 

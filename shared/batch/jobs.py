@@ -268,6 +268,11 @@ def _queue_one(services: Services, job: dict[str, Any], chunk: int, lines: list[
     _emit_one(services, job, chunk, traceparent)
 
 
+def emit_chunk(services: Services, job: dict[str, Any], chunk: int) -> None:
+    """Queue (again) the event of one chunk whose input object is already written."""
+    _emit_one(services, job, chunk, None)
+
+
 def _emit_one(services: Services, job: dict[str, Any], chunk: int, traceparent: str | None) -> None:
     first = chunk * job["chunk_size"]
     count = min(job["chunk_size"], job["total"] - first)
@@ -308,8 +313,7 @@ def to_json(services: Services, job: dict[str, Any]) -> dict[str, Any]:
         "id": str(job["id"]), "job_id": str(job["id"]), "status": job["status"],
         "progress": round(completed / total, 6) if total else (1.0 if finished else 0.0),
         "total": total, "completed": completed, "succeeded": int(job["succeeded"]), "failed": int(job["failed"]),
-        "result_url": results.presigned_results(services, job["result_key"])
-        if finished and job["result_key"] else None,
+        "result_url": _result_url(services, job) if finished else None,
         "errors": list(job["errors"] or []), "model": job["model_name"], "version": job["model_version"],
         "created_at": _iso(job["created_at"]), "started_at": _iso(job["started_at"]),
         "finished_at": _iso(job["finished_at"]),
@@ -321,6 +325,34 @@ def to_json(services: Services, job: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _result_url(services: Services, job: dict[str, Any]) -> str | None:
+    """A presigned URL of the job's results object while that object exists (a lifecycle rule, or a
+    local S3 that lost its data, may have removed it); None otherwise."""
+    if not job["result_key"]:
+        return None
+    try:
+        if not storage.exists(services.s3, services.settings.s3_results_bucket, job["result_key"]):
+            return None
+    except Unavailable:
+        log.warning("batch job %s: object storage unavailable; result_url left out", job["id"])
+        return None
+    return results.presigned_results(services, job["result_key"])
+
+
+def _reaped(services: Services, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``jobs``, with the active ones that stopped progressing failed now (see shared.batch.reaper)."""
+    stall_s = services.settings.batch_stall_timeout_s
+    now = time.time()
+    stale = [j["id"] for j in jobs if j["status"] in store.ACTIVE and now - j["updated_at"].timestamp() > stall_s]
+    if not stale:
+        return jobs
+    with services.db.begin() as conn:
+        failed = {row["id"]: row for row in store.fail_stalled(conn, stall_s, stale)}
+    for job_id in failed:
+        log.warning("batch job %s failed: no progress for %d s", job_id, stall_s)
+    return [failed.get(j["id"], j) for j in jobs]
+
+
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -329,7 +361,7 @@ def get_job(services: Services, raw_id: str, owner: str) -> dict[str, Any]:
     job_id = store.parse_job_id(raw_id)
     with services.db.begin() as conn:
         job = store.get_job(conn, job_id, owner)
-    return to_json(services, job)
+    return to_json(services, _reaped(services, [job])[0])
 
 
 LIST_QUERY = ("status", "limit", "offset")
@@ -343,6 +375,7 @@ def list_jobs(services: Services, args: Any, owner: str) -> dict[str, Any]:
     status = v.choice(args["status"], "status", store.STATUSES) if args.get("status") else None
     with services.db.begin() as conn:
         total, jobs = store.list_jobs(conn, owner, status, limit, offset)
+    jobs = _reaped(services, jobs)
     return {"jobs": [to_json(services, j) for j in jobs], "total_count": total, "total": total, "limit": limit,
             "offset": offset}
 

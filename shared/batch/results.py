@@ -38,8 +38,9 @@ def results_key(job_id: Any) -> str:
 
 
 def encode_lines(rows: Iterable[Any]) -> bytes:
-    """JSON Lines bytes of ``rows`` (compact, UTF-8)."""
-    return "".join(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n" for row in rows).encode()
+    """JSON Lines bytes of ``rows`` (compact, UTF-8; a lone surrogate in a string stays a ``\\udXXX`` escape)."""
+    text = "".join(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n" for row in rows)
+    return text.encode("utf-8", "backslashreplace")
 
 
 def put_lines(services: Services, bucket: str, key: str, data: bytes) -> None:

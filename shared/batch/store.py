@@ -167,10 +167,34 @@ def _advance(conn: Connection, job_id: uuid.UUID, counts: ChunkCounts) -> dict[s
 
 
 def mark_processing(conn: Connection, job_id: uuid.UUID) -> None:
-    """pending -> processing when a worker first touches the job."""
-    conn.execute(sa.update(batch_jobs).where(batch_jobs.c.id == job_id, batch_jobs.c.status == "pending")
-                 .values(status="processing", started_at=sa.func.clock_timestamp(),
+    """pending -> processing when a worker first touches the job; every claim is progress (updated_at),
+    so a job whose chunks are being retried is never taken for stalled."""
+    conn.execute(sa.update(batch_jobs).where(batch_jobs.c.id == job_id, batch_jobs.c.status.in_(ACTIVE))
+                 .values(status="processing",
+                         started_at=sa.func.coalesce(batch_jobs.c.started_at, sa.func.clock_timestamp()),
                          updated_at=sa.func.clock_timestamp()))
+
+
+def fail_stalled(conn: Connection, stall_s: int, job_ids: list[uuid.UUID] | None = None) -> list[dict[str, Any]]:
+    """Fail the active jobs (of ``job_ids``, or all) with no progress for ``stall_s`` seconds; the failed rows."""
+    reason = sa.func.concat(
+        f"no progress for {stall_s} s: its remaining chunks stopped being delivered (", batch_jobs.c.chunks_done,
+        " of ", batch_jobs.c.chunks_total, " chunks finished); submit it again")
+    stalled = sa.and_(batch_jobs.c.status.in_(ACTIVE),
+                      batch_jobs.c.updated_at < sa.func.clock_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0,
+                                                                                                 stall_s))
+    stmt = sa.update(batch_jobs).where(stalled)
+    if job_ids is not None:
+        stmt = stmt.where(batch_jobs.c.id.in_(job_ids))
+    stmt = stmt.values(status="failed", error=reason, finished_at=sa.func.clock_timestamp(),
+                       updated_at=sa.func.clock_timestamp(),
+                       errors=sa.func.jsonb_build_array(sa.func.jsonb_build_object("error", reason)))
+    return [dict(r._mapping) for r in conn.execute(stmt.returning(*batch_jobs.c)).all()]
+
+
+def active_jobs(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.select(batch_jobs).where(batch_jobs.c.status.in_(ACTIVE))).all()
+    return [dict(r._mapping) for r in rows]
 
 
 def done_chunks(conn: Connection, job_id: uuid.UUID) -> list[int]:

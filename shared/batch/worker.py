@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from shared import registry
 from shared.batch import results, store
 from shared.clients import storage
@@ -129,12 +131,15 @@ def _still_active(services: Services, job_id: uuid.UUID) -> bool:
 
 
 def _parse(lines: list[bytes]) -> tuple[list[Any | None], int]:
-    """Parsed items (None where a line is not a JSON object) and how many were bad."""
+    """Parsed items (None where a line is not a JSON object) and how many were bad.
+
+    Parsed as strictly as a request body (orjson): a lone surrogate escape or NaN is not JSON.
+    """
     items: list[Any | None] = []
     for line in lines:
         try:
-            item = json.loads(line)
-        except ValueError:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
             item = None
         items.append(item if isinstance(item, dict) else None)
     return items, sum(1 for i in items if i is None)
@@ -155,9 +160,9 @@ def _row(index: int, result: Any, line: bytes) -> dict[str, Any]:
 
 def _is_json(line: bytes) -> bool:
     try:
-        json.loads(line)
+        orjson.loads(line)
         return True
-    except ValueError:
+    except orjson.JSONDecodeError:
         return False
 
 
@@ -183,8 +188,18 @@ def _store(services: Services, ref: ChunkRef, rows: list[dict[str, Any]], status
 
 
 def _finalize(services: Services, conn: Any, job: dict[str, Any]) -> str:
-    """Merge every chunk's results and finish the job (inside the recording transaction)."""
-    key = results.merge_chunks(services, job["id"], range(job["chunks_total"]))
+    """Merge every chunk's results and finish the job (inside the recording transaction).
+
+    Chunk results that are gone (object storage lost them) fail the job with the reason: redelivery
+    could never bring them back, and the job must not stay ``processing``.
+    """
+    try:
+        key = results.merge_chunks(services, job["id"], range(job["chunks_total"]))
+    except NotFound as exc:
+        reason = f"the results of some chunks are gone ({exc.message}); submit the job again"
+        store.set_finished(conn, job["id"], "failed", error=reason)
+        log.error("batch job %s failed: %s", job["id"], reason)
+        return "failed"
     status = "failed" if job["succeeded"] == 0 else "completed"
     store.set_finished(conn, job["id"], status, result_key=key)
     log.info("batch job %s %s: %d succeeded, %d failed", job["id"], status, job["succeeded"], job["failed"])

@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
 def function_app_from_settings() -> Any:
     """The app of FUNCTION_TARGET / FUNCTION_SOURCE (uvicorn's factory in each worker process)."""
-    from shared.web.server import with_thread_pool
+    from shared.web.server import die_with_parent, with_thread_pool
 
+    die_with_parent()
     settings = Settings.from_env()
     return with_thread_pool(function_app(settings.function_target, settings.function_source),
                             settings.server_concurrency)
@@ -79,8 +80,9 @@ def function_app_from_settings() -> Any:
 
 def gateway_app_from_settings() -> Any:
     """The gateway (uvicorn's factory in each worker process)."""
-    from shared.web.server import with_thread_pool
+    from shared.web.server import die_with_parent, with_thread_pool
 
+    die_with_parent()
     return with_thread_pool(gateway_app(), Settings.from_env().server_concurrency)
 
 
@@ -96,9 +98,13 @@ def function_app(target: str, source: str) -> Any:
 
 
 def gateway_app() -> Any:
-    """Every public HTTP function in one app, routed by path prefix (no extra hop)."""
-    from shared.web import server
+    """Every public HTTP function in one app, routed by path prefix (no extra hop), and the OpenAPI
+    document of every route it reaches at ``/openapi.json``."""
+    from shared.web import openapi, server
 
-    return server.prefix_router([(prefix, getattr(importlib.import_module(module), entry))
-                                 for prefix, module, entry in GATEWAY_ROUTES])
+    modules = [(prefix, importlib.import_module(module), entry) for prefix, module, entry in GATEWAY_ROUTES]
+    routes = openapi.mounted_routes((prefix, module.ROUTES.routes) for prefix, module, _ in modules)
+    document = openapi.serve_document(routes, "Kinfer API")
+    return server.prefix_router([("/openapi.json", document)] +
+                                [(prefix, getattr(module, entry)) for prefix, module, entry in modules])
 

@@ -64,9 +64,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     for row in rows:
         row["state"] = "healthy" if row["healthy"] else ("unhealthy" if row["alive"] else "stopped")
+        row["serving_pids"] = ",".join(str(p) for p in row["serving"] if p != row["pid"]) or "-"
     output.emit(args, {"components": rows}, rows="components", columns=[
-        output.column("PART", "name"), output.column("PID", "pid"), output.column("STATE", "state"),
-        output.column("HEALTH URL", "url")])
+        output.column("PART", "name"), output.column("PID", "pid"), output.column("SERVING PIDS", "serving_pids"),
+        output.column("STATE", "state"), output.column("HEALTH URL", "url")])
+    if getattr(args, "output", "table") == "table":
+        print("PID: the process to signal (kill -9 takes the part down, workers included); "
+              "SERVING PIDS: its uvicorn workers", file=sys.stderr)
     return 0 if all(r["healthy"] for r in rows) else 1
 
 

@@ -56,9 +56,18 @@ class Database:
         try:
             yield
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-            if isinstance(exc, sa_exc.DBAPIError) and not exc.connection_invalidated and _is_query_error(exc):
+            if isinstance(exc, sa_exc.DBAPIError) and not exc.connection_invalidated and _is_query_error(exc) \
+                    and not _server_unavailable(exc):
                 raise
             log.warning("database unavailable: %s", type(exc.orig if hasattr(exc, "orig") else exc).__name__)
+            raise Unavailable("the database is unavailable; retry shortly", retry_after=1) from exc
+        except OSError as exc:  # pg8000 lets a socket error escape while it connects (server going down)
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise Unavailable("the database is unavailable; retry shortly", retry_after=1) from exc
+        except sa_exc.DBAPIError as exc:  # pg8000 reports a server that is starting or stopping this way
+            if not _server_unavailable(exc):
+                raise
+            log.warning("database unavailable: SQLSTATE %s", _sqlstate(exc))
             raise Unavailable("the database is unavailable; retry shortly", retry_after=1) from exc
 
     def ping(self) -> bool:
@@ -108,6 +117,20 @@ def _is_query_error(exc: sa_exc.DBAPIError) -> bool:
     orig = getattr(exc, "orig", None)
     args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
     return bool(args) and isinstance(args[0], dict) and "C" in args[0]
+
+
+# SQLSTATE classes of a server that cannot serve now: 08 connection exception, 53 insufficient resources
+# (too many connections), 57 operator intervention (shutting down, starting up: 57P01-57P03).
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+
+
+def _sqlstate(exc: sa_exc.DBAPIError) -> str:
+    args: tuple[Any, ...] = tuple(getattr(getattr(exc, "orig", None), "args", ()))
+    return str(args[0].get("C", "")) if args and isinstance(args[0], dict) else ""
+
+
+def _server_unavailable(exc: sa_exc.DBAPIError) -> bool:
+    return _sqlstate(exc).startswith(_UNAVAILABLE_CLASSES)
 
 
 @contextmanager

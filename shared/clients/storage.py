@@ -148,6 +148,15 @@ def get_jsonl(client: Any, bucket: str, key: str) -> list[dict[str, Any]]:
     return rows
 
 
+def exists(client: Any, bucket: str, key: str) -> bool:
+    """Whether bucket/key exists (HEAD); Unavailable when storage cannot tell."""
+    try:
+        _call(f"s3://{bucket}/{key}", lambda: client.head_object(Bucket=bucket, Key=key))
+    except NotFound:
+        return False
+    return True
+
+
 def presign_get(client: Any, bucket: str, key: str, expires_s: int) -> str:
     """A presigned GET URL for bucket/key valid for ``expires_s`` seconds."""
     return _call(f"presign s3://{bucket}/{key}", lambda: client.generate_presigned_url(

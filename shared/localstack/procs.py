@@ -53,11 +53,41 @@ def alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of ours is not alive
+    try:  # a zombie child of ours is not alive, once its other threads are gone too (they hold its sockets)
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
+            zombie = f.read().split(")")[-1].split()[0] == "Z"
+        return not zombie or len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return True
+
+
+def serving(pid: int | None) -> list[int]:
+    """The processes that serve for ``pid``: its uvicorn worker processes (multiprocessing children,
+    not the resource tracker) when it has any, else ``pid`` itself; [] when it is not alive."""
+    if not alive(pid):
+        return []
+    assert pid is not None
+    workers = []
+    for child in _children(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and alive(child):
+            workers.append(child)
+    return sorted(workers) or [pid]
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
 
 
 def stop(pid: int, timeout: float = 10.0) -> None:

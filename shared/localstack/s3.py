@@ -1,14 +1,23 @@
 """The local S3 API server: moto's server mode (MinIO binaries cannot be fetched here).
 
-moto keeps every bucket and object in memory: fine for development, but the data
-is gone when the server stops. ``state_dir`` only holds the pid and log files of
-a spawned server; it does not persist objects.
+moto keeps every bucket and object in memory and has no persistence of its own. With
+``data_dir`` the server persists them there (``kinfer up`` uses ``.kinfer/s3``): it loads
+the folder before it listens, writes what changed every ``SNAPSHOT_INTERVAL_S`` seconds
+and when it stops (SIGTERM), so buckets and objects survive ``kinfer down``/``up``; a
+``kill -9`` loses at most the last interval. The folder holds one file per object
+(``objects/<sha256 of bucket and key>``) and ``index.json`` (bucket regions; each object's
+key, ETag, last-modified time and metadata such as its Content-Type), written atomically
+after the objects it names. What is not kept: object versions, in-progress multipart
+uploads, bucket policies and notification settings. ``state_dir`` holds the pid and log
+files of a spawned server.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -17,10 +26,109 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+SNAPSHOT_INTERVAL_S = 2.0
+INDEX = "index.json"
+
+
+def _backend() -> Any:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    return s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+
+
+def _object_file(bucket: str, key: str) -> str:
+    return hashlib.sha256(f"{bucket}\0{key}".encode()).hexdigest()
+
+
+def _listing(backend: Any) -> dict[str, tuple[str, list[tuple[str, Any]]]]:
+    """Every bucket's region and (key, FakeKey) pairs, copied while request threads may change them."""
+    for _ in range(20):
+        try:
+            return {name: (bucket.region_name, list(bucket.keys.items()))
+                    for name, bucket in list(backend.buckets.items())}
+        except RuntimeError:  # a dict changed size while being copied: try again
+            time.sleep(0.01)
+    raise RuntimeError("the S3 buckets kept changing while being listed")
+
+
+class Snapshot:
+    """Buckets and objects of moto's S3 backend, persisted under ``folder`` (see the module docstring)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.objects = self.folder / "objects"
+        self._saved: dict[str, Any] = {"buckets": {}, "objects": {}}
+        self._lock = threading.Lock()
+
+    def restore(self) -> int:
+        """Load the folder into the (empty) backend; how many objects were loaded."""
+        try:
+            index = json.loads((self.folder / INDEX).read_text())
+        except (OSError, ValueError):
+            return 0
+        backend, loaded = _backend(), 0
+        for name, region in index.get("buckets", {}).items():
+            if name not in backend.buckets:
+                backend.create_bucket(name, region)
+        for entry in index.get("objects", {}).values():
+            try:
+                value = (self.objects / entry["file"]).read_bytes()
+            except OSError:
+                log.warning("S3 snapshot: the data of s3://%s/%s is missing; skipped", entry["bucket"], entry["key"])
+                continue
+            key = backend.put_object(entry["bucket"], entry["key"], value, etag=entry["etag"].strip('"'),
+                                     disable_notification=True)
+            key.set_metadata(dict(entry["metadata"]))
+            key.last_modified = datetime.fromisoformat(entry["last_modified"])
+            loaded += 1
+        self._saved = index
+        return loaded
+
+    def save(self) -> int:
+        """Write what changed since the last save; how many objects were written."""
+        with self._lock:
+            listing = _listing(_backend())
+            objects: dict[str, Any] = {}
+            written = 0
+            for bucket, (_, keys) in listing.items():
+                for name, key in keys:
+                    file = _object_file(bucket, name)
+                    entry = {"bucket": bucket, "key": name, "file": file, "etag": key.etag,
+                             "last_modified": key.last_modified.isoformat(), "metadata": dict(key.metadata)}
+                    if self._saved["objects"].get(file) != entry:
+                        self._write(self.objects / file, key.value)
+                        written += 1
+                    objects[file] = entry
+            index = {"buckets": {b: region for b, (region, _) in listing.items()}, "objects": objects}
+            if index != self._saved:
+                self._write(self.folder / INDEX, json.dumps(index).encode())
+                for gone in set(self._saved["objects"]) - set(objects):
+                    (self.objects / gone).unlink(missing_ok=True)
+                self._saved = index
+            return written
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def run(self, stopping: threading.Event, interval: float = SNAPSHOT_INTERVAL_S) -> None:
+        """Save every ``interval`` seconds until ``stopping`` is set (errors are logged, never fatal)."""
+        while not stopping.wait(interval):
+            try:
+                self.save()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("S3 snapshot failed; retrying in %.0fs", interval)
 
 
 class PortBusy(RuntimeError):
@@ -52,10 +160,12 @@ def _wait_listening(host: str, port: int, timeout: float) -> bool:
 class S3Server:
     """moto's S3 API on ``host:port``: in-process (``start``/``stop``) or detached (``spawn``)."""
 
-    def __init__(self, port: int = 9000, host: str = "127.0.0.1", state_dir: str | Path | None = None) -> None:
+    def __init__(self, port: int = 9000, host: str = "127.0.0.1", state_dir: str | Path | None = None,
+                 data_dir: str | Path | None = None) -> None:
         self.port = port
         self.host = host
         self.state_dir = Path(state_dir) if state_dir else None
+        self.data_dir = Path(data_dir) if data_dir else None
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -98,10 +208,12 @@ class S3Server:
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             log_path = log_path or self.state_dir / "s3.log"
+        cmd = [sys.executable, "-m", "shared.localstack.s3", "--host", self.host, "--port", str(self.port)]
+        if self.data_dir is not None:
+            cmd += ["--data-dir", str(self.data_dir)]
         with open(log_path or os.devnull, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "shared.localstack.s3", "--host", self.host, "--port", str(self.port)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         if not _wait_listening(self.host, self.port, timeout) or proc.poll() is not None:
             proc.kill()
             raise RuntimeError(f"the S3 server did not start on {self.url}; see {log_path or 'its output'}")
@@ -111,12 +223,16 @@ class S3Server:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shared.localstack.s3 --port 9000``: serve until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(description="Local S3 API server (moto, in-memory)")
+    """``python -m shared.localstack.s3 --port 9000 [--data-dir DIR]``: serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(description="Local S3 API server (moto; persisted with --data-dir)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--data-dir", help="load buckets and objects from here and keep them here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    snapshot = Snapshot(args.data_dir) if args.data_dir else None
+    if snapshot is not None:
+        log.info("S3 data in %s: %d object(s) loaded", args.data_dir, snapshot.restore())
     server = S3Server(port=args.port, host=args.host)
     try:
         server.start()
@@ -126,8 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    if snapshot is not None:
+        threading.Thread(target=snapshot.run, args=(stopping,), name="s3-snapshot", daemon=True).start()
     stopping.wait()
     server.stop()
+    if snapshot is not None:
+        log.info("S3 data saved to %s (%d object(s) written)", args.data_dir, snapshot.save())
     return 0
 
 

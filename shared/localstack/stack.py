@@ -114,6 +114,7 @@ def up(settings: Settings, say: Any = print) -> dict[str, Any]:
                 procs.wait_http(comp["health"], comp.get("pid"), 60, Path(comp["log"]))
         say("all parts healthy; seeding the demo key and models")
         seed(settings)
+        reconcile_batch_jobs(settings, say)
     except BaseException:
         rollback(state, started, say)
         raise
@@ -176,6 +177,28 @@ def _stop(name: str, comp: dict[str, Any]) -> None:
         procs.stop(comp["pid"])
 
 
+def reconcile_batch_jobs(settings: Settings, say: Any = print) -> dict[str, list[str]]:
+    """Fail the batch jobs that stopped progressing, then re-queue (or fail, when their inputs are gone)
+    the chunks of the jobs left active when the stack went down (``shared.batch.reaper``)."""
+    from dataclasses import replace
+
+    from shared.batch import reaper
+    from shared.services import Services
+
+    services = Services(replace(settings, k_sink=f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}",
+                                s3_endpoint_url=f"http://127.0.0.1:{S3_PORT}"))
+    try:
+        stalled = reaper.reap(services)
+        outcome = reaper.reconcile(services)
+    finally:
+        services.close()
+    outcome["failed"] = stalled + outcome["failed"]
+    if outcome["requeued"] or outcome["failed"]:
+        say(f"batch jobs: {len(outcome['requeued'])} re-queued, {len(outcome['failed'])} failed "
+            "(GET /v1/batch/<id> says why)")
+    return outcome
+
+
 def _expected_names() -> list[str]:
     return ["s3", "triton", "gateway", "relay"] + [f.folder for f in available_functions()]
 
@@ -216,9 +239,9 @@ def _start_s3(comps: dict[str, Any], logs: Path, say: Any) -> None:
     from shared.localstack.s3 import S3Server
 
     logs.mkdir(parents=True, exist_ok=True)
-    pid = S3Server(port=S3_PORT).spawn(logs / "s3.log")
+    pid = S3Server(port=S3_PORT, data_dir=state_dir() / "s3").spawn(logs / "s3.log")
     _record(comps, "s3", pid, None, logs / "s3.log")
-    say(f"S3 API server on http://127.0.0.1:{S3_PORT}")
+    say(f"S3 API server on http://127.0.0.1:{S3_PORT} (data kept in {state_dir() / 's3'})")
 
 
 def _start_triton(comps: dict[str, Any], logs: Path, say: Any) -> None:
@@ -288,8 +311,8 @@ def status() -> list[dict[str, Any]]:
     for name, comp in load_state().get("components", {}).items():
         alive = procs.alive(comp.get("pid"))
         healthy = alive and (procs.http_ok(comp["health"]) if comp.get("health") else True)
-        rows.append({"name": name, "pid": comp.get("pid"), "alive": alive, "healthy": healthy,
-                     "url": comp.get("health"), "log": comp.get("log")})
+        rows.append({"name": name, "pid": comp.get("pid"), "serving": procs.serving(comp.get("pid")),
+                     "alive": alive, "healthy": healthy, "url": comp.get("health"), "log": comp.get("log")})
     return rows
 
 

@@ -50,11 +50,26 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass(frozen=True)
+class QueryParam:
+    """A documented query parameter (OpenAPI): its name, JSON Schema and one-line description."""
+
+    name: str
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"}, compare=False)
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Route:
     """One path rule: ``handler(call, **params)``; ``scope`` None means no auth ("any" = any valid key).
 
     ``stream`` routes get the body unread: their (async) handler iterates ``call.stream()``.
-    ``query`` names the query parameters the route takes (any other is 400); None: not checked.
+    ``query`` names the query parameters the route takes, as names or documented ``QueryParam``s: any
+    other parameter is 400 (as for unknown body fields); None means not checked.
+    The remaining fields only document the route in its function's OpenAPI document
+    (``shared.web.openapi``): ``summary``; ``body``, the JSON Schema of the request body;
+    ``responses``, ``{status: (description, JSON Schema or None[, media type])}`` of its
+    successful answers (errors are documented for every route). A route without them is
+    listed with a generic description.
     """
 
     rule: str
@@ -62,7 +77,19 @@ class Route:
     handler: Callable[..., Any]
     scope: str | None = None
     stream: bool = False
-    query: tuple[str, ...] | None = None
+    query: tuple[QueryParam | str, ...] | None = None
+    summary: str = ""
+    body: Mapping[str, Any] | None = field(default=None, compare=False)
+    responses: Mapping[int, tuple[Any, ...]] | None = field(default=None, compare=False)
+
+    @property
+    def query_params(self) -> tuple[QueryParam, ...]:
+        """The query parameters as ``QueryParam``s (a bare name is documented as a string)."""
+        return tuple(q if isinstance(q, QueryParam) else QueryParam(q) for q in self.query or ())
+
+    @property
+    def query_names(self) -> tuple[str, ...] | None:
+        return None if self.query is None else tuple(q.name for q in self.query_params)
 
     @property
     def is_async(self) -> bool:
@@ -75,7 +102,27 @@ async def _alive(call: Call) -> dict[str, str]:
 
 # Liveness: answers while the process serves HTTP, whatever PostgreSQL, Redis or Triton do
 # (readiness stays on /health); a failing dependency must not get pods restarted.
-LIVEZ = Route("/livez", ("GET",), _alive, query=())
+LIVEZ = Route("/livez", ("GET",), _alive, query=(), summary="Liveness (touches no dependency)",
+              responses={200: ("alive", {"type": "object", "required": ["status"],
+                                         "properties": {"status": {"const": "alive"}}})})
+
+
+OPENAPI_PATH = "/openapi.json"
+
+
+def _openapi_route(routes: list[Route]) -> Route:
+    """``GET /openapi.json``: the OpenAPI document of ``routes`` (built on first use)."""
+    built: dict[str, Any] = {}
+
+    async def serve_openapi(call: Call) -> dict[str, Any]:
+        if "doc" not in built:
+            from shared.web.openapi import document
+
+            built["doc"] = document(routes, title=f"Kinfer {call.services.settings.service_name}")
+        return built["doc"]
+
+    return Route(OPENAPI_PATH, ("GET",), serve_openapi, query=(), summary="This function's OpenAPI 3.1 document",
+                 responses={200: ("the OpenAPI document", {"type": "object"})})
 
 
 class Router:
@@ -83,6 +130,8 @@ class Router:
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
+        if not any(r.rule == OPENAPI_PATH for r in self.routes):  # every router documents itself
+            self.routes.append(_openapi_route(self.routes))
         self._map = Map([Rule(r.rule, endpoint=i, methods=list(r.methods)) for i, r in enumerate(self.routes)],
                         strict_slashes=False, merge_slashes=False)
         self._adapter = self._map.bind("kinfer")
@@ -283,8 +332,9 @@ async def _run(call: Call, router: Router, span: Any) -> Response:
             from shared.access.auth import authorize
 
             call.principal = await run_in_threadpool(authorize, call, route.scope)
-        if route.query is not None and request.scope.get("query_string"):
-            check_query(request.query_params, route.query)
+        allowed = route.query_names
+        if allowed is not None and request.scope.get("query_string"):
+            check_query(request.query_params, allowed)
         if not route.stream and request.method in _BODY_METHODS:
             call.body = await read_body(request, call.services.settings.max_body_bytes)
         if route.is_async:

@@ -10,6 +10,7 @@ routing, errors and headers.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ def asgi_adapter(entry: Entry) -> ASGIApp:
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            response = await entry(Request(scope, receive))
+            response = await _guarded(entry, Request(scope, receive))
             await response(scope, receive, send)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
@@ -58,7 +59,7 @@ def prefix_router(mounted: Sequence[tuple[str, Entry]]) -> ASGIApp:
         path = scope["path"]
         for prefix, entry in prefixes:
             if path == prefix or path.startswith(prefix + "/"):
-                response = await entry(request)
+                response = await _guarded(entry, request)
                 break
         else:
             request_id = request_id_of(request.headers)
@@ -67,6 +68,23 @@ def prefix_router(mounted: Sequence[tuple[str, Entry]]) -> ASGIApp:
         await response(scope, receive, send)
 
     return route
+
+
+async def _guarded(entry: Entry, request: Any) -> Any:
+    """``entry(request)``; an exception that escapes it (it answers every error itself, so this is a bug)
+    is logged and answered with the generic JSON 500, never uvicorn's plain-text one."""
+    try:
+        return await entry(request)
+    except Exception:
+        from shared.errors import KinferError
+        from shared.web.http import error_response, request_id_of
+
+        logging.getLogger(__name__).exception("unhandled error outside dispatch")
+        request_id = request_id_of(request.headers)
+        response = error_response(KinferError("internal error; the request id identifies it in the logs"),
+                                  request_id, "")
+        response.headers["X-Request-ID"] = request_id
+        return response
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
@@ -79,8 +97,10 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-# uvicorn as Knative runs it: uvloop and httptools, keep-alive past Knative's idle timeout, no access log.
-SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "lifespan": "on", "access_log": False,
+# uvicorn as Knative runs it: uvloop and httptools (through ``shared.web.protocol``, which bounds request
+# heads and answers protocol errors in JSON), keep-alive past Knative's idle timeout, no access log.
+HTTP_PROTOCOL = "shared.web.protocol:KinferHttpProtocol"
+SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": HTTP_PROTOCOL, "lifespan": "on", "access_log": False,
                                   "log_level": "warning", "timeout_keep_alive": 75, "server_header": False}
 
 
@@ -96,6 +116,24 @@ def with_thread_pool(app: ASGIApp, threads: int) -> ASGIApp:
         await app(scope, receive, send)
 
     return sized
+
+
+def die_with_parent() -> None:
+    """Make this process (a uvicorn worker) get SIGKILL when its parent (the uvicorn master) dies, so a
+    ``kill -9`` of the master takes the whole server down instead of leaving workers serving as orphans.
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the master died before the prctl: go now
+        os._exit(1)
 
 
 def serve(app: Any, host: str, port: int, workers: int = 1, threads: int = 8) -> None:

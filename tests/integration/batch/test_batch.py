@@ -625,3 +625,70 @@ def test_triton_down_then_back_job_completes(st: Stack, tmp_path: Path) -> None:
     finally:
         relay.stop()
         own.stop()
+
+
+# -- no job stays active forever ----------------------------------------------------
+def backdate(st: Stack, job_id: str, seconds: int) -> None:
+    """Make a job look idle for ``seconds`` (as if its chunk events had been lost that long ago)."""
+    import sqlalchemy as sa
+
+    with st.services().db.begin() as conn:
+        conn.execute(sa.text("UPDATE batch_jobs SET updated_at = clock_timestamp() - make_interval(secs => :s) "
+                             "WHERE id = :id"), {"s": seconds, "id": uuid.UUID(job_id)})
+
+
+def test_a_job_whose_chunks_stopped_is_failed_with_the_reason_when_read(st: Stack, capture: Capture) -> None:
+    job_id = st.submit({"model": st.model, "inputs": iris_inputs(10)})["job_id"]  # events swallowed
+    worker = function_client("batch_worker", "process_batch_chunk")
+    assert post_event(worker, *by_chunk(capture)[0]).status_code == 200  # one chunk of three done
+    backdate(st, job_id, st.settings.batch_stall_timeout_s - 30)
+    assert st.status(job_id)["status"] == "processing"  # within the window: untouched
+    backdate(st, job_id, st.settings.batch_stall_timeout_s + 1)
+    listed = st.api.get("/v1/batch?status=processing").json()["jobs"]
+    assert job_id in [j["job_id"] for j in listed]  # listed as it was read ...
+    job = st.status(job_id)  # ... and failed by that read
+    assert job["status"] == "failed" and job["finished_at"] and job["result_url"] is None
+    assert job["error"].startswith(f"no progress for {st.settings.batch_stall_timeout_s} s")
+    assert "1 of 3 chunks finished" in job["error"] and job["errors"] == [{"error": job["error"]}]
+    assert post_event(worker, *by_chunk(capture)[1]).json()["skipped"] == "job failed"  # late chunks change nothing
+
+
+def test_reconcile_requeues_lost_chunk_events_and_fails_jobs_whose_inputs_are_gone(st: Stack,
+                                                                                    capture: Capture) -> None:
+    from shared.batch import reaper
+
+    kept = st.submit({"model": st.model, "inputs": iris_inputs(10)})["job_id"]
+    lost = st.submit({"model": st.model, "inputs": iris_inputs(5)})["job_id"]
+    services = st.services()
+    storage.delete_prefix(services.s3, st.settings.s3_input_bucket, f"batch-inputs/{lost}/")
+    st.configure(batch_chunk_size=4)  # K_SINK back to the relay, as kinfer up has it
+    outcome = reaper.reconcile(st.services())
+    assert kept in outcome["requeued"] and lost in outcome["failed"]
+    done = st.wait(kept)
+    assert (done["status"], done["succeeded"]) == ("completed", 10)
+    assert [line["index"] for line in results_of(done["result_url"])] == list(range(10))
+    failed = st.status(lost)
+    assert failed["status"] == "failed" and "inputs of 2 chunk(s) were lost" in failed["error"]
+    assert reaper.reconcile(st.services()) == {"requeued": [], "failed": []}
+
+
+def test_result_url_is_offered_only_while_the_results_object_exists(st: Stack) -> None:
+    done = st.wait(st.submit({"model": st.model, "inputs": iris_inputs(3)})["job_id"])
+    assert done["result_url"]
+    services = st.services()
+    storage.delete_prefix(services.s3, st.settings.s3_results_bucket, f"batch-results/{done['job_id']}/")
+    gone = st.status(done["job_id"])
+    assert gone["status"] == "completed" and gone["result_url"] is None
+    listed = {j["job_id"]: j for j in st.api.get("/v1/batch").json()["jobs"]}
+    assert listed[done["job_id"]]["result_url"] is None
+
+
+def test_chunk_results_lost_before_the_merge_fail_the_job(st: Stack, capture: Capture) -> None:
+    job_id = st.submit({"model": st.model, "inputs": iris_inputs(6)})["job_id"]
+    worker = function_client("batch_worker", "process_batch_chunk")
+    assert post_event(worker, *by_chunk(capture)[0]).status_code == 200
+    storage.delete_prefix(st.services().s3, st.settings.s3_results_bucket, f"batch-results/{job_id}/")
+    last = post_event(worker, *by_chunk(capture)[1])
+    assert last.status_code == 200 and last.json()["job_status"] == "failed"
+    job = st.status(job_id)
+    assert job["status"] == "failed" and "results of some chunks are gone" in job["error"]

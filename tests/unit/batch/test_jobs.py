@@ -43,6 +43,7 @@ def test_input_source_validation() -> None:
     "s3://in/uploads/other/x.jsonl", "s3://in/batch-inputs/job/chunk-00000.jsonl", "s3://elsewhere/uploads/me/x",
     "s3://in/uploads/me/../other/x.jsonl", "s3://in/uploads/me//x", "s3://in/uploads/me/./x", "s3://in/uploads/me",
     "s3://in/uploads/mex/y.jsonl", "s3://in/incoming/m/x.jsonl",
+    "s3://Not_A..Bucket!/uploads/me/x.jsonl", "s3://" + "b" * 300 + "/uploads/me/x.jsonl",
 ])
 def test_input_url_outside_the_callers_prefix_is_400_from_the_url_alone(url: str) -> None:
     with pytest.raises(InvalidInput, match="upload prefix s3://in/uploads/me/") as err:
@@ -55,3 +56,11 @@ def test_input_url_inside_the_prefix_is_readable() -> None:
     assert readable == ("in", "uploads/me/a/b.jsonl")
     assert batch.readable_input("s3://in/incoming/m/x.jsonl", "in", ("uploads/me/", "incoming/"))[1] == \
         "incoming/m/x.jsonl"
+
+
+@pytest.mark.parametrize("url", ["s3://in/uploads/me/\ud800.jsonl", "s3://in/uploads/me/x\x00.jsonl"])
+def test_input_url_with_unstorable_characters_is_400(url: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        batch._input_source({"input_url": url}, SimpleNamespace(batch_max_items=10, s3_input_bucket="in"),
+                            ("uploads/me/",))
+    assert err.value.field == "input_url"

@@ -58,3 +58,14 @@ def test_dead_reason_uses_knative_extensions() -> None:
     assert batch_worker.dead_reason(event) == ("chunk delivery failed after all retries (last status 503): "
                                                "Triton is down")
     assert batch_worker.dead_reason(chunk_event()).endswith("(no response)")
+
+
+def test_lone_surrogates_in_chunk_lines_are_bad_items_not_crashes() -> None:
+    """A JSONL line escaping a lone surrogate is not JSON (as in a request body); results still encode."""
+    items, bad = batch_worker._parse([b'{"data": ["\\ud800"]}', b'{"\\udc00": [1]}', b'{"data": [1, NaN]}'])
+    assert items == [None, None, None] and bad == 3
+    assert "not valid JSON" in batch_worker._row(0, None, b'{"data": ["\\ud800"]}')["error"]
+    from shared.batch.results import encode_lines
+
+    encoded = encode_lines([{"index": 0, "error": "unknown tensor '\ud800'"}])
+    assert json.loads(encoded) == {"index": 0, "error": "unknown tensor '\ud800'"}

@@ -1,0 +1,210 @@
+"""JSON Schemas of the public API's bodies, for the OpenAPI document (``shared.web.openapi``).
+
+These describe what the handlers accept and answer (``README.md`` shows each by example);
+``tests/e2e/test_fuzz.py`` checks every live answer against them. Request schemas say
+what a well-formed body looks like (the handlers still validate everything and answer
+400 with the field); response schemas leave room for added properties, so that adding a
+field to an answer is a compatible change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.web.http import QueryParam
+
+Schema = dict[str, Any]
+
+_STRING = {"type": "string"}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_COUNT = {"type": "integer", "minimum": 0}
+
+MODEL_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
+VERSION = {"type": "string", "pattern": "^[0-9]{1,9}(\\.[0-9]{1,9}){0,2}$"}
+FRAMEWORK = {"enum": ["pytorch", "tensorflow", "onnx", "scikit-learn", "xgboost", "tensorrt", "python"]}
+FORMAT = {"enum": ["onnx", "torchscript", "savedmodel", "plan", "pickle", "python"]}
+MODEL_STATUS = {"enum": ["active", "inactive", "deprecated"]}
+TAG = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,63}$"}
+BACKEND_URL = {"type": "string", "maxLength": 256, "description": "a Triton gRPC endpoint, host:port"}
+
+_MODEL_WRITABLE: Schema = {
+    "description": {"type": "string", "maxLength": 4096},
+    "status": MODEL_STATUS,
+    "tags": {"type": "array", "items": TAG, "maxItems": 32},
+    "metadata": {"type": "object", "description": "free JSON, at most 16 KiB and 8 levels deep"},
+    "backend_url": {"type": ["string", "null"], "maxLength": 256},
+    "backend_urls": {"type": "array", "items": BACKEND_URL, "maxItems": 16, "uniqueItems": True},
+    "triton_model": MODEL_NAME,
+}
+
+MODEL_CREATE: Schema = {
+    "type": "object", "additionalProperties": False,
+    "required": ["name", "version", "framework", "format"],
+    "properties": {"name": MODEL_NAME, "version": VERSION, "framework": FRAMEWORK, "format": FORMAT,
+                   **_MODEL_WRITABLE},
+}
+
+MODEL_UPDATE: Schema = {
+    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "properties": dict(_MODEL_WRITABLE),
+}
+
+MODEL: Schema = {
+    "type": "object",
+    "required": ["id", "name", "version", "framework", "format", "backend_url", "backend_urls", "triton_model",
+                 "description", "tags", "metadata", "status", "created_at", "updated_at"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"}, "name": _STRING, "version": _STRING, "framework": _STRING,
+        "format": _STRING, "backend_url": _NULLABLE_STRING, "backend_urls": {"type": "array", "items": _STRING},
+        "triton_model": _STRING, "description": _NULLABLE_STRING, "tags": {"type": "array", "items": _STRING},
+        "metadata": {"type": "object"}, "status": _STRING, "created_at": _TIME, "updated_at": _TIME,
+    },
+}
+
+MODEL_LIST: Schema = {
+    "type": "object", "required": ["models", "total", "limit", "offset"],
+    "properties": {"models": {"type": "array", "items": MODEL}, "total": _COUNT, "limit": _COUNT,
+                   "offset": _COUNT},
+}
+
+HEALTH: Schema = {
+    "type": "object", "required": ["status"],
+    "properties": {"status": {"enum": ["healthy", "degraded", "unhealthy"]}, "service": _STRING,
+                   "checks": {"type": "object", "additionalProperties": _STRING}},
+}
+
+_TENSOR_VALUES = {"type": "array", "description": "numbers, nested as the tensor's shape (or a batch of rows)"}
+
+INFER_REQUEST: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "maxLength": 128},
+        "version": {"type": ["string", "null"], "maxLength": 32},
+        "input": {"type": "object", "minProperties": 1, "additionalProperties": _TENSOR_VALUES,
+                  "description": "{\"data\": [...]} for a one-input model, or {\"<tensor>\": [...], ...}"},
+    },
+}
+
+INFER_RESPONSE: Schema = {
+    "type": "object", "required": ["model", "version", "prediction", "outputs", "latency_ms", "timestamp",
+                                   "request_id"],
+    "properties": {"model": _STRING, "version": _STRING, "prediction": {},
+                   "outputs": {"type": "object"}, "latency_ms": {"type": "number", "minimum": 0},
+                   "timestamp": _TIME, "request_id": _STRING},
+}
+
+_V2_TENSOR = {
+    "type": "object", "required": ["name", "datatype", "shape"],
+    "properties": {"name": _STRING, "datatype": _STRING,
+                   "shape": {"type": "array", "items": {"type": "integer"}},
+                   "data": {"type": "array"}, "parameters": {"type": "object"}},
+}
+
+V2_INFER_REQUEST: Schema = {
+    "type": "object", "required": ["inputs"],
+    "description": "KServe Open Inference Protocol v2; binary tensors follow the JSON with "
+                   "Inference-Header-Content-Length",
+    "properties": {"id": _STRING, "parameters": {"type": "object"},
+                   "inputs": {"type": "array", "minItems": 1, "items": _V2_TENSOR},
+                   "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
+                                                          "properties": {"name": _STRING,
+                                                                         "parameters": {"type": "object"}}}}},
+}
+
+V2_INFER_RESPONSE: Schema = {
+    "type": "object", "required": ["model_name", "outputs"],
+    "properties": {"model_name": _STRING, "model_version": _STRING, "id": _STRING,
+                   "parameters": {"type": "object"}, "outputs": {"type": "array", "items": _V2_TENSOR}},
+}
+
+V2_METADATA: Schema = {
+    "type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+    "properties": {"name": _STRING, "versions": {"type": "array", "items": _STRING}, "platform": _STRING,
+                   "inputs": {"type": "array", "items": _V2_TENSOR}, "outputs": {"type": "array", "items": _V2_TENSOR}},
+}
+
+BATCH_SUBMIT: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["model"],
+    "description": "exactly one of inputs or input_url",
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "maxLength": 128},
+        "version": {"type": ["string", "null"], "maxLength": 32},
+        "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"},
+                   "description": "one input per item, like {\"data\": [...]}; bad items fail one by one"},
+        "input_url": {"type": "string", "maxLength": 1024,
+                      "description": "s3://<input bucket>/uploads/<your key id>/...: an object under the prefix "
+                                     "that POST /v1/batch/uploads grants"},
+    },
+}
+
+BATCH_ACCEPTED: Schema = {
+    "type": "object", "required": ["job_id", "status", "total"],
+    "properties": {"job_id": {"type": "string", "format": "uuid"}, "status": _STRING, "total": _COUNT},
+}
+
+BATCH_JOB: Schema = {
+    "type": "object",
+    "required": ["job_id", "status", "progress", "total", "completed", "succeeded", "failed", "result_url",
+                 "errors", "model", "version", "created_at", "started_at", "finished_at"],
+    "properties": {
+        "job_id": {"type": "string", "format": "uuid"},
+        "status": {"enum": ["pending", "processing", "completed", "failed", "cancelled"]},
+        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "total": _COUNT, "completed": _COUNT, "succeeded": _COUNT, "failed": _COUNT,
+        "result_url": {"type": ["string", "null"],
+                       "description": "presigned GET of the results (JSON Lines), once finished and while the "
+                                      "object exists"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+        "model": _STRING, "version": _STRING,
+        "created_at": _TIME, "started_at": _NULLABLE_TIME, "finished_at": _NULLABLE_TIME,
+        "error": _STRING, "input_url": _STRING,
+    },
+}
+
+BATCH_LIST: Schema = {
+    "type": "object", "required": ["jobs", "total", "limit", "offset"],
+    "properties": {"jobs": {"type": "array", "items": BATCH_JOB}, "total": _COUNT, "limit": _COUNT,
+                   "offset": _COUNT},
+}
+
+BATCH_CANCELLED: Schema = {
+    "type": "object", "required": ["job_id", "status"],
+    "properties": {"job_id": {"type": "string", "format": "uuid"}, "status": {"const": "cancelled"}},
+}
+
+UPLOAD_REQUEST: Schema = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"filename": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}},
+}
+
+UPLOAD_GRANT: Schema = {
+    "type": "object", "required": ["input_url", "upload_url", "method", "headers", "expires_in", "prefix"],
+    "properties": {"input_url": _STRING, "upload_url": _STRING, "method": {"const": "PUT"},
+                   "headers": {"type": "object", "additionalProperties": _STRING}, "expires_in": _COUNT,
+                   "prefix": _STRING},
+}
+
+BACKENDS_HEALTH: Schema = {
+    "type": "object", "required": ["status", "backends"],
+    "properties": {"status": {"enum": ["healthy", "degraded", "unhealthy"]}, "service": _STRING,
+                   "backends": {"type": "array", "items": {"type": "object"}}},
+}
+
+PROBE_RESULT: Schema = {
+    "type": "object", "required": ["event_id", "probed", "healthy", "backends"],
+    "properties": {"event_id": _STRING, "probed": _COUNT, "healthy": _COUNT,
+                   "backends": {"type": "array", "items": {"type": "object"}}},
+}
+
+
+HEALTH_ANSWERS = {200: ("healthy, or degraded (Redis unreachable)", HEALTH),
+                  503: ("unhealthy: a required dependency is unreachable", HEALTH)}
+
+_PAGE = (QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
+         QueryParam("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0}, "skip"))
+MODEL_FILTERS = (QueryParam("name", MODEL_NAME, "exact name"), QueryParam("framework", FRAMEWORK),
+                 QueryParam("status", MODEL_STATUS), QueryParam("tag", TAG, "models carrying this tag"), *_PAGE)
+BATCH_FILTERS = (QueryParam("status", {"enum": ["pending", "processing", "completed", "failed", "cancelled"]}),
+                 *_PAGE)

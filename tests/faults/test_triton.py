@@ -1,0 +1,59 @@
+"""Triton killed under load: `infer` answers 503 with Retry-After (never a 500 or a hang) while it is
+down, and serves again soon after it is back; every request gets exactly one answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from shared.localstack.triton import TritonServer
+from tests.faults.conftest import Load, assert_unavailable_answers, served
+
+pytestmark = pytest.mark.faults
+
+
+def test_triton_killed_under_load_then_restarted(services: Any, base_settings: Any, fault_triton: TritonServer,
+                                                 tmp_path: Path) -> None:
+    from shared import registry
+
+    name = f"iris-fault-{uuid.uuid4().hex[:8]}"
+    registry.create_model(services, {"name": name, "version": "1", "framework": "onnx", "format": "onnx",
+                                     "backend_url": fault_triton.grpc_url, "triton_model": "iris_classifier"})
+    env = {"BREAKER_RESET_TIMEOUT_S": "1", "TRITON_TIMEOUT_S": "2"}
+    with served("infer", "run_inference", base_settings, tmp_path, env) as (url, _):
+        body = {"model": name, "input": {"data": [5.1, 3.5, 1.4, 0.2]}}
+
+        def send(session: requests.Session) -> requests.Response:
+            return session.post(f"{url}/v1/infer", json=body, timeout=10)
+
+        with Load(send, threads=4, limit_s=60) as load:
+            assert load.wait_for(lambda a: a.status == 200, timeout=10) is not None
+            killed = time.monotonic()
+            os.kill(fault_triton.pid or 0, signal.SIGKILL)
+            first_503 = load.wait_for(lambda a: a.status == 503, timeout=10, after=killed)
+            time.sleep(2)  # let the circuit open and answer from the breaker
+            fault_triton.stop()  # reap it and its backend stubs
+            restarted = time.monotonic()
+            fault_triton.start(timeout=60)
+            ready = time.monotonic()
+            recovered = load.wait_for(lambda a: a.status == 200, timeout=30, after=ready)
+            time.sleep(0.5)
+        answers = load.answers
+    outage = [a for a in answers if killed <= a.at < ready]
+    assert first_503 is not None and recovered is not None, load.counts()
+    assert_unavailable_answers(answers)
+    assert any(a.status == 503 and a.body.get("code") == "circuit_open" for a in outage), "the circuit never opened"
+    assert len(answers) == load.sent, "a request got no answer"
+    assert all(a.status in (200, 503) for a in answers)
+    counts = load.counts()
+    print(f"\ntriton kill: {load.sent} requests, {counts[200]} x 200, {counts[503]} x 503 "
+          f"({sum(1 for a in outage if a.body and a.body.get('code') == 'circuit_open')} circuit_open), "
+          f"0 other; first 503 {first_503:.2f}s after the kill; Triton restart {ready - restarted:.1f}s; "
+          f"first 200 {recovered:.2f}s after Triton was ready")
