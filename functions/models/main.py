@@ -53,8 +53,8 @@ ROUTES = Router([
           summary="A model by name and version", responses={200: ("the model", s.MODEL)}),
     Route("/v1/models/<model_id>", ("GET",), _get, query=(), scope="any", summary="A model by id",
           responses={200: ("the model", s.MODEL)}),
-    Route("/v1/models/<model_id>", ("PUT", "PATCH"), _update, query=(), scope="admin", summary="Update a model (partial)",
-          body=s.MODEL_UPDATE, responses={200: ("the whole model", s.MODEL)}),
+    Route("/v1/models/<model_id>", ("PUT", "PATCH"), _update, query=(), scope="admin",
+          summary="Update a model (partial)", body=s.MODEL_UPDATE, responses={200: ("the whole model", s.MODEL)}),
     Route("/v1/models/<model_id>", ("DELETE",), _delete, query=(), scope="admin", summary="Delete a model",
           responses={204: ("deleted", None)}),
 ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -38,10 +39,11 @@ def serve_function(folder: str, target: str, port: int, settings: Any,
     env = {**os.environ, **settings_env(settings), "K_SERVICE": folder, **dict(extra_env or {})}
     cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--target", target, "--source", f"functions/{folder}/main.py"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tempfile.TemporaryFile()  # a file, not a pipe: a pipe nobody reads stalls the server once full
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait(base + "/health", proc)
+        _wait(base + "/health", proc, log)
         yield base
     finally:
         proc.terminate()
@@ -49,13 +51,15 @@ def serve_function(folder: str, target: str, port: int, settings: Any,
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def _wait(url: str, proc: subprocess.Popen[bytes], log: Any, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            log.seek(0)
+            out = log.read().decode(errors="replace")
             raise RuntimeError(f"server exited with {proc.returncode}:\n{out[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=1):
