@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``kinfer --help`` lists them.
-COMMAND_MODULES = ("stack", "serve", "db", "keys", "batch", "deploy")
+COMMAND_MODULES = ("stack", "serve", "db", "keys", "models", "batch", "agent", "deploy")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,12 @@ def settings_env(settings: Any) -> dict[str, str]:
     env = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
-        env[f.metadata["env"]] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            env[f.metadata["env"]] = "true" if value else "false"
+        elif isinstance(value, tuple):
+            env[f.metadata["env"]] = ",".join(value)
+        else:
+            env[f.metadata["env"]] = str(value)
     return env
 
 
