@@ -154,6 +154,11 @@ def check_backends_allowed(services: Services, urls: list[str], field: str = "ba
                                code="backend_not_allowed")
 
 
+def backend_field(body: Any) -> str:
+    """The body field that named the backends (for errors)."""
+    return "backend_urls" if isinstance(body, dict) and "backend_urls" in body else "backend_url"
+
+
 def _host_port(url: str) -> str:
     url = url.strip().lower()
     for scheme in ("grpc://", "http://", "https://"):
@@ -181,7 +186,7 @@ def to_json(row: Any) -> dict[str, Any]:
 def parse_id(raw: str) -> uuid.UUID:
     """A model id in canonical form (8-4-4-4-12 hex); anything else is an unknown model (404)."""
     if not isinstance(raw, str) or not UUID.fullmatch(raw):
-        raise NotFound(f"model {str(raw)[:64]!r} not found", code="model_not_found")
+        raise NotFound(f"model {str(raw)[:64]!r} not found")
     return uuid.UUID(raw)
 
 
@@ -216,7 +221,7 @@ def _fetch_one(services: Services, where: Any, missing: str) -> dict[str, Any]:
     with services.db.read() as conn:
         row = conn.execute(sa.select(models).where(where)).first()
     if row is None:
-        raise NotFound(missing, code="model_not_found")
+        raise NotFound(missing)
     return to_json(row)
 
 
@@ -254,10 +259,10 @@ def resolve_target(services: Services, name: str, version: str | None = None) ->
     """What serves ``name`` at ``version`` (a version, an alias, or None): ``{"alias", "choices"}``,
     choices being ``[weight, model]`` pairs. Errors say what exists and what to do."""
     if not NAME.fullmatch(name):
-        raise NotFound(f"model {name[:64]!r} not found", code="model_not_found")
+        raise NotFound(f"model {name[:64]!r} not found")
     known = view(services, name)
     if not known["active"] and not known["others"]:
-        raise NotFound(_unknown_model_message(services, name), code="model_not_found")
+        raise NotFound(_unknown_model_message(services, name))
     if version is None:
         if DEFAULT_ALIAS in known["aliases"]:
             return _alias_target(known, name, DEFAULT_ALIAS)
@@ -374,7 +379,7 @@ def list_models(services: Services, args: Any) -> dict[str, Any]:
 def create_model(services: Services, body: Any) -> dict[str, Any]:
     """Register a version whose files Kinfer does not manage (``shared.lifecycle`` registers artifacts)."""
     row = validate_create(body)
-    check_backends_allowed(services, row.get("backend_urls") or [])
+    check_backends_allowed(services, row.get("backend_urls") or [], backend_field(body))
     row["id"] = uuid.uuid4()
     with conflict_on(duplicate(row["name"], row["version"]), field="version"):
         with services.db.begin() as conn:
@@ -398,7 +403,7 @@ def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
     model_id = parse_id(raw_id)
     values = validate_update(body)
     if "backend_urls" in values:
-        check_backends_allowed(services, values["backend_urls"])
+        check_backends_allowed(services, values["backend_urls"], backend_field(body))
     values["updated_at"] = sa.func.clock_timestamp()
     with services.db.begin() as conn:
         if values.get("status", "active") != "active":
@@ -408,7 +413,7 @@ def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
         row = conn.execute(sa.update(models).where(models.c.id == model_id).values(**values)
                            .returning(*models.c)).first()
         if row is None:
-            raise NotFound(f"model {raw_id} not found", code="model_not_found")
+            raise NotFound(f"model {raw_id} not found")
         model = to_json(row)
         invalidate(services, model, before_commit=True)
     invalidate(services, model)
@@ -439,7 +444,7 @@ def delete_model(services: Services, raw_id: str) -> dict[str, Any]:
     with services.db.begin() as conn:
         current = conn.execute(sa.select(models).where(models.c.id == model_id).with_for_update()).first()
         if current is None:
-            raise NotFound(f"model {raw_id} not found", code="model_not_found")
+            raise NotFound(f"model {raw_id} not found")
         _refuse_if_aliased(conn, current.name, current.version, "delete it")
         conn.execute(sa.delete(models).where(models.c.id == model_id))
         model = to_json(current)

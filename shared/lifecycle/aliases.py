@@ -126,7 +126,7 @@ def _check_servable(services: Services, conn: Any, name: str, target: dict[str, 
     rows = {r.version: r for r in conn.execute(sa.select(models).where(models.c.name == name,
                                                                        models.c.version.in_(list(target))))}
     if not rows and not conn.execute(sa.select(models.c.id).where(models.c.name == name).limit(1)).first():
-        raise NotFound(f"model {name[:128]!r} not found", code="model_not_found")
+        raise NotFound(f"model {name[:128]!r} not found")
     for version in target:
         row = rows.get(version)
         if row is None:

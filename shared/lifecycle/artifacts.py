@@ -72,7 +72,7 @@ def create_model(services: Services, body: Any) -> dict[str, Any]:
     """Register a version: plain (files Kinfer does not manage), for upload, or from an s3:// artifact."""
     body = v.require_object(body)
     row = registry.validate_create(body, EXTRA_FIELDS)
-    registry.check_backends_allowed(services, row.get("backend_urls") or [])
+    registry.check_backends_allowed(services, row.get("backend_urls") or [], registry.backend_field(body))
     upload, uri = body.get("upload"), body.get("artifact_uri")
     if upload is None and uri is None:
         if "sha256" in body:

@@ -189,3 +189,58 @@ def test_triton_tolerates_gpu_taints_and_knative_accepts_it(rendered: dict[str, 
             for field, flag in GATED_FIELDS.items():
                 if field in svc["spec"]["template"]["spec"]:
                     assert features.get(flag) == "enabled", f"{overlay}: {name} uses {field}: enable {flag}"
+
+
+def test_sidecar_probes_are_enabled_and_nothing_probes_through_the_sidecar_port(rendered: dict[str, list[Doc]]) -> None:
+    """The model agent's readiness gates Triton's pod only with Knative's multi-container probing; without
+    the flag Knative rejects probes on a second container. Liveness of the agent stays on its own process."""
+    features = enabled_features()
+    for overlay, docs in rendered.items():
+        for name, svc in ksvcs(docs).items():
+            containers = svc["spec"]["template"]["spec"]["containers"]
+            if any("readinessProbe" in c for c in containers[1:]):
+                assert features.get("multi-container-probing") == "enabled", (
+                    f"{overlay}: {name} probes a sidecar: enable multi-container-probing in config-features")
+        agent = next(c for c in ksvcs(docs)["triton"]["spec"]["template"]["spec"]["containers"]
+                     if c["name"] == "model-agent")
+        assert agent["readinessProbe"]["httpGet"]["path"] == "/ready", overlay
+
+
+def test_the_agents_status_endpoint_answers_its_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/livez never touches anything; /ready is 503 until the first full sync, then 200 while Triton answers."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from shared.lifecycle.agent import serve_status
+
+    class FakeAgent:
+        synced, last_error, replica = False, "not yet", "r1"
+
+        class triton:  # noqa: N801 - stands in for the Triton API object
+            @staticmethod
+            def live() -> bool:
+                return True
+
+        @staticmethod
+        def status() -> dict:
+            return {"synced": FakeAgent.synced}
+
+    server = serve_status(FakeAgent(), 0, host="127.0.0.1")  # type: ignore[arg-type]
+    base = f"http://127.0.0.1:{server.server_port}"
+
+    def get(path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    try:
+        assert get("/livez") == (200, {"status": "alive"})
+        assert get("/ready")[0] == 503
+        FakeAgent.synced = True
+        assert get("/ready")[0] == 200 and get("/status")[1]["replica"] == "r1"
+        assert get("/nope")[0] == 404
+    finally:
+        server.shutdown()
