@@ -183,6 +183,17 @@ def to_json(row: Any) -> dict[str, Any]:
     }
 
 
+# Fields added by the lifecycle (migration 0004). A copy cached by an older revision lacks them; it
+# reads as what such a row is: a ready version Kinfer does not manage.
+_LIFECYCLE_DEFAULTS = {"triton_version": None, "state": "ready", "state_reason": None, "artifact_uri": None,
+                       "repository_uri": None, "artifact_format": None, "artifact_sha256": None,
+                       "artifact_bytes": None}
+
+
+def _complete(model: dict[str, Any]) -> dict[str, Any]:
+    return {**_LIFECYCLE_DEFAULTS, **model}
+
+
 def parse_id(raw: str) -> uuid.UUID:
     """A model id in canonical form (8-4-4-4-12 hex); anything else is an unknown model (404)."""
     if not isinstance(raw, str) or not UUID.fullmatch(raw):
@@ -227,16 +238,16 @@ def _fetch_one(services: Services, where: Any, missing: str) -> dict[str, Any]:
 
 def get_model(services: Services, raw_id: str) -> dict[str, Any]:
     model_id = parse_id(raw_id)
-    return dict(_cached(services, _id_key(model_id),
-                        lambda: _fetch_one(services, models.c.id == model_id, f"model {raw_id} not found")))
+    return _complete(_cached(services, _id_key(model_id),
+                             lambda: _fetch_one(services, models.c.id == model_id, f"model {raw_id} not found")))
 
 
 def get_model_by_name(services: Services, name: str, version: str) -> dict[str, Any]:
     if not NAME.fullmatch(name) or not VERSION.fullmatch(version):
         raise NotFound(f"model {name[:64]!r} version {version[:32]!r} not found", code="version_not_found")
     where = sa.and_(models.c.name == name, models.c.version == version)
-    return dict(_cached(services, _nv_key(name, version),
-                        lambda: _fetch_one(services, where, f"model {name!r} version {version!r} not found")))
+    return _complete(_cached(services, _nv_key(name, version),
+                             lambda: _fetch_one(services, where, f"model {name!r} version {version!r} not found")))
 
 
 def view(services: Services, name: str) -> dict[str, Any]:

@@ -76,6 +76,6 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from shared.localstack.demo import run_demo
+    from shared.cli.demo import run_demo
 
     return run_demo(args.url, args.key)

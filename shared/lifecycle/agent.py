@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +42,7 @@ import sqlalchemy as sa
 
 from shared import registry
 from shared.clients.schema import models
+from shared.errors import NotFound
 from shared.lifecycle import replicas, repository, tritonconfig
 from shared.lifecycle.repository import Layout
 
@@ -138,6 +140,7 @@ class ModelAgent:
         self.failed: dict[tuple[str, int], str] = {}  # loads that failed here (not retried by this agent)
         self.unwanted_since: dict[tuple[str, int | None], float] = {}
         self.last_error = ""
+        self._served = False  # this agent's Triton served something after a pass
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
@@ -158,21 +161,32 @@ class ModelAgent:
         self._stop.set()
 
     def reconcile_once(self) -> None:
-        """One pass: compare, load/unload, beat, promote. Never raises (the loop must go on)."""
+        """One pass: compare, load/unload, beat, promote. Never raises (the loop must go on).
+
+        ``synced`` (the readiness) turns true after the first pass in which every wanted version
+        was loaded or failed, and false again only when Triton stops answering or comes back
+        without the models it had (a restart): an S3 or database hiccup later does not take a
+        serving replica out of rotation.
+        """
         with self._lock:
             try:
                 loaded = self.triton.loaded()
-                wanted = self.wanted()
-                self._apply(wanted, loaded)
-                self.synced = True
-                self.last_error = ""
             except TritonUnreachable as exc:
-                self.synced = False
-                self.last_error = str(exc)
+                self.synced, self.last_error = False, str(exc)
                 self.unwanted_since.clear()
-            except Exception as exc:  # database/S3/Redis trouble: keep what is loaded, retry next pass
-                self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-                log.warning("model agent pass failed: %s", self.last_error)
+                self._beat()
+                return
+            if self._served and not any(loaded.values()):
+                self.synced = False  # Triton restarted empty: not ready until everything is back
+            try:
+                errors = self._apply(self.wanted(), loaded)
+            except Exception as exc:  # the database: keep what is loaded, retry next pass
+                errors = [f"{type(exc).__name__}: {str(exc)[:200]}"]
+            if errors:
+                self.last_error = errors[0]
+                log.warning("model agent pass incomplete: %s", "; ".join(errors)[:500])
+            else:
+                self.synced, self.last_error = True, ""
             self._beat()
 
     # -- what the registry wants --------------------------------------------------------------
@@ -194,14 +208,23 @@ class ModelAgent:
         return wanted
 
     # -- making it so -------------------------------------------------------------------------------
-    def _apply(self, wanted: Wanted, loaded: dict[str, set[int]]) -> None:
+    def _apply(self, wanted: Wanted, loaded: dict[str, set[int]]) -> list[str]:
+        """Reconcile every model on its own (one broken model never blocks the others); the errors."""
         mine = {p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
-        for tm, versions in sorted(wanted.managed.items()):
-            self._managed(tm, versions, loaded.get(tm, set()))
-        for tm in sorted(wanted.unmanaged):
-            self._unmanaged(tm, loaded.get(tm, set()))
-        for tm in sorted(mine - set(wanted.managed) - wanted.unmanaged):
-            self._retire(tm, loaded.get(tm, set()))
+        steps: list[tuple[str, Callable[..., None], tuple[Any, ...]]] = [
+            (tm, self._managed, (versions,)) for tm, versions in sorted(wanted.managed.items())]
+        steps += [(tm, self._unmanaged, ()) for tm in sorted(wanted.unmanaged)]
+        steps += [(tm, self._retire, ()) for tm in sorted(mine - set(wanted.managed) - wanted.unmanaged)]
+        errors = []
+        for tm, step, args in steps:
+            try:
+                step(tm, *args, loaded.get(tm, set()))
+            except TritonUnreachable:
+                raise
+            except Exception as exc:  # S3 or database trouble with this model: retried next pass
+                errors.append(f"{tm}: {type(exc).__name__}: {str(exc)[:200]}")
+        self._served = bool(wanted.managed or wanted.unmanaged)
+        return errors
 
     def _managed(self, tm: str, versions: dict[int, dict[str, Any]], have: set[int]) -> None:
         want = {n for n in versions if (tm, n) not in self.failed}
@@ -211,10 +234,21 @@ class ModelAgent:
         target, folder = want | keep, self.dir / tm
         if target == have and self._on_disk(folder, target):
             return
-        config = self._fetch_model_files(tm)
-        new = sorted(target - have)
-        for n in new:
-            self._fetch_version(tm, n)
+        try:
+            config = self._fetch_model_files(tm)
+        except NotFound as exc:
+            for n in target - have:
+                self._fail(tm, n, versions, exc.message, files_gone=True)
+            return
+        new = []
+        for n in sorted(target - have):
+            try:
+                self._fetch_version(tm, n)
+            except NotFound as exc:  # its files are gone from the model repository: it cannot load anywhere
+                self._fail(tm, n, versions, exc.message, files_gone=True)
+                target.discard(n)
+                continue
+            new.append(n)
             if versions.get(n, {}).get("state") == "pending":
                 registry.set_state(self.services, versions[n]["id"], "loading", only_from=("pending",))
         serving, current = set(have), have & target  # what Triton serves; what it should keep serving
@@ -231,10 +265,7 @@ class ModelAgent:
                 serving = set(current)
                 log.info("loaded %s version %d", tm, n)
                 continue
-            log.warning("loading %s version %d failed: %s", tm, n, error)
-            self.failed[(tm, n)] = error
-            if n in versions:
-                registry.set_state(self.services, versions[n]["id"], "failed", error, only_from=("pending", "loading"))
+            self._fail(tm, n, versions, error)
         self._write_config(folder, config, current)  # the disk says what Triton serves
         if serving != current:  # versions to drop (their grace is over)
             if current:
@@ -242,6 +273,16 @@ class ModelAgent:
             else:
                 self.triton.unload(tm)
         self._prune(folder, current)
+
+    def _fail(self, tm: str, n: int, versions: dict[int, dict[str, Any]], reason: str,
+              files_gone: bool = False) -> None:
+        """Record a version this replica could not load. Triton's refusal fails a version that is not
+        ready elsewhere; files missing from the repository fail it everywhere (no replica can load it)."""
+        log.warning("loading %s version %d failed: %s", tm, n, reason)
+        self.failed[(tm, n)] = reason
+        if n in versions:
+            states = ("pending", "loading", "ready") if files_gone else ("pending", "loading")
+            registry.set_state(self.services, versions[n]["id"], "failed", reason, only_from=states)
 
     def _grace_over(self, tm: str, n: int | None) -> bool:
         since = self.unwanted_since.setdefault((tm, n), time.monotonic())
@@ -252,9 +293,12 @@ class ModelAgent:
         if have or (tm, 0) in self.failed:
             return
         folder = self.dir / tm
-        written = repository.mirror(self.services.s3, self.layout.bucket, self.layout.model_prefix(tm), folder)
+        try:
+            written = repository.mirror(self.services.s3, self.layout.bucket, self.layout.model_prefix(tm), folder)
+        except NotFound:  # no repository bucket yet
+            written = 0
         if not written:
-            return  # not in the model repository: another Triton's model, or not uploaded yet
+            return  # not in the model repository (yet): another Triton's model, or not uploaded; next pass
         error = self.triton.load(tm)
         if error is not None:
             log.warning("loading %s (files Kinfer does not manage) failed: %s", tm, error)
@@ -276,6 +320,7 @@ class ModelAgent:
         prefix = self.layout.model_prefix(tm)
         folder = self.dir / tm
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / (CONFIG + ".base")).unlink(missing_ok=True)
         for key in repository.list_keys(self.services.s3, self.layout.bucket, prefix):
             rel = key[len(prefix):]
             first = rel.split("/", 1)[0]
@@ -284,13 +329,21 @@ class ModelAgent:
             target = folder / (rel + ".base" if rel == CONFIG else rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             repository.download(self.services.s3, self.layout.bucket, key, target)
-        return (folder / (CONFIG + ".base")).read_text(encoding="utf-8")
+        base = folder / (CONFIG + ".base")
+        if not base.is_file():
+            raise NotFound(f"config.pbtxt of {tm} is missing from the model repository "
+                           f"({self.layout.uri(prefix + CONFIG)})")
+        return base.read_text(encoding="utf-8")
 
     def _fetch_version(self, tm: str, n: int) -> None:
         target = self.dir / tm / str(n)
         if target.is_dir() and any(target.iterdir()):
             return
-        repository.mirror(self.services.s3, self.layout.bucket, self.layout.version_prefix(tm, n), target)
+        prefix = self.layout.version_prefix(tm, n)
+        if not repository.mirror(self.services.s3, self.layout.bucket, prefix, target):
+            shutil.rmtree(target, ignore_errors=True)
+            raise NotFound(f"the files of version {n} are missing from the model repository "
+                           f"({self.layout.uri(prefix)})")
 
     def _write_config(self, folder: Path, config: str, versions: set[int]) -> None:
         text = tritonconfig.with_versions(config, sorted(versions))

@@ -144,6 +144,25 @@ def _create_from_uri(services: Services, row: dict[str, Any], uri: str, sha: str
         return install(services, model_row, prepared, local, new=True)
 
 
+def push_file(services: Services, body: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Register and install a local file in one go (what ``kinfer up`` does with the demo models)."""
+    model = create_model(services, dict(body, upload=True))
+    layout = Layout.of(services.settings)
+    with workspace() as work:
+        key = _upload_key(layout, model, gzip=packages.is_gzip(path))
+        repository.upload_file(services.s3, path, layout.bucket, key)
+        try:
+            prepared = prepare(services, path, work, model["triton_model"])
+            if prepared.format == "onnx":
+                prepared.in_place.add(onnxgraph.MODEL_FILE)
+            row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
+            return install(services, dict(model, **row), prepared, path, False)
+        except BaseException:
+            repository.delete_keys(services.s3, layout.bucket, [key])
+            registry.delete_model(services, model["id"])
+            raise
+
+
 # -- PUT /v1/models/{id}/artifact -----------------------------------------------------------
 async def receive_upload(services: Services, raw_id: str, chunks: AsyncIterator[bytes],
                          sha256: str | None) -> dict[str, Any]:

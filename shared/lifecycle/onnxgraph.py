@@ -3,7 +3,9 @@
 Input and output names, data types and dims come from the graph (initializers are not
 inputs). When every input and output has a dynamic first dimension, that dimension is
 the batch: ``max_batch_size`` (ONNX_MAX_BATCH_SIZE) and dynamic batching; otherwise the
-model is unbatched with its full dims. ``ONNX_BACKEND`` picks how Triton runs it: its
+model is unbatched with its full dims. Class names in the model's metadata (``class_names``,
+comma-separated, as skl2onnx exports write them) become the config's ``class_names``, so
+predictions name classes. ``ONNX_BACKEND`` picks how Triton runs it: its
 ``onnxruntime_onnx`` platform (production) or the Python backend running onnxruntime
 (``onnx_runner.py`` copied as the version's ``model.py``; the local Triton has no other).
 """
@@ -99,6 +101,9 @@ def config_text(model: Any, triton_model: str, backend: str, max_batch_size: int
     lines.append(f"max_batch_size: {max_batch_size if batched else 0}")
     lines.append("input [\n" + ",\n".join(_entry(t, batched) for t in inputs) + "\n]")
     lines.append("output [\n" + ",\n".join(_entry(t, batched) for t in outputs) + "\n]")
+    labels = {p.key: p.value for p in model.metadata_props}.get("class_names", "").replace('"', "")
+    if labels:  # the data plane names each row's class with them
+        lines.append(f'parameters [ {{ key: "class_names" value: {{ string_value: "{labels[:4000]}" }} }} ]')
     if batched:
         lines.append("dynamic_batching { }")
     if backend == "python":  # one onnxruntime session per instance; the CPU only
