@@ -319,12 +319,15 @@ def _commit_row(services: Services, conn: Any, row: dict[str, Any], values: dict
 
 
 def _use_config(services: Services, conn: Any, layout: Layout, tm: str, prepared: Prepared, exclude: Any) -> None:
-    """The Triton model's shared config: written when it has no live version, else it must match."""
+    """The Triton model's shared config: written when it has no live version, else it must match.
+
+    Written again even when it matches (small files): the repository is the agents' source and
+    must hold it whatever happened to the bucket since the last push.
+    """
     current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).one()
     files = {rel: sha for rel, (_, sha) in prepared.model_files.items()}
-    if current.config == prepared.config and dict(current.files) == files:
-        return
-    live = conn.execute(sa.select(models.c.version).where(
+    same = current.config == prepared.config and dict(current.files) == files
+    live = [] if same else conn.execute(sa.select(models.c.version).where(
         models.c.triton_model == tm, models.c.repository_uri.is_not(None), models.c.state.in_(LIVE_STATES),
         models.c.id != uuid.UUID(str(exclude))).limit(5)).all()
     if live and current.config is not None:
@@ -341,8 +344,9 @@ def _use_config(services: Services, conn: Any, layout: Layout, tm: str, prepared
     stale = [model_prefix + rel for rel in dict(current.files) if rel not in files]
     repository.delete_keys(services.s3, layout.bucket, stale)
     repository.put(services.s3, layout.bucket, model_prefix + packages.CONFIG, prepared.config.encode())
-    conn.execute(sa.update(triton_models).where(triton_models.c.name == tm)
-                 .values(config=prepared.config, files=files))
+    if not same:
+        conn.execute(sa.update(triton_models).where(triton_models.c.name == tm)
+                     .values(config=prepared.config, files=files))
 
 
 # -- Triton model ownership and version numbers ------------------------------------------------

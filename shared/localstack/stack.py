@@ -245,7 +245,14 @@ def seed(settings: Settings, say: Any = print, timeout: float = 120) -> None:
     services = Services(settings)
     try:
         ensure_key(services, "demo", DEMO_KEY, ["infer", "batch", "admin"])
-        pushed = [_seed_model(services, body) for body in DEMO_MODELS]
+        from shared.errors import KinferError
+
+        pushed = []
+        for body in DEMO_MODELS:
+            try:
+                pushed.append(_seed_model(services, body))
+            except KinferError as exc:
+                raise StackError(f"pushing the demo model {body['name']} failed: {exc.message}") from None
         _wait_ready(services, [p for p in pushed if p], timeout, say)
     finally:
         services.close()
@@ -265,9 +272,14 @@ def _seed_model(services: Any, body: dict[str, Any]) -> str | None:
     except NotFound:
         found = None
     layout = Layout.of(services.settings)
-    if found is not None and found["repository_uri"] and repository.list_keys(
-            services.s3, layout.bucket, layout.version_prefix(found["triton_model"], found["triton_version"])):
-        return str(found["id"]) if found["state"] != "ready" else None
+    if found is not None and found["repository_uri"] and found["state"] != "failed":
+        try:
+            in_place = bool(repository.list_keys(services.s3, layout.bucket,
+                                                 layout.version_prefix(found["triton_model"], found["triton_version"])))
+        except NotFound:  # the S3 server restarted without its buckets
+            in_place = False
+        if in_place:
+            return str(found["id"]) if found["state"] != "ready" else None
     if found is not None:
         registry.delete_model(services, found["id"])
     package = pack_folder(default_repository() / body["name"], state_dir() / f"{body['name']}.tar.gz")
