@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def linear_onnx(k: float, batched: bool = True, name: str = "x") -> bytes:
-    """An ONNX model y = k * x: input ``x`` FP32 [batch, 1] (or [1] unbatched), output ``y`` alike."""
+    """An ONNX model y = k * x: input ``x`` FP32 [batch, 1] (or [1] unbatched), output ``y`` alike
+    (``models/linear.py`` writes the batched one for the README)."""
     from onnx import TensorProto, helper
 
     shape: list[int | str] = ["batch", 1] if batched else [1]
