@@ -284,6 +284,9 @@ def install(services: Services, row: dict[str, Any], prepared: Prepared, local: 
     registry.invalidate(services, model, names=new)
     log.info("model %s version %s installed as Triton %s version %d (%s)", model["name"], model["version"], tm,
              number, prepared.format)
+    from shared.lifecycle.backends import wake
+
+    wake(services, model)
     return model
 
 

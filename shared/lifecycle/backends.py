@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import InvalidInput
@@ -69,3 +70,22 @@ def _check(services: Services, backend: str, triton_model: str, field: str) -> s
     raise InvalidInput(f"Triton at {backend} does not serve {triton_model!r} (it serves {listed}), and the model "
                        f"repository holds no {triton_model!r}; push the model file instead (kinfer models push) "
                        "or set triton_model", field="triton_model", code="triton_model_not_served")
+
+
+def wake(services: Services, model: dict[str, Any], timeout: float = 30.0) -> None:
+    """Ask each backend of a pushed version whether it is live, in the background and ignoring the answer.
+
+    A Triton that scaled to zero has no model agent to load the version; a request through
+    Knative's activator starts a replica, whose agent then loads every pending version. Nothing
+    calls Triton on a timer: this is one request per push.
+    """
+    from shared.lifecycle.replicas import backends_of
+
+    def poke(url: str) -> None:
+        try:
+            services.triton.client(url).is_server_live(client_timeout=timeout)
+        except Exception as exc:  # a cold start may take longer than the wait: the activator still scales up
+            log.debug("wake of %s: %s", url, type(exc).__name__)
+
+    for url in backends_of(services, model):
+        threading.Thread(target=poke, args=(url,), name="wake-triton", daemon=True).start()

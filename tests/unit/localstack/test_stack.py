@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -38,3 +39,23 @@ def test_process_helpers_see_life_and_death() -> None:
     procs.stop(proc.pid, timeout=5)
     proc.wait(5)
     assert not procs.alive(proc.pid) and not procs.alive(None)
+
+
+def test_the_stack_runs_the_model_agent_and_serves_onnx_through_the_python_backend(tmp_path: Any) -> None:
+    import tarfile
+
+    from shared.localstack import stack
+    from shared.settings import Settings
+
+    assert "agent" in stack._expected_names()
+    env = stack.base_env(Settings.from_env(environ={}))
+    assert env["ONNX_BACKEND"] == "python" and env["TRITON_URL"] == "127.0.0.1:8001"
+    local = stack.local_settings(Settings.from_env(environ={"S3_ENDPOINT_URL": "http://elsewhere:1"}))
+    assert (local.onnx_backend, local.s3_endpoint_url) == ("python", "http://127.0.0.1:9000")
+    folder = tmp_path / "m"
+    (folder / "1" / "__pycache__").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text("x")
+    (folder / "1" / "model.py").write_text("y")
+    (folder / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"z")
+    with tarfile.open(stack.pack_folder(folder, tmp_path / "m.tar.gz")) as tar:
+        assert sorted(tar.getnames()) == ["1/model.py", "config.pbtxt"]
