@@ -9,7 +9,8 @@ import urllib.request
 from typing import Any
 
 from shared.lifecycle import replicas, tritonconfig
-from shared.lifecycle.agent import _reason, serve_status
+from shared.lifecycle.agent import serve_status
+from shared.lifecycle.tritonapi import _reason
 from tests.lifecycle_support import PY_CONFIG
 
 
