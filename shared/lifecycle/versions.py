@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from shared import registry
-from shared.clients.storage import delete_prefix, parse_s3_url
+from shared.clients.storage import delete_prefix
 from shared.errors import KinferError
 from shared.lifecycle import replicas
 
@@ -32,22 +32,21 @@ def delete_version(services: Services, raw_id: str) -> None:
     number is never handed out again, so removing the repository files at once is safe.
     """
     model = registry.delete_model(services, raw_id)
-    for uri in {model.get("repository_uri"), model.get("artifact_uri")} - {None}:
-        _remove(services, str(uri), model)
+    if model.get("repository_uri") and model.get("triton_version"):
+        from shared.lifecycle.artifacts import ARTIFACTS
+        from shared.lifecycle.repository import Layout
+
+        layout = Layout.of(services.settings)
+        tm, number = model["triton_model"], int(model["triton_version"])
+        root = f"{layout.prefix}/" if layout.prefix else ""
+        # Only what Kinfer wrote: the version folder and a kept package; an artifact_uri of the caller's stays.
+        for prefix in (layout.version_prefix(tm, number), f"{root}{ARTIFACTS}/{tm}/{number}/"):
+            _remove(services, layout.bucket, prefix, model)
 
 
-def _remove(services: Services, uri: str, model: dict[str, Any]) -> None:
-    from shared.lifecycle.repository import Layout
-
-    layout = Layout.of(services.settings)
+def _remove(services: Services, bucket: str, prefix: str, model: dict[str, Any]) -> None:
     try:
-        bucket, key = parse_s3_url(uri)
-    except KinferError:
-        return
-    if bucket != layout.bucket:
-        return  # an artifact_uri the user owns: never deleted by us
-    try:
-        delete_prefix(services.s3, bucket, key)
+        delete_prefix(services.s3, bucket, prefix)
     except KinferError as exc:
-        log.warning("files of deleted model %s version %s stay in %s: %s", model["name"], model["version"], uri,
-                    exc.message)
+        log.warning("files of deleted model %s version %s stay in s3://%s/%s: %s", model["name"], model["version"],
+                    bucket, prefix, exc.message)

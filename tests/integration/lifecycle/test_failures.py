@@ -186,6 +186,7 @@ def test_an_upload_interrupted_midway_leaves_no_visible_version(life: Lifecycle,
 def test_register_from_an_s3_artifact_uri(life: Lifecycle) -> None:
     layout = Layout.of(life.settings)
     s3 = life.services().s3
+    repository.ensure_bucket(s3, layout)
     repository.put(s3, layout.bucket, "incoming/model.onnx", linear_onnx(7.0))
     name = unique("uri")
     body = {"name": name, "version": "1", "framework": "onnx", "format": "onnx",
@@ -235,3 +236,19 @@ def test_a_triton_restart_comes_back_with_every_ready_version(life: Lifecycle) -
     while not life.agent.synced and time.monotonic() < deadline:
         time.sleep(0.1)
     assert life.agent.synced, "the agent's readiness is back once its pass is done"
+
+
+def test_deleting_a_version_removes_its_files_but_never_the_callers_object(life: Lifecycle) -> None:
+    layout = Layout.of(life.settings)
+    s3 = life.services().s3
+    repository.ensure_bucket(s3, layout)
+    repository.put(s3, layout.bucket, "incoming/keep.onnx", linear_onnx(2.0))
+    name = unique("del")
+    created = life.models.post("/v1/models", json={"name": name, "version": "1", "framework": "onnx",
+                                                   "format": "onnx",
+                                                   "artifact_uri": f"s3://{layout.bucket}/incoming/keep.onnx"}).json()
+    model = life.wait_state(created["id"])
+    assert version_keys(life, model)
+    assert life.models.delete(f"/v1/models/{model['id']}").status_code == 204
+    assert version_keys(life, model) == {}
+    assert repository.list_keys(s3, layout.bucket, "incoming/keep.onnx") == {"incoming/keep.onnx": len(linear_onnx(2.0))}
