@@ -3,6 +3,7 @@ through the gateway, infer, split traffic, promote, roll back, all with the real
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -52,6 +53,8 @@ def test_push_infer_canary_promote_rollback(stack: dict[str, str], tmp_path: Pat
     assert rolled.returncode == 0 and "1=80%, 2=20%" in rolled.stdout, rolled.stdout + rolled.stderr
     shown = kinfer_models(stack, "show", name)
     assert "alias production -> 1=80%, 2=20%" in shown.stdout and "ready" in shown.stdout
+    one = json.loads(kinfer_models(stack, "show", name, "2").stdout)
+    assert one["triton_version"] == 2 and one["backends"]["127.0.0.1:8001"]["loaded"] == 1
     refused = kinfer_models(stack, "delete", name, "1")
     assert refused.returncode == 1 and "409" in refused.stderr and "promote" in refused.stderr
     listed = kinfer_models(stack, "list", "--name", name)
