@@ -17,6 +17,9 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from shared.clients.cache import REDIS_ERRORS
+from shared.errors import Unavailable
+
 if TYPE_CHECKING:
     from shared.services import Services
 
@@ -56,7 +59,7 @@ def beat(services: Services, backend: str, replica: str, status: dict[str, Any],
         pipe.pexpire(_set_key(backend), int(ttl * 4000))
         pipe.execute()
         return True
-    except Exception as exc:  # redis errors: the replica simply looks silent until the next beat
+    except REDIS_ERRORS as exc:  # the replica simply looks silent until the next beat
         log.warning("heartbeat not recorded: %s", type(exc).__name__)
         return False
 
@@ -65,18 +68,19 @@ def forget(services: Services, backend: str, replica: str) -> None:
     try:
         services.cache.client.zrem(_set_key(backend), replica)
         services.cache.client.delete(_beat_key(backend, replica))
-    except Exception:  # best effort at shutdown; the TTL removes it anyway
+    except REDIS_ERRORS:  # best effort at shutdown; the TTL removes it anyway
         pass
 
 
 def live(services: Services, backend: str) -> list[dict[str, Any]]:
-    """The heartbeats of the replicas of ``backend`` that beat within their TTL."""
+    """The heartbeats of the replicas of ``backend`` that beat within their TTL (Unavailable without Redis)."""
     client = services.cache.client
-    replicas = [r.decode() if isinstance(r, bytes) else str(r)
-                for r in client.zrangebyscore(_set_key(backend), time.time(), "+inf")]
-    if not replicas:
-        return []
-    raw = client.mget([_beat_key(backend, r) for r in replicas])
+    try:
+        replicas = [r.decode() if isinstance(r, bytes) else str(r)
+                    for r in client.zrangebyscore(_set_key(backend), time.time(), "+inf")]
+        raw = client.mget([_beat_key(backend, r) for r in replicas]) if replicas else []
+    except REDIS_ERRORS as exc:
+        raise Unavailable("the replicas' heartbeats (Redis) cannot be read; retry shortly", retry_after=1) from exc
     return [dict(json.loads(value), replica=r) for r, value in zip(replicas, raw, strict=True) if value]
 
 
@@ -107,7 +111,7 @@ def summary(services: Services, model: Mapping[str, Any]) -> dict[str, Any]:
     for backend in backends_of(services, model):
         try:
             beats = live(services, backend)
-        except Exception:  # redis down: say so rather than fail the read
+        except Unavailable:  # redis down: say so rather than fail the read
             out[backend] = {"live": None, "loaded": None, "replicas": [], "note": "heartbeats unavailable"}
             continue
         out[backend] = {

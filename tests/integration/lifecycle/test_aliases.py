@@ -161,3 +161,16 @@ def test_promote_and_rollback_under_load_fail_no_request(life: Lifecycle, model:
     assert set(load.statuses) == {200}, load.wrong[:5]
     assert not load.wrong and total > 100
     assert {"1", "2", "3"} <= set(load.versions), "every version served in turn"
+
+
+def test_alias_moves_are_503_when_the_heartbeats_cannot_be_read(life: Lifecycle, model: str) -> None:
+    import dataclasses
+
+    from shared.services import reset_services
+
+    reset_services(dataclasses.replace(life.settings, redis_url="redis://127.0.0.1:1/0"))
+    try:
+        resp = life.models.put(alias_path(model), json={"version": "2"})
+        assert resp.status_code == 503 and resp.json()["code"] == "unavailable" and resp.headers["Retry-After"]
+    finally:
+        reset_services(life.settings)
