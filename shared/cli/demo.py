@@ -50,34 +50,49 @@ def run_demo(base: str, key: str) -> int:
 
 
 def _push(base: str, key: str) -> dict[str, Any] | None:
-    """Push the ONNX file as demo-iris 1.0 (kept from an earlier run) and wait until it is ready."""
-    from shared.cli.models import Api, ApiError, push, wait_ready
+    """Push the ONNX file as demo-iris 1.0 (kept from an earlier run unless it failed) and wait until it is ready."""
+    from shared.cli.models import Api, ApiError, wait_ready
 
     api = Api(base, key)
     try:
-        model = push(api, MODEL_FILE, NAME, VERSION, description="the iris classifier, pushed by kinfer demo",
-                     tags=["demo"])
-        _show(f"push {MODEL_FILE.name} as {NAME} {VERSION} (POST /v1/models, PUT .../artifact)", 200, _brief(model))
+        model = _push_or_reuse(api, base, key)
     except OSError as exc:
         print(f"\n== the API at {base} does not answer ({exc}); is the stack up? (kinfer up)")
         return None
     except ApiError as exc:
-        if exc.status != 409:
-            print(f"\n== push failed: {exc}")
-            return None
-        status, model = call(base, key, "GET", f"/v1/models/by-name/{NAME}/{VERSION}")
-        _show(f"{NAME} {VERSION} was pushed by an earlier run (GET /v1/models/by-name/...)", status, _brief(model))
-        if status != 200:
-            return None
+        print(f"\n== push failed: {exc}")
+        return None
     started = time.monotonic()
     try:
         model = wait_ready(api, model["id"], timeout=120)
     except (ApiError, ValueError) as exc:
         print(f"\n== {NAME} {VERSION} did not load: {exc}")
         return None
-    _show(f"loaded by the model agent in {time.monotonic() - started:.1f}s (GET /v1/models/{{id}})", 200,
-          _brief(model))
+    _show(f"{model['state']} after {time.monotonic() - started:.1f}s (GET /v1/models/{{id}})", 200, _brief(model))
     return model if model["state"] == "ready" else None
+
+
+def _push_or_reuse(api: Any, base: str, key: str) -> dict[str, Any]:
+    from shared.cli.models import ApiError, push
+
+    for attempt in (1, 2):
+        try:
+            model = push(api, MODEL_FILE, NAME, VERSION, description="the iris classifier, pushed by kinfer demo",
+                         tags=["demo"])
+            _show(f"push {MODEL_FILE.name} as {NAME} {VERSION} (POST /v1/models, PUT .../artifact)", 200,
+                  _brief(model))
+            return dict(model)
+        except ApiError as exc:
+            if exc.status != 409 or attempt == 2:
+                raise
+        status, model = call(base, key, "GET", f"/v1/models/by-name/{NAME}/{VERSION}")
+        if model.get("state") != "failed":
+            _show(f"{NAME} {VERSION} was pushed by an earlier run (GET /v1/models/by-name/...)", status,
+                  _brief(model))
+            return dict(model)
+        print(f"\n== {NAME} {VERSION} of an earlier run failed ({model.get('state_reason')}): pushed again")
+        call(base, key, "DELETE", f"/v1/models/{model['id']}")
+    raise AssertionError("unreachable")
 
 
 def _brief(model: dict[str, Any]) -> dict[str, Any]:

@@ -258,7 +258,11 @@ class ModelAgent:
         folder = self.dir / tm
         folder.mkdir(parents=True, exist_ok=True)
         (folder / (CONFIG + ".base")).unlink(missing_ok=True)
-        for key in repository.list_keys(self.services.s3, self.layout.bucket, prefix):
+        try:
+            keys = repository.list_keys(self.services.s3, self.layout.bucket, prefix)
+        except NotFound:  # the bucket itself is gone
+            keys = {}
+        for key in keys:
             rel = key[len(prefix):]
             first = rel.split("/", 1)[0]
             if not rel or first.isdigit() or ".." in rel.split("/") or rel.startswith("."):
