@@ -92,6 +92,17 @@ class Services:
         return recorder
 
     @cached_property
+    def version_recorder(self) -> Recorder:
+        """Per model-version request tallies (``lifecycle.metrics``), flushed like ``recorder``."""
+        import atexit
+
+        from shared.lifecycle.metrics import make_recorder
+
+        recorder = make_recorder(self.cache)
+        atexit.register(recorder.close)
+        return recorder
+
+    @cached_property
     def balancer(self) -> Balancer:
         from shared.backends.balancer import Balancer
 
@@ -129,7 +140,7 @@ class Services:
     def close(self) -> None:
         """Close whatever was created (tallies flushed first, connections last); the next use recreates."""
         created = [name for name in self.__dict__ if name != "settings"]
-        created.sort(key=lambda name: {"recorder": 0, "cache": 2, "db": 3}.get(name, 1))
+        created.sort(key=lambda name: {"recorder": 0, "version_recorder": 0, "cache": 2, "db": 3}.get(name, 1))
         for name in created:
             closer = getattr(self.__dict__.pop(name), "close", None)
             if callable(closer):

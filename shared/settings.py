@@ -93,6 +93,24 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _s3_uri(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError("must look like s3://bucket[/prefix]")
+    return value
+
+
 def _redact_url(url: str) -> str:
     """Hide the password of a URL such as postgresql://user:pw@host/db."""
     parts = urlsplit(url)
@@ -183,6 +201,30 @@ class Settings(_FromEnv):
     # false when TRITON_URL is a scale-to-zero Knative Service: a probe would wake it (and, counted as
     # traffic, keep it up), so it is never probed and its health is what its circuit breaker saw
     probe_triton_url: bool = _var("PROBE_TRITON_URL", "true", _bool)
+    # Model lifecycle: pushed artifacts land in this S3 model repository as <prefix>/<triton_model>/<n>/
+    model_repository_uri: str = _var("MODEL_REPOSITORY_URI", "s3://kinfer-models/models", _s3_uri)
+    max_artifact_bytes: int = _var("MAX_ARTIFACT_BYTES", str(1024**3), _int(1024, 64 * 1024**3))
+    # Buckets an artifact_uri may name (empty: the model repository's bucket only)
+    artifact_source_buckets: tuple[str, ...] = _var("ARTIFACT_SOURCE_BUCKETS", "", _url_list)
+    # How Triton runs ONNX: its onnxruntime backend (production), or the Python backend running
+    # onnxruntime (the local Triton of the nvidia-pytriton wheel has only the Python backend)
+    onnx_backend: str = _var("ONNX_BACKEND", "onnxruntime", _choice("onnxruntime", "python"))
+    onnx_max_batch_size: int = _var("ONNX_MAX_BATCH_SIZE", "64", _int(1, 65536))
+    # host:port patterns (fnmatch, e.g. "*.kinfer.svc.cluster.local:80") a registered backend_url may
+    # name; empty: TRITON_URL only. Nothing else is ever contacted (the registry is no port scanner).
+    backend_allowlist: tuple[str, ...] = _var("BACKEND_ALLOWLIST", "", _url_list)
+    # Check at registration that backend_url answers as Triton and serves triton_model
+    check_backends: bool = _var("CHECK_BACKENDS", "true", _bool)
+    # The model agent beside each Triton (kinfer agent): which backend it serves (empty: TRITON_URL),
+    # its Triton's HTTP endpoint, the local repository folder it writes for that Triton, its own port
+    agent_backend: str = _var("AGENT_BACKEND", "")
+    agent_triton_http: str = _var("AGENT_TRITON_HTTP", "http://127.0.0.1:8000")
+    agent_repository_dir: str = _var("AGENT_REPOSITORY_DIR", "/models")
+    agent_port: int = _var("AGENT_PORT", "9091", _int(1, 65535))
+    agent_sync_s: float = _var("AGENT_SYNC_S", "5", _float(0.05, 3600))
+    agent_heartbeat_ttl_s: float = _var("AGENT_HEARTBEAT_TTL_S", "15", _float(0.5, 3600))
+    # A version no alias or active status needs any more is unloaded this long after it stopped being needed
+    unload_grace_s: float = _var("UNLOAD_GRACE_S", "30", _float(0, 86400))
     # HTTP limits and access
     max_body_bytes: int = _var("MAX_BODY_BYTES", str(10 * 1024 * 1024), _int(1024, 1024**3))
     auth_required: bool = _var("AUTH_REQUIRED", "true", _bool)

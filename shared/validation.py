@@ -59,14 +59,16 @@ def choice(value: Any, field: str, allowed: Iterable[str]) -> str:
     return value
 
 
+_ASCII_INT = re.compile(r"-?[0-9]{1,18}")
+
+
 def integer(raw: str | None, field: str, *, default: int, lo: int, hi: int) -> int:
-    """A query-string integer within [lo, hi]."""
+    """A query-string integer within [lo, hi]: ASCII digits only (``int()`` would take "١٢" or " 12_0")."""
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"{field} must be an integer", field=field) from None
+    if not _ASCII_INT.fullmatch(raw):
+        raise InvalidInput(f"{field} must be an integer (ASCII digits)", field=field)
+    value = int(raw)
     if not lo <= value <= hi:
         raise InvalidInput(f"{field} must be between {lo} and {hi}", field=field)
     return value

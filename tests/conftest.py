@@ -80,9 +80,11 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def base_settings(database_url: str, redis_url: str) -> Settings:
-    """Settings for integration tests: real services, auth off unless a test turns it on."""
+    """Settings for integration tests: real services, auth off unless a test turns it on; any backend_url
+    allowed and none probed at registration (the lifecycle tests turn both checks on)."""
     return Settings.from_env(environ={}, database_url=database_url, redis_url=redis_url,
-                             auth_required=False, service_name="kinfer-test")
+                             auth_required=False, service_name="kinfer-test", backend_allowlist=("*",),
+                             check_backends=False)
 
 
 @pytest.fixture

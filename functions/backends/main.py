@@ -1,4 +1,5 @@
-"""The backends function: GET /health (backends and breakers), GET /metrics, and the probe tick.
+"""The backends function: GET /health (backends and breakers), GET /metrics (backends and model
+versions), and the probe tick.
 
 A Knative PingSource POSTs a CloudEvent (binary or structured mode) to ``/``; that
 probes every Triton backend and records the results in Redis.
@@ -29,7 +30,9 @@ def _health(call: Call) -> dict:
 
 
 def _metrics(call: Call) -> Response:
-    text, content_type = backends.metrics_text(call.services)
+    from shared.lifecycle.metrics import VersionCollector
+
+    text, content_type = backends.metrics_text(call.services, (VersionCollector(call.services.cache.client),))
     return Response(text, status_code=200, media_type=content_type)
 
 

@@ -12,17 +12,25 @@ from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
+def _route_key(call: Call) -> str | None:
+    """Who keeps their side of a canary split: ``X-Route-Key``, else the API key."""
+    return (call.headers.get("x-route-key") or "")[:256] or getattr(call.principal, "key_id", None)
+
+
 def _infer(call: Call) -> dict:
-    answer = infer(call.services, call.json())
+    answer = infer(call.services, call.json(), _route_key(call))
     answer["request_id"] = call.request_id
     answer["trace_id"] = call.trace_id
+    call.response_headers["X-Model-Version"] = answer["version"]
     return answer
 
 
 def _infer_v2(call: Call, name: str, version: str | None = None) -> dict:
     from shared.inference.v2 import infer_v2
 
-    return infer_v2(call.services, name, version, call.body, call.headers)
+    answer = infer_v2(call.services, name, version, call.body, call.headers, _route_key(call))
+    call.response_headers["X-Model-Version"] = answer["model_version"]
+    return answer
 
 
 def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict:

@@ -29,8 +29,10 @@ FLUSH_S = 1.0
 class Recorder:
     """In-process tallies flushed to Redis; never raises into the request."""
 
-    def __init__(self, cache: Any, flush_s: float = FLUSH_S) -> None:
+    def __init__(self, cache: Any, flush_s: float = FLUSH_S, requests_key: str = REQUESTS_KEY,
+                 latency_key: str = LATENCY_KEY) -> None:
         self.cache = cache
+        self.requests_key, self.latency_key = requests_key, latency_key
         self.flush_s = flush_s
         self._lock = threading.Lock()
         self._requests: dict[str, int] = defaultdict(int)
@@ -61,12 +63,12 @@ class Recorder:
         try:
             pipe = self.cache.client.pipeline(transaction=False)
             for field, count in requests.items():
-                pipe.hincrby(REQUESTS_KEY, field, count)
+                pipe.hincrby(self.requests_key, field, count)
             for field, value in latency.items():
                 if field.endswith("|sum"):
-                    pipe.hincrbyfloat(LATENCY_KEY, field, value)
+                    pipe.hincrbyfloat(self.latency_key, field, value)
                 else:
-                    pipe.hincrby(LATENCY_KEY, field, int(value))
+                    pipe.hincrby(self.latency_key, field, int(value))
             pipe.execute()
         except Exception as exc:  # redis errors: keep the counts for the next flush
             if not quiet:
@@ -87,11 +89,12 @@ class Recorder:
 
 
 # -- exposition (backends function) -------------------------------------------------------
-def read_counters(client: Any) -> tuple[dict[str, int], dict[str, float]]:
+def read_counters(client: Any, requests_key: str = REQUESTS_KEY,
+                  latency_key: str = LATENCY_KEY) -> tuple[dict[str, int], dict[str, float]]:
     """The two hashes as {field: value}."""
     pipe = client.pipeline(transaction=False)
-    pipe.hgetall(REQUESTS_KEY)
-    pipe.hgetall(LATENCY_KEY)
+    pipe.hgetall(requests_key)
+    pipe.hgetall(latency_key)
     raw_req, raw_lat = pipe.execute()
     return ({k.decode(): int(v) for k, v in raw_req.items()},
             {k.decode(): float(v) for k, v in raw_lat.items()})
@@ -131,11 +134,12 @@ class BackendCollector:
         yield _histogram(latency)
 
 
-def _histogram(latency: dict[str, float]) -> Any:
+def _histogram(latency: dict[str, float], name: str = "kinfer_backend_request_duration_seconds",
+               doc: str = "Triton request latency per backend", labels: tuple[str, ...] = ("backend",)) -> Any:
+    """A histogram family from "<labels joined by |>|<bucket index or sum>" fields."""
     from prometheus_client.core import HistogramMetricFamily
 
-    hist = HistogramMetricFamily("kinfer_backend_request_duration_seconds", "Triton request latency per backend",
-                                 labels=["backend"])
+    hist = HistogramMetricFamily(name, doc, labels=list(labels))
     per_url: dict[str, dict[str, float]] = defaultdict(dict)
     for field, value in latency.items():
         url, _, part = field.rpartition("|")
@@ -145,5 +149,5 @@ def _histogram(latency: dict[str, float]) -> Any:
         for i, bound in enumerate((*BUCKETS, float("inf"))):
             running += parts.get(str(i), 0.0)
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        hist.add_metric([url], buckets, parts.get("sum", 0.0))
+        hist.add_metric(url.split("|", len(labels) - 1), buckets, parts.get("sum", 0.0))
     return hist

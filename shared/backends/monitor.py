@@ -139,8 +139,9 @@ def health(services: Services) -> dict[str, Any]:
     return {"status": status, "service": services.settings.service_name, "backends": backends}
 
 
-def metrics_text(services: Services) -> tuple[bytes, str]:
-    """(Prometheus exposition, content type): breaker states, probe results, request counters."""
+def metrics_text(services: Services, collectors: tuple[Any, ...] = ()) -> tuple[bytes, str]:
+    """(Prometheus exposition, content type): breaker states, probe results, request counters,
+    and whatever ``collectors`` (prometheus-client custom collectors) add."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     from shared.backends.metrics import BackendCollector
@@ -152,6 +153,8 @@ def metrics_text(services: Services) -> tuple[bytes, str]:
     collector = BackendCollector(services.cache.client, urls, services.breakers.views(urls),
                                  probe_records(services, urls))
     registry.register(collector)
+    for more in collectors:
+        registry.register(more)
     try:
         return generate_latest(registry), CONTENT_TYPE_LATEST
     except Exception as exc:  # redis errors while reading counters: gauges only is not honest; fail clearly

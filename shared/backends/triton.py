@@ -170,8 +170,9 @@ class TritonPool:
         return info
 
     def infer(self, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
-              headers: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
-        """One Triton inference request; every output tensor comes back as a numpy array."""
+              headers: Mapping[str, str] | None = None, version: str | None = None) -> dict[str, np.ndarray]:
+        """One Triton inference request (of Triton model version ``version``; None: Triton's choice);
+        every output tensor comes back as a numpy array."""
         import tritonclient.grpc as grpcclient
 
         tensors = []
@@ -182,7 +183,8 @@ class TritonPool:
             tensors.append(tensor)
         outputs = self._requested_outputs(info)
         try:
-            result = self.client(url).infer(info.name, tensors, outputs=outputs, headers=dict(headers or {}),
+            result = self.client(url).infer(info.name, tensors, model_version=version or "", outputs=outputs,
+                                            headers=dict(headers or {}),
                                             client_timeout=self.settings.triton_timeout_s)
         except Exception as exc:
             raise translate(exc, url, info.name) from exc

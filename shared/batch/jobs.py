@@ -105,7 +105,8 @@ def submit_job(services: Services, body: Any, owner: str, *, intake_key: str | N
         existing = _existing(services, intake_key)
         if existing is not None:
             return existing
-    model = registry.resolve_model(services, name, version)
+    # A version or an alias; a split is sticky per owner. The job keeps the version picked here.
+    model = registry.resolve_model(services, name, version, route_key=owner)
     services.ensure_batch_buckets()
     if "inputs" in body:
         created = _submit_inline(services, model, owner, len(body["inputs"]), source, intake_key)

@@ -18,7 +18,8 @@ import sys
 from shared.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 
 # Sub-command modules, in the order ``kinfer --help`` lists them.
-COMMAND_MODULES = ("stack", "serve", "db", "config", "infer", "models", "batch", "keys", "deploy", "completion")
+COMMAND_MODULES = ("stack", "serve", "db", "config", "infer", "models", "batch", "keys", "agent", "deploy",
+                   "completion")
 
 
 def version() -> str:

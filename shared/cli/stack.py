@@ -83,6 +83,6 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(client: api.Client, args: argparse.Namespace) -> int:
-    from shared.localstack.demo import run_demo
+    from shared.cli.demo import run_demo
 
     return run_demo(client.base_url, client.connection.key)

@@ -104,21 +104,70 @@ class Cache:
         except REDIS_ERRORS as exc:
             self._failed("fill", exc)
 
-    def invalidate(self, gen_key: str, *keys: str) -> bool:
-        """Bump the generation and drop ``keys``; False when Redis could not be told."""
+    def invalidate(self, gen_key: str, *keys: str, announce: tuple[str, str] | None = None) -> bool:
+        """Bump the generation and drop ``keys`` (and publish ``announce`` = (channel, message));
+        False when Redis could not be told."""
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.incr(gen_key)
             if keys:
                 pipe.delete(*keys)
+            if announce is not None:
+                pipe.publish(*announce)
             pipe.execute()
             return True
         except REDIS_ERRORS as exc:
             self._failed("invalidate", exc)
             return False
 
+    def subscribe(self, channel: str) -> Subscription:
+        """A subscription to ``channel`` on its own connection (no short read timeout)."""
+        return Subscription(self.settings, channel)
+
     def close(self) -> None:
         try:
             self.client.close()
+        except REDIS_ERRORS:
+            pass
+
+
+class Subscription:
+    """Redis pub/sub for waking a loop early; every failure is "nothing arrived" (callers also poll)."""
+
+    def __init__(self, settings: Settings, channel: str) -> None:
+        self.channel = channel
+        self._client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=None,
+                                            retry=Retry(NoBackoff(), 0), health_check_interval=30)
+        self._pubsub: Any = None
+
+    def wait(self, timeout: float) -> list[str]:
+        """Messages that arrive within ``timeout`` seconds (at least one, then whatever is queued)."""
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(self.channel)
+            first = self._pubsub.get_message(timeout=timeout)
+            messages = [first] if first else []
+            while messages and (more := self._pubsub.get_message(timeout=0)):
+                messages.append(more)
+        except REDIS_ERRORS:
+            self._reset()
+            time.sleep(timeout)
+            return []
+        return [m["data"].decode() if isinstance(m["data"], bytes) else str(m["data"])
+                for m in messages if m.get("type") == "message"]
+
+    def _reset(self) -> None:
+        try:
+            if self._pubsub is not None:
+                self._pubsub.close()
+        except REDIS_ERRORS:
+            pass
+        self._pubsub = None
+
+    def close(self) -> None:
+        self._reset()
+        try:
+            self._client.close()
         except REDIS_ERRORS:
             pass

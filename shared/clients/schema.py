@@ -26,7 +26,45 @@ models = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, server_default="active"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # The model lifecycle (0004): the Triton version this registry version maps to (None: Triton's
+    # own choice, for models Kinfer does not manage), where its artifact came from and lives, and
+    # its load state (awaiting_upload -> pending -> loading -> ready, or failed with a reason).
+    sa.Column("triton_version", sa.Integer, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False, server_default="ready"),
+    sa.Column("state_reason", sa.Text, nullable=True),
+    sa.Column("artifact_uri", sa.Text, nullable=True),
+    sa.Column("repository_uri", sa.Text, nullable=True),
+    sa.Column("artifact_format", sa.String(16), nullable=True),
+    sa.Column("artifact_sha256", sa.String(64), nullable=True),
+    sa.Column("artifact_bytes", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("name", "version", name="uq_models_name_version"),
+)
+
+# One row per Triton model whose versions Kinfer manages: the registry name that owns it, the
+# last Triton version handed out (never reused), the config.pbtxt every version shares and the
+# sha256 of its other model-level files (labels.txt, ...).
+triton_models = sa.Table(
+    "triton_models",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("last_version", sa.Integer, nullable=False),
+    sa.Column("config", sa.Text, nullable=True),
+    sa.Column("files", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# Named pointers to versions of a model: {"3": 90, "4": 10} (weights in percent, summing to 100),
+# and the value before the last move (rollback).
+model_aliases = sa.Table(
+    "model_aliases",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("versions", JSONB, nullable=False),
+    sa.Column("previous", JSONB, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
 api_keys = sa.Table(

@@ -1,10 +1,12 @@
 """Real-time inference: POST /v1/infer (``run_inference``) and the batch API (``infer_items``).
 
 A request resolves its model through the registry (plus a tiny in-process cache,
-``MODEL_TTL_S``: a registry write is seen here at most that late), validates the
+``MODEL_TTL_S``: a registry write is seen here at most that late): a version, an alias
+(a weighted split picks by the caller's route key) or the default. It validates the
 input against the model's Triton metadata, and runs on a backend the balancer picks
-(circuit breakers, one retry elsewhere on a connection failure). Rows beyond the
-model's ``max_batch_size`` go in several Triton requests.
+(circuit breakers, one retry elsewhere on a connection failure), naming the Triton
+version the registry version maps to. Rows beyond the model's ``max_batch_size`` go
+in several Triton requests. Each answer is counted per model version (``/metrics``).
 """
 
 from __future__ import annotations
@@ -39,19 +41,34 @@ class ItemResult:
 
 
 # -- model resolution --------------------------------------------------------------------
-def resolve(services: Services, name: str, version: str | None = None) -> dict[str, Any]:
-    """``registry.resolve_model`` behind a span and a MODEL_TTL_S in-process cache (hits only)."""
+def resolve(services: Services, name: str, version: str | None = None, route_key: str | None = None) -> dict[str, Any]:
+    """``registry.resolve_target`` behind a span and a MODEL_TTL_S in-process cache (hits only),
+    then the pick for this caller (sticky per ``route_key`` when an alias splits traffic)."""
     models = services.resolved_models
     key, now = (name, version), time.monotonic()
     hit = models.get(key)
     if hit is not None and hit[0] > now:
-        return hit[1]
+        return registry.pick(hit[1], route_key)
     with telemetry.child_span("registry.resolve", **{"kinfer.model": name}):
-        model = registry.resolve_model(services, name, version)
+        target = registry.resolve_target(services, name, version)
     if len(models) > 1024:
         models.clear()
-    models[key] = (now + MODEL_TTL_S, model)
-    return model
+    models[key] = (now + MODEL_TTL_S, target)
+    return registry.pick(target, route_key)
+
+
+def triton_version(model: Mapping[str, Any]) -> str | None:
+    """The Triton version a registry version maps to (None: Triton picks, for models Kinfer does not manage)."""
+    number = model.get("triton_version")
+    return str(number) if number else None
+
+
+def record(services: Services, model: Mapping[str, Any], outcome: str, started: float) -> None:
+    """Count one answer of ``model`` (its registry version) for ``/metrics``."""
+    from shared.lifecycle.metrics import record as record_version
+
+    record_version(services.version_recorder, model["name"], model["version"], outcome,
+                   time.perf_counter() - started)
 
 
 def backend_urls(services: Services, model: Mapping[str, Any]) -> list[str]:
@@ -61,7 +78,7 @@ def backend_urls(services: Services, model: Mapping[str, Any]) -> list[str]:
 
 
 def triton_call(services: Services, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
-                rows: int) -> dict[str, np.ndarray]:
+                rows: int, version: str | None = None) -> dict[str, np.ndarray]:
     """Run ``rows`` rows on ``url`` in requests of at most max_batch_size rows (traced)."""
     pool = services.triton
     step = info.max_batch_size if info.batched else rows
@@ -71,15 +88,17 @@ def triton_call(services: Services, url: str, info: ModelInfo, arrays: Mapping[s
         headers = telemetry.outgoing_headers()
         for lo in range(0, rows, step):
             chunk = {k: a[lo:lo + step] for k, a in arrays.items()} if info.batched and rows > step else arrays
-            parts.append(pool.infer(url, info, chunk, headers))
+            parts.append(pool.infer(url, info, chunk, headers, version=version))
     if len(parts) == 1:
         return parts[0]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 # -- POST /v1/infer ----------------------------------------------------------------------
-def run_inference(services: Services, body: Any) -> dict[str, Any]:
-    """Validate the request, infer, and answer the /v1/infer response body (sans request_id)."""
+def run_inference(services: Services, body: Any, route_key: str | None = None) -> dict[str, Any]:
+    """Validate the request, infer, and answer the /v1/infer response body (sans request_id).
+
+    ``version`` may name a version or an alias; ``route_key`` keeps a caller on one side of a split."""
     started = time.perf_counter()
     body = v.require_object(body)
     v.reject_unknown(body, ("model", "version", "input"))
@@ -89,15 +108,20 @@ def run_inference(services: Services, body: Any) -> dict[str, Any]:
     version = v.string(body["version"], "version", max_len=32) if body.get("version") is not None else None
     if "input" not in body:
         raise InvalidInput("input is required: {\"data\": [...]} or {\"<tensor>\": [...]}", field="input")
-    model = resolve(services, name, version)
-    tm = model.get("triton_model") or model["name"]
+    model = resolve(services, name, version, route_key)
+    tm, tv = model.get("triton_model") or model["name"], triton_version(model)
 
     def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray]]:
         info = services.triton.model_info(url, tm)
         parsed = parse_input(info, body["input"])
-        return info, parsed, triton_call(services, url, info, parsed.arrays, parsed.rows)
+        return info, parsed, triton_call(services, url, info, parsed.arrays, parsed.rows, tv)
 
-    info, parsed, outputs = services.balancer.call(backend_urls(services, model), attempt)
+    try:
+        info, parsed, outputs = services.balancer.call(backend_urls(services, model), attempt)
+    except KinferError as exc:
+        record(services, model, exc.code, started)
+        raise
+    record(services, model, "ok", started)
     return {"model": model["name"], "version": model["version"],
             "prediction": prediction_of(info, outputs, parsed.single),
             "outputs": outputs_json(info, outputs, parsed.single),
@@ -113,9 +137,10 @@ def infer_items(services: Services, model: dict, items: list[Any]) -> list[ItemR
     """
     urls, tm = backend_urls(services, model), model.get("triton_model") or model["name"]
     info = services.balancer.call(urls, lambda url: services.triton.model_info(url, tm), count=False)
+    tv = triton_version(model)
     uniform = uniform_rows(info, items)
     if uniform is not None:
-        return _infer_uniform(services, urls, info, uniform)
+        return _infer_uniform(services, urls, info, uniform, tv)
     results: list[ItemResult | None] = [None] * len(items)
     parsed: dict[int, Parsed] = {}
     for i, item in enumerate(items):
@@ -124,7 +149,7 @@ def infer_items(services: Services, model: dict, items: list[Any]) -> list[ItemR
         except InvalidInput as exc:
             results[i] = ItemResult(None, None, exc.message)
     for group in _groups(info, parsed):
-        _infer_group(services, urls, info, group, parsed, results)
+        _infer_group(services, urls, info, group, parsed, results, tv)
     return [r if r is not None else ItemResult(None, None, "not inferred") for r in results]
 
 
@@ -162,13 +187,14 @@ def uniform_rows(info: ModelInfo, items: list[Any]) -> np.ndarray | None:
     return array.astype(dtype, copy=False)
 
 
-def _infer_uniform(services: Services, urls: list[str], info: ModelInfo, array: np.ndarray) -> list[ItemResult]:
+def _infer_uniform(services: Services, urls: list[str], info: ModelInfo, array: np.ndarray,
+                   tv: str | None = None) -> list[ItemResult]:
     results: list[ItemResult] = []
     for lo in range(0, array.shape[0], info.max_batch_size):
         part = array[lo:lo + info.max_batch_size]
 
         def run(url: str, part: np.ndarray = part) -> dict[str, np.ndarray]:
-            return triton_call(services, url, info, {info.inputs[0].name: part}, len(part))
+            return triton_call(services, url, info, {info.inputs[0].name: part}, len(part), tv)
 
         try:
             outputs = services.balancer.call(urls, run)
@@ -206,13 +232,13 @@ def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
 
 
 def _infer_group(services: Services, urls: list[str], info: ModelInfo, group: list[int],
-                 parsed: dict[int, Parsed], results: list[ItemResult | None]) -> None:
+                 parsed: dict[int, Parsed], results: list[ItemResult | None], tv: str | None = None) -> None:
     names = [s.name for s in info.inputs]
     arrays = {n: np.concatenate([parsed[i].arrays[n] for i in group]) if info.batched else parsed[group[0]].arrays[n]
               for n in names}
     rows = sum(parsed[i].rows for i in group)
     try:
-        outputs = services.balancer.call(urls, lambda url: triton_call(services, url, info, arrays, rows))
+        outputs = services.balancer.call(urls, lambda url: triton_call(services, url, info, arrays, rows, tv))
     except KinferError as exc:
         if exc.retryable:
             raise

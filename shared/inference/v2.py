@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +18,9 @@ import numpy as np
 
 from shared import validation as v
 from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, KinferError
 from shared.inference.codec import cast_numbers, dims_match
-from shared.inference.dataplane import backend_urls, resolve, triton_call
+from shared.inference.dataplane import backend_urls, record, resolve, triton_call, triton_version
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -49,21 +50,30 @@ def _reject(token: str) -> Any:
     raise ValueError(token)
 
 
-def infer_v2(services: Services, name: str, version: str | None, raw: bytes, headers: Mapping[str, str]) -> dict:
-    """Run one v2 inference request; the v2 response body."""
+def infer_v2(services: Services, name: str, version: str | None, raw: bytes, headers: Mapping[str, str],
+             route_key: str | None = None) -> dict:
+    """Run one v2 inference request; the v2 response body (``model_version``: the version that answered).
+
+    The version segment may name a registry version or an alias."""
+    started = time.perf_counter()
     request, binary = split_body(raw, headers.get(HEADER_LENGTH))
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("inputs must be a non-empty list of tensors", field="inputs")
-    model = resolve(services, name, version)
-    tm = model.get("triton_model") or model["name"]
+    model = resolve(services, name, version, route_key)
+    tm, tv = model.get("triton_model") or model["name"], triton_version(model)
 
     def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray]]:
         info = services.triton.model_info(url, tm)
         arrays, rows = v2_arrays(info, inputs, binary)
-        return info, triton_call(services, url, info, arrays, rows)
+        return info, triton_call(services, url, info, arrays, rows, tv)
 
-    info, outputs = services.balancer.call(backend_urls(services, model), attempt)
+    try:
+        info, outputs = services.balancer.call(backend_urls(services, model), attempt)
+    except KinferError as exc:
+        record(services, model, exc.code, started)
+        raise
+    record(services, model, "ok", started)
     wanted = _requested(info, request.get("outputs"))
     return {"model_name": model["name"], "model_version": model["version"], "id": str(request.get("id", "")),
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(outputs[s.name].shape),

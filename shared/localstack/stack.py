@@ -2,15 +2,20 @@
 
 Every part runs as a detached process recorded in ``<state>/stack.json``:
 PostgreSQL and Redis (only when the configured ones do not answer), the S3 API
-server, Triton, one uvicorn process per function, the gateway and the event
-relay. ``up`` starts what is not running and leaves the rest alone (on failure it stops
-only what that call started); ``down`` stops everything recorded.
+server, Triton (explicit model control, started empty), the model agent beside it
+(``kinfer agent``: it loads what the registry says), one uvicorn process per
+function, the gateway and the event relay. The demo models are pushed like any
+model (packaged Triton folders of ``models/repository``), so the agent serves them.
+``up`` starts what is not running and leaves the rest alone (on failure it stops only
+what that call started); ``down`` stops everything recorded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ from shared.localstack.procs import StackError
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-RELAY_PORT, S3_PORT, TRITON_PORTS = 8090, 9000, (8000, 8001, 8002)
+RELAY_PORT, S3_PORT, TRITON_PORTS, AGENT_PORT = 8090, 9000, (8000, 8001, 8002), 8089
 SINK_PATH = "/kinfer/batch-chunks"
 DEMO_KEY = "demo-token"
 # Two uvicorn worker processes for the inference hot path (one per core on a 2-core machine).
@@ -75,13 +80,26 @@ def _save(state: dict[str, Any]) -> None:
 
 
 def base_env(settings: Settings) -> dict[str, str]:
-    """Environment every function process gets: the local endpoints of this stack."""
+    """Environment every function process gets: the local endpoints of this stack. The local Triton has
+    only the Python backend, so pushed ONNX files run through it (ONNX_BACKEND=python)."""
     return {
         "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
         "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "TRITON_URL": f"127.0.0.1:{TRITON_PORTS[1]}",
         "S3_ACCESS_KEY_ID": settings.s3_access_key_id, "S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
+        "MODEL_REPOSITORY_URI": settings.model_repository_uri, "ONNX_BACKEND": "python",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def local_settings(settings: Settings) -> Settings:
+    """``settings`` as the stack's processes see them (for what ``up`` does in-process: seeding)."""
+    return dataclasses.replace(settings, s3_endpoint_url=f"http://127.0.0.1:{S3_PORT}",
+                               triton_url=f"127.0.0.1:{TRITON_PORTS[1]}", onnx_backend="python")
+
+
+def repository_dir() -> Path:
+    """The local model repository: the agent writes it, Triton serves it."""
+    return state_dir() / "triton" / "repository"
 
 
 def _serve_cmd(*args: str) -> list[str]:
@@ -112,8 +130,8 @@ def up(settings: Settings, say: Any = print) -> dict[str, Any]:
             comp = comps[name]
             if comp.get("health"):
                 procs.wait_http(comp["health"], comp.get("pid"), 60, Path(comp["log"]))
-        say("all parts healthy; seeding the demo key and models")
-        seed(settings)
+        say("all parts healthy; pushing the demo models and seeding the demo key")
+        seed(local_settings(settings), say)
         reconcile_batch_jobs(settings, say)
     except BaseException:
         rollback(state, started, say)
@@ -140,6 +158,9 @@ def _start_missing(settings: Settings, state: dict[str, Any], missing: list[str]
         _start_triton(comps, logs, say)
         record(["triton"])
     env = base_env(settings)
+    if "agent" in missing:
+        _start_agent(env, comps, logs, say)
+        record(["agent"])
     for fn in available_functions():
         if fn.folder in missing:
             _start_function(fn, env, comps, logs)
@@ -200,13 +221,14 @@ def reconcile_batch_jobs(settings: Settings, say: Any = print) -> dict[str, list
 
 
 def _expected_names() -> list[str]:
-    return ["s3", "triton", "gateway", "relay"] + [f.folder for f in available_functions()]
+    return ["s3", "triton", "agent", "gateway", "relay"] + [f.folder for f in available_functions()]
 
 
 def _check_ports(missing: list[str]) -> None:
     """Every port a part about to start needs is free (checked before anything starts)."""
     wanted = {"s3": [(S3_PORT, "the S3 server")], "triton": [(p, "Triton") for p in TRITON_PORTS],
-              "gateway": [(8080, "the gateway")], "relay": [(RELAY_PORT, "the event relay")]}
+              "agent": [(AGENT_PORT, "the model agent")], "gateway": [(8080, "the gateway")],
+              "relay": [(RELAY_PORT, "the event relay")]}
     wanted.update({fn.folder: [(fn.port, f"the {fn.folder} function")] for fn in available_functions()})
     for name in missing:
         for port, what in wanted.get(name, []):
@@ -245,15 +267,29 @@ def _start_s3(comps: dict[str, Any], logs: Path, say: Any) -> None:
 
 
 def _start_triton(comps: dict[str, Any], logs: Path, say: Any) -> None:
-    from shared.localstack.triton import TritonServer, TritonStartError, default_repository
+    from shared.localstack.triton import TritonServer, TritonStartError
 
-    server = TritonServer(default_repository(), state_dir() / "triton", *TRITON_PORTS, log_path=logs / "triton.log")
+    repository = repository_dir()
+    repository.mkdir(parents=True, exist_ok=True)
+    server = TritonServer(repository, state_dir() / "triton", *TRITON_PORTS, log_path=logs / "triton.log",
+                          load_models=(), strict_readiness=False)
     try:
         server.start(timeout=120, detach=True)
     except TritonStartError as exc:
         raise StackError(str(exc).splitlines()[0]) from None
     _record(comps, "triton", server.pid, f"{server.http_url}/v2/health/ready", logs / "triton.log")
     say(f"Triton on {server.http_url} (gRPC {server.grpc_url})")
+
+
+def _start_agent(env: dict[str, str], comps: dict[str, Any], logs: Path, say: Any) -> None:
+    """The model agent beside Triton: loads what the registry says into Triton, reports readiness."""
+    agent_env = dict(env, K_SERVICE="model-agent", AGENT_TRITON_HTTP=f"http://127.0.0.1:{TRITON_PORTS[0]}",
+                     AGENT_REPOSITORY_DIR=str(repository_dir()), AGENT_PORT=str(AGENT_PORT), AGENT_SYNC_S="2",
+                     UNLOAD_GRACE_S="10")
+    log = logs / "agent.log"
+    cmd = [sys.executable, "-m", "shared.cli", "agent"]
+    _record(comps, "agent", procs.spawn(cmd, log, agent_env, ROOT), f"http://127.0.0.1:{AGENT_PORT}/ready", log)
+    say(f"model agent beside Triton (status http://127.0.0.1:{AGENT_PORT}/status)")
 
 
 def _start_function(fn: Fn, env: dict[str, str], comps: dict[str, Any], logs: Path) -> None:
@@ -275,25 +311,85 @@ def _start_relay(env: dict[str, str], comps: dict[str, Any], logs: Path) -> None
             f"http://127.0.0.1:{RELAY_PORT}/health", log)
 
 
-def seed(settings: Settings) -> None:
-    """The dev API key and the demo models (active, served by the local Triton); idempotent."""
-    from shared import registry
-    from shared.errors import Conflict
+def seed(settings: Settings, say: Any = print, timeout: float = 120) -> None:
+    """The dev API key and the demo models, pushed as packaged Triton folders; waits until they serve.
+
+    Idempotent: a demo version that exists is kept, unless its files are gone from the model
+    repository (the local S3 server keeps objects in memory): then it is pushed again.
+    """
+    from shared.access.keys import ensure_key
     from shared.services import Services
 
     services = Services(settings)
     try:
-        from shared.access.keys import ensure_key
-
         ensure_key(services, "demo", DEMO_KEY, ["infer", "batch", "admin"])
-        backend = f"127.0.0.1:{TRITON_PORTS[1]}"
+        from shared.errors import KinferError
+
+        pushed = []
         for body in DEMO_MODELS:
             try:
-                registry.create_model(services, dict(body, backend_url=backend))
-            except Conflict:
-                pass
+                pushed.append(_seed_model(services, body))
+            except KinferError as exc:
+                raise StackError(f"pushing the demo model {body['name']} failed: {exc.message}") from None
+        _wait_ready(services, [p for p in pushed if p], timeout, say)
     finally:
         services.close()
+
+
+def _seed_model(services: Any, body: dict[str, Any]) -> str | None:
+    """Push one demo model unless it is in place; the id of the version to wait for."""
+    from shared import registry
+    from shared.errors import NotFound
+    from shared.lifecycle import repository
+    from shared.lifecycle.artifacts import push_file
+    from shared.lifecycle.repository import Layout
+    from shared.localstack.triton import default_repository
+
+    try:
+        found = registry.get_model_by_name(services, body["name"], body["version"])
+    except NotFound:
+        found = None
+    layout = Layout.of(services.settings)
+    if found is not None and found["repository_uri"] and found["state"] != "failed":
+        try:
+            in_place = bool(repository.list_keys(services.s3, layout.bucket,
+                                                 layout.version_prefix(found["triton_model"], found["triton_version"])))
+        except NotFound:  # the S3 server restarted without its buckets
+            in_place = False
+        if in_place:
+            return str(found["id"]) if found["state"] != "ready" else None
+    if found is not None:
+        registry.delete_model(services, found["id"])
+    package = pack_folder(default_repository() / body["name"], state_dir() / f"{body['name']}.tar.gz")
+    return str(push_file(services, body, package)["id"])
+
+
+def pack_folder(folder: Path, target: Path) -> Path:
+    """A Triton model folder as a .tar.gz package (what ``kinfer models push`` takes)."""
+    import tarfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(target, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+    return target
+
+
+def _wait_ready(services: Any, ids: list[str], timeout: float, say: Any) -> None:
+    from shared import registry
+
+    deadline = time.monotonic() + timeout
+    for model_id in ids:
+        while True:
+            model = registry.get_model(services, model_id)
+            if model["state"] == "ready":
+                say(f"{model['name']} {model['version']} is served (Triton version {model['triton_version']})")
+                break
+            if model["state"] == "failed" or time.monotonic() > deadline:
+                raise StackError(f"demo model {model['name']} did not load ({model['state']}: "
+                                 f"{model['state_reason'] or 'timed out'}); see .kinfer/logs/agent.log")
+            time.sleep(0.2)
 
 
 DEMO_MODELS = (

@@ -2,9 +2,15 @@
 
 The wheel ships the binary and the Python backend only (CPU works). ``TritonServer``
 assembles a backend folder under ``state_dir``, starts the server on the given
-ports, waits for ``/v2/health/ready`` (all models loaded, strict readiness) and
-stops it again: in the foreground (tests, context manager) or detached in its own
-session so that ``kinfer up`` can exit and ``stop_pid`` ends it later.
+ports in explicit model-control mode, waits for ``/v2/health/ready`` and stops it
+again: in the foreground (tests, context manager) or detached in its own session so
+that ``kinfer up`` can exit and ``stop_pid`` ends it later.
+
+Two ways to use it: ``load_models=("*",)`` with strict readiness loads a fixed
+repository at start (the demo repository in tests); ``load_models=()`` without strict
+readiness starts empty, and the model agent (``kinfer agent``) loads and unloads
+through the repository API what the registry says (``kinfer up``). Strict readiness
+must be off then: one version that fails to load would keep Triton unready forever.
 """
 
 from __future__ import annotations
@@ -96,11 +102,14 @@ def prepare_backend_dir(state_dir: Path, install: TritonInstall | None = None) -
 
 
 def triton_command(binary: Path, backend_dir: Path, repository: Path, http_port: int, grpc_port: int,
-                   metrics_port: int, host: str = "127.0.0.1") -> list[str]:
-    """The tritonserver command line: explicit mode loading every model, quiet, sized for a small CPU box."""
+                   metrics_port: int, host: str = "127.0.0.1", load_models: tuple[str, ...] = ("*",),
+                   strict_readiness: bool = True) -> list[str]:
+    """The tritonserver command line: explicit model control loading ``load_models`` at start (none:
+    the model agent loads them), quiet, sized for a small CPU box."""
+    loads = [arg for model in load_models for arg in ("--load-model", model)]
     return [
         str(binary), "--backend-directory", str(backend_dir), "--model-repository", str(repository),
-        "--model-control-mode", "explicit", "--load-model", "*", "--strict-readiness", "true",
+        "--model-control-mode", "explicit", *loads, "--strict-readiness", "true" if strict_readiness else "false",
         "--http-address", host, "--http-port", str(http_port),
         "--grpc-address", host, "--grpc-port", str(grpc_port),
         "--metrics-address", host, "--metrics-port", str(metrics_port),
@@ -155,8 +164,10 @@ class TritonServer:
 
     def __init__(self, repository: Path, state_dir: Path, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, log_path: Path | None = None, host: str = "127.0.0.1",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, load_models: tuple[str, ...] = ("*",),
+                 strict_readiness: bool = True) -> None:
         self.repository = Path(repository).resolve()
+        self.load_models, self.strict_readiness = tuple(load_models), strict_readiness
         self.state_dir = Path(state_dir).resolve()
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self.host = host
@@ -216,7 +227,7 @@ class TritonServer:
         self.pid_path.unlink(missing_ok=True)
 
     def is_ready(self) -> bool:
-        """True when GET /v2/health/ready answers 200 (server up and every model loaded)."""
+        """True when GET /v2/health/ready answers 200 (server up; with strict readiness, every model loaded)."""
         try:
             with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1.0) as resp:
                 return bool(resp.status == 200)
@@ -240,7 +251,8 @@ class TritonServer:
             check_port_free(self.host, port, role)
         backend_dir = prepare_backend_dir(self.state_dir, install)
         cmd = triton_command(install.binary, backend_dir, self.repository, self.ports["http"],
-                             self.ports["grpc"], self.ports["metrics"], self.host)
+                             self.ports["grpc"], self.ports["metrics"], self.host, self.load_models,
+                             self.strict_readiness)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log_file:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,

@@ -43,7 +43,10 @@ MODEL_CREATE: Schema = {
     "type": "object", "additionalProperties": False,
     "required": ["name", "version", "framework", "format"],
     "properties": {"name": MODEL_NAME, "version": VERSION, "framework": FRAMEWORK, "format": FORMAT,
-                   **_MODEL_WRITABLE},
+                   **_MODEL_WRITABLE,
+                   "upload": {"const": True, "description": "the file follows: PUT /v1/models/{id}/artifact"},
+                   "artifact_uri": {"type": "string", "maxLength": 1024, "description": "s3://bucket/key"},
+                   "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
 }
 
 MODEL_UPDATE: Schema = {
@@ -61,6 +64,32 @@ MODEL: Schema = {
         "triton_model": _STRING, "description": _NULLABLE_STRING, "tags": {"type": "array", "items": _STRING},
         "metadata": {"type": "object"}, "status": _STRING, "created_at": _TIME, "updated_at": _TIME,
     },
+}
+
+_SPLIT: Schema = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 100},
+                  "description": "version -> percentage of traffic (adds up to 100)"}
+
+ALIAS_TARGET: Schema = {
+    "type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+    "properties": {"version": VERSION, "versions": _SPLIT},
+}
+
+ALIAS: Schema = {
+    "type": "object", "required": ["name", "alias", "versions"],
+    "properties": {"name": _STRING, "alias": _STRING, "versions": _SPLIT},
+}
+
+ALIAS_LIST: Schema = {
+    "type": "object", "required": ["name", "aliases"],
+    "properties": {"name": _STRING, "aliases": {"type": "array", "items": ALIAS}},
+}
+
+VERSION_STATUS: Schema = {
+    "type": "object", "required": ["id", "name", "version", "state"],
+    "properties": {"id": {"type": "string", "format": "uuid"}, "name": _STRING, "version": _STRING,
+                   "status": _STRING, "state": _STRING, "state_reason": _NULLABLE_STRING,
+                   "triton_model": _STRING, "triton_version": {"type": ["integer", "null"]},
+                   "backends": {"type": "object"}},
 }
 
 MODEL_LIST: Schema = {

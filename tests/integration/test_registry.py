@@ -278,3 +278,21 @@ def test_a_write_during_a_redis_stall_is_refused_so_reads_never_go_stale(base_se
         assert client.get(f"/v1/models/by-name/{created['name']}/1.0").json()["status"] == "deprecated"
     finally:
         reset_services(None)
+
+
+@pytest.mark.parametrize("query,field", [("name=%00", "name"), ("tag=%00", "tag"), ("name=a%00b", "name"),
+                                         ("limit=%D9%A1%D9%A2", "limit"), ("offset=%D9%A1", "offset"),
+                                         ("limit=1_0", "limit"), ("limit=%2012", "limit"), ("state=gone", "state")])
+def test_list_filters_with_nul_or_non_ascii_digits_are_400(client: Any, query: str, field: str) -> None:
+    resp = client.get(f"/v1/models?{query}")
+    assert resp.status_code == 400 and resp.json()["field"] == field, resp.text
+
+
+def test_a_non_canonical_id_is_404_and_changes_nothing(client: Any) -> None:
+    created = client.post("/v1/models", json=model_body()).json()
+    for variant in (created["id"].replace("-", ""), "{" + created["id"] + "}", "urn:uuid:" + created["id"]):
+        assert client.get(f"/v1/models/{variant}").status_code == 404
+        assert client.patch(f"/v1/models/{variant}", json={"description": "x"}).status_code == 404
+        assert client.delete(f"/v1/models/{variant}").status_code == 404
+    assert client.get(f"/v1/models/{created['id']}").json()["description"] == ""
+    assert client.get(f"/v1/models/{created['id'].upper()}").status_code == 200

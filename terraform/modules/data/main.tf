@@ -56,7 +56,15 @@ locals {
       { resources = [local.inputs, local.results], actions = local.list },
       { resources = ["${local.results}/*"], actions = concat(["s3:GetObject"], local.write) },
     ]
-    "triton" = [ # reads the model repository
+    "models" = [ # writes pushed artifacts into the model repository, removes deleted versions
+      { resources = [local.models], actions = local.list },
+      { resources = ["${local.models}/*"], actions = concat(["s3:GetObject", "s3:DeleteObject"], local.write) },
+    ]
+    "models-public" = [ # the same registry function behind the public route (kinfer models push)
+      { resources = [local.models], actions = local.list },
+      { resources = ["${local.models}/*"], actions = concat(["s3:GetObject", "s3:DeleteObject"], local.write) },
+    ]
+    "triton" = [ # the model agent beside Triton reads the model repository
       { resources = [local.models], actions = local.list },
       { resources = ["${local.models}/*"], actions = ["s3:GetObject"] },
     ]

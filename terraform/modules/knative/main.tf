@@ -85,6 +85,8 @@ data "kustomization_overlay" "serving" {
 
   # Triton runs on tainted GPU node pools: Knative rejects tolerations, node
   # selectors and affinity in a Service unless these features are enabled.
+  # multi-container-probing: the model agent beside Triton has its own readiness
+  # probe (a replica is ready once every version it serves is loaded).
   patches {
     target {
       kind      = "ConfigMap"
@@ -101,6 +103,7 @@ data "kustomization_overlay" "serving" {
         kubernetes.podspec-tolerations: enabled
         kubernetes.podspec-nodeselector: enabled
         kubernetes.podspec-affinity: enabled
+        multi-container-probing: enabled
     YAML
   }
 

@@ -18,10 +18,10 @@ locals {
   # Endpoints that depend on this deployment; everything else keeps the
   # overlay's values.
   config = {
-    S3_ENDPOINT_URL         = var.s3_endpoint_url
-    S3_REGION               = var.s3_region
-    TRITON_URL              = local.triton_url
-    TRITON_MODEL_REPOSITORY = "s3://${var.s3_endpoint_url}/${var.model_bucket}/${var.model_prefix}"
+    S3_ENDPOINT_URL      = var.s3_endpoint_url
+    S3_REGION            = var.s3_region
+    TRITON_URL           = local.triton_url
+    MODEL_REPOSITORY_URI = "s3://${var.model_bucket}/${var.model_prefix}"
     # Presigned result URLs must name a host clients reach (SigV4 signs it).
     S3_PUBLIC_ENDPOINT_URL = (var.s3_public_endpoint_url != "" ? var.s3_public_endpoint_url
     : var.minio_installed ? "https://${local.s3_host}" : "")

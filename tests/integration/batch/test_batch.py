@@ -221,7 +221,7 @@ def test_inactive_model_is_404(st: Stack) -> None:
     from shared import registry
     model = register_model(st.services(), f"off-{st.uid}", st.triton.grpc_url)
     registry.update_model(st.services(), model["id"], {"status": "inactive"})
-    assert st.submit({"model": model["name"], "inputs": iris_inputs(1)}, 404)["code"] == "not_found"
+    assert st.submit({"model": model["name"], "inputs": iris_inputs(1)}, 404)["code"] == "no_active_version"
 
 
 def upload(st: Stack, data: bytes, headers: dict[str, str] | None = None, filename: str = "in.jsonl") -> str:

@@ -27,11 +27,10 @@ OVERLAYS = ("dev", "prod")
 KINFER_IMAGE = "ghcr.io/kinfer/kinfer"
 # Set by the platform, not the ConfigMap (functions table): SinkBinding, Knative, per-Service env.
 PLATFORM_ENV = {"K_SINK", "K_SERVICE", "PORT", "FUNCTION_TARGET", "FUNCTION_SOURCE"}
-TRITON_ONLY_CONFIG = {"TRITON_MODEL_REPOSITORY"}
 CLUSTER_LOCAL = "networking.knative.dev/visibility"
 PUBLIC_SERVICES = {"models-public", "infer", "batch", "keys"}
 # Workloads that touch object storage: each has an S3 user (Secret kinfer-s3-<name>); the others get no S3 keys.
-S3_WORKLOADS = {"batch", "batch-intake", "batch-worker", "batch-deadletter", "triton"}
+S3_WORKLOADS = {"batch", "batch-intake", "batch-worker", "batch-deadletter", "models", "models-public", "triton"}
 S3_KEYS = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
 # Groups whose kinds kubernetes-validate knows; everything else is a CRD checked structurally.
 CORE_API = re.compile(r"^(v1|(apps|batch|networking\.k8s\.io|rbac\.authorization\.k8s\.io|policy)/v1)$")
@@ -73,6 +72,13 @@ def container(svc: dict[str, Any]) -> dict[str, Any]:
     containers = svc["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1, f"{svc['metadata']['name']}: one container expected"
     return containers[0]
+
+
+def named(svc: dict[str, Any], name: str) -> dict[str, Any]:
+    """The container called ``name`` of a Service (Triton's pod has two: triton and model-agent)."""
+    found = {c["name"]: c for c in svc["spec"]["template"]["spec"]["containers"]}
+    assert name in found, f"{svc['metadata']['name']}: no container {name!r} (has {sorted(found)})"
+    return found[name]
 
 
 def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -162,14 +168,17 @@ def test_every_setting_is_provided_by_the_config_map_a_secret_or_the_platform(
     secret_envs = {f.metadata["env"] for f in fields(Settings) if f.metadata.get("secret")}
     for overlay, docs in rendered.items():
         cm = config_map(docs)
-        unknown = set(cm) - set(Settings.env_names()) - TRITON_ONLY_CONFIG
+        unknown = set(cm) - set(Settings.env_names())
         assert not unknown, f"{overlay}: ConfigMap keys no setting reads: {sorted(unknown)}"
         assert not secret_envs & set(cm), f"{overlay}: secrets in the ConfigMap: {sorted(secret_envs & set(cm))}"
         workloads = {f"Service {n}": container(s) for n, s in functions_of(docs).items()}
+        workloads["the model agent of triton"] = named(ksvcs(docs)["triton"], "model-agent")
         assert not of_kind(docs, "Job"), f"{overlay}: the migration Job is its own step (knative/jobs)"
         for where, c in workloads.items():
-            uses_s3 = where.split()[-1] in S3_WORKLOADS
+            uses_s3 = where.split()[-1] in S3_WORKLOADS  # "... of triton": the agent, Triton's workload
             missing = set(Settings.env_names()) - _provided(c, cm) - PLATFORM_ENV - (set() if uses_s3 else S3_KEYS)
+            if where.endswith("of triton"):
+                missing -= {"SERVER_CONCURRENCY"}  # the agent serves no requests (its status port aside)
             assert not missing, f"{overlay}: {where} gets no value for {sorted(missing)}"
             assert uses_s3 or not S3_KEYS & set(env_of(c)), f"{overlay}: {where} needs no S3 credentials"
             for name in secret_envs & set(env_of(c)):
@@ -239,7 +248,8 @@ def test_eventing_wiring_names_services_that_exist(rendered: dict[str, list[dict
 
 
 def _check_triton(svc: dict[str, Any], min_scale: str) -> None:
-    ann, c = annotations(svc), container(svc)
+    ann, c = annotations(svc), named(svc, "triton")
+    assert svc["spec"]["template"]["spec"]["containers"][0] is c, "Triton first: overlays patch containers/0"
     assert ann["autoscaling.knative.dev/min-scale"] == min_scale
     assert ann.get("autoscaling.knative.dev/scale-down-delay") or ann.get(
         "autoscaling.knative.dev/scale-to-zero-pod-retention-period")
@@ -247,21 +257,46 @@ def _check_triton(svc: dict[str, Any], min_scale: str) -> None:
     assert re.fullmatch(r"\d+m", deadline) and int(deadline[:-1]) > 10, "progress deadline must exceed the 10m default"
     assert c["image"].startswith("nvcr.io/nvidia/tritonserver:") and c["image"].endswith("-py3")
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert "--strict-readiness=true" in c["args"]
-    assert "--model-repository=$(MODEL_REPOSITORY)" in c["args"]
-    env = env_of(c)
-    assert env["MODEL_REPOSITORY"]["valueFrom"]["configMapKeyRef"]["key"] == "TRITON_MODEL_REPOSITORY"
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "kinfer-s3-triton"
+    # Explicit model control on the local repository the agent writes; never strict readiness (one version
+    # that fails to load would keep the replica unready forever) and never poll mode.
+    assert {"--model-control-mode=explicit", "--strict-readiness=false", "--model-repository=/models"} <= set(c["args"])
+    assert not any(a.startswith(("--load-model", "--repository-poll-secs")) for a in c["args"])
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env_of(c)), "Triton reads no S3 itself"
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["ports"] == [{"name": "h2c", "containerPort": 8001}]
+    _check_agent(svc, c)
+
+
+def _check_agent(svc: dict[str, Any], triton: dict[str, Any]) -> None:
+    """The model agent beside Triton: same image as the functions, its repository is Triton's, it talks to
+    Triton's HTTP port on localhost, and its readiness (first full sync) gates the pod."""
+    agent = named(svc, "model-agent")
+    env = env_of(agent)
+    assert agent["image"].startswith(KINFER_IMAGE + ":") and agent["command"] == ["kinfer", "agent"]
+    http_port = next(a.split("=", 1)[1] for a in triton["args"] if a.startswith("--http-port="))
+    assert env["AGENT_TRITON_HTTP"]["value"] == f"http://127.0.0.1:{http_port}"
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    triton_mounts = {m["name"]: m for m in triton["volumeMounts"]}
+    assert mounts["models"]["mountPath"] == env["AGENT_REPOSITORY_DIR"]["value"] == triton_mounts["models"]["mountPath"]
+    assert triton_mounts["models"].get("readOnly") is True and not mounts["models"].get("readOnly")
+    volumes = {v["name"]: v for v in svc["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["models"], "one repository per replica"
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/ready", "port": int(env["AGENT_PORT"]["value"])}
+    assert agent["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert not agent.get("ports"), "Knative routes to one container only: the agent serves no traffic"
+    for name in ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "kinfer-s3-triton", "the read-only S3 user"
+    assert {"configMapRef": {"name": "kinfer-config"}} in agent["envFrom"]
+    sc = agent["securityContext"]
+    assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"] and sc["readOnlyRootFilesystem"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_triton_has_a_gpu_and_scales_to_zero(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     _check_triton(ksvcs(rendered[overlay])["triton"], min_scale="0")
     cm = config_map(rendered[overlay])
-    assert cm["TRITON_MODEL_REPOSITORY"].startswith("s3://http")
+    assert cm["MODEL_REPOSITORY_URI"] == "s3://triton-models/models"
+    assert cm["ONNX_BACKEND"] == "onnxruntime", "production serves ONNX with Triton's onnxruntime backend"
     assert cm["TRITON_URL"].startswith("triton.kinfer.svc.cluster.local:")
 
 

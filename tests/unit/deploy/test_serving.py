@@ -189,3 +189,19 @@ def test_triton_tolerates_gpu_taints_and_knative_accepts_it(rendered: dict[str, 
             for field, flag in GATED_FIELDS.items():
                 if field in svc["spec"]["template"]["spec"]:
                     assert features.get(flag) == "enabled", f"{overlay}: {name} uses {field}: enable {flag}"
+
+
+def test_sidecar_probes_are_enabled_and_nothing_probes_through_the_sidecar_port(rendered: dict[str, list[Doc]]) -> None:
+    """The model agent's readiness gates Triton's pod only with Knative's multi-container probing; without
+    the flag Knative rejects probes on a second container. Liveness of the agent stays on its own process."""
+    features = enabled_features()
+    for overlay, docs in rendered.items():
+        for name, svc in ksvcs(docs).items():
+            containers = svc["spec"]["template"]["spec"]["containers"]
+            if any("readinessProbe" in c for c in containers[1:]):
+                assert features.get("multi-container-probing") == "enabled", (
+                    f"{overlay}: {name} probes a sidecar: enable multi-container-probing in config-features")
+        agent = next(c for c in ksvcs(docs)["triton"]["spec"]["template"]["spec"]["containers"]
+                     if c["name"] == "model-agent")
+        assert agent["readinessProbe"]["httpGet"]["path"] == "/ready", overlay
+

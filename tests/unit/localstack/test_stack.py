@@ -75,7 +75,10 @@ class FakeParts:
         monkeypatch.setattr(stack, "_start_data", lambda settings, comps, say: None)
         monkeypatch.setattr(stack, "_start_s3", start_plain("s3"))
         monkeypatch.setattr(stack, "_start_triton", start_plain("triton"))
-        monkeypatch.setattr(stack, "seed", lambda settings: None)
+        monkeypatch.setattr(stack, "seed", lambda settings, say=None: None)
+        monkeypatch.setattr(stack, "reconcile_batch_jobs", lambda settings, say=None: {})
+        monkeypatch.setattr(stack, "_start_agent",
+                            lambda env, comps, logs, say: start_plain("agent")(comps, logs, say))
         monkeypatch.setattr(stack.procs, "spawn", spawn)
         monkeypatch.setattr(stack.procs, "wait_http", wait_http)
         monkeypatch.setattr(stack.procs, "require_free", lambda port, what: self.port_checks.append(port))
@@ -117,6 +120,7 @@ def test_a_failed_up_stops_only_what_it_started(monkeypatch: pytest.MonkeyPatch,
         assert any(m.startswith("already running: s3; starting only triton") for m in said)
         assert any(m.startswith("stopping what this run started: triton,") for m in said)
         assert 9000 not in parts.port_checks and 8001 in parts.port_checks and 8080 in parts.port_checks
+        assert stack.AGENT_PORT in parts.port_checks
     finally:
         parts.stop_all()
 
@@ -151,3 +155,23 @@ def test_a_busy_port_of_a_missing_part_starts_nothing(monkeypatch: pytest.Monkey
         stack.up(Settings.from_env(environ={}), say=lambda m: None)
     assert parts.spawned == [] and procs.alive(foreign.pid)
     assert list(stack.load_state()["components"]) == ["s3"]
+
+
+def test_the_stack_runs_the_model_agent_and_serves_onnx_through_the_python_backend(tmp_path: Any) -> None:
+    import tarfile
+
+    from shared.localstack import stack
+    from shared.settings import Settings
+
+    assert "agent" in stack._expected_names()
+    env = stack.base_env(Settings.from_env(environ={}))
+    assert env["ONNX_BACKEND"] == "python" and env["TRITON_URL"] == "127.0.0.1:8001"
+    local = stack.local_settings(Settings.from_env(environ={"S3_ENDPOINT_URL": "http://elsewhere:1"}))
+    assert (local.onnx_backend, local.s3_endpoint_url) == ("python", "http://127.0.0.1:9000")
+    folder = tmp_path / "m"
+    (folder / "1" / "__pycache__").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text("x")
+    (folder / "1" / "model.py").write_text("y")
+    (folder / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"z")
+    with tarfile.open(stack.pack_folder(folder, tmp_path / "m.tar.gz")) as tar:
+        assert sorted(tar.getnames()) == ["1/model.py", "config.pbtxt"]

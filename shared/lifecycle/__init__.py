@@ -1,0 +1,20 @@
+"""The model lifecycle: a model file in, a served, versioned model out.
+
+- ``tritonconfig``: Triton's ``config.pbtxt`` parsed, normalised and compared (one config per Triton model);
+- ``onnx``: a ``config.pbtxt`` written from an ONNX graph (users never write one);
+- ``packages``: a ``.tar.gz`` Triton model directory checked and unpacked safely;
+- ``repository``: the S3 model repository layout, ``<prefix>/<triton_model>/<n>/...``;
+- ``artifacts``: registering a version from an upload or an ``s3://`` object, nothing half-registered;
+- ``install``: a checked artifact's files and row, the shared config, Triton version numbers;
+- ``aliases``: named, weighted pointers to versions (canary, promote, rollback);
+- ``replicas``: per-replica readiness heartbeats of the model agents (Redis, TTL);
+- ``agent``: the model agent beside each Triton (explicit model control through its repository API,
+  ``tritonapi``);
+- ``backends``: ``backend_url`` checks (allow-list, Triton answers, model served);
+- ``metrics``: per-version request counters and latencies;
+- ``versions``: a version's state per replica, and deleting it with its files;
+- ``onnx_runner``: the Python-backend ``model.py`` that serves an ONNX file on the local Triton.
+
+The registry (``shared.registry``) stays the one reader of the ``models`` rows that the data
+plane resolves; this package sits above it.
+"""

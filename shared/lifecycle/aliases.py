@@ -1,0 +1,156 @@
+"""Aliases: named pointers to one version or to weighted versions of a model (canary splits).
+
+``PUT /v1/models/by-name/{name}/aliases/{alias}`` takes ``{"version": "3"}`` or
+``{"versions": {"3": 90, "4": 10}}`` (integer percentages summing to 100). A move is refused
+with 409 unless every target version is active, ``ready``, and loaded on every live replica
+of its backends (the agents' heartbeats), so an alias never routes to a version that cannot
+answer: promotion costs no downtime. The value before the move is kept, and rollback moves
+the alias back to it (after the same checks). Versions an alias points at cannot be deleted
+or deactivated (409), so the agents keep them loaded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from shared import registry
+from shared import validation as v
+from shared.clients.schema import model_aliases, models
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.lifecycle import replicas
+
+if TYPE_CHECKING:
+    from shared.services import Services
+
+MAX_SPLIT = 10
+
+
+def parse_target(body: Any) -> dict[str, int]:
+    """``{"version": "3"}`` -> ``{"3": 100}``; ``{"versions": {"3": 90, "4": 10}}`` as given (checked)."""
+    body = v.require_object(body)
+    v.reject_unknown(body, ("version", "versions"))
+    if ("version" in body) == ("versions" in body):
+        raise InvalidInput('give "version": "3" or "versions": {"3": 90, "4": 10}', field="versions")
+    if "version" in body:
+        return {_version(body["version"], "version"): 100}
+    raw = body["versions"]
+    if not isinstance(raw, dict) or not 1 <= len(raw) <= MAX_SPLIT:
+        raise InvalidInput(f"versions must map 1 to {MAX_SPLIT} versions to weights", field="versions")
+    split = {}
+    for version, weight in raw.items():
+        _version(version, "versions")
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 100:
+            raise InvalidInput(f"the weight of version {version!r} must be an integer percentage from 1 to 100",
+                               field="versions")
+        split[version] = weight
+    if sum(split.values()) != 100:
+        raise InvalidInput(f"weights must add up to 100 (these add up to {sum(split.values())})", field="versions")
+    return split
+
+
+def _version(raw: Any, field: str) -> str:
+    return v.string(raw, field, max_len=32, pattern=registry.VERSION, hint="expected a version such as 1 or 1.0")
+
+
+def _alias(raw: str) -> str:
+    return v.string(raw, "alias", max_len=64, pattern=registry.ALIAS,
+                    hint="start with a letter; then letters, digits, '_' or '-' (so it never looks like a version)")
+
+
+def to_json(name: str, row: Any) -> dict[str, Any]:
+    m = row._mapping
+    return {"name": name, "alias": m["alias"], "versions": dict(m["versions"]),
+            "previous": dict(m["previous"]) if m["previous"] else None,
+            "created_at": m["created_at"].isoformat(), "updated_at": m["updated_at"].isoformat()}
+
+
+def get_alias(services: Services, name: str, alias: str) -> dict[str, Any]:
+    with services.db.read() as conn:
+        row = conn.execute(sa.select(model_aliases).where(model_aliases.c.name == name,
+                                                          model_aliases.c.alias == alias)).first()
+    if row is None:
+        raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
+    return to_json(name, row)
+
+
+def list_aliases(services: Services, name: str) -> dict[str, Any]:
+    with services.db.read() as conn:
+        rows = conn.execute(sa.select(model_aliases).where(model_aliases.c.name == name)
+                            .order_by(model_aliases.c.alias)).all()
+    return {"name": name, "aliases": [to_json(name, r) for r in rows]}
+
+
+def put_alias(services: Services, name: str, alias: str, body: Any) -> dict[str, Any]:
+    """Point ``alias`` at the versions of ``body``: 409 unless each is ready on every live replica."""
+    alias = _alias(alias)
+    target = parse_target(body)
+    return _move(services, name, alias, lambda current: target)
+
+
+def rollback(services: Services, name: str, alias: str) -> dict[str, Any]:
+    """Move ``alias`` back to where it pointed before its last move."""
+    def previous(current: Any) -> dict[str, int]:
+        if current is None:
+            raise NotFound(f"model {name!r} has no alias {alias!r}", code="alias_not_found")
+        if not current.previous:
+            raise Conflict(f"alias {alias!r} of model {name!r} has not been moved yet: nothing to roll back to",
+                           code="no_previous_target")
+        return dict(current.previous)
+
+    return _move(services, name, _alias(alias), previous)
+
+
+def _move(services: Services, name: str, alias: str, target_of: Any) -> dict[str, Any]:
+    with services.db.begin() as conn:
+        current = conn.execute(sa.select(model_aliases).where(model_aliases.c.name == name,
+                                                              model_aliases.c.alias == alias)
+                               .with_for_update()).first()
+        target = target_of(current)
+        _check_servable(services, conn, name, target)
+        previous = dict(current.versions) if current is not None else None
+        if previous == target:
+            return to_json(name, current)
+        row = conn.execute(pg_insert(model_aliases).values(name=name, alias=alias, versions=target, previous=previous)
+                           .on_conflict_do_update(index_elements=["name", "alias"], set_={
+                               "versions": target, "previous": previous, "updated_at": sa.func.clock_timestamp()})
+                           .returning(*model_aliases.c)).one()
+        registry.invalidate(services, {"name": name}, before_commit=True)
+    registry.invalidate(services, {"name": name})
+    return to_json(name, row)
+
+
+def _check_servable(services: Services, conn: Any, name: str, target: dict[str, int]) -> None:
+    rows = {r.version: r for r in conn.execute(sa.select(models).where(models.c.name == name,
+                                                                       models.c.version.in_(list(target))))}
+    if not rows and not conn.execute(sa.select(models.c.id).where(models.c.name == name).limit(1)).first():
+        raise NotFound(f"model {name[:128]!r} not found")
+    for version in target:
+        row = rows.get(version)
+        if row is None:
+            raise NotFound(f"model {name!r} has no version {version!r}", code="version_not_found")
+        if row.status != "active":
+            raise Conflict(f"model {name!r} version {version!r} is {row.status}; only active versions can serve",
+                           code="version_not_active")
+        if row.state != registry.SERVABLE:
+            reason = f": {row.state_reason}" if row.state == "failed" and row.state_reason else ""
+            raise Conflict(f"model {name!r} version {version!r} is {row.state}{reason}; an alias only moves to "
+                           "versions that are ready (kinfer models show shows the load state)",
+                           code="version_not_ready")
+        missing = replicas.not_ready(services, registry.to_json(row))
+        if missing:
+            raise Conflict(f"model {name!r} version {version!r} is not loaded everywhere yet: "
+                           f"{'; '.join(missing[:3])}; retry in a few seconds", code="version_not_ready")
+
+
+def delete_alias(services: Services, name: str, alias: str) -> None:
+    with services.db.begin() as conn:
+        gone = conn.execute(sa.delete(model_aliases).where(model_aliases.c.name == name,
+                                                           model_aliases.c.alias == alias)
+                            .returning(model_aliases.c.alias)).first()
+        if gone is None:
+            raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
+        registry.invalidate(services, {"name": name}, before_commit=True)
+    registry.invalidate(services, {"name": name})

@@ -1,0 +1,256 @@
+"""Registering a model version from its artifact: nothing half-registered, the old version untouched.
+
+Two ways in, one install path:
+
+- ``POST /v1/models`` with ``"upload": true`` creates the version in state ``awaiting_upload``
+  (its Triton version allocated, nothing served); ``PUT /v1/models/{id}/artifact`` then streams
+  the file to S3 by multipart upload (never whole in memory; MAX_ARTIFACT_BYTES -> 413; an
+  optional ``sha256`` -> 400 on mismatch), checks it and installs it. A failed or interrupted
+  upload leaves the version ``awaiting_upload`` (never served, nothing in the repository; the
+  multipart upload is aborted) and the same PUT can be retried.
+- ``POST /v1/models`` with ``"artifact_uri": "s3://bucket/key"`` (a bucket of
+  ARTIFACT_SOURCE_BUCKETS) installs the object first and inserts the row only when it is in place.
+
+Checking: an ONNX file gets a ``config.pbtxt`` written from its graph (``onnxgraph``); a
+``.tar.gz`` Triton model directory is unpacked safely (``packages``). Installing (``install``):
+the version's files go to ``<prefix>/<triton_model>/<n>/``; the model-level ``config.pbtxt``
+(shared by every version of a Triton model) is written or, when live versions already use
+another one, refused with 409. The version then becomes ``pending``: the model agents load it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared import registry
+from shared import validation as v
+from shared.clients.db import conflict_on
+from shared.errors import Conflict, InvalidInput, PayloadTooLarge
+from shared.lifecycle import onnxgraph, packages, repository
+from shared.lifecycle.install import Prepared, allocate, file_sha256, install, refuse_duplicate
+from shared.lifecycle.repository import Layout
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+EXTRA_FIELDS = ("upload", "artifact_uri", "sha256")
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+ARTIFACTS = ".kinfer-artifacts"
+
+
+# -- POST /v1/models ----------------------------------------------------------------------
+def create_model(services: Services, body: Any) -> dict[str, Any]:
+    """Register a version: plain (files Kinfer does not manage), for upload, or from an s3:// artifact."""
+    body = v.require_object(body)
+    row = registry.validate_create(body, EXTRA_FIELDS)
+    registry.check_backends_allowed(services, row.get("backend_urls") or [], registry.backend_field(body))
+    upload, uri = body.get("upload"), body.get("artifact_uri")
+    if upload is None and uri is None:
+        if "sha256" in body:
+            raise InvalidInput("sha256 goes with artifact_uri (or with the PUT of an upload)", field="sha256")
+        from shared.lifecycle.backends import check_registration
+
+        warnings = check_registration(services, row)
+        model = registry.create_model(services, {k: body[k] for k in body if k not in EXTRA_FIELDS})
+        return dict(model, warnings=warnings) if warnings else model
+    if "triton_version" in row:
+        raise InvalidInput("triton_version is allocated by Kinfer for pushed artifacts; leave it out",
+                           field="triton_version")
+    if upload is not None and uri is not None:
+        raise InvalidInput("give upload or artifact_uri, not both", field="artifact_uri")
+    if uri is None:
+        if upload is not True:
+            raise InvalidInput("upload must be true (then PUT the file to /v1/models/{id}/artifact)", field="upload")
+        return _create_for_upload(services, row)
+    uri = v.string(uri, "artifact_uri", max_len=1024)
+    sha = _sha(body.get("sha256"), "sha256")
+    return _create_from_uri(services, row, uri, sha)
+
+
+def _sha(raw: Any, field_name: str) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or not SHA256.fullmatch(raw):
+        raise InvalidInput(f"{field_name} must be 64 hex digits (the artifact's SHA-256)", field=field_name)
+    return raw.lower()
+
+
+def _create_for_upload(services: Services, row: dict[str, Any]) -> dict[str, Any]:
+    layout = Layout.of(services.settings)
+    repository.ensure_bucket(services.s3, layout)
+    with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
+        with services.db.begin() as conn:
+            refuse_duplicate(conn, row)
+            number = allocate(services, conn, row["name"], row["triton_model"])
+            model = registry.insert(services, conn, dict(
+                row, id=uuid.uuid4(), triton_version=number, state="awaiting_upload",
+                repository_uri=layout.uri(layout.version_prefix(row["triton_model"], number))))
+    registry.invalidate(services, model, names=True)
+    return dict(model, upload_url=f"/v1/models/{model['id']}/artifact")
+
+
+def _create_from_uri(services: Services, row: dict[str, Any], uri: str, sha: str | None) -> dict[str, Any]:
+    settings, layout = services.settings, Layout.of(services.settings)
+    bucket, key, size = repository.head_size(services.s3, uri, "artifact_uri")
+    allowed = settings.artifact_source_buckets or (layout.bucket,)
+    if bucket not in allowed:
+        raise InvalidInput(f"artifact_uri must name a bucket of ARTIFACT_SOURCE_BUCKETS ({', '.join(allowed)})",
+                           field="artifact_uri", code="artifact_bucket_not_allowed")
+    if size > settings.max_artifact_bytes:
+        raise PayloadTooLarge(f"the artifact is {size} bytes; the limit is {settings.max_artifact_bytes} bytes "
+                              "(MAX_ARTIFACT_BYTES)")
+    with services.db.read() as conn:
+        refuse_duplicate(conn, row)
+    repository.ensure_bucket(services.s3, layout)
+    with workspace() as work:
+        local = work / "artifact"
+        repository.download(services.s3, bucket, key, local)
+        if sha is not None and file_sha256(local) != sha:
+            raise InvalidInput("the artifact's SHA-256 does not match sha256", field="sha256",
+                               code="checksum_mismatch")
+        with services.db.begin() as conn:
+            number = allocate(services, conn, row["name"], row["triton_model"])
+        prepared = prepare(services, local, work, row["triton_model"])
+        model_row = dict(row, id=uuid.uuid4(), triton_version=number, artifact_uri=uri)
+        return install(services, model_row, prepared, local, new=True)
+
+
+def push_file(services: Services, body: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Register and install a local file in one go (what ``kinfer up`` does with the demo models)."""
+    model = create_model(services, dict(body, upload=True))
+    layout = Layout.of(services.settings)
+    with workspace() as work:
+        key = _upload_key(layout, model, gzip=packages.is_gzip(path))
+        repository.upload_file(services.s3, path, layout.bucket, key)
+        try:
+            prepared = prepare(services, path, work, model["triton_model"])
+            if prepared.format == "onnx":
+                prepared.in_place.add(onnxgraph.MODEL_FILE)
+            row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
+            return install(services, dict(model, **row), prepared, path, False)
+        except BaseException:
+            repository.delete_keys(services.s3, layout.bucket, [key])
+            registry.delete_model(services, model["id"])
+            raise
+
+
+# -- PUT /v1/models/{id}/artifact -----------------------------------------------------------
+async def receive_upload(services: Services, raw_id: str, chunks: AsyncIterator[bytes],
+                         sha256: str | None) -> dict[str, Any]:
+    """Stream an upload to S3 (multipart) and to a scratch file, then check and install it."""
+    from starlette.concurrency import run_in_threadpool
+
+    want = _sha(sha256, "sha256")
+    model = await run_in_threadpool(registry.get_model, services, raw_id)
+    if model["state"] != "awaiting_upload":
+        raise Conflict(f"model {model['name']!r} version {model['version']!r} already has its artifact "
+                       f"(state {model['state']}); register a new version to push another file",
+                       code="artifact_exists")
+    layout = Layout.of(services.settings)
+    with workspace() as work:
+        local = work / "artifact"
+        key, digest = await _stream(services, layout, model, chunks, local)
+        try:
+            if want is not None and digest != want:
+                raise InvalidInput("the uploaded file's SHA-256 does not match sha256", field="sha256",
+                                   code="checksum_mismatch")
+            prepared = await run_in_threadpool(prepare, services, local, work, model["triton_model"])
+            if prepared.format == "onnx":
+                prepared.in_place.add(onnxgraph.MODEL_FILE)
+            row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
+            return await run_in_threadpool(install, services, dict(model, **row), prepared, local, False)
+        except BaseException:
+            await run_in_threadpool(repository.delete_keys, services.s3, layout.bucket, [key])
+            raise
+
+
+async def _stream(services: Services, layout: Layout, model: dict[str, Any], chunks: AsyncIterator[bytes],
+                  local: Path) -> tuple[str, str]:
+    """Write the body to S3 part by part (and to ``local``); (key written, sha256)."""
+    from starlette.concurrency import run_in_threadpool
+
+    digest, buffer, writer = hashlib.sha256(), bytearray(), None
+    key = ""
+    try:
+        with open(local, "wb") as scratch:
+            async for chunk in chunks:
+                digest.update(chunk)
+                scratch.write(chunk)
+                buffer += chunk
+                if writer is None and len(buffer) >= 2:
+                    key = _upload_key(layout, model, gzip=bytes(buffer[:2]) == b"\x1f\x8b")
+                    writer = await run_in_threadpool(repository.MultipartWriter, services.s3, layout.bucket, key)
+                if writer is not None and len(buffer) >= repository.PART_BYTES:
+                    await run_in_threadpool(writer.part, bytes(buffer))
+                    buffer.clear()
+        if writer is None:
+            if not buffer:
+                raise InvalidInput("the upload is empty; send the model file as the request body", field="body")
+            key = _upload_key(layout, model, gzip=False)
+            writer = await run_in_threadpool(repository.MultipartWriter, services.s3, layout.bucket, key)
+        if buffer:
+            await run_in_threadpool(writer.part, bytes(buffer))
+        await run_in_threadpool(writer.complete)
+    except BaseException:
+        if writer is not None:
+            await run_in_threadpool(writer.abort)
+        raise
+    return key, digest.hexdigest()
+
+
+def _upload_key(layout: Layout, model: dict[str, Any], gzip: bool) -> str:
+    """ONNX goes straight to its place in the version folder; a package is kept beside the repository."""
+    tm, number = model["triton_model"], int(model["triton_version"])
+    if gzip:
+        prefix = f"{layout.prefix}/" if layout.prefix else ""
+        return f"{prefix}{ARTIFACTS}/{tm}/{number}/package.tar.gz"
+    return layout.version_prefix(tm, number) + onnxgraph.MODEL_FILE
+
+
+# -- checking --------------------------------------------------------------------------------
+def prepare(services: Services, local: Path, work: Path, triton_model: str) -> Prepared:
+    """Check the artifact at ``local``: a .tar.gz Triton package, else an ONNX file."""
+    settings = services.settings
+    if packages.is_gzip(local):
+        package = packages.unpack(local, work / "package", triton_model, settings.max_artifact_bytes)
+        version_dir = package.root / package.version_dir
+        return Prepared(format="triton", config=package.config,
+                        version_files={rel: version_dir / rel for rel in package.version_files},
+                        model_files={rel: (package.root / rel, sha) for rel, sha in package.model_files.items()})
+    graph = onnxgraph.load(local)
+    from shared.lifecycle import tritonconfig
+
+    config = tritonconfig.normalise(onnxgraph.config_text(graph, triton_model, settings.onnx_backend,
+                                                          settings.onnx_max_batch_size), triton_model)
+    files = {onnxgraph.MODEL_FILE: local}
+    if settings.onnx_backend == "python":
+        runner = work / onnxgraph.RUNNER_FILE
+        runner.write_bytes(onnxgraph.runner_source())
+        files[onnxgraph.RUNNER_FILE] = runner
+    return Prepared(format="onnx", config=config, version_files=files)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+@contextmanager
+def workspace() -> Iterator[Path]:
+    """A scratch folder on local disk (artifacts are never held whole in memory), removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="kinfer-artifact-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+

@@ -1,0 +1,91 @@
+"""Checks of a registered ``backend_url``: is it Triton's gRPC endpoint, and does it serve the model?
+
+Only backends that BACKEND_ALLOWLIST allows are ever contacted (the registry checks that
+first), so registration cannot be used to scan ports, and the answers name the backend by
+its registry identity, never with a transport error's text. A backend that does not answer
+right now is not an error (it may be scaling from zero): the registration succeeds with a
+warning. One that answers but not as Triton gRPC (its HTTP port, say), or that serves
+neither the model nor has it in the model repository, is a 400 that says what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import InvalidInput
+from shared.lifecycle import repository
+from shared.lifecycle.replicas import backend_id
+from shared.lifecycle.repository import Layout
+
+if TYPE_CHECKING:
+    from shared.services import Services
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S, CALL_TIMEOUT_S = 1.0, 3.0
+
+
+def check_registration(services: Services, row: dict[str, Any]) -> list[str]:
+    """Warnings for a registration of files Kinfer does not manage; InvalidInput for a wrong backend."""
+    settings = services.settings
+    if not settings.check_backends:
+        return []
+    urls = list(row.get("backend_urls") or [])
+    field = "backend_url" if len(urls) <= 1 else "backend_urls"
+    if not urls:
+        if not settings.probe_triton_url:
+            return []  # TRITON_URL may be scaled to zero: a check would wake it
+        urls = [settings.triton_url]
+    return [w for url in urls if (w := _check(services, backend_id(url), row["triton_model"], field))]
+
+
+def _check(services: Services, backend: str, triton_model: str, field: str) -> str | None:
+    host, _, port = backend.rpartition(":")
+    if not port.isdigit():
+        raise InvalidInput(f"{field} {backend!r} needs a port (Triton's gRPC port, 8001 by default)", field=field)
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError:
+        return (f"backend {backend} does not answer right now; {triton_model!r} is registered but serves only "
+                "once it does")
+    client = services.triton.client(backend)
+    try:
+        client.is_server_live(client_timeout=CALL_TIMEOUT_S)
+        index = client.get_model_repository_index(as_json=True, client_timeout=CALL_TIMEOUT_S)
+    except Exception as exc:  # tritonclient / grpc errors: the text stays in the log
+        log.info("backend %s is not Triton gRPC: %s", backend, type(exc).__name__)
+        raise InvalidInput(f"{field} {backend} answers, but not as Triton's gRPC endpoint (is it the HTTP port? "
+                           "Triton serves gRPC on 8001 by default)", field=field,
+                           code="backend_not_triton") from None
+    served = sorted({m.get("name", "") for m in index.get("models", [])} - {""})
+    if triton_model in served:
+        return None
+    layout = Layout.of(services.settings)
+    if repository.holds_anything(services.s3, layout, triton_model):
+        return None  # in the model repository: the backend's model agent loads it
+    listed = ", ".join(served[:10]) + (", ..." if len(served) > 10 else "") if served else "no model"
+    raise InvalidInput(f"Triton at {backend} does not serve {triton_model!r} (it serves {listed}), and the model "
+                       f"repository holds no {triton_model!r}; push the model file instead (kinfer models push) "
+                       "or set triton_model", field="triton_model", code="triton_model_not_served")
+
+
+def wake(services: Services, model: dict[str, Any], timeout: float = 30.0) -> None:
+    """Ask each backend of a pushed version whether it is live, in the background and ignoring the answer.
+
+    A Triton that scaled to zero has no model agent to load the version; a request through
+    Knative's activator starts a replica, whose agent then loads every pending version. Nothing
+    calls Triton on a timer: this is one request per push.
+    """
+    from shared.lifecycle.replicas import backends_of
+
+    def poke(url: str) -> None:
+        try:
+            services.triton.client(url).is_server_live(client_timeout=timeout)
+        except Exception as exc:  # a cold start may take longer than the wait: the activator still scales up
+            log.debug("wake of %s: %s", url, type(exc).__name__)
+
+    for url in backends_of(services, model):
+        threading.Thread(target=poke, args=(url,), name="wake-triton", daemon=True).start()

@@ -1,0 +1,125 @@
+"""A Triton ``config.pbtxt`` written from an ONNX graph, so users never write one.
+
+Input and output names, data types and dims come from the graph (initializers are not
+inputs). When every input and output has a dynamic first dimension, that dimension is
+the batch: ``max_batch_size`` (ONNX_MAX_BATCH_SIZE) and dynamic batching; otherwise the
+model is unbatched with its full dims. Class names in the model's metadata (``class_names``,
+comma-separated, as skl2onnx exports write them) become the config's ``class_names``, so
+predictions name classes. ``ONNX_BACKEND`` picks how Triton runs it: its
+``onnxruntime_onnx`` platform (production) or the Python backend running onnxruntime
+(``onnx_runner.py`` copied as the version's ``model.py``; the local Triton has no other).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import InvalidInput
+
+FIELD = "artifact"
+MODEL_FILE = "model.onnx"
+RUNNER_FILE = "model.py"
+
+# ONNX TensorProto element types Kinfer can carry in JSON (numpy dtypes of the codec), as Triton types.
+_TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
+                 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64",
+                 12: "TYPE_UINT32", 13: "TYPE_UINT64"}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    triton_type: str
+    dims: tuple[int, ...]  # full ONNX dims, -1 where dynamic
+
+
+def load(path: Path) -> Any:
+    """The checked ONNX model at ``path``; InvalidInput saying why it is not a usable one."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise InvalidInput(f"the artifact is not an ONNX model (it does not parse: {type(exc).__name__}); "
+                           "push a .onnx file or a .tar.gz Triton model directory", field=FIELD) from None
+    if not model.graph.node or not model.graph.output:
+        raise InvalidInput("the artifact is not an ONNX model (no graph nodes or outputs); push a .onnx file "
+                           "or a .tar.gz Triton model directory", field=FIELD)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise InvalidInput("ONNX models with external data files are not supported as one file; push a .tar.gz "
+                           "Triton model directory holding the .onnx file and its data", field=FIELD)
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"the ONNX model is corrupt or invalid: {first[:300]}", field=FIELD) from None
+    return model
+
+
+def tensors(model: Any) -> tuple[list[Tensor], list[Tensor]]:
+    """(inputs, outputs) of the graph; InvalidInput for a tensor Kinfer cannot serve."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [_tensor(v, "input") for v in model.graph.input if v.name not in initializers]
+    outputs = [_tensor(v, "output") for v in model.graph.output]
+    if not inputs:
+        raise InvalidInput("the ONNX graph has no inputs", field=FIELD)
+    return inputs, outputs
+
+
+def _tensor(value: Any, role: str) -> Tensor:
+    import onnx
+
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise InvalidInput(f"{role} {value.name!r} is a {kind or 'untyped value'}, not a tensor: Kinfer serves "
+                           "tensor inputs and outputs only", field=FIELD)
+    elem = value.type.tensor_type.elem_type
+    if elem not in _TRITON_TYPES:
+        name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else str(elem)
+        supported = ", ".join(sorted(t.removeprefix("TYPE_") for t in _TRITON_TYPES.values()))
+        raise InvalidInput(f"{role} {value.name!r} has the unsupported tensor type {name}; supported: {supported}",
+                           field=FIELD)
+    if not value.type.tensor_type.HasField("shape"):
+        raise InvalidInput(f"{role} {value.name!r} has no shape (unknown rank)", field=FIELD)
+    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+                 for d in value.type.tensor_type.shape.dim)
+    return Tensor(value.name, _TRITON_TYPES[elem], dims)
+
+
+def config_text(model: Any, triton_model: str, backend: str, max_batch_size: int) -> str:
+    """The ``config.pbtxt`` for ``model`` served as ``triton_model`` by ``backend`` (onnxruntime | python)."""
+    inputs, outputs = tensors(model)
+    batched = all(t.dims and t.dims[0] == -1 for t in (*inputs, *outputs))
+    lines = [f'name: "{triton_model}"']
+    if backend == "python":
+        lines.append('backend: "python"')
+    else:
+        lines += ['platform: "onnxruntime_onnx"', f'default_model_filename: "{MODEL_FILE}"']
+    lines.append(f"max_batch_size: {max_batch_size if batched else 0}")
+    lines.append("input [\n" + ",\n".join(_entry(t, batched) for t in inputs) + "\n]")
+    lines.append("output [\n" + ",\n".join(_entry(t, batched) for t in outputs) + "\n]")
+    labels = {p.key: p.value for p in model.metadata_props}.get("class_names", "").replace('"', "")
+    if labels:  # the data plane names each row's class with them
+        lines.append(f'parameters [ {{ key: "class_names" value: {{ string_value: "{labels[:4000]}" }} }} ]')
+    if batched:
+        lines.append("dynamic_batching { }")
+    if backend == "python":  # one onnxruntime session per instance; the CPU only
+        lines.append("instance_group [ { kind: KIND_CPU count: 1 } ]")
+    return "\n".join(lines) + "\n"
+
+
+def _entry(tensor: Tensor, batched: bool) -> str:
+    dims = tensor.dims[1:] if batched else tensor.dims
+    # Triton needs at least one dim: a scalar per row travels as [1] and is reshaped to [] for the model.
+    shape = f"dims: [ {', '.join(map(str, dims))} ]" if dims else "dims: [ 1 ] reshape: { shape: [ ] }"
+    return f'  {{ name: "{tensor.name}" data_type: {tensor.triton_type} {shape} }}'
+
+
+def runner_source() -> bytes:
+    """The Python-backend ``model.py`` that runs a version's ``model.onnx`` with onnxruntime."""
+    from importlib.resources import files
+
+    return (files("shared.lifecycle") / "onnx_runner.py").read_bytes()

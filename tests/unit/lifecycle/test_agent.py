@@ -1,0 +1,72 @@
+"""Agent pieces without services: Triton's load errors become short reasons, config version policies,
+heartbeat lookups and the agent's own status endpoint."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from shared.lifecycle import replicas, tritonconfig
+from shared.lifecycle.agent import serve_status
+from shared.lifecycle.tritonapi import _reason
+from tests.lifecycle_support import PY_CONFIG
+
+
+def test_triton_load_errors_become_one_line_reasons() -> None:
+    body = json.dumps({"error": "load failed for model 'lin': version 3 is at UNAVAILABLE state: Internal: "
+                                "RuntimeError: broken on purpose\n\nAt:\n  /tmp/x/model.py(10): initialize\n;\n"})
+    assert _reason(body) == "Internal: RuntimeError: broken on purpose"
+    assert _reason("not json at all") == "not json at all"
+    assert _reason("") == "Triton gave no reason"
+
+
+def test_the_agent_writes_the_versions_to_load_into_the_config() -> None:
+    base = tritonconfig.normalise(PY_CONFIG, "lin")
+    assert 'name: "lin"' in base and "version_policy" not in base
+    text = tritonconfig.with_versions(base, [3, 1])
+    assert list(tritonconfig.parse(text).version_policy.specific.versions) == [1, 3]
+    assert "version_policy" not in tritonconfig.normalise(text, "lin"), "pushed configs never carry a policy"
+
+
+def test_heartbeat_lookups() -> None:
+    beat = {"loaded": {"lin": [1, 2]}}
+    assert replicas.has(beat, "lin", 2) and not replicas.has(beat, "lin", 3) and replicas.has(beat, "lin", None)
+    assert not replicas.has(beat, "other", None)
+    assert replicas.backend_id("grpc://Triton.Kinfer:80/") == "triton.kinfer:80"
+
+
+def test_the_agents_status_endpoint_answers_its_probes() -> None:
+    """/livez never touches anything; /ready is 503 until the first full sync, then 200 while Triton answers."""
+
+    class FakeAgent:
+        synced, last_error, replica = False, "not yet", "r1"
+
+        class triton:  # noqa: N801 - stands in for the Triton API object
+            @staticmethod
+            def live() -> bool:
+                return True
+
+        @staticmethod
+        def status() -> dict:
+            return {"synced": FakeAgent.synced}
+
+    server = serve_status(FakeAgent(), 0, host="127.0.0.1")  # type: ignore[arg-type]
+    base = f"http://127.0.0.1:{server.server_port}"
+
+    def get(path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    try:
+        assert get("/livez") == (200, {"status": "alive"})
+        assert get("/ready")[0] == 503
+        FakeAgent.synced = True
+        assert get("/ready")[0] == 200 and get("/status")[1]["replica"] == "r1"
+        assert get("/nope")[0] == 404
+    finally:
+        server.shutdown()

@@ -1,0 +1,70 @@
+"""Packaged Triton model directories: what is accepted, and every way out of the package refused."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from shared.errors import InvalidInput
+from shared.lifecycle import packages
+from tests.lifecycle_support import PY_CONFIG, package
+
+
+def unpack(tmp_path: Path, data: bytes, limit: int = 10_000_000) -> packages.Package:
+    archive = tmp_path / "p.tar.gz"
+    archive.write_bytes(data)
+    return packages.unpack(archive, tmp_path / "out", "mine", limit)
+
+
+def test_a_package_at_the_root_or_in_one_folder_is_accepted(tmp_path: Path) -> None:
+    for top in ("", "my_model"):
+        folder = tmp_path / (top or "root")
+        folder.mkdir()
+        got = unpack(folder, package({"config.pbtxt": PY_CONFIG, "7/model.py": "x = 1", "7/sub/w.bin": b"\0",
+                                      "labels.txt": "a\nb\n"}, top))
+        assert got.version_dir == "7" and got.version_files == ["model.py", "sub/w.bin"]
+        assert set(got.model_files) == {"labels.txt"}
+        assert 'name: "mine"' in got.config and "version_policy" not in got.config
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x") -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        if kind == tarfile.REGTYPE:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        else:
+            info.linkname = "/etc/passwd"
+            tar.addfile(info)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("data,words", [
+    (tar_member("../x.py"), "escapes the package"),
+    (tar_member("a/../../x.py"), "escapes the package"),
+    (tar_member("/etc/x.py"), "escapes the package"),
+    (tar_member("1/model.py", tarfile.SYMTYPE), "link or a special file"),
+    (tar_member("1/model.py", tarfile.LNKTYPE), "link or a special file"),
+    (tar_member("dev", tarfile.CHRTYPE), "link or a special file"),
+    (package({"1/model.py": "x"}), "no config.pbtxt"),
+    (package({"a/config.pbtxt": PY_CONFIG, "b/1/model.py": "x"}), "no config.pbtxt"),
+    (package({"config.pbtxt": PY_CONFIG}), "exactly one numeric version folder"),
+    (package({"config.pbtxt": 'name: "x"', "1/model.py": "x"}), "neither a backend nor a platform"),
+    (b"\x1f\x8bnot really", "not a readable .tar.gz"),
+])
+def test_bad_packages_are_refused_with_the_reason(tmp_path: Path, data: bytes, words: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        unpack(tmp_path, data)
+    assert words in err.value.message and err.value.field == "artifact"
+
+
+def test_the_unpacked_size_is_bounded(tmp_path: Path) -> None:
+    bomb = package({"config.pbtxt": PY_CONFIG, "1/zeros.bin": b"\0" * 2_000_000})
+    assert len(bomb) < 20_000
+    with pytest.raises(InvalidInput, match="unpacks to more than 1000000 bytes"):
+        unpack(tmp_path, bomb, limit=1_000_000)
