@@ -10,6 +10,7 @@
     ├── MethodNotAllowed (405, method_not_allowed)
     ├── Conflict (409, conflict)
     ├── PayloadTooLarge (413, payload_too_large)
+    ├── UnsupportedMediaType (415, unsupported_media_type)
     ├── Unprocessable (422, unprocessable)         permanent event failure
     ├── RateLimited (429, rate_limited)            retryable, ``retry_after``
     ├── BackendError (502, backend_error)
@@ -75,6 +76,10 @@ class Conflict(KinferError):
 
 class PayloadTooLarge(KinferError):
     status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(KinferError):
+    status, code = 415, "unsupported_media_type"
 
 
 class Unprocessable(KinferError):

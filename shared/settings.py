@@ -101,8 +101,14 @@ class Settings:
     # false when TRITON_URL is a scale-to-zero Knative Service: a probe would wake it (and, counted as
     # traffic, keep it up), so it is never probed and its health is what its circuit breaker saw
     probe_triton_url: bool = _var("PROBE_TRITON_URL", "true", _bool)
+    # Concurrent single-row requests for one model version on one backend are merged into one Triton
+    # request; a request waits at most this long for company (0 turns coalescing off)
+    coalesce_wait_ms: float = _var("COALESCE_WAIT_MS", "2", _float(0, 1000))
     # HTTP limits and access
     max_body_bytes: int = _var("MAX_BODY_BYTES", str(10 * 1024 * 1024), _int(1024, 1024**3))
+    # One real-time inference request: at most this many rows and tensor elements (bulk goes to batch jobs)
+    max_infer_rows: int = _var("MAX_INFER_ROWS", "1024", _int(1, 1_000_000))
+    max_infer_elements: int = _var("MAX_INFER_ELEMENTS", "262144", _int(1, 100_000_000))
     auth_required: bool = _var("AUTH_REQUIRED", "true", _bool)
     rate_limit_per_minute: int = _var("RATE_LIMIT_PER_MINUTE", "600", _int(1, 10_000_000))
     # Batch
@@ -120,8 +126,12 @@ class Settings:
     function_source: str = _var("FUNCTION_SOURCE", "")
     log_level: str = _var("LOG_LEVEL", "INFO")
     otlp_endpoint: str = _var("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    # Share of new traces recorded (parent-based: a caller's sampled traceparent is always followed)
+    trace_sample_ratio: float = _var("TRACE_SAMPLE_RATIO", "0.1", _float(0, 1))
     # API keys: how long a key lookup is trusted in-process (revocation takes effect within it)
     auth_cache_ttl_s: float = _var("AUTH_CACHE_TTL_S", "5", _float(0, 300))
+    # While PostgreSQL is unreachable, a key seen valid within this many seconds keeps working (0: never)
+    auth_outage_ttl_s: float = _var("AUTH_OUTAGE_TTL_S", "3600", _float(0, 7 * 86400))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,4 +1,9 @@
-"""The real-time inference function: POST /v1/infer and the KServe v2 routes (``shared.inference``)."""
+"""The real-time inference function: POST /v1/infer and the KServe v2 protocol (``shared.inference``).
+
+Every handler is ``async``: the whole request runs on the event loop. Server health and
+metadata (``/v2``, ``/v2/health/*``) need no key, like Triton's, so load balancers can
+probe them; everything that names a model needs the ``infer`` scope.
+"""
 
 from __future__ import annotations
 
@@ -6,43 +11,63 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.inference import health, v2
 from shared.inference.dataplane import run_inference as infer
 from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
-def _infer(call: Call) -> dict:
-    answer = infer(call.services, call.json())
+async def _infer(call: Call) -> dict:
+    answer = await infer(call.services, call.json())
     answer["request_id"] = call.request_id
     return answer
 
 
-def _infer_v2(call: Call, name: str, version: str | None = None) -> dict:
-    from shared.inference.v2 import infer_v2
-
-    return infer_v2(call.services, name, version, call.body, call.headers)
+async def _infer_v2(call: Call, name: str, version: str | None = None) -> dict:
+    return await v2.infer_v2(call.services, name, version, call.body, call.headers)
 
 
-def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict:
-    from shared.inference.v2 import model_metadata_v2
-
-    return model_metadata_v2(call.services, name, version)
+async def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict:
+    return await v2.model_metadata_v2(call.services, name, version)
 
 
-def _health(call: Call) -> tuple[int, dict]:
-    redis_ok = call.services.cache.ping()
-    return 200, {"status": "healthy" if redis_ok else "degraded", "service": call.services.settings.service_name,
-                 "checks": {"cache": "ok" if redis_ok else "unreachable"}}
+async def _ready_v2(call: Call, name: str, version: str | None = None) -> dict:
+    return await v2.model_ready_v2(call.services, name, version)
 
 
+async def _config_v2(call: Call, name: str, version: str | None = None) -> dict:
+    return await v2.model_config_v2(call.services, name, version)
+
+
+async def _server_v2(call: Call) -> dict:
+    return v2.server_metadata()
+
+
+async def _live_v2(call: Call) -> dict:
+    return {"live": True}
+
+
+async def _ready(call: Call) -> tuple[int, dict]:
+    return await health.server_ready(call.services)
+
+
+async def _health(call: Call) -> tuple[int, dict]:
+    return await health.health(call.services)
+
+
+MODEL = "/v2/models/<name>"
+VERSION = "/v2/models/<name>/versions/<version>"
 ROUTES = Router([
     LIVEZ,
     Route("/health", ("GET",), _health),
     Route("/v1/infer", ("POST",), _infer, scope="infer"),
-    Route("/v2/models/<name>/infer", ("POST",), _infer_v2, scope="infer"),
-    Route("/v2/models/<name>/versions/<version>/infer", ("POST",), _infer_v2, scope="infer"),
-    Route("/v2/models/<name>", ("GET",), _metadata_v2, scope="infer"),
-    Route("/v2/models/<name>/versions/<version>", ("GET",), _metadata_v2, scope="infer"),
+    Route("/v2", ("GET",), _server_v2),
+    Route("/v2/health/live", ("GET",), _live_v2),
+    Route("/v2/health/ready", ("GET",), _ready),
+    *[Route(base + "/infer", ("POST",), _infer_v2, scope="infer") for base in (MODEL, VERSION)],
+    *[Route(base, ("GET",), _metadata_v2, scope="infer") for base in (MODEL, VERSION)],
+    *[Route(base + "/ready", ("GET",), _ready_v2, scope="infer") for base in (MODEL, VERSION)],
+    *[Route(base + "/config", ("GET",), _config_v2, scope="infer") for base in (MODEL, VERSION)],
 ])
 
 

@@ -107,7 +107,7 @@ def _chunk_lines(services: Services, ref: ChunkRef) -> list[bytes]:
 
 def _infer(services: Services, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict] | None:
     """One result row per line, in order; None when the job was cancelled meanwhile."""
-    from shared.inference.dataplane import infer_items
+    from shared.inference.items import infer_items
 
     rows: list[dict[str, Any]] = []
     for offset in range(0, len(lines), SUB_BATCH):

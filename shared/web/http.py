@@ -1,16 +1,19 @@
 """HTTP plumbing shared by every HTTP function (ASGI: functions-framework's async mode).
 
 ``dispatch`` is the one place where a request becomes a response: it assigns the
-request id, continues the W3C trace, routes by path (werkzeug's URL map), enforces
-auth when the route asks for a scope, reads the body under MAX_BODY_BYTES, runs the
-handler and turns any ``KinferError`` into the JSON error body (the HTTP contract in
+request id, continues the W3C trace, routes by path (``Router``: werkzeug-style rules
+such as ``/v1/models/<model_id>``), enforces auth when the route asks for a scope
+(async: no thread hop), reads the body under MAX_BODY_BYTES, runs the handler and turns
+any ``KinferError`` into the JSON error body (the HTTP contract in
 ``docs/architecture.md``). An unexpected exception is logged with its traceback and
 answered with a generic 500 sentence; exception text never reaches the caller.
 
 Handlers are ``async def`` (run on the event loop: they must not block) or plain
 ``def`` (run in the thread pool: database and S3 calls). A route reads its body up
 front unless it says ``stream=True``, in which case an ``async`` handler consumes
-``call.stream()`` itself.
+``call.stream()`` itself. ``call.json()`` parses strictly: JSON content types only
+(415 otherwise; no Content-Type and curl's default form type are read as JSON), no
+duplicate keys, no NaN or infinities.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -28,12 +32,17 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from werkzeug.exceptions import MethodNotAllowed as _WzMethodNotAllowed
-from werkzeug.exceptions import NotFound as _WzNotFound
-from werkzeug.routing import Map, Rule
 
 from shared import telemetry
-from shared.errors import InvalidInput, KinferError, MethodNotAllowed, NotFound, PayloadTooLarge
+from shared import validation as v
+from shared.errors import (
+    InvalidInput,
+    KinferError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from shared.logs import request_id_var
 
 if TYPE_CHECKING:
@@ -43,6 +52,7 @@ log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 JSON_TYPE = "application/json"
+_JSON_MEDIA = frozenset({"application/json", "application/x-www-form-urlencoded"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -73,25 +83,61 @@ async def _alive(call: Call) -> dict[str, str]:
 LIVEZ = Route("/livez", ("GET",), _alive)
 
 
+_PARAM = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>")
+_CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "default": ("[^/]+", str), "string": ("[^/]+", str), "path": (".+", str), "int": (r"\d+", int),
+}
+
+
 class Router:
-    """Routes requests by path and method with werkzeug's URL map."""
+    """Routes requests by path and method: werkzeug-style rules (``<name>``, ``<path:name>``, ``<int:n>``),
+    static rules before dynamic ones, a trailing slash ignored; 404 or 405 (with ``Allow``) otherwise."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
-        self._map = Map([Rule(r.rule, endpoint=i, methods=list(r.methods)) for i, r in enumerate(self.routes)],
-                        strict_slashes=False, merge_slashes=False)
-        self._adapter = self._map.bind("kinfer")
+        self._static: dict[str, list[Route]] = {}
+        self._dynamic: list[tuple[re.Pattern[str], Route, dict[str, Callable[[str], Any]]]] = []
+        for route in self.routes:
+            rule = _normal(route.rule)
+            if "<" not in rule:
+                self._static.setdefault(rule, []).append(route)
+            else:
+                pattern, converters = _compile(rule)
+                self._dynamic.append((pattern, route, converters))
 
     def match(self, path: str, method: str) -> tuple[Route, dict[str, Any]]:
-        try:
-            index, params = self._adapter.match(path, method=method)
-        except _WzNotFound:
-            raise NotFound(f"no route for {method} {path}") from None
-        except _WzMethodNotAllowed as exc:
-            allowed = ", ".join(sorted(exc.valid_methods or []))
-            raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allowed}",
-                                   headers={"Allow": allowed}) from None
-        return self.routes[int(index)], dict(params)
+        normal = _normal(path)
+        found: list[tuple[Route, dict[str, Any]]] = [(r, {}) for r in self._static.get(normal, ())]
+        for pattern, route, converters in self._dynamic:
+            m = pattern.fullmatch(normal)
+            if m is not None:
+                found.append((route, {k: converters[k](v) for k, v in m.groupdict().items()}))
+        if not found:
+            raise NotFound(f"no route for {method} {path}")
+        for route, params in found:
+            if method in route.methods or (method == "HEAD" and "GET" in route.methods):
+                return route, params
+        methods = {m for route, _ in found for m in route.methods}
+        allowed = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+        raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allowed}", headers={"Allow": allowed})
+
+
+def _normal(path: str) -> str:
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
+def _compile(rule: str) -> tuple[re.Pattern[str], dict[str, Callable[[str], Any]]]:
+    parts, converters, at = [], {}, 0
+    for m in _PARAM.finditer(rule):
+        kind = m.group("converter") or "default"
+        if kind not in _CONVERTERS:
+            raise ValueError(f"route {rule!r}: unknown converter {kind!r}")
+        pattern, convert = _CONVERTERS[kind]
+        parts += [re.escape(rule[at:m.start()]), f"(?P<{m.group('name')}>{pattern})"]
+        converters[m.group("name")] = convert
+        at = m.end()
+    parts.append(re.escape(rule[at:]))
+    return re.compile("".join(parts)), converters
 
 
 @dataclass
@@ -119,7 +165,8 @@ class Call:
         return self.request.query_params.get(name)
 
     def json(self) -> Any:
-        """The JSON body, strictly parsed (400 when empty or malformed)."""
+        """The JSON body, strictly parsed (415 for a non-JSON Content-Type, 400 when empty or malformed)."""
+        require_json(self.request.headers.get("content-type"))
         return parse_json(self.body)
 
     def stream(self, limit: int | None = None) -> AsyncIterator[bytes]:
@@ -127,14 +174,22 @@ class Call:
         return stream_body(self.request, limit)
 
 
+def require_json(content_type: str | None) -> None:
+    """415 unless the Content-Type is JSON (``application/json``, ``*/*+json``). No Content-Type and
+    ``application/x-www-form-urlencoded`` (what ``curl -d`` sends) are read as JSON too."""
+    if not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in _JSON_MEDIA or media.endswith("+json"):
+        return
+    raise UnsupportedMediaType(f"Content-Type {media[:100]!r} is not supported here; send the body as "
+                               "application/json", field="Content-Type")
+
+
 def parse_json(raw: bytes) -> Any:
-    if not raw.strip():
-        raise InvalidInput("request body is empty; a JSON object is required", field="body")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:  # the message names the position, never the content
-        reason = str(exc).split(":", 1)[0]
-        raise InvalidInput(f"request body is not valid JSON ({reason})", field="body") from None
+    """Strict JSON (``validation.parse_json``): 400 when empty, malformed, NaN or infinite, or when an
+    object repeats a key."""
+    return v.parse_json(raw, "body")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -175,8 +230,24 @@ def _content_length(request: Request) -> int | None:
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     """A JSON answer; NaN and infinities become null (JSON has no such numbers)."""
-    content = orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(content, status_code=status, headers=dict(headers or {}), media_type=JSON_TYPE)
+    return JsonResponse(orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY), status, headers)
+
+
+class JsonResponse(Response):
+    """A pre-encoded JSON body with its headers built once (``Response.__init__`` does more work)."""
+
+    media_type = JSON_TYPE
+
+    def __init__(self, content: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status
+        self.body = content
+        self.background = None
+        self.raw_headers = [(b"content-length", str(len(content)).encode()), (b"content-type", _JSON_CT)]
+        if headers:
+            self.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+_JSON_CT = JSON_TYPE.encode()
 
 
 def _json_default(value: Any) -> Any:
@@ -190,8 +261,9 @@ def _json_default(value: Any) -> Any:
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
-    incoming = headers.get("x-request-id", "")
-    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    """The caller's X-Request-ID when it is sane, else 32 random hex digits (uuid4().hex, cheaper)."""
+    incoming = headers.get("x-request-id")
+    return incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
 
 
 def error_response(exc: KinferError, request_id: str, trace_id: str) -> Response:
@@ -216,20 +288,26 @@ def _as_response(result: Any) -> Response:
 
 async def dispatch(request: Request, router: Router, services: Services, span_name: str) -> Response:
     """Route, authorize and run one request; always answers JSON (see module docstring)."""
-    request_id = request_id_of(request.headers)
+    headers = request.headers
+    request_id = request_id_of(headers)
     token = request_id_var.set(request_id)
+    scope = request.scope
     try:
-        with telemetry.server_span(span_name, request.headers, **{"http.request.method": request.method,
-                                                                  "url.path": request.url.path}) as span:
+        with telemetry.server_span(span_name, headers, **{"http.request.method": scope["method"],
+                                                          "url.path": scope["path"]}) as span:
             call = Call(request=request, services=services, request_id=request_id,
                         trace_id=telemetry.trace_id_of(span))
             response = await _run(call, router, span)
-            response.headers["X-Request-ID"] = request_id
+            extra = [(b"x-request-id", request_id.encode())]
             if call.trace_id:
-                response.headers["X-Trace-ID"] = call.trace_id
-            for key, value in call.response_headers.items():
-                response.headers.setdefault(key, value)
-            span.set_attribute("http.response.status_code", response.status_code)
+                extra.append((b"x-trace-id", call.trace_id.encode()))
+            if call.response_headers:
+                present = {name for name, _ in response.raw_headers}
+                extra += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in call.response_headers.items()
+                          if k.lower().encode("latin-1") not in present]
+            response.raw_headers.extend(extra)
+            if span.is_recording():
+                span.set_attribute("http.response.status_code", response.status_code)
             return response
     finally:
         request_id_var.reset(token)
@@ -237,14 +315,16 @@ async def dispatch(request: Request, router: Router, services: Services, span_na
 
 async def _run(call: Call, router: Router, span: Any) -> Response:
     request = call.request
+    method, path = request.scope["method"], request.scope["path"]
     try:
-        route, params = router.match(request.url.path, request.method)
-        span.update_name(f"{request.method} {route.rule}")
+        route, params = router.match(path, method)
+        if span.is_recording():
+            span.update_name(f"{method} {route.rule}")
         if route.scope is not None and call.services.settings.auth_required:
             from shared.access.auth import authorize
 
-            call.principal = await run_in_threadpool(authorize, call, route.scope)
-        if not route.stream and request.method in _BODY_METHODS:
+            call.principal = await authorize(call, route.scope)
+        if not route.stream and method in _BODY_METHODS:
             call.body = await read_body(request, call.services.settings.max_body_bytes)
         if route.is_async:
             result = await route.handler(call, **params)
@@ -256,6 +336,6 @@ async def _run(call: Call, router: Router, span: Any) -> Response:
             log.warning("request failed: %s %s (%s)", exc.status, exc.code, exc.message)
         return error_response(exc, call.request_id, call.trace_id)
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        log.exception("unhandled error in %s %s", method, path)
         generic = KinferError("internal error; the request id identifies it in the logs")
         return error_response(generic, call.request_id, call.trace_id)

@@ -103,12 +103,14 @@ def test_dead_backend_trips_half_opens_and_closes_when_back(client, svc, triton,
     model = register(svc, [dead])
     first = [infer(client, model) for _ in range(2)]
     assert [r.status_code for r in first] == [503, 503]
-    assert first[0].json()["code"] == "unavailable" and dead in first[0].json()["error"]
+    body = first[0].json()
+    assert body["code"] == "unavailable" and f"model {model['name']!r} version '1'" in body["error"]
+    assert str(port) not in body["error"] and "127.0.0.1" not in body["error"]  # never the address (logged)
 
     tripped = infer(client, model)
     body = tripped.json()
     assert tripped.status_code == 503 and body["code"] == "circuit_open"
-    assert "circuit breaker" in body["error"] and dead in body["error"]
+    assert "circuit breaker" in body["error"] and model["name"] in body["error"] and str(port) not in body["error"]
     assert 1 <= int(tripped.headers["Retry-After"]) <= 2
     seen = state_from_other_process(base_settings.redis_url, dead)
     assert seen["circuit"] == "open" and seen["failures"] >= 2

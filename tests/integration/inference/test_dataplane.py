@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared import registry
-from shared.inference.dataplane import ItemResult, infer_items
+from shared.inference.items import ItemResult, infer_items
 from tests.conftest import function_client
 
 pytestmark = pytest.mark.integration

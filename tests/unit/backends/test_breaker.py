@@ -41,8 +41,9 @@ def test_in_process_breaker_opens_at_fail_max_and_names_the_backend():
     view = b.views(["h:1"])["h:1"]
     assert view.state == "open" and view.failures == 2 and not view.shared
     assert not b.allows(view)
-    err = b.open_error(view)
-    assert isinstance(err, CircuitOpen) and "circuit breaker" in err.message and "h:1" in err.message
+    err = b.open_error(view, "model 'iris' version '1'")
+    assert isinstance(err, CircuitOpen) and "circuit breaker" in err.message
+    assert "model 'iris' version '1'" in err.message and "h:1" not in err.message  # never the address
     assert 29 <= err.retry_after <= 30
 
 
@@ -91,8 +92,9 @@ def test_all_open_raises_circuit_open_with_the_shortest_wait():
                 Backend("b:1", CircuitView("b:1", "open", 5, now - 5), None)]
     bal, _ = balancer_with(backends, make())
     with pytest.raises(CircuitOpen) as err:
-        bal.candidates(["a:1", "b:1"])
-    assert "a:1" in err.value.message and err.value.retry_after <= 10.5
+        bal.candidates(["a:1", "b:1"], label="model 'm' version '2'")
+    assert "model 'm' version '2'" in err.value.message and "a:1" not in err.value.message
+    assert err.value.retry_after <= 10.5
 
 
 def test_one_retry_elsewhere_on_connection_failure_but_not_on_caller_errors():
