@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +77,10 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of ``root`` and every live descendant (uvicorn workers, Triton stubs)."""
-    tree, total, todo = _children(), 0.0, [root]
+def cpu_seconds(root: int, descendants: bool = True) -> float:
+    """User + system CPU seconds of ``root`` and (unless told otherwise) every live descendant (uvicorn
+    workers, Triton's backend stubs)."""
+    tree, total, todo = _children() if descendants else {}, 0.0, [root]
     while todo:
         pid = todo.pop()
         todo.extend(tree.get(pid, []))
@@ -283,9 +285,19 @@ def run_python(ep: Endpoints, n: int, concurrency: int) -> str:
 
 
 # -- the system under test --------------------------------------------------------------------
+@dataclass
+class Backing:
+    """What the served functions need: Triton, a scratch database with the model, a key."""
+
+    triton: object
+    settings: object
+    key: str | None
+    state: Path
+
+
 @contextlib.contextmanager
-def self_contained(workers: int, auth: bool, extra_env: dict[str, str]) -> Iterator[Endpoints]:
-    """Triton, a scratch database, a key, the infer function and the gateway (``kinfer serve``) on free ports."""
+def backing(auth: bool) -> Iterator[Backing]:
+    """Triton, a scratch database (dropped afterwards) holding the iris model, and a high-limit key."""
     import sqlalchemy as sa
 
     from shared import registry
@@ -295,7 +307,6 @@ def self_contained(workers: int, auth: bool, extra_env: dict[str, str]) -> Itera
     from shared.services import Services
     from shared.settings import Settings
     from tests.conftest import PG_ADMIN_URL, free_port
-    from tests.integration.servers import settings_env
 
     with tempfile.TemporaryDirectory() as state, contextlib.ExitStack() as stack:
         triton = stack.enter_context(TritonServer(default_repository(), Path(state), free_port(), free_port(),
@@ -316,13 +327,27 @@ def self_contained(workers: int, auth: bool, extra_env: dict[str, str]) -> Itera
                                   rate_limit=keys.MAX_RATE_LIMIT)[1] if auth else None
         finally:
             services.close()
-        env = {**os.environ, **settings_env(settings), **extra_env}
+        yield Backing(triton, settings, key, Path(state))
+
+
+def served_env(b: Backing, extra_env: dict[str, str]) -> dict[str, str]:
+    from tests.integration.servers import settings_env
+
+    return {**os.environ, **settings_env(b.settings), **extra_env}
+
+
+@contextlib.contextmanager
+def self_contained(workers: int, auth: bool, extra_env: dict[str, str]) -> Iterator[Endpoints]:
+    """``backing`` plus the infer function and the gateway (``kinfer serve``) on free ports."""
+    with backing(auth) as b, contextlib.ExitStack() as stack:
+        env = served_env(b, extra_env)
         function = _serve(stack, ["--target", "run_inference", "--source", "functions/infer/main.py"],
-                          workers, dict(env, K_SERVICE="infer"), Path(state) / "function.log")
-        gateway = _serve(stack, ["--gateway"], workers, dict(env, K_SERVICE="gateway"), Path(state) / "gateway.log")
+                          workers, dict(env, K_SERVICE="infer"), b.state / "function.log")
+        gateway = _serve(stack, ["--gateway"], workers, dict(env, K_SERVICE="gateway"), b.state / "gateway.log")
+        triton: Any = b.triton
         yield Endpoints(triton.http_url.removeprefix("http://"), triton.grpc_url, function[0], gateway[0],
-                        TRITON_MODEL, key, {"triton": triton.pid or 0, "function": function[1],
-                                            "gateway": gateway[1]})
+                        TRITON_MODEL, b.key, {"triton": triton.pid or 0, "function": function[1],
+                                              "gateway": gateway[1]})
 
 
 def _serve(stack: contextlib.ExitStack, args: list[str], workers: int, env: dict[str, str],

@@ -162,9 +162,9 @@ class RateLimiter:
 
     # -- keys (limits' layout) -------------------------------------------------------------
     def keys_for(self, identifier: str, limit: int) -> list[str]:
-        from limits import RateLimitItemPerMinute
-
-        key = f"{self.key_prefix}:{{{RateLimitItemPerMinute(limit).key_for(identifier)}}}"
+        """[previous window, current window]: ``limits``' names for RateLimitItemPerMinute(limit) (its
+        ``key_for`` and RedisStorage's braces), spelt out so the hot path does not import ``limits``."""
+        key = f"{self.key_prefix}:{{LIMITER/{identifier}/{limit}/1/minute}}"
         return [f"{key}/-1", key]
 
     @property

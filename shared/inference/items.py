@@ -1,7 +1,7 @@
 """Inference of batch items (``infer_items``, the batch worker's data plane), synchronous.
 
 Valid items go to Triton in requests of the model's ``max_batch_size`` rows, up to
-``IN_FLIGHT`` of them at once (Triton and this process overlap their work); a bad item
+``IN_FLIGHT`` of them at once per process (Triton and this process overlap their work); a bad item
 fails on its own with the reason. The common case, every item one row of a
 single-input model, takes a vectorised path (one numpy conversion, no per-item
 validation). Backend failures that a retry can cure raise (the chunk is redelivered).
@@ -10,6 +10,7 @@ validation). Backend failures that a retry can cure raise (the chunk is redelive
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from shared.inference.resolve import backend_label, backend_urls, label, triton_
 if TYPE_CHECKING:
     from shared.services import Services
 
-IN_FLIGHT = 4
+IN_FLIGHT = 8
 T = TypeVar("T")
 
 
@@ -131,12 +132,21 @@ def uniform_rows(info: ModelInfo, items: list[Any]) -> np.ndarray | None:
     return cast
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
 def _in_parallel(calls: list[Callable[[], T]]) -> list[T]:
-    """Run ``calls`` with up to IN_FLIGHT at once (Triton requests overlap); the first error raises."""
+    """Run ``calls`` in a process-wide pool of IN_FLIGHT threads (Triton requests overlap; chunks served at
+    once share the pool, so the requests in flight stay bounded); the first error raises."""
+    global _pool
     if len(calls) <= 1:
         return [c() for c in calls]
-    with ThreadPoolExecutor(min(IN_FLIGHT, len(calls)), thread_name_prefix="batch-infer") as pool:
-        return [f.result() for f in [pool.submit(contextvars.copy_context().run, c) for c in calls]]
+    if _pool is None:
+        with _pool_lock:
+            _pool = _pool or ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="batch-infer")
+    futures = [_pool.submit(contextvars.copy_context().run, c) for c in calls]
+    return [f.result() for f in futures]
 
 
 def _infer_uniform(services: Services, target: _Target, info: ModelInfo, array: np.ndarray) -> list[ItemResult]:
@@ -154,9 +164,10 @@ def _infer_uniform(services: Services, target: _Target, info: ModelInfo, array: 
                 raise
             return [ItemResult(None, None, exc.message)] * len(part)
         predictions = prediction_of(info, outputs, single=False)
-        lists = {name: a.tolist() for name, a in outputs.items()}
-        return [ItemResult(predictions[j], {name: values[j] for name, values in lists.items()}, None)
-                for j in range(len(part))]
+        names = list(outputs)
+        per_item = [dict(zip(names, values, strict=True))
+                    for values in zip(*(outputs[n].tolist() for n in names), strict=True)]
+        return [ItemResult(p, o, None) for p, o in zip(predictions, per_item, strict=True)]
 
     calls: list[Callable[[], list[ItemResult]]] = [partial(run, p) for p in parts]
     return [r for done in _in_parallel(calls) for r in done]

@@ -40,6 +40,17 @@ def test_empty_window_resets_now() -> None:
     assert remaining == 5 and abs(reset_at - time.time()) < 1
 
 
+def test_window_keys_are_the_ones_limits_uses() -> None:
+    from limits import RateLimitItemPerMinute
+    from limits.storage import RedisStorage
+
+    limiter = RateLimiter(Cache(Settings.from_env(environ={})))
+    storage = RedisStorage("redis://127.0.0.1:1/0", key_prefix="kinfer:rl")
+    key = RateLimitItemPerMinute(37).key_for("a key/with:odd chars")
+    assert limiter.keys_for("a key/with:odd chars", 37) == [
+        storage.prefixed_key(storage._previous_window_key(key)), storage.prefixed_key(storage._current_window_key(key))]
+
+
 def test_slices_are_a_hundredth_of_the_limit_at_most() -> None:
     assert [max_slice(n) for n in (1, 99, 100, 600, 10_000_000)] == [1, 1, 1, 6, 1000]
 
