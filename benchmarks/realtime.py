@@ -425,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("wrk", "python"), default="wrk")
     p.add_argument("--stack", action="store_true", help="measure the running `kinfer up` stack (fixed ports)")
     p.add_argument("--api-key", help="--stack: the key to send (default: create one with a high rate limit)")
-    p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes per server (self-contained)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn worker processes per server (self-contained; default 1: coalescing merges "
+                        "within a process, and on 2 cores one process feeds Triton bigger batches than two)")
     p.add_argument("--no-auth", action="store_true", help="self-contained: serve without API keys")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra setting for the served function and gateway (repeatable)")

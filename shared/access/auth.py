@@ -172,7 +172,7 @@ def _outage(services: Services, digest: str, exc: Unavailable | None) -> Princip
 async def authorize(call: Any, scope: str) -> Principal:
     """Authenticate the caller, check ``scope``, count the request against the key's rate limit."""
     services = call.services
-    principal = await principal_for_async(services, key_from_headers(call.request.headers))
+    principal = await principal_for_async(services, key_from_headers(call.header_map))
     if principal is None:
         raise Unauthorized("invalid or revoked API key", headers=INVALID)
     if not principal.allows(scope):

@@ -222,7 +222,7 @@ class Balancer:
         """``call`` for the event loop: breaker bookkeeping off the loop, never a Redis wait once warm."""
         if not urls:
             raise Unavailable("the model has no Triton backend configured")
-        chosen = self.choose(await self.snapshot_async(urls), label)[:MAX_ATTEMPTS]
+        chosen = self._only_healthy(urls) or self.choose(await self.snapshot_async(urls), label)[:MAX_ATTEMPTS]
         for i, backend in enumerate(chosen):
             started = time.perf_counter()
             try:
@@ -245,6 +245,17 @@ class Balancer:
                 self.forget(backend.url)
             return result
         raise AssertionError("unreachable")
+
+    def _only_healthy(self, urls: list[str]) -> list[Backend] | None:
+        """The common case without the general machinery: one backend, freshly seen, circuit clean."""
+        if len(urls) != 1:
+            return None
+        hit = self._seen.get(urls[0])
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        backend = hit[1]
+        circuit = backend.circuit
+        return [backend] if circuit.state == "closed" and not circuit.failures else None
 
     def _failed(self, backend: Backend, err: KinferError, seconds: float, trip: bool = True) -> None:
         """Count the failure; a model missing on one backend does not trip that backend's breaker."""

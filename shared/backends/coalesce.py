@@ -65,7 +65,11 @@ class Coalescer:
         """Run one single-row request, merged with others when they arrive together."""
         if self.wait_s <= 0 or not self.eligible(info, arrays):
             return await self.send(url, info, arrays, headers, version, label)
-        key = (url, info, version, tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(arrays.items())))
+        if len(arrays) == 1:
+            name, array = next(iter(arrays.items()))
+            key: tuple[Any, ...] = (url, info.name, version, name, array.shape[1:], array.dtype.str)
+        else:
+            key = (url, info.name, version, *((n, a.shape[1:], a.dtype.str) for n, a in sorted(arrays.items())))
         loop = asyncio.get_running_loop()
         batch = self._open.get(key)
         if batch is None:

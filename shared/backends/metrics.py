@@ -42,15 +42,20 @@ class Recorder:
         self._requests: dict[str, int] = defaultdict(int)
         self._latency: dict[str, float] = defaultdict(float)
         self._rows: dict[str, float] = defaultdict(float)
+        self._fields: dict[tuple[str, str, int], tuple[str, str, str]] = {}  # hash field names, made once
         self._next_flush = time.monotonic() + flush_s
 
     def record(self, url: str, outcome: str, seconds: float) -> None:
         index = bisect.bisect_left(BUCKETS, seconds)
+        fields = self._fields.get((url, outcome, index))
+        if fields is None:
+            fields = self._fields[(url, outcome, index)] = (f"{url}|{outcome}", f"{url}|{index}", f"{url}|sum")
         with self._lock:
-            self._requests[f"{url}|{outcome}"] += 1
-            self._latency[f"{url}|{index}"] += 1
-            self._latency[f"{url}|sum"] += seconds
-        self._maybe_flush()
+            self._requests[fields[0]] += 1
+            self._latency[fields[1]] += 1
+            self._latency[fields[2]] += seconds
+        if time.monotonic() >= self._next_flush:
+            self._maybe_flush()
 
     def record_rows(self, url: str, rows: int) -> None:
         """One Triton inference request of ``rows`` rows."""

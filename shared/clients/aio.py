@@ -25,16 +25,19 @@ class PerLoop(Generic[T]):
     def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
         self._items: dict[int, tuple[asyncio.AbstractEventLoop, T]] = {}
+        self._last: tuple[asyncio.AbstractEventLoop, T] | None = None
 
     def get(self) -> T:
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last[1]
         found = self._items.get(id(loop))
-        if found is not None and found[0] is loop:
-            return found[1]
-        self._forget_closed()
-        item = self._factory()
-        self._items[id(loop)] = (loop, item)
-        return item
+        if found is None or found[0] is not loop:
+            self._forget_closed()
+            found = self._items[id(loop)] = (loop, self._factory())
+        self._last = found
+        return found[1]
 
     def current(self) -> T | None:
         """The instance of the running loop, if one was made (None outside a loop)."""
@@ -49,11 +52,14 @@ class PerLoop(Generic[T]):
         for key, (loop, _) in list(self._items.items()):
             if loop.is_closed():
                 del self._items[key]
+        if self._last is not None and self._last[0].is_closed():
+            self._last = None
 
     def drain(self) -> list[T]:
         """Every instance, forgotten (the caller closes them where it can)."""
         items = [item for _, item in self._items.values()]
         self._items.clear()
+        self._last = None
         return items
 
 

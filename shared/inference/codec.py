@@ -106,6 +106,9 @@ def to_array(value: Any, spec: TensorSpec, field: str, expected: str, max_elemen
         raise InvalidInput(f"{field}: datatype {spec.datatype} is not supported over JSON", field=field)
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{field} must be a non-empty list of numbers; {expected}", field=field)
+    quick = _small_flat(value, dtype, max_elements)
+    if quick is not None:
+        return quick
     try:
         array = np.array(value)
     except (ValueError, TypeError):
@@ -115,6 +118,31 @@ def to_array(value: Any, spec: TensorSpec, field: str, expected: str, max_elemen
     if array.size > max_elements:
         raise too_many_elements(field, array.size, max_elements)
     return cast_numbers(array, dtype, spec.datatype, field, expected)
+
+
+def _small_flat(value: list[Any], dtype: Any, max_elements: int) -> np.ndarray | None:
+    """The common single row (a short flat list of plain numbers that fit the datatype) without numpy's
+    checks; None for anything else, which takes the general path and its precise errors."""
+    if len(value) > _QUICK_MAX or len(value) > max_elements:
+        return None
+    target = np.dtype(dtype)
+    types = set(map(type, value))
+    if target.kind == "f":
+        if not types <= _NUMBERS or not max(map(abs, value)) <= _FLOAT_MAX[target.itemsize]:  # NaN: False
+            return None
+    elif target.kind in "iu":
+        bounds = _INT_BOUNDS.get(target.str)
+        if types != {int} or bounds is None or min(value) < bounds[0] or max(value) > bounds[1]:
+            return None
+    else:
+        return None
+    return np.array(value, dtype=target)
+
+
+_QUICK_MAX = 64
+_NUMBERS = frozenset({int, float})
+_INT_BOUNDS = {np.dtype(t).str: (int(np.iinfo(t).min), int(np.iinfo(t).max))
+               for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
 
 
 def too_many_elements(field: str, size: int, limit: int) -> InvalidInput:

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from shared.services import Services
 
 
+_FIELDS = frozenset({"model", "version", "input"})
+
+
 def check_rows(services: Services, rows: int, field: str = "input") -> None:
     """400 past MAX_INFER_ROWS, naming the limit and the bulk path."""
     limit = services.settings.max_infer_rows
@@ -64,7 +67,8 @@ async def run_inference(services: Services, body: Any) -> dict[str, Any]:
     """Validate the request, infer, and answer the /v1/infer response body (sans request_id)."""
     started = time.perf_counter()
     body = v.require_object(body)
-    v.reject_unknown(body, ("model", "version", "input"))
+    if not body.keys() <= _FIELDS:
+        v.reject_unknown(body, _FIELDS)
     if body.get("model") in (None, ""):
         raise InvalidInput("model is required", field="model")
     name = v.string(body["model"], "model", max_len=128)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
+import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from shared import telemetry
@@ -151,10 +151,22 @@ class Call:
     principal: Any = None
     response_headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    _by_name: HeaderDict | None = None
 
     @property
     def headers(self) -> Mapping[str, str]:
         return self.request.headers
+
+    @property
+    def header_map(self) -> HeaderDict:
+        """The request headers as a dict (case-insensitive ``get``; the first of repeated ones)."""
+        if self._by_name is None:
+            self._by_name = header_dict(self.request.scope)
+        return self._by_name
+
+    def header(self, name: str) -> str | None:
+        """One request header by lower-case ``name``: a dict lookup."""
+        return self.header_map.get(name)
 
     @property
     def args(self) -> Mapping[str, str]:
@@ -166,7 +178,7 @@ class Call:
 
     def json(self) -> Any:
         """The JSON body, strictly parsed (415 for a non-JSON Content-Type, 400 when empty or malformed)."""
-        require_json(self.request.headers.get("content-type"))
+        require_json(self.header("content-type"))
         return parse_json(self.body)
 
     def stream(self, limit: int | None = None) -> AsyncIterator[bytes]:
@@ -192,18 +204,23 @@ def parse_json(raw: bytes) -> Any:
     return v.parse_json(raw, "body")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, content_length: str | None = None) -> bytes:
     """The whole body, at most ``limit`` bytes (413 by Content-Length or by what arrives)."""
-    declared = _content_length(request)
+    declared = _content_length(request, content_length)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
-    parts, size = [], 0
-    async for chunk in request.stream():
+    parts, size, more = [], 0, True
+    while more:  # the ASGI messages themselves (Starlette's stream() adds a generator per request)
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         parts.append(chunk)
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def stream_body(request: Request, limit: int | None) -> AsyncIterator[bytes]:
@@ -219,8 +236,8 @@ async def stream_body(request: Request, limit: int | None) -> AsyncIterator[byte
             yield chunk
 
 
-def _content_length(request: Request) -> int | None:
-    raw = request.headers.get("content-length")
+def _content_length(request: Request, raw: str | None = None) -> int | None:
+    raw = raw if raw is not None else request.headers.get("content-length")
     if raw is None:
         return None
     if not raw.isascii() or not raw.isdigit():
@@ -261,9 +278,25 @@ def _json_default(value: Any) -> Any:
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
-    """The caller's X-Request-ID when it is sane, else 32 random hex digits (uuid4().hex, cheaper)."""
+    """The caller's X-Request-ID when it is sane, else 32 random hex digits (an id, not a secret)."""
     incoming = headers.get("x-request-id")
-    return incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+    return incoming if incoming and _REQUEST_ID.match(incoming) else f"{random.getrandbits(128):032x}"
+
+
+class HeaderDict(dict[str, str]):
+    """Request headers by lower-case name; ``get`` takes any case (built once per request, then dict lookups
+    instead of Starlette's scan of the raw header list)."""
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self, name.lower(), default)
+
+
+def header_dict(scope: Mapping[str, Any]) -> HeaderDict:
+    """The request's headers by lower-case name (the first of repeated ones, as Starlette's ``get``)."""
+    found = HeaderDict()
+    for name, value in scope["headers"]:
+        found.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return found
 
 
 def error_response(exc: KinferError, request_id: str, trace_id: str) -> Response:
@@ -288,15 +321,15 @@ def _as_response(result: Any) -> Response:
 
 async def dispatch(request: Request, router: Router, services: Services, span_name: str) -> Response:
     """Route, authorize and run one request; always answers JSON (see module docstring)."""
-    headers = request.headers
+    scope = request.scope
+    headers = header_dict(scope)
     request_id = request_id_of(headers)
     token = request_id_var.set(request_id)
-    scope = request.scope
     try:
         with telemetry.server_span(span_name, headers, **{"http.request.method": scope["method"],
                                                           "url.path": scope["path"]}) as span:
             call = Call(request=request, services=services, request_id=request_id,
-                        trace_id=telemetry.trace_id_of(span))
+                        trace_id=telemetry.trace_id_of(span), _by_name=headers)
             response = await _run(call, router, span)
             extra = [(b"x-request-id", request_id.encode())]
             if call.trace_id:
@@ -325,7 +358,7 @@ async def _run(call: Call, router: Router, span: Any) -> Response:
 
             call.principal = await authorize(call, route.scope)
         if not route.stream and method in _BODY_METHODS:
-            call.body = await read_body(request, call.services.settings.max_body_bytes)
+            call.body = await read_body(request, call.services.settings.max_body_bytes, call.header("content-length"))
         if route.is_async:
             result = await route.handler(call, **params)
         else:

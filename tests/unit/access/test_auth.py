@@ -173,8 +173,7 @@ def store(monkeypatch: pytest.MonkeyPatch) -> Store:
 
 
 def _call(limiter: FakeLimiter, headers: dict[str, str], services: Any = None) -> Any:
-    return SimpleNamespace(services=services or FakeServices(limiter), request=SimpleNamespace(headers=headers),
-                           response_headers={})
+    return SimpleNamespace(services=services or FakeServices(limiter), header_map=headers, response_headers={})
 
 
 def run(coro: Any) -> Any:
