@@ -10,8 +10,8 @@ and usually no Redis round trip.
 
 While PostgreSQL is unreachable, a key seen valid within AUTH_OUTAGE_TTL_S keeps
 working (the database is not asked again for ``OUTAGE_RETRY_S``); an unknown key is
-answered 503, since it cannot be checked. A key revoked during the outage works until
-PostgreSQL is back and its cached entry expires.
+answered 503, since it cannot be checked. A key revoked during the outage (or shortly
+before it, and not used since) works until PostgreSQL is back.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ DOWN_FOR_S = 1.0
 LEASE_S = 1.0
 MAX_SLICE = 1000
 LEASE_TRIES = 8
+MAX_KEYS = 100_000  # keys with a lease or a local window kept per process
 WINDOW_S = 60
 REDIS_ERRORS = (redis.RedisError, OSError)
 
@@ -184,6 +185,8 @@ class RateLimiter:
         """Count one request for ``identifier`` against ``limit`` per minute."""
         lease = self._leases.get(identifier)
         if lease is None or lease.limit != limit:
+            if len(self._leases) >= MAX_KEYS:  # bounded: forgetting a lease only drops its unspent slice
+                self._leases.clear()
             lease = self._leases[identifier] = _Lease(limit)
         for _ in range(LEASE_TRIES):
             now = time.monotonic()
@@ -232,6 +235,8 @@ class RateLimiter:
     def _local_take(self, identifier: str, limit: int, now: float) -> Decision:
         window = self._local.get(identifier)
         if window is None:
+            if len(self._local) >= MAX_KEYS:
+                self._local.clear()
             window = self._local.setdefault(identifier, _LocalWindow(start=now))
         return window.take(limit, now)
 
