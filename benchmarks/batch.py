@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.realtime import cpu_seconds  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [6.3, 2.8, 5.1, 1.5]]
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         s3 = S3Server(port=free_port())
         s3_pid = s3.spawn(tmp / "s3.log")  # its own process: moto would otherwise share our GIL with the relay
         stack.callback(_stop_pid, s3_pid)
-        grpc_url = args.triton_url or _start_triton(stack, tmp)
+        grpc_url, triton_pid = (args.triton_url, None) if args.triton_url else _start_triton(stack, tmp)
         rds = redis.Redis.from_url(args.redis_url, socket_timeout=10)
         prefix = f"kinfer:bench:batch:{uid}:"
         stack.callback(lambda: [rds.delete(k) for k in rds.scan_iter(prefix + "*")])
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(relay.stop)
         api_settings = Settings.from_env(environ={}, **{**_fields(worker_env_settings),
                                                         "k_sink": relay.sink_url("batch-chunks")})
-        api, _ = serve(stack, "batch", "manage_batch_jobs", settings_env(api_settings), 1, 4, tmp)
+        api, api_pid = serve(stack, "batch", "manage_batch_jobs", settings_env(api_settings), 1, tmp)
         services = Services(settings)
         stack.callback(services.close)
         model = registry.create_model(services, {"name": f"iris-bench-{uid}", "version": "1", "framework": "onnx",
@@ -186,7 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         _, small_s, small = run_job(api, model, items(args.small))
         rss_small = peak_rss_mib(worker_pid)
         direct_s = direct(grpc_url, rows)
+        parts = {"batch API": api_pid, "batch worker": worker_pid, "S3 server": s3_pid, "Triton": triton_pid,
+                 "this process (relay, client)": os.getpid()}
+        def cpu(name: str, pid: int) -> float:  # this process's children are counted on their own
+            return cpu_seconds(pid, descendants=pid != os.getpid())
+
+        before = {name: cpu(name, pid) for name, pid in parts.items() if pid}
         submit_s, total_s, big = run_job(api, model, rows)
+        used = {name: cpu(name, pid) - before[name] for name, pid in parts.items() if pid}
         rss_big = peak_rss_mib(worker_pid)
         assert big["status"] == "completed" and big["succeeded"] == args.items, big
         e2e_rate, direct_rate = args.items / total_s, args.items / direct_s
@@ -199,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'  of which POST /v1/batch (202)':<44}{submit_s:>10.2f}")
         print(f"worker peak RSS (VmHWM): {rss_small:.0f} MiB after a {args.small:,}-item job "
               f"({small_s:.1f}s), {rss_big:.0f} MiB after the {args.items:,}-item job")
+        print("CPU seconds during the big job: " + ", ".join(f"{name} {s:.2f}" for name, s in used.items()))
     return 0
 
 
@@ -208,7 +217,7 @@ def _fields(settings: Any) -> dict[str, Any]:
     return {f.name: getattr(settings, f.name) for f in fields(settings)}
 
 
-def _start_triton(stack: ExitStack, tmp: Path) -> str:
+def _start_triton(stack: ExitStack, tmp: Path) -> tuple[str, int | None]:
     from shared.localstack.triton import TritonServer, default_repository
 
     ports = [free_port() for _ in range(3)]
@@ -217,7 +226,7 @@ def _start_triton(stack: ExitStack, tmp: Path) -> str:
     (tmp / "triton").mkdir(exist_ok=True)
     server.start(timeout=180)
     stack.callback(server.stop)
-    return server.grpc_url
+    return server.grpc_url, server.pid
 
 
 def _stop_pid(pid: int) -> None:

@@ -1,11 +1,25 @@
-"""Real-time inference overhead: direct Triton gRPC vs POST /v1/infer (function, and gateway if given).
+"""Real-time inference overhead: Kinfer's infer function and gateway vs direct Triton, in one run.
 
-Same model, same run: sequential latency (p50/p99) and throughput at a given concurrency,
-printed as a table with ratios to direct Triton.
+Two modes, each with every target measured in the same run (ratios, never absolute bars):
 
-    python benchmarks/realtime.py --self-contained            # starts Triton, a DB, and the infer function
-    python benchmarks/realtime.py --triton 127.0.0.1:8001 --target http://127.0.0.1:8082 \\
-        --gateway http://127.0.0.1:8080 --model iris_classifier --api-key demo-token
+``--mode wrk`` (default): HTTP load by ``wrk`` (Debian package ``wrk``; installed with
+apt-get when missing and allowed, else the command to run is printed) with the Lua script
+``benchmarks/wrk/infer.lua`` (one iris row, Kinfer's ``/v1/infer`` body or the KServe v2
+JSON body). Targets: Triton's own HTTP endpoint (``/v2/models/iris_classifier/infer``),
+the infer function and the gateway, each with both bodies. Per target: sequential latency
+(1 connection; p50/p99 and the p50 added over direct Triton), throughput at ``-c``
+connections (req/s, ratio to direct Triton, p50/p99 under load), and CPU seconds per 1,000
+requests of the serving processes (the function's, and Triton's own).
+
+``--mode python``: the older Python client, /v1/infer vs direct Triton gRPC (sequential
+p50/p99 and throughput over threads).
+
+    .venv/bin/python benchmarks/realtime.py                     # self-contained: Triton, a DB, function, gateway
+    .venv/bin/python benchmarks/realtime.py --runs 3 --duration 8
+    .venv/bin/python benchmarks/realtime.py --stack             # against `kinfer up` (ports 8000/8082/8080)
+
+The machine's cores are shared: run it under ``flock /work/tmp/stack.lock`` (or your
+equivalent) and look at the range over ``--runs``.
 """
 
 from __future__ import annotations
@@ -14,24 +28,171 @@ import argparse
 import contextlib
 import http.client
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+LUA = ROOT / "benchmarks" / "wrk" / "infer.lua"
 ROW = [5.1, 3.5, 1.4, 0.2]
+TRITON_MODEL = "iris_classifier"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def direct_caller(url: str, triton_model: str) -> Callable[[], None]:
-    """One gRPC client shared by every thread (as the infer function does)."""
+@dataclass
+class Endpoints:
+    """Where the targets listen, the registry model and key to use, and which pids serve each."""
+
+    triton_http: str
+    triton_grpc: str
+    function: str
+    gateway: str | None
+    model: str
+    key: str | None
+    pids: dict[str, int] = field(default_factory=dict)  # "triton", "function", "gateway" -> pid (tree root)
+
+
+# -- processes and CPU ---------------------------------------------------------------------
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def cpu_seconds(root: int, descendants: bool = True) -> float:
+    """User + system CPU seconds of ``root`` and (unless told otherwise) every live descendant (uvicorn
+    workers, Triton's backend stubs)."""
+    tree, total, todo = _children() if descendants else {}, 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(tree.get(pid, []))
+        try:
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+# -- wrk mode ------------------------------------------------------------------------------
+def ensure_wrk(install: bool) -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    how = "apt-get install -y wrk   (Debian/Ubuntu package 'wrk'; as root, or with sudo)"
+    if install and os.geteuid() == 0:
+        print("wrk is missing; installing it with apt-get", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, stdout=subprocess.DEVNULL)
+        if not shutil.which("wrk"):
+            subprocess.run(["apt-get", "update"], check=False, stdout=subprocess.DEVNULL)
+            subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, stdout=subprocess.DEVNULL)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    raise SystemExit(f"this benchmark needs wrk: {how}")
+
+
+def wrk(binary: str, url: str, kind: str, model: str, key: str | None, connections: int, threads: int,
+        seconds: float) -> dict[str, float]:
+    """One wrk run; the numbers the Lua script's ``done`` prints (latencies in microseconds)."""
+    env = {**os.environ, "KINFER_WRK_KIND": kind, "KINFER_WRK_MODEL": model, "KINFER_WRK_KEY": key or ""}
+    cmd = [binary, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+           "--timeout", "10s", "-s", str(LUA), url]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("KINFER_WRK "):
+            stats = json.loads(line.split(" ", 1)[1])
+            if stats["status_errors"] or stats["socket_errors"]:
+                raise RuntimeError(f"wrk against {url} ({kind}): {stats['status_errors']} non-2xx answers, "
+                                   f"{stats['socket_errors']} socket errors; check the target's log")
+            stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+            return stats
+    raise RuntimeError(f"wrk printed no result for {url}:\n{out.stdout}\n{out.stderr}")
+
+
+def wrk_targets(ep: Endpoints) -> list[tuple[str, str, str, str, str | None, str]]:
+    """(name, base url, body kind, model in the request, key, pid role) per target; direct Triton first."""
+    targets = [("triton-http v2", f"http://{ep.triton_http}", "v2", TRITON_MODEL, None, "triton"),
+               ("function /v1/infer", ep.function, "v1", ep.model, ep.key, "function"),
+               ("function /v2", ep.function, "v2", ep.model, ep.key, "function")]
+    if ep.gateway:
+        targets += [("gateway /v1/infer", ep.gateway, "v1", ep.model, ep.key, "gateway"),
+                    ("gateway /v2", ep.gateway, "v2", ep.model, ep.key, "gateway")]
+    return targets
+
+
+def run_wrk(ep: Endpoints, binary: str, connections: int, threads: int, seconds: float, seq_seconds: float,
+            only: set[str] | None = None) -> list[dict]:
+    rows = []
+    for name, base, kind, model, key, role in wrk_targets(ep):
+        if only and role != "triton" and not any(o in name for o in only):
+            continue
+        wrk(binary, base, kind, model, key, connections, threads, 1)  # warm-up: connections, caches
+        seq = wrk(binary, base, kind, model, key, 1, 1, seq_seconds)
+        cpu_before = {r: cpu_seconds(pid) for r, pid in ep.pids.items()}
+        load = wrk(binary, base, kind, model, key, connections, threads, seconds)
+        per_k = {r: (cpu_seconds(pid) - cpu_before[r]) / load["requests"] * 1000 for r, pid in ep.pids.items()}
+        rows.append({"target": name, "role": role, "seq_p50_ms": seq["p50_us"] / 1000,
+                     "seq_p99_ms": seq["p99_us"] / 1000, "rps": load["rps"], "p50_ms": load["p50_us"] / 1000,
+                     "p99_ms": load["p99_us"] / 1000, "cpu_s_per_1k": per_k.get(role, float("nan")),
+                     "triton_cpu_s_per_1k": per_k.get("triton", float("nan"))})
+    return rows
+
+
+def wrk_table(rows: list[dict], connections: int) -> str:
+    base = rows[0]
+    head = (f"{'target':<20}{'seq p50':>9}{'seq p99':>9}{'+p50':>8}{f'req/s@{connections}':>11}{'ratio':>7}"
+            f"{'p50':>8}{'p99':>8}{'CPU s/1k':>10}{'Triton s/1k':>12}")
+    lines = [head, f"{'':<20}{'ms':>9}{'ms':>9}{'ms':>8}{'':>11}{'':>7}{'ms':>8}{'ms':>8}"
+                   f"{'(server)':>10}{'':>12}"]
+    for r in rows:
+        lines.append(f"{r['target']:<20}{r['seq_p50_ms']:9.3f}{r['seq_p99_ms']:9.3f}"
+                     f"{r['seq_p50_ms'] - base['seq_p50_ms']:8.3f}{r['rps']:11,.0f}{r['rps'] / base['rps']:7.2f}"
+                     f"{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{r['cpu_s_per_1k']:10.3f}{r['triton_cpu_s_per_1k']:12.3f}")
+    return "\n".join(lines)
+
+
+def ranges_table(runs: list[list[dict]]) -> str:
+    """Min-max over runs of each target's figures (ratios taken within each run)."""
+    lines = [f"{'target':<20}{'req/s':>16}{'ratio':>12}{'+seq p50 ms':>14}{'p99 ms (load)':>16}{'CPU s/1k':>14}"]
+    for i, first in enumerate(runs[0]):
+        per = [run[i] for run in runs if i < len(run)]
+        base = [run[0] for run in runs if i < len(run)]
+
+        def span(values: list[float], fmt: str) -> str:
+            lo, hi = min(values), max(values)
+            return f"{lo:{fmt}}-{hi:{fmt}}" if len(values) > 1 else f"{lo:{fmt}}"
+
+        lines.append(f"{first['target']:<20}{span([r['rps'] for r in per], ',.0f'):>16}"
+                     f"{span([r['rps'] / b['rps'] for r, b in zip(per, base, strict=True)], '.2f'):>12}"
+                     f"{span([r['seq_p50_ms'] - b['seq_p50_ms'] for r, b in zip(per, base, strict=True)], '.3f'):>14}"
+                     f"{span([r['p99_ms'] for r in per], '.2f'):>16}"
+                     f"{span([r['cpu_s_per_1k'] for r in per], '.3f'):>14}")
+    return "\n".join(lines)
+
+
+# -- python mode -----------------------------------------------------------------------------
+def direct_caller(url: str) -> Callable[[], None]:
+    """One gRPC client shared by every thread."""
+    import numpy as np
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
@@ -41,7 +202,7 @@ def direct_caller(url: str, triton_model: str) -> Callable[[], None]:
     def call() -> None:
         tensor = grpcclient.InferInput("features", [1, 4], "FP32")
         tensor.set_data_from_numpy(array)
-        client.infer(triton_model, [tensor], outputs=outputs)
+        client.infer(TRITON_MODEL, [tensor], outputs=outputs)
 
     return call
 
@@ -93,7 +254,7 @@ def throughput(call: Callable[[], None], n: int, concurrency: int) -> float:
         except BaseException as exc:  # report, don't hang
             errors.append(exc)
 
-    for _ in range(concurrency):  # warm every per-thread connection
+    for _ in range(concurrency):
         call()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     t0 = time.perf_counter()
@@ -107,16 +268,14 @@ def throughput(call: Callable[[], None], n: int, concurrency: int) -> float:
     return per_thread * concurrency / elapsed
 
 
-def run(targets: dict[str, Callable[[], None]], n: int, concurrency: int) -> list[dict]:
+def run_python(ep: Endpoints, n: int, concurrency: int) -> str:
+    targets = {"triton-grpc": direct_caller(ep.triton_grpc), "function": http_caller(ep.function, ep.model, ep.key)}
+    if ep.gateway:
+        targets["gateway"] = http_caller(ep.gateway, ep.model, ep.key)
     rows = []
     for name, call in targets.items():
         p50, p99 = sequential(call, n)
-        rps = throughput(call, n, concurrency)
-        rows.append({"target": name, "p50_ms": p50, "p99_ms": p99, "rps": rps})
-    return rows
-
-
-def table(rows: list[dict], concurrency: int) -> str:
+        rows.append({"target": name, "p50_ms": p50, "p99_ms": p99, "rps": throughput(call, n, concurrency)})
     base = rows[0]
     lines = [f"{'target':<12} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {f'rps@{concurrency}':>9} {'rps ratio':>9}"]
     for r in rows:
@@ -125,90 +284,183 @@ def table(rows: list[dict], concurrency: int) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def self_contained(workers: int) -> Iterator[tuple[str, str, str]]:
-    """Start Triton, a scratch database and the infer function; yields (triton url, function url, model)."""
-    sys.path.insert(0, str(ROOT))
-    import os
-    import subprocess
+# -- the system under test --------------------------------------------------------------------
+@dataclass
+class Backing:
+    """What the served functions need: Triton, a scratch database with the model, a key."""
 
+    triton: object
+    settings: object
+    key: str | None
+    state: Path
+
+
+@contextlib.contextmanager
+def backing(auth: bool) -> Iterator[Backing]:
+    """Triton, a scratch database (dropped afterwards) holding the iris model, and a high-limit key."""
     import sqlalchemy as sa
 
     from shared import registry
+    from shared.access import keys
     from shared.clients import db
     from shared.localstack.triton import TritonServer, default_repository
-    from shared.services import reset_services
+    from shared.services import Services
     from shared.settings import Settings
     from tests.conftest import PG_ADMIN_URL, free_port
-    from tests.integration.servers import settings_env
 
-    with tempfile.TemporaryDirectory() as state, TritonServer(
-            default_repository(), Path(state), free_port(), free_port(), free_port()) as triton:
+    with tempfile.TemporaryDirectory() as state, contextlib.ExitStack() as stack:
+        triton = stack.enter_context(TritonServer(default_repository(), Path(state), free_port(), free_port(),
+                                                  free_port()))
         name = f"kinfer_bench_{uuid.uuid4().hex[:8]}"
         url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        stack.callback(_drop_database, PG_ADMIN_URL, name)
         settings = Settings.from_env(environ={}, database_url=url, redis_url="redis://127.0.0.1:6379/1",
-                                     auth_required=False, triton_url=triton.grpc_url, log_level="WARNING")
+                                     auth_required=auth, triton_url=triton.grpc_url, log_level="WARNING")
         db.ensure_database(settings)
         db.upgrade(settings)
-        model = f"bench-{uuid.uuid4().hex[:6]}"
-        registry.create_model(reset_services(settings), {"name": model, "version": "1", "framework": "onnx",
-                                                         "format": "onnx", "backend_url": triton.grpc_url,
-                                                         "triton_model": "iris_classifier"})
-        reset_services(None)
-        port = free_port()
-        env = {**os.environ, **settings_env(settings), "K_SERVICE": "infer"}
-        cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--target", "run_inference", "--source", "functions/infer/main.py",
-               "--workers", str(workers)]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        services = Services(settings)
         try:
-            _wait_http(f"http://127.0.0.1:{port}/health")
-            yield triton.grpc_url, f"http://127.0.0.1:{port}", model
+            registry.create_model(services, {"name": TRITON_MODEL, "version": "1", "framework": "onnx",
+                                             "format": "onnx", "backend_url": triton.grpc_url,
+                                             "triton_model": TRITON_MODEL})
+            key = keys.create_key(services, f"bench-{uuid.uuid4().hex[:6]}", "infer",
+                                  rate_limit=keys.MAX_RATE_LIMIT)[1] if auth else None
         finally:
-            proc.terminate()
-            proc.wait(10)
-            admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+            services.close()
+        yield Backing(triton, settings, key, Path(state))
 
 
-def _wait_http(url: str, timeout: float = 30) -> None:
+def served_env(b: Backing, extra_env: dict[str, str]) -> dict[str, str]:
+    from tests.integration.servers import settings_env
+
+    return {**os.environ, **settings_env(b.settings), **extra_env}
+
+
+@contextlib.contextmanager
+def self_contained(workers: int, auth: bool, extra_env: dict[str, str]) -> Iterator[Endpoints]:
+    """``backing`` plus the infer function and the gateway (``kinfer serve``) on free ports."""
+    with backing(auth) as b, contextlib.ExitStack() as stack:
+        env = served_env(b, extra_env)
+        function = _serve(stack, ["--target", "run_inference", "--source", "functions/infer/main.py"],
+                          workers, dict(env, K_SERVICE="infer"), b.state / "function.log")
+        gateway = _serve(stack, ["--gateway"], workers, dict(env, K_SERVICE="gateway"), b.state / "gateway.log")
+        triton: Any = b.triton
+        yield Endpoints(triton.http_url.removeprefix("http://"), triton.grpc_url, function[0], gateway[0],
+                        TRITON_MODEL, b.key, {"triton": triton.pid or 0, "function": function[1],
+                                              "gateway": gateway[1]})
+
+
+def _serve(stack: contextlib.ExitStack, args: list[str], workers: int, env: dict[str, str],
+           log_path: Path) -> tuple[str, int]:
+    from tests.conftest import free_port
+
+    port = free_port()
+    log = log_path.open("wb")
+    cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", str(workers), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+    stack.callback(stop)
+    _wait_http(f"http://127.0.0.1:{port}/livez", proc, log_path)
+    return f"http://127.0.0.1:{port}", proc.pid
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
+    import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited; its log:\n{log_path.read_text()[-3000:]}")
         try:
             urllib.request.urlopen(url, timeout=1).read()
+            return
+        except urllib.error.HTTPError:
             return
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer")
 
 
+def _drop_database(admin_url: str, name: str) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def local_stack(api_key: str | None) -> Endpoints:
+    """The `kinfer up` ports; a key with a high rate limit is created unless one is given."""
+    from shared.localstack.stack import load_state
+
+    key = api_key
+    if key is None:
+        from shared.access import keys
+        from shared.services import Services
+        from shared.settings import Settings
+
+        services = Services(Settings.from_env())
+        try:
+            key = keys.create_key(services, f"bench-{uuid.uuid4().hex[:6]}", "infer",
+                                  rate_limit=keys.MAX_RATE_LIMIT)[1]
+        finally:
+            services.close()
+    comps = load_state().get("components", {})
+    roles = (("triton", "triton"), ("function", "infer"), ("gateway", "gateway"))
+    pids = {role: int(comps[name]["pid"]) for role, name in roles if comps.get(name, {}).get("pid")}
+    return Endpoints("127.0.0.1:8000", "127.0.0.1:8001", "http://127.0.0.1:8082", "http://127.0.0.1:8080",
+                     TRITON_MODEL, key, pids)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--triton", default="127.0.0.1:8001", help="Triton gRPC host:port")
-    p.add_argument("--target", default="http://127.0.0.1:8082", help="infer function base URL")
-    p.add_argument("--gateway", help="gateway base URL (optional third row)")
-    p.add_argument("--model", default="iris_classifier", help="registry model name")
-    p.add_argument("--triton-model", default="iris_classifier")
-    p.add_argument("--api-key", help="sent as Authorization: Bearer")
-    p.add_argument("-n", "--requests", type=int, default=2000)
-    p.add_argument("-c", "--concurrency", type=int, default=8)
-    p.add_argument("--self-contained", action="store_true", help="start Triton, a DB and the function here")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (self-contained)")
+    p.add_argument("--mode", choices=("wrk", "python"), default="wrk")
+    p.add_argument("--stack", action="store_true", help="measure the running `kinfer up` stack (fixed ports)")
+    p.add_argument("--api-key", help="--stack: the key to send (default: create one with a high rate limit)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn worker processes per server (self-contained; default 1: coalescing merges "
+                        "within a process, and on 2 cores one process feeds Triton bigger batches than two)")
+    p.add_argument("--no-auth", action="store_true", help="self-contained: serve without API keys")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra setting for the served function and gateway (repeatable)")
+    p.add_argument("-c", "--connections", type=int, default=8)
+    p.add_argument("-t", "--threads", type=int, default=2, help="wrk threads")
+    p.add_argument("-d", "--duration", type=float, default=8, help="seconds per wrk load run")
+    p.add_argument("--seq-duration", type=float, default=4, help="seconds per sequential (1 connection) run")
+    p.add_argument("--runs", type=int, default=1, help="repeat the whole set; ranges are printed")
+    p.add_argument("--only", action="append", help="only targets whose name contains this (plus direct Triton)")
+    p.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
+    p.add_argument("-n", "--requests", type=int, default=2000, help="python mode: requests per measurement")
     args = p.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.env)
+    binary = ensure_wrk(not args.no_install) if args.mode == "wrk" else ""
     with contextlib.ExitStack() as stack:
-        triton, target, model = args.triton, args.target, args.model
-        if args.self_contained:
-            triton, target, model = stack.enter_context(self_contained(args.workers))
-        targets = {"triton-grpc": direct_caller(triton, args.triton_model),
-                   "function": http_caller(target, model, args.api_key)}
-        if args.gateway:
-            targets["gateway"] = http_caller(args.gateway, model, args.api_key)
-        rows = run(targets, args.requests, args.concurrency)
-    print(table(rows, args.concurrency))
+        if args.stack:
+            ep = local_stack(args.api_key)
+        else:
+            ep = stack.enter_context(self_contained(args.workers, not args.no_auth, extra))
+        if args.mode == "python":
+            print(run_python(ep, args.requests, args.connections))
+            return 0
+        runs = []
+        for i in range(args.runs):
+            rows = run_wrk(ep, binary, args.connections, args.threads, args.duration, args.seq_duration,
+                           set(args.only) if args.only else None)
+            runs.append(rows)
+            print(f"\nrun {i + 1}/{args.runs}: wrk -c{args.connections} -t{args.threads} -d{args.duration:g}s "
+                  f"(sequential: -c1 -d{args.seq_duration:g}s); {args.workers} uvicorn worker(s) per server")
+            print(wrk_table(rows, args.connections), flush=True)
+        if args.runs > 1:
+            print(f"\nranges over {args.runs} runs (min-max)")
+            print(ranges_table(runs))
     return 0
 
 

@@ -11,6 +11,7 @@
     ├── Conflict (409, conflict)
     ├── PayloadTooLarge (413, payload_too_large)
     ├── UriTooLong (414, uri_too_long)             the HTTP server's own bound
+    ├── UnsupportedMediaType (415, unsupported_media_type)
     ├── Unprocessable (422, unprocessable)         permanent event failure
     ├── RateLimited (429, rate_limited)            retryable, ``retry_after``
     ├── HeadersTooLarge (431, headers_too_large)   the HTTP server's own bound
@@ -77,6 +78,10 @@ class Conflict(KinferError):
 
 class PayloadTooLarge(KinferError):
     status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(KinferError):
+    status, code = 415, "unsupported_media_type"
 
 
 class Unprocessable(KinferError):

@@ -20,8 +20,11 @@ if TYPE_CHECKING:
     from shared.access.ratelimit import RateLimiter
     from shared.backends.balancer import Balancer
     from shared.backends.breaker import Breakers
+    from shared.backends.coalesce import Coalescer
     from shared.backends.metrics import Recorder
     from shared.backends.triton import TritonPool
+    from shared.backends.triton_async import AsyncTriton
+    from shared.clients.aio import PerLoop, SingleFlight
     from shared.clients.cache import Cache
     from shared.clients.db import Database
 
@@ -69,9 +72,29 @@ class Services:
 
     @cached_property
     def triton(self) -> TritonPool:
+        """Synchronous Triton clients (batch worker, probes); thread-safe."""
         from shared.backends.triton import TritonPool
 
         return TritonPool(self.settings)
+
+    @cached_property
+    def triton_async(self) -> AsyncTriton:
+        """grpc.aio Triton clients for the real-time path (one channel per event loop and backend)."""
+        from shared.backends.triton_async import AsyncTriton
+
+        return AsyncTriton(self.settings, self.recorder)
+
+    def coalescer(self) -> Coalescer:
+        """The request coalescer of the running event loop (COALESCE_WAIT_MS; 0 sends every request alone)."""
+        return self._coalescers.get()
+
+    @cached_property
+    def _coalescers(self) -> PerLoop[Coalescer]:
+        from shared.backends.coalesce import Coalescer
+        from shared.clients.aio import PerLoop
+
+        wait = self.settings.coalesce_wait_ms / 1000
+        return PerLoop(lambda: Coalescer(self.triton_async.infer, wait))
 
     # -- collaborators ----------------------------------------------------------------
     @cached_property
@@ -106,7 +129,7 @@ class Services:
     def balancer(self) -> Balancer:
         from shared.backends.balancer import Balancer
 
-        return Balancer(self.breakers, self.recorder)
+        return Balancer(self.breakers, self.recorder, ready=lambda url: self.triton_async.server_ready(url))
 
     @cached_property
     def key_cache(self) -> KeyCache:
@@ -118,12 +141,19 @@ class Services:
     def rate_limiter(self) -> RateLimiter:
         from shared.access.ratelimit import RateLimiter
 
-        return RateLimiter(self.cache.client, self.settings.redis_url)
+        return RateLimiter(self.cache)
 
     @cached_property
     def resolved_models(self) -> ResolvedModels:
         """The data plane's tiny in-process cache of resolved models (see ``inference.dataplane``)."""
         return {}
+
+    @cached_property
+    def single_flight(self) -> SingleFlight:
+        """Concurrent requests share one execution of a slow lookup (registry resolution)."""
+        from shared.clients.aio import SingleFlight
+
+        return SingleFlight()
 
     def ensure_batch_buckets(self) -> None:
         """Create the batch input and results buckets if missing (checked once per process)."""

@@ -225,8 +225,14 @@ class Settings(_FromEnv):
     agent_heartbeat_ttl_s: float = _var("AGENT_HEARTBEAT_TTL_S", "15", _float(0.5, 3600))
     # A version no alias or active status needs any more is unloaded this long after it stopped being needed
     unload_grace_s: float = _var("UNLOAD_GRACE_S", "30", _float(0, 86400))
+    # Concurrent single-row requests for one model version on one backend are merged into one Triton
+    # request; a request waits at most this long for company (0 turns coalescing off)
+    coalesce_wait_ms: float = _var("COALESCE_WAIT_MS", "2", _float(0, 1000))
     # HTTP limits and access
     max_body_bytes: int = _var("MAX_BODY_BYTES", str(10 * 1024 * 1024), _int(1024, 1024**3))
+    # One real-time inference request: at most this many rows and tensor elements (bulk goes to batch jobs)
+    max_infer_rows: int = _var("MAX_INFER_ROWS", "1024", _int(1, 1_000_000))
+    max_infer_elements: int = _var("MAX_INFER_ELEMENTS", "262144", _int(1, 100_000_000))
     auth_required: bool = _var("AUTH_REQUIRED", "true", _bool)
     rate_limit_per_minute: int = _var("RATE_LIMIT_PER_MINUTE", "600", _int(1, 10_000_000))
     # Browser origins allowed to call the API (CORS), comma-separated; "*" any; empty: none. Keys travel
@@ -250,8 +256,12 @@ class Settings(_FromEnv):
     function_source: str = _var("FUNCTION_SOURCE", "")
     log_level: str = _var("LOG_LEVEL", "INFO")
     otlp_endpoint: str = _var("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    # Share of new traces recorded (parent-based: a caller's sampled traceparent is always followed)
+    trace_sample_ratio: float = _var("TRACE_SAMPLE_RATIO", "0.1", _float(0, 1))
     # API keys: how long a key lookup is trusted in-process (revocation takes effect within it)
     auth_cache_ttl_s: float = _var("AUTH_CACHE_TTL_S", "5", _float(0, 300))
+    # While PostgreSQL is unreachable, a key seen valid within this many seconds keeps working (0: never)
+    auth_outage_ttl_s: float = _var("AUTH_OUTAGE_TTL_S", "3600", _float(0, 7 * 86400))
 
 
 @dataclass(frozen=True, repr=False)

@@ -38,12 +38,30 @@ def free_port() -> int:
     raise RuntimeError("no free port found in 20000-30000")
 
 
+_open_clients: list[Any] = []
+
+
 def function_client(folder: str, target: str) -> Any:
-    """``functions/<folder>/main.py`` as functions-framework's async (ASGI) app, driven in process (httpx)."""
+    """``functions/<folder>/main.py`` as functions-framework's async (ASGI) app, driven in process (httpx).
+
+    The client is entered (as ``with TestClient(...)`` does): every request then runs on one event
+    loop, as under uvicorn, so the loop-bound async clients (grpc.aio, redis.asyncio) are reused
+    instead of being made per request. Clients are closed at the end of the session.
+    """
     from functions_framework.aio import create_asgi_app
     from starlette.testclient import TestClient
 
-    return TestClient(create_asgi_app(target, str(ROOT / "functions" / folder / "main.py")))
+    client = TestClient(create_asgi_app(target, str(ROOT / "functions" / folder / "main.py")))
+    client.__enter__()
+    _open_clients.append(client)
+    return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_function_clients() -> Iterator[None]:
+    yield
+    while _open_clients:
+        _open_clients.pop().__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,11 @@
-"""The real-time inference function: POST /v1/infer and the KServe v2 routes (``shared.inference``)."""
+"""The real-time inference function: POST /v1/infer and the KServe v2 protocol (``shared.inference``).
+
+Every handler is ``async``: the whole request runs on the event loop. Server health and
+metadata (``/v2``, ``/v2/health/*``) need no key, like Triton's, so load balancers can
+probe them; everything that names a model needs the ``infer`` scope. A version segment or
+``version`` field may name a version or an alias; the version that answered comes back in
+the body and in ``X-Model-Version``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.inference import health, v2
 from shared.inference.dataplane import run_inference as infer
 from shared.web import schemas as s
 from shared.web.http import LIVEZ, Call, Route, Router, dispatch
@@ -14,50 +22,76 @@ from shared.web.runtime import function_services
 
 def _route_key(call: Call) -> str | None:
     """Who keeps their side of a canary split: ``X-Route-Key``, else the API key."""
-    return (call.headers.get("x-route-key") or "")[:256] or getattr(call.principal, "key_id", None)
+    return (call.header("x-route-key") or "")[:256] or getattr(call.principal, "key_id", None)
 
 
-def _infer(call: Call) -> dict:
-    answer = infer(call.services, call.json(), _route_key(call))
+async def _infer(call: Call) -> dict:
+    answer = await infer(call.services, call.json(), _route_key(call))
     answer["request_id"] = call.request_id
     answer["trace_id"] = call.trace_id
     call.response_headers["X-Model-Version"] = answer["version"]
     return answer
 
 
-def _infer_v2(call: Call, name: str, version: str | None = None) -> dict:
-    from shared.inference.v2 import infer_v2
-
-    answer = infer_v2(call.services, name, version, call.body, call.headers, _route_key(call))
+async def _infer_v2(call: Call, name: str, version: str | None = None) -> dict:
+    answer = await v2.infer_v2(call.services, name, version, call.body, call.header_map, _route_key(call))
     call.response_headers["X-Model-Version"] = answer["model_version"]
     return answer
 
 
-def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict:
-    from shared.inference.v2 import model_metadata_v2
-
-    return model_metadata_v2(call.services, name, version)
+async def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict:
+    return await v2.model_metadata_v2(call.services, name, version)
 
 
-def _health(call: Call) -> tuple[int, dict]:
-    redis_ok = call.services.cache.ping()
-    return 200, {"status": "healthy" if redis_ok else "degraded", "service": call.services.settings.service_name,
-                 "checks": {"cache": "ok" if redis_ok else "unreachable"}}
+async def _ready_v2(call: Call, name: str, version: str | None = None) -> dict:
+    return await v2.model_ready_v2(call.services, name, version)
 
 
-_V2_INFER = {"summary": "KServe v2 inference", "body": s.V2_INFER_REQUEST,
-             "responses": {200: ("the output tensors", s.V2_INFER_RESPONSE)}}
-_V2_METADATA = {"summary": "KServe v2 model metadata", "responses": {200: ("tensors and versions", s.V2_METADATA)}}
+async def _config_v2(call: Call, name: str, version: str | None = None) -> dict:
+    return await v2.model_config_v2(call.services, name, version)
 
+
+async def _server_v2(call: Call) -> dict:
+    return v2.server_metadata()
+
+
+async def _live_v2(call: Call) -> dict:
+    return {"live": True}
+
+
+async def _ready(call: Call) -> tuple[int, dict]:
+    return await health.server_ready(call.services)
+
+
+async def _health(call: Call) -> tuple[int, dict]:
+    return await health.health(call.services)
+
+
+_OBJECT = {"type": "object"}
+MODEL = "/v2/models/<name>"
+VERSION = "/v2/models/<name>/versions/<version>"
 ROUTES = Router([
     LIVEZ,
-    Route("/health", ("GET",), _health, query=(), summary="Health: Redis", responses=s.HEALTH_ANSWERS),
-    Route("/v1/infer", ("POST",), _infer, query=(), scope="infer", summary="Real-time inference", body=s.INFER_REQUEST,
-          responses={200: ("the prediction and every output tensor", s.INFER_RESPONSE)}),
-    Route("/v2/models/<name>/infer", ("POST",), _infer_v2, query=(), scope="infer", **_V2_INFER),
-    Route("/v2/models/<name>/versions/<version>/infer", ("POST",), _infer_v2, query=(), scope="infer", **_V2_INFER),
-    Route("/v2/models/<name>", ("GET",), _metadata_v2, query=(), scope="infer", **_V2_METADATA),
-    Route("/v2/models/<name>/versions/<version>", ("GET",), _metadata_v2, query=(), scope="infer", **_V2_METADATA),
+    Route("/health", ("GET",), _health, query=(), summary="Health: Redis, registry, backends",
+          responses=s.HEALTH_ANSWERS),
+    Route("/v1/infer", ("POST",), _infer, query=(), scope="infer", summary="Real-time inference",
+          body=s.INFER_REQUEST, responses={200: ("the prediction and every output tensor", s.INFER_RESPONSE)}),
+    Route("/v2", ("GET",), _server_v2, query=(), summary="KServe v2 server metadata",
+          responses={200: ("name, version, extensions", _OBJECT)}),
+    Route("/v2/health/live", ("GET",), _live_v2, query=(), summary="KServe v2 liveness",
+          responses={200: ("live", _OBJECT)}),
+    Route("/v2/health/ready", ("GET",), _ready, query=(), summary="KServe v2 readiness",
+          responses={200: ("ready", _OBJECT), 503: ("not ready", _OBJECT)}),
+    *[Route(base + "/infer", ("POST",), _infer_v2, query=(), scope="infer", summary="KServe v2 inference",
+            body=s.V2_INFER_REQUEST, responses={200: ("the output tensors", s.V2_INFER_RESPONSE)})
+      for base in (MODEL, VERSION)],
+    *[Route(base, ("GET",), _metadata_v2, query=(), scope="infer", summary="KServe v2 model metadata",
+            responses={200: ("tensors and versions", s.V2_METADATA)}) for base in (MODEL, VERSION)],
+    *[Route(base + "/ready", ("GET",), _ready_v2, query=(), scope="infer", summary="KServe v2 model readiness",
+            responses={200: ("ready", _OBJECT)}) for base in (MODEL, VERSION)],
+    *[Route(base + "/config", ("GET",), _config_v2, query=(), scope="infer", summary="The model's configuration",
+            responses={200: ("Triton's model configuration under the registry name", _OBJECT)})
+      for base in (MODEL, VERSION)],
 ])
 
 

@@ -1,21 +1,30 @@
 """Request authorization: API key from the headers, scope check, per-key rate limit.
 
-``authorize(call, scope)`` is called by ``shared.web.http.dispatch`` for routes with a
-scope when AUTH_REQUIRED is on. Key lookups (digest -> principal, misses included)
-are cached in-process for AUTH_CACHE_TTL_S (default 5 s), so a revocation takes
-effect within that time on every instance; the hot path is a SHA-256, a dict
-lookup and one Redis round trip for the rate limit.
+``authorize(call, scope)`` (async) is called by ``shared.web.http.dispatch`` for routes
+with a scope when AUTH_REQUIRED is on. Key lookups (digest -> principal, misses
+included) are cached in-process for AUTH_CACHE_TTL_S (default 5 s), so a revocation
+takes effect within that time on every instance; a miss reads PostgreSQL in a thread,
+once however many requests wait for the same key. The hot path is a SHA-256, a dict
+lookup and the rate limiter's local quota (``shared.access.ratelimit``): no database
+and usually no Redis round trip.
+
+While PostgreSQL is unreachable, a key seen valid within AUTH_OUTAGE_TTL_S keeps
+working (the database is not asked again for ``OUTAGE_RETRY_S``); an unknown key is
+answered 503, since it cannot be checked. A key revoked during the outage (or shortly
+before it, and not used since) works until PostgreSQL is back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.access import keys
-from shared.errors import Forbidden, RateLimited, Unauthorized
+from shared.clients.aio import SingleFlight
+from shared.errors import Forbidden, RateLimited, Unauthorized, Unavailable
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -24,6 +33,7 @@ ANY = "any"
 ADMIN = "admin"
 MAX_HEADER_LEN = 512
 MAX_CACHED = 10_000
+OUTAGE_RETRY_S = 2.0
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kinfer"'}
 INVALID = {"WWW-Authenticate": 'Bearer realm="kinfer", error="invalid_token"'}
 
@@ -64,12 +74,19 @@ def _well_formed(token: str) -> str:
 
 
 class KeyCache:
-    """digest -> (Principal or None, expiry); bounded, thread-safe enough (dict ops are atomic)."""
+    """digest -> (Principal or None, fresh until, seen at); bounded (oldest out first).
 
-    def __init__(self, ttl_s: float) -> None:
+    ``get`` answers fresh entries only (AUTH_CACHE_TTL_S). ``known`` answers a key seen
+    valid within ``max_age`` seconds even after it went stale: what keeps known keys
+    working while PostgreSQL is unreachable.
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = MAX_CACHED) -> None:
         self.ttl_s = ttl_s
-        self._entries: dict[str, tuple[Principal | None, float]] = {}
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Principal | None, float, float]] = {}
         self._lock = threading.Lock()
+        self.db_down_until = 0.0  # monotonic: the key store failed; do not try it again before
 
     def get(self, digest: str) -> tuple[bool, Principal | None]:
         found = self._entries.get(digest)
@@ -77,44 +94,91 @@ class KeyCache:
             return False, None
         return True, found[0]
 
-    def put(self, digest: str, principal: Principal | None) -> None:
+    def put(self, digest: str, principal: Principal | None, ttl_s: float | None = None) -> None:
+        ttl = self.ttl_s if ttl_s is None else ttl_s
         if self.ttl_s <= 0:
             return
+        now = time.monotonic()
         with self._lock:
-            if len(self._entries) >= MAX_CACHED:
-                self._entries.clear()
-            self._entries[digest] = (principal, time.monotonic() + self.ttl_s)
+            self._entries.pop(digest, None)
+            while len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[digest] = (principal, now + ttl, now)
+
+    def known(self, digest: str, max_age: float) -> Principal | None:
+        """The principal of a key seen valid at most ``max_age`` seconds ago (stale or not)."""
+        found = self._entries.get(digest)
+        if found is None or found[0] is None or found[2] < time.monotonic() - max_age:
+            return None
+        return found[0]
 
     def clear(self) -> None:
         self._entries.clear()
 
 
+def _principal(record: dict[str, Any] | None) -> Principal | None:
+    return None if record is None else Principal(
+        key_id=record["id"], name=record["name"], scopes=frozenset(record["scopes"]),
+        rate_limit_per_minute=record["rate_limit_per_minute"])
+
 
 def principal_for(services: Services, plaintext: str) -> Principal | None:
     """The principal of an active key, through the in-process cache; None when unknown or revoked."""
+    digest = keys.hash_key(plaintext)
+    hit, principal = services.key_cache.get(digest)
+    if hit:
+        return principal
+    principal = _principal(keys.authenticate(services, digest))
+    services.key_cache.put(digest, principal)
+    return principal
+
+
+_lookups = SingleFlight()
+
+
+async def principal_for_async(services: Services, plaintext: str) -> Principal | None:
+    """``principal_for`` for the event loop: the key store is read in a thread, once per key however
+    many requests wait; while it is unreachable a key seen valid within AUTH_OUTAGE_TTL_S keeps working."""
     digest = keys.hash_key(plaintext)
     cache = services.key_cache
     hit, principal = cache.get(digest)
     if hit:
         return principal
-    record = keys.authenticate(services, digest)
-    principal = None if record is None else Principal(
-        key_id=record["id"], name=record["name"], scopes=frozenset(record["scopes"]),
-        rate_limit_per_minute=record["rate_limit_per_minute"])
-    cache.put(digest, principal)
-    return principal
+    if cache.db_down_until > time.monotonic():
+        return _outage(services, digest, None)
+
+    async def lookup() -> Principal | None:
+        found = _principal(await asyncio.to_thread(keys.authenticate, services, digest))
+        cache.put(digest, found)
+        return found
+
+    try:
+        return await _lookups.run(digest, lookup)
+    except Unavailable as exc:
+        cache.db_down_until = time.monotonic() + OUTAGE_RETRY_S
+        return _outage(services, digest, exc)
 
 
-def authorize(call: Any, scope: str) -> Principal:
+def _outage(services: Services, digest: str, exc: Unavailable | None) -> Principal | None:
+    """A known key during a key-store outage, else 503 (an unknown key cannot be checked now)."""
+    known = services.key_cache.known(digest, services.settings.auth_outage_ttl_s)
+    if known is not None:
+        services.key_cache.put(digest, known, ttl_s=min(services.key_cache.ttl_s, OUTAGE_RETRY_S))
+        return known
+    raise Unavailable("API keys cannot be checked right now (the key store is unreachable); retry shortly",
+                      retry_after=OUTAGE_RETRY_S) from exc
+
+
+async def authorize(call: Any, scope: str) -> Principal:
     """Authenticate the caller, check ``scope``, count the request against the key's rate limit."""
     services = call.services
-    principal = principal_for(services, key_from_headers(call.request.headers))
+    principal = await principal_for_async(services, key_from_headers(call.header_map))
     if principal is None:
         raise Unauthorized("invalid or revoked API key", headers=INVALID)
     if not principal.allows(scope):
         raise Forbidden(f"this API key lacks the '{scope}' scope this operation requires")
     limit = principal.rate_limit_per_minute or services.settings.rate_limit_per_minute
-    decision = services.rate_limiter.check(principal.key_id, limit)
+    decision = await services.rate_limiter.acquire(principal.key_id, limit)
     headers = decision.headers()
     if not decision.allowed:
         raise RateLimited(f"rate limit of {limit} requests per minute exceeded for this API key",

@@ -2,27 +2,37 @@
 
 Round robin over ``backend_urls``, skipping backends whose circuit is open or whose
 last probe (recorded in Redis by the backends function) failed, with one retry on
-another backend when a connection fails. Breaker states and probe results of a
-model's backends are read in one Redis MGET and kept in-process for
-``SNAPSHOT_TTL_S``: a circuit opened by another process is seen here at most that
-late (its own failures are seen at once), in exchange for no Redis round trip on
-most requests.
+another backend when a connection fails.
+
+Breaker states and probe results live in Redis; the balancer keeps a local view of
+them. The async path (``call_async``) never waits for Redis once a backend is known:
+a view older than ``SNAPSHOT_TTL_S`` is used as is while one background read
+refreshes it, so a circuit opened by another process is seen here within about
+``SNAPSHOT_TTL_S`` plus one Redis round trip (this process's own failures are seen at
+once). The first time a process meets a backend whose shared circuit is open (say,
+after the whole stack restarted while Triton was down), it asks the backend's
+readiness once and closes the circuit if it answers, instead of refusing traffic
+until the reset timeout runs out. Outcomes are recorded off the event loop (pybreaker's
+Redis storage is synchronous); a failure shared by several coalesced requests counts
+once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared.backends.breaker import Breakers, CircuitView, state_keys
+from shared.backends.breaker import Breakers, CircuitView, state_keys, view_from
 from shared.backends.metrics import Recorder
 from shared.backends.triton import is_backend_failure, is_connection_failure
+from shared.clients.aio import spawn
 from shared.errors import KinferError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -31,6 +41,7 @@ T = TypeVar("T")
 PROBE_PREFIX = "kinfer:probe:"
 SNAPSHOT_TTL_S = 0.2
 MAX_ATTEMPTS = 2
+FIRST_PROBE_TIMEOUT_S = 1.0
 
 
 def probe_key(url: str) -> str:
@@ -49,15 +60,19 @@ class Backend:
 class Balancer:
     """Picks backends for each call and feeds the outcome to breakers and metrics."""
 
-    def __init__(self, breakers: Breakers, recorder: Recorder, snapshot_ttl_s: float = SNAPSHOT_TTL_S) -> None:
+    def __init__(self, breakers: Breakers, recorder: Recorder, snapshot_ttl_s: float = SNAPSHOT_TTL_S,
+                 ready: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.breakers = breakers
         self.recorder = recorder
         self.ttl = snapshot_ttl_s
+        self.ready = ready
         self._seen: dict[str, tuple[float, Backend]] = {}
+        self._met: set[str] = set()
+        self._refreshing: dict[str, float] = {}
         self._turn = itertools.count()
         self._lock = threading.Lock()
 
-    # -- state -----------------------------------------------------------------------
+    # -- state (synchronous callers: the batch worker) -------------------------------------
     def snapshot(self, urls: list[str]) -> list[Backend]:
         """Backends of ``urls`` (cached for the TTL; stale ones re-read in one round trip)."""
         now = time.monotonic()
@@ -65,49 +80,123 @@ class Balancer:
         stale = [u for u in urls if u not in fresh]
         if stale:
             for backend in self._read(stale):
-                self._seen[backend.url] = (now + self.ttl, backend)
+                self._keep(backend, now)
                 fresh[backend.url] = backend
         return [fresh[u] for u in urls]
 
     def _read(self, urls: list[str]) -> list[Backend]:
         b = self.breakers
         if b.redis_usable():
-            keys = [k for u in urls for k in state_keys(u, b.prefix)] + [probe_key(u) for u in urls]
             try:
-                values = b.cache.client.mget(keys)
+                values = b.cache.client.mget(self._keys(urls))
             except Exception as exc:  # redis errors: fall back to in-process breakers
                 b.redis_failed(exc)
             else:
-                from shared.backends.breaker import view_from
-
-                n = len(urls)
-                return [Backend(u, view_from(u, values[i * 3:i * 3 + 3]), _probe_ok(values[3 * n + i]))
-                        for i, u in enumerate(urls)]
+                return self._parse(urls, values)
         return [Backend(u, b.local_view(u), None) for u in urls]
+
+    def _keys(self, urls: list[str]) -> list[str]:
+        return [k for u in urls for k in state_keys(u, self.breakers.prefix)] + [probe_key(u) for u in urls]
+
+    @staticmethod
+    def _parse(urls: list[str], values: list[Any]) -> list[Backend]:
+        n = len(urls)
+        return [Backend(u, view_from(u, values[i * 3:i * 3 + 3]), _probe_ok(values[3 * n + i]))
+                for i, u in enumerate(urls)]
+
+    def _keep(self, backend: Backend, now: float) -> None:
+        self._seen[backend.url] = (now + self.ttl, backend)
+        self._met.add(backend.url)
 
     def forget(self, url: str) -> None:
         self._seen.pop(url, None)
 
+    # -- state (the event loop) --------------------------------------------------------------
+    async def snapshot_async(self, urls: list[str]) -> list[Backend]:
+        """Backends of ``urls`` from the local view; only a never-seen backend waits for Redis."""
+        now = time.monotonic()
+        found: dict[str, Backend] = {}
+        missing, stale = [], []
+        for u in urls:
+            hit = self._seen.get(u)
+            if hit is None:
+                missing.append(u)
+                continue
+            found[u] = hit[1]
+            if hit[0] <= now:
+                stale.append(u)
+        if stale:
+            self._refresh_soon(stale, now)
+        if missing:
+            for backend in await self._read_async(missing):
+                found[backend.url] = await self._first_sight(backend) if backend.url not in self._met else backend
+                self._keep(found[backend.url], time.monotonic())
+        return [found[u] for u in urls]
+
+    async def _read_async(self, urls: list[str]) -> list[Backend]:
+        b = self.breakers
+        if b.redis_usable():
+            try:
+                return self._parse(urls, await b.cache.aio().mget(self._keys(urls)))
+            except Exception as exc:  # redis errors: fall back to in-process breakers
+                b.redis_failed(exc)
+        return [Backend(u, b.local_view(u), None) for u in urls]
+
+    def _refresh_soon(self, urls: list[str], now: float) -> None:
+        due = [u for u in urls if self._refreshing.get(u, 0.0) < now - 1.0]
+        if due:
+            for u in due:
+                self._refreshing[u] = now
+            spawn(self._refresh(due), "breaker view refresh")
+
+    async def _refresh(self, urls: list[str]) -> None:
+        try:
+            backends = await self._read_async(urls)
+        finally:
+            for u in urls:
+                self._refreshing.pop(u, None)
+        now = time.monotonic()
+        for backend in backends:
+            self._keep(backend, now)
+
+    async def _first_sight(self, backend: Backend) -> Backend:
+        """An open shared circuit met for the first time: close it if the backend answers readiness."""
+        self._met.add(backend.url)
+        if backend.circuit.state == "closed" or self.ready is None:
+            return backend
+        try:
+            ready = await asyncio.wait_for(self.ready(backend.url), FIRST_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            ready = False
+        if not ready:
+            return backend
+        log.warning("circuit breaker for a Triton backend was %s but it answers readiness; closing it",
+                    backend.circuit.state)
+        await asyncio.to_thread(self.breakers.reset, backend.url)
+        return Backend(backend.url, CircuitView(backend.url, shared=backend.circuit.shared), backend.probe_ok)
+
     # -- choosing --------------------------------------------------------------------
-    def candidates(self, urls: list[str]) -> list[Backend]:
+    def choose(self, backends: list[Backend], label: str | None = None) -> list[Backend]:
         """Usable backends in round-robin order; CircuitOpen when every circuit is open."""
-        backends = self.snapshot(urls)
         closed = [b for b in backends if self.breakers.allows(b.circuit)]
         if not closed:
             raise self.breakers.open_error(min((b.circuit for b in backends),
-                                               key=lambda v: v.remaining(self.breakers.reset_timeout)))
+                                               key=lambda v: v.remaining(self.breakers.reset_timeout)), label)
         usable = [b for b in closed if b.probe_ok is not False] or closed  # all probes failed: maybe stale
         start = next(self._turn) % len(usable)
         return usable[start:] + usable[:start]
 
-    def call(self, urls: list[str], attempt: Callable[[str], T], count: bool = True) -> T:
+    def candidates(self, urls: list[str], label: str | None = None) -> list[Backend]:
+        return self.choose(self.snapshot(urls), label)
+
+    def call(self, urls: list[str], attempt: Callable[[str], T], count: bool = True, label: str | None = None) -> T:
         """``attempt(url)`` on a chosen backend; one retry elsewhere when the connection failed.
 
         ``count=False`` keeps a successful call out of the request metrics (cached metadata reads).
         """
         if not urls:
             raise Unavailable("the model has no Triton backend configured")
-        chosen = self.candidates(urls)[:MAX_ATTEMPTS]
+        chosen = self.candidates(urls, label)[:MAX_ATTEMPTS]
         for i, backend in enumerate(chosen):
             started = time.perf_counter()
             try:
@@ -128,6 +217,46 @@ class Balancer:
             return result
         raise AssertionError("unreachable")
 
+    async def call_async(self, urls: list[str], attempt: Callable[[str], Awaitable[T]], count: bool = True,
+                         label: str | None = None) -> T:
+        """``call`` for the event loop: breaker bookkeeping off the loop, never a Redis wait once warm."""
+        if not urls:
+            raise Unavailable("the model has no Triton backend configured")
+        chosen = self._only_healthy(urls) or self.choose(await self.snapshot_async(urls), label)[:MAX_ATTEMPTS]
+        for i, backend in enumerate(chosen):
+            started = time.perf_counter()
+            try:
+                result = await attempt(backend.url)
+            except KinferError as err:
+                if not is_backend_failure(err):
+                    raise
+                if not getattr(err, "_kinfer_counted", False):  # one coalesced failure, many callers
+                    err._kinfer_counted = True  # type: ignore[attr-defined]
+                    await asyncio.to_thread(self._failed, backend, err, time.perf_counter() - started,
+                                            err.code != "model_not_loaded")
+                if is_connection_failure(err) and i + 1 < len(chosen):
+                    log.warning("retrying on another backend after: %s", err.message)
+                    continue
+                raise
+            if count:
+                self.recorder.record(backend.url, "success", time.perf_counter() - started)
+            if backend.circuit.state != "closed" or backend.circuit.failures:
+                await asyncio.to_thread(self.breakers.record_success, backend.url, backend.circuit)
+                self.forget(backend.url)
+            return result
+        raise AssertionError("unreachable")
+
+    def _only_healthy(self, urls: list[str]) -> list[Backend] | None:
+        """The common case without the general machinery: one backend, freshly seen, circuit clean."""
+        if len(urls) != 1:
+            return None
+        hit = self._seen.get(urls[0])
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        backend = hit[1]
+        circuit = backend.circuit
+        return [backend] if circuit.state == "closed" and not circuit.failures else None
+
     def _failed(self, backend: Backend, err: KinferError, seconds: float, trip: bool = True) -> None:
         """Count the failure; a model missing on one backend does not trip that backend's breaker."""
         self.recorder.record(backend.url, "failure", seconds)
@@ -143,4 +272,3 @@ def _probe_ok(raw: Any) -> bool | None:
         return bool(json.loads(raw).get("healthy"))
     except (ValueError, AttributeError):
         return None
-

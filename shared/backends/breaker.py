@@ -7,7 +7,9 @@ serialise a process's Triton traffic; so the Triton call runs outside it and onl
 its outcome is fed to the breaker (``record_success`` / ``record_failure``), which
 then makes pybreaker's own transitions. A success on a closed circuit with no
 failures writes nothing. When Redis is unreachable each backend falls back to an
-in-process ``CircuitMemoryStorage`` breaker.
+in-process ``CircuitMemoryStorage`` breaker. pybreaker's Redis storage is synchronous:
+the async hot path reads breaker views from the balancer's local copy and records
+outcomes off the event loop (``shared.backends.balancer``).
 """
 
 from __future__ import annotations
@@ -142,10 +144,12 @@ class Breakers:
     def allows(self, view: CircuitView) -> bool:
         return view.remaining(self.reset_timeout) <= 0
 
-    def open_error(self, view: CircuitView) -> CircuitOpen:
+    def open_error(self, view: CircuitView, label: str | None = None) -> CircuitOpen:
+        """503 naming the circuit breaker and the backend by ``label`` (its registry identity; never
+        its address, which stays in the operators' views)."""
         wait = max(1.0, view.remaining(self.reset_timeout))
-        return CircuitOpen(f"circuit breaker open for Triton backend {view.url} after {view.failures or self.fail_max} "
-                           f"failures; retry in {wait:.0f}s", retry_after=wait)
+        return CircuitOpen(f"circuit breaker open for the Triton backend of {label or 'this model'} after "
+                           f"{view.failures or self.fail_max} failures; retry in {wait:.0f}s", retry_after=wait)
 
     # -- recording -------------------------------------------------------------------
     def record_success(self, url: str, seen: CircuitView) -> None:
@@ -157,6 +161,13 @@ class Breakers:
     def record_failure(self, url: str, err: KinferError) -> None:
         """Count a backend failure; pybreaker opens the circuit at fail_max (or on a failed trial)."""
         self._drive(url, err)
+
+    def reset(self, url: str) -> None:
+        """Close the circuit of ``url`` now (its backend answered a readiness probe)."""
+        try:
+            self.breaker(url).close()
+        except Exception as exc:  # redis errors: the in-process breaker is used meanwhile
+            self.redis_failed(exc)
 
     def _drive(self, url: str, err: KinferError | None) -> None:
         def outcome() -> None:

@@ -1,10 +1,13 @@
 """Triton over gRPC: one client per backend URL, cached model metadata, errors translated once.
 
 ``tritonclient.grpc.InferenceServerClient`` is thread-safe, so a process keeps one
-per URL (``TritonPool``) and every request thread shares it. Model metadata and
-config are cached per (url, model) for METADATA_TTL_S. ``translate`` turns an
-``InferenceServerException`` into the Kinfer error tree and ``is_backend_failure``
-says whether it should count against the backend's circuit breaker.
+per URL (``TritonPool``) and every thread shares it: the batch worker and the probe
+use it; the real-time path uses ``triton_async.AsyncTriton`` (grpc.aio). Model
+metadata and config are cached per (url, model, version) for METADATA_TTL_S.
+``translate`` turns a tritonclient or gRPC error into the Kinfer error tree (the
+public message names the model, never the backend's address) and
+``is_backend_failure`` says whether it should count against the backend's circuit
+breaker.
 """
 
 from __future__ import annotations
@@ -105,20 +108,37 @@ def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> M
                      max_batch, labels)
 
 
-def translate(exc: Exception, url: str, model: str) -> KinferError:
-    """One InferenceServerException (or transport error) -> the Kinfer error tree."""
-    status = str(exc.status() or "") if hasattr(exc, "status") else ""
-    text = (exc.message() if hasattr(exc, "message") else str(exc)) or type(exc).__name__
-    text = text[:300]
-    if status in _CALLER_CODES:
-        return InvalidInput(f"Triton rejected the input for {model!r}: {text}", field="input")
+def error_parts(exc: BaseException) -> tuple[str, str]:
+    """(gRPC status like ``StatusCode.UNAVAILABLE``, text) of a tritonclient or grpc.aio error."""
+    if hasattr(exc, "code") and callable(exc.code) and hasattr(exc, "details"):  # grpc.aio.AioRpcError
+        return str(exc.code() or ""), str(exc.details() or "")
+    status = str(exc.status() or "") if hasattr(exc, "status") and callable(exc.status) else ""
+    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return status, str(text or "")
+
+
+def translate(exc: BaseException, url: str, model: str, label: str | None = None) -> KinferError:
+    """One Triton error -> the Kinfer error tree.
+
+    The public message names the backend by its registry identity (``label``, e.g.
+    ``model 'iris' version '1'``), never by host:port, and never carries Triton's or gRPC's
+    text: those go to the log here, once.
+    """
+    status, text = error_parts(exc)
+    who = label or f"Triton model {model!r}"
+    caller = status in _CALLER_CODES
+    log.log(logging.INFO if caller else logging.WARNING, "Triton %s model %s: %s %s", url, model,
+            status or type(exc).__name__, text[:500])
+    if caller:
+        return InvalidInput(f"{who} rejected the input: the tensors do not match what the model accepts",
+                            field="input")
     if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline Exceeded" in text:
-        return BackendTimeout(f"Triton backend {url} did not answer in time for model {model!r}")
+        return BackendTimeout(f"the Triton backend of {who} did not answer in time")
     if status == "StatusCode.NOT_FOUND" or "unknown model" in text:
-        return BackendError(f"model {model!r} is not loaded on Triton backend {url}", code="model_not_loaded")
+        return BackendError(f"{who} is not loaded on its Triton backend", code="model_not_loaded")
     if status in ("StatusCode.UNAVAILABLE", "") or "failed to connect" in text.lower():
-        return Unavailable(f"Triton backend {url} is unavailable: {text}", retry_after=1)
-    return BackendError(f"Triton backend {url} failed for model {model!r}: {text}")
+        return Unavailable(f"the Triton backend of {who} is unavailable", retry_after=1)
+    return BackendError(f"the Triton backend of {who} failed")
 
 
 def is_backend_failure(err: KinferError) -> bool:
@@ -137,7 +157,7 @@ class TritonPool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._clients: dict[str, Any] = {}
-        self._info: dict[tuple[str, str], tuple[float, ModelInfo]] = {}
+        self._info: dict[tuple[str, str, str], tuple[float, ModelInfo]] = {}
         self._outputs: dict[ModelInfo, list[Any]] = {}
         self._lock = threading.Lock()
 
@@ -153,26 +173,28 @@ class TritonPool:
                     self._clients[url] = found
         return found
 
-    def model_info(self, url: str, model: str) -> ModelInfo:
-        """Metadata + config of ``model`` on ``url``, cached for METADATA_TTL_S."""
-        key = (url, model)
+    def model_info(self, url: str, model: str, version: str | None = None, label: str | None = None) -> ModelInfo:
+        """Metadata + config of ``model`` (``version``: a Triton model version) on ``url``, cached for
+        METADATA_TTL_S."""
+        key = (url, model, version or "")
         hit = self._info.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         client, timeout = self.client(url), self.settings.triton_timeout_s
         try:
-            metadata = client.get_model_metadata(model, as_json=True, client_timeout=timeout)
-            config = client.get_model_config(model, as_json=True, client_timeout=timeout)
+            metadata = client.get_model_metadata(model, version or "", as_json=True, client_timeout=timeout)
+            config = client.get_model_config(model, version or "", as_json=True, client_timeout=timeout)
         except Exception as exc:  # tritonclient raises InferenceServerException; translate once here
-            raise translate(exc, url, model) from exc
+            raise translate(exc, url, model, label) from exc
         info = model_info_from(metadata, config)
         self._info[key] = (time.monotonic() + self.settings.metadata_ttl_s, info)
         return info
 
     def infer(self, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
-              headers: Mapping[str, str] | None = None, version: str | None = None) -> dict[str, np.ndarray]:
-        """One Triton inference request (of Triton model version ``version``; None: Triton's choice);
-        every output tensor comes back as a numpy array."""
+              headers: Mapping[str, str] | None = None, version: str | None = None,
+              label: str | None = None) -> dict[str, np.ndarray]:
+        """One Triton inference request (``version``: the Triton model version, "" or None = Triton's
+        policy); every output tensor comes back as a numpy array."""
         import tritonclient.grpc as grpcclient
 
         tensors = []
@@ -187,7 +209,7 @@ class TritonPool:
                                             headers=dict(headers or {}),
                                             client_timeout=self.settings.triton_timeout_s)
         except Exception as exc:
-            raise translate(exc, url, info.name) from exc
+            raise translate(exc, url, info.name, label) from exc
         return {o.name: result.as_numpy(o.name) for o in info.outputs}
 
     def _requested_outputs(self, info: ModelInfo) -> list[Any]:
@@ -200,14 +222,16 @@ class TritonPool:
         return found
 
     def ready(self, url: str, models: list[str], timeout: float = 2.0) -> tuple[bool, list[str], str]:
-        """(server ready, the given models that are not ready, reason) — the probe's check."""
+        """(server ready, the given models that are not ready, reason) — the probe's check (operators'
+        view: the reason may name the backend)."""
         client = self.client(url)
         try:
             if not client.is_server_ready(client_timeout=timeout):
                 return False, list(models), "server not ready"
             missing = [m for m in models if not client.is_model_ready(m, client_timeout=timeout)]
         except Exception as exc:
-            return False, list(models), translate(exc, url, ",".join(models) or "-").message
+            status, text = error_parts(exc)
+            return False, list(models), f"{status or type(exc).__name__}: {text[:200]}"
         return True, missing, (f"models not ready: {', '.join(missing)}" if missing else "ready")
 
     def forget(self, url: str) -> None:

@@ -9,7 +9,6 @@ the worker) and the caller gets 503, so no job hangs silently in ``pending``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -17,6 +16,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from shared import registry
 from shared import validation as v
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 SUBMIT_FIELDS = ("model", "version", "inputs", "input_url")
 EMIT_ATTEMPTS = 3
 EMIT_BACKOFF_S = 0.2
-PARALLEL_PUTS = 4
+PARALLEL_PUTS = 8
 ANONYMOUS = "anonymous"
 
 
@@ -173,8 +174,7 @@ def _input_source(body: dict[str, Any], settings: Any, prefixes: tuple[str, ...]
         raise InvalidInput("inputs must be a non-empty list of inputs like {\"data\": [...]}", field="inputs")
     if len(inputs) > max_items:
         raise InvalidInput(f"inputs has {len(inputs)} items; the limit is {max_items}", field="inputs")
-    return lambda services: (json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
-                             for item in inputs)
+    return lambda services: (orjson.dumps(item) for item in inputs)
 
 
 def _s3_lines(services: Services, bucket: str, key: str, max_items: int) -> Iterator[bytes]:

@@ -4,16 +4,20 @@ Chunk inputs: ``<input bucket>/batch-inputs/<job>/chunk-NNNNN.jsonl`` (one input
 Chunk results: ``<results bucket>/batch-results/<job>/chunk-NNNNN.jsonl``.
 Job results: ``<results bucket>/batch-results/<job>/results.jsonl``: one line per
 input in input order, ``{"index", "prediction", "outputs"}`` or ``{"index", "error"}``.
-The merge streams chunk objects into a multipart upload, so its memory is bounded by
-one part plus one chunk, never by the job size.
+The merge streams chunk objects into a multipart upload, reading a few ahead in
+parallel, so its memory is bounded by one part plus those chunks, never by the job size.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from shared.clients import storage
 
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PART_SIZE = 8 * 1024 * 1024  # multipart parts must be >= 5 MiB except the last
+MERGE_AHEAD = 8
 
 
 def input_key(job_id: Any, chunk: int) -> str:
@@ -38,9 +43,17 @@ def results_key(job_id: Any) -> str:
 
 
 def encode_lines(rows: Iterable[Any]) -> bytes:
-    """JSON Lines bytes of ``rows`` (compact, UTF-8; a lone surrogate in a string stays a ``\\udXXX`` escape)."""
-    text = "".join(json.dumps(row, separators=(",", ":"), ensure_ascii=False) + "\n" for row in rows)
-    return text.encode("utf-8", "backslashreplace")
+    """JSON Lines bytes of ``rows`` (compact, UTF-8; NaN and infinities as null; a lone surrogate in a
+    string, which orjson refuses, stays a ``\\udXXX`` escape)."""
+    return b"".join(_line(row) for row in rows)
+
+
+def _line(row: Any) -> bytes:
+    try:
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        text = json.dumps(row, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+        return text.encode("utf-8", "backslashreplace")
 
 
 def put_lines(services: Services, bucket: str, key: str, data: bytes) -> None:
@@ -48,12 +61,22 @@ def put_lines(services: Services, bucket: str, key: str, data: bytes) -> None:
 
 
 def merge_chunks(services: Services, job_id: Any, chunks: Iterable[int]) -> str:
-    """Concatenate the results of ``chunks`` (in order) into the job's results object; its key."""
+    """Concatenate the results of ``chunks`` (in order) into the job's results object; its key.
+
+    Up to ``MERGE_AHEAD`` chunk objects are read ahead in parallel (in order), so memory stays
+    bounded by a part plus those chunks.
+    """
     bucket, key = services.settings.s3_results_bucket, results_key(job_id)
     upload = _Upload(services.s3, bucket, key)
     try:
-        for chunk in chunks:
-            upload.write(storage.get_bytes(services.s3, bucket, chunk_result_key(job_id, chunk)))
+        with ThreadPoolExecutor(MERGE_AHEAD, thread_name_prefix="batch-merge") as pool:
+            ahead: deque[Future[bytes]] = deque()
+            for chunk in chunks:
+                ahead.append(pool.submit(storage.get_bytes, services.s3, bucket, chunk_result_key(job_id, chunk)))
+                if len(ahead) >= MERGE_AHEAD:
+                    upload.write(ahead.popleft().result())
+            while ahead:
+                upload.write(ahead.popleft().result())
         upload.close()
     except BaseException:
         upload.abort()

@@ -1,7 +1,8 @@
 """Batch chunk processing (the ``batch_worker`` function) and dead-lettered chunks (``batch_deadletter``).
 
 A chunk event names a chunk input object. The worker claims an attempt, infers the
-chunk in sub-batches (checking between them that the job was not cancelled), writes
+chunk in sub-batches (checking between them, at most every ``CANCEL_CHECK_S``, that the
+job was not cancelled), writes
 the chunk results to S3, then records the chunk and advances the job counters in one
 transaction. The transaction that records the last chunk merges the results object
 and finishes the job. Redelivery is harmless: a recorded chunk is skipped.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,13 +24,15 @@ from shared import registry
 from shared.batch import results, store
 from shared.clients import storage
 from shared.errors import InvalidInput, NotFound, Unprocessable
+from shared.validation import has_duplicate_keys
 
 if TYPE_CHECKING:
     from shared.services import Services
 
 log = logging.getLogger(__name__)
 
-SUB_BATCH = 256  # items inferred between two cancellation checks
+SUB_BATCH = 512  # items inferred at once (several Triton requests in flight); cancellation is checked between
+CANCEL_CHECK_S = 0.5  # ... at most this often: a cancel stops a chunk within about this much inference
 MAX_ERROR_LEN = 500
 
 
@@ -109,12 +113,15 @@ def _chunk_lines(services: Services, ref: ChunkRef) -> list[bytes]:
 
 def _infer(services: Services, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict] | None:
     """One result row per line, in order; None when the job was cancelled meanwhile."""
-    from shared.inference.dataplane import infer_items
+    from shared.inference.items import infer_items
 
     rows: list[dict[str, Any]] = []
+    checked = time.monotonic()  # the claim just saw the job active
     for offset in range(0, len(lines), SUB_BATCH):
-        if offset and not _still_active(services, ref.job_id):
-            return None
+        if offset and time.monotonic() - checked >= CANCEL_CHECK_S:
+            if not _still_active(services, ref.job_id):
+                return None
+            checked = time.monotonic()
         part = lines[offset:offset + SUB_BATCH]
         items, bad = _parse(part)
         inferred = iter(infer_items(services, model, [i for i in items if i is not None]) if bad < len(part) else [])
@@ -131,18 +138,29 @@ def _still_active(services: Services, job_id: uuid.UUID) -> bool:
 
 
 def _parse(lines: list[bytes]) -> tuple[list[Any | None], int]:
-    """Parsed items (None where a line is not a JSON object) and how many were bad.
+    """Parsed items (None where a line is not a strict JSON object) and how many were bad.
 
-    Parsed as strictly as a request body (orjson): a lone surrogate escape or NaN is not JSON.
+    All lines are parsed as one JSON array and checked for repeated keys at once (C-speed
+    passes); only when that fails is each line looked at on its own.
     """
-    items: list[Any | None] = []
-    for line in lines:
-        try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            item = None
-        items.append(item if isinstance(item, dict) else None)
+    joined = b"[" + b",".join(lines) + b"]"
+    try:
+        items: list[Any | None] = orjson.loads(joined)
+    except orjson.JSONDecodeError:
+        items = [_strict(line) for line in lines]
+    else:
+        if len(items) != len(lines) or has_duplicate_keys(joined, items):  # a line held several values
+            items = [_strict(line) for line in lines]
+    items = [item if isinstance(item, dict) else None for item in items]
     return items, sum(1 for i in items if i is None)
+
+
+def _strict(line: bytes) -> Any | None:
+    try:
+        item = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return None if isinstance(item, dict | list) and has_duplicate_keys(line, item) else item
 
 
 def _row(index: int, result: Any, line: bytes) -> dict[str, Any]:
@@ -159,11 +177,7 @@ def _row(index: int, result: Any, line: bytes) -> dict[str, Any]:
 
 
 def _is_json(line: bytes) -> bool:
-    try:
-        orjson.loads(line)
-        return True
-    except orjson.JSONDecodeError:
-        return False
+    return _strict(line) is not None
 
 
 # -- recording and finalization -------------------------------------------------

@@ -3,7 +3,9 @@
 One redis client per process (bytes, no ``decode_responses``, so pybreaker's
 storage can share it), with short socket timeouts and a bounded retry. After a
 failure the cache stays "down" for ``DOWN_FOR_S`` so an outage costs callers
-microseconds, not a connect timeout per request.
+microseconds, not a connect timeout per request. ``aio()`` is the same
+configuration as a ``redis.asyncio`` client for the running event loop (the
+async hot path: rate-limit leases, the breaker view refresh).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.clients.aio import PerLoop
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,18 +29,23 @@ DOWN_FOR_S = 1.0
 REDIS_ERRORS = (redis.RedisError, OSError)
 
 
+def _options(settings: Settings) -> dict[str, Any]:
+    timeout = settings.redis_timeout_s
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry_on_error": [],
+            "health_check_interval": 0, "max_connections": 64}
+
+
 def make_redis(settings: Settings) -> redis.Redis:
     """A redis client whose failures surface in milliseconds (redis-py 8 retries ~10 times by default)."""
-    timeout = settings.redis_timeout_s
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_error=[],
-        health_check_interval=0,
-        max_connections=64,
-    )
+    return redis.Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0), **_options(settings))
+
+
+def make_async_redis(settings: Settings) -> Any:
+    """``make_redis`` as a ``redis.asyncio`` client (bound to the event loop it is first used on)."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    return aioredis.Redis.from_url(settings.redis_url, retry=AsyncRetry(NoBackoff(), 0), **_options(settings))
 
 
 # Fill a cache key only if no registry write happened since the reader looked
@@ -61,6 +69,11 @@ class Cache:
         self._down_until = 0.0
         self._lock = threading.Lock()
         self._fill = self.client.register_script(_FILL_IF_CURRENT)
+        self._aio = PerLoop(lambda: make_async_redis(settings))
+
+    def aio(self) -> Any:
+        """The ``redis.asyncio`` client of the running event loop."""
+        return self._aio.get()
 
     # -- availability -------------------------------------------------------
     def available(self) -> bool:
@@ -129,6 +142,7 @@ class Cache:
             self.client.close()
         except REDIS_ERRORS:
             pass
+        self._aio.drain()  # async pools close with their loop; nothing to await from here
 
 
 class Subscription:

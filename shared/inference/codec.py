@@ -18,7 +18,7 @@ import numpy as np
 from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
 from shared.errors import InvalidInput
 
-MAX_ELEMENTS = 1_000_000  # per tensor of one request; the body limit bounds it too
+MAX_ELEMENTS = 1_000_000  # per request when the caller names no limit (the body limit bounds it too)
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,16 @@ class Parsed:
         return tuple((name, a.shape[1:]) for name, a in sorted(self.arrays.items()))
 
 
-def parse_input(info: ModelInfo, raw: Any, field: str = "input") -> Parsed:
+def parse_input(info: ModelInfo, raw: Any, field: str = "input", max_elements: int = MAX_ELEMENTS) -> Parsed:
     """Validate one ``input`` object; InvalidInput naming what was expected otherwise."""
     values = _named_values(info, raw, field)
     arrays: dict[str, np.ndarray] = {}
     singles: set[bool] = set()
     rows: set[int] = set()
+    left = max_elements
     for spec in info.inputs:
-        array, single = _tensor(info, spec, values[spec.name], f"{field}.{spec.name}")
+        array, single = _tensor(info, spec, values[spec.name], f"{field}.{spec.name}", left)
+        left -= array.size
         arrays[spec.name] = array
         singles.add(single)
         rows.add(array.shape[0] if info.batched else 1)
@@ -72,9 +74,10 @@ def _named_values(info: ModelInfo, raw: Any, field: str) -> dict[str, Any]:
     return dict(raw)
 
 
-def _tensor(info: ModelInfo, spec: TensorSpec, value: Any, field: str) -> tuple[np.ndarray, bool]:
+def _tensor(info: ModelInfo, spec: TensorSpec, value: Any, field: str,
+            max_elements: int = MAX_ELEMENTS) -> tuple[np.ndarray, bool]:
     expected = f"expected {spec.describe(info.batched)}"
-    array = to_array(value, spec, field, expected)
+    array = to_array(value, spec, field, expected, max_elements)
     given, rank = list(array.shape), len(spec.shape)
     if info.batched and array.ndim == rank:
         array, single = array[np.newaxis, ...], True
@@ -95,37 +98,98 @@ def dims_match(actual: tuple[int, ...], declared: tuple[int, ...]) -> bool:
     return all(a >= 1 and (d < 0 or a == d) for a, d in zip(actual, declared, strict=True))
 
 
-def to_array(value: Any, spec: TensorSpec, field: str, expected: str) -> np.ndarray:
-    """A JSON value -> numpy array of the tensor's dtype; InvalidInput for empty/ragged/non-numeric/NaN."""
+def to_array(value: Any, spec: TensorSpec, field: str, expected: str, max_elements: int = MAX_ELEMENTS) -> np.ndarray:
+    """A JSON value -> numpy array of the tensor's dtype; InvalidInput for empty/ragged/non-numeric/NaN/out of
+    range, and past ``max_elements`` (MAX_INFER_ELEMENTS: bulk work belongs in a batch job)."""
     dtype = NP_DTYPES.get(spec.datatype)
     if dtype is None:
         raise InvalidInput(f"{field}: datatype {spec.datatype} is not supported over JSON", field=field)
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{field} must be a non-empty list of numbers; {expected}", field=field)
+    quick = _small_flat(value, dtype, max_elements)
+    if quick is not None:
+        return quick
     try:
         array = np.array(value)
     except (ValueError, TypeError):
         raise InvalidInput(f"{field} is ragged (rows of different lengths); {expected}", field=field) from None
     if array.size == 0:
         raise InvalidInput(f"{field} is empty; {expected}", field=field)
-    if array.size > MAX_ELEMENTS:
-        raise InvalidInput(f"{field} has {array.size} elements; the limit is {MAX_ELEMENTS}", field=field)
+    if array.size > max_elements:
+        raise too_many_elements(field, array.size, max_elements)
     return cast_numbers(array, dtype, spec.datatype, field, expected)
 
 
+def _small_flat(value: list[Any], dtype: Any, max_elements: int) -> np.ndarray | None:
+    """The common single row (a short flat list of plain numbers that fit the datatype) without numpy's
+    checks; None for anything else, which takes the general path and its precise errors."""
+    if len(value) > _QUICK_MAX or len(value) > max_elements:
+        return None
+    target = np.dtype(dtype)
+    types = set(map(type, value))
+    if target.kind == "f":
+        if not types <= _NUMBERS or not max(map(abs, value)) <= _FLOAT_MAX[target.itemsize]:  # NaN: False
+            return None
+    elif target.kind in "iu":
+        bounds = _INT_BOUNDS.get(target.str)
+        if types != {int} or bounds is None or min(value) < bounds[0] or max(value) > bounds[1]:
+            return None
+    else:
+        return None
+    return np.array(value, dtype=target)
+
+
+_QUICK_MAX = 64
+_NUMBERS = frozenset({int, float})
+_INT_BOUNDS = {np.dtype(t).str: (int(np.iinfo(t).min), int(np.iinfo(t).max))
+               for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
+
+
+def too_many_elements(field: str, size: int, limit: int) -> InvalidInput:
+    return InvalidInput(f"{field} has {size} elements; one request may carry at most {limit} "
+                        "(MAX_INFER_ELEMENTS); send bulk work as a batch job (POST /v1/batch)", field=field)
+
+
 def cast_numbers(array: np.ndarray, dtype: Any, datatype: str, field: str, expected: str) -> np.ndarray:
-    """Check the values are numbers the datatype can hold, then cast."""
+    """Check the values are numbers the datatype can hold (finite, in range, integral for integers), then cast."""
     if datatype == "BOOL":
         if array.dtype.kind != "b":
             raise InvalidInput(f"{field} must hold true/false values; {expected}", field=field)
         return array.astype(dtype)
-    if array.dtype.kind not in "iuf":
+    kind = array.dtype.kind
+    if kind not in "iuf":
         raise InvalidInput(f"{field} must hold only numbers; {expected}", field=field)
+    target = np.dtype(dtype)
+    if target.kind == "f":
+        if kind == "f":
+            biggest = np.abs(array).max() if array.size else 0.0
+            if not biggest <= _FLOAT_MAX[target.itemsize]:  # NaN compares false too
+                if not np.isfinite(array).all():
+                    raise InvalidInput(f"{field} holds NaN or infinity; {expected}", field=field)
+                raise InvalidInput(f"{field} holds values beyond the {datatype} range (largest magnitude "
+                                   f"{_FLOAT_MAX[target.itemsize]:.6g}); {expected}", field=field)
+        return array.astype(target, copy=False)
+    if kind == "f":
+        if not np.isfinite(array).all():
+            raise InvalidInput(f"{field} holds NaN or infinity; {expected}", field=field)
+        if not (array == np.round(array)).all():
+            raise InvalidInput(f"{field} must hold integers; {expected}", field=field)
+    bounds = np.iinfo(target)
+    if array.size and (array.min() < bounds.min or array.max() > bounds.max):
+        raise InvalidInput(f"{field} holds values outside the {datatype} range [{bounds.min}, {bounds.max}]; "
+                           f"{expected}", field=field)
+    return array.astype(target, copy=False)
+
+
+_FLOAT_MAX = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max),
+              8: float(np.finfo(np.float64).max)}
+
+
+def check_finite(array: np.ndarray, field: str, expected: str) -> np.ndarray:
+    """Binary tensors come as raw bytes: NaN and infinities are refused like in JSON."""
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"{field} holds NaN or infinity; {expected}", field=field)
-    if np.issubdtype(dtype, np.integer) and array.dtype.kind == "f" and not (array == np.round(array)).all():
-        raise InvalidInput(f"{field} must hold integers; {expected}", field=field)
-    return array.astype(dtype, copy=False)
+    return array
 
 
 # -- answers ---------------------------------------------------------------------

@@ -1,110 +1,186 @@
-"""KServe Open Inference Protocol v2 over HTTP: POST /v2/models/{name}[/versions/{v}]/infer.
+"""The KServe Open Inference Protocol v2 over HTTP: inference, model metadata/readiness/config,
+server metadata.
 
-Accepts the JSON form and the binary tensor extension that ``tritonclient.http``
-sends by default (``Inference-Header-Content-Length``: a JSON header, then raw
-tensors in input order). Answers are always JSON (tritonclient reads both). The
-model name is the registry name; a version is the registry version.
+Inference accepts the JSON form and the binary tensor extension that ``tritonclient.http``
+sends by default (``Inference-Header-Content-Length``: a JSON header, then raw tensors in
+input order). Answers are always JSON (tritonclient reads both). The model name is the
+registry name; a version is the registry version. Every malformed field is a 400 naming
+it; non-finite numbers (in JSON or in binary tensors) and values beyond the datatype's
+range are refused.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared import validation as v
 from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
-from shared.errors import InvalidInput, KinferError
-from shared.inference.codec import cast_numbers, dims_match
-from shared.inference.dataplane import backend_urls, record, resolve, triton_call, triton_version
+from shared.errors import InvalidInput, KinferError, Unavailable, UnsupportedMediaType
+from shared.inference.codec import cast_numbers, check_finite, dims_match, too_many_elements
+from shared.inference.dataplane import check_rows, infer_arrays
+from shared.inference.resolve import (
+    backend_label,
+    backend_urls,
+    label,
+    record,
+    resolve_async,
+    triton_model,
+    triton_version,
+)
 
 if TYPE_CHECKING:
     from shared.services import Services
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+SERVER_NAME = "kinfer"
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+_JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
 
 
+@lru_cache(maxsize=1)
+def server_metadata() -> dict[str, Any]:
+    """GET /v2: the server metadata response."""
+    from importlib.metadata import PackageNotFoundError, version
 
-def split_body(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    try:
+        ours = version("kinfer")
+    except PackageNotFoundError:
+        ours = "unknown"
+    return {"name": SERVER_NAME, "version": ours, "extensions": list(EXTENSIONS)}
+
+
+def split_body(raw: bytes, headers: Mapping[str, str]) -> tuple[dict[str, Any], bytes]:
     """(JSON inference request, trailing binary tensor data)."""
+    header_length = headers.get(HEADER_LENGTH)
+    _check_content_type(headers, binary=header_length is not None)
     n = len(raw)
-    if header_length:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise InvalidInput(f"{HEADER_LENGTH} must be an integer", field=HEADER_LENGTH) from None
+    if header_length is not None:
+        if not header_length.isascii() or not header_length.isdigit():
+            raise InvalidInput(f"{HEADER_LENGTH} must be an integer", field=HEADER_LENGTH)
+        n = int(header_length)
         if not 0 < n <= len(raw):
             raise InvalidInput(f"{HEADER_LENGTH} is outside the body", field=HEADER_LENGTH)
-    try:
-        request = json.loads(raw[:n], parse_constant=_reject)
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        raise InvalidInput("the inference request is not valid JSON", field="body") from None
+    request = v.parse_json(raw[:n] if n < len(raw) else raw, "body")
     return v.require_object(request, "body"), raw[n:]
 
 
-def _reject(token: str) -> Any:
-    raise ValueError(token)
+def _check_content_type(headers: Mapping[str, str], binary: bool) -> None:
+    encoding = (headers.get("content-encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]!r} is not supported; send the body "
+                                   "uncompressed", field="Content-Encoding")
+    content_type = headers.get("content-type")
+    if not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in _JSON_TYPES or media.endswith("+json") or (binary and media == "application/octet-stream"):
+        return
+    raise UnsupportedMediaType(f"Content-Type {media[:100]!r} is not supported here; send application/json "
+                               f"(or application/octet-stream with {HEADER_LENGTH})", field="Content-Type")
 
 
-def infer_v2(services: Services, name: str, version: str | None, raw: bytes, headers: Mapping[str, str],
-             route_key: str | None = None) -> dict:
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be a JSON object", field=field)
+    return value
+
+
+def _name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{field} must be a non-empty string", field=field)
+    return value
+
+
+def parse_request(request: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str] | None]:
+    """The request's input tensors and requested output names (None = all), shapes of fields checked."""
+    _object(request.get("parameters"), "parameters")
+    if "id" in request and not isinstance(request["id"], str):
+        raise InvalidInput("id must be a string", field="id")
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("inputs must be a non-empty list of tensors", field="inputs")
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise InvalidInput(f"inputs[{i}] must be a JSON object", field="inputs")
+        _name(tensor.get("name"), f"inputs[{i}].name")
+        _object(tensor.get("parameters"), f"inputs[{i}].parameters")
+    outputs = request.get("outputs")
+    if outputs is None:
+        return inputs, None
+    if not isinstance(outputs, list):
+        raise InvalidInput("outputs must be a list", field="outputs")
+    names = []
+    for i, out in enumerate(outputs):
+        if not isinstance(out, dict):
+            raise InvalidInput(f"outputs[{i}] must be a JSON object", field="outputs")
+        names.append(_name(out.get("name"), f"outputs[{i}].name"))
+        _object(out.get("parameters"), f"outputs[{i}].parameters")
+    return inputs, names
+
+
+async def infer_v2(services: Services, name: str, version: str | None, raw: bytes,
+                   headers: Mapping[str, str], route_key: str | None = None) -> dict:
     """Run one v2 inference request; the v2 response body (``model_version``: the version that answered).
 
     The version segment may name a registry version or an alias."""
     started = time.perf_counter()
-    request, binary = split_body(raw, headers.get(HEADER_LENGTH))
-    inputs = request.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidInput("inputs must be a non-empty list of tensors", field="inputs")
-    model = resolve(services, name, version, route_key)
-    tm, tv = model.get("triton_model") or model["name"], triton_version(model)
+    request, binary = split_body(raw, headers)
+    inputs, asked = parse_request(request)
+    model = await resolve_async(services, name, version, route_key)
+    tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
 
-    def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray]]:
-        info = services.triton.model_info(url, tm)
-        arrays, rows = v2_arrays(info, inputs, binary)
-        return info, triton_call(services, url, info, arrays, rows, tv)
+    async def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray]]:
+        who = backend_label(model, urls, url)
+        info = services.triton_async.cached_info(url, tm, tv) or await services.triton_async.model_info(
+            url, tm, tv, who)
+        arrays, rows = v2_arrays(info, inputs, binary, services.settings.max_infer_elements)
+        check_rows(services, rows, "inputs")
+        return info, await infer_arrays(services, url, info, arrays, rows, tv, who)
 
     try:
-        info, outputs = services.balancer.call(backend_urls(services, model), attempt)
+        info, outputs = await services.balancer.call_async(urls, attempt, label=label(model))
     except KinferError as exc:
         record(services, model, exc.code, started)
         raise
     record(services, model, "ok", started)
-    wanted = _requested(info, request.get("outputs"))
-    return {"model_name": model["name"], "model_version": model["version"], "id": str(request.get("id", "")),
+    wanted = _requested(info, asked)
+    return {"model_name": model["name"], "model_version": model["version"], "id": request.get("id", ""),
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(outputs[s.name].shape),
                          "data": outputs[s.name].reshape(-1).tolist()} for s in info.outputs if s.name in wanted]}
 
 
-def _requested(info: ModelInfo, raw: Any) -> set[str]:
+def _requested(info: ModelInfo, asked: list[str] | None) -> set[str]:
     names = {s.name for s in info.outputs}
-    if raw is None:
+    if asked is None:
         return names
-    if not isinstance(raw, list):
-        raise InvalidInput("outputs must be a list", field="outputs")
-    asked = [o.get("name") if isinstance(o, dict) else None for o in raw]
     unknown = [a for a in asked if a not in names]
     if unknown:
         raise InvalidInput(f"unknown output {unknown[0]!r}; model {info.name!r} has "
                            f"{', '.join(sorted(names))}", field="outputs")
-    return {str(a) for a in asked}
+    return set(asked)
 
 
-def v2_arrays(info: ModelInfo, inputs: list[Any], binary: bytes) -> tuple[dict[str, np.ndarray], int]:
-    """Validate v2 input tensors (names, datatype, full shape) against the metadata."""
+def v2_arrays(info: ModelInfo, inputs: list[dict[str, Any]], binary: bytes,
+              max_elements: int) -> tuple[dict[str, np.ndarray], int]:
+    """Validate v2 input tensors (names, datatype, full shape, values) against the metadata."""
     specs = {s.name: s for s in info.inputs}
     arrays: dict[str, np.ndarray] = {}
-    offset = 0
+    offset, left = 0, max_elements
     for tensor in inputs:
-        if not isinstance(tensor, dict) or tensor.get("name") not in specs:
+        if tensor["name"] not in specs:
             raise InvalidInput(f"each input needs a name among {', '.join(specs)}; expected {info.expected()}",
                                field="inputs")
         spec = specs[tensor["name"]]
-        array, offset = _one(info, spec, tensor, binary, offset)
+        array, offset = _one(info, spec, tensor, binary, offset, left)
+        left -= array.size
         arrays[spec.name] = array
     missing = [n for n in specs if n not in arrays]
     if missing:
@@ -115,46 +191,84 @@ def v2_arrays(info: ModelInfo, inputs: list[Any], binary: bytes) -> tuple[dict[s
     return arrays, rows.pop()
 
 
-def _one(info: ModelInfo, spec: TensorSpec, tensor: dict, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+def _one(info: ModelInfo, spec: TensorSpec, tensor: dict[str, Any], binary: bytes, offset: int,
+         max_elements: int) -> tuple[np.ndarray, int]:
     field = f"inputs.{spec.name}"
     declared = ((-1,) if info.batched else ()) + spec.shape
     expected = f"expected datatype {spec.datatype} and shape {list(declared)}"
     shape = tensor.get("shape")
     if tensor.get("datatype") != spec.datatype:
-        raise InvalidInput(f"{field} has datatype {tensor.get('datatype')!r}; {expected}", field=field)
+        raise InvalidInput(f"{field} has datatype {str(tensor.get('datatype'))[:32]!r}; {expected}", field=field)
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             or not dims_match(tuple(shape), declared)
             or (info.batched and shape[0] > info.max_batch_size)):
-        raise InvalidInput(f"{field} has shape {shape}; {expected} (batch at most {info.max_batch_size})"
-                           if info.batched else f"{field} has shape {shape}; {expected}", field=field)
+        shown = shape if isinstance(shape, list) and len(shape) <= 8 else "malformed"
+        raise InvalidInput(f"{field} has shape {shown}; {expected} (batch at most {info.max_batch_size})"
+                           if info.batched else f"{field} has shape {shown}; {expected}", field=field)
     size = math.prod(shape)
+    if size > max_elements:
+        raise too_many_elements(field, size, max_elements)
     dtype = NP_DTYPES.get(spec.datatype)
     if dtype is None:
         raise InvalidInput(f"{field}: datatype {spec.datatype} is not supported", field=field)
     nbytes = (tensor.get("parameters") or {}).get("binary_data_size")
     if nbytes is not None:
-        chunk = binary[offset:offset + int(nbytes)]
-        if len(chunk) != int(nbytes) or int(nbytes) != size * np.dtype(dtype).itemsize:
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+            raise InvalidInput(f"{field}: parameters.binary_data_size must be a non-negative integer",
+                               field=f"{field}.parameters.binary_data_size")
+        chunk = binary[offset:offset + nbytes]
+        if len(chunk) != nbytes or nbytes != size * np.dtype(dtype).itemsize:
             raise InvalidInput(f"{field} binary data has {len(chunk)} bytes; {expected}", field=field)
-        return np.frombuffer(chunk, dtype=dtype).reshape(shape), offset + int(nbytes)
+        array = np.frombuffer(chunk, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+        return check_finite(array, field, expected), offset + nbytes
     data = tensor.get("data")
-    try:
-        array = np.array(data) if isinstance(data, list) else None
-    except (ValueError, TypeError):
-        array = None
-    if array is None or array.size != size:
+    values: np.ndarray | None = None
+    if isinstance(data, list):
+        try:
+            values = np.array(data)
+        except (ValueError, TypeError):
+            values = None
+    if values is None or values.size != size:
         raise InvalidInput(f"{field} data must hold {size} numbers; {expected}", field=field)
-    return cast_numbers(array, dtype, spec.datatype, field, expected).reshape(shape), offset
+    return cast_numbers(values, dtype, spec.datatype, field, expected).reshape(shape), offset
 
 
-def model_metadata_v2(services: Services, name: str, version: str | None) -> dict:
+# -- metadata, readiness, configuration ------------------------------------------------------
+async def model_metadata_v2(services: Services, name: str, version: str | None) -> dict:
     """GET /v2/models/{name}[/versions/{v}]: the v2 model metadata response."""
-    model = resolve(services, name, version)
-    tm = model.get("triton_model") or model["name"]
-    info = services.balancer.call(backend_urls(services, model),
-                                   lambda url: services.triton.model_info(url, tm), count=False)
+    model, info = await _model_info(services, name, version)
     lead = [-1] if info.batched else []
     return {"name": model["name"], "versions": [model["version"]], "platform": "kinfer",
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.inputs],
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)}
                         for s in info.outputs]}
+
+
+async def _model_info(services: Services, name: str, version: str | None) -> tuple[dict[str, Any], ModelInfo]:
+    model = await resolve_async(services, name, version)
+    tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
+    info = await services.balancer.call_async(
+        urls, lambda url: services.triton_async.model_info(url, tm, tv, backend_label(model, urls, url)),
+        count=False, label=label(model))
+    return model, info
+
+
+async def model_ready_v2(services: Services, name: str, version: str | None) -> dict:
+    """GET /v2/models/{name}[/versions/{v}]/ready: 200 when a backend has the model ready, else 503."""
+    model = await resolve_async(services, name, version)
+    tm, tv = triton_model(model), triton_version(model)
+    for backend in await services.balancer.snapshot_async(backend_urls(services, model)):
+        if services.balancer.breakers.allows(backend.circuit) and await services.triton_async.model_ready(
+                backend.url, tm, tv):
+            return {"name": model["name"], "versions": [model["version"]], "ready": True}
+    raise Unavailable(f"{label(model)} is not ready on any of its Triton backends", retry_after=1)
+
+
+async def model_config_v2(services: Services, name: str, version: str | None) -> dict:
+    """GET /v2/models/{name}[/versions/{v}]/config: Triton's model configuration, under the registry name."""
+    model = await resolve_async(services, name, version)
+    tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
+    config = await services.balancer.call_async(
+        urls, lambda url: services.triton_async.model_config(url, tm, tv, backend_label(model, urls, url)),
+        count=False, label=label(model))
+    return {**config, "name": model["name"]}

@@ -13,14 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from shared.backends.metrics import Recorder, _histogram, read_counters
+from shared.backends.metrics import BUCKETS, Recorder, _histogram, read_counters
 
 REQUESTS_KEY = "kinfer:metrics:model_requests"  # "model|version|outcome" -> count
 LATENCY_KEY = "kinfer:metrics:model_latency"  # "model|version|<bucket>" -> count, "model|version|sum" -> s
+ROWS_KEY = "kinfer:metrics:model_rows"  # unused: rows are counted per backend, not per version
 
 
 def make_recorder(cache: Any) -> Recorder:
-    return Recorder(cache, requests_key=REQUESTS_KEY, latency_key=LATENCY_KEY)
+    return Recorder(cache, requests_key=REQUESTS_KEY, latency_key=LATENCY_KEY, rows_key=ROWS_KEY)
 
 
 def record(recorder: Recorder, model: str, version: str, outcome: str, seconds: float) -> None:
@@ -36,7 +37,7 @@ class VersionCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily
 
-        requests, latency = read_counters(self.client, REQUESTS_KEY, LATENCY_KEY)
+        requests, latency, _ = read_counters(self.client, REQUESTS_KEY, LATENCY_KEY, ROWS_KEY)
         counter = CounterMetricFamily("kinfer_model_requests", "Inference requests per model version and outcome",
                                       labels=["model", "version", "outcome"])
         for field, count in sorted(requests.items()):
@@ -44,5 +45,6 @@ class VersionCollector:
             if len(parts) == 3:
                 counter.add_metric(parts, count)
         yield counter
-        yield _histogram(latency, "kinfer_model_request_duration_seconds",
-                         "Inference latency per model version (resolution to answer)", ("model", "version"))
+        yield _histogram("kinfer_model_request_duration_seconds",
+                         "Inference latency per model version (resolution to answer)", latency, BUCKETS,
+                         ("model", "version"))

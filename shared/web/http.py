@@ -1,18 +1,21 @@
 """HTTP plumbing shared by every HTTP function (ASGI: functions-framework's async mode).
 
 ``dispatch`` is the one place where a request becomes a response: it assigns the
-request id, continues the W3C trace, routes by path (werkzeug's URL map), enforces
-auth when the route asks for a scope, reads the body under MAX_BODY_BYTES, runs the
-handler and turns any ``KinferError`` into the JSON error body (the HTTP contract in
+request id, continues the W3C trace, routes by path (``Router``: werkzeug-style rules
+such as ``/v1/models/<model_id>``), enforces auth when the route asks for a scope
+(async: no thread hop), reads the body under MAX_BODY_BYTES, runs the handler and turns
+any ``KinferError`` into the JSON error body (the HTTP contract in
 ``docs/architecture.md``). An unexpected exception is logged with its traceback and
 answered with a generic 500 sentence; exception text never reaches the caller.
 
 Handlers are ``async def`` (run on the event loop: they must not block) or plain
 ``def`` (run in the thread pool: database and S3 calls). A route reads its body up
 front unless it says ``stream=True``, in which case an ``async`` handler consumes
-``call.stream()`` itself. A route that names its ``query`` parameters answers 400 for any
-other (as for unknown body fields). OPTIONS is answered for every routed path (``Allow``,
-and CORS preflight for the origins of CORS_ALLOWED_ORIGINS, ``shared.web.cors``).
+``call.stream()`` itself. ``call.json()`` parses strictly: JSON content types only
+(415 otherwise; no Content-Type and curl's default form type are read as JSON), no
+duplicate keys, no NaN or infinities. A route that names its ``query`` parameters answers
+400 for any other (as for unknown body fields). OPTIONS is answered for every routed path
+(``Allow``, and CORS preflight for the origins of CORS_ALLOWED_ORIGINS, ``shared.web.cors``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -28,14 +32,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from werkzeug.exceptions import MethodNotAllowed as _WzMethodNotAllowed
-from werkzeug.exceptions import NotFound as _WzNotFound
-from werkzeug.routing import Map, Rule
 
 from shared import telemetry
-from shared.errors import InvalidInput, KinferError, MethodNotAllowed, NotFound, PayloadTooLarge
+from shared import validation as v
+from shared.errors import (
+    InvalidInput,
+    KinferError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from shared.logs import request_id_var
 from shared.web import cors
 
@@ -46,6 +55,7 @@ log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 JSON_TYPE = "application/json"
+_JSON_MEDIA = frozenset({"application/json", "application/x-www-form-urlencoded"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -125,31 +135,70 @@ def _openapi_route(routes: list[Route]) -> Route:
                  responses={200: ("the OpenAPI document", {"type": "object"})})
 
 
+_PARAM = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>")
+_CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "default": ("[^/]+", str), "string": ("[^/]+", str), "path": (".+", str), "int": (r"\d+", int),
+}
+
+
 class Router:
-    """Routes requests by path and method with werkzeug's URL map."""
+    """Routes requests by path and method: werkzeug-style rules (``<name>``, ``<path:name>``, ``<int:n>``),
+    static rules before dynamic ones, a trailing slash ignored; 404 or 405 (with ``Allow``) otherwise."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
         if not any(r.rule == OPENAPI_PATH for r in self.routes):  # every router documents itself
             self.routes.append(_openapi_route(self.routes))
-        self._map = Map([Rule(r.rule, endpoint=i, methods=list(r.methods)) for i, r in enumerate(self.routes)],
-                        strict_slashes=False, merge_slashes=False)
-        self._adapter = self._map.bind("kinfer")
+        self._static: dict[str, list[Route]] = {}
+        self._dynamic: list[tuple[re.Pattern[str], Route, dict[str, Callable[[str], Any]]]] = []
+        for route in self.routes:
+            rule = _normal(route.rule)
+            if "<" not in rule:
+                self._static.setdefault(rule, []).append(route)
+            else:
+                pattern, converters = _compile(rule)
+                self._dynamic.append((pattern, route, converters))
 
     def match(self, path: str, method: str) -> tuple[Route, dict[str, Any]]:
-        try:
-            index, params = self._adapter.match(path, method=method)
-        except _WzNotFound:
-            raise NotFound(f"no route for {method} {path}") from None
-        except _WzMethodNotAllowed as exc:
-            allowed = ", ".join(sorted(exc.valid_methods or []))
-            raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allowed}",
-                                   headers={"Allow": allowed}) from None
-        return self.routes[int(index)], dict(params)
+        normal = _normal(path)
+        found: list[tuple[Route, dict[str, Any]]] = [(r, {}) for r in self._static.get(normal, ())]
+        for pattern, route, converters in self._dynamic:
+            m = pattern.fullmatch(normal)
+            if m is not None:
+                found.append((route, {k: converters[k](v) for k, v in m.groupdict().items()}))
+        if not found:
+            raise NotFound(f"no route for {method} {path}")
+        for route, params in found:
+            if method in route.methods or (method == "HEAD" and "GET" in route.methods):
+                return route, params
+        methods = {m for route, _ in found for m in route.methods}
+        allowed = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+        raise MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allowed}", headers={"Allow": allowed})
 
     def allowed_methods(self, path: str) -> list[str]:
         """The methods some route serves on ``path`` (empty when no route matches it)."""
-        return sorted(self._adapter.allowed_methods(path))
+        normal = _normal(path)
+        routes = list(self._static.get(normal, ())) + [r for p, r, _ in self._dynamic if p.fullmatch(normal)]
+        methods = {m for route in routes for m in route.methods}
+        return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+
+
+def _normal(path: str) -> str:
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
+def _compile(rule: str) -> tuple[re.Pattern[str], dict[str, Callable[[str], Any]]]:
+    parts, converters, at = [], {}, 0
+    for m in _PARAM.finditer(rule):
+        kind = m.group("converter") or "default"
+        if kind not in _CONVERTERS:
+            raise ValueError(f"route {rule!r}: unknown converter {kind!r}")
+        pattern, convert = _CONVERTERS[kind]
+        parts += [re.escape(rule[at:m.start()]), f"(?P<{m.group('name')}>{pattern})"]
+        converters[m.group("name")] = convert
+        at = m.end()
+    parts.append(re.escape(rule[at:]))
+    return re.compile("".join(parts)), converters
 
 
 def check_query(query: Any, allowed: tuple[str, ...]) -> None:
@@ -175,10 +224,22 @@ class Call:
     principal: Any = None
     response_headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    _by_name: HeaderDict | None = None
 
     @property
     def headers(self) -> Mapping[str, str]:
         return self.request.headers
+
+    @property
+    def header_map(self) -> HeaderDict:
+        """The request headers as a dict (case-insensitive ``get``; the first of repeated ones)."""
+        if self._by_name is None:
+            self._by_name = header_dict(self.request.scope)
+        return self._by_name
+
+    def header(self, name: str) -> str | None:
+        """One request header by lower-case ``name``: a dict lookup."""
+        return self.header_map.get(name)
 
     @property
     def args(self) -> Mapping[str, str]:
@@ -189,7 +250,8 @@ class Call:
         return self.request.query_params.get(name)
 
     def json(self) -> Any:
-        """The JSON body, strictly parsed (400 when empty or malformed)."""
+        """The JSON body, strictly parsed (415 for a non-JSON Content-Type, 400 when empty or malformed)."""
+        require_json(self.header("content-type"))
         return parse_json(self.body)
 
     def stream(self, limit: int | None = None) -> AsyncIterator[bytes]:
@@ -197,28 +259,41 @@ class Call:
         return stream_body(self.request, limit)
 
 
+def require_json(content_type: str | None) -> None:
+    """415 unless the Content-Type is JSON (``application/json``, ``*/*+json``). No Content-Type and
+    ``application/x-www-form-urlencoded`` (what ``curl -d`` sends) are read as JSON too."""
+    if not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in _JSON_MEDIA or media.endswith("+json"):
+        return
+    raise UnsupportedMediaType(f"Content-Type {media[:100]!r} is not supported here; send the body as "
+                               "application/json", field="Content-Type")
+
+
 def parse_json(raw: bytes) -> Any:
-    if not raw.strip():
-        raise InvalidInput("request body is empty; a JSON object is required", field="body")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:  # the message names the position, never the content
-        reason = str(exc).split(":", 1)[0]
-        raise InvalidInput(f"request body is not valid JSON ({reason})", field="body") from None
+    """Strict JSON (``validation.parse_json``): 400 when empty, malformed, NaN or infinite, or when an
+    object repeats a key."""
+    return v.parse_json(raw, "body")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, content_length: str | None = None) -> bytes:
     """The whole body, at most ``limit`` bytes (413 by Content-Length or by what arrives)."""
-    declared = _content_length(request)
+    declared = _content_length(request, content_length)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
-    parts, size = [], 0
-    async for chunk in request.stream():
+    parts, size, more = [], 0, True
+    while more:  # the ASGI messages themselves (Starlette's stream() adds a generator per request)
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         parts.append(chunk)
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def stream_body(request: Request, limit: int | None) -> AsyncIterator[bytes]:
@@ -234,8 +309,8 @@ async def stream_body(request: Request, limit: int | None) -> AsyncIterator[byte
             yield chunk
 
 
-def _content_length(request: Request) -> int | None:
-    raw = request.headers.get("content-length")
+def _content_length(request: Request, raw: str | None = None) -> int | None:
+    raw = raw if raw is not None else request.headers.get("content-length")
     if raw is None:
         return None
     if not raw.isascii() or not raw.isdigit():
@@ -245,8 +320,24 @@ def _content_length(request: Request) -> int | None:
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     """A JSON answer; NaN and infinities become null (JSON has no such numbers)."""
-    content = orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(content, status_code=status, headers=dict(headers or {}), media_type=JSON_TYPE)
+    return JsonResponse(orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY), status, headers)
+
+
+class JsonResponse(Response):
+    """A pre-encoded JSON body with its headers built once (``Response.__init__`` does more work)."""
+
+    media_type = JSON_TYPE
+
+    def __init__(self, content: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status
+        self.body = content
+        self.background = None
+        self.raw_headers = [(b"content-length", str(len(content)).encode()), (b"content-type", _JSON_CT)]
+        if headers:
+            self.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+_JSON_CT = JSON_TYPE.encode()
 
 
 def _json_default(value: Any) -> Any:
@@ -260,8 +351,25 @@ def _json_default(value: Any) -> Any:
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
-    incoming = headers.get("x-request-id", "")
-    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    """The caller's X-Request-ID when it is sane, else 32 random hex digits (an id, not a secret)."""
+    incoming = headers.get("x-request-id")
+    return incoming if incoming and _REQUEST_ID.match(incoming) else f"{random.getrandbits(128):032x}"
+
+
+class HeaderDict(dict[str, str]):
+    """Request headers by lower-case name; ``get`` takes any case (built once per request, then dict lookups
+    instead of Starlette's scan of the raw header list)."""
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self, name.lower(), default)
+
+
+def header_dict(scope: Mapping[str, Any]) -> HeaderDict:
+    """The request's headers by lower-case name (the first of repeated ones, as Starlette's ``get``)."""
+    found = HeaderDict()
+    for name, value in scope["headers"]:
+        found.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return found
 
 
 def error_response(exc: KinferError, request_id: str, trace_id: str) -> Response:
@@ -286,24 +394,30 @@ def _as_response(result: Any) -> Response:
 
 async def dispatch(request: Request, router: Router, services: Services, span_name: str) -> Response:
     """Route, authorize and run one request; always answers JSON (see module docstring)."""
-    request_id = request_id_of(request.headers)
+    scope = request.scope
+    headers = header_dict(scope)
+    request_id = request_id_of(headers)
     token = request_id_var.set(request_id)
     try:
-        with telemetry.server_span(span_name, request.headers, **{"http.request.method": request.method,
-                                                                  "url.path": request.url.path}) as span:
+        with telemetry.server_span(span_name, headers, **{"http.request.method": scope["method"],
+                                                          "url.path": scope["path"]}) as span:
             call = Call(request=request, services=services, request_id=request_id,
-                        trace_id=telemetry.trace_id_of(span))
-            if request.method == "OPTIONS":
+                        trace_id=telemetry.trace_id_of(span), _by_name=headers)
+            if scope["method"] == "OPTIONS":
                 response = _options(call, router)
             else:
                 response = await _run(call, router, span)
-            cors.decorate(response, request.headers, services.settings.cors_allowed_origins)
-            response.headers["X-Request-ID"] = request_id
+            cors.decorate(response, headers, services.settings.cors_allowed_origins)
+            extra = [(b"x-request-id", request_id.encode())]
             if call.trace_id:
-                response.headers["X-Trace-ID"] = call.trace_id
-            for key, value in call.response_headers.items():
-                response.headers.setdefault(key, value)
-            span.set_attribute("http.response.status_code", response.status_code)
+                extra.append((b"x-trace-id", call.trace_id.encode()))
+            if call.response_headers:
+                present = {name for name, _ in response.raw_headers}
+                extra += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in call.response_headers.items()
+                          if k.lower().encode("latin-1") not in present]
+            response.raw_headers.extend(extra)
+            if span.is_recording():
+                span.set_attribute("http.response.status_code", response.status_code)
             return response
     finally:
         request_id_var.reset(token)
@@ -325,18 +439,20 @@ def _options(call: Call, router: Router) -> Response:
 
 async def _run(call: Call, router: Router, span: Any) -> Response:
     request = call.request
+    method, path = request.scope["method"], request.scope["path"]
     try:
-        route, params = router.match(request.url.path, request.method)
-        span.update_name(f"{request.method} {route.rule}")
+        route, params = router.match(path, method)
+        if span.is_recording():
+            span.update_name(f"{method} {route.rule}")
         if route.scope is not None and call.services.settings.auth_required:
             from shared.access.auth import authorize
 
-            call.principal = await run_in_threadpool(authorize, call, route.scope)
+            call.principal = await authorize(call, route.scope)
         allowed = route.query_names
         if allowed is not None and request.scope.get("query_string"):
             check_query(request.query_params, allowed)
-        if not route.stream and request.method in _BODY_METHODS:
-            call.body = await read_body(request, call.services.settings.max_body_bytes)
+        if not route.stream and method in _BODY_METHODS:
+            call.body = await read_body(request, call.services.settings.max_body_bytes, call.header("content-length"))
         if route.is_async:
             result = await route.handler(call, **params)
         else:
@@ -347,6 +463,6 @@ async def _run(call: Call, router: Router, span: Any) -> Response:
             log.warning("request failed: %s %s (%s)", exc.status, exc.code, exc.message)
         return error_response(exc, call.request_id, call.trace_id)
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        log.exception("unhandled error in %s %s", method, path)
         generic = KinferError("internal error; the request id identifies it in the logs")
         return error_response(generic, call.request_id, call.trace_id)

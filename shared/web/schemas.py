@@ -121,7 +121,7 @@ INFER_RESPONSE: Schema = {
                                    "request_id"],
     "properties": {"model": _STRING, "version": _STRING, "prediction": {},
                    "outputs": {"type": "object"}, "latency_ms": {"type": "number", "minimum": 0},
-                   "timestamp": _TIME, "request_id": _STRING},
+                   "timestamp": _TIME, "request_id": _STRING, "trace_id": _STRING},
 }
 
 _V2_TENSOR = {

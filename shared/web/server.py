@@ -98,10 +98,12 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 
 # uvicorn as Knative runs it: uvloop and httptools (through ``shared.web.protocol``, which bounds request
-# heads and answers protocol errors in JSON), keep-alive past Knative's idle timeout, no access log.
+# heads and answers protocol errors in JSON), keep-alive past Knative's idle timeout, no access log, no
+# X-Forwarded-* rewriting (nothing here uses the client address).
 HTTP_PROTOCOL = "shared.web.protocol:KinferHttpProtocol"
 SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": HTTP_PROTOCOL, "lifespan": "on", "access_log": False,
-                                  "log_level": "warning", "timeout_keep_alive": 75, "server_header": False}
+                                  "log_level": "warning", "timeout_keep_alive": 75, "server_header": False,
+                                  "proxy_headers": False}
 
 
 def with_thread_pool(app: ASGIApp, threads: int) -> ASGIApp:

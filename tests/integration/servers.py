@@ -36,14 +36,28 @@ def settings_env(settings: Any) -> dict[str, str]:
 def serve_function(folder: str, target: str, port: int, settings: Any,
                    extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
     """Serve ``functions/<folder>/main.py`` on 127.0.0.1:``port``; yields the base URL."""
-    env = {**os.environ, **settings_env(settings), "K_SERVICE": folder, **dict(extra_env or {})}
-    cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--target", target, "--source", f"functions/{folder}/main.py"]
+    with _serve(["--target", target, "--source", f"functions/{folder}/main.py"], folder, port, settings,
+                extra_env) as base:
+        yield base
+
+
+@contextmanager
+def serve_gateway(port: int, settings: Any, extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """The local gateway (``kinfer serve --gateway``: every public function by path) on 127.0.0.1:``port``."""
+    with _serve(["--gateway"], "gateway", port, settings, extra_env) as base:
+        yield base
+
+
+@contextmanager
+def _serve(args: list[str], service: str, port: int, settings: Any,
+           extra_env: Mapping[str, str] | None) -> Iterator[str]:
+    env = {**os.environ, **settings_env(settings), "K_SERVICE": service, **dict(extra_env or {})}
+    cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     log = tempfile.TemporaryFile()  # a file, not a pipe: a pipe nobody reads stalls the server once full
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait(base + "/health", proc, log)
+        _wait(base + "/livez", proc, log)
         yield base
     finally:
         proc.terminate()

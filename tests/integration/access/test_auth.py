@@ -141,8 +141,9 @@ def test_default_limit_applies_without_a_per_key_limit(client: Any, base_setting
         reset_services(None)
 
 
-def test_redis_down_fails_open_and_fast(client: Any, base_settings: Settings) -> None:
-    settings = dataclasses.replace(base_settings, auth_required=True, rate_limit_per_minute=1,
+def test_redis_down_limits_in_process_and_fast(client: Any, base_settings: Settings) -> None:
+    """Redis unreachable: each process enforces the limit itself (no fail-open), without waiting for Redis."""
+    settings = dataclasses.replace(base_settings, auth_required=True, rate_limit_per_minute=2,
                                    redis_url=_dead_redis_url())
     services = reset_services(settings)
     try:
@@ -150,8 +151,11 @@ def test_redis_down_fails_open_and_fast(client: Any, base_settings: Settings) ->
         started = time.monotonic()
         responses = [client.get("/v1/models", headers=_bearer(key)) for _ in range(5)]
         elapsed = time.monotonic() - started
-        assert [r.status_code for r in responses] == [200] * 5
-        assert "X-RateLimit-Limit" not in responses[0].headers
+        assert [r.status_code for r in responses] == [200, 200, 429, 429, 429]
+        assert [r.headers["X-RateLimit-Remaining"] for r in responses[:2]] == ["1", "0"]
+        assert responses[0].headers["X-RateLimit-Limit"] == "2"
+        limited = responses[2]
+        assert limited.json()["code"] == "rate_limited" and 1 <= int(limited.headers["Retry-After"]) <= 60
         assert client.get("/v1/models").status_code == 401  # still authenticated
         assert elapsed < 1.0
     finally:

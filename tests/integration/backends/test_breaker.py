@@ -103,12 +103,14 @@ def test_dead_backend_trips_half_opens_and_closes_when_back(client, svc, triton,
     model = register(svc, [dead])
     first = [infer(client, model) for _ in range(2)]
     assert [r.status_code for r in first] == [503, 503]
-    assert first[0].json()["code"] == "unavailable" and dead in first[0].json()["error"]
+    body = first[0].json()
+    assert body["code"] == "unavailable" and f"model {model['name']!r} version '1'" in body["error"]
+    assert str(port) not in body["error"] and "127.0.0.1" not in body["error"]  # never the address (logged)
 
     tripped = infer(client, model)
     body = tripped.json()
     assert tripped.status_code == 503 and body["code"] == "circuit_open"
-    assert "circuit breaker" in body["error"] and dead in body["error"]
+    assert "circuit breaker" in body["error"] and model["name"] in body["error"] and str(port) not in body["error"]
     assert 1 <= int(tripped.headers["Retry-After"]) <= 2
     seen = state_from_other_process(base_settings.redis_url, dead)
     assert seen["circuit"] == "open" and seen["failures"] >= 2
@@ -157,3 +159,32 @@ def test_redis_down_uses_in_process_breakers_quickly(svc, triton, base_settings)
     codes = [infer(client, dead).json()["code"] for _ in range(3)]
     assert codes == ["unavailable", "unavailable", "circuit_open"]
     assert time.monotonic() - started < 5.0
+
+
+def test_a_circuit_left_open_by_an_earlier_stack_closes_at_once_when_the_backend_is_healthy(svc, triton):
+    """After a restart the shared circuit may still say open (Triton was down before): the first process to
+    meet it asks Triton's readiness and closes it, instead of answering 503 until the reset timeout ends."""
+    from shared.backends.breaker import Breakers
+    from shared.services import reset_services
+
+    model = register(svc, [triton.grpc_url])
+    earlier = Breakers(dataclasses.replace(svc.settings, breaker_reset_timeout_s=600), svc.cache)
+    earlier.breaker(triton.grpc_url).open()  # left open by the stack before the restart
+    assert read_states(svc.cache.client, [triton.grpc_url])[triton.grpc_url].state == "open"
+    reset_services(dataclasses.replace(svc.settings, breaker_reset_timeout_s=600))  # a fresh process
+    client = function_client("infer", "run_inference")
+    answer = infer(client, model)
+    assert answer.status_code == 200, answer.json()
+    assert read_states(svc.cache.client, [triton.grpc_url])[triton.grpc_url].state == "closed"
+
+
+def test_a_circuit_left_open_stays_open_while_the_backend_is_down(svc):
+    from shared.backends.breaker import Breakers
+    from shared.services import reset_services
+
+    dead = f"127.0.0.1:{free_port()}"
+    model = register(svc, [dead])
+    Breakers(dataclasses.replace(svc.settings, breaker_reset_timeout_s=600), svc.cache).breaker(dead).open()
+    reset_services(dataclasses.replace(svc.settings, breaker_reset_timeout_s=600))
+    answer = infer(function_client("infer", "run_inference"), model)
+    assert answer.status_code == 503 and answer.json()["code"] == "circuit_open"

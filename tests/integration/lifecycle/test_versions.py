@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.inference.dataplane import infer_items
+from shared.inference.items import infer_items
 from tests.integration.lifecycle.conftest import Lifecycle, unique
 from tests.lifecycle_support import linear_onnx
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from types import SimpleNamespace
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from shared.access import auth, keys
 from shared.access.auth import KeyCache, Principal, authorize, key_from_headers
 from shared.access.ratelimit import Decision
-from shared.errors import Forbidden, InvalidInput, RateLimited, Unauthorized
+from shared.errors import Forbidden, InvalidInput, RateLimited, Unauthorized, Unavailable
 from shared.settings import Settings
 
 
@@ -109,12 +110,32 @@ def test_key_cache_ttl_zero_disables() -> None:
     assert cache.get("h") == (False, None)
 
 
+def test_key_cache_is_bounded_oldest_out_first() -> None:
+    cache = KeyCache(ttl_s=5, max_entries=3)
+    for i in range(4):
+        cache.put(f"h{i}", Principal(f"id{i}", "n", frozenset()))
+    assert cache.get("h0") == (False, None) and cache.get("h3")[0]
+
+
+def test_known_keys_outlive_their_ttl_within_the_outage_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    cache = KeyCache(ttl_s=5)
+    principal = Principal("id", "n", frozenset({"infer"}))
+    cache.put("good", principal)
+    cache.put("bad", None)
+    now[0] += 600
+    assert cache.get("good") == (False, None)
+    assert cache.known("good", max_age=3600) == principal
+    assert cache.known("good", max_age=60) is None and cache.known("bad", max_age=3600) is None
+
+
 # -- authorize with fakes at the store and limiter boundary -----------------------------
 class FakeLimiter:
     def __init__(self, decision: Decision) -> None:
         self.decision, self.calls = decision, []
 
-    def check(self, identifier: str, per_minute: int) -> Decision:
+    async def acquire(self, identifier: str, per_minute: int) -> Decision:
         self.calls.append((identifier, per_minute))
         return self.decision
 
@@ -130,47 +151,95 @@ RECORDS = {keys.hash_key("good-key-1"): {"id": "k1", "name": "n", "scopes": ["in
            keys.hash_key("slow-key-1"): {"id": "k2", "name": "n", "scopes": ["infer"], "rate_limit_per_minute": 3}}
 
 
-@pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    looked_up: list[str] = []
+class Store:
+    """The key store: answers from RECORDS, or raises Unavailable while ``down``."""
 
-    def fake_authenticate(services: Any, digest: str) -> dict | None:
-        looked_up.append(digest)
+    def __init__(self) -> None:
+        self.looked_up: list[str] = []
+        self.down = False
+
+    def authenticate(self, services: Any, digest: str) -> dict | None:
+        self.looked_up.append(digest)
+        if self.down:
+            raise Unavailable("the database is unavailable; retry shortly")
         return RECORDS.get(digest)
 
-    monkeypatch.setattr(keys, "authenticate", fake_authenticate)
-    return looked_up
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Store:
+    found = Store()
+    monkeypatch.setattr(keys, "authenticate", found.authenticate)
+    return found
 
 
-def _call(limiter: FakeLimiter, headers: dict[str, str]) -> Any:
-    return SimpleNamespace(services=FakeServices(limiter), request=SimpleNamespace(headers=headers),
-                           response_headers={})
+def _call(limiter: FakeLimiter, headers: dict[str, str], services: Any = None) -> Any:
+    return SimpleNamespace(services=services or FakeServices(limiter), header_map=headers, response_headers={})
 
 
-def test_authorize_sets_headers_and_uses_the_default_limit(store: list[str]) -> None:
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_authorize_sets_headers_and_uses_the_default_limit(store: Store) -> None:
     limiter = FakeLimiter(Decision(True, 50, 49, 1234.2))
     call = _call(limiter, {"X-API-Key": "good-key-1"})
-    principal = authorize(call, "infer")
+    principal = run(authorize(call, "infer"))
     assert principal.key_id == "k1" and limiter.calls == [("k1", 50)]
     assert call.response_headers == {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "49",
                                      "X-RateLimit-Reset": "1235"}
-    authorize(call, "any")
-    assert len(store) == 1  # the second lookup came from the cache
+    run(authorize(call, "any"))
+    assert len(store.looked_up) == 1  # the second lookup came from the cache
 
 
-def test_authorize_uses_the_key_limit_and_raises_429(store: list[str]) -> None:
+def test_concurrent_misses_read_the_store_once(store: Store) -> None:
+    services = FakeServices(FakeLimiter(Decision(True, 50, 49, 0)))
+
+    async def many() -> list[Principal | None]:
+        return await asyncio.gather(*(auth.principal_for_async(services, "good-key-1") for _ in range(10)))
+
+    assert {p.key_id for p in run(many()) if p} == {"k1"} and len(store.looked_up) == 1
+
+
+def test_authorize_uses_the_key_limit_and_raises_429(store: Store) -> None:
     limiter = FakeLimiter(Decision(False, 3, 0, 10**10))
     with pytest.raises(RateLimited) as err:
-        authorize(_call(limiter, {"Authorization": "Bearer slow-key-1"}), "infer")
+        run(authorize(_call(limiter, {"Authorization": "Bearer slow-key-1"}), "infer"))
     assert limiter.calls == [("k2", 3)]
     assert err.value.retry_after >= 1 and err.value.headers["X-RateLimit-Remaining"] == "0"
 
 
-def test_authorize_unknown_and_forbidden(store: list[str]) -> None:
+def test_authorize_unknown_and_forbidden(store: Store) -> None:
     limiter = FakeLimiter(Decision(True, 50, 49, 0))
     with pytest.raises(Unauthorized):
-        authorize(_call(limiter, {"X-API-Key": "nope-key-1"}), "infer")
+        run(authorize(_call(limiter, {"X-API-Key": "nope-key-1"}), "infer"))
     with pytest.raises(Forbidden) as err:
-        authorize(_call(limiter, {"X-API-Key": "good-key-1"}), "batch")
+        run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}), "batch"))
     assert "'batch'" in err.value.message
     assert limiter.calls == []  # refused requests do not spend the quota
+
+
+def test_key_store_outage_serves_known_keys_and_refuses_unknown_ones_with_503(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    limiter = FakeLimiter(Decision(True, 50, 49, 0))
+    services = FakeServices(limiter)
+    assert run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}, services), "infer")).key_id == "k1"
+    store.down = True
+    now[0] += 60  # the entry is stale: the store is asked, fails, the known key still works
+    assert run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}, services), "infer")).key_id == "k1"
+    with pytest.raises(Unavailable) as err:
+        run(authorize(_call(limiter, {"X-API-Key": "slow-key-1"}, services), "infer"))
+    assert err.value.retry_after and "key store" in err.value.message
+    asked = len(store.looked_up)
+    run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}, services), "infer"))
+    assert len(store.looked_up) == asked  # the store is not hammered during the outage
+    store.down = False
+    now[0] += auth.OUTAGE_RETRY_S + 6
+    RECORDS_BACKUP = dict(RECORDS)
+    try:
+        RECORDS.pop(keys.hash_key("good-key-1"))  # revoked meanwhile: honoured once the store is back
+        with pytest.raises(Unauthorized):
+            run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}, services), "infer"))
+    finally:
+        RECORDS.update(RECORDS_BACKUP)

@@ -41,8 +41,9 @@ def test_in_process_breaker_opens_at_fail_max_and_names_the_backend():
     view = b.views(["h:1"])["h:1"]
     assert view.state == "open" and view.failures == 2 and not view.shared
     assert not b.allows(view)
-    err = b.open_error(view)
-    assert isinstance(err, CircuitOpen) and "circuit breaker" in err.message and "h:1" in err.message
+    err = b.open_error(view, "model 'iris' version '1'")
+    assert isinstance(err, CircuitOpen) and "circuit breaker" in err.message
+    assert "model 'iris' version '1'" in err.message and "h:1" not in err.message  # never the address
     assert 29 <= err.retry_after <= 30
 
 
@@ -91,8 +92,9 @@ def test_all_open_raises_circuit_open_with_the_shortest_wait():
                 Backend("b:1", CircuitView("b:1", "open", 5, now - 5), None)]
     bal, _ = balancer_with(backends, make())
     with pytest.raises(CircuitOpen) as err:
-        bal.candidates(["a:1", "b:1"])
-    assert "a:1" in err.value.message and err.value.retry_after <= 10.5
+        bal.candidates(["a:1", "b:1"], label="model 'm' version '2'")
+    assert "model 'm' version '2'" in err.value.message and "a:1" not in err.value.message
+    assert err.value.retry_after <= 10.5
 
 
 def test_one_retry_elsewhere_on_connection_failure_but_not_on_caller_errors():
@@ -123,3 +125,44 @@ def test_one_retry_elsewhere_on_connection_failure_but_not_on_caller_errors():
 
     with pytest.raises(BackendError):  # not a connection failure: no retry
         bal.call(["a:1", "b:1"], broken)
+
+
+def test_an_open_circuit_met_first_is_closed_when_the_backend_answers_readiness():
+    import asyncio
+
+    asked: list[str] = []
+
+    async def ready(url: str) -> bool:
+        asked.append(url)
+        return url == "up:1"
+
+    breakers = make()
+    for url in ("up:1", "down:1"):
+        for _ in range(2):
+            breakers.record_failure(url, Unavailable("refused"))
+    bal = Balancer(breakers, Tally(), ready=ready)  # type: ignore[arg-type]
+    seen = asyncio.run(bal.snapshot_async(["up:1", "down:1"]))
+    assert [b.circuit.state for b in seen] == ["closed", "open"] and asked == ["up:1", "down:1"]
+    assert breakers.views(["up:1"])["up:1"].state == "closed"
+    breakers.record_failure("up:1", Unavailable("refused"))
+    breakers.record_failure("up:1", Unavailable("refused"))
+    bal.forget("up:1")
+    assert asyncio.run(bal.snapshot_async(["up:1"]))[0].circuit.state == "open"  # only the first sight probes
+    assert asked == ["up:1", "down:1"]
+
+
+def test_one_failure_shared_by_coalesced_callers_counts_once():
+    import asyncio
+
+    breakers = make(fail_max=3)
+    bal = Balancer(breakers, Tally())  # type: ignore[arg-type]
+    failure = Unavailable("the Triton backend of model 'm' version '1' is unavailable")
+
+    async def attempt(url: str) -> None:
+        raise failure
+
+    async def callers() -> list[BaseException]:
+        return await asyncio.gather(*(bal.call_async(["h:1"], attempt) for _ in range(5)), return_exceptions=True)
+
+    assert all(a is failure for a in asyncio.run(callers()))
+    assert breakers.views(["h:1"])["h:1"].failures == 1

@@ -57,12 +57,31 @@ def test_dynamic_dims_need_at_least_one_element_and_exact_rank():
         parse_input(VECTOR, {"data": [[1, 2], [3, 4]]})
 
 
-def test_element_count_is_bounded(monkeypatch):
-    import shared.inference.codec as ti
+def test_element_count_is_bounded_and_names_the_limit_and_the_bulk_path():
+    with pytest.raises(InvalidInput, match="at most 10 .MAX_INFER_ELEMENTS.; send bulk work as a batch job"):
+        parse_input(VECTOR, {"data": [1.0] * 11}, max_elements=10)
+    assert parse_input(VECTOR, {"data": [1.0] * 10}, max_elements=10).arrays["values"].size == 10
 
-    monkeypatch.setattr(ti, "MAX_ELEMENTS", 10)
-    with pytest.raises(InvalidInput, match="the limit is 10"):
-        parse_input(VECTOR, {"data": [1.0] * 11})
+
+@pytest.mark.parametrize("values, phrase", [
+    ([1e39, 1, 2, 3], "beyond the FP32 range"),
+    ([-1e39, 1, 2, 3], "beyond the FP32 range"),
+    ([1e308 * 10, 1, 2, 3], "NaN or infinity"),
+])
+def test_values_beyond_the_datatype_are_refused(values, phrase):
+    with pytest.raises(InvalidInput, match=phrase) as err:
+        parse_input(IRIS, {"data": values})
+    assert err.value.field == "input.features"
+
+
+def test_integers_out_of_range_are_refused():
+    from shared.inference.codec import cast_numbers
+
+    with pytest.raises(InvalidInput, match=r"outside the UINT8 range \[0, 255\]"):
+        cast_numbers(np.array([1, 256]), np.uint8, "UINT8", "f", "e")
+    with pytest.raises(InvalidInput, match="outside the INT8 range"):
+        cast_numbers(np.array([-129.0]), np.int8, "INT8", "f", "e")
+    assert cast_numbers(np.array([255.0]), np.uint8, "UINT8", "f", "e").tolist() == [255]
 
 
 def test_prediction_uses_labels_then_ids():

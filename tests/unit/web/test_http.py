@@ -8,8 +8,24 @@ import json
 import pytest
 from starlette.requests import Request
 
-from shared.errors import CircuitOpen, InvalidInput, MethodNotAllowed, NotFound, PayloadTooLarge
-from shared.web.http import Route, Router, error_response, parse_json, read_body, request_id_of
+from shared.errors import (
+    CircuitOpen,
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from shared.web.http import (
+    Route,
+    Router,
+    error_response,
+    json_response,
+    parse_json,
+    read_body,
+    request_id_of,
+    require_json,
+)
 
 
 def test_error_body_has_code_field_and_ids() -> None:
@@ -82,3 +98,59 @@ def test_request_id_echoed_only_when_sane() -> None:
     assert request_id_of({"x-request-id": "abc-123"}) == "abc-123"
     bad = request_id_of({"x-request-id": "a b<script>"})
     assert bad != "a b<script>" and len(bad) == 32
+
+
+def test_router_converters_static_first_trailing_slash_and_head() -> None:
+    def h(call: object, **params: object) -> dict:
+        return {}
+
+    router = Router([Route("/v1/batch/uploads", ("POST",), h), Route("/v1/batch/<job_id>", ("GET", "DELETE"), h),
+                     Route("/files/<path:key>", ("GET",), h), Route("/n/<int:n>", ("GET",), h)])
+    route, params = router.match("/v1/batch/uploads", "POST")
+    assert route.rule == "/v1/batch/uploads" and params == {}
+    route, params = router.match("/v1/batch/uploads/", "GET")  # the static rule lacks GET: the dynamic one serves
+    assert route.rule == "/v1/batch/<job_id>" and params == {"job_id": "uploads"}
+    assert router.match("/files/a/b.jsonl", "GET")[1] == {"key": "a/b.jsonl"}
+    assert router.match("/n/42", "HEAD")[1] == {"n": 42}
+    with pytest.raises(NotFound):
+        router.match("/n/x", "GET")
+    with pytest.raises(MethodNotAllowed) as err:
+        router.match("/v1/batch/7", "PUT")
+    assert err.value.headers["Allow"] == "DELETE, GET, HEAD"
+    with pytest.raises(ValueError, match="unknown converter"):
+        Router([Route("/x/<uuid:x>", ("GET",), h)])
+
+
+@pytest.mark.parametrize("raw", [b'{"a": 1, "a": 2}', b'{"x": {"b": [1, {"c": 1, "c": 1}]}}',
+                                 b'{"k\\u003a": 1, "k:": 2}', b'[{"m": 1, "m": 1}]'])
+def test_duplicate_keys_are_400(raw: bytes) -> None:
+    with pytest.raises(InvalidInput, match="same key twice") as err:
+        parse_json(raw)
+    assert err.value.field == "body"
+
+
+@pytest.mark.parametrize("raw", [b'{"a": 1, "b": 2}', b'{"a:b": "c:d", "e": "\\":"}', b'[{"m": 1}, {"m": 2}]',
+                                 b'{"model": "iris", "input": {"data": [5.1, 3.5, 1.4, 0.2]}}', b'[1, 2]'])
+def test_distinct_keys_parse(raw: bytes) -> None:
+    assert parse_json(raw) == json.loads(raw)
+
+
+@pytest.mark.parametrize("content_type, ok", [
+    (None, True), ("application/json", True), ("application/json; charset=utf-8", True),
+    ("application/merge-patch+json", True), ("application/x-www-form-urlencoded", True),
+    ("text/plain", False), ("application/octet-stream", False), ("multipart/form-data; boundary=x", False),
+])
+def test_json_routes_take_json_content_types_only(content_type: str | None, ok: bool) -> None:
+    if ok:
+        require_json(content_type)
+        return
+    with pytest.raises(UnsupportedMediaType) as err:
+        require_json(content_type)
+    assert err.value.status == 415 and err.value.field == "Content-Type"
+
+
+def test_json_response_never_emits_nan_or_infinity() -> None:
+    import numpy as np
+
+    resp = json_response({"a": float("nan"), "b": [float("inf")], "c": np.array([np.nan, 1.0], np.float32)})
+    assert json.loads(resp.body) == {"a": None, "b": [None], "c": [None, 1.0]}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared.backends.triton import ModelInfo, TensorSpec
-from shared.inference.dataplane import uniform_rows
+from shared.inference.items import uniform_rows
 
 
 def iris() -> ModelInfo:

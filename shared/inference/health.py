@@ -1,0 +1,73 @@
+"""What the infer function tells load balancers and Knative about itself (GET /health, /v2/health/ready).
+
+Inference needs, per request, a known key (cached in-process; PostgreSQL only on a
+miss), a resolved model (in-process, then Redis, then PostgreSQL) and Triton. So:
+
+- ``healthy``: PostgreSQL and Redis answer.
+- ``degraded`` (200, still ready): one of them is down. Known keys and warm models keep
+  being served (PostgreSQL down), or the registry is read from PostgreSQL and rate limits
+  are enforced per process (Redis down). The body says which.
+- ``unhealthy`` (503): both are down; only requests for keys and models this process has
+  cached very recently could still succeed.
+
+Each check waits at most ``CHECK_TIMEOUT_S`` (a stalled PostgreSQL must not fail the
+probe that keeps this pod serving known keys). Triton is not probed (it may scale to
+zero); its circuit breaker's state is reported instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import Unavailable
+from shared.inference.resolve import backend_urls
+
+if TYPE_CHECKING:
+    from shared.services import Services
+
+CHECK_TIMEOUT_S = 0.5
+
+
+async def _check(services: Services, name: str, ping: Callable[[], bool]) -> bool:
+    """``ping()`` in a thread, one at a time per check, answered within CHECK_TIMEOUT_S."""
+    async def run() -> bool:
+        return await asyncio.to_thread(ping)
+
+    try:
+        return await asyncio.wait_for(asyncio.shield(services.single_flight.run(("health", name), run)),
+                                      CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return False
+
+
+async def health(services: Services) -> tuple[int, dict[str, Any]]:
+    db_ok, cache_ok = await asyncio.gather(_check(services, "database", services.db.ping),
+                                           _check(services, "cache", services.cache.ping))
+    triton = backend_urls(services, {})[0]
+    circuit = (await services.balancer.snapshot_async([triton]))[0].circuit.state
+    checks = {"database": "ok" if db_ok else "unreachable", "cache": "ok" if cache_ok else "unreachable",
+              "triton_circuit": circuit}
+    status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok or cache_ok else "unhealthy")
+    body: dict[str, Any] = {"status": status, "service": services.settings.service_name, "checks": checks}
+    effects = []
+    if not db_ok:
+        effects.append("PostgreSQL is unreachable: keys seen recently and warm models are still served; "
+                       "new keys are answered 503")
+    if not cache_ok:
+        effects.append("Redis is unreachable: the registry is read from PostgreSQL, rate limits and circuit "
+                       "breakers are per process")
+    if circuit == "open":
+        effects.append("the circuit breaker of TRITON_URL is open: its models answer 503 until it recovers")
+    if effects:
+        body["effects"] = effects
+    return (503 if status == "unhealthy" else 200), body
+
+
+async def server_ready(services: Services) -> tuple[int, dict[str, Any]]:
+    """GET /v2/health/ready: 200 unless the function is unhealthy (503 with the JSON error body)."""
+    status, body = await health(services)
+    if status != 200:
+        raise Unavailable("not ready: PostgreSQL and Redis are both unreachable", retry_after=5)
+    return 200, {"ready": True, "status": body["status"]}

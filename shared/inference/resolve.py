@@ -1,0 +1,123 @@
+"""Which model, which backends: registry resolution behind an in-process cache, backend URLs and the
+public names of backends.
+
+What is cached is the registry's *target* for (name, version-or-alias): one version, or an
+alias's weighted split; ``registry.pick`` then chooses this caller's version (sticky per
+route key), so a canary costs no registry read per request.
+
+``resolve_async`` (the real-time path) answers from a tiny in-process cache: an entry is
+fresh for ``MODEL_TTL_S``; for ``MODEL_STALE_S`` more it is still served while one
+background read refreshes it, so a registry change reaches inference within about a
+second and no request waits for the registry once a model is warm. A miss reads the
+registry (``shared.registry``: Redis, then PostgreSQL) in a thread, once however many
+requests wait for it. Backends are named in public messages by the model's registry
+identity (``label``), never by host:port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from shared import telemetry
+from shared.backends.triton import normalise_url
+from shared.clients.aio import spawn
+from shared.errors import NotFound
+
+if TYPE_CHECKING:
+    from shared.services import Services
+
+MODEL_TTL_S = 0.25
+MODEL_STALE_S = 1.0
+MAX_CACHED = 1024
+
+
+def resolve(services: Services, name: str, version: str | None = None,
+            route_key: str | None = None) -> dict[str, Any]:
+    """The model row that serves this caller (synchronous callers: batch), through the MODEL_TTL_S cache."""
+    from shared import registry
+
+    key, now = (name, version), time.monotonic()
+    hit = services.resolved_models.get(key)
+    if hit is not None and hit[0] > now:
+        return registry.pick(hit[1], route_key)
+    with telemetry.child_span("registry.resolve", **{"kinfer.model": name}):
+        target = registry.resolve_target(services, name, version)
+    _keep(services, key, target)
+    return registry.pick(target, route_key)
+
+
+async def resolve_async(services: Services, name: str, version: str | None = None,
+                        route_key: str | None = None) -> dict[str, Any]:
+    """The model row that serves this caller (404 when unknown or not servable), from the cache when warm:
+    ``version`` names a version or an alias; ``route_key`` keeps a caller on one side of a split."""
+    from shared import registry
+
+    key, now = (name, version), time.monotonic()
+    hit = services.resolved_models.get(key)
+    if hit is not None:
+        if hit[0] > now:
+            return registry.pick(hit[1], route_key)
+        if hit[0] + MODEL_STALE_S > now:
+            spawn(services.single_flight.run(("model", key), lambda: _read(services, key)), "model refresh")
+            return registry.pick(hit[1], route_key)
+    target = await services.single_flight.run(("model", key), lambda: _read(services, key))
+    return registry.pick(target, route_key)
+
+
+async def _read(services: Services, key: tuple[str, str | None]) -> dict[str, Any]:
+    from shared import registry
+
+    try:
+        with telemetry.child_span("registry.resolve", **{"kinfer.model": key[0]}):
+            target = await asyncio.to_thread(registry.resolve_target, services, *key)
+    except NotFound:
+        services.resolved_models.pop(key, None)
+        raise
+    _keep(services, key, target)
+    return target
+
+
+def _keep(services: Services, key: tuple[str, str | None], target: dict[str, Any]) -> None:
+    models = services.resolved_models
+    if len(models) >= MAX_CACHED and key not in models:
+        models.clear()
+    models[key] = (time.monotonic() + MODEL_TTL_S, target)
+
+
+def record(services: Services, model: Mapping[str, Any], outcome: str, started: float) -> None:
+    """Count one answer of ``model`` (its registry version) for ``/metrics`` (an in-process tally)."""
+    from shared.lifecycle.metrics import record as record_version
+
+    record_version(services.version_recorder, model["name"], model["version"], outcome,
+                   time.perf_counter() - started)
+
+
+def backend_urls(services: Services, model: Mapping[str, Any]) -> list[str]:
+    """The model's backends in host:port form (TRITON_URL when it names none)."""
+    urls = model.get("backend_urls") or ([model["backend_url"]] if model.get("backend_url") else [])
+    return [normalise_url(u) for u in urls] or [normalise_url(services.settings.triton_url)]
+
+
+def triton_model(model: Mapping[str, Any]) -> str:
+    return str(model.get("triton_model") or model["name"])
+
+
+def triton_version(model: Mapping[str, Any]) -> str | None:
+    """The Triton model version a registry version maps to (None: Triton's version policy decides)."""
+    found = model.get("triton_version")
+    return str(found) if found not in (None, "") else None
+
+
+def label(model: Mapping[str, Any]) -> str:
+    """The public name of a model's backends: its registry identity."""
+    return f"model {model['name']!r} version {model['version']!r}"
+
+
+def backend_label(model: Mapping[str, Any], urls: list[str], url: str) -> str:
+    """``label`` plus which backend, when the model has several (never the address)."""
+    if len(urls) < 2 or url not in urls:
+        return label(model)
+    return f"{label(model)} (backend {urls.index(url) + 1} of {len(urls)})"
