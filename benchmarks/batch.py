@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--small", type=int, default=5_000, help="items of the memory-reference job")
-    parser.add_argument("--chunk-size", type=int, default=1000)
+    parser.add_argument("--chunk-size", type=int, help="items per chunk (default: BATCH_CHUNK_SIZE's default)")
     parser.add_argument("--pg-admin", default="postgresql+pg8000://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/1")
     parser.add_argument("--triton-url", default=None, help="an existing Triton gRPC host:port (default: start one)")
@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay-workers", type=int, default=8)
     args = parser.parse_args(argv)
     import logging
+
+    from shared.settings import Settings
+
+    args.chunk_size = args.chunk_size or Settings.from_env(environ={}).batch_chunk_size
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process S3 server logs every request
 

@@ -239,7 +239,7 @@ class Settings(_FromEnv):
     # in the Authorization header only (no cookies), so credentialed CORS is never offered.
     cors_allowed_origins: tuple[str, ...] = _var("CORS_ALLOWED_ORIGINS", "", _origins)
     # Batch
-    batch_chunk_size: int = _var("BATCH_CHUNK_SIZE", "1000", _int(1, 100_000))
+    batch_chunk_size: int = _var("BATCH_CHUNK_SIZE", "2500", _int(1, 100_000))
     batch_max_items: int = _var("BATCH_MAX_ITEMS", "1000000", _int(1, 100_000_000))
     # An active job with no chunk claimed or recorded for this long is failed (shared.batch.reaper);
     # longer than the event transport's whole retry window (knative/ batch-worker-source delivery).
