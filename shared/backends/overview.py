@@ -39,7 +39,7 @@ def overview(services: Services, window_s: float = DEFAULT_WINDOW_S) -> dict[str
     counters = _counters(services)
     base = _baseline(services, time.time() - window_s) if counters is not None else None
     now = time.time()
-    covered = round(now - base["t"], 1) if base else None
+    covered = max(now - base["t"], 1e-3) if base else None
     rows = []
     for b in health["backends"]:
         url = b["url"]
@@ -56,7 +56,7 @@ def overview(services: Services, window_s: float = DEFAULT_WINDOW_S) -> dict[str
         rows.append(row)
     if counters is not None:
         _snapshot(services, counters, now)
-    return {"window_s": covered, "backends": rows}
+    return {"window_s": round(covered, 3) if covered else None, "backends": rows}
 
 
 def median_ms(counts: list[float]) -> float | None:
