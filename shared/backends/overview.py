@@ -4,9 +4,9 @@ Per backend: its circuit breaker, its last probe (``monitor.health``: probed now
 what its requests did over a recent window: requests per second and the median latency. The
 request counters are cumulative Redis hashes (``shared.backends.metrics``), so a window needs an
 earlier reading: every read of this overview keeps a snapshot of the counters in Redis (at most one
-per ``SNAPSHOT_EVERY_S``, the newest ``MAX_SNAPSHOTS``) and compares the counters now with the newest
-snapshot at least ``window_s`` old (or the oldest there is: ``window_s`` of the answer says what was
-covered). Without any earlier snapshot, or with Redis down, rate and p50 are null.
+per ``SNAPSHOT_EVERY_S``, the newest ``MAX_SNAPSHOTS``) and compares the counters now with the oldest
+snapshot inside the window (or, when none is, the newest before it: ``window_s`` of the answer says
+what was covered). Without an earlier snapshot, or with Redis down, rate and p50 are null.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ SNAPSHOT_EVERY_S = 5
 MAX_SNAPSHOTS = 120  # ten minutes at one per SNAPSHOT_EVERY_S while someone watches
 MAX_WINDOW_S = 600
 DEFAULT_WINDOW_S = 300
+MIN_SPAN_S = 1.0
 
 
 def overview(services: Services, window_s: float = DEFAULT_WINDOW_S) -> dict[str, Any]:
@@ -37,8 +38,8 @@ def overview(services: Services, window_s: float = DEFAULT_WINDOW_S) -> dict[str
     health = monitor.health(services)
     models = monitor.backend_models(services)
     counters = _counters(services)
-    base = _baseline(services, time.time() - window_s) if counters is not None else None
     now = time.time()
+    base = _baseline(services, now, window_s) if counters is not None else None
     covered = max(now - base["t"], 1e-3) if base else None
     rows = []
     for b in health["backends"]:
@@ -101,17 +102,19 @@ def _counters(services: Services) -> dict[str, Any] | None:
     return {"requests": by_url, "latency": buckets}
 
 
-def _baseline(services: Services, at_or_before: float) -> dict[str, Any] | None:
-    """The newest snapshot taken at or before ``at_or_before``, else the oldest one kept."""
+def _baseline(services: Services, now: float, window_s: float) -> dict[str, Any] | None:
+    """The oldest snapshot within the window (and at least ``MIN_SPAN_S`` old), else the newest one before
+    the window (no one watched since: a longer span, said in ``window_s``), else None."""
     try:
         raw = services.cache.client.lrange(SNAPSHOTS_KEY, 0, MAX_SNAPSHOTS - 1)
     except Exception as exc:  # redis errors
         log.warning("could not read metric snapshots: %s", type(exc).__name__)
         return None
     snapshots = [json.loads(item) for item in raw]  # newest first
-    if not snapshots:
-        return None
-    return next((s for s in snapshots if s["t"] <= at_or_before), snapshots[-1])
+    inside = [s for s in snapshots if now - window_s <= s["t"] <= now - MIN_SPAN_S]
+    if inside:
+        return inside[-1]
+    return next((s for s in snapshots if s["t"] < now - window_s), None)
 
 
 def _snapshot(services: Services, counters: dict[str, Any], now: float) -> None:

@@ -78,6 +78,7 @@ def wait_for(driver: Any, what: Callable[[], Any], message: str, timeout: float 
 
 def shot(driver: Any, name: str, width: int = 1280) -> None:
     driver.set_window_size(width, 900)
+    driver.execute_script("document.getElementById('toast').textContent = ''")
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
@@ -104,6 +105,8 @@ def sign_in(driver: Any, key: str) -> None:
 def go(driver: Any, view: str) -> None:
     by_css(driver, f'nav button[data-view="{view}"]').click()
     wait_for(driver, lambda: by_css(driver, f"#view-{view}").is_displayed(), f"view {view} not shown")
+    if view == "models":  # rendered once loaded: elements found before that would go stale
+        wait_for(driver, lambda: " version(s) of " in by_css(driver, "#models-note").text, "models did not load")
 
 
 def api(stack: dict[str, str], method: str, path: str, body: Any = None) -> tuple[int, Any, Any]:
@@ -159,13 +162,23 @@ def test_a_prediction_from_the_generated_form(browser: Any) -> None:
     assert error.startswith("400 ") and "request id:" in error, error
 
 
-def test_a_batch_file_runs_to_100_percent(browser: Any) -> None:
+def test_a_file_with_a_line_that_is_not_json_is_refused_naming_the_line(browser: Any) -> None:
+    go(browser, "batch")
+    by_css(browser, "#batch-file").send_keys(str(ROOT / "examples" / "iris.jsonl"))  # line 4 is broken JSON
+    by_css(browser, "#batch-submit").click()
+    message = wait_for(browser, lambda: by_css(browser, "#batch-message").text, "no message for a broken file")
+    assert message.startswith("line 4 is not JSON"), message
+
+
+def test_a_batch_file_runs_to_100_percent(browser: Any, tmp_path: Path) -> None:
     go(browser, "batch")
     from selenium.webdriver.support.ui import Select
 
+    rows = ['{"data": [5.1, 3.5, 1.4, 0.2]}', '{"data": [6.7, 3.0, 5.2, 2.3]}'] * 20 + ['{"data": [1.0, 2.0]}']
+    (tmp_path / "rows.jsonl").write_text("\n".join(rows) + "\n")
     wait_for(browser, lambda: len(Select(by_css(browser, "#batch-model")).options) >= 2, "no models to pick")
     Select(by_css(browser, "#batch-model")).select_by_value("iris_classifier")
-    by_css(browser, "#batch-file").send_keys(str(ROOT / "examples" / "iris.jsonl"))
+    by_css(browser, "#batch-file").send_keys(str(tmp_path / "rows.jsonl"))
     by_css(browser, "#batch-submit").click()
     accepted = wait_for(browser, lambda: "accepted" in by_css(browser, "#batch-message").text
                         and by_css(browser, "#batch-message").text, "the job was not accepted")
@@ -175,7 +188,8 @@ def test_a_batch_file_runs_to_100_percent(browser: Any) -> None:
              and by_css(browser, card).get_attribute("data-status") == "completed", "the bar did not reach 100%",
              timeout=60)
     text = by_css(browser, card).text
-    assert "100%" in text and "0 failed" in text, text
+    assert "100%" in text and "41 of 41 processed" in text and "40 succeeded" in text and "1 failed" in text, text
+    assert "first errors (1)" in text  # the row of two numbers, where the model takes four
     assert by_css(browser, f"{card} a.download").get_attribute("href").startswith("http")
     shot(browser, "batch")
 
@@ -217,7 +231,6 @@ def test_a_canary_split_set_from_the_page_shows_in_models(browser: Any, stack: d
                                                           two_versions: str) -> None:
     go(browser, "models")
     card = f'article[data-model="{two_versions}"]'
-    by_css(browser, "#models-refresh").click()
     wait_for(browser, lambda: all_css(browser, f"{card} form.split"), "no split form for two ready versions")
     for version, weight in (("1", "90"), ("2", "10")):
         field = by_css(browser, f'{card} input[data-version="{version}"]')
@@ -247,7 +260,6 @@ def test_hostile_values_are_shown_as_text(browser: Any, stack: dict[str, str]) -
     assert status == 201, model
     try:
         go(browser, "models")
-        by_css(browser, "#models-refresh").click()
         card = f'article[data-model="{name}"]'
         wait_for(browser, lambda: XSS in by_css(browser, card).text, "the description is not shown as text")
         assert not all_css(browser, f"{card} img") and not all_css(browser, "img[src=x]")
@@ -276,6 +288,14 @@ def test_a_stopped_backend_shows_an_open_circuit(browser: Any, stack: dict[str, 
         wait_for(browser, lambda: by_css(browser, f"{row} .circuit").text.startswith("open"), "the circuit is not open")
         healthy = 'tr[data-backend="127.0.0.1:8001"]'
         assert by_css(browser, f"{healthy} .circuit").text.startswith("closed")
+        for i in range(31):  # traffic on the live backend: its rate and median appear with the next poll
+            if i == 30:
+                time.sleep(1.1)  # a serving process flushes its tallies with the first request after a second
+            assert api(stack, "POST", "/v1/infer", {"model": "iris_classifier",
+                                                    "input": {"data": [[5.1, 3.5, 1.4, 0.2]]}})[0] == 200
+        wait_for(browser, lambda: by_css(browser, f"{healthy} td:nth-child(4)").text.endswith(" ms")
+                 and float(by_css(browser, f"{healthy} td:nth-child(5)").text) >= 0.2, "no rate or p50 shown",
+                 timeout=15)
         wait_for(browser, lambda: "not ready" in by_css(browser, row).text, "the failed probe is not shown")
         shot(browser, "backends")
         shot(browser, "backends-phone", width=390)

@@ -425,8 +425,8 @@ async function pollBackends() {
           b.failures ? el("div", { class: "note", text: `${b.failures} failure(s)` }) : null),
         el("td", {}, probe, el("div", { class: "note", text: when(b.last_probe) }),
           b.reason && !b.healthy ? el("div", { class: "note", text: b.reason }) : null),
-        el("td", { text: b.p50_ms === null ? "–" : `${b.p50_ms} ms` }),
-        el("td", { text: b.requests_per_s === null ? "–" : String(b.requests_per_s) }),
+        el("td", { class: "num", text: b.p50_ms === null ? "–" : `${b.p50_ms} ms` }),
+        el("td", { class: "num", text: b.requests_per_s === null ? "–" : String(b.requests_per_s) }),
         el("td", {}, sparkline(series))));
     }
     $("backends-updated").textContent = `updated ${new Date().toLocaleTimeString()}` +

@@ -4,6 +4,7 @@ request rate and median latency over a window, from the counters the infer path 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -59,7 +60,7 @@ def test_rate_and_median_come_from_the_counters_over_the_window(client: Any, svc
     row = _row(first.json(), url)
     assert first.json()["window_s"] is None and row["requests_per_s"] is None and row["p50_ms"] is None
     assert row["circuit"] == "closed" and row["healthy"] is False and row["last_probe"]  # probed now: refused
-    time.sleep(0.5)
+    time.sleep(1.1)  # a snapshot is a baseline once it is MIN_SPAN_S old
     for _ in range(10):  # what the infer path records: 10 requests of 4 ms, in the 2.5-5 ms bucket
         svc.recorder.record(url, "ok", 0.004)
     svc.recorder.flush()
@@ -71,9 +72,17 @@ def test_rate_and_median_come_from_the_counters_over_the_window(client: Any, svc
     assert row["requests_per_s"] == pytest.approx(10 / body["window_s"], rel=0.05)
     assert row["p50_ms"] == pytest.approx(3.75)  # the middle of 2.5-5 ms, interpolated
     assert row["requests"]["ok"] >= 10
-    third = client.get("/v1/backends", headers=auth).json()  # still measured from the oldest snapshot kept
+    third = client.get("/v1/backends", headers=auth).json()  # still from the oldest snapshot in the window
     assert third["window_s"] >= body["window_s"] and _row(third, url)["p50_ms"] == pytest.approx(3.75)
     assert _row(third, url)["requests_per_s"] <= row["requests_per_s"]
+    old = json.dumps({"t": time.time() - 3600, "requests": {}, "latency": {}})
+    svc.cache.client.rpush(overview.SNAPSHOTS_KEY, old)  # an hour old: outside a 60 s window
+    fourth = client.get("/v1/backends?window_s=60", headers=auth).json()
+    assert fourth["window_s"] < 60, "a snapshot inside the window is preferred to an older one"
+    svc.cache.client.delete(overview.SNAPSHOTS_KEY)
+    svc.cache.client.rpush(overview.SNAPSHOTS_KEY, old)
+    fifth = client.get("/v1/backends?window_s=60", headers=auth).json()  # nobody watched for an hour
+    assert fifth["window_s"] == pytest.approx(3600, abs=5) and _row(fifth, url)["requests"]["ok"] >= 10
 
 
 def test_an_open_circuit_and_registered_backends_are_listed(client: Any, svc: Services) -> None:
