@@ -369,8 +369,30 @@ def _seed_model(services: Any, body: dict[str, Any]) -> str | None:
             return str(found["id"]) if found["state"] != "ready" else None
     if found is not None:
         registry.delete_model(services, found["id"])
+    _claim_demo_name(services, body["name"])
     package = pack_folder(default_repository() / body["name"], state_dir() / f"{body['name']}.tar.gz")
     return str(push_file(services, body, package)["id"])
+
+
+def _claim_demo_name(services: Any, name: str) -> None:
+    """The demo's Triton model name belongs to the demo on the local stack.
+
+    A database from before Kinfer managed model files has the demo registered as files it does not
+    manage, and other registrations may point at the same Triton model; a push would then refuse
+    the name as "served from files Kinfer does not manage". Those files were the demo's own.
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    from shared.clients.schema import triton_models
+
+    with services.db.begin() as conn:
+        conn.execute(pg_insert(triton_models).values(name=name, owner=name, last_version=0)
+                     .on_conflict_do_nothing(index_elements=["name"]))
+        owner = conn.execute(sa.select(triton_models.c.owner).where(triton_models.c.name == name)).scalar_one()
+    if owner != name:
+        raise StackError(f"the demo's Triton model {name!r} holds the versions of model {owner!r}; delete that "
+                         "model's versions (kinfer models delete) or use a fresh database")
 
 
 def pack_folder(folder: Path, target: Path) -> Path:

@@ -71,14 +71,15 @@ class KinferHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes of chunks that arrived wholly inside the current head
+        self._parsed_head = 0  # bytes of the header lines parsed so far
+        self._began = False  # a message began in the chunk being parsed
         self._header_count = 0
         self._deferred: KinferError | None = None
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
-        if self._reading_head:
-            self._head_bytes += len(data)
+        self._began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -95,6 +96,8 @@ class KinferHttpProtocol(HttpToolsProtocol):
             self._reject(exc.error)
             return
         if self._reading_head:  # still inside a head: it must stay within bounds while it arrives
+            if not self._began:  # the whole chunk is head (one that began a message may end one, too)
+                self._head_bytes += len(data)
             error = self._head_error()
             if error is not None:
                 self._reject(error)
@@ -102,7 +105,7 @@ class KinferHttpProtocol(HttpToolsProtocol):
     def _head_error(self) -> KinferError | None:
         if len(self.url or b"") > MAX_TARGET_BYTES:
             return UriTooLong(f"the request target is longer than {MAX_TARGET_BYTES} bytes")
-        if self._head_bytes > MAX_HEAD_BYTES:
+        if max(self._head_bytes, len(self.url or b"") + self._parsed_head) > MAX_HEAD_BYTES:
             return HeadersTooLarge(f"the request head is larger than {MAX_HEAD_BYTES} bytes")
         if self._header_count > MAX_HEADERS:
             return HeadersTooLarge(f"the request has more than {MAX_HEADERS} headers")
@@ -111,10 +114,12 @@ class KinferHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
-        self._header_count = 0
+        self._began = True
+        self._head_bytes = self._parsed_head = self._header_count = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
+        self._parsed_head += len(name) + len(value) + 4
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -122,7 +127,6 @@ class KinferHttpProtocol(HttpToolsProtocol):
         if error is not None:
             raise _Rejected(error)
         self._reading_head = False
-        self._head_bytes = 0
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -121,6 +121,15 @@ def test_well_formed_requests_still_pass(server: int) -> None:
     assert exchange(server, near_limit)[0] == 200
 
 
+def test_a_large_body_sent_with_its_head_in_one_write_is_not_counted_as_head(server: int) -> None:
+    body = b"x" * 200_000
+    raw = POST + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+    status, _, answer = exchange(server, raw)
+    assert status == 200 and json.loads(answer) == {"received": len(body)}
+    oversized = b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+    assert exchange(server, oversized)[0] == 431  # one write, still bounded by what was parsed
+
+
 def test_keep_alive_after_a_good_request_then_a_bad_one(server: int) -> None:
     raw = POST + b"Content-Length: 2\r\n\r\n{}" + POST + b"Content-Length: x\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server), timeout=5) as sock:
