@@ -164,6 +164,9 @@ def test_a_prediction_from_the_generated_form(browser: Any) -> None:
 
 def test_a_file_with_a_line_that_is_not_json_is_refused_naming_the_line(browser: Any) -> None:
     go(browser, "batch")
+    from selenium.webdriver.support.ui import Select
+
+    wait_for(browser, lambda: len(Select(by_css(browser, "#batch-model")).options) >= 2, "no models to pick")
     by_css(browser, "#batch-file").send_keys(str(ROOT / "examples" / "iris.jsonl"))  # line 4 is broken JSON
     by_css(browser, "#batch-submit").click()
     message = wait_for(browser, lambda: by_css(browser, "#batch-message").text, "no message for a broken file")

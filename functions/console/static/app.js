@@ -326,7 +326,7 @@ async function loadTryForm(ev) {
     const path = `/v2/models/${enc(name)}` + (version ? `/versions/${enc(version)}` : "");
     const meta = (await api("GET", path)).body;
     const box = clear($("try-inputs"));
-    $("try-form-title").textContent = `${meta.name} ${version ? "(" + version + ")" : ""}: inputs`;
+    $("try-form-title").textContent = `${meta.name}${version ? ` (${version})` : ""}: inputs`;
     for (const input of meta.inputs) {
       const id = `try-in-${input.name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
       const area = el("textarea", { id, "data-tensor": input.name, rows: 3, spellcheck: "false" });
