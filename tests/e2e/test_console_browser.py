@@ -343,3 +343,18 @@ def test_sign_out_forgets_the_key(browser: Any) -> None:
     by_css(browser, "#sign-out").click()
     wait_for(browser, lambda: by_css(browser, "#signin").is_displayed(), "sign-in not shown after sign out")
     assert browser.execute_script("return sessionStorage.getItem('kinfer.apiKey')") is None
+
+
+def test_a_key_without_admin_scope_gets_no_admin_buttons(browser: Any, stack: dict[str, str]) -> None:
+    status, key, _ = api(stack, "POST", "/v1/keys", {"name": f"console-{uuid.uuid4().hex[:6]}",
+                                                     "scopes": ["infer", "batch"]})
+    assert status == 201, key
+    try:
+        sign_in(browser, key["key"])
+        wait_for(browser, lambda: " version(s) of " in by_css(browser, "#models-note").text, "models did not load")
+        assert "no admin scope" in by_css(browser, "#models-note").text
+        assert not all_css(browser, "button.promote") and not all_css(browser, "form.split")
+        assert by_css(browser, "#who-name").text.endswith("(batch, infer)")
+        by_css(browser, "#sign-out").click()
+    finally:
+        api(stack, "DELETE", f"/v1/keys/{key['id']}")
