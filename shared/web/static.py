@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from shared.errors import NotFound
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS: Mapping[str, str] = {
     "Content-Security-Policy": CSP,
