@@ -274,7 +274,7 @@ def test_hostile_values_are_shown_as_text(browser: Any, stack: dict[str, str]) -
         api(stack, "DELETE", f"/v1/models/{model['id']}")
 
 
-def test_a_stopped_backend_shows_an_open_circuit(browser: Any, stack: dict[str, str]) -> None:
+def test_a_stopped_backend_shows_an_open_circuit_and_its_job_is_cancelled(browser: Any, stack: dict[str, str]) -> None:
     from shared.localstack.stack import UNREACHABLE_BACKEND
 
     name = f"console-down-{uuid.uuid4().hex[:6]}"
@@ -303,9 +303,23 @@ def test_a_stopped_backend_shows_an_open_circuit(browser: Any, stack: dict[str, 
         shot(browser, "backends")
         shot(browser, "backends-phone", width=390)
         browser.set_window_size(1280, 900)
+        _cancel_from_the_page(browser, stack, name)
     finally:
         api(stack, "DELETE", f"/v1/models/{model['id']}")
         _close_circuit(UNREACHABLE_BACKEND)
+
+
+def _cancel_from_the_page(browser: Any, stack: dict[str, str], model: str) -> None:
+    """A job whose backend is down keeps being retried (processing): cancel it with its button."""
+    status, job, _ = api(stack, "POST", "/v1/batch", {"model": model, "inputs": [{"data": [1, 2, 3, 4]}] * 3})
+    assert status == 202, job
+    go(browser, "batch")
+    card = f'article[data-job="{job["job_id"]}"]'
+    wait_for(browser, lambda: by_css(browser, f"{card} button.cancel"), "no cancel button on an active job").click()
+    wait_for(browser, lambda: by_css(browser, card).get_attribute("data-status") == "cancelled",
+             "the job did not show as cancelled")
+    assert not all_css(browser, f"{card} button.cancel")
+    assert api(stack, "GET", f"/v1/batch/{job['job_id']}")[1]["status"] == "cancelled"
 
 
 def _close_circuit(url: str) -> None:
