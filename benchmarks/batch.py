@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="kinfer-bench-batch-"))
     db_url = sa.make_url(args.pg_admin).set(database=f"kinfer_bench_batch_{uid}").render_as_string(False)
     with ExitStack() as stack:
-        settings = Settings.from_env(environ={}, database_url=db_url, redis_url=args.redis_url, auth_required=False)
+        allow = ("127.0.0.1:*",)  # the Triton this run starts listens on a free port
+        settings = Settings.from_env(environ={}, database_url=db_url, redis_url=args.redis_url, auth_required=False,
+                                     backend_allowlist=allow)
         db.ensure_database(settings)
         stack.callback(_drop_database, args.pg_admin, f"kinfer_bench_batch_{uid}")
         db.upgrade(settings)
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(lambda: [rds.delete(k) for k in rds.scan_iter(prefix + "*")])
         topic = f"kinfer.batch.chunks.{uid}"
         worker_env_settings = Settings.from_env(environ={}, database_url=db_url, redis_url=args.redis_url,
-                                                auth_required=False, s3_endpoint_url=s3.url,
+                                                auth_required=False, s3_endpoint_url=s3.url, backend_allowlist=allow,
                                                 batch_chunk_size=args.chunk_size, max_body_bytes=64 << 20,
                                                 log_level="WARNING")
         worker_url, worker_pid = serve(stack, "batch_worker", "process_batch_chunk", settings_env(worker_env_settings),
