@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the machine's PostgreSQL (127.0.0.1:5432, trust auth) and Redis (127.0.0.1:6379)
 # answer: start them from the Debian packages when they do not, installing the packages
-# when they are missing (root only).
+# when they are missing (root only). Also installs chromium and chromedriver (Debian packages)
+# for the console's browser tests when they are missing.
 set -euo pipefail
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -44,4 +45,17 @@ if ! answers 6379; then
   for _ in $(seq 50); do answers 6379 && break; sleep 0.1; done
   answers 6379 || { echo "services: Redis did not start" >&2; exit 1; }
   echo "services: started Redis"
+fi
+
+# The console's browser tests (tests/e2e/test_console_browser.py) drive Debian's chromium through
+# chromedriver; without root they fail, saying what to install.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "services: installing chromium chromium-driver"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "services: chromium or chromedriver is missing (the console's browser tests need them):" \
+      "sudo apt-get install -y chromium chromium-driver" >&2
+  fi
 fi

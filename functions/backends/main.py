@@ -1,5 +1,6 @@
 """The backends function: GET /health (backends and breakers), GET /metrics (backends and model
-versions), and the probe tick.
+versions), the probe tick, and GET /v1/backends (public through the gateway, ``infer`` scope): each
+backend's circuit, last probe, request rate and median latency (``shared.backends.overview``).
 
 A Knative PingSource POSTs a CloudEvent (binary or structured mode) to ``/``; that
 probes every Triton backend and records the results in Redis.
@@ -11,10 +12,11 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared import validation as v
 from shared.backends import monitor as backends
 from shared.web import schemas as s
 from shared.web.events import parse_event
-from shared.web.http import LIVEZ, Call, Route, Router, dispatch
+from shared.web.http import LIVEZ, Call, QueryParam, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
@@ -27,6 +29,14 @@ def _probe(call: Call) -> dict:
 
 def _health(call: Call) -> dict:
     return backends.health(call.services)
+
+
+def _overview(call: Call) -> dict:
+    from shared.backends import overview
+
+    window = v.integer(call.query("window_s"), "window_s", default=overview.DEFAULT_WINDOW_S, lo=10,
+                       hi=overview.MAX_WINDOW_S)
+    return overview.overview(call.services, window)
 
 
 def _metrics(call: Call) -> Response:
@@ -42,6 +52,10 @@ ROUTES = Router([
           responses={200: ("what was probed", s.PROBE_RESULT)}),
     Route("/health", ("GET",), _health, query=(), summary="Backends, circuit breakers, last probes",
           responses={200: ("every backend", s.BACKENDS_HEALTH)}),
+    Route("/v1/backends", ("GET",), _overview, scope="infer", summary="Every backend: circuit, last probe, rate, p50",
+          query=(QueryParam("window_s", {"type": "integer", "minimum": 10, "maximum": 600, "default": 300},
+                            "how far back rate and p50 look"),),
+          responses={200: ("every backend", s.BACKENDS_OVERVIEW)}),
     Route("/metrics", ("GET",), _metrics, query=(), summary="Prometheus metrics",
           responses={200: ("Prometheus text exposition", {"type": "string"}, "text/plain")}),
 ])

@@ -1,4 +1,6 @@
-"""The API key admin function: /v1/keys (``shared.access.keys``), admin scope only.
+"""The API key admin function: /v1/keys (``shared.access.keys``), admin scope only; and
+``GET /v1/keys/self``, any valid key: who the caller is (name, scopes), so a client can tell
+what it may do (the console hides admin actions from other keys).
 
 A key's secret is answered once, by the POST that creates it; lists and reads show
 its display prefix, never the secret. DELETE revokes (the record stays, with
@@ -12,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import registry
-from shared.access import keys
+from shared.access import auth, keys
+from shared.web import schemas as s
 from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
@@ -34,6 +37,10 @@ def _revoke(call: Call, key_id: str) -> dict:
     return keys.to_json(keys.revoke_key(call.services, key_id))
 
 
+async def _self(call: Call) -> dict:
+    return auth.describe(call.principal)
+
+
 def _health(call: Call) -> tuple[int, dict]:
     return registry.health(call.services)
 
@@ -43,6 +50,8 @@ ROUTES = Router([
     Route("/health", ("GET",), _health, query=()),
     Route("/v1/keys", ("POST",), _create, scope="admin", query=()),
     Route("/v1/keys", ("GET",), _list, scope="admin", query=keys.LIST_QUERY),
+    Route("/v1/keys/self", ("GET",), _self, scope="any", query=(), summary="Who this API key is: name, scopes",
+          responses={200: ("the caller's key (never its secret)", s.WHOAMI)}),
     Route("/v1/keys/<key_id>", ("GET",), _get, scope="admin", query=()),
     Route("/v1/keys/<key_id>", ("DELETE",), _revoke, scope="admin", query=()),
 ])

@@ -185,3 +185,13 @@ async def authorize(call: Any, scope: str) -> Principal:
                           retry_after=decision.retry_after, headers=headers)
     call.response_headers.update(headers)
     return principal
+
+
+def describe(principal: Principal | None) -> dict[str, Any]:
+    """``GET /v1/keys/self``: who the caller's key is (never its secret); with AUTH_REQUIRED off, no key is
+    needed and every scope is granted."""
+    if principal is None:
+        return {"id": None, "name": "anonymous (authentication is off)", "scopes": list(keys.SCOPES),
+                "rate_limit_per_minute": None}
+    return {"id": principal.key_id, "name": principal.name, "scopes": sorted(principal.scopes),
+            "rate_limit_per_minute": principal.rate_limit_per_minute}

@@ -22,7 +22,12 @@ GATEWAY_ROUTES: tuple[tuple[str, str, str], ...] = (
     ("/v2/", "functions.infer.main", "run_inference"),
     ("/v1/batch", "functions.batch.main", "manage_batch_jobs"),
     ("/v1/keys", "functions.keys.main", "manage_api_keys"),
+    ("/v1/backends", "functions.backends.main", "serve_backends"),
     ("/health", "functions.models.main", "manage_models"),
+)
+# Web pages the gateway mounts beside the API (not API routes: not in /openapi.json).
+GATEWAY_PAGES: tuple[tuple[str, str, str], ...] = (
+    ("/console", "functions.console.main", "serve_console"),
 )
 
 
@@ -103,8 +108,9 @@ def gateway_app() -> Any:
     from shared.web import openapi, server
 
     modules = [(prefix, importlib.import_module(module), entry) for prefix, module, entry in GATEWAY_ROUTES]
+    pages = [(prefix, importlib.import_module(module), entry) for prefix, module, entry in GATEWAY_PAGES]
     routes = openapi.mounted_routes((prefix, module.ROUTES.routes) for prefix, module, _ in modules)
     document = openapi.serve_document(routes, "Kinfer API")
     return server.prefix_router([("/openapi.json", document)] +
-                                [(prefix, getattr(module, entry)) for prefix, module, entry in modules])
+                                [(prefix, getattr(module, entry)) for prefix, module, entry in modules + pages])
 

@@ -14,6 +14,7 @@ URLS = (
     ("infer", "http://localhost:8082"),
     ("models (internal, no auth)", "http://localhost:8083"),
     ("keys (API key admin)", "http://localhost:8088"),
+    ("console (web page, on the gateway)", "http://127.0.0.1:8080/console/"),
     ("Triton HTTP / gRPC / metrics", "http://localhost:8000  localhost:8001  http://localhost:8002/metrics"),
     ("S3 API", "http://localhost:9000"),
     ("event relay (K_SINK)", "http://localhost:8090/kinfer/batch-chunks"),

@@ -28,6 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RELAY_PORT, S3_PORT, TRITON_PORTS, AGENT_PORT = 8090, 9000, (8000, 8001, 8002), 8089
 SINK_PATH = "/kinfer/batch-chunks"
 DEMO_KEY = "demo-token"
+CONSOLE_URL = "http://127.0.0.1:8080/console/"
+# An address the local stack allows as a backend (BACKEND_ALLOWLIST) where nothing listens: a model
+# registered there shows what an unreachable backend does (probes fail, its circuit opens) without
+# touching the real Triton.
+UNREACHABLE_BACKEND = "127.0.0.1:8011"
 # One uvicorn process for the inference hot path: requests coalesce within a process, and on a
 # 2-core machine one process feeds Triton bigger batches than two (measured: ~2,700-3,050 vs
 # ~2,200-2,400 req/s through the gateway). Knative scales pods, not processes, in production.
@@ -54,6 +59,7 @@ def functions() -> list[Fn]:
         Fn("batch_worker", "process_batch_chunk", 8086, "batch-worker"),
         Fn("batch_deadletter", "fail_dead_chunk", 8087, "batch-deadletter"),
         Fn("keys", "manage_api_keys", 8088, "keys"),
+        Fn("console", "serve_console", 8091, "console"),
     ]
 
 
@@ -83,13 +89,14 @@ def _save(state: dict[str, Any]) -> None:
 
 def base_env(settings: Settings) -> dict[str, str]:
     """Environment every function process gets: the local endpoints of this stack. The local Triton has
-    only the Python backend, so pushed ONNX files run through it (ONNX_BACKEND=python)."""
+    only the Python backend, so pushed ONNX files run through it (ONNX_BACKEND=python). Backends allowed:
+    the local Triton and ``UNREACHABLE_BACKEND``."""
     return {
         "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
         "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "TRITON_URL": f"127.0.0.1:{TRITON_PORTS[1]}",
         "S3_ACCESS_KEY_ID": settings.s3_access_key_id, "S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
         "MODEL_REPOSITORY_URI": settings.model_repository_uri, "ONNX_BACKEND": "python",
-        "PYTHONUNBUFFERED": "1",
+        "BACKEND_ALLOWLIST": f"127.0.0.1:{TRITON_PORTS[1]},{UNREACHABLE_BACKEND}", "PYTHONUNBUFFERED": "1",
     }
 
 

@@ -228,6 +228,35 @@ PROBE_RESULT: Schema = {
 }
 
 
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+BACKENDS_OVERVIEW: Schema = {
+    "type": "object", "required": ["window_s", "backends"],
+    "properties": {
+        "window_s": {"type": "number", "description": "how far back rate and p50 look (seconds actually covered)"},
+        "backends": {"type": "array", "items": {
+            "type": "object",
+            "required": ["url", "circuit", "failures", "healthy", "last_probe", "p50_ms", "requests_per_s"],
+            "properties": {
+                "url": _STRING, "circuit": {"enum": ["closed", "open", "half-open"]}, "failures": _COUNT,
+                "healthy": {"type": ["boolean", "null"], "description": "last probe; null when never probed"},
+                "last_probe": _NULLABLE_TIME, "probe_ms": _NULLABLE_NUMBER, "reason": _NULLABLE_STRING,
+                "models": {"type": "array", "items": _STRING},
+                "p50_ms": {**_NULLABLE_NUMBER, "description": "median Triton request latency over the window"},
+                "requests_per_s": {**_NULLABLE_NUMBER, "description": "Triton requests per second over the window"},
+                "requests": {"type": "object", "additionalProperties": _COUNT,
+                             "description": "requests by outcome since the counters began"},
+            }}},
+    },
+}
+
+WHOAMI: Schema = {
+    "type": "object", "required": ["id", "name", "scopes"],
+    "properties": {"id": _NULLABLE_STRING, "name": _STRING,
+                   "scopes": {"type": "array", "items": {"enum": ["infer", "batch", "admin"]}},
+                   "rate_limit_per_minute": {"type": ["integer", "null"]}},
+}
+
+
 HEALTH_ANSWERS = {200: ("healthy, or degraded (Redis unreachable)", HEALTH),
                   503: ("unhealthy: a required dependency is unreachable", HEALTH)}
 

@@ -10,9 +10,9 @@ locals {
 
   # Services behind each rule of the HTTPRoute kinfer-public, in rule order
   # (knative/base/routing.yaml; tests/unit/test_terraform.py checks they match).
-  route_services = ["models-public", "infer", "infer", "batch", "keys"]
+  route_services = ["models-public", "infer", "infer", "batch", "keys", "backends", "console"]
 
-  public_services   = ["models-public", "infer", "batch", "keys"]
+  public_services   = ["models-public", "infer", "batch", "keys", "console"]
   internal_services = ["models", "batch-intake", "batch-worker", "batch-deadletter", "backends", "triton"]
 
   # Endpoints that depend on this deployment; everything else keeps the

@@ -4,6 +4,12 @@ output "public_url" {
   depends_on  = [kustomization_resource.p1]
 }
 
+output "console_url" {
+  description = "The console, a web page on the public host (/console/)."
+  value       = "https://${local.api_host}/console/"
+  depends_on  = [kustomization_resource.p1]
+}
+
 output "s3_public_url" {
   description = "S3 endpoint in presigned result URLs (S3_PUBLIC_ENDPOINT_URL)."
   value       = local.config.S3_PUBLIC_ENDPOINT_URL

@@ -101,3 +101,19 @@ def test_unknown_ids_query_and_methods(client: Any, admin: dict[str, str]) -> No
     assert resp.status_code == 400 and resp.json()["field"] == "include"
     assert client.get("/v1/keys?status=expired", headers=admin).json()["field"] == "status"
     assert client.put("/v1/keys/x", headers=admin).status_code == 405
+
+
+def test_self_tells_any_key_its_name_and_scopes_never_its_secret(client: Any, admin: dict[str, str]) -> None:
+    created = client.post("/v1/keys", json={"name": _name(), "scopes": ["batch"], "rate_limit_per_minute": 90},
+                          headers=admin).json()
+    resp = client.get("/v1/keys/self", headers={"Authorization": f"Bearer {created['key']}"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"id": created["id"], "name": created["name"], "scopes": ["batch"],
+                           "rate_limit_per_minute": 90}
+    assert created["key"] not in resp.text and created["prefix"] not in resp.text
+    assert client.get("/v1/keys/self", headers=admin).json()["scopes"] == ["admin"]
+    missing = client.get("/v1/keys/self")
+    assert missing.status_code == 401 and missing.json()["code"] == "unauthorized"
+    wrong = client.get("/v1/keys/self", headers={"Authorization": "Bearer kf_not-a-real-key"})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid or revoked API key"
+    assert client.get("/v1/keys/self?x=1", headers=admin).status_code == 400

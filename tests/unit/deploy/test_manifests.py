@@ -28,10 +28,15 @@ KINFER_IMAGE = "ghcr.io/kinfer/kinfer"
 # Set by the platform, not the ConfigMap (functions table): SinkBinding, Knative, per-Service env.
 PLATFORM_ENV = {"K_SINK", "K_SERVICE", "PORT", "FUNCTION_TARGET", "FUNCTION_SOURCE"}
 CLUSTER_LOCAL = "networking.knative.dev/visibility"
-PUBLIC_SERVICES = {"models-public", "infer", "batch", "keys"}
+PUBLIC_SERVICES = {"models-public", "infer", "batch", "keys", "console"}
+# Cluster-internal Services of which the public route reaches one path only (/v1/backends).
+PARTLY_PUBLIC = {"backends"}
 # Workloads that touch object storage: each has an S3 user (Secret kinfer-s3-<name>); the others get no S3 keys.
 S3_WORKLOADS = {"batch", "batch-intake", "batch-worker", "batch-deadletter", "models", "models-public", "triton"}
 S3_KEYS = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
+# Workloads that touch no data store (the console serves static files): no database or Redis secret.
+STATELESS = {"console"}
+DATA_SECRETS = {"DATABASE_URL", "REDIS_URL"}
 # Groups whose kinds kubernetes-validate knows; everything else is a CRD checked structurally.
 CORE_API = re.compile(r"^(v1|(apps|batch|networking\.k8s\.io|rbac\.authorization\.k8s\.io|policy)/v1)$")
 
@@ -177,6 +182,9 @@ def test_every_setting_is_provided_by_the_config_map_a_secret_or_the_platform(
         for where, c in workloads.items():
             uses_s3 = where.split()[-1] in S3_WORKLOADS  # "... of triton": the agent, Triton's workload
             missing = set(Settings.env_names()) - _provided(c, cm) - PLATFORM_ENV - (set() if uses_s3 else S3_KEYS)
+            if where.split()[-1] in STATELESS:
+                missing -= DATA_SECRETS
+                assert not DATA_SECRETS & set(env_of(c)), f"{overlay}: {where} touches no data store"
             if where.endswith("of triton"):
                 missing -= {"SERVER_CONCURRENCY"}  # the agent serves no requests (its status port aside)
             assert not missing, f"{overlay}: {where} gets no value for {sorted(missing)}"
@@ -342,8 +350,9 @@ def test_public_routes_reach_existing_public_services(rendered: dict[str, list[d
             for match in rule["matches"]:
                 routed[match["path"]["value"]] = service
         assert routed == {"/v1/models": "models-public", "/v1/infer": "infer", "/v2/models": "infer",
-                          "/v1/batch": "batch", "/v1/keys": "keys"}, overlay
-        assert set(routed.values()) == PUBLIC_SERVICES
+                          "/v1/batch": "batch", "/v1/keys": "keys", "/v1/backends": "backends",
+                          "/console": "console"}, overlay
+        assert set(routed.values()) == PUBLIC_SERVICES | PARTLY_PUBLIC
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

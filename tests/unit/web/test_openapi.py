@@ -70,6 +70,23 @@ def test_the_gateway_serves_every_public_route_and_only_those() -> None:
                 expected |= {(openapi.openapi_path(route.rule), m) for m in route.methods}
     assert operations(doc) == expected
     assert ("/v1/batch/{job_id}", "DELETE") in expected and ("/livez", "GET") not in expected
+    assert {("/v1/backends", "GET"), ("/v1/keys/self", "GET")} <= expected
+    assert not any(path.startswith("/console") for path, _ in expected), "the console is a page, not API"
+    assert ("/metrics", "GET") not in expected and ("/", "POST") not in expected  # of backends: /v1/backends only
+    assert doc["paths"]["/v1/backends"]["get"]["x-kinfer-scope"] == "infer"
+    assert doc["paths"]["/v1/keys/self"]["get"]["x-kinfer-scope"] == "any"
+
+
+def test_the_gateway_mounts_the_console_with_its_headers() -> None:
+    from starlette.testclient import TestClient
+
+    client = TestClient(gateway_app())
+    moved = client.get("/console", follow_redirects=False)
+    assert moved.status_code == 308 and moved.headers["location"] == "/console/"
+    page = client.get("/console/")
+    assert page.status_code == 200 and "Kinfer console" in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert client.get("/consoles").status_code == 404
 
 
 def test_an_undocumented_route_still_appears_generically() -> None:

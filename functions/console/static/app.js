@@ -1,0 +1,575 @@
+/* Kinfer console: one page over the public API, same origin.
+ *
+ * Rules this file keeps: every value from the API reaches the page as text (text nodes and
+ * textContent, never parsed as markup); the API key lives in sessionStorage and travels only in the
+ * Authorization header; links built from API values are http(s) only.
+ */
+"use strict";
+
+const KEY_STORE = "kinfer.apiKey";
+const POLL_BACKENDS_MS = 5000;
+const POLL_BATCH_MS = 1500;
+const MAX_BATCH_FILE_BYTES = 8 * 1024 * 1024;
+const SPARK_POINTS = 60;
+
+const state = { key: null, me: null, view: "models", models: [], timers: {}, rates: {} };
+
+/* ---------- small DOM helpers (text only) ---------- */
+function $(id) { return document.getElementById(id); }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = String(value);
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+
+function badge(text, tone) { return el("span", { class: `badge ${tone}`, text }); }
+
+function toast(text) {
+  const box = $("toast");
+  box.textContent = text;
+  clearTimeout(state.timers.toast);
+  state.timers.toast = setTimeout(() => { box.textContent = ""; }, 5000);
+}
+
+function safeHttpUrl(raw) {
+  try {
+    const url = new URL(raw, window.location.href);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch (e) { return null; }
+}
+
+function when(iso) {
+  if (!iso) return "never";
+  const t = new Date(iso);
+  if (Number.isNaN(t.getTime())) return String(iso);
+  const ago = Math.round((Date.now() - t.getTime()) / 1000);
+  return ago < 90 ? `${Math.max(ago, 0)} s ago` : t.toLocaleString();
+}
+
+/* ---------- the API ---------- */
+class ApiError extends Error {
+  constructor(status, body, headers) {
+    const b = body && typeof body === "object" ? body : {};
+    super(b.error || `HTTP ${status}`);
+    this.status = status;
+    this.code = b.code || (status === 0 ? "network_error" : "http_error");
+    this.field = b.field || null;
+    this.requestId = b.request_id || (headers && headers.get("X-Request-ID")) || null;
+    this.traceId = b.trace_id || null;
+  }
+  describe() {
+    const parts = [`${this.status || "no answer"} ${this.code}: ${this.message}`];
+    if (this.field) parts.push(`field: ${this.field}`);
+    if (this.requestId) parts.push(`request id: ${this.requestId}`);
+    return parts.join("\n");
+  }
+}
+
+async function api(method, path, body, key) {
+  const headers = { "Authorization": `Bearer ${key || state.key}` };
+  const init = { method, headers, cache: "no-store", credentials: "omit", referrerPolicy: "no-referrer" };
+  if (body !== undefined) { headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
+  let resp;
+  const started = performance.now();
+  try {
+    resp = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, { error: "the API did not answer (network error)" }, null);
+  }
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (e) { data = { error: text.slice(0, 300) }; }
+  if (!resp.ok) {
+    const err = new ApiError(resp.status, data, resp.headers);
+    if (resp.status === 401 && !key) signOut("Your API key was refused (" + err.message + "). Sign in again.");
+    throw err;
+  }
+  return { status: resp.status, body: data, headers: resp.headers, ms: performance.now() - started };
+}
+
+const enc = encodeURIComponent;
+
+/* ---------- sign in / out ---------- */
+function isAdmin() { return !!state.me && state.me.scopes.includes("admin"); }
+
+async function signIn(key) {
+  const err = $("signin-error");
+  err.textContent = "";
+  try {
+    const me = await api("GET", "/v1/keys/self", undefined, key);
+    state.key = key;
+    state.me = me.body;
+    sessionStorage.setItem(KEY_STORE, key);
+    showApp();
+  } catch (e) {
+    if (e.status === 401) err.textContent = `This API key was refused: ${e.message}. Check the key and try again.`;
+    else if (e.status === 429) err.textContent = `Too many requests for this key; wait a moment. (${e.message})`;
+    else err.textContent = `Could not check the key: ${e.describe()}`;
+    $("key").focus();
+  }
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(KEY_STORE);
+  state.key = null; state.me = null;
+  stopTimers();
+  $("nav").hidden = true; $("who").hidden = true;
+  for (const v of document.querySelectorAll(".view")) v.hidden = true;
+  $("signin").hidden = false;
+  $("signin-error").textContent = message || "";
+  $("key").value = "";
+  $("key").focus();
+}
+
+function showApp() {
+  $("signin").hidden = true;
+  $("nav").hidden = false; $("who").hidden = false;
+  $("who-name").textContent = `${state.me.name} (${state.me.scopes.join(", ")})`;
+  $("key").value = "";
+  show(state.view);
+}
+
+/* ---------- views ---------- */
+function stopTimers() {
+  for (const name of ["backends", "batch"]) { clearTimeout(state.timers[name]); state.timers[name] = null; }
+}
+
+function show(view) {
+  state.view = view;
+  stopTimers();
+  for (const b of document.querySelectorAll("nav button")) {
+    if (b.dataset.view === view) b.setAttribute("aria-current", "page"); else b.removeAttribute("aria-current");
+  }
+  for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== `view-${view}`;
+  if (view === "models") loadModels();
+  if (view === "try") loadTryModels();
+  if (view === "backends") pollBackends();
+  if (view === "batch") { loadBatchModels(); pollBatch(); }
+}
+
+/* ---------- models ---------- */
+async function fetchModels() {
+  const resp = await api("GET", "/v1/models?limit=500");
+  state.models = resp.body.models;
+  return state.models;
+}
+
+function groupByName(models) {
+  const names = new Map();
+  for (const m of models) {
+    if (!names.has(m.name)) names.set(m.name, []);
+    names.get(m.name).push(m);
+  }
+  return [...names.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+}
+
+function stateBadge(m) {
+  const tone = { ready: "ok", loading: "warn", pending: "warn", awaiting_upload: "muted", failed: "bad" }[m.state];
+  return badge(m.state || "unknown", tone || "muted");
+}
+
+function splitText(versions) {
+  const entries = Object.entries(versions || {});
+  if (entries.length === 1 && entries[0][1] === 100) return `→ ${entries[0][0]}`;
+  return "→ " + entries.map(([v, w]) => `${v}=${w}%`).join(", ");
+}
+
+async function loadModels() {
+  const list = $("models-list");
+  const note = $("models-note");
+  note.textContent = "Loading…";
+  try {
+    const models = await fetchModels();
+    const groups = groupByName(models);
+    const aliases = await Promise.all(groups.map(([name]) =>
+      api("GET", `/v1/models/by-name/${enc(name)}/aliases`).then(r => r.body.aliases).catch(() => [])));
+    clear(list);
+    groups.forEach(([name, versions], i) => list.append(modelCard(name, versions, aliases[i])));
+    note.textContent = `${models.length} version(s) of ${groups.length} model(s).` +
+      (isAdmin() ? "" : " Your key has no admin scope: promote, rollback and splits are hidden.");
+  } catch (e) {
+    note.textContent = "";
+    clear(list).append(el("p", { class: "error", role: "alert", text: e.describe() }));
+  }
+}
+
+function modelCard(name, versions, aliases) {
+  const message = el("p", { class: "model-message", role: "status" });
+  const card = el("article", { class: "card model", "data-model": name });
+  card.append(el("h3", { class: "model-name", text: name }));
+  const aliasBox = el("div", { class: "aliases" });
+  if (!aliases.length) aliasBox.append(el("span", { class: "note", text: "no aliases: the newest ready version serves" }));
+  for (const a of aliases) {
+    const item = el("span", { class: "alias", "data-alias": a.alias },
+      el("strong", { text: a.alias }), " ", el("span", { class: "split-text", text: splitText(a.versions) }));
+    if (isAdmin() && a.previous) {
+      item.append(" ", el("button", { type: "button", class: "quiet rollback", text: "Roll back",
+        "aria-label": `Roll back alias ${a.alias} of ${name}`,
+        onclick: () => aliasAction(message, "POST", `/v1/models/by-name/${enc(name)}/aliases/${enc(a.alias)}/rollback`) }));
+    }
+    aliasBox.append(item);
+  }
+  card.append(aliasBox);
+  const rows = versions.map(m => el("tr", { "data-version": m.version },
+    el("td", { class: "mono", text: m.version }),
+    el("td", {}, stateBadge(m), m.state_reason ? el("div", { class: "note", text: m.state_reason }) : null),
+    el("td", { text: m.status }),
+    el("td", { class: "mono", text: m.triton_version ?? "–" }),
+    el("td", { text: m.description || "" }),
+    isAdmin() ? el("td", {}, el("button", { type: "button", class: "quiet promote", text: "Promote",
+      "aria-label": `Promote ${name} version ${m.version} to production`,
+      onclick: () => aliasAction(message, "PUT", `/v1/models/by-name/${enc(name)}/aliases/production`,
+        { version: m.version }) })) : null));
+  card.append(el("div", { class: "scroll" }, el("table", {},
+    el("thead", {}, el("tr", {}, ["Version", "State", "Status", "Triton", "Description"].map(h =>
+      el("th", { scope: "col", text: h })), isAdmin() ? el("th", { scope: "col", text: "Production" }) : null)),
+    el("tbody", {}, rows))));
+  if (isAdmin()) card.append(splitForm(name, versions, aliases, message));
+  card.append(message);
+  return card;
+}
+
+function splitForm(name, versions, aliases, message) {
+  const ready = versions.filter(m => m.state === "ready" && m.status === "active");
+  if (ready.length < 2) return el("p", { class: "note", text: "A split needs two ready versions." });
+  const uid = `split-${name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+  const current = (aliases.find(a => a.alias === "production") || {}).versions || {};
+  const aliasInput = el("input", { id: `${uid}-alias`, value: "production", maxlength: 64, spellcheck: "false" });
+  const fields = ready.map(m => {
+    const input = el("input", { id: `${uid}-v-${m.version}`, type: "number", min: 0, max: 100, step: 1,
+      inputmode: "numeric", value: current[m.version] ?? 0, "data-version": m.version });
+    return el("div", {}, el("label", { for: input.id, text: `v${m.version} %` }), input);
+  });
+  const form = el("form", { class: "split" },
+    el("div", {}, el("label", { for: aliasInput.id, text: "Alias" }), aliasInput), fields,
+    el("button", { type: "submit", text: "Set split" }));
+  form.addEventListener("submit", ev => {
+    ev.preventDefault();
+    const split = {};
+    for (const input of form.querySelectorAll("input[data-version]")) {
+      const n = Number(input.value);
+      if (n > 0) split[input.dataset.version] = n;
+    }
+    const alias = aliasInput.value.trim() || "production";
+    aliasAction(message, "PUT", `/v1/models/by-name/${enc(name)}/aliases/${enc(alias)}`, { versions: split });
+  });
+  return form;
+}
+
+async function aliasAction(message, method, path, body) {
+  message.className = "model-message";
+  message.textContent = "Working…";
+  try {
+    const r = await api(method, path, body);
+    toast(`alias ${r.body.alias} of ${r.body.name} ${splitText(r.body.versions)}`);
+    await loadModels();
+  } catch (e) {
+    message.className = "model-message error";
+    message.textContent = e.describe();
+  }
+}
+
+/* ---------- try it ---------- */
+function fillModelSelect(select, models) {
+  const previous = select.value;
+  clear(select);
+  for (const [name] of groupByName(models)) select.append(el("option", { value: name, text: name }));
+  if (previous && [...select.options].some(o => o.value === previous)) select.value = previous;
+}
+
+async function loadTryModels() {
+  try {
+    fillModelSelect($("try-model"), await fetchModels());
+    await fillVersions();
+  } catch (e) { showTryError(e); }
+}
+
+async function fillVersions() {
+  const name = $("try-model").value;
+  const select = clear($("try-version"));
+  select.append(el("option", { value: "", text: "default (production, else newest ready)" }));
+  if (!name) return;
+  try {
+    const aliases = (await api("GET", `/v1/models/by-name/${enc(name)}/aliases`)).body.aliases;
+    for (const a of aliases) select.append(el("option", { value: a.alias, text: `alias ${a.alias} ${splitText(a.versions)}` }));
+  } catch (e) { /* aliases are optional here */ }
+  for (const m of state.models.filter(x => x.name === name)) {
+    select.append(el("option", { value: m.version, text: `version ${m.version} (${m.state})` }));
+  }
+}
+
+function exampleFor(shape) {
+  const dims = shape.map(d => (d < 0 ? 1 : Math.min(d, 8)));
+  const build = depth => (depth === dims.length ? 0 : Array.from({ length: dims[depth] }, () => build(depth + 1)));
+  return dims.length ? build(0) : 0;
+}
+
+async function loadTryForm(ev) {
+  ev.preventDefault();
+  const name = $("try-model").value;
+  const version = $("try-version").value;
+  $("try-result").hidden = true;
+  try {
+    const path = `/v2/models/${enc(name)}` + (version ? `/versions/${enc(version)}` : "");
+    const meta = (await api("GET", path)).body;
+    const box = clear($("try-inputs"));
+    $("try-form-title").textContent = `${meta.name}${version ? ` (${version})` : ""}: inputs`;
+    for (const input of meta.inputs) {
+      const id = `try-in-${input.name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+      const area = el("textarea", { id, "data-tensor": input.name, rows: 3, spellcheck: "false" });
+      area.value = JSON.stringify(exampleFor(input.shape));
+      box.append(el("div", {}, el("label", { for: id, text: input.name }),
+        el("p", { class: "note", text: `${input.datatype}, shape [${input.shape.join(", ")}] (-1: any length); JSON numbers` }),
+        area));
+    }
+    const outs = meta.outputs.map(o => `${o.name} ${o.datatype} [${o.shape.join(", ")}]`).join("; ");
+    box.append(el("p", { class: "note", text: `outputs: ${outs}` }));
+    const form = $("try-form");
+    form.dataset.model = name; form.dataset.version = version;
+    form.hidden = false;
+    box.querySelector("textarea")?.focus();
+  } catch (e) { showTryError(e); }
+}
+
+async function runPrediction(ev) {
+  ev.preventDefault();
+  const form = $("try-form");
+  const input = {};
+  for (const area of form.querySelectorAll("textarea[data-tensor]")) {
+    try { input[area.dataset.tensor] = JSON.parse(area.value); } catch (e) {
+      showTryError(new ApiError(0, { error: `${area.dataset.tensor} is not valid JSON: ${e.message}`, code: "invalid_json" }));
+      area.focus();
+      return;
+    }
+  }
+  const body = { model: form.dataset.model, input };
+  if (form.dataset.version) body.version = form.dataset.version;
+  $("try-run").disabled = true;
+  try {
+    const r = await api("POST", "/v1/infer", body);
+    const a = r.body;
+    const box = clear($("try-result"));
+    box.hidden = false;
+    box.append(el("h3", { text: "Prediction" }), el("pre", { class: "prediction", text: JSON.stringify(a.prediction) }),
+      el("dl", { class: "kv" },
+        el("dt", { text: "model" }), el("dd", { text: a.model }),
+        el("dt", { text: "version that answered" }),
+        el("dd", { class: "answered-version", text: r.headers.get("X-Model-Version") || a.version }),
+        el("dt", { text: "latency (server)" }), el("dd", { text: `${a.latency_ms} ms` }),
+        el("dt", { text: "round trip" }), el("dd", { text: `${r.ms.toFixed(1)} ms` }),
+        el("dt", { text: "request id" }), el("dd", { class: "mono", text: r.headers.get("X-Request-ID") || a.request_id }),
+        el("dt", { text: "trace id" }), el("dd", { class: "mono", text: r.headers.get("X-Trace-ID") || a.trace_id || "" })),
+      el("h3", { text: "Outputs" }), el("pre", { text: JSON.stringify(a.outputs, null, 1) }));
+  } catch (e) { showTryError(e); } finally { $("try-run").disabled = false; }
+}
+
+function showTryError(e) {
+  const box = clear($("try-result"));
+  box.hidden = false;
+  box.append(el("h3", { text: "Error" }), el("pre", { class: "error api-error", role: "alert", text: e.describe() }));
+}
+
+/* ---------- backends ---------- */
+function circuitBadge(circuit) {
+  return badge(circuit, { closed: "ok", "half-open": "warn", open: "bad" }[circuit] || "muted");
+}
+
+function sparkline(points) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "spark"); svg.setAttribute("viewBox", "0 0 100 30");
+  svg.setAttribute("preserveAspectRatio", "none"); svg.setAttribute("role", "img");
+  const last = points.length ? points[points.length - 1] : 0;
+  svg.setAttribute("aria-label", `requests per second, last ${points.length} readings, now ${last}`);
+  const base = document.createElementNS(ns, "line");
+  base.setAttribute("x1", "0"); base.setAttribute("x2", "100"); base.setAttribute("y1", "29"); base.setAttribute("y2", "29");
+  svg.append(base);
+  if (points.length > 1) {
+    const top = Math.max(...points, 1);
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points.map((p, i) =>
+      `${(i * 100 / (SPARK_POINTS - 1)).toFixed(1)},${(29 - (p / top) * 27).toFixed(1)}`).join(" "));
+    svg.append(line);
+  }
+  return svg;
+}
+
+async function pollBackends() {
+  if (state.view !== "backends" || !state.key) return;
+  try {
+    const data = (await api("GET", "/v1/backends?window_s=60")).body;
+    $("backends-error").textContent = "";
+    const tbody = clear($("backends-table").querySelector("tbody"));
+    for (const b of data.backends) {
+      const series = state.rates[b.url] || (state.rates[b.url] = []);
+      series.push(b.requests_per_s ?? 0);
+      if (series.length > SPARK_POINTS) series.shift();
+      const probe = b.last_probe === null ? badge("not probed", "muted")
+        : badge(b.healthy ? "ready" : "not ready", b.healthy ? "ok" : "bad");
+      tbody.append(el("tr", { "data-backend": b.url },
+        el("td", { class: "mono" }, b.url, el("div", { class: "note", text: (b.models || []).join(", ") })),
+        el("td", { class: "circuit" }, circuitBadge(b.circuit),
+          b.failures ? el("div", { class: "note", text: `${b.failures} failure(s)` }) : null),
+        el("td", {}, probe, el("div", { class: "note", text: when(b.last_probe) }),
+          b.reason && !b.healthy ? el("div", { class: "note", text: b.reason }) : null),
+        el("td", { class: "num", text: b.p50_ms === null ? "–" : `${b.p50_ms} ms` }),
+        el("td", { class: "num", text: b.requests_per_s === null ? "–" : String(b.requests_per_s) }),
+        el("td", {}, sparkline(series))));
+    }
+    $("backends-updated").textContent = `updated ${new Date().toLocaleTimeString()}` +
+      (data.window_s ? `, over the last ${Math.round(data.window_s)} s` : "");
+  } catch (e) {
+    $("backends-error").textContent = e.describe();
+  }
+  if (state.view === "backends") state.timers.backends = setTimeout(pollBackends, POLL_BACKENDS_MS);
+}
+
+/* ---------- batch ---------- */
+async function loadBatchModels() {
+  try { fillModelSelect($("batch-model"), await fetchModels()); } catch (e) { $("batch-message").textContent = e.describe(); }
+}
+
+function jobCard(job) {
+  const pct = Math.round((job.progress || 0) * 100);
+  const active = job.status === "pending" || job.status === "processing";
+  const tone = { completed: job.failed ? "warn" : "ok", failed: "bad", cancelled: "muted" }[job.status] || "warn";
+  const message = el("p", { role: "status" });
+  const card = el("article", { class: "card job", "data-job": job.job_id, "data-status": job.status },
+    el("div", { class: "job-head" },
+      el("span", {}, el("strong", { text: `${job.model} ${job.version}` }), " ",
+        el("span", { class: "mono note", text: job.job_id })),
+      badge(job.status, tone)),
+    el("label", { for: `p-${job.job_id}`, class: "note", text: `${pct}% · ${job.completed} of ${job.total} processed · ` +
+      `${job.succeeded} succeeded · ${job.failed} failed` }),
+    el("progress", { id: `p-${job.job_id}`, max: 100, value: pct, "data-progress": pct }));
+  if (job.error) card.append(el("p", { class: "error", text: job.error }));
+  if (job.errors && job.errors.length) {
+    card.append(el("details", {}, el("summary", { text: `first errors (${job.errors.length})` }),
+      el("pre", { text: job.errors.slice(0, 5).map(x => JSON.stringify(x)).join("\n") })));
+  }
+  const actions = el("div", { class: "actions" });
+  if (active) {
+    actions.append(el("button", { type: "button", class: "danger cancel", text: "Cancel",
+      "aria-label": `Cancel job ${job.job_id}`, onclick: async ev => {
+        ev.target.disabled = true;
+        try { await api("DELETE", `/v1/batch/${enc(job.job_id)}`); await refreshBatch(); }
+        catch (e) { message.className = "error"; message.textContent = e.describe(); ev.target.disabled = false; }
+      } }));
+  }
+  const href = job.result_url ? safeHttpUrl(job.result_url) : null;
+  if (href) actions.append(el("a", { href, class: "download", rel: "noopener noreferrer", target: "_blank",
+    download: `results-${job.job_id}.jsonl`, text: "Download results" }));
+  card.append(actions, message);
+  return card;
+}
+
+async function refreshBatch() {
+  const list = $("batch-list");
+  const jobs = (await api("GET", "/v1/batch?limit=20")).body.jobs;
+  clear(list);
+  if (!jobs.length) list.append(el("p", { class: "note", text: "No jobs yet." }));
+  for (const job of jobs) list.append(jobCard(job));
+  return jobs;
+}
+
+async function pollBatch() {
+  if (state.view !== "batch" || !state.key) return;
+  let active = false;
+  try {
+    const jobs = await refreshBatch();
+    active = jobs.some(j => j.status === "pending" || j.status === "processing");
+  } catch (e) {
+    clear($("batch-list")).append(el("p", { class: "error", role: "alert", text: e.describe() }));
+  }
+  if (state.view === "batch") state.timers.batch = setTimeout(pollBatch, active ? POLL_BATCH_MS : POLL_BATCH_MS * 4);
+}
+
+let batchFile = null;
+
+function pickFile(file) {
+  batchFile = file || null;
+  $("batch-file-info").textContent = file ? `${file.name}, ${file.size} bytes` : "";
+}
+
+function parseJsonl(text) {
+  const inputs = [];
+  text.split(/\r?\n/).forEach((line, i) => {
+    if (!line.trim()) return;
+    let value;
+    try { value = JSON.parse(line); } catch (e) { throw new Error(`line ${i + 1} is not JSON: ${e.message}`); }
+    if (value === null || typeof value !== "object" || Array.isArray(value)) {
+      throw new Error(`line ${i + 1} must be a JSON object such as {"data": [...]}`);
+    }
+    inputs.push(value);
+  });
+  if (!inputs.length) throw new Error("the file has no input lines");
+  return inputs;
+}
+
+async function submitBatch(ev) {
+  ev.preventDefault();
+  const msg = $("batch-message");
+  msg.className = ""; msg.textContent = "";
+  if (!batchFile) { msg.className = "error"; msg.textContent = "Pick or drop a JSONL file first."; return; }
+  if (batchFile.size > MAX_BATCH_FILE_BYTES) {
+    msg.className = "error"; msg.textContent = `The file is over ${MAX_BATCH_FILE_BYTES} bytes; use the API's uploads.`;
+    return;
+  }
+  let inputs;
+  try { inputs = parseJsonl(await batchFile.text()); } catch (e) { msg.className = "error"; msg.textContent = e.message; return; }
+  const body = { model: $("batch-model").value, inputs };
+  const version = $("batch-version").value.trim();
+  if (version) body.version = version;
+  $("batch-submit").disabled = true;
+  try {
+    const r = await api("POST", "/v1/batch", body);
+    msg.className = "success";
+    msg.textContent = `Job ${r.body.job_id} accepted: ${r.body.total} item(s).`;
+    stopTimers();
+    pollBatch();
+  } catch (e) { msg.className = "error"; msg.textContent = e.describe(); }
+  finally { $("batch-submit").disabled = false; }
+}
+
+/* ---------- wiring ---------- */
+function wire() {
+  $("signin-form").addEventListener("submit", ev => {
+    ev.preventDefault();
+    const key = $("key").value.trim();
+    if (key) signIn(key);
+  });
+  $("sign-out").addEventListener("click", () => signOut("Signed out."));
+  for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.view));
+  $("models-refresh").addEventListener("click", loadModels);
+  $("try-model").addEventListener("change", fillVersions);
+  $("try-pick").addEventListener("submit", loadTryForm);
+  $("try-form").addEventListener("submit", runPrediction);
+  $("batch-form").addEventListener("submit", submitBatch);
+  $("batch-refresh").addEventListener("click", () => { stopTimers(); pollBatch(); });
+  $("batch-file").addEventListener("change", ev => pickFile(ev.target.files[0]));
+  const drop = $("batch-drop");
+  drop.addEventListener("dragover", ev => { ev.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", ev => {
+    ev.preventDefault();
+    drop.classList.remove("over");
+    if (ev.dataTransfer && ev.dataTransfer.files.length) pickFile(ev.dataTransfer.files[0]);
+  });
+  const saved = sessionStorage.getItem(KEY_STORE);
+  if (saved) signIn(saved); else $("key").focus();
+}
+
+document.addEventListener("DOMContentLoaded", wire);
