@@ -135,7 +135,6 @@ class PrivateRedis:
 
     def __init__(self, folder: Path) -> None:
         import shutil
-        import subprocess
 
         binary = shutil.which("redis-server")
         if binary is None:
@@ -143,9 +142,15 @@ class PrivateRedis:
                         pytrace=False)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(folder)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                        "--dir", str(folder)]
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after ``stop``) on the same port, empty."""
+        import subprocess
+
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_up()
 
     def _wait_up(self) -> None:

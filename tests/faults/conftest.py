@@ -84,18 +84,11 @@ def fault_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 class RestartableRedis(PrivateRedis):
     """A private redis-server that can be killed and started again on the same port."""
 
-    def restart(self) -> None:
-        import subprocess as sp
-
-        self.proc = sp.Popen([shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind",
-                              "127.0.0.1", "--save", "", "--appendonly", "no"],
-                             stdout=sp.DEVNULL, stderr=sp.DEVNULL)
-        self._wait_up()
-
     def kill(self) -> None:
-        self.resume()
-        self.proc.kill()
-        self.proc.wait(10)
+        self.stop()
+
+    def restart(self) -> None:
+        self.start()
 
 
 @pytest.fixture
