@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Create or refresh .venv with the project and its dev/stack extras.
-# A stamp holding pyproject.toml's hash makes it a fast no-op when nothing changed.
+# Create or refresh .venv with the project and its dev/stack extras, at exactly the versions of
+# requirements-dev.lock (scripts/lock refreshes it), so the tests run what the image runs and a new
+# upstream release changes nothing until the lock does. A stamp holding the hash of pyproject.toml
+# and the lock makes it a fast no-op when neither changed.
 # Then put `kinfer` on PATH: a symlink ~/.local/bin/kinfer -> .venv/bin/kinfer (KINFER_BIN_DIR
 # chooses another folder, KINFER_NO_LINK=1 skips it). An existing kinfer of another checkout
 # or install is left alone. Without that folder on PATH, `source .venv/bin/activate` works too.
@@ -10,7 +12,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${ROOT}/.venv"
 PYTHON="${PYTHON:-python3}"
 STAMP="${VENV}/.kinfer-installed"
-WANT="$(sha256sum "${ROOT}/pyproject.toml" | cut -d' ' -f1)"
+LOCK="${ROOT}/requirements-dev.lock"
+WANT="$(cat "${ROOT}/pyproject.toml" "${LOCK}" | sha256sum | cut -d' ' -f1)"
 
 if ! "${PYTHON}" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'; then
   echo "bootstrap: Python 3.11 is required (the local Triton's Python backend stub is built for 3.11); set PYTHON=python3.11" >&2
@@ -40,7 +43,9 @@ if [ -x "${VENV}/bin/python" ] && [ -f "${STAMP}" ] && [ "$(cat "${STAMP}")" = "
 fi
 echo "bootstrap: installing Kinfer and its dependencies into .venv (first run takes a minute or two)"
 [ -x "${VENV}/bin/python" ] || "${PYTHON}" -m venv "${VENV}"
-"${VENV}/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
-"${VENV}/bin/pip" install --quiet --disable-pip-version-check -e "${ROOT}[dev]"
+# PIP_CONSTRAINT (not only -c) so that the isolated build of the project takes the locked setuptools too.
+export PIP_CONSTRAINT="${LOCK}" PIP_DISABLE_PIP_VERSION_CHECK=1
+"${VENV}/bin/pip" install --quiet --upgrade pip setuptools wheel
+"${VENV}/bin/pip" install --quiet -e "${ROOT}[dev]"
 echo "${WANT}" > "${STAMP}"
 link_kinfer

@@ -17,6 +17,9 @@ fi
 
 rm -rf "${VENV}"
 "${PYTHON}" -m venv "${VENV}"
-"${VENV}/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
-"${VENV}/bin/pip" install --quiet --disable-pip-version-check "checkov==${CHECKOV_VERSION}"
+# Its dependencies as locked (scripts/lock writes requirements-checkov.lock), so a new release of one
+# of them changes nothing here.
+export PIP_CONSTRAINT="${ROOT}/requirements-checkov.lock" PIP_DISABLE_PIP_VERSION_CHECK=1
+"${VENV}/bin/pip" install --quiet --upgrade pip setuptools wheel
+"${VENV}/bin/pip" install --quiet "checkov==${CHECKOV_VERSION}"
 "${VENV}/bin/checkov" --version

@@ -17,9 +17,11 @@ KINFER = ROOT / ".venv" / "bin" / "kinfer"
 @pytest.fixture(autouse=True)
 def bootstrapped() -> None:
     stamp = ROOT / ".venv" / ".kinfer-installed"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    inputs = (ROOT / "pyproject.toml").read_bytes() + (ROOT / "requirements-dev.lock").read_bytes()
+    want = hashlib.sha256(inputs).hexdigest()
     if not stamp.is_file() or stamp.read_text().strip() != want:
-        pytest.fail(".venv is not bootstrapped for this pyproject.toml: run scripts/bootstrap.sh (scripts/test does)",
+        pytest.fail(".venv is not bootstrapped for this pyproject.toml and requirements-dev.lock: run "
+                    "scripts/bootstrap.sh (scripts/test does)",
                     pytrace=False)
 
 

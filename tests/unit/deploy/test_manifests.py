@@ -438,9 +438,9 @@ def test_the_image_lock_satisfies_every_runtime_dependency() -> None:
     for spec in project["dependencies"]:
         req = Requirement(spec)
         name = canonicalize_name(req.name)
-        assert name in pins, f"requirements.lock lacks {req.name}: regenerate it (see its header)"
+        assert name in pins, f"requirements.lock lacks {req.name}: run scripts/lock"
         assert req.specifier.contains(pins[name], prereleases=True), (
-            f"requirements.lock pins {req.name}=={pins[name]}, outside {req.specifier}: regenerate it")
+            f"requirements.lock pins {req.name}=={pins[name]}, outside {req.specifier}: run scripts/lock")
 
 
 def test_the_locked_uvicorn_accepts_every_server_option() -> None:
@@ -451,7 +451,7 @@ def test_the_locked_uvicorn_accepts_every_server_option() -> None:
 
     from shared.web.server import SERVER_OPTIONS
 
-    assert uvicorn.__version__ == _locked()["uvicorn"], "regenerate requirements.lock (see its header)"
+    assert uvicorn.__version__ == _locked()["uvicorn"], "run scripts/lock"
     accepted = inspect.signature(uvicorn.Config).parameters
     assert set(SERVER_OPTIONS) <= set(accepted), set(SERVER_OPTIONS) - set(accepted)
     for module in ("uvloop", "httptools"):  # loop="uvloop", http="httptools" need them in the image
