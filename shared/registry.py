@@ -29,6 +29,8 @@ import sqlalchemy as sa
 from shared import validation as v
 from shared.clients.db import conflict_on
 from shared.clients.schema import model_aliases, models
+from shared.endpoints import backend_id
+from shared.endpoints import resolve as resolve_backend
 from shared.errors import Conflict, InvalidInput, NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -144,26 +146,21 @@ def validate_update(body: Any) -> dict[str, Any]:
 
 
 def check_backends_allowed(services: Services, urls: list[str], field: str = "backend_url") -> None:
-    """Each URL must match BACKEND_ALLOWLIST (empty: TRITON_URL only), before anything contacts it."""
-    patterns = services.settings.backend_allowlist or (_host_port(services.settings.triton_url),)
+    """Each URL must name this deployment's Triton (TRITON_URL, or ``triton`` with Triton's ports) or
+    match BACKEND_ALLOWLIST, before anything contacts it."""
+    own = backend_id(services.settings.triton_url)
+    patterns = (own, *services.settings.backend_allowlist)
     for url in urls:
-        target = _host_port(url)
+        target = resolve_backend(url, own)
         if not any(fnmatchcase(target, p.lower()) for p in patterns):
-            raise InvalidInput(f"{field} {target!r} is not an allowed Triton backend; allowed: "
-                               f"{', '.join(patterns)} (BACKEND_ALLOWLIST)", field=field,
-                               code="backend_not_allowed")
+            raise InvalidInput(f"{field} {backend_id(url)!r} is not an allowed Triton backend; allowed: "
+                               f"{', '.join(dict.fromkeys(patterns))} (BACKEND_ALLOWLIST), and triton:8001 for "
+                               "this deployment's own Triton", field=field, code="backend_not_allowed")
 
 
 def backend_field(body: Any) -> str:
     """The body field that named the backends (for errors)."""
     return "backend_urls" if isinstance(body, dict) and "backend_urls" in body else "backend_url"
-
-
-def _host_port(url: str) -> str:
-    url = url.strip().lower()
-    for scheme in ("grpc://", "http://", "https://"):
-        url = url.removeprefix(scheme)
-    return url.rstrip("/")
 
 
 # -- representation -----------------------------------------------------------

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from shared.backends.balancer import probe_key
-from shared.backends.triton import normalise_url
 from shared.clients.schema import models
+from shared.endpoints import backend_id, resolve
 from shared.errors import KinferError
 
 if TYPE_CHECKING:
@@ -41,7 +41,8 @@ PROBE_KEEP_S = 3600
 
 def backend_models(services: Services) -> dict[str, list[str]]:
     """{backend url: Triton model names registered on it}, TRITON_URL always included."""
-    found: dict[str, list[str]] = {normalise_url(services.settings.triton_url): []}
+    own = services.settings.triton_url
+    found: dict[str, list[str]] = {backend_id(own): []}
     try:
         with services.db.begin() as conn:
             rows = conn.execute(sa.select(models.c.backend_urls, models.c.triton_model, models.c.name)
@@ -50,8 +51,8 @@ def backend_models(services: Services) -> dict[str, list[str]]:
         log.warning("registry unreachable; reporting TRITON_URL only: %s", exc.message)
         rows = []
     for urls, triton_model, name in rows:
-        for url in urls or [services.settings.triton_url]:
-            names = found.setdefault(normalise_url(url), [])
+        for url in urls or [own]:
+            names = found.setdefault(resolve(url, own), [])
             if (triton_model or name) not in names:
                 names.append(triton_model or name)
     return found
@@ -71,7 +72,7 @@ def _probed(services: Services, targets: dict[str, list[str]]) -> dict[str, list
     """``targets`` less TRITON_URL when it must not be probed (PROBE_TRITON_URL=false)."""
     if services.settings.probe_triton_url:
         return targets
-    cold = normalise_url(services.settings.triton_url)
+    cold = backend_id(services.settings.triton_url)
     return {url: names for url, names in targets.items() if url != cold}
 
 

@@ -50,15 +50,6 @@ NP_DTYPES: dict[str, Any] = {
 }
 
 
-def normalise_url(url: str) -> str:
-    """``grpc://host:port/`` and ``host:port`` -> ``host:port`` (the form tritonclient.grpc wants)."""
-    url = url.strip()
-    for scheme in ("grpc://", "http://", "https://"):
-        if url.startswith(scheme):
-            url = url[len(scheme):]
-    return url.rstrip("/")
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output tensor; ``shape`` excludes the batch dimension of batched models (-1 = any)."""

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
-from shared.backends.triton import normalise_url
 from shared.clients.aio import spawn
+from shared.endpoints import resolve as resolve_backend
 from shared.errors import NotFound
 
 if TYPE_CHECKING:
@@ -97,8 +97,9 @@ def record(services: Services, model: Mapping[str, Any], outcome: str, started: 
 
 def backend_urls(services: Services, model: Mapping[str, Any]) -> list[str]:
     """The model's backends in host:port form (TRITON_URL when it names none)."""
-    urls = model.get("backend_urls") or ([model["backend_url"]] if model.get("backend_url") else [])
-    return [normalise_url(u) for u in urls] or [normalise_url(services.settings.triton_url)]
+    own = services.settings.triton_url
+    urls = model.get("backend_urls") or ([model["backend_url"]] if model.get("backend_url") else [own])
+    return list(dict.fromkeys(resolve_backend(u, own) for u in urls))
 
 
 def triton_model(model: Mapping[str, Any]) -> str:

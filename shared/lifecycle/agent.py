@@ -40,6 +40,7 @@ import sqlalchemy as sa
 
 from shared import registry
 from shared.clients.schema import models
+from shared.endpoints import resolve
 from shared.errors import NotFound
 from shared.lifecycle import replicas, repository, tritonconfig
 from shared.lifecycle.repository import Layout
@@ -70,7 +71,7 @@ class ModelAgent:
         self.services = services
         self.triton = triton or TritonRepositoryApi(settings.agent_triton_http)
         self.dir = Path(repository_dir or settings.agent_repository_dir)
-        self.backend = replicas.backend_id(settings.agent_backend or settings.triton_url)
+        self.backend = resolve(settings.agent_backend or settings.triton_url, settings.triton_url)
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}"
         self.layout = Layout.of(settings)
         self.synced = False  # the first full pass is done: every wanted version loaded or failed

@@ -15,9 +15,9 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
+from shared.endpoints import resolve
 from shared.errors import InvalidInput
 from shared.lifecycle import repository
-from shared.lifecycle.replicas import backend_id
 from shared.lifecycle.repository import Layout
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def check_registration(services: Services, row: dict[str, Any]) -> list[str]:
         if not settings.probe_triton_url:
             return []  # TRITON_URL may be scaled to zero: a check would wake it
         urls = [settings.triton_url]
-    return [w for url in urls if (w := _check(services, backend_id(url), row["triton_model"], field))]
+    return [w for url in urls if (w := _check(services, resolve(url, settings.triton_url), row["triton_model"], field))]
 
 
 def _check(services: Services, backend: str, triton_model: str, field: str) -> str | None:

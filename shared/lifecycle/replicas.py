@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared.clients.cache import REDIS_ERRORS
+from shared.endpoints import resolve
 from shared.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -26,18 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def backend_id(url: str) -> str:
-    """A backend's identity: ``host:port``, lower case, no scheme (``grpc://Triton:8001/`` -> ``triton:8001``)."""
-    url = url.strip().lower()
-    for scheme in ("grpc://", "http://", "https://"):
-        url = url.removeprefix(scheme)
-    return url.rstrip("/")
-
-
 def backends_of(services: Services, model: Mapping[str, Any]) -> list[str]:
     """The backends that serve a registry row: its backend_urls, else TRITON_URL."""
-    urls = list(model.get("backend_urls") or []) or [services.settings.triton_url]
-    return [backend_id(u) for u in urls]
+    own = services.settings.triton_url
+    return list(dict.fromkeys(resolve(u, own) for u in model.get("backend_urls") or [own]))
 
 
 def _set_key(backend: str) -> str:

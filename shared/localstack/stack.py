@@ -90,13 +90,15 @@ def _save(state: dict[str, Any]) -> None:
 def base_env(settings: Settings) -> dict[str, str]:
     """Environment every function process gets: the local endpoints of this stack. The local Triton has
     only the Python backend, so pushed ONNX files run through it (ONNX_BACKEND=python). Backends allowed:
-    the local Triton and ``UNREACHABLE_BACKEND``."""
+    the local Triton (also as ``triton:8001``), ``UNREACHABLE_BACKEND`` and whatever BACKEND_ALLOWLIST of
+    ``kinfer up``'s environment adds."""
+    allowed = dict.fromkeys((f"127.0.0.1:{TRITON_PORTS[1]}", UNREACHABLE_BACKEND, *settings.backend_allowlist))
     return {
         "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
         "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "TRITON_URL": f"127.0.0.1:{TRITON_PORTS[1]}",
         "S3_ACCESS_KEY_ID": settings.s3_access_key_id, "S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
         "MODEL_REPOSITORY_URI": settings.model_repository_uri, "ONNX_BACKEND": "python",
-        "BACKEND_ALLOWLIST": f"127.0.0.1:{TRITON_PORTS[1]},{UNREACHABLE_BACKEND}", "PYTHONUNBUFFERED": "1",
+        "BACKEND_ALLOWLIST": ",".join(allowed), "PYTHONUNBUFFERED": "1",
     }
 
 

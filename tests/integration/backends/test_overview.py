@@ -15,7 +15,7 @@ import pytest
 from shared import registry
 from shared.access import keys
 from shared.backends import overview
-from shared.backends.triton import normalise_url
+from shared.endpoints import backend_id as normalise_url
 from shared.errors import Unavailable
 from shared.services import Services, reset_services
 from tests.conftest import free_port, function_client

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.backends.triton import is_backend_failure, is_connection_failure, model_info_from, normalise_url, translate
+from shared.backends.triton import is_backend_failure, is_connection_failure, model_info_from, translate
 from shared.errors import BackendError, BackendTimeout, InvalidInput, Unavailable
 from shared.inference.codec import outputs_json, parse_input, prediction_of
 
@@ -118,5 +118,7 @@ def test_translate_classifies_backend_failures(status, kind, counts):
     assert is_connection_failure(err) is (status in ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND"))
 
 
-def test_normalise_url():
-    assert normalise_url("grpc://triton:8001/") == "triton:8001" == normalise_url(" triton:8001 ")
+def test_backend_id_is_host_port_in_lower_case():
+    from shared.endpoints import backend_id
+
+    assert backend_id("grpc://Triton-1:8001/") == "triton-1:8001" == backend_id(" triton-1:8001 ")

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from shared.endpoints import backend_id
 from shared.lifecycle import replicas, tritonconfig
 from shared.lifecycle.agent import serve_status
 from shared.lifecycle.tritonapi import _reason
@@ -34,7 +35,7 @@ def test_heartbeat_lookups() -> None:
     beat = {"loaded": {"lin": [1, 2]}}
     assert replicas.has(beat, "lin", 2) and not replicas.has(beat, "lin", 3) and replicas.has(beat, "lin", None)
     assert not replicas.has(beat, "other", None)
-    assert replicas.backend_id("grpc://Triton.Kinfer:80/") == "triton.kinfer:80"
+    assert backend_id("grpc://Triton.Kinfer:80/") == "triton.kinfer:80"
 
 
 def test_the_agents_status_endpoint_answers_its_probes() -> None:

@@ -10,6 +10,7 @@ import pytest
 from shared import registry
 from shared.errors import InvalidInput, NotFound, Unavailable
 from shared.lifecycle.aliases import parse_target
+from shared.lifecycle.replicas import backends_of
 
 
 def row(version: str, state: str = "ready") -> dict[str, Any]:
@@ -93,3 +94,33 @@ def test_backends_are_checked_against_the_allow_list_before_any_contact() -> Non
     registry.check_backends_allowed(services, ["a.kinfer.svc.cluster.local:80", "gpu-2:8001"])
     with pytest.raises(InvalidInput):
         registry.check_backends_allowed(services, ["a.kinfer.svc.cluster.local:5432"], "backend_urls")
+
+
+@pytest.mark.parametrize("url", ["http://triton:8001", "triton:8001", "grpc://TRITON:8000/", "triton"])
+def test_triton_names_the_deployments_own_triton(url: str) -> None:
+    """The original platform's clients register ``http://triton:8001``: it is TRITON_URL, always allowed."""
+    from shared.endpoints import resolve
+    from shared.settings import Settings
+
+    class FakeServices:
+        settings = Settings.from_env(environ={"BACKEND_ALLOWLIST": "gpu-*:8001"}, triton_url="10.0.0.7:8001")
+
+    services: Any = FakeServices()
+    registry.check_backends_allowed(services, [url])
+    assert resolve(url, services.settings.triton_url) == "10.0.0.7:8001"
+    assert backends_of(services, {"backend_urls": [url, "10.0.0.7:8001"]}) == ["10.0.0.7:8001"]
+
+
+@pytest.mark.parametrize("url", ["triton:6379", "triton:8002", "triton.evil:8001", "tritonx:8001"])
+def test_other_ports_and_hosts_named_triton_stay_refused(url: str) -> None:
+    from shared.endpoints import resolve
+    from shared.settings import Settings
+
+    class FakeServices:
+        settings = Settings.from_env(environ={}, triton_url="10.0.0.7:8001")
+
+    services: Any = FakeServices()
+    with pytest.raises(InvalidInput) as err:
+        registry.check_backends_allowed(services, [url])
+    assert err.value.code == "backend_not_allowed" and "triton:8001" in err.value.message
+    assert resolve(url, "10.0.0.7:8001") != "10.0.0.7:8001"

@@ -175,3 +175,13 @@ def test_the_stack_runs_the_model_agent_and_serves_onnx_through_the_python_backe
     (folder / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"z")
     with tarfile.open(stack.pack_folder(folder, tmp_path / "m.tar.gz")) as tar:
         assert sorted(tar.getnames()) == ["1/model.py", "config.pbtxt"]
+
+
+def test_kinfer_up_adds_the_backend_allowlist_of_its_environment_to_its_own() -> None:
+    from shared.localstack import stack
+    from shared.settings import Settings
+
+    default = stack.base_env(Settings.from_env(environ={}))["BACKEND_ALLOWLIST"].split(",")
+    assert default == ["127.0.0.1:8001", stack.UNREACHABLE_BACKEND]
+    wider = stack.base_env(Settings.from_env(environ={"BACKEND_ALLOWLIST": "gpu-*:8001, 127.0.0.1:8001"}))
+    assert wider["BACKEND_ALLOWLIST"].split(",") == [*default, "gpu-*:8001"]
