@@ -3,9 +3,10 @@ exposed by `backends`.
 
 The infer function (any number of processes) adds to in-process tallies on the hot
 path and flushes them to Redis hashes at most once per ``FLUSH_S`` in one pipeline,
-from whichever request finds the interval elapsed (off the event loop when there is
-one; no per-request Redis round trip; a process that dies loses at most its last
-second). The backends function's ``/metrics`` reads the hashes and the breaker keys
+from whichever request finds the interval elapsed, or from a timer armed by the first
+tally after a flush, so the last requests before a quiet spell are counted too (off the
+event loop when there is one; no per-request Redis round trip; a process that dies loses
+at most its last second). The backends function's ``/metrics`` reads the hashes and the breaker keys
 at scrape time through a prometheus-client custom collector, so the numbers are
 cluster-wide, not per pod. ``kinfer_backend_request_rows`` counts the rows of every
 Triton inference request (coalesced real-time requests and batch sub-batches).
@@ -46,6 +47,7 @@ class Recorder:
         self._rows: dict[str, float] = defaultdict(float)
         self._fields: dict[tuple[str, str, int], tuple[str, str, str]] = {}  # hash field names, made once
         self._next_flush = time.monotonic() + flush_s
+        self._armed = False  # a timer will flush what is pending
 
     def record(self, url: str, outcome: str, seconds: float) -> None:
         index = bisect.bisect_left(BUCKETS, seconds)
@@ -58,6 +60,8 @@ class Recorder:
             self._latency[fields[2]] += seconds
         if time.monotonic() >= self._next_flush:
             self._maybe_flush()
+        elif not self._armed:
+            self._arm()
 
     def record_rows(self, url: str, rows: int) -> None:
         """One Triton inference request of ``rows`` rows."""
@@ -65,6 +69,26 @@ class Recorder:
         with self._lock:
             self._rows[f"{url}|{index}"] += 1
             self._rows[f"{url}|sum"] += rows
+        if not self._armed:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Flush what is pending when the interval ends, whether or not another request comes."""
+        self._armed = True
+        delay = max(0.0, self._next_flush - time.monotonic())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            timer = threading.Timer(delay, self._timed_flush)
+            timer.daemon = True
+            timer.start()
+        else:
+            loop.call_later(delay, loop.run_in_executor, None, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._armed = False
+        self._next_flush = time.monotonic() + self.flush_s
+        self.flush()
 
     def _maybe_flush(self) -> None:
         now = time.monotonic()

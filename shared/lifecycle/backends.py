@@ -3,9 +3,10 @@
 Only backends that BACKEND_ALLOWLIST allows are ever contacted (the registry checks that
 first), so registration cannot be used to scan ports, and the answers name the backend by
 its registry identity, never with a transport error's text. A backend that does not answer
-right now is not an error (it may be scaling from zero): the registration succeeds with a
-warning. One that answers but not as Triton gRPC (its HTTP port, say), or that serves
-neither the model nor has it in the model repository, is a 400 that says what to fix.
+right now is not an error (it may be scaling from zero), nor is one that serves neither the
+model nor has it in the model repository (its files may be deployed next, as in the original
+platform, whose registry is metadata): the registration succeeds with a warning that says
+what to fix. One that answers but not as Triton gRPC (its HTTP port, say) is a 400.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ CONNECT_TIMEOUT_S, CALL_TIMEOUT_S = 1.0, 3.0
 
 
 def check_registration(services: Services, row: dict[str, Any]) -> list[str]:
-    """Warnings for a registration of files Kinfer does not manage; InvalidInput for a wrong backend."""
+    """Warnings for a registration of files Kinfer does not manage; InvalidInput for a backend that is not Triton."""
     settings = services.settings
     if not settings.check_backends:
         return []
@@ -67,9 +68,9 @@ def _check(services: Services, backend: str, triton_model: str, field: str) -> s
     if repository.holds_anything(services.s3, layout, triton_model):
         return None  # in the model repository: the backend's model agent loads it
     listed = ", ".join(served[:10]) + (", ..." if len(served) > 10 else "") if served else "no model"
-    raise InvalidInput(f"Triton at {backend} does not serve {triton_model!r} (it serves {listed}), and the model "
-                       f"repository holds no {triton_model!r}; push the model file instead (kinfer models push) "
-                       "or set triton_model", field="triton_model", code="triton_model_not_served")
+    return (f"Triton at {backend} does not serve {triton_model!r} (it serves {listed}), and the model repository "
+            f"holds no {triton_model!r}: inference answers 502 model_not_loaded until it does; push the model "
+            "file instead (kinfer models push) or set triton_model")
 
 
 def wake(services: Services, model: dict[str, Any], timeout: float = 30.0) -> None:
