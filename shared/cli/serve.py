@@ -1,8 +1,8 @@
 """``kinfer serve``: run one function (or the local gateway) under uvicorn.
 
-This is the composition root of serving: it knows where the functions live
-(``functions/<name>/main.py``, imported as ``functions.<name>.main``) and which
-public path each one serves on the local gateway.
+This is the composition root of serving: it mounts the functions of ``shared.catalogue``
+(``functions/<name>/main.py``, imported as ``functions.<name>.main``) on the public paths
+the catalogue gives them.
 """
 
 from __future__ import annotations
@@ -13,22 +13,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+from shared import catalogue
 from shared.settings import Settings
 
-# Path prefix -> (module, entry point) of the public HTTP functions the gateway mounts.
-GATEWAY_ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("/v1/models", "functions.models.main", "manage_models"),
-    ("/v1/infer", "functions.infer.main", "run_inference"),
-    ("/v2/", "functions.infer.main", "run_inference"),
-    ("/v1/batch", "functions.batch.main", "manage_batch_jobs"),
-    ("/v1/keys", "functions.keys.main", "manage_api_keys"),
-    ("/v1/backends", "functions.backends.main", "serve_backends"),
-    ("/health", "functions.models.main", "manage_models"),
-)
-# Web pages the gateway mounts beside the API (not API routes: not in /openapi.json).
-GATEWAY_PAGES: tuple[tuple[str, str, str], ...] = (
-    ("/console", "functions.console.main", "serve_console"),
-)
+# The gateway's own /health is the registry function's (its database and cache are the gateway's).
+GATEWAY_HEALTH = ("/health", catalogue.by_folder("models"))
+
+
+def gateway_mounts(pages: bool = True) -> list[tuple[str, str, str]]:
+    """(path prefix, module, entry point) of every public API route of the catalogue, the gateway's
+    /health, then (``pages``) the web pages it mounts beside the API (not in /openapi.json)."""
+    api = [(prefix, fn) for fn in catalogue.FUNCTIONS for prefix in fn.public] + [GATEWAY_HEALTH]
+    web = [(prefix, fn) for fn in catalogue.FUNCTIONS for prefix in fn.pages] if pages else []
+    return [(prefix, fn.module, fn.target) for prefix, fn in api + web]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,10 +104,10 @@ def gateway_app() -> Any:
     document of every route it reaches at ``/openapi.json``."""
     from shared.web import openapi, server
 
-    modules = [(prefix, importlib.import_module(module), entry) for prefix, module, entry in GATEWAY_ROUTES]
-    pages = [(prefix, importlib.import_module(module), entry) for prefix, module, entry in GATEWAY_PAGES]
-    routes = openapi.mounted_routes((prefix, module.ROUTES.routes) for prefix, module, _ in modules)
+    api = gateway_mounts(pages=False)
+    mounted = [(prefix, importlib.import_module(module), entry) for prefix, module, entry in gateway_mounts()]
+    routes = openapi.mounted_routes((prefix, module.ROUTES.routes) for prefix, module, _ in mounted[:len(api)])
     document = openapi.serve_document(routes, "Kinfer API")
     return server.prefix_router([("/openapi.json", document)] +
-                                [(prefix, getattr(module, entry)) for prefix, module, entry in modules + pages])
+                                [(prefix, getattr(module, entry)) for prefix, module, entry in mounted])
 

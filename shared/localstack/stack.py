@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared import catalogue
 from shared.localstack import procs
 from shared.localstack.procs import StackError
 from shared.settings import Settings
@@ -49,18 +50,13 @@ class Fn:
 
 
 def functions() -> list[Fn]:
+    """Every function of the catalogue as a local process: its port, and K_SINK (the relay) for those
+    that emit events; the internal registry answers without a key, as its cluster-local Service does."""
     sink = ("K_SINK", f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}")
-    return [
-        Fn("models", "manage_models", 8083, "models", (("AUTH_REQUIRED", "false"),)),
-        Fn("backends", "serve_backends", 8081, "backends"),
-        Fn("infer", "run_inference", 8082, "infer"),
-        Fn("batch", "manage_batch_jobs", 8084, "batch", (sink,)),
-        Fn("batch_intake", "intake_batch_request", 8085, "batch-intake", (sink,)),
-        Fn("batch_worker", "process_batch_chunk", 8086, "batch-worker"),
-        Fn("batch_deadletter", "fail_dead_chunk", 8087, "batch-deadletter"),
-        Fn("keys", "manage_api_keys", 8088, "keys"),
-        Fn("console", "serve_console", 8091, "console"),
-    ]
+    no_auth = ("AUTH_REQUIRED", "false")
+    return [Fn(fn.folder, fn.target, fn.port, fn.service,
+               tuple(env for env, wanted in ((sink, fn.emits_events), (no_auth, fn.internal_without_auth)) if wanted))
+            for fn in catalogue.FUNCTIONS]
 
 
 def available_functions() -> list[Fn]:
