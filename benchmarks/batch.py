@@ -51,7 +51,7 @@ def direct(grpc_url: str, rows: list[list[float]], batch: int = 64) -> float:
     outputs = [grpcclient.InferRequestedOutput("label"), grpcclient.InferRequestedOutput("probabilities")]
     started = time.perf_counter()
     for i in range(0, len(rows), batch):
-        array = np.asarray(rows[i:i + batch], dtype=np.float32)
+        array = np.asarray(rows[i : i + batch], dtype=np.float32)
         tensor = grpcclient.InferInput("features", list(array.shape), "FP32")
         tensor.set_data_from_numpy(array)
         client.infer("iris_classifier", [tensor], outputs=outputs)
@@ -94,15 +94,33 @@ def peak_rss_mib(master_pid: int) -> float:
     return max(peaks, default=0.0)
 
 
-def serve(stack: ExitStack, folder: str, target: str, env: dict[str, str], workers: int,
-          log_dir: Path) -> tuple[str, int]:
+def serve(
+    stack: ExitStack, folder: str, target: str, env: dict[str, str], workers: int, log_dir: Path
+) -> tuple[str, int]:
     port = free_port()
     log = (log_dir / f"{folder}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--target", target, "--source", f"functions/{folder}/main.py",
-                             "--workers", str(workers)],
-                            cwd=ROOT, env={**os.environ, **env, "K_SERVICE": folder}, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--target",
+            target,
+            "--source",
+            f"functions/{folder}/main.py",
+            "--workers",
+            str(workers),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env, "K_SERVICE": folder},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     stack.callback(lambda: (proc.terminate(), proc.wait(10), log.close()))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -153,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     db_url = sa.make_url(args.pg_admin).set(database=f"kinfer_bench_batch_{uid}").render_as_string(False)
     with ExitStack() as stack:
         allow = ("127.0.0.1:*",)  # the Triton this run starts listens on a free port
-        settings = Settings.from_env(environ={}, database_url=db_url, redis_url=args.redis_url, auth_required=False,
-                                     backend_allowlist=allow)
+        settings = Settings.from_env(
+            environ={}, database_url=db_url, redis_url=args.redis_url, auth_required=False, backend_allowlist=allow
+        )
         db.ensure_database(settings)
         stack.callback(_drop_database, args.pg_admin, f"kinfer_bench_batch_{uid}")
         db.upgrade(settings)
@@ -166,35 +185,70 @@ def main(argv: list[str] | None = None) -> int:
         prefix = f"kinfer:bench:batch:{uid}:"
         stack.callback(lambda: [rds.delete(k) for k in rds.scan_iter(prefix + "*")])
         topic = f"kinfer.batch.chunks.{uid}"
-        worker_env_settings = Settings.from_env(environ={}, database_url=db_url, redis_url=args.redis_url,
-                                                auth_required=False, s3_endpoint_url=s3.url, backend_allowlist=allow,
-                                                batch_chunk_size=args.chunk_size, max_body_bytes=64 << 20,
-                                                log_level="WARNING")
-        worker_url, worker_pid = serve(stack, "batch_worker", "process_batch_chunk", settings_env(worker_env_settings),
-                                       args.worker_processes, tmp)
-        sub = Subscription(name="batch-worker-source", namespace="kinfer", topics=(topic,), group="bench",
-                           sink=worker_url + "/", delivery=Delivery(retry=5, backoff_delay_s=0.2),
-                           initial_offset="earliest", ordering="unordered")
-        relay = EventRelay(rds, Wiring(sinks={"batch-chunks": topic}, subscriptions=(sub,)), port=free_port(),
-                           key_prefix=prefix, workers=args.relay_workers)
+        worker_env_settings = Settings.from_env(
+            environ={},
+            database_url=db_url,
+            redis_url=args.redis_url,
+            auth_required=False,
+            s3_endpoint_url=s3.url,
+            backend_allowlist=allow,
+            batch_chunk_size=args.chunk_size,
+            max_body_bytes=64 << 20,
+            log_level="WARNING",
+        )
+        worker_url, worker_pid = serve(
+            stack, "batch_worker", "process_batch_chunk", settings_env(worker_env_settings), args.worker_processes, tmp
+        )
+        sub = Subscription(
+            name="batch-worker-source",
+            namespace="kinfer",
+            topics=(topic,),
+            group="bench",
+            sink=worker_url + "/",
+            delivery=Delivery(retry=5, backoff_delay_s=0.2),
+            initial_offset="earliest",
+            ordering="unordered",
+        )
+        relay = EventRelay(
+            rds,
+            Wiring(sinks={"batch-chunks": topic}, subscriptions=(sub,)),
+            port=free_port(),
+            key_prefix=prefix,
+            workers=args.relay_workers,
+        )
         relay.start()
         stack.callback(relay.stop)
-        api_settings = Settings.from_env(environ={}, **{**_fields(worker_env_settings),
-                                                        "k_sink": relay.sink_url("batch-chunks")})
+        api_settings = Settings.from_env(
+            environ={}, **{**_fields(worker_env_settings), "k_sink": relay.sink_url("batch-chunks")}
+        )
         api, api_pid = serve(stack, "batch", "manage_batch_jobs", settings_env(api_settings), 1, tmp)
         services = Services(settings)
         stack.callback(services.close)
-        model = registry.create_model(services, {"name": f"iris-bench-{uid}", "version": "1", "framework": "onnx",
-                                                 "format": "onnx", "backend_url": grpc_url,
-                                                 "triton_model": "iris_classifier"})["name"]
+        model = registry.create_model(
+            services,
+            {
+                "name": f"iris-bench-{uid}",
+                "version": "1",
+                "framework": "onnx",
+                "format": "onnx",
+                "backend_url": grpc_url,
+                "triton_model": "iris_classifier",
+            },
+        )["name"]
         rows = items(args.items)
         direct(grpc_url, rows[:2000])  # warm up
         run_job(api, model, items(200))
         _, small_s, small = run_job(api, model, items(args.small))
         rss_small = peak_rss_mib(worker_pid)
         direct_s = direct(grpc_url, rows)
-        parts = {"batch API": api_pid, "batch worker": worker_pid, "S3 server": s3_pid, "Triton": triton_pid,
-                 "this process (relay, client)": os.getpid()}
+        parts = {
+            "batch API": api_pid,
+            "batch worker": worker_pid,
+            "S3 server": s3_pid,
+            "Triton": triton_pid,
+            "this process (relay, client)": os.getpid(),
+        }
+
         def cpu(name: str, pid: int) -> float:  # this process's children are counted on their own
             return cpu_seconds(pid, descendants=pid != os.getpid())
 
@@ -204,15 +258,21 @@ def main(argv: list[str] | None = None) -> int:
         rss_big = peak_rss_mib(worker_pid)
         assert big["status"] == "completed" and big["succeeded"] == args.items, big
         e2e_rate, direct_rate = args.items / total_s, args.items / direct_s
-        print(f"\nbatch benchmark: {args.items:,} iris items, chunk {args.chunk_size}, worker "
-              f"{args.worker_processes} uvicorn worker(s), relay {args.relay_workers} parallel")
+        print(
+            f"\nbatch benchmark: {args.items:,} iris items, chunk {args.chunk_size}, worker "
+            f"{args.worker_processes} uvicorn worker(s), relay {args.relay_workers} parallel"
+        )
         print(f"{'path':<44}{'seconds':>10}{'items/s':>12}{'ratio':>8}")
         print(f"{'direct Triton gRPC, sequential batches of 64':<44}{direct_s:>10.2f}{direct_rate:>12,.0f}{1:>8.2f}")
-        print(f"{'batch job: POST -> completed (end to end)':<44}{total_s:>10.2f}{e2e_rate:>12,.0f}"
-              f"{e2e_rate / direct_rate:>8.2f}")
+        print(
+            f"{'batch job: POST -> completed (end to end)':<44}{total_s:>10.2f}{e2e_rate:>12,.0f}"
+            f"{e2e_rate / direct_rate:>8.2f}"
+        )
         print(f"{'  of which POST /v1/batch (202)':<44}{submit_s:>10.2f}")
-        print(f"worker peak RSS (VmHWM): {rss_small:.0f} MiB after a {args.small:,}-item job "
-              f"({small_s:.1f}s), {rss_big:.0f} MiB after the {args.items:,}-item job")
+        print(
+            f"worker peak RSS (VmHWM): {rss_small:.0f} MiB after a {args.small:,}-item job "
+            f"({small_s:.1f}s), {rss_big:.0f} MiB after the {args.items:,}-item job"
+        )
         print("CPU seconds during the big job: " + ", ".join(f"{name} {s:.2f}" for name, s in used.items()))
     return 0
 
@@ -227,8 +287,9 @@ def _start_triton(stack: ExitStack, tmp: Path) -> tuple[str, int | None]:
     from shared.localstack.triton import TritonServer, default_repository
 
     ports = [free_port() for _ in range(3)]
-    server = TritonServer(default_repository(), tmp / "triton", http_port=ports[0], grpc_port=ports[1],
-                          metrics_port=ports[2])
+    server = TritonServer(
+        default_repository(), tmp / "triton", http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2]
+    )
     (tmp / "triton").mkdir(exist_ok=True)
     server.start(timeout=180)
     stack.callback(server.stop)

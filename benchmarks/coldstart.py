@@ -28,16 +28,37 @@ from benchmarks.realtime import ROW, TRITON_MODEL, backing, served_env  # noqa: 
 
 
 def import_seconds() -> float:
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import functions.infer.main"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stderr.strip().splitlines()
+    out = (
+        subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import functions.infer.main"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stderr.strip()
+        .splitlines()
+    )
     last = [line for line in out if line.endswith("functions.infer.main")][-1]
     return int(last.split("|")[1]) / 1e6
 
 
 def first_answers(env: dict[str, str], port: int, key: str | None, log: Path) -> tuple[float, float, float]:
     """(seconds until /livez answers, first /v1/infer ms, second /v1/infer ms) of a fresh process."""
-    cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--target", "run_inference", "--source", "functions/infer/main.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--target",
+        "run_inference",
+        "--source",
+        "functions/infer/main.py",
+    ]
     started = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(env, K_SERVICE="infer"), stdout=out, stderr=subprocess.STDOUT)

@@ -46,8 +46,9 @@ def infer(name: str, version: str | None = None, route_key: str | None = None, x
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     if route_key:
         headers["X-Route-Key"] = route_key
-    request = urllib.request.Request(GATEWAY + "/v1/infer", data=json.dumps(body).encode(), headers=headers,
-                                     method="POST")
+    request = urllib.request.Request(
+        GATEWAY + "/v1/infer", data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -88,8 +89,9 @@ def direct_triton(files: list[Path], work: Path) -> list[float]:
             (repo / name / "1" / "model.py").write_bytes(onnxgraph.runner_source())
             config = onnxgraph.config_text(onnxgraph.load(file), name, "python", 64)
             (repo / name / "config.pbtxt").write_text(tritonconfig.with_versions(config, [1]))
-            request = urllib.request.Request(f"{triton.http_url}/v2/repository/models/{name}/load", data=b"{}",
-                                             method="POST")
+            request = urllib.request.Request(
+                f"{triton.http_url}/v2/repository/models/{name}/load", data=b"{}", method="POST"
+            )
             urllib.request.urlopen(request, timeout=120).close()
             tensor = grpcclient.InferInput("x", [1, 1], "FP32")
             tensor.set_data_from_numpy(np.array([[1.0]], np.float32))
@@ -119,8 +121,14 @@ def promote_under_load(api: Api, name: str, moves: int, threads: int = 8) -> dic
     api.call("PUT", path, {"version": "1"})
     for t in pool:
         t.start()
-    plan = [{"version": "2"}, None, {"versions": {"1": 90, "2": 10}}, {"versions": {"1": 50, "2": 50}},
-            {"version": "2"}, None]
+    plan = [
+        {"version": "2"},
+        None,
+        {"versions": {"1": 90, "2": 10}},
+        {"versions": {"1": 50, "2": 50}},
+        {"version": "2"},
+        None,
+    ]
     started = time.perf_counter()
     for i in range(moves):
         time.sleep(0.5)
@@ -132,9 +140,16 @@ def promote_under_load(api: Api, name: str, moves: int, threads: int = 8) -> dic
         t.join(30)
     elapsed = time.perf_counter() - started
     total = sum(statuses.values())
-    return {"requests": total, "failed": total - statuses[200], "statuses": dict(statuses), "moves": moves,
-            "versions": dict(versions), "rps": total / elapsed,
-            "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000}
+    return {
+        "requests": total,
+        "failed": total - statuses[200],
+        "statuses": dict(statuses),
+        "moves": moves,
+        "versions": dict(versions),
+        "rps": total / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
 
 
 def bench_key() -> str:
@@ -175,14 +190,20 @@ def main() -> int:
     load = promote_under_load(api, name, args.moves)
     base, ours = statistics.median(direct), statistics.median(pushed)
     print(f"\nPush to first inference ({args.pushes} versions of one model, local stack, median / min / max)")
-    print(f"  direct: write folder + Triton load API + first gRPC inference   {base:6.2f} s  "
-          f"{min(direct):6.2f}  {max(direct):6.2f}   1.00x")
-    print(f"  kinfer models push -> first 200 from POST /v1/infer (gateway)   {ours:6.2f} s  "
-          f"{min(pushed):6.2f}  {max(pushed):6.2f}   {ours / base:.2f}x")
+    print(
+        f"  direct: write folder + Triton load API + first gRPC inference   {base:6.2f} s  "
+        f"{min(direct):6.2f}  {max(direct):6.2f}   1.00x"
+    )
+    print(
+        f"  kinfer models push -> first 200 from POST /v1/infer (gateway)   {ours:6.2f} s  "
+        f"{min(pushed):6.2f}  {max(pushed):6.2f}   {ours / base:.2f}x"
+    )
     print(f"\nAlias moves under load ({load['moves']} promote/split/rollback moves, 8 threads, gateway)")
-    print(f"  requests {load['requests']} ({load['rps']:.0f}/s), failed {load['failed']} (target 0), statuses "
-          f"{load['statuses']}, answered by version {load['versions']}, p50 {load['p50_ms']:.1f} ms, "
-          f"p99 {load['p99_ms']:.1f} ms")
+    print(
+        f"  requests {load['requests']} ({load['rps']:.0f}/s), failed {load['failed']} (target 0), statuses "
+        f"{load['statuses']}, answered by version {load['versions']}, p50 {load['p50_ms']:.1f} ms, "
+        f"p99 {load['p99_ms']:.1f} ms"
+    )
     return 0 if load["failed"] == 0 else 1
 
 

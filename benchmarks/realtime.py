@@ -110,19 +110,31 @@ def ensure_wrk(install: bool) -> str:
     raise SystemExit(f"this benchmark needs wrk: {how}")
 
 
-def wrk(binary: str, url: str, kind: str, model: str, key: str | None, connections: int, threads: int,
-        seconds: float) -> dict[str, float]:
+def wrk(
+    binary: str, url: str, kind: str, model: str, key: str | None, connections: int, threads: int, seconds: float
+) -> dict[str, float]:
     """One wrk run; the numbers the Lua script's ``done`` prints (latencies in microseconds)."""
     env = {**os.environ, "KINFER_WRK_KIND": kind, "KINFER_WRK_MODEL": model, "KINFER_WRK_KEY": key or ""}
-    cmd = [binary, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-           "--timeout", "10s", "-s", str(LUA), url]
+    cmd = [
+        binary,
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        url,
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
     for line in out.stdout.splitlines():
         if line.startswith("KINFER_WRK "):
             stats = json.loads(line.split(" ", 1)[1])
             if stats["status_errors"] or stats["socket_errors"]:
-                raise RuntimeError(f"wrk against {url} ({kind}): {stats['status_errors']} non-2xx answers, "
-                                   f"{stats['socket_errors']} socket errors; check the target's log")
+                raise RuntimeError(
+                    f"wrk against {url} ({kind}): {stats['status_errors']} non-2xx answers, "
+                    f"{stats['socket_errors']} socket errors; check the target's log"
+                )
             stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
             return stats
     raise RuntimeError(f"wrk printed no result for {url}:\n{out.stdout}\n{out.stderr}")
@@ -130,17 +142,28 @@ def wrk(binary: str, url: str, kind: str, model: str, key: str | None, connectio
 
 def wrk_targets(ep: Endpoints) -> list[tuple[str, str, str, str, str | None, str]]:
     """(name, base url, body kind, model in the request, key, pid role) per target; direct Triton first."""
-    targets = [("triton-http v2", f"http://{ep.triton_http}", "v2", TRITON_MODEL, None, "triton"),
-               ("function /v1/infer", ep.function, "v1", ep.model, ep.key, "function"),
-               ("function /v2", ep.function, "v2", ep.model, ep.key, "function")]
+    targets = [
+        ("triton-http v2", f"http://{ep.triton_http}", "v2", TRITON_MODEL, None, "triton"),
+        ("function /v1/infer", ep.function, "v1", ep.model, ep.key, "function"),
+        ("function /v2", ep.function, "v2", ep.model, ep.key, "function"),
+    ]
     if ep.gateway:
-        targets += [("gateway /v1/infer", ep.gateway, "v1", ep.model, ep.key, "gateway"),
-                    ("gateway /v2", ep.gateway, "v2", ep.model, ep.key, "gateway")]
+        targets += [
+            ("gateway /v1/infer", ep.gateway, "v1", ep.model, ep.key, "gateway"),
+            ("gateway /v2", ep.gateway, "v2", ep.model, ep.key, "gateway"),
+        ]
     return targets
 
 
-def run_wrk(ep: Endpoints, binary: str, connections: int, threads: int, seconds: float, seq_seconds: float,
-            only: set[str] | None = None) -> list[dict]:
+def run_wrk(
+    ep: Endpoints,
+    binary: str,
+    connections: int,
+    threads: int,
+    seconds: float,
+    seq_seconds: float,
+    only: set[str] | None = None,
+) -> list[dict]:
     rows = []
     for name, base, kind, model, key, role in wrk_targets(ep):
         if only and role != "triton" and not any(o in name for o in only):
@@ -150,23 +173,35 @@ def run_wrk(ep: Endpoints, binary: str, connections: int, threads: int, seconds:
         cpu_before = {r: cpu_seconds(pid) for r, pid in ep.pids.items()}
         load = wrk(binary, base, kind, model, key, connections, threads, seconds)
         per_k = {r: (cpu_seconds(pid) - cpu_before[r]) / load["requests"] * 1000 for r, pid in ep.pids.items()}
-        rows.append({"target": name, "role": role, "seq_p50_ms": seq["p50_us"] / 1000,
-                     "seq_p99_ms": seq["p99_us"] / 1000, "rps": load["rps"], "p50_ms": load["p50_us"] / 1000,
-                     "p99_ms": load["p99_us"] / 1000, "cpu_s_per_1k": per_k.get(role, float("nan")),
-                     "triton_cpu_s_per_1k": per_k.get("triton", float("nan"))})
+        rows.append(
+            {
+                "target": name,
+                "role": role,
+                "seq_p50_ms": seq["p50_us"] / 1000,
+                "seq_p99_ms": seq["p99_us"] / 1000,
+                "rps": load["rps"],
+                "p50_ms": load["p50_us"] / 1000,
+                "p99_ms": load["p99_us"] / 1000,
+                "cpu_s_per_1k": per_k.get(role, float("nan")),
+                "triton_cpu_s_per_1k": per_k.get("triton", float("nan")),
+            }
+        )
     return rows
 
 
 def wrk_table(rows: list[dict], connections: int) -> str:
     base = rows[0]
-    head = (f"{'target':<20}{'seq p50':>9}{'seq p99':>9}{'+p50':>8}{f'req/s@{connections}':>11}{'ratio':>7}"
-            f"{'p50':>8}{'p99':>8}{'CPU s/1k':>10}{'Triton s/1k':>12}")
-    lines = [head, f"{'':<20}{'ms':>9}{'ms':>9}{'ms':>8}{'':>11}{'':>7}{'ms':>8}{'ms':>8}"
-                   f"{'(server)':>10}{'':>12}"]
+    head = (
+        f"{'target':<20}{'seq p50':>9}{'seq p99':>9}{'+p50':>8}{f'req/s@{connections}':>11}{'ratio':>7}"
+        f"{'p50':>8}{'p99':>8}{'CPU s/1k':>10}{'Triton s/1k':>12}"
+    )
+    lines = [head, f"{'':<20}{'ms':>9}{'ms':>9}{'ms':>8}{'':>11}{'':>7}{'ms':>8}{'ms':>8}{'(server)':>10}{'':>12}"]
     for r in rows:
-        lines.append(f"{r['target']:<20}{r['seq_p50_ms']:9.3f}{r['seq_p99_ms']:9.3f}"
-                     f"{r['seq_p50_ms'] - base['seq_p50_ms']:8.3f}{r['rps']:11,.0f}{r['rps'] / base['rps']:7.2f}"
-                     f"{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{r['cpu_s_per_1k']:10.3f}{r['triton_cpu_s_per_1k']:12.3f}")
+        lines.append(
+            f"{r['target']:<20}{r['seq_p50_ms']:9.3f}{r['seq_p99_ms']:9.3f}"
+            f"{r['seq_p50_ms'] - base['seq_p50_ms']:8.3f}{r['rps']:11,.0f}{r['rps'] / base['rps']:7.2f}"
+            f"{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{r['cpu_s_per_1k']:10.3f}{r['triton_cpu_s_per_1k']:12.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -181,11 +216,13 @@ def ranges_table(runs: list[list[dict]]) -> str:
             lo, hi = min(values), max(values)
             return f"{lo:{fmt}}-{hi:{fmt}}" if len(values) > 1 else f"{lo:{fmt}}"
 
-        lines.append(f"{first['target']:<20}{span([r['rps'] for r in per], ',.0f'):>16}"
-                     f"{span([r['rps'] / b['rps'] for r, b in zip(per, base, strict=True)], '.2f'):>12}"
-                     f"{span([r['seq_p50_ms'] - b['seq_p50_ms'] for r, b in zip(per, base, strict=True)], '.3f'):>14}"
-                     f"{span([r['p99_ms'] for r in per], '.2f'):>16}"
-                     f"{span([r['cpu_s_per_1k'] for r in per], '.3f'):>14}")
+        lines.append(
+            f"{first['target']:<20}{span([r['rps'] for r in per], ',.0f'):>16}"
+            f"{span([r['rps'] / b['rps'] for r, b in zip(per, base, strict=True)], '.2f'):>12}"
+            f"{span([r['seq_p50_ms'] - b['seq_p50_ms'] for r, b in zip(per, base, strict=True)], '.3f'):>14}"
+            f"{span([r['p99_ms'] for r in per], '.2f'):>16}"
+            f"{span([r['cpu_s_per_1k'] for r in per], '.3f'):>14}"
+        )
     return "\n".join(lines)
 
 
@@ -279,8 +316,10 @@ def run_python(ep: Endpoints, n: int, concurrency: int) -> str:
     base = rows[0]
     lines = [f"{'target':<12} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {f'rps@{concurrency}':>9} {'rps ratio':>9}"]
     for r in rows:
-        lines.append(f"{r['target']:<12} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['p50_ms'] - base['p50_ms']:8.3f} "
-                     f"{r['rps']:9.0f} {r['rps'] / base['rps']:9.2f}")
+        lines.append(
+            f"{r['target']:<12} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['p50_ms'] - base['p50_ms']:8.3f} "
+            f"{r['rps']:9.0f} {r['rps'] / base['rps']:9.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -309,22 +348,40 @@ def backing(auth: bool) -> Iterator[Backing]:
     from tests.conftest import PG_ADMIN_URL, free_port
 
     with tempfile.TemporaryDirectory() as state, contextlib.ExitStack() as stack:
-        triton = stack.enter_context(TritonServer(default_repository(), Path(state), free_port(), free_port(),
-                                                  free_port()))
+        triton = stack.enter_context(
+            TritonServer(default_repository(), Path(state), free_port(), free_port(), free_port())
+        )
         name = f"kinfer_bench_{uuid.uuid4().hex[:8]}"
         url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
         stack.callback(_drop_database, PG_ADMIN_URL, name)
-        settings = Settings.from_env(environ={}, database_url=url, redis_url="redis://127.0.0.1:6379/1",
-                                     auth_required=auth, triton_url=triton.grpc_url, log_level="WARNING")
+        settings = Settings.from_env(
+            environ={},
+            database_url=url,
+            redis_url="redis://127.0.0.1:6379/1",
+            auth_required=auth,
+            triton_url=triton.grpc_url,
+            log_level="WARNING",
+        )
         db.ensure_database(settings)
         db.upgrade(settings)
         services = Services(settings)
         try:
-            registry.create_model(services, {"name": TRITON_MODEL, "version": "1", "framework": "onnx",
-                                             "format": "onnx", "backend_url": triton.grpc_url,
-                                             "triton_model": TRITON_MODEL})
-            key = keys.create_key(services, f"bench-{uuid.uuid4().hex[:6]}", "infer",
-                                  rate_limit=keys.MAX_RATE_LIMIT)[1] if auth else None
+            registry.create_model(
+                services,
+                {
+                    "name": TRITON_MODEL,
+                    "version": "1",
+                    "framework": "onnx",
+                    "format": "onnx",
+                    "backend_url": triton.grpc_url,
+                    "triton_model": TRITON_MODEL,
+                },
+            )
+            key = (
+                keys.create_key(services, f"bench-{uuid.uuid4().hex[:6]}", "infer", rate_limit=keys.MAX_RATE_LIMIT)[1]
+                if auth
+                else None
+            )
         finally:
             services.close()
         yield Backing(triton, settings, key, Path(state))
@@ -341,23 +398,46 @@ def self_contained(workers: int, auth: bool, extra_env: dict[str, str]) -> Itera
     """``backing`` plus the infer function and the gateway (``kinfer serve``) on free ports."""
     with backing(auth) as b, contextlib.ExitStack() as stack:
         env = served_env(b, extra_env)
-        function = _serve(stack, ["--target", "run_inference", "--source", "functions/infer/main.py"],
-                          workers, dict(env, K_SERVICE="infer"), b.state / "function.log")
+        function = _serve(
+            stack,
+            ["--target", "run_inference", "--source", "functions/infer/main.py"],
+            workers,
+            dict(env, K_SERVICE="infer"),
+            b.state / "function.log",
+        )
         gateway = _serve(stack, ["--gateway"], workers, dict(env, K_SERVICE="gateway"), b.state / "gateway.log")
         triton: Any = b.triton
-        yield Endpoints(triton.http_url.removeprefix("http://"), triton.grpc_url, function[0], gateway[0],
-                        TRITON_MODEL, b.key, {"triton": triton.pid or 0, "function": function[1],
-                                              "gateway": gateway[1]})
+        yield Endpoints(
+            triton.http_url.removeprefix("http://"),
+            triton.grpc_url,
+            function[0],
+            gateway[0],
+            TRITON_MODEL,
+            b.key,
+            {"triton": triton.pid or 0, "function": function[1], "gateway": gateway[1]},
+        )
 
 
-def _serve(stack: contextlib.ExitStack, args: list[str], workers: int, env: dict[str, str],
-           log_path: Path) -> tuple[str, int]:
+def _serve(
+    stack: contextlib.ExitStack, args: list[str], workers: int, env: dict[str, str], log_path: Path
+) -> tuple[str, int]:
     from tests.conftest import free_port
 
     port = free_port()
     log = log_path.open("wb")
-    cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *args,
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def stop() -> None:
@@ -409,15 +489,15 @@ def local_stack(api_key: str | None) -> Endpoints:
 
         services = Services(Settings.from_env())
         try:
-            key = keys.create_key(services, f"bench-{uuid.uuid4().hex[:6]}", "infer",
-                                  rate_limit=keys.MAX_RATE_LIMIT)[1]
+            key = keys.create_key(services, f"bench-{uuid.uuid4().hex[:6]}", "infer", rate_limit=keys.MAX_RATE_LIMIT)[1]
         finally:
             services.close()
     comps = load_state().get("components", {})
     roles = (("triton", "triton"), ("function", "infer"), ("gateway", "gateway"))
     pids = {role: int(comps[name]["pid"]) for role, name in roles if comps.get(name, {}).get("pid")}
-    return Endpoints("127.0.0.1:8000", "127.0.0.1:8001", "http://127.0.0.1:8082", "http://127.0.0.1:8080",
-                     TRITON_MODEL, key, pids)
+    return Endpoints(
+        "127.0.0.1:8000", "127.0.0.1:8001", "http://127.0.0.1:8082", "http://127.0.0.1:8080", TRITON_MODEL, key, pids
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,12 +505,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("wrk", "python"), default="wrk")
     p.add_argument("--stack", action="store_true", help="measure the running `kinfer up` stack (fixed ports)")
     p.add_argument("--api-key", help="--stack: the key to send (default: create one with a high rate limit)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="uvicorn worker processes per server (self-contained; default 1: coalescing merges "
-                        "within a process, and on 2 cores one process feeds Triton bigger batches than two)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes per server (self-contained; default 1: coalescing merges "
+        "within a process, and on 2 cores one process feeds Triton bigger batches than two)",
+    )
     p.add_argument("--no-auth", action="store_true", help="self-contained: serve without API keys")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="extra setting for the served function and gateway (repeatable)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra setting for the served function and gateway (repeatable)",
+    )
     p.add_argument("-c", "--connections", type=int, default=8)
     p.add_argument("-t", "--threads", type=int, default=2, help="wrk threads")
     p.add_argument("-d", "--duration", type=float, default=8, help="seconds per wrk load run")
@@ -452,11 +541,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         runs = []
         for i in range(args.runs):
-            rows = run_wrk(ep, binary, args.connections, args.threads, args.duration, args.seq_duration,
-                           set(args.only) if args.only else None)
+            rows = run_wrk(
+                ep,
+                binary,
+                args.connections,
+                args.threads,
+                args.duration,
+                args.seq_duration,
+                set(args.only) if args.only else None,
+            )
             runs.append(rows)
-            print(f"\nrun {i + 1}/{args.runs}: wrk -c{args.connections} -t{args.threads} -d{args.duration:g}s "
-                  f"(sequential: -c1 -d{args.seq_duration:g}s); {args.workers} uvicorn worker(s) per server")
+            print(
+                f"\nrun {i + 1}/{args.runs}: wrk -c{args.connections} -t{args.threads} -d{args.duration:g}s "
+                f"(sequential: -c1 -d{args.seq_duration:g}s); {args.workers} uvicorn worker(s) per server"
+            )
             print(wrk_table(rows, args.connections), flush=True)
         if args.runs > 1:
             print(f"\nranges over {args.runs} runs (min-max)")

@@ -37,9 +37,19 @@ def main() -> int:
     db.upgrade(settings)
     services = Services(settings)
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    ids = [registry.create_model(services, {"name": f"{prefix}-{i}", "version": "1", "framework": "onnx",
-                                            "format": "onnx", "backend_url": "127.0.0.1:8001"})["id"]
-           for i in range(args.n)]
+    ids = [
+        registry.create_model(
+            services,
+            {
+                "name": f"{prefix}-{i}",
+                "version": "1",
+                "framework": "onnx",
+                "format": "onnx",
+                "backend_url": "127.0.0.1:8001",
+            },
+        )["id"]
+        for i in range(args.n)
+    ]
     try:
         with serve_function("models", "manage_models", free_port(), settings) as base:
             client = KeepAlive(base)
@@ -57,8 +67,10 @@ def main() -> int:
         services.close()
     base_stats = summarize(direct)
     rows = [("direct PostgreSQL PK query (baseline)", base_stats, "1.00x")]
-    for name, samples in (("GET /v1/models/{id} uncached (HTTP)", uncached),
-                          ("GET /v1/models/{id} cached (HTTP)", cached)):
+    for name, samples in (
+        ("GET /v1/models/{id} uncached (HTTP)", uncached),
+        ("GET /v1/models/{id} cached (HTTP)", cached),
+    ):
         stats = summarize(samples)
         rows.append((name, stats, f"{stats['p50'] / base_stats['p50']:.2f}x p50"))
     print_table(f"Registry GET by id, n={args.n} (targets: cached p50 <= 2 ms, uncached p50 <= 5 ms)", rows)

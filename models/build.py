@@ -96,8 +96,12 @@ def iris_to_onnx(model) -> bytes:
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.linear_model import LogisticRegression
 
-    onx = convert_sklearn(model, initial_types=[("features", FloatTensorType([None, 4]))],
-                          options={LogisticRegression: {"zipmap": False}}, target_opset=OPSET)
+    onx = convert_sklearn(
+        model,
+        initial_types=[("features", FloatTensorType([None, 4]))],
+        options={LogisticRegression: {"zipmap": False}},
+        target_opset=OPSET,
+    )
     _reshape_label(onx, helper, numpy_helper)
     onx.graph.name = "iris_classifier"  # skl2onnx names it with a random uuid
     onx.doc_string = "Iris classifier; classes: " + ",".join(CLASS_NAMES)
@@ -175,8 +179,9 @@ def build(out: Path, production: Path | None = None) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "repository", help="local (Python backend) repository")
-    parser.add_argument("--production", type=Path, default=HERE / "production",
-                        help="NGC (onnxruntime backend) repository")
+    parser.add_argument(
+        "--production", type=Path, default=HERE / "production", help="NGC (onnxruntime backend) repository"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     onnx_bytes = build(args.out, args.production)

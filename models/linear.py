@@ -17,10 +17,12 @@ def linear(k: float) -> bytes:
     from onnx import TensorProto, checker, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])], "linear",
+        [helper.make_node("Mul", ["x", "k"], ["y"])],
+        "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        [helper.make_tensor("k", TensorProto.FLOAT, [1], [k])])
+        [helper.make_tensor("k", TensorProto.FLOAT, [1], [k])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     checker.check_model(model)
     return bytes(model.SerializeToString())

@@ -40,8 +40,15 @@ class Function:
 
 
 FUNCTIONS: tuple[Function, ...] = (
-    Function("models", "manage_models", "models", 8083, public=("/v1/models",), public_service="models-public",
-             internal_without_auth=True),
+    Function(
+        "models",
+        "manage_models",
+        "models",
+        8083,
+        public=("/v1/models",),
+        public_service="models-public",
+        internal_without_auth=True,
+    ),
     Function("backends", "serve_backends", "backends", 8081, public=("/v1/backends",)),
     Function("infer", "run_inference", "infer", 8082, public=("/v1/infer", "/v2")),
     Function("batch", "manage_batch_jobs", "batch", 8084, public=("/v1/batch",), emits_events=True),

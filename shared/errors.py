@@ -33,9 +33,15 @@ class KinferError(Exception):
     code = "internal_error"
     retryable = False
 
-    def __init__(self, message: str, *, field: str | None = None,
-                 retry_after: float | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after: float | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field

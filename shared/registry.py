@@ -49,11 +49,32 @@ UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-
 MAX_TAGS, MAX_BACKENDS, MAX_METADATA_BYTES, MAX_DESCRIPTION = 32, 16, 16384, 4096
 DEFAULT_ALIAS = "production"
 
-CREATE_FIELDS = ("name", "version", "framework", "format", "backend_url", "backend_urls", "triton_model",
-                 "triton_version", "description", "tags", "metadata", "status")
+CREATE_FIELDS = (
+    "name",
+    "version",
+    "framework",
+    "format",
+    "backend_url",
+    "backend_urls",
+    "triton_model",
+    "triton_version",
+    "description",
+    "tags",
+    "metadata",
+    "status",
+)
 UPDATE_FIELDS = ("description", "status", "tags", "metadata", "backend_url", "backend_urls", "triton_model")
-READ_ONLY = ("id", "created_at", "updated_at", "state", "state_reason", "repository_uri", "artifact_format",
-             "artifact_sha256", "artifact_bytes")
+READ_ONLY = (
+    "id",
+    "created_at",
+    "updated_at",
+    "state",
+    "state_reason",
+    "repository_uri",
+    "artifact_format",
+    "artifact_sha256",
+    "artifact_bytes",
+)
 GEN_KEY = "kinfer:reg:gen"
 NAMES_KEY = "kinfer:reg:names"
 EVENTS_CHANNEL = "kinfer:reg:events"
@@ -66,14 +87,33 @@ def _backend_urls(body: dict[str, Any]) -> list[str] | None:
         raise InvalidInput("give backend_url or backend_urls, not both", field="backend_urls")
     if "backend_url" in body:
         raw = body["backend_url"]
-        return [] if raw is None else [v.string(raw, "backend_url", max_len=256, pattern=BACKEND_URL,
-                                                hint="expected host:port or grpc://host:port")]
+        return (
+            []
+            if raw is None
+            else [
+                v.string(
+                    raw,
+                    "backend_url",
+                    max_len=256,
+                    pattern=BACKEND_URL,
+                    hint="expected host:port, grpc://host:port or http://host:port",
+                )
+            ]
+        )
     if "backend_urls" in body:
         raw = body["backend_urls"]
         if not isinstance(raw, list) or len(raw) > MAX_BACKENDS:
             raise InvalidInput(f"backend_urls must be a list of at most {MAX_BACKENDS} URLs", field="backend_urls")
-        urls = [v.string(u, "backend_urls", max_len=256, pattern=BACKEND_URL, hint="expected host:port")
-                for u in raw]
+        urls = [
+            v.string(
+                u,
+                "backend_urls",
+                max_len=256,
+                pattern=BACKEND_URL,
+                hint="expected host:port, grpc://host:port or http://host:port",
+            )
+            for u in raw
+        ]
         if len(set(urls)) != len(urls):
             raise InvalidInput("backend_urls has duplicates", field="backend_urls")
         return urls
@@ -91,8 +131,7 @@ def _mutable_fields(body: dict[str, Any]) -> dict[str, Any]:
     """Validate the fields both create and update accept; return the column values given."""
     out: dict[str, Any] = {}
     if "description" in body:
-        out["description"] = v.string(body["description"], "description", max_len=MAX_DESCRIPTION,
-                                      allow_empty=True)
+        out["description"] = v.string(body["description"], "description", max_len=MAX_DESCRIPTION, allow_empty=True)
     if "status" in body:
         out["status"] = v.choice(body["status"], "status", STATUSES)
     if "tags" in body:
@@ -115,10 +154,14 @@ def validate_create(body: Any, extra_fields: tuple[str, ...] = ()) -> dict[str, 
         if body.get(required) in (None, ""):
             raise InvalidInput(f"{required} is required", field=required)
     row: dict[str, Any] = {
-        "name": v.string(body["name"], "name", max_len=128, pattern=NAME,
-                         hint="start with a letter or digit; then letters, digits, '.', '_' or '-'"),
-        "version": v.string(body["version"], "version", max_len=32, pattern=VERSION,
-                            hint="expected 1, 1.0 or 1.0.0"),
+        "name": v.string(
+            body["name"],
+            "name",
+            max_len=128,
+            pattern=NAME,
+            hint="start with a letter or digit; then letters, digits, '.', '_' or '-'",
+        ),
+        "version": v.string(body["version"], "version", max_len=32, pattern=VERSION, hint="expected 1, 1.0 or 1.0.0"),
         "framework": v.choice(body["framework"], "framework", FRAMEWORKS),
         "format": v.choice(body["format"], "format", FORMATS),
     }
@@ -126,11 +169,32 @@ def validate_create(body: Any, extra_fields: tuple[str, ...] = ()) -> dict[str, 
     if body.get("triton_version") is not None:
         raw = body["triton_version"]
         if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 2**31 - 1:
-            raise InvalidInput("triton_version must be a positive integer (the Triton version this registry "
-                               "version maps to)", field="triton_version")
+            raise InvalidInput(
+                "triton_version must be a positive integer (the Triton version this registry version maps to)",
+                field="triton_version",
+            )
         row["triton_version"] = raw
     row.setdefault("triton_model", row["name"])
     return row
+
+
+# Fields of the representation (GET) that an update cannot change: a PUT of the object a client read,
+# with its changes, is accepted when these still hold their current values. In such an object (its
+# "id" is the model's) the fields the server keeps moving may be stale, and are ignored.
+ECHOED = frozenset(("name", "version", "framework", "format", "triton_version", "artifact_uri", "warnings", *READ_ONLY))
+DRIFTING = frozenset(("updated_at", "state", "state_reason", "warnings"))
+
+
+def _without_echoed(body: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``body`` less the fields that merely repeat ``current`` (a changed one is still refused, naming it)."""
+    echo = body.get("id") == current["id"]
+    repeated = {k for k, v in body.items() if k in ECHOED and (current.get(k, k) == v or (echo and k in DRIFTING))}
+    kept = {k: v for k, v in body.items() if k not in repeated}
+    urls = kept.get("backend_urls")
+    if "backend_url" in kept and isinstance(urls, list):  # both, as GET shows them: backend_urls is the truth
+        if kept["backend_url"] == (urls[0] if urls else None):
+            del kept["backend_url"]
+    return kept
 
 
 def validate_update(body: Any) -> dict[str, Any]:
@@ -153,9 +217,13 @@ def check_backends_allowed(services: Services, urls: list[str], field: str = "ba
     for url in urls:
         target = resolve_backend(url, own)
         if not any(fnmatchcase(target, p.lower()) for p in patterns):
-            raise InvalidInput(f"{field} {backend_id(url)!r} is not an allowed Triton backend; allowed: "
-                               f"{', '.join(dict.fromkeys(patterns))} (BACKEND_ALLOWLIST), and triton:8001 for "
-                               "this deployment's own Triton", field=field, code="backend_not_allowed")
+            raise InvalidInput(
+                f"{field} {backend_id(url)!r} is not an allowed Triton backend; allowed: "
+                f"{', '.join(dict.fromkeys(patterns))} (BACKEND_ALLOWLIST), and triton:8001 (or "
+                "triton:8000) for this deployment's own Triton",
+                field=field,
+                code="backend_not_allowed",
+            )
 
 
 def backend_field(body: Any) -> str:
@@ -168,23 +236,43 @@ def to_json(row: Any) -> dict[str, Any]:
     m = row._mapping
     urls = list(m["backend_urls"] or [])
     return {
-        "id": str(m["id"]), "name": m["name"], "version": m["version"], "framework": m["framework"],
-        "format": m["format"], "backend_url": urls[0] if urls else None, "backend_urls": urls,
-        "triton_model": m["triton_model"], "triton_version": m["triton_version"],
-        "description": m["description"], "tags": list(m["tags"]),
-        "metadata": dict(m["metadata"]), "status": m["status"], "state": m["state"],
-        "state_reason": m["state_reason"], "artifact_uri": m["artifact_uri"],
-        "repository_uri": m["repository_uri"], "artifact_format": m["artifact_format"],
-        "artifact_sha256": m["artifact_sha256"], "artifact_bytes": m["artifact_bytes"],
-        "created_at": m["created_at"].isoformat(), "updated_at": m["updated_at"].isoformat(),
+        "id": str(m["id"]),
+        "name": m["name"],
+        "version": m["version"],
+        "framework": m["framework"],
+        "format": m["format"],
+        "backend_url": urls[0] if urls else None,
+        "backend_urls": urls,
+        "triton_model": m["triton_model"],
+        "triton_version": m["triton_version"],
+        "description": m["description"],
+        "tags": list(m["tags"]),
+        "metadata": dict(m["metadata"]),
+        "status": m["status"],
+        "state": m["state"],
+        "state_reason": m["state_reason"],
+        "artifact_uri": m["artifact_uri"],
+        "repository_uri": m["repository_uri"],
+        "artifact_format": m["artifact_format"],
+        "artifact_sha256": m["artifact_sha256"],
+        "artifact_bytes": m["artifact_bytes"],
+        "created_at": m["created_at"].isoformat(),
+        "updated_at": m["updated_at"].isoformat(),
     }
 
 
 # Fields added by the lifecycle (migration 0004). A copy cached by an older revision lacks them; it
 # reads as what such a row is: a ready version Kinfer does not manage.
-_LIFECYCLE_DEFAULTS = {"triton_version": None, "state": "ready", "state_reason": None, "artifact_uri": None,
-                       "repository_uri": None, "artifact_format": None, "artifact_sha256": None,
-                       "artifact_bytes": None}
+_LIFECYCLE_DEFAULTS = {
+    "triton_version": None,
+    "state": "ready",
+    "state_reason": None,
+    "artifact_uri": None,
+    "repository_uri": None,
+    "artifact_format": None,
+    "artifact_sha256": None,
+    "artifact_bytes": None,
+}
 
 
 def _complete(model: dict[str, Any]) -> dict[str, Any]:
@@ -235,16 +323,26 @@ def _fetch_one(services: Services, where: Any, missing: str) -> dict[str, Any]:
 
 def get_model(services: Services, raw_id: str) -> dict[str, Any]:
     model_id = parse_id(raw_id)
-    return _complete(_cached(services, _id_key(model_id),
-                             lambda: _fetch_one(services, models.c.id == model_id, f"model {raw_id} not found")))
+    return _complete(
+        _cached(
+            services,
+            _id_key(model_id),
+            lambda: _fetch_one(services, models.c.id == model_id, f"model {raw_id} not found"),
+        )
+    )
 
 
 def get_model_by_name(services: Services, name: str, version: str) -> dict[str, Any]:
     if not NAME.fullmatch(name) or not VERSION.fullmatch(version):
         raise NotFound(f"model {name[:64]!r} version {version[:32]!r} not found", code="version_not_found")
     where = sa.and_(models.c.name == name, models.c.version == version)
-    return _complete(_cached(services, _nv_key(name, version),
-                             lambda: _fetch_one(services, where, f"model {name!r} version {version!r} not found")))
+    return _complete(
+        _cached(
+            services,
+            _nv_key(name, version),
+            lambda: _fetch_one(services, where, f"model {name!r} version {version!r} not found"),
+        )
+    )
 
 
 def view(services: Services, name: str) -> dict[str, Any]:
@@ -255,11 +353,15 @@ def view(services: Services, name: str) -> dict[str, Any]:
 def _load_view(services: Services, name: str) -> dict[str, Any]:
     with services.db.read() as conn:
         rows = conn.execute(sa.select(models).where(models.c.name == name)).all()
-        aliases = conn.execute(sa.select(model_aliases.c.alias, model_aliases.c.versions)
-                               .where(model_aliases.c.name == name)).all()
+        aliases = conn.execute(
+            sa.select(model_aliases.c.alias, model_aliases.c.versions).where(model_aliases.c.name == name)
+        ).all()
     active = {r.version: to_json(r) for r in rows if r.status == "active"}
-    others = {r.version: {"status": r.status, "state": r.state, "state_reason": r.state_reason}
-              for r in rows if r.status != "active"}
+    others = {
+        r.version: {"status": r.status, "state": r.state, "state_reason": r.state_reason}
+        for r in rows
+        if r.status != "active"
+    }
     return {"active": active, "others": others, "aliases": {a.alias: dict(a.versions) for a in aliases}}
 
 
@@ -276,15 +378,17 @@ def resolve_target(services: Services, name: str, version: str | None = None) ->
             return _alias_target(known, name, DEFAULT_ALIAS)
         servable = [m for m in known["active"].values() if m["state"] == SERVABLE]
         if not servable:
-            raise NotFound(f"model {name!r} has no active version ready to serve ({_summary(known)})",
-                           code="no_active_version")
+            raise NotFound(
+                f"model {name!r} has no active version ready to serve ({_summary(known)})", code="no_active_version"
+            )
         return {"alias": None, "choices": [[100, max(servable, key=lambda m: version_key(m["version"]))]]}
     if VERSION.fullmatch(version):
         return {"alias": None, "choices": [[100, _servable(known, name, version)]]}
     if version in known["aliases"]:
         return _alias_target(known, name, version)
-    raise NotFound(f"model {name!r} has no version or alias {version[:32]!r} ({_summary(known)})",
-                   code="version_not_found")
+    raise NotFound(
+        f"model {name!r} has no version or alias {version[:32]!r} ({_summary(known)})", code="version_not_found"
+    )
 
 
 def _servable(known: dict[str, Any], name: str, version: str) -> dict[str, Any]:
@@ -292,23 +396,31 @@ def _servable(known: dict[str, Any], name: str, version: str) -> dict[str, Any]:
     if model is None:
         other = known["others"].get(version)
         if other is not None:
-            raise NotFound(f"model {name!r} version {version!r} is {other['status']}, not active",
-                           code="version_not_active")
+            raise NotFound(
+                f"model {name!r} version {version!r} is {other['status']}, not active", code="version_not_active"
+            )
         raise NotFound(f"model {name!r} has no version {version!r} ({_summary(known)})", code="version_not_found")
     state = model["state"]
     if state == "failed":
-        raise NotFound(f"model {name!r} version {version!r} failed to load: {model['state_reason'] or 'no reason'}",
-                       code="version_failed")
+        raise NotFound(
+            f"model {name!r} version {version!r} failed to load: {model['state_reason'] or 'no reason'}",
+            code="version_failed",
+        )
     if state != SERVABLE:
         what = "awaits its artifact upload" if state == "awaiting_upload" else f"is {state}"
-        raise Unavailable(f"model {name!r} version {version!r} {what}; it serves once every Triton replica "
-                          "has loaded it", retry_after=2, code="version_not_ready")
+        raise Unavailable(
+            f"model {name!r} version {version!r} {what}; it serves once every Triton replica has loaded it",
+            retry_after=2,
+            code="version_not_ready",
+        )
     return dict(model)
 
 
 def _alias_target(known: dict[str, Any], name: str, alias: str) -> dict[str, Any]:
-    choices = [[int(weight), _servable(known, name, version)]
-               for version, weight in sorted(known["aliases"][alias].items(), key=lambda kv: version_key(kv[0]))]
+    choices = [
+        [int(weight), _servable(known, name, version)]
+        for version, weight in sorted(known["aliases"][alias].items(), key=lambda kv: version_key(kv[0]))
+    ]
     return {"alias": alias, "choices": choices}
 
 
@@ -330,8 +442,9 @@ def pick(target: dict[str, Any], route_key: str | None) -> dict[str, Any]:
     return dict(choices[-1][1])
 
 
-def resolve_model(services: Services, name: str, version: str | None = None,
-                  route_key: str | None = None) -> dict[str, Any]:
+def resolve_model(
+    services: Services, name: str, version: str | None = None, route_key: str | None = None
+) -> dict[str, Any]:
     """The model row that serves this request (see ``resolve_target`` and ``pick``)."""
     return pick(resolve_target(services, name, version), route_key)
 
@@ -351,8 +464,11 @@ def _unknown_model_message(services: Services, name: str) -> str:
     lowered = name.lower()
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     close += [n for n in names if (lowered in n.lower() or n.lower() in lowered) and n not in close]
-    hint = f"; did you mean {' or '.join(repr(n) for n in close[:3])}?" if close else \
-        "; list the registered models with GET /v1/models"
+    hint = (
+        f"; did you mean {' or '.join(repr(n) for n in close[:3])}?"
+        if close
+        else "; list the registered models with GET /v1/models"
+    )
     return f"model {name!r} not found{hint}"
 
 
@@ -378,8 +494,9 @@ def list_models(services: Services, args: Any) -> dict[str, Any]:
     query = sa.select(models).where(*conditions)
     with services.db.begin() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
-        rows = conn.execute(query.order_by(models.c.created_at.desc(), models.c.id.desc())
-                            .limit(limit).offset(offset)).all()
+        rows = conn.execute(
+            query.order_by(models.c.created_at.desc(), models.c.id.desc()).limit(limit).offset(offset)
+        ).all()
     return {"models": [to_json(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
 
@@ -409,6 +526,8 @@ def insert(services: Services, conn: Any, row: dict[str, Any]) -> dict[str, Any]
 
 def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
     model_id = parse_id(raw_id)
+    if isinstance(body, dict) and not ECHOED.isdisjoint(body):
+        body = _without_echoed(body, get_model(services, raw_id))
     values = validate_update(body)
     if "backend_urls" in values:
         check_backends_allowed(services, values["backend_urls"], backend_field(body))
@@ -418,8 +537,9 @@ def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
             current = conn.execute(sa.select(models.c.name, models.c.version).where(models.c.id == model_id)).first()
             if current is not None:
                 _refuse_if_aliased(conn, current.name, current.version, f"make it {values['status']}")
-        row = conn.execute(sa.update(models).where(models.c.id == model_id).values(**values)
-                           .returning(*models.c)).first()
+        row = conn.execute(
+            sa.update(models).where(models.c.id == model_id).values(**values).returning(*models.c)
+        ).first()
         if row is None:
             raise NotFound(f"model {raw_id} not found")
         model = to_json(row)
@@ -428,16 +548,20 @@ def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
     return model
 
 
-def set_state(services: Services, model_id: str, state: str, reason: str | None = None,
-              only_from: tuple[str, ...] = ()) -> dict[str, Any] | None:
+def set_state(
+    services: Services, model_id: str, state: str, reason: str | None = None, only_from: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
     """Move a version's load state (the agents and the artifact path); None when ``only_from`` did not hold."""
     where = [models.c.id == uuid.UUID(model_id)]
     if only_from:
         where.append(models.c.state.in_(only_from))
     with services.db.begin() as conn:
-        row = conn.execute(sa.update(models).where(*where)
-                           .values(state=state, state_reason=reason, updated_at=sa.func.clock_timestamp())
-                           .returning(*models.c)).first()
+        row = conn.execute(
+            sa.update(models)
+            .where(*where)
+            .values(state=state, state_reason=reason, updated_at=sa.func.clock_timestamp())
+            .returning(*models.c)
+        ).first()
         if row is None:
             return None
         model = to_json(row)
@@ -462,12 +586,21 @@ def delete_model(services: Services, raw_id: str) -> dict[str, Any]:
 
 
 def _refuse_if_aliased(conn: Any, name: str, version: str, action: str) -> None:
-    aliases = [r.alias for r in conn.execute(sa.select(model_aliases.c.alias).where(
-        model_aliases.c.name == name, model_aliases.c.versions.has_key(version)))]
+    aliases = [
+        r.alias
+        for r in conn.execute(
+            sa.select(model_aliases.c.alias).where(
+                model_aliases.c.name == name, model_aliases.c.versions.has_key(version)
+            )
+        )
+    ]
     if aliases:
-        raise Conflict(f"model {name!r} version {version!r} is served through alias "
-                       f"{', '.join(repr(a) for a in sorted(aliases))}; move the alias to another version "
-                       f"(kinfer models promote) before you {action}", code="version_aliased")
+        raise Conflict(
+            f"model {name!r} version {version!r} is served through alias "
+            f"{', '.join(repr(a) for a in sorted(aliases))}; move the alias to another version "
+            f"(kinfer models promote) before you {action}",
+            code="version_aliased",
+        )
 
 
 def invalidate(services: Services, model: dict[str, Any], *, names: bool = False, before_commit: bool = False) -> None:
@@ -487,8 +620,11 @@ def invalidate(services: Services, model: dict[str, Any], *, names: bool = False
         keys.append(NAMES_KEY)
     told = services.cache.invalidate(GEN_KEY, *keys, announce=(EVENTS_CHANNEL, model["name"]))
     if not told and before_commit:
-        raise Unavailable("the registry cache (Redis) cannot be reached, so the change could not be made "
-                          "visible everywhere; nothing was changed, retry shortly", retry_after=1)
+        raise Unavailable(
+            "the registry cache (Redis) cannot be reached, so the change could not be made "
+            "visible everywhere; nothing was changed, retry shortly",
+            retry_after=1,
+        )
 
 
 def health(services: Services) -> tuple[int, dict[str, Any]]:
@@ -496,6 +632,9 @@ def health(services: Services) -> tuple[int, dict[str, Any]]:
     db_ok = services.db.ping()
     cache_ok = services.cache.ping()
     status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok else "unhealthy")
-    body = {"status": status, "service": services.settings.service_name,
-            "checks": {"database": "ok" if db_ok else "unreachable", "cache": "ok" if cache_ok else "unreachable"}}
+    body = {
+        "status": status,
+        "service": services.settings.service_name,
+        "checks": {"database": "ok" if db_ok else "unreachable", "cache": "ok" if cache_ok else "unreachable"},
+    }
     return (200 if db_ok else 503), body

@@ -87,8 +87,9 @@ def _origins(raw: str) -> tuple[str, ...]:
         if origin != "*":
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
-                raise ValueError(f"{item[:100]!r} is not an origin like https://app.example.com "
-                                 "(scheme://host[:port], no path) or *")
+                raise ValueError(
+                    f"{item[:100]!r} is not an origin like https://app.example.com (scheme://host[:port], no path) or *"
+                )
         origins.append(origin)
     return tuple(origins)
 
@@ -122,11 +123,9 @@ def _redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _var(env: str, default: str | None, parse: Callable[[str], Any] = _str,
-         secret: bool = False) -> Any:
+def _var(env: str, default: str | None, parse: Callable[[str], Any] = _str, secret: bool = False) -> Any:
     """Declare a field read from environment variable ``env``."""
-    return field(default=None, metadata={"env": env, "default": default,
-                                         "parse": parse, "secret": secret})
+    return field(default=None, metadata={"env": env, "default": default, "parse": parse, "secret": secret})
 
 
 class _FromEnv:
@@ -175,8 +174,7 @@ class Settings(_FromEnv):
 
     # State
     # postgresql:// is accepted and mapped to postgresql+pg8000:// (the driver Kinfer ships)
-    database_url: str = _var("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kinfer", _database_url,
-                             secret=True)
+    database_url: str = _var("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kinfer", _database_url, secret=True)
     db_pool_size: int = _var("DB_POOL_SIZE", "10", _int(1, 200))
     redis_url: str = _var("REDIS_URL", "redis://127.0.0.1:6379/0", secret=True)
     redis_timeout_s: float = _var("REDIS_TIMEOUT_S", "0.25", _float(0.01, 30))

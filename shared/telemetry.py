@@ -43,8 +43,9 @@ def setup_tracing(settings: Settings) -> TracerProvider:
         global _ratio
         _ratio = settings.trace_sample_ratio
         # new traces are sampled by server_span (TRACE_SAMPLE_RATIO); the SDK follows its decision
-        provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}),
-                                  sampler=ParentBased(ALWAYS_ON))
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": settings.service_name}), sampler=ParentBased(ALWAYS_ON)
+        )
         if settings.otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -97,8 +98,15 @@ def _unsampled(parent: otel_context.Context) -> Span:
     """A span that records nothing: the parent's trace id (or a new one) and a new span id."""
     found = trace.get_current_span(parent).get_span_context()
     trace_id = found.trace_id if found.is_valid else random.getrandbits(128) or 1
-    return NonRecordingSpan(SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=False,
-                                        trace_flags=TraceFlags(TraceFlags.DEFAULT), trace_state=found.trace_state))
+    return NonRecordingSpan(
+        SpanContext(
+            trace_id,
+            random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.DEFAULT),
+            trace_state=found.trace_state,
+        )
+    )
 
 
 def child_span(name: str, **attributes: Any) -> Any:

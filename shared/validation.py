@@ -15,8 +15,9 @@ from shared.errors import InvalidInput
 def parse_json(raw: bytes, field: str = "body") -> Any:
     """Strict JSON: 400 when empty, malformed, NaN or infinite, or when an object repeats a key."""
     if not raw.strip():
-        raise InvalidInput(f"{'request body' if field == 'body' else field} is empty; a JSON object is required",
-                           field=field)
+        raise InvalidInput(
+            f"{'request body' if field == 'body' else field} is empty; a JSON object is required", field=field
+        )
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:  # the message names the position, never the content
@@ -59,12 +60,18 @@ def reject_unknown(body: Mapping[str, Any], allowed: Iterable[str], read_only: I
         if key in read_only_set:
             raise InvalidInput(f"{key} is read-only and cannot be set", field=key)
         if key not in allowed_set:
-            raise InvalidInput(f"unknown field {key!r}; allowed fields: {', '.join(sorted(allowed_set))}",
-                               field=key)
+            raise InvalidInput(f"unknown field {key!r}; allowed fields: {', '.join(sorted(allowed_set))}", field=key)
 
 
-def string(value: Any, field: str, *, max_len: int, pattern: re.Pattern[str] | None = None,
-           hint: str = "", allow_empty: bool = False) -> str:
+def string(
+    value: Any,
+    field: str,
+    *,
+    max_len: int,
+    pattern: re.Pattern[str] | None = None,
+    hint: str = "",
+    allow_empty: bool = False,
+) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a string", field=field)
     text(value, field)
@@ -135,8 +142,10 @@ def _check_tree(root: Any, field: str, max_depth: int) -> None:
         if isinstance(node, int | float) and not isinstance(node, bool) and abs(node) >= _MAX_NUMBER:
             # PostgreSQL's jsonb gives 1e20 back as 100000000000000000000, an integer no JSON encoder here
             # (orjson: 64 bits) can answer with: refuse it before it is stored.
-            raise InvalidInput(f"{field} holds a number beyond ±2^63 (jsonb would return it as an integer "
-                               "that cannot be encoded)", field=field)
+            raise InvalidInput(
+                f"{field} holds a number beyond ±2^63 (jsonb would return it as an integer that cannot be encoded)",
+                field=field,
+            )
         if not isinstance(node, dict | list):
             continue
         if depth > max_depth:

@@ -68,14 +68,18 @@ def _close_function_clients() -> Iterator[None]:
 def database_url() -> Iterator[str]:
     """A fresh, migrated database for this test session, dropped afterwards."""
     from shared.clients import db
+
     name = f"kinfer_test_{uuid.uuid4().hex[:10]}"
     url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     settings = Settings.from_env(environ={}, database_url=url)
     try:
         db.ensure_database(settings)
     except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc.orig}); start it "
-                    "(scripts/test does) or set KINFER_TEST_PG", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc.orig}); start it "
+            "(scripts/test does) or set KINFER_TEST_PG",
+            pytrace=False,
+        )
     db.upgrade(settings)
     yield url
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -91,8 +95,10 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start it (scripts/test does) "
-                    "or set KINFER_TEST_REDIS", pytrace=False)
+        pytest.fail(
+            f"Redis is not reachable at {REDIS_URL} ({exc}); start it (scripts/test does) or set KINFER_TEST_REDIS",
+            pytrace=False,
+        )
     return REDIS_URL
 
 
@@ -100,9 +106,15 @@ def redis_url() -> str:
 def base_settings(database_url: str, redis_url: str) -> Settings:
     """Settings for integration tests: real services, auth off unless a test turns it on; any backend_url
     allowed and none probed at registration (the lifecycle tests turn both checks on)."""
-    return Settings.from_env(environ={}, database_url=database_url, redis_url=redis_url,
-                             auth_required=False, service_name="kinfer-test", backend_allowlist=("*",),
-                             check_backends=False)
+    return Settings.from_env(
+        environ={},
+        database_url=database_url,
+        redis_url=redis_url,
+        auth_required=False,
+        service_name="kinfer-test",
+        backend_allowlist=("*",),
+        check_backends=False,
+    )
 
 
 @pytest.fixture
@@ -120,8 +132,13 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from shared.localstack.triton import TritonServer, TritonStartError, default_repository
 
     ports = [free_port() for _ in range(3)]
-    server = TritonServer(default_repository(), tmp_path_factory.mktemp("triton"),
-                          http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
+    server = TritonServer(
+        default_repository(),
+        tmp_path_factory.mktemp("triton"),
+        http_port=ports[0],
+        grpc_port=ports[1],
+        metrics_port=ports[2],
+    )
     try:
         server.start(timeout=120)
     except TritonStartError as exc:
@@ -138,12 +155,24 @@ class PrivateRedis:
 
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed (Debian package redis-server; scripts/test installs it)",
-                        pytrace=False)
+            pytest.fail(
+                "redis-server is not installed (Debian package redis-server; scripts/test installs it)", pytrace=False
+            )
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                        "--dir", str(folder)]
+        self.command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ]
         self.start()
 
     def start(self) -> None:

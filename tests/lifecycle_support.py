@@ -14,15 +14,17 @@ def linear_onnx(k: float, batched: bool = True, name: str = "x") -> bytes:
 
     shape: list[int | str] = ["batch", 1] if batched else [1]
     graph = helper.make_graph(
-        [helper.make_node("Mul", [name, "k"], ["y"])], "linear",
+        [helper.make_node("Mul", [name, "k"], ["y"])],
+        "linear",
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
-        [helper.make_tensor("k", TensorProto.FLOAT, [1], [k])])
+        [helper.make_tensor("k", TensorProto.FLOAT, [1], [k])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     return bytes(model.SerializeToString())
 
 
-PY_MODEL = '''
+PY_MODEL = """
 import numpy as np
 class TritonPythonModel:
     def initialize(self, args):
@@ -34,15 +36,15 @@ class TritonPythonModel:
         pb = self.pb
         return [pb.InferenceResponse(output_tensors=[pb.Tensor("y", (pb.get_input_tensor_by_name(r, "x").as_numpy()
                 * {k}).astype(np.float32))]) for r in requests]
-'''
+"""
 
-PY_CONFIG = '''name: "whatever"
+PY_CONFIG = """name: "whatever"
 backend: "python"
 max_batch_size: 8
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
 output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
 instance_group [ { kind: KIND_CPU count: 1 } ]
-'''
+"""
 
 
 def package(files: dict[str, bytes | str], top: str = "") -> bytes:

@@ -8,6 +8,8 @@ probes every Triton backend and records the results in Redis.
 
 from __future__ import annotations
 
+from typing import Any
+
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,22 +22,27 @@ from shared.web.http import LIVEZ, Call, QueryParam, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
-def _probe(call: Call) -> dict:
+def _probe(call: Call) -> dict[str, Any]:
     event = parse_event(call.headers, call.body)
     results = backends.probe(call.services)
-    return {"event_id": event["id"], "probed": len(results),
-            "healthy": sum(1 for r in results if r["healthy"]), "backends": results}
+    return {
+        "event_id": event["id"],
+        "probed": len(results),
+        "healthy": sum(1 for r in results if r["healthy"]),
+        "backends": results,
+    }
 
 
-def _health(call: Call) -> dict:
+def _health(call: Call) -> dict[str, Any]:
     return backends.health(call.services)
 
 
-def _overview(call: Call) -> dict:
+def _overview(call: Call) -> dict[str, Any]:
     from shared.backends import overview
 
-    window = v.integer(call.query("window_s"), "window_s", default=overview.DEFAULT_WINDOW_S, lo=10,
-                       hi=overview.MAX_WINDOW_S)
+    window = v.integer(
+        call.query("window_s"), "window_s", default=overview.DEFAULT_WINDOW_S, lo=10, hi=overview.MAX_WINDOW_S
+    )
     return overview.overview(call.services, window)
 
 
@@ -46,19 +53,50 @@ def _metrics(call: Call) -> Response:
     return Response(text, status_code=200, media_type=content_type)
 
 
-ROUTES = Router([
-    LIVEZ,
-    Route("/", ("POST",), _probe, query=(), summary="Probe every Triton backend (a PingSource CloudEvent)",
-          responses={200: ("what was probed", s.PROBE_RESULT)}),
-    Route("/health", ("GET",), _health, query=(), summary="Backends, circuit breakers, last probes",
-          responses={200: ("every backend", s.BACKENDS_HEALTH)}),
-    Route("/v1/backends", ("GET",), _overview, scope="infer", summary="Every backend: circuit, last probe, rate, p50",
-          query=(QueryParam("window_s", {"type": "integer", "minimum": 10, "maximum": 600, "default": 300},
-                            "how far back rate and p50 look"),),
-          responses={200: ("every backend", s.BACKENDS_OVERVIEW)}),
-    Route("/metrics", ("GET",), _metrics, query=(), summary="Prometheus metrics",
-          responses={200: ("Prometheus text exposition", {"type": "string"}, "text/plain")}),
-])
+ROUTES = Router(
+    [
+        LIVEZ,
+        Route(
+            "/",
+            ("POST",),
+            _probe,
+            query=(),
+            summary="Probe every Triton backend (a PingSource CloudEvent)",
+            responses={200: ("what was probed", s.PROBE_RESULT)},
+        ),
+        Route(
+            "/health",
+            ("GET",),
+            _health,
+            query=(),
+            summary="Backends, circuit breakers, last probes",
+            responses={200: ("every backend", s.BACKENDS_HEALTH)},
+        ),
+        Route(
+            "/v1/backends",
+            ("GET",),
+            _overview,
+            scope="infer",
+            summary="Every backend: circuit, last probe, rate, p50",
+            query=(
+                QueryParam(
+                    "window_s",
+                    {"type": "integer", "minimum": 10, "maximum": 600, "default": 300},
+                    "how far back rate and p50 look",
+                ),
+            ),
+            responses={200: ("every backend", s.BACKENDS_OVERVIEW)},
+        ),
+        Route(
+            "/metrics",
+            ("GET",),
+            _metrics,
+            query=(),
+            summary="Prometheus metrics",
+            responses={200: ("Prometheus text exposition", {"type": "string"}, "text/plain")},
+        ),
+    ]
+)
 
 
 @functions_framework.aio.http

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,46 +15,87 @@ from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
-def _submit(call: Call) -> tuple[int, dict, dict]:
+def _submit(call: Call) -> tuple[int, dict[str, Any], dict[str, Any]]:
     job = batch.submit_job(call.services, call.json(), batch.owner_of(call.principal))
     return 202, job, {"Location": f"/v1/batch/{job['id']}"}
 
 
-def _upload(call: Call) -> tuple[int, dict]:
+def _upload(call: Call) -> tuple[int, dict[str, Any]]:
     body = call.json() if call.body.strip() else None
     return 201, batch.create_upload(call.services, body, batch.owner_of(call.principal))
 
 
-def _list(call: Call) -> dict:
+def _list(call: Call) -> dict[str, Any]:
     return batch.list_jobs(call.services, call.args, batch.owner_of(call.principal))
 
 
-def _get(call: Call, job_id: str) -> dict:
+def _get(call: Call, job_id: str) -> dict[str, Any]:
     return batch.get_job(call.services, job_id, batch.owner_of(call.principal))
 
 
-def _cancel(call: Call, job_id: str) -> dict:
+def _cancel(call: Call, job_id: str) -> dict[str, Any]:
     return batch.cancel_job(call.services, job_id, batch.owner_of(call.principal))
 
 
-def _health(call: Call) -> tuple[int, dict]:
+def _health(call: Call) -> tuple[int, dict[str, Any]]:
     return registry.health(call.services)
 
 
-ROUTES = Router([
-    LIVEZ,
-    Route("/health", ("GET",), _health, query=(), summary="Health: PostgreSQL and Redis", responses=s.HEALTH_ANSWERS),
-    Route("/v1/batch", ("POST",), _submit, query=(), scope="batch", summary="Submit a batch job", body=s.BATCH_SUBMIT,
-          responses={202: ("accepted", s.BATCH_ACCEPTED)}),
-    Route("/v1/batch", ("GET",), _list, scope="batch", summary="Your batch jobs, newest first",
-          query=s.BATCH_FILTERS, responses={200: ("a page of jobs", s.BATCH_LIST)}),
-    Route("/v1/batch/uploads", ("POST",), _upload, query=(), scope="batch", summary="An upload URL under your prefix",
-          body=s.UPLOAD_REQUEST, responses={201: ("where to PUT the JSONL file", s.UPLOAD_GRANT)}),
-    Route("/v1/batch/<job_id>", ("GET",), _get, query=(), scope="batch", summary="A batch job's status",
-          responses={200: ("progress, counters, errors, result_url", s.BATCH_JOB)}),
-    Route("/v1/batch/<job_id>", ("DELETE",), _cancel, query=(), scope="batch", summary="Cancel a batch job",
-          responses={200: ("cancelled", s.BATCH_CANCELLED)}),
-])
+ROUTES = Router(
+    [
+        LIVEZ,
+        Route(
+            "/health", ("GET",), _health, query=(), summary="Health: PostgreSQL and Redis", responses=s.HEALTH_ANSWERS
+        ),
+        Route(
+            "/v1/batch",
+            ("POST",),
+            _submit,
+            query=(),
+            scope="batch",
+            summary="Submit a batch job",
+            body=s.BATCH_SUBMIT,
+            responses={202: ("accepted", s.BATCH_ACCEPTED)},
+        ),
+        Route(
+            "/v1/batch",
+            ("GET",),
+            _list,
+            scope="batch",
+            summary="Your batch jobs, newest first",
+            query=s.BATCH_FILTERS,
+            responses={200: ("a page of jobs", s.BATCH_LIST)},
+        ),
+        Route(
+            "/v1/batch/uploads",
+            ("POST",),
+            _upload,
+            query=(),
+            scope="batch",
+            summary="An upload URL under your prefix",
+            body=s.UPLOAD_REQUEST,
+            responses={201: ("where to PUT the JSONL file", s.UPLOAD_GRANT)},
+        ),
+        Route(
+            "/v1/batch/<job_id>",
+            ("GET",),
+            _get,
+            query=(),
+            scope="batch",
+            summary="A batch job's status",
+            responses={200: ("progress, counters, errors, result_url", s.BATCH_JOB)},
+        ),
+        Route(
+            "/v1/batch/<job_id>",
+            ("DELETE",),
+            _cancel,
+            query=(),
+            scope="batch",
+            summary="Cancel a batch job",
+            responses={200: ("cancelled", s.BATCH_CANCELLED)},
+        ),
+    ]
+)
 
 
 @functions_framework.aio.http

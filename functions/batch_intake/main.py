@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from shared.services import Services
 
 
-def _intake(services: Services, event: Any) -> tuple[int, dict]:
+def _intake(services: Services, event: Any) -> tuple[int, dict[str, Any]]:
     return 202, intake(services, event)
 
 

@@ -9,6 +9,7 @@ relative links resolve. Every answer carries the page's security headers (strict
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import functions_framework.aio
 from starlette.requests import Request
@@ -37,19 +38,28 @@ async def _home(call: Call) -> Response:
     return RedirectResponse(PREFIX, status_code=308)
 
 
-async def _health(call: Call) -> dict:
+async def _health(call: Call) -> dict[str, Any]:
     return {"status": "healthy", "service": call.services.settings.service_name, "files": len(FILES.files())}
 
 
-ROUTES = Router([
-    LIVEZ,
-    Route("/health", ("GET",), _health, query=(), summary="Health: the console's files are readable"),
-    Route("/", ("GET",), _home, query=(), summary="Redirect to the console",
-          responses={308: ("to /console/", None)}),
-    Route("/console", ("GET",), _page, query=(), summary="The console page (/console redirects to /console/)",
-          responses={**_FILE, 308: ("to /console/", None)}),
-    Route("/console/<path:name>", ("GET",), _file, query=(), summary="A file of the console", responses=_FILE),
-])
+ROUTES = Router(
+    [
+        LIVEZ,
+        Route("/health", ("GET",), _health, query=(), summary="Health: the console's files are readable"),
+        Route(
+            "/", ("GET",), _home, query=(), summary="Redirect to the console", responses={308: ("to /console/", None)}
+        ),
+        Route(
+            "/console",
+            ("GET",),
+            _page,
+            query=(),
+            summary="The console page (/console redirects to /console/)",
+            responses={**_FILE, 308: ("to /console/", None)},
+        ),
+        Route("/console/<path:name>", ("GET",), _file, query=(), summary="A file of the console", responses=_FILE),
+    ]
+)
 
 
 @functions_framework.aio.http

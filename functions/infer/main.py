@@ -9,6 +9,8 @@ the body and in ``X-Model-Version``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +27,7 @@ def _route_key(call: Call) -> str | None:
     return (call.header("x-route-key") or "")[:256] or getattr(call.principal, "key_id", None)
 
 
-async def _infer(call: Call) -> dict:
+async def _infer(call: Call) -> dict[str, Any]:
     answer = await infer(call.services, call.json(), _route_key(call))
     answer["request_id"] = call.request_id
     answer["trace_id"] = call.trace_id
@@ -33,66 +35,139 @@ async def _infer(call: Call) -> dict:
     return answer
 
 
-async def _infer_v2(call: Call, name: str, version: str | None = None) -> dict:
+async def _infer_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
     answer = await v2.infer_v2(call.services, name, version, call.body, call.header_map, _route_key(call))
     call.response_headers["X-Model-Version"] = answer["model_version"]
     return answer
 
 
-async def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict:
+async def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
     return await v2.model_metadata_v2(call.services, name, version)
 
 
-async def _ready_v2(call: Call, name: str, version: str | None = None) -> dict:
+async def _ready_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
     return await v2.model_ready_v2(call.services, name, version)
 
 
-async def _config_v2(call: Call, name: str, version: str | None = None) -> dict:
+async def _config_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
     return await v2.model_config_v2(call.services, name, version)
 
 
-async def _server_v2(call: Call) -> dict:
+async def _server_v2(call: Call) -> dict[str, Any]:
     return v2.server_metadata()
 
 
-async def _live_v2(call: Call) -> dict:
+async def _live_v2(call: Call) -> dict[str, Any]:
     return {"live": True}
 
 
-async def _ready(call: Call) -> tuple[int, dict]:
+async def _ready(call: Call) -> tuple[int, dict[str, Any]]:
     return await health.server_ready(call.services)
 
 
-async def _health(call: Call) -> tuple[int, dict]:
+async def _health(call: Call) -> tuple[int, dict[str, Any]]:
     return await health.health(call.services)
 
 
 _OBJECT = {"type": "object"}
 MODEL = "/v2/models/<name>"
 VERSION = "/v2/models/<name>/versions/<version>"
-ROUTES = Router([
-    LIVEZ,
-    Route("/health", ("GET",), _health, query=(), summary="Health: Redis, registry, backends",
-          responses=s.HEALTH_ANSWERS),
-    Route("/v1/infer", ("POST",), _infer, query=(), scope="infer", summary="Real-time inference",
-          body=s.INFER_REQUEST, responses={200: ("the prediction and every output tensor", s.INFER_RESPONSE)}),
-    Route("/v2", ("GET",), _server_v2, query=(), summary="KServe v2 server metadata",
-          responses={200: ("name, version, extensions", _OBJECT)}),
-    Route("/v2/health/live", ("GET",), _live_v2, query=(), summary="KServe v2 liveness",
-          responses={200: ("live", _OBJECT)}),
-    Route("/v2/health/ready", ("GET",), _ready, query=(), summary="KServe v2 readiness",
-          responses={200: ("ready", _OBJECT), 503: ("not ready", _OBJECT)}),
-    *[Route(base + "/infer", ("POST",), _infer_v2, query=(), scope="infer", summary="KServe v2 inference",
-            body=s.V2_INFER_REQUEST, responses={200: ("the output tensors", s.V2_INFER_RESPONSE)})
-      for base in (MODEL, VERSION)],
-    *[Route(base, ("GET",), _metadata_v2, query=(), scope="infer", summary="KServe v2 model metadata",
-            responses={200: ("tensors and versions", s.V2_METADATA)}) for base in (MODEL, VERSION)],
-    *[Route(base + "/ready", ("GET",), _ready_v2, query=(), scope="infer", summary="KServe v2 model readiness",
-            responses={200: ("ready", _OBJECT)}) for base in (MODEL, VERSION)],
-    *[Route(base + "/config", ("GET",), _config_v2, query=(), scope="infer", summary="The model's configuration",
-            responses={200: ("Triton's model configuration under the registry name", _OBJECT)})
-      for base in (MODEL, VERSION)],
-])
+ROUTES = Router(
+    [
+        LIVEZ,
+        Route(
+            "/health",
+            ("GET",),
+            _health,
+            query=(),
+            summary="Health: Redis, registry, backends",
+            responses=s.HEALTH_ANSWERS,
+        ),
+        Route(
+            "/v1/infer",
+            ("POST",),
+            _infer,
+            query=(),
+            scope="infer",
+            summary="Real-time inference",
+            body=s.INFER_REQUEST,
+            responses={200: ("the prediction and every output tensor", s.INFER_RESPONSE)},
+        ),
+        Route(
+            "/v2",
+            ("GET",),
+            _server_v2,
+            query=(),
+            summary="KServe v2 server metadata",
+            responses={200: ("name, version, extensions", _OBJECT)},
+        ),
+        Route(
+            "/v2/health/live",
+            ("GET",),
+            _live_v2,
+            query=(),
+            summary="KServe v2 liveness",
+            responses={200: ("live", _OBJECT)},
+        ),
+        Route(
+            "/v2/health/ready",
+            ("GET",),
+            _ready,
+            query=(),
+            summary="KServe v2 readiness",
+            responses={200: ("ready", _OBJECT), 503: ("not ready", _OBJECT)},
+        ),
+        *[
+            Route(
+                base + "/infer",
+                ("POST",),
+                _infer_v2,
+                query=(),
+                scope="infer",
+                summary="KServe v2 inference",
+                body=s.V2_INFER_REQUEST,
+                responses={200: ("the output tensors", s.V2_INFER_RESPONSE)},
+            )
+            for base in (MODEL, VERSION)
+        ],
+        *[
+            Route(
+                base,
+                ("GET",),
+                _metadata_v2,
+                query=(),
+                scope="infer",
+                summary="KServe v2 model metadata",
+                responses={200: ("tensors and versions", s.V2_METADATA)},
+            )
+            for base in (MODEL, VERSION)
+        ],
+        *[
+            Route(
+                base + "/ready",
+                ("GET",),
+                _ready_v2,
+                query=(),
+                scope="infer",
+                summary="KServe v2 model readiness",
+                responses={200: ("ready", _OBJECT)},
+            )
+            for base in (MODEL, VERSION)
+        ],
+        *[
+            Route(
+                base + "/config",
+                ("GET",),
+                _config_v2,
+                query=(),
+                scope="infer",
+                summary="The model's configuration",
+                responses={200: ("Triton's model configuration under the registry name", _OBJECT)},
+            )
+            for base in (MODEL, VERSION)
+        ],
+    ]
+)
 
 
 @functions_framework.aio.http

@@ -9,6 +9,8 @@ its display prefix, never the secret. DELETE revokes (the record stays, with
 
 from __future__ import annotations
 
+from typing import Any
+
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,41 +22,50 @@ from shared.web.http import LIVEZ, Call, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
-def _create(call: Call) -> tuple[int, dict, dict]:
+def _create(call: Call) -> tuple[int, dict[str, Any], dict[str, Any]]:
     created = keys.create_from_body(call.services, call.json())
     return 201, created, {"Location": f"/v1/keys/{created['id']}"}
 
 
-def _list(call: Call) -> dict:
+def _list(call: Call) -> dict[str, Any]:
     return keys.list_page(call.services, call.args)
 
 
-def _get(call: Call, key_id: str) -> dict:
+def _get(call: Call, key_id: str) -> dict[str, Any]:
     return keys.to_json(keys.get_key(call.services, key_id))
 
 
-def _revoke(call: Call, key_id: str) -> dict:
+def _revoke(call: Call, key_id: str) -> dict[str, Any]:
     return keys.to_json(keys.revoke_key(call.services, key_id))
 
 
-async def _self(call: Call) -> dict:
+async def _self(call: Call) -> dict[str, Any]:
     return auth.describe(call.principal)
 
 
-def _health(call: Call) -> tuple[int, dict]:
+def _health(call: Call) -> tuple[int, dict[str, Any]]:
     return registry.health(call.services)
 
 
-ROUTES = Router([
-    LIVEZ,
-    Route("/health", ("GET",), _health, query=()),
-    Route("/v1/keys", ("POST",), _create, scope="admin", query=()),
-    Route("/v1/keys", ("GET",), _list, scope="admin", query=keys.LIST_QUERY),
-    Route("/v1/keys/self", ("GET",), _self, scope="any", query=(), summary="Who this API key is: name, scopes",
-          responses={200: ("the caller's key (never its secret)", s.WHOAMI)}),
-    Route("/v1/keys/<key_id>", ("GET",), _get, scope="admin", query=()),
-    Route("/v1/keys/<key_id>", ("DELETE",), _revoke, scope="admin", query=()),
-])
+ROUTES = Router(
+    [
+        LIVEZ,
+        Route("/health", ("GET",), _health, query=()),
+        Route("/v1/keys", ("POST",), _create, scope="admin", query=()),
+        Route("/v1/keys", ("GET",), _list, scope="admin", query=keys.LIST_QUERY),
+        Route(
+            "/v1/keys/self",
+            ("GET",),
+            _self,
+            scope="any",
+            query=(),
+            summary="Who this API key is: name, scopes",
+            responses={200: ("the caller's key (never its secret)", s.WHOAMI)},
+        ),
+        Route("/v1/keys/<key_id>", ("GET",), _get, scope="admin", query=()),
+        Route("/v1/keys/<key_id>", ("DELETE",), _revoke, scope="admin", query=()),
+    ]
+)
 
 
 @functions_framework.aio.http

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import functions_framework.aio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -15,19 +17,20 @@ from shared.web.http import LIVEZ, Call, QueryParam, Route, Router, dispatch
 from shared.web.runtime import function_services
 
 
-def _create(call: Call) -> tuple[int, dict, dict]:
+def _create(call: Call) -> tuple[int, dict[str, Any], dict[str, Any]]:
     model = artifacts.create_model(call.services, call.json())
     return 201, model, {"Location": f"/v1/models/{model['id']}"}
 
 
-async def _upload(call: Call, model_id: str) -> dict:
+async def _upload(call: Call, model_id: str) -> dict[str, Any]:
     limit = call.services.settings.max_artifact_bytes
     sha256 = call.query("sha256") or call.headers.get("x-content-sha256")
     try:
         return await artifacts.receive_upload(call.services, model_id, call.stream(limit), sha256)
     except ClientDisconnect:
-        raise InvalidInput("the upload was interrupted; nothing was installed, PUT the file again",
-                           field="body") from None
+        raise InvalidInput(
+            "the upload was interrupted; nothing was installed, PUT the file again", field="body"
+        ) from None
 
 
 def _delete(call: Call, model_id: str) -> Response:
@@ -35,7 +38,7 @@ def _delete(call: Call, model_id: str) -> Response:
     return Response(status_code=204)
 
 
-def _put_alias(call: Call, name: str, alias: str) -> dict:
+def _put_alias(call: Call, name: str, alias: str) -> dict[str, Any]:
     return aliases.put_alias(call.services, name, alias, call.json())
 
 
@@ -44,50 +47,147 @@ def _delete_alias(call: Call, name: str, alias: str) -> Response:
     return Response(status_code=204)
 
 
-ROUTES = Router([
-    LIVEZ,
-    Route("/health", ("GET",), lambda call: registry.health(call.services), query=(),
-          summary="Health: PostgreSQL and Redis", responses=s.HEALTH_ANSWERS),
-    Route("/v1/models", ("POST",), _create, query=(), scope="admin",
-          summary="Register a model version (metadata, an artifact_uri, or upload: true)",
-          body=s.MODEL_CREATE, responses={201: ("the model", s.MODEL)}),
-    Route("/v1/models", ("GET",), lambda call: registry.list_models(call.services, call.args), scope="any",
-          query=s.MODEL_FILTERS, summary="List models, newest first",
-          responses={200: ("a page of models", s.MODEL_LIST)}),
-    Route("/v1/models/by-name/<name>/aliases", ("GET",),
-          lambda call, name: aliases.list_aliases(call.services, name), query=(), scope="any",
-          summary="A model's aliases", responses={200: ("every alias and its split", s.ALIAS_LIST)}),
-    Route("/v1/models/by-name/<name>/aliases/<alias>", ("GET",),
-          lambda call, name, alias: aliases.get_alias(call.services, name, alias), query=(), scope="any",
-          summary="One alias", responses={200: ("the alias and its split", s.ALIAS)}),
-    Route("/v1/models/by-name/<name>/aliases/<alias>", ("PUT",), _put_alias, query=(), scope="admin",
-          summary="Point an alias at a version, or split it between versions", body=s.ALIAS_TARGET,
-          responses={200: ("the alias as it now is", s.ALIAS)}),
-    Route("/v1/models/by-name/<name>/aliases/<alias>", ("DELETE",), _delete_alias, query=(), scope="admin",
-          summary="Delete an alias", responses={204: ("deleted", None)}),
-    Route("/v1/models/by-name/<name>/aliases/<alias>/rollback", ("POST",),
-          lambda call, name, alias: aliases.rollback(call.services, name, alias), query=(), scope="admin",
-          summary="Move an alias back to where it pointed before", responses={200: ("the alias", s.ALIAS)}),
-    Route("/v1/models/by-name/<name>/<version>", ("GET",),
-          lambda call, name, version: registry.get_model_by_name(call.services, name, version), query=(),
-          scope="any", summary="A model by name and version", responses={200: ("the model", s.MODEL)}),
-    Route("/v1/models/<model_id>", ("GET",), lambda call, model_id: registry.get_model(call.services, model_id),
-          query=(), scope="any", summary="A model by id", responses={200: ("the model", s.MODEL)}),
-    Route("/v1/models/<model_id>/status", ("GET",),
-          lambda call, model_id: versions.version_status(call.services, model_id), query=(), scope="any",
-          summary="A version's load state on every replica", responses={200: ("the state", s.VERSION_STATUS)}),
-    Route("/v1/models/<model_id>", ("PUT", "PATCH"),
-          lambda call, model_id: registry.update_model(call.services, model_id, call.json()), query=(),
-          scope="admin", summary="Update a model (partial)", body=s.MODEL_UPDATE,
-          responses={200: ("the whole model", s.MODEL)}),
-    Route("/v1/models/<model_id>", ("DELETE",), _delete, query=(), scope="admin", summary="Delete a model version",
-          responses={204: ("deleted", None)}),
-    Route("/v1/models/<model_id>/artifact", ("PUT",), _upload, scope="admin", stream=True,
-          query=(QueryParam("sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                            "the file's SHA-256 (or the X-Content-SHA256 header)"),),
-          summary="Upload the model file (ONNX or .tar.gz), streamed; the agent loads it",
-          body={"type": "string", "format": "binary"}, responses={200: ("the model, state pending", s.MODEL)}),
-])
+ROUTES = Router(
+    [
+        LIVEZ,
+        Route(
+            "/health",
+            ("GET",),
+            lambda call: registry.health(call.services),
+            query=(),
+            summary="Health: PostgreSQL and Redis",
+            responses=s.HEALTH_ANSWERS,
+        ),
+        Route(
+            "/v1/models",
+            ("POST",),
+            _create,
+            query=(),
+            scope="admin",
+            summary="Register a model version (metadata, an artifact_uri, or upload: true)",
+            body=s.MODEL_CREATE,
+            responses={201: ("the model", s.MODEL)},
+        ),
+        Route(
+            "/v1/models",
+            ("GET",),
+            lambda call: registry.list_models(call.services, call.args),
+            scope="any",
+            query=s.MODEL_FILTERS,
+            summary="List models, newest first",
+            responses={200: ("a page of models", s.MODEL_LIST)},
+        ),
+        Route(
+            "/v1/models/by-name/<name>/aliases",
+            ("GET",),
+            lambda call, name: aliases.list_aliases(call.services, name),
+            query=(),
+            scope="any",
+            summary="A model's aliases",
+            responses={200: ("every alias and its split", s.ALIAS_LIST)},
+        ),
+        Route(
+            "/v1/models/by-name/<name>/aliases/<alias>",
+            ("GET",),
+            lambda call, name, alias: aliases.get_alias(call.services, name, alias),
+            query=(),
+            scope="any",
+            summary="One alias",
+            responses={200: ("the alias and its split", s.ALIAS)},
+        ),
+        Route(
+            "/v1/models/by-name/<name>/aliases/<alias>",
+            ("PUT",),
+            _put_alias,
+            query=(),
+            scope="admin",
+            summary="Point an alias at a version, or split it between versions",
+            body=s.ALIAS_TARGET,
+            responses={200: ("the alias as it now is", s.ALIAS)},
+        ),
+        Route(
+            "/v1/models/by-name/<name>/aliases/<alias>",
+            ("DELETE",),
+            _delete_alias,
+            query=(),
+            scope="admin",
+            summary="Delete an alias",
+            responses={204: ("deleted", None)},
+        ),
+        Route(
+            "/v1/models/by-name/<name>/aliases/<alias>/rollback",
+            ("POST",),
+            lambda call, name, alias: aliases.rollback(call.services, name, alias),
+            query=(),
+            scope="admin",
+            summary="Move an alias back to where it pointed before",
+            responses={200: ("the alias", s.ALIAS)},
+        ),
+        Route(
+            "/v1/models/by-name/<name>/<version>",
+            ("GET",),
+            lambda call, name, version: registry.get_model_by_name(call.services, name, version),
+            query=(),
+            scope="any",
+            summary="A model by name and version",
+            responses={200: ("the model", s.MODEL)},
+        ),
+        Route(
+            "/v1/models/<model_id>",
+            ("GET",),
+            lambda call, model_id: registry.get_model(call.services, model_id),
+            query=(),
+            scope="any",
+            summary="A model by id",
+            responses={200: ("the model", s.MODEL)},
+        ),
+        Route(
+            "/v1/models/<model_id>/status",
+            ("GET",),
+            lambda call, model_id: versions.version_status(call.services, model_id),
+            query=(),
+            scope="any",
+            summary="A version's load state on every replica",
+            responses={200: ("the state", s.VERSION_STATUS)},
+        ),
+        Route(
+            "/v1/models/<model_id>",
+            ("PUT", "PATCH"),
+            lambda call, model_id: registry.update_model(call.services, model_id, call.json()),
+            query=(),
+            scope="admin",
+            summary="Update a model (partial)",
+            body=s.MODEL_UPDATE,
+            responses={200: ("the whole model", s.MODEL)},
+        ),
+        Route(
+            "/v1/models/<model_id>",
+            ("DELETE",),
+            _delete,
+            query=(),
+            scope="admin",
+            summary="Delete a model version",
+            responses={204: ("deleted", None)},
+        ),
+        Route(
+            "/v1/models/<model_id>/artifact",
+            ("PUT",),
+            _upload,
+            scope="admin",
+            stream=True,
+            query=(
+                QueryParam(
+                    "sha256",
+                    {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "the file's SHA-256 (or the X-Content-SHA256 header)",
+                ),
+            ),
+            summary="Upload the model file (ONNX or .tar.gz), streamed; the agent loads it",
+            body={"type": "string", "format": "binary"},
+            responses={200: ("the model, state pending", s.MODEL)},
+        ),
+    ]
+)
 
 
 @functions_framework.aio.http

@@ -63,8 +63,7 @@ def key_from_headers(headers: Any) -> str:
             raise Unauthorized("the Authorization header must use the Bearer scheme", headers=CHALLENGE)
     if api_key:
         return _well_formed(api_key.strip())
-    raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                       headers=CHALLENGE)
+    raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'", headers=CHALLENGE)
 
 
 def _well_formed(token: str) -> str:
@@ -117,9 +116,16 @@ class KeyCache:
 
 
 def _principal(record: dict[str, Any] | None) -> Principal | None:
-    return None if record is None else Principal(
-        key_id=record["id"], name=record["name"], scopes=frozenset(record["scopes"]),
-        rate_limit_per_minute=record["rate_limit_per_minute"])
+    return (
+        None
+        if record is None
+        else Principal(
+            key_id=record["id"],
+            name=record["name"],
+            scopes=frozenset(record["scopes"]),
+            rate_limit_per_minute=record["rate_limit_per_minute"],
+        )
+    )
 
 
 def principal_for(services: Services, plaintext: str) -> Principal | None:
@@ -165,8 +171,9 @@ def _outage(services: Services, digest: str, exc: Unavailable | None) -> Princip
     if known is not None:
         services.key_cache.put(digest, known, ttl_s=min(services.key_cache.ttl_s, OUTAGE_RETRY_S))
         return known
-    raise Unavailable("API keys cannot be checked right now (the key store is unreachable); retry shortly",
-                      retry_after=OUTAGE_RETRY_S) from exc
+    raise Unavailable(
+        "API keys cannot be checked right now (the key store is unreachable); retry shortly", retry_after=OUTAGE_RETRY_S
+    ) from exc
 
 
 async def authorize(call: Any, scope: str) -> Principal:
@@ -181,8 +188,11 @@ async def authorize(call: Any, scope: str) -> Principal:
     decision = await services.rate_limiter.acquire(principal.key_id, limit)
     headers = decision.headers()
     if not decision.allowed:
-        raise RateLimited(f"rate limit of {limit} requests per minute exceeded for this API key",
-                          retry_after=decision.retry_after, headers=headers)
+        raise RateLimited(
+            f"rate limit of {limit} requests per minute exceeded for this API key",
+            retry_after=decision.retry_after,
+            headers=headers,
+        )
     call.response_headers.update(headers)
     return principal
 
@@ -191,7 +201,15 @@ def describe(principal: Principal | None) -> dict[str, Any]:
     """``GET /v1/keys/self``: who the caller's key is (never its secret); with AUTH_REQUIRED off, no key is
     needed and every scope is granted."""
     if principal is None:
-        return {"id": None, "name": "anonymous (authentication is off)", "scopes": list(keys.SCOPES),
-                "rate_limit_per_minute": None}
-    return {"id": principal.key_id, "name": principal.name, "scopes": sorted(principal.scopes),
-            "rate_limit_per_minute": principal.rate_limit_per_minute}
+        return {
+            "id": None,
+            "name": "anonymous (authentication is off)",
+            "scopes": list(keys.SCOPES),
+            "rate_limit_per_minute": None,
+        }
+    return {
+        "id": principal.key_id,
+        "name": principal.name,
+        "scopes": sorted(principal.scopes),
+        "rate_limit_per_minute": principal.rate_limit_per_minute,
+    }

@@ -59,8 +59,11 @@ def parse_scopes(raw: str | Iterable[str]) -> list[str]:
     scopes = list(dict.fromkeys(s.strip().lower() for s in items if str(s).strip()))
     unknown = [s for s in scopes if s not in SCOPES]
     if not scopes or unknown:
-        raise InvalidInput(f"scopes must be a non-empty subset of {', '.join(SCOPES)}"
-                           + (f"; unknown: {', '.join(unknown)}" if unknown else ""), field="scopes")
+        raise InvalidInput(
+            f"scopes must be a non-empty subset of {', '.join(SCOPES)}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+            field="scopes",
+        )
     return scopes
 
 
@@ -68,8 +71,9 @@ def _validate(name: str, rate_limit: int | None, secret: str | None) -> None:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidInput("name must be 1-128 letters, digits, spaces or . _ : @ / -", field="name")
     if rate_limit is not None and not (isinstance(rate_limit, int) and 1 <= rate_limit <= MAX_RATE_LIMIT):
-        raise InvalidInput(f"rate_limit_per_minute must be an integer from 1 to {MAX_RATE_LIMIT}",
-                           field="rate_limit_per_minute")
+        raise InvalidInput(
+            f"rate_limit_per_minute must be an integer from 1 to {MAX_RATE_LIMIT}", field="rate_limit_per_minute"
+        )
     if secret is not None and not (8 <= len(secret) <= MAX_KEY_LEN and KEY_CHARS.fullmatch(secret)):
         raise InvalidInput("a fixed key must be 8-256 url-safe characters", field="secret")
 
@@ -81,14 +85,21 @@ def _record(row: Any) -> dict[str, Any]:
     return rec
 
 
-def create_key(services: Services, name: str, scopes: str | Iterable[str], rate_limit: int | None = None,
-               secret: str | None = None) -> tuple[dict[str, Any], str]:
+def create_key(
+    services: Services, name: str, scopes: str | Iterable[str], rate_limit: int | None = None, secret: str | None = None
+) -> tuple[dict[str, Any], str]:
     """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored."""
     scope_list = parse_scopes(scopes)
     _validate(name, rate_limit, secret)
     plaintext = secret or new_secret()
-    values = {"id": uuid.uuid4(), "name": name, "key_hash": hash_key(plaintext),
-              "prefix": display_prefix(plaintext), "scopes": scope_list, "rate_limit_per_minute": rate_limit}
+    values = {
+        "id": uuid.uuid4(),
+        "name": name,
+        "key_hash": hash_key(plaintext),
+        "prefix": display_prefix(plaintext),
+        "scopes": scope_list,
+        "rate_limit_per_minute": rate_limit,
+    }
     with conflict_on("a key with this secret already exists", field="secret"), services.db.begin() as conn:
         row = conn.execute(api_keys.insert().values(**values).returning(*_public_columns())).one()
     log.info("api key created: id=%s name=%s scopes=%s", values["id"], name, ",".join(scope_list))
@@ -106,7 +117,7 @@ def ensure_key(services: Services, name: str, secret: str, scopes: str | Iterabl
         return find_by_hash(services, hash_key(secret), include_revoked=True) or {}
 
 
-def _public_columns() -> list[sa.Column]:
+def _public_columns() -> list[sa.Column[Any]]:
     return [c for c in api_keys.c if c.name != "key_hash"]
 
 
@@ -134,8 +145,9 @@ def _touch_due(last_used: datetime | None) -> bool:
     return last_used is None or (datetime.now(UTC) - last_used).total_seconds() >= LAST_USED_EVERY_S
 
 
-def list_keys(services: Services, *, status: str | None = None, limit: int | None = None,
-              offset: int = 0) -> list[dict[str, Any]]:
+def list_keys(
+    services: Services, *, status: str | None = None, limit: int | None = None, offset: int = 0
+) -> list[dict[str, Any]]:
     """Keys, oldest first; ``status`` "active" or "revoked" filters."""
     query = _filtered(sa.select(*_public_columns()), status).order_by(api_keys.c.created_at, api_keys.c.id)
     with services.db.begin() as conn:
@@ -169,9 +181,12 @@ def _key_id(raw: str) -> uuid.UUID:
 def revoke_key(services: Services, key_id: str) -> dict[str, Any]:
     """Mark a key revoked (idempotent: revoking twice keeps the first time); NotFound if unknown."""
     kid = _key_id(key_id)
-    stmt = (api_keys.update().where(api_keys.c.id == kid)
-            .values(revoked_at=sa.func.coalesce(api_keys.c.revoked_at, sa.func.now()))
-            .returning(*_public_columns()))
+    stmt = (
+        api_keys.update()
+        .where(api_keys.c.id == kid)
+        .values(revoked_at=sa.func.coalesce(api_keys.c.revoked_at, sa.func.now()))
+        .returning(*_public_columns())
+    )
     with services.db.begin() as conn:
         row = conn.execute(stmt).first()
     if row is None:
@@ -188,10 +203,17 @@ KEY_STATUSES = ("active", "revoked")
 
 def to_json(record: dict[str, Any]) -> dict[str, Any]:
     """The public form of a key: never its secret or hash, only the display prefix."""
-    return {"id": record["id"], "name": record["name"], "prefix": record["prefix"],
-            "status": "revoked" if record.get("revoked_at") else "active", "scopes": list(record["scopes"]),
-            "rate_limit_per_minute": record["rate_limit_per_minute"], "created_at": record["created_at"],
-            "last_used_at": record.get("last_used_at"), "revoked_at": record.get("revoked_at")}
+    return {
+        "id": record["id"],
+        "name": record["name"],
+        "prefix": record["prefix"],
+        "status": "revoked" if record.get("revoked_at") else "active",
+        "scopes": list(record["scopes"]),
+        "rate_limit_per_minute": record["rate_limit_per_minute"],
+        "created_at": record["created_at"],
+        "last_used_at": record.get("last_used_at"),
+        "revoked_at": record.get("revoked_at"),
+    }
 
 
 def create_from_body(services: Services, body: Any) -> dict[str, Any]:
@@ -203,7 +225,7 @@ def create_from_body(services: Services, body: Any) -> dict[str, Any]:
         raise InvalidInput(f"{missing} is required", field=missing)
     scopes = body["scopes"]
     if not (isinstance(scopes, str) or (isinstance(scopes, list) and all(isinstance(s, str) for s in scopes))):
-        raise InvalidInput("scopes must be a list like [\"infer\", \"batch\"]", field="scopes")
+        raise InvalidInput('scopes must be a list like ["infer", "batch"]', field="scopes")
     rate = body.get("rate_limit_per_minute")
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
         raise InvalidInput("rate_limit_per_minute must be an integer or null", field="rate_limit_per_minute")
@@ -219,5 +241,4 @@ def list_page(services: Services, args: Any) -> dict[str, Any]:
     with services.db.begin() as conn:
         total = conn.execute(_filtered(sa.select(sa.func.count()).select_from(api_keys), status)).scalar_one()
     page = list_keys(services, status=status, limit=limit, offset=offset)
-    return {"keys": [to_json(r) for r in page], "total_count": total, "total": total, "limit": limit,
-            "offset": offset}
+    return {"keys": [to_json(r) for r in page], "total_count": total, "total": total, "limit": limit, "offset": offset}

@@ -97,8 +97,11 @@ class Decision:
     def headers(self) -> dict[str, str]:
         if not self.limit:
             return {}
-        return {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining),
-                "X-RateLimit-Reset": str(math.ceil(self.reset_at))}
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
+        }
 
 
 OPEN = Decision(allowed=True, limit=0, remaining=0, reset_at=0.0)
@@ -175,8 +178,11 @@ class RateLimiter:
             from limits.storage import RedisStorage
             from limits.strategies import SlidingWindowCounterRateLimiter
 
-            storage = RedisStorage(self.cache.settings.redis_url, connection_pool=self.cache.client.connection_pool,
-                                   key_prefix=self.key_prefix)
+            storage = RedisStorage(
+                self.cache.settings.redis_url,
+                connection_pool=self.cache.client.connection_pool,
+                key_prefix=self.key_prefix,
+            )
             self._limiter = SlidingWindowCounterRateLimiter(storage)
         return self._limiter
 
@@ -220,12 +226,14 @@ class RateLimiter:
         if self._script is None or self._script.registered_client is not client:
             self._script = client.register_script(_LEASE)
         granted, prev_count, prev_ttl, cur_count, cur_ttl = await self._script(
-            keys=keys, args=[lease.limit, WINDOW_S, size])
+            keys=keys, args=[lease.limit, WINDOW_S, size]
+        )
         if self._outage:
             self._outage = False
             log.info("rate limiting through redis again")
-        window = _window(lease.limit, int(prev_count or 0), int(prev_ttl or 0) / 1000, int(cur_count or 0),
-                         int(cur_ttl or 0) / 1000)
+        window = _window(
+            lease.limit, int(prev_count or 0), int(prev_ttl or 0) / 1000, int(cur_count or 0), int(cur_ttl or 0) / 1000
+        )
         lease.size = size
         lease.tokens = int(granted)
         lease.expires = time.monotonic() + LEASE_S
@@ -245,8 +253,9 @@ class RateLimiter:
             self._down_until = time.monotonic() + DOWN_FOR_S
             first, self._outage = not self._outage, True
         if first:
-            log.warning("rate limits enforced in-process (per process, not shared): redis unavailable: %s",
-                        type(exc).__name__)
+            log.warning(
+                "rate limits enforced in-process (per process, not shared): redis unavailable: %s", type(exc).__name__
+            )
 
     def clear(self, identifier: str, limit: int) -> None:
         from limits import RateLimitItemPerMinute

@@ -60,8 +60,13 @@ class Backend:
 class Balancer:
     """Picks backends for each call and feeds the outcome to breakers and metrics."""
 
-    def __init__(self, breakers: Breakers, recorder: Recorder, snapshot_ttl_s: float = SNAPSHOT_TTL_S,
-                 ready: Callable[[str], Awaitable[bool]] | None = None) -> None:
+    def __init__(
+        self,
+        breakers: Breakers,
+        recorder: Recorder,
+        snapshot_ttl_s: float = SNAPSHOT_TTL_S,
+        ready: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.breakers = breakers
         self.recorder = recorder
         self.ttl = snapshot_ttl_s
@@ -101,8 +106,10 @@ class Balancer:
     @staticmethod
     def _parse(urls: list[str], values: list[Any]) -> list[Backend]:
         n = len(urls)
-        return [Backend(u, view_from(u, values[i * 3:i * 3 + 3]), _probe_ok(values[3 * n + i]))
-                for i, u in enumerate(urls)]
+        return [
+            Backend(u, view_from(u, values[i * 3 : i * 3 + 3]), _probe_ok(values[3 * n + i]))
+            for i, u in enumerate(urls)
+        ]
 
     def _keep(self, backend: Backend, now: float) -> None:
         self._seen[backend.url] = (now + self.ttl, backend)
@@ -170,8 +177,9 @@ class Balancer:
             ready = False
         if not ready:
             return backend
-        log.warning("circuit breaker for a Triton backend was %s but it answers readiness; closing it",
-                    backend.circuit.state)
+        log.warning(
+            "circuit breaker for a Triton backend was %s but it answers readiness; closing it", backend.circuit.state
+        )
         await asyncio.to_thread(self.breakers.reset, backend.url)
         return Backend(backend.url, CircuitView(backend.url, shared=backend.circuit.shared), backend.probe_ok)
 
@@ -180,8 +188,9 @@ class Balancer:
         """Usable backends in round-robin order; CircuitOpen when every circuit is open."""
         closed = [b for b in backends if self.breakers.allows(b.circuit)]
         if not closed:
-            raise self.breakers.open_error(min((b.circuit for b in backends),
-                                               key=lambda v: v.remaining(self.breakers.reset_timeout)), label)
+            raise self.breakers.open_error(
+                min((b.circuit for b in backends), key=lambda v: v.remaining(self.breakers.reset_timeout)), label
+            )
         usable = [b for b in closed if b.probe_ok is not False] or closed  # all probes failed: maybe stale
         start = next(self._turn) % len(usable)
         return usable[start:] + usable[:start]
@@ -217,8 +226,9 @@ class Balancer:
             return result
         raise AssertionError("unreachable")
 
-    async def call_async(self, urls: list[str], attempt: Callable[[str], Awaitable[T]], count: bool = True,
-                         label: str | None = None) -> T:
+    async def call_async(
+        self, urls: list[str], attempt: Callable[[str], Awaitable[T]], count: bool = True, label: str | None = None
+    ) -> T:
         """``call`` for the event loop: breaker bookkeeping off the loop, never a Redis wait once warm."""
         if not urls:
             raise Unavailable("the model has no Triton backend configured")
@@ -232,8 +242,9 @@ class Balancer:
                     raise
                 if not getattr(err, "_kinfer_counted", False):  # one coalesced failure, many callers
                     err._kinfer_counted = True  # type: ignore[attr-defined]
-                    await asyncio.to_thread(self._failed, backend, err, time.perf_counter() - started,
-                                            err.code != "model_not_loaded")
+                    await asyncio.to_thread(
+                        self._failed, backend, err, time.perf_counter() - started, err.code != "model_not_loaded"
+                    )
                 if is_connection_failure(err) and i + 1 < len(chosen):
                     log.warning("retrying on another backend after: %s", err.message)
                     continue

@@ -60,21 +60,23 @@ def state_keys(url: str, prefix: str = PREFIX) -> list[str]:
 def view_from(url: str, values: list[Any]) -> CircuitView:
     """Parse the three values of ``state_keys`` (bytes or None) into a view."""
     state, failures, opened = (v.decode() if isinstance(v, bytes) else v for v in values)
-    return CircuitView(url, state or pybreaker.STATE_CLOSED, int(failures or 0),
-                       float(opened) if opened else None, shared=True)
+    return CircuitView(
+        url, state or pybreaker.STATE_CLOSED, int(failures or 0), float(opened) if opened else None, shared=True
+    )
 
 
 def read_states(client: Any, urls: list[str], prefix: str = PREFIX) -> dict[str, CircuitView]:
     """Breaker views of ``urls`` in one MGET (any process can call this; Redis errors propagate)."""
     keys = [k for url in urls for k in state_keys(url, prefix)]
     values = client.mget(keys) if keys else []
-    return {url: view_from(url, values[i * 3:i * 3 + 3]) for i, url in enumerate(urls)}
+    return {url: view_from(url, values[i * 3 : i * 3 + 3]) for i, url in enumerate(urls)}
 
 
 class _LogTransitions(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        log.warning("circuit breaker for Triton backend %s: %s -> %s", cb.name,
-                    getattr(old_state, "name", None), new_state.name)
+        log.warning(
+            "circuit breaker for Triton backend %s: %s -> %s", cb.name, getattr(old_state, "name", None), new_state.name
+        )
 
 
 class Breakers:
@@ -111,8 +113,9 @@ class Breakers:
     def _make_shared(self, url: str) -> pybreaker.CircuitBreaker | None:
         """CircuitRedisStorage's constructor writes to Redis: bounded by the client's short timeouts."""
         try:
-            storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, self.cache.client,
-                                                    namespace=f"{self.prefix}:{url}")
+            storage = pybreaker.CircuitRedisStorage(
+                pybreaker.STATE_CLOSED, self.cache.client, namespace=f"{self.prefix}:{url}"
+            )
         except Exception as exc:  # redis-py connection/timeout errors (RedisError, OSError)
             self.redis_failed(exc)
             return None
@@ -120,8 +123,13 @@ class Breakers:
             return self._shared.setdefault(url, self._new(url, storage))
 
     def _new(self, url: str, storage: Any) -> pybreaker.CircuitBreaker:
-        return pybreaker.CircuitBreaker(fail_max=self.fail_max, reset_timeout=self.reset_timeout,
-                                        state_storage=storage, name=url, listeners=[_LogTransitions()])
+        return pybreaker.CircuitBreaker(
+            fail_max=self.fail_max,
+            reset_timeout=self.reset_timeout,
+            state_storage=storage,
+            name=url,
+            listeners=[_LogTransitions()],
+        )
 
     # -- reading ---------------------------------------------------------------------
     def local_view(self, url: str) -> CircuitView:
@@ -148,8 +156,11 @@ class Breakers:
         """503 naming the circuit breaker and the backend by ``label`` (its registry identity; never
         its address, which stays in the operators' views)."""
         wait = max(1.0, view.remaining(self.reset_timeout))
-        return CircuitOpen(f"circuit breaker open for the Triton backend of {label or 'this model'} after "
-                           f"{view.failures or self.fail_max} failures; retry in {wait:.0f}s", retry_after=wait)
+        return CircuitOpen(
+            f"circuit breaker open for the Triton backend of {label or 'this model'} after "
+            f"{view.failures or self.fail_max} failures; retry in {wait:.0f}s",
+            retry_after=wait,
+        )
 
     # -- recording -------------------------------------------------------------------
     def record_success(self, url: str, seen: CircuitView) -> None:
@@ -178,4 +189,3 @@ class Breakers:
             self.breaker(url).call(outcome)
         except (pybreaker.CircuitBreakerError, KinferError):
             pass
-

@@ -30,8 +30,10 @@ from shared.errors import InvalidInput
 
 PIPELINE = 2  # merged requests in flight per key before new ones wait for one to come back
 
-Send = Callable[[str, ModelInfo, Mapping[str, np.ndarray], Mapping[str, str] | None, str | None, str | None],
-                Awaitable[dict[str, np.ndarray]]]
+Send = Callable[
+    [str, ModelInfo, Mapping[str, np.ndarray[Any, Any]], Mapping[str, str] | None, str | None, str | None],
+    Awaitable[dict[str, np.ndarray[Any, Any]]],
+]
 
 
 @dataclass
@@ -41,8 +43,8 @@ class _Batch:
     version: str | None
     label: str | None
     headers: Mapping[str, str] | None
-    parts: list[Mapping[str, np.ndarray]] = field(default_factory=list)
-    waiters: list[asyncio.Future[dict[str, np.ndarray]]] = field(default_factory=list)
+    parts: list[Mapping[str, np.ndarray[Any, Any]]] = field(default_factory=list)
+    waiters: list[asyncio.Future[dict[str, np.ndarray[Any, Any]]]] = field(default_factory=list)
     timer: asyncio.Handle | None = None
 
 
@@ -56,12 +58,18 @@ class Coalescer:
         self._inflight: dict[tuple[Any, ...], int] = {}
 
     @staticmethod
-    def eligible(info: ModelInfo, arrays: Mapping[str, np.ndarray]) -> bool:
+    def eligible(info: ModelInfo, arrays: Mapping[str, np.ndarray[Any, Any]]) -> bool:
         return info.max_batch_size > 1 and all(a.ndim >= 1 and a.shape[0] == 1 for a in arrays.values())
 
-    async def infer(self, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
-                    headers: Mapping[str, str] | None = None, version: str | None = None,
-                    label: str | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self,
+        url: str,
+        info: ModelInfo,
+        arrays: Mapping[str, np.ndarray[Any, Any]],
+        headers: Mapping[str, str] | None = None,
+        version: str | None = None,
+        label: str | None = None,
+    ) -> dict[str, np.ndarray[Any, Any]]:
         """Run one single-row request, merged with others when they arrive together."""
         if self.wait_s <= 0 or not self.eligible(info, arrays):
             return await self.send(url, info, arrays, headers, version, label)
@@ -78,7 +86,7 @@ class Coalescer:
                 batch.timer = loop.call_soon(self._flush, key, batch)
             else:
                 batch.timer = loop.call_later(self.wait_s, self._flush, key, batch)
-        waiter: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        waiter: asyncio.Future[dict[str, np.ndarray[Any, Any]]] = loop.create_future()
         batch.parts.append(arrays)
         batch.waiters.append(waiter)
         if len(batch.parts) >= info.max_batch_size:
@@ -132,10 +140,14 @@ class Coalescer:
             raise
         for row, waiter in enumerate(waiters):
             if not waiter.done():
-                waiter.set_result({name: a[row:row + 1] for name, a in outputs.items()})
+                waiter.set_result({name: a[row : row + 1] for name, a in outputs.items()})
 
-    async def _alone(self, batch: _Batch, part: Mapping[str, np.ndarray],
-                     waiter: asyncio.Future[dict[str, np.ndarray]]) -> None:
+    async def _alone(
+        self,
+        batch: _Batch,
+        part: Mapping[str, np.ndarray[Any, Any]],
+        waiter: asyncio.Future[dict[str, np.ndarray[Any, Any]]],
+    ) -> None:
         try:
             result = await self.send(batch.url, batch.info, part, batch.headers, batch.version, batch.label)
         except Exception as exc:

@@ -36,8 +36,14 @@ FLUSH_S = 1.0
 class Recorder:
     """In-process tallies flushed to Redis; never raises into the request."""
 
-    def __init__(self, cache: Any, flush_s: float = FLUSH_S, requests_key: str = REQUESTS_KEY,
-                 latency_key: str = LATENCY_KEY, rows_key: str = ROWS_KEY) -> None:
+    def __init__(
+        self,
+        cache: Any,
+        flush_s: float = FLUSH_S,
+        requests_key: str = REQUESTS_KEY,
+        latency_key: str = LATENCY_KEY,
+        rows_key: str = ROWS_KEY,
+    ) -> None:
         self.keys = (requests_key, latency_key, rows_key)
         self.cache = cache
         self.flush_s = flush_s
@@ -106,7 +112,10 @@ class Recorder:
         """Move the tallies to Redis in one pipeline; kept for the next flush if Redis is down."""
         with self._lock:
             tallies: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = (
-                dict(self._requests), dict(self._latency), dict(self._rows))
+                dict(self._requests),
+                dict(self._latency),
+                dict(self._rows),
+            )
             self._requests.clear()
             self._latency.clear()
             self._rows.clear()
@@ -141,19 +150,21 @@ class Recorder:
                 self._rows[k] += x
 
 
-
 # -- exposition (backends function) -------------------------------------------------------
-def read_counters(client: Any, requests_key: str = REQUESTS_KEY, latency_key: str = LATENCY_KEY,
-                  rows_key: str = ROWS_KEY) -> tuple[dict[str, int], dict[str, float], dict[str, float]]:
+def read_counters(
+    client: Any, requests_key: str = REQUESTS_KEY, latency_key: str = LATENCY_KEY, rows_key: str = ROWS_KEY
+) -> tuple[dict[str, int], dict[str, float], dict[str, float]]:
     """The three hashes (requests, latency, rows) as {field: value}."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(requests_key)
     pipe.hgetall(latency_key)
     pipe.hgetall(rows_key)
     raw_req, raw_lat, raw_rows = pipe.execute()
-    return ({k.decode(): int(v) for k, v in raw_req.items()},
-            {k.decode(): float(v) for k, v in raw_lat.items()},
-            {k.decode(): float(v) for k, v in raw_rows.items()})
+    return (
+        {k.decode(): int(v) for k, v in raw_req.items()},
+        {k.decode(): float(v) for k, v in raw_lat.items()},
+        {k.decode(): float(v) for k, v in raw_rows.items()},
+    )
 
 
 class BackendCollector:
@@ -167,12 +178,17 @@ class BackendCollector:
 
         from shared.backends.breaker import STATE_CODES
 
-        state = GaugeMetricFamily("kinfer_circuit_state", "Circuit breaker state per Triton backend "
-                                  "(0 closed, 1 half-open, 2 open)", labels=["backend"])
-        failures = GaugeMetricFamily("kinfer_circuit_failures", "Consecutive failures counted by the breaker",
-                                     labels=["backend"])
-        healthy = GaugeMetricFamily("kinfer_backend_healthy", "Last probe result (1 ready, 0 not, -1 never probed)",
-                                    labels=["backend"])
+        state = GaugeMetricFamily(
+            "kinfer_circuit_state",
+            "Circuit breaker state per Triton backend (0 closed, 1 half-open, 2 open)",
+            labels=["backend"],
+        )
+        failures = GaugeMetricFamily(
+            "kinfer_circuit_failures", "Consecutive failures counted by the breaker", labels=["backend"]
+        )
+        healthy = GaugeMetricFamily(
+            "kinfer_backend_healthy", "Last probe result (1 ready, 0 not, -1 never probed)", labels=["backend"]
+        )
         for url in self.urls:
             view = self.views[url]
             state.add_metric([url], STATE_CODES.get(view.state, 0))
@@ -181,20 +197,31 @@ class BackendCollector:
             healthy.add_metric([url], -1 if probe is None else int(bool(probe.get("healthy"))))
         yield from (state, failures, healthy)
         requests, latency, rows = read_counters(self.client)
-        counter = CounterMetricFamily("kinfer_backend_requests", "Triton requests per backend and outcome",
-                                      labels=["backend", "outcome"])
+        counter = CounterMetricFamily(
+            "kinfer_backend_requests", "Triton requests per backend and outcome", labels=["backend", "outcome"]
+        )
         for field, count in sorted(requests.items()):
             url, _, outcome = field.rpartition("|")
             counter.add_metric([url, outcome], count)
         yield counter
-        yield _histogram("kinfer_backend_request_duration_seconds", "Triton request latency per backend",
-                         latency, BUCKETS)
-        yield _histogram("kinfer_backend_request_rows", "Rows per Triton inference request (coalesced "
-                         "real-time requests, batch sub-batches)", rows, ROW_BUCKETS)
+        yield _histogram(
+            "kinfer_backend_request_duration_seconds", "Triton request latency per backend", latency, BUCKETS
+        )
+        yield _histogram(
+            "kinfer_backend_request_rows",
+            "Rows per Triton inference request (coalesced real-time requests, batch sub-batches)",
+            rows,
+            ROW_BUCKETS,
+        )
 
 
-def _histogram(name: str, documentation: str, tallies: dict[str, float], bounds: tuple[float, ...],
-               labels: tuple[str, ...] = ("backend",)) -> Any:
+def _histogram(
+    name: str,
+    documentation: str,
+    tallies: dict[str, float],
+    bounds: tuple[float, ...],
+    labels: tuple[str, ...] = ("backend",),
+) -> Any:
     """A histogram family from "<labels joined by |>|<bucket index or sum>" fields."""
     from prometheus_client.core import HistogramMetricFamily
 

@@ -45,8 +45,11 @@ def backend_models(services: Services) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {backend_id(own): []}
     try:
         with services.db.begin() as conn:
-            rows = conn.execute(sa.select(models.c.backend_urls, models.c.triton_model, models.c.name)
-                                .where(models.c.status == "active")).all()
+            rows = conn.execute(
+                sa.select(models.c.backend_urls, models.c.triton_model, models.c.name).where(
+                    models.c.status == "active"
+                )
+            ).all()
     except KinferError as exc:
         log.warning("registry unreachable; reporting TRITON_URL only: %s", exc.message)
         rows = []
@@ -63,9 +66,15 @@ def probe_one(services: Services, url: str, model_names: list[str]) -> dict[str,
     # A backend is healthy when its server is ready: one model registered there but
     # missing must not steer traffic for the others away from it.
     ok, missing, reason = services.triton.ready(url, model_names, PROBE_TIMEOUT_S)
-    return {"url": url, "healthy": ok, "reason": reason, "models": model_names, "models_not_ready": missing,
-            "last_checked": datetime.now(UTC).isoformat(),
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+    return {
+        "url": url,
+        "healthy": ok,
+        "reason": reason,
+        "models": model_names,
+        "models_not_ready": missing,
+        "last_checked": datetime.now(UTC).isoformat(),
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
 
 
 def _probed(services: Services, targets: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -128,12 +137,28 @@ def health(services: Services) -> dict[str, Any]:
         records.update({r["url"]: r for r in probe(services, stale)})
     views = services.breakers.views(urls)
     for u in urls:  # never probed (PROBE_TRITON_URL=false): healthy unless its circuit is open
-        records.setdefault(u, {"healthy": views[u].state != "open", "last_checked": None, "latency_ms": None,
-                               "reason": "not probed: it scales to zero; health is its circuit breaker's"})
-    backends = [{"url": u, "healthy": bool(records[u]["healthy"]), "circuit": views[u].state,
-                 "failures": views[u].failures, "last_checked": records[u]["last_checked"],
-                 "latency_ms": records[u]["latency_ms"], "reason": records[u].get("reason"),
-                 "models_not_ready": records[u].get("models_not_ready", [])} for u in urls]
+        records.setdefault(
+            u,
+            {
+                "healthy": views[u].state != "open",
+                "last_checked": None,
+                "latency_ms": None,
+                "reason": "not probed: it scales to zero; health is its circuit breaker's",
+            },
+        )
+    backends = [
+        {
+            "url": u,
+            "healthy": bool(records[u]["healthy"]),
+            "circuit": views[u].state,
+            "failures": views[u].failures,
+            "last_checked": records[u]["last_checked"],
+            "latency_ms": records[u]["latency_ms"],
+            "reason": records[u].get("reason"),
+            "models_not_ready": records[u].get("models_not_ready", []),
+        }
+        for u in urls
+    ]
     up = sum(1 for b in backends if b["healthy"] and b["circuit"] != "open")
     complete = up == len(backends) and not any(b["models_not_ready"] for b in backends)
     status = "healthy" if complete else ("degraded" if up else "unhealthy")
@@ -151,8 +176,9 @@ def metrics_text(services: Services, collectors: tuple[Any, ...] = ()) -> tuple[
     extra = _counted_urls(services)
     urls += [u for u in extra if u not in urls]
     registry = CollectorRegistry(auto_describe=False)
-    collector = BackendCollector(services.cache.client, urls, services.breakers.views(urls),
-                                 probe_records(services, urls))
+    collector = BackendCollector(
+        services.cache.client, urls, services.breakers.views(urls), probe_records(services, urls)
+    )
     registry.register(collector)
     for more in collectors:
         registry.register(more)

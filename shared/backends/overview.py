@@ -44,11 +44,19 @@ def overview(services: Services, window_s: float = DEFAULT_WINDOW_S) -> dict[str
     rows = []
     for b in health["backends"]:
         url = b["url"]
-        row = {"url": url, "circuit": b["circuit"], "failures": b["failures"],
-               "healthy": b["healthy"] if b["last_checked"] else None, "last_probe": b["last_checked"],
-               "probe_ms": b["latency_ms"], "reason": b.get("reason"), "models": models.get(url, []),
-               "requests": counters["requests"].get(url, {}) if counters else {},
-               "p50_ms": None, "requests_per_s": None}
+        row = {
+            "url": url,
+            "circuit": b["circuit"],
+            "failures": b["failures"],
+            "healthy": b["healthy"] if b["last_checked"] else None,
+            "last_probe": b["last_checked"],
+            "probe_ms": b["latency_ms"],
+            "reason": b.get("reason"),
+            "models": models.get(url, []),
+            "requests": counters["requests"].get(url, {}) if counters else {},
+            "p50_ms": None,
+            "requests_per_s": None,
+        }
         if counters is not None and base is not None and covered:
             total = sum(counters["requests"].get(url, {}).values())
             before = sum(base["requests"].get(url, {}).values())
@@ -113,7 +121,8 @@ def _baseline(services: Services, now: float, window_s: float) -> dict[str, Any]
     snapshots = [json.loads(item) for item in raw]  # newest first
     inside = [s for s in snapshots if now - window_s <= s["t"] <= now - MIN_SPAN_S]
     if inside:
-        return inside[-1]
+        found: dict[str, Any] | None = inside[-1]
+        return found
     return next((s for s in snapshots if s["t"] < now - window_s), None)
 
 

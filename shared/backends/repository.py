@@ -67,8 +67,9 @@ def _remote_keys(client: Any, bucket: str, prefix: str) -> set[str]:
     return keys
 
 
-def upload_repository(client: Any, repository: Path, bucket: str, prefix: str = "models",
-                      delete_stale: bool = False) -> UploadReport:
+def upload_repository(
+    client: Any, repository: Path, bucket: str, prefix: str = "models", delete_stale: bool = False
+) -> UploadReport:
     """Copy ``repository`` to ``s3://bucket/prefix/``; with ``delete_stale``, remove keys no longer present."""
     prefix = prefix.strip("/")
     if not prefix:
@@ -87,6 +88,8 @@ def upload_repository(client: Any, repository: Path, bucket: str, prefix: str = 
             with translated(f"delete of {key}"):
                 client.delete_object(Bucket=bucket, Key=key)
         report.deleted = stale
-    log.info("uploaded model repository", extra={"bucket": bucket, "prefix": prefix,
-                                                 "models": len(report.models), "files": len(report.uploaded)})
+    log.info(
+        "uploaded model repository",
+        extra={"bucket": bucket, "prefix": prefix, "models": len(report.models), "files": len(report.uploaded)},
+    )
     return report

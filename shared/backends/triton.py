@@ -44,9 +44,18 @@ CHANNEL_ARGS = [
 ]
 
 NP_DTYPES: dict[str, Any] = {
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
-    "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "BOOL": np.bool_,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "BOOL": np.bool_,
 }
 
 
@@ -89,14 +98,14 @@ def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> M
     skip = 1 if max_batch > 0 else 0
 
     def specs(items: Any) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t["name"], t["datatype"], tuple(int(d) for d in t.get("shape", []))[skip:])
-                     for t in items or [])
+        return tuple(
+            TensorSpec(t["name"], t["datatype"], tuple(int(d) for d in t.get("shape", []))[skip:]) for t in items or []
+        )
 
     params = config.get("parameters") or {}
     raw_labels = (params.get("class_names") or params.get("labels") or {}).get("string_value", "")
     labels = tuple(x.strip() for x in raw_labels.split(",") if x.strip())
-    return ModelInfo(metadata["name"], specs(metadata.get("inputs")), specs(metadata.get("outputs")),
-                     max_batch, labels)
+    return ModelInfo(metadata["name"], specs(metadata.get("inputs")), specs(metadata.get("outputs")), max_batch, labels)
 
 
 def error_parts(exc: BaseException) -> tuple[str, str]:
@@ -118,11 +127,16 @@ def translate(exc: BaseException, url: str, model: str, label: str | None = None
     status, text = error_parts(exc)
     who = label or f"Triton model {model!r}"
     caller = status in _CALLER_CODES
-    log.log(logging.INFO if caller else logging.WARNING, "Triton %s model %s: %s %s", url, model,
-            status or type(exc).__name__, text[:500])
+    log.log(
+        logging.INFO if caller else logging.WARNING,
+        "Triton %s model %s: %s %s",
+        url,
+        model,
+        status or type(exc).__name__,
+        text[:500],
+    )
     if caller:
-        return InvalidInput(f"{who} rejected the input: the tensors do not match what the model accepts",
-                            field="input")
+        return InvalidInput(f"{who} rejected the input: the tensors do not match what the model accepts", field="input")
     if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline Exceeded" in text:
         return BackendTimeout(f"the Triton backend of {who} did not answer in time")
     if status == "StatusCode.NOT_FOUND" or "unknown model" in text:
@@ -181,9 +195,15 @@ class TritonPool:
         self._info[key] = (time.monotonic() + self.settings.metadata_ttl_s, info)
         return info
 
-    def infer(self, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
-              headers: Mapping[str, str] | None = None, version: str | None = None,
-              label: str | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self,
+        url: str,
+        info: ModelInfo,
+        arrays: Mapping[str, np.ndarray[Any, Any]],
+        headers: Mapping[str, str] | None = None,
+        version: str | None = None,
+        label: str | None = None,
+    ) -> dict[str, np.ndarray[Any, Any]]:
         """One Triton inference request (``version``: the Triton model version, "" or None = Triton's
         policy); every output tensor comes back as a numpy array."""
         import tritonclient.grpc as grpcclient
@@ -196,9 +216,14 @@ class TritonPool:
             tensors.append(tensor)
         outputs = self._requested_outputs(info)
         try:
-            result = self.client(url).infer(info.name, tensors, model_version=version or "", outputs=outputs,
-                                            headers=dict(headers or {}),
-                                            client_timeout=self.settings.triton_timeout_s)
+            result = self.client(url).infer(
+                info.name,
+                tensors,
+                model_version=version or "",
+                outputs=outputs,
+                headers=dict(headers or {}),
+                client_timeout=self.settings.triton_timeout_s,
+            )
         except Exception as exc:
             raise translate(exc, url, info.name, label) from exc
         return {o.name: result.as_numpy(o.name) for o in info.outputs}
@@ -238,5 +263,3 @@ class TritonPool:
                 client.close()
             except Exception:  # closing a broken channel must not fail shutdown
                 log.debug("closing a Triton client failed", exc_info=True)
-
-

@@ -53,8 +53,7 @@ class AsyncTriton:
         hit = self._info.get((url, model, version or ""))
         return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
-    async def model_info(self, url: str, model: str, version: str | None = None,
-                         label: str | None = None) -> ModelInfo:
+    async def model_info(self, url: str, model: str, version: str | None = None, label: str | None = None) -> ModelInfo:
         """Metadata + config of ``model`` on ``url``, cached for METADATA_TTL_S (one fetch per miss)."""
         found = self.cached_info(url, model, version)
         if found is not None:
@@ -68,34 +67,42 @@ class AsyncTriton:
 
         return await self._flight.run(("info", url, model, version or ""), fetch)
 
-    async def model_config(self, url: str, model: str, version: str | None = None,
-                           label: str | None = None) -> dict[str, Any]:
+    async def model_config(
+        self, url: str, model: str, version: str | None = None, label: str | None = None
+    ) -> dict[str, Any]:
         """Triton's model configuration as JSON (the v2 ``/config`` route)."""
-        return (await self._metadata(url, model, version, label))[1].get("config", {})
+        found: dict[str, Any] = (await self._metadata(url, model, version, label))[1].get("config", {})
+        return found
 
-    async def _metadata(self, url: str, model: str, version: str | None,
-                        label: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def _metadata(
+        self, url: str, model: str, version: str | None, label: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         from google.protobuf.json_format import MessageToDict
         from tritonclient.grpc import service_pb2
 
         stub, timeout = self.stub(url), self.settings.triton_timeout_s
         try:
-            metadata = await stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=model, version=version or ""),
-                                                timeout=timeout)
-            config = await stub.ModelConfig(service_pb2.ModelConfigRequest(name=model, version=version or ""),
-                                            timeout=timeout)
+            metadata = await stub.ModelMetadata(
+                service_pb2.ModelMetadataRequest(name=model, version=version or ""), timeout=timeout
+            )
+            config = await stub.ModelConfig(
+                service_pb2.ModelConfigRequest(name=model, version=version or ""), timeout=timeout
+            )
         except Exception as exc:  # grpc.aio.AioRpcError and transport errors: translated once, here
             raise translate(exc, url, model, label) from exc
-        return (MessageToDict(metadata, preserving_proto_field_name=True),
-                MessageToDict(config, preserving_proto_field_name=True))
+        return (
+            MessageToDict(metadata, preserving_proto_field_name=True),
+            MessageToDict(config, preserving_proto_field_name=True),
+        )
 
     async def model_ready(self, url: str, model: str, version: str | None = None, timeout: float = 2.0) -> bool:
         """Triton's readiness of one model (False when the backend cannot say)."""
         from tritonclient.grpc import service_pb2
 
         try:
-            answer = await self.stub(url).ModelReady(service_pb2.ModelReadyRequest(name=model, version=version or ""),
-                                                    timeout=timeout)
+            answer = await self.stub(url).ModelReady(
+                service_pb2.ModelReadyRequest(name=model, version=version or ""), timeout=timeout
+            )
         except Exception:  # unreachable backend: not ready
             return False
         return bool(answer.ready)
@@ -114,9 +121,15 @@ class AsyncTriton:
             self._info.pop(key, None)
 
     # -- inference -----------------------------------------------------------------------
-    async def infer(self, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray],
-                    headers: Mapping[str, str] | None = None, version: str | None = None,
-                    label: str | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self,
+        url: str,
+        info: ModelInfo,
+        arrays: Mapping[str, np.ndarray[Any, Any]],
+        headers: Mapping[str, str] | None = None,
+        version: str | None = None,
+        label: str | None = None,
+    ) -> dict[str, np.ndarray[Any, Any]]:
         """One Triton inference request; every output tensor comes back as a numpy array."""
         from tritonclient.grpc import service_pb2
 
@@ -133,8 +146,9 @@ class AsyncTriton:
             request.outputs.add().name = out.name
         metadata = tuple(headers.items()) if headers else None
         try:
-            response = await self.stub(url).ModelInfer(request, metadata=metadata,
-                                                       timeout=self.settings.triton_timeout_s)
+            response = await self.stub(url).ModelInfer(
+                request, metadata=metadata, timeout=self.settings.triton_timeout_s
+            )
         except Exception as exc:  # grpc.aio.AioRpcError and transport errors: translated once, here
             raise translate(exc, url, info.name, label) from exc
         if self.recorder is not None:
@@ -146,9 +160,9 @@ class AsyncTriton:
         self._stubs.drain()
 
 
-def outputs_of(response: Any, who: str) -> dict[str, np.ndarray]:
+def outputs_of(response: Any, who: str) -> dict[str, np.ndarray[Any, Any]]:
     """The output tensors of a ModelInferResponse as numpy arrays (raw bytes; BYTES decoded)."""
-    outputs: dict[str, np.ndarray] = {}
+    outputs: dict[str, np.ndarray[Any, Any]] = {}
     raw = response.raw_output_contents
     for i, out in enumerate(response.outputs):
         shape = tuple(out.shape)

@@ -37,8 +37,9 @@ def intake(services: Services, event: Any) -> dict[str, Any]:
         return {"jobs": [_request_job(services, event.data, base_key)], "ignored": []}
     records = _records(event.data)
     if records is None:
-        raise InvalidInput(f"event type {event['type']!r} is neither {REQUEST_EVENT_TYPE} nor an S3 "
-                           "object-created notification")
+        raise InvalidInput(
+            f"event type {event['type']!r} is neither {REQUEST_EVENT_TYPE} nor an S3 object-created notification"
+        )
     jobs, ignored = [], []
     for number, record in enumerate(records):
         target = object_target(record, services.settings.s3_input_bucket)
@@ -48,8 +49,9 @@ def intake(services: Services, event: Any) -> dict[str, Any]:
         body = {"model": target[2], "input_url": f"s3://{target[0]}/{target[1]}"}
         if target[3]:
             body["version"] = target[3]
-        jobs.append(batch.submit_job(services, body, batch.ANONYMOUS, intake_key=f"{base_key}#{number}",
-                                     readable=(INCOMING,)))
+        jobs.append(
+            batch.submit_job(services, body, batch.ANONYMOUS, intake_key=f"{base_key}#{number}", readable=(INCOMING,))
+        )
     return {"jobs": jobs, "ignored": ignored}
 
 
@@ -82,7 +84,7 @@ def object_target(record: dict[str, Any], input_bucket: str) -> tuple[str, str, 
         return f"{name or 'unnamed event'} is not an object creation"
     if bucket != input_bucket or not key.startswith(INCOMING) or not key.endswith(".jsonl"):
         return f"s3://{bucket}/{key} is not incoming/<model>/[<version>/]<file>.jsonl in {input_bucket}"
-    parts = key[len(INCOMING):].split("/")
+    parts = key[len(INCOMING) :].split("/")
     if len(parts) == 2 and parts[0]:
         return bucket, key, parts[0], None
     if len(parts) == 3 and parts[0] and parts[1]:

@@ -62,12 +62,14 @@ def readable_input(url: str, input_bucket: str, prefixes: tuple[str, ...]) -> tu
     """
     bucket, key = storage.parse_s3_url(url)
     segments = key.split("/")
-    confined = (bucket == input_bucket and key.startswith(prefixes)
-                and all(s not in ("", ".", "..") for s in segments))
+    confined = bucket == input_bucket and key.startswith(prefixes) and all(s not in ("", ".", "..") for s in segments)
     if not confined:
         mine = f"s3://{input_bucket}/{prefixes[0]}"
-        raise InvalidInput(f"input_url must name an object under your upload prefix {mine}; "
-                           "POST /v1/batch/uploads gives you an upload URL there", field="input_url")
+        raise InvalidInput(
+            f"input_url must name an object under your upload prefix {mine}; "
+            "POST /v1/batch/uploads gives you an upload URL there",
+            field="input_url",
+        )
     return bucket, key
 
 
@@ -75,21 +77,32 @@ def create_upload(services: Services, body: Any, owner: str) -> dict[str, Any]:
     """A presigned PUT URL for a new JSONL object under the owner's prefix, and its ``input_url``."""
     body = v.require_object(body if body is not None else {})
     v.reject_unknown(body, ("filename",))
-    filename = v.string(body.get("filename", "inputs.jsonl"), "filename", max_len=128, pattern=UPLOAD_NAME,
-                        hint="letters, digits, '.', '_' or '-'")
+    filename = v.string(
+        body.get("filename", "inputs.jsonl"),
+        "filename",
+        max_len=128,
+        pattern=UPLOAD_NAME,
+        hint="letters, digits, '.', '_' or '-'",
+    )
     settings = services.settings
     services.ensure_batch_buckets()
     key = f"{upload_prefix(owner)}{uuid.uuid4().hex}/{filename}"
     expires = settings.result_url_expiry_s
     url = storage.presign_put(services.s3_presigner, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE)
-    return {"input_url": f"s3://{settings.s3_input_bucket}/{key}", "upload_url": url, "method": "PUT",
-            "headers": {"Content-Type": storage.JSONL_TYPE}, "expires_in": expires,
-            "prefix": f"s3://{settings.s3_input_bucket}/{upload_prefix(owner)}"}
+    return {
+        "input_url": f"s3://{settings.s3_input_bucket}/{key}",
+        "upload_url": url,
+        "method": "PUT",
+        "headers": {"Content-Type": storage.JSONL_TYPE},
+        "expires_in": expires,
+        "prefix": f"s3://{settings.s3_input_bucket}/{upload_prefix(owner)}",
+    }
 
 
 # -- submit ---------------------------------------------------------------------
-def submit_job(services: Services, body: Any, owner: str, *, intake_key: str | None = None,
-               readable: tuple[str, ...] = ()) -> dict[str, Any]:
+def submit_job(
+    services: Services, body: Any, owner: str, *, intake_key: str | None = None, readable: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Create a job from a POST /v1/batch body; 202-style ``{"id", "job_id", "status", "total"}``.
 
     ``input_url`` may only name an object under the owner's upload prefix (or under
@@ -115,8 +128,9 @@ def submit_job(services: Services, body: Any, owner: str, *, intake_key: str | N
         created = _submit_streamed(services, model, owner, source, body["input_url"], intake_key)
     if created is None:  # a redelivered intake event: the job exists already
         return _existing(services, intake_key) or {}
-    log.info("batch job %s created: %d item(s) in %d chunk(s)", created["id"], created["total"],
-             created["chunks_total"])
+    log.info(
+        "batch job %s created: %d item(s) in %d chunk(s)", created["id"], created["total"], created["chunks_total"]
+    )
     return _summary(created["id"], "pending", created["total"])
 
 
@@ -125,8 +139,14 @@ def _summary(job_id: Any, status: str, total: int) -> dict[str, Any]:
     return {"id": str(job_id), "job_id": str(job_id), "status": status, "total": total}
 
 
-def _submit_inline(services: Services, model: dict[str, Any], owner: str, total: int,
-                   source: Callable[[Any], Iterator[bytes]], intake_key: str | None) -> dict[str, Any] | None:
+def _submit_inline(
+    services: Services,
+    model: dict[str, Any],
+    owner: str,
+    total: int,
+    source: Callable[[Any], Iterator[bytes]],
+    intake_key: str | None,
+) -> dict[str, Any] | None:
     """Known size: insert the job first, then write and emit each chunk in a pipeline (workers start early)."""
     size = services.settings.batch_chunk_size
     row = _job_row(services, uuid.uuid4(), model, owner, total, -(-total // size), None, intake_key)
@@ -137,8 +157,14 @@ def _submit_inline(services: Services, model: dict[str, Any], owner: str, total:
     return created
 
 
-def _submit_streamed(services: Services, model: dict[str, Any], owner: str, source: Callable[[Any], Iterator[bytes]],
-                     input_url: str, intake_key: str | None) -> dict[str, Any] | None:
+def _submit_streamed(
+    services: Services,
+    model: dict[str, Any],
+    owner: str,
+    source: Callable[[Any], Iterator[bytes]],
+    input_url: str,
+    intake_key: str | None,
+) -> dict[str, Any] | None:
     """Unknown size (input_url): stream the chunks to S3, insert the job, then emit."""
     job_id = uuid.uuid4()
     total, chunks = _write_inputs(services, job_id, source)
@@ -163,15 +189,15 @@ def _input_source(body: dict[str, Any], settings: Any, prefixes: tuple[str, ...]
     has_inputs, has_url = "inputs" in body, "input_url" in body
     max_items = settings.batch_max_items
     if has_inputs == has_url:
-        raise InvalidInput("give exactly one of inputs (a list) or input_url (s3://bucket/key.jsonl)",
-                           field="inputs")
+        raise InvalidInput("give exactly one of inputs (a list) or input_url (s3://bucket/key.jsonl)", field="inputs")
     if has_url:
-        bucket, key = readable_input(v.string(body["input_url"], "input_url", max_len=1024),
-                                     settings.s3_input_bucket, prefixes)
+        bucket, key = readable_input(
+            v.string(body["input_url"], "input_url", max_len=1024), settings.s3_input_bucket, prefixes
+        )
         return lambda services: _s3_lines(services, bucket, key, max_items)
     inputs = body["inputs"]
     if not isinstance(inputs, list) or not inputs:
-        raise InvalidInput("inputs must be a non-empty list of inputs like {\"data\": [...]}", field="inputs")
+        raise InvalidInput('inputs must be a non-empty list of inputs like {"data": [...]}', field="inputs")
     if len(inputs) > max_items:
         raise InvalidInput(f"inputs has {len(inputs)} items; the limit is {max_items}", field="inputs")
     return lambda services: (orjson.dumps(item) for item in inputs)
@@ -189,8 +215,9 @@ def _s3_lines(services: Services, bucket: str, key: str, max_items: int) -> Iter
                     continue
                 count += 1
                 if count > max_items:
-                    raise InvalidInput(f"input_url has more than {max_items} lines; the limit is {max_items}",
-                                       field="input_url")
+                    raise InvalidInput(
+                        f"input_url has more than {max_items} lines; the limit is {max_items}", field="input_url"
+                    )
                 yield line
         finally:
             body.close()
@@ -216,8 +243,9 @@ def _write_inputs(services: Services, job_id: uuid.UUID, source: Callable[[Any],
             pending = []
             for number, chunk in enumerate(_chunked(source(services), size)):
                 data = b"\n".join(chunk) + b"\n"
-                pending.append(pool.submit(results.put_lines, services, bucket, results.input_key(job_id, number),
-                                           data))
+                pending.append(
+                    pool.submit(results.put_lines, services, bucket, results.input_key(job_id, number), data)
+                )
                 total, chunks = total + len(chunk), chunks + 1
                 if len(pending) >= 2 * PARALLEL_PUTS:
                     pending.pop(0).result()
@@ -231,12 +259,29 @@ def _write_inputs(services: Services, job_id: uuid.UUID, source: Callable[[Any],
     return total, chunks
 
 
-def _job_row(services: Services, job_id: uuid.UUID, model: dict[str, Any], owner: str, total: int, chunks: int,
-             input_url: str | None, intake_key: str | None) -> dict[str, Any]:
-    return {"id": job_id, "owner": owner[:128], "model_name": model["name"], "model_version": model["version"],
-            "model_id": uuid.UUID(model["id"]), "status": "pending", "total": total,
-            "chunk_size": services.settings.batch_chunk_size, "chunks_total": chunks, "input_url": input_url,
-            "intake_key": intake_key}
+def _job_row(
+    services: Services,
+    job_id: uuid.UUID,
+    model: dict[str, Any],
+    owner: str,
+    total: int,
+    chunks: int,
+    input_url: str | None,
+    intake_key: str | None,
+) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "owner": owner[:128],
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "model_id": uuid.UUID(model["id"]),
+        "status": "pending",
+        "total": total,
+        "chunk_size": services.settings.batch_chunk_size,
+        "chunks_total": chunks,
+        "input_url": input_url,
+        "intake_key": intake_key,
+    }
 
 
 def _queue(services: Services, job: dict[str, Any], chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
@@ -256,16 +301,20 @@ def _queue(services: Services, job: dict[str, Any], chunks: Iterator[list[bytes]
                 future.result()
     except Exception as exc:
         _fail_enqueue(services, job, number, exc)
-        raise Unavailable(f"batch job {job['id']} could not be queued (storage or event sink unavailable at "
-                          f"chunk {number} of {job['chunks_total']}); it was marked failed, submit it again",
-                          retry_after=5) from exc
+        raise Unavailable(
+            f"batch job {job['id']} could not be queued (storage or event sink unavailable at "
+            f"chunk {number} of {job['chunks_total']}); it was marked failed, submit it again",
+            retry_after=5,
+        ) from exc
 
 
-def _queue_one(services: Services, job: dict[str, Any], chunk: int, lines: list[bytes] | None,
-               traceparent: str | None) -> None:
+def _queue_one(
+    services: Services, job: dict[str, Any], chunk: int, lines: list[bytes] | None, traceparent: str | None
+) -> None:
     if lines is not None:
-        results.put_lines(services, services.settings.s3_input_bucket, results.input_key(job["id"], chunk),
-                          b"\n".join(lines) + b"\n")
+        results.put_lines(
+            services, services.settings.s3_input_bucket, results.input_key(job["id"], chunk), b"\n".join(lines) + b"\n"
+        )
     _emit_one(services, job, chunk, traceparent)
 
 
@@ -277,28 +326,43 @@ def emit_chunk(services: Services, job: dict[str, Any], chunk: int) -> None:
 def _emit_one(services: Services, job: dict[str, Any], chunk: int, traceparent: str | None) -> None:
     first = chunk * job["chunk_size"]
     count = min(job["chunk_size"], job["total"] - first)
-    data = {"job_id": str(job["id"]), "chunk": chunk, "start": first, "count": count,
-            "bucket": services.settings.s3_input_bucket, "key": results.input_key(job["id"], chunk),
-            "model": job["model_name"], "version": job["model_version"], "model_id": str(job["model_id"])}
+    data = {
+        "job_id": str(job["id"]),
+        "chunk": chunk,
+        "start": first,
+        "count": count,
+        "bucket": services.settings.s3_input_bucket,
+        "key": results.input_key(job["id"], chunk),
+        "model": job["model_name"],
+        "version": job["model_version"],
+        "model_id": str(job["model_id"]),
+    }
     extensions = {"partitionkey": f"{job['id']}-{chunk}"}
     if traceparent:
         extensions["traceparent"] = traceparent
     for attempt in range(EMIT_ATTEMPTS):
         try:
-            sink.emit(services.settings, type=CHUNK_EVENT_TYPE, source=services.settings.event_source,
-                        subject=str(job["id"]), data=data, extensions=extensions, id=f"{job['id']}:{chunk}")
+            sink.emit(
+                services.settings,
+                type=CHUNK_EVENT_TYPE,
+                source=services.settings.event_source,
+                subject=str(job["id"]),
+                data=data,
+                extensions=extensions,
+                id=f"{job['id']}:{chunk}",
+            )
             return
         except Unavailable:
             if attempt == EMIT_ATTEMPTS - 1:
                 raise
-            time.sleep(EMIT_BACKOFF_S * 2 ** attempt)
+            time.sleep(EMIT_BACKOFF_S * 2**attempt)
 
 
 def _fail_enqueue(services: Services, job: dict[str, Any], chunk: int, exc: Exception) -> None:
-    log.error("batch job %s: queueing chunk %d failed (%s); marking the job failed", job["id"], chunk,
-              type(exc).__name__)
-    reason = (f"could not queue chunk {chunk} of {job['chunks_total']}: object storage or the event sink "
-              "is unavailable")
+    log.error(
+        "batch job %s: queueing chunk %d failed (%s); marking the job failed", job["id"], chunk, type(exc).__name__
+    )
+    reason = f"could not queue chunk {chunk} of {job['chunks_total']}: object storage or the event sink is unavailable"
     with services.db.begin() as conn:
         store.set_finished(conn, job["id"], "failed", error=reason)
         store.clear_intake_key(conn, job["id"])  # a redelivered intake event may try again
@@ -311,12 +375,20 @@ def to_json(services: Services, job: dict[str, Any]) -> dict[str, Any]:
     total, completed = int(job["total"]), int(job["completed"])
     finished = job["status"] in store.FINISHED
     body = {
-        "id": str(job["id"]), "job_id": str(job["id"]), "status": job["status"],
+        "id": str(job["id"]),
+        "job_id": str(job["id"]),
+        "status": job["status"],
         "progress": round(completed / total, 6) if total else (1.0 if finished else 0.0),
-        "total": total, "completed": completed, "succeeded": int(job["succeeded"]), "failed": int(job["failed"]),
+        "total": total,
+        "completed": completed,
+        "succeeded": int(job["succeeded"]),
+        "failed": int(job["failed"]),
         "result_url": _result_url(services, job) if finished else None,
-        "errors": list(job["errors"] or []), "model": job["model_name"], "version": job["model_version"],
-        "created_at": _iso(job["created_at"]), "started_at": _iso(job["started_at"]),
+        "errors": list(job["errors"] or []),
+        "model": job["model_name"],
+        "version": job["model_version"],
+        "created_at": _iso(job["created_at"]),
+        "started_at": _iso(job["started_at"]),
         "finished_at": _iso(job["finished_at"]),
     }
     if job.get("error"):
@@ -377,8 +449,13 @@ def list_jobs(services: Services, args: Any, owner: str) -> dict[str, Any]:
     with services.db.begin() as conn:
         total, jobs = store.list_jobs(conn, owner, status, limit, offset)
     jobs = _reaped(services, jobs)
-    return {"jobs": [to_json(services, j) for j in jobs], "total_count": total, "total": total, "limit": limit,
-            "offset": offset}
+    return {
+        "jobs": [to_json(services, j) for j in jobs],
+        "total_count": total,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }
 
 
 def cancel_job(services: Services, raw_id: str, owner: str) -> dict[str, Any]:
@@ -390,8 +467,10 @@ def cancel_job(services: Services, raw_id: str, owner: str) -> dict[str, Any]:
         # The job may have finished between the read and the update: name the state it is in now.
         current = None if cancelled is not None else store.job_status(conn, job_id)
     if cancelled is None:
-        raise Conflict(f"batch job {job_id} is already {current}; only pending or processing jobs can be "
-                       f"cancelled (GET /v1/batch/{job_id} shows how it ended)")
+        raise Conflict(
+            f"batch job {job_id} is already {current}; only pending or processing jobs can be "
+            f"cancelled (GET /v1/batch/{job_id} shows how it ended)"
+        )
     _keep_partial_results(services, job_id)
     return {"id": str(job_id), "job_id": str(job_id), "status": "cancelled"}
 

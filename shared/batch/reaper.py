@@ -46,8 +46,12 @@ def reconcile(services: Services) -> dict[str, list[str]]:
         missing = [c for c in range(job["chunks_total"]) if c not in done]
         lost = [c for c in missing if not _input_exists(services, job["id"], c)]
         if lost:
-            _fail(services, job["id"], f"the inputs of {len(lost)} chunk(s) were lost while the platform was "
-                                       f"down (chunk {lost[0]} first); submit the job again")
+            _fail(
+                services,
+                job["id"],
+                f"the inputs of {len(lost)} chunk(s) were lost while the platform was "
+                f"down (chunk {lost[0]} first); submit the job again",
+            )
             outcome["failed"].append(str(job["id"]))
             continue
         for chunk in missing:

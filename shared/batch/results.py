@@ -41,7 +41,6 @@ def results_key(job_id: Any) -> str:
     return f"batch-results/{job_id}/results.jsonl"
 
 
-
 def encode_lines(rows: Iterable[Any]) -> bytes:
     """JSON Lines bytes of ``rows`` (compact, UTF-8; NaN and infinities as null; a lone surrogate in a
     string, which orjson refuses, stays a ``\\udXXX`` escape)."""
@@ -116,10 +115,12 @@ class _Upload:
         with storage.translated(f"s3://{self.bucket}/{self.key}"):
             if self.upload_id is None:
                 self.upload_id = self.client.create_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, ContentType=storage.JSONL_TYPE)["UploadId"]
+                    Bucket=self.bucket, Key=self.key, ContentType=storage.JSONL_TYPE
+                )["UploadId"]
             number = len(self.parts) + 1
-            etag = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                           PartNumber=number, Body=bytes(self.buffer))["ETag"]
+            etag = self.client.upload_part(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=bytes(self.buffer)
+            )["ETag"]
         self.parts.append({"ETag": etag, "PartNumber": number})
         self.buffer = bytearray()
 
@@ -130,8 +131,9 @@ class _Upload:
         if self.buffer:
             self._flush()
         with storage.translated(f"s3://{self.bucket}/{self.key}"):
-            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                                  MultipartUpload={"Parts": self.parts})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+            )
 
     def abort(self) -> None:
         if self.upload_id is not None:

@@ -26,6 +26,7 @@ FINISHED = ("completed", "failed", "cancelled")
 STATUSES = ACTIVE + FINISHED
 ERROR_SAMPLE = 10
 
+
 @dataclass(frozen=True)
 class ChunkCounts:
     """What one chunk contributed: processed = succeeded + failed; ``errors`` a short sample."""
@@ -76,21 +77,34 @@ def job_status(conn: Connection, job_id: uuid.UUID) -> str | None:
     return conn.execute(sa.select(batch_jobs.c.status).where(batch_jobs.c.id == job_id)).scalar()
 
 
-def list_jobs(conn: Connection, owner: str, status: str | None, limit: int, offset: int) -> tuple[int, list[dict]]:
+def list_jobs(
+    conn: Connection, owner: str, status: str | None, limit: int, offset: int
+) -> tuple[int, list[dict[str, Any]]]:
     query = sa.select(batch_jobs).where(batch_jobs.c.owner == owner)
     if status:
         query = query.where(batch_jobs.c.status == status)
     total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
-    rows = conn.execute(query.order_by(batch_jobs.c.created_at.desc(), batch_jobs.c.id.desc())
-                        .limit(limit).offset(offset)).all()
+    rows = conn.execute(
+        query.order_by(batch_jobs.c.created_at.desc(), batch_jobs.c.id.desc()).limit(limit).offset(offset)
+    ).all()
     return total, [dict(r._mapping) for r in rows]
 
 
-def set_finished(conn: Connection, job_id: uuid.UUID, status: str, *, only_active: bool = True,
-                 error: str | None = None, result_key: str | None = None) -> dict[str, Any] | None:
+def set_finished(
+    conn: Connection,
+    job_id: uuid.UUID,
+    status: str,
+    *,
+    only_active: bool = True,
+    error: str | None = None,
+    result_key: str | None = None,
+) -> dict[str, Any] | None:
     """Move a job to a finished status; None when it was not active (``only_active``)."""
-    values: dict[str, Any] = {"status": status, "finished_at": sa.func.clock_timestamp(),
-                              "updated_at": sa.func.clock_timestamp()}
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": sa.func.clock_timestamp(),
+        "updated_at": sa.func.clock_timestamp(),
+    }
     if error is not None:
         values["error"] = error
         values["errors"] = sa.cast(json.dumps([{"error": error}]), JSONB)
@@ -117,24 +131,38 @@ def start_chunk(conn: Connection, job_id: uuid.UUID, chunk: int) -> int | None:
     stmt = stmt.on_conflict_do_update(
         index_elements=["job_id", "chunk"],
         set_={"attempts": batch_chunks.c.attempts + 1, "updated_at": sa.func.clock_timestamp()},
-        where=batch_chunks.c.status == "processing")
+        where=batch_chunks.c.status == "processing",
+    )
     return conn.execute(stmt.returning(batch_chunks.c.attempts)).scalar()
 
 
-def record_chunk(conn: Connection, job_id: uuid.UUID, chunk: int, status: str,
-                 counts: ChunkCounts) -> dict[str, Any] | None:
+def record_chunk(
+    conn: Connection, job_id: uuid.UUID, chunk: int, status: str, counts: ChunkCounts
+) -> dict[str, Any] | None:
     """Record a chunk once and advance the job; the updated job, or None (duplicate or job not active).
 
     The caller rolls back on None so that a chunk of a cancelled job stays unrecorded.
     """
-    mark = pg_insert(batch_chunks).values(job_id=job_id, chunk=chunk, status=status, attempts=1,
-                                          processed=counts.processed, succeeded=counts.succeeded,
-                                          failed=counts.failed)
+    mark = pg_insert(batch_chunks).values(
+        job_id=job_id,
+        chunk=chunk,
+        status=status,
+        attempts=1,
+        processed=counts.processed,
+        succeeded=counts.succeeded,
+        failed=counts.failed,
+    )
     mark = mark.on_conflict_do_update(
         index_elements=["job_id", "chunk"],
-        set_={"status": status, "processed": counts.processed, "succeeded": counts.succeeded,
-              "failed": counts.failed, "updated_at": sa.func.clock_timestamp()},
-        where=batch_chunks.c.status == "processing")
+        set_={
+            "status": status,
+            "processed": counts.processed,
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+            "updated_at": sa.func.clock_timestamp(),
+        },
+        where=batch_chunks.c.status == "processing",
+    )
     if conn.execute(mark.returning(batch_chunks.c.chunk)).first() is None:
         return None
     return _advance(conn, job_id, counts)
@@ -159,36 +187,57 @@ RETURNING id, status, chunks_done, chunks_total, total, completed, succeeded, fa
 
 
 def _advance(conn: Connection, job_id: uuid.UUID, counts: ChunkCounts) -> dict[str, Any] | None:
-    row = conn.execute(_ADVANCE, {
-        "processed": counts.processed, "succeeded": counts.succeeded, "failed": counts.failed,
-        "sample": ERROR_SAMPLE, "new_errors": json.dumps(counts.errors[:ERROR_SAMPLE]), "job_id": job_id,
-    }).first()
+    row = conn.execute(
+        _ADVANCE,
+        {
+            "processed": counts.processed,
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+            "sample": ERROR_SAMPLE,
+            "new_errors": json.dumps(counts.errors[:ERROR_SAMPLE]),
+            "job_id": job_id,
+        },
+    ).first()
     return dict(row._mapping) if row is not None else None
 
 
 def mark_processing(conn: Connection, job_id: uuid.UUID) -> None:
     """pending -> processing when a worker first touches the job; every claim is progress (updated_at),
     so a job whose chunks are being retried is never taken for stalled."""
-    conn.execute(sa.update(batch_jobs).where(batch_jobs.c.id == job_id, batch_jobs.c.status.in_(ACTIVE))
-                 .values(status="processing",
-                         started_at=sa.func.coalesce(batch_jobs.c.started_at, sa.func.clock_timestamp()),
-                         updated_at=sa.func.clock_timestamp()))
+    conn.execute(
+        sa.update(batch_jobs)
+        .where(batch_jobs.c.id == job_id, batch_jobs.c.status.in_(ACTIVE))
+        .values(
+            status="processing",
+            started_at=sa.func.coalesce(batch_jobs.c.started_at, sa.func.clock_timestamp()),
+            updated_at=sa.func.clock_timestamp(),
+        )
+    )
 
 
 def fail_stalled(conn: Connection, stall_s: int, job_ids: list[uuid.UUID] | None = None) -> list[dict[str, Any]]:
     """Fail the active jobs (of ``job_ids``, or all) with no progress for ``stall_s`` seconds; the failed rows."""
     reason = sa.func.concat(
-        f"no progress for {stall_s} s: its remaining chunks stopped being delivered (", batch_jobs.c.chunks_done,
-        " of ", batch_jobs.c.chunks_total, " chunks finished); submit it again")
-    stalled = sa.and_(batch_jobs.c.status.in_(ACTIVE),
-                      batch_jobs.c.updated_at < sa.func.clock_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0,
-                                                                                                 stall_s))
+        f"no progress for {stall_s} s: its remaining chunks stopped being delivered (",
+        batch_jobs.c.chunks_done,
+        " of ",
+        batch_jobs.c.chunks_total,
+        " chunks finished); submit it again",
+    )
+    stalled = sa.and_(
+        batch_jobs.c.status.in_(ACTIVE),
+        batch_jobs.c.updated_at < sa.func.clock_timestamp() - sa.func.make_interval(0, 0, 0, 0, 0, 0, stall_s),
+    )
     stmt = sa.update(batch_jobs).where(stalled)
     if job_ids is not None:
         stmt = stmt.where(batch_jobs.c.id.in_(job_ids))
-    stmt = stmt.values(status="failed", error=reason, finished_at=sa.func.clock_timestamp(),
-                       updated_at=sa.func.clock_timestamp(),
-                       errors=sa.func.jsonb_build_array(sa.func.jsonb_build_object("error", reason)))
+    stmt = stmt.values(
+        status="failed",
+        error=reason,
+        finished_at=sa.func.clock_timestamp(),
+        updated_at=sa.func.clock_timestamp(),
+        errors=sa.func.jsonb_build_array(sa.func.jsonb_build_object("error", reason)),
+    )
     return [dict(r._mapping) for r in conn.execute(stmt.returning(*batch_jobs.c)).all()]
 
 
@@ -199,7 +248,9 @@ def active_jobs(conn: Connection) -> list[dict[str, Any]]:
 
 def done_chunks(conn: Connection, job_id: uuid.UUID) -> list[int]:
     """The chunk numbers recorded (done or dead), in order."""
-    rows = conn.execute(sa.select(batch_chunks.c.chunk).where(
-        batch_chunks.c.job_id == job_id, batch_chunks.c.status.in_(("done", "dead")))
-        .order_by(batch_chunks.c.chunk)).all()
+    rows = conn.execute(
+        sa.select(batch_chunks.c.chunk)
+        .where(batch_chunks.c.job_id == job_id, batch_chunks.c.status.in_(("done", "dead")))
+        .order_by(batch_chunks.c.chunk)
+    ).all()
     return [r.chunk for r in rows]

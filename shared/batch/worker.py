@@ -54,8 +54,14 @@ class ChunkRef:
         if not isinstance(data, dict):
             raise InvalidInput("chunk event data must be a JSON object")
         try:
-            ref = cls(job_id=uuid.UUID(str(data["job_id"])), chunk=int(data["chunk"]), start=int(data["start"]),
-                      count=int(data["count"]), bucket=str(data["bucket"]), key=str(data["key"]))
+            ref = cls(
+                job_id=uuid.UUID(str(data["job_id"])),
+                chunk=int(data["chunk"]),
+                start=int(data["start"]),
+                count=int(data["count"]),
+                bucket=str(data["bucket"]),
+                key=str(data["key"]),
+            )
         except (KeyError, ValueError, TypeError):
             raise InvalidInput("chunk event data needs job_id (uuid), chunk, start, count, bucket and key") from None
         if ref.chunk < 0 or ref.start < 0 or ref.count < 1:
@@ -111,7 +117,7 @@ def _chunk_lines(services: Services, ref: ChunkRef) -> list[bytes]:
     return lines
 
 
-def _infer(services: Services, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict] | None:
+def _infer(services: Services, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict[str, Any]] | None:
     """One result row per line, in order; None when the job was cancelled meanwhile."""
     from shared.inference.items import infer_items
 
@@ -122,14 +128,13 @@ def _infer(services: Services, model: dict[str, Any], ref: ChunkRef, lines: list
             if not _still_active(services, ref.job_id):
                 return None
             checked = time.monotonic()
-        part = lines[offset:offset + SUB_BATCH]
+        part = lines[offset : offset + SUB_BATCH]
         items, bad = _parse(part)
         inferred = iter(infer_items(services, model, [i for i in items if i is not None]) if bad < len(part) else [])
         for position, item in enumerate(items):
             index = ref.start + offset + position
             rows.append(_row(index, next(inferred) if item is not None else None, part[position]))
     return rows
-
 
 
 def _still_active(services: Services, job_id: uuid.UUID) -> bool:
@@ -165,8 +170,11 @@ def _strict(line: bytes) -> Any | None:
 
 def _row(index: int, result: Any, line: bytes) -> dict[str, Any]:
     if result is None:
-        reason = ("the input is not valid JSON" if not _is_json(line)
-                  else "each input must be a JSON object like {\"data\": [...]} or {\"<tensor>\": [...]}")
+        reason = (
+            "the input is not valid JSON"
+            if not _is_json(line)
+            else 'each input must be a JSON object like {"data": [...]} or {"<tensor>": [...]}'
+        )
         return {"index": index, "error": reason}
     if result.error is not None:
         return {"index": index, "error": str(result.error)[:MAX_ERROR_LEN]}
@@ -183,11 +191,16 @@ def _is_json(line: bytes) -> bool:
 # -- recording and finalization -------------------------------------------------
 def _store(services: Services, ref: ChunkRef, rows: list[dict[str, Any]], status: str) -> tuple[int, dict[str, Any]]:
     """Write the chunk results, then record the chunk once; the last one finalizes the job."""
-    results.put_lines(services, services.settings.s3_results_bucket,
-                      results.chunk_result_key(ref.job_id, ref.chunk), results.encode_lines(rows))
+    results.put_lines(
+        services,
+        services.settings.s3_results_bucket,
+        results.chunk_result_key(ref.job_id, ref.chunk),
+        results.encode_lines(rows),
+    )
     errors = [r for r in rows if "error" in r]
-    counts = store.ChunkCounts(succeeded=len(rows) - len(errors), failed=len(errors),
-                               errors=errors[:store.ERROR_SAMPLE])
+    counts = store.ChunkCounts(
+        succeeded=len(rows) - len(errors), failed=len(errors), errors=errors[: store.ERROR_SAMPLE]
+    )
     body = {"job_id": str(ref.job_id), "chunk": ref.chunk, "succeeded": counts.succeeded, "failed": counts.failed}
     try:
         with services.db.begin() as conn:

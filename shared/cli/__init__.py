@@ -18,8 +18,19 @@ import sys
 from shared.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 
 # Sub-command modules, in the order ``kinfer --help`` lists them.
-COMMAND_MODULES = ("stack", "serve", "db", "config", "infer", "models", "batch", "keys", "agent", "deploy",
-                   "completion")
+COMMAND_MODULES = (
+    "stack",
+    "serve",
+    "db",
+    "config",
+    "infer",
+    "models",
+    "batch",
+    "keys",
+    "agent",
+    "deploy",
+    "completion",
+)
 
 
 def version() -> str:
@@ -34,9 +45,11 @@ def version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kinfer", description="Kinfer: serverless inference on Knative and Triton.",
+        prog="kinfer",
+        description="Kinfer: serverless inference on Knative and Triton.",
         epilog="API commands take --url/--key/--context (or KINFER_URL, KINFER_API_KEY, `kinfer config`). "
-               "Exit codes: 0 ok, 1 failed (API error), 2 usage, 3 batch items failed (--fail-on-errors).")
+        "Exit codes: 0 ok, 1 failed (API error), 2 usage, 3 batch items failed (--fail-on-errors).",
+    )
     parser.add_argument("--version", action="version", version=f"kinfer {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

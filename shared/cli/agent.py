@@ -40,8 +40,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 0 if agent.synced else 1
     server = serve_status(agent, args.port or settings.agent_port)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
-    logging.getLogger(__name__).info("model agent for backend %s (Triton %s, repository %s), status on port %d",
-                                     agent.backend, settings.agent_triton_http, agent.dir, server.server_port)
+    logging.getLogger(__name__).info(
+        "model agent for backend %s (Triton %s, repository %s), status on port %d",
+        agent.backend,
+        settings.agent_triton_http,
+        agent.dir,
+        server.server_port,
+    )
     try:
         agent.run()
     except KeyboardInterrupt:

@@ -55,19 +55,32 @@ def display_key(key: str) -> str:
     """Enough of a key to recognise it, never the key (as ``kinfer keys list`` shows it)."""
     if not key:
         return "-"
-    return key if key == LOCAL_DEV_KEY else key[:10 if key.startswith("kf_") else 4] + "..."
+    return key if key == LOCAL_DEV_KEY else key[: 10 if key.startswith("kf_") else 4] + "..."
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("connection (flags win over KINFER_URL / KINFER_API_KEY, "
-                                      "which win over the config file's context)")
-    group.add_argument("--url", default=None, metavar="URL",
-                       help=f"API base URL (env KINFER_URL; default: the context's, else the local stack {LOCAL_URL})")
-    group.add_argument("--key", default=None, metavar="KEY",
-                       help="API key (env KINFER_API_KEY; default: the context's; the local stack alone falls "
-                            f"back to its dev key {LOCAL_DEV_KEY})")
-    group.add_argument("--context", default=None, metavar="NAME",
-                       help="config file context to use (env KINFER_CONTEXT; default: its current-context)")
+    group = parser.add_argument_group(
+        "connection (flags win over KINFER_URL / KINFER_API_KEY, which win over the config file's context)"
+    )
+    group.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help=f"API base URL (env KINFER_URL; default: the context's, else the local stack {LOCAL_URL})",
+    )
+    group.add_argument(
+        "--key",
+        default=None,
+        metavar="KEY",
+        help="API key (env KINFER_API_KEY; default: the context's; the local stack alone falls "
+        f"back to its dev key {LOCAL_DEV_KEY})",
+    )
+    group.add_argument(
+        "--context",
+        default=None,
+        metavar="NAME",
+        help="config file context to use (env KINFER_CONTEXT; default: its current-context)",
+    )
 
 
 def command(parser: argparse.ArgumentParser, handler: Handler) -> None:
@@ -80,8 +93,10 @@ def connect(args: argparse.Namespace, settings: ClientSettings | None = None) ->
     """Resolve the connection for parsed ``args`` and say on stderr when the dev key is used."""
     conn = resolve(args, settings or ClientSettings.from_env())
     if conn.key_source == "local dev key":
-        print(f"kinfer: using the local stack's dev key {LOCAL_DEV_KEY} (no --key, KINFER_API_KEY or context key)",
-              file=sys.stderr)
+        print(
+            f"kinfer: using the local stack's dev key {LOCAL_DEV_KEY} (no --key, KINFER_API_KEY or context key)",
+            file=sys.stderr,
+        )
     return conn
 
 
@@ -92,16 +107,19 @@ def resolve(args: argparse.Namespace, settings: ClientSettings) -> Connection:
     config = contexts.load(contexts.config_path(settings))
     name = getattr(args, "context", None) or settings.context or config.current
     ctx = config.get(name) if name else None
-    url, url_from = _first((getattr(args, "url", None), "--url"), (settings.url, "KINFER_URL"),
-                           (ctx.url if ctx else "", f"context {name}"))
+    url, url_from = _first(
+        (getattr(args, "url", None), "--url"), (settings.url, "KINFER_URL"), (ctx.url if ctx else "", f"context {name}")
+    )
     url = contexts.check_url(url or LOCAL_URL)
     key, key_from = _first((getattr(args, "key", None), "--key"), (settings.api_key, "KINFER_API_KEY"))
     if not key and ctx is not None and ctx.key and contexts.check_url(ctx.url or LOCAL_URL) == url:
         key, key_from = ctx.key, f"context {name}"
     if not key:
         if not is_local(url):
-            raise UsageError(f"no API key for {url}: pass --key, set KINFER_API_KEY, or add a context with "
-                             "`kinfer config set-context NAME --url URL --key KEY`")
+            raise UsageError(
+                f"no API key for {url}: pass --key, set KINFER_API_KEY, or add a context with "
+                "`kinfer config set-context NAME --url URL --key KEY`"
+            )
         key, key_from = LOCAL_DEV_KEY, "local dev key"
     return Connection(url, contexts.check_key(key), name, key_from)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.cli import api, output
-from shared.cli.api import ApiError, Client
-from shared.cli.errors import EXIT_FAILED, EXIT_ITEMS_FAILED, UsageError
+from shared.cli.api import Client
+from shared.cli.errors import EXIT_FAILED, EXIT_ITEMS_FAILED, ApiError, UsageError
 from shared.cli.inputs import InputFile, scan
 
 __all__ = ["ApiError", "Client", "InputFile", "register", "scan", "upload_file"]
@@ -32,39 +32,72 @@ __all__ = ["ApiError", "Client", "InputFile", "register", "scan", "upload_file"]
 INLINE_LIMIT = 9 * 1024 * 1024
 FINISHED = ("completed", "failed", "cancelled")
 SHOWN_FAILURES = 10
-STATUS_FIELDS = ("id", "status", "model", "version", "progress", "total", "completed", "succeeded", "failed",
-                 "created_at", "started_at", "finished_at", "error", "input_url", "result_url")
-JOB_COLUMNS = [output.column("ID", "id"), output.column("STATUS", "status"), output.column("MODEL", "model"),
-               output.column("VERSION", "version"), output.column("ITEMS", "total"),
-               output.column("SUCCEEDED", "succeeded"), output.column("FAILED", "failed"),
-               ("PROGRESS", lambda j: f"{j['progress']:.0%}"), output.time_column("CREATED", "created_at")]
+STATUS_FIELDS = (
+    "id",
+    "status",
+    "model",
+    "version",
+    "progress",
+    "total",
+    "completed",
+    "succeeded",
+    "failed",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "input_url",
+    "result_url",
+)
+JOB_COLUMNS = [
+    output.column("ID", "id"),
+    output.column("STATUS", "status"),
+    output.column("MODEL", "model"),
+    output.column("VERSION", "version"),
+    output.column("ITEMS", "total"),
+    output.column("SUCCEEDED", "succeeded"),
+    output.column("FAILED", "failed"),
+    ("PROGRESS", lambda j: f"{j['progress']:.0%}"),
+    output.time_column("CREATED", "created_at"),
+]
 RESULT_FORMATS = ("jsonl", *output.FORMATS)
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("batch", help="submit and follow batch inference jobs")
     sub = parser.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
-    submit = sub.add_parser("submit", help="submit a JSONL file (one input per line) as a batch job",
-                            epilog="exit codes: 0 done (or submitted), 1 error or job failed/cancelled, "
-                                   "2 usage, 3 items failed (--fail-on-errors)")
-    submit.add_argument("file", nargs="?", type=Path, help="JSONL file of inputs like {\"data\": [...]}")
-    submit.add_argument("--input-url", help="s3://<input bucket>/uploads/<your key id>/....jsonl already uploaded "
-                        "(instead of FILE)")
-    submit.add_argument("--upload", action="store_true",
-                        help="upload FILE and submit it as input_url even when it is small enough to send inline")
+    submit = sub.add_parser(
+        "submit",
+        help="submit a JSONL file (one input per line) as a batch job",
+        epilog="exit codes: 0 done (or submitted), 1 error or job failed/cancelled, "
+        "2 usage, 3 items failed (--fail-on-errors)",
+    )
+    submit.add_argument("file", nargs="?", type=Path, help='JSONL file of inputs like {"data": [...]}')
+    submit.add_argument(
+        "--input-url", help="s3://<input bucket>/uploads/<your key id>/....jsonl already uploaded (instead of FILE)"
+    )
+    submit.add_argument(
+        "--upload",
+        action="store_true",
+        help="upload FILE and submit it as input_url even when it is small enough to send inline",
+    )
     submit.add_argument("--model", required=True)
     submit.add_argument("--version", default=None, help="model version (default: the newest active one)")
     submit.add_argument("--wait", action="store_true", help="show progress until the job finishes, then a summary")
-    submit.add_argument("--fail-on-errors", action="store_true",
-                        help="wait, and exit 3 when any item failed (for scripts and CI)")
+    submit.add_argument(
+        "--fail-on-errors", action="store_true", help="wait, and exit 3 when any item failed (for scripts and CI)"
+    )
     output.add_output_arg(submit)
     api.command(submit, _submit)
     status = sub.add_parser("status", help="show a job's status")
     status.add_argument("job_id", metavar="ID")
     output.add_output_arg(status)
     api.command(status, _status)
-    wait = sub.add_parser("wait", help="follow a job until it finishes, then show a summary",
-                          epilog="exit codes: 0 done, 1 job failed or cancelled, 3 items failed (--fail-on-errors)")
+    wait = sub.add_parser(
+        "wait",
+        help="follow a job until it finishes, then show a summary",
+        epilog="exit codes: 0 done, 1 job failed or cancelled, 3 items failed (--fail-on-errors)",
+    )
     wait.add_argument("job_id", metavar="ID")
     wait.add_argument("--fail-on-errors", action="store_true", help="exit 3 when any item failed")
     output.add_output_arg(wait)
@@ -81,8 +114,13 @@ def register(subparsers: Any) -> None:
     api.command(cancel, _cancel)
     results = sub.add_parser("results", help="a finished job's results, one JSON line per input")
     results.add_argument("job_id", metavar="ID")
-    results.add_argument("-o", "--output", default="jsonl", metavar="FORMAT",
-                         help=f"output format: {', '.join(RESULT_FORMATS)} (default jsonl)")
+    results.add_argument(
+        "-o",
+        "--output",
+        default="jsonl",
+        metavar="FORMAT",
+        help=f"output format: {', '.join(RESULT_FORMATS)} (default jsonl)",
+    )
     results.add_argument("--out", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
     results.add_argument("--failed", action="store_true", help="only the items that failed")
     api.command(results, _results)
@@ -123,8 +161,9 @@ def _wait(client: Client, args: argparse.Namespace) -> int:
     return _follow(client, args, job["job_id"], job["total"], time.monotonic(), None)
 
 
-def _follow(client: Client, args: argparse.Namespace, job_id: str, total: int, started: float,
-            source: InputFile | None) -> int:
+def _follow(
+    client: Client, args: argparse.Namespace, job_id: str, total: int, started: float, source: InputFile | None
+) -> int:
     """Wait for the job, print its summary (or the final status as JSON/YAML); the exit code it deserves."""
     final = wait_for(client, job_id, total)
     if args.output == "table":
@@ -143,8 +182,11 @@ def _read_source(path: Path, upload: bool) -> InputFile:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     if source.bad_line is not None:
-        print(f"kinfer: {path}:{source.bad_line} is not valid JSON; uploading the file so that the line fails "
-              "as one item (as through --input-url) while the others run", file=sys.stderr)
+        print(
+            f"kinfer: {path}:{source.bad_line} is not valid JSON; uploading the file so that the line fails "
+            "as one item (as through --input-url) while the others run",
+            file=sys.stderr,
+        )
     return source
 
 
@@ -155,19 +197,23 @@ def upload_file(client: Client, path: Path) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip("._-")[:128] or "inputs.jsonl"
     grant = client.call("POST", "/v1/batch/uploads", {"filename": name})
     size = path.stat().st_size
-    with path.open("rb") as handle, tqdm(total=size, unit="B", unit_scale=True, desc="upload",
-                                         file=sys.stderr) as bar:
+    with path.open("rb") as handle, tqdm(total=size, unit="B", unit_scale=True, desc="upload", file=sys.stderr) as bar:
         reader = _Progress(handle, bar)
-        request = urllib.request.Request(grant["upload_url"], data=reader, method=grant["method"],  # type: ignore[arg-type]
-                                         headers={**grant["headers"], "Content-Length": str(size)})
+        request = urllib.request.Request(
+            grant["upload_url"],
+            data=reader,
+            method=grant["method"],
+            headers={**grant["headers"], "Content-Length": str(size)},
+        )
         try:
             with urllib.request.urlopen(request, timeout=600):
                 pass
         except urllib.error.HTTPError as exc:
             raise ApiError(f"upload of {path} failed: {exc.code} {exc.reason}", exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ApiError(f"upload of {path} failed: {api.unreachable(grant['upload_url'].split('?')[0], exc)}") \
-                from None
+            raise ApiError(
+                f"upload of {path} failed: {api.unreachable(grant['upload_url'].split('?')[0], exc)}"
+            ) from None
     return str(grant["input_url"])
 
 
@@ -180,7 +226,8 @@ class _Progress:
     def read(self, size: int = -1) -> bytes:
         block = self.handle.read(size if size > 0 else 1 << 20)
         self.bar.update(len(block))
-        return block
+        found: bytes = block
+        return found
 
 
 def wait_for(client: Client, job_id: str, total: int, interval: float = 0.5) -> dict[str, Any]:
@@ -193,17 +240,20 @@ def wait_for(client: Client, job_id: str, total: int, interval: float = 0.5) -> 
             bar.update(int(status["completed"]) - bar.n)
             bar.set_postfix(failed=status["failed"], status=status["status"])
             if status["status"] in FINISHED:
-                return status
+                found: dict[str, Any] = status
+                return found
             time.sleep(interval)
 
 
 def summary(status: dict[str, Any], elapsed_s: float, source: InputFile | None = None) -> str:
     """What a person wants after ``--wait``: counts, speed, where the results are, which lines failed."""
     rate = status["completed"] / elapsed_s if elapsed_s > 0 else 0.0
-    lines = [f"job {status['job_id']}: {status['status']}",
-             f"  succeeded {status['succeeded']}, failed {status['failed']} of {status['total']}",
-             f"  time {elapsed_s:.1f}s, {rate:,.0f} items/s",
-             f"  results: kinfer batch results {status['job_id']}"]
+    lines = [
+        f"job {status['job_id']}: {status['status']}",
+        f"  succeeded {status['succeeded']}, failed {status['failed']} of {status['total']}",
+        f"  time {elapsed_s:.1f}s, {rate:,.0f} items/s",
+        f"  results: kinfer batch results {status['job_id']}",
+    ]
     if status.get("error"):
         lines.append(f"  error: {status['error']}")
     errors = status.get("errors") or []
@@ -257,8 +307,9 @@ def _results(client: Client, args: argparse.Namespace) -> int:
     except urllib.error.HTTPError as exc:
         raise ApiError(f"results of job {args.job_id}: {exc.code} {exc.reason}", exc.code) from None
     except urllib.error.URLError as exc:
-        raise ApiError(f"results of job {args.job_id}: {api.unreachable(status['result_url'].split('?')[0], exc)}") \
-            from None
+        raise ApiError(
+            f"results of job {args.job_id}: {api.unreachable(status['result_url'].split('?')[0], exc)}"
+        ) from None
     return 0
 
 
@@ -272,8 +323,11 @@ def _write_results(response: Any, out: Any, args: argparse.Namespace) -> None:
     if args.output == "jsonl":
         out.write(b"".join(json.dumps(item).encode() + b"\n" for item in selected))
         return
-    columns = [output.column("INDEX", "index"), output.column("PREDICTION", "prediction"),
-               output.column("ERROR", "error")]
+    columns = [
+        output.column("INDEX", "index"),
+        output.column("PREDICTION", "prediction"),
+        output.column("ERROR", "error"),
+    ]
     out.write((output.render(args.output, selected, columns=columns) + "\n").encode())
 
 

@@ -23,8 +23,12 @@ INSTALL = """\
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("completion", help="print a shell completion script (bash or zsh)",
-                                   description=INSTALL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description=INSTALL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("shell", choices=("bash", "zsh"))
     parser.set_defaults(func=_print)
 
@@ -68,16 +72,29 @@ def _values(action: argparse.Action, option: str) -> str:
 
 def script(parser: argparse.ArgumentParser, shell: str) -> str:
     tree = walk(parser)
-    subs = "\n".join(f"        {shlex.quote(p)}) echo {shlex.quote(' '.join(n['subs']))} ;;"
-                     for p, n in tree.items() if n["subs"])
+    subs = "\n".join(
+        f"        {shlex.quote(p)}) echo {shlex.quote(' '.join(n['subs']))} ;;" for p, n in tree.items() if n["subs"]
+    )
     opts = "\n".join(f"        {shlex.quote(p)}) echo {shlex.quote(' '.join(n['opts']))} ;;" for p, n in tree.items())
-    values = "\n".join(f"        {shlex.quote(p + '|' + o)}) echo {shlex.quote(v)} ;;"
-                       for p, n in tree.items() for o, v in n["values"].items())
-    positional = "\n".join(f"        {shlex.quote(p)}) echo {shlex.quote(n['positional'])} ;;"
-                           for p, n in tree.items() if n["positional"] and not n["subs"])
-    head = ("# kinfer completion for zsh (through bashcompinit)\n"
+    values = "\n".join(
+        f"        {shlex.quote(p + '|' + o)}) echo {shlex.quote(v)} ;;"
+        for p, n in tree.items()
+        for o, v in n["values"].items()
+    )
+    positional = "\n".join(
+        f"        {shlex.quote(p)}) echo {shlex.quote(n['positional'])} ;;"
+        for p, n in tree.items()
+        if n["positional"] and not n["subs"]
+    )
+    head = (
+        (
+            "# kinfer completion for zsh (through bashcompinit)\n"
             "(( $+functions[compdef] )) || { autoload -U +X compinit && compinit; }\n"
-            "autoload -U +X bashcompinit && bashcompinit\n") if shell == "zsh" else "# kinfer completion for bash\n"
+            "autoload -U +X bashcompinit && bashcompinit\n"
+        )
+        if shell == "zsh"
+        else "# kinfer completion for bash\n"
+    )
     return head + BODY.format(subs=subs, opts=opts, values=values, positional=positional)
 
 

@@ -13,11 +13,14 @@ from shared.settings import ClientSettings
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("config", help="contexts: which API URL and key commands use",
-                                   description="Contexts live in $XDG_CONFIG_HOME/kinfer/config.toml "
-                                               "(default ~/.config/kinfer/config.toml; KINFER_CONFIG overrides). "
-                                               "Flags win over KINFER_URL / KINFER_API_KEY, which win over the "
-                                               "current context.")
+    parser = subparsers.add_parser(
+        "config",
+        help="contexts: which API URL and key commands use",
+        description="Contexts live in $XDG_CONFIG_HOME/kinfer/config.toml "
+        "(default ~/.config/kinfer/config.toml; KINFER_CONFIG overrides). "
+        "Flags win over KINFER_URL / KINFER_API_KEY, which win over the "
+        "current context.",
+    )
     sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     set_ctx = sub.add_parser("set-context", help="create or update a context (only the fields given change)")
     set_ctx.add_argument("name", metavar="NAME")
@@ -75,12 +78,27 @@ def _get_contexts(args: argparse.Namespace) -> int:
     if args.output == "name":
         print("\n".join(names))
         return 0
-    rows = [{"name": n, "current": n == config.current, "url": config.contexts[n].url,
-             "key": display_key(config.contexts[n].key)} for n in names]
+    rows = [
+        {
+            "name": n,
+            "current": n == config.current,
+            "url": config.contexts[n].url,
+            "key": display_key(config.contexts[n].key),
+        }
+        for n in names
+    ]
     data = {"current-context": config.current, "contexts": rows, "path": str(config.path)}
-    output.emit(args, data, rows="contexts", columns=[
-        ("CURRENT", lambda r: "*" if r["current"] else " "), output.column("NAME", "name"),
-        output.column("URL", "url"), output.column("KEY", "key")])
+    output.emit(
+        args,
+        data,
+        rows="contexts",
+        columns=[
+            ("CURRENT", lambda r: "*" if r["current"] else " "),
+            output.column("NAME", "name"),
+            output.column("URL", "url"),
+            output.column("KEY", "key"),
+        ],
+    )
     return 0
 
 

@@ -48,8 +48,10 @@ class Config:
         """The context called ``name``; UsageError naming the ones there are."""
         if name not in self.contexts:
             known = ", ".join(sorted(self.contexts)) or "none yet"
-            raise UsageError(f"no context named {name!r} in {self.path} (contexts: {known}; "
-                             "add one with `kinfer config set-context NAME --url URL --key KEY`)")
+            raise UsageError(
+                f"no context named {name!r} in {self.path} (contexts: {known}; "
+                "add one with `kinfer config set-context NAME --url URL --key KEY`)"
+            )
         return self.contexts[name]
 
 
@@ -100,8 +102,11 @@ def save(config: Config) -> None:
 
 def dumps(config: Config) -> str:
     """TOML of the config (strings only: a JSON string with raw non-ASCII is a TOML basic string)."""
-    lines = ["# kinfer contexts: `kinfer config --help`. Holds API keys: keep it private (mode 0600).",
-             f"current-context = {_quote(config.current)}", ""]
+    lines = [
+        "# kinfer contexts: `kinfer config --help`. Holds API keys: keep it private (mode 0600).",
+        f"current-context = {_quote(config.current)}",
+        "",
+    ]
     for name in sorted(config.contexts):
         ctx = config.contexts[name]
         lines += [f"[contexts.{_quote(name)}]", f"url = {_quote(ctx.url)}"]

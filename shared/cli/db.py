@@ -7,7 +7,7 @@ import argparse
 from shared.settings import Settings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("db", help="database migrations")
     sub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = sub.add_parser("upgrade", help="create the database if missing and migrate it to the newest schema")
@@ -17,6 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def upgrade(args: argparse.Namespace) -> int:
     from shared.clients import db
+
     settings = Settings.from_env()
     created = db.ensure_database(settings)
     db.upgrade(settings, args.revision)

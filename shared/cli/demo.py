@@ -21,8 +21,12 @@ NAME, VERSION = "demo-iris", "1.0"
 
 def call(base: str, key: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        base + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             raw = resp.read()
@@ -51,7 +55,8 @@ def run_demo(base: str, key: str) -> int:
 
 def _push(base: str, key: str) -> dict[str, Any] | None:
     """Push the ONNX file as demo-iris 1.0 (kept from an earlier run unless it failed) and wait until it is ready."""
-    from shared.cli.models import Api, ApiError, wait_ready
+    from shared.cli.errors import ApiError
+    from shared.cli.models import Api, wait_ready
 
     api = Api(base, key)
     try:
@@ -73,22 +78,22 @@ def _push(base: str, key: str) -> dict[str, Any] | None:
 
 
 def _push_or_reuse(api: Any, base: str, key: str) -> dict[str, Any]:
-    from shared.cli.models import ApiError, push
+    from shared.cli.errors import ApiError
+    from shared.cli.models import push
 
     for attempt in (1, 2):
         try:
-            model = push(api, MODEL_FILE, NAME, VERSION, description="the iris classifier, pushed by kinfer demo",
-                         tags=["demo"])
-            _show(f"push {MODEL_FILE.name} as {NAME} {VERSION} (POST /v1/models, PUT .../artifact)", 200,
-                  _brief(model))
+            model = push(
+                api, MODEL_FILE, NAME, VERSION, description="the iris classifier, pushed by kinfer demo", tags=["demo"]
+            )
+            _show(f"push {MODEL_FILE.name} as {NAME} {VERSION} (POST /v1/models, PUT .../artifact)", 200, _brief(model))
             return dict(model)
         except ApiError as exc:
             if exc.status != 409 or attempt == 2:
                 raise
         status, model = call(base, key, "GET", f"/v1/models/by-name/{NAME}/{VERSION}")
         if model.get("state") != "failed":
-            _show(f"{NAME} {VERSION} was pushed by an earlier run (GET /v1/models/by-name/...)", status,
-                  _brief(model))
+            _show(f"{NAME} {VERSION} was pushed by an earlier run (GET /v1/models/by-name/...)", status, _brief(model))
             return dict(model)
         print(f"\n== {NAME} {VERSION} of an earlier run failed ({model.get('state_reason')}): pushed again")
         call(base, key, "DELETE", f"/v1/models/{model['id']}")
@@ -96,8 +101,17 @@ def _push_or_reuse(api: Any, base: str, key: str) -> dict[str, Any]:
 
 
 def _brief(model: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "name", "version", "state", "state_reason", "triton_model", "triton_version", "artifact_format",
-            "artifact_bytes")
+    keys = (
+        "id",
+        "name",
+        "version",
+        "state",
+        "state_reason",
+        "triton_model",
+        "triton_version",
+        "artifact_format",
+        "artifact_bytes",
+    )
     return {k: model.get(k) for k in keys}
 
 

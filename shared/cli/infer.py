@@ -17,16 +17,19 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "infer", help="run one real-time inference",
-        description="The input is a JSON list (sent as {\"data\": [...]}) or an object of named tensors "
-                    "({\"features\": [[...]]}), from --data or from a file (--file, '-' for stdin).",
-        epilog="example: kinfer infer iris_classifier --data '[5.1, 3.5, 1.4, 0.2]'")
+        "infer",
+        help="run one real-time inference",
+        description='The input is a JSON list (sent as {"data": [...]}) or an object of named tensors '
+        "({\"features\": [[...]]}), from --data or from a file (--file, '-' for stdin).",
+        epilog="example: kinfer infer iris_classifier --data '[5.1, 3.5, 1.4, 0.2]'",
+    )
     parser.add_argument("model", metavar="MODEL", help="registered model name")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="the input as JSON: [5.1, 3.5, 1.4, 0.2] or {\"features\": [[...]]}")
+    source.add_argument("--data", help='the input as JSON: [5.1, 3.5, 1.4, 0.2] or {"features": [[...]]}')
     source.add_argument("--file", type=Path, help="a JSON file holding the input ('-': stdin)")
-    parser.add_argument("--version", dest="model_version", default=None,
-                        help="model version (default: the newest active one)")
+    parser.add_argument(
+        "--version", dest="model_version", default=None, help="model version (default: the newest active one)"
+    )
     output.add_output_arg(parser)
     api.command(parser, run)
 

@@ -15,13 +15,28 @@ from shared.cli.errors import UsageError
 if TYPE_CHECKING:
     from shared.services import Services
 
-FIELDS = ("id", "name", "prefix", "status", "scopes", "rate_limit_per_minute", "created_at", "last_used_at",
-          "revoked_at")
-COLUMNS = [output.column("ID", "id"), output.column("NAME", "name"), ("PREFIX", lambda r: f"{r['prefix']}..."),
-           output.column("STATUS", "status"), output.column("SCOPES", "scopes"),
-           ("LIMIT", lambda r: r["rate_limit_per_minute"] or "default"),
-           output.time_column("CREATED", "created_at"), output.time_column("LAST USED", "last_used_at"),
-           output.time_column("REVOKED", "revoked_at")]
+FIELDS = (
+    "id",
+    "name",
+    "prefix",
+    "status",
+    "scopes",
+    "rate_limit_per_minute",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+)
+COLUMNS = [
+    output.column("ID", "id"),
+    output.column("NAME", "name"),
+    ("PREFIX", lambda r: f"{r['prefix']}..."),
+    output.column("STATUS", "status"),
+    output.column("SCOPES", "scopes"),
+    ("LIMIT", lambda r: r["rate_limit_per_minute"] or "default"),
+    output.time_column("CREATED", "created_at"),
+    output.time_column("LAST USED", "last_used_at"),
+    output.time_column("REVOKED", "revoked_at"),
+]
 SHOWN_ONCE = "Store this key now: it is not shown again."
 
 
@@ -46,27 +61,43 @@ def register(subparsers: Any) -> None:
     revoke.add_argument("key_id", metavar="ID")
     output.add_output_arg(revoke)
     api.command(revoke, _revoke)
-    boot = sub.add_parser("bootstrap", help="create the FIRST admin key directly in the database (DATABASE_URL)",
-                          description="For a new installation only: writes an admin key straight into the "
-                                      "database named by DATABASE_URL, because no key exists yet to call "
-                                      "the admin API with. Refused once an active admin key exists; then use "
-                                      "`kinfer keys create` with that key.")
+    boot = sub.add_parser(
+        "bootstrap",
+        help="create the FIRST admin key directly in the database (DATABASE_URL)",
+        description="For a new installation only: writes an admin key straight into the "
+        "database named by DATABASE_URL, because no key exists yet to call "
+        "the admin API with. Refused once an active admin key exists; then use "
+        "`kinfer keys create` with that key.",
+    )
     boot.add_argument("--name", required=True, help="who or what the key is for")
-    boot.add_argument("--rate-limit", type=int, default=None, metavar="PER_MINUTE",
-                      help="requests per minute (default: RATE_LIMIT_PER_MINUTE)")
+    boot.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        metavar="PER_MINUTE",
+        help="requests per minute (default: RATE_LIMIT_PER_MINUTE)",
+    )
     boot.set_defaults(func=_bootstrap)
 
 
 def _key_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="who or what the key is for")
     parser.add_argument("--scopes", required=True, help="comma-separated: infer,batch,admin")
-    parser.add_argument("--rate-limit", type=int, default=None, metavar="PER_MINUTE",
-                        help="requests per minute (default: the platform's RATE_LIMIT_PER_MINUTE)")
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        metavar="PER_MINUTE",
+        help="requests per minute (default: the platform's RATE_LIMIT_PER_MINUTE)",
+    )
 
 
 def _create(client: api.Client, args: argparse.Namespace) -> int:
-    body = {"name": args.name, "scopes": [s.strip() for s in args.scopes.split(",") if s.strip()],
-            "rate_limit_per_minute": args.rate_limit}
+    body = {
+        "name": args.name,
+        "scopes": [s.strip() for s in args.scopes.split(",") if s.strip()],
+        "rate_limit_per_minute": args.rate_limit,
+    }
     created = client.call("POST", "/v1/keys", body)
     _print_created(args, created)
     return 0
@@ -122,8 +153,10 @@ def _create_first_admin(services: Services, args: argparse.Namespace) -> int:
 
     admins = [k for k in list_keys(services, status="active") if "admin" in k["scopes"]]
     if admins:
-        raise UsageError(f"an active admin key exists already ({admins[0]['name']}, {admins[0]['prefix']}...); "
-                         "create further keys over the API: kinfer keys create --name NAME --scopes ...")
+        raise UsageError(
+            f"an active admin key exists already ({admins[0]['name']}, {admins[0]['prefix']}...); "
+            "create further keys over the API: kinfer keys create --name NAME --scopes ..."
+        )
     record, plaintext = create_key(services, args.name, ["admin"], rate_limit=args.rate_limit)
     print(output.describe({**record, "key": plaintext}, ("id", "name", "scopes", "key")))
     print(SHOWN_ONCE, file=sys.stderr)

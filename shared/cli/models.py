@@ -35,10 +35,17 @@ class Api:
     def __init__(self, base_url: str, key: str | None, timeout: float = 60) -> None:
         self.base_url, self.key, self.timeout = base_url.rstrip("/"), key, timeout
 
-    def _request(self, method: str, path: str, data: Any = None, headers: dict[str, str] | None = None,
-                 timeout: float | None = None) -> Any:
-        request = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                         headers={"Accept": "application/json", **(headers or {})})
+    def _request(
+        self,
+        method: str,
+        path: str,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers={"Accept": "application/json", **(headers or {})}
+        )
         if self.key:
             request.add_header("Authorization", f"Bearer {self.key}")
         try:
@@ -50,8 +57,11 @@ class Api:
                 body = json.loads(exc.read())
             except ValueError:
                 body = {}
-            raise ApiError(f"{method} {path.split('?')[0]} -> {exc.code}: {body.get('error', exc.reason)}",
-                           exc.code, str(body.get("code", ""))) from None
+            raise ApiError(
+                f"{method} {path.split('?')[0]} -> {exc.code}: {body.get('error', exc.reason)}",
+                exc.code,
+                str(body.get("code", "")),
+            ) from None
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -60,9 +70,13 @@ class Api:
     def upload(self, path: str, file: Path, sha256: str, progress: Any) -> Any:
         size = file.stat().st_size
         with file.open("rb") as handle:
-            return self._request("PUT", f"{path}?sha256={sha256}", _Progress(handle, progress),
-                                 {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                                 timeout=3600)
+            return self._request(
+                "PUT",
+                f"{path}?sha256={sha256}",
+                _Progress(handle, progress),
+                {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                timeout=3600,
+            )
 
 
 class _Progress:
@@ -78,11 +92,13 @@ class _Progress:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("models", help="push model files, follow versions, move aliases (canary, "
-                                   "promote, rollback)")
+    parser = subparsers.add_parser(
+        "models", help="push model files, follow versions, move aliases (canary, promote, rollback)"
+    )
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    push = sub.add_parser("push", help="upload a model file (.onnx, or a .tar.gz Triton model directory) as a "
-                          "new version")
+    push = sub.add_parser(
+        "push", help="upload a model file (.onnx, or a .tar.gz Triton model directory) as a new version"
+    )
     push.add_argument("file", type=Path, help="model.onnx, or model.tar.gz holding config.pbtxt and 1/...")
     push.add_argument("--name", required=True, help="model name")
     push.add_argument("--version", required=True, help="new version: 1, 1.0 or 1.0.0")
@@ -143,35 +159,62 @@ def _action(func: Any) -> Any:
 
 # -- push ---------------------------------------------------------------------------------
 def _push(api: Api, args: argparse.Namespace) -> int:
-    model = push(api, args.file, args.name, args.version, framework=args.framework, fmt=args.format,
-                 triton_model=args.triton_model, description=args.description, tags=args.tag)
+    model = push(
+        api,
+        args.file,
+        args.name,
+        args.version,
+        framework=args.framework,
+        fmt=args.format,
+        triton_model=args.triton_model,
+        description=args.description,
+        tags=args.tag,
+    )
     if not (args.wait or args.alias):
-        print(f"{model['name']} {model['version']}: {model['state']} (kinfer models show {model['name']} "
-              f"{model['version']} follows it)")
+        print(
+            f"{model['name']} {model['version']}: {model['state']} (kinfer models show {model['name']} "
+            f"{model['version']} follows it)"
+        )
         return 0
     final = wait_ready(api, model["id"], args.timeout)
     if final["state"] != "ready":
-        print(f"{final['name']} {final['version']}: {final['state']}: {final.get('state_reason') or ''}",
-              file=sys.stderr)
+        print(
+            f"{final['name']} {final['version']}: {final['state']}: {final.get('state_reason') or ''}", file=sys.stderr
+        )
         return 1
-    print(f"{final['name']} {final['version']}: ready (Triton {final['triton_model']} version "
-          f"{final['triton_version']})")
+    print(
+        f"{final['name']} {final['version']}: ready (Triton {final['triton_model']} version {final['triton_version']})"
+    )
     if args.alias:
         moved = api.call("PUT", _alias_path(final["name"], args.alias), {"version": final["version"]})
         print(f"alias {args.alias} -> {_weights(moved['versions'])}")
     return 0
 
 
-def push(api: Api, file: Path, name: str, version: str, *, framework: str | None = None, fmt: str | None = None,
-         triton_model: str | None = None, description: str | None = None, tags: list[str] | None = None,
-         show_progress: bool = True) -> dict[str, Any]:
+def push(
+    api: Api,
+    file: Path,
+    name: str,
+    version: str,
+    *,
+    framework: str | None = None,
+    fmt: str | None = None,
+    triton_model: str | None = None,
+    description: str | None = None,
+    tags: list[str] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Register ``name``/``version`` for upload and upload ``file``; the installed version (pending)."""
     if not file.is_file():
         raise ValueError(f"{file} is not a file")
     package = file.name.endswith((".tar.gz", ".tgz"))
-    body: dict[str, Any] = {"name": name, "version": version, "upload": True,
-                            "framework": framework or ("python" if package else "onnx"),
-                            "format": fmt or ("python" if package else "onnx")}
+    body: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "upload": True,
+        "framework": framework or ("python" if package else "onnx"),
+        "format": fmt or ("python" if package else "onnx"),
+    }
     for key, value in (("triton_model", triton_model), ("description", description), ("tags", tags)):
         if value is not None:
             body[key] = value
@@ -180,8 +223,14 @@ def push(api: Api, file: Path, name: str, version: str, *, framework: str | None
     from tqdm import tqdm
 
     try:
-        with tqdm(total=file.stat().st_size, unit="B", unit_scale=True, desc=f"push {name} {version}",
-                  file=sys.stderr, disable=not show_progress) as bar:
+        with tqdm(
+            total=file.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            desc=f"push {name} {version}",
+            file=sys.stderr,
+            disable=not show_progress,
+        ) as bar:
             return dict(api.upload(f"/v1/models/{created['id']}/artifact", file, digest, bar))
     except BaseException:
         try:  # nothing half-registered: the version this push created goes again
@@ -221,8 +270,17 @@ def _list(api: Api, args: argparse.Namespace) -> int:
     if args.output != "table":
         output.emit(args, page)
         return 0
-    rows = [(m["name"], m["version"], m["status"], m["state"],
-             f"{m['triton_model']}:{m['triton_version'] or '-'}", m["created_at"][:19]) for m in page["models"]]
+    rows = [
+        (
+            m["name"],
+            m["version"],
+            m["status"],
+            m["state"],
+            f"{m['triton_model']}:{m['triton_version'] or '-'}",
+            m["created_at"][:19],
+        )
+        for m in page["models"]
+    ]
     _table(("NAME", "VERSION", "STATUS", "STATE", "TRITON", "CREATED"), rows)
     if page["total"] > len(rows):
         print(f"({len(rows)} of {page['total']}; --limit shows more)")
@@ -247,8 +305,10 @@ def _show(api: Api, args: argparse.Namespace) -> int:
     if args.output != "table":
         output.emit(args, {"name": args.name, "versions": page["models"], "aliases": aliases})
         return 0
-    rows = [(m["version"], m["status"], m["state"], str(m["triton_version"] or "-"),
-             (m["state_reason"] or "")[:60]) for m in page["models"]]
+    rows = [
+        (m["version"], m["status"], m["state"], str(m["triton_version"] or "-"), (m["state_reason"] or "")[:60])
+        for m in page["models"]
+    ]
     _table(("VERSION", "STATUS", "STATE", "TRITON", "REASON"), rows)
     for alias in aliases:
         previous = f" (before: {_weights(alias['previous'])})" if alias["previous"] else ""

@@ -17,10 +17,15 @@ FORMATS = ("table", "json", "yaml")
 Column = tuple[str, Callable[[dict[str, Any]], Any]]
 
 
-def add_output_arg(parser: argparse.ArgumentParser, default: str = "table",
-                   formats: Sequence[str] = FORMATS) -> None:
-    parser.add_argument("-o", "--output", default=default, choices=formats, metavar="FORMAT",
-                        help=f"output format: {', '.join(formats)} (default {default})")
+def add_output_arg(parser: argparse.ArgumentParser, default: str = "table", formats: Sequence[str] = FORMATS) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        default=default,
+        choices=formats,
+        metavar="FORMAT",
+        help=f"output format: {', '.join(formats)} (default {default})",
+    )
 
 
 def column(header: str, key: str) -> Column:
@@ -40,15 +45,27 @@ def when(value: Any) -> str:
     return datetime.fromisoformat(str(value)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def emit(args: argparse.Namespace, data: Any, *, columns: Sequence[Column] | None = None,
-         rows: str | None = None, fields: Sequence[str] | None = None) -> None:
+def emit(
+    args: argparse.Namespace,
+    data: Any,
+    *,
+    columns: Sequence[Column] | None = None,
+    rows: str | None = None,
+    fields: Sequence[str] | None = None,
+) -> None:
     """Print ``data`` as ``args.output``: the table of ``data[rows]`` (or of ``data`` when it is a list) with
     ``columns``, or the ``fields`` of one object."""
     print(render(args.output, data, columns=columns, rows=rows, fields=fields))
 
 
-def render(fmt: str, data: Any, *, columns: Sequence[Column] | None = None, rows: str | None = None,
-           fields: Sequence[str] | None = None) -> str:
+def render(
+    fmt: str,
+    data: Any,
+    *,
+    columns: Sequence[Column] | None = None,
+    rows: str | None = None,
+    fields: Sequence[str] | None = None,
+) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2, ensure_ascii=False)
     if fmt == "yaml":

@@ -28,7 +28,7 @@ def gateway_mounts(pages: bool = True) -> list[tuple[str, str, str]]:
     return [(prefix, fn.module, fn.target) for prefix, fn in api + web]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("serve", help="serve one function (FUNCTION_TARGET/FUNCTION_SOURCE) or the gateway")
     p.add_argument("--target", help="entry point name (default: FUNCTION_TARGET)")
     p.add_argument("--source", help="path of the function's main.py (default: FUNCTION_SOURCE)")
@@ -36,9 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, help="default: PORT")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; Knative scales pods instead)")
-    p.add_argument("--threads", type=int,
-                   help="blocking handlers (database, S3) run at once per worker; Knative's containerConcurrency "
-                        "is workers x threads (default: SERVER_CONCURRENCY)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="blocking handlers (database, S3) run at once per worker; Knative's containerConcurrency "
+        "is workers x threads (default: SERVER_CONCURRENCY)",
+    )
     p.set_defaults(func=run)
 
 
@@ -76,8 +79,9 @@ def function_app_from_settings() -> Any:
 
     die_with_parent()
     settings = Settings.from_env()
-    return with_thread_pool(function_app(settings.function_target, settings.function_source),
-                            settings.server_concurrency)
+    return with_thread_pool(
+        function_app(settings.function_target, settings.function_source), settings.server_concurrency
+    )
 
 
 def gateway_app_from_settings() -> Any:
@@ -106,8 +110,8 @@ def gateway_app() -> Any:
 
     api = gateway_mounts(pages=False)
     mounted = [(prefix, importlib.import_module(module), entry) for prefix, module, entry in gateway_mounts()]
-    routes = openapi.mounted_routes((prefix, module.ROUTES.routes) for prefix, module, _ in mounted[:len(api)])
+    routes = openapi.mounted_routes((prefix, module.ROUTES.routes) for prefix, module, _ in mounted[: len(api)])
     document = openapi.serve_document(routes, "Kinfer API")
-    return server.prefix_router([("/openapi.json", document)] +
-                                [(prefix, getattr(module, entry)) for prefix, module, entry in mounted])
-
+    return server.prefix_router(
+        [("/openapi.json", document)] + [(prefix, getattr(module, entry)) for prefix, module, entry in mounted]
+    )

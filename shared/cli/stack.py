@@ -21,17 +21,21 @@ URLS = (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    subparsers.add_parser("up", help="start the local stack (PostgreSQL, Redis, S3, Triton, functions)") \
-        .set_defaults(func=cmd_up)
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    subparsers.add_parser("up", help="start the local stack (PostgreSQL, Redis, S3, Triton, functions)").set_defaults(
+        func=cmd_up
+    )
     status = subparsers.add_parser("status", help="show the local stack's processes and health")
     output.add_output_arg(status)
     status.set_defaults(func=cmd_status)
     subparsers.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
-    demo = subparsers.add_parser("demo", help="run the main job against the running stack",
-                                 description="Registers a model, fetches it, runs a real-time inference and a "
-                                             "batch job with a bad item, showing each request and answer. The "
-                                             "model it registers points at the local Triton (127.0.0.1:8001).")
+    demo = subparsers.add_parser(
+        "demo",
+        help="run the main job against the running stack",
+        description="Registers a model, fetches it, runs a real-time inference and a "
+        "batch job with a bad item, showing each request and answer. The "
+        "model it registers points at the local Triton (127.0.0.1:8001).",
+    )
     api.command(demo, cmd_demo)
 
 
@@ -66,12 +70,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         row["state"] = "healthy" if row["healthy"] else ("unhealthy" if row["alive"] else "stopped")
         row["serving_pids"] = ",".join(str(p) for p in row["serving"] if p != row["pid"]) or "-"
-    output.emit(args, {"components": rows}, rows="components", columns=[
-        output.column("PART", "name"), output.column("PID", "pid"), output.column("SERVING PIDS", "serving_pids"),
-        output.column("STATE", "state"), output.column("HEALTH URL", "url")])
+    output.emit(
+        args,
+        {"components": rows},
+        rows="components",
+        columns=[
+            output.column("PART", "name"),
+            output.column("PID", "pid"),
+            output.column("SERVING PIDS", "serving_pids"),
+            output.column("STATE", "state"),
+            output.column("HEALTH URL", "url"),
+        ],
+    )
     if getattr(args, "output", "table") == "table":
-        print("PID: the process to signal (kill -9 takes the part down, workers included); "
-              "SERVING PIDS: its uvicorn workers", file=sys.stderr)
+        print(
+            "PID: the process to signal (kill -9 takes the part down, workers included); "
+            "SERVING PIDS: its uvicorn workers",
+            file=sys.stderr,
+        )
     return 0 if all(r["healthy"] for r in rows) else 1
 
 

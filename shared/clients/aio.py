@@ -74,11 +74,11 @@ class SingleFlight:
         slot = (id(loop), key)
         running = self._running.get(slot)
         if running is not None and running.get_loop() is loop and not running.done():
-            return await asyncio.shield(running)  # type: ignore[no-any-return]
+            return await asyncio.shield(running)
         future: asyncio.Future[Any] = asyncio.ensure_future(fn())
         self._running[slot] = future
         future.add_done_callback(lambda f: self._done(slot, f))
-        return await asyncio.shield(future)  # type: ignore[no-any-return]
+        return await asyncio.shield(future)
 
     def _done(self, slot: tuple[int, Hashable], future: asyncio.Future[Any]) -> None:
         if self._running.get(slot) is future:

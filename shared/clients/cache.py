@@ -31,8 +31,13 @@ REDIS_ERRORS = (redis.RedisError, OSError)
 
 def _options(settings: Settings) -> dict[str, Any]:
     timeout = settings.redis_timeout_s
-    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry_on_error": [],
-            "health_check_interval": 0, "max_connections": 64}
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry_on_error": [],
+        "health_check_interval": 0,
+        "max_connections": 64,
+    }
 
 
 def make_redis(settings: Settings) -> redis.Redis:
@@ -150,15 +155,20 @@ class Subscription:
 
     def __init__(self, settings: Settings, channel: str) -> None:
         self.channel = channel
-        self._client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=None,
-                                            retry=Retry(NoBackoff(), 0), health_check_interval=30)
+        self._client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=2,
+            socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+        )
         self._pubsub: Any = None
 
     def wait(self, timeout: float) -> list[str]:
         """Messages that arrive within ``timeout`` seconds (at least one, then whatever is queued)."""
         try:
             if self._pubsub is None:
-                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 self._pubsub.subscribe(self.channel)
             first = self._pubsub.get_message(timeout=timeout)
             messages = [first] if first else []
@@ -168,8 +178,11 @@ class Subscription:
             self._reset()
             time.sleep(timeout)
             return []
-        return [m["data"].decode() if isinstance(m["data"], bytes) else str(m["data"])
-                for m in messages if m.get("type") == "message"]
+        return [
+            m["data"].decode() if isinstance(m["data"], bytes) else str(m["data"])
+            for m in messages
+            if m.get("type") == "message"
+        ]
 
     def _reset(self) -> None:
         try:

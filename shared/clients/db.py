@@ -56,8 +56,12 @@ class Database:
         try:
             yield
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-            if isinstance(exc, sa_exc.DBAPIError) and not exc.connection_invalidated and _is_query_error(exc) \
-                    and not _server_unavailable(exc):
+            if (
+                isinstance(exc, sa_exc.DBAPIError)
+                and not exc.connection_invalidated
+                and _is_query_error(exc)
+                and not _server_unavailable(exc)
+            ):
                 raise
             log.warning("database unavailable: %s", type(exc.orig if hasattr(exc, "orig") else exc).__name__)
             raise Unavailable("the database is unavailable; retry shortly", retry_after=1) from exc

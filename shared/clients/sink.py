@@ -56,8 +56,15 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-def build_event(*, type: str, source: str, subject: str | None, data: dict[str, Any],
-                extensions: dict[str, Any] | None = None, id: str | None = None) -> CloudEvent:
+def build_event(
+    *,
+    type: str,
+    source: str,
+    subject: str | None,
+    data: dict[str, Any],
+    extensions: dict[str, Any] | None = None,
+    id: str | None = None,
+) -> CloudEvent:
     """A CloudEvent with JSON data, the current traceparent and any ``extensions``."""
     attributes: dict[str, Any] = {"type": type, "source": source, "datacontenttype": "application/json"}
     if subject:
@@ -72,9 +79,17 @@ def build_event(*, type: str, source: str, subject: str | None, data: dict[str, 
     return CloudEvent(attributes, data)
 
 
-def emit(settings_or_sink_url: Settings | str, *, type: str, source: str, subject: str | None,
-         data: dict[str, Any], extensions: dict[str, Any] | None = None,
-         session: requests.Session | None = None, id: str | None = None) -> None:
+def emit(
+    settings_or_sink_url: Settings | str,
+    *,
+    type: str,
+    source: str,
+    subject: str | None,
+    data: dict[str, Any],
+    extensions: dict[str, Any] | None = None,
+    session: requests.Session | None = None,
+    id: str | None = None,
+) -> None:
     """POST one CloudEvent in binary mode to K_SINK; Unavailable/BackendError on failure."""
     url = _sink_url(settings_or_sink_url)
     event = build_event(type=type, source=source, subject=subject, data=data, extensions=extensions, id=id)

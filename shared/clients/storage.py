@@ -108,9 +108,10 @@ def ensure_buckets(client: Any, *names: str) -> None:
 
 def put_bytes(client: Any, bucket: str, key: str, data: bytes, content_type: str = OCTET_TYPE) -> None:
     """Store ``data`` at bucket/key with an explicit ContentType."""
-    _call(f"s3://{bucket}/{key}",
-          lambda: client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
-                                    ContentLength=len(data)))
+    _call(
+        f"s3://{bucket}/{key}",
+        lambda: client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, ContentLength=len(data)),
+    )
 
 
 def get_bytes(client: Any, bucket: str, key: str) -> bytes:
@@ -118,7 +119,8 @@ def get_bytes(client: Any, bucket: str, key: str) -> bytes:
     with translated(f"s3://{bucket}/{key}"):
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
         try:
-            return body.read()
+            found: bytes = body.read()
+            return found
         finally:
             body.close()
 
@@ -140,8 +142,7 @@ def get_jsonl(client: Any, bucket: str, key: str) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except ValueError:
-            raise InvalidInput(f"line {number} of s3://{bucket}/{key} is not valid JSON",
-                               field="input_url") from None
+            raise InvalidInput(f"line {number} of s3://{bucket}/{key} is not valid JSON", field="input_url") from None
         if not isinstance(row, dict):
             raise InvalidInput(f"line {number} of s3://{bucket}/{key} is not a JSON object", field="input_url")
         rows.append(row)
@@ -159,14 +160,24 @@ def exists(client: Any, bucket: str, key: str) -> bool:
 
 def presign_get(client: Any, bucket: str, key: str, expires_s: int) -> str:
     """A presigned GET URL for bucket/key valid for ``expires_s`` seconds."""
-    return _call(f"presign s3://{bucket}/{key}", lambda: client.generate_presigned_url(
-        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s)))
+    url: str = _call(
+        f"presign s3://{bucket}/{key}",
+        lambda: client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s)
+        ),
+    )
+    return url
 
 
 def presign_put(client: Any, bucket: str, key: str, expires_s: int, content_type: str) -> str:
     """A presigned PUT URL for bucket/key valid for ``expires_s`` seconds (the upload sends ``content_type``)."""
-    return _call(f"presign s3://{bucket}/{key}", lambda: client.generate_presigned_url(
-        "put_object", Params={"Bucket": bucket, "Key": key, "ContentType": content_type}, ExpiresIn=int(expires_s)))
+    url: str = _call(
+        f"presign s3://{bucket}/{key}",
+        lambda: client.generate_presigned_url(
+            "put_object", Params={"Bucket": bucket, "Key": key, "ContentType": content_type}, ExpiresIn=int(expires_s)
+        ),
+    )
+    return url
 
 
 def delete_prefix(client: Any, bucket: str, prefix: str) -> int:

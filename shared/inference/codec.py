@@ -25,7 +25,7 @@ MAX_ELEMENTS = 1_000_000  # per request when the caller names no limit (the body
 class Parsed:
     """Validated input arrays (batched models: leading batch dim), rows, and whether one row was sent."""
 
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray[Any, Any]]
     rows: int
     single: bool
 
@@ -37,7 +37,7 @@ class Parsed:
 def parse_input(info: ModelInfo, raw: Any, field: str = "input", max_elements: int = MAX_ELEMENTS) -> Parsed:
     """Validate one ``input`` object; InvalidInput naming what was expected otherwise."""
     values = _named_values(info, raw, field)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
     singles: set[bool] = set()
     rows: set[int] = set()
     left = max_elements
@@ -48,34 +48,45 @@ def parse_input(info: ModelInfo, raw: Any, field: str = "input", max_elements: i
         singles.add(single)
         rows.add(array.shape[0] if info.batched else 1)
     if len(singles) > 1 or len(rows) > 1:
-        raise InvalidInput(f"{field}: every input tensor needs the same number of rows; expected "
-                           f"{info.expected()}", field=field)
+        raise InvalidInput(
+            f"{field}: every input tensor needs the same number of rows; expected {info.expected()}", field=field
+        )
     return Parsed(arrays, rows.pop(), singles.pop())
 
 
 def _named_values(info: ModelInfo, raw: Any, field: str) -> dict[str, Any]:
     names = [s.name for s in info.inputs]
     if not isinstance(raw, dict) or not raw:
-        raise InvalidInput(f"{field} is missing or empty; expected an object {{\"data\": [...]}} or "
-                           f"{{{', '.join(repr(n) for n in names)}: [...]}} with {info.expected()}", field=field)
+        raise InvalidInput(
+            f'{field} is missing or empty; expected an object {{"data": [...]}} or '
+            f"{{{', '.join(repr(n) for n in names)}: [...]}} with {info.expected()}",
+            field=field,
+        )
     if set(raw) == {"data"} and "data" not in names:
         if len(names) != 1:
-            raise InvalidInput(f"{field}.data works only for single-input models; model {info.name!r} "
-                               f"takes {info.expected()}", field=f"{field}.data")
+            raise InvalidInput(
+                f"{field}.data works only for single-input models; model {info.name!r} takes {info.expected()}",
+                field=f"{field}.data",
+            )
         return {names[0]: raw["data"]}
     unknown = sorted(set(raw) - set(names))
     if unknown:
-        raise InvalidInput(f"{field} has unknown tensor {unknown[0]!r}; model {info.name!r} takes "
-                           f"{info.expected()} (or {{\"data\": [...]}})", field=f"{field}.{unknown[0]}")
+        raise InvalidInput(
+            f"{field} has unknown tensor {unknown[0]!r}; model {info.name!r} takes "
+            f'{info.expected()} (or {{"data": [...]}})',
+            field=f"{field}.{unknown[0]}",
+        )
     missing = [n for n in names if n not in raw]
     if missing:
-        raise InvalidInput(f"{field} is missing tensor {missing[0]!r}; expected {info.expected()}",
-                           field=f"{field}.{missing[0]}")
+        raise InvalidInput(
+            f"{field} is missing tensor {missing[0]!r}; expected {info.expected()}", field=f"{field}.{missing[0]}"
+        )
     return dict(raw)
 
 
-def _tensor(info: ModelInfo, spec: TensorSpec, value: Any, field: str,
-            max_elements: int = MAX_ELEMENTS) -> tuple[np.ndarray, bool]:
+def _tensor(
+    info: ModelInfo, spec: TensorSpec, value: Any, field: str, max_elements: int = MAX_ELEMENTS
+) -> tuple[np.ndarray[Any, Any], bool]:
     expected = f"expected {spec.describe(info.batched)}"
     array = to_array(value, spec, field, expected, max_elements)
     given, rank = list(array.shape), len(spec.shape)
@@ -98,7 +109,9 @@ def dims_match(actual: tuple[int, ...], declared: tuple[int, ...]) -> bool:
     return all(a >= 1 and (d < 0 or a == d) for a, d in zip(actual, declared, strict=True))
 
 
-def to_array(value: Any, spec: TensorSpec, field: str, expected: str, max_elements: int = MAX_ELEMENTS) -> np.ndarray:
+def to_array(
+    value: Any, spec: TensorSpec, field: str, expected: str, max_elements: int = MAX_ELEMENTS
+) -> np.ndarray[Any, Any]:
     """A JSON value -> numpy array of the tensor's dtype; InvalidInput for empty/ragged/non-numeric/NaN/out of
     range, and past ``max_elements`` (MAX_INFER_ELEMENTS: bulk work belongs in a batch job)."""
     dtype = NP_DTYPES.get(spec.datatype)
@@ -120,7 +133,7 @@ def to_array(value: Any, spec: TensorSpec, field: str, expected: str, max_elemen
     return cast_numbers(array, dtype, spec.datatype, field, expected)
 
 
-def _small_flat(value: list[Any], dtype: Any, max_elements: int) -> np.ndarray | None:
+def _small_flat(value: list[Any], dtype: Any, max_elements: int) -> np.ndarray[Any, Any] | None:
     """The common single row (a short flat list of plain numbers that fit the datatype) without numpy's
     checks; None for anything else, which takes the general path and its precise errors."""
     if len(value) > _QUICK_MAX or len(value) > max_elements:
@@ -141,16 +154,23 @@ def _small_flat(value: list[Any], dtype: Any, max_elements: int) -> np.ndarray |
 
 _QUICK_MAX = 64
 _NUMBERS = frozenset({int, float})
-_INT_BOUNDS = {np.dtype(t).str: (int(np.iinfo(t).min), int(np.iinfo(t).max))
-               for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
+_INT_BOUNDS = {
+    np.dtype(t).str: (int(np.iinfo(t).min), int(np.iinfo(t).max))
+    for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+}
 
 
 def too_many_elements(field: str, size: int, limit: int) -> InvalidInput:
-    return InvalidInput(f"{field} has {size} elements; one request may carry at most {limit} "
-                        "(MAX_INFER_ELEMENTS); send bulk work as a batch job (POST /v1/batch)", field=field)
+    return InvalidInput(
+        f"{field} has {size} elements; one request may carry at most {limit} "
+        "(MAX_INFER_ELEMENTS); send bulk work as a batch job (POST /v1/batch)",
+        field=field,
+    )
 
 
-def cast_numbers(array: np.ndarray, dtype: Any, datatype: str, field: str, expected: str) -> np.ndarray:
+def cast_numbers(
+    array: np.ndarray[Any, Any], dtype: Any, datatype: str, field: str, expected: str
+) -> np.ndarray[Any, Any]:
     """Check the values are numbers the datatype can hold (finite, in range, integral for integers), then cast."""
     if datatype == "BOOL":
         if array.dtype.kind != "b":
@@ -166,8 +186,11 @@ def cast_numbers(array: np.ndarray, dtype: Any, datatype: str, field: str, expec
             if not biggest <= _FLOAT_MAX[target.itemsize]:  # NaN compares false too
                 if not np.isfinite(array).all():
                     raise InvalidInput(f"{field} holds NaN or infinity; {expected}", field=field)
-                raise InvalidInput(f"{field} holds values beyond the {datatype} range (largest magnitude "
-                                   f"{_FLOAT_MAX[target.itemsize]:.6g}); {expected}", field=field)
+                raise InvalidInput(
+                    f"{field} holds values beyond the {datatype} range (largest magnitude "
+                    f"{_FLOAT_MAX[target.itemsize]:.6g}); {expected}",
+                    field=field,
+                )
         return array.astype(target, copy=False)
     if kind == "f":
         if not np.isfinite(array).all():
@@ -176,16 +199,20 @@ def cast_numbers(array: np.ndarray, dtype: Any, datatype: str, field: str, expec
             raise InvalidInput(f"{field} must hold integers; {expected}", field=field)
     bounds = np.iinfo(target)
     if array.size and (array.min() < bounds.min or array.max() > bounds.max):
-        raise InvalidInput(f"{field} holds values outside the {datatype} range [{bounds.min}, {bounds.max}]; "
-                           f"{expected}", field=field)
+        raise InvalidInput(
+            f"{field} holds values outside the {datatype} range [{bounds.min}, {bounds.max}]; {expected}", field=field
+        )
     return array.astype(target, copy=False)
 
 
-_FLOAT_MAX = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max),
-              8: float(np.finfo(np.float64).max)}
+_FLOAT_MAX = {
+    2: float(np.finfo(np.float16).max),
+    4: float(np.finfo(np.float32).max),
+    8: float(np.finfo(np.float64).max),
+}
 
 
-def check_finite(array: np.ndarray, field: str, expected: str) -> np.ndarray:
+def check_finite(array: np.ndarray[Any, Any], field: str, expected: str) -> np.ndarray[Any, Any]:
     """Binary tensors come as raw bytes: NaN and infinities are refused like in JSON."""
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"{field} holds NaN or infinity; {expected}", field=field)
@@ -193,12 +220,12 @@ def check_finite(array: np.ndarray, field: str, expected: str) -> np.ndarray:
 
 
 # -- answers ---------------------------------------------------------------------
-def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray], single: bool) -> dict[str, Any]:
+def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], single: bool) -> dict[str, Any]:
     """Every output tensor as lists; a single row loses its batch dimension."""
     return {name: (a[0] if single and info.batched else a).tolist() for name, a in outputs.items()}
 
 
-def prediction_of(info: ModelInfo, outputs: Mapping[str, np.ndarray], single: bool) -> Any:
+def prediction_of(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], single: bool) -> Any:
     """Class name (or id) per row from ``label``/``argmax`` or the argmax of ``probabilities``."""
     ids = _class_ids(outputs)
     if ids is None:
@@ -210,7 +237,7 @@ def prediction_of(info: ModelInfo, outputs: Mapping[str, np.ndarray], single: bo
     return per_row[0] if single else per_row
 
 
-def _class_ids(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+def _class_ids(outputs: Mapping[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, Any] | None:
     for name in ("label", "labels", "class", "argmax"):
         if name in outputs and outputs[name].dtype.kind in "iu":
             return outputs[name]

@@ -45,12 +45,22 @@ def check_rows(services: Services, rows: int, field: str = "input") -> None:
     """400 past MAX_INFER_ROWS, naming the limit and the bulk path."""
     limit = services.settings.max_infer_rows
     if rows > limit:
-        raise InvalidInput(f"{field} has {rows} rows; one request may carry at most {limit} (MAX_INFER_ROWS); "
-                           "send bulk work as a batch job (POST /v1/batch)", field=field)
+        raise InvalidInput(
+            f"{field} has {rows} rows; one request may carry at most {limit} (MAX_INFER_ROWS); "
+            "send bulk work as a batch job (POST /v1/batch)",
+            field=field,
+        )
 
 
-async def infer_arrays(services: Services, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray], rows: int,
-                       version: str | None = None, who: str | None = None) -> dict[str, np.ndarray]:
+async def infer_arrays(
+    services: Services,
+    url: str,
+    info: ModelInfo,
+    arrays: Mapping[str, np.ndarray[Any, Any]],
+    rows: int,
+    version: str | None = None,
+    who: str | None = None,
+) -> dict[str, np.ndarray[Any, Any]]:
     """Run ``rows`` rows on ``url``: one row through the coalescer, more in requests of at most
     max_batch_size rows sent together (traced when the request is sampled)."""
     step = info.max_batch_size if info.batched else rows
@@ -59,8 +69,12 @@ async def infer_arrays(services: Services, url: str, info: ModelInfo, arrays: Ma
         if rows <= step:
             return await services.coalescer().infer(url, info, arrays, headers, version, who)
         triton = services.triton_async
-        parts = await asyncio.gather(*(triton.infer(url, info, {k: a[lo:lo + step] for k, a in arrays.items()},
-                                                    headers, version, who) for lo in range(0, rows, step)))
+        parts = await asyncio.gather(
+            *(
+                triton.infer(url, info, {k: a[lo : lo + step] for k, a in arrays.items()}, headers, version, who)
+                for lo in range(0, rows, step)
+            )
+        )
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
@@ -77,15 +91,16 @@ async def run_inference(services: Services, body: Any, route_key: str | None = N
     name = v.string(body["model"], "model", max_len=128)
     version = v.string(body["version"], "version", max_len=32) if body.get("version") is not None else None
     if "input" not in body:
-        raise InvalidInput("input is required: {\"data\": [...]} or {\"<tensor>\": [...]}", field="input")
+        raise InvalidInput('input is required: {"data": [...]} or {"<tensor>": [...]}', field="input")
     model = await resolve_async(services, name, version, route_key)
     tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
     max_elements = services.settings.max_infer_elements
 
-    async def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray]]:
+    async def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray[Any, Any]]]:
         who = backend_label(model, urls, url)
         info = services.triton_async.cached_info(url, tm, tv) or await services.triton_async.model_info(
-            url, tm, tv, who)
+            url, tm, tv, who
+        )
         parsed = parse_input(info, body["input"], max_elements=max_elements)
         check_rows(services, parsed.rows)
         return info, parsed, await infer_arrays(services, url, info, parsed.arrays, parsed.rows, tv, who)
@@ -96,8 +111,11 @@ async def run_inference(services: Services, body: Any, route_key: str | None = N
         record(services, model, exc.code, started)
         raise
     record(services, model, "ok", started)
-    return {"model": model["name"], "version": model["version"],
-            "prediction": prediction_of(info, outputs, parsed.single),
-            "outputs": outputs_json(info, outputs, parsed.single),
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            "timestamp": datetime.now(UTC).isoformat()}
+    return {
+        "model": model["name"],
+        "version": model["version"],
+        "prediction": prediction_of(info, outputs, parsed.single),
+        "outputs": outputs_json(info, outputs, parsed.single),
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        "timestamp": datetime.now(UTC).isoformat(),
+    }

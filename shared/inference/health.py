@@ -32,32 +32,41 @@ CHECK_TIMEOUT_S = 0.5
 
 async def _check(services: Services, name: str, ping: Callable[[], bool]) -> bool:
     """``ping()`` in a thread, one at a time per check, answered within CHECK_TIMEOUT_S."""
+
     async def run() -> bool:
         return await asyncio.to_thread(ping)
 
     try:
-        return await asyncio.wait_for(asyncio.shield(services.single_flight.run(("health", name), run)),
-                                      CHECK_TIMEOUT_S)
+        return await asyncio.wait_for(
+            asyncio.shield(services.single_flight.run(("health", name), run)), CHECK_TIMEOUT_S
+        )
     except TimeoutError:
         return False
 
 
 async def health(services: Services) -> tuple[int, dict[str, Any]]:
-    db_ok, cache_ok = await asyncio.gather(_check(services, "database", services.db.ping),
-                                           _check(services, "cache", services.cache.ping))
+    db_ok, cache_ok = await asyncio.gather(
+        _check(services, "database", services.db.ping), _check(services, "cache", services.cache.ping)
+    )
     triton = backend_urls(services, {})[0]
     circuit = (await services.balancer.snapshot_async([triton]))[0].circuit.state
-    checks = {"database": "ok" if db_ok else "unreachable", "cache": "ok" if cache_ok else "unreachable",
-              "triton_circuit": circuit}
+    checks = {
+        "database": "ok" if db_ok else "unreachable",
+        "cache": "ok" if cache_ok else "unreachable",
+        "triton_circuit": circuit,
+    }
     status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok or cache_ok else "unhealthy")
     body: dict[str, Any] = {"status": status, "service": services.settings.service_name, "checks": checks}
     effects = []
     if not db_ok:
-        effects.append("PostgreSQL is unreachable: keys seen recently and warm models are still served; "
-                       "new keys are answered 503")
+        effects.append(
+            "PostgreSQL is unreachable: keys seen recently and warm models are still served; new keys are answered 503"
+        )
     if not cache_ok:
-        effects.append("Redis is unreachable: the registry is read from PostgreSQL, rate limits and circuit "
-                       "breakers are per process")
+        effects.append(
+            "Redis is unreachable: the registry is read from PostgreSQL, rate limits and circuit "
+            "breakers are per process"
+        )
     if circuit == "open":
         effects.append("the circuit breaker of TRITON_URL is open: its models answer 503 until it recovers")
     if effects:

@@ -37,7 +37,7 @@ class ItemResult:
     """One batch item's answer: prediction and outputs, or the reason it failed."""
 
     prediction: Any | None
-    outputs: dict | None
+    outputs: dict[str, Any] | None
     error: str | None
 
 
@@ -48,8 +48,15 @@ class _Target:
     version: str | None
 
 
-def triton_call(services: Services, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray], rows: int,
-                version: str | None = None, who: str | None = None) -> dict[str, np.ndarray]:
+def triton_call(
+    services: Services,
+    url: str,
+    info: ModelInfo,
+    arrays: Mapping[str, np.ndarray[Any, Any]],
+    rows: int,
+    version: str | None = None,
+    who: str | None = None,
+) -> dict[str, np.ndarray[Any, Any]]:
     """Run ``rows`` rows on ``url`` in requests of at most max_batch_size rows (traced)."""
     pool = services.triton
     step = info.max_batch_size if info.batched else rows
@@ -57,7 +64,7 @@ def triton_call(services: Services, url: str, info: ModelInfo, arrays: Mapping[s
     with telemetry.child_span("triton.infer", **{"kinfer.triton_model": info.name, "kinfer.rows": rows}):
         headers = telemetry.outgoing_headers()
         for lo in range(0, rows, step):
-            chunk = {k: a[lo:lo + step] for k, a in arrays.items()} if info.batched and rows > step else arrays
+            chunk = {k: a[lo : lo + step] for k, a in arrays.items()} if info.batched and rows > step else arrays
             parts.append(pool.infer(url, info, chunk, headers, version, who))
             services.recorder.record_rows(url, min(step, rows - lo))
     if len(parts) == 1:
@@ -65,7 +72,7 @@ def triton_call(services: Services, url: str, info: ModelInfo, arrays: Mapping[s
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def infer_items(services: Services, model: dict, items: list[Any]) -> list[ItemResult]:
+def infer_items(services: Services, model: dict[str, Any], items: list[Any]) -> list[ItemResult]:
     """One ItemResult per item, in order; valid items go in batched Triton requests, several at once.
 
     Raises Unavailable/CircuitOpen/BackendTimeout (retryable) when Triton cannot be used.
@@ -73,9 +80,11 @@ def infer_items(services: Services, model: dict, items: list[Any]) -> list[ItemR
     target = _Target(model, backend_urls(services, model), triton_version(model))
     tm = triton_model(model)
     info = services.balancer.call(
-        target.urls, lambda url: services.triton.model_info(url, tm, target.version,
-                                                            backend_label(model, target.urls, url)),
-        count=False, label=label(model))
+        target.urls,
+        lambda url: services.triton.model_info(url, tm, target.version, backend_label(model, target.urls, url)),
+        count=False,
+        label=label(model),
+    )
     uniform = uniform_rows(info, items)
     if uniform is not None:
         return _infer_uniform(services, target, info, uniform)
@@ -86,13 +95,14 @@ def infer_items(services: Services, model: dict, items: list[Any]) -> list[ItemR
             parsed[i] = parse_input(info, item)
         except InvalidInput as exc:
             results[i] = ItemResult(None, None, exc.message)
-    calls: list[Callable[[], None]] = [partial(_infer_group, services, target, info, g, parsed, results)
-                                       for g in _groups(info, parsed)]
+    calls: list[Callable[[], None]] = [
+        partial(_infer_group, services, target, info, g, parsed, results) for g in _groups(info, parsed)
+    ]
     _in_parallel(calls)
     return [r if r is not None else ItemResult(None, None, "not inferred") for r in results]
 
 
-def uniform_rows(info: ModelInfo, items: list[Any]) -> np.ndarray | None:
+def uniform_rows(info: ModelInfo, items: list[Any]) -> np.ndarray[Any, Any] | None:
     """All items one valid row of a single-input batched model -> one [n, ...] array; else None.
 
     The common batch case (every line ``{"data": [4 floats]}``) then costs one numpy
@@ -149,24 +159,36 @@ def _in_parallel(calls: list[Callable[[], T]]) -> list[T]:
     return [f.result() for f in futures]
 
 
-def _infer_uniform(services: Services, target: _Target, info: ModelInfo, array: np.ndarray) -> list[ItemResult]:
+def _infer_uniform(
+    services: Services, target: _Target, info: ModelInfo, array: np.ndarray[Any, Any]
+) -> list[ItemResult]:
     step = info.max_batch_size
-    parts = [array[lo:lo + step] for lo in range(0, array.shape[0], step)]
+    parts = [array[lo : lo + step] for lo in range(0, array.shape[0], step)]
 
-    def run(part: np.ndarray) -> list[ItemResult]:
+    def run(part: np.ndarray[Any, Any]) -> list[ItemResult]:
         try:
             outputs = services.balancer.call(
-                target.urls, lambda url: triton_call(services, url, info, {info.inputs[0].name: part}, len(part),
-                                                     target.version, backend_label(target.model, target.urls, url)),
-                label=label(target.model))
+                target.urls,
+                lambda url: triton_call(
+                    services,
+                    url,
+                    info,
+                    {info.inputs[0].name: part},
+                    len(part),
+                    target.version,
+                    backend_label(target.model, target.urls, url),
+                ),
+                label=label(target.model),
+            )
         except KinferError as exc:
             if exc.retryable:
                 raise
             return [ItemResult(None, None, exc.message)] * len(part)
         predictions = prediction_of(info, outputs, single=False)
         names = list(outputs)
-        per_item = [dict(zip(names, values, strict=True))
-                    for values in zip(*(outputs[n].tolist() for n in names), strict=True)]
+        per_item = [
+            dict(zip(names, values, strict=True)) for values in zip(*(outputs[n].tolist() for n in names), strict=True)
+        ]
         return [ItemResult(p, o, None) for p, o in zip(predictions, per_item, strict=True)]
 
     calls: list[Callable[[], list[ItemResult]]] = [partial(run, p) for p in parts]
@@ -194,17 +216,28 @@ def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
     return groups
 
 
-def _infer_group(services: Services, target: _Target, info: ModelInfo, group: list[int],
-                 parsed: dict[int, Parsed], results: list[ItemResult | None]) -> None:
+def _infer_group(
+    services: Services,
+    target: _Target,
+    info: ModelInfo,
+    group: list[int],
+    parsed: dict[int, Parsed],
+    results: list[ItemResult | None],
+) -> None:
     names = [s.name for s in info.inputs]
-    arrays = {n: np.concatenate([parsed[i].arrays[n] for i in group]) if info.batched else parsed[group[0]].arrays[n]
-              for n in names}
+    arrays = {
+        n: np.concatenate([parsed[i].arrays[n] for i in group]) if info.batched else parsed[group[0]].arrays[n]
+        for n in names
+    }
     rows = sum(parsed[i].rows for i in group)
     try:
         outputs = services.balancer.call(
-            target.urls, lambda url: triton_call(services, url, info, arrays, rows, target.version,
-                                                 backend_label(target.model, target.urls, url)),
-            label=label(target.model))
+            target.urls,
+            lambda url: triton_call(
+                services, url, info, arrays, rows, target.version, backend_label(target.model, target.urls, url)
+            ),
+            label=label(target.model),
+        )
     except KinferError as exc:
         if exc.retryable:
             raise
@@ -214,6 +247,6 @@ def _infer_group(services: Services, target: _Target, info: ModelInfo, group: li
     offset = 0
     for i in group:
         p = parsed[i]
-        mine = {k: a[offset:offset + p.rows] for k, a in outputs.items()} if info.batched else outputs
+        mine = {k: a[offset : offset + p.rows] for k, a in outputs.items()} if info.batched else outputs
         offset += p.rows
         results[i] = ItemResult(prediction_of(info, mine, p.single), outputs_json(info, mine, p.single), None)

@@ -34,8 +34,7 @@ MODEL_STALE_S = 1.0
 MAX_CACHED = 1024
 
 
-def resolve(services: Services, name: str, version: str | None = None,
-            route_key: str | None = None) -> dict[str, Any]:
+def resolve(services: Services, name: str, version: str | None = None, route_key: str | None = None) -> dict[str, Any]:
     """The model row that serves this caller (synchronous callers: batch), through the MODEL_TTL_S cache."""
     from shared import registry
 
@@ -49,8 +48,9 @@ def resolve(services: Services, name: str, version: str | None = None,
     return registry.pick(target, route_key)
 
 
-async def resolve_async(services: Services, name: str, version: str | None = None,
-                        route_key: str | None = None) -> dict[str, Any]:
+async def resolve_async(
+    services: Services, name: str, version: str | None = None, route_key: str | None = None
+) -> dict[str, Any]:
     """The model row that serves this caller (404 when unknown or not servable), from the cache when warm:
     ``version`` names a version or an alias; ``route_key`` keeps a caller on one side of a split."""
     from shared import registry
@@ -91,8 +91,7 @@ def record(services: Services, model: Mapping[str, Any], outcome: str, started: 
     """Count one answer of ``model`` (its registry version) for ``/metrics`` (an in-process tally)."""
     from shared.lifecycle.metrics import record as record_version
 
-    record_version(services.version_recorder, model["name"], model["version"], outcome,
-                   time.perf_counter() - started)
+    record_version(services.version_recorder, model["name"], model["version"], outcome, time.perf_counter() - started)
 
 
 def backend_urls(services: Services, model: Mapping[str, Any]) -> list[str]:

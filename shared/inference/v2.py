@@ -73,16 +73,20 @@ def split_body(raw: bytes, headers: Mapping[str, str]) -> tuple[dict[str, Any], 
 def _check_content_type(headers: Mapping[str, str], binary: bool) -> None:
     encoding = (headers.get("content-encoding") or "identity").strip().lower()
     if encoding != "identity":
-        raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]!r} is not supported; send the body "
-                                   "uncompressed", field="Content-Encoding")
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding[:40]!r} is not supported; send the body uncompressed", field="Content-Encoding"
+        )
     content_type = headers.get("content-type")
     if not content_type:
         return
     media = content_type.split(";", 1)[0].strip().lower()
     if media in _JSON_TYPES or media.endswith("+json") or (binary and media == "application/octet-stream"):
         return
-    raise UnsupportedMediaType(f"Content-Type {media[:100]!r} is not supported here; send application/json "
-                               f"(or application/octet-stream with {HEADER_LENGTH})", field="Content-Type")
+    raise UnsupportedMediaType(
+        f"Content-Type {media[:100]!r} is not supported here; send application/json "
+        f"(or application/octet-stream with {HEADER_LENGTH})",
+        field="Content-Type",
+    )
 
 
 def _object(value: Any, field: str) -> dict[str, Any]:
@@ -126,8 +130,14 @@ def parse_request(request: dict[str, Any]) -> tuple[list[dict[str, Any]], list[s
     return inputs, names
 
 
-async def infer_v2(services: Services, name: str, version: str | None, raw: bytes,
-                   headers: Mapping[str, str], route_key: str | None = None) -> dict:
+async def infer_v2(
+    services: Services,
+    name: str,
+    version: str | None,
+    raw: bytes,
+    headers: Mapping[str, str],
+    route_key: str | None = None,
+) -> dict[str, Any]:
     """Run one v2 inference request; the v2 response body (``model_version``: the version that answered).
 
     The version segment may name a registry version or an alias."""
@@ -137,10 +147,11 @@ async def infer_v2(services: Services, name: str, version: str | None, raw: byte
     model = await resolve_async(services, name, version, route_key)
     tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
 
-    async def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray]]:
+    async def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray[Any, Any]]]:
         who = backend_label(model, urls, url)
         info = services.triton_async.cached_info(url, tm, tv) or await services.triton_async.model_info(
-            url, tm, tv, who)
+            url, tm, tv, who
+        )
         arrays, rows = v2_arrays(info, inputs, binary, services.settings.max_infer_elements)
         check_rows(services, rows, "inputs")
         return info, await infer_arrays(services, url, info, arrays, rows, tv, who)
@@ -152,9 +163,21 @@ async def infer_v2(services: Services, name: str, version: str | None, raw: byte
         raise
     record(services, model, "ok", started)
     wanted = _requested(info, asked)
-    return {"model_name": model["name"], "model_version": model["version"], "id": request.get("id", ""),
-            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(outputs[s.name].shape),
-                         "data": outputs[s.name].reshape(-1).tolist()} for s in info.outputs if s.name in wanted]}
+    return {
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "id": request.get("id", ""),
+        "outputs": [
+            {
+                "name": s.name,
+                "datatype": s.datatype,
+                "shape": list(outputs[s.name].shape),
+                "data": outputs[s.name].reshape(-1).tolist(),
+            }
+            for s in info.outputs
+            if s.name in wanted
+        ],
+    }
 
 
 def _requested(info: ModelInfo, asked: list[str] | None) -> set[str]:
@@ -163,21 +186,24 @@ def _requested(info: ModelInfo, asked: list[str] | None) -> set[str]:
         return names
     unknown = [a for a in asked if a not in names]
     if unknown:
-        raise InvalidInput(f"unknown output {unknown[0]!r}; model {info.name!r} has "
-                           f"{', '.join(sorted(names))}", field="outputs")
+        raise InvalidInput(
+            f"unknown output {unknown[0]!r}; model {info.name!r} has {', '.join(sorted(names))}", field="outputs"
+        )
     return set(asked)
 
 
-def v2_arrays(info: ModelInfo, inputs: list[dict[str, Any]], binary: bytes,
-              max_elements: int) -> tuple[dict[str, np.ndarray], int]:
+def v2_arrays(
+    info: ModelInfo, inputs: list[dict[str, Any]], binary: bytes, max_elements: int
+) -> tuple[dict[str, np.ndarray[Any, Any]], int]:
     """Validate v2 input tensors (names, datatype, full shape, values) against the metadata."""
     specs = {s.name: s for s in info.inputs}
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
     offset, left = 0, max_elements
     for tensor in inputs:
         if tensor["name"] not in specs:
-            raise InvalidInput(f"each input needs a name among {', '.join(specs)}; expected {info.expected()}",
-                               field="inputs")
+            raise InvalidInput(
+                f"each input needs a name among {', '.join(specs)}; expected {info.expected()}", field="inputs"
+            )
         spec = specs[tensor["name"]]
         array, offset = _one(info, spec, tensor, binary, offset, left)
         left -= array.size
@@ -191,20 +217,28 @@ def v2_arrays(info: ModelInfo, inputs: list[dict[str, Any]], binary: bytes,
     return arrays, rows.pop()
 
 
-def _one(info: ModelInfo, spec: TensorSpec, tensor: dict[str, Any], binary: bytes, offset: int,
-         max_elements: int) -> tuple[np.ndarray, int]:
+def _one(
+    info: ModelInfo, spec: TensorSpec, tensor: dict[str, Any], binary: bytes, offset: int, max_elements: int
+) -> tuple[np.ndarray[Any, Any], int]:
     field = f"inputs.{spec.name}"
     declared = ((-1,) if info.batched else ()) + spec.shape
     expected = f"expected datatype {spec.datatype} and shape {list(declared)}"
     shape = tensor.get("shape")
     if tensor.get("datatype") != spec.datatype:
         raise InvalidInput(f"{field} has datatype {str(tensor.get('datatype'))[:32]!r}; {expected}", field=field)
-    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-            or not dims_match(tuple(shape), declared)
-            or (info.batched and shape[0] > info.max_batch_size)):
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or not dims_match(tuple(shape), declared)
+        or (info.batched and shape[0] > info.max_batch_size)
+    ):
         shown = shape if isinstance(shape, list) and len(shape) <= 8 else "malformed"
-        raise InvalidInput(f"{field} has shape {shown}; {expected} (batch at most {info.max_batch_size})"
-                           if info.batched else f"{field} has shape {shown}; {expected}", field=field)
+        raise InvalidInput(
+            f"{field} has shape {shown}; {expected} (batch at most {info.max_batch_size})"
+            if info.batched
+            else f"{field} has shape {shown}; {expected}",
+            field=field,
+        )
     size = math.prod(shape)
     if size > max_elements:
         raise too_many_elements(field, size, max_elements)
@@ -214,15 +248,17 @@ def _one(info: ModelInfo, spec: TensorSpec, tensor: dict[str, Any], binary: byte
     nbytes = (tensor.get("parameters") or {}).get("binary_data_size")
     if nbytes is not None:
         if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
-            raise InvalidInput(f"{field}: parameters.binary_data_size must be a non-negative integer",
-                               field=f"{field}.parameters.binary_data_size")
-        chunk = binary[offset:offset + nbytes]
+            raise InvalidInput(
+                f"{field}: parameters.binary_data_size must be a non-negative integer",
+                field=f"{field}.parameters.binary_data_size",
+            )
+        chunk = binary[offset : offset + nbytes]
         if len(chunk) != nbytes or nbytes != size * np.dtype(dtype).itemsize:
             raise InvalidInput(f"{field} binary data has {len(chunk)} bytes; {expected}", field=field)
         array = np.frombuffer(chunk, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
         return check_finite(array, field, expected), offset + nbytes
     data = tensor.get("data")
-    values: np.ndarray | None = None
+    values: np.ndarray[Any, Any] | None = None
     if isinstance(data, list):
         try:
             values = np.array(data)
@@ -234,41 +270,51 @@ def _one(info: ModelInfo, spec: TensorSpec, tensor: dict[str, Any], binary: byte
 
 
 # -- metadata, readiness, configuration ------------------------------------------------------
-async def model_metadata_v2(services: Services, name: str, version: str | None) -> dict:
+async def model_metadata_v2(services: Services, name: str, version: str | None) -> dict[str, Any]:
     """GET /v2/models/{name}[/versions/{v}]: the v2 model metadata response."""
     model, info = await _model_info(services, name, version)
     lead = [-1] if info.batched else []
-    return {"name": model["name"], "versions": [model["version"]], "platform": "kinfer",
-            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.inputs],
-            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)}
-                        for s in info.outputs]}
+    return {
+        "name": model["name"],
+        "versions": [model["version"]],
+        "platform": "kinfer",
+        "inputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.inputs],
+        "outputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.outputs],
+    }
 
 
 async def _model_info(services: Services, name: str, version: str | None) -> tuple[dict[str, Any], ModelInfo]:
     model = await resolve_async(services, name, version)
     tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
     info = await services.balancer.call_async(
-        urls, lambda url: services.triton_async.model_info(url, tm, tv, backend_label(model, urls, url)),
-        count=False, label=label(model))
+        urls,
+        lambda url: services.triton_async.model_info(url, tm, tv, backend_label(model, urls, url)),
+        count=False,
+        label=label(model),
+    )
     return model, info
 
 
-async def model_ready_v2(services: Services, name: str, version: str | None) -> dict:
+async def model_ready_v2(services: Services, name: str, version: str | None) -> dict[str, Any]:
     """GET /v2/models/{name}[/versions/{v}]/ready: 200 when a backend has the model ready, else 503."""
     model = await resolve_async(services, name, version)
     tm, tv = triton_model(model), triton_version(model)
     for backend in await services.balancer.snapshot_async(backend_urls(services, model)):
         if services.balancer.breakers.allows(backend.circuit) and await services.triton_async.model_ready(
-                backend.url, tm, tv):
+            backend.url, tm, tv
+        ):
             return {"name": model["name"], "versions": [model["version"]], "ready": True}
     raise Unavailable(f"{label(model)} is not ready on any of its Triton backends", retry_after=1)
 
 
-async def model_config_v2(services: Services, name: str, version: str | None) -> dict:
+async def model_config_v2(services: Services, name: str, version: str | None) -> dict[str, Any]:
     """GET /v2/models/{name}[/versions/{v}]/config: Triton's model configuration, under the registry name."""
     model = await resolve_async(services, name, version)
     tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
     config = await services.balancer.call_async(
-        urls, lambda url: services.triton_async.model_config(url, tm, tv, backend_label(model, urls, url)),
-        count=False, label=label(model))
+        urls,
+        lambda url: services.triton_async.model_config(url, tm, tv, backend_label(model, urls, url)),
+        count=False,
+        label=label(model),
+    )
     return {**config, "name": model["name"]}

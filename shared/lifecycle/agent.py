@@ -65,8 +65,13 @@ class Wanted:
 class ModelAgent:
     """Reconciles one local Triton with the registry; see the module docstring."""
 
-    def __init__(self, services: Services, triton: TritonRepositoryApi | None = None,
-                 repository_dir: Path | None = None, replica: str | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        triton: TritonRepositoryApi | None = None,
+        repository_dir: Path | None = None,
+        replica: str | None = None,
+    ) -> None:
         settings = services.settings
         self.services = services
         self.triton = triton or TritonRepositoryApi(settings.agent_triton_http)
@@ -129,8 +134,9 @@ class ModelAgent:
 
     # -- what the registry wants --------------------------------------------------------------
     def wanted(self) -> Wanted:
-        query = sa.select(models).where(models.c.status == "active",
-                                        models.c.state.in_(("pending", "loading", "ready")))
+        query = sa.select(models).where(
+            models.c.status == "active", models.c.state.in_(("pending", "loading", "ready"))
+        )
         with self.services.db.read() as conn:
             rows = conn.execute(query).all()
         wanted = Wanted()
@@ -150,7 +156,8 @@ class ModelAgent:
         """Reconcile every model on its own (one broken model never blocks the others); the errors."""
         mine = {p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
         steps: list[tuple[str, Callable[..., None], tuple[Any, ...]]] = [
-            (tm, self._managed, (versions,)) for tm, versions in sorted(wanted.managed.items())]
+            (tm, self._managed, (versions,)) for tm, versions in sorted(wanted.managed.items())
+        ]
         steps += [(tm, self._unmanaged, ()) for tm in sorted(wanted.unmanaged)]
         steps += [(tm, self._retire, ()) for tm in sorted(mine - set(wanted.managed) - wanted.unmanaged)]
         errors = []
@@ -212,8 +219,9 @@ class ModelAgent:
                 self.triton.unload(tm)
         self._prune(folder, current)
 
-    def _fail(self, tm: str, n: int, versions: dict[int, dict[str, Any]], reason: str,
-              files_gone: bool = False) -> None:
+    def _fail(
+        self, tm: str, n: int, versions: dict[int, dict[str, Any]], reason: str, files_gone: bool = False
+    ) -> None:
         """Record a version this replica could not load. Triton's refusal fails a version that is not
         ready elsewhere; files missing from the repository fail it everywhere (no replica can load it)."""
         log.warning("loading %s version %d failed: %s", tm, n, reason)
@@ -264,7 +272,7 @@ class ModelAgent:
         except NotFound:  # the bucket itself is gone
             keys = {}
         for key in keys:
-            rel = key[len(prefix):]
+            rel = key[len(prefix) :]
             first = rel.split("/", 1)[0]
             if not rel or first.isdigit() or ".." in rel.split("/") or rel.startswith("."):
                 continue
@@ -273,8 +281,9 @@ class ModelAgent:
             repository.download(self.services.s3, self.layout.bucket, key, target)
         base = folder / (CONFIG + ".base")
         if not base.is_file():
-            raise NotFound(f"config.pbtxt of {tm} is missing from the model repository "
-                           f"({self.layout.uri(prefix + CONFIG)})")
+            raise NotFound(
+                f"config.pbtxt of {tm} is missing from the model repository ({self.layout.uri(prefix + CONFIG)})"
+            )
         return base.read_text(encoding="utf-8")
 
     def _fetch_version(self, tm: str, n: int) -> None:
@@ -284,8 +293,9 @@ class ModelAgent:
         prefix = self.layout.version_prefix(tm, n)
         if not repository.mirror(self.services.s3, self.layout.bucket, prefix, target):
             shutil.rmtree(target, ignore_errors=True)
-            raise NotFound(f"the files of version {n} are missing from the model repository "
-                           f"({self.layout.uri(prefix)})")
+            raise NotFound(
+                f"the files of version {n} are missing from the model repository ({self.layout.uri(prefix)})"
+            )
 
     def _write_config(self, folder: Path, config: str, versions: set[int]) -> None:
         text = tritonconfig.with_versions(config, sorted(versions))
@@ -314,9 +324,14 @@ class ModelAgent:
             triton = "up"
         except TritonUnreachable:
             loaded, triton = {}, "unreachable"
-        return {"backend": self.backend, "synced": self.synced and triton == "up", "triton": triton,
-                "loaded": loaded, "failed": {f"{tm}/{n}": why for (tm, n), why in self.failed.items()},
-                "error": self.last_error}
+        return {
+            "backend": self.backend,
+            "synced": self.synced and triton == "up",
+            "triton": triton,
+            "loaded": loaded,
+            "failed": {f"{tm}/{n}": why for (tm, n), why in self.failed.items()},
+            "error": self.last_error,
+        }
 
     def _beat(self) -> None:
         status = self.status()
@@ -328,8 +343,11 @@ class ModelAgent:
         """Versions loaded here that every live replica of their backends has: ``ready``."""
         try:
             with self.services.db.read() as conn:
-                rows = conn.execute(sa.select(models).where(models.c.state.in_(("pending", "loading")),
-                                                            models.c.repository_uri.is_not(None))).all()
+                rows = conn.execute(
+                    sa.select(models).where(
+                        models.c.state.in_(("pending", "loading")), models.c.repository_uri.is_not(None)
+                    )
+                ).all()
             for row in rows:
                 model = registry.to_json(row)
                 if not replicas.has(status, model["triton_model"], model["triton_version"]):

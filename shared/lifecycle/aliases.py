@@ -43,8 +43,9 @@ def parse_target(body: Any) -> dict[str, int]:
     for version, weight in raw.items():
         _version(version, "versions")
         if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 100:
-            raise InvalidInput(f"the weight of version {version!r} must be an integer percentage from 1 to 100",
-                               field="versions")
+            raise InvalidInput(
+                f"the weight of version {version!r} must be an integer percentage from 1 to 100", field="versions"
+            )
         split[version] = weight
     if sum(split.values()) != 100:
         raise InvalidInput(f"weights must add up to 100 (these add up to {sum(split.values())})", field="versions")
@@ -56,21 +57,32 @@ def _version(raw: Any, field: str) -> str:
 
 
 def _alias(raw: str) -> str:
-    return v.string(raw, "alias", max_len=64, pattern=registry.ALIAS,
-                    hint="start with a letter; then letters, digits, '_' or '-' (so it never looks like a version)")
+    return v.string(
+        raw,
+        "alias",
+        max_len=64,
+        pattern=registry.ALIAS,
+        hint="start with a letter; then letters, digits, '_' or '-' (so it never looks like a version)",
+    )
 
 
 def to_json(name: str, row: Any) -> dict[str, Any]:
     m = row._mapping
-    return {"name": name, "alias": m["alias"], "versions": dict(m["versions"]),
-            "previous": dict(m["previous"]) if m["previous"] else None,
-            "created_at": m["created_at"].isoformat(), "updated_at": m["updated_at"].isoformat()}
+    return {
+        "name": name,
+        "alias": m["alias"],
+        "versions": dict(m["versions"]),
+        "previous": dict(m["previous"]) if m["previous"] else None,
+        "created_at": m["created_at"].isoformat(),
+        "updated_at": m["updated_at"].isoformat(),
+    }
 
 
 def get_alias(services: Services, name: str, alias: str) -> dict[str, Any]:
     with services.db.read() as conn:
-        row = conn.execute(sa.select(model_aliases).where(model_aliases.c.name == name,
-                                                          model_aliases.c.alias == alias)).first()
+        row = conn.execute(
+            sa.select(model_aliases).where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+        ).first()
     if row is None:
         raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
     return to_json(name, row)
@@ -78,8 +90,9 @@ def get_alias(services: Services, name: str, alias: str) -> dict[str, Any]:
 
 def list_aliases(services: Services, name: str) -> dict[str, Any]:
     with services.db.read() as conn:
-        rows = conn.execute(sa.select(model_aliases).where(model_aliases.c.name == name)
-                            .order_by(model_aliases.c.alias)).all()
+        rows = conn.execute(
+            sa.select(model_aliases).where(model_aliases.c.name == name).order_by(model_aliases.c.alias)
+        ).all()
     return {"name": name, "aliases": [to_json(name, r) for r in rows]}
 
 
@@ -92,12 +105,15 @@ def put_alias(services: Services, name: str, alias: str, body: Any) -> dict[str,
 
 def rollback(services: Services, name: str, alias: str) -> dict[str, Any]:
     """Move ``alias`` back to where it pointed before its last move."""
+
     def previous(current: Any) -> dict[str, int]:
         if current is None:
             raise NotFound(f"model {name!r} has no alias {alias!r}", code="alias_not_found")
         if not current.previous:
-            raise Conflict(f"alias {alias!r} of model {name!r} has not been moved yet: nothing to roll back to",
-                           code="no_previous_target")
+            raise Conflict(
+                f"alias {alias!r} of model {name!r} has not been moved yet: nothing to roll back to",
+                code="no_previous_target",
+            )
         return dict(current.previous)
 
     return _move(services, name, _alias(alias), previous)
@@ -105,26 +121,35 @@ def rollback(services: Services, name: str, alias: str) -> dict[str, Any]:
 
 def _move(services: Services, name: str, alias: str, target_of: Any) -> dict[str, Any]:
     with services.db.begin() as conn:
-        current = conn.execute(sa.select(model_aliases).where(model_aliases.c.name == name,
-                                                              model_aliases.c.alias == alias)
-                               .with_for_update()).first()
+        current = conn.execute(
+            sa.select(model_aliases)
+            .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+            .with_for_update()
+        ).first()
         target = target_of(current)
         _check_servable(services, conn, name, target)
         previous = dict(current.versions) if current is not None else None
         if previous == target:
             return to_json(name, current)
-        row = conn.execute(pg_insert(model_aliases).values(name=name, alias=alias, versions=target, previous=previous)
-                           .on_conflict_do_update(index_elements=["name", "alias"], set_={
-                               "versions": target, "previous": previous, "updated_at": sa.func.clock_timestamp()})
-                           .returning(*model_aliases.c)).one()
+        row = conn.execute(
+            pg_insert(model_aliases)
+            .values(name=name, alias=alias, versions=target, previous=previous)
+            .on_conflict_do_update(
+                index_elements=["name", "alias"],
+                set_={"versions": target, "previous": previous, "updated_at": sa.func.clock_timestamp()},
+            )
+            .returning(*model_aliases.c)
+        ).one()
         registry.invalidate(services, {"name": name}, before_commit=True)
     registry.invalidate(services, {"name": name})
     return to_json(name, row)
 
 
 def _check_servable(services: Services, conn: Any, name: str, target: dict[str, int]) -> None:
-    rows = {r.version: r for r in conn.execute(sa.select(models).where(models.c.name == name,
-                                                                       models.c.version.in_(list(target))))}
+    rows = {
+        r.version: r
+        for r in conn.execute(sa.select(models).where(models.c.name == name, models.c.version.in_(list(target))))
+    }
     if not rows and not conn.execute(sa.select(models.c.id).where(models.c.name == name).limit(1)).first():
         raise NotFound(f"model {name[:128]!r} not found")
     for version in target:
@@ -132,24 +157,33 @@ def _check_servable(services: Services, conn: Any, name: str, target: dict[str, 
         if row is None:
             raise NotFound(f"model {name!r} has no version {version!r}", code="version_not_found")
         if row.status != "active":
-            raise Conflict(f"model {name!r} version {version!r} is {row.status}; only active versions can serve",
-                           code="version_not_active")
+            raise Conflict(
+                f"model {name!r} version {version!r} is {row.status}; only active versions can serve",
+                code="version_not_active",
+            )
         if row.state != registry.SERVABLE:
             reason = f": {row.state_reason}" if row.state == "failed" and row.state_reason else ""
-            raise Conflict(f"model {name!r} version {version!r} is {row.state}{reason}; an alias only moves to "
-                           "versions that are ready (kinfer models show shows the load state)",
-                           code="version_not_ready")
+            raise Conflict(
+                f"model {name!r} version {version!r} is {row.state}{reason}; an alias only moves to "
+                "versions that are ready (kinfer models show shows the load state)",
+                code="version_not_ready",
+            )
         missing = replicas.not_ready(services, registry.to_json(row))
         if missing:
-            raise Conflict(f"model {name!r} version {version!r} is not loaded everywhere yet: "
-                           f"{'; '.join(missing[:3])}; retry in a few seconds", code="version_not_ready")
+            raise Conflict(
+                f"model {name!r} version {version!r} is not loaded everywhere yet: "
+                f"{'; '.join(missing[:3])}; retry in a few seconds",
+                code="version_not_ready",
+            )
 
 
 def delete_alias(services: Services, name: str, alias: str) -> None:
     with services.db.begin() as conn:
-        gone = conn.execute(sa.delete(model_aliases).where(model_aliases.c.name == name,
-                                                           model_aliases.c.alias == alias)
-                            .returning(model_aliases.c.alias)).first()
+        gone = conn.execute(
+            sa.delete(model_aliases)
+            .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+            .returning(model_aliases.c.alias)
+        ).first()
         if gone is None:
             raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
         registry.invalidate(services, {"name": name}, before_commit=True)

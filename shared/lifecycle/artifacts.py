@@ -67,8 +67,9 @@ def create_model(services: Services, body: Any) -> dict[str, Any]:
         model = registry.create_model(services, {k: body[k] for k in body if k not in EXTRA_FIELDS})
         return dict(model, warnings=warnings) if warnings else model
     if "triton_version" in row:
-        raise InvalidInput("triton_version is allocated by Kinfer for pushed artifacts; leave it out",
-                           field="triton_version")
+        raise InvalidInput(
+            "triton_version is allocated by Kinfer for pushed artifacts; leave it out", field="triton_version"
+        )
     if upload is not None and uri is not None:
         raise InvalidInput("give upload or artifact_uri, not both", field="artifact_uri")
     if uri is None:
@@ -95,9 +96,17 @@ def _create_for_upload(services: Services, row: dict[str, Any]) -> dict[str, Any
         with services.db.begin() as conn:
             refuse_duplicate(conn, row)
             number = allocate(services, conn, row["name"], row["triton_model"])
-            model = registry.insert(services, conn, dict(
-                row, id=uuid.uuid4(), triton_version=number, state="awaiting_upload",
-                repository_uri=layout.uri(layout.version_prefix(row["triton_model"], number))))
+            model = registry.insert(
+                services,
+                conn,
+                dict(
+                    row,
+                    id=uuid.uuid4(),
+                    triton_version=number,
+                    state="awaiting_upload",
+                    repository_uri=layout.uri(layout.version_prefix(row["triton_model"], number)),
+                ),
+            )
     registry.invalidate(services, model, names=True)
     return dict(model, upload_url=f"/v1/models/{model['id']}/artifact")
 
@@ -107,11 +116,15 @@ def _create_from_uri(services: Services, row: dict[str, Any], uri: str, sha: str
     bucket, key, size = repository.head_size(services.s3, uri, "artifact_uri")
     allowed = settings.artifact_source_buckets or (layout.bucket,)
     if bucket not in allowed:
-        raise InvalidInput(f"artifact_uri must name a bucket of ARTIFACT_SOURCE_BUCKETS ({', '.join(allowed)})",
-                           field="artifact_uri", code="artifact_bucket_not_allowed")
+        raise InvalidInput(
+            f"artifact_uri must name a bucket of ARTIFACT_SOURCE_BUCKETS ({', '.join(allowed)})",
+            field="artifact_uri",
+            code="artifact_bucket_not_allowed",
+        )
     if size > settings.max_artifact_bytes:
-        raise PayloadTooLarge(f"the artifact is {size} bytes; the limit is {settings.max_artifact_bytes} bytes "
-                              "(MAX_ARTIFACT_BYTES)")
+        raise PayloadTooLarge(
+            f"the artifact is {size} bytes; the limit is {settings.max_artifact_bytes} bytes (MAX_ARTIFACT_BYTES)"
+        )
     with services.db.read() as conn:
         refuse_duplicate(conn, row)
     repository.ensure_bucket(services.s3, layout)
@@ -119,8 +132,7 @@ def _create_from_uri(services: Services, row: dict[str, Any], uri: str, sha: str
         local = work / "artifact"
         repository.download(services.s3, bucket, key, local)
         if sha is not None and file_sha256(local) != sha:
-            raise InvalidInput("the artifact's SHA-256 does not match sha256", field="sha256",
-                               code="checksum_mismatch")
+            raise InvalidInput("the artifact's SHA-256 does not match sha256", field="sha256", code="checksum_mismatch")
         with services.db.begin() as conn:
             number = allocate(services, conn, row["name"], row["triton_model"])
         prepared = prepare(services, local, work, row["triton_model"])
@@ -148,25 +160,29 @@ def push_file(services: Services, body: dict[str, Any], path: Path) -> dict[str,
 
 
 # -- PUT /v1/models/{id}/artifact -----------------------------------------------------------
-async def receive_upload(services: Services, raw_id: str, chunks: AsyncIterator[bytes],
-                         sha256: str | None) -> dict[str, Any]:
+async def receive_upload(
+    services: Services, raw_id: str, chunks: AsyncIterator[bytes], sha256: str | None
+) -> dict[str, Any]:
     """Stream an upload to S3 (multipart) and to a scratch file, then check and install it."""
     from starlette.concurrency import run_in_threadpool
 
     want = _sha(sha256, "sha256")
     model = await run_in_threadpool(registry.get_model, services, raw_id)
     if model["state"] != "awaiting_upload":
-        raise Conflict(f"model {model['name']!r} version {model['version']!r} already has its artifact "
-                       f"(state {model['state']}); register a new version to push another file",
-                       code="artifact_exists")
+        raise Conflict(
+            f"model {model['name']!r} version {model['version']!r} already has its artifact "
+            f"(state {model['state']}); register a new version to push another file",
+            code="artifact_exists",
+        )
     layout = Layout.of(services.settings)
     with workspace() as work:
         local = work / "artifact"
         key, digest = await _stream(services, layout, model, chunks, local)
         try:
             if want is not None and digest != want:
-                raise InvalidInput("the uploaded file's SHA-256 does not match sha256", field="sha256",
-                                   code="checksum_mismatch")
+                raise InvalidInput(
+                    "the uploaded file's SHA-256 does not match sha256", field="sha256", code="checksum_mismatch"
+                )
             prepared = await run_in_threadpool(prepare, services, local, work, model["triton_model"])
             if prepared.format == "onnx":
                 prepared.in_place.add(onnxgraph.MODEL_FILE)
@@ -177,8 +193,9 @@ async def receive_upload(services: Services, raw_id: str, chunks: AsyncIterator[
             raise
 
 
-async def _stream(services: Services, layout: Layout, model: dict[str, Any], chunks: AsyncIterator[bytes],
-                  local: Path) -> tuple[str, str]:
+async def _stream(
+    services: Services, layout: Layout, model: dict[str, Any], chunks: AsyncIterator[bytes], local: Path
+) -> tuple[str, str]:
     """Write the body to S3 part by part (and to ``local``); (key written, sha256)."""
     from starlette.concurrency import run_in_threadpool
 
@@ -227,14 +244,18 @@ def prepare(services: Services, local: Path, work: Path, triton_model: str) -> P
     if packages.is_gzip(local):
         package = packages.unpack(local, work / "package", triton_model, settings.max_artifact_bytes)
         version_dir = package.root / package.version_dir
-        return Prepared(format="triton", config=package.config,
-                        version_files={rel: version_dir / rel for rel in package.version_files},
-                        model_files={rel: (package.root / rel, sha) for rel, sha in package.model_files.items()})
+        return Prepared(
+            format="triton",
+            config=package.config,
+            version_files={rel: version_dir / rel for rel in package.version_files},
+            model_files={rel: (package.root / rel, sha) for rel, sha in package.model_files.items()},
+        )
     graph = onnxgraph.load(local)
     from shared.lifecycle import tritonconfig
 
-    config = tritonconfig.normalise(onnxgraph.config_text(graph, triton_model, settings.onnx_backend,
-                                                          settings.onnx_max_batch_size), triton_model)
+    config = tritonconfig.normalise(
+        onnxgraph.config_text(graph, triton_model, settings.onnx_backend, settings.onnx_max_batch_size), triton_model
+    )
     files = {onnxgraph.MODEL_FILE: local}
     if settings.onnx_backend == "python":
         runner = work / onnxgraph.RUNNER_FILE
@@ -252,5 +273,3 @@ def workspace() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-

@@ -50,17 +50,21 @@ def _check(services: Services, backend: str, triton_model: str, field: str) -> s
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError:
-        return (f"backend {backend} does not answer right now; {triton_model!r} is registered but serves only "
-                "once it does")
+        return (
+            f"backend {backend} does not answer right now; {triton_model!r} is registered but serves only once it does"
+        )
     client = services.triton.client(backend)
     try:
         client.is_server_live(client_timeout=CALL_TIMEOUT_S)
         index = client.get_model_repository_index(as_json=True, client_timeout=CALL_TIMEOUT_S)
     except Exception as exc:  # tritonclient / grpc errors: the text stays in the log
         log.info("backend %s is not Triton gRPC: %s", backend, type(exc).__name__)
-        raise InvalidInput(f"{field} {backend} answers, but not as Triton's gRPC endpoint (is it the HTTP port? "
-                           "Triton serves gRPC on 8001 by default)", field=field,
-                           code="backend_not_triton") from None
+        raise InvalidInput(
+            f"{field} {backend} answers, but not as Triton's gRPC endpoint (is it the HTTP port? "
+            "Triton serves gRPC on 8001 by default)",
+            field=field,
+            code="backend_not_triton",
+        ) from None
     served = sorted({m.get("name", "") for m in index.get("models", [])} - {""})
     if triton_model in served:
         return None
@@ -68,9 +72,11 @@ def _check(services: Services, backend: str, triton_model: str, field: str) -> s
     if repository.holds_anything(services.s3, layout, triton_model):
         return None  # in the model repository: the backend's model agent loads it
     listed = ", ".join(served[:10]) + (", ..." if len(served) > 10 else "") if served else "no model"
-    return (f"Triton at {backend} does not serve {triton_model!r} (it serves {listed}), and the model repository "
-            f"holds no {triton_model!r}: inference answers 502 model_not_loaded until it does; push the model "
-            "file instead (kinfer models push) or set triton_model")
+    return (
+        f"Triton at {backend} does not serve {triton_model!r} (it serves {listed}), and the model repository "
+        f"holds no {triton_model!r}: inference answers 502 model_not_loaded until it does; push the model "
+        "file instead (kinfer models push) or set triton_model"
+    )
 
 
 def wake(services: Services, model: dict[str, Any], timeout: float = 30.0) -> None:

@@ -56,10 +56,16 @@ def install(services: Services, row: dict[str, Any], prepared: Prepared, local: 
     tm, number = row["triton_model"], int(row["triton_version"])
     written = _write_version(services, layout, tm, number, prepared)
     try:
-        values = {"state": "pending", "state_reason": None, "artifact_format": prepared.format,
-                  "artifact_sha256": file_sha256(local), "artifact_bytes": local.stat().st_size,
-                  "artifact_uri": row["artifact_uri"], "triton_version": number,
-                  "repository_uri": layout.uri(layout.version_prefix(tm, number))}
+        values = {
+            "state": "pending",
+            "state_reason": None,
+            "artifact_format": prepared.format,
+            "artifact_sha256": file_sha256(local),
+            "artifact_bytes": local.stat().st_size,
+            "artifact_uri": row["artifact_uri"],
+            "triton_version": number,
+            "repository_uri": layout.uri(layout.version_prefix(tm, number)),
+        }
         with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
             with services.db.begin() as conn:
                 _use_config(services, conn, layout, tm, prepared, exclude=row["id"])
@@ -68,8 +74,14 @@ def install(services: Services, row: dict[str, Any], prepared: Prepared, local: 
         repository.delete_keys(services.s3, layout.bucket, written)
         raise
     registry.invalidate(services, model, names=new)
-    log.info("model %s version %s installed as Triton %s version %d (%s)", model["name"], model["version"], tm,
-             number, prepared.format)
+    log.info(
+        "model %s version %s installed as Triton %s version %d (%s)",
+        model["name"],
+        model["version"],
+        tm,
+        number,
+        prepared.format,
+    )
     from shared.lifecycle.backends import wake
 
     wake(services, model)
@@ -91,17 +103,24 @@ def _write_version(services: Services, layout: Layout, tm: str, number: int, pre
     return written
 
 
-def _commit_row(services: Services, conn: Any, row: dict[str, Any], values: dict[str, Any],
-                new: bool) -> dict[str, Any]:
+def _commit_row(
+    services: Services, conn: Any, row: dict[str, Any], values: dict[str, Any], new: bool
+) -> dict[str, Any]:
     if new:
         keep = {k: row[k] for k in row if k in models.c}
         return registry.insert(services, conn, dict(keep, **values))
-    updated = conn.execute(sa.update(models).where(models.c.id == uuid.UUID(str(row["id"])),
-                                                   models.c.state == "awaiting_upload")
-                           .values(**values, updated_at=sa.func.clock_timestamp()).returning(*models.c)).first()
+    updated = conn.execute(
+        sa.update(models)
+        .where(models.c.id == uuid.UUID(str(row["id"])), models.c.state == "awaiting_upload")
+        .values(**values, updated_at=sa.func.clock_timestamp())
+        .returning(*models.c)
+    ).first()
     if updated is None:
-        raise Conflict(f"model {row['name']!r} version {row['version']!r} got its artifact from another upload "
-                       "meanwhile (or was deleted)", code="artifact_exists")
+        raise Conflict(
+            f"model {row['name']!r} version {row['version']!r} got its artifact from another upload "
+            "meanwhile (or was deleted)",
+            code="artifact_exists",
+        )
     model = registry.to_json(updated)
     registry.invalidate(services, model, before_commit=True)
     return model
@@ -116,17 +135,32 @@ def _use_config(services: Services, conn: Any, layout: Layout, tm: str, prepared
     current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).one()
     files = {rel: sha for rel, (_, sha) in prepared.model_files.items()}
     same = current.config == prepared.config and dict(current.files) == files
-    live = [] if same else conn.execute(sa.select(models.c.version).where(
-        models.c.triton_model == tm, models.c.repository_uri.is_not(None), models.c.state.in_(LIVE_STATES),
-        models.c.id != uuid.UUID(str(exclude))).limit(5)).all()
+    live = (
+        []
+        if same
+        else conn.execute(
+            sa.select(models.c.version)
+            .where(
+                models.c.triton_model == tm,
+                models.c.repository_uri.is_not(None),
+                models.c.state.in_(LIVE_STATES),
+                models.c.id != uuid.UUID(str(exclude)),
+            )
+            .limit(5)
+        ).all()
+    )
     if live and current.config is not None:
         from shared.lifecycle.tritonconfig import signature
 
         differs = "config.pbtxt" if current.config != prepared.config else "model-level files"
-        raise Conflict(f"every version of Triton model {tm!r} shares one configuration, and this artifact's "
-                       f"{differs} differ from the one versions {', '.join(r.version for r in live)} use "
-                       f"(in use: {signature(current.config)}; this one: {signature(prepared.config)}); "
-                       "push it under another name or triton_model", code="config_conflict", field="artifact")
+        raise Conflict(
+            f"every version of Triton model {tm!r} shares one configuration, and this artifact's "
+            f"{differs} differ from the one versions {', '.join(r.version for r in live)} use "
+            f"(in use: {signature(current.config)}; this one: {signature(prepared.config)}); "
+            "push it under another name or triton_model",
+            code="config_conflict",
+            field="artifact",
+        )
     model_prefix = layout.model_prefix(tm)
     for rel, (path, _) in sorted(prepared.model_files.items()):
         repository.upload_file(services.s3, path, layout.bucket, model_prefix + rel)
@@ -134,17 +168,22 @@ def _use_config(services: Services, conn: Any, layout: Layout, tm: str, prepared
     repository.delete_keys(services.s3, layout.bucket, stale)
     repository.put(services.s3, layout.bucket, model_prefix + packages.CONFIG, prepared.config.encode())
     if not same:
-        conn.execute(sa.update(triton_models).where(triton_models.c.name == tm)
-                     .values(config=prepared.config, files=files))
+        conn.execute(
+            sa.update(triton_models).where(triton_models.c.name == tm).values(config=prepared.config, files=files)
+        )
 
 
 # -- Triton model ownership and version numbers ------------------------------------------------
 def refuse_duplicate(conn: Any, row: dict[str, Any]) -> None:
-    found = conn.execute(sa.select(models.c.state).where(models.c.name == row["name"],
-                                                         models.c.version == row["version"])).first()
+    found = conn.execute(
+        sa.select(models.c.state).where(models.c.name == row["name"], models.c.version == row["version"])
+    ).first()
     if found is not None:
-        hint = (" (it awaits its artifact: PUT the file to /v1/models/{id}/artifact, or DELETE it)"
-                if found.state == "awaiting_upload" else "")
+        hint = (
+            " (it awaits its artifact: PUT the file to /v1/models/{id}/artifact, or DELETE it)"
+            if found.state == "awaiting_upload"
+            else ""
+        )
         raise Conflict(registry.duplicate(row["name"], row["version"]) + hint, field="version")
 
 
@@ -152,24 +191,43 @@ def allocate(services: Services, conn: Any, name: str, tm: str) -> int:
     """The next Triton version of ``tm`` (never reused), claiming ``tm`` for ``name`` on first use."""
     current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).first()
     if current is None:
-        external = conn.execute(sa.select(models.c.name).where(models.c.triton_model == tm,
-                                                               models.c.repository_uri.is_(None)).limit(1)).first()
+        external = conn.execute(
+            sa.select(models.c.name).where(models.c.triton_model == tm, models.c.repository_uri.is_(None)).limit(1)
+        ).first()
         layout = Layout.of(services.settings)
         if external is not None or repository.holds_anything(services.s3, layout, tm):
-            owner = f"registered by model {external.name!r}" if external is not None else \
-                f"present in {layout.uri(layout.model_prefix(tm))}"
-            raise Conflict(f"Triton model {tm!r} is served from files Kinfer does not manage ({owner}); push "
-                           "under another name or set triton_model", code="triton_model_unmanaged",
-                           field="triton_model")
-        conn.execute(pg_insert(triton_models).values(name=tm, owner=name, last_version=0)
-                     .on_conflict_do_nothing(index_elements=["name"]))
+            owner = (
+                f"registered by model {external.name!r}"
+                if external is not None
+                else f"present in {layout.uri(layout.model_prefix(tm))}"
+            )
+            raise Conflict(
+                f"Triton model {tm!r} is served from files Kinfer does not manage ({owner}); push "
+                "under another name or set triton_model",
+                code="triton_model_unmanaged",
+                field="triton_model",
+            )
+        conn.execute(
+            pg_insert(triton_models)
+            .values(name=tm, owner=name, last_version=0)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
         current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).one()
     if current.owner != name:
-        raise Conflict(f"Triton model {tm!r} holds the versions of model {current.owner!r}; push under another "
-                       "name or set triton_model", code="triton_model_taken", field="triton_model")
-    return int(conn.execute(sa.update(triton_models).where(triton_models.c.name == tm)
-                            .values(last_version=triton_models.c.last_version + 1)
-                            .returning(triton_models.c.last_version)).scalar_one())
+        raise Conflict(
+            f"Triton model {tm!r} holds the versions of model {current.owner!r}; push under another "
+            "name or set triton_model",
+            code="triton_model_taken",
+            field="triton_model",
+        )
+    return int(
+        conn.execute(
+            sa.update(triton_models)
+            .where(triton_models.c.name == tm)
+            .values(last_version=triton_models.c.last_version + 1)
+            .returning(triton_models.c.last_version)
+        ).scalar_one()
+    )
 
 
 def file_sha256(path: Path) -> str:

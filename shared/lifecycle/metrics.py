@@ -38,13 +38,20 @@ class VersionCollector:
         from prometheus_client.core import CounterMetricFamily
 
         requests, latency, _ = read_counters(self.client, REQUESTS_KEY, LATENCY_KEY, ROWS_KEY)
-        counter = CounterMetricFamily("kinfer_model_requests", "Inference requests per model version and outcome",
-                                      labels=["model", "version", "outcome"])
+        counter = CounterMetricFamily(
+            "kinfer_model_requests",
+            "Inference requests per model version and outcome",
+            labels=["model", "version", "outcome"],
+        )
         for field, count in sorted(requests.items()):
             parts = field.split("|")
             if len(parts) == 3:
                 counter.add_metric(parts, count)
         yield counter
-        yield _histogram("kinfer_model_request_duration_seconds",
-                         "Inference latency per model version (resolution to answer)", latency, BUCKETS,
-                         ("model", "version"))
+        yield _histogram(
+            "kinfer_model_request_duration_seconds",
+            "Inference latency per model version (resolution to answer)",
+            latency,
+            BUCKETS,
+            ("model", "version"),
+        )

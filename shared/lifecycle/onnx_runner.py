@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ import numpy as np
 class TritonPythonModel:
     """One onnxruntime session per instance; a dynamic batch of requests is one ``run``."""
 
-    def initialize(self, args: dict) -> None:
+    def initialize(self, args: dict[str, Any]) -> None:
         import onnxruntime as ort
         import triton_python_backend_utils as pb_utils
 
@@ -34,7 +35,7 @@ class TritonPythonModel:
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._ranks = {i.name: len(i.shape) for i in self._session.get_inputs()}
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list[Any]) -> list[Any]:
         if not self._batched:
             return [self._answer(self._run({n: self._input(r, n) for n in self._inputs}), None) for r in requests]
         per_request = [{n: self._input(r, n) for n in self._inputs} for r in requests]
@@ -43,15 +44,17 @@ class TritonPythonModel:
         try:
             outputs = self._session.run([name for name, _ in self._outputs], self._fit(feed))
         except Exception as exc:  # onnxruntime raises its own types: answer every request
-            return [self._pb.InferenceResponse(error=self._pb.TritonError(f"onnxruntime failed: {exc}"))
-                    for _ in requests]
+            return [
+                self._pb.InferenceResponse(error=self._pb.TritonError(f"onnxruntime failed: {exc}")) for _ in requests
+            ]
         bounds = np.cumsum([0, *counts])
         return [self._answer(outputs, (int(lo), int(hi))) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    def _input(self, request: object, name: str) -> np.ndarray:
-        return self._pb.get_input_tensor_by_name(request, name).as_numpy()
+    def _input(self, request: object, name: str) -> np.ndarray[Any, Any]:
+        found: np.ndarray[Any, Any] = self._pb.get_input_tensor_by_name(request, name).as_numpy()
+        return found
 
-    def _fit(self, feed: dict) -> dict:
+    def _fit(self, feed: dict[str, Any]) -> dict[str, Any]:
         """Drop the trailing [1] Triton adds to a per-row scalar (config dims [1], reshape [])."""
         fitted = {}
         for name, array in feed.items():
@@ -61,13 +64,13 @@ class TritonPythonModel:
             fitted[name] = array
         return fitted
 
-    def _run(self, feed: dict) -> list | Exception:
+    def _run(self, feed: dict[str, Any]) -> list[Any] | Exception:
         try:
             return list(self._session.run([name for name, _ in self._outputs], self._fit(feed)))
         except Exception as exc:
             return exc
 
-    def _answer(self, outputs: list | Exception, rows: tuple[int, int] | None) -> object:
+    def _answer(self, outputs: list[Any] | Exception, rows: tuple[int, int] | None) -> object:
         pb = self._pb
         if isinstance(outputs, Exception):
             return pb.InferenceResponse(error=pb.TritonError(f"onnxruntime failed: {outputs}"))
@@ -75,7 +78,7 @@ class TritonPythonModel:
         for (name, rank), array in zip(self._outputs, outputs, strict=True):
             array = np.asarray(array)
             if rows is not None:
-                array = array[rows[0]:rows[1]]
+                array = array[rows[0] : rows[1]]
             while array.ndim < rank:
                 array = array.reshape(*array.shape, 1)
             tensors.append(pb.Tensor(name, np.ascontiguousarray(array)))

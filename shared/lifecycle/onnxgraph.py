@@ -23,9 +23,20 @@ MODEL_FILE = "model.onnx"
 RUNNER_FILE = "model.py"
 
 # ONNX TensorProto element types Kinfer can carry in JSON (numpy dtypes of the codec), as Triton types.
-_TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
-                 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64",
-                 12: "TYPE_UINT32", 13: "TYPE_UINT64"}
+_TRITON_TYPES = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
+}
 
 
 @dataclass(frozen=True)
@@ -43,14 +54,23 @@ def load(path: Path) -> Any:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise InvalidInput(f"the artifact is not an ONNX model (it does not parse: {type(exc).__name__}); "
-                           "push a .onnx file or a .tar.gz Triton model directory", field=FIELD) from None
+        raise InvalidInput(
+            f"the artifact is not an ONNX model (it does not parse: {type(exc).__name__}); "
+            "push a .onnx file or a .tar.gz Triton model directory",
+            field=FIELD,
+        ) from None
     if not model.graph.node or not model.graph.output:
-        raise InvalidInput("the artifact is not an ONNX model (no graph nodes or outputs); push a .onnx file "
-                           "or a .tar.gz Triton model directory", field=FIELD)
+        raise InvalidInput(
+            "the artifact is not an ONNX model (no graph nodes or outputs); push a .onnx file "
+            "or a .tar.gz Triton model directory",
+            field=FIELD,
+        )
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        raise InvalidInput("ONNX models with external data files are not supported as one file; push a .tar.gz "
-                           "Triton model directory holding the .onnx file and its data", field=FIELD)
+        raise InvalidInput(
+            "ONNX models with external data files are not supported as one file; push a .tar.gz "
+            "Triton model directory holding the .onnx file and its data",
+            field=FIELD,
+        )
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
@@ -74,18 +94,23 @@ def _tensor(value: Any, role: str) -> Tensor:
 
     kind = value.type.WhichOneof("value")
     if kind != "tensor_type":
-        raise InvalidInput(f"{role} {value.name!r} is a {kind or 'untyped value'}, not a tensor: Kinfer serves "
-                           "tensor inputs and outputs only", field=FIELD)
+        raise InvalidInput(
+            f"{role} {value.name!r} is a {kind or 'untyped value'}, not a tensor: Kinfer serves "
+            "tensor inputs and outputs only",
+            field=FIELD,
+        )
     elem = value.type.tensor_type.elem_type
     if elem not in _TRITON_TYPES:
         name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else str(elem)
         supported = ", ".join(sorted(t.removeprefix("TYPE_") for t in _TRITON_TYPES.values()))
-        raise InvalidInput(f"{role} {value.name!r} has the unsupported tensor type {name}; supported: {supported}",
-                           field=FIELD)
+        raise InvalidInput(
+            f"{role} {value.name!r} has the unsupported tensor type {name}; supported: {supported}", field=FIELD
+        )
     if not value.type.tensor_type.HasField("shape"):
         raise InvalidInput(f"{role} {value.name!r} has no shape (unknown rank)", field=FIELD)
-    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
-                 for d in value.type.tensor_type.shape.dim)
+    dims = tuple(
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in value.type.tensor_type.shape.dim
+    )
     return Tensor(value.name, _TRITON_TYPES[elem], dims)
 
 

@@ -57,8 +57,9 @@ def unpack(archive: Path, into: Path, triton_model: str, max_bytes: int) -> Pack
                     while chunk := source.read(1024 * 1024):
                         out.write(chunk)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise InvalidInput(f"the artifact is not a readable .tar.gz package ({type(exc).__name__})",
-                           field=FIELD) from None
+        raise InvalidInput(
+            f"the artifact is not a readable .tar.gz package ({type(exc).__name__})", field=FIELD
+        ) from None
     return _describe(_package_root(into), triton_model)
 
 
@@ -73,12 +74,14 @@ def _checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarIn
         if path.is_absolute() or ".." in path.parts or "\\" in name or "\x00" in name:
             raise InvalidInput(f"package path {name[:200]!r} escapes the package folder", field=FIELD)
         if not (member.isfile() or member.isdir()):
-            raise InvalidInput(f"package entry {name[:200]!r} is a link or a special file; only regular "
-                               "files and folders are accepted", field=FIELD)
+            raise InvalidInput(
+                f"package entry {name[:200]!r} is a link or a special file; only regular "
+                "files and folders are accepted",
+                field=FIELD,
+            )
         total += member.size
         if total > max_bytes:
-            raise InvalidInput(f"the package unpacks to more than {max_bytes} bytes (MAX_ARTIFACT_BYTES)",
-                               field=FIELD)
+            raise InvalidInput(f"the package unpacks to more than {max_bytes} bytes (MAX_ARTIFACT_BYTES)", field=FIELD)
         member.name = path.as_posix()  # "./a//b" -> "a/b"
         if member.name != ".":
             members.append(member)
@@ -92,8 +95,11 @@ def _package_root(into: Path) -> Path:
     entries = [p for p in into.iterdir() if not p.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir() and (entries[0] / CONFIG).is_file():
         return entries[0]
-    raise InvalidInput("the package has no config.pbtxt; expected config.pbtxt and one version folder "
-                       "(e.g. 1/model.py) at its root or inside one top-level folder", field=FIELD)
+    raise InvalidInput(
+        "the package has no config.pbtxt; expected config.pbtxt and one version folder "
+        "(e.g. 1/model.py) at its root or inside one top-level folder",
+        field=FIELD,
+    )
 
 
 def _describe(root: Path, triton_model: str) -> Package:
@@ -101,16 +107,19 @@ def _describe(root: Path, triton_model: str) -> Package:
     versions = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
     if len(versions) != 1:
         found = ", ".join(sorted(p.name for p in versions)) or "none"
-        raise InvalidInput(f"the package must hold exactly one numeric version folder (e.g. 1/); found: {found}",
-                           field=FIELD)
+        raise InvalidInput(
+            f"the package must hold exactly one numeric version folder (e.g. 1/); found: {found}", field=FIELD
+        )
     version_dir = versions[0]
     files = sorted(p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file())
     if not files:
         raise InvalidInput(f"the package's version folder {version_dir.name}/ is empty", field=FIELD)
-    model_files = {p.relative_to(root).as_posix(): _sha256(p) for p in root.rglob("*")
-                   if p.is_file() and p != root / CONFIG and version_dir not in p.parents}
-    return Package(root=root, config=config, version_files=files, version_dir=version_dir.name,
-                   model_files=model_files)
+    model_files = {
+        p.relative_to(root).as_posix(): _sha256(p)
+        for p in root.rglob("*")
+        if p.is_file() and p != root / CONFIG and version_dir not in p.parents
+    }
+    return Package(root=root, config=config, version_files=files, version_dir=version_dir.name, model_files=model_files)
 
 
 def _sha256(path: Path) -> str:

@@ -69,8 +69,10 @@ def live(services: Services, backend: str) -> list[dict[str, Any]]:
     """The heartbeats of the replicas of ``backend`` that beat within their TTL (Unavailable without Redis)."""
     client = services.cache.client
     try:
-        replicas = [r.decode() if isinstance(r, bytes) else str(r)
-                    for r in client.zrangebyscore(_set_key(backend), time.time(), "+inf")]
+        replicas = [
+            r.decode() if isinstance(r, bytes) else str(r)
+            for r in client.zrangebyscore(_set_key(backend), time.time(), "+inf")
+        ]
         raw = client.mget([_beat_key(backend, r) for r in replicas]) if replicas else []
     except REDIS_ERRORS as exc:
         raise Unavailable("the replicas' heartbeats (Redis) cannot be read; retry shortly", retry_after=1) from exc
@@ -92,8 +94,10 @@ def not_ready(services: Services, model: Mapping[str, Any]) -> list[str]:
         for replica in live(services, backend):
             if replica.get("synced") and not has(replica, tm, number):
                 failed = replica.get("failed", {}).get(f"{tm}/{number}")
-                missing.append(f"replica {replica['replica']} of {backend} "
-                               + (f"failed to load it: {failed}" if failed else "has not loaded it yet"))
+                missing.append(
+                    f"replica {replica['replica']} of {backend} "
+                    + (f"failed to load it: {failed}" if failed else "has not loaded it yet")
+                )
     return missing
 
 
@@ -108,8 +112,16 @@ def summary(services: Services, model: Mapping[str, Any]) -> dict[str, Any]:
             out[backend] = {"live": None, "loaded": None, "replicas": [], "note": "heartbeats unavailable"}
             continue
         out[backend] = {
-            "live": len(beats), "loaded": sum(1 for b in beats if has(b, tm, number)),
-            "replicas": [{"replica": b["replica"], "synced": bool(b.get("synced")), "loaded": has(b, tm, number),
-                          "failed": b.get("failed", {}).get(f"{tm}/{number}")} for b in beats],
+            "live": len(beats),
+            "loaded": sum(1 for b in beats if has(b, tm, number)),
+            "replicas": [
+                {
+                    "replica": b["replica"],
+                    "synced": bool(b.get("synced")),
+                    "loaded": has(b, tm, number),
+                    "failed": b.get("failed", {}).get(f"{tm}/{number}"),
+                }
+                for b in beats
+            ],
         }
     return out

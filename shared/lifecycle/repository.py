@@ -70,7 +70,7 @@ def numeric_versions(client: Any, layout: Layout, triton_model: str) -> list[int
     prefix = layout.model_prefix(triton_model)
     with translated(f"listing of {layout.uri(prefix)}"):
         page = client.list_objects_v2(Bucket=layout.bucket, Prefix=prefix, Delimiter="/")
-    names = [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+    names = [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
     return sorted(int(n) for n in names if n.isdigit())
 
 
@@ -107,7 +107,7 @@ def copy(client: Any, source: tuple[str, str], bucket: str, key: str) -> None:
 def delete_keys(client: Any, bucket: str, keys: list[str]) -> None:
     with translated(f"delete in s3://{bucket}"):
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[start:start + 1000]]
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
             if batch:
                 client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
 
@@ -124,8 +124,11 @@ def head_size(client: Any, uri: str, field: str) -> tuple[str, str, int]:
         with translated(uri):
             head = client.head_object(Bucket=bucket, Key=key)
     except NotFound:
-        raise InvalidInput(f"there is no object at {uri[:300]} (or the platform cannot read it)",
-                           field=field, code="artifact_not_found") from None
+        raise InvalidInput(
+            f"there is no object at {uri[:300]} (or the platform cannot read it)",
+            field=field,
+            code="artifact_not_found",
+        ) from None
     return bucket, key, int(head["ContentLength"])
 
 
@@ -145,7 +148,7 @@ def mirror(client: Any, bucket: str, prefix: str, target: Path, skip: tuple[str,
     written = 0
     try:
         for key in sorted(keys):
-            rel = key[len(prefix):]
+            rel = key[len(prefix) :]
             if not rel or rel.endswith("/") or rel.startswith(skip) or ".." in rel.split("/"):
                 continue
             local = staging / rel
@@ -167,13 +170,18 @@ class MultipartWriter:
         self.client, self.bucket, self.key = client, bucket, key
         self.parts: list[dict[str, Any]] = []
         with translated(f"upload to s3://{bucket}/{key}"):
-            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key,
-                                                            ContentType=OCTET_TYPE)["UploadId"]
+            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=OCTET_TYPE)["UploadId"]
 
     def part(self, data: bytes) -> None:
         number = len(self.parts) + 1
-        call = partial(self.client.upload_part, Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                       PartNumber=number, Body=data)
+        call = partial(
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=data,
+        )
         with translated(f"upload to s3://{self.bucket}/{self.key}"):
             etag = call()["ETag"]
         self.parts.append({"ETag": etag, "PartNumber": number})
@@ -182,8 +190,9 @@ class MultipartWriter:
         if not self.parts:
             self.part(b"")
         with translated(f"upload to s3://{self.bucket}/{self.key}"):
-            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                                  MultipartUpload={"Parts": self.parts})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+            )
 
     def abort(self) -> None:
         """Drop the parts sent so far (best effort: the bucket's lifecycle rule is the backstop)."""

@@ -26,8 +26,9 @@ class TritonRepositoryApi:
         self.base_url = base_url.rstrip("/")
 
     def _post(self, path: str, timeout: float) -> tuple[int, str]:
-        request = urllib.request.Request(self.base_url + path, data=b"{}", method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.base_url + path, data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return resp.status, resp.read().decode(errors="replace")

@@ -42,8 +42,7 @@ def normalise(text: str, triton_model: str, field: str = "artifact") -> str:
     """The config as Kinfer stores it: named ``triton_model``, without a version policy."""
     config = parse(text, field)
     if not (config.backend or config.platform):
-        raise InvalidInput("config.pbtxt names neither a backend nor a platform (e.g. backend: \"python\")",
-                           field=field)
+        raise InvalidInput('config.pbtxt names neither a backend nor a platform (e.g. backend: "python")', field=field)
     config.name = triton_model
     config.ClearField("version_policy")
     return render(config)

@@ -19,10 +19,17 @@ log = logging.getLogger(__name__)
 def version_status(services: Services, raw_id: str) -> dict[str, Any]:
     """``GET /v1/models/{id}/status``: the load state and, per backend, the replicas that have it."""
     model = registry.get_model(services, raw_id)
-    return {"id": model["id"], "name": model["name"], "version": model["version"], "status": model["status"],
-            "state": model["state"], "state_reason": model["state_reason"],
-            "triton_model": model["triton_model"], "triton_version": model["triton_version"],
-            "backends": replicas.summary(services, model)}
+    return {
+        "id": model["id"],
+        "name": model["name"],
+        "version": model["version"],
+        "status": model["status"],
+        "state": model["state"],
+        "state_reason": model["state_reason"],
+        "triton_model": model["triton_model"],
+        "triton_version": model["triton_version"],
+        "backends": replicas.summary(services, model),
+    }
 
 
 def delete_version(services: Services, raw_id: str) -> None:
@@ -48,5 +55,11 @@ def _remove(services: Services, bucket: str, prefix: str, model: dict[str, Any])
     try:
         delete_prefix(services.s3, bucket, prefix)
     except KinferError as exc:
-        log.warning("files of deleted model %s version %s stay in s3://%s/%s: %s", model["name"], model["version"],
-                    bucket, prefix, exc.message)
+        log.warning(
+            "files of deleted model %s version %s stay in s3://%s/%s: %s",
+            model["name"],
+            model["version"],
+            bucket,
+            prefix,
+            exc.message,
+        )

@@ -68,9 +68,28 @@ def ensure_redis(settings: Settings, state: Path) -> int | None:
     folder = state / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     pidfile = folder / "redis.pid"
-    _run([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-          "--daemonize", "yes", "--dir", str(folder), "--pidfile", str(pidfile),
-          "--logfile", str(folder / "redis.log")], "redis-server")
+    _run(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(folder),
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(folder / "redis.log"),
+        ],
+        "redis-server",
+    )
     deadline = time.monotonic() + 5
     while not (pidfile.exists() and port_open(port, host)):
         if time.monotonic() > deadline:
@@ -90,16 +109,20 @@ def pg_data_dir(state: Path) -> Path:
 
 
 def _postgres_can_reach(folder: Path) -> bool:
-    done = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(folder)], capture_output=True,
-                          check=False)
+    done = subprocess.run(
+        ["runuser", "-u", "postgres", "--", "test", "-x", str(folder)], capture_output=True, check=False
+    )
     return done.returncode == 0
 
 
 def stop_postgres(state: Path) -> None:
     data = pg_data_dir(state)
     if (data / "postmaster.pid").exists():
-        subprocess.run(_as_postgres([_binary("pg_ctl", "postgresql"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       capture_output=True, check=False)
+        subprocess.run(
+            _as_postgres([_binary("pg_ctl", "postgresql"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+            check=False,
+        )
 
 
 def _run(cmd: list[str], what: str) -> None:

@@ -30,8 +30,10 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
 
 def require_free(port: int, what: str) -> None:
     if port_open(port):
-        raise StackError(f"port {port} (needed for {what}) is already in use: stop whatever listens there "
-                         f"(`ss -ltnp 'sport = :{port}'` shows it) or run `kinfer down` if it is an old stack")
+        raise StackError(
+            f"port {port} (needed for {what}) is already in use: stop whatever listens there "
+            f"(`ss -ltnp 'sport = :{port}'` shows it) or run `kinfer down` if it is an old stack"
+        )
 
 
 def spawn(cmd: list[str], log_path: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
@@ -39,8 +41,15 @@ def spawn(cmd: list[str], log_path: Path, env: Mapping[str, str] | None = None, 
     full_env = dict(os.environ)
     full_env.update(env or {})
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=full_env, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     return proc.pid
 
 
@@ -110,7 +119,7 @@ def stop(pid: int, timeout: float = 10.0) -> None:
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return 200 <= resp.status < 300
+            return bool(200 <= resp.status < 300)
     except OSError:
         return False
 

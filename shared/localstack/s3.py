@@ -38,7 +38,7 @@ INDEX = "index.json"
 
 
 def _backend() -> Any:
-    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core import DEFAULT_ACCOUNT_ID  # type: ignore[attr-defined]
     from moto.s3.models import s3_backends
 
     return s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
@@ -52,8 +52,9 @@ def _listing(backend: Any) -> dict[str, tuple[str, list[tuple[str, Any]]]]:
     """Every bucket's region and (key, FakeKey) pairs, copied while request threads may change them."""
     for _ in range(20):
         try:
-            return {name: (bucket.region_name, list(bucket.keys.items()))
-                    for name, bucket in list(backend.buckets.items())}
+            return {
+                name: (bucket.region_name, list(bucket.keys.items())) for name, bucket in list(backend.buckets.items())
+            }
         except RuntimeError:  # a dict changed size while being copied: try again
             time.sleep(0.01)
     raise RuntimeError("the S3 buckets kept changing while being listed")
@@ -84,8 +85,9 @@ class Snapshot:
             except OSError:
                 log.warning("S3 snapshot: the data of s3://%s/%s is missing; skipped", entry["bucket"], entry["key"])
                 continue
-            key = backend.put_object(entry["bucket"], entry["key"], value, etag=entry["etag"].strip('"'),
-                                     disable_notification=True)
+            key = backend.put_object(
+                entry["bucket"], entry["key"], value, etag=entry["etag"].strip('"'), disable_notification=True
+            )
             key.set_metadata(dict(entry["metadata"]))
             key.last_modified = datetime.fromisoformat(entry["last_modified"])
             loaded += 1
@@ -101,8 +103,14 @@ class Snapshot:
             for bucket, (_, keys) in listing.items():
                 for name, key in keys:
                     file = _object_file(bucket, name)
-                    entry = {"bucket": bucket, "key": name, "file": file, "etag": key.etag,
-                             "last_modified": key.last_modified.isoformat(), "metadata": dict(key.metadata)}
+                    entry = {
+                        "bucket": bucket,
+                        "key": name,
+                        "file": file,
+                        "etag": key.etag,
+                        "last_modified": key.last_modified.isoformat(),
+                        "metadata": dict(key.metadata),
+                    }
                     if self._saved["objects"].get(file) != entry:
                         self._write(self.objects / file, key.value)
                         written += 1
@@ -160,8 +168,13 @@ def _wait_listening(host: str, port: int, timeout: float) -> bool:
 class S3Server:
     """moto's S3 API on ``host:port``: in-process (``start``/``stop``) or detached (``spawn``)."""
 
-    def __init__(self, port: int = 9000, host: str = "127.0.0.1", state_dir: str | Path | None = None,
-                 data_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 9000,
+        host: str = "127.0.0.1",
+        state_dir: str | Path | None = None,
+        data_dir: str | Path | None = None,
+    ) -> None:
         self.port = port
         self.host = host
         self.state_dir = Path(state_dir) if state_dir else None
@@ -175,14 +188,13 @@ class S3Server:
 
     def start(self, timeout: float = 10.0) -> None:
         """Serve in a background thread of this process; PortBusy when the port is taken."""
-        from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app  # type: ignore[attr-defined]
         from werkzeug.serving import make_server
 
         _check_port_free(self.host, self.port)
         app = DomainDispatcherApplication(create_backend_app)
         try:
-            self._server = make_server(self.host, self.port, app, threaded=True,
-                                       request_handler=MotoRequestHandler)
+            self._server = make_server(self.host, self.port, app, threaded=True, request_handler=MotoRequestHandler)
         except (OSError, SystemExit) as exc:
             raise PortBusy(f"cannot start the S3 server on {self.host}:{self.port}: {exc}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="s3-server", daemon=True)
@@ -212,8 +224,9 @@ class S3Server:
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
         with open(log_path or os.devnull, "ab") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         if not _wait_listening(self.host, self.port, timeout) or proc.poll() is not None:
             proc.kill()
             raise RuntimeError(f"the S3 server did not start on {self.url}; see {log_path or 'its output'}")

@@ -54,9 +54,16 @@ def functions() -> list[Fn]:
     that emit events; the internal registry answers without a key, as its cluster-local Service does."""
     sink = ("K_SINK", f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}")
     no_auth = ("AUTH_REQUIRED", "false")
-    return [Fn(fn.folder, fn.target, fn.port, fn.service,
-               tuple(env for env, wanted in ((sink, fn.emits_events), (no_auth, fn.internal_without_auth)) if wanted))
-            for fn in catalogue.FUNCTIONS]
+    return [
+        Fn(
+            fn.folder,
+            fn.target,
+            fn.port,
+            fn.service,
+            tuple(env for env, wanted in ((sink, fn.emits_events), (no_auth, fn.internal_without_auth)) if wanted),
+        )
+        for fn in catalogue.FUNCTIONS
+    ]
 
 
 def available_functions() -> list[Fn]:
@@ -90,18 +97,27 @@ def base_env(settings: Settings) -> dict[str, str]:
     ``kinfer up``'s environment adds."""
     allowed = dict.fromkeys((f"127.0.0.1:{TRITON_PORTS[1]}", UNREACHABLE_BACKEND, *settings.backend_allowlist))
     return {
-        "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "TRITON_URL": f"127.0.0.1:{TRITON_PORTS[1]}",
-        "S3_ACCESS_KEY_ID": settings.s3_access_key_id, "S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
-        "MODEL_REPOSITORY_URI": settings.model_repository_uri, "ONNX_BACKEND": "python",
-        "BACKEND_ALLOWLIST": ",".join(allowed), "PYTHONUNBUFFERED": "1",
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+        "TRITON_URL": f"127.0.0.1:{TRITON_PORTS[1]}",
+        "S3_ACCESS_KEY_ID": settings.s3_access_key_id,
+        "S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
+        "MODEL_REPOSITORY_URI": settings.model_repository_uri,
+        "ONNX_BACKEND": "python",
+        "BACKEND_ALLOWLIST": ",".join(allowed),
+        "PYTHONUNBUFFERED": "1",
     }
 
 
 def local_settings(settings: Settings) -> Settings:
     """``settings`` as the stack's processes see them (for what ``up`` does in-process: seeding)."""
-    return dataclasses.replace(settings, s3_endpoint_url=f"http://127.0.0.1:{S3_PORT}",
-                               triton_url=f"127.0.0.1:{TRITON_PORTS[1]}", onnx_backend="python")
+    return dataclasses.replace(
+        settings,
+        s3_endpoint_url=f"http://127.0.0.1:{S3_PORT}",
+        triton_url=f"127.0.0.1:{TRITON_PORTS[1]}",
+        onnx_backend="python",
+    )
 
 
 def repository_dir() -> Path:
@@ -146,8 +162,7 @@ def up(settings: Settings, say: Any = print) -> dict[str, Any]:
     return state
 
 
-def _start_missing(settings: Settings, state: dict[str, Any], missing: list[str], started: list[str],
-                   say: Any) -> None:
+def _start_missing(settings: Settings, state: dict[str, Any], missing: list[str], started: list[str], say: Any) -> None:
     """Start the ``missing`` parts, recording each in ``state`` (saved at once) and in ``started``."""
     comps: dict[str, Any] = state["components"]
     logs = state_dir() / "logs"
@@ -175,8 +190,13 @@ def _start_missing(settings: Settings, state: dict[str, Any], missing: list[str]
     if "gateway" in missing:
         gw_env = dict(env, K_SERVICE="gateway", K_SINK=f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}")
         log = logs / "gateway.log"
-        _record(comps, "gateway", procs.spawn(_serve_cmd("--gateway", "--port", "8080", *HOT_PATH_SERVER), log,
-                                              gw_env, ROOT), "http://127.0.0.1:8080/health", log)
+        _record(
+            comps,
+            "gateway",
+            procs.spawn(_serve_cmd("--gateway", "--port", "8080", *HOT_PATH_SERVER), log, gw_env, ROOT),
+            "http://127.0.0.1:8080/health",
+            log,
+        )
         record(["gateway"])
     if "relay" in missing:
         _start_relay(env, comps, logs)
@@ -213,8 +233,11 @@ def reconcile_batch_jobs(settings: Settings, say: Any = print) -> dict[str, list
     from shared.batch import reaper
     from shared.services import Services
 
-    services = Services(replace(settings, k_sink=f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}",
-                                s3_endpoint_url=f"http://127.0.0.1:{S3_PORT}"))
+    services = Services(
+        replace(
+            settings, k_sink=f"http://127.0.0.1:{RELAY_PORT}{SINK_PATH}", s3_endpoint_url=f"http://127.0.0.1:{S3_PORT}"
+        )
+    )
     try:
         stalled = reaper.reap(services)
         outcome = reaper.reconcile(services)
@@ -222,8 +245,10 @@ def reconcile_batch_jobs(settings: Settings, say: Any = print) -> dict[str, list
         services.close()
     outcome["failed"] = stalled + outcome["failed"]
     if outcome["requeued"] or outcome["failed"]:
-        say(f"batch jobs: {len(outcome['requeued'])} re-queued, {len(outcome['failed'])} failed "
-            "(GET /v1/batch/<id> says why)")
+        say(
+            f"batch jobs: {len(outcome['requeued'])} re-queued, {len(outcome['failed'])} failed "
+            "(GET /v1/batch/<id> says why)"
+        )
     return outcome
 
 
@@ -233,9 +258,13 @@ def _expected_names() -> list[str]:
 
 def _check_ports(missing: list[str]) -> None:
     """Every port a part about to start needs is free (checked before anything starts)."""
-    wanted = {"s3": [(S3_PORT, "the S3 server")], "triton": [(p, "Triton") for p in TRITON_PORTS],
-              "agent": [(AGENT_PORT, "the model agent")], "gateway": [(8080, "the gateway")],
-              "relay": [(RELAY_PORT, "the event relay")]}
+    wanted = {
+        "s3": [(S3_PORT, "the S3 server")],
+        "triton": [(p, "Triton") for p in TRITON_PORTS],
+        "agent": [(AGENT_PORT, "the model agent")],
+        "gateway": [(8080, "the gateway")],
+        "relay": [(RELAY_PORT, "the event relay")],
+    }
     wanted.update({fn.folder: [(fn.port, f"the {fn.folder} function")] for fn in available_functions()})
     for name in missing:
         for port, what in wanted.get(name, []):
@@ -278,8 +307,14 @@ def _start_triton(comps: dict[str, Any], logs: Path, say: Any) -> None:
 
     repository = repository_dir()
     repository.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(repository, state_dir() / "triton", *TRITON_PORTS, log_path=logs / "triton.log",
-                          load_models=(), strict_readiness=False)
+    server = TritonServer(
+        repository,
+        state_dir() / "triton",
+        *TRITON_PORTS,
+        log_path=logs / "triton.log",
+        load_models=(),
+        strict_readiness=False,
+    )
     try:
         server.start(timeout=120, detach=True)
     except TritonStartError as exc:
@@ -290,9 +325,15 @@ def _start_triton(comps: dict[str, Any], logs: Path, say: Any) -> None:
 
 def _start_agent(env: dict[str, str], comps: dict[str, Any], logs: Path, say: Any) -> None:
     """The model agent beside Triton: loads what the registry says into Triton, reports readiness."""
-    agent_env = dict(env, K_SERVICE="model-agent", AGENT_TRITON_HTTP=f"http://127.0.0.1:{TRITON_PORTS[0]}",
-                     AGENT_REPOSITORY_DIR=str(repository_dir()), AGENT_PORT=str(AGENT_PORT), AGENT_SYNC_S="2",
-                     UNLOAD_GRACE_S="10")
+    agent_env = dict(
+        env,
+        K_SERVICE="model-agent",
+        AGENT_TRITON_HTTP=f"http://127.0.0.1:{TRITON_PORTS[0]}",
+        AGENT_REPOSITORY_DIR=str(repository_dir()),
+        AGENT_PORT=str(AGENT_PORT),
+        AGENT_SYNC_S="2",
+        UNLOAD_GRACE_S="10",
+    )
     log = logs / "agent.log"
     cmd = [sys.executable, "-m", "shared.cli", "agent"]
     _record(comps, "agent", procs.spawn(cmd, log, agent_env, ROOT), f"http://127.0.0.1:{AGENT_PORT}/ready", log)
@@ -301,21 +342,40 @@ def _start_agent(env: dict[str, str], comps: dict[str, Any], logs: Path, say: An
 
 def _start_function(fn: Fn, env: dict[str, str], comps: dict[str, Any], logs: Path) -> None:
     fn_env = dict(env, K_SERVICE=fn.service, **dict(fn.env))
-    cmd = _serve_cmd("--target", fn.target, "--source", f"functions/{fn.folder}/main.py", "--port", str(fn.port),
-                     *(HOT_PATH_SERVER if fn.folder == "infer" else ()))
+    cmd = _serve_cmd(
+        "--target",
+        fn.target,
+        "--source",
+        f"functions/{fn.folder}/main.py",
+        "--port",
+        str(fn.port),
+        *(HOT_PATH_SERVER if fn.folder == "infer" else ()),
+    )
     log = logs / f"{fn.folder}.log"
     _record(comps, fn.folder, procs.spawn(cmd, log, fn_env, ROOT), f"http://127.0.0.1:{fn.port}/health", log)
 
 
 def _start_relay(env: dict[str, str], comps: dict[str, Any], logs: Path) -> None:
     targets = [f"{fn.service}=http://127.0.0.1:{fn.port}/" for fn in available_functions()]
-    cmd = [sys.executable, "-m", "shared.localstack.relay.server", "--port", str(RELAY_PORT),
-           "--manifests", str(ROOT / "knative" / "base")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shared.localstack.relay.server",
+        "--port",
+        str(RELAY_PORT),
+        "--manifests",
+        str(ROOT / "knative" / "base"),
+    ]
     for target in targets:
         cmd += ["--target", target]
     log = logs / "relay.log"
-    _record(comps, "relay", procs.spawn(cmd, log, dict(env, K_SERVICE="relay"), ROOT),
-            f"http://127.0.0.1:{RELAY_PORT}/health", log)
+    _record(
+        comps,
+        "relay",
+        procs.spawn(cmd, log, dict(env, K_SERVICE="relay"), ROOT),
+        f"http://127.0.0.1:{RELAY_PORT}/health",
+        log,
+    )
 
 
 def seed(settings: Settings, say: Any = print, timeout: float = 120) -> None:
@@ -359,8 +419,11 @@ def _seed_model(services: Any, body: dict[str, Any]) -> str | None:
     layout = Layout.of(services.settings)
     if found is not None and found["repository_uri"] and found["state"] != "failed":
         try:
-            in_place = bool(repository.list_keys(services.s3, layout.bucket,
-                                                 layout.version_prefix(found["triton_model"], found["triton_version"])))
+            in_place = bool(
+                repository.list_keys(
+                    services.s3, layout.bucket, layout.version_prefix(found["triton_model"], found["triton_version"])
+                )
+            )
         except NotFound:  # the S3 server restarted without its buckets
             in_place = False
         if in_place:
@@ -385,12 +448,17 @@ def _claim_demo_name(services: Any, name: str) -> None:
     from shared.clients.schema import triton_models
 
     with services.db.begin() as conn:
-        conn.execute(pg_insert(triton_models).values(name=name, owner=name, last_version=0)
-                     .on_conflict_do_nothing(index_elements=["name"]))
+        conn.execute(
+            pg_insert(triton_models)
+            .values(name=name, owner=name, last_version=0)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
         owner = conn.execute(sa.select(triton_models.c.owner).where(triton_models.c.name == name)).scalar_one()
     if owner != name:
-        raise StackError(f"the demo's Triton model {name!r} holds the versions of model {owner!r}; delete that "
-                         "model's versions (kinfer models delete) or use a fresh database")
+        raise StackError(
+            f"the demo's Triton model {name!r} holds the versions of model {owner!r}; delete that "
+            "model's versions (kinfer models delete) or use a fresh database"
+        )
 
 
 def pack_folder(folder: Path, target: Path) -> Path:
@@ -416,18 +484,31 @@ def _wait_ready(services: Any, ids: list[str], timeout: float, say: Any) -> None
                 say(f"{model['name']} {model['version']} is served (Triton version {model['triton_version']})")
                 break
             if model["state"] == "failed" or time.monotonic() > deadline:
-                raise StackError(f"demo model {model['name']} did not load ({model['state']}: "
-                                 f"{model['state_reason'] or 'timed out'}); see .kinfer/logs/agent.log")
+                raise StackError(
+                    f"demo model {model['name']} did not load ({model['state']}: "
+                    f"{model['state_reason'] or 'timed out'}); see .kinfer/logs/agent.log"
+                )
             time.sleep(0.2)
 
 
 DEMO_MODELS = (
-    {"name": "iris_classifier", "version": "1", "framework": "onnx", "format": "onnx",
-     "description": "Logistic regression on the iris data set (ONNX, run by onnxruntime)",
-     "tags": ["demo", "classification"], "metadata": {"labels": ["setosa", "versicolor", "virginica"]}},
-    {"name": "vector_scorer", "version": "1", "framework": "python", "format": "python",
-     "description": "z-score normalisation + softmax over a variable-length FP32 vector",
-     "tags": ["demo", "scoring"]},
+    {
+        "name": "iris_classifier",
+        "version": "1",
+        "framework": "onnx",
+        "format": "onnx",
+        "description": "Logistic regression on the iris data set (ONNX, run by onnxruntime)",
+        "tags": ["demo", "classification"],
+        "metadata": {"labels": ["setosa", "versicolor", "virginica"]},
+    },
+    {
+        "name": "vector_scorer",
+        "version": "1",
+        "framework": "python",
+        "format": "python",
+        "description": "z-score normalisation + softmax over a variable-length FP32 vector",
+        "tags": ["demo", "scoring"],
+    },
 )
 
 
@@ -436,8 +517,17 @@ def status() -> list[dict[str, Any]]:
     for name, comp in load_state().get("components", {}).items():
         alive = procs.alive(comp.get("pid"))
         healthy = alive and (procs.http_ok(comp["health"]) if comp.get("health") else True)
-        rows.append({"name": name, "pid": comp.get("pid"), "serving": procs.serving(comp.get("pid")),
-                     "alive": alive, "healthy": healthy, "url": comp.get("health"), "log": comp.get("log")})
+        rows.append(
+            {
+                "name": name,
+                "pid": comp.get("pid"),
+                "serving": procs.serving(comp.get("pid")),
+                "alive": alive,
+                "healthy": healthy,
+                "url": comp.get("health"),
+                "log": comp.get("log"),
+            }
+        )
     return rows
 
 

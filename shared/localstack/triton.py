@@ -67,13 +67,17 @@ def find_install() -> TritonInstall:
         raise TritonStartError(f"nvidia-pytriton is not installed: {INSTALL_HINT}")
     root = Path(list(spec.submodule_search_locations)[0])
     server = root / "tritonserver"
-    install = TritonInstall(binary=server / "bin" / "tritonserver", backend_src=server / "backends" / "python",
-                            stub=server / "python_backend_stubs" / PY_TAG / _STUB,
-                            libs=root.parent / "nvidia_pytriton.libs")
+    install = TritonInstall(
+        binary=server / "bin" / "tritonserver",
+        backend_src=server / "backends" / "python",
+        stub=server / "python_backend_stubs" / PY_TAG / _STUB,
+        libs=root.parent / "nvidia_pytriton.libs",
+    )
     for path in (install.binary, install.stub, *(install.backend_src / f for f in _BACKEND_FILES)):
         if not path.exists():
-            raise TritonStartError(f"missing {path} (Python {PY_TAG} needs it): reinstall nvidia-pytriton; "
-                                   f"{INSTALL_HINT}")
+            raise TritonStartError(
+                f"missing {path} (Python {PY_TAG} needs it): reinstall nvidia-pytriton; {INSTALL_HINT}"
+            )
     return install
 
 
@@ -84,8 +88,9 @@ def libpython_dirs() -> list[str]:
     base_lib = Path(sys.base_prefix) / "lib"
     if (base_lib / f"libpython{PY_TAG}.so.1.0").exists():
         return [str(base_lib)]
-    raise TritonStartError(f"libpython{PY_TAG} not found (the Python backend stub links it): "
-                           f"apt-get install libpython{PY_TAG}")
+    raise TritonStartError(
+        f"libpython{PY_TAG} not found (the Python backend stub links it): apt-get install libpython{PY_TAG}"
+    )
 
 
 def prepare_backend_dir(state_dir: Path, install: TritonInstall | None = None) -> Path:
@@ -101,22 +106,54 @@ def prepare_backend_dir(state_dir: Path, install: TritonInstall | None = None) -
     return target.parent
 
 
-def triton_command(binary: Path, backend_dir: Path, repository: Path, http_port: int, grpc_port: int,
-                   metrics_port: int, host: str = "127.0.0.1", load_models: tuple[str, ...] = ("*",),
-                   strict_readiness: bool = True) -> list[str]:
+def triton_command(
+    binary: Path,
+    backend_dir: Path,
+    repository: Path,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    host: str = "127.0.0.1",
+    load_models: tuple[str, ...] = ("*",),
+    strict_readiness: bool = True,
+) -> list[str]:
     """The tritonserver command line: explicit model control loading ``load_models`` at start (none:
     the model agent loads them), quiet, sized for a small CPU box."""
     loads = [arg for model in load_models for arg in ("--load-model", model)]
     return [
-        str(binary), "--backend-directory", str(backend_dir), "--model-repository", str(repository),
-        "--model-control-mode", "explicit", *loads, "--strict-readiness", "true" if strict_readiness else "false",
-        "--http-address", host, "--http-port", str(http_port),
-        "--grpc-address", host, "--grpc-port", str(grpc_port),
-        "--metrics-address", host, "--metrics-port", str(metrics_port),
-        "--allow-gpu-metrics", "false", "--pinned-memory-pool-byte-size", "0",
-        "--log-verbose", "0", "--exit-timeout-secs", "5",
+        str(binary),
+        "--backend-directory",
+        str(backend_dir),
+        "--model-repository",
+        str(repository),
+        "--model-control-mode",
+        "explicit",
+        *loads,
+        "--strict-readiness",
+        "true" if strict_readiness else "false",
+        "--http-address",
+        host,
+        "--http-port",
+        str(http_port),
+        "--grpc-address",
+        host,
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-address",
+        host,
+        "--metrics-port",
+        str(metrics_port),
+        "--allow-gpu-metrics",
+        "false",
+        "--pinned-memory-pool-byte-size",
+        "0",
+        "--log-verbose",
+        "0",
+        "--exit-timeout-secs",
+        "5",
         # Unique shared-memory names, so several servers on one machine do not collide.
-        "--backend-config", f"python,shm-region-prefix-name=kinfer{grpc_port}_{os.getpid()}_",
+        "--backend-config",
+        f"python,shm-region-prefix-name=kinfer{grpc_port}_{os.getpid()}_",
     ]
 
 
@@ -141,8 +178,10 @@ def check_port_free(host: str, port: int, role: str) -> None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            raise TritonStartError(f"Triton {role} port {host}:{port} is already in use: stop what listens "
-                                   f"there (ss -ltnp 'sport = :{port}') or choose another port") from None
+            raise TritonStartError(
+                f"Triton {role} port {host}:{port} is already in use: stop what listens "
+                f"there (ss -ltnp 'sport = :{port}') or choose another port"
+            ) from None
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> bool:
@@ -162,10 +201,19 @@ def stop_pid(pid: int, timeout: float = 10.0) -> bool:
 class TritonServer:
     """One local tritonserver process on fixed ports; a context manager (start / stop)."""
 
-    def __init__(self, repository: Path, state_dir: Path, http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int = 8002, log_path: Path | None = None, host: str = "127.0.0.1",
-                 env: Mapping[str, str] | None = None, load_models: tuple[str, ...] = ("*",),
-                 strict_readiness: bool = True) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        state_dir: Path,
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+        load_models: tuple[str, ...] = ("*",),
+        strict_readiness: bool = True,
+    ) -> None:
         self.repository = Path(repository).resolve()
         self.load_models, self.strict_readiness = tuple(load_models), strict_readiness
         self.state_dir = Path(state_dir).resolve()
@@ -206,8 +254,13 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
-        log.info("Triton ready at %s (grpc %s) in %.1fs, pid %d",
-                 self.http_url, self.grpc_url, time.monotonic() - started, self._proc.pid)
+        log.info(
+            "Triton ready at %s (grpc %s) in %.1fs, pid %d",
+            self.http_url,
+            self.grpc_url,
+            time.monotonic() - started,
+            self._proc.pid,
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, wait up to ``timeout``, then SIGKILL the whole process group; idempotent."""
@@ -245,18 +298,34 @@ class TritonServer:
         install = find_install()
         env = triton_env(install.libs, self._extra_env)
         if not self.repository.is_dir():
-            raise TritonStartError(f"model repository {self.repository} does not exist: run "
-                                   ".venv/bin/python models/build.py")
+            raise TritonStartError(
+                f"model repository {self.repository} does not exist: run .venv/bin/python models/build.py"
+            )
         for role, port in self.ports.items():
             check_port_free(self.host, port, role)
         backend_dir = prepare_backend_dir(self.state_dir, install)
-        cmd = triton_command(install.binary, backend_dir, self.repository, self.ports["http"],
-                             self.ports["grpc"], self.ports["metrics"], self.host, self.load_models,
-                             self.strict_readiness)
+        cmd = triton_command(
+            install.binary,
+            backend_dir,
+            self.repository,
+            self.ports["http"],
+            self.ports["grpc"],
+            self.ports["metrics"],
+            self.host,
+            self.load_models,
+            self.strict_readiness,
+        )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log_file:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                    env=env, cwd=self.state_dir, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.state_dir,
+                start_new_session=True,
+            )
         self.pid_path.write_text(f"{proc.pid}\n")
         self._shm_prefix = _shm_prefix_of(cmd)
         return proc
@@ -293,8 +362,9 @@ def _log_lines(path: Path) -> list[str]:
 
 def _reason(lines: list[str]) -> str:
     """The most telling error of a Triton log: a model that failed to load, else the last error line."""
-    errors = [line for line in lines if (line.startswith("E") or "error" in line.lower())
-              and "CudaDriverHelper" not in line]  # harmless on a CPU-only machine
+    errors = [
+        line for line in lines if (line.startswith("E") or "error" in line.lower()) and "CudaDriverHelper" not in line
+    ]  # harmless on a CPU-only machine
     failed = [line for line in errors if "failed to load '" in line]
     if not errors:
         return "no error in the log"

@@ -18,8 +18,16 @@ from shared.errors import Forbidden
 ANY = "*"
 MAX_AGE_S = 600
 REQUEST_HEADERS = ("Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "traceparent", "tracestate")
-EXPOSED_HEADERS = ("X-Request-ID", "X-Trace-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining",
-                   "X-RateLimit-Reset", "Retry-After", "Location", "WWW-Authenticate")
+EXPOSED_HEADERS = (
+    "X-Request-ID",
+    "X-Trace-ID",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+    "Location",
+    "WWW-Authenticate",
+)
 
 
 def allowed_origin(headers: Mapping[str, str], allowed: Sequence[str]) -> str | None:
@@ -48,11 +56,17 @@ def options_response(headers: Mapping[str, str], methods: Iterable[str], allowed
     answer = {"Allow": ", ".join(methods)}
     if headers.get("origin") and headers.get("access-control-request-method"):
         if allowed_origin(headers, allowed) is None:
-            raise Forbidden(f"origin {headers['origin'][:200]!r} may not call this API from a browser; "
-                            "the operator lists allowed origins in CORS_ALLOWED_ORIGINS")
-        answer.update({"Access-Control-Allow-Methods": ", ".join(methods),
-                       "Access-Control-Allow-Headers": ", ".join(REQUEST_HEADERS),
-                       "Access-Control-Max-Age": str(MAX_AGE_S)})
+            raise Forbidden(
+                f"origin {headers['origin'][:200]!r} may not call this API from a browser; "
+                "the operator lists allowed origins in CORS_ALLOWED_ORIGINS"
+            )
+        answer.update(
+            {
+                "Access-Control-Allow-Methods": ", ".join(methods),
+                "Access-Control-Allow-Headers": ", ".join(REQUEST_HEADERS),
+                "Access-Control-Max-Age": str(MAX_AGE_S),
+            }
+        )
     return Response(status_code=204, headers=answer)
 
 

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 _BATCH_TYPE = "application/cloudevents-batch+json"
 
 
-async def serve_event(request: Request, services: Services, span_name: str,
-                      handler: Callable[[Any, Any], tuple[int, dict[str, Any]]]) -> Response:
+async def serve_event(
+    request: Request, services: Services, span_name: str, handler: Callable[[Any, Any], tuple[int, dict[str, Any]]]
+) -> Response:
     """Run ``handler(services, event)`` (in the thread pool) for a POSTed CloudEvent; GET /health and /livez
     answer 200."""
     if request.method == "GET" and request.url.path.rstrip("/") == "/livez":
@@ -48,8 +49,9 @@ async def serve_event(request: Request, services: Services, span_name: str,
         request_id_var.reset(token)
 
 
-async def _run(request: Request, services: Services, span_name: str, handler: Callable[..., Any],
-               request_id: str) -> Response:
+async def _run(
+    request: Request, services: Services, span_name: str, handler: Callable[..., Any], request_id: str
+) -> Response:
     carrier = {"traceparent": request.headers.get("ce-traceparent") or request.headers.get("traceparent") or ""}
     with telemetry.server_span(span_name, carrier) as span:
         trace_id = telemetry.trace_id_of(span)

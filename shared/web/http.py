@@ -112,9 +112,16 @@ async def _alive(call: Call) -> dict[str, str]:
 
 # Liveness: answers while the process serves HTTP, whatever PostgreSQL, Redis or Triton do
 # (readiness stays on /health); a failing dependency must not get pods restarted.
-LIVEZ = Route("/livez", ("GET",), _alive, query=(), summary="Liveness (touches no dependency)",
-              responses={200: ("alive", {"type": "object", "required": ["status"],
-                                         "properties": {"status": {"const": "alive"}}})})
+LIVEZ = Route(
+    "/livez",
+    ("GET",),
+    _alive,
+    query=(),
+    summary="Liveness (touches no dependency)",
+    responses={
+        200: ("alive", {"type": "object", "required": ["status"], "properties": {"status": {"const": "alive"}}})
+    },
+)
 
 
 OPENAPI_PATH = "/openapi.json"
@@ -129,15 +136,25 @@ def _openapi_route(routes: list[Route]) -> Route:
             from shared.web.openapi import document
 
             built["doc"] = document(routes, title=f"Kinfer {call.services.settings.service_name}")
-        return built["doc"]
+        found: dict[str, Any] = built["doc"]
+        return found
 
-    return Route(OPENAPI_PATH, ("GET",), serve_openapi, query=(), summary="This function's OpenAPI 3.1 document",
-                 responses={200: ("the OpenAPI document", {"type": "object"})})
+    return Route(
+        OPENAPI_PATH,
+        ("GET",),
+        serve_openapi,
+        query=(),
+        summary="This function's OpenAPI 3.1 document",
+        responses={200: ("the OpenAPI document", {"type": "object"})},
+    )
 
 
 _PARAM = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>")
 _CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "default": ("[^/]+", str), "string": ("[^/]+", str), "path": (".+", str), "int": (r"\d+", int),
+    "default": ("[^/]+", str),
+    "string": ("[^/]+", str),
+    "path": (".+", str),
+    "int": (r"\d+", int),
 }
 
 
@@ -194,7 +211,7 @@ def _compile(rule: str) -> tuple[re.Pattern[str], dict[str, Callable[[str], Any]
         if kind not in _CONVERTERS:
             raise ValueError(f"route {rule!r}: unknown converter {kind!r}")
         pattern, convert = _CONVERTERS[kind]
-        parts += [re.escape(rule[at:m.start()]), f"(?P<{m.group('name')}>{pattern})"]
+        parts += [re.escape(rule[at : m.start()]), f"(?P<{m.group('name')}>{pattern})"]
         converters[m.group("name")] = convert
         at = m.end()
     parts.append(re.escape(rule[at:]))
@@ -239,7 +256,8 @@ class Call:
 
     def header(self, name: str) -> str | None:
         """One request header by lower-case ``name``: a dict lookup."""
-        return self.header_map.get(name)
+        found: str | None = self.header_map.get(name)
+        return found
 
     @property
     def args(self) -> Mapping[str, str]:
@@ -267,8 +285,9 @@ def require_json(content_type: str | None) -> None:
     media = content_type.split(";", 1)[0].strip().lower()
     if media in _JSON_MEDIA or media.endswith("+json"):
         return
-    raise UnsupportedMediaType(f"Content-Type {media[:100]!r} is not supported here; send the body as "
-                               "application/json", field="Content-Type")
+    raise UnsupportedMediaType(
+        f"Content-Type {media[:100]!r} is not supported here; send the body as application/json", field="Content-Type"
+    )
 
 
 def parse_json(raw: bytes) -> Any:
@@ -360,7 +379,7 @@ class HeaderDict(dict[str, str]):
     """Request headers by lower-case name; ``get`` takes any case (built once per request, then dict lookups
     instead of Starlette's scan of the raw header list)."""
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return dict.get(self, name.lower(), default)
 
 
@@ -399,10 +418,16 @@ async def dispatch(request: Request, router: Router, services: Services, span_na
     request_id = request_id_of(headers)
     token = request_id_var.set(request_id)
     try:
-        with telemetry.server_span(span_name, headers, **{"http.request.method": scope["method"],
-                                                          "url.path": scope["path"]}) as span:
-            call = Call(request=request, services=services, request_id=request_id,
-                        trace_id=telemetry.trace_id_of(span), _by_name=headers)
+        with telemetry.server_span(
+            span_name, headers, **{"http.request.method": scope["method"], "url.path": scope["path"]}
+        ) as span:
+            call = Call(
+                request=request,
+                services=services,
+                request_id=request_id,
+                trace_id=telemetry.trace_id_of(span),
+                _by_name=headers,
+            )
             if scope["method"] == "OPTIONS":
                 response = _options(call, router)
             else:
@@ -413,8 +438,11 @@ async def dispatch(request: Request, router: Router, services: Services, span_na
                 extra.append((b"x-trace-id", call.trace_id.encode()))
             if call.response_headers:
                 present = {name for name, _ in response.raw_headers}
-                extra += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in call.response_headers.items()
-                          if k.lower().encode("latin-1") not in present]
+                extra += [
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in call.response_headers.items()
+                    if k.lower().encode("latin-1") not in present
+                ]
             response.raw_headers.extend(extra)
             if span.is_recording():
                 span.set_attribute("http.response.status_code", response.status_code)
@@ -431,8 +459,9 @@ def _options(call: Call, router: Router) -> Response:
         methods = router.allowed_methods(path)
         if not methods:
             raise NotFound(f"no route for OPTIONS {path}")
-        return cors.options_response(call.request.headers, [*methods, "OPTIONS"],
-                                     call.services.settings.cors_allowed_origins)
+        return cors.options_response(
+            call.request.headers, [*methods, "OPTIONS"], call.services.settings.cors_allowed_origins
+        )
     except KinferError as exc:
         return error_response(exc, call.request_id, call.trace_id)
 

@@ -20,7 +20,9 @@ from typing import Any
 from shared.web.http import Route
 
 ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object", "additionalProperties": False, "required": ["error", "code", "request_id"],
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["error", "code", "request_id"],
     "properties": {
         "error": {"type": "string", "description": "a sentence for people"},
         "code": {"type": "string", "description": "a machine code, e.g. invalid_input, not_found, circuit_open"},
@@ -32,14 +34,20 @@ ERROR_SCHEMA: dict[str, Any] = {
 
 # The errors any route may answer, beyond what it documents itself.
 _ERRORS = {
-    400: "bad input (the field and the reason)", 404: "unknown resource (also a malformed id)",
-    405: "method not allowed (Allow lists the others)", 413: "body over MAX_BODY_BYTES",
-    414: "request target too long", 431: "request head too large",
+    400: "bad input (the field and the reason)",
+    404: "unknown resource (also a malformed id)",
+    405: "method not allowed (Allow lists the others)",
+    413: "body over MAX_BODY_BYTES",
+    414: "request target too long",
+    431: "request head too large",
     500: "unexpected error (generic sentence; the request id finds it in the logs)",
     503: "a dependency is unavailable or a circuit is open (Retry-After)",
 }
-_AUTH_ERRORS = {401: "no or unknown API key (WWW-Authenticate)", 403: "the key lacks the route's scope",
-                429: "rate limited (Retry-After)"}
+_AUTH_ERRORS = {
+    401: "no or unknown API key (WWW-Authenticate)",
+    403: "the key lacks the route's scope",
+    429: "rate limited (Retry-After)",
+}
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _PARAM = re.compile(r"<(?:[a-zA-Z_]+(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
@@ -61,18 +69,25 @@ def document(routes: Iterable[Route], title: str, description: str = "") -> dict
             item[method.lower()] = operation(route, method)
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": _version(), "description": description or
-                 "Kinfer: serverless inference on Knative. Every error is the Error object."},
+        "info": {
+            "title": title,
+            "version": _version(),
+            "description": description or "Kinfer: serverless inference on Knative. Every error is the Error object.",
+        },
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": {"Error": ERROR_SCHEMA},
-            "responses": {"Error": {
-                "description": "an error (the HTTP contract: status, code, field, request and trace ids)",
-                "headers": {"X-Request-ID": {"schema": {"type": "string"}}},
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "responses": {
+                "Error": {
+                    "description": "an error (the HTTP contract: status, code, field, request and trace ids)",
+                    "headers": {"X-Request-ID": {"schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                }
+            },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
         },
     }
 
@@ -88,16 +103,25 @@ def operation(route: Route, method: str) -> dict[str, Any]:
     tag = next((p for p in path.split("/") if p and not p.startswith("v") and "{" not in p), None)
     if tag:
         op["tags"] = [tag]
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for name in _PARAM.findall(route.rule)]
-    parameters += [{"name": q.name, "in": "query", "required": False, "schema": dict(q.schema),
-                    **({"description": q.description} if q.description else {})} for q in route.query_params]
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PARAM.findall(route.rule)
+    ]
+    parameters += [
+        {
+            "name": q.name,
+            "in": "query",
+            "required": False,
+            "schema": dict(q.schema),
+            **({"description": q.description} if q.description else {}),
+        }
+        for q in route.query_params
+    ]
     if parameters:
         op["parameters"] = parameters
     if method in _BODY_METHODS and not route.stream:
         schema = dict(route.body) if route.body is not None else {}
-        op["requestBody"] = {"required": route.body is not None,
-                             "content": {"application/json": {"schema": schema}}}
+        op["requestBody"] = {"required": route.body is not None, "content": {"application/json": {"schema": schema}}}
     if route.scope is not None:
         op["security"] = _SECURITY
         op["x-kinfer-scope"] = route.scope
@@ -112,8 +136,10 @@ def _responses(route: Route, method: str) -> dict[str, Any]:
     for status, spec in sorted(documented.items()):
         description, schema, *rest = (*spec, None) if len(spec) == 2 else spec
         media = rest[0] if rest and rest[0] else "application/json"
-        answer: dict[str, Any] = {"description": description,
-                                  "headers": {"X-Request-ID": {"schema": {"type": "string"}}}}
+        answer: dict[str, Any] = {
+            "description": description,
+            "headers": {"X-Request-ID": {"schema": {"type": "string"}}},
+        }
         if schema is not None:
             answer["content"] = {media: {"schema": dict(schema)}}
         out[str(status)] = answer
@@ -167,7 +193,12 @@ def serve_document(routes: list[Route], title: str) -> Any:
     async def _self(call: Any) -> None:  # documented only; the entry point above answers
         return None
 
-    own = Route(OPENAPI_PATH, ("GET",), _self, summary="The OpenAPI 3.1 document of every public route",
-                responses={200: ("the OpenAPI document", {"type": "object"})})
+    own = Route(
+        OPENAPI_PATH,
+        ("GET",),
+        _self,
+        summary="The OpenAPI 3.1 document of every public route",
+        responses={200: ("the OpenAPI document", {"type": "object"})},
+    )
     doc = document([*routes, own], title)
     return openapi_document

@@ -35,8 +35,12 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 
 # llhttp's reason (fixed text, never request content) -> the field at fault.
-_FIELDS = (("content-length", "Content-Length"), ("transfer-encoding", "Transfer-Encoding"),
-           ("chunk", "body"), ("header", "headers"))
+_FIELDS = (
+    ("content-length", "Content-Length"),
+    ("transfer-encoding", "Transfer-Encoding"),
+    ("chunk", "body"),
+    ("header", "headers"),
+)
 
 
 class _Rejected(Exception):
@@ -59,9 +63,13 @@ def error_bytes(error: KinferError) -> bytes:
     """A complete HTTP/1.1 response (status line, headers, JSON body) that closes the connection."""
     request_id = uuid.uuid4().hex
     body = orjson.dumps({**error.body(), "request_id": request_id})
-    head = [STATUS_LINE[error.status], b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            b"x-request-id: " + request_id.encode() + b"\r\n", b"connection: close\r\n\r\n"]
+    head = [
+        STATUS_LINE[error.status],
+        b"content-type: application/json\r\n",
+        b"content-length: " + str(len(body)).encode() + b"\r\n",
+        b"x-request-id: " + request_id.encode() + b"\r\n",
+        b"connection: close\r\n\r\n",
+    ]
     return b"".join(head) + body
 
 

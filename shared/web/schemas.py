@@ -40,229 +40,393 @@ _MODEL_WRITABLE: Schema = {
 }
 
 MODEL_CREATE: Schema = {
-    "type": "object", "additionalProperties": False,
+    "type": "object",
+    "additionalProperties": False,
     "required": ["name", "version", "framework", "format"],
-    "properties": {"name": MODEL_NAME, "version": VERSION, "framework": FRAMEWORK, "format": FORMAT,
-                   **_MODEL_WRITABLE,
-                   "upload": {"const": True, "description": "the file follows: PUT /v1/models/{id}/artifact"},
-                   "artifact_uri": {"type": "string", "maxLength": 1024, "description": "s3://bucket/key"},
-                   "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+    "properties": {
+        "name": MODEL_NAME,
+        "version": VERSION,
+        "framework": FRAMEWORK,
+        "format": FORMAT,
+        **_MODEL_WRITABLE,
+        "upload": {"const": True, "description": "the file follows: PUT /v1/models/{id}/artifact"},
+        "artifact_uri": {"type": "string", "maxLength": 1024, "description": "s3://bucket/key"},
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    },
 }
 
 MODEL_UPDATE: Schema = {
-    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
     "properties": dict(_MODEL_WRITABLE),
 }
 
 MODEL: Schema = {
     "type": "object",
-    "required": ["id", "name", "version", "framework", "format", "backend_url", "backend_urls", "triton_model",
-                 "description", "tags", "metadata", "status", "created_at", "updated_at"],
+    "required": [
+        "id",
+        "name",
+        "version",
+        "framework",
+        "format",
+        "backend_url",
+        "backend_urls",
+        "triton_model",
+        "description",
+        "tags",
+        "metadata",
+        "status",
+        "created_at",
+        "updated_at",
+    ],
     "properties": {
-        "id": {"type": "string", "format": "uuid"}, "name": _STRING, "version": _STRING, "framework": _STRING,
-        "format": _STRING, "backend_url": _NULLABLE_STRING, "backend_urls": {"type": "array", "items": _STRING},
-        "triton_model": _STRING, "description": _NULLABLE_STRING, "tags": {"type": "array", "items": _STRING},
-        "metadata": {"type": "object"}, "status": _STRING, "created_at": _TIME, "updated_at": _TIME,
+        "id": {"type": "string", "format": "uuid"},
+        "name": _STRING,
+        "version": _STRING,
+        "framework": _STRING,
+        "format": _STRING,
+        "backend_url": _NULLABLE_STRING,
+        "backend_urls": {"type": "array", "items": _STRING},
+        "triton_model": _STRING,
+        "description": _NULLABLE_STRING,
+        "tags": {"type": "array", "items": _STRING},
+        "metadata": {"type": "object"},
+        "status": _STRING,
+        "created_at": _TIME,
+        "updated_at": _TIME,
     },
 }
 
-_SPLIT: Schema = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 100},
-                  "description": "version -> percentage of traffic (adds up to 100)"}
+_SPLIT: Schema = {
+    "type": "object",
+    "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 100},
+    "description": "version -> percentage of traffic (adds up to 100)",
+}
 
 ALIAS_TARGET: Schema = {
-    "type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "maxProperties": 1,
     "properties": {"version": VERSION, "versions": _SPLIT},
 }
 
 ALIAS: Schema = {
-    "type": "object", "required": ["name", "alias", "versions"],
+    "type": "object",
+    "required": ["name", "alias", "versions"],
     "properties": {"name": _STRING, "alias": _STRING, "versions": _SPLIT},
 }
 
 ALIAS_LIST: Schema = {
-    "type": "object", "required": ["name", "aliases"],
+    "type": "object",
+    "required": ["name", "aliases"],
     "properties": {"name": _STRING, "aliases": {"type": "array", "items": ALIAS}},
 }
 
 VERSION_STATUS: Schema = {
-    "type": "object", "required": ["id", "name", "version", "state"],
-    "properties": {"id": {"type": "string", "format": "uuid"}, "name": _STRING, "version": _STRING,
-                   "status": _STRING, "state": _STRING, "state_reason": _NULLABLE_STRING,
-                   "triton_model": _STRING, "triton_version": {"type": ["integer", "null"]},
-                   "backends": {"type": "object"}},
+    "type": "object",
+    "required": ["id", "name", "version", "state"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": _STRING,
+        "version": _STRING,
+        "status": _STRING,
+        "state": _STRING,
+        "state_reason": _NULLABLE_STRING,
+        "triton_model": _STRING,
+        "triton_version": {"type": ["integer", "null"]},
+        "backends": {"type": "object"},
+    },
 }
 
 MODEL_LIST: Schema = {
-    "type": "object", "required": ["models", "total", "limit", "offset"],
-    "properties": {"models": {"type": "array", "items": MODEL}, "total": _COUNT, "limit": _COUNT,
-                   "offset": _COUNT},
+    "type": "object",
+    "required": ["models", "total", "limit", "offset"],
+    "properties": {"models": {"type": "array", "items": MODEL}, "total": _COUNT, "limit": _COUNT, "offset": _COUNT},
 }
 
 HEALTH: Schema = {
-    "type": "object", "required": ["status"],
-    "properties": {"status": {"enum": ["healthy", "degraded", "unhealthy"]}, "service": _STRING,
-                   "checks": {"type": "object", "additionalProperties": _STRING}},
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"enum": ["healthy", "degraded", "unhealthy"]},
+        "service": _STRING,
+        "checks": {"type": "object", "additionalProperties": _STRING},
+    },
 }
 
 _TENSOR_VALUES = {"type": "array", "description": "numbers, nested as the tensor's shape (or a batch of rows)"}
 
 INFER_REQUEST: Schema = {
-    "type": "object", "additionalProperties": False, "required": ["model", "input"],
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["model", "input"],
     "properties": {
         "model": {"type": "string", "minLength": 1, "maxLength": 128},
         "version": {"type": ["string", "null"], "maxLength": 32},
-        "input": {"type": "object", "minProperties": 1, "additionalProperties": _TENSOR_VALUES,
-                  "description": "{\"data\": [...]} for a one-input model, or {\"<tensor>\": [...], ...}"},
+        "input": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": _TENSOR_VALUES,
+            "description": '{"data": [...]} for a one-input model, or {"<tensor>": [...], ...}',
+        },
     },
 }
 
 INFER_RESPONSE: Schema = {
-    "type": "object", "required": ["model", "version", "prediction", "outputs", "latency_ms", "timestamp",
-                                   "request_id"],
-    "properties": {"model": _STRING, "version": _STRING, "prediction": {},
-                   "outputs": {"type": "object"}, "latency_ms": {"type": "number", "minimum": 0},
-                   "timestamp": _TIME, "request_id": _STRING, "trace_id": _STRING},
+    "type": "object",
+    "required": ["model", "version", "prediction", "outputs", "latency_ms", "timestamp", "request_id"],
+    "properties": {
+        "model": _STRING,
+        "version": _STRING,
+        "prediction": {},
+        "outputs": {"type": "object"},
+        "latency_ms": {"type": "number", "minimum": 0},
+        "timestamp": _TIME,
+        "request_id": _STRING,
+        "trace_id": _STRING,
+    },
 }
 
 _V2_TENSOR = {
-    "type": "object", "required": ["name", "datatype", "shape"],
-    "properties": {"name": _STRING, "datatype": _STRING,
-                   "shape": {"type": "array", "items": {"type": "integer"}},
-                   "data": {"type": "array"}, "parameters": {"type": "object"}},
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": _STRING,
+        "datatype": _STRING,
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "data": {"type": "array"},
+        "parameters": {"type": "object"},
+    },
 }
 
 V2_INFER_REQUEST: Schema = {
-    "type": "object", "required": ["inputs"],
+    "type": "object",
+    "required": ["inputs"],
     "description": "KServe Open Inference Protocol v2; binary tensors follow the JSON with "
-                   "Inference-Header-Content-Length",
-    "properties": {"id": _STRING, "parameters": {"type": "object"},
-                   "inputs": {"type": "array", "minItems": 1, "items": _V2_TENSOR},
-                   "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
-                                                          "properties": {"name": _STRING,
-                                                                         "parameters": {"type": "object"}}}}},
+    "Inference-Header-Content-Length",
+    "properties": {
+        "id": _STRING,
+        "parameters": {"type": "object"},
+        "inputs": {"type": "array", "minItems": 1, "items": _V2_TENSOR},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": _STRING, "parameters": {"type": "object"}},
+            },
+        },
+    },
 }
 
 V2_INFER_RESPONSE: Schema = {
-    "type": "object", "required": ["model_name", "outputs"],
-    "properties": {"model_name": _STRING, "model_version": _STRING, "id": _STRING,
-                   "parameters": {"type": "object"}, "outputs": {"type": "array", "items": _V2_TENSOR}},
+    "type": "object",
+    "required": ["model_name", "outputs"],
+    "properties": {
+        "model_name": _STRING,
+        "model_version": _STRING,
+        "id": _STRING,
+        "parameters": {"type": "object"},
+        "outputs": {"type": "array", "items": _V2_TENSOR},
+    },
 }
 
 V2_METADATA: Schema = {
-    "type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
-    "properties": {"name": _STRING, "versions": {"type": "array", "items": _STRING}, "platform": _STRING,
-                   "inputs": {"type": "array", "items": _V2_TENSOR}, "outputs": {"type": "array", "items": _V2_TENSOR}},
+    "type": "object",
+    "required": ["name", "versions", "platform", "inputs", "outputs"],
+    "properties": {
+        "name": _STRING,
+        "versions": {"type": "array", "items": _STRING},
+        "platform": _STRING,
+        "inputs": {"type": "array", "items": _V2_TENSOR},
+        "outputs": {"type": "array", "items": _V2_TENSOR},
+    },
 }
 
 BATCH_SUBMIT: Schema = {
-    "type": "object", "additionalProperties": False, "required": ["model"],
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["model"],
     "description": "exactly one of inputs or input_url",
     "properties": {
         "model": {"type": "string", "minLength": 1, "maxLength": 128},
         "version": {"type": ["string", "null"], "maxLength": 32},
-        "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"},
-                   "description": "one input per item, like {\"data\": [...]}; bad items fail one by one"},
-        "input_url": {"type": "string", "maxLength": 1024,
-                      "description": "s3://<input bucket>/uploads/<your key id>/...: an object under the prefix "
-                                     "that POST /v1/batch/uploads grants"},
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "object"},
+            "description": 'one input per item, like {"data": [...]}; bad items fail one by one',
+        },
+        "input_url": {
+            "type": "string",
+            "maxLength": 1024,
+            "description": "s3://<input bucket>/uploads/<your key id>/...: an object under the prefix "
+            "that POST /v1/batch/uploads grants",
+        },
     },
 }
 
 BATCH_ACCEPTED: Schema = {
-    "type": "object", "required": ["job_id", "status", "total"],
+    "type": "object",
+    "required": ["job_id", "status", "total"],
     "properties": {"job_id": {"type": "string", "format": "uuid"}, "status": _STRING, "total": _COUNT},
 }
 
 BATCH_JOB: Schema = {
     "type": "object",
-    "required": ["job_id", "status", "progress", "total", "completed", "succeeded", "failed", "result_url",
-                 "errors", "model", "version", "created_at", "started_at", "finished_at"],
+    "required": [
+        "job_id",
+        "status",
+        "progress",
+        "total",
+        "completed",
+        "succeeded",
+        "failed",
+        "result_url",
+        "errors",
+        "model",
+        "version",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ],
     "properties": {
         "job_id": {"type": "string", "format": "uuid"},
         "status": {"enum": ["pending", "processing", "completed", "failed", "cancelled"]},
         "progress": {"type": "number", "minimum": 0, "maximum": 1},
-        "total": _COUNT, "completed": _COUNT, "succeeded": _COUNT, "failed": _COUNT,
-        "result_url": {"type": ["string", "null"],
-                       "description": "presigned GET of the results (JSON Lines), once finished and while the "
-                                      "object exists"},
+        "total": _COUNT,
+        "completed": _COUNT,
+        "succeeded": _COUNT,
+        "failed": _COUNT,
+        "result_url": {
+            "type": ["string", "null"],
+            "description": "presigned GET of the results (JSON Lines), once finished and while the object exists",
+        },
         "errors": {"type": "array", "items": {"type": "object"}},
-        "model": _STRING, "version": _STRING,
-        "created_at": _TIME, "started_at": _NULLABLE_TIME, "finished_at": _NULLABLE_TIME,
-        "error": _STRING, "input_url": _STRING,
+        "model": _STRING,
+        "version": _STRING,
+        "created_at": _TIME,
+        "started_at": _NULLABLE_TIME,
+        "finished_at": _NULLABLE_TIME,
+        "error": _STRING,
+        "input_url": _STRING,
     },
 }
 
 BATCH_LIST: Schema = {
-    "type": "object", "required": ["jobs", "total", "limit", "offset"],
-    "properties": {"jobs": {"type": "array", "items": BATCH_JOB}, "total": _COUNT, "limit": _COUNT,
-                   "offset": _COUNT},
+    "type": "object",
+    "required": ["jobs", "total", "limit", "offset"],
+    "properties": {"jobs": {"type": "array", "items": BATCH_JOB}, "total": _COUNT, "limit": _COUNT, "offset": _COUNT},
 }
 
 BATCH_CANCELLED: Schema = {
-    "type": "object", "required": ["job_id", "status"],
+    "type": "object",
+    "required": ["job_id", "status"],
     "properties": {"job_id": {"type": "string", "format": "uuid"}, "status": {"const": "cancelled"}},
 }
 
 UPLOAD_REQUEST: Schema = {
-    "type": "object", "additionalProperties": False,
+    "type": "object",
+    "additionalProperties": False,
     "properties": {"filename": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}},
 }
 
 UPLOAD_GRANT: Schema = {
-    "type": "object", "required": ["input_url", "upload_url", "method", "headers", "expires_in", "prefix"],
-    "properties": {"input_url": _STRING, "upload_url": _STRING, "method": {"const": "PUT"},
-                   "headers": {"type": "object", "additionalProperties": _STRING}, "expires_in": _COUNT,
-                   "prefix": _STRING},
+    "type": "object",
+    "required": ["input_url", "upload_url", "method", "headers", "expires_in", "prefix"],
+    "properties": {
+        "input_url": _STRING,
+        "upload_url": _STRING,
+        "method": {"const": "PUT"},
+        "headers": {"type": "object", "additionalProperties": _STRING},
+        "expires_in": _COUNT,
+        "prefix": _STRING,
+    },
 }
 
 BACKENDS_HEALTH: Schema = {
-    "type": "object", "required": ["status", "backends"],
-    "properties": {"status": {"enum": ["healthy", "degraded", "unhealthy"]}, "service": _STRING,
-                   "backends": {"type": "array", "items": {"type": "object"}}},
+    "type": "object",
+    "required": ["status", "backends"],
+    "properties": {
+        "status": {"enum": ["healthy", "degraded", "unhealthy"]},
+        "service": _STRING,
+        "backends": {"type": "array", "items": {"type": "object"}},
+    },
 }
 
 PROBE_RESULT: Schema = {
-    "type": "object", "required": ["event_id", "probed", "healthy", "backends"],
-    "properties": {"event_id": _STRING, "probed": _COUNT, "healthy": _COUNT,
-                   "backends": {"type": "array", "items": {"type": "object"}}},
+    "type": "object",
+    "required": ["event_id", "probed", "healthy", "backends"],
+    "properties": {
+        "event_id": _STRING,
+        "probed": _COUNT,
+        "healthy": _COUNT,
+        "backends": {"type": "array", "items": {"type": "object"}},
+    },
 }
 
 
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
 BACKENDS_OVERVIEW: Schema = {
-    "type": "object", "required": ["window_s", "backends"],
+    "type": "object",
+    "required": ["window_s", "backends"],
     "properties": {
         "window_s": {"type": "number", "description": "how far back rate and p50 look (seconds actually covered)"},
-        "backends": {"type": "array", "items": {
-            "type": "object",
-            "required": ["url", "circuit", "failures", "healthy", "last_probe", "p50_ms", "requests_per_s"],
-            "properties": {
-                "url": _STRING, "circuit": {"enum": ["closed", "open", "half-open"]}, "failures": _COUNT,
-                "healthy": {"type": ["boolean", "null"], "description": "last probe; null when never probed"},
-                "last_probe": _NULLABLE_TIME, "probe_ms": _NULLABLE_NUMBER, "reason": _NULLABLE_STRING,
-                "models": {"type": "array", "items": _STRING},
-                "p50_ms": {**_NULLABLE_NUMBER, "description": "median Triton request latency over the window"},
-                "requests_per_s": {**_NULLABLE_NUMBER, "description": "Triton requests per second over the window"},
-                "requests": {"type": "object", "additionalProperties": _COUNT,
-                             "description": "requests by outcome since the counters began"},
-            }}},
+        "backends": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["url", "circuit", "failures", "healthy", "last_probe", "p50_ms", "requests_per_s"],
+                "properties": {
+                    "url": _STRING,
+                    "circuit": {"enum": ["closed", "open", "half-open"]},
+                    "failures": _COUNT,
+                    "healthy": {"type": ["boolean", "null"], "description": "last probe; null when never probed"},
+                    "last_probe": _NULLABLE_TIME,
+                    "probe_ms": _NULLABLE_NUMBER,
+                    "reason": _NULLABLE_STRING,
+                    "models": {"type": "array", "items": _STRING},
+                    "p50_ms": {**_NULLABLE_NUMBER, "description": "median Triton request latency over the window"},
+                    "requests_per_s": {**_NULLABLE_NUMBER, "description": "Triton requests per second over the window"},
+                    "requests": {
+                        "type": "object",
+                        "additionalProperties": _COUNT,
+                        "description": "requests by outcome since the counters began",
+                    },
+                },
+            },
+        },
     },
 }
 
 WHOAMI: Schema = {
-    "type": "object", "required": ["id", "name", "scopes"],
-    "properties": {"id": _NULLABLE_STRING, "name": _STRING,
-                   "scopes": {"type": "array", "items": {"enum": ["infer", "batch", "admin"]}},
-                   "rate_limit_per_minute": {"type": ["integer", "null"]}},
+    "type": "object",
+    "required": ["id", "name", "scopes"],
+    "properties": {
+        "id": _NULLABLE_STRING,
+        "name": _STRING,
+        "scopes": {"type": "array", "items": {"enum": ["infer", "batch", "admin"]}},
+        "rate_limit_per_minute": {"type": ["integer", "null"]},
+    },
 }
 
 
-HEALTH_ANSWERS = {200: ("healthy, or degraded (Redis unreachable)", HEALTH),
-                  503: ("unhealthy: a required dependency is unreachable", HEALTH)}
+HEALTH_ANSWERS = {
+    200: ("healthy, or degraded (Redis unreachable)", HEALTH),
+    503: ("unhealthy: a required dependency is unreachable", HEALTH),
+}
 
-_PAGE = (QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
-         QueryParam("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0}, "skip"))
-MODEL_FILTERS = (QueryParam("name", MODEL_NAME, "exact name"), QueryParam("framework", FRAMEWORK),
-                 QueryParam("status", MODEL_STATUS), QueryParam("tag", TAG, "models carrying this tag"), *_PAGE)
-BATCH_FILTERS = (QueryParam("status", {"enum": ["pending", "processing", "completed", "failed", "cancelled"]}),
-                 *_PAGE)
+_PAGE = (
+    QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
+    QueryParam("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0}, "skip"),
+)
+MODEL_FILTERS = (
+    QueryParam("name", MODEL_NAME, "exact name"),
+    QueryParam("framework", FRAMEWORK),
+    QueryParam("status", MODEL_STATUS),
+    QueryParam("tag", TAG, "models carrying this tag"),
+    *_PAGE,
+)
+BATCH_FILTERS = (QueryParam("status", {"enum": ["pending", "processing", "completed", "failed", "cancelled"]}), *_PAGE)

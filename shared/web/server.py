@@ -23,7 +23,7 @@ def framework_app(target: str, source: str) -> Any:
     """functions-framework's own ASGI app for a function file that is not a Kinfer function."""
     from functions_framework.aio import create_asgi_app
 
-    return create_asgi_app(target, source)
+    return create_asgi_app(target, source)  # type: ignore[no-untyped-call]
 
 
 def asgi_adapter(entry: Entry) -> ASGIApp:
@@ -81,8 +81,9 @@ async def _guarded(entry: Entry, request: Any) -> Any:
 
         logging.getLogger(__name__).exception("unhandled error outside dispatch")
         request_id = request_id_of(request.headers)
-        response = error_response(KinferError("internal error; the request id identifies it in the logs"),
-                                  request_id, "")
+        response = error_response(
+            KinferError("internal error; the request id identifies it in the logs"), request_id, ""
+        )
         response.headers["X-Request-ID"] = request_id
         return response
 
@@ -101,9 +102,16 @@ async def _lifespan(receive: Any, send: Any) -> None:
 # heads and answers protocol errors in JSON), keep-alive past Knative's idle timeout, no access log, no
 # X-Forwarded-* rewriting (nothing here uses the client address).
 HTTP_PROTOCOL = "shared.web.protocol:KinferHttpProtocol"
-SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": HTTP_PROTOCOL, "lifespan": "on", "access_log": False,
-                                  "log_level": "warning", "timeout_keep_alive": 75, "server_header": False,
-                                  "proxy_headers": False}
+SERVER_OPTIONS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": HTTP_PROTOCOL,
+    "lifespan": "on",
+    "access_log": False,
+    "log_level": "warning",
+    "timeout_keep_alive": 75,
+    "server_header": False,
+    "proxy_headers": False,
+}
 
 
 def with_thread_pool(app: ASGIApp, threads: int) -> ASGIApp:

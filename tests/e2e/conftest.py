@@ -33,14 +33,20 @@ def stack() -> Iterator[dict[str, str]]:
         started = _kinfer("up")
         if started.returncode != 0:
             pytest.fail(f"kinfer up failed:\n{started.stdout}\n{started.stderr}", pytrace=False)
-    yield {"gateway": "http://127.0.0.1:8080", "backends": "http://127.0.0.1:8081",
-           "infer": "http://127.0.0.1:8082", "models": "http://127.0.0.1:8083", "key": "demo-token"}
+    yield {
+        "gateway": "http://127.0.0.1:8080",
+        "backends": "http://127.0.0.1:8081",
+        "infer": "http://127.0.0.1:8082",
+        "models": "http://127.0.0.1:8083",
+        "key": "demo-token",
+    }
     if not reused:
         _kinfer("down")
 
 
-def http(method: str, url: str, body: Any = None, key: str | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+def http(
+    method: str, url: str, body: Any = None, key: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
     data = json.dumps(body).encode() if body is not None else None
     all_headers = {"Content-Type": "application/json", **(headers or {})}
     if key:

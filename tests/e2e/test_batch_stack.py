@@ -16,8 +16,9 @@ pytestmark = pytest.mark.e2e
 
 
 def kinfer_batch(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", "batch", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "batch", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_submit_wait_and_results(stack: dict[str, str], tmp_path: Path) -> None:
@@ -45,12 +46,25 @@ def test_cli_submit_wait_and_results(stack: dict[str, str], tmp_path: Path) -> N
 def test_cli_uploads_a_file_under_the_callers_prefix(stack: dict[str, str], tmp_path: Path) -> None:
     source = tmp_path / "upload me.jsonl"
     source.write_text("".join(json.dumps({"data": [5.1, 3.5, 1.4, 0.2]}) + "\n" for _ in range(12)))
-    run = kinfer_batch("submit", str(source), "--upload", "--model", "iris_classifier", "--wait",
-                       "--url", stack["gateway"], "--key", stack["key"])
+    run = kinfer_batch(
+        "submit",
+        str(source),
+        "--upload",
+        "--model",
+        "iris_classifier",
+        "--wait",
+        "--url",
+        stack["gateway"],
+        "--key",
+        stack["key"],
+    )
     assert run.returncode == 0, run.stderr
     assert "succeeded 12, failed 0 of 12" in run.stdout and "upload" in run.stderr
-    job = json.loads(kinfer_batch("status", run.stdout.split()[1].rstrip(":"), "-o", "json", "--url",
-                                  stack["gateway"], "--key", stack["key"]).stdout)
+    job = json.loads(
+        kinfer_batch(
+            "status", run.stdout.split()[1].rstrip(":"), "-o", "json", "--url", stack["gateway"], "--key", stack["key"]
+        ).stdout
+    )
     assert "/uploads/" in job["input_url"] and job["input_url"].endswith("/upload_me.jsonl")
 
 

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.e2e
 
 def kinfer(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("KINFER_")}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**base, "XDG_CONFIG_HOME": str(tmp_path), **env})
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**base, "XDG_CONFIG_HOME": str(tmp_path), **env},
+    )
 
 
 def test_infer_answers_and_errors_in_one_line(stack: dict[str, str], tmp_path: Path) -> None:
@@ -41,8 +47,9 @@ def test_infer_answers_and_errors_in_one_line(stack: dict[str, str], tmp_path: P
 
 def test_keys_over_the_gateway_and_a_new_key_at_work(stack: dict[str, str], tmp_path: Path) -> None:
     env = {"KINFER_URL": stack["gateway"], "KINFER_API_KEY": stack["key"]}
-    created = kinfer(tmp_path, "keys", "create", "--name", f"e2e-{uuid.uuid4().hex[:6]}", "--scopes", "infer",
-                     "-o", "json", **env)
+    created = kinfer(
+        tmp_path, "keys", "create", "--name", f"e2e-{uuid.uuid4().hex[:6]}", "--scopes", "infer", "-o", "json", **env
+    )
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)
     mine = {"KINFER_URL": stack["gateway"], "KINFER_API_KEY": key["key"]}

@@ -36,27 +36,44 @@ WAIT_S = 20
 def browser(stack: dict[str, str]) -> Iterator[Any]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not (p.is_file() and os.access(p, os.X_OK))]
     if missing:
-        pytest.fail(f"the console's browser tests need Debian's chromium and chromedriver; missing: "
-                    f"{', '.join(missing)} (apt-get install chromium chromium-driver, or run scripts/test, "
-                    "which installs them)", pytrace=False)
+        pytest.fail(
+            f"the console's browser tests need Debian's chromium and chromedriver; missing: "
+            f"{', '.join(missing)} (apt-get install chromium chromium-driver, or run scripts/test, "
+            "which installs them)",
+            pytrace=False,
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
-                           {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+    )
     driver.get(f"{stack['gateway']}/console/")
     SHOTS.mkdir(parents=True, exist_ok=True)
     yield driver
-    problems = [e["message"] for e in driver.get_log("browser")
-                if "Content Security Policy" in e["message"] or e["level"] == "SEVERE" and "favicon" not in e["message"]
-                and "/v1/" not in e["message"] and "/v2/" not in e["message"]]
+    problems = [
+        e["message"]
+        for e in driver.get_log("browser")
+        if "Content Security Policy" in e["message"]
+        or e["level"] == "SEVERE"
+        and "favicon" not in e["message"]
+        and "/v1/" not in e["message"]
+        and "/v2/" not in e["message"]
+    ]
     driver.quit()
     assert not problems, f"the page logged errors (CSP violations or script errors): {problems}"
 
@@ -183,13 +200,22 @@ def test_a_batch_file_runs_to_100_percent(browser: Any, tmp_path: Path) -> None:
     Select(by_css(browser, "#batch-model")).select_by_value("iris_classifier")
     by_css(browser, "#batch-file").send_keys(str(tmp_path / "rows.jsonl"))
     by_css(browser, "#batch-submit").click()
-    accepted = wait_for(browser, lambda: "accepted" in by_css(browser, "#batch-message").text
-                        and by_css(browser, "#batch-message").text, "the job was not accepted")
+    accepted = wait_for(
+        browser,
+        lambda: "accepted" in by_css(browser, "#batch-message").text and by_css(browser, "#batch-message").text,
+        "the job was not accepted",
+    )
     job_id = accepted.split()[1]
     card = f'article[data-job="{job_id}"]'
-    wait_for(browser, lambda: by_css(browser, f"{card} progress").get_attribute("data-progress") == "100"
-             and by_css(browser, card).get_attribute("data-status") == "completed", "the bar did not reach 100%",
-             timeout=60)
+    wait_for(
+        browser,
+        lambda: (
+            by_css(browser, f"{card} progress").get_attribute("data-progress") == "100"
+            and by_css(browser, card).get_attribute("data-status") == "completed"
+        ),
+        "the bar did not reach 100%",
+        timeout=60,
+    )
     text = by_css(browser, card).text
     assert "100%" in text and "41 of 41 processed" in text and "40 succeeded" in text and "1 failed" in text, text
     assert "first errors (1)" in text  # the row of two numbers, where the model takes four
@@ -203,8 +229,12 @@ def two_versions(stack: dict[str, str]) -> Iterator[str]:
     ids = []
     try:
         for version, k in (("1", 2.0), ("2", 3.0)):
-            status, body, _ = api(stack, "POST", "/v1/models", {"name": name, "version": version, "framework": "onnx",
-                                                                "format": "onnx", "upload": True})
+            status, body, _ = api(
+                stack,
+                "POST",
+                "/v1/models",
+                {"name": name, "version": version, "framework": "onnx", "format": "onnx", "upload": True},
+            )
             assert status == 201, body
             ids.append(body["id"])
             _upload(stack, body["id"], linear_onnx(k))
@@ -223,15 +253,19 @@ def two_versions(stack: dict[str, str]) -> Iterator[str]:
 def _upload(stack: dict[str, str], model_id: str, data: bytes) -> None:
     import urllib.request
 
-    req = urllib.request.Request(f"{stack['gateway']}/v1/models/{model_id}/artifact", data=data, method="PUT",
-                                 headers={"Authorization": f"Bearer {stack['key']}",
-                                          "Content-Type": "application/octet-stream"})
+    req = urllib.request.Request(
+        f"{stack['gateway']}/v1/models/{model_id}/artifact",
+        data=data,
+        method="PUT",
+        headers={"Authorization": f"Bearer {stack['key']}", "Content-Type": "application/octet-stream"},
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.status == 200
 
 
-def test_a_canary_split_set_from_the_page_shows_in_models(browser: Any, stack: dict[str, str],
-                                                          two_versions: str) -> None:
+def test_a_canary_split_set_from_the_page_shows_in_models(
+    browser: Any, stack: dict[str, str], two_versions: str
+) -> None:
     go(browser, "models")
     card = f'article[data-model="{two_versions}"]'
     wait_for(browser, lambda: all_css(browser, f"{card} form.split"), "no split form for two ready versions")
@@ -240,11 +274,14 @@ def test_a_canary_split_set_from_the_page_shows_in_models(browser: Any, stack: d
         field.clear()
         field.send_keys(weight)
     by_css(browser, f"{card} form.split button[type=submit]").click()
-    shown = wait_for(browser, lambda: by_css(browser, f'{card} [data-alias="production"] .split-text').text,
-                     "the split is not shown")
+    shown = wait_for(
+        browser, lambda: by_css(browser, f'{card} [data-alias="production"] .split-text').text, "the split is not shown"
+    )
     assert shown == "→ 1=90%, 2=10%", shown
-    assert api(stack, "GET", f"/v1/models/by-name/{two_versions}/aliases/production")[1]["versions"] == \
-        {"1": 90, "2": 10}
+    assert api(stack, "GET", f"/v1/models/by-name/{two_versions}/aliases/production")[1]["versions"] == {
+        "1": 90,
+        "2": 10,
+    }
     browser.execute_script("arguments[0].scrollIntoView()", by_css(browser, card))
     shot(browser, "models-split")
     go(browser, "models")
@@ -253,13 +290,27 @@ def test_a_canary_split_set_from_the_page_shows_in_models(browser: Any, stack: d
 
 
 def test_hostile_values_are_shown_as_text(browser: Any, stack: dict[str, str]) -> None:
-    status, body, _ = api(stack, "POST", "/v1/models", {"name": XSS, "version": "1", "framework": "onnx",
-                                                        "format": "onnx", "triton_model": "iris_classifier"})
+    status, body, _ = api(
+        stack,
+        "POST",
+        "/v1/models",
+        {"name": XSS, "version": "1", "framework": "onnx", "format": "onnx", "triton_model": "iris_classifier"},
+    )
     assert status == 400 and body["field"] == "name", "the registry refuses markup in names"
     name = f"console-xss-{uuid.uuid4().hex[:6]}"
-    status, model, _ = api(stack, "POST", "/v1/models", {"name": name, "version": "1", "framework": "onnx",
-                                                         "format": "onnx", "triton_model": "iris_classifier",
-                                                         "description": XSS})
+    status, model, _ = api(
+        stack,
+        "POST",
+        "/v1/models",
+        {
+            "name": name,
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "triton_model": "iris_classifier",
+            "description": XSS,
+        },
+    )
     assert status == 201, model
     try:
         go(browser, "models")
@@ -278,13 +329,25 @@ def test_a_stopped_backend_shows_an_open_circuit_and_its_job_is_cancelled(browse
     from shared.localstack.stack import UNREACHABLE_BACKEND
 
     name = f"console-down-{uuid.uuid4().hex[:6]}"
-    status, model, _ = api(stack, "POST", "/v1/models", {"name": name, "version": "1", "framework": "onnx",
-                                                         "format": "onnx", "triton_model": "iris_classifier",
-                                                         "backend_url": UNREACHABLE_BACKEND})
+    status, model, _ = api(
+        stack,
+        "POST",
+        "/v1/models",
+        {
+            "name": name,
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "triton_model": "iris_classifier",
+            "backend_url": UNREACHABLE_BACKEND,
+        },
+    )
     assert status == 201 and model.get("warnings"), model  # registered; nothing answers there
     try:
-        codes = [api(stack, "POST", "/v1/infer", {"model": name, "input": {"data": [[1, 2, 3, 4]]}})[1]["code"]
-                 for _ in range(8)]
+        codes = [
+            api(stack, "POST", "/v1/infer", {"model": name, "input": {"data": [[1, 2, 3, 4]]}})[1]["code"]
+            for _ in range(8)
+        ]
         assert codes[-1] == "circuit_open", codes
         go(browser, "backends")
         row = f'tr[data-backend="{UNREACHABLE_BACKEND}"]'
@@ -294,11 +357,21 @@ def test_a_stopped_backend_shows_an_open_circuit_and_its_job_is_cancelled(browse
         for i in range(31):  # traffic on the live backend: its rate and median appear with the next poll
             if i == 30:
                 time.sleep(1.1)  # a serving process flushes its tallies with the first request after a second
-            assert api(stack, "POST", "/v1/infer", {"model": "iris_classifier",
-                                                    "input": {"data": [[5.1, 3.5, 1.4, 0.2]]}})[0] == 200
-        wait_for(browser, lambda: by_css(browser, f"{healthy} td:nth-child(4)").text.endswith(" ms")
-                 and float(by_css(browser, f"{healthy} td:nth-child(5)").text) >= 0.2, "no rate or p50 shown",
-                 timeout=15)
+            assert (
+                api(
+                    stack, "POST", "/v1/infer", {"model": "iris_classifier", "input": {"data": [[5.1, 3.5, 1.4, 0.2]]}}
+                )[0]
+                == 200
+            )
+        wait_for(
+            browser,
+            lambda: (
+                by_css(browser, f"{healthy} td:nth-child(4)").text.endswith(" ms")
+                and float(by_css(browser, f"{healthy} td:nth-child(5)").text) >= 0.2
+            ),
+            "no rate or p50 shown",
+            timeout=15,
+        )
         wait_for(browser, lambda: "not ready" in by_css(browser, row).text, "the failed probe is not shown")
         shot(browser, "backends")
         shot(browser, "backends-phone", width=390)
@@ -316,8 +389,11 @@ def _cancel_from_the_page(browser: Any, stack: dict[str, str], model: str) -> No
     go(browser, "batch")
     card = f'article[data-job="{job["job_id"]}"]'
     wait_for(browser, lambda: by_css(browser, f"{card} button.cancel"), "no cancel button on an active job").click()
-    wait_for(browser, lambda: by_css(browser, card).get_attribute("data-status") == "cancelled",
-             "the job did not show as cancelled")
+    wait_for(
+        browser,
+        lambda: by_css(browser, card).get_attribute("data-status") == "cancelled",
+        "the job did not show as cancelled",
+    )
     assert not all_css(browser, f"{card} button.cancel")
     assert api(stack, "GET", f"/v1/batch/{job['job_id']}")[1]["status"] == "cancelled"
 
@@ -348,8 +424,11 @@ def test_phone_width_and_keyboard(browser: Any) -> None:
     focused = []
     for _ in range(4):
         browser.switch_to.active_element.send_keys(Keys.TAB)
-        focused.append(browser.execute_script(
-            "const e = document.activeElement; return e.tagName + ':' + (e.dataset.view || e.id || e.textContent)"))
+        focused.append(
+            browser.execute_script(
+                "const e = document.activeElement; return e.tagName + ':' + (e.dataset.view || e.id || e.textContent)"
+            )
+        )
     assert any(f.startswith("BUTTON:") for f in focused), focused
 
 
@@ -360,8 +439,9 @@ def test_sign_out_forgets_the_key(browser: Any) -> None:
 
 
 def test_a_key_without_admin_scope_gets_no_admin_buttons(browser: Any, stack: dict[str, str]) -> None:
-    status, key, _ = api(stack, "POST", "/v1/keys", {"name": f"console-{uuid.uuid4().hex[:6]}",
-                                                     "scopes": ["infer", "batch"]})
+    status, key, _ = api(
+        stack, "POST", "/v1/keys", {"name": f"console-{uuid.uuid4().hex[:6]}", "scopes": ["infer", "batch"]}
+    )
     assert status == 201, key
     try:
         sign_in(browser, key["key"])

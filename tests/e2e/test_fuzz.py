@@ -34,29 +34,45 @@ from tests.e2e.conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 FUZZ_EXAMPLES = int(os.environ.get("KINFER_FUZZ_EXAMPLES", "200"))
-CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
-          checks.response_schema_conformance, checks.response_headers_conformance]
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+    checks.response_headers_conformance,
+]
 STATUSES: Counter[int] = Counter()
 
 
 def _kinfer(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 @pytest.fixture(scope="module")
 def fuzz_key(stack: dict[str, str]) -> Iterator[str]:
-    out = _kinfer("keys", "create", "--name", f"fuzz-{uuid.uuid4().hex[:8]}", "--scopes", "infer,batch,admin",
-                  "--rate-limit", "1000000")
+    out = _kinfer(
+        "keys",
+        "create",
+        "--name",
+        f"fuzz-{uuid.uuid4().hex[:8]}",
+        "--scopes",
+        "infer,batch,admin",
+        "--rate-limit",
+        "1000000",
+    )
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     before = _model_ids()
     yield fields["key"].strip()
     _kinfer("keys", "revoke", fields["id"].strip())
     _delete_models_except(before)
-    print(f"\nfuzz: {sum(STATUSES.values())} requests, statuses {dict(sorted(STATUSES.items()))}, "
-          f"{sum(n for s, n in STATUSES.items() if s >= 500)} server errors")
+    print(
+        f"\nfuzz: {sum(STATUSES.values())} requests, statuses {dict(sorted(STATUSES.items()))}, "
+        f"{sum(n for s, n in STATUSES.items() if s >= 500)} server errors"
+    )
 
 
 def _model_ids() -> set[str]:
@@ -92,8 +108,14 @@ def fuzz_operation(operation: Any, mode: GenerationMode, gateway: str, key: str)
     failures: list[str] = []
     session = requests.Session()
 
-    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
         headers = {k: v for k, v in (case.headers or {}).items() if k.lower() not in ("authorization", "x-api-key")}
@@ -105,8 +127,10 @@ def fuzz_operation(operation: Any, mode: GenerationMode, gateway: str, key: str)
         except BaseException as exc:  # schemathesis's failure group: keep going, report them all
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
-            failures.append(f"{operation.label} [{mode.value}] -> {response.status_code}: {str(exc)[:800]}\n"
-                            f"  reproduce: {case.as_curl_command()}")
+            failures.append(
+                f"{operation.label} [{mode.value}] -> {response.status_code}: {str(exc)[:800]}\n"
+                f"  reproduce: {case.as_curl_command()}"
+            )
 
     try:
         run()
@@ -120,13 +144,17 @@ def test_every_answer_is_documented_and_never_a_server_error(stack: dict[str, st
     schema.config.generation.update(with_security_parameters=False)
     # Registry writes last: a model the run registers has no Triton model behind it, and inference on it
     # is a backend error (502 model_not_loaded), not a property of the request that was fuzzed.
-    operations = sorted((result.ok() for result in schema.get_all_operations()),
-                        key=lambda op: (op.path.startswith("/v1/models"), op.label))
+    operations = sorted(
+        (result.ok() for result in schema.get_all_operations()),
+        key=lambda op: (op.path.startswith("/v1/models"), op.label),
+    )
     assert len(operations) >= 14, [op.label for op in operations]
     started, failures = time.monotonic(), []
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             failures += fuzz_operation(operation, mode, stack["gateway"], fuzz_key)
-    print(f"\nfuzz: {len(operations)} operations x 2 modes x up to {FUZZ_EXAMPLES} examples in "
-          f"{time.monotonic() - started:.0f}s")
+    print(
+        f"\nfuzz: {len(operations)} operations x 2 modes x up to {FUZZ_EXAMPLES} examples in "
+        f"{time.monotonic() - started:.0f}s"
+    )
     assert not failures, "\n".join(dict.fromkeys(failures))

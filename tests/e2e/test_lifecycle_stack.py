@@ -20,12 +20,18 @@ pytestmark = pytest.mark.e2e
 
 
 def kinfer_models(stack: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", "models", *args, "--url", stack["gateway"],
-                           "--key", stack["key"]], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "models", *args, "--url", stack["gateway"], "--key", stack["key"]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
-def infer(stack: dict[str, str], name: str, x: float, version: str | None = None,
-          route_key: str | None = None) -> tuple[int, dict, dict]:
+def infer(
+    stack: dict[str, str], name: str, x: float, version: str | None = None, route_key: str | None = None
+) -> tuple[int, dict, dict]:
     body = {"model": name, "input": {"data": [x]}, **({"version": version} if version else {})}
     headers = {"X-Route-Key": route_key} if route_key else None
     return http("POST", f"{stack['gateway']}/v1/infer", body, key=stack["key"], headers=headers)

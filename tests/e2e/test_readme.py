@@ -40,19 +40,27 @@ def _env(home: Path) -> dict[str, str]:
     venv_bin = str(ROOT / ".venv" / "bin")
     path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p and p != venv_bin]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KINFER_", "VIRTUAL_ENV"))}
-    return {**env, "PATH": os.pathsep.join(path), "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-            "KINFER_NO_LINK": "1"}
+    return {
+        **env,
+        "PATH": os.pathsep.join(path),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "KINFER_NO_LINK": "1",
+    }
 
 
 def test_every_runnable_readme_block_runs_as_written(stack: dict[str, str], tmp_path: Path) -> None:
     blocks = bash_blocks()
     assert [b.code for b in blocks[:2]] == ["scripts/up", "scripts/test"], "the two commands stay at the top"
     _clean(stack)
-    done = subprocess.run(["bash", "-c", script(blocks)], cwd=ROOT, env=_env(tmp_path), capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", "-c", script(blocks)], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
     markers = [line for line in done.stderr.splitlines() if line.startswith("::readme block")]
     where = markers[-1].removeprefix("::") if markers else "before the first block"
-    assert done.returncode == 0, (f"the README {where} failed (exit {done.returncode}):\n"
-                                  f"--- stdout (tail)\n{done.stdout[-4000:]}\n--- stderr (tail)\n{done.stderr[-4000:]}")
+    assert done.returncode == 0, (
+        f"the README {where} failed (exit {done.returncode}):\n"
+        f"--- stdout (tail)\n{done.stdout[-4000:]}\n--- stderr (tail)\n{done.stderr[-4000:]}"
+    )
     ran = sum(1 for b in blocks if b.skip is None)
     assert len(markers) == ran and ran >= 10

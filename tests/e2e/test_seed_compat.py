@@ -36,9 +36,16 @@ UNREACHABLE = "127.0.0.1:8011"  # the local stack allows it; nothing listens the
 
 def seed_model(**over: Any) -> dict[str, Any]:
     """A registration exactly as the original clients send it (a field given as None is left out)."""
-    body = {"name": f"test-model-{uuid.uuid4().hex[:8]}", "version": "1.0.0", "framework": "pytorch",
-            "format": "onnx", "backend_url": "http://triton:8001", "description": "integration test model",
-            "status": "active", **over}
+    body = {
+        "name": f"test-model-{uuid.uuid4().hex[:8]}",
+        "version": "1.0.0",
+        "framework": "pytorch",
+        "format": "onnx",
+        "backend_url": "http://triton:8001",
+        "description": "integration test model",
+        "status": "active",
+        **over,
+    }
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -75,6 +82,11 @@ def test_registry_crud_with_the_triton_backend_name() -> None:
     assert status == 200 and fetched["name"] == model["name"] and fetched["description"] == "integration test model"
     status, updated, _ = http("PUT", f"{METADATA}/v1/models/{model['id']}", {"description": "updated"})
     assert status == 200 and updated["description"] == "updated" and updated["id"] == model["id"]
+    # A client that PUTs back the whole object it read, with a change, is understood too.
+    status, updated, _ = http("PUT", f"{METADATA}/v1/models/{model['id']}", {**fetched, "status": "deprecated"})
+    assert status == 200 and (updated["status"], updated["description"]) == ("deprecated", "integration test model")
+    status, body, _ = http("PUT", f"{METADATA}/v1/models/{model['id']}", {**fetched, "version": "2.0.0"})
+    assert status == 400 and body["field"] == "version", "a field that cannot change is still refused"
     assert http("DELETE", f"{METADATA}/v1/models/{model['id']}")[0] == 204
     assert http("GET", f"{METADATA}/v1/models/{model['id']}")[0] == 404
 
@@ -151,8 +163,9 @@ def test_realtime_invalid_input() -> None:
 
 def test_realtime_tracing_headers() -> None:
     trace = uuid.uuid4().hex
-    status, body, headers = infer("iris_classifier", IRIS, **{"X-Request-ID": "seed-req-1",
-                                                              "traceparent": f"00-{trace}-{'1' * 16}-01"})
+    status, body, headers = infer(
+        "iris_classifier", IRIS, **{"X-Request-ID": "seed-req-1", "traceparent": f"00-{trace}-{'1' * 16}-01"}
+    )
     assert status == 200 and headers["X-Request-ID"] == "seed-req-1" == body["request_id"]
     assert headers["X-Trace-ID"] == trace
 
@@ -245,8 +258,10 @@ def test_backend_health_tracking_and_metrics() -> None:
     before = metric(r'kinfer_backend_requests_total\{backend="127.0.0.1:8001",outcome="success"\}')
     for _ in range(5):
         assert infer("iris_classifier", IRIS)[0] == 200
-    assert eventually(lambda: metric(r'kinfer_backend_requests_total\{backend="127.0.0.1:8001",outcome="success"\}')
-                      > before, timeout=30), "the request counter moves"
+    assert eventually(
+        lambda: metric(r'kinfer_backend_requests_total\{backend="127.0.0.1:8001",outcome="success"\}') > before,
+        timeout=30,
+    ), "the request counter moves"
     text = metrics_text()
     for name in ("kinfer_circuit_state", "kinfer_backend_healthy", "kinfer_model_requests_total"):
         assert f"# TYPE {name} " in text, name
@@ -264,8 +279,12 @@ def metric(pattern: str) -> float:
 
 
 def test_load_balancing_over_replicas_survives_a_dead_one() -> None:
-    model = register(framework="onnx", triton_model="iris_classifier", backend_url=None,
-                     backend_urls=["http://triton:8001", UNREACHABLE])
+    model = register(
+        framework="onnx",
+        triton_model="iris_classifier",
+        backend_url=None,
+        backend_urls=["http://triton:8001", UNREACHABLE],
+    )
     answers = [infer(model["name"], IRIS)[0] for _ in range(20)]
     assert answers.count(200) == 20, answers
     assert backend(UNREACHABLE), "both replicas are tracked"
@@ -281,8 +300,15 @@ def test_every_service_is_healthy_on_its_seed_port() -> None:
 def test_full_pipeline_register_infer_batch_monitor() -> None:
     model = register(framework="onnx", triton_model="iris_classifier")
     assert infer(model["name"], IRIS)[1]["prediction"] == "setosa"
-    assert http("POST", f"{ORCHESTRATOR}/v1/infer", {"model": model["name"], "input": {"data": IRIS}},
-                headers={"X-API-Key": KEY})[0] == 200
+    assert (
+        http(
+            "POST",
+            f"{ORCHESTRATOR}/v1/infer",
+            {"model": model["name"], "input": {"data": IRIS}},
+            headers={"X-API-Key": KEY},
+        )[0]
+        == 200
+    )
     done = finished(submit([{"data": IRIS}, {"data": [6.7, 3.0, 5.2, 2.3]}], model=model["name"]))
     assert done["status"] == "completed" and done["succeeded"] == 2
     assert eventually(lambda: f'model="{model["name"]}"' in metrics_text(), timeout=30), "monitored per model"

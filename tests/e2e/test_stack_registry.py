@@ -20,8 +20,14 @@ def test_every_function_is_healthy(stack: dict[str, str]) -> None:
 
 def test_register_and_fetch_on_the_internal_port(stack: dict[str, str]) -> None:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
-    model = {"name": name, "version": "1.0", "framework": "onnx", "format": "onnx",
-             "backend_url": "127.0.0.1:8001", "triton_model": "iris_classifier"}
+    model = {
+        "name": name,
+        "version": "1.0",
+        "framework": "onnx",
+        "format": "onnx",
+        "backend_url": "127.0.0.1:8001",
+        "triton_model": "iris_classifier",
+    }
     status, created, headers = http("POST", f"{stack['models']}/v1/models", model)
     assert status == 201 and headers["X-Request-ID"]
     status, fetched, _ = http("GET", f"{stack['models']}/v1/models/{created['id']}")
@@ -40,6 +46,8 @@ def test_gateway_requires_a_key_and_admin_for_writes(stack: dict[str, str]) -> N
     assert http("GET", f"{stack['gateway']}/v1/models", key="wrong-key")[0] == 401
     status, body, headers = http("GET", f"{stack['gateway']}/v1/models?limit=5", key=stack["key"])
     assert status == 200 and "X-RateLimit-Limit" in headers
-    demo = {m["name"] for m in http("GET", f"{stack['gateway']}/v1/models?tag=demo&limit=500",
-                                    key=stack["key"])[1]["models"]}
+    demo = {
+        m["name"]
+        for m in http("GET", f"{stack['gateway']}/v1/models?tag=demo&limit=500", key=stack["key"])[1]["models"]
+    }
     assert {"iris_classifier", "vector_scorer"} <= demo, "kinfer up seeds the demo models"

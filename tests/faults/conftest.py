@@ -55,12 +55,14 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run([self.pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.folder / "pg.log"), "-w",
-                   "start"])
+        self._run([self.pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.folder / "pg.log"), "-w", "start"])
 
     def stop(self, mode: str = "immediate") -> None:
-        subprocess.run(_as_postgres([self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"]),
-                       capture_output=True, check=False)
+        subprocess.run(
+            _as_postgres([self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"]),
+            capture_output=True,
+            check=False,
+        )
 
     def remove(self) -> None:
         self.stop()
@@ -121,8 +123,9 @@ class Answer:
 class Load:
     """``threads`` clients calling ``send(session) -> requests.Response`` until stopped (bounded by ``limit_s``)."""
 
-    def __init__(self, send: Callable[[requests.Session], requests.Response], threads: int = 4,
-                 limit_s: float = 60.0) -> None:
+    def __init__(
+        self, send: Callable[[requests.Session], requests.Response], threads: int = 4, limit_s: float = 60.0
+    ) -> None:
         self.send, self.limit_s = send, limit_s
         self.answers: list[Answer] = []
         self.sent = 0
@@ -194,18 +197,38 @@ def assert_unavailable_answers(answers: list[Answer]) -> None:
 
 
 @contextmanager
-def served(folder: str, target: str, settings: Any, log_dir: Path, extra_env: dict[str, str] | None = None,
-           workers: int = 1, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def served(
+    folder: str,
+    target: str,
+    settings: Any,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    workers: int = 1,
+    port: int | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``functions/<folder>/main.py`` under `kinfer serve` on ``port`` (default: a free one), its output in
     a log file (a pipe nobody reads would block the server once full); yields (base URL, process)."""
     port = port or free_port()
     env = {**os.environ, **settings_env(settings), "K_SERVICE": folder, **(extra_env or {})}
-    cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--target",
-           target, "--source", f"functions/{folder}/main.py", "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--target",
+        target,
+        "--source",
+        f"functions/{folder}/main.py",
+        "--workers",
+        str(workers),
+    ]
     log_path = log_dir / f"{folder}-{port}.log"
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -217,8 +240,7 @@ def served(folder: str, target: str, settings: Any, log_dir: Path, extra_env: di
                 break
             except requests.RequestException:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"{folder} did not answer within 60 s: {log_path.read_text()[-2000:]}",
-                                pytrace=False)
+                    pytest.fail(f"{folder} did not answer within 60 s: {log_path.read_text()[-2000:]}", pytrace=False)
                 time.sleep(0.1)
         yield base, proc
     finally:

@@ -66,9 +66,16 @@ class BatchRig:
     relay_pid: int = 0
 
     def start_relay(self) -> None:
-        self.relay_pid = relay_server.spawn(self.targets, manifests=self.manifests, port=self.relay_port,
-                                           redis_url=self.settings.redis_url, log_path=self.tmp / "relay.log",
-                                           idle_timeout_s=2.0, key_prefix=self.key_prefix, workers=8)
+        self.relay_pid = relay_server.spawn(
+            self.targets,
+            manifests=self.manifests,
+            port=self.relay_port,
+            redis_url=self.settings.redis_url,
+            log_path=self.tmp / "relay.log",
+            idle_timeout_s=2.0,
+            key_prefix=self.key_prefix,
+            workers=8,
+        )
 
     def unacked(self) -> int:
         """Events the relay took from its stream and never acknowledged."""
@@ -79,12 +86,12 @@ class BatchRig:
         return int(client.xpending(key, "faults-batch-worker")["pending"])
 
     def worker(self) -> Any:
-        return served("batch_worker", "process_batch_chunk", self.settings, self.tmp, workers=2,
-                      port=self.worker_port)
+        return served("batch_worker", "process_batch_chunk", self.settings, self.tmp, workers=2, port=self.worker_port)
 
     def submit(self, n: int) -> str:
         resp = function_client("batch", "manage_batch_jobs").post(
-            "/v1/batch", json={"model": self.model, "inputs": [{"data": IRIS}] * n})
+            "/v1/batch", json={"model": self.model, "inputs": [{"data": IRIS}] * n}
+        )
         assert resp.status_code == 202, resp.text
         return str(resp.json()["job_id"])
 
@@ -108,8 +115,7 @@ class BatchRig:
 
     def check_exactly_once(self, job_id: str, total: int, label: str) -> None:
         job = self.wait(job_id)
-        assert (job["status"], job["completed"], job["succeeded"], job["failed"]) == \
-            ("completed", total, total, 0), job
+        assert (job["status"], job["completed"], job["succeeded"], job["failed"]) == ("completed", total, total, 0), job
         with urllib.request.urlopen(job["result_url"], timeout=30) as resp:
             lines = [json.loads(line) for line in resp.read().splitlines()]
         indexes = [line["index"] for line in lines]
@@ -118,21 +124,25 @@ class BatchRig:
         from shared.services import get_services
 
         with get_services().db.begin() as conn:
-            chunks = conn.execute(sa.select(store.batch_chunks).where(
-                store.batch_chunks.c.job_id == uuid.UUID(job_id))).all()
+            chunks = conn.execute(
+                sa.select(store.batch_chunks).where(store.batch_chunks.c.job_id == uuid.UUID(job_id))
+            ).all()
         assert {c.status for c in chunks} == {"done"}, "a chunk was dead-lettered"
         retried = sum(c.attempts - 1 for c in chunks)
-        print(f"\n{label}: {total} items in {len(chunks)} chunks; results hold every index exactly once "
-              f"({len(lines)} lines, 0 missing, 0 repeated); {retried} chunk(s) inferred again after an "
-              "interrupted attempt; 0 dead-lettered")
+        print(
+            f"\n{label}: {total} items in {len(chunks)} chunks; results hold every index exactly once "
+            f"({len(lines)} lines, 0 missing, 0 repeated); {retried} chunk(s) inferred again after an "
+            "interrupted attempt; 0 dead-lettered"
+        )
 
 
 @pytest.fixture(scope="module")
 def batch_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     from shared.localstack.triton import default_repository
 
-    server = TritonServer(default_repository(), tmp_path_factory.mktemp("faults-batch-triton"),
-                          *[free_port() for _ in range(3)])
+    server = TritonServer(
+        default_repository(), tmp_path_factory.mktemp("faults-batch-triton"), *[free_port() for _ in range(3)]
+    )
     server.start(timeout=120)
     yield server
     server.stop()
@@ -150,16 +160,35 @@ def rig(base_settings: Any, batch_triton: TritonServer, tmp_path: Path) -> Itera
     manifests.mkdir()
     (manifests / "eventing.yaml").write_text(MANIFEST.format(topic=f"faults.chunks.{uid}"))
     worker_port, dead_port, relay_port = free_port(), free_port(), free_port()
-    settings = replace(base_settings, s3_endpoint_url=s3.url, batch_chunk_size=50,
-                       k_sink=f"http://127.0.0.1:{relay_port}/kinfer/batch-chunks",
-                       s3_input_bucket=f"in-{uid}", s3_results_bucket=f"out-{uid}")
+    settings = replace(
+        base_settings,
+        s3_endpoint_url=s3.url,
+        batch_chunk_size=50,
+        k_sink=f"http://127.0.0.1:{relay_port}/kinfer/batch-chunks",
+        s3_input_bucket=f"in-{uid}",
+        s3_results_bucket=f"out-{uid}",
+    )
     services = reset_services(settings)
-    rig = BatchRig(settings, tmp_path, worker_port, relay_port, manifests, f"kinfer:faults:{uid}:",
-                   {"batch-worker": f"http://127.0.0.1:{worker_port}/",
-                    "batch-deadletter": f"http://127.0.0.1:{dead_port}/"})
-    rig.model = registry.create_model(services, {  # type: ignore[attr-defined]
-        "name": f"iris-batch-{uid}", "version": "1", "framework": "onnx", "format": "onnx",
-        "backend_url": batch_triton.grpc_url, "triton_model": "iris_classifier"})["name"]
+    rig = BatchRig(
+        settings,
+        tmp_path,
+        worker_port,
+        relay_port,
+        manifests,
+        f"kinfer:faults:{uid}:",
+        {"batch-worker": f"http://127.0.0.1:{worker_port}/", "batch-deadletter": f"http://127.0.0.1:{dead_port}/"},
+    )
+    rig.model = registry.create_model(
+        services,
+        {  # type: ignore[attr-defined]
+            "name": f"iris-batch-{uid}",
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": batch_triton.grpc_url,
+            "triton_model": "iris_classifier",
+        },
+    )["name"]
     with served("batch_deadletter", "fail_dead_chunk", settings, tmp_path, port=dead_port):
         yield rig
     procs.stop(rig.relay_pid)

@@ -18,8 +18,9 @@ from tests.faults.conftest import Load, PrivatePostgres, assert_unavailable_answ
 pytestmark = pytest.mark.faults
 
 
-def test_postgres_stopped_under_load_then_started(base_settings: Any, private_postgres: PrivatePostgres,
-                                                  tmp_path: Path) -> None:
+def test_postgres_stopped_under_load_then_started(
+    base_settings: Any, private_postgres: PrivatePostgres, tmp_path: Path
+) -> None:
     from shared import registry
     from shared.clients import db
     from shared.services import reset_services
@@ -31,8 +32,10 @@ def test_postgres_stopped_under_load_then_started(base_settings: Any, private_po
     name = f"pg-fault-{uuid.uuid4().hex[:8]}"
     model = registry.create_model(services, {"name": name, "version": "1", "framework": "onnx", "format": "onnx"})
     reset_services(None)
-    with served("models", "manage_models", settings, tmp_path) as (models, _), \
-            served("batch", "manage_batch_jobs", settings, tmp_path) as (batch, _):
+    with (
+        served("models", "manage_models", settings, tmp_path) as (models, _),
+        served("batch", "manage_batch_jobs", settings, tmp_path) as (batch, _),
+    ):
         targets = [f"{models}/v1/models/{model['id']}", f"{models}/v1/models?name={name}", f"{batch}/v1/batch"]
 
         def send(session: requests.Session) -> requests.Response:
@@ -68,6 +71,8 @@ def test_postgres_stopped_under_load_then_started(base_settings: Any, private_po
     assert after.status_code == 201 and listed["total"] == 2  # the refused create did not land; no duplicate
     assert len(answers) == load.sent
     counts = load.counts()
-    print(f"\npostgres stop: {load.sent} requests, {counts[200]} x 200, {counts[503]} x 503, 0 other; during the "
-          f"outage {unavailable}/{len(outage)} answered 503 (the rest from the Redis cache); health 503, livez 200; "
-          f"first batch list 200 {recovered:.2f}s after PostgreSQL started; 2 model rows (refused create absent)")
+    print(
+        f"\npostgres stop: {load.sent} requests, {counts[200]} x 200, {counts[503]} x 503, 0 other; during the "
+        f"outage {unavailable}/{len(outage)} answered 503 (the rest from the Redis cache); health 503, livez 200; "
+        f"first batch list 200 {recovered:.2f}s after PostgreSQL started; 2 model rows (refused create absent)"
+    )

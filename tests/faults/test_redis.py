@@ -19,20 +19,32 @@ from tests.faults.conftest import Load, RestartableRedis, assert_unavailable_ans
 pytestmark = pytest.mark.faults
 
 
-def test_redis_paused_then_killed_under_load(base_settings: Any, restartable_redis: RestartableRedis,
-                                             fault_triton: TritonServer, tmp_path: Path) -> None:
+def test_redis_paused_then_killed_under_load(
+    base_settings: Any, restartable_redis: RestartableRedis, fault_triton: TritonServer, tmp_path: Path
+) -> None:
     from shared import registry
     from shared.services import reset_services
 
     settings = replace(base_settings, redis_url=restartable_redis.url)
     services = reset_services(settings)
     name = f"iris-redis-{uuid.uuid4().hex[:8]}"
-    model = registry.create_model(services, {"name": name, "version": "1", "framework": "onnx", "format": "onnx",
-                                             "backend_url": fault_triton.grpc_url,
-                                             "triton_model": "iris_classifier", "description": "v0"})
+    model = registry.create_model(
+        services,
+        {
+            "name": name,
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": fault_triton.grpc_url,
+            "triton_model": "iris_classifier",
+            "description": "v0",
+        },
+    )
     reset_services(None)
-    with served("models", "manage_models", settings, tmp_path) as (models, _), \
-            served("infer", "run_inference", settings, tmp_path) as (infer, _):
+    with (
+        served("models", "manage_models", settings, tmp_path) as (models, _),
+        served("infer", "run_inference", settings, tmp_path) as (infer, _),
+    ):
         body = {"model": name, "input": {"data": [5.1, 3.5, 1.4, 0.2]}}
 
         def send(session: requests.Session) -> requests.Response:
@@ -89,7 +101,9 @@ def test_redis_paused_then_killed_under_load(base_settings: Any, restartable_red
     reads_after = [a for a in load.since(restarted + recovered + 0.3) if a.status == 200 and "model" not in a.body]
     assert all(a.body["description"] == "v3" for a in reads_after), "a read after the write was stale"
     counts = load.counts()
-    print(f"\nredis pause+kill: {load.sent} requests (reads + inference), {counts[200]} x 200, {counts[503]} x 503, "
-          f"0 other; during the outages {ok_in_outage}/{len(outage)} answered 200; writes refused "
-          f"{writes['paused'].count(503) + writes['killed'].count(503)}/6 with 503; writes back "
-          f"{recovered:.2f}s after Redis restarted; 0 stale reads, 1 model row")
+    print(
+        f"\nredis pause+kill: {load.sent} requests (reads + inference), {counts[200]} x 200, {counts[503]} x 503, "
+        f"0 other; during the outages {ok_in_outage}/{len(outage)} answered 200; writes refused "
+        f"{writes['paused'].count(503) + writes['killed'].count(503)}/6 with 503; writes back "
+        f"{recovered:.2f}s after Redis restarted; 0 stale reads, 1 model row"
+    )

@@ -19,13 +19,23 @@ from tests.faults.conftest import Load, assert_unavailable_answers, served
 pytestmark = pytest.mark.faults
 
 
-def test_triton_killed_under_load_then_restarted(services: Any, base_settings: Any, fault_triton: TritonServer,
-                                                 tmp_path: Path) -> None:
+def test_triton_killed_under_load_then_restarted(
+    services: Any, base_settings: Any, fault_triton: TritonServer, tmp_path: Path
+) -> None:
     from shared import registry
 
     name = f"iris-fault-{uuid.uuid4().hex[:8]}"
-    registry.create_model(services, {"name": name, "version": "1", "framework": "onnx", "format": "onnx",
-                                     "backend_url": fault_triton.grpc_url, "triton_model": "iris_classifier"})
+    registry.create_model(
+        services,
+        {
+            "name": name,
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": fault_triton.grpc_url,
+            "triton_model": "iris_classifier",
+        },
+    )
     env = {"BREAKER_RESET_TIMEOUT_S": "1", "TRITON_TIMEOUT_S": "2"}
     with served("infer", "run_inference", base_settings, tmp_path, env) as (url, _):
         body = {"model": name, "input": {"data": [5.1, 3.5, 1.4, 0.2]}}
@@ -53,7 +63,9 @@ def test_triton_killed_under_load_then_restarted(services: Any, base_settings: A
     assert len(answers) == load.sent, "a request got no answer"
     assert all(a.status in (200, 503) for a in answers)
     counts = load.counts()
-    print(f"\ntriton kill: {load.sent} requests, {counts[200]} x 200, {counts[503]} x 503 "
-          f"({sum(1 for a in outage if a.body and a.body.get('code') == 'circuit_open')} circuit_open), "
-          f"0 other; first 503 {first_503:.2f}s after the kill; Triton restart {ready - restarted:.1f}s; "
-          f"first 200 {recovered:.2f}s after Triton was ready")
+    print(
+        f"\ntriton kill: {load.sent} requests, {counts[200]} x 200, {counts[503]} x 503 "
+        f"({sum(1 for a in outage if a.body and a.body.get('code') == 'circuit_open')} circuit_open), "
+        f"0 other; first 503 {first_503:.2f}s after the kill; Triton restart {ready - restarted:.1f}s; "
+        f"first 200 {recovered:.2f}s after Triton was ready"
+    )

@@ -33,11 +33,13 @@ def settings_env(settings: Any) -> dict[str, str]:
 
 
 @contextmanager
-def serve_function(folder: str, target: str, port: int, settings: Any,
-                   extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
+def serve_function(
+    folder: str, target: str, port: int, settings: Any, extra_env: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """Serve ``functions/<folder>/main.py`` on 127.0.0.1:``port``; yields the base URL."""
-    with _serve(["--target", target, "--source", f"functions/{folder}/main.py"], folder, port, settings,
-                extra_env) as base:
+    with _serve(
+        ["--target", target, "--source", f"functions/{folder}/main.py"], folder, port, settings, extra_env
+    ) as base:
         yield base
 
 
@@ -49,8 +51,9 @@ def serve_gateway(port: int, settings: Any, extra_env: Mapping[str, str] | None 
 
 
 @contextmanager
-def _serve(args: list[str], service: str, port: int, settings: Any,
-           extra_env: Mapping[str, str] | None) -> Iterator[str]:
+def _serve(
+    args: list[str], service: str, port: int, settings: Any, extra_env: Mapping[str, str] | None
+) -> Iterator[str]:
     env = {**os.environ, **settings_env(settings), "K_SERVICE": service, **dict(extra_env or {})}
     cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     log = tempfile.TemporaryFile()  # a file, not a pipe: a pipe nobody reads stalls the server once full

@@ -28,8 +28,15 @@ def unique(prefix: str = "m") -> str:
 
 
 def model_body(**over: Any) -> dict[str, Any]:
-    body = {"name": unique(), "version": "1.0", "framework": "onnx", "format": "onnx",
-            "backend_url": "127.0.0.1:8001", "tags": ["demo"], "metadata": {"owner": "tests"}}
+    body = {
+        "name": unique(),
+        "version": "1.0",
+        "framework": "onnx",
+        "format": "onnx",
+        "backend_url": "127.0.0.1:8001",
+        "tags": ["demo"],
+        "metadata": {"owner": "tests"},
+    }
     body.update(over)
     return body
 
@@ -90,8 +97,13 @@ def test_list_filters_pagination_and_order(client: Any) -> None:
     name, tag = unique("list"), unique("tag")
     ids = []
     for version, framework in (("1", "onnx"), ("2", "pytorch"), ("3", "onnx")):
-        body = model_body(name=name, version=version, framework=framework,
-                          format="onnx" if framework == "onnx" else "torchscript", tags=[tag])
+        body = model_body(
+            name=name,
+            version=version,
+            framework=framework,
+            format="onnx" if framework == "onnx" else "torchscript",
+            tags=[tag],
+        )
         ids.append(client.post("/v1/models", json=body).json()["id"])
     client.patch(f"/v1/models/{ids[0]}", json={"status": "deprecated"})
     page = client.get(f"/v1/models?tag={tag}").json()
@@ -103,8 +115,7 @@ def test_list_filters_pagination_and_order(client: Any) -> None:
     assert [m["id"] for m in second["models"]] == [ids[1]] and second["total"] == 3
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=abc", "offset=-1", "framework=keras",
-                                   "status=gone"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=abc", "offset=-1", "framework=keras", "status=gone"])
 def test_list_bad_query_is_400(client: Any, query: str) -> None:
     resp = client.get(f"/v1/models?{query}")
     assert resp.status_code == 400 and resp.json()["field"] in query
@@ -125,6 +136,24 @@ def test_put_and_patch_update_partially(client: Any) -> None:
     assert client.patch(f"/v1/models/{uuid.uuid4()}", json={"status": "active"}).status_code == 404
 
 
+def test_put_of_the_whole_representation_changes_only_what_changed(client: Any) -> None:
+    """Clients that PUT back the object they read (with id, name, timestamps...) are understood."""
+    created = client.post("/v1/models", json=model_body(backend_url="a:1")).json()
+    read = client.get(f"/v1/models/{created['id']}").json()
+    resp = client.put(f"/v1/models/{created['id']}", json={**read, "description": "edited", "warnings": []})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["description"] == "edited" and resp.json()["backend_urls"] == ["a:1"]
+    moved = client.put(f"/v1/models/{created['id']}", json={**read, "backend_urls": ["b:2"], "backend_url": "b:2"})
+    assert moved.status_code == 200 and moved.json()["backend_urls"] == ["b:2"], moved.text
+    for field, value in (("name", "other"), ("created_at", "2020-01-01T00:00:00+00:00"), ("triton_version", 9)):
+        refused = client.put(f"/v1/models/{created['id']}", json={**read, field: value})
+        assert refused.status_code == 400 and refused.json()["field"] == field, refused.text
+    refused = client.patch(f"/v1/models/{created['id']}", json={"state": "failed"})
+    assert refused.status_code == 400 and "read-only" in refused.json()["error"], "not an echo: still refused"
+    odd = client.put(f"/v1/models/{created['id']}", json={**read, "backend_url": "a:1", "backend_urls": 7})
+    assert odd.status_code == 400, odd.text
+
+
 def test_delete_then_again_is_404(client: Any) -> None:
     created = client.post("/v1/models", json=model_body()).json()
     assert client.delete(f"/v1/models/{created['id']}").status_code == 204
@@ -132,13 +161,19 @@ def test_delete_then_again_is_404(client: Any) -> None:
     assert client.get(f"/v1/models/{created['id']}").status_code == 404
 
 
-@pytest.mark.parametrize("data,status", [
-    (b"not json", 400), (b"[1,2,3]", 400), (b'"string"', 400), (b"", 400),
-    (b'{"name": {"nested": ["junk"]}, "version": "1", "framework": "onnx", "format": "onnx"}', 400),
-    (b'{"name": "' + b"x" * 100_000 + b'", "version": "1", "framework": "onnx", "format": "onnx"}', 400),
-    (b"[" * 100_000 + b"]" * 100_000, 400),
-    (b'{"tags": [' + b'"t",' * 3_000_000 + b'"t"]}', 413),
-])
+@pytest.mark.parametrize(
+    "data,status",
+    [
+        (b"not json", 400),
+        (b"[1,2,3]", 400),
+        (b'"string"', 400),
+        (b"", 400),
+        (b'{"name": {"nested": ["junk"]}, "version": "1", "framework": "onnx", "format": "onnx"}', 400),
+        (b'{"name": "' + b"x" * 100_000 + b'", "version": "1", "framework": "onnx", "format": "onnx"}', 400),
+        (b"[" * 100_000 + b"]" * 100_000, 400),
+        (b'{"tags": [' + b'"t",' * 3_000_000 + b'"t"]}', 413),
+    ],
+)
 def test_malformed_bodies_are_400_or_413_never_500(client: Any, data: bytes, status: int) -> None:
     resp = client.post("/v1/models", content=data, headers={"Content-Type": "application/json"})
     assert resp.status_code == status
@@ -231,8 +266,9 @@ def test_unstorable_strings_are_400_and_the_pool_stays_sound(client: Any, bad: s
         resp = client.patch(f"/v1/models/{created['id']}", content=f'{{"description": "{bad}"}}', headers=as_json)
         assert resp.status_code == 400, resp.json()
         assert resp.json()["field"] in ("description", "body")  # a lone surrogate fails JSON parsing already
-        resp = client.patch(f"/v1/models/{created['id']}", content=f'{{"metadata": {{"k": ["{bad}"]}}}}',
-                            headers=as_json)
+        resp = client.patch(
+            f"/v1/models/{created['id']}", content=f'{{"metadata": {{"k": ["{bad}"]}}}}', headers=as_json
+        )
         assert resp.status_code == 400 and resp.json()["field"] in ("metadata", "body")
     for _ in range(5):
         got = client.get(f"/v1/models/{created['id']}")
@@ -250,12 +286,14 @@ def test_a_statement_that_fails_halfway_never_poisons_the_pool(services: Any) ->
             with services.db.begin() as conn:
                 assert conn.execute(sa.text("SELECT 40 + :i"), {"i": attempt}).scalar() == 40 + attempt
             with services.db.read() as conn:
-                assert conn.execute(sa.text("SELECT 'fresh-' || :i"), {"i": str(attempt)}).scalar() == \
-                    f"fresh-{attempt}"
+                assert (
+                    conn.execute(sa.text("SELECT 'fresh-' || :i"), {"i": str(attempt)}).scalar() == f"fresh-{attempt}"
+                )
 
 
-def test_a_write_during_a_redis_stall_is_refused_so_reads_never_go_stale(base_settings: Any,
-                                                                          private_redis: Any) -> None:
+def test_a_write_during_a_redis_stall_is_refused_so_reads_never_go_stale(
+    base_settings: Any, private_redis: Any
+) -> None:
     """Redis paused (SIGSTOP): the write answers 503 and changes nothing; after SIGCONT reads are fresh."""
     reset_services(dataclasses.replace(base_settings, redis_url=private_redis.url))
     try:
@@ -280,9 +318,19 @@ def test_a_write_during_a_redis_stall_is_refused_so_reads_never_go_stale(base_se
         reset_services(None)
 
 
-@pytest.mark.parametrize("query,field", [("name=%00", "name"), ("tag=%00", "tag"), ("name=a%00b", "name"),
-                                         ("limit=%D9%A1%D9%A2", "limit"), ("offset=%D9%A1", "offset"),
-                                         ("limit=1_0", "limit"), ("limit=%2012", "limit"), ("state=gone", "state")])
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ("name=%00", "name"),
+        ("tag=%00", "tag"),
+        ("name=a%00b", "name"),
+        ("limit=%D9%A1%D9%A2", "limit"),
+        ("offset=%D9%A1", "offset"),
+        ("limit=1_0", "limit"),
+        ("limit=%2012", "limit"),
+        ("state=gone", "state"),
+    ],
+)
 def test_list_filters_with_nul_or_non_ascii_digits_are_400(client: Any, query: str, field: str) -> None:
     resp = client.get(f"/v1/models?{query}")
     assert resp.status_code == 400 and resp.json()["field"] == field, resp.text

@@ -30,16 +30,19 @@ def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
 
 @pytest.fixture(scope="module")
 def two_instances(base_settings: Any) -> Any:
-    with serve_function("models", "manage_models", free_port(), base_settings) as a, \
-            serve_function("models", "manage_models", free_port(), base_settings) as b:
+    with (
+        serve_function("models", "manage_models", free_port(), base_settings) as a,
+        serve_function("models", "manage_models", free_port(), base_settings) as b,
+    ):
         yield a, b
 
 
 def test_write_on_one_instance_is_seen_by_the_other(two_instances: Any) -> None:
     a, b = two_instances
     name = f"http-{uuid.uuid4().hex[:8]}"
-    status, created = call("POST", f"{a}/v1/models", {"name": name, "version": "1", "framework": "onnx",
-                                                       "format": "onnx"})
+    status, created = call(
+        "POST", f"{a}/v1/models", {"name": name, "version": "1", "framework": "onnx", "format": "onnx"}
+    )
     assert status == 201
     for base in (a, b):  # both fill the shared cache
         assert call("GET", f"{base}/v1/models/{created['id']}")[1]["status"] == "active"
@@ -64,8 +67,9 @@ def test_http_errors_are_json_with_request_id(two_instances: Any) -> None:
 def test_create_answers_location_and_unknown_filters_are_400(two_instances: Any) -> None:
     a, _ = two_instances
     body = {"name": f"loc-{uuid.uuid4().hex[:8]}", "version": "1", "framework": "onnx", "format": "onnx"}
-    req = urllib.request.Request(f"{a}/v1/models", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{a}/v1/models", data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         created = json.loads(resp.read())
         assert resp.status == 201 and resp.headers["Location"] == f"/v1/models/{created['id']}"

@@ -20,15 +20,22 @@ def bootstrapped() -> None:
     inputs = (ROOT / "pyproject.toml").read_bytes() + (ROOT / "requirements-dev.lock").read_bytes()
     want = hashlib.sha256(inputs).hexdigest()
     if not stamp.is_file() or stamp.read_text().strip() != want:
-        pytest.fail(".venv is not bootstrapped for this pyproject.toml and requirements-dev.lock: run "
-                    "scripts/bootstrap.sh (scripts/test does)",
-                    pytrace=False)
+        pytest.fail(
+            ".venv is not bootstrapped for this pyproject.toml and requirements-dev.lock: run "
+            "scripts/bootstrap.sh (scripts/test does)",
+            pytrace=False,
+        )
 
 
 def bootstrap(home: Path, **env: str) -> str:
     base = {k: v for k, v in os.environ.items() if k not in ("KINFER_NO_LINK", "KINFER_BIN_DIR")}
-    done = subprocess.run([str(ROOT / "scripts" / "bootstrap.sh")], capture_output=True, text=True, timeout=120,
-                          env={**base, "HOME": str(home), "PATH": "/usr/bin:/bin", **env})
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bootstrap.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**base, "HOME": str(home), "PATH": "/usr/bin:/bin", **env},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -38,8 +45,13 @@ def test_bootstrap_links_kinfer_into_local_bin_and_says_how_to_reach_it(tmp_path
     link = tmp_path / ".local" / "bin" / "kinfer"
     assert link.is_symlink() and link.resolve() == KINFER.resolve()
     assert "is not on PATH" in said and "source .venv/bin/activate" in said
-    version = subprocess.run(["kinfer", "--version"], capture_output=True, text=True, timeout=60,
-                             env={"PATH": f"{link.parent}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    version = subprocess.run(
+        ["kinfer", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": f"{link.parent}:/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert version.returncode == 0 and version.stdout.startswith("kinfer ")
     assert bootstrap(tmp_path) == ""  # again: quiet, nothing changes
 

@@ -74,14 +74,25 @@ def split_floats(data: bytes) -> tuple[bytes, np.ndarray]:
 def test_committed_repository_is_what_the_script_builds(built):
     """Byte for byte, but for the fitted weights: the solver's last bits depend on the CPU's BLAS kernels."""
     repository, production = built
-    for folder, names in ((repository, ("iris_classifier/1/model.py", "iris_classifier/config.pbtxt",
-                                        "iris_classifier/labels.txt", "vector_scorer/1/model.py",
-                                        "vector_scorer/config.pbtxt")),
-                          (production, ("iris_classifier/config.pbtxt", "iris_classifier/labels.txt"))):
+    for folder, names in (
+        (
+            repository,
+            (
+                "iris_classifier/1/model.py",
+                "iris_classifier/config.pbtxt",
+                "iris_classifier/labels.txt",
+                "vector_scorer/1/model.py",
+                "vector_scorer/config.pbtxt",
+            ),
+        ),
+        (production, ("iris_classifier/config.pbtxt", "iris_classifier/labels.txt")),
+    ):
         for name in names:
             assert (MODELS / folder.name / name).read_bytes() == (folder / name).read_bytes(), name
-        committed, fresh = (split_floats((base / "iris_classifier/1/model.onnx").read_bytes())
-                            for base in (MODELS / folder.name, folder))
+        committed, fresh = (
+            split_floats((base / "iris_classifier/1/model.onnx").read_bytes())
+            for base in (MODELS / folder.name, folder)
+        )
         assert committed[0] == fresh[0], f"{folder.name}: the ONNX graph differs beyond its weights"
         assert committed[1].size == fresh[1].size > 0
         np.testing.assert_allclose(committed[1], fresh[1], rtol=1e-4, atol=1e-5)

@@ -31,13 +31,29 @@ def test_framework_error_lists_allowed_values() -> None:
     assert all(f in err.value.message for f in registry.FRAMEWORKS)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("name", "bad name"), ("name", "-x"), ("name", "x" * 129), ("name", 12),
-    ("version", "v1"), ("version", "1.2.3.4"), ("version", ""), ("format", "zip"),
-    ("status", "retired"), ("tags", "demo"), ("tags", ["ok", "no spaces"]), ("tags", ["t"] * 33),
-    ("metadata", [1]), ("metadata", {"a": "x" * 20000}), ("description", "d" * 5000),
-    ("backend_url", "not a url!"), ("backend_urls", "host:1"), ("backend_urls", ["h:1", "h:1"]),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("name", "bad name"),
+        ("name", "-x"),
+        ("name", "x" * 129),
+        ("name", 12),
+        ("version", "v1"),
+        ("version", "1.2.3.4"),
+        ("version", ""),
+        ("format", "zip"),
+        ("status", "retired"),
+        ("tags", "demo"),
+        ("tags", ["ok", "no spaces"]),
+        ("tags", ["t"] * 33),
+        ("metadata", [1]),
+        ("metadata", {"a": "x" * 20000}),
+        ("description", "d" * 5000),
+        ("backend_url", "not a url!"),
+        ("backend_urls", "host:1"),
+        ("backend_urls", ["h:1", "h:1"]),
+    ],
+)
 def test_bad_values_are_400_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(InvalidInput) as err:
         registry.validate_create(dict(GOOD, **{field: value}))

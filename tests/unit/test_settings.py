@@ -20,8 +20,9 @@ def test_settings_names_every_bad_variable() -> None:
 
 
 def test_settings_repr_redacts_secrets() -> None:
-    s = Settings.from_env(environ={"DATABASE_URL": "postgresql+pg8000://u:hunter2@db:5432/k",
-                                   "S3_SECRET_ACCESS_KEY": "topsecret"})
+    s = Settings.from_env(
+        environ={"DATABASE_URL": "postgresql+pg8000://u:hunter2@db:5432/k", "S3_SECRET_ACCESS_KEY": "topsecret"}
+    )
     text = repr(s)
     assert "hunter2" not in text and "topsecret" not in text
     assert "u:***@db:5432" in text
@@ -61,8 +62,9 @@ def test_cors_origins_are_parsed_and_checked() -> None:
 def test_client_settings_are_apart_from_server_settings() -> None:
     from shared.settings import ClientSettings
 
-    c = ClientSettings.from_env(environ={"KINFER_URL": "https://api.example.com", "KINFER_API_KEY": "kf_secret",
-                                         "KINFER_DEBUG": "1"})
+    c = ClientSettings.from_env(
+        environ={"KINFER_URL": "https://api.example.com", "KINFER_API_KEY": "kf_secret", "KINFER_DEBUG": "1"}
+    )
     assert (c.url, c.api_key, c.debug) == ("https://api.example.com", "kf_secret", True)
     assert "kf_secret" not in repr(c)
     assert not {"KINFER_URL", "KINFER_API_KEY"} & set(Settings.env_names())  # never deployed config

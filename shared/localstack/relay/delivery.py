@@ -57,13 +57,16 @@ def decode_entry(fields: dict[Any, Any], sub: Subscription, topic: str, entry_id
         return from_json(stored)
     content_type = _field(fields, "ct") or b"application/json"
     content_type = content_type.decode() if isinstance(content_type, bytes) else content_type
-    return CloudEvent({
-        "type": KAFKA_EVENT_TYPE,
-        "source": f"/apis/v1/namespaces/{sub.namespace}/kafkasources/{sub.name}#{topic}",
-        "subject": f"partition:0#{entry_id}",
-        "id": f"partition:0/offset:{entry_id}",
-        "datacontenttype": content_type,
-    }, bytes(_field(fields, "raw") or b""))
+    return CloudEvent(
+        {
+            "type": KAFKA_EVENT_TYPE,
+            "source": f"/apis/v1/namespaces/{sub.namespace}/kafkasources/{sub.name}#{topic}",
+            "subject": f"partition:0#{entry_id}",
+            "id": f"partition:0/offset:{entry_id}",
+            "datacontenttype": content_type,
+        },
+        bytes(_field(fields, "raw") or b""),
+    )
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,19 @@ class Outcome:
 class Dispatcher:
     """Delivers the topics of one Subscription to its sink, in parallel, with retries and DLQ."""
 
-    def __init__(self, redis: Any, sub: Subscription, *, key_prefix: str, consumer: str,
-                 session: requests.Session, workers: int = 8, idle_timeout_s: float = 30.0,
-                 block_s: float = 0.5, http_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        sub: Subscription,
+        *,
+        key_prefix: str,
+        consumer: str,
+        session: requests.Session,
+        workers: int = 8,
+        idle_timeout_s: float = 30.0,
+        block_s: float = 0.5,
+        http_timeout_s: float = 60.0,
+    ) -> None:
         self.redis, self.sub, self.consumer, self.session = redis, sub, consumer, session
         self.keys = {stream_key(key_prefix, t): t for t in sub.topics}
         self.workers = workers if sub.ordering == "unordered" else 1
@@ -134,8 +147,11 @@ class Dispatcher:
             self._pool.shutdown(wait=False)
             with self._cond:
                 if not self._cond.wait_for(lambda: not self._in_flight, timeout=grace_s):
-                    log.warning("relay %s: %d delivery(ies) still running at stop; they will be redelivered",
-                                self.sub.name, len(self._in_flight))
+                    log.warning(
+                        "relay %s: %d delivery(ies) still running at stop; they will be redelivered",
+                        self.sub.name,
+                        len(self._in_flight),
+                    )
 
     def pending(self) -> int:
         """Entries delivered to the group but not yet acknowledged."""
@@ -150,8 +166,9 @@ class Dispatcher:
     def _free_slots(self) -> int:
         """Wait (up to block_s) until fewer than ``workers`` deliveries are in flight; how many more fit."""
         with self._cond:
-            self._cond.wait_for(lambda: len(self._in_flight) < self.workers or self._stop.is_set(),
-                                timeout=self.block_s)
+            self._cond.wait_for(
+                lambda: len(self._in_flight) < self.workers or self._stop.is_set(), timeout=self.block_s
+            )
             return max(self.workers - len(self._in_flight), 0)
 
     def _read_loop(self) -> None:
@@ -161,8 +178,12 @@ class Dispatcher:
             if not free:
                 continue
             try:
-                batches = self.redis.xreadgroup(self.sub.group, self.consumer, streams, count=min(free, 32),
-                                                block=int(self.block_s * 1000)) or []
+                batches = (
+                    self.redis.xreadgroup(
+                        self.sub.group, self.consumer, streams, count=min(free, 32), block=int(self.block_s * 1000)
+                    )
+                    or []
+                )
             except RedisError as exc:
                 log.warning("relay %s: reading the streams failed: %s", self.sub.name, type(exc).__name__)
                 self._stop.wait(1.0)
@@ -194,8 +215,9 @@ class Dispatcher:
         """Take over entries idle longer than idle_timeout_s (a crashed consumer's), then deliver them."""
         start = "0-0"
         while not self._stop.is_set():
-            reply = self.redis.xautoclaim(key, self.sub.group, self.consumer,
-                                          int(self.idle_timeout_s * 1000), start_id=start, count=100)
+            reply = self.redis.xautoclaim(
+                key, self.sub.group, self.consumer, int(self.idle_timeout_s * 1000), start_id=start, count=100
+            )
             start, entries = _text(reply[0]), reply[1]
             deleted = reply[2] if len(reply) > 2 else []
             if deleted:  # trimmed away by MAXLEN before anyone delivered them
@@ -241,14 +263,26 @@ class Dispatcher:
         if outcome.abandoned:
             return False
         attempts = 1 + (self.sub.delivery.retry if is_retryable(outcome.status) else 0)
-        log.warning("relay %s: event id=%s type=%s to %s failed (status %s, up to %d attempt(s))",
-                    self.sub.name, event["id"], event["type"], outcome.url, outcome.status, attempts)
+        log.warning(
+            "relay %s: event id=%s type=%s to %s failed (status %s, up to %d attempt(s))",
+            self.sub.name,
+            event["id"],
+            event["type"],
+            outcome.url,
+            outcome.status,
+            attempts,
+        )
         if not self.sub.delivery.dead_letter:
             return True  # Knative drops it too
         dead = self._send_with_retries(self.sub.delivery.dead_letter, _error_event(event, outcome))
         if not dead.ok and not dead.abandoned:
-            log.error("relay %s: dead-letter sink %s refused event id=%s (status %s); left pending",
-                      self.sub.name, dead.url, event["id"], dead.status)
+            log.error(
+                "relay %s: dead-letter sink %s refused event id=%s (status %s); left pending",
+                self.sub.name,
+                dead.url,
+                event["id"],
+                dead.status,
+            )
         return dead.ok
 
     def _send_with_retries(self, url: str, event: CloudEvent) -> Outcome:
@@ -270,8 +304,9 @@ class Dispatcher:
             resp = self.session.post(url, data=body, headers=headers, timeout=(2.0, self.http_timeout_s))
         except requests.RequestException:
             return Outcome(ok=False, status=None, url=url)
-        return Outcome(ok=200 <= resp.status_code < 300, status=resp.status_code,
-                       body=resp.content[:ERROR_DATA_LIMIT], url=url)
+        return Outcome(
+            ok=200 <= resp.status_code < 300, status=resp.status_code, body=resp.content[:ERROR_DATA_LIMIT], url=url
+        )
 
 
 def _error_event(event: CloudEvent, outcome: Outcome) -> CloudEvent:
@@ -286,4 +321,3 @@ def _error_event(event: CloudEvent, outcome: Outcome) -> CloudEvent:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-

@@ -58,13 +58,20 @@ def load_pings(directory: str | Path, targets: Mapping[str, str]) -> list[Ping]:
         meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
         sink = str(((spec.get("sink") or {}).get("ref") or {}).get("name"))
         if sink not in targets:  # that Service does not run here: nothing to tick
-            log.warning("%s: PingSource %s sinks to %r, which has no target; not ticking it",
-                        path, meta.get("name"), sink)
+            log.warning(
+                "%s: PingSource %s sinks to %r, which has no target; not ticking it", path, meta.get("name"), sink
+            )
             continue
-        pings.append(Ping(name=str(meta.get("name")), namespace=str(meta.get("namespace") or "kinfer"),
-                          every_s=interval_of(str(spec.get("schedule", ""))), url=targets[sink],
-                          data=str(spec.get("data", "")),
-                          content_type=str(spec.get("contentType", "application/json"))))
+        pings.append(
+            Ping(
+                name=str(meta.get("name")),
+                namespace=str(meta.get("namespace") or "kinfer"),
+                every_s=interval_of(str(spec.get("schedule", ""))),
+                url=targets[sink],
+                data=str(spec.get("data", "")),
+                content_type=str(spec.get("contentType", "application/json")),
+            )
+        )
     return pings
 
 
@@ -100,9 +107,13 @@ class PingTicker:
     def tick(self, ping: Ping) -> int | None:
         """POST one binary-mode ping event; the status, or None when the sink did not answer."""
         headers: dict[str, Any] = {
-            "ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-type": PING_TYPE,
+            "ce-specversion": "1.0",
+            "ce-id": uuid.uuid4().hex,
+            "ce-type": PING_TYPE,
             "ce-source": f"/apis/v1/namespaces/{ping.namespace}/pingsources/{ping.name}",
-            "ce-time": datetime.now(UTC).isoformat(), "Content-Type": ping.content_type}
+            "ce-time": datetime.now(UTC).isoformat(),
+            "Content-Type": ping.content_type,
+        }
         try:
             status = self.session.post(ping.url, data=ping.data.encode(), headers=headers, timeout=30).status_code
         except requests.RequestException as exc:

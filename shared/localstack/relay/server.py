@@ -46,10 +46,21 @@ KEY_PREFIX = "kinfer:relay:"
 class EventRelay:
     """Ingress HTTP server plus one Dispatcher per KafkaSource; ``start()``/``stop()``."""
 
-    def __init__(self, redis: Any, wiring: Wiring | str | Path, targets: Mapping[str, str] | None = None, *,
-                 port: int = 8090, host: str = "127.0.0.1", workers: int = 8, idle_timeout_s: float = 30.0,
-                 key_prefix: str = KEY_PREFIX, maxlen: int = 100_000, block_s: float = 0.5,
-                 http_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        wiring: Wiring | str | Path,
+        targets: Mapping[str, str] | None = None,
+        *,
+        port: int = 8090,
+        host: str = "127.0.0.1",
+        workers: int = 8,
+        idle_timeout_s: float = 30.0,
+        key_prefix: str = KEY_PREFIX,
+        maxlen: int = 100_000,
+        block_s: float = 0.5,
+        http_timeout_s: float = 60.0,
+    ) -> None:
         """``redis``'s socket timeout must exceed ``block_s``; a Wiring is used as is, a path is loaded."""
         self.redis, self.host, self.port = redis, host, port
         self.wiring = wiring if isinstance(wiring, Wiring) else load_wiring(wiring, targets or {})
@@ -59,10 +70,20 @@ class EventRelay:
         adapter = HTTPAdapter(pool_maxsize=max(workers, 1) * 2, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.dispatchers = [Dispatcher(redis, sub, key_prefix=key_prefix, consumer=self.consumer,
-                                       session=self.session, workers=workers, idle_timeout_s=idle_timeout_s,
-                                       block_s=block_s, http_timeout_s=http_timeout_s)
-                            for sub in self.wiring.subscriptions]
+        self.dispatchers = [
+            Dispatcher(
+                redis,
+                sub,
+                key_prefix=key_prefix,
+                consumer=self.consumer,
+                session=self.session,
+                workers=workers,
+                idle_timeout_s=idle_timeout_s,
+                block_s=block_s,
+                http_timeout_s=http_timeout_s,
+            )
+            for sub in self.wiring.subscriptions
+        ]
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -80,11 +101,16 @@ class EventRelay:
             dispatcher.start()
         self._server = _IngressServer((self.host, self.port), _Handler, self)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="relay-ingress",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="relay-ingress", daemon=True
+        )
         self._thread.start()
-        log.info("event relay on %s: sinks %s, %d subscription(s)", self.url,
-                 sorted(self.wiring.sinks), len(self.dispatchers))
+        log.info(
+            "event relay on %s: sinks %s, %d subscription(s)",
+            self.url,
+            sorted(self.wiring.sinks),
+            len(self.dispatchers),
+        )
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting, then delivering (up to ``grace_s`` for deliveries in progress); unacked stay pending."""
@@ -192,20 +218,44 @@ def parse_targets(items: list[str]) -> dict[str, str]:
     return targets
 
 
-def spawn(targets: Mapping[str, str], *, manifests: str | Path = DEFAULT_MANIFESTS, port: int = 8090,
-          host: str = "127.0.0.1", redis_url: str | None = None, log_path: str | Path | None = None,
-          workers: int = 8, idle_timeout_s: float = 30.0, key_prefix: str = KEY_PREFIX,
-          timeout: float = 15.0) -> int:
+def spawn(
+    targets: Mapping[str, str],
+    *,
+    manifests: str | Path = DEFAULT_MANIFESTS,
+    port: int = 8090,
+    host: str = "127.0.0.1",
+    redis_url: str | None = None,
+    log_path: str | Path | None = None,
+    workers: int = 8,
+    idle_timeout_s: float = 30.0,
+    key_prefix: str = KEY_PREFIX,
+    timeout: float = 15.0,
+) -> int:
     """Start a detached relay process (own session) and wait until /health answers; its pid."""
-    cmd = [sys.executable, "-m", "shared.localstack.relay.server", "--host", host, "--port", str(port),
-           "--manifests", str(manifests), "--workers", str(workers), "--idle-timeout", str(idle_timeout_s),
-           "--key-prefix", key_prefix]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shared.localstack.relay.server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--manifests",
+        str(manifests),
+        "--workers",
+        str(workers),
+        "--idle-timeout",
+        str(idle_timeout_s),
+        "--key-prefix",
+        key_prefix,
+    ]
     cmd += [arg for name, url in targets.items() for arg in ("--target", f"{name}={url}")]
     if redis_url:
         cmd += ["--redis-url", redis_url]
     with open(log_path or os.devnull, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -240,8 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     redis = Redis.from_url(args.redis_url or settings.redis_url, socket_timeout=10, socket_connect_timeout=3)
     try:
         targets = parse_targets(args.target)
-        relay = EventRelay(redis, args.manifests, targets, port=args.port, host=args.host,
-                           workers=args.workers, idle_timeout_s=args.idle_timeout, key_prefix=args.key_prefix)
+        relay = EventRelay(
+            redis,
+            args.manifests,
+            targets,
+            port=args.port,
+            host=args.host,
+            workers=args.workers,
+            idle_timeout_s=args.idle_timeout,
+            key_prefix=args.key_prefix,
+        )
         ticker = PingTicker(load_pings(args.manifests, targets))
         relay.start()
         ticker.start()

@@ -22,8 +22,10 @@ import yaml
 RETRYABLE_STATUSES = frozenset({404, 408, 409, 429})
 DEFAULT_BACKOFF_DELAY_S = 0.5
 ORDERINGS = frozenset({"ordered", "unordered"})
-_DURATION = re.compile(r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?"
-                       r"(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
+_DURATION = re.compile(
+    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?"
+    r"(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
 
 
 class WiringError(ValueError):
@@ -58,7 +60,7 @@ class Delivery:
         """Seconds to wait before retry ``retry_number`` (1-based), as Knative computes it."""
         if self.backoff_policy == "linear":
             return self.backoff_delay_s * retry_number
-        return self.backoff_delay_s * 2 ** retry_number
+        return float(self.backoff_delay_s * 2**retry_number)
 
     def schedule(self) -> list[float]:
         """Every backoff of a delivery that fails until its retries run out."""

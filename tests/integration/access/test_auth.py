@@ -57,14 +57,17 @@ def test_health_needs_no_key(client: Any, auth_services: Services) -> None:
     assert client.get("/health").status_code in (200, 503)
 
 
-@pytest.mark.parametrize("headers", [
-    {"Authorization": "Bearer kf_not-a-real-key"},
-    {"X-API-Key": "kf_not-a-real-key"},
-    {"Authorization": "Bearer " + "a" * 10_000},
-    {"Authorization": "Bearer bad key with spaces"},
-    {"Authorization": "Basic dXNlcjpwYXNz"},
-    {"Authorization": "Bearer "},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer kf_not-a-real-key"},
+        {"X-API-Key": "kf_not-a-real-key"},
+        {"Authorization": "Bearer " + "a" * 10_000},
+        {"Authorization": "Bearer bad key with spaces"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer "},
+    ],
+)
 def test_bad_keys_are_401(client: Any, auth_services: Services, headers: dict[str, str]) -> None:
     resp = client.get("/v1/models", headers=headers)
     assert resp.status_code == 401
@@ -143,8 +146,9 @@ def test_default_limit_applies_without_a_per_key_limit(client: Any, base_setting
 
 def test_redis_down_limits_in_process_and_fast(client: Any, base_settings: Settings) -> None:
     """Redis unreachable: each process enforces the limit itself (no fail-open), without waiting for Redis."""
-    settings = dataclasses.replace(base_settings, auth_required=True, rate_limit_per_minute=2,
-                                   redis_url=_dead_redis_url())
+    settings = dataclasses.replace(
+        base_settings, auth_required=True, rate_limit_per_minute=2, redis_url=_dead_redis_url()
+    )
     services = reset_services(settings)
     try:
         _, key = _key(services, "infer")

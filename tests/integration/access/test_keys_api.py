@@ -38,8 +38,9 @@ def _name() -> str:
 
 
 def test_create_answers_the_secret_once_with_location(client: Any, admin: dict[str, str]) -> None:
-    resp = client.post("/v1/keys", json={"name": _name(), "scopes": ["infer", "batch"], "rate_limit_per_minute": 60},
-                       headers=admin)
+    resp = client.post(
+        "/v1/keys", json={"name": _name(), "scopes": ["infer", "batch"], "rate_limit_per_minute": 60}, headers=admin
+    )
     assert resp.status_code == 201, resp.text
     created = resp.json()
     assert created["key"].startswith("kf_") and created["prefix"] == created["key"][:10]
@@ -78,18 +79,22 @@ def test_only_admin_keys_manage_keys(client: Any, admin: dict[str, str]) -> None
     assert client.post("/v1/keys", json={"name": _name(), "scopes": ["admin"]}).status_code == 401
 
 
-@pytest.mark.parametrize("body, field, message", [
-    ({"scopes": ["infer"]}, "name", "name is required"),
-    ({"name": "x"}, "scopes", "scopes is required"),
-    ({"name": "x", "scopes": ["root"]}, "scopes", "unknown: root"),
-    ({"name": "x", "scopes": [1]}, "scopes", "scopes must be a list"),
-    ({"name": "x y!", "scopes": ["infer"]}, "name", "name must be"),
-    ({"name": "x", "scopes": ["infer"], "rate_limit_per_minute": "10"}, "rate_limit_per_minute", "integer"),
-    ({"name": "x", "scopes": ["infer"], "rate_limit_per_minute": 0}, "rate_limit_per_minute", "from 1"),
-    ({"name": "x", "scopes": ["infer"], "key": "kf_mine"}, "key", "unknown field 'key'"),
-])
-def test_bad_bodies_are_400_naming_the_field(client: Any, admin: dict[str, str], body: dict, field: str,
-                                             message: str) -> None:
+@pytest.mark.parametrize(
+    "body, field, message",
+    [
+        ({"scopes": ["infer"]}, "name", "name is required"),
+        ({"name": "x"}, "scopes", "scopes is required"),
+        ({"name": "x", "scopes": ["root"]}, "scopes", "unknown: root"),
+        ({"name": "x", "scopes": [1]}, "scopes", "scopes must be a list"),
+        ({"name": "x y!", "scopes": ["infer"]}, "name", "name must be"),
+        ({"name": "x", "scopes": ["infer"], "rate_limit_per_minute": "10"}, "rate_limit_per_minute", "integer"),
+        ({"name": "x", "scopes": ["infer"], "rate_limit_per_minute": 0}, "rate_limit_per_minute", "from 1"),
+        ({"name": "x", "scopes": ["infer"], "key": "kf_mine"}, "key", "unknown field 'key'"),
+    ],
+)
+def test_bad_bodies_are_400_naming_the_field(
+    client: Any, admin: dict[str, str], body: dict, field: str, message: str
+) -> None:
     resp = client.post("/v1/keys", json=body, headers=admin)
     assert resp.status_code == 400 and resp.json()["field"] == field and message in resp.json()["error"]
 
@@ -104,12 +109,17 @@ def test_unknown_ids_query_and_methods(client: Any, admin: dict[str, str]) -> No
 
 
 def test_self_tells_any_key_its_name_and_scopes_never_its_secret(client: Any, admin: dict[str, str]) -> None:
-    created = client.post("/v1/keys", json={"name": _name(), "scopes": ["batch"], "rate_limit_per_minute": 90},
-                          headers=admin).json()
+    created = client.post(
+        "/v1/keys", json={"name": _name(), "scopes": ["batch"], "rate_limit_per_minute": 90}, headers=admin
+    ).json()
     resp = client.get("/v1/keys/self", headers={"Authorization": f"Bearer {created['key']}"})
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"id": created["id"], "name": created["name"], "scopes": ["batch"],
-                           "rate_limit_per_minute": 90}
+    assert resp.json() == {
+        "id": created["id"],
+        "name": created["name"],
+        "scopes": ["batch"],
+        "rate_limit_per_minute": 90,
+    }
     assert created["key"] not in resp.text and created["prefix"] not in resp.text
     assert client.get("/v1/keys/self", headers=admin).json()["scopes"] == ["admin"]
     missing = client.get("/v1/keys/self")

@@ -27,8 +27,9 @@ def _counted(limiter: RateLimiter, key: str, limit: int) -> int:
     return limit - stats.remaining
 
 
-def test_a_key_used_now_and_then_leases_one_request_at_a_time(base_settings: Any,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_key_used_now_and_then_leases_one_request_at_a_time(
+    base_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(ratelimit, "LEASE_S", 0.05)
     limiter, key = _limiter(base_settings), f"slow-{uuid.uuid4().hex}"
 

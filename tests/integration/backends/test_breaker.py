@@ -26,9 +26,17 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def register(services: Any, urls: list[str]) -> dict:
-    return registry.create_model(services, {"name": f"cb-{uuid.uuid4().hex[:8]}", "version": "1",
-                                            "framework": "onnx", "format": "onnx", "backend_urls": urls,
-                                            "triton_model": "iris_classifier"})
+    return registry.create_model(
+        services,
+        {
+            "name": f"cb-{uuid.uuid4().hex[:8]}",
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_urls": urls,
+            "triton_model": "iris_classifier",
+        },
+    )
 
 
 class Forwarder:
@@ -73,8 +81,9 @@ class Forwarder:
 def svc(base_settings: Any, triton: Any) -> Iterator[Any]:
     from shared.services import reset_services
 
-    settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url, breaker_fail_max=2,
-                                   breaker_reset_timeout_s=1.0, triton_timeout_s=2.0)
+    settings = dataclasses.replace(
+        base_settings, triton_url=triton.grpc_url, breaker_fail_max=2, breaker_reset_timeout_s=1.0, triton_timeout_s=2.0
+    )
     yield reset_services(settings)
     reset_services(None)
 
@@ -89,9 +98,11 @@ def infer(client: Any, model: dict) -> Any:
 
 
 def state_from_other_process(redis_url: str, url: str) -> dict:
-    code = ("import json, redis, sys; from shared.backends.breaker import read_states; "
-            "v = read_states(redis.Redis.from_url(sys.argv[1]), [sys.argv[2]])[sys.argv[2]]; "
-            "print(json.dumps(v.as_json()))")
+    code = (
+        "import json, redis, sys; from shared.backends.breaker import read_states; "
+        "v = read_states(redis.Redis.from_url(sys.argv[1]), [sys.argv[2]])[sys.argv[2]]; "
+        "print(json.dumps(v.as_json()))"
+    )
     out = subprocess.run([sys.executable, "-c", code, redis_url, url], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

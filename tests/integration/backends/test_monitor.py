@@ -23,17 +23,26 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def register(services: Any, urls: list[str]) -> dict:
-    return registry.create_model(services, {"name": f"be-{uuid.uuid4().hex[:8]}", "version": "1",
-                                            "framework": "onnx", "format": "onnx", "backend_urls": urls,
-                                            "triton_model": "iris_classifier"})
+    return registry.create_model(
+        services,
+        {
+            "name": f"be-{uuid.uuid4().hex[:8]}",
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_urls": urls,
+            "triton_model": "iris_classifier",
+        },
+    )
 
 
 @pytest.fixture
 def svc(base_settings: Any, triton: Any) -> Iterator[Any]:
     from shared.services import reset_services
 
-    settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url, breaker_fail_max=2,
-                                   breaker_reset_timeout_s=30.0)
+    settings = dataclasses.replace(
+        base_settings, triton_url=triton.grpc_url, breaker_fail_max=2, breaker_reset_timeout_s=30.0
+    )
     yield reset_services(settings)
     reset_services(None)
 
@@ -49,8 +58,12 @@ def infer_client(svc: Any) -> Any:
 
 
 def ping_binary(client: Any) -> Any:
-    headers = {"ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-type": "dev.knative.sources.ping",
-               "ce-source": "/apis/v1/namespaces/kinfer/pingsources/backends-probe"}
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": uuid.uuid4().hex,
+        "ce-type": "dev.knative.sources.ping",
+        "ce-source": "/apis/v1/namespaces/kinfer/pingsources/backends-probe",
+    }
     return client.post("/", headers=headers)
 
 
@@ -64,10 +77,17 @@ def test_probe_tick_records_every_backend(backends_client, svc, triton):
     stored = json.loads(svc.cache.client.get(probe_key(dead)))
     assert stored["healthy"] is False and stored["last_checked"] and stored["latency_ms"] >= 0
 
-    structured = {"specversion": "1.0", "id": uuid.uuid4().hex, "type": "dev.knative.sources.ping",
-                  "source": "/pingsources/backends-probe", "datacontenttype": "application/json", "data": {}}
-    r = backends_client.post("/", content=json.dumps(structured),
-                             headers={"Content-Type": "application/cloudevents+json"})
+    structured = {
+        "specversion": "1.0",
+        "id": uuid.uuid4().hex,
+        "type": "dev.knative.sources.ping",
+        "source": "/pingsources/backends-probe",
+        "datacontenttype": "application/json",
+        "data": {},
+    }
+    r = backends_client.post(
+        "/", content=json.dumps(structured), headers={"Content-Type": "application/cloudevents+json"}
+    )
     assert r.status_code == 200 and r.json()["probed"] >= 2
     r = backends_client.post("/", content="not an event", headers={"Content-Type": "text/plain"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_input"
@@ -135,8 +155,9 @@ def test_failed_probe_is_skipped_and_connection_failure_retried(backends_client,
 
 def test_a_missing_model_degrades_but_does_not_take_the_backend_out(backends_client, svc, triton):
     ghost = f"ghost-{uuid.uuid4().hex[:6]}"
-    created = registry.create_model(svc, {"name": ghost, "version": "1", "framework": "onnx", "format": "onnx",
-                                          "backend_url": triton.grpc_url})
+    created = registry.create_model(
+        svc, {"name": ghost, "version": "1", "framework": "onnx", "format": "onnx", "backend_url": triton.grpc_url}
+    )
     try:
         _check_ghost(backends_client, triton, ghost)
     finally:

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def svc(base_settings: Any) -> Iterator[Services]:
     # TRITON_URL where nothing listens: probes fail at once (connection refused), no Triton needed.
-    settings = dataclasses.replace(base_settings, triton_url=f"127.0.0.1:{free_port()}", auth_required=True,
-                                   auth_cache_ttl_s=0, breaker_fail_max=2)
+    settings = dataclasses.replace(
+        base_settings, triton_url=f"127.0.0.1:{free_port()}", auth_required=True, auth_cache_ttl_s=0, breaker_fail_max=2
+    )
     services = reset_services(settings)
     client = services.cache.client
     client.delete(overview.SNAPSHOTS_KEY, overview.SNAPSHOT_LOCK_KEY)
@@ -87,8 +88,17 @@ def test_rate_and_median_come_from_the_counters_over_the_window(client: Any, svc
 
 def test_an_open_circuit_and_registered_backends_are_listed(client: Any, svc: Services) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    model = registry.create_model(svc, {"name": f"ov-{uuid.uuid4().hex[:8]}", "version": "1", "framework": "onnx",
-                                        "format": "onnx", "backend_url": dead, "triton_model": "iris_classifier"})
+    model = registry.create_model(
+        svc,
+        {
+            "name": f"ov-{uuid.uuid4().hex[:8]}",
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": dead,
+            "triton_model": "iris_classifier",
+        },
+    )
     try:
         for _ in range(svc.settings.breaker_fail_max):
             svc.breakers.record_failure(dead, Unavailable("refused"))

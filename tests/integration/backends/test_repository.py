@@ -32,8 +32,9 @@ def _free_port() -> int:
 def s3_endpoint() -> Iterator[str]:
     port = _free_port()
     server = Path(sys.prefix) / "bin" / "moto_server"
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -50,18 +51,37 @@ def s3_endpoint() -> Iterator[str]:
     proc.wait(timeout=10)
 
 
-def test_upload_models_writes_the_production_repository(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    for name, value in {"S3_ENDPOINT_URL": s3_endpoint, "S3_REGION": "us-east-1",
-                        "S3_ACCESS_KEY_ID": "test", "S3_SECRET_ACCESS_KEY": "test"}.items():
+def test_upload_models_writes_the_production_repository(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {
+        "S3_ENDPOINT_URL": s3_endpoint,
+        "S3_REGION": "us-east-1",
+        "S3_ACCESS_KEY_ID": "test",
+        "S3_SECRET_ACCESS_KEY": "test",
+    }.items():
         monkeypatch.setenv(name, value)
     repository = ROOT / "models" / "production"
-    assert main(["deploy", "upload-models", "--repository", str(repository),
-                 "--bucket", "triton-models-it", "--prefix", "models"]) == 0
+    assert (
+        main(
+            [
+                "deploy",
+                "upload-models",
+                "--repository",
+                str(repository),
+                "--bucket",
+                "triton-models-it",
+                "--prefix",
+                "models",
+            ]
+        )
+        == 0
+    )
     assert "to s3://triton-models-it/models/" in capsys.readouterr().out
 
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
+    client = boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
     listed = client.list_objects_v2(Bucket="triton-models-it", Prefix="models/")
     keys = {obj["Key"] for obj in listed.get("Contents", [])}
     onnx = repository / "iris_classifier" / "1" / "model.onnx"
@@ -70,9 +90,9 @@ def test_upload_models_writes_the_production_repository(s3_endpoint: str, monkey
     assert body == onnx.read_bytes()
 
 
-def test_upload_models_fails_cleanly_when_the_repository_is_missing(s3_endpoint: str, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_upload_models_fails_cleanly_when_the_repository_is_missing(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
     assert main(["deploy", "upload-models", "--repository", str(tmp_path / "nope")]) == 1
     assert "model repository not found" in capsys.readouterr().err

@@ -66,19 +66,37 @@ class Stack:
 
     def make_relay(self, worker_url: str, *, retry: int, delay: float, idle: float = 30.0) -> EventRelay:
         topic = f"kinfer.batch.chunks.{uuid.uuid4().hex[:8]}"
-        sub = Subscription(name="batch-worker-source", namespace="kinfer", topics=(topic,),
-                           group="kinfer-batch-worker", sink=worker_url,
-                           delivery=Delivery(retry=retry, backoff_delay_s=delay, dead_letter=self.dead.url),
-                           initial_offset="earliest", ordering="unordered")  # as knative/ wires the worker
-        relay = EventRelay(self.redis, Wiring(sinks={SINK: topic}, subscriptions=(sub,)), port=free_port(),
-                           key_prefix=f"kinfer:test:batch:{self.uid}:", idle_timeout_s=idle, workers=8)
+        sub = Subscription(
+            name="batch-worker-source",
+            namespace="kinfer",
+            topics=(topic,),
+            group="kinfer-batch-worker",
+            sink=worker_url,
+            delivery=Delivery(retry=retry, backoff_delay_s=delay, dead_letter=self.dead.url),
+            initial_offset="earliest",
+            ordering="unordered",
+        )  # as knative/ wires the worker
+        relay = EventRelay(
+            self.redis,
+            Wiring(sinks={SINK: topic}, subscriptions=(sub,)),
+            port=free_port(),
+            key_prefix=f"kinfer:test:batch:{self.uid}:",
+            idle_timeout_s=idle,
+            workers=8,
+        )
         relay.start()
         return relay
 
     def configure(self, **overrides: Any) -> Any:
-        values = {"s3_endpoint_url": self.s3.url, "k_sink": self.relay.sink_url(SINK), "batch_chunk_size": 10,
-                  "result_url_expiry_s": 900, "breaker_reset_timeout_s": 1.0,
-                  "s3_input_bucket": f"in-{self.uid}", "s3_results_bucket": f"out-{self.uid}"}
+        values = {
+            "s3_endpoint_url": self.s3.url,
+            "k_sink": self.relay.sink_url(SINK),
+            "batch_chunk_size": 10,
+            "result_url_expiry_s": 900,
+            "breaker_reset_timeout_s": 1.0,
+            "s3_input_bucket": f"in-{self.uid}",
+            "s3_results_bucket": f"out-{self.uid}",
+        }
         values.update(overrides)
         self.settings = type(self.base).from_env(environ={}, **{**_fields(self.base), **values})
         reset_services(self.settings)
@@ -126,8 +144,18 @@ def _fields(settings: Any) -> dict[str, Any]:
 
 def register_model(services: Any, name: str, backend: str, triton_model: str = "iris_classifier") -> dict:
     from shared import registry
-    return registry.create_model(services, {"name": name, "version": "1", "framework": "onnx", "format": "onnx",
-                                            "backend_url": backend, "triton_model": triton_model})
+
+    return registry.create_model(
+        services,
+        {
+            "name": name,
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": backend,
+            "triton_model": triton_model,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +182,13 @@ def test_three_item_job_completes_with_presigned_results(st: Stack) -> None:
     job = st.submit({"model": st.model, "inputs": iris_inputs(3)})
     assert job["status"] == "pending" and job["total"] == 3 and uuid.UUID(job["job_id"])
     done = st.wait(job["job_id"])
-    assert (done["status"], done["progress"], done["completed"], done["succeeded"], done["failed"]) == \
-        ("completed", 1.0, 3, 3, 0)
+    assert (done["status"], done["progress"], done["completed"], done["succeeded"], done["failed"]) == (
+        "completed",
+        1.0,
+        3,
+        3,
+        0,
+    )
     assert done["model"] == st.model and done["version"] == "1" and done["finished_at"] and done["started_at"]
     query = parse_qs(urlsplit(done["result_url"]).query)
     assert query["X-Amz-Expires"] == ["900"] and "X-Amz-Signature" in query
@@ -183,8 +216,13 @@ def test_progress_only_grows_and_reaches_one(st: Stack) -> None:
 def test_empty_item_fails_alone(st: Stack) -> None:
     inputs = [{"data": IRIS[0]}, {"data": []}, {"data": IRIS[1]}, {}, {"data": ["x", 1, 2, 3]}]
     done = st.wait(st.submit({"model": st.model, "inputs": inputs})["job_id"])
-    assert (done["status"], done["total"], done["completed"], done["succeeded"], done["failed"]) == \
-        ("completed", 5, 5, 2, 3)
+    assert (done["status"], done["total"], done["completed"], done["succeeded"], done["failed"]) == (
+        "completed",
+        5,
+        5,
+        2,
+        3,
+    )
     lines = results_of(done["result_url"])
     assert [("error" in line) for line in lines] == [False, True, False, True, True]
     assert "features" in lines[1]["error"]  # says what was expected
@@ -197,15 +235,18 @@ def test_all_items_failing_ends_failed(st: Stack) -> None:
     assert len(results_of(done["result_url"])) == 2
 
 
-@pytest.mark.parametrize("body,status", [
-    ({"model": "no-such-model", "inputs": [{"data": IRIS[0]}]}, 404),
-    ({"inputs": [{"data": IRIS[0]}]}, 400),
-    ({"model": "m", "inputs": []}, 400),
-    ({"model": "m", "inputs": {"data": IRIS[0]}}, 400),
-    ({"model": "m", "inputs": "x"}, 400),
-    ({"model": "m", "input_url": "https://example.com/x.jsonl"}, 400),
-    ({"model": "m", "inputs": [{}], "extra": 1}, 400),
-])
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        ({"model": "no-such-model", "inputs": [{"data": IRIS[0]}]}, 404),
+        ({"inputs": [{"data": IRIS[0]}]}, 400),
+        ({"model": "m", "inputs": []}, 400),
+        ({"model": "m", "inputs": {"data": IRIS[0]}}, 400),
+        ({"model": "m", "inputs": "x"}, 400),
+        ({"model": "m", "input_url": "https://example.com/x.jsonl"}, 400),
+        ({"model": "m", "inputs": [{}], "extra": 1}, 400),
+    ],
+)
 def test_submit_rejections(st: Stack, body: dict, status: int) -> None:
     assert st.submit(body, status=status)["code"] in {"not_found", "invalid_input"}
 
@@ -219,6 +260,7 @@ def test_submit_limits(st: Stack) -> None:
 
 def test_inactive_model_is_404(st: Stack) -> None:
     from shared import registry
+
     model = register_model(st.services(), f"off-{st.uid}", st.triton.grpc_url)
     registry.update_model(st.services(), model["id"], {"status": "inactive"})
     assert st.submit({"model": model["name"], "inputs": iris_inputs(1)}, 404)["code"] == "no_active_version"
@@ -264,9 +306,13 @@ def test_input_url_is_confined_to_the_callers_upload_prefix(st: Stack) -> None:
     job_id = bobs_job.json()["job_id"]
     alices_prefix = st.api.post("/v1/batch/uploads", headers=as_alice).json()["prefix"]
     answers = []
-    for url in (bobs_url, alices_prefix + "../" + bobs_url.split("/uploads/")[1], f"s3://{bucket}/batch-inputs/{job_id}/chunk-00000.jsonl",
-                f"s3://{bucket}/batch-inputs/{uuid.uuid4()}/chunk-00000.jsonl",  # does not exist
-                f"s3://{st.settings.s3_results_bucket}/x.jsonl"):
+    for url in (
+        bobs_url,
+        alices_prefix + "../" + bobs_url.split("/uploads/")[1],
+        f"s3://{bucket}/batch-inputs/{job_id}/chunk-00000.jsonl",
+        f"s3://{bucket}/batch-inputs/{uuid.uuid4()}/chunk-00000.jsonl",  # does not exist
+        f"s3://{st.settings.s3_results_bucket}/x.jsonl",
+    ):
         resp = st.api.post("/v1/batch", json={"model": st.model, "input_url": url}, headers=as_alice)
         answers.append((resp.status_code, resp.json()["code"], resp.json()["field"]))
         assert "upload prefix" in resp.json()["error"]
@@ -305,8 +351,9 @@ def test_jobs_answer_id_beside_job_id_location_and_an_unambiguous_list_count(st:
     assert bad.status_code == 400 and bad.json()["field"] == "sort" and "status, limit, offset" in bad.json()["error"]
 
 
-def test_cancel_of_a_job_that_just_finished_reports_the_state_it_is_in(st: Stack,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_of_a_job_that_just_finished_reports_the_state_it_is_in(
+    st: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     done = st.wait(st.submit({"model": st.model, "inputs": iris_inputs(2)})["job_id"])
     real_get = batch_store.get_job
 
@@ -316,12 +363,15 @@ def test_cancel_of_a_job_that_just_finished_reports_the_state_it_is_in(st: Stack
     monkeypatch.setattr(batch_store, "get_job", stale_read)
     conflict = st.api.delete(f"/v1/batch/{done['job_id']}")
     assert conflict.status_code == 409 and conflict.json()["code"] == "conflict"
-    assert f"is already completed; only pending or processing jobs can be cancelled (GET /v1/batch/{done['job_id']}" \
+    assert (
+        f"is already completed; only pending or processing jobs can be cancelled (GET /v1/batch/{done['job_id']}"
         in conflict.json()["error"]
+    )
 
 
-def test_cli_submit_reports_failed_lines_and_fails_on_errors(st: Stack, monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_submit_reports_failed_lines_and_fails_on_errors(
+    st: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`kinfer batch submit` of a file with a broken line: uploaded, the line fails as one item (as through
     input_url), the summary names its line, --fail-on-errors exits 3; the job lists, results filter."""
     from shared.cli import main
@@ -330,8 +380,9 @@ def test_cli_submit_reports_failed_lines_and_fails_on_errors(st: Stack, monkeypa
     monkeypatch.setenv("XDG_CONFIG_HOME", str(st.tmp))
     url = ["--url", server.url.rstrip("/"), "--key", "kf_unused_auth_is_off"]
     try:
-        code = main(["batch", "submit", str(ROOT / "examples" / "iris.jsonl"), "--model", st.model,
-                     "--fail-on-errors", *url])
+        code = main(
+            ["batch", "submit", str(ROOT / "examples" / "iris.jsonl"), "--model", st.model, "--fail-on-errors", *url]
+        )
         out, err = capsys.readouterr()
         assert code == 3, err
         assert "examples/iris.jsonl:4 is not valid JSON; uploading" in err
@@ -379,8 +430,11 @@ def test_sink_down_marks_job_failed_not_pending(st: Stack) -> None:
 def triton_inference_count(triton: Any) -> float:
     with urllib.request.urlopen(triton.metrics_url, timeout=5) as resp:
         text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("nv_inference_count{") and 'model="iris_classifier"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("nv_inference_count{") and 'model="iris_classifier"' in line
+    )
 
 
 def test_cancel_stops_further_inference(st: Stack) -> None:
@@ -435,8 +489,7 @@ def capture(st: Stack) -> Iterator[Capture]:
 
 def test_chunk_events_are_binary_versioned_and_partitioned(st: Stack, capture: Capture) -> None:
     trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    resp = st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(10)},
-                       headers={"traceparent": trace})
+    resp = st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(10)}, headers={"traceparent": trace})
     job_id = resp.json()["job_id"]
     assert len(capture.events) == 3
     headers = [h for h, _ in capture.events]
@@ -474,8 +527,10 @@ def test_same_chunk_twice_counts_once(st: Stack, capture: Capture) -> None:
 def test_worker_rejects_malformed_and_unknown(st: Stack, capture: Capture) -> None:
     worker = function_client("batch_worker", "process_batch_chunk")
     assert worker.post("/", content=b"{}", headers={"content-type": "application/json"}).status_code == 400
-    event = CloudEvent({"type": "dev.kinfer.batch.chunk.v1", "source": "/t"},
-                       {"job_id": str(uuid.uuid4()), "chunk": 0, "start": 0, "count": 1, "bucket": "b", "key": "k"})
+    event = CloudEvent(
+        {"type": "dev.kinfer.batch.chunk.v1", "source": "/t"},
+        {"job_id": str(uuid.uuid4()), "chunk": 0, "start": 0, "count": 1, "bucket": "b", "key": "k"},
+    )
     assert post_event(worker, *to_binary(event)).status_code == 422
     assert worker.get("/health").status_code == 200
 
@@ -498,8 +553,10 @@ def test_dead_letter_fails_the_chunk_so_the_job_ends(st: Stack, capture: Capture
 # -- intake -----------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["binary", "structured"])
 def test_request_event_intake_is_idempotent(st: Stack, mode: str) -> None:
-    event = CloudEvent({"type": "dev.kinfer.batch.request.v1", "source": "/tests/batch", "id": uuid.uuid4().hex},
-                       {"model": st.model, "inputs": iris_inputs(3), "owner": "anonymous"})
+    event = CloudEvent(
+        {"type": "dev.kinfer.batch.request.v1", "source": "/tests/batch", "id": uuid.uuid4().hex},
+        {"model": st.model, "inputs": iris_inputs(3), "owner": "anonymous"},
+    )
     headers, body = (to_binary if mode == "binary" else to_structured)(event)
     first = post_event(st.intake, headers, body)
     assert first.status_code == 202, first.text
@@ -514,14 +571,26 @@ def test_s3_notification_intake(st: Stack) -> None:
     bucket = services.settings.s3_input_bucket
     storage.ensure_buckets(services.s3, bucket)
     key = f"incoming/{st.model}/upload-{st.uid}.jsonl"
-    storage.put_bytes(services.s3, bucket, key, b"\n".join(json.dumps(i).encode() for i in iris_inputs(7)),
-                      storage.JSONL_TYPE)
-    record = {"Records": [{"eventName": "s3:ObjectCreated:Put",
-                           "s3": {"bucket": {"name": bucket}, "object": {"key": key}}},
-                          {"eventName": "s3:ObjectCreated:Put",
-                           "s3": {"bucket": {"name": bucket}, "object": {"key": "elsewhere/x.jsonl"}}}]}
-    event = CloudEvent({"type": "dev.knative.kafka.event", "id": "partition:0/offset:7",
-                        "source": f"/apis/v1/namespaces/kinfer/kafkasources/batch-intake-source#{st.uid}"}, record)
+    storage.put_bytes(
+        services.s3, bucket, key, b"\n".join(json.dumps(i).encode() for i in iris_inputs(7)), storage.JSONL_TYPE
+    )
+    record = {
+        "Records": [
+            {"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": key}}},
+            {
+                "eventName": "s3:ObjectCreated:Put",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": "elsewhere/x.jsonl"}},
+            },
+        ]
+    }
+    event = CloudEvent(
+        {
+            "type": "dev.knative.kafka.event",
+            "id": "partition:0/offset:7",
+            "source": f"/apis/v1/namespaces/kinfer/kafkasources/batch-intake-source#{st.uid}",
+        },
+        record,
+    )
     resp = post_event(st.intake, *to_binary(event))
     assert resp.status_code == 202, resp.text
     body = resp.json()
@@ -535,8 +604,9 @@ def test_s3_notification_intake(st: Stack) -> None:
 def test_intake_rejects_garbage(st: Stack) -> None:
     event = CloudEvent({"type": "com.example.other", "source": "/x"}, {"hello": 1})
     assert post_event(st.intake, *to_binary(event)).status_code == 400
-    event = CloudEvent({"type": "dev.kinfer.batch.request.v1", "source": "/x"},
-                       {"model": "no-such-model", "inputs": [{"data": [1]}]})
+    event = CloudEvent(
+        {"type": "dev.kinfer.batch.request.v1", "source": "/x"}, {"model": "no-such-model", "inputs": [{"data": [1]}]}
+    )
     assert post_event(st.intake, *to_binary(event)).status_code == 422
 
 
@@ -558,10 +628,28 @@ def test_killed_worker_is_redelivered_and_counted_once(st: Stack, tmp_path: Path
     settings = st.configure(batch_chunk_size=50)
     env = {**os.environ, **settings_env(settings), "K_SERVICE": "batch-worker"}
     log_file = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), "--target", "process_batch_chunk", "--source",
-                             "functions/batch_worker/main.py", "--workers", "2"],
-                            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--target",
+            "process_batch_chunk",
+            "--source",
+            "functions/batch_worker/main.py",
+            "--workers",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
     relay = None
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
@@ -575,13 +663,13 @@ def test_killed_worker_is_redelivered_and_counted_once(st: Stack, tmp_path: Path
         for child in children:
             os.kill(child, signal.SIGKILL)
         done = st.wait(job_id, timeout=90)
-        assert (done["status"], done["completed"], done["succeeded"], done["failed"]) == \
-            ("completed", 3000, 3000, 0)
+        assert (done["status"], done["completed"], done["succeeded"], done["failed"]) == ("completed", 3000, 3000, 0)
         lines = results_of(done["result_url"])
         assert [line["index"] for line in lines] == list(range(3000))
         with st.services().db.begin() as conn:
-            chunks = conn.execute(batch_store.batch_chunks.select().where(
-                batch_store.batch_chunks.c.job_id == uuid.UUID(job_id))).all()
+            chunks = conn.execute(
+                batch_store.batch_chunks.select().where(batch_store.batch_chunks.c.job_id == uuid.UUID(job_id))
+            ).all()
         assert len(chunks) == 60 and all(c.status == "done" for c in chunks)
         assert sum(c.processed for c in chunks) == 3000
         assert any(c.attempts > 1 for c in chunks), "the kill interrupted no chunk"
@@ -609,8 +697,7 @@ def test_triton_down_then_back_job_completes(st: Stack, tmp_path: Path) -> None:
     from shared.localstack.triton import TritonServer, default_repository
 
     ports = [free_port() for _ in range(3)]
-    own = TritonServer(default_repository(), tmp_path, http_port=ports[0], grpc_port=ports[1],
-                       metrics_port=ports[2])
+    own = TritonServer(default_repository(), tmp_path, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
     relay = st.make_relay(st.worker.url, retry=12, delay=0.1)
     try:
         st.configure(k_sink=relay.sink_url(SINK), batch_chunk_size=5)
@@ -633,8 +720,10 @@ def backdate(st: Stack, job_id: str, seconds: int) -> None:
     import sqlalchemy as sa
 
     with st.services().db.begin() as conn:
-        conn.execute(sa.text("UPDATE batch_jobs SET updated_at = clock_timestamp() - make_interval(secs => :s) "
-                             "WHERE id = :id"), {"s": seconds, "id": uuid.UUID(job_id)})
+        conn.execute(
+            sa.text("UPDATE batch_jobs SET updated_at = clock_timestamp() - make_interval(secs => :s) WHERE id = :id"),
+            {"s": seconds, "id": uuid.UUID(job_id)},
+        )
 
 
 def test_a_job_whose_chunks_stopped_is_failed_with_the_reason_when_read(st: Stack, capture: Capture) -> None:
@@ -653,8 +742,7 @@ def test_a_job_whose_chunks_stopped_is_failed_with_the_reason_when_read(st: Stac
     assert post_event(worker, *by_chunk(capture)[1]).json()["skipped"] == "job failed"  # late chunks change nothing
 
 
-def test_reconcile_requeues_lost_chunk_events_and_fails_jobs_whose_inputs_are_gone(st: Stack,
-                                                                                    capture: Capture) -> None:
+def test_reconcile_requeues_lost_chunk_events_and_fails_jobs_whose_inputs_are_gone(st: Stack, capture: Capture) -> None:
     from shared.batch import reaper
 
     kept = st.submit({"model": st.model, "inputs": iris_inputs(10)})["job_id"]

@@ -67,20 +67,25 @@ def test_create_list_show_revoke_round_trip(api: dict[str, Any], capsys: pytest.
     assert key_id in {k["id"] for k in revoked["keys"]} and revoked["total_count"] >= 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["keys", "revoke", "not-a-uuid"], "404 not_found: no API key"),
-    (["keys", "revoke", str(uuid.uuid4())], "404 not_found: no API key"),
-    (["keys", "create", "--name", "x", "--scopes", "infer,root"], "400 invalid_input: scopes must be"),
-])
-def test_api_errors_exit_1_with_one_line(api: dict[str, Any], capsys: pytest.CaptureFixture[str],
-                                         argv: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["keys", "revoke", "not-a-uuid"], "404 not_found: no API key"),
+        (["keys", "revoke", str(uuid.uuid4())], "404 not_found: no API key"),
+        (["keys", "create", "--name", "x", "--scopes", "infer,root"], "400 invalid_input: scopes must be"),
+    ],
+)
+def test_api_errors_exit_1_with_one_line(
+    api: dict[str, Any], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("kinfer: ") and message in err and "request id" in err
 
 
-def test_a_key_without_the_admin_scope_is_told_so(api: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_key_without_the_admin_scope_is_told_so(
+    api: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, batch_key = keys.create_key(api["services"], f"cli-b-{uuid.uuid4().hex[:6]}", "batch")
     assert main(["keys", "list", "--key", batch_key]) == 1  # the flag wins over KINFER_API_KEY
     assert "403 forbidden: this API key lacks the 'admin' scope" in capsys.readouterr().err
@@ -100,15 +105,17 @@ def empty_db(base_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterat
     services = Services(settings)
     yield services
     services.close()
-    admin = sa.create_engine(sa.make_url(base_settings.database_url).set(database="postgres"),
-                             isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(
+        sa.make_url(base_settings.database_url).set(database="postgres"), isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
     admin.dispose()
 
 
-def test_bootstrap_creates_the_first_admin_key_and_only_the_first(empty_db: Services,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_bootstrap_creates_the_first_admin_key_and_only_the_first(
+    empty_db: Services, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["keys", "bootstrap", "--name", "first-admin"]) == 0
     key = re.search(r"^key:\s+(kf_\S+)$", capsys.readouterr().out, re.M).group(1)
     assert keys.authenticate(empty_db, keys.hash_key(key))["scopes"] == ["admin"]

@@ -100,8 +100,9 @@ def test_delete_prefix_removes_only_that_prefix(client, bucket):
     assert keys == ["job-b/chunk-0"]
 
 
-@pytest.mark.parametrize("url", ["s3://bucket", "s3://bucket/", "http://bucket/key", "s3:///key", "",
-                                 "s3://bucket/key?x=1"])
+@pytest.mark.parametrize(
+    "url", ["s3://bucket", "s3://bucket/", "http://bucket/key", "s3:///key", "", "s3://bucket/key?x=1"]
+)
 def test_parse_s3_url_rejects_bad_urls(url):
     with pytest.raises(InvalidInput) as err:
         parse_s3_url(url)

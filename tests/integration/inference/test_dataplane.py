@@ -23,8 +23,15 @@ EXPECTED_IRIS = "'features' FP32 [4] (or a batch [n, 4])"
 
 
 def register(services: Any, triton_model: str, urls: list[str], **extra: Any) -> dict:
-    body = {"name": f"{triton_model[:4]}-{uuid.uuid4().hex[:8]}", "version": "1", "framework": "python",
-            "format": "python", "backend_urls": urls, "triton_model": triton_model, **extra}
+    body = {
+        "name": f"{triton_model[:4]}-{uuid.uuid4().hex[:8]}",
+        "version": "1",
+        "framework": "python",
+        "format": "python",
+        "backend_urls": urls,
+        "triton_model": triton_model,
+        **extra,
+    }
     return registry.create_model(services, body)
 
 
@@ -90,16 +97,19 @@ def test_unknown_model_and_inactive_version_are_404(client, svc, triton):
     assert r.status_code == 404 and "inactive" in r.json()["error"]
 
 
-@pytest.mark.parametrize("payload, field, phrase", [
-    ({}, "input", "input is required"),
-    ({"input": {}}, "input", "missing or empty"),
-    ({"input": {"data": []}}, "input.features", "non-empty list"),
-    ({"input": {"data": [1.0, 2.0, 3.0]}}, "input.features", "has shape [3]"),
-    ({"input": {"data": [[1.0, 2.0], [3.0, 4.0, 5.0, 6.0]]}}, "input.features", "ragged"),
-    ({"input": {"data": ["a", 1, 2, 3]}}, "input.features", "only numbers"),
-    ({"input": {"data": [1, None, 2, 3]}}, "input.features", "only numbers"),
-    ({"input": {"pixels": IRIS_ROW}}, "input.pixels", "unknown tensor 'pixels'"),
-])
+@pytest.mark.parametrize(
+    "payload, field, phrase",
+    [
+        ({}, "input", "input is required"),
+        ({"input": {}}, "input", "missing or empty"),
+        ({"input": {"data": []}}, "input.features", "non-empty list"),
+        ({"input": {"data": [1.0, 2.0, 3.0]}}, "input.features", "has shape [3]"),
+        ({"input": {"data": [[1.0, 2.0], [3.0, 4.0, 5.0, 6.0]]}}, "input.features", "ragged"),
+        ({"input": {"data": ["a", 1, 2, 3]}}, "input.features", "only numbers"),
+        ({"input": {"data": [1, None, 2, 3]}}, "input.features", "only numbers"),
+        ({"input": {"pixels": IRIS_ROW}}, "input.pixels", "unknown tensor 'pixels'"),
+    ],
+)
 def test_bad_input_is_400_naming_what_was_expected(client, iris, payload, field, phrase):
     r = client.post("/v1/infer", json={"model": iris["name"], **payload})
     body = r.json()
@@ -175,23 +185,26 @@ V2_GOOD = {"name": "features", "datatype": "FP32", "shape": [1, 4], "data": IRIS
 SIZE = "inputs.features.parameters.binary_data_size"
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"inputs": [{**V2_GOOD, "name": ["features"]}]}, "inputs[0].name"),
-    ({"inputs": [{**V2_GOOD, "name": {"n": 1}}]}, "inputs[0].name"),
-    ({"inputs": [V2_GOOD], "outputs": [{"name": ["label"]}]}, "outputs[0].name"),
-    ({"inputs": [V2_GOOD], "outputs": [{"name": {"x": 1}}]}, "outputs[0].name"),
-    ({"inputs": [V2_GOOD], "outputs": "label"}, "outputs"),
-    ({"inputs": [V2_GOOD], "parameters": [1]}, "parameters"),
-    ({"inputs": [V2_GOOD], "parameters": "x"}, "parameters"),
-    ({"inputs": [{**V2_GOOD, "parameters": 5}]}, "inputs[0].parameters"),
-    ({"inputs": [{**V2_GOOD, "parameters": {"binary_data_size": "abc"}}]}, SIZE),
-    ({"inputs": [{**V2_GOOD, "parameters": {"binary_data_size": []}}]}, SIZE),
-    ({"inputs": [{**V2_GOOD, "parameters": {"binary_data_size": {}}}]}, SIZE),
-    ({"inputs": [{**V2_GOOD, "parameters": {"binary_data_size": -16}}]}, SIZE),
-    ({"inputs": [{**V2_GOOD, "data": [1e39, 1, 2, 3]}]}, "inputs.features"),
-    ({"inputs": [{**V2_GOOD, "shape": [1, "4"]}]}, "inputs.features"),
-    ({"inputs": [V2_GOOD], "id": 7}, "id"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"inputs": [{**V2_GOOD, "name": ["features"]}]}, "inputs[0].name"),
+        ({"inputs": [{**V2_GOOD, "name": {"n": 1}}]}, "inputs[0].name"),
+        ({"inputs": [V2_GOOD], "outputs": [{"name": ["label"]}]}, "outputs[0].name"),
+        ({"inputs": [V2_GOOD], "outputs": [{"name": {"x": 1}}]}, "outputs[0].name"),
+        ({"inputs": [V2_GOOD], "outputs": "label"}, "outputs"),
+        ({"inputs": [V2_GOOD], "parameters": [1]}, "parameters"),
+        ({"inputs": [V2_GOOD], "parameters": "x"}, "parameters"),
+        ({"inputs": [{**V2_GOOD, "parameters": 5}]}, "inputs[0].parameters"),
+        ({"inputs": [{**V2_GOOD, "parameters": {"binary_data_size": "abc"}}]}, SIZE),
+        ({"inputs": [{**V2_GOOD, "parameters": {"binary_data_size": []}}]}, SIZE),
+        ({"inputs": [{**V2_GOOD, "parameters": {"binary_data_size": {}}}]}, SIZE),
+        ({"inputs": [{**V2_GOOD, "parameters": {"binary_data_size": -16}}]}, SIZE),
+        ({"inputs": [{**V2_GOOD, "data": [1e39, 1, 2, 3]}]}, "inputs.features"),
+        ({"inputs": [{**V2_GOOD, "shape": [1, "4"]}]}, "inputs.features"),
+        ({"inputs": [V2_GOOD], "id": 7}, "id"),
+    ],
+)
 def test_v2_malformed_fields_are_400_naming_them(client, iris, body, field):
     r = client.post(f"/v2/models/{iris['name']}/infer", json=body)
     assert r.status_code == 400, r.text
@@ -199,29 +212,38 @@ def test_v2_malformed_fields_are_400_naming_them(client, iris, body, field):
     assert error["code"] == "invalid_input" and error["field"] == field and error["request_id"]
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4],'
-    b' "parameters": {"binary_data_size": 1e400}}]}',
-    b'{"inputs": [], "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
-    b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [NaN, 2, 3, 4]}]}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4],'
+        b' "parameters": {"binary_data_size": 1e400}}]}',
+        b'{"inputs": [], "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
+        b'{"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [NaN, 2, 3, 4]}]}',
+    ],
+)
 def test_v2_unparseable_numbers_and_duplicate_keys_are_400(client, iris, raw):
     r = client.post(f"/v2/models/{iris['name']}/infer", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_input" and r.json()["field"] == "body"
 
 
 def test_v2_binary_tensors_with_nan_or_infinity_are_400(client, iris):
-    header = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4],
-                                      "parameters": {"binary_data_size": 16}}]}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}
+    ).encode()
     for bad in (np.nan, np.inf):
         data = np.array([[bad, 1, 2, 3]], np.float32).tobytes()
-        r = client.post(f"/v2/models/{iris['name']}/infer", content=header + data,
-                        headers={"Inference-Header-Content-Length": str(len(header)),
-                                 "Content-Type": "application/octet-stream"})
+        r = client.post(
+            f"/v2/models/{iris['name']}/infer",
+            content=header + data,
+            headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        )
         assert r.status_code == 400 and "NaN or infinity" in r.json()["error"]
     good = np.array([IRIS_ROW], np.float32).tobytes()
-    r = client.post(f"/v2/models/{iris['name']}/infer", content=header + good,
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+    r = client.post(
+        f"/v2/models/{iris['name']}/infer",
+        content=header + good,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     assert r.status_code == 200 and r.json()["outputs"][0]["name"] == "label"
 
 
@@ -232,11 +254,14 @@ def test_values_beyond_fp32_are_400_and_answers_never_hold_nan(client, iris):
     assert r.status_code == 200 and b"NaN" not in r.content and b"Infinity" not in r.content
 
 
-@pytest.mark.parametrize("raw, content_type, status", [
-    (b'{"model": "m", "model": "n", "input": {"data": [1, 2, 3, 4]}}', "application/json", 400),
-    (b'{"model": "m", "input": {"data": [1, 2, 3, 4]}}', "text/plain", 415),
-    (b'{"model": "m", "input": {"data": [1, 2, 3, 4]}}', "application/xml", 415),
-])
+@pytest.mark.parametrize(
+    "raw, content_type, status",
+    [
+        (b'{"model": "m", "model": "n", "input": {"data": [1, 2, 3, 4]}}', "application/json", 400),
+        (b'{"model": "m", "input": {"data": [1, 2, 3, 4]}}', "text/plain", 415),
+        (b'{"model": "m", "input": {"data": [1, 2, 3, 4]}}', "application/xml", 415),
+    ],
+)
 def test_duplicate_keys_400_and_non_json_content_types_415(client, raw, content_type, status):
     r = client.post("/v1/infer", content=raw, headers={"Content-Type": content_type})
     assert r.status_code == status and r.json()["request_id"]
@@ -246,8 +271,7 @@ def test_duplicate_keys_400_and_non_json_content_types_415(client, raw, content_
 def test_rows_and_elements_per_request_are_bounded_naming_the_limit(base_settings, triton):
     from shared.services import reset_services
 
-    settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url, max_infer_rows=10,
-                                   max_infer_elements=60)
+    settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url, max_infer_rows=10, max_infer_elements=60)
     svc = reset_services(settings)
     try:
         model = register(svc, "iris_classifier", [triton.grpc_url])
@@ -256,8 +280,10 @@ def test_rows_and_elements_per_request_are_bounded_naming_the_limit(base_setting
         r = client.post("/v1/infer", json={"model": model["name"], "input": {"data": [IRIS_ROW] * 11}})
         assert r.status_code == 400 and "at most 10 (MAX_INFER_ROWS)" in r.json()["error"]
         assert "POST /v1/batch" in r.json()["error"]
-        assert client.post("/v1/infer", json={"model": model["name"], "input": {"data": [IRIS_ROW] * 10}}
-                           ).status_code == 200
+        assert (
+            client.post("/v1/infer", json={"model": model["name"], "input": {"data": [IRIS_ROW] * 10}}).status_code
+            == 200
+        )
         r = client.post("/v1/infer", json={"model": vec["name"], "input": {"data": [1.0] * 61}})
         assert r.status_code == 400 and "at most 60 (MAX_INFER_ELEMENTS)" in r.json()["error"]
         v2 = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [11, 4], "data": [1.0] * 44}]}
@@ -301,8 +327,11 @@ def test_concurrent_single_rows_share_triton_requests_and_each_gets_its_own_answ
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(one, range(64)))
         assert answers == ["setosa" if i % 2 else "virginica" for i in range(64)]
-        merged = sum(n for field, n in rec._rows.items() if field.startswith(f"{url}|")
-                     and not field.endswith("|sum") and field.rpartition("|")[2] not in ("0",))
+        merged = sum(
+            n
+            for field, n in rec._rows.items()
+            if field.startswith(f"{url}|") and not field.endswith("|sum") and field.rpartition("|")[2] not in ("0",)
+        )
         if merged:
             break
     assert merged, "no Triton request carried more than one row"

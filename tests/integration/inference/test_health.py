@@ -28,8 +28,7 @@ TTL = 0.2
 def svc(base_settings: Any, triton: Any) -> Iterator[Any]:
     from shared.services import reset_services
 
-    settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url, auth_required=True,
-                                   auth_cache_ttl_s=TTL)
+    settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url, auth_required=True, auth_cache_ttl_s=TTL)
     yield reset_services(settings)
     reset_services(None)
 
@@ -39,16 +38,27 @@ def _down(settings: Any, **what: str) -> Any:
 
 
 def test_known_keys_keep_working_while_postgresql_is_down(svc: Any, triton: Any) -> None:
-    model = registry.create_model(svc, {"name": f"pg-{uuid.uuid4().hex[:8]}", "version": "1", "framework": "onnx",
-                                        "format": "onnx", "backend_url": triton.grpc_url,
-                                        "triton_model": "iris_classifier"})
+    model = registry.create_model(
+        svc,
+        {
+            "name": f"pg-{uuid.uuid4().hex[:8]}",
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": triton.grpc_url,
+            "triton_model": "iris_classifier",
+        },
+    )
     record, known = keys.create_key(svc, f"known-{uuid.uuid4().hex[:6]}", "infer")
     _, unseen = keys.create_key(svc, f"unseen-{uuid.uuid4().hex[:6]}", "infer")
     client = function_client("infer", "run_inference")
 
     def infer(key: str) -> Any:
-        return client.post("/v1/infer", json={"model": model["name"], "input": {"data": ROW}},
-                           headers={"Authorization": f"Bearer {key}"})
+        return client.post(
+            "/v1/infer",
+            json={"model": model["name"], "input": {"data": ROW}},
+            headers={"Authorization": f"Bearer {key}"},
+        )
 
     assert infer(known).status_code == 200  # the key and the model are now cached
     healthy = client.get("/health").json()

@@ -28,10 +28,20 @@ def served(base_settings: Any, triton: Any) -> Iterator[tuple[str, dict, dict]]:
 
     settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url)
     services = reset_services(settings)
-    models = [registry.create_model(services, {"name": f"http-{m[:4]}-{uuid.uuid4().hex[:6]}", "version": "1.0",
-                                               "framework": "python", "format": "python",
-                                               "backend_url": triton.grpc_url, "triton_model": m})
-              for m in ("iris_classifier", "vector_scorer")]
+    models = [
+        registry.create_model(
+            services,
+            {
+                "name": f"http-{m[:4]}-{uuid.uuid4().hex[:6]}",
+                "version": "1.0",
+                "framework": "python",
+                "format": "python",
+                "backend_url": triton.grpc_url,
+                "triton_model": m,
+            },
+        )
+        for m in ("iris_classifier", "vector_scorer")
+    ]
     reset_services(None)
     with serve_function("infer", "run_inference", free_port(), settings) as base:
         yield base, models[0], models[1]
@@ -55,8 +65,12 @@ def test_twenty_concurrent_requests_all_succeed(served):
 def test_trace_continuity_over_http(served):
     base, iris, _ = served
     trace_id = uuid.uuid4().hex
-    r = requests.post(f"{base}/v1/infer", json={"model": iris["name"], "input": {"data": ROW}}, timeout=30,
-                      headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"})
+    r = requests.post(
+        f"{base}/v1/infer",
+        json={"model": iris["name"], "input": {"data": ROW}},
+        timeout=30,
+        headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"},
+    )
     assert r.status_code == 200 and r.headers["X-Trace-ID"] == trace_id
     # the body carries both ids beside each other, as error bodies do
     assert r.json()["trace_id"] == trace_id and r.json()["request_id"] == r.headers["X-Request-ID"]

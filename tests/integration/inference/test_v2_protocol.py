@@ -29,9 +29,17 @@ def gateway(base_settings: Any, triton: Any) -> Iterator[tuple[str, dict, str]]:
 
     settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url, auth_required=True)
     services = reset_services(settings)
-    model = registry.create_model(services, {"name": f"v2-{uuid.uuid4().hex[:8]}", "version": "1.0",
-                                             "framework": "onnx", "format": "onnx", "backend_url": triton.grpc_url,
-                                             "triton_model": "iris_classifier"})
+    model = registry.create_model(
+        services,
+        {
+            "name": f"v2-{uuid.uuid4().hex[:8]}",
+            "version": "1.0",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": triton.grpc_url,
+            "triton_model": "iris_classifier",
+        },
+    )
     key = keys.create_key(services, f"v2-{uuid.uuid4().hex[:6]}", "infer")[1]
     reset_services(None)
     with serve_gateway(free_port(), settings) as base:
@@ -81,15 +89,22 @@ def test_inference_with_binary_tensors_and_json(client: Any, gateway: tuple[str,
     assert result.as_numpy("label").reshape(-1).tolist() == [0, 2]
     tensor = httpclient.InferInput("features", [1, 4], "FP32")
     tensor.set_data_from_numpy(rows[:1], binary_data=False)
-    result = client.infer(model["name"], [tensor], outputs=[httpclient.InferRequestedOutput("probabilities")],
-                          headers={"Authorization": f"Bearer {key}"})  # tritonclient writes into the dict it gets
+    result = client.infer(
+        model["name"],
+        [tensor],
+        outputs=[httpclient.InferRequestedOutput("probabilities")],
+        headers={"Authorization": f"Bearer {key}"},
+    )  # tritonclient writes into the dict it gets
     assert result.as_numpy("probabilities").shape == (1, 3) and result.as_numpy("label") is None
 
 
 def test_model_routes_need_a_key(gateway: tuple[str, dict, str]) -> None:
     base, model, _ = gateway
-    for path in (f"/v2/models/{model['name']}", f"/v2/models/{model['name']}/ready",
-                 f"/v2/models/{model['name']}/versions/1.0/config"):
+    for path in (
+        f"/v2/models/{model['name']}",
+        f"/v2/models/{model['name']}/ready",
+        f"/v2/models/{model['name']}/versions/1.0/config",
+    ):
         r = requests.get(base + path, timeout=10)
         assert r.status_code == 401 and r.json()["code"] == "unauthorized", path
     assert requests.get(base + "/v2/health/live", timeout=10).json() == {"live": True}

@@ -47,11 +47,20 @@ class Lifecycle:
         self.infer_client = function_client("infer", "run_inference")
 
     def configure(self, **overrides: Any) -> Any:
-        values = {"s3_endpoint_url": self.s3.url, "model_repository_uri": f"s3://models-{self.uid}/repo",
-                  "onnx_backend": "python", "triton_url": self.triton.grpc_url,
-                  "agent_triton_http": self.triton.http_url, "agent_repository_dir": str(self.repo),
-                  "agent_sync_s": 0.2, "agent_heartbeat_ttl_s": 3.0, "unload_grace_s": 1.0,
-                  "backend_allowlist": ("127.0.0.1:*",), "check_backends": True, "max_artifact_bytes": 5_000_000}
+        values = {
+            "s3_endpoint_url": self.s3.url,
+            "model_repository_uri": f"s3://models-{self.uid}/repo",
+            "onnx_backend": "python",
+            "triton_url": self.triton.grpc_url,
+            "agent_triton_http": self.triton.http_url,
+            "agent_repository_dir": str(self.repo),
+            "agent_sync_s": 0.2,
+            "agent_heartbeat_ttl_s": 3.0,
+            "unload_grace_s": 1.0,
+            "backend_allowlist": ("127.0.0.1:*",),
+            "check_backends": True,
+            "max_artifact_bytes": 5_000_000,
+        }
         values.update(overrides)
         self.settings = dataclasses.replace(self.base, **values)
         reset_services(self.settings)
@@ -81,8 +90,12 @@ class Lifecycle:
         return dict(resp.json())
 
     def upload(self, model_id: str, data: bytes, **params: str) -> Any:
-        return self.models.put(f"/v1/models/{model_id}/artifact", content=data, params=params,
-                               headers={"Content-Type": "application/octet-stream"})
+        return self.models.put(
+            f"/v1/models/{model_id}/artifact",
+            content=data,
+            params=params,
+            headers={"Content-Type": "application/octet-stream"},
+        )
 
     def push(self, name: str, version: str, data: bytes, wait: bool = True, **body: Any) -> dict[str, Any]:
         created = self.register(name, version, **body)
@@ -90,8 +103,9 @@ class Lifecycle:
         assert resp.status_code == 200, resp.text
         return self.wait_state(created["id"]) if wait else dict(resp.json())
 
-    def wait_state(self, model_id: str, states: tuple[str, ...] = ("ready", "failed"),
-                   timeout: float = 60) -> dict[str, Any]:
+    def wait_state(
+        self, model_id: str, states: tuple[str, ...] = ("ready", "failed"), timeout: float = 60
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             model = self.models.get(f"/v1/models/{model_id}").json()

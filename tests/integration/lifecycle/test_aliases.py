@@ -58,11 +58,18 @@ def test_a_90_10_split_lands_within_3_points_and_is_sticky(life: Lifecycle, mode
         assert life.infer(model, 1.0, "canary", route_key=f"caller-{i}").json()["version"] == answered[i]
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"versions": {"1": 90, "2": 20}}, "versions"), ({"versions": {"1": 0, "2": 100}}, "versions"),
-    ({"versions": {}}, "versions"), ({"version": "v1"}, "version"), ({"version": "1", "versions": {}}, "versions"),
-    ({"versions": {"1": 50.5, "2": 49.5}}, "versions"), ({"other": 1}, "other"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"versions": {"1": 90, "2": 20}}, "versions"),
+        ({"versions": {"1": 0, "2": 100}}, "versions"),
+        ({"versions": {}}, "versions"),
+        ({"version": "v1"}, "version"),
+        ({"version": "1", "versions": {}}, "versions"),
+        ({"versions": {"1": 50.5, "2": 49.5}}, "versions"),
+        ({"other": 1}, "other"),
+    ],
+)
 def test_bad_alias_bodies_are_400(life: Lifecycle, model: str, body: dict, field: str) -> None:
     resp = life.models.put(alias_path(model, "bad"), json=body)
     assert resp.status_code == 400 and resp.json()["field"] == field, resp.text
@@ -82,8 +89,10 @@ def test_alias_moves_to_missing_or_unready_versions_are_refused(life: Lifecycle,
 def test_an_aliased_version_cannot_be_deleted_or_deactivated(life: Lifecycle, model: str) -> None:
     life.models.put(alias_path(model), json={"version": "1"})
     v1 = life.models.get(f"/v1/models/by-name/{model}/1").json()
-    for resp in (life.models.delete(f"/v1/models/{v1['id']}"),
-                 life.models.patch(f"/v1/models/{v1['id']}", json={"status": "deprecated"})):
+    for resp in (
+        life.models.delete(f"/v1/models/{v1['id']}"),
+        life.models.patch(f"/v1/models/{v1['id']}", json={"status": "deprecated"}),
+    ):
         assert resp.status_code == 409 and resp.json()["code"] == "version_aliased", resp.text
         assert "production" in resp.json()["error"]
 
@@ -114,8 +123,9 @@ class Load:
         while not self.stop.is_set():
             x = float(i + 1)
             data = json.dumps({"model": self.name, "input": {"data": [x]}}).encode()
-            request = urllib.request.Request(self.url + "v1/infer", data=data, method="POST",
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                self.url + "v1/infer", data=data, method="POST", headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=30) as resp:
                     body = json.loads(resp.read())
@@ -143,12 +153,20 @@ def test_promote_and_rollback_under_load_fail_no_request(life: Lifecycle, model:
         time.sleep(1.0)
         v3 = life.push(model, "3", linear_onnx(K["3"]))  # loaded while version 1 serves
         assert v3["state"] == "ready", v3
-        steps = [("PUT", {"version": "3"}), ("POST", None), ("PUT", {"versions": {"1": 50, "3": 50}}),
-                 ("PUT", {"version": "2"}), ("POST", None)]
+        steps = [
+            ("PUT", {"version": "3"}),
+            ("POST", None),
+            ("PUT", {"versions": {"1": 50, "3": 50}}),
+            ("PUT", {"version": "2"}),
+            ("POST", None),
+        ]
         for method, body in steps:
             time.sleep(1.0)
-            resp = (life.models.put(alias_path(model), json=body) if method == "PUT"
-                    else life.models.post(alias_path(model) + "/rollback"))
+            resp = (
+                life.models.put(alias_path(model), json=body)
+                if method == "PUT"
+                else life.models.post(alias_path(model) + "/rollback")
+            )
             assert resp.status_code == 200, resp.text
         assert resp.json()["versions"] == {"1": 50, "3": 50}, "the last rollback went back to the split"
         time.sleep(1.0)
@@ -156,8 +174,7 @@ def test_promote_and_rollback_under_load_fail_no_request(life: Lifecycle, model:
         load.finish()
         server.stop()
     total = sum(load.statuses.values())
-    print(f"\n{total} requests during promote/rollback: statuses {dict(load.statuses)}, "
-          f"versions {dict(load.versions)}")
+    print(f"\n{total} requests during promote/rollback: statuses {dict(load.statuses)}, versions {dict(load.versions)}")
     assert set(load.statuses) == {200}, load.wrong[:5]
     assert not load.wrong and total > 100
     assert {"1", "2", "3"} <= set(load.versions), "every version served in turn"

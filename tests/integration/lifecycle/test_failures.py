@@ -37,8 +37,9 @@ def still_serving(life: Lifecycle, name: str) -> None:
 
 def version_keys(life: Lifecycle, model: dict[str, Any]) -> dict[str, int]:
     layout = Layout.of(life.settings)
-    return repository.list_keys(life.services().s3, layout.bucket,
-                                layout.version_prefix(model["triton_model"], model["triton_version"]))
+    return repository.list_keys(
+        life.services().s3, layout.bucket, layout.version_prefix(model["triton_model"], model["triton_version"])
+    )
 
 
 def tar_with(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
@@ -62,38 +63,61 @@ def symlink() -> tarfile.TarInfo:
 def bad_graph() -> bytes:
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Mul", ["x", "missing"], ["y"])], "bad",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "missing"], ["y"])],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+    )
     return bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
 
 
 def string_input() -> bytes:
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["s"], ["y"])], "strings",
-                              [helper.make_tensor_value_info("s", TensorProto.STRING, ["n", 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.STRING, ["n", 1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["y"])],
+        "strings",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["n", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["n", 1])],
+    )
     return bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
 
 
-@pytest.mark.parametrize("data,code,words", [
-    (b"definitely not a model", "invalid_input", "not an ONNX model"),
-    (linear_onnx(2.0)[:40], "invalid_input", "ONNX"),
-    (bad_graph(), "invalid_input", "corrupt or invalid"),
-    (string_input(), "invalid_input", "unsupported tensor type STRING"),
-    (package({"1/model.py": "x = 1"}), "invalid_input", "no config.pbtxt"),
-    (package({"config.pbtxt": PY_CONFIG}), "invalid_input", "exactly one numeric version folder"),
-    (package({"config.pbtxt": PY_CONFIG, "1/a.py": "", "2/b.py": ""}), "invalid_input", "found: 1, 2"),
-    (package({"config.pbtxt": "name: {{", "1/model.py": ""}), "invalid_input", "does not parse"),
-    (tar_with(tarfile.TarInfo("../../escape.py"), b"x"), "invalid_input", "escapes the package"),
-    (tar_with(tarfile.TarInfo("/abs/model.py"), b"x"), "invalid_input", "escapes the package"),
-    (tar_with(symlink()), "invalid_input", "link or a special file"),
-    (b"\x1f\x8b" + b"\x00" * 30, "invalid_input", "not a readable .tar.gz"),
-], ids=["garbage", "truncated-onnx", "invalid-graph", "string-tensor", "no-config", "no-version", "two-versions",
-        "bad-config", "dotdot", "absolute", "symlink", "bad-gzip"])
+@pytest.mark.parametrize(
+    "data,code,words",
+    [
+        (b"definitely not a model", "invalid_input", "not an ONNX model"),
+        (linear_onnx(2.0)[:40], "invalid_input", "ONNX"),
+        (bad_graph(), "invalid_input", "corrupt or invalid"),
+        (string_input(), "invalid_input", "unsupported tensor type STRING"),
+        (package({"1/model.py": "x = 1"}), "invalid_input", "no config.pbtxt"),
+        (package({"config.pbtxt": PY_CONFIG}), "invalid_input", "exactly one numeric version folder"),
+        (package({"config.pbtxt": PY_CONFIG, "1/a.py": "", "2/b.py": ""}), "invalid_input", "found: 1, 2"),
+        (package({"config.pbtxt": "name: {{", "1/model.py": ""}), "invalid_input", "does not parse"),
+        (tar_with(tarfile.TarInfo("../../escape.py"), b"x"), "invalid_input", "escapes the package"),
+        (tar_with(tarfile.TarInfo("/abs/model.py"), b"x"), "invalid_input", "escapes the package"),
+        (tar_with(symlink()), "invalid_input", "link or a special file"),
+        (b"\x1f\x8b" + b"\x00" * 30, "invalid_input", "not a readable .tar.gz"),
+    ],
+    ids=[
+        "garbage",
+        "truncated-onnx",
+        "invalid-graph",
+        "string-tensor",
+        "no-config",
+        "no-version",
+        "two-versions",
+        "bad-config",
+        "dotdot",
+        "absolute",
+        "symlink",
+        "bad-gzip",
+    ],
+)
 def test_a_bad_artifact_is_400_with_its_reason_and_nothing_is_half_registered(
-        life: Lifecycle, serving: str, data: bytes, code: str, words: str) -> None:
+    life: Lifecycle, serving: str, data: bytes, code: str, words: str
+) -> None:
     created = life.register(serving, "9")
     try:
         resp = life.upload(created["id"], data)
@@ -152,8 +176,9 @@ def test_checksum_size_duplicate_and_second_upload(life: Lifecycle, serving: str
     assert ok.json()["artifact_sha256"] == hashlib.sha256(data).hexdigest()
     again = life.upload(created["id"], data)
     assert again.status_code == 409 and again.json()["code"] == "artifact_exists"
-    duplicate = life.models.post("/v1/models", json={"name": serving, "version": "7", "framework": "onnx",
-                                                     "format": "onnx", "upload": True})
+    duplicate = life.models.post(
+        "/v1/models", json={"name": serving, "version": "7", "framework": "onnx", "format": "onnx", "upload": True}
+    )
     assert duplicate.status_code == 409 and duplicate.json()["field"] == "version"
     assert life.wait_state(created["id"])["state"] == "ready"
     life.models.delete(f"/v1/models/{created['id']}")
@@ -166,8 +191,12 @@ def test_an_upload_interrupted_midway_leaves_no_visible_version(life: Lifecycle,
     created = life.register(serving, "6")
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
-            sock.sendall((f"PUT /v1/models/{created['id']}/artifact HTTP/1.1\r\nHost: x\r\n"
-                          "Content-Type: application/octet-stream\r\nContent-Length: 4000000\r\n\r\n").encode())
+            sock.sendall(
+                (
+                    f"PUT /v1/models/{created['id']}/artifact HTTP/1.1\r\nHost: x\r\n"
+                    "Content-Type: application/octet-stream\r\nContent-Length: 4000000\r\n\r\n"
+                ).encode()
+            )
             sock.sendall(b"\x08" * 1_000_000)
             time.sleep(0.5)
         time.sleep(1.0)
@@ -189,8 +218,13 @@ def test_register_from_an_s3_artifact_uri(life: Lifecycle) -> None:
     repository.ensure_bucket(s3, layout)
     repository.put(s3, layout.bucket, "incoming/model.onnx", linear_onnx(7.0))
     name = unique("uri")
-    body = {"name": name, "version": "1", "framework": "onnx", "format": "onnx",
-            "artifact_uri": f"s3://{layout.bucket}/incoming/model.onnx"}
+    body = {
+        "name": name,
+        "version": "1",
+        "framework": "onnx",
+        "format": "onnx",
+        "artifact_uri": f"s3://{layout.bucket}/incoming/model.onnx",
+    }
     missing = life.models.post("/v1/models", json=dict(body, artifact_uri=f"s3://{layout.bucket}/nope.onnx"))
     assert missing.status_code == 400 and missing.json()["code"] == "artifact_not_found"
     s3.create_bucket(Bucket=f"other-{life.uid}")
@@ -244,9 +278,16 @@ def test_deleting_a_version_removes_its_files_but_never_the_callers_object(life:
     repository.ensure_bucket(s3, layout)
     repository.put(s3, layout.bucket, "incoming/keep.onnx", linear_onnx(2.0))
     name = unique("del")
-    created = life.models.post("/v1/models", json={"name": name, "version": "1", "framework": "onnx",
-                                                   "format": "onnx",
-                                                   "artifact_uri": f"s3://{layout.bucket}/incoming/keep.onnx"}).json()
+    created = life.models.post(
+        "/v1/models",
+        json={
+            "name": name,
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "artifact_uri": f"s3://{layout.bucket}/incoming/keep.onnx",
+        },
+    ).json()
     model = life.wait_state(created["id"])
     assert version_keys(life, model)
     assert life.models.delete(f"/v1/models/{model['id']}").status_code == 204

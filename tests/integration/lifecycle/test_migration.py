@@ -35,15 +35,24 @@ def test_rows_from_before_the_lifecycle_are_ready_versions_without_a_triton_vers
     engine = sa.create_engine(old_database.database_url)
     model_id, name = uuid.uuid4(), f"old-{uuid.uuid4().hex[:6]}"
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO models (id, name, version, framework, format, triton_model) "
-                             "VALUES (:i, :n, '1', 'onnx', 'onnx', 'iris_classifier')"), {"i": model_id, "n": name})
+        conn.execute(
+            sa.text(
+                "INSERT INTO models (id, name, version, framework, format, triton_model) "
+                "VALUES (:i, :n, '1', 'onnx', 'onnx', 'iris_classifier')"
+            ),
+            {"i": model_id, "n": name},
+        )
     engine.dispose()
     db.upgrade(old_database)
     services = Services(old_database)
     try:
         model = registry.resolve_model(services, name)
         assert (model["id"], model["state"], model["triton_version"], model["repository_uri"]) == (
-            str(model_id), "ready", None, None)
+            str(model_id),
+            "ready",
+            None,
+            None,
+        )
         from alembic import command
 
         command.downgrade(db.alembic_config(old_database), "0003_batch")  # and back down, and up again

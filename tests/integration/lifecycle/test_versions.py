@@ -77,8 +77,11 @@ def test_per_version_counters_and_latencies_are_in_metrics(life: Lifecycle, two_
 
     def read() -> tuple[float, float]:
         life.services().version_recorder.flush()
-        values = dict(line.rsplit(" ", 1) for line in backends.get("/metrics").text.splitlines()
-                      if line.startswith((counter, latency)))
+        values = dict(
+            line.rsplit(" ", 1)
+            for line in backends.get("/metrics").text.splitlines()
+            if line.startswith((counter, latency))
+        )
         return float(values.get(counter, 0)), float(values.get(latency, 0))
 
     before = read()

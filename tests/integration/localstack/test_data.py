@@ -20,8 +20,11 @@ def test_private_postgres_and_redis(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     pg_port, redis_port = free_port(), free_port()
-    settings = Settings.from_env(environ={}, database_url=f"postgresql+pg8000://postgres@127.0.0.1:{pg_port}/kinfer",
-                                 redis_url=f"redis://127.0.0.1:{redis_port}/0")
+    settings = Settings.from_env(
+        environ={},
+        database_url=f"postgresql+pg8000://postgres@127.0.0.1:{pg_port}/kinfer",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+    )
     pg_pid = data.ensure_postgres(settings, state)
     try:
         redis_pid = data.ensure_redis(settings, state)

@@ -18,8 +18,22 @@ pytestmark = pytest.mark.integration
 
 def test_kill_9_of_the_shown_pid_takes_every_worker_down(tmp_path: Path) -> None:
     port = free_port()
-    cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--target", "run_inference", "--source", "functions/infer/main.py", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--target",
+        "run_inference",
+        "--source",
+        "functions/infer/main.py",
+        "--workers",
+        "2",
+    ]
     pid = procs.spawn(cmd, tmp_path / "serve.log", {"K_SERVICE": "infer"}, ROOT)
     try:
         procs.wait_http(f"http://127.0.0.1:{port}/livez", pid, 60, tmp_path / "serve.log")
@@ -41,8 +55,20 @@ def test_kill_9_of_the_shown_pid_takes_every_worker_down(tmp_path: Path) -> None
 
 def test_a_single_process_server_serves_itself(tmp_path: Path) -> None:
     port = free_port()
-    cmd = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--target", "run_inference", "--source", "functions/infer/main.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--target",
+        "run_inference",
+        "--source",
+        "functions/infer/main.py",
+    ]
     pid = procs.spawn(cmd, tmp_path / "serve.log", {"K_SERVICE": "infer"}, ROOT)
     try:
         procs.wait_http(f"http://127.0.0.1:{port}/livez", pid, 60, tmp_path / "serve.log")

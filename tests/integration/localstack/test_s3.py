@@ -18,8 +18,9 @@ pytestmark = pytest.mark.integration
 
 
 def client(url: str):  # noqa: ANN201 - a boto3 client
-    return boto3.client("s3", endpoint_url=url, aws_access_key_id="k", aws_secret_access_key="s",
-                        region_name="us-east-1")
+    return boto3.client(
+        "s3", endpoint_url=url, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
+    )
 
 
 def test_objects_survive_a_restart_and_deletes_stay_deleted(tmp_path: Path) -> None:
@@ -29,10 +30,16 @@ def test_objects_survive_a_restart_and_deletes_stay_deleted(tmp_path: Path) -> N
     s3.create_bucket(Bucket="kept")
     big = os.urandom(6 * 1024 * 1024) + b"tail"
     upload = s3.create_multipart_upload(Bucket="kept", Key="big.bin")["UploadId"]
-    etags = [s3.upload_part(Bucket="kept", Key="big.bin", UploadId=upload, PartNumber=n, Body=part)["ETag"]
-             for n, part in ((1, big[:5 * 1024 * 1024]), (2, big[5 * 1024 * 1024:]))]
-    s3.complete_multipart_upload(Bucket="kept", Key="big.bin", UploadId=upload, MultipartUpload={
-        "Parts": [{"ETag": e, "PartNumber": n} for n, e in enumerate(etags, 1)]})
+    etags = [
+        s3.upload_part(Bucket="kept", Key="big.bin", UploadId=upload, PartNumber=n, Body=part)["ETag"]
+        for n, part in ((1, big[: 5 * 1024 * 1024]), (2, big[5 * 1024 * 1024 :]))
+    ]
+    s3.complete_multipart_upload(
+        Bucket="kept",
+        Key="big.bin",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n} for n, e in enumerate(etags, 1)]},
+    )
     s3.put_object(Bucket="kept", Key="dir/a b.jsonl", Body=b'{"x":1}\n', ContentType="application/x-ndjson")
     s3.put_object(Bucket="kept", Key="gone.txt", Body=b"bye")
     s3.delete_object(Bucket="kept", Key="gone.txt")

@@ -21,8 +21,10 @@ from tests.conftest import PG_ADMIN_URL, free_port
 
 pytestmark = pytest.mark.integration
 
-OLD_ROW = ("INSERT INTO models (id, name, version, framework, format, triton_model) "
-           "VALUES (:i, :n, '1', 'onnx', 'onnx', 'iris_classifier')")
+OLD_ROW = (
+    "INSERT INTO models (id, name, version, framework, format, triton_model) "
+    "VALUES (:i, :n, '1', 'onnx', 'onnx', 'iris_classifier')"
+)
 
 
 @pytest.fixture
@@ -33,7 +35,10 @@ def old_stack(base_settings: Any, tmp_path: Path) -> Iterator[Any]:
     s3.start()
     settings = dataclasses.replace(
         type(base_settings).from_env(environ={}, database_url=url, redis_url=base_settings.redis_url),
-        s3_endpoint_url=s3.url, model_repository_uri=f"s3://models-{name}/repo", check_backends=False)
+        s3_endpoint_url=s3.url,
+        model_repository_uri=f"s3://models-{name}/repo",
+        check_backends=False,
+    )
     db.ensure_database(settings)
     db.upgrade(settings, "0003_batch")
     engine = sa.create_engine(settings.database_url)
@@ -62,11 +67,15 @@ def test_the_demo_is_pushed_over_its_old_registration_and_others_pointing_at_it(
         assert pushed is not None
         model = registry.get_model(services, pushed)
         assert (model["name"], model["triton_model"], model["triton_version"]) == (
-            "iris_classifier", "iris_classifier", 1)
+            "iris_classifier",
+            "iris_classifier",
+            1,
+        )
         assert model["repository_uri"], "the demo is now a version whose files Kinfer manages"
         with services.db.read() as conn:
-            owner = conn.execute(sa.select(triton_models.c.owner)
-                                 .where(triton_models.c.name == "iris_classifier")).scalar_one()
+            owner = conn.execute(
+                sa.select(triton_models.c.owner).where(triton_models.c.name == "iris_classifier")
+            ).scalar_one()
         assert owner == "iris_classifier"
     finally:
         services.close()

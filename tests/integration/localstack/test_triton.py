@@ -129,7 +129,7 @@ def test_metadata_and_config_are_readable(client):
 
 
 def test_busy_port_gives_a_clear_error(server, tmp_path):
-    taken = server.ports['grpc']
+    taken = server.ports["grpc"]
     other = TritonServer(REPOSITORY, tmp_path, http_port=free_port(), grpc_port=taken, metrics_port=free_port())
     with pytest.raises(TritonStartError, match=f"grpc port 127.0.0.1:{taken} is already in use") as info:
         other.start(timeout=10)
@@ -140,11 +140,14 @@ def test_busy_port_gives_a_clear_error(server, tmp_path):
 def test_broken_model_fails_fast_with_the_reason(tmp_path):
     model = tmp_path / "repo" / "broken" / "1"
     model.mkdir(parents=True)
-    (model.parent / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 0\n'
-                                               'input [{ name: "x" data_type: TYPE_FP32 dims: [1] }]\n'
-                                               'output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]\n')
-    (model / "model.py").write_text("class TritonPythonModel:\n    def initialize(self, args):\n"
-                                    "        raise RuntimeError('kinfer-broken-model')\n")
+    (model.parent / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 0\n'
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [1] }]\n'
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]\n'
+    )
+    (model / "model.py").write_text(
+        "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('kinfer-broken-model')\n"
+    )
     triton = TritonServer(tmp_path / "repo", tmp_path / "state", *ports())
     with pytest.raises(TritonStartError, match="tritonserver exited") as info:
         triton.start(timeout=30)

@@ -17,13 +17,16 @@ from shared.settings import Settings
 
 
 # -- header parsing -----------------------------------------------------------
-@pytest.mark.parametrize("headers, expected", [
-    ({"Authorization": "Bearer kf_abc.DEF-123"}, "kf_abc.DEF-123"),
-    ({"Authorization": "bearer   demo-token  "}, "demo-token"),
-    ({"X-API-Key": "demo-token"}, "demo-token"),
-    ({"Authorization": "Bearer a-key-1", "X-API-Key": "b-key-2"}, "a-key-1"),
-    ({"Authorization": "Basic dXNlcjpwYXNz", "X-API-Key": "b-key-2"}, "b-key-2"),
-])
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"Authorization": "Bearer kf_abc.DEF-123"}, "kf_abc.DEF-123"),
+        ({"Authorization": "bearer   demo-token  "}, "demo-token"),
+        ({"X-API-Key": "demo-token"}, "demo-token"),
+        ({"Authorization": "Bearer a-key-1", "X-API-Key": "b-key-2"}, "a-key-1"),
+        ({"Authorization": "Basic dXNlcjpwYXNz", "X-API-Key": "b-key-2"}, "b-key-2"),
+    ],
+)
 def test_key_from_headers(headers: dict[str, str], expected: str) -> None:
     assert key_from_headers(headers) == expected
 
@@ -34,14 +37,17 @@ def test_missing_key_challenges_with_bearer() -> None:
     assert err.value.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("headers", [
-    {"Authorization": "Basic dXNlcjpwYXNz"},
-    {"Authorization": "Bearer"},
-    {"Authorization": "Bearer two words"},
-    {"Authorization": "Bearer " + "k" * 10_000},
-    {"X-API-Key": "x" * 513},
-    {"X-API-Key": "ключ"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer two words"},
+        {"Authorization": "Bearer " + "k" * 10_000},
+        {"X-API-Key": "x" * 513},
+        {"X-API-Key": "ключ"},
+    ],
+)
 def test_malformed_keys_are_unauthorized(headers: dict[str, str]) -> None:
     with pytest.raises(Unauthorized):
         key_from_headers(headers)
@@ -61,11 +67,14 @@ def test_display_prefix_never_reveals_much() -> None:
     assert keys.display_prefix("demo-token") == "demo"
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("infer,batch", ["infer", "batch"]),
-    (" Admin , infer,admin", ["admin", "infer"]),
-    (["batch"], ["batch"]),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("infer,batch", ["infer", "batch"]),
+        (" Admin , infer,admin", ["admin", "infer"]),
+        (["batch"], ["batch"]),
+    ],
+)
 def test_parse_scopes(raw: Any, expected: list[str]) -> None:
     assert keys.parse_scopes(raw) == expected
 
@@ -78,15 +87,18 @@ def test_parse_scopes_rejects(raw: Any) -> None:
 
 
 # -- scopes ---------------------------------------------------------------------------
-@pytest.mark.parametrize("scopes, wanted, allowed", [
-    ({"infer"}, "infer", True),
-    ({"infer"}, "batch", False),
-    ({"infer"}, "admin", False),
-    ({"batch"}, "any", True),
-    ({"admin"}, "infer", True),
-    ({"admin"}, "batch", True),
-    ({"infer", "batch"}, "admin", False),
-])
+@pytest.mark.parametrize(
+    "scopes, wanted, allowed",
+    [
+        ({"infer"}, "infer", True),
+        ({"infer"}, "batch", False),
+        ({"infer"}, "admin", False),
+        ({"batch"}, "any", True),
+        ({"admin"}, "infer", True),
+        ({"admin"}, "batch", True),
+        ({"infer", "batch"}, "admin", False),
+    ],
+)
 def test_scope_logic(scopes: set[str], wanted: str, allowed: bool) -> None:
     assert Principal("id", "n", frozenset(scopes)).allows(wanted) is allowed
 
@@ -147,8 +159,10 @@ class FakeServices:
         self.key_cache = KeyCache(self.settings.auth_cache_ttl_s)
 
 
-RECORDS = {keys.hash_key("good-key-1"): {"id": "k1", "name": "n", "scopes": ["infer"], "rate_limit_per_minute": None},
-           keys.hash_key("slow-key-1"): {"id": "k2", "name": "n", "scopes": ["infer"], "rate_limit_per_minute": 3}}
+RECORDS = {
+    keys.hash_key("good-key-1"): {"id": "k1", "name": "n", "scopes": ["infer"], "rate_limit_per_minute": None},
+    keys.hash_key("slow-key-1"): {"id": "k2", "name": "n", "scopes": ["infer"], "rate_limit_per_minute": 3},
+}
 
 
 class Store:
@@ -185,8 +199,11 @@ def test_authorize_sets_headers_and_uses_the_default_limit(store: Store) -> None
     call = _call(limiter, {"X-API-Key": "good-key-1"})
     principal = run(authorize(call, "infer"))
     assert principal.key_id == "k1" and limiter.calls == [("k1", 50)]
-    assert call.response_headers == {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "49",
-                                     "X-RateLimit-Reset": "1235"}
+    assert call.response_headers == {
+        "X-RateLimit-Limit": "50",
+        "X-RateLimit-Remaining": "49",
+        "X-RateLimit-Reset": "1235",
+    }
     run(authorize(call, "any"))
     assert len(store.looked_up) == 1  # the second lookup came from the cache
 
@@ -219,7 +236,8 @@ def test_authorize_unknown_and_forbidden(store: Store) -> None:
 
 
 def test_key_store_outage_serves_known_keys_and_refuses_unknown_ones_with_503(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     now = [100.0]
     monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
     limiter = FakeLimiter(Decision(True, 50, 49, 0))

@@ -48,7 +48,9 @@ def test_window_keys_are_the_ones_limits_uses() -> None:
     storage = RedisStorage("redis://127.0.0.1:1/0", key_prefix="kinfer:rl")
     key = RateLimitItemPerMinute(37).key_for("a key/with:odd chars")
     assert limiter.keys_for("a key/with:odd chars", 37) == [
-        storage.prefixed_key(storage._previous_window_key(key)), storage.prefixed_key(storage._current_window_key(key))]
+        storage.prefixed_key(storage._previous_window_key(key)),
+        storage.prefixed_key(storage._current_window_key(key)),
+    ]
 
 
 def test_slices_are_a_hundredth_of_the_limit_at_most() -> None:

@@ -78,8 +78,12 @@ def balancer_with(backends: list[Backend], breakers: Breakers) -> tuple[Balancer
 
 def test_round_robin_skips_open_circuits_and_failed_probes():
     now = time.time()
-    backends = [Backend("a:1", CircuitView("a:1"), True), Backend("b:1", CircuitView("b:1"), None),
-                Backend("c:1", CircuitView("c:1", "open", 5, now), True), Backend("d:1", CircuitView("d:1"), False)]
+    backends = [
+        Backend("a:1", CircuitView("a:1"), True),
+        Backend("b:1", CircuitView("b:1"), None),
+        Backend("c:1", CircuitView("c:1", "open", 5, now), True),
+        Backend("d:1", CircuitView("d:1"), False),
+    ]
     bal, _ = balancer_with(backends, make())
     firsts = [bal.candidates(["a:1", "b:1", "c:1", "d:1"])[0].url for _ in range(8)]
     assert set(firsts) == {"a:1", "b:1"}
@@ -88,8 +92,10 @@ def test_round_robin_skips_open_circuits_and_failed_probes():
 
 def test_all_open_raises_circuit_open_with_the_shortest_wait():
     now = time.time()
-    backends = [Backend("a:1", CircuitView("a:1", "open", 5, now - 20), None),
-                Backend("b:1", CircuitView("b:1", "open", 5, now - 5), None)]
+    backends = [
+        Backend("a:1", CircuitView("a:1", "open", 5, now - 20), None),
+        Backend("b:1", CircuitView("b:1", "open", 5, now - 5), None),
+    ]
     bal, _ = balancer_with(backends, make())
     with pytest.raises(CircuitOpen) as err:
         bal.candidates(["a:1", "b:1"], label="model 'm' version '2'")

@@ -24,8 +24,15 @@ class FakeTriton:
         self.batches: list[int] = []
         self.delay, self.fail = delay, fail
 
-    async def infer(self, url: str, info: ModelInfo, arrays: Mapping[str, np.ndarray], headers: Any = None,
-                    version: str | None = None, label: str | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self,
+        url: str,
+        info: ModelInfo,
+        arrays: Mapping[str, np.ndarray],
+        headers: Any = None,
+        version: str | None = None,
+        label: str | None = None,
+    ) -> dict[str, np.ndarray]:
         rows = arrays["features"]
         self.batches.append(len(rows))
         await asyncio.sleep(self.delay)

@@ -50,8 +50,9 @@ def pool() -> _Pool:
 
 
 def services(probe_triton_url: bool, pool: _Pool) -> _Services:
-    return _Services(Settings.from_env(environ={}, triton_url=f"grpc://{TRITON}/",
-                                       probe_triton_url=probe_triton_url), pool)
+    return _Services(
+        Settings.from_env(environ={}, triton_url=f"grpc://{TRITON}/", probe_triton_url=probe_triton_url), pool
+    )
 
 
 def test_the_setting_reads_the_environment() -> None:
@@ -67,7 +68,11 @@ def test_a_scale_to_zero_triton_is_never_probed(pool: _Pool) -> None:
     assert pool.asked == [OTHER]
     [triton] = health["backends"]
     assert (triton["url"], triton["healthy"], triton["circuit"], triton["last_checked"]) == (
-        TRITON, True, "closed", None)
+        TRITON,
+        True,
+        "closed",
+        None,
+    )
     assert "not probed" in triton["reason"] and health["status"] == "healthy"
 
 

@@ -108,7 +108,11 @@ def test_cache_files_are_not_uploaded(tmp_path: Path) -> None:
 def test_cli_parses_upload_models_with_defaults() -> None:
     args = build_parser().parse_args(["deploy", "upload-models"])
     assert (str(args.repository), args.bucket, args.prefix, args.delete_stale) == (
-        "models/production", "triton-models", "models", False)
+        "models/production",
+        "triton-models",
+        "models",
+        False,
+    )
     assert callable(args.func)
 
 

@@ -55,8 +55,9 @@ def test_dead_reason_uses_knative_extensions() -> None:
     event = chunk_event()
     event["knativeerrorcode"] = "503"
     event["knativeerrordata"] = base64.b64encode(json.dumps({"error": "Triton is down"}).encode()).decode()
-    assert batch_worker.dead_reason(event) == ("chunk delivery failed after all retries (last status 503): "
-                                               "Triton is down")
+    assert batch_worker.dead_reason(event) == (
+        "chunk delivery failed after all retries (last status 503): Triton is down"
+    )
     assert batch_worker.dead_reason(chunk_event()).endswith("(no response)")
 
 

@@ -30,8 +30,14 @@ def own_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def kinfer(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "shared.cli", *argv], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
 
 
 def test_version_and_usage_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,8 +65,9 @@ def test_an_unreachable_api_is_one_line_exit_1_with_the_fix(capsys: pytest.Captu
     assert len(err) == 1 and err[0].startswith("kinfer: cannot reach http://localhost:")
 
 
-def test_an_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unexpected_error_is_one_line_unless_debugging(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from shared.cli import config
 
     def boom(args: argparse.Namespace) -> int:
@@ -68,15 +75,16 @@ def test_an_unexpected_error_is_one_line_unless_debugging(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(config, "_use_context", boom)
     assert main(["config", "use-context", "x"]) == 1
-    assert capsys.readouterr().err == "kinfer: unexpected error: RuntimeError: kaput " \
-                                      "(KINFER_DEBUG=1 shows the traceback)\n"
+    assert (
+        capsys.readouterr().err == "kinfer: unexpected error: RuntimeError: kaput "
+        "(KINFER_DEBUG=1 shows the traceback)\n"
+    )
     monkeypatch.setenv("KINFER_DEBUG", "1")
     with pytest.raises(RuntimeError):
         main(["config", "use-context", "x"])
 
 
-def test_contexts_round_trip_and_keys_are_never_printed(own_config: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_contexts_round_trip_and_keys_are_never_printed(own_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     secret = "kf_" + "s" * 40
     assert main(["config", "set-context", "prod", "--url", "https://api.example.com", "--key", secret]) == 0
     assert main(["config", "set-context", "local", "--url", "http://localhost:8080"]) == 0
@@ -84,8 +92,10 @@ def test_contexts_round_trip_and_keys_are_never_printed(own_config: Path,
     assert main(["config", "get-contexts"]) == 0
     listing = capsys.readouterr().out
     assert secret not in listing and "kf_sssssss..." in listing
-    assert [line.split()[:2] for line in listing.splitlines()[1:]] == [["local", "http://localhost:8080"],
-                                                                       ["*", "prod"]]
+    assert [line.split()[:2] for line in listing.splitlines()[1:]] == [
+        ["local", "http://localhost:8080"],
+        ["*", "prod"],
+    ]
     assert main(["config", "use-context", "local"]) == 0
     capsys.readouterr()
     assert main(["config", "get-contexts", "-o", "json"]) == 0
@@ -93,8 +103,12 @@ def test_contexts_round_trip_and_keys_are_never_printed(own_config: Path,
     assert data["current-context"] == "local" and [c["key"] for c in data["contexts"]] == ["-", "kf_sssssss..."]
     assert main(["config", "current-context", "-o", "json"]) == 0
     current = json.loads(capsys.readouterr().out)
-    assert current == {"context": "local", "url": "http://localhost:8080", "key": "demo-token",
-                       "key_from": "local dev key"}
+    assert current == {
+        "context": "local",
+        "url": "http://localhost:8080",
+        "key": "demo-token",
+        "key_from": "local dev key",
+    }
     assert main(["config", "get-contexts", "-o", "name"]) == 0
     assert capsys.readouterr().out.split() == ["local", "prod"]
     assert main(["config", "delete-context", "local"]) == 0
@@ -109,9 +123,11 @@ def test_completion_script_completes_commands_options_and_choices(tmp_path: Path
 
     def complete(*words: str) -> list[str]:
         line = " ".join(f"'{w}'" for w in words)
-        probe = (f'source "{script}"; COMP_WORDS=({line}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); '
-                 '_kinfer_complete kinfer "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; '
-                 'printf "%s\\n" "${COMPREPLY[@]}"')
+        probe = (
+            f'source "{script}"; COMP_WORDS=({line}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); '
+            '_kinfer_complete kinfer "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; '
+            'printf "%s\\n" "${COMPREPLY[@]}"'
+        )
         done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=30)
         assert done.returncode == 0, done.stderr
         return sorted(filter(None, done.stdout.splitlines()))
@@ -127,16 +143,20 @@ def test_completion_script_completes_commands_options_and_choices(tmp_path: Path
     assert "bashcompinit" in zsh and "complete -o filenames -F _kinfer_complete kinfer" in zsh
 
 
-@pytest.mark.parametrize("given, expected", [
-    ('[5.1, 3.5, 1.4, 0.2]', {"data": [5.1, 3.5, 1.4, 0.2]}),
-    ('{"features": [[1, 2, 3, 4]]}', {"features": [[1, 2, 3, 4]]}),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("[5.1, 3.5, 1.4, 0.2]", {"data": [5.1, 3.5, 1.4, 0.2]}),
+        ('{"features": [[1, 2, 3, 4]]}', {"features": [[1, 2, 3, 4]]}),
+    ],
+)
 def test_infer_input_is_a_list_or_named_tensors(given: str, expected: dict) -> None:
     assert read_input(argparse.Namespace(data=given, file=None)) == expected
 
 
-@pytest.mark.parametrize("given, message", [("[5.1, 3.5", "--data is not valid JSON"), ("3", "JSON list"),
-                                            ("{}", "JSON list")])
+@pytest.mark.parametrize(
+    "given, message", [("[5.1, 3.5", "--data is not valid JSON"), ("3", "JSON list"), ("{}", "JSON list")]
+)
 def test_infer_input_errors_are_usage_errors(given: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         read_input(argparse.Namespace(data=given, file=None))
@@ -156,9 +176,18 @@ def test_input_lines_map_items_to_file_lines(tmp_path: Path) -> None:
 
 def test_the_summary_names_the_failed_lines_and_how_to_see_every_failure(tmp_path: Path) -> None:
     source = InputFile(tmp_path / "x.jsonl", blank_lines=[2])
-    status = {"job_id": "j1", "status": "completed", "total": 14, "completed": 14, "succeeded": 11, "failed": 3,
-              "errors": [{"index": 1, "error": "the input is not valid JSON"},
-                         {"index": 4, "error": "input.data has shape [2]; expected ..."}]}
+    status = {
+        "job_id": "j1",
+        "status": "completed",
+        "total": 14,
+        "completed": 14,
+        "succeeded": 11,
+        "failed": 3,
+        "errors": [
+            {"index": 1, "error": "the input is not valid JSON"},
+            {"index": 4, "error": "input.data has shape [2]; expected ..."},
+        ],
+    }
     text = summary(status, 2.0, source)
     assert "succeeded 11, failed 3 of 14" in text
     assert "  line 3: the input is not valid JSON" in text and "  line 6: input.data has shape [2]" in text

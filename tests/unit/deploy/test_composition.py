@@ -38,9 +38,11 @@ RELEASE_LOCAL = re.compile(r"^\$\{local\.(\w+)\}/([\w.-]+\.yaml)$")
 RELEASE_URL = re.compile(r"^https://github\.com/([\w-]+/[\w-]+)/releases/download/knative-v\$\{var\.knative_version\}$")
 # Release file -> the upstream repository that publishes it.
 PUBLISHERS = {
-    "serving-crds.yaml": "knative/serving", "serving-core.yaml": "knative/serving",
+    "serving-crds.yaml": "knative/serving",
+    "serving-core.yaml": "knative/serving",
     "kourier.yaml": "knative-extensions/net-kourier",
-    "eventing-crds.yaml": "knative/eventing", "eventing-core.yaml": "knative/eventing",
+    "eventing-crds.yaml": "knative/eventing",
+    "eventing-core.yaml": "knative/eventing",
     "eventing-kafka-controller.yaml": "knative-extensions/eventing-kafka-broker",
     "eventing-kafka-source.yaml": "knative-extensions/eventing-kafka-broker",
     "eventing-kafka-sink.yaml": "knative-extensions/eventing-kafka-broker",
@@ -70,8 +72,9 @@ def release_files(body: dict[str, Any]) -> list[Path]:
         repo = RELEASE_URL.match(base)
         assert repo and PUBLISHERS.get(name) == repo.group(1), f"{name} is not published by {base}"
         path = release_dir() / name
-        assert path.is_file(), \
+        assert path.is_file(), (
             f"no fixture {path.relative_to(RELEASES.parents[2])}: see tests/fixtures/releases/README.md"
+        )
         files.append(path)
     return files
 
@@ -101,9 +104,16 @@ def compose(name: str, body: dict[str, Any], tmp: Path, with_patches: bool = Tru
     files = release_files(body)
     for path in files:
         shutil.copy(path, work / path.name)
-    (work / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [p.name for p in files], "patches": patches(body) if with_patches else []}))
+    (work / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [p.name for p in files],
+                "patches": patches(body) if with_patches else [],
+            }
+        )
+    )
     rc, out, err = kustomize(work)
     return rc, [d for d in yaml.safe_load_all(out) if d] if rc == 0 else [], err
 
@@ -151,12 +161,20 @@ def _all(composed: dict[str, tuple[int, list[Doc], str]]) -> list[Doc]:
 
 
 def test_the_composition_installs_the_crd_of_every_kind_knative_uses(
-        composed: dict[str, tuple[int, list[Doc], str]]) -> None:
-    crds = {(d["spec"]["group"], d["spec"]["names"]["kind"]) for d in _all(composed)
-            if d["kind"] == "CustomResourceDefinition"}
-    assert {("serving.knative.dev", "Service"), ("eventing.knative.dev", "KafkaSink"),
-            ("sources.knative.dev", "KafkaSource"), ("sources.knative.dev", "SinkBinding"),
-            ("sources.knative.dev", "PingSource")} <= crds
+    composed: dict[str, tuple[int, list[Doc], str]],
+) -> None:
+    crds = {
+        (d["spec"]["group"], d["spec"]["names"]["kind"])
+        for d in _all(composed)
+        if d["kind"] == "CustomResourceDefinition"
+    }
+    assert {
+        ("serving.knative.dev", "Service"),
+        ("eventing.knative.dev", "KafkaSink"),
+        ("sources.knative.dev", "KafkaSource"),
+        ("sources.knative.dev", "SinkBinding"),
+        ("sources.knative.dev", "PingSource"),
+    } <= crds
 
 
 def _config_map(docs: list[Doc], namespace: str, name: str) -> dict[str, str]:
@@ -175,8 +193,9 @@ def test_patches_reach_the_release_resources(composed: dict[str, tuple[int, list
     assert _config_map(docs, "knative-serving", "config-autoscaler")["enable-scale-to-zero"] == "true"
     _config_map(docs, "knative-eventing", "config-tracing")  # exactly one copy is applied
     kourier = [d for d in docs if resource_id(d) == ("", "Service", "kourier-system", "kourier")]
-    assert kourier and kourier[0]["spec"]["type"] == "ClusterIP", \
+    assert kourier and kourier[0]["spec"]["type"] == "ClusterIP", (
         "Kourier's gateway must not get a public load balancer"
+    )
 
 
 def _prio(body: dict[str, Any]) -> int | None:
@@ -185,8 +204,9 @@ def _prio(body: dict[str, Any]) -> int | None:
 
 
 def test_release_resources_wait_for_their_controllers_and_have_timeouts() -> None:
-    applied = {n: b for n, b in typed(parse(MODULE)["resource"], "kustomization_resource").items()
-               if _prio(b) is not None}
+    applied = {
+        n: b for n, b in typed(parse(MODULE)["resource"], "kustomization_resource").items() if _prio(b) is not None
+    }
     assert {_prio(b) for b in applied.values()} == {0, 1, 2}
     for name, body in applied.items():
         timeouts = body.get("timeouts") or [{}]

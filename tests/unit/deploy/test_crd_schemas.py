@@ -17,11 +17,18 @@ import yaml
 
 from tests.unit.deploy.support import KNATIVE, OVERLAYS, RELEASES, Doc, group_of, render, render_with_component
 
-CRD_FILES = [*sorted((RELEASES / "knative-v1.16.0").glob("*-crds.yaml")),
-             RELEASES / "knative-v1.16.0" / "eventing-kafka-controller.yaml",
-             *sorted((RELEASES / "strimzi-0.45.0").glob("*.yaml"))]
-CHECKED_GROUPS = {"serving.knative.dev", "eventing.knative.dev", "sources.knative.dev", "messaging.knative.dev",
-                  "kafka.strimzi.io"}
+CRD_FILES = [
+    *sorted((RELEASES / "knative-v1.16.0").glob("*-crds.yaml")),
+    RELEASES / "knative-v1.16.0" / "eventing-kafka-controller.yaml",
+    *sorted((RELEASES / "strimzi-0.45.0").glob("*.yaml")),
+]
+CHECKED_GROUPS = {
+    "serving.knative.dev",
+    "eventing.knative.dev",
+    "sources.knative.dev",
+    "messaging.knative.dev",
+    "kafka.strimzi.io",
+}
 # Groups in knative/ that are neither core (kubernetes-validate) nor checked here, and why.
 UNCHECKED_GROUPS = {"gateway.networking.k8s.io": "Gateway API CRDs ship with the Envoy Gateway chart, not stored"}
 CORE_GROUPS = {"", "apps", "batch", "networking.k8s.io", "rbac.authorization.k8s.io", "policy"}
@@ -33,16 +40,30 @@ def to_json_schema(node: Any) -> Any:
         return [to_json_schema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    schema = {k: to_json_schema(v) for k, v in node.items()
-              if k not in {"x-kubernetes-int-or-string", "nullable", "x-kubernetes-preserve-unknown-fields",
-                           "description", "format"} and not k.startswith("x-kubernetes-")}
+    schema = {
+        k: to_json_schema(v)
+        for k, v in node.items()
+        if k
+        not in {
+            "x-kubernetes-int-or-string",
+            "nullable",
+            "x-kubernetes-preserve-unknown-fields",
+            "description",
+            "format",
+        }
+        and not k.startswith("x-kubernetes-")
+    }
     if node.get("x-kubernetes-int-or-string"):
         schema.pop("type", None)
         schema["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if node.get("nullable") and "type" in schema:
         schema["type"] = [schema["type"], "null"]
-    if (node.get("type") == "object" and "properties" in node and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        node.get("type") == "object"
+        and "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         schema["additionalProperties"] = False
     return schema
 
@@ -59,7 +80,8 @@ def load_crds() -> dict[tuple[str, str, str], dict[str, Any]]:
                 schema = to_json_schema(version["schema"]["openAPIV3Schema"])
                 # Every object has these; the API server checks metadata itself.
                 schema.setdefault("properties", {}).update(
-                    apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"})
+                    apiVersion={"type": "string"}, kind={"type": "string"}, metadata={"type": "object"}
+                )
                 found[(spec["group"], version["name"], spec["names"]["kind"])] = schema
     return found
 
@@ -78,11 +100,16 @@ def resources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Doc]]:
 
 
 def test_the_fixtures_hold_the_crds_of_the_kinds_kinfer_uses(crds: dict[tuple[str, str, str], Any]) -> None:
-    assert {("serving.knative.dev", "v1", "Service"), ("eventing.knative.dev", "v1alpha1", "KafkaSink"),
-            ("sources.knative.dev", "v1beta1", "KafkaSource"), ("sources.knative.dev", "v1", "SinkBinding"),
-            ("sources.knative.dev", "v1", "PingSource"), ("kafka.strimzi.io", "v1beta2", "Kafka"),
-            ("kafka.strimzi.io", "v1beta2", "KafkaTopic"),
-            ("kafka.strimzi.io", "v1beta2", "KafkaNodePool")} <= set(crds)
+    assert {
+        ("serving.knative.dev", "v1", "Service"),
+        ("eventing.knative.dev", "v1alpha1", "KafkaSink"),
+        ("sources.knative.dev", "v1beta1", "KafkaSource"),
+        ("sources.knative.dev", "v1", "SinkBinding"),
+        ("sources.knative.dev", "v1", "PingSource"),
+        ("kafka.strimzi.io", "v1beta2", "Kafka"),
+        ("kafka.strimzi.io", "v1beta2", "KafkaTopic"),
+        ("kafka.strimzi.io", "v1beta2", "KafkaNodePool"),
+    } <= set(crds)
 
 
 def test_every_resource_group_is_checked_somewhere(resources: dict[str, list[Doc]]) -> None:
@@ -90,7 +117,8 @@ def test_every_resource_group_is_checked_somewhere(resources: dict[str, list[Doc
         for doc in docs:
             group = group_of(doc)
             assert group in CORE_GROUPS | CHECKED_GROUPS | set(UNCHECKED_GROUPS), (
-                f"{where}: {doc['kind']} of {group} is validated by nothing")
+                f"{where}: {doc['kind']} of {group} is validated by nothing"
+            )
 
 
 def _violations(doc: Doc, crds: dict[tuple[str, str, str], Any]) -> list[str]:
@@ -99,12 +127,15 @@ def _violations(doc: Doc, crds: dict[tuple[str, str, str], Any]) -> list[str]:
     if schema is None:
         return [f"no CRD for {doc['apiVersion']} {doc['kind']} in the fixtures"]
     validator = jsonschema.Draft7Validator(schema)
-    return [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
-            for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))]
+    return [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    ]
 
 
 def test_every_knative_and_strimzi_resource_validates_against_its_crd(
-        resources: dict[str, list[Doc]], crds: dict[tuple[str, str, str], Any]) -> None:
+    resources: dict[str, list[Doc]], crds: dict[tuple[str, str, str], Any]
+) -> None:
     failures = []
     checked = 0
     for where, docs in resources.items():
@@ -118,11 +149,23 @@ def test_every_knative_and_strimzi_resource_validates_against_its_crd(
 
 def test_the_schema_check_refuses_what_the_api_server_refuses(crds: dict[tuple[str, str, str], Any]) -> None:
     """The conversion keeps the schema strict: unknown fields and wrong types are errors."""
-    source = {"apiVersion": "sources.knative.dev/v1beta1", "kind": "KafkaSource", "metadata": {"name": "s"},
-              "spec": {"topics": ["t"], "bootstrapServers": ["b:9092"], "ordering": "unordered",
-                       "sink": {"ref": {"apiVersion": "v1", "kind": "Service", "name": "x"}}}}
+    source = {
+        "apiVersion": "sources.knative.dev/v1beta1",
+        "kind": "KafkaSource",
+        "metadata": {"name": "s"},
+        "spec": {
+            "topics": ["t"],
+            "bootstrapServers": ["b:9092"],
+            "ordering": "unordered",
+            "sink": {"ref": {"apiVersion": "v1", "kind": "Service", "name": "x"}},
+        },
+    }
     assert not _violations(source, crds)
     assert _violations({**source, "spec": {**source["spec"], "delivery.order": "unordered"}}, crds)
-    service = {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "s"},
-               "spec": {"template": {"spec": {"containerConcurrency": "8", "containers": [{"image": "x"}]}}}}
+    service = {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "s"},
+        "spec": {"template": {"spec": {"containerConcurrency": "8", "containers": [{"image": "x"}]}}},
+    }
     assert any("containerConcurrency" in v for v in _violations(service, crds))

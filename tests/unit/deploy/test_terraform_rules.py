@@ -25,8 +25,11 @@ def data_feeding_for_each(directory: Path) -> set[tuple[str, str]]:
     """(type, name) of the data sources whose attributes a for_each of this module iterates."""
     blocks = parse(directory)
     fed = set()
-    for body in [*all_typed(blocks.get("resource", [])).values(), *all_typed(blocks.get("data", [])).values(),
-                 *module_calls(directory).values()]:
+    for body in [
+        *all_typed(blocks.get("resource", [])).values(),
+        *all_typed(blocks.get("data", [])).values(),
+        *module_calls(directory).values(),
+    ]:
         fed |= set(DATA_REF.findall(str(body.get("for_each", ""))))
     return fed
 
@@ -42,9 +45,11 @@ def test_no_module_level_depends_on_onto_a_module_whose_data_sources_feed_for_ea
             if not call.get("depends_on"):
                 continue
             fed = data_feeding_for_each((directory / unquote(call["source"])).resolve())
-            assert not fed, (f"module {name} has depends_on = {call['depends_on']}: its data sources "
-                             f"{sorted('.'.join(f) for f in fed)} would be read at apply time and the for_each "
-                             "over them is unknown at plan; order with resource-level depends_on instead")
+            assert not fed, (
+                f"module {name} has depends_on = {call['depends_on']}: its data sources "
+                f"{sorted('.'.join(f) for f in fed)} would be read at apply time and the for_each "
+                "over them is unknown at plan; order with resource-level depends_on instead"
+            )
 
 
 def test_no_data_source_feeding_for_each_has_depends_on() -> None:
@@ -76,7 +81,7 @@ def test_the_platform_is_applied_after_what_it_runs_on() -> None:
 # (bitnami/containers#83267) and the charts pinned to them failed the first apply.
 MAINTAINED = {
     "https://cloudnative-pg.github.io/charts": "CloudNativePG operator chart (CNCF project); its version pins "
-                                               "ghcr.io/cloudnative-pg/cloudnative-pg",
+    "ghcr.io/cloudnative-pg/cloudnative-pg",
     "ghcr.io/cloudnative-pg/postgresql": "CloudNativePG's PostgreSQL operand images, rebuilt for every minor release",
     "https://valkey.io/valkey-helm/": "the Valkey project's own chart (Linux Foundation)",
     "docker.io/valkey/valkey": "the Valkey project's official image",
@@ -88,13 +93,17 @@ MAINTAINED = {
 # Installed although no longer maintained, only as an optional in-cluster default that an
 # existing endpoint variable switches off, and said so in docs/operations.md.
 TOLERATED_UNMAINTAINED = {
-    "https://charts.min.io/": ("s3_endpoint_url", "MinIO community edition: source-only since 2025-10, repository "
-                                                  "archived; the last published images still pull"),
+    "https://charts.min.io/": (
+        "s3_endpoint_url",
+        "MinIO community edition: source-only since 2025-10, repository archived; the last published images still pull",
+    ),
     "docker.io/minio/minio": ("s3_endpoint_url", "last community image of MinIO (RELEASE.2025-09-07T16-13-09Z)"),
     "docker.io/minio/mc": ("s3_endpoint_url", "MinIO client for the chart's setup jobs, last community image"),
 }
-IMAGE = re.compile(r"^(?P<repo>[a-z0-9.-]+\.[a-z]+(?::\d+)?/[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+))?"
-                   r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
+IMAGE = re.compile(
+    r"^(?P<repo>[a-z0-9.-]+\.[a-z]+(?::\d+)?/[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
 EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+$")
 VAR_REF = re.compile(r"^\$\{var\.([a-z0-9_]+)\}$")
 
@@ -110,8 +119,12 @@ def resolve(directory: Path, value: Any) -> str:
 
 
 def helm_releases() -> dict[str, tuple[Path, dict[str, Any]]]:
-    return {f"{d.name}.{name}": (d, body) for d in modules()
-            for (rtype, name), body in all_typed(parse(d).get("resource", [])).items() if rtype == "helm_release"}
+    return {
+        f"{d.name}.{name}": (d, body)
+        for d in modules()
+        for (rtype, name), body in all_typed(parse(d).get("resource", [])).items()
+        if rtype == "helm_release"
+    }
 
 
 def images() -> dict[str, str]:
@@ -166,7 +179,8 @@ def test_every_image_is_pinned_to_a_maintained_repository() -> None:
         assert match, f"{where}: {image} is not registry/repository:tag"
         tag, digest = match.group("tag"), match.group("digest")
         assert digest or (tag and tag != "latest" and re.search(r"\d+[.-]\d+", tag)), (
-            f"{where}: {image} is not pinned (a floating or missing tag)")
+            f"{where}: {image} is not pinned (a floating or missing tag)"
+        )
         _source_allowed(match.group("repo"), where)
 
 
@@ -202,7 +216,9 @@ def test_the_terraform_job_is_the_manual_one_of_knative_jobs() -> None:
     job = all_typed(parse(TF / "modules" / "platform")["resource"])[("kubernetes_job_v1", "migrate")]
     spec = _block(job, "spec")
     assert (spec["backoff_limit"], spec["active_deadline_seconds"]) == (
-        manual["spec"]["backoffLimit"], manual["spec"]["activeDeadlineSeconds"])
+        manual["spec"]["backoffLimit"],
+        manual["spec"]["activeDeadlineSeconds"],
+    )
     tf_pod = _block(spec, "template", "spec")
     tf_container = _block(tf_pod, "container")
     assert unquote(tf_pod["restart_policy"]) == pod["restartPolicy"]

@@ -10,17 +10,28 @@ from shared.errors import BackendError, BackendTimeout, InvalidInput, Unavailabl
 from shared.inference.codec import outputs_json, parse_input, prediction_of
 
 IRIS = model_info_from(
-    {"name": "iris_classifier", "inputs": [{"name": "features", "datatype": "FP32", "shape": ["-1", "4"]}],
-     "outputs": [{"name": "label", "datatype": "INT64", "shape": ["-1", "1"]},
-                 {"name": "probabilities", "datatype": "FP32", "shape": ["-1", "3"]}]},
-    {"config": {"max_batch_size": 64,
-                "parameters": {"class_names": {"string_value": "setosa,versicolor,virginica"}}}})
+    {
+        "name": "iris_classifier",
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": ["-1", "4"]}],
+        "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": ["-1", "1"]},
+            {"name": "probabilities", "datatype": "FP32", "shape": ["-1", "3"]},
+        ],
+    },
+    {"config": {"max_batch_size": 64, "parameters": {"class_names": {"string_value": "setosa,versicolor,virginica"}}}},
+)
 VECTOR = model_info_from(
-    {"name": "vector_scorer", "inputs": [{"name": "values", "datatype": "FP32", "shape": ["-1"]}],
-     "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": ["-1"]},
-                 {"name": "stats", "datatype": "FP32", "shape": ["4"]},
-                 {"name": "argmax", "datatype": "INT64", "shape": ["1"]}]},
-    {"config": {"max_batch_size": 0}})
+    {
+        "name": "vector_scorer",
+        "inputs": [{"name": "values", "datatype": "FP32", "shape": ["-1"]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": ["-1"]},
+            {"name": "stats", "datatype": "FP32", "shape": ["4"]},
+            {"name": "argmax", "datatype": "INT64", "shape": ["1"]},
+        ],
+    },
+    {"config": {"max_batch_size": 0}},
+)
 
 
 def test_metadata_drops_the_batch_dim_and_reads_labels():
@@ -38,14 +49,22 @@ def test_single_row_batch_and_tensor_name_forms():
     assert vec.arrays["values"].shape == (7,) and vec.single
 
 
-@pytest.mark.parametrize("raw, phrase", [
-    (None, "missing or empty"), ({}, "missing or empty"), ([1, 2], "missing or empty"),
-    ({"data": []}, "non-empty list"), ({"data": 3}, "non-empty list"),
-    ({"data": [1, 2, 3]}, "has shape [3]"), ({"data": [[[1, 2, 3, 4]]]}, "has shape [1, 1, 4]"),
-    ({"data": [[1, 2], [1, 2, 3, 4]]}, "ragged"), ({"data": ["1", 2, 3, 4]}, "only numbers"),
-    ({"data": [float("nan"), 2, 3, 4]}, "NaN"),
-    ({"features": [1, 2, 3, 4], "extra": [1]}, "unknown tensor 'extra'"),
-])
+@pytest.mark.parametrize(
+    "raw, phrase",
+    [
+        (None, "missing or empty"),
+        ({}, "missing or empty"),
+        ([1, 2], "missing or empty"),
+        ({"data": []}, "non-empty list"),
+        ({"data": 3}, "non-empty list"),
+        ({"data": [1, 2, 3]}, "has shape [3]"),
+        ({"data": [[[1, 2, 3, 4]]]}, "has shape [1, 1, 4]"),
+        ({"data": [[1, 2], [1, 2, 3, 4]]}, "ragged"),
+        ({"data": ["1", 2, 3, 4]}, "only numbers"),
+        ({"data": [float("nan"), 2, 3, 4]}, "NaN"),
+        ({"features": [1, 2, 3, 4], "extra": [1]}, "unknown tensor 'extra'"),
+    ],
+)
 def test_rejections_say_what_was_expected(raw, phrase):
     with pytest.raises(InvalidInput) as err:
         parse_input(IRIS, raw)
@@ -63,11 +82,14 @@ def test_element_count_is_bounded_and_names_the_limit_and_the_bulk_path():
     assert parse_input(VECTOR, {"data": [1.0] * 10}, max_elements=10).arrays["values"].size == 10
 
 
-@pytest.mark.parametrize("values, phrase", [
-    ([1e39, 1, 2, 3], "beyond the FP32 range"),
-    ([-1e39, 1, 2, 3], "beyond the FP32 range"),
-    ([1e308 * 10, 1, 2, 3], "NaN or infinity"),
-])
+@pytest.mark.parametrize(
+    "values, phrase",
+    [
+        ([1e39, 1, 2, 3], "beyond the FP32 range"),
+        ([-1e39, 1, 2, 3], "beyond the FP32 range"),
+        ([1e308 * 10, 1, 2, 3], "NaN or infinity"),
+    ],
+)
 def test_values_beyond_the_datatype_are_refused(values, phrase):
     with pytest.raises(InvalidInput, match=phrase) as err:
         parse_input(IRIS, {"data": values})
@@ -105,13 +127,16 @@ class FakeTritonError(Exception):
         return self._msg
 
 
-@pytest.mark.parametrize("status, kind, counts", [
-    ("StatusCode.INVALID_ARGUMENT", InvalidInput, False),
-    ("StatusCode.UNAVAILABLE", Unavailable, True),
-    ("StatusCode.DEADLINE_EXCEEDED", BackendTimeout, True),
-    ("StatusCode.INTERNAL", BackendError, True),
-    ("StatusCode.NOT_FOUND", BackendError, True),
-])
+@pytest.mark.parametrize(
+    "status, kind, counts",
+    [
+        ("StatusCode.INVALID_ARGUMENT", InvalidInput, False),
+        ("StatusCode.UNAVAILABLE", Unavailable, True),
+        ("StatusCode.DEADLINE_EXCEEDED", BackendTimeout, True),
+        ("StatusCode.INTERNAL", BackendError, True),
+        ("StatusCode.NOT_FOUND", BackendError, True),
+    ],
+)
 def test_translate_classifies_backend_failures(status, kind, counts):
     err = translate(FakeTritonError(status, "boom"), "h:1", "m")
     assert type(err) is kind and is_backend_failure(err) is counts

@@ -16,8 +16,12 @@ from tests.lifecycle_support import PY_CONFIG
 
 
 def test_triton_load_errors_become_one_line_reasons() -> None:
-    body = json.dumps({"error": "load failed for model 'lin': version 3 is at UNAVAILABLE state: Internal: "
-                                "RuntimeError: broken on purpose\n\nAt:\n  /tmp/x/model.py(10): initialize\n;\n"})
+    body = json.dumps(
+        {
+            "error": "load failed for model 'lin': version 3 is at UNAVAILABLE state: Internal: "
+            "RuntimeError: broken on purpose\n\nAt:\n  /tmp/x/model.py(10): initialize\n;\n"
+        }
+    )
     assert _reason(body) == "Internal: RuntimeError: broken on purpose"
     assert _reason("not json at all") == "not json at all"
     assert _reason("") == "Triton gave no reason"

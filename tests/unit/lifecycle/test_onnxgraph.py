@@ -55,27 +55,35 @@ def test_static_shapes_are_unbatched_with_full_dims(tmp_path: Path) -> None:
 
 
 def test_a_scalar_per_row_travels_as_one_element_reshaped(tmp_path: Path) -> None:
-    data = model_of([helper.make_tensor_value_info("x", TensorProto.INT64, ["n"])],
-                    [helper.make_tensor_value_info("y", TensorProto.INT64, ["n"])])
+    data = model_of(
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["n"])],
+    )
     cfg = config(tmp_path, data)
     assert list(cfg.input[0].dims) == [1] and cfg.input[0].HasField("reshape")
-    assert list(cfg.input[0].reshape.shape) == [] and tritonconfig.signature(
-        tritonconfig.render(cfg)).startswith("max_batch_size 64; inputs x INT64 [1]")
+    assert list(cfg.input[0].reshape.shape) == [] and tritonconfig.signature(tritonconfig.render(cfg)).startswith(
+        "max_batch_size 64; inputs x INT64 [1]"
+    )
 
 
 def test_initializers_are_not_inputs_and_class_names_become_a_parameter(tmp_path: Path) -> None:
-    data = model_of([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
-                    [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 3])],
-                    metadata={"class_names": "a,b,c"})
+    data = model_of(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 3])],
+        metadata={"class_names": "a,b,c"},
+    )
     cfg = config(tmp_path, data)
     assert [t.name for t in cfg.input] == ["x"] and cfg.parameters["class_names"].string_value == "a,b,c"
 
 
-@pytest.mark.parametrize("elem,word", [(TensorProto.STRING, "STRING"), (TensorProto.BFLOAT16, "BFLOAT16"),
-                                       (TensorProto.COMPLEX64, "COMPLEX64")])
+@pytest.mark.parametrize(
+    "elem,word",
+    [(TensorProto.STRING, "STRING"), (TensorProto.BFLOAT16, "BFLOAT16"), (TensorProto.COMPLEX64, "COMPLEX64")],
+)
 def test_tensor_types_kinfer_cannot_carry_are_refused_by_name(tmp_path: Path, elem: int, word: str) -> None:
-    data = model_of([helper.make_tensor_value_info("s", elem, ["n", 1])],
-                    [helper.make_tensor_value_info("y", elem, ["n", 1])])
+    data = model_of(
+        [helper.make_tensor_value_info("s", elem, ["n", 1])], [helper.make_tensor_value_info("y", elem, ["n", 1])]
+    )
     with pytest.raises(InvalidInput) as err:
         onnxgraph.config_text(load(tmp_path, data), "m", "onnxruntime", 8)
     assert f"input 's' has the unsupported tensor type {word}" in err.value.message
@@ -83,10 +91,18 @@ def test_tensor_types_kinfer_cannot_carry_are_refused_by_name(tmp_path: Path, el
 
 
 def test_not_onnx_truncated_and_invalid_graphs_are_refused(tmp_path: Path) -> None:
-    for data, words in ((b"\x00\x01garbage", "not an ONNX model"), (linear_onnx(2.0)[:30], "ONNX model"),
-                        (model_of([helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-                                  [helper.make_node("Mul", ["x", "nope"], ["y"])]), "corrupt or invalid")):
+    for data, words in (
+        (b"\x00\x01garbage", "not an ONNX model"),
+        (linear_onnx(2.0)[:30], "ONNX model"),
+        (
+            model_of(
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                [helper.make_node("Mul", ["x", "nope"], ["y"])],
+            ),
+            "corrupt or invalid",
+        ),
+    ):
         with pytest.raises(InvalidInput) as err:
             load(tmp_path, data)
         assert words in err.value.message
@@ -96,9 +112,11 @@ def test_external_data_is_refused_with_what_to_push_instead(tmp_path: Path) -> N
     import numpy as np
     from onnx import numpy_helper
 
-    data = model_of([helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-                    [helper.make_node("Add", ["x", "w"], ["y"])])
+    data = model_of(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+    )
     import onnx
 
     model = onnx.load_from_string(data)

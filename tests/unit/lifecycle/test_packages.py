@@ -23,8 +23,12 @@ def test_a_package_at_the_root_or_in_one_folder_is_accepted(tmp_path: Path) -> N
     for top in ("", "my_model"):
         folder = tmp_path / (top or "root")
         folder.mkdir()
-        got = unpack(folder, package({"config.pbtxt": PY_CONFIG, "7/model.py": "x = 1", "7/sub/w.bin": b"\0",
-                                      "labels.txt": "a\nb\n"}, top))
+        got = unpack(
+            folder,
+            package(
+                {"config.pbtxt": PY_CONFIG, "7/model.py": "x = 1", "7/sub/w.bin": b"\0", "labels.txt": "a\nb\n"}, top
+            ),
+        )
         assert got.version_dir == "7" and got.version_files == ["model.py", "sub/w.bin"]
         assert set(got.model_files) == {"labels.txt"}
         assert 'name: "mine"' in got.config and "version_policy" not in got.config
@@ -44,19 +48,22 @@ def tar_member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x") -> 
     return out.getvalue()
 
 
-@pytest.mark.parametrize("data,words", [
-    (tar_member("../x.py"), "escapes the package"),
-    (tar_member("a/../../x.py"), "escapes the package"),
-    (tar_member("/etc/x.py"), "escapes the package"),
-    (tar_member("1/model.py", tarfile.SYMTYPE), "link or a special file"),
-    (tar_member("1/model.py", tarfile.LNKTYPE), "link or a special file"),
-    (tar_member("dev", tarfile.CHRTYPE), "link or a special file"),
-    (package({"1/model.py": "x"}), "no config.pbtxt"),
-    (package({"a/config.pbtxt": PY_CONFIG, "b/1/model.py": "x"}), "no config.pbtxt"),
-    (package({"config.pbtxt": PY_CONFIG}), "exactly one numeric version folder"),
-    (package({"config.pbtxt": 'name: "x"', "1/model.py": "x"}), "neither a backend nor a platform"),
-    (b"\x1f\x8bnot really", "not a readable .tar.gz"),
-])
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        (tar_member("../x.py"), "escapes the package"),
+        (tar_member("a/../../x.py"), "escapes the package"),
+        (tar_member("/etc/x.py"), "escapes the package"),
+        (tar_member("1/model.py", tarfile.SYMTYPE), "link or a special file"),
+        (tar_member("1/model.py", tarfile.LNKTYPE), "link or a special file"),
+        (tar_member("dev", tarfile.CHRTYPE), "link or a special file"),
+        (package({"1/model.py": "x"}), "no config.pbtxt"),
+        (package({"a/config.pbtxt": PY_CONFIG, "b/1/model.py": "x"}), "no config.pbtxt"),
+        (package({"config.pbtxt": PY_CONFIG}), "exactly one numeric version folder"),
+        (package({"config.pbtxt": 'name: "x"', "1/model.py": "x"}), "neither a backend nor a platform"),
+        (b"\x1f\x8bnot really", "not a readable .tar.gz"),
+    ],
+)
 def test_bad_packages_are_refused_with_the_reason(tmp_path: Path, data: bytes, words: str) -> None:
     with pytest.raises(InvalidInput) as err:
         unpack(tmp_path, data)

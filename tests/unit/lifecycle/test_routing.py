@@ -20,8 +20,15 @@ def row(version: str, state: str = "ready") -> dict[str, Any]:
 def test_alias_bodies() -> None:
     assert parse_target({"version": "3"}) == {"3": 100}
     assert parse_target({"versions": {"3": 90, "4": 10}}) == {"3": 90, "4": 10}
-    for bad in ({"versions": {"3": 90}}, {"versions": {"3": True, "4": 99}}, {"versions": {"v3": 100}},
-                {}, {"version": "3", "versions": {"3": 100}}, {"versions": {str(i): 9 for i in range(11)}}, []):
+    for bad in (
+        {"versions": {"3": 90}},
+        {"versions": {"3": True, "4": 99}},
+        {"versions": {"v3": 100}},
+        {},
+        {"version": "3", "versions": {"3": 100}},
+        {"versions": {str(i): 9 for i in range(11)}},
+        [],
+    ):
         with pytest.raises(InvalidInput):
             parse_target(bad)
 
@@ -44,8 +51,11 @@ def test_a_different_alias_splits_callers_independently() -> None:
 
 
 def test_states_map_to_what_a_caller_can_do() -> None:
-    known = {"active": {"1": row("1"), "2": row("2", "loading"), "3": row("3", "failed")},
-             "others": {"4": {"status": "deprecated", "state": "ready", "state_reason": None}}, "aliases": {}}
+    known = {
+        "active": {"1": row("1"), "2": row("2", "loading"), "3": row("3", "failed")},
+        "others": {"4": {"status": "deprecated", "state": "ready", "state_reason": None}},
+        "aliases": {},
+    }
     assert registry._servable(known, "m", "1")["version"] == "1"
     with pytest.raises(Unavailable) as busy:
         registry._servable(known, "m", "2")
@@ -62,9 +72,17 @@ def test_canonical_ids_parse(raw: str) -> None:
     assert str(registry.parse_id(raw)) == raw.lower()
 
 
-@pytest.mark.parametrize("raw", ["e13133167e5440e4bb3ace2c16530aba", "{e1313316-7e54-40e4-bb3a-ce2c16530aba}",
-                                 "urn:uuid:e1313316-7e54-40e4-bb3a-ce2c16530aba", "e1313316-7e54-40e4-bb3a-ce2c16530ab",
-                                 " e1313316-7e54-40e4-bb3a-ce2c16530aba", "１３"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "e13133167e5440e4bb3ace2c16530aba",
+        "{e1313316-7e54-40e4-bb3a-ce2c16530aba}",
+        "urn:uuid:e1313316-7e54-40e4-bb3a-ce2c16530aba",
+        "e1313316-7e54-40e4-bb3a-ce2c16530ab",
+        " e1313316-7e54-40e4-bb3a-ce2c16530aba",
+        "１３",
+    ],
+)
 def test_other_spellings_of_an_id_are_unknown_models(raw: str) -> None:
     with pytest.raises(NotFound):
         registry.parse_id(raw)

@@ -63,9 +63,12 @@ def test_a_dynamic_batch_runs_once_and_splits_per_request(runner: Any, tmp_path:
 
 
 def test_a_scalar_per_row_is_reshaped_both_ways(runner: Any, tmp_path: Path) -> None:
-    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])])
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+    )
     data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
     model = start(runner, tmp_path, data)
     out = model.execute([{"x": np.array([[1.0], [2.0]], np.float32)}])

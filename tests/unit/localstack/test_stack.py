@@ -65,6 +65,7 @@ class FakeParts:
         def start_plain(name: str) -> Any:
             def start(comps: dict[str, Any], logs: Path, say: Any) -> None:
                 stack._record(comps, name, spawn(SLEEPER, logs / f"{name}.log"), None, logs / f"{name}.log")
+
             return start
 
         def wait_http(url: str, pid: int | None, timeout: float, log: Path) -> None:
@@ -77,8 +78,7 @@ class FakeParts:
         monkeypatch.setattr(stack, "_start_triton", start_plain("triton"))
         monkeypatch.setattr(stack, "seed", lambda settings, say=None: None)
         monkeypatch.setattr(stack, "reconcile_batch_jobs", lambda settings, say=None: {})
-        monkeypatch.setattr(stack, "_start_agent",
-                            lambda env, comps, logs, say: start_plain("agent")(comps, logs, say))
+        monkeypatch.setattr(stack, "_start_agent", lambda env, comps, logs, say: start_plain("agent")(comps, logs, say))
         monkeypatch.setattr(stack.procs, "spawn", spawn)
         monkeypatch.setattr(stack.procs, "wait_http", wait_http)
         monkeypatch.setattr(stack.procs, "require_free", lambda port, what: self.port_checks.append(port))
@@ -89,8 +89,9 @@ class FakeParts:
 
 
 def _running(tmp_path: Path, **parts: int | None) -> dict[str, Any]:
-    state = {"components": {n: {"pid": pid, "health": None, "log": str(tmp_path / f"{n}.log")}
-                            for n, pid in parts.items()}}
+    state = {
+        "components": {n: {"pid": pid, "health": None, "log": str(tmp_path / f"{n}.log")} for n, pid in parts.items()}
+    }
     stack._save(state)
     return state
 
@@ -106,8 +107,7 @@ def foreign() -> Any:
     proc.wait(5)
 
 
-def test_a_failed_up_stops_only_what_it_started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                foreign: Any) -> None:
+def test_a_failed_up_stops_only_what_it_started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, foreign: Any) -> None:
     parts = FakeParts(monkeypatch, tmp_path, unhealthy=("8080",))
     _running(tmp_path, s3=foreign.pid, triton=2**22 + 7)  # triton recorded, but its process is gone
     said: list[str] = []
@@ -125,8 +125,9 @@ def test_a_failed_up_stops_only_what_it_started(monkeypatch: pytest.MonkeyPatch,
         parts.stop_all()
 
 
-def test_up_starts_what_is_missing_and_keeps_what_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                       foreign: Any) -> None:
+def test_up_starts_what_is_missing_and_keeps_what_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, foreign: Any
+) -> None:
     parts = FakeParts(monkeypatch, tmp_path)
     _running(tmp_path, s3=foreign.pid)
     try:
@@ -141,8 +142,9 @@ def test_up_starts_what_is_missing_and_keeps_what_runs(monkeypatch: pytest.Monke
         parts.stop_all()
 
 
-def test_a_busy_port_of_a_missing_part_starts_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                      foreign: Any) -> None:
+def test_a_busy_port_of_a_missing_part_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, foreign: Any
+) -> None:
     parts = FakeParts(monkeypatch, tmp_path)
 
     def busy(port: int, what: str) -> None:

@@ -27,16 +27,26 @@ def _create(call: Call) -> tuple[int, dict, dict]:
     return 201, {"id": "1"}, {"Location": "/v1/things/1"}
 
 
-ROUTER = Router([Route("/v1/things", ("GET",), _list, query=("limit", "offset")),
-                 Route("/v1/things", ("POST",), _create, query=()),
-                 Route("/v1/free", ("GET",), lambda call: {"ok": True})])
+ROUTER = Router(
+    [
+        Route("/v1/things", ("GET",), _list, query=("limit", "offset")),
+        Route("/v1/things", ("POST",), _create, query=()),
+        Route("/v1/free", ("GET",), lambda call: {"ok": True}),
+    ]
+)
 
 
-def run(method: str, path: str, query: str = "", headers: dict[str, str] | None = None,
-        origins: str = "") -> tuple[int, dict[str, str], Any]:
+def run(
+    method: str, path: str, query: str = "", headers: dict[str, str] | None = None, origins: str = ""
+) -> tuple[int, dict[str, str], Any]:
     settings = Settings.from_env(environ={"CORS_ALLOWED_ORIGINS": origins}, auth_required=False)
-    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+    }
 
     async def receive() -> dict:
         return {"type": "http.request", "body": b"{}" if method == "POST" else b"", "more_body": False}
@@ -74,8 +84,11 @@ def test_options_answers_allow_for_a_routed_path_and_404_otherwise() -> None:
 
 
 def test_preflight_from_an_allowed_origin_lists_methods_and_headers_without_credentials() -> None:
-    pre = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
-           "Access-Control-Request-Headers": "authorization, content-type"}
+    pre = {
+        "Origin": "https://app.example.com",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
     status, headers, _ = run("OPTIONS", "/v1/things", headers=pre, origins="https://app.example.com")
     assert status == 204
     assert headers["access-control-allow-origin"] == "https://app.example.com"

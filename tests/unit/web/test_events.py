@@ -21,11 +21,20 @@ from shared.errors import (
 from shared.web.events import event_error_status, parse_event
 
 
-@pytest.mark.parametrize("exc,status", [
-    (Unavailable("x"), 503), (CircuitOpen("x"), 503), (BackendTimeout("x"), 504), (RateLimited("x"), 429),
-    (BackendError("x"), 503), (InvalidInput("x"), 400), (NotFound("x"), 422), (Conflict("x"), 422),
-    (Unprocessable("x"), 422),
-])
+@pytest.mark.parametrize(
+    "exc,status",
+    [
+        (Unavailable("x"), 503),
+        (CircuitOpen("x"), 503),
+        (BackendTimeout("x"), 504),
+        (RateLimited("x"), 429),
+        (BackendError("x"), 503),
+        (InvalidInput("x"), 400),
+        (NotFound("x"), 422),
+        (Conflict("x"), 422),
+        (Unprocessable("x"), 422),
+    ],
+)
 def test_event_status_never_404_or_409(exc: Exception, status: int) -> None:
     assert event_error_status(exc) == status
 
@@ -35,19 +44,35 @@ def test_parse_event_in_both_modes(convert):
     headers, body = convert(_event())
     event = parse_event(headers, body)
     assert (event["id"], event["type"], event["subject"], event["partitionkey"]) == (
-        "e-1", CHUNK_EVENT_TYPE, "job-1", "job-1")
+        "e-1",
+        CHUNK_EVENT_TYPE,
+        "job-1",
+        "job-1",
+    )
     assert event.data == {"job_id": "job-1", "chunk": 0}
 
 
-@pytest.mark.parametrize("headers,body,reason", [
-    ({"content-type": "application/json"}, b'{"job_id": 1}', "ce-specversion"),
-    ({"content-type": "application/cloudevents+json"}, b"{not json", "ce-specversion"),
-    ({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0", "type": "t"}', "Missing"),
-    ({"ce-specversion": "0.9", "ce-id": "1", "ce-source": "s", "ce-type": "t"}, b"{}", "specversion"),
-    ({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "t",
-      "content-type": "application/json"}, b"{truncated", "not valid JSON"),
-    ({"content-type": "application/cloudevents-batch+json"}, b"[]", "batched"),
-])
+@pytest.mark.parametrize(
+    "headers,body,reason",
+    [
+        ({"content-type": "application/json"}, b'{"job_id": 1}', "ce-specversion"),
+        ({"content-type": "application/cloudevents+json"}, b"{not json", "ce-specversion"),
+        ({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0", "type": "t"}', "Missing"),
+        ({"ce-specversion": "0.9", "ce-id": "1", "ce-source": "s", "ce-type": "t"}, b"{}", "specversion"),
+        (
+            {
+                "ce-specversion": "1.0",
+                "ce-id": "1",
+                "ce-source": "s",
+                "ce-type": "t",
+                "content-type": "application/json",
+            },
+            b"{truncated",
+            "not valid JSON",
+        ),
+        ({"content-type": "application/cloudevents-batch+json"}, b"[]", "batched"),
+    ],
+)
 def test_parse_event_rejects_malformed_events(headers, body, reason):
     with pytest.raises(InvalidInput) as err:
         parse_event(headers, body)
@@ -57,6 +82,14 @@ def test_parse_event_rejects_malformed_events(headers, body, reason):
 
 
 def _event() -> CloudEvent:
-    return CloudEvent({"type": CHUNK_EVENT_TYPE, "source": "/kinfer/batch", "subject": "job-1",
-                       "id": "e-1", "partitionkey": "job-1", "datacontenttype": "application/json"},
-                      {"job_id": "job-1", "chunk": 0})
+    return CloudEvent(
+        {
+            "type": CHUNK_EVENT_TYPE,
+            "source": "/kinfer/batch",
+            "subject": "job-1",
+            "id": "e-1",
+            "partitionkey": "job-1",
+            "datacontenttype": "application/json",
+        },
+        {"job_id": "job-1", "chunk": 0},
+    )

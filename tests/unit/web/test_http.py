@@ -31,8 +31,13 @@ from shared.web.http import (
 def test_error_body_has_code_field_and_ids() -> None:
     resp = error_response(InvalidInput("name is required", field="name"), "rid-1", "abc")
     assert resp.status_code == 400
-    assert json.loads(resp.body) == {"error": "name is required", "code": "invalid_input", "field": "name",
-                               "request_id": "rid-1", "trace_id": "abc"}
+    assert json.loads(resp.body) == {
+        "error": "name is required",
+        "code": "invalid_input",
+        "field": "name",
+        "request_id": "rid-1",
+        "trace_id": "abc",
+    }
 
 
 def test_retry_after_header_is_rounded_up() -> None:
@@ -53,10 +58,17 @@ def _request(chunks: list[bytes], content_length: int | None = None) -> Request:
     return Request({"type": "http", "method": "POST", "path": "/x", "headers": headers, "query_string": b""}, receive)
 
 
-@pytest.mark.parametrize("body,reason", [(b"", "empty"), (b"{oops", "not valid JSON"),
-                                         (b"[" * 50000 + b"]" * 50000, "depth limit exceeded"),
-                                         (b'{"x": NaN}', "not valid JSON"), (b'{"a": 1e400}', "infinity"),
-                                         (b'{"a": "\\ud800"}', "surrogate")])
+@pytest.mark.parametrize(
+    "body,reason",
+    [
+        (b"", "empty"),
+        (b"{oops", "not valid JSON"),
+        (b"[" * 50000 + b"]" * 50000, "depth limit exceeded"),
+        (b'{"x": NaN}', "not valid JSON"),
+        (b'{"a": 1e400}', "infinity"),
+        (b'{"a": "\\ud800"}', "surrogate"),
+    ],
+)
 def test_json_body_rejects_bad_input(body: bytes, reason: str) -> None:
     with pytest.raises(InvalidInput) as err:
         parse_json(body)
@@ -78,8 +90,13 @@ def _bad_length() -> Request:
     async def receive() -> dict:
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "path": "/x", "query_string": b"",
-             "headers": [(b"content-length", "١٢".encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/x",
+        "query_string": b"",
+        "headers": [(b"content-length", "١٢".encode())],
+    }
     return Request(scope, receive)
 
 
@@ -104,8 +121,14 @@ def test_router_converters_static_first_trailing_slash_and_head() -> None:
     def h(call: object, **params: object) -> dict:
         return {}
 
-    router = Router([Route("/v1/batch/uploads", ("POST",), h), Route("/v1/batch/<job_id>", ("GET", "DELETE"), h),
-                     Route("/files/<path:key>", ("GET",), h), Route("/n/<int:n>", ("GET",), h)])
+    router = Router(
+        [
+            Route("/v1/batch/uploads", ("POST",), h),
+            Route("/v1/batch/<job_id>", ("GET", "DELETE"), h),
+            Route("/files/<path:key>", ("GET",), h),
+            Route("/n/<int:n>", ("GET",), h),
+        ]
+    )
     route, params = router.match("/v1/batch/uploads", "POST")
     assert route.rule == "/v1/batch/uploads" and params == {}
     route, params = router.match("/v1/batch/uploads/", "GET")  # the static rule lacks GET: the dynamic one serves
@@ -121,25 +144,43 @@ def test_router_converters_static_first_trailing_slash_and_head() -> None:
         Router([Route("/x/<uuid:x>", ("GET",), h)])
 
 
-@pytest.mark.parametrize("raw", [b'{"a": 1, "a": 2}', b'{"x": {"b": [1, {"c": 1, "c": 1}]}}',
-                                 b'{"k\\u003a": 1, "k:": 2}', b'[{"m": 1, "m": 1}]'])
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"a": 1, "a": 2}', b'{"x": {"b": [1, {"c": 1, "c": 1}]}}', b'{"k\\u003a": 1, "k:": 2}', b'[{"m": 1, "m": 1}]'],
+)
 def test_duplicate_keys_are_400(raw: bytes) -> None:
     with pytest.raises(InvalidInput, match="same key twice") as err:
         parse_json(raw)
     assert err.value.field == "body"
 
 
-@pytest.mark.parametrize("raw", [b'{"a": 1, "b": 2}', b'{"a:b": "c:d", "e": "\\":"}', b'[{"m": 1}, {"m": 2}]',
-                                 b'{"model": "iris", "input": {"data": [5.1, 3.5, 1.4, 0.2]}}', b'[1, 2]'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": 1, "b": 2}',
+        b'{"a:b": "c:d", "e": "\\":"}',
+        b'[{"m": 1}, {"m": 2}]',
+        b'{"model": "iris", "input": {"data": [5.1, 3.5, 1.4, 0.2]}}',
+        b"[1, 2]",
+    ],
+)
 def test_distinct_keys_parse(raw: bytes) -> None:
     assert parse_json(raw) == json.loads(raw)
 
 
-@pytest.mark.parametrize("content_type, ok", [
-    (None, True), ("application/json", True), ("application/json; charset=utf-8", True),
-    ("application/merge-patch+json", True), ("application/x-www-form-urlencoded", True),
-    ("text/plain", False), ("application/octet-stream", False), ("multipart/form-data; boundary=x", False),
-])
+@pytest.mark.parametrize(
+    "content_type, ok",
+    [
+        (None, True),
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("application/merge-patch+json", True),
+        ("application/x-www-form-urlencoded", True),
+        ("text/plain", False),
+        ("application/octet-stream", False),
+        ("multipart/form-data; boundary=x", False),
+    ],
+)
 def test_json_routes_take_json_content_types_only(content_type: str | None, ok: bool) -> None:
     if ok:
         require_json(content_type)

@@ -16,8 +16,12 @@ from shared.web import openapi
 from shared.web.http import OPENAPI_PATH, Route, Router, error_response
 from tests.conftest import function_client
 
-HTTP_FUNCTIONS = {"models": "manage_models", "infer": "run_inference", "batch": "manage_batch_jobs",
-                  "backends": "serve_backends"}
+HTTP_FUNCTIONS = {
+    "models": "manage_models",
+    "infer": "run_inference",
+    "batch": "manage_batch_jobs",
+    "backends": "serve_backends",
+}
 
 
 def routes_of(folder: str) -> list[Route]:
@@ -102,8 +106,14 @@ def test_an_undocumented_route_still_appears_generically() -> None:
     assert (OPENAPI_PATH, "GET") in operations(doc)  # every router documents itself
 
 
-@pytest.mark.parametrize("error", [InvalidInput("name is required", field="name"), NotFound("no such model"),
-                                   CircuitOpen("circuit breaker open", retry_after=3)])
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidInput("name is required", field="name"),
+        NotFound("no such model"),
+        CircuitOpen("circuit breaker open", retry_after=3),
+    ],
+)
 def test_error_bodies_match_the_documented_schema(error: Exception) -> None:
     body = json.loads(error_response(error, "rid", "trace").body)  # type: ignore[arg-type]
     jsonschema.validate(body, openapi.ERROR_SCHEMA)

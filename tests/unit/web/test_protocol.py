@@ -72,24 +72,45 @@ def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
 POST = b"POST /x HTTP/1.1\r\nHost: t\r\n"
 
 
-@pytest.mark.parametrize("raw,status,code,field", [
-    (POST + b"Content-Length: abc\r\n\r\n{}", 400, "invalid_input", "Content-Length"),
-    (POST + b"Content-Length: -1\r\n\r\n", 400, "invalid_input", "Content-Length"),
-    (POST + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, "invalid_input", "Content-Length"),
-    (POST + b"Content-Length: 99999999999999999999999\r\n\r\n", 400, "invalid_input", "Content-Length"),
-    (POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400, "invalid_input", "body"),
-    (POST + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nqq\r\n", 400, "invalid_input", "body"),
-    (POST + b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}", 400, "invalid_input", "Content-Length"),
-    (b"GARBAGE\r\n\r\n", 400, "invalid_input", None),
-    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "invalid_input", None),
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "uri_too_long", None),
-    (b"GET /x HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "headers_too_large", None),
-    (b"GET /x HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n", 431,
-     "headers_too_large", None),
-], ids=["cl-garbage", "cl-negative", "cl-duplicate", "cl-overflow", "chunk-size", "chunk-size-mid-body",
-        "te-and-cl", "request-line", "http2-preface", "long-target", "big-header", "many-headers"])
-def test_protocol_errors_are_json_in_the_error_shape(server: int, raw: bytes, status: int, code: str,
-                                                     field: str | None) -> None:
+@pytest.mark.parametrize(
+    "raw,status,code,field",
+    [
+        (POST + b"Content-Length: abc\r\n\r\n{}", 400, "invalid_input", "Content-Length"),
+        (POST + b"Content-Length: -1\r\n\r\n", 400, "invalid_input", "Content-Length"),
+        (POST + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, "invalid_input", "Content-Length"),
+        (POST + b"Content-Length: 99999999999999999999999\r\n\r\n", 400, "invalid_input", "Content-Length"),
+        (POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400, "invalid_input", "body"),
+        (POST + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nqq\r\n", 400, "invalid_input", "body"),
+        (POST + b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}", 400, "invalid_input", "Content-Length"),
+        (b"GARBAGE\r\n\r\n", 400, "invalid_input", None),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "invalid_input", None),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "uri_too_long", None),
+        (b"GET /x HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "headers_too_large", None),
+        (
+            b"GET /x HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+            431,
+            "headers_too_large",
+            None,
+        ),
+    ],
+    ids=[
+        "cl-garbage",
+        "cl-negative",
+        "cl-duplicate",
+        "cl-overflow",
+        "chunk-size",
+        "chunk-size-mid-body",
+        "te-and-cl",
+        "request-line",
+        "http2-preface",
+        "long-target",
+        "big-header",
+        "many-headers",
+    ],
+)
+def test_protocol_errors_are_json_in_the_error_shape(
+    server: int, raw: bytes, status: int, code: str, field: str | None
+) -> None:
     got, headers, body = exchange(server, raw)
     assert got == status, body
     assert headers["content-type"] == "application/json" and headers["connection"] == "close"

@@ -70,11 +70,22 @@ def test_an_unchanged_file_answers_304(client: Any) -> None:
     assert other.status_code == 200 and other.content == first.content
 
 
-@pytest.mark.parametrize("path", [
-    "/console/nope.js", "/console/../main.py", "/console/%2e%2e/main.py", "/console/..%2fmain.py",
-    "/console/static/app.js", "/console//etc/passwd", "/console/app.js/", "/console/" + "a" * 300,
-    "/console/%2fetc%2fpasswd", "/console/.hidden", "/console/main.py",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/nope.js",
+        "/console/../main.py",
+        "/console/%2e%2e/main.py",
+        "/console/..%2fmain.py",
+        "/console/static/app.js",
+        "/console//etc/passwd",
+        "/console/app.js/",
+        "/console/" + "a" * 300,
+        "/console/%2fetc%2fpasswd",
+        "/console/.hidden",
+        "/console/main.py",
+    ],
+)
 def test_unknown_names_and_traversal_are_a_json_404(client: Any, path: str) -> None:
     resp = client.get(path)
     if resp.status_code == 200:  # a client may normalise "/console/app.js/" to the file itself

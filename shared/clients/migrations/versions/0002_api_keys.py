@@ -29,8 +29,9 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
-        sa.CheckConstraint("rate_limit_per_minute IS NULL OR rate_limit_per_minute > 0",
-                           name="ck_api_keys_rate_limit_positive"),
+        sa.CheckConstraint(
+            "rate_limit_per_minute IS NULL OR rate_limit_per_minute > 0", name="ck_api_keys_rate_limit_positive"
+        ),
     )
 
 

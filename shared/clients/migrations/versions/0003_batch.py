@@ -41,12 +41,14 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-        sa.CheckConstraint("status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')",
-                           name="ck_batch_jobs_status"),
+        sa.CheckConstraint(
+            "status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')", name="ck_batch_jobs_status"
+        ),
         sa.UniqueConstraint("intake_key", name="uq_batch_jobs_intake_key"),
     )
-    op.create_index("ix_batch_jobs_owner_created", "batch_jobs",
-                    ["owner", sa.text("created_at DESC"), sa.text("id DESC")])
+    op.create_index(
+        "ix_batch_jobs_owner_created", "batch_jobs", ["owner", sa.text("created_at DESC"), sa.text("id DESC")]
+    )
     op.create_table(
         "batch_chunks",
         sa.Column("job_id", sa.Uuid, sa.ForeignKey("batch_jobs.id", ondelete="CASCADE"), nullable=False),

@@ -31,11 +31,17 @@ def upgrade() -> None:
     op.add_column("models", sa.Column("artifact_sha256", sa.String(64), nullable=True))
     op.add_column("models", sa.Column("artifact_bytes", sa.BigInteger, nullable=True))
     op.create_check_constraint("ck_models_state", "models", f"state IN {STATES}")
-    op.create_check_constraint("ck_models_triton_version_positive", "models",
-                               "triton_version IS NULL OR triton_version > 0")
+    op.create_check_constraint(
+        "ck_models_triton_version_positive", "models", "triton_version IS NULL OR triton_version > 0"
+    )
     # A managed Triton version belongs to exactly one registry version.
-    op.create_index("uq_models_managed_triton_version", "models", ["triton_model", "triton_version"],
-                    unique=True, postgresql_where=sa.text("repository_uri IS NOT NULL"))
+    op.create_index(
+        "uq_models_managed_triton_version",
+        "models",
+        ["triton_model", "triton_version"],
+        unique=True,
+        postgresql_where=sa.text("repository_uri IS NOT NULL"),
+    )
     op.create_index("ix_models_name_status", "models", ["name", "status"])
     op.create_table(
         "triton_models",
@@ -64,6 +70,14 @@ def downgrade() -> None:
     op.drop_index("uq_models_managed_triton_version", table_name="models")
     op.drop_constraint("ck_models_triton_version_positive", "models")
     op.drop_constraint("ck_models_state", "models")
-    for column in ("artifact_bytes", "artifact_sha256", "artifact_format", "repository_uri", "artifact_uri",
-                   "state_reason", "state", "triton_version"):
+    for column in (
+        "artifact_bytes",
+        "artifact_sha256",
+        "artifact_format",
+        "repository_uri",
+        "artifact_uri",
+        "state_reason",
+        "state",
+        "triton_version",
+    ):
         op.drop_column("models", column)

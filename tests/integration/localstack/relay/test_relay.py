@@ -93,8 +93,14 @@ class Subscriber:
 
 @pytest.fixture(scope="module")
 def subscribers():
-    subs = {name: Subscriber(port) for name, port in
-            (("batch-worker", WORKER_PORT), ("batch-deadletter", DEAD_PORT), ("batch-intake", INTAKE_PORT))}
+    subs = {
+        name: Subscriber(port)
+        for name, port in (
+            ("batch-worker", WORKER_PORT),
+            ("batch-deadletter", DEAD_PORT),
+            ("batch-intake", INTAKE_PORT),
+        )
+    }
     yield subs
     for sub in subs.values():
         sub.server.shutdown()
@@ -129,8 +135,7 @@ def make_relay(rds, prefix, subscribers):
 
     def make(**kwargs: Any) -> EventRelay:
         targets = {name: sub.url for name, sub in subscribers.items()}
-        relay = EventRelay(rds, MANIFESTS, targets, port=next(_relay_ports), key_prefix=prefix,
-                           block_s=0.1, **kwargs)
+        relay = EventRelay(rds, MANIFESTS, targets, port=next(_relay_ports), key_prefix=prefix, block_s=0.1, **kwargs)
         relay.start()
         relays.append(relay)
         return relay
@@ -141,9 +146,14 @@ def make_relay(rds, prefix, subscribers):
 
 
 def _event(**extra: Any) -> CloudEvent:
-    attributes = {"type": "dev.kinfer.batch.chunk.v1", "source": "/kinfer/batch", "subject": "job-1",
-                  "id": uuid.uuid4().hex, "partitionkey": "job-1",
-                  "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    attributes = {
+        "type": "dev.kinfer.batch.chunk.v1",
+        "source": "/kinfer/batch",
+        "subject": "job-1",
+        "id": uuid.uuid4().hex,
+        "partitionkey": "job-1",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    }
     attributes.update(extra)
     return CloudEvent(attributes, {"job_id": "job-1", "chunk": 3, "items": [[1.0, 2.0]]})
 
@@ -238,6 +248,7 @@ def test_unacked_entry_of_a_crashed_consumer_is_redelivered(rds, prefix, make_re
     first.stop()  # groups exist now; the crashed consumer below reads in the same group
     key = f"{prefix}topic:test.batch.chunks"
     from shared.localstack.relay.delivery import encode_event
+
     rds.xadd(key, encode_event(event))
     taken = rds.xreadgroup("test-batch-worker", "crashed-relay", {key: ">"}, count=10)
     assert len(taken[0][1]) == 1
@@ -253,12 +264,17 @@ def test_killed_relay_process_leaves_its_event_for_the_next_one(rds, prefix, mak
     worker.delay_s = 3.0
     targets = {name: sub.url for name, sub in subscribers.items()}
     port = next(_relay_ports)
-    pid = spawn(targets, manifests=MANIFESTS, port=port, redis_url=REDIS_URL, key_prefix=prefix,
-                log_path=tmp_path / "relay.log")
+    pid = spawn(
+        targets, manifests=MANIFESTS, port=port, redis_url=REDIS_URL, key_prefix=prefix, log_path=tmp_path / "relay.log"
+    )
     try:
         event = _event()
-        resp = requests.post(f"http://127.0.0.1:{port}/kinfer/batch-chunks", data=to_binary(event)[1],
-                             headers=to_binary(event)[0], timeout=5)
+        resp = requests.post(
+            f"http://127.0.0.1:{port}/kinfer/batch-chunks",
+            data=to_binary(event)[1],
+            headers=to_binary(event)[0],
+            timeout=5,
+        )
         assert resp.status_code == 202
         worker.wait_for(1)
     finally:
@@ -291,8 +307,9 @@ def test_ingress_errors_and_health(make_relay, subscribers):
     relay = make_relay()
     unknown = requests.post(relay.sink_url("no-such-sink"), data=b"{}", headers=to_binary(_event())[0], timeout=5)
     assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
-    malformed = requests.post(relay.sink_url("batch-chunks"), data=b'{"hello": 1}',
-                              headers={"content-type": "application/json"}, timeout=5)
+    malformed = requests.post(
+        relay.sink_url("batch-chunks"), data=b'{"hello": 1}', headers={"content-type": "application/json"}, timeout=5
+    )
     assert malformed.status_code == 400
     assert malformed.json()["error"].startswith("malformed CloudEvent")
     assert _post(relay, _event()).status_code == 202

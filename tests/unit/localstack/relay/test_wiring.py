@@ -17,12 +17,18 @@ from shared.localstack.relay.wiring import (
 from tests.conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "knative" / "relay"
-TARGETS = {"batch-worker": "http://127.0.0.1:8086/", "batch-deadletter": "http://127.0.0.1:8087/",
-           "batch-intake": "http://127.0.0.1:8085/", "backends": "http://127.0.0.1:8081/"}
+TARGETS = {
+    "batch-worker": "http://127.0.0.1:8086/",
+    "batch-deadletter": "http://127.0.0.1:8087/",
+    "batch-intake": "http://127.0.0.1:8085/",
+    "backends": "http://127.0.0.1:8081/",
+}
 
 
-@pytest.mark.parametrize("text,seconds", [("PT0.5S", 0.5), ("PT0.05S", 0.05), ("PT1M30S", 90.0),
-                                          ("PT2H", 7200.0), ("P1D", 86400.0), ("P1DT1S", 86401.0)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("PT0.5S", 0.5), ("PT0.05S", 0.05), ("PT1M30S", 90.0), ("PT2H", 7200.0), ("P1D", 86400.0), ("P1DT1S", 86401.0)],
+)
 def test_iso_durations(text, seconds):
     assert parse_iso_duration(text) == pytest.approx(seconds)
 
@@ -35,8 +41,7 @@ def test_bad_iso_durations_are_refused(text):
 
 def test_exponential_and_linear_backoff_schedules():
     assert Delivery(retry=5, backoff_delay_s=0.5).schedule() == [1.0, 2.0, 4.0, 8.0, 16.0]
-    assert Delivery(retry=3, backoff_policy="linear", backoff_delay_s=0.2).schedule() == pytest.approx(
-        [0.2, 0.4, 0.6])
+    assert Delivery(retry=3, backoff_policy="linear", backoff_delay_s=0.2).schedule() == pytest.approx([0.2, 0.4, 0.6])
     assert Delivery(retry=0).schedule() == []
 
 
@@ -54,11 +59,15 @@ def test_fixture_manifests_give_sinks_sources_and_delivery():
     wiring = load_wiring(FIXTURES, TARGETS)
     assert wiring.sinks == {"batch-chunks": "test.batch.chunks", "batch-requests": "test.batch.requests"}
     worker, intake = sorted(wiring.subscriptions, key=lambda s: s.name, reverse=True)
-    assert (worker.name, worker.group, worker.topics) == ("batch-worker-source", "test-batch-worker",
-                                                          ("test.batch.chunks",))
+    assert (worker.name, worker.group, worker.topics) == (
+        "batch-worker-source",
+        "test-batch-worker",
+        ("test.batch.chunks",),
+    )
     assert worker.sink == "http://127.0.0.1:8086/" and worker.namespace == "kinfer-test"
-    assert worker.delivery == Delivery(retry=3, backoff_policy="exponential", backoff_delay_s=0.05,
-                                       dead_letter="http://127.0.0.1:8087/")
+    assert worker.delivery == Delivery(
+        retry=3, backoff_policy="exponential", backoff_delay_s=0.05, dead_letter="http://127.0.0.1:8087/"
+    )
     assert intake.sink == "http://127.0.0.1:8085/events"  # ref plus uri path
     assert intake.delivery.dead_letter is None and intake.delivery.backoff_policy == "linear"
     assert intake.delivery.timeout_s == 5.0 and intake.initial_offset == "earliest"
@@ -72,8 +81,10 @@ def test_missing_target_is_named(tmp_path):
 
 
 def test_malformed_manifests_are_refused(tmp_path):
-    (tmp_path / "a.yaml").write_text("apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\n"
-                                     "metadata: {name: s}\nspec: {sink: {uri: 'http://x/'}}\n")
+    (tmp_path / "a.yaml").write_text(
+        "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\n"
+        "metadata: {name: s}\nspec: {sink: {uri: 'http://x/'}}\n"
+    )
     with pytest.raises(WiringError, match="spec.topics"):
         load_wiring(tmp_path, TARGETS)
     (tmp_path / "a.yaml").write_text("kind: [unclosed\n")
@@ -86,7 +97,8 @@ def test_malformed_manifests_are_refused(tmp_path):
 def test_bad_backoff_policy_is_refused(tmp_path):
     (tmp_path / "s.yaml").write_text(
         "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata: {name: s}\n"
-        "spec: {topics: [t], sink: {uri: 'http://x/'}, delivery: {backoffPolicy: random}}\n")
+        "spec: {topics: [t], sink: {uri: 'http://x/'}, delivery: {backoffPolicy: random}}\n"
+    )
     with pytest.raises(WiringError, match="backoffPolicy"):
         load_wiring(tmp_path, TARGETS)
 
@@ -94,7 +106,8 @@ def test_bad_backoff_policy_is_refused(tmp_path):
 def test_bad_ordering_is_refused(tmp_path):
     (tmp_path / "s.yaml").write_text(
         "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata: {name: s}\n"
-        "spec: {topics: [t], ordering: parallel, sink: {uri: 'http://x/'}}\n")
+        "spec: {topics: [t], ordering: parallel, sink: {uri: 'http://x/'}}\n"
+    )
     with pytest.raises(WiringError, match="spec.ordering"):
         load_wiring(tmp_path, TARGETS)
 
@@ -120,8 +133,9 @@ def test_real_knative_base_follows_the_functions_table():
     worker = subs["batch-worker-source"]
     assert worker.topics == ("kinfer.batch.chunks",) and worker.group == "kinfer-batch-worker"
     assert worker.sink == TARGETS["batch-worker"]
-    assert worker.delivery == Delivery(retry=10, backoff_policy="linear", backoff_delay_s=30.0,
-                                       dead_letter=TARGETS["batch-deadletter"])
+    assert worker.delivery == Delivery(
+        retry=10, backoff_policy="linear", backoff_delay_s=30.0, dead_letter=TARGETS["batch-deadletter"]
+    )
     assert worker.ordering == "unordered" and subs["batch-intake-source"].ordering == "ordered"
     intake = subs["batch-intake-source"]
     assert intake.topics == ("kinfer.batch.requests",) and intake.sink == TARGETS["batch-intake"]
