@@ -21,7 +21,7 @@
     └── BackendTimeout (504, backend_timeout)      retryable
 
 Third-party exceptions are translated into these once, at the adapter that
-calls the library (``raise ... from exc``); ``shared.web.http`` turns any of them
+calls the library (``raise ... from exc``); ``shared.web.responses`` turns any of them
 into the JSON error body described in ``docs/architecture.md`` (the HTTP contract).
 """
 

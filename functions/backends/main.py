@@ -17,8 +17,11 @@ from starlette.responses import Response
 from shared import validation as v
 from shared.backends import monitor as backends
 from shared.web import schemas as s
+from shared.web.dispatch import dispatch
 from shared.web.events import parse_event
-from shared.web.http import LIVEZ, Call, QueryParam, Route, Router, dispatch
+from shared.web.request import Call
+from shared.web.route import LIVEZ, QueryParam, Route
+from shared.web.routing import Router
 from shared.web.runtime import function_services
 
 

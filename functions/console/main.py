@@ -15,7 +15,10 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from shared.web.http import LIVEZ, Call, Route, Router, dispatch
+from shared.web.dispatch import dispatch
+from shared.web.request import Call
+from shared.web.route import LIVEZ, Route
+from shared.web.routing import Router
 from shared.web.runtime import function_services
 from shared.web.static import StaticFiles, secure
 

@@ -18,7 +18,10 @@ from starlette.responses import Response
 from shared import registry
 from shared.access import auth, keys
 from shared.web import schemas as s
-from shared.web.http import LIVEZ, Call, Route, Router, dispatch
+from shared.web.dispatch import dispatch
+from shared.web.request import Call
+from shared.web.route import LIVEZ, Route
+from shared.web.routing import Router
 from shared.web.runtime import function_services
 
 

@@ -13,7 +13,10 @@ from shared import registry
 from shared.errors import InvalidInput
 from shared.lifecycle import aliases, artifacts, versions
 from shared.web import schemas as s
-from shared.web.http import LIVEZ, Call, QueryParam, Route, Router, dispatch
+from shared.web.dispatch import dispatch
+from shared.web.request import Call
+from shared.web.route import LIVEZ, QueryParam, Route
+from shared.web.routing import Router
 from shared.web.runtime import function_services
 
 

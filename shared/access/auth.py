@@ -1,6 +1,6 @@
 """Request authorization: API key from the headers, scope check, per-key rate limit.
 
-``authorize(call, scope)`` (async) is called by ``shared.web.http.dispatch`` for routes
+``authorize(call, scope)`` (async) is called by ``shared.web.dispatch.dispatch`` for routes
 with a scope when AUTH_REQUIRED is on. Key lookups (digest -> principal, misses
 included) are cached in-process for AUTH_CACHE_TTL_S (default 5 s), so a revocation
 takes effect within that time on every instance; a miss reads PostgreSQL in a thread,

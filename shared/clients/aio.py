@@ -11,12 +11,14 @@ key at a time on a loop and lets concurrent callers share its result.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class PerLoop(Generic[T]):
@@ -102,3 +104,11 @@ def spawn(coro: Awaitable[Any], what: str) -> asyncio.Future[Any]:
 
     future.add_done_callback(done)
     return future
+
+
+async def in_thread(fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)`` in the worker thread pool the web server bounds (anyio's, SERVER_CONCURRENCY), so
+    that domain code can do blocking work from the event loop without knowing the web framework."""
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))

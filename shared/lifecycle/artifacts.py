@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared import registry
 from shared import validation as v
+from shared.clients.aio import in_thread
 from shared.clients.db import conflict_on
 from shared.errors import Conflict, InvalidInput, PayloadTooLarge
 from shared.lifecycle import onnxgraph, packages, repository
@@ -164,10 +165,8 @@ async def receive_upload(
     services: Services, raw_id: str, chunks: AsyncIterator[bytes], sha256: str | None
 ) -> dict[str, Any]:
     """Stream an upload to S3 (multipart) and to a scratch file, then check and install it."""
-    from starlette.concurrency import run_in_threadpool
-
     want = _sha(sha256, "sha256")
-    model = await run_in_threadpool(registry.get_model, services, raw_id)
+    model = await in_thread(registry.get_model, services, raw_id)
     if model["state"] != "awaiting_upload":
         raise Conflict(
             f"model {model['name']!r} version {model['version']!r} already has its artifact "
@@ -183,13 +182,13 @@ async def receive_upload(
                 raise InvalidInput(
                     "the uploaded file's SHA-256 does not match sha256", field="sha256", code="checksum_mismatch"
                 )
-            prepared = await run_in_threadpool(prepare, services, local, work, model["triton_model"])
+            prepared = await in_thread(prepare, services, local, work, model["triton_model"])
             if prepared.format == "onnx":
                 prepared.in_place.add(onnxgraph.MODEL_FILE)
             row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
-            return await run_in_threadpool(install, services, dict(model, **row), prepared, local, False)
+            return await in_thread(install, services, dict(model, **row), prepared, local, False)
         except BaseException:
-            await run_in_threadpool(repository.delete_keys, services.s3, layout.bucket, [key])
+            await in_thread(repository.delete_keys, services.s3, layout.bucket, [key])
             raise
 
 
@@ -197,8 +196,6 @@ async def _stream(
     services: Services, layout: Layout, model: dict[str, Any], chunks: AsyncIterator[bytes], local: Path
 ) -> tuple[str, str]:
     """Write the body to S3 part by part (and to ``local``); (key written, sha256)."""
-    from starlette.concurrency import run_in_threadpool
-
     digest, buffer, writer = hashlib.sha256(), bytearray(), None
     key = ""
     try:
@@ -209,21 +206,21 @@ async def _stream(
                 buffer += chunk
                 if writer is None and len(buffer) >= 2:
                     key = _upload_key(layout, model, gzip=bytes(buffer[:2]) == b"\x1f\x8b")
-                    writer = await run_in_threadpool(repository.MultipartWriter, services.s3, layout.bucket, key)
+                    writer = await in_thread(repository.MultipartWriter, services.s3, layout.bucket, key)
                 if writer is not None and len(buffer) >= repository.PART_BYTES:
-                    await run_in_threadpool(writer.part, bytes(buffer))
+                    await in_thread(writer.part, bytes(buffer))
                     buffer.clear()
         if writer is None:
             if not buffer:
                 raise InvalidInput("the upload is empty; send the model file as the request body", field="body")
             key = _upload_key(layout, model, gzip=False)
-            writer = await run_in_threadpool(repository.MultipartWriter, services.s3, layout.bucket, key)
+            writer = await in_thread(repository.MultipartWriter, services.s3, layout.bucket, key)
         if buffer:
-            await run_in_threadpool(writer.part, bytes(buffer))
-        await run_in_threadpool(writer.complete)
+            await in_thread(writer.part, bytes(buffer))
+        await in_thread(writer.complete)
     except BaseException:
         if writer is not None:
-            await run_in_threadpool(writer.abort)
+            await in_thread(writer.abort)
         raise
     return key, digest.hexdigest()
 

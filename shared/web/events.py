@@ -22,7 +22,8 @@ from starlette.responses import Response
 from shared import telemetry
 from shared.errors import InvalidInput, KinferError
 from shared.logs import request_id_var
-from shared.web.http import error_response, json_response, read_body, request_id_of
+from shared.web.request import read_body, request_id_of
+from shared.web.responses import error_response, json_response
 
 if TYPE_CHECKING:
     from shared.services import Services

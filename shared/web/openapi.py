@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of a set of routes, generated from the routes themselves.
 
-Every ``shared.web.http.Route`` becomes one operation per method: its path (werkzeug
+Every ``shared.web.routing.Route`` becomes one operation per method: its path (werkzeug
 ``<name>``/``<conv:name>`` -> ``{name}``), its summary, query parameters, request body and
 successful answers as the route documents them, its security when it has a scope, and the
 error answers every route can give (one shared ``Error`` schema: the HTTP contract of
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
 
-from shared.web.http import Route
+from shared.web.route import Route
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -185,7 +185,9 @@ def mounted_routes(mounts: Iterable[tuple[str, Iterable[Route]]]) -> list[Route]
 
 def serve_document(routes: list[Route], title: str) -> Any:
     """An entry point (starlette Request -> Response) answering the document of ``routes`` plus itself."""
-    from shared.web.http import OPENAPI_PATH, json_response, request_id_of
+    from shared.web.request import request_id_of
+    from shared.web.responses import json_response
+    from shared.web.route import OPENAPI_PATH
 
     async def openapi_document(request: Any) -> Any:
         return json_response(doc, headers={"X-Request-ID": request_id_of(request.headers)})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.web.http import QueryParam
+from shared.web.route import QueryParam
 
 Schema = dict[str, Any]
 

@@ -45,7 +45,8 @@ def prefix_router(mounted: Sequence[tuple[str, Entry]]) -> ASGIApp:
     from starlette.requests import Request
 
     from shared.errors import NotFound
-    from shared.web.http import error_response, request_id_of
+    from shared.web.request import request_id_of
+    from shared.web.responses import error_response
 
     prefixes = [(prefix.rstrip("/"), entry) for prefix, entry in mounted]
 
@@ -77,7 +78,8 @@ async def _guarded(entry: Entry, request: Any) -> Any:
         return await entry(request)
     except Exception:
         from shared.errors import KinferError
-        from shared.web.http import error_response, request_id_of
+        from shared.web.request import request_id_of
+        from shared.web.responses import error_response
 
         logging.getLogger(__name__).exception("unhandled error outside dispatch")
         request_id = request_id_of(request.headers)

@@ -14,7 +14,10 @@ import pytest
 from starlette.requests import Request
 
 from shared.settings import Settings
-from shared.web.http import Call, Route, Router, dispatch
+from shared.web.dispatch import dispatch
+from shared.web.request import Call
+from shared.web.route import Route
+from shared.web.routing import Router
 
 ROOT = Path(__file__).resolve().parents[3]
 

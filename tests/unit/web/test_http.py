@@ -16,16 +16,10 @@ from shared.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from shared.web.http import (
-    Route,
-    Router,
-    error_response,
-    json_response,
-    parse_json,
-    read_body,
-    request_id_of,
-    require_json,
-)
+from shared.web.request import parse_json, read_body, request_id_of, require_json
+from shared.web.responses import error_response, json_response
+from shared.web.route import Route
+from shared.web.routing import Router
 
 
 def test_error_body_has_code_field_and_ids() -> None:

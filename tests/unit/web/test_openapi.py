@@ -13,7 +13,9 @@ from openapi_spec_validator import validate
 from shared.cli.serve import gateway_app, gateway_mounts
 from shared.errors import CircuitOpen, InvalidInput, NotFound
 from shared.web import openapi
-from shared.web.http import OPENAPI_PATH, Route, Router, error_response
+from shared.web.responses import error_response
+from shared.web.route import OPENAPI_PATH, Route
+from shared.web.routing import Router
 from tests.conftest import function_client
 
 HTTP_FUNCTIONS = {

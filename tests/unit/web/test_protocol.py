@@ -17,7 +17,7 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.web.http import json_response
+from shared.web.responses import json_response
 from shared.web.server import SERVER_OPTIONS, asgi_adapter
 from tests.conftest import free_port
 

@@ -1,0 +1,129 @@
+"""The request pipeline of every HTTP function (ASGI: functions-framework's async mode).
+
+``dispatch`` is the one place where a request becomes a response: it assigns the
+request id, continues the W3C trace, routes by path (``Router``: werkzeug-style rules
+such as ``/v1/models/<model_id>``), enforces auth when the route asks for a scope
+(async: no thread hop), reads the body under MAX_BODY_BYTES, runs the handler and turns
+any ``KinferError`` into the JSON error body (the HTTP contract in
+``docs/architecture.md``). An unexpected exception is logged with its traceback and
+answered with a generic 500 sentence; exception text never reaches the caller.
+
+Handlers are ``async def`` (run on the event loop: they must not block) or plain
+``def`` (run in the thread pool: database and S3 calls). A route reads its body up
+front unless it says ``stream=True``, in which case an ``async`` handler consumes
+``call.stream()`` itself. ``call.json()`` parses strictly: JSON content types only
+(415 otherwise; no Content-Type and curl's default form type are read as JSON), no
+duplicate keys, no NaN or infinities. A route that names its ``query`` parameters answers
+400 for any other (as for unknown body fields). OPTIONS is answered for every routed path
+(``Allow``, and CORS preflight for the origins of CORS_ALLOWED_ORIGINS, ``shared.web.cors``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared import telemetry
+from shared.errors import KinferError, NotFound
+from shared.logs import request_id_var
+from shared.web import cors
+from shared.web.request import Call, header_dict, read_body, request_id_of
+from shared.web.responses import as_response, error_response
+from shared.web.routing import Router, check_query
+
+if TYPE_CHECKING:
+    from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def dispatch(request: Request, router: Router, services: Services, span_name: str) -> Response:
+    """Route, authorize and run one request; always answers JSON (see module docstring)."""
+    scope = request.scope
+    headers = header_dict(scope)
+    request_id = request_id_of(headers)
+    token = request_id_var.set(request_id)
+    try:
+        with telemetry.server_span(
+            span_name, headers, **{"http.request.method": scope["method"], "url.path": scope["path"]}
+        ) as span:
+            call = Call(
+                request=request,
+                services=services,
+                request_id=request_id,
+                trace_id=telemetry.trace_id_of(span),
+                _by_name=headers,
+            )
+            if scope["method"] == "OPTIONS":
+                response = _options(call, router)
+            else:
+                response = await _run(call, router, span)
+            cors.decorate(response, headers, services.settings.cors_allowed_origins)
+            extra = [(b"x-request-id", request_id.encode())]
+            if call.trace_id:
+                extra.append((b"x-trace-id", call.trace_id.encode()))
+            if call.response_headers:
+                present = {name for name, _ in response.raw_headers}
+                extra += [
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in call.response_headers.items()
+                    if k.lower().encode("latin-1") not in present
+                ]
+            response.raw_headers.extend(extra)
+            if span.is_recording():
+                span.set_attribute("http.response.status_code", response.status_code)
+            return response
+    finally:
+        request_id_var.reset(token)
+
+
+def _options(call: Call, router: Router) -> Response:
+    """OPTIONS: ``Allow`` for a routed path, a CORS preflight answer when it is one (no auth: browsers
+    send no credentials with a preflight)."""
+    path = call.request.url.path
+    try:
+        methods = router.allowed_methods(path)
+        if not methods:
+            raise NotFound(f"no route for OPTIONS {path}")
+        return cors.options_response(
+            call.request.headers, [*methods, "OPTIONS"], call.services.settings.cors_allowed_origins
+        )
+    except KinferError as exc:
+        return error_response(exc, call.request_id, call.trace_id)
+
+
+async def _run(call: Call, router: Router, span: Any) -> Response:
+    request = call.request
+    method, path = request.scope["method"], request.scope["path"]
+    try:
+        route, params = router.match(path, method)
+        if span.is_recording():
+            span.update_name(f"{method} {route.rule}")
+        if route.scope is not None and call.services.settings.auth_required:
+            from shared.access.auth import authorize
+
+            call.principal = await authorize(call, route.scope)
+        allowed = route.query_names
+        if allowed is not None and request.scope.get("query_string"):
+            check_query(request.query_params, allowed)
+        if not route.stream and method in _BODY_METHODS:
+            call.body = await read_body(request, call.services.settings.max_body_bytes, call.header("content-length"))
+        if route.is_async:
+            result = await route.handler(call, **params)
+        else:
+            result = await run_in_threadpool(route.handler, call, **params)
+        return as_response(result)
+    except KinferError as exc:
+        if exc.status >= 500:
+            log.warning("request failed: %s %s (%s)", exc.status, exc.code, exc.message)
+        return error_response(exc, call.request_id, call.trace_id)
+    except Exception:
+        log.exception("unhandled error in %s %s", method, path)
+        generic = KinferError("internal error; the request id identifies it in the logs")
+        return error_response(generic, call.request_id, call.trace_id)
