@@ -214,8 +214,14 @@ def check_backends_allowed(services: Services, urls: list[str], field: str = "ba
     match BACKEND_ALLOWLIST, before anything contacts it."""
     own = backend_id(services.settings.triton_url)
     patterns = (own, *services.settings.backend_allowlist)
+    seen: dict[str, str] = {}
     for url in urls:
         target = resolve_backend(url, own)
+        if target in seen:
+            raise InvalidInput(
+                f"{field} names one backend twice: {seen[target]!r} and {url!r} are both {target}", field=field
+            )
+        seen[target] = url
         if not any(fnmatchcase(target, p.lower()) for p in patterns):
             raise InvalidInput(
                 f"{field} {backend_id(url)!r} is not an allowed Triton backend; allowed: "

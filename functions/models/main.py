@@ -156,7 +156,7 @@ ROUTES = Router(
         Route(
             "/v1/models/<model_id>",
             ("PUT", "PATCH"),
-            lambda call, model_id: registry.update_model(call.services, model_id, call.json()),
+            lambda call, model_id: artifacts.update_model(call.services, model_id, call.json()),
             query=(),
             scope="admin",
             summary="Update a model (partial)",

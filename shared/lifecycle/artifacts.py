@@ -82,6 +82,22 @@ def create_model(services: Services, body: Any) -> dict[str, Any]:
     return _create_from_uri(services, row, uri, sha)
 
 
+# -- PUT/PATCH /v1/models/{id} ------------------------------------------------------------
+def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
+    """Update a version; when it moved to other backends or another Triton model, check them as a
+    registration does and say what is wrong in ``warnings`` (the update itself stands)."""
+    model = registry.update_model(services, raw_id, body)
+    if not isinstance(body, dict) or not {"backend_url", "backend_urls", "triton_model"} & body.keys():
+        return model
+    from shared.lifecycle.backends import check_registration
+
+    try:
+        warnings = check_registration(services, model)
+    except InvalidInput as exc:
+        warnings = [exc.message]
+    return dict(model, warnings=warnings) if warnings else model
+
+
 def _sha(raw: Any, field_name: str) -> str | None:
     if raw is None or raw == "":
         return None
@@ -114,14 +130,16 @@ def _create_for_upload(services: Services, row: dict[str, Any]) -> dict[str, Any
 
 def _create_from_uri(services: Services, row: dict[str, Any], uri: str, sha: str | None) -> dict[str, Any]:
     settings, layout = services.settings, Layout.of(services.settings)
-    bucket, key, size = repository.head_size(services.s3, uri, "artifact_uri")
+    # The bucket is checked before anything asks S3: the answer must not tell whether an object exists in a
+    # bucket the caller may not read (another key's batch inputs or results).
     allowed = settings.artifact_source_buckets or (layout.bucket,)
-    if bucket not in allowed:
+    if repository.bucket_of(uri, "artifact_uri") not in allowed:
         raise InvalidInput(
             f"artifact_uri must name a bucket of ARTIFACT_SOURCE_BUCKETS ({', '.join(allowed)})",
             field="artifact_uri",
             code="artifact_bucket_not_allowed",
         )
+    bucket, key, size = repository.head_size(services.s3, uri, "artifact_uri")
     if size > settings.max_artifact_bytes:
         raise PayloadTooLarge(
             f"the artifact is {size} bytes; the limit is {settings.max_artifact_bytes} bytes (MAX_ARTIFACT_BYTES)"

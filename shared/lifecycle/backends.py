@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
-from shared.endpoints import resolve
+from shared.backends.triton import error_parts
+from shared.endpoints import backend_id, resolve
 from shared.errors import InvalidInput
 from shared.lifecycle import repository
 from shared.lifecycle.repository import Layout
@@ -25,7 +27,10 @@ if TYPE_CHECKING:
     from shared.services import Services
 
 log = logging.getLogger(__name__)
-CONNECT_TIMEOUT_S, CALL_TIMEOUT_S = 1.0, 3.0
+CONNECT_TIMEOUT_S, CALL_TIMEOUT_S, RETRY_AFTER_S = 1.0, 3.0, 0.2
+# What gRPC says of a peer that speaks another protocol (Triton's HTTP or metrics port, S3...): the
+# connection closes at once, or its first frame is not HTTP/2's.
+OTHER_PROTOCOL = ("Socket closed", "Failed parsing HTTP/2", "http1", "HTTP/1")
 
 
 def check_registration(services: Services, row: dict[str, Any]) -> list[str]:
@@ -39,12 +44,14 @@ def check_registration(services: Services, row: dict[str, Any]) -> list[str]:
         if not settings.probe_triton_url:
             return []  # TRITON_URL may be scaled to zero: a check would wake it
         urls = [settings.triton_url]
-    return [w for url in urls if (w := _check(services, resolve(url, settings.triton_url), row["triton_model"], field))]
+    backends = dict.fromkeys(resolve(url, settings.triton_url) for url in urls)
+    return [w for backend in backends if (w := _check(services, backend, row["triton_model"], field))]
 
 
 def _check(services: Services, backend: str, triton_model: str, field: str) -> str | None:
+    own = backend == backend_id(services.settings.triton_url)
     host, _, port = backend.rpartition(":")
-    if not port.isdigit():
+    if not port.isascii() or not port.isdigit():
         raise InvalidInput(f"{field} {backend!r} needs a port (Triton's gRPC port, 8001 by default)", field=field)
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
@@ -54,17 +61,28 @@ def _check(services: Services, backend: str, triton_model: str, field: str) -> s
             f"backend {backend} does not answer right now; {triton_model!r} is registered but serves only once it does"
         )
     client = services.triton.client(backend)
-    try:
-        client.is_server_live(client_timeout=CALL_TIMEOUT_S)
-        index = client.get_model_repository_index(as_json=True, client_timeout=CALL_TIMEOUT_S)
-    except Exception as exc:  # tritonclient / grpc errors: the text stays in the log
-        log.info("backend %s is not Triton gRPC: %s", backend, type(exc).__name__)
-        raise InvalidInput(
-            f"{field} {backend} answers, but not as Triton's gRPC endpoint (is it the HTTP port? "
-            "Triton serves gRPC on 8001 by default)",
-            field=field,
-            code="backend_not_triton",
-        ) from None
+    for attempt in (1, 2):  # one retry: a channel that was reconnecting is not a wrong endpoint
+        try:
+            client.is_server_live(client_timeout=CALL_TIMEOUT_S)
+            index = client.get_model_repository_index(as_json=True, client_timeout=CALL_TIMEOUT_S)
+            break
+        except Exception as exc:  # tritonclient / grpc errors: the text stays in the log
+            status, text = error_parts(exc)
+            log.info("backend %s did not answer as Triton gRPC (try %d): %s %s", backend, attempt, status, text[:200])
+            if attempt == 1:
+                time.sleep(RETRY_AFTER_S)
+                continue
+            if own or not any(sign in text for sign in OTHER_PROTOCOL):
+                return (
+                    f"backend {backend} did not answer as Triton right now; {triton_model!r} is registered but "
+                    "serves only once it does"
+                )
+            raise InvalidInput(
+                f"{field} {backend} answers, but not as Triton's gRPC endpoint (is it the HTTP port? "
+                "Triton serves gRPC on 8001 by default)",
+                field=field,
+                code="backend_not_triton",
+            ) from None
     served = sorted({m.get("name", "") for m in index.get("models", [])} - {""})
     if triton_model in served:
         return None

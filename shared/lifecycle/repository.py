@@ -112,12 +112,19 @@ def delete_keys(client: Any, bucket: str, keys: list[str]) -> None:
                 client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
 
 
-def head_size(client: Any, uri: str, field: str) -> tuple[str, str, int]:
-    """(bucket, key, size) of ``uri``; InvalidInput when it is not an object the platform can read."""
+def bucket_of(uri: str, field: str) -> str:
+    """The bucket ``uri`` names (no request); InvalidInput when it does not look like s3://bucket/key."""
     try:
-        bucket, key = parse_s3_url(uri)
+        bucket, _ = parse_s3_url(uri)
     except InvalidInput:
         raise InvalidInput(f"{field} must look like s3://bucket/key", field=field) from None
+    return bucket
+
+
+def head_size(client: Any, uri: str, field: str) -> tuple[str, str, int]:
+    """(bucket, key, size) of ``uri``; InvalidInput when it is not an object the platform can read."""
+    bucket_of(uri, field)
+    bucket, key = parse_s3_url(uri)
     from shared.errors import NotFound
 
     try:

@@ -231,6 +231,12 @@ def test_register_from_an_s3_artifact_uri(life: Lifecycle) -> None:
     repository.put(s3, f"other-{life.uid}", "m.onnx", linear_onnx(7.0))
     elsewhere = life.models.post("/v1/models", json=dict(body, artifact_uri=f"s3://other-{life.uid}/m.onnx"))
     assert elsewhere.status_code == 400 and elsewhere.json()["code"] == "artifact_bucket_not_allowed"
+    # Outside the allowed buckets, an object that is not there answers the same: no existence oracle.
+    absent = life.models.post("/v1/models", json=dict(body, artifact_uri=f"s3://other-{life.uid}/none.onnx"))
+    assert absent.json() | {"request_id": "", "trace_id": ""} == elsewhere.json() | {"request_id": "", "trace_id": ""}
+    for odd in ("s3://127.0.0.1:18001/x", "s3://x@host:1/x", f"s3://{layout.bucket}:18001/x"):
+        refused = life.models.post("/v1/models", json=dict(body, artifact_uri=odd))
+        assert refused.status_code == 400 and refused.json()["field"] == "artifact_uri", (odd, refused.text)
     assert life.models.get(f"/v1/models?name={name}").json()["total"] == 0, "nothing registered"
     created = life.models.post("/v1/models", json=body)
     assert created.status_code == 201 and created.json()["state"] == "pending", created.text

@@ -105,3 +105,17 @@ def test_a_managed_triton_model_cannot_be_taken_by_another_name(life: Lifecycle,
     assert resp.status_code == 409 and resp.json()["code"] == "triton_model_taken", resp.text
     resp = life.models.post("/v1/models", json=body(upload=True, triton_version=3))
     assert resp.status_code == 400 and resp.json()["field"] == "triton_version"
+
+
+def test_an_update_that_moves_the_backend_or_model_is_checked_like_a_registration(life: Lifecycle, loaded: str) -> None:
+    created = life.models.post("/v1/models", json=body(backend_url=life.triton.grpc_url, triton_model=loaded)).json()
+    assert "warnings" not in created
+    down = life.models.patch(f"/v1/models/{created['id']}", json={"backend_url": f"127.0.0.1:{free_port()}"})
+    assert down.status_code == 200 and "does not answer right now" in down.json()["warnings"][0], down.text
+    back = life.models.patch(f"/v1/models/{created['id']}", json={"backend_url": life.triton.grpc_url})
+    assert back.status_code == 200 and "warnings" not in back.json(), back.text
+    absent = unique("absent")
+    other = life.models.patch(f"/v1/models/{created['id']}", json={"triton_model": absent})
+    assert other.status_code == 200 and f"does not serve {absent!r}" in other.json()["warnings"][0], other.text
+    plain = life.models.patch(f"/v1/models/{created['id']}", json={"description": "no backend change"})
+    assert plain.status_code == 200 and "warnings" not in plain.json()

@@ -142,3 +142,73 @@ def test_other_ports_and_hosts_named_triton_stay_refused(url: str) -> None:
         registry.check_backends_allowed(services, [url])
     assert err.value.code == "backend_not_allowed" and "triton:8001" in err.value.message
     assert resolve(url, "10.0.0.7:8001") != "10.0.0.7:8001"
+
+
+def test_one_backend_named_twice_in_other_spellings_is_refused() -> None:
+    from shared.settings import Settings
+
+    class FakeServices:
+        settings = Settings.from_env(environ={"BACKEND_ALLOWLIST": "gpu-*:8001"}, triton_url="10.0.0.7:8001")
+
+    services: Any = FakeServices()
+    for urls in (["triton:8001", "http://10.0.0.7:8001"], ["gpu-1:8001", "grpc://GPU-1:8001/"], ["triton", "TRITON"]):
+        with pytest.raises(InvalidInput) as err:
+            registry.check_backends_allowed(services, urls, "backend_urls")
+        assert err.value.field == "backend_urls" and "twice" in err.value.message, urls
+
+
+class _FlakyTriton:
+    """A Triton client whose first call fails as a reconnecting channel does, or that speaks another protocol."""
+
+    def __init__(self, failures: int, text: str) -> None:
+        self.failures, self.text, self.calls = failures, text, 0
+
+    def client(self, backend: str) -> Any:
+        return self
+
+    def is_server_live(self, client_timeout: float) -> bool:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(self.text)
+        return True
+
+    def get_model_repository_index(self, as_json: bool, client_timeout: float) -> dict[str, Any]:
+        return {"models": [{"name": "iris"}]}
+
+
+@pytest.mark.parametrize(
+    "failures,text,own,expect",
+    [
+        (1, "Socket closed", False, None),  # a retry reaches it: registered cleanly
+        (2, "Socket closed", True, "did not answer as Triton right now"),  # our own Triton: never "not Triton"
+        (2, "Deadline Exceeded", False, "did not answer as Triton right now"),
+        (2, "Failed parsing HTTP/2 (Expected SETTINGS frame", False, "backend_not_triton"),
+    ],
+)
+def test_a_backend_is_called_not_triton_only_when_it_speaks_another_protocol(
+    failures: int, text: str, own: bool, expect: str | None
+) -> None:
+    import socket
+
+    from shared.lifecycle import backends
+    from shared.settings import Settings
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    class FakeServices:
+        settings = Settings.from_env(environ={}, triton_url=address if own else "10.0.0.7:8001")
+        triton = _FlakyTriton(failures, text)
+
+    try:
+        if expect == "backend_not_triton":
+            with pytest.raises(InvalidInput) as err:
+                backends._check(FakeServices(), address, "iris", "backend_url")  # type: ignore[arg-type]
+            assert err.value.code == expect
+        else:
+            warning = backends._check(FakeServices(), address, "iris", "backend_url")  # type: ignore[arg-type]
+            assert warning is None if expect is None else expect in str(warning)
+    finally:
+        listener.close()
