@@ -1,7 +1,7 @@
 # PostgreSQL, Redis (Valkey) and MinIO in the cluster, each unless an existing
 # endpoint is given. Passwords are generated and only ever land in Secrets.
 #
-# Every image comes from a maintained source and is pinned (tests/unit/deploy/
+# Every image comes from a maintained source and is pinned (tests/deploy/
 # test_terraform_rules.py keeps the list with the reasons): the Bitnami charts
 # used before pulled versioned docker.io/bitnami images that were removed
 # (bitnami/containers#83267), so the first apply ended in ImagePullBackOff.

@@ -11,7 +11,7 @@
 # - eventing-core.yaml and eventing-kafka-controller.yaml both ship
 #   knative-eventing/config-tracing (example data only): eventing-kafka is its
 #   own overlay that drops its copy.
-# tests/unit/deploy/test_composition.py renders these overlays offline from
+# tests/deploy/test_composition.py renders these overlays offline from
 # the release files in tests/fixtures/releases/.
 #
 # Patches are YAML heredocs (not yamlencode) so that the test can render them.

@@ -6,7 +6,7 @@ from shared.localstack.relay.server import DEFAULT_MANIFESTS
 from shared.localstack.relay.wiring import load_wiring
 from shared.localstack.stack import available_functions
 from shared.settings import Settings
-from tests.unit.deploy.support import ROOT
+from tests.deploy.support import ROOT
 
 DEFAULT_ATTEMPT_TIMEOUT_S = 60.0  # the relay's per-attempt HTTP timeout when the delivery spec sets none
 

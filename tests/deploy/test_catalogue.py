@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shared.catalogue import FUNCTIONS, public_routes
-from tests.unit.deploy.support import KNATIVE, OVERLAYS, ROOT, TF, env_of, ksvcs, of_kind, parse, render, unquote
+from tests.deploy.support import KNATIVE, OVERLAYS, ROOT, TF, env_of, ksvcs, of_kind, parse, render, unquote
 
 
 @pytest.fixture(scope="module")

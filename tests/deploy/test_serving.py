@@ -26,7 +26,7 @@ from shared import cli
 from shared.cli import serve as serve_cli
 from shared.settings import Settings
 from shared.web import server
-from tests.unit.deploy.support import (
+from tests.deploy.support import (
     KNATIVE,
     OVERLAYS,
     ROOT,

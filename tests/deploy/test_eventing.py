@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from shared.localstack.relay.wiring import parse_iso_duration
-from tests.unit.deploy.support import (
+from tests.deploy.support import (
     KNATIVE,
     OVERLAYS,
     TF,

@@ -17,7 +17,7 @@ import hcl2
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
 MODULES = sorted(p for p in (TF / "modules").iterdir() if p.is_dir())
 META_ARGS = {"source", "depends_on", "count", "for_each", "providers", "version", "__is_block__"}
@@ -131,7 +131,7 @@ def test_knative_module_installs_pinned_release_manifests() -> None:
         "eventing-kafka-sink.yaml",
     ):
         assert f"/{manifest}" in text, manifest
-    # The *-crds.yaml files repeat CRDs of the core files (tests/unit/deploy/test_composition.py).
+    # The *-crds.yaml files repeat CRDs of the core files (tests/deploy/test_composition.py).
     assert '/serving-crds.yaml"' not in text and '/eventing-crds.yaml"' not in text
     route = yaml.safe_load_all((ROOT / "knative" / "base" / "routing.yaml").read_text())
     gateway = next(d for d in route if d["kind"] == "Gateway")

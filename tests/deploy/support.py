@@ -18,7 +18,7 @@ import hcl2
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
 KNATIVE = ROOT / "knative"
 RELEASES = ROOT / "tests" / "fixtures" / "releases"

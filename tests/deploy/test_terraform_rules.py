@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.unit.deploy.support import KNATIVE, OVERLAYS, TF, all_typed, modules, named, of_kind, parse, render, unquote
+from tests.deploy.support import KNATIVE, OVERLAYS, TF, all_typed, modules, named, of_kind, parse, render, unquote
 
 DATA_REF = re.compile(r"\bdata\.([a-z0-9_]+)\.([a-z0-9_]+)\b")
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.unit.deploy.support import ROOT
+from tests.deploy.support import ROOT
 
 DEV_ONLY = ("shared/localstack/", "shared/cli/stack.py", "shared/cli/demo.py")
 

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.unit.deploy.support import KNATIVE, OVERLAYS, RELEASES, Doc, group_of, render, render_with_component
+from tests.deploy.support import KNATIVE, OVERLAYS, RELEASES, Doc, group_of, render, render_with_component
 
 CRD_FILES = [
     *sorted((RELEASES / "knative-v1.16.0").glob("*-crds.yaml")),

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.deploy.support import (
+from tests.deploy.support import (
     RELEASES,
     TF,
     Doc,

@@ -21,7 +21,7 @@ import yaml
 
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 KNATIVE = ROOT / "knative"
 OVERLAYS = ("dev", "prod")
 KINFER_IMAGE = "ghcr.io/kinfer/kinfer"
@@ -159,7 +159,7 @@ def test_function_services_scale_to_zero_with_limits_probes_and_config(
             assert ann.get("autoscaling.knative.dev/min-scale") == "0", where
             assert int(ann["autoscaling.knative.dev/max-scale"]) >= 1, where
             assert spec["containerConcurrency"] >= 1, (
-                f"{where}: containerConcurrency (tests/unit/deploy/test_serving.py)"
+                f"{where}: containerConcurrency (tests/deploy/test_serving.py)"
             )
             assert 0 < spec["timeoutSeconds"] <= 600, where
             assert c["image"].startswith(KINFER_IMAGE + ":"), f"{where}: image {c['image']}"
