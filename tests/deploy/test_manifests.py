@@ -158,9 +158,7 @@ def test_function_services_scale_to_zero_with_limits_probes_and_config(
             ann, spec, c = annotations(svc), svc["spec"]["template"]["spec"], container(svc)
             assert ann.get("autoscaling.knative.dev/min-scale") == "0", where
             assert int(ann["autoscaling.knative.dev/max-scale"]) >= 1, where
-            assert spec["containerConcurrency"] >= 1, (
-                f"{where}: containerConcurrency (tests/deploy/test_serving.py)"
-            )
+            assert spec["containerConcurrency"] >= 1, f"{where}: containerConcurrency (tests/deploy/test_serving.py)"
             assert 0 < spec["timeoutSeconds"] <= 600, where
             assert c["image"].startswith(KINFER_IMAGE + ":"), f"{where}: image {c['image']}"
             for kind in ("requests", "limits"):
