@@ -218,7 +218,7 @@ class Settings(_FromEnv):
     agent_backend: str = _var("AGENT_BACKEND", "")
     agent_triton_http: str = _var("AGENT_TRITON_HTTP", "http://127.0.0.1:8000")
     agent_repository_dir: str = _var("AGENT_REPOSITORY_DIR", "/models")
-    agent_port: int = _var("AGENT_PORT", "9091", _int(1, 65535))
+    agent_port: int = _var("AGENT_PORT", "8089", _int(1, 65535))
     agent_sync_s: float = _var("AGENT_SYNC_S", "5", _float(0.05, 3600))
     agent_heartbeat_ttl_s: float = _var("AGENT_HEARTBEAT_TTL_S", "15", _float(0.5, 3600))
     # A version no alias or active status needs any more is unloaded this long after it stopped being needed

@@ -33,7 +33,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"kinfer agent: {exc}\n")
         return 2
-    setup_logging(settings.service_name, settings.log_level)
+    # In a cluster K_SERVICE is Triton's Service (Knative sets it; a sidecar may not): say which process logs.
+    setup_logging(
+        "model-agent" if settings.service_name in ("kinfer", "triton") else settings.service_name, settings.log_level
+    )
     agent = ModelAgent(services)
     if args.once:
         agent.reconcile_once()

@@ -326,7 +326,8 @@ resource "kustomization_resource" "minio_route" {
     spec = {
       parentRefs = [{ name = "kinfer", sectionName = "https" }]
       hostnames  = [local.s3_host]
-      rules      = [{ backendRefs = [{ name = "minio", namespace = var.data_namespace, port = 9000 }] }]
+      # Presigned transfers of batch inputs and results can be large: no 15 s cut (Envoy Gateway's default).
+      rules = [{ backendRefs = [{ name = "minio", namespace = var.data_namespace, port = 9000 }], timeouts = { request = "3600s" } }]
     }
   })
   depends_on = [kustomization_resource.p1, kustomization_resource.minio_reference_grant]
