@@ -13,6 +13,7 @@
     ├── UriTooLong (414, uri_too_long)             the HTTP server's own bound
     ├── UnsupportedMediaType (415, unsupported_media_type)
     ├── Unprocessable (422, unprocessable)         permanent event failure
+    │   └── ModelError (422, model_error)          the model failed on this input
     ├── RateLimited (429, rate_limited)            retryable, ``retry_after``
     ├── HeadersTooLarge (431, headers_too_large)   the HTTP server's own bound
     ├── BackendError (502, backend_error)
@@ -92,6 +93,12 @@ class UnsupportedMediaType(KinferError):
 
 class Unprocessable(KinferError):
     status, code = 422, "unprocessable"
+
+
+class ModelError(Unprocessable):
+    """The model raised on the caller's input (Triton INTERNAL): the caller's answer, never the backend's fault."""
+
+    code = "model_error"
 
 
 class RateLimited(KinferError):

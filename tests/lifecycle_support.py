@@ -66,3 +66,20 @@ def python_package(k: float, broken: bool = False, top: str = "") -> bytes:
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def table_onnx(values: tuple[float, ...] = (10.0, 20.0, 30.0, 40.0)) -> bytes:
+    """An ONNX lookup y = table[int(x)]: input ``x`` FP32 [batch, 1], output ``y`` alike. An x outside the
+    table makes the model raise at run time (onnxruntime: indices out of bounds), as an id outside an
+    embedding table does: Triton answers INTERNAL for that request only."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64), helper.make_node("Gather", ["t", "i"], ["y"])],
+        "table",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor("t", TensorProto.FLOAT, [len(values)], list(values))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return bytes(model.SerializeToString())

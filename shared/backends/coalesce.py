@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from shared.backends.triton import ModelInfo
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, Unprocessable
 
 PIPELINE = 2  # merged requests in flight per key before new ones wait for one to come back
 
@@ -126,7 +126,7 @@ class Coalescer:
         arrays = parts[0] if len(parts) == 1 else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         try:
             outputs = await self.send(batch.url, batch.info, arrays, batch.headers, batch.version, batch.label)
-        except InvalidInput as exc:
+        except (InvalidInput, Unprocessable) as exc:  # a caller's input or the model failing on one
             if len(parts) == 1:
                 raise_into(waiters, exc)
             else:  # somebody's input: each on its own, so the others still get their answer

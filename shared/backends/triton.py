@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import BackendError, BackendTimeout, InvalidInput, KinferError, Unavailable
+from shared.errors import BackendError, BackendTimeout, InvalidInput, KinferError, ModelError, Unavailable
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ def translate(exc: BaseException, url: str, model: str, label: str | None = None
     )
     if caller:
         return InvalidInput(f"{who} rejected the input: the tensors do not match what the model accepts", field="input")
+    if status == "StatusCode.INTERNAL":  # the server answered: the model (or its backend) failed on this input
+        return ModelError(f"{who} failed on this input (the model raised an error); check the input values")
     if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline Exceeded" in text:
         return BackendTimeout(f"the Triton backend of {who} did not answer in time")
     if status == "StatusCode.NOT_FOUND" or "unknown model" in text:
@@ -147,7 +149,8 @@ def translate(exc: BaseException, url: str, model: str, label: str | None = None
 
 
 def is_backend_failure(err: KinferError) -> bool:
-    """Backend failures count against the circuit breaker; caller errors (4xx) never do."""
+    """Backend failures count against the circuit breaker; caller errors (4xx, a model that failed on
+    one caller's input included) never do: one tenant's bad input must not open it for every tenant."""
     return err.status >= 500
 
 

@@ -183,6 +183,9 @@ def _infer_uniform(
         except KinferError as exc:
             if exc.retryable:
                 raise
+            if len(part) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
+                half = len(part) // 2
+                return run(part[:half]) + run(part[half:])
             return [ItemResult(None, None, exc.message)] * len(part)
         predictions = prediction_of(info, outputs, single=False)
         names = list(outputs)
@@ -241,6 +244,11 @@ def _infer_group(
     except KinferError as exc:
         if exc.retryable:
             raise
+        if len(group) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
+            half = len(group) // 2
+            for part in (group[:half], group[half:]):
+                _infer_group(services, target, info, part, parsed, results)
+            return
         for i in group:
             results[i] = ItemResult(None, None, exc.message)
         return

@@ -95,9 +95,15 @@ def _delete_models_except(kept: set[str]) -> None:
     from shared.services import Services
     from shared.settings import Settings
 
+    from shared.lifecycle import aliases
+
     services = Services(Settings.from_env())
     try:
         for model_id in _model_ids() - kept:
+            model = registry.get_model(services, model_id)
+            for alias in aliases.list_aliases(services, model["name"])["aliases"]:  # the run may have aliased it
+                if model["version"] in alias["versions"]:
+                    aliases.delete_alias(services, model["name"], alias["alias"])
             registry.delete_model(services, model_id)
     finally:
         services.close()

@@ -16,7 +16,7 @@ import pytest
 from shared.lifecycle import repository
 from shared.lifecycle.repository import Layout
 from tests.integration.lifecycle.conftest import Lifecycle, unique
-from tests.lifecycle_support import PY_CONFIG, linear_onnx, package, python_package
+from tests.lifecycle_support import PY_CONFIG, linear_onnx, package, python_package, table_onnx
 
 pytestmark = pytest.mark.integration
 
@@ -300,3 +300,23 @@ def test_deleting_a_version_removes_its_files_but_never_the_callers_object(life:
     assert version_keys(life, model) == {}
     kept = repository.list_keys(s3, layout.bucket, "incoming/keep.onnx")
     assert kept == {"incoming/keep.onnx": len(linear_onnx(2.0))}
+
+
+def test_a_model_that_fails_on_one_callers_input_never_opens_the_backends_circuit(life: Lifecycle) -> None:
+    """One tenant's bad input is that tenant's 422, however often: the backend stays closed for everyone."""
+    name = unique("table")
+    assert life.push(name, "1", table_onnx())["state"] == "ready"
+    fail_max = life.settings.breaker_fail_max
+    for _ in range(fail_max + 3):
+        bad = life.infer(name, 7.0)
+        assert bad.status_code == 422 and bad.json()["code"] == "model_error", bad.text
+        assert "Gather" not in bad.json()["error"] and "bounds" not in bad.json()["error"], "no Triton text"
+    good = life.infer(name, 2.0)
+    assert good.status_code == 200 and good.json()["outputs"]["y"] == [30.0], good.text
+    from shared.inference.items import infer_items
+    from shared.inference.resolve import resolve
+
+    items = [{"data": [float(i % 4)]} for i in range(20)] + [{"data": [9.0]}]
+    results = infer_items(life.services(), resolve(life.services(), name), items)
+    assert [r.error is None for r in results] == [True] * 20 + [False], "only the bad item fails in a batch"
+    assert [r.outputs["y"] for r in results[:4]] == [[10.0], [20.0], [30.0], [40.0]]

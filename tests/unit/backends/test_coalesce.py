@@ -12,7 +12,7 @@ import pytest
 from shared.backends import coalesce
 from shared.backends.coalesce import Coalescer
 from shared.backends.triton import ModelInfo, TensorSpec
-from shared.errors import InvalidInput, Unavailable
+from shared.errors import InvalidInput, ModelError, Unavailable
 
 IRIS = ModelInfo("iris", (TensorSpec("features", "FP32", (4,)),), (TensorSpec("score", "FP32", (1,)),), 8)
 
@@ -40,6 +40,8 @@ class FakeTriton:
             raise self.fail
         if (rows[:, 0] < 0).any():
             raise InvalidInput("the model rejected the input")
+        if (rows[:, 0] > 1000).any():  # e.g. an id outside the model's embedding table
+            raise ModelError("the model failed on this input")
         return {"score": rows[:, :1].copy()}
 
 
@@ -88,6 +90,14 @@ def test_one_callers_bad_input_fails_only_that_caller() -> None:
     assert triton.batches[0] == 3 and sorted(triton.batches[1:]) == [1, 1, 1]  # merged, then each alone
     assert isinstance(answers[1], InvalidInput)
     assert float(answers[0]["score"][0, 0]) == 1.0 and float(answers[2]["score"][0, 0]) == 3.0
+
+
+def test_a_model_that_fails_on_one_callers_input_fails_only_that_caller() -> None:
+    triton = FakeTriton()
+    answers = asyncio.run(many(Coalescer(triton.infer, 0.002), [1, 5000, 3, 4]))
+    assert triton.batches[0] == 4 and sorted(triton.batches[1:]) == [1, 1, 1, 1]
+    assert isinstance(answers[1], ModelError) and answers[1].status == 422
+    assert [float(answers[i]["score"][0, 0]) for i in (0, 2, 3)] == [1.0, 3.0, 4.0]
 
 
 def test_a_backend_failure_reaches_every_caller_as_one_exception() -> None:

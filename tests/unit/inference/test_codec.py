@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared.backends.triton import is_backend_failure, is_connection_failure, model_info_from, translate
-from shared.errors import BackendError, BackendTimeout, InvalidInput, Unavailable
+from shared.errors import BackendError, BackendTimeout, InvalidInput, ModelError, Unavailable
 from shared.inference.codec import outputs_json, parse_input, prediction_of
 
 IRIS = model_info_from(
@@ -133,7 +133,7 @@ class FakeTritonError(Exception):
         ("StatusCode.INVALID_ARGUMENT", InvalidInput, False),
         ("StatusCode.UNAVAILABLE", Unavailable, True),
         ("StatusCode.DEADLINE_EXCEEDED", BackendTimeout, True),
-        ("StatusCode.INTERNAL", BackendError, True),
+        ("StatusCode.INTERNAL", ModelError, False),  # the model raised on this input: not the backend's fault
         ("StatusCode.NOT_FOUND", BackendError, True),
     ],
 )
