@@ -92,10 +92,9 @@ def _model_ids() -> set[str]:
 def _delete_models_except(kept: set[str]) -> None:
     """Delete what the run registered, through the registry (caches invalidated)."""
     from shared import registry
+    from shared.lifecycle import aliases
     from shared.services import Services
     from shared.settings import Settings
-
-    from shared.lifecycle import aliases
 
     services = Services(Settings.from_env())
     try:
