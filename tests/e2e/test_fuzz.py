@@ -92,18 +92,24 @@ def _model_ids() -> set[str]:
 def _delete_models_except(kept: set[str]) -> None:
     """Delete what the run registered, through the registry (caches invalidated)."""
     from shared import registry
+    from shared.errors import KinferError
     from shared.lifecycle import aliases
     from shared.services import Services
     from shared.settings import Settings
 
     services = Services(Settings.from_env())
     try:
-        for model_id in _model_ids() - kept:
-            model = registry.get_model(services, model_id)
-            for alias in aliases.list_aliases(services, model["name"])["aliases"]:  # the run may have aliased it
-                if model["version"] in alias["versions"]:
-                    aliases.delete_alias(services, model["name"], alias["alias"])
-            registry.delete_model(services, model_id)
+        left = []
+        for model_id in _model_ids() - kept:  # each on its own: one that cannot go must not keep the others
+            try:
+                model = registry.get_model(services, model_id)
+                for alias in aliases.list_aliases(services, model["name"])["aliases"]:  # the run may alias it
+                    if model["version"] in alias["versions"]:
+                        aliases.delete_alias(services, model["name"], alias["alias"])
+                registry.delete_model(services, model_id)
+            except KinferError as exc:
+                left.append(f"{model_id}: {exc.message}")
+        assert not left, f"models the fuzz run registered and could not delete: {left}"
     finally:
         services.close()
 

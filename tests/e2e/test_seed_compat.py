@@ -15,7 +15,7 @@ import re
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,9 +49,13 @@ def seed_model(**over: Any) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
+REGISTERED: list[str] = []  # deleted when the module ends: each test owns its data
+
+
 def register(**over: Any) -> dict[str, Any]:
     status, body, _ = http("POST", f"{METADATA}/v1/models", seed_model(**over))
     assert status == 201, body
+    REGISTERED.append(body["id"])
     return dict(body)
 
 
@@ -69,8 +73,11 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0, every: float = 0
 
 
 @pytest.fixture(scope="module", autouse=True)
-def running(stack: dict[str, str]) -> None:
-    """The stack is up (the e2e fixture starts it)."""
+def running(stack: dict[str, str]) -> Iterator[None]:
+    """The stack is up (the e2e fixture starts it); what the tests registered is deleted afterwards."""
+    yield
+    left = [(i, s) for i in REGISTERED if (s := http("DELETE", f"{METADATA}/v1/models/{i}")[0]) not in (204, 404)]
+    assert not left, f"could not delete the models this module registered: {left}"
 
 
 # -- model registry (METADATA_SERVICE_URL) -------------------------------------------------------------
