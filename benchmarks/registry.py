@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import KeepAlive, print_table, summarize, timed  # noqa: E402
 from shared import registry  # noqa: E402
 from shared.clients import db
+from shared.clients.schema import models  # noqa: E402
 from shared.services import Services  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -59,11 +60,11 @@ def main() -> int:
             cached = [timed(lambda i=i: client.request("GET", f"/v1/models/{i}")) for i in ids]
             client.close()
         with services.db.engine.connect() as conn:
-            query = sa.select(registry.models).where(registry.models.c.id == sa.bindparam("i"))
+            query = sa.select(models).where(models.c.id == sa.bindparam("i"))
             direct = [timed(lambda i=i: conn.execute(query, {"i": uuid.UUID(i)}).first()) for i in ids]
     finally:
         with services.db.begin() as conn:
-            conn.execute(sa.delete(registry.models).where(registry.models.c.name.like(f"{prefix}-%")))
+            conn.execute(sa.delete(models).where(models.c.name.like(f"{prefix}-%")))
         services.close()
     base_stats = summarize(direct)
     rows = [("direct PostgreSQL PK query (baseline)", base_stats, "1.00x")]

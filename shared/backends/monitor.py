@@ -22,10 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
+from shared import registry
 from shared.backends.balancer import probe_key
-from shared.clients.schema import models
 from shared.endpoints import backend_id, resolve
 from shared.errors import KinferError
 
@@ -44,20 +42,15 @@ def backend_models(services: Services) -> dict[str, list[str]]:
     own = services.settings.triton_url
     found: dict[str, list[str]] = {backend_id(own): []}
     try:
-        with services.db.begin() as conn:
-            rows = conn.execute(
-                sa.select(models.c.backend_urls, models.c.triton_model, models.c.name).where(
-                    models.c.status == "active"
-                )
-            ).all()
+        rows = registry.active_backends(services)
     except KinferError as exc:
         log.warning("registry unreachable; reporting TRITON_URL only: %s", exc.message)
         rows = []
-    for urls, triton_model, name in rows:
+    for urls, triton_model in rows:
         for url in urls or [own]:
             names = found.setdefault(resolve(url, own), [])
-            if (triton_model or name) not in names:
-                names.append(triton_model or name)
+            if triton_model not in names:
+                names.append(triton_model)
     return found
 
 

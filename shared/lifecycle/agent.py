@@ -36,10 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from shared import registry
-from shared.clients.schema import models
 from shared.endpoints import resolve
 from shared.errors import NotFound
 from shared.lifecycle import replicas, repository, tritonconfig
@@ -134,14 +131,8 @@ class ModelAgent:
 
     # -- what the registry wants --------------------------------------------------------------
     def wanted(self) -> Wanted:
-        query = sa.select(models).where(
-            models.c.status == "active", models.c.state.in_(("pending", "loading", "ready"))
-        )
-        with self.services.db.read() as conn:
-            rows = conn.execute(query).all()
         wanted = Wanted()
-        for row in rows:
-            model = registry.to_json(row)
+        for model in registry.versions_in_states(self.services, ("pending", "loading", "ready"), active=True):
             if self.backend not in replicas.backends_of(self.services, model):
                 continue
             if model["repository_uri"] is not None and model["triton_version"] is not None:
@@ -342,14 +333,7 @@ class ModelAgent:
     def _promote(self, status: dict[str, Any]) -> None:
         """Versions loaded here that every live replica of their backends has: ``ready``."""
         try:
-            with self.services.db.read() as conn:
-                rows = conn.execute(
-                    sa.select(models).where(
-                        models.c.state.in_(("pending", "loading")), models.c.repository_uri.is_not(None)
-                    )
-                ).all()
-            for row in rows:
-                model = registry.to_json(row)
+            for model in registry.versions_in_states(self.services, ("pending", "loading"), managed=True):
                 if not replicas.has(status, model["triton_model"], model["triton_version"]):
                     continue
                 if not replicas.not_ready(self.services, model):

@@ -120,7 +120,8 @@ def rollback(services: Services, name: str, alias: str) -> dict[str, Any]:
 
 
 def _move(services: Services, name: str, alias: str, target_of: Any) -> dict[str, Any]:
-    with services.db.begin() as conn:
+    with registry.writing(services) as write:
+        conn = write.conn
         current = conn.execute(
             sa.select(model_aliases)
             .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
@@ -140,9 +141,8 @@ def _move(services: Services, name: str, alias: str, target_of: Any) -> dict[str
             )
             .returning(*model_aliases.c)
         ).one()
-        registry.invalidate(services, {"name": name}, before_commit=True)
-    registry.invalidate(services, {"name": name})
-    return to_json(name, row)
+        write.touch({"name": name})
+        return to_json(name, row)
 
 
 def _check_servable(services: Services, conn: Any, name: str, target: dict[str, int]) -> None:
@@ -178,7 +178,8 @@ def _check_servable(services: Services, conn: Any, name: str, target: dict[str, 
 
 
 def delete_alias(services: Services, name: str, alias: str) -> None:
-    with services.db.begin() as conn:
+    with registry.writing(services) as write:
+        conn = write.conn
         gone = conn.execute(
             sa.delete(model_aliases)
             .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
@@ -186,5 +187,4 @@ def delete_alias(services: Services, name: str, alias: str) -> None:
         ).first()
         if gone is None:
             raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
-        registry.invalidate(services, {"name": name}, before_commit=True)
-    registry.invalidate(services, {"name": name})
+        write.touch({"name": name})

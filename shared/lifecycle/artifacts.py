@@ -110,12 +110,11 @@ def _create_for_upload(services: Services, row: dict[str, Any]) -> dict[str, Any
     layout = Layout.of(services.settings)
     repository.ensure_bucket(services.s3, layout)
     with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
-        with services.db.begin() as conn:
-            refuse_duplicate(conn, row)
-            number = allocate(services, conn, row["name"], row["triton_model"])
+        with registry.writing(services) as write:
+            refuse_duplicate(write.conn, row)
+            number = allocate(services, write.conn, row["name"], row["triton_model"])
             model = registry.insert(
-                services,
-                conn,
+                write,
                 dict(
                     row,
                     id=uuid.uuid4(),
@@ -124,7 +123,6 @@ def _create_for_upload(services: Services, row: dict[str, Any]) -> dict[str, Any
                     repository_uri=layout.uri(layout.version_prefix(row["triton_model"], number)),
                 ),
             )
-    registry.invalidate(services, model, names=True)
     return dict(model, upload_url=f"/v1/models/{model['id']}/artifact")
 
 

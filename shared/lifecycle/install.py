@@ -67,13 +67,12 @@ def install(services: Services, row: dict[str, Any], prepared: Prepared, local: 
             "repository_uri": layout.uri(layout.version_prefix(tm, number)),
         }
         with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
-            with services.db.begin() as conn:
-                _use_config(services, conn, layout, tm, prepared, exclude=row["id"])
-                model = _commit_row(services, conn, row, values, new)
+            with registry.writing(services) as write:
+                _use_config(services, write.conn, layout, tm, prepared, exclude=row["id"])
+                model = _commit_row(write, row, values, new)
     except BaseException:
         repository.delete_keys(services.s3, layout.bucket, written)
         raise
-    registry.invalidate(services, model, names=new)
     log.info(
         "model %s version %s installed as Triton %s version %d (%s)",
         model["name"],
@@ -103,13 +102,11 @@ def _write_version(services: Services, layout: Layout, tm: str, number: int, pre
     return written
 
 
-def _commit_row(
-    services: Services, conn: Any, row: dict[str, Any], values: dict[str, Any], new: bool
-) -> dict[str, Any]:
+def _commit_row(write: registry.Write, row: dict[str, Any], values: dict[str, Any], new: bool) -> dict[str, Any]:
     if new:
         keep = {k: row[k] for k in row if k in models.c}
-        return registry.insert(services, conn, dict(keep, **values))
-    updated = conn.execute(
+        return registry.insert(write, dict(keep, **values))
+    updated = write.conn.execute(
         sa.update(models)
         .where(models.c.id == uuid.UUID(str(row["id"])), models.c.state == "awaiting_upload")
         .values(**values, updated_at=sa.func.clock_timestamp())
@@ -121,9 +118,7 @@ def _commit_row(
             "meanwhile (or was deleted)",
             code="artifact_exists",
         )
-    model = registry.to_json(updated)
-    registry.invalidate(services, model, before_commit=True)
-    return model
+    return write.touch(registry.to_json(updated))
 
 
 def _use_config(services: Services, conn: Any, layout: Layout, tm: str, prepared: Prepared, exclude: Any) -> None:

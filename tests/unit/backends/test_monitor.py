@@ -19,6 +19,8 @@ class _NoDatabase:
     def begin(self) -> Any:
         raise Unavailable("no database in unit tests")
 
+    read = begin
+
 
 class _NoCache:
     client = None

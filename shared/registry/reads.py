@@ -1,0 +1,264 @@
+"""Reads through the Redis cache: by id, by name and version, a name's view, the resolution of a
+name (a version, an alias or the default) and its pick per caller, lists, health.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import random
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from shared import validation as v
+from shared.clients.schema import model_aliases, models
+from shared.errors import NotFound, Unavailable
+from shared.registry.rows import (
+    GEN_KEY,
+    NAMES_KEY,
+    SERVABLE,
+    _complete,
+    _id_key,
+    _nv_key,
+    _view_key,
+    parse_id,
+    to_json,
+    version_key,
+)
+from shared.registry.rules import DEFAULT_ALIAS, FRAMEWORKS, NAME, STATES, STATUSES, VERSION
+
+if TYPE_CHECKING:
+    from shared.services import Services
+
+
+def _cached(services: Services, key: str, load: Any) -> Any:
+    """Read-through: the cached JSON, or ``load()`` stored unless a write raced it."""
+    value, gen = services.cache.lookup(key, GEN_KEY)
+    if value is not None:
+        return value
+    value = load()
+    services.cache.fill(key, GEN_KEY, value, gen)
+    return value
+
+
+def _fetch_one(services: Services, where: Any, missing: str) -> dict[str, Any]:
+    with services.db.read() as conn:
+        row = conn.execute(sa.select(models).where(where)).first()
+    if row is None:
+        raise NotFound(missing)
+    return to_json(row)
+
+
+def get_model(services: Services, raw_id: str) -> dict[str, Any]:
+    model_id = parse_id(raw_id)
+    return _complete(
+        _cached(
+            services,
+            _id_key(model_id),
+            lambda: _fetch_one(services, models.c.id == model_id, f"model {raw_id} not found"),
+        )
+    )
+
+
+def get_model_by_name(services: Services, name: str, version: str) -> dict[str, Any]:
+    if not NAME.fullmatch(name) or not VERSION.fullmatch(version):
+        raise NotFound(f"model {name[:64]!r} version {version[:32]!r} not found", code="version_not_found")
+    where = sa.and_(models.c.name == name, models.c.version == version)
+    return _complete(
+        _cached(
+            services,
+            _nv_key(name, version),
+            lambda: _fetch_one(services, where, f"model {name!r} version {version!r} not found"),
+        )
+    )
+
+
+def view(services: Services, name: str) -> dict[str, Any]:
+    """Everything resolution needs about ``name``: its active rows, the others' states, its aliases."""
+    return dict(_cached(services, _view_key(name), lambda: _load_view(services, name)))
+
+
+def _load_view(services: Services, name: str) -> dict[str, Any]:
+    with services.db.read() as conn:
+        rows = conn.execute(sa.select(models).where(models.c.name == name)).all()
+        aliases = conn.execute(
+            sa.select(model_aliases.c.alias, model_aliases.c.versions).where(model_aliases.c.name == name)
+        ).all()
+    active = {r.version: to_json(r) for r in rows if r.status == "active"}
+    others = {
+        r.version: {"status": r.status, "state": r.state, "state_reason": r.state_reason}
+        for r in rows
+        if r.status != "active"
+    }
+    return {"active": active, "others": others, "aliases": {a.alias: dict(a.versions) for a in aliases}}
+
+
+def resolve_target(services: Services, name: str, version: str | None = None) -> dict[str, Any]:
+    """What serves ``name`` at ``version`` (a version, an alias, or None): ``{"alias", "choices"}``,
+    choices being ``[weight, model]`` pairs. Errors say what exists and what to do."""
+    if not NAME.fullmatch(name):
+        raise NotFound(f"model {name[:64]!r} not found")
+    known = view(services, name)
+    if not known["active"] and not known["others"]:
+        raise NotFound(_unknown_model_message(services, name))
+    if version is None:
+        if DEFAULT_ALIAS in known["aliases"]:
+            return _alias_target(known, name, DEFAULT_ALIAS)
+        servable = [m for m in known["active"].values() if m["state"] == SERVABLE]
+        if not servable:
+            raise NotFound(
+                f"model {name!r} has no active version ready to serve ({_summary(known)})", code="no_active_version"
+            )
+        return {"alias": None, "choices": [[100, max(servable, key=lambda m: version_key(m["version"]))]]}
+    if VERSION.fullmatch(version):
+        return {"alias": None, "choices": [[100, _servable(known, name, version)]]}
+    if version in known["aliases"]:
+        return _alias_target(known, name, version)
+    raise NotFound(
+        f"model {name!r} has no version or alias {version[:32]!r} ({_summary(known)})", code="version_not_found"
+    )
+
+
+def _servable(known: dict[str, Any], name: str, version: str) -> dict[str, Any]:
+    model = known["active"].get(version)
+    if model is None:
+        other = known["others"].get(version)
+        if other is not None:
+            raise NotFound(
+                f"model {name!r} version {version!r} is {other['status']}, not active", code="version_not_active"
+            )
+        raise NotFound(f"model {name!r} has no version {version!r} ({_summary(known)})", code="version_not_found")
+    state = model["state"]
+    if state == "failed":
+        raise NotFound(
+            f"model {name!r} version {version!r} failed to load: {model['state_reason'] or 'no reason'}",
+            code="version_failed",
+        )
+    if state != SERVABLE:
+        what = "awaits its artifact upload" if state == "awaiting_upload" else f"is {state}"
+        raise Unavailable(
+            f"model {name!r} version {version!r} {what}; it serves once every Triton replica has loaded it",
+            retry_after=2,
+            code="version_not_ready",
+        )
+    return dict(model)
+
+
+def _alias_target(known: dict[str, Any], name: str, alias: str) -> dict[str, Any]:
+    choices = [
+        [int(weight), _servable(known, name, version)]
+        for version, weight in sorted(known["aliases"][alias].items(), key=lambda kv: version_key(kv[0]))
+    ]
+    return {"alias": alias, "choices": choices}
+
+
+def pick(target: dict[str, Any], route_key: str | None) -> dict[str, Any]:
+    """The version that serves this caller: sticky per ``route_key`` (random without one)."""
+    choices = target["choices"]
+    if len(choices) == 1:
+        return dict(choices[0][1])
+    total = sum(weight for weight, _ in choices)
+    if route_key is None:
+        point = random.randrange(total)
+    else:
+        digest = hashlib.sha256(f"{target['alias']}|{route_key}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") % total
+    for weight, model in choices:
+        if point < weight:
+            return dict(model)
+        point -= weight
+    return dict(choices[-1][1])
+
+
+def resolve_model(
+    services: Services, name: str, version: str | None = None, route_key: str | None = None
+) -> dict[str, Any]:
+    """The model row that serves this request (see ``resolve_target`` and ``pick``)."""
+    return pick(resolve_target(services, name, version), route_key)
+
+
+def _summary(known: dict[str, Any]) -> str:
+    parts = [f"{ver} {'active' if m['state'] == SERVABLE else m['state']}" for ver, m in known["active"].items()]
+    parts += [f"{ver} {o['status']}" for ver, o in known["others"].items()]
+    parts.sort(key=lambda p: version_key(p.split()[0]))
+    text = "versions: " + ", ".join(parts[:20]) + (", ..." if len(parts) > 20 else "")
+    if known["aliases"]:
+        text += "; aliases: " + ", ".join(sorted(known["aliases"]))
+    return text
+
+
+def _unknown_model_message(services: Services, name: str) -> str:
+    names = _cached(services, NAMES_KEY, lambda: _all_names(services))
+    lowered = name.lower()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    close += [n for n in names if (lowered in n.lower() or n.lower() in lowered) and n not in close]
+    hint = (
+        f"; did you mean {' or '.join(repr(n) for n in close[:3])}?"
+        if close
+        else "; list the registered models with GET /v1/models"
+    )
+    return f"model {name!r} not found{hint}"
+
+
+def _all_names(services: Services) -> list[str]:
+    with services.db.read() as conn:
+        return [r[0] for r in conn.execute(sa.select(models.c.name).distinct().limit(10_000))]
+
+
+def list_models(services: Services, args: Any) -> dict[str, Any]:
+    limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
+    offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
+    conditions = []
+    if args.get("name"):
+        conditions.append(models.c.name == v.string(args["name"], "name", max_len=128))
+    if args.get("framework"):
+        conditions.append(models.c.framework == v.choice(args["framework"], "framework", FRAMEWORKS))
+    if args.get("status"):
+        conditions.append(models.c.status == v.choice(args["status"], "status", STATUSES))
+    if args.get("state"):
+        conditions.append(models.c.state == v.choice(args["state"], "state", STATES))
+    if args.get("tag"):
+        conditions.append(models.c.tags.contains([v.string(args["tag"], "tag", max_len=64)]))
+    query = sa.select(models).where(*conditions)
+    with services.db.begin() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+        rows = conn.execute(
+            query.order_by(models.c.created_at.desc(), models.c.id.desc()).limit(limit).offset(offset)
+        ).all()
+    return {"models": [to_json(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+
+def health(services: Services) -> tuple[int, dict[str, Any]]:
+    """503 when PostgreSQL is unreachable; "degraded" when only Redis is."""
+    db_ok = services.db.ping()
+    cache_ok = services.cache.ping()
+    status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok else "unhealthy")
+    body = {
+        "status": status,
+        "service": services.settings.service_name,
+        "checks": {"database": "ok" if db_ok else "unreachable", "cache": "ok" if cache_ok else "unreachable"},
+    }
+    return (200 if db_ok else 503), body
+
+
+# -- uncached reads for the platform's own loops (the model agent, the backends probe) ----------------------
+def versions_in_states(
+    services: Services, states: tuple[str, ...], *, active: bool = False, managed: bool = False
+) -> list[dict[str, Any]]:
+    """Every version in one of ``states`` (``active``: only status active; ``managed``: only versions whose
+    files Kinfer manages), straight from PostgreSQL: the agents must see a write at once."""
+    query = sa.select(models).where(models.c.state.in_(states))
+    if active:
+        query = query.where(models.c.status == "active")
+    if managed:
+        query = query.where(models.c.repository_uri.is_not(None))
+    with services.db.read() as conn:
+        return [to_json(row) for row in conn.execute(query).all()]
+
+
+def active_backends(services: Services) -> list[tuple[list[str], str]]:
+    """(backend_urls, Triton model) of every active version, straight from PostgreSQL."""
+    query = sa.select(models.c.backend_urls, models.c.triton_model, models.c.name).where(models.c.status == "active")
+    with services.db.read() as conn:
+        return [(list(urls or []), triton_model or name) for urls, triton_model, name in conn.execute(query).all()]

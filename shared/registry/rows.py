@@ -1,0 +1,88 @@
+"""A row of ``models`` as the API shows it, model ids, and the Redis keys of the registry cache."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import NotFound
+from shared.registry.rules import UUID
+
+if TYPE_CHECKING:
+    pass
+
+
+GEN_KEY = "kinfer:reg:gen"
+NAMES_KEY = "kinfer:reg:names"
+EVENTS_CHANNEL = "kinfer:reg:events"
+SERVABLE = "ready"
+
+
+def to_json(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    urls = list(m["backend_urls"] or [])
+    return {
+        "id": str(m["id"]),
+        "name": m["name"],
+        "version": m["version"],
+        "framework": m["framework"],
+        "format": m["format"],
+        "backend_url": urls[0] if urls else None,
+        "backend_urls": urls,
+        "triton_model": m["triton_model"],
+        "triton_version": m["triton_version"],
+        "description": m["description"],
+        "tags": list(m["tags"]),
+        "metadata": dict(m["metadata"]),
+        "status": m["status"],
+        "state": m["state"],
+        "state_reason": m["state_reason"],
+        "artifact_uri": m["artifact_uri"],
+        "repository_uri": m["repository_uri"],
+        "artifact_format": m["artifact_format"],
+        "artifact_sha256": m["artifact_sha256"],
+        "artifact_bytes": m["artifact_bytes"],
+        "created_at": m["created_at"].isoformat(),
+        "updated_at": m["updated_at"].isoformat(),
+    }
+
+
+# Fields added by the lifecycle (migration 0004). A copy cached by an older revision lacks them; it
+# reads as what such a row is: a ready version Kinfer does not manage.
+_LIFECYCLE_DEFAULTS = {
+    "triton_version": None,
+    "state": "ready",
+    "state_reason": None,
+    "artifact_uri": None,
+    "repository_uri": None,
+    "artifact_format": None,
+    "artifact_sha256": None,
+    "artifact_bytes": None,
+}
+
+
+def _complete(model: dict[str, Any]) -> dict[str, Any]:
+    return {**_LIFECYCLE_DEFAULTS, **model}
+
+
+def parse_id(raw: str) -> uuid.UUID:
+    """A model id in canonical form (8-4-4-4-12 hex); anything else is an unknown model (404)."""
+    if not isinstance(raw, str) or not UUID.fullmatch(raw):
+        raise NotFound(f"model {str(raw)[:64]!r} not found")
+    return uuid.UUID(raw)
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def _id_key(model_id: Any) -> str:
+    return f"kinfer:reg:id:{model_id}"
+
+
+def _nv_key(name: str, version: str) -> str:
+    return f"kinfer:reg:nv:{name}:{version}"
+
+
+def _view_key(name: str) -> str:
+    return f"kinfer:reg:view:{name}"

@@ -1,0 +1,171 @@
+"""Writes on the registry's tables. Every write runs in ``writing``: the models it touches are
+invalidated in the cache before its commit (a cache that cannot be told refuses the write) and
+again after it (what a reader filled in between goes), so no read after a write is stale.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from shared.clients.db import conflict_on
+from shared.clients.schema import model_aliases, models
+from shared.errors import Conflict, NotFound, Unavailable
+from shared.registry.reads import get_model
+from shared.registry.rows import EVENTS_CHANNEL, GEN_KEY, NAMES_KEY, _id_key, _nv_key, _view_key, parse_id, to_json
+from shared.registry.rules import (
+    ECHOED,
+    _without_echoed,
+    backend_field,
+    check_backends_allowed,
+    validate_create,
+    validate_update,
+)
+
+if TYPE_CHECKING:
+    from shared.services import Services
+
+
+@dataclass
+class Write:
+    """One write transaction on the registry's tables: ``conn`` runs its statements, ``touch`` names each
+    model (a row, or ``{"name": ...}`` for its aliases) whose cached copies it changes."""
+
+    conn: Any
+    touched: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
+
+    def touch(self, model: dict[str, Any], *, names: bool = False) -> dict[str, Any]:
+        """``names``: the set of model names changed too (a new or deleted version). Returns ``model``."""
+        self.touched.append((model, names))
+        return model
+
+
+@contextmanager
+def writing(services: Services) -> Iterator[Write]:
+    """A transaction whose touched models are invalidated before its commit and again after it."""
+    with services.db.begin() as conn:
+        write = Write(conn)
+        yield write
+        for model, names in write.touched:
+            invalidate(services, model, names=names, before_commit=True)
+    for model, names in write.touched:
+        invalidate(services, model, names=names)
+
+
+def create_model(services: Services, body: Any) -> dict[str, Any]:
+    """Register a version whose files Kinfer does not manage (``shared.lifecycle`` registers artifacts)."""
+    row = validate_create(body)
+    check_backends_allowed(services, row.get("backend_urls") or [], backend_field(body))
+    row["id"] = uuid.uuid4()
+    with conflict_on(duplicate(row["name"], row["version"]), field="version"), writing(services) as write:
+        return insert(write, row)
+
+
+def duplicate(name: str, version: str) -> str:
+    return f"model {name!r} version {version!r} already exists"
+
+
+def insert(write: Write, row: dict[str, Any]) -> dict[str, Any]:
+    """INSERT ``row`` in the caller's write."""
+    return write.touch(
+        to_json(write.conn.execute(sa.insert(models).values(**row).returning(*models.c)).one()), names=True
+    )
+
+
+def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
+    model_id = parse_id(raw_id)
+    if isinstance(body, dict) and not ECHOED.isdisjoint(body):
+        body = _without_echoed(body, get_model(services, raw_id))
+    values = validate_update(body)
+    if "backend_urls" in values:
+        check_backends_allowed(services, values["backend_urls"], backend_field(body))
+    values["updated_at"] = sa.func.clock_timestamp()
+    with writing(services) as write:
+        conn = write.conn
+        if values.get("status", "active") != "active":
+            current = conn.execute(sa.select(models.c.name, models.c.version).where(models.c.id == model_id)).first()
+            if current is not None:
+                _refuse_if_aliased(conn, current.name, current.version, f"make it {values['status']}")
+        row = conn.execute(
+            sa.update(models).where(models.c.id == model_id).values(**values).returning(*models.c)
+        ).first()
+        if row is None:
+            raise NotFound(f"model {raw_id} not found")
+        return write.touch(to_json(row))
+
+
+def set_state(
+    services: Services, model_id: str, state: str, reason: str | None = None, only_from: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
+    """Move a version's load state (the agents and the artifact path); None when ``only_from`` did not hold."""
+    where = [models.c.id == uuid.UUID(model_id)]
+    if only_from:
+        where.append(models.c.state.in_(only_from))
+    with writing(services) as write:
+        row = write.conn.execute(
+            sa.update(models)
+            .where(*where)
+            .values(state=state, state_reason=reason, updated_at=sa.func.clock_timestamp())
+            .returning(*models.c)
+        ).first()
+        return None if row is None else write.touch(to_json(row))
+
+
+def delete_model(services: Services, raw_id: str) -> dict[str, Any]:
+    """Delete a version (409 while an alias points at it); returns what was deleted."""
+    model_id = parse_id(raw_id)
+    with writing(services) as write:
+        conn = write.conn
+        current = conn.execute(sa.select(models).where(models.c.id == model_id).with_for_update()).first()
+        if current is None:
+            raise NotFound(f"model {raw_id} not found")
+        _refuse_if_aliased(conn, current.name, current.version, "delete it")
+        conn.execute(sa.delete(models).where(models.c.id == model_id))
+        return write.touch(to_json(current), names=True)
+
+
+def _refuse_if_aliased(conn: Any, name: str, version: str, action: str) -> None:
+    aliases = [
+        r.alias
+        for r in conn.execute(
+            sa.select(model_aliases.c.alias).where(
+                model_aliases.c.name == name, model_aliases.c.versions.has_key(version)
+            )
+        )
+    ]
+    if aliases:
+        raise Conflict(
+            f"model {name!r} version {version!r} is served through alias "
+            f"{', '.join(repr(a) for a in sorted(aliases))}; move the alias to another version "
+            f"(kinfer models promote) before you {action}",
+            code="version_aliased",
+        )
+
+
+def invalidate(services: Services, model: dict[str, Any], *, names: bool = False, before_commit: bool = False) -> None:
+    """Drop the cached copies of ``model`` (and its name's view), bump the generation, announce the name.
+
+    ``writing`` calls this twice for every model a write touches. Before its commit, a failure raises Unavailable so the
+    transaction rolls back: a change that cannot be made visible through the cache is
+    not made at all (a Redis that stalls would otherwise come back serving the old row
+    until its TTL). After the commit, it removes what a reader filled in between.
+    """
+    keys = [_view_key(model["name"])]
+    if "id" in model:
+        keys.append(_id_key(model["id"]))
+    if "version" in model:
+        keys.append(_nv_key(model["name"], model["version"]))
+    if names:
+        keys.append(NAMES_KEY)
+    told = services.cache.invalidate(GEN_KEY, *keys, announce=(EVENTS_CHANNEL, model["name"]))
+    if not told and before_commit:
+        raise Unavailable(
+            "the registry cache (Redis) cannot be reached, so the change could not be made "
+            "visible everywhere; nothing was changed, retry shortly",
+            retry_after=1,
+        )
