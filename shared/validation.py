@@ -23,11 +23,19 @@ def parse_json(raw: bytes, field: str = "body") -> Any:
     except orjson.JSONDecodeError as exc:  # the message names the position, never the content
         reason = str(exc).split(":", 1)[0]
         raise InvalidInput(f"request body is not valid JSON ({reason})", field=field) from None
-    if isinstance(value, dict | list) and has_duplicate_keys(raw, value):
+    try:
+        repeated = isinstance(value, dict | list) and has_duplicate_keys(raw, value)
+    except orjson.JSONEncodeError:  # the copy's encoder stops deeper than the parser does
+        raise InvalidInput(
+            f"request body nests arrays or objects deeper than {MAX_DEPTH} levels", field=field
+        ) from None
+    if repeated:
         raise InvalidInput("request body is not valid JSON here: an object has the same key twice", field=field)
     return value
 
 
+# How deep orjson serialises (its parser accepts 1,024 levels): a body nested deeper is refused.
+MAX_DEPTH = 254
 # A JSON string literal; every ':' outside one separates a key from its value.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 

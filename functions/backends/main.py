@@ -46,7 +46,10 @@ def _overview(call: Call) -> dict[str, Any]:
     window = v.integer(
         call.query("window_s"), "window_s", default=overview.DEFAULT_WINDOW_S, lo=10, hi=overview.MAX_WINDOW_S
     )
-    return overview.overview(call.services, window)
+    found = overview.overview(call.services, window)
+    if call.principal is not None and not call.principal.allows("admin"):
+        found["backends"] = [overview.redacted(b) for b in found["backends"]]
+    return found
 
 
 def _metrics(call: Call) -> Response:

@@ -11,6 +11,7 @@ what was covered). Without an earlier snapshot, or with Redis down, rate and p50
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -66,6 +67,13 @@ def overview(services: Services, window_s: float = DEFAULT_WINDOW_S) -> dict[str
     if counters is not None:
         _snapshot(services, counters, now)
     return {"window_s": round(covered, 3) if covered else None, "backends": rows}
+
+
+def redacted(row: dict[str, Any]) -> dict[str, Any]:
+    """A row for a key without the admin scope: no backend address (an opaque, stable name instead) and no
+    probe reason (it can carry what the backend said); circuit, health, rate and latency stay."""
+    name = "backend-" + hashlib.sha256(row["url"].encode()).hexdigest()[:12]
+    return dict(row, url=name, reason=None)
 
 
 def median_ms(counts: list[float]) -> float | None:

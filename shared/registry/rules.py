@@ -22,10 +22,10 @@ FORMATS = ("onnx", "torchscript", "savedmodel", "plan", "pickle", "python")
 STATUSES = ("active", "inactive", "deprecated")
 STATES = ("awaiting_upload", "pending", "loading", "ready", "failed")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-VERSION = re.compile(r"\d{1,9}(?:\.\d{1,9}){0,2}")
+VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,2}")  # ASCII digits: a version goes into HTTP headers
 ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # starts with a letter: never mistaken for a version
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/=-]{0,63}")
-BACKEND_URL = re.compile(r"(?:(?:grpc|http|https)://)?[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})(?::\d{1,5})?/?")
+BACKEND_URL = re.compile(r"(?:(?:grpc|http|https)://)?[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})(?::[0-9]{1,5})?/?")
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_TAGS, MAX_BACKENDS, MAX_METADATA_BYTES, MAX_DESCRIPTION = 32, 16, 16384, 4096
 DEFAULT_ALIAS = "production"

@@ -69,6 +69,8 @@ class Router:
                 self._dynamic.append((pattern, route, converters))
 
     def match(self, path: str, method: str) -> tuple[Route, dict[str, Any]]:
+        if not _storable(path):  # a NUL or a lone surrogate names nothing Kinfer can have stored
+            raise NotFound(f"no route for {method} {path.encode('utf-8', 'backslashreplace').decode()[:200]!r}")
         normal = _normal(path)
         found: list[tuple[Route, dict[str, Any]]] = [(r, {}) for r in self._static.get(normal, ())]
         for pattern, route, converters in self._dynamic:
@@ -90,6 +92,16 @@ class Router:
         routes = list(self._static.get(normal, ())) + [r for p, r, _ in self._dynamic if p.fullmatch(normal)]
         methods = {m for route in routes for m in route.methods}
         return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+
+
+def _storable(path: str) -> bool:
+    if "\x00" in path:
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _normal(path: str) -> str:

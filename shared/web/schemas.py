@@ -380,7 +380,10 @@ BACKENDS_OVERVIEW: Schema = {
                 "type": "object",
                 "required": ["url", "circuit", "failures", "healthy", "last_probe", "p50_ms", "requests_per_s"],
                 "properties": {
-                    "url": _STRING,
+                    "url": {
+                        "type": "string",
+                        "description": "host:port for admin keys; for other keys an opaque, stable name (backend-...)",
+                    },
                     "circuit": {"enum": ["closed", "open", "half-open"]},
                     "failures": _COUNT,
                     "healthy": {"type": ["boolean", "null"], "description": "last probe; null when never probed"},

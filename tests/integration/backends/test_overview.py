@@ -55,7 +55,7 @@ def _row(body: dict[str, Any], url: str) -> dict[str, Any]:
 
 def test_rate_and_median_come_from_the_counters_over_the_window(client: Any, svc: Services) -> None:
     url = normalise_url(svc.settings.triton_url)
-    auth = _key(svc, "infer")
+    auth = _key(svc, "admin")  # admin keys see backend addresses
     first = client.get("/v1/backends", headers=auth)
     assert first.status_code == 200, first.text
     row = _row(first.json(), url)
@@ -102,9 +102,12 @@ def test_an_open_circuit_and_registered_backends_are_listed(client: Any, svc: Se
     try:
         for _ in range(svc.settings.breaker_fail_max):
             svc.breakers.record_failure(dead, Unavailable("refused"))
-        row = _row(client.get("/v1/backends", headers=_key(svc, "infer")).json(), dead)
+        row = _row(client.get("/v1/backends", headers=_key(svc, "admin")).json(), dead)
         assert row["circuit"] == "open" and row["failures"] >= svc.settings.breaker_fail_max
-        assert row["models"] == ["iris_classifier"] and row["healthy"] is False
+        assert row["models"] == ["iris_classifier"] and row["healthy"] is False and row["reason"]
+        seen = client.get("/v1/backends", headers=_key(svc, "infer")).json()["backends"]
+        assert dead not in str(seen) and all(b["url"].startswith("backend-") and b["reason"] is None for b in seen)
+        assert any(b["circuit"] == "open" and b["models"] == ["iris_classifier"] for b in seen), "the rest stays"
     finally:
         svc.breakers.reset(dead)
         registry.delete_model(svc, model["id"])
