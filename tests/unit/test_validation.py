@@ -19,3 +19,25 @@ def test_metadata_numbers_beyond_64_bits_are_400(value: object) -> None:
 def test_metadata_numbers_within_64_bits_pass() -> None:
     body = {"a": 2**63 - 1, "b": -(2**62), "c": 1.5e18, "d": 1e-300, "e": True}
     assert v.json_object(body, "metadata", max_bytes=16384) == body
+
+
+def test_a_body_nested_deeper_than_the_encoder_goes_is_a_400_not_a_500() -> None:
+    from shared.validation import MAX_DEPTH, parse_json
+
+    assert parse_json(b'{"a": ' + b"[" * 3 + b"]" * 3 + b"}") == {"a": [[[]]]}
+    assert "a" in parse_json(b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}")
+    for depth in (MAX_DEPTH, 600, 1000):
+        with pytest.raises(InvalidInput) as err:
+            parse_json(b'{"a": ' + b"[" * depth + b"]" * depth + b"}")
+        assert "deeper than" in err.value.message and err.value.field == "body"
+
+
+@pytest.mark.parametrize("version", ["\u0663", "1.\u0661", "\uff11", "1.0.\u0969"])
+def test_a_version_is_ascii_digits(version: str) -> None:
+    """It goes into X-Model-Version: a Unicode digit registered once, then every inference answered 500."""
+    from shared import registry
+
+    body = {"name": "m", "version": version, "framework": "onnx", "format": "onnx"}
+    with pytest.raises(InvalidInput) as err:
+        registry.validate_create(body)
+    assert err.value.field == "version"

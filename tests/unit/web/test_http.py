@@ -189,3 +189,10 @@ def test_json_response_never_emits_nan_or_infinity() -> None:
 
     resp = json_response({"a": float("nan"), "b": [float("inf")], "c": np.array([np.nan, 1.0], np.float32)})
     assert json.loads(resp.body) == {"a": None, "b": [None], "c": [None, 1.0]}
+
+
+@pytest.mark.parametrize("path", ["/v1/things/a\x00b", "/v1/things/\udc80"])
+def test_a_path_with_a_nul_or_a_lone_surrogate_is_404(path: str) -> None:
+    router = Router([Route("/v1/things/<tid>", ("GET",), lambda call, tid: {})])
+    with pytest.raises(NotFound):
+        router.match(path, "GET")
