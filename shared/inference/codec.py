@@ -180,9 +180,9 @@ def cast_numbers(
     if kind not in "iuf":
         raise InvalidInput(f"{field} must hold only numbers; {expected}", field=field)
     target = np.dtype(dtype)
-    if target.kind == "f":
-        if kind == "f":
-            biggest = np.abs(array).max() if array.size else 0.0
+    if target.kind == "f":  # integers too: 70000 is no FP16 (it would become infinity, then null)
+        if kind == "f" or (target.itemsize < 8 and array.size):
+            biggest = np.abs(array.astype(np.float64, copy=False)).max() if array.size else 0.0
             if not biggest <= _FLOAT_MAX[target.itemsize]:  # NaN compares false too
                 if not np.isfinite(array).all():
                     raise InvalidInput(f"{field} holds NaN or infinity; {expected}", field=field)

@@ -147,3 +147,14 @@ def test_backend_id_is_host_port_in_lower_case():
     from shared.endpoints import backend_id
 
     assert backend_id("grpc://Triton-1:8001/") == "triton-1:8001" == backend_id(" triton-1:8001 ")
+
+
+@pytest.mark.parametrize("value", [[70000], [-65536], [2**40]])
+def test_integers_beyond_a_float_datatype_are_refused_not_turned_into_infinity(value):
+    from shared.backends.triton import TensorSpec
+    from shared.inference.codec import to_array
+
+    with pytest.raises(InvalidInput) as err:
+        to_array(value, TensorSpec("x", "FP16", (-1,)), "input", "expected FP16")
+    assert "FP16 range" in err.value.message and err.value.field == "input"
+    assert to_array([65504, -3], TensorSpec("x", "FP16", (-1,)), "input", "e").tolist() == [65504.0, -3.0]
