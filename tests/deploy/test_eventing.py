@@ -23,6 +23,7 @@ from shared.localstack.relay.wiring import parse_iso_duration
 from tests.deploy.support import (
     KNATIVE,
     OVERLAYS,
+    RELEASES,
     TF,
     Doc,
     annotations,
@@ -116,3 +117,25 @@ def test_backoff_formula_matches_the_relay() -> None:
     for policy in ("linear", "exponential"):
         spec = {"retry": 4, "backoffPolicy": policy, "backoffDelay": "PT2S"}
         assert backoffs(spec) == Delivery(retry=4, backoff_policy=policy, backoff_delay_s=2.0).schedule()
+
+
+def test_the_chunk_consumers_can_keep_every_worker_busy(rendered: dict[str, list[Doc]]) -> None:
+    """An unordered KafkaSource consumer stops polling at ``max.poll.records`` events in flight
+    (knative-extensions/eventing-kafka-broker, tag knative-v1.16.0,
+    data-plane/config/source/100-config-kafka-source-data-plane.yaml: 50; the release fixture
+    holds it), and ``spec.consumers`` defaults to 1: without consumers, 50 chunks at most are in
+    flight however many workers run. Consumers beyond the topic's partitions would sit idle."""
+    config = (RELEASES / "knative-v1.16.0" / "eventing-kafka-source.yaml").read_text()
+    per_consumer = int(re.search(r"^\s*max\.poll\.records=(\d+)$", config, re.M).group(1))  # type: ignore[union-attr]
+    partitions = {"dev": 12, "prod": 24, "prod+triton-warm": 24}  # terraform/main.tf chunk_partitions
+    for overlay, docs in rendered.items():
+        source = of_kind(docs, "KafkaSource")["batch-worker-source"]["spec"]
+        worker = ksvcs(docs)["batch-worker"]["spec"]["template"]
+        capacity = int(annotations({"spec": {"template": worker}})["autoscaling.knative.dev/max-scale"]) * int(
+            worker["spec"]["containerConcurrency"]
+        )
+        consumers = source.get("consumers", 1)
+        assert consumers * per_consumer >= capacity, f"{overlay}: {consumers} x {per_consumer} < {capacity}"
+        assert consumers <= partitions[overlay], f"{overlay}: more consumers than partitions"
+    terraform = (TF / "main.tf").read_text()
+    assert 'coalesce(var.kafka_chunk_partitions, var.overlay == "prod" ? 24 : 12)' in terraform
