@@ -196,6 +196,9 @@ class Settings(_FromEnv):
     metadata_ttl_s: int = _var("METADATA_TTL_S", "60", _int(1, 86400))
     breaker_fail_max: int = _var("BREAKER_FAIL_MAX", "5", _int(1, 1000))
     breaker_reset_timeout_s: float = _var("BREAKER_RESET_TIMEOUT_S", "30", _float(0.1, 3600))
+    # The longest a real-time caller may ask to be held (``Prefer: wait=N``) while its backend wakes from
+    # zero; below the infer Service's timeoutSeconds and the route's timeout.
+    wait_max_s: float = _var("WAIT_MAX_S", "240", _float(0, 3600))
     # false when TRITON_URL is a scale-to-zero Knative Service: a probe would wake it (and, counted as
     # traffic, keep it up), so it is never probed and its health is what its circuit breaker saw
     probe_triton_url: bool = _var("PROBE_TRITON_URL", "true", _bool)

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from shared.inference import health, v2
 from shared.inference.dataplane import run_inference as infer
+from shared.inference.waiting import preferred_wait
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
@@ -30,8 +31,16 @@ def _route_key(call: Call) -> str | None:
     return (call.header("x-route-key") or "")[:256] or getattr(call.principal, "key_id", None)
 
 
+def _wait(call: Call) -> float:
+    """``Prefer: wait=N``: hold the request up to N seconds (at most WAIT_MAX_S) while the backend wakes."""
+    wait = preferred_wait(call.header("prefer"), call.services.settings.wait_max_s)
+    if wait:
+        call.response_headers["Preference-Applied"] = f"wait={wait:g}"
+    return wait
+
+
 async def _infer(call: Call) -> dict[str, Any]:
-    answer = await infer(call.services, call.json(), _route_key(call))
+    answer = await infer(call.services, call.json(), _route_key(call), _wait(call))
     answer["request_id"] = call.request_id
     answer["trace_id"] = call.trace_id
     call.response_headers["X-Model-Version"] = answer["version"]
@@ -39,7 +48,7 @@ async def _infer(call: Call) -> dict[str, Any]:
 
 
 async def _infer_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
-    answer = await v2.infer_v2(call.services, name, version, call.body, call.header_map, _route_key(call))
+    answer = await v2.infer_v2(call.services, name, version, call.body, call.header_map, _route_key(call), _wait(call))
     call.response_headers["X-Model-Version"] = answer["model_version"]
     return answer
 

@@ -42,6 +42,7 @@ PROBE_PREFIX = "kinfer:probe:"
 SNAPSHOT_TTL_S = 0.2
 MAX_ATTEMPTS = 2
 FIRST_PROBE_TIMEOUT_S = 1.0
+WAIT_POLL_S = 0.5  # how often a caller held by `Prefer: wait` asks a waking backend whether it is ready
 
 
 def probe_key(url: str) -> str:
@@ -182,6 +183,26 @@ class Balancer:
         )
         await asyncio.to_thread(self.breakers.reset, backend.url)
         return Backend(backend.url, CircuitView(backend.url, shared=backend.circuit.shared), backend.probe_ok)
+
+    async def wait_ready(self, urls: list[str], deadline: float, every_s: float = WAIT_POLL_S) -> bool:
+        """Until ``deadline`` (monotonic), ask each backend's readiness; the first that answers has its circuit
+        closed (it is back: the caller waiting for it should not wait out the breaker's reset). False at the
+        deadline."""
+        if self.ready is None:
+            return False
+        while time.monotonic() < deadline:
+            for url in urls:
+                timeout = max(0.05, min(FIRST_PROBE_TIMEOUT_S, deadline - time.monotonic()))
+                try:
+                    ready = await asyncio.wait_for(self.ready(url), timeout)
+                except TimeoutError:
+                    ready = False
+                if ready:
+                    await asyncio.to_thread(self.breakers.reset, url)
+                    self.forget(url)
+                    return True
+            await asyncio.sleep(max(0.0, min(every_s, deadline - time.monotonic())))
+        return False
 
     # -- choosing --------------------------------------------------------------------
     def choose(self, backends: list[Backend], label: str | None = None) -> list[Backend]:

@@ -33,6 +33,7 @@ from shared.inference.resolve import (
     triton_model,
     triton_version,
 )
+from shared.inference.waiting import call_waiting
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -78,10 +79,13 @@ async def infer_arrays(
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-async def run_inference(services: Services, body: Any, route_key: str | None = None) -> dict[str, Any]:
+async def run_inference(
+    services: Services, body: Any, route_key: str | None = None, wait_s: float = 0.0
+) -> dict[str, Any]:
     """Validate the request, infer, and answer the /v1/infer response body (sans request_id).
 
-    ``version`` may name a version or an alias; ``route_key`` keeps a caller on one side of a split."""
+    ``version`` may name a version or an alias; ``route_key`` keeps a caller on one side of a split;
+    ``wait_s``: how long the caller is held while its backend wakes (``shared.inference.waiting``)."""
     started = time.perf_counter()
     body = v.require_object(body)
     if not body.keys() <= _FIELDS:
@@ -106,7 +110,7 @@ async def run_inference(services: Services, body: Any, route_key: str | None = N
         return info, parsed, await infer_arrays(services, url, info, parsed.arrays, parsed.rows, tv, who)
 
     try:
-        info, parsed, outputs = await services.balancer.call_async(urls, attempt, label=label(model))
+        info, parsed, outputs = await call_waiting(services, urls, attempt, label(model), wait_s)
     except KinferError as exc:
         record(services, model, exc.code, started)
         raise

@@ -33,6 +33,7 @@ from shared.inference.resolve import (
     triton_model,
     triton_version,
 )
+from shared.inference.waiting import call_waiting
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -137,6 +138,7 @@ async def infer_v2(
     raw: bytes,
     headers: Mapping[str, str],
     route_key: str | None = None,
+    wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """Run one v2 inference request; the v2 response body (``model_version``: the version that answered).
 
@@ -157,7 +159,7 @@ async def infer_v2(
         return info, await infer_arrays(services, url, info, arrays, rows, tv, who)
 
     try:
-        info, outputs = await services.balancer.call_async(urls, attempt, label=label(model))
+        info, outputs = await call_waiting(services, urls, attempt, label(model), wait_s)
     except KinferError as exc:
         record(services, model, exc.code, started)
         raise

@@ -178,3 +178,16 @@ def test_the_s3_route_does_not_cut_large_transfers() -> None:
     route = text[text.index('name = "kinfer-s3"') :]
     found = re.search(r'timeouts = \{ request = "(\w+)" \}', route[: route.index("depends_on")])
     assert found and _seconds(found.group(1)) >= 600, "presigned batch inputs and results through the S3 route"
+
+
+def test_a_caller_who_waits_through_a_cold_start_is_not_cut_first(rendered: dict[str, Any]) -> None:
+    """``Prefer: wait=N`` holds an inference up to WAIT_MAX_S: the infer Service (Knative cuts at its
+    timeoutSeconds) and the route carrying it (Envoy cuts at timeouts.request) must outlast it."""
+    for overlay, docs in rendered.items():
+        config = of_kind(docs, "ConfigMap")["kinfer-config"]["data"]
+        wait = float(config["WAIT_MAX_S"])
+        infer = ksvcs(docs)["infer"]["spec"]["template"]["spec"]["timeoutSeconds"]
+        assert 0 < wait < infer, f"{overlay}: WAIT_MAX_S {wait} must stay below infer's timeoutSeconds {infer}"
+        for rule in of_kind(docs, "HTTPRoute")["kinfer-public"]["spec"]["rules"]:
+            if rule["filters"][0]["urlRewrite"]["hostname"].startswith("infer."):
+                assert _seconds(rule["timeouts"]["request"]) > infer, overlay

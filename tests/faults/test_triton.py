@@ -69,3 +69,57 @@ def test_triton_killed_under_load_then_restarted(
         f"0 other; first 503 {first_503:.2f}s after the kill; Triton restart {ready - restarted:.1f}s; "
         f"first 200 {recovered:.2f}s after Triton was ready"
     )
+
+
+def test_callers_who_prefer_to_wait_ride_through_a_triton_restart(
+    services: Any, base_settings: Any, fault_triton: TritonServer, tmp_path: Path
+) -> None:
+    """Triton down (a cold start, as seen from Kinfer): with ``Prefer: wait=N`` every request is held and
+    answered once it is back; without it the caller gets 503 with Retry-After at once; a wait shorter than
+    the outage ends in the same 503 when it runs out."""
+    import threading
+
+    from shared import registry
+
+    name = f"iris-wake-{uuid.uuid4().hex[:8]}"
+    registry.create_model(
+        services,
+        {
+            "name": name,
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": fault_triton.grpc_url,
+            "triton_model": "iris_classifier",
+        },
+    )
+    env = {"BREAKER_RESET_TIMEOUT_S": "30", "TRITON_TIMEOUT_S": "2", "WAIT_MAX_S": "60"}
+    with served("infer", "run_inference", base_settings, tmp_path, env) as (url, _):
+        body = {"model": name, "input": {"data": [5.1, 3.5, 1.4, 0.2]}}
+
+        def send(prefer: str | None) -> requests.Response:
+            headers = {"Prefer": prefer} if prefer else {}
+            return requests.post(f"{url}/v1/infer", json=body, headers=headers, timeout=90)
+
+        assert send(None).status_code == 200
+        fault_triton.stop()
+        down = time.monotonic()
+        at_once = send(None)
+        assert at_once.status_code == 503 and int(at_once.headers["Retry-After"]) >= 1, at_once.text
+        assert time.monotonic() - down < 5, "without the preference nobody is held"
+        short = send("wait=1")
+        assert short.status_code == 503 and short.headers["Preference-Applied"] == "wait=1", short.text
+        answers: list[requests.Response] = []
+        waiting = [threading.Thread(target=lambda: answers.append(send("wait=60"))) for _ in range(8)]
+        for thread in waiting:
+            thread.start()
+        time.sleep(3)  # held, not failed, while Triton is down
+        assert not answers, [a.status_code for a in answers]
+        restarted = time.monotonic()
+        fault_triton.start(timeout=60)
+        for thread in waiting:
+            thread.join(timeout=90)
+        served_after = time.monotonic() - restarted
+    assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers if a.status_code != 200]
+    assert all(a.json()["prediction"] == "setosa" and a.headers["Preference-Applied"] == "wait=60" for a in answers)
+    print(f"\nprefer wait: 8 held callers answered {served_after:.1f}s after Triton's restart began")
