@@ -146,7 +146,15 @@ class Client:
         self.connection = connection
         self.base_url = connection.url.rstrip("/")
 
-    def call(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = TIMEOUT_S,
+    ) -> Any:
         """The decoded JSON answer; ApiError (one line, with the API's own message) otherwise."""
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         url = self.base_url + path
@@ -158,8 +166,10 @@ class Client:
             request.add_header("Authorization", f"Bearer {self.connection.key}")
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise api_error(exc) from None

@@ -30,6 +30,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--version", dest="model_version", default=None, help="model version (default: the newest active one)"
     )
+    parser.add_argument(
+        "--wait",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="while the model's backend wakes from zero, wait up to SECONDS for the answer instead of a 503 "
+        "(Prefer: wait=SECONDS; the server caps it at WAIT_MAX_S)",
+    )
     output.add_output_arg(parser)
     api.command(parser, run)
 
@@ -66,6 +74,9 @@ def run(client: api.Client, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"model": args.model, "input": read_input(args)}
     if args.model_version:
         body["version"] = args.model_version
-    answer = client.call("POST", "/v1/infer", body)
+    if args.wait < 0:
+        raise UsageError("--wait takes a number of seconds, 0 or more")
+    prefer = {"Prefer": f"wait={args.wait}"} if args.wait else None
+    answer = client.call("POST", "/v1/infer", body, headers=prefer, timeout=api.TIMEOUT_S + args.wait)
     output.emit(args, answer, fields=FIELDS)
     return 0

@@ -200,3 +200,24 @@ def test_an_unreachable_database_is_one_line_naming_database_url() -> None:
     done = kinfer("db", "upgrade", env={"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/kinfer"})
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("kinfer: database error: ") and "check DATABASE_URL" in done.stderr
+
+
+def test_infer_wait_sends_prefer_and_waits_that_much_longer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.cli import api
+    from shared.cli import infer as infer_cli
+
+    sent: dict[str, object] = {}
+
+    class Client:
+        def call(self, method: str, path: str, body: object = None, **kw: object) -> dict[str, object]:
+            sent.update(kw, body=body)
+            return {"model": "m", "version": "1", "prediction": 1, "outputs": {}}
+
+    args = build_parser().parse_args(["infer", "m", "--data", "[1, 2]", "--wait", "30", "-o", "json"])
+    assert infer_cli.run(Client(), args) == 0  # type: ignore[arg-type]
+    assert sent["headers"] == {"Prefer": "wait=30"} and sent["timeout"] == api.TIMEOUT_S + 30
+    args = build_parser().parse_args(["infer", "m", "--data", "[1]", "-o", "json"])
+    infer_cli.run(Client(), args)  # type: ignore[arg-type]
+    assert sent["headers"] is None
+    with pytest.raises(UsageError):
+        infer_cli.run(Client(), build_parser().parse_args(["infer", "m", "--data", "[1]", "--wait", "-1"]))  # type: ignore[arg-type]
