@@ -146,10 +146,10 @@ def _move(services: Services, name: str, alias: str, target_of: Any) -> dict[str
 
 
 def _check_servable(services: Services, conn: Any, name: str, target: dict[str, int]) -> None:
-    rows = {
-        r.version: r
-        for r in conn.execute(sa.select(models).where(models.c.name == name, models.c.version.in_(list(target))))
-    }
+    # FOR SHARE: a delete or a deactivation of these versions (FOR UPDATE) waits for this move, then sees
+    # the alias and is refused; one that got there first makes this move find the version gone or inactive.
+    query = sa.select(models).where(models.c.name == name, models.c.version.in_(list(target)))
+    rows = {r.version: r for r in conn.execute(query.with_for_update(read=True))}
     if not rows and not conn.execute(sa.select(models.c.id).where(models.c.name == name).limit(1)).first():
         raise NotFound(f"model {name[:128]!r} not found")
     for version in target:

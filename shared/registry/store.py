@@ -88,7 +88,8 @@ def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
     with writing(services) as write:
         conn = write.conn
         if values.get("status", "active") != "active":
-            current = conn.execute(sa.select(models.c.name, models.c.version).where(models.c.id == model_id)).first()
+            query = sa.select(models.c.name, models.c.version).where(models.c.id == model_id)
+            current = conn.execute(query.with_for_update()).first()  # an alias move holds it FOR SHARE
             if current is not None:
                 _refuse_if_aliased(conn, current.name, current.version, f"make it {values['status']}")
         row = conn.execute(

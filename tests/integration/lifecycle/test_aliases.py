@@ -191,3 +191,66 @@ def test_alias_moves_are_503_when_the_heartbeats_cannot_be_read(life: Lifecycle,
         assert resp.status_code == 503 and resp.json()["code"] == "unavailable" and resp.headers["Retry-After"]
     finally:
         reset_services(life.settings)
+
+
+def _race(svc: Any, model: str, row: dict[str, Any], deactivate: bool) -> dict[str, str]:
+    """Move alias "race" to ``row``'s version while deleting (or deactivating) it; each side's outcome."""
+    import threading
+
+    from shared import registry
+    from shared.errors import KinferError
+    from shared.lifecycle import aliases
+
+    barrier, outcome = threading.Barrier(2), {}
+
+    def move() -> None:
+        barrier.wait()
+        try:
+            aliases.put_alias(svc, model, "race", {"version": row["version"]})
+            outcome["move"] = "ok"
+        except KinferError as exc:
+            outcome["move"] = exc.code
+
+    def kill() -> None:
+        barrier.wait()
+        try:
+            if deactivate:
+                registry.update_model(svc, row["id"], {"status": "inactive"})
+            else:
+                registry.delete_model(svc, row["id"])
+            outcome["kill"] = "ok"
+        except KinferError as exc:
+            outcome["kill"] = exc.code
+
+    threads = [threading.Thread(target=move), threading.Thread(target=kill)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return outcome
+
+
+def test_an_alias_move_racing_a_delete_or_a_deactivation_never_both_succeed(life: Lifecycle, model: str) -> None:
+    """Either the move wins (the version stays, the delete or deactivation is 409) or the other side wins
+    (the move is refused): never an alias pointing at a dead version."""
+    from shared import registry
+    from shared.errors import KinferError
+    from shared.lifecycle import aliases
+
+    svc = life.services()
+    both = []
+    for i in range(16):
+        row = registry.create_model(  # a version without files: ready at once, cheap to make 16 times
+            svc,
+            {"name": model, "version": f"9{i}", "framework": "onnx", "format": "onnx", "triton_model": model},
+        )
+        aliases.put_alias(svc, model, "race", {"version": "1"})
+        if _race(svc, model, row, deactivate=i % 2 == 1) == {"move": "ok", "kill": "ok"}:
+            both.append(row["version"])
+        aliases.put_alias(svc, model, "race", {"version": "1"})
+        try:
+            registry.delete_model(svc, row["id"])
+        except KinferError:
+            pass  # the delete won the race
+    aliases.delete_alias(svc, model, "race")
+    assert not both, f"the alias moved to a version that was deleted or deactivated meanwhile: {both}"
