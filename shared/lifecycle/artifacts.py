@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 from shared import registry
 from shared import validation as v
 from shared.clients.aio import in_thread
+from shared.clients.cache import REDIS_ERRORS
 from shared.clients.db import conflict_on
-from shared.errors import Conflict, InvalidInput, PayloadTooLarge
+from shared.errors import Conflict, InvalidInput, PayloadTooLarge, Unavailable
 from shared.lifecycle import onnxgraph, packages, repository
 from shared.lifecycle.install import Prepared, allocate, file_sha256, install, refuse_duplicate
 from shared.lifecycle.repository import Layout
@@ -183,12 +184,59 @@ async def receive_upload(
     """Stream an upload to S3 (multipart) and to a scratch file, then check and install it."""
     want = _sha(sha256, "sha256")
     model = await in_thread(registry.get_model, services, raw_id)
+    _refuse_unless_awaiting(model)
+    lease = await in_thread(_claim_upload, services, model)
+    try:
+        model = await in_thread(registry.get_model, services, raw_id)  # the upload before ours may have ended
+        _refuse_unless_awaiting(model)
+        return await _receive(services, model, chunks, want)
+    finally:
+        await in_thread(_release_upload, services, model, lease)
+
+
+def _refuse_unless_awaiting(model: dict[str, Any]) -> None:
     if model["state"] != "awaiting_upload":
         raise Conflict(
             f"model {model['name']!r} version {model['version']!r} already has its artifact "
             f"(state {model['state']}); register a new version to push another file",
             code="artifact_exists",
         )
+
+
+# One upload at a time per version: a second one (a retry, a second client) must not write the same
+# objects, or its cleanup would delete the first one's files. A lease in Redis, longer than any upload
+# can last (the route's timeout), released by its holder only.
+UPLOAD_LEASE_S = 900
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def _claim_upload(services: Services, model: dict[str, Any]) -> str:
+    token = uuid.uuid4().hex
+    try:
+        claimed = services.cache.client.set(f"kinfer:upload:{model['id']}", token, nx=True, ex=UPLOAD_LEASE_S)
+    except REDIS_ERRORS as exc:
+        raise Unavailable(
+            "the registry cache (Redis) cannot be reached; retry the upload shortly", retry_after=1
+        ) from exc
+    if not claimed:
+        raise Conflict(
+            f"another upload to model {model['name']!r} version {model['version']!r} is in progress; "
+            "wait for it to end (GET the model: its state leaves awaiting_upload), or retry if it failed",
+            code="upload_in_progress",
+        )
+    return token
+
+
+def _release_upload(services: Services, model: dict[str, Any], token: str) -> None:
+    try:
+        services.cache.client.eval(_RELEASE, 1, f"kinfer:upload:{model['id']}", token)
+    except REDIS_ERRORS:
+        log.warning("could not release the upload lease of %s; it expires in %d s", model["id"], UPLOAD_LEASE_S)
+
+
+async def _receive(
+    services: Services, model: dict[str, Any], chunks: AsyncIterator[bytes], want: str | None
+) -> dict[str, Any]:
     layout = Layout.of(services.settings)
     with workspace() as work:
         local = work / "artifact"

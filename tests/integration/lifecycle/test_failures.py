@@ -320,3 +320,36 @@ def test_a_model_that_fails_on_one_callers_input_never_opens_the_backends_circui
     results = infer_items(life.services(), resolve(life.services(), name), items)
     assert [r.error is None for r in results] == [True] * 20 + [False], "only the bad item fails in a batch"
     assert [r.outputs["y"] for r in results[:4]] == [[10.0], [20.0], [30.0], [40.0]]
+
+
+def test_two_uploads_into_one_version_never_delete_each_others_files(life: Lifecycle, serving: str) -> None:
+    """A retried or second upload while one is in flight: 409 upload_in_progress, and the first one's
+    files stay (the loser's cleanup used to delete the winner's model.onnx)."""
+    import asyncio
+
+    from shared.errors import Conflict
+    from shared.lifecycle import artifacts
+
+    created = life.register(serving, "8")
+    data = linear_onnx(2.0)
+
+    async def slowly() -> Any:
+        for i in range(0, len(data), 16):
+            await asyncio.sleep(0.05)
+            yield data[i : i + 16]
+
+    async def both() -> list[Any]:
+        svc = life.services()
+        return await asyncio.gather(
+            *(artifacts.receive_upload(svc, created["id"], slowly(), None) for _ in range(2)), return_exceptions=True
+        )
+
+    first, second = asyncio.run(both())
+    outcomes = sorted([type(first).__name__, type(second).__name__])
+    assert outcomes == ["Conflict", "dict"], (first, second)
+    lost = first if isinstance(first, Conflict) else second
+    assert lost.code == "upload_in_progress" and "in progress" in lost.message
+    assert life.wait_state(created["id"])["state"] == "ready", "the winner's files are all there"
+    assert version_keys(life, created), "model.onnx still in the repository"
+    assert life.upload(created["id"], data).json()["code"] == "artifact_exists", "after it: the usual 409"
+    life.models.delete(f"/v1/models/{created['id']}")
