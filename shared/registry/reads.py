@@ -190,15 +190,29 @@ def _summary(known: dict[str, Any]) -> str:
 
 def _unknown_model_message(services: Services, name: str) -> str:
     names = _cached(services, NAMES_KEY, lambda: _all_names(services))
+    return f"model {name!r} not found{suggestion(name, names)}"
+
+
+# The fuzzy match costs about 20 us a name: past this many, only names that begin like the unknown one
+# are compared (a typo rarely changes the first letters), so it costs the same with 100 or 10,000 models.
+MAX_SUGGEST_CANDIDATES = 300
+
+
+def suggestion(name: str, names: list[str]) -> str:
+    """ "; did you mean ...?" from the registered ``names`` (bounded work), or where to list them."""
     lowered = name.lower()
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    pool = names
+    for prefix in (1, 2):  # narrow by the first letter, then the first two, while there are too many
+        if len(pool) > MAX_SUGGEST_CANDIDATES:
+            pool = [n for n in pool if n[:prefix].lower() == lowered[:prefix]]
+    pool = pool[:MAX_SUGGEST_CANDIDATES]
+    close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
     close += [n for n in names if (lowered in n.lower() or n.lower() in lowered) and n not in close]
-    hint = (
+    return (
         f"; did you mean {' or '.join(repr(n) for n in close[:3])}?"
         if close
         else "; list the registered models with GET /v1/models"
     )
-    return f"model {name!r} not found{hint}"
 
 
 def _all_names(services: Services) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from shared import registry
@@ -104,3 +106,24 @@ def test_malformed_id_is_not_found() -> None:
 
 def test_version_ordering_is_numeric() -> None:
     assert max(["1.9", "1.10", "1.2.0"], key=registry.version_key) == "1.10"
+
+
+def test_the_did_you_mean_suggestion_does_bounded_work_with_many_models(monkeypatch: Any) -> None:
+    """With thousands of models an unknown name cost 55-66 ms of CPU; the fuzzy match now sees at most
+    MAX_SUGGEST_CANDIDATES names (those with the same first letter), and still finds the typo."""
+    import difflib
+
+    from shared.registry import reads
+
+    names = [f"{chr(97 + i % 26)}model-{i}" for i in range(10_000)] + ["resnet50"]
+    seen: list[int] = []
+    real = difflib.get_close_matches
+
+    def counting(word: str, possibilities: Any, **kw: Any) -> Any:
+        seen.append(len(possibilities))
+        return real(word, possibilities, **kw)
+
+    monkeypatch.setattr(reads.difflib, "get_close_matches", counting)
+    assert "'resnet50'" in reads.suggestion("resnet5O", names)
+    assert seen and max(seen) <= reads.MAX_SUGGEST_CANDIDATES
+    assert "GET /v1/models" in reads.suggestion("zzzzzzzzzzzz", names[:5])
