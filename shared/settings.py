@@ -242,6 +242,9 @@ class Settings(_FromEnv):
     # Batch
     batch_chunk_size: int = _var("BATCH_CHUNK_SIZE", "2500", _int(1, 100_000))
     batch_max_items: int = _var("BATCH_MAX_ITEMS", "1000000", _int(1, 100_000_000))
+    # What one key may have pending or processing at once (429 past it): the workers are shared by every key
+    batch_max_active_jobs: int = _var("BATCH_MAX_ACTIVE_JOBS", "8", _int(1, 100_000))
+    batch_max_active_items: int = _var("BATCH_MAX_ACTIVE_ITEMS", "2000000", _int(1, 1_000_000_000))
     # An active job with no chunk claimed or recorded for this long is failed (shared.batch.reaper);
     # longer than the event transport's whole retry window (knative/ batch-worker-source delivery).
     batch_stall_timeout_s: int = _var("BATCH_STALL_TIMEOUT_S", "3600", _int(60, 30 * 86400))

@@ -24,7 +24,7 @@ from shared import validation as v
 from shared.batch import results, store
 from shared.batch.events import CHUNK_EVENT_TYPE
 from shared.clients import sink, storage
-from shared.errors import Conflict, InvalidInput, NotFound, Unavailable
+from shared.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -121,6 +121,8 @@ def submit_job(
             return existing
     # A version or an alias; a split is sticky per owner. The job keeps the version picked here.
     model = registry.resolve_model(services, name, version, route_key=owner)
+    if intake_key is None:  # a key's own request (bucket events have no key to bound)
+        _refuse_past_the_keys_share(services, owner, len(body["inputs"]) if "inputs" in body else 0)
     services.ensure_batch_buckets()
     if "inputs" in body:
         created = _submit_inline(services, model, owner, len(body["inputs"]), source, intake_key)
@@ -132,6 +134,26 @@ def submit_job(
         "batch job %s created: %d item(s) in %d chunk(s)", created["id"], created["total"], created["chunks_total"]
     )
     return _summary(created["id"], "pending", created["total"])
+
+
+def _refuse_past_the_keys_share(services: Services, owner: str, items: int) -> None:
+    """429 when this key already has BATCH_MAX_ACTIVE_JOBS jobs, or BATCH_MAX_ACTIVE_ITEMS items with this
+    job's, pending or processing: one key's jobs must not hold every worker while another key's wait."""
+    settings = services.settings
+    with services.db.read() as conn:
+        jobs, active = store.active_load(conn, owner)
+    if jobs >= settings.batch_max_active_jobs:
+        raise RateLimited(
+            f"this key has {jobs} batch jobs pending or processing, the most it may have at once "
+            f"(BATCH_MAX_ACTIVE_JOBS); submit more when one ends, or cancel one",
+            retry_after=10,
+        )
+    if active + items > settings.batch_max_active_items:
+        raise RateLimited(
+            f"this key has {active} batch items pending or processing; with this job's {items} that is over "
+            f"{settings.batch_max_active_items} (BATCH_MAX_ACTIVE_ITEMS); submit it when some end",
+            retry_after=10,
+        )
 
 
 def _summary(job_id: Any, status: str, total: int) -> dict[str, Any]:

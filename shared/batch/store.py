@@ -241,6 +241,16 @@ def fail_stalled(conn: Connection, stall_s: int, job_ids: list[uuid.UUID] | None
     return [dict(r._mapping) for r in conn.execute(stmt.returning(*batch_jobs.c)).all()]
 
 
+def active_load(conn: Connection, owner: str) -> tuple[int, int]:
+    """(jobs, items) ``owner`` has pending or processing."""
+    jobs, items = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(batch_jobs.c.total), 0)).where(
+            batch_jobs.c.owner == owner, batch_jobs.c.status.in_(ACTIVE)
+        )
+    ).one()
+    return int(jobs), int(items)
+
+
 def active_jobs(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(sa.select(batch_jobs).where(batch_jobs.c.status.in_(ACTIVE))).all()
     return [dict(r._mapping) for r in rows]

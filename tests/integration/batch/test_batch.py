@@ -782,3 +782,28 @@ def test_chunk_results_lost_before_the_merge_fail_the_job(st: Stack, capture: Ca
     assert last.status_code == 200 and last.json()["job_status"] == "failed"
     job = st.status(job_id)
     assert job["status"] == "failed" and "results of some chunks are gone" in job["error"]
+
+
+def test_one_key_may_hold_only_its_share_of_the_workers(st: Stack) -> None:
+    """BATCH_MAX_ACTIVE_JOBS and BATCH_MAX_ACTIVE_ITEMS per key: past them a submit is 429 with Retry-After
+    (six 100k-item jobs of one key once kept another key's 6-item job waiting 20 s)."""
+    from shared.batch import jobs, store
+
+    with st.services().db.read() as conn:
+        busy, items = store.active_load(conn, jobs.ANONYMOUS)  # other tests' jobs still running, if any
+    st.configure(batch_max_active_jobs=busy + 2, batch_max_active_items=items + 25)
+    stuck = register_model(st.services(), f"stuck-{uuid.uuid4().hex[:8]}", f"127.0.0.1:{free_port()}")["name"]
+    held = [st.submit({"model": stuck, "inputs": iris_inputs(10)}) for _ in range(2)]
+    try:
+        over = st.api.post("/v1/batch", json={"model": stuck, "inputs": iris_inputs(1)})
+        assert over.status_code == 429 and over.json()["code"] == "rate_limited", over.text
+        assert "BATCH_MAX_ACTIVE_JOBS" in over.json()["error"] and int(over.headers["Retry-After"]) >= 1
+        st.configure(batch_max_active_jobs=busy + 10, batch_max_active_items=items + 25)
+        big = st.api.post("/v1/batch", json={"model": stuck, "inputs": iris_inputs(6)})
+        assert big.status_code == 429 and "BATCH_MAX_ACTIVE_ITEMS" in big.json()["error"], big.text
+        assert st.api.post("/v1/batch", json={"model": stuck, "inputs": iris_inputs(5)}).status_code == 202
+    finally:
+        for job in st.api.get("/v1/batch?limit=100").json()["jobs"]:
+            if job["model"] == stuck and job["status"] in store.ACTIVE:
+                st.api.delete(f"/v1/batch/{job['job_id']}")
+        assert {st.status(j["job_id"])["status"] for j in held} == {"cancelled"}
