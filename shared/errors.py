@@ -8,6 +8,7 @@
     ├── Forbidden (403, forbidden)
     ├── NotFound (404, not_found)
     ├── MethodNotAllowed (405, method_not_allowed)
+    ├── RequestTimeout (408, request_timeout)     the HTTP server's own bound on a slow request head
     ├── Conflict (409, conflict)
     ├── PayloadTooLarge (413, payload_too_large)
     ├── UriTooLong (414, uri_too_long)             the HTTP server's own bound
@@ -77,6 +78,10 @@ class NotFound(KinferError):
 
 class MethodNotAllowed(KinferError):
     status, code = 405, "method_not_allowed"
+
+
+class RequestTimeout(KinferError):
+    status, code = 408, "request_timeout"
 
 
 class Conflict(KinferError):

@@ -9,6 +9,10 @@ shape of ``docs/architecture.md`` instead::
 
     400 invalid_input        a request httptools rejects (field Content-Length,
                              Transfer-Encoding or body when the reason names it)
+    408 request_timeout      a request head not complete HEAD_TIMEOUT_S after it began (or
+                             after the connection opened): a client that trickles or stalls
+                             its head must not hold a socket, and with many of them every
+                             file descriptor of the process, for ever
     414 uri_too_long         a request target over MAX_TARGET_BYTES
     431 headers_too_large    a request head over MAX_HEAD_BYTES or MAX_HEADERS headers
 
@@ -28,8 +32,9 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from shared.errors import HeadersTooLarge, InvalidInput, KinferError, UriTooLong
+from shared.errors import HeadersTooLarge, InvalidInput, KinferError, RequestTimeout, UriTooLong
 
+HEAD_TIMEOUT_S = 10.0
 MAX_TARGET_BYTES = 8 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
@@ -84,6 +89,33 @@ class KinferHttpProtocol(HttpToolsProtocol):
         self._began = False  # a message began in the chunk being parsed
         self._header_count = 0
         self._deferred: KinferError | None = None
+        self._head_timer: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._time_head()  # a connection that never sends a whole head is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._untime_head()
+        super().connection_lost(exc)
+
+    def _time_head(self) -> None:
+        self._untime_head()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
+
+    def _untime_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if (
+            self._reading_head
+            and not self.transport.is_closing()
+            and (self.cycle is None or self.cycle.response_complete)
+        ):
+            self._reject(RequestTimeout(f"the request head did not arrive within {HEAD_TIMEOUT_S:g} s"))
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -121,6 +153,7 @@ class KinferHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._time_head()
         self._reading_head = True
         self._began = True
         self._head_bytes = self._parsed_head = self._header_count = 0
@@ -135,6 +168,7 @@ class KinferHttpProtocol(HttpToolsProtocol):
         if error is not None:
             raise _Rejected(error)
         self._reading_head = False
+        self._untime_head()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

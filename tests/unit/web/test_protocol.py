@@ -166,3 +166,32 @@ def test_an_exception_escaping_the_entry_point_is_a_json_500(server: int) -> Non
     payload = json.loads(body)
     assert status == 500 and payload["code"] == "internal_error" and "bug" not in payload["error"]
     assert payload["request_id"] == headers["x-request-id"]
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /echo HT", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Le"])
+def test_a_request_head_that_stalls_is_answered_408_and_closed(
+    server: int, monkeypatch: pytest.MonkeyPatch, sent: bytes
+) -> None:
+    """Half-sent request lines were never timed out: ~20,000 of them took every file descriptor."""
+    from shared.web import protocol
+
+    monkeypatch.setattr(protocol, "HEAD_TIMEOUT_S", 0.5)
+    started = time.monotonic()
+    status, _, body = exchange(server, sent)
+    assert status == 408 and json.loads(body)["code"] == "request_timeout", body
+    assert 0.4 < time.monotonic() - started < 4, "closed once the head timed out"
+
+
+def test_a_whole_request_then_an_idle_keep_alive_connection_is_not_cut_by_the_head_timer(
+    server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.web import protocol
+
+    monkeypatch.setattr(protocol, "HEAD_TIMEOUT_S", 0.3)
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        time.sleep(0.6)  # idle between requests: uvicorn's keep-alive timeout governs, not the head timer
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
