@@ -77,18 +77,20 @@ class KeyCache:
 
     ``get`` answers fresh entries only (AUTH_CACHE_TTL_S). ``known`` answers a key seen
     valid within ``max_age`` seconds even after it went stale: what keeps known keys
-    working while PostgreSQL is unreachable.
+    working while PostgreSQL is unreachable. Unknown keys are kept apart, in a table of
+    their own: a flood of made-up keys cannot push real keys out.
     """
 
     def __init__(self, ttl_s: float, max_entries: int = MAX_CACHED) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._entries: dict[str, tuple[Principal | None, float, float]] = {}
+        self._unknown: dict[str, tuple[Principal | None, float, float]] = {}
         self._lock = threading.Lock()
         self.db_down_until = 0.0  # monotonic: the key store failed; do not try it again before
 
     def get(self, digest: str) -> tuple[bool, Principal | None]:
-        found = self._entries.get(digest)
+        found = self._entries.get(digest) or self._unknown.get(digest)
         if found is None or found[1] < time.monotonic():
             return False, None
         return True, found[0]
@@ -98,11 +100,13 @@ class KeyCache:
         if self.ttl_s <= 0:
             return
         now = time.monotonic()
+        table = self._entries if principal is not None else self._unknown
         with self._lock:
             self._entries.pop(digest, None)
-            while len(self._entries) >= self.max_entries:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[digest] = (principal, now + ttl, now)
+            self._unknown.pop(digest, None)
+            while len(table) >= self.max_entries:
+                table.pop(next(iter(table)))
+            table[digest] = (principal, now + ttl, now)
 
     def known(self, digest: str, max_age: float) -> Principal | None:
         """The principal of a key seen valid at most ``max_age`` seconds ago (stale or not)."""
@@ -113,6 +117,7 @@ class KeyCache:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._unknown.clear()
 
 
 def _principal(record: dict[str, Any] | None) -> Principal | None:
@@ -140,6 +145,20 @@ def principal_for(services: Services, plaintext: str) -> Principal | None:
 
 
 _lookups = SingleFlight()
+# Lookups of keys this process has not seen valid, at once: made-up keys (each a database read) queue
+# here instead of taking the database and the thread pool from the requests of real keys.
+UNKNOWN_LOOKUPS = 2
+_unknown_lookups: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _unknown_gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _unknown_lookups.get(loop)
+    if gate is None:
+        for stale in [other for other in _unknown_lookups if other.is_closed()]:
+            _unknown_lookups.pop(stale, None)
+        gate = _unknown_lookups[loop] = asyncio.Semaphore(UNKNOWN_LOOKUPS)
+    return gate
 
 
 async def principal_for_async(services: Services, plaintext: str) -> Principal | None:
@@ -154,7 +173,12 @@ async def principal_for_async(services: Services, plaintext: str) -> Principal |
         return _outage(services, digest, None)
 
     async def lookup() -> Principal | None:
-        found = _principal(await asyncio.to_thread(keys.authenticate, services, digest))
+        if cache.known(digest, services.settings.auth_outage_ttl_s) is not None:  # a key seen valid: at once
+            record = await asyncio.to_thread(keys.authenticate, services, digest)
+        else:
+            async with _unknown_gate():
+                record = await asyncio.to_thread(keys.authenticate, services, digest)
+        found = _principal(record)
         cache.put(digest, found)
         return found
 

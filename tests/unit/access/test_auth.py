@@ -261,3 +261,48 @@ def test_key_store_outage_serves_known_keys_and_refuses_unknown_ones_with_503(
             run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}, services), "infer"))
     finally:
         RECORDS.update(RECORDS_BACKUP)
+
+
+def test_made_up_keys_never_push_real_keys_out_of_the_cache() -> None:
+    cache = KeyCache(ttl_s=60, max_entries=100)
+    real = Principal("k1", "n", frozenset({"infer"}))
+    cache.put("real", real)
+    for i in range(10_000):
+        cache.put(f"fake-{i}", None)
+    assert cache.get("real") == (True, real) and cache.known("real", 3600) == real
+    assert cache.get("fake-9999") == (True, None) and cache.get("fake-0") == (False, None), "misses are bounded"
+
+
+def test_lookups_of_unknown_keys_are_bounded_and_a_known_key_skips_the_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time as clock
+
+    services = FakeServices(FakeLimiter(Decision(True, 50, 49, 0)))
+    services.key_cache = KeyCache(ttl_s=0.01)
+    running, most, lock = [0], [0], threading.Lock()
+
+    def authenticate(_: Any, digest: str) -> dict | None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        clock.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return RECORDS.get(digest)
+
+    monkeypatch.setattr(keys, "authenticate", authenticate)
+
+    async def flood() -> list[Any]:
+        await auth.principal_for_async(services, "good-key-1")  # seen valid once
+        await asyncio.sleep(0.02)  # its cache entry goes stale: the next use reads the store again
+        fakes = [auth.principal_for_async(services, f"fake-{i}") for i in range(12)]
+        started = clock.monotonic()
+        real = asyncio.ensure_future(auth.principal_for_async(services, "good-key-1"))
+        answers = await asyncio.gather(*fakes)
+        return [answers, await real, started]
+
+    answers, real, _ = run(flood())
+    assert answers == [None] * 12 and real is not None and real.key_id == "k1"
+    assert most[0] <= auth.UNKNOWN_LOOKUPS + 1, "made-up keys read the store at most UNKNOWN_LOOKUPS at a time"
