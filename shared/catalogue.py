@@ -23,7 +23,7 @@ class Function:
     pages: tuple[str, ...] = ()  # web pages the public gateway mounts beside the API
     public_service: str | None = None  # the Service behind the public route, when not ``service``
     emits_events: bool = False  # posts CloudEvents to K_SINK (a SinkBinding in the cluster)
-    internal_without_auth: bool = False  # ``service`` itself is cluster-internal and answers without a key
+    local_without_auth: bool = False  # its own local port answers without a key (the original clients' port)
 
     @property
     def module(self) -> str:
@@ -47,7 +47,7 @@ FUNCTIONS: tuple[Function, ...] = (
         8083,
         public=("/v1/models",),
         public_service="models-public",
-        internal_without_auth=True,
+        local_without_auth=True,
     ),
     Function("backends", "serve_backends", "backends", 8081, public=("/v1/backends",)),
     Function("infer", "run_inference", "infer", 8082, public=("/v1/infer", "/v2")),

@@ -12,7 +12,7 @@ URLS = (
     ("gateway (public API, auth)", "http://localhost:8080"),
     ("backends (health, breakers, metrics)", "http://localhost:8081"),
     ("infer", "http://localhost:8082"),
-    ("models (internal, no auth)", "http://localhost:8083"),
+    ("models (local, no key: original clients)", "http://localhost:8083"),
     ("keys (API key admin)", "http://localhost:8088"),
     ("console (web page, on the gateway)", "http://127.0.0.1:8080/console/"),
     ("Triton HTTP / gRPC / metrics", "http://localhost:8000  localhost:8001  http://localhost:8002/metrics"),

@@ -60,7 +60,7 @@ def functions() -> list[Fn]:
             fn.target,
             fn.port,
             fn.service,
-            tuple(env for env, wanted in ((sink, fn.emits_events), (no_auth, fn.internal_without_auth)) if wanted),
+            tuple(env for env, wanted in ((sink, fn.emits_events), (no_auth, fn.local_without_auth)) if wanted),
         )
         for fn in catalogue.FUNCTIONS
     ]

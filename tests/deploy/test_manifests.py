@@ -146,7 +146,7 @@ def test_every_service_is_cluster_local_and_reached_from_outside_through_the_gat
             assert local, f"{overlay}: {name} must be cluster-local (else Kourier's external gateway serves it)"
         models = env_of(container(ksvcs(docs)["models"]))
         public = env_of(container(ksvcs(docs)["models-public"]))
-        assert (models["AUTH_REQUIRED"]["value"], public["AUTH_REQUIRED"]["value"]) == ("false", "true")
+        assert (models["AUTH_REQUIRED"]["value"], public["AUTH_REQUIRED"]["value"]) == ("true", "true")
 
 
 def test_function_services_scale_to_zero_with_limits_probes_and_config(
