@@ -42,6 +42,7 @@ def is_gzip(path: Path) -> bool:
 def unpack(archive: Path, into: Path, triton_model: str, max_bytes: int) -> Package:
     """Check ``archive`` and unpack it under ``into``; InvalidInput saying what is wrong."""
     try:
+        _check_headers(archive, max_bytes)
         with tarfile.open(archive, "r:gz") as tar:
             members = _checked_members(tar, max_bytes)
             for member in members:
@@ -61,6 +62,52 @@ def unpack(archive: Path, into: Path, triton_model: str, max_bytes: int) -> Pack
             f"the artifact is not a readable .tar.gz package ({type(exc).__name__})", field=FIELD
         ) from None
     return _describe(_package_root(into), triton_model)
+
+
+# GNU long names and links ("L", "K") and pax headers ("x", "g") are read whole by tarfile, before any
+# check of ours: a 1 MB archive whose long-name header claims a GiB took gigabytes of memory.
+META_TYPES = (b"L", b"K", b"x", b"g")
+MAX_META_BYTES = 64 * 1024
+BLOCK = 512
+
+
+def _check_headers(archive: Path, max_bytes: int) -> None:
+    """Walk the tar headers in a bounded pass (no member is read into memory): every metadata entry at most
+    MAX_META_BYTES, and no more than ``max_bytes`` of entries in all, before tarfile parses anything."""
+    import gzip
+
+    total = 0
+    with gzip.open(archive, "rb") as stream:
+        while len(header := stream.read(BLOCK)) == BLOCK and header.strip(b"\0"):
+            size = _header_size(header[124:136])
+            if header[156:157] in META_TYPES and size > MAX_META_BYTES:
+                raise InvalidInput(
+                    f"the package has a tar metadata entry (long name or pax header) of {size} bytes; "
+                    f"at most {MAX_META_BYTES} are accepted",
+                    field=FIELD,
+                )
+            total += size
+            if size < 0 or total > max_bytes:
+                raise InvalidInput(
+                    f"the package unpacks to more than {max_bytes} bytes (MAX_ARTIFACT_BYTES)", field=FIELD
+                )
+            left = -(-size // BLOCK) * BLOCK
+            while left > 0:
+                skipped = len(stream.read(min(left, 1024 * 1024)))
+                if not skipped:
+                    return  # truncated: tarfile says so below
+                left -= skipped
+
+
+def _header_size(field: bytes) -> int:
+    """A tar header's size field: octal digits, or GNU's base-256 (first byte 0x80; 0xff is negative)."""
+    if field[:1] in (b"\x80", b"\xff"):
+        return -1 if field[:1] == b"\xff" else int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(digits or b"0", 8)
+    except ValueError:
+        raise InvalidInput("the package has a malformed tar header", field=FIELD) from None
 
 
 def _checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInfo]:

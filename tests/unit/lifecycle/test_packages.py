@@ -75,3 +75,33 @@ def test_the_unpacked_size_is_bounded(tmp_path: Path) -> None:
     assert len(bomb) < 20_000
     with pytest.raises(InvalidInput, match="unpacks to more than 1000000 bytes"):
         unpack(tmp_path, bomb, limit=1_000_000)
+
+
+def _long_name_tar(claimed: int) -> bytes:
+    """A small .tar.gz whose GNU long-name header claims ``claimed`` bytes (the data that follows is short)."""
+    import gzip
+
+    header = bytearray(512)
+    header[0:13] = b"././@LongLink"
+    header[100:108] = b"0000644\0"
+    header[124:136] = f"{claimed:011o}\0".encode()
+    header[156:157] = b"L"
+    header[257:263] = b"ustar "
+    header[148:156] = b" " * 8
+    header[148:155] = f"{sum(header):06o}\0".encode()
+    return gzip.compress(bytes(header) + b"a" * 512 * 4 + b"\0" * 1024)
+
+
+def test_a_long_name_header_of_a_gib_is_refused_before_tarfile_reads_it(tmp_path: Path) -> None:
+    """tarfile reads a GNU long name whole: a 1 MB package claiming a 1 GiB name took gigabytes."""
+    data = _long_name_tar(2**30)
+    assert len(data) < 10_000
+    with pytest.raises(InvalidInput) as err:
+        unpack(tmp_path, data, limit=10 * 2**30)
+    assert "metadata entry" in err.value.message and str(2**30) in err.value.message
+
+
+def test_ordinary_long_names_are_still_accepted(tmp_path: Path) -> None:
+    long_name = "1/" + "w" * 200 + ".bin"
+    got = unpack(tmp_path, package({"config.pbtxt": PY_CONFIG, "1/model.py": "x = 1", long_name: b"\0"}))
+    assert "w" * 200 + ".bin" in got.version_files
