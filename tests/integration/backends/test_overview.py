@@ -15,7 +15,7 @@ import pytest
 from shared import registry
 from shared.access import keys
 from shared.backends import overview
-from shared.endpoints import backend_id as normalise_url
+from shared.endpoints import backend_id
 from shared.errors import Unavailable
 from shared.services import Services, reset_services
 from tests.conftest import free_port, function_client
@@ -54,7 +54,7 @@ def _row(body: dict[str, Any], url: str) -> dict[str, Any]:
 
 
 def test_rate_and_median_come_from_the_counters_over_the_window(client: Any, svc: Services) -> None:
-    url = normalise_url(svc.settings.triton_url)
+    url = backend_id(svc.settings.triton_url)
     auth = _key(svc, "admin")  # admin keys see backend addresses
     first = client.get("/v1/backends", headers=auth)
     assert first.status_code == 200, first.text
