@@ -157,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     import redis
     import sqlalchemy as sa
 
-    from shared import registry
     from shared.clients import db
     from shared.localstack.relay.server import EventRelay
     from shared.localstack.relay.wiring import Delivery, Subscription, Wiring
@@ -224,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         api, api_pid = serve(stack, "batch", "manage_batch_jobs", settings_env(api_settings), 1, tmp)
         services = Services(settings)
         stack.callback(services.close)
-        model = registry.create_model(
-            services,
+        model = services.registry.create_model(
             {
                 "name": f"iris-bench-{uid}",
                 "version": "1",

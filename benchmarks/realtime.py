@@ -339,7 +339,6 @@ def backing(auth: bool) -> Iterator[Backing]:
     """Triton, a scratch database (dropped afterwards) holding the iris model, and a high-limit key."""
     import sqlalchemy as sa
 
-    from shared import registry
     from shared.access import keys
     from shared.clients import db
     from shared.localstack.triton import TritonServer, default_repository
@@ -366,8 +365,7 @@ def backing(auth: bool) -> Iterator[Backing]:
         db.upgrade(settings)
         services = Services(settings)
         try:
-            registry.create_model(
-                services,
+            services.registry.create_model(
                 {
                     "name": TRITON_MODEL,
                     "version": "1",
@@ -378,7 +376,7 @@ def backing(auth: bool) -> Iterator[Backing]:
                 },
             )
             key = (
-                keys.create_key(services, f"bench-{uuid.uuid4().hex[:6]}", "infer", rate_limit=keys.MAX_RATE_LIMIT)[1]
+                services.keys.create_key(f"bench-{uuid.uuid4().hex[:6]}", "infer", rate_limit=keys.MAX_RATE_LIMIT)[1]
                 if auth
                 else None
             )
@@ -489,7 +487,7 @@ def local_stack(api_key: str | None) -> Endpoints:
 
         services = Services(Settings.from_env())
         try:
-            key = keys.create_key(services, f"bench-{uuid.uuid4().hex[:6]}", "infer", rate_limit=keys.MAX_RATE_LIMIT)[1]
+            key = services.keys.create_key(f"bench-{uuid.uuid4().hex[:6]}", "infer", rate_limit=keys.MAX_RATE_LIMIT)[1]
         finally:
             services.close()
     comps = load_state().get("components", {})

@@ -20,7 +20,6 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import KeepAlive, print_table, summarize, timed  # noqa: E402
-from shared import registry  # noqa: E402
 from shared.clients import db
 from shared.clients.schema import models  # noqa: E402
 from shared.services import Services  # noqa: E402
@@ -39,8 +38,7 @@ def main() -> int:
     services = Services(settings)
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     ids = [
-        registry.create_model(
-            services,
+        services.registry.create_model(
             {
                 "name": f"{prefix}-{i}",
                 "version": "1",

@@ -1,10 +1,10 @@
-"""The process-wide container of clients and collaborators, built lazily from Settings.
+"""The composition root: clients and the domain objects built on them, created lazily from Settings.
 
-Functions call ``get_services()``; tests call ``reset_services(settings)``. Every
+Functions call ``get_services()``; tests call ``reset_services(settings)``. Every client and
 collaborator is a typed attribute created on first use (cold starts import only what a
-request needs), so a signature ``services: Services`` tells mypy and the reader what a
-function can reach. This module sits above the domain packages it wires together: they
-import it for typing only.
+request needs). Domain objects receive the narrow collaborators they use through their
+constructors (``ModelRegistry(db, cache, settings)``, ``DataPlane(resolver, ...)``): nothing
+below this module imports it, and no domain function takes the container.
 """
 
 from __future__ import annotations
@@ -16,22 +16,40 @@ from typing import TYPE_CHECKING, Any
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from shared.access.auth import KeyCache
+    from shared.access.auth import Authenticator, KeyCache
+    from shared.access.keys import KeyStore
     from shared.access.ratelimit import RateLimiter
     from shared.backends.balancer import Balancer
     from shared.backends.breaker import Breakers
     from shared.backends.coalesce import Coalescer
     from shared.backends.metrics import Recorder
+    from shared.backends.monitor import BackendMonitor
+    from shared.backends.overview import BackendOverview
     from shared.backends.triton import TritonPool
     from shared.backends.triton_async import AsyncTriton
+    from shared.batch.intake import BatchIntake
+    from shared.batch.jobs import BatchJobs
+    from shared.batch.reaper import Reaper
+    from shared.batch.results import BatchResults
+    from shared.batch.worker import BatchWorker
     from shared.clients.aio import PerLoop, SingleFlight
     from shared.clients.cache import Cache
     from shared.clients.db import Database
+    from shared.inference.dataplane import DataPlane
+    from shared.inference.health import InferenceHealth
+    from shared.inference.items import ItemRunner
+    from shared.inference.resolve import Resolver
+    from shared.inference.v2 import V2Protocol
+    from shared.lifecycle.aliases import Aliases
+    from shared.lifecycle.artifacts import Artifacts
+    from shared.lifecycle.backends import BackendAdmin
+    from shared.lifecycle.install import Installer
+    from shared.lifecycle.replicas import Replicas
+    from shared.lifecycle.versions import Versions
+    from shared.registry import ModelRegistry
 
 _lock = threading.Lock()
 _services: Services | None = None
-
-ResolvedModels = dict[tuple[str, "str | None"], tuple[float, dict[str, Any]]]
 
 
 class Services:
@@ -144,16 +162,145 @@ class Services:
         return RateLimiter(self.cache)
 
     @cached_property
-    def resolved_models(self) -> ResolvedModels:
-        """The data plane's tiny in-process cache of resolved models (see ``inference.dataplane``)."""
-        return {}
-
-    @cached_property
     def single_flight(self) -> SingleFlight:
         """Concurrent requests share one execution of a slow lookup (registry resolution)."""
         from shared.clients.aio import SingleFlight
 
         return SingleFlight()
+
+    # -- domain objects (each built from the narrow collaborators it uses) ------------------
+    # registry + access
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        from shared.registry import ModelRegistry
+
+        return ModelRegistry(self.db, self.cache, self.settings)
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        from shared.access.keys import KeyStore
+
+        return KeyStore(self.db)
+
+    @cached_property
+    def auth(self) -> Authenticator:
+        from shared.access.auth import Authenticator
+
+        return Authenticator(self.keys, self.key_cache, self.rate_limiter, self.settings)
+
+    # backends
+    @cached_property
+    def monitor(self) -> BackendMonitor:
+        from shared.backends.monitor import BackendMonitor
+
+        return BackendMonitor(self.registry, self.triton, self.breakers, self.cache, self.settings)
+
+    @cached_property
+    def overview(self) -> BackendOverview:
+        from shared.backends.overview import BackendOverview
+
+        return BackendOverview(self.monitor, self.cache)
+
+    @cached_property
+    def backend_admin(self) -> BackendAdmin:
+        from shared.lifecycle.backends import BackendAdmin
+
+        return BackendAdmin(self.s3, self.triton, self.replicas, self.settings)
+
+    # lifecycle
+    @cached_property
+    def replicas(self) -> Replicas:
+        from shared.lifecycle.replicas import Replicas
+
+        return Replicas(self.cache, self.settings)
+
+    @cached_property
+    def aliases(self) -> Aliases:
+        from shared.lifecycle.aliases import Aliases
+
+        return Aliases(self.registry, self.replicas, self.db)
+
+    @cached_property
+    def installer(self) -> Installer:
+        from shared.lifecycle.install import Installer
+
+        return Installer(self.registry, self.s3, self.settings, self.backend_admin)
+
+    @cached_property
+    def artifacts(self) -> Artifacts:
+        from shared.lifecycle.artifacts import Artifacts
+
+        return Artifacts(self.registry, self.installer, self.db, self.cache, self.s3, self.settings, self.backend_admin)
+
+    @cached_property
+    def versions(self) -> Versions:
+        from shared.lifecycle.versions import Versions
+
+        return Versions(self.registry, self.replicas, self.s3, self.settings)
+
+    # inference
+    @cached_property
+    def resolver(self) -> Resolver:
+        from shared.inference.resolve import Resolver
+
+        return Resolver(self.registry, self.version_recorder, self.single_flight, self.settings)
+
+    @cached_property
+    def dataplane(self) -> DataPlane:
+        from shared.inference.dataplane import DataPlane
+
+        return DataPlane(self.resolver, self.balancer, self.triton_async, self.coalescer, self.settings)
+
+    @cached_property
+    def v2(self) -> V2Protocol:
+        from shared.inference.v2 import V2Protocol
+
+        return V2Protocol(self.dataplane, self.resolver, self.balancer, self.triton_async, self.settings)
+
+    @cached_property
+    def infer_health(self) -> InferenceHealth:
+        from shared.inference.health import InferenceHealth
+
+        return InferenceHealth(self.db, self.cache, self.balancer, self.resolver, self.single_flight, self.settings)
+
+    @cached_property
+    def items(self) -> ItemRunner:
+        from shared.inference.items import ItemRunner
+
+        return ItemRunner(self.resolver, self.balancer, self.recorder, self.triton)
+
+    # batch
+    @cached_property
+    def results(self) -> BatchResults:
+        from shared.batch.results import BatchResults
+
+        return BatchResults(self.s3, self.s3_presigner, self.settings)
+
+    @cached_property
+    def jobs(self) -> BatchJobs:
+        from shared.batch.jobs import BatchJobs
+
+        return BatchJobs(
+            self.db, self.s3, self.s3_presigner, self.registry, self.results, self.ensure_batch_buckets, self.settings
+        )
+
+    @cached_property
+    def worker(self) -> BatchWorker:
+        from shared.batch.worker import BatchWorker
+
+        return BatchWorker(self.db, self.s3, self.registry, self.results, self.items, self.settings)
+
+    @cached_property
+    def reaper(self) -> Reaper:
+        from shared.batch.reaper import Reaper
+
+        return Reaper(self.db, self.s3, self.jobs, self.settings)
+
+    @cached_property
+    def intake(self) -> BatchIntake:
+        from shared.batch.intake import BatchIntake
+
+        return BatchIntake(self.jobs, self.settings)
 
     def ensure_batch_buckets(self) -> None:
         """Create the batch input and results buckets if missing (checked once per process)."""

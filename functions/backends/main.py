@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import validation as v
-from shared.backends import monitor as backends
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
 from shared.web.events import parse_event
@@ -27,7 +26,7 @@ from shared.web.runtime import function_services
 
 def _probe(call: Call) -> dict[str, Any]:
     event = parse_event(call.headers, call.body)
-    results = backends.probe(call.services)
+    results = function_services().monitor.probe()
     return {
         "event_id": event["id"],
         "probed": len(results),
@@ -37,7 +36,7 @@ def _probe(call: Call) -> dict[str, Any]:
 
 
 def _health(call: Call) -> dict[str, Any]:
-    return backends.health(call.services)
+    return function_services().monitor.health()
 
 
 def _overview(call: Call) -> dict[str, Any]:
@@ -46,7 +45,7 @@ def _overview(call: Call) -> dict[str, Any]:
     window = v.integer(
         call.query("window_s"), "window_s", default=overview.DEFAULT_WINDOW_S, lo=10, hi=overview.MAX_WINDOW_S
     )
-    found = overview.overview(call.services, window)
+    found = function_services().overview.overview(window)
     if call.principal is not None and not call.principal.allows("admin"):
         found["backends"] = [overview.redacted(b) for b in found["backends"]]
     return found
@@ -55,7 +54,7 @@ def _overview(call: Call) -> dict[str, Any]:
 def _metrics(call: Call) -> Response:
     from shared.lifecycle.metrics import VersionCollector
 
-    text, content_type = backends.metrics_text(call.services, (VersionCollector(call.services.cache.client),))
+    text, content_type = function_services().monitor.metrics_text((VersionCollector(function_services().cache.client),))
     return Response(text, status_code=200, media_type=content_type)
 
 
@@ -101,7 +100,8 @@ ROUTES = Router(
             summary="Prometheus metrics",
             responses={200: ("Prometheus text exposition", {"type": "string"}, "text/plain")},
         ),
-    ]
+    ],
+    title="Kinfer backends",
 )
 
 

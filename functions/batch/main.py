@@ -8,7 +8,6 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import registry
 from shared.batch import jobs as batch
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
@@ -19,29 +18,29 @@ from shared.web.runtime import function_services
 
 
 def _submit(call: Call) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    job = batch.submit_job(call.services, call.json(), batch.owner_of(call.principal))
+    job = function_services().jobs.submit_job(call.json(), batch.owner_of(call.principal))
     return 202, job, {"Location": f"/v1/batch/{job['id']}"}
 
 
 def _upload(call: Call) -> tuple[int, dict[str, Any]]:
     body = call.json() if call.body.strip() else None
-    return 201, batch.create_upload(call.services, body, batch.owner_of(call.principal))
+    return 201, function_services().jobs.create_upload(body, batch.owner_of(call.principal))
 
 
 def _list(call: Call) -> dict[str, Any]:
-    return batch.list_jobs(call.services, call.args, batch.owner_of(call.principal))
+    return function_services().jobs.list_jobs(call.args, batch.owner_of(call.principal))
 
 
 def _get(call: Call, job_id: str) -> dict[str, Any]:
-    return batch.get_job(call.services, job_id, batch.owner_of(call.principal))
+    return function_services().jobs.get_job(job_id, batch.owner_of(call.principal))
 
 
 def _cancel(call: Call, job_id: str) -> dict[str, Any]:
-    return batch.cancel_job(call.services, job_id, batch.owner_of(call.principal))
+    return function_services().jobs.cancel_job(job_id, batch.owner_of(call.principal))
 
 
 def _health(call: Call) -> tuple[int, dict[str, Any]]:
-    return registry.health(call.services)
+    return function_services().registry.health()
 
 
 ROUTES = Router(
@@ -97,7 +96,8 @@ ROUTES = Router(
             summary="Cancel a batch job",
             responses={200: ("cancelled", s.BATCH_CANCELLED)},
         ),
-    ]
+    ],
+    title="Kinfer batch",
 )
 
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.batch.worker import fail_chunk
-from shared.web.events import serve_event
-from shared.web.runtime import function_services
+from shared.web.dispatch import dispatch
+from shared.web.request import Call
+from shared.web.runtime import event_routes, function_services
+
+
+def _fail(call: Call, event: Any) -> tuple[int, dict[str, Any]]:
+    return function_services().worker.fail_chunk(event)
+
+
+ROUTES = event_routes(_fail)
 
 
 @functions_framework.aio.http
 async def fail_dead_chunk(request: Request) -> Response:
-    return await serve_event(request, function_services(), "batch-deadletter", fail_chunk)
+    return await dispatch(request, ROUTES, function_services(), "batch-deadletter")

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.batch.intake import intake
-from shared.web.events import serve_event
-from shared.web.runtime import function_services
-
-if TYPE_CHECKING:
-    from shared.services import Services
+from shared.web.dispatch import dispatch
+from shared.web.request import Call
+from shared.web.runtime import event_routes, function_services
 
 
-def _intake(services: Services, event: Any) -> tuple[int, dict[str, Any]]:
-    return 202, intake(services, event)
+def _intake(call: Call, event: Any) -> tuple[int, dict[str, Any]]:
+    return 202, function_services().intake.intake(event)
+
+
+ROUTES = event_routes(_intake)
 
 
 @functions_framework.aio.http
 async def intake_batch_request(request: Request) -> Response:
-    return await serve_event(request, function_services(), "batch-intake", _intake)
+    return await dispatch(request, ROUTES, function_services(), "batch-intake")

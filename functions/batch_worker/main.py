@@ -6,15 +6,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.batch.worker import process_chunk
-from shared.web.events import serve_event
-from shared.web.runtime import function_services
+from shared.web.dispatch import dispatch
+from shared.web.request import Call
+from shared.web.runtime import event_routes, function_services
+
+
+def _process(call: Call, event: Any) -> tuple[int, dict[str, Any]]:
+    return function_services().worker.process_chunk(event)
+
+
+ROUTES = event_routes(_process)
 
 
 @functions_framework.aio.http
 async def process_batch_chunk(request: Request) -> Response:
-    return await serve_event(request, function_services(), "batch-worker", process_chunk)
+    return await dispatch(request, ROUTES, function_services(), "batch-worker")

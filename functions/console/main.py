@@ -42,7 +42,7 @@ async def _home(call: Call) -> Response:
 
 
 async def _health(call: Call) -> dict[str, Any]:
-    return {"status": "healthy", "service": call.services.settings.service_name, "files": len(FILES.files())}
+    return {"status": "healthy", "service": function_services().settings.service_name, "files": len(FILES.files())}
 
 
 ROUTES = Router(
@@ -61,7 +61,8 @@ ROUTES = Router(
             responses={**_FILE, 308: ("to /console/", None)},
         ),
         Route("/console/<path:name>", ("GET",), _file, query=(), summary="A file of the console", responses=_FILE),
-    ]
+    ],
+    title="Kinfer console",
 )
 
 

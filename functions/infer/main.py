@@ -15,8 +15,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.inference import health, v2
-from shared.inference.dataplane import run_inference as infer
+from shared.inference import v2
 from shared.inference.waiting import preferred_wait
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
@@ -33,14 +32,14 @@ def _route_key(call: Call) -> str | None:
 
 def _wait(call: Call) -> float:
     """``Prefer: wait=N``: hold the request up to N seconds (at most WAIT_MAX_S) while the backend wakes."""
-    wait = preferred_wait(call.header("prefer"), call.services.settings.wait_max_s)
+    wait = preferred_wait(call.header("prefer"), function_services().settings.wait_max_s)
     if wait:
         call.response_headers["Preference-Applied"] = f"wait={wait:g}"
     return wait
 
 
 async def _infer(call: Call) -> dict[str, Any]:
-    answer = await infer(call.services, call.json(), _route_key(call), _wait(call))
+    answer = await function_services().dataplane.run_inference(call.json(), _route_key(call), _wait(call))
     answer["request_id"] = call.request_id
     answer["trace_id"] = call.trace_id
     call.response_headers["X-Model-Version"] = answer["version"]
@@ -48,21 +47,23 @@ async def _infer(call: Call) -> dict[str, Any]:
 
 
 async def _infer_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
-    answer = await v2.infer_v2(call.services, name, version, call.body, call.header_map, _route_key(call), _wait(call))
+    answer = await function_services().v2.infer_v2(
+        name, version, call.body, call.header_map, _route_key(call), _wait(call)
+    )
     call.response_headers["X-Model-Version"] = answer["model_version"]
     return answer
 
 
 async def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
-    return await v2.model_metadata_v2(call.services, name, version)
+    return await function_services().v2.model_metadata_v2(name, version)
 
 
 async def _ready_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
-    return await v2.model_ready_v2(call.services, name, version)
+    return await function_services().v2.model_ready_v2(name, version)
 
 
 async def _config_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
-    return await v2.model_config_v2(call.services, name, version)
+    return await function_services().v2.model_config_v2(name, version)
 
 
 async def _server_v2(call: Call) -> dict[str, Any]:
@@ -74,11 +75,11 @@ async def _live_v2(call: Call) -> dict[str, Any]:
 
 
 async def _ready(call: Call) -> tuple[int, dict[str, Any]]:
-    return await health.server_ready(call.services)
+    return await function_services().infer_health.server_ready()
 
 
 async def _health(call: Call) -> tuple[int, dict[str, Any]]:
-    return await health.health(call.services)
+    return await function_services().infer_health.health()
 
 
 _OBJECT = {"type": "object"}
@@ -178,7 +179,8 @@ ROUTES = Router(
             )
             for base in (MODEL, VERSION)
         ],
-    ]
+    ],
+    title="Kinfer infer",
 )
 
 

@@ -15,7 +15,6 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import registry
 from shared.access import auth, keys
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
@@ -26,20 +25,20 @@ from shared.web.runtime import function_services
 
 
 def _create(call: Call) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    created = keys.create_from_body(call.services, call.json())
+    created = function_services().keys.create_from_body(call.json())
     return 201, created, {"Location": f"/v1/keys/{created['id']}"}
 
 
 def _list(call: Call) -> dict[str, Any]:
-    return keys.list_page(call.services, call.args)
+    return function_services().keys.list_page(call.args)
 
 
 def _get(call: Call, key_id: str) -> dict[str, Any]:
-    return keys.to_json(keys.get_key(call.services, key_id))
+    return keys.to_json(function_services().keys.get_key(key_id))
 
 
 def _revoke(call: Call, key_id: str) -> dict[str, Any]:
-    return keys.to_json(keys.revoke_key(call.services, key_id))
+    return keys.to_json(function_services().keys.revoke_key(key_id))
 
 
 async def _self(call: Call) -> dict[str, Any]:
@@ -47,7 +46,7 @@ async def _self(call: Call) -> dict[str, Any]:
 
 
 def _health(call: Call) -> tuple[int, dict[str, Any]]:
-    return registry.health(call.services)
+    return function_services().registry.health()
 
 
 ROUTES = Router(
@@ -67,7 +66,8 @@ ROUTES = Router(
         ),
         Route("/v1/keys/<key_id>", ("GET",), _get, scope="admin", query=()),
         Route("/v1/keys/<key_id>", ("DELETE",), _revoke, scope="admin", query=()),
-    ]
+    ],
+    title="Kinfer keys",
 )
 
 

@@ -9,9 +9,7 @@ import functions_framework.aio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from shared import registry
 from shared.errors import InvalidInput
-from shared.lifecycle import aliases, artifacts, versions
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
@@ -21,15 +19,15 @@ from shared.web.runtime import function_services
 
 
 def _create(call: Call) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    model = artifacts.create_model(call.services, call.json())
+    model = function_services().artifacts.create_model(call.json())
     return 201, model, {"Location": f"/v1/models/{model['id']}"}
 
 
 async def _upload(call: Call, model_id: str) -> dict[str, Any]:
-    limit = call.services.settings.max_artifact_bytes
+    limit = function_services().settings.max_artifact_bytes
     sha256 = call.query("sha256") or call.headers.get("x-content-sha256")
     try:
-        return await artifacts.receive_upload(call.services, model_id, call.stream(limit), sha256)
+        return await function_services().artifacts.receive_upload(model_id, call.stream(limit), sha256)
     except ClientDisconnect:
         raise InvalidInput(
             "the upload was interrupted; nothing was installed, PUT the file again", field="body"
@@ -37,16 +35,16 @@ async def _upload(call: Call, model_id: str) -> dict[str, Any]:
 
 
 def _delete(call: Call, model_id: str) -> Response:
-    versions.delete_version(call.services, model_id)
+    function_services().versions.delete_version(model_id)
     return Response(status_code=204)
 
 
 def _put_alias(call: Call, name: str, alias: str) -> dict[str, Any]:
-    return aliases.put_alias(call.services, name, alias, call.json())
+    return function_services().aliases.put_alias(name, alias, call.json())
 
 
 def _delete_alias(call: Call, name: str, alias: str) -> Response:
-    aliases.delete_alias(call.services, name, alias)
+    function_services().aliases.delete_alias(name, alias)
     return Response(status_code=204)
 
 
@@ -56,7 +54,7 @@ ROUTES = Router(
         Route(
             "/health",
             ("GET",),
-            lambda call: registry.health(call.services),
+            lambda call: function_services().registry.health(),
             query=(),
             summary="Health: PostgreSQL and Redis",
             responses=s.HEALTH_ANSWERS,
@@ -74,7 +72,7 @@ ROUTES = Router(
         Route(
             "/v1/models",
             ("GET",),
-            lambda call: registry.list_models(call.services, call.args),
+            lambda call: function_services().registry.list_models(call.args),
             scope="any",
             query=s.MODEL_FILTERS,
             summary="List models, newest first",
@@ -83,7 +81,7 @@ ROUTES = Router(
         Route(
             "/v1/models/by-name/<name>/aliases",
             ("GET",),
-            lambda call, name: aliases.list_aliases(call.services, name),
+            lambda call, name: function_services().aliases.list_aliases(name),
             query=(),
             scope="any",
             summary="A model's aliases",
@@ -92,7 +90,7 @@ ROUTES = Router(
         Route(
             "/v1/models/by-name/<name>/aliases/<alias>",
             ("GET",),
-            lambda call, name, alias: aliases.get_alias(call.services, name, alias),
+            lambda call, name, alias: function_services().aliases.get_alias(name, alias),
             query=(),
             scope="any",
             summary="One alias",
@@ -120,7 +118,7 @@ ROUTES = Router(
         Route(
             "/v1/models/by-name/<name>/aliases/<alias>/rollback",
             ("POST",),
-            lambda call, name, alias: aliases.rollback(call.services, name, alias),
+            lambda call, name, alias: function_services().aliases.rollback(name, alias),
             query=(),
             scope="admin",
             summary="Move an alias back to where it pointed before",
@@ -129,7 +127,7 @@ ROUTES = Router(
         Route(
             "/v1/models/by-name/<name>/<version>",
             ("GET",),
-            lambda call, name, version: registry.get_model_by_name(call.services, name, version),
+            lambda call, name, version: function_services().registry.get_model_by_name(name, version),
             query=(),
             scope="any",
             summary="A model by name and version",
@@ -138,7 +136,7 @@ ROUTES = Router(
         Route(
             "/v1/models/<model_id>",
             ("GET",),
-            lambda call, model_id: registry.get_model(call.services, model_id),
+            lambda call, model_id: function_services().registry.get_model(model_id),
             query=(),
             scope="any",
             summary="A model by id",
@@ -147,7 +145,7 @@ ROUTES = Router(
         Route(
             "/v1/models/<model_id>/status",
             ("GET",),
-            lambda call, model_id: versions.version_status(call.services, model_id),
+            lambda call, model_id: function_services().versions.version_status(model_id),
             query=(),
             scope="any",
             summary="A version's load state on every replica",
@@ -156,7 +154,7 @@ ROUTES = Router(
         Route(
             "/v1/models/<model_id>",
             ("PUT", "PATCH"),
-            lambda call, model_id: artifacts.update_model(call.services, model_id, call.json()),
+            lambda call, model_id: function_services().artifacts.update_model(model_id, call.json()),
             query=(),
             scope="admin",
             summary="Update a model (partial)",
@@ -189,7 +187,8 @@ ROUTES = Router(
             body={"type": "string", "format": "binary"},
             responses={200: ("the model, state pending", s.MODEL)},
         ),
-    ]
+    ],
+    title="Kinfer models",
 )
 
 

@@ -1,6 +1,6 @@
 """Request authorization: API key from the headers, scope check, per-key rate limit.
 
-``authorize(call, scope)`` (async) is called by ``shared.web.dispatch.dispatch`` for routes
+``Authenticator.authorize(call, scope)`` (async) is called by ``shared.web.dispatch.dispatch`` for routes
 with a scope when AUTH_REQUIRED is on. Key lookups (digest -> principal, misses
 included) are cached in-process for AUTH_CACHE_TTL_S (default 5 s), so a revocation
 takes effect within that time on every instance; a miss reads PostgreSQL in a thread,
@@ -27,7 +27,9 @@ from shared.clients.aio import SingleFlight
 from shared.errors import Forbidden, RateLimited, Unauthorized, Unavailable
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.access.keys import KeyStore
+    from shared.access.ratelimit import RateLimiter
+    from shared.settings import Settings
 
 ANY = "any"
 ADMIN = "admin"
@@ -133,92 +135,97 @@ def _principal(record: dict[str, Any] | None) -> Principal | None:
     )
 
 
-def principal_for(services: Services, plaintext: str) -> Principal | None:
-    """The principal of an active key, through the in-process cache; None when unknown or revoked."""
-    digest = keys.hash_key(plaintext)
-    hit, principal = services.key_cache.get(digest)
-    if hit:
-        return principal
-    principal = _principal(keys.authenticate(services, digest))
-    services.key_cache.put(digest, principal)
-    return principal
-
-
-_lookups = SingleFlight()
 # Lookups of keys this process has not seen valid, at once: made-up keys (each a database read) queue
 # here instead of taking the database and the thread pool from the requests of real keys.
 UNKNOWN_LOOKUPS = 2
-_unknown_lookups: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
 
-def _unknown_gate() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    gate = _unknown_lookups.get(loop)
-    if gate is None:
-        for stale in [other for other in _unknown_lookups if other.is_closed()]:
-            _unknown_lookups.pop(stale, None)
-        gate = _unknown_lookups[loop] = asyncio.Semaphore(UNKNOWN_LOOKUPS)
-    return gate
+class Authenticator:
+    """The per-request check: a key's principal (through ``KeyCache``), its scope and its rate limit."""
 
+    def __init__(self, keys: KeyStore, key_cache: KeyCache, rate_limiter: RateLimiter, settings: Settings) -> None:
+        self.keys = keys
+        self.key_cache = key_cache
+        self.rate_limiter = rate_limiter
+        self.settings = settings
+        self._lookups = SingleFlight()
+        self._unknown_lookups: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
-async def principal_for_async(services: Services, plaintext: str) -> Principal | None:
-    """``principal_for`` for the event loop: the key store is read in a thread, once per key however
-    many requests wait; while it is unreachable a key seen valid within AUTH_OUTAGE_TTL_S keeps working."""
-    digest = keys.hash_key(plaintext)
-    cache = services.key_cache
-    hit, principal = cache.get(digest)
-    if hit:
+    def principal_for(self, plaintext: str) -> Principal | None:
+        """The principal of an active key, through the in-process cache; None when unknown or revoked."""
+        digest = keys.hash_key(plaintext)
+        hit, principal = self.key_cache.get(digest)
+        if hit:
+            return principal
+        principal = _principal(self.keys.authenticate(digest))
+        self.key_cache.put(digest, principal)
         return principal
-    if cache.db_down_until > time.monotonic():
-        return _outage(services, digest, None)
 
-    async def lookup() -> Principal | None:
-        if cache.known(digest, services.settings.auth_outage_ttl_s) is not None:  # a key seen valid: at once
-            record = await asyncio.to_thread(keys.authenticate, services, digest)
-        else:
-            async with _unknown_gate():
-                record = await asyncio.to_thread(keys.authenticate, services, digest)
-        found = _principal(record)
-        cache.put(digest, found)
-        return found
+    def _unknown_gate(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        gate = self._unknown_lookups.get(loop)
+        if gate is None:
+            for stale in [other for other in self._unknown_lookups if other.is_closed()]:
+                self._unknown_lookups.pop(stale, None)
+            gate = self._unknown_lookups[loop] = asyncio.Semaphore(UNKNOWN_LOOKUPS)
+        return gate
 
-    try:
-        return await _lookups.run(digest, lookup)
-    except Unavailable as exc:
-        cache.db_down_until = time.monotonic() + OUTAGE_RETRY_S
-        return _outage(services, digest, exc)
+    async def principal_for_async(self, plaintext: str) -> Principal | None:
+        """``principal_for`` for the event loop: the key store is read in a thread, once per key however
+        many requests wait; while it is unreachable a key seen valid within AUTH_OUTAGE_TTL_S keeps working."""
+        digest = keys.hash_key(plaintext)
+        cache = self.key_cache
+        hit, principal = cache.get(digest)
+        if hit:
+            return principal
+        if cache.db_down_until > time.monotonic():
+            return self._outage(digest, None)
 
+        async def lookup() -> Principal | None:
+            if cache.known(digest, self.settings.auth_outage_ttl_s) is not None:  # a key seen valid: at once
+                record = await asyncio.to_thread(self.keys.authenticate, digest)
+            else:
+                async with self._unknown_gate():
+                    record = await asyncio.to_thread(self.keys.authenticate, digest)
+            found = _principal(record)
+            cache.put(digest, found)
+            return found
 
-def _outage(services: Services, digest: str, exc: Unavailable | None) -> Principal | None:
-    """A known key during a key-store outage, else 503 (an unknown key cannot be checked now)."""
-    known = services.key_cache.known(digest, services.settings.auth_outage_ttl_s)
-    if known is not None:
-        services.key_cache.put(digest, known, ttl_s=min(services.key_cache.ttl_s, OUTAGE_RETRY_S))
-        return known
-    raise Unavailable(
-        "API keys cannot be checked right now (the key store is unreachable); retry shortly", retry_after=OUTAGE_RETRY_S
-    ) from exc
+        try:
+            return await self._lookups.run(digest, lookup)
+        except Unavailable as exc:
+            cache.db_down_until = time.monotonic() + OUTAGE_RETRY_S
+            return self._outage(digest, exc)
 
+    def _outage(self, digest: str, exc: Unavailable | None) -> Principal | None:
+        """A known key during a key-store outage, else 503 (an unknown key cannot be checked now)."""
+        known = self.key_cache.known(digest, self.settings.auth_outage_ttl_s)
+        if known is not None:
+            self.key_cache.put(digest, known, ttl_s=min(self.key_cache.ttl_s, OUTAGE_RETRY_S))
+            return known
+        raise Unavailable(
+            "API keys cannot be checked right now (the key store is unreachable); retry shortly",
+            retry_after=OUTAGE_RETRY_S,
+        ) from exc
 
-async def authorize(call: Any, scope: str) -> Principal:
-    """Authenticate the caller, check ``scope``, count the request against the key's rate limit."""
-    services = call.services
-    principal = await principal_for_async(services, key_from_headers(call.header_map))
-    if principal is None:
-        raise Unauthorized("invalid or revoked API key", headers=INVALID)
-    if not principal.allows(scope):
-        raise Forbidden(f"this API key lacks the '{scope}' scope this operation requires")
-    limit = principal.rate_limit_per_minute or services.settings.rate_limit_per_minute
-    decision = await services.rate_limiter.acquire(principal.key_id, limit)
-    headers = decision.headers()
-    if not decision.allowed:
-        raise RateLimited(
-            f"rate limit of {limit} requests per minute exceeded for this API key",
-            retry_after=decision.retry_after,
-            headers=headers,
-        )
-    call.response_headers.update(headers)
-    return principal
+    async def authorize(self, call: Any, scope: str) -> Principal:
+        """Authenticate the caller, check ``scope``, count the request against the key's rate limit."""
+        principal = await self.principal_for_async(key_from_headers(call.header_map))
+        if principal is None:
+            raise Unauthorized("invalid or revoked API key", headers=INVALID)
+        if not principal.allows(scope):
+            raise Forbidden(f"this API key lacks the '{scope}' scope this operation requires")
+        limit = principal.rate_limit_per_minute or self.settings.rate_limit_per_minute
+        decision = await self.rate_limiter.acquire(principal.key_id, limit)
+        headers = decision.headers()
+        if not decision.allowed:
+            raise RateLimited(
+                f"rate limit of {limit} requests per minute exceeded for this API key",
+                retry_after=decision.retry_after,
+                headers=headers,
+            )
+        call.response_headers.update(headers)
+        return principal
 
 
 def describe(principal: Principal | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from shared.clients.schema import api_keys
 from shared.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.clients.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -85,73 +85,12 @@ def _record(row: Any) -> dict[str, Any]:
     return rec
 
 
-def create_key(
-    services: Services, name: str, scopes: str | Iterable[str], rate_limit: int | None = None, secret: str | None = None
-) -> tuple[dict[str, Any], str]:
-    """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored."""
-    scope_list = parse_scopes(scopes)
-    _validate(name, rate_limit, secret)
-    plaintext = secret or new_secret()
-    values = {
-        "id": uuid.uuid4(),
-        "name": name,
-        "key_hash": hash_key(plaintext),
-        "prefix": display_prefix(plaintext),
-        "scopes": scope_list,
-        "rate_limit_per_minute": rate_limit,
-    }
-    with conflict_on("a key with this secret already exists", field="secret"), services.db.begin() as conn:
-        row = conn.execute(api_keys.insert().values(**values).returning(*_public_columns())).one()
-    log.info("api key created: id=%s name=%s scopes=%s", values["id"], name, ",".join(scope_list))
-    return _record(row), plaintext
-
-
-def ensure_key(services: Services, name: str, secret: str, scopes: str | Iterable[str]) -> dict[str, Any]:
-    """Create the fixed key ``secret`` unless it exists (idempotent; a revoked key stays revoked)."""
-    found = find_by_hash(services, hash_key(secret), include_revoked=True)
-    if found is not None:
-        return found
-    try:
-        return create_key(services, name, scopes, secret=secret)[0]
-    except Conflict:  # another process seeded it first
-        return find_by_hash(services, hash_key(secret), include_revoked=True) or {}
-
-
 def _public_columns() -> list[sa.Column[Any]]:
     return [c for c in api_keys.c if c.name != "key_hash"]
 
 
-def find_by_hash(services: Services, key_hash: str, include_revoked: bool = False) -> dict[str, Any] | None:
-    """The key record for a digest (active only unless ``include_revoked``)."""
-    query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash)
-    if not include_revoked:
-        query = query.where(api_keys.c.revoked_at.is_(None))
-    with services.db.begin() as conn:
-        row = conn.execute(query).first()
-    return _record(row) if row is not None else None
-
-
-def authenticate(services: Services, key_hash: str) -> dict[str, Any] | None:
-    """Look up an active key; touch ``last_used_at`` only when it is a minute old (not every request)."""
-    query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
-    with services.db.begin() as conn:
-        row = conn.execute(query).first()
-        if row is not None and _touch_due(row.last_used_at):
-            conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(last_used_at=sa.func.now()))
-    return _record(row) if row is not None else None
-
-
 def _touch_due(last_used: datetime | None) -> bool:
     return last_used is None or (datetime.now(UTC) - last_used).total_seconds() >= LAST_USED_EVERY_S
-
-
-def list_keys(
-    services: Services, *, status: str | None = None, limit: int | None = None, offset: int = 0
-) -> list[dict[str, Any]]:
-    """Keys, oldest first; ``status`` "active" or "revoked" filters."""
-    query = _filtered(sa.select(*_public_columns()), status).order_by(api_keys.c.created_at, api_keys.c.id)
-    with services.db.begin() as conn:
-        return [_record(r) for r in conn.execute(query.limit(limit).offset(offset))]
 
 
 def _filtered(query: Any, status: str | None) -> Any:
@@ -162,37 +101,11 @@ def _filtered(query: Any, status: str | None) -> Any:
     return query
 
 
-def get_key(services: Services, key_id: str) -> dict[str, Any]:
-    kid = _key_id(key_id)
-    with services.db.begin() as conn:
-        row = conn.execute(sa.select(*_public_columns()).where(api_keys.c.id == kid)).first()
-    if row is None:
-        raise NotFound(f"no API key with id {kid}")
-    return _record(row)
-
-
 def _key_id(raw: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(raw))
     except ValueError:
         raise NotFound(f"no API key with id {str(raw)[:64]!r}") from None
-
-
-def revoke_key(services: Services, key_id: str) -> dict[str, Any]:
-    """Mark a key revoked (idempotent: revoking twice keeps the first time); NotFound if unknown."""
-    kid = _key_id(key_id)
-    stmt = (
-        api_keys.update()
-        .where(api_keys.c.id == kid)
-        .values(revoked_at=sa.func.coalesce(api_keys.c.revoked_at, sa.func.now()))
-        .returning(*_public_columns())
-    )
-    with services.db.begin() as conn:
-        row = conn.execute(stmt).first()
-    if row is None:
-        raise NotFound(f"no API key with id {key_id}")
-    log.info("api key revoked: id=%s", kid)
-    return _record(row)
 
 
 # -- the admin API (/v1/keys) ----------------------------------------------------
@@ -216,29 +129,120 @@ def to_json(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def create_from_body(services: Services, body: Any) -> dict[str, Any]:
-    """POST /v1/keys: the new key with its secret in ``key`` (the only time it is shown)."""
-    body = v.require_object(body)
-    v.reject_unknown(body, CREATE_FIELDS)
-    if "name" not in body or "scopes" not in body:
-        missing = "name" if "name" not in body else "scopes"
-        raise InvalidInput(f"{missing} is required", field=missing)
-    scopes = body["scopes"]
-    if not (isinstance(scopes, str) or (isinstance(scopes, list) and all(isinstance(s, str) for s in scopes))):
-        raise InvalidInput('scopes must be a list like ["infer", "batch"]', field="scopes")
-    rate = body.get("rate_limit_per_minute")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
-        raise InvalidInput("rate_limit_per_minute must be an integer or null", field="rate_limit_per_minute")
-    record, plaintext = create_key(services, body["name"], scopes, rate_limit=rate)
-    return {**to_json(record), "key": plaintext}
+class KeyStore:
+    """The ``api_keys`` table: creating, finding, listing and revoking keys, and the admin API's pages."""
 
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-def list_page(services: Services, args: Any) -> dict[str, Any]:
-    """GET /v1/keys: ``{"keys", "total_count", "total", "limit", "offset"}`` (``total`` = ``total_count``)."""
-    limit = v.integer(args.get("limit"), "limit", default=100, lo=1, hi=1000)
-    offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
-    status = v.choice(args["status"], "status", KEY_STATUSES) if args.get("status") else None
-    with services.db.begin() as conn:
-        total = conn.execute(_filtered(sa.select(sa.func.count()).select_from(api_keys), status)).scalar_one()
-    page = list_keys(services, status=status, limit=limit, offset=offset)
-    return {"keys": [to_json(r) for r in page], "total_count": total, "total": total, "limit": limit, "offset": offset}
+    def create_key(
+        self, name: str, scopes: str | Iterable[str], rate_limit: int | None = None, secret: str | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored."""
+        scope_list = parse_scopes(scopes)
+        _validate(name, rate_limit, secret)
+        plaintext = secret or new_secret()
+        values = {
+            "id": uuid.uuid4(),
+            "name": name,
+            "key_hash": hash_key(plaintext),
+            "prefix": display_prefix(plaintext),
+            "scopes": scope_list,
+            "rate_limit_per_minute": rate_limit,
+        }
+        with conflict_on("a key with this secret already exists", field="secret"), self.db.begin() as conn:
+            row = conn.execute(api_keys.insert().values(**values).returning(*_public_columns())).one()
+        log.info("api key created: id=%s name=%s scopes=%s", values["id"], name, ",".join(scope_list))
+        return _record(row), plaintext
+
+    def ensure_key(self, name: str, secret: str, scopes: str | Iterable[str]) -> dict[str, Any]:
+        """Create the fixed key ``secret`` unless it exists (idempotent; a revoked key stays revoked)."""
+        found = self.find_by_hash(hash_key(secret), include_revoked=True)
+        if found is not None:
+            return found
+        try:
+            return self.create_key(name, scopes, secret=secret)[0]
+        except Conflict:  # another process seeded it first
+            return self.find_by_hash(hash_key(secret), include_revoked=True) or {}
+
+    def find_by_hash(self, key_hash: str, include_revoked: bool = False) -> dict[str, Any] | None:
+        """The key record for a digest (active only unless ``include_revoked``)."""
+        query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash)
+        if not include_revoked:
+            query = query.where(api_keys.c.revoked_at.is_(None))
+        with self.db.begin() as conn:
+            row = conn.execute(query).first()
+        return _record(row) if row is not None else None
+
+    def authenticate(self, key_hash: str) -> dict[str, Any] | None:
+        """Look up an active key; touch ``last_used_at`` only when it is a minute old (not every request)."""
+        query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+        with self.db.begin() as conn:
+            row = conn.execute(query).first()
+            if row is not None and _touch_due(row.last_used_at):
+                conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(last_used_at=sa.func.now()))
+        return _record(row) if row is not None else None
+
+    def list_keys(
+        self, *, status: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """Keys, oldest first; ``status`` "active" or "revoked" filters."""
+        query = _filtered(sa.select(*_public_columns()), status).order_by(api_keys.c.created_at, api_keys.c.id)
+        with self.db.begin() as conn:
+            return [_record(r) for r in conn.execute(query.limit(limit).offset(offset))]
+
+    def get_key(self, key_id: str) -> dict[str, Any]:
+        kid = _key_id(key_id)
+        with self.db.begin() as conn:
+            row = conn.execute(sa.select(*_public_columns()).where(api_keys.c.id == kid)).first()
+        if row is None:
+            raise NotFound(f"no API key with id {kid}")
+        return _record(row)
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        """Mark a key revoked (idempotent: revoking twice keeps the first time); NotFound if unknown."""
+        kid = _key_id(key_id)
+        stmt = (
+            api_keys.update()
+            .where(api_keys.c.id == kid)
+            .values(revoked_at=sa.func.coalesce(api_keys.c.revoked_at, sa.func.now()))
+            .returning(*_public_columns())
+        )
+        with self.db.begin() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            raise NotFound(f"no API key with id {key_id}")
+        log.info("api key revoked: id=%s", kid)
+        return _record(row)
+
+    def create_from_body(self, body: Any) -> dict[str, Any]:
+        """POST /v1/keys: the new key with its secret in ``key`` (the only time it is shown)."""
+        body = v.require_object(body)
+        v.reject_unknown(body, CREATE_FIELDS)
+        if "name" not in body or "scopes" not in body:
+            missing = "name" if "name" not in body else "scopes"
+            raise InvalidInput(f"{missing} is required", field=missing)
+        scopes = body["scopes"]
+        if not (isinstance(scopes, str) or (isinstance(scopes, list) and all(isinstance(s, str) for s in scopes))):
+            raise InvalidInput('scopes must be a list like ["infer", "batch"]', field="scopes")
+        rate = body.get("rate_limit_per_minute")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
+            raise InvalidInput("rate_limit_per_minute must be an integer or null", field="rate_limit_per_minute")
+        record, plaintext = self.create_key(body["name"], scopes, rate_limit=rate)
+        return {**to_json(record), "key": plaintext}
+
+    def list_page(self, args: Any) -> dict[str, Any]:
+        """GET /v1/keys: ``{"keys", "total_count", "total", "limit", "offset"}`` (``total`` = ``total_count``)."""
+        limit = v.integer(args.get("limit"), "limit", default=100, lo=1, hi=1000)
+        offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
+        status = v.choice(args["status"], "status", KEY_STATUSES) if args.get("status") else None
+        with self.db.begin() as conn:
+            total = conn.execute(_filtered(sa.select(sa.func.count()).select_from(api_keys), status)).scalar_one()
+        page = self.list_keys(status=status, limit=limit, offset=offset)
+        return {
+            "keys": [to_json(r) for r in page],
+            "total_count": total,
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }

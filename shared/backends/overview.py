@@ -17,11 +17,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from shared.backends import monitor
 from shared.backends.metrics import BUCKETS, read_counters
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.backends.monitor import BackendMonitor
+    from shared.clients.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -32,41 +32,6 @@ MAX_SNAPSHOTS = 120  # ten minutes at one per SNAPSHOT_EVERY_S while someone wat
 MAX_WINDOW_S = 600
 DEFAULT_WINDOW_S = 300
 MIN_SPAN_S = 1.0
-
-
-def overview(services: Services, window_s: float = DEFAULT_WINDOW_S) -> dict[str, Any]:
-    """{"window_s", "backends": [{url, circuit, failures, healthy, last_probe, ..., p50_ms, requests_per_s}]}."""
-    health = monitor.health(services)
-    models = monitor.backend_models(services)
-    counters = _counters(services)
-    now = time.time()
-    base = _baseline(services, now, window_s) if counters is not None else None
-    covered = max(now - base["t"], 1e-3) if base else None
-    rows = []
-    for b in health["backends"]:
-        url = b["url"]
-        row = {
-            "url": url,
-            "circuit": b["circuit"],
-            "failures": b["failures"],
-            "healthy": b["healthy"] if b["last_checked"] else None,
-            "last_probe": b["last_checked"],
-            "probe_ms": b["latency_ms"],
-            "reason": b.get("reason"),
-            "models": models.get(url, []),
-            "requests": counters["requests"].get(url, {}) if counters else {},
-            "p50_ms": None,
-            "requests_per_s": None,
-        }
-        if counters is not None and base is not None and covered:
-            total = sum(counters["requests"].get(url, {}).values())
-            before = sum(base["requests"].get(url, {}).values())
-            row["requests_per_s"] = round(max(0, total - before) / covered, 3)
-            row["p50_ms"] = median_ms(_minus(counters["latency"].get(url, []), base["latency"].get(url, [])))
-        rows.append(row)
-    if counters is not None:
-        _snapshot(services, counters, now)
-    return {"window_s": round(covered, 3) if covered else None, "backends": rows}
 
 
 def redacted(row: dict[str, Any]) -> dict[str, Any]:
@@ -97,52 +62,91 @@ def _minus(now: list[float], before: list[float]) -> list[float]:
     return [max(0.0, n - (before[i] if i < len(before) else 0.0)) for i, n in enumerate(now)]
 
 
-def _counters(services: Services) -> dict[str, Any] | None:
-    """{"requests": {url: {outcome: n}}, "latency": {url: [count per bucket]}} from Redis; None when down."""
-    if not services.cache.available():
-        return None
-    try:
-        requests, latency, _ = read_counters(services.cache.client)
-    except Exception as exc:  # redis errors: the overview still answers breakers and probes
-        log.warning("could not read backend counters: %s", type(exc).__name__)
-        return None
-    by_url: dict[str, dict[str, int]] = {}
-    for field, count in requests.items():
-        url, _, outcome = field.rpartition("|")
-        by_url.setdefault(url, {})[outcome] = count
-    buckets: dict[str, list[float]] = {}
-    for field, value in latency.items():
-        url, _, part = field.rpartition("|")
-        if part.isdigit() and int(part) <= len(BUCKETS):
-            buckets.setdefault(url, [0.0] * (len(BUCKETS) + 1))[int(part)] = value
-    return {"requests": by_url, "latency": buckets}
+class BackendOverview:
+    """The ``GET /v1/backends`` overview: probes and breakers from the monitor, rates from Redis snapshots."""
 
+    def __init__(self, monitor: BackendMonitor, cache: Cache) -> None:
+        self.monitor = monitor
+        self.cache = cache
 
-def _baseline(services: Services, now: float, window_s: float) -> dict[str, Any] | None:
-    """The oldest snapshot within the window (and at least ``MIN_SPAN_S`` old), else the newest one before
-    the window (no one watched since: a longer span, said in ``window_s``), else None."""
-    try:
-        raw = services.cache.client.lrange(SNAPSHOTS_KEY, 0, MAX_SNAPSHOTS - 1)
-    except Exception as exc:  # redis errors
-        log.warning("could not read metric snapshots: %s", type(exc).__name__)
-        return None
-    snapshots = [json.loads(item) for item in raw]  # newest first
-    inside = [s for s in snapshots if now - window_s <= s["t"] <= now - MIN_SPAN_S]
-    if inside:
-        found: dict[str, Any] | None = inside[-1]
-        return found
-    return next((s for s in snapshots if s["t"] < now - window_s), None)
+    def overview(self, window_s: float = DEFAULT_WINDOW_S) -> dict[str, Any]:
+        """{"window_s", "backends": [{url, circuit, failures, healthy, last_probe, ..., p50_ms, requests_per_s}]}."""
+        health = self.monitor.health()
+        models = self.monitor.backend_models()
+        counters = self._counters()
+        now = time.time()
+        base = self._baseline(now, window_s) if counters is not None else None
+        covered = max(now - base["t"], 1e-3) if base else None
+        rows = []
+        for b in health["backends"]:
+            url = b["url"]
+            row = {
+                "url": url,
+                "circuit": b["circuit"],
+                "failures": b["failures"],
+                "healthy": b["healthy"] if b["last_checked"] else None,
+                "last_probe": b["last_checked"],
+                "probe_ms": b["latency_ms"],
+                "reason": b.get("reason"),
+                "models": models.get(url, []),
+                "requests": counters["requests"].get(url, {}) if counters else {},
+                "p50_ms": None,
+                "requests_per_s": None,
+            }
+            if counters is not None and base is not None and covered:
+                total = sum(counters["requests"].get(url, {}).values())
+                before = sum(base["requests"].get(url, {}).values())
+                row["requests_per_s"] = round(max(0, total - before) / covered, 3)
+                row["p50_ms"] = median_ms(_minus(counters["latency"].get(url, []), base["latency"].get(url, [])))
+            rows.append(row)
+        if counters is not None:
+            self._snapshot(counters, now)
+        return {"window_s": round(covered, 3) if covered else None, "backends": rows}
 
+    def _counters(self) -> dict[str, Any] | None:
+        """{"requests": {url: {outcome: n}}, "latency": {url: [count per bucket]}} from Redis; None when down."""
+        if not self.cache.available():
+            return None
+        try:
+            requests, latency, _ = read_counters(self.cache.client)
+        except Exception as exc:  # redis errors: the overview still answers breakers and probes
+            log.warning("could not read backend counters: %s", type(exc).__name__)
+            return None
+        by_url: dict[str, dict[str, int]] = {}
+        for field, count in requests.items():
+            url, _, outcome = field.rpartition("|")
+            by_url.setdefault(url, {})[outcome] = count
+        buckets: dict[str, list[float]] = {}
+        for field, value in latency.items():
+            url, _, part = field.rpartition("|")
+            if part.isdigit() and int(part) <= len(BUCKETS):
+                buckets.setdefault(url, [0.0] * (len(BUCKETS) + 1))[int(part)] = value
+        return {"requests": by_url, "latency": buckets}
 
-def _snapshot(services: Services, counters: dict[str, Any], now: float) -> None:
-    """Keep ``counters`` as a snapshot, at most one per SNAPSHOT_EVERY_S across every process."""
-    try:
-        client = services.cache.client
-        if not client.set(SNAPSHOT_LOCK_KEY, b"1", nx=True, ex=SNAPSHOT_EVERY_S):
-            return
-        pipe = client.pipeline(transaction=False)
-        pipe.lpush(SNAPSHOTS_KEY, json.dumps({"t": now, **counters}))
-        pipe.ltrim(SNAPSHOTS_KEY, 0, MAX_SNAPSHOTS - 1)
-        pipe.execute()
-    except Exception as exc:  # redis errors: no snapshot this time
-        log.warning("could not record a metric snapshot: %s", type(exc).__name__)
+    def _baseline(self, now: float, window_s: float) -> dict[str, Any] | None:
+        """The oldest snapshot within the window (and at least ``MIN_SPAN_S`` old), else the newest one before
+        the window (no one watched since: a longer span, said in ``window_s``), else None."""
+        try:
+            raw = self.cache.client.lrange(SNAPSHOTS_KEY, 0, MAX_SNAPSHOTS - 1)
+        except Exception as exc:  # redis errors
+            log.warning("could not read metric snapshots: %s", type(exc).__name__)
+            return None
+        snapshots = [json.loads(item) for item in raw]  # newest first
+        inside = [s for s in snapshots if now - window_s <= s["t"] <= now - MIN_SPAN_S]
+        if inside:
+            found: dict[str, Any] | None = inside[-1]
+            return found
+        return next((s for s in snapshots if s["t"] < now - window_s), None)
+
+    def _snapshot(self, counters: dict[str, Any], now: float) -> None:
+        """Keep ``counters`` as a snapshot, at most one per SNAPSHOT_EVERY_S across every process."""
+        try:
+            client = self.cache.client
+            if not client.set(SNAPSHOT_LOCK_KEY, b"1", nx=True, ex=SNAPSHOT_EVERY_S):
+                return
+            pipe = client.pipeline(transaction=False)
+            pipe.lpush(SNAPSHOTS_KEY, json.dumps({"t": now, **counters}))
+            pipe.ltrim(SNAPSHOTS_KEY, 0, MAX_SNAPSHOTS - 1)
+            pipe.execute()
+        except Exception as exc:  # redis errors: no snapshot this time
+            log.warning("could not record a metric snapshot: %s", type(exc).__name__)

@@ -8,7 +8,7 @@
   ``incoming/<model>/<version>/<file>.jsonl`` becomes a job over ``s3://bucket/key``
   owned by "anonymous". Other buckets, prefixes and event names are ignored (200).
 
-Each job is created by ``shared.batch.jobs.submit_job``, idempotent on the event's
+Each job is created by ``shared.batch.jobs.BatchJobs.submit_job``, idempotent on the event's
 (source, id) (plus the record number): a redelivered event returns the same job.
 """
 
@@ -23,46 +23,53 @@ from shared.batch.events import REQUEST_EVENT_TYPE
 from shared.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.batch.jobs import BatchJobs
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 INCOMING = "incoming/"
 
 
-def intake(services: Services, event: Any) -> dict[str, Any]:
-    """Create the job(s) an event asks for; ``{"jobs": [...], "ignored": [...]}``."""
-    base_key = f"{event['source']}#{event['id']}"
-    if event["type"] == REQUEST_EVENT_TYPE:
-        return {"jobs": [_request_job(services, event.data, base_key)], "ignored": []}
-    records = _records(event.data)
-    if records is None:
-        raise InvalidInput(
-            f"event type {event['type']!r} is neither {REQUEST_EVENT_TYPE} nor an S3 object-created notification"
-        )
-    jobs, ignored = [], []
-    for number, record in enumerate(records):
-        target = object_target(record, services.settings.s3_input_bucket)
-        if isinstance(target, str):
-            ignored.append(target)
-            continue
-        body = {"model": target[2], "input_url": f"s3://{target[0]}/{target[1]}"}
-        if target[3]:
-            body["version"] = target[3]
-        jobs.append(
-            batch.submit_job(services, body, batch.ANONYMOUS, intake_key=f"{base_key}#{number}", readable=(INCOMING,))
-        )
-    return {"jobs": jobs, "ignored": ignored}
+class BatchIntake:
+    """Owns job creation from events: batch-request CloudEvents and S3 object-created notifications."""
 
+    def __init__(self, jobs: BatchJobs, settings: Settings) -> None:
+        self.jobs = jobs
+        self.settings = settings
 
-def _request_job(services: Services, data: Any, intake_key: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise InvalidInput("batch request event data must be a JSON object (the POST /v1/batch body)")
-    body = dict(data)
-    owner = body.pop("owner", None) or batch.ANONYMOUS
-    if not isinstance(owner, str):
-        raise InvalidInput("owner must be a string", field="owner")
-    return batch.submit_job(services, body, owner, intake_key=intake_key, readable=(INCOMING,))
+    def intake(self, event: Any) -> dict[str, Any]:
+        """Create the job(s) an event asks for; ``{"jobs": [...], "ignored": [...]}``."""
+        base_key = f"{event['source']}#{event['id']}"
+        if event["type"] == REQUEST_EVENT_TYPE:
+            return {"jobs": [self._request_job(event.data, base_key)], "ignored": []}
+        records = _records(event.data)
+        if records is None:
+            raise InvalidInput(
+                f"event type {event['type']!r} is neither {REQUEST_EVENT_TYPE} nor an S3 object-created notification"
+            )
+        jobs, ignored = [], []
+        for number, record in enumerate(records):
+            target = object_target(record, self.settings.s3_input_bucket)
+            if isinstance(target, str):
+                ignored.append(target)
+                continue
+            body = {"model": target[2], "input_url": f"s3://{target[0]}/{target[1]}"}
+            if target[3]:
+                body["version"] = target[3]
+            jobs.append(
+                self.jobs.submit_job(body, batch.ANONYMOUS, intake_key=f"{base_key}#{number}", readable=(INCOMING,))
+            )
+        return {"jobs": jobs, "ignored": ignored}
+
+    def _request_job(self, data: Any, intake_key: str) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise InvalidInput("batch request event data must be a JSON object (the POST /v1/batch body)")
+        body = dict(data)
+        owner = body.pop("owner", None) or batch.ANONYMOUS
+        if not isinstance(owner, str):
+            raise InvalidInput("owner must be a string", field="owner")
+        return self.jobs.submit_job(body, owner, intake_key=intake_key, readable=(INCOMING,))
 
 
 def _records(data: Any) -> list[dict[str, Any]] | None:

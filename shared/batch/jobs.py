@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shared import registry
 from shared import validation as v
 from shared.batch import results, store
 from shared.batch.events import CHUNK_EVENT_TYPE
@@ -27,7 +26,10 @@ from shared.clients import sink, storage
 from shared.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.batch.results import BatchResults
+    from shared.clients.db import Database
+    from shared.registry import ModelRegistry
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,140 +75,14 @@ def readable_input(url: str, input_bucket: str, prefixes: tuple[str, ...]) -> tu
     return bucket, key
 
 
-def create_upload(services: Services, body: Any, owner: str) -> dict[str, Any]:
-    """A presigned PUT URL for a new JSONL object under the owner's prefix, and its ``input_url``."""
-    body = v.require_object(body if body is not None else {})
-    v.reject_unknown(body, ("filename",))
-    filename = v.string(
-        body.get("filename", "inputs.jsonl"),
-        "filename",
-        max_len=128,
-        pattern=UPLOAD_NAME,
-        hint="letters, digits, '.', '_' or '-'",
-    )
-    settings = services.settings
-    services.ensure_batch_buckets()
-    key = f"{upload_prefix(owner)}{uuid.uuid4().hex}/{filename}"
-    expires = settings.result_url_expiry_s
-    url = storage.presign_put(services.s3_presigner, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE)
-    return {
-        "input_url": f"s3://{settings.s3_input_bucket}/{key}",
-        "upload_url": url,
-        "method": "PUT",
-        "headers": {"Content-Type": storage.JSONL_TYPE},
-        "expires_in": expires,
-        "prefix": f"s3://{settings.s3_input_bucket}/{upload_prefix(owner)}",
-    }
-
-
-# -- submit ---------------------------------------------------------------------
-def submit_job(
-    services: Services, body: Any, owner: str, *, intake_key: str | None = None, readable: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Create a job from a POST /v1/batch body; 202-style ``{"id", "job_id", "status", "total"}``.
-
-    ``input_url`` may only name an object under the owner's upload prefix (or under
-    ``readable`` prefixes of the input bucket, which the event intake passes).
-    """
-    body = v.require_object(body)
-    v.reject_unknown(body, SUBMIT_FIELDS)
-    name = v.string(body.get("model"), "model", max_len=128)
-    version = body.get("version")
-    if version is not None:
-        version = v.string(str(version), "version", max_len=32)
-    source = _input_source(body, services.settings, (upload_prefix(owner), *readable))
-    if intake_key is not None:
-        existing = _existing(services, intake_key)
-        if existing is not None:
-            return existing
-    # A version or an alias; a split is sticky per owner. The job keeps the version picked here.
-    model = registry.resolve_model(services, name, version, route_key=owner)
-    if intake_key is None:  # a key's own request (bucket events have no key to bound)
-        _refuse_past_the_keys_share(services, owner, len(body["inputs"]) if "inputs" in body else 0)
-    services.ensure_batch_buckets()
-    if "inputs" in body:
-        created = _submit_inline(services, model, owner, len(body["inputs"]), source, intake_key)
-    else:
-        created = _submit_streamed(services, model, owner, source, body["input_url"], intake_key)
-    if created is None:  # a redelivered intake event: the job exists already
-        return _existing(services, intake_key) or {}
-    log.info(
-        "batch job %s created: %d item(s) in %d chunk(s)", created["id"], created["total"], created["chunks_total"]
-    )
-    return _summary(created["id"], "pending", created["total"])
-
-
-def _refuse_past_the_keys_share(services: Services, owner: str, items: int) -> None:
-    """429 when this key already has BATCH_MAX_ACTIVE_JOBS jobs, or BATCH_MAX_ACTIVE_ITEMS items with this
-    job's, pending or processing: one key's jobs must not hold every worker while another key's wait."""
-    settings = services.settings
-    with services.db.read() as conn:
-        jobs, active = store.active_load(conn, owner)
-    if jobs >= settings.batch_max_active_jobs:
-        raise RateLimited(
-            f"this key has {jobs} batch jobs pending or processing, the most it may have at once "
-            f"(BATCH_MAX_ACTIVE_JOBS); submit more when one ends, or cancel one",
-            retry_after=10,
-        )
-    if active + items > settings.batch_max_active_items:
-        raise RateLimited(
-            f"this key has {active} batch items pending or processing; with this job's {items} that is over "
-            f"{settings.batch_max_active_items} (BATCH_MAX_ACTIVE_ITEMS); submit it when some end",
-            retry_after=10,
-        )
-
-
 def _summary(job_id: Any, status: str, total: int) -> dict[str, Any]:
     """``id`` and ``job_id`` are the same value (``job_id`` kept for existing clients)."""
     return {"id": str(job_id), "job_id": str(job_id), "status": status, "total": total}
 
 
-def _submit_inline(
-    services: Services,
-    model: dict[str, Any],
-    owner: str,
-    total: int,
-    source: Callable[[Any], Iterator[bytes]],
-    intake_key: str | None,
-) -> dict[str, Any] | None:
-    """Known size: insert the job first, then write and emit each chunk in a pipeline (workers start early)."""
-    size = services.settings.batch_chunk_size
-    row = _job_row(services, uuid.uuid4(), model, owner, total, -(-total // size), None, intake_key)
-    with services.db.begin() as conn:
-        created = store.insert_job(conn, row)
-    if created is not None:
-        _queue(services, created, _chunked(source(services), size), write=True)
-    return created
-
-
-def _submit_streamed(
-    services: Services,
-    model: dict[str, Any],
-    owner: str,
-    source: Callable[[Any], Iterator[bytes]],
-    input_url: str,
-    intake_key: str | None,
-) -> dict[str, Any] | None:
-    """Unknown size (input_url): stream the chunks to S3, insert the job, then emit."""
-    job_id = uuid.uuid4()
-    total, chunks = _write_inputs(services, job_id, source)
-    row = _job_row(services, job_id, model, owner, total, chunks, input_url, intake_key)
-    with services.db.begin() as conn:
-        created = store.insert_job(conn, row)
-    if created is None:
-        results.delete_job_objects(services, job_id)
-        return None
-    _queue(services, created, (None for _ in range(chunks)), write=False)
-    return created
-
-
-def _existing(services: Services, intake_key: str | None) -> dict[str, Any] | None:
-    with services.db.begin() as conn:
-        job = store.job_by_intake_key(conn, intake_key) if intake_key else None
-    return None if job is None else _summary(job["id"], job["status"], job["total"])
-
-
-def _input_source(body: dict[str, Any], settings: Any, prefixes: tuple[str, ...]) -> Callable[[Any], Iterator[bytes]]:
+def _input_source(
+    body: dict[str, Any], settings: Any, prefixes: tuple[str, ...]
+) -> Callable[[BatchJobs], Iterator[bytes]]:
     """A reader of encoded input lines, from ``inputs`` or a streamed ``input_url``; 400 when neither or both."""
     has_inputs, has_url = "inputs" in body, "input_url" in body
     max_items = settings.batch_max_items
@@ -216,33 +92,13 @@ def _input_source(body: dict[str, Any], settings: Any, prefixes: tuple[str, ...]
         bucket, key = readable_input(
             v.string(body["input_url"], "input_url", max_len=1024), settings.s3_input_bucket, prefixes
         )
-        return lambda services: _s3_lines(services, bucket, key, max_items)
+        return lambda jobs: jobs._s3_lines(bucket, key, max_items)
     inputs = body["inputs"]
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput('inputs must be a non-empty list of inputs like {"data": [...]}', field="inputs")
     if len(inputs) > max_items:
         raise InvalidInput(f"inputs has {len(inputs)} items; the limit is {max_items}", field="inputs")
-    return lambda services: (orjson.dumps(item) for item in inputs)
-
-
-def _s3_lines(services: Services, bucket: str, key: str, max_items: int) -> Iterator[bytes]:
-    """The non-empty lines of an S3 object, streamed (never the whole object in memory)."""
-    count = 0
-    with storage.translated(f"s3://{bucket}/{key}"):
-        body = services.s3.get_object(Bucket=bucket, Key=key)["Body"]
-        try:
-            for line in body.iter_lines(chunk_size=1024 * 1024):
-                line = line.strip()
-                if not line:
-                    continue
-                count += 1
-                if count > max_items:
-                    raise InvalidInput(
-                        f"input_url has more than {max_items} lines; the limit is {max_items}", field="input_url"
-                    )
-                yield line
-        finally:
-            body.close()
+    return lambda jobs: (orjson.dumps(item) for item in inputs)
 
 
 def _chunked(lines: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
@@ -256,255 +112,403 @@ def _chunked(lines: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
         yield chunk
 
 
-def _write_inputs(services: Services, job_id: uuid.UUID, source: Callable[[Any], Iterator[bytes]]) -> tuple[int, int]:
-    """Write the chunk input objects; (total items, chunks). Nothing is left behind on failure."""
-    bucket, size = services.settings.s3_input_bucket, services.settings.batch_chunk_size
-    total = chunks = 0
-    try:
-        with ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="batch-put") as pool:
-            pending = []
-            for number, chunk in enumerate(_chunked(source(services), size)):
-                data = b"\n".join(chunk) + b"\n"
-                pending.append(
-                    pool.submit(results.put_lines, services, bucket, results.input_key(job_id, number), data)
-                )
-                total, chunks = total + len(chunk), chunks + 1
-                if len(pending) >= 2 * PARALLEL_PUTS:
-                    pending.pop(0).result()
-            for future in pending:
-                future.result()
-    except BaseException:
-        results.delete_job_objects(services, job_id)
-        raise
-    if total == 0:
-        raise InvalidInput("input_url holds no inputs (every line is empty)", field="input_url")
-    return total, chunks
-
-
-def _job_row(
-    services: Services,
-    job_id: uuid.UUID,
-    model: dict[str, Any],
-    owner: str,
-    total: int,
-    chunks: int,
-    input_url: str | None,
-    intake_key: str | None,
-) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "owner": owner[:128],
-        "model_name": model["name"],
-        "model_version": model["version"],
-        "model_id": uuid.UUID(model["id"]),
-        "status": "pending",
-        "total": total,
-        "chunk_size": services.settings.batch_chunk_size,
-        "chunks_total": chunks,
-        "input_url": input_url,
-        "intake_key": intake_key,
-    }
-
-
-def _queue(services: Services, job: dict[str, Any], chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
-    """Write (when ``write``) and emit every chunk, a few in parallel; on lasting failure mark the job
-    failed and raise Unavailable, so no job waits forever for chunks that were never queued."""
-    traceparent = sink.current_traceparent()
-    pending: list[tuple[int, Future[None]]] = []
-    number = -1
-    try:
-        with ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="batch-queue") as pool:
-            for number, lines in enumerate(chunks):
-                pending.append((number, pool.submit(_queue_one, services, job, number, lines, traceparent)))
-                while len(pending) > 2 * PARALLEL_PUTS or (pending and pending[0][1].done()):
-                    number, future = pending.pop(0)
-                    future.result()
-            for _, future in pending:
-                future.result()
-    except Exception as exc:
-        _fail_enqueue(services, job, number, exc)
-        raise Unavailable(
-            f"batch job {job['id']} could not be queued (storage or event sink unavailable at "
-            f"chunk {number} of {job['chunks_total']}); it was marked failed, submit it again",
-            retry_after=5,
-        ) from exc
-
-
-def _queue_one(
-    services: Services, job: dict[str, Any], chunk: int, lines: list[bytes] | None, traceparent: str | None
-) -> None:
-    if lines is not None:
-        results.put_lines(
-            services, services.settings.s3_input_bucket, results.input_key(job["id"], chunk), b"\n".join(lines) + b"\n"
-        )
-    _emit_one(services, job, chunk, traceparent)
-
-
-def emit_chunk(services: Services, job: dict[str, Any], chunk: int) -> None:
-    """Queue (again) the event of one chunk whose input object is already written."""
-    _emit_one(services, job, chunk, None)
-
-
-def _emit_one(services: Services, job: dict[str, Any], chunk: int, traceparent: str | None) -> None:
-    first = chunk * job["chunk_size"]
-    count = min(job["chunk_size"], job["total"] - first)
-    data = {
-        "job_id": str(job["id"]),
-        "chunk": chunk,
-        "start": first,
-        "count": count,
-        "bucket": services.settings.s3_input_bucket,
-        "key": results.input_key(job["id"], chunk),
-        "model": job["model_name"],
-        "version": job["model_version"],
-        "model_id": str(job["model_id"]),
-    }
-    extensions = {"partitionkey": f"{job['id']}-{chunk}"}
-    if traceparent:
-        extensions["traceparent"] = traceparent
-    for attempt in range(EMIT_ATTEMPTS):
-        try:
-            sink.emit(
-                services.settings,
-                type=CHUNK_EVENT_TYPE,
-                source=services.settings.event_source,
-                subject=str(job["id"]),
-                data=data,
-                extensions=extensions,
-                id=f"{job['id']}:{chunk}",
-            )
-            return
-        except Unavailable:
-            if attempt == EMIT_ATTEMPTS - 1:
-                raise
-            time.sleep(EMIT_BACKOFF_S * 2**attempt)
-
-
-def _fail_enqueue(services: Services, job: dict[str, Any], chunk: int, exc: Exception) -> None:
-    log.error(
-        "batch job %s: queueing chunk %d failed (%s); marking the job failed", job["id"], chunk, type(exc).__name__
-    )
-    reason = f"could not queue chunk {chunk} of {job['chunks_total']}: object storage or the event sink is unavailable"
-    with services.db.begin() as conn:
-        store.set_finished(conn, job["id"], "failed", error=reason)
-        store.clear_intake_key(conn, job["id"])  # a redelivered intake event may try again
-    results.delete_job_objects(services, job["id"])
-
-
-# -- read -----------------------------------------------------------------------
-def to_json(services: Services, job: dict[str, Any]) -> dict[str, Any]:
-    """The job status body of GET /v1/batch/{id} (README "Batch jobs")."""
-    total, completed = int(job["total"]), int(job["completed"])
-    finished = job["status"] in store.FINISHED
-    body = {
-        "id": str(job["id"]),
-        "job_id": str(job["id"]),
-        "status": job["status"],
-        "progress": round(completed / total, 6) if total else (1.0 if finished else 0.0),
-        "total": total,
-        "completed": completed,
-        "succeeded": int(job["succeeded"]),
-        "failed": int(job["failed"]),
-        "result_url": _result_url(services, job) if finished else None,
-        "errors": list(job["errors"] or []),
-        "model": job["model_name"],
-        "version": job["model_version"],
-        "created_at": _iso(job["created_at"]),
-        "started_at": _iso(job["started_at"]),
-        "finished_at": _iso(job["finished_at"]),
-    }
-    if job.get("error"):
-        body["error"] = job["error"]
-    if job.get("input_url"):
-        body["input_url"] = job["input_url"]
-    return body
-
-
-def _result_url(services: Services, job: dict[str, Any]) -> str | None:
-    """A presigned URL of the job's results object while that object exists (a lifecycle rule, or a
-    local S3 that lost its data, may have removed it); None otherwise."""
-    if not job["result_key"]:
-        return None
-    try:
-        if not storage.exists(services.s3, services.settings.s3_results_bucket, job["result_key"]):
-            return None
-    except Unavailable:
-        log.warning("batch job %s: object storage unavailable; result_url left out", job["id"])
-        return None
-    return results.presigned_results(services, job["result_key"])
-
-
-def _reaped(services: Services, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``jobs``, with the active ones that stopped progressing failed now (see shared.batch.reaper)."""
-    stall_s = services.settings.batch_stall_timeout_s
-    now = time.time()
-    stale = [j["id"] for j in jobs if j["status"] in store.ACTIVE and now - j["updated_at"].timestamp() > stall_s]
-    if not stale:
-        return jobs
-    with services.db.begin() as conn:
-        failed = {row["id"]: row for row in store.fail_stalled(conn, stall_s, stale)}
-    for job_id in failed:
-        log.warning("batch job %s failed: no progress for %d s", job_id, stall_s)
-    return [failed.get(j["id"], j) for j in jobs]
-
-
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def get_job(services: Services, raw_id: str, owner: str) -> dict[str, Any]:
-    job_id = store.parse_job_id(raw_id)
-    with services.db.begin() as conn:
-        job = store.get_job(conn, job_id, owner)
-    return to_json(services, _reaped(services, [job])[0])
 
 
 LIST_QUERY = ("status", "limit", "offset")
 
 
-def list_jobs(services: Services, args: Any, owner: str) -> dict[str, Any]:
-    """``{"jobs", "total_count", "total", "limit", "offset"}``: ``total_count`` (and, kept for existing
-    clients, ``total``) counts the jobs matching; each job's own ``total`` counts its items."""
-    limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
-    offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
-    status = v.choice(args["status"], "status", store.STATUSES) if args.get("status") else None
-    with services.db.begin() as conn:
-        total, jobs = store.list_jobs(conn, owner, status, limit, offset)
-    jobs = _reaped(services, jobs)
-    return {
-        "jobs": [to_json(services, j) for j in jobs],
-        "total_count": total,
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-    }
+class BatchJobs:
+    """Owns batch jobs: upload grants, submit (chunk inputs and their events), read, list and cancel."""
 
+    def __init__(
+        self,
+        db: Database,
+        s3: Any,
+        s3_presigner: Any,
+        registry: ModelRegistry,
+        results: BatchResults,
+        ensure_buckets: Callable[[], None],
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.s3 = s3
+        self.s3_presigner = s3_presigner
+        self.registry = registry
+        self.results = results
+        self.ensure_buckets = ensure_buckets
+        self.settings = settings
 
-def cancel_job(services: Services, raw_id: str, owner: str) -> dict[str, Any]:
-    """Cancel an active job (409 when finished); the results of chunks already done are kept."""
-    job_id = store.parse_job_id(raw_id)
-    with services.db.begin() as conn:
-        store.get_job(conn, job_id, owner)
-        cancelled = store.set_finished(conn, job_id, "cancelled")
-        # The job may have finished between the read and the update: name the state it is in now.
-        current = None if cancelled is not None else store.job_status(conn, job_id)
-    if cancelled is None:
-        raise Conflict(
-            f"batch job {job_id} is already {current}; only pending or processing jobs can be "
-            f"cancelled (GET /v1/batch/{job_id} shows how it ended)"
+    # -- uploads --------------------------------------------------------------------
+    def create_upload(self, body: Any, owner: str) -> dict[str, Any]:
+        """A presigned PUT URL for a new JSONL object under the owner's prefix, and its ``input_url``."""
+        body = v.require_object(body if body is not None else {})
+        v.reject_unknown(body, ("filename",))
+        filename = v.string(
+            body.get("filename", "inputs.jsonl"),
+            "filename",
+            max_len=128,
+            pattern=UPLOAD_NAME,
+            hint="letters, digits, '.', '_' or '-'",
         )
-    _keep_partial_results(services, job_id)
-    return {"id": str(job_id), "job_id": str(job_id), "status": "cancelled"}
+        settings = self.settings
+        self.ensure_buckets()
+        key = f"{upload_prefix(owner)}{uuid.uuid4().hex}/{filename}"
+        expires = settings.result_url_expiry_s
+        url = storage.presign_put(self.s3_presigner, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE)
+        return {
+            "input_url": f"s3://{settings.s3_input_bucket}/{key}",
+            "upload_url": url,
+            "method": "PUT",
+            "headers": {"Content-Type": storage.JSONL_TYPE},
+            "expires_in": expires,
+            "prefix": f"s3://{settings.s3_input_bucket}/{upload_prefix(owner)}",
+        }
 
+    # -- submit ---------------------------------------------------------------------
+    def submit_job(
+        self, body: Any, owner: str, *, intake_key: str | None = None, readable: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """Create a job from a POST /v1/batch body; 202-style ``{"id", "job_id", "status", "total"}``.
 
-def _keep_partial_results(services: Services, job_id: uuid.UUID) -> None:
-    """Merge the chunks recorded before the cancel (counters no longer move) into the results object."""
-    with services.db.begin() as conn:
-        chunks = store.done_chunks(conn, job_id)
-    try:
-        key = results.merge_chunks(services, job_id, chunks)
-    except (NotFound, Unavailable) as exc:
-        log.warning("batch job %s: partial results not written (%s)", job_id, type(exc).__name__)
-        return
-    with services.db.begin() as conn:
-        store.set_result_key(conn, job_id, key)
+        ``input_url`` may only name an object under the owner's upload prefix (or under
+        ``readable`` prefixes of the input bucket, which the event intake passes).
+        """
+        body = v.require_object(body)
+        v.reject_unknown(body, SUBMIT_FIELDS)
+        name = v.string(body.get("model"), "model", max_len=128)
+        version = body.get("version")
+        if version is not None:
+            version = v.string(str(version), "version", max_len=32)
+        source = _input_source(body, self.settings, (upload_prefix(owner), *readable))
+        if intake_key is not None:
+            existing = self._existing(intake_key)
+            if existing is not None:
+                return existing
+        # A version or an alias; a split is sticky per owner. The job keeps the version picked here.
+        model = self.registry.resolve_model(name, version, route_key=owner)
+        if intake_key is None:  # a key's own request (bucket events have no key to bound)
+            self._refuse_past_the_keys_share(owner, len(body["inputs"]) if "inputs" in body else 0)
+        self.ensure_buckets()
+        if "inputs" in body:
+            created = self._submit_inline(model, owner, len(body["inputs"]), source, intake_key)
+        else:
+            created = self._submit_streamed(model, owner, source, body["input_url"], intake_key)
+        if created is None:  # a redelivered intake event: the job exists already
+            return self._existing(intake_key) or {}
+        log.info(
+            "batch job %s created: %d item(s) in %d chunk(s)", created["id"], created["total"], created["chunks_total"]
+        )
+        return _summary(created["id"], "pending", created["total"])
+
+    def _refuse_past_the_keys_share(self, owner: str, items: int) -> None:
+        """429 when this key already has BATCH_MAX_ACTIVE_JOBS jobs, or BATCH_MAX_ACTIVE_ITEMS items with this
+        job's, pending or processing: one key's jobs must not hold every worker while another key's wait."""
+        settings = self.settings
+        with self.db.read() as conn:
+            jobs, active = store.active_load(conn, owner)
+        if jobs >= settings.batch_max_active_jobs:
+            raise RateLimited(
+                f"this key has {jobs} batch jobs pending or processing, the most it may have at once "
+                f"(BATCH_MAX_ACTIVE_JOBS); submit more when one ends, or cancel one",
+                retry_after=10,
+            )
+        if active + items > settings.batch_max_active_items:
+            raise RateLimited(
+                f"this key has {active} batch items pending or processing; with this job's {items} that is over "
+                f"{settings.batch_max_active_items} (BATCH_MAX_ACTIVE_ITEMS); submit it when some end",
+                retry_after=10,
+            )
+
+    def _submit_inline(
+        self,
+        model: dict[str, Any],
+        owner: str,
+        total: int,
+        source: Callable[[BatchJobs], Iterator[bytes]],
+        intake_key: str | None,
+    ) -> dict[str, Any] | None:
+        """Known size: insert the job first, then write and emit each chunk in a pipeline (workers start early)."""
+        size = self.settings.batch_chunk_size
+        row = self._job_row(uuid.uuid4(), model, owner, total, -(-total // size), None, intake_key)
+        with self.db.begin() as conn:
+            created = store.insert_job(conn, row)
+        if created is not None:
+            self._queue(created, _chunked(source(self), size), write=True)
+        return created
+
+    def _submit_streamed(
+        self,
+        model: dict[str, Any],
+        owner: str,
+        source: Callable[[BatchJobs], Iterator[bytes]],
+        input_url: str,
+        intake_key: str | None,
+    ) -> dict[str, Any] | None:
+        """Unknown size (input_url): stream the chunks to S3, insert the job, then emit."""
+        job_id = uuid.uuid4()
+        total, chunks = self._write_inputs(job_id, source)
+        row = self._job_row(job_id, model, owner, total, chunks, input_url, intake_key)
+        with self.db.begin() as conn:
+            created = store.insert_job(conn, row)
+        if created is None:
+            self.results.delete_job_objects(job_id)
+            return None
+        self._queue(created, (None for _ in range(chunks)), write=False)
+        return created
+
+    def _existing(self, intake_key: str | None) -> dict[str, Any] | None:
+        with self.db.begin() as conn:
+            job = store.job_by_intake_key(conn, intake_key) if intake_key else None
+        return None if job is None else _summary(job["id"], job["status"], job["total"])
+
+    def _s3_lines(self, bucket: str, key: str, max_items: int) -> Iterator[bytes]:
+        """The non-empty lines of an S3 object, streamed (never the whole object in memory)."""
+        count = 0
+        with storage.translated(f"s3://{bucket}/{key}"):
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                for line in body.iter_lines(chunk_size=1024 * 1024):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    count += 1
+                    if count > max_items:
+                        raise InvalidInput(
+                            f"input_url has more than {max_items} lines; the limit is {max_items}", field="input_url"
+                        )
+                    yield line
+            finally:
+                body.close()
+
+    def _write_inputs(self, job_id: uuid.UUID, source: Callable[[BatchJobs], Iterator[bytes]]) -> tuple[int, int]:
+        """Write the chunk input objects; (total items, chunks). Nothing is left behind on failure."""
+        bucket, size = self.settings.s3_input_bucket, self.settings.batch_chunk_size
+        total = chunks = 0
+        try:
+            with ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="batch-put") as pool:
+                pending = []
+                for number, chunk in enumerate(_chunked(source(self), size)):
+                    data = b"\n".join(chunk) + b"\n"
+                    pending.append(pool.submit(self.results.put_lines, bucket, results.input_key(job_id, number), data))
+                    total, chunks = total + len(chunk), chunks + 1
+                    if len(pending) >= 2 * PARALLEL_PUTS:
+                        pending.pop(0).result()
+                for future in pending:
+                    future.result()
+        except BaseException:
+            self.results.delete_job_objects(job_id)
+            raise
+        if total == 0:
+            raise InvalidInput("input_url holds no inputs (every line is empty)", field="input_url")
+        return total, chunks
+
+    def _job_row(
+        self,
+        job_id: uuid.UUID,
+        model: dict[str, Any],
+        owner: str,
+        total: int,
+        chunks: int,
+        input_url: str | None,
+        intake_key: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "id": job_id,
+            "owner": owner[:128],
+            "model_name": model["name"],
+            "model_version": model["version"],
+            "model_id": uuid.UUID(model["id"]),
+            "status": "pending",
+            "total": total,
+            "chunk_size": self.settings.batch_chunk_size,
+            "chunks_total": chunks,
+            "input_url": input_url,
+            "intake_key": intake_key,
+        }
+
+    def _queue(self, job: dict[str, Any], chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
+        """Write (when ``write``) and emit every chunk, a few in parallel; on lasting failure mark the job
+        failed and raise Unavailable, so no job waits forever for chunks that were never queued."""
+        traceparent = sink.current_traceparent()
+        pending: list[tuple[int, Future[None]]] = []
+        number = -1
+        try:
+            with ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="batch-queue") as pool:
+                for number, lines in enumerate(chunks):
+                    pending.append((number, pool.submit(self._queue_one, job, number, lines, traceparent)))
+                    while len(pending) > 2 * PARALLEL_PUTS or (pending and pending[0][1].done()):
+                        number, future = pending.pop(0)
+                        future.result()
+                for _, future in pending:
+                    future.result()
+        except Exception as exc:
+            self._fail_enqueue(job, number, exc)
+            raise Unavailable(
+                f"batch job {job['id']} could not be queued (storage or event sink unavailable at "
+                f"chunk {number} of {job['chunks_total']}); it was marked failed, submit it again",
+                retry_after=5,
+            ) from exc
+
+    def _queue_one(self, job: dict[str, Any], chunk: int, lines: list[bytes] | None, traceparent: str | None) -> None:
+        if lines is not None:
+            self.results.put_lines(
+                self.settings.s3_input_bucket, results.input_key(job["id"], chunk), b"\n".join(lines) + b"\n"
+            )
+        self._emit_one(job, chunk, traceparent)
+
+    def emit_chunk(self, job: dict[str, Any], chunk: int) -> None:
+        """Queue (again) the event of one chunk whose input object is already written."""
+        self._emit_one(job, chunk, None)
+
+    def _emit_one(self, job: dict[str, Any], chunk: int, traceparent: str | None) -> None:
+        first = chunk * job["chunk_size"]
+        count = min(job["chunk_size"], job["total"] - first)
+        data = {
+            "job_id": str(job["id"]),
+            "chunk": chunk,
+            "start": first,
+            "count": count,
+            "bucket": self.settings.s3_input_bucket,
+            "key": results.input_key(job["id"], chunk),
+            "model": job["model_name"],
+            "version": job["model_version"],
+            "model_id": str(job["model_id"]),
+        }
+        extensions = {"partitionkey": f"{job['id']}-{chunk}"}
+        if traceparent:
+            extensions["traceparent"] = traceparent
+        for attempt in range(EMIT_ATTEMPTS):
+            try:
+                sink.emit(
+                    self.settings,
+                    type=CHUNK_EVENT_TYPE,
+                    source=self.settings.event_source,
+                    subject=str(job["id"]),
+                    data=data,
+                    extensions=extensions,
+                    id=f"{job['id']}:{chunk}",
+                )
+                return
+            except Unavailable:
+                if attempt == EMIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(EMIT_BACKOFF_S * 2**attempt)
+
+    def _fail_enqueue(self, job: dict[str, Any], chunk: int, exc: Exception) -> None:
+        log.error(
+            "batch job %s: queueing chunk %d failed (%s); marking the job failed", job["id"], chunk, type(exc).__name__
+        )
+        reason = (
+            f"could not queue chunk {chunk} of {job['chunks_total']}: object storage or the event sink is unavailable"
+        )
+        with self.db.begin() as conn:
+            store.set_finished(conn, job["id"], "failed", error=reason)
+            store.clear_intake_key(conn, job["id"])  # a redelivered intake event may try again
+        self.results.delete_job_objects(job["id"])
+
+    # -- read -----------------------------------------------------------------------
+    def to_json(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job status body of GET /v1/batch/{id} (README "Batch jobs")."""
+        total, completed = int(job["total"]), int(job["completed"])
+        finished = job["status"] in store.FINISHED
+        body = {
+            "id": str(job["id"]),
+            "job_id": str(job["id"]),
+            "status": job["status"],
+            "progress": round(completed / total, 6) if total else (1.0 if finished else 0.0),
+            "total": total,
+            "completed": completed,
+            "succeeded": int(job["succeeded"]),
+            "failed": int(job["failed"]),
+            "result_url": self._result_url(job) if finished else None,
+            "errors": list(job["errors"] or []),
+            "model": job["model_name"],
+            "version": job["model_version"],
+            "created_at": _iso(job["created_at"]),
+            "started_at": _iso(job["started_at"]),
+            "finished_at": _iso(job["finished_at"]),
+        }
+        if job.get("error"):
+            body["error"] = job["error"]
+        if job.get("input_url"):
+            body["input_url"] = job["input_url"]
+        return body
+
+    def _result_url(self, job: dict[str, Any]) -> str | None:
+        """A presigned URL of the job's results object while that object exists (a lifecycle rule, or a
+        local S3 that lost its data, may have removed it); None otherwise."""
+        if not job["result_key"]:
+            return None
+        try:
+            if not storage.exists(self.s3, self.settings.s3_results_bucket, job["result_key"]):
+                return None
+        except Unavailable:
+            log.warning("batch job %s: object storage unavailable; result_url left out", job["id"])
+            return None
+        return self.results.presigned_results(job["result_key"])
+
+    def _reaped(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``jobs``, with the active ones that stopped progressing failed now (see shared.batch.reaper)."""
+        stall_s = self.settings.batch_stall_timeout_s
+        now = time.time()
+        stale = [j["id"] for j in jobs if j["status"] in store.ACTIVE and now - j["updated_at"].timestamp() > stall_s]
+        if not stale:
+            return jobs
+        with self.db.begin() as conn:
+            failed = {row["id"]: row for row in store.fail_stalled(conn, stall_s, stale)}
+        for job_id in failed:
+            log.warning("batch job %s failed: no progress for %d s", job_id, stall_s)
+        return [failed.get(j["id"], j) for j in jobs]
+
+    def get_job(self, raw_id: str, owner: str) -> dict[str, Any]:
+        job_id = store.parse_job_id(raw_id)
+        with self.db.begin() as conn:
+            job = store.get_job(conn, job_id, owner)
+        return self.to_json(self._reaped([job])[0])
+
+    def list_jobs(self, args: Any, owner: str) -> dict[str, Any]:
+        """``{"jobs", "total_count", "total", "limit", "offset"}``: ``total_count`` (and, kept for existing
+        clients, ``total``) counts the jobs matching; each job's own ``total`` counts its items."""
+        limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
+        offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
+        status = v.choice(args["status"], "status", store.STATUSES) if args.get("status") else None
+        with self.db.begin() as conn:
+            total, jobs = store.list_jobs(conn, owner, status, limit, offset)
+        jobs = self._reaped(jobs)
+        return {
+            "jobs": [self.to_json(j) for j in jobs],
+            "total_count": total,
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+
+    def cancel_job(self, raw_id: str, owner: str) -> dict[str, Any]:
+        """Cancel an active job (409 when finished); the results of chunks already done are kept."""
+        job_id = store.parse_job_id(raw_id)
+        with self.db.begin() as conn:
+            store.get_job(conn, job_id, owner)
+            cancelled = store.set_finished(conn, job_id, "cancelled")
+            # The job may have finished between the read and the update: name the state it is in now.
+            current = None if cancelled is not None else store.job_status(conn, job_id)
+        if cancelled is None:
+            raise Conflict(
+                f"batch job {job_id} is already {current}; only pending or processing jobs can be "
+                f"cancelled (GET /v1/batch/{job_id} shows how it ended)"
+            )
+        self._keep_partial_results(job_id)
+        return {"id": str(job_id), "job_id": str(job_id), "status": "cancelled"}
+
+    def _keep_partial_results(self, job_id: uuid.UUID) -> None:
+        """Merge the chunks recorded before the cancel (counters no longer move) into the results object."""
+        with self.db.begin() as conn:
+            chunks = store.done_chunks(conn, job_id)
+        try:
+            key = self.results.merge_chunks(job_id, chunks)
+        except (NotFound, Unavailable) as exc:
+            log.warning("batch job %s: partial results not written (%s)", job_id, type(exc).__name__)
+            return
+        with self.db.begin() as conn:
+            store.set_result_key(conn, job_id, key)

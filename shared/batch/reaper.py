@@ -21,52 +21,57 @@ from shared.batch import results, store
 from shared.clients import storage
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.batch.jobs import BatchJobs
+    from shared.clients.db import Database
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def reap(services: Services) -> list[str]:
-    """Fail every active job that stopped progressing; their ids."""
-    with services.db.begin() as conn:
-        failed = store.fail_stalled(conn, services.settings.batch_stall_timeout_s)
-    return [str(row["id"]) for row in failed]
+class Reaper:
+    """Owns ending the batch jobs that stopped progressing, and their reconcile after a restart."""
 
+    def __init__(self, db: Database, s3: Any, jobs: BatchJobs, settings: Settings) -> None:
+        self.db = db
+        self.s3 = s3
+        self.jobs = jobs
+        self.settings = settings
 
-def reconcile(services: Services) -> dict[str, list[str]]:
-    """Re-queue or fail every active job (see the module docstring); ``{"requeued": [...], "failed": [...]}``."""
-    from shared.batch.jobs import emit_chunk
+    def reap(self) -> list[str]:
+        """Fail every active job that stopped progressing; their ids."""
+        with self.db.begin() as conn:
+            failed = store.fail_stalled(conn, self.settings.batch_stall_timeout_s)
+        return [str(row["id"]) for row in failed]
 
-    outcome: dict[str, list[str]] = {"requeued": [], "failed": []}
-    with services.db.begin() as conn:
-        jobs = store.active_jobs(conn)
-    for job in jobs:
-        with services.db.begin() as conn:
-            done = set(store.done_chunks(conn, job["id"]))
-        missing = [c for c in range(job["chunks_total"]) if c not in done]
-        lost = [c for c in missing if not _input_exists(services, job["id"], c)]
-        if lost:
-            _fail(
-                services,
-                job["id"],
-                f"the inputs of {len(lost)} chunk(s) were lost while the platform was "
-                f"down (chunk {lost[0]} first); submit the job again",
-            )
-            outcome["failed"].append(str(job["id"]))
-            continue
-        for chunk in missing:
-            emit_chunk(services, job, chunk)
-        if missing:
-            outcome["requeued"].append(str(job["id"]))
-            log.info("batch job %s: %d unfinished chunk(s) queued again", job["id"], len(missing))
-    return outcome
+    def reconcile(self) -> dict[str, list[str]]:
+        """Re-queue or fail every active job (see the module docstring); ``{"requeued": [...], "failed": [...]}``."""
+        outcome: dict[str, list[str]] = {"requeued": [], "failed": []}
+        with self.db.begin() as conn:
+            jobs = store.active_jobs(conn)
+        for job in jobs:
+            with self.db.begin() as conn:
+                done = set(store.done_chunks(conn, job["id"]))
+            missing = [c for c in range(job["chunks_total"]) if c not in done]
+            lost = [c for c in missing if not self._input_exists(job["id"], c)]
+            if lost:
+                self._fail(
+                    job["id"],
+                    f"the inputs of {len(lost)} chunk(s) were lost while the platform was "
+                    f"down (chunk {lost[0]} first); submit the job again",
+                )
+                outcome["failed"].append(str(job["id"]))
+                continue
+            for chunk in missing:
+                self.jobs.emit_chunk(job, chunk)
+            if missing:
+                outcome["requeued"].append(str(job["id"]))
+                log.info("batch job %s: %d unfinished chunk(s) queued again", job["id"], len(missing))
+        return outcome
 
+    def _input_exists(self, job_id: uuid.UUID, chunk: int) -> bool:
+        return storage.exists(self.s3, self.settings.s3_input_bucket, results.input_key(job_id, chunk))
 
-def _input_exists(services: Services, job_id: uuid.UUID, chunk: int) -> bool:
-    return storage.exists(services.s3, services.settings.s3_input_bucket, results.input_key(job_id, chunk))
-
-
-def _fail(services: Services, job_id: Any, reason: str) -> None:
-    with services.db.begin() as conn:
-        store.set_finished(conn, job_id, "failed", error=reason)
-    log.warning("batch job %s failed: %s", job_id, reason)
+    def _fail(self, job_id: Any, reason: str) -> None:
+        with self.db.begin() as conn:
+            store.set_finished(conn, job_id, "failed", error=reason)
+        log.warning("batch job %s failed: %s", job_id, reason)

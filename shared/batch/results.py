@@ -22,7 +22,8 @@ import orjson
 from shared.clients import storage
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.settings import Settings
+
 log = logging.getLogger(__name__)
 
 PART_SIZE = 8 * 1024 * 1024  # multipart parts must be >= 5 MiB except the last
@@ -55,46 +56,51 @@ def _line(row: Any) -> bytes:
         return text.encode("utf-8", "backslashreplace")
 
 
-def put_lines(services: Services, bucket: str, key: str, data: bytes) -> None:
-    storage.put_bytes(services.s3, bucket, key, data, storage.JSONL_TYPE)
+class BatchResults:
+    """Owns the batch objects in S3: chunk results, their merge into the job's results, presigned results URLs."""
 
+    def __init__(self, s3: Any, s3_presigner: Any, settings: Settings) -> None:
+        self.s3 = s3
+        self.s3_presigner = s3_presigner
+        self.settings = settings
 
-def merge_chunks(services: Services, job_id: Any, chunks: Iterable[int]) -> str:
-    """Concatenate the results of ``chunks`` (in order) into the job's results object; its key.
+    def put_lines(self, bucket: str, key: str, data: bytes) -> None:
+        storage.put_bytes(self.s3, bucket, key, data, storage.JSONL_TYPE)
 
-    Up to ``MERGE_AHEAD`` chunk objects are read ahead in parallel (in order), so memory stays
-    bounded by a part plus those chunks.
-    """
-    bucket, key = services.settings.s3_results_bucket, results_key(job_id)
-    upload = _Upload(services.s3, bucket, key)
-    try:
-        with ThreadPoolExecutor(MERGE_AHEAD, thread_name_prefix="batch-merge") as pool:
-            ahead: deque[Future[bytes]] = deque()
-            for chunk in chunks:
-                ahead.append(pool.submit(storage.get_bytes, services.s3, bucket, chunk_result_key(job_id, chunk)))
-                if len(ahead) >= MERGE_AHEAD:
+    def merge_chunks(self, job_id: Any, chunks: Iterable[int]) -> str:
+        """Concatenate the results of ``chunks`` (in order) into the job's results object; its key.
+
+        Up to ``MERGE_AHEAD`` chunk objects are read ahead in parallel (in order), so memory stays
+        bounded by a part plus those chunks.
+        """
+        bucket, key = self.settings.s3_results_bucket, results_key(job_id)
+        upload = _Upload(self.s3, bucket, key)
+        try:
+            with ThreadPoolExecutor(MERGE_AHEAD, thread_name_prefix="batch-merge") as pool:
+                ahead: deque[Future[bytes]] = deque()
+                for chunk in chunks:
+                    ahead.append(pool.submit(storage.get_bytes, self.s3, bucket, chunk_result_key(job_id, chunk)))
+                    if len(ahead) >= MERGE_AHEAD:
+                        upload.write(ahead.popleft().result())
+                while ahead:
                     upload.write(ahead.popleft().result())
-            while ahead:
-                upload.write(ahead.popleft().result())
-        upload.close()
-    except BaseException:
-        upload.abort()
-        raise
-    return key
+            upload.close()
+        except BaseException:
+            upload.abort()
+            raise
+        return key
 
+    def presigned_results(self, key: str) -> str:
+        """A GET URL for clients: presigned for S3_PUBLIC_ENDPOINT_URL when set (SigV4 binds the host)."""
+        settings = self.settings
+        return storage.presign_get(self.s3_presigner, settings.s3_results_bucket, key, settings.result_url_expiry_s)
 
-def presigned_results(services: Services, key: str) -> str:
-    """A GET URL for clients: presigned for S3_PUBLIC_ENDPOINT_URL when set (SigV4 binds the host)."""
-    settings = services.settings
-    return storage.presign_get(services.s3_presigner, settings.s3_results_bucket, key, settings.result_url_expiry_s)
-
-
-def delete_job_objects(services: Services, job_id: Any) -> None:
-    """Best-effort removal of a job's chunk inputs (after a failed submit)."""
-    try:
-        storage.delete_prefix(services.s3, services.settings.s3_input_bucket, f"batch-inputs/{job_id}/")
-    except Exception:  # noqa: BLE001 - cleanup must not mask the original failure
-        log.warning("could not delete the inputs of batch job %s", job_id)
+    def delete_job_objects(self, job_id: Any) -> None:
+        """Best-effort removal of a job's chunk inputs (after a failed submit)."""
+        try:
+            storage.delete_prefix(self.s3, self.settings.s3_input_bucket, f"batch-inputs/{job_id}/")
+        except Exception:  # noqa: BLE001 - cleanup must not mask the original failure
+            log.warning("could not delete the inputs of batch job %s", job_id)
 
 
 class _Upload:

@@ -20,14 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shared import registry
 from shared.batch import results, store
 from shared.clients import storage
 from shared.errors import InvalidInput, NotFound, Unprocessable
 from shared.validation import has_duplicate_keys
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.batch.results import BatchResults
+    from shared.clients.db import Database
+    from shared.inference.items import ItemRunner
+    from shared.registry import ModelRegistry
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -71,75 +74,6 @@ class ChunkRef:
 
 class _NotRecorded(Exception):
     """Raised inside the recording transaction to roll it back (duplicate, or job no longer active)."""
-
-
-# -- worker ---------------------------------------------------------------------
-def process_chunk(services: Services, event: Any) -> tuple[int, dict[str, Any]]:
-    """Infer one chunk; (status, body). Retryable failures raise (-> 503/504)."""
-    ref = ChunkRef.from_event(event)
-    job = _claim(services, ref)
-    if isinstance(job, str):
-        return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": job}
-    try:
-        model = registry.get_model(services, str(job["model_id"]))
-    except NotFound:
-        raise Unprocessable(f"the model of batch job {ref.job_id} no longer exists") from None
-    lines = _chunk_lines(services, ref)
-    rows = _infer(services, model, ref, lines)
-    if rows is None:
-        return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": "job cancelled"}
-    return _store(services, ref, rows, "done")
-
-
-def _claim(services: Services, ref: ChunkRef) -> dict[str, Any] | str:
-    """The job row when this chunk should be processed now; else the reason to skip it."""
-    with services.db.begin() as conn:
-        try:
-            job = store.get_job(conn, ref.job_id)
-        except NotFound:
-            raise Unprocessable(f"chunk {ref.chunk} belongs to unknown batch job {ref.job_id}") from None
-        if job["status"] not in store.ACTIVE:
-            return f"job {job['status']}"
-        if store.start_chunk(conn, ref.job_id, ref.chunk) is None:
-            return "chunk already recorded"
-        store.mark_processing(conn, ref.job_id)
-    return job
-
-
-def _chunk_lines(services: Services, ref: ChunkRef) -> list[bytes]:
-    try:
-        data = storage.get_bytes(services.s3, ref.bucket, ref.key)
-    except NotFound:
-        raise Unprocessable(f"chunk input s3://{ref.bucket}/{ref.key} is missing") from None
-    lines = [line for line in data.split(b"\n") if line.strip()]
-    if len(lines) != ref.count:
-        raise Unprocessable(f"chunk input holds {len(lines)} item(s); the event says {ref.count}")
-    return lines
-
-
-def _infer(services: Services, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict[str, Any]] | None:
-    """One result row per line, in order; None when the job was cancelled meanwhile."""
-    from shared.inference.items import infer_items
-
-    rows: list[dict[str, Any]] = []
-    checked = time.monotonic()  # the claim just saw the job active
-    for offset in range(0, len(lines), SUB_BATCH):
-        if offset and time.monotonic() - checked >= CANCEL_CHECK_S:
-            if not _still_active(services, ref.job_id):
-                return None
-            checked = time.monotonic()
-        part = lines[offset : offset + SUB_BATCH]
-        items, bad = _parse(part)
-        inferred = iter(infer_items(services, model, [i for i in items if i is not None]) if bad < len(part) else [])
-        for position, item in enumerate(items):
-            index = ref.start + offset + position
-            rows.append(_row(index, next(inferred) if item is not None else None, part[position]))
-    return rows
-
-
-def _still_active(services: Services, job_id: uuid.UUID) -> bool:
-    with services.db.begin() as conn:
-        return store.job_status(conn, job_id) in store.ACTIVE
 
 
 def _parse(lines: list[bytes]) -> tuple[list[Any | None], int]:
@@ -188,69 +122,6 @@ def _is_json(line: bytes) -> bool:
     return _strict(line) is not None
 
 
-# -- recording and finalization -------------------------------------------------
-def _store(services: Services, ref: ChunkRef, rows: list[dict[str, Any]], status: str) -> tuple[int, dict[str, Any]]:
-    """Write the chunk results, then record the chunk once; the last one finalizes the job."""
-    results.put_lines(
-        services,
-        services.settings.s3_results_bucket,
-        results.chunk_result_key(ref.job_id, ref.chunk),
-        results.encode_lines(rows),
-    )
-    errors = [r for r in rows if "error" in r]
-    counts = store.ChunkCounts(
-        succeeded=len(rows) - len(errors), failed=len(errors), errors=errors[: store.ERROR_SAMPLE]
-    )
-    body = {"job_id": str(ref.job_id), "chunk": ref.chunk, "succeeded": counts.succeeded, "failed": counts.failed}
-    try:
-        with services.db.begin() as conn:
-            job = store.record_chunk(conn, ref.job_id, ref.chunk, status, counts)
-            if job is None:
-                raise _NotRecorded
-            if job["chunks_done"] >= job["chunks_total"]:
-                body["job_status"] = _finalize(services, conn, job)
-    except _NotRecorded:
-        return 200, {**body, "skipped": "chunk already recorded or job no longer active"}
-    return 200, body
-
-
-def _finalize(services: Services, conn: Any, job: dict[str, Any]) -> str:
-    """Merge every chunk's results and finish the job (inside the recording transaction).
-
-    Chunk results that are gone (object storage lost them) fail the job with the reason: redelivery
-    could never bring them back, and the job must not stay ``processing``.
-    """
-    try:
-        key = results.merge_chunks(services, job["id"], range(job["chunks_total"]))
-    except NotFound as exc:
-        reason = f"the results of some chunks are gone ({exc.message}); submit the job again"
-        store.set_finished(conn, job["id"], "failed", error=reason)
-        log.error("batch job %s failed: %s", job["id"], reason)
-        return "failed"
-    status = "failed" if job["succeeded"] == 0 else "completed"
-    store.set_finished(conn, job["id"], status, result_key=key)
-    log.info("batch job %s %s: %d succeeded, %d failed", job["id"], status, job["succeeded"], job["failed"])
-    return status
-
-
-# -- dead letter ----------------------------------------------------------------
-def fail_chunk(services: Services, event: Any) -> tuple[int, dict[str, Any]]:
-    """Mark every item of a chunk whose deliveries ran out as failed, so the job still ends."""
-    try:
-        ref = ChunkRef.from_event(event)
-    except InvalidInput as exc:
-        log.warning("dead letter ignored: %s", exc.message)
-        return 200, {"ignored": exc.message}
-    with services.db.begin() as conn:
-        status = store.job_status(conn, ref.job_id)
-    if status not in store.ACTIVE:
-        return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": f"job {status or 'unknown'}"}
-    reason = dead_reason(event)
-    rows = [{"index": ref.start + i, "error": reason} for i in range(ref.count)]
-    log.warning("batch job %s chunk %d dead-lettered: %s", ref.job_id, ref.chunk, reason)
-    return _store(services, ref, rows, "dead")
-
-
 def dead_reason(event: Any) -> str:
     """A sentence from the knativeerror* extensions (our own JSON error body when there is one)."""
     code = event.get("knativeerrorcode")
@@ -263,3 +134,146 @@ def dead_reason(event: Any) -> str:
             detail = ""
     reason = "chunk delivery failed after all retries" + (f" (last status {code})" if code else " (no response)")
     return f"{reason}: {detail}" if detail else reason
+
+
+class BatchWorker:
+    """Owns chunk processing: claim, infer, record and finalize a chunk, and dead-lettered chunks."""
+
+    def __init__(
+        self,
+        db: Database,
+        s3: Any,
+        registry: ModelRegistry,
+        results: BatchResults,
+        items: ItemRunner,
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.s3 = s3
+        self.registry = registry
+        self.results = results
+        self.items = items
+        self.settings = settings
+
+    # -- worker ---------------------------------------------------------------------
+    def process_chunk(self, event: Any) -> tuple[int, dict[str, Any]]:
+        """Infer one chunk; (status, body). Retryable failures raise (-> 503/504)."""
+        ref = ChunkRef.from_event(event)
+        job = self._claim(ref)
+        if isinstance(job, str):
+            return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": job}
+        try:
+            model = self.registry.get_model(str(job["model_id"]))
+        except NotFound:
+            raise Unprocessable(f"the model of batch job {ref.job_id} no longer exists") from None
+        lines = self._chunk_lines(ref)
+        rows = self._infer(model, ref, lines)
+        if rows is None:
+            return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": "job cancelled"}
+        return self._store(ref, rows, "done")
+
+    def _claim(self, ref: ChunkRef) -> dict[str, Any] | str:
+        """The job row when this chunk should be processed now; else the reason to skip it."""
+        with self.db.begin() as conn:
+            try:
+                job = store.get_job(conn, ref.job_id)
+            except NotFound:
+                raise Unprocessable(f"chunk {ref.chunk} belongs to unknown batch job {ref.job_id}") from None
+            if job["status"] not in store.ACTIVE:
+                return f"job {job['status']}"
+            if store.start_chunk(conn, ref.job_id, ref.chunk) is None:
+                return "chunk already recorded"
+            store.mark_processing(conn, ref.job_id)
+        return job
+
+    def _chunk_lines(self, ref: ChunkRef) -> list[bytes]:
+        try:
+            data = storage.get_bytes(self.s3, ref.bucket, ref.key)
+        except NotFound:
+            raise Unprocessable(f"chunk input s3://{ref.bucket}/{ref.key} is missing") from None
+        lines = [line for line in data.split(b"\n") if line.strip()]
+        if len(lines) != ref.count:
+            raise Unprocessable(f"chunk input holds {len(lines)} item(s); the event says {ref.count}")
+        return lines
+
+    def _infer(self, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict[str, Any]] | None:
+        """One result row per line, in order; None when the job was cancelled meanwhile."""
+        rows: list[dict[str, Any]] = []
+        checked = time.monotonic()  # the claim just saw the job active
+        for offset in range(0, len(lines), SUB_BATCH):
+            if offset and time.monotonic() - checked >= CANCEL_CHECK_S:
+                if not self._still_active(ref.job_id):
+                    return None
+                checked = time.monotonic()
+            part = lines[offset : offset + SUB_BATCH]
+            items, bad = _parse(part)
+            inferred = iter(
+                self.items.infer_items(model, [i for i in items if i is not None]) if bad < len(part) else []
+            )
+            for position, item in enumerate(items):
+                index = ref.start + offset + position
+                rows.append(_row(index, next(inferred) if item is not None else None, part[position]))
+        return rows
+
+    def _still_active(self, job_id: uuid.UUID) -> bool:
+        with self.db.begin() as conn:
+            return store.job_status(conn, job_id) in store.ACTIVE
+
+    # -- recording and finalization -------------------------------------------------
+    def _store(self, ref: ChunkRef, rows: list[dict[str, Any]], status: str) -> tuple[int, dict[str, Any]]:
+        """Write the chunk results, then record the chunk once; the last one finalizes the job."""
+        self.results.put_lines(
+            self.settings.s3_results_bucket,
+            results.chunk_result_key(ref.job_id, ref.chunk),
+            results.encode_lines(rows),
+        )
+        errors = [r for r in rows if "error" in r]
+        counts = store.ChunkCounts(
+            succeeded=len(rows) - len(errors), failed=len(errors), errors=errors[: store.ERROR_SAMPLE]
+        )
+        body = {"job_id": str(ref.job_id), "chunk": ref.chunk, "succeeded": counts.succeeded, "failed": counts.failed}
+        try:
+            with self.db.begin() as conn:
+                job = store.record_chunk(conn, ref.job_id, ref.chunk, status, counts)
+                if job is None:
+                    raise _NotRecorded
+                if job["chunks_done"] >= job["chunks_total"]:
+                    body["job_status"] = self._finalize(conn, job)
+        except _NotRecorded:
+            return 200, {**body, "skipped": "chunk already recorded or job no longer active"}
+        return 200, body
+
+    def _finalize(self, conn: Any, job: dict[str, Any]) -> str:
+        """Merge every chunk's results and finish the job (inside the recording transaction).
+
+        Chunk results that are gone (object storage lost them) fail the job with the reason: redelivery
+        could never bring them back, and the job must not stay ``processing``.
+        """
+        try:
+            key = self.results.merge_chunks(job["id"], range(job["chunks_total"]))
+        except NotFound as exc:
+            reason = f"the results of some chunks are gone ({exc.message}); submit the job again"
+            store.set_finished(conn, job["id"], "failed", error=reason)
+            log.error("batch job %s failed: %s", job["id"], reason)
+            return "failed"
+        status = "failed" if job["succeeded"] == 0 else "completed"
+        store.set_finished(conn, job["id"], status, result_key=key)
+        log.info("batch job %s %s: %d succeeded, %d failed", job["id"], status, job["succeeded"], job["failed"])
+        return status
+
+    # -- dead letter ----------------------------------------------------------------
+    def fail_chunk(self, event: Any) -> tuple[int, dict[str, Any]]:
+        """Mark every item of a chunk whose deliveries ran out as failed, so the job still ends."""
+        try:
+            ref = ChunkRef.from_event(event)
+        except InvalidInput as exc:
+            log.warning("dead letter ignored: %s", exc.message)
+            return 200, {"ignored": exc.message}
+        with self.db.begin() as conn:
+            status = store.job_status(conn, ref.job_id)
+        if status not in store.ACTIVE:
+            return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": f"job {status or 'unknown'}"}
+        reason = dead_reason(event)
+        rows = [{"index": ref.start + i, "error": reason} for i in range(ref.count)]
+        log.warning("batch job %s chunk %d dead-lettered: %s", ref.job_id, ref.chunk, reason)
+        return self._store(ref, rows, "dead")

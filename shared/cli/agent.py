@@ -37,7 +37,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     setup_logging(
         "model-agent" if settings.service_name in ("kinfer", "triton") else settings.service_name, settings.log_level
     )
-    agent = ModelAgent(services)
+    agent = ModelAgent(services.registry, services.replicas, services.cache, services.s3, settings)
     if args.once:
         agent.reconcile_once()
         return 0 if agent.synced else 1

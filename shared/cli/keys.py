@@ -13,7 +13,7 @@ from shared.cli import api, output
 from shared.cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.access.keys import KeyStore
 
 FIELDS = (
     "id",
@@ -143,21 +143,19 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
     services = Services(Settings.from_env())
     try:
-        return _create_first_admin(services, args)
+        return _create_first_admin(services.keys, args)
     finally:
         services.close()
 
 
-def _create_first_admin(services: Services, args: argparse.Namespace) -> int:
-    from shared.access.keys import create_key, list_keys
-
-    admins = [k for k in list_keys(services, status="active") if "admin" in k["scopes"]]
+def _create_first_admin(keys: KeyStore, args: argparse.Namespace) -> int:
+    admins = [k for k in keys.list_keys(status="active") if "admin" in k["scopes"]]
     if admins:
         raise UsageError(
             f"an active admin key exists already ({admins[0]['name']}, {admins[0]['prefix']}...); "
             "create further keys over the API: kinfer keys create --name NAME --scopes ..."
         )
-    record, plaintext = create_key(services, args.name, ["admin"], rate_limit=args.rate_limit)
+    record, plaintext = keys.create_key(args.name, ["admin"], rate_limit=args.rate_limit)
     print(output.describe({**record, "key": plaintext}, ("id", "name", "scopes", "key")))
     print(SHOWN_ONCE, file=sys.stderr)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,102 +24,110 @@ from shared import validation as v
 from shared.backends.triton import ModelInfo
 from shared.errors import InvalidInput, KinferError
 from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of
-from shared.inference.resolve import (
-    backend_label,
-    backend_urls,
-    label,
-    record,
-    resolve_async,
-    triton_model,
-    triton_version,
-)
+from shared.inference.resolve import backend_label, label, triton_model, triton_version
 from shared.inference.waiting import call_waiting
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.backends.balancer import Balancer
+    from shared.backends.coalesce import Coalescer
+    from shared.backends.triton_async import AsyncTriton
+    from shared.inference.resolve import Resolver
+    from shared.settings import Settings
 
 
 _FIELDS = frozenset({"model", "version", "input"})
 
 
-def check_rows(services: Services, rows: int, field: str = "input") -> None:
-    """400 past MAX_INFER_ROWS, naming the limit and the bulk path."""
-    limit = services.settings.max_infer_rows
-    if rows > limit:
-        raise InvalidInput(
-            f"{field} has {rows} rows; one request may carry at most {limit} (MAX_INFER_ROWS); "
-            "send bulk work as a batch job (POST /v1/batch)",
-            field=field,
-        )
+class DataPlane:
+    """Owns POST /v1/infer: resolution, validation, bounds and the Triton calls of the real-time path."""
 
+    def __init__(
+        self,
+        resolver: Resolver,
+        balancer: Balancer,
+        triton_async: AsyncTriton,
+        coalescer: Callable[[], Coalescer],
+        settings: Settings,
+    ) -> None:
+        self.resolver = resolver
+        self.balancer = balancer
+        self.triton_async = triton_async
+        self.coalescer = coalescer
+        self.settings = settings
 
-async def infer_arrays(
-    services: Services,
-    url: str,
-    info: ModelInfo,
-    arrays: Mapping[str, np.ndarray[Any, Any]],
-    rows: int,
-    version: str | None = None,
-    who: str | None = None,
-) -> dict[str, np.ndarray[Any, Any]]:
-    """Run ``rows`` rows on ``url``: one row through the coalescer, more in requests of at most
-    max_batch_size rows sent together (traced when the request is sampled)."""
-    step = info.max_batch_size if info.batched else rows
-    with telemetry.child_span("triton.infer", **{"kinfer.triton_model": info.name, "kinfer.rows": rows}):
-        headers = telemetry.outgoing_headers()
-        if rows <= step:
-            return await services.coalescer().infer(url, info, arrays, headers, version, who)
-        triton = services.triton_async
-        parts = await asyncio.gather(
-            *(
-                triton.infer(url, info, {k: a[lo : lo + step] for k, a in arrays.items()}, headers, version, who)
-                for lo in range(0, rows, step)
+    def check_rows(self, rows: int, field: str = "input") -> None:
+        """400 past MAX_INFER_ROWS, naming the limit and the bulk path."""
+        limit = self.settings.max_infer_rows
+        if rows > limit:
+            raise InvalidInput(
+                f"{field} has {rows} rows; one request may carry at most {limit} (MAX_INFER_ROWS); "
+                "send bulk work as a batch job (POST /v1/batch)",
+                field=field,
             )
-        )
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
+    async def infer_arrays(
+        self,
+        url: str,
+        info: ModelInfo,
+        arrays: Mapping[str, np.ndarray[Any, Any]],
+        rows: int,
+        version: str | None = None,
+        who: str | None = None,
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Run ``rows`` rows on ``url``: one row through the coalescer, more in requests of at most
+        max_batch_size rows sent together (traced when the request is sampled)."""
+        step = info.max_batch_size if info.batched else rows
+        with telemetry.child_span("triton.infer", **{"kinfer.triton_model": info.name, "kinfer.rows": rows}):
+            headers = telemetry.outgoing_headers()
+            if rows <= step:
+                return await self.coalescer().infer(url, info, arrays, headers, version, who)
+            triton = self.triton_async
+            parts = await asyncio.gather(
+                *(
+                    triton.infer(url, info, {k: a[lo : lo + step] for k, a in arrays.items()}, headers, version, who)
+                    for lo in range(0, rows, step)
+                )
+            )
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-async def run_inference(
-    services: Services, body: Any, route_key: str | None = None, wait_s: float = 0.0
-) -> dict[str, Any]:
-    """Validate the request, infer, and answer the /v1/infer response body (sans request_id).
+    async def run_inference(self, body: Any, route_key: str | None = None, wait_s: float = 0.0) -> dict[str, Any]:
+        """Validate the request, infer, and answer the /v1/infer response body (sans request_id).
 
-    ``version`` may name a version or an alias; ``route_key`` keeps a caller on one side of a split;
-    ``wait_s``: how long the caller is held while its backend wakes (``shared.inference.waiting``)."""
-    started = time.perf_counter()
-    body = v.require_object(body)
-    if not body.keys() <= _FIELDS:
-        v.reject_unknown(body, _FIELDS)
-    if body.get("model") in (None, ""):
-        raise InvalidInput("model is required", field="model")
-    name = v.string(body["model"], "model", max_len=128)
-    version = v.string(body["version"], "version", max_len=32) if body.get("version") is not None else None
-    if "input" not in body:
-        raise InvalidInput('input is required: {"data": [...]} or {"<tensor>": [...]}', field="input")
-    model = await resolve_async(services, name, version, route_key)
-    tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
-    max_elements = services.settings.max_infer_elements
+        ``version`` may name a version or an alias; ``route_key`` keeps a caller on one side of a split;
+        ``wait_s``: how long the caller is held while its backend wakes (``shared.inference.waiting``)."""
+        started = time.perf_counter()
+        body = v.require_object(body)
+        if not body.keys() <= _FIELDS:
+            v.reject_unknown(body, _FIELDS)
+        if body.get("model") in (None, ""):
+            raise InvalidInput("model is required", field="model")
+        name = v.string(body["model"], "model", max_len=128)
+        version = v.string(body["version"], "version", max_len=32) if body.get("version") is not None else None
+        if "input" not in body:
+            raise InvalidInput('input is required: {"data": [...]} or {"<tensor>": [...]}', field="input")
+        resolver = self.resolver
+        model = await resolver.resolve_async(name, version, route_key)
+        tm, tv, urls = triton_model(model), triton_version(model), resolver.backend_urls(model)
+        max_elements = self.settings.max_infer_elements
 
-    async def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray[Any, Any]]]:
-        who = backend_label(model, urls, url)
-        info = services.triton_async.cached_info(url, tm, tv) or await services.triton_async.model_info(
-            url, tm, tv, who
-        )
-        parsed = parse_input(info, body["input"], max_elements=max_elements)
-        check_rows(services, parsed.rows)
-        return info, parsed, await infer_arrays(services, url, info, parsed.arrays, parsed.rows, tv, who)
+        async def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray[Any, Any]]]:
+            who = backend_label(model, urls, url)
+            info = self.triton_async.cached_info(url, tm, tv) or await self.triton_async.model_info(url, tm, tv, who)
+            parsed = parse_input(info, body["input"], max_elements=max_elements)
+            self.check_rows(parsed.rows)
+            return info, parsed, await self.infer_arrays(url, info, parsed.arrays, parsed.rows, tv, who)
 
-    try:
-        info, parsed, outputs = await call_waiting(services, urls, attempt, label(model), wait_s)
-    except KinferError as exc:
-        record(services, model, exc.code, started)
-        raise
-    record(services, model, "ok", started)
-    return {
-        "model": model["name"],
-        "version": model["version"],
-        "prediction": prediction_of(info, outputs, parsed.single),
-        "outputs": outputs_json(info, outputs, parsed.single),
-        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-        "timestamp": datetime.now(UTC).isoformat(),
-    }
+        try:
+            info, parsed, outputs = await call_waiting(self.balancer, urls, attempt, label(model), wait_s)
+        except KinferError as exc:
+            resolver.record(model, exc.code, started)
+            raise
+        resolver.record(model, "ok", started)
+        return {
+            "model": model["name"],
+            "version": model["version"],
+            "prediction": prediction_of(info, outputs, parsed.single),
+            "outputs": outputs_json(info, outputs, parsed.single),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "timestamp": datetime.now(UTC).isoformat(),
+        }

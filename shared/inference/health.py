@@ -22,61 +22,83 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import Unavailable
-from shared.inference.resolve import backend_urls
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.backends.balancer import Balancer
+    from shared.clients.aio import SingleFlight
+    from shared.clients.cache import Cache
+    from shared.clients.db import Database
+    from shared.inference.resolve import Resolver
+    from shared.settings import Settings
 
 CHECK_TIMEOUT_S = 0.5
 
 
-async def _check(services: Services, name: str, ping: Callable[[], bool]) -> bool:
-    """``ping()`` in a thread, one at a time per check, answered within CHECK_TIMEOUT_S."""
+class InferenceHealth:
+    """Owns the infer function's health and readiness answers (PostgreSQL, Redis, TRITON_URL's circuit)."""
 
-    async def run() -> bool:
-        return await asyncio.to_thread(ping)
+    def __init__(
+        self,
+        db: Database,
+        cache: Cache,
+        balancer: Balancer,
+        resolver: Resolver,
+        single_flight: SingleFlight,
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.cache = cache
+        self.balancer = balancer
+        self.resolver = resolver
+        self.single_flight = single_flight
+        self.settings = settings
 
-    try:
-        return await asyncio.wait_for(
-            asyncio.shield(services.single_flight.run(("health", name), run)), CHECK_TIMEOUT_S
+    async def _check(self, name: str, ping: Callable[[], bool]) -> bool:
+        """``ping()`` in a thread, one at a time per check, answered within CHECK_TIMEOUT_S."""
+
+        async def run() -> bool:
+            return await asyncio.to_thread(ping)
+
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(self.single_flight.run(("health", name), run)), CHECK_TIMEOUT_S
+            )
+        except TimeoutError:
+            return False
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        db_ok, cache_ok = await asyncio.gather(
+            self._check("database", self.db.ping), self._check("cache", self.cache.ping)
         )
-    except TimeoutError:
-        return False
+        triton = self.resolver.backend_urls({})[0]
+        circuit = (await self.balancer.snapshot_async([triton]))[0].circuit.state
+        checks = {
+            "database": "ok" if db_ok else "unreachable",
+            "cache": "ok" if cache_ok else "unreachable",
+            "triton_circuit": circuit,
+        }
+        status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok or cache_ok else "unhealthy")
+        body: dict[str, Any] = {"status": status, "service": self.settings.service_name, "checks": checks}
+        effects = []
+        if not db_ok:
+            effects.append(
+                "PostgreSQL is unreachable: keys seen recently and warm models are still served; "
+                "new keys are answered 503"
+            )
+        if not cache_ok:
+            effects.append(
+                "Redis is unreachable: the registry is read from PostgreSQL, rate limits and circuit "
+                "breakers are per process"
+            )
+        if circuit == "open":
+            effects.append("the circuit breaker of TRITON_URL is open: its models answer 503 until it recovers")
+        if effects:
+            body["effects"] = effects
+        return (503 if status == "unhealthy" else 200), body
 
-
-async def health(services: Services) -> tuple[int, dict[str, Any]]:
-    db_ok, cache_ok = await asyncio.gather(
-        _check(services, "database", services.db.ping), _check(services, "cache", services.cache.ping)
-    )
-    triton = backend_urls(services, {})[0]
-    circuit = (await services.balancer.snapshot_async([triton]))[0].circuit.state
-    checks = {
-        "database": "ok" if db_ok else "unreachable",
-        "cache": "ok" if cache_ok else "unreachable",
-        "triton_circuit": circuit,
-    }
-    status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok or cache_ok else "unhealthy")
-    body: dict[str, Any] = {"status": status, "service": services.settings.service_name, "checks": checks}
-    effects = []
-    if not db_ok:
-        effects.append(
-            "PostgreSQL is unreachable: keys seen recently and warm models are still served; new keys are answered 503"
-        )
-    if not cache_ok:
-        effects.append(
-            "Redis is unreachable: the registry is read from PostgreSQL, rate limits and circuit "
-            "breakers are per process"
-        )
-    if circuit == "open":
-        effects.append("the circuit breaker of TRITON_URL is open: its models answer 503 until it recovers")
-    if effects:
-        body["effects"] = effects
-    return (503 if status == "unhealthy" else 200), body
-
-
-async def server_ready(services: Services) -> tuple[int, dict[str, Any]]:
-    """GET /v2/health/ready: 200 unless the function is unhealthy (503 with the JSON error body)."""
-    status, body = await health(services)
-    if status != 200:
-        raise Unavailable("not ready: PostgreSQL and Redis are both unreachable", retry_after=5)
-    return 200, {"ready": True, "status": body["status"]}
+    async def server_ready(self) -> tuple[int, dict[str, Any]]:
+        """GET /v2/health/ready: 200 unless the function is unhealthy (503 with the JSON error body)."""
+        status, body = await self.health()
+        if status != 200:
+            raise Unavailable("not ready: PostgreSQL and Redis are both unreachable", retry_after=5)
+        return 200, {"ready": True, "status": body["status"]}

@@ -23,10 +23,13 @@ from shared import telemetry
 from shared.backends.triton import NP_DTYPES, ModelInfo
 from shared.errors import InvalidInput, KinferError
 from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of
-from shared.inference.resolve import backend_label, backend_urls, label, triton_model, triton_version
+from shared.inference.resolve import backend_label, label, triton_model, triton_version
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.backends.balancer import Balancer
+    from shared.backends.metrics import Recorder
+    from shared.backends.triton import TritonPool
+    from shared.inference.resolve import Resolver
 
 IN_FLIGHT = 8
 T = TypeVar("T")
@@ -46,60 +49,6 @@ class _Target:
     model: dict[str, Any]
     urls: list[str]
     version: str | None
-
-
-def triton_call(
-    services: Services,
-    url: str,
-    info: ModelInfo,
-    arrays: Mapping[str, np.ndarray[Any, Any]],
-    rows: int,
-    version: str | None = None,
-    who: str | None = None,
-) -> dict[str, np.ndarray[Any, Any]]:
-    """Run ``rows`` rows on ``url`` in requests of at most max_batch_size rows (traced)."""
-    pool = services.triton
-    step = info.max_batch_size if info.batched else rows
-    parts = []
-    with telemetry.child_span("triton.infer", **{"kinfer.triton_model": info.name, "kinfer.rows": rows}):
-        headers = telemetry.outgoing_headers()
-        for lo in range(0, rows, step):
-            chunk = {k: a[lo : lo + step] for k, a in arrays.items()} if info.batched and rows > step else arrays
-            parts.append(pool.infer(url, info, chunk, headers, version, who))
-            services.recorder.record_rows(url, min(step, rows - lo))
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-
-def infer_items(services: Services, model: dict[str, Any], items: list[Any]) -> list[ItemResult]:
-    """One ItemResult per item, in order; valid items go in batched Triton requests, several at once.
-
-    Raises Unavailable/CircuitOpen/BackendTimeout (retryable) when Triton cannot be used.
-    """
-    target = _Target(model, backend_urls(services, model), triton_version(model))
-    tm = triton_model(model)
-    info = services.balancer.call(
-        target.urls,
-        lambda url: services.triton.model_info(url, tm, target.version, backend_label(model, target.urls, url)),
-        count=False,
-        label=label(model),
-    )
-    uniform = uniform_rows(info, items)
-    if uniform is not None:
-        return _infer_uniform(services, target, info, uniform)
-    results: list[ItemResult | None] = [None] * len(items)
-    parsed: dict[int, Parsed] = {}
-    for i, item in enumerate(items):
-        try:
-            parsed[i] = parse_input(info, item)
-        except InvalidInput as exc:
-            results[i] = ItemResult(None, None, exc.message)
-    calls: list[Callable[[], None]] = [
-        partial(_infer_group, services, target, info, g, parsed, results) for g in _groups(info, parsed)
-    ]
-    _in_parallel(calls)
-    return [r if r is not None else ItemResult(None, None, "not inferred") for r in results]
 
 
 def uniform_rows(info: ModelInfo, items: list[Any]) -> np.ndarray[Any, Any] | None:
@@ -159,45 +108,6 @@ def _in_parallel(calls: list[Callable[[], T]]) -> list[T]:
     return [f.result() for f in futures]
 
 
-def _infer_uniform(
-    services: Services, target: _Target, info: ModelInfo, array: np.ndarray[Any, Any]
-) -> list[ItemResult]:
-    step = info.max_batch_size
-    parts = [array[lo : lo + step] for lo in range(0, array.shape[0], step)]
-
-    def run(part: np.ndarray[Any, Any]) -> list[ItemResult]:
-        try:
-            outputs = services.balancer.call(
-                target.urls,
-                lambda url: triton_call(
-                    services,
-                    url,
-                    info,
-                    {info.inputs[0].name: part},
-                    len(part),
-                    target.version,
-                    backend_label(target.model, target.urls, url),
-                ),
-                label=label(target.model),
-            )
-        except KinferError as exc:
-            if exc.retryable:
-                raise
-            if len(part) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
-                half = len(part) // 2
-                return run(part[:half]) + run(part[half:])
-            return [ItemResult(None, None, exc.message)] * len(part)
-        predictions = prediction_of(info, outputs, single=False)
-        names = list(outputs)
-        per_item = [
-            dict(zip(names, values, strict=True)) for values in zip(*(outputs[n].tolist() for n in names), strict=True)
-        ]
-        return [ItemResult(p, o, None) for p, o in zip(predictions, per_item, strict=True)]
-
-    calls: list[Callable[[], list[ItemResult]]] = [partial(run, p) for p in parts]
-    return [r for done in _in_parallel(calls) for r in done]
-
-
 def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
     """Item indexes packed into requests: same row shape, at most max_batch_size rows (or one item)."""
     if not info.batched:
@@ -219,42 +129,139 @@ def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
     return groups
 
 
-def _infer_group(
-    services: Services,
-    target: _Target,
-    info: ModelInfo,
-    group: list[int],
-    parsed: dict[int, Parsed],
-    results: list[ItemResult | None],
-) -> None:
-    names = [s.name for s in info.inputs]
-    arrays = {
-        n: np.concatenate([parsed[i].arrays[n] for i in group]) if info.batched else parsed[group[0]].arrays[n]
-        for n in names
-    }
-    rows = sum(parsed[i].rows for i in group)
-    try:
-        outputs = services.balancer.call(
+class ItemRunner:
+    """Owns the batch worker's data plane: batch items through the balancer to synchronous Triton clients."""
+
+    def __init__(self, resolver: Resolver, balancer: Balancer, recorder: Recorder, triton: TritonPool) -> None:
+        self.resolver = resolver
+        self.balancer = balancer
+        self.recorder = recorder
+        self.triton = triton
+
+    def triton_call(
+        self,
+        url: str,
+        info: ModelInfo,
+        arrays: Mapping[str, np.ndarray[Any, Any]],
+        rows: int,
+        version: str | None = None,
+        who: str | None = None,
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Run ``rows`` rows on ``url`` in requests of at most max_batch_size rows (traced)."""
+        pool = self.triton
+        step = info.max_batch_size if info.batched else rows
+        parts = []
+        with telemetry.child_span("triton.infer", **{"kinfer.triton_model": info.name, "kinfer.rows": rows}):
+            headers = telemetry.outgoing_headers()
+            for lo in range(0, rows, step):
+                chunk = {k: a[lo : lo + step] for k, a in arrays.items()} if info.batched and rows > step else arrays
+                parts.append(pool.infer(url, info, chunk, headers, version, who))
+                self.recorder.record_rows(url, min(step, rows - lo))
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def infer_items(self, model: dict[str, Any], items: list[Any]) -> list[ItemResult]:
+        """One ItemResult per item, in order; valid items go in batched Triton requests, several at once.
+
+        Raises Unavailable/CircuitOpen/BackendTimeout (retryable) when Triton cannot be used.
+        """
+        target = _Target(model, self.resolver.backend_urls(model), triton_version(model))
+        tm = triton_model(model)
+        info = self.balancer.call(
             target.urls,
-            lambda url: triton_call(
-                services, url, info, arrays, rows, target.version, backend_label(target.model, target.urls, url)
-            ),
-            label=label(target.model),
+            lambda url: self.triton.model_info(url, tm, target.version, backend_label(model, target.urls, url)),
+            count=False,
+            label=label(model),
         )
-    except KinferError as exc:
-        if exc.retryable:
-            raise
-        if len(group) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
-            half = len(group) // 2
-            for part in (group[:half], group[half:]):
-                _infer_group(services, target, info, part, parsed, results)
+        uniform = uniform_rows(info, items)
+        if uniform is not None:
+            return self._infer_uniform(target, info, uniform)
+        results: list[ItemResult | None] = [None] * len(items)
+        parsed: dict[int, Parsed] = {}
+        for i, item in enumerate(items):
+            try:
+                parsed[i] = parse_input(info, item)
+            except InvalidInput as exc:
+                results[i] = ItemResult(None, None, exc.message)
+        calls: list[Callable[[], None]] = [
+            partial(self._infer_group, target, info, g, parsed, results) for g in _groups(info, parsed)
+        ]
+        _in_parallel(calls)
+        return [r if r is not None else ItemResult(None, None, "not inferred") for r in results]
+
+    def _infer_uniform(self, target: _Target, info: ModelInfo, array: np.ndarray[Any, Any]) -> list[ItemResult]:
+        step = info.max_batch_size
+        parts = [array[lo : lo + step] for lo in range(0, array.shape[0], step)]
+
+        def run(part: np.ndarray[Any, Any]) -> list[ItemResult]:
+            try:
+                outputs = self.balancer.call(
+                    target.urls,
+                    lambda url: self.triton_call(
+                        url,
+                        info,
+                        {info.inputs[0].name: part},
+                        len(part),
+                        target.version,
+                        backend_label(target.model, target.urls, url),
+                    ),
+                    label=label(target.model),
+                )
+            except KinferError as exc:
+                if exc.retryable:
+                    raise
+                if len(part) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
+                    half = len(part) // 2
+                    return run(part[:half]) + run(part[half:])
+                return [ItemResult(None, None, exc.message)] * len(part)
+            predictions = prediction_of(info, outputs, single=False)
+            names = list(outputs)
+            per_item = [
+                dict(zip(names, values, strict=True))
+                for values in zip(*(outputs[n].tolist() for n in names), strict=True)
+            ]
+            return [ItemResult(p, o, None) for p, o in zip(predictions, per_item, strict=True)]
+
+        calls: list[Callable[[], list[ItemResult]]] = [partial(run, p) for p in parts]
+        return [r for done in _in_parallel(calls) for r in done]
+
+    def _infer_group(
+        self,
+        target: _Target,
+        info: ModelInfo,
+        group: list[int],
+        parsed: dict[int, Parsed],
+        results: list[ItemResult | None],
+    ) -> None:
+        names = [s.name for s in info.inputs]
+        arrays = {
+            n: np.concatenate([parsed[i].arrays[n] for i in group]) if info.batched else parsed[group[0]].arrays[n]
+            for n in names
+        }
+        rows = sum(parsed[i].rows for i in group)
+        try:
+            outputs = self.balancer.call(
+                target.urls,
+                lambda url: self.triton_call(
+                    url, info, arrays, rows, target.version, backend_label(target.model, target.urls, url)
+                ),
+                label=label(target.model),
+            )
+        except KinferError as exc:
+            if exc.retryable:
+                raise
+            if len(group) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
+                half = len(group) // 2
+                for part in (group[:half], group[half:]):
+                    self._infer_group(target, info, part, parsed, results)
+                return
+            for i in group:
+                results[i] = ItemResult(None, None, exc.message)
             return
+        offset = 0
         for i in group:
-            results[i] = ItemResult(None, None, exc.message)
-        return
-    offset = 0
-    for i in group:
-        p = parsed[i]
-        mine = {k: a[offset : offset + p.rows] for k, a in outputs.items()} if info.batched else outputs
-        offset += p.rows
-        results[i] = ItemResult(prediction_of(info, mine, p.single), outputs_json(info, mine, p.single), None)
+            p = parsed[i]
+            mine = {k: a[offset : offset + p.rows] for k, a in outputs.items()} if info.batched else outputs
+            offset += p.rows
+            results[i] = ItemResult(prediction_of(info, mine, p.single), outputs_json(info, mine, p.single), None)

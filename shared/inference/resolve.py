@@ -27,78 +27,86 @@ from shared.endpoints import resolve as resolve_backend
 from shared.errors import NotFound
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.backends.metrics import Recorder
+    from shared.clients.aio import SingleFlight
+    from shared.registry.reads import RegistryReads
+    from shared.settings import Settings
 
 MODEL_TTL_S = 0.25
 MODEL_STALE_S = 1.0
 MAX_CACHED = 1024
 
 
-def resolve(services: Services, name: str, version: str | None = None, route_key: str | None = None) -> dict[str, Any]:
-    """The model row that serves this caller (synchronous callers: batch), through the MODEL_TTL_S cache."""
-    from shared import registry
+class Resolver:
+    """Owns the in-process cache of resolved models (registry targets) and names a model's backends."""
 
-    key, now = (name, version), time.monotonic()
-    hit = services.resolved_models.get(key)
-    if hit is not None and hit[0] > now:
-        return registry.pick(hit[1], route_key)
-    with telemetry.child_span("registry.resolve", **{"kinfer.model": name}):
-        target = registry.resolve_target(services, name, version)
-    _keep(services, key, target)
-    return registry.pick(target, route_key)
+    def __init__(
+        self, registry: RegistryReads, version_recorder: Recorder, single_flight: SingleFlight, settings: Settings
+    ) -> None:
+        self.registry = registry
+        self.version_recorder = version_recorder
+        self.single_flight = single_flight
+        self.settings = settings
+        self._models: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
 
+    def resolve(self, name: str, version: str | None = None, route_key: str | None = None) -> dict[str, Any]:
+        """The model row that serves this caller (synchronous callers: batch), through the MODEL_TTL_S cache."""
+        from shared import registry
 
-async def resolve_async(
-    services: Services, name: str, version: str | None = None, route_key: str | None = None
-) -> dict[str, Any]:
-    """The model row that serves this caller (404 when unknown or not servable), from the cache when warm:
-    ``version`` names a version or an alias; ``route_key`` keeps a caller on one side of a split."""
-    from shared import registry
-
-    key, now = (name, version), time.monotonic()
-    hit = services.resolved_models.get(key)
-    if hit is not None:
-        if hit[0] > now:
+        key, now = (name, version), time.monotonic()
+        hit = self._models.get(key)
+        if hit is not None and hit[0] > now:
             return registry.pick(hit[1], route_key)
-        if hit[0] + MODEL_STALE_S > now:
-            spawn(services.single_flight.run(("model", key), lambda: _read(services, key)), "model refresh")
-            return registry.pick(hit[1], route_key)
-    target = await services.single_flight.run(("model", key), lambda: _read(services, key))
-    return registry.pick(target, route_key)
+        with telemetry.child_span("registry.resolve", **{"kinfer.model": name}):
+            target = self.registry.resolve_target(name, version)
+        self._keep(key, target)
+        return registry.pick(target, route_key)
 
+    async def resolve_async(
+        self, name: str, version: str | None = None, route_key: str | None = None
+    ) -> dict[str, Any]:
+        """The model row that serves this caller (404 when unknown or not servable), from the cache when warm:
+        ``version`` names a version or an alias; ``route_key`` keeps a caller on one side of a split."""
+        from shared import registry
 
-async def _read(services: Services, key: tuple[str, str | None]) -> dict[str, Any]:
-    from shared import registry
+        key, now = (name, version), time.monotonic()
+        hit = self._models.get(key)
+        if hit is not None:
+            if hit[0] > now:
+                return registry.pick(hit[1], route_key)
+            if hit[0] + MODEL_STALE_S > now:
+                spawn(self.single_flight.run(("model", key), lambda: self._read(key)), "model refresh")
+                return registry.pick(hit[1], route_key)
+        target = await self.single_flight.run(("model", key), lambda: self._read(key))
+        return registry.pick(target, route_key)
 
-    try:
-        with telemetry.child_span("registry.resolve", **{"kinfer.model": key[0]}):
-            target = await asyncio.to_thread(registry.resolve_target, services, *key)
-    except NotFound:
-        services.resolved_models.pop(key, None)
-        raise
-    _keep(services, key, target)
-    return target
+    async def _read(self, key: tuple[str, str | None]) -> dict[str, Any]:
+        try:
+            with telemetry.child_span("registry.resolve", **{"kinfer.model": key[0]}):
+                target = await asyncio.to_thread(self.registry.resolve_target, *key)
+        except NotFound:
+            self._models.pop(key, None)
+            raise
+        self._keep(key, target)
+        return target
 
+    def _keep(self, key: tuple[str, str | None], target: dict[str, Any]) -> None:
+        models = self._models
+        if len(models) >= MAX_CACHED and key not in models:
+            models.clear()
+        models[key] = (time.monotonic() + MODEL_TTL_S, target)
 
-def _keep(services: Services, key: tuple[str, str | None], target: dict[str, Any]) -> None:
-    models = services.resolved_models
-    if len(models) >= MAX_CACHED and key not in models:
-        models.clear()
-    models[key] = (time.monotonic() + MODEL_TTL_S, target)
+    def record(self, model: Mapping[str, Any], outcome: str, started: float) -> None:
+        """Count one answer of ``model`` (its registry version) for ``/metrics`` (an in-process tally)."""
+        from shared.lifecycle.metrics import record as record_version
 
+        record_version(self.version_recorder, model["name"], model["version"], outcome, time.perf_counter() - started)
 
-def record(services: Services, model: Mapping[str, Any], outcome: str, started: float) -> None:
-    """Count one answer of ``model`` (its registry version) for ``/metrics`` (an in-process tally)."""
-    from shared.lifecycle.metrics import record as record_version
-
-    record_version(services.version_recorder, model["name"], model["version"], outcome, time.perf_counter() - started)
-
-
-def backend_urls(services: Services, model: Mapping[str, Any]) -> list[str]:
-    """The model's backends in host:port form (TRITON_URL when it names none)."""
-    own = services.settings.triton_url
-    urls = model.get("backend_urls") or ([model["backend_url"]] if model.get("backend_url") else [own])
-    return list(dict.fromkeys(resolve_backend(u, own) for u in urls))
+    def backend_urls(self, model: Mapping[str, Any]) -> list[str]:
+        """The model's backends in host:port form (TRITON_URL when it names none)."""
+        own = self.settings.triton_url
+        urls = model.get("backend_urls") or ([model["backend_url"]] if model.get("backend_url") else [own])
+        return list(dict.fromkeys(resolve_backend(u, own) for u in urls))
 
 
 def triton_model(model: Mapping[str, Any]) -> str:

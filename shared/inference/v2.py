@@ -23,20 +23,15 @@ from shared import validation as v
 from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
 from shared.errors import InvalidInput, KinferError, Unavailable, UnsupportedMediaType
 from shared.inference.codec import cast_numbers, check_finite, dims_match, too_many_elements
-from shared.inference.dataplane import check_rows, infer_arrays
-from shared.inference.resolve import (
-    backend_label,
-    backend_urls,
-    label,
-    record,
-    resolve_async,
-    triton_model,
-    triton_version,
-)
+from shared.inference.resolve import backend_label, label, triton_model, triton_version
 from shared.inference.waiting import call_waiting
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.backends.balancer import Balancer
+    from shared.backends.triton_async import AsyncTriton
+    from shared.inference.dataplane import DataPlane
+    from shared.inference.resolve import Resolver
+    from shared.settings import Settings
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "kinfer"
@@ -131,57 +126,6 @@ def parse_request(request: dict[str, Any]) -> tuple[list[dict[str, Any]], list[s
     return inputs, names
 
 
-async def infer_v2(
-    services: Services,
-    name: str,
-    version: str | None,
-    raw: bytes,
-    headers: Mapping[str, str],
-    route_key: str | None = None,
-    wait_s: float = 0.0,
-) -> dict[str, Any]:
-    """Run one v2 inference request; the v2 response body (``model_version``: the version that answered).
-
-    The version segment may name a registry version or an alias."""
-    started = time.perf_counter()
-    request, binary = split_body(raw, headers)
-    inputs, asked = parse_request(request)
-    model = await resolve_async(services, name, version, route_key)
-    tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
-
-    async def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray[Any, Any]]]:
-        who = backend_label(model, urls, url)
-        info = services.triton_async.cached_info(url, tm, tv) or await services.triton_async.model_info(
-            url, tm, tv, who
-        )
-        arrays, rows = v2_arrays(info, inputs, binary, services.settings.max_infer_elements)
-        check_rows(services, rows, "inputs")
-        return info, await infer_arrays(services, url, info, arrays, rows, tv, who)
-
-    try:
-        info, outputs = await call_waiting(services, urls, attempt, label(model), wait_s)
-    except KinferError as exc:
-        record(services, model, exc.code, started)
-        raise
-    record(services, model, "ok", started)
-    wanted = _requested(info, asked)
-    return {
-        "model_name": model["name"],
-        "model_version": model["version"],
-        "id": request.get("id", ""),
-        "outputs": [
-            {
-                "name": s.name,
-                "datatype": s.datatype,
-                "shape": list(outputs[s.name].shape),
-                "data": outputs[s.name].reshape(-1).tolist(),
-            }
-            for s in info.outputs
-            if s.name in wanted
-        ],
-    }
-
-
 def _requested(info: ModelInfo, asked: list[str] | None) -> set[str]:
     names = {s.name for s in info.outputs}
     if asked is None:
@@ -271,52 +215,115 @@ def _one(
     return cast_numbers(values, dtype, spec.datatype, field, expected).reshape(shape), offset
 
 
-# -- metadata, readiness, configuration ------------------------------------------------------
-async def model_metadata_v2(services: Services, name: str, version: str | None) -> dict[str, Any]:
-    """GET /v2/models/{name}[/versions/{v}]: the v2 model metadata response."""
-    model, info = await _model_info(services, name, version)
-    lead = [-1] if info.batched else []
-    return {
-        "name": model["name"],
-        "versions": [model["version"]],
-        "platform": "kinfer",
-        "inputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.inputs],
-        "outputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.outputs],
-    }
+class V2Protocol:
+    """Owns the KServe v2 model endpoints: inference, metadata, readiness and configuration."""
 
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        resolver: Resolver,
+        balancer: Balancer,
+        triton_async: AsyncTriton,
+        settings: Settings,
+    ) -> None:
+        self.dataplane = dataplane
+        self.resolver = resolver
+        self.balancer = balancer
+        self.triton_async = triton_async
+        self.settings = settings
 
-async def _model_info(services: Services, name: str, version: str | None) -> tuple[dict[str, Any], ModelInfo]:
-    model = await resolve_async(services, name, version)
-    tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
-    info = await services.balancer.call_async(
-        urls,
-        lambda url: services.triton_async.model_info(url, tm, tv, backend_label(model, urls, url)),
-        count=False,
-        label=label(model),
-    )
-    return model, info
+    async def infer_v2(
+        self,
+        name: str,
+        version: str | None,
+        raw: bytes,
+        headers: Mapping[str, str],
+        route_key: str | None = None,
+        wait_s: float = 0.0,
+    ) -> dict[str, Any]:
+        """Run one v2 inference request; the v2 response body (``model_version``: the version that answered).
 
+        The version segment may name a registry version or an alias."""
+        started = time.perf_counter()
+        request, binary = split_body(raw, headers)
+        inputs, asked = parse_request(request)
+        resolver, dataplane = self.resolver, self.dataplane
+        model = await resolver.resolve_async(name, version, route_key)
+        tm, tv, urls = triton_model(model), triton_version(model), resolver.backend_urls(model)
 
-async def model_ready_v2(services: Services, name: str, version: str | None) -> dict[str, Any]:
-    """GET /v2/models/{name}[/versions/{v}]/ready: 200 when a backend has the model ready, else 503."""
-    model = await resolve_async(services, name, version)
-    tm, tv = triton_model(model), triton_version(model)
-    for backend in await services.balancer.snapshot_async(backend_urls(services, model)):
-        if services.balancer.breakers.allows(backend.circuit) and await services.triton_async.model_ready(
-            backend.url, tm, tv
-        ):
-            return {"name": model["name"], "versions": [model["version"]], "ready": True}
-    raise Unavailable(f"{label(model)} is not ready on any of its Triton backends", retry_after=1)
+        async def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray[Any, Any]]]:
+            who = backend_label(model, urls, url)
+            info = self.triton_async.cached_info(url, tm, tv) or await self.triton_async.model_info(url, tm, tv, who)
+            arrays, rows = v2_arrays(info, inputs, binary, self.settings.max_infer_elements)
+            dataplane.check_rows(rows, "inputs")
+            return info, await dataplane.infer_arrays(url, info, arrays, rows, tv, who)
 
+        try:
+            info, outputs = await call_waiting(self.balancer, urls, attempt, label(model), wait_s)
+        except KinferError as exc:
+            resolver.record(model, exc.code, started)
+            raise
+        resolver.record(model, "ok", started)
+        wanted = _requested(info, asked)
+        return {
+            "model_name": model["name"],
+            "model_version": model["version"],
+            "id": request.get("id", ""),
+            "outputs": [
+                {
+                    "name": s.name,
+                    "datatype": s.datatype,
+                    "shape": list(outputs[s.name].shape),
+                    "data": outputs[s.name].reshape(-1).tolist(),
+                }
+                for s in info.outputs
+                if s.name in wanted
+            ],
+        }
 
-async def model_config_v2(services: Services, name: str, version: str | None) -> dict[str, Any]:
-    """GET /v2/models/{name}[/versions/{v}]/config: Triton's model configuration, under the registry name."""
-    model = await resolve_async(services, name, version)
-    tm, tv, urls = triton_model(model), triton_version(model), backend_urls(services, model)
-    config = await services.balancer.call_async(
-        urls,
-        lambda url: services.triton_async.model_config(url, tm, tv, backend_label(model, urls, url)),
-        count=False,
-        label=label(model),
-    )
-    return {**config, "name": model["name"]}
+    # -- metadata, readiness, configuration ------------------------------------------------------
+    async def model_metadata_v2(self, name: str, version: str | None) -> dict[str, Any]:
+        """GET /v2/models/{name}[/versions/{v}]: the v2 model metadata response."""
+        model, info = await self._model_info(name, version)
+        lead = [-1] if info.batched else []
+        return {
+            "name": model["name"],
+            "versions": [model["version"]],
+            "platform": "kinfer",
+            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.inputs],
+            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.outputs],
+        }
+
+    async def _model_info(self, name: str, version: str | None) -> tuple[dict[str, Any], ModelInfo]:
+        model = await self.resolver.resolve_async(name, version)
+        tm, tv, urls = triton_model(model), triton_version(model), self.resolver.backend_urls(model)
+        info = await self.balancer.call_async(
+            urls,
+            lambda url: self.triton_async.model_info(url, tm, tv, backend_label(model, urls, url)),
+            count=False,
+            label=label(model),
+        )
+        return model, info
+
+    async def model_ready_v2(self, name: str, version: str | None) -> dict[str, Any]:
+        """GET /v2/models/{name}[/versions/{v}]/ready: 200 when a backend has the model ready, else 503."""
+        model = await self.resolver.resolve_async(name, version)
+        tm, tv = triton_model(model), triton_version(model)
+        for backend in await self.balancer.snapshot_async(self.resolver.backend_urls(model)):
+            if self.balancer.breakers.allows(backend.circuit) and await self.triton_async.model_ready(
+                backend.url, tm, tv
+            ):
+                return {"name": model["name"], "versions": [model["version"]], "ready": True}
+        raise Unavailable(f"{label(model)} is not ready on any of its Triton backends", retry_after=1)
+
+    async def model_config_v2(self, name: str, version: str | None) -> dict[str, Any]:
+        """GET /v2/models/{name}[/versions/{v}]/config: Triton's model configuration, under the registry name."""
+        model = await self.resolver.resolve_async(name, version)
+        tm, tv, urls = triton_model(model), triton_version(model), self.resolver.backend_urls(model)
+        config = await self.balancer.call_async(
+            urls,
+            lambda url: self.triton_async.model_config(url, tm, tv, backend_label(model, urls, url)),
+            count=False,
+            label=label(model),
+        )
+        return {**config, "name": model["name"]}

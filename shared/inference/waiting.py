@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from shared.errors import KinferError
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.backends.balancer import Balancer
 
 T = TypeVar("T")
 WAKING = frozenset({503, 504})
@@ -37,15 +37,15 @@ def preferred_wait(prefer: str | None, max_s: float) -> float:
 
 
 async def call_waiting(
-    services: Services, urls: list[str], attempt: Callable[[str], Awaitable[T]], label: str, wait_s: float
+    balancer: Balancer, urls: list[str], attempt: Callable[[str], Awaitable[T]], label: str, wait_s: float
 ) -> T:
     """``balancer.call_async``, held up to ``wait_s`` seconds while every backend of ``urls`` is down."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return await services.balancer.call_async(urls, attempt, label=label)
+            return await balancer.call_async(urls, attempt, label=label)
         except KinferError as exc:
             if exc.status not in WAKING or time.monotonic() >= deadline:
                 raise
-            if not await services.balancer.wait_ready(urls, deadline):
+            if not await balancer.wait_ready(urls, deadline):
                 raise

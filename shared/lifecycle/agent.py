@@ -44,7 +44,10 @@ from shared.lifecycle.repository import Layout
 from shared.lifecycle.tritonapi import TritonRepositoryApi, TritonUnreachable
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.clients.cache import Cache
+    from shared.lifecycle.replicas import Replicas
+    from shared.registry import ModelRegistry
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +67,20 @@ class ModelAgent:
 
     def __init__(
         self,
-        services: Services,
+        registry: ModelRegistry,
+        replicas: Replicas,
+        cache: Cache,
+        s3: Any,
+        settings: Settings,
         triton: TritonRepositoryApi | None = None,
         repository_dir: Path | None = None,
         replica: str | None = None,
     ) -> None:
-        settings = services.settings
-        self.services = services
+        self.registry = registry
+        self.replicas = replicas
+        self.cache = cache
+        self.s3 = s3
+        self.settings = settings
         self.triton = triton or TritonRepositoryApi(settings.agent_triton_http)
         self.dir = Path(repository_dir or settings.agent_repository_dir)
         self.backend = resolve(settings.agent_backend or settings.triton_url, settings.triton_url)
@@ -88,14 +98,14 @@ class ModelAgent:
     def run(self) -> None:
         """Reconcile until ``stop()``: at once, on every announced registry write, and every AGENT_SYNC_S."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        subscription = self.services.cache.subscribe(registry.EVENTS_CHANNEL)
+        subscription = self.cache.subscribe(registry.EVENTS_CHANNEL)
         try:
             while not self._stop.is_set():
                 self.reconcile_once()
-                subscription.wait(self.services.settings.agent_sync_s)
+                subscription.wait(self.settings.agent_sync_s)
         finally:
             subscription.close()
-            replicas.forget(self.services, self.backend, self.replica)
+            self.replicas.forget(self.backend, self.replica)
 
     def stop(self) -> None:
         self._stop.set()
@@ -132,8 +142,8 @@ class ModelAgent:
     # -- what the registry wants --------------------------------------------------------------
     def wanted(self) -> Wanted:
         wanted = Wanted()
-        for model in registry.versions_in_states(self.services, ("pending", "loading", "ready"), active=True):
-            if self.backend not in replicas.backends_of(self.services, model):
+        for model in self.registry.versions_in_states(("pending", "loading", "ready"), active=True):
+            if self.backend not in self.replicas.backends_of(model):
                 continue
             if model["repository_uri"] is not None and model["triton_version"] is not None:
                 wanted.managed.setdefault(model["triton_model"], {})[int(model["triton_version"])] = model
@@ -186,7 +196,7 @@ class ModelAgent:
                 continue
             new.append(n)
             if versions.get(n, {}).get("state") == "pending":
-                registry.set_state(self.services, versions[n]["id"], "loading", only_from=("pending",))
+                self.registry.set_state(versions[n]["id"], "loading", only_from=("pending",))
         serving, current = set(have), have & target  # what Triton serves; what it should keep serving
         if len(new) > 1:  # a fresh replica: everything in one load, one by one only if that fails
             self._write_config(folder, config, target)
@@ -219,11 +229,11 @@ class ModelAgent:
         self.failed[(tm, n)] = reason
         if n in versions:
             states = ("pending", "loading", "ready") if files_gone else ("pending", "loading")
-            registry.set_state(self.services, versions[n]["id"], "failed", reason, only_from=states)
+            self.registry.set_state(versions[n]["id"], "failed", reason, only_from=states)
 
     def _grace_over(self, tm: str, n: int | None) -> bool:
         since = self.unwanted_since.setdefault((tm, n), time.monotonic())
-        return time.monotonic() - since >= self.services.settings.unload_grace_s
+        return time.monotonic() - since >= self.settings.unload_grace_s
 
     def _unmanaged(self, tm: str, have: set[int]) -> None:
         self.unwanted_since.pop((tm, None), None)
@@ -231,7 +241,7 @@ class ModelAgent:
             return
         folder = self.dir / tm
         try:
-            written = repository.mirror(self.services.s3, self.layout.bucket, self.layout.model_prefix(tm), folder)
+            written = repository.mirror(self.s3, self.layout.bucket, self.layout.model_prefix(tm), folder)
         except NotFound:  # no repository bucket yet
             written = 0
         if not written:
@@ -259,7 +269,7 @@ class ModelAgent:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / (CONFIG + ".base")).unlink(missing_ok=True)
         try:
-            keys = repository.list_keys(self.services.s3, self.layout.bucket, prefix)
+            keys = repository.list_keys(self.s3, self.layout.bucket, prefix)
         except NotFound:  # the bucket itself is gone
             keys = {}
         for key in keys:
@@ -269,7 +279,7 @@ class ModelAgent:
                 continue
             target = folder / (rel + ".base" if rel == CONFIG else rel)
             target.parent.mkdir(parents=True, exist_ok=True)
-            repository.download(self.services.s3, self.layout.bucket, key, target)
+            repository.download(self.s3, self.layout.bucket, key, target)
         base = folder / (CONFIG + ".base")
         if not base.is_file():
             raise NotFound(
@@ -282,7 +292,7 @@ class ModelAgent:
         if target.is_dir() and any(target.iterdir()):
             return
         prefix = self.layout.version_prefix(tm, n)
-        if not repository.mirror(self.services.s3, self.layout.bucket, prefix, target):
+        if not repository.mirror(self.s3, self.layout.bucket, prefix, target):
             shutil.rmtree(target, ignore_errors=True)
             raise NotFound(
                 f"the files of version {n} are missing from the model repository ({self.layout.uri(prefix)})"
@@ -326,18 +336,18 @@ class ModelAgent:
 
     def _beat(self) -> None:
         status = self.status()
-        ttl = self.services.settings.agent_heartbeat_ttl_s
-        if replicas.beat(self.services, self.backend, self.replica, status, ttl) and status["synced"]:
+        ttl = self.settings.agent_heartbeat_ttl_s
+        if self.replicas.beat(self.backend, self.replica, status, ttl) and status["synced"]:
             self._promote(status)
 
     def _promote(self, status: dict[str, Any]) -> None:
         """Versions loaded here that every live replica of their backends has: ``ready``."""
         try:
-            for model in registry.versions_in_states(self.services, ("pending", "loading"), managed=True):
+            for model in self.registry.versions_in_states(("pending", "loading"), managed=True):
                 if not replicas.has(status, model["triton_model"], model["triton_version"]):
                     continue
-                if not replicas.not_ready(self.services, model):
-                    registry.set_state(self.services, model["id"], "ready", only_from=("pending", "loading"))
+                if not self.replicas.not_ready(model):
+                    self.registry.set_state(model["id"], "ready", only_from=("pending", "loading"))
                     log.info("%s version %s is ready on every replica", model["name"], model["version"])
         except Exception as exc:  # the next pass tries again
             log.warning("could not promote loaded versions: %s", type(exc).__name__)

@@ -20,10 +20,11 @@ from shared import registry
 from shared import validation as v
 from shared.clients.schema import model_aliases, models
 from shared.errors import Conflict, InvalidInput, NotFound
-from shared.lifecycle import replicas
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.clients.db import Database
+    from shared.lifecycle.replicas import Replicas
+    from shared.registry import ModelRegistry
 
 MAX_SPLIT = 10
 
@@ -78,113 +79,115 @@ def to_json(name: str, row: Any) -> dict[str, Any]:
     }
 
 
-def get_alias(services: Services, name: str, alias: str) -> dict[str, Any]:
-    with services.db.read() as conn:
-        row = conn.execute(
-            sa.select(model_aliases).where(model_aliases.c.name == name, model_aliases.c.alias == alias)
-        ).first()
-    if row is None:
-        raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
-    return to_json(name, row)
+class Aliases:
+    """Named, weighted pointers to versions: reading, moving (checked servable), rolling back, deleting."""
 
+    def __init__(self, registry: ModelRegistry, replicas: Replicas, db: Database) -> None:
+        self.registry = registry
+        self.replicas = replicas
+        self.db = db
 
-def list_aliases(services: Services, name: str) -> dict[str, Any]:
-    with services.db.read() as conn:
-        rows = conn.execute(
-            sa.select(model_aliases).where(model_aliases.c.name == name).order_by(model_aliases.c.alias)
-        ).all()
-    return {"name": name, "aliases": [to_json(name, r) for r in rows]}
-
-
-def put_alias(services: Services, name: str, alias: str, body: Any) -> dict[str, Any]:
-    """Point ``alias`` at the versions of ``body``: 409 unless each is ready on every live replica."""
-    alias = _alias(alias)
-    target = parse_target(body)
-    return _move(services, name, alias, lambda current: target)
-
-
-def rollback(services: Services, name: str, alias: str) -> dict[str, Any]:
-    """Move ``alias`` back to where it pointed before its last move."""
-
-    def previous(current: Any) -> dict[str, int]:
-        if current is None:
-            raise NotFound(f"model {name!r} has no alias {alias!r}", code="alias_not_found")
-        if not current.previous:
-            raise Conflict(
-                f"alias {alias!r} of model {name!r} has not been moved yet: nothing to roll back to",
-                code="no_previous_target",
-            )
-        return dict(current.previous)
-
-    return _move(services, name, _alias(alias), previous)
-
-
-def _move(services: Services, name: str, alias: str, target_of: Any) -> dict[str, Any]:
-    with registry.writing(services) as write:
-        conn = write.conn
-        current = conn.execute(
-            sa.select(model_aliases)
-            .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
-            .with_for_update()
-        ).first()
-        target = target_of(current)
-        _check_servable(services, conn, name, target)
-        previous = dict(current.versions) if current is not None else None
-        if previous == target:
-            return to_json(name, current)
-        row = conn.execute(
-            pg_insert(model_aliases)
-            .values(name=name, alias=alias, versions=target, previous=previous)
-            .on_conflict_do_update(
-                index_elements=["name", "alias"],
-                set_={"versions": target, "previous": previous, "updated_at": sa.func.clock_timestamp()},
-            )
-            .returning(*model_aliases.c)
-        ).one()
-        write.touch({"name": name})
+    def get_alias(self, name: str, alias: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(model_aliases).where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+            ).first()
+        if row is None:
+            raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
         return to_json(name, row)
 
+    def list_aliases(self, name: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(model_aliases).where(model_aliases.c.name == name).order_by(model_aliases.c.alias)
+            ).all()
+        return {"name": name, "aliases": [to_json(name, r) for r in rows]}
 
-def _check_servable(services: Services, conn: Any, name: str, target: dict[str, int]) -> None:
-    # FOR SHARE: a delete or a deactivation of these versions (FOR UPDATE) waits for this move, then sees
-    # the alias and is refused; one that got there first makes this move find the version gone or inactive.
-    query = sa.select(models).where(models.c.name == name, models.c.version.in_(list(target)))
-    rows = {r.version: r for r in conn.execute(query.with_for_update(read=True))}
-    if not rows and not conn.execute(sa.select(models.c.id).where(models.c.name == name).limit(1)).first():
-        raise NotFound(f"model {name[:128]!r} not found")
-    for version in target:
-        row = rows.get(version)
-        if row is None:
-            raise NotFound(f"model {name!r} has no version {version!r}", code="version_not_found")
-        if row.status != "active":
-            raise Conflict(
-                f"model {name!r} version {version!r} is {row.status}; only active versions can serve",
-                code="version_not_active",
-            )
-        if row.state != registry.SERVABLE:
-            reason = f": {row.state_reason}" if row.state == "failed" and row.state_reason else ""
-            raise Conflict(
-                f"model {name!r} version {version!r} is {row.state}{reason}; an alias only moves to "
-                "versions that are ready (kinfer models show shows the load state)",
-                code="version_not_ready",
-            )
-        missing = replicas.not_ready(services, registry.to_json(row))
-        if missing:
-            raise Conflict(
-                f"model {name!r} version {version!r} is not loaded everywhere yet: "
-                f"{'; '.join(missing[:3])}; retry in a few seconds",
-                code="version_not_ready",
-            )
+    def put_alias(self, name: str, alias: str, body: Any) -> dict[str, Any]:
+        """Point ``alias`` at the versions of ``body``: 409 unless each is ready on every live replica."""
+        alias = _alias(alias)
+        target = parse_target(body)
+        return self._move(name, alias, lambda current: target)
 
+    def rollback(self, name: str, alias: str) -> dict[str, Any]:
+        """Move ``alias`` back to where it pointed before its last move."""
 
-def delete_alias(services: Services, name: str, alias: str) -> None:
-    with registry.writing(services) as write:
-        conn = write.conn
-        gone = conn.execute(
-            sa.delete(model_aliases)
-            .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
-            .returning(model_aliases.c.alias)
-        ).first()
-        if gone is None:
-            raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
-        write.touch({"name": name})
+        def previous(current: Any) -> dict[str, int]:
+            if current is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r}", code="alias_not_found")
+            if not current.previous:
+                raise Conflict(
+                    f"alias {alias!r} of model {name!r} has not been moved yet: nothing to roll back to",
+                    code="no_previous_target",
+                )
+            return dict(current.previous)
+
+        return self._move(name, _alias(alias), previous)
+
+    def _move(self, name: str, alias: str, target_of: Any) -> dict[str, Any]:
+        with self.registry.writing() as write:
+            conn = write.conn
+            current = conn.execute(
+                sa.select(model_aliases)
+                .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+                .with_for_update()
+            ).first()
+            target = target_of(current)
+            self._check_servable(conn, name, target)
+            previous = dict(current.versions) if current is not None else None
+            if previous == target:
+                return to_json(name, current)
+            row = conn.execute(
+                pg_insert(model_aliases)
+                .values(name=name, alias=alias, versions=target, previous=previous)
+                .on_conflict_do_update(
+                    index_elements=["name", "alias"],
+                    set_={"versions": target, "previous": previous, "updated_at": sa.func.clock_timestamp()},
+                )
+                .returning(*model_aliases.c)
+            ).one()
+            write.touch({"name": name})
+            return to_json(name, row)
+
+    def _check_servable(self, conn: Any, name: str, target: dict[str, int]) -> None:
+        # FOR SHARE: a delete or a deactivation of these versions (FOR UPDATE) waits for this move, then sees
+        # the alias and is refused; one that got there first makes this move find the version gone or inactive.
+        query = sa.select(models).where(models.c.name == name, models.c.version.in_(list(target)))
+        rows = {r.version: r for r in conn.execute(query.with_for_update(read=True))}
+        if not rows and not conn.execute(sa.select(models.c.id).where(models.c.name == name).limit(1)).first():
+            raise NotFound(f"model {name[:128]!r} not found")
+        for version in target:
+            row = rows.get(version)
+            if row is None:
+                raise NotFound(f"model {name!r} has no version {version!r}", code="version_not_found")
+            if row.status != "active":
+                raise Conflict(
+                    f"model {name!r} version {version!r} is {row.status}; only active versions can serve",
+                    code="version_not_active",
+                )
+            if row.state != registry.SERVABLE:
+                reason = f": {row.state_reason}" if row.state == "failed" and row.state_reason else ""
+                raise Conflict(
+                    f"model {name!r} version {version!r} is {row.state}{reason}; an alias only moves to "
+                    "versions that are ready (kinfer models show shows the load state)",
+                    code="version_not_ready",
+                )
+            missing = self.replicas.not_ready(registry.to_json(row))
+            if missing:
+                raise Conflict(
+                    f"model {name!r} version {version!r} is not loaded everywhere yet: "
+                    f"{'; '.join(missing[:3])}; retry in a few seconds",
+                    code="version_not_ready",
+                )
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        with self.registry.writing() as write:
+            conn = write.conn
+            gone = conn.execute(
+                sa.delete(model_aliases)
+                .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+                .returning(model_aliases.c.alias)
+            ).first()
+            if gone is None:
+                raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
+            write.touch({"name": name})

@@ -38,170 +38,24 @@ from shared.clients.cache import REDIS_ERRORS
 from shared.clients.db import conflict_on
 from shared.errors import Conflict, InvalidInput, PayloadTooLarge, Unavailable
 from shared.lifecycle import onnxgraph, packages, repository
-from shared.lifecycle.install import Prepared, allocate, file_sha256, install, refuse_duplicate
+from shared.lifecycle.install import Prepared, file_sha256, refuse_duplicate
 from shared.lifecycle.repository import Layout
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from shared.services import Services
+    from shared.clients.cache import Cache
+    from shared.clients.db import Database
+    from shared.lifecycle.backends import BackendAdmin
+    from shared.lifecycle.install import Installer
+    from shared.registry import ModelRegistry
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EXTRA_FIELDS = ("upload", "artifact_uri", "sha256")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 ARTIFACTS = ".kinfer-artifacts"
-
-
-# -- POST /v1/models ----------------------------------------------------------------------
-def create_model(services: Services, body: Any) -> dict[str, Any]:
-    """Register a version: plain (files Kinfer does not manage), for upload, or from an s3:// artifact."""
-    body = v.require_object(body)
-    row = registry.validate_create(body, EXTRA_FIELDS)
-    registry.check_backends_allowed(services, row.get("backend_urls") or [], registry.backend_field(body))
-    upload, uri = body.get("upload"), body.get("artifact_uri")
-    if upload is None and uri is None:
-        if "sha256" in body:
-            raise InvalidInput("sha256 goes with artifact_uri (or with the PUT of an upload)", field="sha256")
-        from shared.lifecycle.backends import check_registration
-
-        warnings = check_registration(services, row)
-        model = registry.create_model(services, {k: body[k] for k in body if k not in EXTRA_FIELDS})
-        return dict(model, warnings=warnings) if warnings else model
-    if "triton_version" in row:
-        raise InvalidInput(
-            "triton_version is allocated by Kinfer for pushed artifacts; leave it out", field="triton_version"
-        )
-    if upload is not None and uri is not None:
-        raise InvalidInput("give upload or artifact_uri, not both", field="artifact_uri")
-    if uri is None:
-        if upload is not True:
-            raise InvalidInput("upload must be true (then PUT the file to /v1/models/{id}/artifact)", field="upload")
-        return _create_for_upload(services, row)
-    uri = v.string(uri, "artifact_uri", max_len=1024)
-    sha = _sha(body.get("sha256"), "sha256")
-    return _create_from_uri(services, row, uri, sha)
-
-
-# -- PUT/PATCH /v1/models/{id} ------------------------------------------------------------
-def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
-    """Update a version; when it moved to other backends or another Triton model, check them as a
-    registration does and say what is wrong in ``warnings`` (the update itself stands)."""
-    model = registry.update_model(services, raw_id, body)
-    if not isinstance(body, dict) or not {"backend_url", "backend_urls", "triton_model"} & body.keys():
-        return model
-    from shared.lifecycle.backends import check_registration
-
-    try:
-        warnings = check_registration(services, model)
-    except InvalidInput as exc:
-        warnings = [exc.message]
-    return dict(model, warnings=warnings) if warnings else model
-
-
-def _sha(raw: Any, field_name: str) -> str | None:
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str) or not SHA256.fullmatch(raw):
-        raise InvalidInput(f"{field_name} must be 64 hex digits (the artifact's SHA-256)", field=field_name)
-    return raw.lower()
-
-
-def _create_for_upload(services: Services, row: dict[str, Any]) -> dict[str, Any]:
-    layout = Layout.of(services.settings)
-    repository.ensure_bucket(services.s3, layout)
-    with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
-        with registry.writing(services) as write:
-            refuse_duplicate(write.conn, row)
-            number = allocate(services, write.conn, row["name"], row["triton_model"])
-            model = registry.insert(
-                write,
-                dict(
-                    row,
-                    id=uuid.uuid4(),
-                    triton_version=number,
-                    state="awaiting_upload",
-                    repository_uri=layout.uri(layout.version_prefix(row["triton_model"], number)),
-                ),
-            )
-    return dict(model, upload_url=f"/v1/models/{model['id']}/artifact")
-
-
-def _create_from_uri(services: Services, row: dict[str, Any], uri: str, sha: str | None) -> dict[str, Any]:
-    settings, layout = services.settings, Layout.of(services.settings)
-    # The bucket is checked before anything asks S3: the answer must not tell whether an object exists in a
-    # bucket the caller may not read (another key's batch inputs or results).
-    allowed = settings.artifact_source_buckets or (layout.bucket,)
-    if repository.bucket_of(uri, "artifact_uri") not in allowed:
-        raise InvalidInput(
-            f"artifact_uri must name a bucket of ARTIFACT_SOURCE_BUCKETS ({', '.join(allowed)})",
-            field="artifact_uri",
-            code="artifact_bucket_not_allowed",
-        )
-    bucket, key, size = repository.head_size(services.s3, uri, "artifact_uri")
-    if size > settings.max_artifact_bytes:
-        raise PayloadTooLarge(
-            f"the artifact is {size} bytes; the limit is {settings.max_artifact_bytes} bytes (MAX_ARTIFACT_BYTES)"
-        )
-    with services.db.read() as conn:
-        refuse_duplicate(conn, row)
-    repository.ensure_bucket(services.s3, layout)
-    with workspace() as work:
-        local = work / "artifact"
-        repository.download(services.s3, bucket, key, local)
-        if sha is not None and file_sha256(local) != sha:
-            raise InvalidInput("the artifact's SHA-256 does not match sha256", field="sha256", code="checksum_mismatch")
-        with services.db.begin() as conn:
-            number = allocate(services, conn, row["name"], row["triton_model"])
-        prepared = prepare(services, local, work, row["triton_model"])
-        model_row = dict(row, id=uuid.uuid4(), triton_version=number, artifact_uri=uri)
-        return install(services, model_row, prepared, local, new=True)
-
-
-def push_file(services: Services, body: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Register and install a local file in one go (what ``kinfer up`` does with the demo models)."""
-    model = create_model(services, dict(body, upload=True))
-    layout = Layout.of(services.settings)
-    with workspace() as work:
-        key = _upload_key(layout, model, gzip=packages.is_gzip(path))
-        repository.upload_file(services.s3, path, layout.bucket, key)
-        try:
-            prepared = prepare(services, path, work, model["triton_model"])
-            if prepared.format == "onnx":
-                prepared.in_place.add(onnxgraph.MODEL_FILE)
-            row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
-            return install(services, dict(model, **row), prepared, path, False)
-        except BaseException:
-            repository.delete_keys(services.s3, layout.bucket, [key])
-            registry.delete_model(services, model["id"])
-            raise
-
-
-# -- PUT /v1/models/{id}/artifact -----------------------------------------------------------
-async def receive_upload(
-    services: Services, raw_id: str, chunks: AsyncIterator[bytes], sha256: str | None
-) -> dict[str, Any]:
-    """Stream an upload to S3 (multipart) and to a scratch file, then check and install it."""
-    want = _sha(sha256, "sha256")
-    model = await in_thread(registry.get_model, services, raw_id)
-    _refuse_unless_awaiting(model)
-    lease = await in_thread(_claim_upload, services, model)
-    try:
-        model = await in_thread(registry.get_model, services, raw_id)  # the upload before ours may have ended
-        _refuse_unless_awaiting(model)
-        return await _receive(services, model, chunks, want)
-    finally:
-        await in_thread(_release_upload, services, model, lease)
-
-
-def _refuse_unless_awaiting(model: dict[str, Any]) -> None:
-    if model["state"] != "awaiting_upload":
-        raise Conflict(
-            f"model {model['name']!r} version {model['version']!r} already has its artifact "
-            f"(state {model['state']}); register a new version to push another file",
-            code="artifact_exists",
-        )
-
 
 # One upload at a time per version: a second one (a retry, a second client) must not write the same
 # objects, or its cleanup would delete the first one's files. A lease in Redis, longer than any upload
@@ -210,119 +64,251 @@ UPLOAD_LEASE_S = 900
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
-def _claim_upload(services: Services, model: dict[str, Any]) -> str:
-    token = uuid.uuid4().hex
-    try:
-        claimed = services.cache.client.set(f"kinfer:upload:{model['id']}", token, nx=True, ex=UPLOAD_LEASE_S)
-    except REDIS_ERRORS as exc:
-        raise Unavailable(
-            "the registry cache (Redis) cannot be reached; retry the upload shortly", retry_after=1
-        ) from exc
-    if not claimed:
-        raise Conflict(
-            f"another upload to model {model['name']!r} version {model['version']!r} is in progress; "
-            "wait for it to end (GET the model: its state leaves awaiting_upload), or retry if it failed",
-            code="upload_in_progress",
-        )
-    return token
+class Artifacts:
+    """Registering versions from their artifacts: create/update, uploads, s3:// artifacts, checking."""
 
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        installer: Installer,
+        db: Database,
+        cache: Cache,
+        s3: Any,
+        settings: Settings,
+        backend_admin: BackendAdmin,
+    ) -> None:
+        self.registry = registry
+        self.installer = installer
+        self.db = db
+        self.cache = cache
+        self.s3 = s3
+        self.settings = settings
+        self.backend_admin = backend_admin
 
-def _release_upload(services: Services, model: dict[str, Any], token: str) -> None:
-    try:
-        services.cache.client.eval(_RELEASE, 1, f"kinfer:upload:{model['id']}", token)
-    except REDIS_ERRORS:
-        log.warning("could not release the upload lease of %s; it expires in %d s", model["id"], UPLOAD_LEASE_S)
-
-
-async def _receive(
-    services: Services, model: dict[str, Any], chunks: AsyncIterator[bytes], want: str | None
-) -> dict[str, Any]:
-    layout = Layout.of(services.settings)
-    with workspace() as work:
-        local = work / "artifact"
-        key, digest = await _stream(services, layout, model, chunks, local)
-        try:
-            if want is not None and digest != want:
+    # -- POST /v1/models ----------------------------------------------------------------------
+    def create_model(self, body: Any) -> dict[str, Any]:
+        """Register a version: plain (files Kinfer does not manage), for upload, or from an s3:// artifact."""
+        body = v.require_object(body)
+        row = registry.validate_create(body, EXTRA_FIELDS)
+        self.registry.check_backends_allowed(row.get("backend_urls") or [], registry.backend_field(body))
+        upload, uri = body.get("upload"), body.get("artifact_uri")
+        if upload is None and uri is None:
+            if "sha256" in body:
+                raise InvalidInput("sha256 goes with artifact_uri (or with the PUT of an upload)", field="sha256")
+            warnings = self.backend_admin.check_registration(row)
+            model = self.registry.create_model({k: body[k] for k in body if k not in EXTRA_FIELDS})
+            return dict(model, warnings=warnings) if warnings else model
+        if "triton_version" in row:
+            raise InvalidInput(
+                "triton_version is allocated by Kinfer for pushed artifacts; leave it out", field="triton_version"
+            )
+        if upload is not None and uri is not None:
+            raise InvalidInput("give upload or artifact_uri, not both", field="artifact_uri")
+        if uri is None:
+            if upload is not True:
                 raise InvalidInput(
-                    "the uploaded file's SHA-256 does not match sha256", field="sha256", code="checksum_mismatch"
+                    "upload must be true (then PUT the file to /v1/models/{id}/artifact)", field="upload"
                 )
-            prepared = await in_thread(prepare, services, local, work, model["triton_model"])
-            if prepared.format == "onnx":
-                prepared.in_place.add(onnxgraph.MODEL_FILE)
-            row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
-            return await in_thread(install, services, dict(model, **row), prepared, local, False)
+            return self._create_for_upload(row)
+        uri = v.string(uri, "artifact_uri", max_len=1024)
+        sha = _sha(body.get("sha256"), "sha256")
+        return self._create_from_uri(row, uri, sha)
+
+    # -- PUT/PATCH /v1/models/{id} ------------------------------------------------------------
+    def update_model(self, raw_id: str, body: Any) -> dict[str, Any]:
+        """Update a version; when it moved to other backends or another Triton model, check them as a
+        registration does and say what is wrong in ``warnings`` (the update itself stands)."""
+        model = self.registry.update_model(raw_id, body)
+        if not isinstance(body, dict) or not {"backend_url", "backend_urls", "triton_model"} & body.keys():
+            return model
+        try:
+            warnings = self.backend_admin.check_registration(model)
+        except InvalidInput as exc:
+            warnings = [exc.message]
+        return dict(model, warnings=warnings) if warnings else model
+
+    def _create_for_upload(self, row: dict[str, Any]) -> dict[str, Any]:
+        layout = Layout.of(self.settings)
+        repository.ensure_bucket(self.s3, layout)
+        with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
+            with self.registry.writing() as write:
+                refuse_duplicate(write.conn, row)
+                number = self.installer.allocate(write.conn, row["name"], row["triton_model"])
+                model = registry.insert(
+                    write,
+                    dict(
+                        row,
+                        id=uuid.uuid4(),
+                        triton_version=number,
+                        state="awaiting_upload",
+                        repository_uri=layout.uri(layout.version_prefix(row["triton_model"], number)),
+                    ),
+                )
+        return dict(model, upload_url=f"/v1/models/{model['id']}/artifact")
+
+    def _create_from_uri(self, row: dict[str, Any], uri: str, sha: str | None) -> dict[str, Any]:
+        settings, layout = self.settings, Layout.of(self.settings)
+        # The bucket is checked before anything asks S3: the answer must not tell whether an object exists in a
+        # bucket the caller may not read (another key's batch inputs or results).
+        allowed = settings.artifact_source_buckets or (layout.bucket,)
+        if repository.bucket_of(uri, "artifact_uri") not in allowed:
+            raise InvalidInput(
+                f"artifact_uri must name a bucket of ARTIFACT_SOURCE_BUCKETS ({', '.join(allowed)})",
+                field="artifact_uri",
+                code="artifact_bucket_not_allowed",
+            )
+        bucket, key, size = repository.head_size(self.s3, uri, "artifact_uri")
+        if size > settings.max_artifact_bytes:
+            raise PayloadTooLarge(
+                f"the artifact is {size} bytes; the limit is {settings.max_artifact_bytes} bytes (MAX_ARTIFACT_BYTES)"
+            )
+        with self.db.read() as conn:
+            refuse_duplicate(conn, row)
+        repository.ensure_bucket(self.s3, layout)
+        with workspace() as work:
+            local = work / "artifact"
+            repository.download(self.s3, bucket, key, local)
+            if sha is not None and file_sha256(local) != sha:
+                raise InvalidInput(
+                    "the artifact's SHA-256 does not match sha256", field="sha256", code="checksum_mismatch"
+                )
+            with self.db.begin() as conn:
+                number = self.installer.allocate(conn, row["name"], row["triton_model"])
+            prepared = self.prepare(local, work, row["triton_model"])
+            model_row = dict(row, id=uuid.uuid4(), triton_version=number, artifact_uri=uri)
+            return self.installer.install(model_row, prepared, local, new=True)
+
+    def push_file(self, body: dict[str, Any], path: Path) -> dict[str, Any]:
+        """Register and install a local file in one go (what ``kinfer up`` does with the demo models)."""
+        model = self.create_model(dict(body, upload=True))
+        layout = Layout.of(self.settings)
+        with workspace() as work:
+            key = _upload_key(layout, model, gzip=packages.is_gzip(path))
+            repository.upload_file(self.s3, path, layout.bucket, key)
+            try:
+                prepared = self.prepare(path, work, model["triton_model"])
+                if prepared.format == "onnx":
+                    prepared.in_place.add(onnxgraph.MODEL_FILE)
+                row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
+                return self.installer.install(dict(model, **row), prepared, path, False)
+            except BaseException:
+                repository.delete_keys(self.s3, layout.bucket, [key])
+                self.registry.delete_model(model["id"])
+                raise
+
+    # -- PUT /v1/models/{id}/artifact -----------------------------------------------------------
+    async def receive_upload(self, raw_id: str, chunks: AsyncIterator[bytes], sha256: str | None) -> dict[str, Any]:
+        """Stream an upload to S3 (multipart) and to a scratch file, then check and install it."""
+        want = _sha(sha256, "sha256")
+        model = await in_thread(self.registry.get_model, raw_id)
+        _refuse_unless_awaiting(model)
+        lease = await in_thread(self._claim_upload, model)
+        try:
+            model = await in_thread(self.registry.get_model, raw_id)  # the upload before ours may have ended
+            _refuse_unless_awaiting(model)
+            return await self._receive(model, chunks, want)
+        finally:
+            await in_thread(self._release_upload, model, lease)
+
+    def _claim_upload(self, model: dict[str, Any]) -> str:
+        token = uuid.uuid4().hex
+        try:
+            claimed = self.cache.client.set(f"kinfer:upload:{model['id']}", token, nx=True, ex=UPLOAD_LEASE_S)
+        except REDIS_ERRORS as exc:
+            raise Unavailable(
+                "the registry cache (Redis) cannot be reached; retry the upload shortly", retry_after=1
+            ) from exc
+        if not claimed:
+            raise Conflict(
+                f"another upload to model {model['name']!r} version {model['version']!r} is in progress; "
+                "wait for it to end (GET the model: its state leaves awaiting_upload), or retry if it failed",
+                code="upload_in_progress",
+            )
+        return token
+
+    def _release_upload(self, model: dict[str, Any], token: str) -> None:
+        try:
+            self.cache.client.eval(_RELEASE, 1, f"kinfer:upload:{model['id']}", token)
+        except REDIS_ERRORS:
+            log.warning("could not release the upload lease of %s; it expires in %d s", model["id"], UPLOAD_LEASE_S)
+
+    async def _receive(self, model: dict[str, Any], chunks: AsyncIterator[bytes], want: str | None) -> dict[str, Any]:
+        layout = Layout.of(self.settings)
+        with workspace() as work:
+            local = work / "artifact"
+            key, digest = await self._stream(layout, model, chunks, local)
+            try:
+                if want is not None and digest != want:
+                    raise InvalidInput(
+                        "the uploaded file's SHA-256 does not match sha256", field="sha256", code="checksum_mismatch"
+                    )
+                prepared = await in_thread(self.prepare, local, work, model["triton_model"])
+                if prepared.format == "onnx":
+                    prepared.in_place.add(onnxgraph.MODEL_FILE)
+                row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
+                return await in_thread(self.installer.install, dict(model, **row), prepared, local, False)
+            except BaseException:
+                await in_thread(repository.delete_keys, self.s3, layout.bucket, [key])
+                raise
+
+    async def _stream(
+        self, layout: Layout, model: dict[str, Any], chunks: AsyncIterator[bytes], local: Path
+    ) -> tuple[str, str]:
+        """Write the body to S3 part by part (and to ``local``); (key written, sha256)."""
+        digest, buffer, writer = hashlib.sha256(), bytearray(), None
+        key = ""
+        try:
+            with open(local, "wb") as scratch:
+                async for chunk in chunks:
+                    digest.update(chunk)
+                    scratch.write(chunk)
+                    buffer += chunk
+                    if writer is None and len(buffer) >= 2:
+                        key = _upload_key(layout, model, gzip=bytes(buffer[:2]) == b"\x1f\x8b")
+                        writer = await in_thread(repository.MultipartWriter, self.s3, layout.bucket, key)
+                    if writer is not None and len(buffer) >= repository.PART_BYTES:
+                        await in_thread(writer.part, bytes(buffer))
+                        buffer.clear()
+            if writer is None:
+                if not buffer:
+                    raise InvalidInput("the upload is empty; send the model file as the request body", field="body")
+                key = _upload_key(layout, model, gzip=False)
+                writer = await in_thread(repository.MultipartWriter, self.s3, layout.bucket, key)
+            if buffer:
+                await in_thread(writer.part, bytes(buffer))
+            await in_thread(writer.complete)
         except BaseException:
-            await in_thread(repository.delete_keys, services.s3, layout.bucket, [key])
+            if writer is not None:
+                await in_thread(writer.abort)
             raise
+        return key, digest.hexdigest()
 
+    # -- checking --------------------------------------------------------------------------------
+    def prepare(self, local: Path, work: Path, triton_model: str) -> Prepared:
+        """Check the artifact at ``local``: a .tar.gz Triton package, else an ONNX file."""
+        settings = self.settings
+        if packages.is_gzip(local):
+            package = packages.unpack(local, work / "package", triton_model, settings.max_artifact_bytes)
+            version_dir = package.root / package.version_dir
+            return Prepared(
+                format="triton",
+                config=package.config,
+                version_files={rel: version_dir / rel for rel in package.version_files},
+                model_files={rel: (package.root / rel, sha) for rel, sha in package.model_files.items()},
+            )
+        graph = onnxgraph.load(local)
+        from shared.lifecycle import tritonconfig
 
-async def _stream(
-    services: Services, layout: Layout, model: dict[str, Any], chunks: AsyncIterator[bytes], local: Path
-) -> tuple[str, str]:
-    """Write the body to S3 part by part (and to ``local``); (key written, sha256)."""
-    digest, buffer, writer = hashlib.sha256(), bytearray(), None
-    key = ""
-    try:
-        with open(local, "wb") as scratch:
-            async for chunk in chunks:
-                digest.update(chunk)
-                scratch.write(chunk)
-                buffer += chunk
-                if writer is None and len(buffer) >= 2:
-                    key = _upload_key(layout, model, gzip=bytes(buffer[:2]) == b"\x1f\x8b")
-                    writer = await in_thread(repository.MultipartWriter, services.s3, layout.bucket, key)
-                if writer is not None and len(buffer) >= repository.PART_BYTES:
-                    await in_thread(writer.part, bytes(buffer))
-                    buffer.clear()
-        if writer is None:
-            if not buffer:
-                raise InvalidInput("the upload is empty; send the model file as the request body", field="body")
-            key = _upload_key(layout, model, gzip=False)
-            writer = await in_thread(repository.MultipartWriter, services.s3, layout.bucket, key)
-        if buffer:
-            await in_thread(writer.part, bytes(buffer))
-        await in_thread(writer.complete)
-    except BaseException:
-        if writer is not None:
-            await in_thread(writer.abort)
-        raise
-    return key, digest.hexdigest()
-
-
-def _upload_key(layout: Layout, model: dict[str, Any], gzip: bool) -> str:
-    """ONNX goes straight to its place in the version folder; a package is kept beside the repository."""
-    tm, number = model["triton_model"], int(model["triton_version"])
-    if gzip:
-        prefix = f"{layout.prefix}/" if layout.prefix else ""
-        return f"{prefix}{ARTIFACTS}/{tm}/{number}/package.tar.gz"
-    return layout.version_prefix(tm, number) + onnxgraph.MODEL_FILE
-
-
-# -- checking --------------------------------------------------------------------------------
-def prepare(services: Services, local: Path, work: Path, triton_model: str) -> Prepared:
-    """Check the artifact at ``local``: a .tar.gz Triton package, else an ONNX file."""
-    settings = services.settings
-    if packages.is_gzip(local):
-        package = packages.unpack(local, work / "package", triton_model, settings.max_artifact_bytes)
-        version_dir = package.root / package.version_dir
-        return Prepared(
-            format="triton",
-            config=package.config,
-            version_files={rel: version_dir / rel for rel in package.version_files},
-            model_files={rel: (package.root / rel, sha) for rel, sha in package.model_files.items()},
+        config = tritonconfig.normalise(
+            onnxgraph.config_text(graph, triton_model, settings.onnx_backend, settings.onnx_max_batch_size),
+            triton_model,
         )
-    graph = onnxgraph.load(local)
-    from shared.lifecycle import tritonconfig
-
-    config = tritonconfig.normalise(
-        onnxgraph.config_text(graph, triton_model, settings.onnx_backend, settings.onnx_max_batch_size), triton_model
-    )
-    files = {onnxgraph.MODEL_FILE: local}
-    if settings.onnx_backend == "python":
-        runner = work / onnxgraph.RUNNER_FILE
-        runner.write_bytes(onnxgraph.runner_source())
-        files[onnxgraph.RUNNER_FILE] = runner
-    return Prepared(format="onnx", config=config, version_files=files)
+        files = {onnxgraph.MODEL_FILE: local}
+        if settings.onnx_backend == "python":
+            runner = work / onnxgraph.RUNNER_FILE
+            runner.write_bytes(onnxgraph.runner_source())
+            files[onnxgraph.RUNNER_FILE] = runner
+        return Prepared(format="onnx", config=config, version_files=files)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -334,3 +320,29 @@ def workspace() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sha(raw: Any, field_name: str) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or not SHA256.fullmatch(raw):
+        raise InvalidInput(f"{field_name} must be 64 hex digits (the artifact's SHA-256)", field=field_name)
+    return raw.lower()
+
+
+def _refuse_unless_awaiting(model: dict[str, Any]) -> None:
+    if model["state"] != "awaiting_upload":
+        raise Conflict(
+            f"model {model['name']!r} version {model['version']!r} already has its artifact "
+            f"(state {model['state']}); register a new version to push another file",
+            code="artifact_exists",
+        )
+
+
+def _upload_key(layout: Layout, model: dict[str, Any], gzip: bool) -> str:
+    """ONNX goes straight to its place in the version folder; a package is kept beside the repository."""
+    tm, number = model["triton_model"], int(model["triton_version"])
+    if gzip:
+        prefix = f"{layout.prefix}/" if layout.prefix else ""
+        return f"{prefix}{ARTIFACTS}/{tm}/{number}/package.tar.gz"
+    return layout.version_prefix(tm, number) + onnxgraph.MODEL_FILE

@@ -24,7 +24,9 @@ from shared.lifecycle import repository
 from shared.lifecycle.repository import Layout
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.backends.triton import TritonPool
+    from shared.lifecycle.replicas import Replicas
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S, CALL_TIMEOUT_S, RETRY_AFTER_S = 1.0, 3.0, 0.2
@@ -33,84 +35,94 @@ CONNECT_TIMEOUT_S, CALL_TIMEOUT_S, RETRY_AFTER_S = 1.0, 3.0, 0.2
 OTHER_PROTOCOL = ("Socket closed", "Failed parsing HTTP/2", "http1", "HTTP/1")
 
 
-def check_registration(services: Services, row: dict[str, Any]) -> list[str]:
-    """Warnings for a registration of files Kinfer does not manage; InvalidInput for a backend that is not Triton."""
-    settings = services.settings
-    if not settings.check_backends:
-        return []
-    urls = list(row.get("backend_urls") or [])
-    field = "backend_url" if len(urls) <= 1 else "backend_urls"
-    if not urls:
-        if not settings.probe_triton_url:
-            return []  # TRITON_URL may be scaled to zero: a check would wake it
-        urls = [settings.triton_url]
-    backends = dict.fromkeys(resolve(url, settings.triton_url) for url in urls)
-    return [w for backend in backends if (w := _check(services, backend, row["triton_model"], field))]
+class BackendAdmin:
+    """Checks a registration's backends and wakes the backends of a pushed version."""
 
+    def __init__(self, s3: Any, triton: TritonPool, replicas: Replicas, settings: Settings) -> None:
+        self.s3 = s3
+        self.triton = triton
+        self.replicas = replicas
+        self.settings = settings
 
-def _check(services: Services, backend: str, triton_model: str, field: str) -> str | None:
-    own = backend == backend_id(services.settings.triton_url)
-    host, _, port = backend.rpartition(":")
-    if not port.isascii() or not port.isdigit():
-        raise InvalidInput(f"{field} {backend!r} needs a port (Triton's gRPC port, 8001 by default)", field=field)
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError:
-        return (
-            f"backend {backend} does not answer right now; {triton_model!r} is registered but serves only once it does"
-        )
-    client = services.triton.client(backend)
-    for attempt in (1, 2):  # one retry: a channel that was reconnecting is not a wrong endpoint
+    def check_registration(self, row: dict[str, Any]) -> list[str]:
+        """Warnings for a registration of files Kinfer does not manage; InvalidInput for a backend
+        that is not Triton."""
+        settings = self.settings
+        if not settings.check_backends:
+            return []
+        urls = list(row.get("backend_urls") or [])
+        field = "backend_url" if len(urls) <= 1 else "backend_urls"
+        if not urls:
+            if not settings.probe_triton_url:
+                return []  # TRITON_URL may be scaled to zero: a check would wake it
+            urls = [settings.triton_url]
+        backends = dict.fromkeys(resolve(url, settings.triton_url) for url in urls)
+        return [w for backend in backends if (w := self._check(backend, row["triton_model"], field))]
+
+    def _check(self, backend: str, triton_model: str, field: str) -> str | None:
+        own = backend == backend_id(self.settings.triton_url)
+        host, _, port = backend.rpartition(":")
+        if not port.isascii() or not port.isdigit():
+            raise InvalidInput(f"{field} {backend!r} needs a port (Triton's gRPC port, 8001 by default)", field=field)
         try:
-            client.is_server_live(client_timeout=CALL_TIMEOUT_S)
-            index = client.get_model_repository_index(as_json=True, client_timeout=CALL_TIMEOUT_S)
-            break
-        except Exception as exc:  # tritonclient / grpc errors: the text stays in the log
-            status, text = error_parts(exc)
-            log.info("backend %s did not answer as Triton gRPC (try %d): %s %s", backend, attempt, status, text[:200])
-            if attempt == 1:
-                time.sleep(RETRY_AFTER_S)
-                continue
-            if own or not any(sign in text for sign in OTHER_PROTOCOL):
-                return (
-                    f"backend {backend} did not answer as Triton right now; {triton_model!r} is registered but "
-                    "serves only once it does"
+            with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+                pass
+        except OSError:
+            return (
+                f"backend {backend} does not answer right now; {triton_model!r} is registered but "
+                "serves only once it does"
+            )
+        client = self.triton.client(backend)
+        for attempt in (1, 2):  # one retry: a channel that was reconnecting is not a wrong endpoint
+            try:
+                client.is_server_live(client_timeout=CALL_TIMEOUT_S)
+                index = client.get_model_repository_index(as_json=True, client_timeout=CALL_TIMEOUT_S)
+                break
+            except Exception as exc:  # tritonclient / grpc errors: the text stays in the log
+                status, text = error_parts(exc)
+                log.info(
+                    "backend %s did not answer as Triton gRPC (try %d): %s %s", backend, attempt, status, text[:200]
                 )
-            raise InvalidInput(
-                f"{field} {backend} answers, but not as Triton's gRPC endpoint (is it the HTTP port? "
-                "Triton serves gRPC on 8001 by default)",
-                field=field,
-                code="backend_not_triton",
-            ) from None
-    served = sorted({m.get("name", "") for m in index.get("models", [])} - {""})
-    if triton_model in served:
-        return None
-    layout = Layout.of(services.settings)
-    if repository.holds_anything(services.s3, layout, triton_model):
-        return None  # in the model repository: the backend's model agent loads it
-    listed = ", ".join(served[:10]) + (", ..." if len(served) > 10 else "") if served else "no model"
-    return (
-        f"Triton at {backend} does not serve {triton_model!r} (it serves {listed}), and the model repository "
-        f"holds no {triton_model!r}: inference answers 502 model_not_loaded until it does; push the model "
-        "file instead (kinfer models push) or set triton_model"
-    )
+                if attempt == 1:
+                    time.sleep(RETRY_AFTER_S)
+                    continue
+                if own or not any(sign in text for sign in OTHER_PROTOCOL):
+                    return (
+                        f"backend {backend} did not answer as Triton right now; {triton_model!r} is registered but "
+                        "serves only once it does"
+                    )
+                raise InvalidInput(
+                    f"{field} {backend} answers, but not as Triton's gRPC endpoint (is it the HTTP port? "
+                    "Triton serves gRPC on 8001 by default)",
+                    field=field,
+                    code="backend_not_triton",
+                ) from None
+        served = sorted({m.get("name", "") for m in index.get("models", [])} - {""})
+        if triton_model in served:
+            return None
+        layout = Layout.of(self.settings)
+        if repository.holds_anything(self.s3, layout, triton_model):
+            return None  # in the model repository: the backend's model agent loads it
+        listed = ", ".join(served[:10]) + (", ..." if len(served) > 10 else "") if served else "no model"
+        return (
+            f"Triton at {backend} does not serve {triton_model!r} (it serves {listed}), and the model repository "
+            f"holds no {triton_model!r}: inference answers 502 model_not_loaded until it does; push the model "
+            "file instead (kinfer models push) or set triton_model"
+        )
 
+    def wake(self, model: dict[str, Any], timeout: float = 30.0) -> None:
+        """Ask each backend of a pushed version whether it is live, in the background and ignoring the answer.
 
-def wake(services: Services, model: dict[str, Any], timeout: float = 30.0) -> None:
-    """Ask each backend of a pushed version whether it is live, in the background and ignoring the answer.
+        A Triton that scaled to zero has no model agent to load the version; a request through
+        Knative's activator starts a replica, whose agent then loads every pending version. Nothing
+        calls Triton on a timer: this is one request per push.
+        """
 
-    A Triton that scaled to zero has no model agent to load the version; a request through
-    Knative's activator starts a replica, whose agent then loads every pending version. Nothing
-    calls Triton on a timer: this is one request per push.
-    """
-    from shared.lifecycle.replicas import backends_of
+        def poke(url: str) -> None:
+            try:
+                self.triton.client(url).is_server_live(client_timeout=timeout)
+            except Exception as exc:  # a cold start may take longer than the wait: the activator still scales up
+                log.debug("wake of %s: %s", url, type(exc).__name__)
 
-    def poke(url: str) -> None:
-        try:
-            services.triton.client(url).is_server_live(client_timeout=timeout)
-        except Exception as exc:  # a cold start may take longer than the wait: the activator still scales up
-            log.debug("wake of %s: %s", url, type(exc).__name__)
-
-    for url in backends_of(services, model):
-        threading.Thread(target=poke, args=(url,), name="wake-triton", daemon=True).start()
+        for url in self.replicas.backends_of(model):
+            threading.Thread(target=poke, args=(url,), name="wake-triton", daemon=True).start()

@@ -28,7 +28,9 @@ from shared.lifecycle import packages, repository
 from shared.lifecycle.repository import Layout
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.lifecycle.backends import BackendAdmin
+    from shared.registry import ModelRegistry
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,60 +48,155 @@ class Prepared:
     in_place: set[str] = field(default_factory=set)  # version files already at their key
 
 
-def install(services: Services, row: dict[str, Any], prepared: Prepared, local: Path, new: bool) -> dict[str, Any]:
-    """Write the version's files, then (one transaction, the Triton model locked) its config and its row.
+class Installer:
+    """Installs checked artifacts (files, shared config, row) and hands out Triton versions."""
 
-    ``new``: insert the row (artifact_uri path); else move the awaiting_upload row to pending.
-    Whatever fails, the files written for this version are removed again.
-    """
-    layout = Layout.of(services.settings)
-    tm, number = row["triton_model"], int(row["triton_version"])
-    written = _write_version(services, layout, tm, number, prepared)
-    try:
-        values = {
-            "state": "pending",
-            "state_reason": None,
-            "artifact_format": prepared.format,
-            "artifact_sha256": file_sha256(local),
-            "artifact_bytes": local.stat().st_size,
-            "artifact_uri": row["artifact_uri"],
-            "triton_version": number,
-            "repository_uri": layout.uri(layout.version_prefix(tm, number)),
-        }
-        with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
-            with registry.writing(services) as write:
-                _use_config(services, write.conn, layout, tm, prepared, exclude=row["id"])
-                model = _commit_row(write, row, values, new)
-    except BaseException:
-        repository.delete_keys(services.s3, layout.bucket, written)
-        raise
-    log.info(
-        "model %s version %s installed as Triton %s version %d (%s)",
-        model["name"],
-        model["version"],
-        tm,
-        number,
-        prepared.format,
-    )
-    from shared.lifecycle.backends import wake
+    def __init__(self, registry: ModelRegistry, s3: Any, settings: Settings, backend_admin: BackendAdmin) -> None:
+        self.registry = registry
+        self.s3 = s3
+        self.settings = settings
+        self.backend_admin = backend_admin
 
-    wake(services, model)
-    return model
+    def install(self, row: dict[str, Any], prepared: Prepared, local: Path, new: bool) -> dict[str, Any]:
+        """Write the version's files, then (one transaction, the Triton model locked) its config and its row.
 
+        ``new``: insert the row (artifact_uri path); else move the awaiting_upload row to pending.
+        Whatever fails, the files written for this version are removed again.
+        """
+        layout = Layout.of(self.settings)
+        tm, number = row["triton_model"], int(row["triton_version"])
+        written = self._write_version(layout, tm, number, prepared)
+        try:
+            values = {
+                "state": "pending",
+                "state_reason": None,
+                "artifact_format": prepared.format,
+                "artifact_sha256": file_sha256(local),
+                "artifact_bytes": local.stat().st_size,
+                "artifact_uri": row["artifact_uri"],
+                "triton_version": number,
+                "repository_uri": layout.uri(layout.version_prefix(tm, number)),
+            }
+            with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
+                with self.registry.writing() as write:
+                    self._use_config(write.conn, layout, tm, prepared, exclude=row["id"])
+                    model = _commit_row(write, row, values, new)
+        except BaseException:
+            repository.delete_keys(self.s3, layout.bucket, written)
+            raise
+        log.info(
+            "model %s version %s installed as Triton %s version %d (%s)",
+            model["name"],
+            model["version"],
+            tm,
+            number,
+            prepared.format,
+        )
+        self.backend_admin.wake(model)
+        return model
 
-def _write_version(services: Services, layout: Layout, tm: str, number: int, prepared: Prepared) -> list[str]:
-    written: list[str] = []
-    prefix = layout.version_prefix(tm, number)
-    try:
-        for rel, path in sorted(prepared.version_files.items()):
-            if rel in prepared.in_place:
-                continue
-            repository.upload_file(services.s3, path, layout.bucket, prefix + rel)
-            written.append(prefix + rel)
-    except BaseException:
-        repository.delete_keys(services.s3, layout.bucket, written)
-        raise
-    return written
+    def _write_version(self, layout: Layout, tm: str, number: int, prepared: Prepared) -> list[str]:
+        written: list[str] = []
+        prefix = layout.version_prefix(tm, number)
+        try:
+            for rel, path in sorted(prepared.version_files.items()):
+                if rel in prepared.in_place:
+                    continue
+                repository.upload_file(self.s3, path, layout.bucket, prefix + rel)
+                written.append(prefix + rel)
+        except BaseException:
+            repository.delete_keys(self.s3, layout.bucket, written)
+            raise
+        return written
+
+    def _use_config(self, conn: Any, layout: Layout, tm: str, prepared: Prepared, exclude: Any) -> None:
+        """The Triton model's shared config: written when it has no live version, else it must match.
+
+        Written again even when it matches (small files): the repository is the agents' source and
+        must hold it whatever happened to the bucket since the last push.
+        """
+        current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).one()
+        files = {rel: sha for rel, (_, sha) in prepared.model_files.items()}
+        same = current.config == prepared.config and dict(current.files) == files
+        live = (
+            []
+            if same
+            else conn.execute(
+                sa.select(models.c.version)
+                .where(
+                    models.c.triton_model == tm,
+                    models.c.repository_uri.is_not(None),
+                    models.c.state.in_(LIVE_STATES),
+                    models.c.id != uuid.UUID(str(exclude)),
+                )
+                .limit(5)
+            ).all()
+        )
+        if live and current.config is not None:
+            from shared.lifecycle.tritonconfig import signature
+
+            differs = "config.pbtxt" if current.config != prepared.config else "model-level files"
+            raise Conflict(
+                f"every version of Triton model {tm!r} shares one configuration, and this artifact's "
+                f"{differs} differ from the one versions {', '.join(r.version for r in live)} use "
+                f"(in use: {signature(current.config)}; this one: {signature(prepared.config)}); "
+                "push it under another name or triton_model",
+                code="config_conflict",
+                field="artifact",
+            )
+        model_prefix = layout.model_prefix(tm)
+        for rel, (path, _) in sorted(prepared.model_files.items()):
+            repository.upload_file(self.s3, path, layout.bucket, model_prefix + rel)
+        stale = [model_prefix + rel for rel in dict(current.files) if rel not in files]
+        repository.delete_keys(self.s3, layout.bucket, stale)
+        repository.put(self.s3, layout.bucket, model_prefix + packages.CONFIG, prepared.config.encode())
+        if not same:
+            conn.execute(
+                sa.update(triton_models).where(triton_models.c.name == tm).values(config=prepared.config, files=files)
+            )
+
+    # -- Triton model ownership and version numbers --------------------------------------------
+    def allocate(self, conn: Any, name: str, tm: str) -> int:
+        """The next Triton version of ``tm`` (never reused), claiming ``tm`` for ``name`` on first use."""
+        current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).first()
+        if current is None:
+            external = conn.execute(
+                sa.select(models.c.name).where(models.c.triton_model == tm, models.c.repository_uri.is_(None)).limit(1)
+            ).first()
+            layout = Layout.of(self.settings)
+            if external is not None or repository.holds_anything(self.s3, layout, tm):
+                owner = (
+                    f"registered by model {external.name!r}"
+                    if external is not None
+                    else f"present in {layout.uri(layout.model_prefix(tm))}"
+                )
+                raise Conflict(
+                    f"Triton model {tm!r} is served from files Kinfer does not manage ({owner}); push "
+                    "under another name or set triton_model",
+                    code="triton_model_unmanaged",
+                    field="triton_model",
+                )
+            conn.execute(
+                pg_insert(triton_models)
+                .values(name=tm, owner=name, last_version=0)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).one()
+        if current.owner != name:
+            raise Conflict(
+                f"Triton model {tm!r} holds the versions of model {current.owner!r}; push under another "
+                "name or set triton_model",
+                code="triton_model_taken",
+                field="triton_model",
+            )
+        return int(
+            conn.execute(
+                sa.update(triton_models)
+                .where(triton_models.c.name == tm)
+                .values(last_version=triton_models.c.last_version + 1)
+                .returning(triton_models.c.last_version)
+            ).scalar_one()
+        )
 
 
 def _commit_row(write: registry.Write, row: dict[str, Any], values: dict[str, Any], new: bool) -> dict[str, Any]:
@@ -121,54 +218,7 @@ def _commit_row(write: registry.Write, row: dict[str, Any], values: dict[str, An
     return write.touch(registry.to_json(updated))
 
 
-def _use_config(services: Services, conn: Any, layout: Layout, tm: str, prepared: Prepared, exclude: Any) -> None:
-    """The Triton model's shared config: written when it has no live version, else it must match.
-
-    Written again even when it matches (small files): the repository is the agents' source and
-    must hold it whatever happened to the bucket since the last push.
-    """
-    current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).one()
-    files = {rel: sha for rel, (_, sha) in prepared.model_files.items()}
-    same = current.config == prepared.config and dict(current.files) == files
-    live = (
-        []
-        if same
-        else conn.execute(
-            sa.select(models.c.version)
-            .where(
-                models.c.triton_model == tm,
-                models.c.repository_uri.is_not(None),
-                models.c.state.in_(LIVE_STATES),
-                models.c.id != uuid.UUID(str(exclude)),
-            )
-            .limit(5)
-        ).all()
-    )
-    if live and current.config is not None:
-        from shared.lifecycle.tritonconfig import signature
-
-        differs = "config.pbtxt" if current.config != prepared.config else "model-level files"
-        raise Conflict(
-            f"every version of Triton model {tm!r} shares one configuration, and this artifact's "
-            f"{differs} differ from the one versions {', '.join(r.version for r in live)} use "
-            f"(in use: {signature(current.config)}; this one: {signature(prepared.config)}); "
-            "push it under another name or triton_model",
-            code="config_conflict",
-            field="artifact",
-        )
-    model_prefix = layout.model_prefix(tm)
-    for rel, (path, _) in sorted(prepared.model_files.items()):
-        repository.upload_file(services.s3, path, layout.bucket, model_prefix + rel)
-    stale = [model_prefix + rel for rel in dict(current.files) if rel not in files]
-    repository.delete_keys(services.s3, layout.bucket, stale)
-    repository.put(services.s3, layout.bucket, model_prefix + packages.CONFIG, prepared.config.encode())
-    if not same:
-        conn.execute(
-            sa.update(triton_models).where(triton_models.c.name == tm).values(config=prepared.config, files=files)
-        )
-
-
-# -- Triton model ownership and version numbers ------------------------------------------------
+# -- helpers (no collaborators) ------------------------------------------------------------------
 def refuse_duplicate(conn: Any, row: dict[str, Any]) -> None:
     found = conn.execute(
         sa.select(models.c.state).where(models.c.name == row["name"], models.c.version == row["version"])
@@ -180,49 +230,6 @@ def refuse_duplicate(conn: Any, row: dict[str, Any]) -> None:
             else ""
         )
         raise Conflict(registry.duplicate(row["name"], row["version"]) + hint, field="version")
-
-
-def allocate(services: Services, conn: Any, name: str, tm: str) -> int:
-    """The next Triton version of ``tm`` (never reused), claiming ``tm`` for ``name`` on first use."""
-    current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).first()
-    if current is None:
-        external = conn.execute(
-            sa.select(models.c.name).where(models.c.triton_model == tm, models.c.repository_uri.is_(None)).limit(1)
-        ).first()
-        layout = Layout.of(services.settings)
-        if external is not None or repository.holds_anything(services.s3, layout, tm):
-            owner = (
-                f"registered by model {external.name!r}"
-                if external is not None
-                else f"present in {layout.uri(layout.model_prefix(tm))}"
-            )
-            raise Conflict(
-                f"Triton model {tm!r} is served from files Kinfer does not manage ({owner}); push "
-                "under another name or set triton_model",
-                code="triton_model_unmanaged",
-                field="triton_model",
-            )
-        conn.execute(
-            pg_insert(triton_models)
-            .values(name=tm, owner=name, last_version=0)
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        current = conn.execute(sa.select(triton_models).where(triton_models.c.name == tm).with_for_update()).one()
-    if current.owner != name:
-        raise Conflict(
-            f"Triton model {tm!r} holds the versions of model {current.owner!r}; push under another "
-            "name or set triton_model",
-            code="triton_model_taken",
-            field="triton_model",
-        )
-    return int(
-        conn.execute(
-            sa.update(triton_models)
-            .where(triton_models.c.name == tm)
-            .values(last_version=triton_models.c.last_version + 1)
-            .returning(triton_models.c.last_version)
-        ).scalar_one()
-    )
 
 
 def file_sha256(path: Path) -> str:

@@ -230,7 +230,6 @@ def reconcile_batch_jobs(settings: Settings, say: Any = print) -> dict[str, list
     the chunks of the jobs left active when the stack went down (``shared.batch.reaper``)."""
     from dataclasses import replace
 
-    from shared.batch import reaper
     from shared.services import Services
 
     services = Services(
@@ -239,8 +238,8 @@ def reconcile_batch_jobs(settings: Settings, say: Any = print) -> dict[str, list
         )
     )
     try:
-        stalled = reaper.reap(services)
-        outcome = reaper.reconcile(services)
+        stalled = services.reaper.reap()
+        outcome = services.reaper.reconcile()
     finally:
         services.close()
     outcome["failed"] = stalled + outcome["failed"]
@@ -384,12 +383,11 @@ def seed(settings: Settings, say: Any = print, timeout: float = 120) -> None:
     Idempotent: a demo version that exists is kept, unless its files are gone from the model
     repository (the local S3 server keeps objects in memory): then it is pushed again.
     """
-    from shared.access.keys import ensure_key
     from shared.services import Services
 
     services = Services(settings)
     try:
-        ensure_key(services, "demo", DEMO_KEY, ["infer", "batch", "admin"])
+        services.keys.ensure_key("demo", DEMO_KEY, ["infer", "batch", "admin"])
         from shared.errors import KinferError
 
         pushed = []
@@ -405,15 +403,13 @@ def seed(settings: Settings, say: Any = print, timeout: float = 120) -> None:
 
 def _seed_model(services: Any, body: dict[str, Any]) -> str | None:
     """Push one demo model unless it is in place; the id of the version to wait for."""
-    from shared import registry
     from shared.errors import NotFound
     from shared.lifecycle import repository
-    from shared.lifecycle.artifacts import push_file
     from shared.lifecycle.repository import Layout
     from shared.localstack.triton import default_repository
 
     try:
-        found = registry.get_model_by_name(services, body["name"], body["version"])
+        found = services.registry.get_model_by_name(body["name"], body["version"])
     except NotFound:
         found = None
     layout = Layout.of(services.settings)
@@ -429,10 +425,10 @@ def _seed_model(services: Any, body: dict[str, Any]) -> str | None:
         if in_place:
             return str(found["id"]) if found["state"] != "ready" else None
     if found is not None:
-        registry.delete_model(services, found["id"])
+        services.registry.delete_model(found["id"])
     _claim_demo_name(services, body["name"])
     package = pack_folder(default_repository() / body["name"], state_dir() / f"{body['name']}.tar.gz")
-    return str(push_file(services, body, package)["id"])
+    return str(services.artifacts.push_file(body, package)["id"])
 
 
 def _claim_demo_name(services: Any, name: str) -> None:
@@ -474,12 +470,10 @@ def pack_folder(folder: Path, target: Path) -> Path:
 
 
 def _wait_ready(services: Any, ids: list[str], timeout: float, say: Any) -> None:
-    from shared import registry
-
     deadline = time.monotonic() + timeout
     for model_id in ids:
         while True:
-            model = registry.get_model(services, model_id)
+            model = services.registry.get_model(model_id)
             if model["state"] == "ready":
                 say(f"{model['name']} {model['version']} is served (Triton version {model['triton_version']})")
                 break

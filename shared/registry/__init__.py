@@ -16,72 +16,29 @@ pick is a hash of the caller's route key, so a caller keeps its version.
 
 from __future__ import annotations
 
-from shared.registry.reads import (
-    _servable,
-    _summary,
-    active_backends,
-    get_model,
-    get_model_by_name,
-    health,
-    list_models,
-    pick,
-    resolve_model,
-    resolve_target,
-    versions_in_states,
-)
+from shared.registry.reads import RegistryReads, _servable, _summary, pick
 from shared.registry.rows import EVENTS_CHANNEL, GEN_KEY, SERVABLE, parse_id, to_json, version_key
-from shared.registry.rules import (
-    ALIAS,
-    FRAMEWORKS,
-    VERSION,
-    backend_field,
-    check_backends_allowed,
-    validate_create,
-    validate_update,
-)
-from shared.registry.store import (
-    Write,
-    create_model,
-    delete_model,
-    duplicate,
-    insert,
-    invalidate,
-    set_state,
-    update_model,
-    writing,
-)
+from shared.registry.rules import ALIAS, FRAMEWORKS, VERSION, backend_field, validate_create, validate_update
+from shared.registry.store import ModelRegistry, Write, duplicate, insert
 
 __all__ = [
-    "active_backends",
-    "versions_in_states",
-    "Write",
-    "writing",
     "ALIAS",
     "EVENTS_CHANNEL",
     "FRAMEWORKS",
     "GEN_KEY",
     "SERVABLE",
     "VERSION",
+    "ModelRegistry",
+    "RegistryReads",
+    "Write",
     "_servable",
     "_summary",
     "backend_field",
-    "check_backends_allowed",
-    "create_model",
-    "delete_model",
     "duplicate",
-    "get_model",
-    "get_model_by_name",
-    "health",
     "insert",
-    "invalidate",
-    "list_models",
     "parse_id",
     "pick",
-    "resolve_model",
-    "resolve_target",
-    "set_state",
     "to_json",
-    "update_model",
     "validate_create",
     "validate_update",
     "version_key",

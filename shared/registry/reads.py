@@ -29,95 +29,9 @@ from shared.registry.rows import (
 from shared.registry.rules import DEFAULT_ALIAS, FRAMEWORKS, NAME, STATES, STATUSES, VERSION
 
 if TYPE_CHECKING:
-    from shared.services import Services
-
-
-def _cached(services: Services, key: str, load: Any) -> Any:
-    """Read-through: the cached JSON, or ``load()`` stored unless a write raced it."""
-    value, gen = services.cache.lookup(key, GEN_KEY)
-    if value is not None:
-        return value
-    value = load()
-    services.cache.fill(key, GEN_KEY, value, gen)
-    return value
-
-
-def _fetch_one(services: Services, where: Any, missing: str) -> dict[str, Any]:
-    with services.db.read() as conn:
-        row = conn.execute(sa.select(models).where(where)).first()
-    if row is None:
-        raise NotFound(missing)
-    return to_json(row)
-
-
-def get_model(services: Services, raw_id: str) -> dict[str, Any]:
-    model_id = parse_id(raw_id)
-    return _complete(
-        _cached(
-            services,
-            _id_key(model_id),
-            lambda: _fetch_one(services, models.c.id == model_id, f"model {raw_id} not found"),
-        )
-    )
-
-
-def get_model_by_name(services: Services, name: str, version: str) -> dict[str, Any]:
-    if not NAME.fullmatch(name) or not VERSION.fullmatch(version):
-        raise NotFound(f"model {name[:64]!r} version {version[:32]!r} not found", code="version_not_found")
-    where = sa.and_(models.c.name == name, models.c.version == version)
-    return _complete(
-        _cached(
-            services,
-            _nv_key(name, version),
-            lambda: _fetch_one(services, where, f"model {name!r} version {version!r} not found"),
-        )
-    )
-
-
-def view(services: Services, name: str) -> dict[str, Any]:
-    """Everything resolution needs about ``name``: its active rows, the others' states, its aliases."""
-    return dict(_cached(services, _view_key(name), lambda: _load_view(services, name)))
-
-
-def _load_view(services: Services, name: str) -> dict[str, Any]:
-    with services.db.read() as conn:
-        rows = conn.execute(sa.select(models).where(models.c.name == name)).all()
-        aliases = conn.execute(
-            sa.select(model_aliases.c.alias, model_aliases.c.versions).where(model_aliases.c.name == name)
-        ).all()
-    active = {r.version: to_json(r) for r in rows if r.status == "active"}
-    others = {
-        r.version: {"status": r.status, "state": r.state, "state_reason": r.state_reason}
-        for r in rows
-        if r.status != "active"
-    }
-    return {"active": active, "others": others, "aliases": {a.alias: dict(a.versions) for a in aliases}}
-
-
-def resolve_target(services: Services, name: str, version: str | None = None) -> dict[str, Any]:
-    """What serves ``name`` at ``version`` (a version, an alias, or None): ``{"alias", "choices"}``,
-    choices being ``[weight, model]`` pairs. Errors say what exists and what to do."""
-    if not NAME.fullmatch(name):
-        raise NotFound(f"model {name[:64]!r} not found")
-    known = view(services, name)
-    if not known["active"] and not known["others"]:
-        raise NotFound(_unknown_model_message(services, name))
-    if version is None:
-        if DEFAULT_ALIAS in known["aliases"]:
-            return _alias_target(known, name, DEFAULT_ALIAS)
-        servable = [m for m in known["active"].values() if m["state"] == SERVABLE]
-        if not servable:
-            raise NotFound(
-                f"model {name!r} has no active version ready to serve ({_summary(known)})", code="no_active_version"
-            )
-        return {"alias": None, "choices": [[100, max(servable, key=lambda m: version_key(m["version"]))]]}
-    if VERSION.fullmatch(version):
-        return {"alias": None, "choices": [[100, _servable(known, name, version)]]}
-    if version in known["aliases"]:
-        return _alias_target(known, name, version)
-    raise NotFound(
-        f"model {name!r} has no version or alias {version[:32]!r} ({_summary(known)})", code="version_not_found"
-    )
+    from shared.clients.cache import Cache
+    from shared.clients.db import Database
+    from shared.settings import Settings
 
 
 def _servable(known: dict[str, Any], name: str, version: str) -> dict[str, Any]:
@@ -171,13 +85,6 @@ def pick(target: dict[str, Any], route_key: str | None) -> dict[str, Any]:
     return dict(choices[-1][1])
 
 
-def resolve_model(
-    services: Services, name: str, version: str | None = None, route_key: str | None = None
-) -> dict[str, Any]:
-    """The model row that serves this request (see ``resolve_target`` and ``pick``)."""
-    return pick(resolve_target(services, name, version), route_key)
-
-
 def _summary(known: dict[str, Any]) -> str:
     parts = [f"{ver} {'active' if m['state'] == SERVABLE else m['state']}" for ver, m in known["active"].items()]
     parts += [f"{ver} {o['status']}" for ver, o in known["others"].items()]
@@ -186,11 +93,6 @@ def _summary(known: dict[str, Any]) -> str:
     if known["aliases"]:
         text += "; aliases: " + ", ".join(sorted(known["aliases"]))
     return text
-
-
-def _unknown_model_message(services: Services, name: str) -> str:
-    names = _cached(services, NAMES_KEY, lambda: _all_names(services))
-    return f"model {name!r} not found{suggestion(name, names)}"
 
 
 # The fuzzy match costs about 20 us a name: past this many, only names that begin like the unknown one
@@ -215,64 +117,158 @@ def suggestion(name: str, names: list[str]) -> str:
     )
 
 
-def _all_names(services: Services) -> list[str]:
-    with services.db.read() as conn:
-        return [r[0] for r in conn.execute(sa.select(models.c.name).distinct().limit(10_000))]
+class RegistryReads:
+    """The registry's reads: through the Redis cache from PostgreSQL, and the uncached reads of the loops."""
 
+    def __init__(self, db: Database, cache: Cache, settings: Settings) -> None:
+        self.db = db
+        self.cache = cache
+        self.settings = settings
 
-def list_models(services: Services, args: Any) -> dict[str, Any]:
-    limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
-    offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
-    conditions = []
-    if args.get("name"):
-        conditions.append(models.c.name == v.string(args["name"], "name", max_len=128))
-    if args.get("framework"):
-        conditions.append(models.c.framework == v.choice(args["framework"], "framework", FRAMEWORKS))
-    if args.get("status"):
-        conditions.append(models.c.status == v.choice(args["status"], "status", STATUSES))
-    if args.get("state"):
-        conditions.append(models.c.state == v.choice(args["state"], "state", STATES))
-    if args.get("tag"):
-        conditions.append(models.c.tags.contains([v.string(args["tag"], "tag", max_len=64)]))
-    query = sa.select(models).where(*conditions)
-    with services.db.begin() as conn:
-        total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
-        rows = conn.execute(
-            query.order_by(models.c.created_at.desc(), models.c.id.desc()).limit(limit).offset(offset)
-        ).all()
-    return {"models": [to_json(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+    def _cached(self, key: str, load: Any) -> Any:
+        """Read-through: the cached JSON, or ``load()`` stored unless a write raced it."""
+        value, gen = self.cache.lookup(key, GEN_KEY)
+        if value is not None:
+            return value
+        value = load()
+        self.cache.fill(key, GEN_KEY, value, gen)
+        return value
 
+    def _fetch_one(self, where: Any, missing: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(models).where(where)).first()
+        if row is None:
+            raise NotFound(missing)
+        return to_json(row)
 
-def health(services: Services) -> tuple[int, dict[str, Any]]:
-    """503 when PostgreSQL is unreachable; "degraded" when only Redis is."""
-    db_ok = services.db.ping()
-    cache_ok = services.cache.ping()
-    status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok else "unhealthy")
-    body = {
-        "status": status,
-        "service": services.settings.service_name,
-        "checks": {"database": "ok" if db_ok else "unreachable", "cache": "ok" if cache_ok else "unreachable"},
-    }
-    return (200 if db_ok else 503), body
+    def get_model(self, raw_id: str) -> dict[str, Any]:
+        model_id = parse_id(raw_id)
+        return _complete(
+            self._cached(
+                _id_key(model_id),
+                lambda: self._fetch_one(models.c.id == model_id, f"model {raw_id} not found"),
+            )
+        )
 
+    def get_model_by_name(self, name: str, version: str) -> dict[str, Any]:
+        if not NAME.fullmatch(name) or not VERSION.fullmatch(version):
+            raise NotFound(f"model {name[:64]!r} version {version[:32]!r} not found", code="version_not_found")
+        where = sa.and_(models.c.name == name, models.c.version == version)
+        return _complete(
+            self._cached(
+                _nv_key(name, version),
+                lambda: self._fetch_one(where, f"model {name!r} version {version!r} not found"),
+            )
+        )
 
-# -- uncached reads for the platform's own loops (the model agent, the backends probe) ----------------------
-def versions_in_states(
-    services: Services, states: tuple[str, ...], *, active: bool = False, managed: bool = False
-) -> list[dict[str, Any]]:
-    """Every version in one of ``states`` (``active``: only status active; ``managed``: only versions whose
-    files Kinfer manages), straight from PostgreSQL: the agents must see a write at once."""
-    query = sa.select(models).where(models.c.state.in_(states))
-    if active:
-        query = query.where(models.c.status == "active")
-    if managed:
-        query = query.where(models.c.repository_uri.is_not(None))
-    with services.db.read() as conn:
-        return [to_json(row) for row in conn.execute(query).all()]
+    def view(self, name: str) -> dict[str, Any]:
+        """Everything resolution needs about ``name``: its active rows, the others' states, its aliases."""
+        return dict(self._cached(_view_key(name), lambda: self._load_view(name)))
 
+    def _load_view(self, name: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(models).where(models.c.name == name)).all()
+            aliases = conn.execute(
+                sa.select(model_aliases.c.alias, model_aliases.c.versions).where(model_aliases.c.name == name)
+            ).all()
+        active = {r.version: to_json(r) for r in rows if r.status == "active"}
+        others = {
+            r.version: {"status": r.status, "state": r.state, "state_reason": r.state_reason}
+            for r in rows
+            if r.status != "active"
+        }
+        return {"active": active, "others": others, "aliases": {a.alias: dict(a.versions) for a in aliases}}
 
-def active_backends(services: Services) -> list[tuple[list[str], str]]:
-    """(backend_urls, Triton model) of every active version, straight from PostgreSQL."""
-    query = sa.select(models.c.backend_urls, models.c.triton_model, models.c.name).where(models.c.status == "active")
-    with services.db.read() as conn:
-        return [(list(urls or []), triton_model or name) for urls, triton_model, name in conn.execute(query).all()]
+    def resolve_target(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """What serves ``name`` at ``version`` (a version, an alias, or None): ``{"alias", "choices"}``,
+        choices being ``[weight, model]`` pairs. Errors say what exists and what to do."""
+        if not NAME.fullmatch(name):
+            raise NotFound(f"model {name[:64]!r} not found")
+        known = self.view(name)
+        if not known["active"] and not known["others"]:
+            raise NotFound(self._unknown_model_message(name))
+        if version is None:
+            if DEFAULT_ALIAS in known["aliases"]:
+                return _alias_target(known, name, DEFAULT_ALIAS)
+            servable = [m for m in known["active"].values() if m["state"] == SERVABLE]
+            if not servable:
+                raise NotFound(
+                    f"model {name!r} has no active version ready to serve ({_summary(known)})",
+                    code="no_active_version",
+                )
+            return {"alias": None, "choices": [[100, max(servable, key=lambda m: version_key(m["version"]))]]}
+        if VERSION.fullmatch(version):
+            return {"alias": None, "choices": [[100, _servable(known, name, version)]]}
+        if version in known["aliases"]:
+            return _alias_target(known, name, version)
+        raise NotFound(
+            f"model {name!r} has no version or alias {version[:32]!r} ({_summary(known)})", code="version_not_found"
+        )
+
+    def resolve_model(self, name: str, version: str | None = None, route_key: str | None = None) -> dict[str, Any]:
+        """The model row that serves this request (see ``resolve_target`` and ``pick``)."""
+        return pick(self.resolve_target(name, version), route_key)
+
+    def _unknown_model_message(self, name: str) -> str:
+        names = self._cached(NAMES_KEY, self._all_names)
+        return f"model {name!r} not found{suggestion(name, names)}"
+
+    def _all_names(self) -> list[str]:
+        with self.db.read() as conn:
+            return [r[0] for r in conn.execute(sa.select(models.c.name).distinct().limit(10_000))]
+
+    def list_models(self, args: Any) -> dict[str, Any]:
+        limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
+        offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
+        conditions = []
+        if args.get("name"):
+            conditions.append(models.c.name == v.string(args["name"], "name", max_len=128))
+        if args.get("framework"):
+            conditions.append(models.c.framework == v.choice(args["framework"], "framework", FRAMEWORKS))
+        if args.get("status"):
+            conditions.append(models.c.status == v.choice(args["status"], "status", STATUSES))
+        if args.get("state"):
+            conditions.append(models.c.state == v.choice(args["state"], "state", STATES))
+        if args.get("tag"):
+            conditions.append(models.c.tags.contains([v.string(args["tag"], "tag", max_len=64)]))
+        query = sa.select(models).where(*conditions)
+        with self.db.begin() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+            rows = conn.execute(
+                query.order_by(models.c.created_at.desc(), models.c.id.desc()).limit(limit).offset(offset)
+            ).all()
+        return {"models": [to_json(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """503 when PostgreSQL is unreachable; "degraded" when only Redis is."""
+        db_ok = self.db.ping()
+        cache_ok = self.cache.ping()
+        status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok else "unhealthy")
+        body = {
+            "status": status,
+            "service": self.settings.service_name,
+            "checks": {"database": "ok" if db_ok else "unreachable", "cache": "ok" if cache_ok else "unreachable"},
+        }
+        return (200 if db_ok else 503), body
+
+    # -- uncached reads for the platform's own loops (the model agent, the backends probe) ----------------------
+    def versions_in_states(
+        self, states: tuple[str, ...], *, active: bool = False, managed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every version in one of ``states`` (``active``: only status active; ``managed``: only versions whose
+        files Kinfer manages), straight from PostgreSQL: the agents must see a write at once."""
+        query = sa.select(models).where(models.c.state.in_(states))
+        if active:
+            query = query.where(models.c.status == "active")
+        if managed:
+            query = query.where(models.c.repository_uri.is_not(None))
+        with self.db.read() as conn:
+            return [to_json(row) for row in conn.execute(query).all()]
+
+    def active_backends(self) -> list[tuple[list[str], str]]:
+        """(backend_urls, Triton model) of every active version, straight from PostgreSQL."""
+        query = sa.select(models.c.backend_urls, models.c.triton_model, models.c.name).where(
+            models.c.status == "active"
+        )
+        with self.db.read() as conn:
+            return [(list(urls or []), triton_model or name) for urls, triton_model, name in conn.execute(query).all()]

@@ -1,21 +1,15 @@
 """What a registration may say: its fields, their patterns and choices, the checks of a body
-(create, update, a PUT of the whole representation) and of the backends it names.
+(create, update, a PUT of the whole representation) and of the backends it names (the allow-list check,
+which reads the settings, is ``ModelRegistry.check_backends_allowed``).
 """
 
 from __future__ import annotations
 
 import re
-from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared import validation as v
-from shared.endpoints import backend_id
-from shared.endpoints import resolve as resolve_backend
 from shared.errors import InvalidInput
-
-if TYPE_CHECKING:
-    from shared.services import Services
-
 
 FRAMEWORKS = ("pytorch", "tensorflow", "onnx", "scikit-learn", "xgboost", "tensorrt", "python")
 FORMATS = ("onnx", "torchscript", "savedmodel", "plan", "pickle", "python")
@@ -183,29 +177,6 @@ def validate_update(body: Any) -> dict[str, Any]:
     if not values:
         raise InvalidInput(f"nothing to update; give one of: {', '.join(UPDATE_FIELDS)}", field="body")
     return values
-
-
-def check_backends_allowed(services: Services, urls: list[str], field: str = "backend_url") -> None:
-    """Each URL must name this deployment's Triton (TRITON_URL, or ``triton`` with Triton's ports) or
-    match BACKEND_ALLOWLIST, before anything contacts it."""
-    own = backend_id(services.settings.triton_url)
-    patterns = (own, *services.settings.backend_allowlist)
-    seen: dict[str, str] = {}
-    for url in urls:
-        target = resolve_backend(url, own)
-        if target in seen:
-            raise InvalidInput(
-                f"{field} names one backend twice: {seen[target]!r} and {url!r} are both {target}", field=field
-            )
-        seen[target] = url
-        if not any(fnmatchcase(target, p.lower()) for p in patterns):
-            raise InvalidInput(
-                f"{field} {backend_id(url)!r} is not an allowed Triton backend; allowed: "
-                f"{', '.join(dict.fromkeys(patterns))} (BACKEND_ALLOWLIST), and triton:8001 (or "
-                "triton:8000) for this deployment's own Triton",
-                field=field,
-                code="backend_not_allowed",
-            )
 
 
 def backend_field(body: Any) -> str:

@@ -9,26 +9,19 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from fnmatch import fnmatchcase
+from typing import Any
 
 import sqlalchemy as sa
 
 from shared.clients.db import conflict_on
 from shared.clients.schema import model_aliases, models
-from shared.errors import Conflict, NotFound, Unavailable
-from shared.registry.reads import get_model
+from shared.endpoints import backend_id
+from shared.endpoints import resolve as resolve_backend
+from shared.errors import Conflict, InvalidInput, NotFound, Unavailable
+from shared.registry.reads import RegistryReads
 from shared.registry.rows import EVENTS_CHANNEL, GEN_KEY, NAMES_KEY, _id_key, _nv_key, _view_key, parse_id, to_json
-from shared.registry.rules import (
-    ECHOED,
-    _without_echoed,
-    backend_field,
-    check_backends_allowed,
-    validate_create,
-    validate_update,
-)
-
-if TYPE_CHECKING:
-    from shared.services import Services
+from shared.registry.rules import ECHOED, _without_echoed, backend_field, validate_create, validate_update
 
 
 @dataclass
@@ -45,27 +38,6 @@ class Write:
         return model
 
 
-@contextmanager
-def writing(services: Services) -> Iterator[Write]:
-    """A transaction whose touched models are invalidated before its commit and again after it."""
-    with services.db.begin() as conn:
-        write = Write(conn)
-        yield write
-        for model, names in write.touched:
-            invalidate(services, model, names=names, before_commit=True)
-    for model, names in write.touched:
-        invalidate(services, model, names=names)
-
-
-def create_model(services: Services, body: Any) -> dict[str, Any]:
-    """Register a version whose files Kinfer does not manage (``shared.lifecycle`` registers artifacts)."""
-    row = validate_create(body)
-    check_backends_allowed(services, row.get("backend_urls") or [], backend_field(body))
-    row["id"] = uuid.uuid4()
-    with conflict_on(duplicate(row["name"], row["version"]), field="version"), writing(services) as write:
-        return insert(write, row)
-
-
 def duplicate(name: str, version: str) -> str:
     return f"model {name!r} version {version!r} already exists"
 
@@ -75,59 +47,6 @@ def insert(write: Write, row: dict[str, Any]) -> dict[str, Any]:
     return write.touch(
         to_json(write.conn.execute(sa.insert(models).values(**row).returning(*models.c)).one()), names=True
     )
-
-
-def update_model(services: Services, raw_id: str, body: Any) -> dict[str, Any]:
-    model_id = parse_id(raw_id)
-    if isinstance(body, dict) and not ECHOED.isdisjoint(body):
-        body = _without_echoed(body, get_model(services, raw_id))
-    values = validate_update(body)
-    if "backend_urls" in values:
-        check_backends_allowed(services, values["backend_urls"], backend_field(body))
-    values["updated_at"] = sa.func.clock_timestamp()
-    with writing(services) as write:
-        conn = write.conn
-        if values.get("status", "active") != "active":
-            query = sa.select(models.c.name, models.c.version).where(models.c.id == model_id)
-            current = conn.execute(query.with_for_update()).first()  # an alias move holds it FOR SHARE
-            if current is not None:
-                _refuse_if_aliased(conn, current.name, current.version, f"make it {values['status']}")
-        row = conn.execute(
-            sa.update(models).where(models.c.id == model_id).values(**values).returning(*models.c)
-        ).first()
-        if row is None:
-            raise NotFound(f"model {raw_id} not found")
-        return write.touch(to_json(row))
-
-
-def set_state(
-    services: Services, model_id: str, state: str, reason: str | None = None, only_from: tuple[str, ...] = ()
-) -> dict[str, Any] | None:
-    """Move a version's load state (the agents and the artifact path); None when ``only_from`` did not hold."""
-    where = [models.c.id == uuid.UUID(model_id)]
-    if only_from:
-        where.append(models.c.state.in_(only_from))
-    with writing(services) as write:
-        row = write.conn.execute(
-            sa.update(models)
-            .where(*where)
-            .values(state=state, state_reason=reason, updated_at=sa.func.clock_timestamp())
-            .returning(*models.c)
-        ).first()
-        return None if row is None else write.touch(to_json(row))
-
-
-def delete_model(services: Services, raw_id: str) -> dict[str, Any]:
-    """Delete a version (409 while an alias points at it); returns what was deleted."""
-    model_id = parse_id(raw_id)
-    with writing(services) as write:
-        conn = write.conn
-        current = conn.execute(sa.select(models).where(models.c.id == model_id).with_for_update()).first()
-        if current is None:
-            raise NotFound(f"model {raw_id} not found")
-        _refuse_if_aliased(conn, current.name, current.version, "delete it")
-        conn.execute(sa.delete(models).where(models.c.id == model_id))
-        return write.touch(to_json(current), names=True)
 
 
 def _refuse_if_aliased(conn: Any, name: str, version: str, action: str) -> None:
@@ -148,25 +67,121 @@ def _refuse_if_aliased(conn: Any, name: str, version: str, action: str) -> None:
         )
 
 
-def invalidate(services: Services, model: dict[str, Any], *, names: bool = False, before_commit: bool = False) -> None:
-    """Drop the cached copies of ``model`` (and its name's view), bump the generation, announce the name.
+class ModelRegistry(RegistryReads):
+    """The model registry: its cached reads, its writes (each invalidating the cache) and the backend check."""
 
-    ``writing`` calls this twice for every model a write touches. Before its commit, a failure raises Unavailable so the
-    transaction rolls back: a change that cannot be made visible through the cache is
-    not made at all (a Redis that stalls would otherwise come back serving the old row
-    until its TTL). After the commit, it removes what a reader filled in between.
-    """
-    keys = [_view_key(model["name"])]
-    if "id" in model:
-        keys.append(_id_key(model["id"]))
-    if "version" in model:
-        keys.append(_nv_key(model["name"], model["version"]))
-    if names:
-        keys.append(NAMES_KEY)
-    told = services.cache.invalidate(GEN_KEY, *keys, announce=(EVENTS_CHANNEL, model["name"]))
-    if not told and before_commit:
-        raise Unavailable(
-            "the registry cache (Redis) cannot be reached, so the change could not be made "
-            "visible everywhere; nothing was changed, retry shortly",
-            retry_after=1,
-        )
+    insert = staticmethod(insert)  # ``registry.insert(write, row)``, also reachable as a method
+
+    @contextmanager
+    def writing(self) -> Iterator[Write]:
+        """A transaction whose touched models are invalidated before its commit and again after it."""
+        with self.db.begin() as conn:
+            write = Write(conn)
+            yield write
+            for model, names in write.touched:
+                self.invalidate(model, names=names, before_commit=True)
+        for model, names in write.touched:
+            self.invalidate(model, names=names)
+
+    def create_model(self, body: Any) -> dict[str, Any]:
+        """Register a version whose files Kinfer does not manage (``shared.lifecycle`` registers artifacts)."""
+        row = validate_create(body)
+        self.check_backends_allowed(row.get("backend_urls") or [], backend_field(body))
+        row["id"] = uuid.uuid4()
+        with conflict_on(duplicate(row["name"], row["version"]), field="version"), self.writing() as write:
+            return insert(write, row)
+
+    def update_model(self, raw_id: str, body: Any) -> dict[str, Any]:
+        model_id = parse_id(raw_id)
+        if isinstance(body, dict) and not ECHOED.isdisjoint(body):
+            body = _without_echoed(body, self.get_model(raw_id))
+        values = validate_update(body)
+        if "backend_urls" in values:
+            self.check_backends_allowed(values["backend_urls"], backend_field(body))
+        values["updated_at"] = sa.func.clock_timestamp()
+        with self.writing() as write:
+            conn = write.conn
+            if values.get("status", "active") != "active":
+                query = sa.select(models.c.name, models.c.version).where(models.c.id == model_id)
+                current = conn.execute(query.with_for_update()).first()  # an alias move holds it FOR SHARE
+                if current is not None:
+                    _refuse_if_aliased(conn, current.name, current.version, f"make it {values['status']}")
+            row = conn.execute(
+                sa.update(models).where(models.c.id == model_id).values(**values).returning(*models.c)
+            ).first()
+            if row is None:
+                raise NotFound(f"model {raw_id} not found")
+            return write.touch(to_json(row))
+
+    def set_state(
+        self, model_id: str, state: str, reason: str | None = None, only_from: tuple[str, ...] = ()
+    ) -> dict[str, Any] | None:
+        """Move a version's load state (the agents and the artifact path); None when ``only_from`` did not hold."""
+        where = [models.c.id == uuid.UUID(model_id)]
+        if only_from:
+            where.append(models.c.state.in_(only_from))
+        with self.writing() as write:
+            row = write.conn.execute(
+                sa.update(models)
+                .where(*where)
+                .values(state=state, state_reason=reason, updated_at=sa.func.clock_timestamp())
+                .returning(*models.c)
+            ).first()
+            return None if row is None else write.touch(to_json(row))
+
+    def delete_model(self, raw_id: str) -> dict[str, Any]:
+        """Delete a version (409 while an alias points at it); returns what was deleted."""
+        model_id = parse_id(raw_id)
+        with self.writing() as write:
+            conn = write.conn
+            current = conn.execute(sa.select(models).where(models.c.id == model_id).with_for_update()).first()
+            if current is None:
+                raise NotFound(f"model {raw_id} not found")
+            _refuse_if_aliased(conn, current.name, current.version, "delete it")
+            conn.execute(sa.delete(models).where(models.c.id == model_id))
+            return write.touch(to_json(current), names=True)
+
+    def invalidate(self, model: dict[str, Any], *, names: bool = False, before_commit: bool = False) -> None:
+        """Drop the cached copies of ``model`` (and its name's view), bump the generation, announce the name.
+
+        ``writing`` calls this twice for every model a write touches. Before its commit, a failure raises Unavailable
+        so the transaction rolls back: a change that cannot be made visible through the cache is
+        not made at all (a Redis that stalls would otherwise come back serving the old row
+        until its TTL). After the commit, it removes what a reader filled in between.
+        """
+        keys = [_view_key(model["name"])]
+        if "id" in model:
+            keys.append(_id_key(model["id"]))
+        if "version" in model:
+            keys.append(_nv_key(model["name"], model["version"]))
+        if names:
+            keys.append(NAMES_KEY)
+        told = self.cache.invalidate(GEN_KEY, *keys, announce=(EVENTS_CHANNEL, model["name"]))
+        if not told and before_commit:
+            raise Unavailable(
+                "the registry cache (Redis) cannot be reached, so the change could not be made "
+                "visible everywhere; nothing was changed, retry shortly",
+                retry_after=1,
+            )
+
+    def check_backends_allowed(self, urls: list[str], field: str = "backend_url") -> None:
+        """Each URL must name this deployment's Triton (TRITON_URL, or ``triton`` with Triton's ports) or
+        match BACKEND_ALLOWLIST, before anything contacts it."""
+        own = backend_id(self.settings.triton_url)
+        patterns = (own, *self.settings.backend_allowlist)
+        seen: dict[str, str] = {}
+        for url in urls:
+            target = resolve_backend(url, own)
+            if target in seen:
+                raise InvalidInput(
+                    f"{field} names one backend twice: {seen[target]!r} and {url!r} are both {target}", field=field
+                )
+            seen[target] = url
+            if not any(fnmatchcase(target, p.lower()) for p in patterns):
+                raise InvalidInput(
+                    f"{field} {backend_id(url)!r} is not an allowed Triton backend; allowed: "
+                    f"{', '.join(dict.fromkeys(patterns))} (BACKEND_ALLOWLIST), and triton:8001 (or "
+                    "triton:8000) for this deployment's own Triton",
+                    field=field,
+                    code="backend_not_allowed",
+                )

@@ -16,12 +16,19 @@ front unless it says ``stream=True``, in which case an ``async`` handler consume
 duplicate keys, no NaN or infinities. A route that names its ``query`` parameters answers
 400 for any other (as for unknown body fields). OPTIONS is answered for every routed path
 (``Allow``, and CORS preflight for the origins of CORS_ALLOWED_ORIGINS, ``shared.web.cors``).
+
+CloudEvents take the same pipeline: an ``event=True`` route parses the body as a CloudEvent
+(binary or structured mode, ``shared.web.events``), continues the trace of ``ce-traceparent``,
+and answers failures with the status that steers Knative's redelivery.
+
+``dispatch`` sees of the process only its ``Host``: the settings and the authenticator (built
+on first use), which the functions' composition root (``shared.services.Services``) provides.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -31,40 +38,59 @@ from shared import telemetry
 from shared.errors import KinferError, NotFound
 from shared.logs import request_id_var
 from shared.web import cors
+from shared.web.events import event_error_status, parse_event
 from shared.web.request import Call, header_dict, read_body, request_id_of
 from shared.web.responses import as_response, error_response
 from shared.web.routing import Router, check_query
 
 if TYPE_CHECKING:
-    from shared.services import Services
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-async def dispatch(request: Request, router: Router, services: Services, span_name: str) -> Response:
+class Authorizer(Protocol):
+    async def authorize(self, call: Call, scope: str) -> Any:
+        """The caller's principal for a route of ``scope`` (401/403/429 otherwise)."""
+
+
+class Host(Protocol):
+    """What the pipeline needs of the process that serves it."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def auth(self) -> Authorizer: ...
+
+
+async def dispatch(request: Request, router: Router, host: Host, span_name: str) -> Response:
     """Route, authorize and run one request; always answers JSON (see module docstring)."""
     scope = request.scope
     headers = header_dict(scope)
     request_id = request_id_of(headers)
     token = request_id_var.set(request_id)
+    carrier: dict[str, str] = headers
+    if "ce-traceparent" in headers and "traceparent" not in headers:  # a CloudEvent in binary mode
+        carrier = {"traceparent": headers["ce-traceparent"]}
     try:
         with telemetry.server_span(
-            span_name, headers, **{"http.request.method": scope["method"], "url.path": scope["path"]}
+            span_name, carrier, **{"http.request.method": scope["method"], "url.path": scope["path"]}
         ) as span:
             call = Call(
                 request=request,
-                services=services,
                 request_id=request_id,
                 trace_id=telemetry.trace_id_of(span),
                 _by_name=headers,
             )
+            settings = host.settings
             if scope["method"] == "OPTIONS":
-                response = _options(call, router)
+                response = _options(call, router, settings)
             else:
-                response = await _run(call, router, span)
-            cors.decorate(response, headers, services.settings.cors_allowed_origins)
+                response = await _run(call, router, span, host)
+            cors.decorate(response, headers, settings.cors_allowed_origins)
             extra = [(b"x-request-id", request_id.encode())]
             if call.trace_id:
                 extra.append((b"x-trace-id", call.trace_id.encode()))
@@ -83,7 +109,7 @@ async def dispatch(request: Request, router: Router, services: Services, span_na
         request_id_var.reset(token)
 
 
-def _options(call: Call, router: Router) -> Response:
+def _options(call: Call, router: Router, settings: Settings) -> Response:
     """OPTIONS: ``Allow`` for a routed path, a CORS preflight answer when it is one (no auth: browsers
     send no credentials with a preflight)."""
     path = call.request.url.path
@@ -91,39 +117,60 @@ def _options(call: Call, router: Router) -> Response:
         methods = router.allowed_methods(path)
         if not methods:
             raise NotFound(f"no route for OPTIONS {path}")
-        return cors.options_response(
-            call.request.headers, [*methods, "OPTIONS"], call.services.settings.cors_allowed_origins
-        )
+        return cors.options_response(call.request.headers, [*methods, "OPTIONS"], settings.cors_allowed_origins)
     except KinferError as exc:
         return error_response(exc, call.request_id, call.trace_id)
 
 
-async def _run(call: Call, router: Router, span: Any) -> Response:
+async def _run(call: Call, router: Router, span: Any, host: Host) -> Response:
     request = call.request
     method, path = request.scope["method"], request.scope["path"]
+    route = None
     try:
         route, params = router.match(path, method)
         if span.is_recording():
             span.update_name(f"{method} {route.rule}")
-        if route.scope is not None and call.services.settings.auth_required:
-            from shared.access.auth import authorize
-
-            call.principal = await authorize(call, route.scope)
+        settings = host.settings
+        if route.scope is not None and settings.auth_required:
+            call.principal = await host.auth.authorize(call, route.scope)
         allowed = route.query_names
         if allowed is not None and request.scope.get("query_string"):
             check_query(request.query_params, allowed)
         if not route.stream and method in _BODY_METHODS:
-            call.body = await read_body(request, call.services.settings.max_body_bytes, call.header("content-length"))
+            call.body = await read_body(request, settings.max_body_bytes, call.header("content-length"))
+        if route.event:
+            event = parse_event(call.header_map, call.body)
+            span.set_attribute("cloudevents.event_id", str(event["id"]))
+            span.set_attribute("cloudevents.event_type", str(event["type"]))
+            params["event"] = event
         if route.is_async:
             result = await route.handler(call, **params)
         else:
             result = await run_in_threadpool(route.handler, call, **params)
         return as_response(result)
     except KinferError as exc:
+        if route is not None and route.event:
+            return _event_failure(call, exc)
         if exc.status >= 500:
             log.warning("request failed: %s %s (%s)", exc.status, exc.code, exc.message)
         return error_response(exc, call.request_id, call.trace_id)
     except Exception:
+        if route is not None and route.event:
+            log.exception("unhandled error in %s %s; answering 503 so the event is retried", method, path)
+            response = error_response(
+                KinferError("internal error; the event will be retried"), call.request_id, call.trace_id
+            )
+            response.status_code = 503
+            return response
         log.exception("unhandled error in %s %s", method, path)
         generic = KinferError("internal error; the request id identifies it in the logs")
         return error_response(generic, call.request_id, call.trace_id)
+
+
+def _event_failure(call: Call, exc: KinferError) -> Response:
+    """A failed CloudEvent: the status that tells Knative whether to redeliver (``event_error_status``)."""
+    status = event_error_status(exc)
+    log.warning("event failed with %s (%s): %s", status, exc.code, exc.message)
+    response = error_response(exc, call.request_id, call.trace_id)
+    response.status_code = status
+    return response

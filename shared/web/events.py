@@ -1,5 +1,6 @@
-"""CloudEvents in: parse an event from a request, then the shared shell of the event functions
-(parse, trace, run, answer).
+"""CloudEvents in: the event of a request (binary or structured mode) and the status a failure answers.
+``shared.web.dispatch`` runs event routes (``Route(event=True)``) through the same pipeline as every
+HTTP request.
 
 The status code steers redelivery (``docs/architecture.md``): a retryable failure answers 503 (or
 429/504), a permanent one 400 (malformed event) or 422; never 404 or 409, which
@@ -10,70 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
 
-from shared import telemetry
 from shared.errors import InvalidInput, KinferError
-from shared.logs import request_id_var
-from shared.web.request import read_body, request_id_of
-from shared.web.responses import error_response, json_response
-
-if TYPE_CHECKING:
-    from shared.services import Services
 
 log = logging.getLogger(__name__)
 
 _BATCH_TYPE = "application/cloudevents-batch+json"
-
-
-async def serve_event(
-    request: Request, services: Services, span_name: str, handler: Callable[[Any, Any], tuple[int, dict[str, Any]]]
-) -> Response:
-    """Run ``handler(services, event)`` (in the thread pool) for a POSTed CloudEvent; GET /health and /livez
-    answer 200."""
-    if request.method == "GET" and request.url.path.rstrip("/") == "/livez":
-        return json_response({"status": "alive"})
-    if request.method == "GET" and request.url.path.rstrip("/") == "/health":
-        return json_response({"status": "healthy", "service": services.settings.service_name})
-    request_id = request_id_of(request.headers)
-    token = request_id_var.set(request_id)
-    try:
-        return await _run(request, services, span_name, handler, request_id)
-    finally:
-        request_id_var.reset(token)
-
-
-async def _run(
-    request: Request, services: Services, span_name: str, handler: Callable[..., Any], request_id: str
-) -> Response:
-    carrier = {"traceparent": request.headers.get("ce-traceparent") or request.headers.get("traceparent") or ""}
-    with telemetry.server_span(span_name, carrier) as span:
-        trace_id = telemetry.trace_id_of(span)
-        try:
-            event = parse_event(request.headers, await read_body(request, services.settings.max_body_bytes))
-            span.set_attribute("cloudevents.event_id", str(event["id"]))
-            span.set_attribute("cloudevents.event_type", str(event["type"]))
-            status, body = await run_in_threadpool(handler, services, event)
-            return json_response(body, status)
-        except KinferError as exc:
-            status = event_error_status(exc)
-            log.warning("%s: event failed with %s (%s): %s", span_name, status, exc.code, exc.message)
-            response = error_response(exc, request_id, trace_id)
-            response.status_code = status
-            return response
-        except Exception:
-            log.exception("%s: unhandled error; answering 503 so the event is retried", span_name)
-            generic = KinferError("internal error; the event will be retried")
-            response = error_response(generic, request_id, trace_id)
-            response.status_code = 503
-            return response
 
 
 def event_error_status(exc: KinferError) -> int:

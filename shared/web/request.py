@@ -11,15 +11,12 @@ import random
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
 from shared import validation as v
 from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-
-if TYPE_CHECKING:
-    from shared.services import Services
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _JSON_MEDIA = frozenset({"application/json", "application/x-www-form-urlencoded"})
@@ -30,7 +27,6 @@ class Call:
     """What a handler sees of one request."""
 
     request: Request
-    services: Services
     request_id: str
     trace_id: str = ""
     principal: Any = None

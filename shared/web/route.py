@@ -28,6 +28,9 @@ class Route:
     """One path rule: ``handler(call, **params)``; ``scope`` None means no auth ("any" = any valid key).
 
     ``stream`` routes get the body unread: their (async) handler iterates ``call.stream()``.
+    ``event`` routes take a CloudEvent (Knative Eventing's delivery): ``handler(call, event)`` gets it
+    parsed from the body, and failures answer the status that steers redelivery
+    (``shared.web.events.event_error_status``; an unexpected error is 503, so the event is retried).
     ``query`` names the query parameters the route takes, as names or documented ``QueryParam``s: any
     other parameter is 400 (as for unknown body fields); None means not checked.
     The remaining fields only document the route in its function's OpenAPI document
@@ -42,6 +45,7 @@ class Route:
     handler: Callable[..., Any]
     scope: str | None = None
     stream: bool = False
+    event: bool = False
     query: tuple[QueryParam | str, ...] | None = None
     summary: str = ""
     body: Mapping[str, Any] | None = field(default=None, compare=False)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from shared.web.request import Call
 
 
-def _openapi_route(routes: list[Route]) -> Route:
+def _openapi_route(routes: list[Route], title: str) -> Route:
     """``GET /openapi.json``: the OpenAPI document of ``routes`` (built on first use)."""
     built: dict[str, Any] = {}
 
@@ -27,7 +27,7 @@ def _openapi_route(routes: list[Route]) -> Route:
         if "doc" not in built:
             from shared.web.openapi import document
 
-            built["doc"] = document(routes, title=f"Kinfer {call.services.settings.service_name}")
+            built["doc"] = document(routes, title=title)
         found: dict[str, Any] = built["doc"]
         return found
 
@@ -54,10 +54,10 @@ class Router:
     """Routes requests by path and method: werkzeug-style rules (``<name>``, ``<path:name>``, ``<int:n>``),
     static rules before dynamic ones, a trailing slash ignored; 404 or 405 (with ``Allow``) otherwise."""
 
-    def __init__(self, routes: Iterable[Route]) -> None:
+    def __init__(self, routes: Iterable[Route], title: str = "Kinfer") -> None:
         self.routes = list(routes)
         if not any(r.rule == OPENAPI_PATH for r in self.routes):  # every router documents itself
-            self.routes.append(_openapi_route(self.routes))
+            self.routes.append(_openapi_route(self.routes, title))
         self._static: dict[str, list[Route]] = {}
         self._dynamic: list[tuple[re.Pattern[str], Route, dict[str, Callable[[str], Any]]]] = []
         for route in self.routes:

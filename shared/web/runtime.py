@@ -1,12 +1,18 @@
-"""Per-process start-up shared by every function: logging and tracing once, then the services."""
+"""Per-process start-up shared by every function: logging and tracing once, then the services; and the
+routes of an event function (CloudEvents on ``POST /``, liveness and health)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from shared.logs import setup_logging
 from shared.services import Services, get_services
 from shared.telemetry import setup_tracing
+from shared.web.request import Call
+from shared.web.route import LIVEZ, Route
+from shared.web.routing import Router
 
 _ready = threading.Event()
 
@@ -19,3 +25,19 @@ def function_services() -> Services:
         setup_tracing(services.settings)
         _ready.set()
     return services
+
+
+def _health(call: Call) -> dict[str, str]:
+    return {"status": "healthy", "service": function_services().settings.service_name}
+
+
+def event_routes(handler: Callable[[Call, Any], tuple[int, dict[str, Any]]]) -> Router:
+    """An event function: ``handler(call, event)`` (in the thread pool) for the CloudEvent POSTed to ``/``;
+    ``GET /livez`` and ``GET /health`` answer 200."""
+    return Router(
+        [
+            LIVEZ,
+            Route("/health", ("GET",), _health, query=()),
+            Route("/", ("POST",), handler, event=True, query=()),
+        ]
+    )

@@ -91,9 +91,7 @@ def _model_ids() -> set[str]:
 
 def _delete_models_except(kept: set[str]) -> None:
     """Delete what the run registered, through the registry (caches invalidated)."""
-    from shared import registry
     from shared.errors import KinferError
-    from shared.lifecycle import aliases
     from shared.services import Services
     from shared.settings import Settings
 
@@ -102,11 +100,11 @@ def _delete_models_except(kept: set[str]) -> None:
         left = []
         for model_id in _model_ids() - kept:  # each on its own: one that cannot go must not keep the others
             try:
-                model = registry.get_model(services, model_id)
-                for alias in aliases.list_aliases(services, model["name"])["aliases"]:  # the run may alias it
+                model = services.registry.get_model(model_id)
+                for alias in services.aliases.list_aliases(model["name"])["aliases"]:  # the run may alias it
                     if model["version"] in alias["versions"]:
-                        aliases.delete_alias(services, model["name"], alias["alias"])
-                registry.delete_model(services, model_id)
+                        services.aliases.delete_alias(model["name"], alias["alias"])
+                services.registry.delete_model(model_id)
             except KinferError as exc:
                 left.append(f"{model_id}: {exc.message}")
         assert not left, f"models the fuzz run registered and could not delete: {left}"

@@ -150,7 +150,6 @@ def batch_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSer
 
 @pytest.fixture
 def rig(base_settings: Any, batch_triton: TritonServer, tmp_path: Path) -> Iterator[BatchRig]:
-    from shared import registry
     from shared.services import reset_services
 
     uid = uuid.uuid4().hex[:8]
@@ -178,8 +177,7 @@ def rig(base_settings: Any, batch_triton: TritonServer, tmp_path: Path) -> Itera
         f"kinfer:faults:{uid}:",
         {"batch-worker": f"http://127.0.0.1:{worker_port}/", "batch-deadletter": f"http://127.0.0.1:{dead_port}/"},
     )
-    rig.model = registry.create_model(
-        services,
+    rig.model = services.registry.create_model(
         {  # type: ignore[attr-defined]
             "name": f"iris-batch-{uid}",
             "version": "1",

@@ -21,7 +21,6 @@ pytestmark = pytest.mark.faults
 def test_postgres_stopped_under_load_then_started(
     base_settings: Any, private_postgres: PrivatePostgres, tmp_path: Path
 ) -> None:
-    from shared import registry
     from shared.clients import db
     from shared.services import reset_services
 
@@ -30,7 +29,7 @@ def test_postgres_stopped_under_load_then_started(
     db.upgrade(settings)
     services = reset_services(settings)
     name = f"pg-fault-{uuid.uuid4().hex[:8]}"
-    model = registry.create_model(services, {"name": name, "version": "1", "framework": "onnx", "format": "onnx"})
+    model = services.registry.create_model({"name": name, "version": "1", "framework": "onnx", "format": "onnx"})
     reset_services(None)
     with (
         served("models", "manage_models", settings, tmp_path) as (models, _),

@@ -22,14 +22,12 @@ pytestmark = pytest.mark.faults
 def test_redis_paused_then_killed_under_load(
     base_settings: Any, restartable_redis: RestartableRedis, fault_triton: TritonServer, tmp_path: Path
 ) -> None:
-    from shared import registry
     from shared.services import reset_services
 
     settings = replace(base_settings, redis_url=restartable_redis.url)
     services = reset_services(settings)
     name = f"iris-redis-{uuid.uuid4().hex[:8]}"
-    model = registry.create_model(
-        services,
+    model = services.registry.create_model(
         {
             "name": name,
             "version": "1",

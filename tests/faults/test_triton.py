@@ -22,11 +22,9 @@ pytestmark = pytest.mark.faults
 def test_triton_killed_under_load_then_restarted(
     services: Any, base_settings: Any, fault_triton: TritonServer, tmp_path: Path
 ) -> None:
-    from shared import registry
 
     name = f"iris-fault-{uuid.uuid4().hex[:8]}"
-    registry.create_model(
-        services,
+    services.registry.create_model(
         {
             "name": name,
             "version": "1",
@@ -79,11 +77,8 @@ def test_callers_who_prefer_to_wait_ride_through_a_triton_restart(
     the outage ends in the same 503 when it runs out."""
     import threading
 
-    from shared import registry
-
     name = f"iris-wake-{uuid.uuid4().hex[:8]}"
-    registry.create_model(
-        services,
+    services.registry.create_model(
         {
             "name": name,
             "version": "1",

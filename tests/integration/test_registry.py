@@ -201,24 +201,24 @@ def test_cache_serves_reads_and_writes_invalidate(client: Any, services: Any) ->
 
 
 def test_a_fill_that_raced_a_write_is_dropped(services: Any) -> None:
-    created = registry.create_model(services, model_body())
+    created = services.registry.create_model(model_body())
     key = f"kinfer:reg:id:{created['id']}"
     services.cache.client.delete(key)
     _, gen = services.cache.lookup(key, registry.GEN_KEY)
-    registry.update_model(services, created["id"], {"description": "newer"})
+    services.registry.update_model(created["id"], {"description": "newer"})
     services.cache.fill(key, registry.GEN_KEY, created, gen)  # the stale reader arrives late
     assert not services.cache.client.exists(key)
-    assert registry.get_model(services, created["id"])["description"] == "newer"
+    assert services.registry.get_model(created["id"])["description"] == "newer"
 
 
 def test_resolve_picks_newest_active_version(services: Any) -> None:
     name = unique("resolve")
     for version, status in (("1.2", "active"), ("1.10", "active"), ("2.0", "inactive")):
-        registry.create_model(services, model_body(name=name, version=version, status=status))
-    assert registry.resolve_model(services, name)["version"] == "1.10"
-    newest = registry.get_model_by_name(services, name, "2.0")
-    registry.update_model(services, newest["id"], {"status": "active"})
-    assert registry.resolve_model(services, name)["version"] == "2.0"
+        services.registry.create_model(model_body(name=name, version=version, status=status))
+    assert services.registry.resolve_model(name)["version"] == "1.10"
+    newest = services.registry.get_model_by_name(name, "2.0")
+    services.registry.update_model(newest["id"], {"status": "active"})
+    assert services.registry.resolve_model(name)["version"] == "2.0"
 
 
 def test_health_is_healthy_with_both(client: Any) -> None:
@@ -227,7 +227,7 @@ def test_health_is_healthy_with_both(client: Any) -> None:
 
 
 def test_redis_down_reads_answer_from_postgres_and_writes_are_refused(base_settings: Any) -> None:
-    created = registry.create_model(reset_services(base_settings), model_body())
+    created = reset_services(base_settings).registry.create_model(model_body())
     dead = dataclasses.replace(base_settings, redis_url="redis://127.0.0.1:1/0")
     reset_services(dead)
     try:
@@ -306,7 +306,7 @@ def test_a_write_during_a_redis_stall_is_refused_so_reads_never_go_stale(
             assert resp.status_code == 503 and resp.headers["Retry-After"]
             assert "nothing was changed" in resp.json()["error"]
             with pytest.raises(Unavailable):
-                registry.delete_model(get_services(), created["id"])
+                get_services().registry.delete_model(created["id"])
         finally:
             private_redis.resume()
         time.sleep(1.1)  # the cache's "down" latch

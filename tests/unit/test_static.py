@@ -52,3 +52,41 @@ def test_no_module_imports_itself_through_others() -> None:
             if imported != module and graph.chain_exists(importer=imported, imported=module):
                 cycles.append(graph.find_shortest_chain(importer=imported, imported=module) + (imported,))
     assert not cycles, f"import cycles: {cycles[:5]}"
+
+
+# The composition root: Services is built here and handed out nowhere below it.
+COMPOSITION_ROOTS = ("functions/", "shared/cli/", "shared/localstack/", "shared/services.py", "shared/web/runtime.py")
+
+
+def _domain_modules() -> list[Path]:
+    found = [*sorted((ROOT / "shared").rglob("*.py")), *sorted((ROOT / "functions").rglob("*.py"))]
+    return [p for p in found if not str(p.relative_to(ROOT)).startswith(COMPOSITION_ROOTS)]
+
+
+def test_no_domain_module_imports_the_container_not_even_for_types() -> None:
+    import ast
+
+    offenders = []
+    for path in _domain_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n == "shared.services" or n.startswith("shared.services.") for n in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == [], f"domain code must receive its collaborators, not import the container: {offenders}"
+
+
+def test_no_function_below_the_composition_root_takes_the_container() -> None:
+    import ast
+
+    offenders = []
+    for path in _domain_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                params = [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
+                if "services" in params:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert offenders == [], f"pass the collaborators a function uses, not the container: {offenders}"

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from limits import RateLimitItemPerMinute
 
-from shared.access import auth, keys
 from shared.services import Services, reset_services
 from shared.settings import Settings
 from tests.conftest import free_port, function_client
@@ -34,7 +33,7 @@ def auth_services(base_settings: Settings) -> Iterator[Services]:
 
 
 def _key(services: Services, scopes: str, rate_limit: int | None = None) -> tuple[dict, str]:
-    return keys.create_key(services, f"test-{uuid.uuid4().hex[:8]}", scopes, rate_limit=rate_limit)
+    return services.keys.create_key(f"test-{uuid.uuid4().hex[:8]}", scopes, rate_limit=rate_limit)
 
 
 def _model() -> dict[str, str]:
@@ -78,7 +77,7 @@ def test_bad_keys_are_401(client: Any, auth_services: Services, headers: dict[st
 def test_revoked_key_is_401_with_the_same_message_as_unknown(client: Any, auth_services: Services) -> None:
     record, key = _key(auth_services, "infer")
     assert client.get("/v1/models", headers=_bearer(key)).status_code == 200
-    keys.revoke_key(auth_services, record["id"])
+    auth_services.keys.revoke_key(record["id"])
     time.sleep(CACHE_TTL_S + 0.05)  # the in-process lookup cache expires
     revoked = client.get("/v1/models", headers=_bearer(key))
     unknown = client.get("/v1/models", headers=_bearer("kf_unknown-key-123"))
@@ -108,10 +107,10 @@ def test_bearer_and_x_api_key_both_work(client: Any, auth_services: Services) ->
 
 def test_fixed_dev_key_is_idempotent(auth_services: Services) -> None:
     secret = f"dev-{uuid.uuid4().hex}"
-    first = keys.ensure_key(auth_services, "dev", secret, "admin")
-    again = keys.ensure_key(auth_services, "dev", secret, "admin")
+    first = auth_services.keys.ensure_key("dev", secret, "admin")
+    again = auth_services.keys.ensure_key("dev", secret, "admin")
     assert first["id"] == again["id"] and first["scopes"] == ["admin"]
-    assert auth.principal_for(auth_services, secret).key_id == first["id"]
+    assert auth_services.auth.principal_for(secret).key_id == first["id"]
 
 
 def test_rate_limit_per_key(client: Any, auth_services: Services) -> None:

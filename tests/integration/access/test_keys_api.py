@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from shared.access import keys
 from shared.services import Services, reset_services
 from shared.settings import Settings
 from tests.conftest import function_client
@@ -28,7 +27,7 @@ def client() -> Any:
 def admin(base_settings: Settings) -> Iterator[dict[str, str]]:
     settings = dataclasses.replace(base_settings, auth_required=True, auth_cache_ttl_s=0)
     services: Services = reset_services(settings)
-    _, secret = keys.create_key(services, f"admin-{uuid.uuid4().hex[:8]}", "admin")
+    _, secret = services.keys.create_key(f"admin-{uuid.uuid4().hex[:8]}", "admin")
     yield {"Authorization": f"Bearer {secret}"}
     reset_services(None)
 
@@ -73,7 +72,7 @@ def test_a_revoked_key_stops_working_and_lists_as_revoked(client: Any, admin: di
 def test_only_admin_keys_manage_keys(client: Any, admin: dict[str, str]) -> None:
     from shared.services import get_services
 
-    _, infer_key = keys.create_key(get_services(), _name(), "infer,batch")
+    _, infer_key = get_services().keys.create_key(_name(), "infer,batch")
     resp = client.get("/v1/keys", headers={"Authorization": f"Bearer {infer_key}"})
     assert resp.status_code == 403 and "'admin' scope" in resp.json()["error"]
     assert client.post("/v1/keys", json={"name": _name(), "scopes": ["admin"]}).status_code == 401

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from shared import registry
 from shared.backends.breaker import read_states
 from tests.conftest import free_port, function_client
 
@@ -26,8 +25,7 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def register(services: Any, urls: list[str]) -> dict:
-    return registry.create_model(
-        services,
+    return services.registry.create_model(
         {
             "name": f"cb-{uuid.uuid4().hex[:8]}",
             "version": "1",

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from shared import registry
 from shared.backends.balancer import probe_key
 from shared.backends.breaker import read_states
 from shared.errors import Unavailable
@@ -23,8 +22,7 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def register(services: Any, urls: list[str]) -> dict:
-    return registry.create_model(
-        services,
+    return services.registry.create_model(
         {
             "name": f"be-{uuid.uuid4().hex[:8]}",
             "version": "1",
@@ -155,13 +153,13 @@ def test_failed_probe_is_skipped_and_connection_failure_retried(backends_client,
 
 def test_a_missing_model_degrades_but_does_not_take_the_backend_out(backends_client, svc, triton):
     ghost = f"ghost-{uuid.uuid4().hex[:6]}"
-    created = registry.create_model(
-        svc, {"name": ghost, "version": "1", "framework": "onnx", "format": "onnx", "backend_url": triton.grpc_url}
+    created = svc.registry.create_model(
+        {"name": ghost, "version": "1", "framework": "onnx", "format": "onnx", "backend_url": triton.grpc_url}
     )
     try:
         _check_ghost(backends_client, triton, ghost)
     finally:
-        registry.delete_model(svc, created["id"])
+        svc.registry.delete_model(created["id"])
 
 
 def _check_ghost(backends_client, triton, ghost):

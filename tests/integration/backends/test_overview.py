@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 
-from shared import registry
-from shared.access import keys
 from shared.backends import overview
 from shared.endpoints import backend_id
 from shared.errors import Unavailable
@@ -43,7 +41,7 @@ def client(svc: Services) -> Any:
 
 
 def _key(services: Services, scopes: str) -> dict[str, str]:
-    _, secret = keys.create_key(services, f"be-{uuid.uuid4().hex[:8]}", scopes)
+    _, secret = services.keys.create_key(f"be-{uuid.uuid4().hex[:8]}", scopes)
     return {"Authorization": f"Bearer {secret}"}
 
 
@@ -88,8 +86,7 @@ def test_rate_and_median_come_from_the_counters_over_the_window(client: Any, svc
 
 def test_an_open_circuit_and_registered_backends_are_listed(client: Any, svc: Services) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    model = registry.create_model(
-        svc,
+    model = svc.registry.create_model(
         {
             "name": f"ov-{uuid.uuid4().hex[:8]}",
             "version": "1",
@@ -110,7 +107,7 @@ def test_an_open_circuit_and_registered_backends_are_listed(client: Any, svc: Se
         assert any(b["circuit"] == "open" and b["models"] == ["iris_classifier"] for b in seen), "the rest stays"
     finally:
         svc.breakers.reset(dead)
-        registry.delete_model(svc, model["id"])
+        svc.registry.delete_model(model["id"])
 
 
 def test_the_overview_needs_an_infer_key_and_checks_its_window(client: Any, svc: Services) -> None:

@@ -143,10 +143,8 @@ def _fields(settings: Any) -> dict[str, Any]:
 
 
 def register_model(services: Any, name: str, backend: str, triton_model: str = "iris_classifier") -> dict:
-    from shared import registry
 
-    return registry.create_model(
-        services,
+    return services.registry.create_model(
         {
             "name": name,
             "version": "1",
@@ -259,10 +257,9 @@ def test_submit_limits(st: Stack) -> None:
 
 
 def test_inactive_model_is_404(st: Stack) -> None:
-    from shared import registry
 
     model = register_model(st.services(), f"off-{st.uid}", st.triton.grpc_url)
-    registry.update_model(st.services(), model["id"], {"status": "inactive"})
+    st.services().registry.update_model(model["id"], {"status": "inactive"})
     assert st.submit({"model": model["name"], "inputs": iris_inputs(1)}, 404)["code"] == "no_active_version"
 
 
@@ -293,11 +290,9 @@ def test_input_url_job_streams_jsonl(st: Stack) -> None:
 
 def test_input_url_is_confined_to_the_callers_upload_prefix(st: Stack) -> None:
     """Key A must not read B's uploads or B's chunk objects, nor learn whether they exist."""
-    from shared.access.keys import create_key
-
     st.configure(auth_required=True)
-    _, alice = create_key(st.services(), f"alice-{st.uid}", "batch")
-    _, bob = create_key(st.services(), f"bob-{st.uid}", "batch")
+    _, alice = st.services().keys.create_key(f"alice-{st.uid}", "batch")
+    _, bob = st.services().keys.create_key(f"bob-{st.uid}", "batch")
     as_alice, as_bob = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
     bobs_url = upload(st, b"\n".join(json.dumps(i).encode() for i in iris_inputs(3)), as_bob)
     bobs_job = st.api.post("/v1/batch", json={"model": st.model, "input_url": bobs_url}, headers=as_bob)
@@ -402,11 +397,9 @@ def test_cli_submit_reports_failed_lines_and_fails_on_errors(
 
 
 def test_callers_see_only_their_own_jobs(st: Stack) -> None:
-    from shared.access.keys import create_key
-
     st.configure(auth_required=True)
-    _, alice = create_key(st.services(), f"alice-{st.uid}", "batch")
-    _, bob = create_key(st.services(), f"bob-{st.uid}", "batch")
+    _, alice = st.services().keys.create_key(f"alice-{st.uid}", "batch")
+    _, bob = st.services().keys.create_key(f"bob-{st.uid}", "batch")
     as_alice, as_bob = {"Authorization": f"Bearer {alice}"}, {"Authorization": f"Bearer {bob}"}
     assert st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(1)}).status_code == 401
     job = st.api.post("/v1/batch", json={"model": st.model, "inputs": iris_inputs(2)}, headers=as_alice).json()
@@ -743,14 +736,12 @@ def test_a_job_whose_chunks_stopped_is_failed_with_the_reason_when_read(st: Stac
 
 
 def test_reconcile_requeues_lost_chunk_events_and_fails_jobs_whose_inputs_are_gone(st: Stack, capture: Capture) -> None:
-    from shared.batch import reaper
-
     kept = st.submit({"model": st.model, "inputs": iris_inputs(10)})["job_id"]
     lost = st.submit({"model": st.model, "inputs": iris_inputs(5)})["job_id"]
     services = st.services()
     storage.delete_prefix(services.s3, st.settings.s3_input_bucket, f"batch-inputs/{lost}/")
     st.configure(batch_chunk_size=4)  # K_SINK back to the relay, as kinfer up has it
-    outcome = reaper.reconcile(st.services())
+    outcome = st.services().reaper.reconcile()
     assert kept in outcome["requeued"] and lost in outcome["failed"]
     done = st.wait(kept)
     assert (done["status"], done["succeeded"]) == ("completed", 10)
@@ -759,7 +750,7 @@ def test_reconcile_requeues_lost_chunk_events_and_fails_jobs_whose_inputs_are_go
     assert failed["status"] == "failed" and "inputs of 2 chunk(s) were lost" in failed["error"]
     for other in outcome["requeued"]:  # jobs earlier tests left active were queued again, too
         st.wait(other)
-    assert reaper.reconcile(st.services()) == {"requeued": [], "failed": []}
+    assert st.services().reaper.reconcile() == {"requeued": [], "failed": []}
 
 
 def test_result_url_is_offered_only_while_the_results_object_exists(st: Stack) -> None:

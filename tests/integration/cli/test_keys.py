@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 def api(base_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The keys function on a free port; KINFER_URL / KINFER_API_KEY point the CLI at it with an admin key."""
     services: Services = reset_services(dataclasses.replace(base_settings, auth_required=True, auth_cache_ttl_s=0))
-    _, admin = keys.create_key(services, f"cli-admin-{uuid.uuid4().hex[:6]}", "admin")
+    _, admin = services.keys.create_key(f"cli-admin-{uuid.uuid4().hex[:6]}", "admin")
     server = InProcessServer("keys", "manage_api_keys")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setenv("KINFER_URL", server.url.rstrip("/"))
@@ -45,7 +45,7 @@ def test_create_list_show_revoke_round_trip(api: dict[str, Any], capsys: pytest.
     key = re.search(r"^key:\s+(kf_\S+)$", out, re.M).group(1)
     key_id = re.search(r"^id:\s+(\S+)$", out, re.M).group(1)
     assert "not shown again" in err
-    record = keys.authenticate(api["services"], keys.hash_key(key))
+    record = api["services"].keys.authenticate(keys.hash_key(key))
     assert record["id"] == key_id and record["scopes"] == ["infer", "batch"] and record["rate_limit_per_minute"] == 600
 
     assert main(["keys", "list", "--limit", "1000"]) == 0
@@ -61,7 +61,7 @@ def test_create_list_show_revoke_round_trip(api: dict[str, Any], capsys: pytest.
 
     assert main(["keys", "revoke", key_id]) == 0
     assert f"revoked {key_id} ({name})" in capsys.readouterr().out
-    assert keys.authenticate(api["services"], keys.hash_key(key)) is None
+    assert api["services"].keys.authenticate(keys.hash_key(key)) is None
     assert main(["keys", "list", "--status", "revoked", "--limit", "1000", "-o", "yaml"]) == 0
     revoked = yaml.safe_load(capsys.readouterr().out)
     assert key_id in {k["id"] for k in revoked["keys"]} and revoked["total_count"] >= 1
@@ -86,7 +86,7 @@ def test_api_errors_exit_1_with_one_line(
 def test_a_key_without_the_admin_scope_is_told_so(
     api: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, batch_key = keys.create_key(api["services"], f"cli-b-{uuid.uuid4().hex[:6]}", "batch")
+    _, batch_key = api["services"].keys.create_key(f"cli-b-{uuid.uuid4().hex[:6]}", "batch")
     assert main(["keys", "list", "--key", batch_key]) == 1  # the flag wins over KINFER_API_KEY
     assert "403 forbidden: this API key lacks the 'admin' scope" in capsys.readouterr().err
 
@@ -118,7 +118,7 @@ def test_bootstrap_creates_the_first_admin_key_and_only_the_first(
 ) -> None:
     assert main(["keys", "bootstrap", "--name", "first-admin"]) == 0
     key = re.search(r"^key:\s+(kf_\S+)$", capsys.readouterr().out, re.M).group(1)
-    assert keys.authenticate(empty_db, keys.hash_key(key))["scopes"] == ["admin"]
+    assert empty_db.keys.authenticate(keys.hash_key(key))["scopes"] == ["admin"]
     assert main(["keys", "bootstrap", "--name", "second-admin"]) == 2
     err = capsys.readouterr().err
     assert "an active admin key exists already (first-admin" in err and "kinfer keys create" in err

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared import registry
-from shared.inference.items import ItemResult, infer_items
+from shared.inference.items import ItemResult
 from tests.conftest import function_client
 
 pytestmark = pytest.mark.integration
@@ -32,7 +31,7 @@ def register(services: Any, triton_model: str, urls: list[str], **extra: Any) ->
         "triton_model": triton_model,
         **extra,
     }
-    return registry.create_model(services, body)
+    return services.registry.create_model(body)
 
 
 @pytest.fixture
@@ -159,13 +158,13 @@ def test_v2_json_body_validated(client, iris):
 
 def test_infer_items_batches_and_reports_bad_items(svc, iris, vector):
     items = [{"data": IRIS_ROW}, {"data": [1, 2]}, {"features": VIRGINICA_ROW}, {"data": [IRIS_ROW, VIRGINICA_ROW]}]
-    results = infer_items(svc, iris, items)
+    results = svc.items.infer_items(iris, items)
     assert [type(r) for r in results] == [ItemResult] * 4
     assert results[0].prediction == "setosa" and results[0].error is None
     assert results[1].prediction is None and "has shape [2]" in results[1].error
     assert results[2].prediction == "virginica" and results[2].outputs["label"] == [2]
     assert results[3].prediction == ["setosa", "virginica"]
-    scored = infer_items(svc, vector, [{"data": [1, 5, 2]}, {"values": [3, 1]}, {"data": "x"}])
+    scored = svc.items.infer_items(vector, [{"data": [1, 5, 2]}, {"values": [3, 1]}, {"data": "x"}])
     assert [r.prediction for r in scored] == [1, 0, None] and "non-empty list" in scored[2].error
 
 
@@ -175,7 +174,7 @@ def test_infer_items_sends_batched_requests(svc, iris):
     rec.flush_s = 3600  # keep the tallies in-process so they can be read here
     url = iris["backend_urls"][0].removeprefix("grpc://")
     before = rec._requests.get(f"{url}|success", 0)
-    results = infer_items(svc, iris, [{"data": IRIS_ROW}] * 130)
+    results = svc.items.infer_items(iris, [{"data": IRIS_ROW}] * 130)
     assert all(r.prediction == "setosa" for r in results)
     assert rec._requests.get(f"{url}|success", 0) - before == 3  # ceil(130 / 64) Triton requests
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared import registry
-from shared.access import auth, keys
+from shared.access import auth
 from shared.clients.cache import Cache
 from shared.clients.db import Database
 from tests.conftest import free_port, function_client
@@ -38,8 +37,7 @@ def _down(settings: Any, **what: str) -> Any:
 
 
 def test_known_keys_keep_working_while_postgresql_is_down(svc: Any, triton: Any) -> None:
-    model = registry.create_model(
-        svc,
+    model = svc.registry.create_model(
         {
             "name": f"pg-{uuid.uuid4().hex[:8]}",
             "version": "1",
@@ -49,8 +47,8 @@ def test_known_keys_keep_working_while_postgresql_is_down(svc: Any, triton: Any)
             "triton_model": "iris_classifier",
         },
     )
-    record, known = keys.create_key(svc, f"known-{uuid.uuid4().hex[:6]}", "infer")
-    _, unseen = keys.create_key(svc, f"unseen-{uuid.uuid4().hex[:6]}", "infer")
+    record, known = svc.keys.create_key(f"known-{uuid.uuid4().hex[:6]}", "infer")
+    _, unseen = svc.keys.create_key(f"unseen-{uuid.uuid4().hex[:6]}", "infer")
     client = function_client("infer", "run_inference")
 
     def infer(key: str) -> Any:
@@ -64,8 +62,10 @@ def test_known_keys_keep_working_while_postgresql_is_down(svc: Any, triton: Any)
     healthy = client.get("/health").json()
     assert healthy["status"] == "healthy" and healthy["checks"]["database"] == "ok"
 
-    real_db = svc.db
-    svc.__dict__["db"] = Database(_down(svc.settings, database_url="postgresql+pg8000://postgres@127.0.0.1:{port}/x"))
+    # The domain objects already built hold svc.db itself (constructor injection): point its engines away.
+    down = Database(_down(svc.settings, database_url="postgresql+pg8000://postgres@127.0.0.1:{port}/x"))
+    real = svc.db.engine, svc.db.read_engine
+    svc.db.engine, svc.db.read_engine = down.engine, down.read_engine
     try:
         time.sleep(TTL + 0.05)
         answers = [infer(known) for _ in range(5)]
@@ -79,9 +79,9 @@ def test_known_keys_keep_working_while_postgresql_is_down(svc: Any, triton: Any)
         assert body["checks"] == {"database": "unreachable", "cache": "ok", "triton_circuit": "closed"}
         assert any("PostgreSQL" in e for e in body["effects"])
     finally:
-        svc.__dict__["db"] = real_db
+        svc.db.engine, svc.db.read_engine = real
 
-    keys.revoke_key(svc, record["id"])  # revoked during... well, after: honoured once PostgreSQL answers
+    svc.keys.revoke_key(record["id"])  # revoked during... well, after: honoured once PostgreSQL answers
     deadline = time.monotonic() + auth.OUTAGE_RETRY_S + 5
     while infer(known).status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -90,7 +90,7 @@ def test_known_keys_keep_working_while_postgresql_is_down(svc: Any, triton: Any)
 
 
 def test_health_is_unhealthy_when_postgresql_and_redis_are_both_down(svc: Any) -> None:
-    client = function_client("infer", "run_inference")
+    client = function_client("infer", "run_inference")  # nothing built yet: the health check gets these clients
     svc.__dict__["db"] = Database(_down(svc.settings, database_url="postgresql+pg8000://postgres@127.0.0.1:{port}/x"))
     svc.__dict__["cache"] = Cache(_down(svc.settings, redis_url="redis://127.0.0.1:{port}/0"))
     health = client.get("/health")

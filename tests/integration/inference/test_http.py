@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import requests
 
-from shared import registry
 from tests.conftest import free_port
 from tests.integration.servers import serve_function
 
@@ -29,8 +28,7 @@ def served(base_settings: Any, triton: Any) -> Iterator[tuple[str, dict, dict]]:
     settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url)
     services = reset_services(settings)
     models = [
-        registry.create_model(
-            services,
+        services.registry.create_model(
             {
                 "name": f"http-{m[:4]}-{uuid.uuid4().hex[:6]}",
                 "version": "1.0",

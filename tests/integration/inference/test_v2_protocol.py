@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import requests
 
-from shared import registry
-from shared.access import keys
 from tests.conftest import free_port
 from tests.integration.servers import serve_gateway
 
@@ -29,8 +27,7 @@ def gateway(base_settings: Any, triton: Any) -> Iterator[tuple[str, dict, str]]:
 
     settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url, auth_required=True)
     services = reset_services(settings)
-    model = registry.create_model(
-        services,
+    model = services.registry.create_model(
         {
             "name": f"v2-{uuid.uuid4().hex[:8]}",
             "version": "1.0",
@@ -40,7 +37,7 @@ def gateway(base_settings: Any, triton: Any) -> Iterator[tuple[str, dict, str]]:
             "triton_model": "iris_classifier",
         },
     )
-    key = keys.create_key(services, f"v2-{uuid.uuid4().hex[:6]}", "infer")[1]
+    key = services.keys.create_key(f"v2-{uuid.uuid4().hex[:6]}", "infer")[1]
     reset_services(None)
     with serve_gateway(free_port(), settings) as base:
         yield base, model, key

@@ -72,7 +72,8 @@ class Lifecycle:
         return get_services()
 
     def start_agent(self) -> ModelAgent:
-        self.agent = ModelAgent(self.services(), replica=f"test-{self.uid}")
+        svc = self.services()
+        self.agent = ModelAgent(svc.registry, svc.replicas, svc.cache, svc.s3, svc.settings, replica=f"test-{self.uid}")
         self.thread = threading.Thread(target=self.agent.run, daemon=True)
         self.thread.start()
         return self.agent

@@ -197,16 +197,14 @@ def _race(svc: Any, model: str, row: dict[str, Any], deactivate: bool) -> dict[s
     """Move alias "race" to ``row``'s version while deleting (or deactivating) it; each side's outcome."""
     import threading
 
-    from shared import registry
     from shared.errors import KinferError
-    from shared.lifecycle import aliases
 
     barrier, outcome = threading.Barrier(2), {}
 
     def move() -> None:
         barrier.wait()
         try:
-            aliases.put_alias(svc, model, "race", {"version": row["version"]})
+            svc.aliases.put_alias(model, "race", {"version": row["version"]})
             outcome["move"] = "ok"
         except KinferError as exc:
             outcome["move"] = exc.code
@@ -215,9 +213,9 @@ def _race(svc: Any, model: str, row: dict[str, Any], deactivate: bool) -> dict[s
         barrier.wait()
         try:
             if deactivate:
-                registry.update_model(svc, row["id"], {"status": "inactive"})
+                svc.registry.update_model(row["id"], {"status": "inactive"})
             else:
-                registry.delete_model(svc, row["id"])
+                svc.registry.delete_model(row["id"])
             outcome["kill"] = "ok"
         except KinferError as exc:
             outcome["kill"] = exc.code
@@ -233,24 +231,21 @@ def _race(svc: Any, model: str, row: dict[str, Any], deactivate: bool) -> dict[s
 def test_an_alias_move_racing_a_delete_or_a_deactivation_never_both_succeed(life: Lifecycle, model: str) -> None:
     """Either the move wins (the version stays, the delete or deactivation is 409) or the other side wins
     (the move is refused): never an alias pointing at a dead version."""
-    from shared import registry
     from shared.errors import KinferError
-    from shared.lifecycle import aliases
 
     svc = life.services()
     both = []
     for i in range(16):
-        row = registry.create_model(  # a version without files: ready at once, cheap to make 16 times
-            svc,
+        row = svc.registry.create_model(  # a version without files: ready at once, cheap to make 16 times
             {"name": model, "version": f"9{i}", "framework": "onnx", "format": "onnx", "triton_model": model},
         )
-        aliases.put_alias(svc, model, "race", {"version": "1"})
+        svc.aliases.put_alias(model, "race", {"version": "1"})
         if _race(svc, model, row, deactivate=i % 2 == 1) == {"move": "ok", "kill": "ok"}:
             both.append(row["version"])
-        aliases.put_alias(svc, model, "race", {"version": "1"})
+        svc.aliases.put_alias(model, "race", {"version": "1"})
         try:
-            registry.delete_model(svc, row["id"])
+            svc.registry.delete_model(row["id"])
         except KinferError:
             pass  # the delete won the race
-    aliases.delete_alias(svc, model, "race")
+    svc.aliases.delete_alias(model, "race")
     assert not both, f"the alias moved to a version that was deleted or deactivated meanwhile: {both}"

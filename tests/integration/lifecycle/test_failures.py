@@ -313,11 +313,9 @@ def test_a_model_that_fails_on_one_callers_input_never_opens_the_backends_circui
         assert "Gather" not in bad.json()["error"] and "bounds" not in bad.json()["error"], "no Triton text"
     good = life.infer(name, 2.0)
     assert good.status_code == 200 and good.json()["outputs"]["y"] == [30.0], good.text
-    from shared.inference.items import infer_items
-    from shared.inference.resolve import resolve
-
     items = [{"data": [float(i % 4)]} for i in range(20)] + [{"data": [9.0]}]
-    results = infer_items(life.services(), resolve(life.services(), name), items)
+    svc = life.services()
+    results = svc.items.infer_items(svc.resolver.resolve(name), items)
     assert [r.error is None for r in results] == [True] * 20 + [False], "only the bad item fails in a batch"
     assert [r.outputs["y"] for r in results[:4]] == [[10.0], [20.0], [30.0], [40.0]]
 
@@ -328,7 +326,6 @@ def test_two_uploads_into_one_version_never_delete_each_others_files(life: Lifec
     import asyncio
 
     from shared.errors import Conflict
-    from shared.lifecycle import artifacts
 
     created = life.register(serving, "8")
     data = linear_onnx(2.0)
@@ -341,7 +338,7 @@ def test_two_uploads_into_one_version_never_delete_each_others_files(life: Lifec
     async def both() -> list[Any]:
         svc = life.services()
         return await asyncio.gather(
-            *(artifacts.receive_upload(svc, created["id"], slowly(), None) for _ in range(2)), return_exceptions=True
+            *(svc.artifacts.receive_upload(created["id"], slowly(), None) for _ in range(2)), return_exceptions=True
         )
 
     first, second = asyncio.run(both())

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from shared import registry
 from shared.clients import db
 from shared.services import Services
 from tests.conftest import PG_ADMIN_URL
@@ -46,7 +45,7 @@ def test_rows_from_before_the_lifecycle_are_ready_versions_without_a_triton_vers
     db.upgrade(old_database)
     services = Services(old_database)
     try:
-        model = registry.resolve_model(services, name)
+        model = services.registry.resolve_model(name)
         assert (model["id"], model["state"], model["triton_version"], model["repository_uri"]) == (
             str(model_id),
             "ready",

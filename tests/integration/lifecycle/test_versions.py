@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from shared.inference.items import infer_items
 from tests.integration.lifecycle.conftest import Lifecycle, unique
 from tests.lifecycle_support import linear_onnx
 
@@ -54,16 +53,14 @@ def test_v2_protocol_sends_the_version_and_says_which_answered(life: Lifecycle, 
 def test_the_batch_path_infers_the_version_of_the_job(life: Lifecycle, two_versions: Any) -> None:
     _, v1, v2 = two_versions
     items = [{"data": [1.0]}, {"data": [5.0]}]
-    assert [r.outputs["y"] for r in infer_items(life.services(), v1, items)] == [[2.0], [10.0]]
-    assert [r.outputs["y"] for r in infer_items(life.services(), v2, items)] == [[3.0], [15.0]]
+    assert [r.outputs["y"] for r in life.services().items.infer_items(v1, items)] == [[2.0], [10.0]]
+    assert [r.outputs["y"] for r in life.services().items.infer_items(v2, items)] == [[3.0], [15.0]]
 
 
 def test_batch_jobs_resolve_an_alias_to_one_version(life: Lifecycle, two_versions: Any) -> None:
-    from shared import registry
-
     name, _, _ = two_versions
     assert life.models.put(f"/v1/models/by-name/{name}/aliases/staging", json={"version": "1"}).status_code == 200
-    model = registry.resolve_model(life.services(), name, "staging", route_key="owner-a")
+    model = life.services().registry.resolve_model(name, "staging", route_key="owner-a")
     assert (model["version"], model["triton_version"]) == ("1", 1)
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from shared import registry
 from shared.clients import db
 from shared.clients.schema import triton_models
 from shared.localstack import stack
@@ -65,7 +64,7 @@ def test_the_demo_is_pushed_over_its_old_registration_and_others_pointing_at_it(
     try:
         pushed = stack._seed_model(services, stack.DEMO_MODELS[0])
         assert pushed is not None
-        model = registry.get_model(services, pushed)
+        model = services.registry.get_model(pushed)
         assert (model["name"], model["triton_model"], model["triton_version"]) == (
             "iris_classifier",
             "iris_classifier",

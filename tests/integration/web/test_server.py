@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import requests
 
-from shared import registry
 from tests.conftest import free_port
 from tests.integration.servers import serve_gateway
 
@@ -26,8 +25,7 @@ def gateway(base_settings: Any, triton: Any) -> Iterator[tuple[str, dict]]:
     from shared.services import reset_services
 
     settings = dataclasses.replace(base_settings, triton_url=triton.grpc_url)
-    model = registry.create_model(
-        reset_services(settings),
+    model = reset_services(settings).registry.create_model(
         {
             "name": f"idle-{uuid.uuid4().hex[:8]}",
             "version": "1",

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.access import auth, keys
-from shared.access.auth import KeyCache, Principal, authorize, key_from_headers
+from shared.access.auth import Authenticator, KeyCache, Principal, key_from_headers
 from shared.access.ratelimit import Decision
 from shared.errors import Forbidden, InvalidInput, RateLimited, Unauthorized, Unavailable
 from shared.settings import Settings
@@ -152,11 +152,10 @@ class FakeLimiter:
         return self.decision
 
 
-class FakeServices:
-    def __init__(self, limiter: FakeLimiter) -> None:
-        self.settings = Settings.from_env(environ={}, rate_limit_per_minute=50)
-        self.rate_limiter = limiter
-        self.key_cache = KeyCache(self.settings.auth_cache_ttl_s)
+def authenticator(limiter: FakeLimiter, store: Any, key_cache: KeyCache | None = None) -> Authenticator:
+    """An Authenticator over fakes: ``store`` stands for the KeyStore, ``limiter`` for the RateLimiter."""
+    settings = Settings.from_env(environ={}, rate_limit_per_minute=50)
+    return Authenticator(store, key_cache or KeyCache(settings.auth_cache_ttl_s), limiter, settings)
 
 
 RECORDS = {
@@ -172,7 +171,7 @@ class Store:
         self.looked_up: list[str] = []
         self.down = False
 
-    def authenticate(self, services: Any, digest: str) -> dict | None:
+    def authenticate(self, digest: str) -> dict | None:
         self.looked_up.append(digest)
         if self.down:
             raise Unavailable("the database is unavailable; retry shortly")
@@ -180,14 +179,12 @@ class Store:
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> Store:
-    found = Store()
-    monkeypatch.setattr(keys, "authenticate", found.authenticate)
-    return found
+def store() -> Store:
+    return Store()
 
 
-def _call(limiter: FakeLimiter, headers: dict[str, str], services: Any = None) -> Any:
-    return SimpleNamespace(services=services or FakeServices(limiter), header_map=headers, response_headers={})
+def _call(headers: dict[str, str]) -> Any:
+    return SimpleNamespace(header_map=headers, response_headers={})
 
 
 def run(coro: Any) -> Any:
@@ -196,23 +193,24 @@ def run(coro: Any) -> Any:
 
 def test_authorize_sets_headers_and_uses_the_default_limit(store: Store) -> None:
     limiter = FakeLimiter(Decision(True, 50, 49, 1234.2))
-    call = _call(limiter, {"X-API-Key": "good-key-1"})
-    principal = run(authorize(call, "infer"))
+    authn = authenticator(limiter, store)
+    call = _call({"X-API-Key": "good-key-1"})
+    principal = run(authn.authorize(call, "infer"))
     assert principal.key_id == "k1" and limiter.calls == [("k1", 50)]
     assert call.response_headers == {
         "X-RateLimit-Limit": "50",
         "X-RateLimit-Remaining": "49",
         "X-RateLimit-Reset": "1235",
     }
-    run(authorize(call, "any"))
+    run(authn.authorize(call, "any"))
     assert len(store.looked_up) == 1  # the second lookup came from the cache
 
 
 def test_concurrent_misses_read_the_store_once(store: Store) -> None:
-    services = FakeServices(FakeLimiter(Decision(True, 50, 49, 0)))
+    authn = authenticator(FakeLimiter(Decision(True, 50, 49, 0)), store)
 
     async def many() -> list[Principal | None]:
-        return await asyncio.gather(*(auth.principal_for_async(services, "good-key-1") for _ in range(10)))
+        return await asyncio.gather(*(authn.principal_for_async("good-key-1") for _ in range(10)))
 
     assert {p.key_id for p in run(many()) if p} == {"k1"} and len(store.looked_up) == 1
 
@@ -220,7 +218,7 @@ def test_concurrent_misses_read_the_store_once(store: Store) -> None:
 def test_authorize_uses_the_key_limit_and_raises_429(store: Store) -> None:
     limiter = FakeLimiter(Decision(False, 3, 0, 10**10))
     with pytest.raises(RateLimited) as err:
-        run(authorize(_call(limiter, {"Authorization": "Bearer slow-key-1"}), "infer"))
+        run(authenticator(limiter, store).authorize(_call({"Authorization": "Bearer slow-key-1"}), "infer"))
     assert limiter.calls == [("k2", 3)]
     assert err.value.retry_after >= 1 and err.value.headers["X-RateLimit-Remaining"] == "0"
 
@@ -228,9 +226,9 @@ def test_authorize_uses_the_key_limit_and_raises_429(store: Store) -> None:
 def test_authorize_unknown_and_forbidden(store: Store) -> None:
     limiter = FakeLimiter(Decision(True, 50, 49, 0))
     with pytest.raises(Unauthorized):
-        run(authorize(_call(limiter, {"X-API-Key": "nope-key-1"}), "infer"))
+        run(authenticator(limiter, store).authorize(_call({"X-API-Key": "nope-key-1"}), "infer"))
     with pytest.raises(Forbidden) as err:
-        run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}), "batch"))
+        run(authenticator(limiter, store).authorize(_call({"X-API-Key": "good-key-1"}), "batch"))
     assert "'batch'" in err.value.message
     assert limiter.calls == []  # refused requests do not spend the quota
 
@@ -241,16 +239,16 @@ def test_key_store_outage_serves_known_keys_and_refuses_unknown_ones_with_503(
     now = [100.0]
     monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
     limiter = FakeLimiter(Decision(True, 50, 49, 0))
-    services = FakeServices(limiter)
-    assert run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}, services), "infer")).key_id == "k1"
+    authn = authenticator(limiter, store)
+    assert run(authn.authorize(_call({"X-API-Key": "good-key-1"}), "infer")).key_id == "k1"
     store.down = True
     now[0] += 60  # the entry is stale: the store is asked, fails, the known key still works
-    assert run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}, services), "infer")).key_id == "k1"
+    assert run(authn.authorize(_call({"X-API-Key": "good-key-1"}), "infer")).key_id == "k1"
     with pytest.raises(Unavailable) as err:
-        run(authorize(_call(limiter, {"X-API-Key": "slow-key-1"}, services), "infer"))
+        run(authn.authorize(_call({"X-API-Key": "slow-key-1"}), "infer"))
     assert err.value.retry_after and "key store" in err.value.message
     asked = len(store.looked_up)
-    run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}, services), "infer"))
+    run(authn.authorize(_call({"X-API-Key": "good-key-1"}), "infer"))
     assert len(store.looked_up) == asked  # the store is not hammered during the outage
     store.down = False
     now[0] += auth.OUTAGE_RETRY_S + 6
@@ -258,7 +256,7 @@ def test_key_store_outage_serves_known_keys_and_refuses_unknown_ones_with_503(
     try:
         RECORDS.pop(keys.hash_key("good-key-1"))  # revoked meanwhile: honoured once the store is back
         with pytest.raises(Unauthorized):
-            run(authorize(_call(limiter, {"X-API-Key": "good-key-1"}, services), "infer"))
+            run(authn.authorize(_call({"X-API-Key": "good-key-1"}), "infer"))
     finally:
         RECORDS.update(RECORDS_BACKUP)
 
@@ -273,17 +271,13 @@ def test_made_up_keys_never_push_real_keys_out_of_the_cache() -> None:
     assert cache.get("fake-9999") == (True, None) and cache.get("fake-0") == (False, None), "misses are bounded"
 
 
-def test_lookups_of_unknown_keys_are_bounded_and_a_known_key_skips_the_queue(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_lookups_of_unknown_keys_are_bounded_and_a_known_key_skips_the_queue() -> None:
     import threading
     import time as clock
 
-    services = FakeServices(FakeLimiter(Decision(True, 50, 49, 0)))
-    services.key_cache = KeyCache(ttl_s=0.01)
     running, most, lock = [0], [0], threading.Lock()
 
-    def authenticate(_: Any, digest: str) -> dict | None:
+    def authenticate(digest: str) -> dict | None:
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -292,14 +286,15 @@ def test_lookups_of_unknown_keys_are_bounded_and_a_known_key_skips_the_queue(
             running[0] -= 1
         return RECORDS.get(digest)
 
-    monkeypatch.setattr(keys, "authenticate", authenticate)
+    store = SimpleNamespace(authenticate=authenticate)
+    authn = authenticator(FakeLimiter(Decision(True, 50, 49, 0)), store, KeyCache(ttl_s=0.01))
 
     async def flood() -> list[Any]:
-        await auth.principal_for_async(services, "good-key-1")  # seen valid once
+        await authn.principal_for_async("good-key-1")  # seen valid once
         await asyncio.sleep(0.02)  # its cache entry goes stale: the next use reads the store again
-        fakes = [auth.principal_for_async(services, f"fake-{i}") for i in range(12)]
+        fakes = [authn.principal_for_async(f"fake-{i}") for i in range(12)]
         started = clock.monotonic()
-        real = asyncio.ensure_future(auth.principal_for_async(services, "good-key-1"))
+        real = asyncio.ensure_future(authn.principal_for_async("good-key-1"))
         answers = await asyncio.gather(*fakes)
         return [answers, await real, started]
 

@@ -6,20 +6,18 @@ from typing import Any
 
 import pytest
 
-from shared.backends import monitor as backends
+from shared.backends.breaker import Breakers
+from shared.backends.monitor import BackendMonitor
 from shared.errors import Unavailable
-from shared.services import Services
 from shared.settings import Settings
 
 TRITON = "triton.kinfer.svc.cluster.local:80"
 OTHER = "triton-a100.gpu.svc.cluster.local:8001"
 
 
-class _NoDatabase:
-    def begin(self) -> Any:
+class _NoRegistry:
+    def active_backends(self) -> Any:
         raise Unavailable("no database in unit tests")
-
-    read = begin
 
 
 class _NoCache:
@@ -38,23 +36,16 @@ class _Pool:
         return True, [], None
 
 
-class _Services(Services):
-    """Real breakers (per-process: Redis is absent), a fake Triton pool, no database."""
-
-    def __init__(self, settings: Settings, pool: _Pool) -> None:
-        super().__init__(settings)
-        self.db, self.cache, self.triton = _NoDatabase(), _NoCache(), pool  # type: ignore[assignment]
-
-
 @pytest.fixture
 def pool() -> _Pool:
     return _Pool()
 
 
-def services(probe_triton_url: bool, pool: _Pool) -> _Services:
-    return _Services(
-        Settings.from_env(environ={}, triton_url=f"grpc://{TRITON}/", probe_triton_url=probe_triton_url), pool
-    )
+def monitor(probe_triton_url: bool, pool: _Pool) -> BackendMonitor:
+    """Real breakers (per-process: Redis is absent), a fake Triton pool, no database."""
+    settings = Settings.from_env(environ={}, triton_url=f"grpc://{TRITON}/", probe_triton_url=probe_triton_url)
+    cache = _NoCache()
+    return BackendMonitor(_NoRegistry(), pool, Breakers(settings, cache), cache, settings)  # type: ignore[arg-type]
 
 
 def test_the_setting_reads_the_environment() -> None:
@@ -63,10 +54,10 @@ def test_the_setting_reads_the_environment() -> None:
 
 
 def test_a_scale_to_zero_triton_is_never_probed(pool: _Pool) -> None:
-    svc = services(probe_triton_url=False, pool=pool)
-    assert backends.probe(svc) == []
-    assert backends.probe(svc, {TRITON: ["iris"], OTHER: ["iris"]})[0]["url"] == OTHER
-    health = backends.health(svc)
+    mon = monitor(probe_triton_url=False, pool=pool)
+    assert mon.probe() == []
+    assert mon.probe({TRITON: ["iris"], OTHER: ["iris"]})[0]["url"] == OTHER
+    health = mon.health()
     assert pool.asked == [OTHER]
     [triton] = health["backends"]
     assert (triton["url"], triton["healthy"], triton["circuit"], triton["last_checked"]) == (
@@ -79,7 +70,7 @@ def test_a_scale_to_zero_triton_is_never_probed(pool: _Pool) -> None:
 
 
 def test_a_warm_triton_is_probed_on_the_tick_and_on_health(pool: _Pool) -> None:
-    svc = services(probe_triton_url=True, pool=pool)
-    assert [r["url"] for r in backends.probe(svc)] == [TRITON]
-    assert backends.health(svc)["backends"][0]["last_checked"] is not None
+    mon = monitor(probe_triton_url=True, pool=pool)
+    assert [r["url"] for r in mon.probe()] == [TRITON]
+    assert mon.health()["backends"][0]["last_checked"] is not None
     assert pool.asked == [TRITON, TRITON]

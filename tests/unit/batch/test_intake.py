@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from cloudevents.http import CloudEvent
 
 from shared.batch import intake as batch_intake
 
@@ -44,3 +47,42 @@ def test_records_bare_or_wrapped() -> None:
     assert batch_intake._records(records) == [{"eventName": "x"}]
     assert batch_intake._records({"value": records}) == [{"eventName": "x"}]
     assert batch_intake._records({"model": "m"}) is None
+
+
+class FakeJobs:
+    """Records the submits BatchIntake asks for."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[Any, str, dict[str, Any]]] = []
+
+    def submit_job(self, body: Any, owner: str, **kwargs: Any) -> dict[str, Any]:
+        self.submitted.append((body, owner, kwargs))
+        return {"id": str(JOB), "status": "pending"}
+
+
+def test_intake_submits_one_job_per_incoming_object_through_the_injected_jobs() -> None:
+    jobs = FakeJobs()
+    intake = batch_intake.BatchIntake(jobs, SimpleNamespace(s3_input_bucket="in"))  # type: ignore[arg-type]
+    created = {
+        "eventName": "s3:ObjectCreated:Put",
+        "s3": {"bucket": {"name": "in"}, "object": {"key": "incoming/m/2/a.jsonl"}},
+    }
+    other = {"eventName": "s3:ObjectRemoved:Delete", "s3": {"bucket": {"name": "in"}, "object": {"key": "x"}}}
+    event = CloudEvent({"type": "s3.notification", "source": "/s3", "id": "e1"}, {"Records": [created, other]})
+    answer = intake.intake(event)
+    assert answer["jobs"] == [{"id": str(JOB), "status": "pending"}] and len(answer["ignored"]) == 1
+    body, owner, kwargs = jobs.submitted[0]
+    assert body == {"model": "m", "input_url": "s3://in/incoming/m/2/a.jsonl", "version": "2"}
+    assert owner == "anonymous" and kwargs == {"intake_key": "/s3#e1#0", "readable": ("incoming/",)}
+
+
+def test_request_event_owner_defaults_to_anonymous() -> None:
+    jobs = FakeJobs()
+    intake = batch_intake.BatchIntake(jobs, SimpleNamespace(s3_input_bucket="in"))  # type: ignore[arg-type]
+    event = CloudEvent(
+        {"type": "dev.kinfer.batch.request.v1", "source": "/t", "id": "r1"}, {"model": "m", "inputs": [{}]}
+    )
+    intake.intake(event)
+    assert jobs.submitted == [
+        ({"model": "m", "inputs": [{}]}, "anonymous", {"intake_key": "/t#r1", "readable": ("incoming/",)})
+    ]

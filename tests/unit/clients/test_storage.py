@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from shared.batch import results as batch_results
 from shared.services import Services
 from shared.settings import Settings
 
@@ -16,7 +15,7 @@ PUBLIC = "https://s3.kinfer.example.com"
 
 def _presign(environ: dict[str, str]) -> tuple[Any, Services]:
     services = Services(Settings.from_env(environ={"S3_ENDPOINT_URL": INTERNAL, **environ}))
-    url = batch_results.presigned_results(services, "batch-results/job/results.jsonl")
+    url = services.results.presigned_results("batch-results/job/results.jsonl")
     return urlsplit(url), services
 
 

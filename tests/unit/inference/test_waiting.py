@@ -55,15 +55,10 @@ class _Balancer:
         return False
 
 
-class _Services:
-    def __init__(self, balancer: _Balancer) -> None:
-        self.balancer = balancer
-
-
 @pytest.mark.parametrize("error", [Unavailable("down", retry_after=1), CircuitOpen("open"), BackendTimeout("slow")])
 def test_a_caller_who_waits_gets_the_answer_once_the_backend_is_back(error: Exception) -> None:
     balancer = _Balancer(0.2, error)
-    answer = asyncio.run(call_waiting(_Services(balancer), ["t:1"], None, "m", wait_s=5))  # type: ignore[arg-type]
+    answer = asyncio.run(call_waiting(balancer, ["t:1"], None, "m", wait_s=5))  # type: ignore[arg-type]
     assert answer == "answer" and balancer.calls == 2 and balancer.probes >= 1
 
 
@@ -72,12 +67,12 @@ def test_without_waiting_or_past_the_deadline_the_503_comes_back() -> None:
         balancer = _Balancer(5, Unavailable("down", retry_after=1))
         started = time.monotonic()
         with pytest.raises(Unavailable):
-            asyncio.run(call_waiting(_Services(balancer), ["t:1"], None, "m", wait_s=wait))  # type: ignore[arg-type]
+            asyncio.run(call_waiting(balancer, ["t:1"], None, "m", wait_s=wait))  # type: ignore[arg-type]
         assert time.monotonic() - started < wait + 1.0
 
 
 def test_a_callers_own_error_is_never_held() -> None:
     balancer = _Balancer(5, InvalidInput("bad input", field="input"))
     with pytest.raises(InvalidInput):
-        asyncio.run(call_waiting(_Services(balancer), ["t:1"], None, "m", wait_s=30))  # type: ignore[arg-type]
+        asyncio.run(call_waiting(balancer, ["t:1"], None, "m", wait_s=30))  # type: ignore[arg-type]
     assert balancer.calls == 1 and balancer.probes == 0

@@ -10,7 +10,7 @@ import pytest
 from shared import registry
 from shared.errors import InvalidInput, NotFound, Unavailable
 from shared.lifecycle.aliases import parse_target
-from shared.lifecycle.replicas import backends_of
+from shared.lifecycle.replicas import Replicas
 
 
 def row(version: str, state: str = "ready") -> dict[str, Any]:
@@ -104,14 +104,15 @@ def test_backends_are_checked_against_the_allow_list_before_any_contact() -> Non
         settings = Settings.from_env(environ={}, triton_url="triton.kinfer.svc.cluster.local:80")
 
     services: Any = FakeServices()
-    registry.check_backends_allowed(services, ["grpc://Triton.kinfer.svc.cluster.local:80/"])
+    models = registry.ModelRegistry(None, None, services.settings)
+    models.check_backends_allowed(["grpc://Triton.kinfer.svc.cluster.local:80/"])
     with pytest.raises(InvalidInput) as err:
-        registry.check_backends_allowed(services, ["127.0.0.1:6379"])
+        models.check_backends_allowed(["127.0.0.1:6379"])
     assert err.value.code == "backend_not_allowed" and "127.0.0.1:6379" in err.value.message
-    services.settings = Settings.from_env(environ={"BACKEND_ALLOWLIST": "*.kinfer.svc.cluster.local:80,gpu-*:8001"})
-    registry.check_backends_allowed(services, ["a.kinfer.svc.cluster.local:80", "gpu-2:8001"])
+    models.settings = Settings.from_env(environ={"BACKEND_ALLOWLIST": "*.kinfer.svc.cluster.local:80,gpu-*:8001"})
+    models.check_backends_allowed(["a.kinfer.svc.cluster.local:80", "gpu-2:8001"])
     with pytest.raises(InvalidInput):
-        registry.check_backends_allowed(services, ["a.kinfer.svc.cluster.local:5432"], "backend_urls")
+        models.check_backends_allowed(["a.kinfer.svc.cluster.local:5432"], "backend_urls")
 
 
 @pytest.mark.parametrize("url", ["http://triton:8001", "triton:8001", "grpc://TRITON:8000/", "triton"])
@@ -124,9 +125,9 @@ def test_triton_names_the_deployments_own_triton(url: str) -> None:
         settings = Settings.from_env(environ={"BACKEND_ALLOWLIST": "gpu-*:8001"}, triton_url="10.0.0.7:8001")
 
     services: Any = FakeServices()
-    registry.check_backends_allowed(services, [url])
+    registry.ModelRegistry(None, None, services.settings).check_backends_allowed([url])
     assert resolve(url, services.settings.triton_url) == "10.0.0.7:8001"
-    assert backends_of(services, {"backend_urls": [url, "10.0.0.7:8001"]}) == ["10.0.0.7:8001"]
+    assert Replicas(None, services.settings).backends_of({"backend_urls": [url, "10.0.0.7:8001"]}) == ["10.0.0.7:8001"]
 
 
 @pytest.mark.parametrize("url", ["triton:6379", "triton:8002", "triton.evil:8001", "tritonx:8001"])
@@ -139,7 +140,7 @@ def test_other_ports_and_hosts_named_triton_stay_refused(url: str) -> None:
 
     services: Any = FakeServices()
     with pytest.raises(InvalidInput) as err:
-        registry.check_backends_allowed(services, [url])
+        registry.ModelRegistry(None, None, services.settings).check_backends_allowed([url])
     assert err.value.code == "backend_not_allowed" and "triton:8001" in err.value.message
     assert resolve(url, "10.0.0.7:8001") != "10.0.0.7:8001"
 
@@ -151,9 +152,10 @@ def test_one_backend_named_twice_in_other_spellings_is_refused() -> None:
         settings = Settings.from_env(environ={"BACKEND_ALLOWLIST": "gpu-*:8001"}, triton_url="10.0.0.7:8001")
 
     services: Any = FakeServices()
+    models = registry.ModelRegistry(None, None, services.settings)
     for urls in (["triton:8001", "http://10.0.0.7:8001"], ["gpu-1:8001", "grpc://GPU-1:8001/"], ["triton", "TRITON"]):
         with pytest.raises(InvalidInput) as err:
-            registry.check_backends_allowed(services, urls, "backend_urls")
+            models.check_backends_allowed(urls, "backend_urls")
         assert err.value.field == "backend_urls" and "twice" in err.value.message, urls
 
 
@@ -202,13 +204,14 @@ def test_a_backend_is_called_not_triton_only_when_it_speaks_another_protocol(
         settings = Settings.from_env(environ={}, triton_url=address if own else "10.0.0.7:8001")
         triton = _FlakyTriton(failures, text)
 
+    admin = backends.BackendAdmin(None, FakeServices.triton, None, FakeServices.settings)
     try:
         if expect == "backend_not_triton":
             with pytest.raises(InvalidInput) as err:
-                backends._check(FakeServices(), address, "iris", "backend_url")  # type: ignore[arg-type]
+                admin._check(address, "iris", "backend_url")
             assert err.value.code == expect
         else:
-            warning = backends._check(FakeServices(), address, "iris", "backend_url")  # type: ignore[arg-type]
+            warning = admin._check(address, "iris", "backend_url")
             assert warning is None if expect is None else expect in str(warning)
     finally:
         listener.close()
