@@ -2,16 +2,30 @@
 # (Serving + Kourier, Eventing, the Kafka extensions) and the public gateway,
 # Kafka, the data services, then the Kinfer platform rendered from knative/.
 
+# The Kafka names of this install: every topic and consumer group starts with
+# install_name, so that two installs on one Kafka share none (a consumer group
+# shared by two installs would split each one's partitions between them).
+# knative/components/install-name does the same for the kustomize overlays.
+locals {
+  kafka_names = {
+    chunk_topic   = "${var.install_name}.batch.chunks"
+    request_topic = "${var.install_name}.batch.requests"
+    worker_group  = "${var.install_name}-batch-worker"
+    intake_group  = "${var.install_name}-batch-intake"
+  }
+}
+
 module "knative" {
-  source          = "./modules/knative"
-  knative_version = var.knative_version
-  domain          = var.domain
+  source           = "./modules/knative"
+  knative_versions = var.knative_versions
+  domain           = var.domain
 }
 
 module "kafka" {
   source            = "./modules/kafka"
   bootstrap_servers = var.kafka_bootstrap_servers
   chunk_partitions  = coalesce(var.kafka_chunk_partitions, var.overlay == "prod" ? 24 : 12)
+  topics            = { chunks = local.kafka_names.chunk_topic, requests = local.kafka_names.request_topic }
 }
 
 module "data" {
@@ -24,6 +38,7 @@ module "data" {
   s3_access_key_id     = var.s3_access_key_id
   s3_secret_access_key = var.s3_secret_access_key
   kafka_brokers        = module.kafka.bootstrap_servers
+  batch_request_topic  = local.kafka_names.request_topic
 }
 
 # No module-level depends_on here: it would defer the platform's
@@ -38,6 +53,8 @@ module "platform" {
     data    = module.data.ready
   }
   image                  = var.image
+  agent_image            = var.agent_image
+  kafka_names            = local.kafka_names
   namespace              = var.namespace
   domain                 = var.domain
   overlay                = var.overlay

@@ -8,6 +8,28 @@ variable "image" {
   }
 }
 
+variable "agent_image" {
+  description = "Image of the model agent beside each Triton replica (the Kinfer image, `kinfer agent`). Empty: the same as image. Pin it (e.g. to the image of the first deploy) so that a deploy of a new image does not roll the Triton Service, whose new revision starts a GPU; change it when the release notes say the agent or the registry schema changed (docs/operations.md)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.agent_image == "" || can(regex("^[a-z0-9][a-z0-9._/:-]*[A-Za-z0-9_](@sha256:[0-9a-f]{64})?$", var.agent_image))
+    error_message = "agent_image must be empty or a reference such as registry/name:tag or registry/name@sha256:<digest>."
+  }
+}
+
+variable "install_name" {
+  description = "Name of this install: the first part of its Kafka topics (<install_name>.batch.chunks, <install_name>.batch.requests) and consumer groups (<install_name>-batch-worker, <install_name>-batch-intake). Give a second install on the same Kafka another one."
+  type        = string
+  default     = "kinfer"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,38}[a-z0-9]$", var.install_name))
+    error_message = "install_name: 2 to 40 lowercase letters, digits and '-', starting with a letter (it begins Kafka topic and consumer-group names)."
+  }
+}
+
 variable "kubeconfig_path" {
   description = "Path of the kubeconfig of the target cluster."
   type        = string
@@ -71,10 +93,20 @@ variable "triton_keep_warm" {
   default     = false
 }
 
-variable "knative_version" {
-  description = "Knative release (Serving, Eventing, Kourier and the Kafka extensions share it)."
-  type        = string
-  default     = "1.16.0"
+variable "knative_versions" {
+  description = "Knative release of each component (tag knative-v<version> of its repository; tests/fixtures/releases/README.md says why these): Serving and Kourier on one minor, Eventing and its Kafka extensions on one minor."
+  type = object({
+    serving        = string
+    kourier        = string
+    eventing       = string
+    eventing_kafka = string
+  })
+  default = {
+    serving        = "1.23.0"
+    kourier        = "1.23.0"
+    eventing       = "1.22.2"
+    eventing_kafka = "1.22.3"
+  }
 }
 
 variable "kafka_bootstrap_servers" {
@@ -84,7 +116,7 @@ variable "kafka_bootstrap_servers" {
 }
 
 variable "kafka_chunk_partitions" {
-  description = "Partitions of the chunk topic kinfer.batch.chunks, set on its Strimzi KafkaTopic (null: 24 with the prod overlay, 12 with dev; see docs/operations.md for sizing). Partitions can be added, never removed."
+  description = "Partitions of the chunk topic <install_name>.batch.chunks, set on its Strimzi KafkaTopic (null: 24 with the prod overlay, 12 with dev; see docs/operations.md for sizing). Partitions can be added, never removed."
   type        = number
   default     = null
 }

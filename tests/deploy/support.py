@@ -165,3 +165,95 @@ def variable_default(directory: Path, name: str) -> Any:
 
 def modules() -> list[Path]:
     return sorted(p for p in (TF / "modules").iterdir() if p.is_dir())
+
+
+# -- pinned releases -----------------------------------------------------------------------
+# terraform knative_versions key -> the upstream repository whose tag knative-v<version> it pins.
+KNATIVE_REPOS = {
+    "serving": "knative/serving",
+    "kourier": "knative-extensions/net-kourier",
+    "eventing": "knative/eventing",
+    "eventing_kafka": "knative-extensions/eventing-kafka-broker",
+}
+
+
+def knative_versions() -> dict[str, str]:
+    """The root module's knative_versions default: {key: X.Y.Z}."""
+    found = variable_default(TF, "knative_versions")
+    assert isinstance(found, dict), "knative_versions has no default object"
+    return {k: unquote(v) for k, v in found.items()}
+
+
+def knative_release(key: str) -> Path:
+    """The release fixtures of one knative_versions key (tests/fixtures/releases/build.py names them)."""
+    return RELEASES / f"{KNATIVE_REPOS[key].split('/')[1]}-knative-v{knative_versions()[key]}"
+
+
+def strimzi_release() -> Path:
+    return RELEASES / f"strimzi-{variable_default(TF / 'modules' / 'kafka', 'strimzi_version')}"
+
+
+# -- the platform overlay as terraform composes it -----------------------------------------
+PLATFORM = TF / "modules" / "platform"
+INTERPOLATION = re.compile(r"\$\{((?:var|local)\.[\w.]+)\}")
+
+
+def platform_patches(values: dict[str, str]) -> list[dict[str, Any]]:
+    """The heredoc patches of terraform/modules/platform's ``kustomization_overlay.kinfer`` as kustomize
+    ``patches`` entries, ``${var.x}``/``${local.x}`` replaced from ``values`` (its jsonencode patches, of
+    endpoints and GPUs, are left out)."""
+    overlay = typed(parse(PLATFORM)["data"], "kustomization_overlay")["kinfer"]
+    found = []
+    for patch in overlay.get("patches", []):
+        if not str(unquote(patch["patch"])).startswith("<<"):
+            continue
+        body = heredoc(patch["patch"])
+        missing = {ref for ref in INTERPOLATION.findall(body) if ref not in values}
+        assert not missing, f"no sample value for {sorted(missing)} in a platform patch"
+        body = INTERPOLATION.sub(lambda m: values[m.group(1)], body)
+        target = {k: unquote(v) for k, v in patch["target"][0].items() if k != "__is_block__"}
+        if "label_selector" in target:
+            target["labelSelector"] = target.pop("label_selector")
+        found.append({"patch": body, "target": target})
+    return found
+
+
+def render_platform(tmp: Path, overlay: str, values: dict[str, str], components: tuple[str, ...] = ()) -> list[Doc]:
+    """knative/overlays/<overlay> (plus components) with the platform module's heredoc patches applied."""
+    import os
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(KNATIVE / "overlays" / overlay, tmp)],
+                "components": [os.path.relpath(KNATIVE / "components" / c, tmp) for c in components],
+                "patches": platform_patches(values),
+            }
+        )
+    )
+    return render(tmp, "--load-restrictor=LoadRestrictionsNone")
+
+
+def copy_overlay(tmp: Path, overlay: str, edit: Any = None) -> Path:
+    """A copy of knative/overlays/<overlay> in ``tmp`` (paths kept pointing at the repository), its
+    kustomization passed through ``edit`` (a function of the parsed dict) when given."""
+    import os
+
+    source = KNATIVE / "overlays" / overlay
+    tmp.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.name != "kustomization.yaml":
+            shutil.copy(path, tmp / path.name)
+    kustomization = yaml.safe_load((source / "kustomization.yaml").read_text())
+    for key in ("resources", "components"):
+        kustomization[key] = [
+            entry if (source / entry).is_file() else os.path.relpath((source / entry).resolve(), tmp)
+            for entry in kustomization.get(key, [])
+        ]
+    if edit is not None:
+        edit(kustomization)
+    (tmp / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return tmp

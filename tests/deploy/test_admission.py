@@ -1,21 +1,30 @@
 """Knative Serving's admission rules and the gateway defaults we rely on, checked offline on the
 rendered overlays. The CRD schema checks (test_crd_schemas.py) prove structure; these prove what
-Knative's validating webhook and Envoy Gateway do with it. Each rule cites where it comes from:
+Knative's validating webhook and Envoy Gateway do with it. Each rule cites where it comes from, at the
+Serving release terraform pins (knative_versions.serving; re-checked against the sources of the tag
+at every bump, see tests/fixtures/releases/README.md):
 
-- [validation] knative/serving, tag knative-v1.16.0, ``pkg/apis/serving/k8s_validation.go``:
+- [validation] knative/serving, tag knative-v1.23.0, ``pkg/apis/serving/k8s_validation.go``:
   ``reservedEnvVars`` (PORT, K_SERVICE, K_CONFIGURATION, K_REVISION; ``reservedSidecarEnvVars`` is
   the same less PORT), ``reservedPorts``, ``reservedContainerNames``, ``validateContainersPorts``
   ("more than one container port is set"), ``validPortNames`` (h2c, http1 or empty),
-  ``validateContainers`` ("multi-container is off"), ``validateSidecarContainer`` (probes of a
-  sidecar only with multi-container-probing) and ``validateProbe`` ("Probe port must match container
-  port" for the serving container, "Probe port must be specified" for a sidecar).
+  ``validateContainers`` ("multi-container is off"), ``validateSidecarContainer`` (liveness, readiness
+  and, since #16594 "add startupProbe validation", startup probes of a sidecar: refused without
+  multi-container-probing, else ``validateProbe`` with "Probe port must be specified") and
+  ``ValidateUserContainer`` (liveness, readiness and startup probes of the serving container:
+  ``validateProbe``'s "Probe port must match container port" for a named port). Up to knative-v1.16.0
+  a sidecar's startup probe was not validated at all; the rule here follows the pinned tag.
 - [ports] the same tag, ``pkg/networking/constants.go``: BackendHTTPPort 8012, BackendHTTP2Port 8013,
-  QueueAdminPort 8022, AutoscalingQueueMetricsPort 9090, UserQueueMetricsPort 9091; and the vendored
-  ``knative.dev/pkg/profiling/server.go``: ProfilingPort 8008.
-- [features] the same tag, ``pkg/apis/config/features.go`` ``defaultFeaturesConfig``; the ``fieldmask.go``
-  masks gate tolerations, node selectors and affinity behind their ``kubernetes.podspec-*`` flags.
-- [gateway] Envoy Gateway v1.2 documentation, "HTTP Timeouts": "The default request timeout is set to
-  15 seconds in Envoy Proxy"; HTTPRoute ``rules[].timeouts.request`` (Gateway API GEP-1742) raises it.
+  QueueAdminPort 8022, AutoscalingQueueMetricsPort 9090, UserQueueMetricsPort 9091; and
+  ``runtime.ProfilingDefaultPort`` 8008 (knative.dev/pkg ``observability/runtime/pprof.go`` at the
+  commit serving's go.mod pins, 521cb33b33dd; knative-v1.16.0 took ProfilingPort 8008 from
+  ``knative.dev/pkg/profiling``).
+- [features] the same tag, ``pkg/apis/config/features.go`` ``defaultFeaturesConfig`` (unchanged since
+  knative-v1.16.0 for the flags below); the ``fieldmask.go`` masks gate tolerations, node selectors and
+  affinity behind their ``kubernetes.podspec-*`` flags.
+- [gateway] Envoy Gateway v1.9 documentation (``site/content/en/v1.9/tasks/traffic/http-timeouts.md`` at
+  tag v1.9.0), "HTTP Timeouts": "The default request timeout is set to 15 seconds in Envoy Proxy";
+  HTTPRoute ``rules[].timeouts.request`` (Gateway API GEP-1742) raises it.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ RESERVED_SIDECAR_ENV = RESERVED_ENV - {"PORT"}
 RESERVED_PORTS = {8012, 8013, 8022, 9090, 9091, 8008}
 RESERVED_CONTAINER_NAMES = {"queue-proxy"}
 PORT_NAMES = {"", "h2c", "http1"}
-# [features]: the defaults of knative-v1.16.0 for the flags our Services need.
+# [features]: the defaults of knative-v1.23.0 for the flags our Services need.
 FEATURE_DEFAULTS = {
     "multi-container": "enabled",
     "multi-container-probing": "disabled",
@@ -134,9 +143,11 @@ def test_probes_are_ones_the_webhook_accepts(rendered: dict[str, Any]) -> None:
                 if c is main:
                     assert not isinstance(port, str) or port == port_name, f"{where}/{c['name']} {kind}: port name"
                 else:
-                    assert kind != "startupProbe", f"{where}/{c['name']}: sidecars take readiness and liveness only"
                     assert enabled["multi-container-probing"] == "enabled", f"{where}/{c['name']}: sidecar {kind}"
-                    assert port not in (None, 0, ""), f"{where}/{c['name']} {kind}: a sidecar's probe names its port"
+                    if action in ("httpGet", "tcpSocket"):
+                        assert port not in (None, 0, ""), (
+                            f"{where}/{c['name']} {kind}: a sidecar's probe names its port"
+                        )
 
 
 def test_pod_fields_behind_feature_flags_have_their_flag_enabled(rendered: dict[str, Any]) -> None:

@@ -19,10 +19,13 @@ import pytest
 import yaml
 
 from tests.deploy.support import (
+    KNATIVE_REPOS,
     RELEASES,
     TF,
     Doc,
     heredoc,
+    knative_release,
+    knative_versions,
     kustomize,
     local_values,
     parse,
@@ -35,7 +38,9 @@ from tests.deploy.support import (
 MODULE = TF / "modules" / "knative"
 SAMPLE_VARS = {"var.domain": "kinfer.example.com"}
 RELEASE_LOCAL = re.compile(r"^\$\{local\.(\w+)\}/([\w.-]+\.yaml)$")
-RELEASE_URL = re.compile(r"^https://github\.com/([\w-]+/[\w-]+)/releases/download/knative-v\$\{var\.knative_version\}$")
+RELEASE_URL = re.compile(
+    r"^https://github\.com/([\w-]+/[\w-]+)/releases/download/knative-v\$\{var\.knative_versions\.(\w+)\}$"
+)
 # Release file -> the upstream repository that publishes it.
 PUBLISHERS = {
     "serving-crds.yaml": "knative/serving",
@@ -55,12 +60,6 @@ def overlays() -> dict[str, dict[str, Any]]:
     return found
 
 
-def release_dir() -> Path:
-    version = variable_default(TF, "knative_version")
-    assert variable_default(MODULE.parent.parent, "knative_version") == version
-    return RELEASES / f"knative-v{version}"
-
-
 def release_files(body: dict[str, Any]) -> list[Path]:
     """The fixture of every release URL in ``resources``, checked against the repository that publishes it."""
     urls = {k: unquote(v) for k, v in local_values(MODULE).items()}
@@ -71,7 +70,8 @@ def release_files(body: dict[str, Any]) -> list[Path]:
         base, name = urls[match.group(1)], match.group(2)
         repo = RELEASE_URL.match(base)
         assert repo and PUBLISHERS.get(name) == repo.group(1), f"{name} is not published by {base}"
-        path = release_dir() / name
+        assert KNATIVE_REPOS[repo.group(2)] == repo.group(1), f"{base}: knative_versions.{repo.group(2)} is not its"
+        path = knative_release(repo.group(2)) / name
         assert path.is_file(), (
             f"no fixture {path.relative_to(RELEASES.parents[2])}: see tests/fixtures/releases/README.md"
         )
@@ -133,10 +133,21 @@ def test_each_overlay_accumulates_without_a_duplicate_resource_id(tmp_path: Path
 
 def test_every_pinned_release_file_has_a_fixture_of_the_pinned_version() -> None:
     readme = (RELEASES / "README.md").read_text()
-    assert release_dir().name in readme
+    assert set(knative_versions()) == set(KNATIVE_REPOS), "one pinned release per Knative repository"
+    for key in KNATIVE_REPOS:
+        assert f"`{knative_release(key).name}/`" in readme, f"{knative_release(key).name}: note it in the README"
     for body in overlays().values():
         for path in release_files(body):
             assert f"`{path.name}`" in readme, f"{path.name}: note its source in tests/fixtures/releases/README.md"
+
+
+def test_each_knative_minor_pair_matches() -> None:
+    """Serving's ingress (net-kourier) and Eventing's Kafka extensions release in lockstep with their core:
+    their minors must match (the module's validation says the same)."""
+    versions = {k: v.rsplit(".", 1)[0] for k, v in knative_versions().items()}
+    assert versions["serving"] == versions["kourier"] and versions["eventing"] == versions["eventing_kafka"]
+    assert "var.knative_versions" in (MODULE / "variables.tf").read_text()
+    assert variable_default(MODULE, "knative_versions") is None, "the root module pins the versions"
 
 
 def test_each_overlay_renders_with_its_patches(composed: dict[str, tuple[int, list[Doc], str]]) -> None:

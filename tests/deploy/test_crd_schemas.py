@@ -15,12 +15,22 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.support import KNATIVE, OVERLAYS, RELEASES, Doc, group_of, render, render_with_component
+from tests.deploy.support import (
+    KNATIVE,
+    OVERLAYS,
+    Doc,
+    group_of,
+    knative_release,
+    render,
+    render_with_component,
+    strimzi_release,
+)
 
 CRD_FILES = [
-    *sorted((RELEASES / "knative-v1.16.0").glob("*-crds.yaml")),
-    RELEASES / "knative-v1.16.0" / "eventing-kafka-controller.yaml",
-    *sorted((RELEASES / "strimzi-0.45.0").glob("*.yaml")),
+    knative_release("serving") / "serving-crds.yaml",
+    knative_release("eventing") / "eventing-crds.yaml",
+    knative_release("eventing_kafka") / "eventing-kafka-controller.yaml",
+    *sorted(strimzi_release().glob("*.yaml")),
 ]
 CHECKED_GROUPS = {
     "serving.knative.dev",
@@ -106,10 +116,11 @@ def test_the_fixtures_hold_the_crds_of_the_kinds_kinfer_uses(crds: dict[tuple[st
         ("sources.knative.dev", "v1beta1", "KafkaSource"),
         ("sources.knative.dev", "v1", "SinkBinding"),
         ("sources.knative.dev", "v1", "PingSource"),
-        ("kafka.strimzi.io", "v1beta2", "Kafka"),
-        ("kafka.strimzi.io", "v1beta2", "KafkaTopic"),
-        ("kafka.strimzi.io", "v1beta2", "KafkaNodePool"),
+        ("kafka.strimzi.io", "v1", "Kafka"),
+        ("kafka.strimzi.io", "v1", "KafkaTopic"),
+        ("kafka.strimzi.io", "v1", "KafkaNodePool"),
     } <= set(crds)
+    assert all(path.is_file() for path in CRD_FILES), "rebuild tests/fixtures/releases (build.py)"
 
 
 def test_every_resource_group_is_checked_somewhere(resources: dict[str, list[Doc]]) -> None:

@@ -23,10 +23,10 @@ from shared.localstack.relay.wiring import parse_iso_duration
 from tests.deploy.support import (
     KNATIVE,
     OVERLAYS,
-    RELEASES,
     TF,
     Doc,
     annotations,
+    knative_release,
     ksvcs,
     of_kind,
     parse,
@@ -121,11 +121,11 @@ def test_backoff_formula_matches_the_relay() -> None:
 
 def test_the_chunk_consumers_can_keep_every_worker_busy(rendered: dict[str, list[Doc]]) -> None:
     """An unordered KafkaSource consumer stops polling at ``max.poll.records`` events in flight
-    (knative-extensions/eventing-kafka-broker, tag knative-v1.16.0,
-    data-plane/config/source/100-config-kafka-source-data-plane.yaml: 50; the release fixture
-    holds it), and ``spec.consumers`` defaults to 1: without consumers, 50 chunks at most are in
-    flight however many workers run. Consumers beyond the topic's partitions would sit idle."""
-    config = (RELEASES / "knative-v1.16.0" / "eventing-kafka-source.yaml").read_text()
+    (knative-extensions/eventing-kafka-broker, data-plane/config/source/100-config-kafka-source-data-plane.yaml:
+    50 at knative-v1.16.0 and at the pinned release, whose fixture holds it), and ``spec.consumers`` defaults
+    to 1: without consumers, 50 chunks at most are in flight however many workers run. Consumers beyond the
+    topic's partitions would sit idle."""
+    config = (knative_release("eventing_kafka") / "eventing-kafka-source.yaml").read_text()
     per_consumer = int(re.search(r"^\s*max\.poll\.records=(\d+)$", config, re.M).group(1))  # type: ignore[union-attr]
     partitions = {"dev": 12, "prod": 24, "prod+triton-warm": 24}  # terraform/main.tf chunk_partitions
     for overlay, docs in rendered.items():

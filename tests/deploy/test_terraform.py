@@ -114,14 +114,16 @@ def test_providers_are_pinned_and_the_deploy_variables_exist() -> None:
 
 def test_knative_module_installs_pinned_release_manifests() -> None:
     text = (TF / "modules" / "knative" / "main.tf").read_text()
-    assert re.fullmatch(r"\d+\.\d+\.\d+", unquote(variables(TF)["knative_version"]["default"]))
-    for repo in (
-        "knative/serving",
-        "knative/eventing",
-        "knative-extensions/eventing-kafka-broker",
-        "knative-extensions/net-kourier",
+    pinned = variables(TF)["knative_versions"]["default"]
+    assert set(pinned) == {"serving", "kourier", "eventing", "eventing_kafka"}
+    assert all(re.fullmatch(r"\d+\.\d+\.\d+", unquote(v)) for v in pinned.values()), pinned
+    for key, repo in (
+        ("serving", "knative/serving"),
+        ("eventing", "knative/eventing"),
+        ("eventing_kafka", "knative-extensions/eventing-kafka-broker"),
+        ("kourier", "knative-extensions/net-kourier"),
     ):
-        assert f"https://github.com/{repo}/releases/download/knative-v${{var.knative_version}}" in text, repo
+        assert f"https://github.com/{repo}/releases/download/knative-v${{var.knative_versions.{key}}}" in text, repo
     for manifest in (
         "serving-core.yaml",
         "kourier.yaml",

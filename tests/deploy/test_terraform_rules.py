@@ -85,10 +85,12 @@ MAINTAINED = {
     "ghcr.io/cloudnative-pg/postgresql": "CloudNativePG's PostgreSQL operand images, rebuilt for every minor release",
     "https://valkey.io/valkey-helm/": "the Valkey project's own chart (Linux Foundation)",
     "docker.io/valkey/valkey": "the Valkey project's official image",
-    "https://strimzi.io/charts/": "Strimzi operator chart (CNCF project); its version pins the quay.io/strimzi images",
+    "oci://quay.io/strimzi-helm": "Strimzi operator chart (CNCF project), the OCI repository its README installs "
+    "from (https://strimzi.io/charts/ is deprecated since 0.36); its version pins the quay.io/strimzi images",
     "oci://docker.io/envoyproxy": "Envoy Gateway chart (Envoy project, CNCF); its version pins docker.io/envoyproxy",
     "nvcr.io/nvidia/tritonserver": "NVIDIA's Triton Inference Server releases on NGC (monthly)",
-    "ghcr.io/kinfer/kinfer": "this project's image; terraform replaces it with -var image",
+    "ghcr.io/kinfer/kinfer": "this project's image; terraform replaces it with -var image (and the model "
+    "agent's with -var agent_image)",
 }
 # Installed although no longer maintained, only as an optional in-cluster default that an
 # existing endpoint variable switches off, and said so in docs/operations.md.

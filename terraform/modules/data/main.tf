@@ -224,7 +224,7 @@ resource "helm_release" "minio" {
       MINIO_SITE_REGION                 = var.s3_region
       MINIO_NOTIFY_KAFKA_ENABLE_KINFER  = "on"
       MINIO_NOTIFY_KAFKA_BROKERS_KINFER = var.kafka_brokers
-      MINIO_NOTIFY_KAFKA_TOPIC_KINFER   = "kinfer.batch.requests"
+      MINIO_NOTIFY_KAFKA_TOPIC_KINFER   = var.batch_request_topic
     }
     customCommands = [
       { command = "event add myminio/${var.input_bucket} arn:minio:sqs::KINFER:kafka --event put --suffix .jsonl" },

@@ -42,6 +42,11 @@ variable "kafka_brokers" {
   type        = string
 }
 
+variable "batch_request_topic" {
+  description = "Kafka topic of batch requests (<install_name>.batch.requests) that MinIO sends input-bucket notifications to."
+  type        = string
+}
+
 variable "input_bucket" {
   description = "Bucket of batch inputs (S3_INPUT_BUCKET); uploads of .jsonl files there start batch jobs."
   type        = string

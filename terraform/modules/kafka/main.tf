@@ -13,7 +13,7 @@ locals {
 resource "helm_release" "strimzi" {
   count            = local.install ? 1 : 0
   name             = "strimzi"
-  repository       = "https://strimzi.io/charts/"
+  repository       = "oci://quay.io/strimzi-helm"
   chart            = "strimzi-kafka-operator"
   version          = var.strimzi_version
   namespace        = var.namespace
@@ -65,7 +65,18 @@ data "kustomization_overlay" "strimzi" {
       kind = "KafkaTopic"
       name = "kinfer-batch-chunks"
     }
-    patch = jsonencode([{ op = "replace", path = "/spec/partitions", value = var.chunk_partitions }])
+    patch = jsonencode([
+      { op = "replace", path = "/spec/partitions", value = var.chunk_partitions },
+      { op = "replace", path = "/spec/topicName", value = var.topics.chunks },
+    ])
+  }
+
+  patches {
+    target {
+      kind = "KafkaTopic"
+      name = "kinfer-batch-requests"
+    }
+    patch = jsonencode([{ op = "replace", path = "/spec/topicName", value = var.topics.requests }])
   }
 }
 

@@ -4,8 +4,13 @@ variable "bootstrap_servers" {
 }
 
 variable "chunk_partitions" {
-  description = "Partitions of kinfer.batch.chunks."
+  description = "Partitions of the chunk topic (topics.chunks)."
   type        = number
+}
+
+variable "topics" {
+  description = "Kafka names of this install's topics (the root module's install_name): chunks (KafkaTopic kinfer-batch-chunks) and requests (KafkaTopic kinfer-batch-requests)."
+  type        = object({ chunks = string, requests = string })
 }
 
 variable "namespace" {
@@ -15,9 +20,9 @@ variable "namespace" {
 }
 
 variable "strimzi_version" {
-  description = "Strimzi operator chart version."
+  description = "Strimzi operator chart version (oci://quay.io/strimzi-helm/strimzi-kafka-operator); 1.x serves the kafka.strimzi.io/v1 API only (docs/operations.md, upgrading from 0.4x)."
   type        = string
-  default     = "0.45.0"
+  default     = "1.2.0"
 }
 
 variable "replicas" {

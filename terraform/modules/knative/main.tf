@@ -8,19 +8,19 @@
 # - serving-core.yaml already holds every CRD of serving-crds.yaml (and
 #   eventing-core.yaml those of eventing-crds.yaml): the *-crds.yaml files are
 #   not listed (knative/serving#12760, #14242);
-# - eventing-core.yaml and eventing-kafka-controller.yaml both ship
-#   knative-eventing/config-tracing (example data only): eventing-kafka is its
-#   own overlay that drops its copy.
+# - eventing-kafka is its own overlay: up to 1.16 its controller file repeated
+#   eventing-core's knative-eventing/config-tracing (dropped by a patch here);
+#   eventing-kafka-broker removed its copy in knative-v1.19.0 (#4373).
 # tests/deploy/test_composition.py renders these overlays offline from
 # the release files in tests/fixtures/releases/.
 #
 # Patches are YAML heredocs (not yamlencode) so that the test can render them.
 
 locals {
-  serving_release  = "https://github.com/knative/serving/releases/download/knative-v${var.knative_version}"
-  kourier_release  = "https://github.com/knative-extensions/net-kourier/releases/download/knative-v${var.knative_version}"
-  eventing_release = "https://github.com/knative/eventing/releases/download/knative-v${var.knative_version}"
-  kafka_release    = "https://github.com/knative-extensions/eventing-kafka-broker/releases/download/knative-v${var.knative_version}"
+  serving_release  = "https://github.com/knative/serving/releases/download/knative-v${var.knative_versions.serving}"
+  kourier_release  = "https://github.com/knative-extensions/net-kourier/releases/download/knative-v${var.knative_versions.kourier}"
+  eventing_release = "https://github.com/knative/eventing/releases/download/knative-v${var.knative_versions.eventing}"
+  kafka_release    = "https://github.com/knative-extensions/eventing-kafka-broker/releases/download/knative-v${var.knative_versions.eventing_kafka}"
 }
 
 data "kustomization_overlay" "serving" {
@@ -139,18 +139,6 @@ data "kustomization_overlay" "eventing_kafka" {
     "${local.kafka_release}/eventing-kafka-source.yaml",
     "${local.kafka_release}/eventing-kafka-sink.yaml",
   ]
-
-  # eventing-core.yaml owns knative-eventing/config-tracing.
-  patches {
-    patch = <<-YAML
-      $patch: delete
-      apiVersion: v1
-      kind: ConfigMap
-      metadata:
-        name: config-tracing
-        namespace: knative-eventing
-    YAML
-  }
 }
 
 # Three passes each: CRDs and namespaces, then everything else (waiting for

@@ -12,7 +12,7 @@ output "internal_ingress" {
 
 output "ready" {
   description = "Known at plan, available once Knative, its Kafka extensions and Envoy Gateway are applied: what the platform waits for."
-  value       = "knative-v${var.knative_version}"
+  value       = "serving-${var.knative_versions.serving},eventing-${var.knative_versions.eventing}"
   depends_on = [
     kustomization_resource.serving_p2, kustomization_resource.eventing_p2,
     kustomization_resource.eventing_kafka_p2, kustomization_resource.gateway_class,

@@ -1,6 +1,20 @@
-variable "knative_version" {
-  description = "Knative release of Serving, Eventing, Kourier and eventing-kafka-broker (e.g. 1.16.0)."
-  type        = string
+variable "knative_versions" {
+  description = "Knative release of each component: the tag knative-v<version> of knative/serving (serving), knative-extensions/net-kourier (kourier), knative/eventing (eventing) and knative-extensions/eventing-kafka-broker (eventing_kafka). Patch releases are per repository; Serving and Kourier share a minor, as do Eventing and its Kafka extensions."
+  type = object({
+    serving        = string
+    kourier        = string
+    eventing       = string
+    eventing_kafka = string
+  })
+
+  validation {
+    condition = (
+      alltrue([for v in values(var.knative_versions) : can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+$", v))])
+      && try(regex("^[0-9]+\\.[0-9]+\\.", var.knative_versions.serving) == regex("^[0-9]+\\.[0-9]+\\.", var.knative_versions.kourier), false)
+      && try(regex("^[0-9]+\\.[0-9]+\\.", var.knative_versions.eventing) == regex("^[0-9]+\\.[0-9]+\\.", var.knative_versions.eventing_kafka), false)
+    )
+    error_message = "knative_versions: each an exact X.Y.Z; kourier on serving's minor, eventing_kafka on eventing's minor."
+  }
 }
 
 variable "domain" {
@@ -11,5 +25,5 @@ variable "domain" {
 variable "envoy_gateway_version" {
   description = "Envoy Gateway chart version: the Gateway API implementation behind the public routes."
   type        = string
-  default     = "v1.2.6"
+  default     = "v1.9.0"
 }

@@ -4,7 +4,9 @@
 
 locals {
   knative_dir = abspath("${path.module}/../../../knative")
-  image       = regex("^(?P<name>[^@]+?)(?::(?P<tag>[A-Za-z0-9_.-]+))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$", var.image)
+  # The model agent beside Triton runs its own image: a new function image must not
+  # roll the Triton Service (a new revision starts a GPU).
+  agent_image = var.agent_image != "" ? var.agent_image : var.image
   brokers     = [for s in split(",", var.kafka_brokers) : trimspace(s) if trimspace(s) != ""]
   triton_url  = "triton.${var.namespace}.svc.cluster.local:80"
 
@@ -229,11 +231,85 @@ data "kustomization_overlay" "kinfer" {
   components = var.triton_keep_warm ? ["${local.knative_dir}/components/triton-warm"] : []
   namespace  = var.namespace
 
-  images {
-    name     = "ghcr.io/kinfer/kinfer"
-    new_name = local.image.name
-    new_tag  = local.image.tag
-    digest   = local.image.digest
+  # Images by patches, not an `images` transformer: in the rendered overlay the
+  # functions and the model agent have the same image name (ghcr.io/kinfer/kinfer),
+  # and one transformer would give the agent every new function image, and so the
+  # Triton Service a new revision (a GPU started) on every deploy. The patches below
+  # are YAML heredocs so that tests/deploy/test_agent_image.py can render them.
+  patches {
+    target {
+      group          = "serving.knative.dev"
+      kind           = "Service"
+      label_selector = "app.kubernetes.io/component=function"
+    }
+    patch = <<-YAML
+      - op: replace
+        path: /spec/template/spec/containers/0/image
+        value: "${var.image}"
+    YAML
+  }
+
+  patches {
+    target {
+      group = "serving.knative.dev"
+      kind  = "Service"
+      name  = "triton"
+    }
+    patch = <<-YAML
+      - op: test
+        path: /spec/template/spec/containers/1/name
+        value: model-agent
+      - op: replace
+        path: /spec/template/spec/containers/1/image
+        value: "${local.agent_image}"
+    YAML
+  }
+
+  # Kafka names of this install (terraform/main.tf kafka_names; the overlays'
+  # knative/components/install-name does the same from their install.yaml).
+  patches {
+    target {
+      group = "eventing.knative.dev"
+      kind  = "KafkaSink"
+      name  = "batch-chunks"
+    }
+    patch = <<-YAML
+      - op: replace
+        path: /spec/topic
+        value: "${var.kafka_names.chunk_topic}"
+    YAML
+  }
+
+  patches {
+    target {
+      group = "sources.knative.dev"
+      kind  = "KafkaSource"
+      name  = "batch-worker-source"
+    }
+    patch = <<-YAML
+      - op: replace
+        path: /spec/topics
+        value: ["${var.kafka_names.chunk_topic}"]
+      - op: replace
+        path: /spec/consumerGroup
+        value: "${var.kafka_names.worker_group}"
+    YAML
+  }
+
+  patches {
+    target {
+      group = "sources.knative.dev"
+      kind  = "KafkaSource"
+      name  = "batch-intake-source"
+    }
+    patch = <<-YAML
+      - op: replace
+        path: /spec/topics
+        value: ["${var.kafka_names.request_topic}"]
+      - op: replace
+        path: /spec/consumerGroup
+        value: "${var.kafka_names.intake_group}"
+    YAML
   }
 
   config_map_generator {

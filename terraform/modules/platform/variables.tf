@@ -8,6 +8,16 @@ variable "image" {
   type        = string
 }
 
+variable "agent_image" {
+  description = "Image of the model agent in each Triton pod (empty: image); only a change of it rolls the Triton Service."
+  type        = string
+}
+
+variable "kafka_names" {
+  description = "Kafka names of this install: chunk_topic, request_topic, worker_group, intake_group (the root module's install_name)."
+  type        = object({ chunk_topic = string, request_topic = string, worker_group = string, intake_group = string })
+}
+
 variable "namespace" {
   description = "Namespace of the functions, Triton and eventing."
   type        = string
