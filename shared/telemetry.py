@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -68,7 +68,7 @@ def tracer() -> trace.Tracer:
 
 
 @contextmanager
-def server_span(name: str, carrier: Mapping[str, Any] | Any, **attributes: Any) -> Iterator[Span]:
+def server_span(name: str, carrier: Mapping[str, str], **attributes: Any) -> Iterator[Span]:
     """A SERVER span continuing the W3C context found in ``carrier`` (headers itself, not a dict copy);
     a non-recording one when the request is not sampled (see the module docstring)."""
     parent = otel_context.Context()
@@ -109,7 +109,7 @@ def _unsampled(parent: otel_context.Context) -> Span:
     )
 
 
-def child_span(name: str, **attributes: Any) -> Any:
+def child_span(name: str, **attributes: Any) -> AbstractContextManager[object]:
     """A child span of the current one (a context manager); nothing at all when it would not be recorded."""
     if not trace.get_current_span().is_recording():
         return nullcontext()

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import orjson
 
 from shared.errors import InvalidInput
 
+JSONObject = dict[str, object]
+"""A JSON object whose keys nobody declared (a request body before validation, user metadata)."""
 
-def parse_json(raw: bytes, field: str = "body") -> Any:
+
+def parse_json(raw: bytes, field: str = "body") -> object:
     """Strict JSON: 400 when empty, malformed, NaN or infinite, or when an object repeats a key."""
     if not raw.strip():
         raise InvalidInput(
@@ -40,7 +42,7 @@ MAX_DEPTH = 254
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-def has_duplicate_keys(raw: bytes, value: Any) -> bool:
+def has_duplicate_keys(raw: bytes, value: object) -> bool:
     """Did ``raw`` (valid JSON that parsed to ``value``) hold an object with a repeated key?
 
     The parser keeps the last of repeated keys, so the keys it kept are counted by serialising
@@ -56,13 +58,13 @@ def _keys_in(document: bytes) -> int:
     return _STRING.sub(b"", document).count(b":") if b'"' in document else document.count(b":")
 
 
-def require_object(body: Any, field: str = "body") -> dict[str, Any]:
+def require_object(body: object, field: str = "body") -> JSONObject:
     if not isinstance(body, dict):
         raise InvalidInput(f"{field} must be a JSON object", field=field)
     return body
 
 
-def reject_unknown(body: Mapping[str, Any], allowed: Iterable[str], read_only: Iterable[str] = ()) -> None:
+def reject_unknown(body: Mapping[str, object], allowed: Iterable[str], read_only: Iterable[str] = ()) -> None:
     allowed_set, read_only_set = set(allowed), set(read_only)
     for key in body:
         if key in read_only_set:
@@ -72,7 +74,7 @@ def reject_unknown(body: Mapping[str, Any], allowed: Iterable[str], read_only: I
 
 
 def string(
-    value: Any,
+    value: object,
     field: str,
     *,
     max_len: int,
@@ -104,7 +106,7 @@ def text(value: str, field: str) -> str:
     return value
 
 
-def choice(value: Any, field: str, allowed: Iterable[str]) -> str:
+def choice(value: object, field: str, allowed: Iterable[str]) -> str:
     options = sorted(allowed)
     if not isinstance(value, str) or value not in options:
         raise InvalidInput(f"{field} must be one of: {', '.join(options)}", field=field)
@@ -126,7 +128,7 @@ def integer(raw: str | None, field: str, *, default: int, lo: int, hi: int) -> i
     return value
 
 
-def json_object(value: Any, field: str, *, max_bytes: int, max_depth: int = 8) -> dict[str, Any]:
+def json_object(value: object, field: str, *, max_bytes: int, max_depth: int = 8) -> JSONObject:
     """A JSON object at most ``max_depth`` levels deep and ``max_bytes`` long, every string storable."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{field} must be a JSON object", field=field)
@@ -139,9 +141,9 @@ def json_object(value: Any, field: str, *, max_bytes: int, max_depth: int = 8) -
 _MAX_NUMBER = 2**63
 
 
-def _check_tree(root: Any, field: str, max_depth: int) -> None:
+def _check_tree(root: object, field: str, max_depth: int) -> None:
     """Depth and string checks without recursion (a hostile body can nest thousands of levels)."""
-    stack: list[tuple[Any, int]] = [(root, 1)]
+    stack: list[tuple[object, int]] = [(root, 1)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, str):

@@ -8,7 +8,7 @@ probes every Triton backend and records the results in Redis.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import functions_framework.aio
 from starlette.requests import Request
@@ -23,8 +23,21 @@ from shared.web.route import LIVEZ, QueryParam, Route
 from shared.web.routing import Router
 from shared.web.runtime import function_services
 
+if TYPE_CHECKING:
+    from shared.backends.monitor import HealthReport, ProbeResult
+    from shared.backends.overview import Overview
 
-def _probe(call: Call) -> dict[str, Any]:
+
+class ProbeTick(TypedDict):
+    """The answer to the probe tick (``POST /``)."""
+
+    event_id: str
+    probed: int
+    healthy: int
+    backends: list[ProbeResult]
+
+
+def _probe(call: Call) -> ProbeTick:
     event = parse_event(call.headers, call.body)
     results = function_services().monitor.probe()
     return {
@@ -35,11 +48,11 @@ def _probe(call: Call) -> dict[str, Any]:
     }
 
 
-def _health(call: Call) -> dict[str, Any]:
+def _health(call: Call) -> HealthReport:
     return function_services().monitor.health()
 
 
-def _overview(call: Call) -> dict[str, Any]:
+def _overview(call: Call) -> Overview:
     from shared.backends import overview
 
     window = v.integer(

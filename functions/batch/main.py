@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.batch import jobs as batch
+from shared.domain import BatchJob
+from shared.registry.reads import Health
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
@@ -17,29 +17,29 @@ from shared.web.routing import Router
 from shared.web.runtime import function_services
 
 
-def _submit(call: Call) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def _submit(call: Call) -> tuple[int, batch.JobSummary, dict[str, str]]:
     job = function_services().jobs.submit_job(call.json(), batch.owner_of(call.principal))
     return 202, job, {"Location": f"/v1/batch/{job['id']}"}
 
 
-def _upload(call: Call) -> tuple[int, dict[str, Any]]:
+def _upload(call: Call) -> tuple[int, batch.UploadGrant]:
     body = call.json() if call.body.strip() else None
     return 201, function_services().jobs.create_upload(body, batch.owner_of(call.principal))
 
 
-def _list(call: Call) -> dict[str, Any]:
+def _list(call: Call) -> batch.JobPage:
     return function_services().jobs.list_jobs(call.args, batch.owner_of(call.principal))
 
 
-def _get(call: Call, job_id: str) -> dict[str, Any]:
+def _get(call: Call, job_id: str) -> BatchJob:
     return function_services().jobs.get_job(job_id, batch.owner_of(call.principal))
 
 
-def _cancel(call: Call, job_id: str) -> dict[str, Any]:
+def _cancel(call: Call, job_id: str) -> batch.Cancelled:
     return function_services().jobs.cancel_job(job_id, batch.owner_of(call.principal))
 
 
-def _health(call: Call) -> tuple[int, dict[str, Any]]:
+def _health(call: Call) -> tuple[int, Health]:
     return function_services().registry.health()
 
 

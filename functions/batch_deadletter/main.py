@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import functions_framework.aio
+from cloudevents.http import CloudEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.batch.worker import ChunkAnswer
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
 from shared.web.runtime import event_routes, function_services
 
 
-def _fail(call: Call, event: Any) -> tuple[int, dict[str, Any]]:
+def _fail(call: Call, event: CloudEvent) -> tuple[int, ChunkAnswer]:
     return function_services().worker.fail_chunk(event)
 
 

@@ -6,18 +6,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import functions_framework.aio
+from cloudevents.http import CloudEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.batch.worker import ChunkAnswer
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
 from shared.web.runtime import event_routes, function_services
 
 
-def _process(call: Call, event: Any) -> tuple[int, dict[str, Any]]:
+def _process(call: Call, event: CloudEvent) -> tuple[int, ChunkAnswer]:
     return function_services().worker.process_chunk(event)
 
 

@@ -9,7 +9,7 @@ relative links resolve. Every answer carries the page's security headers (strict
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import functions_framework.aio
 from starlette.requests import Request
@@ -27,6 +27,12 @@ FILES = StaticFiles(Path(__file__).resolve().parent / "static")
 _FILE = {200: ("a file of the console (HTML, JavaScript, CSS)", {"type": "string"}, "text/html")}
 
 
+class Health(TypedDict):
+    status: str
+    service: str
+    files: int
+
+
 async def _page(call: Call) -> Response:
     if not call.request.url.path.endswith("/"):
         return RedirectResponse(PREFIX, status_code=308)
@@ -41,7 +47,7 @@ async def _home(call: Call) -> Response:
     return RedirectResponse(PREFIX, status_code=308)
 
 
-async def _health(call: Call) -> dict[str, Any]:
+async def _health(call: Call) -> Health:
     return {"status": "healthy", "service": function_services().settings.service_name, "files": len(FILES.files())}
 
 

@@ -9,13 +9,15 @@ the body and in ``X-Model-Version``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.inference import v2
+from shared.inference.dataplane import InferAnswer
+from shared.inference.health import HealthBody, ReadyBody
 from shared.inference.waiting import preferred_wait
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
@@ -23,6 +25,10 @@ from shared.web.request import Call
 from shared.web.route import LIVEZ, Route
 from shared.web.routing import Router
 from shared.web.runtime import function_services
+
+
+class Live(TypedDict):
+    live: bool
 
 
 def _route_key(call: Call) -> str | None:
@@ -38,7 +44,7 @@ def _wait(call: Call) -> float:
     return wait
 
 
-async def _infer(call: Call) -> dict[str, Any]:
+async def _infer(call: Call) -> InferAnswer:
     answer = await function_services().dataplane.run_inference(call.json(), _route_key(call), _wait(call))
     answer["request_id"] = call.request_id
     answer["trace_id"] = call.trace_id
@@ -46,7 +52,7 @@ async def _infer(call: Call) -> dict[str, Any]:
     return answer
 
 
-async def _infer_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
+async def _infer_v2(call: Call, name: str, version: str | None = None) -> v2.InferResponse:
     answer = await function_services().v2.infer_v2(
         name, version, call.body, call.header_map, _route_key(call), _wait(call)
     )
@@ -54,31 +60,31 @@ async def _infer_v2(call: Call, name: str, version: str | None = None) -> dict[s
     return answer
 
 
-async def _metadata_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
+async def _metadata_v2(call: Call, name: str, version: str | None = None) -> v2.ModelMetadata:
     return await function_services().v2.model_metadata_v2(name, version)
 
 
-async def _ready_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
+async def _ready_v2(call: Call, name: str, version: str | None = None) -> v2.ModelReady:
     return await function_services().v2.model_ready_v2(name, version)
 
 
-async def _config_v2(call: Call, name: str, version: str | None = None) -> dict[str, Any]:
+async def _config_v2(call: Call, name: str, version: str | None = None) -> v2.JSONObject:
     return await function_services().v2.model_config_v2(name, version)
 
 
-async def _server_v2(call: Call) -> dict[str, Any]:
+async def _server_v2(call: Call) -> v2.ServerMetadata:
     return v2.server_metadata()
 
 
-async def _live_v2(call: Call) -> dict[str, Any]:
+async def _live_v2(call: Call) -> Live:
     return {"live": True}
 
 
-async def _ready(call: Call) -> tuple[int, dict[str, Any]]:
+async def _ready(call: Call) -> tuple[int, ReadyBody]:
     return await function_services().infer_health.server_ready()
 
 
-async def _health(call: Call) -> tuple[int, dict[str, Any]]:
+async def _health(call: Call) -> tuple[int, HealthBody]:
     return await function_services().infer_health.health()
 
 

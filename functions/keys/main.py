@@ -9,13 +9,13 @@ its display prefix, never the secret. DELETE revokes (the record stays, with
 
 from __future__ import annotations
 
-from typing import Any
-
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.access import auth, keys
+from shared.domain import ApiKey
+from shared.registry import Health
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
@@ -24,28 +24,28 @@ from shared.web.routing import Router
 from shared.web.runtime import function_services
 
 
-def _create(call: Call) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def _create(call: Call) -> tuple[int, keys.CreatedKey, dict[str, str]]:
     created = function_services().keys.create_from_body(call.json())
     return 201, created, {"Location": f"/v1/keys/{created['id']}"}
 
 
-def _list(call: Call) -> dict[str, Any]:
+def _list(call: Call) -> keys.KeyPage:
     return function_services().keys.list_page(call.args)
 
 
-def _get(call: Call, key_id: str) -> dict[str, Any]:
+def _get(call: Call, key_id: str) -> ApiKey:
     return keys.to_json(function_services().keys.get_key(key_id))
 
 
-def _revoke(call: Call, key_id: str) -> dict[str, Any]:
+def _revoke(call: Call, key_id: str) -> ApiKey:
     return keys.to_json(function_services().keys.revoke_key(key_id))
 
 
-async def _self(call: Call) -> dict[str, Any]:
+async def _self(call: Call) -> auth.WhoAmI:
     return auth.describe(call.principal)
 
 
-def _health(call: Call) -> tuple[int, dict[str, Any]]:
+def _health(call: Call) -> tuple[int, Health]:
     return function_services().registry.health()
 
 

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import functions_framework.aio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from shared.domain import ModelVersion
 from shared.errors import InvalidInput
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
@@ -18,12 +19,12 @@ from shared.web.routing import Router
 from shared.web.runtime import function_services
 
 
-def _create(call: Call) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def _create(call: Call) -> tuple[int, ModelVersion, dict[str, str]]:
     model = function_services().artifacts.create_model(call.json())
     return 201, model, {"Location": f"/v1/models/{model['id']}"}
 
 
-async def _upload(call: Call, model_id: str) -> dict[str, Any]:
+async def _upload(call: Call, model_id: str) -> ModelVersion:
     limit = function_services().settings.max_artifact_bytes
     sha256 = call.query("sha256") or call.headers.get("x-content-sha256")
     try:
@@ -39,7 +40,7 @@ def _delete(call: Call, model_id: str) -> Response:
     return Response(status_code=204)
 
 
-def _put_alias(call: Call, name: str, alias: str) -> dict[str, Any]:
+def _put_alias(call: Call, name: str, alias: str) -> Mapping[str, object]:
     return function_services().aliases.put_alias(name, alias, call.json())
 
 

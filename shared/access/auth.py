@@ -19,17 +19,20 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from shared.access import keys
 from shared.clients.aio import SingleFlight
+from shared.domain import ApiKeyRecord
 from shared.errors import Forbidden, RateLimited, Unauthorized, Unavailable
 
 if TYPE_CHECKING:
     from shared.access.keys import KeyStore
     from shared.access.ratelimit import RateLimiter
     from shared.settings import Settings
+    from shared.web.request import Call
 
 ANY = "any"
 ADMIN = "admin"
@@ -53,7 +56,7 @@ class Principal:
         return scope == ANY or ADMIN in self.scopes or scope in self.scopes
 
 
-def key_from_headers(headers: Any) -> str:
+def key_from_headers(headers: Mapping[str, str]) -> str:
     """The key from ``Authorization: Bearer <key>`` or ``X-API-Key``; Unauthorized when absent or malformed."""
     auth = headers.get("Authorization", "")
     api_key = headers.get("X-API-Key", "")
@@ -122,7 +125,7 @@ class KeyCache:
         self._unknown.clear()
 
 
-def _principal(record: dict[str, Any] | None) -> Principal | None:
+def _principal(record: ApiKeyRecord | None) -> Principal | None:
     return (
         None
         if record is None
@@ -208,7 +211,7 @@ class Authenticator:
             retry_after=OUTAGE_RETRY_S,
         ) from exc
 
-    async def authorize(self, call: Any, scope: str) -> Principal:
+    async def authorize(self, call: Call, scope: str) -> Principal:
         """Authenticate the caller, check ``scope``, count the request against the key's rate limit."""
         principal = await self.principal_for_async(key_from_headers(call.header_map))
         if principal is None:
@@ -228,7 +231,16 @@ class Authenticator:
         return principal
 
 
-def describe(principal: Principal | None) -> dict[str, Any]:
+class WhoAmI(TypedDict):
+    """``GET /v1/keys/self``: the caller's key (never its secret)."""
+
+    id: str | None
+    name: str
+    scopes: list[str]
+    rate_limit_per_minute: int | None
+
+
+def describe(principal: Principal | None) -> WhoAmI:
     """``GET /v1/keys/self``: who the caller's key is (never its secret); with AUTH_REQUIRED off, no key is
     needed and every scope is granted."""
     if principal is None:

@@ -14,15 +14,16 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import sqlalchemy as sa
 
 from shared import validation as v
 from shared.clients.db import conflict_on
 from shared.clients.schema import api_keys
+from shared.domain import ApiKey, ApiKeyRecord
 from shared.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ MAX_KEY_LEN = 256
 KEY_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,127}")
 MAX_RATE_LIMIT = 10_000_000
+NAME_RULE = "name must be 1-128 letters, digits, spaces or . _ : @ / -"
 LAST_USED_EVERY_S = 60
 
 
@@ -69,7 +71,7 @@ def parse_scopes(raw: str | Iterable[str]) -> list[str]:
 
 def _validate(name: str, rate_limit: int | None, secret: str | None) -> None:
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise InvalidInput("name must be 1-128 letters, digits, spaces or . _ : @ / -", field="name")
+        raise InvalidInput(NAME_RULE, field="name")
     if rate_limit is not None and not (isinstance(rate_limit, int) and 1 <= rate_limit <= MAX_RATE_LIMIT):
         raise InvalidInput(
             f"rate_limit_per_minute must be an integer from 1 to {MAX_RATE_LIMIT}", field="rate_limit_per_minute"
@@ -78,11 +80,11 @@ def _validate(name: str, rate_limit: int | None, secret: str | None) -> None:
         raise InvalidInput("a fixed key must be 8-256 url-safe characters", field="secret")
 
 
-def _record(row: Any) -> dict[str, Any]:
+def _record(row: Any) -> ApiKeyRecord:
     rec = dict(row._mapping)
     rec.pop("key_hash", None)
     rec["id"] = str(rec["id"])
-    return rec
+    return cast(ApiKeyRecord, rec)
 
 
 def _public_columns() -> list[sa.Column[Any]]:
@@ -114,7 +116,23 @@ LIST_QUERY = ("status", "limit", "offset")
 KEY_STATUSES = ("active", "revoked")
 
 
-def to_json(record: dict[str, Any]) -> dict[str, Any]:
+class CreatedKey(ApiKey):
+    """``POST /v1/keys``: the new key, with its secret (the only time it is shown)."""
+
+    key: str
+
+
+class KeyPage(TypedDict):
+    """``GET /v1/keys``: a page of keys (``total`` = ``total_count``)."""
+
+    keys: list[ApiKey]
+    total_count: int
+    total: int
+    limit: int
+    offset: int
+
+
+def to_json(record: ApiKeyRecord) -> ApiKey:
     """The public form of a key: never its secret or hash, only the display prefix."""
     return {
         "id": record["id"],
@@ -137,7 +155,7 @@ class KeyStore:
 
     def create_key(
         self, name: str, scopes: str | Iterable[str], rate_limit: int | None = None, secret: str | None = None
-    ) -> tuple[dict[str, Any], str]:
+    ) -> tuple[ApiKeyRecord, str]:
         """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored."""
         scope_list = parse_scopes(scopes)
         _validate(name, rate_limit, secret)
@@ -155,7 +173,7 @@ class KeyStore:
         log.info("api key created: id=%s name=%s scopes=%s", values["id"], name, ",".join(scope_list))
         return _record(row), plaintext
 
-    def ensure_key(self, name: str, secret: str, scopes: str | Iterable[str]) -> dict[str, Any]:
+    def ensure_key(self, name: str, secret: str, scopes: str | Iterable[str]) -> ApiKeyRecord | None:
         """Create the fixed key ``secret`` unless it exists (idempotent; a revoked key stays revoked)."""
         found = self.find_by_hash(hash_key(secret), include_revoked=True)
         if found is not None:
@@ -163,9 +181,9 @@ class KeyStore:
         try:
             return self.create_key(name, scopes, secret=secret)[0]
         except Conflict:  # another process seeded it first
-            return self.find_by_hash(hash_key(secret), include_revoked=True) or {}
+            return self.find_by_hash(hash_key(secret), include_revoked=True)
 
-    def find_by_hash(self, key_hash: str, include_revoked: bool = False) -> dict[str, Any] | None:
+    def find_by_hash(self, key_hash: str, include_revoked: bool = False) -> ApiKeyRecord | None:
         """The key record for a digest (active only unless ``include_revoked``)."""
         query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash)
         if not include_revoked:
@@ -174,7 +192,7 @@ class KeyStore:
             row = conn.execute(query).first()
         return _record(row) if row is not None else None
 
-    def authenticate(self, key_hash: str) -> dict[str, Any] | None:
+    def authenticate(self, key_hash: str) -> ApiKeyRecord | None:
         """Look up an active key; touch ``last_used_at`` only when it is a minute old (not every request)."""
         query = sa.select(*_public_columns()).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
         with self.db.begin() as conn:
@@ -183,15 +201,13 @@ class KeyStore:
                 conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(last_used_at=sa.func.now()))
         return _record(row) if row is not None else None
 
-    def list_keys(
-        self, *, status: str | None = None, limit: int | None = None, offset: int = 0
-    ) -> list[dict[str, Any]]:
+    def list_keys(self, *, status: str | None = None, limit: int | None = None, offset: int = 0) -> list[ApiKeyRecord]:
         """Keys, oldest first; ``status`` "active" or "revoked" filters."""
         query = _filtered(sa.select(*_public_columns()), status).order_by(api_keys.c.created_at, api_keys.c.id)
         with self.db.begin() as conn:
             return [_record(r) for r in conn.execute(query.limit(limit).offset(offset))]
 
-    def get_key(self, key_id: str) -> dict[str, Any]:
+    def get_key(self, key_id: str) -> ApiKeyRecord:
         kid = _key_id(key_id)
         with self.db.begin() as conn:
             row = conn.execute(sa.select(*_public_columns()).where(api_keys.c.id == kid)).first()
@@ -199,7 +215,7 @@ class KeyStore:
             raise NotFound(f"no API key with id {kid}")
         return _record(row)
 
-    def revoke_key(self, key_id: str) -> dict[str, Any]:
+    def revoke_key(self, key_id: str) -> ApiKeyRecord:
         """Mark a key revoked (idempotent: revoking twice keeps the first time); NotFound if unknown."""
         kid = _key_id(key_id)
         stmt = (
@@ -215,23 +231,27 @@ class KeyStore:
         log.info("api key revoked: id=%s", kid)
         return _record(row)
 
-    def create_from_body(self, body: Any) -> dict[str, Any]:
+    def create_from_body(self, body: object) -> CreatedKey:
         """POST /v1/keys: the new key with its secret in ``key`` (the only time it is shown)."""
-        body = v.require_object(body)
-        v.reject_unknown(body, CREATE_FIELDS)
-        if "name" not in body or "scopes" not in body:
-            missing = "name" if "name" not in body else "scopes"
+        fields = v.require_object(body)
+        v.reject_unknown(fields, CREATE_FIELDS)
+        if "name" not in fields or "scopes" not in fields:
+            missing = "name" if "name" not in fields else "scopes"
             raise InvalidInput(f"{missing} is required", field=missing)
-        scopes = body["scopes"]
+        scopes = fields["scopes"]
         if not (isinstance(scopes, str) or (isinstance(scopes, list) and all(isinstance(s, str) for s in scopes))):
             raise InvalidInput('scopes must be a list like ["infer", "batch"]', field="scopes")
-        rate = body.get("rate_limit_per_minute")
+        rate = fields.get("rate_limit_per_minute")
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
             raise InvalidInput("rate_limit_per_minute must be an integer or null", field="rate_limit_per_minute")
-        record, plaintext = self.create_key(body["name"], scopes, rate_limit=rate)
+        name = fields["name"]
+        if not isinstance(name, str):  # as ``create_key`` would answer: a bad scope first, then the name
+            parse_scopes(scopes)
+            raise InvalidInput(NAME_RULE, field="name")
+        record, plaintext = self.create_key(name, scopes, rate_limit=rate)
         return {**to_json(record), "key": plaintext}
 
-    def list_page(self, args: Any) -> dict[str, Any]:
+    def list_page(self, args: Mapping[str, str]) -> KeyPage:
         """GET /v1/keys: ``{"keys", "total_count", "total", "limit", "offset"}`` (``total`` = ``total_count``)."""
         limit = v.integer(args.get("limit"), "limit", default=100, lo=1, hi=1000)
         offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import pybreaker
 
@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 PREFIX = "kinfer:cb"
 STATE_CODES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 REDIS_RETRY_S = 2.0  # after Redis failed, use in-process breakers this long before trying it again
+
+
+class CircuitJSON(TypedDict):
+    """A breaker view as JSON."""
+
+    url: str
+    circuit: str
+    failures: int
+    opened_at: float | None
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class CircuitView:
         now = time.time() if now is None else now
         return max(0.0, (self.opened_at or 0.0) + reset_timeout - now)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> CircuitJSON:
         return {"url": self.url, "circuit": self.state, "failures": self.failures, "opened_at": self.opened_at}
 
 

@@ -20,8 +20,12 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.backends.breaker import CircuitView
+    from shared.backends.monitor import ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +174,9 @@ def read_counters(
 class BackendCollector:
     """prometheus-client collector reading breaker state and counters from Redis at scrape time."""
 
-    def __init__(self, client: Any, urls: list[str], views: dict[str, Any], probes: dict[str, Any]) -> None:
+    def __init__(
+        self, client: Any, urls: list[str], views: Mapping[str, CircuitView], probes: Mapping[str, ProbeResult]
+    ) -> None:
         self.client, self.urls, self.views, self.probes = client, urls, views, probes
 
     def collect(self) -> Iterator[Any]:

@@ -20,13 +20,15 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict, cast
 
 from shared.backends.balancer import probe_key
 from shared.endpoints import backend_id, resolve
 from shared.errors import KinferError
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from shared.backends.breaker import Breakers
     from shared.backends.triton import TritonPool
     from shared.clients.cache import Cache
@@ -40,7 +42,50 @@ PROBE_STALE_S = 180.0
 PROBE_KEEP_S = 3600
 
 
-def _stale(record: dict[str, Any] | None) -> bool:
+class ProbeResult(TypedDict):
+    """One probe of a backend, as answered by the tick and stored in Redis under ``kinfer:probe:<url>``."""
+
+    url: str
+    healthy: bool
+    reason: str
+    models: list[str]
+    models_not_ready: list[str]
+    last_checked: str
+    latency_ms: float
+
+
+class NotProbed(TypedDict):
+    """The stand-in record of a backend never probed (PROBE_TRITON_URL=false): its breaker decides."""
+
+    healthy: bool
+    last_checked: None
+    latency_ms: None
+    reason: str
+    models_not_ready: NotRequired[list[str]]
+
+
+class BackendHealth(TypedDict):
+    """One backend in ``GET /health``."""
+
+    url: str
+    healthy: bool
+    circuit: str
+    failures: int
+    last_checked: str | None
+    latency_ms: float | None
+    reason: str | None
+    models_not_ready: list[str]
+
+
+class HealthReport(TypedDict):
+    """``GET /health`` of the backends function."""
+
+    status: str
+    service: str
+    backends: list[BackendHealth]
+
+
+def _stale(record: ProbeResult | None) -> bool:
     if record is None:
         return True
     checked = datetime.fromisoformat(record["last_checked"])
@@ -75,7 +120,7 @@ class BackendMonitor:
                     names.append(triton_model)
         return found
 
-    def probe_one(self, url: str, model_names: list[str]) -> dict[str, Any]:
+    def probe_one(self, url: str, model_names: list[str]) -> ProbeResult:
         started = time.perf_counter()
         # A backend is healthy when its server is ready: one model registered there but
         # missing must not steer traffic for the others away from it.
@@ -97,7 +142,7 @@ class BackendMonitor:
         cold = backend_id(self.settings.triton_url)
         return {url: names for url, names in targets.items() if url != cold}
 
-    def probe(self, targets: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    def probe(self, targets: dict[str, list[str]] | None = None) -> list[ProbeResult]:
         """Probe backends in parallel and record each result in Redis (best effort)."""
         targets = self._probed(self.backend_models() if targets is None else targets)
         if not targets:
@@ -107,7 +152,7 @@ class BackendMonitor:
         self._store(results)
         return results
 
-    def _store(self, results: list[dict[str, Any]]) -> None:
+    def _store(self, results: list[ProbeResult]) -> None:
         if not self.cache.available():
             return
         try:
@@ -118,7 +163,7 @@ class BackendMonitor:
         except Exception as exc:  # redis errors: the probe still answers
             log.warning("could not record probe results: %s", type(exc).__name__)
 
-    def probe_records(self, urls: list[str]) -> dict[str, dict[str, Any]]:
+    def probe_records(self, urls: list[str]) -> dict[str, ProbeResult]:
         """Last recorded probe per URL (missing when never probed or Redis is down)."""
         if not urls or not self.cache.available():
             return {}
@@ -127,14 +172,15 @@ class BackendMonitor:
         except Exception as exc:  # redis errors
             log.warning("could not read probe results: %s", type(exc).__name__)
             return {}
-        return {u: json.loads(raw) for u, raw in zip(urls, values, strict=True) if raw}
+        return {u: cast(ProbeResult, json.loads(raw)) for u, raw in zip(urls, values, strict=True) if raw}
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> HealthReport:
         """{"status": healthy|degraded|unhealthy, "backends": [...]} over every backend."""
         targets = self.backend_models()
         urls = list(targets)
-        records = self.probe_records(urls)
-        stale = {u: targets[u] for u in urls if _stale(records.get(u))}
+        probed = self.probe_records(urls)
+        records: dict[str, ProbeResult | NotProbed] = dict(probed)
+        stale = {u: targets[u] for u in urls if _stale(probed.get(u))}
         if stale:
             records.update({r["url"]: r for r in self.probe(stale)})
         views = self.breakers.views(urls)
@@ -148,7 +194,7 @@ class BackendMonitor:
                     "reason": "not probed: it scales to zero; health is its circuit breaker's",
                 },
             )
-        backends = [
+        backends: list[BackendHealth] = [
             {
                 "url": u,
                 "healthy": bool(records[u]["healthy"]),
@@ -166,7 +212,7 @@ class BackendMonitor:
         status = "healthy" if complete else ("degraded" if up else "unhealthy")
         return {"status": status, "service": self.settings.service_name, "backends": backends}
 
-    def metrics_text(self, collectors: tuple[Any, ...] = ()) -> tuple[bytes, str]:
+    def metrics_text(self, collectors: tuple[Collector, ...] = ()) -> tuple[bytes, str]:
         """(Prometheus exposition, content type): breaker states, probe results, request counters,
         and whatever ``collectors`` (prometheus-client custom collectors) add."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from shared.backends.metrics import BUCKETS, read_counters
 
@@ -34,11 +34,47 @@ DEFAULT_WINDOW_S = 300
 MIN_SPAN_S = 1.0
 
 
-def redacted(row: dict[str, Any]) -> dict[str, Any]:
+class Counters(TypedDict):
+    """The cumulative request counters per backend: outcomes, and the latency histogram."""
+
+    requests: dict[str, dict[str, int]]  # {url: {outcome: n}}
+    latency: dict[str, list[float]]  # {url: [count per bucket]}
+
+
+class Snapshot(Counters):
+    """``Counters`` kept in Redis at epoch second ``t``."""
+
+    t: float
+
+
+class BackendRow(TypedDict):
+    """One backend in ``GET /v1/backends``."""
+
+    url: str
+    circuit: str
+    failures: int
+    healthy: bool | None
+    last_probe: str | None
+    probe_ms: float | None
+    reason: str | None
+    models: list[str]
+    requests: dict[str, int]
+    p50_ms: float | None
+    requests_per_s: float | None
+
+
+class Overview(TypedDict):
+    """``GET /v1/backends``."""
+
+    window_s: float | None
+    backends: list[BackendRow]
+
+
+def redacted(row: BackendRow) -> BackendRow:
     """A row for a key without the admin scope: no backend address (an opaque, stable name instead) and no
     probe reason (it can carry what the backend said); circuit, health, rate and latency stay."""
     name = "backend-" + hashlib.sha256(row["url"].encode()).hexdigest()[:12]
-    return dict(row, url=name, reason=None)
+    return {**row, "url": name, "reason": None}
 
 
 def median_ms(counts: list[float]) -> float | None:
@@ -69,7 +105,7 @@ class BackendOverview:
         self.monitor = monitor
         self.cache = cache
 
-    def overview(self, window_s: float = DEFAULT_WINDOW_S) -> dict[str, Any]:
+    def overview(self, window_s: float = DEFAULT_WINDOW_S) -> Overview:
         """{"window_s", "backends": [{url, circuit, failures, healthy, last_probe, ..., p50_ms, requests_per_s}]}."""
         health = self.monitor.health()
         models = self.monitor.backend_models()
@@ -77,10 +113,10 @@ class BackendOverview:
         now = time.time()
         base = self._baseline(now, window_s) if counters is not None else None
         covered = max(now - base["t"], 1e-3) if base else None
-        rows = []
+        rows: list[BackendRow] = []
         for b in health["backends"]:
             url = b["url"]
-            row = {
+            row: BackendRow = {
                 "url": url,
                 "circuit": b["circuit"],
                 "failures": b["failures"],
@@ -103,7 +139,7 @@ class BackendOverview:
             self._snapshot(counters, now)
         return {"window_s": round(covered, 3) if covered else None, "backends": rows}
 
-    def _counters(self) -> dict[str, Any] | None:
+    def _counters(self) -> Counters | None:
         """{"requests": {url: {outcome: n}}, "latency": {url: [count per bucket]}} from Redis; None when down."""
         if not self.cache.available():
             return None
@@ -123,7 +159,7 @@ class BackendOverview:
                 buckets.setdefault(url, [0.0] * (len(BUCKETS) + 1))[int(part)] = value
         return {"requests": by_url, "latency": buckets}
 
-    def _baseline(self, now: float, window_s: float) -> dict[str, Any] | None:
+    def _baseline(self, now: float, window_s: float) -> Snapshot | None:
         """The oldest snapshot within the window (and at least ``MIN_SPAN_S`` old), else the newest one before
         the window (no one watched since: a longer span, said in ``window_s``), else None."""
         try:
@@ -131,14 +167,13 @@ class BackendOverview:
         except Exception as exc:  # redis errors
             log.warning("could not read metric snapshots: %s", type(exc).__name__)
             return None
-        snapshots = [json.loads(item) for item in raw]  # newest first
+        snapshots = [cast(Snapshot, json.loads(item)) for item in raw]  # newest first
         inside = [s for s in snapshots if now - window_s <= s["t"] <= now - MIN_SPAN_S]
         if inside:
-            found: dict[str, Any] | None = inside[-1]
-            return found
+            return inside[-1]
         return next((s for s in snapshots if s["t"] < now - window_s), None)
 
-    def _snapshot(self, counters: dict[str, Any], now: float) -> None:
+    def _snapshot(self, counters: Counters, now: float) -> None:
         """Keep ``counters`` as a snapshot, at most one per SNAPSHOT_EVERY_S across every process."""
         try:
             client = self.cache.client

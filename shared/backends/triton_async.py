@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.backends.metrics import Recorder
+    from shared.domain import JSONObject
 
 
 class AsyncTriton:
@@ -69,14 +70,13 @@ class AsyncTriton:
 
     async def model_config(
         self, url: str, model: str, version: str | None = None, label: str | None = None
-    ) -> dict[str, Any]:
+    ) -> JSONObject:
         """Triton's model configuration as JSON (the v2 ``/config`` route)."""
-        found: dict[str, Any] = (await self._metadata(url, model, version, label))[1].get("config", {})
-        return found
+        return cast("JSONObject", (await self._metadata(url, model, version, label))[1].get("config", {}))
 
     async def _metadata(
         self, url: str, model: str, version: str | None, label: str | None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> tuple[JSONObject, JSONObject]:
         from google.protobuf.json_format import MessageToDict
         from tritonclient.grpc import service_pb2
 

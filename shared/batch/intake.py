@@ -15,7 +15,7 @@ Each job is created by ``shared.batch.jobs.BatchJobs.submit_job``, idempotent on
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, cast
 from urllib.parse import unquote_plus
 
 from shared.batch import jobs as batch
@@ -23,12 +23,38 @@ from shared.batch.events import REQUEST_EVENT_TYPE
 from shared.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from shared.batch.jobs import BatchJobs
+    from cloudevents.http import CloudEvent
+
+    from shared.batch.jobs import BatchJobs, JobSummary
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 INCOMING = "incoming/"
+
+
+class IntakeAnswer(TypedDict):
+    """The jobs an event created (or found, when redelivered) and why its other records were ignored."""
+
+    jobs: list[JobSummary]
+    ignored: list[str]
+
+
+class _Named(TypedDict, total=False):
+    name: object
+    key: object
+
+
+class _S3Entity(TypedDict, total=False):
+    bucket: _Named | None
+    object: _Named | None
+
+
+class S3Record(TypedDict, total=False):
+    """One record of an S3 event notification, as far as the intake reads it (untrusted: any key may be missing)."""
+
+    eventName: object
+    s3: _S3Entity | None
 
 
 class BatchIntake:
@@ -38,7 +64,7 @@ class BatchIntake:
         self.jobs = jobs
         self.settings = settings
 
-    def intake(self, event: Any) -> dict[str, Any]:
+    def intake(self, event: CloudEvent) -> IntakeAnswer:
         """Create the job(s) an event asks for; ``{"jobs": [...], "ignored": [...]}``."""
         base_key = f"{event['source']}#{event['id']}"
         if event["type"] == REQUEST_EVENT_TYPE:
@@ -48,13 +74,14 @@ class BatchIntake:
             raise InvalidInput(
                 f"event type {event['type']!r} is neither {REQUEST_EVENT_TYPE} nor an S3 object-created notification"
             )
-        jobs, ignored = [], []
+        jobs: list[JobSummary] = []
+        ignored: list[str] = []
         for number, record in enumerate(records):
             target = object_target(record, self.settings.s3_input_bucket)
             if isinstance(target, str):
                 ignored.append(target)
                 continue
-            body = {"model": target[2], "input_url": f"s3://{target[0]}/{target[1]}"}
+            body: dict[str, str] = {"model": target[2], "input_url": f"s3://{target[0]}/{target[1]}"}
             if target[3]:
                 body["version"] = target[3]
             jobs.append(
@@ -62,7 +89,7 @@ class BatchIntake:
             )
         return {"jobs": jobs, "ignored": ignored}
 
-    def _request_job(self, data: Any, intake_key: str) -> dict[str, Any]:
+    def _request_job(self, data: object, intake_key: str) -> JobSummary:
         if not isinstance(data, dict):
             raise InvalidInput("batch request event data must be a JSON object (the POST /v1/batch body)")
         body = dict(data)
@@ -72,16 +99,16 @@ class BatchIntake:
         return self.jobs.submit_job(body, owner, intake_key=intake_key, readable=(INCOMING,))
 
 
-def _records(data: Any) -> list[dict[str, Any]] | None:
+def _records(data: object) -> list[S3Record] | None:
     """The S3 event records of ``data`` (bare, or as the value of a Kafka record); None otherwise."""
     if isinstance(data, dict) and isinstance(data.get("value"), dict):
         data = data["value"]  # some KafkaSource encodings wrap the record value
     if isinstance(data, dict) and isinstance(data.get("Records"), list):
-        return [r for r in data["Records"] if isinstance(r, dict)]
+        return [cast(S3Record, r) for r in data["Records"] if isinstance(r, dict)]
     return None
 
 
-def object_target(record: dict[str, Any], input_bucket: str) -> tuple[str, str, str, str | None] | str:
+def object_target(record: S3Record, input_bucket: str) -> tuple[str, str, str, str | None] | str:
     """(bucket, key, model, version) for a job-worthy record, else why it is ignored."""
     name = str(record.get("eventName", ""))
     s3 = record.get("s3") or {}

@@ -13,16 +13,19 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import orjson
 
 from shared import validation as v
 from shared.batch import results, store
-from shared.batch.events import CHUNK_EVENT_TYPE
+from shared.batch.events import CHUNK_EVENT_TYPE, ChunkEventData
+from shared.batch.store import JobRow, NewJob
 from shared.clients import sink, storage
+from shared.domain import BatchJob, JobStatus, ModelVersion
 from shared.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
 
 if TYPE_CHECKING:
@@ -40,7 +43,45 @@ PARALLEL_PUTS = 8
 ANONYMOUS = "anonymous"
 
 
-def owner_of(principal: Any) -> str:
+class JobSummary(TypedDict):
+    """The answer of a submit (202): ``id`` and ``job_id`` are the same value."""
+
+    id: str
+    job_id: str
+    status: str
+    total: int
+
+
+class UploadGrant(TypedDict):
+    """The answer of POST /v1/batch/uploads: where to PUT the JSONL file, and its ``input_url``."""
+
+    input_url: str
+    upload_url: str
+    method: str
+    headers: dict[str, str]
+    expires_in: int
+    prefix: str
+
+
+class JobPage(TypedDict):
+    """A page of GET /v1/batch."""
+
+    jobs: list[BatchJob]
+    total_count: int
+    total: int
+    limit: int
+    offset: int
+
+
+class Cancelled(TypedDict):
+    """The answer of DELETE /v1/batch/{id}."""
+
+    id: str
+    job_id: str
+    status: str
+
+
+def owner_of(principal: object) -> str:
     """The caller's key id, or "anonymous" when auth is off."""
     key_id = getattr(principal, "key_id", None)
     return str(key_id) if key_id else ANONYMOUS
@@ -75,13 +116,13 @@ def readable_input(url: str, input_bucket: str, prefixes: tuple[str, ...]) -> tu
     return bucket, key
 
 
-def _summary(job_id: Any, status: str, total: int) -> dict[str, Any]:
+def _summary(job_id: object, status: str, total: int) -> JobSummary:
     """``id`` and ``job_id`` are the same value (``job_id`` kept for existing clients)."""
     return {"id": str(job_id), "job_id": str(job_id), "status": status, "total": total}
 
 
 def _input_source(
-    body: dict[str, Any], settings: Any, prefixes: tuple[str, ...]
+    body: Mapping[str, object], settings: Settings, prefixes: tuple[str, ...]
 ) -> Callable[[BatchJobs], Iterator[bytes]]:
     """A reader of encoded input lines, from ``inputs`` or a streamed ``input_url``; 400 when neither or both."""
     has_inputs, has_url = "inputs" in body, "input_url" in body
@@ -112,7 +153,7 @@ def _chunked(lines: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
         yield chunk
 
 
-def _iso(value: Any) -> str | None:
+def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
@@ -141,7 +182,7 @@ class BatchJobs:
         self.settings = settings
 
     # -- uploads --------------------------------------------------------------------
-    def create_upload(self, body: Any, owner: str) -> dict[str, Any]:
+    def create_upload(self, body: object, owner: str) -> UploadGrant:
         """A presigned PUT URL for a new JSONL object under the owner's prefix, and its ``input_url``."""
         body = v.require_object(body if body is not None else {})
         v.reject_unknown(body, ("filename",))
@@ -168,20 +209,22 @@ class BatchJobs:
 
     # -- submit ---------------------------------------------------------------------
     def submit_job(
-        self, body: Any, owner: str, *, intake_key: str | None = None, readable: tuple[str, ...] = ()
-    ) -> dict[str, Any]:
+        self, body: object, owner: str, *, intake_key: str | None = None, readable: tuple[str, ...] = ()
+    ) -> JobSummary:
         """Create a job from a POST /v1/batch body; 202-style ``{"id", "job_id", "status", "total"}``.
 
         ``input_url`` may only name an object under the owner's upload prefix (or under
         ``readable`` prefixes of the input bucket, which the event intake passes).
         """
-        body = v.require_object(body)
-        v.reject_unknown(body, SUBMIT_FIELDS)
-        name = v.string(body.get("model"), "model", max_len=128)
-        version = body.get("version")
+        request = v.require_object(body)
+        v.reject_unknown(request, SUBMIT_FIELDS)
+        name = v.string(request.get("model"), "model", max_len=128)
+        version = request.get("version")
         if version is not None:
             version = v.string(str(version), "version", max_len=32)
-        source = _input_source(body, self.settings, (upload_prefix(owner), *readable))
+        source = _input_source(request, self.settings, (upload_prefix(owner), *readable))
+        inputs = request.get("inputs")  # _input_source let it through: a non-empty list when given
+        count = len(inputs) if isinstance(inputs, list) else 0
         if intake_key is not None:
             existing = self._existing(intake_key)
             if existing is not None:
@@ -189,18 +232,18 @@ class BatchJobs:
         # A version or an alias; a split is sticky per owner. The job keeps the version picked here.
         model = self.registry.resolve_model(name, version, route_key=owner)
         if intake_key is None:  # a key's own request (bucket events have no key to bound)
-            self._refuse_past_the_keys_share(owner, len(body["inputs"]) if "inputs" in body else 0)
+            self._refuse_past_the_keys_share(owner, count)
         self.ensure_buckets()
-        if "inputs" in body:
-            created = self._submit_inline(model, owner, len(body["inputs"]), source, intake_key)
+        if "inputs" in request:
+            created = self._submit_inline(model, owner, count, source, intake_key)
         else:
-            created = self._submit_streamed(model, owner, source, body["input_url"], intake_key)
+            created = self._submit_streamed(model, owner, source, str(request["input_url"]), intake_key)
         if created is None:  # a redelivered intake event: the job exists already
-            return self._existing(intake_key) or {}
+            return self._existing(intake_key) or cast(JobSummary, {})
         log.info(
             "batch job %s created: %d item(s) in %d chunk(s)", created["id"], created["total"], created["chunks_total"]
         )
-        return _summary(created["id"], "pending", created["total"])
+        return _summary(created["id"], JobStatus.PENDING, created["total"])
 
     def _refuse_past_the_keys_share(self, owner: str, items: int) -> None:
         """429 when this key already has BATCH_MAX_ACTIVE_JOBS jobs, or BATCH_MAX_ACTIVE_ITEMS items with this
@@ -223,12 +266,12 @@ class BatchJobs:
 
     def _submit_inline(
         self,
-        model: dict[str, Any],
+        model: ModelVersion,
         owner: str,
         total: int,
         source: Callable[[BatchJobs], Iterator[bytes]],
         intake_key: str | None,
-    ) -> dict[str, Any] | None:
+    ) -> JobRow | None:
         """Known size: insert the job first, then write and emit each chunk in a pipeline (workers start early)."""
         size = self.settings.batch_chunk_size
         row = self._job_row(uuid.uuid4(), model, owner, total, -(-total // size), None, intake_key)
@@ -240,12 +283,12 @@ class BatchJobs:
 
     def _submit_streamed(
         self,
-        model: dict[str, Any],
+        model: ModelVersion,
         owner: str,
         source: Callable[[BatchJobs], Iterator[bytes]],
         input_url: str,
         intake_key: str | None,
-    ) -> dict[str, Any] | None:
+    ) -> JobRow | None:
         """Unknown size (input_url): stream the chunks to S3, insert the job, then emit."""
         job_id = uuid.uuid4()
         total, chunks = self._write_inputs(job_id, source)
@@ -258,7 +301,7 @@ class BatchJobs:
         self._queue(created, (None for _ in range(chunks)), write=False)
         return created
 
-    def _existing(self, intake_key: str | None) -> dict[str, Any] | None:
+    def _existing(self, intake_key: str | None) -> JobSummary | None:
         with self.db.begin() as conn:
             job = store.job_by_intake_key(conn, intake_key) if intake_key else None
         return None if job is None else _summary(job["id"], job["status"], job["total"])
@@ -307,20 +350,20 @@ class BatchJobs:
     def _job_row(
         self,
         job_id: uuid.UUID,
-        model: dict[str, Any],
+        model: ModelVersion,
         owner: str,
         total: int,
         chunks: int,
         input_url: str | None,
         intake_key: str | None,
-    ) -> dict[str, Any]:
+    ) -> NewJob:
         return {
             "id": job_id,
             "owner": owner[:128],
             "model_name": model["name"],
             "model_version": model["version"],
             "model_id": uuid.UUID(model["id"]),
-            "status": "pending",
+            "status": JobStatus.PENDING,
             "total": total,
             "chunk_size": self.settings.batch_chunk_size,
             "chunks_total": chunks,
@@ -328,7 +371,7 @@ class BatchJobs:
             "intake_key": intake_key,
         }
 
-    def _queue(self, job: dict[str, Any], chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
+    def _queue(self, job: JobRow, chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
         """Write (when ``write``) and emit every chunk, a few in parallel; on lasting failure mark the job
         failed and raise Unavailable, so no job waits forever for chunks that were never queued."""
         traceparent = sink.current_traceparent()
@@ -351,21 +394,21 @@ class BatchJobs:
                 retry_after=5,
             ) from exc
 
-    def _queue_one(self, job: dict[str, Any], chunk: int, lines: list[bytes] | None, traceparent: str | None) -> None:
+    def _queue_one(self, job: JobRow, chunk: int, lines: list[bytes] | None, traceparent: str | None) -> None:
         if lines is not None:
             self.results.put_lines(
                 self.settings.s3_input_bucket, results.input_key(job["id"], chunk), b"\n".join(lines) + b"\n"
             )
         self._emit_one(job, chunk, traceparent)
 
-    def emit_chunk(self, job: dict[str, Any], chunk: int) -> None:
+    def emit_chunk(self, job: JobRow, chunk: int) -> None:
         """Queue (again) the event of one chunk whose input object is already written."""
         self._emit_one(job, chunk, None)
 
-    def _emit_one(self, job: dict[str, Any], chunk: int, traceparent: str | None) -> None:
+    def _emit_one(self, job: JobRow, chunk: int, traceparent: str | None) -> None:
         first = chunk * job["chunk_size"]
         count = min(job["chunk_size"], job["total"] - first)
-        data = {
+        data: ChunkEventData = {
             "job_id": str(job["id"]),
             "chunk": chunk,
             "start": first,
@@ -386,7 +429,7 @@ class BatchJobs:
                     type=CHUNK_EVENT_TYPE,
                     source=self.settings.event_source,
                     subject=str(job["id"]),
-                    data=data,
+                    data=dict(data),
                     extensions=extensions,
                     id=f"{job['id']}:{chunk}",
                 )
@@ -396,7 +439,7 @@ class BatchJobs:
                     raise
                 time.sleep(EMIT_BACKOFF_S * 2**attempt)
 
-    def _fail_enqueue(self, job: dict[str, Any], chunk: int, exc: Exception) -> None:
+    def _fail_enqueue(self, job: JobRow, chunk: int, exc: Exception) -> None:
         log.error(
             "batch job %s: queueing chunk %d failed (%s); marking the job failed", job["id"], chunk, type(exc).__name__
         )
@@ -404,16 +447,16 @@ class BatchJobs:
             f"could not queue chunk {chunk} of {job['chunks_total']}: object storage or the event sink is unavailable"
         )
         with self.db.begin() as conn:
-            store.set_finished(conn, job["id"], "failed", error=reason)
+            store.set_finished(conn, job["id"], JobStatus.FAILED, error=reason)
             store.clear_intake_key(conn, job["id"])  # a redelivered intake event may try again
         self.results.delete_job_objects(job["id"])
 
     # -- read -----------------------------------------------------------------------
-    def to_json(self, job: dict[str, Any]) -> dict[str, Any]:
+    def to_json(self, job: JobRow) -> BatchJob:
         """The job status body of GET /v1/batch/{id} (README "Batch jobs")."""
         total, completed = int(job["total"]), int(job["completed"])
         finished = job["status"] in store.FINISHED
-        body = {
+        body: BatchJob = {
             "id": str(job["id"]),
             "job_id": str(job["id"]),
             "status": job["status"],
@@ -430,13 +473,13 @@ class BatchJobs:
             "started_at": _iso(job["started_at"]),
             "finished_at": _iso(job["finished_at"]),
         }
-        if job.get("error"):
-            body["error"] = job["error"]
-        if job.get("input_url"):
-            body["input_url"] = job["input_url"]
+        if error := job.get("error"):
+            body["error"] = error
+        if input_url := job.get("input_url"):
+            body["input_url"] = input_url
         return body
 
-    def _result_url(self, job: dict[str, Any]) -> str | None:
+    def _result_url(self, job: JobRow) -> str | None:
         """A presigned URL of the job's results object while that object exists (a lifecycle rule, or a
         local S3 that lost its data, may have removed it); None otherwise."""
         if not job["result_key"]:
@@ -449,7 +492,7 @@ class BatchJobs:
             return None
         return self.results.presigned_results(job["result_key"])
 
-    def _reaped(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _reaped(self, jobs: list[JobRow]) -> list[JobRow]:
         """``jobs``, with the active ones that stopped progressing failed now (see shared.batch.reaper)."""
         stall_s = self.settings.batch_stall_timeout_s
         now = time.time()
@@ -462,13 +505,13 @@ class BatchJobs:
             log.warning("batch job %s failed: no progress for %d s", job_id, stall_s)
         return [failed.get(j["id"], j) for j in jobs]
 
-    def get_job(self, raw_id: str, owner: str) -> dict[str, Any]:
+    def get_job(self, raw_id: str, owner: str) -> BatchJob:
         job_id = store.parse_job_id(raw_id)
         with self.db.begin() as conn:
             job = store.get_job(conn, job_id, owner)
         return self.to_json(self._reaped([job])[0])
 
-    def list_jobs(self, args: Any, owner: str) -> dict[str, Any]:
+    def list_jobs(self, args: Mapping[str, str], owner: str) -> JobPage:
         """``{"jobs", "total_count", "total", "limit", "offset"}``: ``total_count`` (and, kept for existing
         clients, ``total``) counts the jobs matching; each job's own ``total`` counts its items."""
         limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
@@ -485,12 +528,12 @@ class BatchJobs:
             "offset": offset,
         }
 
-    def cancel_job(self, raw_id: str, owner: str) -> dict[str, Any]:
+    def cancel_job(self, raw_id: str, owner: str) -> Cancelled:
         """Cancel an active job (409 when finished); the results of chunks already done are kept."""
         job_id = store.parse_job_id(raw_id)
         with self.db.begin() as conn:
             store.get_job(conn, job_id, owner)
-            cancelled = store.set_finished(conn, job_id, "cancelled")
+            cancelled = store.set_finished(conn, job_id, JobStatus.CANCELLED)
             # The job may have finished between the read and the update: name the state it is in now.
             current = None if cancelled is not None else store.job_status(conn, job_id)
         if cancelled is None:
@@ -499,7 +542,7 @@ class BatchJobs:
                 f"cancelled (GET /v1/batch/{job_id} shows how it ended)"
             )
         self._keep_partial_results(job_id)
-        return {"id": str(job_id), "job_id": str(job_id), "status": "cancelled"}
+        return {"id": str(job_id), "job_id": str(job_id), "status": JobStatus.CANCELLED}
 
     def _keep_partial_results(self, job_id: uuid.UUID) -> None:
         """Merge the chunks recorded before the cancel (counters no longer move) into the results object."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.batch import results, store
 from shared.clients import storage
+from shared.domain import JobStatus
 
 if TYPE_CHECKING:
     from shared.batch.jobs import BatchJobs
@@ -71,7 +72,7 @@ class Reaper:
     def _input_exists(self, job_id: uuid.UUID, chunk: int) -> bool:
         return storage.exists(self.s3, self.settings.s3_input_bucket, results.input_key(job_id, chunk))
 
-    def _fail(self, job_id: Any, reason: str) -> None:
+    def _fail(self, job_id: uuid.UUID, reason: str) -> None:
         with self.db.begin() as conn:
-            store.set_finished(conn, job_id, "failed", error=reason)
+            store.set_finished(conn, job_id, JobStatus.FAILED, error=reason)
         log.warning("batch job %s failed: %s", job_id, reason)

@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import orjson
 
@@ -30,25 +30,39 @@ PART_SIZE = 8 * 1024 * 1024  # multipart parts must be >= 5 MiB except the last
 MERGE_AHEAD = 8
 
 
-def input_key(job_id: Any, chunk: int) -> str:
+class ResultRow(TypedDict):
+    """One results line: ``{"index", "prediction", "outputs"}`` or ``{"index", "error"}``."""
+
+    index: int
+    error: NotRequired[str]
+    prediction: NotRequired[object]
+    outputs: NotRequired[dict[str, object]]
+
+
+class _Part(TypedDict):
+    ETag: str
+    PartNumber: int
+
+
+def input_key(job_id: object, chunk: int) -> str:
     return f"batch-inputs/{job_id}/chunk-{chunk:05d}.jsonl"
 
 
-def chunk_result_key(job_id: Any, chunk: int) -> str:
+def chunk_result_key(job_id: object, chunk: int) -> str:
     return f"batch-results/{job_id}/chunk-{chunk:05d}.jsonl"
 
 
-def results_key(job_id: Any) -> str:
+def results_key(job_id: object) -> str:
     return f"batch-results/{job_id}/results.jsonl"
 
 
-def encode_lines(rows: Iterable[Any]) -> bytes:
+def encode_lines(rows: Iterable[object]) -> bytes:
     """JSON Lines bytes of ``rows`` (compact, UTF-8; NaN and infinities as null; a lone surrogate in a
     string, which orjson refuses, stays a ``\\udXXX`` escape)."""
     return b"".join(_line(row) for row in rows)
 
 
-def _line(row: Any) -> bytes:
+def _line(row: object) -> bytes:
     try:
         return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:
@@ -67,7 +81,7 @@ class BatchResults:
     def put_lines(self, bucket: str, key: str, data: bytes) -> None:
         storage.put_bytes(self.s3, bucket, key, data, storage.JSONL_TYPE)
 
-    def merge_chunks(self, job_id: Any, chunks: Iterable[int]) -> str:
+    def merge_chunks(self, job_id: object, chunks: Iterable[int]) -> str:
         """Concatenate the results of ``chunks`` (in order) into the job's results object; its key.
 
         Up to ``MERGE_AHEAD`` chunk objects are read ahead in parallel (in order), so memory stays
@@ -95,7 +109,7 @@ class BatchResults:
         settings = self.settings
         return storage.presign_get(self.s3_presigner, settings.s3_results_bucket, key, settings.result_url_expiry_s)
 
-    def delete_job_objects(self, job_id: Any) -> None:
+    def delete_job_objects(self, job_id: object) -> None:
         """Best-effort removal of a job's chunk inputs (after a failed submit)."""
         try:
             storage.delete_prefix(self.s3, self.settings.s3_input_bucket, f"batch-inputs/{job_id}/")
@@ -110,7 +124,7 @@ class _Upload:
         self.client, self.bucket, self.key = client, bucket, key
         self.buffer = bytearray()
         self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
+        self.parts: list[_Part] = []
 
     def write(self, data: bytes) -> None:
         self.buffer += data

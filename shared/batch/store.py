@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import TypedDict, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
@@ -19,12 +20,73 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from shared.clients.schema import batch_chunks, batch_jobs
+from shared.domain import JobError, JobStatus
 from shared.errors import NotFound
 
-ACTIVE = ("pending", "processing")
-FINISHED = ("completed", "failed", "cancelled")
+ACTIVE = (JobStatus.PENDING, JobStatus.PROCESSING)
+FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 STATUSES = ACTIVE + FINISHED
 ERROR_SAMPLE = 10
+
+
+class NewJob(TypedDict):
+    """The values ``insert_job`` writes (the other ``batch_jobs`` columns take their defaults)."""
+
+    id: uuid.UUID
+    owner: str
+    model_name: str
+    model_version: str
+    model_id: uuid.UUID
+    status: str
+    total: int
+    chunk_size: int
+    chunks_total: int
+    input_url: str | None
+    intake_key: str | None
+
+
+class JobRow(TypedDict):
+    """A ``batch_jobs`` row as the store reads it."""
+
+    id: uuid.UUID
+    owner: str
+    model_name: str
+    model_version: str
+    model_id: uuid.UUID
+    status: str
+    total: int
+    completed: int
+    succeeded: int
+    failed: int
+    chunk_size: int
+    chunks_total: int
+    chunks_done: int
+    errors: list[JobError]
+    error: str | None
+    result_key: str | None
+    input_url: str | None
+    intake_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class JobProgress(TypedDict):
+    """The counters of a job as recording a chunk left them (``record_chunk``)."""
+
+    id: uuid.UUID
+    status: str
+    chunks_done: int
+    chunks_total: int
+    total: int
+    completed: int
+    succeeded: int
+    failed: int
+
+
+def _job(row: sa.Row[tuple[object, ...]]) -> JobRow:
+    return cast(JobRow, dict(row._mapping))
 
 
 @dataclass(frozen=True)
@@ -33,14 +95,14 @@ class ChunkCounts:
 
     succeeded: int
     failed: int
-    errors: list[dict[str, Any]]
+    errors: list[JobError]
 
     @property
     def processed(self) -> int:
         return self.succeeded + self.failed
 
 
-def parse_job_id(raw: Any) -> uuid.UUID:
+def parse_job_id(raw: object) -> uuid.UUID:
     """The job id as a UUID; NotFound (404) for a malformed one."""
     try:
         return uuid.UUID(str(raw))
@@ -48,19 +110,19 @@ def parse_job_id(raw: Any) -> uuid.UUID:
         raise NotFound(f"batch job {str(raw)[:64]!r} not found") from None
 
 
-def insert_job(conn: Connection, row: dict[str, Any]) -> dict[str, Any] | None:
+def insert_job(conn: Connection, row: NewJob) -> JobRow | None:
     """Insert a job; None when its ``intake_key`` already names another job."""
     stmt = pg_insert(batch_jobs).values(**row).on_conflict_do_nothing(index_elements=["intake_key"])
     created = conn.execute(stmt.returning(*batch_jobs.c)).first()
-    return dict(created._mapping) if created is not None else None
+    return _job(created) if created is not None else None
 
 
-def job_by_intake_key(conn: Connection, key: str) -> dict[str, Any] | None:
+def job_by_intake_key(conn: Connection, key: str) -> JobRow | None:
     row = conn.execute(sa.select(batch_jobs).where(batch_jobs.c.intake_key == key)).first()
-    return dict(row._mapping) if row is not None else None
+    return _job(row) if row is not None else None
 
 
-def get_job(conn: Connection, job_id: uuid.UUID, owner: str | None = None, *, lock: bool = False) -> dict[str, Any]:
+def get_job(conn: Connection, job_id: uuid.UUID, owner: str | None = None, *, lock: bool = False) -> JobRow:
     """The job row (only ``owner``'s when given); NotFound otherwise."""
     query = sa.select(batch_jobs).where(batch_jobs.c.id == job_id)
     if owner is not None:
@@ -70,16 +132,14 @@ def get_job(conn: Connection, job_id: uuid.UUID, owner: str | None = None, *, lo
     row = conn.execute(query).first()
     if row is None:
         raise NotFound(f"batch job {job_id} not found")
-    return dict(row._mapping)
+    return _job(row)
 
 
 def job_status(conn: Connection, job_id: uuid.UUID) -> str | None:
     return conn.execute(sa.select(batch_jobs.c.status).where(batch_jobs.c.id == job_id)).scalar()
 
 
-def list_jobs(
-    conn: Connection, owner: str, status: str | None, limit: int, offset: int
-) -> tuple[int, list[dict[str, Any]]]:
+def list_jobs(conn: Connection, owner: str, status: str | None, limit: int, offset: int) -> tuple[int, list[JobRow]]:
     query = sa.select(batch_jobs).where(batch_jobs.c.owner == owner)
     if status:
         query = query.where(batch_jobs.c.status == status)
@@ -87,7 +147,7 @@ def list_jobs(
     rows = conn.execute(
         query.order_by(batch_jobs.c.created_at.desc(), batch_jobs.c.id.desc()).limit(limit).offset(offset)
     ).all()
-    return total, [dict(r._mapping) for r in rows]
+    return total, [_job(r) for r in rows]
 
 
 def set_finished(
@@ -98,9 +158,9 @@ def set_finished(
     only_active: bool = True,
     error: str | None = None,
     result_key: str | None = None,
-) -> dict[str, Any] | None:
+) -> JobRow | None:
     """Move a job to a finished status; None when it was not active (``only_active``)."""
-    values: dict[str, Any] = {
+    values: dict[str, object] = {
         "status": status,
         "finished_at": sa.func.clock_timestamp(),
         "updated_at": sa.func.clock_timestamp(),
@@ -114,7 +174,7 @@ def set_finished(
     if only_active:
         stmt = stmt.where(batch_jobs.c.status.in_(ACTIVE))
     row = conn.execute(stmt.values(**values).returning(*batch_jobs.c)).first()
-    return dict(row._mapping) if row is not None else None
+    return _job(row) if row is not None else None
 
 
 def set_result_key(conn: Connection, job_id: uuid.UUID, key: str) -> None:
@@ -138,7 +198,7 @@ def start_chunk(conn: Connection, job_id: uuid.UUID, chunk: int) -> int | None:
 
 def record_chunk(
     conn: Connection, job_id: uuid.UUID, chunk: int, status: str, counts: ChunkCounts
-) -> dict[str, Any] | None:
+) -> JobProgress | None:
     """Record a chunk once and advance the job; the updated job, or None (duplicate or job not active).
 
     The caller rolls back on None so that a chunk of a cancelled job stays unrecorded.
@@ -186,7 +246,7 @@ RETURNING id, status, chunks_done, chunks_total, total, completed, succeeded, fa
 """)
 
 
-def _advance(conn: Connection, job_id: uuid.UUID, counts: ChunkCounts) -> dict[str, Any] | None:
+def _advance(conn: Connection, job_id: uuid.UUID, counts: ChunkCounts) -> JobProgress | None:
     row = conn.execute(
         _ADVANCE,
         {
@@ -198,7 +258,7 @@ def _advance(conn: Connection, job_id: uuid.UUID, counts: ChunkCounts) -> dict[s
             "job_id": job_id,
         },
     ).first()
-    return dict(row._mapping) if row is not None else None
+    return cast(JobProgress, dict(row._mapping)) if row is not None else None
 
 
 def mark_processing(conn: Connection, job_id: uuid.UUID) -> None:
@@ -208,14 +268,14 @@ def mark_processing(conn: Connection, job_id: uuid.UUID) -> None:
         sa.update(batch_jobs)
         .where(batch_jobs.c.id == job_id, batch_jobs.c.status.in_(ACTIVE))
         .values(
-            status="processing",
+            status=JobStatus.PROCESSING,
             started_at=sa.func.coalesce(batch_jobs.c.started_at, sa.func.clock_timestamp()),
             updated_at=sa.func.clock_timestamp(),
         )
     )
 
 
-def fail_stalled(conn: Connection, stall_s: int, job_ids: list[uuid.UUID] | None = None) -> list[dict[str, Any]]:
+def fail_stalled(conn: Connection, stall_s: int, job_ids: list[uuid.UUID] | None = None) -> list[JobRow]:
     """Fail the active jobs (of ``job_ids``, or all) with no progress for ``stall_s`` seconds; the failed rows."""
     reason = sa.func.concat(
         f"no progress for {stall_s} s: its remaining chunks stopped being delivered (",
@@ -232,13 +292,13 @@ def fail_stalled(conn: Connection, stall_s: int, job_ids: list[uuid.UUID] | None
     if job_ids is not None:
         stmt = stmt.where(batch_jobs.c.id.in_(job_ids))
     stmt = stmt.values(
-        status="failed",
+        status=JobStatus.FAILED,
         error=reason,
         finished_at=sa.func.clock_timestamp(),
         updated_at=sa.func.clock_timestamp(),
         errors=sa.func.jsonb_build_array(sa.func.jsonb_build_object("error", reason)),
     )
-    return [dict(r._mapping) for r in conn.execute(stmt.returning(*batch_jobs.c)).all()]
+    return [_job(r) for r in conn.execute(stmt.returning(*batch_jobs.c)).all()]
 
 
 def active_load(conn: Connection, owner: str) -> tuple[int, int]:
@@ -251,9 +311,9 @@ def active_load(conn: Connection, owner: str) -> tuple[int, int]:
     return int(jobs), int(items)
 
 
-def active_jobs(conn: Connection) -> list[dict[str, Any]]:
+def active_jobs(conn: Connection) -> list[JobRow]:
     rows = conn.execute(sa.select(batch_jobs).where(batch_jobs.c.status.in_(ACTIVE))).all()
-    return [dict(r._mapping) for r in rows]
+    return [_job(r) for r in rows]
 
 
 def done_chunks(conn: Connection, job_id: uuid.UUID) -> list[int]:

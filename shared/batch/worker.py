@@ -16,19 +16,26 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import orjson
 
 from shared.batch import results, store
+from shared.batch.results import ResultRow
+from shared.batch.store import JobProgress, JobRow
 from shared.clients import storage
+from shared.domain import JobError, JobStatus
 from shared.errors import InvalidInput, NotFound, Unprocessable
 from shared.validation import has_duplicate_keys
 
 if TYPE_CHECKING:
+    from cloudevents.http import CloudEvent
+    from sqlalchemy.engine import Connection
+
     from shared.batch.results import BatchResults
     from shared.clients.db import Database
-    from shared.inference.items import ItemRunner
+    from shared.domain import ModelVersion
+    from shared.inference.items import ItemResult, ItemRunner
     from shared.registry import ModelRegistry
     from shared.settings import Settings
 
@@ -37,6 +44,18 @@ log = logging.getLogger(__name__)
 SUB_BATCH = 512  # items inferred at once (several Triton requests in flight); cancellation is checked between
 CANCEL_CHECK_S = 0.5  # ... at most this often: a cancel stops a chunk within about this much inference
 MAX_ERROR_LEN = 500
+
+
+class ChunkAnswer(TypedDict):
+    """What the worker (and the dead-letter function) answer for one chunk event."""
+
+    job_id: NotRequired[str]
+    chunk: NotRequired[int]
+    succeeded: NotRequired[int]
+    failed: NotRequired[int]
+    job_status: NotRequired[str]
+    skipped: NotRequired[str]
+    ignored: NotRequired[str]
 
 
 @dataclass(frozen=True)
@@ -51,7 +70,7 @@ class ChunkRef:
     key: str
 
     @classmethod
-    def from_event(cls, event: Any) -> ChunkRef:
+    def from_event(cls, event: CloudEvent) -> ChunkRef:
         """Parse the event data; InvalidInput (400, not retried) when it is not a chunk event."""
         data = event.data
         if not isinstance(data, dict):
@@ -76,7 +95,7 @@ class _NotRecorded(Exception):
     """Raised inside the recording transaction to roll it back (duplicate, or job no longer active)."""
 
 
-def _parse(lines: list[bytes]) -> tuple[list[Any | None], int]:
+def _parse(lines: list[bytes]) -> tuple[list[object | None], int]:
     """Parsed items (None where a line is not a strict JSON object) and how many were bad.
 
     All lines are parsed as one JSON array and checked for repeated keys at once (C-speed
@@ -84,7 +103,7 @@ def _parse(lines: list[bytes]) -> tuple[list[Any | None], int]:
     """
     joined = b"[" + b",".join(lines) + b"]"
     try:
-        items: list[Any | None] = orjson.loads(joined)
+        items: list[object | None] = orjson.loads(joined)
     except orjson.JSONDecodeError:
         items = [_strict(line) for line in lines]
     else:
@@ -94,7 +113,7 @@ def _parse(lines: list[bytes]) -> tuple[list[Any | None], int]:
     return items, sum(1 for i in items if i is None)
 
 
-def _strict(line: bytes) -> Any | None:
+def _strict(line: bytes) -> object | None:
     try:
         item = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -102,7 +121,7 @@ def _strict(line: bytes) -> Any | None:
     return None if isinstance(item, dict | list) and has_duplicate_keys(line, item) else item
 
 
-def _row(index: int, result: Any, line: bytes) -> dict[str, Any]:
+def _row(index: int, result: ItemResult | None, line: bytes) -> ResultRow:
     if result is None:
         reason = (
             "the input is not valid JSON"
@@ -112,7 +131,7 @@ def _row(index: int, result: Any, line: bytes) -> dict[str, Any]:
         return {"index": index, "error": reason}
     if result.error is not None:
         return {"index": index, "error": str(result.error)[:MAX_ERROR_LEN]}
-    row = {"index": index, "prediction": result.prediction}
+    row: ResultRow = {"index": index, "prediction": result.prediction}
     if result.outputs is not None:
         row["outputs"] = result.outputs
     return row
@@ -122,7 +141,7 @@ def _is_json(line: bytes) -> bool:
     return _strict(line) is not None
 
 
-def dead_reason(event: Any) -> str:
+def dead_reason(event: CloudEvent) -> str:
     """A sentence from the knativeerror* extensions (our own JSON error body when there is one)."""
     code = event.get("knativeerrorcode")
     detail = ""
@@ -156,7 +175,7 @@ class BatchWorker:
         self.settings = settings
 
     # -- worker ---------------------------------------------------------------------
-    def process_chunk(self, event: Any) -> tuple[int, dict[str, Any]]:
+    def process_chunk(self, event: CloudEvent) -> tuple[int, ChunkAnswer]:
         """Infer one chunk; (status, body). Retryable failures raise (-> 503/504)."""
         ref = ChunkRef.from_event(event)
         job = self._claim(ref)
@@ -172,7 +191,7 @@ class BatchWorker:
             return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": "job cancelled"}
         return self._store(ref, rows, "done")
 
-    def _claim(self, ref: ChunkRef) -> dict[str, Any] | str:
+    def _claim(self, ref: ChunkRef) -> JobRow | str:
         """The job row when this chunk should be processed now; else the reason to skip it."""
         with self.db.begin() as conn:
             try:
@@ -196,9 +215,9 @@ class BatchWorker:
             raise Unprocessable(f"chunk input holds {len(lines)} item(s); the event says {ref.count}")
         return lines
 
-    def _infer(self, model: dict[str, Any], ref: ChunkRef, lines: list[bytes]) -> list[dict[str, Any]] | None:
+    def _infer(self, model: ModelVersion, ref: ChunkRef, lines: list[bytes]) -> list[ResultRow] | None:
         """One result row per line, in order; None when the job was cancelled meanwhile."""
-        rows: list[dict[str, Any]] = []
+        rows: list[ResultRow] = []
         checked = time.monotonic()  # the claim just saw the job active
         for offset in range(0, len(lines), SUB_BATCH):
             if offset and time.monotonic() - checked >= CANCEL_CHECK_S:
@@ -220,18 +239,23 @@ class BatchWorker:
             return store.job_status(conn, job_id) in store.ACTIVE
 
     # -- recording and finalization -------------------------------------------------
-    def _store(self, ref: ChunkRef, rows: list[dict[str, Any]], status: str) -> tuple[int, dict[str, Any]]:
+    def _store(self, ref: ChunkRef, rows: list[ResultRow], status: str) -> tuple[int, ChunkAnswer]:
         """Write the chunk results, then record the chunk once; the last one finalizes the job."""
         self.results.put_lines(
             self.settings.s3_results_bucket,
             results.chunk_result_key(ref.job_id, ref.chunk),
             results.encode_lines(rows),
         )
-        errors = [r for r in rows if "error" in r]
+        errors = [JobError(index=r["index"], error=r["error"]) for r in rows if "error" in r]
         counts = store.ChunkCounts(
             succeeded=len(rows) - len(errors), failed=len(errors), errors=errors[: store.ERROR_SAMPLE]
         )
-        body = {"job_id": str(ref.job_id), "chunk": ref.chunk, "succeeded": counts.succeeded, "failed": counts.failed}
+        body: ChunkAnswer = {
+            "job_id": str(ref.job_id),
+            "chunk": ref.chunk,
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+        }
         try:
             with self.db.begin() as conn:
                 job = store.record_chunk(conn, ref.job_id, ref.chunk, status, counts)
@@ -243,7 +267,7 @@ class BatchWorker:
             return 200, {**body, "skipped": "chunk already recorded or job no longer active"}
         return 200, body
 
-    def _finalize(self, conn: Any, job: dict[str, Any]) -> str:
+    def _finalize(self, conn: Connection, job: JobProgress) -> str:
         """Merge every chunk's results and finish the job (inside the recording transaction).
 
         Chunk results that are gone (object storage lost them) fail the job with the reason: redelivery
@@ -253,16 +277,16 @@ class BatchWorker:
             key = self.results.merge_chunks(job["id"], range(job["chunks_total"]))
         except NotFound as exc:
             reason = f"the results of some chunks are gone ({exc.message}); submit the job again"
-            store.set_finished(conn, job["id"], "failed", error=reason)
+            store.set_finished(conn, job["id"], JobStatus.FAILED, error=reason)
             log.error("batch job %s failed: %s", job["id"], reason)
-            return "failed"
-        status = "failed" if job["succeeded"] == 0 else "completed"
+            return JobStatus.FAILED
+        status = JobStatus.FAILED if job["succeeded"] == 0 else JobStatus.COMPLETED
         store.set_finished(conn, job["id"], status, result_key=key)
         log.info("batch job %s %s: %d succeeded, %d failed", job["id"], status, job["succeeded"], job["failed"])
         return status
 
     # -- dead letter ----------------------------------------------------------------
-    def fail_chunk(self, event: Any) -> tuple[int, dict[str, Any]]:
+    def fail_chunk(self, event: CloudEvent) -> tuple[int, ChunkAnswer]:
         """Mark every item of a chunk whose deliveries ran out as failed, so the job still ends."""
         try:
             ref = ChunkRef.from_event(event)
@@ -274,6 +298,6 @@ class BatchWorker:
         if status not in store.ACTIVE:
             return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": f"job {status or 'unknown'}"}
         reason = dead_reason(event)
-        rows = [{"index": ref.start + i, "error": reason} for i in range(ref.count)]
+        rows: list[ResultRow] = [{"index": ref.start + i, "error": reason} for i in range(ref.count)]
         log.warning("batch job %s chunk %d dead-lettered: %s", ref.job_id, ref.chunk, reason)
         return self._store(ref, rows, "dead")

@@ -20,18 +20,30 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from shared.cli import api, output
 from shared.cli.api import Client
 from shared.cli.errors import EXIT_FAILED, EXIT_ITEMS_FAILED, ApiError, UsageError
 from shared.cli.inputs import InputFile, scan
+from shared.domain import BatchJob, JobStatus
 
 __all__ = ["ApiError", "Client", "InputFile", "register", "scan", "upload_file"]
 
 INLINE_LIMIT = 9 * 1024 * 1024
-FINISHED = ("completed", "failed", "cancelled")
+FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 SHOWN_FAILURES = 10
+
+
+class SubmitBody(TypedDict, total=False):
+    """The POST /v1/batch body the CLI sends: ``model``, then ``inputs`` or ``input_url``."""
+
+    model: str
+    version: str
+    inputs: list[Any]
+    input_url: str
+
+
 STATUS_FIELDS = (
     "id",
     "status",
@@ -103,7 +115,7 @@ def register(subparsers: Any) -> None:
     output.add_output_arg(wait)
     api.command(wait, _wait)
     listing = sub.add_parser("list", help="list your jobs, newest first")
-    listing.add_argument("--status", choices=("pending", "processing", *FINISHED))
+    listing.add_argument("--status", choices=tuple(s.value for s in JobStatus))
     listing.add_argument("--limit", type=int, default=None, help="at most this many (1-500, default 50)")
     listing.add_argument("--offset", type=int, default=None)
     output.add_output_arg(listing)
@@ -128,7 +140,7 @@ def register(subparsers: Any) -> None:
 
 # -- submit ------------------------------------------------------------------------------
 def _submit(client: Client, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"model": args.model}
+    body: SubmitBody = {"model": args.model}
     if args.version:
         body["version"] = args.version
     source = None
@@ -170,7 +182,7 @@ def _follow(
         print(summary(final, time.monotonic() - started, source))
     else:
         output.emit(args, final)
-    if final["status"] != "completed":
+    if final["status"] != JobStatus.COMPLETED:
         return EXIT_FAILED
     return EXIT_ITEMS_FAILED if args.fail_on_errors and final["failed"] else 0
 
@@ -230,7 +242,7 @@ class _Progress:
         return found
 
 
-def wait_for(client: Client, job_id: str, total: int, interval: float = 0.5) -> dict[str, Any]:
+def wait_for(client: Client, job_id: str, total: int, interval: float = 0.5) -> BatchJob:
     """Poll the job with a progress bar until it finishes; its last status."""
     from tqdm import tqdm
 
@@ -240,12 +252,12 @@ def wait_for(client: Client, job_id: str, total: int, interval: float = 0.5) -> 
             bar.update(int(status["completed"]) - bar.n)
             bar.set_postfix(failed=status["failed"], status=status["status"])
             if status["status"] in FINISHED:
-                found: dict[str, Any] = status
+                found: BatchJob = status
                 return found
             time.sleep(interval)
 
 
-def summary(status: dict[str, Any], elapsed_s: float, source: InputFile | None = None) -> str:
+def summary(status: BatchJob, elapsed_s: float, source: InputFile | None = None) -> str:
     """What a person wants after ``--wait``: counts, speed, where the results are, which lines failed."""
     rate = status["completed"] / elapsed_s if elapsed_s > 0 else 0.0
     lines = [

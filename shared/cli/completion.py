@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 FILE, CONTEXTS, FREE = "@file", "@contexts", "@none"
 CONTEXT_ARGS = {"--context"}
@@ -40,10 +40,19 @@ def _print(args: argparse.Namespace) -> int:
     return 0
 
 
-def walk(parser: argparse.ArgumentParser, path: str = "") -> dict[str, dict[str, Any]]:
+class Node(TypedDict):
+    """What completes after one command path: sub-commands, options, option values, the positional."""
+
+    subs: list[str]
+    opts: list[str]
+    values: dict[str, str]
+    positional: str
+
+
+def walk(parser: argparse.ArgumentParser, path: str = "") -> dict[str, Node]:
     """Per command path ("" for the root, "batch submit", ...): sub-commands, options, option values
     (choices, FILE, CONTEXTS or FREE) and what its positional argument takes."""
-    node: dict[str, Any] = {"subs": [], "opts": [], "values": {}, "positional": ""}
+    node: Node = {"subs": [], "opts": [], "values": {}, "positional": ""}
     tree = {path: node}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

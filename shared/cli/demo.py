@@ -11,8 +11,14 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+from shared.domain import JobStatus, ModelState, ModelVersion
+
+if TYPE_CHECKING:
+    from shared.cli.models import Api
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 MODEL_FILE = Path(__file__).resolve().parents[2] / "models" / "production" / "iris_classifier" / "1" / "model.onnx"
@@ -36,7 +42,7 @@ def call(base: str, key: str, method: str, path: str, body: Any = None) -> tuple
         return exc.code, json.loads(raw) if raw else None
 
 
-def _show(step: str, status: int, body: Any) -> None:
+def _show(step: str, status: int, body: object) -> None:
     print(f"\n== {step} -> {status}")
     print(json.dumps(body, indent=2)[:1500])
 
@@ -53,7 +59,7 @@ def run_demo(base: str, key: str) -> int:
     return _batch(base, key)
 
 
-def _push(base: str, key: str) -> dict[str, Any] | None:
+def _push(base: str, key: str) -> ModelVersion | None:
     """Push the ONNX file as demo-iris 1.0 (kept from an earlier run unless it failed) and wait until it is ready."""
     from shared.cli.errors import ApiError
     from shared.cli.models import Api, wait_ready
@@ -74,10 +80,10 @@ def _push(base: str, key: str) -> dict[str, Any] | None:
         print(f"\n== {NAME} {VERSION} did not load: {exc}")
         return None
     _show(f"{model['state']} after {time.monotonic() - started:.1f}s (GET /v1/models/{{id}})", 200, _brief(model))
-    return model if model["state"] == "ready" else None
+    return model if model["state"] == ModelState.READY else None
 
 
-def _push_or_reuse(api: Any, base: str, key: str) -> dict[str, Any]:
+def _push_or_reuse(api: Api, base: str, key: str) -> ModelVersion:
     from shared.cli.errors import ApiError
     from shared.cli.models import push
 
@@ -87,20 +93,20 @@ def _push_or_reuse(api: Any, base: str, key: str) -> dict[str, Any]:
                 api, MODEL_FILE, NAME, VERSION, description="the iris classifier, pushed by kinfer demo", tags=["demo"]
             )
             _show(f"push {MODEL_FILE.name} as {NAME} {VERSION} (POST /v1/models, PUT .../artifact)", 200, _brief(model))
-            return dict(model)
+            return model.copy()
         except ApiError as exc:
             if exc.status != 409 or attempt == 2:
                 raise
-        status, model = call(base, key, "GET", f"/v1/models/by-name/{NAME}/{VERSION}")
-        if model.get("state") != "failed":
-            _show(f"{NAME} {VERSION} was pushed by an earlier run (GET /v1/models/by-name/...)", status, _brief(model))
-            return dict(model)
-        print(f"\n== {NAME} {VERSION} of an earlier run failed ({model.get('state_reason')}): pushed again")
-        call(base, key, "DELETE", f"/v1/models/{model['id']}")
+        status, found = call(base, key, "GET", f"/v1/models/by-name/{NAME}/{VERSION}")
+        if found.get("state") != ModelState.FAILED:
+            _show(f"{NAME} {VERSION} was pushed by an earlier run (GET /v1/models/by-name/...)", status, _brief(found))
+            return cast(ModelVersion, dict(found))
+        print(f"\n== {NAME} {VERSION} of an earlier run failed ({found.get('state_reason')}): pushed again")
+        call(base, key, "DELETE", f"/v1/models/{found['id']}")
     raise AssertionError("unreachable")
 
 
-def _brief(model: dict[str, Any]) -> dict[str, Any]:
+def _brief(model: Mapping[str, object]) -> dict[str, object]:
     keys = (
         "id",
         "name",
@@ -124,8 +130,8 @@ def _batch(base: str, key: str) -> int:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         status, body = call(base, key, "GET", f"/v1/batch/{body['job_id']}")
-        if body.get("status") in ("completed", "failed", "cancelled"):
+        if body.get("status") in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             break
         time.sleep(0.3)
     _show("batch job finished (GET /v1/batch/{id})", status, body)
-    return 0 if body.get("status") == "completed" else 1
+    return 0 if body.get("status") == JobStatus.COMPLETED else 1

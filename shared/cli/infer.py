@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from shared.cli import api, output
 from shared.cli.errors import UsageError
@@ -42,7 +42,15 @@ def register(subparsers: Any) -> None:
     api.command(parser, run)
 
 
-def read_input(args: argparse.Namespace) -> dict[str, Any]:
+class InferBody(TypedDict):
+    """The POST /v1/infer body the CLI sends."""
+
+    model: str
+    input: dict[str, object]
+    version: NotRequired[str]
+
+
+def read_input(args: argparse.Namespace) -> dict[str, object]:
     """The request's ``input`` object from --data or --file; UsageError when it is not JSON."""
     where = "--data"
     if args.file is not None:
@@ -71,7 +79,7 @@ def _read_file(path: Path) -> str:
 
 
 def run(client: api.Client, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"model": args.model, "input": read_input(args)}
+    body: InferBody = {"model": args.model, "input": read_input(args)}
     if args.model_version:
         body["version"] = args.model_version
     if args.wait < 0:

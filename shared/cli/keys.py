@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared.cli import api, output
@@ -103,7 +104,7 @@ def _create(client: api.Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_created(args: argparse.Namespace, created: dict[str, Any]) -> None:
+def _print_created(args: argparse.Namespace, created: Mapping[str, object]) -> None:
     if args.output != "table":
         output.emit(args, created)
         return

@@ -20,13 +20,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from shared.cli import api as connection
 from shared.cli import output
 from shared.cli.errors import ApiError
+from shared.domain import ModelState, ModelVersion
 
-SETTLED = ("ready", "failed")
+SETTLED = (ModelState.READY, ModelState.FAILED)
 
 
 class Api:
@@ -191,6 +192,19 @@ def _push(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+class RegisterBody(TypedDict, total=False):
+    """The POST /v1/models body of a push (``upload``: the file follows)."""
+
+    name: str
+    version: str
+    upload: bool
+    framework: str
+    format: str
+    triton_model: str
+    description: str
+    tags: list[str]
+
+
 def push(
     api: Api,
     file: Path,
@@ -203,21 +217,24 @@ def push(
     description: str | None = None,
     tags: list[str] | None = None,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> ModelVersion:
     """Register ``name``/``version`` for upload and upload ``file``; the installed version (pending)."""
     if not file.is_file():
         raise ValueError(f"{file} is not a file")
     package = file.name.endswith((".tar.gz", ".tgz"))
-    body: dict[str, Any] = {
+    body: RegisterBody = {
         "name": name,
         "version": version,
         "upload": True,
         "framework": framework or ("python" if package else "onnx"),
         "format": fmt or ("python" if package else "onnx"),
     }
-    for key, value in (("triton_model", triton_model), ("description", description), ("tags", tags)):
-        if value is not None:
-            body[key] = value
+    if triton_model is not None:
+        body["triton_model"] = triton_model
+    if description is not None:
+        body["description"] = description
+    if tags is not None:
+        body["tags"] = tags
     digest = _sha256(file)
     created = api.call("POST", "/v1/models", body)
     from tqdm import tqdm
@@ -231,7 +248,7 @@ def push(
             file=sys.stderr,
             disable=not show_progress,
         ) as bar:
-            return dict(api.upload(f"/v1/models/{created['id']}/artifact", file, digest, bar))
+            return cast(ModelVersion, dict(api.upload(f"/v1/models/{created['id']}/artifact", file, digest, bar)))
     except BaseException:
         try:  # nothing half-registered: the version this push created goes again
             api.call("DELETE", f"/v1/models/{created['id']}")
@@ -240,7 +257,7 @@ def push(
         raise
 
 
-def wait_ready(api: Api, model_id: str, timeout: float, interval: float = 0.25) -> dict[str, Any]:
+def wait_ready(api: Api, model_id: str, timeout: float, interval: float = 0.25) -> ModelVersion:
     """Poll a version until it is ready or failed (printing its state as it changes)."""
     deadline, last = time.monotonic() + timeout, ""
     while True:
@@ -249,7 +266,7 @@ def wait_ready(api: Api, model_id: str, timeout: float, interval: float = 0.25) 
             last = model["state"]
             print(f"  state: {last}", file=sys.stderr)
         if model["state"] in SETTLED:
-            return dict(model)
+            return cast(ModelVersion, dict(model))
         if time.monotonic() > deadline:
             raise ValueError(f"version still {model['state']} after {timeout:.0f}s")
         time.sleep(interval)

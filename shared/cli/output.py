@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 FORMATS = ("table", "json", "yaml")
-Column = tuple[str, Callable[[dict[str, Any]], Any]]
+Row = Mapping[str, object]  # one object of an API answer (JSON)
+Column = tuple[str, Callable[[Row], object]]
 
 
 def add_output_arg(parser: argparse.ArgumentParser, default: str = "table", formats: Sequence[str] = FORMATS) -> None:
@@ -36,7 +37,7 @@ def time_column(header: str, key: str) -> Column:
     return header, lambda row: when(row.get(key))
 
 
-def when(value: Any) -> str:
+def when(value: object) -> str:
     """An ISO timestamp as ``YYYY-MM-DD HH:MM:SSZ`` (UTC), ``-`` for none."""
     if not value:
         return "-"
@@ -76,7 +77,7 @@ def render(
     return describe(data, fields)
 
 
-def table(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+def table(items: Sequence[Row], columns: Sequence[Column]) -> str:
     """Aligned columns under upper-case headers; ``-`` for an empty cell."""
     grid = [[header for header, _ in columns]]
     grid += [[cell(get(item)) for _, get in columns] for item in items]
@@ -84,14 +85,14 @@ def table(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in grid)
 
 
-def describe(obj: dict[str, Any], fields: Sequence[str] | None = None) -> str:
+def describe(obj: Row, fields: Sequence[str] | None = None) -> str:
     """One object as ``field:  value`` lines (nested values as compact JSON)."""
     keys = [k for k in (fields or list(obj)) if k in obj]
     width = max((len(k) for k in keys), default=0) + 1
     return "\n".join(f"{k + ':':<{width}}  {cell(obj[k])}".rstrip() for k in keys)
 
 
-def cell(value: Any) -> str:
+def cell(value: object) -> str:
     if value is None or value == "" or value == []:
         return "-"
     if isinstance(value, bool):
@@ -108,7 +109,7 @@ _PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./@+-]*(:[A-Za-z0-9_./@+-]+)*")
 _RESERVED = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"}
 
 
-def to_yaml(data: Any) -> str:
+def to_yaml(data: object) -> str:
     """Block-style YAML 1.2 of JSON data; strings are quoted unless plainly unambiguous."""
     return "\n".join(_yaml_lines(data, 0)) if isinstance(data, dict | list) and data else _scalar(data)
 
@@ -132,7 +133,7 @@ def _yaml_lines(data: Any, indent: int) -> list[str]:
     return lines
 
 
-def _scalar(value: Any) -> str:
+def _scalar(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):

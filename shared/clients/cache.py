@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 import redis
 from redis.backoff import NoBackoff
@@ -29,7 +29,15 @@ DOWN_FOR_S = 1.0
 REDIS_ERRORS = (redis.RedisError, OSError)
 
 
-def _options(settings: Settings) -> dict[str, Any]:
+class _RedisOptions(TypedDict):
+    socket_timeout: float
+    socket_connect_timeout: float
+    retry_on_error: list[type[Exception]]
+    health_check_interval: int
+    max_connections: int
+
+
+def _options(settings: Settings) -> _RedisOptions:
     timeout = settings.redis_timeout_s
     return {
         "socket_timeout": timeout,

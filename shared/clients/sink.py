@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Mapping
 
 import requests
 from cloudevents.conversion import to_binary
@@ -61,12 +61,12 @@ def build_event(
     type: str,
     source: str,
     subject: str | None,
-    data: dict[str, Any],
-    extensions: dict[str, Any] | None = None,
+    data: Mapping[str, object],
+    extensions: Mapping[str, object] | None = None,
     id: str | None = None,
 ) -> CloudEvent:
     """A CloudEvent with JSON data, the current traceparent and any ``extensions``."""
-    attributes: dict[str, Any] = {"type": type, "source": source, "datacontenttype": "application/json"}
+    attributes: dict[str, str] = {"type": type, "source": source, "datacontenttype": "application/json"}
     if subject:
         attributes["subject"] = subject
     if id:
@@ -85,8 +85,8 @@ def emit(
     type: str,
     source: str,
     subject: str | None,
-    data: dict[str, Any],
-    extensions: dict[str, Any] | None = None,
+    data: Mapping[str, object],
+    extensions: Mapping[str, object] | None = None,
     session: requests.Session | None = None,
     id: str | None = None,
 ) -> None:

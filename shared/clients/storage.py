@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from shared.domain import JSONObject
 from shared.errors import BackendError, InvalidInput, NotFound, Unavailable
 from shared.settings import Settings
 
@@ -125,7 +126,7 @@ def get_bytes(client: Any, bucket: str, key: str) -> bytes:
             body.close()
 
 
-def put_jsonl(client: Any, bucket: str, key: str, rows: Iterable[dict[str, Any]]) -> int:
+def put_jsonl(client: Any, bucket: str, key: str, rows: Iterable[Mapping[str, object]]) -> int:
     """Store ``rows`` as JSON Lines; returns the number of rows written."""
     lines = [json.dumps(row, separators=(",", ":"), ensure_ascii=False) for row in rows]
     data = ("\n".join(lines) + "\n").encode() if lines else b""
@@ -133,9 +134,9 @@ def put_jsonl(client: Any, bucket: str, key: str, rows: Iterable[dict[str, Any]]
     return len(lines)
 
 
-def get_jsonl(client: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+def get_jsonl(client: Any, bucket: str, key: str) -> list[JSONObject]:
     """Read a JSON Lines object; InvalidInput names the first bad line."""
-    rows: list[dict[str, Any]] = []
+    rows: list[JSONObject] = []
     for number, line in enumerate(get_bytes(client, bucket, key).decode("utf-8").splitlines(), start=1):
         if not line.strip():
             continue

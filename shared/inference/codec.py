@@ -34,7 +34,7 @@ class Parsed:
         return tuple((name, a.shape[1:]) for name, a in sorted(self.arrays.items()))
 
 
-def parse_input(info: ModelInfo, raw: Any, field: str = "input", max_elements: int = MAX_ELEMENTS) -> Parsed:
+def parse_input(info: ModelInfo, raw: object, field: str = "input", max_elements: int = MAX_ELEMENTS) -> Parsed:
     """Validate one ``input`` object; InvalidInput naming what was expected otherwise."""
     values = _named_values(info, raw, field)
     arrays: dict[str, np.ndarray[Any, Any]] = {}
@@ -54,7 +54,7 @@ def parse_input(info: ModelInfo, raw: Any, field: str = "input", max_elements: i
     return Parsed(arrays, rows.pop(), singles.pop())
 
 
-def _named_values(info: ModelInfo, raw: Any, field: str) -> dict[str, Any]:
+def _named_values(info: ModelInfo, raw: object, field: str) -> dict[str, object]:
     names = [s.name for s in info.inputs]
     if not isinstance(raw, dict) or not raw:
         raise InvalidInput(
@@ -85,7 +85,7 @@ def _named_values(info: ModelInfo, raw: Any, field: str) -> dict[str, Any]:
 
 
 def _tensor(
-    info: ModelInfo, spec: TensorSpec, value: Any, field: str, max_elements: int = MAX_ELEMENTS
+    info: ModelInfo, spec: TensorSpec, value: object, field: str, max_elements: int = MAX_ELEMENTS
 ) -> tuple[np.ndarray[Any, Any], bool]:
     expected = f"expected {spec.describe(info.batched)}"
     array = to_array(value, spec, field, expected, max_elements)
@@ -110,7 +110,7 @@ def dims_match(actual: tuple[int, ...], declared: tuple[int, ...]) -> bool:
 
 
 def to_array(
-    value: Any, spec: TensorSpec, field: str, expected: str, max_elements: int = MAX_ELEMENTS
+    value: object, spec: TensorSpec, field: str, expected: str, max_elements: int = MAX_ELEMENTS
 ) -> np.ndarray[Any, Any]:
     """A JSON value -> numpy array of the tensor's dtype; InvalidInput for empty/ragged/non-numeric/NaN/out of
     range, and past ``max_elements`` (MAX_INFER_ELEMENTS: bulk work belongs in a batch job)."""
@@ -220,7 +220,7 @@ def check_finite(array: np.ndarray[Any, Any], field: str, expected: str) -> np.n
 
 
 # -- answers ---------------------------------------------------------------------
-def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], single: bool) -> dict[str, Any]:
+def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], single: bool) -> dict[str, object]:
     """Every output tensor as lists; a single row loses its batch dimension."""
     return {name: (a[0] if single and info.batched else a).tolist() for name, a in outputs.items()}
 
@@ -245,5 +245,5 @@ def _class_ids(outputs: Mapping[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, A
     return None if probs is None else probs.argmax(axis=-1)
 
 
-def _name(info: ModelInfo, class_id: int) -> Any:
+def _name(info: ModelInfo, class_id: int) -> str | int:
     return info.labels[class_id] if 0 <= class_id < len(info.labels) else class_id

@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -36,6 +36,19 @@ if TYPE_CHECKING:
 
 
 _FIELDS = frozenset({"model", "version", "input"})
+
+
+class InferAnswer(TypedDict):
+    """The /v1/infer response body; the handler adds ``request_id`` and ``trace_id``."""
+
+    model: str
+    version: str
+    prediction: object
+    outputs: dict[str, object]
+    latency_ms: float
+    timestamp: str
+    request_id: NotRequired[str]
+    trace_id: NotRequired[str]
 
 
 class DataPlane:
@@ -90,20 +103,20 @@ class DataPlane:
             )
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    async def run_inference(self, body: Any, route_key: str | None = None, wait_s: float = 0.0) -> dict[str, Any]:
+    async def run_inference(self, body: object, route_key: str | None = None, wait_s: float = 0.0) -> InferAnswer:
         """Validate the request, infer, and answer the /v1/infer response body (sans request_id).
 
         ``version`` may name a version or an alias; ``route_key`` keeps a caller on one side of a split;
         ``wait_s``: how long the caller is held while its backend wakes (``shared.inference.waiting``)."""
         started = time.perf_counter()
-        body = v.require_object(body)
-        if not body.keys() <= _FIELDS:
-            v.reject_unknown(body, _FIELDS)
-        if body.get("model") in (None, ""):
+        request = v.require_object(body)
+        if not request.keys() <= _FIELDS:
+            v.reject_unknown(request, _FIELDS)
+        if request.get("model") in (None, ""):
             raise InvalidInput("model is required", field="model")
-        name = v.string(body["model"], "model", max_len=128)
-        version = v.string(body["version"], "version", max_len=32) if body.get("version") is not None else None
-        if "input" not in body:
+        name = v.string(request["model"], "model", max_len=128)
+        version = v.string(request["version"], "version", max_len=32) if request.get("version") is not None else None
+        if "input" not in request:
             raise InvalidInput('input is required: {"data": [...]} or {"<tensor>": [...]}', field="input")
         resolver = self.resolver
         model = await resolver.resolve_async(name, version, route_key)
@@ -113,7 +126,7 @@ class DataPlane:
         async def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray[Any, Any]]]:
             who = backend_label(model, urls, url)
             info = self.triton_async.cached_info(url, tm, tv) or await self.triton_async.model_info(url, tm, tv, who)
-            parsed = parse_input(info, body["input"], max_elements=max_elements)
+            parsed = parse_input(info, request["input"], max_elements=max_elements)
             self.check_rows(parsed.rows)
             return info, parsed, await self.infer_arrays(url, info, parsed.arrays, parsed.rows, tv, who)
 

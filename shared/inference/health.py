@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict
 
+from shared.endpoints import resolve as resolve_backend
 from shared.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -32,6 +33,31 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 CHECK_TIMEOUT_S = 0.5
+
+Check = Literal["ok", "unreachable"]
+Status = Literal["healthy", "degraded", "unhealthy"]
+
+
+class HealthChecks(TypedDict):
+    database: Check
+    cache: Check
+    triton_circuit: str
+
+
+class HealthBody(TypedDict):
+    """GET /health: the infer function's state, its checks, and what a failing one means for callers."""
+
+    status: Status
+    service: str
+    checks: HealthChecks
+    effects: NotRequired[list[str]]
+
+
+class ReadyBody(TypedDict):
+    """GET /v2/health/ready when ready."""
+
+    ready: bool
+    status: Status
 
 
 class InferenceHealth:
@@ -66,19 +92,20 @@ class InferenceHealth:
         except TimeoutError:
             return False
 
-    async def health(self) -> tuple[int, dict[str, Any]]:
+    async def health(self) -> tuple[int, HealthBody]:
         db_ok, cache_ok = await asyncio.gather(
             self._check("database", self.db.ping), self._check("cache", self.cache.ping)
         )
-        triton = self.resolver.backend_urls({})[0]
+        own = self.settings.triton_url
+        triton = resolve_backend(own, own)  # the backend of a model that names none (``Resolver.backend_urls``)
         circuit = (await self.balancer.snapshot_async([triton]))[0].circuit.state
-        checks = {
+        checks: HealthChecks = {
             "database": "ok" if db_ok else "unreachable",
             "cache": "ok" if cache_ok else "unreachable",
             "triton_circuit": circuit,
         }
-        status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok or cache_ok else "unhealthy")
-        body: dict[str, Any] = {"status": status, "service": self.settings.service_name, "checks": checks}
+        status: Status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok or cache_ok else "unhealthy")
+        body: HealthBody = {"status": status, "service": self.settings.service_name, "checks": checks}
         effects = []
         if not db_ok:
             effects.append(
@@ -96,7 +123,7 @@ class InferenceHealth:
             body["effects"] = effects
         return (503 if status == "unhealthy" else 200), body
 
-    async def server_ready(self) -> tuple[int, dict[str, Any]]:
+    async def server_ready(self) -> tuple[int, ReadyBody]:
         """GET /v2/health/ready: 200 unless the function is unhealthy (503 with the JSON error body)."""
         status, body = await self.health()
         if status != 200:

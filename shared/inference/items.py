@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from shared.backends.balancer import Balancer
     from shared.backends.metrics import Recorder
     from shared.backends.triton import TritonPool
+    from shared.domain import ModelVersion
     from shared.inference.resolve import Resolver
 
 IN_FLIGHT = 8
@@ -39,19 +40,19 @@ T = TypeVar("T")
 class ItemResult:
     """One batch item's answer: prediction and outputs, or the reason it failed."""
 
-    prediction: Any | None
-    outputs: dict[str, Any] | None
+    prediction: object
+    outputs: dict[str, object] | None
     error: str | None
 
 
 @dataclass(frozen=True)
 class _Target:
-    model: dict[str, Any]
+    model: ModelVersion
     urls: list[str]
     version: str | None
 
 
-def uniform_rows(info: ModelInfo, items: list[Any]) -> np.ndarray[Any, Any] | None:
+def uniform_rows(info: ModelInfo, items: Sequence[object]) -> np.ndarray[Any, Any] | None:
     """All items one valid row of a single-input batched model -> one [n, ...] array; else None.
 
     The common batch case (every line ``{"data": [4 floats]}``) then costs one numpy
@@ -161,7 +162,7 @@ class ItemRunner:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    def infer_items(self, model: dict[str, Any], items: list[Any]) -> list[ItemResult]:
+    def infer_items(self, model: ModelVersion, items: Sequence[object]) -> list[ItemResult]:
         """One ItemResult per item, in order; valid items go in batched Triton requests, several at once.
 
         Raises Unavailable/CircuitOpen/BackendTimeout (retryable) when Triton cannot be used.

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared import telemetry
 from shared.clients.aio import spawn
@@ -29,7 +28,8 @@ from shared.errors import NotFound
 if TYPE_CHECKING:
     from shared.backends.metrics import Recorder
     from shared.clients.aio import SingleFlight
-    from shared.registry.reads import RegistryReads
+    from shared.domain import ModelVersion
+    from shared.registry.reads import RegistryReads, ResolvedTarget
     from shared.settings import Settings
 
 MODEL_TTL_S = 0.25
@@ -47,9 +47,9 @@ class Resolver:
         self.version_recorder = version_recorder
         self.single_flight = single_flight
         self.settings = settings
-        self._models: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
+        self._models: dict[tuple[str, str | None], tuple[float, ResolvedTarget]] = {}
 
-    def resolve(self, name: str, version: str | None = None, route_key: str | None = None) -> dict[str, Any]:
+    def resolve(self, name: str, version: str | None = None, route_key: str | None = None) -> ModelVersion:
         """The model row that serves this caller (synchronous callers: batch), through the MODEL_TTL_S cache."""
         from shared import registry
 
@@ -62,9 +62,7 @@ class Resolver:
         self._keep(key, target)
         return registry.pick(target, route_key)
 
-    async def resolve_async(
-        self, name: str, version: str | None = None, route_key: str | None = None
-    ) -> dict[str, Any]:
+    async def resolve_async(self, name: str, version: str | None = None, route_key: str | None = None) -> ModelVersion:
         """The model row that serves this caller (404 when unknown or not servable), from the cache when warm:
         ``version`` names a version or an alias; ``route_key`` keeps a caller on one side of a split."""
         from shared import registry
@@ -80,7 +78,7 @@ class Resolver:
         target = await self.single_flight.run(("model", key), lambda: self._read(key))
         return registry.pick(target, route_key)
 
-    async def _read(self, key: tuple[str, str | None]) -> dict[str, Any]:
+    async def _read(self, key: tuple[str, str | None]) -> ResolvedTarget:
         try:
             with telemetry.child_span("registry.resolve", **{"kinfer.model": key[0]}):
                 target = await asyncio.to_thread(self.registry.resolve_target, *key)
@@ -90,41 +88,42 @@ class Resolver:
         self._keep(key, target)
         return target
 
-    def _keep(self, key: tuple[str, str | None], target: dict[str, Any]) -> None:
+    def _keep(self, key: tuple[str, str | None], target: ResolvedTarget) -> None:
         models = self._models
         if len(models) >= MAX_CACHED and key not in models:
             models.clear()
         models[key] = (time.monotonic() + MODEL_TTL_S, target)
 
-    def record(self, model: Mapping[str, Any], outcome: str, started: float) -> None:
+    def record(self, model: ModelVersion, outcome: str, started: float) -> None:
         """Count one answer of ``model`` (its registry version) for ``/metrics`` (an in-process tally)."""
         from shared.lifecycle.metrics import record as record_version
 
         record_version(self.version_recorder, model["name"], model["version"], outcome, time.perf_counter() - started)
 
-    def backend_urls(self, model: Mapping[str, Any]) -> list[str]:
+    def backend_urls(self, model: ModelVersion) -> list[str]:
         """The model's backends in host:port form (TRITON_URL when it names none)."""
         own = self.settings.triton_url
-        urls = model.get("backend_urls") or ([model["backend_url"]] if model.get("backend_url") else [own])
+        single = model.get("backend_url")
+        urls = model.get("backend_urls") or ([single] if single else [own])
         return list(dict.fromkeys(resolve_backend(u, own) for u in urls))
 
 
-def triton_model(model: Mapping[str, Any]) -> str:
+def triton_model(model: ModelVersion) -> str:
     return str(model.get("triton_model") or model["name"])
 
 
-def triton_version(model: Mapping[str, Any]) -> str | None:
+def triton_version(model: ModelVersion) -> str | None:
     """The Triton model version a registry version maps to (None: Triton's version policy decides)."""
     found = model.get("triton_version")
-    return str(found) if found not in (None, "") else None
+    return None if found is None else str(found)
 
 
-def label(model: Mapping[str, Any]) -> str:
+def label(model: ModelVersion) -> str:
     """The public name of a model's backends: its registry identity."""
     return f"model {model['name']!r} version {model['version']!r}"
 
 
-def backend_label(model: Mapping[str, Any], urls: list[str], url: str) -> str:
+def backend_label(model: ModelVersion, urls: list[str], url: str) -> str:
     """``label`` plus which backend, when the model has several (never the address)."""
     if len(urls) < 2 or url not in urls:
         return label(model)

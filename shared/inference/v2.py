@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from shared.inference.waiting import call_waiting
 if TYPE_CHECKING:
     from shared.backends.balancer import Balancer
     from shared.backends.triton_async import AsyncTriton
+    from shared.domain import ModelVersion
     from shared.inference.dataplane import DataPlane
     from shared.inference.resolve import Resolver
     from shared.settings import Settings
@@ -37,10 +38,70 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "kinfer"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
+JSONObject = v.JSONObject
+
+
+class ServerMetadata(TypedDict):
+    """GET /v2."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class InputTensor(TypedDict):
+    """One of a request's ``inputs`` once ``parse_request`` checked its name and parameters; the rest is
+    checked against the model's metadata (``v2_arrays``)."""
+
+    name: str
+    datatype: NotRequired[object]
+    shape: NotRequired[object]
+    data: NotRequired[object]
+    parameters: NotRequired[JSONObject | None]
+
+
+class TensorMetadata(TypedDict):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class OutputTensor(TypedDict):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[object]
+
+
+class InferResponse(TypedDict):
+    """The v2 inference response (always JSON)."""
+
+    model_name: str
+    model_version: str
+    id: object
+    outputs: list[OutputTensor]
+
+
+class ModelMetadata(TypedDict):
+    """GET /v2/models/{name}[/versions/{v}]."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ModelReady(TypedDict):
+    """GET /v2/models/{name}[/versions/{v}]/ready when ready."""
+
+    name: str
+    versions: list[str]
+    ready: bool
 
 
 @lru_cache(maxsize=1)
-def server_metadata() -> dict[str, Any]:
+def server_metadata() -> ServerMetadata:
     """GET /v2: the server metadata response."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -51,7 +112,7 @@ def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": ours, "extensions": list(EXTENSIONS)}
 
 
-def split_body(raw: bytes, headers: Mapping[str, str]) -> tuple[dict[str, Any], bytes]:
+def split_body(raw: bytes, headers: Mapping[str, str]) -> tuple[JSONObject, bytes]:
     """(JSON inference request, trailing binary tensor data)."""
     header_length = headers.get(HEADER_LENGTH)
     _check_content_type(headers, binary=header_length is not None)
@@ -85,7 +146,7 @@ def _check_content_type(headers: Mapping[str, str], binary: bool) -> None:
     )
 
 
-def _object(value: Any, field: str) -> dict[str, Any]:
+def _object(value: object, field: str) -> JSONObject:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -93,13 +154,13 @@ def _object(value: Any, field: str) -> dict[str, Any]:
     return value
 
 
-def _name(value: Any, field: str) -> str:
+def _name(value: object, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"{field} must be a non-empty string", field=field)
     return value
 
 
-def parse_request(request: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str] | None]:
+def parse_request(request: Mapping[str, object]) -> tuple[list[InputTensor], list[str] | None]:
     """The request's input tensors and requested output names (None = all), shapes of fields checked."""
     _object(request.get("parameters"), "parameters")
     if "id" in request and not isinstance(request["id"], str):
@@ -113,8 +174,9 @@ def parse_request(request: dict[str, Any]) -> tuple[list[dict[str, Any]], list[s
         _name(tensor.get("name"), f"inputs[{i}].name")
         _object(tensor.get("parameters"), f"inputs[{i}].parameters")
     outputs = request.get("outputs")
+    tensors = cast("list[InputTensor]", inputs)
     if outputs is None:
-        return inputs, None
+        return tensors, None
     if not isinstance(outputs, list):
         raise InvalidInput("outputs must be a list", field="outputs")
     names = []
@@ -123,7 +185,7 @@ def parse_request(request: dict[str, Any]) -> tuple[list[dict[str, Any]], list[s
             raise InvalidInput(f"outputs[{i}] must be a JSON object", field="outputs")
         names.append(_name(out.get("name"), f"outputs[{i}].name"))
         _object(out.get("parameters"), f"outputs[{i}].parameters")
-    return inputs, names
+    return tensors, names
 
 
 def _requested(info: ModelInfo, asked: list[str] | None) -> set[str]:
@@ -139,7 +201,7 @@ def _requested(info: ModelInfo, asked: list[str] | None) -> set[str]:
 
 
 def v2_arrays(
-    info: ModelInfo, inputs: list[dict[str, Any]], binary: bytes, max_elements: int
+    info: ModelInfo, inputs: list[InputTensor], binary: bytes, max_elements: int
 ) -> tuple[dict[str, np.ndarray[Any, Any]], int]:
     """Validate v2 input tensors (names, datatype, full shape, values) against the metadata."""
     specs = {s.name: s for s in info.inputs}
@@ -164,7 +226,7 @@ def v2_arrays(
 
 
 def _one(
-    info: ModelInfo, spec: TensorSpec, tensor: dict[str, Any], binary: bytes, offset: int, max_elements: int
+    info: ModelInfo, spec: TensorSpec, tensor: InputTensor, binary: bytes, offset: int, max_elements: int
 ) -> tuple[np.ndarray[Any, Any], int]:
     field = f"inputs.{spec.name}"
     declared = ((-1,) if info.batched else ()) + spec.shape
@@ -240,7 +302,7 @@ class V2Protocol:
         headers: Mapping[str, str],
         route_key: str | None = None,
         wait_s: float = 0.0,
-    ) -> dict[str, Any]:
+    ) -> InferResponse:
         """Run one v2 inference request; the v2 response body (``model_version``: the version that answered).
 
         The version segment may name a registry version or an alias."""
@@ -282,7 +344,7 @@ class V2Protocol:
         }
 
     # -- metadata, readiness, configuration ------------------------------------------------------
-    async def model_metadata_v2(self, name: str, version: str | None) -> dict[str, Any]:
+    async def model_metadata_v2(self, name: str, version: str | None) -> ModelMetadata:
         """GET /v2/models/{name}[/versions/{v}]: the v2 model metadata response."""
         model, info = await self._model_info(name, version)
         lead = [-1] if info.batched else []
@@ -294,7 +356,7 @@ class V2Protocol:
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.outputs],
         }
 
-    async def _model_info(self, name: str, version: str | None) -> tuple[dict[str, Any], ModelInfo]:
+    async def _model_info(self, name: str, version: str | None) -> tuple[ModelVersion, ModelInfo]:
         model = await self.resolver.resolve_async(name, version)
         tm, tv, urls = triton_model(model), triton_version(model), self.resolver.backend_urls(model)
         info = await self.balancer.call_async(
@@ -305,7 +367,7 @@ class V2Protocol:
         )
         return model, info
 
-    async def model_ready_v2(self, name: str, version: str | None) -> dict[str, Any]:
+    async def model_ready_v2(self, name: str, version: str | None) -> ModelReady:
         """GET /v2/models/{name}[/versions/{v}]/ready: 200 when a backend has the model ready, else 503."""
         model = await self.resolver.resolve_async(name, version)
         tm, tv = triton_model(model), triton_version(model)
@@ -316,7 +378,7 @@ class V2Protocol:
                 return {"name": model["name"], "versions": [model["version"]], "ready": True}
         raise Unavailable(f"{label(model)} is not ready on any of its Triton backends", retry_after=1)
 
-    async def model_config_v2(self, name: str, version: str | None) -> dict[str, Any]:
+    async def model_config_v2(self, name: str, version: str | None) -> JSONObject:
         """GET /v2/models/{name}[/versions/{v}]/config: Triton's model configuration, under the registry name."""
         model = await self.resolver.resolve_async(name, version)
         tm, tv, urls = triton_model(model), triton_version(model), self.resolver.backend_urls(model)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared import registry
+from shared.domain import ModelState
 from shared.endpoints import resolve
 from shared.errors import NotFound
 from shared.lifecycle import replicas, repository, tritonconfig
@@ -45,20 +46,23 @@ from shared.lifecycle.tritonapi import TritonRepositoryApi, TritonUnreachable
 
 if TYPE_CHECKING:
     from shared.clients.cache import Cache
-    from shared.lifecycle.replicas import Replicas
+    from shared.domain import ModelVersion
+    from shared.lifecycle.replicas import AgentStatus, Replicas
     from shared.registry import ModelRegistry
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CONFIG = "config.pbtxt"
+LIVE = (ModelState.PENDING, ModelState.LOADING, ModelState.READY)  # the states of a version an agent loads
+LOADING = (ModelState.PENDING, ModelState.LOADING)  # loaded nowhere, or not everywhere yet
 
 
 @dataclass
 class Wanted:
     """What this agent's Triton should serve: managed versions (model id per Triton version), unmanaged models."""
 
-    managed: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    managed: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
     unmanaged: set[str] = field(default_factory=set)
 
 
@@ -142,7 +146,7 @@ class ModelAgent:
     # -- what the registry wants --------------------------------------------------------------
     def wanted(self) -> Wanted:
         wanted = Wanted()
-        for model in self.registry.versions_in_states(("pending", "loading", "ready"), active=True):
+        for model in self.registry.versions_in_states(LIVE, active=True):
             if self.backend not in self.replicas.backends_of(model):
                 continue
             if model["repository_uri"] is not None and model["triton_version"] is not None:
@@ -172,7 +176,7 @@ class ModelAgent:
         self._served = bool(wanted.managed or wanted.unmanaged)
         return errors
 
-    def _managed(self, tm: str, versions: dict[int, dict[str, Any]], have: set[int]) -> None:
+    def _managed(self, tm: str, versions: dict[int, ModelVersion], have: set[int]) -> None:
         want = {n for n in versions if (tm, n) not in self.failed}
         keep = {n for n in have - want if not self._grace_over(tm, n)}
         for n in want:
@@ -195,8 +199,8 @@ class ModelAgent:
                 target.discard(n)
                 continue
             new.append(n)
-            if versions.get(n, {}).get("state") == "pending":
-                self.registry.set_state(versions[n]["id"], "loading", only_from=("pending",))
+            if n in versions and versions[n]["state"] == ModelState.PENDING:
+                self.registry.set_state(versions[n]["id"], ModelState.LOADING, only_from=(ModelState.PENDING,))
         serving, current = set(have), have & target  # what Triton serves; what it should keep serving
         if len(new) > 1:  # a fresh replica: everything in one load, one by one only if that fails
             self._write_config(folder, config, target)
@@ -220,16 +224,14 @@ class ModelAgent:
                 self.triton.unload(tm)
         self._prune(folder, current)
 
-    def _fail(
-        self, tm: str, n: int, versions: dict[int, dict[str, Any]], reason: str, files_gone: bool = False
-    ) -> None:
+    def _fail(self, tm: str, n: int, versions: dict[int, ModelVersion], reason: str, files_gone: bool = False) -> None:
         """Record a version this replica could not load. Triton's refusal fails a version that is not
         ready elsewhere; files missing from the repository fail it everywhere (no replica can load it)."""
         log.warning("loading %s version %d failed: %s", tm, n, reason)
         self.failed[(tm, n)] = reason
         if n in versions:
-            states = ("pending", "loading", "ready") if files_gone else ("pending", "loading")
-            self.registry.set_state(versions[n]["id"], "failed", reason, only_from=states)
+            states = LIVE if files_gone else LOADING
+            self.registry.set_state(versions[n]["id"], ModelState.FAILED, reason, only_from=states)
 
     def _grace_over(self, tm: str, n: int | None) -> bool:
         since = self.unwanted_since.setdefault((tm, n), time.monotonic())
@@ -319,7 +321,8 @@ class ModelAgent:
                 shutil.rmtree(child, ignore_errors=True)
 
     # -- readiness ----------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def status(self) -> AgentStatus:
+        loaded: dict[str, list[int]]
         try:
             loaded = {tm: sorted(v) for tm, v in self.triton.loaded().items() if v}
             triton = "up"
@@ -340,14 +343,14 @@ class ModelAgent:
         if self.replicas.beat(self.backend, self.replica, status, ttl) and status["synced"]:
             self._promote(status)
 
-    def _promote(self, status: dict[str, Any]) -> None:
+    def _promote(self, status: AgentStatus) -> None:
         """Versions loaded here that every live replica of their backends has: ``ready``."""
         try:
-            for model in self.registry.versions_in_states(("pending", "loading"), managed=True):
+            for model in self.registry.versions_in_states(LOADING, managed=True):
                 if not replicas.has(status, model["triton_model"], model["triton_version"]):
                     continue
                 if not self.replicas.not_ready(model):
-                    self.registry.set_state(model["id"], "ready", only_from=("pending", "loading"))
+                    self.registry.set_state(model["id"], ModelState.READY, only_from=LOADING)
                     log.info("%s version %s is ready on every replica", model["name"], model["version"])
         except Exception as exc:  # the next pass tries again
             log.warning("could not promote loaded versions: %s", type(exc).__name__)
@@ -359,7 +362,7 @@ def serve_status(agent: ModelAgent, port: int, host: str = "0.0.0.0") -> Threadi
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            body: dict[str, Any]
+            body: dict[str, object]
             if self.path == "/livez":
                 code, body = 200, {"status": "alive"}
             elif self.path == "/ready":

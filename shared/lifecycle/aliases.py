@@ -11,7 +11,8 @@ or deactivated (409), so the agents keep them loaded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -19,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from shared import registry
 from shared import validation as v
 from shared.clients.schema import model_aliases, models
+from shared.domain import ModelState, ModelStatus
 from shared.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -29,7 +31,25 @@ if TYPE_CHECKING:
 MAX_SPLIT = 10
 
 
-def parse_target(body: Any) -> dict[str, int]:
+class Alias(TypedDict):
+    """An alias as the API answers it: its target ({version: weight}) and the one before its last move."""
+
+    name: str
+    alias: str
+    versions: dict[str, int]
+    previous: dict[str, int] | None
+    created_at: str
+    updated_at: str
+
+
+class AliasList(TypedDict):
+    """``GET /v1/models/by-name/{name}/aliases``."""
+
+    name: str
+    aliases: list[Alias]
+
+
+def parse_target(body: object) -> dict[str, int]:
     """``{"version": "3"}`` -> ``{"3": 100}``; ``{"versions": {"3": 90, "4": 10}}`` as given (checked)."""
     body = v.require_object(body)
     v.reject_unknown(body, ("version", "versions"))
@@ -53,7 +73,7 @@ def parse_target(body: Any) -> dict[str, int]:
     return split
 
 
-def _version(raw: Any, field: str) -> str:
+def _version(raw: object, field: str) -> str:
     return v.string(raw, field, max_len=32, pattern=registry.VERSION, hint="expected a version such as 1 or 1.0")
 
 
@@ -67,7 +87,7 @@ def _alias(raw: str) -> str:
     )
 
 
-def to_json(name: str, row: Any) -> dict[str, Any]:
+def to_json(name: str, row: Any) -> Alias:
     m = row._mapping
     return {
         "name": name,
@@ -87,7 +107,7 @@ class Aliases:
         self.replicas = replicas
         self.db = db
 
-    def get_alias(self, name: str, alias: str) -> dict[str, Any]:
+    def get_alias(self, name: str, alias: str) -> Alias:
         with self.db.read() as conn:
             row = conn.execute(
                 sa.select(model_aliases).where(model_aliases.c.name == name, model_aliases.c.alias == alias)
@@ -96,20 +116,20 @@ class Aliases:
             raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
         return to_json(name, row)
 
-    def list_aliases(self, name: str) -> dict[str, Any]:
+    def list_aliases(self, name: str) -> AliasList:
         with self.db.read() as conn:
             rows = conn.execute(
                 sa.select(model_aliases).where(model_aliases.c.name == name).order_by(model_aliases.c.alias)
             ).all()
         return {"name": name, "aliases": [to_json(name, r) for r in rows]}
 
-    def put_alias(self, name: str, alias: str, body: Any) -> dict[str, Any]:
+    def put_alias(self, name: str, alias: str, body: object) -> Alias:
         """Point ``alias`` at the versions of ``body``: 409 unless each is ready on every live replica."""
         alias = _alias(alias)
         target = parse_target(body)
         return self._move(name, alias, lambda current: target)
 
-    def rollback(self, name: str, alias: str) -> dict[str, Any]:
+    def rollback(self, name: str, alias: str) -> Alias:
         """Move ``alias`` back to where it pointed before its last move."""
 
         def previous(current: Any) -> dict[str, int]:
@@ -124,7 +144,7 @@ class Aliases:
 
         return self._move(name, _alias(alias), previous)
 
-    def _move(self, name: str, alias: str, target_of: Any) -> dict[str, Any]:
+    def _move(self, name: str, alias: str, target_of: Callable[[Any], dict[str, int]]) -> Alias:
         with self.registry.writing() as write:
             conn = write.conn
             current = conn.execute(
@@ -160,13 +180,13 @@ class Aliases:
             row = rows.get(version)
             if row is None:
                 raise NotFound(f"model {name!r} has no version {version!r}", code="version_not_found")
-            if row.status != "active":
+            if row.status != ModelStatus.ACTIVE:
                 raise Conflict(
                     f"model {name!r} version {version!r} is {row.status}; only active versions can serve",
                     code="version_not_active",
                 )
             if row.state != registry.SERVABLE:
-                reason = f": {row.state_reason}" if row.state == "failed" and row.state_reason else ""
+                reason = f": {row.state_reason}" if row.state == ModelState.FAILED and row.state_reason else ""
                 raise Conflict(
                     f"model {name!r} version {version!r} is {row.state}{reason}; an alias only moves to "
                     "versions that are ready (kinfer models show shows the load state)",

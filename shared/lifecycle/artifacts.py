@@ -26,7 +26,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,9 +36,10 @@ from shared import validation as v
 from shared.clients.aio import in_thread
 from shared.clients.cache import REDIS_ERRORS
 from shared.clients.db import conflict_on
+from shared.domain import ModelState, ModelVersion
 from shared.errors import Conflict, InvalidInput, PayloadTooLarge, Unavailable
 from shared.lifecycle import onnxgraph, packages, repository
-from shared.lifecycle.install import Prepared, file_sha256, refuse_duplicate
+from shared.lifecycle.install import Prepared, file_sha256, refuse_duplicate, triton_version
 from shared.lifecycle.repository import Layout
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from shared.lifecycle.backends import BackendAdmin
     from shared.lifecycle.install import Installer
     from shared.registry import ModelRegistry
+    from shared.registry.rules import NewModel
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,12 @@ ARTIFACTS = ".kinfer-artifacts"
 # can last (the route's timeout), released by its holder only.
 UPLOAD_LEASE_S = 900
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class PendingUpload(ModelVersion):
+    """A version registered for upload: where to PUT its file."""
+
+    upload_url: str
 
 
 class Artifacts:
@@ -86,7 +94,7 @@ class Artifacts:
         self.backend_admin = backend_admin
 
     # -- POST /v1/models ----------------------------------------------------------------------
-    def create_model(self, body: Any) -> dict[str, Any]:
+    def create_model(self, body: object) -> ModelVersion:
         """Register a version: plain (files Kinfer does not manage), for upload, or from an s3:// artifact."""
         body = v.require_object(body)
         row = registry.validate_create(body, EXTRA_FIELDS)
@@ -97,7 +105,7 @@ class Artifacts:
                 raise InvalidInput("sha256 goes with artifact_uri (or with the PUT of an upload)", field="sha256")
             warnings = self.backend_admin.check_registration(row)
             model = self.registry.create_model({k: body[k] for k in body if k not in EXTRA_FIELDS})
-            return dict(model, warnings=warnings) if warnings else model
+            return {**model, "warnings": warnings} if warnings else model
         if "triton_version" in row:
             raise InvalidInput(
                 "triton_version is allocated by Kinfer for pushed artifacts; leave it out", field="triton_version"
@@ -115,7 +123,7 @@ class Artifacts:
         return self._create_from_uri(row, uri, sha)
 
     # -- PUT/PATCH /v1/models/{id} ------------------------------------------------------------
-    def update_model(self, raw_id: str, body: Any) -> dict[str, Any]:
+    def update_model(self, raw_id: str, body: object) -> ModelVersion:
         """Update a version; when it moved to other backends or another Triton model, check them as a
         registration does and say what is wrong in ``warnings`` (the update itself stands)."""
         model = self.registry.update_model(raw_id, body)
@@ -125,9 +133,9 @@ class Artifacts:
             warnings = self.backend_admin.check_registration(model)
         except InvalidInput as exc:
             warnings = [exc.message]
-        return dict(model, warnings=warnings) if warnings else model
+        return {**model, "warnings": warnings} if warnings else model
 
-    def _create_for_upload(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _create_for_upload(self, row: NewModel) -> PendingUpload:
         layout = Layout.of(self.settings)
         repository.ensure_bucket(self.s3, layout)
         with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
@@ -140,13 +148,13 @@ class Artifacts:
                         row,
                         id=uuid.uuid4(),
                         triton_version=number,
-                        state="awaiting_upload",
+                        state=ModelState.AWAITING_UPLOAD,
                         repository_uri=layout.uri(layout.version_prefix(row["triton_model"], number)),
                     ),
                 )
-        return dict(model, upload_url=f"/v1/models/{model['id']}/artifact")
+        return {**model, "upload_url": f"/v1/models/{model['id']}/artifact"}
 
-    def _create_from_uri(self, row: dict[str, Any], uri: str, sha: str | None) -> dict[str, Any]:
+    def _create_from_uri(self, row: NewModel, uri: str, sha: str | None) -> ModelVersion:
         settings, layout = self.settings, Layout.of(self.settings)
         # The bucket is checked before anything asks S3: the answer must not tell whether an object exists in a
         # bucket the caller may not read (another key's batch inputs or results).
@@ -175,10 +183,10 @@ class Artifacts:
             with self.db.begin() as conn:
                 number = self.installer.allocate(conn, row["name"], row["triton_model"])
             prepared = self.prepare(local, work, row["triton_model"])
-            model_row = dict(row, id=uuid.uuid4(), triton_version=number, artifact_uri=uri)
+            model_row: NewModel = {**row, "id": uuid.uuid4(), "triton_version": number, "artifact_uri": uri}
             return self.installer.install(model_row, prepared, local, new=True)
 
-    def push_file(self, body: dict[str, Any], path: Path) -> dict[str, Any]:
+    def push_file(self, body: Mapping[str, object], path: Path) -> ModelVersion:
         """Register and install a local file in one go (what ``kinfer up`` does with the demo models)."""
         model = self.create_model(dict(body, upload=True))
         layout = Layout.of(self.settings)
@@ -189,15 +197,15 @@ class Artifacts:
                 prepared = self.prepare(path, work, model["triton_model"])
                 if prepared.format == "onnx":
                     prepared.in_place.add(onnxgraph.MODEL_FILE)
-                row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
-                return self.installer.install(dict(model, **row), prepared, path, False)
+                uploaded: ModelVersion = {**model, "artifact_uri": layout.uri(key)}  # its id is read as str(id)
+                return self.installer.install(uploaded, prepared, path, False)
             except BaseException:
                 repository.delete_keys(self.s3, layout.bucket, [key])
                 self.registry.delete_model(model["id"])
                 raise
 
     # -- PUT /v1/models/{id}/artifact -----------------------------------------------------------
-    async def receive_upload(self, raw_id: str, chunks: AsyncIterator[bytes], sha256: str | None) -> dict[str, Any]:
+    async def receive_upload(self, raw_id: str, chunks: AsyncIterator[bytes], sha256: str | None) -> ModelVersion:
         """Stream an upload to S3 (multipart) and to a scratch file, then check and install it."""
         want = _sha(sha256, "sha256")
         model = await in_thread(self.registry.get_model, raw_id)
@@ -210,7 +218,7 @@ class Artifacts:
         finally:
             await in_thread(self._release_upload, model, lease)
 
-    def _claim_upload(self, model: dict[str, Any]) -> str:
+    def _claim_upload(self, model: ModelVersion) -> str:
         token = uuid.uuid4().hex
         try:
             claimed = self.cache.client.set(f"kinfer:upload:{model['id']}", token, nx=True, ex=UPLOAD_LEASE_S)
@@ -226,13 +234,13 @@ class Artifacts:
             )
         return token
 
-    def _release_upload(self, model: dict[str, Any], token: str) -> None:
+    def _release_upload(self, model: ModelVersion, token: str) -> None:
         try:
             self.cache.client.eval(_RELEASE, 1, f"kinfer:upload:{model['id']}", token)
         except REDIS_ERRORS:
             log.warning("could not release the upload lease of %s; it expires in %d s", model["id"], UPLOAD_LEASE_S)
 
-    async def _receive(self, model: dict[str, Any], chunks: AsyncIterator[bytes], want: str | None) -> dict[str, Any]:
+    async def _receive(self, model: ModelVersion, chunks: AsyncIterator[bytes], want: str | None) -> ModelVersion:
         layout = Layout.of(self.settings)
         with workspace() as work:
             local = work / "artifact"
@@ -245,14 +253,14 @@ class Artifacts:
                 prepared = await in_thread(self.prepare, local, work, model["triton_model"])
                 if prepared.format == "onnx":
                     prepared.in_place.add(onnxgraph.MODEL_FILE)
-                row = {"id": uuid.UUID(model["id"]), "artifact_uri": layout.uri(key)}
-                return await in_thread(self.installer.install, dict(model, **row), prepared, local, False)
+                uploaded: ModelVersion = {**model, "artifact_uri": layout.uri(key)}  # its id is read as str(id)
+                return await in_thread(self.installer.install, uploaded, prepared, local, False)
             except BaseException:
                 await in_thread(repository.delete_keys, self.s3, layout.bucket, [key])
                 raise
 
     async def _stream(
-        self, layout: Layout, model: dict[str, Any], chunks: AsyncIterator[bytes], local: Path
+        self, layout: Layout, model: ModelVersion, chunks: AsyncIterator[bytes], local: Path
     ) -> tuple[str, str]:
         """Write the body to S3 part by part (and to ``local``); (key written, sha256)."""
         digest, buffer, writer = hashlib.sha256(), bytearray(), None
@@ -322,7 +330,7 @@ def workspace() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _sha(raw: Any, field_name: str) -> str | None:
+def _sha(raw: object, field_name: str) -> str | None:
     if raw is None or raw == "":
         return None
     if not isinstance(raw, str) or not SHA256.fullmatch(raw):
@@ -330,8 +338,8 @@ def _sha(raw: Any, field_name: str) -> str | None:
     return raw.lower()
 
 
-def _refuse_unless_awaiting(model: dict[str, Any]) -> None:
-    if model["state"] != "awaiting_upload":
+def _refuse_unless_awaiting(model: ModelVersion) -> None:
+    if model["state"] != ModelState.AWAITING_UPLOAD:
         raise Conflict(
             f"model {model['name']!r} version {model['version']!r} already has its artifact "
             f"(state {model['state']}); register a new version to push another file",
@@ -339,9 +347,9 @@ def _refuse_unless_awaiting(model: dict[str, Any]) -> None:
         )
 
 
-def _upload_key(layout: Layout, model: dict[str, Any], gzip: bool) -> str:
+def _upload_key(layout: Layout, model: ModelVersion, gzip: bool) -> str:
     """ONNX goes straight to its place in the version folder; a package is kept beside the repository."""
-    tm, number = model["triton_model"], int(model["triton_version"])
+    tm, number = model["triton_model"], triton_version(model["triton_version"])
     if gzip:
         prefix = f"{layout.prefix}/" if layout.prefix else ""
         return f"{prefix}{ARTIFACTS}/{tm}/{number}/package.tar.gz"

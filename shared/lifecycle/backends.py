@@ -25,7 +25,9 @@ from shared.lifecycle.repository import Layout
 
 if TYPE_CHECKING:
     from shared.backends.triton import TritonPool
+    from shared.domain import ModelVersion
     from shared.lifecycle.replicas import Replicas
+    from shared.registry.rules import NewModel
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ class BackendAdmin:
         self.replicas = replicas
         self.settings = settings
 
-    def check_registration(self, row: dict[str, Any]) -> list[str]:
+    def check_registration(self, row: NewModel | ModelVersion) -> list[str]:
         """Warnings for a registration of files Kinfer does not manage; InvalidInput for a backend
         that is not Triton."""
         settings = self.settings
@@ -110,7 +112,7 @@ class BackendAdmin:
             "file instead (kinfer models push) or set triton_model"
         )
 
-    def wake(self, model: dict[str, Any], timeout: float = 30.0) -> None:
+    def wake(self, model: ModelVersion, timeout: float = 30.0) -> None:
         """Ask each backend of a pushed version whether it is live, in the background and ignoring the answer.
 
         A Triton that scaled to zero has no model agent to load the version; a request through

@@ -15,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -23,18 +23,34 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from shared import registry
 from shared.clients.db import conflict_on
 from shared.clients.schema import models, triton_models
+from shared.domain import ModelState
 from shared.errors import Conflict
 from shared.lifecycle import packages, repository
 from shared.lifecycle.repository import Layout
 
 if TYPE_CHECKING:
+    from shared.domain import ModelVersion
     from shared.lifecycle.backends import BackendAdmin
     from shared.registry import ModelRegistry
+    from shared.registry.rules import NewModel
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LIVE_STATES = ("pending", "loading", "ready")
+LIVE_STATES = (ModelState.PENDING, ModelState.LOADING, ModelState.READY)
+
+
+class Installed(TypedDict):
+    """The columns an install writes into the version's row."""
+
+    state: str
+    state_reason: str | None
+    artifact_format: str
+    artifact_sha256: str
+    artifact_bytes: int
+    artifact_uri: str | None
+    triton_version: int
+    repository_uri: str
 
 
 @dataclass
@@ -57,18 +73,18 @@ class Installer:
         self.settings = settings
         self.backend_admin = backend_admin
 
-    def install(self, row: dict[str, Any], prepared: Prepared, local: Path, new: bool) -> dict[str, Any]:
+    def install(self, row: NewModel | ModelVersion, prepared: Prepared, local: Path, new: bool) -> ModelVersion:
         """Write the version's files, then (one transaction, the Triton model locked) its config and its row.
 
-        ``new``: insert the row (artifact_uri path); else move the awaiting_upload row to pending.
-        Whatever fails, the files written for this version are removed again.
+        ``new``: insert the row (a ``NewModel``, artifact_uri path); else move the awaiting_upload row (a
+        ``ModelVersion``) to pending. Whatever fails, the files written for this version are removed again.
         """
         layout = Layout.of(self.settings)
-        tm, number = row["triton_model"], int(row["triton_version"])
+        tm, number = row["triton_model"], triton_version(row["triton_version"])
         written = self._write_version(layout, tm, number, prepared)
         try:
-            values = {
-                "state": "pending",
+            values: Installed = {
+                "state": ModelState.PENDING,
                 "state_reason": None,
                 "artifact_format": prepared.format,
                 "artifact_sha256": file_sha256(local),
@@ -199,13 +215,13 @@ class Installer:
         )
 
 
-def _commit_row(write: registry.Write, row: dict[str, Any], values: dict[str, Any], new: bool) -> dict[str, Any]:
+def _commit_row(write: registry.Write, row: NewModel | ModelVersion, values: Installed, new: bool) -> ModelVersion:
     if new:
-        keep = {k: row[k] for k in row if k in models.c}
-        return registry.insert(write, dict(keep, **values))
+        keep = {k: value for k, value in row.items() if k in models.c}
+        return registry.insert(write, {**keep, **values})
     updated = write.conn.execute(
         sa.update(models)
-        .where(models.c.id == uuid.UUID(str(row["id"])), models.c.state == "awaiting_upload")
+        .where(models.c.id == uuid.UUID(str(row["id"])), models.c.state == ModelState.AWAITING_UPLOAD)
         .values(**values, updated_at=sa.func.clock_timestamp())
         .returning(*models.c)
     ).first()
@@ -219,14 +235,21 @@ def _commit_row(write: registry.Write, row: dict[str, Any], values: dict[str, An
 
 
 # -- helpers (no collaborators) ------------------------------------------------------------------
-def refuse_duplicate(conn: Any, row: dict[str, Any]) -> None:
+def triton_version(number: int | None) -> int:
+    """The Triton version of a version Kinfer installs (always allocated before)."""
+    if number is None:
+        raise TypeError("a version Kinfer installs has its Triton version allocated")
+    return int(number)
+
+
+def refuse_duplicate(conn: Any, row: NewModel) -> None:
     found = conn.execute(
         sa.select(models.c.state).where(models.c.name == row["name"], models.c.version == row["version"])
     ).first()
     if found is not None:
         hint = (
             " (it awaits its artifact: PUT the file to /v1/models/{id}/artifact, or DELETE it)"
-            if found.state == "awaiting_upload"
+            if found.state == ModelState.AWAITING_UPLOAD
             else ""
         )
         raise Conflict(registry.duplicate(row["name"], row["version"]) + hint, field="version")

@@ -19,7 +19,7 @@ import numpy as np
 class TritonPythonModel:
     """One onnxruntime session per instance; a dynamic batch of requests is one ``run``."""
 
-    def initialize(self, args: dict[str, Any]) -> None:
+    def initialize(self, args: dict[str, str]) -> None:
         import onnxruntime as ort
         import triton_python_backend_utils as pb_utils
 
@@ -54,9 +54,9 @@ class TritonPythonModel:
         found: np.ndarray[Any, Any] = self._pb.get_input_tensor_by_name(request, name).as_numpy()
         return found
 
-    def _fit(self, feed: dict[str, Any]) -> dict[str, Any]:
+    def _fit(self, feed: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
         """Drop the trailing [1] Triton adds to a per-row scalar (config dims [1], reshape [])."""
-        fitted = {}
+        fitted: dict[str, np.ndarray[Any, Any]] = {}
         for name, array in feed.items():
             rank = self._ranks.get(name, array.ndim)
             while array.ndim > rank and array.shape[-1] == 1:
@@ -64,7 +64,7 @@ class TritonPythonModel:
             fitted[name] = array
         return fitted
 
-    def _run(self, feed: dict[str, Any]) -> list[Any] | Exception:
+    def _run(self, feed: dict[str, np.ndarray[Any, Any]]) -> list[Any] | Exception:
         try:
             return list(self._session.run([name for name, _ in self._outputs], self._fit(feed)))
         except Exception as exc:

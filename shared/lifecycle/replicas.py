@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict, cast
 
 from shared.clients.cache import REDIS_ERRORS
 from shared.endpoints import resolve
@@ -23,9 +22,46 @@ from shared.errors import Unavailable
 
 if TYPE_CHECKING:
     from shared.clients.cache import Cache
+    from shared.domain import ModelVersion
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class AgentStatus(TypedDict):
+    """What a model agent says of its Triton (its ``/status`` and, with ``at``, its heartbeat)."""
+
+    backend: str
+    synced: bool
+    triton: str  # "up" | "unreachable"
+    loaded: dict[str, list[int]]  # {triton model: loaded versions}
+    failed: dict[str, str]  # {"<triton model>/<version>": why its load failed here}
+    error: str
+
+
+class Heartbeat(AgentStatus):
+    """A live replica's last heartbeat as read back from Redis."""
+
+    at: float
+    replica: str
+
+
+class ReplicaLoad(TypedDict):
+    """One replica in a version's load summary."""
+
+    replica: str
+    synced: bool
+    loaded: bool
+    failed: str | None
+
+
+class BackendLoad(TypedDict):
+    """Per backend in ``GET /v1/models/{id}/status``: live replicas and how many have the version."""
+
+    live: int | None
+    loaded: int | None
+    replicas: list[ReplicaLoad]
+    note: NotRequired[str]
 
 
 def _set_key(backend: str) -> str:
@@ -36,7 +72,7 @@ def _beat_key(backend: str, replica: str) -> str:
     return f"kinfer:agent:{backend}:{replica}"
 
 
-def has(beat_: Mapping[str, Any], triton_model: str, version: int | None) -> bool:
+def has(beat_: AgentStatus, triton_model: str, version: int | None) -> bool:
     loaded = beat_.get("loaded", {}).get(triton_model)
     return loaded is not None and (version is None or version in loaded)
 
@@ -48,12 +84,12 @@ class Replicas:
         self.cache = cache
         self.settings = settings
 
-    def backends_of(self, model: Mapping[str, Any]) -> list[str]:
+    def backends_of(self, model: ModelVersion) -> list[str]:
         """The backends that serve a registry row: its backend_urls, else TRITON_URL."""
         own = self.settings.triton_url
         return list(dict.fromkeys(resolve(u, own) for u in model.get("backend_urls") or [own]))
 
-    def beat(self, backend: str, replica: str, status: dict[str, Any], ttl: float) -> bool:
+    def beat(self, backend: str, replica: str, status: AgentStatus, ttl: float) -> bool:
         """Record this replica's status for ``ttl`` seconds; False when Redis could not be told."""
         now = time.time()
         try:
@@ -75,7 +111,7 @@ class Replicas:
         except REDIS_ERRORS:  # best effort at shutdown; the TTL removes it anyway
             pass
 
-    def live(self, backend: str) -> list[dict[str, Any]]:
+    def live(self, backend: str) -> list[Heartbeat]:
         """The heartbeats of the replicas of ``backend`` that beat within their TTL (Unavailable without Redis)."""
         client = self.cache.client
         try:
@@ -86,9 +122,11 @@ class Replicas:
             raw = client.mget([_beat_key(backend, r) for r in replicas]) if replicas else []
         except REDIS_ERRORS as exc:
             raise Unavailable("the replicas' heartbeats (Redis) cannot be read; retry shortly", retry_after=1) from exc
-        return [dict(json.loads(value), replica=r) for r, value in zip(replicas, raw, strict=True) if value]
+        return [
+            cast(Heartbeat, dict(json.loads(value), replica=r)) for r, value in zip(replicas, raw, strict=True) if value
+        ]
 
-    def not_ready(self, model: Mapping[str, Any]) -> list[str]:
+    def not_ready(self, model: ModelVersion) -> list[str]:
         """Why ``model`` is not loaded on every live, synced replica of its backends ([] when it is)."""
         if model.get("repository_uri") is None:
             return []  # files Kinfer does not manage: their Triton reports no per-version state to us
@@ -104,9 +142,9 @@ class Replicas:
                     )
         return missing
 
-    def summary(self, model: Mapping[str, Any]) -> dict[str, Any]:
+    def summary(self, model: ModelVersion) -> dict[str, BackendLoad]:
         """Per backend: live replicas and those that have this version loaded (for GET .../status)."""
-        out: dict[str, Any] = {}
+        out: dict[str, BackendLoad] = {}
         tm, number = model["triton_model"], model.get("triton_version")
         for backend in self.backends_of(model):
             try:

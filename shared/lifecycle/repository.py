@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from shared.clients.storage import OCTET_TYPE, ensure_buckets, parse_s3_url, translated
 from shared.errors import InvalidInput
@@ -170,12 +170,19 @@ def mirror(client: Any, bucket: str, prefix: str, target: Path, skip: tuple[str,
     return written
 
 
+class UploadedPart(TypedDict):
+    """One part of a multipart upload, as S3's CompleteMultipartUpload lists it."""
+
+    ETag: str
+    PartNumber: int
+
+
 class MultipartWriter:
     """One S3 multipart upload fed part by part (blocking calls: run them off the event loop)."""
 
     def __init__(self, client: Any, bucket: str, key: str) -> None:
         self.client, self.bucket, self.key = client, bucket, key
-        self.parts: list[dict[str, Any]] = []
+        self.parts: list[UploadedPart] = []
         with translated(f"upload to s3://{bucket}/{key}"):
             self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=OCTET_TYPE)["UploadId"]
 

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from shared.clients.storage import delete_prefix
 from shared.errors import KinferError
 
 if TYPE_CHECKING:
-    from shared.lifecycle.replicas import Replicas
+    from shared.domain import ModelVersion
+    from shared.lifecycle.replicas import BackendLoad, Replicas
     from shared.registry import ModelRegistry
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class VersionStatus(TypedDict):
+    """``GET /v1/models/{id}/status``: a version's load state and, per backend, its replicas."""
+
+    id: str
+    name: str
+    version: str
+    status: str
+    state: str
+    state_reason: str | None
+    triton_model: str
+    triton_version: int | None
+    backends: dict[str, BackendLoad]
 
 
 class Versions:
@@ -25,7 +40,7 @@ class Versions:
         self.s3 = s3
         self.settings = settings
 
-    def version_status(self, raw_id: str) -> dict[str, Any]:
+    def version_status(self, raw_id: str) -> VersionStatus:
         """``GET /v1/models/{id}/status``: the load state and, per backend, the replicas that have it."""
         model = self.registry.get_model(raw_id)
         return {
@@ -47,18 +62,19 @@ class Versions:
         number is never handed out again, so removing the repository files at once is safe.
         """
         model = self.registry.delete_model(raw_id)
-        if model.get("repository_uri") and model.get("triton_version"):
+        number = model.get("triton_version")
+        if model.get("repository_uri") and number:
             from shared.lifecycle.artifacts import ARTIFACTS
             from shared.lifecycle.repository import Layout
 
             layout = Layout.of(self.settings)
-            tm, number = model["triton_model"], int(model["triton_version"])
+            tm = model["triton_model"]
             root = f"{layout.prefix}/" if layout.prefix else ""
             # Only what Kinfer wrote: the version folder and a kept package; an artifact_uri of the caller's stays.
             for prefix in (layout.version_prefix(tm, number), f"{root}{ARTIFACTS}/{tm}/{number}/"):
                 self._remove(layout.bucket, prefix, model)
 
-    def _remove(self, bucket: str, prefix: str, model: dict[str, Any]) -> None:
+    def _remove(self, bucket: str, prefix: str, model: ModelVersion) -> None:
         try:
             delete_prefix(self.s3, bucket, prefix)
         except KinferError as exc:

@@ -28,13 +28,31 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 log = logging.getLogger(__name__)
 
 
 SNAPSHOT_INTERVAL_S = 2.0
 INDEX = "index.json"
+
+
+class _Entry(TypedDict):
+    """One object of the snapshot index: where its data is and what moto needs to rebuild it."""
+
+    bucket: str
+    key: str
+    file: str
+    etag: str
+    last_modified: str
+    metadata: dict[str, str]
+
+
+class _Index(TypedDict):
+    """``index.json``: each bucket's region, and each object by its data file's name."""
+
+    buckets: dict[str, str]
+    objects: dict[str, _Entry]
 
 
 def _backend() -> Any:
@@ -66,13 +84,13 @@ class Snapshot:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.objects = self.folder / "objects"
-        self._saved: dict[str, Any] = {"buckets": {}, "objects": {}}
+        self._saved: _Index = {"buckets": {}, "objects": {}}
         self._lock = threading.Lock()
 
     def restore(self) -> int:
         """Load the folder into the (empty) backend; how many objects were loaded."""
         try:
-            index = json.loads((self.folder / INDEX).read_text())
+            index = cast(_Index, json.loads((self.folder / INDEX).read_text()))
         except (OSError, ValueError):
             return 0
         backend, loaded = _backend(), 0
@@ -98,12 +116,12 @@ class Snapshot:
         """Write what changed since the last save; how many objects were written."""
         with self._lock:
             listing = _listing(_backend())
-            objects: dict[str, Any] = {}
+            objects: dict[str, _Entry] = {}
             written = 0
             for bucket, (_, keys) in listing.items():
                 for name, key in keys:
                     file = _object_file(bucket, name)
-                    entry = {
+                    entry: _Entry = {
                         "bucket": bucket,
                         "key": name,
                         "file": file,
@@ -115,7 +133,7 @@ class Snapshot:
                         self._write(self.objects / file, key.value)
                         written += 1
                     objects[file] = entry
-            index = {"buckets": {b: region for b, (region, _) in listing.items()}, "objects": objects}
+            index: _Index = {"buckets": {b: region for b, (region, _) in listing.items()}, "objects": objects}
             if index != self._saved:
                 self._write(self.folder / INDEX, json.dumps(index).encode())
                 for gone in set(self._saved["objects"]) - set(objects):

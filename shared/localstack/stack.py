@@ -16,14 +16,21 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict, cast
 
 from shared import catalogue
+from shared.domain import ModelState
 from shared.localstack import procs
 from shared.localstack.procs import StackError
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.services import Services
+
+Say = Callable[[str], object]
 
 ROOT = Path(__file__).resolve().parents[2]
 RELAY_PORT, S3_PORT, TRITON_PORTS, AGENT_PORT = 8090, 9000, (8000, 8001, 8002), 8089
@@ -38,6 +45,35 @@ UNREACHABLE_BACKEND = "127.0.0.1:8011"
 # 2-core machine one process feeds Triton bigger batches than two (measured: ~2,700-3,050 vs
 # ~2,200-2,400 req/s through the gateway). Knative scales pods, not processes, in production.
 HOT_PATH_SERVER: tuple[str, ...] = ()
+
+
+class Component(TypedDict):
+    """One running part as ``stack.json`` records it."""
+
+    pid: int | None
+    health: str | None
+    log: str
+    private: NotRequired[bool]
+
+
+class StackState(TypedDict):
+    """``<state>/stack.json``: the parts started, by name."""
+
+    components: dict[str, Component]
+
+
+class ComponentStatus(TypedDict):
+    """A row of ``kinfer status``."""
+
+    name: str
+    pid: int | None
+    serving: list[int]
+    alive: bool
+    healthy: bool
+    url: str | None
+    log: str | None
+    state: NotRequired[str]  # the next two: added by ``kinfer status``
+    serving_pids: NotRequired[str]
 
 
 @dataclass(frozen=True)
@@ -78,14 +114,14 @@ def _state_file() -> Path:
     return state_dir() / "stack.json"
 
 
-def load_state() -> dict[str, Any]:
+def load_state() -> StackState:
     try:
-        return dict(json.loads(_state_file().read_text()))
+        return cast(StackState, dict(json.loads(_state_file().read_text())))
     except (OSError, ValueError):
         return {"components": {}}
 
 
-def _save(state: dict[str, Any]) -> None:
+def _save(state: StackState) -> None:
     state_dir().mkdir(parents=True, exist_ok=True)
     _state_file().write_text(json.dumps(state, indent=2))
 
@@ -129,14 +165,14 @@ def _serve_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", *args]
 
 
-def up(settings: Settings, say: Any = print) -> dict[str, Any]:
+def up(settings: Settings, say: Say = print) -> StackState:
     """Start every part that is not already running; return the state (components with pid, url, log).
 
     Parts already running are left alone. If a step fails, only the parts this call started are
     stopped again (and forgotten), so a failed ``up`` never stops what was running before it.
     """
     state = load_state()
-    comps: dict[str, Any] = state.setdefault("components", {})
+    comps = state.setdefault("components", {})
     for name in [n for n, c in comps.items() if not procs.alive(c.get("pid"))]:
         del comps[name]  # recorded but gone: nothing to stop, start it again
     missing = [n for n in _expected_names() if n not in comps]
@@ -151,8 +187,8 @@ def up(settings: Settings, say: Any = print) -> dict[str, Any]:
         _start_missing(settings, state, missing, started, say)
         for name in started:
             comp = comps[name]
-            if comp.get("health"):
-                procs.wait_http(comp["health"], comp.get("pid"), 60, Path(comp["log"]))
+            if health := comp.get("health"):
+                procs.wait_http(health, comp.get("pid"), 60, Path(comp["log"]))
         say("all parts healthy; pushing the demo models and seeding the demo key")
         seed(local_settings(settings), say)
         reconcile_batch_jobs(settings, say)
@@ -162,9 +198,9 @@ def up(settings: Settings, say: Any = print) -> dict[str, Any]:
     return state
 
 
-def _start_missing(settings: Settings, state: dict[str, Any], missing: list[str], started: list[str], say: Any) -> None:
+def _start_missing(settings: Settings, state: StackState, missing: list[str], started: list[str], say: Say) -> None:
     """Start the ``missing`` parts, recording each in ``state`` (saved at once) and in ``started``."""
-    comps: dict[str, Any] = state["components"]
+    comps = state["components"]
     logs = state_dir() / "logs"
 
     def record(names: list[str]) -> None:
@@ -203,7 +239,7 @@ def _start_missing(settings: Settings, state: dict[str, Any], missing: list[str]
         record(["relay"])
 
 
-def rollback(state: dict[str, Any], started: list[str], say: Any = print) -> None:
+def rollback(state: StackState, started: list[str], say: Say = print) -> None:
     """Stop the parts in ``started`` (newest first, data last) and forget them; nothing else is touched."""
     if not started:
         return
@@ -216,16 +252,16 @@ def rollback(state: dict[str, Any], started: list[str], say: Any = print) -> Non
     _save(state)
 
 
-def _stop(name: str, comp: dict[str, Any]) -> None:
+def _stop(name: str, comp: Component) -> None:
     from shared.localstack.data import stop_postgres
 
     if name == "postgres":
         stop_postgres(state_dir())
-    else:
-        procs.stop(comp["pid"])
+    elif (pid := comp["pid"]) is not None:  # callers stop only a live pid
+        procs.stop(pid)
 
 
-def reconcile_batch_jobs(settings: Settings, say: Any = print) -> dict[str, list[str]]:
+def reconcile_batch_jobs(settings: Settings, say: Say = print) -> dict[str, list[str]]:
     """Fail the batch jobs that stopped progressing, then re-queue (or fail, when their inputs are gone)
     the chunks of the jobs left active when the stack went down (``shared.batch.reaper``)."""
     from dataclasses import replace
@@ -270,11 +306,11 @@ def _check_ports(missing: list[str]) -> None:
             procs.require_free(port, what)
 
 
-def _record(comps: dict[str, Any], name: str, pid: int | None, health: str | None, log: Path) -> None:
+def _record(comps: dict[str, Component], name: str, pid: int | None, health: str | None, log: Path) -> None:
     comps[name] = {"pid": pid, "health": health, "log": str(log)}
 
 
-def _start_data(settings: Settings, comps: dict[str, Any], say: Any) -> None:
+def _start_data(settings: Settings, comps: dict[str, Component], say: Say) -> None:
     from shared.clients import db
     from shared.localstack.data import ensure_postgres, ensure_redis, pg_data_dir
 
@@ -292,7 +328,7 @@ def _start_data(settings: Settings, comps: dict[str, Any], say: Any) -> None:
     say("database migrated")
 
 
-def _start_s3(comps: dict[str, Any], logs: Path, say: Any) -> None:
+def _start_s3(comps: dict[str, Component], logs: Path, say: Say) -> None:
     from shared.localstack.s3 import S3Server
 
     logs.mkdir(parents=True, exist_ok=True)
@@ -301,7 +337,7 @@ def _start_s3(comps: dict[str, Any], logs: Path, say: Any) -> None:
     say(f"S3 API server on http://127.0.0.1:{S3_PORT} (data kept in {state_dir() / 's3'})")
 
 
-def _start_triton(comps: dict[str, Any], logs: Path, say: Any) -> None:
+def _start_triton(comps: dict[str, Component], logs: Path, say: Say) -> None:
     from shared.localstack.triton import TritonServer, TritonStartError
 
     repository = repository_dir()
@@ -322,7 +358,7 @@ def _start_triton(comps: dict[str, Any], logs: Path, say: Any) -> None:
     say(f"Triton on {server.http_url} (gRPC {server.grpc_url})")
 
 
-def _start_agent(env: dict[str, str], comps: dict[str, Any], logs: Path, say: Any) -> None:
+def _start_agent(env: dict[str, str], comps: dict[str, Component], logs: Path, say: Say) -> None:
     """The model agent beside Triton: loads what the registry says into Triton, reports readiness."""
     agent_env = dict(
         env,
@@ -339,7 +375,7 @@ def _start_agent(env: dict[str, str], comps: dict[str, Any], logs: Path, say: An
     say(f"model agent beside Triton (status http://127.0.0.1:{AGENT_PORT}/status)")
 
 
-def _start_function(fn: Fn, env: dict[str, str], comps: dict[str, Any], logs: Path) -> None:
+def _start_function(fn: Fn, env: dict[str, str], comps: dict[str, Component], logs: Path) -> None:
     fn_env = dict(env, K_SERVICE=fn.service, **dict(fn.env))
     cmd = _serve_cmd(
         "--target",
@@ -354,7 +390,7 @@ def _start_function(fn: Fn, env: dict[str, str], comps: dict[str, Any], logs: Pa
     _record(comps, fn.folder, procs.spawn(cmd, log, fn_env, ROOT), f"http://127.0.0.1:{fn.port}/health", log)
 
 
-def _start_relay(env: dict[str, str], comps: dict[str, Any], logs: Path) -> None:
+def _start_relay(env: dict[str, str], comps: dict[str, Component], logs: Path) -> None:
     targets = [f"{fn.service}=http://127.0.0.1:{fn.port}/" for fn in available_functions()]
     cmd = [
         sys.executable,
@@ -377,7 +413,7 @@ def _start_relay(env: dict[str, str], comps: dict[str, Any], logs: Path) -> None
     )
 
 
-def seed(settings: Settings, say: Any = print, timeout: float = 120) -> None:
+def seed(settings: Settings, say: Say = print, timeout: float = 120) -> None:
     """The dev API key and the demo models, pushed as packaged Triton folders; waits until they serve.
 
     Idempotent: a demo version that exists is kept, unless its files are gone from the model
@@ -401,7 +437,7 @@ def seed(settings: Settings, say: Any = print, timeout: float = 120) -> None:
         services.close()
 
 
-def _seed_model(services: Any, body: dict[str, Any]) -> str | None:
+def _seed_model(services: Services, body: DemoModel) -> str | None:
     """Push one demo model unless it is in place; the id of the version to wait for."""
     from shared.errors import NotFound
     from shared.lifecycle import repository
@@ -413,17 +449,16 @@ def _seed_model(services: Any, body: dict[str, Any]) -> str | None:
     except NotFound:
         found = None
     layout = Layout.of(services.settings)
-    if found is not None and found["repository_uri"] and found["state"] != "failed":
+    if found is not None and found["repository_uri"] and found["state"] != ModelState.FAILED:
+        version = found["triton_version"]
         try:
-            in_place = bool(
-                repository.list_keys(
-                    services.s3, layout.bucket, layout.version_prefix(found["triton_model"], found["triton_version"])
-                )
+            in_place = version is not None and bool(
+                repository.list_keys(services.s3, layout.bucket, layout.version_prefix(found["triton_model"], version))
             )
         except NotFound:  # the S3 server restarted without its buckets
             in_place = False
         if in_place:
-            return str(found["id"]) if found["state"] != "ready" else None
+            return str(found["id"]) if found["state"] != ModelState.READY else None
     if found is not None:
         services.registry.delete_model(found["id"])
     _claim_demo_name(services, body["name"])
@@ -431,7 +466,7 @@ def _seed_model(services: Any, body: dict[str, Any]) -> str | None:
     return str(services.artifacts.push_file(body, package)["id"])
 
 
-def _claim_demo_name(services: Any, name: str) -> None:
+def _claim_demo_name(services: Services, name: str) -> None:
     """The demo's Triton model name belongs to the demo on the local stack.
 
     A database from before Kinfer managed model files has the demo registered as files it does not
@@ -469,15 +504,15 @@ def pack_folder(folder: Path, target: Path) -> Path:
     return target
 
 
-def _wait_ready(services: Any, ids: list[str], timeout: float, say: Any) -> None:
+def _wait_ready(services: Services, ids: list[str], timeout: float, say: Say) -> None:
     deadline = time.monotonic() + timeout
     for model_id in ids:
         while True:
             model = services.registry.get_model(model_id)
-            if model["state"] == "ready":
+            if model["state"] == ModelState.READY:
                 say(f"{model['name']} {model['version']} is served (Triton version {model['triton_version']})")
                 break
-            if model["state"] == "failed" or time.monotonic() > deadline:
+            if model["state"] == ModelState.FAILED or time.monotonic() > deadline:
                 raise StackError(
                     f"demo model {model['name']} did not load ({model['state']}: "
                     f"{model['state_reason'] or 'timed out'}); see .kinfer/logs/agent.log"
@@ -485,7 +520,19 @@ def _wait_ready(services: Any, ids: list[str], timeout: float, say: Any) -> None
             time.sleep(0.2)
 
 
-DEMO_MODELS = (
+class DemoModel(TypedDict):
+    """A demo model's registration body."""
+
+    name: str
+    version: str
+    framework: str
+    format: str
+    description: str
+    tags: list[str]
+    metadata: NotRequired[dict[str, object]]
+
+
+DEMO_MODELS: tuple[DemoModel, ...] = (
     {
         "name": "iris_classifier",
         "version": "1",
@@ -506,11 +553,12 @@ DEMO_MODELS = (
 )
 
 
-def status() -> list[dict[str, Any]]:
-    rows = []
+def status() -> list[ComponentStatus]:
+    rows: list[ComponentStatus] = []
     for name, comp in load_state().get("components", {}).items():
         alive = procs.alive(comp.get("pid"))
-        healthy = alive and (procs.http_ok(comp["health"]) if comp.get("health") else True)
+        health = comp.get("health")
+        healthy = alive and (procs.http_ok(health) if health else True)
         rows.append(
             {
                 "name": name,
@@ -525,7 +573,7 @@ def status() -> list[dict[str, Any]]:
     return rows
 
 
-def down(say: Any = print) -> int:
+def down(say: Say = print) -> int:
     """Stop every recorded part (functions first, data last); returns how many were stopped."""
     state = load_state()
     comps = state.get("components", {})

@@ -16,9 +16,29 @@ pick is a hash of the caller's route key, so a caller keeps its version.
 
 from __future__ import annotations
 
-from shared.registry.reads import RegistryReads, _servable, _summary, pick
+from shared.registry.reads import (
+    Choice,
+    Health,
+    ModelPage,
+    ModelView,
+    OtherVersion,
+    RegistryReads,
+    ResolvedTarget,
+    _servable,
+    _summary,
+    pick,
+)
 from shared.registry.rows import EVENTS_CHANNEL, GEN_KEY, SERVABLE, parse_id, to_json, version_key
-from shared.registry.rules import ALIAS, FRAMEWORKS, VERSION, backend_field, validate_create, validate_update
+from shared.registry.rules import (
+    ALIAS,
+    FRAMEWORKS,
+    VERSION,
+    ModelChanges,
+    NewModel,
+    backend_field,
+    validate_create,
+    validate_update,
+)
 from shared.registry.store import ModelRegistry, Write, duplicate, insert
 
 __all__ = [
@@ -28,8 +48,16 @@ __all__ = [
     "GEN_KEY",
     "SERVABLE",
     "VERSION",
+    "Choice",
+    "Health",
+    "ModelChanges",
+    "ModelPage",
     "ModelRegistry",
+    "ModelView",
+    "NewModel",
+    "OtherVersion",
     "RegistryReads",
+    "ResolvedTarget",
     "Write",
     "_servable",
     "_summary",

@@ -7,12 +7,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import random
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 import sqlalchemy as sa
 
 from shared import validation as v
 from shared.clients.schema import model_aliases, models
+from shared.domain import ModelState, ModelStatus, ModelVersion
 from shared.errors import NotFound, Unavailable
 from shared.registry.rows import (
     GEN_KEY,
@@ -33,8 +35,60 @@ if TYPE_CHECKING:
     from shared.clients.db import Database
     from shared.settings import Settings
 
+T = TypeVar("T")
 
-def _servable(known: dict[str, Any], name: str, version: str) -> dict[str, Any]:
+
+class OtherVersion(TypedDict):
+    """A version of a name that is not active: what its errors need to say."""
+
+    status: str
+    state: str
+    state_reason: str | None
+
+
+class ModelView(TypedDict):
+    """Everything resolution needs about one name (cached as one JSON value): its active rows by
+    version, the others' status and state, and its aliases (alias -> {version: weight})."""
+
+    active: dict[str, ModelVersion]
+    others: dict[str, OtherVersion]
+    aliases: dict[str, dict[str, int]]
+
+
+Choice = tuple[int, ModelVersion]
+"""A weight (of 100) and the version it sends traffic to."""
+
+
+class ResolvedTarget(TypedDict):
+    """What serves a name at a version or alias: the alias (None for a version) and its weighted choices."""
+
+    alias: str | None
+    choices: list[Choice]
+
+
+class ModelPage(TypedDict):
+    """``GET /v1/models``: a page of models, newest first."""
+
+    models: list[ModelVersion]
+    total: int
+    limit: int
+    offset: int
+
+
+class HealthChecks(TypedDict):
+    database: str
+    cache: str
+
+
+class Health(TypedDict):
+    """``GET /health`` of the registry's functions."""
+
+    status: str
+    service: str
+    checks: HealthChecks
+
+
+def _servable(known: ModelView, name: str, version: str) -> ModelVersion:
     model = known["active"].get(version)
     if model is None:
         other = known["others"].get(version)
@@ -44,34 +98,34 @@ def _servable(known: dict[str, Any], name: str, version: str) -> dict[str, Any]:
             )
         raise NotFound(f"model {name!r} has no version {version!r} ({_summary(known)})", code="version_not_found")
     state = model["state"]
-    if state == "failed":
+    if state == ModelState.FAILED:
         raise NotFound(
             f"model {name!r} version {version!r} failed to load: {model['state_reason'] or 'no reason'}",
             code="version_failed",
         )
     if state != SERVABLE:
-        what = "awaits its artifact upload" if state == "awaiting_upload" else f"is {state}"
+        what = "awaits its artifact upload" if state == ModelState.AWAITING_UPLOAD else f"is {state}"
         raise Unavailable(
             f"model {name!r} version {version!r} {what}; it serves once every Triton replica has loaded it",
             retry_after=2,
             code="version_not_ready",
         )
-    return dict(model)
+    return model.copy()
 
 
-def _alias_target(known: dict[str, Any], name: str, alias: str) -> dict[str, Any]:
+def _alias_target(known: ModelView, name: str, alias: str) -> ResolvedTarget:
     choices = [
-        [int(weight), _servable(known, name, version)]
+        (int(weight), _servable(known, name, version))
         for version, weight in sorted(known["aliases"][alias].items(), key=lambda kv: version_key(kv[0]))
     ]
     return {"alias": alias, "choices": choices}
 
 
-def pick(target: dict[str, Any], route_key: str | None) -> dict[str, Any]:
+def pick(target: ResolvedTarget, route_key: str | None) -> ModelVersion:
     """The version that serves this caller: sticky per ``route_key`` (random without one)."""
     choices = target["choices"]
     if len(choices) == 1:
-        return dict(choices[0][1])
+        return choices[0][1].copy()
     total = sum(weight for weight, _ in choices)
     if route_key is None:
         point = random.randrange(total)
@@ -80,12 +134,12 @@ def pick(target: dict[str, Any], route_key: str | None) -> dict[str, Any]:
         point = int.from_bytes(digest[:8], "big") % total
     for weight, model in choices:
         if point < weight:
-            return dict(model)
+            return model.copy()
         point -= weight
-    return dict(choices[-1][1])
+    return choices[-1][1].copy()
 
 
-def _summary(known: dict[str, Any]) -> str:
+def _summary(known: ModelView) -> str:
     parts = [f"{ver} {'active' if m['state'] == SERVABLE else m['state']}" for ver, m in known["active"].items()]
     parts += [f"{ver} {o['status']}" for ver, o in known["others"].items()]
     parts.sort(key=lambda p: version_key(p.split()[0]))
@@ -125,23 +179,23 @@ class RegistryReads:
         self.cache = cache
         self.settings = settings
 
-    def _cached(self, key: str, load: Any) -> Any:
+    def _cached(self, key: str, load: Callable[[], T]) -> T:
         """Read-through: the cached JSON, or ``load()`` stored unless a write raced it."""
         value, gen = self.cache.lookup(key, GEN_KEY)
         if value is not None:
-            return value
+            return cast(T, value)  # the JSON ``load`` stored: the same shape
         value = load()
         self.cache.fill(key, GEN_KEY, value, gen)
         return value
 
-    def _fetch_one(self, where: Any, missing: str) -> dict[str, Any]:
+    def _fetch_one(self, where: Any, missing: str) -> ModelVersion:
         with self.db.read() as conn:
             row = conn.execute(sa.select(models).where(where)).first()
         if row is None:
             raise NotFound(missing)
         return to_json(row)
 
-    def get_model(self, raw_id: str) -> dict[str, Any]:
+    def get_model(self, raw_id: str) -> ModelVersion:
         model_id = parse_id(raw_id)
         return _complete(
             self._cached(
@@ -150,7 +204,7 @@ class RegistryReads:
             )
         )
 
-    def get_model_by_name(self, name: str, version: str) -> dict[str, Any]:
+    def get_model_by_name(self, name: str, version: str) -> ModelVersion:
         if not NAME.fullmatch(name) or not VERSION.fullmatch(version):
             raise NotFound(f"model {name[:64]!r} version {version[:32]!r} not found", code="version_not_found")
         where = sa.and_(models.c.name == name, models.c.version == version)
@@ -161,25 +215,25 @@ class RegistryReads:
             )
         )
 
-    def view(self, name: str) -> dict[str, Any]:
+    def view(self, name: str) -> ModelView:
         """Everything resolution needs about ``name``: its active rows, the others' states, its aliases."""
-        return dict(self._cached(_view_key(name), lambda: self._load_view(name)))
+        return self._cached(_view_key(name), lambda: self._load_view(name)).copy()
 
-    def _load_view(self, name: str) -> dict[str, Any]:
+    def _load_view(self, name: str) -> ModelView:
         with self.db.read() as conn:
             rows = conn.execute(sa.select(models).where(models.c.name == name)).all()
             aliases = conn.execute(
                 sa.select(model_aliases.c.alias, model_aliases.c.versions).where(model_aliases.c.name == name)
             ).all()
-        active = {r.version: to_json(r) for r in rows if r.status == "active"}
-        others = {
+        active = {r.version: to_json(r) for r in rows if r.status == ModelStatus.ACTIVE}
+        others: dict[str, OtherVersion] = {
             r.version: {"status": r.status, "state": r.state, "state_reason": r.state_reason}
             for r in rows
-            if r.status != "active"
+            if r.status != ModelStatus.ACTIVE
         }
         return {"active": active, "others": others, "aliases": {a.alias: dict(a.versions) for a in aliases}}
 
-    def resolve_target(self, name: str, version: str | None = None) -> dict[str, Any]:
+    def resolve_target(self, name: str, version: str | None = None) -> ResolvedTarget:
         """What serves ``name`` at ``version`` (a version, an alias, or None): ``{"alias", "choices"}``,
         choices being ``[weight, model]`` pairs. Errors say what exists and what to do."""
         if not NAME.fullmatch(name):
@@ -196,16 +250,16 @@ class RegistryReads:
                     f"model {name!r} has no active version ready to serve ({_summary(known)})",
                     code="no_active_version",
                 )
-            return {"alias": None, "choices": [[100, max(servable, key=lambda m: version_key(m["version"]))]]}
+            return {"alias": None, "choices": [(100, max(servable, key=lambda m: version_key(m["version"])))]}
         if VERSION.fullmatch(version):
-            return {"alias": None, "choices": [[100, _servable(known, name, version)]]}
+            return {"alias": None, "choices": [(100, _servable(known, name, version))]}
         if version in known["aliases"]:
             return _alias_target(known, name, version)
         raise NotFound(
             f"model {name!r} has no version or alias {version[:32]!r} ({_summary(known)})", code="version_not_found"
         )
 
-    def resolve_model(self, name: str, version: str | None = None, route_key: str | None = None) -> dict[str, Any]:
+    def resolve_model(self, name: str, version: str | None = None, route_key: str | None = None) -> ModelVersion:
         """The model row that serves this request (see ``resolve_target`` and ``pick``)."""
         return pick(self.resolve_target(name, version), route_key)
 
@@ -217,7 +271,7 @@ class RegistryReads:
         with self.db.read() as conn:
             return [r[0] for r in conn.execute(sa.select(models.c.name).distinct().limit(10_000))]
 
-    def list_models(self, args: Any) -> dict[str, Any]:
+    def list_models(self, args: Mapping[str, str]) -> ModelPage:
         limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
         offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
         conditions = []
@@ -239,12 +293,12 @@ class RegistryReads:
             ).all()
         return {"models": [to_json(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
-    def health(self) -> tuple[int, dict[str, Any]]:
+    def health(self) -> tuple[int, Health]:
         """503 when PostgreSQL is unreachable; "degraded" when only Redis is."""
         db_ok = self.db.ping()
         cache_ok = self.cache.ping()
         status = "healthy" if db_ok and cache_ok else ("degraded" if db_ok else "unhealthy")
-        body = {
+        body: Health = {
             "status": status,
             "service": self.settings.service_name,
             "checks": {"database": "ok" if db_ok else "unreachable", "cache": "ok" if cache_ok else "unreachable"},
@@ -254,12 +308,12 @@ class RegistryReads:
     # -- uncached reads for the platform's own loops (the model agent, the backends probe) ----------------------
     def versions_in_states(
         self, states: tuple[str, ...], *, active: bool = False, managed: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> list[ModelVersion]:
         """Every version in one of ``states`` (``active``: only status active; ``managed``: only versions whose
         files Kinfer manages), straight from PostgreSQL: the agents must see a write at once."""
         query = sa.select(models).where(models.c.state.in_(states))
         if active:
-            query = query.where(models.c.status == "active")
+            query = query.where(models.c.status == ModelStatus.ACTIVE)
         if managed:
             query = query.where(models.c.repository_uri.is_not(None))
         with self.db.read() as conn:
@@ -268,7 +322,7 @@ class RegistryReads:
     def active_backends(self) -> list[tuple[list[str], str]]:
         """(backend_urls, Triton model) of every active version, straight from PostgreSQL."""
         query = sa.select(models.c.backend_urls, models.c.triton_model, models.c.name).where(
-            models.c.status == "active"
+            models.c.status == ModelStatus.ACTIVE
         )
         with self.db.read() as conn:
             return [(list(urls or []), triton_model or name) for urls, triton_model, name in conn.execute(query).all()]

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypedDict
 
+from shared.domain import ModelState, ModelVersion
 from shared.errors import NotFound
 from shared.registry.rules import UUID
-
-if TYPE_CHECKING:
-    pass
-
 
 GEN_KEY = "kinfer:reg:gen"
 NAMES_KEY = "kinfer:reg:names"
 EVENTS_CHANNEL = "kinfer:reg:events"
-SERVABLE = "ready"
+SERVABLE = ModelState.READY
 
 
-def to_json(row: Any) -> dict[str, Any]:
+def to_json(row: Any) -> ModelVersion:
     m = row._mapping
     urls = list(m["backend_urls"] or [])
     return {
@@ -49,9 +46,22 @@ def to_json(row: Any) -> dict[str, Any]:
 
 # Fields added by the lifecycle (migration 0004). A copy cached by an older revision lacks them; it
 # reads as what such a row is: a ready version Kinfer does not manage.
-_LIFECYCLE_DEFAULTS = {
+class _Lifecycle(TypedDict):
+    """The lifecycle's fields of a ``ModelVersion``, as a row from before them reads."""
+
+    triton_version: int | None
+    state: str
+    state_reason: str | None
+    artifact_uri: str | None
+    repository_uri: str | None
+    artifact_format: str | None
+    artifact_sha256: str | None
+    artifact_bytes: int | None
+
+
+_LIFECYCLE_DEFAULTS: _Lifecycle = {
     "triton_version": None,
-    "state": "ready",
+    "state": ModelState.READY,
     "state_reason": None,
     "artifact_uri": None,
     "repository_uri": None,
@@ -61,7 +71,8 @@ _LIFECYCLE_DEFAULTS = {
 }
 
 
-def _complete(model: dict[str, Any]) -> dict[str, Any]:
+def _complete(model: ModelVersion) -> ModelVersion:
+    """``model`` as read from the cache, with the lifecycle's fields an older copy may lack."""
     return {**_LIFECYCLE_DEFAULTS, **model}
 
 
@@ -76,7 +87,7 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("."))
 
 
-def _id_key(model_id: Any) -> str:
+def _id_key(model_id: object) -> str:
     return f"kinfer:reg:id:{model_id}"
 
 

@@ -6,15 +6,18 @@ which reads the settings, is ``ModelRegistry.check_backends_allowed``).
 from __future__ import annotations
 
 import re
-from typing import Any
+import uuid
+from collections.abc import Mapping
+from typing import Required, TypedDict
 
 from shared import validation as v
+from shared.domain import JSONObject, ModelState, ModelStatus, ModelVersion
 from shared.errors import InvalidInput
 
 FRAMEWORKS = ("pytorch", "tensorflow", "onnx", "scikit-learn", "xgboost", "tensorrt", "python")
 FORMATS = ("onnx", "torchscript", "savedmodel", "plan", "pickle", "python")
-STATUSES = ("active", "inactive", "deprecated")
-STATES = ("awaiting_upload", "pending", "loading", "ready", "failed")
+STATUSES = tuple(ModelStatus)  # "active", "inactive", "deprecated"
+STATES = tuple(ModelState)  # "awaiting_upload", "pending", "loading", "ready", "failed"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,2}")  # ASCII digits: a version goes into HTTP headers
 ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # starts with a letter: never mistaken for a version
@@ -52,7 +55,38 @@ READ_ONLY = (
 )
 
 
-def _backend_urls(body: dict[str, Any]) -> list[str] | None:
+class ModelChanges(TypedDict, total=False):
+    """Validated column values of the fields both a create and an update accept."""
+
+    description: str
+    status: str
+    tags: list[str]
+    metadata: JSONObject
+    triton_model: str
+    backend_urls: list[str]
+    updated_at: object  # a SQL expression (the statement's clock), set by the update itself
+
+
+class NewModel(ModelChanges, total=False):
+    """The column values of a new ``models`` row: ``validate_create``'s, then ``id`` (and the lifecycle's
+    columns) added by the caller."""
+
+    name: Required[str]
+    version: Required[str]
+    framework: Required[str]
+    format: Required[str]
+    triton_version: int | None
+    id: uuid.UUID
+    state: str
+    state_reason: str | None
+    artifact_uri: str | None
+    repository_uri: str | None
+    artifact_format: str | None
+    artifact_sha256: str | None
+    artifact_bytes: int | None
+
+
+def _backend_urls(body: Mapping[str, object]) -> list[str] | None:
     if "backend_url" in body and "backend_urls" in body:
         raise InvalidInput("give backend_url or backend_urls, not both", field="backend_urls")
     if "backend_url" in body:
@@ -90,16 +124,17 @@ def _backend_urls(body: dict[str, Any]) -> list[str] | None:
     return None
 
 
-def _tags(raw: Any) -> list[str]:
+def _tags(raw: object) -> list[str]:
     if not isinstance(raw, list) or len(raw) > MAX_TAGS:
         raise InvalidInput(f"tags must be a list of at most {MAX_TAGS} strings", field="tags")
     tags = [v.string(t, "tags", max_len=64, pattern=TAG, hint="letters, digits and . _ : / = -") for t in raw]
     return list(dict.fromkeys(tags))
 
 
-def _mutable_fields(body: dict[str, Any]) -> dict[str, Any]:
-    """Validate the fields both create and update accept; return the column values given."""
-    out: dict[str, Any] = {}
+def _mutable_fields(body: Mapping[str, object], out: ModelChanges | None = None) -> ModelChanges:
+    """Validate the fields both create and update accept; return the column values given (added to ``out``)."""
+    if out is None:
+        out = {}
     if "description" in body:
         out["description"] = v.string(body["description"], "description", max_len=MAX_DESCRIPTION, allow_empty=True)
     if "status" in body:
@@ -116,28 +151,28 @@ def _mutable_fields(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_create(body: Any, extra_fields: tuple[str, ...] = ()) -> dict[str, Any]:
+def validate_create(body: object, extra_fields: tuple[str, ...] = ()) -> NewModel:
     """The column values of a new row (``extra_fields``: body fields a caller above handles itself)."""
-    body = v.require_object(body)
-    v.reject_unknown(body, CREATE_FIELDS + extra_fields, READ_ONLY)
+    fields = v.require_object(body)
+    v.reject_unknown(fields, CREATE_FIELDS + extra_fields, READ_ONLY)
     for required in ("name", "version", "framework", "format"):
-        if body.get(required) in (None, ""):
+        if fields.get(required) in (None, ""):
             raise InvalidInput(f"{required} is required", field=required)
-    row: dict[str, Any] = {
+    row: NewModel = {
         "name": v.string(
-            body["name"],
+            fields["name"],
             "name",
             max_len=128,
             pattern=NAME,
             hint="start with a letter or digit; then letters, digits, '.', '_' or '-'",
         ),
-        "version": v.string(body["version"], "version", max_len=32, pattern=VERSION, hint="expected 1, 1.0 or 1.0.0"),
-        "framework": v.choice(body["framework"], "framework", FRAMEWORKS),
-        "format": v.choice(body["format"], "format", FORMATS),
+        "version": v.string(fields["version"], "version", max_len=32, pattern=VERSION, hint="expected 1, 1.0 or 1.0.0"),
+        "framework": v.choice(fields["framework"], "framework", FRAMEWORKS),
+        "format": v.choice(fields["format"], "format", FORMATS),
     }
-    row.update(_mutable_fields(body))
-    if body.get("triton_version") is not None:
-        raw = body["triton_version"]
+    _mutable_fields(fields, row)
+    if fields.get("triton_version") is not None:
+        raw = fields["triton_version"]
         if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 2**31 - 1:
             raise InvalidInput(
                 "triton_version must be a positive integer (the Triton version this registry version maps to)",
@@ -155,7 +190,7 @@ ECHOED = frozenset(("name", "version", "framework", "format", "triton_version", 
 DRIFTING = frozenset(("updated_at", "state", "state_reason", "warnings"))
 
 
-def _without_echoed(body: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+def _without_echoed(body: Mapping[str, object], current: ModelVersion) -> dict[str, object]:
     """``body`` less the fields that merely repeat ``current`` (a changed one is still refused, naming it)."""
     echo = body.get("id") == current["id"]
     repeated = {k for k, v in body.items() if k in ECHOED and (current.get(k, k) == v or (echo and k in DRIFTING))}
@@ -167,18 +202,18 @@ def _without_echoed(body: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     return kept
 
 
-def validate_update(body: Any) -> dict[str, Any]:
-    body = v.require_object(body)
+def validate_update(body: object) -> ModelChanges:
+    fields = v.require_object(body)
     for fixed in ("name", "version", "framework", "format"):
-        if fixed in body:
+        if fixed in fields:
             raise InvalidInput(f"{fixed} cannot be changed; register a new version instead", field=fixed)
-    v.reject_unknown(body, UPDATE_FIELDS, READ_ONLY)
-    values = _mutable_fields(body)
+    v.reject_unknown(fields, UPDATE_FIELDS, READ_ONLY)
+    values = _mutable_fields(fields)
     if not values:
         raise InvalidInput(f"nothing to update; give one of: {', '.join(UPDATE_FIELDS)}", field="body")
     return values
 
 
-def backend_field(body: Any) -> str:
+def backend_field(body: object) -> str:
     """The body field that named the backends (for errors)."""
     return "backend_urls" if isinstance(body, dict) and "backend_urls" in body else "backend_url"

@@ -6,22 +6,32 @@ again after it (what a reader filled in between goes), so no read after a write 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from shared.clients.db import conflict_on
 from shared.clients.schema import model_aliases, models
+from shared.domain import ModelStatus, ModelVersion
 from shared.endpoints import backend_id
 from shared.endpoints import resolve as resolve_backend
 from shared.errors import Conflict, InvalidInput, NotFound, Unavailable
 from shared.registry.reads import RegistryReads
 from shared.registry.rows import EVENTS_CHANNEL, GEN_KEY, NAMES_KEY, _id_key, _nv_key, _view_key, parse_id, to_json
-from shared.registry.rules import ECHOED, _without_echoed, backend_field, validate_create, validate_update
+from shared.registry.rules import (
+    ECHOED,
+    ModelChanges,
+    _without_echoed,
+    backend_field,
+    validate_create,
+    validate_update,
+)
+
+Touched = TypeVar("Touched", bound=Mapping[str, object])
 
 
 @dataclass
@@ -30,9 +40,9 @@ class Write:
     model (a row, or ``{"name": ...}`` for its aliases) whose cached copies it changes."""
 
     conn: Any
-    touched: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
+    touched: list[tuple[Mapping[str, object], bool]] = field(default_factory=list)
 
-    def touch(self, model: dict[str, Any], *, names: bool = False) -> dict[str, Any]:
+    def touch(self, model: Touched, *, names: bool = False) -> Touched:
         """``names``: the set of model names changed too (a new or deleted version). Returns ``model``."""
         self.touched.append((model, names))
         return model
@@ -42,7 +52,7 @@ def duplicate(name: str, version: str) -> str:
     return f"model {name!r} version {version!r} already exists"
 
 
-def insert(write: Write, row: dict[str, Any]) -> dict[str, Any]:
+def insert(write: Write, row: Mapping[str, object]) -> ModelVersion:
     """INSERT ``row`` in the caller's write."""
     return write.touch(
         to_json(write.conn.execute(sa.insert(models).values(**row).returning(*models.c)).one()), names=True
@@ -83,7 +93,7 @@ class ModelRegistry(RegistryReads):
         for model, names in write.touched:
             self.invalidate(model, names=names)
 
-    def create_model(self, body: Any) -> dict[str, Any]:
+    def create_model(self, body: object) -> ModelVersion:
         """Register a version whose files Kinfer does not manage (``shared.lifecycle`` registers artifacts)."""
         row = validate_create(body)
         self.check_backends_allowed(row.get("backend_urls") or [], backend_field(body))
@@ -91,17 +101,17 @@ class ModelRegistry(RegistryReads):
         with conflict_on(duplicate(row["name"], row["version"]), field="version"), self.writing() as write:
             return insert(write, row)
 
-    def update_model(self, raw_id: str, body: Any) -> dict[str, Any]:
+    def update_model(self, raw_id: str, body: object) -> ModelVersion:
         model_id = parse_id(raw_id)
         if isinstance(body, dict) and not ECHOED.isdisjoint(body):
             body = _without_echoed(body, self.get_model(raw_id))
-        values = validate_update(body)
+        values: ModelChanges = validate_update(body)
         if "backend_urls" in values:
             self.check_backends_allowed(values["backend_urls"], backend_field(body))
         values["updated_at"] = sa.func.clock_timestamp()
         with self.writing() as write:
             conn = write.conn
-            if values.get("status", "active") != "active":
+            if values.get("status", ModelStatus.ACTIVE) != ModelStatus.ACTIVE:
                 query = sa.select(models.c.name, models.c.version).where(models.c.id == model_id)
                 current = conn.execute(query.with_for_update()).first()  # an alias move holds it FOR SHARE
                 if current is not None:
@@ -115,7 +125,7 @@ class ModelRegistry(RegistryReads):
 
     def set_state(
         self, model_id: str, state: str, reason: str | None = None, only_from: tuple[str, ...] = ()
-    ) -> dict[str, Any] | None:
+    ) -> ModelVersion | None:
         """Move a version's load state (the agents and the artifact path); None when ``only_from`` did not hold."""
         where = [models.c.id == uuid.UUID(model_id)]
         if only_from:
@@ -129,7 +139,7 @@ class ModelRegistry(RegistryReads):
             ).first()
             return None if row is None else write.touch(to_json(row))
 
-    def delete_model(self, raw_id: str) -> dict[str, Any]:
+    def delete_model(self, raw_id: str) -> ModelVersion:
         """Delete a version (409 while an alias points at it); returns what was deleted."""
         model_id = parse_id(raw_id)
         with self.writing() as write:
@@ -141,7 +151,7 @@ class ModelRegistry(RegistryReads):
             conn.execute(sa.delete(models).where(models.c.id == model_id))
             return write.touch(to_json(current), names=True)
 
-    def invalidate(self, model: dict[str, Any], *, names: bool = False, before_commit: bool = False) -> None:
+    def invalidate(self, model: Mapping[str, object], *, names: bool = False, before_commit: bool = False) -> None:
         """Drop the cached copies of ``model`` (and its name's view), bump the generation, announce the name.
 
         ``writing`` calls this twice for every model a write touches. Before its commit, a failure raises Unavailable
@@ -149,14 +159,15 @@ class ModelRegistry(RegistryReads):
         not made at all (a Redis that stalls would otherwise come back serving the old row
         until its TTL). After the commit, it removes what a reader filled in between.
         """
-        keys = [_view_key(model["name"])]
+        name = str(model["name"])
+        keys = [_view_key(name)]
         if "id" in model:
             keys.append(_id_key(model["id"]))
         if "version" in model:
-            keys.append(_nv_key(model["name"], model["version"]))
+            keys.append(_nv_key(name, str(model["version"])))
         if names:
             keys.append(NAMES_KEY)
-        told = self.cache.invalidate(GEN_KEY, *keys, announce=(EVENTS_CHANNEL, model["name"]))
+        told = self.cache.invalidate(GEN_KEY, *keys, announce=(EVENTS_CHANNEL, name))
         if not told and before_commit:
             raise Unavailable(
                 "the registry cache (Redis) cannot be reached, so the change could not be made "

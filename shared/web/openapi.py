@@ -19,7 +19,9 @@ from typing import Any
 
 from shared.web.route import Route
 
-ERROR_SCHEMA: dict[str, Any] = {
+JSONObject = dict[str, object]  # OpenAPI documents and their fragments are arbitrary JSON
+
+ERROR_SCHEMA: JSONObject = {
     "type": "object",
     "additionalProperties": False,
     "required": ["error", "code", "request_id"],
@@ -58,9 +60,9 @@ def openapi_path(rule: str) -> str:
     return _PARAM.sub(r"{\1}", rule)
 
 
-def document(routes: Iterable[Route], title: str, description: str = "") -> dict[str, Any]:
+def document(routes: Iterable[Route], title: str, description: str = "") -> JSONObject:
     """The OpenAPI 3.1 document of ``routes``."""
-    paths: dict[str, dict[str, Any]] = {}
+    paths: dict[str, JSONObject] = {}
     for route in routes:
         item = paths.setdefault(openapi_path(route.rule), {})
         for method in route.methods:
@@ -92,10 +94,10 @@ def document(routes: Iterable[Route], title: str, description: str = "") -> dict
     }
 
 
-def operation(route: Route, method: str) -> dict[str, Any]:
+def operation(route: Route, method: str) -> JSONObject:
     """One OpenAPI operation for ``method`` on ``route``."""
     path = openapi_path(route.rule)
-    op: dict[str, Any] = {
+    op: JSONObject = {
         "operationId": _operation_id(method, path),
         "summary": route.summary or f"{method} {path} (undocumented)",
         "responses": _responses(route, method),
@@ -128,15 +130,15 @@ def operation(route: Route, method: str) -> dict[str, Any]:
     return op
 
 
-def _responses(route: Route, method: str) -> dict[str, Any]:
+def _responses(route: Route, method: str) -> dict[str, JSONObject]:
     documented = dict(route.responses or {})
     if not documented:
         documented = {200: ("success (undocumented route)", {})}
-    out: dict[str, Any] = {}
+    out: dict[str, JSONObject] = {}
     for status, spec in sorted(documented.items()):
         description, schema, *rest = (*spec, None) if len(spec) == 2 else spec
         media = rest[0] if rest and rest[0] else "application/json"
-        answer: dict[str, Any] = {
+        answer: JSONObject = {
             "description": description,
             "headers": {"X-Request-ID": {"schema": {"type": "string"}}},
         }

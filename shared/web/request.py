@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Scope
 
 from shared import validation as v
 from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
@@ -58,7 +59,7 @@ class Call:
     def query(self, name: str) -> str | None:
         return self.request.query_params.get(name)
 
-    def json(self) -> Any:
+    def json(self) -> object:
         """The JSON body, strictly parsed (415 for a non-JSON Content-Type, 400 when empty or malformed)."""
         require_json(self.header("content-type"))
         return parse_json(self.body)
@@ -81,7 +82,7 @@ def require_json(content_type: str | None) -> None:
     )
 
 
-def parse_json(raw: bytes) -> Any:
+def parse_json(raw: bytes) -> object:
     """Strict JSON (``validation.parse_json``): 400 when empty, malformed, NaN or infinite, or when an
     object repeats a key."""
     return v.parse_json(raw, "body")
@@ -142,7 +143,7 @@ class HeaderDict(dict[str, str]):
         return dict.get(self, name.lower(), default)
 
 
-def header_dict(scope: Mapping[str, Any]) -> HeaderDict:
+def header_dict(scope: Scope) -> HeaderDict:
     """The request's headers by lower-case name (the first of repeated ones, as Starlette's ``get``)."""
     found = HeaderDict()
     for name, value in scope["headers"]:

@@ -19,7 +19,7 @@ class QueryParam:
     """A documented query parameter (OpenAPI): its name, JSON Schema and one-line description."""
 
     name: str
-    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"}, compare=False)
+    schema: Mapping[str, object] = field(default_factory=lambda: {"type": "string"}, compare=False)
     description: str = ""
 
 
@@ -48,7 +48,7 @@ class Route:
     event: bool = False
     query: tuple[QueryParam | str, ...] | None = None
     summary: str = ""
-    body: Mapping[str, Any] | None = field(default=None, compare=False)
+    body: Mapping[str, object] | None = field(default=None, compare=False)
     responses: Mapping[int, tuple[Any, ...]] | None = field(default=None, compare=False)
 
     @property

@@ -21,15 +21,14 @@ if TYPE_CHECKING:
 
 def _openapi_route(routes: list[Route], title: str) -> Route:
     """``GET /openapi.json``: the OpenAPI document of ``routes`` (built on first use)."""
-    built: dict[str, Any] = {}
+    built: dict[str, dict[str, object]] = {}
 
-    async def serve_openapi(call: Call) -> dict[str, Any]:
+    async def serve_openapi(call: Call) -> dict[str, object]:
         if "doc" not in built:
             from shared.web.openapi import document
 
             built["doc"] = document(routes, title=title)
-        found: dict[str, Any] = built["doc"]
-        return found
+        return built["doc"]
 
     return Route(
         OPENAPI_PATH,
@@ -42,7 +41,7 @@ def _openapi_route(routes: list[Route], title: str) -> Route:
 
 
 _PARAM = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>")
-_CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+_CONVERTERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "default": ("[^/]+", str),
     "string": ("[^/]+", str),
     "path": (".+", str),
@@ -59,7 +58,7 @@ class Router:
         if not any(r.rule == OPENAPI_PATH for r in self.routes):  # every router documents itself
             self.routes.append(_openapi_route(self.routes, title))
         self._static: dict[str, list[Route]] = {}
-        self._dynamic: list[tuple[re.Pattern[str], Route, dict[str, Callable[[str], Any]]]] = []
+        self._dynamic: list[tuple[re.Pattern[str], Route, dict[str, Callable[[str], object]]]] = []
         for route in self.routes:
             rule = _normal(route.rule)
             if "<" not in rule:
@@ -68,11 +67,11 @@ class Router:
                 pattern, converters = _compile(rule)
                 self._dynamic.append((pattern, route, converters))
 
-    def match(self, path: str, method: str) -> tuple[Route, dict[str, Any]]:
+    def match(self, path: str, method: str) -> tuple[Route, dict[str, object]]:
         if not _storable(path):  # a NUL or a lone surrogate names nothing Kinfer can have stored
             raise NotFound(f"no route for {method} {path.encode('utf-8', 'backslashreplace').decode()[:200]!r}")
         normal = _normal(path)
-        found: list[tuple[Route, dict[str, Any]]] = [(r, {}) for r in self._static.get(normal, ())]
+        found: list[tuple[Route, dict[str, object]]] = [(r, {}) for r in self._static.get(normal, ())]
         for pattern, route, converters in self._dynamic:
             m = pattern.fullmatch(normal)
             if m is not None:
@@ -108,7 +107,7 @@ def _normal(path: str) -> str:
     return path[:-1] if len(path) > 1 and path.endswith("/") else path
 
 
-def _compile(rule: str) -> tuple[re.Pattern[str], dict[str, Callable[[str], Any]]]:
+def _compile(rule: str) -> tuple[re.Pattern[str], dict[str, Callable[[str], object]]]:
     parts, converters, at = [], {}, 0
     for m in _PARAM.finditer(rule):
         kind = m.group("converter") or "default"

@@ -4,8 +4,9 @@ routes of an event function (CloudEvents on ``POST /``, liveness and health)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+
+from cloudevents.http import CloudEvent
 
 from shared.logs import setup_logging
 from shared.services import Services, get_services
@@ -31,7 +32,7 @@ def _health(call: Call) -> dict[str, str]:
     return {"status": "healthy", "service": function_services().settings.service_name}
 
 
-def event_routes(handler: Callable[[Call, Any], tuple[int, dict[str, Any]]]) -> Router:
+def event_routes(handler: Callable[[Call, CloudEvent], tuple[int, Mapping[str, object]]]) -> Router:
     """An event function: ``handler(call, event)`` (in the thread pool) for the CloudEvent POSTed to ``/``;
     ``GET /livez`` and ``GET /health`` answer 200."""
     return Router(

@@ -9,23 +9,23 @@ field to an answer is a compatible change.
 
 from __future__ import annotations
 
-from typing import Any
-
+from shared.domain import JobStatus, ModelStatus
 from shared.web.route import QueryParam
 
-Schema = dict[str, Any]
+Schema = dict[str, object]  # a JSON Schema: arbitrary JSON by nature
 
 _STRING = {"type": "string"}
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 _COUNT = {"type": "integer", "minimum": 0}
+_JOB_STATUSES = [s.value for s in JobStatus]
 
 MODEL_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
 VERSION = {"type": "string", "pattern": "^[0-9]{1,9}(\\.[0-9]{1,9}){0,2}$"}
 FRAMEWORK = {"enum": ["pytorch", "tensorflow", "onnx", "scikit-learn", "xgboost", "tensorrt", "python"]}
 FORMAT = {"enum": ["onnx", "torchscript", "savedmodel", "plan", "pickle", "python"]}
-MODEL_STATUS = {"enum": ["active", "inactive", "deprecated"]}
+MODEL_STATUS = {"enum": [s.value for s in ModelStatus]}
 TAG = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,63}$"}
 BACKEND_URL = {"type": "string", "maxLength": 256, "description": "a Triton gRPC endpoint, host:port"}
 
@@ -294,7 +294,7 @@ BATCH_JOB: Schema = {
     ],
     "properties": {
         "job_id": {"type": "string", "format": "uuid"},
-        "status": {"enum": ["pending", "processing", "completed", "failed", "cancelled"]},
+        "status": {"enum": _JOB_STATUSES},
         "progress": {"type": "number", "minimum": 0, "maximum": 1},
         "total": _COUNT,
         "completed": _COUNT,
@@ -432,4 +432,4 @@ MODEL_FILTERS = (
     QueryParam("tag", TAG, "models carrying this tag"),
     *_PAGE,
 )
-BATCH_FILTERS = (QueryParam("status", {"enum": ["pending", "processing", "completed", "failed", "cancelled"]}), *_PAGE)
+BATCH_FILTERS = (QueryParam("status", {"enum": _JOB_STATUSES}), *_PAGE)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal, TypedDict
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Entry = Callable[[Any], Awaitable[Any]]  # starlette Request -> Response
-Scope = dict[str, Any]
-ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
 def framework_app(target: str, source: str) -> Any:
@@ -30,7 +30,7 @@ def asgi_adapter(entry: Entry) -> ASGIApp:
     """An ASGI app calling ``entry(Request) -> Response`` for each HTTP request."""
     from starlette.requests import Request
 
-    async def app(scope: Scope, receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             response = await _guarded(entry, Request(scope, receive))
             await response(scope, receive, send)
@@ -50,7 +50,7 @@ def prefix_router(mounted: Sequence[tuple[str, Entry]]) -> ASGIApp:
 
     prefixes = [(prefix.rstrip("/"), entry) for prefix, entry in mounted]
 
-    async def route(scope: Scope, receive: Any, send: Any) -> None:
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -90,7 +90,7 @@ async def _guarded(entry: Entry, request: Any) -> Any:
         return response
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -104,7 +104,22 @@ async def _lifespan(receive: Any, send: Any) -> None:
 # heads and answers protocol errors in JSON), keep-alive past Knative's idle timeout, no access log, no
 # X-Forwarded-* rewriting (nothing here uses the client address).
 HTTP_PROTOCOL = "shared.web.protocol:KinferHttpProtocol"
-SERVER_OPTIONS: dict[str, Any] = {
+
+
+class ServerOptions(TypedDict):
+    """The keyword arguments of ``uvicorn.run`` that Kinfer sets."""
+
+    loop: Literal["uvloop"]
+    http: str
+    lifespan: Literal["on"]
+    access_log: bool
+    log_level: str
+    timeout_keep_alive: int
+    server_header: bool
+    proxy_headers: bool
+
+
+SERVER_OPTIONS: ServerOptions = {
     "loop": "uvloop",
     "http": HTTP_PROTOCOL,
     "lifespan": "on",
@@ -120,7 +135,7 @@ def with_thread_pool(app: ASGIApp, threads: int) -> ASGIApp:
     """``app`` whose blocking handlers run at most ``threads`` at once (anyio's default thread pool,
     sized when the server starts: the limiter belongs to the event loop)."""
 
-    async def sized(scope: Scope, receive: Any, send: Any) -> None:
+    async def sized(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             import anyio.to_thread
 

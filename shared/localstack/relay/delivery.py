@@ -319,5 +319,5 @@ def _error_event(event: CloudEvent, outcome: Outcome) -> CloudEvent:
     return CloudEvent(attributes, event.data)
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

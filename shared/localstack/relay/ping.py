@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import requests
 
@@ -106,7 +105,7 @@ class PingTicker:
 
     def tick(self, ping: Ping) -> int | None:
         """POST one binary-mode ping event; the status, or None when the sink did not answer."""
-        headers: dict[str, Any] = {
+        headers: dict[str, str] = {
             "ce-specversion": "1.0",
             "ce-id": uuid.uuid4().hex,
             "ce-type": PING_TYPE,

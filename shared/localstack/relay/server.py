@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import requests
 from redis.exceptions import RedisError
@@ -41,6 +41,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MANIFESTS = Path(__file__).resolve().parents[3] / "knative" / "base"
 KEY_PREFIX = "kinfer:relay:"
+
+
+class RelayHealth(TypedDict):
+    """The relay's ``GET /health``: each topic's length and the unacked count, or why it is unhealthy."""
+
+    status: str
+    topics: NotRequired[dict[str, int]]
+    pending: NotRequired[int]
+    error: NotRequired[str]
 
 
 class EventRelay:
@@ -124,7 +133,7 @@ class EventRelay:
             dispatcher.stop(grace_s)
         self.session.close()
 
-    def ingest(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any] | None]:
+    def ingest(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, Mapping[str, object] | None]:
         """Append one POSTed event (or raw record) to its topic stream; the HTTP status and body."""
         parts = [p for p in path.split("?", 1)[0].split("/") if p]
         if len(parts) != 2:
@@ -147,14 +156,14 @@ class EventRelay:
         return 202, None
 
     @staticmethod
-    def _record_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    def _record_fields(headers: Mapping[str, str], body: bytes) -> dict[str, bytes]:
         """A CloudEvent stays one; anything else is stored as a plain Kafka record."""
         try:
             return encode_event(parse_event(headers, body))
         except InvalidInput:
             return encode_record(body, headers.get("content-type", "application/json"))
 
-    def health(self) -> tuple[int, dict[str, Any]]:
+    def health(self) -> tuple[int, RelayHealth]:
         """200 with each topic's length and the unacked count; 503 when Redis is down."""
         try:
             topics = {t: int(self.redis.xlen(stream_key(self.key_prefix, t))) for t in self.wiring.topics()}
@@ -194,7 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._answer(404, {"error": "not found", "code": "not_found"})
 
-    def _answer(self, status: int, body: dict[str, Any] | None) -> None:
+    def _answer(self, status: int, body: Mapping[str, object] | None) -> None:
         data = json.dumps(body).encode() if body is not None else b""
         self.send_response(status)
         if body is not None:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import yaml
 
@@ -26,6 +26,56 @@ _DURATION = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?"
     r"(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
+
+
+class Ref(TypedDict, total=False):
+    """A Knative ``ref`` (a Service, locally)."""
+
+    kind: str
+    name: str
+
+
+class Destination(TypedDict, total=False):
+    """A Knative Destination: a ``ref``, a ``uri``, or a ref with a path as ``uri``."""
+
+    ref: Ref
+    uri: str
+
+
+class DeliverySpec(TypedDict, total=False):
+    """A Knative ``spec.delivery``."""
+
+    retry: int
+    backoffPolicy: str
+    backoffDelay: str
+    deadLetterSink: Destination
+    timeout: str
+
+
+class Spec(TypedDict, total=False):
+    """The ``spec`` of a KafkaSink (``topic``) or a KafkaSource (the rest)."""
+
+    topic: str
+    topics: list[str]
+    consumerGroup: str
+    ordering: str
+    initialOffset: str
+    sink: Destination
+    delivery: DeliverySpec
+
+
+class Metadata(TypedDict, total=False):
+    name: str
+    namespace: str
+
+
+class Manifest(TypedDict, total=False):
+    """One YAML document of the manifests, as far as the relay reads it (untrusted: any key may be missing)."""
+
+    apiVersion: str
+    kind: str
+    metadata: Metadata
+    spec: Spec
 
 
 class WiringError(ValueError):
@@ -95,7 +145,7 @@ class Wiring:
         return sorted(found)
 
 
-def iter_manifests(directory: str | Path) -> Iterable[tuple[Path, dict[str, Any]]]:
+def iter_manifests(directory: str | Path) -> Iterable[tuple[Path, Manifest]]:
     """Every YAML document under ``directory`` (recursively), kustomization files skipped."""
     root = Path(directory)
     if not root.is_dir():
@@ -109,7 +159,7 @@ def iter_manifests(directory: str | Path) -> Iterable[tuple[Path, dict[str, Any]
             raise WiringError(f"{path}: not valid YAML: {exc}") from None
         for doc in docs:
             if isinstance(doc, dict):
-                yield path, doc
+                yield path, cast(Manifest, doc)
 
 
 def load_wiring(directory: str | Path, targets: Mapping[str, str]) -> Wiring:
@@ -125,7 +175,7 @@ def load_wiring(directory: str | Path, targets: Mapping[str, str]) -> Wiring:
     return Wiring(sinks=sinks, subscriptions=tuple(subs))
 
 
-def _subscription(doc: dict[str, Any], path: Path, targets: Mapping[str, str]) -> Subscription:
+def _subscription(doc: Manifest, path: Path, targets: Mapping[str, str]) -> Subscription:
     spec = doc.get("spec") or {}
     name = _name(doc, path)
     topics = spec.get("topics")
@@ -146,7 +196,7 @@ def _subscription(doc: dict[str, Any], path: Path, targets: Mapping[str, str]) -
     )
 
 
-def _delivery(spec: dict[str, Any], targets: Mapping[str, str], where: str) -> Delivery:
+def _delivery(spec: DeliverySpec, targets: Mapping[str, str], where: str) -> Delivery:
     policy = str(spec.get("backoffPolicy") or "exponential").lower()
     if policy not in {"linear", "exponential"}:
         raise WiringError(f"{where}: backoffPolicy must be linear or exponential, not {policy!r}")
@@ -161,7 +211,7 @@ def _delivery(spec: dict[str, Any], targets: Mapping[str, str], where: str) -> D
     )
 
 
-def _destination(dest: dict[str, Any], targets: Mapping[str, str], where: str) -> str:
+def _destination(dest: Destination, targets: Mapping[str, str], where: str) -> str:
     """A Knative Destination (ref to a Service, or a uri) as a local URL."""
     ref, uri = dest.get("ref"), dest.get("uri")
     if not ref:
@@ -169,21 +219,22 @@ def _destination(dest: dict[str, Any], targets: Mapping[str, str], where: str) -
             raise WiringError(f"{where}: needs ref or uri")
         return str(uri)
     name = ref.get("name")
-    if ref.get("kind", "Service") != "Service" or name not in targets:
+    if ref.get("kind", "Service") != "Service" or name is None or name not in targets:
         known = ", ".join(sorted(targets)) or "none"
         raise WiringError(f"{where}: no local target for {ref.get('kind')} {name!r} (targets: {known})")
     base = targets[name]
     return base.rstrip("/") + "/" + str(uri).lstrip("/") if uri else base
 
 
-def _name(doc: dict[str, Any], path: Path) -> str:
+def _name(doc: Manifest, path: Path) -> str:
     name = (doc.get("metadata") or {}).get("name")
     if not name:
         raise WiringError(f"{path}: {doc.get('kind')} without metadata.name")
     return str(name)
 
 
-def _require(doc: dict[str, Any], path: Path, *keys: str) -> Any:
+def _require(doc: Manifest, path: Path, *keys: str) -> Any:
+    """The value at ``keys`` (a walk through untrusted YAML); WiringError when it is missing or empty."""
     value: Any = doc
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None

@@ -1,0 +1,168 @@
+"""The batch worker with fakes at its boundaries (the job store's SQL, S3, the registry, the item runner):
+one chunk event becomes result rows in item order with each bad line failed on its own, the chunk is
+recorded once, the last chunk finalizes its job, and a cancelled or recorded chunk is skipped."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from shared.batch import store, worker
+from shared.batch.worker import BatchWorker
+from shared.errors import InvalidInput, Unprocessable
+from shared.settings import Settings
+
+JOB = uuid.uuid4()
+
+
+class _Db:
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[str]:
+        yield "conn"
+
+
+class _Store:
+    """The job store's functions over one in-memory job."""
+
+    def __init__(self, chunks_total: int, status: str = "pending") -> None:
+        self.job: dict[str, Any] = {
+            "id": JOB,
+            "model_id": uuid.uuid4(),
+            "status": status,
+            "chunks_total": chunks_total,
+            "chunks_done": 0,
+            "succeeded": 0,
+            "failed": 0,
+        }
+        self.recorded: dict[int, Any] = {}
+        self.finished: tuple[str, dict[str, Any]] | None = None
+
+    def get_job(self, conn: Any, job_id: uuid.UUID) -> dict[str, Any]:
+        return dict(self.job)
+
+    def start_chunk(self, conn: Any, job_id: uuid.UUID, chunk: int) -> object | None:
+        return None if chunk in self.recorded else object()
+
+    def mark_processing(self, conn: Any, job_id: uuid.UUID) -> None:
+        self.job["status"] = "processing"
+
+    def job_status(self, conn: Any, job_id: uuid.UUID) -> str:
+        return str(self.job["status"])
+
+    def record_chunk(self, conn: Any, job_id: uuid.UUID, chunk: int, status: str, counts: Any) -> Any:
+        if chunk in self.recorded or self.job["status"] not in store.ACTIVE:
+            return None
+        self.recorded[chunk] = (status, counts)
+        self.job["chunks_done"] += 1
+        self.job["succeeded"] += counts.succeeded
+        self.job["failed"] += counts.failed
+        return dict(self.job)
+
+    def set_finished(self, conn: Any, job_id: uuid.UUID, status: str, **fields: Any) -> None:
+        self.job["status"] = status
+        self.finished = (status, fields)
+
+
+class _Items:
+    """Doubles the first feature; an item whose first feature is negative fails alone."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def infer_items(self, model: Any, items: list[Any]) -> list[Any]:
+        self.calls.append(len(items))
+        out = []
+        for item in items:
+            first = item["data"][0]
+            error = ValueError("model rejected a negative feature") if first < 0 else None
+            out.append(SimpleNamespace(error=error, prediction=None if error else first * 2, outputs=None))
+        return out
+
+
+class _Results:
+    def __init__(self) -> None:
+        self.written: dict[str, bytes] = {}
+        self.merged: list[int] = []
+
+    def put_lines(self, bucket: str, key: str, data: bytes) -> None:
+        self.written[key] = data
+
+    def merge_chunks(self, job_id: Any, chunks: Any) -> str:
+        self.merged = list(chunks)
+        return f"batch-results/{job_id}/results.jsonl"
+
+
+def _event(chunk: int, start: int, count: int) -> Any:
+    data = {"job_id": str(JOB), "chunk": chunk, "start": start, "count": count, "bucket": "in", "key": f"c{chunk}"}
+    return SimpleNamespace(data=data, get=lambda name: None)
+
+
+@pytest.fixture
+def parts(monkeypatch: pytest.MonkeyPatch) -> Any:
+    jobs = _Store(chunks_total=2)
+    for name in ("get_job", "start_chunk", "mark_processing", "job_status", "record_chunk", "set_finished"):
+        monkeypatch.setattr(store, name, getattr(jobs, name))
+    inputs: dict[str, bytes] = {}
+    monkeypatch.setattr(worker.storage, "get_bytes", lambda s3, bucket, key: inputs[key])
+    items, results = _Items(), _Results()
+    registry = SimpleNamespace(get_model=lambda model_id: {"name": "iris", "version": "1"})
+    w = BatchWorker(_Db(), None, registry, results, items, Settings.from_env(environ={}))  # type: ignore[arg-type]
+    return SimpleNamespace(worker=w, jobs=jobs, inputs=inputs, items=items, results=results)
+
+
+def _rows(data: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def test_a_chunk_becomes_rows_in_item_order_and_each_bad_line_fails_alone(parts: Any) -> None:
+    parts.inputs["c0"] = b'{"data": [1]}\nnot json\n{"data": [-1]}\n[1, 2]\n{"data": [3]}\n'
+    status, body = parts.worker.process_chunk(_event(0, 100, 5))
+    assert status == 200 and body["succeeded"] == 2 and body["failed"] == 3
+    rows = _rows(next(iter(parts.results.written.values())))
+    assert [r["index"] for r in rows] == [100, 101, 102, 103, 104]
+    assert rows[0]["prediction"] == 2 and rows[4]["prediction"] == 6
+    assert rows[1]["error"] == "the input is not valid JSON"
+    assert "negative" in rows[2]["error"] and "JSON object" in rows[3]["error"]
+    assert parts.items.calls == [3]  # the good and the model-rejected items, in one call
+    assert parts.jobs.finished is None  # one chunk of two
+
+
+def test_the_last_chunk_merges_and_finishes_the_job_and_a_redelivery_is_skipped(parts: Any) -> None:
+    parts.inputs.update({"c0": b'{"data": [1]}\n', "c1": b'{"data": [2]}\n'})
+    parts.worker.process_chunk(_event(0, 0, 1))
+    status, body = parts.worker.process_chunk(_event(1, 1, 1))
+    assert body["job_status"] == "completed" and parts.results.merged == [0, 1]
+    assert parts.jobs.finished == ("completed", {"result_key": f"batch-results/{JOB}/results.jsonl"})
+    again = parts.worker.process_chunk(_event(1, 1, 1))
+    assert again == (200, {"job_id": str(JOB), "chunk": 1, "skipped": "job completed"})
+
+
+def test_a_cancelled_job_is_skipped_before_any_inference(parts: Any) -> None:
+    parts.jobs.job["status"] = "cancelled"
+    parts.inputs["c0"] = b'{"data": [1]}\n'
+    assert parts.worker.process_chunk(_event(0, 0, 1))[1]["skipped"] == "job cancelled"
+    assert parts.items.calls == [] and parts.results.written == {}
+
+
+def test_an_input_that_disagrees_with_its_event_is_not_retried(parts: Any) -> None:
+    parts.inputs["c0"] = b'{"data": [1]}\n'
+    with pytest.raises(Unprocessable, match="holds 1 item"):
+        parts.worker.process_chunk(_event(0, 0, 2))
+    with pytest.raises(InvalidInput):
+        parts.worker.process_chunk(SimpleNamespace(data={"job_id": "nope"}, get=lambda name: None))
+
+
+def test_a_dead_lettered_chunk_fails_its_items_with_the_reason_so_the_job_ends(parts: Any) -> None:
+    parts.inputs["c0"] = b'{"data": [1]}\n'
+    parts.worker.process_chunk(_event(0, 0, 1))
+    status, body = parts.worker.fail_chunk(_event(1, 1, 3))
+    assert body["failed"] == 3 and body["job_status"] == "completed"
+    rows = _rows(parts.results.written[f"batch-results/{JOB}/chunk-00001.jsonl"])
+    assert [r["index"] for r in rows] == [1, 2, 3]
+    assert all(r["error"].startswith("chunk delivery failed after all retries") for r in rows)
