@@ -25,14 +25,15 @@ if TYPE_CHECKING:
     from shared.backends.metrics import Recorder
     from shared.backends.monitor import BackendMonitor
     from shared.backends.overview import BackendOverview
-    from shared.backends.triton import TritonPool
     from shared.backends.triton_async import AsyncTriton
+    from shared.batch.events import InferEventData
     from shared.batch.intake import BatchIntake
     from shared.batch.jobs import BatchJobs
     from shared.batch.reaper import Reaper
+    from shared.batch.requests import AsyncRequests
     from shared.batch.results import BatchResults
     from shared.batch.worker import BatchWorker
-    from shared.clients.aio import PerLoop, SingleFlight
+    from shared.clients.aio import LoopThread, PerLoop, SingleFlight
     from shared.clients.cache import Cache
     from shared.clients.db import Database
     from shared.inference.dataplane import DataPlane
@@ -89,11 +90,11 @@ class Services:
         return make_s3_client(self.settings, self.settings.s3_public_endpoint_url)
 
     @cached_property
-    def triton(self) -> TritonPool:
-        """Synchronous Triton clients (batch worker, probes); thread-safe."""
-        from shared.backends.triton import TritonPool
+    def triton_loop(self) -> LoopThread:
+        """The event loop on which threads (batch worker, probe, registration checks) use ``triton_async``."""
+        from shared.clients.aio import LoopThread
 
-        return TritonPool(self.settings)
+        return LoopThread("triton-calls")
 
     @cached_property
     def triton_async(self) -> AsyncTriton:
@@ -193,7 +194,9 @@ class Services:
     def monitor(self) -> BackendMonitor:
         from shared.backends.monitor import BackendMonitor
 
-        return BackendMonitor(self.registry, self.triton, self.breakers, self.cache, self.settings)
+        return BackendMonitor(
+            self.registry, self.triton_async, self.triton_loop, self.breakers, self.cache, self.settings
+        )
 
     @cached_property
     def overview(self) -> BackendOverview:
@@ -205,7 +208,7 @@ class Services:
     def backend_admin(self) -> BackendAdmin:
         from shared.lifecycle.backends import BackendAdmin
 
-        return BackendAdmin(self.s3, self.triton, self.replicas, self.settings)
+        return BackendAdmin(self.s3, self.triton_async, self.triton_loop, self.replicas, self.settings)
 
     # lifecycle
     @cached_property
@@ -267,7 +270,7 @@ class Services:
     def items(self) -> ItemRunner:
         from shared.inference.items import ItemRunner
 
-        return ItemRunner(self.resolver, self.balancer, self.recorder, self.triton)
+        return ItemRunner(self.resolver, self.balancer, self.triton_async, self.triton_loop)
 
     # batch
     @cached_property
@@ -301,6 +304,30 @@ class Services:
         from shared.batch.intake import BatchIntake
 
         return BatchIntake(self.jobs, self.settings)
+
+    # async inference (Prefer: respond-async, /v1/requests)
+    @cached_property
+    def requests(self) -> AsyncRequests:
+        from shared.batch.callbacks import CallbackPolicy
+        from shared.batch.requests import AsyncRequests
+        from shared.clients import sink
+
+        settings = self.settings
+
+        def emit(event_type: str, event_id: str, data: InferEventData) -> None:
+            extensions = {"partitionkey": data["request_id"]}
+            sink.emit(
+                settings,
+                type=event_type,
+                source=settings.event_source,
+                subject=data["request_id"],
+                data=dict(data),
+                extensions=extensions,
+                id=event_id,
+            )
+
+        policy = CallbackPolicy(settings.callback_allowlist, settings.callback_signing_secret)
+        return AsyncRequests(self.db, self.resolver, self.dataplane, self.v2, policy, emit, settings)
 
     def ensure_batch_buckets(self) -> None:
         """Create the batch input and results buckets if missing (checked once per process)."""

@@ -78,29 +78,7 @@ class Balancer:
         self._turn = itertools.count()
         self._lock = threading.Lock()
 
-    # -- state (synchronous callers: the batch worker) -------------------------------------
-    def snapshot(self, urls: list[str]) -> list[Backend]:
-        """Backends of ``urls`` (cached for the TTL; stale ones re-read in one round trip)."""
-        now = time.monotonic()
-        fresh = {u: hit[1] for u in urls if (hit := self._seen.get(u)) and hit[0] > now}
-        stale = [u for u in urls if u not in fresh]
-        if stale:
-            for backend in self._read(stale):
-                self._keep(backend, now)
-                fresh[backend.url] = backend
-        return [fresh[u] for u in urls]
-
-    def _read(self, urls: list[str]) -> list[Backend]:
-        b = self.breakers
-        if b.redis_usable():
-            try:
-                values = b.cache.client.mget(self._keys(urls))
-            except Exception as exc:  # redis errors: fall back to in-process breakers
-                b.redis_failed(exc)
-            else:
-                return self._parse(urls, values)
-        return [Backend(u, b.local_view(u), None) for u in urls]
-
+    # -- state --------------------------------------------------------------------------
     def _keys(self, urls: list[str]) -> list[str]:
         return [k for u in urls for k in state_keys(u, self.breakers.prefix)] + [probe_key(u) for u in urls]
 
@@ -216,41 +194,14 @@ class Balancer:
         start = next(self._turn) % len(usable)
         return usable[start:] + usable[:start]
 
-    def candidates(self, urls: list[str], label: str | None = None) -> list[Backend]:
-        return self.choose(self.snapshot(urls), label)
-
-    def call(self, urls: list[str], attempt: Callable[[str], T], count: bool = True, label: str | None = None) -> T:
-        """``attempt(url)`` on a chosen backend; one retry elsewhere when the connection failed.
-
-        ``count=False`` keeps a successful call out of the request metrics (cached metadata reads).
-        """
-        if not urls:
-            raise Unavailable("the model has no Triton backend configured")
-        chosen = self.candidates(urls, label)[:MAX_ATTEMPTS]
-        for i, backend in enumerate(chosen):
-            started = time.perf_counter()
-            try:
-                result = attempt(backend.url)
-            except KinferError as err:
-                if not is_backend_failure(err):
-                    raise
-                self._failed(backend, err, time.perf_counter() - started, trip=err.code != "model_not_loaded")
-                if is_connection_failure(err) and i + 1 < len(chosen):
-                    log.warning("retrying on another backend after: %s", err.message)
-                    continue
-                raise
-            if count:
-                self.recorder.record(backend.url, "success", time.perf_counter() - started)
-            if backend.circuit.state != "closed" or backend.circuit.failures:
-                self.breakers.record_success(backend.url, backend.circuit)
-                self.forget(backend.url)
-            return result
-        raise AssertionError("unreachable")
-
     async def call_async(
         self, urls: list[str], attempt: Callable[[str], Awaitable[T]], count: bool = True, label: str | None = None
     ) -> T:
-        """``call`` for the event loop: breaker bookkeeping off the loop, never a Redis wait once warm."""
+        """``attempt(url)`` on a chosen backend; one retry elsewhere when the connection failed. Breaker
+        bookkeeping runs off the loop, and once warm no call waits for Redis.
+
+        ``count=False`` keeps a successful call out of the request metrics (cached metadata reads).
+        """
         if not urls:
             raise Unavailable("the model has no Triton backend configured")
         chosen = self._only_healthy(urls) or self.choose(await self.snapshot_async(urls), label)[:MAX_ATTEMPTS]

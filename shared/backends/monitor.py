@@ -15,10 +15,10 @@ its circuit breaker's view of real requests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NotRequired, TypedDict, cast
 
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
     from shared.backends.breaker import Breakers
-    from shared.backends.triton import TritonPool
+    from shared.backends.triton_async import AsyncTriton
+    from shared.clients.aio import LoopThread
     from shared.clients.cache import Cache
     from shared.registry import ModelRegistry
     from shared.settings import Settings
@@ -96,10 +97,17 @@ class BackendMonitor:
     """Probes the Triton backends, records the results in Redis, and renders /health and /metrics."""
 
     def __init__(
-        self, registry: ModelRegistry, triton: TritonPool, breakers: Breakers, cache: Cache, settings: Settings
+        self,
+        registry: ModelRegistry,
+        triton_async: AsyncTriton,
+        loop: LoopThread,
+        breakers: Breakers,
+        cache: Cache,
+        settings: Settings,
     ) -> None:
         self.registry = registry
-        self.triton = triton
+        self.triton_async = triton_async
+        self.loop = loop
         self.breakers = breakers
         self.cache = cache
         self.settings = settings
@@ -120,11 +128,11 @@ class BackendMonitor:
                     names.append(triton_model)
         return found
 
-    def probe_one(self, url: str, model_names: list[str]) -> ProbeResult:
+    async def probe_one(self, url: str, model_names: list[str]) -> ProbeResult:
         started = time.perf_counter()
         # A backend is healthy when its server is ready: one model registered there but
         # missing must not steer traffic for the others away from it.
-        ok, missing, reason = self.triton.ready(url, model_names, PROBE_TIMEOUT_S)
+        ok, missing, reason = await self.triton_async.ready(url, model_names, PROBE_TIMEOUT_S)
         return {
             "url": url,
             "healthy": ok,
@@ -143,12 +151,15 @@ class BackendMonitor:
         return {url: names for url, names in targets.items() if url != cold}
 
     def probe(self, targets: dict[str, list[str]] | None = None) -> list[ProbeResult]:
-        """Probe backends in parallel and record each result in Redis (best effort)."""
+        """Probe backends concurrently and record each result in Redis (best effort)."""
         targets = self._probed(self.backend_models() if targets is None else targets)
         if not targets:
             return []
-        with ThreadPoolExecutor(max_workers=min(8, max(1, len(targets)))) as pool:
-            results = list(pool.map(lambda item: self.probe_one(*item), targets.items()))
+
+        async def every() -> list[ProbeResult]:
+            return list(await asyncio.gather(*(self.probe_one(url, names) for url, names in targets.items())))
+
+        results = self.loop.run(every())
         self._store(results)
         return results
 

@@ -1,9 +1,7 @@
-"""Triton over gRPC: one client per backend URL, cached model metadata, errors translated once.
-
-``tritonclient.grpc.InferenceServerClient`` is thread-safe, so a process keeps one
-per URL (``TritonPool``) and every thread shares it: the batch worker and the probe
-use it; the real-time path uses ``triton_async.AsyncTriton`` (grpc.aio). Model
-metadata and config are cached per (url, model, version) for METADATA_TTL_S.
+"""What every Triton call shares: tensor specs and model metadata (``ModelInfo``), channel options,
+and the translation of Triton's errors. The one client is ``triton_async.AsyncTriton`` (grpc.aio):
+the real-time path calls it on the server's event loop, threads (the batch worker, the probe,
+registration checks) through a ``shared.clients.aio.LoopThread``.
 ``translate`` turns a tritonclient or gRPC error into the Kinfer error tree (the
 public message names the model, never the backend's address) and
 ``is_backend_failure`` says whether it should count against the backend's circuit
@@ -13,8 +11,6 @@ breaker.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from shared.errors import BackendError, BackendTimeout, InvalidInput, KinferError, ModelError, Unavailable
-from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -157,112 +152,3 @@ def is_backend_failure(err: KinferError) -> bool:
 def is_connection_failure(err: KinferError) -> bool:
     """Failures worth one retry on another backend (nothing reached the model)."""
     return type(err) is Unavailable or err.code == "model_not_loaded"
-
-
-class TritonPool:
-    """gRPC clients per backend URL and a TTL cache of model metadata, shared by all threads."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._clients: dict[str, Any] = {}
-        self._info: dict[tuple[str, str, str], tuple[float, ModelInfo]] = {}
-        self._outputs: dict[ModelInfo, list[Any]] = {}
-        self._lock = threading.Lock()
-
-    def client(self, url: str) -> Any:
-        found = self._clients.get(url)
-        if found is None:
-            import tritonclient.grpc as grpcclient
-
-            with self._lock:
-                found = self._clients.get(url)
-                if found is None:
-                    found = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
-                    self._clients[url] = found
-        return found
-
-    def model_info(self, url: str, model: str, version: str | None = None, label: str | None = None) -> ModelInfo:
-        """Metadata + config of ``model`` (``version``: a Triton model version) on ``url``, cached for
-        METADATA_TTL_S."""
-        key = (url, model, version or "")
-        hit = self._info.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        client, timeout = self.client(url), self.settings.triton_timeout_s
-        try:
-            metadata = client.get_model_metadata(model, version or "", as_json=True, client_timeout=timeout)
-            config = client.get_model_config(model, version or "", as_json=True, client_timeout=timeout)
-        except Exception as exc:  # tritonclient raises InferenceServerException; translate once here
-            raise translate(exc, url, model, label) from exc
-        info = model_info_from(metadata, config)
-        self._info[key] = (time.monotonic() + self.settings.metadata_ttl_s, info)
-        return info
-
-    def infer(
-        self,
-        url: str,
-        info: ModelInfo,
-        arrays: Mapping[str, np.ndarray[Any, Any]],
-        headers: Mapping[str, str] | None = None,
-        version: str | None = None,
-        label: str | None = None,
-    ) -> dict[str, np.ndarray[Any, Any]]:
-        """One Triton inference request (``version``: the Triton model version, "" or None = Triton's
-        policy); every output tensor comes back as a numpy array."""
-        import tritonclient.grpc as grpcclient
-
-        tensors = []
-        for spec in info.inputs:
-            array = arrays[spec.name]
-            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        outputs = self._requested_outputs(info)
-        try:
-            result = self.client(url).infer(
-                info.name,
-                tensors,
-                model_version=version or "",
-                outputs=outputs,
-                headers=dict(headers or {}),
-                client_timeout=self.settings.triton_timeout_s,
-            )
-        except Exception as exc:
-            raise translate(exc, url, info.name, label) from exc
-        return {o.name: result.as_numpy(o.name) for o in info.outputs}
-
-    def _requested_outputs(self, info: ModelInfo) -> list[Any]:
-        """InferRequestedOutput objects per model (immutable once built; reused across requests)."""
-        found = self._outputs.get(info)
-        if found is None:
-            import tritonclient.grpc as grpcclient
-
-            found = self._outputs[info] = [grpcclient.InferRequestedOutput(o.name) for o in info.outputs]
-        return found
-
-    def ready(self, url: str, models: list[str], timeout: float = 2.0) -> tuple[bool, list[str], str]:
-        """(server ready, the given models that are not ready, reason) — the probe's check (operators'
-        view: the reason may name the backend)."""
-        client = self.client(url)
-        try:
-            if not client.is_server_ready(client_timeout=timeout):
-                return False, list(models), "server not ready"
-            missing = [m for m in models if not client.is_model_ready(m, client_timeout=timeout)]
-        except Exception as exc:
-            status, text = error_parts(exc)
-            return False, list(models), f"{status or type(exc).__name__}: {text[:200]}"
-        return True, missing, (f"models not ready: {', '.join(missing)}" if missing else "ready")
-
-    def forget(self, url: str) -> None:
-        """Drop cached metadata of ``url`` (after a backend failure its models may have changed)."""
-        for key in [k for k in self._info if k[0] == url]:
-            self._info.pop(key, None)
-
-    def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            try:
-                client.close()
-            except Exception:  # closing a broken channel must not fail shutdown
-                log.debug("closing a Triton client failed", exc_info=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from shared.backends.triton import CHANNEL_ARGS, NP_DTYPES, ModelInfo, model_info_from, translate
+from shared.backends.triton import CHANNEL_ARGS, NP_DTYPES, ModelInfo, error_parts, model_info_from, translate
 from shared.clients.aio import PerLoop, SingleFlight
 from shared.errors import BackendError
 from shared.settings import Settings
@@ -113,6 +113,45 @@ class AsyncTriton:
         try:
             return bool((await self.stub(url).ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)).ready)
         except Exception:  # unreachable backend: not ready
+            return False
+
+    async def ready(self, url: str, models: list[str], timeout: float = 2.0) -> tuple[bool, list[str], str]:
+        """(server ready, the given models that are not ready, reason): the probe's check (operators' view:
+        the reason may name the backend)."""
+        from tritonclient.grpc import service_pb2
+
+        stub = self.stub(url)
+        try:
+            if not (await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)).ready:
+                return False, list(models), "server not ready"
+            missing = [
+                m
+                for m in models
+                if not (await stub.ModelReady(service_pb2.ModelReadyRequest(name=m), timeout=timeout)).ready
+            ]
+        except Exception as exc:  # grpc.aio errors: the probe reports them as its reason
+            status, text = error_parts(exc)
+            return False, list(models), f"{status or type(exc).__name__}: {text[:200]}"
+        return True, missing, (f"models not ready: {', '.join(missing)}" if missing else "ready")
+
+    async def served_models(self, url: str, timeout: float) -> list[str]:
+        """The names in ``url``'s model repository index, after a liveness call; raises the gRPC error
+        as is (a registration check reads its text to tell Triton from another protocol)."""
+        from tritonclient.grpc import service_pb2
+
+        stub = self.stub(url)
+        await stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=timeout)
+        index = await stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=timeout)
+        return [m.name for m in index.models]
+
+    async def server_live(self, url: str, timeout: float) -> bool:
+        """Triton's liveness (False when it does not answer in ``timeout``); a call through Knative's
+        activator also wakes a backend that scaled to zero."""
+        from tritonclient.grpc import service_pb2
+
+        try:
+            return bool((await self.stub(url).ServerLive(service_pb2.ServerLiveRequest(), timeout=timeout)).live)
+        except Exception:  # not live (yet)
             return False
 
     def forget(self, url: str) -> None:

@@ -5,15 +5,20 @@ A process normally runs one loop (uvicorn's), but tests and tools may run severa
 another (Starlette's TestClient outside a ``with`` block starts a loop per request). ``PerLoop``
 keeps one instance per running loop and forgets the instances of loops that were closed, so a
 client is never used from a loop it does not belong to. ``single_flight`` runs one coroutine per
-key at a time on a loop and lets concurrent callers share its result.
+key at a time on a loop and lets concurrent callers share its result. ``LoopThread`` gives
+synchronous callers (the batch worker's threads, the probe) the same async clients: one loop on a
+daemon thread that runs their coroutines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -112,3 +117,75 @@ async def in_thread(fn: Callable[..., R], *args: Any) -> R:
     import anyio.to_thread
 
     return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+class LoopThread:
+    """An event loop on a daemon thread (started on first use), so that threads can use the async clients:
+    ``run(coro)`` executes ``coro`` there, in the caller's context (trace spans carry over), and waits;
+    ``spawn(coro)`` does not wait."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name=self.name, daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        loop = self._running_loop()
+        context = contextvars.copy_context()
+        result: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = loop.create_task(coro, context=context)
+
+            def done(t: asyncio.Task[T]) -> None:
+                if t.cancelled():
+                    result.cancel()
+                elif (exc := t.exception()) is not None:
+                    result.set_exception(exc)
+                else:
+                    result.set_result(t.result())
+
+            task.add_done_callback(done)
+
+        loop.call_soon_threadsafe(start)
+        return result
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """The result of ``coro`` run on this thread's loop (its exception raised here)."""
+        if self._loop is not None and threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError(f"LoopThread {self.name}: run() from its own loop would wait for itself")
+        return self._submit(coro).result(timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run ``coro`` in the background on this loop; a failure is logged, never raised."""
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.debug("background %s failed: %s", what, type(f.exception()).__name__)
+
+        self._submit(coro).add_done_callback(done)
+
+    def close(self) -> None:
+        """Stop the loop and its thread (a later ``run`` starts new ones)."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()

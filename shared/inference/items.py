@@ -1,4 +1,5 @@
-"""Inference of batch items (``infer_items``, the batch worker's data plane), synchronous.
+"""Inference of batch items (``infer_items``, the batch worker's data plane) through the one async Triton
+client: the worker's threads hand each sub-batch to a ``LoopThread``, where its requests run concurrently.
 
 Valid items go to Triton in requests of the model's ``max_batch_size`` rows, up to
 ``IN_FLIGHT`` of them at once per process (Triton and this process overlap their work); a bad item
@@ -9,31 +10,28 @@ validation). Backend failures that a retry can cure raise (the chunk is redelive
 
 from __future__ import annotations
 
-import contextvars
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared import telemetry
 from shared.backends.triton import NP_DTYPES, ModelInfo
+from shared.clients.aio import PerLoop
 from shared.errors import InvalidInput, KinferError
 from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of
 from shared.inference.resolve import backend_label, label, triton_model, triton_version
 
 if TYPE_CHECKING:
     from shared.backends.balancer import Balancer
-    from shared.backends.metrics import Recorder
-    from shared.backends.triton import TritonPool
+    from shared.backends.triton_async import AsyncTriton
+    from shared.clients.aio import LoopThread
     from shared.domain import ModelVersion
     from shared.inference.resolve import Resolver
 
 IN_FLIGHT = 8
-T = TypeVar("T")
 
 
 @dataclass
@@ -92,23 +90,6 @@ def uniform_rows(info: ModelInfo, items: Sequence[object]) -> np.ndarray[Any, An
     return cast
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _in_parallel(calls: list[Callable[[], T]]) -> list[T]:
-    """Run ``calls`` in a process-wide pool of IN_FLIGHT threads (Triton requests overlap; chunks served at
-    once share the pool, so the requests in flight stay bounded); the first error raises."""
-    global _pool
-    if len(calls) <= 1:
-        return [c() for c in calls]
-    if _pool is None:
-        with _pool_lock:
-            _pool = _pool or ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="batch-infer")
-    futures = [_pool.submit(contextvars.copy_context().run, c) for c in calls]
-    return [f.result() for f in futures]
-
-
 def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
     """Item indexes packed into requests: same row shape, at most max_batch_size rows (or one item)."""
     if not info.batched:
@@ -131,15 +112,28 @@ def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
 
 
 class ItemRunner:
-    """Owns the batch worker's data plane: batch items through the balancer to synchronous Triton clients."""
+    """Owns the batch worker's data plane: batch items through the balancer to the async Triton client, at most
+    ``in_flight`` Triton requests at once per process (every chunk a process serves shares the bound)."""
 
-    def __init__(self, resolver: Resolver, balancer: Balancer, recorder: Recorder, triton: TritonPool) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        balancer: Balancer,
+        triton_async: AsyncTriton,
+        loop: LoopThread,
+        in_flight: int = IN_FLIGHT,
+    ) -> None:
         self.resolver = resolver
         self.balancer = balancer
-        self.recorder = recorder
-        self.triton = triton
+        self.triton_async = triton_async
+        self.loop = loop
+        self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(in_flight))
 
-    def triton_call(
+    def infer_items(self, model: ModelVersion, items: Sequence[object]) -> list[ItemResult]:
+        """``infer_items_async`` for a thread (the batch worker's handlers run in the thread pool)."""
+        return self.loop.run(self.infer_items_async(model, items))
+
+    async def triton_call(
         self,
         url: str,
         info: ModelInfo,
@@ -148,36 +142,43 @@ class ItemRunner:
         version: str | None = None,
         who: str | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]:
-        """Run ``rows`` rows on ``url`` in requests of at most max_batch_size rows (traced)."""
-        pool = self.triton
+        """Run ``rows`` rows on ``url`` in requests of at most max_batch_size rows, in flight together (traced)."""
         step = info.max_batch_size if info.batched else rows
-        parts = []
+        slots = self._slots.get()
+
+        async def one(chunk: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+            async with slots:
+                return await self.triton_async.infer(url, info, chunk, headers, version, who)
+
         with telemetry.child_span("triton.infer", **{"kinfer.triton_model": info.name, "kinfer.rows": rows}):
             headers = telemetry.outgoing_headers()
-            for lo in range(0, rows, step):
-                chunk = {k: a[lo : lo + step] for k, a in arrays.items()} if info.batched and rows > step else arrays
-                parts.append(pool.infer(url, info, chunk, headers, version, who))
-                self.recorder.record_rows(url, min(step, rows - lo))
-        if len(parts) == 1:
-            return parts[0]
+            if not info.batched or rows <= step:
+                return await one(arrays)
+            parts = await asyncio.gather(
+                *(one({k: a[lo : lo + step] for k, a in arrays.items()}) for lo in range(0, rows, step))
+            )
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    def infer_items(self, model: ModelVersion, items: Sequence[object]) -> list[ItemResult]:
+    async def infer_items_async(self, model: ModelVersion, items: Sequence[object]) -> list[ItemResult]:
         """One ItemResult per item, in order; valid items go in batched Triton requests, several at once.
 
         Raises Unavailable/CircuitOpen/BackendTimeout (retryable) when Triton cannot be used.
         """
         target = _Target(model, self.resolver.backend_urls(model), triton_version(model))
         tm = triton_model(model)
-        info = self.balancer.call(
+        info = await self.balancer.call_async(
             target.urls,
-            lambda url: self.triton.model_info(url, tm, target.version, backend_label(model, target.urls, url)),
+            lambda url: self.triton_async.model_info(url, tm, target.version, backend_label(model, target.urls, url)),
             count=False,
             label=label(model),
         )
         uniform = uniform_rows(info, items)
         if uniform is not None:
-            return self._infer_uniform(target, info, uniform)
+            step = info.max_batch_size
+            done = await asyncio.gather(
+                *(self._infer_uniform(target, info, uniform[lo : lo + step]) for lo in range(0, uniform.shape[0], step))
+            )
+            return [r for part in done for r in part]
         results: list[ItemResult | None] = [None] * len(items)
         parsed: dict[int, Parsed] = {}
         for i, item in enumerate(items):
@@ -185,49 +186,41 @@ class ItemRunner:
                 parsed[i] = parse_input(info, item)
             except InvalidInput as exc:
                 results[i] = ItemResult(None, None, exc.message)
-        calls: list[Callable[[], None]] = [
-            partial(self._infer_group, target, info, g, parsed, results) for g in _groups(info, parsed)
-        ]
-        _in_parallel(calls)
+        await asyncio.gather(*(self._infer_group(target, info, g, parsed, results) for g in _groups(info, parsed)))
         return [r if r is not None else ItemResult(None, None, "not inferred") for r in results]
 
-    def _infer_uniform(self, target: _Target, info: ModelInfo, array: np.ndarray[Any, Any]) -> list[ItemResult]:
-        step = info.max_batch_size
-        parts = [array[lo : lo + step] for lo in range(0, array.shape[0], step)]
-
-        def run(part: np.ndarray[Any, Any]) -> list[ItemResult]:
-            try:
-                outputs = self.balancer.call(
-                    target.urls,
-                    lambda url: self.triton_call(
-                        url,
-                        info,
-                        {info.inputs[0].name: part},
-                        len(part),
-                        target.version,
-                        backend_label(target.model, target.urls, url),
-                    ),
-                    label=label(target.model),
+    async def _infer_uniform(self, target: _Target, info: ModelInfo, part: np.ndarray[Any, Any]) -> list[ItemResult]:
+        try:
+            outputs = await self.balancer.call_async(
+                target.urls,
+                lambda url: self.triton_call(
+                    url,
+                    info,
+                    {info.inputs[0].name: part},
+                    len(part),
+                    target.version,
+                    backend_label(target.model, target.urls, url),
+                ),
+                label=label(target.model),
+            )
+        except KinferError as exc:
+            if exc.retryable:
+                raise
+            if len(part) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
+                half = len(part) // 2
+                first, second = await asyncio.gather(
+                    self._infer_uniform(target, info, part[:half]), self._infer_uniform(target, info, part[half:])
                 )
-            except KinferError as exc:
-                if exc.retryable:
-                    raise
-                if len(part) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
-                    half = len(part) // 2
-                    return run(part[:half]) + run(part[half:])
-                return [ItemResult(None, None, exc.message)] * len(part)
-            predictions = prediction_of(info, outputs, single=False)
-            names = list(outputs)
-            per_item = [
-                dict(zip(names, values, strict=True))
-                for values in zip(*(outputs[n].tolist() for n in names), strict=True)
-            ]
-            return [ItemResult(p, o, None) for p, o in zip(predictions, per_item, strict=True)]
+                return first + second
+            return [ItemResult(None, None, exc.message)] * len(part)
+        predictions = prediction_of(info, outputs, single=False)
+        names = list(outputs)
+        per_item = [
+            dict(zip(names, values, strict=True)) for values in zip(*(outputs[n].tolist() for n in names), strict=True)
+        ]
+        return [ItemResult(p, o, None) for p, o in zip(predictions, per_item, strict=True)]
 
-        calls: list[Callable[[], list[ItemResult]]] = [partial(run, p) for p in parts]
-        return [r for done in _in_parallel(calls) for r in done]
-
-    def _infer_group(
+    async def _infer_group(
         self,
         target: _Target,
         info: ModelInfo,
@@ -242,7 +235,7 @@ class ItemRunner:
         }
         rows = sum(parsed[i].rows for i in group)
         try:
-            outputs = self.balancer.call(
+            outputs = await self.balancer.call_async(
                 target.urls,
                 lambda url: self.triton_call(
                     url, info, arrays, rows, target.version, backend_label(target.model, target.urls, url)
@@ -254,8 +247,9 @@ class ItemRunner:
                 raise
             if len(group) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
                 half = len(group) // 2
-                for part in (group[:half], group[half:]):
-                    self._infer_group(target, info, part, parsed, results)
+                await asyncio.gather(
+                    *(self._infer_group(target, info, part, parsed, results) for part in (group[:half], group[half:]))
+                )
                 return
             for i in group:
                 results[i] = ItemResult(None, None, exc.message)

@@ -49,19 +49,6 @@ class Resolver:
         self.settings = settings
         self._models: dict[tuple[str, str | None], tuple[float, ResolvedTarget]] = {}
 
-    def resolve(self, name: str, version: str | None = None, route_key: str | None = None) -> ModelVersion:
-        """The model row that serves this caller (synchronous callers: batch), through the MODEL_TTL_S cache."""
-        from shared import registry
-
-        key, now = (name, version), time.monotonic()
-        hit = self._models.get(key)
-        if hit is not None and hit[0] > now:
-            return registry.pick(hit[1], route_key)
-        with telemetry.child_span("registry.resolve", **{"kinfer.model": name}):
-            target = self.registry.resolve_target(name, version)
-        self._keep(key, target)
-        return registry.pick(target, route_key)
-
     async def resolve_async(self, name: str, version: str | None = None, route_key: str | None = None) -> ModelVersion:
         """The model row that serves this caller (404 when unknown or not servable), from the cache when warm:
         ``version`` names a version or an alias; ``route_key`` keeps a caller on one side of a split."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,8 @@ from shared.lifecycle import repository
 from shared.lifecycle.repository import Layout
 
 if TYPE_CHECKING:
-    from shared.backends.triton import TritonPool
+    from shared.backends.triton_async import AsyncTriton
+    from shared.clients.aio import LoopThread
     from shared.domain import ModelVersion
     from shared.lifecycle.replicas import Replicas
     from shared.registry.rules import NewModel
@@ -40,9 +40,12 @@ OTHER_PROTOCOL = ("Socket closed", "Failed parsing HTTP/2", "http1", "HTTP/1")
 class BackendAdmin:
     """Checks a registration's backends and wakes the backends of a pushed version."""
 
-    def __init__(self, s3: Any, triton: TritonPool, replicas: Replicas, settings: Settings) -> None:
+    def __init__(
+        self, s3: Any, triton_async: AsyncTriton, loop: LoopThread, replicas: Replicas, settings: Settings
+    ) -> None:
         self.s3 = s3
-        self.triton = triton
+        self.triton_async = triton_async
+        self.loop = loop
         self.replicas = replicas
         self.settings = settings
 
@@ -74,13 +77,11 @@ class BackendAdmin:
                 f"backend {backend} does not answer right now; {triton_model!r} is registered but "
                 "serves only once it does"
             )
-        client = self.triton.client(backend)
         for attempt in (1, 2):  # one retry: a channel that was reconnecting is not a wrong endpoint
             try:
-                client.is_server_live(client_timeout=CALL_TIMEOUT_S)
-                index = client.get_model_repository_index(as_json=True, client_timeout=CALL_TIMEOUT_S)
+                names = self.loop.run(self.triton_async.served_models(backend, CALL_TIMEOUT_S))
                 break
-            except Exception as exc:  # tritonclient / grpc errors: the text stays in the log
+            except Exception as exc:  # grpc errors: the text stays in the log
                 status, text = error_parts(exc)
                 log.info(
                     "backend %s did not answer as Triton gRPC (try %d): %s %s", backend, attempt, status, text[:200]
@@ -99,7 +100,7 @@ class BackendAdmin:
                     field=field,
                     code="backend_not_triton",
                 ) from None
-        served = sorted({m.get("name", "") for m in index.get("models", [])} - {""})
+        served = sorted(set(names) - {""})
         if triton_model in served:
             return None
         layout = Layout.of(self.settings)
@@ -120,11 +121,6 @@ class BackendAdmin:
         calls Triton on a timer: this is one request per push.
         """
 
-        def poke(url: str) -> None:
-            try:
-                self.triton.client(url).is_server_live(client_timeout=timeout)
-            except Exception as exc:  # a cold start may take longer than the wait: the activator still scales up
-                log.debug("wake of %s: %s", url, type(exc).__name__)
-
+        # A cold start may take longer than the wait: the activator still scales the backend up.
         for url in self.replicas.backends_of(model):
-            threading.Thread(target=poke, args=(url,), name="wake-triton", daemon=True).start()
+            self.loop.spawn(self.triton_async.server_live(url, timeout), "wake of a Triton backend")

@@ -10,6 +10,7 @@ field to an answer is a compatible change.
 from __future__ import annotations
 
 from shared.domain import JobStatus, ModelStatus
+from shared.registry import rules
 from shared.web.route import QueryParam
 
 Schema = dict[str, object]  # a JSON Schema: arbitrary JSON by nature
@@ -21,12 +22,13 @@ _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 _COUNT = {"type": "integer", "minimum": 0}
 _JOB_STATUSES = [s.value for s in JobStatus]
 
-MODEL_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
-VERSION = {"type": "string", "pattern": "^[0-9]{1,9}(\\.[0-9]{1,9}){0,2}$"}
-FRAMEWORK = {"enum": ["pytorch", "tensorflow", "onnx", "scikit-learn", "xgboost", "tensorrt", "python"]}
-FORMAT = {"enum": ["onnx", "torchscript", "savedmodel", "plan", "pickle", "python"]}
+# The registry's own rules (shared.registry.rules), so the documented contract is the enforced one.
+MODEL_NAME = {"type": "string", "pattern": f"^{rules.NAME.pattern}$"}
+VERSION = {"type": "string", "pattern": f"^{rules.VERSION.pattern}$"}
+FRAMEWORK = {"enum": list(rules.FRAMEWORKS)}
+FORMAT = {"enum": list(rules.FORMATS)}
 MODEL_STATUS = {"enum": [s.value for s in ModelStatus]}
-TAG = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,63}$"}
+TAG = {"type": "string", "pattern": f"^{rules.TAG.pattern}$"}
 BACKEND_URL = {"type": "string", "maxLength": 256, "description": "a Triton gRPC endpoint, host:port"}
 
 _MODEL_WRITABLE: Schema = {
@@ -186,6 +188,57 @@ INFER_RESPONSE: Schema = {
         "timestamp": _TIME,
         "request_id": _STRING,
         "trace_id": _STRING,
+    },
+}
+
+ASYNC_ACCEPTED_DESCRIPTION = (
+    "queued (Prefer: respond-async): poll Location (GET /v1/requests/{id}); an optional Kinfer-Callback-URL "
+    "header names an https receiver of the outcome, signed with Kinfer-Signature"
+)
+_REQUEST_STATUS = {"enum": ["queued", "running", "succeeded", "failed"]}
+
+INFER_ACCEPTED: Schema = {
+    "type": "object",
+    "required": ["id", "status", "model", "version", "created_at", "expires_at", "location"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "status": {"const": "queued"},
+        "model": _STRING,
+        "version": _STRING,
+        "created_at": _TIME,
+        "expires_at": _TIME,
+        "location": {"type": "string", "description": "/v1/requests/{id}, as in the Location header"},
+        "callback_url": _STRING,
+    },
+}
+
+INFER_REQUEST_STATUS: Schema = {
+    "type": "object",
+    "required": ["id", "status", "protocol", "model", "version", "attempts", "created_at", "expires_at"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "status": _REQUEST_STATUS,
+        "protocol": {"enum": ["v1", "v2"]},
+        "model": _STRING,
+        "version": _STRING,
+        "attempts": _COUNT,
+        "created_at": _TIME,
+        "started_at": _NULLABLE_TIME,
+        "finished_at": _NULLABLE_TIME,
+        "expires_at": _TIME,
+        "http_status": {"type": "integer", "description": "the status the synchronous call would have answered"},
+        "result": {"type": "object", "description": "succeeded: exactly the body of the synchronous answer"},
+        "error": {"type": "object", "description": "failed: the error body of the synchronous answer"},
+        "callback": {
+            "type": "object",
+            "properties": {
+                "url": _STRING,
+                "status": {"enum": ["pending", "queued", "delivered", "failed", None]},
+                "attempts": _COUNT,
+                "error": _NULLABLE_STRING,
+                "at": _NULLABLE_TIME,
+            },
+        },
     },
 }
 

@@ -129,7 +129,13 @@ def fuzz_operation(operation: Any, mode: GenerationMode, gateway: str, key: str)
     def run(case: Any) -> None:
         headers = {k: v for k, v in (case.headers or {}).items() if k.lower() not in ("authorization", "x-api-key")}
         headers["Authorization"] = f"Bearer {key}"
-        response = case.call(base_url=gateway, headers=headers, session=session, timeout=30)
+        try:
+            response = case.call(base_url=gateway, headers=headers, session=session, timeout=30)
+        except BaseException as exc:  # no answer (a timeout, a reset): a finding, never a hypothesis replay
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            failures.append(f"{operation.label} [{mode.value}] -> no answer: {type(exc).__name__}: {str(exc)[:400]}")
+            return
         STATUSES[response.status_code] += 1
         try:
             case.validate_response(response, checks=CHECKS)

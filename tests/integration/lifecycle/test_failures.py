@@ -4,6 +4,7 @@ back with every ready version; an unneeded version is unloaded after the grace p
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import socket
@@ -315,7 +316,7 @@ def test_a_model_that_fails_on_one_callers_input_never_opens_the_backends_circui
     assert good.status_code == 200 and good.json()["outputs"]["y"] == [30.0], good.text
     items = [{"data": [float(i % 4)]} for i in range(20)] + [{"data": [9.0]}]
     svc = life.services()
-    results = svc.items.infer_items(svc.resolver.resolve(name), items)
+    results = svc.items.infer_items(asyncio.run(svc.resolver.resolve_async(name)), items)
     assert [r.error is None for r in results] == [True] * 20 + [False], "only the bad item fails in a batch"
     assert [r.outputs["y"] for r in results[:4]] == [[10.0], [20.0], [30.0], [40.0]]
 

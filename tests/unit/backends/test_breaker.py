@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -72,8 +73,28 @@ def test_views_parse_pybreaker_redis_values():
 def balancer_with(backends: list[Backend], breakers: Breakers) -> tuple[Balancer, Tally]:
     tally = Tally()
     bal = Balancer(breakers, tally)  # type: ignore[arg-type]
-    bal._read = lambda urls: [b for b in backends if b.url in urls]  # type: ignore[method-assign]
+
+    async def read(urls: list[str]) -> list[Backend]:
+        return [b for b in backends if b.url in urls]
+
+    bal._read_async = read  # type: ignore[method-assign]
+    bal._met.update(b.url for b in backends)  # seen before: no first-sight readiness probe
     return bal, tally
+
+
+def candidates(bal: Balancer, urls: list[str], label: str | None = None) -> list[Backend]:
+    import asyncio
+
+    return bal.choose(asyncio.run(bal.snapshot_async(urls)), label)
+
+
+def call(bal: Balancer, urls: list[str], attempt: Any) -> Any:
+    import asyncio
+
+    async def run(url: str) -> Any:
+        return attempt(url)
+
+    return asyncio.run(bal.call_async(urls, run))
 
 
 def test_round_robin_skips_open_circuits_and_failed_probes():
@@ -85,7 +106,7 @@ def test_round_robin_skips_open_circuits_and_failed_probes():
         Backend("d:1", CircuitView("d:1"), False),
     ]
     bal, _ = balancer_with(backends, make())
-    firsts = [bal.candidates(["a:1", "b:1", "c:1", "d:1"])[0].url for _ in range(8)]
+    firsts = [candidates(bal, ["a:1", "b:1", "c:1", "d:1"])[0].url for _ in range(8)]
     assert set(firsts) == {"a:1", "b:1"}
     assert firsts.count("a:1") >= 3 and firsts.count("b:1") >= 3
 
@@ -98,7 +119,7 @@ def test_all_open_raises_circuit_open_with_the_shortest_wait():
     ]
     bal, _ = balancer_with(backends, make())
     with pytest.raises(CircuitOpen) as err:
-        bal.candidates(["a:1", "b:1"], label="model 'm' version '2'")
+        candidates(bal, ["a:1", "b:1"], label="model 'm' version '2'")
     assert "model 'm' version '2'" in err.value.message and "a:1" not in err.value.message
     assert err.value.retry_after <= 10.5
 
@@ -115,7 +136,7 @@ def test_one_retry_elsewhere_on_connection_failure_but_not_on_caller_errors():
             raise Unavailable(f"{url} refused")
         return url
 
-    assert bal.call(["a:1", "b:1"], flaky) == calls[1] != calls[0]
+    assert call(bal, ["a:1", "b:1"], flaky) == calls[1] != calls[0]
     assert [o for _, o in tally.seen] == ["failure", "success"]
     assert breakers.views([calls[0]])[calls[0]].failures == 1
 
@@ -123,14 +144,14 @@ def test_one_retry_elsewhere_on_connection_failure_but_not_on_caller_errors():
         raise InvalidInput("wrong shape")
 
     with pytest.raises(InvalidInput):
-        bal.call(["a:1", "b:1"], bad_input)
+        call(bal, ["a:1", "b:1"], bad_input)
     assert breakers.views(["a:1", "b:1"])["a:1"].failures + breakers.views(["b:1"])["b:1"].failures == 1
 
     def broken(url: str) -> None:
         raise BackendError("internal")
 
     with pytest.raises(BackendError):  # not a connection failure: no retry
-        bal.call(["a:1", "b:1"], broken)
+        call(bal, ["a:1", "b:1"], broken)
 
 
 def test_an_open_circuit_met_first_is_closed_when_the_backend_answers_readiness():

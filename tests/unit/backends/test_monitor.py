@@ -8,6 +8,7 @@ import pytest
 
 from shared.backends.breaker import Breakers
 from shared.backends.monitor import BackendMonitor
+from shared.clients.aio import LoopThread
 from shared.errors import Unavailable
 from shared.settings import Settings
 
@@ -31,7 +32,7 @@ class _Pool:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def ready(self, url: str, names: list[str], timeout: float) -> tuple[bool, list[str], str | None]:
+    async def ready(self, url: str, names: list[str], timeout: float) -> tuple[bool, list[str], str | None]:
         self.asked.append(url)
         return True, [], None
 
@@ -41,11 +42,14 @@ def pool() -> _Pool:
     return _Pool()
 
 
+_LOOP = LoopThread("test-probes")
+
+
 def monitor(probe_triton_url: bool, pool: _Pool) -> BackendMonitor:
-    """Real breakers (per-process: Redis is absent), a fake Triton pool, no database."""
+    """Real breakers (per-process: Redis is absent), a fake async Triton client, no database."""
     settings = Settings.from_env(environ={}, triton_url=f"grpc://{TRITON}/", probe_triton_url=probe_triton_url)
     cache = _NoCache()
-    return BackendMonitor(_NoRegistry(), pool, Breakers(settings, cache), cache, settings)  # type: ignore[arg-type]
+    return BackendMonitor(_NoRegistry(), pool, _LOOP, Breakers(settings, cache), cache, settings)  # type: ignore[arg-type]
 
 
 def test_the_setting_reads_the_environment() -> None:

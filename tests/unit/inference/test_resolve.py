@@ -41,8 +41,10 @@ def test_a_warm_model_costs_no_registry_read_and_each_resolver_has_its_own_cache
 
     answers = asyncio.run(many())
     assert all(a == {"name": "iris", "version": "2"} for a in answers) and registry.reads == 1
-    assert resolver.resolve("iris", "2") == {"name": "iris", "version": "2"} and registry.reads == 1
-    assert _resolver(registry).resolve("iris", "2") == {"name": "iris", "version": "2"} and registry.reads == 2
+    assert asyncio.run(resolver.resolve_async("iris", "2")) == {"name": "iris", "version": "2"}
+    assert registry.reads == 1
+    assert asyncio.run(_resolver(registry).resolve_async("iris", "2")) == {"name": "iris", "version": "2"}
+    assert registry.reads == 2
 
 
 def test_an_unknown_model_is_404_and_forgotten() -> None:
@@ -58,7 +60,7 @@ def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resolve, "MAX_CACHED", 3)
     resolver = _resolver(_Registry())
     for name in ("a", "b", "c", "d"):
-        resolver.resolve(name)
+        asyncio.run(resolver.resolve_async(name))
     assert list(resolver._models) == [("d", None)]
 
 

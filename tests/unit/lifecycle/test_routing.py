@@ -160,22 +160,17 @@ def test_one_backend_named_twice_in_other_spellings_is_refused() -> None:
 
 
 class _FlakyTriton:
-    """A Triton client whose first call fails as a reconnecting channel does, or that speaks another protocol."""
+    """An async Triton client whose first calls fail as a reconnecting channel does, or that speaks another
+    protocol."""
 
     def __init__(self, failures: int, text: str) -> None:
         self.failures, self.text, self.calls = failures, text, 0
 
-    def client(self, backend: str) -> Any:
-        return self
-
-    def is_server_live(self, client_timeout: float) -> bool:
+    async def served_models(self, url: str, timeout: float) -> list[str]:
         self.calls += 1
         if self.calls <= self.failures:
             raise RuntimeError(self.text)
-        return True
-
-    def get_model_repository_index(self, as_json: bool, client_timeout: float) -> dict[str, Any]:
-        return {"models": [{"name": "iris"}]}
+        return ["iris"]
 
 
 @pytest.mark.parametrize(
@@ -204,7 +199,10 @@ def test_a_backend_is_called_not_triton_only_when_it_speaks_another_protocol(
         settings = Settings.from_env(environ={}, triton_url=address if own else "10.0.0.7:8001")
         triton = _FlakyTriton(failures, text)
 
-    admin = backends.BackendAdmin(None, FakeServices.triton, None, FakeServices.settings)
+    from shared.clients.aio import LoopThread
+
+    loop = LoopThread("test-registration")
+    admin = backends.BackendAdmin(None, FakeServices.triton, loop, None, FakeServices.settings)  # type: ignore[arg-type]
     try:
         if expect == "backend_not_triton":
             with pytest.raises(InvalidInput) as err:
@@ -215,3 +213,4 @@ def test_a_backend_is_called_not_triton_only_when_it_speaks_another_protocol(
             assert warning is None if expect is None else expect in str(warning)
     finally:
         listener.close()
+        loop.close()
