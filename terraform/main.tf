@@ -26,6 +26,10 @@ module "kafka" {
   bootstrap_servers = var.kafka_bootstrap_servers
   chunk_partitions  = coalesce(var.kafka_chunk_partitions, var.overlay == "prod" ? 24 : 12)
   topics            = { chunks = local.kafka_names.chunk_topic, requests = local.kafka_names.request_topic }
+  groups            = { worker = local.kafka_names.worker_group, intake = local.kafka_names.intake_group }
+  data_namespace    = var.data_namespace
+  sasl_username     = var.kafka_sasl_username
+  sasl_password     = var.kafka_sasl_password
 }
 
 module "data" {
@@ -38,7 +42,11 @@ module "data" {
   s3_access_key_id     = var.s3_access_key_id
   s3_secret_access_key = var.s3_secret_access_key
   kafka_brokers        = module.kafka.bootstrap_servers
+  kafka_credentials    = module.kafka.credentials["minio"]
   batch_request_topic  = local.kafka_names.request_topic
+  functions_namespace  = var.namespace
+  kafka_namespace      = "kafka"
+  s3_workload_identity = length(var.s3_workload_identity_annotations) > 0
 }
 
 # No module-level depends_on here: it would defer the platform's
@@ -62,6 +70,7 @@ module "platform" {
   gpu_node_selector      = var.gpu_node_selector
   triton_keep_warm       = var.triton_keep_warm
   kafka_brokers          = module.kafka.bootstrap_servers
+  kafka_credentials      = module.kafka.credentials
   database_url           = module.data.database_url
   redis_url              = module.data.redis_url
   s3_endpoint_url        = module.data.s3_endpoint_url
@@ -73,4 +82,11 @@ module "platform" {
   data_namespace         = var.data_namespace
   tls_certificate        = var.tls_certificate
   tls_private_key        = var.tls_private_key
+  input_bucket           = module.data.input_bucket
+  results_bucket         = module.data.results_bucket
+
+  s3_workload_identity_annotations = var.s3_workload_identity_annotations
+  external_egress_cidrs            = var.external_egress_cidrs
+  external_egress_ports            = var.external_egress_ports
+  external_endpoints               = var.database_url != "" || var.redis_url != "" || var.s3_endpoint_url != "" || var.kafka_bootstrap_servers != ""
 }

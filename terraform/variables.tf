@@ -189,3 +189,34 @@ variable "s3_secret_access_key" {
   default     = ""
   sensitive   = true
 }
+
+variable "kafka_sasl_username" {
+  description = "SCRAM-SHA-512 user of the existing Kafka (kafka_bootstrap_servers; required with it). Ignored when Strimzi is installed: then each client has a KafkaUser of its own."
+  type        = string
+  default     = ""
+}
+
+variable "kafka_sasl_password" {
+  description = "Password of kafka_sasl_username."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "s3_workload_identity_annotations" {
+  description = "Annotations of the functions' ServiceAccount kinfer-function that bind it to a cloud identity for S3: IRSA { \"eks.amazonaws.com/role-arn\" = \"arn:aws:iam::...:role/...\" } or GKE Workload Identity { \"iam.gke.io/gcp-service-account\" = \"...\" }. Set: no static S3 keys are created or rendered (S3_CREDENTIALS=ambient); needs an existing s3_endpoint_url. Empty: static keys (one MinIO user per workload)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "external_egress_cidrs" {
+  description = "Where the functions' pods may connect for the external endpoints given (database_url, redis_url, s3_endpoint_url, kafka_bootstrap_servers, the cloud's token endpoints); narrow it to their addresses."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "external_egress_ports" {
+  description = "TCP ports of the external endpoints (NetworkPolicy kinfer-external-egress, only when one is given)."
+  type        = list(number)
+  default     = [443, 5432, 6379, 9000, 9092, 9093]
+}

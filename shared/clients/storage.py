@@ -53,12 +53,13 @@ def make_s3_client(settings: Settings, endpoint_url: str | None = None) -> Any:
         retries={"max_attempts": 3, "mode": "standard"},
         max_pool_connections=32,
     )
+    keys = (
+        {"aws_access_key_id": settings.s3_access_key_id, "aws_secret_access_key": settings.s3_secret_access_key}
+        if settings.s3_credentials == "static"
+        else {}  # ambient: boto3's default chain (web identity token, instance role)
+    )
     return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint_url or settings.s3_endpoint_url or None,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=settings.s3_secret_access_key,
-        config=config,
+        "s3", endpoint_url=endpoint_url or settings.s3_endpoint_url or None, config=config, **keys
     )
 
 

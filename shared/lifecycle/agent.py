@@ -85,7 +85,9 @@ class ModelAgent:
         self.cache = cache
         self.s3 = s3
         self.settings = settings
-        self.triton = triton or TritonRepositoryApi(settings.agent_triton_http)
+        self.triton = triton or TritonRepositoryApi(
+            settings.agent_triton_http, settings.triton_admin_header, settings.triton_admin_key
+        )
         self.dir = Path(repository_dir or settings.agent_repository_dir)
         self.backend = resolve(settings.agent_backend or settings.triton_url, settings.triton_url)
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}"

@@ -22,13 +22,15 @@ class TritonUnreachable(RuntimeError):
 class TritonRepositoryApi:
     """Triton's HTTP model repository API on localhost (index, load, unload)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, admin_header: str = "", admin_key: str = "") -> None:
+        """``admin_header``/``admin_key``: what Triton's restricted model-repository API asks for (both or none)."""
         self.base_url = base_url.rstrip("/")
+        self.headers = {"Content-Type": "application/json"}
+        if admin_header and admin_key:
+            self.headers[admin_header] = admin_key
 
     def _post(self, path: str, timeout: float) -> tuple[int, str]:
-        request = urllib.request.Request(
-            self.base_url + path, data=b"{}", method="POST", headers={"Content-Type": "application/json"}
-        )
+        request = urllib.request.Request(self.base_url + path, data=b"{}", method="POST", headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return resp.status, resp.read().decode(errors="replace")

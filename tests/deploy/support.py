@@ -257,3 +257,26 @@ def copy_overlay(tmp: Path, overlay: str, edit: Any = None) -> Path:
         edit(kustomization)
     (tmp / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return tmp
+
+
+def s3_route(values: dict[str, str]) -> Doc:
+    """The HTTPRoute kinfer-s3 of terraform/modules/platform (a YAML heredoc in ``minio_route``),
+    ``${var.x}``/``${local.x}`` replaced from ``values``."""
+    text = (PLATFORM / "main.tf").read_text()
+    block = text[text.index('resource "kustomization_resource" "minio_route"') :]
+    match = re.search(r"yamldecode\(<<-YAML\n(.*?)\n\s*YAML\n", block, re.S)
+    assert match, "minio_route: no YAML heredoc manifest"
+    body = textwrap.dedent(match.group(1))
+    missing = {ref for ref in INTERPOLATION.findall(body) if ref not in values}
+    assert not missing, f"no sample value for {sorted(missing)} in the S3 route"
+    doc: Doc = yaml.safe_load(INTERPOLATION.sub(lambda m: values[m.group(1)], body))
+    return doc
+
+
+S3_ROUTE_VALUES = {
+    "var.namespace": "kinfer",
+    "var.data_namespace": "kinfer-data",
+    "var.input_bucket": "kinfer-batch-inputs",
+    "var.results_bucket": "kinfer-batch-results",
+    "local.s3_host": "s3.example.com",
+}

@@ -35,7 +35,21 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.support import KNATIVE, OVERLAYS, TF, env_of, heredoc, ksvcs, of_kind, parse, render, typed, unquote
+from tests.deploy.support import (
+    KNATIVE,
+    OVERLAYS,
+    S3_ROUTE_VALUES,
+    TF,
+    env_of,
+    heredoc,
+    ksvcs,
+    of_kind,
+    parse,
+    render,
+    s3_route,
+    typed,
+    unquote,
+)
 
 # [validation] + [ports]
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
@@ -185,10 +199,10 @@ def test_every_public_rule_outlasts_its_services_own_timeout(rendered: dict[str,
 
 
 def test_the_s3_route_does_not_cut_large_transfers() -> None:
-    text = (TF / "modules" / "platform" / "main.tf").read_text()
-    route = text[text.index('name = "kinfer-s3"') :]
-    found = re.search(r'timeouts = \{ request = "(\w+)" \}', route[: route.index("depends_on")])
-    assert found and _seconds(found.group(1)) >= 600, "presigned batch inputs and results through the S3 route"
+    route = s3_route(S3_ROUTE_VALUES)
+    for rule in route["spec"]["rules"]:
+        request = rule.get("timeouts", {}).get("request", f"{ENVOY_DEFAULT_REQUEST_TIMEOUT_S}s")
+        assert _seconds(request) >= 600, "presigned batch inputs and results through the S3 route"
 
 
 def test_a_caller_who_waits_through_a_cold_start_is_not_cut_first(rendered: dict[str, Any]) -> None:

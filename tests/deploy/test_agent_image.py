@@ -37,6 +37,7 @@ KAFKA_SAMPLE = {
     "var.kafka_names.request_topic": "kinfer.batch.requests",
     "var.kafka_names.worker_group": "kinfer-batch-worker",
     "var.kafka_names.intake_group": "kinfer-batch-intake",
+    "var.data_namespace": "kinfer-data",
 }
 
 

@@ -119,6 +119,7 @@ def test_the_fixtures_hold_the_crds_of_the_kinds_kinfer_uses(crds: dict[tuple[st
         ("kafka.strimzi.io", "v1", "Kafka"),
         ("kafka.strimzi.io", "v1", "KafkaTopic"),
         ("kafka.strimzi.io", "v1", "KafkaNodePool"),
+        ("kafka.strimzi.io", "v1", "KafkaUser"),
     } <= set(crds)
     assert all(path.is_file() for path in CRD_FILES), "rebuild tests/fixtures/releases (build.py)"
 

@@ -10,6 +10,7 @@ module and into MinIO's notification target by the data module), and for the kus
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,11 @@ def terraform_kafka_names(install_name: str) -> dict[str, str]:
 
 
 def _platform(tmp: Path, install_name: str) -> list[Doc]:
-    values: dict[str, Any] = {"var.image": "r.example.com/k:1", "local.agent_image": "r.example.com/k:1"}
+    values: dict[str, Any] = {
+        "var.image": "r.example.com/k:1",
+        "local.agent_image": "r.example.com/k:1",
+        "var.data_namespace": "kinfer-data",
+    }
     values.update({f"var.kafka_names.{k}": v for k, v in terraform_kafka_names(install_name).items()})
     return render_platform(tmp, "prod", values)
 
@@ -122,4 +127,4 @@ def test_install_name_reaches_the_kafka_topics_and_minio() -> None:
     topic_names = {t["metadata"]["name"] for t in of_kind(render(KNATIVE / "strimzi"), "KafkaTopic").values()}
     assert {"kinfer-batch-chunks", "kinfer-batch-requests"} == topic_names
     minio = (TF / "modules" / "data" / "main.tf").read_text()
-    assert "MINIO_NOTIFY_KAFKA_TOPIC_KINFER   = var.batch_request_topic" in minio
+    assert re.search(r"MINIO_NOTIFY_KAFKA_TOPIC_KINFER\s+= var.batch_request_topic", minio)

@@ -34,6 +34,8 @@ PARTLY_PUBLIC = {"backends"}
 # Workloads that touch object storage: each has an S3 user (Secret kinfer-s3-<name>); the others get no S3 keys.
 S3_WORKLOADS = {"batch", "batch-intake", "batch-worker", "batch-deadletter", "models", "models-public", "triton"}
 S3_KEYS = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
+# The workloads that read CALLBACK_SIGNING_SECRET: infer refuses a callback without it, batch-worker signs with it.
+CALLBACK_SECRET_READERS = {"infer", "batch-worker"}
 # Workloads that touch no data store (the console serves static files): no database or Redis secret.
 STATELESS = {"console"}
 DATA_SECRETS = {"DATABASE_URL", "REDIS_URL"}
@@ -199,6 +201,10 @@ def test_every_setting_is_provided_by_the_config_map_a_secret_or_the_platform(
                 assert not DATA_SECRETS & set(env_of(c)), f"{overlay}: {where} touches no data store"
             if where.endswith("of triton"):
                 missing -= {"SERVER_CONCURRENCY"}  # the agent serves no requests (its status port aside)
+            if where.split()[-1] not in CALLBACK_SECRET_READERS:
+                missing -= {"CALLBACK_SIGNING_SECRET"}  # only async inference signs or checks callbacks
+            if not where.endswith("of triton"):
+                missing -= {"TRITON_ADMIN_HEADER", "TRITON_ADMIN_KEY"}  # only the agent manages Triton's models
             assert not missing, f"{overlay}: {where} gets no value for {sorted(missing)}"
             assert uses_s3 or not S3_KEYS & set(env_of(c)), f"{overlay}: {where} needs no S3 credentials"
             for name in secret_envs & set(env_of(c)):
@@ -239,6 +245,8 @@ def test_eventing_wiring_names_services_that_exist(rendered: dict[str, list[dict
         assert {b["spec"]["subject"]["name"]: n for n, b in bindings.items()} == {
             "batch": "batch-sink-binding",
             "batch-intake": "batch-intake-sink-binding",
+            "infer": "infer-sink-binding",
+            "batch-worker": "batch-worker-sink-binding",
         }, overlay
         for name, binding in bindings.items():
             subject = binding["spec"]["subject"]

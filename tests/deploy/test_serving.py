@@ -30,9 +30,9 @@ from tests.deploy.support import (
     KNATIVE,
     OVERLAYS,
     ROOT,
+    S3_ROUTE_VALUES,
     TF,
     Doc,
-    all_typed,
     annotations,
     heredoc,
     ksvcs,
@@ -41,6 +41,7 @@ from tests.deploy.support import (
     parse,
     render,
     render_with_component,
+    s3_route,
     typed,
     unquote,
 )
@@ -77,8 +78,10 @@ def test_result_urls_are_presigned_for_a_host_clients_reach_over_tls(rendered: d
     platform = TF / "modules" / "platform"
     public = str(local_values(platform)["config"]["S3_PUBLIC_ENDPOINT_URL"])
     assert "var.s3_public_endpoint_url" in public and "https://${local.s3_host}" in public
-    route = str(all_typed(parse(platform)["resource"])[("kustomization_resource", "minio_route")]["manifest"])
-    assert 'sectionName = "https"' in route and "local.s3_host" in route and 'name = "minio"' in route
+    route = s3_route(S3_ROUTE_VALUES)
+    assert route["spec"]["parentRefs"] == [{"name": "kinfer", "sectionName": "https"}]
+    assert route["spec"]["hostnames"] == [S3_ROUTE_VALUES["local.s3_host"]]
+    assert all(ref["name"] == "minio" for rule in route["spec"]["rules"] for ref in rule["backendRefs"])
 
 
 def _function_services(docs: list[Doc]) -> dict[str, Doc]:

@@ -210,8 +210,13 @@ resource "helm_release" "minio" {
     mode        = "standalone"
     rootUser    = "kinfer"
     persistence = { size = "50Gi" }
-    resources   = { requests = { memory = "1Gi" } }
-    buckets     = [for b in [var.input_bucket, var.results_bucket, var.model_bucket] : { name = b, policy = "none", purge = false }]
+    resources   = { requests = { cpu = "250m", memory = "1Gi" }, limits = { cpu = "2", memory = "2Gi" } }
+    # The chart's setup jobs (mc: buckets, policies, users, event hooks), bounded too.
+    makeBucketJob    = { resources = { requests = { cpu = "50m", memory = "128Mi" }, limits = { cpu = "250m", memory = "256Mi" } } }
+    makePolicyJob    = { resources = { requests = { cpu = "50m", memory = "128Mi" }, limits = { cpu = "250m", memory = "256Mi" } } }
+    makeUserJob      = { resources = { requests = { cpu = "50m", memory = "128Mi" }, limits = { cpu = "250m", memory = "256Mi" } } }
+    customCommandJob = { resources = { requests = { cpu = "50m", memory = "128Mi" }, limits = { cpu = "250m", memory = "256Mi" } } }
+    buckets          = [for b in [var.input_bucket, var.results_bucket, var.model_bucket] : { name = b, policy = "none", purge = false }]
     # Replaces the chart's default users (console/console123 with consoleAdmin).
     policies = [for name, statements in local.minio_policies : { name = "kinfer-${name}", statements = statements }]
     users = [for name in keys(local.minio_policies) : {
@@ -220,11 +225,15 @@ resource "helm_release" "minio" {
     }]
     # Input-bucket uploads become S3 event records on the batch-request topic,
     # which the KafkaSource batch-intake-source delivers to batch-intake.
+    # As the KafkaUser kinfer-minio (SCRAM-SHA-512, Write on the request topic only).
     environment = {
-      MINIO_SITE_REGION                 = var.s3_region
-      MINIO_NOTIFY_KAFKA_ENABLE_KINFER  = "on"
-      MINIO_NOTIFY_KAFKA_BROKERS_KINFER = var.kafka_brokers
-      MINIO_NOTIFY_KAFKA_TOPIC_KINFER   = var.batch_request_topic
+      MINIO_SITE_REGION                        = var.s3_region
+      MINIO_NOTIFY_KAFKA_ENABLE_KINFER         = "on"
+      MINIO_NOTIFY_KAFKA_BROKERS_KINFER        = var.kafka_brokers
+      MINIO_NOTIFY_KAFKA_TOPIC_KINFER          = var.batch_request_topic
+      MINIO_NOTIFY_KAFKA_SASL_KINFER           = "on"
+      MINIO_NOTIFY_KAFKA_SASL_MECHANISM_KINFER = "sha512"
+      MINIO_NOTIFY_KAFKA_SASL_USERNAME_KINFER  = var.kafka_credentials.user
     }
     customCommands = [
       { command = "event add myminio/${var.input_bucket} arn:minio:sqs::KINFER:kafka --event put --suffix .jsonl" },
@@ -233,5 +242,64 @@ resource "helm_release" "minio" {
   set_sensitive {
     name  = "rootPassword"
     value = random_password.minio[0].result
+  }
+  set_sensitive {
+    name  = "environment.MINIO_NOTIFY_KAFKA_SASL_PASSWORD_KINFER"
+    value = var.kafka_credentials.password
+  }
+}
+
+# -- NetworkPolicies (knative/data): deny by default, allow the data ports to the functions
+# namespace, MinIO's S3 port to the Gateway, the operators, and MinIO to Kafka. YAML
+# heredoc patches: tests/deploy/test_network.py renders them.
+data "kustomization_overlay" "network" {
+  count     = local.install_any ? 1 : 0
+  resources = [abspath("${path.module}/../../../knative/data")]
+  namespace = kubernetes_namespace.data[0].metadata[0].name
+
+  patches {
+    target {
+      kind = "NetworkPolicy"
+      name = "allow-functions"
+    }
+    patch = <<-YAML
+      - op: test
+        path: /spec/ingress/0/from/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: kinfer
+      - op: replace
+        path: /spec/ingress/0/from/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: "${var.functions_namespace}"
+    YAML
+  }
+
+  patches {
+    target {
+      kind = "NetworkPolicy"
+      name = "allow-egress"
+    }
+    patch = <<-YAML
+      - op: test
+        path: /spec/egress/1/to/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: kafka
+      - op: replace
+        path: /spec/egress/1/to/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: "${var.kafka_namespace}"
+    YAML
+  }
+}
+
+resource "kustomization_resource" "network" {
+  for_each = local.install_any ? data.kustomization_overlay.network[0].ids : toset([])
+  manifest = data.kustomization_overlay.network[0].manifests[each.value]
+}
+
+# Workload identity replaces static keys only with an S3 service that honours it.
+resource "terraform_data" "workload_identity_needs_external_s3" {
+  count = var.s3_workload_identity ? 1 : 0
+  lifecycle {
+    precondition {
+      condition     = !local.install_minio
+      error_message = "s3_workload_identity_annotations needs s3_endpoint_url (a cloud S3 service): the in-cluster MinIO takes static keys."
+    }
   }
 }

@@ -118,3 +118,27 @@ variable "minio_mc_image" {
   type        = string
   default     = "docker.io/minio/mc:RELEASE.2025-08-13T08-35-41Z"
 }
+
+variable "kafka_credentials" {
+  description = "SCRAM-SHA-512 user and password MinIO's bucket notifications use (the KafkaUser kinfer-minio)."
+  type        = object({ user = string, password = string })
+  sensitive   = true
+}
+
+variable "functions_namespace" {
+  description = "Namespace of the Kinfer functions: the only one the data ports admit (NetworkPolicy allow-functions)."
+  type        = string
+  default     = "kinfer"
+}
+
+variable "kafka_namespace" {
+  description = "Namespace of the Kafka cluster MinIO sends notifications to (NetworkPolicy allow-egress)."
+  type        = string
+  default     = "kafka"
+}
+
+variable "s3_workload_identity" {
+  description = "The functions reach S3 with a cloud workload identity (IRSA, GKE Workload Identity): no static S3 keys."
+  type        = bool
+  default     = false
+}

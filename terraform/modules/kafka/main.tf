@@ -8,6 +8,47 @@ locals {
   install     = var.bootstrap_servers == ""
   replication = min(var.replicas, 3)
   strimzi_dir = abspath("${path.module}/../../../knative/strimzi")
+
+  # The SCRAM-SHA-512 user of each client (knative/strimzi/users.yaml): the Strimzi
+  # KafkaUser's name, or the user given for an existing Kafka (every client then shares it).
+  users = {
+    sink          = "kinfer-sink"
+    worker-source = "kinfer-worker-source"
+    intake-source = "kinfer-intake-source"
+    minio         = "kinfer-minio"
+  }
+}
+
+# With an existing Kafka, its SCRAM-SHA-512 user is required: Kinfer's clients never
+# connect without authentication.
+resource "terraform_data" "existing_kafka_credentials" {
+  count = local.install ? 0 : 1
+  lifecycle {
+    precondition {
+      condition     = var.sasl_username != "" && var.sasl_password != ""
+      error_message = "kafka_sasl_username and kafka_sasl_password are required with kafka_bootstrap_servers (SCRAM-SHA-512)."
+    }
+  }
+}
+
+# The KafkaUsers' passwords (they read them from these Secrets, key password): generated
+# here so that the platform can hand each one to its client in the functions namespace.
+resource "random_password" "user" {
+  for_each = local.install ? local.users : {}
+  length   = 40
+  special  = false
+}
+
+resource "kubernetes_secret" "user_password" {
+  for_each = local.install ? local.users : {}
+  metadata {
+    name      = "${each.value}-password"
+    namespace = var.namespace
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  type       = "Opaque"
+  data       = { password = random_password.user[each.key].result }
+  depends_on = [helm_release.strimzi]
 }
 
 resource "helm_release" "strimzi" {
@@ -78,6 +119,102 @@ data "kustomization_overlay" "strimzi" {
     }
     patch = jsonencode([{ op = "replace", path = "/spec/topicName", value = var.topics.requests }])
   }
+
+  # The ACLs name this install's topics and consumer groups, and the listener's clients
+  # include the data namespace (MinIO's notifications). YAML heredocs:
+  # tests/deploy/test_kafka_auth.py and test_network.py render them.
+  patches {
+    target {
+      kind = "KafkaUser"
+      name = "kinfer-sink"
+    }
+    patch = <<-YAML
+      - op: test
+        path: /spec/authorization/acls/0/resource/type
+        value: topic
+      - op: replace
+        path: /spec/authorization/acls/0/resource/name
+        value: "${var.topics.chunks}"
+    YAML
+  }
+
+  patches {
+    target {
+      kind = "KafkaUser"
+      name = "kinfer-worker-source"
+    }
+    patch = <<-YAML
+      - op: replace
+        path: /spec/authorization/acls/0/resource/name
+        value: "${var.topics.chunks}"
+      - op: test
+        path: /spec/authorization/acls/1/resource/type
+        value: group
+      - op: replace
+        path: /spec/authorization/acls/1/resource/name
+        value: "${var.groups.worker}"
+    YAML
+  }
+
+  patches {
+    target {
+      kind = "KafkaUser"
+      name = "kinfer-intake-source"
+    }
+    patch = <<-YAML
+      - op: replace
+        path: /spec/authorization/acls/0/resource/name
+        value: "${var.topics.requests}"
+      - op: test
+        path: /spec/authorization/acls/1/resource/type
+        value: group
+      - op: replace
+        path: /spec/authorization/acls/1/resource/name
+        value: "${var.groups.intake}"
+    YAML
+  }
+
+  patches {
+    target {
+      kind = "KafkaUser"
+      name = "kinfer-minio"
+    }
+    patch = <<-YAML
+      - op: replace
+        path: /spec/authorization/acls/0/resource/name
+        value: "${var.topics.requests}"
+    YAML
+  }
+
+  patches {
+    target {
+      kind = "Kafka"
+      name = "kinfer"
+    }
+    patch = <<-YAML
+      - op: test
+        path: /spec/kafka/listeners/0/networkPolicyPeers/1/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: kinfer-data
+      - op: replace
+        path: /spec/kafka/listeners/0/networkPolicyPeers/1/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: "${var.data_namespace}"
+    YAML
+  }
+
+  patches {
+    target {
+      kind = "NetworkPolicy"
+      name = "allow-kafka-clients"
+    }
+    patch = <<-YAML
+      - op: test
+        path: /spec/ingress/0/from/1/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: kinfer-data
+      - op: replace
+        path: /spec/ingress/0/from/1/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: "${var.data_namespace}"
+    YAML
+  }
 }
 
 resource "kustomization_resource" "strimzi" {
@@ -87,5 +224,5 @@ resource "kustomization_resource" "strimzi" {
     create = "10m"
     update = "10m"
   }
-  depends_on = [helm_release.strimzi]
+  depends_on = [helm_release.strimzi, kubernetes_secret.user_password]
 }

@@ -8,3 +8,12 @@ output "ready" {
   value       = local.install ? "strimzi-${var.strimzi_version}" : "external"
   depends_on  = [kustomization_resource.strimzi]
 }
+
+output "credentials" {
+  description = "SCRAM-SHA-512 credentials per Kafka client (sink, worker-source, intake-source, minio): its KafkaUser, or the user given for an existing Kafka."
+  sensitive   = true
+  value = { for client, user in local.users : client => (local.install
+    ? { user = user, password = random_password.user[client].result }
+    : { user = var.sasl_username, password = var.sasl_password })
+  }
+}

@@ -36,3 +36,27 @@ variable "storage_size" {
   type        = string
   default     = "50Gi"
 }
+
+variable "groups" {
+  description = "Consumer groups of this install's KafkaSources (the root module's install_name): worker, intake."
+  type        = object({ worker = string, intake = string })
+}
+
+variable "data_namespace" {
+  description = "Namespace of the in-cluster data services: MinIO there sends bucket notifications to the listener (NetworkPolicy peers)."
+  type        = string
+  default     = "kinfer-data"
+}
+
+variable "sasl_username" {
+  description = "SCRAM-SHA-512 user of the existing Kafka (with bootstrap_servers); ignored when Strimzi is installed (one KafkaUser per client)."
+  type        = string
+  default     = ""
+}
+
+variable "sasl_password" {
+  description = "Password of sasl_username."
+  type        = string
+  default     = ""
+  sensitive   = true
+}

@@ -3,8 +3,14 @@ terraform {
     helm = {
       source = "hashicorp/helm"
     }
+    kubernetes = {
+      source = "hashicorp/kubernetes"
+    }
     kustomization = {
       source = "kbst/kustomization"
+    }
+    random = {
+      source = "hashicorp/random"
     }
   }
 }

@@ -31,10 +31,43 @@ locals {
   api_host = "api.${var.domain}"
   s3_host  = "s3.${var.domain}"
 
+  # Kafka clients of the eventing data plane, in eventing-kafka-broker's auth Secret
+  # format (control-plane/pkg/security/secret.go at knative-v1.22.3: protocol,
+  # sasl.mechanism, user, password): KafkaSink spec.auth.secret.ref and the KafkaSources'
+  # spec.net.sasl secretKeyRefs (knative/base/eventing.yaml).
+  kafka_secrets = { for client in ["sink", "worker-source", "intake-source"] : "kinfer-kafka-${client}" => {
+    protocol         = "SASL_PLAINTEXT"
+    "sasl.mechanism" = "SCRAM-SHA-512"
+    user             = var.kafka_credentials[client].user
+    password         = var.kafka_credentials[client].password
+  } }
+
   secrets = {
     "kinfer-database" = { DATABASE_URL = var.database_url }
     "kinfer-redis"    = { REDIS_URL = var.redis_url }
+    # Triton's repository API key: read by the triton container (to check it) and the
+    # model agent (to send it) only (knative/base/services/triton.yaml).
+    "kinfer-triton-admin" = { TRITON_ADMIN_KEY = random_password.triton_admin.result }
+    # The HMAC key of async inference callbacks (Kinfer-Signature), read by infer and batch-worker;
+    # receivers verify with it (kubectl get secret kinfer-callback).
+    "kinfer-callback" = { CALLBACK_SIGNING_SECRET = random_password.callback_signing.result }
   }
+
+  workload_identity = length(var.s3_workload_identity_annotations) > 0
+  components = concat(
+    var.triton_keep_warm ? ["${local.knative_dir}/components/triton-warm"] : [],
+    local.workload_identity ? ["${local.knative_dir}/components/s3-workload-identity"] : [],
+  )
+}
+
+resource "random_password" "triton_admin" {
+  length  = 48
+  special = false
+}
+
+resource "random_password" "callback_signing" {
+  length  = 48
+  special = false
 }
 
 # The gate every platform resource is ordered behind (resource-level ordering;
@@ -55,7 +88,7 @@ resource "kubernetes_namespace" "kinfer" {
 }
 
 resource "kubernetes_secret" "kinfer" {
-  for_each = local.secrets
+  for_each = merge(local.secrets, local.kafka_secrets)
   metadata {
     name      = each.key
     namespace = kubernetes_namespace.kinfer.metadata[0].name
@@ -228,8 +261,51 @@ resource "kubernetes_job_v1" "migrate" {
 
 data "kustomization_overlay" "kinfer" {
   resources  = ["${local.knative_dir}/overlays/${var.overlay}"]
-  components = var.triton_keep_warm ? ["${local.knative_dir}/components/triton-warm"] : []
+  components = local.components
   namespace  = var.namespace
+
+  # The functions' egress to the data namespace (knative/base/networkpolicy.yaml).
+  patches {
+    target {
+      kind = "NetworkPolicy"
+      name = "allow-platform-egress"
+    }
+    patch = <<-YAML
+      - op: test
+        path: /spec/egress/0/to/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: kinfer-data
+      - op: replace
+        path: /spec/egress/0/to/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: "${var.data_namespace}"
+    YAML
+  }
+
+  patches {
+    target {
+      kind = "NetworkPolicy"
+      name = "kinfer-db-migrate"
+    }
+    patch = <<-YAML
+      - op: test
+        path: /spec/egress/0/to/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: kinfer-data
+      - op: replace
+        path: /spec/egress/0/to/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name
+        value: "${var.data_namespace}"
+    YAML
+  }
+
+  # IRSA / Workload Identity: the functions' ServiceAccount names the cloud identity.
+  dynamic "patches" {
+    for_each = local.workload_identity ? [1] : []
+    content {
+      target {
+        kind = "ServiceAccount"
+        name = "kinfer-function"
+      }
+      patch = jsonencode([{ op = "add", path = "/metadata/annotations", value = var.s3_workload_identity_annotations }])
+    }
+  }
 
   # Images by patches, not an `images` transformer: in the rendered overlay the
   # functions and the model agent have the same image name (ghcr.io/kinfer/kinfer),
@@ -395,18 +471,87 @@ resource "kustomization_resource" "minio_reference_grant" {
 
 resource "kustomization_resource" "minio_route" {
   count = var.minio_installed ? 1 : 0
-  manifest = jsonencode({
-    apiVersion = "gateway.networking.k8s.io/v1"
-    kind       = "HTTPRoute"
-    metadata   = { name = "kinfer-s3", namespace = var.namespace, labels = { "app.kubernetes.io/part-of" = "kinfer" } }
-    spec = {
-      parentRefs = [{ name = "kinfer", sectionName = "https" }]
-      hostnames  = [local.s3_host]
-      # Presigned transfers of batch inputs and results can be large: no 15 s cut (Envoy Gateway's default).
-      rules = [{ backendRefs = [{ name = "minio", namespace = var.data_namespace, port = 9000 }], timeouts = { request = "3600s" } }]
-    }
-  })
+  # Only presigned transfers of batch objects: GET and PUT of an object key (never a bucket
+  # listing: the path must go past "<bucket>/") in the two batch buckets, with a SigV4
+  # query signature (X-Amz-Signature present: presigned URLs only, no header-signed
+  # calls with a leaked key); MinIO's admin API (/minio/admin/...), its console, the model
+  # bucket and everything else match no rule (404 at the Gateway). Presigned transfers can
+  # be large: no 15 s cut (Envoy Gateway's default). The Host header is kept (SigV4 signs
+  # it). tests/deploy/test_s3_route.py renders this heredoc.
+  manifest = jsonencode(yamldecode(<<-YAML
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata:
+      name: kinfer-s3
+      namespace: "${var.namespace}"
+      labels:
+        app.kubernetes.io/part-of: kinfer
+    spec:
+      parentRefs:
+        - name: kinfer
+          sectionName: https
+      hostnames:
+        - "${local.s3_host}"
+      rules:
+        - matches:
+            - path:
+                type: RegularExpression
+                value: "/${var.results_bucket}/[^?]+"
+              method: GET
+              queryParams:
+                - type: RegularExpression
+                  name: X-Amz-Signature
+                  value: "[0-9a-f]{64}"
+            - path:
+                type: RegularExpression
+                value: "/${var.input_bucket}/[^?]+"
+              method: PUT
+              queryParams:
+                - type: RegularExpression
+                  name: X-Amz-Signature
+                  value: "[0-9a-f]{64}"
+          backendRefs:
+            - name: minio
+              namespace: "${var.data_namespace}"
+              port: 9000
+          timeouts:
+            request: 3600s
+  YAML
+  ))
   depends_on = [kustomization_resource.p1, kustomization_resource.minio_reference_grant]
+}
+
+# External endpoints (database_url, redis_url, s3_endpoint_url, kafka_bootstrap_servers,
+# a cloud identity's token endpoint) are outside the cluster: the functions' default-deny
+# lets them out only to external_egress_cidrs on external_egress_ports.
+resource "kubernetes_network_policy_v1" "external" {
+  count = var.external_endpoints || local.workload_identity ? 1 : 0
+  metadata {
+    name      = "kinfer-external-egress"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  spec {
+    pod_selector {}
+    policy_types = ["Egress"]
+    egress {
+      dynamic "to" {
+        for_each = var.external_egress_cidrs
+        content {
+          ip_block {
+            cidr = to.value
+          }
+        }
+      }
+      dynamic "ports" {
+        for_each = concat(var.external_egress_ports, local.workload_identity ? [80, 988] : [])
+        content {
+          protocol = "TCP"
+          port     = tostring(ports.value)
+        }
+      }
+    }
+  }
 }
 
 resource "kustomization_resource" "p2" {

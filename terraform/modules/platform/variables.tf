@@ -123,3 +123,45 @@ variable "tls_private_key" {
   type        = string
   sensitive   = true
 }
+
+variable "kafka_credentials" {
+  description = "SCRAM-SHA-512 user and password per Kafka client (sink, worker-source, intake-source, minio)."
+  type        = map(object({ user = string, password = string }))
+  sensitive   = true
+}
+
+variable "input_bucket" {
+  description = "Bucket of batch inputs: presigned PUT through the S3 route."
+  type        = string
+  default     = "kinfer-batch-inputs"
+}
+
+variable "results_bucket" {
+  description = "Bucket of batch results: presigned GET through the S3 route."
+  type        = string
+  default     = "kinfer-batch-results"
+}
+
+variable "s3_workload_identity_annotations" {
+  description = "Annotations binding the ServiceAccount kinfer-function to a cloud identity for S3 (IRSA, GKE Workload Identity); set: no static S3 keys."
+  type        = map(string)
+  default     = {}
+}
+
+variable "external_endpoints" {
+  description = "Whether any data endpoint or Kafka is outside the cluster (then NetworkPolicy kinfer-external-egress)."
+  type        = bool
+  default     = false
+}
+
+variable "external_egress_cidrs" {
+  description = "Destinations of the external endpoints."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "external_egress_ports" {
+  description = "TCP ports of the external endpoints."
+  type        = list(number)
+  default     = [443, 5432, 6379, 9000, 9092, 9093]
+}

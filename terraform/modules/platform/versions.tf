@@ -6,6 +6,9 @@ terraform {
     kustomization = {
       source = "kbst/kustomization"
     }
+    random = {
+      source = "hashicorp/random"
+    }
     tls = {
       source = "hashicorp/tls"
     }

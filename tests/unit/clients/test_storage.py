@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 from shared.services import Services
 from shared.settings import Settings
 
@@ -33,3 +35,17 @@ def test_public_endpoint_is_used_for_result_urls_only() -> None:
     assert query["X-Amz-SignedHeaders"] == ["host"] and query["X-Amz-Expires"] == ["3600"]
     assert services.s3_presigner is not services.s3
     assert services.s3.meta.endpoint_url == INTERNAL  # every other S3 call stays in the cluster
+
+
+def test_ambient_s3_credentials_pass_no_static_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    from shared.clients.storage import make_s3_client
+    from shared.settings import Settings
+
+    seen: list[dict[str, object]] = []
+    monkeypatch.setattr(boto3.session.Session, "client", lambda self, *a, **kw: seen.append(kw))
+    make_s3_client(Settings.from_env(environ={}))
+    make_s3_client(Settings.from_env(environ={"S3_CREDENTIALS": "ambient"}))
+    assert seen[0]["aws_access_key_id"] == "kinfer"
+    assert "aws_access_key_id" not in seen[1] and "aws_secret_access_key" not in seen[1]
