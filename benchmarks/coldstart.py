@@ -7,6 +7,16 @@ first answers.
    PostgreSQL, Redis and Triton made, lazy imports paid, key and model looked up) and of the second.
 
     .venv/bin/python benchmarks/coldstart.py --runs 5
+
+3. ``--from-zero``: Triton scaled to zero behind the local activator (``shared.localstack.activator``, what
+   ``kinfer up --scale-to-zero`` runs), the infer function reaching it only through the activator: per run,
+   the time to the first answer of a sync request with ``Prefer: wait=60``, the same for a direct Triton
+   start (the baseline: ``tritonserver`` started, every model loaded, the first v2 infer answered), and
+   how many of a stream of requests (one every 50 ms, with and without ``Prefer: wait``) failed while it
+   woke. Async (``Prefer: respond-async``) needs the event relay and ``batch_worker`` as well, which this
+   harness does not run: that row is skipped with the reason.
+
+    .venv/bin/python benchmarks/coldstart.py --from-zero --runs 5
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,6 +101,140 @@ def first_answers(env: dict[str, str], port: int, key: str | None, log: Path) ->
         proc.wait(10)
 
 
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 180) -> tuple[int, dict[str, str]]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json", **headers}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            resp.read()
+            return resp.status, dict(resp.headers.items())
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code, dict(exc.headers.items())
+
+
+def direct_start(state: Path) -> float:
+    """Seconds from starting tritonserver (every demo model loaded) to its first v2 infer answer."""
+    from shared.localstack.triton import TritonServer, default_repository
+    from tests.conftest import free_port
+
+    server = TritonServer(default_repository(), state, free_port(), free_port(), free_port())
+    body = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [ROW]}]}).encode()
+    started = time.perf_counter()
+    try:
+        server.start(timeout=120)
+        code, _ = post(f"{server.http_url}/v2/models/{TRITON_MODEL}/infer", body, {})
+        if code != 200:
+            raise RuntimeError(f"direct Triton infer answered {code}")
+        return time.perf_counter() - started
+    finally:
+        server.stop()
+
+
+def stream_over_wake(running: Any, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, int]:
+    """(requests, failed): one request every 50 ms from the scale-down until the activator serves again
+    and one more second, each in its own thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert running.scale_to_zero()
+    futures = []
+    with ThreadPoolExecutor(64) as pool:
+        deadline = None
+        while deadline is None or time.monotonic() < deadline:
+            futures.append(pool.submit(post, url, body, headers))
+            if deadline is None and running.activator.state == "serving":
+                deadline = time.monotonic() + 1.0
+            time.sleep(0.05)
+        codes = [f.result()[0] for f in futures]
+    return len(codes), sum(1 for c in codes if c != 200)
+
+
+def from_zero(runs: int) -> int:
+    """The ``--from-zero`` rows (see the module docstring)."""
+    import dataclasses
+
+    from benchmarks.realtime import backing
+    from shared.localstack.activator import Activator, ActivatorThread, Route, TritonPod
+    from shared.localstack.triton import TritonServer, default_repository
+    from shared.services import Services
+    from shared.settings import Settings
+    from tests.conftest import free_port
+    from tests.integration.servers import serve_function
+
+    sync_s, baseline_s, wakes = [], [], []
+    plain: list[tuple[int, int]] = []
+    waiting: list[tuple[int, int]] = []
+    async_note = ""
+    with backing(auth=False) as b:
+        b.triton.stop()  # type: ignore[attr-defined]  # backing's own Triton: this harness starts its own
+        internal = [free_port() for _ in range(3)]
+        public = free_port()
+        pod = TritonPod(TritonServer(default_repository(), b.state / "pod", internal[0], internal[1], internal[2]))
+        running = ActivatorThread(Activator(pod, (Route(public, internal[1]),), idle_s=3600, hold_s=120))
+        backend = f"127.0.0.1:{public}"
+        settings = dataclasses.replace(
+            cast(Settings, b.settings),
+            triton_url=backend,
+            probe_triton_url=False,
+            backend_allowlist=("*",),
+            check_backends=False,
+        )
+        services = Services(settings)
+        name = f"{TRITON_MODEL}-zero"
+        services.registry.create_model(
+            {
+                "name": name,
+                "version": "1",
+                "framework": "onnx",
+                "format": "onnx",
+                "backend_url": backend,
+                "triton_model": TRITON_MODEL,
+            }
+        )
+        services.close()
+        try:
+            with serve_function("infer", "run_inference", free_port(), settings) as base:
+                url = f"{base}/v1/infer"
+                body = json.dumps({"model": name, "input": {"data": ROW}}).encode()
+                if post(url, body, {"Prefer": "wait=60"})[0] != 200:
+                    raise RuntimeError("the warm request failed")
+                for i in range(runs):
+                    assert running.scale_to_zero()
+                    t0 = time.perf_counter()
+                    code, _ = post(url, body, {"Prefer": "wait=60"})
+                    if code != 200:
+                        raise RuntimeError(f"sync with Prefer: wait answered {code}")
+                    sync_s.append(time.perf_counter() - t0)
+                    wakes.append(running.activator.last_wake_s or 0.0)
+                    plain.append(stream_over_wake(running, url, body, {}))
+                    waiting.append(stream_over_wake(running, url, body, {"Prefer": "wait=60"}))
+                    baseline_s.append(direct_start(b.state / f"direct-{i}"))
+                code, headers = post(url, body, {"Prefer": "respond-async"})
+                if code == 202:
+                    async_note = (
+                        "skipped: the infer function answers 202 here, but running the request needs the "
+                        "event relay and batch_worker, which this harness does not start (kinfer up does)"
+                    )
+                else:
+                    async_note = (
+                        f"skipped: Prefer: respond-async answered {code} here: it needs K_SINK, the event "
+                        "relay and batch_worker, which this harness does not start"
+                    )
+        finally:
+            running.close()
+    print(f"\nfrom zero (Triton stopped behind the local activator), {runs} runs: median (min-max)")
+    print(f"{'direct Triton start -> first answer':<46}{span([s * 1000 for s in baseline_s], '.0f')} ms")
+    print(f"{'sync Prefer: wait=60 -> first answer':<46}{span([s * 1000 for s in sync_s], '.0f')} ms")
+    print(f"{'  of which the activator waking Triton':<46}{span([s * 1000 for s in wakes], '.0f')} ms")
+    for label, rows in (("no Prefer", plain), ("Prefer: wait=60", waiting)):
+        sent, failed = sum(r[0] for r in rows), sum(r[1] for r in rows)
+        print(f"{'failed while waking, ' + label:<46}{failed} of {sent} ({span([r[1] for r in rows], '.0f')} per wake)")
+    print(f"{'async Prefer: respond-async -> result':<46}{async_note}")
+    return 0
+
+
 def span(values: list[float], fmt: str) -> str:
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
@@ -97,7 +242,10 @@ def span(values: list[float], fmt: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--from-zero", action="store_true", help="Triton scaled to zero behind the local activator")
     args = p.parse_args(argv)
+    if args.from_zero:
+        return from_zero(args.runs)
     imports = [import_seconds() for _ in range(args.runs)]
     from tests.conftest import free_port
 

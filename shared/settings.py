@@ -185,6 +185,9 @@ class Settings(_FromEnv):
     # presigned for the cluster-internal endpoint cannot be used outside. Empty: S3_ENDPOINT_URL.
     s3_public_endpoint_url: str = _var("S3_PUBLIC_ENDPOINT_URL", "")
     s3_region: str = _var("S3_REGION", "us-east-1")
+    # static: S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY; ambient: boto3's default chain (IRSA, GKE Workload
+    # Identity, an instance role), no static keys
+    s3_credentials: str = _var("S3_CREDENTIALS", "static", _choice("static", "ambient"))
     s3_access_key_id: str = _var("S3_ACCESS_KEY_ID", "kinfer", secret=True)
     s3_secret_access_key: str = _var("S3_SECRET_ACCESS_KEY", "kinfer-secret", secret=True)
     s3_input_bucket: str = _var("S3_INPUT_BUCKET", "kinfer-batch-inputs")
@@ -220,6 +223,10 @@ class Settings(_FromEnv):
     # its Triton's HTTP endpoint, the local repository folder it writes for that Triton, its own port
     agent_backend: str = _var("AGENT_BACKEND", "")
     agent_triton_http: str = _var("AGENT_TRITON_HTTP", "http://127.0.0.1:8000")
+    # Triton's model-repository API may be restricted to callers that send this header with this key
+    # (--http-restricted-api=model-repository:<header>=<key>); the agent sends it when both are set
+    triton_admin_header: str = _var("TRITON_ADMIN_HEADER", "")
+    triton_admin_key: str = _var("TRITON_ADMIN_KEY", "", secret=True)
     agent_repository_dir: str = _var("AGENT_REPOSITORY_DIR", "/models")
     agent_port: int = _var("AGENT_PORT", "8089", _int(1, 65535))
     agent_sync_s: float = _var("AGENT_SYNC_S", "5", _float(0.05, 3600))
@@ -248,6 +255,15 @@ class Settings(_FromEnv):
     # An active job with no chunk claimed or recorded for this long is failed (shared.batch.reaper);
     # longer than the event transport's whole retry window (knative/ batch-worker-source delivery).
     batch_stall_timeout_s: int = _var("BATCH_STALL_TIMEOUT_S", "3600", _int(60, 30 * 86400))
+    # Async inference (``Prefer: respond-async``, GET /v1/requests/{id}; shared.batch.requests): how long a
+    # request and its result are kept; how long the worker holds one while its backend wakes (below the event
+    # delivery timeout: a longer cold start is covered by redelivery with backoff); callback hosts (fnmatch on
+    # host or host:port) that may resolve to internal addresses; the HMAC secret of Kinfer-Signature (empty:
+    # callback_url is refused)
+    request_retention_s: int = _var("REQUEST_RETENTION_S", "86400", _int(60, 30 * 86400))
+    request_wait_s: float = _var("REQUEST_WAIT_S", "45", _float(0, 3600))
+    callback_allowlist: tuple[str, ...] = _var("CALLBACK_ALLOWLIST", "", _url_list)
+    callback_signing_secret: str = _var("CALLBACK_SIGNING_SECRET", "", secret=True)
     k_sink: str = _var("K_SINK", "")
     event_source: str = _var("EVENT_SOURCE", "/kinfer/batch")
     # Process identity and telemetry
@@ -284,3 +300,15 @@ class ClientSettings(_FromEnv):
     home: str = _var("HOME", "")
     # Show the traceback of an unexpected error instead of one line
     debug: bool = _var("KINFER_DEBUG", "false", _bool)
+
+
+@dataclass(frozen=True, repr=False)
+class LocalStackSettings(_FromEnv):
+    """What ``kinfer up`` reads for the local stack alone (never deployed: the cluster has Knative)."""
+
+    # Scale the local Triton to zero behind ``shared.localstack.activator`` (``kinfer up --scale-to-zero``)
+    scale_to_zero: bool = _var("KINFER_SCALE_TO_ZERO", "false", _bool)
+    # Seconds without a byte through the activator before it stops Triton and its model agent
+    idle_s: float = _var("LOCAL_SCALE_TO_ZERO_IDLE_S", "60", _float(0.5, 86400))
+    # The longest the activator holds a connection while Triton wakes (Knative's activator: its timeout)
+    hold_s: float = _var("LOCAL_ACTIVATOR_HOLD_S", "120", _float(1, 3600))

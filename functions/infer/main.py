@@ -5,6 +5,11 @@ metadata (``/v2``, ``/v2/health/*``) need no key, like Triton's, so load balance
 probe them; everything that names a model needs the ``infer`` scope. A version segment or
 ``version`` field may name a version or an alias; the version that answered comes back in
 the body and in ``X-Model-Version``.
+
+``Prefer: respond-async`` on either infer route answers 202 with ``Location: /v1/requests/{id}`` (the
+request runs on the batch worker, ``shared.batch.requests``; ``Kinfer-Callback-URL`` names an optional
+signed callback); ``GET /v1/requests/{id}`` (a plain ``def``: it reads PostgreSQL in the thread pool)
+answers its status, then its result.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.batch.jobs import owner_of
+from shared.batch.requests import V1, V2, Accepted, RequestStatus, prefers_async
+from shared.errors import InvalidInput
 from shared.inference import v2
 from shared.inference.dataplane import InferAnswer
 from shared.inference.health import HealthBody, ReadyBody
@@ -25,6 +33,8 @@ from shared.web.request import Call
 from shared.web.route import LIVEZ, Route
 from shared.web.routing import Router
 from shared.web.runtime import function_services
+
+CALLBACK_HEADER = "kinfer-callback-url"
 
 
 class Live(TypedDict):
@@ -44,7 +54,48 @@ def _wait(call: Call) -> float:
     return wait
 
 
-async def _infer(call: Call) -> InferAnswer:
+def _respond_async(call: Call) -> bool:
+    """``Prefer: respond-async``: 202 and a request to poll (or a callback) instead of the answer."""
+    if not prefers_async(call.header("prefer")):
+        if call.header(CALLBACK_HEADER) is not None:
+            raise InvalidInput(f"{CALLBACK_HEADER} needs Prefer: respond-async", field=CALLBACK_HEADER)
+        return False
+    call.response_headers["Preference-Applied"] = "respond-async"
+    return True
+
+
+async def _accept(
+    call: Call, protocol: str, name: str | None = None, version: str | None = None
+) -> tuple[int, Accepted, dict[str, str]]:
+    accepted = await function_services().requests.accept(
+        protocol,
+        call.body,
+        call.header_map,
+        owner=owner_of(call.principal),
+        route_key=_route_key(call),
+        request_id=call.request_id,
+        trace_id=call.trace_id,
+        name=name,
+        version=version,
+        callback_url=call.header(CALLBACK_HEADER),
+    )
+    return 202, accepted, {"Location": accepted["location"]}
+
+
+def _owner_filter(call: Call) -> str | None:
+    """Whose requests the caller may read: its own key's; an admin key, any (None)."""
+    scopes = getattr(call.principal, "scopes", ())
+    return None if "admin" in scopes else owner_of(call.principal)
+
+
+def _request(call: Call, request_id: str) -> RequestStatus:
+    return function_services().requests.get(request_id, _owner_filter(call))
+
+
+async def _infer(call: Call) -> InferAnswer | tuple[int, Accepted, dict[str, str]]:
+    if _respond_async(call):
+        call.json()  # the Content-Type check and strict parse of a synchronous call
+        return await _accept(call, V1)
     answer = await function_services().dataplane.run_inference(call.json(), _route_key(call), _wait(call))
     answer["request_id"] = call.request_id
     answer["trace_id"] = call.trace_id
@@ -52,7 +103,11 @@ async def _infer(call: Call) -> InferAnswer:
     return answer
 
 
-async def _infer_v2(call: Call, name: str, version: str | None = None) -> v2.InferResponse:
+async def _infer_v2(
+    call: Call, name: str, version: str | None = None
+) -> v2.InferResponse | tuple[int, Accepted, dict[str, str]]:
+    if _respond_async(call):
+        return await _accept(call, V2, name, version)
     answer = await function_services().v2.infer_v2(
         name, version, call.body, call.header_map, _route_key(call), _wait(call)
     )
@@ -110,7 +165,19 @@ ROUTES = Router(
             scope="infer",
             summary="Real-time inference",
             body=s.INFER_REQUEST,
-            responses={200: ("the prediction and every output tensor", s.INFER_RESPONSE)},
+            responses={
+                200: ("the prediction and every output tensor", s.INFER_RESPONSE),
+                202: (s.ASYNC_ACCEPTED_DESCRIPTION, s.INFER_ACCEPTED),
+            },
+        ),
+        Route(
+            "/v1/requests/<request_id>",
+            ("GET",),
+            _request,
+            query=(),
+            scope="infer",
+            summary="An async inference request: status, then its result or error",
+            responses={200: ("status, timestamps, the result or the error body", s.INFER_REQUEST_STATUS)},
         ),
         Route(
             "/v2",
@@ -145,7 +212,10 @@ ROUTES = Router(
                 scope="infer",
                 summary="KServe v2 inference",
                 body=s.V2_INFER_REQUEST,
-                responses={200: ("the output tensors", s.V2_INFER_RESPONSE)},
+                responses={
+                    200: ("the output tensors", s.V2_INFER_RESPONSE),
+                    202: (s.ASYNC_ACCEPTED_DESCRIPTION, s.INFER_ACCEPTED),
+                },
             )
             for base in (MODEL, VERSION)
         ],

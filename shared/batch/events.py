@@ -20,3 +20,15 @@ class ChunkEventData(TypedDict):
     model: str
     version: str
     model_id: str
+
+
+# Async inference (``Prefer: respond-async``, shared.batch.requests): run one stored request; then deliver its
+# outcome to the request's callback_url. Both travel the chunk topic to the batch worker.
+INFER_REQUEST_EVENT_TYPE = "dev.kinfer.infer.request.v1"
+INFER_CALLBACK_EVENT_TYPE = "dev.kinfer.infer.callback.v1"
+
+
+class InferEventData(TypedDict):
+    """The data of both async inference events: the stored request's id."""
+
+    request_id: str

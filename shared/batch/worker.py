@@ -141,7 +141,7 @@ def _is_json(line: bytes) -> bool:
     return _strict(line) is not None
 
 
-def dead_reason(event: CloudEvent) -> str:
+def dead_reason(event: CloudEvent, what: str = "chunk") -> str:
     """A sentence from the knativeerror* extensions (our own JSON error body when there is one)."""
     code = event.get("knativeerrorcode")
     detail = ""
@@ -151,7 +151,7 @@ def dead_reason(event: CloudEvent) -> str:
             detail = str(json.loads(base64.b64decode(raw)).get("error", ""))[:200]
         except (ValueError, TypeError, AttributeError):
             detail = ""
-    reason = "chunk delivery failed after all retries" + (f" (last status {code})" if code else " (no response)")
+    reason = f"{what} delivery failed after all retries" + (f" (last status {code})" if code else " (no response)")
     return f"{reason}: {detail}" if detail else reason
 
 

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "db",
     "config",
     "infer",
+    "requests",
     "models",
     "batch",
     "keys",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from shared.cli import api, output
-from shared.cli.errors import UsageError
+from shared.cli.errors import ApiError, UsageError
 
 FIELDS = ("model", "version", "prediction", "outputs", "latency_ms", "request_id", "trace_id")
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -33,10 +34,26 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--wait",
         type=int,
+        nargs="?",
+        const=-1,
         default=0,
         metavar="SECONDS",
         help="while the model's backend wakes from zero, wait up to SECONDS for the answer instead of a 503 "
-        "(Prefer: wait=SECONDS; the server caps it at WAIT_MAX_S)",
+        "(Prefer: wait=SECONDS; the server caps it at WAIT_MAX_S); with --async: poll until the request is "
+        "done (at most SECONDS when given) and print its result like a synchronous call",
+    )
+    parser.add_argument(
+        "--async",
+        dest="run_async",
+        action="store_true",
+        help="queue the request (Prefer: respond-async) and print its id and Location; "
+        "`kinfer requests get ID` reads it later",
+    )
+    parser.add_argument(
+        "--callback-url",
+        default=None,
+        metavar="URL",
+        help="with --async: POST the outcome, signed, to URL (Kinfer-Callback-URL)",
     )
     output.add_output_arg(parser)
     api.command(parser, run)
@@ -82,9 +99,61 @@ def run(client: api.Client, args: argparse.Namespace) -> int:
     body: InferBody = {"model": args.model, "input": read_input(args)}
     if args.model_version:
         body["version"] = args.model_version
+    if args.run_async:
+        return run_async(client, args, body)
+    if args.callback_url:
+        raise UsageError("--callback-url needs --async")
     if args.wait < 0:
-        raise UsageError("--wait takes a number of seconds, 0 or more")
+        raise UsageError("--wait takes a number of seconds, 0 or more (without --async)")
     prefer = {"Prefer": f"wait={args.wait}"} if args.wait else None
     answer = client.call("POST", "/v1/infer", body, headers=prefer, timeout=api.TIMEOUT_S + args.wait)
     output.emit(args, answer, fields=FIELDS)
     return 0
+
+
+ACCEPTED_FIELDS = ("id", "status", "location", "model", "version", "created_at", "expires_at", "callback_url")
+POLL_S = (0.2, 2.0)  # the first poll interval, and the longest
+
+
+def run_async(client: api.Client, args: argparse.Namespace, body: InferBody) -> int:
+    """``--async``: queue the request; print its id and Location, or with ``--wait`` poll it and print the
+    result as a synchronous call would (exit 1 when it failed, with its error)."""
+    headers = {"Prefer": "respond-async"}
+    if args.callback_url:
+        headers["Kinfer-Callback-URL"] = args.callback_url
+    accepted = client.call("POST", "/v1/infer", body, headers=headers)
+    if not args.wait:
+        output.emit(args, accepted, fields=ACCEPTED_FIELDS)
+        return 0
+    limit = None if args.wait < 0 else float(args.wait)
+    done = wait_for_request(client, str(accepted["id"]), limit)
+    return print_outcome(args, done)
+
+
+def wait_for_request(client: api.Client, request_id: str, limit_s: float | None) -> dict[str, object]:
+    """Poll GET /v1/requests/{id} until it succeeded or failed (ApiError past ``limit_s``)."""
+    deadline = None if limit_s is None else time.monotonic() + limit_s
+    interval = POLL_S[0]
+    while True:
+        status: dict[str, object] = client.call("GET", f"/v1/requests/{request_id}")
+        if status.get("status") in ("succeeded", "failed"):
+            return status
+        if deadline is not None and time.monotonic() >= deadline:
+            raise ApiError(f"request {request_id} is still {status.get('status')}; `kinfer requests get {request_id}`")
+        time.sleep(interval)
+        interval = min(interval * 1.5, POLL_S[1])
+
+
+def print_outcome(args: argparse.Namespace, status: dict[str, object]) -> int:
+    """A finished request: its result printed like a synchronous answer, or its error as one line (exit 1)."""
+    if status.get("status") == "succeeded" and isinstance(status.get("result"), dict):
+        output.emit(args, status["result"], fields=FIELDS)
+        return 0
+    error = status.get("error") if isinstance(status.get("error"), dict) else {}
+    assert isinstance(error, dict)
+    raise ApiError(
+        f"{status.get('http_status', '')} {error.get('code', '')}: {error.get('error', 'the request failed')} "
+        f"(request {status.get('id')})",
+        status=int(str(status.get("http_status") or 0)) or None,
+        code=str(error.get("code", "")),
+    )

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from shared.cli import api, output
-from shared.settings import Settings
+from shared.settings import LocalStackSettings, Settings
 
 URLS = (
     ("gateway (public API, auth)", "http://localhost:8080"),
@@ -16,15 +16,22 @@ URLS = (
     ("keys (API key admin)", "http://localhost:8088"),
     ("console (web page, on the gateway)", "http://127.0.0.1:8080/console/"),
     ("Triton HTTP / gRPC / metrics", "http://localhost:8000  localhost:8001  http://localhost:8002/metrics"),
+    ("scale-to-zero activator (with --scale-to-zero)", "http://localhost:8092/status"),
     ("S3 API", "http://localhost:9000"),
     ("event relay (K_SINK)", "http://localhost:8090/kinfer/batch-chunks"),
 )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    subparsers.add_parser("up", help="start the local stack (PostgreSQL, Redis, S3, Triton, functions)").set_defaults(
-        func=cmd_up
+    up = subparsers.add_parser("up", help="start the local stack (PostgreSQL, Redis, S3, Triton, functions)")
+    up.add_argument(
+        "--scale-to-zero",
+        action="store_true",
+        help="run Triton behind a local stand-in for Knative's activator: stopped after "
+        "LOCAL_SCALE_TO_ZERO_IDLE_S (default 60) idle seconds, woken by the next request, which is held "
+        "at most LOCAL_ACTIVATOR_HOLD_S (default 120); also KINFER_SCALE_TO_ZERO=1",
     )
+    up.set_defaults(func=cmd_up)
     status = subparsers.add_parser("status", help="show the local stack's processes and health")
     output.add_output_arg(status)
     status.set_defaults(func=cmd_status)
@@ -50,7 +57,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env()
-        up(settings, say=lambda m: print(f"  {m}", flush=True))
+        scale = bool(getattr(args, "scale_to_zero", False)) or LocalStackSettings.from_env().scale_to_zero
+        up(settings, say=lambda m: print(f"  {m}", flush=True), scale_to_zero=scale)
     except StackError as exc:  # up() has stopped what it started, and only that
         return _err(str(exc))
     print("\nKinfer is up:")
@@ -68,7 +76,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("the local stack is not running (start it with `kinfer up`)")
         return 1
     for row in rows:
-        row["state"] = "healthy" if row["healthy"] else ("unhealthy" if row["alive"] else "stopped")
+        # the activator's own state for Triton and its agent behind it: serving, waking, idle-stopped
+        row["state"] = row.get("state") or (
+            "healthy" if row["healthy"] else ("unhealthy" if row["alive"] else "stopped")
+        )
         row["serving_pids"] = ",".join(str(p) for p in row["serving"] if p != row["pid"]) or "-"
     output.emit(
         args,

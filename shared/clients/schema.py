@@ -121,3 +121,35 @@ batch_chunks = sa.Table(
     sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
+
+# Async inference requests (``Prefer: respond-async``, 0005): the request as accepted (``body``: the JSON
+# body, its version pinned), its status (queued -> running -> succeeded | failed), the answer a synchronous
+# call would have given (``result``) or its error body (``error``), and the optional signed callback.
+infer_requests = sa.Table(
+    "infer_requests",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("protocol", sa.String(8), nullable=False),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("route_key", sa.String(256), nullable=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="queued"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("http_status", sa.Integer, nullable=True),
+    sa.Column("result", JSONB, nullable=True),
+    sa.Column("error", JSONB, nullable=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("trace_id", sa.String(64), nullable=False, server_default=""),
+    sa.Column("callback_url", sa.Text, nullable=True),
+    sa.Column("callback_status", sa.String(16), nullable=True),
+    sa.Column("callback_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("callback_error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("callback_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_infer_requests_expires_at", "expires_at"),
+)

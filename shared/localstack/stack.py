@@ -28,12 +28,17 @@ from shared.localstack.procs import StackError
 from shared.settings import Settings
 
 if TYPE_CHECKING:
+    from shared.localstack.activator import ActivatorStatus, PodPids
     from shared.services import Services
 
 Say = Callable[[str], object]
 
 ROOT = Path(__file__).resolve().parents[2]
 RELAY_PORT, S3_PORT, TRITON_PORTS, AGENT_PORT = 8090, 9000, (8000, 8001, 8002), 8089
+# With scale-to-zero on (``kinfer up --scale-to-zero``), the activator (``shared.localstack.activator``)
+# listens on TRITON_PORTS' HTTP and gRPC ports and Triton itself on these (metrics stays on 8002);
+# its state is served on ACTIVATOR_PORT.
+TRITON_INTERNAL_PORTS, ACTIVATOR_PORT = (18000, 18001, 8002), 8092
 SINK_PATH = "/kinfer/batch-chunks"
 DEMO_KEY = "demo-token"
 CONSOLE_URL = "http://127.0.0.1:8080/console/"
@@ -126,13 +131,15 @@ def _save(state: StackState) -> None:
     _state_file().write_text(json.dumps(state, indent=2))
 
 
-def base_env(settings: Settings) -> dict[str, str]:
+def base_env(settings: Settings, scale_to_zero: bool = False) -> dict[str, str]:
     """Environment every function process gets: the local endpoints of this stack. The local Triton has
     only the Python backend, so pushed ONNX files run through it (ONNX_BACKEND=python). Backends allowed:
     the local Triton (also as ``triton:8001``), ``UNREACHABLE_BACKEND`` and whatever BACKEND_ALLOWLIST of
-    ``kinfer up``'s environment adds."""
+    ``kinfer up``'s environment adds. With ``scale_to_zero`` Triton is not probed (as in a cluster where it
+    scales to zero: a probe would wake it)."""
     allowed = dict.fromkeys((f"127.0.0.1:{TRITON_PORTS[1]}", UNREACHABLE_BACKEND, *settings.backend_allowlist))
-    return {
+    cold = {"PROBE_TRITON_URL": "false"} if scale_to_zero else {}
+    return cold | {
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
@@ -165,17 +172,26 @@ def _serve_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1", *args]
 
 
-def up(settings: Settings, say: Say = print) -> StackState:
+def up(settings: Settings, say: Say = print, scale_to_zero: bool = False) -> StackState:
     """Start every part that is not already running; return the state (components with pid, url, log).
 
     Parts already running are left alone. If a step fails, only the parts this call started are
     stopped again (and forgotten), so a failed ``up`` never stops what was running before it.
+    ``scale_to_zero``: Triton and its agent run behind the activator, which stops them when idle (a
+    stack already running keeps the way it was started).
     """
     state = load_state()
     comps = state.setdefault("components", {})
     for name in [n for n, c in comps.items() if not procs.alive(c.get("pid"))]:
         del comps[name]  # recorded but gone: nothing to stop, start it again
-    missing = [n for n in _expected_names() if n not in comps]
+    if "activator" in comps or "triton" in comps or "agent" in comps:
+        if scale_to_zero != ("activator" in comps):
+            say(
+                f"Triton already runs {'behind' if 'activator' in comps else 'without'} the scale-to-zero "
+                "activator; `kinfer down` first to change that"
+            )
+        scale_to_zero = "activator" in comps
+    missing = [n for n in _expected_names(scale_to_zero) if n not in comps]
     if not missing:
         say("the local stack is already running (kinfer status shows it)")
         return state
@@ -184,7 +200,7 @@ def up(settings: Settings, say: Say = print) -> StackState:
     started: list[str] = []
     try:
         _check_ports(missing)
-        _start_missing(settings, state, missing, started, say)
+        _start_missing(settings, state, missing, started, say, scale_to_zero)
         for name in started:
             comp = comps[name]
             if health := comp.get("health"):
@@ -198,7 +214,9 @@ def up(settings: Settings, say: Say = print) -> StackState:
     return state
 
 
-def _start_missing(settings: Settings, state: StackState, missing: list[str], started: list[str], say: Say) -> None:
+def _start_missing(
+    settings: Settings, state: StackState, missing: list[str], started: list[str], say: Say, scale_to_zero: bool = False
+) -> None:
     """Start the ``missing`` parts, recording each in ``state`` (saved at once) and in ``started``."""
     comps = state["components"]
     logs = state_dir() / "logs"
@@ -215,7 +233,10 @@ def _start_missing(settings: Settings, state: StackState, missing: list[str], st
     if "triton" in missing:
         _start_triton(comps, logs, say)
         record(["triton"])
-    env = base_env(settings)
+    env = base_env(settings, scale_to_zero)
+    if "activator" in missing:
+        _start_activator(env, comps, logs, say)
+        record(["activator"])
     if "agent" in missing:
         _start_agent(env, comps, logs, say)
         record(["agent"])
@@ -257,8 +278,23 @@ def _stop(name: str, comp: Component) -> None:
 
     if name == "postgres":
         stop_postgres(state_dir())
+    elif name == "activator" and (pid := comp["pid"]) is not None:
+        found = activator_status(comp)
+        procs.stop(pid, timeout=20)  # it stops Triton and the agent first
+        if found is not None:
+            _stop_leftovers(found["pids"])
     elif (pid := comp["pid"]) is not None:  # callers stop only a live pid
         procs.stop(pid)
+
+
+def _stop_leftovers(pods: PodPids) -> None:
+    """Triton and the agent of an activator that died without stopping them."""
+    from shared.localstack.triton import stop_pid
+
+    if (triton := pods.get("triton")) is not None:
+        stop_pid(triton)
+    if (agent := pods.get("agent")) is not None and procs.alive(agent):
+        procs.stop(agent)
 
 
 def reconcile_batch_jobs(settings: Settings, say: Say = print) -> dict[str, list[str]]:
@@ -287,8 +323,9 @@ def reconcile_batch_jobs(settings: Settings, say: Say = print) -> dict[str, list
     return outcome
 
 
-def _expected_names() -> list[str]:
-    return ["s3", "triton", "agent", "gateway", "relay"] + [f.folder for f in available_functions()]
+def _expected_names(scale_to_zero: bool = False) -> list[str]:
+    pod = ["activator"] if scale_to_zero else ["triton", "agent"]
+    return ["s3", *pod, "gateway", "relay"] + [f.folder for f in available_functions()]
 
 
 def _check_ports(missing: list[str]) -> None:
@@ -297,6 +334,11 @@ def _check_ports(missing: list[str]) -> None:
         "s3": [(S3_PORT, "the S3 server")],
         "triton": [(p, "Triton") for p in TRITON_PORTS],
         "agent": [(AGENT_PORT, "the model agent")],
+        "activator": [
+            *((p, "the scale-to-zero activator") for p in (*TRITON_PORTS[:2], ACTIVATOR_PORT)),
+            *((p, "Triton (behind the activator)") for p in TRITON_INTERNAL_PORTS),
+            (AGENT_PORT, "the model agent"),
+        ],
         "gateway": [(8080, "the gateway")],
         "relay": [(RELAY_PORT, "the event relay")],
     }
@@ -358,17 +400,53 @@ def _start_triton(comps: dict[str, Component], logs: Path, say: Say) -> None:
     say(f"Triton on {server.http_url} (gRPC {server.grpc_url})")
 
 
-def _start_agent(env: dict[str, str], comps: dict[str, Component], logs: Path, say: Say) -> None:
-    """The model agent beside Triton: loads what the registry says into Triton, reports readiness."""
-    agent_env = dict(
+def _agent_env(env: dict[str, str], triton_http_port: int) -> dict[str, str]:
+    return dict(
         env,
         K_SERVICE="model-agent",
-        AGENT_TRITON_HTTP=f"http://127.0.0.1:{TRITON_PORTS[0]}",
+        AGENT_TRITON_HTTP=f"http://127.0.0.1:{triton_http_port}",
         AGENT_REPOSITORY_DIR=str(repository_dir()),
         AGENT_PORT=str(AGENT_PORT),
         AGENT_SYNC_S="2",
         UNLOAD_GRACE_S="10",
     )
+
+
+def _start_activator(env: dict[str, str], comps: dict[str, Component], logs: Path, say: Say) -> None:
+    """Triton and its agent behind the scale-to-zero activator (``shared.localstack.activator``), which
+    starts them now and again on the first connection after they were stopped for being idle."""
+    from shared.localstack.triton import find_install
+
+    find_install()  # a missing wheel fails here, with the fix, not in the activator's log
+    repository_dir().mkdir(parents=True, exist_ok=True)
+    routes = [f"--route={a}:{b}" for a, b in zip(TRITON_PORTS[:2], TRITON_INTERNAL_PORTS[:2], strict=True)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shared.localstack.activator",
+        *routes,
+        f"--status-port={ACTIVATOR_PORT}",
+        f"--triton-ports={','.join(map(str, TRITON_INTERNAL_PORTS))}",
+        f"--repository={repository_dir()}",
+        f"--state-dir={state_dir() / 'triton'}",
+        f"--triton-log={logs / 'triton.log'}",
+        f"--agent-log={logs / 'agent.log'}",
+        f"--agent-ready=http://127.0.0.1:{AGENT_PORT}/ready",
+        f"--backend=127.0.0.1:{TRITON_PORTS[1]}",
+    ]
+    log = logs / "activator.log"
+    activator_env = dict(_agent_env(env, TRITON_INTERNAL_PORTS[0]), K_SERVICE="activator")
+    pid = procs.spawn(cmd, log, activator_env, ROOT)
+    _record(comps, "activator", pid, f"http://127.0.0.1:{ACTIVATOR_PORT}/health", log)
+    say(
+        f"Triton scales to zero: the activator on {TRITON_PORTS[0]}/{TRITON_PORTS[1]} stops it after "
+        f"LOCAL_SCALE_TO_ZERO_IDLE_S idle and wakes it on the next request (state: http://127.0.0.1:{ACTIVATOR_PORT}/status)"
+    )
+
+
+def _start_agent(env: dict[str, str], comps: dict[str, Component], logs: Path, say: Say) -> None:
+    """The model agent beside Triton: loads what the registry says into Triton, reports readiness."""
+    agent_env = _agent_env(env, TRITON_PORTS[0])
     log = logs / "agent.log"
     cmd = [sys.executable, "-m", "shared.cli", "agent"]
     _record(comps, "agent", procs.spawn(cmd, log, agent_env, ROOT), f"http://127.0.0.1:{AGENT_PORT}/ready", log)
@@ -568,6 +646,50 @@ def status() -> list[ComponentStatus]:
                 "healthy": healthy,
                 "url": comp.get("health"),
                 "log": comp.get("log"),
+            }
+        )
+        if name == "activator" and alive:
+            rows[-1]["state"] = "up"
+            rows += _pod_rows(activator_status(comp), Path(comp["log"]).parent)
+    return rows
+
+
+def activator_status(comp: Component) -> ActivatorStatus | None:
+    """The activator's ``/status`` (None when it does not answer)."""
+    import urllib.request
+
+    url = (comp.get("health") or "").replace("/health", "/status")
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return cast(ActivatorStatus, json.loads(resp.read()))
+    except (OSError, ValueError):
+        return None
+
+
+def _pod_rows(found: ActivatorStatus | None, logs: Path) -> list[ComponentStatus]:
+    """Triton and the agent behind the activator: their state is the activator's (serving, waking,
+    stopping, idle-stopped); scaled to zero is healthy (the next request wakes them)."""
+    state = found["state"] if found else "unknown"
+    pids: PodPids = found["pids"] if found else {"triton": None, "agent": None}
+    urls = {
+        "triton": f"http://127.0.0.1:{TRITON_INTERNAL_PORTS[0]}/v2/health/ready",
+        "agent": f"http://127.0.0.1:{AGENT_PORT}/ready",
+    }
+    rows: list[ComponentStatus] = []
+    for part in ("triton", "agent"):
+        pid = pids["triton"] if part == "triton" else pids["agent"]
+        alive = procs.alive(pid)
+        healthy = state == "idle-stopped" or (state == "serving" and alive and procs.http_ok(urls[part]))
+        rows.append(
+            {
+                "name": part,
+                "pid": pid,
+                "serving": procs.serving(pid),
+                "alive": alive,
+                "healthy": healthy or state == "waking",
+                "url": urls[part],
+                "log": str(logs / f"{part}.log"),
+                "state": state,
             }
         )
     return rows

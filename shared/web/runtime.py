@@ -4,7 +4,7 @@ routes of an event function (CloudEvents on ``POST /``, liveness and health)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from cloudevents.http import CloudEvent
 
@@ -32,8 +32,12 @@ def _health(call: Call) -> dict[str, str]:
     return {"status": "healthy", "service": function_services().settings.service_name}
 
 
-def event_routes(handler: Callable[[Call, CloudEvent], tuple[int, Mapping[str, object]]]) -> Router:
-    """An event function: ``handler(call, event)`` (in the thread pool) for the CloudEvent POSTed to ``/``;
+EventAnswer = tuple[int, Mapping[str, object]]
+
+
+def event_routes(handler: Callable[[Call, CloudEvent], EventAnswer | Awaitable[EventAnswer]]) -> Router:
+    """An event function: ``handler(call, event)`` (in the thread pool, or on the loop when it is ``async``)
+    for the CloudEvent POSTed to ``/``;
     ``GET /livez`` and ``GET /health`` answer 200."""
     return Router(
         [
