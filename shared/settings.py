@@ -261,7 +261,11 @@ class Settings(_FromEnv):
     # host or host:port) that may resolve to internal addresses; the HMAC secret of Kinfer-Signature (empty:
     # callback_url is refused)
     request_retention_s: int = _var("REQUEST_RETENTION_S", "86400", _int(60, 30 * 86400))
-    request_wait_s: float = _var("REQUEST_WAIT_S", "45", _float(0, 3600))
+    request_wait_s: float = _var("REQUEST_WAIT_S", "5", _float(0, 3600))
+    # Per API key: at most this many async requests queued or running at once (429 past it), each body at most
+    # this many bytes (it is stored until the request ends)
+    request_max_active: int = _var("REQUEST_MAX_ACTIVE", "100", _int(1, 1_000_000))
+    request_max_body_bytes: int = _var("REQUEST_MAX_BODY_BYTES", str(1024**2), _int(1024, 64 * 1024**2))
     callback_allowlist: tuple[str, ...] = _var("CALLBACK_ALLOWLIST", "", _url_list)
     callback_signing_secret: str = _var("CALLBACK_SIGNING_SECRET", "", secret=True)
     k_sink: str = _var("K_SINK", "")

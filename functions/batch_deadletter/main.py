@@ -26,7 +26,8 @@ def _fail(call: Call, event: CloudEvent) -> tuple[int, Mapping[str, object]]:
     services = function_services()
     what = _ASYNC.get(event["type"])
     if what is not None:
-        return services.requests.fail_dead(event, dead_reason(event, what))
+        # no delivery detail: a caller who can reach this function must not write text into a tenant's answer
+        return services.requests.fail_dead(event, dead_reason(event, what, detail=False))
     return services.worker.fail_chunk(event)
 
 

@@ -60,7 +60,6 @@ def _respond_async(call: Call) -> bool:
         if call.header(CALLBACK_HEADER) is not None:
             raise InvalidInput(f"{CALLBACK_HEADER} needs Prefer: respond-async", field=CALLBACK_HEADER)
         return False
-    call.response_headers["Preference-Applied"] = "respond-async"
     return True
 
 
@@ -79,6 +78,7 @@ async def _accept(
         version=version,
         callback_url=call.header(CALLBACK_HEADER),
     )
+    call.response_headers["Preference-Applied"] = "respond-async"  # only once it was: never on a refusal
     return 202, accepted, {"Location": accepted["location"]}
 
 

@@ -18,6 +18,7 @@ import fnmatch
 import hashlib
 import hmac
 import ipaddress
+import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,9 @@ Resolve = Callable[[str, int], Sequence[str]]
 
 class CallbackRefused(Exception):
     """The callback URL may not be called (now): a permanent failure, never retried."""
+
+
+log = logging.getLogger(__name__)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -60,15 +64,21 @@ def system_resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise Unavailable(f"callback host {host[:100]!r} does not resolve ({exc})", retry_after=5) from None
+        log.info("callback host %r does not resolve: %s", host[:100], exc)
+        raise Unavailable(f"callback host {host[:100]!r} does not resolve", retry_after=5) from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def is_public(address: str) -> bool:
     """Whether an address is on the internet (an IPv4-mapped IPv6 address is judged as its IPv4)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:  # 2002::/16 carries an IPv4 address: judged as that address
+            ip = ip.sixtofour
+        elif ip.teredo is not None:
+            return False
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
@@ -128,10 +138,11 @@ class CallbackPolicy:
         if self.allow_listed(host, port):
             return list(addresses)
         internal = [a for a in addresses if not is_public(a)]
-        if internal:
+        if internal:  # the address stays in the log: the answer must not map internal names for a caller
+            log.info("callback host %r refused: it resolves to %s", host[:100], internal[0])
             raise CallbackRefused(
-                f"callback_url host {host[:100]!r} resolves to an internal address ({internal[0]}); callbacks only "
-                "reach public hosts unless an operator adds the host to CALLBACK_ALLOWLIST"
+                f"callback_url host {host[:100]!r} is not a public host; callbacks only reach public hosts unless "
+                "an operator adds the host to CALLBACK_ALLOWLIST"
             )
         return list(addresses)
 

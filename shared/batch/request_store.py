@@ -85,6 +85,16 @@ def _expiry(retention_s: int) -> sa.ColumnElement[datetime]:
     return sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, retention_s)
 
 
+def active_of(conn: Connection, owner: str) -> int:
+    """How many of ``owner``'s requests are queued or running; holds a per-owner lock until the transaction
+    ends, so two accepts of one key cannot both pass its bound."""
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sa.literal("infer_requests:" + owner)))))
+    count = conn.execute(
+        sa.select(sa.func.count()).select_from(t).where(t.c.owner == owner, t.c.status.in_((QUEUED, RUNNING)))
+    ).scalar_one()
+    return int(count)
+
+
 def insert(conn: Connection, values: NewRequest, retention_s: int) -> RequestRow:
     stmt = sa.insert(t).values(**values, expires_at=_expiry(retention_s)).returning(*_columns())
     row = _row(conn.execute(stmt).one())

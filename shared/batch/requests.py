@@ -32,7 +32,7 @@ from shared.batch import request_store as store
 from shared.batch.callbacks import CallbackRefused
 from shared.batch.events import INFER_CALLBACK_EVENT_TYPE, INFER_REQUEST_EVENT_TYPE, InferEventData
 from shared.domain import JSONObject
-from shared.errors import InvalidInput, KinferError, NotFound, Unavailable
+from shared.errors import InvalidInput, KinferError, NotFound, PayloadTooLarge, RateLimited, Unavailable
 from shared.inference import v2 as v2proto
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ class RequestStatus(TypedDict):
     result: NotRequired[JSONObject]
     error: NotRequired[JSONObject]
     callback: NotRequired[CallbackState]
+    key_id: str  # the API key that sent it: a callback receiver checks it is its own
 
 
 class EventAnswer(TypedDict):
@@ -150,6 +151,7 @@ def status_body(row: store.RequestRow) -> RequestStatus:
         "started_at": _iso(row["started_at"]),
         "finished_at": _iso(row["finished_at"]),
         "expires_at": row["expires_at"].isoformat(),
+        "key_id": row["owner"],
     }
     if row["http_status"] is not None:
         body["http_status"] = row["http_status"]
@@ -230,6 +232,12 @@ class AsyncRequests:
         callback_url: str | None = None,
     ) -> Accepted:
         """Validate, store and queue one request (see the module docstring); the 202 body."""
+        limit = self.settings.request_max_body_bytes
+        if len(body) > limit:
+            raise PayloadTooLarge(
+                f"an async request body may be at most {limit} bytes (REQUEST_MAX_BODY_BYTES; it is stored until "
+                "the request ends); send bulk work as a batch job (POST /v1/batch)"
+            )
         if protocol == V1:
             request, name, version = _v1_request(body)
         else:
@@ -271,6 +279,13 @@ class AsyncRequests:
     def _enqueue(self, values: store.NewRequest) -> store.RequestRow:
         """Store, then emit; when the event cannot be sent the row is removed and the caller gets 503."""
         with self.db.begin() as conn:
+            limit = self.settings.request_max_active
+            if store.active_of(conn, values["owner"]) >= limit:
+                raise RateLimited(
+                    f"this API key has {limit} async requests queued or running (REQUEST_MAX_ACTIVE); send more "
+                    "when some have finished",
+                    retry_after=10,
+                )
             row = store.insert(conn, values, self.settings.request_retention_s)
         try:
             self._emit(INFER_REQUEST_EVENT_TYPE, row["id"])

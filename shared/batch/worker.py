@@ -141,18 +141,20 @@ def _is_json(line: bytes) -> bool:
     return _strict(line) is not None
 
 
-def dead_reason(event: CloudEvent, what: str = "chunk") -> str:
-    """A sentence from the knativeerror* extensions (our own JSON error body when there is one)."""
-    code = event.get("knativeerrorcode")
-    detail = ""
-    raw = event.get("knativeerrordata")
+def dead_reason(event: CloudEvent, what: str = "chunk", detail: bool = True) -> str:
+    """A sentence from the knativeerror* extensions (our own JSON error body when there is one, unless
+    ``detail`` is off: then only the status, which must be an HTTP status)."""
+    code = str(event.get("knativeerrorcode") or "")
+    code = code if code.isascii() and code.isdigit() and len(code) == 3 else ""
+    raw = event.get("knativeerrordata") if detail else None
+    text = ""
     if raw:
         try:
-            detail = str(json.loads(base64.b64decode(raw)).get("error", ""))[:200]
+            text = str(json.loads(base64.b64decode(raw)).get("error", ""))[:200]
         except (ValueError, TypeError, AttributeError):
-            detail = ""
+            text = ""
     reason = f"{what} delivery failed after all retries" + (f" (last status {code})" if code else " (no response)")
-    return f"{reason}: {detail}" if detail else reason
+    return f"{reason}: {text}" if text else reason
 
 
 class BatchWorker:

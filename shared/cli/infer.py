@@ -29,13 +29,16 @@ def register(subparsers: Any) -> None:
     source.add_argument("--data", help='the input as JSON: [5.1, 3.5, 1.4, 0.2] or {"features": [[...]]}')
     source.add_argument("--file", type=Path, help="a JSON file holding the input ('-': stdin)")
     parser.add_argument(
-        "--version", dest="model_version", default=None, help="model version (default: the newest active one)"
+        "--version",
+        dest="model_version",
+        default=None,
+        help="model version or alias (default: alias production, else the newest ready version)",
     )
     parser.add_argument(
         "--wait",
         type=int,
         nargs="?",
-        const=-1,
+        const=None,
         default=0,
         metavar="SECONDS",
         help="while the model's backend wakes from zero, wait up to SECONDS for the answer instead of a 503 "
@@ -103,8 +106,10 @@ def run(client: api.Client, args: argparse.Namespace) -> int:
         return run_async(client, args, body)
     if args.callback_url:
         raise UsageError("--callback-url needs --async")
+    if args.wait is None:
+        raise UsageError("--wait needs a number of seconds here (a bare --wait polls only with --async)")
     if args.wait < 0:
-        raise UsageError("--wait takes a number of seconds, 0 or more (without --async)")
+        raise UsageError("--wait takes a number of seconds, 0 or more")
     prefer = {"Prefer": f"wait={args.wait}"} if args.wait else None
     answer = client.call("POST", "/v1/infer", body, headers=prefer, timeout=api.TIMEOUT_S + args.wait)
     output.emit(args, answer, fields=FIELDS)
@@ -118,14 +123,16 @@ POLL_S = (0.2, 2.0)  # the first poll interval, and the longest
 def run_async(client: api.Client, args: argparse.Namespace, body: InferBody) -> int:
     """``--async``: queue the request; print its id and Location, or with ``--wait`` poll it and print the
     result as a synchronous call would (exit 1 when it failed, with its error)."""
+    if args.wait is not None and args.wait < 0:
+        raise UsageError("--wait takes a number of seconds, 0 or more (or none with --async: no limit)")
     headers = {"Prefer": "respond-async"}
     if args.callback_url:
         headers["Kinfer-Callback-URL"] = args.callback_url
     accepted = client.call("POST", "/v1/infer", body, headers=headers)
-    if not args.wait:
+    if args.wait == 0:
         output.emit(args, accepted, fields=ACCEPTED_FIELDS)
         return 0
-    limit = None if args.wait < 0 else float(args.wait)
+    limit = None if args.wait is None else float(args.wait)
     done = wait_for_request(client, str(accepted["id"]), limit)
     return print_outcome(args, done)
 

@@ -24,7 +24,7 @@ from typing import Any, TypedDict, cast
 
 from shared.cli import api as connection
 from shared.cli import output
-from shared.cli.errors import ApiError
+from shared.cli.errors import ApiError, UsageError
 from shared.domain import ModelState, ModelVersion
 
 SETTLED = (ModelState.READY, ModelState.FAILED)
@@ -160,6 +160,14 @@ def _action(func: Any) -> Any:
 
 # -- push ---------------------------------------------------------------------------------
 def _push(api: Api, args: argparse.Namespace) -> int:
+    if args.alias is not None:  # checked before anything is uploaded: a bad name must not leave a version behind
+        from shared.registry.rules import ALIAS
+
+        if not ALIAS.fullmatch(args.alias):
+            raise UsageError(
+                f"--alias {args.alias[:64]!r} is not an alias name: a letter, then letters, digits, '_' or '-' "
+                "(at most 64); nothing was pushed"
+            )
     model = push(
         api,
         args.file,

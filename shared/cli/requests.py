@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from shared.cli import api, infer, output
+from shared.cli.errors import UsageError
 
 FIELDS = (
     "id",
@@ -40,7 +41,7 @@ def register(subparsers: Any) -> None:
         "--wait",
         type=int,
         nargs="?",
-        const=-1,
+        const=None,
         default=0,
         metavar="SECONDS",
         help="poll until the request is done (at most SECONDS when given); print its result",
@@ -50,8 +51,10 @@ def register(subparsers: Any) -> None:
 
 
 def _get(client: api.Client, args: argparse.Namespace) -> int:
-    if args.wait:
-        limit = None if args.wait < 0 else float(args.wait)
+    if args.wait is not None and args.wait < 0:
+        raise UsageError("--wait takes a number of seconds, 0 or more (or none: no limit)")
+    if args.wait != 0:
+        limit = None if args.wait is None else float(args.wait)
         return infer.print_outcome(args, infer.wait_for_request(client, args.request_id, limit))
     status = client.call("GET", f"/v1/requests/{args.request_id}")
     output.emit(args, status, fields=FIELDS)

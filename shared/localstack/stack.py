@@ -28,8 +28,10 @@ from shared.localstack.procs import StackError
 from shared.settings import Settings
 
 if TYPE_CHECKING:
+    from shared.clients.db import Database
+    from shared.lifecycle.artifacts import Artifacts
     from shared.localstack.activator import ActivatorStatus, PodPids
-    from shared.services import Services
+    from shared.registry import ModelRegistry
 
 Say = Callable[[str], object]
 
@@ -135,22 +137,37 @@ def base_env(settings: Settings, scale_to_zero: bool = False) -> dict[str, str]:
     """Environment every function process gets: the local endpoints of this stack. The local Triton has
     only the Python backend, so pushed ONNX files run through it (ONNX_BACKEND=python). Backends allowed:
     the local Triton (also as ``triton:8001``), ``UNREACHABLE_BACKEND`` and whatever BACKEND_ALLOWLIST of
-    ``kinfer up``'s environment adds. With ``scale_to_zero`` Triton is not probed (as in a cluster where it
-    scales to zero: a probe would wake it)."""
+    ``kinfer up``'s environment adds (and its CALLBACK_SIGNING_SECRET and CALLBACK_ALLOWLIST). With
+    ``scale_to_zero`` Triton is not probed (as in a cluster where it scales to zero: a probe would wake it)."""
     allowed = dict.fromkeys((f"127.0.0.1:{TRITON_PORTS[1]}", UNREACHABLE_BACKEND, *settings.backend_allowlist))
     cold = {"PROBE_TRITON_URL": "false"} if scale_to_zero else {}
-    return cold | {
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
-        "TRITON_URL": f"127.0.0.1:{TRITON_PORTS[1]}",
-        "S3_ACCESS_KEY_ID": settings.s3_access_key_id,
-        "S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
-        "MODEL_REPOSITORY_URI": settings.model_repository_uri,
-        "ONNX_BACKEND": "python",
-        "BACKEND_ALLOWLIST": ",".join(allowed),
-        "PYTHONUNBUFFERED": "1",
-    }
+    return (
+        cold
+        | {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+            "TRITON_URL": f"127.0.0.1:{TRITON_PORTS[1]}",
+            "S3_ACCESS_KEY_ID": settings.s3_access_key_id,
+            "S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key,
+            "MODEL_REPOSITORY_URI": settings.model_repository_uri,
+            "ONNX_BACKEND": "python",
+            "BACKEND_ALLOWLIST": ",".join(allowed),
+            "PYTHONUNBUFFERED": "1",
+        }
+        | _callbacks(settings)
+    )
+
+
+def _callbacks(settings: Settings) -> dict[str, str]:
+    """Async inference callbacks, when ``kinfer up``'s environment turns them on (off by default: no
+    signing secret)."""
+    found = {}
+    if settings.callback_signing_secret:
+        found["CALLBACK_SIGNING_SECRET"] = settings.callback_signing_secret
+    if settings.callback_allowlist:
+        found["CALLBACK_ALLOWLIST"] = ",".join(settings.callback_allowlist)
+    return found
 
 
 def local_settings(settings: Settings) -> Settings:
@@ -507,15 +524,15 @@ def seed(settings: Settings, say: Say = print, timeout: float = 120) -> None:
         pushed = []
         for body in DEMO_MODELS:
             try:
-                pushed.append(_seed_model(services, body))
+                pushed.append(_seed_model(services.registry, services.artifacts, services.db, body))
             except KinferError as exc:
                 raise StackError(f"pushing the demo model {body['name']} failed: {exc.message}") from None
-        _wait_ready(services, [p for p in pushed if p], timeout, say)
+        _wait_ready(services.registry, [p for p in pushed if p], timeout, say)
     finally:
         services.close()
 
 
-def _seed_model(services: Services, body: DemoModel) -> str | None:
+def _seed_model(registry: ModelRegistry, artifacts: Artifacts, db: Database, body: DemoModel) -> str | None:
     """Push one demo model unless it is in place; the id of the version to wait for."""
     from shared.errors import NotFound
     from shared.lifecycle import repository
@@ -523,28 +540,28 @@ def _seed_model(services: Services, body: DemoModel) -> str | None:
     from shared.localstack.triton import default_repository
 
     try:
-        found = services.registry.get_model_by_name(body["name"], body["version"])
+        found = registry.get_model_by_name(body["name"], body["version"])
     except NotFound:
         found = None
-    layout = Layout.of(services.settings)
+    layout = Layout.of(artifacts.settings)
     if found is not None and found["repository_uri"] and found["state"] != ModelState.FAILED:
         version = found["triton_version"]
         try:
             in_place = version is not None and bool(
-                repository.list_keys(services.s3, layout.bucket, layout.version_prefix(found["triton_model"], version))
+                repository.list_keys(artifacts.s3, layout.bucket, layout.version_prefix(found["triton_model"], version))
             )
         except NotFound:  # the S3 server restarted without its buckets
             in_place = False
         if in_place:
             return str(found["id"]) if found["state"] != ModelState.READY else None
     if found is not None:
-        services.registry.delete_model(found["id"])
-    _claim_demo_name(services, body["name"])
+        registry.delete_model(found["id"])
+    _claim_demo_name(db, body["name"])
     package = pack_folder(default_repository() / body["name"], state_dir() / f"{body['name']}.tar.gz")
-    return str(services.artifacts.push_file(body, package)["id"])
+    return str(artifacts.push_file(body, package)["id"])
 
 
-def _claim_demo_name(services: Services, name: str) -> None:
+def _claim_demo_name(db: Database, name: str) -> None:
     """The demo's Triton model name belongs to the demo on the local stack.
 
     A database from before Kinfer managed model files has the demo registered as files it does not
@@ -556,7 +573,7 @@ def _claim_demo_name(services: Services, name: str) -> None:
 
     from shared.clients.schema import triton_models
 
-    with services.db.begin() as conn:
+    with db.begin() as conn:
         conn.execute(
             pg_insert(triton_models)
             .values(name=name, owner=name, last_version=0)
@@ -582,11 +599,11 @@ def pack_folder(folder: Path, target: Path) -> Path:
     return target
 
 
-def _wait_ready(services: Services, ids: list[str], timeout: float, say: Say) -> None:
+def _wait_ready(registry: ModelRegistry, ids: list[str], timeout: float, say: Say) -> None:
     deadline = time.monotonic() + timeout
     for model_id in ids:
         while True:
-            model = services.registry.get_model(model_id)
+            model = registry.get_model(model_id)
             if model["state"] == ModelState.READY:
                 say(f"{model['name']} {model['version']} is served (Triton version {model['triton_version']})")
                 break

@@ -226,6 +226,7 @@ INFER_REQUEST_STATUS: Schema = {
         "started_at": _NULLABLE_TIME,
         "finished_at": _NULLABLE_TIME,
         "expires_at": _TIME,
+        "key_id": {"type": "string", "description": "the API key that sent it (a callback receiver checks it)"},
         "http_status": {"type": "integer", "description": "the status the synchronous call would have answered"},
         "result": {"type": "object", "description": "succeeded: exactly the body of the synchronous answer"},
         "error": {"type": "object", "description": "failed: the error body of the synchronous answer"},

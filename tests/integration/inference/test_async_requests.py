@@ -349,3 +349,36 @@ def test_a_redelivered_request_event_runs_once(st: Stack) -> None:
     status, answer = asyncio.run(get_services().requests.execute(event))
     assert status == 200 and answer["skipped"] == "request already succeeded"
     assert st.get(request_id).json() == {k: v for k, v in first.items() if k != "_seen"}
+
+
+def test_a_key_has_a_bound_on_queued_requests_and_bodies(st: Stack) -> None:
+    keys = get_services().keys
+    record, secret = keys.create_key(f"bounded-{st.uid}", ["infer"])
+    st.configure(auth_required=True, request_max_active=2, request_max_body_bytes=2048)
+    as_key = {"Authorization": f"Bearer {secret}"}
+    body = {"model": st.model, "input": {"data": ROW}}
+    with get_services().db.begin() as conn:  # two requests of this key still queued (as behind a down backend)
+        for _ in range(2):
+            conn.execute(
+                sa.insert(infer_requests).values(
+                    id=uuid.uuid4(),
+                    owner=str(record["id"]),
+                    protocol="v1",
+                    model_name=st.model,
+                    model_version="1.0",
+                    body=b"{}",
+                    request_id="held",
+                    trace_id="",
+                    expires_at=sa.func.now() + sa.text("interval '1 hour'"),
+                )
+            )
+    full = st.submit(body, as_key, status=429)
+    assert "REQUEST_MAX_ACTIVE" in full.json()["error"] and full.headers["Retry-After"]
+    assert "Preference-Applied" not in full.headers  # refused: the preference was not applied
+    big = {"model": st.model, "input": {"data": [ROW] * 200}}
+    too_big = st.submit(big, as_key, status=413)
+    assert "REQUEST_MAX_BODY_BYTES" in too_big.json()["error"]
+    other_record, other_secret = keys.create_key(f"unbounded-{st.uid}", ["infer"])
+    as_other = {"Authorization": f"Bearer {other_secret}"}
+    other = st.submit(body, as_other)  # another key is not bound by this one's queue
+    assert st.wait(other.json()["id"], headers=as_other)["key_id"] == str(other_record["id"])

@@ -62,7 +62,7 @@ def old_stack(base_settings: Any, tmp_path: Path) -> Iterator[Any]:
 def test_the_demo_is_pushed_over_its_old_registration_and_others_pointing_at_it(old_stack: Any) -> None:
     services = Services(old_stack)
     try:
-        pushed = stack._seed_model(services, stack.DEMO_MODELS[0])
+        pushed = stack._seed_model(services.registry, services.artifacts, services.db, stack.DEMO_MODELS[0])
         assert pushed is not None
         model = services.registry.get_model(pushed)
         assert (model["name"], model["triton_model"], model["triton_version"]) == (
@@ -86,6 +86,6 @@ def test_a_demo_name_held_by_another_model_is_a_clear_error(old_stack: Any) -> N
         with services.db.begin() as conn:
             conn.execute(sa.insert(triton_models).values(name="iris_classifier", owner="someone", last_version=3))
         with pytest.raises(stack.StackError, match="holds the versions of model 'someone'"):
-            stack._seed_model(services, stack.DEMO_MODELS[0])
+            stack._seed_model(services.registry, services.artifacts, services.db, stack.DEMO_MODELS[0])
     finally:
         services.close()

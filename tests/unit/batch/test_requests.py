@@ -63,7 +63,7 @@ def policy(addresses: dict[str, list[str]], allow: tuple[str, ...] = (), secret:
 def test_policy_checks_every_address_unless_allow_listed() -> None:
     p = policy({"hooks.example.com": ["93.184.216.34"], "sneaky.example.com": ["93.184.216.34", "10.0.0.5"]})
     assert p.check("https://hooks.example.com/x") == "https://hooks.example.com/x"
-    with pytest.raises(InvalidInput, match="internal address"):
+    with pytest.raises(InvalidInput, match="not a public host"):
         p.check("https://sneaky.example.com/x")  # one internal answer is enough to refuse
     internal = policy({"receiver.kinfer.svc": ["10.0.0.9"]}, allow=("*.kinfer.svc:8080",))
     assert internal.check("http://receiver.kinfer.svc:8080/hook")
@@ -105,6 +105,9 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.rows: dict[uuid.UUID, dict[str, Any]] = {}
+
+    def active_of(self, conn: Any, owner: str) -> int:
+        return sum(1 for r in self.rows.values() if r["owner"] == owner and r["status"] in ("queued", "running"))
 
     def insert(self, conn: Any, values: dict[str, Any], retention_s: int) -> dict[str, Any]:
         now = datetime.now(UTC)
@@ -205,7 +208,7 @@ class FakePolicy:
 @pytest.fixture
 def memory(monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
     mem = MemoryStore()
-    for name in ("insert", "get", "delete", "start", "requeue", "finish", "purge_expired", "set_callback"):
+    for name in ("active_of", "insert", "get", "delete", "start", "requeue", "finish", "purge_expired", "set_callback"):
         monkeypatch.setattr(store, name, getattr(mem, name))
     monkeypatch.setattr(store, "callback_attempted", mem.callback_attempted)
     return mem
@@ -367,3 +370,40 @@ def test_a_dead_lettered_request_fails_with_the_reason(world: World, memory: Mem
     world.requests.fail_dead(world.event(), "request delivery failed after all retries (last status 503)")
     got = world.requests.get(accepted["id"], "k1")
     assert got["status"] == "failed" and got["http_status"] == 503 and got["error"]["code"] == "unavailable"
+
+
+def test_a_dead_letter_of_a_request_carries_no_delivery_text_and_only_an_http_status() -> None:
+    import base64
+    import json as _json
+
+    from cloudevents.http import CloudEvent
+
+    from shared.batch.worker import dead_reason
+
+    event = CloudEvent(
+        {
+            "type": "dev.kinfer.infer.request.v1",
+            "source": "/x",
+            "knativeerrorcode": "418",
+            "knativeerrordata": base64.b64encode(_json.dumps({"error": "visit http://evil.example"}).encode()).decode(),
+        },
+        {"request_id": "x"},
+    )
+    assert "evil" not in dead_reason(event, "request", detail=False)
+    assert dead_reason(event, "request", detail=False).endswith("(last status 418)")
+    event["knativeerrorcode"] = "your key is compromised"
+    assert dead_reason(event, "request", detail=False) == "request delivery failed after all retries (no response)"
+
+
+def test_a_refused_callback_host_names_no_internal_address_and_6to4_is_judged_by_its_ipv4() -> None:
+    from shared.batch.callbacks import CallbackPolicy, is_public
+    from shared.errors import InvalidInput
+
+    policy = CallbackPolicy((), "s3cret", resolve=lambda host, port: ["10.1.2.3"])
+    try:
+        policy.check("https://internal.example.com/hook")
+    except InvalidInput as exc:
+        assert "10.1.2.3" not in exc.message and "not a public host" in exc.message
+    else:
+        raise AssertionError("an internal host was accepted")
+    assert not is_public("2002:7f00:1::") and is_public("2002:808:808::")  # 6to4 of 127.0.0.1 / 8.8.8.8

@@ -68,3 +68,18 @@ def test_a_package_defaults_to_the_python_framework(tmp_path: Path) -> None:
     api = FakeApi(None)
     assert push(api, model, "n", "1", show_progress=False)["state"] == "pending"  # type: ignore[arg-type]
     assert api.calls[0][2]["format"] == "python" and len(api.calls[1][2]) == 64
+
+
+def test_a_bad_alias_is_refused_before_anything_is_pushed(tmp_path: Path) -> None:
+    from shared.cli.errors import UsageError
+    from shared.cli.models import _push
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"bytes")
+    api = FakeApi(None)
+    args = build_parser().parse_args(
+        ["models", "push", str(model), "--name", "n", "--version", "5", "--alias", "9prod"]
+    )
+    with pytest.raises(UsageError, match="nothing was pushed") as caught:
+        _push(api, args)  # type: ignore[arg-type]
+    assert caught.value.exit_code == 2 and api.calls == []

@@ -187,3 +187,12 @@ def test_kinfer_up_adds_the_backend_allowlist_of_its_environment_to_its_own() ->
     assert default == ["127.0.0.1:8001", stack.UNREACHABLE_BACKEND]
     wider = stack.base_env(Settings.from_env(environ={"BACKEND_ALLOWLIST": "gpu-*:8001, 127.0.0.1:8001"}))
     assert wider["BACKEND_ALLOWLIST"].split(",") == [*default, "gpu-*:8001"]
+
+
+def test_callbacks_are_off_unless_kinfer_ups_environment_turns_them_on() -> None:
+    off = stack.base_env(Settings.from_env(environ={}))
+    assert "CALLBACK_SIGNING_SECRET" not in off and "CALLBACK_ALLOWLIST" not in off
+    on = stack.base_env(
+        Settings.from_env(environ={"CALLBACK_SIGNING_SECRET": "s3cret", "CALLBACK_ALLOWLIST": "127.0.0.1:*"})
+    )
+    assert on["CALLBACK_SIGNING_SECRET"] == "s3cret" and on["CALLBACK_ALLOWLIST"] == "127.0.0.1:*"
