@@ -324,6 +324,7 @@ class Services:
                 data=dict(data),
                 extensions=extensions,
                 id=event_id,
+                timeout_s=settings.event_emit_timeout_s,
             )
 
         policy = CallbackPolicy(settings.callback_allowlist, settings.callback_signing_secret)

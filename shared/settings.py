@@ -249,6 +249,10 @@ class Settings(_FromEnv):
     # Batch
     batch_chunk_size: int = _var("BATCH_CHUNK_SIZE", "2500", _int(1, 100_000))
     batch_max_items: int = _var("BATCH_MAX_ITEMS", "1000000", _int(1, 100_000_000))
+    # An ``input_url`` object: at most this many bytes in all, and this many in one line (one item; a
+    # longer line refuses the job with 400 naming it, read in linear time and never held whole)
+    batch_max_input_bytes: int = _var("BATCH_MAX_INPUT_BYTES", str(1024**3), _int(1024, 1024**4))
+    batch_max_line_bytes: int = _var("BATCH_MAX_LINE_BYTES", str(8 * 1024**2), _int(64, 1024**3))
     # What one key may have pending or processing at once (429 past it): the workers are shared by every key
     batch_max_active_jobs: int = _var("BATCH_MAX_ACTIVE_JOBS", "8", _int(1, 100_000))
     batch_max_active_items: int = _var("BATCH_MAX_ACTIVE_ITEMS", "2000000", _int(1, 1_000_000_000))
@@ -269,6 +273,9 @@ class Settings(_FromEnv):
     callback_allowlist: tuple[str, ...] = _var("CALLBACK_ALLOWLIST", "", _url_list)
     callback_signing_secret: str = _var("CALLBACK_SIGNING_SECRET", "", secret=True)
     k_sink: str = _var("K_SINK", "")
+    # One event to K_SINK, retries included: past this the caller gets 503 with Retry-After (a stalled
+    # sink, say its Kafka or the local relay's Redis paused, must not hold a submit for half a minute)
+    event_emit_timeout_s: float = _var("EVENT_EMIT_TIMEOUT_S", "5", _float(0.5, 120))
     event_source: str = _var("EVENT_SOURCE", "/kinfer/batch")
     # Process identity and telemetry
     service_name: str = _var("K_SERVICE", "kinfer")

@@ -33,7 +33,7 @@ from shared.backends.breaker import Breakers, CircuitView, state_keys, view_from
 from shared.backends.metrics import Recorder
 from shared.backends.triton import is_backend_failure, is_connection_failure
 from shared.clients.aio import spawn
-from shared.errors import KinferError, Unavailable
+from shared.errors import BackendTimeout, KinferError, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -214,9 +214,9 @@ class Balancer:
                     raise
                 if not getattr(err, "_kinfer_counted", False):  # one coalesced failure, many callers
                     err._kinfer_counted = True  # type: ignore[attr-defined]
-                    await asyncio.to_thread(
-                        self._failed, backend, err, time.perf_counter() - started, err.code != "model_not_loaded"
-                    )
+                    seconds = time.perf_counter() - started
+                    hung = isinstance(err, BackendTimeout) and not await self._answers(backend.url)
+                    await asyncio.to_thread(self._failed, backend, err, seconds, err.code != "model_not_loaded", hung)
                 if is_connection_failure(err) and i + 1 < len(chosen):
                     log.warning("retrying on another backend after: %s", err.message)
                     continue
@@ -240,11 +240,27 @@ class Balancer:
         circuit = backend.circuit
         return [backend] if circuit.state == "closed" and not circuit.failures else None
 
-    def _failed(self, backend: Backend, err: KinferError, seconds: float, trip: bool = True) -> None:
-        """Count the failure; a model missing on one backend does not trip that backend's breaker."""
+    async def _answers(self, url: str) -> bool:
+        """Whether the backend answers readiness within FIRST_PROBE_TIMEOUT_S (True when it cannot be asked):
+        after a timeout this tells a slow model (one failure) from a hung backend (its circuit opens)."""
+        if self.ready is None:
+            return True
+        try:
+            return await asyncio.wait_for(self.ready(url), FIRST_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            return False
+
+    def _failed(
+        self, backend: Backend, err: KinferError, seconds: float, trip: bool = True, hung: bool = False
+    ) -> None:
+        """Count the failure; a model missing on one backend does not trip that backend's breaker, a hung one
+        (a timeout, then no answer to readiness) opens it at once."""
         self.recorder.record(backend.url, "failure", seconds)
         if trip:
             self.breakers.record_failure(backend.url, err)
+            if hung:
+                log.warning("a Triton backend timed out and does not answer readiness: opening its circuit now")
+                self.breakers.trip(backend.url)
             self.forget(backend.url)
 
 

@@ -182,6 +182,15 @@ class Breakers:
         """Count a backend failure; pybreaker opens the circuit at fail_max (or on a failed trial)."""
         self._drive(url, err)
 
+    def trip(self, url: str) -> None:
+        """Open the circuit of ``url`` now (a backend that timed out and then did not answer readiness is
+        hung: waiting for BREAKER_FAIL_MAX timeouts would hold every caller meanwhile for TRITON_TIMEOUT_S)."""
+        try:
+            self.breaker(url).open()
+        except Exception as exc:  # redis errors: open the in-process breaker instead
+            self.redis_failed(exc)
+            self.breaker(url).open()
+
     def reset(self, url: str) -> None:
         """Close the circuit of ``url`` now (its backend answered a readiness probe)."""
         try:

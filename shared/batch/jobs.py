@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict, cast
@@ -142,6 +142,52 @@ def _input_source(
     return lambda jobs: (orjson.dumps(item) for item in inputs)
 
 
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+def bounded_lines(chunks: Iterable[bytes], max_line: int, max_total: int) -> Iterator[bytes]:
+    """The non-empty, stripped lines of a byte stream, in time linear in its size: each chunk is scanned
+    once (a line split over many chunks is joined once, at its end, never re-joined per chunk).
+
+    InvalidInput (``input_url``) names the first line longer than ``max_line`` bytes, as soon as it is
+    seen, and a stream longer than ``max_total`` (an object whose size was not declared truthfully).
+    """
+    pending: list[bytes] = []  # the parts of the line still open
+    pending_len = total = 0
+    number = 1  # the physical line being read (empty lines counted: an editor's numbering)
+    for chunk in chunks:
+        total += len(chunk)
+        if total > max_total:
+            raise InvalidInput(
+                f"input_url is more than {max_total} bytes; the limit is {max_total} (BATCH_MAX_INPUT_BYTES)",
+                field="input_url",
+            )
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if pending_len + end - start > max_line:
+                raise _line_too_long(number, max_line)
+            line = b"".join((*pending, chunk[start:end])) if pending else chunk[start:end]
+            pending, pending_len, start = [], 0, end + 1
+            number += 1
+            if line := line.strip():
+                yield line
+        if start < len(chunk):
+            pending.append(chunk[start:])
+            pending_len += len(chunk) - start
+            if pending_len > max_line:
+                raise _line_too_long(number, max_line)
+    if pending and (line := b"".join(pending).strip()):
+        yield line
+
+
+def _line_too_long(number: int, max_line: int) -> InvalidInput:
+    return InvalidInput(
+        f"line {number} of input_url is longer than {max_line} bytes, the limit for one input "
+        "(BATCH_MAX_LINE_BYTES); the job was not created",
+        field="input_url",
+    )
+
+
 def _chunked(lines: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
     chunk: list[bytes] = []
     for line in lines:
@@ -183,9 +229,21 @@ class BatchJobs:
 
     # -- uploads --------------------------------------------------------------------
     def create_upload(self, body: object, owner: str) -> UploadGrant:
-        """A presigned PUT URL for a new JSONL object under the owner's prefix, and its ``input_url``."""
+        """A presigned PUT URL for a new JSONL object under the owner's prefix, and its ``input_url``.
+
+        The URL is signed for exactly ``size`` bytes (``Content-Length`` is a signed header, which S3 and
+        MinIO check), at most BATCH_MAX_INPUT_BYTES: an upload URL never admits an unbounded object.
+        """
         body = v.require_object(body if body is not None else {})
-        v.reject_unknown(body, ("filename",))
+        v.reject_unknown(body, ("filename", "size"))
+        limit = self.settings.batch_max_input_bytes
+        size = body.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= limit:
+            raise InvalidInput(
+                f"size must be the file's length in bytes, 1 to {limit} (BATCH_MAX_INPUT_BYTES): the upload URL "
+                "is signed for exactly that many bytes",
+                field="size",
+            )
         filename = v.string(
             body.get("filename", "inputs.jsonl"),
             "filename",
@@ -197,12 +255,14 @@ class BatchJobs:
         self.ensure_buckets()
         key = f"{upload_prefix(owner)}{uuid.uuid4().hex}/{filename}"
         expires = settings.result_url_expiry_s
-        url = storage.presign_put(self.s3_presigner, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE)
+        url = storage.presign_put(
+            self.s3_presigner, settings.s3_input_bucket, key, expires, storage.JSONL_TYPE, content_length=size
+        )
         return {
             "input_url": f"s3://{settings.s3_input_bucket}/{key}",
             "upload_url": url,
             "method": "PUT",
-            "headers": {"Content-Type": storage.JSONL_TYPE},
+            "headers": {"Content-Type": storage.JSONL_TYPE, "Content-Length": str(size)},
             "expires_in": expires,
             "prefix": f"s3://{settings.s3_input_bucket}/{upload_prefix(owner)}",
         }
@@ -307,15 +367,24 @@ class BatchJobs:
         return None if job is None else _summary(job["id"], job["status"], job["total"])
 
     def _s3_lines(self, bucket: str, key: str, max_items: int) -> Iterator[bytes]:
-        """The non-empty lines of an S3 object, streamed (never the whole object in memory)."""
+        """The non-empty lines of an S3 object, streamed in linear time (never the whole object, nor more
+        than one line, in memory); 400 for an object over BATCH_MAX_INPUT_BYTES or a line over
+        BATCH_MAX_LINE_BYTES, before reading on."""
+        settings = self.settings
         count = 0
         with storage.translated(f"s3://{bucket}/{key}"):
-            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
+            found = self.s3.get_object(Bucket=bucket, Key=key)
+            body = found["Body"]
             try:
-                for line in body.iter_lines(chunk_size=1024 * 1024):
-                    line = line.strip()
-                    if not line:
-                        continue
+                size = int(found.get("ContentLength") or 0)
+                if size > settings.batch_max_input_bytes:
+                    raise InvalidInput(
+                        f"input_url is {size} bytes; the limit is {settings.batch_max_input_bytes} "
+                        "(BATCH_MAX_INPUT_BYTES): split it into several jobs",
+                        field="input_url",
+                    )
+                chunks = body.iter_chunks(READ_CHUNK_BYTES)
+                for line in bounded_lines(chunks, settings.batch_max_line_bytes, settings.batch_max_input_bytes):
                     count += 1
                     if count > max_items:
                         raise InvalidInput(
@@ -422,6 +491,8 @@ class BatchJobs:
         extensions = {"partitionkey": f"{job['id']}-{chunk}"}
         if traceparent:
             extensions["traceparent"] = traceparent
+        # Retried briefly, all within EVENT_EMIT_TIMEOUT_S: a stalled sink answers the submit 503 in seconds
+        deadline = time.monotonic() + self.settings.event_emit_timeout_s
         for attempt in range(EMIT_ATTEMPTS):
             try:
                 sink.emit(
@@ -432,12 +503,14 @@ class BatchJobs:
                     data=dict(data),
                     extensions=extensions,
                     id=f"{job['id']}:{chunk}",
+                    timeout_s=max(0.05, deadline - time.monotonic()),
                 )
                 return
             except Unavailable:
-                if attempt == EMIT_ATTEMPTS - 1:
+                backoff = EMIT_BACKOFF_S * 2**attempt
+                if attempt == EMIT_ATTEMPTS - 1 or time.monotonic() + backoff >= deadline:
                     raise
-                time.sleep(EMIT_BACKOFF_S * 2**attempt)
+                time.sleep(backoff)
 
     def _fail_enqueue(self, job: JobRow, chunk: int, exc: Exception) -> None:
         log.error(

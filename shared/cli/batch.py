@@ -207,8 +207,8 @@ def upload_file(client: Client, path: Path) -> str:
     from tqdm import tqdm
 
     name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip("._-")[:128] or "inputs.jsonl"
-    grant = client.call("POST", "/v1/batch/uploads", {"filename": name})
     size = path.stat().st_size
+    grant = client.call("POST", "/v1/batch/uploads", {"filename": name, "size": size})
     with path.open("rb") as handle, tqdm(total=size, unit="B", unit_scale=True, desc="upload", file=sys.stderr) as bar:
         reader = _Progress(handle, bar)
         request = urllib.request.Request(

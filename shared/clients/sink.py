@@ -89,13 +89,19 @@ def emit(
     extensions: Mapping[str, object] | None = None,
     session: requests.Session | None = None,
     id: str | None = None,
+    timeout_s: float | None = None,
 ) -> None:
-    """POST one CloudEvent in binary mode to K_SINK; Unavailable/BackendError on failure."""
+    """POST one CloudEvent in binary mode to K_SINK; Unavailable/BackendError on failure.
+
+    ``timeout_s`` bounds the connect and the read (default ``TIMEOUT_S``): a caller with a deadline
+    passes what is left of it.
+    """
     url = _sink_url(settings_or_sink_url)
     event = build_event(type=type, source=source, subject=subject, data=data, extensions=extensions, id=id)
     headers, body = to_binary(event)
+    timeout = TIMEOUT_S if timeout_s is None else (min(TIMEOUT_S[0], timeout_s), min(TIMEOUT_S[1], timeout_s))
     try:
-        resp = (session or http_session()).post(url, data=body, headers=headers, timeout=TIMEOUT_S)
+        resp = (session or http_session()).post(url, data=body, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
         raise Unavailable("event sink unreachable", retry_after=1) from exc
     if resp.status_code >= 500 or resp.status_code == 429:

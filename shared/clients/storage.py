@@ -171,13 +171,14 @@ def presign_get(client: Any, bucket: str, key: str, expires_s: int) -> str:
     return url
 
 
-def presign_put(client: Any, bucket: str, key: str, expires_s: int, content_type: str) -> str:
-    """A presigned PUT URL for bucket/key valid for ``expires_s`` seconds (the upload sends ``content_type``)."""
+def presign_put(client: Any, bucket: str, key: str, expires_s: int, content_type: str, *, content_length: int) -> str:
+    """A presigned PUT URL for bucket/key valid for ``expires_s`` seconds. ``Content-Type`` and
+    ``Content-Length`` are signed headers: the upload must send exactly ``content_type`` and
+    ``content_length`` bytes (S3 and MinIO answer 403 otherwise), so the URL bounds the object's size."""
+    params = {"Bucket": bucket, "Key": key, "ContentType": content_type, "ContentLength": int(content_length)}
     url: str = _call(
         f"presign s3://{bucket}/{key}",
-        lambda: client.generate_presigned_url(
-            "put_object", Params={"Bucket": bucket, "Key": key, "ContentType": content_type}, ExpiresIn=int(expires_s)
-        ),
+        lambda: client.generate_presigned_url("put_object", Params=params, ExpiresIn=int(expires_s)),
     )
     return url
 

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 from shared import registry
 from shared.domain import ModelState
 from shared.endpoints import resolve
-from shared.errors import NotFound
-from shared.lifecycle import replicas, repository, tritonconfig
+from shared.errors import InvalidInput, NotFound
+from shared.lifecycle import packages, replicas, repository, tritonconfig
 from shared.lifecycle.repository import Layout
 from shared.lifecycle.tritonapi import TritonRepositoryApi, TritonUnreachable
 
@@ -281,6 +281,9 @@ class ModelAgent:
             first = rel.split("/", 1)[0]
             if not rel or first.isdigit() or ".." in rel.split("/") or rel.startswith("."):
                 continue
+            if packages.reserved(rel):  # only the stored, checked config.pbtxt configures the model
+                log.warning("ignoring %s in the model repository: a name packages may not use", self.layout.uri(key))
+                continue
             target = folder / (rel + ".base" if rel == CONFIG else rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             repository.download(self.s3, self.layout.bucket, key, target)
@@ -289,7 +292,12 @@ class ModelAgent:
             raise NotFound(
                 f"config.pbtxt of {tm} is missing from the model repository ({self.layout.uri(prefix + CONFIG)})"
             )
-        return base.read_text(encoding="utf-8")
+        text = base.read_text(encoding="utf-8")
+        try:  # stored before pushes were checked for it: an environment outside the model's folder never loads
+            tritonconfig.env_path(tritonconfig.parse(text))
+        except InvalidInput as exc:
+            raise NotFound(f"config.pbtxt of {tm} is refused: {exc.message}") from None
+        return text
 
     def _fetch_version(self, tm: str, n: int) -> None:
         target = self.dir / tm / str(n)

@@ -8,6 +8,11 @@ comma-separated, as skl2onnx exports write them) become the config's ``class_nam
 predictions name classes. ``ONNX_BACKEND`` picks how Triton runs it: its
 ``onnxruntime_onnx`` platform (production) or the Python backend running onnxruntime
 (``onnx_runner.py`` copied as the version's ``model.py``; the local Triton has no other).
+
+Names from the graph are untrusted text: every string goes into the config through ``quote``
+(protobuf text-format escaping, so a name with quotes, backslashes or braces stays one string),
+and a tensor name Triton and its clients cannot carry (empty, control characters such as a
+newline or NUL, over MAX_NAME_CHARS) is refused.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput
+from shared.lifecycle.tritonconfig import quote
 
 FIELD = "artifact"
+MAX_NAME_CHARS = 256
 MODEL_FILE = "model.onnx"
 RUNNER_FILE = "model.py"
 
@@ -89,9 +96,28 @@ def tensors(model: Any) -> tuple[list[Tensor], list[Tensor]]:
     return inputs, outputs
 
 
+def _check_name(name: str, role: str) -> None:
+    """InvalidInput for a tensor name that cannot travel as a Triton tensor name (and in JSON, headers, logs)."""
+    import unicodedata
+
+    if not name:
+        raise InvalidInput(f"an {role} of the ONNX graph has an empty name", field=FIELD)
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidInput(
+            f"{role} {name[:40]!r}... has a name of {len(name)} characters; at most {MAX_NAME_CHARS} are accepted",
+            field=FIELD,
+        )
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise InvalidInput(
+            f"{role} {name[:80]!r} has a control character (newline, NUL, ...) in its name; rename the tensor",
+            field=FIELD,
+        )
+
+
 def _tensor(value: Any, role: str) -> Tensor:
     import onnx
 
+    _check_name(value.name, role)
     kind = value.type.WhichOneof("value")
     if kind != "tensor_type":
         raise InvalidInput(
@@ -118,7 +144,7 @@ def config_text(model: Any, triton_model: str, backend: str, max_batch_size: int
     """The ``config.pbtxt`` for ``model`` served as ``triton_model`` by ``backend`` (onnxruntime | python)."""
     inputs, outputs = tensors(model)
     batched = all(t.dims and t.dims[0] == -1 for t in (*inputs, *outputs))
-    lines = [f'name: "{triton_model}"']
+    lines = [f"name: {quote(triton_model)}"]
     if backend == "python":
         lines.append('backend: "python"')
     else:
@@ -128,7 +154,7 @@ def config_text(model: Any, triton_model: str, backend: str, max_batch_size: int
     lines.append("output [\n" + ",\n".join(_entry(t, batched) for t in outputs) + "\n]")
     labels = {p.key: p.value for p in model.metadata_props}.get("class_names", "").replace('"', "")
     if labels:  # the data plane names each row's class with them
-        lines.append(f'parameters [ {{ key: "class_names" value: {{ string_value: "{labels[:4000]}" }} }} ]')
+        lines.append(f'parameters [ {{ key: "class_names" value: {{ string_value: {quote(labels[:4000])} }} }} ]')
     if batched:
         lines.append("dynamic_batching { }")
     if backend == "python":  # one onnxruntime session per instance; the CPU only
@@ -140,7 +166,7 @@ def _entry(tensor: Tensor, batched: bool) -> str:
     dims = tensor.dims[1:] if batched else tensor.dims
     # Triton needs at least one dim: a scalar per row travels as [1] and is reshaped to [] for the model.
     shape = f"dims: [ {', '.join(map(str, dims))} ]" if dims else "dims: [ 1 ] reshape: { shape: [ ] }"
-    return f'  {{ name: "{tensor.name}" data_type: {tensor.triton_type} {shape} }}'
+    return f"  {{ name: {quote(tensor.name)} data_type: {tensor.triton_type} {shape} }}"
 
 
 def runner_source() -> bytes:

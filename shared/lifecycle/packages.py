@@ -6,6 +6,12 @@ The archive holds ``config.pbtxt`` and exactly one numeric version folder (``1/m
 the package (no absolute paths, no ``..``, no links), and the unpacked size and file count
 are bounded (a small archive cannot unpack into a huge one). The version folder's number is
 replaced by the Triton version Kinfer allocates.
+
+``config.pbtxt`` is the only configuration: it is parsed, checked and normalised, and the agent
+writes what Triton reads from it. Model-level files that Triton or the agent would read as a
+configuration instead are refused (``reserved``): ``config.pbtxt.base`` (the agent's copy of the
+stored config, which such a file would replace), the ``configs/`` folder (Triton's custom configs,
+``--model-config-name``).
 """
 
 from __future__ import annotations
@@ -149,6 +155,15 @@ def _package_root(into: Path) -> Path:
     )
 
 
+def reserved(rel: str) -> str | None:
+    """Why the model-level file ``rel`` (relative to the model folder) may not come from a package; None if it may."""
+    if rel.split("/", 1)[0] == "configs":
+        return "configs/ holds Triton's custom model configurations, which would replace config.pbtxt"
+    if rel.startswith(CONFIG) and rel != CONFIG:
+        return f"the model agent keeps the checked {CONFIG} under that name"
+    return None
+
+
 def _describe(root: Path, triton_model: str) -> Package:
     config = tritonconfig.normalise((root / CONFIG).read_text(encoding="utf-8", errors="replace"), triton_model)
     versions = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
@@ -166,7 +181,25 @@ def _describe(root: Path, triton_model: str) -> Package:
         for p in root.rglob("*")
         if p.is_file() and p != root / CONFIG and version_dir not in p.parents
     }
+    for rel in model_files:
+        if why := reserved(rel):
+            raise InvalidInput(
+                f"the package holds {rel[:200]!r}, a name it may not use ({why}); the only configuration "
+                f"of a package is its {CONFIG}",
+                field=FIELD,
+            )
+    _check_env_path(config, model_files)
     return Package(root=root, config=config, version_files=files, version_dir=version_dir.name, model_files=model_files)
+
+
+def _check_env_path(config: str, model_files: dict[str, str]) -> None:
+    """The conda-pack environment ``EXECUTION_ENV_PATH`` names must be a file or folder of the package."""
+    env = tritonconfig.env_path(tritonconfig.parse(config))
+    if env is not None and env not in model_files and not any(rel.startswith(env + "/") for rel in model_files):
+        raise InvalidInput(
+            f"config.pbtxt: {tritonconfig.ENV_PATH} names {env!r}, which the package does not hold beside {CONFIG}",
+            field=FIELD,
+        )
 
 
 def _sha256(path: Path) -> str:

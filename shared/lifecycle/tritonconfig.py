@@ -5,13 +5,22 @@ managed Triton model and refuses a version whose configuration differs (after
 normalising: the name is the Triton model's, and ``version_policy`` belongs to the agent,
 which writes the versions to load). Parsing uses the ``ModelConfig`` protobuf that
 tritonclient ships, so a config that Triton would reject for its syntax is a 400 here.
+
+A Python-backend model may run in its own conda-pack environment (the ``EXECUTION_ENV_PATH``
+parameter); that path must lie inside the model's own folder
+(``$$TRITON_MODEL_DIRECTORY/<relative path>``), never elsewhere on the Triton host, where it
+could reach another model's files or anything else the server can read.
 """
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 from shared.errors import InvalidInput
+
+ENV_PATH = "EXECUTION_ENV_PATH"
+MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY/"
 
 
 def _model_config() -> Any:
@@ -32,6 +41,17 @@ def parse(text: str, field: str = "artifact") -> Any:
     return config
 
 
+def quote(value: str) -> str:
+    """``value`` as a protobuf text-format string literal, escaped exactly as the format requires.
+
+    Quotes, backslashes, newlines and other control characters become escapes, so no value (a tensor
+    name from an uploaded graph, a class name) can end the string early and add fields to a config.
+    """
+    from google.protobuf import text_encoding
+
+    return '"' + str(text_encoding.CEscape(value, as_utf8=True)) + '"'
+
+
 def render(config: Any) -> str:
     from google.protobuf import text_format
 
@@ -43,9 +63,37 @@ def normalise(text: str, triton_model: str, field: str = "artifact") -> str:
     config = parse(text, field)
     if not (config.backend or config.platform):
         raise InvalidInput('config.pbtxt names neither a backend nor a platform (e.g. backend: "python")', field=field)
+    env_path(config, field)
     config.name = triton_model
     config.ClearField("version_policy")
     return render(config)
+
+
+def env_path(config: Any, field: str = "artifact") -> str | None:
+    """The path of the model's conda-pack environment relative to its folder (None: none is set);
+    InvalidInput for an ``EXECUTION_ENV_PATH`` that is not ``$$TRITON_MODEL_DIRECTORY/<relative path>``."""
+    keys = [k for k in config.parameters if k.strip().upper() == ENV_PATH]
+    if not keys:
+        return None
+    if keys != [ENV_PATH]:
+        raise InvalidInput(f"config.pbtxt: write the parameter {ENV_PATH} exactly so, once", field=field)
+    value = config.parameters[ENV_PATH].string_value
+    rest = value.removeprefix(MODEL_DIRECTORY)
+    parts = PurePosixPath(rest).parts
+    if (
+        rest == value
+        or not parts
+        or rest.startswith("/")
+        or any(part in (".", "..") for part in rest.split("/"))
+        or any(c in rest for c in "$\\\0")
+        or parts[0].isdigit()
+    ):
+        raise InvalidInput(
+            f"config.pbtxt: {ENV_PATH} {value[:200]!r} must name a file or folder inside the model's own folder, "
+            f'as "{MODEL_DIRECTORY}<path>" (e.g. "{MODEL_DIRECTORY}env.tar.gz"), outside the version folder',
+            field=field,
+        )
+    return PurePosixPath(rest).as_posix()
 
 
 def with_versions(text: str, versions: list[int]) -> str:

@@ -10,6 +10,13 @@ key, ETag, last-modified time and metadata such as its Content-Type), written at
 after the objects it names. What is not kept: object versions, in-progress multipart
 uploads, bucket policies and notification settings. ``state_dir`` holds the pid and log
 files of a spawned server.
+
+With ``keys`` (access key id -> secret; ``kinfer up`` passes S3_ACCESS_KEY_ID and
+S3_SECRET_ACCESS_KEY) every request must carry a valid AWS Signature Version 4, in its
+``Authorization`` header or, for presigned URLs, in its query, checked by
+``shared.localstack.sigv4`` in front of moto: moto itself checks no presigned signature or
+expiry, and checks header signatures only against IAM users it generates. Without ``keys``
+(the tests' throwaway servers) any signature is accepted, as moto does.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -192,11 +200,13 @@ class S3Server:
         host: str = "127.0.0.1",
         state_dir: str | Path | None = None,
         data_dir: str | Path | None = None,
+        keys: Mapping[str, str] | None = None,
     ) -> None:
         self.port = port
         self.host = host
         self.state_dir = Path(state_dir) if state_dir else None
         self.data_dir = Path(data_dir) if data_dir else None
+        self.keys = dict(keys) if keys else None  # None: signatures are not checked
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -210,7 +220,11 @@ class S3Server:
         from werkzeug.serving import make_server
 
         _check_port_free(self.host, self.port)
-        app = DomainDispatcherApplication(create_backend_app)
+        app: Any = DomainDispatcherApplication(create_backend_app)
+        if self.keys:
+            from shared.localstack.sigv4 import SignatureCheck
+
+            app = SignatureCheck(app, self.keys)
         try:
             self._server = make_server(self.host, self.port, app, threaded=True, request_handler=MotoRequestHandler)
         except (OSError, SystemExit) as exc:
@@ -220,7 +234,11 @@ class S3Server:
         if not _wait_listening(self.host, self.port, timeout):
             self.stop()
             raise RuntimeError(f"the S3 server did not listen on {self.url} within {timeout}s")
-        log.info("S3 server listening on %s (moto, in-memory)", self.url)
+        log.info(
+            "S3 server listening on %s (moto, in-memory; %s)",
+            self.url,
+            "signatures checked" if self.keys else "signatures NOT checked",
+        )
 
     def stop(self) -> None:
         """Stop the in-process server (idempotent)."""
@@ -241,9 +259,14 @@ class S3Server:
         cmd = [sys.executable, "-m", "shared.localstack.s3", "--host", self.host, "--port", str(self.port)]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
+        env = dict(os.environ)
+        if self.keys:  # one key pair, in the environment (never on the command line, which ps shows)
+            ((key_id, secret),) = self.keys.items()
+            cmd += ["--check-signatures"]
+            env |= {"S3_ACCESS_KEY_ID": key_id, "S3_SECRET_ACCESS_KEY": secret}
         with open(log_path or os.devnull, "ab") as out:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         if not _wait_listening(self.host, self.port, timeout) or proc.poll() is not None:
             proc.kill()
@@ -259,12 +282,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--data-dir", help="load buckets and objects from here and keep them here")
+    parser.add_argument(
+        "--check-signatures",
+        action="store_true",
+        help="refuse requests not signed (SigV4) with S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     snapshot = Snapshot(args.data_dir) if args.data_dir else None
     if snapshot is not None:
         log.info("S3 data in %s: %d object(s) loaded", args.data_dir, snapshot.restore())
-    server = S3Server(port=args.port, host=args.host)
+    keys = None
+    if args.check_signatures:
+        from shared.settings import Settings
+
+        settings = Settings.from_env()
+        keys = {settings.s3_access_key_id: settings.s3_secret_access_key}
+    server = S3Server(port=args.port, host=args.host, keys=keys)
     try:
         server.start()
     except PortBusy as exc:

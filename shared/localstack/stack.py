@@ -245,7 +245,7 @@ def _start_missing(
     _start_data(settings, comps, say)
     record(["postgres", "redis"])
     if "s3" in missing:
-        _start_s3(comps, logs, say)
+        _start_s3(settings, comps, logs, say)
         record(["s3"])
     if "triton" in missing:
         _start_triton(comps, logs, say)
@@ -387,11 +387,12 @@ def _start_data(settings: Settings, comps: dict[str, Component], say: Say) -> No
     say("database migrated")
 
 
-def _start_s3(comps: dict[str, Component], logs: Path, say: Say) -> None:
+def _start_s3(settings: Settings, comps: dict[str, Component], logs: Path, say: Say) -> None:
     from shared.localstack.s3 import S3Server
 
     logs.mkdir(parents=True, exist_ok=True)
-    pid = S3Server(port=S3_PORT, data_dir=state_dir() / "s3").spawn(logs / "s3.log")
+    keys = {settings.s3_access_key_id: settings.s3_secret_access_key}  # the keys base_env gives every process
+    pid = S3Server(port=S3_PORT, data_dir=state_dir() / "s3", keys=keys).spawn(logs / "s3.log")
     _record(comps, "s3", pid, None, logs / "s3.log")
     say(f"S3 API server on http://127.0.0.1:{S3_PORT} (data kept in {state_dir() / 's3'})")
 

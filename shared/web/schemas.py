@@ -384,7 +384,11 @@ BATCH_CANCELLED: Schema = {
 UPLOAD_REQUEST: Schema = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"filename": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}},
+    "required": ["size"],
+    "properties": {
+        "filename": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+        "size": {"type": "integer", "minimum": 1, "description": "the file's length in bytes (signed into the URL)"},
+    },
 }
 
 UPLOAD_GRANT: Schema = {

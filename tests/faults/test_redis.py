@@ -105,3 +105,84 @@ def test_redis_paused_then_killed_under_load(
         f"{writes['paused'].count(503) + writes['killed'].count(503)}/6 with 503; writes back "
         f"{recovered:.2f}s after Redis restarted; 0 stale reads, 1 model row"
     )
+
+
+def test_batch_submit_during_a_redis_stall_answers_503_within_seconds(
+    base_settings: Any, restartable_redis: RestartableRedis, fault_triton: TritonServer, tmp_path: Path
+) -> None:
+    """Redis paused under the local relay (the KafkaSink stand-in keeps its topics there): the relay never
+    answers, and POST /v1/batch waited 3 x 10 s of sink read timeouts (30.7 s, issue 20) before its 503.
+    Now every emit, retries included, ends within EVENT_EMIT_TIMEOUT_S (5 s): 503 with Retry-After, the job
+    marked failed, and a submit after Redis is back is accepted."""
+    from shared.localstack import procs
+    from shared.localstack.relay import server as relay_server
+    from shared.localstack.s3 import S3Server
+    from shared.services import reset_services
+    from tests.conftest import free_port
+    from tests.faults.test_batch import MANIFEST
+
+    uid = uuid.uuid4().hex[:8]
+    s3 = S3Server(port=free_port())
+    s3.start()
+    manifests = tmp_path / "knative"
+    manifests.mkdir()
+    (manifests / "eventing.yaml").write_text(MANIFEST.format(topic=f"faults.stall.{uid}"))
+    relay_port = free_port()
+    relay_pid = relay_server.spawn(
+        {"batch-worker": f"http://127.0.0.1:{free_port()}/", "batch-deadletter": f"http://127.0.0.1:{free_port()}/"},
+        manifests=manifests,
+        port=relay_port,
+        redis_url=restartable_redis.url,
+        log_path=tmp_path / "relay.log",
+        key_prefix=f"kinfer:faults:{uid}:",
+    )
+    settings = replace(
+        base_settings,
+        redis_url=restartable_redis.url,
+        s3_endpoint_url=s3.url,
+        k_sink=f"http://127.0.0.1:{relay_port}/kinfer/batch-chunks",
+        s3_input_bucket=f"in-{uid}",
+        s3_results_bucket=f"out-{uid}",
+    )
+    services = reset_services(settings)
+    name = services.registry.create_model(
+        {
+            "name": f"iris-stall-{uid}",
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": fault_triton.grpc_url,
+            "triton_model": "iris_classifier",
+        },
+    )["name"]
+    reset_services(None)
+    body = {"model": name, "inputs": [{"data": [5.1, 3.5, 1.4, 0.2]}] * 3}
+    try:
+        with served("batch", "manage_batch_jobs", settings, tmp_path, {"BATCH_MAX_ACTIVE_JOBS": "100000"}) as (
+            batch,
+            _,
+        ):
+            first = requests.post(f"{batch}/v1/batch", json=body, timeout=60)
+            assert first.status_code == 202, first.text
+            restartable_redis.pause()
+            try:
+                started = time.monotonic()
+                resp = requests.post(f"{batch}/v1/batch", json=body, timeout=60)
+                waited = time.monotonic() - started
+            finally:
+                restartable_redis.resume()
+            assert resp.status_code == 503, resp.text
+            assert int(resp.headers.get("retry-after", "0")) >= 1 and resp.json()["code"] == "unavailable"
+            assert waited < 8.0, f"POST /v1/batch took {waited:.1f}s to answer 503 during the Redis stall"
+            job_id = resp.json()["error"].split("batch job ")[1].split()[0]
+            assert requests.get(f"{batch}/v1/batch/{job_id}", timeout=10).json()["status"] == "failed"
+            deadline = time.monotonic() + 20
+            while (after := requests.post(f"{batch}/v1/batch", json=body, timeout=60)).status_code != 202:
+                assert time.monotonic() < deadline, after.text
+                time.sleep(0.5)
+            for accepted in (first, after):  # no worker here: end them rather than leave them pending
+                requests.delete(f"{batch}/v1/batch/{accepted.json()['job_id']}", timeout=10)
+    finally:
+        procs.stop(relay_pid)
+        s3.stop()
+    print(f"\nredis stall: POST /v1/batch answered 503 (Retry-After) in {waited:.2f}s; 202 again once Redis was back")

@@ -118,3 +118,62 @@ def test_callers_who_prefer_to_wait_ride_through_a_triton_restart(
     assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers if a.status_code != 200]
     assert all(a.json()["prediction"] == "setosa" and a.headers["Preference-Applied"] == "wait=60" for a in answers)
     print(f"\nprefer wait: 8 held callers answered {served_after:.1f}s after Triton's restart began")
+
+
+def test_a_frozen_triton_opens_its_circuit_and_later_callers_get_503_at_once(
+    services: Any, base_settings: Any, fault_triton: TritonServer, tmp_path: Path
+) -> None:
+    """Triton SIGSTOPped (it accepts connections and never answers): every call waits TRITON_TIMEOUT_S, and
+    coalesced callers share one failure, so counting timeouts alone opened the circuit only after about
+    BREAKER_FAIL_MAX / PIPELINE timeouts (the probe: never within 20 s at 10 s). A timeout followed by a
+    missed readiness check (1 s) opens it at once: later callers get 503 circuit_open without waiting."""
+    import redis
+
+    from shared.backends.breaker import state_keys
+
+    name = f"iris-frozen-{uuid.uuid4().hex[:8]}"
+    services.registry.create_model(
+        {
+            "name": name,
+            "version": "1",
+            "framework": "onnx",
+            "format": "onnx",
+            "backend_url": fault_triton.grpc_url,
+            "triton_model": "iris_classifier",
+        },
+    )
+    timeout_s = 4.0
+    env = {"TRITON_TIMEOUT_S": str(timeout_s), "BREAKER_FAIL_MAX": "5", "BREAKER_RESET_TIMEOUT_S": "30"}
+    later: list[tuple[int, str | None, float]] = []
+    with served("infer", "run_inference", base_settings, tmp_path, env) as (url, _):
+        body = {"model": name, "input": {"data": [5.1, 3.5, 1.4, 0.2]}}
+
+        def send(session: requests.Session) -> requests.Response:
+            return session.post(f"{url}/v1/infer", json=body, timeout=30)
+
+        with Load(send, threads=4, limit_s=60) as load:
+            assert load.wait_for(lambda a: a.status == 200, timeout=10) is not None
+            frozen = time.monotonic()
+            os.kill(fault_triton.pid or 0, signal.SIGSTOP)
+            try:
+                opened = load.wait_for(
+                    lambda a: a.status == 503 and a.body.get("code") == "circuit_open", timeout=25, after=frozen
+                )
+                for _ in range(10):
+                    started = time.monotonic()
+                    resp = requests.post(f"{url}/v1/infer", json=body, timeout=30)
+                    later.append((resp.status_code, resp.json().get("code"), time.monotonic() - started))
+            finally:
+                os.kill(fault_triton.pid or 0, signal.SIGCONT)
+        answers = load.answers
+    redis.Redis.from_url(base_settings.redis_url).delete(*state_keys(fault_triton.grpc_url))  # for the next test
+    assert opened is not None, f"the circuit never opened: {load.counts()}"
+    assert opened < timeout_s + 3.0, f"the circuit opened {opened:.1f}s after Triton froze"
+    assert all((status, code) == (503, "circuit_open") for status, code, _ in later), later
+    assert max(seconds for *_, seconds in later) < 0.5, later
+    assert len(answers) == load.sent and all(a.status in (200, 503, 504) for a in answers), load.counts()
+    waited = max(s for *_, s in later)
+    print(
+        f"\ntriton frozen: circuit open {opened:.2f}s after the freeze (TRITON_TIMEOUT_S={timeout_s:g}); "
+        f"10 later callers answered 503 circuit_open in at most {waited * 1000:.0f} ms; {load.counts()}"
+    )

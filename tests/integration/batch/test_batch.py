@@ -267,7 +267,7 @@ def upload(st: Stack, data: bytes, headers: dict[str, str] | None = None, filena
     """Upload ``data`` the way a user does (POST /v1/batch/uploads, then PUT); returns its input_url."""
     import requests
 
-    resp = st.api.post("/v1/batch/uploads", json={"filename": filename}, headers=headers or {})
+    resp = st.api.post("/v1/batch/uploads", json={"filename": filename, "size": len(data)}, headers=headers or {})
     assert resp.status_code == 201, resp.text
     grant = resp.json()
     assert grant["input_url"].startswith(grant["prefix"]) and grant["method"] == "PUT"
@@ -288,6 +288,56 @@ def test_input_url_job_streams_jsonl(st: Stack) -> None:
     assert st.submit({"model": st.model, "input_url": missing}, 404)["code"] == "not_found"
 
 
+def test_upload_grants_are_signed_for_a_bounded_size(st: Stack) -> None:
+    """The presigned PUT had no size bound (issue 20): now ``size`` is required, at most
+    BATCH_MAX_INPUT_BYTES, and signed into the URL as Content-Length."""
+    from urllib.parse import parse_qs, urlsplit
+
+    st.configure(batch_max_input_bytes=4096)
+    for body in ({}, {"size": 0}, {"size": 4097}, {"size": True}, {"size": "10"}):
+        resp = st.api.post("/v1/batch/uploads", json=body)
+        assert resp.status_code == 400 and resp.json()["field"] == "size", (body, resp.text)
+        assert "BATCH_MAX_INPUT_BYTES" in resp.json()["error"]
+    grant = st.api.post("/v1/batch/uploads", json={"size": 4096}).json()
+    assert grant["headers"]["Content-Length"] == "4096"
+    signed = parse_qs(urlsplit(grant["upload_url"]).query)["X-Amz-SignedHeaders"][0].split(";")
+    assert {"content-length", "content-type", "host"} <= set(signed)
+
+
+def test_input_url_with_a_line_over_the_bound_is_refused_naming_it(st: Stack) -> None:
+    """A 24 MiB line (the probe: 384 MiB, 76 s of gateway CPU, botocore's iter_lines re-joining the pending
+    bytes per chunk): the job is refused at once with 400 naming the line and BATCH_MAX_LINE_BYTES, read no
+    further than the bound, and no job or chunk object is left behind."""
+    st.configure(batch_max_line_bytes=1024 * 1024)
+    good = json.dumps(iris_inputs(1)[0]).encode()
+    huge = b'{"data": [' + b"1.0, " * (24 * 1024**2 // 5) + b"1.0]}"
+    input_url = upload(st, good + b"\n\n" + huge + b"\n" + good + b"\n")
+    before = st.api.get("/v1/batch").json()["total_count"]
+    started = time.monotonic()
+    body = st.submit({"model": st.model, "input_url": input_url}, 400)
+    elapsed = time.monotonic() - started
+    assert body["field"] == "input_url", body
+    assert "line 3 of input_url is longer than 1048576 bytes" in body["error"], body
+    assert "BATCH_MAX_LINE_BYTES" in body["error"], body
+    assert st.api.get("/v1/batch").json()["total_count"] == before
+    assert elapsed < 5, elapsed
+    print(f"\n24 MiB line refused in {elapsed:.2f}s")
+
+
+def test_input_url_over_the_size_bound_is_refused_before_reading(st: Stack) -> None:
+    """An object over BATCH_MAX_INPUT_BYTES under the caller's prefix (written past a grant: an S3 server that
+    checks no signature, or the bound lowered since) is refused from its length, before it is read."""
+    st.configure(batch_max_input_bytes=4096)
+    line = json.dumps(iris_inputs(1)[0]).encode() + b"\n"
+    input_url = upload(st, line)
+    bucket, key = storage.parse_s3_url(input_url)
+    storage.put_bytes(st.services().s3, bucket, key, line * (5000 // len(line)))
+    body = st.submit({"model": st.model, "input_url": input_url}, 400)
+    assert "the limit is 4096 (BATCH_MAX_INPUT_BYTES)" in body["error"] and body["field"] == "input_url", body
+    job = st.submit({"model": st.model, "input_url": upload(st, line * 3)})
+    assert job["total"] == 3 and st.wait(job["job_id"])["succeeded"] == 3
+
+
 def test_input_url_is_confined_to_the_callers_upload_prefix(st: Stack) -> None:
     """Key A must not read B's uploads or B's chunk objects, nor learn whether they exist."""
     st.configure(auth_required=True)
@@ -299,7 +349,7 @@ def test_input_url_is_confined_to_the_callers_upload_prefix(st: Stack) -> None:
     assert bobs_job.status_code == 202
     bucket = st.settings.s3_input_bucket
     job_id = bobs_job.json()["job_id"]
-    alices_prefix = st.api.post("/v1/batch/uploads", headers=as_alice).json()["prefix"]
+    alices_prefix = st.api.post("/v1/batch/uploads", json={"size": 10}, headers=as_alice).json()["prefix"]
     answers = []
     for url in (
         bobs_url,
@@ -798,3 +848,32 @@ def test_one_key_may_hold_only_its_share_of_the_workers(st: Stack) -> None:
             if job["model"] == stuck and job["status"] in store.ACTIVE:
                 st.api.delete(f"/v1/batch/{job['job_id']}")
         assert {st.status(j["job_id"])["status"] for j in held} == {"cancelled"}
+
+
+def test_a_signature_checking_s3_refuses_an_upload_of_another_length() -> None:
+    """What the signed Content-Length of an upload grant buys, against an S3 server that checks signatures
+    as S3 and MinIO do (the local server with ``keys``): the declared size is accepted, one byte more or a
+    megabyte is 403."""
+    import boto3
+    import requests
+    from botocore.config import Config
+
+    server = S3Server(port=free_port(), keys={"AKIDUPLOADTEST": "upload-test-secret"})
+    server.start()
+    try:
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=server.url,
+            aws_access_key_id="AKIDUPLOADTEST",
+            aws_secret_access_key="upload-test-secret",
+            config=Config(signature_version="s3v4", region_name="us-east-1", s3={"addressing_style": "path"}),
+        )
+        storage.ensure_buckets(client, "uploads-signed")
+        url = storage.presign_put(client, "uploads-signed", "in.jsonl", 60, storage.JSONL_TYPE, content_length=10)
+        sent = {"Content-Type": storage.JSONL_TYPE}
+        assert requests.put(url, data=b"x" * 11, headers=sent, timeout=30).status_code == 403
+        assert requests.put(url, data=b"x" * 2**20, headers=sent, timeout=30).status_code == 403
+        assert requests.put(url, data=b"0123456789", headers=sent, timeout=30).status_code == 200
+        assert storage.get_bytes(client, "uploads-signed", "in.jsonl") == b"0123456789"
+    finally:
+        server.stop()

@@ -75,3 +75,69 @@ def test_without_a_data_folder_nothing_is_kept(tmp_path: Path) -> None:
         assert client(server.url).list_buckets()["Buckets"] == []
     finally:
         procs.stop(pid)
+
+
+def test_with_keys_signatures_are_checked_and_presigned_urls_expire(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    server = S3Server(port=free_port(), keys={"kinfer": "kinfer-secret"})
+    pid = server.spawn(tmp_path / "s3.log")
+
+    def keyed(secret: str):  # noqa: ANN202 - a boto3 client
+        return boto3.client(
+            "s3",
+            endpoint_url=server.url,
+            aws_access_key_id="kinfer",
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+
+    def fetch(url: str, method: str = "GET", data: bytes | None = None) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/x-ndjson"} if data is not None else {}
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    try:
+        s3 = keyed("kinfer-secret")
+        s3.create_bucket(Bucket="signed")
+        s3.put_object(Bucket="signed", Key="in/a b.jsonl", Body=b'{"x":1}\n')
+        with pytest.raises(ClientError) as err:
+            keyed("wrong").get_object(Bucket="signed", Key="in/a b.jsonl")
+        assert err.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+        good = s3.generate_presigned_url("get_object", Params={"Bucket": "signed", "Key": "in/a b.jsonl"}, ExpiresIn=60)
+        assert fetch(good) == (200, b'{"x":1}\n')
+        for tampered in (
+            good.replace("a%20b", "a%20c"),
+            good.replace("X-Amz-Expires=60", "X-Amz-Expires=3600"),
+            good[:-4] + ("0000" if not good.endswith("0000") else "1111"),
+        ):
+            status, body = fetch(tampered)
+            assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body, body
+        status, body = fetch(good.split("?")[0])  # no signature at all
+        assert status == 403 and b"<Code>AccessDenied</Code>" in body
+
+        put = s3.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": "signed", "Key": "up.jsonl", "ContentType": "application/x-ndjson"},
+            ExpiresIn=60,
+        )
+        assert fetch(put, "PUT", b"uploaded\n")[0] == 200
+        assert s3.get_object(Bucket="signed", Key="up.jsonl")["Body"].read() == b"uploaded\n"
+        assert fetch(put.replace("up.jsonl", "other.jsonl"), "PUT", b"x")[0] == 403
+
+        short = s3.generate_presigned_url("get_object", Params={"Bucket": "signed", "Key": "in/a b.jsonl"}, ExpiresIn=1)
+        time.sleep(2.1)
+        status, body = fetch(short)
+        assert status == 403 and b"<Code>AccessDenied</Code><Message>Request has expired</Message>" in body, body
+    finally:
+        procs.stop(pid)

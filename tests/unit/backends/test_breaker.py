@@ -193,3 +193,36 @@ def test_one_failure_shared_by_coalesced_callers_counts_once():
 
     assert all(a is failure for a in asyncio.run(callers()))
     assert breakers.views(["h:1"])["h:1"].failures == 1
+
+
+def test_a_timeout_on_a_backend_that_does_not_answer_readiness_opens_its_circuit_at_once():
+    """A frozen Triton (SIGSTOP): each call waits TRITON_TIMEOUT_S and coalesced callers share one failure,
+    so counting timeouts alone took BREAKER_FAIL_MAX x TRITON_TIMEOUT_S to open (never within 20 s); a
+    timeout whose backend then misses a readiness check is a hung backend, and later callers get 503 at once."""
+    import asyncio
+
+    from shared.errors import BackendTimeout
+
+    answers = {"hung:1": False, "slow:1": True}
+
+    async def ready(url: str) -> bool:
+        if not answers[url]:
+            await asyncio.sleep(30)  # frozen: no answer at all (the check gives up after FIRST_PROBE_TIMEOUT_S)
+        return True
+
+    breakers = make(fail_max=5)
+    bal = Balancer(breakers, Tally(), ready=ready)  # type: ignore[arg-type]
+
+    async def attempt(url: str) -> None:
+        raise BackendTimeout("the Triton backend of model 'm' version '1' did not answer in time")
+
+    for url in ("hung:1", "slow:1"):
+        with pytest.raises(BackendTimeout):
+            asyncio.run(bal.call_async([url], attempt))
+    views = breakers.views(["hung:1", "slow:1"])
+    assert views["hung:1"].state == "open" and not breakers.allows(views["hung:1"])
+    assert views["slow:1"].state == "closed" and views["slow:1"].failures == 1  # a slow model: one failure
+    started = time.monotonic()
+    with pytest.raises(CircuitOpen):
+        asyncio.run(bal.call_async(["hung:1"], attempt))
+    assert time.monotonic() - started < 0.5

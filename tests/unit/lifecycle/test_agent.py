@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from shared.endpoints import backend_id
 from shared.lifecycle import replicas, tritonconfig
@@ -75,3 +78,49 @@ def test_the_agents_status_endpoint_answers_its_probes() -> None:
         assert get("/nope")[0] == 404
     finally:
         server.shutdown()
+
+
+def test_the_agent_takes_only_the_stored_config_pbtxt_from_the_repository(tmp_path: Path, monkeypatch: Any) -> None:
+    # a package pushed before packages refused it left config.pbtxt.base beside the checked config.pbtxt;
+    # the agent downloads config.pbtxt to that very name, so the smuggled file replaced it
+    from shared.lifecycle import agent as agent_module
+    from shared.settings import Settings
+
+    stored = tritonconfig.normalise(PY_CONFIG, "lin")
+    objects = {
+        "lin/config.pbtxt": stored,
+        "lin/config.pbtxt.base": stored.replace('backend: "python"', 'backend: "python"\nmax_batch_size: 999'),
+        "lin/configs/h100.pbtxt": "smuggled",
+        "lin/labels.txt": "a\n",
+    }
+    monkeypatch.setattr(agent_module.repository, "list_keys", lambda s3, bucket, prefix: dict.fromkeys(objects, 1))
+    monkeypatch.setattr(
+        agent_module.repository,
+        "download",
+        lambda s3, bucket, key, path: path.write_text(objects[key], encoding="utf-8"),
+    )
+    settings = Settings.from_env(environ={"MODEL_REPOSITORY_URI": "s3://repo"})
+    agent = agent_module.ModelAgent(None, None, None, None, settings, triton=object(), repository_dir=tmp_path)  # type: ignore[arg-type]
+    assert agent._fetch_model_files("lin") == stored
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        "lin/config.pbtxt.base",
+        "lin/labels.txt",
+    ]
+
+
+def test_the_agent_refuses_a_stored_config_whose_environment_lies_outside_the_model(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from shared.errors import NotFound
+    from shared.lifecycle import agent as agent_module
+    from shared.settings import Settings
+
+    stored = PY_CONFIG + 'parameters: { key: "EXECUTION_ENV_PATH" value: { string_value: "/srv/other/env.tar.gz" } }\n'
+    monkeypatch.setattr(agent_module.repository, "list_keys", lambda s3, bucket, prefix: {"lin/config.pbtxt": 1})
+    monkeypatch.setattr(
+        agent_module.repository, "download", lambda s3, bucket, key, path: path.write_text(stored, encoding="utf-8")
+    )
+    settings = Settings.from_env(environ={"MODEL_REPOSITORY_URI": "s3://repo"})
+    agent = agent_module.ModelAgent(None, None, None, None, settings, triton=object(), repository_dir=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(NotFound, match="EXECUTION_ENV_PATH"):
+        agent._fetch_model_files("lin")

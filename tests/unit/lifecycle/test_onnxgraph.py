@@ -127,3 +127,31 @@ def test_external_data_is_refused_with_what_to_push_instead(tmp_path: Path) -> N
     model.graph.initializer.append(weight)
     with pytest.raises(InvalidInput, match=r"\.tar\.gz"):
         load(tmp_path, model.SerializeToString())
+
+
+def test_tensor_names_are_escaped_so_they_cannot_add_to_the_config(tmp_path: Path) -> None:
+    # a name that, pasted between quotes, would close its string and declare a second input (and
+    # a backend parameter); one with a backslash that would swallow the closing quote
+    evil = 'x" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "smuggled'
+    tricky = 'y\\" } ] parameters [ { key: "EXECUTION_ENV_PATH" value: { string_value: "/tmp/env" } } ] #{'
+    data = model_of(
+        [helper.make_tensor_value_info(evil, TensorProto.FLOAT, ["n", 2])],
+        [helper.make_tensor_value_info(tricky, TensorProto.FLOAT, ["n", 2])],
+        metadata={"class_names": 'a\\,b" } } ]'},
+    )
+    for backend in ("onnxruntime", "python"):
+        cfg = config(tmp_path, data, backend)
+        assert [t.name for t in cfg.input] == [evil] and [t.name for t in cfg.output] == [tricky]
+        assert set(cfg.parameters) == {"class_names"} and cfg.parameters["class_names"].string_value == "a\\,b } } ]"
+
+
+@pytest.mark.parametrize("name", ["x\ny", "x\x00", "x\ry", "x\x7f", "z" * 257])
+def test_tensor_names_triton_cannot_carry_are_refused(tmp_path: Path, name: str) -> None:
+    data = model_of(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", 2])],
+        nodes=[helper.make_node("Identity", ["x"], [name])],
+    )
+    with pytest.raises(InvalidInput) as err:
+        onnxgraph.config_text(load(tmp_path, data), "m", "onnxruntime", 64)
+    assert "output" in err.value.message and err.value.field == "artifact"

@@ -105,3 +105,57 @@ def test_ordinary_long_names_are_still_accepted(tmp_path: Path) -> None:
     long_name = "1/" + "w" * 200 + ".bin"
     got = unpack(tmp_path, package({"config.pbtxt": PY_CONFIG, "1/model.py": "x = 1", long_name: b"\0"}))
     assert "w" * 200 + ".bin" in got.version_files
+
+
+SMUGGLED = PY_CONFIG.replace('backend: "python"', 'backend: "python"\nversion_policy: { all { } }')
+
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        ({"config.pbtxt.base": SMUGGLED}, "'config.pbtxt.base', a name it may not use"),
+        ({"config.pbtxt.bak": SMUGGLED}, "'config.pbtxt.bak', a name it may not use"),
+        ({"configs/h100.pbtxt": SMUGGLED}, "'configs/h100.pbtxt', a name it may not use"),
+    ],
+)
+def test_a_package_cannot_bring_a_second_config(tmp_path: Path, extra: dict[str, str], words: str) -> None:
+    # the agent keeps the checked config as config.pbtxt.base: a package file of that name replaced it
+    with pytest.raises(InvalidInput) as err:
+        unpack(tmp_path, package({"config.pbtxt": PY_CONFIG, "1/model.py": "x = 1", **extra}))
+    assert words in err.value.message and err.value.field == "artifact"
+
+
+def env_config(path: str) -> str:
+    return PY_CONFIG + f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{path}" }} }}\n'
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/opt/conda/envs/other.tar.gz",
+        "$$TRITON_MODEL_DIRECTORY/../other_model/env.tar.gz",
+        "$$TRITON_MODEL_DIRECTORY/envs/../../x.tar.gz",
+        "$$TRITON_MODEL_DIRECTORY//etc/env.tar.gz",
+        "$$TRITON_MODEL_DIRECTORY/",
+        "$$TRITON_MODEL_DIRECTORY/1/env.tar.gz",
+        "$$TRITON_MODEL_DIRECTORY/$$TRITON_MODEL_DIRECTORY/../env.tar.gz",
+        "relative/env.tar.gz",
+        "~/env.tar.gz",
+    ],
+)
+def test_an_execution_env_outside_the_model_folder_is_refused(tmp_path: Path, path: str) -> None:
+    files = {"config.pbtxt": env_config(path), "1/model.py": "x = 1", "env.tar.gz": b"\0"}
+    with pytest.raises(InvalidInput) as err:
+        unpack(tmp_path, package(files))
+    assert "EXECUTION_ENV_PATH" in err.value.message and "inside the model's own folder" in err.value.message
+
+
+def test_an_execution_env_inside_the_model_folder_is_accepted_when_the_package_holds_it(tmp_path: Path) -> None:
+    files = {"config.pbtxt": env_config("$$TRITON_MODEL_DIRECTORY/envs/py311.tar.gz"), "1/model.py": "x = 1"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    got = unpack(tmp_path / "a", package({**files, "envs/py311.tar.gz": b"\0"}))
+    assert "$$TRITON_MODEL_DIRECTORY/envs/py311.tar.gz" in got.config and set(got.model_files) == {"envs/py311.tar.gz"}
+    with pytest.raises(InvalidInput) as err:
+        unpack(tmp_path / "b", package(files))
+    assert "which the package does not hold" in err.value.message

@@ -63,7 +63,8 @@ class FakeParts:
             return pid
 
         def start_plain(name: str) -> Any:
-            def start(comps: dict[str, Any], logs: Path, say: Any) -> None:
+            def start(*args: Any) -> None:  # (comps, logs, say), after the settings for s3
+                comps, logs, _ = args[-3:]
                 stack._record(comps, name, spawn(SLEEPER, logs / f"{name}.log"), None, logs / f"{name}.log")
 
             return start
@@ -196,3 +197,17 @@ def test_callbacks_are_off_unless_kinfer_ups_environment_turns_them_on() -> None
         Settings.from_env(environ={"CALLBACK_SIGNING_SECRET": "s3cret", "CALLBACK_ALLOWLIST": "127.0.0.1:*"})
     )
     assert on["CALLBACK_SIGNING_SECRET"] == "s3cret" and on["CALLBACK_ALLOWLIST"] == "127.0.0.1:*"
+
+
+def test_kinfer_ups_s3_server_checks_signatures_with_the_stacks_keys(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shared.localstack.s3 import S3Server
+
+    seen: list[Any] = []
+    monkeypatch.setattr(stack, "state_dir", lambda: tmp_path)
+    monkeypatch.setattr(S3Server, "spawn", lambda self, log: seen.append(self.keys) or 4242)
+    settings = Settings.from_env(environ={"S3_ACCESS_KEY_ID": "id1", "S3_SECRET_ACCESS_KEY": "sec1"})
+    comps: dict[str, Any] = {}
+    stack._start_s3(settings, comps, tmp_path / "logs", lambda m: None)  # type: ignore[arg-type]
+    assert seen == [{"id1": "sec1"}] and comps["s3"]["pid"] == 4242
