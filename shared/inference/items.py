@@ -207,11 +207,10 @@ class ItemRunner:
             if exc.retryable:
                 raise
             if len(part) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
+                # one half after the other: sent together, Triton's dynamic batcher may merge them again
                 half = len(part) // 2
-                first, second = await asyncio.gather(
-                    self._infer_uniform(target, info, part[:half]), self._infer_uniform(target, info, part[half:])
-                )
-                return first + second
+                first = await self._infer_uniform(target, info, part[:half])
+                return first + await self._infer_uniform(target, info, part[half:])
             return [ItemResult(None, None, exc.message)] * len(part)
         predictions = prediction_of(info, outputs, single=False)
         names = list(outputs)
@@ -246,10 +245,9 @@ class ItemRunner:
             if exc.retryable:
                 raise
             if len(group) > 1 and exc.status < 500:  # some item's fault: find it, the others still answer
-                half = len(group) // 2
-                await asyncio.gather(
-                    *(self._infer_group(target, info, part, parsed, results) for part in (group[:half], group[half:]))
-                )
+                half = len(group) // 2  # one half after the other (see _infer_uniform)
+                for part in (group[:half], group[half:]):
+                    await self._infer_group(target, info, part, parsed, results)
                 return
             for i in group:
                 results[i] = ItemResult(None, None, exc.message)

@@ -91,6 +91,9 @@ class Route:
     target: int
 
 
+PORT_FREE_WAIT_S = 10.0  # how long a wake waits for the ports of the Triton it stopped
+
+
 class WakeFailed(RuntimeError):
     """The pod did not start, or was not ready within the wake timeout."""
 
@@ -385,8 +388,18 @@ class TritonPod:
         from shared.localstack import procs
 
         if self.server.pid is None or not procs.alive(self.server.pid):
+            from shared.localstack.triton import TritonStartError
+
             self.server.stop()
-            self.server.start(timeout=self.start_timeout_s, detach=True)
+            deadline = time.monotonic() + PORT_FREE_WAIT_S
+            while True:  # the Triton just stopped may still hold its ports for a moment
+                try:
+                    self.server.start(timeout=self.start_timeout_s, detach=True)
+                    break
+                except TritonStartError as exc:
+                    if "already in use" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
         if self.agent_cmd and not procs.alive(self._agent):
             assert self.agent_log is not None
             self._agent = procs.spawn(self.agent_cmd, self.agent_log, self.agent_env)
