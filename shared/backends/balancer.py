@@ -23,7 +23,6 @@ import asyncio
 import itertools
 import json
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -76,7 +75,6 @@ class Balancer:
         self._met: set[str] = set()
         self._refreshing: dict[str, float] = {}
         self._turn = itertools.count()
-        self._lock = threading.Lock()
 
     # -- state --------------------------------------------------------------------------
     def _keys(self, urls: list[str]) -> list[str]:

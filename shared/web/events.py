@@ -10,15 +10,12 @@ Knative would retry.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 
 from shared.errors import InvalidInput, KinferError
-
-log = logging.getLogger(__name__)
 
 _BATCH_TYPE = "application/cloudevents-batch+json"
 
