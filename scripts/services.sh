@@ -2,7 +2,7 @@
 # Make sure the machine's PostgreSQL (127.0.0.1:5432, trust auth) and Redis (127.0.0.1:6379)
 # answer: start them from the Debian packages when they do not, installing the packages
 # when they are missing (root only). Also installs chromium and chromedriver (Debian packages)
-# for the console's browser tests when they are missing.
+# for the console's browser tests, and prometheus for `kinfer up`, when they are missing.
 set -euo pipefail
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -59,3 +59,6 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
       "sudo apt-get install -y chromium chromium-driver" >&2
   fi
 fi
+
+# `kinfer up` runs Prometheus on 127.0.0.1:9090 when the Debian package is installed (scripts/prometheus.sh).
+"$(dirname "${BASH_SOURCE[0]}")/prometheus.sh"

@@ -36,6 +36,24 @@ class ModelStatus(StrEnum):
     DEPRECATED = "deprecated"
 
 
+class Device(StrEnum):
+    """Where a pushed model's Triton instances run (``triton_config.device``): Triton's KIND_CPU or KIND_GPU."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class TritonOptions(TypedDict, total=False):
+    """Push options Kinfer writes into the ``config.pbtxt`` it generates for an ONNX file
+    (``triton_config`` of ``POST /v1/models``); a key left out keeps the default."""
+
+    max_batch_size: int  # 0: no batch dimension (the tensors' full shapes)
+    dynamic_batching: bool
+    max_queue_delay_us: int  # dynamic batching's max_queue_delay_microseconds
+    instances: int  # instance_group count
+    device: str  # a Device value
+
+
 class JobStatus(StrEnum):
     """A batch job's status; the first two are active, the others final."""
 
@@ -69,6 +87,7 @@ class ModelVersion(TypedDict):
     artifact_format: str | None
     artifact_sha256: str | None
     artifact_bytes: int | None
+    triton_config: TritonOptions | None  # the push options its config.pbtxt was written with
     created_at: str
     updated_at: str
     warnings: NotRequired[list[str]]
@@ -85,6 +104,7 @@ class ApiKeyRecord(TypedDict):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    expires_at: datetime | None
 
 
 class ApiKey(TypedDict):
@@ -99,6 +119,7 @@ class ApiKey(TypedDict):
     created_at: datetime  # the JSON encoder writes the ISO form
     last_used_at: datetime | None
     revoked_at: datetime | None
+    expires_at: datetime | None
 
 
 class JobError(TypedDict):

@@ -17,6 +17,7 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.access.auth import Authenticator, KeyCache
+    from shared.access.eventauth import EventAuthenticator
     from shared.access.keys import KeyStore
     from shared.access.ratelimit import RateLimiter
     from shared.backends.balancer import Balancer
@@ -181,7 +182,13 @@ class Services:
     def keys(self) -> KeyStore:
         from shared.access.keys import KeyStore
 
-        return KeyStore(self.db)
+        return KeyStore(self.db, self.settings.callback_signing_secret)
+
+    @cached_property
+    def event_auth(self) -> EventAuthenticator:
+        from shared.access.eventauth import EventAuthenticator
+
+        return EventAuthenticator(self.settings)
 
     @cached_property
     def auth(self) -> Authenticator:
@@ -327,7 +334,9 @@ class Services:
                 timeout_s=settings.event_emit_timeout_s,
             )
 
-        policy = CallbackPolicy(settings.callback_allowlist, settings.callback_signing_secret)
+        policy = CallbackPolicy(
+            settings.callback_allowlist, settings.callback_signing_secret, secret_of=self.keys.callback_secret_of
+        )
         return AsyncRequests(self.db, self.resolver, self.dataplane, self.v2, policy, emit, settings)
 
     def ensure_batch_buckets(self) -> None:

@@ -277,6 +277,18 @@ class Settings(_FromEnv):
     # sink, say its Kafka or the local relay's Redis paused, must not hold a submit for half a minute)
     event_emit_timeout_s: float = _var("EVENT_EMIT_TIMEOUT_S", "5", _float(0.5, 120))
     event_source: str = _var("EVENT_SOURCE", "/kinfer/batch")
+    # Who may send events to the event functions (shared.access.eventauth): none (the local stack), or oidc:
+    # every event route first verifies the sender's Knative Eventing OIDC token (authentication-oidc): its
+    # signature against the issuer's JWKS, issuer, audience ({service}: this function's K_SERVICE), expiry
+    # and subject (exact, comma-separated system:serviceaccount:<namespace>:<name>); the JWKS is fetched
+    # trusting EVENT_OIDC_CA_FILE and sending the token in EVENT_OIDC_TOKEN_FILE when they are set
+    event_auth: str = _var("EVENT_AUTH", "none", _choice("none", "oidc"))
+    event_oidc_issuer: str = _var("EVENT_OIDC_ISSUER", "https://kubernetes.default.svc")
+    event_oidc_audience: str = _var("EVENT_OIDC_AUDIENCE", "kinfer/{service}")
+    event_oidc_jwks_url: str = _var("EVENT_OIDC_JWKS_URL", "https://kubernetes.default.svc/openid/v1/jwks")
+    event_oidc_subjects: tuple[str, ...] = _var("EVENT_OIDC_SUBJECTS", "", _url_list)
+    event_oidc_ca_file: str = _var("EVENT_OIDC_CA_FILE", "")
+    event_oidc_token_file: str = _var("EVENT_OIDC_TOKEN_FILE", "")
     # Process identity and telemetry
     service_name: str = _var("K_SERVICE", "kinfer")
     port: int = _var("PORT", "8080", _int(1, 65535))
@@ -289,6 +301,8 @@ class Settings(_FromEnv):
     otlp_endpoint: str = _var("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     # Share of new traces recorded (parent-based: a caller's sampled traceparent is always followed)
     trace_sample_ratio: float = _var("TRACE_SAMPLE_RATIO", "0.1", _float(0, 1))
+    # Recorded spans kept in memory per process for the admin-only GET /debug/traces (0: off; `kinfer up` keeps 2000)
+    trace_buffer_spans: int = _var("TRACE_BUFFER_SPANS", "0", _int(0, 100_000))
     # API keys: how long a key lookup is trusted in-process (revocation takes effect within it)
     auth_cache_ttl_s: float = _var("AUTH_CACHE_TTL_S", "5", _float(0, 300))
     # While PostgreSQL is unreachable, a key seen valid within this many seconds keeps working (0: never)

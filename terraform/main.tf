@@ -16,9 +16,10 @@ locals {
 }
 
 module "knative" {
-  source           = "./modules/knative"
-  knative_versions = var.knative_versions
-  domain           = var.domain
+  source              = "./modules/knative"
+  knative_versions    = var.knative_versions
+  domain              = var.domain
+  functions_namespace = var.namespace
 }
 
 module "kafka" {
@@ -30,6 +31,7 @@ module "kafka" {
   data_namespace    = var.data_namespace
   sasl_username     = var.kafka_sasl_username
   sasl_password     = var.kafka_sasl_password
+  ca_certificate    = var.kafka_ca_certificate
 }
 
 module "data" {
@@ -43,6 +45,7 @@ module "data" {
   s3_secret_access_key = var.s3_secret_access_key
   kafka_brokers        = module.kafka.bootstrap_servers
   kafka_credentials    = module.kafka.credentials["minio"]
+  kafka_ca_certificate = module.kafka.ca_certificate
   batch_request_topic  = local.kafka_names.request_topic
   functions_namespace  = var.namespace
   kafka_namespace      = "kafka"
@@ -64,6 +67,7 @@ module "platform" {
   agent_image            = var.agent_image
   kafka_names            = local.kafka_names
   namespace              = var.namespace
+  service_account_issuer = var.service_account_issuer
   domain                 = var.domain
   overlay                = var.overlay
   gpu_count              = var.gpu_count
@@ -71,6 +75,7 @@ module "platform" {
   triton_keep_warm       = var.triton_keep_warm
   kafka_brokers          = module.kafka.bootstrap_servers
   kafka_credentials      = module.kafka.credentials
+  kafka_ca_certificate   = module.kafka.ca_certificate
   database_url           = module.data.database_url
   redis_url              = module.data.redis_url
   s3_endpoint_url        = module.data.s3_endpoint_url

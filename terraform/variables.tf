@@ -9,7 +9,7 @@ variable "image" {
 }
 
 variable "agent_image" {
-  description = "Image of the model agent beside each Triton replica (the Kinfer image, `kinfer agent`). Empty: the same as image. Pin it (e.g. to the image of the first deploy) so that a deploy of a new image does not roll the Triton Service, whose new revision starts a GPU; change it when the release notes say the agent or the registry schema changed (docs/operations.md)."
+  description = "Image of the model agent beside each Triton replica (`kinfer agent`). Empty: <image's repository>-agent:<agent version> (e.g. registry.example.com/kinfer-agent:1.0 for image registry.example.com/kinfer:0.2.0; the version is knative/agent-version.json and moves only when the agent's code does), so a deploy of a new image does not roll the Triton Service, whose new revision starts a GPU; scripts/push-images pushes that image. Set it to run the agent from another image (docs/operations.md)."
   type        = string
   default     = ""
 
@@ -46,6 +46,12 @@ variable "namespace" {
   description = "Namespace of the Kinfer functions, Triton and eventing."
   type        = string
   default     = "kinfer"
+}
+
+variable "service_account_issuer" {
+  description = "The cluster's service-account token issuer (kubectl get --raw /.well-known/openid-configuration: issuer); the event functions check it in the Knative Eventing OIDC tokens of the event senders (EVENT_OIDC_ISSUER)."
+  type        = string
+  default     = "https://kubernetes.default.svc"
 }
 
 variable "data_namespace" {
@@ -201,6 +207,12 @@ variable "kafka_sasl_password" {
   type        = string
   default     = ""
   sensitive   = true
+}
+
+variable "kafka_ca_certificate" {
+  description = "PEM certificate of the CA that signed the existing Kafka's broker certificates (kafka_bootstrap_servers; required with it: every client connects with SASL_SSL and checks the brokers against it). Ignored when Strimzi is installed: then terraform generates the Kafka's cluster CA."
+  type        = string
+  default     = ""
 }
 
 variable "s3_workload_identity_annotations" {

@@ -65,9 +65,13 @@ def _overview(call: Call) -> Overview:
 
 
 def _metrics(call: Call) -> Response:
+    from shared import telemetry
     from shared.lifecycle.metrics import VersionCollector
 
-    text, content_type = function_services().monitor.metrics_text((VersionCollector(function_services().cache.client),))
+    own = telemetry.metrics().registry  # this process's counters, as on every function's /metrics
+    text, content_type = function_services().monitor.metrics_text(
+        (VersionCollector(function_services().cache.client), own)
+    )
     return Response(text, status_code=200, media_type=content_type)
 
 

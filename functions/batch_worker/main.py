@@ -4,8 +4,10 @@
 ``dev.kinfer.infer.request.v1``: one async inference request, run on the event loop through the async
 DataPlane (``shared.batch.requests``); ``dev.kinfer.infer.callback.v1``: the signed POST of its outcome.
 
-200 done or skipped (duplicate, cancelled job, a request already finished); 503 Triton/DB/S3 unavailable
-or a callback receiver that failed (redelivered); 400 malformed event and 422 unknown job (not retried).
+200 done or skipped (duplicate, cancelled job, a request already finished, an unknown job or request: acked
+and logged, no work created; a chunk is what its job row says, never what the event says); 503 Triton/DB/S3
+unavailable or a callback receiver that failed (redelivered); 400 malformed event, 422 a chunk input that
+disagrees with its job (not retried).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 ``GET /v1/keys/self``, any valid key: who the caller is (name, scopes), so a client can tell
 what it may do (the console hides admin actions from other keys).
 
-A key's secret is answered once, by the POST that creates it; lists and reads show
+A key's secret (and its callback signing secret) is answered once, by the POST that creates it;
+``POST /v1/keys/{id}/callback-secret`` (the key itself, as ``self`` or its id, or an admin) rotates the
+callback signing secret and answers the new one once; lists and reads show
 its display prefix, never the secret. DELETE revokes (the record stays, with
 ``revoked_at``); a revoked key stops working within AUTH_CACHE_TTL_S.
 """
@@ -45,6 +47,10 @@ async def _self(call: Call) -> auth.WhoAmI:
     return auth.describe(call.principal)
 
 
+def _rotate_callback_secret(call: Call, key_id: str) -> keys.CallbackSecret:
+    return function_services().keys.rotate_callback_secret(auth.own_or_admin(call.principal, key_id))
+
+
 def _health(call: Call) -> tuple[int, Health]:
     return function_services().registry.health()
 
@@ -66,6 +72,15 @@ ROUTES = Router(
         ),
         Route("/v1/keys/<key_id>", ("GET",), _get, scope="admin", query=()),
         Route("/v1/keys/<key_id>", ("DELETE",), _revoke, scope="admin", query=()),
+        Route(
+            "/v1/keys/<key_id>/callback-secret",
+            ("POST",),
+            _rotate_callback_secret,
+            scope="any",
+            query=(),
+            summary="Rotate a key's callback signing secret and answer the new one (shown this once); "
+            "the key itself (its id or `self`) or an admin key",
+        ),
     ],
     title="Kinfer keys",
 )

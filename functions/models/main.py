@@ -1,5 +1,6 @@
 """The model registry function: /v1/models (``shared.registry``) and the model lifecycle
-(``shared.lifecycle``: artifacts, aliases, load state)."""
+(``shared.lifecycle``: artifacts, aliases, load state); and KServe's v1 ``:predict``
+(``shared.inference.kserve_v1``), which lives under /v1/models, on the data path of /v1/infer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from starlette.responses import Response
 
 from shared.domain import ModelVersion
 from shared.errors import InvalidInput
+from shared.inference import kserve_v1
+from shared.inference.waiting import preferred_wait
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
@@ -49,8 +52,33 @@ def _delete_alias(call: Call, name: str, alias: str) -> Response:
     return Response(status_code=204)
 
 
+async def _predict_v1(call: Call, name: str, version: str | None = None) -> kserve_v1.PredictAnswer:
+    services = function_services()
+    wait = preferred_wait(call.header("prefer"), services.settings.wait_max_s)
+    route_key = (call.header("x-route-key") or "")[:256] or getattr(call.principal, "key_id", None)
+    ids = (call.request_id, call.trace_id)
+    answer = await kserve_v1.predict(services.dataplane, name, version, call.json(), route_key, wait, ids)
+    call.response_headers["X-Model-Version"] = answer["model_version"]
+    return answer
+
+
+_PREDICTS = {200: ("one prediction per instance", s.V1_PREDICT_RESPONSE)}
+
 ROUTES = Router(
     [
+        *(
+            Route(
+                rule,
+                ("POST",),
+                _predict_v1,
+                scope="infer",
+                query=(),
+                summary="KServe v1 predict: {instances} -> {predictions}, as POST /v1/infer",
+                body=s.V1_PREDICT_REQUEST,
+                responses=_PREDICTS,
+            )
+            for rule in ("/v1/models/<name>:predict", "/v1/models/<name>/versions/<version>:predict")
+        ),
         LIVEZ,
         Route(
             "/health",
@@ -76,7 +104,7 @@ ROUTES = Router(
             lambda call: function_services().registry.list_models(call.args),
             scope="any",
             query=s.MODEL_FILTERS,
-            summary="List models, newest first",
+            summary="List models, newest first: filters, a page, and with include=aliases each name's aliases",
             responses={200: ("a page of models", s.MODEL_LIST)},
         ),
         Route(

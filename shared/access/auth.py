@@ -12,6 +12,9 @@ While PostgreSQL is unreachable, a key seen valid within AUTH_OUTAGE_TTL_S keeps
 working (the database is not asked again for ``OUTAGE_RETRY_S``); an unknown key is
 answered 503, since it cannot be checked. A key revoked during the outage (or shortly
 before it, and not used since) works until PostgreSQL is back.
+
+A key with ``expires_at`` carries it in its cached principal, and every request compares it with
+the clock: an expired key answers 401 ``key_expired`` at once, whatever the cache holds.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, TypedDict
 from shared.access import keys
 from shared.clients.aio import SingleFlight
 from shared.domain import ApiKeyRecord
-from shared.errors import Forbidden, RateLimited, Unauthorized, Unavailable
+from shared.errors import Forbidden, NotFound, RateLimited, Unauthorized, Unavailable
 
 if TYPE_CHECKING:
     from shared.access.keys import KeyStore
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 ANY = "any"
 ADMIN = "admin"
+SELF = "self"
 MAX_HEADER_LEN = 512
 MAX_CACHED = 10_000
 OUTAGE_RETRY_S = 2.0
@@ -51,6 +55,7 @@ class Principal:
     name: str
     scopes: frozenset[str]
     rate_limit_per_minute: int | None = None
+    expires_at: float | None = None  # epoch seconds; None = never
 
     def allows(self, scope: str) -> bool:
         return scope == ANY or ADMIN in self.scopes or scope in self.scopes
@@ -134,6 +139,7 @@ def _principal(record: ApiKeyRecord | None) -> Principal | None:
             name=record["name"],
             scopes=frozenset(record["scopes"]),
             rate_limit_per_minute=record["rate_limit_per_minute"],
+            expires_at=expiry.timestamp() if (expiry := record.get("expires_at")) is not None else None,
         )
     )
 
@@ -216,6 +222,13 @@ class Authenticator:
         principal = await self.principal_for_async(key_from_headers(call.header_map))
         if principal is None:
             raise Unauthorized("invalid or revoked API key", headers=INVALID)
+        call.principal = principal  # what follows (expiry, scope, rate limit) is logged and counted against it
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            raise Unauthorized(
+                f"this API key expired at {_iso(principal.expires_at)}; ask an admin for a new key",
+                code="key_expired",
+                headers=INVALID,
+            )
         if not principal.allows(scope):
             raise Forbidden(f"this API key lacks the '{scope}' scope this operation requires")
         limit = principal.rate_limit_per_minute or self.settings.rate_limit_per_minute
@@ -231,6 +244,12 @@ class Authenticator:
         return principal
 
 
+def _iso(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
 class WhoAmI(TypedDict):
     """``GET /v1/keys/self``: the caller's key (never its secret)."""
 
@@ -238,6 +257,7 @@ class WhoAmI(TypedDict):
     name: str
     scopes: list[str]
     rate_limit_per_minute: int | None
+    expires_at: str | None
 
 
 def describe(principal: Principal | None) -> WhoAmI:
@@ -249,10 +269,26 @@ def describe(principal: Principal | None) -> WhoAmI:
             "name": "anonymous (authentication is off)",
             "scopes": list(keys.SCOPES),
             "rate_limit_per_minute": None,
+            "expires_at": None,
         }
     return {
         "id": principal.key_id,
         "name": principal.name,
         "scopes": sorted(principal.scopes),
         "rate_limit_per_minute": principal.rate_limit_per_minute,
+        "expires_at": None if principal.expires_at is None else _iso(principal.expires_at),
     }
+
+
+def own_or_admin(principal: Principal | None, key_id: str) -> str:
+    """The key id a route about ``key_id`` may act on: ``self`` names the caller's own key; another key's
+    id needs the admin scope (403 otherwise). With AUTH_REQUIRED off (no principal) any id, but not ``self``."""
+    if principal is None:
+        if key_id == SELF:
+            raise NotFound("`self` names the caller's key, and authentication is off: give the key's id")
+        return key_id
+    if key_id in (SELF, principal.key_id):
+        return principal.key_id
+    if ADMIN in principal.scopes:
+        return key_id
+    raise Forbidden("only the key itself (`self`) or an admin key may do this for a key")

@@ -5,18 +5,29 @@ A key is ``kf_`` plus 32 random url-safe bytes. Only its SHA-256 digest is store
 with a short prefix for display: keys are high-entropy random strings, so a fast
 unsalted hash is enough (a slow password hash such as bcrypt protects guessable
 secrets and would cost milliseconds on every cache miss for nothing).
+
+Each key also has a callback signing secret (async inference callbacks, ``shared.batch.callbacks``): derived,
+never stored. ``HMAC-SHA256(CALLBACK_SIGNING_SECRET, key id + callback_salt)``, where the salt is random per
+key and drawn again by a rotation. A database dump alone (salts, hashes) cannot sign a callback, no
+ciphertext or key-encryption scheme is needed, and the owner can be shown it again after a rotation.
+Changing CALLBACK_SIGNING_SECRET changes every key's secret at once.
+
+A key may expire (``expires_at``, set at creation from ``expires_at`` or ``expires_in``): its row
+stays, listed with status ``expired``, and ``shared.access.auth`` answers it 401 ``key_expired``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import re
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 import sqlalchemy as sa
 
@@ -39,6 +50,13 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,127}")
 MAX_RATE_LIMIT = 10_000_000
 NAME_RULE = "name must be 1-128 letters, digits, spaces or . _ : @ / -"
 LAST_USED_EVERY_S = 60
+MAX_EXPIRY = timedelta(days=3660)  # about ten years
+DURATION = re.compile(r"([1-9][0-9]{0,6})([smhd]?)")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+EXPIRY_RULE = (
+    "give expires_at as an ISO 8601 time (2027-01-31T00:00:00Z) or expires_in as a duration "
+    "(30d, 12h, 45m, 3600s or seconds)"
+)
 
 
 def hash_key(plaintext: str) -> str:
@@ -80,6 +98,43 @@ def _validate(name: str, rate_limit: int | None, secret: str | None) -> None:
         raise InvalidInput("a fixed key must be 8-256 url-safe characters", field="secret")
 
 
+def parse_expiry(expires_at: object = None, expires_in: object = None, now: datetime | None = None) -> datetime | None:
+    """When a new key expires: ``expires_at`` (ISO 8601; UTC when it names no zone) or ``expires_in``
+    (a duration, see ``EXPIRY_RULE``), not both; in the future and at most ``MAX_EXPIRY`` ahead."""
+    now = now or datetime.now(UTC)
+    if expires_at is not None and expires_in is not None:
+        raise InvalidInput("give expires_at or expires_in, not both", field="expires_in")
+    if expires_in is not None:
+        field = "expires_in"
+        text = str(expires_in) if isinstance(expires_in, int) and not isinstance(expires_in, bool) else expires_in
+        found = DURATION.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+        if found is None:
+            raise InvalidInput(f"expires_in must be a duration; {EXPIRY_RULE}", field=field)
+        when = now + timedelta(seconds=int(found.group(1)) * UNIT_S[found.group(2)])
+    elif expires_at is not None:
+        field = "expires_at"
+        parsed = _iso_time(expires_at)
+        if parsed is None:
+            raise InvalidInput(f"expires_at must be an ISO 8601 time; {EXPIRY_RULE}", field=field)
+        when = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    else:
+        return None
+    if when <= now:
+        raise InvalidInput(f"{field} must be in the future", field=field)
+    if when - now > MAX_EXPIRY:
+        raise InvalidInput(f"{field} may be at most {MAX_EXPIRY.days} days ahead", field=field)
+    return when
+
+
+def _iso_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 def _record(row: Any) -> ApiKeyRecord:
     rec = dict(row._mapping)
     rec.pop("key_hash", None)
@@ -87,8 +142,11 @@ def _record(row: Any) -> ApiKeyRecord:
     return cast(ApiKeyRecord, rec)
 
 
+_PRIVATE_COLUMNS = frozenset({"key_hash", "callback_salt", "callback_secret_rotated_at"})
+
+
 def _public_columns() -> list[sa.Column[Any]]:
-    return [c for c in api_keys.c if c.name != "key_hash"]
+    return [c for c in api_keys.c if c.name not in _PRIVATE_COLUMNS]
 
 
 def _touch_due(last_used: datetime | None) -> bool:
@@ -96,8 +154,11 @@ def _touch_due(last_used: datetime | None) -> bool:
 
 
 def _filtered(query: Any, status: str | None) -> Any:
+    live = sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > sa.func.now())
     if status == "active":
-        return query.where(api_keys.c.revoked_at.is_(None))
+        return query.where(api_keys.c.revoked_at.is_(None), live)
+    if status == "expired":
+        return query.where(api_keys.c.revoked_at.is_(None), sa.not_(live))
     if status == "revoked":
         return query.where(api_keys.c.revoked_at.is_not(None))
     return query
@@ -111,15 +172,17 @@ def _key_id(raw: str) -> uuid.UUID:
 
 
 # -- the admin API (/v1/keys) ----------------------------------------------------
-CREATE_FIELDS = ("name", "scopes", "rate_limit_per_minute")
+CREATE_FIELDS = ("name", "scopes", "rate_limit_per_minute", "expires_at", "expires_in")
 LIST_QUERY = ("status", "limit", "offset")
-KEY_STATUSES = ("active", "revoked")
+KEY_STATUSES = ("active", "expired", "revoked")
 
 
 class CreatedKey(ApiKey):
-    """``POST /v1/keys``: the new key, with its secret (the only time it is shown)."""
+    """``POST /v1/keys``: the new key, with its secret (the only time it is shown), and its callback signing
+    secret when callbacks are on (CALLBACK_SIGNING_SECRET set)."""
 
     key: str
+    callback_secret: NotRequired[str]
 
 
 class KeyPage(TypedDict):
@@ -138,23 +201,37 @@ def to_json(record: ApiKeyRecord) -> ApiKey:
         "id": record["id"],
         "name": record["name"],
         "prefix": record["prefix"],
-        "status": "revoked" if record.get("revoked_at") else "active",
+        "status": _status(record),
         "scopes": list(record["scopes"]),
         "rate_limit_per_minute": record["rate_limit_per_minute"],
         "created_at": record["created_at"],
         "last_used_at": record.get("last_used_at"),
         "revoked_at": record.get("revoked_at"),
+        "expires_at": record.get("expires_at"),
     }
+
+
+def _status(record: ApiKeyRecord) -> str:
+    if record.get("revoked_at"):
+        return "revoked"
+    expiry = record.get("expires_at")
+    return "expired" if expiry is not None and expiry <= datetime.now(UTC) else "active"
 
 
 class KeyStore:
     """The ``api_keys`` table: creating, finding, listing and revoking keys, and the admin API's pages."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, callback_master: str = "") -> None:
         self.db = db
+        self.callback_master = callback_master  # CALLBACK_SIGNING_SECRET: callback secrets derive from it
 
     def create_key(
-        self, name: str, scopes: str | Iterable[str], rate_limit: int | None = None, secret: str | None = None
+        self,
+        name: str,
+        scopes: str | Iterable[str],
+        rate_limit: int | None = None,
+        secret: str | None = None,
+        expires_at: datetime | None = None,
     ) -> tuple[ApiKeyRecord, str]:
         """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored."""
         scope_list = parse_scopes(scopes)
@@ -167,6 +244,8 @@ class KeyStore:
             "prefix": display_prefix(plaintext),
             "scopes": scope_list,
             "rate_limit_per_minute": rate_limit,
+            "expires_at": expires_at,
+            "callback_salt": new_callback_salt(),
         }
         with conflict_on("a key with this secret already exists", field="secret"), self.db.begin() as conn:
             row = conn.execute(api_keys.insert().values(**values).returning(*_public_columns())).one()
@@ -202,7 +281,7 @@ class KeyStore:
         return _record(row) if row is not None else None
 
     def list_keys(self, *, status: str | None = None, limit: int | None = None, offset: int = 0) -> list[ApiKeyRecord]:
-        """Keys, oldest first; ``status`` "active" or "revoked" filters."""
+        """Keys, oldest first; ``status`` "active", "expired" or "revoked" filters."""
         query = _filtered(sa.select(*_public_columns()), status).order_by(api_keys.c.created_at, api_keys.c.id)
         with self.db.begin() as conn:
             return [_record(r) for r in conn.execute(query.limit(limit).offset(offset))]
@@ -231,6 +310,43 @@ class KeyStore:
         log.info("api key revoked: id=%s", kid)
         return _record(row)
 
+    def callback_secret_of(self, key_id: str) -> str | None:
+        """The callback signing secret of key ``key_id`` (revoked or expired included: its requests may still
+        call back); None when callbacks are off or no such key."""
+        if not self.callback_master:
+            return None
+        try:
+            kid = uuid.UUID(str(key_id))
+        except ValueError:
+            return None
+        with self.db.begin() as conn:
+            salt = conn.execute(sa.select(api_keys.c.callback_salt).where(api_keys.c.id == kid)).scalar()
+        return derive_callback_secret(self.callback_master, str(kid), salt) if salt is not None else None
+
+    def rotate_callback_secret(self, key_id: str) -> CallbackSecret:
+        """Draw a new salt for key ``key_id``: its callbacks are signed with the new secret from now on (the old
+        one stops verifying at once). NotFound for an unknown key; 409 ``callbacks_off`` when callbacks are off."""
+        if not self.callback_master:
+            raise _callbacks_off()
+        kid = _key_id(key_id)
+        salt = new_callback_salt()
+        stmt = (
+            api_keys.update()
+            .where(api_keys.c.id == kid)
+            .values(callback_salt=salt, callback_secret_rotated_at=sa.func.now())
+            .returning(api_keys.c.callback_secret_rotated_at)
+        )
+        with self.db.begin() as conn:
+            rotated = conn.execute(stmt).scalar()
+        if rotated is None:
+            raise NotFound(f"no API key with id {kid}")
+        log.info("api key callback secret rotated: id=%s", kid)
+        return {
+            "id": str(kid),
+            "callback_secret": derive_callback_secret(self.callback_master, str(kid), salt),
+            "rotated_at": rotated,
+        }
+
     def create_from_body(self, body: object) -> CreatedKey:
         """POST /v1/keys: the new key with its secret in ``key`` (the only time it is shown)."""
         fields = v.require_object(body)
@@ -248,8 +364,13 @@ class KeyStore:
         if not isinstance(name, str):  # as ``create_key`` would answer: a bad scope first, then the name
             parse_scopes(scopes)
             raise InvalidInput(NAME_RULE, field="name")
-        record, plaintext = self.create_key(name, scopes, rate_limit=rate)
-        return {**to_json(record), "key": plaintext}
+        expires_at = parse_expiry(fields.get("expires_at"), fields.get("expires_in"))
+        record, plaintext = self.create_key(name, scopes, rate_limit=rate, expires_at=expires_at)
+        created = cast(CreatedKey, {**to_json(record), "key": plaintext})
+        secret = self.callback_secret_of(record["id"])
+        if secret is not None:
+            created["callback_secret"] = secret
+        return created
 
     def list_page(self, args: Mapping[str, str]) -> KeyPage:
         """GET /v1/keys: ``{"keys", "total_count", "total", "limit", "offset"}`` (``total`` = ``total_count``)."""
@@ -266,3 +387,36 @@ class KeyStore:
             "limit": limit,
             "offset": offset,
         }
+
+
+# -- callback signing secrets (``shared.batch.callbacks`` signs a key's callbacks with its own) ----------
+CALLBACK_SECRET_PREFIX = "kcs_"
+_CALLBACK_CONTEXT = b"kinfer callback secret v1\0"
+
+
+def new_callback_salt() -> str:
+    return secrets.token_hex(32)
+
+
+def derive_callback_secret(master: str, key_id: str, salt: str) -> str:
+    """A key's callback signing secret: HMAC-SHA256 under CALLBACK_SIGNING_SECRET of the key's id and its stored
+    random salt. Only the salt is in the database, so reading it signs nothing; a rotation draws a new salt."""
+    message = _CALLBACK_CONTEXT + key_id.encode() + b"\0" + salt.encode()
+    mac = hmac.new(master.encode(), message, hashlib.sha256).digest()
+    return CALLBACK_SECRET_PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+class CallbackSecret(TypedDict):
+    """``POST /v1/keys/{id}/callback-secret``: the key's new callback signing secret (shown this once)."""
+
+    id: str
+    callback_secret: str
+    rotated_at: datetime
+
+
+def _callbacks_off() -> Conflict:
+    return Conflict(
+        "callbacks are off on this installation: CALLBACK_SIGNING_SECRET is not set (an operator sets it), so "
+        "keys have no callback signing secret",
+        code="callbacks_off",
+    )

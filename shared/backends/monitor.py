@@ -43,7 +43,16 @@ PROBE_STALE_S = 180.0
 PROBE_KEEP_S = 3600
 
 
-class ProbeResult(TypedDict):
+class ActivatorState(TypedDict, total=False):
+    """What a backend behind an activator (the local stack's scale to zero) adds to its record: its state
+    (serving, waking, idle-stopped or stopping), since when, and how long its last wake took."""
+
+    state: str
+    state_since: str
+    wake_estimate_s: float | None
+
+
+class ProbeResult(ActivatorState):
     """One probe of a backend, as answered by the tick and stored in Redis under ``kinfer:probe:<url>``."""
 
     url: str
@@ -55,7 +64,7 @@ class ProbeResult(TypedDict):
     latency_ms: float
 
 
-class NotProbed(TypedDict):
+class NotProbed(ActivatorState):
     """The stand-in record of a backend never probed (PROBE_TRITON_URL=false): its breaker decides."""
 
     healthy: bool
@@ -76,6 +85,9 @@ class BackendHealth(TypedDict):
     latency_ms: float | None
     reason: str | None
     models_not_ready: list[str]
+    state: str | None  # behind an activator: serving, waking, idle-stopped or stopping; else None
+    state_since: str | None
+    wake_estimate_s: float | None  # how long its last wake took: the estimate while it wakes
 
 
 class HealthReport(TypedDict):
@@ -215,6 +227,9 @@ class BackendMonitor:
                 "latency_ms": records[u]["latency_ms"],
                 "reason": records[u].get("reason"),
                 "models_not_ready": records[u].get("models_not_ready", []),
+                "state": records[u].get("state"),
+                "state_since": records[u].get("state_since"),
+                "wake_estimate_s": records[u].get("wake_estimate_s"),
             }
             for u in urls
         ]

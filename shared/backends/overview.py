@@ -57,6 +57,9 @@ class BackendRow(TypedDict):
     last_probe: str | None
     probe_ms: float | None
     reason: str | None
+    state: str | None  # behind an activator (scale to zero): serving, waking, idle-stopped, stopping
+    state_since: str | None
+    wake_estimate_s: float | None  # while waking: how long the last wake took
     models: list[str]
     requests: dict[str, int]
     p50_ms: float | None
@@ -124,6 +127,9 @@ class BackendOverview:
                 "last_probe": b["last_checked"],
                 "probe_ms": b["latency_ms"],
                 "reason": b.get("reason"),
+                "state": b["state"],
+                "state_since": b["state_since"],
+                "wake_estimate_s": b["wake_estimate_s"],
                 "models": models.get(url, []),
                 "requests": counters["requests"].get(url, {}) if counters else {},
                 "p50_ms": None,

@@ -8,8 +8,12 @@ CALLBACK_ALLOWLIST (fnmatch patterns of ``host`` or ``host:port``) may be intern
 operator lets a receiver inside the cluster be called.
 
 The body is signed as Stripe and GitHub webhooks are: ``Kinfer-Signature: t=<unix seconds>,v1=<hex
-HMAC-SHA256 of "<t>.<body>" under CALLBACK_SIGNING_SECRET>``; ``Kinfer-Request-Id`` names the request
-(a receiver dedupes by it: delivery is at least once).
+HMAC-SHA256 of "<t>.<body>" under the callback secret of the API key that sent the request>`` (each key
+has its own, ``shared.access.keys``: shown when the key is created, rotated by
+``POST /v1/keys/{id}/callback-secret``), so a receiver that verifies with its key's secret knows the
+callback is about its own request; ``Kinfer-Request-Id`` names the request (a receiver dedupes by it:
+delivery is at least once). A request sent without a key (AUTH_REQUIRED off) is signed with
+CALLBACK_SIGNING_SECRET itself.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ MAX_URL_LEN = 2048
 TIMEOUT = urllib3.Timeout(connect=5.0, read=15.0)
 USER_AGENT = "kinfer-callback/1"
 Resolve = Callable[[str, int], Sequence[str]]
+# the callback secret of an API key id (None: no such key); ``KeyStore.callback_secret_of``
+SecretOf = Callable[[str], "str | None"]
+
+
+ANONYMOUS = "anonymous"  # the owner of a request sent without a key (``shared.batch.jobs.ANONYMOUS``)
 
 
 class CallbackRefused(Exception):
@@ -103,10 +112,27 @@ def _parts(url: str) -> tuple[str, str, int]:
 class CallbackPolicy:
     """Decides which callback URLs may be called, and calls them (signed, pinned to the checked address)."""
 
-    def __init__(self, allowlist: Sequence[str], secret: str, resolve: Resolve = system_resolve) -> None:
+    def __init__(
+        self,
+        allowlist: Sequence[str],
+        secret: str,
+        resolve: Resolve = system_resolve,
+        secret_of: SecretOf | None = None,
+    ) -> None:
         self.allowlist = tuple(p.lower() for p in allowlist)
-        self.secret = secret
+        self.secret = secret  # CALLBACK_SIGNING_SECRET: callbacks are off without it
         self.resolve = resolve
+        self.secret_of = secret_of
+
+    def secret_for(self, owner: str) -> str:
+        """The secret that signs the callbacks of ``owner`` (the request's key id): the key's own; the
+        installation's for a request sent without a key. CallbackRefused when the key is gone."""
+        if self.secret_of is None or owner == ANONYMOUS:
+            return self.secret
+        secret = self.secret_of(owner)
+        if secret is None:
+            raise CallbackRefused("the API key that sent the request no longer exists: nothing can sign its callback")
+        return secret
 
     def allow_listed(self, host: str, port: int) -> bool:
         host = host.lower()
@@ -146,8 +172,9 @@ class CallbackPolicy:
             )
         return list(addresses)
 
-    def deliver(self, url: str, request_id: str, body: bytes) -> int:
-        """POST ``body`` signed to ``url``; its 2xx status. CallbackRefused when the host is (now) internal;
+    def deliver(self, url: str, request_id: str, body: bytes, secret: str | None = None) -> int:
+        """POST ``body`` signed (with ``secret``, by default the installation's) to ``url``; its 2xx status.
+        CallbackRefused when the host is (now) internal;
         Unavailable on a connection error or a non-2xx answer (so the event is redelivered)."""
         scheme, host, port = _parts(url)
         address = self.addresses(url)[0]
@@ -157,7 +184,7 @@ class CallbackPolicy:
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             "Kinfer-Request-Id": request_id,
-            "Kinfer-Signature": sign(self.secret, int(time.time()), body),
+            "Kinfer-Signature": sign(secret if secret is not None else self.secret, int(time.time()), body),
             "Host": parts.netloc.rsplit("@", 1)[-1],
         }
         pool: urllib3.HTTPConnectionPool

@@ -1,7 +1,8 @@
 """Batch intake from events: a batch-request CloudEvent or an S3/MinIO object-created notification.
 
-- ``dev.kinfer.batch.request.v1``: data = the POST /v1/batch body, plus an optional
-  ``owner`` (default "anonymous").
+- ``dev.kinfer.batch.request.v1``: data = the POST /v1/batch body; the job belongs to "anonymous".
+  An event never names an owner (``owner`` is refused, 400): whoever can put an event on the topic is
+  not thereby any API key, so a job for a key is submitted with that key (POST /v1/batch).
 - S3 notification (S3 event JSON with ``Records[].s3.bucket.name``/``object.key``,
   as the event data itself or wrapped as Kafka record data by a KafkaSource): a
   ``.jsonl`` object in the input bucket under ``incoming/<model>/<file>.jsonl`` or
@@ -92,11 +93,14 @@ class BatchIntake:
     def _request_job(self, data: object, intake_key: str) -> JobSummary:
         if not isinstance(data, dict):
             raise InvalidInput("batch request event data must be a JSON object (the POST /v1/batch body)")
-        body = dict(data)
-        owner = body.pop("owner", None) or batch.ANONYMOUS
-        if not isinstance(owner, str):
-            raise InvalidInput("owner must be a string", field="owner")
-        return self.jobs.submit_job(body, owner, intake_key=intake_key, readable=(INCOMING,))
+        if "owner" in data:
+            log.warning("batch request event refused: it names an owner (%r)", str(data["owner"])[:64])
+            raise InvalidInput(
+                "an event cannot name the owner of a job: jobs created from events belong to 'anonymous'; "
+                "submit with the key that should own it (POST /v1/batch)",
+                field="owner",
+            )
+        return self.jobs.submit_job(dict(data), batch.ANONYMOUS, intake_key=intake_key, readable=(INCOMING,))
 
 
 def _records(data: object) -> list[S3Record] | None:

@@ -585,13 +585,15 @@ class BatchJobs:
         return self.to_json(self._reaped([job])[0])
 
     def list_jobs(self, args: Mapping[str, str], owner: str) -> JobPage:
-        """``{"jobs", "total_count", "total", "limit", "offset"}``: ``total_count`` (and, kept for existing
+        """``{"jobs", "total_count", "total", "limit", "offset"}``, filtered by ``status`` and ``q`` (a part of the
+        model's name, any case): ``total_count`` (and, kept for existing
         clients, ``total``) counts the jobs matching; each job's own ``total`` counts its items."""
         limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
         offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
         status = v.choice(args["status"], "status", store.STATUSES) if args.get("status") else None
+        model_part = v.string(args["q"], "q", max_len=128) if args.get("q") else None
         with self.db.begin() as conn:
-            total, jobs = store.list_jobs(conn, owner, status, limit, offset)
+            total, jobs = store.list_jobs(conn, owner, status, limit, offset, model_part)
         jobs = self._reaped(jobs)
         return {
             "jobs": [self.to_json(j) for j in jobs],

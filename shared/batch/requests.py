@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import orjson
 
+from shared import telemetry
 from shared import validation as v
 from shared.batch import request_store as store
 from shared.batch.callbacks import CallbackRefused
@@ -263,6 +264,7 @@ class AsyncRequests:
             "callback_status": store.CB_PENDING if callback_url else None,
         }
         row = await asyncio.to_thread(self._enqueue, values)
+        telemetry.metrics().async_requests.labels(store.QUEUED).inc()
         accepted: Accepted = {
             "id": str(row["id"]),
             "status": store.QUEUED,
@@ -328,6 +330,7 @@ class AsyncRequests:
         row = await asyncio.to_thread(self._start, request_id)
         if isinstance(row, str):
             return 200, {"request_id": str(request_id), "skipped": row}
+        telemetry.metrics().async_requests.labels(store.RUNNING).inc()
         try:
             status, http_status, answer = await self._run(row)
         except KinferError as exc:
@@ -347,7 +350,8 @@ class AsyncRequests:
             current = store.get(conn, request_id) if row is None else None
         if row is not None:
             return row
-        if current is None:
+        if current is None:  # acked: an event creates no work (its row, written by the API, is what runs)
+            log.warning("async request event ignored: request %s is unknown or expired", request_id)
             return "unknown or expired request"
         if current["callback_status"] == store.CB_PENDING:  # the outcome is stored; its callback was not queued
             self._queue_callback(request_id)
@@ -392,6 +396,7 @@ class AsyncRequests:
         if recorded is None:
             answer["skipped"] = "already recorded"
             return answer
+        telemetry.metrics().async_requests.labels(status).inc()
         if recorded["callback_status"] == store.CB_PENDING:
             self._queue_callback(row["id"])
             answer["callback"] = store.CB_QUEUED
@@ -412,23 +417,28 @@ class AsyncRequests:
             row = store.get(conn, request_id)
         answer: EventAnswer = {"request_id": str(request_id)}
         if row is None or not row["callback_url"]:
+            log.warning("callback event ignored: request %s is unknown, expired or has no callback", request_id)
             return 200, {**answer, "skipped": "unknown or expired request, or no callback"}
         if row["status"] not in store.FINAL or row["callback_status"] not in (store.CB_PENDING, store.CB_QUEUED):
             return 200, {**answer, "skipped": f"callback {row['callback_status']}, request {row['status']}"}
         body = orjson.dumps(status_body(row))
-        try:
-            self.callbacks.deliver(row["callback_url"], str(request_id), body)
+        try:  # signed with the secret of the key that sent the request (read now: a rotation applies at once)
+            secret = self.callbacks.secret_for(row["owner"])
+            self.callbacks.deliver(row["callback_url"], str(request_id), body, secret)
         except CallbackRefused as exc:
+            telemetry.metrics().async_callbacks.labels("refused").inc()
             self._end_callback(request_id, store.CB_FAILED, str(exc))
             log.warning("async request %s: callback refused: %s", request_id, exc)
             return 200, {**answer, "callback": store.CB_FAILED}
         except KinferError as exc:
+            telemetry.metrics().async_callbacks.labels("retried").inc()
             with self.db.begin() as conn:
                 store.callback_attempted(conn, request_id, exc.message[:MAX_ERROR_LEN])
             raise
         with self.db.begin() as conn:
             store.callback_attempted(conn, request_id, None)
         self._end_callback(request_id, store.CB_DELIVERED, None)
+        telemetry.metrics().async_callbacks.labels(store.CB_DELIVERED).inc()
         return 200, {**answer, "callback": store.CB_DELIVERED}
 
     def _end_callback(self, request_id: uuid.UUID, status: str, error: str | None) -> None:
@@ -446,11 +456,14 @@ class AsyncRequests:
         answer: EventAnswer = {"request_id": str(request_id)}
         if event["type"] == INFER_CALLBACK_EVENT_TYPE:
             self._end_callback(request_id, store.CB_FAILED, reason[:MAX_ERROR_LEN])
+            telemetry.metrics().async_callbacks.labels("dead_letter").inc()
             log.warning("async request %s: callback dead-lettered: %s", request_id, reason)
             return 200, {**answer, "callback": store.CB_FAILED}
         with self.db.begin() as conn:
             row = store.get(conn, request_id)
         if row is None or row["status"] in store.FINAL:
+            if row is None:
+                log.warning("dead letter ignored: request %s is unknown or expired", request_id)
             return 200, {**answer, "skipped": "unknown or already finished"}
         error: JSONObject = {"error": reason[:MAX_ERROR_LEN], "code": Unavailable.code, "request_id": row["request_id"]}
         log.warning("async request %s dead-lettered: %s", request_id, reason)

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
+from shared.clients.db import contains
 from shared.clients.schema import batch_chunks, batch_jobs
 from shared.domain import JobError, JobStatus
 from shared.errors import NotFound
@@ -139,10 +140,15 @@ def job_status(conn: Connection, job_id: uuid.UUID) -> str | None:
     return conn.execute(sa.select(batch_jobs.c.status).where(batch_jobs.c.id == job_id)).scalar()
 
 
-def list_jobs(conn: Connection, owner: str, status: str | None, limit: int, offset: int) -> tuple[int, list[JobRow]]:
+def list_jobs(
+    conn: Connection, owner: str, status: str | None, limit: int, offset: int, model_part: str | None = None
+) -> tuple[int, list[JobRow]]:
+    """A page of ``owner``'s jobs, newest first; ``model_part``: a part of the model's name, any case."""
     query = sa.select(batch_jobs).where(batch_jobs.c.owner == owner)
     if status:
         query = query.where(batch_jobs.c.status == status)
+    if model_part:
+        query = query.where(contains(batch_jobs.c.model_name, model_part))
     total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
     rows = conn.execute(
         query.order_by(batch_jobs.c.created_at.desc(), batch_jobs.c.id.desc()).limit(limit).offset(offset)

@@ -1,6 +1,9 @@
 """Batch chunk processing (the ``batch_worker`` function) and dead-lettered chunks (``batch_deadletter``).
 
-A chunk event names a chunk input object. The worker claims an attempt, infers the
+A chunk event names a job and a chunk number; everything else (the input object, its first index and item
+count, the model, the owner) is read from the job row, which the authenticated API wrote: an event that
+says otherwise (forged, or stale) is logged and its own values ignored, and an event about an unknown job or
+a chunk the job does not have is acked (200) and logged, creating no work. The worker claims an attempt, infers the
 chunk in sub-batches (checking between them, at most every ``CANCEL_CHECK_S``, that the
 job was not cancelled), writes
 the chunk results to S3, then records the chunk and advances the job counters in one
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import orjson
 
+from shared import telemetry
 from shared.batch import results, store
 from shared.batch.results import ResultRow
 from shared.batch.store import JobProgress, JobRow
@@ -89,6 +93,18 @@ class ChunkRef:
         if ref.chunk < 0 or ref.start < 0 or ref.count < 1:
             raise InvalidInput("chunk event data has a negative chunk/start or an empty count")
         return ref
+
+    @classmethod
+    def of_job(cls, job: JobRow, chunk: int, input_bucket: str) -> ChunkRef | None:
+        """Chunk ``chunk`` of ``job`` as the job row lays it out (``BatchJobs`` wrote it so); None when the job
+        has no such chunk."""
+        if not 0 <= chunk < job["chunks_total"]:
+            return None
+        start = chunk * job["chunk_size"]
+        count = min(job["chunk_size"], job["total"] - start)
+        if count < 1:
+            return None
+        return cls(job["id"], chunk, start, count, input_bucket, results.input_key(job["id"], chunk))
 
 
 class _NotRecorded(Exception):
@@ -180,9 +196,19 @@ class BatchWorker:
     def process_chunk(self, event: CloudEvent) -> tuple[int, ChunkAnswer]:
         """Infer one chunk; (status, body). Retryable failures raise (-> 503/504)."""
         ref = ChunkRef.from_event(event)
-        job = self._claim(ref)
-        if isinstance(job, str):
-            return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": job}
+        metrics = telemetry.metrics()
+        metrics.queue_age(event.get("time"))
+        try:
+            return self._process(ref)
+        except Exception:
+            metrics.batch_chunks.labels("error").inc()
+            raise
+
+    def _process(self, event_ref: ChunkRef) -> tuple[int, ChunkAnswer]:
+        claimed = self._claim(event_ref)
+        if isinstance(claimed, str):
+            return 200, {"job_id": str(event_ref.job_id), "chunk": event_ref.chunk, "skipped": claimed}
+        job, ref = claimed
         try:
             model = self.registry.get_model(str(job["model_id"]))
         except NotFound:
@@ -193,19 +219,40 @@ class BatchWorker:
             return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": "job cancelled"}
         return self._store(ref, rows, "done")
 
-    def _claim(self, ref: ChunkRef) -> JobRow | str:
-        """The job row when this chunk should be processed now; else the reason to skip it."""
+    def _claim(self, event_ref: ChunkRef) -> tuple[JobRow, ChunkRef] | str:
+        """The job row and its chunk when this chunk should be processed now; else the reason to skip it."""
         with self.db.begin() as conn:
-            try:
-                job = store.get_job(conn, ref.job_id)
-            except NotFound:
-                raise Unprocessable(f"chunk {ref.chunk} belongs to unknown batch job {ref.job_id}") from None
+            found = self._job_chunk(conn, event_ref)
+            if isinstance(found, str):
+                return found
+            job, ref = found
             if job["status"] not in store.ACTIVE:
                 return f"job {job['status']}"
             if store.start_chunk(conn, ref.job_id, ref.chunk) is None:
                 return "chunk already recorded"
             store.mark_processing(conn, ref.job_id)
-        return job
+        return job, ref
+
+    def _job_chunk(self, conn: Connection, event_ref: ChunkRef) -> tuple[JobRow, ChunkRef] | str:
+        """The job an event names and its chunk as the job row lays it out; a reason (logged) when there is
+        none. The event's own bucket, key, start and count are never used."""
+        try:
+            job = store.get_job(conn, event_ref.job_id)
+        except NotFound:
+            log.warning("chunk event ignored: batch job %s is unknown", event_ref.job_id)
+            return "unknown batch job"
+        ref = ChunkRef.of_job(job, event_ref.chunk, self.settings.s3_input_bucket)
+        if ref is None:
+            log.warning("chunk event ignored: batch job %s has no chunk %d", event_ref.job_id, event_ref.chunk)
+            return "the job has no such chunk"
+        if ref != event_ref:
+            log.warning(
+                "chunk event for batch job %s chunk %d disagrees with the job row (start/count/object): the row's "
+                "values are used",
+                ref.job_id,
+                ref.chunk,
+            )
+        return job, ref
 
     def _chunk_lines(self, ref: ChunkRef) -> list[bytes]:
         try:
@@ -266,7 +313,12 @@ class BatchWorker:
                 if job["chunks_done"] >= job["chunks_total"]:
                     body["job_status"] = self._finalize(conn, job)
         except _NotRecorded:
+            telemetry.metrics().batch_chunks.labels("skipped").inc()
             return 200, {**body, "skipped": "chunk already recorded or job no longer active"}
+        metrics = telemetry.metrics()
+        metrics.batch_chunks.labels(status).inc()
+        metrics.batch_items.labels("succeeded").inc(counts.succeeded)
+        metrics.batch_items.labels("failed").inc(counts.failed)
         return 200, body
 
     def _finalize(self, conn: Connection, job: JobProgress) -> str:
@@ -296,9 +348,12 @@ class BatchWorker:
             log.warning("dead letter ignored: %s", exc.message)
             return 200, {"ignored": exc.message}
         with self.db.begin() as conn:
-            status = store.job_status(conn, ref.job_id)
-        if status not in store.ACTIVE:
-            return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": f"job {status or 'unknown'}"}
+            found = self._job_chunk(conn, ref)
+        if isinstance(found, str):
+            return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": found}
+        job, ref = found
+        if job["status"] not in store.ACTIVE:
+            return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": f"job {job['status']}"}
         reason = dead_reason(event)
         rows: list[ResultRow] = [{"index": ref.start + i, "error": reason} for i in range(ref.count)]
         log.warning("batch job %s chunk %d dead-lettered: %s", ref.job_id, ref.chunk, reason)

@@ -4,8 +4,9 @@ Each sub-command group lives in its own module of this package with a
 ``register(subparsers)`` function that adds its parsers and sets ``func``
 (a callable taking the parsed args and returning an exit code). Commands that
 call the HTTP API connect through ``shared.cli.api`` (flags, KINFER_URL /
-KINFER_API_KEY, config file contexts). Every failure is one line on stderr
-with the exit code of ``shared.cli.errors``; KINFER_DEBUG=1 shows tracebacks.
+KINFER_API_KEY, config file contexts). Every failure, argparse's usage errors
+included, is printed as ``shared.cli.errors`` describes (``error: <code>: <message>``,
+then a hint) with its exit code; KINFER_DEBUG=1 shows tracebacks.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
-from shared.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from shared.cli.errors import EXIT_CODES, EXIT_USAGE, CliError, UsageError
 
 # Sub-command modules, in the order ``kinfer --help`` lists them.
 COMMAND_MODULES = (
@@ -30,6 +32,7 @@ COMMAND_MODULES = (
     "keys",
     "agent",
     "deploy",
+    "logs",
     "completion",
 )
 
@@ -44,12 +47,23 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors printed as every other failure (exit 2); sub-command parsers
+    are of this class too (argparse builds them with the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        error = UsageError(message, hint=f"`{self.prog} --help` shows the arguments")
+        sys.stderr.write("".join(f"{line}\n" for line in error.lines()))
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kinfer",
         description="Kinfer: serverless inference on Knative and Triton.",
         epilog="API commands take --url/--key/--context (or KINFER_URL, KINFER_API_KEY, `kinfer config`). "
-        "Exit codes: 0 ok, 1 failed (API error), 2 usage, 3 batch items failed (--fail-on-errors).",
+        f"Every command that prints data takes -o table|json|yaml. E{EXIT_CODES[1:]}.",
     )
     parser.add_argument("--version", action="version", version=f"kinfer {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -87,20 +101,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(exc: Exception) -> int:
-    """Print ``exc`` as one line and return its exit code (a traceback only with KINFER_DEBUG=1)."""
+    """Print ``exc`` as ``shared.cli.errors`` describes and return its exit code (a traceback only with
+    KINFER_DEBUG=1)."""
     from shared.errors import KinferError
     from shared.settings import ClientSettings, ConfigError
 
     if isinstance(exc, CliError):
-        message, code = exc.message, exc.exit_code
+        error = exc
     elif isinstance(exc, ConfigError):
-        message, code = str(exc), EXIT_USAGE
+        error = UsageError(str(exc), code="config")
     elif isinstance(exc, KinferError):
-        message, code = exc.message, EXIT_FAILED
+        error = CliError(exc.message, code=exc.code)
     elif type(exc).__module__.startswith("sqlalchemy"):  # kinfer db / keys bootstrap: the DATABASE_URL database
         cause = getattr(exc, "orig", None) or exc
-        message = f"database error: {str(cause).splitlines()[0][:300]} (check DATABASE_URL)"
-        code = EXIT_FAILED
+        error = CliError(
+            str(cause).splitlines()[0][:300],
+            code="database",
+            hint="check DATABASE_URL (is PostgreSQL up? `kinfer status`)",
+        )
     else:
         try:
             debug = ClientSettings.from_env().debug
@@ -108,10 +126,9 @@ def _fail(exc: Exception) -> int:
             debug = False
         if debug:
             raise exc
-        message = f"unexpected error: {type(exc).__name__}: {exc} (KINFER_DEBUG=1 shows the traceback)"
-        code = EXIT_FAILED
-    sys.stderr.write(f"kinfer: {' '.join(str(message).split())}\n")
-    return code
+        error = CliError(f"{type(exc).__name__}: {exc}", code="unexpected", hint="KINFER_DEBUG=1 shows the traceback")
+    sys.stderr.write("".join(f"{line}\n" for line in error.lines()))
+    return error.exit_code
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 from typing import Any
 
 
@@ -25,14 +24,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from shared.lifecycle.agent import ModelAgent, serve_status
     from shared.logs import setup_logging
     from shared.services import get_services
-    from shared.settings import ConfigError
 
-    try:
-        services = get_services()
-        settings = services.settings
-    except ConfigError as exc:
-        sys.stderr.write(f"kinfer agent: {exc}\n")
-        return 2
+    services = get_services()  # a bad setting: a usage error (exit 2) through shared.cli.main
+    settings = services.settings
     # In a cluster K_SERVICE is Triton's Service (Knative sets it; a sidecar may not): say which process logs.
     setup_logging(
         "model-agent" if settings.service_name in ("kinfer", "triton") else settings.service_name, settings.log_level

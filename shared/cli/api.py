@@ -24,15 +24,17 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
-from shared.cli.errors import ApiError, UsageError
+from shared.cli.errors import ApiError, UsageError, hint_for
 from shared.settings import ClientSettings
 
 LOCAL_URL = "http://localhost:8080"
 LOCAL_DEV_KEY = "demo-token"  # seeded by `kinfer up`; rate limited, scopes infer, batch, admin
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 TIMEOUT_S = 60
+UPLOAD_TIMEOUT_S = 3600
 
 Handler = Callable[["Client", argparse.Namespace], int]
 
@@ -174,30 +176,77 @@ class Client:
         except urllib.error.HTTPError as exc:
             raise api_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ApiError(unreachable(self.base_url, exc)) from None
+            raise unreachable(self.base_url, exc) from None
         try:
             return json.loads(raw) if raw else None
         except ValueError:
-            raise ApiError(f"{method} {path}: the answer is not JSON; is {self.base_url} a Kinfer API?") from None
+            raise ApiError(
+                f"{method} {path}: the answer is not JSON", code="not_json", hint=f"is {self.base_url} a Kinfer API?"
+            ) from None
+
+    def upload(self, path: str, file: Path, sha256: str, progress: Any) -> Any:
+        """PUT ``file`` to ``path`` (streamed, ``progress.update`` per block) with its SHA-256; the JSON answer."""
+        headers = {
+            "Accept": "application/json",
+            "Authorization": f"Bearer {self.connection.key}",
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(file.stat().st_size),
+        }
+        with file.open("rb") as handle:
+            request = urllib.request.Request(
+                f"{self.base_url}{path}?sha256={sha256}",
+                data=_Progress(handle, progress),
+                method="PUT",
+                headers=headers,
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=UPLOAD_TIMEOUT_S) as response:
+                    raw = response.read()
+            except urllib.error.HTTPError as exc:
+                raise api_error(exc) from None
+            except (urllib.error.URLError, OSError) as exc:
+                raise unreachable(self.base_url, exc) from None
+        return json.loads(raw) if raw else None
+
+
+class _Progress:
+    """A file reader that advances a progress bar (urllib streams an object with ``read``)."""
+
+    def __init__(self, handle: BinaryIO, bar: Any) -> None:
+        self.handle, self.bar = handle, bar
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.handle.read(size if size > 0 else 1 << 20)
+        self.bar.update(len(block))
+        return block
 
 
 def api_error(exc: urllib.error.HTTPError) -> ApiError:
-    """One line from the API's JSON error body: status, code, message, field, request id."""
+    """The API's JSON error body as an ApiError: status, code, message, field, request id, and a hint."""
     try:
         body = json.loads(exc.read() or b"{}")
     except ValueError:
         body = {}
+    rid = exc.headers.get("X-Request-ID", "") if exc.headers else ""
     if not isinstance(body, dict) or "error" not in body:
-        return ApiError(f"HTTP {exc.code} {exc.reason} (not a Kinfer API error body)", exc.code)
-    code = str(body.get("code", ""))
-    detail = f" [field {body['field']}]" if body.get("field") else ""
-    rid = f" (request id {body['request_id']})" if body.get("request_id") else ""
-    return ApiError(f"{exc.code} {code}: {body['error']}{detail}{rid}", exc.code, code)
+        return ApiError(f"{exc.reason} (not a Kinfer API error body)", exc.code, request_id=rid)
+    code = str(body.get("code", "")) or f"http_{exc.code}"
+    hint = hint_for(exc.code, code)
+    if exc.code == 429 and exc.headers and exc.headers.get("Retry-After"):
+        hint = f"rate limited: retry in {exc.headers['Retry-After']}s, or use a key with a higher limit"
+    return ApiError(
+        str(body["error"]),
+        exc.code,
+        code,
+        field=str(body.get("field") or ""),
+        request_id=str(body.get("request_id") or rid),
+        hint=hint,
+    )
 
 
-def unreachable(base_url: str, exc: BaseException) -> str:
+def unreachable(base_url: str, exc: BaseException) -> ApiError:
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, socket.timeout | TimeoutError):
         reason = f"no answer within {TIMEOUT_S}s"
-    hint = "; is the local stack up? (`kinfer up`, `kinfer status`)" if is_local(base_url) else ""
-    return f"cannot reach {base_url} ({reason}){hint}"
+    hint = "is the local stack up? (`kinfer up`, `kinfer status`)" if is_local(base_url) else "check --url"
+    return ApiError(f"cannot reach {base_url} ({reason})", code="unreachable", hint=hint)

@@ -6,7 +6,12 @@ default), or one with a line that is not JSON, is uploaded first, under the
 caller's own prefix of the input bucket (``POST /v1/batch/uploads`` gives a
 presigned PUT URL), and submitted as ``input_url``: a bad line then fails as one
 item, exactly as it would through ``input_url``. Failures are reported with the
-line numbers of the file.
+line numbers of the file. The model (and version or alias) is checked before anything is read
+or uploaded.
+
+A job id may be given by a unique prefix of at least 4 hex digits (``kinfer batch status 3f2a``):
+the CLI looks it up among the caller's own jobs (``GET /v1/batch``, newest first); an ambiguous
+prefix is a usage error that lists the candidates.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import re
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +79,10 @@ JOB_COLUMNS = [
     output.time_column("CREATED", "created_at"),
 ]
 RESULT_FORMATS = ("jsonl", *output.FORMATS)
+ID_HELP = "the job id, or a unique prefix of it (at least 4 hex digits)"
+FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+ID_PREFIX = re.compile(r"[0-9a-f]{4}[0-9a-f-]{0,31}")
+PREFIX_PAGE, PREFIX_PAGES = 500, 20  # a prefix is looked up among the newest 10,000 jobs
 
 
 def register(subparsers: Any) -> None:
@@ -82,7 +92,7 @@ def register(subparsers: Any) -> None:
         "submit",
         help="submit a JSONL file (one input per line) as a batch job",
         epilog="exit codes: 0 done (or submitted), 1 error or job failed/cancelled, "
-        "2 usage, 3 items failed (--fail-on-errors)",
+        "2 usage (a missing file, an unknown option), 3 items failed (--fail-on-errors)",
     )
     submit.add_argument("file", nargs="?", type=Path, help='JSONL file of inputs like {"data": [...]}')
     submit.add_argument(
@@ -94,7 +104,11 @@ def register(subparsers: Any) -> None:
         help="upload FILE and submit it as input_url even when it is small enough to send inline",
     )
     submit.add_argument("--model", required=True)
-    submit.add_argument("--version", default=None, help="model version (default: the newest active one)")
+    submit.add_argument(
+        "--version",
+        default=None,
+        help="model version or alias (default: alias production, else the newest ready version)",
+    )
     submit.add_argument("--wait", action="store_true", help="show progress until the job finishes, then a summary")
     submit.add_argument(
         "--fail-on-errors", action="store_true", help="wait, and exit 3 when any item failed (for scripts and CI)"
@@ -102,30 +116,33 @@ def register(subparsers: Any) -> None:
     output.add_output_arg(submit)
     api.command(submit, _submit)
     status = sub.add_parser("status", help="show a job's status")
-    status.add_argument("job_id", metavar="ID")
+    status.add_argument("job_id", metavar="ID", help=ID_HELP)
     output.add_output_arg(status)
     api.command(status, _status)
     wait = sub.add_parser(
         "wait",
         help="follow a job until it finishes, then show a summary",
-        epilog="exit codes: 0 done, 1 job failed or cancelled, 3 items failed (--fail-on-errors)",
+        epilog="exit codes: 0 done, 1 job failed or cancelled, 2 usage (an ambiguous id prefix), "
+        "3 items failed (--fail-on-errors)",
     )
-    wait.add_argument("job_id", metavar="ID")
+    wait.add_argument("job_id", metavar="ID", help=ID_HELP)
     wait.add_argument("--fail-on-errors", action="store_true", help="exit 3 when any item failed")
     output.add_output_arg(wait)
     api.command(wait, _wait)
     listing = sub.add_parser("list", help="list your jobs, newest first")
     listing.add_argument("--status", choices=tuple(s.value for s in JobStatus))
-    listing.add_argument("--limit", type=int, default=None, help="at most this many (1-500, default 50)")
-    listing.add_argument("--offset", type=int, default=None)
+    listing.add_argument(
+        "--limit", type=output.bounded(1, 500), default=None, help="at most this many (1-500, default 50)"
+    )
+    listing.add_argument("--offset", type=output.bounded(0, 10_000_000), default=None, help="skip this many")
     output.add_output_arg(listing)
     api.command(listing, _list)
     cancel = sub.add_parser("cancel", help="cancel a pending or processing job")
-    cancel.add_argument("job_id", metavar="ID")
+    cancel.add_argument("job_id", metavar="ID", help=ID_HELP)
     output.add_output_arg(cancel)
     api.command(cancel, _cancel)
     results = sub.add_parser("results", help="a finished job's results, one JSON line per input")
-    results.add_argument("job_id", metavar="ID")
+    results.add_argument("job_id", metavar="ID", help=ID_HELP)
     results.add_argument(
         "-o",
         "--output",
@@ -149,6 +166,9 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     if args.input_url:
         body["input_url"] = args.input_url
     elif args.file:
+        if not args.file.is_file():
+            raise UsageError(f"{args.file} {'is not a file' if args.file.exists() else 'does not exist'}")
+        check_model(client, args.model, args.version)  # before the file is read or uploaded
         source = _read_source(args.file, args.upload)
         if source.items is not None:
             body["inputs"] = source.items
@@ -168,18 +188,85 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     return _follow(client, args, job["job_id"], job["total"], started, source)
 
 
+def check_model(client: Client, model: str, version: str | None) -> None:
+    """ApiError (404, with what exists) unless ``model`` has ``version`` (a version or an alias; none: any)."""
+    from shared.registry.rules import VERSION
+
+    name = urllib.parse.quote(model, safe="")
+    hint = f"`kinfer models versions {model}` and `kinfer models aliases {model}` show what it has"
+    if version is None:
+        if not client.call("GET", "/v1/models", query={"name": model, "limit": 1})["models"]:
+            raise ApiError(
+                f"model {model!r} not found; nothing was uploaded",
+                404,
+                "not_found",
+                hint="`kinfer models list` shows the registered models",
+            )
+        return
+    kind = "version" if VERSION.fullmatch(version) else "alias"
+    path = f"/v1/models/by-name/{name}/{urllib.parse.quote(version, safe='')}"
+    if kind == "alias":
+        path = f"/v1/models/by-name/{name}/aliases/{urllib.parse.quote(version, safe='')}"
+    try:
+        client.call("GET", path)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        exc.message = f"model {model!r} has no {kind} {version!r}; nothing was uploaded"
+        exc.hint = hint
+        raise
+
+
+def resolve_job_id(client: Client, given: str) -> str:
+    """The full id of the caller's job ``given`` (an id, or a unique prefix of 4+ hex digits)."""
+    text = given.strip().lower()
+    if FULL_ID.fullmatch(text):
+        return text
+    if not ID_PREFIX.fullmatch(text):
+        raise UsageError(
+            f"{given[:64]!r} is not a job id",
+            hint="give the id or a prefix of at least 4 hex digits (`kinfer batch list`)",
+        )
+    found: list[BatchJob] = []
+    for page in range(PREFIX_PAGES):
+        answer = client.call("GET", "/v1/batch", query={"limit": PREFIX_PAGE, "offset": page * PREFIX_PAGE})
+        found += [j for j in answer["jobs"] if str(j["job_id"]).startswith(text)]
+        if len(answer["jobs"]) < PREFIX_PAGE:
+            break
+    if not found:
+        raise ApiError(
+            f"none of your batch jobs has an id starting with {text!r}", 404, "not_found", hint="`kinfer batch list`"
+        )
+    if len(found) > 1:
+        shown = "; ".join(f"{j['job_id']} ({j['status']}, {output.when(j.get('created_at'))})" for j in found[:10])
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        raise UsageError(
+            f"{text!r} is the prefix of {len(found)} jobs: {shown}{more}", hint="give more of the id", code="ambiguous"
+        )
+    return str(found[0]["job_id"])
+
+
 def _wait(client: Client, args: argparse.Namespace) -> int:
-    job = client.call("GET", f"/v1/batch/{args.job_id}")
-    return _follow(client, args, job["job_id"], job["total"], time.monotonic(), None)
+    job = client.call("GET", f"/v1/batch/{resolve_job_id(client, args.job_id)}")
+    ended = job if job["status"] in FINISHED else None
+    return _follow(client, args, job["job_id"], job["total"], time.monotonic(), None, ended)
 
 
 def _follow(
-    client: Client, args: argparse.Namespace, job_id: str, total: int, started: float, source: InputFile | None
+    client: Client,
+    args: argparse.Namespace,
+    job_id: str,
+    total: int,
+    started: float,
+    source: InputFile | None,
+    ended: BatchJob | None = None,
 ) -> int:
-    """Wait for the job, print its summary (or the final status as JSON/YAML); the exit code it deserves."""
-    final = wait_for(client, job_id, total)
+    """Wait for the job (``ended``: it had already finished), print its summary (or the final status as
+    JSON/YAML); the exit code it deserves."""
+    final = ended or wait_for(client, job_id, total)
     if args.output == "table":
-        print(summary(final, time.monotonic() - started, source))
+        elapsed = job_seconds(final)
+        print(summary(final, time.monotonic() - started if elapsed is None else elapsed, source, ended is not None))
     else:
         output.emit(args, final)
     if final["status"] != JobStatus.COMPLETED:
@@ -221,11 +308,11 @@ def upload_file(client: Client, path: Path) -> str:
             with urllib.request.urlopen(request, timeout=600):
                 pass
         except urllib.error.HTTPError as exc:
-            raise ApiError(f"upload of {path} failed: {exc.code} {exc.reason}", exc.code) from None
+            raise ApiError(f"upload of {path} failed: {exc.reason}", exc.code, "upload_failed") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ApiError(
-                f"upload of {path} failed: {api.unreachable(grant['upload_url'].split('?')[0], exc)}"
-            ) from None
+            failed = api.unreachable(grant["upload_url"].split("?")[0], exc)
+            failed.message = f"upload of {path} failed: {failed.message}"
+            raise failed from None
     return str(grant["input_url"])
 
 
@@ -257,13 +344,25 @@ def wait_for(client: Client, job_id: str, total: int, interval: float = 0.5) -> 
             time.sleep(interval)
 
 
-def summary(status: BatchJob, elapsed_s: float, source: InputFile | None = None) -> str:
-    """What a person wants after ``--wait``: counts, speed, where the results are, which lines failed."""
-    rate = status["completed"] / elapsed_s if elapsed_s > 0 else 0.0
+def job_seconds(status: BatchJob) -> float | None:
+    """How long the job ran by the server's clock (started, else created, to finished); None while it runs."""
+    from datetime import datetime
+
+    begun, finished = status.get("started_at") or status.get("created_at"), status.get("finished_at")
+    if not begun or not finished:
+        return None
+    return max((datetime.fromisoformat(str(finished)) - datetime.fromisoformat(str(begun))).total_seconds(), 0.0)
+
+
+def summary(status: BatchJob, elapsed_s: float, source: InputFile | None = None, earlier: bool = False) -> str:
+    """What a person wants after ``--wait``: counts, time and speed (by the server's clock), where the results
+    are, which lines failed; ``earlier``: the job had finished before the wait began."""
+    rate = f", {status['completed'] / elapsed_s:,.1f} items/s" if elapsed_s >= 0.1 and status["completed"] else ""
+    when = f", finished {output.when(status.get('finished_at'))}" if earlier else ""
     lines = [
-        f"job {status['job_id']}: {status['status']}",
+        f"job {status['job_id']}: {status['status']}" + (" (it had already finished)" if earlier else ""),
         f"  succeeded {status['succeeded']}, failed {status['failed']} of {status['total']}",
-        f"  time {elapsed_s:.1f}s, {rate:,.0f} items/s",
+        f"  time {f'{elapsed_s:.1f}s' if elapsed_s >= 0.1 else 'under 0.1s'}{rate}{when}",
         f"  results: kinfer batch results {status['job_id']}",
     ]
     if status.get("error"):
@@ -279,7 +378,7 @@ def summary(status: BatchJob, elapsed_s: float, source: InputFile | None = None)
 
 # -- read ----------------------------------------------------------------------------------
 def _status(client: Client, args: argparse.Namespace) -> int:
-    job = client.call("GET", f"/v1/batch/{args.job_id}")
+    job = client.call("GET", f"/v1/batch/{resolve_job_id(client, args.job_id)}")
     output.emit(args, job, fields=(*STATUS_FIELDS, "errors"))
     return 0
 
@@ -291,7 +390,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> int:
-    answer = client.call("DELETE", f"/v1/batch/{args.job_id}")
+    answer = client.call("DELETE", f"/v1/batch/{resolve_job_id(client, args.job_id)}")
     if args.output == "table":
         print(f"job {answer['job_id']}: {answer['status']}")
     else:
@@ -305,9 +404,14 @@ def _results(client: Client, args: argparse.Namespace) -> int:
             raise UsageError(f"-o takes a format ({', '.join(RESULT_FORMATS)}), not {args.output!r}")
         print(f"kinfer: -o FILE is deprecated for batch results; use --out {args.output}", file=sys.stderr)
         args.out, args.output = Path(args.output), "jsonl"
-    status = client.call("GET", f"/v1/batch/{args.job_id}")
+    job_id = resolve_job_id(client, args.job_id)
+    status = client.call("GET", f"/v1/batch/{job_id}")
     if not status.get("result_url"):
-        raise ApiError(f"job {args.job_id} is {status['status']}; it has no results yet")
+        raise ApiError(
+            f"job {job_id} is {status['status']}; it has no results yet",
+            code="no_results",
+            hint=f"`kinfer batch wait {job_id}` waits until it finishes",
+        )
     try:
         with urllib.request.urlopen(status["result_url"], timeout=300) as response:
             out = args.out.open("wb") if args.out else sys.stdout.buffer
@@ -317,11 +421,11 @@ def _results(client: Client, args: argparse.Namespace) -> int:
                 if args.out:
                     out.close()
     except urllib.error.HTTPError as exc:
-        raise ApiError(f"results of job {args.job_id}: {exc.code} {exc.reason}", exc.code) from None
+        raise ApiError(f"results of job {job_id}: {exc.reason}", exc.code, "results_failed") from None
     except urllib.error.URLError as exc:
-        raise ApiError(
-            f"results of job {args.job_id}: {api.unreachable(status['result_url'].split('?')[0], exc)}"
-        ) from None
+        failed = api.unreachable(status["result_url"].split("?")[0], exc)
+        failed.message = f"results of job {job_id}: {failed.message}"
+        raise failed from None
     return 0
 
 

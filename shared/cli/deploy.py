@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from shared.cli.errors import CliError
 from shared.errors import KinferError
 from shared.settings import Settings
 
@@ -41,8 +41,7 @@ def upload_models(args: argparse.Namespace) -> int:
             make_s3_client(settings), args.repository, args.bucket, args.prefix, delete_stale=args.delete_stale
         )
     except KinferError as exc:
-        print(f"upload failed: {exc.message}", file=sys.stderr)
-        return 1
+        raise CliError(f"upload failed: {exc.message}", code=exc.code) from None
     print(
         f"uploaded {len(report.uploaded)} files ({report.bytes} bytes) of models "
         f"{', '.join(report.models)} to s3://{report.bucket}/{report.prefix}/"

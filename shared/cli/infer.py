@@ -146,7 +146,11 @@ def wait_for_request(client: api.Client, request_id: str, limit_s: float | None)
         if status.get("status") in ("succeeded", "failed"):
             return status
         if deadline is not None and time.monotonic() >= deadline:
-            raise ApiError(f"request {request_id} is still {status.get('status')}; `kinfer requests get {request_id}`")
+            raise ApiError(
+                f"request {request_id} is still {status.get('status')}",
+                code="timeout",
+                hint=f"`kinfer requests get {request_id}` reads it later",
+            )
         time.sleep(interval)
         interval = min(interval * 1.5, POLL_S[1])
 
@@ -159,8 +163,9 @@ def print_outcome(args: argparse.Namespace, status: dict[str, object]) -> int:
     error = status.get("error") if isinstance(status.get("error"), dict) else {}
     assert isinstance(error, dict)
     raise ApiError(
-        f"{status.get('http_status', '')} {error.get('code', '')}: {error.get('error', 'the request failed')} "
-        f"(request {status.get('id')})",
+        f"{error.get('error', 'the request failed')} (async request {status.get('id')})",
         status=int(str(status.get("http_status") or 0)) or None,
-        code=str(error.get("code", "")),
+        code=str(error.get("code", "") or "failed"),
+        field=str(error.get("field") or ""),
+        request_id=str(error.get("request_id") or ""),
     )

@@ -26,6 +26,7 @@ FIELDS = (
     "created_at",
     "last_used_at",
     "revoked_at",
+    "expires_at",
 )
 COLUMNS = [
     output.column("ID", "id"),
@@ -37,8 +38,10 @@ COLUMNS = [
     output.time_column("CREATED", "created_at"),
     output.time_column("LAST USED", "last_used_at"),
     output.time_column("REVOKED", "revoked_at"),
+    output.time_column("EXPIRES", "expires_at"),
 ]
 SHOWN_ONCE = "Store this key now: it is not shown again."
+CALLBACK_SHOWN_ONCE = "Store this callback secret now: it is not shown again (its callbacks are signed with it)."
 
 
 def register(subparsers: Any) -> None:
@@ -46,10 +49,15 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     create = sub.add_parser("create", help="create a key and print it (shown only once)")
     _key_args(create)
+    expiry = create.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", metavar="DURATION", help="the key expires after this: 30d, 12h, 45m, 3600s")
+    expiry.add_argument("--expires-at", metavar="TIME", help="the key expires at this ISO 8601 time (UTC if no zone)")
     output.add_output_arg(create)
     api.command(create, _create)
     listing = sub.add_parser("list", help="list keys (never their secrets)")
-    listing.add_argument("--status", choices=("active", "revoked"), help="only active or only revoked keys")
+    listing.add_argument(
+        "--status", choices=("active", "expired", "revoked"), help="only active, only expired or only revoked keys"
+    )
     listing.add_argument("--limit", type=int, default=None, help="at most this many (1-1000, default 100)")
     listing.add_argument("--offset", type=int, default=None)
     output.add_output_arg(listing)
@@ -62,6 +70,16 @@ def register(subparsers: Any) -> None:
     revoke.add_argument("key_id", metavar="ID")
     output.add_output_arg(revoke)
     api.command(revoke, _revoke)
+    rotate = sub.add_parser(
+        "callback-secret",
+        help="rotate a key's callback signing secret and print the new one (shown only once)",
+        description="Async inference callbacks are signed with the secret of the key that sent the request. "
+        "This draws a new one (the old one stops verifying at once) and prints it. ID is a key id (admin "
+        "key) or `self` (the key you call with).",
+    )
+    rotate.add_argument("key_id", metavar="ID|self")
+    output.add_output_arg(rotate)
+    api.command(rotate, _rotate_callback_secret)
     boot = sub.add_parser(
         "bootstrap",
         help="create the FIRST admin key directly in the database (DATABASE_URL)",
@@ -99,6 +117,10 @@ def _create(client: api.Client, args: argparse.Namespace) -> int:
         "scopes": [s.strip() for s in args.scopes.split(",") if s.strip()],
         "rate_limit_per_minute": args.rate_limit,
     }
+    if args.expires_in is not None:
+        body["expires_in"] = args.expires_in
+    if args.expires_at is not None:
+        body["expires_at"] = args.expires_at
     created = client.call("POST", "/v1/keys", body)
     _print_created(args, created)
     return 0
@@ -108,7 +130,8 @@ def _print_created(args: argparse.Namespace, created: Mapping[str, object]) -> N
     if args.output != "table":
         output.emit(args, created)
         return
-    print(output.describe(created, ("id", "name", "scopes", "rate_limit_per_minute", "key")))
+    fields = ("id", "name", "scopes", "rate_limit_per_minute", "expires_at", "key", "callback_secret")
+    print(output.describe(created, fields))
     print(SHOWN_ONCE, file=sys.stderr)
 
 
@@ -129,6 +152,16 @@ def _revoke(client: api.Client, args: argparse.Namespace) -> int:
         print(f"revoked {record['id']} ({record['name']}) at {output.when(record['revoked_at'])}")
     else:
         output.emit(args, record)
+    return 0
+
+
+def _rotate_callback_secret(client: api.Client, args: argparse.Namespace) -> int:
+    rotated = client.call("POST", f"/v1/keys/{_path_id(args.key_id)}/callback-secret")
+    if args.output != "table":
+        output.emit(args, rotated)
+        return 0
+    print(output.describe(rotated, ("id", "callback_secret", "rotated_at")))
+    print(CALLBACK_SHOWN_ONCE, file=sys.stderr)
     return 0
 
 
@@ -157,6 +190,7 @@ def _create_first_admin(keys: KeyStore, args: argparse.Namespace) -> int:
             "create further keys over the API: kinfer keys create --name NAME --scopes ..."
         )
     record, plaintext = keys.create_key(args.name, ["admin"], rate_limit=args.rate_limit)
-    print(output.describe({**record, "key": plaintext}, ("id", "name", "scopes", "key")))
+    shown = {**record, "key": plaintext, "callback_secret": keys.callback_secret_of(record["id"])}
+    print(output.describe(shown, ("id", "name", "scopes", "key", "callback_secret")))
     print(SHOWN_ONCE, file=sys.stderr)
     return 0

@@ -1,100 +1,47 @@
-"""``kinfer models push|list|show|promote|rollback|split|delete``: the model lifecycle over the HTTP API.
+"""``kinfer models push|list|show|versions|aliases|promote|rollback|split|delete|delete-alias``: the model
+lifecycle over the HTTP API.
 
 ``push FILE`` registers a version for upload, streams the file to ``PUT /v1/models/{id}/artifact``
 with a progress bar (and its SHA-256, which the server checks), then follows the load state
 (``--wait``) and can point an alias at it (``--alias production``). If the upload fails or
 is interrupted, the version it registered is deleted again. Every request goes through
-``Api`` (stdlib urllib), the one place that knows the URL and the key; which URL and key is
-decided as for every API command (``--url``/``--key``, ``KINFER_URL``/``KINFER_API_KEY``, the
-config file's context: ``shared.cli.api``).
+``Api`` (``shared.cli.api.Client``), the one place that knows the URL and the key; which URL and
+key is decided as for every API command (``--url``/``--key``, ``KINFER_URL``/``KINFER_API_KEY``,
+the config file's context). The read commands (``list``, ``show``, ``versions``, ``aliases``)
+and ``delete-alias`` live in ``shared.cli.modelviews``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from shared.cli import api as connection
-from shared.cli import output
-from shared.cli.errors import ApiError, UsageError
-from shared.domain import ModelState, ModelVersion
+from shared.cli import modelviews, output
+from shared.cli.api import Client, Connection
+from shared.cli.errors import EXIT_CODES, ApiError, UsageError
+from shared.domain import ModelState, ModelVersion, TritonOptions
 
 SETTLED = (ModelState.READY, ModelState.FAILED)
 
 
-class Api:
-    """A tiny JSON client of /v1/models (and the artifact upload)."""
+class Api(Client):
+    """The API client of the model commands (``Api(url, key)``, as scripts and benchmarks build it)."""
 
-    def __init__(self, base_url: str, key: str | None, timeout: float = 60) -> None:
-        self.base_url, self.key, self.timeout = base_url.rstrip("/"), key, timeout
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        data: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Any:
-        request = urllib.request.Request(
-            self.base_url + path, data=data, method=method, headers={"Accept": "application/json", **(headers or {})}
-        )
-        if self.key:
-            request.add_header("Authorization", f"Bearer {self.key}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
-                raw = response.read()
-                return json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            try:
-                body = json.loads(exc.read())
-            except ValueError:
-                body = {}
-            raise ApiError(
-                f"{method} {path.split('?')[0]} -> {exc.code}: {body.get('error', exc.reason)}",
-                exc.code,
-                str(body.get("code", "")),
-            ) from None
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        return self._request(method, path, data, {"Content-Type": "application/json"} if data else None)
-
-    def upload(self, path: str, file: Path, sha256: str, progress: Any) -> Any:
-        size = file.stat().st_size
-        with file.open("rb") as handle:
-            return self._request(
-                "PUT",
-                f"{path}?sha256={sha256}",
-                _Progress(handle, progress),
-                {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                timeout=3600,
-            )
-
-
-class _Progress:
-    """A file reader that advances a progress bar (urllib streams an object with ``read``)."""
-
-    def __init__(self, handle: Any, bar: Any) -> None:
-        self.handle, self.bar = handle, bar
-
-    def read(self, size: int = -1) -> bytes:
-        block = self.handle.read(size if size > 0 else 1 << 20)
-        self.bar.update(len(block))
-        return bytes(block)
+    def __init__(self, base_url: str, key: str | None) -> None:
+        super().__init__(Connection(base_url, key or "", key_source="--key"))
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "models", help="push model files, follow versions, move aliases (canary, promote, rollback)"
+        "models",
+        help="push model files, follow versions, move aliases (canary, promote, rollback)",
+        epilog=EXIT_CODES,
     )
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     push = sub.add_parser(
@@ -111,49 +58,67 @@ def register(subparsers: Any) -> None:
     push.add_argument("--description", default=None)
     push.add_argument("--tag", action="append", default=None, help="a tag (repeat for several)")
     push.add_argument("--timeout", type=float, default=300, help="seconds --wait waits (default 300)")
+    push.add_argument(
+        "--max-batch-size",
+        type=int,
+        help="ONNX: rows per Triton batch, 0 for no batch dimension (default ONNX_MAX_BATCH_SIZE when batched)",
+    )
+    push.add_argument(
+        "--dynamic-batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ONNX: Triton's dynamic batcher (default: on when batched)",
+    )
+    push.add_argument("--max-queue-delay-us", type=int, help="ONNX: how long the dynamic batcher waits for a batch")
+    push.add_argument("--instances", type=int, help="ONNX: model instances (instance_group count)")
+    push.add_argument("--device", choices=("cpu", "gpu"), help="ONNX: KIND_CPU or KIND_GPU instances")
     push.set_defaults(func=_action(_push))
-    lst = sub.add_parser("list", help="list model versions, newest first")
-    lst.add_argument("--name", help="only this model")
-    lst.add_argument("--limit", type=int, default=50)
-    output.add_output_arg(lst)
-    lst.set_defaults(func=_action(_list))
-    show = sub.add_parser("show", help="a model's versions and aliases, or one version with its replicas")
-    show.add_argument("name")
-    show.add_argument("version", nargs="?")
-    output.add_output_arg(show)
-    show.set_defaults(func=_action(_show))
+    reads = modelviews.register(sub, _action)  # list, show, versions, aliases, delete-alias
     promote = sub.add_parser("promote", help="point an alias at one version (zero downtime)")
     promote.add_argument("name")
     promote.add_argument("version")
-    promote.add_argument("--alias", default="production")
+    promote.add_argument("--alias", default="production", help="the alias to point at VERSION (default production)")
+    promote.add_argument(
+        "--allow-signature-change", action="store_true", help="move even if the version's inputs or outputs differ"
+    )
+    output.add_output_arg(promote)
     promote.set_defaults(func=_action(_promote))
     rollback = sub.add_parser("rollback", help="move an alias back to where it pointed before")
     rollback.add_argument("name")
-    rollback.add_argument("--alias", default="production")
+    rollback.add_argument("--alias", default="production", help="the alias to move back (default production)")
+    output.add_output_arg(rollback)
     rollback.set_defaults(func=_action(_rollback))
     split = sub.add_parser("split", help="split an alias between versions by weight (canary): 3=90 4=10")
     split.add_argument("name")
     split.add_argument("weights", nargs="+", metavar="VERSION=PERCENT")
-    split.add_argument("--alias", default="production")
+    split.add_argument("--alias", default="production", help="the alias to split (default production)")
+    split.add_argument(
+        "--allow-signature-change", action="store_true", help="split even if the versions' inputs or outputs differ"
+    )
+    output.add_output_arg(split)
     split.set_defaults(func=_action(_split))
-    delete = sub.add_parser("delete", help="delete a version (refused while an alias points at it)")
+    delete = sub.add_parser(
+        "delete", help="delete a version (refused while an alias points at it: move or delete the alias first)"
+    )
     delete.add_argument("name")
     delete.add_argument("version")
     delete.set_defaults(func=_action(_delete))
-    for p in (push, lst, show, promote, rollback, split, delete):
+    for p in (push, *reads, promote, rollback, split, delete):
         connection.add_connection_args(p)
 
 
 def _action(func: Any) -> Any:
     """Run ``func(Api, args)`` on the connection the flags, environment or context name (``shared.cli.api``);
-    failures reach the user as one line through ``shared.cli.main``."""
+    failures reach the user through ``shared.cli.main``, a model that is not there with how to find it."""
 
     def run(args: argparse.Namespace) -> int:
         conn = connection.connect(args)
         try:
             return int(func(Api(conn.url, conn.key), args))
-        except (OSError, ValueError) as exc:
-            raise ApiError(str(exc)) from None
+        except ApiError as exc:
+            if exc.code == "not_found" and not exc.hint:
+                exc.hint = "`kinfer models list` shows the registered models"
+            raise
 
     return run
 
@@ -178,6 +143,7 @@ def _push(api: Api, args: argparse.Namespace) -> int:
         triton_model=args.triton_model,
         description=args.description,
         tags=args.tag,
+        triton_config=push_options(args),
     )
     if not (args.wait or args.alias):
         print(
@@ -200,6 +166,24 @@ def _push(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def push_options(args: argparse.Namespace) -> TritonOptions | None:
+    """The ``triton_config`` of the push flags, checked as the API checks it (a usage error naming the flag)."""
+    from shared.errors import InvalidInput
+    from shared.lifecycle import options
+
+    given = {k: getattr(args, k) for k in options.KEYS if getattr(args, k) is not None}
+    if given and args.file.name.endswith((".tar.gz", ".tgz")):
+        raise UsageError(
+            "--max-batch-size, --dynamic-batching, --max-queue-delay-us, --instances and --device shape the "
+            "config.pbtxt Kinfer writes for an ONNX file; a .tar.gz package brings its own; nothing was pushed"
+        )
+    try:
+        return options.parse(given)
+    except InvalidInput as exc:
+        flag = "--" + (exc.field or "").removeprefix("triton_config.").replace("_", "-")
+        raise UsageError(f"{flag}: {exc.message}; nothing was pushed") from None
+
+
 class RegisterBody(TypedDict, total=False):
     """The POST /v1/models body of a push (``upload``: the file follows)."""
 
@@ -211,6 +195,7 @@ class RegisterBody(TypedDict, total=False):
     triton_model: str
     description: str
     tags: list[str]
+    triton_config: TritonOptions
 
 
 def push(
@@ -224,11 +209,15 @@ def push(
     triton_model: str | None = None,
     description: str | None = None,
     tags: list[str] | None = None,
+    triton_config: TritonOptions | None = None,
     show_progress: bool = True,
 ) -> ModelVersion:
     """Register ``name``/``version`` for upload and upload ``file``; the installed version (pending)."""
     if not file.is_file():
-        raise ValueError(f"{file} is not a file")
+        raise UsageError(
+            f"{file} {'is not a file' if file.exists() else 'does not exist'}; nothing was pushed",
+            hint="give a model.onnx, or a .tar.gz Triton model folder",
+        )
     package = file.name.endswith((".tar.gz", ".tgz"))
     body: RegisterBody = {
         "name": name,
@@ -243,6 +232,8 @@ def push(
         body["description"] = description
     if tags is not None:
         body["tags"] = tags
+    if triton_config:
+        body["triton_config"] = triton_config
     digest = _sha256(file)
     created = api.call("POST", "/v1/models", body)
     from tqdm import tqdm
@@ -276,7 +267,11 @@ def wait_ready(api: Api, model_id: str, timeout: float, interval: float = 0.25) 
         if model["state"] in SETTLED:
             return cast(ModelVersion, dict(model))
         if time.monotonic() > deadline:
-            raise ValueError(f"version still {model['state']} after {timeout:.0f}s")
+            raise ApiError(
+                f"version still {model['state']} after {timeout:.0f}s",
+                code="timeout",
+                hint=f"`kinfer models show {model['name']} {model['version']}` follows it",
+            )
         time.sleep(interval)
 
 
@@ -288,108 +283,63 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
-# -- reading ------------------------------------------------------------------------------
-def _list(api: Api, args: argparse.Namespace) -> int:
-    query = {"limit": str(args.limit), **({"name": args.name} if args.name else {})}
-    page = api.call("GET", "/v1/models?" + urllib.parse.urlencode(query))
-    if args.output != "table":
-        output.emit(args, page)
-        return 0
-    rows = [
-        (
-            m["name"],
-            m["version"],
-            m["status"],
-            m["state"],
-            f"{m['triton_model']}:{m['triton_version'] or '-'}",
-            m["created_at"][:19],
-        )
-        for m in page["models"]
-    ]
-    _table(("NAME", "VERSION", "STATUS", "STATE", "TRITON", "CREATED"), rows)
-    if page["total"] > len(rows):
-        print(f"({len(rows)} of {page['total']}; --limit shows more)")
-    return 0
-
-
-def _show(api: Api, args: argparse.Namespace) -> int:
-    name = urllib.parse.quote(args.name, safe="")
-    if args.version:
-        model = api.call("GET", f"/v1/models/by-name/{name}/{urllib.parse.quote(args.version, safe='')}")
-        status = api.call("GET", f"/v1/models/{model['id']}/status")
-        shown = dict(model, backends=status["backends"])
-        if args.output == "table":
-            print(json.dumps(shown, indent=2))
-        else:
-            output.emit(args, shown)
-        return 0
-    page = api.call("GET", "/v1/models?" + urllib.parse.urlencode({"name": args.name, "limit": "500"}))
-    if not page["models"]:
-        raise ApiError(f"model {args.name!r} not found", 404)
-    aliases = api.call("GET", f"/v1/models/by-name/{name}/aliases")["aliases"]
-    if args.output != "table":
-        output.emit(args, {"name": args.name, "versions": page["models"], "aliases": aliases})
-        return 0
-    rows = [
-        (m["version"], m["status"], m["state"], str(m["triton_version"] or "-"), (m["state_reason"] or "")[:60])
-        for m in page["models"]
-    ]
-    _table(("VERSION", "STATUS", "STATE", "TRITON", "REASON"), rows)
-    for alias in aliases:
-        previous = f" (before: {_weights(alias['previous'])})" if alias["previous"] else ""
-        print(f"alias {alias['alias']} -> {_weights(alias['versions'])}{previous}")
-    return 0
-
-
 # -- aliases --------------------------------------------------------------------------------
-def _alias_path(name: str, alias: str) -> str:
-    return f"/v1/models/by-name/{urllib.parse.quote(name, safe='')}/aliases/{urllib.parse.quote(alias, safe='')}"
+_alias_path, _weights = modelviews.alias_path, modelviews.weights
 
 
-def _weights(versions: dict[str, int]) -> str:
-    if len(versions) == 1:
-        return next(iter(versions))
-    return ", ".join(f"{v}={w}%" for v, w in versions.items())
+def _moved(args: argparse.Namespace, moved: Any, note: str = "") -> int:
+    """Print the alias as it now is: a line, or the API's answer with ``-o json|yaml``."""
+    if args.output == "table":
+        print(f"alias {args.alias} of {args.name} -> {_weights(moved['versions'])}{note}")
+    else:
+        output.emit(args, moved)
+    return 0
 
 
 def _promote(api: Api, args: argparse.Namespace) -> int:
-    moved = api.call("PUT", _alias_path(args.name, args.alias), {"version": args.version})
-    print(f"alias {args.alias} of {args.name} -> {_weights(moved['versions'])}")
-    return 0
+    body = {"version": args.version, **({"allow_signature_change": True} if args.allow_signature_change else {})}
+    moved = api.call("PUT", _alias_path(args.name, args.alias), body)
+    return _moved(args, moved)
 
 
 def _rollback(api: Api, args: argparse.Namespace) -> int:
     moved = api.call("POST", _alias_path(args.name, args.alias) + "/rollback")
-    print(f"alias {args.alias} of {args.name} -> {_weights(moved['versions'])} (rolled back)")
-    return 0
+    return _moved(args, moved, " (rolled back)")
 
 
 def parse_weights(items: list[str]) -> dict[str, int]:
-    """``["3=90", "4=10"]`` -> ``{"3": 90, "4": 10}``; ValueError naming a malformed item."""
+    """``["3=90", "4=10"]`` -> ``{"3": 90, "4": 10}``; a usage error naming a malformed item."""
     weights: dict[str, int] = {}
     for item in items:
         version, sep, weight = item.partition("=")
         if not sep or not version or not weight.isdigit():
-            raise ValueError(f"{item!r} is not VERSION=PERCENT (e.g. 3=90)")
+            raise UsageError(
+                f"{item!r} is not VERSION=PERCENT", hint="weights look like `kinfer models split NAME 3=90 4=10`"
+            )
         weights[version] = int(weight)
     return weights
 
 
 def _split(api: Api, args: argparse.Namespace) -> int:
-    moved = api.call("PUT", _alias_path(args.name, args.alias), {"versions": parse_weights(args.weights)})
-    print(f"alias {args.alias} of {args.name} -> {_weights(moved['versions'])}")
-    return 0
+    body = {
+        "versions": parse_weights(args.weights),
+        **({"allow_signature_change": True} if args.allow_signature_change else {}),
+    }
+    moved = api.call("PUT", _alias_path(args.name, args.alias), body)
+    return _moved(args, moved)
 
 
 def _delete(api: Api, args: argparse.Namespace) -> int:
     name, version = urllib.parse.quote(args.name, safe=""), urllib.parse.quote(args.version, safe="")
     model = api.call("GET", f"/v1/models/by-name/{name}/{version}")
-    api.call("DELETE", f"/v1/models/{model['id']}")
+    try:
+        api.call("DELETE", f"/v1/models/{model['id']}")
+    except ApiError as exc:
+        if exc.code == "version_aliased":
+            exc.hint = (
+                f"`kinfer models aliases {args.name}` lists them; move one with `kinfer models promote {args.name} "
+                f"VERSION --alias ALIAS` (or split), or drop it with `kinfer models delete-alias {args.name} ALIAS`"
+            )
+        raise
     print(f"deleted {args.name} {args.version}")
     return 0
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
-    for row in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())

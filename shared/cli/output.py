@@ -2,14 +2,15 @@
 
 ``json`` and ``yaml`` print the API's answer as it is (for scripts: ``jq``, ``yq``);
 ``table`` is for people: a list as aligned columns, one object as aligned
-``field  value`` lines. The YAML writer covers what JSON can hold (no dependency).
+``field  value`` lines; a column given a width shortens a longer value at a word
+boundary (``...``), never inside a word. YAML is PyYAML's safe dump, keys in the
+API's order.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,8 +30,38 @@ def add_output_arg(parser: argparse.ArgumentParser, default: str = "table", form
     )
 
 
-def column(header: str, key: str) -> Column:
-    return header, lambda row: row.get(key)
+def bounded(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``lo`` to ``hi`` (a usage error, exit 2, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is not between {lo} and {hi}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def column(header: str, key: str, width: int = 0) -> Column:
+    """A column of ``row[key]``; with ``width``, values longer than that are shortened at a word boundary."""
+    if not width:
+        return header, lambda row: row.get(key)
+    return header, lambda row: shorten(cell(row.get(key)), width)
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut after a whole word and marked ``...``; a first word longer
+    than ``width`` is kept whole (a column is better wide than a word cut)."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    cut = text[: max(width - 3, 1) + 1]
+    head = cut[: cut.rfind(" ")] if " " in cut else text.split(" ", 1)[0]
+    return head.rstrip(" ,;:") + "..."
 
 
 def time_column(header: str, key: str) -> Column:
@@ -105,44 +136,9 @@ def cell(value: object) -> str:
 
 
 # -- YAML -----------------------------------------------------------------------------
-_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./@+-]*(:[A-Za-z0-9_./@+-]+)*")
-_RESERVED = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"}
-
-
 def to_yaml(data: object) -> str:
-    """Block-style YAML 1.2 of JSON data; strings are quoted unless plainly unambiguous."""
-    return "\n".join(_yaml_lines(data, 0)) if isinstance(data, dict | list) and data else _scalar(data)
+    """Block-style YAML of JSON data (PyYAML's safe dump: strings quoted where YAML would misread them)."""
+    import yaml
 
-
-def _yaml_lines(data: Any, indent: int) -> list[str]:
-    pad = " " * indent
-    lines: list[str] = []
-    entries = data.items() if isinstance(data, dict) else ((None, v) for v in data)
-    for key, value in entries:
-        head = f"{pad}{_scalar(key)}:" if isinstance(data, dict) else f"{pad}-"
-        if isinstance(value, dict | list) and value:
-            if isinstance(data, list) and isinstance(value, dict):  # "- key: value" on the dash's line
-                inner = _yaml_lines(value, indent + 2)
-                lines.append(f"{head} {inner[0].lstrip()}")
-                lines += inner[1:]
-            else:
-                lines.append(head)
-                lines += _yaml_lines(value, indent + 2)
-        else:
-            lines.append(f"{head} {_scalar(value)}")
-    return lines
-
-
-def _scalar(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return json.dumps(value)
-    if isinstance(value, dict | list):
-        return "{}" if isinstance(value, dict) else "[]"
-    text = str(value)
-    if _PLAIN.fullmatch(text) and text.lower() not in _RESERVED:
-        return text
-    return json.dumps(text, ensure_ascii=False)
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)
+    return str(text).removesuffix("\n...\n").rstrip("\n")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import catalogue
+from shared.cli.errors import UsageError
 from shared.settings import Settings
 
 # The gateway's own /health is the registry function's (its database and cache are the gateway's).
@@ -59,11 +60,9 @@ def run(args: argparse.Namespace) -> int:
         target = args.target or settings.function_target
         source = args.source or settings.function_source
         if not target or not source:
-            print("kinfer serve: give --target and --source (or FUNCTION_TARGET and FUNCTION_SOURCE)")
-            return 2
+            raise UsageError("give --target and --source (or FUNCTION_TARGET and FUNCTION_SOURCE)")
         if not os.path.isfile(source):
-            print(f"kinfer serve: function source {source} does not exist")
-            return 2
+            raise UsageError(f"function source {source} does not exist")
         if args.workers > 1:
             os.environ.update(FUNCTION_TARGET=target, FUNCTION_SOURCE=source)
             app = "shared.cli.serve:function_app_from_settings"
@@ -104,14 +103,37 @@ def function_app(target: str, source: str) -> Any:
 
 
 def gateway_app() -> Any:
-    """Every public HTTP function in one app, routed by path prefix (no extra hop), and the OpenAPI
-    document of every route it reaches at ``/openapi.json``."""
-    from shared.web import openapi, server
+    """Every public HTTP function in one app, routed by path prefix (no extra hop), the OpenAPI
+    document of every route it reaches at ``/openapi.json``, Swagger UI over it at ``/docs``, and the
+    process's Prometheus metrics (every function it mounts counts there) at ``/metrics`` and its recent
+    spans at ``/debug/traces`` (admin key)."""
+    from shared.web import openapi, server, swagger
+    from shared.web.metrics import TRACES_PATH
 
     api = gateway_mounts(pages=False)
     mounted = [(prefix, importlib.import_module(module), entry) for prefix, module, entry in gateway_mounts()]
     routes = openapi.mounted_routes((prefix, module.ROUTES.routes) for prefix, module, _ in mounted[: len(api)])
     document = openapi.serve_document(routes, "Kinfer API")
-    return server.prefix_router(
-        [("/openapi.json", document)] + [(prefix, getattr(module, entry)) for prefix, module, entry in mounted]
-    )
+    observe = _gateway_observability()
+    own = [
+        ("/openapi.json", document),
+        (swagger.PREFIX, swagger.docs_page()),
+        ("/metrics", observe),
+        (TRACES_PATH, observe),
+    ]
+    return server.prefix_router(own + [(prefix, getattr(module, entry)) for prefix, module, entry in mounted])
+
+
+def _gateway_observability() -> Any:
+    """The gateway process's own ``/metrics`` and ``/debug/traces``, through the request pipeline."""
+    from shared.web.dispatch import dispatch
+    from shared.web.metrics import METRICS_ROUTE, TRACES_ROUTE
+    from shared.web.routing import Router
+    from shared.web.runtime import function_services
+
+    router = Router([METRICS_ROUTE, TRACES_ROUTE], title="Kinfer gateway")
+
+    async def observability(request: Any) -> Any:
+        return await dispatch(request, router, function_services(), "gateway")
+
+    return observability

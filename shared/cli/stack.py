@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from shared.cli import api, output
+from shared.cli.errors import CliError
 from shared.settings import LocalStackSettings, Settings
 
 URLS = (
@@ -46,11 +47,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     api.command(demo, cmd_demo)
 
 
-def _err(message: str) -> int:
-    sys.stderr.write(f"kinfer: {message}\n")
-    return 1
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.localstack.procs import StackError
     from shared.localstack.stack import up
@@ -60,7 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         scale = bool(getattr(args, "scale_to_zero", False)) or LocalStackSettings.from_env().scale_to_zero
         up(settings, say=lambda m: print(f"  {m}", flush=True), scale_to_zero=scale)
     except StackError as exc:  # up() has stopped what it started, and only that
-        return _err(str(exc))
+        raise CliError(str(exc), code="stack_failed", hint="`kinfer logs PART` shows a part's log") from None
     print("\nKinfer is up:")
     for what, url in URLS:
         print(f"  {what:<40} {url}")
@@ -96,7 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if getattr(args, "output", "table") == "table":
         print(
             "PID: the process to signal (kill -9 takes the part down, workers included); "
-            "SERVING PIDS: its uvicorn workers",
+            "SERVING PIDS: its uvicorn workers; `kinfer logs PART [-f]` shows a part's log",
             file=sys.stderr,
         )
     return 0 if all(r["healthy"] for r in rows) else 1

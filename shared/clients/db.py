@@ -103,6 +103,12 @@ def _discard_on_error(conn: Connection) -> Iterator[None]:
         raise
 
 
+def contains(column: sa.ColumnElement[str], part: str) -> sa.ColumnElement[bool]:
+    """``column`` contains ``part``, any case: ILIKE with the pattern's wildcards escaped, a bound parameter."""
+    escaped = part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.ilike(f"%{escaped}%", escape="\\")
+
+
 def _engine(settings: Settings, **options: Any) -> sa.Engine:
     return sa.create_engine(
         settings.database_url,

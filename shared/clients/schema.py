@@ -37,12 +37,16 @@ models = sa.Table(
     sa.Column("artifact_format", sa.String(16), nullable=True),
     sa.Column("artifact_sha256", sa.String(64), nullable=True),
     sa.Column("artifact_bytes", sa.BigInteger, nullable=True),
+    # The push options (0007) Kinfer writes into the config.pbtxt it generates for the version's ONNX file
+    # (max_batch_size, dynamic batching, instances, device); None: the defaults.
+    sa.Column("triton_config", JSONB, nullable=True),
     sa.UniqueConstraint("name", "version", name="uq_models_name_version"),
 )
 
 # One row per Triton model whose versions Kinfer manages: the registry name that owns it, the
-# last Triton version handed out (never reused), the config.pbtxt every version shares and the
-# sha256 of its other model-level files (labels.txt, ...).
+# last Triton version handed out (never reused), the config.pbtxt every version in it shares and the
+# sha256 of its other model-level files (labels.txt, ...). A name's versions whose configs differ
+# live in different Triton models (``<triton_model>.v<version>``), each with its own row.
 triton_models = sa.Table(
     "triton_models",
     metadata,
@@ -79,6 +83,18 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+    # 0006: the random input of the key's callback signing secret (derived under CALLBACK_SIGNING_SECRET,
+    # never stored: shared.access.keys); a rotation draws a new one.
+    sa.Column(
+        "callback_salt",
+        sa.String(64),
+        nullable=False,
+        server_default=sa.text(
+            "replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '')"
+        ),
+    ),
+    sa.Column("callback_secret_rotated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),  # 0008; NULL: never
     sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
 )
 

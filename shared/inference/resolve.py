@@ -81,6 +81,13 @@ class Resolver:
             models.clear()
         models[key] = (time.monotonic() + MODEL_TTL_S, target)
 
+    async def active_versions(self, name: str) -> list[str]:
+        """Every active version of ``name``, oldest first (the registry's cached view of the name)."""
+        from shared import registry
+
+        view = await asyncio.to_thread(self.registry.view, name)
+        return sorted(view["active"], key=registry.version_key)
+
     def record(self, model: ModelVersion, outcome: str, started: float) -> None:
         """Count one answer of ``model`` (its registry version) for ``/metrics`` (an in-process tally)."""
         from shared.lifecycle.metrics import record as record_version

@@ -345,12 +345,15 @@ class V2Protocol:
 
     # -- metadata, readiness, configuration ------------------------------------------------------
     async def model_metadata_v2(self, name: str, version: str | None) -> ModelMetadata:
-        """GET /v2/models/{name}[/versions/{v}]: the v2 model metadata response."""
+        """GET /v2/models/{name}[/versions/{v}]: the v2 model metadata response. ``versions`` lists every
+        active version of the name; inputs and outputs are those of the version that ``version`` (or the
+        default) resolves to. With a version segment, ``versions`` is that version alone."""
         model, info = await self._model_info(name, version)
         lead = [-1] if info.batched else []
+        versions = [model["version"]] if version is not None else await self.resolver.active_versions(model["name"])
         return {
             "name": model["name"],
-            "versions": [model["version"]],
+            "versions": versions,
             "platform": "kinfer",
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.inputs],
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": lead + list(s.shape)} for s in info.outputs],

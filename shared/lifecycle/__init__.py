@@ -1,12 +1,14 @@
 """The model lifecycle: a model file in, a served, versioned model out.
 
 - ``tritonconfig``: Triton's ``config.pbtxt`` parsed, normalised and compared (one config per Triton model);
-- ``onnx``: a ``config.pbtxt`` written from an ONNX graph (users never write one);
+- ``onnxgraph``: a ``config.pbtxt`` written from an ONNX graph (users never write one) and the push options;
+- ``options``: the push options (``triton_config``: max_batch_size, dynamic batching, instances, device);
 - ``packages``: a ``.tar.gz`` Triton model directory checked and unpacked safely;
 - ``repository``: the S3 model repository layout, ``<prefix>/<triton_model>/<n>/...``;
 - ``artifacts``: registering a version from an upload or an ``s3://`` object, nothing half-registered;
-- ``install``: a checked artifact's files and row, the shared config, Triton version numbers;
-- ``aliases``: named, weighted pointers to versions (canary, promote, rollback);
+- ``install``: a checked artifact placed by its config (a Triton model per config), its files and row,
+  Triton version numbers;
+- ``aliases``: named, weighted pointers to versions (canary, promote, rollback), kept to one signature;
 - ``replicas``: per-replica readiness heartbeats of the model agents (Redis, TTL);
 - ``agent``: the model agent beside each Triton (explicit model control through its repository API,
   ``tritonapi``);

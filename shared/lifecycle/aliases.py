@@ -7,6 +7,13 @@ of its backends (the agents' heartbeats), so an alias never routes to a version 
 answer: promotion costs no downtime. The value before the move is kept, and rollback moves
 the alias back to it (after the same checks). Versions an alias points at cannot be deleted
 or deactivated (409), so the agents keep them loaded.
+
+A version may change the model's inputs and outputs (each config is its own, ``install``), but an
+alias's callers must not be switched to another signature unasked: a move is refused with 409
+``signature_mismatch`` (naming the difference: tensor names, datatypes, shapes) when a target version's
+signature differs from the versions the alias points at, or from the other versions of a split, unless
+the body says ``"allow_signature_change": true``. A rollback returns to a target the alias had, unchecked.
+Versions whose files Kinfer does not manage have no known signature and are not compared.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from shared import registry
 from shared import validation as v
-from shared.clients.schema import model_aliases, models
+from shared.clients.schema import model_aliases, models, triton_models
 from shared.domain import ModelState, ModelStatus
 from shared.errors import Conflict, InvalidInput, NotFound
+from shared.lifecycle import tritonconfig
 
 if TYPE_CHECKING:
     from shared.clients.db import Database
@@ -29,6 +37,7 @@ if TYPE_CHECKING:
     from shared.registry import ModelRegistry
 
 MAX_SPLIT = 10
+ALLOW_CHANGE = "allow_signature_change"
 
 
 class Alias(TypedDict):
@@ -52,7 +61,7 @@ class AliasList(TypedDict):
 def parse_target(body: object) -> dict[str, int]:
     """``{"version": "3"}`` -> ``{"3": 100}``; ``{"versions": {"3": 90, "4": 10}}`` as given (checked)."""
     body = v.require_object(body)
-    v.reject_unknown(body, ("version", "versions"))
+    v.reject_unknown(body, ("version", "versions", ALLOW_CHANGE))
     if ("version" in body) == ("versions" in body):
         raise InvalidInput('give "version": "3" or "versions": {"3": 90, "4": 10}', field="versions")
     if "version" in body:
@@ -126,8 +135,13 @@ class Aliases:
     def put_alias(self, name: str, alias: str, body: object) -> Alias:
         """Point ``alias`` at the versions of ``body``: 409 unless each is ready on every live replica."""
         alias = _alias(alias)
+        body = v.require_object(body)
         target = parse_target(body)
-        return self._move(name, alias, lambda current: target)
+        allow = body.get(ALLOW_CHANGE, False)
+        if not isinstance(allow, bool):
+            raise InvalidInput(f"{ALLOW_CHANGE} must be true or false", field=ALLOW_CHANGE)
+        field = "version" if "version" in body else "versions"
+        return self._move(name, alias, lambda current: target, None if allow else field)
 
     def rollback(self, name: str, alias: str) -> Alias:
         """Move ``alias`` back to where it pointed before its last move."""
@@ -144,7 +158,11 @@ class Aliases:
 
         return self._move(name, _alias(alias), previous)
 
-    def _move(self, name: str, alias: str, target_of: Callable[[Any], dict[str, int]]) -> Alias:
+    def _move(
+        self, name: str, alias: str, target_of: Callable[[Any], dict[str, int]], signatures: str | None = None
+    ) -> Alias:
+        """Move ``alias`` to ``target_of(current row)``; ``signatures``: the body field to blame when a target
+        version's signature differs (None: not compared)."""
         with self.registry.writing() as write:
             conn = write.conn
             current = conn.execute(
@@ -154,6 +172,9 @@ class Aliases:
             ).first()
             target = target_of(current)
             self._check_servable(conn, name, target)
+            if signatures is not None:
+                before = dict(current.versions) if current is not None else {}
+                _check_signatures(conn, name, alias, target, before, signatures)
             previous = dict(current.versions) if current is not None else None
             if previous == target:
                 return to_json(name, current)
@@ -211,3 +232,37 @@ class Aliases:
             if gone is None:
                 raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
             write.touch({"name": name})
+
+
+def _check_signatures(
+    conn: Any, name: str, alias: str, target: dict[str, int], current: dict[str, int], field: str
+) -> None:
+    """409 ``signature_mismatch`` when a target version's inputs or outputs differ from the current target's,
+    or from another target version's (a split)."""
+    versions = list(dict.fromkeys([*target, *current]))
+    rows = conn.execute(
+        sa.select(models.c.version, triton_models.c.config)
+        .select_from(models.join(triton_models, models.c.triton_model == triton_models.c.name))
+        .where(models.c.name == name, models.c.version.in_(versions), models.c.repository_uri.is_not(None))
+    ).all()
+    configs = {r.version: r.config for r in rows if r.config is not None}
+    known = [t for t in target if t in configs]
+    pairs = [(c, t, True) for t in known for c in current if c in configs and c != t]
+    pairs += [(known[0], t, False) for t in known[1:]]
+    for first, second, moved in pairs:
+        diff = tritonconfig.difference(configs[first], configs[second], f"version {first}", f"version {second}")
+        if not diff:
+            continue
+        where = (
+            f"alias {alias!r} of model {name!r} points at version {first!r}, and version {second!r} has other "
+            "inputs or outputs"
+            if moved
+            else f"a split of alias {alias!r} between versions {first!r} and {second!r} of model {name!r} mixes "
+            "two signatures"
+        )
+        raise Conflict(
+            f"{where}: {diff}; its callers would get answers of another shape. Send {ALLOW_CHANGE}: true "
+            "(kinfer models promote/split --allow-signature-change) to move it anyway",
+            code="signature_mismatch",
+            field=field,
+        )

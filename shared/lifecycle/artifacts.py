@@ -11,11 +11,12 @@ Two ways in, one install path:
 - ``POST /v1/models`` with ``"artifact_uri": "s3://bucket/key"`` (a bucket of
   ARTIFACT_SOURCE_BUCKETS) installs the object first and inserts the row only when it is in place.
 
-Checking: an ONNX file gets a ``config.pbtxt`` written from its graph (``onnxgraph``); a
-``.tar.gz`` Triton model directory is unpacked safely (``packages``). Installing (``install``):
-the version's files go to ``<prefix>/<triton_model>/<n>/``; the model-level ``config.pbtxt``
-(shared by every version of a Triton model) is written or, when live versions already use
-another one, refused with 409. The version then becomes ``pending``: the model agents load it.
+Checking: an ONNX file gets a ``config.pbtxt`` written from its graph (``onnxgraph``) and the push
+options (``triton_config``, ``options``: stored on the row, so the PUT of an upload uses what the POST
+said); a ``.tar.gz`` Triton model directory is unpacked safely (``packages``). Installing (``install``):
+the version goes to the Triton model whose live versions share its config (a new one when none does),
+its files to ``<prefix>/<triton_model>/<n>/``, the model-level ``config.pbtxt`` is written. The
+version then becomes ``pending``: the model agents load it.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from shared import validation as v
 from shared.clients.aio import in_thread
 from shared.clients.cache import REDIS_ERRORS
 from shared.clients.db import conflict_on
-from shared.domain import ModelState, ModelVersion
+from shared.domain import ModelState, ModelVersion, TritonOptions
 from shared.errors import Conflict, InvalidInput, PayloadTooLarge, Unavailable
-from shared.lifecycle import onnxgraph, packages, repository
+from shared.lifecycle import onnxgraph, options, packages, repository
 from shared.lifecycle.install import Prepared, file_sha256, refuse_duplicate, triton_version
 from shared.lifecycle.repository import Layout
 
@@ -55,9 +56,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXTRA_FIELDS = ("upload", "artifact_uri", "sha256")
+EXTRA_FIELDS = ("upload", "artifact_uri", "sha256", "triton_config")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-ARTIFACTS = ".kinfer-artifacts"
+ARTIFACTS = repository.ARTIFACTS
 
 # One upload at a time per version: a second one (a retry, a second client) must not write the same
 # objects, or its cleanup would delete the first one's files. A lease in Redis, longer than any upload
@@ -103,6 +104,12 @@ class Artifacts:
         if upload is None and uri is None:
             if "sha256" in body:
                 raise InvalidInput("sha256 goes with artifact_uri (or with the PUT of an upload)", field="sha256")
+            if "triton_config" in body:
+                raise InvalidInput(
+                    "triton_config goes with a pushed file (upload or artifact_uri): Kinfer writes config.pbtxt "
+                    "only for the files it installs",
+                    field="triton_config",
+                )
             warnings = self.backend_admin.check_registration(row)
             model = self.registry.create_model({k: body[k] for k in body if k not in EXTRA_FIELDS})
             return {**model, "warnings": warnings} if warnings else model
@@ -112,6 +119,9 @@ class Artifacts:
             )
         if upload is not None and uri is not None:
             raise InvalidInput("give upload or artifact_uri, not both", field="artifact_uri")
+        push = options.parse(body.get("triton_config"))
+        if push:
+            row["triton_config"] = push
         if uri is None:
             if upload is not True:
                 raise InvalidInput(
@@ -182,7 +192,7 @@ class Artifacts:
                 )
             with self.db.begin() as conn:
                 number = self.installer.allocate(conn, row["name"], row["triton_model"])
-            prepared = self.prepare(local, work, row["triton_model"])
+            prepared = self.prepare(local, work, row["triton_model"], row.get("triton_config"))
             model_row: NewModel = {**row, "id": uuid.uuid4(), "triton_version": number, "artifact_uri": uri}
             return self.installer.install(model_row, prepared, local, new=True)
 
@@ -194,7 +204,7 @@ class Artifacts:
             key = _upload_key(layout, model, gzip=packages.is_gzip(path))
             repository.upload_file(self.s3, path, layout.bucket, key)
             try:
-                prepared = self.prepare(path, work, model["triton_model"])
+                prepared = self.prepare(path, work, model["triton_model"], model["triton_config"])
                 if prepared.format == "onnx":
                     prepared.in_place.add(onnxgraph.MODEL_FILE)
                 uploaded: ModelVersion = {**model, "artifact_uri": layout.uri(key)}  # its id is read as str(id)
@@ -250,7 +260,7 @@ class Artifacts:
                     raise InvalidInput(
                         "the uploaded file's SHA-256 does not match sha256", field="sha256", code="checksum_mismatch"
                     )
-                prepared = await in_thread(self.prepare, local, work, model["triton_model"])
+                prepared = await in_thread(self.prepare, local, work, model["triton_model"], model["triton_config"])
                 if prepared.format == "onnx":
                     prepared.in_place.add(onnxgraph.MODEL_FILE)
                 uploaded: ModelVersion = {**model, "artifact_uri": layout.uri(key)}  # its id is read as str(id)
@@ -292,10 +302,17 @@ class Artifacts:
         return key, digest.hexdigest()
 
     # -- checking --------------------------------------------------------------------------------
-    def prepare(self, local: Path, work: Path, triton_model: str) -> Prepared:
-        """Check the artifact at ``local``: a .tar.gz Triton package, else an ONNX file."""
+    def prepare(self, local: Path, work: Path, triton_model: str, push: TritonOptions | None = None) -> Prepared:
+        """Check the artifact at ``local``: a .tar.gz Triton package, else an ONNX file (its config written with
+        the push options ``push``)."""
         settings = self.settings
         if packages.is_gzip(local):
+            if push:
+                raise InvalidInput(
+                    "triton_config applies to ONNX files, whose config.pbtxt Kinfer writes; a .tar.gz package "
+                    "brings its own (set max_batch_size, dynamic_batching and instance_group there)",
+                    field="triton_config",
+                )
             package = packages.unpack(local, work / "package", triton_model, settings.max_artifact_bytes)
             version_dir = package.root / package.version_dir
             return Prepared(
@@ -308,7 +325,7 @@ class Artifacts:
         from shared.lifecycle import tritonconfig
 
         config = tritonconfig.normalise(
-            onnxgraph.config_text(graph, triton_model, settings.onnx_backend, settings.onnx_max_batch_size),
+            onnxgraph.config_text(graph, triton_model, settings.onnx_backend, settings.onnx_max_batch_size, push),
             triton_model,
         )
         files = {onnxgraph.MODEL_FILE: local}
@@ -351,6 +368,5 @@ def _upload_key(layout: Layout, model: ModelVersion, gzip: bool) -> str:
     """ONNX goes straight to its place in the version folder; a package is kept beside the repository."""
     tm, number = model["triton_model"], triton_version(model["triton_version"])
     if gzip:
-        prefix = f"{layout.prefix}/" if layout.prefix else ""
-        return f"{prefix}{ARTIFACTS}/{tm}/{number}/package.tar.gz"
+        return layout.package_key(tm, number)
     return layout.version_prefix(tm, number) + onnxgraph.MODEL_FILE

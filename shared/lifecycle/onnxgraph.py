@@ -3,9 +3,11 @@
 Input and output names, data types and dims come from the graph (initializers are not
 inputs). When every input and output has a dynamic first dimension, that dimension is
 the batch: ``max_batch_size`` (ONNX_MAX_BATCH_SIZE) and dynamic batching; otherwise the
-model is unbatched with its full dims. Class names in the model's metadata (``class_names``,
-comma-separated, as skl2onnx exports write them) become the config's ``class_names``, so
-predictions name classes. ``ONNX_BACKEND`` picks how Triton runs it: its
+model is unbatched with its full dims. A push's options (``options``: max_batch_size, 0 for
+no batch dimension; dynamic batching and its queue delay; instance count; device) replace
+these defaults, and one the graph cannot take is refused naming the tensor. Class names in
+the model's metadata (``class_names``, comma-separated, as skl2onnx exports write them)
+become the config's ``class_names``, so predictions name classes. ``ONNX_BACKEND`` picks how Triton runs it: its
 ``onnxruntime_onnx`` platform (production) or the Python backend running onnxruntime
 (``onnx_runner.py`` copied as the version's ``model.py``; the local Triton has no other).
 
@@ -21,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.domain import Device, TritonOptions
 from shared.errors import InvalidInput
+from shared.lifecycle.options import FIELD as OPTIONS
+from shared.lifecycle.options import KINDS
 from shared.lifecycle.tritonconfig import quote
 
 FIELD = "artifact"
@@ -140,26 +145,81 @@ def _tensor(value: Any, role: str) -> Tensor:
     return Tensor(value.name, _TRITON_TYPES[elem], dims)
 
 
-def config_text(model: Any, triton_model: str, backend: str, max_batch_size: int) -> str:
-    """The ``config.pbtxt`` for ``model`` served as ``triton_model`` by ``backend`` (onnxruntime | python)."""
+def config_text(
+    model: Any, triton_model: str, backend: str, max_batch_size: int, options: TritonOptions | None = None
+) -> str:
+    """The ``config.pbtxt`` for ``model`` served as ``triton_model`` by ``backend`` (onnxruntime | python),
+    with the push ``options`` (``shared.lifecycle.options``; left out: the defaults)."""
     inputs, outputs = tensors(model)
-    batched = all(t.dims and t.dims[0] == -1 for t in (*inputs, *outputs))
+    opts: TritonOptions = options or {}
+    batched = _batched(inputs, outputs, opts)
+    dynamic = opts.get("dynamic_batching", batched)
+    if dynamic and not batched:
+        raise InvalidInput(
+            f"{OPTIONS}.dynamic_batching needs a batch dimension, and this model has none "
+            f"({_unbatchable(inputs, outputs) or 'max_batch_size is 0'})",
+            field=f"{OPTIONS}.dynamic_batching",
+        )
+    if "max_queue_delay_us" in opts and not dynamic:
+        raise InvalidInput(
+            f"{OPTIONS}.max_queue_delay_us is a setting of dynamic batching, which is off for this model",
+            field=f"{OPTIONS}.max_queue_delay_us",
+        )
     lines = [f"name: {quote(triton_model)}"]
     if backend == "python":
         lines.append('backend: "python"')
     else:
         lines += ['platform: "onnxruntime_onnx"', f'default_model_filename: "{MODEL_FILE}"']
-    lines.append(f"max_batch_size: {max_batch_size if batched else 0}")
+    lines.append(f"max_batch_size: {(opts.get('max_batch_size') or max_batch_size) if batched else 0}")
     lines.append("input [\n" + ",\n".join(_entry(t, batched) for t in inputs) + "\n]")
     lines.append("output [\n" + ",\n".join(_entry(t, batched) for t in outputs) + "\n]")
     labels = {p.key: p.value for p in model.metadata_props}.get("class_names", "").replace('"', "")
     if labels:  # the data plane names each row's class with them
         lines.append(f'parameters [ {{ key: "class_names" value: {{ string_value: {quote(labels[:4000])} }} }} ]')
-    if batched:
-        lines.append("dynamic_batching { }")
-    if backend == "python":  # one onnxruntime session per instance; the CPU only
-        lines.append("instance_group [ { kind: KIND_CPU count: 1 } ]")
+    if dynamic:
+        delay = opts.get("max_queue_delay_us")
+        lines.append(
+            "dynamic_batching { }" if delay is None else f"dynamic_batching {{ max_queue_delay_microseconds: {delay} }}"
+        )
+    group = _instance_group(backend, opts)
+    if group:
+        lines.append(group)
     return "\n".join(lines) + "\n"
+
+
+def _batched(inputs: list[Tensor], outputs: list[Tensor], options: TritonOptions) -> bool:
+    """Whether the config has a batch dimension: every tensor's first dimension is dynamic, unless the push
+    asked for max_batch_size 0; a max_batch_size asked of a model without one is refused."""
+    reason = _unbatchable(inputs, outputs)
+    wanted = options.get("max_batch_size")
+    if wanted and reason:
+        raise InvalidInput(
+            f"{OPTIONS}.max_batch_size {wanted} needs a batch dimension (a dynamic first dimension on every "
+            f"input and output), and {reason}; push it with max_batch_size 0 or leave max_batch_size out",
+            field=f"{OPTIONS}.max_batch_size",
+        )
+    return not reason and wanted != 0
+
+
+def _unbatchable(inputs: list[Tensor], outputs: list[Tensor]) -> str:
+    """Why the tensors have no batch dimension ("" when they have one)."""
+    for role, group in (("input", inputs), ("output", outputs)):
+        for t in group:
+            if not t.dims or t.dims[0] != -1:
+                return f"{role} {t.name[:80]!r} has the fixed shape {list(t.dims)}"
+    return ""
+
+
+def _instance_group(backend: str, options: TritonOptions) -> str:
+    """The instance group: what the push asked for; by default one CPU instance for the Python backend (one
+    onnxruntime session each) and Triton's own choice for onnxruntime."""
+    kind = (
+        KINDS.get(Device(options["device"])) if "device" in options else ("KIND_CPU" if backend == "python" else None)
+    )
+    if kind is None and "instances" not in options:
+        return ""
+    fields = ([f"kind: {kind}"] if kind else []) + [f"count: {options.get('instances', 1)}"]
+    return f"instance_group [ {{ {' '.join(fields)} }} ]"
 
 
 def _entry(tensor: Tensor, batched: bool) -> str:

@@ -24,6 +24,7 @@ from shared.settings import Settings
 
 PART_BYTES = 8 * 1024 * 1024  # S3 wants >= 5 MiB per part but the last
 STAGING = ".kinfer-uploads"
+ARTIFACTS = ".kinfer-artifacts"  # uploaded packages, kept beside the repository
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,15 @@ class Layout:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+    def package_key(self, triton_model: str, version: int) -> str:
+        """Where an uploaded ``.tar.gz`` package of a version is kept (outside every model folder)."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        return f"{prefix}{ARTIFACTS}/{triton_model}/{version}/package.tar.gz"
+
+    def key_of(self, uri: str) -> str:
+        """The key of ``uri``, an object of the repository bucket (``uri``'s inverse)."""
+        return uri.removeprefix(f"s3://{self.bucket}/")
 
     def staging_key(self) -> str:
         return f"{STAGING}/{uuid.uuid4().hex}"

@@ -1,9 +1,10 @@
-"""Triton model configurations (``config.pbtxt``): parse, normalise, render.
+"""Triton model configurations (``config.pbtxt``): parse, normalise, render, compare.
 
 Every version of a Triton model shares its one configuration, so Kinfer keeps one per
-managed Triton model and refuses a version whose configuration differs (after
-normalising: the name is the Triton model's, and ``version_policy`` belongs to the agent,
-which writes the versions to load). Parsing uses the ``ModelConfig`` protobuf that
+managed Triton model, and a version whose configuration differs goes to another Triton model
+(compared after normalising: the name is the Triton model's, and ``version_policy`` belongs to
+the agent, which writes the versions to load). ``difference`` says how two configurations'
+inputs and outputs differ (what an alias move checks). Parsing uses the ``ModelConfig`` protobuf that
 tritonclient ships, so a config that Triton would reject for its syntax is a 400 here.
 
 A Python-backend model may run in its own conda-pack environment (the ``EXECUTION_ENV_PATH``
@@ -102,6 +103,46 @@ def with_versions(text: str, versions: list[int]) -> str:
     config.ClearField("version_policy")
     config.version_policy.specific.versions.extend(sorted(versions))
     return render(config)
+
+
+def renamed(text: str, triton_model: str) -> str:
+    """``text`` (a stored, normalised config) as the config of ``triton_model``."""
+    config = parse(text)
+    config.name = triton_model
+    return render(config)
+
+
+Tensors = dict[tuple[str, str], tuple[str, tuple[int, ...]]]
+
+
+def tensors(text: str) -> Tensors:
+    """{(role, name): (datatype, shape)} as callers see them: a batched model's shapes begin with -1."""
+    config = parse(text)
+    batch = (-1,) if config.max_batch_size > 0 else ()
+    found: Tensors = {}
+    for role, items in (("input", config.input), ("output", config.output)):
+        for t in items:
+            found[(role, t.name)] = (_type_name(t.data_type), batch + tuple(int(d) for d in t.dims))
+    return found
+
+
+def difference(first: str, second: str, first_label: str, second_label: str) -> str:
+    """How the inputs and outputs (names, datatypes, shapes) of two configs differ, in words ("" if they do not)."""
+    a, b = tensors(first), tensors(second)
+    parts = []
+    for role, name in sorted(a.keys() | b.keys()):
+        key, shown = (role, name), f"{role} {name[:80]!r}"
+        if key not in b:
+            parts.append(f"{shown} only in {first_label}")
+        elif key not in a:
+            parts.append(f"{shown} only in {second_label}")
+        elif a[key] != b[key]:
+            parts.append(f"{shown} is {_shape(a[key])} in {first_label}, {_shape(b[key])} in {second_label}")
+    return "; ".join(parts)
+
+
+def _shape(tensor: tuple[str, tuple[int, ...]]) -> str:
+    return f"{tensor[0]} {list(tensor[1])}"
 
 
 def signature(text: str) -> str:

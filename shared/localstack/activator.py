@@ -462,13 +462,17 @@ class ActivatorThread:
 def probe_record(backend: str, status: ActivatorStatus) -> dict[str, object]:
     """What ``GET /v1/backends`` shows of a Triton that scales to zero: the activator's state as a probe
     record (nothing else probes it). Scaled to zero is healthy (the next request wakes it); waking is not
-    yet."""
+    yet: ``state_since`` says since when, and ``wake_estimate_s`` how long the last wake took (None before
+    the first), the estimate the console shows."""
     reason = {
         "serving": "serving (local activator)",
         "idle-stopped": "scaled to zero by the local activator: the next request wakes it",
         "waking": "waking: the local activator is starting Triton and holds requests until it is ready",
         "stopping": "scaling to zero (local activator)",
     }[status["state"]]
+    estimate = status["last_wake_s"]
+    if status["state"] == "waking" and estimate is not None:
+        reason += f"; the last wake took {estimate:g} s"
     return {
         "url": backend,
         "healthy": status["state"] in ("serving", "idle-stopped"),
@@ -478,6 +482,8 @@ def probe_record(backend: str, status: ActivatorStatus) -> dict[str, object]:
         "last_checked": datetime.now(UTC).isoformat(),
         "latency_ms": 0.0,
         "state": status["state"],
+        "state_since": status["since"],
+        "wake_estimate_s": estimate,
     }
 
 

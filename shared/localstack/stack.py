@@ -4,8 +4,10 @@ Every part runs as a detached process recorded in ``<state>/stack.json``:
 PostgreSQL and Redis (only when the configured ones do not answer), the S3 API
 server, Triton (explicit model control, started empty), the model agent beside it
 (``kinfer agent``: it loads what the registry says), one uvicorn process per
-function, the gateway and the event relay. The demo models are pushed like any
-model (packaged Triton folders of ``models/repository``), so the agent serves them.
+function, the gateway, the event relay and, when the Debian package is installed,
+Prometheus on 127.0.0.1:9090 scraping every part (``shared.localstack.prometheus``).
+The demo models are pushed like any model (packaged Triton folders of
+``models/repository``), so the agent serves them.
 ``up`` starts what is not running and leaves the rest alone (on failure it stops only
 what that call started); ``down`` stops everything recorded.
 """
@@ -48,6 +50,7 @@ CONSOLE_URL = "http://127.0.0.1:8080/console/"
 # registered there shows what an unreachable backend does (probes fail, its circuit opens) without
 # touching the real Triton.
 UNREACHABLE_BACKEND = "127.0.0.1:8011"
+LOCAL_TRACE_BUFFER_SPANS = 2000  # per process, unless kinfer up's environment sets TRACE_BUFFER_SPANS
 # One uvicorn process for the inference hot path: requests coalesce within a process, and on a
 # 2-core machine one process feeds Triton bigger batches than two (measured: ~2,700-3,050 vs
 # ~2,200-2,400 req/s through the gateway). Knative scales pods, not processes, in production.
@@ -154,6 +157,8 @@ def base_env(settings: Settings, scale_to_zero: bool = False) -> dict[str, str]:
             "ONNX_BACKEND": "python",
             "BACKEND_ALLOWLIST": ",".join(allowed),
             "PYTHONUNBUFFERED": "1",
+            # recorded spans stay readable at GET /debug/traces (admin key) without an OTLP collector
+            "TRACE_BUFFER_SPANS": str(settings.trace_buffer_spans or LOCAL_TRACE_BUFFER_SPANS),
         }
         | _callbacks(settings)
     )
@@ -209,6 +214,8 @@ def up(settings: Settings, say: Say = print, scale_to_zero: bool = False) -> Sta
             )
         scale_to_zero = "activator" in comps
     missing = [n for n in _expected_names(scale_to_zero) if n not in comps]
+    if "prometheus" in missing and not _prometheus_available(say):
+        missing.remove("prometheus")
     if not missing:
         say("the local stack is already running (kinfer status shows it)")
         return state
@@ -275,6 +282,9 @@ def _start_missing(
     if "relay" in missing:
         _start_relay(env, comps, logs)
         record(["relay"])
+    if "prometheus" in missing:
+        _start_prometheus(comps, logs, say)
+        record(["prometheus"])
 
 
 def rollback(state: StackState, started: list[str], say: Say = print) -> None:
@@ -342,7 +352,23 @@ def reconcile_batch_jobs(settings: Settings, say: Say = print) -> dict[str, list
 
 def _expected_names(scale_to_zero: bool = False) -> list[str]:
     pod = ["activator"] if scale_to_zero else ["triton", "agent"]
-    return ["s3", *pod, "gateway", "relay"] + [f.folder for f in available_functions()]
+    return ["s3", *pod, "gateway", "relay", "prometheus"] + [f.folder for f in available_functions()]
+
+
+def _prometheus_available(say: Say) -> bool:
+    """Whether Prometheus can start: its binary is installed and port 9090 is free (else say why not)."""
+    from shared.localstack import prometheus
+
+    if prometheus.binary() is None:
+        say(
+            f"Prometheus is not installed, so it is not started ({prometheus.INSTALL_HINT}); every part still "
+            "serves /metrics"
+        )
+        return False
+    if procs.port_open(prometheus.PORT):
+        say(f"port {prometheus.PORT} is in use (another Prometheus?): Kinfer's Prometheus is not started")
+        return False
+    return True
 
 
 def _check_ports(missing: list[str]) -> None:
@@ -484,6 +510,17 @@ def _start_function(fn: Fn, env: dict[str, str], comps: dict[str, Component], lo
     )
     log = logs / f"{fn.folder}.log"
     _record(comps, fn.folder, procs.spawn(cmd, log, fn_env, ROOT), f"http://127.0.0.1:{fn.port}/health", log)
+
+
+def _start_prometheus(comps: dict[str, Component], logs: Path, say: Say) -> None:
+    from shared.localstack import prometheus
+
+    executable = prometheus.binary()
+    assert executable is not None  # _prometheus_available checked it
+    cmd = prometheus.command(executable, state_dir() / "prometheus", TRITON_PORTS[2])
+    log = logs / "prometheus.log"
+    _record(comps, "prometheus", procs.spawn(cmd, log, None, ROOT), prometheus.ready_url(), log)
+    say(f"Prometheus on http://127.0.0.1:{prometheus.PORT} (scraping every part's /metrics)")
 
 
 def _start_relay(env: dict[str, str], comps: dict[str, Component], logs: Path) -> None:

@@ -8,11 +8,12 @@ import difflib
 import hashlib
 import random
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, TypeVar, cast
 
 import sqlalchemy as sa
 
 from shared import validation as v
+from shared.clients.db import contains
 from shared.clients.schema import model_aliases, models
 from shared.domain import ModelState, ModelStatus, ModelVersion
 from shared.errors import NotFound, Unavailable
@@ -31,6 +32,8 @@ from shared.registry.rows import (
 from shared.registry.rules import DEFAULT_ALIAS, FRAMEWORKS, NAME, STATES, STATUSES, VERSION
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from shared.clients.cache import Cache
     from shared.clients.db import Database
     from shared.settings import Settings
@@ -66,10 +69,28 @@ class ResolvedTarget(TypedDict):
     choices: list[Choice]
 
 
+class ListedAlias(TypedDict):
+    """An alias of a listed model's name (``GET /v1/models?include=aliases``), as the alias API answers it."""
+
+    name: str
+    alias: str
+    versions: dict[str, int]
+    previous: dict[str, int] | None
+    created_at: str
+    updated_at: str
+
+
+class ListedModel(ModelVersion):
+    """A model in a page of ``GET /v1/models``; with ``include=aliases``, every alias of its name (the same
+    list for each version of a name) and its split."""
+
+    aliases: NotRequired[list[ListedAlias]]
+
+
 class ModelPage(TypedDict):
     """``GET /v1/models``: a page of models, newest first."""
 
-    models: list[ModelVersion]
+    models: list[ListedModel]
     total: int
     limit: int
     offset: int
@@ -169,6 +190,53 @@ def suggestion(name: str, names: list[str]) -> str:
         if close
         else "; list the registered models with GET /v1/models"
     )
+
+
+INCLUDES = ("aliases",)
+MAX_QUERY = 128
+
+
+def _list_filters(args: Mapping[str, str]) -> list[Any]:
+    """The WHERE conditions of ``GET /v1/models`` (bound parameters; ``q``'s wildcards escaped)."""
+    conditions: list[Any] = []
+    if args.get("q"):
+        q = v.string(args["q"], "q", max_len=MAX_QUERY)
+        conditions.append(contains(models.c.name, q))
+    if args.get("name"):
+        conditions.append(models.c.name == v.string(args["name"], "name", max_len=128))
+    if args.get("framework"):
+        conditions.append(models.c.framework == v.choice(args["framework"], "framework", FRAMEWORKS))
+    if args.get("status"):
+        conditions.append(models.c.status == v.choice(args["status"], "status", STATUSES))
+    if args.get("state"):
+        conditions.append(models.c.state == v.choice(args["state"], "state", STATES))
+    if args.get("tag"):
+        conditions.append(models.c.tags.contains([v.string(args["tag"], "tag", max_len=64)]))
+    return conditions
+
+
+def _aliases_of(conn: Connection, names: list[str]) -> dict[str, list[ListedAlias]]:
+    """Every alias of ``names``, by name and then alias, in one query."""
+    if not names:
+        return {}
+    query = (
+        sa.select(model_aliases)
+        .where(model_aliases.c.name.in_(names))
+        .order_by(model_aliases.c.name, model_aliases.c.alias)
+    )
+    found: dict[str, list[ListedAlias]] = {}
+    for row in conn.execute(query).all():
+        found.setdefault(row.name, []).append(
+            {
+                "name": row.name,
+                "alias": row.alias,
+                "versions": dict(row.versions),
+                "previous": dict(row.previous) if row.previous else None,
+                "created_at": row.created_at.isoformat(),
+                "updated_at": row.updated_at.isoformat(),
+            }
+        )
+    return found
 
 
 class RegistryReads:
@@ -272,26 +340,24 @@ class RegistryReads:
             return [r[0] for r in conn.execute(sa.select(models.c.name).distinct().limit(10_000))]
 
     def list_models(self, args: Mapping[str, str]) -> ModelPage:
+        """A page of versions, newest first, filtered by ``q`` (a substring of the name, any case), ``name``,
+        ``framework``, ``status``, ``state`` and ``tag``; ``include=aliases`` adds each name's aliases, read for
+        the whole page in one query."""
         limit = v.integer(args.get("limit"), "limit", default=50, lo=1, hi=500)
         offset = v.integer(args.get("offset"), "offset", default=0, lo=0, hi=10_000_000)
-        conditions = []
-        if args.get("name"):
-            conditions.append(models.c.name == v.string(args["name"], "name", max_len=128))
-        if args.get("framework"):
-            conditions.append(models.c.framework == v.choice(args["framework"], "framework", FRAMEWORKS))
-        if args.get("status"):
-            conditions.append(models.c.status == v.choice(args["status"], "status", STATUSES))
-        if args.get("state"):
-            conditions.append(models.c.state == v.choice(args["state"], "state", STATES))
-        if args.get("tag"):
-            conditions.append(models.c.tags.contains([v.string(args["tag"], "tag", max_len=64)]))
-        query = sa.select(models).where(*conditions)
+        include = v.choice(args["include"], "include", INCLUDES) if args.get("include") else None
+        query = sa.select(models).where(*_list_filters(args))
         with self.db.begin() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
             rows = conn.execute(
                 query.order_by(models.c.created_at.desc(), models.c.id.desc()).limit(limit).offset(offset)
             ).all()
-        return {"models": [to_json(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+            page = [cast(ListedModel, to_json(r)) for r in rows]
+            if include == "aliases":
+                aliases = _aliases_of(conn, sorted({m["name"] for m in page}))
+                for m in page:
+                    m["aliases"] = aliases.get(m["name"], [])
+        return {"models": page, "total": total, "limit": limit, "offset": offset}
 
     def health(self) -> tuple[int, Health]:
         """503 when PostgreSQL is unreachable; "degraded" when only Redis is."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, TypedDict
 
-from shared.domain import ModelState, ModelVersion
+from shared.domain import ModelState, ModelVersion, TritonOptions
 from shared.errors import NotFound
 from shared.registry.rules import UUID
 
@@ -39,12 +39,13 @@ def to_json(row: Any) -> ModelVersion:
         "artifact_format": m["artifact_format"],
         "artifact_sha256": m["artifact_sha256"],
         "artifact_bytes": m["artifact_bytes"],
+        "triton_config": m["triton_config"],
         "created_at": m["created_at"].isoformat(),
         "updated_at": m["updated_at"].isoformat(),
     }
 
 
-# Fields added by the lifecycle (migration 0004). A copy cached by an older revision lacks them; it
+# Fields added by the lifecycle (migrations 0004 and 0007). A copy cached by an older revision lacks them; it
 # reads as what such a row is: a ready version Kinfer does not manage.
 class _Lifecycle(TypedDict):
     """The lifecycle's fields of a ``ModelVersion``, as a row from before them reads."""
@@ -57,6 +58,7 @@ class _Lifecycle(TypedDict):
     artifact_format: str | None
     artifact_sha256: str | None
     artifact_bytes: int | None
+    triton_config: TritonOptions | None
 
 
 _LIFECYCLE_DEFAULTS: _Lifecycle = {
@@ -68,6 +70,7 @@ _LIFECYCLE_DEFAULTS: _Lifecycle = {
     "artifact_format": None,
     "artifact_sha256": None,
     "artifact_bytes": None,
+    "triton_config": None,
 }
 
 

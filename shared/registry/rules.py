@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Required, TypedDict
 
 from shared import validation as v
-from shared.domain import JSONObject, ModelState, ModelStatus, ModelVersion
+from shared.domain import JSONObject, ModelState, ModelStatus, ModelVersion, TritonOptions
 from shared.errors import InvalidInput
 
 FRAMEWORKS = ("pytorch", "tensorflow", "onnx", "scikit-learn", "xgboost", "tensorrt", "python")
@@ -53,6 +53,7 @@ READ_ONLY = (
     "artifact_sha256",
     "artifact_bytes",
 )
+# ``triton_config`` (the push options) is accepted by a push only: ``shared.lifecycle.artifacts`` checks it.
 
 
 class ModelChanges(TypedDict, total=False):
@@ -84,6 +85,7 @@ class NewModel(ModelChanges, total=False):
     artifact_format: str | None
     artifact_sha256: str | None
     artifact_bytes: int | None
+    triton_config: TritonOptions | None
 
 
 def _backend_urls(body: Mapping[str, object]) -> list[str] | None:
@@ -186,7 +188,19 @@ def validate_create(body: object, extra_fields: tuple[str, ...] = ()) -> NewMode
 # Fields of the representation (GET) that an update cannot change: a PUT of the object a client read,
 # with its changes, is accepted when these still hold their current values. In such an object (its
 # "id" is the model's) the fields the server keeps moving may be stale, and are ignored.
-ECHOED = frozenset(("name", "version", "framework", "format", "triton_version", "artifact_uri", "warnings", *READ_ONLY))
+ECHOED = frozenset(
+    (
+        "name",
+        "version",
+        "framework",
+        "format",
+        "triton_version",
+        "artifact_uri",
+        "triton_config",
+        "warnings",
+        *READ_ONLY,
+    )
+)
 DRIFTING = frozenset(("updated_at", "state", "state_reason", "warnings"))
 
 
@@ -204,7 +218,7 @@ def _without_echoed(body: Mapping[str, object], current: ModelVersion) -> dict[s
 
 def validate_update(body: object) -> ModelChanges:
     fields = v.require_object(body)
-    for fixed in ("name", "version", "framework", "format"):
+    for fixed in ("name", "version", "framework", "format", "triton_config"):
         if fixed in fields:
             raise InvalidInput(f"{fixed} cannot be changed; register a new version instead", field=fixed)
     v.reject_unknown(fields, UPDATE_FIELDS, READ_ONLY)

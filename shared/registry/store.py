@@ -71,8 +71,9 @@ def _refuse_if_aliased(conn: Any, name: str, version: str, action: str) -> None:
     if aliases:
         raise Conflict(
             f"model {name!r} version {version!r} is served through alias "
-            f"{', '.join(repr(a) for a in sorted(aliases))}; move the alias to another version "
-            f"(kinfer models promote) before you {action}",
+            f"{', '.join(repr(a) for a in sorted(aliases))}; before you {action}, point each alias at another "
+            f"version (kinfer models promote {name} VERSION --alias ALIAS, or kinfer models split) or delete it "
+            f"(kinfer models delete-alias {name} ALIAS)",
             code="version_aliased",
         )
 

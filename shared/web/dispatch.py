@@ -6,7 +6,10 @@ such as ``/v1/models/<model_id>``), enforces auth when the route asks for a scop
 (async: no thread hop), reads the body under MAX_BODY_BYTES, runs the handler and turns
 any ``KinferError`` into the JSON error body (the HTTP contract in
 ``docs/architecture.md``). An unexpected exception is logged with its traceback and
-answered with a generic 500 sentence; exception text never reaches the caller.
+answered with a generic 500 sentence; exception text never reaches the caller. A 4xx
+answer is logged at info level (request id, route, status, code and the key's id, never
+its secret or the body) and counted per key (``kinfer_http_client_errors_total``); a
+5xx ``KinferError`` is logged as a warning.
 
 Handlers are ``async def`` (run on the event loop: they must not block) or plain
 ``def`` (run in the thread pool: database and S3 calls). A route reads its body up
@@ -17,17 +20,20 @@ duplicate keys, no NaN or infinities. A route that names its ``query`` parameter
 400 for any other (as for unknown body fields). OPTIONS is answered for every routed path
 (``Allow``, and CORS preflight for the origins of CORS_ALLOWED_ORIGINS, ``shared.web.cors``).
 
-CloudEvents take the same pipeline: an ``event=True`` route parses the body as a CloudEvent
-(binary or structured mode, ``shared.web.events``), continues the trace of ``ce-traceparent``,
-and answers failures with the status that steers Knative's redelivery.
+CloudEvents take the same pipeline: an ``event=True`` route first verifies the sender's OIDC token
+when EVENT_AUTH=oidc (``shared.access.eventauth``: 401 before the body is read), then parses the body
+as a CloudEvent (binary or structured mode, ``shared.web.events``), continues the trace of
+``ce-traceparent``, and answers failures with the status that steers Knative's redelivery.
 
-``dispatch`` sees of the process only its ``Host``: the settings and the authenticator (built
-on first use), which the functions' composition root (``shared.services.Services``) provides.
+``dispatch`` sees of the process only its ``Host``: the settings, the authenticator and the event
+senders' authenticator (built on first use), which the functions' composition root
+(``shared.services.Services``) provides.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
@@ -56,6 +62,11 @@ class Authorizer(Protocol):
         """The caller's principal for a route of ``scope`` (401/403/429 otherwise)."""
 
 
+class EventSenders(Protocol):
+    def verify(self, headers: Mapping[str, str]) -> str | None:
+        """The event sender's identity (None when event auth is off); 401 (or 503) otherwise."""
+
+
 class Host(Protocol):
     """What the pipeline needs of the process that serves it."""
 
@@ -64,6 +75,9 @@ class Host(Protocol):
 
     @property
     def auth(self) -> Authorizer: ...
+
+    @property
+    def event_auth(self) -> EventSenders: ...
 
 
 async def dispatch(request: Request, router: Router, host: Host, span_name: str) -> Response:
@@ -131,6 +145,8 @@ async def _run(call: Call, router: Router, span: Any, host: Host) -> Response:
         if span.is_recording():
             span.update_name(f"{method} {route.rule}")
         settings = host.settings
+        if route.event and settings.event_auth != "none":  # the sender's token, before the body is even read
+            await run_in_threadpool(host.event_auth.verify, call.header_map)
         if route.scope is not None and settings.auth_required:
             call.principal = await host.auth.authorize(call, route.scope)
         allowed = route.query_names
@@ -153,6 +169,8 @@ async def _run(call: Call, router: Router, span: Any, host: Host) -> Response:
             return _event_failure(call, exc)
         if exc.status >= 500:
             log.warning("request failed: %s %s (%s)", exc.status, exc.code, exc.message)
+        elif exc.status >= 400:
+            _client_error(call, method, route.rule if route is not None else path, exc)
         return error_response(exc, call.request_id, call.trace_id)
     except Exception:
         if route is not None and route.event:
@@ -165,6 +183,23 @@ async def _run(call: Call, router: Router, span: Any, host: Host) -> Response:
         log.exception("unhandled error in %s %s", method, path)
         generic = KinferError("internal error; the request id identifies it in the logs")
         return error_response(generic, call.request_id, call.trace_id)
+
+
+def _client_error(call: Call, method: str, where: str, exc: KinferError) -> None:
+    """Log and count one 4xx answer: the key's id (never its secret), never the body."""
+    principal = call.principal
+    key_id = getattr(principal, "key_id", None) if principal is not None else None
+    telemetry.metrics().client_error(key_id, exc.status, exc.code)
+    log.info(
+        "client error %s %s: %s %s%s key_id=%s request_id=%s",
+        exc.status,
+        exc.code,
+        method,
+        where.encode("utf-8", "backslashreplace").decode()[:200],
+        f" field={exc.field[:64]}" if exc.field else "",
+        key_id or telemetry.NO_KEY,
+        call.request_id,
+    )
 
 
 def _event_failure(call: Call, exc: KinferError) -> Response:

@@ -4,7 +4,9 @@ HTTP request.
 
 The status code steers redelivery (``docs/architecture.md``): a retryable failure answers 503 (or
 429/504), a permanent one 400 (malformed event) or 422; never 404 or 409, which
-Knative would retry.
+Knative would retry. A sender that is not authenticated (EVENT_AUTH=oidc, ``shared.access.eventauth``)
+gets 401 (403 when forbidden): not redelivered either, and never a 5xx that would make the dispatcher retry
+a bad token for the event's whole retry budget.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ _BATCH_TYPE = "application/cloudevents-batch+json"
 
 
 def event_error_status(exc: KinferError) -> int:
-    """Retryable errors keep their 503/504/429 (a 500/502 becomes 503); permanent ones are 400 or 422."""
+    """Retryable errors keep their 503/504/429 (a 500/502 becomes 503); permanent ones are 400, 401, 403
+    or 422."""
     if exc.retryable or exc.status >= 500:
         return 503 if exc.status in (500, 502) else exc.status
-    return 400 if exc.status == 400 else 422
+    return exc.status if exc.status in (400, 401, 403) else 422
 
 
 def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:

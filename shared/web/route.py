@@ -84,3 +84,4 @@ LIVEZ = Route(
 
 
 OPENAPI_PATH = "/openapi.json"
+METRICS_PATH = "/metrics"

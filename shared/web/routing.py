@@ -2,7 +2,8 @@
 handlers, static rules before dynamic ones, a trailing slash ignored; 404, or 405 with ``Allow``.
 
 Every ``Router`` serves its own ``/openapi.json`` (``shared.web.openapi``, from the routes'
-declarations in ``shared.web.route``).
+declarations in ``shared.web.route``), ``/metrics`` (the process's counters) and ``/debug/traces``
+(its recent spans, admin scope: ``shared.web.metrics``), unless one of its routes is already that path.
 A route that names its ``query`` parameters answers 400 for any other.
 """
 
@@ -13,7 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import InvalidInput, MethodNotAllowed, NotFound
-from shared.web.route import OPENAPI_PATH, Route
+from shared.web.metrics import METRICS_ROUTE, TRACES_PATH, TRACES_ROUTE
+from shared.web.route import METRICS_PATH, OPENAPI_PATH, Route
 
 if TYPE_CHECKING:
     from shared.web.request import Call
@@ -57,6 +59,10 @@ class Router:
         self.routes = list(routes)
         if not any(r.rule == OPENAPI_PATH for r in self.routes):  # every router documents itself
             self.routes.append(_openapi_route(self.routes, title))
+        if not any(r.rule == METRICS_PATH for r in self.routes):  # and serves its process's counters
+            self.routes.append(METRICS_ROUTE)
+        if not any(r.rule == TRACES_PATH for r in self.routes):  # and its recent spans (admin)
+            self.routes.append(TRACES_ROUTE)
         self._static: dict[str, list[Route]] = {}
         self._dynamic: list[tuple[re.Pattern[str], Route, dict[str, Callable[[str], object]]]] = []
         for route in self.routes:

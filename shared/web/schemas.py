@@ -9,7 +9,9 @@ field to an answer is a compatible change.
 
 from __future__ import annotations
 
-from shared.domain import JobStatus, ModelStatus
+from typing import cast
+
+from shared.domain import JobStatus, ModelState, ModelStatus
 from shared.registry import rules
 from shared.web.route import QueryParam
 
@@ -54,6 +56,25 @@ MODEL_CREATE: Schema = {
         "upload": {"const": True, "description": "the file follows: PUT /v1/models/{id}/artifact"},
         "artifact_uri": {"type": "string", "maxLength": 1024, "description": "s3://bucket/key"},
         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "triton_config": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "push options written into the config.pbtxt Kinfer generates for an ONNX file "
+            "(upload or artifact_uri only; left out: the defaults)",
+            "properties": {
+                "max_batch_size": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 65536,
+                    "description": "0: no batch dimension; default ONNX_MAX_BATCH_SIZE when every tensor's "
+                    "first dimension is dynamic",
+                },
+                "dynamic_batching": {"type": "boolean", "description": "default: on when batched"},
+                "max_queue_delay_us": {"type": "integer", "minimum": 0, "maximum": 10_000_000},
+                "instances": {"type": "integer", "minimum": 1, "maximum": 64, "description": "instance count"},
+                "device": {"enum": ["cpu", "gpu"], "description": "KIND_CPU or KIND_GPU"},
+            },
+        },
     },
 }
 
@@ -95,6 +116,8 @@ MODEL: Schema = {
         "tags": {"type": "array", "items": _STRING},
         "metadata": {"type": "object"},
         "status": _STRING,
+        "triton_version": {"type": ["integer", "null"]},
+        "triton_config": {"type": ["object", "null"], "description": "the push options of its config"},
         "created_at": _TIME,
         "updated_at": _TIME,
     },
@@ -110,8 +133,16 @@ ALIAS_TARGET: Schema = {
     "type": "object",
     "additionalProperties": False,
     "minProperties": 1,
-    "maxProperties": 1,
-    "properties": {"version": VERSION, "versions": _SPLIT},
+    "maxProperties": 2,
+    "properties": {
+        "version": VERSION,
+        "versions": _SPLIT,
+        "allow_signature_change": {
+            "type": "boolean",
+            "default": False,
+            "description": "move even to versions whose inputs or outputs differ from the alias's (else 409)",
+        },
+    },
 }
 
 ALIAS: Schema = {
@@ -142,10 +173,28 @@ VERSION_STATUS: Schema = {
     },
 }
 
+_LISTED_MODEL: Schema = {
+    **MODEL,
+    "properties": {
+        **cast(Schema, MODEL["properties"]),
+        "aliases": {
+            "type": "array",
+            "items": ALIAS,
+            "description": "with include=aliases: every alias of the model's name and its split "
+            "(the same list for each version of a name), read in one query for the whole page",
+        },
+    },
+}
+
 MODEL_LIST: Schema = {
     "type": "object",
     "required": ["models", "total", "limit", "offset"],
-    "properties": {"models": {"type": "array", "items": MODEL}, "total": _COUNT, "limit": _COUNT, "offset": _COUNT},
+    "properties": {
+        "models": {"type": "array", "items": _LISTED_MODEL},
+        "total": {**_COUNT, "description": "the models matching the filters, on every page"},
+        "limit": _COUNT,
+        "offset": _COUNT,
+    },
 }
 
 HEALTH: Schema = {
@@ -252,6 +301,32 @@ _V2_TENSOR = {
         "shape": {"type": "array", "items": {"type": "integer"}},
         "data": {"type": "array"},
         "parameters": {"type": "object"},
+    },
+}
+
+V1_PREDICT_REQUEST: Schema = {
+    "type": "object",
+    "required": ["instances"],
+    "properties": {
+        "instances": {
+            "type": "array",
+            "minItems": 1,
+            "description": "rows (lists or numbers), or objects with a value per input tensor",
+        },
+        "parameters": {"type": "object"},
+    },
+    "additionalProperties": False,
+}
+
+V1_PREDICT_RESPONSE: Schema = {
+    "type": "object",
+    "required": ["predictions", "model_name", "model_version"],
+    "properties": {
+        "predictions": {"type": "array", "description": "one per instance"},
+        "model_name": _STRING,
+        "model_version": _STRING,
+        "request_id": _STRING,
+        "trace_id": _STRING,
     },
 }
 
@@ -448,6 +523,17 @@ BACKENDS_OVERVIEW: Schema = {
                     "last_probe": _NULLABLE_TIME,
                     "probe_ms": _NULLABLE_NUMBER,
                     "reason": _NULLABLE_STRING,
+                    "state": {
+                        "enum": ["serving", "waking", "idle-stopped", "stopping", None],
+                        "description": "a backend that scales to zero (the local activator): waking while it "
+                        "starts and holds requests; null for other backends",
+                    },
+                    "state_since": {**_NULLABLE_TIME, "description": "when it entered that state"},
+                    "wake_estimate_s": {
+                        **_NULLABLE_NUMBER,
+                        "description": "how long its last wake took: the estimate while it wakes "
+                        "(null before the first)",
+                    },
                     "models": {"type": "array", "items": _STRING},
                     "p50_ms": {**_NULLABLE_NUMBER, "description": "median Triton request latency over the window"},
                     "requests_per_s": {**_NULLABLE_NUMBER, "description": "Triton requests per second over the window"},
@@ -470,6 +556,7 @@ WHOAMI: Schema = {
         "name": _STRING,
         "scopes": {"type": "array", "items": {"enum": ["infer", "batch", "admin"]}},
         "rate_limit_per_minute": {"type": ["integer", "null"]},
+        "expires_at": {"type": ["string", "null"], "format": "date-time"},
     },
 }
 
@@ -484,10 +571,17 @@ _PAGE = (
     QueryParam("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0}, "skip"),
 )
 MODEL_FILTERS = (
+    QueryParam("q", {"type": "string", "maxLength": 128}, "a part of the name, any case"),
     QueryParam("name", MODEL_NAME, "exact name"),
     QueryParam("framework", FRAMEWORK),
     QueryParam("status", MODEL_STATUS),
+    QueryParam("state", {"enum": [s.value for s in ModelState]}, "load state"),
     QueryParam("tag", TAG, "models carrying this tag"),
+    QueryParam("include", {"enum": ["aliases"]}, "aliases: add each model's aliases (one request per page)"),
     *_PAGE,
 )
-BATCH_FILTERS = (QueryParam("status", {"enum": _JOB_STATUSES}), *_PAGE)
+BATCH_FILTERS = (
+    QueryParam("q", {"type": "string", "maxLength": 128}, "a part of the model's name, any case"),
+    QueryParam("status", {"enum": _JOB_STATUSES}),
+    *_PAGE,
+)

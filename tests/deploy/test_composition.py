@@ -54,8 +54,17 @@ PUBLISHERS = {
 }
 
 
+# Overlays of the module that render Kinfer's own folders, not release files: knative/system's
+# NetworkPolicies (tests/deploy/test_network.py renders them).
+OWN_OVERLAYS = {"network"}
+
+
 def overlays() -> dict[str, dict[str, Any]]:
-    found = typed(parse(MODULE)["data"], "kustomization_overlay")
+    found = {
+        name: body
+        for name, body in typed(parse(MODULE)["data"], "kustomization_overlay").items()
+        if name not in OWN_OVERLAYS
+    }
     assert found, "terraform/modules/knative declares no kustomization_overlay"
     return found
 

@@ -35,7 +35,7 @@ PARTLY_PUBLIC = {"backends"}
 S3_WORKLOADS = {"batch", "batch-intake", "batch-worker", "batch-deadletter", "models", "models-public", "triton"}
 S3_KEYS = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
 # The workloads that read CALLBACK_SIGNING_SECRET: infer refuses a callback without it, batch-worker signs with it.
-CALLBACK_SECRET_READERS = {"infer", "batch-worker"}
+CALLBACK_SECRET_READERS = {"infer", "batch-worker", "keys"}
 # Workloads that touch no data store (the console serves static files): no database or Redis secret.
 STATELESS = {"console"}
 DATA_SECRETS = {"DATABASE_URL", "REDIS_URL"}
@@ -301,12 +301,12 @@ def _check_triton(svc: dict[str, Any], min_scale: str) -> None:
 
 
 def _check_agent(svc: dict[str, Any], triton: dict[str, Any]) -> None:
-    """The model agent beside Triton: the Kinfer image (pinned apart from the functions', see
-    test_agent_image.py), its repository is Triton's, it talks to Triton's HTTP port on localhost, and its
-    readiness (first full sync) gates the pod."""
+    """The model agent beside Triton: the Kinfer agent's image (tagged with the agent's version, apart from
+    the functions', see test_agent_image.py), its repository is Triton's, it talks to Triton's HTTP port on
+    localhost, and its readiness (first full sync) gates the pod."""
     agent = named(svc, "model-agent")
     env = env_of(agent)
-    assert agent["image"].startswith(KINFER_IMAGE + ":") and agent["command"] == ["kinfer", "agent"]
+    assert agent["image"].startswith(KINFER_IMAGE + "-agent:") and agent["command"] == ["kinfer", "agent"]
     http_port = next(a.split("=", 1)[1] for a in triton["args"] if a.startswith("--http-port="))
     assert env["AGENT_TRITON_HTTP"]["value"] == f"http://127.0.0.1:{http_port}"
     mounts = {m["name"]: m for m in agent["volumeMounts"]}

@@ -1,6 +1,9 @@
 """NetworkPolicies: every namespace Kinfer creates denies by default, and every flow the platform
 needs (derived from the rendered manifests: env endpoints, eventing wiring, the S3 route) is allowed,
 while the flows it must not have (a function pod to Triton's own ports, any pod to Kafka) are not.
+Knative's own namespaces (knative/system) deny ingress by default: every flow Knative needs, derived
+from the release manifests of tests/fixtures/releases (webhooks, Kourier, activator, KafkaSink
+receiver), is still allowed, and a pod of another namespace reaches none of Kinfer's Services.
 
 A small evaluator of networking.k8s.io/v1 semantics: a connection is allowed when the source's
 namespace admits it as egress (no policy selects the pod for Egress, or one rule matches) and the
@@ -15,9 +18,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.deploy.support import KNATIVE, TF, Doc, heredoc, of_kind, parse, render, typed, unquote
+from tests.deploy.support import KNATIVE, TF, Doc, heredoc, knative_release, of_kind, parse, render, typed, unquote
 
 NS = {"functions": "kinfer", "data": "kinfer-data", "kafka": "kafka"}
+KNATIVE_NS = {"serving": "knative-serving", "kourier": "kourier-system", "eventing": "knative-eventing"}
+# The Kubernetes API server calling a webhook: from no pod namespace (its address depends on the cluster).
+API_SERVER = ("<kube-apiserver>", {"component": "kube-apiserver"})
 KNATIVE_POD = {"serving.knative.dev/service": "x"}
 
 
@@ -95,10 +101,13 @@ def prod() -> list[Doc]:
 
 @pytest.fixture(scope="module")
 def policies(prod: list[Doc]) -> list[Doc]:
+    system = render(KNATIVE / "system")
+    assert all(d["metadata"].get("namespace") in KNATIVE_NS.values() for d in system), "knative/system: namespaced"
     return (
         _with_ns(prod, NS["functions"])
         + _with_ns(render(KNATIVE / "data"), NS["data"])
         + _with_ns(render(KNATIVE / "strimzi"), NS["kafka"])
+        + system
     )
 
 
@@ -298,3 +307,205 @@ def test_terraform_patches_the_namespace_names(tmp_path: Path) -> None:
         "kinfer-intake-source": ["a.r", "a-i"],
         "kinfer-minio": ["a.r"],
     }
+
+
+# -- Knative's namespaces (knative/system) -------------------------------------------------------
+RELEASE_FILES = {
+    "serving": ["serving-core.yaml"],
+    "kourier": ["kourier.yaml"],
+    "eventing": ["eventing-core.yaml"],
+    "eventing_kafka": ["eventing-kafka-controller.yaml", "eventing-kafka-source.yaml", "eventing-kafka-sink.yaml"],
+}
+# net-kourier knative-v1.23.0, pkg/reconciler/ingress/config/config.go: the ports the controller's
+# prober sends to every gateway pod (HTTPPortProb, HTTPSPortProb; lister.go picks them).
+KOURIER_PROBE_PORTS = (8090, 9443)
+STRANGER = ("default", {"app": "anything"})
+
+
+@pytest.fixture(scope="module")
+def release() -> list[Doc]:
+    docs = []
+    for key, files in RELEASE_FILES.items():
+        for name in files:
+            docs += [d for d in yaml.safe_load_all((knative_release(key) / name).read_text()) if d]
+    return docs
+
+
+def _workloads(release: list[Doc]) -> dict[tuple[str, str], Doc]:
+    return {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d
+        for d in release
+        if d["kind"] in {"Deployment", "StatefulSet", "DaemonSet"}
+    }
+
+
+def _pods_of(release: list[Doc], ns: str, selector: dict[str, str]) -> list[Doc]:
+    return [
+        w
+        for (wns, _), w in _workloads(release).items()
+        if wns == ns and _labels_match({"matchLabels": selector}, w["spec"]["template"]["metadata"]["labels"])
+    ]
+
+
+def _pod(release: list[Doc], ns: str, name: str) -> tuple[str, dict[str, str]]:
+    return ns, _workloads(release)[(ns, name)]["spec"]["template"]["metadata"]["labels"]
+
+
+def _target_port(workload: Doc, target: int | str) -> int:
+    if isinstance(target, int):
+        return target
+    for c in workload["spec"]["template"]["spec"]["containers"]:
+        for port in c.get("ports", []):
+            if port.get("name") == target:
+                return int(port["containerPort"])
+    raise AssertionError(f"{workload['metadata']['name']}: no container port {target}")
+
+
+def _service_backends(release: list[Doc], ns: str, name: str, port: int) -> list[tuple[tuple[str, dict], int]]:
+    """The pods and container port behind Service ns/name:port."""
+    svc = next(
+        d
+        for d in release
+        if d["kind"] == "Service" and (d["metadata"]["namespace"], d["metadata"]["name"]) == (ns, name)
+    )
+    spec_port = next(p for p in svc["spec"]["ports"] if p["port"] == port)
+    pods = _pods_of(release, ns, svc["spec"]["selector"])
+    assert pods, f"Service {ns}/{name} selects no workload of the release"
+    return [
+        ((ns, w["spec"]["template"]["metadata"]["labels"]), _target_port(w, spec_port.get("targetPort", port)))
+        for w in pods
+    ]
+
+
+def _webhook_services(release: list[Doc]) -> set[tuple[str, str, int]]:
+    """Every Service the API server calls: admission webhooks and CRD conversion webhooks."""
+    found = set()
+    for d in release:
+        configs = []
+        if d["kind"] in {"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}:
+            configs = [w["clientConfig"] for w in d.get("webhooks", [])]
+        elif d["kind"] == "CustomResourceDefinition" and d["spec"].get("conversion", {}).get("strategy") == "Webhook":
+            configs = [d["spec"]["conversion"]["webhook"]["clientConfig"]]
+        for config in configs:
+            svc = config["service"]
+            found.add((svc["namespace"], svc["name"], int(svc.get("port", 443))))
+    return found
+
+
+def test_knative_namespaces_deny_ingress_by_default(policies: list[Doc]) -> None:
+    for ns in KNATIVE_NS.values():
+        deny = [
+            p
+            for p in policies
+            if p["metadata"]["namespace"] == ns
+            and p["spec"]["podSelector"] == {}
+            and p["spec"].get("policyTypes") == ["Ingress"]
+            and not p["spec"].get("ingress")
+        ]
+        assert deny, f"namespace {ns}: no default-deny ingress NetworkPolicy"
+        # Egress is left open on purpose (knative/system/networkpolicy.yaml, docs/security.md).
+        assert not [p for p in policies if p["metadata"]["namespace"] == ns and "Egress" in p["spec"]["policyTypes"]]
+
+
+def test_the_api_server_reaches_every_knative_webhook(release: list[Doc], policies: list[Doc]) -> None:
+    hooks = _webhook_services(release)
+    assert {(ns, name) for ns, name, _ in hooks} == {
+        ("knative-serving", "webhook"),
+        ("knative-eventing", "eventing-webhook"),
+        ("knative-eventing", "kafka-webhook-eventing"),
+    }
+    for ns, name, port in hooks:
+        for pod, target in _service_backends(release, ns, name, port):
+            assert allowed(policies, API_SERVER, pod, target), f"API server -> webhook {ns}/{name}:{target}"
+
+
+def test_every_flow_knative_needs_is_allowed(prod: list[Doc], release: list[Doc], policies: list[Doc]) -> None:
+    failures = []
+    internal = _service_backends(release, "kourier-system", "kourier-internal", 80)
+    sink = _service_backends(release, "knative-eventing", "kafka-sink-ingress", 80)
+    activator = _pod(release, "knative-serving", "activator")
+    activator_ports = [_target_port(_workloads(release)[activator[0], "activator"], n) for n in ("http1", "h2c")]
+    gateway = _pod(release, "kourier-system", "3scale-kourier-gateway")
+    controller = _pod(release, "knative-serving", "net-kourier-controller")
+    ping = _pod(release, "knative-eventing", "pingsource-mt-adapter")
+    dispatcher = _pod(release, "knative-eventing", "kafka-source-dispatcher")
+    functions = [
+        (NS["functions"], _pod_labels(svc)) for svc in of_kind(prod, "Service", "serving.knative.dev").values()
+    ]
+    senders = {"public Gateway": GATEWAY, "KafkaSource dispatcher": dispatcher, "PingSource adapter": ping}
+    senders.update({f"function {labels['serving.knative.dev/service']}": (ns, labels) for ns, labels in functions})
+    for who, src in senders.items():
+        for pod, port in internal:
+            if not allowed(policies, src, pod, port):
+                failures.append(f"{who} -> kourier-internal:{port}")
+    bindings = {b["spec"]["subject"]["name"] for b in of_kind(prod, "SinkBinding").values()}
+    for ns, labels in functions:
+        if labels["serving.knative.dev/service"] in bindings:
+            for pod, port in sink:
+                if not allowed(policies, (ns, labels), pod, port):
+                    failures.append(f"{labels['serving.knative.dev/service']} -> kafka-sink-ingress:{port}")
+    for port in activator_ports:
+        for who, src in {"Kourier": gateway, "KafkaSource dispatcher": dispatcher}.items():
+            if not allowed(policies, src, activator, port):
+                failures.append(f"{who} -> activator:{port}")
+    xds = _target_port(_workloads(release)["knative-serving", "net-kourier-controller"], "http2-xds")
+    if not allowed(policies, gateway, controller, xds):
+        failures.append(f"Kourier gateway -> net-kourier-controller xDS:{xds}")
+    for port in KOURIER_PROBE_PORTS:
+        if not allowed(policies, controller, gateway, port):
+            failures.append(f"net-kourier-controller prober -> gateway:{port}")
+    autoscaler = _pod(release, "knative-serving", "autoscaler")
+    websocket = _target_port(_workloads(release)["knative-serving", "autoscaler"], "websocket")
+    if not allowed(policies, activator, autoscaler, websocket):
+        failures.append(f"activator -> autoscaler:{websocket}")
+    assert not failures, "flows Knative needs that knative/system drops:\n" + "\n".join(failures)
+
+
+def test_no_foreign_pod_reaches_kinfer_through_knative(release: list[Doc], policies: list[Doc]) -> None:
+    """A pod of another namespace: not Kourier's internal or external listener, the activator, the sink receiver."""
+    gateway = _pod(release, "kourier-system", "3scale-kourier-gateway")
+    closed = {
+        "kourier-internal": [
+            (pod, port) for pod, port in _service_backends(release, "kourier-system", "kourier-internal", 80)
+        ],
+        "kourier external": [(pod, port) for pod, port in _service_backends(release, "kourier-system", "kourier", 80)],
+        "kourier admin/metrics": [(gateway, 9000)],
+        "activator": [(_pod(release, "knative-serving", "activator"), p) for p in (8012, 8013, 8112)],
+        "kafka-sink-ingress": _service_backends(release, "knative-eventing", "kafka-sink-ingress", 80),
+        "job-sink": _service_backends(release, "knative-eventing", "job-sink", 80),
+        "request-reply": _service_backends(release, "knative-eventing", "request-reply", 80),
+        "net-kourier-controller": [(_pod(release, "knative-serving", "net-kourier-controller"), 18000)],
+    }
+    opened = [
+        f"{name}:{port}"
+        for name, targets in closed.items()
+        for pod, port in targets
+        if allowed(policies, STRANGER, pod, port)
+    ]
+    assert not opened, f"a pod of another namespace reaches: {opened}"
+    function = (NS["functions"], KNATIVE_POD)
+    for pod, port in _service_backends(release, "kourier-system", "kourier", 80):
+        assert not allowed(policies, function, pod, port), "functions use kourier-internal, never the external listener"
+
+
+def test_the_knative_policies_are_applied_by_terraform(tmp_path: Path) -> None:
+    module = TF / "modules" / "knative"
+    overlay = typed(parse(module)["data"], "kustomization_overlay")["network"]
+    assert any("knative/system" in str(r) for r in overlay["resources"])
+    applied = typed(parse(module)["resource"], "kustomization_resource")["network"]
+    for step in ("serving_p2", "eventing_p2", "eventing_kafka_p2"):
+        assert f"kustomization_resource.{step}" in str(applied["depends_on"]), f"namespaces first: {step}"
+    assert "kustomization_resource.network" in str(named_output(module, "ready")["depends_on"])
+    rendered = _render_patched(tmp_path, KNATIVE / "system", "knative", "network", {"var.functions_namespace": "fn"})
+    for name in ("allow-internal-ingress", "allow-sink-receiver"):
+        doc = next(d for d in rendered if d["metadata"]["name"] == name)
+        selected = [p["namespaceSelector"]["matchLabels"] for p in doc["spec"]["ingress"][0]["from"]]
+        assert {"kubernetes.io/metadata.name": "fn"} in selected and {
+            "kubernetes.io/metadata.name": "kinfer"
+        } not in selected
+    root = (TF / "main.tf").read_text()
+    assert "functions_namespace = var.namespace" in root.split('module "knative"')[1].split("}")[0]
+
+
+def named_output(module: Path, name: str) -> dict:
+    return {unquote(k): v for block in parse(module)["output"] for k, v in block.items()}[name]

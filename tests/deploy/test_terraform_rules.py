@@ -89,18 +89,20 @@ MAINTAINED = {
     "from (https://strimzi.io/charts/ is deprecated since 0.36); its version pins the quay.io/strimzi images",
     "oci://docker.io/envoyproxy": "Envoy Gateway chart (Envoy project, CNCF); its version pins docker.io/envoyproxy",
     "nvcr.io/nvidia/tritonserver": "NVIDIA's Triton Inference Server releases on NGC (monthly)",
-    "ghcr.io/kinfer/kinfer": "this project's image; terraform replaces it with -var image (and the model "
-    "agent's with -var agent_image)",
+    "ghcr.io/kinfer/kinfer": "this project's image; terraform replaces it with -var image",
+    "ghcr.io/kinfer/kinfer-agent": "this project's model agent, tagged with its agent version (never pushed "
+    "twice, scripts/push-images); terraform derives it from -var image or takes -var agent_image",
+    "docker.io/pgsty/silo": "Silo (PGSTY), the maintained community fork of MinIO: regular releases with "
+    "security fixes (CVE-2025-62506 inherited, later CVEs fixed; docs/security/advisories.md of pgsty/silo)",
+    "docker.io/pgsty/mc": "Silo's MinIO client, released with the server, for the chart's setup jobs",
 }
 # Installed although no longer maintained, only as an optional in-cluster default that an
 # existing endpoint variable switches off, and said so in docs/operations.md.
 TOLERATED_UNMAINTAINED = {
     "https://charts.min.io/": (
         "s3_endpoint_url",
-        "MinIO community edition: source-only since 2025-10, repository archived; the last published images still pull",
+        "MinIO community chart (repository archived): templates only, it runs Silo's images",
     ),
-    "docker.io/minio/minio": ("s3_endpoint_url", "last community image of MinIO (RELEASE.2025-09-07T16-13-09Z)"),
-    "docker.io/minio/mc": ("s3_endpoint_url", "MinIO client for the chart's setup jobs, last community image"),
 }
 IMAGE = re.compile(
     r"^(?P<repo>[a-z0-9.-]+\.[a-z]+(?::\d+)?/[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+))?"

@@ -11,6 +11,11 @@ on 2026-12-07 (tests/fixtures/releases/README.md): raise them, never lower them,
 - Strimzi supports its newest release; 1.0.0 removed the kafka.strimzi.io/v1beta2 API (the schema checks
   of knative/strimzi run against the 1.2.0 CRDs, test_crd_schemas.py).
 - Triton: at least 25.07, for the fixes of NVIDIA security bulletin 5687; 26.07 (server v2.71.0) pinned.
+- The in-cluster S3 server: a MinIO-lineage release of at least RELEASE.2025-10-15T17-29-55Z, the first with
+  the fix of CVE-2025-62506 (GHSA-jjjj-jwhf-8rgr, minio/minio#21642: a restricted service or STS account
+  could mint an unrestricted service account). MinIO published that release as source only and later
+  withdrew its images; Silo (docker.io/pgsty/silo), the maintained fork, carries the fix in every release
+  (pgsty/silo docs/security/advisories.md), RELEASE.2026-09-16T00-00-00Z pinned.
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ KNATIVE_FLOORS = {"serving": (1, 23), "kourier": (1, 23), "eventing": (1, 22), "
 ENVOY_GATEWAY_FLOOR = (1, 9)
 STRIMZI_FLOOR = (1, 2)
 TRITON_FLOOR = (25, 7)
+S3_SERVER_FLOOR = (2025, 10, 15, 17, 29, 55)  # RELEASE.2025-10-15T17-29-55Z: CVE-2025-62506 fixed
+# MinIO and its fork Silo share the RELEASE.<UTC time> tags and the code of CVE-2025-62506's fix.
+S3_SERVER_REPOSITORIES = {"docker.io/pgsty/silo", "docker.io/minio/minio", "quay.io/minio/minio"}
+
+
+def _release(tag: str) -> tuple[int, ...]:
+    found = re.fullmatch(r"RELEASE\.(\d{4})-(\d\d)-(\d\d)T(\d\d)-(\d\d)-(\d\d)Z", tag)
+    assert found, f"not a MinIO release tag: {tag!r}"
+    return tuple(int(g) for g in found.groups())
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -77,8 +91,17 @@ def test_triton_has_the_security_fixes(rendered: dict[str, list[Doc]]) -> None:
             pytest.fail(f"{overlay}: no Triton container")
 
 
+def test_the_s3_server_has_the_cve_2025_62506_fix() -> None:
+    image = variable_default(TF / "modules" / "data", "minio_image")
+    found = re.fullmatch(r"(?P<repo>[^:@]+):(?P<tag>[^:@]+)(?:@sha256:[0-9a-f]{64})?", image)
+    assert found, f"minio_image {image!r} is not repository:tag[@digest]"
+    assert found.group("repo") in S3_SERVER_REPOSITORIES, f"{found.group('repo')}: not a MinIO-lineage server"
+    assert _release(found.group("tag")) >= S3_SERVER_FLOOR, f"{image} lacks the fix of CVE-2025-62506"
+
+
 def test_the_floors_refuse_the_old_pins() -> None:
     assert _version("1.16.0")[:2] < KNATIVE_FLOORS["eventing"]
     assert _version("v1.2.6")[:2] < ENVOY_GATEWAY_FLOOR
     assert _version("0.45.0")[:2] < STRIMZI_FLOOR
     assert _version("24.10-py3") < TRITON_FLOOR
+    assert _release("RELEASE.2025-09-07T16-13-09Z") < S3_SERVER_FLOOR  # the last image MinIO published

@@ -40,7 +40,10 @@ def test_cli_submit_wait_and_results(stack: dict[str, str], tmp_path: Path) -> N
     status = json.loads(kinfer_batch("status", job_id, "-o", "json", *common).stdout)
     assert status["status"] == "completed" and status["failed"] == 1
     cancel = kinfer_batch("cancel", job_id, *common)
-    assert cancel.returncode == 1 and "409 conflict" in cancel.stderr and "already completed" in cancel.stderr
+    assert cancel.returncode == 1 and cancel.stderr.startswith("error: conflict: ") and "HTTP 409" in cancel.stderr
+    assert "already completed" in cancel.stderr
+    short = kinfer_batch("status", job_id[:8], "-o", "json", *common)  # a unique prefix names the job
+    assert short.returncode == 0 and json.loads(short.stdout)["job_id"] == job_id, short.stderr
 
 
 def test_cli_uploads_a_file_under_the_callers_prefix(stack: dict[str, str], tmp_path: Path) -> None:

@@ -38,9 +38,10 @@ def test_infer_answers_and_errors_in_one_line(stack: dict[str, str], tmp_path: P
     done = kinfer(tmp_path, "infer", "iris_classifier", "--file", str(ROOT / "examples" / "iris-rows.json"), **env)
     assert done.returncode == 0 and "prediction:  setosa,virginica,versicolor" in done.stdout
     missing = kinfer(tmp_path, "infer", f"no-such-{uuid.uuid4().hex[:6]}", "--data", "[1]", **env)
-    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "404 not_found" in missing.stderr
+    assert missing.returncode == 1 and missing.stderr.startswith("error: not_found: ") and "HTTP 404" in missing.stderr
     shape = kinfer(tmp_path, "infer", "iris_classifier", "--data", "[1, 2]", **env)
-    assert shape.returncode == 1 and "400 invalid_input" in shape.stderr and "expected 'features'" in shape.stderr
+    assert shape.returncode == 1 and shape.stderr.startswith("error: invalid_input: ")
+    assert "expected 'features'" in shape.stderr and "request id " in shape.stderr
     usage = kinfer(tmp_path, "infer", "iris_classifier", "--data", "[1, 2", **env)
     assert usage.returncode == 2 and "--data is not valid JSON" in usage.stderr
 
@@ -55,7 +56,7 @@ def test_keys_over_the_gateway_and_a_new_key_at_work(stack: dict[str, str], tmp_
     mine = {"KINFER_URL": stack["gateway"], "KINFER_API_KEY": key["key"]}
     assert kinfer(tmp_path, "infer", "iris_classifier", "--data", "[5.1, 3.5, 1.4, 0.2]", **mine).returncode == 0
     denied = kinfer(tmp_path, "keys", "list", **mine)
-    assert denied.returncode == 1 and "403 forbidden" in denied.stderr
+    assert denied.returncode == 1 and denied.stderr.startswith("error: forbidden: ") and "HTTP 403" in denied.stderr
     assert kinfer(tmp_path, "keys", "revoke", key["id"], **env).returncode == 0
     status, _, headers = http("GET", f"{stack['gateway']}/v1/keys/{key['id']}", key=stack["key"])
     assert status == 200 and headers["Content-Type"] == "application/json"

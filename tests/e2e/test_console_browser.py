@@ -1,7 +1,9 @@
 """The console in a real headless browser (Debian's chromium through chromedriver, driven by Selenium)
 against the running local stack: sign in, the demo models, a prediction from the generated form, a batch
 file whose bar reaches 100%, a canary split set from the page, an open circuit, text-only rendering of
-hostile values, and a wrong key refused.
+hostile values, a wrong key refused; with 100 models, a page load's API requests (counted with the
+browser's performance entries), search, paging and deep links that survive a reload, failed requests shown
+with their request id, and a waking backend shown as waking with its estimate.
 
 No browser is downloaded: the test uses /usr/bin/chromium and /usr/bin/chromedriver (``scripts/test``
 installs the Debian packages when they are missing) and names both, so Selenium Manager never runs. A
@@ -142,14 +144,28 @@ def test_a_wrong_key_is_refused_with_a_clear_message(browser: Any) -> None:
 
 def test_sign_in_shows_the_demo_models_with_their_state(browser: Any, stack: dict[str, str]) -> None:
     sign_in(browser, stack["key"])
-    wait_for(browser, lambda: all_css(browser, 'article[data-model="iris_classifier"] .badge'), "no demo models")
-    for name in ("iris_classifier", "vector_scorer"):
-        card = by_css(browser, f'article[data-model="{name}"]')
-        assert card.find_element("css selector", ".model-name").text == name
-        assert "ready" in card.text
+    wait_for(browser, lambda: " version(s) of " in by_css(browser, "#models-note").text, "models did not load")
+    for name in ("iris_classifier", "vector_scorer"):  # found with the search box (older models page away)
+        search = by_css(browser, "#models-q")
+        search.clear()
+        search.send_keys(name)
+        by_css(browser, "#models-filter button[type=submit]").click()
+
+        def found(n: str = name) -> bool:  # one render: the list after the search, the card's name and state
+            shown = cards(browser)
+            card = by_css(browser, f'article[data-model="{n}"]')
+            return (
+                browser.current_url.endswith(f"?q={n}")
+                and n in shown
+                and all(n in m for m in shown)
+                and card.find_element("css selector", ".model-name").text == n
+                and "ready" in card.text
+            )
+
+        wait_for(browser, found, f"the search did not show {name} ready")
     assert by_css(browser, "#who-name").text.startswith("demo (")
     assert browser.execute_script("return sessionStorage.getItem('kinfer.apiKey')") == stack["key"]
-    assert stack["key"] not in browser.current_url
+    assert stack["key"] not in browser.current_url and browser.current_url.endswith("#/models?q=vector_scorer")
     assert all_css(browser, "button.promote"), "the demo key is admin: promote is offered"
 
 
@@ -452,3 +468,175 @@ def test_a_key_without_admin_scope_gets_no_admin_buttons(browser: Any, stack: di
         by_css(browser, "#sign-out").click()
     finally:
         api(stack, "DELETE", f"/v1/keys/{key['id']}")
+
+
+# -- many models: a page load's requests, search, paging, deep links, errors, a waking backend --------------
+MANY = 100
+
+
+@pytest.fixture(scope="module")
+def many_models(stack: dict[str, str]) -> Iterator[str]:
+    """MANY model names sharing a random prefix (registered against the demo Triton model: no upload)."""
+    prefix = f"console-many-{uuid.uuid4().hex[:6]}"
+    ids = []
+    try:
+        for i in range(MANY):
+            body = {"name": f"{prefix}-{i:03d}", "version": "1", "framework": "onnx", "format": "onnx"}
+            status, model, _ = api(stack, "POST", "/v1/models", {**body, "triton_model": "iris_classifier"})
+            assert status == 201, model
+            ids.append(model["id"])
+        yield prefix
+    finally:
+        for model_id in ids:
+            api(stack, "DELETE", f"/v1/models/{model_id}")
+
+
+def open_at(driver: Any, stack: dict[str, str], hash_route: str) -> None:
+    """A reload of the console at ``hash_route``, signed in with the demo key (kept in the tab's session)."""
+    driver.execute_script("sessionStorage.setItem('kinfer.apiKey', arguments[0])", stack["key"])
+    driver.execute_script("window.location.hash = arguments[0]", hash_route)
+    driver.refresh()
+
+
+def api_requests(driver: Any) -> list[str]:
+    """The API requests the page sent since it was loaded (the browser's resource timing entries)."""
+    names: list[str] = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(n => new URL(n).pathname.startsWith('/v1/') || new URL(n).pathname.startsWith('/v2/'))"
+    )
+    return names
+
+
+def cards(driver: Any) -> list[str]:
+    return [c.get_attribute("data-model") for c in all_css(driver, "#models-list article.model")]
+
+
+def models_loaded(driver: Any, says: str) -> None:
+    wait_for(driver, lambda: says in by_css(driver, "#models-note").text, f"the models note never said {says!r}")
+
+
+def test_a_page_load_with_100_models_sends_at_most_5_api_requests(
+    browser: Any, stack: dict[str, str], many_models: str
+) -> None:
+    assert api(stack, "GET", "/v1/models?limit=1")[1]["total"] >= MANY
+    open_at(browser, stack, "#/models")
+    models_loaded(browser, " version(s) of ")
+    sent = api_requests(browser)
+    assert 1 <= len(sent) <= 5, sent
+    assert not [n for n in sent if "/aliases" in n], "aliases come with the list, not one request per model"
+    assert len(cards(browser)) <= 20 and "page 1 of " in by_css(browser, "#models-pager").text
+    shot(browser, "models-many")
+
+
+def test_search_paging_and_deep_links_work_after_a_reload(
+    browser: Any, stack: dict[str, str], many_models: str
+) -> None:
+    open_at(browser, stack, f"#/models?q={many_models.upper()}")
+    models_loaded(browser, f"of {MANY} version(s)")
+    first = cards(browser)
+    assert len(first) == 20 and all(n.startswith(many_models) for n in first), first
+    by_css(browser, "#models-pager a.next").click()
+    wait_for(browser, lambda: "page=2" in browser.current_url, "the next page has no address")
+    wait_for(browser, lambda: "page 2 of 5" in by_css(browser, "#models-pager").text, "page 2 not shown")
+    models_loaded(browser, f"21–40 of {MANY}")
+    second = cards(browser)
+    assert len(second) == 20 and not set(first) & set(second)
+    browser.refresh()
+    models_loaded(browser, f"21–40 of {MANY}")
+    assert cards(browser) == second and by_css(browser, "#models-q").get_attribute("value") == many_models.upper()
+    assert len(api_requests(browser)) <= 5
+    from selenium.webdriver.support.ui import Select
+
+    Select(by_css(browser, "#models-framework")).select_by_value("pytorch")  # a filter: back to page 1
+    wait_for(browser, lambda: "No model matches" in by_css(browser, "#models-list").text, "the filter did not apply")
+    assert "framework=pytorch" in browser.current_url and "page=" not in browser.current_url
+    name = f"{many_models}-007"
+    open_at(browser, stack, f"#/models/{name}")
+    wait_for(browser, lambda: cards(browser) == [name], "the deep link to a model did not open it")
+    browser.refresh()
+    wait_for(browser, lambda: cards(browser) == [name], "a reload lost the model's view")
+    assert by_css(browser, "#models-back").is_displayed() and not by_css(browser, "#models-filter").is_displayed()
+
+
+def test_batch_filters_and_a_job_deep_link_work_after_a_reload(browser: Any, stack: dict[str, str]) -> None:
+    status, job, _ = api(stack, "POST", "/v1/batch", {"model": "iris_classifier", "inputs": [{"data": [1, 2, 3, 4]}]})
+    assert status == 202, job
+    card = f'article[data-job="{job["job_id"]}"]'
+    open_at(browser, stack, f"#/batch/{job['job_id']}")
+    wait_for(browser, lambda: by_css(browser, card).get_attribute("data-status") == "completed", "the job is not shown")
+    browser.refresh()
+    wait_for(browser, lambda: len(all_css(browser, "#batch-list article.job")) == 1 and by_css(browser, card), "lost")
+    open_at(browser, stack, "#/batch?q=IRIS_class&status=completed")
+    wait_for(browser, lambda: all_css(browser, card), "the finished job is not in the filtered list")
+    shown = all_css(browser, "#batch-list article.job")
+    assert len(shown) <= 10 and all(c.get_attribute("data-status") == "completed" for c in shown)
+    assert "iris_classifier" in by_css(browser, card).text and by_css(browser, "#batch-q").get_attribute("value")
+    open_at(browser, stack, "#/batch?q=no-such-model-anywhere")
+    wait_for(browser, lambda: "No job matches" in by_css(browser, "#batch-list").text, "the model filter did not apply")
+
+
+@pytest.mark.parametrize(
+    ("hash_route", "status", "code"),
+    [("#/batch/00000000-0000-4000-8000-000000000000", "404", "not_found"), ("#/models?framework=nope", "400", None)],
+)
+def test_a_failed_request_is_shown_with_its_status_code_message_and_request_id(
+    browser: Any, stack: dict[str, str], hash_route: str, status: str, code: str | None
+) -> None:
+    open_at(browser, stack, hash_route)
+    error = wait_for(browser, lambda: by_css(browser, ".view:not([hidden]) .api-error"), "no error shown")
+    text = error.text
+    assert text.startswith(f"{status} ") and (code is None or f" {code}: " in text), text
+    request_id = error.get_attribute("data-request-id")
+    assert len(request_id) >= 16 and f"request id: {request_id}" in text, text
+    if status == "400":
+        assert "field: framework" in text and "framework must be one of" in text, text
+
+
+def test_a_waking_backend_is_shown_as_waking_with_its_estimate(browser: Any, stack: dict[str, str]) -> None:
+    """The local activator's record of a Triton that scales to zero and is waking (written as the activator
+    writes it, again at each check: the stack's own probes may replace it)."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from shared.backends.balancer import probe_key
+    from shared.localstack.activator import ActivatorStatus, probe_record
+    from shared.services import Services
+    from shared.settings import Settings
+
+    backend = "127.0.0.1:8001"
+    since = (datetime.now(UTC) - timedelta(seconds=4)).isoformat()
+    status: ActivatorStatus = {
+        "state": "waking",
+        "since": since,
+        "connections": 0,
+        "held": 3,
+        "wakes": 1,
+        "last_wake_s": 30.0,
+        "timeouts": 0,
+        "idle_s": 60,
+        "hold_s": 120,
+        "error": "",
+        "pids": {"triton": None, "agent": None},
+    }
+    services = Services(Settings.from_env())
+    client = services.cache.client
+    before = client.get(probe_key(backend))
+    row = f'tr[data-backend="{backend}"]'
+
+    def waking() -> bool:
+        client.set(probe_key(backend), json.dumps(probe_record(backend, status)), ex=60)
+        return by_css(browser, row).get_attribute("data-state") == "waking"
+
+    try:
+        open_at(browser, stack, "#/backends")
+        wait_for(browser, waking, "the waking backend is not shown as waking")
+        text = by_css(browser, f"{row} .probe").text
+        assert "waking" in text and "not ready" not in text, text
+        assert "the last wake took 30 s" in text and "to go" in text and "held" in text, text
+        shot(browser, "backends-waking")
+    finally:
+        if before is None:
+            client.delete(probe_key(backend))
+        else:
+            client.set(probe_key(backend), before, ex=3600)
+        services.close()

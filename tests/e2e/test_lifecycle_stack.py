@@ -64,10 +64,15 @@ def test_push_infer_canary_promote_rollback(stack: dict[str, str], tmp_path: Pat
     assert rolled.returncode == 0 and "1=80%, 2=20%" in rolled.stdout, rolled.stdout + rolled.stderr
     shown = kinfer_models(stack, "show", name)
     assert "alias production -> 1=80%, 2=20%" in shown.stdout and "ready" in shown.stdout
-    one = json.loads(kinfer_models(stack, "show", name, "2").stdout)
+    one = json.loads(kinfer_models(stack, "show", name, "2", "-o", "json").stdout)
     assert one["triton_version"] == 2 and one["backends"]["127.0.0.1:8001"]["loaded"] == 1
     refused = kinfer_models(stack, "delete", name, "1")
-    assert refused.returncode == 1 and "409" in refused.stderr and "promote" in refused.stderr
+    assert refused.returncode == 1 and refused.stderr.startswith("error: version_aliased: ")
+    assert "HTTP 409, request id " in refused.stderr and f"kinfer models delete-alias {name} ALIAS" in refused.stderr
+    versions = kinfer_models(stack, "versions", name)
+    assert versions.returncode == 0 and "production (80%)" in versions.stdout, versions.stderr
+    aliases = kinfer_models(stack, "aliases", name, "-o", "json")
+    assert [a["alias"] for a in json.loads(aliases.stdout)["aliases"]] == ["production"], aliases.stderr
     listed = kinfer_models(stack, "list", "--name", name)
     assert listed.returncode == 0 and [line.split()[1] for line in listed.stdout.splitlines()[1:]] == ["2", "1"]
 

@@ -76,5 +76,7 @@ def test_create_answers_location_and_unknown_filters_are_400(two_instances: Any)
     assert call("GET", a + resp.headers["Location"])[1]["name"] == body["name"]
     status, error = call("GET", f"{a}/v1/models?nmae={body['name']}")
     assert status == 400 and error["field"] == "nmae"
-    assert error["error"] == "unknown query parameter 'nmae'; allowed: name, framework, status, tag, limit, offset"
+    assert error["error"] == (
+        "unknown query parameter 'nmae'; allowed: q, name, framework, status, state, tag, include, limit, offset"
+    )
     assert call("GET", f"{a}/v1/models?name={body['name']}")[1]["total"] == 1

@@ -3,6 +3,12 @@
  * Rules this file keeps: every value from the API reaches the page as text (text nodes and
  * textContent, never parsed as markup); the API key lives in sessionStorage and travels only in the
  * Authorization header; links built from API values are http(s) only.
+ *
+ * Views have addresses (hash routes, so a reload or a shared link opens the same view):
+ *   #/models?q=iris&framework=onnx&status=active&page=2   #/models/<name>   #/try?model=<name>
+ *   #/backends   #/batch?q=iris&status=completed&page=2   #/batch/<job id>
+ * A list view costs one API request (the model list carries its aliases: include=aliases), and a failed
+ * request is shown in the view with its status, error code, message and request id, never hidden.
  */
 "use strict";
 
@@ -11,6 +17,10 @@ const POLL_BACKENDS_MS = 5000;
 const POLL_BATCH_MS = 1500;
 const MAX_BATCH_FILE_BYTES = 8 * 1024 * 1024;
 const SPARK_POINTS = 60;
+const MODELS_PAGE = 20;
+const JOBS_PAGE = 10;
+const MAX_PAGE = 100000;
+const VIEWS = ["models", "try", "backends", "batch"];
 
 const state = { key: null, me: null, view: "models", models: [], timers: {}, rates: {} };
 
@@ -69,13 +79,22 @@ class ApiError extends Error {
     this.field = b.field || null;
     this.requestId = b.request_id || (headers && headers.get("X-Request-ID")) || null;
     this.traceId = b.trace_id || null;
+    this.retryAfter = (headers && headers.get("Retry-After")) || null;
   }
   describe() {
     const parts = [`${this.status || "no answer"} ${this.code}: ${this.message}`];
     if (this.field) parts.push(`field: ${this.field}`);
-    if (this.requestId) parts.push(`request id: ${this.requestId}`);
+    if (this.retryAfter) parts.push(`retry after: ${this.retryAfter} s`);
+    parts.push(`request id: ${this.requestId || (this.status ? "none" : "none (no answer from the API)")}`);
     return parts.join("\n");
   }
+}
+
+/* A failed request, as the views show it: status, error code, message, field and request id, as text. */
+function errorBlock(e) {
+  const err = e instanceof ApiError ? e : new ApiError(0, { error: String((e && e.message) || e), code: "client_error" });
+  return el("pre", { class: "error api-error", role: "alert", "data-status": err.status, "data-code": err.code,
+    "data-request-id": err.requestId || "", text: err.describe() });
 }
 
 async function api(method, path, body, key) {
@@ -125,6 +144,7 @@ async function signIn(key) {
 function signOut(message) {
   sessionStorage.removeItem(KEY_STORE);
   state.key = null; state.me = null;
+  state.gen = (state.gen || 0) + 1;
   stopTimers();
   $("nav").hidden = true; $("who").hidden = true;
   for (const v of document.querySelectorAll(".view")) v.hidden = true;
@@ -139,30 +159,78 @@ function showApp() {
   $("nav").hidden = false; $("who").hidden = false;
   $("who-name").textContent = `${state.me.name} (${state.me.scopes.join(", ")})`;
   $("key").value = "";
-  show(state.view);
+  route();
 }
 
-/* ---------- views ---------- */
+/* ---------- views and their addresses ---------- */
 function stopTimers() {
   for (const name of ["backends", "batch"]) { clearTimeout(state.timers[name]); state.timers[name] = null; }
 }
 
-function show(view) {
+function safeDecode(part) {
+  try { return decodeURIComponent(part); } catch (e) { return part; }
+}
+
+/* "#/models/iris?page=2" -> { view: "models", id: "iris", params: URLSearchParams("page=2") } */
+function parseHash(hash) {
+  const raw = (hash || "").replace(/^#\/?/, "");
+  const cut = raw.indexOf("?");
+  const path = cut < 0 ? raw : raw.slice(0, cut);
+  const parts = path.split("/").filter(Boolean).map(safeDecode);
+  const view = VIEWS.includes(parts[0]) ? parts[0] : "models";
+  return { view, id: parts[0] === view ? parts[1] || null : null, params: new URLSearchParams(cut < 0 ? "" : raw.slice(cut + 1)) };
+}
+
+function address(view, id, params) {
+  const query = new URLSearchParams();
+  for (const [name, value] of Object.entries(params || {})) {
+    if (value !== null && value !== undefined && value !== "" && !(name === "page" && Number(value) === 1)) {
+      query.set(name, String(value));
+    }
+  }
+  const tail = query.toString();
+  return `#/${view}${id ? `/${enc(id)}` : ""}${tail ? `?${tail}` : ""}`;
+}
+
+function navigate(hash) {
+  if (window.location.hash === hash) route(); else window.location.hash = hash;
+}
+
+function pageParam(params) {
+  const n = Number(params.get("page") || "1");
+  return Number.isInteger(n) && n >= 1 && n <= MAX_PAGE ? n : 1;
+}
+
+function route() {
+  if (!state.key) return;
+  const { view, id, params } = parseHash(window.location.hash);
   state.view = view;
+  state.gen = (state.gen || 0) + 1;  /* a poll of an earlier view stops at its next turn */
   stopTimers();
   for (const b of document.querySelectorAll("nav button")) {
     if (b.dataset.view === view) b.setAttribute("aria-current", "page"); else b.removeAttribute("aria-current");
   }
   for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== `view-${view}`;
-  if (view === "models") loadModels();
-  if (view === "try") loadTryModels();
+  if (view === "models") { if (id) loadModel(id); else loadModels(params); }
+  if (view === "try") loadTryModels(params.get("model"));
   if (view === "backends") pollBackends();
-  if (view === "batch") { loadBatchModels(); pollBatch(); }
+  if (view === "batch") { loadBatchModels(); if (id) pollJob(id); else pollBatch(params); }
+}
+
+function pager(box, label, total, page, size, hrefOf) {
+  clear(box);
+  const pages = Math.max(1, Math.ceil(total / size));
+  box.hidden = total <= size && page === 1;
+  const link = (text, n, cls) => (n >= 1 && n <= pages && n !== page
+    ? el("a", { href: hrefOf(n), class: cls, text, "aria-label": `${label}: page ${n}` })
+    : el("span", { class: `${cls} off`, text, "aria-disabled": "true" }));
+  box.append(link("← Previous", page - 1, "prev"),
+    el("span", { class: "page-of", text: `page ${page} of ${pages}` }), link("Next →", page + 1, "next"));
 }
 
 /* ---------- models ---------- */
-async function fetchModels() {
-  const resp = await api("GET", "/v1/models?limit=500");
+async function fetchModels() {  /* the pickers of Try it and Batch: one request, aliases included */
+  const resp = await api("GET", "/v1/models?limit=500&include=aliases");
   state.models = resp.body.models;
   return state.models;
 }
@@ -187,29 +255,77 @@ function splitText(versions) {
   return "→ " + entries.map(([v, w]) => `${v}=${w}%`).join(", ");
 }
 
-async function loadModels() {
+function modelFilters(params) {
+  return { q: params.get("q") || "", framework: params.get("framework") || "", status: params.get("status") || "" };
+}
+
+async function loadModels(params) {
+  const filters = modelFilters(params || new URLSearchParams());
+  const page = pageParam(params || new URLSearchParams());
+  const gen = state.gen;
+  $("models-filter").hidden = false;
+  $("models-back").hidden = true;
+  $("models-q").value = filters.q; $("models-framework").value = filters.framework; $("models-status").value = filters.status;
+  const list = $("models-list");
+  const note = $("models-note");
+  note.textContent = "Loading…";
+  const query = new URLSearchParams({ limit: MODELS_PAGE, offset: (page - 1) * MODELS_PAGE, include: "aliases" });
+  for (const [name, value] of Object.entries(filters)) if (value) query.set(name, value);
+  try {
+    const body = (await api("GET", `/v1/models?${query}`)).body;
+    if (gen !== state.gen) return;  /* the view changed meanwhile */
+    const groups = groupByName(body.models);
+    clear(list);
+    for (const [name, versions] of groups) list.append(modelCard(name, versions, versions[0].aliases || []));
+    if (!groups.length) {
+      const text = body.total ? `Page ${page} is past the last page (${Math.ceil(body.total / MODELS_PAGE)}).`
+        : filters.q || filters.framework || filters.status ? "No model matches these filters."
+          : "No models yet: register one with kinfer models push.";
+      list.append(el("p", { class: "note", text }));
+    }
+    const first = body.total ? body.offset + 1 : 0;
+    note.textContent = `${body.models.length} version(s) of ${groups.length} model(s) shown` +
+      ` (${first}–${body.offset + body.models.length} of ${body.total} version(s)).` +
+      (isAdmin() ? "" : " Your key has no admin scope: promote, rollback and splits are hidden.");
+    pager($("models-pager"), "Models", body.total, page, MODELS_PAGE, n => address("models", null, { ...filters, page: n }));
+  } catch (e) {
+    if (gen !== state.gen) return;
+    note.textContent = "";
+    $("models-pager").hidden = true;
+    clear(list).append(errorBlock(e));
+  }
+}
+
+async function loadModel(name) {  /* #/models/<name>: every version of one name, and its aliases */
+  const gen = state.gen;
+  $("models-filter").hidden = true;
+  $("models-pager").hidden = true;
+  const back = $("models-back");
+  back.hidden = false;
   const list = $("models-list");
   const note = $("models-note");
   note.textContent = "Loading…";
   try {
-    const models = await fetchModels();
-    const groups = groupByName(models);
-    const aliases = await Promise.all(groups.map(([name]) =>
-      api("GET", `/v1/models/by-name/${enc(name)}/aliases`).then(r => r.body.aliases).catch(() => [])));
+    const body = (await api("GET", `/v1/models?${new URLSearchParams({ name, limit: 500, include: "aliases" })}`)).body;
+    if (gen !== state.gen) return;
     clear(list);
-    groups.forEach(([name, versions], i) => list.append(modelCard(name, versions, aliases[i])));
-    note.textContent = `${models.length} version(s) of ${groups.length} model(s).` +
-      (isAdmin() ? "" : " Your key has no admin scope: promote, rollback and splits are hidden.");
+    note.textContent = body.models.length ? `${body.models.length} version(s) of ${name}.` : "";
+    if (!body.models.length) {
+      list.append(el("p", { class: "error", role: "alert", text: `No model is named ${name}.` }));
+      return;
+    }
+    list.append(modelCard(name, body.models, body.models[0].aliases || []));
   } catch (e) {
+    if (gen !== state.gen) return;
     note.textContent = "";
-    clear(list).append(el("p", { class: "error", role: "alert", text: e.describe() }));
+    clear(list).append(errorBlock(e));
   }
 }
 
 function modelCard(name, versions, aliases) {
   const message = el("p", { class: "model-message", role: "status" });
   const card = el("article", { class: "card model", "data-model": name });
-  card.append(el("h3", { class: "model-name", text: name }));
+  card.append(el("h3", { class: "model-name" }, el("a", { href: address("models", name), text: name })));
   const aliasBox = el("div", { class: "aliases" });
   if (!aliases.length) aliasBox.append(el("span", { class: "note", text: "no aliases: the newest ready version serves" }));
   for (const a of aliases) {
@@ -275,7 +391,7 @@ async function aliasAction(message, method, path, body) {
   try {
     const r = await api(method, path, body);
     toast(`alias ${r.body.alias} of ${r.body.name} ${splitText(r.body.versions)}`);
-    await loadModels();
+    route();
   } catch (e) {
     message.className = "model-message error";
     message.textContent = e.describe();
@@ -290,23 +406,25 @@ function fillModelSelect(select, models) {
   if (previous && [...select.options].some(o => o.value === previous)) select.value = previous;
 }
 
-async function loadTryModels() {
+async function loadTryModels(model) {
   try {
-    fillModelSelect($("try-model"), await fetchModels());
-    await fillVersions();
+    const select = $("try-model");
+    fillModelSelect(select, await fetchModels());
+    if (model && [...select.options].some(o => o.value === model)) select.value = model;
+    fillVersions();
   } catch (e) { showTryError(e); }
 }
 
-async function fillVersions() {
+function fillVersions() {
   const name = $("try-model").value;
   const select = clear($("try-version"));
   select.append(el("option", { value: "", text: "default (production, else newest ready)" }));
   if (!name) return;
-  try {
-    const aliases = (await api("GET", `/v1/models/by-name/${enc(name)}/aliases`)).body.aliases;
-    for (const a of aliases) select.append(el("option", { value: a.alias, text: `alias ${a.alias} ${splitText(a.versions)}` }));
-  } catch (e) { /* aliases are optional here */ }
-  for (const m of state.models.filter(x => x.name === name)) {
+  const versions = state.models.filter(x => x.name === name);
+  for (const a of (versions[0] && versions[0].aliases) || []) {
+    select.append(el("option", { value: a.alias, text: `alias ${a.alias} ${splitText(a.versions)}` }));
+  }
+  for (const m of versions) {
     select.append(el("option", { value: m.version, text: `version ${m.version} (${m.state})` }));
   }
 }
@@ -379,7 +497,7 @@ async function runPrediction(ev) {
 function showTryError(e) {
   const box = clear($("try-result"));
   box.hidden = false;
-  box.append(el("h3", { text: "Error" }), el("pre", { class: "error api-error", role: "alert", text: e.describe() }));
+  box.append(el("h3", { text: "Error" }), errorBlock(e));
 }
 
 /* ---------- backends ---------- */
@@ -407,24 +525,53 @@ function sparkline(points) {
   return svg;
 }
 
+function seconds(s) { return s >= 90 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s`; }
+
+/* A backend that scales to zero (the local activator) is not down while it wakes: it holds requests. */
+function wakeText(b) {
+  const since = b.state_since ? Date.parse(b.state_since) : NaN;
+  const waited = Number.isNaN(since) ? null : Math.max(0, (Date.now() - since) / 1000);
+  const parts = [waited === null ? "starting" : `starting for ${seconds(waited)}`];
+  if (b.wake_estimate_s !== null && b.wake_estimate_s !== undefined) {
+    const left = waited === null ? b.wake_estimate_s : Math.max(0, b.wake_estimate_s - waited);
+    parts.push(`the last wake took ${seconds(b.wake_estimate_s)}` + (left > 0 ? `: about ${seconds(left)} to go` : ": any moment now"));
+  } else {
+    parts.push("no estimate yet (its first wake)");
+  }
+  return parts.join("; ") + ". Its connections are held meanwhile; callers with Prefer: wait get their answer once it serves.";
+}
+
+function probeCell(b) {
+  if (b.state === "waking") {
+    return el("td", { class: "probe" }, badge("waking", "warn"), el("div", { class: "note wake", text: wakeText(b) }));
+  }
+  if (b.state === "idle-stopped") {
+    return el("td", { class: "probe" }, badge("scaled to zero", "muted"),
+      el("div", { class: "note", text: "the next request wakes it" + (b.wake_estimate_s ? ` (the last wake took ${seconds(b.wake_estimate_s)})` : "") }));
+  }
+  if (b.state === "stopping") return el("td", { class: "probe" }, badge("scaling to zero", "muted"));
+  const probe = b.last_probe === null ? badge("not probed", "muted")
+    : badge(b.healthy ? "ready" : "not ready", b.healthy ? "ok" : "bad");
+  return el("td", { class: "probe" }, probe, el("div", { class: "note", text: when(b.last_probe) }),
+    b.reason && !b.healthy ? el("div", { class: "note", text: b.reason }) : null);
+}
+
 async function pollBackends() {
   if (state.view !== "backends" || !state.key) return;
+  const gen = state.gen;
   try {
     const data = (await api("GET", "/v1/backends?window_s=60")).body;
-    $("backends-error").textContent = "";
+    clear($("backends-error"));
     const tbody = clear($("backends-table").querySelector("tbody"));
     for (const b of data.backends) {
       const series = state.rates[b.url] || (state.rates[b.url] = []);
       series.push(b.requests_per_s ?? 0);
       if (series.length > SPARK_POINTS) series.shift();
-      const probe = b.last_probe === null ? badge("not probed", "muted")
-        : badge(b.healthy ? "ready" : "not ready", b.healthy ? "ok" : "bad");
-      tbody.append(el("tr", { "data-backend": b.url },
+      tbody.append(el("tr", { "data-backend": b.url, "data-state": b.state || "" },
         el("td", { class: "mono" }, b.url, el("div", { class: "note", text: (b.models || []).join(", ") })),
         el("td", { class: "circuit" }, circuitBadge(b.circuit),
           b.failures ? el("div", { class: "note", text: `${b.failures} failure(s)` }) : null),
-        el("td", {}, probe, el("div", { class: "note", text: when(b.last_probe) }),
-          b.reason && !b.healthy ? el("div", { class: "note", text: b.reason }) : null),
+        probeCell(b),
         el("td", { class: "num", text: b.p50_ms === null ? "–" : `${b.p50_ms} ms` }),
         el("td", { class: "num", text: b.requests_per_s === null ? "–" : String(b.requests_per_s) }),
         el("td", {}, sparkline(series))));
@@ -432,14 +579,14 @@ async function pollBackends() {
     $("backends-updated").textContent = `updated ${new Date().toLocaleTimeString()}` +
       (data.window_s ? `, over the last ${Math.round(data.window_s)} s` : "");
   } catch (e) {
-    $("backends-error").textContent = e.describe();
+    clear($("backends-error")).append(errorBlock(e));
   }
-  if (state.view === "backends") state.timers.backends = setTimeout(pollBackends, POLL_BACKENDS_MS);
+  if (state.view === "backends" && gen === state.gen) state.timers.backends = setTimeout(pollBackends, POLL_BACKENDS_MS);
 }
 
 /* ---------- batch ---------- */
 async function loadBatchModels() {
-  try { fillModelSelect($("batch-model"), await fetchModels()); } catch (e) { $("batch-message").textContent = e.describe(); }
+  try { fillModelSelect($("batch-model"), await fetchModels()); } catch (e) { clear($("batch-message")).append(errorBlock(e)); }
 }
 
 function jobCard(job) {
@@ -450,7 +597,7 @@ function jobCard(job) {
   const card = el("article", { class: "card job", "data-job": job.job_id, "data-status": job.status },
     el("div", { class: "job-head" },
       el("span", {}, el("strong", { text: `${job.model} ${job.version}` }), " ",
-        el("span", { class: "mono note", text: job.job_id })),
+        el("a", { class: "mono note job-link", href: address("batch", job.job_id), text: job.job_id })),
       badge(job.status, tone)),
     el("label", { for: `p-${job.job_id}`, class: "note", text: `${pct}% · ${job.completed} of ${job.total} processed · ` +
       `${job.succeeded} succeeded · ${job.failed} failed` }),
@@ -465,8 +612,8 @@ function jobCard(job) {
     actions.append(el("button", { type: "button", class: "danger cancel", text: "Cancel",
       "aria-label": `Cancel job ${job.job_id}`, onclick: async ev => {
         ev.target.disabled = true;
-        try { await api("DELETE", `/v1/batch/${enc(job.job_id)}`); await refreshBatch(); }
-        catch (e) { message.className = "error"; message.textContent = e.describe(); ev.target.disabled = false; }
+        try { await api("DELETE", `/v1/batch/${enc(job.job_id)}`); route(); }
+        catch (e) { clear(message).append(errorBlock(e)); ev.target.disabled = false; }
       } }));
   }
   const href = job.result_url ? safeHttpUrl(job.result_url) : null;
@@ -476,25 +623,66 @@ function jobCard(job) {
   return card;
 }
 
-async function refreshBatch() {
-  const list = $("batch-list");
-  const jobs = (await api("GET", "/v1/batch?limit=20")).body.jobs;
-  clear(list);
-  if (!jobs.length) list.append(el("p", { class: "note", text: "No jobs yet." }));
-  for (const job of jobs) list.append(jobCard(job));
-  return jobs;
+function jobFilters(params) {
+  return { q: params.get("q") || "", status: params.get("status") || "" };
 }
 
-async function pollBatch() {
-  if (state.view !== "batch" || !state.key) return;
+function isActive(job) { return job.status === "pending" || job.status === "processing"; }
+
+/* #/batch: a page of the key's jobs (filtered by model and status), polled while one of them runs. */
+async function pollBatch(params, gen) {
+  if (gen === undefined) gen = state.gen;
+  if (gen !== state.gen || !state.key) return;
+  const filters = jobFilters(params);
+  const page = pageParam(params);
+  $("batch-filter").hidden = false;
+  $("batch-back").hidden = true;
+  $("batch-q").value = filters.q; $("batch-status").value = filters.status;
+  const query = new URLSearchParams({ limit: JOBS_PAGE, offset: (page - 1) * JOBS_PAGE });
+  for (const [name, value] of Object.entries(filters)) if (value) query.set(name, value);
+  const list = $("batch-list");
   let active = false;
   try {
-    const jobs = await refreshBatch();
-    active = jobs.some(j => j.status === "pending" || j.status === "processing");
+    const body = (await api("GET", `/v1/batch?${query}`)).body;
+    if (gen !== state.gen) return;
+    clear(list);
+    if (!body.jobs.length) {
+      const text = body.total_count ? `Page ${page} is past the last page (${Math.ceil(body.total_count / JOBS_PAGE)}).`
+        : filters.q || filters.status ? "No job matches these filters." : "No jobs yet.";
+      list.append(el("p", { class: "note", text }));
+    }
+    for (const job of body.jobs) list.append(jobCard(job));
+    $("batch-note").textContent = `${body.total_count} job(s)` + (filters.q || filters.status ? " match." : ".");
+    pager($("batch-pager"), "Batch jobs", body.total_count, page, JOBS_PAGE, n => address("batch", null, { ...filters, page: n }));
+    active = body.jobs.some(isActive);
   } catch (e) {
-    clear($("batch-list")).append(el("p", { class: "error", role: "alert", text: e.describe() }));
+    if (gen !== state.gen) return;
+    clear(list).append(errorBlock(e));
   }
-  if (state.view === "batch") state.timers.batch = setTimeout(pollBatch, active ? POLL_BATCH_MS : POLL_BATCH_MS * 4);
+  state.timers.batch = setTimeout(() => pollBatch(params, gen), active ? POLL_BATCH_MS : POLL_BATCH_MS * 4);
+}
+
+/* #/batch/<id>: one job, polled while it runs. */
+async function pollJob(id, gen) {
+  if (gen === undefined) gen = state.gen;
+  if (gen !== state.gen || !state.key) return;
+  $("batch-filter").hidden = true;
+  $("batch-pager").hidden = true;
+  $("batch-back").hidden = false;
+  $("batch-note").textContent = "";
+  const list = $("batch-list");
+  let active = false;
+  try {
+    const job = (await api("GET", `/v1/batch/${enc(id)}`)).body;
+    if (gen !== state.gen) return;
+    clear(list).append(jobCard(job));
+    active = isActive(job);
+  } catch (e) {
+    if (gen !== state.gen) return;
+    clear(list).append(errorBlock(e));
+    return;
+  }
+  if (active) state.timers.batch = setTimeout(() => pollJob(id, gen), POLL_BATCH_MS);
 }
 
 let batchFile = null;
@@ -538,9 +726,8 @@ async function submitBatch(ev) {
     const r = await api("POST", "/v1/batch", body);
     msg.className = "success";
     msg.textContent = `Job ${r.body.job_id} accepted: ${r.body.total} item(s).`;
-    stopTimers();
-    pollBatch();
-  } catch (e) { msg.className = "error"; msg.textContent = e.describe(); }
+    navigate(address("batch"));
+  } catch (e) { clear(msg).append(errorBlock(e)); }
   finally { $("batch-submit").disabled = false; }
 }
 
@@ -552,13 +739,27 @@ function wire() {
     if (key) signIn(key);
   });
   $("sign-out").addEventListener("click", () => signOut("Signed out."));
-  for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.view));
-  $("models-refresh").addEventListener("click", loadModels);
+  for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => navigate(address(b.dataset.view)));
+  window.addEventListener("hashchange", route);
+  $("models-refresh").addEventListener("click", route);
+  $("models-filter").addEventListener("submit", ev => {
+    ev.preventDefault();
+    navigate(address("models", null, { q: $("models-q").value.trim(), framework: $("models-framework").value,
+      status: $("models-status").value }));
+  });
+  for (const id of ["models-framework", "models-status"]) {
+    $(id).addEventListener("change", () => $("models-filter").requestSubmit());
+  }
+  $("batch-filter").addEventListener("submit", ev => {
+    ev.preventDefault();
+    navigate(address("batch", null, { q: $("batch-q").value.trim(), status: $("batch-status").value }));
+  });
+  $("batch-status").addEventListener("change", () => $("batch-filter").requestSubmit());
   $("try-model").addEventListener("change", fillVersions);
   $("try-pick").addEventListener("submit", loadTryForm);
   $("try-form").addEventListener("submit", runPrediction);
   $("batch-form").addEventListener("submit", submitBatch);
-  $("batch-refresh").addEventListener("click", () => { stopTimers(); pollBatch(); });
+  $("batch-refresh").addEventListener("click", route);
   $("batch-file").addEventListener("change", ev => pickFile(ev.target.files[0]));
   const drop = $("batch-drop");
   drop.addEventListener("dragover", ev => { ev.preventDefault(); drop.classList.add("over"); });

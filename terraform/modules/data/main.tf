@@ -8,10 +8,14 @@
 # - PostgreSQL: the CloudNativePG operator (CNCF) and one Cluster of its
 #   postgresql image.
 # - Redis: Valkey (Linux Foundation), its official chart and image.
-# - MinIO: its chart with the last community images. MinIO's community edition
-#   is no longer maintained (source-only since 2025-10, repository archived):
-#   fine to evaluate Kinfer, not for production, where s3_endpoint_url should
-#   name a maintained S3 service (docs/operations.md).
+# - MinIO: its chart (the last community chart) running Silo's images
+#   (docker.io/pgsty/silo, pgsty/mc), the maintained community fork of MinIO: MinIO's
+#   community edition is no longer maintained (source-only since 2025-10, repository
+#   archived, its images withdrawn from Docker Hub and quay.io), and its last image lacks
+#   the CVE-2025-62506 fix. Silo keeps MinIO's S3 API, presigned URLs, MINIO_* settings,
+#   IAM policies and Kafka notifications; the chart's "minio server" command is translated
+#   by its entrypoint. In production s3_endpoint_url may still name a managed S3 service
+#   (docs/operations.md).
 
 locals {
   install_postgres = var.database_url == ""
@@ -24,10 +28,11 @@ locals {
   redis_host       = "valkey.${var.namespace}.svc.cluster.local"
   minio_url        = "http://minio.${var.namespace}.svc.cluster.local:9000"
 
-  # registry/repository:tag, as the charts take them.
+  # registry/repository:tag, as the charts take them; the MinIO chart writes
+  # "<repository>:<tag>", so a digest rides in the tag ("<tag>@sha256:...").
   valkey_image   = regex("^(?P<registry>[^/]+)/(?P<repository>[^:]+):(?P<tag>[^:]+)$", var.valkey_image)
-  minio_image    = regex("^(?P<repository>[^:]+):(?P<tag>[^:]+)$", var.minio_image)
-  minio_mc_image = regex("^(?P<repository>[^:]+):(?P<tag>[^:]+)$", var.minio_mc_image)
+  minio_image    = regex("^(?P<repository>[^:@]+):(?P<tag>[^:@]+(?:@sha256:[0-9a-f]{64})?)$", var.minio_image)
+  minio_mc_image = regex("^(?P<repository>[^:@]+):(?P<tag>[^:@]+(?:@sha256:[0-9a-f]{64})?)$", var.minio_mc_image)
 
   # One MinIO user per workload that touches object storage, each with only the
   # access it needs (ListBucket on both batch buckets: the functions check that
@@ -194,6 +199,18 @@ resource "kubernetes_secret" "minio_users" {
   data = { for name, password in random_password.minio_user : name => password.result }
 }
 
+# The Kafka's CA, mounted by the chart into MinIO's trusted CAs (trustedCertsSecret ->
+# /etc/minio/certs/CAs): its bucket notifications check the brokers' certificates with it.
+resource "kubernetes_secret" "kafka_ca" {
+  count = local.install_minio ? 1 : 0
+  metadata {
+    name      = "kinfer-kafka-ca"
+    namespace = kubernetes_namespace.data[0].metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  data = { "kafka-ca.crt" = var.kafka_ca_certificate }
+}
+
 resource "helm_release" "minio" {
   count      = local.install_minio ? 1 : 0
   name       = "minio"
@@ -225,15 +242,19 @@ resource "helm_release" "minio" {
     }]
     # Input-bucket uploads become S3 event records on the batch-request topic,
     # which the KafkaSource batch-intake-source delivers to batch-intake.
-    # As the KafkaUser kinfer-minio (SCRAM-SHA-512, Write on the request topic only).
+    # As the KafkaUser kinfer-minio (SCRAM-SHA-512, Write on the request topic only), over
+    # TLS (SASL_SSL) checked against the Kafka's CA.
+    trustedCertsSecret = kubernetes_secret.kafka_ca[0].metadata[0].name
     environment = {
-      MINIO_SITE_REGION                        = var.s3_region
-      MINIO_NOTIFY_KAFKA_ENABLE_KINFER         = "on"
-      MINIO_NOTIFY_KAFKA_BROKERS_KINFER        = var.kafka_brokers
-      MINIO_NOTIFY_KAFKA_TOPIC_KINFER          = var.batch_request_topic
-      MINIO_NOTIFY_KAFKA_SASL_KINFER           = "on"
-      MINIO_NOTIFY_KAFKA_SASL_MECHANISM_KINFER = "sha512"
-      MINIO_NOTIFY_KAFKA_SASL_USERNAME_KINFER  = var.kafka_credentials.user
+      MINIO_SITE_REGION                         = var.s3_region
+      MINIO_NOTIFY_KAFKA_ENABLE_KINFER          = "on"
+      MINIO_NOTIFY_KAFKA_BROKERS_KINFER         = var.kafka_brokers
+      MINIO_NOTIFY_KAFKA_TOPIC_KINFER           = var.batch_request_topic
+      MINIO_NOTIFY_KAFKA_SASL_KINFER            = "on"
+      MINIO_NOTIFY_KAFKA_SASL_MECHANISM_KINFER  = "sha512"
+      MINIO_NOTIFY_KAFKA_SASL_USERNAME_KINFER   = var.kafka_credentials.user
+      MINIO_NOTIFY_KAFKA_TLS_KINFER             = "on"
+      MINIO_NOTIFY_KAFKA_TLS_SKIP_VERIFY_KINFER = "off"
     }
     customCommands = [
       { command = "event add myminio/${var.input_bucket} arn:minio:sqs::KINFER:kafka --event put --suffix .jsonl" },

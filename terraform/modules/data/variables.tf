@@ -108,21 +108,26 @@ variable "minio_chart_version" {
 }
 
 variable "minio_image" {
-  description = "MinIO server image: the last community release published as an image (MinIO community is no longer maintained)."
+  description = "S3 server image the MinIO chart runs (repository:tag[@sha256:digest]): Silo (docker.io/pgsty/silo), the maintained community fork of MinIO, at a release with the CVE-2025-62506 fix (MinIO's own images are withdrawn and the community edition unmaintained)."
   type        = string
-  default     = "docker.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
+  default     = "docker.io/pgsty/silo:RELEASE.2026-09-16T00-00-00Z@sha256:635197cb9f36d01bee221d34d1c7d7960f6a95c48b0b6c01d99cd13bdae51a46"
 }
 
 variable "minio_mc_image" {
-  description = "MinIO client image the chart's setup jobs run (buckets, users, policies)."
+  description = "MinIO client image the chart's setup jobs run (buckets, users, policies): Silo's mc (docker.io/pgsty/mc), repository:tag[@sha256:digest]."
   type        = string
-  default     = "docker.io/minio/mc:RELEASE.2025-08-13T08-35-41Z"
+  default     = "docker.io/pgsty/mc:RELEASE.2026-09-16T00-00-00Z@sha256:cfc83108c3abb371f8fb84d99c1fdc88f8c237e022409b0081fb7c0a3be634dd"
 }
 
 variable "kafka_credentials" {
   description = "SCRAM-SHA-512 user and password MinIO's bucket notifications use (the KafkaUser kinfer-minio)."
   type        = object({ user = string, password = string })
   sensitive   = true
+}
+
+variable "kafka_ca_certificate" {
+  description = "PEM certificate of the CA MinIO checks the Kafka brokers against (its bucket notifications connect with SASL_SSL)."
+  type        = string
 }
 
 variable "functions_namespace" {

@@ -19,8 +19,8 @@ locals {
   }
 }
 
-# With an existing Kafka, its SCRAM-SHA-512 user is required: Kinfer's clients never
-# connect without authentication.
+# With an existing Kafka, its SCRAM-SHA-512 user and the CA of its brokers' certificates are
+# required: Kinfer's clients never connect without authentication, nor without TLS.
 resource "terraform_data" "existing_kafka_credentials" {
   count = local.install ? 0 : 1
   lifecycle {
@@ -28,7 +28,73 @@ resource "terraform_data" "existing_kafka_credentials" {
       condition     = var.sasl_username != "" && var.sasl_password != ""
       error_message = "kafka_sasl_username and kafka_sasl_password are required with kafka_bootstrap_servers (SCRAM-SHA-512)."
     }
+    precondition {
+      condition     = can(regex("-----BEGIN CERTIFICATE-----", var.ca_certificate))
+      error_message = "kafka_ca_certificate (PEM) is required with kafka_bootstrap_servers: the clients connect with SASL_SSL and check the brokers against it."
+    }
   }
+}
+
+# The cluster CA of the Strimzi Kafka (Strimzi 1.2.0 documentation,
+# security/proc-installing-your-own-ca-certificates.adoc: Secrets <cluster>-cluster-ca-cert,
+# key ca.crt, and <cluster>-cluster-ca, key ca.key, labelled with the Kafka, annotated with
+# their generation, and Kafka spec.clusterCa.generateCertificateAuthority false). Generated
+# here rather than by Strimzi so that the clients' Secrets (platform, data) hold its
+# certificate from the first apply on, with no read-back of an operator's Secret. Strimzi
+# signs and renews the brokers' certificates with this key. The certificate is re-issued
+# (same key) by the apply that runs in its last year; its generation is its issue date, so
+# Strimzi sees a higher one and rolls the brokers while the clients get the new ca.crt.
+resource "tls_private_key" "cluster_ca" {
+  count     = local.install ? 1 : 0
+  algorithm = "RSA"
+  rsa_bits  = 4096
+}
+
+resource "tls_self_signed_cert" "cluster_ca" {
+  count                 = local.install ? 1 : 0
+  private_key_pem       = tls_private_key.cluster_ca[0].private_key_pem
+  is_ca_certificate     = true
+  validity_period_hours = 24 * 365 * 10
+  early_renewal_hours   = 24 * 365
+  allowed_uses          = ["cert_signing", "crl_signing", "digital_signature", "key_encipherment"]
+  subject {
+    common_name  = "cluster-ca kinfer"
+    organization = "Kinfer (Kafka cluster CA)"
+  }
+}
+
+locals {
+  ca_labels = {
+    "strimzi.io/kind"           = "Kafka"
+    "strimzi.io/cluster"        = "kinfer"
+    "app.kubernetes.io/part-of" = "kinfer"
+  }
+}
+
+resource "kubernetes_secret" "cluster_ca_cert" {
+  count = local.install ? 1 : 0
+  metadata {
+    name        = "kinfer-cluster-ca-cert"
+    namespace   = var.namespace
+    labels      = local.ca_labels
+    annotations = { "strimzi.io/ca-cert-generation" = formatdate("YYYYMMDD", tls_self_signed_cert.cluster_ca[0].validity_start_time) }
+  }
+  type       = "Opaque"
+  data       = { "ca.crt" = tls_self_signed_cert.cluster_ca[0].cert_pem }
+  depends_on = [helm_release.strimzi]
+}
+
+resource "kubernetes_secret" "cluster_ca_key" {
+  count = local.install ? 1 : 0
+  metadata {
+    name        = "kinfer-cluster-ca"
+    namespace   = var.namespace
+    labels      = local.ca_labels
+    annotations = { "strimzi.io/ca-key-generation" = "0" }
+  }
+  type       = "Opaque"
+  data       = { "ca.key" = tls_private_key.cluster_ca[0].private_key_pem_pkcs8 }
+  depends_on = [helm_release.strimzi]
 }
 
 # The KafkaUsers' passwords (they read them from these Secrets, key password): generated
@@ -224,5 +290,7 @@ resource "kustomization_resource" "strimzi" {
     create = "10m"
     update = "10m"
   }
-  depends_on = [helm_release.strimzi, kubernetes_secret.user_password]
+  # The cluster CA first: Strimzi must find it before it reconciles the Kafka, or it would
+  # generate one of its own.
+  depends_on = [helm_release.strimzi, kubernetes_secret.user_password, kubernetes_secret.cluster_ca_cert, kubernetes_secret.cluster_ca_key]
 }

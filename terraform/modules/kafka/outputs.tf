@@ -17,3 +17,8 @@ output "credentials" {
     : { user = var.sasl_username, password = var.sasl_password })
   }
 }
+
+output "ca_certificate" {
+  description = "PEM certificate the Kafka clients check the brokers against (SASL_SSL): the Strimzi cluster CA generated here, or ca_certificate for an existing Kafka."
+  value       = local.install ? tls_self_signed_cert.cluster_ca[0].cert_pem : var.ca_certificate
+}

@@ -60,3 +60,9 @@ variable "sasl_password" {
   default     = ""
   sensitive   = true
 }
+
+variable "ca_certificate" {
+  description = "PEM certificate of the CA that signed the existing Kafka's broker certificates (with bootstrap_servers; required with it); ignored when Strimzi is installed (the cluster CA generated here)."
+  type        = string
+  default     = ""
+}

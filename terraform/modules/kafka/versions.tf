@@ -12,5 +12,8 @@ terraform {
     random = {
       source = "hashicorp/random"
     }
+    tls = {
+      source = "hashicorp/tls"
+    }
   }
 }

@@ -128,6 +128,26 @@ data "kustomization_overlay" "serving" {
 }
 
 data "kustomization_overlay" "eventing" {
+  # Knative Eventing's authentication-oidc (config/core/configmaps/features.yaml at knative-v1.22.2,
+  # "disabled" by default): every source sends its sink an OIDC token of its own service account
+  # (Authorization: Bearer, audience = the sink's), which the event functions verify
+  # (EVENT_AUTH=oidc, shared/access/eventauth.py).
+  patches {
+    target {
+      kind      = "ConfigMap"
+      name      = "config-features"
+      namespace = "knative-eventing"
+    }
+    patch = <<-YAML
+      apiVersion: v1
+      kind: ConfigMap
+      metadata:
+        name: config-features
+        namespace: knative-eventing
+      data:
+        authentication-oidc: enabled
+    YAML
+  }
   resources = [
     "${local.eventing_release}/eventing-core.yaml",
   ]

@@ -15,6 +15,6 @@ output "ready" {
   value       = "serving-${var.knative_versions.serving},eventing-${var.knative_versions.eventing}"
   depends_on = [
     kustomization_resource.serving_p2, kustomization_resource.eventing_p2,
-    kustomization_resource.eventing_kafka_p2, kustomization_resource.gateway_class,
+    kustomization_resource.eventing_kafka_p2, kustomization_resource.gateway_class, kustomization_resource.network,
   ]
 }

@@ -27,3 +27,9 @@ variable "envoy_gateway_version" {
   type        = string
   default     = "v1.9.0"
 }
+
+variable "functions_namespace" {
+  description = "Namespace of the Kinfer functions: the only one, besides the public Gateway's and eventing's, that Kourier's internal ingress and the KafkaSink receiver admit (knative/system NetworkPolicies)."
+  type        = string
+  default     = "kinfer"
+}

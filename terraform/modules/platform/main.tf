@@ -4,9 +4,6 @@
 
 locals {
   knative_dir = abspath("${path.module}/../../../knative")
-  # The model agent beside Triton runs its own image: a new function image must not
-  # roll the Triton Service (a new revision starts a GPU).
-  agent_image = var.agent_image != "" ? var.agent_image : var.image
   brokers     = [for s in split(",", var.kafka_brokers) : trimspace(s) if trimspace(s) != ""]
   triton_url  = "triton.${var.namespace}.svc.cluster.local:80"
 
@@ -24,6 +21,14 @@ locals {
     S3_REGION            = var.s3_region
     TRITON_URL           = local.triton_url
     MODEL_REPOSITORY_URI = "s3://${var.model_bucket}/${var.model_prefix}"
+    # The senders of events (EVENT_AUTH=oidc in the prod overlay): the KafkaSources' OIDC service
+    # accounts in this namespace (<source>-oidc-sources.knative.dev-kafkasource, eventing
+    # pkg/auth/serviceaccount.go at knative-v1.22.2), their tokens minted by this issuer.
+    EVENT_OIDC_ISSUER = var.service_account_issuer
+    EVENT_OIDC_SUBJECTS = join(",", [
+      "system:serviceaccount:${var.namespace}:batch-worker-source-oidc-sources.knative.dev-kafkasource",
+      "system:serviceaccount:${var.namespace}:batch-intake-source-oidc-sources.knative.dev-kafkasource",
+    ])
     # Presigned result URLs must name a host clients reach (SigV4 signs it).
     S3_PUBLIC_ENDPOINT_URL = (var.s3_public_endpoint_url != "" ? var.s3_public_endpoint_url
     : var.minio_installed ? "https://${local.s3_host}" : "")
@@ -33,13 +38,15 @@ locals {
 
   # Kafka clients of the eventing data plane, in eventing-kafka-broker's auth Secret
   # format (control-plane/pkg/security/secret.go at knative-v1.22.3: protocol,
-  # sasl.mechanism, user, password): KafkaSink spec.auth.secret.ref and the KafkaSources'
-  # spec.net.sasl secretKeyRefs (knative/base/eventing.yaml).
+  # sasl.mechanism, user, password, ca.crt): KafkaSink spec.auth.secret.ref and the
+  # KafkaSources' spec.net.sasl and spec.net.tls secretKeyRefs (knative/base/eventing.yaml).
+  # SASL_SSL: SCRAM-SHA-512 over TLS, the brokers checked against the Kafka's CA.
   kafka_secrets = { for client in ["sink", "worker-source", "intake-source"] : "kinfer-kafka-${client}" => {
-    protocol         = "SASL_PLAINTEXT"
+    protocol         = "SASL_SSL"
     "sasl.mechanism" = "SCRAM-SHA-512"
     user             = var.kafka_credentials[client].user
     password         = var.kafka_credentials[client].password
+    "ca.crt"         = var.kafka_ca_certificate
   } }
 
   secrets = {
@@ -48,8 +55,9 @@ locals {
     # Triton's repository API key: read by the triton container (to check it) and the
     # model agent (to send it) only (knative/base/services/triton.yaml).
     "kinfer-triton-admin" = { TRITON_ADMIN_KEY = random_password.triton_admin.result }
-    # The HMAC key of async inference callbacks (Kinfer-Signature), read by infer and batch-worker;
-    # receivers verify with it (kubectl get secret kinfer-callback).
+    # The master key of async inference callbacks (Kinfer-Signature), read by infer, batch-worker and
+    # keys: each API key's callback secret derives from it (shown at key creation or rotation);
+    # receivers verify with their key's secret, never with this one.
     "kinfer-callback" = { CALLBACK_SIGNING_SECRET = random_password.callback_signing.result }
   }
 
@@ -307,11 +315,11 @@ data "kustomization_overlay" "kinfer" {
     }
   }
 
-  # Images by patches, not an `images` transformer: in the rendered overlay the
-  # functions and the model agent have the same image name (ghcr.io/kinfer/kinfer),
-  # and one transformer would give the agent every new function image, and so the
-  # Triton Service a new revision (a GPU started) on every deploy. The patches below
-  # are YAML heredocs so that tests/deploy/test_agent_image.py can render them.
+  # Images by patches, not an `images` transformer: the functions and the model agent
+  # get different images (agent.tf), and a transformer matching both would give the
+  # agent every new function image, and so the Triton Service a new revision (a GPU
+  # started) on every deploy. The patches below are YAML heredocs so that
+  # tests/deploy/test_agent_image.py can render them.
   patches {
     target {
       group          = "serving.knative.dev"
@@ -558,4 +566,55 @@ resource "kustomization_resource" "p2" {
   for_each   = data.kustomization_overlay.kinfer.ids_prio[2]
   manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
   depends_on = [kustomization_resource.p1]
+}
+
+# With EVENT_AUTH=oidc (the prod overlay) batch-intake, batch-worker and batch-deadletter read the
+# service-account issuer's JWKS from the API server (EVENT_OIDC_JWKS_URL): egress to the addresses
+# and port of the default/kubernetes Endpoints, which differ per cluster (no pod selector names them).
+data "kubernetes_endpoints_v1" "apiserver" {
+  metadata {
+    name      = "kubernetes"
+    namespace = "default"
+  }
+}
+
+locals {
+  apiserver_ips   = flatten([for s in data.kubernetes_endpoints_v1.apiserver.subset : [for a in s.address : a.ip]])
+  apiserver_ports = distinct(flatten([for s in data.kubernetes_endpoints_v1.apiserver.subset : [for p in s.port : p.port]]))
+}
+
+resource "kubernetes_network_policy_v1" "event_oidc" {
+  count = var.overlay == "prod" ? 1 : 0
+  metadata {
+    name      = "kinfer-event-oidc-egress"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  spec {
+    pod_selector {
+      match_expressions {
+        key      = "serving.knative.dev/service"
+        operator = "In"
+        values   = ["batch-intake", "batch-worker", "batch-deadletter"]
+      }
+    }
+    policy_types = ["Egress"]
+    egress {
+      dynamic "to" {
+        for_each = local.apiserver_ips
+        content {
+          ip_block {
+            cidr = "${to.value}/${length(split(":", to.value)) > 1 ? 128 : 32}"
+          }
+        }
+      }
+      dynamic "ports" {
+        for_each = local.apiserver_ports
+        content {
+          protocol = "TCP"
+          port     = tostring(ports.value)
+        }
+      }
+    }
+  }
 }

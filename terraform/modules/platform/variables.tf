@@ -9,7 +9,7 @@ variable "image" {
 }
 
 variable "agent_image" {
-  description = "Image of the model agent in each Triton pod (empty: image); only a change of it rolls the Triton Service."
+  description = "Image of the model agent in each Triton pod (empty: <image's repository>-agent:<agent version>, agent.tf); only a change of it rolls the Triton Service."
   type        = string
 }
 
@@ -98,6 +98,11 @@ variable "model_prefix" {
   default     = "models"
 }
 
+variable "service_account_issuer" {
+  description = "The cluster's service-account token issuer: EVENT_OIDC_ISSUER of the event functions."
+  type        = string
+}
+
 variable "data_namespace" {
   description = "Namespace of the in-cluster data services (MinIO's Service for the S3 route)."
   type        = string
@@ -128,6 +133,11 @@ variable "kafka_credentials" {
   description = "SCRAM-SHA-512 user and password per Kafka client (sink, worker-source, intake-source, minio)."
   type        = map(object({ user = string, password = string }))
   sensitive   = true
+}
+
+variable "kafka_ca_certificate" {
+  description = "PEM certificate of the CA the Kafka clients check the brokers against (ca.crt of their Secrets)."
+  type        = string
 }
 
 variable "input_bucket" {

@@ -277,6 +277,56 @@ def test_callback_is_received_once_and_signed(st: Stack) -> None:
     assert callback["status"] == "delivered" and callback["attempts"] == 2 and callback["error"] is None
 
 
+def _callback_for(st: Stack, headers: dict[str, str]) -> tuple[str, dict[str, str], bytes]:
+    """Submit one request with a callback as ``headers``'s key; the delivered callback's headers and body."""
+    count = len(st.receiver.posts)
+    resp = st.submit({"model": st.model, "input": {"data": ROW}}, {**headers, "Kinfer-Callback-URL": st.receiver.url})
+    request_id = resp.json()["id"]
+    st.wait(request_id, headers=headers)
+    posts = st.receiver.wait(count + 1)
+    assert len(posts) == count + 1
+    return request_id, posts[-1][0], posts[-1][1]
+
+
+def test_a_callback_is_signed_with_its_keys_own_secret_and_rotation_replaces_it(st: Stack) -> None:
+    _, admin = get_services().keys.create_key(f"cb-admin-{st.uid}", ["admin"])
+    st.configure(auth_required=True)
+    keys_api = function_client("keys", "manage_api_keys")
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    made = {}
+    for name in ("alice", "bob"):
+        resp = keys_api.post("/v1/keys", json={"name": f"{name}-cb-{st.uid}", "scopes": ["infer"]}, headers=as_admin)
+        assert resp.status_code == 201, resp.text
+        made[name] = resp.json()
+        assert made[name]["callback_secret"].startswith("kcs_")
+    alice, bob = made["alice"], made["bob"]
+    assert alice["callback_secret"] != bob["callback_secret"]
+    as_alice = {"Authorization": f"Bearer {alice['key']}"}
+    request_id, headers, body = _callback_for(st, as_alice)
+    signature = headers["kinfer-signature"]
+    assert json.loads(body)["key_id"] == alice["id"] and headers["kinfer-request-id"] == request_id
+    assert callbacks.verify(alice["callback_secret"], signature, body)
+    assert not callbacks.verify(bob["callback_secret"], signature, body)  # another key's secret fails
+    assert not callbacks.verify(SECRET, signature, body)  # so does the installation's
+    # the database holds no secret: what a dump of api_keys gives signs nothing
+    with get_services().db.begin() as conn:
+        row = conn.execute(sa.text("SELECT * FROM api_keys WHERE id = :id"), {"id": alice["id"]}).mappings().one()
+    assert not any(alice["callback_secret"] in str(value) for value in row.values())
+    # rotation: by the key itself (self) or an admin, never by another key
+    as_bob = {"Authorization": f"Bearer {bob['key']}"}
+    refused = keys_api.post(f"/v1/keys/{alice['id']}/callback-secret", headers=as_bob)
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    rotated = keys_api.post("/v1/keys/self/callback-secret", headers=as_alice)
+    assert rotated.status_code == 200, rotated.text
+    new_secret = rotated.json()["callback_secret"]
+    assert rotated.json()["id"] == alice["id"] and new_secret not in (alice["callback_secret"], bob["callback_secret"])
+    _, headers, body = _callback_for(st, as_alice)
+    assert callbacks.verify(new_secret, headers["kinfer-signature"], body)
+    assert not callbacks.verify(alice["callback_secret"], headers["kinfer-signature"], body)  # the old one stops
+    by_admin = keys_api.post(f"/v1/keys/{alice['id']}/callback-secret", headers=as_admin)
+    assert by_admin.status_code == 200 and by_admin.json()["callback_secret"] != new_secret
+
+
 def test_callback_dead_lettered_after_its_budget(st: Stack) -> None:
     st.receiver.statuses[:] = [503] * 10
     request_id = st.submit({"model": st.model, "input": {"data": ROW}}, {"Kinfer-Callback-URL": st.receiver.url})

@@ -95,6 +95,8 @@ def test_an_aliased_version_cannot_be_deleted_or_deactivated(life: Lifecycle, mo
     ):
         assert resp.status_code == 409 and resp.json()["code"] == "version_aliased", resp.text
         assert "production" in resp.json()["error"]
+        # what to do names what works for any alias, a canary's split included
+        assert f"kinfer models delete-alias {model} ALIAS" in resp.json()["error"], resp.text
 
 
 def test_rollback_without_a_previous_target_is_409(life: Lifecycle, model: str) -> None:

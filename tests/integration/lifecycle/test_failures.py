@@ -152,15 +152,26 @@ def test_a_version_triton_cannot_load_fails_with_its_reason_while_the_old_one_se
     assert fixed["state"] == "ready" and life.infer(name, 2.0, "3").json()["outputs"]["y"] == [10.0]
 
 
-def test_a_different_config_for_the_same_triton_model_is_409(life: Lifecycle, serving: str) -> None:
-    created = life.register(serving, "8")
+def test_a_different_config_gets_a_triton_model_of_its_own_and_the_old_one_serves(
+    life: Lifecycle, serving: str
+) -> None:
+    created = life.register(serving, "8", framework="python", format="python")
+    layout, s3 = Layout.of(life.settings), life.services().s3
+    kept = layout.package_key(f"{serving}.v8", 1)
     try:
-        resp = life.upload(created["id"], python_package(2.0))
-        assert resp.status_code == 409 and resp.json()["code"] == "config_conflict", resp.text
-        assert "shares one configuration" in resp.json()["error"]
-        assert version_keys(life, created) == {}
+        resp = life.upload(created["id"], python_package(7.0))
+        assert resp.status_code == 200, resp.text
+        assert (resp.json()["triton_model"], resp.json()["triton_version"]) == (f"{serving}.v8", 1)
+        assert resp.json()["artifact_uri"] == layout.uri(kept), "the kept package goes along"
+        assert version_keys(life, created) == {}, "nothing of it is left in the first Triton model"
+        first = layout.package_key(created["triton_model"], created["triton_version"])
+        assert repository.list_keys(s3, layout.bucket, first) == {}
+        assert life.wait_state(created["id"])["state"] == "ready"
+        assert life.infer(serving, 2.0, "8").json()["outputs"]["y"] == [14.0]
+        still_serving(life, serving)
     finally:
         life.models.delete(f"/v1/models/{created['id']}")
+    assert repository.list_keys(s3, layout.bucket, kept) == {}, "deleting the version deletes its package"
 
 
 def test_checksum_size_duplicate_and_second_upload(life: Lifecycle, serving: str) -> None:

@@ -1,4 +1,5 @@
-"""Migration 0004: rows registered before the lifecycle keep serving, unchanged."""
+"""Migrations 0004 and 0007: rows registered before the lifecycle (and before push options) keep serving,
+unchanged."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def test_rows_from_before_the_lifecycle_are_ready_versions_without_a_triton_vers
             None,
             None,
         )
+        assert model["triton_config"] is None  # 0007: the defaults it was registered with
         from alembic import command
 
         command.downgrade(db.alembic_config(old_database), "0003_batch")  # and back down, and up again

@@ -86,3 +86,20 @@ def test_request_event_owner_defaults_to_anonymous() -> None:
     assert jobs.submitted == [
         ({"model": "m", "inputs": [{}]}, "anonymous", {"intake_key": "/t#r1", "readable": ("incoming/",)})
     ]
+
+
+@pytest.mark.parametrize("owner", ["3f1c2a7e-0000-4000-8000-000000000001", "anonymous", None, 7])
+def test_a_request_event_cannot_name_an_owner(owner: object) -> None:
+    """Whoever can put an event on the topic is not thereby an API key: a forged event naming another key
+    as owner creates no job for that key (nor any job)."""
+    from shared.errors import InvalidInput
+
+    jobs = FakeJobs()
+    intake = batch_intake.BatchIntake(jobs, SimpleNamespace(s3_input_bucket="in"))  # type: ignore[arg-type]
+    event = CloudEvent(
+        {"type": "dev.kinfer.batch.request.v1", "source": "/t", "id": "r2"},
+        {"model": "m", "inputs": [{}], "owner": owner},
+    )
+    with pytest.raises(InvalidInput) as refused:
+        intake.intake(event)
+    assert refused.value.field == "owner" and jobs.submitted == []

@@ -193,15 +193,20 @@ class FakeDataPlane:
 class FakePolicy:
     def __init__(self) -> None:
         self.delivered: list[tuple[str, str, bytes]] = []
+        self.secrets: list[str | None] = []
         self.fail_with: Exception | None = None
 
     def check(self, url: str) -> str:
         return url
 
-    def deliver(self, url: str, request_id: str, body: bytes) -> int:
+    def secret_for(self, owner: str) -> str:
+        return f"secret-of-{owner}"
+
+    def deliver(self, url: str, request_id: str, body: bytes, secret: str | None = None) -> int:
         if self.fail_with is not None:
             raise self.fail_with
         self.delivered.append((url, request_id, body))
+        self.secrets.append(secret)
         return 200
 
 
@@ -339,6 +344,7 @@ def test_callback_flow_redelivery_and_dead_letter(world: World, memory: MemorySt
     assert len(world.policy.delivered) == 1
     url, request_id, body = world.policy.delivered[0]
     assert (url, request_id) == ("https://h/x", accepted["id"]) and b'"status":"succeeded"' in body
+    assert world.policy.secrets == ["secret-of-k1"]  # signed with the secret of the key that sent it
     got = world.requests.get(accepted["id"], "k1")["callback"]
     assert got["status"] == "delivered" and got["attempts"] == 2
     # a second request whose callback runs out of deliveries
@@ -407,3 +413,37 @@ def test_a_refused_callback_host_names_no_internal_address_and_6to4_is_judged_by
     else:
         raise AssertionError("an internal host was accepted")
     assert not is_public("2002:7f00:1::") and is_public("2002:808:808::")  # 6to4 of 127.0.0.1 / 8.8.8.8
+
+
+def test_a_callback_is_signed_with_its_keys_own_secret_and_refused_when_the_key_is_gone() -> None:
+    from shared.batch.callbacks import CallbackPolicy, CallbackRefused
+
+    own = {"k1": "kcs_one", "k2": "kcs_two"}
+    policy = CallbackPolicy((), "master", resolve=lambda host, port: ["8.8.8.8"], secret_of=own.get)
+    assert policy.secret_for("k1") == "kcs_one" and policy.secret_for("k2") == "kcs_two"
+    assert policy.secret_for("anonymous") == "master"  # sent without a key (AUTH_REQUIRED off)
+    with pytest.raises(CallbackRefused, match="no longer exists"):
+        policy.secret_for("k3")
+
+
+def test_events_name_a_request_only_never_its_owner_and_an_unknown_one_creates_no_work(
+    world: World, memory: MemoryStore
+) -> None:
+    world.accept(b'{"model": "iris", "input": {"data": [1]}}', callback_url="https://h/x", owner="k1")
+    stored = world.event()
+    forged = CloudEvent(
+        {"type": stored["type"], "source": "/forged", "id": "f1"},
+        {**stored.data, "owner": "k2", "key_id": "k2", "callback_url": "https://evil/x"},
+    )
+    asyncio.run(world.requests.execute(forged))
+    callback = world.event("dev.kinfer.infer.callback.v1")
+    world.requests.deliver_callback(
+        CloudEvent({"type": callback["type"], "source": "/forged", "id": "f2"}, {**callback.data, "owner": "k2"})
+    )
+    (url, _, body), secret = world.policy.delivered[0], world.policy.secrets[0]
+    assert (url, secret) == ("https://h/x", "secret-of-k1") and b'"key_id":"k1"' in body  # the row's owner
+    unknown = CloudEvent({"type": stored["type"], "source": "/forged", "id": "f3"}, {"request_id": str(uuid.uuid4())})
+    status, answer = asyncio.run(world.requests.execute(unknown))
+    assert (status, answer["skipped"]) == (200, "unknown or expired request")
+    assert world.requests.fail_dead(unknown, "x")[1]["skipped"] == "unknown or already finished"
+    assert len(world.dataplane.calls) == 1  # only the stored request ran

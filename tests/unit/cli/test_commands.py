@@ -62,7 +62,8 @@ def test_an_unreachable_api_is_one_line_exit_1_with_the_fix(capsys: pytest.Captu
 
     assert main(["batch", "list", "--url", f"http://localhost:{free_port()}", "--key", "kf_x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("kinfer: cannot reach http://localhost:")
+    assert len(err) == 2 and err[0].startswith("error: unreachable: cannot reach http://localhost:")
+    assert err[1] == "hint: check --url"
 
 
 def test_an_unexpected_error_is_one_line_unless_debugging(
@@ -76,8 +77,7 @@ def test_an_unexpected_error_is_one_line_unless_debugging(
     monkeypatch.setattr(config, "_use_context", boom)
     assert main(["config", "use-context", "x"]) == 1
     assert (
-        capsys.readouterr().err == "kinfer: unexpected error: RuntimeError: kaput "
-        "(KINFER_DEBUG=1 shows the traceback)\n"
+        capsys.readouterr().err == "error: unexpected: RuntimeError: kaput\nhint: KINFER_DEBUG=1 shows the traceback\n"
     )
     monkeypatch.setenv("KINFER_DEBUG", "1")
     with pytest.raises(RuntimeError):
@@ -198,8 +198,8 @@ def test_an_unreachable_database_is_one_line_naming_database_url() -> None:
     from tests.conftest import free_port
 
     done = kinfer("db", "upgrade", env={"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/kinfer"})
-    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith("kinfer: database error: ") and "check DATABASE_URL" in done.stderr
+    assert done.returncode == 1 and done.stderr.count("\n") == 2, done.stderr
+    assert done.stderr.startswith("error: database: ") and "hint: check DATABASE_URL" in done.stderr
 
 
 def test_infer_wait_sends_prefer_and_waits_that_much_longer(monkeypatch: pytest.MonkeyPatch) -> None:

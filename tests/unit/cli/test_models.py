@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 
 from shared.cli import build_parser
+from shared.cli.errors import UsageError
 from shared.cli.models import ApiError, parse_weights, push
 
 
 def test_weights_parse_and_bad_ones_say_the_form() -> None:
     assert parse_weights(["3=90", "4=10"]) == {"3": 90, "4": 10}
-    for bad in (["3"], ["=90"], ["3=ninety"], ["3=-1"]):
-        with pytest.raises(ValueError, match="VERSION=PERCENT"):
+    for bad in (["3"], ["=90"], ["3=ninety"], ["3=-1"], ["1:50"]):
+        with pytest.raises(UsageError, match="VERSION=PERCENT"):
             parse_weights(bad)
 
 
@@ -71,7 +72,6 @@ def test_a_package_defaults_to_the_python_framework(tmp_path: Path) -> None:
 
 
 def test_a_bad_alias_is_refused_before_anything_is_pushed(tmp_path: Path) -> None:
-    from shared.cli.errors import UsageError
     from shared.cli.models import _push
 
     model = tmp_path / "m.onnx"

@@ -61,3 +61,34 @@ def test_table_aligns_columns_and_marks_empty_cells() -> None:
 def test_describe_shows_the_chosen_fields_in_order() -> None:
     text = output.describe({"b": 2, "a": {"x": [1]}, "c": None}, ("a", "b", "c", "missing"))
     assert text.splitlines() == ['a:  {"x":[1]}', "b:  2", "c:  -"]
+
+
+@pytest.mark.parametrize(
+    "text, width, expected",
+    [
+        ("short enough", 20, "short enough"),
+        ("the model failed to load: unexpected shape", 20, "the model failed..."),
+        ("the model failed to load: unexpected shape", 28, "the model failed to load..."),  # no dangling ":"
+        ("averyveryverylongword and more", 10, "averyveryverylongword..."),  # a word longer than the column stays
+        ("spaces   and\nnewlines  collapse", 40, "spaces and newlines collapse"),
+    ],
+)
+def test_shorten_cuts_after_a_whole_word(text: str, width: int, expected: str) -> None:
+    assert output.shorten(text, width) == expected
+
+
+def test_a_column_with_a_width_never_cuts_a_word() -> None:
+    reason = "Triton could not load the model: unexpected input shape for features"
+    text = output.table([{"r": reason}], [output.column("REASON", "r", width=30)])
+    shown = text.splitlines()[1]
+    assert shown == "Triton could not load the..." and reason.startswith(shown.removesuffix("..."))
+
+
+def test_bounded_numbers_are_argparse_usage_errors() -> None:
+    import argparse
+
+    parse = output.bounded(1, 500)
+    assert parse("500") == 500
+    for bad, message in (("0", "between 1 and 500"), ("x", "not a whole number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse(bad)

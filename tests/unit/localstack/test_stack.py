@@ -80,6 +80,8 @@ class FakeParts:
         monkeypatch.setattr(stack, "seed", lambda settings, say=None: None)
         monkeypatch.setattr(stack, "reconcile_batch_jobs", lambda settings, say=None: {})
         monkeypatch.setattr(stack, "_start_agent", lambda env, comps, logs, say: start_plain("agent")(comps, logs, say))
+        monkeypatch.setattr(stack, "_prometheus_available", lambda say: True)  # whatever this machine has
+        monkeypatch.setattr(stack, "_start_prometheus", start_plain("prometheus"))
         monkeypatch.setattr(stack.procs, "spawn", spawn)
         monkeypatch.setattr(stack.procs, "wait_http", wait_http)
         monkeypatch.setattr(stack.procs, "require_free", lambda port, what: self.port_checks.append(port))

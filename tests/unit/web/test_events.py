@@ -12,9 +12,11 @@ from shared.errors import (
     BackendTimeout,
     CircuitOpen,
     Conflict,
+    Forbidden,
     InvalidInput,
     NotFound,
     RateLimited,
+    Unauthorized,
     Unavailable,
     Unprocessable,
 )
@@ -33,6 +35,8 @@ from shared.web.events import event_error_status, parse_event
         (NotFound("x"), 422),
         (Conflict("x"), 422),
         (Unprocessable("x"), 422),
+        (Unauthorized("x"), 401),  # an unauthenticated sender (EVENT_AUTH=oidc): not redelivered
+        (Forbidden("x"), 403),
     ],
 )
 def test_event_status_never_404_or_409(exc: Exception, status: int) -> None:
