@@ -17,6 +17,14 @@ p50/p99 and throughput over threads).
     .venv/bin/python benchmarks/realtime.py                     # self-contained: Triton, a DB, function, gateway
     .venv/bin/python benchmarks/realtime.py --runs 3 --duration 8
     .venv/bin/python benchmarks/realtime.py --stack             # against `kinfer up` (ports 8000/8082/8080)
+    .venv/bin/python benchmarks/realtime.py --shadow 10 --only /v1/infer   # shadow off, then 10 %, same run
+    .venv/bin/python benchmarks/realtime.py --capture 100 --only /v1/infer  # capture off, then 100 %, same run
+
+``--shadow PCT`` (self-contained): the model gets a second version and a ``production`` alias; every target
+is measured with no shadow, then again while PCT % of the alias's requests are mirrored to version 2.
+
+``--capture PCT`` (self-contained): a local S3 server takes the capture bucket; every target is measured
+with capture off, then again while PCT % of the model's requests are captured (``kinfer capture set``).
 
 The machine's cores are shared: run it under ``flock /work/tmp/stack.lock`` (or your
 equivalent) and look at the range over ``--runs``.
@@ -62,6 +70,7 @@ class Endpoints:
     model: str
     key: str | None
     pids: dict[str, int] = field(default_factory=dict)  # "triton", "function", "gateway" -> pid (tree root)
+    settings: Any = None  # self-contained: the served settings (to switch the shadow on)
 
 
 # -- processes and CPU ---------------------------------------------------------------------
@@ -190,15 +199,15 @@ def run_wrk(
 
 
 def wrk_table(rows: list[dict], connections: int) -> str:
-    base = rows[0]
+    base, w = rows[0], max(20, *(len(r["target"]) + 1 for r in rows))
     head = (
-        f"{'target':<20}{'seq p50':>9}{'seq p99':>9}{'+p50':>8}{f'req/s@{connections}':>11}{'ratio':>7}"
+        f"{'target':<{w}}{'seq p50':>9}{'seq p99':>9}{'+p50':>8}{f'req/s@{connections}':>11}{'ratio':>7}"
         f"{'p50':>8}{'p99':>8}{'CPU s/1k':>10}{'Triton s/1k':>12}"
     )
-    lines = [head, f"{'':<20}{'ms':>9}{'ms':>9}{'ms':>8}{'':>11}{'':>7}{'ms':>8}{'ms':>8}{'(server)':>10}{'':>12}"]
+    lines = [head, f"{'':<{w}}{'ms':>9}{'ms':>9}{'ms':>8}{'':>11}{'':>7}{'ms':>8}{'ms':>8}{'(server)':>10}{'':>12}"]
     for r in rows:
         lines.append(
-            f"{r['target']:<20}{r['seq_p50_ms']:9.3f}{r['seq_p99_ms']:9.3f}"
+            f"{r['target']:<{w}}{r['seq_p50_ms']:9.3f}{r['seq_p99_ms']:9.3f}"
             f"{r['seq_p50_ms'] - base['seq_p50_ms']:8.3f}{r['rps']:11,.0f}{r['rps'] / base['rps']:7.2f}"
             f"{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{r['cpu_s_per_1k']:10.3f}{r['triton_cpu_s_per_1k']:12.3f}"
         )
@@ -207,7 +216,8 @@ def wrk_table(rows: list[dict], connections: int) -> str:
 
 def ranges_table(runs: list[list[dict]]) -> str:
     """Min-max over runs of each target's figures (ratios taken within each run)."""
-    lines = [f"{'target':<20}{'req/s':>16}{'ratio':>12}{'+seq p50 ms':>14}{'p99 ms (load)':>16}{'CPU s/1k':>14}"]
+    w = max(20, *(len(r["target"]) + 1 for r in runs[0]))
+    lines = [f"{'target':<{w}}{'req/s':>16}{'ratio':>12}{'+seq p50 ms':>14}{'p99 ms (load)':>16}{'CPU s/1k':>14}"]
     for i, first in enumerate(runs[0]):
         per = [run[i] for run in runs if i < len(run)]
         base = [run[0] for run in runs if i < len(run)]
@@ -217,7 +227,7 @@ def ranges_table(runs: list[list[dict]]) -> str:
             return f"{lo:{fmt}}-{hi:{fmt}}" if len(values) > 1 else f"{lo:{fmt}}"
 
         lines.append(
-            f"{first['target']:<20}{span([r['rps'] for r in per], ',.0f'):>16}"
+            f"{first['target']:<{w}}{span([r['rps'] for r in per], ',.0f'):>16}"
             f"{span([r['rps'] / b['rps'] for r, b in zip(per, base, strict=True)], '.2f'):>12}"
             f"{span([r['seq_p50_ms'] - b['seq_p50_ms'] for r, b in zip(per, base, strict=True)], '.3f'):>14}"
             f"{span([r['p99_ms'] for r in per], '.2f'):>16}"
@@ -335,7 +345,7 @@ class Backing:
 
 
 @contextlib.contextmanager
-def backing(auth: bool) -> Iterator[Backing]:
+def backing(auth: bool, shadow: bool = False, capture: bool = False) -> Iterator[Backing]:
     """Triton, a scratch database (dropped afterwards) holding the iris model, and a high-limit key."""
     import sqlalchemy as sa
 
@@ -351,6 +361,17 @@ def backing(auth: bool) -> Iterator[Backing]:
             TritonServer(default_repository(), Path(state), free_port(), free_port(), free_port())
         )
         name = f"kinfer_bench_{uuid.uuid4().hex[:8]}"
+        capturing: dict[str, Any] = {}
+        if capture:  # a local S3 server for the capture bucket; rule changes seen within half a second
+            import logging
+
+            from shared.localstack.s3 import S3Server
+
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per PUT
+            s3 = S3Server(port=free_port())
+            s3.start()
+            stack.callback(s3.stop)
+            capturing = {"s3_endpoint_url": s3.url, "capture_rules_ttl_s": 0.5}
         url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
         stack.callback(_drop_database, PG_ADMIN_URL, name)
         settings = Settings.from_env(
@@ -360,6 +381,7 @@ def backing(auth: bool) -> Iterator[Backing]:
             auth_required=auth,
             triton_url=triton.grpc_url,
             log_level="WARNING",
+            **capturing,
         )
         db.ensure_database(settings)
         db.upgrade(settings)
@@ -375,6 +397,18 @@ def backing(auth: bool) -> Iterator[Backing]:
                     "triton_model": TRITON_MODEL,
                 },
             )
+            if shadow:  # a second version to mirror to, behind the production alias
+                services.registry.create_model(
+                    {
+                        "name": TRITON_MODEL,
+                        "version": "2",
+                        "framework": "onnx",
+                        "format": "onnx",
+                        "backend_url": triton.grpc_url,
+                        "triton_model": TRITON_MODEL,
+                    },
+                )
+                services.aliases.put_alias(TRITON_MODEL, "production", {"version": "1"})
             key = (
                 services.keys.create_key(f"bench-{uuid.uuid4().hex[:6]}", "infer", rate_limit=keys.MAX_RATE_LIMIT)[1]
                 if auth
@@ -392,9 +426,11 @@ def served_env(b: Backing, extra_env: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def self_contained(workers: int, auth: bool, extra_env: dict[str, str]) -> Iterator[Endpoints]:
+def self_contained(
+    workers: int, auth: bool, extra_env: dict[str, str], shadow: bool = False, capture: bool = False
+) -> Iterator[Endpoints]:
     """``backing`` plus the infer function and the gateway (``kinfer serve``) on free ports."""
-    with backing(auth) as b, contextlib.ExitStack() as stack:
+    with backing(auth, shadow, capture) as b, contextlib.ExitStack() as stack:
         env = served_env(b, extra_env)
         function = _serve(
             stack,
@@ -413,7 +449,38 @@ def self_contained(workers: int, auth: bool, extra_env: dict[str, str]) -> Itera
             TRITON_MODEL,
             b.key,
             {"triton": triton.pid or 0, "function": function[1], "gateway": gateway[1]},
+            b.settings,
         )
+
+
+def set_shadow(ep: Endpoints, percent: int) -> None:
+    """Mirror ``percent`` % of the production alias's requests to version 2 (0: off), then wait out the serving
+    processes' resolution cache (``shared.inference.resolve``: at most about 1.25 s)."""
+    from shared.services import Services
+
+    services = Services(ep.settings)
+    try:
+        services.aliases.set_shadow(TRITON_MODEL, "production", {"shadow": {"2": percent} if percent else {}})
+    finally:
+        services.close()
+    time.sleep(2)
+
+
+def set_capture(ep: Endpoints, percent: int) -> None:
+    """Capture ``percent`` % of the model's requests (0: no capture setting), then wait out the serving
+    processes' copy of the settings (CAPTURE_RULES_TTL_S, 0.5 s here)."""
+    from shared.audit import Actor
+    from shared.services import Services
+
+    services = Services(ep.settings)
+    try:
+        if percent:
+            services.capture_rules.put(TRITON_MODEL, {"sample_percent": percent}, Actor.system("benchmark"))
+        else:
+            services.capture_rules.delete(TRITON_MODEL, None, Actor.system("benchmark"))
+    finally:
+        services.close()
+    time.sleep(2)
 
 
 def _serve(
@@ -526,14 +593,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", help="only targets whose name contains this (plus direct Triton)")
     p.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
     p.add_argument("-n", "--requests", type=int, default=2000, help="python mode: requests per measurement")
+    p.add_argument(
+        "--shadow",
+        type=int,
+        default=0,
+        metavar="PCT",
+        help="self-contained wrk mode: measure again while PCT %% of requests are mirrored to a shadow version",
+    )
+    p.add_argument(
+        "--capture",
+        type=int,
+        default=0,
+        metavar="PCT",
+        help="self-contained wrk mode: measure again while PCT %% of requests are captured to S3",
+    )
     args = p.parse_args(argv)
+    if args.shadow and (args.stack or args.mode != "wrk" or not 0 < args.shadow <= 100):
+        p.error("--shadow PCT (1-100) needs the self-contained wrk mode")
+    if args.capture and (args.stack or args.mode != "wrk" or not 0 < args.capture <= 100):
+        p.error("--capture PCT (1-100) needs the self-contained wrk mode")
     extra = dict(item.split("=", 1) for item in args.env)
     binary = ensure_wrk(not args.no_install) if args.mode == "wrk" else ""
     with contextlib.ExitStack() as stack:
         if args.stack:
             ep = local_stack(args.api_key)
         else:
-            ep = stack.enter_context(self_contained(args.workers, not args.no_auth, extra))
+            ep = stack.enter_context(
+                self_contained(args.workers, not args.no_auth, extra, args.shadow > 0, args.capture > 0)
+            )
         if args.mode == "python":
             print(run_python(ep, args.requests, args.connections))
             return 0
@@ -548,6 +635,36 @@ def main(argv: list[str] | None = None) -> int:
                 args.seq_duration,
                 set(args.only) if args.only else None,
             )
+            if args.shadow:
+                set_shadow(ep, args.shadow)
+                shadowed = run_wrk(
+                    ep,
+                    binary,
+                    args.connections,
+                    args.threads,
+                    args.duration,
+                    args.seq_duration,
+                    set(args.only) if args.only else None,
+                )
+                set_shadow(ep, 0)
+                rows += [
+                    dict(r, target=f"{r['target']} +shadow {args.shadow}%") for r in shadowed if r["role"] != "triton"
+                ]
+            if args.capture:
+                set_capture(ep, args.capture)
+                captured = run_wrk(
+                    ep,
+                    binary,
+                    args.connections,
+                    args.threads,
+                    args.duration,
+                    args.seq_duration,
+                    set(args.only) if args.only else None,
+                )
+                set_capture(ep, 0)
+                rows += [
+                    dict(r, target=f"{r['target']} +capture {args.capture}%") for r in captured if r["role"] != "triton"
+                ]
             runs.append(rows)
             print(
                 f"\nrun {i + 1}/{args.runs}: wrk -c{args.connections} -t{args.threads} -d{args.duration:g}s "

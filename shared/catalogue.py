@@ -45,7 +45,7 @@ FUNCTIONS: tuple[Function, ...] = (
         "manage_models",
         "models",
         8083,
-        public=("/v1/models",),
+        public=("/v1/models", "/v1/capture"),
         public_service="models-public",
         local_without_auth=True,
     ),
@@ -55,7 +55,7 @@ FUNCTIONS: tuple[Function, ...] = (
     Function("batch_intake", "intake_batch_request", "batch-intake", 8085, emits_events=True),
     Function("batch_worker", "process_batch_chunk", "batch-worker", 8086, emits_events=True),
     Function("batch_deadletter", "fail_dead_chunk", "batch-deadletter", 8087),
-    Function("keys", "manage_api_keys", "keys", 8088, public=("/v1/keys",)),
+    Function("keys", "manage_api_keys", "keys", 8088, public=("/v1/keys", "/v1/audit")),
     Function("console", "serve_console", "console", 8091, pages=("/console",)),
 )
 

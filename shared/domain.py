@@ -129,6 +129,19 @@ class JobError(TypedDict):
     index: NotRequired[int]
 
 
+class ReplayComparison(TypedDict):
+    """A finished replay job's answers against the captured ones (``shared.batch.replay``): items whose
+    prediction is equal or differs, items the candidate failed, the mean absolute difference of numeric
+    outputs, and captured requests left out (redacted, binary or failed)."""
+
+    compared: int
+    equal: int
+    differing: int
+    failed: int
+    mean_abs_diff: float | None
+    skipped: int
+
+
 class BatchJob(TypedDict):
     """The status body of a batch job (``GET /v1/batch/{id}``)."""
 
@@ -149,3 +162,4 @@ class BatchJob(TypedDict):
     finished_at: str | None
     error: NotRequired[str]
     input_url: NotRequired[str]
+    comparison: NotRequired[ReplayComparison]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from shared.access.eventauth import EventAuthenticator
     from shared.access.keys import KeyStore
     from shared.access.ratelimit import RateLimiter
+    from shared.audit import AuditLog
     from shared.backends.balancer import Balancer
     from shared.backends.breaker import Breakers
     from shared.backends.coalesce import Coalescer
@@ -31,12 +32,15 @@ if TYPE_CHECKING:
     from shared.batch.intake import BatchIntake
     from shared.batch.jobs import BatchJobs
     from shared.batch.reaper import Reaper
+    from shared.batch.replay import Replays
     from shared.batch.requests import AsyncRequests
     from shared.batch.results import BatchResults
     from shared.batch.worker import BatchWorker
     from shared.clients.aio import LoopThread, PerLoop, SingleFlight
     from shared.clients.cache import Cache
     from shared.clients.db import Database
+    from shared.inference.capture import Capture
+    from shared.inference.capture_rules import CaptureRules
     from shared.inference.dataplane import DataPlane
     from shared.inference.health import InferenceHealth
     from shared.inference.items import ItemRunner
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
     from shared.lifecycle.backends import BackendAdmin
     from shared.lifecycle.install import Installer
     from shared.lifecycle.replicas import Replicas
+    from shared.lifecycle.rollout import Rollouts
+    from shared.lifecycle.shadow import ShadowMirror, ShadowStats
     from shared.lifecycle.versions import Versions
     from shared.registry import ModelRegistry
 
@@ -179,6 +185,13 @@ class Services:
         return ModelRegistry(self.db, self.cache, self.settings)
 
     @cached_property
+    def audit(self) -> AuditLog:
+        """The append-only audit log (``shared.audit``): every admin action and platform decision."""
+        from shared.audit import AuditLog
+
+        return AuditLog(self.db)
+
+    @cached_property
     def keys(self) -> KeyStore:
         from shared.access.keys import KeyStore
 
@@ -259,7 +272,57 @@ class Services:
     def dataplane(self) -> DataPlane:
         from shared.inference.dataplane import DataPlane
 
-        return DataPlane(self.resolver, self.balancer, self.triton_async, self.coalescer, self.settings)
+        return DataPlane(
+            self.resolver,
+            self.balancer,
+            self.triton_async,
+            self.coalescer,
+            self.settings,
+            self.shadow_mirror,
+            capture=self.capture,
+        )
+
+    @cached_property
+    def capture_rules(self) -> CaptureRules:
+        """Capture settings: PostgreSQL, and the in-process copy the data path reads."""
+        from shared.inference.capture_rules import CaptureRules
+
+        return CaptureRules(self.db, self.audit, self.settings.capture_rules_ttl_s)
+
+    @cached_property
+    def capture(self) -> Capture:
+        """Sampled request/answer records, queued and written to CAPTURE_BUCKET off the hot path (and at exit)."""
+        import atexit
+
+        from shared.inference.capture import Capture, S3Objects
+
+        capture = Capture(self.capture_rules, S3Objects(self.s3), self.settings)
+        atexit.register(capture.close)
+        return capture
+
+    @cached_property
+    def shadow_mirror(self) -> ShadowMirror:
+        """Mirrors answered requests to an alias's shadow versions (``lifecycle.shadow``), bounded."""
+        import atexit
+
+        from shared.lifecycle.shadow import ShadowMirror
+
+        mirror = ShadowMirror(self.cache, self.settings.shadow_max_pending, self.settings.shadow_timeout_s)
+        atexit.register(mirror.close)
+        return mirror
+
+    @cached_property
+    def shadow_stats(self) -> ShadowStats:
+        from shared.lifecycle.shadow import ShadowStats
+
+        return ShadowStats(self.cache)
+
+    @cached_property
+    def rollouts(self) -> Rollouts:
+        """Automatic rollouts of aliases, step by step behind gates (``lifecycle.rollout``)."""
+        from shared.lifecycle.rollout import Rollouts
+
+        return Rollouts(self.db, self.cache, self.aliases, self.audit, self.settings)
 
     @cached_property
     def v2(self) -> V2Protocol:
@@ -293,6 +356,13 @@ class Services:
         return BatchJobs(
             self.db, self.s3, self.s3_presigner, self.registry, self.results, self.ensure_batch_buckets, self.settings
         )
+
+    @cached_property
+    def replays(self) -> Replays:
+        """Batch jobs built from captured traffic, and their comparison with the captured answers."""
+        from shared.batch.replay import Replays
+
+        return Replays(self.jobs, self.s3, self.settings)
 
     @cached_property
     def worker(self) -> BatchWorker:
@@ -354,7 +424,9 @@ class Services:
     def close(self) -> None:
         """Close whatever was created (tallies flushed first, connections last); the next use recreates."""
         created = [name for name in self.__dict__ if name != "settings"]
-        created.sort(key=lambda name: {"recorder": 0, "version_recorder": 0, "cache": 2, "db": 3}.get(name, 1))
+        created.sort(
+            key=lambda name: {"recorder": 0, "version_recorder": 0, "capture": 0, "cache": 2, "db": 3}.get(name, 1)
+        )
         for name in created:
             closer = getattr(self.__dict__.pop(name), "close", None)
             if callable(closer):

@@ -192,6 +192,17 @@ class Settings(_FromEnv):
     s3_secret_access_key: str = _var("S3_SECRET_ACCESS_KEY", "kinfer-secret", secret=True)
     s3_input_bucket: str = _var("S3_INPUT_BUCKET", "kinfer-batch-inputs")
     s3_results_bucket: str = _var("S3_RESULTS_BUCKET", "kinfer-batch-results")
+    # Payload capture (shared.inference.capture): sampled requests and answers, written as JSON lines under
+    # capture/<model>/<version>/<date>/<hour>/ in this bucket; a bounded queue (records and estimated bytes,
+    # dropped and counted past either) flushed every CAPTURE_FLUSH_S or at CAPTURE_BATCH_MAX records
+    capture_bucket: str = _var("CAPTURE_BUCKET", "kinfer-capture")
+    capture_queue_max: int = _var("CAPTURE_QUEUE_MAX", "10000", _int(1, 10_000_000))
+    capture_queue_max_bytes: int = _var("CAPTURE_QUEUE_MAX_BYTES", str(64 * 1024**2), _int(1024, 64 * 1024**3))
+    capture_batch_max: int = _var("CAPTURE_BATCH_MAX", "1000", _int(1, 1_000_000))
+    capture_flush_s: float = _var("CAPTURE_FLUSH_S", "5", _float(0.05, 3600))
+    capture_gzip: bool = _var("CAPTURE_GZIP", "false", _bool)
+    # How stale a process's copy of the capture settings may be (a change reaches every replica within it)
+    capture_rules_ttl_s: float = _var("CAPTURE_RULES_TTL_S", "5", _float(0.05, 3600))
     result_url_expiry_s: int = _var("RESULT_URL_EXPIRY_S", "3600", _int(60, 604800))
     # Triton
     triton_url: str = _var("TRITON_URL", "127.0.0.1:8001")
@@ -236,6 +247,12 @@ class Settings(_FromEnv):
     # Concurrent single-row requests for one model version on one backend are merged into one Triton
     # request; a request waits at most this long for company (0 turns coalescing off)
     coalesce_wait_ms: float = _var("COALESCE_WAIT_MS", "2", _float(0, 1000))
+    # Shadow versions (shared.lifecycle.shadow): at most this many mirrored requests in flight per process
+    # (past it a mirror is dropped and counted), each given at most SHADOW_TIMEOUT_S
+    shadow_max_pending: int = _var("SHADOW_MAX_PENDING", "64", _int(1, 100_000))
+    shadow_timeout_s: float = _var("SHADOW_TIMEOUT_S", "10", _float(0.1, 600))
+    # Rollout gates (shared.lifecycle.rollout): how often the backends function's controller decides
+    rollout_tick_s: float = _var("ROLLOUT_TICK_S", "5", _float(0.2, 3600))
     # HTTP limits and access
     max_body_bytes: int = _var("MAX_BODY_BYTES", str(10 * 1024 * 1024), _int(1024, 1024**3))
     # One real-time inference request: at most this many rows and tensor elements (bulk goes to batch jobs)

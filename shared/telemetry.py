@@ -257,6 +257,19 @@ class Metrics:
             ("outcome",),
             registry=reg,
         )
+        self.capture_captured = Counter(
+            "kinfer_capture_captured", "requests sampled by payload capture and queued for writing", registry=reg
+        )
+        self.capture_written = Counter(
+            "kinfer_capture_written", "captured records written to the capture bucket", registry=reg
+        )
+        self.capture_dropped = Counter(
+            "kinfer_capture_dropped",
+            "captured records dropped, by reason: queue_full (the bounded queue), write_failed (S3 refused or down), "
+            "unserialisable",
+            ("reason",),
+            registry=reg,
+        )
         self._keys: set[str] = set()
         self._codes: set[str] = set()
         self._lock = threading.Lock()

@@ -3,7 +3,8 @@ versions), the probe tick, and GET /v1/backends (public through the gateway, ``i
 backend's circuit, last probe, request rate and median latency (``shared.backends.overview``).
 
 A Knative PingSource POSTs a CloudEvent (binary or structured mode) to ``/``; that
-probes every Triton backend and records the results in Redis.
+probes every Triton backend and records the results in Redis, and lets the rollout gates decide
+(``shared.lifecycle.rollout``; they also tick every ROLLOUT_TICK_S while this function is up).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ProbeTick(TypedDict):
 def _probe(call: Call) -> ProbeTick:
     event = parse_event(call.headers, call.body)
     results = function_services().monitor.probe()
+    function_services().rollouts.tick_safely()  # the rollout gates decide on the same tick (one leader)
     return {
         "event_id": event["id"],
         "probed": len(results),
@@ -67,10 +69,11 @@ def _overview(call: Call) -> Overview:
 def _metrics(call: Call) -> Response:
     from shared import telemetry
     from shared.lifecycle.metrics import VersionCollector
+    from shared.lifecycle.shadow import ShadowCollector
 
     own = telemetry.metrics().registry  # this process's counters, as on every function's /metrics
     text, content_type = function_services().monitor.metrics_text(
-        (VersionCollector(function_services().cache.client), own)
+        (VersionCollector(function_services().cache.client), ShadowCollector(function_services().cache.client), own)
     )
     return Response(text, status_code=200, media_type=content_type)
 
@@ -124,4 +127,5 @@ ROUTES = Router(
 
 @functions_framework.aio.http
 async def serve_backends(request: Request) -> Response:
+    function_services().rollouts.ensure_ticking()  # the rollout gates' loop, while this function is up
     return await dispatch(request, ROUTES, function_services(), "backends")

@@ -8,8 +8,10 @@ from starlette.responses import Response
 
 from shared.batch import jobs as batch
 from shared.domain import BatchJob
+from shared.errors import Forbidden
 from shared.registry.reads import Health
 from shared.web import schemas as s
+from shared.web.audit import actor_of
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
 from shared.web.route import LIVEZ, Route
@@ -18,7 +20,13 @@ from shared.web.runtime import function_services
 
 
 def _submit(call: Call) -> tuple[int, batch.JobSummary, dict[str, str]]:
-    job = function_services().jobs.submit_job(call.json(), batch.owner_of(call.principal))
+    body, services = call.json(), function_services()
+    if isinstance(body, dict) and "from_capture" in body:  # a replay of captured traffic: every caller's inputs
+        if services.settings.auth_required and "admin" not in getattr(call.principal, "scopes", ()):
+            raise Forbidden("from_capture replays every caller's captured inputs: it needs an admin key")
+        job = services.replays.submit(body, batch.owner_of(call.principal))
+    else:
+        job = services.jobs.submit_job(body, batch.owner_of(call.principal))
     return 202, job, {"Location": f"/v1/batch/{job['id']}"}
 
 
@@ -32,11 +40,12 @@ def _list(call: Call) -> batch.JobPage:
 
 
 def _get(call: Call, job_id: str) -> BatchJob:
-    return function_services().jobs.get_job(job_id, batch.owner_of(call.principal))
+    services = function_services()
+    return services.replays.annotate(services.jobs.get_job(job_id, batch.owner_of(call.principal)))
 
 
 def _cancel(call: Call, job_id: str) -> batch.Cancelled:
-    return function_services().jobs.cancel_job(job_id, batch.owner_of(call.principal))
+    return function_services().jobs.cancel_job(job_id, batch.owner_of(call.principal), actor_of(call))
 
 
 def _health(call: Call) -> tuple[int, Health]:

@@ -96,7 +96,8 @@ async def _infer(call: Call) -> InferAnswer | tuple[int, Accepted, dict[str, str
     if _respond_async(call):
         call.json()  # the Content-Type check and strict parse of a synchronous call
         return await _accept(call, V1)
-    answer = await function_services().dataplane.run_inference(call.json(), _route_key(call), _wait(call))
+    key_id = getattr(call.principal, "key_id", None)
+    answer = await function_services().dataplane.run_inference(call.json(), _route_key(call), _wait(call), key_id)
     answer["request_id"] = call.request_id
     answer["trace_id"] = call.trace_id
     call.response_headers["X-Model-Version"] = answer["version"]
@@ -108,8 +109,9 @@ async def _infer_v2(
 ) -> v2.InferResponse | tuple[int, Accepted, dict[str, str]]:
     if _respond_async(call):
         return await _accept(call, V2, name, version)
+    key_id = getattr(call.principal, "key_id", None)
     answer = await function_services().v2.infer_v2(
-        name, version, call.body, call.header_map, _route_key(call), _wait(call)
+        name, version, call.body, call.header_map, _route_key(call), _wait(call), key_id
     )
     call.response_headers["X-Model-Version"] = answer["model_version"]
     return answer

@@ -1,4 +1,5 @@
-"""The API key admin function: /v1/keys (``shared.access.keys``), admin scope only; and
+"""The API key admin function: /v1/keys (``shared.access.keys``) and the audit log ``GET /v1/audit``
+(``shared.web.audit``), admin scope only; and
 ``GET /v1/keys/self``, any valid key: who the caller is (name, scopes), so a client can tell
 what it may do (the console hides admin actions from other keys).
 
@@ -19,6 +20,7 @@ from shared.access import auth, keys
 from shared.domain import ApiKey
 from shared.registry import Health
 from shared.web import schemas as s
+from shared.web.audit import actor_of, audit_route
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
 from shared.web.route import LIVEZ, Route
@@ -27,7 +29,7 @@ from shared.web.runtime import function_services
 
 
 def _create(call: Call) -> tuple[int, keys.CreatedKey, dict[str, str]]:
-    created = function_services().keys.create_from_body(call.json())
+    created = function_services().keys.create_from_body(call.json(), actor_of(call))
     return 201, created, {"Location": f"/v1/keys/{created['id']}"}
 
 
@@ -40,7 +42,7 @@ def _get(call: Call, key_id: str) -> ApiKey:
 
 
 def _revoke(call: Call, key_id: str) -> ApiKey:
-    return keys.to_json(function_services().keys.revoke_key(key_id))
+    return keys.to_json(function_services().keys.revoke_key(key_id, actor_of(call)))
 
 
 async def _self(call: Call) -> auth.WhoAmI:
@@ -48,7 +50,8 @@ async def _self(call: Call) -> auth.WhoAmI:
 
 
 def _rotate_callback_secret(call: Call, key_id: str) -> keys.CallbackSecret:
-    return function_services().keys.rotate_callback_secret(auth.own_or_admin(call.principal, key_id))
+    key = auth.own_or_admin(call.principal, key_id)
+    return function_services().keys.rotate_callback_secret(key, actor_of(call))
 
 
 def _health(call: Call) -> tuple[int, Health]:
@@ -81,6 +84,7 @@ ROUTES = Router(
             summary="Rotate a key's callback signing secret and answer the new one (shown this once); "
             "the key itself (its id or `self`) or an admin key",
         ),
+        audit_route(lambda: function_services().audit),
     ],
     title="Kinfer keys",
 )

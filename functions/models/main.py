@@ -11,10 +11,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from shared.domain import ModelVersion
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, NotFound
 from shared.inference import kserve_v1
 from shared.inference.waiting import preferred_wait
+from shared.lifecycle.rollout import RolloutStatus
+from shared.lifecycle.shadow import ShadowSummary, shadow_summary
 from shared.web import schemas as s
+from shared.web.audit import actor_of
+from shared.web.capture import capture_routes
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
 from shared.web.route import LIVEZ, QueryParam, Route
@@ -23,7 +27,7 @@ from shared.web.runtime import function_services
 
 
 def _create(call: Call) -> tuple[int, ModelVersion, dict[str, str]]:
-    model = function_services().artifacts.create_model(call.json())
+    model = function_services().artifacts.create_model(call.json(), actor_of(call))
     return 201, model, {"Location": f"/v1/models/{model['id']}"}
 
 
@@ -31,7 +35,7 @@ async def _upload(call: Call, model_id: str) -> ModelVersion:
     limit = function_services().settings.max_artifact_bytes
     sha256 = call.query("sha256") or call.headers.get("x-content-sha256")
     try:
-        return await function_services().artifacts.receive_upload(model_id, call.stream(limit), sha256)
+        return await function_services().artifacts.receive_upload(model_id, call.stream(limit), sha256, actor_of(call))
     except ClientDisconnect:
         raise InvalidInput(
             "the upload was interrupted; nothing was installed, PUT the file again", field="body"
@@ -39,16 +43,36 @@ async def _upload(call: Call, model_id: str) -> ModelVersion:
 
 
 def _delete(call: Call, model_id: str) -> Response:
-    function_services().versions.delete_version(model_id)
+    function_services().versions.delete_version(model_id, actor_of(call))
     return Response(status_code=204)
 
 
 def _put_alias(call: Call, name: str, alias: str) -> Mapping[str, object]:
-    return function_services().aliases.put_alias(name, alias, call.json())
+    return function_services().aliases.put_alias(name, alias, call.json(), actor_of(call))
+
+
+def _shadow(call: Call, name: str, alias: str) -> ShadowSummary:
+    services = function_services()
+    if call.request.method == "PUT":
+        services.aliases.set_shadow(name, alias, call.json(), actor_of(call))
+    return shadow_summary(services.aliases.get_alias(name, alias), services.shadow_stats)
+
+
+def _rollout(call: Call, name: str, alias: str, action: str | None = None) -> RolloutStatus:
+    rollouts = function_services().rollouts
+    if action is None:
+        return (
+            rollouts.status(name, alias)
+            if call.request.method == "GET"
+            else rollouts.start(name, alias, call.json(), actor_of(call))
+        )
+    if action not in ("pause", "resume", "abort"):
+        raise NotFound(f"no rollout action {action[:32]!r}: pause, resume or abort", code="route_not_found")
+    return getattr(rollouts, action)(name, alias, actor_of(call))  # type: ignore[no-any-return]
 
 
 def _delete_alias(call: Call, name: str, alias: str) -> Response:
-    function_services().aliases.delete_alias(name, alias)
+    function_services().aliases.delete_alias(name, alias, actor_of(call))
     return Response(status_code=204)
 
 
@@ -57,7 +81,8 @@ async def _predict_v1(call: Call, name: str, version: str | None = None) -> kser
     wait = preferred_wait(call.header("prefer"), services.settings.wait_max_s)
     route_key = (call.header("x-route-key") or "")[:256] or getattr(call.principal, "key_id", None)
     ids = (call.request_id, call.trace_id)
-    answer = await kserve_v1.predict(services.dataplane, name, version, call.json(), route_key, wait, ids)
+    key_id = getattr(call.principal, "key_id", None)
+    answer = await kserve_v1.predict(services.dataplane, name, version, call.json(), route_key, wait, ids, key_id)
     call.response_headers["X-Model-Version"] = answer["model_version"]
     return answer
 
@@ -80,6 +105,7 @@ ROUTES = Router(
             for rule in ("/v1/models/<name>:predict", "/v1/models/<name>/versions/<version>:predict")
         ),
         LIVEZ,
+        *capture_routes(lambda: function_services().capture_rules),
         Route(
             "/health",
             ("GET",),
@@ -147,11 +173,40 @@ ROUTES = Router(
         Route(
             "/v1/models/by-name/<name>/aliases/<alias>/rollback",
             ("POST",),
-            lambda call, name, alias: function_services().aliases.rollback(name, alias),
+            lambda call, name, alias: function_services().aliases.rollback(name, alias, actor_of(call)),
             query=(),
             scope="admin",
             summary="Move an alias back to where it pointed before",
             responses={200: ("the alias", s.ALIAS)},
+        ),
+        Route(
+            "/v1/models/by-name/<name>/aliases/<alias>/shadow",
+            ("GET", "PUT"),
+            _shadow,
+            query=(),
+            scope="admin",
+            summary="An alias's shadow versions ({version: percent}) and what mirroring showed per pair",
+            body=s.SHADOW_SET,
+            responses={200: ("the shadow versions and their figures", s.SHADOW_SUMMARY)},
+        ),
+        Route(
+            "/v1/models/by-name/<name>/aliases/<alias>/rollout",
+            ("GET", "POST"),
+            _rollout,
+            query=(),
+            scope="admin",
+            summary="An alias's automatic rollout: start one (POST) or see where it is (GET)",
+            body=s.ROLLOUT_START,
+            responses={200: ("the rollout", s.ROLLOUT)},
+        ),
+        Route(
+            "/v1/models/by-name/<name>/aliases/<alias>/rollout/<action>",
+            ("POST",),
+            _rollout,
+            query=(),
+            scope="admin",
+            summary="Pause, resume or abort (back to the baseline) an alias's rollout",
+            responses={200: ("the rollout", s.ROLLOUT)},
         ),
         Route(
             "/v1/models/by-name/<name>/<version>",
@@ -183,7 +238,7 @@ ROUTES = Router(
         Route(
             "/v1/models/<model_id>",
             ("PUT", "PATCH"),
-            lambda call, model_id: function_services().artifacts.update_model(model_id, call.json()),
+            lambda call, model_id: function_services().artifacts.update_model(model_id, call.json(), actor_of(call)),
             query=(),
             scope="admin",
             summary="Update a model (partial)",

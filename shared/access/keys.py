@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 import sqlalchemy as sa
 
+from shared import audit
 from shared import validation as v
+from shared.audit import Actor
 from shared.clients.db import conflict_on
 from shared.clients.schema import api_keys
 from shared.domain import ApiKey, ApiKeyRecord
@@ -164,6 +166,10 @@ def _filtered(query: Any, status: str | None) -> Any:
     return query
 
 
+def _target(key_id: str) -> str:
+    return audit.target("key", key_id)
+
+
 def _key_id(raw: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(raw))
@@ -232,8 +238,10 @@ class KeyStore:
         rate_limit: int | None = None,
         secret: str | None = None,
         expires_at: datetime | None = None,
+        actor: Actor | None = None,
     ) -> tuple[ApiKeyRecord, str]:
-        """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored."""
+        """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored.
+        Audited as ``key.create`` (its public form: scopes, rate limit, expiry; never the secret)."""
         scope_list = parse_scopes(scopes)
         _validate(name, rate_limit, secret)
         plaintext = secret or new_secret()
@@ -249,8 +257,17 @@ class KeyStore:
         }
         with conflict_on("a key with this secret already exists", field="secret"), self.db.begin() as conn:
             row = conn.execute(api_keys.insert().values(**values).returning(*_public_columns())).one()
+            created = _record(row)
+            audit.append(
+                conn,
+                actor=actor,
+                action="key.create",
+                target=_target(created["id"]),
+                before=None,
+                after=to_json(created),
+            )
         log.info("api key created: id=%s name=%s scopes=%s", values["id"], name, ",".join(scope_list))
-        return _record(row), plaintext
+        return created, plaintext
 
     def ensure_key(self, name: str, secret: str, scopes: str | Iterable[str]) -> ApiKeyRecord | None:
         """Create the fixed key ``secret`` unless it exists (idempotent; a revoked key stays revoked)."""
@@ -294,8 +311,9 @@ class KeyStore:
             raise NotFound(f"no API key with id {kid}")
         return _record(row)
 
-    def revoke_key(self, key_id: str) -> ApiKeyRecord:
-        """Mark a key revoked (idempotent: revoking twice keeps the first time); NotFound if unknown."""
+    def revoke_key(self, key_id: str, actor: Actor | None = None) -> ApiKeyRecord:
+        """Mark a key revoked (idempotent: revoking twice keeps the first time, and audits nothing); NotFound if
+        unknown. Audited as ``key.revoke``."""
         kid = _key_id(key_id)
         stmt = (
             api_keys.update()
@@ -304,11 +322,22 @@ class KeyStore:
             .returning(*_public_columns())
         )
         with self.db.begin() as conn:
-            row = conn.execute(stmt).first()
-        if row is None:
-            raise NotFound(f"no API key with id {key_id}")
+            was = conn.execute(sa.select(*_public_columns()).where(api_keys.c.id == kid).with_for_update()).first()
+            if was is None:
+                raise NotFound(f"no API key with id {key_id}")
+            record = _record(conn.execute(stmt).one())
+            if was.revoked_at is None:
+                before = to_json(_record(was))
+                audit.append(
+                    conn,
+                    actor=actor,
+                    action="key.revoke",
+                    target=_target(str(kid)),
+                    before=before,
+                    after=to_json(record),
+                )
         log.info("api key revoked: id=%s", kid)
-        return _record(row)
+        return record
 
     def callback_secret_of(self, key_id: str) -> str | None:
         """The callback signing secret of key ``key_id`` (revoked or expired included: its requests may still
@@ -323,7 +352,7 @@ class KeyStore:
             salt = conn.execute(sa.select(api_keys.c.callback_salt).where(api_keys.c.id == kid)).scalar()
         return derive_callback_secret(self.callback_master, str(kid), salt) if salt is not None else None
 
-    def rotate_callback_secret(self, key_id: str) -> CallbackSecret:
+    def rotate_callback_secret(self, key_id: str, actor: Actor | None = None) -> CallbackSecret:
         """Draw a new salt for key ``key_id``: its callbacks are signed with the new secret from now on (the old
         one stops verifying at once). NotFound for an unknown key; 409 ``callbacks_off`` when callbacks are off."""
         if not self.callback_master:
@@ -337,9 +366,20 @@ class KeyStore:
             .returning(api_keys.c.callback_secret_rotated_at)
         )
         with self.db.begin() as conn:
-            rotated = conn.execute(stmt).scalar()
-        if rotated is None:
-            raise NotFound(f"no API key with id {kid}")
+            was = conn.execute(
+                sa.select(api_keys.c.callback_secret_rotated_at).where(api_keys.c.id == kid).with_for_update()
+            ).first()
+            if was is None:
+                raise NotFound(f"no API key with id {kid}")
+            rotated = conn.execute(stmt).scalar_one()
+            audit.append(
+                conn,
+                actor=actor,
+                action="key.rotate_callback_secret",
+                target=_target(str(kid)),
+                before={"callback_secret_rotated_at": was.callback_secret_rotated_at},
+                after={"callback_secret_rotated_at": rotated},
+            )
         log.info("api key callback secret rotated: id=%s", kid)
         return {
             "id": str(kid),
@@ -347,7 +387,7 @@ class KeyStore:
             "rotated_at": rotated,
         }
 
-    def create_from_body(self, body: object) -> CreatedKey:
+    def create_from_body(self, body: object, actor: Actor | None = None) -> CreatedKey:
         """POST /v1/keys: the new key with its secret in ``key`` (the only time it is shown)."""
         fields = v.require_object(body)
         v.reject_unknown(fields, CREATE_FIELDS)
@@ -365,7 +405,7 @@ class KeyStore:
             parse_scopes(scopes)
             raise InvalidInput(NAME_RULE, field="name")
         expires_at = parse_expiry(fields.get("expires_at"), fields.get("expires_in"))
-        record, plaintext = self.create_key(name, scopes, rate_limit=rate, expires_at=expires_at)
+        record, plaintext = self.create_key(name, scopes, rate_limit=rate, expires_at=expires_at, actor=actor)
         created = cast(CreatedKey, {**to_json(record), "key": plaintext})
         secret = self.callback_secret_of(record["id"])
         if secret is not None:

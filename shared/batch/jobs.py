@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import orjson
 
+from shared import audit
 from shared import validation as v
 from shared.batch import results, store
 from shared.batch.events import CHUNK_EVENT_TYPE, ChunkEventData
@@ -29,6 +30,7 @@ from shared.domain import BatchJob, JobStatus, ModelVersion
 from shared.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
 
 if TYPE_CHECKING:
+    from shared.audit import Actor
     from shared.batch.results import BatchResults
     from shared.clients.db import Database
     from shared.registry import ModelRegistry
@@ -603,12 +605,18 @@ class BatchJobs:
             "offset": offset,
         }
 
-    def cancel_job(self, raw_id: str, owner: str) -> Cancelled:
-        """Cancel an active job (409 when finished); the results of chunks already done are kept."""
+    def cancel_job(self, raw_id: str, owner: str, actor: Actor | None = None) -> Cancelled:
+        """Cancel an active job (409 when finished); the results of chunks already done are kept.
+        Audited as ``job.cancel``."""
         job_id = store.parse_job_id(raw_id)
         with self.db.begin() as conn:
-            store.get_job(conn, job_id, owner)
+            job = store.get_job(conn, job_id, owner)
             cancelled = store.set_finished(conn, job_id, JobStatus.CANCELLED)
+            if cancelled is not None:
+                before = {k: job[k] for k in ("owner", "model_name", "model_version", "status", "completed", "total")}
+                after = {**before, "status": JobStatus.CANCELLED}
+                target = audit.target("job", str(job_id))
+                audit.append(conn, actor=actor, action="job.cancel", target=target, before=before, after=after)
             # The job may have finished between the read and the update: name the state it is in now.
             current = None if cancelled is not None else store.job_status(conn, job_id)
         if cancelled is None:

@@ -66,6 +66,7 @@ STATUS_FIELDS = (
     "error",
     "input_url",
     "result_url",
+    "comparison",
 )
 JOB_COLUMNS = [
     output.column("ID", "id"),
@@ -103,7 +104,17 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="upload FILE and submit it as input_url even when it is small enough to send inline",
     )
-    submit.add_argument("--model", required=True)
+    what = submit.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", default=None, help="the model (or --from-capture)")
+    what.add_argument(
+        "--from-capture",
+        metavar="MODEL[/VERSION]",
+        default=None,
+        help="replay the captured requests of MODEL (or of one captured VERSION) between --since and --until on "
+        "--version, and compare the answers (admin key; see `kinfer capture`)",
+    )
+    submit.add_argument("--since", metavar="TIME", default=None, help="with --from-capture: from this ISO 8601 time")
+    submit.add_argument("--until", metavar="TIME", default=None, help="with --from-capture: to this ISO 8601 time")
     submit.add_argument(
         "--version",
         default=None,
@@ -157,6 +168,10 @@ def register(subparsers: Any) -> None:
 
 # -- submit ------------------------------------------------------------------------------
 def _submit(client: Client, args: argparse.Namespace) -> int:
+    if args.from_capture is not None:
+        return _submit_replay(client, args)
+    if args.since is not None or args.until is not None:
+        raise UsageError("--since and --until go with --from-capture")
     body: SubmitBody = {"model": args.model}
     if args.version:
         body["version"] = args.version
@@ -186,6 +201,33 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
             output.emit(args, job)
         return 0
     return _follow(client, args, job["job_id"], job["total"], started, source)
+
+
+def _submit_replay(client: Client, args: argparse.Namespace) -> int:
+    """``--from-capture MODEL[/VERSION] --since T --until T [--version CANDIDATE]``: a replay job."""
+    if args.file or args.input_url or args.upload:
+        raise UsageError("--from-capture replays captured inputs: give no FILE, --input-url or --upload")
+    if not args.since or not args.until:
+        raise UsageError("--from-capture needs --since and --until (ISO 8601 times)")
+    model, _, captured = args.from_capture.partition("/")
+    if not model:
+        raise UsageError(f"--from-capture {args.from_capture!r}: give MODEL[/VERSION]")
+    window: dict[str, str] = {"model": model, "since": args.since, "until": args.until}
+    if captured:
+        window["version"] = captured
+    body: dict[str, object] = {"from_capture": window}
+    if args.version:
+        body["version"] = args.version
+    started = time.monotonic()
+    job = client.call("POST", "/v1/batch", body)
+    print(f"replay job {job['job_id']}: {job['status']}, {job['total']} captured request(s)", file=sys.stderr)
+    if not (args.wait or args.fail_on_errors):
+        if args.output == "table":
+            print(job["job_id"])
+        else:
+            output.emit(args, job)
+        return 0
+    return _follow(client, args, job["job_id"], job["total"], started, None)
 
 
 def check_model(client: Client, model: str, version: str | None) -> None:
@@ -367,6 +409,13 @@ def summary(status: BatchJob, elapsed_s: float, source: InputFile | None = None,
     ]
     if status.get("error"):
         lines.append(f"  error: {status['error']}")
+    if comparison := status.get("comparison"):
+        mad = comparison["mean_abs_diff"]
+        lines.append(
+            f"  replay: {comparison['equal']} equal, {comparison['differing']} differing of {comparison['compared']}"
+            f" compared; mean |diff| of numeric outputs {'-' if mad is None else f'{mad:.6g}'}"
+            f" ({comparison['failed']} failed, {comparison['skipped']} captured requests skipped)"
+        )
     errors = status.get("errors") or []
     for err in errors[:SHOWN_FAILURES]:
         where = f"line {source.line_of(err['index'])}" if source else f"item {err['index']}"

@@ -8,7 +8,8 @@ is interrupted, the version it registered is deleted again. Every request goes t
 ``Api`` (``shared.cli.api.Client``), the one place that knows the URL and the key; which URL and
 key is decided as for every API command (``--url``/``--key``, ``KINFER_URL``/``KINFER_API_KEY``,
 the config file's context). The read commands (``list``, ``show``, ``versions``, ``aliases``)
-and ``delete-alias`` live in ``shared.cli.modelviews``.
+and ``delete-alias`` live in ``shared.cli.modelviews``; ``shadow``, ``shadow-status`` and ``rollout`` in
+``shared.cli.rollout``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from shared.cli import api as connection
-from shared.cli import modelviews, output
+from shared.cli import modelviews, output, rollout
 from shared.cli.api import Client, Connection
 from shared.cli.errors import EXIT_CODES, ApiError, UsageError
 from shared.domain import ModelState, ModelVersion, TritonOptions
@@ -103,7 +104,8 @@ def register(subparsers: Any) -> None:
     delete.add_argument("name")
     delete.add_argument("version")
     delete.set_defaults(func=_action(_delete))
-    for p in (push, *reads, promote, rollback, split, delete):
+    gated = rollout.register(sub, _action)  # shadow, shadow-status, rollout start|status|pause|resume|abort
+    for p in (push, *reads, promote, rollback, split, delete, *gated):
         connection.add_connection_args(p)
 
 

@@ -69,6 +69,30 @@ model_aliases = sa.Table(
     sa.Column("previous", JSONB, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # Shadow versions (0011): {version: percent} of the alias's answered requests mirrored to them.
+    sa.Column("shadow", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+)
+
+# Automatic rollouts (0011, ``shared.lifecycle.rollout``): one per alias; the policy, the step it is at, the
+# per-version counters its step is measured from (``snapshot``), the last figures it decided on, its state.
+alias_rollouts = sa.Table(
+    "alias_rollouts",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("baseline", sa.String(32), nullable=False),
+    sa.Column("candidate", sa.String(32), nullable=False),
+    sa.Column("policy", JSONB, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("snapshot", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("figures", JSONB, nullable=True),
+    sa.Column("step_started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("created_by", sa.String(128), nullable=False, server_default=""),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_alias_rollouts_state", "state"),
 )
 
 api_keys = sa.Table(
@@ -168,4 +192,40 @@ infer_requests = sa.Table(
     sa.Column("callback_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_infer_requests_expires_at", "expires_at"),
+)
+
+# The append-only audit log (0009, ``shared.audit``): one row per admin action or platform decision; code
+# only inserts and selects (no UPDATE or DELETE path). ``id`` orders entries and is the paging cursor.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("actor_key_id", sa.String(36), nullable=True),
+    sa.Column("actor_name", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(128), nullable=False),
+    sa.Column("target", sa.String(512), nullable=False),
+    sa.Column("model", sa.String(128), nullable=True),
+    sa.Column("before", JSONB, nullable=True),
+    sa.Column("after", JSONB, nullable=True),
+    sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("trace_id", sa.String(64), nullable=True),
+    sa.Index("ix_audit_log_at", "at"),
+    sa.Index("ix_audit_log_model_id", "model", "id"),
+    sa.Index("ix_audit_log_target_id", "target", "id"),
+    sa.Index("ix_audit_log_actor_id", "actor_key_id", "id"),
+)
+
+# Payload capture settings (0010, ``shared.inference.capture_rules``): per model name, or per model name and
+# the alias (or version) a caller names (``alias`` '' : every request of the model).
+capture_settings = sa.Table(
+    "capture_settings",
+    metadata,
+    sa.Column("model_name", sa.String(128), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True, server_default=""),
+    sa.Column("sample_percent", sa.Float, nullable=False),
+    sa.Column("redact", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("updated_by", sa.String(128), nullable=False, server_default=""),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("sample_percent >= 0 AND sample_percent <= 100", name="ck_capture_settings_percent"),
 )

@@ -193,3 +193,18 @@ def delete_prefix(client: Any, bucket: str, prefix: str) -> int:
                 client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
                 deleted += len(keys)
     return deleted
+
+
+def list_keys(client: Any, bucket: str, prefix: str, limit: int) -> list[str]:
+    """The keys under ``prefix`` in key order, at most ``limit`` + 1 (so a caller can tell there are more);
+    none when the bucket does not exist."""
+    found: list[str] = []
+    try:
+        with translated(f"s3://{bucket}/{prefix}"):
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                found += [item["Key"] for item in page.get("Contents", [])]
+                if len(found) > limit:
+                    return found[: limit + 1]
+    except NotFound:
+        return []
+    return found

@@ -6,7 +6,8 @@ bounds it (MAX_INFER_ROWS, MAX_INFER_ELEMENTS: bulk work belongs in batch jobs),
 runs on a backend the balancer picks (circuit breakers from a local view, one retry
 elsewhere on a connection failure). A single row goes through the request coalescer
 (``shared.backends.coalesce``); more rows than the model's ``max_batch_size`` go in
-several Triton requests, all in flight at once.
+several Triton requests, all in flight at once. An answer through an alias with shadow versions is
+offered to the ``ShadowMirror`` once it is ready (``shared.lifecycle.shadow``: in the background, bounded).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from shared import telemetry
 from shared import validation as v
 from shared.backends.triton import ModelInfo
 from shared.errors import InvalidInput, KinferError
+from shared.inference.capture import Answer, Request
 from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of
 from shared.inference.resolve import backend_label, label, triton_model, triton_version
 from shared.inference.waiting import call_waiting
@@ -31,7 +33,10 @@ if TYPE_CHECKING:
     from shared.backends.balancer import Balancer
     from shared.backends.coalesce import Coalescer
     from shared.backends.triton_async import AsyncTriton
+    from shared.domain import ModelVersion
+    from shared.inference.capture import Capture
     from shared.inference.resolve import Resolver
+    from shared.lifecycle.shadow import ShadowAnswer, ShadowMirror
     from shared.settings import Settings
 
 
@@ -61,7 +66,11 @@ class DataPlane:
         triton_async: AsyncTriton,
         coalescer: Callable[[], Coalescer],
         settings: Settings,
+        shadow: ShadowMirror | None = None,
+        capture: Capture | None = None,
     ) -> None:
+        self.shadow = shadow
+        self.capture = capture
         self.resolver = resolver
         self.balancer = balancer
         self.triton_async = triton_async
@@ -103,7 +112,53 @@ class DataPlane:
             )
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    async def run_inference(self, body: object, route_key: str | None = None, wait_s: float = 0.0) -> InferAnswer:
+    async def run_inference(
+        self, body: object, route_key: str | None = None, wait_s: float = 0.0, key_id: str | None = None
+    ) -> InferAnswer:
+        """``answer``, and its capture when the model's capture rule samples it (``key_id``: the caller's key)."""
+        capture = self.capture
+        if capture is None:
+            return await self.answer(body, route_key, wait_s)
+        started = time.perf_counter()
+        try:
+            answer = await self.answer(body, route_key, wait_s)
+        except KinferError as exc:
+            await self._capture_failure(capture, body, route_key, key_id, started, exc)
+            raise
+        assert isinstance(body, dict)
+        name, requested = body["model"], body.get("version")
+        redact = capture.sampled(name, requested)
+        if redact is not None:
+            request = Request(name, requested, "v1", key_id, started, body["input"], answer["version"])
+            capture.record(request, Answer(answer["version"], answer["outputs"], answer["prediction"]), None, redact)
+        return answer
+
+    async def _capture_failure(
+        self,
+        capture: Capture,
+        body: object,
+        route_key: str | None,
+        key_id: str | None,
+        started: float,
+        exc: KinferError,
+    ) -> None:
+        """Capture a failed request of a named model, with the version that would have served it (if any)."""
+        model = body.get("model") if isinstance(body, dict) else None
+        requested = body.get("version") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not (requested is None or isinstance(requested, str)):
+            return
+        redact = capture.sampled(model, requested)
+        if redact is None:
+            return
+        try:
+            version = (await self.resolver.resolve_async(model, requested, route_key))["version"]
+        except KinferError:
+            version = ""
+        assert isinstance(body, dict)
+        request = Request(model, requested, "v1", key_id, started, body.get("input"), version)
+        capture.record(request, None, exc, redact)
+
+    async def answer(self, body: object, route_key: str | None = None, wait_s: float = 0.0) -> InferAnswer:
         """Validate the request, infer, and answer the /v1/infer response body (sans request_id).
 
         ``version`` may name a version or an alias; ``route_key`` keeps a caller on one side of a split;
@@ -120,23 +175,13 @@ class DataPlane:
             raise InvalidInput('input is required: {"data": [...]} or {"<tensor>": [...]}', field="input")
         resolver = self.resolver
         model = await resolver.resolve_async(name, version, route_key)
-        tm, tv, urls = triton_model(model), triton_version(model), resolver.backend_urls(model)
-        max_elements = self.settings.max_infer_elements
-
-        async def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray[Any, Any]]]:
-            who = backend_label(model, urls, url)
-            info = self.triton_async.cached_info(url, tm, tv) or await self.triton_async.model_info(url, tm, tv, who)
-            parsed = parse_input(info, request["input"], max_elements=max_elements)
-            self.check_rows(parsed.rows)
-            return info, parsed, await self.infer_arrays(url, info, parsed.arrays, parsed.rows, tv, who)
-
         try:
-            info, parsed, outputs = await call_waiting(self.balancer, urls, attempt, label(model), wait_s)
+            info, parsed, outputs = await self._run_model(model, request["input"], wait_s)
         except KinferError as exc:
             resolver.record(model, exc.code, started)
             raise
         resolver.record(model, "ok", started)
-        return {
+        answer: InferAnswer = {
             "model": model["name"],
             "version": model["version"],
             "prediction": prediction_of(info, outputs, parsed.single),
@@ -144,3 +189,40 @@ class DataPlane:
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             "timestamp": datetime.now(UTC).isoformat(),
         }
+        if self.shadow is not None:
+            self._mirror(name, version, model, request["input"], answer)
+        return answer
+
+    async def _run_model(
+        self, model: ModelVersion, raw_input: object, wait_s: float
+    ) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray[Any, Any]]]:
+        """Validate ``raw_input`` against ``model`` and infer it on one of its backends."""
+        tm, tv, urls = triton_model(model), triton_version(model), self.resolver.backend_urls(model)
+        max_elements = self.settings.max_infer_elements
+
+        async def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray[Any, Any]]]:
+            who = backend_label(model, urls, url)
+            info = self.triton_async.cached_info(url, tm, tv) or await self.triton_async.model_info(url, tm, tv, who)
+            parsed = parse_input(info, raw_input, max_elements=max_elements)
+            self.check_rows(parsed.rows)
+            return info, parsed, await self.infer_arrays(url, info, parsed.arrays, parsed.rows, tv, who)
+
+        return await call_waiting(self.balancer, urls, attempt, label(model), wait_s)
+
+    def _mirror(self, name: str, version: str | None, model: ModelVersion, raw: object, answer: InferAnswer) -> None:
+        """Offer the answered request to the alias's shadow versions (a dict lookup when it has none)."""
+        mirror = self.shadow
+        alias, shadows = self.resolver.shadow_of(name, version)
+        if mirror is None or alias is None or not shadows:
+            return
+        primary = (answer["prediction"], answer["outputs"])
+        for percent, target in shadows:
+            if target["version"] == model["version"] or not mirror.wanted(percent):
+                continue
+
+            async def run(target: ModelVersion = target) -> ShadowAnswer:
+                info, parsed, outputs = await self._run_model(target, raw, 0.0)
+                return prediction_of(info, outputs, parsed.single), outputs_json(info, outputs, parsed.single)
+
+            pair = (name, alias, model["version"], target["version"])
+            mirror.offer(pair, run, primary, answer["latency_ms"] / 1000)

@@ -67,14 +67,16 @@ async def predict(
     route_key: str | None,
     wait_s: float,
     ids: tuple[str, str],
+    key_id: str | None = None,
 ) -> PredictAnswer:
-    """Run one v1 ``:predict`` request through ``dataplane``; ``ids`` are the request and trace ids."""
+    """Run one v1 ``:predict`` request through ``dataplane``; ``ids`` are the request and trace ids,
+    ``key_id`` the caller's key (for payload capture)."""
     model_input, count = infer_input(body)
     request: JSONObject = {"model": name, "input": model_input}
     if version is not None:
         request["version"] = version
     try:
-        answer = await dataplane.run_inference(request, route_key, wait_s)
+        answer = await dataplane.run_inference(request, route_key, wait_s, key_id)
     except InvalidInput as exc:
         if exc.field is None or not exc.field.startswith("input"):
             raise

@@ -75,6 +75,14 @@ class Resolver:
         self._keep(key, target)
         return target
 
+    def shadow_of(self, name: str, version: str | None) -> tuple[str | None, list[tuple[int, ModelVersion]]]:
+        """The alias that served ``name``/``version`` and its shadow versions with their percent, from the cache
+        entry the request just used (no registry read)."""
+        hit = self._models.get((name, version))
+        if hit is None:
+            return None, []
+        return hit[1]["alias"], hit[1].get("shadow", [])
+
     def _keep(self, key: tuple[str, str | None], target: ResolvedTarget) -> None:
         models = self._models
         if len(models) >= MAX_CACHED and key not in models:

@@ -22,6 +22,7 @@ import numpy as np
 from shared import validation as v
 from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
 from shared.errors import InvalidInput, KinferError, Unavailable, UnsupportedMediaType
+from shared.inference.capture import Answer, Request
 from shared.inference.codec import cast_numbers, check_finite, dims_match, too_many_elements
 from shared.inference.resolve import backend_label, label, triton_model, triton_version
 from shared.inference.waiting import call_waiting
@@ -302,12 +303,39 @@ class V2Protocol:
         headers: Mapping[str, str],
         route_key: str | None = None,
         wait_s: float = 0.0,
+        key_id: str | None = None,
     ) -> InferResponse:
         """Run one v2 inference request; the v2 response body (``model_version``: the version that answered).
 
-        The version segment may name a registry version or an alias."""
+        The version segment may name a registry version or an alias. A request its model's capture rule
+        samples is captured with its answer or its error (``key_id``: the caller's key)."""
         started = time.perf_counter()
-        request, binary = split_body(raw, headers)
+        capture = self.dataplane.capture
+        redact = None if capture is None else capture.sampled(name, version)
+        if capture is None or redact is None:
+            return await self._infer(name, version, *split_body(raw, headers), route_key, wait_s, started)
+        request: JSONObject | None = None
+        try:
+            request, binary = split_body(raw, headers)
+            answer = await self._infer(name, version, request, binary, route_key, wait_s, started)
+        except KinferError as exc:
+            inputs = request.get("inputs") if request is not None else None
+            capture.record(Request(name, version, "v2", key_id, started, inputs), None, exc, redact)
+            raise
+        served = Answer(answer["model_version"], answer["outputs"])
+        capture.record(Request(name, version, "v2", key_id, started, request["inputs"]), served, None, redact)
+        return answer
+
+    async def _infer(
+        self,
+        name: str,
+        version: str | None,
+        request: JSONObject,
+        binary: bytes,
+        route_key: str | None,
+        wait_s: float,
+        started: float,
+    ) -> InferResponse:
         inputs, asked = parse_request(request)
         resolver, dataplane = self.resolver, self.dataplane
         model = await resolver.resolve_async(name, version, route_key)

@@ -14,6 +14,10 @@ alias's callers must not be switched to another signature unasked: a move is ref
 signature differs from the versions the alias points at, or from the other versions of a split, unless
 the body says ``"allow_signature_change": true``. A rollback returns to a target the alias had, unchecked.
 Versions whose files Kinfer does not manage have no known signature and are not compared.
+
+``PUT .../aliases/{alias}/shadow`` takes ``{"shadow": {"4": 10}}``: that share of the alias's answered
+requests is mirrored to each shadow version (``shared.lifecycle.shadow``), never answered from it; a shadow
+version must be servable like a target, and ``{"shadow": {}}`` stops mirroring.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from shared import registry
+from shared import audit, registry
 from shared import validation as v
 from shared.clients.schema import model_aliases, models, triton_models
 from shared.domain import ModelState, ModelStatus
@@ -32,6 +36,7 @@ from shared.errors import Conflict, InvalidInput, NotFound
 from shared.lifecycle import tritonconfig
 
 if TYPE_CHECKING:
+    from shared.audit import Actor
     from shared.clients.db import Database
     from shared.lifecycle.replicas import Replicas
     from shared.registry import ModelRegistry
@@ -47,6 +52,7 @@ class Alias(TypedDict):
     alias: str
     versions: dict[str, int]
     previous: dict[str, int] | None
+    shadow: dict[str, int]
     created_at: str
     updated_at: str
 
@@ -82,6 +88,29 @@ def parse_target(body: object) -> dict[str, int]:
     return split
 
 
+def parse_shadow(body: object) -> dict[str, int]:
+    """``{"shadow": {"4": 10}}``: at most MAX_SHADOWS versions, each mirrored 1 to 100 % ({} stops)."""
+    from shared.lifecycle.shadow import MAX_SHADOWS
+
+    body = v.require_object(body)
+    v.reject_unknown(body, ("shadow",))
+    raw = body.get("shadow")
+    if not isinstance(raw, dict) or len(raw) > MAX_SHADOWS:
+        raise InvalidInput(
+            f'shadow must map at most {MAX_SHADOWS} versions to a percent, e.g. {{"shadow": {{"4": 10}}}}',
+            field="shadow",
+        )
+    shadow = {}
+    for version, percent in raw.items():
+        _version(version, "shadow")
+        if not isinstance(percent, int) or isinstance(percent, bool) or not 1 <= percent <= 100:
+            raise InvalidInput(
+                f"the percent of shadow version {version!r} must be an integer from 1 to 100", field="shadow"
+            )
+        shadow[version] = percent
+    return shadow
+
+
 def _version(raw: object, field: str) -> str:
     return v.string(raw, field, max_len=32, pattern=registry.VERSION, hint="expected a version such as 1 or 1.0")
 
@@ -103,6 +132,7 @@ def to_json(name: str, row: Any) -> Alias:
         "alias": m["alias"],
         "versions": dict(m["versions"]),
         "previous": dict(m["previous"]) if m["previous"] else None,
+        "shadow": dict(m.get("shadow") or {}),
         "created_at": m["created_at"].isoformat(),
         "updated_at": m["updated_at"].isoformat(),
     }
@@ -132,8 +162,9 @@ class Aliases:
             ).all()
         return {"name": name, "aliases": [to_json(name, r) for r in rows]}
 
-    def put_alias(self, name: str, alias: str, body: object) -> Alias:
-        """Point ``alias`` at the versions of ``body``: 409 unless each is ready on every live replica."""
+    def put_alias(self, name: str, alias: str, body: object, actor: Actor | None = None) -> Alias:
+        """Point ``alias`` at the versions of ``body``: 409 unless each is ready on every live replica.
+        Audited as ``alias.move`` (one version) or ``alias.split`` (weighted versions)."""
         alias = _alias(alias)
         body = v.require_object(body)
         target = parse_target(body)
@@ -141,9 +172,10 @@ class Aliases:
         if not isinstance(allow, bool):
             raise InvalidInput(f"{ALLOW_CHANGE} must be true or false", field=ALLOW_CHANGE)
         field = "version" if "version" in body else "versions"
-        return self._move(name, alias, lambda current: target, None if allow else field)
+        action = "alias.split" if len(target) > 1 else "alias.move"
+        return self._move(name, alias, lambda current: target, action, actor, None if allow else field)
 
-    def rollback(self, name: str, alias: str) -> Alias:
+    def rollback(self, name: str, alias: str, actor: Actor | None = None) -> Alias:
         """Move ``alias`` back to where it pointed before its last move."""
 
         def previous(current: Any) -> dict[str, int]:
@@ -156,13 +188,20 @@ class Aliases:
                 )
             return dict(current.previous)
 
-        return self._move(name, _alias(alias), previous)
+        return self._move(name, _alias(alias), previous, "alias.rollback", actor)
 
     def _move(
-        self, name: str, alias: str, target_of: Callable[[Any], dict[str, int]], signatures: str | None = None
+        self,
+        name: str,
+        alias: str,
+        target_of: Callable[[Any], dict[str, int]],
+        action: str,
+        actor: Actor | None,
+        signatures: str | None = None,
     ) -> Alias:
         """Move ``alias`` to ``target_of(current row)``; ``signatures``: the body field to blame when a target
-        version's signature differs (None: not compared)."""
+        version's signature differs (None: not compared). A move audits ``action``; a move to where the alias
+        already points changes nothing and audits nothing."""
         with self.registry.writing() as write:
             conn = write.conn
             current = conn.execute(
@@ -188,7 +227,10 @@ class Aliases:
                 .returning(*model_aliases.c)
             ).one()
             write.touch({"name": name})
-            return to_json(name, row)
+            moved = to_json(name, row)
+            was = to_json(name, current) if current is not None else None
+            write.audit(actor, action, audit.target("alias", name, alias), was, moved)
+            return moved
 
     def _check_servable(self, conn: Any, name: str, target: dict[str, int]) -> None:
         # FOR SHARE: a delete or a deactivation of these versions (FOR UPDATE) waits for this move, then sees
@@ -221,17 +263,60 @@ class Aliases:
                     code="version_not_ready",
                 )
 
-    def delete_alias(self, name: str, alias: str) -> None:
+    def set_split(
+        self, name: str, alias: str, target: dict[str, int], actor: Actor | None = None, check: str | None = None
+    ) -> Alias:
+        """Move ``alias`` to ``target`` as given (an automatic rollout's step); ``check``: the field to blame when
+        a version's signature differs (None: not compared)."""
+        action = "alias.split" if len(target) > 1 else "alias.move"
+        return self._move(name, _alias(alias), lambda current: target, action, actor, check)
+
+    def set_shadow(self, name: str, alias: str, body: object, actor: Actor | None = None) -> Alias:
+        """Mirror a share of ``alias``'s requests to the versions of ``body`` (409 unless each is servable and
+        none is one the alias answers from)."""
+        alias = _alias(alias)
+        shadow = parse_shadow(body)
+        with self.registry.writing() as write:
+            conn = write.conn
+            current = conn.execute(
+                sa.select(model_aliases)
+                .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+                .with_for_update()
+            ).first()
+            if current is None:
+                raise NotFound(f"model {name[:128]!r} has no alias {alias!r}", code="alias_not_found")
+            both = sorted(set(shadow) & set(current.versions))
+            if both:
+                raise Conflict(
+                    f"alias {alias!r} already answers from version {both[0]!r}; a shadow version is one it does "
+                    "not answer from",
+                    code="shadow_is_target",
+                    field="shadow",
+                )
+            self._check_servable(conn, name, shadow)
+            row = conn.execute(
+                sa.update(model_aliases)
+                .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+                .values(shadow=shadow, updated_at=sa.func.clock_timestamp())
+                .returning(*model_aliases.c)
+            ).one()
+            write.touch({"name": name})
+            after = to_json(name, row)
+            write.audit(actor, "shadow.set", audit.target("shadow", name, alias), dict(current.shadow), after["shadow"])
+            return after
+
+    def delete_alias(self, name: str, alias: str, actor: Actor | None = None) -> None:
         with self.registry.writing() as write:
             conn = write.conn
             gone = conn.execute(
                 sa.delete(model_aliases)
                 .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
-                .returning(model_aliases.c.alias)
+                .returning(*model_aliases.c)
             ).first()
             if gone is None:
                 raise NotFound(f"model {name[:128]!r} has no alias {alias[:64]!r}", code="alias_not_found")
             write.touch({"name": name})
+            write.audit(actor, "alias.delete", audit.target("alias", name, alias), to_json(name, gone), None)
 
 
 def _check_signatures(

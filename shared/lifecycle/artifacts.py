@@ -46,6 +46,7 @@ from shared.lifecycle.repository import Layout
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from shared.audit import Actor
     from shared.clients.cache import Cache
     from shared.clients.db import Database
     from shared.lifecycle.backends import BackendAdmin
@@ -95,8 +96,9 @@ class Artifacts:
         self.backend_admin = backend_admin
 
     # -- POST /v1/models ----------------------------------------------------------------------
-    def create_model(self, body: object) -> ModelVersion:
-        """Register a version: plain (files Kinfer does not manage), for upload, or from an s3:// artifact."""
+    def create_model(self, body: object, actor: Actor | None = None) -> ModelVersion:
+        """Register a version: plain (files Kinfer does not manage), for upload, or from an s3:// artifact.
+        Audited as ``version.register`` (plain, for upload) or ``version.push`` (installed)."""
         body = v.require_object(body)
         row = registry.validate_create(body, EXTRA_FIELDS)
         self.registry.check_backends_allowed(row.get("backend_urls") or [], registry.backend_field(body))
@@ -111,7 +113,7 @@ class Artifacts:
                     field="triton_config",
                 )
             warnings = self.backend_admin.check_registration(row)
-            model = self.registry.create_model({k: body[k] for k in body if k not in EXTRA_FIELDS})
+            model = self.registry.create_model({k: body[k] for k in body if k not in EXTRA_FIELDS}, actor)
             return {**model, "warnings": warnings} if warnings else model
         if "triton_version" in row:
             raise InvalidInput(
@@ -127,16 +129,16 @@ class Artifacts:
                 raise InvalidInput(
                     "upload must be true (then PUT the file to /v1/models/{id}/artifact)", field="upload"
                 )
-            return self._create_for_upload(row)
+            return self._create_for_upload(row, actor)
         uri = v.string(uri, "artifact_uri", max_len=1024)
         sha = _sha(body.get("sha256"), "sha256")
-        return self._create_from_uri(row, uri, sha)
+        return self._create_from_uri(row, uri, sha, actor)
 
     # -- PUT/PATCH /v1/models/{id} ------------------------------------------------------------
-    def update_model(self, raw_id: str, body: object) -> ModelVersion:
+    def update_model(self, raw_id: str, body: object, actor: Actor | None = None) -> ModelVersion:
         """Update a version; when it moved to other backends or another Triton model, check them as a
         registration does and say what is wrong in ``warnings`` (the update itself stands)."""
-        model = self.registry.update_model(raw_id, body)
+        model = self.registry.update_model(raw_id, body, actor)
         if not isinstance(body, dict) or not {"backend_url", "backend_urls", "triton_model"} & body.keys():
             return model
         try:
@@ -145,7 +147,7 @@ class Artifacts:
             warnings = [exc.message]
         return {**model, "warnings": warnings} if warnings else model
 
-    def _create_for_upload(self, row: NewModel) -> PendingUpload:
+    def _create_for_upload(self, row: NewModel, actor: Actor | None) -> PendingUpload:
         layout = Layout.of(self.settings)
         repository.ensure_bucket(self.s3, layout)
         with conflict_on(registry.duplicate(row["name"], row["version"]), field="version"):
@@ -162,9 +164,10 @@ class Artifacts:
                         repository_uri=layout.uri(layout.version_prefix(row["triton_model"], number)),
                     ),
                 )
+                write.audit(actor, "version.register", registry.version_target(model), None, model)
         return {**model, "upload_url": f"/v1/models/{model['id']}/artifact"}
 
-    def _create_from_uri(self, row: NewModel, uri: str, sha: str | None) -> ModelVersion:
+    def _create_from_uri(self, row: NewModel, uri: str, sha: str | None, actor: Actor | None) -> ModelVersion:
         settings, layout = self.settings, Layout.of(self.settings)
         # The bucket is checked before anything asks S3: the answer must not tell whether an object exists in a
         # bucket the caller may not read (another key's batch inputs or results).
@@ -194,11 +197,11 @@ class Artifacts:
                 number = self.installer.allocate(conn, row["name"], row["triton_model"])
             prepared = self.prepare(local, work, row["triton_model"], row.get("triton_config"))
             model_row: NewModel = {**row, "id": uuid.uuid4(), "triton_version": number, "artifact_uri": uri}
-            return self.installer.install(model_row, prepared, local, new=True)
+            return self.installer.install(model_row, prepared, local, new=True, actor=actor)
 
-    def push_file(self, body: Mapping[str, object], path: Path) -> ModelVersion:
+    def push_file(self, body: Mapping[str, object], path: Path, actor: Actor | None = None) -> ModelVersion:
         """Register and install a local file in one go (what ``kinfer up`` does with the demo models)."""
-        model = self.create_model(dict(body, upload=True))
+        model = self.create_model(dict(body, upload=True), actor)
         layout = Layout.of(self.settings)
         with workspace() as work:
             key = _upload_key(layout, model, gzip=packages.is_gzip(path))
@@ -208,14 +211,16 @@ class Artifacts:
                 if prepared.format == "onnx":
                     prepared.in_place.add(onnxgraph.MODEL_FILE)
                 uploaded: ModelVersion = {**model, "artifact_uri": layout.uri(key)}  # its id is read as str(id)
-                return self.installer.install(uploaded, prepared, path, False)
+                return self.installer.install(uploaded, prepared, path, False, actor)
             except BaseException:
                 repository.delete_keys(self.s3, layout.bucket, [key])
-                self.registry.delete_model(model["id"])
+                self.registry.delete_model(model["id"], actor)
                 raise
 
     # -- PUT /v1/models/{id}/artifact -----------------------------------------------------------
-    async def receive_upload(self, raw_id: str, chunks: AsyncIterator[bytes], sha256: str | None) -> ModelVersion:
+    async def receive_upload(
+        self, raw_id: str, chunks: AsyncIterator[bytes], sha256: str | None, actor: Actor | None = None
+    ) -> ModelVersion:
         """Stream an upload to S3 (multipart) and to a scratch file, then check and install it."""
         want = _sha(sha256, "sha256")
         model = await in_thread(self.registry.get_model, raw_id)
@@ -224,7 +229,7 @@ class Artifacts:
         try:
             model = await in_thread(self.registry.get_model, raw_id)  # the upload before ours may have ended
             _refuse_unless_awaiting(model)
-            return await self._receive(model, chunks, want)
+            return await self._receive(model, chunks, want, actor)
         finally:
             await in_thread(self._release_upload, model, lease)
 
@@ -250,7 +255,9 @@ class Artifacts:
         except REDIS_ERRORS:
             log.warning("could not release the upload lease of %s; it expires in %d s", model["id"], UPLOAD_LEASE_S)
 
-    async def _receive(self, model: ModelVersion, chunks: AsyncIterator[bytes], want: str | None) -> ModelVersion:
+    async def _receive(
+        self, model: ModelVersion, chunks: AsyncIterator[bytes], want: str | None, actor: Actor | None
+    ) -> ModelVersion:
         layout = Layout.of(self.settings)
         with workspace() as work:
             local = work / "artifact"
@@ -264,7 +271,7 @@ class Artifacts:
                 if prepared.format == "onnx":
                     prepared.in_place.add(onnxgraph.MODEL_FILE)
                 uploaded: ModelVersion = {**model, "artifact_uri": layout.uri(key)}  # its id is read as str(id)
-                return await in_thread(self.installer.install, uploaded, prepared, local, False)
+                return await in_thread(self.installer.install, uploaded, prepared, local, False, actor)
             except BaseException:
                 await in_thread(repository.delete_keys, self.s3, layout.bucket, [key])
                 raise

@@ -35,6 +35,7 @@ from shared.lifecycle import packages, repository, tritonconfig
 from shared.lifecycle.repository import Layout
 
 if TYPE_CHECKING:
+    from shared.audit import Actor
     from shared.domain import ModelVersion
     from shared.lifecycle.backends import BackendAdmin
     from shared.registry import ModelRegistry
@@ -81,11 +82,14 @@ class Installer:
         self.settings = settings
         self.backend_admin = backend_admin
 
-    def install(self, row: NewModel | ModelVersion, prepared: Prepared, local: Path, new: bool) -> ModelVersion:
+    def install(
+        self, row: NewModel | ModelVersion, prepared: Prepared, local: Path, new: bool, actor: Actor | None = None
+    ) -> ModelVersion:
         """Place the version, write its files, then (one transaction, the Triton model locked) its config and row.
 
         ``new``: insert the row (a ``NewModel``, artifact_uri path); else move the awaiting_upload row (a
         ``ModelVersion``) to pending. Whatever fails, the files written for this version are removed again.
+        The same transaction appends the ``version.push`` audit entry of ``actor``.
         """
         layout = Layout.of(self.settings)
         tm, number = self._place(row, prepared)
@@ -108,6 +112,7 @@ class Installer:
                 with self.registry.writing() as write:
                     self._use_config(write.conn, layout, tm, prepared, exclude=row["id"])
                     model = _commit_row(write, row, values, new)
+                    write.audit(actor, "version.push", registry.version_target(model), None if new else row, model)
         except BaseException:
             repository.delete_keys(self.s3, layout.bucket, written)
             raise

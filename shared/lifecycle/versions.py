@@ -9,6 +9,7 @@ from shared.clients.storage import delete_prefix
 from shared.errors import KinferError
 
 if TYPE_CHECKING:
+    from shared.audit import Actor
     from shared.domain import ModelVersion
     from shared.lifecycle.replicas import BackendLoad, Replicas
     from shared.registry import ModelRegistry
@@ -55,13 +56,13 @@ class Versions:
             "backends": self.replicas.summary(model),
         }
 
-    def delete_version(self, raw_id: str) -> None:
+    def delete_version(self, raw_id: str, actor: Actor | None = None) -> None:
         """Delete a version (409 while an alias points at it), then its files in the model repository.
 
         The agents unload it after UNLOAD_GRACE_S from their local copies; its Triton version
         number is never handed out again, so removing the repository files at once is safe.
         """
-        model = self.registry.delete_model(raw_id)
+        model = self.registry.delete_model(raw_id, actor)
         number = model.get("triton_version")
         if model.get("repository_uri") and number:
             from shared.lifecycle.artifacts import ARTIFACTS

@@ -159,6 +159,11 @@ def base_env(settings: Settings, scale_to_zero: bool = False) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
             # recorded spans stay readable at GET /debug/traces (admin key) without an OTLP collector
             "TRACE_BUFFER_SPANS": str(settings.trace_buffer_spans or LOCAL_TRACE_BUFFER_SPANS),
+            # rollout gates decide at least every second locally (short step windows in demos and tests)
+            "ROLLOUT_TICK_S": str(min(settings.rollout_tick_s, 1.0)),
+            # capture settings and captured records reach every process and S3 within a second locally
+            "CAPTURE_RULES_TTL_S": str(min(settings.capture_rules_ttl_s, 1.0)),
+            "CAPTURE_FLUSH_S": str(min(settings.capture_flush_s, 1.0)),
         }
         | _callbacks(settings)
     )

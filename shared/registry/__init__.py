@@ -39,7 +39,7 @@ from shared.registry.rules import (
     validate_create,
     validate_update,
 )
-from shared.registry.store import ModelRegistry, Write, duplicate, insert
+from shared.registry.store import ModelRegistry, Write, duplicate, insert, version_target
 
 __all__ = [
     "ALIAS",
@@ -70,4 +70,5 @@ __all__ = [
     "validate_create",
     "validate_update",
     "version_key",
+    "version_target",
 ]

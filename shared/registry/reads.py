@@ -56,6 +56,7 @@ class ModelView(TypedDict):
     active: dict[str, ModelVersion]
     others: dict[str, OtherVersion]
     aliases: dict[str, dict[str, int]]
+    shadows: NotRequired[dict[str, dict[str, int]]]
 
 
 Choice = tuple[int, ModelVersion]
@@ -67,6 +68,7 @@ class ResolvedTarget(TypedDict):
 
     alias: str | None
     choices: list[Choice]
+    shadow: NotRequired[list[Choice]]
 
 
 class ListedAlias(TypedDict):
@@ -76,6 +78,7 @@ class ListedAlias(TypedDict):
     alias: str
     versions: dict[str, int]
     previous: dict[str, int] | None
+    shadow: NotRequired[dict[str, int]]
     created_at: str
     updated_at: str
 
@@ -139,7 +142,12 @@ def _alias_target(known: ModelView, name: str, alias: str) -> ResolvedTarget:
         (int(weight), _servable(known, name, version))
         for version, weight in sorted(known["aliases"][alias].items(), key=lambda kv: version_key(kv[0]))
     ]
-    return {"alias": alias, "choices": choices}
+    shadow = [
+        (int(percent), known["active"][version])
+        for version, percent in sorted(known.get("shadows", {}).get(alias, {}).items())
+        if version in known["active"] and known["active"][version]["state"] == SERVABLE
+    ]  # a shadow version that cannot serve is skipped, never an error of the primary
+    return {"alias": alias, "choices": choices, "shadow": shadow} if shadow else {"alias": alias, "choices": choices}
 
 
 def pick(target: ResolvedTarget, route_key: str | None) -> ModelVersion:
@@ -232,6 +240,7 @@ def _aliases_of(conn: Connection, names: list[str]) -> dict[str, list[ListedAlia
                 "alias": row.alias,
                 "versions": dict(row.versions),
                 "previous": dict(row.previous) if row.previous else None,
+                "shadow": dict(row.shadow or {}),
                 "created_at": row.created_at.isoformat(),
                 "updated_at": row.updated_at.isoformat(),
             }
@@ -291,7 +300,9 @@ class RegistryReads:
         with self.db.read() as conn:
             rows = conn.execute(sa.select(models).where(models.c.name == name)).all()
             aliases = conn.execute(
-                sa.select(model_aliases.c.alias, model_aliases.c.versions).where(model_aliases.c.name == name)
+                sa.select(model_aliases.c.alias, model_aliases.c.versions, model_aliases.c.shadow).where(
+                    model_aliases.c.name == name
+                )
             ).all()
         active = {r.version: to_json(r) for r in rows if r.status == ModelStatus.ACTIVE}
         others: dict[str, OtherVersion] = {
@@ -299,7 +310,12 @@ class RegistryReads:
             for r in rows
             if r.status != ModelStatus.ACTIVE
         }
-        return {"active": active, "others": others, "aliases": {a.alias: dict(a.versions) for a in aliases}}
+        return {
+            "active": active,
+            "others": others,
+            "aliases": {a.alias: dict(a.versions) for a in aliases},
+            "shadows": {a.alias: dict(a.shadow) for a in aliases if a.shadow},
+        }
 
     def resolve_target(self, name: str, version: str | None = None) -> ResolvedTarget:
         """What serves ``name`` at ``version`` (a version, an alias, or None): ``{"alias", "choices"}``,

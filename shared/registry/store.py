@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from shared import audit
+from shared.audit import Actor
 from shared.clients.db import conflict_on
 from shared.clients.schema import model_aliases, models
 from shared.domain import ModelStatus, ModelVersion
@@ -47,6 +49,10 @@ class Write:
         self.touched.append((model, names))
         return model
 
+    def audit(self, actor: Actor | None, action: str, target: str, before: object, after: object) -> None:
+        """Append an audit entry (``shared.audit``) in this transaction: it commits, or rolls back, with the change."""
+        audit.append(self.conn, actor=actor, action=action, target=target, before=before, after=after)
+
 
 def duplicate(name: str, version: str) -> str:
     return f"model {name!r} version {version!r} already exists"
@@ -57,6 +63,11 @@ def insert(write: Write, row: Mapping[str, object]) -> ModelVersion:
     return write.touch(
         to_json(write.conn.execute(sa.insert(models).values(**row).returning(*models.c)).one()), names=True
     )
+
+
+def version_target(model: Mapping[str, object]) -> str:
+    """The audit target of a model version: ``version:<name>/<version>``."""
+    return audit.target("version", str(model["name"]), str(model["version"]))
 
 
 def _refuse_if_aliased(conn: Any, name: str, version: str, action: str) -> None:
@@ -94,15 +105,17 @@ class ModelRegistry(RegistryReads):
         for model, names in write.touched:
             self.invalidate(model, names=names)
 
-    def create_model(self, body: object) -> ModelVersion:
+    def create_model(self, body: object, actor: Actor | None = None) -> ModelVersion:
         """Register a version whose files Kinfer does not manage (``shared.lifecycle`` registers artifacts)."""
         row = validate_create(body)
         self.check_backends_allowed(row.get("backend_urls") or [], backend_field(body))
         row["id"] = uuid.uuid4()
         with conflict_on(duplicate(row["name"], row["version"]), field="version"), self.writing() as write:
-            return insert(write, row)
+            model = insert(write, row)
+            write.audit(actor, "version.register", version_target(model), None, model)
+            return model
 
-    def update_model(self, raw_id: str, body: object) -> ModelVersion:
+    def update_model(self, raw_id: str, body: object, actor: Actor | None = None) -> ModelVersion:
         model_id = parse_id(raw_id)
         if isinstance(body, dict) and not ECHOED.isdisjoint(body):
             body = _without_echoed(body, self.get_model(raw_id))
@@ -112,17 +125,18 @@ class ModelRegistry(RegistryReads):
         values["updated_at"] = sa.func.clock_timestamp()
         with self.writing() as write:
             conn = write.conn
+            # FOR UPDATE: an alias move holds the row FOR SHARE; the audit entry needs the row as it was
+            current = conn.execute(sa.select(models).where(models.c.id == model_id).with_for_update()).first()
+            if current is None:
+                raise NotFound(f"model {raw_id} not found")
             if values.get("status", ModelStatus.ACTIVE) != ModelStatus.ACTIVE:
-                query = sa.select(models.c.name, models.c.version).where(models.c.id == model_id)
-                current = conn.execute(query.with_for_update()).first()  # an alias move holds it FOR SHARE
-                if current is not None:
-                    _refuse_if_aliased(conn, current.name, current.version, f"make it {values['status']}")
+                _refuse_if_aliased(conn, current.name, current.version, f"make it {values['status']}")
             row = conn.execute(
                 sa.update(models).where(models.c.id == model_id).values(**values).returning(*models.c)
-            ).first()
-            if row is None:
-                raise NotFound(f"model {raw_id} not found")
-            return write.touch(to_json(row))
+            ).one()
+            model = write.touch(to_json(row))
+            write.audit(actor, "version.update", version_target(model), to_json(current), model)
+            return model
 
     def set_state(
         self, model_id: str, state: str, reason: str | None = None, only_from: tuple[str, ...] = ()
@@ -140,7 +154,7 @@ class ModelRegistry(RegistryReads):
             ).first()
             return None if row is None else write.touch(to_json(row))
 
-    def delete_model(self, raw_id: str) -> ModelVersion:
+    def delete_model(self, raw_id: str, actor: Actor | None = None) -> ModelVersion:
         """Delete a version (409 while an alias points at it); returns what was deleted."""
         model_id = parse_id(raw_id)
         with self.writing() as write:
@@ -150,7 +164,9 @@ class ModelRegistry(RegistryReads):
                 raise NotFound(f"model {raw_id} not found")
             _refuse_if_aliased(conn, current.name, current.version, "delete it")
             conn.execute(sa.delete(models).where(models.c.id == model_id))
-            return write.touch(to_json(current), names=True)
+            model = write.touch(to_json(current), names=True)
+            write.audit(actor, "version.delete", version_target(model), model, None)
+            return model
 
     def invalidate(self, model: Mapping[str, object], *, names: bool = False, before_commit: bool = False) -> None:
         """Drop the cached copies of ``model`` (and its name's view), bump the generation, announce the name.

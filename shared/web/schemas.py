@@ -377,10 +377,22 @@ V2_METADATA: Schema = {
 BATCH_SUBMIT: Schema = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["model"],
-    "description": "exactly one of inputs or input_url",
+    "description": "exactly one of inputs, input_url or from_capture (model required with inputs or input_url)",
     "properties": {
         "model": {"type": "string", "minLength": 1, "maxLength": 128},
+        "from_capture": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["model", "since", "until"],
+            "description": "replay captured requests of this window on `version` (admin keys only); the "
+            "finished job's status carries `comparison` with the captured answers",
+            "properties": {
+                "model": {"type": "string", "maxLength": 128},
+                "version": {"type": "string", "maxLength": 32, "description": "the captured version (default all)"},
+                "since": {"type": "string", "format": "date-time"},
+                "until": {"type": "string", "format": "date-time"},
+            },
+        },
         "version": {"type": ["string", "null"], "maxLength": 32},
         "inputs": {
             "type": "array",
@@ -441,6 +453,18 @@ BATCH_JOB: Schema = {
         "finished_at": _NULLABLE_TIME,
         "error": _STRING,
         "input_url": _STRING,
+        "comparison": {
+            "type": "object",
+            "description": "a finished replay job (from_capture): its answers against the captured ones",
+            "properties": {
+                "compared": _COUNT,
+                "equal": _COUNT,
+                "differing": _COUNT,
+                "failed": _COUNT,
+                "mean_abs_diff": {"type": ["number", "null"]},
+                "skipped": _COUNT,
+            },
+        },
     },
 }
 
@@ -585,3 +609,62 @@ BATCH_FILTERS = (
     QueryParam("status", {"enum": _JOB_STATUSES}),
     *_PAGE,
 )
+
+# Shadow versions and automatic rollouts (``shared.lifecycle.shadow``, ``shared.lifecycle.rollout``)
+_PERCENTS: Schema = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 100}}
+SHADOW_SET: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["shadow"],
+    "properties": {"shadow": {**_PERCENTS, "maxProperties": 3, "description": "{version: percent}; {} stops"}},
+}
+SHADOW_SUMMARY: Schema = {
+    "type": "object",
+    "required": ["name", "alias", "shadow", "pairs"],
+    "properties": {
+        "name": _STRING,
+        "alias": _STRING,
+        "shadow": _PERCENTS,
+        "pairs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "description": "per (primary, shadow) pair: mirrored, agree, disagree, errors, dropped, agreement, "
+                "max_abs_difference, shadow_latency_ms, primary_latency_ms",
+            },
+        },
+    },
+}
+ROLLOUT_START: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["candidate"],
+    "properties": {
+        "candidate": VERSION,
+        "steps": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1, "maximum": 100},
+            "default": [10, 50, 100],
+        },
+        "min_requests": {"type": "integer", "minimum": 1, "default": 100},
+        "min_step_s": {"type": "number", "minimum": 0, "default": 60},
+        "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01},
+        "max_p99_ratio": {"type": "number", "minimum": 1, "default": 1.5},
+    },
+}
+ROLLOUT: Schema = {
+    "type": "object",
+    "required": ["name", "alias", "baseline", "candidate", "policy", "step", "percent", "state"],
+    "properties": {
+        "name": _STRING,
+        "alias": _STRING,
+        "baseline": _STRING,
+        "candidate": _STRING,
+        "policy": {"type": "object"},
+        "step": {"type": "integer"},
+        "percent": {"type": "integer"},
+        "state": {"enum": ["running", "paused", "promoted", "rolled_back", "aborted"]},
+        "reason": _STRING,
+        "figures": {"type": ["object", "null"], "description": "the figures of the last decision"},
+    },
+}

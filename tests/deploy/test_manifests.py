@@ -32,7 +32,16 @@ PUBLIC_SERVICES = {"models-public", "infer", "batch", "keys", "console"}
 # Cluster-internal Services of which the public route reaches one path only (/v1/backends).
 PARTLY_PUBLIC = {"backends"}
 # Workloads that touch object storage: each has an S3 user (Secret kinfer-s3-<name>); the others get no S3 keys.
-S3_WORKLOADS = {"batch", "batch-intake", "batch-worker", "batch-deadletter", "models", "models-public", "triton"}
+S3_WORKLOADS = {
+    "batch",
+    "batch-intake",
+    "batch-worker",
+    "batch-deadletter",
+    "models",
+    "models-public",
+    "triton",
+    "infer",
+}
 S3_KEYS = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
 # The workloads that read CALLBACK_SIGNING_SECRET: infer refuses a callback without it, batch-worker signs with it.
 CALLBACK_SECRET_READERS = {"infer", "batch-worker", "keys"}

@@ -18,7 +18,16 @@ VALUES = {
     "var.kafka_names.intake_group": "kinfer-batch-intake",
     "var.data_namespace": "kinfer-data",
 }
-S3_WORKLOADS = {"batch", "batch-intake", "batch-worker", "batch-deadletter", "models", "models-public", "triton"}
+S3_WORKLOADS = {
+    "batch",
+    "batch-intake",
+    "batch-worker",
+    "batch-deadletter",
+    "infer",
+    "models",
+    "models-public",
+    "triton",
+}
 
 
 def _s3_refs(docs: list[Doc]) -> dict[str, set[str]]:

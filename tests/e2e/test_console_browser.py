@@ -640,3 +640,27 @@ def test_a_waking_backend_is_shown_as_waking_with_its_estimate(browser: Any, sta
         else:
             client.set(probe_key(backend), before, ex=3600)
         services.close()
+
+
+def test_a_capture_rule_set_from_the_page_is_listed_and_stopped(browser: Any, stack: dict[str, str]) -> None:
+    from selenium.webdriver.common.by import By
+
+    name = f"cap-{uuid.uuid4().hex[:6]}"
+    go(browser, "capture")
+    wait_for(browser, lambda: by_css(browser, "#capture-form").is_displayed(), "an admin key gets no capture form")
+    for field, value in (("#capture-model", name), ("#capture-percent", "25"), ("#capture-redact", "ssn, features")):
+        box = by_css(browser, field)
+        box.clear()
+        box.send_keys(value)
+    by_css(browser, "#capture-form button[type=submit]").click()
+
+    def rows() -> list[Any]:
+        return [r for r in all_css(browser, "#capture-table tbody tr") if r.text.startswith(name)]
+
+    row = wait_for(browser, rows, "the new capture rule is not listed")[0]
+    assert "25 %" in row.text and "features, ssn" in row.text and "every request" in row.text, row.text
+    assert api(stack, "GET", f"/v1/models/by-name/{name}/capture")[1]["redact"] == ["features", "ssn"]
+    shot(browser, "capture")
+    row.find_element(By.CSS_SELECTOR, "button").click()
+    wait_for(browser, lambda: not rows(), "the stopped capture rule is still listed")
+    assert api(stack, "GET", f"/v1/models/by-name/{name}/capture")[0] == 404

@@ -7,6 +7,7 @@
  * Views have addresses (hash routes, so a reload or a shared link opens the same view):
  *   #/models?q=iris&framework=onnx&status=active&page=2   #/models/<name>   #/try?model=<name>
  *   #/backends   #/batch?q=iris&status=completed&page=2   #/batch/<job id>
+ *   #/audit?model=iris&action=alias&cursor=<id> (admin keys only)   #/capture (capture rules; admin keys edit)
  * A list view costs one API request (the model list carries its aliases: include=aliases), and a failed
  * request is shown in the view with its status, error code, message and request id, never hidden.
  */
@@ -20,7 +21,8 @@ const SPARK_POINTS = 60;
 const MODELS_PAGE = 20;
 const JOBS_PAGE = 10;
 const MAX_PAGE = 100000;
-const VIEWS = ["models", "try", "backends", "batch"];
+const VIEWS = ["models", "try", "backends", "batch", "capture", "audit"];
+const AUDIT_PAGE = 50;
 
 const state = { key: null, me: null, view: "models", models: [], timers: {}, rates: {} };
 
@@ -158,6 +160,7 @@ function showApp() {
   $("signin").hidden = true;
   $("nav").hidden = false; $("who").hidden = false;
   $("who-name").textContent = `${state.me.name} (${state.me.scopes.join(", ")})`;
+  $("nav-audit").hidden = !isAdmin();
   $("key").value = "";
   route();
 }
@@ -215,6 +218,8 @@ function route() {
   if (view === "try") loadTryModels(params.get("model"));
   if (view === "backends") pollBackends();
   if (view === "batch") { loadBatchModels(); if (id) pollJob(id); else pollBatch(params); }
+  if (view === "audit") loadAudit(params);
+  if (view === "capture") loadCapture();
 }
 
 function pager(box, label, total, page, size, hrefOf) {
@@ -247,6 +252,10 @@ function groupByName(models) {
 function stateBadge(m) {
   const tone = { ready: "ok", loading: "warn", pending: "warn", awaiting_upload: "muted", failed: "bad" }[m.state];
   return badge(m.state || "unknown", tone || "muted");
+}
+
+function shadowText(shadow) {
+  return Object.entries(shadow || {}).map(([v, p]) => `${v}=${p}%`).join(", ") || "none";
 }
 
 function splitText(versions) {
@@ -331,6 +340,14 @@ function modelCard(name, versions, aliases) {
   for (const a of aliases) {
     const item = el("span", { class: "alias", "data-alias": a.alias },
       el("strong", { text: a.alias }), " ", el("span", { class: "split-text", text: splitText(a.versions) }));
+    if (a.shadow && Object.keys(a.shadow).length) {
+      item.append(" ", el("span", { class: "note shadow-text", text: `shadow ${shadowText(a.shadow)}` }));
+    }
+    if (isAdmin()) {
+      item.append(" ", el("button", { type: "button", class: "quiet gates", text: "Gates",
+        "aria-label": `Shadow versions and rollout of alias ${a.alias} of ${name}`,
+        onclick: () => showGates(message, name, a.alias) }));
+    }
     if (isAdmin() && a.previous) {
       item.append(" ", el("button", { type: "button", class: "quiet rollback", text: "Roll back",
         "aria-label": `Roll back alias ${a.alias} of ${name}`,
@@ -383,6 +400,55 @@ function splitForm(name, versions, aliases, message) {
     aliasAction(message, "PUT", `/v1/models/by-name/${enc(name)}/aliases/${enc(alias)}`, { versions: split });
   });
   return form;
+}
+
+/* An alias's shadow pairs (agreement, difference, latency) and its automatic rollout, with its controls. */
+async function showGates(message, name, alias) {
+  const base = `/v1/models/by-name/${enc(name)}/aliases/${enc(alias)}`;
+  message.className = "model-message gates-panel";
+  message.textContent = "Loading…";
+  try {
+    const shadow = (await api("GET", `${base}/shadow`)).body;
+    let rollout = null;
+    try {
+      rollout = (await api("GET", `${base}/rollout`)).body;
+    } catch (e) {
+      if (e.status !== 404) throw e;
+    }
+    clear(message);
+    const pairs = shadow.pairs.map(p => el("tr", {},
+      ["primary", "shadow", "mirrored", "agreement", "max_abs_difference", "errors", "dropped",
+        "shadow_latency_ms", "primary_latency_ms"].map(k => el("td", { class: "mono", text: p[k] ?? "–" }))));
+    message.append(el("strong", { text: `${alias}: shadow ${shadowText(shadow.shadow)}` }));
+    if (pairs.length) {
+      message.append(el("div", { class: "scroll" }, el("table", { class: "shadow-pairs" },
+        el("thead", {}, el("tr", {}, ["Primary", "Shadow", "Mirrored", "Agreement", "Max diff", "Errors", "Dropped",
+          "Shadow ms", "Primary ms"].map(h => el("th", { scope: "col", text: h })))),
+        el("tbody", {}, pairs))));
+    }
+    if (!rollout) {
+      message.append(el("p", { class: "note", text: "No automatic rollout (kinfer models rollout start)." }));
+      return;
+    }
+    message.append(el("p", { class: "rollout-state",
+      text: `rollout to ${rollout.candidate}: ${rollout.state} at ${rollout.percent} % — ${rollout.reason}` }));
+    for (const verb of rollout.state === "running" ? ["pause", "abort"] : rollout.state === "paused" ? ["resume", "abort"] : []) {
+      message.append(el("button", { type: "button", class: `quiet rollout-${verb}`, text: verb[0].toUpperCase() + verb.slice(1),
+        onclick: async () => {
+          try {
+            await api("POST", `${base}/rollout/${verb}`);
+            toast(`rollout of ${alias} of ${name}: ${verb}`);
+            showGates(message, name, alias);
+          } catch (e) {
+            message.className = "model-message error";
+            message.textContent = e.describe();
+          }
+        } }), " ");
+    }
+  } catch (e) {
+    message.className = "model-message error";
+    message.textContent = e.describe();
+  }
 }
 
 async function aliasAction(message, method, path, body) {
@@ -629,6 +695,110 @@ function jobFilters(params) {
 
 function isActive(job) { return job.status === "pending" || job.status === "processing"; }
 
+/* #/audit: a page of the audit log (admin keys), newest first; "Older" follows the API's cursor. */
+function auditValue(value) {
+  return value === null || value === undefined ? "–" : JSON.stringify(value).slice(0, 300);
+}
+
+async function loadAudit(params) {
+  const gen = state.gen;
+  const filters = { model: params.get("model") || "", action: params.get("action") || "" };
+  $("audit-model").value = filters.model; $("audit-action").value = filters.action;
+  const tbody = clear($("audit-table").querySelector("tbody"));
+  const note = $("audit-note");
+  $("audit-pager").hidden = true;
+  if (!isAdmin()) { note.textContent = "Only admin keys can read the audit log."; return; }
+  note.textContent = "Loading…";
+  const query = new URLSearchParams({ limit: AUDIT_PAGE });
+  for (const [name, value] of Object.entries(filters)) if (value) query.set(name, value);
+  if (params.get("cursor")) query.set("cursor", params.get("cursor"));
+  try {
+    const body = (await api("GET", `/v1/audit?${query}`)).body;
+    if (gen !== state.gen) return;
+    for (const e of body.entries) {
+      tbody.append(el("tr", {},
+        el("td", { text: new Date(e.at).toLocaleString() }),
+        el("td", { text: e.actor_name, title: e.actor_key_id || "" }),
+        el("td", {}, el("code", { text: e.action })),
+        el("td", { text: e.target }),
+        el("td", { class: "json", text: auditValue(e.before) }),
+        el("td", { class: "json", text: auditValue(e.after) })));
+    }
+    note.textContent = body.entries.length ? `${body.total} entr${body.total === 1 ? "y" : "ies"}` +
+      (filters.model || filters.action ? " match." : ".") : "No audit entries match.";
+    const pager = clear($("audit-pager"));
+    if (body.next_cursor) {
+      pager.hidden = false;
+      pager.append(el("a", { class: "next", href: address("audit", null, { ...filters, cursor: body.next_cursor }),
+        text: "Older →" }));
+    }
+  } catch (e) {
+    if (gen !== state.gen) return;
+    note.textContent = "";
+    clear(tbody);
+    $("audit-pager").hidden = true;
+    note.append(errorBlock(e));
+  }
+}
+
+/* #/capture: every capture rule (any key reads them); admin keys set and delete them. */
+async function loadCapture() {
+  const gen = state.gen;
+  const tbody = clear($("capture-table").querySelector("tbody"));
+  const note = $("capture-note");
+  $("capture-form").hidden = !isAdmin();
+  note.textContent = "Loading…";
+  try {
+    const body = (await api("GET", "/v1/capture")).body;
+    if (gen !== state.gen) return;
+    for (const rule of body.settings) {
+      const remove = isAdmin() ? el("button", { type: "button", class: "quiet", text: "Stop",
+        "aria-label": `Stop capturing ${rule.model}${rule.alias ? "@" + rule.alias : ""}`,
+        onclick: () => deleteCapture(rule) }) : null;
+      tbody.append(el("tr", {},
+        el("td", { text: rule.model }),
+        el("td", { text: rule.alias || "every request" }),
+        el("td", { text: `${rule.sample_percent} %` }),
+        el("td", { text: rule.redact.join(", ") || "–" }),
+        el("td", { text: rule.updated_at ? new Date(rule.updated_at).toLocaleString() : "–", title: rule.updated_by }),
+        el("td", {}, remove)));
+    }
+    note.textContent = body.settings.length ? "" : "Nothing is captured: no model has a capture rule.";
+  } catch (e) {
+    if (gen !== state.gen) return;
+    note.textContent = "";
+    note.append(errorBlock(e));
+  }
+}
+
+async function saveCapture(ev) {
+  ev.preventDefault();
+  const model = $("capture-model").value.trim();
+  const body = { sample_percent: Number($("capture-percent").value),
+    redact: $("capture-redact").value.split(",").map(f => f.trim()).filter(Boolean) };
+  if ($("capture-alias").value.trim()) body.alias = $("capture-alias").value.trim();
+  try {
+    await api("PUT", `/v1/models/by-name/${enc(model)}/capture`, body);
+    toast(`Capturing ${body.sample_percent} % of ${model}${body.alias ? "@" + body.alias : ""}.`);
+    loadCapture();
+  } catch (e) {
+    $("capture-note").textContent = "";
+    $("capture-note").append(errorBlock(e));
+  }
+}
+
+async function deleteCapture(rule) {
+  const query = rule.alias ? `?alias=${enc(rule.alias)}` : "";
+  try {
+    await api("DELETE", `/v1/models/by-name/${enc(rule.model)}/capture${query}`);
+    toast(`Stopped capturing ${rule.model}${rule.alias ? "@" + rule.alias : ""}.`);
+    loadCapture();
+  } catch (e) {
+    $("capture-note").textContent = "";
+    $("capture-note").append(errorBlock(e));
+  }
+}
+
 /* #/batch: a page of the key's jobs (filtered by model and status), polled while one of them runs. */
 async function pollBatch(params, gen) {
   if (gen === undefined) gen = state.gen;
@@ -755,6 +925,11 @@ function wire() {
     navigate(address("batch", null, { q: $("batch-q").value.trim(), status: $("batch-status").value }));
   });
   $("batch-status").addEventListener("change", () => $("batch-filter").requestSubmit());
+  $("audit-filter").addEventListener("submit", ev => {
+    ev.preventDefault();
+    navigate(address("audit", null, { model: $("audit-model").value.trim(), action: $("audit-action").value.trim() }));
+  });
+  $("capture-form").addEventListener("submit", saveCapture);
   $("try-model").addEventListener("change", fillVersions);
   $("try-pick").addEventListener("submit", loadTryForm);
   $("try-form").addEventListener("submit", runPrediction);

@@ -40,22 +40,28 @@ locals {
   inputs  = "arn:aws:s3:::${var.input_bucket}"
   results = "arn:aws:s3:::${var.results_bucket}"
   models  = "arn:aws:s3:::${var.model_bucket}"
+  capture = "arn:aws:s3:::${var.capture_bucket}"
   list    = ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"]
   write   = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
   minio_policies = {
-    "batch" = [ # submits jobs: reads input_url, writes and cleans chunk inputs, presigns results
-      { resources = [local.inputs, local.results], actions = local.list },
+    "batch" = [ # submits jobs: reads input_url, writes and cleans chunk inputs, presigns results; replays read captures
+      { resources = [local.inputs, local.results, local.capture], actions = local.list },
       { resources = ["${local.inputs}/*"], actions = concat(["s3:GetObject", "s3:DeleteObject"], local.write) },
-      { resources = ["${local.results}/*"], actions = ["s3:GetObject"] },
+      { resources = ["${local.results}/*", "${local.capture}/*"], actions = ["s3:GetObject"] },
+    ]
+    "infer" = [ # payload capture: writes sampled requests
+      { resources = [local.capture], actions = local.list },
+      { resources = ["${local.capture}/*"], actions = local.write },
     ]
     "batch-intake" = [ # reads uploaded inputs, writes and cleans chunk inputs
       { resources = [local.inputs, local.results], actions = local.list },
       { resources = ["${local.inputs}/*"], actions = concat(["s3:GetObject", "s3:DeleteObject"], local.write) },
     ]
-    "batch-worker" = [ # reads chunk inputs, writes chunk results, merges them
-      { resources = [local.inputs, local.results], actions = local.list },
+    "batch-worker" = [ # reads chunk inputs, writes chunk results, merges them; captures async requests
+      { resources = [local.inputs, local.results, local.capture], actions = local.list },
       { resources = ["${local.inputs}/*"], actions = ["s3:GetObject"] },
       { resources = ["${local.results}/*"], actions = concat(["s3:GetObject"], local.write) },
+      { resources = ["${local.capture}/*"], actions = local.write },
     ]
     "batch-deadletter" = [ # fails chunks; the last one merges the results
       { resources = [local.inputs, local.results], actions = local.list },
@@ -65,9 +71,10 @@ locals {
       { resources = [local.models], actions = local.list },
       { resources = ["${local.models}/*"], actions = concat(["s3:GetObject", "s3:DeleteObject"], local.write) },
     ]
-    "models-public" = [ # the same registry function behind the public route (kinfer models push)
-      { resources = [local.models], actions = local.list },
+    "models-public" = [ # the same registry function behind the public route (kinfer models push); captures :predict
+      { resources = [local.models, local.capture], actions = local.list },
       { resources = ["${local.models}/*"], actions = concat(["s3:GetObject", "s3:DeleteObject"], local.write) },
+      { resources = ["${local.capture}/*"], actions = local.write },
     ]
     "triton" = [ # the model agent beside Triton reads the model repository
       { resources = [local.models], actions = local.list },
@@ -233,7 +240,7 @@ resource "helm_release" "minio" {
     makePolicyJob    = { resources = { requests = { cpu = "50m", memory = "128Mi" }, limits = { cpu = "250m", memory = "256Mi" } } }
     makeUserJob      = { resources = { requests = { cpu = "50m", memory = "128Mi" }, limits = { cpu = "250m", memory = "256Mi" } } }
     customCommandJob = { resources = { requests = { cpu = "50m", memory = "128Mi" }, limits = { cpu = "250m", memory = "256Mi" } } }
-    buckets          = [for b in [var.input_bucket, var.results_bucket, var.model_bucket] : { name = b, policy = "none", purge = false }]
+    buckets          = [for b in [var.input_bucket, var.results_bucket, var.model_bucket, var.capture_bucket] : { name = b, policy = "none", purge = false }]
     # Replaces the chart's default users (console/console123 with consoleAdmin).
     policies = [for name, statements in local.minio_policies : { name = "kinfer-${name}", statements = statements }]
     users = [for name in keys(local.minio_policies) : {

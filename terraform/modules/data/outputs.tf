@@ -28,7 +28,7 @@ output "s3_workloads" {
 }
 
 output "s3_credentials" {
-  description = "S3 access key pair per workload (batch, batch-intake, batch-worker, batch-deadletter, models, models-public, triton): one MinIO user each, or the given key pair for every one of them."
+  description = "S3 access key pair per workload (batch, batch-intake, batch-worker, batch-deadletter, infer, models, models-public, triton): one MinIO user each, or the given key pair for every one of them."
   sensitive   = true
   value = { for name in(var.s3_workload_identity ? [] : keys(local.minio_policies)) : name => (local.install_minio
     ? { access_key_id = "kinfer-${name}", secret_access_key = random_password.minio_user[name].result }

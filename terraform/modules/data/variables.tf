@@ -53,6 +53,12 @@ variable "input_bucket" {
   default     = "kinfer-batch-inputs"
 }
 
+variable "capture_bucket" {
+  description = "Bucket of captured requests (CAPTURE_BUCKET): written by the data path, read by replays."
+  type        = string
+  default     = "kinfer-capture"
+}
+
 variable "results_bucket" {
   description = "Bucket of batch results (S3_RESULTS_BUCKET)."
   type        = string

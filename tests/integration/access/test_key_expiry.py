@@ -118,3 +118,54 @@ def test_an_expired_key_is_refused_even_from_the_auth_cache(
     services.auth.key_cache.put(digest, dataclasses.replace(principal, expires_at=datetime.now(UTC).timestamp() - 1))
     denied = client.get("/v1/keys/self", headers=theirs)
     assert denied.status_code == 401 and denied.json()["code"] == "key_expired"
+
+
+@pytest.fixture
+def cli_api(base_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[Services]:
+    """The keys function on a free port; the CLI pointed at it with an admin key."""
+    from tests.integration.servers import InProcessServer
+
+    services: Services = reset_services(dataclasses.replace(base_settings, auth_required=True, auth_cache_ttl_s=0))
+    _, admin = services.keys.create_key(f"cli-admin-{uuid.uuid4().hex[:6]}", "admin")
+    server = InProcessServer("keys", "manage_api_keys")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("KINFER_URL", server.url.rstrip("/"))
+    monkeypatch.setenv("KINFER_API_KEY", admin)
+    yield services
+    server.stop()
+    reset_services(None)
+
+
+def test_kinfer_keys_create_sets_the_expiry_and_list_shows_expired(
+    cli_api: Services, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from shared.cli import main
+
+    assert (
+        main(
+            [
+                "keys",
+                "create",
+                "--name",
+                f"cli-exp-{uuid.uuid4().hex[:6]}",
+                "--scopes",
+                "infer",
+                "--expires-in",
+                "30d",
+                "-o",
+                "json",
+            ]
+        )
+        == 0
+    )
+    created = json.loads(capsys.readouterr().out)
+    assert timedelta(days=29) < datetime.fromisoformat(created["expires_at"]) - datetime.now(UTC) <= timedelta(days=30)
+    assert main(["keys", "create", "--name", "cli-exp-bad", "--scopes", "infer", "--expires-at", "yesterday"]) == 1
+    assert "expires_at" in capsys.readouterr().err
+    _expire(cli_api, created["id"])
+    assert main(["keys", "list", "--status", "expired", "--limit", "1000"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.splitlines()[0].split()[-1] == "EXPIRES"
+    assert any(created["id"] in line and "expired" in line for line in listing.splitlines())

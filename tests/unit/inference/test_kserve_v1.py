@@ -47,7 +47,9 @@ class _DataPlane:
     def __init__(self, prediction: object = None, error: InvalidInput | None = None) -> None:
         self.prediction, self.error, self.requests = prediction, error, []
 
-    async def run_inference(self, body: Any, route_key: str | None, wait_s: float) -> dict[str, Any]:
+    async def run_inference(
+        self, body: Any, route_key: str | None, wait_s: float, key_id: str | None = None
+    ) -> dict[str, Any]:
         self.requests.append((body, route_key, wait_s))
         if self.error:
             raise self.error

@@ -1,0 +1,290 @@
+"""Payload capture: a sampled record of real-time requests and answers, written to S3 off the hot path.
+
+The data path calls ``Capture.offer`` once per answered (or failed) request: a dict lookup for the
+model's rule (``capture_rules``), one random draw, and an append to a bounded in-memory queue. Nothing
+on that path waits for S3: a sampled record is redacted and serialised at once (its exact size bounds the
+queue's memory, and nothing keeps a reference to the request's objects); when the queue is full (by
+records or by bytes) it is dropped and counted (``kinfer_capture_dropped_total{reason="queue_full"}``).
+A background thread writes batches as JSON lines under
+``capture/<model>/<version>/<YYYY-MM-DD>/<HH>/<uuid>.jsonl[.gz]`` in CAPTURE_BUCKET, when a batch is
+full, every CAPTURE_FLUSH_S seconds and at shutdown (``close``). A failed write drops that batch
+(counted, reason ``write_failed``) and never reaches a caller.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
+
+import orjson
+from opentelemetry import trace
+
+from shared import telemetry
+from shared.logs import request_id_var
+
+if TYPE_CHECKING:
+    from shared.errors import KinferError
+    from shared.inference.capture_rules import CaptureRules
+    from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REDACTED = "[redacted]"
+PREFIX = "capture"
+UNRESOLVED = "_"  # the version segment of a request that failed before a version was chosen
+
+
+class CaptureRecord(TypedDict):
+    """One captured request: who, what, how it went; ``input`` is redacted before it is written."""
+
+    request_id: str | None
+    trace_id: str | None
+    key_id: str | None
+    model: str
+    version: str
+    requested: str | None
+    protocol: str
+    outcome: str
+    status: int
+    latency_ms: float
+    timestamp: str
+    input: object
+    outputs: NotRequired[object]
+    prediction: NotRequired[object]
+    redact: NotRequired[list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the data path knows of a request to capture: ``requested`` is the version or alias it named,
+    ``version`` the registry version that served it ('' when none was chosen)."""
+
+    model: str
+    requested: str | None
+    protocol: str
+    key_id: str | None
+    started: float
+    input: object
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    version: str
+    outputs: object
+    prediction: object = None
+
+
+class PutObject(Protocol):
+    def __call__(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
+
+
+def redacted(value: object, fields: list[str]) -> object:
+    """``value`` with each input field named in ``fields`` replaced by the marker: a /v1/infer ``input``
+    (tensor name -> values) or v2 ``inputs`` (a list of tensors, whose ``data`` is replaced)."""
+    if not fields:
+        return value
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if k in fields else v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [{**t, "data": REDACTED} if isinstance(t, Mapping) and t.get("name") in fields else t for t in value]
+    return value
+
+
+def object_key(model: str, version: str, at: datetime, gzipped: bool) -> str:
+    """Where one batch of a model version's records goes: partitioned by date and hour (UTC)."""
+    suffix = ".jsonl.gz" if gzipped else ".jsonl"
+    return f"{PREFIX}/{model}/{version}/{at:%Y-%m-%d}/{at:%H}/{uuid.uuid4().hex}{suffix}"
+
+
+def current_trace_id() -> str | None:
+    """The running request's trace id (sampled or not), None outside one."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+class S3Objects:
+    """``PutObject`` on an S3 client: creates the bucket on its first write (again after a failed write)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._ready: set[str] = set()
+
+    def __call__(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        from shared.clients import storage  # boto3: off the infer function's cold start
+
+        if bucket not in self._ready:
+            storage.ensure_buckets(self.client, bucket)
+            self._ready.add(bucket)
+        try:
+            storage.put_bytes(self.client, bucket, key, data, content_type)
+        except Exception:
+            self._ready.discard(bucket)
+            raise
+
+
+class Capture:
+    """The bounded queue of captured records and the thread that writes them (one per process)."""
+
+    def __init__(
+        self,
+        rules: CaptureRules,
+        put: PutObject,
+        settings: Settings,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.rules = rules
+        self.put = put
+        self.bucket = settings.capture_bucket
+        self.max_records = settings.capture_queue_max
+        self.max_bytes = settings.capture_queue_max_bytes
+        self.batch_max = settings.capture_batch_max
+        self.flush_s = settings.capture_flush_s
+        self.gzip = settings.capture_gzip
+        self.draw = draw
+        self._queue: deque[tuple[str, str, bytes]] = deque()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = threading.Lock()
+
+    # -- the hot path ---------------------------------------------------------------------
+    def sampled(self, model: str, requested: str | None) -> list[str] | None:
+        """The redacted fields when this request is to be captured (a rule matches and the draw hits), else None."""
+        self._ensure_started()
+        rule = self.rules.rule_for(model, requested)
+        if rule is None:
+            return None
+        percent = rule["sample_percent"]
+        if percent <= 0 or (percent < 100 and self.draw() * 100 >= percent):
+            return None
+        return rule["redact"]
+
+    def offer(self, record: CaptureRecord) -> bool:
+        """Queue one record, redacted and serialised; False (and counted) when the queue is full."""
+        counters = telemetry.metrics()
+        try:
+            line = _line(record)
+        except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits in a refused input
+            counters.capture_dropped.labels("unserialisable").inc()
+            return False
+        weight = len(line)
+        with self._lock:
+            if len(self._queue) >= self.max_records or self._bytes + weight > self.max_bytes:
+                counters.capture_dropped.labels("queue_full").inc()
+                return False
+            self._queue.append((record["model"], record["version"], line))
+            self._bytes += weight
+            size = len(self._queue)
+        counters.capture_captured.inc()
+        if size >= self.batch_max:
+            self._wake.set()
+        return True
+
+    def record(self, request: Request, answer: Answer | None, error: KinferError | None, redact: list[str]) -> None:
+        """Queue the record of one sampled request (``redact``: what ``sampled`` answered) and how it went."""
+        record: CaptureRecord = {
+            "request_id": request_id_var.get(),
+            "trace_id": current_trace_id(),
+            "key_id": request.key_id,
+            "model": request.model,
+            "version": (answer.version if answer else request.version) or UNRESOLVED,
+            "requested": request.requested,
+            "protocol": request.protocol,
+            "outcome": "ok" if error is None else error.code,
+            "status": 200 if error is None else error.status,
+            "latency_ms": round((time.perf_counter() - request.started) * 1000, 3),
+            "timestamp": datetime.now(UTC).isoformat(),
+            "input": request.input,
+        }
+        if answer is not None:
+            record["outputs"] = answer.outputs
+            if answer.prediction is not None:
+                record["prediction"] = answer.prediction
+        if redact:
+            record["redact"] = redact
+        self.offer(record)
+
+    # -- the writer -----------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        if self._thread is not None:
+            return
+        with self._started:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        tick = min(self.flush_s, self.rules.ttl_s)
+        due = time.monotonic() + self.flush_s
+        while not self._stop.is_set():
+            self.rules.refresh_if_stale()
+            if self.pending() >= self.batch_max or time.monotonic() >= due:
+                self.flush()
+                due = time.monotonic() + self.flush_s
+            self._wake.wait(tick)
+            self._wake.clear()
+
+    def flush(self) -> int:
+        """Write everything queued now, in objects of at most CAPTURE_BATCH_MAX records; the records written."""
+        written = 0
+        while True:
+            batch = self._take()
+            if not batch:
+                return written
+            written += self._write(batch)
+
+    def _take(self) -> list[tuple[str, str, bytes]]:
+        with self._lock:
+            n = min(len(self._queue), self.batch_max)
+            taken = [self._queue.popleft() for _ in range(n)]
+            self._bytes -= sum(len(line) for _, _, line in taken)
+        return taken
+
+    def _write(self, batch: list[tuple[str, str, bytes]]) -> int:
+        groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        for model, version, line in batch:
+            groups[(model, version)].append(line)
+        now, counters, written = datetime.now(UTC), telemetry.metrics(), 0
+        for (model, version), lines in groups.items():
+            data = b"".join(lines)
+            try:
+                if self.gzip:
+                    data = gzip.compress(data, compresslevel=5)
+                self.put(self.bucket, object_key(model, version, now, self.gzip), data, "application/x-ndjson")
+            except Exception as exc:  # noqa: BLE001 - S3 down or slow never reaches a caller
+                counters.capture_dropped.labels("write_failed").inc(len(lines))
+                log.warning("capture write failed, %d records dropped: %s", len(lines), type(exc).__name__)
+                continue
+            counters.capture_written.inc(len(lines))
+            written += len(lines)
+        return written
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Stop the writer and write what is queued (shutdown)."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=self.flush_s + 30)
+        self.flush()
+
+
+def _line(record: CaptureRecord) -> bytes:
+    fields = record.pop("redact", None) or []
+    record["input"] = redacted(record["input"], fields)
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE, default=str)
