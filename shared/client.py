@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from shared.batch.requests import Accepted, RequestStatus
     from shared.domain import BatchJob, ModelVersion
     from shared.inference.dataplane import InferAnswer
+    from shared.lifecycle.aliases import Alias
     from shared.registry.reads import ModelPage
 
 __all__ = ["ApiError", "Client"]
@@ -41,6 +43,10 @@ __all__ = ["ApiError", "Client"]
 FINISHED_JOB = ("completed", "failed", "cancelled")
 FINISHED_REQUEST = ("succeeded", "failed")
 TIMEOUT_S = 60.0
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
 
 
 def _input(data: object | None, inputs: dict[str, object] | None) -> dict[str, object]:
@@ -158,7 +164,7 @@ class Batch:
 
 
 class Models:
-    """The model registry: ``list``, ``show``, ``push``."""
+    """The model registry: ``list``, ``show``, ``alias``, ``push``."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -169,8 +175,27 @@ class Models:
         return cast("ModelPage", self._client.call("GET", "/v1/models", query=query))
 
     def show(self, name: str, version: str) -> ModelVersion:
-        """``GET /v1/models/by-name/{name}/{version}``: one version (``version`` may be an alias)."""
-        return cast("ModelVersion", self._client.call("GET", f"/v1/models/by-name/{name}/{version}"))
+        """One version of ``name``; ``version`` may be an alias (``production``), read through the aliases
+        endpoint: the version it points at. An alias split between versions is an ``ApiError`` (code
+        ``alias_split``) that names them: show one of them, or read the split with ``alias``."""
+        from shared.registry.rules import VERSION
+
+        if not VERSION.fullmatch(version):
+            target = self.alias(name, version)["versions"]
+            if len(target) > 1:
+                split = ", ".join(f"{v}={w}%" for v, w in target.items())
+                raise ApiError(
+                    f"alias {version!r} of model {name!r} is split between versions: {split}",
+                    code="alias_split",
+                    hint="show one of them: models.show(name, VERSION); models.alias(name, alias) reads the split",
+                )
+            version = next(iter(target))
+        path = f"/v1/models/by-name/{_quote(name)}/{_quote(version)}"
+        return cast("ModelVersion", self._client.call("GET", path))
+
+    def alias(self, name: str, alias: str) -> Alias:
+        """``GET /v1/models/by-name/{name}/aliases/{alias}``: the versions it points at, with their weights."""
+        return cast("Alias", self._client.call("GET", f"/v1/models/by-name/{_quote(name)}/aliases/{_quote(alias)}"))
 
     def push(
         self, file: str | Path, name: str, version: str, *, wait: bool = True, timeout: float = 300

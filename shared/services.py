@@ -287,7 +287,7 @@ class Services:
         """Capture settings: PostgreSQL, and the in-process copy the data path reads."""
         from shared.inference.capture_rules import CaptureRules
 
-        return CaptureRules(self.db, self.audit, self.settings.capture_rules_ttl_s)
+        return CaptureRules(self.db, self.audit, self.settings.capture_rules_ttl_s, self.registry)
 
     @cached_property
     def capture(self) -> Capture:

@@ -306,6 +306,8 @@ class Settings(_FromEnv):
     event_oidc_subjects: tuple[str, ...] = _var("EVENT_OIDC_SUBJECTS", "", _url_list)
     event_oidc_ca_file: str = _var("EVENT_OIDC_CA_FILE", "")
     event_oidc_token_file: str = _var("EVENT_OIDC_TOKEN_FILE", "")
+    # the longest life (exp - iat) a sender's token may have: a stolen long-lived token stays refused
+    event_oidc_max_lifetime_s: int = _var("EVENT_OIDC_MAX_LIFETIME_S", "86400", _int(60, 604800))
     # Process identity and telemetry
     service_name: str = _var("K_SERVICE", "kinfer")
     port: int = _var("PORT", "8080", _int(1, 65535))

@@ -127,5 +127,6 @@ ROUTES = Router(
 
 @functions_framework.aio.http
 async def serve_backends(request: Request) -> Response:
-    function_services().rollouts.ensure_ticking()  # the rollout gates' loop, while this function is up
+    if request.url.path != LIVEZ.rule:  # liveness touches nothing, not even the gates' objects
+        function_services().rollouts.ensure_ticking()  # the rollout gates' loop, while this function is up
     return await dispatch(request, ROUTES, function_services(), "backends")

@@ -27,7 +27,7 @@ def _fail(call: Call, event: CloudEvent) -> tuple[int, Mapping[str, object]]:
     what = _ASYNC.get(event["type"])
     if what is not None:
         # no delivery detail: a caller who can reach this function must not write text into a tenant's answer
-        return services.requests.fail_dead(event, dead_reason(event, what, detail=False))
+        return services.requests.fail_dead(event, dead_reason(event, what))
     return services.worker.fail_chunk(event)
 
 

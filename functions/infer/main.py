@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.batch.jobs import owner_of
-from shared.batch.requests import V1, V2, Accepted, RequestStatus, prefers_async
+from shared.batch.requests import V1, V2, Accepted, RequestMatches, RequestStatus, prefers_async
 from shared.errors import InvalidInput
 from shared.inference import v2
 from shared.inference.dataplane import InferAnswer
@@ -30,7 +30,7 @@ from shared.inference.waiting import preferred_wait
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
-from shared.web.route import LIVEZ, Route
+from shared.web.route import LIVEZ, QueryParam, Route
 from shared.web.routing import Router
 from shared.web.runtime import function_services
 
@@ -90,6 +90,10 @@ def _owner_filter(call: Call) -> str | None:
 
 def _request(call: Call, request_id: str) -> RequestStatus:
     return function_services().requests.get(request_id, _owner_filter(call))
+
+
+def _requests_with_prefix(call: Call) -> RequestMatches:
+    return function_services().requests.find(call.args.get("prefix"), owner_of(call.principal))
 
 
 async def _infer(call: Call) -> InferAnswer | tuple[int, Accepted, dict[str, str]]:
@@ -171,6 +175,16 @@ ROUTES = Router(
                 200: ("the prediction and every output tensor", s.INFER_RESPONSE),
                 202: (s.ASYNC_ACCEPTED_DESCRIPTION, s.INFER_ACCEPTED),
             },
+        ),
+        Route(
+            "/v1/requests",
+            ("GET",),
+            _requests_with_prefix,
+            query=(QueryParam("prefix", {"type": "string"}, "the start of a request id: 4 or more hex digits"),),
+            scope="infer",
+            always_auth=True,
+            summary="The caller's own async requests whose id starts with prefix (kinfer requests get 3f2a)",
+            responses={200: ("the matching requests, newest first", s.INFER_REQUEST_MATCHES)},
         ),
         Route(
             "/v1/requests/<request_id>",

@@ -4,9 +4,9 @@
 what it may do (the console hides admin actions from other keys).
 
 A key's secret (and its callback signing secret) is answered once, by the POST that creates it;
-``POST /v1/keys/{id}/callback-secret`` (the key itself, as ``self`` or its id, or an admin) rotates the
-callback signing secret and answers the new one once; lists and reads show
-its display prefix, never the secret. DELETE revokes (the record stays, with
+``POST /v1/keys/{id}/callback-secret`` (the key itself only, as ``self`` or its id: an admin manages
+keys but never learns another key's secret) rotates the callback signing secret and answers the new
+one once; lists and reads show its display prefix, never the secret. DELETE revokes (the record stays, with
 ``revoked_at``); a revoked key stops working within AUTH_CACHE_TTL_S.
 """
 
@@ -50,7 +50,7 @@ async def _self(call: Call) -> auth.WhoAmI:
 
 
 def _rotate_callback_secret(call: Call, key_id: str) -> keys.CallbackSecret:
-    key = auth.own_or_admin(call.principal, key_id)
+    key = auth.own_key(call.principal, key_id)
     return function_services().keys.rotate_callback_secret(key, actor_of(call))
 
 
@@ -82,7 +82,7 @@ ROUTES = Router(
             scope="any",
             query=(),
             summary="Rotate a key's callback signing secret and answer the new one (shown this once); "
-            "the key itself (its id or `self`) or an admin key",
+            "the key itself only (its id or `self`); 403 for any other key, admin included",
         ),
         audit_route(lambda: function_services().audit),
     ],

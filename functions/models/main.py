@@ -97,6 +97,7 @@ ROUTES = Router(
                 ("POST",),
                 _predict_v1,
                 scope="infer",
+                always_auth=True,  # AUTH_REQUIRED=false opens the registry (locally), never inference
                 query=(),
                 summary="KServe v1 predict: {instances} -> {predictions}, as POST /v1/infer",
                 body=s.V1_PREDICT_REQUEST,

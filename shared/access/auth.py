@@ -280,15 +280,17 @@ def describe(principal: Principal | None) -> WhoAmI:
     }
 
 
-def own_or_admin(principal: Principal | None, key_id: str) -> str:
-    """The key id a route about ``key_id`` may act on: ``self`` names the caller's own key; another key's
-    id needs the admin scope (403 otherwise). With AUTH_REQUIRED off (no principal) any id, but not ``self``."""
+def own_key(principal: Principal | None, key_id: str) -> str:
+    """The key id a route about a key's own secrets may act on: only the caller's own key (``self`` or its
+    id), admin or not: an admin (an operator) manages keys, never learns a key's secrets (403 otherwise).
+    With AUTH_REQUIRED off (no principal) any id, but not ``self``."""
     if principal is None:
         if key_id == SELF:
             raise NotFound("`self` names the caller's key, and authentication is off: give the key's id")
         return key_id
     if key_id in (SELF, principal.key_id):
         return principal.key_id
-    if ADMIN in principal.scopes:
-        return key_id
-    raise Forbidden("only the key itself (`self`) or an admin key may do this for a key")
+    raise Forbidden(
+        "only the key itself (`self`) may rotate and read its callback signing secret; an admin key may revoke "
+        "another key (DELETE /v1/keys/{id}) but never learn its secret"
+    )

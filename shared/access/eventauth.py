@@ -14,7 +14,9 @@ with the Kubernetes TokenRequest API for the OIDC service account of the source
   EVENT_OIDC_SUBJECTS: any pod can mint a token of its own service account for any audience, so the
   audience alone proves nothing.
 
-The signature (asymmetric algorithms only), issuer, audience, expiry and subject are checked by PyJWT.
+The signature (asymmetric algorithms only), issuer, audience, expiry and subject are checked by PyJWT; a
+token must carry ``iat``, and one minted to live longer than EVENT_OIDC_MAX_LIFETIME_S (``exp - iat``) is
+refused however valid it is otherwise (a long-lived token is a stolen or hand-made credential).
 A failure answers 401, which Knative does not redeliver: a forged event is dropped at once, and a sender
 with a bad token cannot make the dispatcher retry it. When the JWKS cannot be fetched the answer is 503
 (the sender did nothing wrong; the event is redelivered). The JWKS is cached; a token signed with a key
@@ -68,6 +70,7 @@ class EventAuthenticator:
         self.issuer = settings.event_oidc_issuer
         self.audience = settings.event_oidc_audience.replace("{service}", settings.service_name)
         self.subjects = frozenset(settings.event_oidc_subjects)
+        self.max_lifetime_s = settings.event_oidc_max_lifetime_s
         if self.mode == OIDC:
             missing = [
                 name
@@ -121,8 +124,16 @@ class EventAuthenticator:
             raise _rejected(f"the token's audience is not {self.audience!r}") from None
         except jwt.InvalidIssuerError:
             raise _rejected("the token's issuer is not the cluster's service-account issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise _rejected(f"the token has no {exc.claim!r} claim") from None
         except jwt.InvalidTokenError as exc:
             raise _rejected(f"invalid token ({type(exc).__name__})") from None
+        lifetime = claims["exp"] - claims["iat"]
+        if lifetime > self.max_lifetime_s:
+            raise _rejected(
+                f"the token lives {int(lifetime)} s (exp - iat), longer than {self.max_lifetime_s} s "
+                "(EVENT_OIDC_MAX_LIFETIME_S)"
+            )
         subject = str(claims.get("sub", ""))
         if subject not in self.subjects:
             log.warning("event refused: token subject %r is not in EVENT_OIDC_SUBJECTS", subject[:200])

@@ -53,7 +53,7 @@ MAX_RATE_LIMIT = 10_000_000
 NAME_RULE = "name must be 1-128 letters, digits, spaces or . _ : @ / -"
 LAST_USED_EVERY_S = 60
 MAX_EXPIRY = timedelta(days=3660)  # about ten years
-DURATION = re.compile(r"([1-9][0-9]{0,6})([smhd]?)")
+DURATION = re.compile(r"([0-9]{1,7})([smhd]?)")
 UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 EXPIRY_RULE = (
     "give expires_at as an ISO 8601 time (2027-01-31T00:00:00Z) or expires_in as a duration "
@@ -112,6 +112,11 @@ def parse_expiry(expires_at: object = None, expires_in: object = None, now: date
         found = DURATION.fullmatch(text.strip().lower()) if isinstance(text, str) else None
         if found is None:
             raise InvalidInput(f"expires_in must be a duration; {EXPIRY_RULE}", field=field)
+        if int(found.group(1)) == 0:
+            raise InvalidInput(
+                f"expires_in must be positive: at least 1s and at most {MAX_EXPIRY.days}d (30d, 12h, 45m, 3600s)",
+                field=field,
+            )
         when = now + timedelta(seconds=int(found.group(1)) * UNIT_S[found.group(2)])
     elif expires_at is not None:
         field = "expires_at"

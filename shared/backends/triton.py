@@ -82,8 +82,24 @@ class ModelInfo:
     def batched(self) -> bool:
         return self.max_batch_size > 0
 
+    @property
+    def rows_first(self) -> bool:
+        """Whether a request's first dimension counts rows: a batched model's, and an unbatched one's whose
+        every tensor begins with -1 (``max_batch_size`` 0 over a graph with a batch axis), so both take the
+        same bodies."""
+        if self.batched:
+            return True
+        tensors = self.inputs + self.outputs
+        return bool(tensors) and all(s.shape and s.shape[0] < 0 for s in tensors)
+
+    def row_shape(self, spec: TensorSpec) -> tuple[int, ...]:
+        """One row of ``spec`` as callers send it (without the leading -1 of a rows-first unbatched model)."""
+        return spec.shape[1:] if self.rows_first and not self.batched else spec.shape
+
     def expected(self) -> str:
-        return "; ".join(s.describe(self.batched) for s in self.inputs)
+        return "; ".join(
+            TensorSpec(s.name, s.datatype, self.row_shape(s)).describe(self.rows_first) for s in self.inputs
+        )
 
 
 def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> ModelInfo:

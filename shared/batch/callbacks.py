@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 
-from shared.errors import InvalidInput, Unavailable
+from shared.errors import Conflict, InvalidInput, Unavailable
 
 MAX_URL_LEN = 2048
 TIMEOUT = urllib3.Timeout(connect=5.0, read=15.0)
@@ -93,9 +93,13 @@ def is_public(address: str) -> bool:
 
 def _parts(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of a well-formed callback URL; InvalidInput otherwise."""
-    if not isinstance(url, str) or not url or len(url) > MAX_URL_LEN or not url.isascii() or url != url.strip():
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LEN or not url.isascii():
         raise InvalidInput(
             f"callback_url must be an http(s) URL of at most {MAX_URL_LEN} characters", field="callback_url"
+        )
+    if any(c <= " " or c == "\x7f" for c in url):  # no request line could carry it: refused now, not at delivery
+        raise InvalidInput(
+            "callback_url may not hold spaces or control characters (percent-encode them: %20)", field="callback_url"
         )
     try:
         parts = urlsplit(url)
@@ -139,11 +143,14 @@ class CallbackPolicy:
         return any(fnmatch.fnmatchcase(host, p) or fnmatch.fnmatchcase(f"{host}:{port}", p) for p in self.allowlist)
 
     def check(self, url: str) -> str:
-        """The URL when a request may name it (400 saying why not); its host is resolved and checked now."""
+        """The URL when a request may name it (400 saying why not; 409 ``callbacks_off`` without
+        CALLBACK_SIGNING_SECRET, as ``POST /v1/keys/self/callback-secret`` answers); its host is resolved and
+        checked now."""
         if not self.secret:
-            raise InvalidInput(
+            raise Conflict(
                 "callbacks are off on this installation: CALLBACK_SIGNING_SECRET is not set (an operator sets it "
                 "to sign callbacks); poll GET /v1/requests/{id} instead",
+                code="callbacks_off",
                 field="callback_url",
             )
         try:

@@ -30,6 +30,8 @@ from shared.domain import BatchJob, JobStatus, ModelVersion
 from shared.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from shared.audit import Actor
     from shared.batch.results import BatchResults
     from shared.clients.db import Database
@@ -293,8 +295,11 @@ class BatchJobs:
                 return existing
         # A version or an alias; a split is sticky per owner. The job keeps the version picked here.
         model = self.registry.resolve_model(name, version, route_key=owner)
-        if intake_key is None:  # a key's own request (bucket events have no key to bound)
-            self._refuse_past_the_keys_share(owner, count)
+        # A fast refusal before any input is written; the binding check runs again, locked, in the transaction
+        # that inserts the job. Jobs from events are bounded too: their owner is "anonymous", whose share is
+        # the same as a key's (a 429 makes the event source redeliver later).
+        with self.db.read() as conn:
+            self._refuse_past_the_keys_share(conn, owner, count)
         self.ensure_buckets()
         if "inputs" in request:
             created = self._submit_inline(model, owner, count, source, intake_key)
@@ -307,12 +312,12 @@ class BatchJobs:
         )
         return _summary(created["id"], JobStatus.PENDING, created["total"])
 
-    def _refuse_past_the_keys_share(self, owner: str, items: int) -> None:
+    def _refuse_past_the_keys_share(self, conn: Connection, owner: str, items: int, *, lock: bool = False) -> None:
         """429 when this key already has BATCH_MAX_ACTIVE_JOBS jobs, or BATCH_MAX_ACTIVE_ITEMS items with this
-        job's, pending or processing: one key's jobs must not hold every worker while another key's wait."""
+        job's, pending or processing: one key's jobs must not hold every worker while another key's wait.
+        ``lock``: in the inserting transaction, under the owner's lock (no two submits pass together)."""
         settings = self.settings
-        with self.db.read() as conn:
-            jobs, active = store.active_load(conn, owner)
+        jobs, active = store.active_load(conn, owner, lock=lock)
         if jobs >= settings.batch_max_active_jobs:
             raise RateLimited(
                 f"this key has {jobs} batch jobs pending or processing, the most it may have at once "
@@ -338,6 +343,7 @@ class BatchJobs:
         size = self.settings.batch_chunk_size
         row = self._job_row(uuid.uuid4(), model, owner, total, -(-total // size), None, intake_key)
         with self.db.begin() as conn:
+            self._refuse_past_the_keys_share(conn, owner, total, lock=True)
             created = store.insert_job(conn, row)
         if created is not None:
             self._queue(created, _chunked(source(self), size), write=True)
@@ -355,8 +361,14 @@ class BatchJobs:
         job_id = uuid.uuid4()
         total, chunks = self._write_inputs(job_id, source)
         row = self._job_row(job_id, model, owner, total, chunks, input_url, intake_key)
-        with self.db.begin() as conn:
-            created = store.insert_job(conn, row)
+        try:
+            with self.db.begin() as conn:
+                # Counted now that the input's size is known: an input_url job holds its real item count.
+                self._refuse_past_the_keys_share(conn, owner, total, lock=True)
+                created = store.insert_job(conn, row)
+        except RateLimited:
+            self.results.delete_job_objects(job_id)
+            raise
         if created is None:
             self.results.delete_job_objects(job_id)
             return None

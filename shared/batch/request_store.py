@@ -110,6 +110,22 @@ def get(conn: Connection, request_id: uuid.UUID, owner: str | None = None) -> Re
     return _row(conn.execute(stmt).one_or_none())
 
 
+def with_prefix(conn: Connection, prefix: str, owner: str, limit: int) -> list[RequestRow]:
+    """``owner``'s live requests whose id starts with ``prefix`` (LIKE, its wildcards escaped), newest first."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    stmt = (
+        sa.select(*_columns())
+        .where(
+            t.c.owner == owner,
+            t.c.expires_at > sa.func.now(),
+            sa.cast(t.c.id, sa.Text).like(f"{escaped}%", escape="\\"),
+        )
+        .order_by(t.c.created_at.desc())
+        .limit(limit)
+    )
+    return [row for row in (_row(found) for found in conn.execute(stmt).all()) if row is not None]
+
+
 def delete(conn: Connection, request_id: uuid.UUID) -> None:
     conn.execute(sa.delete(t).where(t.c.id == request_id))
 

@@ -1,4 +1,5 @@
-"""Async inference: ``Prefer: respond-async`` on POST /v1/infer and the v2 infer route, GET /v1/requests/{id}.
+"""Async inference: ``Prefer: respond-async`` on POST /v1/infer and the v2 infer route, GET /v1/requests/{id}
+(and ``GET /v1/requests?prefix=``: the caller's own requests whose id starts so).
 
 ``accept`` validates what is cheap to check (the body's shape, the model's name: 404 at once when unknown,
 the callback URL), pins the version the model resolves to now (as a batch job does), stores the request in
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -108,6 +110,25 @@ class RequestStatus(TypedDict):
     key_id: str  # the API key that sent it: a callback receiver checks it is its own
 
 
+class RequestSummary(TypedDict):
+    """One request of ``GET /v1/requests?prefix=``: enough to tell the matches apart."""
+
+    id: str
+    status: str
+    model: str
+    version: str
+    created_at: str
+
+
+class RequestMatches(TypedDict):
+    """``GET /v1/requests?prefix=``: the caller's own requests whose id starts with the prefix, newest first
+    (at most ``MAX_PREFIX_MATCHES``; ``more`` when there were others)."""
+
+    prefix: str
+    requests: list[RequestSummary]
+    more: bool
+
+
 class EventAnswer(TypedDict):
     """What the worker and the dead-letter function answer for an async inference event."""
 
@@ -120,6 +141,21 @@ class EventAnswer(TypedDict):
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+ID_PREFIX = re.compile(r"[0-9a-f-]{4,36}")
+MIN_PREFIX_DIGITS = 4
+MAX_PREFIX_MATCHES = 10
+
+
+def parse_prefix(raw: str | None) -> str:
+    """A request id prefix: hex digits (dashes allowed where a UUID has them), at least 4 digits."""
+    text = (raw or "").strip().lower()
+    if not ID_PREFIX.fullmatch(text) or sum(c != "-" for c in text) < MIN_PREFIX_DIGITS:
+        raise InvalidInput(
+            f"prefix must be the start of a request id: at least {MIN_PREFIX_DIGITS} hex digits", field="prefix"
+        )
+    return text
 
 
 def parse_id(raw: str) -> uuid.UUID:
@@ -322,6 +358,23 @@ class AsyncRequests:
                 code="request_expired",
             )
         return status_body(row)
+
+    def find(self, prefix: str | None, owner: str) -> RequestMatches:
+        """``owner``'s own live requests whose id starts with ``prefix`` (never another key's, admin or not)."""
+        text = parse_prefix(prefix)
+        with self.db.read() as conn:
+            rows = store.with_prefix(conn, text, owner, MAX_PREFIX_MATCHES + 1)
+        found: list[RequestSummary] = [
+            {
+                "id": str(r["id"]),
+                "status": r["status"],
+                "model": r["model_name"],
+                "version": r["model_version"],
+                "created_at": r["created_at"].isoformat(),
+            }
+            for r in rows[:MAX_PREFIX_MATCHES]
+        ]
+        return {"prefix": text, "requests": found, "more": len(rows) > MAX_PREFIX_MATCHES}
 
     # -- execute (the batch worker) ---------------------------------------------------
     async def execute(self, event: CloudEvent) -> tuple[int, EventAnswer]:

@@ -307,8 +307,12 @@ def fail_stalled(conn: Connection, stall_s: int, job_ids: list[uuid.UUID] | None
     return [_job(r) for r in conn.execute(stmt.returning(*batch_jobs.c)).all()]
 
 
-def active_load(conn: Connection, owner: str) -> tuple[int, int]:
-    """(jobs, items) ``owner`` has pending or processing."""
+def active_load(conn: Connection, owner: str, *, lock: bool = False) -> tuple[int, int]:
+    """(jobs, items) ``owner`` has pending or processing. ``lock``: hold a per-owner lock until the
+    transaction ends, so two submits of one key cannot both pass its bounds (check and insert in one
+    transaction)."""
+    if lock:
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sa.literal("batch_jobs:" + owner)))))
     jobs, items = conn.execute(
         sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(batch_jobs.c.total), 0)).where(
             batch_jobs.c.owner == owner, batch_jobs.c.status.in_(ACTIVE)

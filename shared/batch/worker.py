@@ -13,8 +13,6 @@ and finishes the job. Redelivery is harmless: a recorded chunk is skipped.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import time
 import uuid
@@ -157,20 +155,26 @@ def _is_json(line: bytes) -> bool:
     return _strict(line) is not None
 
 
-def dead_reason(event: CloudEvent, what: str = "chunk", detail: bool = True) -> str:
-    """A sentence from the knativeerror* extensions (our own JSON error body when there is one, unless
-    ``detail`` is off: then only the status, which must be an HTTP status)."""
+# What the last status of a dead-lettered delivery means, in our words. The event's ``knativeerrordata``
+# (the last response body) is never copied into a tenant's results or request: whoever can send to the
+# dead-letter function would write their own text into another tenant's answers.
+DEAD_STATUS_MEANING = {
+    "429": "the worker was busy",
+    "500": "the worker failed",
+    "502": "the backend failed",
+    "503": "the backend or a store was unavailable",
+    "504": "the backend did not answer in time",
+}
+
+
+def dead_reason(event: CloudEvent, what: str = "chunk") -> str:
+    """A sentence from the ``knativeerrorcode`` extension: only the status (an HTTP status) and what it
+    means, never the delivered body."""
     code = str(event.get("knativeerrorcode") or "")
     code = code if code.isascii() and code.isdigit() and len(code) == 3 else ""
-    raw = event.get("knativeerrordata") if detail else None
-    text = ""
-    if raw:
-        try:
-            text = str(json.loads(base64.b64decode(raw)).get("error", ""))[:200]
-        except (ValueError, TypeError, AttributeError):
-            text = ""
     reason = f"{what} delivery failed after all retries" + (f" (last status {code})" if code else " (no response)")
-    return f"{reason}: {text}" if text else reason
+    meaning = DEAD_STATUS_MEANING.get(code)
+    return f"{reason}: {meaning}" if meaning else reason
 
 
 class BatchWorker:

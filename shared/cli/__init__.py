@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from shared.cli.errors import EXIT_CODES, EXIT_USAGE, CliError, UsageError
+from shared.cli.errors import EXIT_CODES, EXIT_USAGE, ApiError, CliError, UsageError, name_model
 
 # Sub-command modules, in the order ``kinfer --help`` lists them.
 COMMAND_MODULES = (
@@ -99,16 +99,24 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # noqa: BLE001 (the one place that turns any failure into one line)
-        return _fail(exc)
+        return _fail(exc, _model_named(args))
 
 
-def _fail(exc: Exception) -> int:
+def _model_named(args: argparse.Namespace) -> str | None:
+    """The model a command names (``kinfer models ... NAME``, ``--model``, ``infer MODEL``), for its hints."""
+    named = getattr(args, "name", None) if args.command == "models" else getattr(args, "model", None)
+    return named if isinstance(named, str) else None
+
+
+def _fail(exc: Exception, model: str | None = None) -> int:
     """Print ``exc`` as ``shared.cli.errors`` describes and return its exit code (a traceback only with
-    KINFER_DEBUG=1)."""
+    KINFER_DEBUG=1); ``model``, the model the command named, fills in the commands a hint suggests."""
     from shared.errors import KinferError
     from shared.settings import ClientSettings, ConfigError
 
-    if isinstance(exc, CliError):
+    if isinstance(exc, ApiError):
+        error: CliError = name_model(exc, model)
+    elif isinstance(exc, CliError):
         error = exc
     elif isinstance(exc, ConfigError):
         error = UsageError(str(exc), code="config")

@@ -147,6 +147,7 @@ class Client:
             connection = Connection(connection, key or "", key_source="--key")
         self.connection = connection
         self.base_url = connection.url.rstrip("/")
+        self.last_request_id = ""  # of the last answer: an error the CLI draws from a good answer names it
 
     def call(
         self,
@@ -173,6 +174,7 @@ class Client:
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
+                self.last_request_id = response.headers.get("X-Request-ID", "")
         except urllib.error.HTTPError as exc:
             raise api_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:

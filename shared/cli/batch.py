@@ -231,31 +231,25 @@ def _submit_replay(client: Client, args: argparse.Namespace) -> int:
 
 
 def check_model(client: Client, model: str, version: str | None) -> None:
-    """ApiError (404, with what exists) unless ``model`` has ``version`` (a version or an alias; none: any)."""
+    """ApiError (the API's 404: its message, code and request id) unless ``model`` exists and has ``version``
+    (a version or an alias; none: any)."""
+    from shared.cli.modelviews import alias_path, all_versions
     from shared.registry.rules import VERSION
 
-    name = urllib.parse.quote(model, safe="")
     hint = f"`kinfer models versions {model}` and `kinfer models aliases {model}` show what it has"
-    if version is None:
-        if not client.call("GET", "/v1/models", query={"name": model, "limit": 1})["models"]:
-            raise ApiError(
-                f"model {model!r} not found; nothing was uploaded",
-                404,
-                "not_found",
-                hint="`kinfer models list` shows the registered models",
-            )
-        return
-    kind = "version" if VERSION.fullmatch(version) else "alias"
-    path = f"/v1/models/by-name/{name}/{urllib.parse.quote(version, safe='')}"
-    if kind == "alias":
-        path = f"/v1/models/by-name/{name}/aliases/{urllib.parse.quote(version, safe='')}"
     try:
-        client.call("GET", path)
+        if not client.call("GET", alias_path(model))["aliases"]:  # an unknown name: the API's 404 (did you mean)
+            all_versions(client, model)
+        if version is not None and VERSION.fullmatch(version):
+            name = urllib.parse.quote(model, safe="")
+            client.call("GET", f"/v1/models/by-name/{name}/{urllib.parse.quote(version, safe='')}")
+        elif version is not None:
+            client.call("GET", alias_path(model, version))
     except ApiError as exc:
         if exc.status != 404:
             raise
-        exc.message = f"model {model!r} has no {kind} {version!r}; nothing was uploaded"
-        exc.hint = hint
+        known = exc.code not in ("not_found", "model_not_found")
+        exc.hint = "nothing was uploaded; " + (hint if known else "`kinfer models list` shows the registered models")
         raise
 
 

@@ -27,9 +27,11 @@ def register(subparsers: Any) -> None:
     set_ctx.add_argument("--url", help="API base URL, e.g. https://api.kinfer.example.com")
     set_ctx.add_argument("--key", help="API key; '-' reads it from stdin (keeps it out of the shell history)")
     set_ctx.add_argument("--use", action="store_true", help="also make it the current context")
+    output.add_output_arg(set_ctx)
     set_ctx.set_defaults(func=_set_context)
     use = sub.add_parser("use-context", help="make NAME the current context")
     use.add_argument("name", metavar="NAME")
+    output.add_output_arg(use)
     use.set_defaults(func=_use_context)
     listing = sub.add_parser("get-contexts", help="list the contexts (keys shown by prefix only)")
     output.add_output_arg(listing, formats=(*output.FORMATS, "name"))
@@ -39,6 +41,7 @@ def register(subparsers: Any) -> None:
     current.set_defaults(func=_current_context)
     delete = sub.add_parser("delete-context", help="delete a context")
     delete.add_argument("name", metavar="NAME")
+    output.add_output_arg(delete)
     delete.set_defaults(func=_delete_context)
 
 
@@ -59,7 +62,16 @@ def _set_context(args: argparse.Namespace) -> int:
         config.current = name
     contexts.save(config)
     what = "created" if old is None else "updated"
-    print(f"context {name} {what} in {config.path}" + (" (current)" if config.current == name else ""))
+    line = f"context {name} {what} in {config.path}" + (" (current)" if config.current == name else "")
+    return _done(args, line, {"context": name, "url": url, "current": config.current == name, "path": str(config.path)})
+
+
+def _done(args: argparse.Namespace, line: str, data: dict[str, object]) -> int:
+    """What a change did: ``line`` for ``-o table``, ``data`` as JSON or YAML otherwise."""
+    if args.output == "table":
+        print(line)
+    else:
+        output.emit(args, data)
     return 0
 
 
@@ -68,8 +80,7 @@ def _use_context(args: argparse.Namespace) -> int:
     config.get(args.name)
     config.current = args.name
     contexts.save(config)
-    print(f"switched to context {args.name}")
-    return 0
+    return _done(args, f"switched to context {args.name}", {"current-context": args.name})
 
 
 def _get_contexts(args: argparse.Namespace) -> int:
@@ -116,5 +127,4 @@ def _delete_context(args: argparse.Namespace) -> int:
     if config.current == args.name:
         config.current = ""
     contexts.save(config)
-    print(f"deleted context {args.name}")
-    return 0
+    return _done(args, f"deleted context {args.name}", {"context": args.name, "deleted": True})

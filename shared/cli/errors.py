@@ -79,8 +79,9 @@ class ApiError(CliError):
         return found + ([f"request id {self.request_id}"] if self.request_id else [])
 
 
-def hint_for(status: int | None, code: str) -> str:
-    """What to do about an API error of this kind, when the command has nothing more specific."""
+def hint_for(status: int | None, code: str, model: str = "") -> str:
+    """What to do about an API error of this kind, when the command has nothing more specific; ``model``
+    (the model the command named) fills in the commands it suggests."""
     if status is None:
         return ""
     if status == 401:
@@ -90,9 +91,18 @@ def hint_for(status: int | None, code: str) -> str:
     if status == 429:
         return "rate limited: retry later, or use a key with a higher limit"
     if code in ("version_not_found", "no_active_version", "version_failed"):
-        return "`kinfer models versions NAME` lists the model's versions and their state"
+        return f"`kinfer models versions {model or 'NAME'}` lists the model's versions and their state"
     if code == "alias_not_found":
-        return "`kinfer models aliases NAME` lists the model's aliases"
+        return f"`kinfer models aliases {model or 'NAME'}` lists the model's aliases"
+    if code in ("not_found", "model_not_found") and model:
+        return "`kinfer models list` shows the registered models"
     if status in (502, 503, 504):
         return "the backend is busy, waking or down: retry in a moment; `kinfer status` shows the local stack"
     return ""
+
+
+def name_model(exc: ApiError, model: str | None) -> ApiError:
+    """``exc`` with its generic hint (``hint_for``) made specific to ``model``, the model the command named."""
+    if model and exc.hint == hint_for(exc.status, exc.code):
+        exc.hint = hint_for(exc.status, exc.code, model)
+    return exc

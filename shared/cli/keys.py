@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared.cli import api, output
-from shared.cli.errors import UsageError
+from shared.cli.errors import EXIT_USAGE, ApiError, UsageError
 
 if TYPE_CHECKING:
     from shared.access.keys import KeyStore
@@ -74,8 +74,8 @@ def register(subparsers: Any) -> None:
         "callback-secret",
         help="rotate a key's callback signing secret and print the new one (shown only once)",
         description="Async inference callbacks are signed with the secret of the key that sent the request. "
-        "This draws a new one (the old one stops verifying at once) and prints it. ID is a key id (admin "
-        "key) or `self` (the key you call with).",
+        "This draws a new one (the old one stops verifying at once) and prints it. ID is `self` (the key you "
+        "call with) or its own id: no other key may, an admin key included.",
     )
     rotate.add_argument("key_id", metavar="ID|self")
     output.add_output_arg(rotate)
@@ -96,6 +96,7 @@ def register(subparsers: Any) -> None:
         metavar="PER_MINUTE",
         help="requests per minute (default: RATE_LIMIT_PER_MINUTE)",
     )
+    output.add_output_arg(boot)
     boot.set_defaults(func=_bootstrap)
 
 
@@ -121,7 +122,12 @@ def _create(client: api.Client, args: argparse.Namespace) -> int:
         body["expires_in"] = args.expires_in
     if args.expires_at is not None:
         body["expires_at"] = args.expires_at
-    created = client.call("POST", "/v1/keys", body)
+    try:
+        created = client.call("POST", "/v1/keys", body)
+    except ApiError as exc:
+        if exc.status == 400 and exc.field in ("expires_in", "expires_at"):
+            exc.exit_code = EXIT_USAGE  # the API's word on --expires-in/--expires-at: a usage error (exit 2)
+        raise
     _print_created(args, created)
     return 0
 
@@ -191,6 +197,5 @@ def _create_first_admin(keys: KeyStore, args: argparse.Namespace) -> int:
         )
     record, plaintext = keys.create_key(args.name, ["admin"], rate_limit=args.rate_limit)
     shown = {**record, "key": plaintext, "callback_secret": keys.callback_secret_of(record["id"])}
-    print(output.describe(shown, ("id", "name", "scopes", "key", "callback_secret")))
-    print(SHOWN_ONCE, file=sys.stderr)
+    _print_created(args, shown)
     return 0

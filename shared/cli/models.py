@@ -73,6 +73,7 @@ def register(subparsers: Any) -> None:
     push.add_argument("--max-queue-delay-us", type=int, help="ONNX: how long the dynamic batcher waits for a batch")
     push.add_argument("--instances", type=int, help="ONNX: model instances (instance_group count)")
     push.add_argument("--device", choices=("cpu", "gpu"), help="ONNX: KIND_CPU or KIND_GPU instances")
+    output.add_output_arg(push)
     push.set_defaults(func=_action(_push))
     reads = modelviews.register(sub, _action)  # list, show, versions, aliases, delete-alias
     promote = sub.add_parser("promote", help="point an alias at one version (zero downtime)")
@@ -103,6 +104,7 @@ def register(subparsers: Any) -> None:
     )
     delete.add_argument("name")
     delete.add_argument("version")
+    output.add_output_arg(delete)
     delete.set_defaults(func=_action(_delete))
     gated = rollout.register(sub, _action)  # shadow, shadow-status, rollout start|status|pause|resume|abort
     for p in (push, *reads, promote, rollback, split, delete, *gated):
@@ -111,16 +113,11 @@ def register(subparsers: Any) -> None:
 
 def _action(func: Any) -> Any:
     """Run ``func(Api, args)`` on the connection the flags, environment or context name (``shared.cli.api``);
-    failures reach the user through ``shared.cli.main``, a model that is not there with how to find it."""
+    failures reach the user through ``shared.cli.main``, with hints that name the model."""
 
     def run(args: argparse.Namespace) -> int:
         conn = connection.connect(args)
-        try:
-            return int(func(Api(conn.url, conn.key), args))
-        except ApiError as exc:
-            if exc.code == "not_found" and not exc.hint:
-                exc.hint = "`kinfer models list` shows the registered models"
-            raise
+        return int(func(Api(conn.url, conn.key), args))
 
     return run
 
@@ -135,36 +132,58 @@ def _push(api: Api, args: argparse.Namespace) -> int:
                 f"--alias {args.alias[:64]!r} is not an alias name: a letter, then letters, digits, '_' or '-' "
                 "(at most 64); nothing was pushed"
             )
-    model = push(
-        api,
-        args.file,
-        args.name,
-        args.version,
-        framework=args.framework,
-        fmt=args.format,
-        triton_model=args.triton_model,
-        description=args.description,
-        tags=args.tag,
-        triton_config=push_options(args),
-    )
+    try:
+        model = push(
+            api,
+            args.file,
+            args.name,
+            args.version,
+            framework=args.framework,
+            fmt=args.format,
+            triton_model=args.triton_model,
+            description=args.description,
+            tags=args.tag,
+            triton_config=push_options(args),
+        )
+    except ApiError as exc:
+        if exc.status == 409 and exc.field == "version" and not exc.hint:  # the name and version exist already
+            exc.hint = (
+                f"versions are never overwritten: push another --version (`kinfer models versions {args.name}` lists "
+                f"them), or delete this one first with `kinfer models delete {args.name} {args.version}`"
+            )
+        raise
+    say = _sayer(args)  # -o json|yaml: the version (and the alias) on stdout, these lines on stderr
     if not (args.wait or args.alias):
-        print(
+        say(
             f"{model['name']} {model['version']}: {model['state']} (kinfer models show {model['name']} "
             f"{model['version']} follows it)"
         )
-        return 0
+        return _emitted(args, model)
     final = wait_ready(api, model["id"], args.timeout)
     if final["state"] != "ready":
         print(
             f"{final['name']} {final['version']}: {final['state']}: {final.get('state_reason') or ''}", file=sys.stderr
         )
+        _emitted(args, final)
         return 1
-    print(
-        f"{final['name']} {final['version']}: ready (Triton {final['triton_model']} version {final['triton_version']})"
-    )
-    if args.alias:
-        moved = api.call("PUT", _alias_path(final["name"], args.alias), {"version": final["version"]})
-        print(f"alias {args.alias} -> {_weights(moved['versions'])}")
+    say(f"{final['name']} {final['version']}: ready (Triton {final['triton_model']} version {final['triton_version']})")
+    if not args.alias:
+        return _emitted(args, final)
+    moved = api.call("PUT", _alias_path(final["name"], args.alias), {"version": final["version"]})
+    say(f"alias {args.alias} -> {_weights(moved['versions'])}")
+    return _emitted(args, dict(final, alias=moved))
+
+
+def _sayer(args: argparse.Namespace) -> Any:
+    """``print`` for ``-o table``; for ``-o json|yaml``, the same lines to stderr (stdout holds the data)."""
+    if args.output == "table":
+        return print
+    return lambda line: print(line, file=sys.stderr)
+
+
+def _emitted(args: argparse.Namespace, data: Any) -> int:
+    if args.output != "table":
+        output.emit(args, data)
     return 0
 
 
@@ -343,5 +362,8 @@ def _delete(api: Api, args: argparse.Namespace) -> int:
                 f"VERSION --alias ALIAS` (or split), or drop it with `kinfer models delete-alias {args.name} ALIAS`"
             )
         raise
-    print(f"deleted {args.name} {args.version}")
+    if args.output == "table":
+        print(f"deleted {args.name} {args.version}")
+    else:
+        output.emit(args, {"id": model["id"], "name": args.name, "version": args.version, "deleted": True})
     return 0

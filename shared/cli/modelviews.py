@@ -1,9 +1,11 @@
 """``kinfer models list|show|versions|aliases|delete-alias``: what the registry holds for a model name.
 
-Each prints ``-o table`` for people (REASON shortened at a word boundary) and the API's own
-answer with ``-o json|yaml``. ``versions`` and ``aliases`` read every version and alias of a
-name (the list endpoint paged, and ``/aliases``), so a table can say which aliases point at
-which version, and how traffic is split.
+``show NAME VERSION`` takes a version or an alias: an alias is read through the aliases endpoint and
+each version it sends traffic to is shown (every version of a split, with its share). Each prints
+``-o table`` for people (REASON shortened at a word boundary) and the API's own answer with
+``-o json|yaml``. ``versions`` and ``aliases`` read every version and alias of a name (``/aliases``
+first, whose 404 for an unknown name says what the API knows, then the list endpoint paged), so a
+table can say which aliases point at which version, and how traffic is split.
 """
 
 from __future__ import annotations
@@ -69,9 +71,11 @@ def register(sub: Any, action: Action) -> list[argparse.ArgumentParser]:
     lst = sub.add_parser("list", help="list model versions, newest first")
     lst.add_argument("--name", help="only this model")
     lst.add_argument("--limit", type=output.bounded(1, 500), default=50, help="at most this many (1-500, default 50)")
-    show = sub.add_parser("show", help="a model's versions and aliases, or one version with its replicas")
+    show = sub.add_parser(
+        "show", help="a model's versions and aliases, or one version (or each version of an alias) with its replicas"
+    )
     show.add_argument("name")
-    show.add_argument("version", nargs="?")
+    show.add_argument("version", nargs="?", help="a version, or an alias (production, canary...)")
     versions = sub.add_parser(
         "versions", help="a model's versions: state, status, created, the aliases that point at each"
     )
@@ -86,6 +90,7 @@ def register(sub: Any, action: Action) -> list[argparse.ArgumentParser]:
     )
     delete.add_argument("name")
     delete.add_argument("alias")
+    output.add_output_arg(delete)
     delete.set_defaults(func=action(_delete_alias))
     return [lst, show, versions, aliases, delete]
 
@@ -103,7 +108,8 @@ def weights(versions: dict[str, int]) -> str:
 
 
 def all_versions(api: Client, name: str) -> list[dict[str, Any]]:
-    """Every version of ``name``, newest first (the list endpoint, paged); a 404 when there is none."""
+    """Every version of ``name``, newest first (the list endpoint, paged); a 404 (naming the list call's
+    request id) when there is none."""
     found: list[dict[str, Any]] = []
     while len(found) < MAX_VERSIONS:
         page = api.call("GET", "/v1/models", query={"name": name, "limit": PAGE, "offset": len(found)})
@@ -112,12 +118,18 @@ def all_versions(api: Client, name: str) -> list[dict[str, Any]]:
             break
     if not found:
         raise ApiError(
-            f"model {name!r} not found", 404, "not_found", hint="`kinfer models list` shows the registered models"
+            f"model {name!r} not found",
+            404,
+            "not_found",
+            request_id=api.last_request_id,
+            hint="`kinfer models list` shows the registered models",
         )
     return found
 
 
 def _aliases_of(api: Client, name: str) -> list[dict[str, Any]]:
+    """The aliases of ``name``; read first, as the API's 404 for an unknown name says what it knows (did you
+    mean ...?)."""
     found: list[dict[str, Any]] = api.call("GET", alias_path(name))["aliases"]
     return found
 
@@ -144,7 +156,8 @@ def _list(api: Client, args: argparse.Namespace) -> int:
 
 
 def _versions(api: Client, args: argparse.Namespace) -> int:
-    versions = _with_aliases(all_versions(api, args.name), _aliases_of(api, args.name))
+    aliases = _aliases_of(api, args.name)
+    versions = _with_aliases(all_versions(api, args.name), aliases)
     output.emit(args, {"name": args.name, "versions": versions}, rows="versions", columns=VERSION_COLUMNS)
     return 0
 
@@ -162,23 +175,40 @@ def _aliases(api: Client, args: argparse.Namespace) -> int:
 
 def _delete_alias(api: Client, args: argparse.Namespace) -> int:
     api.call("DELETE", alias_path(args.name, args.alias))
-    print(f"deleted alias {args.alias} of {args.name}")
+    if args.output == "table":
+        print(f"deleted alias {args.alias} of {args.name}")
+    else:
+        output.emit(args, {"name": args.name, "alias": args.alias, "deleted": True})
     return 0
 
 
+def version_with_replicas(api: Client, name: str, version: str) -> dict[str, Any]:
+    """One version of ``name`` and its load state on every backend (``backends``)."""
+    path = f"/v1/models/by-name/{urllib.parse.quote(name, safe='')}/{urllib.parse.quote(version, safe='')}"
+    model = api.call("GET", path)
+    status = api.call("GET", f"/v1/models/{model['id']}/status")
+    return dict(model, backends=status["backends"])
+
+
+def _print_version(shown: dict[str, Any]) -> None:
+    print(output.describe(shown, SHOW_FIELDS))
+    print(output.table(_replicas(shown["backends"]), REPLICA_COLUMNS))
+
+
 def _show(api: Client, args: argparse.Namespace) -> int:
-    name = urllib.parse.quote(args.name, safe="")
+    from shared.registry.rules import VERSION
+
+    if args.version and not VERSION.fullmatch(args.version):
+        return _show_alias(api, args)
     if args.version:
-        model = api.call("GET", f"/v1/models/by-name/{name}/{urllib.parse.quote(args.version, safe='')}")
-        status = api.call("GET", f"/v1/models/{model['id']}/status")
-        shown = dict(model, backends=status["backends"])
+        shown = version_with_replicas(api, args.name, args.version)
         if args.output != "table":
             output.emit(args, shown)
             return 0
-        print(output.describe(shown, SHOW_FIELDS))
-        print(output.table(_replicas(status["backends"]), REPLICA_COLUMNS))
+        _print_version(shown)
         return 0
-    versions, aliases = all_versions(api, args.name), _aliases_of(api, args.name)
+    aliases = _aliases_of(api, args.name)
+    versions = all_versions(api, args.name)
     if args.output != "table":
         output.emit(args, {"name": args.name, "versions": versions, "aliases": aliases})
         return 0
@@ -186,6 +216,20 @@ def _show(api: Client, args: argparse.Namespace) -> int:
     for alias in aliases:
         previous = f" (before: {weights(alias['previous'])})" if alias["previous"] else ""
         print(f"alias {alias['alias']} -> {weights(alias['versions'])}{previous}")
+    return 0
+
+
+def _show_alias(api: Client, args: argparse.Namespace) -> int:
+    """``show NAME ALIAS``: the alias, then every version it sends traffic to (each of a split, with its share)."""
+    alias = api.call("GET", alias_path(args.name, args.version))
+    shown = [dict(version_with_replicas(api, args.name, v), weight=w) for v, w in alias["versions"].items()]
+    if args.output != "table":
+        output.emit(args, {"name": args.name, "alias": alias, "versions": shown})
+        return 0
+    print(f"alias {args.version} of {args.name} -> {weights(alias['versions'])}")
+    for model in shown:
+        print(f"\n-- version {model['version']} ({model['weight']}% of the traffic)")
+        _print_version(model)
     return 0
 
 

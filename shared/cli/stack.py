@@ -9,15 +9,16 @@ from shared.cli import api, output
 from shared.cli.errors import CliError
 from shared.settings import LocalStackSettings, Settings
 
+ACTIVATOR = "scale-to-zero activator"
 URLS = (
     ("gateway (public API, auth)", "http://localhost:8080"),
     ("backends (health, breakers, metrics)", "http://localhost:8081"),
     ("infer", "http://localhost:8082"),
-    ("models (local, no key: original clients)", "http://localhost:8083"),
+    ("models (registry without a key locally)", "http://localhost:8083"),
     ("keys (API key admin)", "http://localhost:8088"),
     ("console (web page, on the gateway)", "http://127.0.0.1:8080/console/"),
     ("Triton HTTP / gRPC / metrics", "http://localhost:8000  localhost:8001  http://localhost:8002/metrics"),
-    ("scale-to-zero activator (with --scale-to-zero)", "http://localhost:8092/status"),
+    (ACTIVATOR, "http://localhost:8092/status"),
     ("S3 API", "http://localhost:9000"),
     ("event relay (K_SINK)", "http://localhost:8090/kinfer/batch-chunks"),
 )
@@ -54,12 +55,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         scale = bool(getattr(args, "scale_to_zero", False)) or LocalStackSettings.from_env().scale_to_zero
-        up(settings, say=lambda m: print(f"  {m}", flush=True), scale_to_zero=scale)
+        state = up(settings, say=lambda m: print(f"  {m}", flush=True), scale_to_zero=scale)
     except StackError as exc:  # up() has stopped what it started, and only that
         raise CliError(str(exc), code="stack_failed", hint="`kinfer logs PART` shows a part's log") from None
     print("\nKinfer is up:")
+    behind_activator = "activator" in state.get("components", {})
     for what, url in URLS:
-        print(f"  {what:<40} {url}")
+        if what != ACTIVATOR or behind_activator:  # only the parts that run
+            print(f"  {what:<40} {url}")
     print("\nTry:  kinfer demo     (dev API key: demo-token)\nStop: kinfer down")
     return 0
 

@@ -229,7 +229,10 @@ class Capture:
         tick = min(self.flush_s, self.rules.ttl_s)
         due = time.monotonic() + self.flush_s
         while not self._stop.is_set():
-            self.rules.refresh_if_stale()
+            try:
+                self.rules.refresh_if_stale()
+            except Exception:  # noqa: BLE001 - e.g. a database not migrated yet: keep the last rules, keep writing
+                log.exception("capture settings not reloaded")
             if self.pending() >= self.batch_max or time.monotonic() >= due:
                 self.flush()
                 due = time.monotonic() + self.flush_s

@@ -1,4 +1,4 @@
-"""Capture settings: which requests of a model are captured, and which input fields are redacted.
+"""Capture settings: which requests of a registered model are captured, and which input fields are redacted.
 
 A rule belongs to a model name (``alias`` ''), or to a model name and the alias (or version) a caller
 names in its request; the narrower rule wins. Rules live in PostgreSQL (``capture_settings``); the data
@@ -28,6 +28,7 @@ from shared.registry.rules import ALIAS, NAME, VERSION
 if TYPE_CHECKING:
     from shared.audit import Actor, AuditLog
     from shared.clients.db import Database
+    from shared.registry.reads import RegistryReads
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,10 @@ def _rule(row: Any) -> CaptureRule:
 class CaptureRules:
     """The capture settings: CRUD in PostgreSQL, and the cached copy the data path reads."""
 
-    def __init__(self, db: Database, audit: AuditLog, ttl_s: float) -> None:
+    def __init__(self, db: Database, audit: AuditLog, ttl_s: float, registry: RegistryReads) -> None:
         self.db = db
         self.audit = audit
+        self.registry = registry
         self.ttl_s = ttl_s
         self._rules: dict[tuple[str, str], CaptureRule] = {}
         self._loaded_at = float("-inf")
@@ -137,6 +139,9 @@ class CaptureRules:
         """Create or replace a rule (audit-logged as ``capture.set``)."""
         name = check_name(name)
         percent, redact, alias = parse_rule(body)
+        view = self.registry.view(name)
+        if not view["active"] and not view["others"]:  # a typo would capture nothing, silently
+            raise NotFound(f"no model named {name!r} (kinfer models list shows them)")
         values = {"sample_percent": percent, "redact": redact, "updated_by": actor.key_name[:128]}
         with self.db.begin() as conn:
             before = self._read(conn, name, alias)

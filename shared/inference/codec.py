@@ -1,8 +1,10 @@
 """Validate /v1/infer inputs against a model's Triton metadata and shape its answers.
 
 Input forms: ``{"data": [...]}`` (the model's single input) or ``{"<tensor>": [...], ...}``.
-For a batched model a value is one row (the tensor's shape) or a batch of rows; for a
-``max_batch_size`` 0 model it is exactly the tensor's shape. Dynamic dims (-1) take
+For a batched model a value is one row (the tensor's shape) or a batch of rows; so is it for a
+``max_batch_size`` 0 model whose every tensor begins with -1 (``ModelInfo.rows_first``: a version pushed
+without batching takes the bodies its batched predecessor took); for another ``max_batch_size`` 0 model it
+is exactly the tensor's shape. Dynamic dims (-1) take
 any size of at least one. Every rejection is an ``InvalidInput`` that says what was
 expected (name, dtype, shape).
 """
@@ -46,7 +48,7 @@ def parse_input(info: ModelInfo, raw: object, field: str = "input", max_elements
         left -= array.size
         arrays[spec.name] = array
         singles.add(single)
-        rows.add(array.shape[0] if info.batched else 1)
+        rows.add(array.shape[0] if info.rows_first else 1)
     if len(singles) > 1 or len(rows) > 1:
         raise InvalidInput(
             f"{field}: every input tensor needs the same number of rows; expected {info.expected()}", field=field
@@ -87,17 +89,18 @@ def _named_values(info: ModelInfo, raw: object, field: str) -> dict[str, object]
 def _tensor(
     info: ModelInfo, spec: TensorSpec, value: object, field: str, max_elements: int = MAX_ELEMENTS
 ) -> tuple[np.ndarray[Any, Any], bool]:
-    expected = f"expected {spec.describe(info.batched)}"
+    rows_first, shape = info.rows_first, info.row_shape(spec)
+    expected = f"expected {TensorSpec(spec.name, spec.datatype, shape).describe(rows_first)}"
     array = to_array(value, spec, field, expected, max_elements)
-    given, rank = list(array.shape), len(spec.shape)
-    if info.batched and array.ndim == rank:
+    given, rank = list(array.shape), len(shape)
+    if rows_first and array.ndim == rank:
         array, single = array[np.newaxis, ...], True
-    elif (info.batched and array.ndim == rank + 1) or (not info.batched and array.ndim == rank):
-        single = not info.batched
+    elif (rows_first and array.ndim == rank + 1) or (not rows_first and array.ndim == rank):
+        single = not rows_first
     else:
         raise InvalidInput(f"{field} has shape {given}; {expected}", field=field)
-    dims = array.shape[1:] if info.batched else array.shape
-    if not dims_match(dims, spec.shape):
+    dims = array.shape[1:] if rows_first else array.shape
+    if not dims_match(dims, shape):
         raise InvalidInput(f"{field} has shape {given}; {expected}", field=field)
     return array, single
 
@@ -222,7 +225,7 @@ def check_finite(array: np.ndarray[Any, Any], field: str, expected: str) -> np.n
 # -- answers ---------------------------------------------------------------------
 def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], single: bool) -> dict[str, object]:
     """Every output tensor as lists; a single row loses its batch dimension."""
-    return {name: (a[0] if single and info.batched else a).tolist() for name, a in outputs.items()}
+    return {name: (a[0] if single and info.rows_first else a).tolist() for name, a in outputs.items()}
 
 
 def prediction_of(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], single: bool) -> Any:
@@ -231,7 +234,7 @@ def prediction_of(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], 
     if ids is None:
         first = next(iter(outputs.values()), None)
         return None if first is None else outputs_json(info, {"_": first}, single)["_"]
-    if not info.batched:
+    if not info.rows_first:
         return _name(info, int(ids.reshape(-1)[0]))
     per_row = [_name(info, int(v)) for v in ids.reshape(ids.shape[0], -1)[:, 0]]
     return per_row[0] if single else per_row

@@ -3,7 +3,8 @@
 
 ``{"instances": [...]}`` becomes the ``input`` of a /v1/infer request: a list of rows is ``{"data":
 rows}``, a list of objects (one per row, a value per input tensor) becomes one list per tensor. One
-instance is sent as a single row, so a model without a batch dimension takes one instance per request.
+instance is sent as a single row, so a model without a batch dimension takes one instance per request
+(unless its every tensor begins with -1: ``ModelInfo.rows_first``, it then takes rows as a batched one does).
 The answer is ``{"predictions": [...]}``, one per instance (the ``prediction`` of /v1/infer: a class
 name or id, or the first output's row), with the model, the version that answered and the request and
 trace ids beside it. Errors keep Kinfer's error body, whose ``error`` sentence is KServe v1's error

@@ -52,6 +52,11 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+# A version's reason is public (the API, the console): it says what to do, never where the files were (logged).
+FILES_GONE = (
+    "the files of this version are missing from the model repository (deleted, or this registry's database is "
+    "shared with another install's storage); delete this version and push it again"
+)
 
 CONFIG = "config.pbtxt"
 LIVE = (ModelState.PENDING, ModelState.LOADING, ModelState.READY)  # the states of a version an agent loads
@@ -289,9 +294,8 @@ class ModelAgent:
             repository.download(self.s3, self.layout.bucket, key, target)
         base = folder / (CONFIG + ".base")
         if not base.is_file():
-            raise NotFound(
-                f"config.pbtxt of {tm} is missing from the model repository ({self.layout.uri(prefix + CONFIG)})"
-            )
+            log.warning("%s is missing from the model repository", self.layout.uri(prefix + CONFIG))
+            raise NotFound(FILES_GONE)
         text = base.read_text(encoding="utf-8")
         try:  # stored before pushes were checked for it: an environment outside the model's folder never loads
             tritonconfig.env_path(tritonconfig.parse(text))
@@ -306,9 +310,8 @@ class ModelAgent:
         prefix = self.layout.version_prefix(tm, n)
         if not repository.mirror(self.s3, self.layout.bucket, prefix, target):
             shutil.rmtree(target, ignore_errors=True)
-            raise NotFound(
-                f"the files of version {n} are missing from the model repository ({self.layout.uri(prefix)})"
-            )
+            log.warning("the files of %s version %d are missing from %s", tm, n, self.layout.uri(prefix))
+            raise NotFound(FILES_GONE)
 
     def _write_config(self, folder: Path, config: str, versions: set[int]) -> None:
         text = tritonconfig.with_versions(config, sorted(versions))
@@ -367,8 +370,22 @@ class ModelAgent:
 
 
 # -- the agent's own HTTP endpoint (readiness for Knative, status for people) -------------------------
+def agent_metrics(status: AgentStatus) -> bytes:
+    """The agent's ``/metrics`` (Prometheus text) from its status."""
+    loaded = sum(len(versions) for versions in status["loaded"].values())
+    gauges = (
+        ("kinfer_agent_synced", "1 once the agent has synced the registry into a live Triton", int(status["synced"])),
+        ("kinfer_agent_triton_up", "1 when the agent's Triton answers", int(status["triton"] == "up")),
+        ("kinfer_agent_loaded_versions", "Triton model versions loaded by this agent", loaded),
+        ("kinfer_agent_failed_versions", "versions this agent could not load", len(status["failed"])),
+    )
+    lines = [f"# HELP {n} {h}\n# TYPE {n} gauge\n{n} {v}" for n, h, v in gauges]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def serve_status(agent: ModelAgent, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
-    """``/ready`` (200 once the first full sync is done and Triton answers), ``/livez``, ``/status``."""
+    """``/ready`` (200 once the first full sync is done and Triton answers), ``/livez``, ``/status``, and
+    ``/metrics`` (Prometheus text: synced, Triton up, versions loaded and failed)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
@@ -380,11 +397,16 @@ def serve_status(agent: ModelAgent, port: int, host: str = "0.0.0.0") -> Threadi
                 code, body = (200 if ready else 503), {"ready": ready, "error": agent.last_error}
             elif self.path == "/status":
                 code, body = 200, dict(agent.status(), replica=agent.replica)
+            elif self.path == "/metrics":
+                self._send(200, agent_metrics(agent.status()), "text/plain; version=0.0.4; charset=utf-8")
+                return
             else:
                 code, body = 404, {"error": f"no route for GET {self.path[:100]}", "code": "not_found"}
-            data = json.dumps(body).encode()
+            self._send(code, json.dumps(body).encode(), "application/json")
+
+        def _send(self, code: int, data: bytes, content_type: str) -> None:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

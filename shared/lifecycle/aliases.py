@@ -23,7 +23,7 @@ version must be servable like a target, and ``{"shadow": {}}`` stops mirroring.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -93,7 +93,7 @@ def parse_shadow(body: object) -> dict[str, int]:
     from shared.lifecycle.shadow import MAX_SHADOWS
 
     body = v.require_object(body)
-    v.reject_unknown(body, ("shadow",))
+    v.reject_unknown(body, ("shadow", ALLOW_CHANGE))
     raw = body.get("shadow")
     if not isinstance(raw, dict) or len(raw) > MAX_SHADOWS:
         raise InvalidInput(
@@ -160,6 +160,8 @@ class Aliases:
             rows = conn.execute(
                 sa.select(model_aliases).where(model_aliases.c.name == name).order_by(model_aliases.c.alias)
             ).all()
+        if not rows:  # none, or no such model: 404 for a name never registered (with the close ones)
+            self.registry.require_model(name)
         return {"name": name, "aliases": [to_json(name, r) for r in rows]}
 
     def put_alias(self, name: str, alias: str, body: object, actor: Actor | None = None) -> Alias:
@@ -276,6 +278,9 @@ class Aliases:
         none is one the alias answers from)."""
         alias = _alias(alias)
         shadow = parse_shadow(body)
+        allow = cast(dict[str, object], body).get(ALLOW_CHANGE, False)
+        if not isinstance(allow, bool):
+            raise InvalidInput(f"{ALLOW_CHANGE} must be true or false", field=ALLOW_CHANGE)
         with self.registry.writing() as write:
             conn = write.conn
             current = conn.execute(
@@ -294,6 +299,8 @@ class Aliases:
                     field="shadow",
                 )
             self._check_servable(conn, name, shadow)
+            if not allow:  # a shadow that cannot take the alias's inputs would fail every mirrored request
+                _check_signatures(conn, name, alias, dict(shadow), dict(current.versions), "shadow")
             row = conn.execute(
                 sa.update(model_aliases)
                 .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
@@ -339,7 +346,7 @@ def _check_signatures(
         if not diff:
             continue
         where = (
-            f"alias {alias!r} of model {name!r} points at version {first!r}, and version {second!r} has other "
+            f"alias {alias!r} of model {name!r} answers from version {first!r}, and version {second!r} has other "
             "inputs or outputs"
             if moved
             else f"a split of alias {alias!r} between versions {first!r} and {second!r} of model {name!r} mixes "

@@ -121,6 +121,10 @@ class Rollouts:
         several versions, already at the candidate, or has a rollout running."""
         policy = gates.parse_policy(body, VERSION)
         with self.db.begin() as conn:
+            # Two starts at once on an alias that never had a rollout find no row to lock: this lock makes the
+            # second wait for the first, then see its rollout (409).
+            key = sa.literal(f"alias_rollouts:{name}/{alias}")
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(key))))
             found = self._row(conn, name, alias, lock=True)
             if found is not None and found.state in ACTIVE:
                 raise Conflict(

@@ -1,6 +1,9 @@
 """Prometheus for the local stack: the Debian package's ``prometheus`` binary on 127.0.0.1:9090, scraping
-every part that serves ``/metrics`` (each function on its own port, the gateway, Triton's metrics port
-and Prometheus itself), with its data under ``.kinfer/prometheus``.
+every part that serves ``/metrics`` (each function on its own port, the gateway, Triton's metrics port,
+the model agent, the event relay and Prometheus itself), with its data under ``.kinfer/prometheus``.
+Not scraped: the S3 server (moto behind a signature check: ``/metrics`` there is a request for a bucket
+named ``metrics``; the cluster's S3 serves its own metrics) and the scale-to-zero activator (its state is
+``GET /status`` on 8092; Triton's own metrics say whether it runs).
 
 The binary is optional: ``scripts/services.sh`` (root) and ``scripts/up`` install the package when it
 is missing; without it ``kinfer up`` starts everything else and says so. The configuration is written
@@ -26,16 +29,18 @@ def binary() -> str | None:
     return shutil.which("prometheus")
 
 
-def targets(triton_metrics_port: int) -> dict[str, str]:
+def targets(triton_metrics_port: int, agent_port: int, relay_port: int) -> dict[str, str]:
     """{job name: host:port} of every part that serves ``/metrics``."""
     found = {fn.folder: f"127.0.0.1:{fn.port}" for fn in catalogue.FUNCTIONS}
     found["gateway"] = f"127.0.0.1:{GATEWAY_PORT}"
     found["triton"] = f"127.0.0.1:{triton_metrics_port}"
+    found["agent"] = f"127.0.0.1:{agent_port}"
+    found["relay"] = f"127.0.0.1:{relay_port}"
     found["prometheus"] = f"127.0.0.1:{PORT}"
     return found
 
 
-def config(triton_metrics_port: int) -> str:
+def config(triton_metrics_port: int, agent_port: int, relay_port: int) -> str:
     """prometheus.yml: one job per part (the part's name is its ``job`` label)."""
     lines = [
         "# Written by `kinfer up` (shared/localstack/prometheus.py) on every start; edits are lost.",
@@ -44,7 +49,7 @@ def config(triton_metrics_port: int) -> str:
         f"  evaluation_interval: {SCRAPE_INTERVAL_S}s",
         "scrape_configs:",
     ]
-    for job, target in targets(triton_metrics_port).items():
+    for job, target in targets(triton_metrics_port, agent_port, relay_port).items():
         lines += [
             f"  - job_name: {job}",
             "    metrics_path: /metrics",
@@ -54,11 +59,11 @@ def config(triton_metrics_port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def command(executable: str, folder: Path, triton_metrics_port: int) -> list[str]:
+def command(executable: str, folder: Path, triton_metrics_port: int, agent_port: int, relay_port: int) -> list[str]:
     """Write the configuration under ``folder`` and answer the command that serves it on 127.0.0.1:9090."""
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "prometheus.yml"
-    config_file.write_text(config(triton_metrics_port))
+    config_file.write_text(config(triton_metrics_port, agent_port, relay_port))
     return [
         executable,
         f"--config.file={config_file}",

@@ -5,7 +5,7 @@ PostgreSQL and Redis (only when the configured ones do not answer), the S3 API
 server, Triton (explicit model control, started empty), the model agent beside it
 (``kinfer agent``: it loads what the registry says), one uvicorn process per
 function, the gateway, the event relay and, when the Debian package is installed,
-Prometheus on 127.0.0.1:9090 scraping every part (``shared.localstack.prometheus``).
+Prometheus on 127.0.0.1:9090 scraping every part that serves /metrics (``shared.localstack.prometheus``).
 The demo models are pushed like any model (packaged Triton folders of
 ``models/repository``), so the agent serves them.
 ``up`` starts what is not running and leaves the rest alone (on failure it stops only
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -170,14 +172,36 @@ def base_env(settings: Settings, scale_to_zero: bool = False) -> dict[str, str]:
 
 
 def _callbacks(settings: Settings) -> dict[str, str]:
-    """Async inference callbacks, when ``kinfer up``'s environment turns them on (off by default: no
-    signing secret)."""
+    """Async inference callbacks: the signing secret (``up`` fills in the stack's own, ``local_callback_secret``,
+    when its environment names none) and the CALLBACK_ALLOWLIST of ``kinfer up``'s environment."""
     found = {}
     if settings.callback_signing_secret:
         found["CALLBACK_SIGNING_SECRET"] = settings.callback_signing_secret
     if settings.callback_allowlist:
         found["CALLBACK_ALLOWLIST"] = ",".join(settings.callback_allowlist)
     return found
+
+
+CALLBACK_SECRET_FILE = "callback-signing-secret"
+
+
+def local_callback_secret() -> str:
+    """The local stack's CALLBACK_SIGNING_SECRET: drawn once into ``.kinfer`` (0600: only its owner reads it) and
+    kept across restarts, so the keys' callback secrets stay the same from one ``kinfer up`` to the next."""
+    path = state_dir() / CALLBACK_SECRET_FILE
+    state_dir().mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    drawn = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as out:
+        out.write(drawn + "\n")
+    return drawn
 
 
 def local_settings(settings: Settings) -> Settings:
@@ -226,6 +250,8 @@ def up(settings: Settings, say: Say = print, scale_to_zero: bool = False) -> Sta
         return state
     if comps:
         say(f"already running: {', '.join(sorted(comps))}; starting only {', '.join(missing)}")
+    if not settings.callback_signing_secret:  # callbacks work out of the box: the stack's own secret
+        settings = dataclasses.replace(settings, callback_signing_secret=local_callback_secret())
     started: list[str] = []
     try:
         _check_ports(missing)
@@ -522,7 +548,7 @@ def _start_prometheus(comps: dict[str, Component], logs: Path, say: Say) -> None
 
     executable = prometheus.binary()
     assert executable is not None  # _prometheus_available checked it
-    cmd = prometheus.command(executable, state_dir() / "prometheus", TRITON_PORTS[2])
+    cmd = prometheus.command(executable, state_dir() / "prometheus", TRITON_PORTS[2], AGENT_PORT, RELAY_PORT)
     log = logs / "prometheus.log"
     _record(comps, "prometheus", procs.spawn(cmd, log, None, ROOT), prometheus.ready_url(), log)
     say(f"Prometheus on http://127.0.0.1:{prometheus.PORT} (scraping every part's /metrics)")

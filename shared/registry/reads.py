@@ -265,11 +265,11 @@ class RegistryReads:
         self.cache.fill(key, GEN_KEY, value, gen)
         return value
 
-    def _fetch_one(self, where: Any, missing: str) -> ModelVersion:
+    def _fetch_one(self, where: Any, missing: str, code: str | None = None) -> ModelVersion:
         with self.db.read() as conn:
             row = conn.execute(sa.select(models).where(where)).first()
         if row is None:
-            raise NotFound(missing)
+            raise NotFound(missing, code=code)
         return to_json(row)
 
     def get_model(self, raw_id: str) -> ModelVersion:
@@ -288,7 +288,7 @@ class RegistryReads:
         return _complete(
             self._cached(
                 _nv_key(name, version),
-                lambda: self._fetch_one(where, f"model {name!r} version {version!r} not found"),
+                lambda: self._fetch_one(where, f"model {name!r} version {version!r} not found", "version_not_found"),
             )
         )
 
@@ -320,11 +320,7 @@ class RegistryReads:
     def resolve_target(self, name: str, version: str | None = None) -> ResolvedTarget:
         """What serves ``name`` at ``version`` (a version, an alias, or None): ``{"alias", "choices"}``,
         choices being ``[weight, model]`` pairs. Errors say what exists and what to do."""
-        if not NAME.fullmatch(name):
-            raise NotFound(f"model {name[:64]!r} not found")
-        known = self.view(name)
-        if not known["active"] and not known["others"]:
-            raise NotFound(self._unknown_model_message(name))
+        known = self.require_model(name)
         if version is None:
             if DEFAULT_ALIAS in known["aliases"]:
                 return _alias_target(known, name, DEFAULT_ALIAS)
@@ -346,6 +342,15 @@ class RegistryReads:
     def resolve_model(self, name: str, version: str | None = None, route_key: str | None = None) -> ModelVersion:
         """The model row that serves this request (see ``resolve_target`` and ``pick``)."""
         return pick(self.resolve_target(name, version), route_key)
+
+    def require_model(self, name: str) -> ModelView:
+        """``name``'s view; 404 saying which registered names come close when it has no version at all."""
+        if not NAME.fullmatch(name):
+            raise NotFound(f"model {name[:64]!r} not found")
+        known = self.view(name)
+        if not known["active"] and not known["others"]:
+            raise NotFound(self._unknown_model_message(name))
+        return known
 
     def _unknown_model_message(self, name: str) -> str:
         names = self._cached(NAMES_KEY, self._all_names)

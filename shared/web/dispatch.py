@@ -3,7 +3,8 @@
 ``dispatch`` is the one place where a request becomes a response: it assigns the
 request id, continues the W3C trace, routes by path (``Router``: werkzeug-style rules
 such as ``/v1/models/<model_id>``), enforces auth when the route asks for a scope
-(async: no thread hop), reads the body under MAX_BODY_BYTES, runs the handler and turns
+(async: no thread hop; with AUTH_REQUIRED off only on ``always_auth`` routes: inference and debug),
+reads the body under MAX_BODY_BYTES, runs the handler and turns
 any ``KinferError`` into the JSON error body (the HTTP contract in
 ``docs/architecture.md``). An unexpected exception is logged with its traceback and
 answered with a generic 500 sentence; exception text never reaches the caller. A 4xx
@@ -147,7 +148,7 @@ async def _run(call: Call, router: Router, span: Any, host: Host) -> Response:
         settings = host.settings
         if route.event and settings.event_auth != "none":  # the sender's token, before the body is even read
             await run_in_threadpool(host.event_auth.verify, call.header_map)
-        if route.scope is not None and settings.auth_required:
+        if route.scope is not None and (settings.auth_required or route.always_auth):
             call.principal = await host.auth.authorize(call, route.scope)
         allowed = route.query_names
         if allowed is not None and request.scope.get("query_string"):

@@ -1,7 +1,7 @@
 """What every ``Router`` adds for observability: ``GET /metrics``, the process's Prometheus counters
 (``shared.telemetry.Metrics``; no key is asked, as for Prometheus scraping; the exposition carries key
-ids, never secrets); and ``GET /debug/traces`` (admin scope), the spans this process recorded lately
-(``TRACE_BUFFER_SPANS``), newest first, optionally of one ``trace_id``."""
+ids, never secrets); and ``GET /debug/traces`` (admin scope, even with AUTH_REQUIRED off), the spans this
+process recorded lately (``TRACE_BUFFER_SPANS``), newest first, optionally of one ``trace_id``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ TRACES_ROUTE = Route(
     ("GET",),
     _serve_traces,
     scope="admin",
+    always_auth=True,
     query=(
         QueryParam("trace_id", {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "only the spans of this trace"),
         QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "at most this many"),

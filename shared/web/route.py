@@ -27,6 +27,10 @@ class QueryParam:
 class Route:
     """One path rule: ``handler(call, **params)``; ``scope`` None means no auth ("any" = any valid key).
 
+    AUTH_REQUIRED=false opens the routes of a scope to callers without a key (the local registry's
+    clients), but not a route with ``always_auth``: inference and debug routes ask for a key whatever
+    AUTH_REQUIRED says.
+
     ``stream`` routes get the body unread: their (async) handler iterates ``call.stream()``.
     ``event`` routes take a CloudEvent (Knative Eventing's delivery): ``handler(call, event)`` gets it
     parsed from the body, and failures answer the status that steers redelivery
@@ -44,6 +48,7 @@ class Route:
     methods: tuple[str, ...]
     handler: Callable[..., Any]
     scope: str | None = None
+    always_auth: bool = False
     stream: bool = False
     event: bool = False
     query: tuple[QueryParam | str, ...] | None = None

@@ -292,6 +292,30 @@ INFER_REQUEST_STATUS: Schema = {
     },
 }
 
+INFER_REQUEST_MATCHES: Schema = {
+    "type": "object",
+    "required": ["prefix", "requests", "more"],
+    "properties": {
+        "prefix": _STRING,
+        "requests": {
+            "type": "array",
+            "description": "the caller's own live requests whose id starts with prefix, newest first (at most 10)",
+            "items": {
+                "type": "object",
+                "required": ["id", "status", "model", "version", "created_at"],
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "status": _REQUEST_STATUS,
+                    "model": _STRING,
+                    "version": _STRING,
+                    "created_at": _TIME,
+                },
+            },
+        },
+        "more": {"type": "boolean", "description": "more requests start with prefix: give more of the id"},
+    },
+}
+
 _V2_TENSOR = {
     "type": "object",
     "required": ["name", "datatype", "shape"],

@@ -305,6 +305,52 @@ def test_a_canary_split_set_from_the_page_shows_in_models(
     shot(browser, "models")
 
 
+@pytest.fixture
+def two_signatures(stack: dict[str, str]) -> Iterator[str]:
+    """Version 1 takes input ``x``, version 2 input ``z`` (another config: its own Triton model); production -> 1."""
+    name = f"console-sig-{uuid.uuid4().hex[:8]}"
+    ids = []
+    try:
+        for version, tensor in (("1", "x"), ("2", "z")):
+            body = {"name": name, "version": version, "framework": "onnx", "format": "onnx", "upload": True}
+            status, model, _ = api(stack, "POST", "/v1/models", body)
+            assert status == 201, model
+            ids.append(model["id"])
+            _upload(stack, model["id"], linear_onnx(2.0, name=tensor))
+        for model_id in ids:
+            deadline = time.monotonic() + 60
+            while api(stack, "GET", f"/v1/models/{model_id}")[1]["state"] != "ready":
+                assert time.monotonic() < deadline, f"{name} did not load"
+                time.sleep(0.2)
+        status, moved, _ = api(stack, "PUT", f"/v1/models/by-name/{name}/aliases/production", {"version": "1"})
+        assert status == 200, moved
+        yield name
+    finally:
+        api(stack, "DELETE", f"/v1/models/by-name/{name}/aliases/production")
+        for model_id in ids:
+            api(stack, "DELETE", f"/v1/models/{model_id}")
+
+
+def test_a_promote_to_another_signature_is_confirmed_from_the_page_and_triton_names_its_model(
+    browser: Any, stack: dict[str, str], two_signatures: str
+) -> None:
+    name = two_signatures
+    open_at(browser, stack, f"#/models/{name}")
+    card = f'article[data-model="{name}"]'
+    wait_for(browser, lambda: all_css(browser, f'{card} tr[data-version="2"] button.promote'), "no promote button")
+    triton = {v: by_css(browser, f'{card} tr[data-version="{v}"] td.triton').text for v in ("1", "2")}
+    assert triton == {"1": "1", "2": f"{name}.v2:1"}, triton  # version 2 lives in a Triton model of its own
+    by_css(browser, f'{card} tr[data-version="2"] button.promote').click()
+    message = wait_for(browser, lambda: by_css(browser, f"{card} .model-message.error"), "the 409 is not shown")
+    wait_for(browser, lambda: "signature_mismatch" in message.text, "the refusal does not say why")
+    assert api(stack, "GET", f"/v1/models/by-name/{name}/aliases/production")[1]["versions"] == {"1": 100}
+    by_css(browser, f"{card} button.allow-signature-change").click()
+    shown = wait_for(
+        browser, lambda: by_css(browser, f'{card} [data-alias="production"] .split-text').text == "→ 2", "not moved"
+    )
+    assert shown and api(stack, "GET", f"/v1/models/by-name/{name}/aliases/production")[1]["versions"] == {"2": 100}
+
+
 def test_hostile_values_are_shown_as_text(browser: Any, stack: dict[str, str]) -> None:
     status, body, _ = api(
         stack,
@@ -558,6 +604,19 @@ def test_search_paging_and_deep_links_work_after_a_reload(
     assert by_css(browser, "#models-back").is_displayed() and not by_css(browser, "#models-filter").is_displayed()
 
 
+def test_a_page_past_the_last_shows_no_range_and_links_to_the_last_page(
+    browser: Any, stack: dict[str, str], many_models: str
+) -> None:
+    open_at(browser, stack, f"#/models?q={many_models}&page=99")
+    models_loaded(browser, f"Page 99 is past the last page (5); there are {MANY} version(s).")
+    assert "–" not in by_css(browser, "#models-note").text and cards(browser) == []
+    link = by_css(browser, "#models-list .past-end a")
+    assert link.text == "go to page 5"
+    link.click()
+    models_loaded(browser, f"81–100 of {MANY} version(s)")
+    assert "page=5" in browser.current_url and len(cards(browser)) == 20
+
+
 def test_batch_filters_and_a_job_deep_link_work_after_a_reload(browser: Any, stack: dict[str, str]) -> None:
     status, job, _ = api(stack, "POST", "/v1/batch", {"model": "iris_classifier", "inputs": [{"data": [1, 2, 3, 4]}]})
     assert status == 202, job
@@ -645,22 +704,28 @@ def test_a_waking_backend_is_shown_as_waking_with_its_estimate(browser: Any, sta
 def test_a_capture_rule_set_from_the_page_is_listed_and_stopped(browser: Any, stack: dict[str, str]) -> None:
     from selenium.webdriver.common.by import By
 
-    name = f"cap-{uuid.uuid4().hex[:6]}"
+    name, alias = "iris_classifier", f"cap{uuid.uuid4().hex[:6]}"  # the demo model; an alias of this test's own
     go(browser, "capture")
     wait_for(browser, lambda: by_css(browser, "#capture-form").is_displayed(), "an admin key gets no capture form")
-    for field, value in (("#capture-model", name), ("#capture-percent", "25"), ("#capture-redact", "ssn, features")):
+    fields = (
+        ("#capture-model", name),
+        ("#capture-alias", alias),
+        ("#capture-percent", "25"),
+        ("#capture-redact", "ssn, features"),
+    )
+    for field, value in fields:
         box = by_css(browser, field)
         box.clear()
         box.send_keys(value)
     by_css(browser, "#capture-form button[type=submit]").click()
 
     def rows() -> list[Any]:
-        return [r for r in all_css(browser, "#capture-table tbody tr") if r.text.startswith(name)]
+        return [r for r in all_css(browser, "#capture-table tbody tr") if f"{name} {alias} " in r.text]
 
     row = wait_for(browser, rows, "the new capture rule is not listed")[0]
-    assert "25 %" in row.text and "features, ssn" in row.text and "every request" in row.text, row.text
-    assert api(stack, "GET", f"/v1/models/by-name/{name}/capture")[1]["redact"] == ["features", "ssn"]
+    assert "25 %" in row.text and "features, ssn" in row.text, row.text
+    assert api(stack, "GET", f"/v1/models/by-name/{name}/capture?alias={alias}")[1]["redact"] == ["features", "ssn"]
     shot(browser, "capture")
     row.find_element(By.CSS_SELECTOR, "button").click()
     wait_for(browser, lambda: not rows(), "the stopped capture rule is still listed")
-    assert api(stack, "GET", f"/v1/models/by-name/{name}/capture")[0] == 404
+    assert api(stack, "GET", f"/v1/models/by-name/{name}/capture?alias={alias}")[0] == 404

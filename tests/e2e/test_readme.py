@@ -1,5 +1,6 @@
 """The README's examples run as written: every ``bash`` block of README.md (but those marked
-``<!-- readme-test: skip (reason) -->``), in order, in one shell, against the local stack.
+``<!-- readme-test: skip (reason) -->``), in order, in one shell, against the local stack; then the
+blocks that register models once more, on the same stack, as a user running the walk-through again would.
 
 The shell starts in the repository root without ``.venv/bin`` on PATH and with its own
 config folder, as a new user's would; the README's own setup block makes ``kinfer`` callable.
@@ -9,6 +10,7 @@ curl fails on an HTTP error status (``--fail-with-body``), every command must su
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -20,9 +22,11 @@ from tests.readme import ROOT, bash_blocks, script
 
 pytestmark = pytest.mark.e2e
 
-# Registered by the README (my-iris is deleted again, linear keeps its versions and alias): a rerun on the
+# Registered by the README (my-iris is deleted again, linear and first-model keep their versions): a rerun on the
 # same stack starts from none of them.
-README_MODELS = ("my-iris", "linear")
+README_MODELS = ("my-iris", "linear", "first-model")
+# a block that pushes or registers a model version
+REGISTERS = re.compile(r"kinfer models push|-XPOST localhost:8080/v1/models\b(?!/)")
 
 
 def _clean(stack: dict[str, str]) -> None:
@@ -64,3 +68,17 @@ def test_every_runnable_readme_block_runs_as_written(stack: dict[str, str], tmp_
     )
     ran = sum(1 for b in blocks if b.skip is None)
     assert len(markers) == ran and ran >= 10
+
+    # run again on the same stack: the blocks that register models start over by themselves (a new user's second
+    # walk-through, whose database kept the first one's rows: 409 "already exists" before they did)
+    again = [b for b in blocks if b.skip is None and REGISTERS.search(b.code)]
+    assert len(again) >= 3, "the walk-through's blocks that push or register models"
+    done = subprocess.run(
+        ["bash", "-c", script(again)], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
+    markers = [line for line in done.stderr.splitlines() if line.startswith("::readme block")]
+    where = markers[-1].removeprefix("::") if markers else "before the first block"
+    assert done.returncode == 0, (
+        f"the README {where} failed when run a second time (exit {done.returncode}):\n"
+        f"--- stdout (tail)\n{done.stdout[-4000:]}\n--- stderr (tail)\n{done.stderr[-4000:]}"
+    )

@@ -155,6 +155,7 @@ def test_a_failing_candidate_is_rolled_back_by_its_gate_under_load(loaded: dict[
     assert final["state"] == "rolled_back" and "error rate gate" in final["reason"], final
     assert alias(stack, model)["versions"] == {"1": 100}
     failed = sum(n for status, n in load.statuses.items() if status != 200)
+    print(f"rollback: {dict(load.statuses)} {dict(load.codes)} {final['reason']} {final['figures']}")
     budget = int(max_error_rate * min_requests)  # errors a step may have before the gate acts
     # The gate acts on the first tally past its budget; requests already in flight, and those answered in the
     # second the tallies take to reach Redis plus one tick, fail too: at most a few more at two callers.

@@ -89,8 +89,9 @@ def _wait(url: str, proc: subprocess.Popen[bytes], log: Any, timeout: float = 30
 
 
 class InProcessServer:
-    """``functions/<folder>/main.py`` as functions-framework's async app under uvicorn, on a free port,
-    in a background thread of this process (so tests can reconfigure its services between calls)."""
+    """``functions/<folder>/main.py`` as functions-framework's async app (or, for folder ``gateway``, the local
+    gateway with every public function) under uvicorn, on a free port, in a background thread of this process
+    (so tests can reconfigure its services between calls)."""
 
     def __init__(self, folder: str, target: str) -> None:
         import threading
@@ -100,7 +101,12 @@ class InProcessServer:
 
         from tests.conftest import free_port
 
-        app = create_asgi_app(target, str(ROOT / "functions" / folder / "main.py"))
+        if folder == "gateway":  # every public function by path, as `kinfer serve --gateway` (the CLI's view)
+            from shared.cli.serve import gateway_app
+
+            app = gateway_app()
+        else:
+            app = create_asgi_app(target, str(ROOT / "functions" / folder / "main.py"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")

@@ -344,3 +344,11 @@ def test_a_non_canonical_id_is_404_and_changes_nothing(client: Any) -> None:
         assert client.delete(f"/v1/models/{variant}").status_code == 404
     assert client.get(f"/v1/models/{created['id']}").json()["description"] == ""
     assert client.get(f"/v1/models/{created['id'].upper()}").status_code == 200
+
+
+def test_a_deleted_version_by_name_is_version_not_found(client: Any) -> None:
+    created = client.post("/v1/models", json=model_body(version="2")).json()
+    assert client.delete(f"/v1/models/{created['id']}").status_code == 204
+    resp = client.get(f"/v1/models/by-name/{created['name']}/2")
+    assert resp.status_code == 404 and resp.json()["code"] == "version_not_found"
+    assert resp.json()["error"] == f"model {created['name']!r} version '2' not found"

@@ -79,6 +79,32 @@ def test_errors_past_the_budget_roll_the_alias_back_to_the_baseline(services: An
         rollouts.pause(model, "production", ADMIN)  # it has ended
 
 
+def test_two_starts_at_once_make_one_rollout(services: Any, model: str) -> None:
+    """Both found no rollout row to lock, so both started and the second overwrote the first; a per-alias lock
+    makes the second wait and see the first (409 rollout_active)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    services.registry.create_model(
+        {"name": model, "version": "3", "framework": "onnx", "format": "onnx", "backend_url": "127.0.0.1:8001"}
+    )
+
+    def start(candidate: str) -> str:
+        try:
+            return services.rollouts.start(model, "production", {"candidate": candidate, **FAST}, ADMIN)["candidate"]
+        except Conflict as exc:
+            return exc.code
+
+    for _ in range(3):
+        with ThreadPoolExecutor(2) as pool:
+            answers = sorted(pool.map(start, ["2", "3"]))
+        winner = [a for a in answers if a in ("2", "3")]
+        assert len(winner) == 1 and "rollout_active" in answers, answers
+        assert services.rollouts.status(model, "production")["candidate"] == winner[0]
+        assert _split(services, model) == {"1": 90, winner[0]: 10}
+        services.rollouts.abort(model, "production", ADMIN)
+        assert _split(services, model) == {"1": 100}
+
+
 def test_a_paused_rollout_decides_nothing_until_resumed_and_abort_goes_back(services: Any, model: str) -> None:
     rollouts = services.rollouts
     rollouts.start(model, "production", {"candidate": "2", **FAST}, ADMIN)

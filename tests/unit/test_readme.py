@@ -44,3 +44,14 @@ def test_every_kinfer_command_in_the_readme_parses(line: int, argv: list[str]) -
         build_parser().parse_args(argv)
     except SystemExit as exc:
         assert exc.code == 0, f"README.md line {line}: `kinfer {' '.join(argv)}` does not parse"
+
+
+def test_the_quoted_list_of_model_query_parameters_is_the_real_one() -> None:
+    # the README quotes the 400 of `?nmae=x`: the parameters it names are those the route takes
+    from shared.web.schemas import MODEL_FILTERS
+    from tests.readme import README
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    quoted = re.search(r"\"unknown query parameter 'nmae'; allowed: ([^\"]+)\"", text)
+    assert quoted, "the README quotes the answer to ?nmae=x"
+    assert quoted.group(1).split(", ") == [p.name for p in MODEL_FILTERS]

@@ -229,7 +229,8 @@ function pager(box, label, total, page, size, hrefOf) {
   const link = (text, n, cls) => (n >= 1 && n <= pages && n !== page
     ? el("a", { href: hrefOf(n), class: cls, text, "aria-label": `${label}: page ${n}` })
     : el("span", { class: `${cls} off`, text, "aria-disabled": "true" }));
-  box.append(link("← Previous", page - 1, "prev"),
+  /* past the last page, "Previous" goes to the last one */
+  box.append(link("← Previous", Math.min(page - 1, pages), "prev"),
     el("span", { class: "page-of", text: `page ${page} of ${pages}` }), link("Next →", page + 1, "next"));
 }
 
@@ -286,15 +287,19 @@ async function loadModels(params) {
     const groups = groupByName(body.models);
     clear(list);
     for (const [name, versions] of groups) list.append(modelCard(name, versions, versions[0].aliases || []));
-    if (!groups.length) {
-      const text = body.total ? `Page ${page} is past the last page (${Math.ceil(body.total / MODELS_PAGE)}).`
-        : filters.q || filters.framework || filters.status ? "No model matches these filters."
-          : "No models yet: register one with kinfer models push.";
-      list.append(el("p", { class: "note", text }));
+    const last = Math.max(1, Math.ceil(body.total / MODELS_PAGE));
+    const past = !groups.length && body.total > 0;  /* a page beyond the end: no range to show */
+    if (past) {
+      list.append(el("p", { class: "note past-end" }, `Page ${page} is past the last page (${last}): `,
+        el("a", { href: address("models", null, { ...filters, page: last }), text: `go to page ${last}` })));
+    } else if (!groups.length) {
+      list.append(el("p", { class: "note", text: filters.q || filters.framework || filters.status
+        ? "No model matches these filters." : "No models yet: register one with kinfer models push." }));
     }
     const first = body.total ? body.offset + 1 : 0;
-    note.textContent = `${body.models.length} version(s) of ${groups.length} model(s) shown` +
-      ` (${first}–${body.offset + body.models.length} of ${body.total} version(s)).` +
+    note.textContent = (past ? `Page ${page} is past the last page (${last}); there are ${body.total} version(s).`
+      : `${body.models.length} version(s) of ${groups.length} model(s) shown` +
+        ` (${first}–${body.offset + body.models.length} of ${body.total} version(s)).`) +
       (isAdmin() ? "" : " Your key has no admin scope: promote, rollback and splits are hidden.");
     pager($("models-pager"), "Models", body.total, page, MODELS_PAGE, n => address("models", null, { ...filters, page: n }));
   } catch (e) {
@@ -331,6 +336,13 @@ async function loadModel(name) {  /* #/models/<name>: every version of one name,
   }
 }
 
+/* Where Triton serves a version: its Triton version, with the Triton model when that is not the name
+   (a version with another config lives in a Triton model of its own, such as linear.v4:1). */
+function tritonText(m) {
+  if (m.triton_version === null || m.triton_version === undefined) return "–";
+  return m.triton_model && m.triton_model !== m.name ? `${m.triton_model}:${m.triton_version}` : String(m.triton_version);
+}
+
 function modelCard(name, versions, aliases) {
   const message = el("p", { class: "model-message", role: "status" });
   const card = el("article", { class: "card model", "data-model": name });
@@ -360,7 +372,7 @@ function modelCard(name, versions, aliases) {
     el("td", { class: "mono", text: m.version }),
     el("td", {}, stateBadge(m), m.state_reason ? el("div", { class: "note", text: m.state_reason }) : null),
     el("td", { text: m.status }),
-    el("td", { class: "mono", text: m.triton_version ?? "–" }),
+    el("td", { class: "mono triton", text: tritonText(m) }),
     el("td", { text: m.description || "" }),
     isAdmin() ? el("td", {}, el("button", { type: "button", class: "quiet promote", text: "Promote",
       "aria-label": `Promote ${name} version ${m.version} to production`,
@@ -461,6 +473,17 @@ async function aliasAction(message, method, path, body) {
   } catch (e) {
     message.className = "model-message error";
     message.textContent = e.describe();
+    /* the versions have other inputs or outputs: the message names the difference; moving anyway is a second,
+       explicit click that resends the same move with allow_signature_change */
+    if (e.status === 409 && e.code === "signature_mismatch" && body && !body.allow_signature_change) {
+      message.append(el("span", { class: "signature-confirm" },
+        el("span", { text: "Its callers would get answers of another shape. " }),
+        el("button", { type: "button", class: "danger allow-signature-change", text: "Allow signature change",
+          onclick: () => aliasAction(message, method, path, { ...body, allow_signature_change: true }) }),
+        " ",
+        el("button", { type: "button", class: "quiet", text: "Cancel",
+          onclick: () => { message.className = "model-message"; message.textContent = ""; } })));
+    }
   }
 }
 

@@ -172,6 +172,26 @@ class EventRelay:
             return 503, {"status": "unhealthy", "error": "Redis unavailable"}
         return 200, {"status": "healthy", "topics": topics, "pending": pending}
 
+    def metrics(self) -> bytes:
+        """``GET /metrics`` (Prometheus text): whether Redis answers, each topic's length, the unacked count."""
+        status, health = self.health()
+        lines = [
+            "# HELP kinfer_relay_up 1 when the relay reaches Redis",
+            "# TYPE kinfer_relay_up gauge",
+            f"kinfer_relay_up {int(status == 200)}",
+            "# HELP kinfer_relay_topic_events events kept in each topic (its Redis stream's length)",
+            "# TYPE kinfer_relay_topic_events gauge",
+            *(f'kinfer_relay_topic_events{{topic="{_label(t)}"}} {n}' for t, n in health.get("topics", {}).items()),
+            "# HELP kinfer_relay_pending events delivered and not yet acknowledged",
+            "# TYPE kinfer_relay_pending gauge",
+            f"kinfer_relay_pending {health.get('pending', 0)}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
 
 class _IngressServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -198,8 +218,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(*self.server.relay.ingest(self.path, headers, body))
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.path.split("?", 1)[0].rstrip("/") == "/health":
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/health":
             self._answer(*self.server.relay.health())
+        elif path == "/metrics":
+            data = self.server.relay.metrics()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         else:
             self._answer(404, {"error": "not found", "code": "not_found"})
 

@@ -66,7 +66,7 @@ def test_each_key_gets_its_own_secret_derived_from_a_stored_salt_never_stored_it
         assert "callback_salt" not in answer.text
 
 
-def test_rotation_by_the_key_or_an_admin_answers_a_new_secret_once(services: Services, admin: dict[str, str]) -> None:
+def test_rotation_by_the_key_itself_answers_a_new_secret_once(services: Services, admin: dict[str, str]) -> None:
     client = function_client("keys", "manage_api_keys")
     created = client.post("/v1/keys", json={"name": _name(), "scopes": ["batch"]}, headers=admin).json()
     own = {"Authorization": f"Bearer {created['key']}"}
@@ -74,8 +74,11 @@ def test_rotation_by_the_key_or_an_admin_answers_a_new_secret_once(services: Ser
     assert mine.status_code == 200, mine.text
     assert mine.json()["callback_secret"] != created["callback_secret"]
     assert services.keys.callback_secret_of(created["id"]) == mine.json()["callback_secret"]
-    missing = client.post(f"/v1/keys/{uuid.uuid4()}/callback-secret", headers=admin)
-    assert missing.status_code == 404
+    by_admin = client.post(f"/v1/keys/{created['id']}/callback-secret", headers=admin)  # an operator: no secret
+    assert by_admin.status_code == 403 and by_admin.json()["code"] == "forbidden", by_admin.text
+    assert "callback_secret" not in by_admin.json() and "never learn" in by_admin.json()["error"]
+    assert services.keys.callback_secret_of(created["id"]) == mine.json()["callback_secret"]  # not rotated
+    assert client.post(f"/v1/keys/{uuid.uuid4()}/callback-secret", headers=admin).status_code == 403
     assert client.post("/v1/keys/self/callback-secret").status_code == 401
 
 

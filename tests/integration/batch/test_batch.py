@@ -421,7 +421,7 @@ def test_cli_submit_reports_failed_lines_and_fails_on_errors(
     input_url), the summary names its line, --fail-on-errors exits 3; the job lists, results filter."""
     from shared.cli import main
 
-    server = InProcessServer("batch", "manage_batch_jobs")
+    server = InProcessServer("gateway", "")  # the CLI checks the model (models function) before it uploads
     monkeypatch.setenv("XDG_CONFIG_HOME", str(st.tmp))
     url = ["--url", server.url.rstrip("/"), "--key", "kf_unused_auth_is_off"]
     try:
@@ -849,6 +849,38 @@ def test_one_key_may_hold_only_its_share_of_the_workers(st: Stack) -> None:
             if job["model"] == stuck and job["status"] in store.ACTIVE:
                 st.api.delete(f"/v1/batch/{job['job_id']}")
         assert {st.status(j["job_id"])["status"] for j in held} == {"cancelled"}
+
+
+def test_parallel_submits_of_one_key_cannot_pass_its_share_together(st: Stack) -> None:
+    """The bound is checked in the transaction that inserts the job, under a per-key lock: 12 submits at once
+    with room for 2 jobs start exactly 2 (an attacker trial had 12 of 16 parallel submits accepted with a bound
+    of 8, the count read before any insert)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.batch import store
+    from shared.errors import RateLimited
+
+    owner = f"race-{uuid.uuid4().hex[:8]}"
+    stuck = register_model(st.services(), f"stuck-{uuid.uuid4().hex[:8]}", f"127.0.0.1:{free_port()}")["name"]
+    st.configure(batch_max_active_jobs=2, batch_max_active_items=1_000_000)
+    services = st.services()
+
+    def submit(_: int) -> str:
+        try:
+            return services.jobs.submit_job({"model": stuck, "inputs": iris_inputs(3)}, owner)["job_id"]
+        except RateLimited:
+            return "429"
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(submit, range(12)))
+        assert answers.count("429") == 10, answers
+        with services.db.read() as conn:
+            assert store.active_load(conn, owner) == (2, 6)
+    finally:
+        for job_id in answers:
+            if job_id != "429":
+                services.jobs.cancel_job(job_id, owner)
 
 
 def test_a_signature_checking_s3_refuses_an_upload_of_another_length() -> None:

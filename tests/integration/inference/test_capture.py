@@ -99,6 +99,8 @@ def test_settings_are_written_by_admins_read_by_any_key_and_audit_logged(svc, ke
     assert models.put(path, json=body, headers=keys["infer"]).status_code == 403
     bad = models.put(path, json={"sample_percent": 250}, headers=keys["admin"])
     assert bad.status_code == 400 and bad.json()["field"] == "sample_percent"
+    unknown = models.put(f"/v1/models/by-name/nosuch-{uuid.uuid4().hex[:6]}/capture", json=body, headers=keys["admin"])
+    assert unknown.status_code == 404 and "kinfer models list" in unknown.json()["error"]
     put = models.put(path, json=body, headers=keys["admin"])
     assert put.status_code == 200, put.text
     assert put.json()["sample_percent"] == 25 and put.json()["redact"] == ["features"] and put.json()["alias"] is None

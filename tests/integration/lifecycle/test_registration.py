@@ -86,9 +86,13 @@ def test_unknown_model_and_no_active_version_are_told_apart(life: Lifecycle, loa
     resp = life.infer(typo, 1.0)
     assert resp.status_code == 404 and resp.json()["code"] == "not_found"
     assert f"did you mean {loaded!r}" in resp.json()["error"]
+    aliases = life.models.get(f"/v1/models/by-name/{typo}/aliases")  # the same answer, not an empty list
+    assert aliases.status_code == 404 and aliases.json()["code"] == "not_found", aliases.text
+    assert f"did you mean {loaded!r}" in aliases.json()["error"]
     idle = unique("idle")
     created = life.models.post("/v1/models", json=body(name=idle, status="inactive", triton_model=loaded))
     assert created.status_code == 201
+    assert life.models.get(f"/v1/models/by-name/{idle}/aliases").json() == {"name": idle, "aliases": []}
     resp = life.infer(idle, 1.0)
     assert resp.status_code == 404 and resp.json()["code"] == "no_active_version"
     assert "1 inactive" in resp.json()["error"]

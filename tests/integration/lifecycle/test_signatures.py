@@ -167,6 +167,20 @@ def test_a_split_refuses_versions_of_two_signatures_unless_asked(life: Lifecycle
     assert asked.status_code == 200 and asked.json()["versions"] == {"1": 50, "2": 50}, asked.text
 
 
+def test_a_shadow_refuses_another_signature_unless_asked(life: Lifecycle, model: str) -> None:
+    """A shadow version that cannot take the alias's inputs would fail every mirrored request (an attacker trial
+    set one that promote, split and alias PUT all refused)."""
+    assert put_alias(life, model, "production", version="1").status_code == 200
+    url = f"/v1/models/by-name/{model}/aliases/production/shadow"
+    refused = life.models.put(url, json={"shadow": {"2": 50}})
+    assert refused.status_code == 409, refused.text
+    assert (refused.json()["code"], refused.json()["field"]) == ("signature_mismatch", "shadow")
+    assert "answers from version '1'" in refused.json()["error"] and "input 'x'" in refused.json()["error"]
+    asked = life.models.put(url, json={"shadow": {"2": 50}, "allow_signature_change": True})
+    assert asked.status_code == 200 and asked.json()["shadow"] == {"2": 50}, asked.text
+    assert life.models.put(url, json={"shadow": {}}).status_code == 200
+
+
 def test_push_options_are_in_the_served_config(life: Lifecycle, model: str) -> None:
     v3 = life.push(model, "3", linear_onnx(5.0), triton_config=OPTIONS)
     assert v3["state"] == "ready", v3
@@ -191,6 +205,36 @@ def test_max_batch_size_0_serves_without_a_batch_dimension(life: Lifecycle, mode
     assert [i["dims"] for i in config["input"]] == [["-1", "1"]]
     assert v2_infer(life, model, "4", [2, 1], [1.0, 2.0]).json()["outputs"][0]["data"] == [7.0, 14.0]
     assert put_alias(life, model, "stable", version="4").status_code == 200  # [-1, 1] either way
+
+
+@pytest.mark.parametrize(
+    "data,version_1,version_4",
+    [([4.0], [8.0], [28.0]), ([[4.0]], [[8.0]], [[28.0]]), ([[1.0], [2.0]], [[2.0], [4.0]], [[7.0], [14.0]])],
+)
+def test_a_version_without_batching_takes_the_bodies_of_a_batched_one(
+    life: Lifecycle, model: str, data: list[Any], version_1: list[Any], version_4: list[Any]
+) -> None:
+    """One row without Triton's batch dim is one row of an unbatched [-1, 1] version too (the codec adds it)."""
+    if life.models.get(f"/v1/models/by-name/{model}/4").status_code == 404:  # pushed by the test above
+        assert life.push(model, "4", linear_onnx(7.0), triton_config={"max_batch_size": 0})["state"] == "ready"
+    _, key = life.services().keys.create_key(unique("sig-key"), "infer")  # :predict asks for a key, always
+    assert not life.settings.auth_required  # the registry routes answer without one here, as on port 8083
+    assert life.models.get(f"/v1/models/by-name/{model}/aliases").status_code == 200
+    keyless = life.models.post(f"/v1/models/{model}/versions/1:predict", json={"instances": [data]})
+    assert keyless.status_code == 401 and keyless.json()["code"] == "unauthorized", keyless.text
+    assert life.models.get("/debug/traces").status_code == 401
+    for v, expected in (("1", version_1), ("4", version_4)):
+        body = {"model": model, "version": v, "input": {"data": data}}
+        answer = life.infer_client.post("/v1/infer", json=body)
+        assert answer.status_code == 200, (v, answer.text)
+        assert answer.json()["outputs"]["y"] == expected, (v, answer.json())
+        predicted = life.models.post(
+            f"/v1/models/{model}/versions/{v}:predict",
+            json={"instances": [data]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert predicted.status_code == 200, (v, predicted.text)
+        assert predicted.json()["predictions"] == [expected], (v, predicted.json())
 
 
 @pytest.mark.parametrize(

@@ -129,6 +129,25 @@ def test_a_token_for_another_audience_issuer_or_subject_or_expired_is_refused(
     assert refused.value.status == 401 and "WWW-Authenticate" in refused.value.headers
 
 
+def test_a_token_living_longer_than_the_maximum_or_without_iat_is_refused(issuer: Issuer) -> None:
+    now = int(time.time())
+    auth = EventAuthenticator(settings(issuer))
+    assert auth.max_lifetime_s == 86400  # EVENT_OIDC_MAX_LIFETIME_S's default
+    assert auth.verify(bearer(issuer.token(exp=now + 86400))) == SUBJECT  # a day exactly: accepted
+    ten_years = issuer.token(exp=now + 10 * 365 * 86400)
+    with pytest.raises(Unauthorized, match=r"lives 315360000 s \(exp - iat\), longer than 86400 s") as refused:
+        auth.verify(bearer(ten_years))
+    assert refused.value.status == 401 and refused.value.code == "event_unauthenticated"
+    with pytest.raises(Unauthorized, match="longer than 3600 s"):  # issued long ago, still valid: its life counts
+        EventAuthenticator(settings(issuer, EVENT_OIDC_MAX_LIFETIME_S="3600")).verify(
+            bearer(issuer.token(iat=now - 7000, nbf=now - 7000, exp=now + 600))
+        )
+    now_claims = {"iss": ISSUER, "aud": [AUDIENCE], "sub": SUBJECT, "exp": now + 600}
+    no_iat = jwt.encode(now_claims, issuer.keys["k1"], algorithm="RS256", headers={"kid": "k1"})
+    with pytest.raises(Unauthorized, match="the token has no 'iat' claim"):
+        auth.verify(bearer(no_iat))
+
+
 def test_no_token_or_not_a_bearer_jwt_is_refused(issuer: Issuer) -> None:
     auth = EventAuthenticator(settings(issuer))
     for headers in ({}, {"authorization": "Basic dXNlcjpwdw=="}, bearer("not-a-jwt"), {"authorization": "Bearer "}):

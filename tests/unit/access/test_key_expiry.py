@@ -60,6 +60,14 @@ def test_bad_expiries_are_400_naming_the_field(given: dict[str, Any], field: str
     assert err.value.field == field
 
 
+@pytest.mark.parametrize("zero", ["0s", "0", 0, "0d", "00m"])
+def test_a_zero_duration_is_said_to_need_a_positive_one_within_the_bounds(zero: object) -> None:
+    with pytest.raises(InvalidInput) as err:
+        keys.parse_expiry(expires_in=zero, now=NOW)
+    assert err.value.field == "expires_in"
+    assert err.value.message.startswith("expires_in must be positive: at least 1s and at most 3660d")
+
+
 def test_status_of_a_key_says_expired_once_its_time_passed() -> None:
     base = {
         "id": "k",

@@ -16,7 +16,7 @@ from cloudevents.http import CloudEvent
 from shared.batch import callbacks
 from shared.batch import request_store as store
 from shared.batch import requests as areq
-from shared.errors import InvalidInput, NotFound, Unavailable
+from shared.errors import Conflict, InvalidInput, NotFound, Unavailable
 from shared.settings import Settings
 
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -77,9 +77,18 @@ def test_policy_refuses_malformed_urls(url: str) -> None:
         policy({"h": ["8.8.8.8"]}).check(url)
 
 
-def test_policy_without_a_secret_says_what_to_set() -> None:
-    with pytest.raises(InvalidInput, match="CALLBACK_SIGNING_SECRET"):
+@pytest.mark.parametrize("url", ["http://1.1.1.1/a b", "http://h/x\r\nX-Evil: 1", "http://h/\tx", "http://h/x\x7f"])
+def test_policy_refuses_whitespace_and_control_characters_at_submit(url: str) -> None:
+    with pytest.raises(InvalidInput, match="spaces or control characters") as refused:
+        policy({"h": ["8.8.8.8"], "1.1.1.1": ["1.1.1.1"]}).check(url)
+    assert refused.value.field == "callback_url"
+    assert policy({"h": ["8.8.8.8"]}).check("http://h/a%20b") == "http://h/a%20b"
+
+
+def test_policy_without_a_secret_says_what_to_set_as_the_keys_api_does() -> None:
+    with pytest.raises(Conflict, match="CALLBACK_SIGNING_SECRET") as off:
         policy({}, secret="").check("https://hooks.example.com/")
+    assert (off.value.status, off.value.code, off.value.field) == (409, "callbacks_off", "callback_url")
 
 
 def test_delivery_rechecks_the_host_at_delivery_time() -> None:
@@ -395,10 +404,10 @@ def test_a_dead_letter_of_a_request_carries_no_delivery_text_and_only_an_http_st
         },
         {"request_id": "x"},
     )
-    assert "evil" not in dead_reason(event, "request", detail=False)
-    assert dead_reason(event, "request", detail=False).endswith("(last status 418)")
+    assert "evil" not in dead_reason(event, "request")
+    assert dead_reason(event, "request").endswith("(last status 418)")
     event["knativeerrorcode"] = "your key is compromised"
-    assert dead_reason(event, "request", detail=False) == "request delivery failed after all retries (no response)"
+    assert dead_reason(event, "request") == "request delivery failed after all retries (no response)"
 
 
 def test_a_refused_callback_host_names_no_internal_address_and_6to4_is_judged_by_its_ipv4() -> None:

@@ -51,13 +51,17 @@ def test_parse_and_rows_mark_bad_lines() -> None:
     assert batch_worker._row(8, failed, b"{}") == {"index": 8, "error": "input is empty"}
 
 
-def test_dead_reason_uses_knative_extensions() -> None:
+def test_dead_reason_says_the_status_never_the_delivered_text() -> None:
+    """A dead letter's body is whatever its sender wrote: an attacker trial put "ACCOUNT SUSPENDED - pay at
+    http://evil.example/pay" into 2,500 results of another tenant's job. Only the status reaches a tenant."""
     event = chunk_event()
     event["knativeerrorcode"] = "503"
-    event["knativeerrordata"] = base64.b64encode(json.dumps({"error": "Triton is down"}).encode()).decode()
+    event["knativeerrordata"] = base64.b64encode(json.dumps({"error": "pay at http://evil.example"}).encode()).decode()
     assert batch_worker.dead_reason(event) == (
-        "chunk delivery failed after all retries (last status 503): Triton is down"
+        "chunk delivery failed after all retries (last status 503): the backend or a store was unavailable"
     )
+    event["knativeerrorcode"] = "<b>"
+    assert batch_worker.dead_reason(event) == "chunk delivery failed after all retries (no response)"
     assert batch_worker.dead_reason(chunk_event()).endswith("(no response)")
 
 

@@ -83,3 +83,25 @@ def test_a_bad_alias_is_refused_before_anything_is_pushed(tmp_path: Path) -> Non
     with pytest.raises(UsageError, match="nothing was pushed") as caught:
         _push(api, args)  # type: ignore[arg-type]
     assert caught.value.exit_code == 2 and api.calls == []
+
+
+def test_pushing_a_version_that_exists_says_what_to_do(tmp_path: Path) -> None:
+    # a second run of the README's walk-through on a stack that kept the first run's rows
+    from shared.cli.models import _push
+
+    class Exists(FakeApi):
+        def call(self, method: str, path: str, body: Any = None) -> Any:
+            self.calls.append((method, path, body))
+            raise ApiError("model 'linear' version '1' already exists", 409, "conflict", field="version")
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"bytes")
+    api = Exists(None)
+    args = build_parser().parse_args(["models", "push", str(model), "--name", "linear", "--version", "1"])
+    with pytest.raises(ApiError) as caught:
+        _push(api, args)  # type: ignore[arg-type]
+    assert caught.value.lines()[1] == (
+        "hint: versions are never overwritten: push another --version (`kinfer models versions linear` lists them), "
+        "or delete this one first with `kinfer models delete linear 1`"
+    )
+    assert [c[0] for c in api.calls] == ["POST"]

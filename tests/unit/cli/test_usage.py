@@ -69,6 +69,19 @@ BAD_USAGE: dict[str, list[str]] = {
     "completion": ["completion", "fish"],
 }
 CONNECTION = {"--url", "--key", "--context"}
+# The commands that take no -o table|json|yaml, and why; every other command prints data and takes it.
+NO_OUTPUT_FORMAT = {
+    "up": "a progress log of the stack starting",
+    "down": "a progress log of the stack stopping",
+    "demo": "a guided tour for people",
+    "serve": "a server: its log",
+    "agent": "a server: its log",
+    "logs": "the parts' log lines, as written",
+    "db upgrade": "the migrations' log",
+    "deploy upload-models": "a progress log of uploads",
+    "completion": "a shell script",
+    "batch results": "-o names the JSONL file it writes",
+}
 
 
 def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[str, argparse.ArgumentParser]:
@@ -127,6 +140,16 @@ def test_bad_usage_exits_2_with_the_error_and_a_hint(command: str, capsys: pytes
     assert code == 2, err
     assert re.search(r"^error: (usage|config|ambiguous): \S", err, re.M), err
     assert "Traceback" not in err and "unreachable" not in err, err  # nothing was sent
+
+
+def test_every_command_that_prints_data_takes_the_output_formats() -> None:
+    commands = leaves(build_parser())
+    assert set(NO_OUTPUT_FORMAT) <= set(commands)
+    for command, parser in commands.items():
+        formats = next((a.choices for a in parser._actions if "-o" in a.option_strings), None)
+        if command in NO_OUTPUT_FORMAT:
+            continue
+        assert formats is not None and {"table", "json", "yaml"} <= set(formats), f"`kinfer {command}` lacks -o"
 
 
 def test_an_unknown_log_part_names_the_parts(capsys: pytest.CaptureFixture[str]) -> None:

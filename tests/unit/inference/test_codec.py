@@ -116,6 +116,33 @@ def test_prediction_uses_labels_then_ids():
     assert prediction_of(VECTOR, scored, single=True) == 1
 
 
+def linear(max_batch_size: int) -> object:
+    """y = kx pushed batched (dims [1] behind Triton's batch dim) or with max_batch_size 0 (dims [-1, 1])."""
+    shape = ["-1", "1"]
+    tensors = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape}]}
+    tensors["outputs"] = [{"name": "y", "datatype": "FP32", "shape": shape}]
+    return model_info_from({"name": "lin", **tensors}, {"config": {"max_batch_size": max_batch_size}})
+
+
+@pytest.mark.parametrize("raw", [{"data": [4]}, {"x": [4]}, {"data": [[4], [5]]}, {"x": [[4], [5], [6]]}])
+def test_an_unbatched_version_with_a_leading_minus_one_takes_the_bodies_of_its_batched_predecessor(raw):
+    batched, unbatched = linear(64), linear(0)
+    assert unbatched.rows_first and not unbatched.batched and not VECTOR.rows_first
+    one, other = parse_input(batched, raw), parse_input(unbatched, raw)
+    assert (other.single, other.rows) == (one.single, one.rows)
+    assert other.arrays["x"].shape == one.arrays["x"].shape  # [1, 1] for one row: the leading dim added
+    outputs = {"y": one.arrays["x"] * 2}
+    assert outputs_json(unbatched, outputs, other.single) == outputs_json(batched, outputs, one.single)
+    assert prediction_of(unbatched, outputs, other.single) == prediction_of(batched, outputs, one.single)
+
+
+def test_an_unbatched_leading_minus_one_model_says_it_takes_rows():
+    with pytest.raises(InvalidInput) as bad:
+        parse_input(linear(0), {"data": [1, 2]})
+    assert bad.value.message == "input.x has shape [2]; expected 'x' FP32 [1] (or a batch [n, 1])"
+    assert linear(0).expected() == linear(64).expected()
+
+
 class FakeTritonError(Exception):
     def __init__(self, status: str, msg: str) -> None:
         self._status, self._msg = status, msg

@@ -58,7 +58,8 @@ def test_the_agents_status_endpoint_answers_its_probes() -> None:
 
         @staticmethod
         def status() -> dict:
-            return {"synced": FakeAgent.synced}
+            loaded = {"lin": [1, 2], "other": [3]}
+            return {"synced": FakeAgent.synced, "triton": "up", "loaded": loaded, "failed": {"bad/1": "why"}}
 
     server = serve_status(FakeAgent(), 0, host="127.0.0.1")  # type: ignore[arg-type]
     base = f"http://127.0.0.1:{server.server_port}"
@@ -76,6 +77,11 @@ def test_the_agents_status_endpoint_answers_its_probes() -> None:
         FakeAgent.synced = True
         assert get("/ready")[0] == 200 and get("/status")[1]["replica"] == "r1"
         assert get("/nope")[0] == 404
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:  # what Prometheus scrapes
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            text = resp.read().decode()
+        assert "kinfer_agent_synced 1\n" in text and "kinfer_agent_triton_up 1\n" in text
+        assert "kinfer_agent_loaded_versions 3\n" in text and "kinfer_agent_failed_versions 1\n" in text
     finally:
         server.shutdown()
 
@@ -124,3 +130,23 @@ def test_the_agent_refuses_a_stored_config_whose_environment_lies_outside_the_mo
     agent = agent_module.ModelAgent(None, None, None, None, settings, triton=object(), repository_dir=tmp_path)  # type: ignore[arg-type]
     with pytest.raises(NotFound, match="EXECUTION_ENV_PATH"):
         agent._fetch_model_files("lin")
+
+
+def test_files_missing_from_the_repository_fail_with_what_to_do_and_no_storage_address(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # the registry's database outlived the storage (another clone's .kinfer/s3): the reason is public, so it says
+    # what to do and keeps the bucket and key for the log
+    from shared.errors import NotFound
+    from shared.lifecycle import agent as agent_module
+    from shared.settings import Settings
+
+    monkeypatch.setattr(agent_module.repository, "list_keys", lambda s3, bucket, prefix: {})
+    monkeypatch.setattr(agent_module.repository, "mirror", lambda s3, bucket, prefix, target: 0)
+    settings = Settings.from_env(environ={"MODEL_REPOSITORY_URI": "s3://repo"})
+    agent = agent_module.ModelAgent(None, None, None, None, settings, triton=object(), repository_dir=tmp_path)  # type: ignore[arg-type]
+    for fetch in (lambda: agent._fetch_model_files("lin"), lambda: agent._fetch_version("lin", 3)):
+        with pytest.raises(NotFound) as caught:
+            fetch()
+        assert "s3://" not in caught.value.message and "repo" not in caught.value.message.replace("repository", "")
+        assert caught.value.message.endswith("delete this version and push it again")

@@ -11,13 +11,15 @@ from shared import catalogue
 from shared.localstack import prometheus, stack
 
 
-def test_the_configuration_scrapes_every_function_the_gateway_triton_and_itself(tmp_path: Path) -> None:
-    cmd = prometheus.command("/usr/bin/prometheus", tmp_path, 8002)
+def test_the_configuration_scrapes_every_function_the_gateway_triton_the_agent_the_relay_and_itself(
+    tmp_path: Path,
+) -> None:
+    cmd = prometheus.command("/usr/bin/prometheus", tmp_path, 8002, stack.AGENT_PORT, stack.RELAY_PORT)
     assert "--web.listen-address=127.0.0.1:9090" in cmd and f"--storage.tsdb.path={tmp_path / 'data'}" in cmd
     text = (tmp_path / "prometheus.yml").read_text()
     for fn in catalogue.FUNCTIONS:
         assert f"job_name: {fn.folder}\n" in text and f"127.0.0.1:{fn.port}'" in text
-    for job, port in (("gateway", 8080), ("triton", 8002), ("prometheus", 9090)):
+    for job, port in (("gateway", 8080), ("triton", 8002), ("agent", 8089), ("relay", 8090), ("prometheus", 9090)):
         assert f"job_name: {job}\n" in text and f"127.0.0.1:{port}'" in text
 
 

@@ -192,13 +192,50 @@ def test_kinfer_up_adds_the_backend_allowlist_of_its_environment_to_its_own() ->
     assert wider["BACKEND_ALLOWLIST"].split(",") == [*default, "gpu-*:8001"]
 
 
-def test_callbacks_are_off_unless_kinfer_ups_environment_turns_them_on() -> None:
+def test_base_env_passes_the_callback_settings_it_is_given() -> None:
     off = stack.base_env(Settings.from_env(environ={}))
     assert "CALLBACK_SIGNING_SECRET" not in off and "CALLBACK_ALLOWLIST" not in off
     on = stack.base_env(
         Settings.from_env(environ={"CALLBACK_SIGNING_SECRET": "s3cret", "CALLBACK_ALLOWLIST": "127.0.0.1:*"})
     )
     assert on["CALLBACK_SIGNING_SECRET"] == "s3cret" and on["CALLBACK_ALLOWLIST"] == "127.0.0.1:*"
+
+
+def test_kinfer_up_draws_a_callback_signing_secret_once_keeps_it_private_and_reuses_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import stat
+
+    monkeypatch.setattr(stack, "state_dir", lambda: tmp_path / ".kinfer")
+    first = stack.local_callback_secret()
+    path = tmp_path / ".kinfer" / stack.CALLBACK_SECRET_FILE
+    assert len(first) >= 40 and path.read_text().strip() == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)
+    assert stack.local_callback_secret() == first and stat.S_IMODE(path.stat().st_mode) == 0o600  # reused
+    path.write_text("")
+    assert stack.local_callback_secret() not in ("", first)  # an emptied file gets a new one
+
+
+def test_kinfer_up_hands_its_callback_secret_to_every_function_unless_its_environment_names_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(stack, "state_dir", lambda: tmp_path)
+    seen: list[Settings] = []
+
+    def start(settings: Settings, *args: Any, **kwargs: Any) -> None:
+        seen.append(settings)
+        raise procs.StackError("stop here")
+
+    monkeypatch.setattr(stack, "_check_ports", lambda missing: None)
+    monkeypatch.setattr(stack, "_start_missing", start)
+    monkeypatch.setattr(stack, "_prometheus_available", lambda say: False)
+    for environ in ({}, {}, {"CALLBACK_SIGNING_SECRET": "operator-set"}):
+        with pytest.raises(procs.StackError):
+            stack.up(Settings.from_env(environ=environ), say=lambda m: None)
+    drawn = (tmp_path / stack.CALLBACK_SECRET_FILE).read_text().strip()
+    assert [s.callback_signing_secret for s in seen] == [drawn, drawn, "operator-set"]
+    assert stack.base_env(seen[0])["CALLBACK_SIGNING_SECRET"] == drawn
 
 
 def test_kinfer_ups_s3_server_checks_signatures_with_the_stacks_keys(

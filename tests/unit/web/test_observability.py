@@ -47,12 +47,13 @@ ROUTER = Router(
         Route("/v1/things", ("GET",), lambda call: {"ok": True}, scope="infer", query=()),
         Route("/v1/limited", ("GET",), lambda call: {"ok": True}, scope="infer", query=()),
         Route("/v1/admin", ("GET",), lambda call: {"ok": True}, scope="admin", query=()),
+        Route("/v1/predict", ("GET",), lambda call: {"ok": True}, scope="infer", always_auth=True, query=()),
     ]
 )
 
 
-def run(path: str, key: str | None = "good", query: str = "") -> Any:
-    settings = Settings.from_env(environ={}, auth_required=True)
+def run(path: str, key: str | None = "good", query: str = "", auth_required: bool = True) -> Any:
+    settings = Settings.from_env(environ={}, auth_required=auth_required)
     headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
     scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(), "headers": headers}
 
@@ -157,3 +158,19 @@ def test_debug_traces_lists_recorded_spans_to_admins_only(monkeypatch: pytest.Mo
     assert [s["trace_id"] for s in one["spans"]] == [trace_id]
     bad = run("/debug/traces", key="admin", query="trace_id=xyz")
     assert bad.status_code == 400 and json.loads(bad.body)["field"] == "trace_id"
+
+
+def test_auth_required_off_opens_plain_routes_but_never_inference_or_debug_routes() -> None:
+    assert run("/v1/admin", key=None, auth_required=False).status_code == 200  # the local registry's clients
+    assert run("/v1/predict", key=None, auth_required=False).status_code == 401
+    assert run("/v1/predict", key="bad", auth_required=False).status_code == 401
+    assert run("/v1/predict", key="good", auth_required=False).status_code == 200
+    assert run("/debug/traces", key=None, auth_required=False).status_code == 401
+    assert run("/debug/traces", key="good", auth_required=False).status_code == 403
+
+
+def test_the_models_function_asks_a_key_for_kserve_predict_and_debug_routes() -> None:
+    from functions.models.main import ROUTES
+
+    guarded = {r.rule for r in ROUTES.routes if r.always_auth}
+    assert guarded == {"/v1/models/<name>:predict", "/v1/models/<name>/versions/<version>:predict", "/debug/traces"}

@@ -317,6 +317,10 @@ def test_ingress_errors_and_health(make_relay, subscribers):
     health = _wait_health(relay)
     assert health["status"] == "healthy"
     assert health["topics"] == {"test.batch.chunks": 1, "test.batch.requests": 0}
+    scraped = requests.get(f"{relay.url}/metrics", timeout=5)
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    assert "kinfer_relay_up 1\n" in scraped.text
+    assert 'kinfer_relay_topic_events{topic="test.batch.chunks"} 1\n' in scraped.text
 
 
 def test_plain_record_on_a_topic_is_wrapped_like_kafkasource_does(make_relay, subscribers):
