@@ -162,7 +162,8 @@ def test_kinfer_keys_create_sets_the_expiry_and_list_shows_expired(
     )
     created = json.loads(capsys.readouterr().out)
     assert timedelta(days=29) < datetime.fromisoformat(created["expires_at"]) - datetime.now(UTC) <= timedelta(days=30)
-    assert main(["keys", "create", "--name", "cli-exp-bad", "--scopes", "infer", "--expires-at", "yesterday"]) == 1
+    # a bad value is a usage error: exit 2
+    assert main(["keys", "create", "--name", "cli-exp-bad", "--scopes", "infer", "--expires-at", "yesterday"]) == 2
     assert "expires_at" in capsys.readouterr().err
     _expire(cli_api, created["id"])
     assert main(["keys", "list", "--status", "expired", "--limit", "1000"]) == 0
