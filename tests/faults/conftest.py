@@ -30,6 +30,36 @@ from shared.localstack.triton import TritonServer, TritonStartError, default_rep
 from tests.conftest import ROOT, PrivateRedis, free_port
 from tests.integration.servers import settings_env
 
+# The worker source as knative/ wires it, with seconds instead of the production 30 s steps (8 retries,
+# linear 1 s: 36 s before an event is dead-lettered, ample for a new worker to start); the production
+# window is checked in tests/unit/batch.
+WORKER_MANIFEST = """
+apiVersion: eventing.knative.dev/v1alpha1
+kind: KafkaSink
+metadata: {{name: batch-chunks}}
+spec: {{topic: {topic}}}
+---
+apiVersion: sources.knative.dev/v1beta1
+kind: KafkaSource
+metadata: {{name: batch-worker-source, namespace: kinfer}}
+spec:
+  consumerGroup: {group}
+  ordering: unordered
+  initialOffset: earliest
+  topics: [{topic}]
+  sink: {{ref: {{apiVersion: serving.knative.dev/v1, kind: Service, name: batch-worker}}}}
+  delivery:
+    retry: 8
+    backoffPolicy: linear
+    backoffDelay: PT1S
+    deadLetterSink: {{ref: {{apiVersion: serving.knative.dev/v1, kind: Service, name: batch-deadletter}}}}
+"""
+
+
+def worker_manifest(topic: str, group: str) -> str:
+    """The relay's manifest: the chunk topic delivered to the batch worker, dead letters to batch_deadletter."""
+    return WORKER_MANIFEST.format(topic=topic, group=group)
+
 
 class PrivatePostgres:
     """An initdb'd PostgreSQL cluster of the test's own on a free port; ``stop``/``start`` at will."""

@@ -36,33 +36,10 @@ from shared.localstack.activator import Activator, ActivatorThread, Route, Trito
 from shared.localstack.relay import server as relay_server
 from shared.localstack.triton import TritonServer, default_repository
 from tests.conftest import free_port, function_client
-from tests.faults.conftest import served
+from tests.faults.conftest import served, worker_manifest
 
 pytestmark = pytest.mark.faults
 
-# The worker source as knative/ wires it, with seconds instead of the production 30 s steps (8 retries,
-# linear 1 s: 36 s before an event is dead-lettered, ample for a new worker to start).
-MANIFEST = """
-apiVersion: eventing.knative.dev/v1alpha1
-kind: KafkaSink
-metadata: {{name: batch-chunks}}
-spec: {{topic: {topic}}}
----
-apiVersion: sources.knative.dev/v1beta1
-kind: KafkaSource
-metadata: {{name: batch-worker-source, namespace: kinfer}}
-spec:
-  consumerGroup: faults-async-worker
-  ordering: unordered
-  initialOffset: earliest
-  topics: [{topic}]
-  sink: {{ref: {{apiVersion: serving.knative.dev/v1, kind: Service, name: batch-worker}}}}
-  delivery:
-    retry: 8
-    backoffPolicy: linear
-    backoffDelay: PT1S
-    deadLetterSink: {{ref: {{apiVersion: serving.knative.dev/v1, kind: Service, name: batch-deadletter}}}}
-"""
 ROW = [5.1, 3.5, 1.4, 0.2]
 SECRET = "faults-callback-secret"
 REQUESTS = 24
@@ -130,7 +107,7 @@ def rig(base_settings: Any, tmp_path: Path) -> Iterator[Rig]:
     running = ActivatorThread(Activator(pod, (Route(public_grpc, internal[1]),), idle_s=IDLE_S, hold_s=120, tick_s=0.2))
     manifests = tmp_path / "knative"
     manifests.mkdir()
-    (manifests / "eventing.yaml").write_text(MANIFEST.format(topic=f"faults.async.{uid}"))
+    (manifests / "eventing.yaml").write_text(worker_manifest(f"faults.async.{uid}", "faults-async-worker"))
     worker_port, dead_port, relay_port = free_port(), free_port(), free_port()
     receiver = Receiver()
     backend = f"127.0.0.1:{public_grpc}"

@@ -24,33 +24,10 @@ from shared.localstack.relay import server as relay_server
 from shared.localstack.s3 import S3Server
 from shared.localstack.triton import TritonServer
 from tests.conftest import free_port, function_client
-from tests.faults.conftest import served
+from tests.faults.conftest import served, worker_manifest
 
 pytestmark = pytest.mark.faults
 
-# The worker source as knative/ wires it, with seconds instead of the production 30 s steps (8 retries,
-# linear 1 s: 36 s before a chunk is dead-lettered); the production window is checked in tests/unit/batch.
-MANIFEST = """
-apiVersion: eventing.knative.dev/v1alpha1
-kind: KafkaSink
-metadata: {{name: batch-chunks}}
-spec: {{topic: {topic}}}
----
-apiVersion: sources.knative.dev/v1beta1
-kind: KafkaSource
-metadata: {{name: batch-worker-source, namespace: kinfer}}
-spec:
-  consumerGroup: faults-batch-worker
-  ordering: unordered
-  initialOffset: earliest
-  topics: [{topic}]
-  sink: {{ref: {{apiVersion: serving.knative.dev/v1, kind: Service, name: batch-worker}}}}
-  delivery:
-    retry: 8
-    backoffPolicy: linear
-    backoffDelay: PT1S
-    deadLetterSink: {{ref: {{apiVersion: serving.knative.dev/v1, kind: Service, name: batch-deadletter}}}}
-"""
 IRIS = [5.1, 3.5, 1.4, 0.2]
 
 
@@ -157,7 +134,7 @@ def rig(base_settings: Any, batch_triton: TritonServer, tmp_path: Path) -> Itera
     s3.start()
     manifests = tmp_path / "knative"
     manifests.mkdir()
-    (manifests / "eventing.yaml").write_text(MANIFEST.format(topic=f"faults.chunks.{uid}"))
+    (manifests / "eventing.yaml").write_text(worker_manifest(f"faults.chunks.{uid}", "faults-batch-worker"))
     worker_port, dead_port, relay_port = free_port(), free_port(), free_port()
     settings = replace(
         base_settings,

@@ -119,14 +119,14 @@ def test_batch_submit_during_a_redis_stall_answers_503_within_seconds(
     from shared.localstack.s3 import S3Server
     from shared.services import reset_services
     from tests.conftest import free_port
-    from tests.faults.test_batch import MANIFEST
+    from tests.faults.conftest import worker_manifest
 
     uid = uuid.uuid4().hex[:8]
     s3 = S3Server(port=free_port())
     s3.start()
     manifests = tmp_path / "knative"
     manifests.mkdir()
-    (manifests / "eventing.yaml").write_text(MANIFEST.format(topic=f"faults.stall.{uid}"))
+    (manifests / "eventing.yaml").write_text(worker_manifest(f"faults.stall.{uid}", "faults-batch-worker"))
     relay_port = free_port()
     relay_pid = relay_server.spawn(
         {"batch-worker": f"http://127.0.0.1:{free_port()}/", "batch-deadletter": f"http://127.0.0.1:{free_port()}/"},
