@@ -14,6 +14,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import NotRequired, TypedDict
 
+# The owner of batch jobs and async requests sent without a key (AUTH_REQUIRED off) or by an event.
+ANONYMOUS = "anonymous"
+
+
+def owner_of(principal: object) -> str:
+    """The caller's key id, or ANONYMOUS when auth is off."""
+    key_id = getattr(principal, "key_id", None)
+    return str(key_id) if key_id else ANONYMOUS
+
+
 JSONObject = dict[str, object]
 """An arbitrary JSON object given by a user (a model's ``metadata``): its keys are not the code's."""
 

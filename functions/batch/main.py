@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.batch import jobs as batch
-from shared.domain import BatchJob
+from shared.domain import BatchJob, owner_of
 from shared.errors import Forbidden
 from shared.registry.reads import Health
 from shared.web import schemas as s
@@ -24,28 +24,28 @@ def _submit(call: Call) -> tuple[int, batch.JobSummary, dict[str, str]]:
     if isinstance(body, dict) and "from_capture" in body:  # a replay of captured traffic: every caller's inputs
         if services.settings.auth_required and "admin" not in getattr(call.principal, "scopes", ()):
             raise Forbidden("from_capture replays every caller's captured inputs: it needs an admin key")
-        job = services.replays.submit(body, batch.owner_of(call.principal))
+        job = services.replays.submit(body, owner_of(call.principal))
     else:
-        job = services.jobs.submit_job(body, batch.owner_of(call.principal))
+        job = services.jobs.submit_job(body, owner_of(call.principal))
     return 202, job, {"Location": f"/v1/batch/{job['id']}"}
 
 
 def _upload(call: Call) -> tuple[int, batch.UploadGrant]:
     body = call.json() if call.body.strip() else None
-    return 201, function_services().jobs.create_upload(body, batch.owner_of(call.principal))
+    return 201, function_services().jobs.create_upload(body, owner_of(call.principal))
 
 
 def _list(call: Call) -> batch.JobPage:
-    return function_services().jobs.list_jobs(call.args, batch.owner_of(call.principal))
+    return function_services().jobs.list_jobs(call.args, owner_of(call.principal))
 
 
 def _get(call: Call, job_id: str) -> BatchJob:
     services = function_services()
-    return services.replays.annotate(services.jobs.get_job(job_id, batch.owner_of(call.principal)))
+    return services.replays.annotate(services.jobs.get_job(job_id, owner_of(call.principal)))
 
 
 def _cancel(call: Call, job_id: str) -> batch.Cancelled:
-    return function_services().jobs.cancel_job(job_id, batch.owner_of(call.principal), actor_of(call))
+    return function_services().jobs.cancel_job(job_id, owner_of(call.principal), actor_of(call))
 
 
 def _health(call: Call) -> tuple[int, Health]:

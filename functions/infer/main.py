@@ -20,8 +20,8 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.batch.jobs import owner_of
 from shared.batch.requests import V1, V2, Accepted, RequestMatches, RequestStatus, prefers_async
+from shared.domain import owner_of
 from shared.errors import InvalidInput
 from shared.inference import v2
 from shared.inference.dataplane import InferAnswer

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 
+from shared.domain import ANONYMOUS
 from shared.errors import Conflict, InvalidInput, Unavailable
 
 MAX_URL_LEN = 2048
@@ -38,9 +39,6 @@ USER_AGENT = "kinfer-callback/1"
 Resolve = Callable[[str, int], Sequence[str]]
 # the callback secret of an API key id (None: no such key); ``KeyStore.callback_secret_of``
 SecretOf = Callable[[str], "str | None"]
-
-
-ANONYMOUS = "anonymous"  # the owner of a request sent without a key (``shared.batch.jobs.ANONYMOUS``)
 
 
 class CallbackRefused(Exception):

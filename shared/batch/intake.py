@@ -19,8 +19,8 @@ import logging
 from typing import TYPE_CHECKING, TypedDict, cast
 from urllib.parse import unquote_plus
 
-from shared.batch import jobs as batch
 from shared.batch.events import REQUEST_EVENT_TYPE
+from shared.domain import ANONYMOUS
 from shared.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -85,9 +85,7 @@ class BatchIntake:
             body: dict[str, str] = {"model": target[2], "input_url": f"s3://{target[0]}/{target[1]}"}
             if target[3]:
                 body["version"] = target[3]
-            jobs.append(
-                self.jobs.submit_job(body, batch.ANONYMOUS, intake_key=f"{base_key}#{number}", readable=(INCOMING,))
-            )
+            jobs.append(self.jobs.submit_job(body, ANONYMOUS, intake_key=f"{base_key}#{number}", readable=(INCOMING,)))
         return {"jobs": jobs, "ignored": ignored}
 
     def _request_job(self, data: object, intake_key: str) -> JobSummary:
@@ -100,7 +98,7 @@ class BatchIntake:
                 "submit with the key that should own it (POST /v1/batch)",
                 field="owner",
             )
-        return self.jobs.submit_job(dict(data), batch.ANONYMOUS, intake_key=intake_key, readable=(INCOMING,))
+        return self.jobs.submit_job(dict(data), ANONYMOUS, intake_key=intake_key, readable=(INCOMING,))
 
 
 def _records(data: object) -> list[S3Record] | None:

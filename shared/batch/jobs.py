@@ -44,7 +44,6 @@ SUBMIT_FIELDS = ("model", "version", "inputs", "input_url")
 EMIT_ATTEMPTS = 3
 EMIT_BACKOFF_S = 0.2
 PARALLEL_PUTS = 8
-ANONYMOUS = "anonymous"
 
 
 class JobSummary(TypedDict):
@@ -83,12 +82,6 @@ class Cancelled(TypedDict):
     id: str
     job_id: str
     status: str
-
-
-def owner_of(principal: object) -> str:
-    """The caller's key id, or "anonymous" when auth is off."""
-    key_id = getattr(principal, "key_id", None)
-    return str(key_id) if key_id else ANONYMOUS
 
 
 # -- uploads ----------------------------------------------------------------------

@@ -829,10 +829,11 @@ def test_chunk_results_lost_before_the_merge_fail_the_job(st: Stack, capture: Ca
 def test_one_key_may_hold_only_its_share_of_the_workers(st: Stack) -> None:
     """BATCH_MAX_ACTIVE_JOBS and BATCH_MAX_ACTIVE_ITEMS per key: past them a submit is 429 with Retry-After
     (six 100k-item jobs of one key once kept another key's 6-item job waiting 20 s)."""
-    from shared.batch import jobs, store
+    from shared.batch import store
+    from shared.domain import ANONYMOUS
 
     with st.services().db.read() as conn:
-        busy, items = store.active_load(conn, jobs.ANONYMOUS)  # other tests' jobs still running, if any
+        busy, items = store.active_load(conn, ANONYMOUS)  # other tests' jobs still running, if any
     st.configure(batch_max_active_jobs=busy + 2, batch_max_active_items=items + 25)
     stuck = register_model(st.services(), f"stuck-{uuid.uuid4().hex[:8]}", f"127.0.0.1:{free_port()}")["name"]
     held = [st.submit({"model": stuck, "inputs": iris_inputs(10)}) for _ in range(2)]

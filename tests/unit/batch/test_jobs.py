@@ -16,9 +16,11 @@ JOB = uuid.uuid4()
 
 
 def test_owner_of_principal_or_anonymous() -> None:
-    assert batch.owner_of(None) == "anonymous"
-    assert batch.owner_of(SimpleNamespace(key_id="k-1")) == "k-1"
-    assert batch.owner_of(SimpleNamespace(key_id=None)) == "anonymous"
+    from shared.domain import owner_of
+
+    assert owner_of(None) == "anonymous"
+    assert owner_of(SimpleNamespace(key_id="k-1")) == "k-1"
+    assert owner_of(SimpleNamespace(key_id=None)) == "anonymous"
 
 
 def test_chunked_splits_in_order() -> None:
