@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from shared.batch.jobs import ANONYMOUS
 from shared.clients.schema import batch_jobs
+from shared.domain import ANONYMOUS
 from tests.conftest import function_client
 
 pytestmark = pytest.mark.integration
