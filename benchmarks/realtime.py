@@ -202,22 +202,37 @@ def wrk_table(rows: list[dict], connections: int) -> str:
     base, w = rows[0], max(20, *(len(r["target"]) + 1 for r in rows))
     head = (
         f"{'target':<{w}}{'seq p50':>9}{'seq p99':>9}{'+p50':>8}{f'req/s@{connections}':>11}{'ratio':>7}"
-        f"{'p50':>8}{'p99':>8}{'CPU s/1k':>10}{'Triton s/1k':>12}"
+        f"{'p50':>8}{'p99':>8}{'CPU s/1k':>10}{'Triton s/1k':>12}{'vs off':>8}"
     )
-    lines = [head, f"{'':<{w}}{'ms':>9}{'ms':>9}{'ms':>8}{'':>11}{'':>7}{'ms':>8}{'ms':>8}{'(server)':>10}{'':>12}"]
+    lines = [
+        head,
+        f"{'':<{w}}{'ms':>9}{'ms':>9}{'ms':>8}{'':>11}{'':>7}{'ms':>8}{'ms':>8}{'(server)':>10}{'':>12}{'req/s':>8}",
+    ]
     for r in rows:
+        off = vs_off(r, rows)
         lines.append(
             f"{r['target']:<{w}}{r['seq_p50_ms']:9.3f}{r['seq_p99_ms']:9.3f}"
             f"{r['seq_p50_ms'] - base['seq_p50_ms']:8.3f}{r['rps']:11,.0f}{r['rps'] / base['rps']:7.2f}"
             f"{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{r['cpu_s_per_1k']:10.3f}{r['triton_cpu_s_per_1k']:12.3f}"
+            f"{'' if off is None else f'{off:.2f}':>8}"
         )
     return "\n".join(lines)
+
+
+def vs_off(row: dict, rows: list[dict]) -> float | None:
+    """A feature row's throughput over its target's with every feature off (same run); None for an off row."""
+    plain = row.get("off_target")
+    found = next((r for r in rows if r["target"] == plain), None) if plain else None
+    return None if found is None else row["rps"] / found["rps"]
 
 
 def ranges_table(runs: list[list[dict]]) -> str:
     """Min-max over runs of each target's figures (ratios taken within each run)."""
     w = max(20, *(len(r["target"]) + 1 for r in runs[0]))
-    lines = [f"{'target':<{w}}{'req/s':>16}{'ratio':>12}{'+seq p50 ms':>14}{'p99 ms (load)':>16}{'CPU s/1k':>14}"]
+    lines = [
+        f"{'target':<{w}}{'req/s':>16}{'ratio':>12}{'+seq p50 ms':>14}{'p99 ms (load)':>16}{'CPU s/1k':>14}"
+        f"{'vs off':>12}"
+    ]
     for i, first in enumerate(runs[0]):
         per = [run[i] for run in runs if i < len(run)]
         base = [run[0] for run in runs if i < len(run)]
@@ -226,12 +241,14 @@ def ranges_table(runs: list[list[dict]]) -> str:
             lo, hi = min(values), max(values)
             return f"{lo:{fmt}}-{hi:{fmt}}" if len(values) > 1 else f"{lo:{fmt}}"
 
+        offs = [o for run in runs if i < len(run) if (o := vs_off(run[i], run)) is not None]
         lines.append(
             f"{first['target']:<{w}}{span([r['rps'] for r in per], ',.0f'):>16}"
             f"{span([r['rps'] / b['rps'] for r, b in zip(per, base, strict=True)], '.2f'):>12}"
             f"{span([r['seq_p50_ms'] - b['seq_p50_ms'] for r, b in zip(per, base, strict=True)], '.3f'):>14}"
             f"{span([r['p99_ms'] for r in per], '.2f'):>16}"
             f"{span([r['cpu_s_per_1k'] for r in per], '.3f'):>14}"
+            f"{span(offs, '.2f') if offs else '':>12}"
         )
     return "\n".join(lines)
 
@@ -466,6 +483,23 @@ def set_shadow(ep: Endpoints, percent: int) -> None:
     time.sleep(2)
 
 
+def feature_phases(ep: Endpoints, shadow: int, capture: int) -> list[tuple[str, Callable[[bool], None]]]:
+    """(label, switch on/off) of each measured feature set: the shadow, capture, and both at once."""
+    phases: list[tuple[str, Callable[[bool], None]]] = []
+    if shadow:
+        phases.append((f"+shadow {shadow}%", lambda on: set_shadow(ep, shadow if on else 0)))
+    if capture:
+        phases.append((f"+capture {capture}%", lambda on: set_capture(ep, capture if on else 0)))
+    if shadow and capture:
+
+        def both(on: bool) -> None:
+            set_shadow(ep, shadow if on else 0)
+            set_capture(ep, capture if on else 0)
+
+        phases.append((f"+capture {capture}% +shadow {shadow}%", both))
+    return phases
+
+
 def set_capture(ep: Endpoints, percent: int) -> None:
     """Capture ``percent`` % of the model's requests (0: no capture setting), then wait out the serving
     processes' copy of the settings (CAPTURE_RULES_TTL_S, 0.5 s here)."""
@@ -625,46 +659,24 @@ def main(argv: list[str] | None = None) -> int:
             print(run_python(ep, args.requests, args.connections))
             return 0
         runs = []
+        only = set(args.only) if args.only else None
         for i in range(args.runs):
-            rows = run_wrk(
-                ep,
-                binary,
-                args.connections,
-                args.threads,
-                args.duration,
-                args.seq_duration,
-                set(args.only) if args.only else None,
-            )
-            if args.shadow:
-                set_shadow(ep, args.shadow)
-                shadowed = run_wrk(
-                    ep,
-                    binary,
-                    args.connections,
-                    args.threads,
-                    args.duration,
-                    args.seq_duration,
-                    set(args.only) if args.only else None,
-                )
-                set_shadow(ep, 0)
-                rows += [
-                    dict(r, target=f"{r['target']} +shadow {args.shadow}%") for r in shadowed if r["role"] != "triton"
-                ]
-            if args.capture:
-                set_capture(ep, args.capture)
-                captured = run_wrk(
-                    ep,
-                    binary,
-                    args.connections,
-                    args.threads,
-                    args.duration,
-                    args.seq_duration,
-                    set(args.only) if args.only else None,
-                )
-                set_capture(ep, 0)
-                rows += [
-                    dict(r, target=f"{r['target']} +capture {args.capture}%") for r in captured if r["role"] != "triton"
-                ]
+            phases = feature_phases(ep, args.shadow, args.capture)
+            if i % 2:  # every other run measures the features first: no phase always runs on a warmer server
+                phases.reverse()
+            measured: dict[str, list[dict]] = {}
+            for label, switch in [("", None), *phases] if i % 2 == 0 else [*phases, ("", None)]:
+                if switch is not None:
+                    switch(True)
+                got = run_wrk(ep, binary, args.connections, args.threads, args.duration, args.seq_duration, only)
+                if switch is not None:
+                    switch(False)
+                    got = [dict(r, target=f"{r['target']} {label}", off_target=r["target"]) for r in got]
+                    got = [r for r in got if r["role"] != "triton"]
+                measured[label] = got
+            rows = measured[""] + [
+                r for label, _ in feature_phases(ep, args.shadow, args.capture) for r in measured[label]
+            ]
             runs.append(rows)
             print(
                 f"\nrun {i + 1}/{args.runs}: wrk -c{args.connections} -t{args.threads} -d{args.duration:g}s "

@@ -296,7 +296,7 @@ class Services:
 
         from shared.inference.capture import Capture, S3Objects
 
-        capture = Capture(self.capture_rules, S3Objects(self.s3), self.settings)
+        capture = Capture(self.capture_rules, S3Objects(lambda: self.s3), self.settings)
         atexit.register(capture.close)
         return capture
 

@@ -267,3 +267,45 @@ def test_a_record_that_cannot_be_serialised_is_dropped_and_counted_never_raised(
     bad["input"] = {"data": [2**70]}  # valid JSON, beyond what a record can hold
     assert not cap.offer(bad) and cap.pending() == 0
     assert counter("kinfer_capture_dropped_total", reason="unserialisable") == before + 1
+
+
+def test_timestamps_are_iso_8601_utc_with_microseconds_across_second_boundaries() -> None:
+    from datetime import UTC, datetime
+
+    from shared.inference.capture import _timestamp
+
+    for now in (1_700_000_000.0, 1_700_000_000.999999, 1_700_000_001.5, 1_700_000_000.25, 1_800_000_059.000001):
+        text = _timestamp(now)
+        parsed = datetime.fromisoformat(text)
+        assert parsed.tzinfo == UTC and text.endswith("+00:00")
+        assert abs(parsed.timestamp() - now) < 2e-6, (now, text)
+
+
+def test_s3_objects_connect_once_when_warmed_and_the_writer_warms_them_as_it_starts() -> None:
+    from shared.inference.capture import S3Objects
+
+    made: list[int] = []
+
+    def connect() -> object:
+        made.append(1)
+        return object()
+
+    objects = S3Objects(connect)
+    objects.warm()
+    objects.warm()
+    assert made == [1]
+
+    class Warmed:
+        warmed = threading.Event()
+
+        def warm(self) -> None:
+            self.warmed.set()
+
+        def __call__(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+            pass
+
+    put = Warmed()
+    capture = Capture(FakeRules(), put, Settings.from_env(environ={}))  # type: ignore[arg-type]
+    capture.sampled("m", None)  # the first request starts the writer
+    assert put.warmed.wait(5), "the writer did not build its S3 client before a batch was due"
+    capture.close()
