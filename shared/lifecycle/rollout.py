@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -104,6 +103,7 @@ class Rollouts:
         self.audit_log = audit_log
         self.settings = settings
         self._ticking = False
+        self._stop = threading.Event()
         self._lock = threading.Lock()
 
     # -- figures ---------------------------------------------------------------------------------------
@@ -333,6 +333,9 @@ class Rollouts:
             return 0
 
     def _loop(self) -> None:
-        while True:
-            time.sleep(self.settings.rollout_tick_s)
+        while not self._stop.wait(self.settings.rollout_tick_s):
             self.tick_safely()
+
+    def close(self) -> None:
+        """Stop this process's decision loop (``Services.close``): no tick runs after its database is closed."""
+        self._stop.set()

@@ -193,3 +193,22 @@ def test_an_alias_moved_by_hand_ends_its_rollout_instead_of_being_overridden(ser
     [ended] = rollouts.tick()
     assert ended["state"] == "aborted" and "moved to {'2': 100} outside the rollout" in ended["reason"]
     assert _split(services, model) == {"2": 100}
+
+
+def test_closing_the_services_stops_the_decision_loop(base_settings: Any) -> None:
+    """No tick after ``close``: a loop outliving its database logged errors into a closed stream at exit."""
+    import dataclasses
+    import threading
+    import time
+
+    from shared.services import Services
+
+    services = Services(dataclasses.replace(base_settings, rollout_tick_s=0.05))
+    rollouts = services.rollouts
+    rollouts.ensure_ticking()
+    assert any(t.name == "rollout-gate" and t.is_alive() for t in threading.enumerate())
+    services.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "rollout-gate" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(t.name == "rollout-gate" for t in threading.enumerate()), "the decision loop still runs"
