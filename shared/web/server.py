@@ -33,7 +33,7 @@ def asgi_adapter(entry: Entry) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             response = await _guarded(entry, Request(scope, receive))
-            await response(scope, receive, send)
+            await answer(response, scope, receive, send)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
 
@@ -66,9 +66,58 @@ def prefix_router(mounted: Sequence[tuple[str, Entry]]) -> ASGIApp:
             request_id = request_id_of(request.headers)
             response = error_response(NotFound(f"no route for {request.method} {path}"), request_id, "")
             response.headers["X-Request-ID"] = request_id
-        await response(scope, receive, send)
+        await answer(response, scope, receive, send)
 
     return route
+
+
+class _HeadWithBody:
+    """A transport that holds the first write (uvicorn's status line and headers) and sends it with the
+    second (the body) in one ``write``; anything else goes to the real transport."""
+
+    __slots__ = ("transport", "head")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.head is None:
+            self.head = data
+        else:
+            self.transport.write(self.head + data if self.head else data)
+            self.head = b""
+
+    def flush(self) -> None:
+        if self.head:
+            self.transport.write(self.head)
+        self.head = b""
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+async def answer(response: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """Send ``response``. A whole answer (not a stream, no background task) leaves in one socket write:
+    uvicorn writes the status line and headers, then the body, each with its own ``send(2)``, so every
+    answer cost two system calls and reached the client as two packets."""
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    whole = isinstance(getattr(response, "body", None), bytes) and getattr(response, "background", None) is None
+    if transport is None or not whole or scope.get("method") == "HEAD":
+        await response(scope, receive, send)
+        return
+    joined = _HeadWithBody(transport)
+    cycle.transport = joined  # type: ignore[union-attr]
+    try:
+        await response(scope, receive, send)
+    finally:
+        cycle.transport = transport  # type: ignore[union-attr]
+        joined.flush()
 
 
 async def _guarded(entry: Entry, request: Any) -> Any:
