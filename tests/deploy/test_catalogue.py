@@ -95,3 +95,21 @@ def test_the_local_gateway_and_stack_serve_the_catalogue() -> None:
         for f in stack.functions()
         if f.folder in {fn.folder for fn in FUNCTIONS if fn.emits_events}
     )
+
+
+def test_every_workload_that_answers_inference_may_write_captures() -> None:
+    """Payload capture runs wherever a model answers: /v1/infer and /v2 (infer), ``:predict`` on the registry's
+    internal and public Services (models, models-public) and async requests (batch-worker). Without PutObject on
+    the capture bucket, every captured batch of that workload is dropped as ``write_failed``."""
+    data = parse(TF / "modules" / "data")
+    [policies] = [block["minio_policies"] for block in data["locals"] if "minio_policies" in block]
+    for workload in ("infer", "models", "models-public", "batch-worker"):
+        statements = policies[workload] if workload in policies else policies[f'"{workload}"']
+        writes = {
+            unquote(resource)
+            for statement in statements
+            if "s3:PutObject" in [unquote(a) for a in statement.get("actions", [])]
+            or "local.write" in str(statement.get("actions"))
+            for resource in statement["resources"]
+        }
+        assert any("local.capture" in r for r in writes), f"{workload} cannot write CAPTURE_BUCKET: {writes}"

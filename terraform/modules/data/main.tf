@@ -67,9 +67,10 @@ locals {
       { resources = [local.inputs, local.results], actions = local.list },
       { resources = ["${local.results}/*"], actions = concat(["s3:GetObject"], local.write) },
     ]
-    "models" = [ # writes pushed artifacts into the model repository, removes deleted versions
-      { resources = [local.models], actions = local.list },
+    "models" = [ # writes pushed artifacts into the model repository, removes deleted versions; captures :predict
+      { resources = [local.models, local.capture], actions = local.list },
       { resources = ["${local.models}/*"], actions = concat(["s3:GetObject", "s3:DeleteObject"], local.write) },
+      { resources = ["${local.capture}/*"], actions = local.write },
     ]
     "models-public" = [ # the same registry function behind the public route (kinfer models push); captures :predict
       { resources = [local.models, local.capture], actions = local.list },
