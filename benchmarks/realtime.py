@@ -9,7 +9,8 @@ JSON body). Targets: Triton's own HTTP endpoint (``/v2/models/iris_classifier/in
 the infer function and the gateway, each with both bodies. Per target: sequential latency
 (1 connection; p50/p99 and the p50 added over direct Triton), throughput at ``-c``
 connections (req/s, ratio to direct Triton, p50/p99 under load), and CPU seconds per 1,000
-requests of the serving processes (the function's, and Triton's own).
+requests of every process in the path: the serving function's (or gateway's), Triton's own, and the
+load generator's (wrk, the client: it must not be the bottleneck).
 
 ``--mode python``: the older Python client, /v1/infer vs direct Triton gRPC (sequential
 p50/p99 and throughput over threads).
@@ -84,6 +85,14 @@ def _children() -> dict[int, list[int]]:
                 continue
             tree.setdefault(ppid, []).append(int(entry.name))
     return tree
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children (each wrk run, once it has exited)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cpu_seconds(root: int, descendants: bool = True) -> float:
@@ -180,8 +189,10 @@ def run_wrk(
         wrk(binary, base, kind, model, key, connections, threads, 1)  # warm-up: connections, caches
         seq = wrk(binary, base, kind, model, key, 1, 1, seq_seconds)
         cpu_before = {r: cpu_seconds(pid) for r, pid in ep.pids.items()}
+        client_before = _children_cpu()
         load = wrk(binary, base, kind, model, key, connections, threads, seconds)
         per_k = {r: (cpu_seconds(pid) - cpu_before[r]) / load["requests"] * 1000 for r, pid in ep.pids.items()}
+        client_per_k = (_children_cpu() - client_before) / load["requests"] * 1000
         rows.append(
             {
                 "target": name,
@@ -193,6 +204,7 @@ def run_wrk(
                 "p99_ms": load["p99_us"] / 1000,
                 "cpu_s_per_1k": per_k.get(role, float("nan")),
                 "triton_cpu_s_per_1k": per_k.get("triton", float("nan")),
+                "client_cpu_s_per_1k": client_per_k,
             }
         )
     return rows
@@ -202,11 +214,11 @@ def wrk_table(rows: list[dict], connections: int) -> str:
     base, w = rows[0], max(20, *(len(r["target"]) + 1 for r in rows))
     head = (
         f"{'target':<{w}}{'seq p50':>9}{'seq p99':>9}{'+p50':>8}{f'req/s@{connections}':>11}{'ratio':>7}"
-        f"{'p50':>8}{'p99':>8}{'CPU s/1k':>10}{'Triton s/1k':>12}{'vs off':>8}"
+        f"{'p50':>8}{'p99':>8}{'CPU s/1k':>10}{'Triton s/1k':>12}{'wrk s/1k':>10}{'vs off':>8}"
     )
     lines = [
         head,
-        f"{'':<{w}}{'ms':>9}{'ms':>9}{'ms':>8}{'':>11}{'':>7}{'ms':>8}{'ms':>8}{'(server)':>10}{'':>12}{'req/s':>8}",
+        f"{'':<{w}}{'ms':>9}{'ms':>9}{'ms':>8}{'':>11}{'':>7}{'ms':>8}{'ms':>8}{'(server)':>10}{'':>12}{'(client)':>10}{'req/s':>8}",
     ]
     for r in rows:
         off = vs_off(r, rows)
@@ -214,7 +226,7 @@ def wrk_table(rows: list[dict], connections: int) -> str:
             f"{r['target']:<{w}}{r['seq_p50_ms']:9.3f}{r['seq_p99_ms']:9.3f}"
             f"{r['seq_p50_ms'] - base['seq_p50_ms']:8.3f}{r['rps']:11,.0f}{r['rps'] / base['rps']:7.2f}"
             f"{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{r['cpu_s_per_1k']:10.3f}{r['triton_cpu_s_per_1k']:12.3f}"
-            f"{'' if off is None else f'{off:.2f}':>8}"
+            f"{r.get('client_cpu_s_per_1k', float('nan')):10.3f}{'' if off is None else f'{off:.2f}':>8}"
         )
     return "\n".join(lines)
 

@@ -8,14 +8,25 @@ data, exported to ONNX, served by the Python backend through onnxruntime) and
 ``production/iris_classifier`` (the same ONNX file for the NGC image's
 onnxruntime backend). Fixed seeds and a fixed graph name: two builds give
 byte-identical ONNX files.
+
+Two text models, numpy only: ``text_sentiment`` (binary naive Bayes trained on
+``data/sentiment.tsv``, weights in ``1/weights.json``) and ``tiny_lm`` (a word
+bigram model of the Zen of Python, which ships with Python as ``this.s``,
+decoupled, with the tensor interface of Triton's vLLM backend; ``1/bigrams.json``).
+Their weights are rounded or integer counts, so every build writes the same bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
+import importlib.util
+import io
 import logging
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -23,6 +34,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "src"
+DATA = HERE / "data"
 CLASS_NAMES = ("setosa", "versicolor", "virginica")
 FEATURE_NAMES = ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm")
 OPSET = 17
@@ -71,6 +83,53 @@ output [
 ]
 parameters [
   { key: "stats_order" value: { string_value: "mean,std,min,max" } }
+]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+TEXT_SENTIMENT = """\
+name: "text_sentiment"
+backend: "python"
+max_batch_size: 64
+input [
+  { name: "text" data_type: TYPE_STRING dims: [ 1 ] }
+]
+output [
+  { name: "label" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "probabilities" data_type: TYPE_FP32 dims: [ 2 ] label_filename: "labels.txt" }
+]
+parameters [
+  { key: "class_names" value: { string_value: "negative,positive" } }
+]
+dynamic_batching { max_queue_delay_microseconds: 200 }
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+# The inputs and outputs of Triton's vLLM backend (src/model.py, auto_complete_config) that a
+# text-only client uses; decoupled, no Triton batching (the engine batches).
+TINY_LM = """\
+name: "tiny_lm"
+backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [
+  { name: "text_input" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true },
+  { name: "sampling_parameters" data_type: TYPE_STRING dims: [ 1 ] optional: true },
+  { name: "exclude_input_in_output" data_type: TYPE_BOOL dims: [ 1 ] optional: true },
+  { name: "return_finish_reason" data_type: TYPE_BOOL dims: [ 1 ] optional: true },
+  { name: "return_num_input_tokens" data_type: TYPE_BOOL dims: [ 1 ] optional: true },
+  { name: "return_num_output_tokens" data_type: TYPE_BOOL dims: [ 1 ] optional: true }
+]
+output [
+  { name: "text_output" data_type: TYPE_STRING dims: [ -1 ] },
+  { name: "finish_reason" data_type: TYPE_STRING dims: [ -1 ] },
+  { name: "num_input_tokens" data_type: TYPE_UINT32 dims: [ -1 ] },
+  { name: "num_output_tokens" data_type: TYPE_UINT32 dims: [ -1 ] }
+]
+parameters [
+  { key: "tokenizer" value: { string_value: "whitespace" } },
+  { key: "max_tokens_limit" value: { string_value: "512" } }
 ]
 instance_group [ { kind: KIND_CPU count: 1 } ]
 """
@@ -165,12 +224,46 @@ def write_vector_scorer(model_dir: Path) -> None:
     shutil.copyfile(SOURCES / "vector_scorer.py", model_dir / "1" / "model.py")
 
 
+def load_source(name: str) -> ModuleType:
+    """A model source of ``src/`` as a module (its pure functions; Triton is not needed)."""
+    spec = importlib.util.spec_from_file_location(f"kinfer_build_{name}", SOURCES / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def zen_of_python() -> str:
+    """The Zen of Python, as the standard library ships it (``this.s``, rot13); importing prints it."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        import this
+    return codecs.decode(this.s, "rot13")
+
+
+def write_text_sentiment(model_dir: Path) -> None:
+    source = load_source("text_sentiment")
+    weights = source.train(source.read_examples(DATA / "sentiment.tsv"))
+    _write(model_dir / "config.pbtxt", TEXT_SENTIMENT)
+    _write(model_dir / "labels.txt", "\n".join(source.CLASS_NAMES) + "\n")
+    _write(model_dir / "1" / source.WEIGHTS_FILE, source.dumps(weights))
+    shutil.copyfile(SOURCES / "text_sentiment.py", model_dir / "1" / "model.py")
+
+
+def write_tiny_lm(model_dir: Path) -> None:
+    source = load_source("tiny_lm")
+    _write(model_dir / "config.pbtxt", TINY_LM)
+    _write(model_dir / "1" / source.MODEL_FILE, source.dumps(source.train(zen_of_python())))
+    shutil.copyfile(SOURCES / "tiny_lm.py", model_dir / "1" / "model.py")
+
+
 def build(out: Path, production: Path | None = None) -> bytes:
     """Write the local repository at ``out`` (and the production one); return the ONNX bytes."""
     onnx_bytes = iris_to_onnx(train_iris())
     tensors = _iris_tensors()
     write_iris(out / "iris_classifier", onnx_bytes, IRIS_LOCAL % {"tensors": tensors}, model_py=True)
     write_vector_scorer(out / "vector_scorer")
+    write_text_sentiment(out / "text_sentiment")
+    write_tiny_lm(out / "tiny_lm")
     if production is not None:
         write_iris(production / "iris_classifier", onnx_bytes, IRIS_PRODUCTION % {"tensors": tensors}, model_py=False)
     return onnx_bytes

@@ -50,12 +50,20 @@ FUNCTIONS: tuple[Function, ...] = (
         local_without_auth=True,
     ),
     Function("backends", "serve_backends", "backends", 8081, public=("/v1/backends",)),
-    Function("infer", "run_inference", "infer", 8082, public=("/v1/infer", "/v1/requests", "/v2"), emits_events=True),
+    Function(
+        "infer",
+        "run_inference",
+        "infer",
+        8082,
+        # /v1/chat, /v1/completions and /openai: the OpenAI-compatible routes (shared.inference.openai)
+        public=("/v1/infer", "/v1/requests", "/v2", "/v1/chat", "/v1/completions", "/openai"),
+        emits_events=True,
+    ),
     Function("batch", "manage_batch_jobs", "batch", 8084, public=("/v1/batch",), emits_events=True),
     Function("batch_intake", "intake_batch_request", "batch-intake", 8085, emits_events=True),
     Function("batch_worker", "process_batch_chunk", "batch-worker", 8086, emits_events=True),
     Function("batch_deadletter", "fail_dead_chunk", "batch-deadletter", 8087),
-    Function("keys", "manage_api_keys", "keys", 8088, public=("/v1/keys", "/v1/audit")),
+    Function("keys", "manage_api_keys", "keys", 8088, public=("/v1/keys", "/v1/audit", "/v1/usage")),
     Function("console", "serve_console", "console", 8091, pages=("/console",)),
 )
 

@@ -111,6 +111,7 @@ class ApiKeyRecord(TypedDict):
     prefix: str
     scopes: list[str]
     rate_limit_per_minute: int | None
+    tokens_per_minute: int | None
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
@@ -126,6 +127,7 @@ class ApiKey(TypedDict):
     status: str
     scopes: list[str]
     rate_limit_per_minute: int | None
+    tokens_per_minute: int | None  # None: no token limit
     created_at: datetime  # the JSON encoder writes the ISO form
     last_used_at: datetime | None
     revoked_at: datetime | None

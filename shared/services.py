@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from shared.access.eventauth import EventAuthenticator
     from shared.access.keys import KeyStore
     from shared.access.ratelimit import RateLimiter
+    from shared.access.tokens import TokenMeter
     from shared.audit import AuditLog
     from shared.backends.balancer import Balancer
     from shared.backends.breaker import Breakers
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from shared.inference.dataplane import DataPlane
     from shared.inference.health import InferenceHealth
     from shared.inference.items import ItemRunner
+    from shared.inference.openai import OpenAICompat
     from shared.inference.resolve import Resolver
     from shared.inference.v2 import V2Protocol
     from shared.lifecycle.aliases import Aliases
@@ -204,6 +206,17 @@ class Services:
         return EventAuthenticator(self.settings)
 
     @cached_property
+    def tokens(self) -> TokenMeter:
+        """Token limits per key (Redis windows) and token usage (PostgreSQL ``token_usage``, batched; at exit)."""
+        import atexit
+
+        from shared.access.tokens import TokenMeter
+
+        meter = TokenMeter(self.cache, self.db)
+        atexit.register(meter.close)
+        return meter
+
+    @cached_property
     def auth(self) -> Authenticator:
         from shared.access.auth import Authenticator
 
@@ -331,6 +344,22 @@ class Services:
         return V2Protocol(self.dataplane, self.resolver, self.balancer, self.triton_async, self.settings)
 
     @cached_property
+    def openai(self) -> OpenAICompat:
+        """The OpenAI-compatible routes: chat/completions over a generative Triton model, the model list."""
+        from shared.inference.openai import OpenAICompat
+
+        return OpenAICompat(
+            self.resolver,
+            self.balancer,
+            self.triton_async,
+            self.registry,
+            self.tokens,
+            self.settings,
+            capture=self.capture,
+            shadow=self.shadow_mirror,
+        )
+
+    @cached_property
     def infer_health(self) -> InferenceHealth:
         from shared.inference.health import InferenceHealth
 
@@ -424,9 +453,8 @@ class Services:
     def close(self) -> None:
         """Close whatever was created (tallies flushed first, connections last); the next use recreates."""
         created = [name for name in self.__dict__ if name != "settings"]
-        created.sort(
-            key=lambda name: {"recorder": 0, "version_recorder": 0, "capture": 0, "cache": 2, "db": 3}.get(name, 1)
-        )
+        first, last = {"recorder", "version_recorder", "capture", "tokens"}, {"cache": 2, "db": 3}
+        created.sort(key=lambda name: 0 if name in first else last.get(name, 1))
         for name in created:
             closer = getattr(self.__dict__.pop(name), "close", None)
             if callable(closer):

@@ -216,6 +216,9 @@ class Settings(_FromEnv):
     # false when TRITON_URL is a scale-to-zero Knative Service: a probe would wake it (and, counted as
     # traffic, keep it up), so it is never probed and its health is what its circuit breaker saw
     probe_triton_url: bool = _var("PROBE_TRITON_URL", "true", _bool)
+    # Other backends that scale to zero (e.g. the triton-llm Service): never probed, never checked at
+    # registration, for the same reason (host:port or URLs, comma-separated)
+    probe_skip_backends: tuple[str, ...] = _var("PROBE_SKIP_BACKENDS", "", _url_list)
     # Model lifecycle: pushed artifacts land in this S3 model repository as <prefix>/<triton_model>/<n>/
     model_repository_uri: str = _var("MODEL_REPOSITORY_URI", "s3://kinfer-models/models", _s3_uri)
     max_artifact_bytes: int = _var("MAX_ARTIFACT_BYTES", str(1024**3), _int(1024, 64 * 1024**3))
@@ -258,6 +261,8 @@ class Settings(_FromEnv):
     # One real-time inference request: at most this many rows and tensor elements (bulk goes to batch jobs)
     max_infer_rows: int = _var("MAX_INFER_ROWS", "1024", _int(1, 1_000_000))
     max_infer_elements: int = _var("MAX_INFER_ELEMENTS", "262144", _int(1, 100_000_000))
+    # The longest string element (bytes, UTF-8) of a BYTES tensor, on every path a tensor takes
+    max_string_bytes: int = _var("MAX_STRING_BYTES", "65536", _int(1, 64 * 1024 * 1024))
     auth_required: bool = _var("AUTH_REQUIRED", "true", _bool)
     rate_limit_per_minute: int = _var("RATE_LIMIT_PER_MINUTE", "600", _int(1, 10_000_000))
     # Browser origins allowed to call the API (CORS), comma-separated; "*" any; empty: none. Keys travel

@@ -210,6 +210,7 @@ def outgoing_headers() -> dict[str, str]:
 
 MAX_KEY_LABELS = 200
 MAX_CODE_LABELS = 64
+MAX_MODEL_LABELS = 200  # ``model`` of kinfer_tokens_total: registry names, then ``other``
 NO_KEY = "none"  # a 4xx before a key was accepted (missing, unknown or malformed key)
 OTHER = "other"
 QUEUE_AGE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
@@ -270,8 +271,16 @@ class Metrics:
             ("reason",),
             registry=reg,
         )
+        self.tokens = Counter(
+            "kinfer_tokens",
+            "tokens of the OpenAI-compatible routes by model, kind (prompt, completion) and API key id "
+            "('anonymous' with AUTH_REQUIRED off)",
+            ("model", "kind", "key_id"),
+            registry=reg,
+        )
         self._keys: set[str] = set()
         self._codes: set[str] = set()
+        self._models: set[str] = set()
         self._lock = threading.Lock()
 
     def key_label(self, key_id: str | None) -> str:
@@ -283,6 +292,15 @@ class Metrics:
     def client_error(self, key_id: str | None, status: int, code: str) -> None:
         code_label = _bounded(code[:64], self._codes, MAX_CODE_LABELS, self._lock)
         self.client_errors.labels(self.key_label(key_id), str(status), code_label).inc()
+
+    def tokens_used(self, key_id: str | None, model: str, prompt: int, completion: int) -> None:
+        """Count one answer's prompt and completion tokens (``shared.access.tokens``)."""
+        key = self.key_label(key_id)
+        name = _bounded(model[:128], self._models, MAX_MODEL_LABELS, self._lock)
+        if prompt:
+            self.tokens.labels(name, "prompt", key).inc(prompt)
+        if completion:
+            self.tokens.labels(name, "completion", key).inc(completion)
 
     def queue_age(self, created: object) -> None:
         """Observe the age of an event whose ``time`` attribute is ``created`` (ISO 8601; ignored otherwise)."""

@@ -73,6 +73,8 @@ module "platform" {
   gpu_count              = var.gpu_count
   gpu_node_selector      = var.gpu_node_selector
   triton_keep_warm       = var.triton_keep_warm
+  llm_backend            = var.llm_backend
+  hf_token               = var.hf_token
   kafka_brokers          = module.kafka.bootstrap_servers
   kafka_credentials      = module.kafka.credentials
   kafka_ca_certificate   = module.kafka.ca_certificate

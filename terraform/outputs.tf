@@ -1,5 +1,5 @@
 output "public_url" {
-  description = "Base URL of the public API over HTTPS (/v1/models, /v1/infer, /v2 (KServe v2: models, health, server metadata), /v1/batch, /v1/keys, /v1/audit, /v1/backends); point api.<domain> (and s3.<domain>) at the kinfer Gateway's address."
+  description = "Base URL of the public API over HTTPS (/v1/models, /v1/infer, /v2 (KServe v2: models, health, server metadata), /v1/chat/completions, /v1/completions and /openai/v1 (OpenAI-compatible), /v1/batch, /v1/keys, /v1/audit, /v1/usage, /v1/backends); point api.<domain> (and s3.<domain>) at the kinfer Gateway's address."
   value       = module.platform.public_url
 }
 

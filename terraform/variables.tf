@@ -99,6 +99,24 @@ variable "triton_keep_warm" {
   default     = false
 }
 
+variable "llm_backend" {
+  description = "Serve generative models on a GPU Triton of their own: \"vllm\" adds knative/components/triton-llm (the Knative Service triton-llm, Triton's vLLM backend, scale-to-zero) and allows its address as a backend_url (docs/llm.md); \"none\" adds nothing."
+  type        = string
+  default     = "none"
+
+  validation {
+    condition     = contains(["none", "vllm"], var.llm_backend)
+    error_message = "llm_backend must be \"none\" or \"vllm\"."
+  }
+}
+
+variable "hf_token" {
+  description = "Hugging Face token for gated models (Secret kinfer-hf-token, read by the triton-llm Service only); empty: no Secret, public models only."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
 variable "knative_versions" {
   description = "Knative release of each component (tag knative-v<version> of its repository; tests/fixtures/releases/README.md says why these): Serving and Kourier on one minor, Eventing and its Kafka extensions on one minor."
   type = object({

@@ -10,19 +10,25 @@ the body and in ``X-Model-Version``.
 request runs on the batch worker, ``shared.batch.requests``; ``Kinfer-Callback-URL`` names an optional
 signed callback); ``GET /v1/requests/{id}`` (a plain ``def``: it reads PostgreSQL in the thread pool)
 answers its status, then its result.
+
+The OpenAI-compatible routes (``shared.inference.openai``): ``POST /v1/chat/completions`` and
+``POST /v1/completions``, the same under ``/openai/v1`` with ``GET /openai/v1/models`` (the base URL
+for the ``openai`` client), answer OpenAI's shapes, errors included (``{"error": {"message", "type",
+"param", "code"}}``), and ``stream: true`` as server-sent events. ``GET /v1/models`` stays the registry's.
 """
 
 from __future__ import annotations
 
-from typing import TypedDict
+import math
+from typing import TYPE_CHECKING, TypedDict
 
 import functions_framework.aio
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from shared.batch.requests import V1, V2, Accepted, RequestMatches, RequestStatus, prefers_async
 from shared.domain import owner_of
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, KinferError
 from shared.inference import v2
 from shared.inference.dataplane import InferAnswer
 from shared.inference.health import HealthBody, ReadyBody
@@ -30,9 +36,13 @@ from shared.inference.waiting import preferred_wait
 from shared.web import schemas as s
 from shared.web.dispatch import dispatch
 from shared.web.request import Call
+from shared.web.responses import json_response
 from shared.web.route import LIVEZ, QueryParam, Route
 from shared.web.routing import Router
 from shared.web.runtime import function_services
+
+if TYPE_CHECKING:
+    from shared.inference import openai  # imported on first use: the cold start of /v1/infer does not pay for it
 
 CALLBACK_HEADER = "kinfer-callback-url"
 
@@ -149,6 +159,53 @@ async def _health(call: Call) -> tuple[int, HealthBody]:
     return await function_services().infer_health.health()
 
 
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer the tokens
+
+
+async def _openai_completion(
+    call: Call, kind: openai.Kind
+) -> openai.ChatCompletion | openai.TextCompletion | StreamingResponse:
+    from shared.inference import openai
+
+    openai.check_size(call.body)
+    caller = openai.Caller(call.principal, _route_key(call), call.request_id, _wait(call))
+    outcome = await function_services().openai.complete(kind, call.json(), caller)
+    call.response_headers["X-Model-Version"] = outcome.version
+    if outcome.stream is not None:
+        return StreamingResponse(outcome.stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    assert outcome.body is not None
+    return outcome.body
+
+
+async def _chat_completions(call: Call) -> openai.ChatCompletion | openai.TextCompletion | StreamingResponse:
+    return await _openai_completion(call, "chat")
+
+
+async def _completions(call: Call) -> openai.ChatCompletion | openai.TextCompletion | StreamingResponse:
+    return await _openai_completion(call, "text")
+
+
+async def _openai_models(call: Call) -> openai.ModelList:
+    return await function_services().openai.models()
+
+
+async def _openai_model(call: Call, model: str) -> openai.ModelCard:
+    return await function_services().openai.model(model)
+
+
+OPENAI_PREFIXES = ("/openai/", "/v1/chat/", "/v1/completions")
+
+
+def _openai_error(exc: KinferError, request_id: str, trace_id: str) -> Response:
+    """An error of the OpenAI-compatible routes in OpenAI's shape (``Retry-After`` and auth headers kept)."""
+    from shared.inference.openai import error_body
+
+    headers = dict(exc.headers)
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return json_response(error_body(exc), exc.status, headers)
+
+
 _OBJECT = {"type": "object"}
 MODEL = "/v2/models/<name>"
 VERSION = "/v2/models/<name>/versions/<version>"
@@ -260,6 +317,50 @@ ROUTES = Router(
             for base in (MODEL, VERSION)
         ],
         *[
+            route
+            for base in ("/v1", "/openai/v1")
+            for route in (
+                Route(
+                    base + "/chat/completions",
+                    ("POST",),
+                    _chat_completions,
+                    query=(),
+                    scope="infer",
+                    summary="OpenAI-compatible chat completion (stream: true for server-sent events)",
+                    body=s.OPENAI_CHAT_REQUEST,
+                    responses={**s.OPENAI_ERRORS, 200: ("the completion", s.OPENAI_CHAT_COMPLETION)},
+                ),
+                Route(
+                    base + "/completions",
+                    ("POST",),
+                    _completions,
+                    query=(),
+                    scope="infer",
+                    summary="OpenAI-compatible completion (stream: true for server-sent events)",
+                    body=s.OPENAI_COMPLETION_REQUEST,
+                    responses={**s.OPENAI_ERRORS, 200: ("the completion", s.OPENAI_TEXT_COMPLETION)},
+                ),
+            )
+        ],
+        Route(
+            "/openai/v1/models",
+            ("GET",),
+            _openai_models,
+            query=(),
+            scope="infer",
+            summary="OpenAI-compatible model list: text-generation models and their aliases (name:alias)",
+            responses={**s.OPENAI_ERRORS, 200: ("the models", s.OPENAI_MODEL_LIST)},
+        ),
+        Route(
+            "/openai/v1/models/<model>",
+            ("GET",),
+            _openai_model,
+            query=(),
+            scope="infer",
+            summary="One model of the OpenAI-compatible model list",
+            responses={**s.OPENAI_ERRORS, 200: ("the model", s.OPENAI_MODEL)},
+        ),
+        *[
             Route(
                 base + "/config",
                 ("GET",),
@@ -278,4 +379,7 @@ ROUTES = Router(
 
 @functions_framework.aio.http
 async def run_inference(request: Request) -> Response:
+    path = request.scope["path"]
+    if path.startswith(OPENAI_PREFIXES) or path == "/openai":
+        return await dispatch(request, ROUTES, function_services(), "infer", _openai_error)
     return await dispatch(request, ROUTES, function_services(), "infer")

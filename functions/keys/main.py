@@ -7,7 +7,11 @@ A key's secret (and its callback signing secret) is answered once, by the POST t
 ``POST /v1/keys/{id}/callback-secret`` (the key itself only, as ``self`` or its id: an admin manages
 keys but never learns another key's secret) rotates the callback signing secret and answers the new
 one once; lists and reads show its display prefix, never the secret. DELETE revokes (the record stays, with
-``revoked_at``); a revoked key stops working within AUTH_CACHE_TTL_S.
+``revoked_at``); a revoked key stops working within AUTH_CACHE_TTL_S. PATCH changes a key's limits
+(``rate_limit_per_minute``, ``tokens_per_minute``), applied within AUTH_CACHE_TTL_S.
+
+``GET /v1/usage`` (any valid key): token usage of the OpenAI-compatible routes per key and model
+(``shared.access.tokens``): a key's own, or any key's for an admin key.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.access import auth, keys
+from shared.access.tokens import UsageReport
 from shared.domain import ApiKey
 from shared.registry import Health
 from shared.web import schemas as s
@@ -39,6 +44,14 @@ def _list(call: Call) -> keys.KeyPage:
 
 def _get(call: Call, key_id: str) -> ApiKey:
     return keys.to_json(function_services().keys.get_key(key_id))
+
+
+def _update(call: Call, key_id: str) -> ApiKey:
+    return function_services().keys.update_from_body(key_id, call.json(), actor_of(call))
+
+
+def _usage(call: Call) -> UsageReport:
+    return function_services().tokens.usage_report(call.args, call.principal)
 
 
 def _revoke(call: Call, key_id: str) -> ApiKey:
@@ -75,6 +88,26 @@ ROUTES = Router(
         ),
         Route("/v1/keys/<key_id>", ("GET",), _get, scope="admin", query=()),
         Route("/v1/keys/<key_id>", ("DELETE",), _revoke, scope="admin", query=()),
+        Route(
+            "/v1/keys/<key_id>",
+            ("PATCH",),
+            _update,
+            scope="admin",
+            query=(),
+            summary="Change a key's limits: rate_limit_per_minute (requests) and tokens_per_minute (null: the "
+            "default); every instance applies them within AUTH_CACHE_TTL_S",
+            body=s.KEY_LIMITS,
+        ),
+        Route(
+            "/v1/usage",
+            ("GET",),
+            _usage,
+            scope="any",
+            query=s.USAGE_FILTERS,
+            summary="Token usage (prompt, completion) per key and model, or per hour: a key's own; an admin "
+            "key's, any key's",
+            responses={200: ("token usage over the hours that overlap [since, until)", s.USAGE_REPORT)},
+        ),
         Route(
             "/v1/keys/<key_id>/callback-secret",
             ("POST",),

@@ -49,13 +49,15 @@ INVALID = {"WWW-Authenticate": 'Bearer realm="kinfer", error="invalid_token"'}
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's id, name, scopes and own rate limit (None = the default)."""
+    """Who is calling: the key's id, name, scopes, own rate limit (None = the default), token limit per minute
+    (None = none; ``shared.access.tokens``) and expiry."""
 
     key_id: str
     name: str
     scopes: frozenset[str]
     rate_limit_per_minute: int | None = None
     expires_at: float | None = None  # epoch seconds; None = never
+    tokens_per_minute: int | None = None
 
     def allows(self, scope: str) -> bool:
         return scope == ANY or ADMIN in self.scopes or scope in self.scopes
@@ -140,6 +142,7 @@ def _principal(record: ApiKeyRecord | None) -> Principal | None:
             scopes=frozenset(record["scopes"]),
             rate_limit_per_minute=record["rate_limit_per_minute"],
             expires_at=expiry.timestamp() if (expiry := record.get("expires_at")) is not None else None,
+            tokens_per_minute=record.get("tokens_per_minute"),
         )
     )
 
@@ -257,6 +260,7 @@ class WhoAmI(TypedDict):
     name: str
     scopes: list[str]
     rate_limit_per_minute: int | None
+    tokens_per_minute: int | None
     expires_at: str | None
 
 
@@ -269,6 +273,7 @@ def describe(principal: Principal | None) -> WhoAmI:
             "name": "anonymous (authentication is off)",
             "scopes": list(keys.SCOPES),
             "rate_limit_per_minute": None,
+            "tokens_per_minute": None,
             "expires_at": None,
         }
     return {
@@ -276,6 +281,7 @@ def describe(principal: Principal | None) -> WhoAmI:
         "name": principal.name,
         "scopes": sorted(principal.scopes),
         "rate_limit_per_minute": principal.rate_limit_per_minute,
+        "tokens_per_minute": principal.tokens_per_minute,
         "expires_at": None if principal.expires_at is None else _iso(principal.expires_at),
     }
 

@@ -14,6 +14,11 @@ Changing CALLBACK_SIGNING_SECRET changes every key's secret at once.
 
 A key may expire (``expires_at``, set at creation from ``expires_at`` or ``expires_in``): its row
 stays, listed with status ``expired``, and ``shared.access.auth`` answers it 401 ``key_expired``.
+
+A key's limits are ``rate_limit_per_minute`` (requests; None: the platform's RATE_LIMIT_PER_MINUTE) and
+``tokens_per_minute`` (prompt + completion tokens of the OpenAI-compatible routes, ``shared.access.tokens``;
+None: no token limit), set at creation and changed by ``PATCH /v1/keys/{id}`` (audited ``key.update``); a
+change reaches every instance within AUTH_CACHE_TTL_S.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ MAX_KEY_LEN = 256
 KEY_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,127}")
 MAX_RATE_LIMIT = 10_000_000
+MAX_TOKENS_PER_MINUTE = 100_000_000
 NAME_RULE = "name must be 1-128 letters, digits, spaces or . _ : @ / -"
 LAST_USED_EVERY_S = 60
 MAX_EXPIRY = timedelta(days=3660)  # about ten years
@@ -89,15 +95,22 @@ def parse_scopes(raw: str | Iterable[str]) -> list[str]:
     return scopes
 
 
-def _validate(name: str, rate_limit: int | None, secret: str | None) -> None:
+def _validate(name: str, rate_limit: int | None, secret: str | None, tokens_per_minute: int | None = None) -> None:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidInput(NAME_RULE, field="name")
-    if rate_limit is not None and not (isinstance(rate_limit, int) and 1 <= rate_limit <= MAX_RATE_LIMIT):
-        raise InvalidInput(
-            f"rate_limit_per_minute must be an integer from 1 to {MAX_RATE_LIMIT}", field="rate_limit_per_minute"
-        )
+    _validate_limits(rate_limit, tokens_per_minute)
     if secret is not None and not (8 <= len(secret) <= MAX_KEY_LEN and KEY_CHARS.fullmatch(secret)):
         raise InvalidInput("a fixed key must be 8-256 url-safe characters", field="secret")
+
+
+def _validate_limits(rate_limit: object, tokens_per_minute: object) -> None:
+    """Each limit is None (the default: the platform's request limit, no token limit) or an integer in range."""
+    for value, field, top in (
+        (rate_limit, "rate_limit_per_minute", MAX_RATE_LIMIT),
+        (tokens_per_minute, "tokens_per_minute", MAX_TOKENS_PER_MINUTE),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top):
+            raise InvalidInput(f"{field} must be an integer from 1 to {top:,}, or null", field=field)
 
 
 def parse_expiry(expires_at: object = None, expires_in: object = None, now: datetime | None = None) -> datetime | None:
@@ -183,7 +196,8 @@ def _key_id(raw: str) -> uuid.UUID:
 
 
 # -- the admin API (/v1/keys) ----------------------------------------------------
-CREATE_FIELDS = ("name", "scopes", "rate_limit_per_minute", "expires_at", "expires_in")
+CREATE_FIELDS = ("name", "scopes", "rate_limit_per_minute", "tokens_per_minute", "expires_at", "expires_in")
+UPDATE_FIELDS = ("rate_limit_per_minute", "tokens_per_minute")
 LIST_QUERY = ("status", "limit", "offset")
 KEY_STATUSES = ("active", "expired", "revoked")
 
@@ -215,6 +229,7 @@ def to_json(record: ApiKeyRecord) -> ApiKey:
         "status": _status(record),
         "scopes": list(record["scopes"]),
         "rate_limit_per_minute": record["rate_limit_per_minute"],
+        "tokens_per_minute": record.get("tokens_per_minute"),
         "created_at": record["created_at"],
         "last_used_at": record.get("last_used_at"),
         "revoked_at": record.get("revoked_at"),
@@ -244,11 +259,12 @@ class KeyStore:
         secret: str | None = None,
         expires_at: datetime | None = None,
         actor: Actor | None = None,
+        tokens_per_minute: int | None = None,
     ) -> tuple[ApiKeyRecord, str]:
         """Store a new key; returns (record, plaintext). The plaintext is shown once and never stored.
-        Audited as ``key.create`` (its public form: scopes, rate limit, expiry; never the secret)."""
+        Audited as ``key.create`` (its public form: scopes, limits, expiry; never the secret)."""
         scope_list = parse_scopes(scopes)
-        _validate(name, rate_limit, secret)
+        _validate(name, rate_limit, secret, tokens_per_minute)
         plaintext = secret or new_secret()
         values = {
             "id": uuid.uuid4(),
@@ -257,6 +273,7 @@ class KeyStore:
             "prefix": display_prefix(plaintext),
             "scopes": scope_list,
             "rate_limit_per_minute": rate_limit,
+            "tokens_per_minute": tokens_per_minute,
             "expires_at": expires_at,
             "callback_salt": new_callback_salt(),
         }
@@ -344,6 +361,43 @@ class KeyStore:
         log.info("api key revoked: id=%s", kid)
         return record
 
+    def update_limits(self, key_id: str, changes: Mapping[str, int | None], actor: Actor | None = None) -> ApiKeyRecord:
+        """Set a key's ``rate_limit_per_minute`` and/or ``tokens_per_minute`` (None: back to the default), revoked
+        and expired keys included; NotFound if unknown. Audited as ``key.update`` (before and after) when
+        something changed. Every instance applies it within AUTH_CACHE_TTL_S (its cached principal)."""
+        unknown = [name for name in changes if name not in UPDATE_FIELDS]
+        if unknown or not changes:
+            raise InvalidInput(f"give {' and/or '.join(UPDATE_FIELDS)} to change", field=(unknown or ["body"])[0])
+        _validate_limits(changes.get("rate_limit_per_minute"), changes.get("tokens_per_minute"))
+        kid = _key_id(key_id)
+        with self.db.begin() as conn:
+            was = conn.execute(sa.select(*_public_columns()).where(api_keys.c.id == kid).with_for_update()).first()
+            if was is None:
+                raise NotFound(f"no API key with id {kid}")
+            before = _record(was)
+            if all(before.get(name) == value for name, value in changes.items()):
+                return before
+            stmt = api_keys.update().where(api_keys.c.id == kid).values(**changes).returning(*_public_columns())
+            record = _record(conn.execute(stmt).one())
+            audit.append(
+                conn,
+                actor=actor,
+                action="key.update",
+                target=_target(str(kid)),
+                before=to_json(before),
+                after=to_json(record),
+            )
+        log.info("api key limits changed: id=%s %s", kid, ", ".join(f"{k}={v}" for k, v in changes.items()))
+        return record
+
+    def update_from_body(self, key_id: str, body: object, actor: Actor | None = None) -> ApiKey:
+        """PATCH /v1/keys/{id}: ``{"rate_limit_per_minute": int|null, "tokens_per_minute": int|null}`` (either)."""
+        fields = v.require_object(body)
+        v.reject_unknown(fields, UPDATE_FIELDS)
+        changes = {name: fields[name] for name in UPDATE_FIELDS if name in fields}
+        _validate_limits(changes.get("rate_limit_per_minute"), changes.get("tokens_per_minute"))
+        return to_json(self.update_limits(key_id, cast(dict[str, int | None], changes), actor))
+
     def callback_secret_of(self, key_id: str) -> str | None:
         """The callback signing secret of key ``key_id`` (revoked or expired included: its requests may still
         call back); None when callbacks are off or no such key."""
@@ -405,12 +459,21 @@ class KeyStore:
         rate = fields.get("rate_limit_per_minute")
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int)):
             raise InvalidInput("rate_limit_per_minute must be an integer or null", field="rate_limit_per_minute")
+        tokens = fields.get("tokens_per_minute")
+        _validate_limits(None, tokens)
         name = fields["name"]
         if not isinstance(name, str):  # as ``create_key`` would answer: a bad scope first, then the name
             parse_scopes(scopes)
             raise InvalidInput(NAME_RULE, field="name")
         expires_at = parse_expiry(fields.get("expires_at"), fields.get("expires_in"))
-        record, plaintext = self.create_key(name, scopes, rate_limit=rate, expires_at=expires_at, actor=actor)
+        record, plaintext = self.create_key(
+            name,
+            scopes,
+            rate_limit=rate,
+            expires_at=expires_at,
+            actor=actor,
+            tokens_per_minute=cast(int | None, tokens),
+        )
         created = cast(CreatedKey, {**to_json(record), "key": plaintext})
         secret = self.callback_secret_of(record["id"])
         if secret is not None:

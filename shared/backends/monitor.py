@@ -156,11 +156,14 @@ class BackendMonitor:
         }
 
     def _probed(self, targets: dict[str, list[str]]) -> dict[str, list[str]]:
-        """``targets`` less TRITON_URL when it must not be probed (PROBE_TRITON_URL=false)."""
-        if self.settings.probe_triton_url:
+        """``targets`` less the backends that scale to zero (a probe would wake them, and count as traffic that
+        keeps them up): TRITON_URL when PROBE_TRITON_URL=false, and every PROBE_SKIP_BACKENDS entry."""
+        cold = {backend_id(url) for url in self.settings.probe_skip_backends}
+        if not self.settings.probe_triton_url:
+            cold.add(backend_id(self.settings.triton_url))
+        if not cold:
             return targets
-        cold = backend_id(self.settings.triton_url)
-        return {url: names for url, names in targets.items() if url != cold}
+        return {url: names for url, names in targets.items() if backend_id(url) not in cold}
 
     def probe(self, targets: dict[str, list[str]] | None = None) -> list[ProbeResult]:
         """Probe backends concurrently and record each result in Redis (best effort)."""

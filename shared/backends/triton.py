@@ -2,6 +2,8 @@
 and the translation of Triton's errors. The one client is ``triton_async.AsyncTriton`` (grpc.aio):
 the real-time path calls it on the server's event loop, threads (the batch worker, the probe,
 registration checks) through a ``shared.clients.aio.LoopThread``.
+BYTES (string) tensors are numpy object arrays of ``bytes``, in Triton's raw form on the wire
+(``serialize_bytes``/``deserialize_bytes``).
 ``translate`` turns a tritonclient or gRPC error into the Kinfer error tree (the
 public message names the model, never the backend's address) and
 ``is_backend_failure`` says whether it should count against the backend's circuit
@@ -52,6 +54,11 @@ NP_DTYPES: dict[str, Any] = {
     "UINT64": np.uint64,
     "BOOL": np.bool_,
 }
+# Strings: a BYTES tensor is a numpy object array of ``bytes`` (``shared.inference.codec`` makes it from JSON
+# strings); on the wire (gRPC raw contents, the HTTP binary tensor extension) each element, in row-major
+# order, is a 4-byte little-endian length and then its bytes (``serialize_bytes``/``deserialize_bytes``).
+BYTES = "BYTES"
+MAX_STRING_BYTES = 65_536  # the default bound of one string element (setting MAX_STRING_BYTES)
 
 
 @dataclass(frozen=True)
@@ -70,13 +77,17 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What Kinfer needs to know about a Triton model to validate and batch requests."""
+    """What Kinfer needs to know about a Triton model to validate and batch requests.
+
+    ``max_string_bytes`` bounds each element of a BYTES input (the setting MAX_STRING_BYTES, which
+    ``AsyncTriton.model_info`` puts here so that every path validating against this info applies it)."""
 
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
     labels: tuple[str, ...] = ()
+    max_string_bytes: int = MAX_STRING_BYTES
 
     @property
     def batched(self) -> bool:
@@ -117,6 +128,38 @@ def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> M
     raw_labels = (params.get("class_names") or params.get("labels") or {}).get("string_value", "")
     labels = tuple(x.strip() for x in raw_labels.split(",") if x.strip())
     return ModelInfo(metadata["name"], specs(metadata.get("inputs")), specs(metadata.get("outputs")), max_batch, labels)
+
+
+def serialize_bytes(array: np.ndarray[Any, Any]) -> bytes:
+    """A BYTES tensor in Triton's raw form: per element (row-major) a 4-byte little-endian length, then the bytes
+    (``str`` elements as UTF-8)."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1).tolist():
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(len(data).to_bytes(4, "little"))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(raw: bytes | memoryview, count: int) -> list[bytes]:
+    """The ``count`` elements of a BYTES tensor in Triton's raw form; ValueError saying what is wrong when
+    ``raw`` holds another number of elements or a length runs past its end."""
+    view, offset, end = memoryview(raw), 0, len(raw)
+    items: list[bytes] = []
+    while offset < end:
+        if len(items) == count:
+            raise ValueError(f"holds more than the {count} element(s) its shape says")
+        if offset + 4 > end:
+            raise ValueError(f"element {len(items)} has a truncated length (4-byte little-endian)")
+        size = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > end:
+            raise ValueError(f"element {len(items)} says {size} bytes but only {end - offset} follow")
+        items.append(bytes(view[offset : offset + size]))
+        offset += size
+    if len(items) != count:
+        raise ValueError(f"holds {len(items)} element(s); its shape says {count}")
+    return items
 
 
 def error_parts(exc: BaseException) -> tuple[str, str]:

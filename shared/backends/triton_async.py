@@ -3,7 +3,8 @@
 One channel per (event loop, backend URL): grpc.aio channels belong to the loop that made
 them (``shared.clients.aio.PerLoop``). The request is a ``ModelInferRequest`` with raw
 little-endian tensor bytes (what ``tritonclient.grpc`` sends, without its per-call
-wrapper objects); outputs come back as numpy views of the raw output bytes. Model
+wrapper objects; a BYTES tensor as length-prefixed elements); outputs come back as numpy
+views of the raw output bytes (BYTES: object arrays of ``bytes``). Model
 metadata and config are cached per (url, model, version) for METADATA_TTL_S, and a
 miss is fetched once however many requests are waiting for it. Errors are translated
 once, here, by ``triton.translate``. Every Triton inference request counts its rows in
@@ -14,11 +15,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from shared.backends.triton import CHANNEL_ARGS, NP_DTYPES, ModelInfo, error_parts, model_info_from, translate
+from shared.backends.triton import (
+    BYTES,
+    CHANNEL_ARGS,
+    NP_DTYPES,
+    ModelInfo,
+    error_parts,
+    model_info_from,
+    serialize_bytes,
+    translate,
+)
 from shared.clients.aio import PerLoop, SingleFlight
 from shared.errors import BackendError
 from shared.settings import Settings
@@ -62,7 +73,7 @@ class AsyncTriton:
 
         async def fetch() -> ModelInfo:
             metadata, config = await self._metadata(url, model, version, label)
-            info = model_info_from(metadata, config)
+            info = replace(model_info_from(metadata, config), max_string_bytes=self.settings.max_string_bytes)
             self._info[(url, model, version or "")] = (time.monotonic() + self.settings.metadata_ttl_s, info)
             return info
 
@@ -179,7 +190,9 @@ class AsyncTriton:
             tensor = request.inputs.add()
             tensor.name, tensor.datatype = spec.name, spec.datatype
             tensor.shape.extend(array.shape)
-            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+            request.raw_input_contents.append(
+                serialize_bytes(array) if spec.datatype == BYTES else np.ascontiguousarray(array).tobytes()
+            )
             rows = array.shape[0] if info.batched and array.ndim else 1
         for out in info.outputs:
             request.outputs.add().name = out.name
@@ -205,7 +218,7 @@ def outputs_of(response: Any, who: str) -> dict[str, np.ndarray[Any, Any]]:
     raw = response.raw_output_contents
     for i, out in enumerate(response.outputs):
         shape = tuple(out.shape)
-        if out.datatype == "BYTES":
+        if out.datatype == BYTES:
             from tritonclient.utils import deserialize_bytes_tensor
 
             outputs[out.name] = deserialize_bytes_tensor(raw[i]).reshape(shape)

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "batch",
     "capture",
     "keys",
+    "usage",
     "audit",
     "agent",
     "deploy",

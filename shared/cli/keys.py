@@ -23,6 +23,7 @@ FIELDS = (
     "status",
     "scopes",
     "rate_limit_per_minute",
+    "tokens_per_minute",
     "created_at",
     "last_used_at",
     "revoked_at",
@@ -35,6 +36,7 @@ COLUMNS = [
     output.column("STATUS", "status"),
     output.column("SCOPES", "scopes"),
     ("LIMIT", lambda r: r["rate_limit_per_minute"] or "default"),
+    ("TOKENS/MIN", lambda r: r.get("tokens_per_minute") or "-"),
     output.time_column("CREATED", "created_at"),
     output.time_column("LAST USED", "last_used_at"),
     output.time_column("REVOKED", "revoked_at"),
@@ -45,7 +47,7 @@ CALLBACK_SHOWN_ONCE = "Store this callback secret now: it is not shown again (it
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("keys", help="create, list and revoke API keys (admin API)")
+    parser = subparsers.add_parser("keys", help="create, list, limit and revoke API keys (admin API)")
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     create = sub.add_parser("create", help="create a key and print it (shown only once)")
     _key_args(create)
@@ -66,6 +68,18 @@ def register(subparsers: Any) -> None:
     show.add_argument("key_id", metavar="ID")
     output.add_output_arg(show)
     api.command(show, _show)
+    update = sub.add_parser(
+        "update",
+        help="change a key's limits (requests and tokens per minute)",
+        description="Sets a key's requests-per-minute and/or tokens-per-minute limit (`none` clears one: the "
+        "platform's RATE_LIMIT_PER_MINUTE for requests, no token limit). Every instance applies it within "
+        "AUTH_CACHE_TTL_S; audited as key.update.",
+    )
+    update.add_argument("key_id", metavar="ID")
+    update.add_argument("--rate-limit", type=_limit, metavar="PER_MINUTE|none", help="requests per minute")
+    update.add_argument("--tokens-per-minute", type=_limit, metavar="N|none", help="prompt + completion tokens")
+    output.add_output_arg(update)
+    api.command(update, _update)
     revoke = sub.add_parser("revoke", help="revoke a key by id (it stops working within AUTH_CACHE_TTL_S)")
     revoke.add_argument("key_id", metavar="ID")
     output.add_output_arg(revoke)
@@ -110,6 +124,26 @@ def _key_args(parser: argparse.ArgumentParser) -> None:
         metavar="PER_MINUTE",
         help="requests per minute (default: the platform's RATE_LIMIT_PER_MINUTE)",
     )
+    parser.add_argument(
+        "--tokens-per-minute",
+        type=int,
+        default=None,
+        metavar="N",
+        help="prompt + completion tokens per minute on the OpenAI-compatible routes (default: no token limit)",
+    )
+
+
+UNSET = "unset"
+
+
+def _limit(text: str) -> int | str:
+    """An argparse ``type``: a positive integer, or ``none`` (clear the limit)."""
+    if text.strip().lower() in ("none", "null", "default"):
+        return UNSET
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor `none`") from None
 
 
 def _create(client: api.Client, args: argparse.Namespace) -> int:
@@ -118,6 +152,8 @@ def _create(client: api.Client, args: argparse.Namespace) -> int:
         "scopes": [s.strip() for s in args.scopes.split(",") if s.strip()],
         "rate_limit_per_minute": args.rate_limit,
     }
+    if args.tokens_per_minute is not None:
+        body["tokens_per_minute"] = args.tokens_per_minute
     if args.expires_in is not None:
         body["expires_in"] = args.expires_in
     if args.expires_at is not None:
@@ -125,10 +161,30 @@ def _create(client: api.Client, args: argparse.Namespace) -> int:
     try:
         created = client.call("POST", "/v1/keys", body)
     except ApiError as exc:
-        if exc.status == 400 and exc.field in ("expires_in", "expires_at"):
-            exc.exit_code = EXIT_USAGE  # the API's word on --expires-in/--expires-at: a usage error (exit 2)
+        if exc.status == 400 and exc.field in ("expires_in", "expires_at", *LIMIT_FIELDS):
+            exc.exit_code = EXIT_USAGE  # the API's word on a flag's value: a usage error (exit 2)
         raise
     _print_created(args, created)
+    return 0
+
+
+LIMIT_FIELDS = ("rate_limit_per_minute", "tokens_per_minute")
+
+
+def _update(client: api.Client, args: argparse.Namespace) -> int:
+    body: dict[str, int | None] = {}
+    for flag, name in ((args.rate_limit, "rate_limit_per_minute"), (args.tokens_per_minute, "tokens_per_minute")):
+        if flag is not None:
+            body[name] = None if flag == UNSET else int(flag)
+    if not body:
+        raise UsageError("nothing to change: give --rate-limit and/or --tokens-per-minute")
+    try:
+        record = client.call("PATCH", f"/v1/keys/{_path_id(args.key_id)}", body)
+    except ApiError as exc:
+        if exc.status == 400 and exc.field in LIMIT_FIELDS:
+            exc.exit_code = EXIT_USAGE
+        raise
+    output.emit(args, record, fields=FIELDS)
     return 0
 
 
@@ -136,7 +192,16 @@ def _print_created(args: argparse.Namespace, created: Mapping[str, object]) -> N
     if args.output != "table":
         output.emit(args, created)
         return
-    fields = ("id", "name", "scopes", "rate_limit_per_minute", "expires_at", "key", "callback_secret")
+    fields = (
+        "id",
+        "name",
+        "scopes",
+        "rate_limit_per_minute",
+        "tokens_per_minute",
+        "expires_at",
+        "key",
+        "callback_secret",
+    )
     print(output.describe(created, fields))
     print(SHOWN_ONCE, file=sys.stderr)
 

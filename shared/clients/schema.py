@@ -119,6 +119,7 @@ api_keys = sa.Table(
     ),
     sa.Column("callback_secret_rotated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),  # 0008; NULL: never
+    sa.Column("tokens_per_minute", sa.Integer, nullable=True),  # 0012; NULL: no token limit
     sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
 )
 
@@ -228,4 +229,18 @@ capture_settings = sa.Table(
     sa.Column("updated_by", sa.String(128), nullable=False, server_default=""),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.CheckConstraint("sample_percent >= 0 AND sample_percent <= 100", name="ck_capture_settings_percent"),
+)
+
+# Token usage (0012, ``shared.access.tokens``): prompt and completion tokens (and answered requests) per API
+# key (``anonymous`` with AUTH_REQUIRED off), model and hour, added to in batches (INSERT ... ON CONFLICT).
+token_usage = sa.Table(
+    "token_usage",
+    metadata,
+    sa.Column("key_id", sa.String(36), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("hour", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("requests", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("ix_token_usage_hour", "hour"),
 )

@@ -7,17 +7,24 @@ without batching takes the bodies its batched predecessor took); for another ``m
 is exactly the tensor's shape. Dynamic dims (-1) take
 any size of at least one. Every rejection is an ``InvalidInput`` that says what was
 expected (name, dtype, shape).
+
+Strings (``BYTES`` tensors): JSON strings, nested as the tensor's shape, become an object array of their
+UTF-8 ``bytes``; each at most ``ModelInfo.max_string_bytes`` (MAX_STRING_BYTES) long, and any element that
+is not a string is refused with its index. For a tensor of one string per row (dims ``[1]``) a flat list
+of strings is one string per row, and a lone string is one row. In answers a BYTES element is its text
+when it is valid UTF-8, else ``{"base64": "<standard base64>"}`` (``text_of``): JSON cannot hold bytes.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
+from shared.backends.triton import BYTES, MAX_STRING_BYTES, NP_DTYPES, ModelInfo, TensorSpec
 from shared.errors import InvalidInput
 
 MAX_ELEMENTS = 1_000_000  # per request when the caller names no limit (the body limit bounds it too)
@@ -91,7 +98,9 @@ def _tensor(
 ) -> tuple[np.ndarray[Any, Any], bool]:
     rows_first, shape = info.rows_first, info.row_shape(spec)
     expected = f"expected {TensorSpec(spec.name, spec.datatype, shape).describe(rows_first)}"
-    array = to_array(value, spec, field, expected, max_elements)
+    array = to_array(value, spec, field, expected, max_elements, info.max_string_bytes)
+    if spec.datatype == BYTES and rows_first and shape == (1,) and array.ndim == 1 and array.shape[0] > 1:
+        array = array.reshape(-1, 1)  # a flat list of strings: one string per row
     given, rank = list(array.shape), len(shape)
     if rows_first and array.ndim == rank:
         array, single = array[np.newaxis, ...], True
@@ -113,10 +122,17 @@ def dims_match(actual: tuple[int, ...], declared: tuple[int, ...]) -> bool:
 
 
 def to_array(
-    value: object, spec: TensorSpec, field: str, expected: str, max_elements: int = MAX_ELEMENTS
+    value: object,
+    spec: TensorSpec,
+    field: str,
+    expected: str,
+    max_elements: int = MAX_ELEMENTS,
+    max_string_bytes: int = MAX_STRING_BYTES,
 ) -> np.ndarray[Any, Any]:
     """A JSON value -> numpy array of the tensor's dtype; InvalidInput for empty/ragged/non-numeric/NaN/out of
-    range, and past ``max_elements`` (MAX_INFER_ELEMENTS: bulk work belongs in a batch job)."""
+    range, and past ``max_elements`` (MAX_INFER_ELEMENTS: bulk work belongs in a batch job). BYTES: ``to_strings``."""
+    if spec.datatype == BYTES:
+        return to_strings(value, field, expected, max_elements, max_string_bytes)
     dtype = NP_DTYPES.get(spec.datatype)
     if dtype is None:
         raise InvalidInput(f"{field}: datatype {spec.datatype} is not supported over JSON", field=field)
@@ -134,6 +150,100 @@ def to_array(
     if array.size > max_elements:
         raise too_many_elements(field, array.size, max_elements)
     return cast_numbers(array, dtype, spec.datatype, field, expected)
+
+
+def to_strings(
+    value: object,
+    field: str,
+    expected: str,
+    max_elements: int = MAX_ELEMENTS,
+    max_string_bytes: int = MAX_STRING_BYTES,
+) -> np.ndarray[Any, Any]:
+    """JSON strings (nested as the tensor's shape; a lone string is a list of one) -> a BYTES tensor: an object
+    array of their UTF-8 bytes. InvalidInput for an empty or ragged list, an element that is not a string
+    (named by its index), past ``max_elements``, and a string longer than ``max_string_bytes`` bytes."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(f"{field} must be a non-empty list of strings; {expected}", field=field)
+    flat: list[Any]
+    shape: tuple[int, ...]
+    if len(value) <= max_elements and all(type(item) is str for item in value):  # the common flat list
+        flat, shape = value, (len(value),)
+    else:
+        try:
+            nested = np.array(value, dtype=object)  # rows of different lengths stay lists
+        except (ValueError, TypeError):
+            raise InvalidInput(f"{field} is ragged (rows of different lengths); {expected}", field=field) from None
+        if nested.size > max_elements:
+            raise too_many_elements(field, nested.size, max_elements)
+        if nested.size == 0:
+            raise InvalidInput(f"{field} is empty; {expected}", field=field)
+        flat, shape = nested.reshape(-1).tolist(), nested.shape
+        bad = next((i for i, item in enumerate(flat) if type(item) is not str), None)
+        if bad is not None:
+            where = f"{field}{_index(bad, shape)}"
+            if isinstance(flat[bad], list):
+                raise InvalidInput(f"{field} is ragged (rows of different lengths); {expected}", field=field)
+            raise InvalidInput(
+                f"{where} is {_json_kind(flat[bad])}, not a string: a {BYTES} tensor holds strings; {expected}",
+                field=field,
+            )
+    too_long = next((i for i, text in enumerate(flat) if len(text) > max_string_bytes), None)  # chars <= bytes
+    try:
+        encoded = [text.encode("utf-8") for text in flat]
+    except UnicodeEncodeError:
+        bad = next(i for i, text in enumerate(flat) if not _encodes(text))
+        raise InvalidInput(
+            f"{field}{_index(bad, shape)} is not valid Unicode (a lone surrogate)", field=field
+        ) from None
+    if too_long is None and max(map(len, encoded)) > max_string_bytes:
+        too_long = next(i for i, data in enumerate(encoded) if len(data) > max_string_bytes)
+    if too_long is not None:
+        raise InvalidInput(
+            f"{field}{_index(too_long, shape)} is {len(encoded[too_long])} bytes long (UTF-8); a string may hold "
+            f"at most {max_string_bytes} bytes (MAX_STRING_BYTES)",
+            field=field,
+        )
+    array = np.empty(len(encoded), dtype=object)
+    array[:] = encoded
+    return array.reshape(shape)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _index(flat_index: int, shape: tuple[int, ...]) -> str:
+    """``[i][j]``: where element ``flat_index`` (row-major) sits in a tensor of ``shape``."""
+    return "".join(f"[{int(i)}]" for i in np.unravel_index(flat_index, shape))
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    return "a list" if isinstance(value, list) else type(value).__name__
+
+
+def check_strings(items: list[bytes], field: str, max_string_bytes: int) -> None:
+    """Binary BYTES elements (any bytes: they need not be UTF-8) are bounded like JSON strings."""
+    too_long = next((i for i, data in enumerate(items) if len(data) > max_string_bytes), None)
+    if too_long is not None:
+        raise InvalidInput(
+            f"{field} element {too_long} is {len(items[too_long])} bytes long; a string may hold at most "
+            f"{max_string_bytes} bytes (MAX_STRING_BYTES)",
+            field=field,
+        )
 
 
 def _small_flat(value: list[Any], dtype: Any, max_elements: int) -> np.ndarray[Any, Any] | None:
@@ -223,13 +333,59 @@ def check_finite(array: np.ndarray[Any, Any], field: str, expected: str) -> np.n
 
 
 # -- answers ---------------------------------------------------------------------
+BASE64 = "base64"  # the key of a BYTES element that is not valid UTF-8: {"base64": "<standard base64>"}
+
+
+def text_of(item: object) -> str | dict[str, str]:
+    """One BYTES element for JSON: its text when it is valid UTF-8, else ``{"base64": ...}``."""
+    if isinstance(item, str):
+        return item
+    if not isinstance(item, bytes | bytearray):
+        return str(item)
+    data = bytes(item)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return {BASE64: base64.b64encode(data).decode("ascii")}
+
+
+def json_values(array: np.ndarray[Any, Any]) -> Any:
+    """A tensor as (nested) JSON lists; BYTES elements through ``text_of``."""
+    if array.dtype.kind not in "OSU" or array.size == 0:
+        return array.tolist()
+    if array.ndim == 0:
+        return text_of(array.item())
+    nested: list[Any] = [text_of(item) for item in array.reshape(-1).tolist()]
+    for size in reversed(array.shape[1:]):
+        nested = [nested[i : i + size] for i in range(0, len(nested), size)]
+    return nested
+
+
+def flat_texts(array: np.ndarray[Any, Any]) -> tuple[list[str], bool]:
+    """A BYTES tensor as the flat ``data`` of a v2 JSON answer, and whether it is base64: the text of every
+    element when all are valid UTF-8, else every element in standard base64 (the answer then says
+    ``"parameters": {"content_type": "base64"}``, the marker KServe's MLServer uses)."""
+    items = [item if isinstance(item, bytes) else str(item).encode("utf-8") for item in array.reshape(-1).tolist()]
+    try:
+        return [data.decode("utf-8") for data in items], False
+    except UnicodeDecodeError:
+        return [base64.b64encode(data).decode("ascii") for data in items], True
+
+
 def outputs_json(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], single: bool) -> dict[str, object]:
     """Every output tensor as lists; a single row loses its batch dimension."""
-    return {name: (a[0] if single and info.rows_first else a).tolist() for name, a in outputs.items()}
+    return {name: json_values(a[0] if single and info.rows_first else a) for name, a in outputs.items()}
 
 
 def prediction_of(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], single: bool) -> Any:
-    """Class name (or id) per row from ``label``/``argmax`` or the argmax of ``probabilities``."""
+    """Class name (or id) per row: a string ``label`` output as it is, else the class of an integer
+    ``label``/``argmax`` or the argmax of ``probabilities``."""
+    texts = _text_labels(outputs)
+    if texts is not None:
+        if not info.rows_first:
+            return text_of(texts.reshape(-1)[0])
+        per_text = [text_of(v) for v in texts.reshape(texts.shape[0], -1)[:, 0]]
+        return per_text[0] if single else per_text
     ids = _class_ids(outputs)
     if ids is None:
         first = next(iter(outputs.values()), None)
@@ -238,6 +394,14 @@ def prediction_of(info: ModelInfo, outputs: Mapping[str, np.ndarray[Any, Any]], 
         return _name(info, int(ids.reshape(-1)[0]))
     per_row = [_name(info, int(v)) for v in ids.reshape(ids.shape[0], -1)[:, 0]]
     return per_row[0] if single else per_row
+
+
+def _text_labels(outputs: Mapping[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, Any] | None:
+    for name in ("label", "labels", "class"):
+        found = outputs.get(name)
+        if found is not None and found.dtype.kind in "OSU" and found.size and found.ndim:
+            return found
+    return None
 
 
 def _class_ids(outputs: Mapping[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, Any] | None:

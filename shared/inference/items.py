@@ -11,6 +11,7 @@ validation). Backend failures that a retry can cure raise (the chunk is redelive
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared import telemetry
-from shared.backends.triton import NP_DTYPES, ModelInfo
+from shared.backends.triton import BYTES, NP_DTYPES, ModelInfo
 from shared.clients.aio import PerLoop
 from shared.errors import InvalidInput, KinferError
-from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of
+from shared.inference.codec import Parsed, json_values, outputs_json, parse_input, prediction_of, to_strings
 from shared.inference.resolve import backend_label, label, triton_model, triton_version
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ def uniform_rows(info: ModelInfo, items: Sequence[object]) -> np.ndarray[Any, An
         return None
     spec = info.inputs[0]
     dtype = NP_DTYPES.get(spec.datatype)
+    if spec.datatype == BYTES and not any(d < 0 for d in spec.shape):
+        return _uniform_strings(info, items)
     if dtype is None or spec.datatype == "BOOL" or any(d < 0 for d in spec.shape):
         return None
     rows = []
@@ -88,6 +91,26 @@ def uniform_rows(info: ModelInfo, items: Sequence[object]) -> np.ndarray[Any, An
     if cast.dtype.kind in "iu" and not (cast == array).all():  # wrapped around
         return None
     return cast
+
+
+def _uniform_strings(info: ModelInfo, items: Sequence[object]) -> np.ndarray[Any, Any] | None:
+    """``uniform_rows`` for a string input: every item one row (for dims [1] also a lone string), every element
+    a string within MAX_STRING_BYTES; else None."""
+    spec, rows = info.inputs[0], []
+    for item in items:
+        if type(item) is not dict or len(item) != 1:
+            return None
+        key, value = next(iter(item.items()))
+        if key != "data" and key != spec.name:
+            return None
+        rows.append(value)
+    try:
+        array = to_strings(rows, "input", "", len(rows) * max(1, math.prod(spec.shape)), info.max_string_bytes)
+    except InvalidInput:
+        return None
+    if spec.shape == (1,) and array.shape == (len(items),):
+        array = array.reshape(-1, 1)  # {"text": "..."}: a lone string is one row
+    return array if array.shape == (len(items), *spec.shape) else None
 
 
 def _groups(info: ModelInfo, parsed: dict[int, Parsed]) -> list[list[int]]:
@@ -215,7 +238,8 @@ class ItemRunner:
         predictions = prediction_of(info, outputs, single=False)
         names = list(outputs)
         per_item = [
-            dict(zip(names, values, strict=True)) for values in zip(*(outputs[n].tolist() for n in names), strict=True)
+            dict(zip(names, values, strict=True))
+            for values in zip(*(json_values(outputs[n]) for n in names), strict=True)
         ]
         return [ItemResult(p, o, None) for p, o in zip(predictions, per_item, strict=True)]
 

@@ -3,10 +3,17 @@ server metadata.
 
 Inference accepts the JSON form and the binary tensor extension that ``tritonclient.http``
 sends by default (``Inference-Header-Content-Length``: a JSON header, then raw tensors in
-input order). Answers are always JSON (tritonclient reads both). The model name is the
-registry name; a version is the registry version. Every malformed field is a 400 naming
-it; non-finite numbers (in JSON or in binary tensors) and values beyond the datatype's
-range are refused.
+input order). Answers are always JSON (tritonclient reads both).
+
+``BYTES`` (string) tensors: in JSON ``data`` holds strings; in binary each element is a 4-byte
+little-endian length and then its bytes (any bytes, UTF-8 or not), as Triton's binary data
+extension has it; every element is at most MAX_STRING_BYTES long. A BYTES output answers the
+text of its elements when all are valid UTF-8, else every element in base64 with
+``"parameters": {"content_type": "base64"}`` (the marker KServe's MLServer uses).
+
+The model name is the registry name; a version is the registry version. Every malformed
+field is a 400 naming it; non-finite numbers (in JSON or in binary tensors) and values
+beyond the datatype's range are refused.
 """
 
 from __future__ import annotations
@@ -20,10 +27,18 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 import numpy as np
 
 from shared import validation as v
-from shared.backends.triton import NP_DTYPES, ModelInfo, TensorSpec
+from shared.backends.triton import BYTES, NP_DTYPES, ModelInfo, TensorSpec, deserialize_bytes
 from shared.errors import InvalidInput, KinferError, Unavailable, UnsupportedMediaType
 from shared.inference.capture import Answer, Request
-from shared.inference.codec import cast_numbers, check_finite, dims_match, too_many_elements
+from shared.inference.codec import (
+    cast_numbers,
+    check_finite,
+    check_strings,
+    dims_match,
+    flat_texts,
+    to_strings,
+    too_many_elements,
+)
 from shared.inference.resolve import backend_label, label, triton_model, triton_version
 from shared.inference.waiting import call_waiting
 
@@ -72,6 +87,7 @@ class OutputTensor(TypedDict):
     datatype: str
     shape: list[int]
     data: list[object]
+    parameters: NotRequired[JSONObject]
 
 
 class InferResponse(TypedDict):
@@ -251,16 +267,13 @@ def _one(
     size = math.prod(shape)
     if size > max_elements:
         raise too_many_elements(field, size, max_elements)
+    if spec.datatype == BYTES:
+        return _strings(info, tensor, binary, offset, shape, field, expected, max_elements)
     dtype = NP_DTYPES.get(spec.datatype)
     if dtype is None:
         raise InvalidInput(f"{field}: datatype {spec.datatype} is not supported", field=field)
-    nbytes = (tensor.get("parameters") or {}).get("binary_data_size")
+    nbytes = _binary_size(tensor, field)
     if nbytes is not None:
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
-            raise InvalidInput(
-                f"{field}: parameters.binary_data_size must be a non-negative integer",
-                field=f"{field}.parameters.binary_data_size",
-            )
         chunk = binary[offset : offset + nbytes]
         if len(chunk) != nbytes or nbytes != size * np.dtype(dtype).itemsize:
             raise InvalidInput(f"{field} binary data has {len(chunk)} bytes; {expected}", field=field)
@@ -276,6 +289,69 @@ def _one(
     if values is None or values.size != size:
         raise InvalidInput(f"{field} data must hold {size} numbers; {expected}", field=field)
     return cast_numbers(values, dtype, spec.datatype, field, expected).reshape(shape), offset
+
+
+def _binary_size(tensor: InputTensor, field: str) -> int | None:
+    """``parameters.binary_data_size`` of a tensor sent in binary; None for one sent as JSON."""
+    nbytes = (tensor.get("parameters") or {}).get("binary_data_size")
+    if nbytes is not None and (not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0):
+        raise InvalidInput(
+            f"{field}: parameters.binary_data_size must be a non-negative integer",
+            field=f"{field}.parameters.binary_data_size",
+        )
+    return nbytes
+
+
+def _strings(
+    info: ModelInfo,
+    tensor: InputTensor,
+    binary: bytes,
+    offset: int,
+    shape: list[int],
+    field: str,
+    expected: str,
+    max_elements: int,
+) -> tuple[np.ndarray[Any, Any], int]:
+    """A BYTES input: JSON strings in ``data``, or length-prefixed elements in the binary data."""
+    size = math.prod(shape)
+    nbytes = _binary_size(tensor, field)
+    if nbytes is None:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidInput(f"{field} data must hold {size} strings; {expected}", field=field)
+        array = to_strings(data, field, expected, max_elements, info.max_string_bytes) if data else None
+        if array is None or array.size != size:
+            raise InvalidInput(f"{field} data must hold {size} strings; {expected}", field=field)
+        return array.reshape(shape), offset
+    chunk = binary[offset : offset + nbytes]
+    if len(chunk) != nbytes:
+        raise InvalidInput(
+            f"{field} binary data has {len(chunk)} bytes; parameters.binary_data_size says {nbytes}", field=field
+        )
+    try:
+        items = deserialize_bytes(chunk, size)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{field} binary data {exc} (each element: a 4-byte little-endian length, then its bytes); {expected}",
+            field=field,
+        ) from None
+    check_strings(items, field, info.max_string_bytes)
+    array = np.empty(size, dtype=object)
+    array[:] = items
+    return array.reshape(shape), offset + nbytes
+
+
+def _output(spec: TensorSpec, array: np.ndarray[Any, Any]) -> OutputTensor:
+    """One output tensor of the answer (BYTES: text, else base64 with its marker)."""
+    tensor: OutputTensor = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape), "data": []}
+    if spec.datatype == BYTES or array.dtype.kind in "OSU":
+        texts, encoded = flat_texts(array)
+        tensor["data"] = list(texts)
+        if encoded:
+            tensor["parameters"] = {"content_type": "base64"}
+    else:
+        tensor["data"] = array.reshape(-1).tolist()
+    return tensor
 
 
 class V2Protocol:
@@ -359,16 +435,7 @@ class V2Protocol:
             "model_name": model["name"],
             "model_version": model["version"],
             "id": request.get("id", ""),
-            "outputs": [
-                {
-                    "name": s.name,
-                    "datatype": s.datatype,
-                    "shape": list(outputs[s.name].shape),
-                    "data": outputs[s.name].reshape(-1).tolist(),
-                }
-                for s in info.outputs
-                if s.name in wanted
-            ],
+            "outputs": [_output(s, outputs[s.name]) for s in info.outputs if s.name in wanted],
         }
 
     # -- metadata, readiness, configuration ------------------------------------------------------

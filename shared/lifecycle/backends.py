@@ -61,8 +61,13 @@ class BackendAdmin:
             if not settings.probe_triton_url:
                 return []  # TRITON_URL may be scaled to zero: a check would wake it
             urls = [settings.triton_url]
+        cold = {backend_id(url) for url in settings.probe_skip_backends}  # scaled to zero: a check would wake it
         backends = dict.fromkeys(resolve(url, settings.triton_url) for url in urls)
-        return [w for backend in backends if (w := self._check(backend, row["triton_model"], field))]
+        return [
+            w
+            for backend in backends
+            if backend_id(backend) not in cold and (w := self._check(backend, row["triton_model"], field))
+        ]
 
     def _check(self, backend: str, triton_model: str, field: str) -> str | None:
         own = backend == backend_id(self.settings.triton_url)

@@ -714,6 +714,24 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
         "description": "z-score normalisation + softmax over a variable-length FP32 vector",
         "tags": ["demo", "scoring"],
     },
+    {
+        "name": "text_sentiment",
+        "version": "1",
+        "framework": "python",
+        "format": "python",
+        "description": "Naive Bayes sentiment of English text (BYTES in, negative/positive out), numpy only",
+        "tags": ["demo", "classification", "text"],
+        "metadata": {"labels": ["negative", "positive"], "task": "text-classification"},
+    },
+    {
+        "name": "tiny_lm",
+        "version": "1",
+        "framework": "python",
+        "format": "python",
+        "description": "Word bigram language model of the Zen of Python; streams tokens (decoupled, vLLM tensors)",
+        "tags": ["demo", "generative"],
+        "metadata": {"task": "text-generation"},
+    },
 )
 
 

@@ -15,7 +15,9 @@ its secret or the body) and counted per key (``kinfer_http_client_errors_total``
 Handlers are ``async def`` (run on the event loop: they must not block) or plain
 ``def`` (run in the thread pool: database and S3 calls). A route reads its body up
 front unless it says ``stream=True``, in which case an ``async`` handler consumes
-``call.stream()`` itself. ``call.json()`` parses strictly: JSON content types only
+``call.stream()`` itself. A handler may return a starlette ``Response`` of its own (a ``StreamingResponse`` of
+server-sent events: it streams after ``dispatch`` returned, so it handles its own failures and the client
+going away). ``call.json()`` parses strictly: JSON content types only
 (415 otherwise; no Content-Type and curl's default form type are read as JSON), no
 duplicate keys, no NaN or infinities. A route that names its ``query`` parameters answers
 400 for any other (as for unknown body fields). OPTIONS is answered for every routed path
@@ -34,7 +36,7 @@ senders' authenticator (built on first use), which the functions' composition ro
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
@@ -81,8 +83,14 @@ class Host(Protocol):
     def event_auth(self) -> EventSenders: ...
 
 
-async def dispatch(request: Request, router: Router, host: Host, span_name: str) -> Response:
-    """Route, authorize and run one request; always answers JSON (see module docstring)."""
+ErrorShape = Callable[[KinferError, str, str], Response]  # (error, request id, trace id) -> the answer
+
+
+async def dispatch(
+    request: Request, router: Router, host: Host, span_name: str, errors: ErrorShape = error_response
+) -> Response:
+    """Route, authorize and run one request; always answers JSON (see module docstring). ``errors`` shapes
+    the error answers (the OpenAI-compatible routes answer OpenAI's error shape)."""
     scope = request.scope
     headers = header_dict(scope)
     request_id = request_id_of(headers)
@@ -102,9 +110,9 @@ async def dispatch(request: Request, router: Router, host: Host, span_name: str)
             )
             settings = host.settings
             if scope["method"] == "OPTIONS":
-                response = _options(call, router, settings)
+                response = _options(call, router, settings, errors)
             else:
-                response = await _run(call, router, span, host)
+                response = await _run(call, router, span, host, errors)
             cors.decorate(response, headers, settings.cors_allowed_origins)
             extra = [(b"x-request-id", request_id.encode())]
             if call.trace_id:
@@ -124,7 +132,7 @@ async def dispatch(request: Request, router: Router, host: Host, span_name: str)
         request_id_var.reset(token)
 
 
-def _options(call: Call, router: Router, settings: Settings) -> Response:
+def _options(call: Call, router: Router, settings: Settings, errors: ErrorShape) -> Response:
     """OPTIONS: ``Allow`` for a routed path, a CORS preflight answer when it is one (no auth: browsers
     send no credentials with a preflight)."""
     path = call.request.url.path
@@ -134,10 +142,10 @@ def _options(call: Call, router: Router, settings: Settings) -> Response:
             raise NotFound(f"no route for OPTIONS {path}")
         return cors.options_response(call.request.headers, [*methods, "OPTIONS"], settings.cors_allowed_origins)
     except KinferError as exc:
-        return error_response(exc, call.request_id, call.trace_id)
+        return errors(exc, call.request_id, call.trace_id)
 
 
-async def _run(call: Call, router: Router, span: Any, host: Host) -> Response:
+async def _run(call: Call, router: Router, span: Any, host: Host, errors: ErrorShape) -> Response:
     request = call.request
     method, path = request.scope["method"], request.scope["path"]
     route = None
@@ -172,7 +180,7 @@ async def _run(call: Call, router: Router, span: Any, host: Host) -> Response:
             log.warning("request failed: %s %s (%s)", exc.status, exc.code, exc.message)
         elif exc.status >= 400:
             _client_error(call, method, route.rule if route is not None else path, exc)
-        return error_response(exc, call.request_id, call.trace_id)
+        return errors(exc, call.request_id, call.trace_id)
     except Exception:
         if route is not None and route.event:
             log.exception("unhandled error in %s %s; answering 503 so the event is retried", method, path)
@@ -183,7 +191,7 @@ async def _run(call: Call, router: Router, span: Any, host: Host) -> Response:
             return response
         log.exception("unhandled error in %s %s", method, path)
         generic = KinferError("internal error; the request id identifies it in the logs")
-        return error_response(generic, call.request_id, call.trace_id)
+        return errors(generic, call.request_id, call.trace_id)
 
 
 def _client_error(call: Call, method: str, where: str, exc: KinferError) -> None:

@@ -207,7 +207,10 @@ HEALTH: Schema = {
     },
 }
 
-_TENSOR_VALUES = {"type": "array", "description": "numbers, nested as the tensor's shape (or a batch of rows)"}
+_TENSOR_VALUES = {
+    "type": "array",
+    "description": "numbers (strings for a BYTES tensor), nested as the tensor's shape (or a batch of rows)",
+}
 
 INFER_REQUEST: Schema = {
     "type": "object",
@@ -604,7 +607,68 @@ WHOAMI: Schema = {
         "name": _STRING,
         "scopes": {"type": "array", "items": {"enum": ["infer", "batch", "admin"]}},
         "rate_limit_per_minute": {"type": ["integer", "null"]},
+        "tokens_per_minute": {"type": ["integer", "null"], "description": "prompt + completion tokens; null: none"},
         "expires_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+
+# Key limits (PATCH /v1/keys/{id}) and token usage (GET /v1/usage, ``shared.access.tokens``)
+_LIMIT = {"type": ["integer", "null"], "minimum": 1}
+KEY_LIMITS: Schema = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        "rate_limit_per_minute": {**_LIMIT, "maximum": 10_000_000, "description": "requests; null: the default"},
+        "tokens_per_minute": {**_LIMIT, "maximum": 100_000_000, "description": "prompt + completion; null: none"},
+    },
+}
+_TOKENS = {"type": "integer", "minimum": 0}
+_USAGE_AMOUNTS = {
+    "prompt_tokens": _TOKENS,
+    "completion_tokens": _TOKENS,
+    "total_tokens": _TOKENS,
+    "requests": {**_TOKENS, "description": "answered requests"},
+}
+USAGE_FILTERS = (
+    QueryParam(
+        "key_id",
+        {"type": "string", "maxLength": 64},
+        "a key id, `self` or `anonymous`; admin keys only for another key's",
+    ),
+    QueryParam("model", {"type": "string", "maxLength": 128}, "one model (registry name or alias as called)"),
+    QueryParam("since", {"type": "string", "format": "date-time"}, "ISO 8601; default: 24 hours before until"),
+    QueryParam("until", {"type": "string", "format": "date-time"}, "ISO 8601; default: now"),
+    QueryParam("by", {"enum": ["model", "hour"], "default": "model"}, "rows per key and model, or per hour too"),
+    QueryParam(
+        "limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000}, "at most this many rows"
+    ),
+)
+USAGE_REPORT: Schema = {
+    "type": "object",
+    "required": ["since", "until", "by", "usage", "totals", "limit", "truncated"],
+    "properties": {
+        "since": {"type": "string", "format": "date-time"},
+        "until": {"type": "string", "format": "date-time"},
+        "by": {"enum": ["model", "hour"]},
+        "key_id": _NULLABLE_STRING,
+        "model": _NULLABLE_STRING,
+        "usage": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key_id", "model", "prompt_tokens", "completion_tokens", "total_tokens", "requests"],
+                "properties": {
+                    "key_id": _STRING,
+                    "model": _STRING,
+                    "hour": {"type": "string", "format": "date-time", "description": "by=hour: the hour's start"},
+                    **_USAGE_AMOUNTS,
+                },
+            },
+        },
+        "totals": {"type": "object", "properties": _USAGE_AMOUNTS},
+        "limit": {"type": "integer"},
+        "truncated": {"type": "boolean", "description": "more rows than limit: totals still count them all"},
     },
 }
 
@@ -691,4 +755,184 @@ ROLLOUT: Schema = {
         "reason": _STRING,
         "figures": {"type": ["object", "null"], "description": "the figures of the last decision"},
     },
+}
+
+# -- OpenAI-compatible routes (shared.inference.openai) -----------------------------------------------------
+_OPENAI_MODEL = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 193,
+    "description": "a registry name, name:alias or name:version",
+}
+_OPENAI_SAMPLING: Schema = {
+    "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 512},
+    "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+    "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+    "stop": {
+        "oneOf": [
+            {"type": "string", "minLength": 1, "maxLength": 64},
+            {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+            {"type": "null"},
+        ]
+    },
+    "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1},
+    "stream": {"type": ["boolean", "null"], "description": "true: server-sent events (text/event-stream)"},
+    "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
+    "user": {"type": "string", "maxLength": 256},
+}
+OPENAI_CHAT_REQUEST: Schema = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "description": "OpenAI's chat completion request; other OpenAI fields are ignored (n, echo, logprobs, tools: 400)",
+    "properties": {
+        "model": _OPENAI_MODEL,
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 64,
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"enum": ["system", "developer", "user", "assistant"]},
+                    "content": {
+                        "oneOf": [
+                            {"type": "string"},
+                            {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["type", "text"],
+                                    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                                },
+                            },
+                        ]
+                    },
+                },
+            },
+        },
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 512},
+        **_OPENAI_SAMPLING,
+    },
+}
+OPENAI_COMPLETION_REQUEST: Schema = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "description": "OpenAI's (legacy) completion request; other OpenAI fields are ignored (n, echo, logprobs: 400)",
+    "properties": {
+        "model": _OPENAI_MODEL,
+        "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "maxItems": 1, "items": _STRING}]},
+        **_OPENAI_SAMPLING,
+    },
+}
+_OPENAI_USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {"prompt_tokens": _COUNT, "completion_tokens": _COUNT, "total_tokens": _COUNT},
+}
+_OPENAI_FINISH = {"enum": ["stop", "length"]}
+OPENAI_CHAT_COMPLETION: Schema = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+    "description": "stream: true answers text/event-stream instead: data: <chat.completion.chunk> per token, "
+    "then data: [DONE]",
+    "properties": {
+        "id": _STRING,
+        "object": {"const": "chat.completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string", "description": "name:version, the version that answered"},
+        "system_fingerprint": _STRING,
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "message", "finish_reason"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "message": {
+                        "type": "object",
+                        "required": ["role", "content"],
+                        "properties": {"role": {"const": "assistant"}, "content": _STRING},
+                    },
+                    "finish_reason": _OPENAI_FINISH,
+                },
+            },
+        },
+        "usage": _OPENAI_USAGE,
+    },
+}
+OPENAI_TEXT_COMPLETION: Schema = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+    "description": "stream: true answers text/event-stream instead: data: <text_completion chunk> per token, "
+    "then data: [DONE]",
+    "properties": {
+        "id": _STRING,
+        "object": {"const": "text_completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string", "description": "name:version, the version that answered"},
+        "system_fingerprint": _STRING,
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "text", "finish_reason"],
+                "properties": {"index": {"type": "integer"}, "text": _STRING, "finish_reason": _OPENAI_FINISH},
+            },
+        },
+        "usage": _OPENAI_USAGE,
+    },
+}
+OPENAI_MODEL: Schema = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": {"type": "string", "description": "a registry name, or name:alias"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": _STRING,
+    },
+}
+OPENAI_MODEL_LIST: Schema = {
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": OPENAI_MODEL}},
+}
+OPENAI_ERROR: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": _STRING,
+                "type": {
+                    "type": "string",
+                    "description": "invalid_request_error, authentication_error, permission_error, tokens or "
+                    "requests (429), server_error",
+                },
+                "param": _NULLABLE_STRING,
+                "code": _NULLABLE_STRING,
+            },
+        }
+    },
+}
+OPENAI_ERRORS = {
+    status: (f"{description} (OpenAI's error shape)", OPENAI_ERROR)
+    for status, description in (
+        (400, "bad input (param names the field; code context_length_exceeded for a long prompt)"),
+        (401, "no or unknown API key"),
+        (403, "the key lacks the infer scope"),
+        (404, "unknown model (code model_not_found) or route"),
+        (405, "method not allowed"),
+        (413, "body too large"),
+        (415, "not JSON"),
+        (422, "the model failed on this input"),
+        (429, "request or token rate limit (type requests or tokens; Retry-After)"),
+        (500, "unexpected error"),
+        (502, "the backend failed"),
+        (503, "the backend is unavailable (Retry-After)"),
+        (504, "the backend did not answer in time"),
+    )
 }

@@ -43,3 +43,27 @@ def test_the_gates_panel_shows_shadow_and_rollout_and_pauses_it(
         assert all_css(browser, f"{panel} button.rollout-resume")
     finally:
         api(stack, "POST", f"{base}/rollout/abort")
+
+
+def test_the_audit_view_lists_an_alias_move_with_before_and_after_and_filters_by_model(
+    browser: Any, stack: dict[str, str], two_versions: str
+) -> None:
+    name, base = two_versions, f"/v1/models/by-name/{two_versions}/aliases/production"
+    assert api(stack, "PUT", base, {"version": "1"})[0] == 200
+    assert api(stack, "PUT", base, {"version": "2"})[0] == 200
+    sign_in(browser, stack["key"])
+    go(browser, "audit")
+    by_css(browser, "#audit-model").send_keys(name)
+    by_css(browser, "#audit-filter button[type=submit]").click()
+    rows = wait_for(
+        browser,
+        lambda: [r.text for r in all_css(browser, "#audit-table tbody tr") if "alias" in r.text],
+        "the alias moves are not listed",
+    )
+    assert all(name in row for row in rows), rows  # the filter kept only this model's entries
+    newest = rows[0]  # newest first: the move from 1 to 2, with what the alias was and became
+    assert '"versions":{"1":100}' in newest and '"versions":{"2":100}' in newest, newest
+    assert newest.index('"versions":{"1":100}') < newest.index('"versions":{"2":100}'), "before, then after"
+    note = by_css(browser, "#audit-note").text
+    assert note.endswith("match."), note
+    assert "#/audit" in browser.current_url and f"model={name}" in browser.current_url

@@ -50,4 +50,4 @@ def test_gateway_requires_a_key_and_admin_for_writes(stack: dict[str, str]) -> N
         m["name"]
         for m in http("GET", f"{stack['gateway']}/v1/models?tag=demo&limit=500", key=stack["key"])[1]["models"]
     }
-    assert {"iris_classifier", "vector_scorer"} <= demo, "kinfer up seeds the demo models"
+    assert {"iris_classifier", "vector_scorer", "text_sentiment", "tiny_lm"} <= demo, "kinfer up seeds the demo models"

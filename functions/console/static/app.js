@@ -518,10 +518,22 @@ function fillVersions() {
   }
 }
 
-function exampleFor(shape) {
+function exampleFor(shape, datatype) {
   const dims = shape.map(d => (d < 0 ? 1 : Math.min(d, 8)));
-  const build = depth => (depth === dims.length ? 0 : Array.from({ length: dims[depth] }, () => build(depth + 1)));
-  return dims.length ? build(0) : 0;
+  const leaf = datatype === "BYTES" ? "some text" : 0;
+  const build = depth => (depth === dims.length ? leaf : Array.from({ length: dims[depth] }, () => build(depth + 1)));
+  return dims.length ? build(0) : leaf;
+}
+
+/* A string tensor (BYTES) takes JSON strings; text that is not a JSON list or string is one string as typed. */
+function tensorValue(area) {
+  const text = area.value;
+  if (area.dataset.datatype !== "BYTES") return JSON.parse(text);
+  try {
+    const value = JSON.parse(text);
+    if (Array.isArray(value) || typeof value === "string") return value;
+  } catch (e) { /* plain text */ }
+  return [text];
 }
 
 async function loadTryForm(ev) {
@@ -536,10 +548,14 @@ async function loadTryForm(ev) {
     $("try-form-title").textContent = `${meta.name}${version ? ` (${version})` : ""}: inputs`;
     for (const input of meta.inputs) {
       const id = `try-in-${input.name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
-      const area = el("textarea", { id, "data-tensor": input.name, rows: 3, spellcheck: "false" });
-      area.value = JSON.stringify(exampleFor(input.shape));
+      const strings = input.datatype === "BYTES";
+      const area = el("textarea", { id, "data-tensor": input.name, "data-datatype": input.datatype, rows: 3,
+        spellcheck: strings ? "true" : "false" });
+      area.value = JSON.stringify(exampleFor(input.shape, input.datatype));
+      const what = strings ? 'JSON strings (["one", "two"]: one per row), or plain text: one string'
+        : "JSON numbers";
       box.append(el("div", {}, el("label", { for: id, text: input.name }),
-        el("p", { class: "note", text: `${input.datatype}, shape [${input.shape.join(", ")}] (-1: any length); JSON numbers` }),
+        el("p", { class: "note", text: `${input.datatype}, shape [${input.shape.join(", ")}] (-1: any length); ${what}` }),
         area));
     }
     const outs = meta.outputs.map(o => `${o.name} ${o.datatype} [${o.shape.join(", ")}]`).join("; ");
@@ -556,7 +572,7 @@ async function runPrediction(ev) {
   const form = $("try-form");
   const input = {};
   for (const area of form.querySelectorAll("textarea[data-tensor]")) {
-    try { input[area.dataset.tensor] = JSON.parse(area.value); } catch (e) {
+    try { input[area.dataset.tensor] = tensorValue(area); } catch (e) {
       showTryError(new ApiError(0, { error: `${area.dataset.tensor} is not valid JSON: ${e.message}`, code: "invalid_json" }));
       area.focus();
       return;

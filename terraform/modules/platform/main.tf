@@ -33,6 +33,12 @@ locals {
     S3_PUBLIC_ENDPOINT_URL = (var.s3_public_endpoint_url != "" ? var.s3_public_endpoint_url
     : var.minio_installed ? "https://${local.s3_host}" : "")
   }
+  # With llm_backend, the triton-llm Service is a backend_url registrations may name (the component
+  # allows the address of namespace kinfer; this one is this namespace's). Without it the overlay's
+  # BACKEND_ALLOWLIST stands.
+  llm_url    = "triton-llm.${var.namespace}.svc.cluster.local:80"
+  llm_config = var.llm_backend != "none" ? { BACKEND_ALLOWLIST = local.llm_url, PROBE_SKIP_BACKENDS = local.llm_url } : {}
+
   api_host = "api.${var.domain}"
   s3_host  = "s3.${var.domain}"
 
@@ -65,7 +71,21 @@ locals {
   components = concat(
     var.triton_keep_warm ? ["${local.knative_dir}/components/triton-warm"] : [],
     local.workload_identity ? ["${local.knative_dir}/components/s3-workload-identity"] : [],
+    var.llm_backend != "none" ? ["${local.knative_dir}/components/triton-llm"] : [],
   )
+}
+
+# The Hugging Face token of the triton-llm Service (its HF_TOKEN, an optional Secret reference: public
+# models need none), only when one is given; nothing else reads it.
+resource "kubernetes_secret" "hf_token" {
+  count = var.llm_backend != "none" && nonsensitive(var.hf_token != "") ? 1 : 0
+  metadata {
+    name      = "kinfer-hf-token"
+    namespace = kubernetes_namespace.kinfer.metadata[0].name
+    labels    = { "app.kubernetes.io/part-of" = "kinfer" }
+  }
+  type = "Opaque"
+  data = { HF_TOKEN = var.hf_token }
 }
 
 resource "random_password" "triton_admin" {
@@ -349,6 +369,38 @@ data "kustomization_overlay" "kinfer" {
     YAML
   }
 
+  # The triton-llm Service (llm_backend, knative/components/triton-llm; without it these match
+  # nothing): its model agent runs the triton Service's agent image, and serves this namespace's address.
+  patches {
+    target {
+      group = "serving.knative.dev"
+      kind  = "Service"
+      name  = "triton-llm"
+    }
+    patch = <<-YAML
+      - op: test
+        path: /spec/template/spec/containers/1/name
+        value: model-agent
+      - op: replace
+        path: /spec/template/spec/containers/1/image
+        value: "${local.agent_image}"
+    YAML
+  }
+
+  patches {
+    target {
+      group = "serving.knative.dev"
+      kind  = "Service"
+      name  = "triton-llm"
+    }
+    patch = jsonencode(concat([
+      { op = "test", path = "/spec/template/spec/containers/1/env/0/name", value = "AGENT_BACKEND" },
+      { op = "replace", path = "/spec/template/spec/containers/1/env/0/value", value = local.llm_url },
+      ], length(var.gpu_node_selector) > 0 ? [
+      { op = "add", path = "/spec/template/spec/nodeSelector", value = var.gpu_node_selector },
+    ] : []))
+  }
+
   # Kafka names of this install (terraform/main.tf kafka_names; the overlays'
   # knative/components/install-name does the same from their install.yaml).
   patches {
@@ -399,7 +451,7 @@ data "kustomization_overlay" "kinfer" {
   config_map_generator {
     name     = "kinfer-config"
     behavior = "merge"
-    literals = [for k, v in local.config : "${k}=${v}"]
+    literals = [for k, v in merge(local.config, local.llm_config) : "${k}=${v}"]
     options {
       disable_name_suffix_hash = true
     }
@@ -452,7 +504,7 @@ data "kustomization_overlay" "kinfer" {
 resource "kustomization_resource" "p0" {
   for_each   = data.kustomization_overlay.kinfer.ids_prio[0]
   manifest   = data.kustomization_overlay.kinfer.manifests[each.value]
-  depends_on = [kubernetes_secret.kinfer, kubernetes_secret.s3, kubernetes_secret.tls]
+  depends_on = [kubernetes_secret.kinfer, kubernetes_secret.s3, kubernetes_secret.tls, kubernetes_secret.hf_token]
 }
 
 resource "kustomization_resource" "p1" {

@@ -48,6 +48,17 @@ variable "triton_keep_warm" {
   type        = bool
 }
 
+variable "llm_backend" {
+  description = "\"vllm\": add the knative/components/triton-llm component (the Knative Service triton-llm) and allow it as a backend_url; \"none\": neither."
+  type        = string
+}
+
+variable "hf_token" {
+  description = "Hugging Face token of the triton-llm Service (Secret kinfer-hf-token, created only when set)."
+  type        = string
+  sensitive   = true
+}
+
 variable "kafka_brokers" {
   description = "Comma-separated Kafka bootstrap servers."
   type        = string

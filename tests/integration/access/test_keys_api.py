@@ -118,6 +118,7 @@ def test_self_tells_any_key_its_name_and_scopes_never_its_secret(client: Any, ad
         "name": created["name"],
         "scopes": ["batch"],
         "rate_limit_per_minute": 90,
+        "tokens_per_minute": None,
         "expires_at": None,
     }
     assert created["key"] not in resp.text and created["prefix"] not in resp.text

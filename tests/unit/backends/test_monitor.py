@@ -78,3 +78,23 @@ def test_a_warm_triton_is_probed_on_the_tick_and_on_health(pool: _Pool) -> None:
     assert [r["url"] for r in mon.probe()] == [TRITON]
     assert mon.health()["backends"][0]["last_checked"] is not None
     assert pool.asked == [TRITON, TRITON]
+
+
+def test_backends_listed_in_probe_skip_backends_are_never_probed_nor_checked(pool: _Pool) -> None:
+    """A second scale-to-zero Service (triton-llm): probing it would wake it and keep it up."""
+    from shared.lifecycle.backends import BackendAdmin
+
+    llm = "triton-llm.kinfer.svc.cluster.local:80"
+    settings = Settings.from_env(
+        environ={"PROBE_SKIP_BACKENDS": f" grpc://{llm.upper()}/ ,other.example:1"}, triton_url=f"grpc://{TRITON}/"
+    )
+    assert settings.probe_skip_backends == (f"grpc://{llm.upper()}/", "other.example:1")
+    cache = _NoCache()
+    mon = BackendMonitor(_NoRegistry(), pool, _LOOP, Breakers(settings, cache), cache, settings)  # type: ignore[arg-type]
+    assert [r["url"] for r in mon.probe({TRITON: ["iris"], llm: ["tiny_lm"]})] == [TRITON]
+    assert pool.asked == [TRITON]
+    admin = BackendAdmin.__new__(BackendAdmin)
+    admin.settings = settings
+    admin._check = lambda *a: pytest.fail("a scale-to-zero backend was checked at registration")  # type: ignore[method-assign]
+    row: Any = {"backend_urls": [f"grpc://{llm}"], "triton_model": "tiny_lm"}
+    assert admin.check_registration(row) == []
