@@ -88,6 +88,7 @@ class ModelInfo:
     max_batch_size: int
     labels: tuple[str, ...] = ()
     max_string_bytes: int = MAX_STRING_BYTES
+    decoupled: bool = False  # answers as a stream (model_transaction_policy.decoupled): the OpenAI routes only
 
     @property
     def batched(self) -> bool:
@@ -127,7 +128,15 @@ def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> M
     params = config.get("parameters") or {}
     raw_labels = (params.get("class_names") or params.get("labels") or {}).get("string_value", "")
     labels = tuple(x.strip() for x in raw_labels.split(",") if x.strip())
-    return ModelInfo(metadata["name"], specs(metadata.get("inputs")), specs(metadata.get("outputs")), max_batch, labels)
+    decoupled = bool((config.get("model_transaction_policy") or {}).get("decoupled", False))
+    return ModelInfo(
+        metadata["name"],
+        specs(metadata.get("inputs")),
+        specs(metadata.get("outputs")),
+        max_batch,
+        labels,
+        decoupled=decoupled,
+    )
 
 
 def serialize_bytes(array: np.ndarray[Any, Any]) -> bytes:

@@ -45,6 +45,7 @@ class Parsed:
 
 def parse_input(info: ModelInfo, raw: object, field: str = "input", max_elements: int = MAX_ELEMENTS) -> Parsed:
     """Validate one ``input`` object; InvalidInput naming what was expected otherwise."""
+    refuse_streaming(info)
     values = _named_values(info, raw, field)
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     singles: set[bool] = set()
@@ -61,6 +62,17 @@ def parse_input(info: ModelInfo, raw: object, field: str = "input", max_elements
             f"{field}: every input tensor needs the same number of rows; expected {info.expected()}", field=field
         )
     return Parsed(arrays, rows.pop(), singles.pop())
+
+
+def refuse_streaming(info: ModelInfo) -> None:
+    """A model that answers as a stream of responses (Triton's decoupled mode: a generative model) has no single
+    answer to give here: 400 naming the routes that serve it."""
+    if info.decoupled:
+        raise InvalidInput(
+            f"model {info.name!r} streams its answer (a generative model): call it through POST "
+            "/v1/chat/completions or /v1/completions (the OpenAI-compatible API)",
+            field="model",
+        )
 
 
 def _named_values(info: ModelInfo, raw: object, field: str) -> dict[str, object]:

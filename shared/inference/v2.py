@@ -36,6 +36,7 @@ from shared.inference.codec import (
     check_strings,
     dims_match,
     flat_texts,
+    refuse_streaming,
     to_strings,
     too_many_elements,
 )
@@ -221,6 +222,7 @@ def v2_arrays(
     info: ModelInfo, inputs: list[InputTensor], binary: bytes, max_elements: int
 ) -> tuple[dict[str, np.ndarray[Any, Any]], int]:
     """Validate v2 input tensors (names, datatype, full shape, values) against the metadata."""
+    refuse_streaming(info)
     specs = {s.name: s for s in info.inputs}
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     offset, left = 0, max_elements

@@ -185,3 +185,24 @@ def test_integers_beyond_a_float_datatype_are_refused_not_turned_into_infinity(v
         to_array(value, TensorSpec("x", "FP16", (-1,)), "input", "expected FP16")
     assert "FP16 range" in err.value.message and err.value.field == "input"
     assert to_array([65504, -3], TensorSpec("x", "FP16", (-1,)), "input", "e").tolist() == [65504.0, -3.0]
+
+
+def test_a_streaming_model_is_refused_on_the_single_answer_paths_with_the_routes_that_serve_it() -> None:
+    """A decoupled (generative) model has no single answer: /v1/infer, v2 and batch items say where to go."""
+    from shared.inference.v2 import v2_arrays
+
+    metadata = {
+        "name": "tiny_lm",
+        "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": ["1"]}],
+        "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": ["-1"]}],
+    }
+    config = {"config": {"max_batch_size": 0, "model_transaction_policy": {"decoupled": True}}}
+    info = model_info_from(metadata, config)
+    assert info.decoupled
+    assert not model_info_from(metadata, {"config": {"max_batch_size": 0}}).decoupled
+    with pytest.raises(InvalidInput) as v1:
+        parse_input(info, {"text_input": ["hello"]})
+    assert v1.value.field == "model" and "/v1/chat/completions" in v1.value.message
+    with pytest.raises(InvalidInput) as v2:
+        v2_arrays(info, [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["hello"]}], b"", 100)
+    assert v2.value.field == "model"
