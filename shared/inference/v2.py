@@ -36,6 +36,8 @@ from shared.inference.codec import (
     check_strings,
     dims_match,
     flat_texts,
+    outputs_json,
+    prediction_of,
     refuse_streaming,
     to_strings,
     too_many_elements,
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from shared.domain import ModelVersion
     from shared.inference.dataplane import DataPlane
     from shared.inference.resolve import Resolver
+    from shared.lifecycle.shadow import ShadowAnswer
     from shared.settings import Settings
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -432,6 +435,8 @@ class V2Protocol:
             resolver.record(model, exc.code, started)
             raise
         resolver.record(model, "ok", started)
+        if dataplane.shadow is not None:
+            self._mirror(name, version, model, info, outputs, inputs, binary, started)
         wanted = _requested(info, asked)
         return {
             "model_name": model["name"],
@@ -439,6 +444,47 @@ class V2Protocol:
             "id": request.get("id", ""),
             "outputs": [_output(s, outputs[s.name]) for s in info.outputs if s.name in wanted],
         }
+
+    def _mirror(
+        self,
+        name: str,
+        version: str | None,
+        model: ModelVersion,
+        info: ModelInfo,
+        outputs: dict[str, np.ndarray[Any, Any]],
+        inputs: list[InputTensor],
+        binary: bytes,
+        started: float,
+    ) -> None:
+        """Offer the answered request to the alias's shadow versions, as /v1/infer does (a dict lookup when the
+        alias has none); the shadow version runs the same v2 inputs after the answer is sent."""
+        mirror = self.dataplane.shadow
+        alias, shadows = self.resolver.shadow_of(name, version)
+        if mirror is None or alias is None or not shadows:
+            return
+        primary: ShadowAnswer | None = None
+        for percent, target in shadows:
+            if target["version"] == model["version"] or not mirror.wanted(percent):
+                continue
+            if primary is None:
+                primary = (prediction_of(info, outputs, False), outputs_json(info, outputs, False))
+
+            async def run(target: ModelVersion = target) -> ShadowAnswer:
+                tm, tv, urls = triton_model(target), triton_version(target), self.resolver.backend_urls(target)
+
+                async def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray[Any, Any]]]:
+                    who = backend_label(target, urls, url)
+                    shadow_info = self.triton_async.cached_info(url, tm, tv) or await self.triton_async.model_info(
+                        url, tm, tv, who
+                    )
+                    arrays, rows = v2_arrays(shadow_info, inputs, binary, self.settings.max_infer_elements)
+                    return shadow_info, await self.dataplane.infer_arrays(url, shadow_info, arrays, rows, tv, who)
+
+                shadow_info, got = await call_waiting(self.balancer, urls, attempt, label(target), 0.0)
+                return prediction_of(shadow_info, got, False), outputs_json(shadow_info, got, False)
+
+            pair = (name, alias, model["version"], target["version"])
+            mirror.offer(pair, run, primary, time.perf_counter() - started)
 
     # -- metadata, readiness, configuration ------------------------------------------------------
     async def model_metadata_v2(self, name: str, version: str | None) -> ModelMetadata:

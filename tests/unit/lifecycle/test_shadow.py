@@ -279,3 +279,28 @@ def test_every_mirrors_figures_reach_redis_after_a_quiet_spell_without_a_later_r
     assert cache.data["kinfer:shadow:requests"][f"{key}|disagree"] == 3
     assert cache.data["kinfer:shadow:extra"][f"{key}|primary_s"] == pytest.approx(total)
     assert cache.data["kinfer:shadow:extra"][f"{key}|max_diff"] == pytest.approx(1.0)
+
+
+def test_a_v2_answer_through_the_alias_is_mirrored_too() -> None:
+    """KServe v2 callers get the same shadow as /v1/infer: the shadow runs the same v2 inputs afterwards."""
+    import json
+
+    from shared.inference.v2 import V2Protocol
+
+    coalescer = _Coalescer(shadow_label=2)
+    plane, mirror, cache = _plane(coalescer)
+    v2 = V2Protocol(plane, plane.resolver, plane.balancer, plane.triton_async, Settings.from_env(environ={}))
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+    async def go() -> dict[str, Any]:
+        answer = await v2.infer_v2(
+            "iris", "production", json.dumps(body).encode(), {"content-type": "application/json"}, None, 0.0, None
+        )
+        await _drain()
+        return dict(answer)
+
+    answer = asyncio.run(go())
+    assert answer["model_version"] == "3" and answer["outputs"][0]["data"] == [0.0, 1.0, 0.0]
+    assert coalescer.calls == ["3", "4"]  # mirrored after the answer, never returned
+    [pair] = _pairs(mirror, cache)
+    assert (pair["primary"], pair["shadow"], pair["mirrored"], pair["agree"]) == ("3", "4", 1, 0)
