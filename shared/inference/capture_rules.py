@@ -142,6 +142,11 @@ class CaptureRules:
         view = self.registry.view(name)
         if not view["active"] and not view["others"]:  # a typo would capture nothing, silently
             raise NotFound(f"no model named {name!r} (kinfer models list shows them)")
+        if alias and alias not in view["aliases"] and alias not in view["active"] and alias not in view["others"]:
+            raise NotFound(
+                f"model {name!r} has no alias or version {alias!r} (kinfer models get {name} lists them)",
+                field="alias",
+            )
         values = {"sample_percent": percent, "redact": redact, "updated_by": actor.key_name[:128]}
         with self.db.begin() as conn:
             before = self._read(conn, name, alias)

@@ -627,8 +627,9 @@ class OpenAICompat:
     async def _resolve(self, ask: Ask, caller: Caller) -> ModelVersion:
         try:
             return await self.resolver.resolve_async(ask.name, ask.requested, caller.route_key)
-        except NotFound as exc:
-            raise NotFound(exc.message, field="model", code="model_not_found") from None
+        except NotFound as exc:  # point at the OpenAI list of generative models, not the registry's
+            message = exc.message.replace("with GET /v1/models", "with GET /openai/v1/models")
+            raise NotFound(message, field="model", code="model_not_found") from None
 
     async def _open(
         self, model: ModelVersion, ask: Ask, caller: Caller, stream: bool

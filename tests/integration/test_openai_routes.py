@@ -234,6 +234,7 @@ def test_errors_in_openais_shape(served: Served) -> None:
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     assert missing.value.code == "model_not_found" and missing.value.param == "model"
     assert missing.value.type == "invalid_request_error"
+    assert "GET /openai/v1/models" in str(missing.value), "the hint names the OpenAI list, not the registry's"
     with pytest.raises(openai.AuthenticationError) as bad_key:
         served.client(key="kinfer_" + "x" * 40).chat.completions.create(model=served.name, messages=MESSAGES)
     assert bad_key.value.status_code == 401 and bad_key.value.type == "authentication_error"

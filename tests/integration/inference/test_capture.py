@@ -104,6 +104,9 @@ def test_settings_are_written_by_admins_read_by_any_key_and_audit_logged(svc, ke
     put = models.put(path, json=body, headers=keys["admin"])
     assert put.status_code == 200, put.text
     assert put.json()["sample_percent"] == 25 and put.json()["redact"] == ["features"] and put.json()["alias"] is None
+    nowhere = models.put(path, json={"sample_percent": 100, "alias": "canary"}, headers=keys["admin"])
+    assert nowhere.status_code == 404 and nowhere.json()["field"] == "alias", "a typo would capture nothing"
+    svc.aliases.put_alias(iris["name"], "canary", {"version": iris["version"]})
     canary = models.put(path, json={"sample_percent": 100, "alias": "canary"}, headers=keys["admin"])
     assert canary.status_code == 200 and canary.json()["alias"] == "canary"
     got = models.get(path, headers=keys["infer"])
