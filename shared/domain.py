@@ -141,6 +141,16 @@ class JobError(TypedDict):
     index: NotRequired[int]
 
 
+class ReplayDifference(TypedDict):
+    """One replayed item whose answer differs from the captured one: its index in the replay job, the
+    captured request's id, and both answers (predictions, or outputs when no prediction was captured)."""
+
+    index: int
+    request_id: str | None
+    captured: object
+    replayed: object
+
+
 class ReplayComparison(TypedDict):
     """A finished replay job's answers against the captured ones (``shared.batch.replay``): items whose
     prediction is equal or differs, items the candidate failed, the mean absolute difference of numeric
@@ -152,6 +162,7 @@ class ReplayComparison(TypedDict):
     failed: int
     mean_abs_diff: float | None
     skipped: int
+    differences: NotRequired[list[ReplayDifference]]  # the first MAX_EXAMPLES differing items
 
 
 class BatchJob(TypedDict):

@@ -25,7 +25,7 @@ from shared import validation as v
 from shared.batch import results as batch_results
 from shared.batch import store
 from shared.clients import storage
-from shared.domain import BatchJob, ReplayComparison
+from shared.domain import BatchJob, ReplayComparison, ReplayDifference
 from shared.errors import InvalidInput, KinferError, NotFound
 from shared.inference.capture import PREFIX, REDACTED
 from shared.registry.rules import NAME
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 REPLAY = "replay/"
 WINDOW_FIELDS = ("model", "version", "since", "until")
+MAX_EXAMPLES = 20  # differing items named in a comparison (index, captured request id, both answers)
 MAX_OBJECTS = 10_000
 
 
@@ -100,7 +101,12 @@ def expected_of(record: dict[str, Any]) -> dict[str, object]:
             for t in outputs
             if isinstance(t, dict) and "data" in t
         }
-    return {"prediction": record.get("prediction"), "outputs": outputs or {}}
+    return {
+        "prediction": record.get("prediction"),
+        "outputs": outputs or {},
+        "request_id": record.get("request_id"),
+        "timestamp": record.get("timestamp"),
+    }
 
 
 def _numbers(value: object) -> np.ndarray[Any, Any] | None:
@@ -117,6 +123,7 @@ def compare(expected: list[dict[str, Any]], got: list[dict[str, Any]], skipped: 
     by_index = {int(r["index"]): r for r in got if "index" in r}
     equal = differing = failed = 0
     diffs: list[float] = []
+    examples: list[ReplayDifference] = []
     for index, want in enumerate(expected):
         row = by_index.get(index)
         if row is None or "error" in row:
@@ -133,6 +140,15 @@ def compare(expected: list[dict[str, Any]], got: list[dict[str, Any]], skipped: 
                 close = close and outputs.get(name) == value
         same = row.get("prediction") == want["prediction"] if want["prediction"] is not None else close
         equal, differing = equal + int(same), differing + int(not same)
+        if not same and len(examples) < MAX_EXAMPLES:
+            examples.append(
+                {
+                    "index": index,
+                    "request_id": want.get("request_id"),
+                    "captured": want["prediction"] if want["prediction"] is not None else want["outputs"],
+                    "replayed": row.get("prediction") if want["prediction"] is not None else outputs,
+                }
+            )
     mean = round(float(np.mean(diffs)), 9) if diffs else None
     return {
         "compared": equal + differing,
@@ -141,6 +157,7 @@ def compare(expected: list[dict[str, Any]], got: list[dict[str, Any]], skipped: 
         "failed": failed,
         "mean_abs_diff": mean,
         "skipped": skipped,
+        "differences": examples,
     }
 
 
@@ -181,8 +198,7 @@ class Replays:
     def _captured(
         self, name: str, version: str | None, since: datetime, until: datetime
     ) -> tuple[list[object], list[dict[str, object]], int]:
-        inputs: list[object] = []
-        expected: list[dict[str, object]] = []
+        kept: list[tuple[str, object, dict[str, object]]] = []
         skipped = 0
         limit = self.settings.batch_max_items
         for record in self._records(name, version, since, until):
@@ -190,14 +206,14 @@ class Replays:
             if item is None:
                 skipped += 1
                 continue
-            if len(inputs) >= limit:
+            if len(kept) >= limit:
                 raise InvalidInput(
                     f"the window holds more than {limit} captured requests (BATCH_MAX_ITEMS); narrow it",
                     field="from_capture.until",
                 )
-            inputs.append(item)
-            expected.append(expected_of(record))
-        return inputs, expected, skipped
+            kept.append((str(record.get("timestamp")), item, expected_of(record)))
+        kept.sort(key=lambda k: k[0])  # in the order the requests came (capture objects are not)
+        return [k[1] for k in kept], [k[2] for k in kept], skipped
 
     def _records(self, name: str, version: str | None, since: datetime, until: datetime) -> Iterator[dict[str, Any]]:
         bucket = self.settings.capture_bucket

@@ -410,6 +410,11 @@ def summary(status: BatchJob, elapsed_s: float, source: InputFile | None = None,
             f" compared; mean |diff| of numeric outputs {'-' if mad is None else f'{mad:.6g}'}"
             f" ({comparison['failed']} failed, {comparison['skipped']} captured requests skipped)"
         )
+        for diff in (comparison.get("differences") or [])[:SHOWN_FAILURES]:
+            lines.append(
+                f"    item {diff['index']} (request {diff.get('request_id') or '-'}): captured "
+                f"{json.dumps(diff['captured'])[:80]}, replayed {json.dumps(diff['replayed'])[:80]}"
+            )
     errors = status.get("errors") or []
     for err in errors[:SHOWN_FAILURES]:
         where = f"line {source.line_of(err['index'])}" if source else f"item {err['index']}"

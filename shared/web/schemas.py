@@ -490,6 +490,19 @@ BATCH_JOB: Schema = {
                 "failed": _COUNT,
                 "mean_abs_diff": {"type": ["number", "null"]},
                 "skipped": _COUNT,
+                "differences": {
+                    "type": "array",
+                    "description": "the first 20 differing items: index, the captured request's id, both answers",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "index": _COUNT,
+                            "request_id": {"type": ["string", "null"]},
+                            "captured": {},
+                            "replayed": {},
+                        },
+                    },
+                },
             },
         },
     },

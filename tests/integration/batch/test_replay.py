@@ -61,7 +61,7 @@ def test_replay_of_captured_traffic_on_an_equal_candidate_compares_equal(replay_
     assert done["status"] == "completed" and done["version"] == "2"
     comparison = dict(done["comparison"])
     assert comparison.pop("mean_abs_diff") < 1e-6  # batched and single-row float32 answers: rounding only
-    assert comparison == {"compared": 4, "equal": 4, "differing": 0, "failed": 0, "skipped": 1}
+    assert comparison == {"compared": 4, "equal": 4, "differing": 0, "failed": 0, "skipped": 1, "differences": []}
     assert st.status(job["job_id"])["comparison"] == done["comparison"]  # kept once computed
 
 
@@ -77,6 +77,9 @@ def test_replay_on_a_different_candidate_counts_differences(replay_stack: Stack,
     comparison = done["comparison"]
     assert comparison["compared"] + comparison["failed"] == 4 and comparison["skipped"] == 1
     assert comparison["differing"] + comparison["failed"] >= 1
+    for example in comparison.get("differences", []):  # each named by the captured request it replayed
+        assert example["request_id"] and example["captured"] != example["replayed"], example
+    assert len(comparison.get("differences", [])) == min(comparison["differing"], 20)
 
 
 @pytest.mark.parametrize(

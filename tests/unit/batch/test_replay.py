@@ -25,13 +25,18 @@ def test_v2_tensors_become_named_inputs_in_their_shape() -> None:
     assert replay_input({"protocol": "v2", "input": [{"name": "x", "shape": [1], "data": REDACTED}]}) is None
     assert replay_input({"protocol": "v2", "input": [{"name": "x", "parameters": {"binary_data_size": 4}}]}) is None
     outputs = [{"name": "p", "shape": [1, 2], "data": [0.5, 0.5]}]
-    assert expected_of({"outputs": outputs}) == {"prediction": None, "outputs": {"p": [[0.5, 0.5]]}}
+    assert expected_of({"outputs": outputs, "request_id": "r-9", "timestamp": "t"}) == {
+        "prediction": None,
+        "outputs": {"p": [[0.5, 0.5]]},
+        "request_id": "r-9",
+        "timestamp": "t",
+    }
 
 
 def test_comparison_counts_equal_differing_failed_and_the_mean_absolute_difference() -> None:
     expected: list[dict[str, Any]] = [
         {"prediction": "a", "outputs": {"p": [0.9, 0.1]}},
-        {"prediction": "a", "outputs": {"p": [0.6, 0.4]}},
+        {"prediction": "a", "outputs": {"p": [0.6, 0.4]}, "request_id": "r-1"},
         {"prediction": None, "outputs": {"p": [[1.0, 0.0]]}},
         {"prediction": "b", "outputs": {"p": [0.1, 0.9]}},
     ]
@@ -43,6 +48,7 @@ def test_comparison_counts_equal_differing_failed_and_the_mean_absolute_differen
     ]
     result = compare(expected, got, skipped=2)
     mad = result.pop("mean_abs_diff")  # type: ignore[misc]
+    assert result.pop("differences") == [{"index": 1, "request_id": "r-1", "captured": "a", "replayed": "b"}]  # type: ignore[misc]
     assert result == {"compared": 3, "equal": 2, "differing": 1, "failed": 1, "skipped": 2}
     assert mad == pytest.approx((0.1 + 0.1 + 0.2 + 0.2 + 0 + 0) / 6)
 
