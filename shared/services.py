@@ -369,7 +369,13 @@ class Services:
     def items(self) -> ItemRunner:
         from shared.inference.items import ItemRunner
 
-        return ItemRunner(self.resolver, self.balancer, self.triton_async, self.triton_loop)
+        return ItemRunner(
+            self.resolver,
+            self.balancer,
+            self.triton_async,
+            self.triton_loop,
+            max_elements=self.settings.max_infer_elements,
+        )
 
     # batch
     @cached_property

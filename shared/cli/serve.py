@@ -125,13 +125,18 @@ def gateway_app() -> Any:
 
 
 def _gateway_observability() -> Any:
-    """The gateway process's own ``/metrics`` and ``/debug/traces``, through the request pipeline."""
+    """The gateway process's own ``/metrics`` and ``/debug/traces``, through the request pipeline. The gateway
+    is the public entry, so its ``/metrics`` asks for an admin key: the exposition names every key's id with its
+    token use and error counts (a function's own port stays open to Prometheus inside the cluster)."""
+    import dataclasses
+
     from shared.web.dispatch import dispatch
     from shared.web.metrics import METRICS_ROUTE, TRACES_ROUTE
     from shared.web.routing import Router
     from shared.web.runtime import function_services
 
-    router = Router([METRICS_ROUTE, TRACES_ROUTE], title="Kinfer gateway")
+    metrics = dataclasses.replace(METRICS_ROUTE, scope="admin", always_auth=True)
+    router = Router([metrics, TRACES_ROUTE], title="Kinfer gateway")
 
     async def observability(request: Any) -> Any:
         return await dispatch(request, router, function_services(), "gateway")

@@ -22,7 +22,15 @@ from shared import telemetry
 from shared.backends.triton import BYTES, NP_DTYPES, ModelInfo
 from shared.clients.aio import PerLoop
 from shared.errors import InvalidInput, KinferError
-from shared.inference.codec import Parsed, json_values, outputs_json, parse_input, prediction_of, to_strings
+from shared.inference.codec import (
+    MAX_ELEMENTS,
+    Parsed,
+    json_values,
+    outputs_json,
+    parse_input,
+    prediction_of,
+    to_strings,
+)
 from shared.inference.resolve import backend_label, label, triton_model, triton_version
 
 if TYPE_CHECKING:
@@ -145,11 +153,13 @@ class ItemRunner:
         triton_async: AsyncTriton,
         loop: LoopThread,
         in_flight: int = IN_FLIGHT,
+        max_elements: int = MAX_ELEMENTS,
     ) -> None:
         self.resolver = resolver
         self.balancer = balancer
         self.triton_async = triton_async
         self.loop = loop
+        self.max_elements = max_elements  # per item, as per /v1/infer request (MAX_INFER_ELEMENTS)
         self._slots: PerLoop[asyncio.Semaphore] = PerLoop(lambda: asyncio.Semaphore(in_flight))
 
     def infer_items(self, model: ModelVersion, items: Sequence[object]) -> list[ItemResult]:
@@ -206,7 +216,7 @@ class ItemRunner:
         parsed: dict[int, Parsed] = {}
         for i, item in enumerate(items):
             try:
-                parsed[i] = parse_input(info, item)
+                parsed[i] = parse_input(info, item, max_elements=self.max_elements)
             except InvalidInput as exc:
                 results[i] = ItemResult(None, None, exc.message)
         await asyncio.gather(*(self._infer_group(target, info, g, parsed, results) for g in _groups(info, parsed)))

@@ -13,6 +13,7 @@ shape; a field at fault in the instances is named ``instances``.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, TypedDict
 
 from shared import validation as v
@@ -81,7 +82,8 @@ async def predict(
     except InvalidInput as exc:
         if exc.field is None or not exc.field.startswith("input"):
             raise
-        message = exc.message.replace("input.data", "instances").replace("input", "instances")
+        # the /v1/infer field is named as v1 callers know it; tensor names holding "input" stay as they are
+        message = re.sub(r"(?<![\w'])input(\.data)?(?![\w'])", "instances", exc.message)
         raise InvalidInput(message, field="instances") from None
     prediction = answer["prediction"]
     predictions = prediction if count > 1 and isinstance(prediction, list) else [prediction]

@@ -19,6 +19,7 @@ from shared import catalogue
 
 PORT = 9090
 GATEWAY_PORT = 8080
+GATEWAY_SCRAPE_KEY = "demo-token"  # the local stack's dev admin key (shared.localstack.stack.DEMO_KEY)
 SCRAPE_INTERVAL_S = 5
 RETENTION = "2d"
 INSTALL_HINT = "apt-get install -y --no-install-recommends prometheus (as root, or scripts/services.sh)"
@@ -56,6 +57,8 @@ def config(triton_metrics_port: int, agent_port: int, relay_port: int) -> str:
             "    static_configs:",
             f"      - targets: ['{target}']",
         ]
+        if job == "gateway":  # the public entry's /metrics asks for an admin key: the local stack's dev key
+            lines += ["    authorization:", "      type: Bearer", f"      credentials: {GATEWAY_SCRAPE_KEY}"]
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,7 @@ class Gateway:
     limited: str
     limited_id: str
     settings: Any
+    admin: str = ""
 
     @property
     def auth(self) -> dict[str, str]:
@@ -57,9 +58,10 @@ def gateway(base_settings: Any, triton: Any) -> Iterator[Gateway]:
         )
     key_record, key = services.keys.create_key(f"conv-{uuid.uuid4().hex[:6]}", "infer")
     limited_record, limited = services.keys.create_key(f"conv-lim-{uuid.uuid4().hex[:6]}", "infer", rate_limit=1)
+    _, admin = services.keys.create_key(f"conv-adm-{uuid.uuid4().hex[:6]}", "admin")
     reset_services(None)
     with serve_gateway(free_port(), settings) as base:
-        yield Gateway(base, name, key, key_record["id"], limited, limited_record["id"], settings)
+        yield Gateway(base, name, key, key_record["id"], limited, limited_record["id"], settings, admin)
 
 
 # -- KServe v1 -------------------------------------------------------------------
@@ -172,7 +174,9 @@ def test_gateway_metrics_count_4xx_and_429_per_key_id_never_the_secret(gateway: 
     ]
     assert statuses[0] == 200 and 429 in statuses
     requests.post(url, json={"instances": [SETOSA]}, headers={"Authorization": "Bearer kf_not_a_key_123"}, timeout=30)
-    metrics = requests.get(f"{gateway.base}/metrics", timeout=30)
+    assert requests.get(f"{gateway.base}/metrics", timeout=30).status_code == 401  # every key's figures: admin only
+    assert requests.get(f"{gateway.base}/metrics", headers=gateway.auth, timeout=30).status_code == 403
+    metrics = requests.get(f"{gateway.base}/metrics", headers={"Authorization": f"Bearer {gateway.admin}"}, timeout=30)
     assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
     text = metrics.text
     labels = {"key_id": gateway.limited_id, "status": "429", "code": "rate_limited"}

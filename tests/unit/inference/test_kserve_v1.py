@@ -80,3 +80,13 @@ def test_an_input_error_names_instances() -> None:
     with pytest.raises(InvalidInput) as err:
         asyncio.run(kserve_v1.predict(plane, "iris", None, {"instances": [[1]]}, None, 0, ("r", "t")))  # type: ignore[arg-type]
     assert err.value.field == "instances" and err.value.message == "instances must hold 4 numbers"
+
+
+def test_tensor_names_holding_input_are_not_renamed_in_an_error() -> None:
+    message = "input is missing tensor 'text_input'; expected 'text_input' and 'exclude_input_in_output'"
+    plane = _DataPlane(error=InvalidInput(message, field="input.text_input"))
+    with pytest.raises(InvalidInput) as err:
+        asyncio.run(kserve_v1.predict(plane, "lm", None, {"instances": [["a"]]}, None, 0, ("r", "t")))  # type: ignore[arg-type]
+    assert err.value.message == (
+        "instances is missing tensor 'text_input'; expected 'text_input' and 'exclude_input_in_output'"
+    )

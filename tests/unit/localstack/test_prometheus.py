@@ -21,6 +21,9 @@ def test_the_configuration_scrapes_every_function_the_gateway_triton_the_agent_t
         assert f"job_name: {fn.folder}\n" in text and f"127.0.0.1:{fn.port}'" in text
     for job, port in (("gateway", 8080), ("triton", 8002), ("agent", 8089), ("relay", 8090), ("prometheus", 9090)):
         assert f"job_name: {job}\n" in text and f"127.0.0.1:{port}'" in text
+    gateway_job = text.split("job_name: gateway\n", 1)[1].split("job_name:", 1)[0]
+    assert f"credentials: {stack.DEMO_KEY}" in gateway_job, "the gateway's /metrics asks for an admin key"
+    assert text.count("credentials:") == 1
 
 
 def test_without_the_package_up_says_so_and_leaves_prometheus_out(monkeypatch: pytest.MonkeyPatch) -> None:
