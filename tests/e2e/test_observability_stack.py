@@ -59,7 +59,11 @@ def test_prometheus_scrapes_every_part_and_kinfer_status_lists_it(stack: dict[st
 
 @pytest.mark.parametrize("port", [8080, 8082, 8083, 8086])
 def test_the_ports_that_were_404_serve_metrics(stack: dict[str, str], port: int) -> None:
-    status, body, headers = http("GET", f"http://127.0.0.1:{port}/metrics")
+    key = None
+    if port == 8080:  # the public gateway: every key's figures, to an admin key only
+        assert http("GET", f"http://127.0.0.1:{port}/metrics")[0] == 401
+        key = stack["key"]
+    status, body, headers = http("GET", f"http://127.0.0.1:{port}/metrics", key=key)
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert "kinfer_http_client_errors_total" in body
 
