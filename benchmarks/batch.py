@@ -6,9 +6,18 @@ the batch worker each served by ``kinfer serve`` (uvicorn) on free ports.
 
     .venv/bin/python benchmarks/batch.py --items 100000
 
-Prints a table: end-to-end items/s vs direct items/s (same items, same run), their ratio, and
-the worker's peak RSS (VmHWM) after a small and after the big job (bounded by the chunk size
-means the two are close).
+Prints a table: end-to-end items/s vs direct items/s (same items, same run), their ratio, the
+CPU-seconds per million items of every process (batch API, batch worker, S3 server, Triton, this
+process: the event relay and the client) next to it, and the worker's peak RSS (VmHWM) after a
+small and after the big job (bounded by the chunk size means the two are close). The direct calls send
+``--direct-batch`` rows each (default: the model's ``max_batch_size``, as Triton reports it); the submit
+body is encoded before the clock starts, and the job's end is its ``finished_at``. ``--runs N`` repeats
+the big job (and the direct calls) N times on the same stack and prints each run. ``--profile DIR``
+records the batch API, the worker, the S3 server and this process with py-spy (``--gil``) during the
+first big job (collapsed stacks, ``DIR/<process>.txt``; py-spy is not a dependency:
+``.venv/bin/pip install py-spy``).
+
+    .venv/bin/python benchmarks/batch.py --items 100000 --runs 3
 """
 
 from __future__ import annotations
@@ -43,8 +52,16 @@ def items(n: int) -> list[list[float]]:
     return (base + rng.normal(0, 0.05, base.shape).astype(np.float32)).round(3).tolist()
 
 
+def max_batch(grpc_url: str) -> int:
+    """The iris model's max_batch_size, as Triton reports it."""
+    import tritonclient.grpc as grpcclient
+
+    config = grpcclient.InferenceServerClient(grpc_url).get_model_config("iris_classifier", as_json=True)
+    return int(config["config"].get("max_batch_size", 0)) or 1
+
+
 def direct(grpc_url: str, rows: list[list[float]], batch: int = 64) -> float:
-    """Seconds for sequential batched Triton gRPC calls over ``rows`` (max_batch_size 64)."""
+    """Seconds for sequential batched Triton gRPC calls over ``rows`` (``batch`` rows each)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
@@ -59,22 +76,39 @@ def direct(grpc_url: str, rows: list[list[float]], batch: int = 64) -> float:
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 300) -> Any:
-    data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+    """``body``: JSON-able, or bytes already encoded."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
-def run_job(api: str, model: str, rows: list[list[float]]) -> tuple[float, float, dict[str, Any]]:
-    """(submit seconds, total seconds until finished, final status)."""
-    started = time.perf_counter()
-    job = http("POST", f"{api}/v1/batch", {"model": model, "inputs": [{"data": r} for r in rows]})
+def submit_body(model: str, rows: list[list[float]]) -> bytes:
+    """The POST /v1/batch body, encoded before the clock starts: a client sends a body it has (its
+    encoding is the client's cost, not the platform's)."""
+    return json.dumps({"model": model, "inputs": [{"data": r} for r in rows]}, separators=(",", ":")).encode()
+
+
+POLL_S = 0.2
+
+
+def run_job(api: str, body: bytes) -> tuple[float, float, dict[str, Any]]:
+    """(submit seconds, total seconds until finished, final status). The end is the job's ``finished_at``
+    (the database's clock, on this machine): polls can then be as sparse as a client's, without their
+    interval in the measurement nor their cost in the API's CPU."""
+    from datetime import datetime
+
+    started, wall = time.perf_counter(), time.time()
+    job = http("POST", f"{api}/v1/batch", body)
     submitted = time.perf_counter() - started
     while True:
         status = http("GET", f"{api}/v1/batch/{job['job_id']}")
         if status["status"] in ("completed", "failed", "cancelled"):
-            return submitted, time.perf_counter() - started, status
-        time.sleep(0.05)
+            seen = time.perf_counter() - started
+            finished = status.get("finished_at")
+            total = datetime.fromisoformat(finished).timestamp() - wall if finished else seen
+            return submitted, min(seen, max(total, submitted)), status
+        time.sleep(POLL_S)
 
 
 def peak_rss_mib(master_pid: int) -> float:
@@ -145,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triton-url", default=None, help="an existing Triton gRPC host:port (default: start one)")
     parser.add_argument("--worker-processes", type=int, default=2)
     parser.add_argument("--relay-workers", type=int, default=8)
+    parser.add_argument("--direct-batch", type=int, help="rows per direct call (default: the model's max_batch_size)")
+    parser.add_argument("--runs", type=int, default=1, help="big jobs (and direct runs) on the same stack")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the API and the worker during the first big job")
     args = parser.parse_args(argv)
     import logging
 
@@ -234,11 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             },
         )["name"]
         rows = items(args.items)
-        direct(grpc_url, rows[:2000])  # warm up
-        run_job(api, model, items(200))
-        _, small_s, small = run_job(api, model, items(args.small))
+        args.direct_batch = args.direct_batch or max_batch(grpc_url)
+        direct(grpc_url, rows[:2000], args.direct_batch)  # warm up
+        run_job(api, submit_body(model, items(args.chunk_size * 4 * args.worker_processes)))  # every process warm
+        _, small_s, small = run_job(api, submit_body(model, items(args.small)))
         rss_small = peak_rss_mib(worker_pid)
-        direct_s = direct(grpc_url, rows)
         parts = {
             "batch API": api_pid,
             "batch worker": worker_pid,
@@ -246,33 +283,112 @@ def main(argv: list[str] | None = None) -> int:
             "Triton": triton_pid,
             "this process (relay, client)": os.getpid(),
         }
-
-        def cpu(name: str, pid: int) -> float:  # this process's children are counted on their own
-            return cpu_seconds(pid, descendants=pid != os.getpid())
-
-        before = {name: cpu(name, pid) for name, pid in parts.items() if pid}
-        submit_s, total_s, big = run_job(api, model, rows)
-        used = {name: cpu(name, pid) - before[name] for name, pid in parts.items() if pid}
-        rss_big = peak_rss_mib(worker_pid)
-        assert big["status"] == "completed" and big["succeeded"] == args.items, big
-        e2e_rate, direct_rate = args.items / total_s, args.items / direct_s
         print(
             f"\nbatch benchmark: {args.items:,} iris items, chunk {args.chunk_size}, worker "
             f"{args.worker_processes} uvicorn worker(s), relay {args.relay_workers} parallel"
         )
-        print(f"{'path':<44}{'seconds':>10}{'items/s':>12}{'ratio':>8}")
-        print(f"{'direct Triton gRPC, sequential batches of 64':<44}{direct_s:>10.2f}{direct_rate:>12,.0f}{1:>8.2f}")
-        print(
-            f"{'batch job: POST -> completed (end to end)':<44}{total_s:>10.2f}{e2e_rate:>12,.0f}"
-            f"{e2e_rate / direct_rate:>8.2f}"
-        )
-        print(f"{'  of which POST /v1/batch (202)':<44}{submit_s:>10.2f}")
+        for run in range(args.runs):
+            profilers = (
+                _profile(args.profile, {k: v for k, v in parts.items() if v and k != "Triton"}) if not run else []
+            )
+            measured = _measure(api, model, grpc_url, rows, parts, triton_pid, args.direct_batch)
+            for stop in profilers:
+                stop()
+            _report(run, args, measured)
         print(
             f"worker peak RSS (VmHWM): {rss_small:.0f} MiB after a {args.small:,}-item job "
-            f"({small_s:.1f}s), {rss_big:.0f} MiB after the {args.items:,}-item job"
+            f"({small_s:.1f}s), {peak_rss_mib(worker_pid):.0f} MiB after the {args.items:,}-item job(s)"
         )
-        print("CPU seconds during the big job: " + ", ".join(f"{name} {s:.2f}" for name, s in used.items()))
     return 0
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its descendants; this process's children are counted on their own."""
+    return cpu_seconds(pid, descendants=pid != os.getpid())
+
+
+def _measure(
+    api: str,
+    model: str,
+    grpc_url: str,
+    rows: list[list[float]],
+    parts: dict[str, int | None],
+    triton_pid: int | None,
+    batch: int,
+) -> dict[str, Any]:
+    """One direct run and one big job: their seconds, and the CPU seconds each process spent in each."""
+    triton_before = _cpu(triton_pid) if triton_pid else 0.0
+    me_before = _cpu(os.getpid())
+    direct_s = direct(grpc_url, rows, batch)
+    direct_cpu = {"Triton": _cpu(triton_pid) - triton_before if triton_pid else 0.0}
+    direct_cpu["this process (client)"] = _cpu(os.getpid()) - me_before
+    body = submit_body(model, rows)
+    before = {name: _cpu(pid) for name, pid in parts.items() if pid}
+    submit_s, total_s, big = run_job(api, body)
+    used = {name: _cpu(pid) - before[name] for name, pid in parts.items() if pid}
+    assert big["status"] == "completed" and big["succeeded"] == len(rows), big
+    return {"direct_s": direct_s, "direct_cpu": direct_cpu, "submit_s": submit_s, "total_s": total_s, "used": used}
+
+
+def _report(run: int, args: argparse.Namespace, m: dict[str, Any]) -> None:
+    n = args.items
+    per_m = 1_000_000 / n
+    e2e_rate, direct_rate = n / m["total_s"], n / m["direct_s"]
+    print(f"\nrun {run + 1} of {args.runs}")
+    print(f"{'path':<44}{'seconds':>10}{'items/s':>12}{'ratio':>8}{'CPU-s/M items':>15}")
+    direct_cpu = sum(m["direct_cpu"].values()) * per_m
+    label = f"direct Triton gRPC, sequential batches of {args.direct_batch}"
+    print(f"{label:<44}{m['direct_s']:>10.2f}{direct_rate:>12,.0f}{1:>8.2f}{direct_cpu:>15.1f}")
+    total_cpu = sum(m["used"].values()) * per_m
+    print(
+        f"{'batch job: POST -> completed (end to end)':<44}{m['total_s']:>10.2f}{e2e_rate:>12,.0f}"
+        f"{e2e_rate / direct_rate:>8.2f}{total_cpu:>15.1f}"
+    )
+    print(f"{'  of which POST /v1/batch (202)':<44}{m['submit_s']:>10.2f}")
+    print(
+        "CPU-seconds per million items, direct: "
+        + ", ".join(f"{k} {s * per_m:.1f}" for k, s in m["direct_cpu"].items())
+    )
+    print(
+        "CPU-seconds per million items, batch job: "
+        + ", ".join(f"{name} {s * per_m:.1f}" for name, s in m["used"].items())
+        + f"; all {total_cpu:.1f}"
+    )
+
+
+def _profile(folder: str | None, pids: dict[str, int]) -> list[Any]:
+    """py-spy recorders (collapsed stacks) of ``pids`` and their children; each returned callable stops one."""
+    if not folder:
+        return []
+    import shutil
+    import signal
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    stops = []
+    for name, pid in pids.items():
+        out = Path(folder) / (name.replace(" ", "_") + ".txt")
+        proc = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--subprocesses",
+                "--format",
+                "raw",
+                "--gil",
+                "--rate",
+                "250",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        stops.append(lambda proc=proc: (proc.send_signal(signal.SIGINT), proc.wait(30)))
+    time.sleep(1.0)  # py-spy attaches
+    return stops
 
 
 def _fields(settings: Any) -> dict[str, Any]:

@@ -5,6 +5,10 @@ of BATCH_CHUNK_SIZE, inserts the job, then emits one ``dev.kinfer.batch.chunk.v1
 CloudEvent per chunk to K_SINK. Emission is retried briefly; if it still fails the
 job is marked ``failed`` with an error saying so (chunks already sent are skipped by
 the worker) and the caller gets 503, so no job hangs silently in ``pending``.
+
+The submit costs O(bytes) with no Python step per item: the body is parsed and checked in C-speed passes
+(``parse_body``), ``inputs`` become chunk objects by serialising each chunk once (``inline_chunks``), and an
+``input_url`` object is split into lines a piece at a time (``bounded_blocks``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
@@ -118,10 +123,32 @@ def _summary(job_id: object, status: str, total: int) -> JobSummary:
     return {"id": str(job_id), "job_id": str(job_id), "status": status, "total": total}
 
 
-def _input_source(
-    body: Mapping[str, object], settings: Settings, prefixes: tuple[str, ...]
-) -> Callable[[BatchJobs], Iterator[bytes]]:
-    """A reader of encoded input lines, from ``inputs`` or a streamed ``input_url``; 400 when neither or both."""
+@dataclass(frozen=True)
+class _Source:
+    """Where a job's inputs come from: an ``inputs`` list, or an ``input_url`` object (read when called)."""
+
+    inputs: list[object] | None = None
+    bucket: str = ""
+    key: str = ""
+    max_items: int = 0
+
+    def __call__(self, jobs: BatchJobs) -> Iterator[bytes]:
+        """The encoded input lines, one by one."""
+        if self.inputs is not None:
+            return (orjson.dumps(item) for item in self.inputs)
+        return jobs._s3_lines(self.bucket, self.key, self.max_items)
+
+    def chunks(self, jobs: BatchJobs, size: int) -> Iterator[tuple[bytes, int]]:
+        """The chunk input objects (JSON Lines of ``size`` items, the last fewer) and their item counts, in
+        C-speed passes over the bytes (never a Python step per item)."""
+        if self.inputs is not None:
+            counts = (min(size, len(self.inputs) - start) for start in range(0, len(self.inputs), size))
+            return zip(inline_chunks(self.inputs, size), counts, strict=True)
+        return block_chunks(jobs._s3_blocks(self.bucket, self.key, self.max_items), size)
+
+
+def _input_source(body: Mapping[str, object], settings: Settings, prefixes: tuple[str, ...]) -> _Source:
+    """A reader of encoded inputs, from ``inputs`` or a streamed ``input_url``; 400 when neither or both."""
     has_inputs, has_url = "inputs" in body, "input_url" in body
     max_items = settings.batch_max_items
     if has_inputs == has_url:
@@ -130,24 +157,33 @@ def _input_source(
         bucket, key = readable_input(
             v.string(body["input_url"], "input_url", max_len=1024), settings.s3_input_bucket, prefixes
         )
-        return lambda jobs: jobs._s3_lines(bucket, key, max_items)
+        return _Source(bucket=bucket, key=key, max_items=max_items)
     inputs = body["inputs"]
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput('inputs must be a non-empty list of inputs like {"data": [...]}', field="inputs")
     if len(inputs) > max_items:
         raise InvalidInput(f"inputs has {len(inputs)} items; the limit is {max_items}", field="inputs")
-    return lambda jobs: (orjson.dumps(item) for item in inputs)
+    return _Source(inputs=inputs)
 
 
 READ_CHUNK_BYTES = 1024 * 1024
 
 
 def bounded_lines(chunks: Iterable[bytes], max_line: int, max_total: int) -> Iterator[bytes]:
-    """The non-empty, stripped lines of a byte stream, in time linear in its size: each chunk is scanned
-    once (a line split over many chunks is joined once, at its end, never re-joined per chunk).
+    """The non-empty, stripped lines of a byte stream, one by one (``bounded_blocks``)."""
+    for block in bounded_blocks(chunks, max_line, max_total):
+        yield from block
+
+
+def bounded_blocks(chunks: Iterable[bytes], max_line: int, max_total: int) -> Iterator[list[bytes]]:
+    """The non-empty, stripped lines of a byte stream, a list per chunk read, in time linear in its size:
+    each chunk is scanned once (a line split over many chunks is joined once, at its end, never re-joined
+    per chunk), and the lines between its first and last newline are split and checked in C-speed passes
+    (their longest length; a blank line or a space at a line's edge, which then takes a step per line).
 
     InvalidInput (``input_url``) names the first line longer than ``max_line`` bytes, as soon as it is
-    seen, and a stream longer than ``max_total`` (an object whose size was not declared truthfully).
+    seen (the lines before it are given first), and a stream longer than ``max_total`` (an object whose
+    size was not declared truthfully).
     """
     pending: list[bytes] = []  # the parts of the line still open
     pending_len = total = 0
@@ -159,22 +195,58 @@ def bounded_lines(chunks: Iterable[bytes], max_line: int, max_total: int) -> Ite
                 f"input_url is more than {max_total} bytes; the limit is {max_total} (BATCH_MAX_INPUT_BYTES)",
                 field="input_url",
             )
-        start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
-            if pending_len + end - start > max_line:
-                raise _line_too_long(number, max_line)
-            line = b"".join((*pending, chunk[start:end])) if pending else chunk[start:end]
-            pending, pending_len, start = [], 0, end + 1
-            number += 1
-            if line := line.strip():
-                yield line
-        if start < len(chunk):
-            pending.append(chunk[start:])
-            pending_len += len(chunk) - start
+        first, last = chunk.find(b"\n"), chunk.rfind(b"\n")
+        if first < 0:
+            pending.append(chunk)
+            pending_len += len(chunk)
             if pending_len > max_line:
                 raise _line_too_long(number, max_line)
+            continue
+        if pending_len + first > max_line:
+            raise _line_too_long(number, max_line)
+        head = (b"".join((*pending, chunk[:first])) if pending else chunk[:first]).strip()
+        lines = [head] if head else []
+        middle = chunk[first + 1 : last].split(b"\n") if last > first else []
+        number += 1
+        clean = not middle or (
+            max(map(len, middle)) <= max_line and all(middle) and not _EDGE_SPACE.search(chunk, first, last + 1)
+        )
+        if not clean:
+            for line in middle:  # the general case, a line at a time
+                if len(line) > max_line:
+                    if lines:
+                        yield lines
+                    raise _line_too_long(number, max_line)
+                number += 1
+                if line := line.strip():
+                    lines.append(line)
+        else:
+            lines += middle
+            number += len(middle)
+        if lines:
+            yield lines
+        pending = [chunk[last + 1 :]] if last + 1 < len(chunk) else []
+        pending_len = len(chunk) - last - 1
+        if pending_len > max_line:
+            raise _line_too_long(number, max_line)
     if pending and (line := b"".join(pending).strip()):
-        yield line
+        yield [line]
+
+
+# Whitespace that ``bytes.strip`` removes at the edge of a line (newlines aside): such a line takes the slow path.
+_EDGE_SPACE = re.compile(rb"\n[ \t\r\x0b\x0c]|[ \t\r\x0b\x0c]\n")
+
+
+def block_chunks(blocks: Iterable[list[bytes]], size: int) -> Iterator[tuple[bytes, int]]:
+    """Chunk input objects of ``size`` lines (the last fewer) and their line counts, from lists of lines."""
+    pending: list[bytes] = []
+    for block in blocks:
+        pending += block
+        while len(pending) >= size:
+            yield b"\n".join(pending[:size]) + b"\n", size
+            del pending[:size]
+    if pending:
+        yield b"\n".join(pending) + b"\n", len(pending)
 
 
 def _line_too_long(number: int, max_line: int) -> InvalidInput:
@@ -183,6 +255,43 @@ def _line_too_long(number: int, max_line: int) -> InvalidInput:
         "(BATCH_MAX_LINE_BYTES); the job was not created",
         field="input_url",
     )
+
+
+def inline_chunks(inputs: list[object], size: int) -> Iterator[bytes]:
+    """The chunk input objects (JSON Lines, ``size`` items each) of an ``inputs`` list, in C-speed passes:
+    each chunk is serialised as one array, whose top-level commas become newlines when the text proves
+    where they are (see ``_array_lines``); else each item is serialised on its own."""
+    for start in range(0, len(inputs), size):
+        part = inputs[start : start + size]
+        text = orjson.dumps(part)
+        lines = _array_lines(text, len(part))
+        yield lines if lines is not None else b"\n".join(orjson.dumps(item) for item in part) + b"\n"
+
+
+def _array_lines(text: bytes, count: int) -> bytes | None:
+    """JSON Lines of the compact array ``text`` of ``count`` items, when every item is an object holding no
+    other ``{``: the text then starts with ``[{``, ends with ``}]`` and holds ``count`` ``{`` and ``count - 1``
+    ``},{``, and every ``},{`` is a boundary between two items (one in an item would need a ``{`` of its
+    own); None otherwise."""
+    if not (text.startswith(b"[{") and text.endswith(b"}]")):
+        return None
+    if text.count(b"{") != count or text.count(b"},{") != count - 1:
+        return None
+    return text[1:-1].replace(b"},{", b"}\n{") + b"\n"
+
+
+def parse_body(raw: bytes) -> object:
+    """A POST /v1/batch body, as strict as ``validation.parse_json`` (which gives every refusal its reason),
+    in C-speed passes: unless the body spells a ``:`` as ``\\u003a``, a repeated key shows as fewer ``:`` in
+    the parsed value serialised again (a ``:`` in a string is one in both; a dropped key takes its own)."""
+    try:
+        value = orjson.loads(raw)
+        copy = orjson.dumps(value)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return v.parse_json(raw, "body")
+    if b"\\u003a" in raw or b"\\u003A" in raw or raw.count(b":") != copy.count(b":"):
+        return v.parse_json(raw, "body")
+    return value
 
 
 def _chunked(lines: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
@@ -280,8 +389,7 @@ class BatchJobs:
         if version is not None:
             version = v.string(str(version), "version", max_len=32)
         source = _input_source(request, self.settings, (upload_prefix(owner), *readable))
-        inputs = request.get("inputs")  # _input_source let it through: a non-empty list when given
-        count = len(inputs) if isinstance(inputs, list) else 0
+        count = len(source.inputs) if source.inputs is not None else 0
         if intake_key is not None:
             existing = self._existing(intake_key)
             if existing is not None:
@@ -294,8 +402,8 @@ class BatchJobs:
         with self.db.read() as conn:
             self._refuse_past_the_keys_share(conn, owner, count)
         self.ensure_buckets()
-        if "inputs" in request:
-            created = self._submit_inline(model, owner, count, source, intake_key)
+        if source.inputs is not None:
+            created = self._submit_inline(model, owner, source, count, intake_key)
         else:
             created = self._submit_streamed(model, owner, source, str(request["input_url"]), intake_key)
         if created is None:  # a redelivered intake event: the job exists already
@@ -325,12 +433,7 @@ class BatchJobs:
             )
 
     def _submit_inline(
-        self,
-        model: ModelVersion,
-        owner: str,
-        total: int,
-        source: Callable[[BatchJobs], Iterator[bytes]],
-        intake_key: str | None,
+        self, model: ModelVersion, owner: str, source: _Source, total: int, intake_key: str | None
     ) -> JobRow | None:
         """Known size: insert the job first, then write and emit each chunk in a pipeline (workers start early)."""
         size = self.settings.batch_chunk_size
@@ -339,14 +442,14 @@ class BatchJobs:
             self._refuse_past_the_keys_share(conn, owner, total, lock=True)
             created = store.insert_job(conn, row)
         if created is not None:
-            self._queue(created, _chunked(source(self), size), write=True)
+            self._queue(created, (data for data, _ in source.chunks(self, size)), write=True)
         return created
 
     def _submit_streamed(
         self,
         model: ModelVersion,
         owner: str,
-        source: Callable[[BatchJobs], Iterator[bytes]],
+        source: _Source,
         input_url: str,
         intake_key: str | None,
     ) -> JobRow | None:
@@ -374,9 +477,14 @@ class BatchJobs:
         return None if job is None else _summary(job["id"], job["status"], job["total"])
 
     def _s3_lines(self, bucket: str, key: str, max_items: int) -> Iterator[bytes]:
-        """The non-empty lines of an S3 object, streamed in linear time (never the whole object, nor more
-        than one line, in memory); 400 for an object over BATCH_MAX_INPUT_BYTES or a line over
-        BATCH_MAX_LINE_BYTES, before reading on."""
+        """The non-empty lines of an S3 object, one by one (``_s3_blocks``)."""
+        for block in self._s3_blocks(bucket, key, max_items):
+            yield from block
+
+    def _s3_blocks(self, bucket: str, key: str, max_items: int) -> Iterator[list[bytes]]:
+        """The non-empty lines of an S3 object, a list per piece read, streamed in linear time (never the
+        whole object, nor more than a piece and one line, in memory); 400 for an object over
+        BATCH_MAX_INPUT_BYTES or a line over BATCH_MAX_LINE_BYTES, before reading on."""
         settings = self.settings
         count = 0
         with storage.translated(f"s3://{bucket}/{key}"):
@@ -391,27 +499,26 @@ class BatchJobs:
                         field="input_url",
                     )
                 chunks = body.iter_chunks(READ_CHUNK_BYTES)
-                for line in bounded_lines(chunks, settings.batch_max_line_bytes, settings.batch_max_input_bytes):
-                    count += 1
+                for block in bounded_blocks(chunks, settings.batch_max_line_bytes, settings.batch_max_input_bytes):
+                    count += len(block)
                     if count > max_items:
                         raise InvalidInput(
                             f"input_url has more than {max_items} lines; the limit is {max_items}", field="input_url"
                         )
-                    yield line
+                    yield block
             finally:
                 body.close()
 
-    def _write_inputs(self, job_id: uuid.UUID, source: Callable[[BatchJobs], Iterator[bytes]]) -> tuple[int, int]:
+    def _write_inputs(self, job_id: uuid.UUID, source: _Source) -> tuple[int, int]:
         """Write the chunk input objects; (total items, chunks). Nothing is left behind on failure."""
         bucket, size = self.settings.s3_input_bucket, self.settings.batch_chunk_size
         total = chunks = 0
         try:
             with ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="batch-put") as pool:
                 pending = []
-                for number, chunk in enumerate(_chunked(source(self), size)):
-                    data = b"\n".join(chunk) + b"\n"
+                for number, (data, count) in enumerate(source.chunks(self, size)):
                     pending.append(pool.submit(self.results.put_lines, bucket, results.input_key(job_id, number), data))
-                    total, chunks = total + len(chunk), chunks + 1
+                    total, chunks = total + count, chunks + 1
                     if len(pending) >= 2 * PARALLEL_PUTS:
                         pending.pop(0).result()
                 for future in pending:
@@ -447,7 +554,7 @@ class BatchJobs:
             "intake_key": intake_key,
         }
 
-    def _queue(self, job: JobRow, chunks: Iterator[list[bytes] | None], *, write: bool) -> None:
+    def _queue(self, job: JobRow, chunks: Iterator[bytes | None], *, write: bool) -> None:
         """Write (when ``write``) and emit every chunk, a few in parallel; on lasting failure mark the job
         failed and raise Unavailable, so no job waits forever for chunks that were never queued."""
         traceparent = sink.current_traceparent()
@@ -455,8 +562,8 @@ class BatchJobs:
         number = -1
         try:
             with ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="batch-queue") as pool:
-                for number, lines in enumerate(chunks):
-                    pending.append((number, pool.submit(self._queue_one, job, number, lines, traceparent)))
+                for number, data in enumerate(chunks):
+                    pending.append((number, pool.submit(self._queue_one, job, number, data, traceparent)))
                     while len(pending) > 2 * PARALLEL_PUTS or (pending and pending[0][1].done()):
                         number, future = pending.pop(0)
                         future.result()
@@ -470,11 +577,9 @@ class BatchJobs:
                 retry_after=5,
             ) from exc
 
-    def _queue_one(self, job: JobRow, chunk: int, lines: list[bytes] | None, traceparent: str | None) -> None:
-        if lines is not None:
-            self.results.put_lines(
-                self.settings.s3_input_bucket, results.input_key(job["id"], chunk), b"\n".join(lines) + b"\n"
-            )
+    def _queue_one(self, job: JobRow, chunk: int, data: bytes | None, traceparent: str | None) -> None:
+        if data is not None:
+            self.results.put_lines(self.settings.s3_input_bucket, results.input_key(job["id"], chunk), data)
         self._emit_one(job, chunk, traceparent)
 
     def emit_chunk(self, job: JobRow, chunk: int) -> None:

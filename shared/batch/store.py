@@ -191,15 +191,41 @@ def clear_intake_key(conn: Connection, job_id: uuid.UUID) -> None:
     conn.execute(sa.update(batch_jobs).where(batch_jobs.c.id == job_id).values(intake_key=None))
 
 
-def start_chunk(conn: Connection, job_id: uuid.UUID, chunk: int) -> int | None:
-    """Claim an attempt on a chunk; its attempt number, or None when it is already recorded."""
-    stmt = pg_insert(batch_chunks).values(job_id=job_id, chunk=chunk, status="processing", attempts=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["job_id", "chunk"],
-        set_={"attempts": batch_chunks.c.attempts + 1, "updated_at": sa.func.clock_timestamp()},
-        where=batch_chunks.c.status == "processing",
-    )
-    return conn.execute(stmt.returning(batch_chunks.c.attempts)).scalar()
+_CLAIM = sa.text("""
+WITH job AS (
+  SELECT * FROM batch_jobs WHERE id = :job_id
+), claimed AS (
+  INSERT INTO batch_chunks (job_id, chunk, status, attempts)
+  SELECT id, :chunk, 'processing', 1 FROM job
+  WHERE status IN ('pending', 'processing') AND :chunk >= 0 AND :chunk < chunks_total
+    AND CAST(:chunk AS bigint) * chunk_size < total
+  ON CONFLICT (job_id, chunk) DO UPDATE SET attempts = batch_chunks.attempts + 1, updated_at = clock_timestamp()
+  WHERE batch_chunks.status = 'processing'
+  RETURNING attempts
+), marked AS (
+  UPDATE batch_jobs SET
+    status = 'processing',
+    started_at = COALESCE(started_at, clock_timestamp()),
+    updated_at = clock_timestamp()
+  WHERE id = :job_id AND status IN ('pending', 'processing') AND EXISTS (SELECT 1 FROM claimed)
+)
+SELECT job.*, (SELECT attempts FROM claimed) AS attempts FROM job
+""").columns(*batch_jobs.c, sa.column("attempts", sa.Integer))
+
+
+def claim_chunk(conn: Connection, job_id: uuid.UUID, chunk: int) -> tuple[JobRow, int | None] | None:
+    """A worker's claim in one statement: the job row as it was, and the attempt number when this chunk was
+    claimed now (its ``batch_chunks`` row inserted, or its attempts counted again while it is still
+    ``processing``); the job then becomes ``processing`` and every claim is progress (``updated_at``), so a
+    job whose chunks are being retried is never taken for stalled. The attempt is None when the job is not
+    active, has no such chunk (the layout ``ChunkRef.of_job`` reads), or the chunk is already recorded.
+    None when there is no such job."""
+    row = conn.execute(_CLAIM, {"job_id": job_id, "chunk": chunk}).first()
+    if row is None:
+        return None
+    found = dict(row._mapping)
+    attempts = found.pop("attempts")
+    return cast(JobRow, found), attempts
 
 
 def record_chunk(
@@ -207,34 +233,38 @@ def record_chunk(
 ) -> JobProgress | None:
     """Record a chunk once and advance the job; the updated job, or None (duplicate or job not active).
 
-    The caller rolls back on None so that a chunk of a cancelled job stays unrecorded.
+    The caller rolls back on None so that a chunk of a cancelled job stays unrecorded. One statement: the
+    chunk row is marked and the job advanced only when the mark took.
     """
-    mark = pg_insert(batch_chunks).values(
-        job_id=job_id,
-        chunk=chunk,
-        status=status,
-        attempts=1,
-        processed=counts.processed,
-        succeeded=counts.succeeded,
-        failed=counts.failed,
-    )
-    mark = mark.on_conflict_do_update(
-        index_elements=["job_id", "chunk"],
-        set_={
+    row = conn.execute(
+        _RECORD,
+        {
+            "chunk": chunk,
             "status": status,
             "processed": counts.processed,
             "succeeded": counts.succeeded,
             "failed": counts.failed,
-            "updated_at": sa.func.clock_timestamp(),
+            "sample": ERROR_SAMPLE,
+            "new_errors": json.dumps(counts.errors[:ERROR_SAMPLE]),
+            "job_id": job_id,
         },
-        where=batch_chunks.c.status == "processing",
-    )
-    if conn.execute(mark.returning(batch_chunks.c.chunk)).first() is None:
-        return None
-    return _advance(conn, job_id, counts)
+    ).first()
+    return cast(JobProgress, dict(row._mapping)) if row is not None else None
 
 
-_ADVANCE = sa.text("""
+_RECORD = sa.text("""
+WITH marked AS (
+  INSERT INTO batch_chunks (job_id, chunk, status, attempts, processed, succeeded, failed)
+  VALUES (:job_id, :chunk, :status, 1, :processed, :succeeded, :failed)
+  ON CONFLICT (job_id, chunk) DO UPDATE SET
+    status = EXCLUDED.status,
+    processed = EXCLUDED.processed,
+    succeeded = EXCLUDED.succeeded,
+    failed = EXCLUDED.failed,
+    updated_at = clock_timestamp()
+  WHERE batch_chunks.status = 'processing'
+  RETURNING chunk
+)
 UPDATE batch_jobs SET
   completed = completed + :processed,
   succeeded = succeeded + :succeeded,
@@ -247,38 +277,9 @@ UPDATE batch_jobs SET
     SELECT COALESCE(jsonb_agg(e ORDER BY n), '[]'::jsonb) FROM (
       SELECT e, n FROM jsonb_array_elements(errors || CAST(:new_errors AS jsonb)) WITH ORDINALITY AS t(e, n)
       ORDER BY n LIMIT :sample) AS s) END
-WHERE id = :job_id AND status IN ('pending', 'processing')
+WHERE id = :job_id AND status IN ('pending', 'processing') AND EXISTS (SELECT 1 FROM marked)
 RETURNING id, status, chunks_done, chunks_total, total, completed, succeeded, failed
 """)
-
-
-def _advance(conn: Connection, job_id: uuid.UUID, counts: ChunkCounts) -> JobProgress | None:
-    row = conn.execute(
-        _ADVANCE,
-        {
-            "processed": counts.processed,
-            "succeeded": counts.succeeded,
-            "failed": counts.failed,
-            "sample": ERROR_SAMPLE,
-            "new_errors": json.dumps(counts.errors[:ERROR_SAMPLE]),
-            "job_id": job_id,
-        },
-    ).first()
-    return cast(JobProgress, dict(row._mapping)) if row is not None else None
-
-
-def mark_processing(conn: Connection, job_id: uuid.UUID) -> None:
-    """pending -> processing when a worker first touches the job; every claim is progress (updated_at),
-    so a job whose chunks are being retried is never taken for stalled."""
-    conn.execute(
-        sa.update(batch_jobs)
-        .where(batch_jobs.c.id == job_id, batch_jobs.c.status.in_(ACTIVE))
-        .values(
-            status=JobStatus.PROCESSING,
-            started_at=sa.func.coalesce(batch_jobs.c.started_at, sa.func.clock_timestamp()),
-            updated_at=sa.func.clock_timestamp(),
-        )
-    )
 
 
 def fail_stalled(conn: Connection, stall_s: int, job_ids: list[uuid.UUID] | None = None) -> list[JobRow]:

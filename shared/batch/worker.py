@@ -3,12 +3,16 @@
 A chunk event names a job and a chunk number; everything else (the input object, its first index and item
 count, the model, the owner) is read from the job row, which the authenticated API wrote: an event that
 says otherwise (forged, or stale) is logged and its own values ignored, and an event about an unknown job or
-a chunk the job does not have is acked (200) and logged, creating no work. The worker claims an attempt, infers the
-chunk in sub-batches (checking between them, at most every ``CANCEL_CHECK_S``, that the
-job was not cancelled), writes
-the chunk results to S3, then records the chunk and advances the job counters in one
-transaction. The transaction that records the last chunk merges the results object
-and finishes the job. Redelivery is harmless: a recorded chunk is skipped.
+a chunk the job does not have is acked (200) and logged, creating no work. The worker claims an attempt (one
+statement: ``store.claim_chunk``), reads the chunk input (one S3 read), infers the chunk in sub-batches (checking
+between them, at most every ``CANCEL_CHECK_S``, that the job was not cancelled), writes the chunk results (one S3
+write), then records the chunk and advances the job counters (one statement: ``store.record_chunk``). The
+transaction that records the last chunk merges the results object and finishes the job. Redelivery is harmless: a
+recorded chunk is skipped.
+
+A chunk whose every line is one row of a single-input batched model takes the vectorised path
+(``shared.batch.vector``: one parse, arrays to Triton, answers encoded per array); any other chunk the per-item
+path, which reports each bad line on its own. Both write the same bytes for the same answers.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import orjson
 
 from shared import telemetry
 from shared.batch import results, store
-from shared.batch.results import ResultRow
+from shared.batch.results import ChunkLines, ResultRow
 from shared.batch.store import JobProgress, JobRow
+from shared.batch.vector import ChunkInference
 from shared.clients import storage
-from shared.domain import JobError, JobStatus
+from shared.domain import JobStatus
 from shared.errors import InvalidInput, NotFound, Unprocessable
 from shared.validation import has_duplicate_keys
 
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from shared.batch.results import BatchResults
+    from shared.batch.vector import Prepared
     from shared.clients.db import Database
     from shared.domain import ModelVersion
     from shared.inference.items import ItemResult, ItemRunner
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUB_BATCH = 512  # items inferred at once (several Triton requests in flight); cancellation is checked between
+VECTOR_SUB_BATCH = 4096  # the same on the vectorised path (rows in arrays: a bigger step keeps Triton busy)
 CANCEL_CHECK_S = 0.5  # ... at most this often: a cancel stops a chunk within about this much inference
 MAX_ERROR_LEN = 500
 
@@ -195,6 +202,7 @@ class BatchWorker:
         self.results = results
         self.items = items
         self.settings = settings
+        self.vector = ChunkInference.over(items, MAX_ERROR_LEN)
 
     # -- worker ---------------------------------------------------------------------
     def process_chunk(self, event: CloudEvent) -> tuple[int, ChunkAnswer]:
@@ -218,24 +226,28 @@ class BatchWorker:
         except NotFound:
             raise Unprocessable(f"the model of batch job {ref.job_id} no longer exists") from None
         lines = self._chunk_lines(ref)
-        rows = self._infer(model, ref, lines)
-        if rows is None:
+        prepared = self.vector.prepare(model, lines) if self.vector is not None else None
+        answered = self._infer(model, ref, lines) if prepared is None else self._infer_vector(prepared, ref)
+        if answered is None:
             return 200, {"job_id": str(ref.job_id), "chunk": ref.chunk, "skipped": "job cancelled"}
-        return self._store(ref, rows, "done")
+        return self._store(ref, answered, "done")
 
     def _claim(self, event_ref: ChunkRef) -> tuple[JobRow, ChunkRef] | str:
-        """The job row and its chunk when this chunk should be processed now; else the reason to skip it."""
+        """The job row and its chunk when this chunk should be processed now; else the reason to skip it.
+        One statement reads the job, claims an attempt on the chunk and marks the job processing."""
         with self.db.begin() as conn:
-            found = self._job_chunk(conn, event_ref)
-            if isinstance(found, str):
-                return found
-            job, ref = found
-            if job["status"] not in store.ACTIVE:
-                return f"job {job['status']}"
-            if store.start_chunk(conn, ref.job_id, ref.chunk) is None:
-                return "chunk already recorded"
-            store.mark_processing(conn, ref.job_id)
-        return job, ref
+            claimed = store.claim_chunk(conn, event_ref.job_id, event_ref.chunk)
+        if claimed is None:
+            return self._unknown(event_ref)
+        job, attempt = claimed
+        found = self._chunk_of(job, event_ref)
+        if isinstance(found, str):
+            return found
+        if job["status"] not in store.ACTIVE:
+            return f"job {job['status']}"
+        if attempt is None:
+            return "chunk already recorded"
+        return job, found
 
     def _job_chunk(self, conn: Connection, event_ref: ChunkRef) -> tuple[JobRow, ChunkRef] | str:
         """The job an event names and its chunk as the job row lays it out; a reason (logged) when there is
@@ -243,8 +255,17 @@ class BatchWorker:
         try:
             job = store.get_job(conn, event_ref.job_id)
         except NotFound:
-            log.warning("chunk event ignored: batch job %s is unknown", event_ref.job_id)
-            return "unknown batch job"
+            return self._unknown(event_ref)
+        found = self._chunk_of(job, event_ref)
+        return found if isinstance(found, str) else (job, found)
+
+    @staticmethod
+    def _unknown(event_ref: ChunkRef) -> str:
+        log.warning("chunk event ignored: batch job %s is unknown", event_ref.job_id)
+        return "unknown batch job"
+
+    def _chunk_of(self, job: JobRow, event_ref: ChunkRef) -> ChunkRef | str:
+        """The chunk an event names as the job row lays it out; a reason (logged) when the job has none."""
         ref = ChunkRef.of_job(job, event_ref.chunk, self.settings.s3_input_bucket)
         if ref is None:
             log.warning("chunk event ignored: batch job %s has no chunk %d", event_ref.job_id, event_ref.chunk)
@@ -256,7 +277,7 @@ class BatchWorker:
                 ref.job_id,
                 ref.chunk,
             )
-        return job, ref
+        return ref
 
     def _chunk_lines(self, ref: ChunkRef) -> list[bytes]:
         try:
@@ -268,8 +289,23 @@ class BatchWorker:
             raise Unprocessable(f"chunk input holds {len(lines)} item(s); the event says {ref.count}")
         return lines
 
-    def _infer(self, model: ModelVersion, ref: ChunkRef, lines: list[bytes]) -> list[ResultRow] | None:
-        """One result row per line, in order; None when the job was cancelled meanwhile."""
+    def _infer_vector(self, prepared: Prepared, ref: ChunkRef) -> ChunkLines | None:
+        """The vectorised path (``shared.batch.vector``): the chunk's rows in sub-batches of VECTOR_SUB_BATCH;
+        None when the job was cancelled meanwhile."""
+        assert self.vector is not None
+        parts: list[ChunkLines] = []
+        checked = time.monotonic()  # the claim just saw the job active
+        for offset in range(0, ref.count, VECTOR_SUB_BATCH):
+            if offset and time.monotonic() - checked >= CANCEL_CHECK_S:
+                if not self._still_active(ref.job_id):
+                    return None
+                checked = time.monotonic()
+            stop = min(offset + VECTOR_SUB_BATCH, ref.count)
+            parts.append(self.vector.infer(prepared, offset, stop, ref.start + offset))
+        return ChunkLines.joined(parts, store.ERROR_SAMPLE)
+
+    def _infer(self, model: ModelVersion, ref: ChunkRef, lines: list[bytes]) -> ChunkLines | None:
+        """One result row per line, in order (the per-item path); None when the job was cancelled meanwhile."""
         rows: list[ResultRow] = []
         checked = time.monotonic()  # the claim just saw the job active
         for offset in range(0, len(lines), SUB_BATCH):
@@ -285,24 +321,19 @@ class BatchWorker:
             for position, item in enumerate(items):
                 index = ref.start + offset + position
                 rows.append(_row(index, next(inferred) if item is not None else None, part[position]))
-        return rows
+        return ChunkLines.of_rows(rows, store.ERROR_SAMPLE)
 
     def _still_active(self, job_id: uuid.UUID) -> bool:
         with self.db.begin() as conn:
             return store.job_status(conn, job_id) in store.ACTIVE
 
     # -- recording and finalization -------------------------------------------------
-    def _store(self, ref: ChunkRef, rows: list[ResultRow], status: str) -> tuple[int, ChunkAnswer]:
+    def _store(self, ref: ChunkRef, answered: ChunkLines, status: str) -> tuple[int, ChunkAnswer]:
         """Write the chunk results, then record the chunk once; the last one finalizes the job."""
         self.results.put_lines(
-            self.settings.s3_results_bucket,
-            results.chunk_result_key(ref.job_id, ref.chunk),
-            results.encode_lines(rows),
+            self.settings.s3_results_bucket, results.chunk_result_key(ref.job_id, ref.chunk), answered.data
         )
-        errors = [JobError(index=r["index"], error=r["error"]) for r in rows if "error" in r]
-        counts = store.ChunkCounts(
-            succeeded=len(rows) - len(errors), failed=len(errors), errors=errors[: store.ERROR_SAMPLE]
-        )
+        counts = store.ChunkCounts(succeeded=answered.succeeded, failed=answered.failed, errors=answered.errors)
         body: ChunkAnswer = {
             "job_id": str(ref.job_id),
             "chunk": ref.chunk,
@@ -361,4 +392,4 @@ class BatchWorker:
         reason = dead_reason(event)
         rows: list[ResultRow] = [{"index": ref.start + i, "error": reason} for i in range(ref.count)]
         log.warning("batch job %s chunk %d dead-lettered: %s", ref.job_id, ref.chunk, reason)
-        return self._store(ref, rows, "dead")
+        return self._store(ref, ChunkLines.of_rows(rows, store.ERROR_SAMPLE), "dead")

@@ -52,11 +52,16 @@ class _Store:
             raise NotFound(f"batch job {job_id} not found")
         return dict(self.job)
 
-    def start_chunk(self, conn: Any, job_id: uuid.UUID, chunk: int) -> object | None:
-        return None if chunk in self.recorded else object()
-
-    def mark_processing(self, conn: Any, job_id: uuid.UUID) -> None:
+    def claim_chunk(self, conn: Any, job_id: uuid.UUID, chunk: int) -> tuple[dict[str, Any], int | None] | None:
+        """The job as it was and an attempt when the chunk is claimed now (the worker's one statement)."""
+        if job_id != JOB:
+            return None
+        job = dict(self.job)
+        exists = 0 <= chunk < job["chunks_total"] and chunk * job["chunk_size"] < job["total"]
+        if job["status"] not in store.ACTIVE or not exists or chunk in self.recorded:
+            return job, None
         self.job["status"] = "processing"
+        return job, 1
 
     def job_status(self, conn: Any, job_id: uuid.UUID) -> str:
         return str(self.job["status"])
@@ -112,7 +117,7 @@ def _event(chunk: int, start: int, count: int) -> Any:
 @pytest.fixture
 def parts(monkeypatch: pytest.MonkeyPatch) -> Any:
     jobs = _Store(chunks_total=2)
-    for name in ("get_job", "start_chunk", "mark_processing", "job_status", "record_chunk", "set_finished"):
+    for name in ("get_job", "claim_chunk", "job_status", "record_chunk", "set_finished"):
         monkeypatch.setattr(store, name, getattr(jobs, name))
     inputs: dict[str, bytes] = {}
     read: list[tuple[str, str]] = []
