@@ -210,6 +210,9 @@ class Settings(_FromEnv):
     metadata_ttl_s: int = _var("METADATA_TTL_S", "60", _int(1, 86400))
     breaker_fail_max: int = _var("BREAKER_FAIL_MAX", "5", _int(1, 1000))
     breaker_reset_timeout_s: float = _var("BREAKER_RESET_TIMEOUT_S", "30", _float(0.1, 3600))
+    # Generations (OpenAI-compatible routes) one infer process runs at once, one key at most half of them (at
+    # least 1); past either, 429 at once rather than a queue that would end in first-token timeouts.
+    generation_max_in_flight: int = _var("GENERATION_MAX_IN_FLIGHT", "16", _int(1, 100_000))
     # The longest a real-time caller may ask to be held (``Prefer: wait=N``) while its backend wakes from
     # zero; below the infer Service's timeoutSeconds and the route's timeout.
     wait_max_s: float = _var("WAIT_MAX_S", "240", _float(0, 3600))

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 PREFIX = "kinfer:cb"
 STATE_CODES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 REDIS_RETRY_S = 2.0  # after Redis failed, use in-process breakers this long before trying it again
+# Error codes that say a backend is busy, not broken (a generation queued past its first-token timeout while the
+# backend answered others: ``shared.backends.triton_stream.Overloaded``): never counted, so one caller's load
+# cannot open the circuit every tenant's requests to that backend share.
+NOT_FAILURES = frozenset({"overloaded"})
 
 
 class CircuitJSON(TypedDict):
@@ -179,7 +183,10 @@ class Breakers:
         self._drive(url, None)
 
     def record_failure(self, url: str, err: KinferError) -> None:
-        """Count a backend failure; pybreaker opens the circuit at fail_max (or on a failed trial)."""
+        """Count a backend failure; pybreaker opens the circuit at fail_max (or on a failed trial). An
+        overloaded backend (``NOT_FAILURES``) is not failing: nothing is counted."""
+        if err.code in NOT_FAILURES:
+            return
         self._drive(url, err)
 
     def trip(self, url: str) -> None:

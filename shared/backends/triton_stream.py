@@ -10,12 +10,25 @@ request, and ``next`` reads one response as a ``Piece`` (decoded straight from t
 once per token), each read bounded by its timeout; after the final one it half-closes. ``cancel`` cancels the
 call (a client gone away: Triton sees the request cancelled). Errors are translated by ``triton.translate``,
 those a stream reports in ``error_message`` too. A stream lasts at most MAX_STREAM_S.
+
+**Busy is not broken.** A backend runs generations in turn (or in batches of its own size): past that, Triton
+queues them, and a queued generation's first response can take longer than the read timeout. ``Traffic``
+notes, per backend URL, when this process last received a response of any generation; ``first`` reads a
+generation's first response and, when it times out although the same backend answered another of this
+process's generations during the wait, raises ``Overloaded`` (503 ``overloaded``, ``Retry-After``) instead
+of ``BackendTimeout``: the backend is working through a queue. The circuit breakers never count
+``overloaded`` (``shared.backends.breaker.NOT_FAILURES``), so one caller's load cannot open the circuit that
+every tenant's requests to that backend share. A first response that times out while the backend answered
+nothing of this process's meanwhile stays a ``BackendTimeout`` and counts as before (the balancer's readiness
+check then tells a slow backend from a hung one), as do connection failures and errors the backend reports.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +37,7 @@ import orjson
 
 from shared import telemetry
 from shared.backends.triton import ModelInfo, translate
-from shared.errors import BackendError, BackendTimeout
+from shared.errors import BackendError, BackendTimeout, Unavailable
 
 if TYPE_CHECKING:
     from shared.backends.triton_async import AsyncTriton
@@ -37,6 +50,29 @@ OPTIONAL_FLAGS = (
     "return_num_input_tokens",
     "return_num_output_tokens",
 )
+OVERLOAD_RETRY_S = 2.0  # Retry-After of an overloaded answer: the queue is moving, come back soon
+
+
+class Overloaded(Unavailable):
+    """503 ``overloaded``: a generation's first response did not come in time while its backend was answering
+    this process's other generations (queued behind them). Never counted by the circuit breaker."""
+
+    code = "overloaded"
+
+
+class Traffic:
+    """When this process last received a response from each backend (any generation): the sign that a backend
+    whose new generation waits is busy rather than broken. One per process; touched on the event loop only."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._heard: dict[str, float] = {}
+
+    def answered(self, url: str) -> None:
+        self._heard[url] = self.clock()
+
+    def answered_since(self, url: str, since: float) -> bool:
+        return self._heard.get(url, -math.inf) >= since
 
 
 @dataclass(frozen=True)
@@ -140,29 +176,53 @@ def generation_request(
 class TritonGeneration:
     """One ModelStreamInfer call carrying one request, read response by response (``next``)."""
 
-    def __init__(self, call: Any, url: str, model: str, who: str, read_timeout_s: float) -> None:
+    def __init__(
+        self, call: Any, url: str, model: str, who: str, read_timeout_s: float, traffic: Traffic | None = None
+    ) -> None:
         self.call = call
         self.url = url
         self.model = model
         self.who = who
         self.read_timeout_s = read_timeout_s
+        self.traffic = traffic
         self.done = False
 
     @classmethod
     async def open(
-        cls, triton: AsyncTriton, url: str, request: Any, who: str, read_timeout_s: float
+        cls,
+        triton: AsyncTriton,
+        url: str,
+        request: Any,
+        who: str,
+        read_timeout_s: float,
+        traffic: Traffic | None = None,
     ) -> TritonGeneration:
         headers = telemetry.outgoing_headers()
         call = triton.stub(url).ModelStreamInfer(
             metadata=tuple(headers.items()) if headers else None, timeout=MAX_STREAM_S
         )
-        generation = cls(call, url, request.model_name, who, read_timeout_s)
+        generation = cls(call, url, request.model_name, who, read_timeout_s, traffic)
         try:
             await call.write(request)
         except Exception as exc:  # grpc.aio errors: translated once, here
             generation.cancel()
             raise translate(exc, url, request.model_name, who) from exc
         return generation
+
+    async def first(self) -> Piece:
+        """The first response: ``next``, except that a timeout while the backend answered another of this
+        process's generations during the wait is ``Overloaded`` (queued, not broken; see the module)."""
+        began = self.traffic.clock() if self.traffic is not None else 0.0
+        try:
+            return await self.next()
+        except BackendTimeout:
+            if self.traffic is None or not self.traffic.answered_since(self.url, began):
+                raise
+            raise Overloaded(
+                f"the Triton backend of {self.who} is busy with other generations and did not start this one "
+                f"within {self.read_timeout_s:g}s; retry shortly",
+                retry_after=OVERLOAD_RETRY_S,
+            ) from None
 
     async def next(self) -> Piece:
         """The next response; BackendTimeout past the read timeout, the translated error of a failed one."""
@@ -180,6 +240,8 @@ class TritonGeneration:
         if response is grpc.aio.EOF:
             self.done = True
             raise BackendError(f"the Triton backend of {self.who} ended the stream before its last response")
+        if self.traffic is not None:
+            self.traffic.answered(self.url)
         if response.error_message:
             self.cancel()
             raise translate(StreamError(response.error_message), self.url, self.model, self.who)

@@ -7,8 +7,12 @@ exactly, streamed or not."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib.util
+import json
+import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,8 +51,10 @@ def expected(prompt: str, **sampling: Any) -> Any:
 
 
 def chat_prompt(messages: list[dict[str, str]]) -> str:
-    """The documented chat template."""
-    return "\n".join([*(f"{m['role']}: {m['content']}" for m in messages), "assistant:"])
+    """The documented chat template (a content's further lines indented by two spaces)."""
+    return "\n".join(
+        [*(f"{m['role']}: {m['content'].replace(chr(10), chr(10) + '  ')}" for m in messages), "assistant:"]
+    )
 
 
 @dataclasses.dataclass
@@ -60,6 +66,8 @@ class Served:
     limited: str
     counted: str
     counted_id: str
+    iris: str
+    crowd: tuple[str, ...]
 
     def client(self, key: str | None = None, base: str = "/openai/v1") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base + base, api_key=key or self.key, max_retries=0, timeout=30)
@@ -86,9 +94,10 @@ def served(base_settings: Any, triton: Any) -> Iterator[Served]:
             },
         )
     services.aliases.put_alias(name, "canary", {"version": "1"})  # the bare name: the newest, 2
+    iris = f"iris-{uuid.uuid4().hex[:6]}"
     services.registry.create_model(  # not a text-generation model: not listed
         {
-            "name": f"iris-{uuid.uuid4().hex[:6]}",
+            "name": iris,
             "version": "1",
             "framework": "python",
             "format": "python",
@@ -99,9 +108,10 @@ def served(base_settings: Any, triton: Any) -> Iterator[Served]:
     record, key = services.keys.create_key(f"oa-{uuid.uuid4().hex[:6]}", "infer")
     _, limited = services.keys.create_key(f"oa-tpm-{uuid.uuid4().hex[:6]}", "infer", tokens_per_minute=20)
     counted_record, counted = services.keys.create_key(f"oa-use-{uuid.uuid4().hex[:6]}", "infer")
+    crowd = tuple(services.keys.create_key(f"oa-crowd-{i}-{uuid.uuid4().hex[:6]}", "infer")[1] for i in range(3))
     reset_services(None)
     with serve_gateway(free_port(), settings) as base:
-        yield Served(base, name, key, record["id"], limited, counted, counted_record["id"])
+        yield Served(base, name, key, record["id"], limited, counted, counted_record["id"], iris, crowd)
 
 
 def test_chat_completion(served: Served) -> None:
@@ -262,10 +272,25 @@ def test_errors_in_openais_shape(served: Served) -> None:
 
 
 def test_a_token_limit_refuses_with_429_in_openais_shape(served: Served) -> None:
+    """20 tokens a minute; each request reserves its prompt (5) + max_tokens at admission, so 8 parallel
+    requests of max_tokens 5 admit exactly 2 (the attacker's finding: all were admitted and used 85x the limit)."""
     client = served.client(key=served.limited)
-    first = client.completions.create(model=served.name, prompt=PROMPT, max_tokens=30)  # 35 tokens > 20 a minute
-    assert first.usage is not None and first.usage.total_tokens == 35
-    with pytest.raises(openai.RateLimitError) as refused:
+
+    def ask(_: int) -> Any:
+        try:
+            return client.completions.create(model=served.name, prompt=PROMPT, max_tokens=5)
+        except openai.RateLimitError as exc:
+            return exc
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(8)))
+    refused_ = [a for a in answers if isinstance(a, openai.RateLimitError)]
+    assert len(refused_) == 6 and all(a.type == "tokens" and a.param == "tokens_per_minute" for a in refused_)
+    assert [a.usage.total_tokens for a in answers if a not in refused_] == [10, 10]  # settled: 5 + 5 each
+    with pytest.raises(openai.BadRequestError) as too_large:  # 5 + 30 reserved could never fit 20 a minute
+        client.completions.create(model=served.name, prompt=PROMPT, max_tokens=30)
+    assert too_large.value.param == "max_tokens" and "lower max_tokens" in too_large.value.message
+    with pytest.raises(openai.RateLimitError) as refused:  # the 20 used fill the window
         client.completions.create(model=served.name, prompt=PROMPT, max_tokens=1)
     assert refused.value.status_code == 429 and refused.value.code == "rate_limit_exceeded"
     assert refused.value.type == "tokens" and refused.value.param == "tokens_per_minute"
@@ -310,3 +335,89 @@ def test_a_client_that_leaves_mid_stream_leaves_the_server_serving(served: Serve
         assert first.startswith(b"data: {")
     answer = served.client().completions.create(model=served.name, prompt=PROMPT, max_tokens=3)
     assert answer.choices[0].text == expected(PROMPT, max_tokens=3).text
+
+
+BOUND = 8  # GENERATION_MAX_IN_FLIGHT of the crowded gateway: each key may hold 4
+FIRST_TOKEN_S = float(os.environ.get("KINFER_TEST_CROWD_TIMEOUT_S", "0.5"))  # its TRITON_TIMEOUT_S
+
+
+@pytest.fixture(scope="module")
+def crowded(served: Served, base_settings: Any, triton: Any) -> Iterator[str]:
+    """A second gateway on the same Triton whose bound is small and whose first-token wait is shorter than
+    tiny_lm takes to stream a few 512-token answers: admitted streams queue in Triton past it (4 or 5 of 8
+    here). Long enough that the stream at the head of the queue gets its first token in time (a lone
+    timeout is a 504 that counts, by design)."""
+    settings = dataclasses.replace(
+        base_settings,
+        triton_url=triton.grpc_url,
+        auth_required=True,
+        generation_max_in_flight=BOUND,
+        triton_timeout_s=FIRST_TOKEN_S,
+        breaker_fail_max=1,  # any failure counted in this burst would open the circuit
+    )
+    with serve_gateway(free_port(), settings) as base:
+        yield base
+
+
+def test_parallel_streams_past_the_bound_are_refused_and_the_breaker_stays_closed(
+    served: Served, crowded: str, triton: Any, redis_url: str
+) -> None:
+    """The attacker trial of issue 24, scaled down: 3x the bound of parallel 512-token streams from three keys.
+    Each answer is a whole stream or a clear refusal (429 past the bound, 503 ``overloaded`` for one queued past
+    its first-token timeout), never a 504; and the backend's shared circuit stays closed, so another tenant's
+    iris request on the same Triton answers 200."""
+    import redis
+
+    from shared.backends.breaker import read_states
+
+    shots = 3 * BOUND
+    start = threading.Barrier(shots)
+    found: list[tuple[int, str, str]] = [(0, "the request did not finish", "")] * shots
+
+    def fire(i: int) -> None:
+        key = served.crowd[i % len(served.crowd)]
+        start.wait()
+        r = requests.post(
+            f"{crowded}/v1/chat/completions",
+            json={
+                "model": served.name,
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 512,
+                "stream": True,
+            },
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        found[i] = (r.status_code, r.text, r.headers.get("retry-after", ""))
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(shots)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    statuses = sorted(status for status, *_ in found)
+    assert set(statuses) <= {200, 429, 503}, [(status, text[:200]) for status, text, _ in found if status != 200]
+    assert 200 in statuses and 429 in statuses, statuses
+    bounded = 0
+    for status, text, retry_after in found:
+        if status == 200:
+            assert text.endswith("data: [DONE]\n\n") and '"error"' not in text
+            continue
+        error = json.loads(text)["error"]
+        assert int(retry_after) >= 1
+        if status == 429:
+            assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded"), error
+            bounded += "generations" in error["message"]
+        else:
+            assert (error["type"], error["code"]) == ("server_error", "overloaded"), error
+    assert bounded, "the bound on generations in flight refused some"
+
+    circuit = read_states(redis.Redis.from_url(redis_url), [triton.grpc_url])[triton.grpc_url]
+    assert circuit.state == "closed", circuit
+    r = requests.post(
+        f"{served.base}/v1/infer",
+        json={"model": served.iris, "input": {"data": [5.1, 3.5, 1.4, 0.2]}},
+        headers={"Authorization": f"Bearer {served.key}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text

@@ -1,7 +1,9 @@
 """Token limits and usage on real Redis and PostgreSQL: a key with tokens_per_minute=100 is refused once 100
-tokens are recorded and a key without one never is, keys do not share windows, the usage totals are the
-recorded tokens, Redis or PostgreSQL down fails nothing; and the keys API (``tokens_per_minute`` on create,
-``PATCH /v1/keys/{id}``, ``GET /v1/usage``) with its access rules."""
+tokens are recorded and a key without one never is, parallel requests reserve their tokens at admission so
+together they never pass the limit, settling gives back what was not used (also after the window rolled),
+keys do not share windows, the usage totals are the tokens actually used, Redis or PostgreSQL down fails
+nothing; and the keys API (``tokens_per_minute`` on create, ``PATCH /v1/keys/{id}``, ``GET /v1/usage``) with
+its access rules."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from limits import RateLimitItemPerMinute
 
 from shared.access.auth import Principal
 from shared.access.ratelimit import RateLimiter
-from shared.access.tokens import KEY_PREFIX, TokenMeter
+from shared.access.tokens import KEY_PREFIX, Reservation, TokenMeter, redis_keys
 from shared.clients.cache import Cache
 from shared.clients.db import Database
 from shared.errors import RateLimited
@@ -62,12 +64,12 @@ def test_a_key_with_100_tokens_per_minute_is_refused_once_100_are_recorded(servi
     meter = services.tokens
 
     async def run() -> RateLimited:
-        await meter.admit(principal, "tiny_lm")
-        await meter.record(principal, "tiny_lm", 60, 39)
-        await meter.admit(principal, "tiny_lm")  # 99 of 100: still room
-        await meter.record(principal, "tiny_lm", 0, 1)
+        reservation = await meter.admit(principal, "tiny_lm", 99)
+        await meter.record(principal, "tiny_lm", 60, 39, reservation)
+        reservation = await meter.admit(principal, "tiny_lm", 1)  # 99 of 100: room for one more
+        await meter.record(principal, "tiny_lm", 0, 1, reservation)
         with pytest.raises(RateLimited) as refused:
-            await meter.admit(principal, "tiny_lm")
+            await meter.admit(principal, "tiny_lm", 1)
         return refused.value
 
     err = run_once(run())
@@ -83,8 +85,8 @@ def test_the_request_that_crosses_the_limit_is_charged_in_full(services: Service
     key_id, _, principal = _key(services, tokens_per_minute=100)
 
     async def run() -> float:
-        await services.tokens.admit(principal, "tiny_lm")
-        await services.tokens.record(principal, "tiny_lm", 20, 110)  # overshoots: all 130 count
+        reservation = await services.tokens.admit(principal, "tiny_lm", 30)
+        await services.tokens.record(principal, "tiny_lm", 20, 110, reservation)  # used more: all 130 count
         return (await services.tokens.window(key_id, 100)).used
 
     assert run_once(run()) == 130
@@ -96,9 +98,9 @@ def test_a_key_without_a_limit_is_never_refused(services: Services) -> None:
 
     async def run() -> None:
         for _ in range(5):
-            await services.tokens.admit(principal, "tiny_lm")
+            assert await services.tokens.admit(principal, "tiny_lm", 100_000) is None
             await services.tokens.record(principal, "tiny_lm", 50_000, 50_000)
-        await services.tokens.admit(principal, "tiny_lm")
+        await services.tokens.admit(principal, "tiny_lm", 100_000)
 
     run_once(run())
     assert services.cache.client.keys(f"{KEY_PREFIX}:*{key_id}*") == []  # no window kept for it
@@ -111,11 +113,69 @@ def test_each_key_has_its_own_window(services: Services) -> None:
     async def run() -> None:
         await services.tokens.record(spent, "tiny_lm", 100, 0)
         with pytest.raises(RateLimited):
-            await services.tokens.admit(spent, "tiny_lm")
-        await services.tokens.admit(other, "tiny_lm")
+            await services.tokens.admit(spent, "tiny_lm", 1)
+        await services.tokens.release(await services.tokens.admit(other, "tiny_lm", 100))
 
     run_once(run())
     assert _remaining(services, spent_id, 100) == 0 and _remaining(services, other_id, 100) == 100
+
+
+def test_parallel_requests_reserve_their_tokens_so_together_they_stay_within_the_limit(services: Services) -> None:
+    """The attacker's finding: 10 parallel requests reserving 12 tokens each against 60 a minute. Exactly 5 are
+    admitted (two processes' meters, one Redis window); settled at the 6 they used, room is back for more; the
+    window ``limits`` reads and the usage totals hold the tokens actually used."""
+    key_id, _, principal = _key(services, tokens_per_minute=60)
+    other = TokenMeter(Cache(services.settings), services.db)  # a second process
+
+    async def one(meter: TokenMeter) -> Reservation | RateLimited | None:
+        try:
+            return await meter.admit(principal, "tiny_lm", 12)
+        except RateLimited as exc:
+            return exc
+
+    async def run() -> None:
+        got = await asyncio.gather(*(one(services.tokens if i % 2 else other) for i in range(10)))
+        admitted = [r for r in got if isinstance(r, Reservation)]
+        refused = [r for r in got if isinstance(r, RateLimited)]
+        assert len(admitted) == 5 and len(refused) == 5
+        assert all(r.field == "tokens_per_minute" and r.retry_after and r.retry_after >= 1 for r in refused)
+        assert _remaining(services, key_id, 60) == 0  # reserved in full
+        await asyncio.gather(*(services.tokens.record(principal, "tiny_lm", 2, 4, r) for r in admitted))
+        assert _remaining(services, key_id, 60) == 30  # settled: 5 x 6 used
+        again = await asyncio.gather(*(one(services.tokens) for _ in range(3)))
+        assert sum(isinstance(r, Reservation) for r in again) == 2  # 30 + 2 x 12 = 54; a third would pass 60
+        for r in again:
+            if isinstance(r, Reservation):
+                await services.tokens.release(r)  # failed before answering: given back whole
+        assert _remaining(services, key_id, 60) == 30
+
+    run_once(run())
+    services.tokens.flush()
+    report = services.tokens.usage_report({"key_id": key_id}, principal)
+    assert report["totals"] == {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30, "requests": 5}
+
+
+def test_a_refund_reaches_the_reservation_after_the_window_rolled(services: Services) -> None:
+    """A generation admitted late in a minute settles in the next: its unused tokens come off the previous
+    minute's counter, the one that holds them, never below zero."""
+    key_id, _, principal = _key(services, tokens_per_minute=100)
+    previous, current = redis_keys(KEY_PREFIX, key_id, 100)
+
+    async def run() -> tuple[float, float]:
+        reservation = await services.tokens.admit(principal, "tiny_lm", 80)
+        assert reservation is not None and not reservation.local
+        # 70 s pass: the counter holding the reservation has 50 s left, and rolls at the next call
+        services.cache.client.pexpire(current, 50_000)
+        moved = dataclasses.replace(reservation, expires=reservation.expires - 70)
+        await services.tokens.record(principal, "tiny_lm", 10, 20, moved)  # 50 of 80 unused
+        after = await services.tokens.window(key_id, 100)
+        assert (after.previous, after.current) == (30, 0)
+        await services.tokens.record(principal, "tiny_lm", 1, 0, dataclasses.replace(moved, tokens=1000))
+        return after.used, (await services.tokens.window(key_id, 100)).previous
+
+    used, left = run_once(run())
+    assert used == pytest.approx(30 * 50 / 60, abs=0.5) and left == 0  # the second refund stopped at zero
+    assert int(services.cache.client.get(previous) or 0) == 0
 
 
 def test_usage_totals_are_the_recorded_tokens_per_key_and_model(services: Services) -> None:
@@ -163,10 +223,13 @@ def test_redis_down_limits_in_process_and_usage_still_reaches_postgresql(service
     meter = TokenMeter(down, services.db)
 
     async def run() -> None:
-        await meter.admit(principal, "tiny_lm")
-        await meter.record(principal, "tiny_lm", 50, 50)
+        reservation = await meter.admit(principal, "tiny_lm", 60)
+        assert reservation is not None and reservation.local  # reserved in this process's window
         with pytest.raises(RateLimited):
-            await meter.admit(principal, "tiny_lm")
+            await meter.admit(principal, "tiny_lm", 41)
+        await meter.record(principal, "tiny_lm", 50, 50, reservation)
+        with pytest.raises(RateLimited):
+            await meter.admit(principal, "tiny_lm", 1)
 
     run_once(run())
     assert meter.flush() == 1

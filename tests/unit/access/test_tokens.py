@@ -76,6 +76,69 @@ def test_the_local_window_shifts_like_limits_and_forgets_after_two_minutes() -> 
     assert window.charge(100, 0, 200.0).used == 0
 
 
+def test_a_reservation_fits_while_the_whole_tokens_counted_plus_it_stay_within_the_limit() -> None:
+    window = Window(60, previous=30, previous_ttl=30.0, current=33, current_ttl=100.0)  # 15 + 33 = 48 used
+    assert window.fits(12) and not window.fits(13)
+    assert Window(60, previous=1, previous_ttl=59.0, current=48, current_ttl=100.0).fits(12)  # 48.98: 48 counted
+    assert window.retry_after(12) == 0.0 and window.retry_after(14) == pytest.approx(2.0)  # once 15 decays to 14
+
+
+@pytest.mark.parametrize(
+    ("charges", "limit", "reserve"),
+    [
+        ([(0.0, 50)], 60, 20),  # 50 + 20 > 60: once the minute rolls and 50 has decayed under 41
+        ([(0.0, 50)], 60, 60),  # the whole limit: once the 50 has left the window entirely (almost)
+        ([(0.0, 30), (70.0, 25)], 60, 12),  # the previous minute's 30 decays under the current 25
+        ([(0.0, 10), (65.0, 55)], 60, 10),  # the current minute alone leaves no room: after its shift
+    ],
+)
+def test_a_refused_reservation_is_told_when_it_would_fit(
+    charges: list[tuple[float, int]], limit: int, reserve: int
+) -> None:
+    window, now = LocalWindow(), 1000.0
+    for at, amount in charges:
+        window.charge(limit, amount, now + at)
+    at = now + charges[-1][0]
+    state, until = window.admit(limit, reserve, at)
+    assert until is None and not state.fits(reserve)
+    wait = state.retry_after(reserve)
+    assert 0 < wait <= 2 * WINDOW_S
+    assert window.admit(limit, reserve, at + max(0.0, wait - 0.05))[1] is None  # still no room just before
+    assert window.admit(limit, reserve, at + wait + 0.05)[1] is not None  # room just after
+
+
+def test_the_local_window_admits_reservations_until_they_fill_the_limit_and_refunds_free_room() -> None:
+    window = LocalWindow()
+    granted = [window.admit(60, 12, 0.0)[1] for _ in range(10)]
+    assert sum(until is not None for until in granted) == 5  # 5 x 12 = 60: the sixth would pass the limit
+    for until in granted[:5]:
+        assert until == 2 * WINDOW_S  # the counter the reservation went into
+        window.refund(60, 6, until, 1.0)  # each used 6 of its 12
+    assert window.charge(60, 0, 1.0).used == 30
+    assert [window.admit(60, 12, 2.0)[1] is not None for _ in range(3)] == [True, True, False]  # 30 + 24 = 54
+
+
+def test_a_refund_follows_the_reservation_into_the_previous_minute_and_never_goes_below_zero() -> None:
+    window = LocalWindow()
+    _, until = window.admit(100, 50, 0.0)
+    assert until is not None
+    window.charge(100, 5, 70.0)  # the minute rolled at 60 s: the 50 are the previous minute's now
+    state = window.refund(100, 40, until, 70.0)
+    assert (state.previous, state.current) == (10, 5)
+    assert window.refund(100, 40, until, 71.0).previous == 0  # 10 were left: not below zero
+    assert window.refund(100, 5, 999.0, 71.0).current == 5  # a counter it never went into: nothing
+    state = window.refund(100, 5, until, until + 1)  # its counter has expired: nothing to take back
+    assert (state.previous, state.current) == (5, 0)  # the later 5 (the previous minute since 121 s) are untouched
+
+
+def test_reserve_for_is_the_prompt_estimate_plus_max_tokens() -> None:
+    assert tokens.reserve_for("Beautiful is", 512) == 3 + 512  # 12 bytes / 4 beats 2 words
+    assert tokens.reserve_for("a b c d e f", 4) == 6 + 4  # 6 words beat 11 bytes / 4
+    assert tokens.reserve_for("x", None) == 1 + tokens.DEFAULT_MAX_TOKENS  # the model's default max_tokens
+    assert tokens.reserve_for("x" * 32768, 1) == 8192 + 1  # one long "word" is not one token
+    assert tokens.reserve_for("héllo", 0) == 2  # UTF-8 bytes: 6
+
+
 def test_redis_keys_are_limits_own_layout() -> None:
     from limits import RateLimitItemPerMinute
 
@@ -129,24 +192,68 @@ def test_with_redis_down_each_process_limits_its_keys_and_logs_once(caplog: pyte
     key, other, unlimited = _principal("k1"), _principal("k2"), _principal("k3", None)
 
     async def run() -> None:
-        await meter.admit(key, "m")
-        await meter.record(key, "m", 30, 70)  # the window holds 100 now: the next request waits
+        reservation = await meter.admit(key, "m", 40)
+        assert reservation is not None and reservation.local and reservation.tokens == 40
+        await meter.record(key, "m", 30, 70, reservation)  # used 100 of 40 reserved: the next request waits
         with pytest.raises(RateLimited) as refused:
-            await meter.admit(key, "m")
+            await meter.admit(key, "m", 1)
         err = refused.value
         assert err.status == 429 and err.field == "tokens_per_minute" and err.retry_after and err.retry_after >= 1
         assert "100 tokens per minute" in err.message and "retry in" in err.message
         assert err.headers["X-RateLimit-Limit-Tokens"] == "100" and err.headers["X-RateLimit-Remaining-Tokens"] == "0"
-        await meter.admit(other, "m")  # another key's window is its own
+        assert await meter.admit(other, "m", 100) is not None  # another key's window is its own
         await meter.record(unlimited, "m", 10**6, 10**6)
-        await meter.admit(unlimited, "m")  # no limit, never refused
-        await meter.admit(None, "m")  # AUTH_REQUIRED off: nothing to limit
+        assert await meter.admit(unlimited, "m", 10**6) is None  # no limit, never refused, nothing reserved
+        assert await meter.admit(None, "m", 10**6) is None  # AUTH_REQUIRED off: nothing to limit
 
     with caplog.at_level(logging.WARNING, logger="shared.access.tokens"):
         asyncio.run(run())
     assert [r.getMessage() for r in caplog.records if "in-process" in r.getMessage()] == [
         "token limits enforced in-process (per process, not shared): redis unavailable: ConnectionError"
     ]
+
+
+def test_parallel_admissions_reserve_and_settle_in_process_with_redis_down() -> None:
+    """The attacker's 10 parallel requests: only as many as their reservations fit are admitted; the settled
+    window and the usage tally hold the tokens actually used."""
+    meter = _meter()
+    key = _principal("k-par", 60)
+
+    async def one() -> tokens.Reservation | RateLimited | None:
+        try:
+            return await meter.admit(key, "m", 12)
+        except RateLimited as exc:
+            return exc
+
+    async def run() -> None:
+        got = await asyncio.gather(*(one() for _ in range(10)))
+        admitted = [r for r in got if isinstance(r, tokens.Reservation)]
+        assert len(admitted) == 5 and sum(isinstance(r, RateLimited) for r in got) == 5
+        refused = next(r for r in got if isinstance(r, RateLimited))
+        assert "12 more asked for" in refused.message and refused.retry_after and refused.retry_after >= 1
+        await asyncio.gather(*(meter.record(key, "m", 2, 4, r) for r in admitted))  # 6 used of each 12
+        assert (await meter.window("k-par", 60)).used == 30
+        again = await asyncio.gather(*(one() for _ in range(3)))
+        assert [isinstance(r, tokens.Reservation) for r in again] == [True, True, False]
+        for r in again[:2]:
+            await meter.release(r)  # failed before answering: given back whole
+        assert (await meter.window("k-par", 60)).used == 30
+        more = await meter.admit(key, "m", 10)
+        await meter.record(key, "m", 5, 20, more)  # used more than reserved: the rest is charged
+        assert (await meter.window("k-par", 60)).used == 55
+
+    asyncio.run(run())
+    assert meter._pending[("k-par", "m", next(iter(meter._pending))[2])] == [2 * 5 + 5, 4 * 5 + 20, 6]
+
+
+def test_a_reservation_larger_than_the_limit_is_refused_with_400_naming_max_tokens() -> None:
+    meter = _meter()
+    with pytest.raises(InvalidInput) as refused:
+        asyncio.run(meter.admit(_principal("k1", 60), "m", 515))
+    err = refused.value
+    assert err.status == 400 and err.field == "max_tokens"
+    assert "reserves 515 tokens" in err.message and "lower max_tokens" in err.message
+    assert asyncio.run(meter.window("k1", 60)).used == 0  # nothing charged
 
 
 def test_usage_is_kept_while_postgresql_is_down_and_written_once_it_is_back() -> None:
