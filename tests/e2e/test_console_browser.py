@@ -702,9 +702,18 @@ def test_a_waking_backend_is_shown_as_waking_with_its_estimate(browser: Any, sta
 
 
 def test_a_capture_rule_set_from_the_page_is_listed_and_stopped(browser: Any, stack: dict[str, str]) -> None:
+    name, alias = "iris_classifier", f"cap{uuid.uuid4().hex[:6]}"  # the demo model; an alias of this test's own
+    made = api(stack, "PUT", f"/v1/models/by-name/{name}/aliases/{alias}", {"version": "1"})
+    assert made[0] == 200, made[1]  # a rule names an alias the model has (else 404)
+    try:
+        _capture_rule_from_the_page(browser, stack, name, alias)
+    finally:
+        api(stack, "DELETE", f"/v1/models/by-name/{name}/aliases/{alias}")
+
+
+def _capture_rule_from_the_page(browser: Any, stack: dict[str, str], name: str, alias: str) -> None:
     from selenium.webdriver.common.by import By
 
-    name, alias = "iris_classifier", f"cap{uuid.uuid4().hex[:6]}"  # the demo model; an alias of this test's own
     go(browser, "capture")
     wait_for(browser, lambda: by_css(browser, "#capture-form").is_displayed(), "an admin key gets no capture form")
     fields = (

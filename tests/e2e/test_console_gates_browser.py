@@ -57,7 +57,7 @@ def test_the_audit_view_lists_an_alias_move_with_before_and_after_and_filters_by
     by_css(browser, "#audit-filter button[type=submit]").click()
     rows = wait_for(
         browser,
-        lambda: [r.text for r in all_css(browser, "#audit-table tbody tr") if "alias" in r.text],
+        lambda: [r.text for r in all_css(browser, "#audit-table tbody tr") if "alias.move" in r.text],
         "the alias moves are not listed",
     )
     assert all(name in row for row in rows), rows  # the filter kept only this model's entries
