@@ -68,6 +68,7 @@ import redis
 import sqlalchemy as sa
 
 from shared import validation as v
+from shared.clients.aio import TimedFlush
 from shared.clients.schema import token_usage
 from shared.domain import ANONYMOUS
 from shared.errors import Forbidden, InvalidInput, RateLimited
@@ -328,7 +329,7 @@ USAGE_QUERY = ("key_id", "model", "since", "until", "by", "limit")
 
 
 # -- the meter --------------------------------------------------------------------------------------
-class TokenMeter:
+class TokenMeter(TimedFlush):
     """Per-key token limits (Redis, in-process while it is down) and usage tallies (PostgreSQL, batched)."""
 
     def __init__(
@@ -536,24 +537,6 @@ class TokenMeter:
             self._flush_soon()
         elif not self._armed:
             self._arm()
-
-    def _arm(self) -> None:
-        """Flush what is pending when the interval ends, whether or not another request comes."""
-        self._armed = True
-        delay = max(0.0, self._next_flush - time.monotonic())
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            timer = threading.Timer(delay, self._timed_flush)
-            timer.daemon = True
-            timer.start()
-        else:
-            loop.call_later(delay, loop.run_in_executor, None, self._timed_flush)
-
-    def _timed_flush(self) -> None:
-        self._armed = False
-        self._next_flush = time.monotonic() + self.flush_s
-        self.flush()
 
     def _flush_soon(self) -> None:
         self._next_flush = time.monotonic() + self.flush_s

@@ -23,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from shared.clients.aio import TimedFlush
+
 if TYPE_CHECKING:
     from shared.backends.breaker import CircuitView
     from shared.backends.monitor import ProbeResult
@@ -37,7 +39,7 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FLUSH_S = 1.0
 
 
-class Recorder:
+class Recorder(TimedFlush):
     """In-process tallies flushed to Redis; never raises into the request."""
 
     def __init__(
@@ -81,24 +83,6 @@ class Recorder:
             self._rows[f"{url}|sum"] += rows
         if not self._armed:
             self._arm()
-
-    def _arm(self) -> None:
-        """Flush what is pending when the interval ends, whether or not another request comes."""
-        self._armed = True
-        delay = max(0.0, self._next_flush - time.monotonic())
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            timer = threading.Timer(delay, self._timed_flush)
-            timer.daemon = True
-            timer.start()
-        else:
-            loop.call_later(delay, loop.run_in_executor, None, self._timed_flush)
-
-    def _timed_flush(self) -> None:
-        self._armed = False
-        self._next_flush = time.monotonic() + self.flush_s
-        self.flush()
 
     def _maybe_flush(self) -> None:
         now = time.monotonic()

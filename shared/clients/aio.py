@@ -18,6 +18,7 @@ import contextvars
 import functools
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -189,3 +190,33 @@ class LoopThread:
         thread.join(timeout=5)
         if not thread.is_alive():
             loop.close()
+
+
+class TimedFlush:
+    """What a batching recorder shares: once something is pending, ``_arm`` flushes it when the interval ends,
+    whether or not another call comes (on the running loop's executor, or a daemon timer outside a loop). The
+    class sets ``flush_s``, ``_next_flush``, ``_armed`` and defines ``flush``."""
+
+    flush_s: float
+    _next_flush: float
+    _armed: bool
+
+    def flush(self) -> object: ...
+
+    def _arm(self) -> None:
+        """Flush what is pending when the interval ends, whether or not another request comes."""
+        self._armed = True
+        delay = max(0.0, self._next_flush - time.monotonic())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            timer = threading.Timer(delay, self._timed_flush)
+            timer.daemon = True
+            timer.start()
+        else:
+            loop.call_later(delay, loop.run_in_executor, None, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._armed = False
+        self._next_flush = time.monotonic() + self.flush_s
+        self.flush()
