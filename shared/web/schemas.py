@@ -570,7 +570,10 @@ BACKENDS_OVERVIEW: Schema = {
     "type": "object",
     "required": ["window_s", "backends"],
     "properties": {
-        "window_s": {"type": "number", "description": "how far back rate and p50 look (seconds actually covered)"},
+        "window_s": {
+            "type": ["number", "null"],
+            "description": "how far back rate and p50 look (seconds actually covered); null until two snapshots exist",
+        },
         "backends": {
             "type": "array",
             "items": {
