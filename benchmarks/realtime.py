@@ -27,6 +27,10 @@ is measured with no shadow, then again while PCT % of the alias's requests are m
 ``--capture PCT`` (self-contained): a local S3 server takes the capture bucket; every target is measured
 with capture off, then again while PCT % of the model's requests are captured (``kinfer capture set``).
 
+With ``--shadow`` and/or ``--capture``, each feature set is measured next to an off measurement of its own
+(the column "vs off" divides by it): the shared machine's speed drifts over a run, so a ratio against an off
+run taken minutes earlier measured the drift as much as the feature.
+
 The machine's cores are shared: run it under ``flock /work/tmp/stack.lock`` (or your
 equivalent) and look at the range over ``--runs``.
 """
@@ -232,7 +236,10 @@ def wrk_table(rows: list[dict], connections: int) -> str:
 
 
 def vs_off(row: dict, rows: list[dict]) -> float | None:
-    """A feature row's throughput over its target's with every feature off (same run); None for an off row."""
+    """A feature row's throughput over its target's with every feature off (its paired off measurement, else the
+    run's plain one); None for an off row."""
+    if "off_rps" in row:
+        return row["rps"] / row["off_rps"]
     plain = row.get("off_target")
     found = next((r for r in rows if r["target"] == plain), None) if plain else None
     return None if found is None else row["rps"] / found["rps"]
@@ -613,6 +620,43 @@ def local_stack(api_key: str | None) -> Endpoints:
     )
 
 
+def run_phases(
+    ep: Endpoints,
+    binary: str,
+    args: argparse.Namespace,
+    only: set[str] | None,
+    phases: list[tuple[str, Callable[[bool], None]]],
+    flip: bool,
+) -> list[dict]:
+    """Every target with the features off, then each feature set next to an off measurement of its own.
+
+    The machine's speed drifts within a run (a shared VM: direct Triton moved by a third between runs), so a
+    feature's "vs off" divides by the off measurement taken just before or just after it, never by one taken
+    minutes earlier; the order within each pair alternates (``flip``: every other run starts with the feature
+    on), so neither side always runs on a warmer server."""
+    measure = lambda: run_wrk(ep, binary, args.connections, args.threads, args.duration, args.seq_duration, only)  # noqa: E731
+    rows = measure()
+    for n, (label, switch) in enumerate(phases):
+        on_first = flip != (n % 2 == 1)
+        if on_first:
+            switch(True)
+            on = measure()
+            switch(False)
+            off = measure()
+        else:
+            off = measure() if n else rows  # the first pair's off side is the plain measurement itself
+            switch(True)
+            on = measure()
+            switch(False)
+        plain = {r["target"]: r for r in off}
+        rows += [
+            dict(r, target=f"{r['target']} {label}", off_target=r["target"], off_rps=plain[r["target"]]["rps"])
+            for r in on
+            if r["role"] != "triton"
+        ]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("wrk", "python"), default="wrk")
@@ -675,22 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         only = set(args.only) if args.only else None
         for i in range(args.runs):
-            phases = feature_phases(ep, args.shadow, args.capture)
-            if i % 2:  # every other run measures the features first: no phase always runs on a warmer server
-                phases.reverse()
-            measured: dict[str, list[dict]] = {}
-            for label, switch in [("", None), *phases] if i % 2 == 0 else [*phases, ("", None)]:
-                if switch is not None:
-                    switch(True)
-                got = run_wrk(ep, binary, args.connections, args.threads, args.duration, args.seq_duration, only)
-                if switch is not None:
-                    switch(False)
-                    got = [dict(r, target=f"{r['target']} {label}", off_target=r["target"]) for r in got]
-                    got = [r for r in got if r["role"] != "triton"]
-                measured[label] = got
-            rows = measured[""] + [
-                r for label, _ in feature_phases(ep, args.shadow, args.capture) for r in measured[label]
-            ]
+            rows = run_phases(ep, binary, args, only, feature_phases(ep, args.shadow, args.capture), flip=i % 2 == 1)
             runs.append(rows)
             print(
                 f"\nrun {i + 1}/{args.runs}: wrk -c{args.connections} -t{args.threads} -d{args.duration:g}s "

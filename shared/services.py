@@ -307,9 +307,9 @@ class Services:
         """Sampled request/answer records, queued and written to CAPTURE_BUCKET off the hot path (and at exit)."""
         import atexit
 
-        from shared.inference.capture import Capture, S3Objects
+        from shared.inference.capture import Capture, WriterProcess
 
-        capture = Capture(self.capture_rules, S3Objects(lambda: self.s3), self.settings)
+        capture = Capture(self.capture_rules, WriterProcess(self.settings), self.settings)
         atexit.register(capture.close)
         return capture
 

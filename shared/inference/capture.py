@@ -9,13 +9,24 @@ A background thread writes batches as JSON lines under
 ``capture/<model>/<version>/<YYYY-MM-DD>/<HH>/<uuid>.jsonl[.gz]`` in CAPTURE_BUCKET, when a batch is
 full, every CAPTURE_FLUSH_S seconds and at shutdown (``close``). A failed write drops that batch
 (counted, reason ``write_failed``) and never reaches a caller.
+
+The S3 calls themselves run in a child process (``WriterProcess``, ``python -m shared.inference.capture``):
+boto3 is pure Python (signing, request building, response parsing), and on the serving process's writer
+thread it held the interpreter lock in slices that the event loop waited behind after each of its system
+calls; the serving process only hands each finished object over a pipe and reads one reply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
+import os
+import pickle
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +34,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 import orjson
@@ -113,9 +125,9 @@ def current_trace_id() -> str | None:
 
 
 class S3Objects:
-    """``PutObject`` on an S3 client made by ``connect`` when first needed (by the writer thread, never on the
-    event loop: importing boto3 and building a client hold the interpreter for about 0.3 s); creates the bucket
-    on its first write (again after a failed write)."""
+    """``PutObject`` on an S3 client made by ``connect`` when first needed (in the writer process, or by a writer
+    thread given it directly: never on the event loop, since importing boto3 and building a client hold the
+    interpreter for about 0.3 s); creates the bucket on its first write (again after a failed write)."""
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self.connect = connect
@@ -139,6 +151,104 @@ class S3Objects:
         except Exception:
             self._ready.discard(bucket)
             raise
+
+
+class WriterFailed(Exception):
+    """The writer process could not store an object (its reason: the S3 error's type and message)."""
+
+
+class WriterProcess:
+    """``PutObject`` by a child process that owns the S3 client: each call pickles ``(bucket, key, data,
+    content_type)`` onto the child's stdin and waits for its one-object reply (None, or the failure's reason),
+    so objects are written in order, one at a time, as by the thread alone. The child is started by ``warm``
+    (the writer thread calls it as it starts), again after it exits, and gets ``settings`` as its first message
+    (never on its command line or in its environment). It runs in its own session (a Ctrl-C or a signal to the
+    server's process group does not cut the last flush short) and ends when its stdin closes: at ``close``, or
+    when the serving process dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def warm(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        root = str(Path(__file__).resolve().parents[2])  # where ``shared`` is importable from
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.inference.capture"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        self._proc = proc
+        self._send(self.settings)
+
+    def __call__(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        self.warm()
+        self._send((bucket, key, data, content_type))
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        try:
+            reason = pickle.load(proc.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError) as exc:
+            self._stop()
+            raise WriterFailed(f"the capture writer process exited ({type(exc).__name__})") from exc
+        if reason is not None:
+            raise WriterFailed(reason)
+
+    def _send(self, message: object) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        try:
+            pickle.dump(message, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.flush()
+        except OSError as exc:  # the child is gone (killed, out of memory): the next call starts another
+            self._stop()
+            raise WriterFailed(f"the capture writer process exited ({type(exc).__name__})") from exc
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def close(self) -> None:
+        """Let the child finish and exit (after the last flush)."""
+        self._stop()
+
+
+def serve_writes(stdin: Any, stdout: Any) -> None:
+    """The writer process: read the settings, then ``(bucket, key, data, content_type)`` messages until stdin
+    closes; store each through ``S3Objects`` and answer None or the failure's reason."""
+    from shared.clients.storage import make_s3_client
+
+    settings = pickle.load(stdin)
+    objects = S3Objects(lambda: make_s3_client(settings))
+    objects.warm()  # boto3 imported and the client built before the first batch is due
+    while True:
+        try:
+            bucket, key, data, content_type = pickle.load(stdin)
+        except EOFError:
+            return
+        reason = None
+        try:
+            objects(bucket, key, data, content_type)
+        except Exception as exc:  # noqa: BLE001 - reported to the serving process, which counts the drop
+            reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.warning("capture write of %s failed: %s", key, reason)
+        pickle.dump(reason, stdout, protocol=pickle.HIGHEST_PROTOCOL)
+        stdout.flush()
 
 
 class Capture:
@@ -255,17 +365,21 @@ class Capture:
             self._wake.clear()
 
     def flush(self) -> int:
-        """Write everything queued now, in objects of at most CAPTURE_BATCH_MAX records; the records written."""
-        written = 0
-        while True:
-            batch = self._take()
+        """Write what is queued as the flush starts, in objects of at most CAPTURE_BATCH_MAX records; the records
+        written. Records queued while it writes wait for the next flush: taking them at once turned a flush
+        under load into a stream of objects of a few records each (one S3 request per handful of records)."""
+        written, left = 0, self.pending()
+        while left > 0:
+            batch = self._take(min(left, self.batch_max))
             if not batch:
-                return written
+                break
+            left -= len(batch)
             written += self._write(batch)
+        return written
 
-    def _take(self) -> list[tuple[str, str, bytes]]:
+    def _take(self, n: int) -> list[tuple[str, str, bytes]]:
         with self._lock:
-            n = min(len(self._queue), self.batch_max)
+            n = min(len(self._queue), n)
             taken = [self._queue.popleft() for _ in range(n)]
             self._bytes -= sum(len(line) for _, _, line in taken)
         return taken
@@ -283,7 +397,8 @@ class Capture:
                 self.put(self.bucket, object_key(model, version, now, self.gzip), data, "application/x-ndjson")
             except Exception as exc:  # noqa: BLE001 - S3 down or slow never reaches a caller
                 counters.capture_dropped.labels("write_failed").inc(len(lines))
-                log.warning("capture write failed, %d records dropped: %s", len(lines), type(exc).__name__)
+                reason = str(exc) if isinstance(exc, WriterFailed) else type(exc).__name__
+                log.warning("capture write failed, %d records dropped: %s", len(lines), reason)
                 continue
             counters.capture_written.inc(len(lines))
             written += len(lines)
@@ -300,6 +415,9 @@ class Capture:
         if thread is not None:
             thread.join(timeout=self.flush_s + 30)
         self.flush()
+        close = getattr(self.put, "close", None)
+        if close is not None:
+            close()
 
 
 _second: tuple[int, str] = (0, "")  # the last whole second and its ISO 8601 text (one tuple: thread-safe swap)
@@ -320,3 +438,9 @@ def _line(record: CaptureRecord) -> bytes:
     fields = record.pop("redact", None) or []
     record["input"] = redacted(record["input"], fields)
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE, default=str)
+
+
+if __name__ == "__main__":  # the writer process (``WriterProcess``)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when it ends: stdin closes
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="capture-writer: %(levelname)s %(message)s")
+    serve_writes(sys.stdin.buffer, sys.stdout.buffer)

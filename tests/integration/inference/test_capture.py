@@ -212,3 +212,47 @@ def test_a_stalled_s3_fills_the_queue_and_drops_while_answers_go_on(base_setting
         os.kill(pid, signal.SIGCONT)
         reset_services(None)  # the writer's PUT completes, what is queued is written
         os.kill(pid, signal.SIGTERM)
+
+
+def test_the_writer_process_stores_objects_in_order_and_a_dead_one_is_replaced(base_settings, s3):
+    """The S3 calls run in a child process: objects land byte for byte, the S3 secret is neither on its command
+    line nor in its environment, the next object after the child is killed starts another, and S3 down is
+    reported with the child's reason (the writer counts the batch as dropped)."""
+    import os
+    import signal
+
+    from shared.clients.storage import get_bytes, make_s3_client
+    from shared.inference.capture import WriterFailed, WriterProcess
+
+    settings = dataclasses.replace(base_settings, s3_endpoint_url=s3.url, s3_secret_access_key="never-in-proc-x9")
+    bucket = f"writer-{uuid.uuid4().hex[:8]}"
+    writer = WriterProcess(settings)
+    try:
+        writer.warm()
+        assert writer._proc is not None
+        first = writer._proc.pid
+        for name in ("cmdline", "environ"):
+            with open(f"/proc/{first}/{name}", "rb") as f:
+                assert b"never-in-proc-x9" not in f.read(), name
+        for i in range(3):
+            writer(bucket, f"o/{i}.jsonl", f"line {i}\n".encode() * 1000, "application/x-ndjson")
+        client = make_s3_client(settings)
+        assert [get_bytes(client, bucket, f"o/{i}.jsonl") for i in range(3)] == [
+            f"line {i}\n".encode() * 1000 for i in range(3)
+        ]
+
+        os.kill(first, signal.SIGKILL)
+        writer._proc.wait()
+        writer(bucket, "o/after.jsonl", b"after\n", "application/x-ndjson")  # a new child takes it
+        assert writer._proc is not None and writer._proc.pid != first
+        assert get_bytes(client, bucket, "o/after.jsonl") == b"after\n"
+    finally:
+        writer.close()
+    assert writer._proc is None
+
+    down = WriterProcess(dataclasses.replace(settings, s3_endpoint_url=f"http://127.0.0.1:{free_port()}"))
+    try:
+        with pytest.raises(WriterFailed, match="unreachable"):
+            down(bucket, "o/down.jsonl", b"x\n", "application/x-ndjson")
+    finally:
+        down.close()
