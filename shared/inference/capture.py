@@ -161,7 +161,8 @@ class WriterProcess:
     """``PutObject`` by a child process that owns the S3 client: each call pickles ``(bucket, key, data,
     content_type)`` onto the child's stdin and waits for its one-object reply (None, or the failure's reason),
     so objects are written in order, one at a time, as by the thread alone. The child is started by ``warm``
-    (the writer thread calls it as it starts), again after it exits, and gets ``settings`` as its first message
+    (the writer thread calls it once any capture setting exists: a process that captures nothing has none),
+    again after it exits, and gets ``settings`` as its first message
     (never on its command line or in its environment). It runs in its own session (a Ctrl-C or a signal to the
     server's process group does not cut the last flush short) and ends when its stdin closes: at ``close``, or
     when the serving process dies."""
@@ -345,19 +346,20 @@ class Capture:
                 self._thread.start()
 
     def _run(self) -> None:
-        warm = getattr(self.put, "warm", None)
-        if warm is not None:
-            try:
-                warm()
-            except Exception:  # noqa: BLE001 - S3 unreachable: each write tries again and counts its drops
-                log.warning("capture storage not ready yet", exc_info=True)
         tick = min(self.flush_s, self.rules.ttl_s)
         due = time.monotonic() + self.flush_s
+        warm = getattr(self.put, "warm", None)
         while not self._stop.is_set():
             try:
                 self.rules.refresh_if_stale()
             except Exception:  # noqa: BLE001 - e.g. a database not migrated yet: keep the last rules, keep writing
                 log.exception("capture settings not reloaded")
+            if warm is not None and self.rules.any():  # the S3 side is readied once something may be captured
+                try:
+                    warm()
+                    warm = None
+                except Exception:  # noqa: BLE001 - S3 unreachable: each write tries again and counts its drops
+                    log.warning("capture storage not ready yet", exc_info=True)
             if self.pending() >= self.batch_max or time.monotonic() >= due:
                 self.flush()
                 due = time.monotonic() + self.flush_s

@@ -118,6 +118,10 @@ class CaptureRules:
                 return found
         return rules.get((model, ""))
 
+    def any(self) -> bool:
+        """Whether any model or alias has a capture setting (the last copy loaded)."""
+        return bool(self._rules)
+
     def refresh_if_stale(self) -> None:
         if time.monotonic() - self._loaded_at >= self.ttl_s:
             self.refresh()

@@ -52,6 +52,9 @@ class FakeRules:
     def refresh_if_stale(self) -> None:
         self.refreshed += 1
 
+    def any(self) -> bool:
+        return bool(self.rules)
+
 
 class FakeS3:
     def __init__(self, fail: Exception | None = None) -> None:
@@ -281,7 +284,7 @@ def test_timestamps_are_iso_8601_utc_with_microseconds_across_second_boundaries(
         assert abs(parsed.timestamp() - now) < 2e-6, (now, text)
 
 
-def test_s3_objects_connect_once_when_warmed_and_the_writer_warms_them_as_it_starts() -> None:
+def test_s3_objects_connect_once_and_the_writer_warms_them_once_a_capture_setting_exists() -> None:
     from shared.inference.capture import S3Objects
 
     made: list[int] = []
@@ -304,9 +307,15 @@ def test_s3_objects_connect_once_when_warmed_and_the_writer_warms_them_as_it_sta
         def __call__(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
             pass
 
+    idle = Warmed()
+    capture = Capture(FakeRules(), idle, Settings.from_env(environ={}))  # type: ignore[arg-type]
+    capture.sampled("m", None)  # the first request starts the writer; with no capture setting, no S3 client
+    assert not idle.warmed.wait(0.3), "the writer readied S3 with nothing to capture"
+    capture.close()
+
     put = Warmed()
-    capture = Capture(FakeRules(), put, Settings.from_env(environ={}))  # type: ignore[arg-type]
-    capture.sampled("m", None)  # the first request starts the writer
+    capture = Capture(FakeRules(rule("m", 100)), put, Settings.from_env(environ={}))  # type: ignore[arg-type]
+    capture.sampled("m", None)
     assert put.warmed.wait(5), "the writer did not build its S3 client before a batch was due"
     capture.close()
 
