@@ -8,7 +8,8 @@ the batch worker each served by ``kinfer serve`` (uvicorn) on free ports.
 
 Prints a table: end-to-end items/s vs direct items/s (same items, same run), their ratio, the
 CPU-seconds per million items of every process (batch API, batch worker, S3 server, Triton, this
-process: the event relay and the client) next to it, and the worker's peak RSS (VmHWM) after a
+process: the event relay and the client) next to it, the S3 requests and PostgreSQL transactions of the job
+(in all and per chunk: the round trips a cluster multiplies), and the worker's peak RSS (VmHWM) after a
 small and after the big job (bounded by the chunk size means the two are close). The direct calls send
 ``--direct-batch`` rows each (default: the model's ``max_batch_size``, as Triton reports it); the submit
 body is encoded before the clock starts, and the job's end is its ``finished_at``. ``--runs N`` repeats
@@ -23,6 +24,7 @@ first big job (collapsed stacks, ``DIR/<process>.txt``; py-spy is not a dependen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -112,7 +114,8 @@ def run_job(api: str, body: bytes) -> tuple[float, float, dict[str, Any]]:
 
 
 def peak_rss_mib(master_pid: int) -> float:
-    """Largest VmHWM among the uvicorn parent's children (the worker processes)."""
+    """Largest VmHWM among the uvicorn parent's children (the worker processes); the server itself when it has
+    none (one worker process serves in the parent)."""
     peaks = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -120,11 +123,18 @@ def peak_rss_mib(master_pid: int) -> float:
         try:
             if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != master_pid:
                 continue
+            if (entry / "cmdline").read_bytes().find(b"shared.inference.capture") >= 0:
+                continue
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peaks.append(int(line.split()[1]) / 1024)
         except (OSError, ValueError, IndexError):
             continue
+    if not peaks:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{master_pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
     return max(peaks, default=0.0)
 
 
@@ -291,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
             profilers = (
                 _profile(args.profile, {k: v for k, v in parts.items() if v and k != "Triton"}) if not run else []
             )
+            counts_before = _round_trips(tmp / "s3.log", args.pg_admin, f"kinfer_bench_batch_{uid}")
             measured = _measure(api, model, grpc_url, rows, parts, triton_pid, args.direct_batch)
+            time.sleep(11)  # PostgreSQL publishes an idle connection's statistics within 10 s
+            counts_after = _round_trips(tmp / "s3.log", args.pg_admin, f"kinfer_bench_batch_{uid}")
+            measured["round_trips"] = {k: counts_after[k] - counts_before[k] for k in counts_after}
             for stop in profilers:
                 stop()
             _report(run, args, measured)
@@ -330,6 +344,24 @@ def _measure(
     return {"direct_s": direct_s, "direct_cpu": direct_cpu, "submit_s": submit_s, "total_s": total_s, "used": used}
 
 
+def _round_trips(s3_log: Path, pg_admin: str, database: str) -> dict[str, int]:
+    """Requests the S3 server has logged and transactions PostgreSQL has counted for the job database so far."""
+    import sqlalchemy as sa
+
+    with s3_log.open("rb") as f:
+        s3 = sum(1 for line in f if b'HTTP/1.1"' in line)
+    engine = sa.create_engine(pg_admin)
+    try:
+        with engine.connect() as conn:
+            xacts = conn.execute(
+                sa.text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = :name"),
+                {"name": database},
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return {"S3 requests": s3, "PostgreSQL transactions": int(xacts)}
+
+
 def _report(run: int, args: argparse.Namespace, m: dict[str, Any]) -> None:
     n = args.items
     per_m = 1_000_000 / n
@@ -353,6 +385,11 @@ def _report(run: int, args: argparse.Namespace, m: dict[str, Any]) -> None:
         "CPU-seconds per million items, batch job: "
         + ", ".join(f"{name} {s * per_m:.1f}" for name, s in m["used"].items())
         + f"; all {total_cpu:.1f}"
+    )
+    chunks = -(-n // args.chunk_size)
+    print(
+        f"round trips of the job ({chunks} chunks; other services' background reads included): "
+        + ", ".join(f"{k} {v:,} ({v / chunks:.1f} per chunk)" for k, v in m.get("round_trips", {}).items())
     )
 
 
