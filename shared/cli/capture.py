@@ -36,7 +36,12 @@ def register(subparsers: Any) -> None:
     )
     setter.add_argument("target", metavar="MODEL[@ALIAS]")
     setter.add_argument("--percent", type=float, required=True, help="the share of requests captured, 0-100")
-    setter.add_argument("--redact", default="", metavar="FIELDS", help="comma-separated input fields to redact")
+    setter.add_argument(
+        "--redact",
+        default=None,
+        metavar="FIELDS",
+        help="comma-separated input fields to redact (omitted: an existing setting keeps its list; '' clears it)",
+    )
     output.add_output_arg(setter)
     api.command(setter, _set)
     getter = sub.add_parser("get", help="show a model's capture setting")
@@ -67,10 +72,9 @@ def _path(name: str) -> str:
 
 def _set(client: api.Client, args: argparse.Namespace) -> int:
     name, alias = split_target(args.target)
-    body: dict[str, object] = {
-        "sample_percent": args.percent,
-        "redact": [f.strip() for f in args.redact.split(",") if f.strip()],
-    }
+    body: dict[str, object] = {"sample_percent": args.percent}
+    if args.redact is not None:
+        body["redact"] = [f.strip() for f in args.redact.split(",") if f.strip()]
     if alias is not None:
         body["alias"] = alias
     output.emit(args, client.call("PUT", _path(name), body), fields=FIELDS)

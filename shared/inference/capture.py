@@ -102,10 +102,15 @@ class PutObject(Protocol):
 
 def redacted(value: object, fields: list[str]) -> object:
     """``value`` with each input field named in ``fields`` replaced by the marker: a /v1/infer ``input``
-    (tensor name -> values) or v2 ``inputs`` (a list of tensors, whose ``data`` is replaced)."""
+    (tensor name -> values) or v2 ``inputs`` (a list of tensors, whose ``data`` is replaced). The shorthand
+    ``{"data": ...}`` (also what KServe v1 ``instances`` of rows become) is a single-input model's one input
+    under another name: it is redacted whenever any field is, since the field named can only be that input
+    (and a name that is not would err towards hiding, never towards writing what was meant to be hidden)."""
     if not fields:
         return value
     if isinstance(value, Mapping):
+        if len(value) == 1 and "data" in value:
+            return {"data": REDACTED}
         return {k: (REDACTED if k in fields else v) for k, v in value.items()}
     if isinstance(value, list):
         return [{**t, "data": REDACTED} if isinstance(t, Mapping) and t.get("name") in fields else t for t in value]

@@ -66,8 +66,9 @@ def check_name(raw: str) -> str:
     return v.string(raw, "name", max_len=128, pattern=NAME, hint="letters, digits, '.', '_' and '-'")
 
 
-def parse_rule(body: object) -> tuple[float, list[str], str]:
-    """(sample_percent, redact, alias) of a PUT body; 400 naming the field otherwise."""
+def parse_rule(body: object) -> tuple[float, list[str] | None, str]:
+    """(sample_percent, redact, alias) of a PUT body (redact None: absent, the current list stays); 400 naming
+    the field otherwise."""
     request = v.require_object(body)
     v.reject_unknown(request, FIELDS)
     if "sample_percent" not in request:
@@ -75,7 +76,9 @@ def parse_rule(body: object) -> tuple[float, list[str], str]:
     percent = request["sample_percent"]
     if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
         raise InvalidInput("sample_percent must be a number from 0 to 100", field="sample_percent")
-    redact = request.get("redact", [])
+    if "redact" not in request:
+        return float(percent), None, check_alias(request.get("alias"))
+    redact = request["redact"]
     if not isinstance(redact, list) or len(redact) > MAX_REDACT:
         raise InvalidInput(f"redact must be a list of at most {MAX_REDACT} input field names", field="redact")
     fields = [v.string(f, f"redact[{i}]", max_len=MAX_FIELD) for i, f in enumerate(redact)]
@@ -140,7 +143,8 @@ class CaptureRules:
 
     # -- the API -------------------------------------------------------------------------
     def put(self, name: str, body: object, actor: Actor) -> CaptureRule:
-        """Create or replace a rule (audit-logged as ``capture.set``)."""
+        """Create or replace a rule (audit-logged as ``capture.set``); without ``redact`` an existing rule keeps its
+        list (a new sampling rate must never turn redaction off by omission: ``"redact": []`` clears it)."""
         name = check_name(name)
         percent, redact, alias = parse_rule(body)
         view = self.registry.view(name)
@@ -148,12 +152,15 @@ class CaptureRules:
             raise NotFound(f"no model named {name!r} (kinfer models list shows them)")
         if alias and alias not in view["aliases"] and alias not in view["active"] and alias not in view["others"]:
             raise NotFound(
-                f"model {name!r} has no alias or version {alias!r} (kinfer models get {name} lists them)",
+                f"model {name!r} has no alias or version {alias!r} (kinfer models aliases {name} and "
+                f"kinfer models versions {name} list them)",
                 field="alias",
             )
-        values = {"sample_percent": percent, "redact": redact, "updated_by": actor.key_name[:128]}
         with self.db.begin() as conn:
             before = self._read(conn, name, alias)
+            if redact is None:
+                redact = before["redact"] if before is not None else []
+            values = {"sample_percent": percent, "redact": redact, "updated_by": actor.key_name[:128]}
             stmt = insert(table).values(model_name=name, alias=alias, **values)
             stmt = stmt.on_conflict_do_update(
                 index_elements=[table.c.model_name, table.c.alias], set_={**values, "updated_at": sa.func.now()}

@@ -154,6 +154,32 @@ def test_full_capture_writes_every_request_with_inputs_redacted(svc, keys, model
     assert "outputs" not in by_id[ids[4]]
 
 
+def test_the_data_shorthand_and_kserve_v1_instances_are_redacted_too(svc, keys, models, infer, iris):
+    """The trial's finding: ``{"data": [...]}`` and ``:predict`` instances reached S3 in clear under a rule
+    redacting the model's only input."""
+    name = iris["name"]
+    setting = {"sample_percent": 100, "redact": ["features"]}
+    assert models.put(f"/v1/models/by-name/{name}/capture", json=setting, headers=keys["admin"]).status_code == 200
+    shorthand = infer.post("/v1/infer", json={"model": name, "input": {"data": IRIS_ROW}}, headers=keys["infer"])
+    assert shorthand.status_code == 200, shorthand.text
+    predict = models.post(f"/v1/models/{name}:predict", json={"instances": [VIRGINICA_ROW]}, headers=keys["infer"])
+    assert predict.status_code == 200, predict.text
+    by_id = {r["request_id"]: r for r in captured(svc, name)}
+    for answered in (shorthand, predict):
+        record = by_id[answered.headers["X-Request-ID"]]
+        assert record["input"] == {"data": "[redacted]"}, record
+
+
+def test_a_new_rate_without_redact_keeps_the_fields_redacted(svc, keys, models, iris):
+    path = f"/v1/models/by-name/{iris['name']}/capture"
+    first = models.put(path, json={"sample_percent": 100, "redact": ["features"]}, headers=keys["admin"])
+    assert first.status_code == 200, first.text
+    kept = models.put(path, json={"sample_percent": 10}, headers=keys["admin"])
+    assert kept.status_code == 200 and kept.json()["redact"] == ["features"], kept.text
+    cleared = models.put(path, json={"sample_percent": 10, "redact": []}, headers=keys["admin"])
+    assert cleared.status_code == 200 and cleared.json()["redact"] == [], cleared.text
+
+
 def test_zero_percent_writes_nothing(svc, keys, models, infer, iris):
     name = iris["name"]
     assert models.put(f"/v1/models/by-name/{name}/capture", json={"sample_percent": 0}, headers=keys["admin"])

@@ -184,6 +184,14 @@ def test_redaction_of_v1_inputs_and_v2_tensors() -> None:
     assert redacted({"a": 1}, []) == {"a": 1}
 
 
+def test_the_data_shorthand_is_the_single_input_and_is_redacted_whenever_a_field_is() -> None:
+    """``{"data": ...}`` (and KServe v1 instances, which become it) names no tensor: a rule redacting the model's
+    one input wrote it in clear when the caller used the shorthand."""
+    assert redacted({"data": [[1, 2]]}, ["x"]) == {"data": REDACTED}
+    assert redacted({"data": [[1, 2]]}, []) == {"data": [[1, 2]]}
+    assert redacted({"data": [1], "x": [2]}, ["x"]) == {"data": [1], "x": REDACTED}  # a model whose tensor is "data"
+
+
 def test_record_keeps_outcome_status_version_and_outputs() -> None:
     cap = capture(FakeRules(), s3 := FakeS3())
     request = Request("iris", "production", "v1", "key-1", 0.0, {"data": ROW}, "3")
@@ -267,7 +275,7 @@ def test_a_record_that_cannot_be_serialised_is_dropped_and_counted_never_raised(
     before = counter("kinfer_capture_dropped_total", reason="unserialisable")
     cap = capture(FakeRules(), FakeS3())
     bad = record()
-    bad["input"] = {"data": [2**70]}  # valid JSON, beyond what a record can hold
+    bad["input"] = {"features": [2**70]}  # valid JSON, beyond what a record can hold
     assert not cap.offer(bad) and cap.pending() == 0
     assert counter("kinfer_capture_dropped_total", reason="unserialisable") == before + 1
 
