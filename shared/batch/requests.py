@@ -37,6 +37,7 @@ from shared.batch.events import INFER_CALLBACK_EVENT_TYPE, INFER_REQUEST_EVENT_T
 from shared.domain import JSONObject
 from shared.errors import InvalidInput, KinferError, NotFound, PayloadTooLarge, RateLimited, Unavailable
 from shared.inference import v2 as v2proto
+from shared.logs import request_id_var
 
 if TYPE_CHECKING:
     from cloudevents.http import CloudEvent
@@ -415,18 +416,24 @@ class AsyncRequests:
             store.requeue(conn, request_id)
 
     async def _run(self, row: store.RequestRow) -> tuple[str, int, JSONObject]:
+        """Run the stored request as its caller's: its request id and key are what its capture record names."""
         wait = self.settings.request_wait_s
-        if row["protocol"] == V1:
-            answer = await self.dataplane.run_inference(orjson.loads(row["body"]), row["route_key"], wait)
-            answer["request_id"] = row["request_id"]
-            if row["trace_id"]:
-                answer["trace_id"] = row["trace_id"]
-            return store.SUCCEEDED, 200, dict(answer)
-        headers = {"content-type": "application/json"}
-        result = await self.v2.infer_v2(
-            row["model_name"], row["model_version"], row["body"], headers, row["route_key"], wait
-        )
-        return store.SUCCEEDED, 200, dict(result)
+        token = request_id_var.set(row["request_id"])
+        try:
+            if row["protocol"] == V1:
+                body = orjson.loads(row["body"])
+                answer = await self.dataplane.run_inference(body, row["route_key"], wait, key_id=row["owner"])
+                answer["request_id"] = row["request_id"]
+                if row["trace_id"]:
+                    answer["trace_id"] = row["trace_id"]
+                return store.SUCCEEDED, 200, dict(answer)
+            headers = {"content-type": "application/json"}
+            result = await self.v2.infer_v2(
+                row["model_name"], row["model_version"], row["body"], headers, row["route_key"], wait, row["owner"]
+            )
+            return store.SUCCEEDED, 200, dict(result)
+        finally:
+            request_id_var.reset(token)
 
     @staticmethod
     def _error_body(exc: KinferError, row: store.RequestRow) -> JSONObject:

@@ -191,9 +191,15 @@ class FakeDataPlane:
     def __init__(self) -> None:
         self.failures: list[Exception] = []
         self.calls: list[tuple[Any, float]] = []
+        self.callers: list[tuple[str | None, str | None]] = []
 
-    async def run_inference(self, body: Any, route_key: Any, wait_s: float) -> dict[str, Any]:
+    async def run_inference(
+        self, body: Any, route_key: Any, wait_s: float, key_id: str | None = None
+    ) -> dict[str, Any]:
+        from shared.logs import request_id_var
+
         self.calls.append((body, wait_s))
+        self.callers.append((key_id, request_id_var.get()))
         if self.failures:
             raise self.failures.pop(0)
         return {"model": "iris", "version": body["version"], "prediction": "setosa", "outputs": {}}
@@ -310,6 +316,8 @@ def test_execute_succeeds_once_with_the_request_ids(world: World, memory: Memory
     }
     again = asyncio.run(world.requests.execute(world.event()))
     assert again[1]["skipped"] == "request already succeeded" and len(world.dataplane.calls) == 1
+    # run as its caller's: the capture record of an async request names its key and its request id
+    assert world.dataplane.callers == [("k1", "r-1")]
 
 
 def test_retryable_failures_raise_and_requeue_permanent_ones_fail(world: World, memory: MemoryStore) -> None:
