@@ -25,15 +25,23 @@ PG_ADMIN_URL = os.environ.get("KINFER_TEST_PG", "postgresql+pg8000://postgres@12
 REDIS_URL = os.environ.get("KINFER_TEST_REDIS", "redis://127.0.0.1:6379/1")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A free TCP port in 20000-30000 (below the ephemeral range, which collides with client sockets)."""
+    """A free TCP port in 20000-30000 (below the ephemeral range, which collides with client sockets), never one
+    this process was given before: a server is often started after several ports are drawn, and two draws of the
+    same free port (a Triton given one port for gRPC and metrics) failed a CI run."""
     for _ in range(200):
         port = random.randint(20000, 30000)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise RuntimeError("no free port found in 20000-30000")
 
