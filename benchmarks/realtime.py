@@ -31,6 +31,14 @@ With ``--shadow`` and/or ``--capture``, each feature set is measured next to an 
 (the column "vs off" divides by it): the shared machine's speed drifts over a run, so a ratio against an off
 run taken minutes earlier measured the drift as much as the feature.
 
+``--ab PAIRS`` (with ``--shadow``/``--capture``): instead of switching the features between phases, the model
+keeps them on and a second name of the same Triton model (``iris_plain``) has none; wrk alternates slices of
+``-d`` seconds between the two, PAIRS pairs per target, and "on/off" divides the two sides' requests per
+second over all their slices (the per-pair ratios' spread beside it). Drift on a shared machine falls on
+both sides alike, which paired phases minutes long could not promise:
+
+    .venv/bin/python benchmarks/realtime.py --shadow 10 --capture 100 --only "function /v1/infer" --ab 8 -d 3 --runs 3
+
 The machine's cores are shared: run it under ``flock /work/tmp/stack.lock`` (or your
 equivalent) and look at the range over ``--runs``.
 """
@@ -61,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 LUA = ROOT / "benchmarks" / "wrk" / "infer.lua"
 ROW = [5.1, 3.5, 1.4, 0.2]
 TRITON_MODEL = "iris_classifier"
+PLAIN_MODEL = "iris_plain"  # --ab: the same Triton model under a name that nothing captures or mirrors
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -435,6 +444,17 @@ def backing(auth: bool, shadow: bool = False, capture: bool = False) -> Iterator
                     "triton_model": TRITON_MODEL,
                 },
             )
+            if shadow or capture:  # the same Triton model under a name with no feature (--ab's off side)
+                services.registry.create_model(
+                    {
+                        "name": PLAIN_MODEL,
+                        "version": "1",
+                        "framework": "onnx",
+                        "format": "onnx",
+                        "backend_url": triton.grpc_url,
+                        "triton_model": TRITON_MODEL,
+                    },
+                )
             if shadow:  # a second version to mirror to, behind the production alias
                 services.registry.create_model(
                     {
@@ -657,6 +677,58 @@ def run_phases(
     return rows
 
 
+def run_ab(ep: Endpoints, binary: str, args: argparse.Namespace, only: set[str] | None) -> list[dict]:
+    """Features on and off in alternating slices of ``-d`` seconds, ``--ab`` pairs per target, no switch between.
+
+    The "on" side calls the model that carries the capture setting and the shadow (``TRITON_MODEL``), the "off"
+    side ``PLAIN_MODEL``, the same Triton model under a name with neither; both are served by the same
+    processes, so a slow spell of the machine falls on both sides alike. Each pair alternates which side goes
+    first, and a pause of ``--ab-gap`` seconds after every slice lets the capture writer finish the records of
+    an "on" slice (``CAPTURE_FLUSH_S`` is 1 s in this mode) before the next slice is measured."""
+    rows = []
+    for name, base, kind, _, key, role in wrk_targets(ep):
+        if role == "triton" or (only and not any(o in name for o in only)):
+            continue
+        sides: dict[str, list[dict]] = {"on": [], "off": []}
+        for model in (ep.model, PLAIN_MODEL):  # warm-up: connections, caches
+            wrk(binary, base, kind, model, key, args.connections, args.threads, 1)
+        for k in range(args.ab):
+            for side in ("on", "off") if k % 2 == 0 else ("off", "on"):
+                model = ep.model if side == "on" else PLAIN_MODEL
+                before = {r: cpu_seconds(pid) for r, pid in ep.pids.items()}
+                load = wrk(binary, base, kind, model, key, args.connections, args.threads, args.duration)
+                load["cpu"] = {r: cpu_seconds(pid) - before[r] for r, pid in ep.pids.items()}
+                sides[side].append(load)
+                time.sleep(args.ab_gap)
+        row: dict[str, Any] = {"target": name, "role": role}
+        for side, loads in sides.items():
+            n = sum(x["requests"] for x in loads)
+            row[f"{side}_rps"] = n / (sum(x["duration_us"] for x in loads) / 1e6)
+            row[f"{side}_cpu_ms"] = sum(x["cpu"].get(role, 0.0) for x in loads) / n * 1e6 / 1000
+            row[f"{side}_triton_cpu_ms"] = sum(x["cpu"].get("triton", 0.0) for x in loads) / n * 1e6 / 1000
+        row["pairs"] = [a["rps"] / b["rps"] for a, b in zip(sides["on"], sides["off"], strict=True)]
+        rows.append(row)
+    return rows
+
+
+def ab_table(rows: list[dict], label: str) -> str:
+    w = max(20, *(len(r["target"]) + 1 for r in rows))
+    lines = [
+        f"{'target':<{w}}{'off req/s':>11}{f'{label} req/s':>{len(label) + 8}}{'on/off':>8}"
+        f"{'pairs min/median/max':>23}{'CPU ms/req off -> on':>23}{'Triton ms/req off -> on':>26}"
+    ]
+    for r in rows:
+        pairs = sorted(r["pairs"])
+        spread = f"{pairs[0]:.2f} / {statistics.median(pairs):.2f} / {pairs[-1]:.2f}"
+        cpu = f"{r['off_cpu_ms']:.3f} -> {r['on_cpu_ms']:.3f}"
+        triton = f"{r['off_triton_cpu_ms']:.3f} -> {r['on_triton_cpu_ms']:.3f}"
+        lines.append(
+            f"{r['target']:<{w}}{r['off_rps']:11,.0f}{r['on_rps']:{len(label) + 8},.0f}"
+            f"{r['on_rps'] / r['off_rps']:8.3f}{spread:>23}{cpu:>23}{triton:>26}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("wrk", "python"), default="wrk")
@@ -699,12 +771,25 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PCT",
         help="self-contained wrk mode: measure again while PCT %% of requests are captured to S3",
     )
+    p.add_argument(
+        "--ab",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="with --shadow/--capture: alternate PAIRS slices of -d seconds with the features on and off "
+        "(two model names, no switching) instead of the paired phases; prints on/off per target",
+    )
+    p.add_argument("--ab-gap", type=float, default=1.5, help="--ab: seconds of pause after each slice")
     args = p.parse_args(argv)
+    if args.ab and not (args.shadow or args.capture):
+        p.error("--ab needs --shadow and/or --capture (the features to compare)")
     if args.shadow and (args.stack or args.mode != "wrk" or not 0 < args.shadow <= 100):
         p.error("--shadow PCT (1-100) needs the self-contained wrk mode")
     if args.capture and (args.stack or args.mode != "wrk" or not 0 < args.capture <= 100):
         p.error("--capture PCT (1-100) needs the self-contained wrk mode")
     extra = dict(item.split("=", 1) for item in args.env)
+    if args.ab:  # an "on" slice's last records are written within the pause after it (see run_ab)
+        extra.setdefault("CAPTURE_FLUSH_S", "1")
     binary = ensure_wrk(not args.no_install) if args.mode == "wrk" else ""
     with contextlib.ExitStack() as stack:
         if args.stack:
@@ -725,6 +810,26 @@ def main(argv: list[str] | None = None) -> int:
                 if role != "triton":
                     wrk(binary, base, kind, model, key, args.connections, args.threads, 2)
             set_capture(ep, 0)
+        if args.ab:
+            print(f"A/B: on = {ep.model} (capture {args.capture} %, shadow {args.shadow} %), off = {PLAIN_MODEL}")
+            if args.shadow:
+                set_shadow(ep, args.shadow)
+            if args.capture:
+                set_capture(ep, args.capture)
+            ab_runs = []
+            for i in range(args.runs):
+                ab_runs.append(run_ab(ep, binary, args, only))
+                print(
+                    f"\nrun {i + 1}/{args.runs}: {args.ab} pairs of wrk -c{args.connections} -t{args.threads} "
+                    f"-d{args.duration:g}s, on and off alternating; {args.workers} uvicorn worker(s) per server"
+                )
+                print(ab_table(ab_runs[-1], "on"), flush=True)
+            if args.runs > 1:
+                print(f"\non/off over {args.runs} runs:")
+                for i, first in enumerate(ab_runs[0]):
+                    ratios = ", ".join(f"{run[i]['on_rps'] / run[i]['off_rps']:.3f}" for run in ab_runs)
+                    print(f"  {first['target']}: {ratios}")
+            return 0
         for i in range(args.runs):
             rows = run_phases(ep, binary, args, only, feature_phases(ep, args.shadow, args.capture), flip=i % 2 == 1)
             runs.append(rows)

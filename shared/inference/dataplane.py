@@ -25,7 +25,7 @@ from shared import validation as v
 from shared.backends.triton import ModelInfo
 from shared.errors import InvalidInput, KinferError
 from shared.inference.capture import Answer, Request
-from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of
+from shared.inference.codec import Parsed, outputs_json, parse_input, prediction_of, same_inputs
 from shared.inference.resolve import backend_label, label, triton_model, triton_version
 from shared.inference.waiting import call_waiting
 
@@ -190,7 +190,7 @@ class DataPlane:
             "timestamp": datetime.now(UTC).isoformat(),
         }
         if self.shadow is not None:
-            self._mirror(name, version, model, request["input"], answer)
+            self._mirror(name, version, model, request["input"], answer, info, parsed, outputs)
         return answer
 
     async def _run_model(
@@ -209,20 +209,47 @@ class DataPlane:
 
         return await call_waiting(self.balancer, urls, attempt, label(model), wait_s)
 
-    def _mirror(self, name: str, version: str | None, model: ModelVersion, raw: object, answer: InferAnswer) -> None:
-        """Offer the answered request to the alias's shadow versions (a dict lookup when it has none)."""
+    def _mirror(
+        self,
+        name: str,
+        version: str | None,
+        model: ModelVersion,
+        raw: object,
+        answer: InferAnswer,
+        info: ModelInfo,
+        parsed: Parsed,
+        outputs: dict[str, np.ndarray[Any, Any]],
+    ) -> None:
+        """Offer the answered request to the alias's shadow versions (a dict lookup when it has none). A shadow
+        version that takes the primary's tensors runs the arrays already validated; the outputs are compared
+        as arrays (never turned into JSON for it)."""
         mirror = self.shadow
         alias, shadows = self.resolver.shadow_of(name, version)
         if mirror is None or alias is None or not shadows:
             return
-        primary = (answer["prediction"], answer["outputs"])
+        primary = (answer["prediction"], outputs)
         for percent, target in shadows:
             if target["version"] == model["version"] or not mirror.wanted(percent):
                 continue
 
             async def run(target: ModelVersion = target) -> ShadowAnswer:
-                info, parsed, outputs = await self._run_model(target, raw, 0.0)
-                return prediction_of(info, outputs, parsed.single), outputs_json(info, outputs, parsed.single)
+                tm, tv, urls = triton_model(target), triton_version(target), self.resolver.backend_urls(target)
+
+                async def attempt(url: str) -> tuple[ModelInfo, Parsed, dict[str, np.ndarray[Any, Any]]]:
+                    who = backend_label(target, urls, url)
+                    got = self.triton_async.cached_info(url, tm, tv) or await self.triton_async.model_info(
+                        url, tm, tv, who
+                    )
+                    again = (
+                        parsed
+                        if same_inputs(info, got)
+                        else parse_input(got, raw, max_elements=self.settings.max_infer_elements)
+                    )
+                    self.check_rows(again.rows)
+                    return got, again, await self.infer_arrays(url, got, again.arrays, again.rows, tv, who)
+
+                got, again, shadow_outputs = await call_waiting(self.balancer, urls, attempt, label(target), 0.0)
+                return prediction_of(got, shadow_outputs, again.single), shadow_outputs
 
             pair = (name, alias, model["version"], target["version"])
             mirror.offer(pair, run, primary, answer["latency_ms"] / 1000)

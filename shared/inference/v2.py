@@ -36,9 +36,9 @@ from shared.inference.codec import (
     check_strings,
     dims_match,
     flat_texts,
-    outputs_json,
     prediction_of,
     refuse_streaming,
+    same_inputs,
     to_strings,
     too_many_elements,
 )
@@ -59,6 +59,7 @@ SERVER_NAME = "kinfer"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
 JSONObject = v.JSONObject
+Sent = tuple[dict[str, np.ndarray[Any, Any]], int]  # the validated input arrays and their rows
 
 
 class ServerMetadata(TypedDict):
@@ -422,21 +423,21 @@ class V2Protocol:
         model = await resolver.resolve_async(name, version, route_key)
         tm, tv, urls = triton_model(model), triton_version(model), resolver.backend_urls(model)
 
-        async def attempt(url: str) -> tuple[ModelInfo, dict[str, np.ndarray[Any, Any]]]:
+        async def attempt(url: str) -> tuple[ModelInfo, Sent, dict[str, np.ndarray[Any, Any]]]:
             who = backend_label(model, urls, url)
             info = self.triton_async.cached_info(url, tm, tv) or await self.triton_async.model_info(url, tm, tv, who)
             arrays, rows = v2_arrays(info, inputs, binary, self.settings.max_infer_elements)
             dataplane.check_rows(rows, "inputs")
-            return info, await dataplane.infer_arrays(url, info, arrays, rows, tv, who)
+            return info, (arrays, rows), await dataplane.infer_arrays(url, info, arrays, rows, tv, who)
 
         try:
-            info, outputs = await call_waiting(self.balancer, urls, attempt, label(model), wait_s)
+            info, sent, outputs = await call_waiting(self.balancer, urls, attempt, label(model), wait_s)
         except KinferError as exc:
             resolver.record(model, exc.code, started)
             raise
         resolver.record(model, "ok", started)
         if dataplane.shadow is not None:
-            self._mirror(name, version, model, info, outputs, inputs, binary, started)
+            self._mirror(name, version, model, info, outputs, inputs, binary, sent, started)
         wanted = _requested(info, asked)
         return {
             "model_name": model["name"],
@@ -454,10 +455,12 @@ class V2Protocol:
         outputs: dict[str, np.ndarray[Any, Any]],
         inputs: list[InputTensor],
         binary: bytes,
+        sent: Sent,
         started: float,
     ) -> None:
         """Offer the answered request to the alias's shadow versions, as /v1/infer does (a dict lookup when the
-        alias has none); the shadow version runs the same v2 inputs after the answer is sent."""
+        alias has none); the shadow version runs the same v2 inputs after the answer is sent (the arrays already
+        validated, when it takes the primary's tensors), and the outputs are compared as arrays."""
         mirror = self.dataplane.shadow
         alias, shadows = self.resolver.shadow_of(name, version)
         if mirror is None or alias is None or not shadows:
@@ -467,7 +470,7 @@ class V2Protocol:
             if target["version"] == model["version"] or not mirror.wanted(percent):
                 continue
             if primary is None:
-                primary = (prediction_of(info, outputs, False), outputs_json(info, outputs, False))
+                primary = (prediction_of(info, outputs, False), outputs)
 
             async def run(target: ModelVersion = target) -> ShadowAnswer:
                 tm, tv, urls = triton_model(target), triton_version(target), self.resolver.backend_urls(target)
@@ -477,11 +480,14 @@ class V2Protocol:
                     shadow_info = self.triton_async.cached_info(url, tm, tv) or await self.triton_async.model_info(
                         url, tm, tv, who
                     )
-                    arrays, rows = v2_arrays(shadow_info, inputs, binary, self.settings.max_infer_elements)
+                    if same_inputs(info, shadow_info):
+                        arrays, rows = sent
+                    else:
+                        arrays, rows = v2_arrays(shadow_info, inputs, binary, self.settings.max_infer_elements)
                     return shadow_info, await self.dataplane.infer_arrays(url, shadow_info, arrays, rows, tv, who)
 
                 shadow_info, got = await call_waiting(self.balancer, urls, attempt, label(target), 0.0)
-                return prediction_of(shadow_info, got, False), outputs_json(shadow_info, got, False)
+                return prediction_of(shadow_info, got, False), got
 
             pair = (name, alias, model["version"], target["version"])
             mirror.offer(pair, run, primary, time.perf_counter() - started)

@@ -42,7 +42,7 @@ OUTCOMES = ("agree", "disagree", "error", "dropped")
 MAX_SHADOWS = 3
 
 ShadowAnswer = tuple[object, Mapping[str, object]]
-"""A shadow version's (prediction, outputs), as /v1/infer would have answered them."""
+"""A version's (prediction, outputs): the outputs as arrays (``compare`` reads them as float64 where it can)."""
 
 
 class ShadowPair(TypedDict):
@@ -81,6 +81,8 @@ def compare(primary: ShadowAnswer, shadow: ShadowAnswer) -> tuple[bool, float | 
             b = np.asarray(shadow[1][name], dtype=np.float64)
         except (TypeError, ValueError):
             continue
+        if a.shape != b.shape and a.size == b.size:  # e.g. one version batched, the other not: the same values
+            a, b = a.reshape(-1), b.reshape(-1)
         if a.shape != b.shape or a.size == 0:
             continue
         diff = float(np.max(np.abs(a - b)))
@@ -130,7 +132,8 @@ class ShadowMirror:
             await asyncio.sleep(0)  # the primary answer goes out first
             started = time.perf_counter()
             try:
-                answer = await asyncio.wait_for(run(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # in this task: wait_for would start another
+                    answer = await run()
             except Exception as exc:  # any failure of the shadow is its own, never the caller's
                 log.debug("shadow %s failed: %s", key, type(exc).__name__)
                 self.recorder.record(key, "error", time.perf_counter() - started)

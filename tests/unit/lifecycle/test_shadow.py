@@ -304,3 +304,73 @@ def test_a_v2_answer_through_the_alias_is_mirrored_too() -> None:
     assert coalescer.calls == ["3", "4"]  # mirrored after the answer, never returned
     [pair] = _pairs(mirror, cache)
     assert (pair["primary"], pair["shadow"], pair["mirrored"], pair["agree"]) == ("3", "4", 1, 0)
+
+
+class _Recording(_Coalescer):
+    """``_Coalescer`` that keeps the arrays each version was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(shadow_label=1)
+        self.sent: dict[str, Any] = {}
+
+    async def infer(self, url: str, info: ModelInfo, arrays: Any, headers: Any, version: Any, who: Any) -> Any:
+        self.sent[str(version)] = arrays
+        return await super().infer(url, info, arrays, headers, version, who)
+
+
+class _TwoSignatures(_Triton):
+    """Version 4 names its input ``x``: the primary's validated arrays do not fit it."""
+
+    def cached_info(self, url: str, tm: str, tv: Any) -> ModelInfo:
+        if str(tv) == "4":
+            return ModelInfo(INFO.name, (TensorSpec("x", "FP32", (4,)),), INFO.outputs, 4, INFO.labels)
+        return INFO
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_a_shadow_with_the_primarys_signature_runs_the_arrays_already_validated(protocol: str) -> None:
+    import json
+
+    from shared.inference.v2 import V2Protocol
+
+    coalescer = _Recording()
+    plane, mirror, cache = _plane(coalescer)
+    v2 = V2Protocol(plane, plane.resolver, plane.balancer, plane.triton_async, Settings.from_env(environ={}))
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+    async def go() -> None:
+        if protocol == "v1":
+            await plane.run_inference(BODY)
+        else:
+            raw = json.dumps(body).encode()
+            await v2.infer_v2("iris", "production", raw, {"content-type": "application/json"}, None, 0.0, None)
+        await _drain()
+
+    asyncio.run(go())
+    assert coalescer.sent["4"]["input"] is coalescer.sent["3"]["input"]  # not parsed a second time
+    [pair] = _pairs(mirror, cache)
+    assert pair["agree"] == 1 and pair["max_abs_difference"] == pytest.approx(0.25)
+
+
+def test_a_shadow_with_another_signature_validates_the_request_for_itself() -> None:
+    coalescer = _Recording()
+    plane, mirror, cache = _plane(coalescer)
+    plane.triton_async = _TwoSignatures()  # type: ignore[assignment]
+
+    async def go() -> None:
+        await plane.run_inference(BODY)  # {"data": [...]}: the single input, whatever its name
+        await _drain()
+
+    asyncio.run(go())
+    assert list(coalescer.sent["3"]) == ["input"] and list(coalescer.sent["4"]) == ["x"]
+    np.testing.assert_array_equal(coalescer.sent["4"]["x"], coalescer.sent["3"]["input"])
+    [pair] = _pairs(mirror, cache)
+    assert (pair["mirrored"], pair["agree"], pair["errors"]) == (1, 1, 0)
+
+
+def test_compare_reads_arrays_and_sets_aside_a_batch_dimension_one_side_lacks() -> None:
+    batched = np.array([[0.0, 1.0, 0.0]], dtype=np.float32)
+    same, diff = compare(("b", {"p": batched}), ("b", {"p": np.array([0.0, 0.5, 0.0], dtype=np.float32)}))
+    assert same is True and diff == pytest.approx(0.5)
+    same, diff = compare(("b", {"p": batched}), ("b", {"p": np.zeros((2, 3), dtype=np.float32)}))
+    assert diff is None  # six values against three: not the same outputs
