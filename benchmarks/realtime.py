@@ -690,8 +690,8 @@ def run_ab(ep: Endpoints, binary: str, args: argparse.Namespace, only: set[str] 
         if role == "triton" or (only and not any(o in name for o in only)):
             continue
         sides: dict[str, list[dict]] = {"on": [], "off": []}
-        for model in (ep.model, PLAIN_MODEL):  # warm-up: connections, caches
-            wrk(binary, base, kind, model, key, args.connections, args.threads, 1)
+        for model in (ep.model, PLAIN_MODEL):  # warm-up: connections, caches, the capture writer's first writes
+            wrk(binary, base, kind, model, key, args.connections, args.threads, 5)
         for k in range(args.ab):
             for side in ("on", "off") if k % 2 == 0 else ("off", "on"):
                 model = ep.model if side == "on" else PLAIN_MODEL
