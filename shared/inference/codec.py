@@ -129,9 +129,16 @@ def _tensor(
 
 def same_inputs(a: ModelInfo, b: ModelInfo) -> bool:
     """Whether arrays validated against ``a`` are valid for ``b`` as they are: a shadow version with the
-    primary's signature (the same Triton model: the same cached object)."""
-    return a is b or (
-        a.inputs == b.inputs and a.rows_first == b.rows_first and a.max_string_bytes == b.max_string_bytes
+    primary's signature and batching (the same Triton model: the same cached object). A streaming model never
+    is: only the OpenAI routes may call one."""
+    if a is b:
+        return True
+    return (
+        a.inputs == b.inputs
+        and a.max_batch_size == b.max_batch_size
+        and a.rows_first == b.rows_first
+        and a.max_string_bytes == b.max_string_bytes
+        and not b.decoupled
     )
 
 

@@ -184,8 +184,9 @@ def with_thread_pool(app: ASGIApp, threads: int) -> ASGIApp:
     """``app`` whose blocking handlers run at most ``threads`` at once (anyio's default thread pool,
     sized when the server starts: the limiter belongs to the event loop).
 
-    At that start the objects built so far (modules, clients, settings: about 120,000 in the infer function)
-    are moved out of the garbage collector's reach (``gc.freeze``): they live as long as the process, and
+    At that start the objects built so far (the modules and what the app built before serving; the infer
+    function holds about 120,000 objects under load) are moved out of the garbage collector's reach
+    (``gc.freeze``): they live as long as the process, and
     without it every full collection walked them all (one every 17-20k requests with capture on: about 0.1 s
     each on a loaded 2-core machine, 0.02 s frozen; a pause for every request in flight)."""
 

@@ -374,3 +374,38 @@ def test_compare_reads_arrays_and_sets_aside_a_batch_dimension_one_side_lacks() 
     assert same is True and diff == pytest.approx(0.5)
     same, diff = compare(("b", {"p": batched}), ("b", {"p": np.zeros((2, 3), dtype=np.float32)}))
     assert diff is None  # six values against three: not the same outputs
+
+
+def test_compare_leaves_outputs_of_other_shapes_alone() -> None:
+    same, diff = compare(("b", {"p": np.zeros((3, 2))}), ("b", {"p": np.ones((2, 3))}))
+    assert diff is None  # a transposed output is not the same values in another layout
+
+
+def test_arrays_are_reused_only_for_the_same_signature_and_batching() -> None:
+    from dataclasses import replace
+
+    from shared.inference.codec import same_inputs
+
+    assert same_inputs(INFO, INFO) and same_inputs(INFO, replace(INFO, labels=()))  # labels do not matter
+    assert not same_inputs(INFO, replace(INFO, max_batch_size=2))  # its own batch bound applies
+    assert not same_inputs(INFO, replace(INFO, max_batch_size=0))  # unbatched: no batch dimension
+    assert not same_inputs(INFO, replace(INFO, decoupled=True))  # a streaming model: the OpenAI routes only
+    assert not same_inputs(INFO, replace(INFO, inputs=(TensorSpec("input", "FP64", (4,)),)))
+
+
+def test_a_comparison_that_raises_is_counted_as_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.lifecycle.shadow as shadow
+
+    def broken(primary: Any, answer: Any) -> Any:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(shadow, "compare", broken)
+    plane, mirror, cache = _plane(_Coalescer())
+
+    async def go() -> None:
+        await plane.run_inference(BODY)
+        await _drain()
+
+    asyncio.run(go())
+    [pair] = _pairs(mirror, cache)
+    assert (pair["mirrored"], pair["errors"], pair["agree"]) == (1, 1, 0)
