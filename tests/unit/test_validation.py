@@ -41,3 +41,41 @@ def test_a_version_is_ascii_digits(version: str) -> None:
     with pytest.raises(InvalidInput) as err:
         registry.validate_create(body)
     assert err.value.field == "version"
+
+
+def test_a_body_of_too_many_arrays_is_refused_before_it_is_parsed() -> None:
+    import gc
+
+    from shared.validation import MAX_CONTAINERS, parse_json
+
+    flood = b'{"model": "m", "input": {"x": [' + b",".join([b"[]"] * (MAX_CONTAINERS + 1)) + b"]}}"
+    with pytest.raises(InvalidInput) as refused:
+        parse_json(flood)
+    assert refused.value.field == "body" and f"holds {MAX_CONTAINERS + 4:,} arrays and objects" in refused.value.message
+    assert gc.isenabled()
+
+
+def test_brackets_inside_strings_are_not_containers() -> None:
+    from shared.validation import MAX_CONTAINERS, parse_json
+
+    text = "[{" * (MAX_CONTAINERS // 2 + 10)  # a string full of brackets: one object, no array
+    assert parse_json(('{"text": "' + text + '"}').encode()) == {"text": text}
+
+
+def test_the_collector_is_paused_only_while_a_body_is_parsed() -> None:
+    import gc
+
+    from shared.validation import parse_json
+
+    assert gc.isenabled()
+    assert parse_json(b'{"a": [[1], [2]]}') == {"a": [[1], [2]]}
+    assert gc.isenabled()
+    with pytest.raises(InvalidInput):
+        parse_json(b'{"a": [')
+    assert gc.isenabled()  # back on after a malformed body too
+    gc.disable()
+    try:
+        parse_json(b"[1]")
+        assert not gc.isenabled()  # a caller's own pause is kept
+    finally:
+        gc.enable()
