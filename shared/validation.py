@@ -15,16 +15,18 @@ JSONObject = dict[str, object]
 """A JSON object whose keys nobody declared (a request body before validation, user metadata)."""
 
 
-def parse_json(raw: bytes, field: str = "body") -> object:
-    """Strict JSON: 400 when empty, malformed, NaN or infinite, or when an object repeats a key."""
+def parse_json(raw: bytes, field: str = "body", max_containers: int | None = None) -> object:
+    """Strict JSON: 400 when empty, malformed, NaN or infinite, when an object repeats a key, or (before
+    parsing) when it holds more than ``max_containers`` arrays and objects (default ``MAX_CONTAINERS``)."""
     if not raw.strip():
         raise InvalidInput(
             f"{'request body' if field == 'body' else field} is empty; a JSON object is required", field=field
         )
-    containers = _containers(raw)
-    if containers > MAX_CONTAINERS:
+    bound = MAX_CONTAINERS if max_containers is None else max_containers
+    containers = _containers(raw, bound)
+    if containers > bound:
         raise InvalidInput(
-            f"request body holds {containers:,} arrays and objects; at most {MAX_CONTAINERS:,} are read "
+            f"request body holds {containers:,} arrays and objects; at most {bound:,} are read "
             "(bulk work belongs in a batch job: POST /v1/batch with an upload)",
             field=field,
         )
@@ -51,10 +53,11 @@ def parse_json(raw: bytes, field: str = "body") -> object:
 
 # How deep orjson serialises (its parser accepts 1,024 levels): a body nested deeper is refused.
 MAX_DEPTH = 254
-# Arrays and objects one body may hold, counted before parsing: each costs the parser a Python object (a
-# 9 MB body of empty lists became 3 million of them, 200 MB and seconds of a server's event loop). Room for
-# BATCH_MAX_ITEMS (1,000,000) inline items of an array each, inside an object each.
-MAX_CONTAINERS = 2_100_000
+# Arrays and objects one body may hold, counted before parsing: each costs the parser and the validation
+# after it a Python object (a 9 MB body of empty lists became 3 million of them: 200 MB and seconds of a
+# server's event loop; 300,000 cost 0.16 s). Room for MAX_INFER_ELEMENTS (262,144) rows of one value each;
+# POST /v1/batch, whose inline items are bounded by BATCH_MAX_ITEMS, passes its own bound.
+MAX_CONTAINERS = 300_000
 # A JSON string literal; every ':' outside one separates a key from its value.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
@@ -71,11 +74,11 @@ def has_duplicate_keys(raw: bytes, value: object) -> bool:
     return _keys_in(raw) != _keys_in(orjson.dumps(value))
 
 
-def _containers(document: bytes) -> int:
+def _containers(document: bytes, bound: int) -> int:
     """Arrays and objects in ``document``: its '[' and '{' outside string literals (C-speed passes; the
-    strings are only set aside when the raw count is over the bound)."""
+    strings are only set aside when the raw count is over ``bound``)."""
     found = document.count(b"[") + document.count(b"{")
-    if found <= MAX_CONTAINERS or b'"' not in document:
+    if found <= bound or b'"' not in document:
         return found
     bare = _STRING.sub(b"", document)
     return bare.count(b"[") + bare.count(b"{")

@@ -261,13 +261,10 @@ def _one(
         not isinstance(shape, list)
         or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
         or not dims_match(tuple(shape), declared)
-        or (info.batched and shape[0] > info.max_batch_size)
-    ):
+    ):  # rows past the model's max_batch_size are sent in several requests (MAX_INFER_ROWS bounds them)
         shown = shape if isinstance(shape, list) and len(shape) <= 8 else "malformed"
         raise InvalidInput(
-            f"{field} has shape {shown}; {expected} (batch at most {info.max_batch_size})"
-            if info.batched
-            else f"{field} has shape {shown}; {expected}",
+            f"{field} has shape {shown}; {expected}",
             field=field,
         )
     size = math.prod(shape)

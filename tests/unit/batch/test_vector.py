@@ -153,6 +153,22 @@ def test_a_submit_body_is_as_strict_as_every_other_body(raw: bytes) -> None:
         assert parse_body(raw) == expected
 
 
+def test_a_submit_body_may_hold_more_arrays_than_other_bodies_but_not_without_bound() -> None:
+    import gc
+
+    from shared.batch.jobs import BODY_MAX_CONTAINERS
+
+    items = validation.MAX_CONTAINERS  # one over the bound of other bodies, counted with the envelope
+    raw = b'{"model": "m", "inputs": [' + b",".join([b"[1]"] * items) + b"]}"
+    with pytest.raises(InvalidInput, match="holds 300,002 arrays"):
+        validation.parse_json(raw)
+    assert len(parse_body(raw)["inputs"]) == items  # type: ignore[index]
+    flood = b'{"model": "m", "inputs": [' + b",".join([b"[]"] * BODY_MAX_CONTAINERS) + b"]}"
+    with pytest.raises(InvalidInput, match=f"holds {BODY_MAX_CONTAINERS + 2:,} arrays and objects"):
+        parse_body(flood)
+    assert gc.isenabled()
+
+
 def _old_bounded_lines(chunks: Iterable[bytes], max_line: int, max_total: int) -> Iterator[bytes]:
     """The line-at-a-time reader ``bounded_blocks`` replaced (the reference for what it must give)."""
     pending: list[bytes] = []
