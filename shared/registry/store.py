@@ -89,6 +89,26 @@ def _refuse_if_aliased(conn: Any, name: str, version: str, action: str) -> None:
         )
 
 
+def _drop_shadow(write: Write, actor: Actor | None, name: str, version: str) -> None:
+    """Take ``version`` out of every alias's shadow map of ``name`` (one ``shadow.set`` entry per alias)."""
+    mirrored = write.conn.execute(
+        sa.select(model_aliases.c.alias, model_aliases.c.shadow)
+        .where(model_aliases.c.name == name, model_aliases.c.shadow.has_key(version))
+        .with_for_update()
+    ).all()
+    for row in mirrored:
+        before = dict(row.shadow)
+        after = {v: p for v, p in before.items() if v != version}
+        write.conn.execute(
+            sa.update(model_aliases)
+            .where(model_aliases.c.name == name, model_aliases.c.alias == row.alias)
+            .values(shadow=after, updated_at=sa.func.clock_timestamp())
+        )
+        write.audit(actor, "shadow.set", audit.target("shadow", name, row.alias), before, after)
+    if mirrored:
+        write.touch({"name": name})
+
+
 class ModelRegistry(RegistryReads):
     """The model registry: its cached reads, its writes (each invalidating the cache) and the backend check."""
 
@@ -155,7 +175,9 @@ class ModelRegistry(RegistryReads):
             return None if row is None else write.touch(to_json(row))
 
     def delete_model(self, raw_id: str, actor: Actor | None = None) -> ModelVersion:
-        """Delete a version (409 while an alias points at it); returns what was deleted."""
+        """Delete a version (409 while an alias points at it); returns what was deleted. A version that aliases
+        mirror to stops being their shadow (audited as ``shadow.set``): a version pushed later under the same
+        number must not inherit the mirror, nor the old version's figures."""
         model_id = parse_id(raw_id)
         with self.writing() as write:
             conn = write.conn
@@ -166,6 +188,7 @@ class ModelRegistry(RegistryReads):
             conn.execute(sa.delete(models).where(models.c.id == model_id))
             model = write.touch(to_json(current), names=True)
             write.audit(actor, "version.delete", version_target(model), model, None)
+            _drop_shadow(write, actor, current.name, current.version)
             return model
 
     def invalidate(self, model: Mapping[str, object], *, names: bool = False, before_commit: bool = False) -> None:

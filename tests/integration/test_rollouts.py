@@ -171,6 +171,27 @@ def test_shadow_versions_are_set_shown_and_checked_over_http(services: Any, mode
     assert [(e["before"], e["after"]) for e in audited] == [({"2": 25}, {}), ({}, {"2": 25})]
 
 
+def test_a_deleted_version_stops_being_a_shadow_and_a_new_one_of_its_number_is_not_mirrored(
+    services: Any, model: str
+) -> None:
+    services.aliases.set_shadow(model, "production", {"shadow": {"2": 25}}, ADMIN)
+    services.aliases.put_alias(model, "staging", {"version": "1"}, ADMIN)
+    services.aliases.set_shadow(model, "staging", {"shadow": {"2": 100}}, ADMIN)
+    with services.db.read() as conn:
+        two = conn.execute(sa.text("SELECT id FROM models WHERE name = :n AND version = '2'"), {"n": model}).scalar()
+    services.registry.delete_model(str(two), ADMIN)
+    for alias in ("production", "staging"):
+        assert services.aliases.get_alias(model, alias)["shadow"] == {}
+        assert "shadow" not in services.registry.resolve_target(model, alias)
+    services.registry.create_model(
+        {"name": model, "version": "2", "framework": "onnx", "format": "onnx", "backend_url": "127.0.0.1:8001"}
+    )
+    assert "shadow" not in services.registry.resolve_target(model, "production")  # nothing inherited
+    audited = services.audit.list_page({"model": model, "action": "shadow"})["entries"]
+    dropped = sorted(e["before"]["2"] for e in audited if e["after"] == {})
+    assert dropped == [25, 100]  # one shadow.set per alias, with what it mirrored before
+
+
 def test_a_rollout_is_started_paused_and_aborted_over_http(services: Any, model: str, client: Any) -> None:
     path = f"/v1/models/by-name/{model}/aliases/production/rollout"
     bad = client.post(path, json={"candidate": "2", "steps": [10]})
