@@ -68,10 +68,15 @@ def has_duplicate_keys(raw: bytes, value: object) -> bool:
     The parser keeps the last of repeated keys, so the keys it kept are counted by serialising
     ``value`` again: every key is one ':' outside string literals, in ``raw`` and in the copy.
     Fewer in the copy means keys were dropped. Both counts are C-speed passes (no Python walk).
+    A ':' inside a string is one in both too, unless ``raw`` spelled it ``\\u003a``, so only then are the
+    strings set aside first (a regex pass: 2 s for a body of 2.5 million short strings).
     """
     if b":" not in raw:
         return False
-    return _keys_in(raw) != _keys_in(orjson.dumps(value))
+    copy = orjson.dumps(value)
+    if b"\\u003a" not in raw and b"\\u003A" not in raw:
+        return raw.count(b":") != copy.count(b":")
+    return _keys_in(raw) != _keys_in(copy)
 
 
 def _containers(document: bytes, bound: int) -> int:

@@ -79,3 +79,34 @@ def test_the_collector_is_paused_only_while_a_body_is_parsed() -> None:
         assert not gc.isenabled()  # a caller's own pause is kept
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("raw", "repeated"),
+    [
+        (b'{"a": "x:y", "b": ["1:2", "3:4"]}', False),
+        (b'{"a": "x:y", "a": "z"}', True),
+        (b'{"\\u003a": 1, "b": {"c": 1, "c": 2}}', True),  # an escaped ':' makes up for the dropped key's
+        (b'{"a": "\\u003a", "b": 1}', False),
+    ],
+)
+def test_repeated_keys_are_found_whatever_the_strings_hold(raw: bytes, repeated: bool) -> None:
+    from shared.validation import parse_json
+
+    if repeated:
+        with pytest.raises(InvalidInput, match="same key twice"):
+            parse_json(raw)
+    else:
+        assert isinstance(parse_json(raw), dict)
+
+
+def test_a_flat_list_over_the_element_bound_is_refused_before_it_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.backends.triton import TensorSpec
+    from shared.inference import codec
+
+    def unreachable(*args: object) -> None:
+        raise AssertionError("the elements were read")
+
+    monkeypatch.setattr(codec, "_small_flat", unreachable)
+    with pytest.raises(InvalidInput, match="has 11 elements; one request may carry at most 10"):
+        codec.to_array(["a"] * 11, TensorSpec("x", "FP32", (4,)), "input.x", "expected x", max_elements=10)
