@@ -213,8 +213,14 @@ class Balancer:
                 if not getattr(err, "_kinfer_counted", False):  # one coalesced failure, many callers
                     err._kinfer_counted = True  # type: ignore[attr-defined]
                     seconds = time.perf_counter() - started
-                    hung = isinstance(err, BackendTimeout) and not await self._answers(backend.url)
-                    await asyncio.to_thread(self._failed, backend, err, seconds, err.code != "model_not_loaded", hung)
+                    timed_out = isinstance(err, BackendTimeout)
+                    hung = timed_out and not await self._answers(backend.url)
+                    # a timeout from a backend that answers readiness is a slow model's (or a busy backend's):
+                    # counted in the metrics, never towards the circuit that every model on the backend shares
+                    # (one tenant's slow version opened it for all: 503 circuit_open for every model, 30 s)
+                    slow = timed_out and not hung and self.ready is not None  # without a probe: cannot tell
+                    trip = err.code != "model_not_loaded" and not slow
+                    await asyncio.to_thread(self._failed, backend, err, seconds, trip, hung)
                 if is_connection_failure(err) and i + 1 < len(chosen):
                     log.warning("retrying on another backend after: %s", err.message)
                     continue
@@ -240,7 +246,8 @@ class Balancer:
 
     async def _answers(self, url: str) -> bool:
         """Whether the backend answers readiness within FIRST_PROBE_TIMEOUT_S (True when it cannot be asked):
-        after a timeout this tells a slow model (one failure) from a hung backend (its circuit opens)."""
+        after a timeout this tells a slow model (not the backend's failure) from a hung backend (its circuit
+        opens)."""
         if self.ready is None:
             return True
         try:
@@ -251,8 +258,8 @@ class Balancer:
     def _failed(
         self, backend: Backend, err: KinferError, seconds: float, trip: bool = True, hung: bool = False
     ) -> None:
-        """Count the failure; a model missing on one backend does not trip that backend's breaker, a hung one
-        (a timeout, then no answer to readiness) opens it at once."""
+        """Count the failure; a model missing on one backend, or slow on it, does not trip that backend's
+        breaker, a hung one (a timeout, then no answer to readiness) opens it at once."""
         self.recorder.record(backend.url, "failure", seconds)
         if trip:
             self.breakers.record_failure(backend.url, err)
