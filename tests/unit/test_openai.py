@@ -573,10 +573,14 @@ class Tally:
         return None
 
 
-def routes(calls: list[FakeCall], max_in_flight: int = 16) -> tuple[o.OpenAICompat, Breakers, Triton]:
+def routes(
+    calls: list[FakeCall], max_in_flight: int = 16, answers: bool = True
+) -> tuple[o.OpenAICompat, Breakers, Triton]:
     breakers = Breakers(SimpleNamespace(breaker_fail_max=1, breaker_reset_timeout_s=30.0), DownCache())
 
-    async def ready(url: str) -> bool:  # the backend answers readiness: slow, not hung
+    async def ready(url: str) -> bool:  # answers: the backend is slow, not hung
+        if not answers:
+            await asyncio.sleep(30)  # hung: the readiness check gives up after FIRST_PROBE_TIMEOUT_S
         return True
 
     balancer = Balancer(breakers, Tally(), ready=ready)  # type: ignore[arg-type]
@@ -624,18 +628,24 @@ async def _drain(stream: Any) -> list[bytes]:
     return [e async for e in stream]
 
 
-def test_a_lone_first_token_timeout_still_counts() -> None:
-    """Nothing of this process was answered during the wait: a slow or broken backend, counted as before."""
+@pytest.mark.parametrize("answers", [True, False])
+def test_a_lone_first_token_timeout_counts_only_when_the_backend_is_hung(answers: bool) -> None:
+    """Nothing of this process was answered during the wait. A backend that then answers readiness is alive and
+    the model slow: its callers' 504, never the circuit every model on the backend shares. One that does not
+    answer is hung: its circuit opens."""
 
     async def run() -> tuple[Any, Any]:
-        compat, breakers, _ = routes([FakeCall([])])
+        compat, breakers, _ = routes([FakeCall([])], answers=answers)
         with pytest.raises(BackendTimeout) as caught:
             await compat.complete("chat", STREAM, caller())
         return caught.value, breakers.views([URL])[URL]
 
     error, circuit = asyncio.run(run())
     assert not isinstance(error, ts.Overloaded) and error.status == 504
-    assert circuit.state == "open" and circuit.failures == 1
+    if answers:
+        assert circuit.state == "closed" and circuit.failures == 0
+    else:
+        assert circuit.state == "open"
 
 
 def test_a_connection_failure_counts_while_other_generations_run() -> None:

@@ -849,7 +849,8 @@ def test_one_key_may_hold_only_its_share_of_the_workers(st: Stack) -> None:
         for job in st.api.get("/v1/batch?limit=100").json()["jobs"]:
             if job["model"] == stuck and job["status"] in store.ACTIVE:
                 st.api.delete(f"/v1/batch/{job['job_id']}")
-        assert {st.status(j["job_id"])["status"] for j in held} == {"cancelled"}
+        # ended either way: cancelled, or failed first when the chunk's retries against the closed port ran out
+        assert {st.status(j["job_id"])["status"] for j in held} <= {"cancelled", "failed"}
 
 
 def test_parallel_submits_of_one_key_cannot_pass_its_share_together(st: Stack) -> None:
